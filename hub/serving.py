@@ -1,0 +1,63 @@
+"""Run an ASGI app on a free loopback port in a background thread.
+
+The demo, `touchhub serve --sandbox` and the tests all need real HTTP servers
+(the hub itself and the fake providers) that start fast, bind a port the OS
+chose (so parallel runs never collide) and stop cleanly without leaving a
+process behind. Binding the socket ourselves and handing it to uvicorn avoids
+the race of "find a free port, then bind it".
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from types import TracebackType
+
+import uvicorn
+
+
+class BackgroundServer:
+    """An uvicorn server in a daemon thread; use as a context manager.
+
+    Attributes:
+        url: base URL such as ``http://127.0.0.1:54321`` (no trailing slash).
+    """
+
+    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.host, self.port = self._socket.getsockname()[:2]
+        self.url = f"http://{self.host}:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, daemon=True,
+            name=f"server-{self.port}",
+        )
+
+    def start(self, timeout: float = 10.0) -> "BackgroundServer":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._socket.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
