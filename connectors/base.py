@@ -1,0 +1,154 @@
+"""What a connector is, and the registry that finds them.
+
+A source turns an authenticated HTTP request into raw events; a destination
+turns a planned delivery into a provider call. Each is one module declaring
+its metadata and a pydantic config model as class attributes. Built-in and
+third-party connectors register the same way, through the
+``touchpoint_hub.connectors`` entry-point group, so there is one code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from hub.errors import ConfigError, ItemProblem
+from hub.model import Delivery, RawEvent, SendResult
+from hub.pii import mask_text
+
+ENTRY_POINT_GROUP = "touchpoint_hub.connectors"
+
+
+def secret_digest(secret: str) -> bytes:
+    """What is kept of a write key or token: its SHA-256, compared in constant time."""
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+def matches_digest(presented: str, digest: bytes) -> bool:
+    return hmac.compare_digest(secret_digest(presented), digest)
+
+
+class Connector:
+    """Metadata every connector declares, and config validation shared by both kinds."""
+
+    slug: ClassVar[str]
+    title: ClassVar[str]
+    docs_url: ClassVar[str] = ""
+    Config: ClassVar[type[BaseModel]]
+
+    @classmethod
+    def validate_config(cls, where: str, raw: Mapping[str, Any]) -> BaseModel:
+        """The validated config, or a ConfigError naming `where`, each key and the reason."""
+        try:
+            return cls.Config.model_validate(dict(raw))
+        except ValidationError as exc:
+            raise ConfigError(
+                [f"{where}: {'.'.join(map(str, e['loc'])) or '(config)'}: {e['msg']}" for e in exc.errors()]
+            ) from None
+
+
+@dataclass
+class RejectedItem:
+    """One item of a request a source refused, kept raw for quarantine."""
+
+    raw: Any
+    problems: list[ItemProblem]
+
+
+@dataclass
+class ParseResult:
+    """Events a source accepted from one request, and the items it refused."""
+
+    events: list[RawEvent] = field(default_factory=list)
+    rejected: list[RejectedItem] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[ItemProblem]:
+        return [problem for item in self.rejected for problem in item.problems]
+
+
+class Source(Connector, ABC):
+    """An inbound connector: verify the request, then parse it.
+
+    Override `verify` to authenticate (raise `AuthenticationError`) and `parse`
+    to turn the body into raw events. `default_mapping` names the file in
+    `mappings/` that normalizes this source's payloads.
+    """
+
+    default_mapping: ClassVar[str]
+
+    def __init__(self, source_id: str, config: BaseModel) -> None:
+        self.source_id = source_id
+        self.config = config
+
+    @abstractmethod
+    def verify(self, headers: Mapping[str, str]) -> None:
+        """Raise AuthenticationError unless the request carries this source's credentials."""
+
+    @abstractmethod
+    def parse(self, body: bytes, message_type: str | None = None) -> ParseResult:
+        """Raw events from a body; raise BadPayloadError when nothing in it can be used."""
+
+
+class Destination(Connector, ABC):
+    """An outbound connector: send one delivery, converting vendor errors into ours.
+
+    `send` returns a SendResult when the provider accepted the message and
+    raises a `DeliveryError` subclass otherwise; the subclass (retryable,
+    permanent, auth) decides what the delivery engine does next.
+    """
+
+    channel: ClassVar[str]
+
+    def __init__(self, destination_id: str, config: BaseModel) -> None:
+        self.destination_id = destination_id
+        self.config = config
+
+    @abstractmethod
+    def send(self, delivery: Delivery) -> SendResult:
+        """Deliver, or raise DeliveryError."""
+
+    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
+        """What the delivery log shows of the request; override to add provider fields. Must be masked."""
+        return {"target": mask_text(delivery.target)}
+
+    def close(self) -> None:
+        """Release connections; override when the client holds any."""
+
+
+@dataclass
+class Registry:
+    sources: dict[str, type[Source]] = field(default_factory=dict)
+    destinations: dict[str, type[Destination]] = field(default_factory=dict)
+    origins: dict[str, str] = field(default_factory=dict)  # slug -> "module:Class (distribution)"
+
+    def register(self, connector: type[Connector], origin: str) -> None:
+        if connector.slug in self.origins:
+            raise ConfigError(
+                f"connector slug {connector.slug!r} is registered twice: by {self.origins[connector.slug]} "
+                f"and by {origin}; uninstall one or rename its slug"
+            )
+        if issubclass(connector, Source):
+            self.sources[connector.slug] = connector
+        elif issubclass(connector, Destination):
+            self.destinations[connector.slug] = connector
+        else:
+            raise ConfigError(f"{origin} is neither a Source nor a Destination subclass")
+        self.origins[connector.slug] = origin
+
+
+def load_registry() -> Registry:
+    """Every connector installed in this environment, built-in or third-party."""
+    registry = Registry()
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        distribution = entry_point.dist.name if entry_point.dist else "unknown distribution"
+        registry.register(entry_point.load(), f"{entry_point.value} ({distribution})")
+    return registry
+

@@ -1,0 +1,105 @@
+"""SMS through Twilio's Messages API, with the official `twilio` library.
+
+API: https://www.twilio.com/docs/messaging/api/message-resource
+Errors: https://www.twilio.com/docs/api/errors
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.rest import Client
+
+from connectors.base import Destination
+from connectors.destinations.twilio_transport import BaseUrlHttpClient
+from hub.errors import (
+    AuthDeliveryError,
+    DeliveryError,
+    DeliveryFailure,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from hub.model import Delivery, SendResult
+from hub.pii import mask_phone
+from hub.retry import outcome_for_status
+
+# Twilio answers most refusals with HTTP 400 and a numeric code; the code, not
+# the status, says whether trying again can ever help.
+TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
+    20003: AuthDeliveryError,  # authentication failed
+    20429: RetryableDeliveryError,  # too many requests
+    21211: PermanentDeliveryError,  # invalid 'To' number
+    21408: PermanentDeliveryError,  # no permission to send to that region
+    21602: PermanentDeliveryError,  # message body required
+    21603: PermanentDeliveryError,  # 'From' required
+    21604: PermanentDeliveryError,  # 'To' required
+    21606: PermanentDeliveryError,  # 'From' is not a valid, SMS-capable number of the account
+    21610: PermanentDeliveryError,  # recipient replied STOP: unsubscribed
+    21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'
+    21614: PermanentDeliveryError,  # 'To' is not a mobile number
+}
+
+
+class TwilioSmsConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account_sid: str = Field(pattern=r"^AC[0-9a-fA-F]{32}$")
+    auth_token: SecretStr
+    from_number: str = Field(pattern=r"^\+[1-9]\d{6,14}$", description="Sender number in E.164.")
+    api_base_url: str | None = Field(None, description="Twilio-compatible endpoint instead of api.twilio.com.")
+    timeout_seconds: float = Field(10.0, gt=0)
+
+
+class TwilioSmsDestination(Destination):
+    slug = "twilio_sms"
+    title = "Twilio Programmable Messaging (SMS)"
+    docs_url = "https://www.twilio.com/docs/messaging/api/message-resource"
+    channel = "sms"
+    Config = TwilioSmsConfig
+
+    def __init__(self, destination_id: str, config: BaseModel) -> None:
+        super().__init__(destination_id, config)
+        assert isinstance(config, TwilioSmsConfig)
+        self.settings = config
+        if config.api_base_url:
+            http_client: TwilioHttpClient = BaseUrlHttpClient(config.api_base_url, timeout=config.timeout_seconds)
+        else:
+            http_client = TwilioHttpClient(timeout=config.timeout_seconds)
+        self.client = Client(config.account_sid, config.auth_token.get_secret_value(), http_client=http_client)
+
+    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
+        return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
+
+    def send(self, delivery: Delivery) -> SendResult:
+        try:
+            message = self.client.messages.create(
+                to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"]
+            )
+        except TwilioRestException as exc:
+            outcome = TWILIO_CODE_OUTCOMES.get(exc.code or 0) or outcome_for_status(exc.status)
+            raise outcome(
+                DeliveryFailure(
+                    error_class=f"twilio.{exc.code or exc.status}",
+                    message=f"Twilio {exc.status} error {exc.code}: {exc.msg}",
+                    provider_code=str(exc.code) if exc.code else None,
+                    response_summary={"status": exc.status, "code": exc.code},
+                )
+            ) from exc
+        except requests.RequestException as exc:
+            raise RetryableDeliveryError(
+                DeliveryFailure(error_class=f"network.{type(exc).__name__}", message=f"could not reach Twilio: {exc}")
+            ) from exc
+        return SendResult(
+            status=message.status or "queued",
+            provider_message_id=message.sid,
+            response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
+        )
+
+    def close(self) -> None:
+        session = getattr(self.client.http_client, "session", None)
+        if session is not None:
+            session.close()

@@ -1,0 +1,146 @@
+"""Segment-spec ingest: what analytics.js, analytics-python and RudderStack SDKs send.
+
+Spec: https://segment.com/docs/connections/sources/catalog/libraries/server/http-api/
+The SDKs authenticate with HTTP Basic auth, the source's write key as user
+name and an empty password. A batch is ``{"batch": [message, ...]}``; the
+single-message endpoints (/v1/track, ...) take one message whose type is
+implied by the path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, SecretStr
+
+from connectors.base import ParseResult, RejectedItem, Source, matches_digest, secret_digest
+from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
+from hub.model import RawEvent
+
+MESSAGE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
+TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
+OBJECT_FIELDS = ("properties", "traits", "context")
+# Fields each message type cannot do without, beyond the user/anonymous id.
+REQUIRED_BY_TYPE = {"track": "event", "alias": "previousId", "group": "groupId"}
+
+
+class SegmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    write_key: SecretStr
+
+
+class SegmentSource(Source):
+    slug = "segment"
+    title = "Segment-compatible HTTP API (Segment and RudderStack SDKs)"
+    docs_url = "https://segment.com/docs/connections/spec/"
+    default_mapping = "segment.yaml"
+    Config = SegmentConfig
+
+    def __init__(self, source_id: str, config: BaseModel) -> None:
+        super().__init__(source_id, config)
+        assert isinstance(config, SegmentConfig)
+        self._write_key_digest = secret_digest(config.write_key.get_secret_value())
+
+    def verify(self, headers: Mapping[str, str]) -> None:
+        write_key = _basic_auth_user(headers.get("authorization", ""))
+        if write_key is None:
+            raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name")
+        if not matches_digest(write_key, self._write_key_digest):
+            raise AuthenticationError("unknown write key: check the source's write key")
+
+    def parse(self, body: bytes, message_type: str | None = None) -> ParseResult:
+        document = _json_object(body)
+        if message_type is None:
+            batch = document.get("batch")
+            if not isinstance(batch, list):
+                raise BadPayloadError("batch: the body must be a JSON object with a 'batch' array of messages")
+            items = batch
+        else:
+            items = [{**document, "type": document.get("type") or message_type}]
+        received_at = datetime.now(timezone.utc).isoformat()
+        result = ParseResult()
+        for index, item in enumerate(items):
+            problems = _problems(index if message_type is None else None, item)
+            if problems:
+                result.rejected.append(RejectedItem(item, problems))
+                continue
+            payload = {**item, "receivedAt": received_at}
+            result.events.append(RawEvent(self.source_id, _message_id(item), payload))
+        if not result.events:
+            raise BadPayloadError("no valid message in the request", result.problems)
+        return result
+
+
+def _basic_auth_user(header: str) -> str | None:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None
+    try:
+        user, _, _password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return user or None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadPayloadError(f"body: not valid JSON ({exc})") from None
+    if not isinstance(document, dict):
+        raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def _problems(index: int | None, item: Any) -> list[ItemProblem]:
+    """Everything wrong with one message, so the sender can fix it in one go."""
+    if not isinstance(item, dict):
+        return [ItemProblem(index, "(message)", f"expected a JSON object, got {type(item).__name__}")]
+    problems = []
+    kind = item.get("type")
+    if kind not in MESSAGE_TYPES:
+        reason = "is required" if kind is None else f"{kind!r} is not one of {', '.join(MESSAGE_TYPES)}"
+        problems.append(ItemProblem(index, "type", reason))
+    if not _present(item.get("userId")) and not _present(item.get("anonymousId")):
+        problems.append(ItemProblem(index, "userId", "either userId or anonymousId is required"))
+    required = REQUIRED_BY_TYPE.get(kind)
+    if required and not _present(item.get(required)):
+        problems.append(ItemProblem(index, required, f"is required for {kind} messages"))
+    for name in TIME_FIELDS:
+        if name in item and not _is_timestamp(item[name]):
+            problems.append(ItemProblem(index, name, f"{item[name]!r} is not an ISO-8601 timestamp"))
+    for name in OBJECT_FIELDS:
+        if name in item and not isinstance(item[name], dict):
+            problems.append(ItemProblem(index, name, "must be a JSON object"))
+    message_id = item.get("messageId")
+    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= 200):
+        problems.append(ItemProblem(index, "messageId", "must be a string of 1 to 200 characters"))
+    return problems
+
+
+def _present(value: Any) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip() != ""
+
+
+def _is_timestamp(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
+def _message_id(item: dict[str, Any]) -> str:
+    """The sender's messageId, or a hash of the canonical message so resends still deduplicate."""
+    if isinstance(item.get("messageId"), str):
+        return item["messageId"]
+    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

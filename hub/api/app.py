@@ -1,0 +1,66 @@
+"""Building the FastAPI application around a Hub."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+import hub
+from hub.api import admin, ingest
+from hub.api.auth import AdminAuth
+from hub.errors import IngestError
+from hub.runtime import Hub
+
+
+def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
+    """The ASGI app; with `run_workers`, the app's lifespan starts and stops the hub's workers."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if run_workers:
+            hub_instance.start()
+        try:
+            yield
+        finally:
+            if run_workers:
+                await run_in_threadpool(hub_instance.stop)
+
+    app = FastAPI(
+        title="Touchpoint Hub",
+        version=hub.__version__,
+        description="Segment-compatible ingest, identity resolution, micro-moment triggers and reliable delivery.",
+        lifespan=lifespan,
+    )
+    app.state.hub = hub_instance
+    app.include_router(ingest.router)
+    app.include_router(
+        admin.router, dependencies=[Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
+    )
+
+    @app.exception_handler(IngestError)
+    async def ingest_error(_request: Request, exc: IngestError) -> JSONResponse:
+        return JSONResponse(
+            {"success": False, "error": exc.message, "rejected": [problem.as_dict() for problem in exc.problems]},
+            status_code=exc.status_code,
+            headers={"WWW-Authenticate": 'Basic realm="touchpoint-hub"'} if exc.status_code == 401 else None,
+        )
+
+    @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
+    async def healthz() -> str:
+        return "ok"
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        ready = await run_in_threadpool(hub_instance.store.is_migrated)
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

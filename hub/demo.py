@@ -1,0 +1,115 @@
+"""`touchhub demo`: a whole journey through a real hub and real (fake-provider) SMS, in seconds.
+
+The demo is an honest user of the product: it starts the hub's HTTP server
+and the sandbox providers on free loopback ports, sends the sample journey
+over HTTP as an SDK would, and reads the results back from the admin API.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from connectors.sandbox.providers import SandboxProviders
+from hub.api import create_app
+from hub.durations import parse_duration
+from hub.pii import mask_phone
+from hub.runtime import Hub
+from hub.serving import BackgroundServer
+from hub.settings import HubSettings
+
+BATCH_SIZE = 5
+
+
+@dataclass
+class DemoResult:
+    sent: int
+    accepted: int
+    rejected: int
+    stats: dict[str, Any]
+    sms: list[dict[str, Any]]
+    idle: bool
+
+
+def load_journey(path: Path, now: datetime) -> tuple[list[dict[str, Any]], list[str]]:
+    """Messages with absolute timestamps, and the phones that have unsubscribed at the provider."""
+    document = json.loads(path.read_text(encoding="utf-8"))
+    messages = [
+        {**entry["message"], "timestamp": (now - parse_duration(entry["at"].lstrip("-"))).isoformat()}
+        for entry in document["events"]
+    ]
+    return messages, document.get("unsubscribed_phones", [])
+
+
+def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResult:
+    messages, unsubscribed = load_journey(journey, datetime.now(timezone.utc))
+    with tempfile.TemporaryDirectory(prefix="touchhub-demo-") as folder, SandboxProviders() as sandbox:
+        sandbox.twilio.unsubscribed.update(unsubscribed)
+        sandbox.twilio.fail_next(503, code=20500, message="Service unavailable (injected by the demo)")
+        demo_settings = settings.model_copy(
+            update={
+                "database_url": f"sqlite:///{folder}/demo.db",
+                "retry_base_delay_seconds": 0.2,
+                "worker_poll_seconds": 0.1,
+                **sandbox.settings_overrides(),
+            }
+        )
+        hub = Hub(demo_settings)
+        write_key = demo_settings.default_write_key.get_secret_value()
+        admin = {"Authorization": f"Bearer {demo_settings.admin_token.get_secret_value()}"}
+        with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+            console.print(f"Hub on [bold]{server.url}[/], fake Twilio on [bold]{sandbox.urls['twilio']}[/]")
+            accepted = rejected = 0
+            with Progress(console=console, transient=True) as progress:
+                task = progress.add_task("Sending the sample journey", total=len(messages))
+                for start in range(0, len(messages), BATCH_SIZE):
+                    batch = messages[start : start + BATCH_SIZE]
+                    answer = client.post("/v1/batch", json={"batch": batch}, auth=(write_key, ""))
+                    body = answer.json()
+                    accepted += body.get("accepted", 0)
+                    rejected += len(body.get("rejected", []))
+                    progress.advance(task, len(batch))
+            with console.status("Waiting for the pipeline and deliveries to settle"):
+                idle = hub.wait_until_idle(timeout=30)
+            stats = client.get("/api/stats", headers=admin).json()
+        return DemoResult(len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), idle)
+
+
+def print_summary(result: DemoResult, console: Console) -> None:
+    overview = Table(title="Touchpoint Hub demo", show_header=False)
+    overview.add_column(style="bold")
+    overview.add_column(justify="right")
+    overview.add_row("Events sent", str(result.sent))
+    overview.add_row("Events accepted", str(result.accepted))
+    overview.add_row("Items refused (quarantined)", str(result.rejected))
+    overview.add_row("Touchpoints", str(result.stats["touchpoints"]))
+    overview.add_row("Profiles", str(result.stats["profiles"]))
+    overview.add_row("Profile merges", str(result.stats["merges"]))
+    for rule, count in sorted(result.stats["decisions"].items()):
+        overview.add_row(f"Trigger fired: {rule}", str(count))
+    console.print(overview)
+
+    deliveries = Table(title="Deliveries by channel and status")
+    for column in ("channel", "status", "count"):
+        deliveries.add_column(column)
+    for row in result.stats["deliveries"]:
+        deliveries.add_row(row["channel"], row["status"], str(row["count"]))
+    console.print(deliveries)
+
+    sms = Table(title="SMS received by the sandbox Twilio")
+    sms.add_column("to")
+    sms.add_column("body")
+    for message in result.sms:
+        sms.add_row(mask_phone(message["to"]), message["body"])
+    console.print(sms)
+    if not result.idle:
+        console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")

@@ -1,0 +1,108 @@
+"""The hub's exceptions, in one place.
+
+    Exception
+    ├── ConfigError                    bad settings, mapping or rule files; refuse to start
+    └── HubError
+        ├── IngestError                the request is at fault; answered with a 4xx
+        │   ├── AuthenticationError    401: missing or wrong write key / signature
+        │   ├── PayloadTooLargeError   413: body over the configured limit
+        │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
+        ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
+        └── DeliveryError              a destination failed to deliver
+            ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
+            ├── PermanentDeliveryError invalid number, unsubscribed: never retry
+            └── AuthDeliveryError      our credentials were refused: park until fixed
+
+`ConfigError` stands outside `HubError` on purpose: no retry loop that catches
+`HubError` may swallow a configuration mistake.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(Exception):
+    """One or more configuration problems; `problems` lists each as 'where: what'."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        summary = "; ".join(self.problems)
+        super().__init__(f"{len(self.problems)} configuration problem(s): {summary}")
+
+
+class HubError(Exception):
+    """Base of every runtime error the hub raises on purpose."""
+
+
+@dataclass
+class ItemProblem:
+    """Why one item of a request was refused: which item, which field, and why."""
+
+    index: int | None
+    field: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"index": self.index, "field": self.field, "reason": self.reason}
+
+
+class IngestError(HubError):
+    """The sender's request is at fault; `status_code` is the HTTP answer."""
+
+    status_code = 400
+
+    def __init__(self, message: str, problems: list[ItemProblem] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+
+class AuthenticationError(IngestError):
+    status_code = 401
+
+
+class PayloadTooLargeError(IngestError):
+    status_code = 413
+
+
+class BadPayloadError(IngestError):
+    status_code = 400
+
+
+class MappingError(HubError):
+    """A stored raw event the source's mapping could not normalize."""
+
+
+@dataclass
+class DeliveryFailure:
+    """What a destination reports about a failed send, for the delivery log."""
+
+    error_class: str
+    message: str
+    provider_code: str | None = None
+    retry_after: float | None = None
+    response_summary: dict[str, Any] = field(default_factory=dict)
+
+
+class DeliveryError(HubError):
+    """A send failed; subclasses say whether trying again can help."""
+
+    outcome = "error"
+
+    def __init__(self, failure: DeliveryFailure) -> None:
+        super().__init__(failure.message)
+        self.failure = failure
+
+
+class RetryableDeliveryError(DeliveryError):
+    outcome = "retryable"
+
+
+class PermanentDeliveryError(DeliveryError):
+    outcome = "permanent"
+
+
+class AuthDeliveryError(DeliveryError):
+    outcome = "auth"

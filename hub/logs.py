@@ -1,0 +1,30 @@
+"""Structured logging with personal data masked before anything is written."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import structlog
+
+from hub.pii import mask_value
+
+
+def _mask_pii(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    return {key: mask_value(value) for key, value in event_dict.items()}
+
+
+def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
+    logging.basicConfig(level=level.upper(), format="%(message)s")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _mask_pii,
+            structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        cache_logger_on_first_use=True,
+    )

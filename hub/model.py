@@ -1,0 +1,158 @@
+"""Canonical types that flow between the stages of DESIGN.md's pipeline.
+
+They are plain frozen dataclasses: cheap to build on the hot path, hashable
+where it matters (identifiers are dictionary keys during resolution), and with
+no knowledge of storage or HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+# Namespace of every deterministic id the hub derives; changing it would change
+# every touchpoint, decision and delivery id, so it is fixed forever.
+HUB_NAMESPACE = uuid.UUID("6f1c1f7e-5b7a-4a8e-9a57-0c3d2f4b9e10")
+
+
+def derived_id(*parts: str) -> str:
+    """A UUIDv5 over the parts: the same inputs give the same id on any node, on any replay."""
+    return str(uuid.uuid5(HUB_NAMESPACE, "\x1f".join(parts)))
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """One event as a source accepted it, before any mapping.
+
+    `message_id` is the sender's id when it has one, otherwise a canonical hash
+    of the payload, so duplicates from retries collapse in the inbox.
+    """
+
+    source_id: str
+    message_id: str
+    payload: dict[str, Any]
+
+    @property
+    def dedup_key(self) -> str:
+        return f"{self.source_id}:{self.message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Identifier:
+    """A typed, normalized identifier such as ('email', 'jane@example.com')."""
+
+    type: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class Touchpoint:
+    """The canonical form of one customer interaction."""
+
+    touchpoint_id: str
+    source_id: str
+    message_id: str
+    kind: str  # the sender's message type: track, identify, page, screen, alias, group
+    event: str
+    stage: str
+    moment: str
+    occurred_at: datetime
+    received_at: datetime
+    identifiers: tuple[Identifier, ...]
+    properties: dict[str, Any] = field(default_factory=dict)
+    traits: dict[str, Any] = field(default_factory=dict)
+    context: dict[str, Any] = field(default_factory=dict)
+    mapping_version: str = ""
+
+    def as_document(self) -> dict[str, Any]:
+        """The touchpoint as a JSON-like document, the shape rule predicates and templates see."""
+        return {
+            "touchpoint_id": self.touchpoint_id,
+            "source_id": self.source_id,
+            "kind": self.kind,
+            "event": self.event,
+            "stage": self.stage,
+            "moment": self.moment,
+            "occurred_at": self.occurred_at.isoformat(),
+            "identifiers": {ident.type: ident.value for ident in self.identifiers},
+            "properties": self.properties,
+            "traits": self.traits,
+            "context": self.context,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Resolution:
+    """Which profile a touchpoint belongs to, and what resolving it changed."""
+
+    profile_id: str
+    created: bool = False
+    merged_profile_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One response of a rule: a message on a channel, rendered from a template."""
+
+    channel: str
+    template: str
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A rule fired for a profile because of a touchpoint."""
+
+    decision_id: str
+    rule_id: str
+    rule_version: str
+    profile_id: str
+    touchpoint_id: str
+    decided_at: datetime
+    actions: tuple[Action, ...]
+    variables: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDelivery:
+    """A message routing decided to send; becomes one outbox row."""
+
+    delivery_id: str  # also the idempotency key: decision + channel + target
+    decision_id: str
+    profile_id: str
+    channel: str
+    destination_id: str
+    target: str
+    content: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """An outbox row a delivery worker has claimed and hands to its destination."""
+
+    delivery_id: str
+    destination_id: str
+    channel: str
+    target: str
+    content: dict[str, Any]
+    attempts: int  # attempts made before this one
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedAction:
+    """An action routing could not plan, with the reason shown to ops."""
+
+    channel: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a destination reports after the provider accepted a message."""
+
+    status: str  # provider-side status such as 'queued' or 'sent'
+    provider_message_id: str | None
+    response_summary: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,43 @@
+"""Masking of personal data before it reaches logs or the delivery log.
+
+The delivery log is read by ops people and exported to tickets; it must show
+enough to recognise a recipient ("+1******4567") and never the whole value.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+_PHONE = re.compile(r"\+?\d[\d \-().]{7,}\d")
+
+
+def mask_phone(value: str) -> str:
+    """Keep the country prefix and the last 4 digits: '+14155550123' -> '+1*******0123'."""
+    digits = re.sub(r"\D", "", value)
+    if len(digits) <= 4:
+        return "*" * len(digits)
+    head = ("+" if value.strip().startswith("+") else "") + digits[:1]
+    return head + "*" * (len(digits) - 5) + digits[-4:]
+
+
+def mask_email(value: str) -> str:
+    """'jane.doe@example.com' -> 'j***@example.com'."""
+    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
+
+
+def mask_text(text: str) -> str:
+    """Mask every email address and phone number found in free text."""
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), mask_email(text))
+
+
+def mask_value(value: Any) -> Any:
+    """Recursively mask strings inside dicts and lists (for request/response summaries)."""
+    if isinstance(value, str):
+        return mask_text(value)
+    if isinstance(value, dict):
+        return {key: mask_value(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [mask_value(item) for item in value]
+    return value

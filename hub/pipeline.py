@@ -1,0 +1,146 @@
+"""The one place that wires the stages: inbox row -> touchpoint -> profile -> decisions -> outbox.
+
+A claimed batch is processed in one write transaction (one fsync for the
+batch), each row inside its own savepoint: a row that fails rolls back alone
+and is quarantined or retried, its neighbours commit. Everything a row
+produces (touchpoint, identity changes, decisions, planned deliveries, the
+inbox status) commits together, so a crash anywhere leaves either all of it
+or none of it, and reprocessing is idempotent thanks to deterministic ids.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping as MappingType
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import Connection
+
+from hub import identity, metrics, triggers
+from hub.clock import utcnow
+from hub.errors import ItemProblem, MappingError
+from hub.mapping import Mapping
+from hub.model import RawEvent
+from hub.normalize import normalize
+from hub.routing import Router
+from hub.rules import RuleSpec
+from hub.store import Store, decisions, inbox, outbox, quarantine, touchpoints
+from hub.store.identity_graph import SqlIdentityGraph, profile_view
+from hub.store.inbox import InboxRow
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    batch_size: int
+    lease: timedelta
+    max_attempts: int
+    default_phone_region: str
+
+
+class StoreHistory:
+    """`triggers.History` answered from the store, inside the row's transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def count_events(self, profile_id: str, event: str, since: datetime, until: datetime, exclude_id: str) -> int:
+        return touchpoints.count_events(self.connection, profile_id, event, since, until, exclude_id)
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        return decisions.count_since(self.connection, profile_id, rule_id, since)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        store: Store,
+        mappings: MappingType[str, Mapping],
+        rules: Sequence[RuleSpec],
+        router: Router,
+        config: PipelineConfig,
+        deliveries_planned: threading.Event,
+    ) -> None:
+        self.store = store
+        self.mappings = mappings
+        self.rules = rules
+        self.router = router
+        self.config = config
+        self._deliveries_planned = deliveries_planned
+
+    def run_once(self) -> int:
+        """Claim and process one batch; returns the number of inbox rows handled."""
+        now = utcnow()
+        planned = 0
+        with self.store.write() as connection:
+            rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
+            for row in rows:
+                planned += self._process_isolated(connection, row, now)
+        if planned:
+            self._deliveries_planned.set()
+        return len(rows)
+
+    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime) -> int:
+        try:
+            with connection.begin_nested():
+                planned = self._process(connection, row, now)
+        except MappingError as exc:
+            self._give_up(connection, row, now, "mapping", str(exc))
+            return 0
+        except Exception as exc:
+            log.exception("pipeline failed on inbox row", inbox_id=row.id, attempt=row.attempts + 1)
+            if row.attempts + 1 >= self.config.max_attempts:
+                self._give_up(connection, row, now, "pipeline", f"{type(exc).__name__}: {exc}")
+            else:
+                retry_at = now + timedelta(seconds=2 ** (row.attempts + 1))
+                inbox.postpone(connection, row.id, retry_at, f"{type(exc).__name__}: {exc}")
+            return 0
+        metrics.TOUCHPOINTS_PROCESSED.inc()
+        return planned
+
+    def _process(self, connection: Connection, row: InboxRow, now: datetime) -> int:
+        mapping = self.mappings.get(row.source_id)
+        if mapping is None:
+            raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
+        raw = RawEvent(row.source_id, row.message_id, row.payload)
+        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region)
+        graph = SqlIdentityGraph(connection)
+        resolution = identity.resolve(touchpoint, graph, now)
+        graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
+        planned = 0
+        if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
+            history = StoreHistory(connection)
+            document = touchpoint.as_document()
+            for decision in triggers.evaluate(touchpoint, resolution.profile_id, self.rules, history):
+                profile = profile_view(connection, resolution.profile_id)
+                assert profile is not None
+                plan = self.router.plan(decision, profile, document)
+                if decisions.record(connection, decision, plan.fates(), now):
+                    planned += outbox.plan(connection, plan.deliveries, now)
+                    metrics.DECISIONS.labels(rule=decision.rule_id).inc()
+        inbox.mark_done(connection, row.id, now)
+        return planned
+
+    def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
+        field, _, detail = reason.partition(": ")
+        quarantine.add(
+            connection,
+            stage=stage,
+            source_id=row.source_id,
+            reason=reason,
+            problems=[ItemProblem(None, field if detail else "(event)", detail or reason)],
+            raw_body=_json_bytes(row.payload),
+            content_type="application/json",
+            received_at=now,
+        )
+        inbox.mark_failed(connection, row.id, now, reason)
+        log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
+
+
+def _json_bytes(payload: object) -> bytes:
+    return json.dumps(payload, default=str).encode("utf-8")

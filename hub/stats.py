@@ -1,0 +1,30 @@
+"""One summary of what the hub holds: the demo prints it, `/api/stats` serves it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hub.store import Store, decisions, identity_graph, inbox, outbox, quarantine, touchpoints
+
+
+def collect(store: Store) -> dict[str, Any]:
+    with store.read() as connection:
+        graph = identity_graph.counts(connection)
+        return {
+            "inbox": inbox.count_by_status(connection),
+            "touchpoints": touchpoints.count(connection),
+            "profiles": graph["profiles"],
+            "merges": graph["merges"],
+            "decisions": decisions.count_by_rule(connection),
+            "deliveries": [
+                {"channel": channel, "status": status, "count": count}
+                for (channel, status), count in sorted(outbox.count_by_channel_and_status(connection).items())
+            ],
+            "quarantined": quarantine.count(connection),
+        }
+
+
+def is_idle(store: Store) -> bool:
+    """No inbox row waiting and no delivery due or retrying: what the demo waits for."""
+    with store.read() as connection:
+        return inbox.count_by_status(connection).get("pending", 0) == 0 and outbox.unfinished(connection) == 0

@@ -1,0 +1,62 @@
+"""Persistence behind one interface.
+
+`Store` owns the engine and hands out transactions; the modules beside it
+(`inbox`, `touchpoints`, `identity_graph`, `outbox`, ...) are plain functions
+over a `Connection`, so one pipeline step can compose several of them in a
+single atomic transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, inspect
+
+from hub.store.engine import create_store_engine, read_transaction, write_transaction
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+class Store:
+    """The hub's database: SQLite by default, PostgreSQL for many nodes."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_store_engine(url)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with write_transaction(self.engine) as connection:
+            yield connection
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with read_transaction(self.engine) as connection:
+            yield connection
+
+    def migrate(self, revision: str = "head") -> None:
+        """Bring the schema to `revision`; safe to run on every start."""
+        with self.write() as connection:
+            command.upgrade(_alembic_config(connection), revision)
+
+    def is_migrated(self) -> bool:
+        with self.read() as connection:
+            return inspect(connection).has_table("alembic_version")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def _alembic_config(connection: Connection) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config

@@ -1,0 +1,41 @@
+"""Decisions: which rule fired for whom, why, and what became of each action."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, select
+
+from hub.model import Decision
+from hub.store.schema import decisions
+from hub.store.sql import insert_ignoring_conflicts
+
+
+def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
+    """Decisions of a rule for a profile since a time: what frequency caps are checked against."""
+    return connection.execute(
+        select(func.count()).where(
+            decisions.c.profile_id == profile_id, decisions.c.rule_id == rule_id, decisions.c.decided_at > since
+        )
+    ).scalar_one()
+
+
+def record(connection: Connection, decision: Decision, action_fates: list[dict[str, Any]], now: datetime) -> bool:
+    """Store a decision once; False if its deterministic id exists (the touchpoint was reprocessed)."""
+    row = {
+        "decision_id": decision.decision_id,
+        "rule_id": decision.rule_id,
+        "rule_version": decision.rule_version,
+        "profile_id": decision.profile_id,
+        "touchpoint_id": decision.touchpoint_id,
+        "decided_at": decision.decided_at,
+        "created_at": now,
+        "evidence": decision.evidence,
+        "actions": action_fates,
+    }
+    return insert_ignoring_conflicts(connection, decisions, [row], ["decision_id"]) == 1
+
+
+def count_by_rule(connection: Connection) -> dict[str, int]:
+    return dict(connection.execute(select(decisions.c.rule_id, func.count()).group_by(decisions.c.rule_id)).all())

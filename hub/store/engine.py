@@ -1,0 +1,66 @@
+"""Engine creation and the transaction discipline every store call follows.
+
+SQLite is the embedded default. Three settings make it safe for the hub:
+WAL (readers never block the writer), ``synchronous=FULL`` (a committed
+ingest survives power loss, not only a killed process) and a busy timeout
+(writers from several threads or processes queue instead of failing).
+Write transactions start with ``BEGIN IMMEDIATE`` so a read-then-write, such as
+identity resolution, holds the write lock from its first read: two workers can
+never both decide that an identifier is new.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+_READ_ONLY = "hub_read_only"
+
+
+def create_store_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True, future=True)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+    event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "begin", _begin_sqlite_transaction)
+    return engine
+
+
+def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
+    # Take transaction control away from the sqlite3 module, which would
+    # otherwise open transactions lazily, only before the first write.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def _begin_sqlite_transaction(connection: Connection) -> None:
+    read_only = connection.get_execution_options().get(_READ_ONLY, False)
+    connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that may write; committed on success, rolled back on error."""
+    with engine.connect() as connection, connection.begin():
+        yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A consistent read that never takes the write lock."""
+    with engine.connect() as connection:
+        connection = connection.execution_options(**{_READ_ONLY: True})
+        with connection.begin():
+            yield connection

@@ -1,0 +1,154 @@
+"""The identity graph in SQL: the storage side of `hub.identity.IdentityGraph`."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, func, insert, select, tuple_, update
+from ulid import ULID
+
+from hub.model import Identifier
+from hub.store import touchpoints as touchpoint_store
+from hub.store.schema import identifiers, merges, profiles
+
+
+class SqlIdentityGraph:
+    """Identity graph operations inside one caller-owned transaction."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
+        if not idents:
+            return {}
+        keys = [(ident.type, ident.value) for ident in idents]
+        rows = self.connection.execute(
+            select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(
+                tuple_(identifiers.c.type, identifiers.c.value).in_(keys)
+            )
+        )
+        return {Identifier(type_, value): profile_id for type_, value, profile_id in rows}
+
+    def create_profile(self, at: datetime) -> str:
+        profile_id = str(ULID())
+        self.connection.execute(
+            insert(profiles).values(profile_id=profile_id, created_at=at, updated_at=at, traits={}, trait_times={})
+        )
+        return profile_id
+
+    def attach(self, profile_id: str, idents: Sequence[Identifier], touchpoint_id: str, at: datetime) -> None:
+        self.connection.execute(
+            insert(identifiers),
+            [
+                {"type": i.type, "value": i.value, "profile_id": profile_id, "first_seen_at": at, "touchpoint_id": touchpoint_id}
+                for i in idents
+            ],
+        )
+
+    def merge(
+        self, survivor_id: str, merged_ids: Sequence[str], touchpoint_id: str, linking: Sequence[Identifier], at: datetime
+    ) -> None:
+        """Fold `merged_ids` into the survivor: identifiers, touchpoints and traits move; the losers become aliases."""
+        survivor_traits = self._traits(survivor_id)
+        for merged_id in merged_ids:
+            merged_traits = self._traits(merged_id)
+            survivor_traits = _newest_traits(survivor_traits, merged_traits)
+            self.connection.execute(
+                insert(merges).values(
+                    survivor_id=survivor_id,
+                    merged_id=merged_id,
+                    touchpoint_id=touchpoint_id,
+                    linking_identifiers=[[i.type, i.value] for i in linking],
+                    merged_at=at,
+                )
+            )
+        self.connection.execute(
+            update(identifiers).where(identifiers.c.profile_id.in_(list(merged_ids))).values(profile_id=survivor_id)
+        )
+        self.connection.execute(
+            update(profiles).where(profiles.c.profile_id.in_(list(merged_ids))).values(merged_into=survivor_id, updated_at=at)
+        )
+        # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
+        self.connection.execute(
+            update(profiles).where(profiles.c.merged_into.in_(list(merged_ids))).values(merged_into=survivor_id)
+        )
+        touchpoint_store.move_to_profile(self.connection, merged_ids, survivor_id)
+        self._save_traits(survivor_id, survivor_traits, at)
+
+    def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
+        """Last write wins per trait, judged by the event's time, not by arrival order."""
+        if not traits:
+            return
+        stamp = observed_at.isoformat()
+        incoming = ({key: value for key, value in traits.items()}, {key: stamp for key in traits})
+        current = self._traits(profile_id)
+        self._save_traits(profile_id, _newest_traits(current, incoming), observed_at)
+
+    def _traits(self, profile_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+        row = self.connection.execute(
+            select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)
+        ).one()
+        return dict(row.traits), dict(row.trait_times)
+
+    def _save_traits(self, profile_id: str, traits: tuple[dict[str, Any], dict[str, str]], at: datetime) -> None:
+        self.connection.execute(
+            update(profiles).where(profiles.c.profile_id == profile_id).values(traits=traits[0], trait_times=traits[1], updated_at=at)
+        )
+
+
+def _newest_traits(
+    first: tuple[dict[str, Any], dict[str, str]], second: tuple[dict[str, Any], dict[str, str]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    values, times = dict(first[0]), dict(first[1])
+    for key, value in second[0].items():
+        if key not in times or second[1][key] >= times[key]:
+            values[key], times[key] = value, second[1][key]
+    return values, times
+
+
+def live_profile_id(connection: Connection, profile_id: str) -> str | None:
+    """The surviving profile for an id, which may be an alias left by a merge."""
+    row = connection.execute(select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id == profile_id)).first()
+    if row is None:
+        return None
+    return row.merged_into or row.profile_id
+
+
+def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
+    """A profile with its traits and every identifier, grouped by type (newest first)."""
+    live_id = live_profile_id(connection, profile_id)
+    if live_id is None:
+        return None
+    profile = connection.execute(select(profiles).where(profiles.c.profile_id == live_id)).mappings().one()
+    grouped: dict[str, list[str]] = defaultdict(list)
+    rows = connection.execute(
+        select(identifiers.c.type, identifiers.c.value)
+        .where(identifiers.c.profile_id == live_id)
+        .order_by(identifiers.c.first_seen_at.desc())
+    )
+    for type_, value in rows:
+        grouped[type_].append(value)
+    merged_from = connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars().all()
+    return {
+        "profile_id": live_id,
+        "created_at": profile["created_at"],
+        "updated_at": profile["updated_at"],
+        "traits": profile["traits"],
+        "identifiers": dict(grouped),
+        "merged_profile_ids": sorted(merged_from),
+    }
+
+
+def find_profile_id(connection: Connection, ident: Identifier) -> str | None:
+    return connection.execute(
+        select(identifiers.c.profile_id).where(identifiers.c.type == ident.type, identifiers.c.value == ident.value)
+    ).scalar_one_or_none()
+
+
+def counts(connection: Connection) -> dict[str, int]:
+    live = connection.execute(select(func.count()).select_from(profiles).where(profiles.c.merged_into.is_(None))).scalar_one()
+    merged = connection.execute(select(func.count()).select_from(merges)).scalar_one()
+    return {"profiles": live, "merges": merged}

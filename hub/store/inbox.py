@@ -1,0 +1,84 @@
+"""The inbox: raw events committed before the sender gets its 2xx."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Connection, func, select, update
+
+from hub.model import RawEvent
+from hub.store.schema import inbox
+from hub.store.sql import insert_ignoring_conflicts
+
+
+@dataclass(frozen=True, slots=True)
+class InboxRow:
+    id: int
+    source_id: str
+    message_id: str
+    payload: dict[str, Any]
+    received_at: datetime
+    attempts: int
+
+
+def append(connection: Connection, events: Sequence[RawEvent], received_at: datetime) -> int:
+    """Store new events; returns how many were new (the rest were duplicates)."""
+    rows = [
+        {
+            "dedup_key": event.dedup_key,
+            "source_id": event.source_id,
+            "message_id": event.message_id,
+            "payload": event.payload,
+            "received_at": received_at,
+            "status": "pending",
+            "attempts": 0,
+            "available_at": received_at,
+        }
+        for event in events
+    ]
+    return insert_ignoring_conflicts(connection, inbox, rows, ["dedup_key"])
+
+
+def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[InboxRow]:
+    """Take up to `limit` pending rows for this worker; they come back to the queue after `lease`.
+
+    Must run in a write transaction: on SQLite the transaction holds the write
+    lock, so two workers never claim the same row.
+    """
+    query = (
+        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts)
+        .where(inbox.c.status == "pending", inbox.c.available_at <= now)
+        .order_by(inbox.c.id)
+        .limit(limit)
+    )
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = [InboxRow(*row) for row in connection.execute(query)]
+    if rows:
+        connection.execute(
+            update(inbox)
+            .where(inbox.c.id.in_([row.id for row in rows]))
+            .values(available_at=now + lease, attempts=inbox.c.attempts + 1)
+        )
+    return rows
+
+
+def mark_done(connection: Connection, inbox_id: int, now: datetime) -> None:
+    connection.execute(update(inbox).where(inbox.c.id == inbox_id).values(status="done", processed_at=now, error=None))
+
+
+def mark_failed(connection: Connection, inbox_id: int, now: datetime, error: str) -> None:
+    """Give up on a row for good (it is quarantined by the caller)."""
+    connection.execute(update(inbox).where(inbox.c.id == inbox_id).values(status="failed", processed_at=now, error=error))
+
+
+def postpone(connection: Connection, inbox_id: int, available_at: datetime, error: str) -> None:
+    """Put a row back after an unexpected failure, to be tried again at `available_at`."""
+    connection.execute(update(inbox).where(inbox.c.id == inbox_id).values(available_at=available_at, error=error))
+
+
+def count_by_status(connection: Connection) -> dict[str, int]:
+    return dict(connection.execute(select(inbox.c.status, func.count()).group_by(inbox.c.status)).all())

@@ -1,0 +1,184 @@
+"""Table definitions shared by every engine; migrations create them, queries use them."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    TypeDecorator,
+)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every engine.
+
+    SQLite has no time zone type and hands back naive values; the hub compares
+    times across stages, so everything is stored and returned as aware UTC.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(timezone.utc)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+metadata = MetaData()
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("dedup_key", String(300), nullable=False, unique=True),
+    Column("source_id", String(100), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | done | failed
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("available_at", UTCDateTime, nullable=False),
+    Column("processed_at", UTCDateTime),
+    Column("error", Text),
+    Index("ix_inbox_status_available", "status", "available_at"),
+)
+
+touchpoints = Table(
+    "touchpoints",
+    metadata,
+    Column("touchpoint_id", String(36), primary_key=True),
+    Column("inbox_id", Integer, nullable=False),
+    Column("source_id", String(100), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+    Column("event", String(200), nullable=False),
+    Column("stage", String(40), nullable=False),
+    Column("moment", String(80), nullable=False),
+    Column("profile_id", String(26), nullable=False),
+    Column("occurred_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("identifiers", JSON, nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("traits", JSON, nullable=False),
+    Column("context", JSON, nullable=False),
+    Column("mapping_version", String(80), nullable=False),
+    Index("ix_touchpoints_profile_event_time", "profile_id", "event", "occurred_at"),
+    Index("ix_touchpoints_received", "received_at"),
+)
+
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("profile_id", String(26), primary_key=True),  # ULID: sorts by creation time
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("merged_into", String(26)),
+    Column("traits", JSON, nullable=False),
+    Column("trait_times", JSON, nullable=False),  # trait -> ISO time of the event that set it
+)
+
+identifiers = Table(
+    "identifiers",
+    metadata,
+    Column("type", String(40), primary_key=True),
+    Column("value", String(320), primary_key=True),
+    Column("profile_id", String(26), nullable=False, index=True),
+    Column("first_seen_at", UTCDateTime, nullable=False),
+    Column("touchpoint_id", String(36), nullable=False),  # the touchpoint that brought it in
+)
+
+merges = Table(
+    "merges",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("survivor_id", String(26), nullable=False, index=True),
+    Column("merged_id", String(26), nullable=False, index=True),
+    Column("touchpoint_id", String(36), nullable=False),
+    Column("linking_identifiers", JSON, nullable=False),
+    Column("merged_at", UTCDateTime, nullable=False),
+)
+
+decisions = Table(
+    "decisions",
+    metadata,
+    Column("decision_id", String(36), primary_key=True),
+    Column("rule_id", String(100), nullable=False),
+    Column("rule_version", String(80), nullable=False),
+    Column("profile_id", String(26), nullable=False),
+    Column("touchpoint_id", String(36), nullable=False),
+    Column("decided_at", UTCDateTime, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("evidence", JSON, nullable=False),
+    Column("actions", JSON, nullable=False),  # each action's fate: planned or skipped and why
+    Index("ix_decisions_profile_rule_time", "profile_id", "rule_id", "decided_at"),
+)
+
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("delivery_id", String(36), primary_key=True),  # idempotency key
+    Column("decision_id", String(36), nullable=False, index=True),
+    Column("profile_id", String(26), nullable=False, index=True),
+    Column("channel", String(40), nullable=False),
+    Column("destination_id", String(100), nullable=False),
+    Column("target", String(320), nullable=False),
+    Column("content", JSON, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | retrying | sent | failed | dead
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Column("next_attempt_at", UTCDateTime, nullable=False),
+    Column("claimed_until", UTCDateTime),
+    Column("provider_message_id", String(100)),
+    Column("last_error", Text),
+    Index("ix_deliveries_due", "status", "next_attempt_at"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("delivery_id", String(36), nullable=False, index=True),
+    Column("attempt_no", Integer, nullable=False),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("duration_ms", Float, nullable=False),
+    Column("outcome", String(20), nullable=False),  # sent | retryable | permanent | auth
+    Column("provider_message_id", String(100)),
+    Column("error_class", String(100)),
+    Column("error_message", Text),
+    Column("request_summary", JSON, nullable=False),
+    Column("response_summary", JSON, nullable=False),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("source_id", String(100)),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("stage", String(20), nullable=False),  # ingest | item | mapping | pipeline
+    Column("reason", Text, nullable=False),
+    Column("problems", JSON, nullable=False),
+    Column("content_type", String(200)),
+    Column("raw_body", LargeBinary, nullable=False),
+)

@@ -1,0 +1,27 @@
+"""Small SQL helpers whose spelling differs between SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Connection, Table
+from sqlalchemy.dialects import postgresql, sqlite
+
+
+def insert_ignoring_conflicts(
+    connection: Connection, table: Table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str]
+) -> int:
+    """Insert rows, silently skipping those whose key already exists; returns how many were new.
+
+    This is how the hub stays idempotent: a duplicate event, touchpoint or
+    delivery is acknowledged but never stored twice.
+    """
+    if not rows:
+        return 0
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    inserted = 0
+    for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
+        inserted += connection.execute(statement, row).rowcount
+    return inserted

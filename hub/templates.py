@@ -1,0 +1,38 @@
+"""Message templates, rendered in Jinja2's sandbox.
+
+Ops write templates; a sandboxed environment means a template can read the
+values it is given but never reach Python internals. Undefined names fail
+loudly at planning time instead of sending "Hi ," to a customer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
+from jinja2.sandbox import SandboxedEnvironment
+
+from hub.errors import ConfigError
+
+
+class TemplateRenderer:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._environment = SandboxedEnvironment(
+            loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+        )
+
+    def render(self, name: str, context: dict[str, Any]) -> str:
+        return self._environment.get_template(name).render(**context).strip()
+
+    def check(self, names: list[str]) -> None:
+        """Fail at start-up, not at send time, if a rule names a template that does not parse."""
+        problems = []
+        for name in names:
+            try:
+                self._environment.get_template(name)
+            except TemplateError as exc:
+                problems.append(f"{self.folder / name}: {exc.__class__.__name__}: {exc}")
+        if problems:
+            raise ConfigError(problems)

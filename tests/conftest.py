@@ -1,0 +1,74 @@
+"""Shared fixtures: a real hub on a free port, real fake providers, a fresh SQLite file per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.sandbox.providers import SandboxProviders
+from hub.api import create_app
+from hub.runtime import Hub
+from hub.serving import BackgroundServer
+from hub.settings import HubSettings
+
+WRITE_KEY = "test-write-key"
+ADMIN_TOKEN = "test-admin-token"
+
+
+@dataclass
+class RunningHub:
+    hub: Hub
+    url: str
+    client: httpx.Client
+    sandbox: SandboxProviders
+
+    def send(self, *messages: dict[str, Any], write_key: str = WRITE_KEY) -> httpx.Response:
+        return self.client.post("/v1/batch", json={"batch": list(messages)}, auth=(write_key, ""))
+
+    def admin(self, path: str, **params: Any) -> Any:
+        answer = self.client.get(path, params=params, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        answer.raise_for_status()
+        return answer.json()
+
+    def settle(self) -> None:
+        assert self.hub.wait_until_idle(timeout=20), "hub did not finish its work in 20 s"
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> HubSettings:
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path}/hub.db",
+        "default_write_key": WRITE_KEY,
+        "admin_token": ADMIN_TOKEN,
+        "worker_poll_seconds": 0.05,
+        "retry_base_delay_seconds": 0.01,
+        "retry_max_delay_seconds": 0.05,
+        **overrides,
+    }
+    return HubSettings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxProviders]:
+    with SandboxProviders() as providers:
+        yield providers
+
+
+@pytest.fixture
+def running_hub(tmp_path: Path, sandbox: SandboxProviders, request: pytest.FixtureRequest) -> Iterator[RunningHub]:
+    """A hub with workers, served over HTTP; mark a test `@pytest.mark.hub_settings(key=value)` to change settings."""
+    marker = request.node.get_closest_marker("hub_settings")
+    overrides = dict(marker.kwargs) if marker else {}
+    hub = Hub(make_settings(tmp_path, **{**sandbox.settings_overrides(), **overrides}))
+    with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield RunningHub(hub, server.url, client, sandbox)
+
+
+def message(type_: str = "track", **fields: Any) -> dict[str, Any]:
+    """A Segment-spec message with a fresh messageId unless one is given."""
+    return {"type": type_, "messageId": fields.pop("messageId", str(uuid.uuid4())), **fields}

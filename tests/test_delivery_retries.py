@@ -1,0 +1,60 @@
+"""Delivery retries with the real twilio client against the fake: transient errors retry, permanent ones do not."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import RunningHub, message
+
+NOW = datetime.now(timezone.utc)
+
+
+def trigger_sms(running_hub: RunningHub, phone: str = "+14155550100") -> dict:
+    running_hub.send(
+        message("identify", userId="u-r", traits={"phone": phone}, timestamp=(NOW - timedelta(days=2)).isoformat()),
+        message(userId="u-r", event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
+        message(userId="u-r", event="Ticket Submitted", timestamp=NOW.isoformat()),
+    )
+    running_hub.settle()
+    [delivery] = running_hub.admin("/api/deliveries")["deliveries"]
+    return delivery
+
+
+def test_two_503s_then_success_is_one_delivery_with_three_attempts(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="Service unavailable", times=2)
+    delivery = trigger_sms(running_hub)
+    assert delivery["status"] == "sent"
+    assert [a["outcome"] for a in delivery["attempt_log"]] == ["retryable", "retryable", "sent"]
+    assert delivery["attempt_log"][0]["error_class"] == "twilio.20500"
+    assert all(a["duration_ms"] >= 0 for a in delivery["attempt_log"])
+    assert delivery["attempt_log"][2]["provider_message_id"] == running_hub.sandbox.twilio.messages[0]["sid"]
+    assert running_hub.sandbox.twilio.message_count == 1
+    assert len(running_hub.sandbox.twilio.requests) == 3
+
+
+def test_invalid_number_21211_is_permanent_and_not_retried(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(400, code=21211, message="The 'To' number +14155550100 is not valid.")
+    delivery = trigger_sms(running_hub)
+    assert delivery["status"] == "failed"
+    [attempt] = delivery["attempt_log"]
+    assert (attempt["outcome"], attempt["error_class"]) == ("permanent", "twilio.21211")
+    assert "+14155550100" not in attempt["error_message"]  # masked in the delivery log
+    assert len(running_hub.sandbox.twilio.requests) == 1
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=3)
+def test_retries_stop_at_max_attempts_and_the_delivery_is_dead(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=10)
+    delivery = trigger_sms(running_hub)
+    assert delivery["status"] == "dead"
+    assert len(delivery["attempt_log"]) == 3
+
+
+@pytest.mark.hub_settings(twilio_auth_token="wrong-token")
+def test_refused_credentials_park_the_delivery_without_retrying(running_hub: RunningHub) -> None:
+    delivery = trigger_sms(running_hub)
+    assert delivery["status"] == "dead"
+    [attempt] = delivery["attempt_log"]
+    assert (attempt["outcome"], attempt["error_class"]) == ("auth", "twilio.20003")

@@ -1,0 +1,96 @@
+"""The post_purchase_support trigger through the real pipeline: who gets an SMS, who does not, and how often."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import RunningHub, message
+
+NOW = datetime.now(timezone.utc)
+
+
+def at(**delta: float) -> str:
+    return (NOW - timedelta(**delta)).isoformat()
+
+
+def person(user_id: str, phone: str) -> dict:
+    return message("identify", userId=user_id, traits={"phone": phone, "first_name": user_id}, timestamp=at(days=40))
+
+
+def order(user_id: str, **delta: float) -> dict:
+    return message(userId=user_id, event="Order Completed", timestamp=at(**delta))
+
+
+def ticket(user_id: str, **delta: float) -> dict:
+    return message(userId=user_id, event="Ticket Submitted", timestamp=at(**delta))
+
+
+def decisions(running_hub: RunningHub) -> dict[str, int]:
+    return running_hub.admin("/api/stats")["decisions"]
+
+
+def test_purchaser_with_a_ticket_gets_one_sms(running_hub: RunningHub) -> None:
+    running_hub.send(person("buyer", "+14155550001"), order("buyer", days=29), ticket("buyer", minutes=1))
+    running_hub.settle()
+    assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550001"]
+    assert decisions(running_hub) == {"post_purchase_support": 1}
+
+
+def test_ticket_without_any_purchase_sends_nothing(running_hub: RunningHub) -> None:
+    running_hub.send(person("browser", "+14155550002"), ticket("browser", minutes=1))
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+    assert decisions(running_hub) == {}
+
+
+def test_purchase_older_than_30_days_does_not_count(running_hub: RunningHub) -> None:
+    running_hub.send(person("lapsed", "+14155550003"), order("lapsed", days=31), ticket("lapsed", minutes=1))
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+
+
+def test_at_most_one_sms_per_profile_per_24_hours(running_hub: RunningHub) -> None:
+    running_hub.send(
+        person("needy", "+14155550004"),
+        order("needy", days=3),
+        ticket("needy", hours=30),  # fires
+        ticket("needy", hours=10),  # 20 h after the first: capped
+        ticket("needy", hours=2),   # capped
+    )
+    running_hub.settle()
+    assert len(running_hub.sandbox.twilio.messages) == 1
+    running_hub.send(ticket("needy", minutes=1))  # 29 h after the first decision: allowed again
+    running_hub.settle()
+    assert len(running_hub.sandbox.twilio.messages) == 2
+
+
+def test_purchase_on_another_device_counts_once_profiles_merge(running_hub: RunningHub) -> None:
+    running_hub.send(
+        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
+        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": "+14155550005"},
+                timestamp=at(hours=5)),
+    )
+    running_hub.settle()
+    assert running_hub.admin("/api/stats")["profiles"] == 2
+    running_hub.send(
+        message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(hours=2)),
+        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=1)),
+    )
+    running_hub.settle()
+    stats = running_hub.admin("/api/stats")
+    assert (stats["profiles"], stats["merges"]) == (1, 1)
+    profile = running_hub.admin("/api/profiles/lookup", type="anonymous_id", value="phone-session")
+    assert sorted(profile["identifiers"]["anonymous_id"]) == ["phone-session", "web-session"]
+    assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550005"]
+
+
+def test_opted_out_profile_gets_no_sms_and_the_decision_says_why(running_hub: RunningHub) -> None:
+    running_hub.send(
+        message("identify", userId="quiet", traits={"phone": "+14155550006", "sms_opt_out": True}, timestamp=at(days=2)),
+        order("quiet", days=1),
+        ticket("quiet", minutes=1),
+    )
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+    assert decisions(running_hub) == {"post_purchase_support": 1}
+    assert running_hub.admin("/api/deliveries")["deliveries"] == []
