@@ -8,6 +8,7 @@ over HTTP as an SDK would, and reads the results back from the admin API.
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -58,6 +59,9 @@ def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResu
         demo_settings = settings.model_copy(
             update={
                 "database_url": f"sqlite:///{folder}/demo.db",
+                # Throwaway credentials: the demo never depends on (or warns about) the development ones.
+                "default_write_key": secrets.token_urlsafe(16),
+                "admin_token": secrets.token_urlsafe(16),
                 "retry_base_delay_seconds": 0.2,
                 "worker_poll_seconds": 0.1,
                 **sandbox.settings_overrides(),

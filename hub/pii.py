@@ -10,11 +10,13 @@ import re
 from typing import Any
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
-_PHONE = re.compile(r"\+?\d[\d \-().]{7,}\d")
+# International numbers (+ and digits) and North American national ones; a bare
+# run of digits is not masked, or every timestamp and id would be.
+_PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
 
 
 def mask_phone(value: str) -> str:
-    """Keep the country prefix and the last 4 digits: '+14155550123' -> '+1*******0123'."""
+    """Keep the country prefix and the last 4 digits: '+14155550123' -> '+1******0123'."""
     digits = re.sub(r"\D", "", value)
     if len(digits) <= 4:
         return "*" * len(digits)

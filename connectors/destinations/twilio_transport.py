@@ -1,0 +1,76 @@
+"""Point the official `twilio` client at a Twilio-compatible base URL.
+
+The twilio library builds every REST URL on ``https://api.twilio.com`` and has
+no setting to change it, but its `Client` accepts an `http_client`. Rewriting
+the URL there, at the transport, keeps the library's own request building,
+Basic auth and error parsing (`TwilioRestException`) in play, so tests against
+the sandbox exercise exactly what production runs. Production uses the same
+class when a Twilio-compatible endpoint (a regional proxy, the sandbox) is
+configured.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twilio.http.http_client import TwilioHttpClient
+from twilio.http.response import Response
+
+# With TWILIO_EDGE / TWILIO_REGION set (environment or Client arguments) the
+# library rewrites the host to api.<edge>.<region>.twilio.com before calling the
+# transport; those hosts must be redirected too, or a sandbox run would quietly
+# send its requests to the real Twilio.
+_TWILIO_API_ORIGIN = re.compile(r"^https://api(?:\.[a-z0-9-]+){0,2}\.twilio\.com(?=[/?]|$)")
+
+
+class BaseUrlHttpClient(TwilioHttpClient):
+    """A `TwilioHttpClient` that sends Twilio REST API calls to `base_url` instead.
+
+    Args:
+        base_url: what replaces ``https://api.twilio.com``, such as
+            ``http://127.0.0.1:54321``; a path prefix is kept.
+        **kwargs: passed to `TwilioHttpClient` (``timeout``, ``proxy``,
+            ``max_retries``, ``pool_connections``, ...).
+
+    `request` raises `ValueError` for a URL on any other Twilio host (such as
+    ``verify.twilio.com``): the endpoint stands in for the REST API host only,
+    and credentials meant for it must not travel anywhere else.
+    """
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.base_url = base_url.rstrip("/")
+        if self.session is not None and self.base_url.startswith("http://"):
+            # TwilioHttpClient mounts its pool size and max_retries for https://
+            # only; a plain-HTTP endpoint gets the same adapter so it behaves alike.
+            self.session.mount("http://", self.session.get_adapter("https://api.twilio.com"))
+
+    def rewrite(self, url: str) -> str:
+        """The URL to call instead of `url`; raises `ValueError` for non-REST-API hosts."""
+        rewritten, count = _TWILIO_API_ORIGIN.subn(lambda _origin: self.base_url, url, count=1)
+        if not count:
+            raise ValueError(f"{url!r} is not on Twilio's REST API host; refusing to send it to {self.base_url}")
+        return rewritten
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        return super().request(
+            method,
+            self.rewrite(url),
+            params=params,
+            data=data,
+            headers=headers,
+            auth=auth,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )

@@ -1,0 +1,56 @@
+"""The files around the code stay true: migrations match the models, schemas match, README matches CI."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from hub.mapping import load_mapping
+from hub.routing import load_routes
+from hub.rules import load_rules
+from hub.schemas import SCHEMAS, render
+from hub.settings import PROJECT_MAPPINGS, HubSettings
+from hub.store import Store
+from hub.store.schema import metadata
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_migrations_produce_exactly_the_schema_the_code_uses(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/m.db")
+    store.migrate()
+    store.migrate()  # idempotent
+    with store.read() as connection:
+        assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata) == []
+
+
+def test_sqlite_store_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path}/w.db")
+    with store.read() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_committed_json_schemas_are_generated_from_the_models() -> None:
+    for name, model in SCHEMAS.items():
+        assert (PROJECT_MAPPINGS / "schema" / name).read_text() == render(model), f"regenerate {name}"
+
+
+def test_shipped_mapping_files_load() -> None:
+    assert load_mapping(PROJECT_MAPPINGS / "segment.yaml").label("Order Completed").moment == "purchase"
+    assert [rule.id for rule in load_rules(PROJECT_MAPPINGS / "triggers.yaml")] == ["post_purchase_support"]
+    assert load_routes(PROJECT_MAPPINGS / "routes.yaml")["sms"].target == "phone"
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (ROOT / "README.md").read_text()
+    [command] = re.findall(r"^# test\n(.+)$", readme, flags=re.MULTILINE)
+    assert command.strip() in (ROOT / ".ci" / "run").read_text()
+
+
+def test_env_example_documents_every_setting() -> None:
+    documented = set(re.findall(r"^#?\s*HUB_([A-Z_]+)=", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
+    assert documented == {name.upper() for name in HubSettings.model_fields}

@@ -1,0 +1,221 @@
+"""The real `twilio` library against the fake Twilio, through BaseUrlHttpClient."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from datetime import datetime
+
+import httpx
+import pytest
+from twilio.base.exceptions import TwilioRestException
+from twilio.rest import Client
+from twilio.rest.api.v2010.account.message import MessageInstance
+
+from connectors.destinations.twilio_transport import BaseUrlHttpClient
+from connectors.sandbox.twilio import FakeTwilio, create_app
+from hub.serving import BackgroundServer
+
+SENDER = "+15005550006"
+RECIPIENT = "+14155550142"
+CALLBACK = "https://hub.example.com/webhooks/twilio/status"
+
+
+@pytest.fixture(scope="module")
+def fake() -> FakeTwilio:
+    return FakeTwilio()
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeTwilio) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(fake)) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh(fake: FakeTwilio) -> None:
+    fake.reset()
+
+
+def twilio_client(server: BackgroundServer, fake: FakeTwilio, auth_token: str | None = None, **kwargs: str) -> Client:
+    transport = BaseUrlHttpClient(server.url, timeout=5)
+    return Client(fake.account_sid, auth_token or fake.auth_token, http_client=transport, **kwargs)
+
+
+@pytest.fixture
+def client(server: BackgroundServer, fake: FakeTwilio) -> Iterator[Client]:
+    twilio = twilio_client(server, fake)
+    yield twilio
+    twilio.http_client.session.close()
+
+
+def send(client: Client, to: str = RECIPIENT, **fields: str | None) -> MessageInstance:
+    """Send with the defaults below; a field set to None is left out, as the library does."""
+    return client.messages.create(to=to, **{"from_": SENDER, "body": "Hi Jane", **fields})
+
+
+def test_created_message_is_what_arrived_and_what_twilio_returns(client: Client, fake: FakeTwilio) -> None:
+    sent = send(client, body="Your order shipped", status_callback=CALLBACK)
+
+    [request] = fake.requests
+    assert request == {
+        "method": "POST",
+        "path": f"/2010-04-01/Accounts/{fake.account_sid}/Messages.json",
+        "query": {},
+        "form": {"To": RECIPIENT, "From": SENDER, "Body": "Your order shipped", "StatusCallback": CALLBACK},
+        "auth_user": fake.account_sid,
+        "status": 201,
+        "fault": False,
+    }
+    [stored] = fake.messages
+    assert re.fullmatch(r"SM[0-9a-f]{32}", sent.sid) and stored["sid"] == sent.sid
+    assert fake.status_callbacks == {sent.sid: CALLBACK}
+    assert (sent.to, sent.from_, sent.body) == (RECIPIENT, SENDER, "Your order shipped")
+    assert (sent.status, sent.direction, sent.num_segments, sent.num_media) == ("queued", "outbound-api", "1", "0")
+    assert (sent.account_sid, sent.api_version, sent.messaging_service_sid) == (fake.account_sid, "2010-04-01", None)
+    assert (sent.error_code, sent.error_message, sent.price, sent.date_sent) == (None, None, None, None)
+    assert isinstance(sent.date_created, datetime) and sent.date_created.tzinfo is not None
+    assert stored["date_created"].endswith(" +0000")  # RFC 2822, as Twilio writes it
+    assert sent.uri == f"/2010-04-01/Accounts/{fake.account_sid}/Messages/{sent.sid}.json"
+    assert sent.subresource_uris == {"media": f"/2010-04-01/Accounts/{fake.account_sid}/Messages/{sent.sid}/Media.json"}
+
+
+def test_fetch_by_sid_returns_the_stored_resource(client: Client, fake: FakeTwilio) -> None:
+    sent = send(client)
+    fetched = client.messages(sent.sid).fetch()
+    assert (fetched.sid, fetched.to, fetched.body, fetched.status) == (sent.sid, RECIPIENT, "Hi Jane", "queued")
+    with pytest.raises(TwilioRestException) as missing:
+        client.messages("SM" + "0" * 32).fetch()
+    assert (missing.value.status, missing.value.code) == (404, 20404)
+    assert [r["status"] for r in fake.requests] == [201, 200, 404]
+
+
+@pytest.mark.parametrize("wrong", ["token", "account in path"])
+def test_refused_credentials_are_401_code_20003(server: BackgroundServer, fake: FakeTwilio, wrong: str) -> None:
+    if wrong == "token":
+        client = twilio_client(server, fake, auth_token="not-the-token")
+    else:
+        client = twilio_client(server, fake, account_sid="AC" + "0" * 32)
+    with pytest.raises(TwilioRestException) as refused:
+        send(client)
+    assert (refused.value.status, refused.value.code) == (401, 20003)
+    assert [(r["status"], r["auth_user"]) for r in fake.requests] == [(401, fake.account_sid)]
+    assert fake.message_count == 0
+
+
+@pytest.mark.parametrize(
+    ("fields", "code"),
+    [
+        ({"to": ""}, 21604),
+        ({"from_": None}, 21603),
+        ({"body": None}, 21602),
+        ({"to": "4155550142"}, 21211),
+        ({"to": "+14155550142\n"}, 21211),
+        ({"body": "x" * 1601}, 21617),
+    ],
+)
+def test_requests_twilio_refuses_are_400_with_its_code(
+    client: Client, fake: FakeTwilio, fields: dict[str, str | None], code: int
+) -> None:
+    with pytest.raises(TwilioRestException) as refused:
+        send(client, **fields)
+    assert (refused.value.status, refused.value.code) == (400, code)
+    assert fake.message_count == 0
+    assert [r["status"] for r in fake.requests] == [400]
+
+
+def test_unsubscribed_recipient_is_21610(client: Client, fake: FakeTwilio) -> None:
+    fake.unsubscribed.add(RECIPIENT)
+    with pytest.raises(TwilioRestException) as refused:
+        send(client)
+    assert (refused.value.status, refused.value.code) == (400, 21610)
+    assert "unsubscribed" in refused.value.msg
+
+
+def test_two_injected_503s_then_success(client: Client, fake: FakeTwilio) -> None:
+    fake.fail_next(503, code=20503, message="Service unavailable", times=2)
+    for _ in range(2):
+        with pytest.raises(TwilioRestException) as failed:
+            send(client)
+        assert (failed.value.status, failed.value.code) == (503, 20503)
+    sent = send(client)
+
+    requests = fake.requests
+    assert len(requests) == 3
+    assert [(r["status"], r["fault"]) for r in requests] == [(503, True), (503, True), (201, False)]
+    assert all(r["form"]["To"] == RECIPIENT for r in requests)
+    assert [m["sid"] for m in fake.messages] == [sent.sid]
+
+
+def test_injected_429_over_http_exposes_retry_after(server: BackgroundServer, fake: FakeTwilio) -> None:
+    queued = httpx.post(
+        f"{server.url}/_sandbox/faults",
+        json={"status": 429, "code": 20429, "message": "Too Many Requests", "retry_after": 7},
+    )
+    assert queued.status_code == 201
+
+    answer = httpx.post(
+        f"{server.url}/2010-04-01/Accounts/{fake.account_sid}/Messages.json",
+        data={"To": RECIPIENT, "From": SENDER, "Body": "Hi"},
+        auth=(fake.account_sid, fake.auth_token),
+    )
+    assert answer.status_code == 429
+    assert answer.headers["Retry-After"] == "7"
+    assert answer.json() == {
+        "code": 20429,
+        "message": "Too Many Requests",
+        "more_info": "https://www.twilio.com/docs/errors/20429",
+        "status": 429,
+    }
+    assert httpx.post(f"{server.url}/_sandbox/faults", json={"status": 200}).status_code == 422
+
+
+def test_json_body_has_no_fields_for_twilio(server: BackgroundServer, fake: FakeTwilio) -> None:
+    answer = httpx.post(
+        f"{server.url}/2010-04-01/Accounts/{fake.account_sid}/Messages.json",
+        json={"To": RECIPIENT, "From": SENDER, "Body": "Hi"},
+        auth=(fake.account_sid, fake.auth_token),
+    )
+    assert (answer.status_code, answer.json()["code"]) == (400, 21604)
+
+
+def test_unknown_path_is_404_recorded_and_never_eats_a_fault(server: BackgroundServer, fake: FakeTwilio) -> None:
+    fake.fail_next(503)
+    path = f"/2010-04-01/Accounts/{fake.account_sid}/Calls.json"
+    answer = httpx.post(f"{server.url}{path}", data={"To": RECIPIENT}, auth=(fake.account_sid, fake.auth_token))
+    assert (answer.status_code, answer.json()["code"], answer.json()["status"]) == (404, 20404, 404)
+    wrong_method = httpx.get(f"{server.url}/2010-04-01/Accounts/{fake.account_sid}/Messages.json")
+    assert (wrong_method.status_code, wrong_method.json()["code"]) == (405, 20004)
+    assert [(r["method"], r["path"], r["form"], r["status"]) for r in fake.requests] == [
+        ("POST", path, {"To": RECIPIENT}, 404),
+        ("GET", f"/2010-04-01/Accounts/{fake.account_sid}/Messages.json", {}, 405),
+    ]
+    assert fake.requests[0]["fault"] is False
+
+
+def test_control_endpoints_show_and_reset_state(client: Client, server: BackgroundServer, fake: FakeTwilio) -> None:
+    sent = send(client)
+    assert [m["sid"] for m in httpx.get(f"{server.url}/_sandbox/messages").json()] == [sent.sid]
+    assert httpx.get(f"{server.url}/_sandbox/requests").json() == fake.requests
+    assert httpx.post(f"{server.url}/_sandbox/reset").status_code == 204
+    assert (fake.messages, fake.requests) == ([], [])
+
+
+def test_messaging_service_media_message_is_accepted_mms(client: Client, fake: FakeTwilio) -> None:
+    service = "MG" + "1" * 32
+    sent = client.messages.create(
+        to=RECIPIENT, messaging_service_sid=service, media_url=["https://a.example/1.png", "https://a.example/2.png"]
+    )
+    assert re.fullmatch(r"MM[0-9a-f]{32}", sent.sid)
+    assert (sent.status, sent.from_, sent.messaging_service_sid, sent.num_media) == ("accepted", None, service, "2")
+    assert fake.requests[0]["form"]["MediaUrl"] == ["https://a.example/1.png", "https://a.example/2.png"]
+
+
+def test_transport_redirects_regional_hosts_and_refuses_other_twilio_hosts(
+    server: BackgroundServer, fake: FakeTwilio
+) -> None:
+    regional = twilio_client(server, fake, region="au1", edge="sydney")
+    assert send(regional).status == "queued"
+    with pytest.raises(ValueError, match="verify.twilio.com"):
+        regional.http_client.request("GET", "https://verify.twilio.com/v2/Services")
+    assert len(fake.requests) == 1
