@@ -31,7 +31,7 @@ SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 def _settings(**overrides: object) -> HubSettings:
     settings = HubSettings()
     configure_logging(settings.log_level, settings.log_json)
-    return settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    return settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
 
 
 def _build_hub(settings: HubSettings):  # type: ignore[no-untyped-def]
@@ -66,7 +66,7 @@ def serve(
     with ExitStack() as stack:
         if sandbox:
             providers = stack.enter_context(SandboxProviders())
-            settings = settings.model_copy(update=providers.settings_overrides())
+            settings = settings.with_overrides(**providers.settings_overrides())
             console.print(f"Sandbox providers: {providers.urls}")
         hub = _build_hub(settings)
         console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {settings.database_url})")

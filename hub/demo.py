@@ -56,8 +56,8 @@ def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResu
     with tempfile.TemporaryDirectory(prefix="touchhub-demo-") as folder, SandboxProviders() as sandbox:
         sandbox.twilio.unsubscribed.update(unsubscribed)
         sandbox.twilio.fail_next(503, code=20500, message="Service unavailable (injected by the demo)")
-        demo_settings = settings.model_copy(
-            update={
+        demo_settings = settings.with_overrides(
+            **{
                 "database_url": f"sqlite:///{folder}/demo.db",
                 # Throwaway credentials: the demo never depends on (or warns about) the development ones.
                 "default_write_key": secrets.token_urlsafe(16),
@@ -103,10 +103,10 @@ def print_summary(result: DemoResult, console: Console) -> None:
     console.print(overview)
 
     deliveries = Table(title="Deliveries by channel and status")
-    for column in ("channel", "status", "count"):
+    for column in ("channel", "status", "deliveries", "attempts"):
         deliveries.add_column(column)
     for row in result.stats["deliveries"]:
-        deliveries.add_row(row["channel"], row["status"], str(row["count"]))
+        deliveries.add_row(row["channel"], row["status"], str(row["count"]), str(row["attempts"]))
     console.print(deliveries)
 
     sms = Table(title="SMS received by the sandbox Twilio")

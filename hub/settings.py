@@ -52,6 +52,10 @@ class HubSettings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = False
 
+    def with_overrides(self, **values: object) -> "HubSettings":
+        """A validated copy with some values replaced (``model_copy`` would skip validation)."""
+        return type(self).model_validate({**self.model_dump(), **values})
+
     def uses_development_credentials(self) -> bool:
         return (
             self.default_write_key.get_secret_value() == DEVELOPMENT_WRITE_KEY

@@ -16,10 +16,7 @@ def collect(store: Store) -> dict[str, Any]:
             "profiles": graph["profiles"],
             "merges": graph["merges"],
             "decisions": decisions.count_by_rule(connection),
-            "deliveries": [
-                {"channel": channel, "status": status, "count": count}
-                for (channel, status), count in sorted(outbox.count_by_channel_and_status(connection).items())
-            ],
+            "deliveries": outbox.count_by_channel_and_status(connection),
             "quarantined": quarantine.count(connection),
         }
 

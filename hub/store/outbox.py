@@ -138,11 +138,14 @@ def search(
     return found
 
 
-def count_by_channel_and_status(connection: Connection) -> dict[tuple[str, str], int]:
+def count_by_channel_and_status(connection: Connection) -> list[dict[str, Any]]:
+    """Deliveries and the attempts they took, per channel and status."""
     rows = connection.execute(
-        select(deliveries.c.channel, deliveries.c.status, func.count()).group_by(deliveries.c.channel, deliveries.c.status)
+        select(deliveries.c.channel, deliveries.c.status, func.count(), func.sum(deliveries.c.attempts))
+        .group_by(deliveries.c.channel, deliveries.c.status)
+        .order_by(deliveries.c.channel, deliveries.c.status)
     )
-    return {(channel, status): total for channel, status, total in rows}
+    return [{"channel": ch, "status": st, "count": n, "attempts": int(a or 0)} for ch, st, n, a in rows]
 
 
 def unfinished(connection: Connection) -> int:

@@ -1,0 +1,41 @@
+"""The CLI as a new user meets it: the demo runs end to end and exits cleanly; help teaches."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
+
+
+def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TOUCHHUB, *args], capture_output=True, text=True, timeout=timeout, env={"COLUMNS": "120", "PATH": ""})
+
+
+def test_demo_replays_the_journey_and_prints_the_summary() -> None:
+    result = run("demo")
+    assert result.returncode == 0, result.stderr
+    lines = {" ".join(line.replace("│", " ").split()) for line in result.stdout.splitlines()}
+    assert "Events accepted 18" in lines
+    assert "Items refused (quarantined) 1" in lines
+    assert "Profiles 5" in lines
+    assert "Profile merges 1" in lines
+    assert "Trigger fired: post_purchase_support 3" in lines
+    assert "sms sent 2 3" in lines  # Ana's SMS needed a second attempt after an injected 503
+    assert "sms failed 1 1" in lines  # Dev replied STOP at the provider: 21610, not retried
+    assert "+14155550101" not in result.stdout  # phones are masked
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "worker", "demo", "migrate", "connectors"):
+        assert command in result.stdout
+
+
+def test_connectors_list_shows_built_ins_and_their_origin() -> None:
+    result = run("connectors", "list")
+    assert result.returncode == 0, result.stderr
+    assert "segment" in result.stdout and "twilio_sms" in result.stdout
+    assert "touchpoint-hub" in result.stdout
