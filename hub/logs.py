@@ -9,7 +9,6 @@ import structlog
 
 from hub.pii import mask_value
 
-
 NOISY_LIBRARY_LOGGERS = ("twilio", "httpx", "httpcore", "urllib3", "uvicorn.access", "alembic")
 
 

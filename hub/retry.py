@@ -16,9 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
-from tenacity import RetryCallState, stop_after_attempt, stop_after_delay, wait_random_exponential
+from tenacity import (
+    RetryCallState,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
-from hub.errors import AuthDeliveryError, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from hub.errors import (
+    AuthDeliveryError,
+    DeliveryError,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
 
 DEFAULT_STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     401: AuthDeliveryError,

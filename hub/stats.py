@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from hub.store import Store, decisions, identity_graph, inbox, outbox, quarantine, touchpoints
+from hub.store import (
+    Store,
+    decisions,
+    identity_graph,
+    inbox,
+    outbox,
+    quarantine,
+    touchpoints,
+)
 
 
 def collect(store: Store) -> dict[str, Any]:

@@ -11,7 +11,12 @@ from hub.identifiers import normalize_identifier
 from hub.identity import resolve
 from hub.model import Identifier, Touchpoint, derived_id
 from hub.store import Store
-from hub.store.identity_graph import SqlIdentityGraph, counts, live_profile_id, profile_view
+from hub.store.identity_graph import (
+    SqlIdentityGraph,
+    counts,
+    live_profile_id,
+    profile_view,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
@@ -79,16 +79,8 @@ class TwilioSmsDestination(Destination):
             message = self.client.messages.create(
                 to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"]
             )
-        except TwilioRestException as exc:
-            outcome = TWILIO_CODE_OUTCOMES.get(exc.code or 0) or outcome_for_status(exc.status)
-            raise outcome(
-                DeliveryFailure(
-                    error_class=f"twilio.{exc.code or exc.status}",
-                    message=f"Twilio {exc.status} error {exc.code}: {exc.msg}",
-                    provider_code=str(exc.code) if exc.code else None,
-                    response_summary={"status": exc.status, "code": exc.code},
-                )
-            ) from exc
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise _as_delivery_error(exc) from exc
         except requests.RequestException as exc:
             raise RetryableDeliveryError(
                 DeliveryFailure(error_class=f"network.{type(exc).__name__}", message=f"could not reach Twilio: {exc}")
@@ -103,3 +95,17 @@ class TwilioSmsDestination(Destination):
         session = getattr(self.client.http_client, "session", None)
         if session is not None:
             session.close()
+
+
+def _as_delivery_error(exc: TwilioRestException | TwilioServiceException) -> DeliveryError:
+    """Twilio's two error shapes (classic `code`/`message`, and RFC 9457 problem details) as our errors."""
+    text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+    outcome = TWILIO_CODE_OUTCOMES.get(exc.code or 0) or outcome_for_status(exc.status)
+    return outcome(
+        DeliveryFailure(
+            error_class=f"twilio.{exc.code or exc.status}",
+            message=f"Twilio {exc.status} error {exc.code}: {text}",
+            provider_code=str(exc.code) if exc.code else None,
+            response_summary={"status": exc.status, "code": exc.code},
+        )
+    )

@@ -19,7 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from connectors.base import ParseResult, RejectedItem, Source, matches_digest, secret_digest
+from connectors.base import (
+    ParseResult,
+    RejectedItem,
+    Source,
+    matches_digest,
+    secret_digest,
+)
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from functools import partial
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from hub import stats
@@ -13,6 +16,7 @@ from hub.runtime import Hub
 from hub.store import outbox, quarantine, touchpoints
 from hub.store.identity_graph import find_profile_id, live_profile_id, profile_view
 
+T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])
 Limit = Query(100, ge=1, le=1000, description="At most this many rows (1-1000).")
 
@@ -21,19 +25,35 @@ def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
+async def _read(request: Request, work: Callable[[Connection], T]) -> T:
+    """Run a read-only store query off the event loop."""
+
+    def run() -> T:
+        with _hub(request).store.read() as connection:
+            return work(connection)
+
+    return await run_in_threadpool(run)
+
+
+def _for_live_profile(profile_id: str | None, search: Callable[[Connection, str | None], list[T]]) -> Callable[[Connection], list[T]]:
+    """Filter by the surviving profile of `profile_id`, which may be an id merged away since."""
+
+    def work(connection: Connection) -> list[T]:
+        live_id = live_profile_id(connection, profile_id) if profile_id else None
+        if profile_id and live_id is None:
+            return []
+        return search(connection, live_id)
+
+    return work
+
+
 @router.get("/touchpoints", summary="Touchpoints, newest first")
 async def list_touchpoints(
     request: Request, limit: int = Limit, source: str | None = None, event: str | None = None,
     profile_id: str | None = None,
 ) -> dict[str, Any]:
-    def query() -> list[dict[str, Any]]:
-        with _hub(request).store.read() as connection:
-            live_id = live_profile_id(connection, profile_id) if profile_id else None
-            if profile_id and live_id is None:
-                return []
-            return touchpoints.search(connection, limit=limit, source_id=source, event=event, profile_id=live_id)
-
-    return {"touchpoints": await run_in_threadpool(query)}
+    search = partial(touchpoints.search, limit=limit, source_id=source, event=event)
+    return {"touchpoints": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
 
 @router.get("/profiles/lookup", summary="Find the profile an identifier belongs to")
@@ -47,12 +67,11 @@ async def lookup_profile(
     if identifier is None:
         raise HTTPException(400, detail=f"value: {value!r} is not a usable {type} identifier")
 
-    def query() -> dict[str, Any] | None:
-        with hub.store.read() as connection:
-            profile_id = find_profile_id(connection, identifier)
-            return profile_view(connection, profile_id) if profile_id else None
+    def query(connection: Connection) -> dict[str, Any] | None:
+        profile_id = find_profile_id(connection, identifier)
+        return profile_view(connection, profile_id) if profile_id else None
 
-    profile = await run_in_threadpool(query)
+    profile = await _read(request, query)
     if profile is None:
         raise HTTPException(404, detail=f"no profile has {type} {identifier.value!r}")
     return profile
@@ -60,11 +79,7 @@ async def lookup_profile(
 
 @router.get("/profiles/{profile_id}", summary="A profile with its traits and identifiers")
 async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
-    def query() -> dict[str, Any] | None:
-        with _hub(request).store.read() as connection:
-            return profile_view(connection, profile_id)
-
-    profile = await run_in_threadpool(query)
+    profile = await _read(request, lambda connection: profile_view(connection, profile_id))
     if profile is None:
         raise HTTPException(404, detail=f"no profile {profile_id!r}")
     return profile
@@ -75,23 +90,13 @@ async def list_deliveries(
     request: Request, limit: int = Limit, profile_id: str | None = None, status: str | None = None,
     channel: str | None = None,
 ) -> dict[str, Any]:
-    def query() -> list[dict[str, Any]]:
-        with _hub(request).store.read() as connection:
-            live_id = live_profile_id(connection, profile_id) if profile_id else None
-            if profile_id and live_id is None:
-                return []
-            return outbox.search(connection, limit=limit, profile_id=live_id, status=status, channel=channel)
-
-    return {"deliveries": await run_in_threadpool(query)}
+    search = partial(outbox.search, limit=limit, status=status, channel=channel)
+    return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first")
 async def list_quarantine(request: Request, limit: int = Limit) -> dict[str, Any]:
-    def query() -> list[dict[str, Any]]:
-        with _hub(request).store.read() as connection:
-            return quarantine.recent(connection, limit)
-
-    return {"quarantine": await run_in_threadpool(query)}
+    return {"quarantine": await _read(request, lambda connection: quarantine.recent(connection, limit))}
 
 
 @router.get("/stats", summary="Counts of events, profiles, decisions and deliveries")

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, func, select, update
 
 from hub.model import RawEvent
+from hub.store import sql
 from hub.store.schema import inbox
 from hub.store.sql import insert_ignoring_conflicts
 
@@ -54,17 +55,8 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
         .order_by(inbox.c.id)
         .limit(limit)
     )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = [InboxRow(*row) for row in connection.execute(query)]
-    if rows:
-        connection.execute(
-            update(inbox)
-            .where(inbox.c.id.in_([row.id for row in rows]))
-            .values(available_at=now + lease, attempts=inbox.c.attempts + 1)
-        )
-    return rows
-
+    rows = sql.claim(connection, query, inbox, inbox.c.id, available_at=now + lease, attempts=inbox.c.attempts + 1)
+    return [InboxRow(*row) for row in rows]
 
 def mark_done(connection: Connection, inbox_id: int, now: datetime) -> None:
     connection.execute(update(inbox).where(inbox.c.id == inbox_id).values(status="done", processed_at=now, error=None))

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, desc, func, insert, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery
 from hub.pii import mask_text
+from hub.store import sql
 from hub.store.schema import attempts, deliveries
 from hub.store.sql import insert_ignoring_conflicts
 
@@ -68,17 +69,8 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
         .order_by(deliveries.c.next_attempt_at)
         .limit(limit)
     )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    due = [Delivery(*row) for row in connection.execute(query)]
-    if due:
-        connection.execute(
-            update(deliveries)
-            .where(deliveries.c.delivery_id.in_([item.delivery_id for item in due]))
-            .values(claimed_until=now + lease)
-        )
-    return due
-
+    rows = sql.claim(connection, query, deliveries, deliveries.c.delivery_id, claimed_until=now + lease)
+    return [Delivery(*row) for row in rows]
 
 def record_attempt(
     connection: Connection,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table
+from sqlalchemy import Column, Connection, Row, Select, Table, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -25,3 +25,19 @@ def insert_ignoring_conflicts(
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
         inserted += connection.execute(statement, row).rowcount
     return inserted
+
+
+def claim(connection: Connection, query: Select[Any], table: Table, key: Column[Any], **lease: Any) -> list[Row[Any]]:
+    """Select work rows and stamp them with `lease` values in the same transaction.
+
+    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent workers
+    take disjoint rows; on SQLite the surrounding BEGIN IMMEDIATE transaction
+    already serializes claimers.
+    """
+    if connection.dialect.name == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    rows = connection.execute(query).all()
+    if rows:
+        keys = [getattr(row, key.name) for row in rows]
+        connection.execute(update(table).where(key.in_(keys)).values(**lease))
+    return rows
