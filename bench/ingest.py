@@ -59,11 +59,12 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=20)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--no-workers", action="store_true", help="measure ingest alone, without the pipeline")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         settings = HubSettings(_env_file=None, database_url=f"sqlite:///{folder}/bench.db",  # type: ignore[call-arg]
                                default_write_key=WRITE_KEY, log_level="WARNING")
-        app = create_app(Hub(settings))
+        app = create_app(Hub(settings), run_workers=not args.no_workers)
 
         @app.post("/bench/noop")
         async def noop(request: Request) -> JSONResponse:

@@ -79,19 +79,25 @@ class Pipeline:
         planned = 0
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
+            done = []
             for row in rows:
-                planned += self._process_isolated(connection, row, now)
+                outcome = self._process_isolated(connection, row, now)
+                if outcome is not None:
+                    done.append(row.id)
+                    planned += outcome
+            inbox.mark_done(connection, done, now)
         if planned:
             self._deliveries_planned.set()
         return len(rows)
 
-    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime) -> int:
+    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime) -> int | None:
+        """Deliveries planned for the row, or None when it failed (quarantined or postponed)."""
         try:
             with connection.begin_nested():
                 planned = self._process(connection, row, now)
         except MappingError as exc:
             self._give_up(connection, row, now, "mapping", str(exc))
-            return 0
+            return None
         except Exception as exc:
             log.exception("pipeline failed on inbox row", inbox_id=row.id, attempt=row.attempts + 1)
             if row.attempts + 1 >= self.config.max_attempts:
@@ -99,7 +105,7 @@ class Pipeline:
             else:
                 retry_at = now + timedelta(seconds=2 ** (row.attempts + 1))
                 inbox.postpone(connection, row.id, retry_at, f"{type(exc).__name__}: {exc}")
-            return 0
+            return None
         metrics.TOUCHPOINTS_PROCESSED.inc()
         return planned
 
@@ -123,7 +129,6 @@ class Pipeline:
                 if decisions.record(connection, decision, plan.fates(), now):
                     planned += outbox.plan(connection, plan.deliveries, now)
                     metrics.DECISIONS.labels(rule=decision.rule_id).inc()
-        inbox.mark_done(connection, row.id, now)
         return planned
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

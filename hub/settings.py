@@ -44,7 +44,7 @@ class HubSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
 
-    worker_batch_size: int = Field(100, ge=1)
+    worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
     pipeline_max_attempts: int = Field(5, ge=1)

@@ -8,6 +8,8 @@ single atomic transaction.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +29,12 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_store_engine(url)
+        # SQLite has one writer at a time. Threads of this process queue on a
+        # lock, woken the moment it is free, instead of in SQLite's busy
+        # handler, which sleeps and polls (up to 100 ms a nap) and starved
+        # ingest while the pipeline committed. Other processes still meet the
+        # busy timeout.
+        self._write_lock = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
 
     @property
     def dialect(self) -> str:
@@ -34,7 +42,7 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with write_transaction(self.engine) as connection:
+        with self._write_lock, write_transaction(self.engine) as connection:
             yield connection
 
     @contextmanager

@@ -7,12 +7,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, insert, select, tuple_, update
+from sqlalchemy import Connection, bindparam, func, insert, select, update
 from ulid import ULID
 
 from hub.model import Identifier
 from hub.store import touchpoints as touchpoint_store
 from hub.store.schema import identifiers, merges, profiles
+
+
+_PROFILE_OF = select(identifiers.c.profile_id).where(
+    identifiers.c.type == bindparam("type"), identifiers.c.value == bindparam("value")
+)
 
 
 class SqlIdentityGraph:
@@ -22,15 +27,14 @@ class SqlIdentityGraph:
         self.connection = connection
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
-        if not idents:
-            return {}
-        keys = [(ident.type, ident.value) for ident in idents]
-        rows = self.connection.execute(
-            select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(
-                tuple_(identifiers.c.type, identifiers.c.value).in_(keys)
-            )
-        )
-        return {Identifier(type_, value): profile_id for type_, value, profile_id in rows}
+        # One primary-key lookup per identifier: a touchpoint carries a handful,
+        # and the cached statement is far cheaper than compiling a tuple IN.
+        found = {}
+        for ident in idents:
+            profile_id = self.connection.execute(_PROFILE_OF, {"type": ident.type, "value": ident.value}).scalar()
+            if profile_id is not None:
+                found[ident] = profile_id
+        return found
 
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())

@@ -58,8 +58,11 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
     rows = sql.claim(connection, query, inbox, inbox.c.id, available_at=now + lease, attempts=inbox.c.attempts + 1)
     return [InboxRow(*row) for row in rows]
 
-def mark_done(connection: Connection, inbox_id: int, now: datetime) -> None:
-    connection.execute(update(inbox).where(inbox.c.id == inbox_id).values(status="done", processed_at=now, error=None))
+def mark_done(connection: Connection, inbox_ids: Sequence[int], now: datetime) -> None:
+    if inbox_ids:
+        connection.execute(
+            update(inbox).where(inbox.c.id.in_(list(inbox_ids))).values(status="done", processed_at=now, error=None)
+        )
 
 
 def mark_failed(connection: Connection, inbox_id: int, now: datetime, error: str) -> None:
