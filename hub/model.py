@@ -98,6 +98,7 @@ class Action:
 
     channel: str
     template: str
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the destination, e.g. CRM fields
 
 
 @dataclass(frozen=True, slots=True)

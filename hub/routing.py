@@ -19,11 +19,15 @@ from hub.config_files import load_model
 from hub.model import Decision, PlannedDelivery, SkippedAction, derived_id
 from hub.templates import TemplateRenderer
 
+PROFILE_TARGET = "profile_id"
+
 
 class ChannelRoute(BaseModel):
     model_config = ConfigDict(extra="forbid")
     destination: str = Field(description="Destination id that serves this channel.")
-    target: str = Field(description="Identifier type the recipient is taken from, e.g. phone.")
+    target: str = Field(
+        description="Identifier type the recipient is taken from (e.g. phone), or `profile_id` for the profile itself."
+    )
 
 
 class RoutesFile(BaseModel):
@@ -63,13 +67,13 @@ class Router:
             if _consent_revoked(profile["traits"], action.channel):
                 skipped.append(SkippedAction(action.channel, f"{action.channel} consent revoked by the profile"))
                 continue
-            recipients = profile["identifiers"].get(route.target, [])
+            recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
             if not recipients:
                 skipped.append(SkippedAction(action.channel, f"profile has no {route.target}"))
                 continue
             context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
             try:
-                body = self.templates.render(action.template, context)
+                rendered = self.templates.render(action.template, context)
             except TemplateError as exc:
                 skipped.append(SkippedAction(action.channel, f"template {action.template}: {exc}"))
                 continue
@@ -82,7 +86,12 @@ class Router:
                     channel=action.channel,
                     destination_id=route.destination,
                     target=target,
-                    content={"body": body, "template": action.template, "rule_id": decision.rule_id},
+                    content={
+                        **rendered,
+                        "template": action.template,
+                        "rule_id": decision.rule_id,
+                        "params": action.params,
+                    },
                 )
             )
         return RoutingPlan(deliveries, skipped)

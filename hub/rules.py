@@ -72,6 +72,9 @@ Condition = Annotated[
 class ActionSpec(_Strict):
     channel: str = Field(description="Channel name; mappings/routes.yaml says which destination serves it.")
     template: str = Field(description="Template file in mappings/templates/.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Destination-specific values, e.g. CRM fields to update or a webhook event type."
+    )
 
 
 class Cap(_Strict):

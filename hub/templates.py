@@ -23,8 +23,20 @@ class TemplateRenderer:
             loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
         )
 
-    def render(self, name: str, context: dict[str, Any]) -> str:
-        return self._environment.get_template(name).render(**context).strip()
+    def render(self, name: str, context: dict[str, Any]) -> dict[str, str]:
+        """The whole template as ``body``, plus each ``{% block %}`` it defines under the block's name.
+
+        One file per message keeps its parts together: an email template has
+        ``subject``, ``text`` and ``html`` blocks, a push template ``title``
+        and ``body``; an SMS template is plain text.
+        """
+        template = self._environment.get_template(name)
+        rendered = {"body": template.render(**context).strip()}
+        if template.blocks:
+            block_context = template.new_context(dict(context))
+            for block, render_block in template.blocks.items():
+                rendered[block] = "".join(render_block(block_context)).strip()
+        return rendered
 
     def check(self, names: list[str]) -> None:
         """Fail at start-up, not at send time, if a rule names a template that does not parse."""

@@ -52,7 +52,7 @@ def evaluate(touchpoint: Touchpoint, profile_id: str, rules: Sequence[RuleSpec],
                 profile_id=profile_id,
                 touchpoint_id=touchpoint.touchpoint_id,
                 decided_at=touchpoint.occurred_at,
-                actions=tuple(Action(channel=action.channel, template=action.template) for action in rule.respond),
+                actions=tuple(Action(action.channel, action.template, action.params) for action in rule.respond),
                 variables=rule.vars,
                 evidence={"touchpoint_event": touchpoint.event, **evidence},
             )

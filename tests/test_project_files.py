@@ -42,7 +42,8 @@ def test_committed_json_schemas_are_generated_from_the_models() -> None:
 def test_shipped_mapping_files_load() -> None:
     assert load_mapping(PROJECT_MAPPINGS / "segment.yaml").label("Order Completed").moment == "purchase"
     assert [rule.id for rule in load_rules(PROJECT_MAPPINGS / "triggers.yaml")] == ["post_purchase_support"]
-    assert load_routes(PROJECT_MAPPINGS / "routes.yaml")["sms"].target == "phone"
+    routes = load_routes(PROJECT_MAPPINGS / "routes.yaml")
+    assert (routes["sms"].target, routes["crm"].target) == ("phone", "profile_id")
 
 
 def test_ci_runs_the_readme_test_command() -> None:

@@ -14,7 +14,6 @@ from hub.model import Identifier
 from hub.store import touchpoints as touchpoint_store
 from hub.store.schema import identifiers, merges, profiles
 
-
 _PROFILE_OF = select(identifiers.c.profile_id).where(
     identifiers.c.type == bindparam("type"), identifiers.c.value == bindparam("value")
 )
