@@ -1,0 +1,59 @@
+"""Admin API contract: limits, filters, newest-first order, health and metrics."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from tests.conftest import ADMIN_TOKEN, RunningHub, message
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def test_touchpoints_are_newest_first_filterable_and_limited(running_hub: RunningHub) -> None:
+    for n in range(3):
+        running_hub.send(message(userId=f"u-{n}", event="Product Viewed" if n < 2 else "Signed Up"))
+    running_hub.settle()
+    everything = running_hub.admin("/api/touchpoints")["touchpoints"]
+    assert [t["identifiers"] for t in everything] == [[["user_id", "u-2"]], [["user_id", "u-1"]], [["user_id", "u-0"]]]
+    assert len(running_hub.admin("/api/touchpoints", limit=2)["touchpoints"]) == 2
+    assert {t["event"] for t in running_hub.admin("/api/touchpoints", event="Product Viewed")["touchpoints"]} == {"Product Viewed"}
+    assert running_hub.admin("/api/touchpoints", source="elsewhere")["touchpoints"] == []
+    assert running_hub.admin("/api/touchpoints", profile_id="no-such-profile")["touchpoints"] == []
+
+
+def test_limit_above_1000_is_refused_naming_the_parameter(running_hub: RunningHub) -> None:
+    answer = running_hub.client.get("/api/touchpoints", params={"limit": 1001}, headers=AUTH)
+    assert answer.status_code == 422
+    assert answer.json()["detail"][0]["loc"] == ["query", "limit"]
+
+
+def test_lookup_normalizes_the_value_and_explains_misses(running_hub: RunningHub) -> None:
+    running_hub.send(message("identify", userId="u-1", traits={"email": "ana@example.com"}))
+    running_hub.settle()
+    assert running_hub.admin("/api/profiles/lookup", type="email", value="  ANA@example.com")["identifiers"]["user_id"] == ["u-1"]
+    missing = running_hub.client.get("/api/profiles/lookup", params={"type": "email", "value": "x@example.com"}, headers=AUTH)
+    assert (missing.status_code, missing.json()["detail"]) == (404, "no profile has email 'x@example.com'")
+    junk = running_hub.client.get("/api/profiles/lookup", params={"type": "user_id", "value": "null"}, headers=AUTH)
+    assert (junk.status_code, junk.json()["detail"]) == (400, "value: 'null' is not a usable user_id identifier")
+
+
+def test_deliveries_filter_by_status(running_hub: RunningHub) -> None:
+    now = datetime.now(timezone.utc)
+    running_hub.send(
+        message("identify", userId="u-d", traits={"phone": "+14155550177"}, timestamp=(now - timedelta(days=1)).isoformat()),
+        message(userId="u-d", event="Order Completed", timestamp=(now - timedelta(hours=1)).isoformat()),
+        message(userId="u-d", event="Ticket Submitted", timestamp=now.isoformat()),
+    )
+    running_hub.settle()
+    assert len(running_hub.admin("/api/deliveries", status="sent")["deliveries"]) == 1
+    assert running_hub.admin("/api/deliveries", status="dead")["deliveries"] == []
+
+
+def test_health_readiness_and_metrics(running_hub: RunningHub) -> None:
+    running_hub.send(message(userId="u-m", event="Product Viewed"))
+    running_hub.settle()
+    assert running_hub.client.get("/healthz").text == "ok"
+    assert running_hub.client.get("/readyz").json() == {"ready": True}
+    metrics = running_hub.client.get("/metrics").text
+    assert 'hub_events_accepted_total{source="default"}' in metrics
+    assert "hub_touchpoints_processed_total" in metrics
