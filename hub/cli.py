@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -34,16 +36,23 @@ def _settings(**overrides: object) -> HubSettings:
     return settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
 
 
-def _build_hub(settings: HubSettings):  # type: ignore[no-untyped-def]
-    from hub.runtime import Hub
-
+@contextmanager
+def _config_problems_exit() -> Iterator[None]:
+    """Turn a ConfigError into a readable list of what to fix and exit code 2."""
     try:
-        return Hub(settings)
+        yield
     except ConfigError as exc:
-        console.print("[red bold]The hub cannot start:[/]")
+        console.print("[red bold]The hub cannot start; fix these and try again:[/]")
         for problem in exc.problems:
             console.print(f"  • {problem}")
         raise typer.Exit(2) from None
+
+
+def _build_hub(settings: HubSettings):  # type: ignore[no-untyped-def]
+    from hub.runtime import Hub
+
+    with _config_problems_exit():
+        return Hub(settings)
 
 
 @app.command()
@@ -97,14 +106,8 @@ def demo(
     """
     from hub.demo import print_summary, run_demo
 
-    settings = _settings()
-    try:
-        result = run_demo(settings, journey, console)
-    except ConfigError as exc:
-        console.print("[red bold]The demo cannot start:[/]")
-        for problem in exc.problems:
-            console.print(f"  • {problem}")
-        raise typer.Exit(2) from None
+    with _config_problems_exit():
+        result = run_demo(_settings(), journey, console)
     print_summary(result, console)
     if not result.idle:
         raise typer.Exit(1)

@@ -39,3 +39,24 @@ def test_connectors_list_shows_built_ins_and_their_origin() -> None:
     assert result.returncode == 0, result.stderr
     assert "segment" in result.stdout and "twilio_sms" in result.stdout
     assert "touchpoint-hub" in result.stdout
+
+
+def test_a_broken_rule_file_is_reported_with_file_key_and_reason(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    (mappings / "templates").mkdir(parents=True)
+    source = Path(__file__).resolve().parents[1] / "mappings"
+    for name in ("segment.yaml", "routes.yaml"):
+        (mappings / name).write_text((source / name).read_text())
+    (mappings / "triggers.yaml").write_text("rules:\n  - id: x\n    when: {event: E}\n    respond: [{channel: sms}]\n")
+    result = subprocess.run(
+        [TOUCHHUB, "migrate"], capture_output=True, text=True, timeout=60,
+        env={"COLUMNS": "200", "PATH": "", "HUB_MAPPINGS_DIR": str(mappings), "HUB_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"},
+    )
+    assert result.returncode == 0  # migrate does not need the rules
+    result = subprocess.run(
+        [TOUCHHUB, "worker"], capture_output=True, text=True, timeout=60,
+        env={"COLUMNS": "200", "PATH": "", "HUB_MAPPINGS_DIR": str(mappings), "HUB_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"},
+    )
+    assert result.returncode == 2
+    assert "fix these and try again" in result.stdout
+    assert f"{mappings / 'triggers.yaml'}: rules.0.respond.0.template: Field required" in result.stdout
