@@ -84,12 +84,22 @@ class Touchpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedLink:
+    """An identifier a touchpoint carried that resolution did not link, and the rule that refused it."""
+
+    identifier: Identifier
+    profile_id: str | None  # the profile the identifier already belongs to; None when it was new
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """Which profile a touchpoint belongs to, and what resolving it changed."""
 
     profile_id: str
     created: bool = False
     merged_profile_ids: tuple[str, ...] = ()
+    refused: tuple[RefusedLink, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

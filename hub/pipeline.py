@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Mapping as MappingType
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -23,6 +23,7 @@ from sqlalchemy import Connection
 from hub import identity, metrics, triggers
 from hub.clock import utcnow
 from hub.errors import ItemProblem, MappingError
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
@@ -41,6 +42,7 @@ class PipelineConfig:
     lease: timedelta
     max_attempts: int
     default_phone_region: str
+    identity: IdentityConfig = field(default_factory=lambda: DEFAULT_IDENTITY)
 
 
 class StoreHistory:
@@ -114,9 +116,9 @@ class Pipeline:
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
         raw = RawEvent(row.source_id, row.message_id, row.payload)
-        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region)
+        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
         graph = SqlIdentityGraph(connection)
-        resolution = identity.resolve(touchpoint, graph, now)
+        resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
