@@ -105,7 +105,7 @@ class SqlIdentityGraph:
         survivor_traits = self._traits(survivor_id)
         for merged_id in merged_ids:
             merged_traits = self._traits(merged_id)
-            survivor_traits = _newest_traits(survivor_traits, merged_traits)
+            survivor_traits = newest_traits(survivor_traits, merged_traits)
             self.connection.execute(
                 insert(merges).values(
                     survivor_id=survivor_id,
@@ -148,7 +148,7 @@ class SqlIdentityGraph:
         if not traits:
             return
         current = self._traits(profile_id)
-        self._save_traits(profile_id, _newest_traits(current, stamped_traits(traits, observed_at)))
+        self._save_traits(profile_id, newest_traits(current, stamped_traits(traits, observed_at)))
 
     def _traits(self, profile_id: str) -> tuple[dict[str, Any], dict[str, str]]:
         row = self.connection.execute(
@@ -176,7 +176,7 @@ def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> tuple[dict[
     return dict(traits), {key: stamp for key in traits}
 
 
-def _newest_traits(
+def newest_traits(
     first: tuple[dict[str, Any], dict[str, str]], second: tuple[dict[str, Any], dict[str, str]]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     values, times = dict(first[0]), dict(first[1])
