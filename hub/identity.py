@@ -18,7 +18,7 @@ person", so it links regardless of limits, as Segment's alias does; its
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -59,39 +59,43 @@ def resolve(
     touchpoint: Touchpoint, graph: IdentityGraph, now: datetime, config: IdentityConfig = DEFAULT_IDENTITY
 ) -> Resolution:
     idents, known = _lookup(touchpoint.identifiers, graph)
+    owners = set(known.values())
+    if len(known) == len(idents) and len(owners) == 1:
+        return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
     unknown = [ident for ident in idents if ident not in known]
     blocked = graph.forgotten(unknown) if unknown else set()
     refused = [RefusedLink(ident, None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
-    ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: config.rank(ident.type))
-    candidates = {known[ident] for ident in ordered if ident in known}
-    needs_counts = len(candidates) > 1 or (candidates and len(unknown) > len(blocked))
-    counts = graph.type_counts(candidates) if needs_counts else {}
-    apart = graph.kept_apart(candidates) if len(candidates) > 1 else set()
+    rank = config.rank
+    ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
+    needs_counts = len(owners) > 1 or (owners and len(unknown) > len(blocked))
+    counts = graph.type_counts(owners) if needs_counts else {}
+    apart = graph.kept_apart(owners) if len(owners) > 1 else set()
     enforce_limits = touchpoint.kind != ALIAS_KIND
 
     cluster: list[str] = []
-    total: Counter[str] = Counter()
+    total: dict[str, int] = {}  # identifiers per type of everything accepted so far
     new: list[Identifier] = []
     for ident in ordered:
         owner = known.get(ident)
         if owner is None:
-            rule = _broken_limit(total + Counter({ident.type: 1}), config) if enforce_limits else None
-            if rule is None:
-                total[ident.type] += 1
+            limit = config.limit(ident.type) if enforce_limits else None
+            held = total.get(ident.type, 0)
+            if limit is None or held < limit:
+                total[ident.type] = held + 1
                 new.append(ident)
             else:
-                refused.append(RefusedLink(ident, None, rule))
+                refused.append(RefusedLink(ident, None, _limit_rule(ident.type, limit)))
             continue
         if owner in cluster:
             continue
-        combined = total + counts.get(owner, Counter())
+        extra = counts.get(owner, {})
         # The anchor (nothing accepted before it) always joins, even if a since-lowered
         # limit makes its profile over-full.
-        anchor = not total
-        rule = None if anchor else _rule_against(owner, cluster, apart, combined, config, enforce_limits)
+        rule = None if not total else _rule_against(owner, cluster, apart, total, extra, config, enforce_limits)
         if rule is None:
             cluster.append(owner)
-            total = combined
+            for type_, count in extra.items():
+                total[type_] = total.get(type_, 0) + count
         else:
             refused.append(RefusedLink(ident, owner, rule))
 
@@ -108,37 +112,42 @@ def resolve(
     return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused))
 
 
-def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[list[Identifier], dict[Identifier, str]]:
+def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:
     """The touchpoint's identifiers with each `previous_id` typed, and the profile of each known one."""
+    if all(ident.type != PREVIOUS_ID for ident in carried):
+        return carried, graph.profiles_of(carried)
     queries = [ident for ident in carried if ident.type != PREVIOUS_ID]
     queries += [Identifier(type_, ident.value) for ident in carried if ident.type == PREVIOUS_ID for type_ in PREVIOUS_ID_MEANS]
-    known = graph.profiles_of(queries)
+    found = graph.profiles_of(queries)
     idents: dict[Identifier, None] = {}
     for ident in carried:
         if ident.type == PREVIOUS_ID:
             meanings = [Identifier(type_, ident.value) for type_ in PREVIOUS_ID_MEANS]
-            ident = next((meaning for meaning in meanings if meaning in known), meanings[-1])
+            ident = next((meaning for meaning in meanings if meaning in found), meanings[-1])
         idents[ident] = None
-    return list(idents), known
+    return list(idents), {ident: found[ident] for ident in idents if ident in found}
 
 
 def _rule_against(
     owner: str,
     cluster: Sequence[str],
     apart: set[frozenset[str]],
-    combined: Counter[str],
+    total: dict[str, int],
+    extra: Mapping[str, int],
     config: IdentityConfig,
     enforce_limits: bool,
 ) -> str | None:
-    if any(frozenset((owner, member)) in apart for member in cluster):
+    """Why `owner`'s profile may not join the cluster (phrased for the audit log), or None."""
+    if apart and any(frozenset((owner, member)) in apart for member in cluster):
         return KEPT_APART_RULE
-    return _broken_limit(combined, config) if enforce_limits else None
-
-
-def _broken_limit(counts: Counter[str], config: IdentityConfig) -> str | None:
-    """The first limit the counts would break, phrased for the audit log; None when all hold."""
-    for type_, count in counts.items():
+    if not enforce_limits:
+        return None
+    for type_, count in extra.items():
         limit = config.limit(type_)
-        if limit is not None and count > limit:
-            return f"limit: at most {limit} {type_} per profile"
+        if limit is not None and total.get(type_, 0) + count > limit:
+            return _limit_rule(type_, limit)
     return None
+
+
+def _limit_rule(type_: str, limit: int) -> str:
+    return f"limit: at most {limit} {type_} per profile"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Namespace of every deterministic id the hub derives; changing it would change
 # every touchpoint, decision and delivery id, so it is fixed forever.
@@ -39,9 +39,12 @@ class RawEvent:
         return f"{self.source_id}:{self.message_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Identifier:
-    """A typed, normalized identifier such as ('email', 'jane@example.com')."""
+class Identifier(NamedTuple):
+    """A typed, normalized identifier such as ('email', 'jane@example.com').
+
+    A named tuple rather than a dataclass: identity resolution hashes millions
+    of them, and a tuple's hash runs in C.
+    """
 
     type: str
     value: str

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from hub.identity import resolve
+from hub.identity_cache import CachedIdentityGraph
 from hub.identity_config import IdentityConfig
 from hub.mapping import load_mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
@@ -52,18 +53,21 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
     return store
 
 
+def as_touchpoint(namespace: str, n: int, idents: list[Identifier]) -> Touchpoint:
+    return Touchpoint(
+        touchpoint_id=derived_id(namespace, str(n)), source_id="prop", message_id=str(n), kind="track", event="x",
+        stage="awareness", moment="other", occurred_at=T0, received_at=T0,
+        identifiers=tuple(Identifier(i.type, namespace + i.value) for i in idents),
+    )
+
+
 def run(store: Store, events: list[list[Identifier]], config: IdentityConfig) -> tuple[str, list]:
     """Resolve the events in order under a fresh namespace; returns it and the resolutions."""
     namespace = f"ns{next(namespaces)}-"
     resolutions = []
     for n, idents in enumerate(events):
-        tp = Touchpoint(
-            touchpoint_id=derived_id(namespace, str(n)), source_id="prop", message_id=str(n), kind="track", event="x",
-            stage="awareness", moment="other", occurred_at=T0, received_at=T0,
-            identifiers=tuple(Identifier(i.type, namespace + i.value) for i in idents),
-        )
         with store.write() as connection:
-            resolutions.append(resolve(tp, SqlIdentityGraph(connection), T0, config))
+            resolutions.append(resolve(as_touchpoint(namespace, n, idents), SqlIdentityGraph(connection), T0, config))
     return namespace, resolutions
 
 
@@ -122,6 +126,23 @@ def test_limits_are_never_exceeded_and_every_identifier_has_one_live_profile(sto
     refused = {Identifier(r.identifier.type, r.identifier.value[len(namespace):]) for res in resolutions for r in res.refused}
     assert set().union(*map(set, events)) <= placed | refused  # nothing silently lost
     assert sum(len(members) for members in graph.values()) == len(placed)  # no identifier in two profiles
+
+
+@FAST
+@given(events=events_strategy, split=st.integers(min_value=0, max_value=12))
+def test_the_cached_graph_stores_what_the_sql_graph_would(store: Store, events, split) -> None:
+    """Two cached runs, the second loading what the first flushed, give the same graph as resolving in SQL."""
+    namespace = f"ns{next(namespaces)}-"
+    for part, offset in ((events[:split], 0), (events[split:], split)):
+        with store.read() as connection:
+            graph = CachedIdentityGraph(connection)
+        for n, idents in enumerate(part, start=offset):
+            resolve(as_touchpoint(namespace, n, idents), graph, T0, TIGHT)
+        with store.write() as connection:
+            graph.flush(connection)
+    cached = {frozenset(group) for group in graph_of(store, namespace).values()}
+    expected = {frozenset(group) for group in graph_of(store, run(store, events, TIGHT)[0]).values()}
+    assert cached == expected
 
 
 def process_inbox(database_url: str, start: threading.Barrier) -> None:

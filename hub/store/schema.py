@@ -92,7 +92,7 @@ profiles = Table(
     Column("profile_id", String(26), primary_key=True),  # ULID: sorts by creation time
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Column("merged_into", String(26)),
+    Column("merged_into", String(26), index=True),  # aliases of a survivor are found by this on every merge
     Column("traits", JSON, nullable=False),
     Column("trait_times", JSON, nullable=False),  # trait -> ISO time of the event that set it
 )

@@ -1,4 +1,4 @@
-"""identity rules: audit of refused links and unmerges, kept-apart pairs, forgotten identifiers
+"""identity rules: audit of refused links and unmerges, kept-apart pairs, forgotten identifiers, alias index
 
 Revision ID: i4_identity_rules
 Revises: 0001
@@ -19,6 +19,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("origin_profile_id", sa.String(length=26), nullable=True))
     # Before this revision an identifier's profile is the best record of where it first joined.
     op.execute("UPDATE identifiers SET origin_profile_id = profile_id")
+
+    with op.batch_alter_table("profiles", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_profiles_merged_into"), ["merged_into"], unique=False)
 
     op.create_table(
         "identity_events",
@@ -58,5 +61,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_identity_events_other_profile_id"))
         batch_op.drop_index(batch_op.f("ix_identity_events_profile_id"))
     op.drop_table("identity_events")
+    with op.batch_alter_table("profiles", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_profiles_merged_into"))
     with op.batch_alter_table("identifiers", schema=None) as batch_op:
         batch_op.drop_column("origin_profile_id")
