@@ -15,8 +15,9 @@ process's writes. Traits are not its business: it resolves identity only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
@@ -162,14 +163,36 @@ def _bulk_insert(connection: Connection, table: Table, rows: list[dict[str, Any]
 
     SQLAlchemy's per-row parameter handling costs several times the insert
     itself at this volume; converting each value with the column type's bind
-    processor keeps the stored form identical to what Core would write.
+    processor keeps the stored form identical to what Core would write, and
+    memoizing it helps because a batch shares a handful of timestamps.
     """
     dialect = connection.dialect
     columns = list(rows[0])
-    processors = [table.c[name].type.bind_processor(dialect) for name in columns]
+    converters = [
+        (index, _memoized(processor))
+        for index, name in enumerate(columns)
+        if (processor := table.c[name].type.dialect_impl(dialect).bind_processor(dialect)) is not None
+    ]
+    pick = itemgetter(*columns)
+    values = []
+    for row in rows:
+        picked = list(pick(row))
+        for index, convert in converters:
+            picked[index] = convert(picked[index])
+        values.append(tuple(picked))
     marker = "?" if dialect.paramstyle == "qmark" else "%s"
     statement = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({', '.join([marker] * len(columns))})"
-    connection.exec_driver_sql(
-        statement,
-        [tuple(row[name] if convert is None else convert(row[name]) for name, convert in zip(columns, processors)) for row in rows],
-    )
+    connection.exec_driver_sql(statement, values)
+
+
+def _memoized(convert: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    memo: dict[Any, Any] = {}
+
+    def cached(value: Any) -> Any:
+        # JSON documents are unhashable; equal reprs serialize alike, and new rows hold tiny ones.
+        key = repr(value) if isinstance(value, (dict, list)) else value
+        if key not in memo:
+            memo[key] = convert(value)
+        return memo[key]
+
+    return cached

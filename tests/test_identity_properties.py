@@ -194,3 +194,22 @@ def test_two_worker_processes_resolving_linked_events_make_one_profile_per_perso
     for value, profile_id in owners:
         by_person[value.split("-")[1]].add(profile_id)
     assert all(len(ids) == 1 for ids in by_person.values()) and len(by_person) == people
+
+
+def test_cached_graph_writes_rows_exactly_as_core_does(tmp_path: Path) -> None:
+    """The bulk insert bypasses Core's parameter handling; the stored text must not differ."""
+    store = Store(f"sqlite:///{tmp_path}/rows.db")
+    store.migrate()
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    with store.read() as connection:
+        cached = CachedIdentityGraph(connection)
+    cached.attach(cached.create_profile(at), [Identifier("email", "a@x.io")], "tp", at)
+    with store.write() as connection:
+        cached.flush(connection)
+        sql = SqlIdentityGraph(connection)
+        sql.attach(sql.create_profile(at), [Identifier("email", "b@x.io")], "tp", at)
+    with store.read() as connection:
+        raw = connection.exec_driver_sql("SELECT first_seen_at, origin_profile_id = profile_id FROM identifiers").all()
+        profile_rows = connection.exec_driver_sql("SELECT created_at, traits, trait_times FROM profiles").all()
+    assert raw[0] == raw[1]
+    assert profile_rows[0] == profile_rows[1]
