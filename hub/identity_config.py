@@ -9,6 +9,7 @@ outweighs a shared device or a cookie.
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -79,11 +80,9 @@ class IdentityConfig(BaseModel):
 
     @model_validator(mode="after")
     def _types_are_unique(self) -> IdentityConfig:
-        seen: set[str] = set()
-        for item in self.identifier_types:
-            if item.type in seen:
-                raise ValueError(f"identifier type {item.type!r} is listed twice")
-            seen.add(item.type)
+        repeated = [type_ for type_, n in Counter(item.type for item in self.identifier_types).items() if n > 1]
+        if repeated:
+            raise ValueError(f"identifier types listed more than once: {', '.join(repeated)}")
         return self
 
     @cached_property

@@ -141,6 +141,9 @@ def test_identity_file_problems_name_the_key(tmp_path: Path) -> None:
     text = "\n".join(caught.value.problems)
     assert "identifier_types.0.limit" in text
     assert "user_id is built in" in text
+    path.write_text("identifier_types:\n  - {type: user_id, limit: 1}\n  - {type: user_id, limit: 2}\n")
+    with pytest.raises(ConfigError, match="identifier types listed more than once: user_id"):
+        load_identity_config(path)
 
 
 def test_a_second_user_id_is_refused_and_the_touchpoint_stays_with_the_higher_priority_identifier(store: Store) -> None:
