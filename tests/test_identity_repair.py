@@ -11,16 +11,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hub.errors import IdentityRepairError
+from hub.errors import ConfigError, IdentityRepairError
 from hub.identity import resolve
-from hub.model import Identifier, Touchpoint, derived_id
-from hub.store import Store, touchpoints
+from hub.model import Delivery, Identifier, PlannedDelivery, Touchpoint, derived_id
+from hub.runtime import Hub
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import Store, outbox, touchpoints
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph, counts, find_profile_id, profile_view
 from hub.store.identity_repair import forget, unmerge
-from hub.store.schema import forgotten_identifiers, identity_events
+from hub.store.schema import attempts, deliveries, forgotten_identifiers, identity_events, inbox
 from hub.store.schema import touchpoints as touchpoints_table
-from tests.conftest import ADMIN_TOKEN, RunningHub, message
+from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
@@ -157,6 +159,9 @@ def test_admin_api_explains_unmerges_and_forgets(running_hub: RunningHub) -> Non
     assert client.delete(f"/api/profiles/{merged}", headers=auth).status_code == 404
     touchpoints_left = running_hub.admin("/api/touchpoints")["touchpoints"]
     assert len(touchpoints_left) == 3 and "bo@example.com" not in repr(touchpoints_left)
+    with running_hub.hub.store.read() as connection:
+        payloads = connection.execute(select(inbox.c.payload)).scalars().all()
+    assert len(payloads) == 3 and "bo@example.com" not in repr(payloads) and "ana@example.com" in repr(payloads)
 
 
 def test_cli_explain_prints_the_graph_with_masked_pii(store: Store, tmp_path: Path) -> None:
@@ -169,3 +174,47 @@ def test_cli_explain_prints_the_graph_with_masked_pii(store: Store, tmp_path: Pa
     assert "a***@x.io" in result.stdout and "ana@x.io" not in result.stdout
     missing = subprocess.run([TOUCHHUB, "profiles", "explain", "nope"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert missing.returncode == 1 and "No profile" in missing.stdout
+
+
+def test_forget_wipes_the_delivery_log_but_keeps_its_counts(store: Store) -> None:
+    ana, _ = bad_link(store)
+    planned = PlannedDelivery("d-1", "dec-1", ana, "sms", "twilio_sms", "+14155550101", {"body": "Hi Ana"})
+    with store.write() as connection:
+        outbox.plan(connection, [planned], T0)
+        outbox.record_attempt(
+            connection, Delivery("d-1", "twilio_sms", "sms", "+14155550101", planned.content, 0, T0),
+            outbox.AttemptRecord(T0, 12.0, "sent", "SM1", None, None, {"To": "+1******0101"}, {"sid": "SM1"}),
+            status="sent", next_attempt_at=None,
+        )
+        assert forget(connection, ana, T0, block_identifiers=False)["deliveries"] == 1
+    with store.read() as connection:
+        delivery = connection.execute(select(deliveries)).mappings().one()
+        attempt = connection.execute(select(attempts)).mappings().one()
+        assert connection.execute(select(forgotten_identifiers)).first() is None  # blocking was off
+    assert (delivery["target"], delivery["content"], delivery["status"]) == ("(forgotten)", {}, "sent")
+    assert (attempt["request_summary"], attempt["outcome"]) == ({}, "sent")
+
+
+def test_alias_over_http_merges_an_earlier_user_id_as_segment_documents(running_hub: RunningHub) -> None:
+    running_hub.send(message("identify", userId="old-login", traits={"plan": "pro"}))
+    running_hub.send(message("identify", userId="new-login", traits={"email": "sam@example.com"}))
+    running_hub.settle()
+    running_hub.send(message("alias", userId="new-login", previousId="old-login"))
+    running_hub.settle()
+    profile = running_hub.admin("/api/profiles/lookup", type="user_id", value="new-login")
+    assert sorted(profile["identifiers"]["user_id"]) == ["new-login", "old-login"]
+    assert "anonymous_id" not in profile["identifiers"]  # previousId was a known userId, not a new anonymous id
+    assert profile["traits"] == {"plan": "pro", "email": "sam@example.com"}
+
+
+def test_hub_refuses_a_mapping_identifier_type_identity_yaml_does_not_declare(tmp_path: Path) -> None:
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    for item in PROJECT_MAPPINGS.iterdir():
+        target = folder / item.name
+        target.symlink_to(item)
+    (folder / "identity.yaml").unlink()
+    (folder / "identity.yaml").write_text("identifier_types:\n  - {type: user_id, limit: 1}\n")
+    with pytest.raises(ConfigError) as caught:
+        Hub(make_settings(tmp_path, mappings_dir=folder))
+    assert any("'email' (used by mapping segment) is not declared" in problem for problem in caught.value.problems)

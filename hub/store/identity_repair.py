@@ -6,7 +6,8 @@ the touchpoints that carried only those identifiers follow them, traits are
 rebuilt from each side's touchpoints, and the pair is kept apart so the next
 event carrying the same bad link cannot merge them again. A touchpoint that
 carried identifiers of both sides (usually the one that made the bad link)
-stays with the survivor.
+stays with the survivor, and so does an identifier first seen after the merge:
+it joined the survivor, and nothing says which side it belongs to.
 
 Forgetting erases identifiers, traits and the personal content of touchpoints,
 raw inbox payloads and delivery logs, keeping the rows themselves so counts
