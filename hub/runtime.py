@@ -18,7 +18,7 @@ from connectors.base import Destination, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
-from hub.identity_config import IdentityConfig, load_identity_config
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
 from hub.mapping import Mapping as SourceMapping
 from hub.mapping import load_mapping
 from hub.pipeline import Pipeline, PipelineConfig
@@ -129,9 +129,12 @@ class Hub:
         }
 
     def _load_identity(self) -> IdentityConfig:
-        """identity.yaml, checked against the mappings: every identifier type they produce must be declared."""
+        """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
+
+        A mappings folder without the file (one made before it existed) gets the shipped defaults.
+        """
         path = self.settings.mappings_dir / "identity.yaml"
-        config = load_identity_config(path)
+        config = load_identity_config(path) if path.exists() else DEFAULT_IDENTITY
         undeclared = [
             f"{path}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
             for mapping in self.mappings.values()
