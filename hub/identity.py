@@ -22,6 +22,7 @@ from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
+from hub.errors import ForgottenIdentityError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, RefusedLink, Resolution, Touchpoint
 
@@ -67,6 +68,8 @@ def resolve(
     refused = [RefusedLink(ident, None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
     rank = config.rank
     ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
+    if not ordered:
+        raise ForgottenIdentityError(f"touchpoint {touchpoint.touchpoint_id}: every identifier belongs to a forgotten person")
     needs_counts = len(owners) > 1 or (owners and len(unknown) > len(blocked))
     counts = graph.type_counts(owners) if needs_counts else {}
     apart = graph.kept_apart(owners) if len(owners) > 1 else set()

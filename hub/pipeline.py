@@ -22,14 +22,14 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import utcnow
-from hub.errors import ItemProblem, MappingError
+from hub.errors import ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.routing import Router
 from hub.rules import RuleSpec
-from hub.store import Store, decisions, inbox, outbox, quarantine, touchpoints
+from hub.store import Store, decisions, identity_repair, inbox, outbox, quarantine, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph, profile_view
 from hub.store.inbox import InboxRow
 
@@ -100,6 +100,11 @@ class Pipeline:
         except MappingError as exc:
             self._give_up(connection, row, now, "mapping", str(exc))
             return None
+        except ForgottenIdentityError:
+            # Not quarantined: that would keep the very data the person asked to erase.
+            identity_repair.forget_inbox_payloads(connection, [row.id])
+            log.info("event of a forgotten person dropped", inbox_id=row.id)
+            return 0
         except Exception as exc:
             log.exception("pipeline failed on inbox row", inbox_id=row.id, attempt=row.attempts + 1)
             if row.attempts + 1 >= self.config.max_attempts:

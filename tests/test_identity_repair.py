@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hub.errors import ConfigError, IdentityRepairError
+from hub.errors import ConfigError, ForgottenIdentityError, IdentityRepairError
 from hub.identity import resolve
 from hub.model import Delivery, Identifier, PlannedDelivery, Touchpoint, derived_id
 from hub.runtime import Hub
@@ -127,6 +127,8 @@ def test_forget_erases_identifiers_traits_and_touchpoint_pii_but_keeps_counts(st
     new = ingest(store, 10, ("email", "ana@x.io"), ("anonymous_id", "fresh-cookie"))
     with store.read() as connection:
         assert profile_view(connection, new)["identifiers"] == {"anonymous_id": ["fresh-cookie"]}
+    with pytest.raises(ForgottenIdentityError):
+        ingest(store, 11, ("email", "ana@x.io"), ("anonymous_id", "ana-phone"))
 
 
 def test_admin_api_explains_unmerges_and_forgets(running_hub: RunningHub) -> None:
@@ -162,6 +164,15 @@ def test_admin_api_explains_unmerges_and_forgets(running_hub: RunningHub) -> Non
     with running_hub.hub.store.read() as connection:
         payloads = connection.execute(select(inbox.c.payload)).scalars().all()
     assert len(payloads) == 3 and "bo@example.com" not in repr(payloads) and "ana@example.com" in repr(payloads)
+
+    # The forgotten person comes back with only forgotten identifiers: dropped, not stored, not quarantined.
+    running_hub.send(message("identify", anonymousId="kiosk", traits={"email": "bo@example.com"}))
+    running_hub.settle()
+    assert len(running_hub.admin("/api/touchpoints")["touchpoints"]) == 3
+    assert running_hub.admin("/api/quarantine")["quarantine"] == []
+    with running_hub.hub.store.read() as connection:
+        statuses = connection.execute(select(inbox.c.status, inbox.c.payload).order_by(inbox.c.id)).all()
+    assert statuses[-1] == ("done", {})
 
 
 def test_cli_explain_prints_the_graph_with_masked_pii(store: Store, tmp_path: Path) -> None:

@@ -171,7 +171,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
         .where(touchpoints.c.profile_id == live_id)
         .values(identifiers=[], properties={}, traits={}, context={})
     ).rowcount
-    connection.execute(update(inbox).where(inbox.c.id.in_(inbox_ids)).values(payload={}))
+    forget_inbox_payloads(connection, inbox_ids)
     delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id == live_id)).scalars())
     connection.execute(
         update(deliveries).where(deliveries.c.profile_id == live_id).values(target=FORGOTTEN_TARGET, content={}, last_error=None)
@@ -193,3 +193,8 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
         )
     )
     return {"profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids)}
+
+
+def forget_inbox_payloads(connection: Connection, inbox_ids: list[int]) -> None:
+    """Drop raw event bodies; the inbox rows stay for counts and deduplication."""
+    connection.execute(update(inbox).where(inbox.c.id.in_(inbox_ids)).values(payload={}))
