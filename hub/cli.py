@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 connectors_app = typer.Typer(help="Inspect installed source and destination connectors.", no_args_is_help=True)
 app.add_typer(connectors_app, name="connectors")
+profiles_app = typer.Typer(help="Inspect identity resolution: why a profile is one person.", no_args_is_help=True)
+app.add_typer(profiles_app, name="profiles")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
@@ -137,3 +139,26 @@ def connectors_list() -> None:
             keys = ", ".join(connector.Config.model_fields)
             table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
     console.print(table)
+
+
+@profiles_app.command("explain")
+def profiles_explain(
+    profile_id: str = typer.Argument(help="A profile id; an id merged away since is followed to its survivor."),
+    show_pii: bool = typer.Option(False, help="Show emails and phones in full instead of masked."),
+) -> None:
+    """Show a profile's identity graph: every identifier, the touchpoint that linked it, merges and refused links.
+
+    Example: [bold]touchhub profiles explain 01J9Z3...[/]; undo a bad merge with
+    POST /api/profiles/{id}/unmerge.
+    """
+    from hub.identity_report import explain_tree
+    from hub.store import Store
+    from hub.store.identity_explain import explain
+
+    store = Store(_settings().database_url)
+    with store.read() as connection:
+        graph = explain(connection, profile_id)
+    if graph is None:
+        console.print(f"[red]No profile {profile_id!r}.[/]")
+        raise typer.Exit(1)
+    console.print(explain_tree(graph, show_pii=show_pii))

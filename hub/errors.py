@@ -8,6 +8,8 @@
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
+        ├── IdentityRepairError        unmerge / forget named a profile or merge that does not exist
+        ├── ForgottenIdentityError     every identifier of an event belongs to a forgotten person
         └── DeliveryError              a destination failed to deliver
             ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
             ├── PermanentDeliveryError invalid number, unsubscribed: never retry
@@ -73,6 +75,14 @@ class BadPayloadError(IngestError):
 
 class MappingError(HubError):
     """A stored raw event the source's mapping could not normalize."""
+
+
+class IdentityRepairError(HubError):
+    """An unmerge or forget request named a profile or merge that does not exist."""
+
+
+class ForgottenIdentityError(HubError):
+    """Every identifier of a touchpoint belongs to a person erased on request: the event is dropped."""
 
 
 @dataclass

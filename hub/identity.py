@@ -4,21 +4,46 @@ Every identifier on a touchpoint is evidence that they belong to one person.
 None known: a new profile. One profile: the new identifiers join it. Several:
 the profiles merge, and the oldest survives so profile ids stay stable
 (ULIDs sort by creation time, so "oldest" is simply the smallest id).
+
+Evidence is weighed in the priority order of `mappings/identity.yaml`, the
+Segment Unify model: the highest-priority identifier anchors the touchpoint,
+and each further identifier joins only if the per-type limits still hold
+afterwards (two `user_id`s never share a profile because they both used the
+family iPad). A refused link is returned, and recorded by the graph, so it can
+be explained. An explicit `alias` call is the sender saying "these are one
+person", so it links regardless of limits, as Segment's alias does; its
+`previousId` may be an earlier `userId` or an `anonymousId`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Protocol
 
-from hub.model import Identifier, Resolution, Touchpoint
+from hub.errors import ForgottenIdentityError
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
+from hub.model import Identifier, RefusedLink, Resolution, Touchpoint
+
+# Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
+PREVIOUS_ID = "previous_id"
+PREVIOUS_ID_MEANS = ("user_id", "anonymous_id")  # an earlier userId if known as one, else an anonymousId
+ALIAS_KIND = "alias"
+FORGOTTEN_RULE = "forgotten: the identifier belonged to a profile erased on request"
+KEPT_APART_RULE = "kept apart: an unmerge separated these profiles"
 
 
 class IdentityGraph(Protocol):
     """The storage the resolver needs; `hub.store.identity_graph.SqlIdentityGraph` implements it."""
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]: ...
+
+    def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]: ...
+
+    def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]: ...
+
+    def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]: ...
 
     def create_profile(self, at: datetime) -> str: ...
 
@@ -28,17 +53,104 @@ class IdentityGraph(Protocol):
         self, survivor_id: str, merged_ids: Sequence[str], touchpoint_id: str, linking: Sequence[Identifier], at: datetime
     ) -> None: ...
 
+    def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None: ...
 
-def resolve(touchpoint: Touchpoint, graph: IdentityGraph, now: datetime) -> Resolution:
-    known = graph.profiles_of(touchpoint.identifiers)
-    profile_ids = sorted(set(known.values()))
-    created = not profile_ids
-    survivor = graph.create_profile(now) if created else profile_ids[0]
-    merged = tuple(profile_ids[1:])
+
+def resolve(
+    touchpoint: Touchpoint, graph: IdentityGraph, now: datetime, config: IdentityConfig = DEFAULT_IDENTITY
+) -> Resolution:
+    idents, known = _lookup(touchpoint.identifiers, graph)
+    owners = set(known.values())
+    if len(known) == len(idents) and len(owners) == 1:
+        return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
+    unknown = [ident for ident in idents if ident not in known]
+    blocked = graph.forgotten(unknown) if unknown else set()
+    refused = [RefusedLink(ident, None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
+    rank = config.rank
+    ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
+    if not ordered:
+        raise ForgottenIdentityError(f"touchpoint {touchpoint.touchpoint_id}: every identifier belongs to a forgotten person")
+    needs_counts = len(owners) > 1 or (owners and len(unknown) > len(blocked))
+    counts = graph.type_counts(owners) if needs_counts else {}
+    apart = graph.kept_apart(owners) if len(owners) > 1 else set()
+    enforce_limits = touchpoint.kind != ALIAS_KIND
+
+    cluster: list[str] = []
+    total: dict[str, int] = {}  # identifiers per type of everything accepted so far
+    new: list[Identifier] = []
+    for ident in ordered:
+        owner = known.get(ident)
+        if owner is None:
+            limit = config.limit(ident.type) if enforce_limits else None
+            held = total.get(ident.type, 0)
+            if limit is None or held < limit:
+                total[ident.type] = held + 1
+                new.append(ident)
+            else:
+                refused.append(RefusedLink(ident, None, _limit_rule(ident.type, limit)))
+            continue
+        if owner in cluster:
+            continue
+        extra = counts.get(owner, {})
+        # The anchor (nothing accepted before it) always joins, even if a since-lowered
+        # limit makes its profile over-full.
+        rule = None if not total else _rule_against(owner, cluster, apart, total, extra, config, enforce_limits)
+        if rule is None:
+            cluster.append(owner)
+            for type_, count in extra.items():
+                total[type_] = total.get(type_, 0) + count
+        else:
+            refused.append(RefusedLink(ident, owner, rule))
+
+    created = not cluster
+    survivor = graph.create_profile(now) if created else min(cluster)
+    merged = tuple(sorted(profile for profile in cluster if profile != survivor))
     if merged:
-        linking = [ident for ident in touchpoint.identifiers if ident in known]
+        linking = [ident for ident in ordered if known.get(ident) in cluster]
         graph.merge(survivor, merged, touchpoint.touchpoint_id, linking, now)
-    new_identifiers = [ident for ident in touchpoint.identifiers if ident not in known]
-    if new_identifiers:
-        graph.attach(survivor, new_identifiers, touchpoint.touchpoint_id, now)
-    return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged)
+    if new:
+        graph.attach(survivor, new, touchpoint.touchpoint_id, now)
+    if refused:
+        graph.record_refusals(survivor, touchpoint.touchpoint_id, refused, now)
+    return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused))
+
+
+def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:
+    """The touchpoint's identifiers with each `previous_id` typed, and the profile of each known one."""
+    if all(ident.type != PREVIOUS_ID for ident in carried):
+        return carried, graph.profiles_of(carried)
+    queries = [ident for ident in carried if ident.type != PREVIOUS_ID]
+    queries += [Identifier(type_, ident.value) for ident in carried if ident.type == PREVIOUS_ID for type_ in PREVIOUS_ID_MEANS]
+    found = graph.profiles_of(queries)
+    idents: dict[Identifier, None] = {}
+    for ident in carried:
+        if ident.type == PREVIOUS_ID:
+            meanings = [Identifier(type_, ident.value) for type_ in PREVIOUS_ID_MEANS]
+            ident = next((meaning for meaning in meanings if meaning in found), meanings[-1])
+        idents[ident] = None
+    return list(idents), {ident: found[ident] for ident in idents if ident in found}
+
+
+def _rule_against(
+    owner: str,
+    cluster: Sequence[str],
+    apart: set[frozenset[str]],
+    total: dict[str, int],
+    extra: Mapping[str, int],
+    config: IdentityConfig,
+    enforce_limits: bool,
+) -> str | None:
+    """Why `owner`'s profile may not join the cluster (phrased for the audit log), or None."""
+    if apart and any(frozenset((owner, member)) in apart for member in cluster):
+        return KEPT_APART_RULE
+    if not enforce_limits:
+        return None
+    for type_, count in extra.items():
+        limit = config.limit(type_)
+        if limit is not None and total.get(type_, 0) + count > limit:
+            return _limit_rule(type_, limit)
+    return None
+
+
+def _limit_rule(type_: str, limit: int) -> str:
+    return f"limit: at most {limit} {type_} per profile"

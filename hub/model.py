@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 # Namespace of every deterministic id the hub derives; changing it would change
 # every touchpoint, decision and delivery id, so it is fixed forever.
@@ -39,9 +39,12 @@ class RawEvent:
         return f"{self.source_id}:{self.message_id}"
 
 
-@dataclass(frozen=True, slots=True)
-class Identifier:
-    """A typed, normalized identifier such as ('email', 'jane@example.com')."""
+class Identifier(NamedTuple):
+    """A typed, normalized identifier such as ('email', 'jane@example.com').
+
+    A named tuple rather than a dataclass: identity resolution hashes millions
+    of them, and a tuple's hash runs in C.
+    """
 
     type: str
     value: str
@@ -84,12 +87,22 @@ class Touchpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedLink:
+    """An identifier a touchpoint carried that resolution did not link, and the rule that refused it."""
+
+    identifier: Identifier
+    profile_id: str | None  # the profile the identifier already belongs to; None when it was new
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """Which profile a touchpoint belongs to, and what resolving it changed."""
 
     profile_id: str
     created: bool = False
     merged_profile_ids: tuple[str, ...] = ()
+    refused: tuple[RefusedLink, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

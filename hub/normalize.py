@@ -7,18 +7,21 @@ from typing import Any
 
 from hub.errors import MappingError
 from hub.identifiers import normalize_identifier
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 
 
-def normalize(raw: RawEvent, mapping: Mapping, received_at: datetime, default_region: str) -> Touchpoint:
+def normalize(
+    raw: RawEvent, mapping: Mapping, received_at: datetime, default_region: str, identity: IdentityConfig = DEFAULT_IDENTITY
+) -> Touchpoint:
     """Map one raw event; raises MappingError naming the field that could not be mapped."""
     payload = raw.payload
     event = mapping.pick(mapping.event, payload)
     if not isinstance(event, str) or not event.strip():
         raise MappingError(f"event: mapping '{mapping.spec.event}' gave {event!r}, expected a non-empty string")
     event = event.strip()
-    identifiers = _identifiers(mapping, payload, default_region)
+    identifiers = _identifiers(mapping, payload, default_region, identity)
     if not identifiers:
         raise MappingError("identifiers: no usable identifier (all missing or junk values such as 'null')")
     label = mapping.label(event)
@@ -40,10 +43,12 @@ def normalize(raw: RawEvent, mapping: Mapping, received_at: datetime, default_re
     )
 
 
-def _identifiers(mapping: Mapping, payload: dict[str, Any], region: str) -> tuple[Identifier, ...]:
+def _identifiers(
+    mapping: Mapping, payload: dict[str, Any], region: str, identity: IdentityConfig
+) -> tuple[Identifier, ...]:
     found: dict[Identifier, None] = {}  # ordered set: first expression wins the order
     for type_, expression in mapping.identifiers:
-        identifier = normalize_identifier(type_, expression.search(payload), region)
+        identifier = normalize_identifier(type_, expression.search(payload), region, identity)
         if identifier is not None:
             found[identifier] = None
     return tuple(found)

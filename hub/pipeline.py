@@ -14,7 +14,7 @@ import json
 import threading
 from collections.abc import Mapping as MappingType
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -22,13 +22,14 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import utcnow
-from hub.errors import ItemProblem, MappingError
+from hub.errors import ForgottenIdentityError, ItemProblem, MappingError
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.routing import Router
 from hub.rules import RuleSpec
-from hub.store import Store, decisions, inbox, outbox, quarantine, touchpoints
+from hub.store import Store, decisions, identity_repair, inbox, outbox, quarantine, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph, profile_view
 from hub.store.inbox import InboxRow
 
@@ -41,6 +42,7 @@ class PipelineConfig:
     lease: timedelta
     max_attempts: int
     default_phone_region: str
+    identity: IdentityConfig = field(default_factory=lambda: DEFAULT_IDENTITY)
 
 
 class StoreHistory:
@@ -98,6 +100,11 @@ class Pipeline:
         except MappingError as exc:
             self._give_up(connection, row, now, "mapping", str(exc))
             return None
+        except ForgottenIdentityError:
+            # Not quarantined: that would keep the very data the person asked to erase.
+            identity_repair.forget_inbox_payloads(connection, [row.id])
+            log.info("event of a forgotten person dropped", inbox_id=row.id)
+            return 0
         except Exception as exc:
             log.exception("pipeline failed on inbox row", inbox_id=row.id, attempt=row.attempts + 1)
             if row.attempts + 1 >= self.config.max_attempts:
@@ -114,9 +121,9 @@ class Pipeline:
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
         raw = RawEvent(row.source_id, row.message_id, row.payload)
-        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region)
+        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
         graph = SqlIdentityGraph(connection)
-        resolution = identity.resolve(touchpoint, graph, now)
+        resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):

@@ -17,6 +17,8 @@ import structlog
 from connectors.base import Destination, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
 from hub.errors import AuthenticationError, ConfigError
+from hub.identity import PREVIOUS_ID
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
 from hub.mapping import Mapping as SourceMapping
 from hub.mapping import load_mapping
 from hub.pipeline import Pipeline, PipelineConfig
@@ -45,11 +47,12 @@ class Hub:
         self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
         self.mappings: dict[str, SourceMapping] = _collect(problems, lambda: self._load_mappings()) or {}
         self.rules: list[RuleSpec] = _collect(problems, lambda: load_rules(settings.mappings_dir / "triggers.yaml")) or []
+        self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
         self.router = _collect(problems, lambda: self._build_router())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
         if problems:
             raise ConfigError(problems)
-        assert self.router is not None
+        assert self.router is not None and self.identity is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.pipeline_wake = threading.Event()
@@ -57,7 +60,10 @@ class Hub:
         lease = timedelta(seconds=settings.lease_seconds)
         self.pipeline = Pipeline(
             self.store, self.mappings, self.rules, self.router,
-            PipelineConfig(settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region),
+            PipelineConfig(
+                settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region,
+                self.identity,
+            ),
             deliveries_planned=self.delivery_wake,
         )
         self.delivery = DeliveryEngine(
@@ -121,6 +127,23 @@ class Hub:
             source_id: load_mapping(self.settings.mappings_dir / source.default_mapping)
             for source_id, source in self.sources.items()
         }
+
+    def _load_identity(self) -> IdentityConfig:
+        """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
+
+        A mappings folder without the file (one made before it existed) gets the shipped defaults.
+        """
+        path = self.settings.mappings_dir / "identity.yaml"
+        config = load_identity_config(path) if path.exists() else DEFAULT_IDENTITY
+        undeclared = [
+            f"{path}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
+            for mapping in self.mappings.values()
+            for type_ in dict(mapping.identifiers)
+            if type_ not in config.types and type_ != PREVIOUS_ID
+        ]
+        if undeclared:
+            raise ConfigError(undeclared)
+        return config
 
     def _build_router(self) -> Router:
         folder = self.settings.mappings_dir

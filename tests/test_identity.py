@@ -1,4 +1,4 @@
-"""Identity resolution against a real SQLite store: create, attach, merge (oldest survives), traits."""
+"""Identity resolution against a real SQLite store: create, attach, merge (oldest survives), traits, rules."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from hub.clock import utcnow
+from hub.errors import ConfigError
 from hub.identifiers import normalize_identifier
 from hub.identity import resolve
+from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
 from hub.model import Identifier, Touchpoint, derived_id
+from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store
 from hub.store.identity_graph import (
     SqlIdentityGraph,
@@ -17,6 +22,7 @@ from hub.store.identity_graph import (
     live_profile_id,
     profile_view,
 )
+from hub.store.schema import identity_events, profiles
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -28,18 +34,20 @@ def store(tmp_path: Path) -> Store:
     return store
 
 
-def touchpoint(n: int, *idents: tuple[str, str], traits: dict | None = None, minutes: int = 0) -> Touchpoint:
+def touchpoint(
+    n: int, *idents: tuple[str, str], traits: dict | None = None, minutes: int = 0, kind: str = "track"
+) -> Touchpoint:
     return Touchpoint(
-        touchpoint_id=derived_id("test", str(n)), source_id="test", message_id=str(n), kind="track", event="x",
+        touchpoint_id=derived_id("test", str(n)), source_id="test", message_id=str(n), kind=kind, event="x",
         stage="awareness", moment="other", occurred_at=T0 + timedelta(minutes=minutes), received_at=T0,
         identifiers=tuple(Identifier(t, v) for t, v in idents), traits=traits or {},
     )
 
 
-def resolve_in(store: Store, tp: Touchpoint):
+def resolve_in(store: Store, tp: Touchpoint, config: IdentityConfig = DEFAULT_IDENTITY):
     with store.write() as connection:
         graph = SqlIdentityGraph(connection)
-        resolution = resolve(tp, graph, T0)
+        resolution = resolve(tp, graph, T0, config)
         graph.update_traits(resolution.profile_id, tp.traits, tp.occurred_at)
         return resolution
 
@@ -112,3 +120,91 @@ def test_chain_of_merges_leaves_every_old_id_one_hop_from_the_survivor(store: St
     with store.read() as connection:
         assert {live_profile_id(connection, p) for p in (a, b, c)} == {a}
         assert counts(connection) == {"profiles": 1, "merges": 2}
+
+
+def test_shipped_identity_file_declares_unify_like_limits_and_a_custom_type() -> None:
+    config = load_identity_config(PROJECT_MAPPINGS / "identity.yaml")
+    assert (config.limit("user_id"), config.limit("email"), config.limit("anonymous_id")) == (1, 5, 100)
+    assert config.rank("user_id") < config.rank("email") < config.rank("device_id") < config.rank("anonymous_id")
+    assert normalize_identifier("loyalty_id", " GOLD-7 ", "US", config) == Identifier("loyalty_id", "gold-7")
+    assert normalize_identifier("email", "Test@Example.com", "US", config) is None  # junk list from the file
+
+
+def test_identity_file_problems_name_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "identity.yaml"
+    path.write_text(
+        "identifier_types:\n  - {type: email, limit: 0}\n  - {type: user_id, limit: 1, normalize: lowercase}\n"
+        "  - {type: user_id, limit: 2}\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_identity_config(path)
+    text = "\n".join(caught.value.problems)
+    assert "identifier_types.0.limit" in text
+    assert "user_id is built in" in text
+    path.write_text("identifier_types:\n  - {type: user_id, limit: 1}\n  - {type: user_id, limit: 2}\n")
+    with pytest.raises(ConfigError, match="identifier types listed more than once: user_id"):
+        load_identity_config(path)
+
+
+def test_a_second_user_id_is_refused_and_the_touchpoint_stays_with_the_higher_priority_identifier(store: Store) -> None:
+    """The family iPad: one device, two logins; the device must not merge two customers."""
+    dad = resolve_in(store, touchpoint(1, ("user_id", "dad"), ("device_id", "ipad"))).profile_id
+    kid = resolve_in(store, touchpoint(2, ("user_id", "kid"), ("device_id", "ipad")))
+    assert kid.created and kid.profile_id != dad
+    assert [(r.identifier, r.profile_id) for r in kid.refused] == [(Identifier("device_id", "ipad"), dad)]
+    assert kid.refused[0].rule == "limit: at most 1 user_id per profile"
+    with store.read() as connection:
+        assert counts(connection) == {"profiles": 2, "merges": 0}
+        event = connection.execute(select(identity_events)).mappings().one()
+    assert (event["kind"], event["profile_id"], event["other_profile_id"]) == ("refused", kid.profile_id, dad)
+    assert event["identifiers"] == [["device_id", "ipad"]]
+    assert event["touchpoint_id"] == derived_id("test", "2")
+
+
+def test_a_new_identifier_over_the_limit_is_not_attached(store: Store) -> None:
+    config = IdentityConfig.model_validate({"identifier_types": [{"type": "user_id", "limit": 1}, {"type": "email", "limit": 2}]})
+    first = resolve_in(store, touchpoint(1, ("user_id", "u"), ("email", "a@x.io"), ("email", "b@x.io")), config)
+    later = resolve_in(store, touchpoint(2, ("user_id", "u"), ("email", "c@x.io")), config)
+    assert later.profile_id == first.profile_id
+    assert [(r.identifier.value, r.profile_id, r.rule) for r in later.refused] == [
+        ("c@x.io", None, "limit: at most 2 email per profile")
+    ]
+    with store.read() as connection:
+        assert profile_view(connection, first.profile_id)["identifiers"]["email"] == ["a@x.io", "b@x.io"]
+
+
+def test_a_merge_within_limits_still_happens_in_priority_order(store: Store) -> None:
+    web = resolve_in(store, touchpoint(1, ("email", "sam@x.io"))).profile_id
+    app = resolve_in(store, touchpoint(2, ("user_id", "sam"))).profile_id
+    linked = resolve_in(store, touchpoint(3, ("anonymous_id", "cookie"), ("email", "sam@x.io"), ("user_id", "sam")))
+    assert linked.profile_id == min(web, app) and linked.merged_profile_ids == (max(web, app),)
+    assert linked.refused == ()
+
+
+def test_alias_links_an_earlier_user_id_even_past_the_user_id_limit(store: Store) -> None:
+    old = resolve_in(store, touchpoint(1, ("user_id", "old-login"))).profile_id
+    new = resolve_in(store, touchpoint(2, ("user_id", "new-login"))).profile_id
+    alias = resolve_in(store, touchpoint(3, ("user_id", "new-login"), ("previous_id", "old-login"), kind="alias"))
+    assert alias.profile_id == old and alias.merged_profile_ids == (new,)
+    with store.read() as connection:
+        assert profile_view(connection, new)["identifiers"] == {"user_id": ["old-login", "new-login"]}
+
+
+def test_alias_previous_id_that_is_unknown_is_an_anonymous_id(store: Store) -> None:
+    anonymous = resolve_in(store, touchpoint(1, ("anonymous_id", "anon-1"))).profile_id
+    alias = resolve_in(store, touchpoint(2, ("user_id", "u1"), ("previous_id", "anon-1"), kind="alias"))
+    fresh = resolve_in(store, touchpoint(3, ("user_id", "u2"), ("previous_id", "never-seen"), kind="alias"))
+    assert alias.profile_id == anonymous
+    with store.read() as connection:
+        assert profile_view(connection, fresh.profile_id)["identifiers"] == {
+            "user_id": ["u2"], "anonymous_id": ["never-seen"]
+        }
+
+
+def test_profile_updated_at_is_processing_time_not_event_time(store: Store) -> None:
+    before = utcnow()
+    profile_id = resolve_in(store, touchpoint(1, ("user_id", "u"), traits={"plan": "pro"}, minutes=-600)).profile_id
+    with store.read() as connection:
+        row = connection.execute(select(profiles.c.updated_at, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)).one()
+    assert row.updated_at >= before
+    assert row.trait_times == {"plan": (T0 - timedelta(minutes=600)).isoformat()}

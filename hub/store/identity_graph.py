@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+import hashlib
+from collections import Counter, defaultdict
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
 from ulid import ULID
 
-from hub.model import Identifier
+from hub.clock import utcnow
+from hub.model import Identifier, RefusedLink
 from hub.store import touchpoints as touchpoint_store
-from hub.store.schema import identifiers, merges, profiles
+from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
+from hub.store.sql import insert_ignoring_conflicts
 
 _PROFILE_OF = select(identifiers.c.profile_id).where(
     identifiers.c.type == bindparam("type"), identifiers.c.value == bindparam("value")
@@ -35,6 +38,47 @@ class SqlIdentityGraph:
                 found[ident] = profile_id
         return found
 
+    def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
+        """How many identifiers of each type every profile holds: what the limits are checked against."""
+        found: dict[str, Counter[str]] = defaultdict(Counter)
+        rows = self.connection.execute(
+            select(identifiers.c.profile_id, identifiers.c.type, func.count())
+            .where(identifiers.c.profile_id.in_(list(profile_ids)))
+            .group_by(identifiers.c.profile_id, identifiers.c.type)
+        )
+        for profile_id, type_, count in rows:
+            found[profile_id][type_] = count
+        return dict(found)
+
+    def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]:
+        ids = list(profile_ids)
+        rows = self.connection.execute(
+            select(kept_apart.c.profile_a, kept_apart.c.profile_b).where(
+                or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))
+            )
+        )
+        return {frozenset(row) for row in rows}
+
+    def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
+        by_digest = {identifier_digest(ident): ident for ident in idents}
+        rows = self.connection.execute(
+            select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(list(by_digest)))
+        )
+        return {by_digest[digest] for digest in rows.scalars()}
+
+    def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
+        self.connection.execute(
+            insert(identity_events),
+            [
+                {
+                    "kind": "refused", "profile_id": profile_id, "other_profile_id": link.profile_id,
+                    "touchpoint_id": touchpoint_id, "identifiers": [[link.identifier.type, link.identifier.value]],
+                    "rule": link.rule, "at": at,
+                }
+                for link in refused
+            ],
+        )
+
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
         self.connection.execute(
@@ -46,7 +90,10 @@ class SqlIdentityGraph:
         self.connection.execute(
             insert(identifiers),
             [
-                {"type": i.type, "value": i.value, "profile_id": profile_id, "first_seen_at": at, "touchpoint_id": touchpoint_id}
+                {
+                    "type": i.type, "value": i.value, "profile_id": profile_id, "origin_profile_id": profile_id,
+                    "first_seen_at": at, "touchpoint_id": touchpoint_id,
+                }
                 for i in idents
             ],
         )
@@ -58,7 +105,7 @@ class SqlIdentityGraph:
         survivor_traits = self._traits(survivor_id)
         for merged_id in merged_ids:
             merged_traits = self._traits(merged_id)
-            survivor_traits = _newest_traits(survivor_traits, merged_traits)
+            survivor_traits = newest_traits(survivor_traits, merged_traits)
             self.connection.execute(
                 insert(merges).values(
                     survivor_id=survivor_id,
@@ -79,16 +126,29 @@ class SqlIdentityGraph:
             update(profiles).where(profiles.c.merged_into.in_(list(merged_ids))).values(merged_into=survivor_id)
         )
         touchpoint_store.move_to_profile(self.connection, merged_ids, survivor_id)
-        self._save_traits(survivor_id, survivor_traits, at)
+        self._repoint_kept_apart(merged_ids, survivor_id)
+        self._save_traits(survivor_id, survivor_traits)
+
+    def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
+        """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
+        involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
+        pairs = self.connection.execute(select(kept_apart).where(involved)).all()
+        if not pairs:
+            return
+        self.connection.execute(delete(kept_apart).where(involved))
+        rows = []
+        for a, b, since in pairs:
+            a, b = sorted(survivor_id if p in merged_ids else p for p in (a, b))
+            if a != b:
+                rows.append({"profile_a": a, "profile_b": b, "since": since})
+        insert_ignoring_conflicts(self.connection, kept_apart, rows, ["profile_a", "profile_b"])
 
     def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
         """Last write wins per trait, judged by the event's time, not by arrival order."""
         if not traits:
             return
-        stamp = observed_at.isoformat()
-        incoming = ({key: value for key, value in traits.items()}, {key: stamp for key in traits})
         current = self._traits(profile_id)
-        self._save_traits(profile_id, _newest_traits(current, incoming), observed_at)
+        self._save_traits(profile_id, newest_traits(current, stamped_traits(traits, observed_at)))
 
     def _traits(self, profile_id: str) -> tuple[dict[str, Any], dict[str, str]]:
         row = self.connection.execute(
@@ -96,13 +156,27 @@ class SqlIdentityGraph:
         ).one()
         return dict(row.traits), dict(row.trait_times)
 
-    def _save_traits(self, profile_id: str, traits: tuple[dict[str, Any], dict[str, str]], at: datetime) -> None:
+    def _save_traits(self, profile_id: str, traits: tuple[dict[str, Any], dict[str, str]]) -> None:
+        # updated_at is when the hub changed the profile; the event times live in trait_times.
         self.connection.execute(
-            update(profiles).where(profiles.c.profile_id == profile_id).values(traits=traits[0], trait_times=traits[1], updated_at=at)
+            update(profiles)
+            .where(profiles.c.profile_id == profile_id)
+            .values(traits=traits[0], trait_times=traits[1], updated_at=utcnow())
         )
 
 
-def _newest_traits(
+def identifier_digest(ident: Identifier) -> str:
+    """What the forgotten-identifier blocklist keeps instead of the value."""
+    return hashlib.sha256(f"{ident.type}\x1f{ident.value}".encode()).hexdigest()
+
+
+def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> tuple[dict[str, Any], dict[str, str]]:
+    """Traits paired with the event time that set each, the shape last-write-wins compares."""
+    stamp = observed_at.isoformat()
+    return dict(traits), {key: stamp for key in traits}
+
+
+def newest_traits(
     first: tuple[dict[str, Any], dict[str, str]], second: tuple[dict[str, Any], dict[str, str]]
 ) -> tuple[dict[str, Any], dict[str, str]]:
     values, times = dict(first[0]), dict(first[1])

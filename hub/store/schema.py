@@ -92,7 +92,7 @@ profiles = Table(
     Column("profile_id", String(26), primary_key=True),  # ULID: sorts by creation time
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
-    Column("merged_into", String(26)),
+    Column("merged_into", String(26), index=True),  # aliases of a survivor are found by this on every merge
     Column("traits", JSON, nullable=False),
     Column("trait_times", JSON, nullable=False),  # trait -> ISO time of the event that set it
 )
@@ -105,6 +105,7 @@ identifiers = Table(
     Column("profile_id", String(26), nullable=False, index=True),
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("touchpoint_id", String(36), nullable=False),  # the touchpoint that brought it in
+    Column("origin_profile_id", String(26)),  # the profile it first joined; what an unmerge splits by
 )
 
 merges = Table(
@@ -116,6 +117,34 @@ merges = Table(
     Column("touchpoint_id", String(36), nullable=False),
     Column("linking_identifiers", JSON, nullable=False),
     Column("merged_at", UTCDateTime, nullable=False),
+)
+
+identity_events = Table(
+    "identity_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(20), nullable=False),  # refused | unmerge | forget
+    Column("profile_id", String(26), nullable=False, index=True),
+    Column("other_profile_id", String(26), index=True),
+    Column("touchpoint_id", String(36)),
+    Column("identifiers", JSON, nullable=False),
+    Column("rule", String(200), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
+)
+
+kept_apart = Table(
+    "kept_apart",  # pairs of live profiles an unmerge separated; never merged again
+    metadata,
+    Column("profile_a", String(26), primary_key=True),
+    Column("profile_b", String(26), primary_key=True),
+    Column("since", UTCDateTime, nullable=False),
+)
+
+forgotten_identifiers = Table(
+    "forgotten_identifiers",
+    metadata,
+    Column("digest", String(64), primary_key=True),  # sha256 of type and value; never the value itself
+    Column("forgotten_at", UTCDateTime, nullable=False),
 )
 
 decisions = Table(

@@ -1,0 +1,185 @@
+"""Identity resolution throughput, and how it holds up as the graph grows.
+
+    .venv/bin/python bench/identity.py [--touchpoints 1000000] [--people 200000] [--batch 5000]
+
+Synthetic people with realistic link patterns: one to three devices (each an
+anonymous id plus a device id), most log in at some point (user_id), many
+give an email, some a phone, and a few share a family device with someone
+else (the case per-type limits exist for). Their touchpoints arrive
+interleaved, new people arriving at a steady pace so every tenth of the run
+has the same mix of first visits and returns. Every touchpoint goes through `hub.identity.resolve` with the
+shipped rules, on a SQLite store, committed in batches.
+
+Two runs in the same process: the baseline is the per-statement
+`SqlIdentityGraph` (what a pipeline worker uses) on the first `--baseline`
+touchpoints; the measured one is `CachedIdentityGraph` (graph in memory,
+batched writes) on all of them, reported per tenth so growth in graph size
+shows. Touchpoint generation is outside the timed sections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hub.identity import resolve
+from hub.identity_cache import CachedIdentityGraph
+from hub.identity_config import load_identity_config
+from hub.model import Identifier, Touchpoint, derived_id
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import Store
+from hub.store.identity_graph import SqlIdentityGraph, counts
+
+NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
+CONFIG = load_identity_config(PROJECT_MAPPINGS / "identity.yaml")
+
+
+@dataclass
+class Person:
+    number: int
+    devices: list[tuple[Identifier, Identifier]]  # (anonymous_id, device_id)
+    user_id: Identifier | None
+    email: Identifier | None
+    phone: Identifier | None
+    logged_in: set[int] = field(default_factory=set)
+
+
+def people(count: int, rng: random.Random) -> list[Person]:
+    crowd = []
+    for n in range(count):
+        devices = [(Identifier("anonymous_id", f"anon-{n}-{d}"), Identifier("device_id", f"dev-{n}-{d}"))
+                   for d in range(rng.choices((1, 2, 3), (50, 35, 15))[0])]
+        crowd.append(Person(
+            n, devices,
+            Identifier("user_id", f"user-{n}") if rng.random() < 0.7 else None,
+            Identifier("email", f"person{n}@example.com") if rng.random() < 0.6 else None,
+            Identifier("phone", f"+1415{n:07d}") if rng.random() < 0.3 else None,
+        ))
+    for person in rng.sample(crowd, count // 50):  # 2% use a family member's device too
+        other = crowd[rng.randrange(count)]
+        if other is not person:
+            person.devices.append(other.devices[0])
+    return crowd
+
+
+def touchpoints(crowd: list[Person], total: int, rng: random.Random) -> Iterator[Touchpoint]:
+    """People arrive at a steady pace over the run and come back at random, so the mix of new and
+    returning visitors is the same in every tenth and only the size of the graph changes."""
+    pace = total / len(crowd)
+    for n in range(total):
+        person = crowd[rng.randrange(min(len(crowd), int(n / pace) + 1))]
+        device = rng.randrange(len(person.devices))
+        idents = list(person.devices[device])
+        if person.user_id and (device in person.logged_in or rng.random() < 0.3):
+            person.logged_in.add(device)
+            idents.append(person.user_id)
+            if person.email and rng.random() < 0.5:
+                idents.append(person.email)
+            if person.phone and rng.random() < 0.3:
+                idents.append(person.phone)
+        elif person.email and rng.random() < 0.05:  # a newsletter sign-up before any login
+            idents.append(person.email)
+        yield Touchpoint(
+            touchpoint_id=derived_id("bench", str(n)), source_id="bench", message_id=str(n), kind="track",
+            event="Product Viewed", stage="consideration", moment="product_view", occurred_at=NOW, received_at=NOW,
+            identifiers=tuple(idents),
+        )
+
+
+def chunks(stream: Iterator[Touchpoint], size: int) -> Iterator[list[Touchpoint]]:
+    while chunk := [tp for _, tp in zip(range(size), stream)]:
+        yield chunk
+
+
+@dataclass
+class Clock:
+    """Wall time and this process's CPU time spent in timed sections.
+
+    The bench box is shared; CPU time shows what resolution costs when a
+    neighbour takes the core, wall time includes waiting for fsync and the CPU.
+    """
+
+    wall: float = 0.0
+    cpu: float = 0.0
+
+    def timing(self) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        yield
+        self.wall += time.perf_counter() - wall
+        self.cpu += time.process_time() - cpu
+
+
+def run_uncached(store: Store, stream: Iterator[Touchpoint], batch: int) -> tuple[int, Clock]:
+    done, clock = 0, Clock()
+    for chunk in chunks(stream, batch):
+        for _ in clock.timing():
+            with store.write() as connection:
+                graph = SqlIdentityGraph(connection)
+                for tp in chunk:
+                    resolve(tp, graph, NOW, CONFIG)
+        done += len(chunk)
+    return done, clock
+
+
+def run_cached(store: Store, stream: Iterator[Touchpoint], batch: int, total: int) -> list[tuple[int, Clock]]:
+    """(touchpoints resolved in the tenth, its clock) for each tenth of the run."""
+    with store.read() as connection:
+        graph = CachedIdentityGraph(connection)
+    tenths: list[tuple[int, Clock]] = []
+    done, in_tenth, clock, mark = 0, 0, Clock(), total / 10
+    for chunk in chunks(stream, batch):
+        for _ in clock.timing():
+            with store.write() as connection:
+                for tp in chunk:
+                    resolve(tp, graph, NOW, CONFIG)
+                graph.flush(connection)
+        done += len(chunk)
+        in_tenth += len(chunk)
+        if done >= mark or done == total:
+            tenths.append((in_tenth, clock))
+            print(f"  {done:>9,} touchpoints  last tenth: {in_tenth / clock.wall:>8,.0f} /s wall, "
+                  f"{in_tenth / clock.cpu:>8,.0f} /s per CPU second", flush=True)
+            in_tenth, clock, mark = 0, Clock(), mark + total / 10
+    return tenths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--touchpoints", type=int, default=1_000_000)
+    parser.add_argument("--people", type=int, help="Distinct people (default: touchpoints / 5).")
+    parser.add_argument("--batch", type=int, default=5000, help="Touchpoints per write transaction.")
+    parser.add_argument("--baseline", type=int, default=20_000, help="Touchpoints for the uncached baseline run.")
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    population = args.people or args.touchpoints // 5
+    with tempfile.TemporaryDirectory() as folder:
+        base = Store(f"sqlite:///{Path(folder)}/baseline.db")
+        base.migrate()
+        rng = random.Random(args.seed)
+        done, clock = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch)
+        baseline = done / clock.wall
+        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second")
+
+        store = Store(f"sqlite:///{Path(folder)}/cached.db")
+        store.migrate()
+        rng = random.Random(args.seed)
+        print(f"CachedIdentityGraph: {args.touchpoints:,} touchpoints over {population:,} people")
+        tenths = run_cached(store, touchpoints(people(population, rng), args.touchpoints, rng), args.batch, args.touchpoints)
+        with store.read() as connection:
+            graph = counts(connection)
+        wall = sum(clock.wall for _, clock in tenths)
+        cpu = sum(clock.cpu for _, clock in tenths)
+        first, last = (count / clock.cpu for count, clock in (tenths[0], tenths[-1]))
+        print(f"resolved {args.touchpoints:,}: {args.touchpoints / wall:,.0f} /s wall ({args.touchpoints / wall / baseline:.1f}x "
+              f"the baseline), {args.touchpoints / cpu:,.0f} /s per CPU second; per CPU second the last tenth runs at "
+              f"{last / first:.2f}x the first; {graph['profiles']:,} live profiles, {graph['merges']:,} merges")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Admin API for identity repair: explain a profile, undo a bad merge, forget a person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from hub.clock import utcnow
+from hub.errors import IdentityRepairError
+from hub.runtime import Hub
+from hub.store import identity_repair
+from hub.store.identity_explain import explain
+
+router = APIRouter(prefix="/api/profiles", tags=["identity"])
+
+
+class UnmergeRequest(BaseModel):
+    merged_profile_id: str = Field(
+        min_length=1, description="The profile a bad link merged in (see `merges` in the explain answer)."
+    )
+
+
+def _hub(request: Request) -> Hub:
+    return request.app.state.hub
+
+
+@router.get("/{profile_id}/explain", summary="The identity graph of a profile and why each link exists")
+async def explain_profile(request: Request, profile_id: str) -> dict[str, Any]:
+    def work() -> dict[str, Any] | None:
+        with _hub(request).store.read() as connection:
+            return explain(connection, profile_id)
+
+    graph = await run_in_threadpool(work)
+    if graph is None:
+        raise HTTPException(404, detail=f"no profile {profile_id!r}")
+    return graph
+
+
+@router.post("/{profile_id}/unmerge", summary="Split off the identifiers a bad merge brought in")
+async def unmerge_profile(request: Request, profile_id: str, body: UnmergeRequest) -> dict[str, Any]:
+    def work() -> dict[str, Any]:
+        with _hub(request).store.write() as connection:
+            return identity_repair.unmerge(connection, profile_id, body.merged_profile_id, utcnow())
+
+    try:
+        return await run_in_threadpool(work)
+    except IdentityRepairError as exc:
+        raise HTTPException(404, detail=str(exc)) from None
+
+
+@router.delete("/{profile_id}", summary="Right to be forgotten: erase a person's identifiers and personal data")
+async def forget_profile(request: Request, profile_id: str) -> dict[str, Any]:
+    hub = _hub(request)
+
+    def work() -> dict[str, Any]:
+        with hub.store.write() as connection:
+            return identity_repair.forget(connection, profile_id, utcnow(), hub.pipeline.config.identity.block_forgotten_identifiers)
+
+    try:
+        return await run_in_threadpool(work)
+    except IdentityRepairError as exc:
+        raise HTTPException(404, detail=str(exc)) from None

@@ -1,0 +1,44 @@
+"""The explain answer as a rich tree, for `touchhub profiles explain`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.tree import Tree
+
+from hub.pii import mask_text
+
+
+def explain_tree(graph: dict[str, Any], *, show_pii: bool = False) -> Tree:
+    """Identifiers, the links between them and the merges, refusals and unmerges, each with its reason.
+
+    Emails and phones are masked unless `show_pii`: the output ends up in tickets and chat.
+    """
+    shown = (lambda value: value) if show_pii else mask_text
+
+    def ident(pair: list[str]) -> str:
+        return f"{pair[0]}={shown(pair[1])}" if len(pair) == 2 else str(pair)
+
+    root = Tree(f"[bold]profile {graph['profile_id']}[/]")
+    if graph["aliases"]:
+        root.add(f"aliases (merged in, still resolve here): {', '.join(graph['aliases'])}")
+    members = root.add(f"identifiers ({len(graph['identifiers'])})")
+    for item in graph["identifiers"]:
+        members.add(f"[cyan]{item['type']}[/]={shown(item['value'])}  [dim]{item['why']}[/]")
+    links = root.add(f"links ({len(graph['links'])})")
+    for link in graph["links"]:
+        links.add(f"{ident(link['from'])} — {ident(link['to'])}  [dim]{link['why']}, touchpoint {link['touchpoint_id']}[/]")
+    for title, items in (("merges", graph["merges"]), ("refused links", graph["refused"]), ("unmerges", graph["unmerges"])):
+        branch = root.add(f"{title} ({len(items)})")
+        for item in items:
+            branch.add(_audit_line(item, ident))
+    return root
+
+
+def _audit_line(item: dict[str, Any], ident: Any) -> str:
+    if "merged_profile_id" in item:
+        linked = ", ".join(ident(pair) for pair in item["linking_identifiers"])
+        return f"{item['merged_profile_id']} merged via {linked}  [dim]touchpoint {item['touchpoint_id']}[/]"
+    carried = ", ".join(ident(pair) for pair in item["identifiers"])
+    other = f" (profile {item['other_profile_id']})" if item["other_profile_id"] else ""
+    return f"{carried}{other}: [yellow]{item['rule']}[/]  [dim]touchpoint {item['touchpoint_id']}[/]"

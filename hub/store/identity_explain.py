@@ -1,0 +1,127 @@
+"""Why a profile is one person: its identity graph, each link with the touchpoint that made it.
+
+Every identifier row remembers the touchpoint that brought it in, every merge
+the touchpoint and identifiers that linked two profiles, and every refused or
+undone link is in `identity_events`; this module reads them back as a graph
+an ops person can follow ("this email joined because touchpoint X carried it
+together with the app's anonymous id").
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Connection, or_, select
+
+from hub.store.identity_graph import live_profile_id
+from hub.store.schema import identifiers, identity_events, merges, profiles, touchpoints
+
+
+def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
+    """The graph of a live profile (or of the profile an alias now points to); None if unknown."""
+    live_id = live_profile_id(connection, profile_id)
+    if live_id is None:
+        return None
+    aliases = sorted(connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars())
+    members = [
+        dict(row)
+        for row in connection.execute(
+            select(identifiers.c.type, identifiers.c.value, identifiers.c.first_seen_at, identifiers.c.touchpoint_id,
+                   identifiers.c.origin_profile_id)
+            .where(identifiers.c.profile_id == live_id)
+            .order_by(identifiers.c.first_seen_at, identifiers.c.type, identifiers.c.value)
+        ).mappings()
+    ]
+    events = _touchpoint_summaries(connection, {member["touchpoint_id"] for member in members})
+    merge_rows = connection.execute(
+        select(merges).where(merges.c.merged_id.in_(aliases)).order_by(merges.c.id)
+    ).mappings().all()
+    audit = connection.execute(
+        select(identity_events)
+        .where(or_(identity_events.c.profile_id == live_id, identity_events.c.other_profile_id == live_id))
+        .order_by(identity_events.c.id)
+    ).mappings().all()
+    return {
+        "profile_id": live_id,
+        "aliases": aliases,
+        "identifiers": [
+            {**member, "why": _joined_because(member, events.get(member["touchpoint_id"]))} for member in members
+        ],
+        "links": _links(members, events) + _merge_links(merge_rows),
+        "merges": [
+            {
+                "merge_id": row["id"],
+                "survivor_id": row["survivor_id"],
+                "merged_profile_id": row["merged_id"],
+                "touchpoint_id": row["touchpoint_id"],
+                "linking_identifiers": row["linking_identifiers"],
+                "merged_at": row["merged_at"],
+                "rule": "shared identifiers within every limit",
+            }
+            for row in merge_rows
+        ],
+        "refused": [_audit_entry(row) for row in audit if row["kind"] == "refused"],
+        "unmerges": [_audit_entry(row) for row in audit if row["kind"] == "unmerge"],
+    }
+
+
+def _touchpoint_summaries(connection: Connection, touchpoint_ids: set[str]) -> dict[str, dict[str, Any]]:
+    rows = connection.execute(
+        select(touchpoints.c.touchpoint_id, touchpoints.c.event, touchpoints.c.source_id, touchpoints.c.occurred_at,
+               touchpoints.c.identifiers)
+        .where(touchpoints.c.touchpoint_id.in_(list(touchpoint_ids)))
+    ).mappings()
+    return {row["touchpoint_id"]: dict(row) for row in rows}
+
+
+def _joined_because(member: dict[str, Any], event: dict[str, Any] | None) -> str:
+    where = f"touchpoint {member['touchpoint_id']}"
+    if event is not None:
+        where += f" ({event['event']} from {event['source_id']} at {event['occurred_at'].isoformat()})"
+    return f"first seen on {where}"
+
+
+def _links(members: list[dict[str, Any]], events: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One edge per identifier a touchpoint brought in, to an identifier the profile already had on it."""
+    keyed = {(m["type"], m["value"]): m for m in members}
+    brought: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for member in members:
+        brought[member["touchpoint_id"]].append((member["type"], member["value"]))
+    links = []
+    for touchpoint_id, new in brought.items():
+        event = events.get(touchpoint_id)
+        carried = [tuple(pair) for pair in event["identifiers"]] if event else new
+        on_profile = [pair for pair in carried if pair in keyed]
+        earlier = [pair for pair in on_profile if pair not in new]
+        anchor = earlier[0] if earlier else new[0]
+        for pair in new:
+            if pair != anchor:
+                links.append({
+                    "from": list(anchor), "to": list(pair), "touchpoint_id": touchpoint_id,
+                    "why": "carried together by one touchpoint",
+                })
+    return links
+
+
+def _merge_links(merge_rows: list[Any]) -> list[dict[str, Any]]:
+    links = []
+    for row in merge_rows:
+        linking = row["linking_identifiers"]
+        for other in linking[1:]:
+            links.append({
+                "from": linking[0], "to": other, "touchpoint_id": row["touchpoint_id"],
+                "why": f"merged profile {row['merged_id']} into {row['survivor_id']}",
+            })
+    return links
+
+
+def _audit_entry(row: Any) -> dict[str, Any]:
+    return {
+        "profile_id": row["profile_id"],
+        "other_profile_id": row["other_profile_id"],
+        "touchpoint_id": row["touchpoint_id"],
+        "identifiers": row["identifiers"],
+        "rule": row["rule"],
+        "at": row["at"],
+    }

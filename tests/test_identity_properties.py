@@ -1,0 +1,215 @@
+"""Properties of identity resolution that must hold for every input, and under concurrency.
+
+Hypothesis generates linking events over a small pool of identifiers so that
+merges, chains and re-links are frequent. One SQLite store serves a whole
+test; each example works in its own identifier namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import threading
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+
+from hub.identity import resolve
+from hub.identity_cache import CachedIdentityGraph
+from hub.identity_config import IdentityConfig
+from hub.mapping import load_mapping
+from hub.model import Identifier, RawEvent, Touchpoint, derived_id
+from hub.pipeline import Pipeline, PipelineConfig
+from hub.routing import Router, load_routes
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import Store, inbox
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.schema import identifiers, profiles
+from hub.templates import TemplateRenderer
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+UNLIMITED = IdentityConfig.model_validate(
+    {"identifier_types": [{"type": t, "limit": 10_000} for t in ("user_id", "email", "device_id", "anonymous_id")]}
+)
+TIGHT = IdentityConfig.model_validate(
+    {"identifier_types": [{"type": "user_id", "limit": 1}, {"type": "email", "limit": 2},
+                          {"type": "device_id", "limit": 2}, {"type": "anonymous_id", "limit": 3}]}
+)
+POOL = [Identifier(t, str(n)) for t in ("user_id", "email", "device_id", "anonymous_id") for n in range(4)]
+events_strategy = st.lists(st.lists(st.sampled_from(POOL), min_size=1, max_size=3, unique=True), min_size=1, max_size=12)
+namespaces = itertools.count()
+FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('properties')}/graph.db")
+    store.migrate()
+    return store
+
+
+def as_touchpoint(namespace: str, n: int, idents: list[Identifier]) -> Touchpoint:
+    return Touchpoint(
+        touchpoint_id=derived_id(namespace, str(n)), source_id="prop", message_id=str(n), kind="track", event="x",
+        stage="awareness", moment="other", occurred_at=T0, received_at=T0,
+        identifiers=tuple(Identifier(i.type, namespace + i.value) for i in idents),
+    )
+
+
+def run(store: Store, events: list[list[Identifier]], config: IdentityConfig) -> tuple[str, list]:
+    """Resolve the events in order under a fresh namespace; returns it and the resolutions."""
+    namespace = f"ns{next(namespaces)}-"
+    resolutions = []
+    for n, idents in enumerate(events):
+        with store.write() as connection:
+            resolutions.append(resolve(as_touchpoint(namespace, n, idents), SqlIdentityGraph(connection), T0, config))
+    return namespace, resolutions
+
+
+def graph_of(store: Store, namespace: str) -> dict[str, set[Identifier]]:
+    """Live profile -> its identifiers, for one namespace; asserts each identifier's profile is live."""
+    with store.read() as connection:
+        rows = connection.execute(
+            select(identifiers.c.type, identifiers.c.value, profiles.c.profile_id, profiles.c.merged_into)
+            .join(profiles, profiles.c.profile_id == identifiers.c.profile_id, isouter=True)
+            .where(identifiers.c.value.startswith(namespace))
+        ).all()
+    grouped: dict[str, set[Identifier]] = defaultdict(set)
+    for type_, value, profile_id, merged_into in rows:
+        assert profile_id is not None and merged_into is None, f"{type_}={value} points at a dead profile"
+        grouped[profile_id].add(Identifier(type_, value[len(namespace):]))
+    return grouped
+
+
+def components(events: list[list[Identifier]]) -> set[frozenset[Identifier]]:
+    """The expected partition: connected components of 'seen on one touchpoint together'."""
+    parent: dict[Identifier, Identifier] = {}
+
+    def find(x: Identifier) -> Identifier:
+        while parent.setdefault(x, x) != x:
+            x = parent[x]
+        return x
+
+    for idents in events:
+        for other in idents[1:]:
+            parent[find(other)] = find(idents[0])
+        find(idents[0])
+    groups: dict[Identifier, set[Identifier]] = defaultdict(set)
+    for ident in parent:
+        groups[find(ident)].add(ident)
+    return {frozenset(group) for group in groups.values()}
+
+
+@FAST
+@given(events=events_strategy, data=st.data())
+def test_any_order_of_the_same_events_gives_the_same_partition(store: Store, events, data) -> None:
+    shuffled = data.draw(st.permutations(events))
+    first = {frozenset(group) for group in graph_of(store, run(store, events, UNLIMITED)[0]).values()}
+    second = {frozenset(group) for group in graph_of(store, run(store, shuffled, UNLIMITED)[0]).values()}
+    assert first == second == components(events)
+
+
+@FAST
+@given(events=events_strategy)
+def test_limits_are_never_exceeded_and_every_identifier_has_one_live_profile(store: Store, events) -> None:
+    namespace, resolutions = run(store, events, TIGHT)
+    graph = graph_of(store, namespace)
+    for members in graph.values():
+        for type_, count in Counter(ident.type for ident in members).items():
+            assert count <= TIGHT.limit(type_)
+    placed = set().union(*graph.values()) if graph else set()
+    refused = {Identifier(r.identifier.type, r.identifier.value[len(namespace):]) for res in resolutions for r in res.refused}
+    assert set().union(*map(set, events)) <= placed | refused  # nothing silently lost
+    assert sum(len(members) for members in graph.values()) == len(placed)  # no identifier in two profiles
+
+
+@FAST
+@given(events=events_strategy, split=st.integers(min_value=0, max_value=12))
+def test_the_cached_graph_stores_what_the_sql_graph_would(store: Store, events, split) -> None:
+    """Two cached runs, the second loading what the first flushed, give the same graph as resolving in SQL."""
+    namespace = f"ns{next(namespaces)}-"
+    for part, offset in ((events[:split], 0), (events[split:], split)):
+        with store.read() as connection:
+            graph = CachedIdentityGraph(connection)
+        for n, idents in enumerate(part, start=offset):
+            resolve(as_touchpoint(namespace, n, idents), graph, T0, TIGHT)
+        with store.write() as connection:
+            graph.flush(connection)
+    cached = {frozenset(group) for group in graph_of(store, namespace).values()}
+    expected = {frozenset(group) for group in graph_of(store, run(store, events, TIGHT)[0]).values()}
+    assert cached == expected
+
+
+def process_inbox(database_url: str, start: threading.Barrier) -> None:
+    """A pipeline worker process: claims one inbox row at a time until none are left."""
+    store = Store(database_url)
+    mapping = load_mapping(PROJECT_MAPPINGS / "segment.yaml")
+    router = Router(load_routes(PROJECT_MAPPINGS / "routes.yaml"), TemplateRenderer(PROJECT_MAPPINGS / "templates"))
+    pipeline = Pipeline(
+        store, {"default": mapping}, [], router, PipelineConfig(1, timedelta(seconds=60), 3, "US"), threading.Event()
+    )
+    start.wait()
+    while pipeline.run_once():
+        pass
+    store.dispose()
+
+
+def test_two_worker_processes_resolving_linked_events_make_one_profile_per_person(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/concurrent.db"
+    store = Store(url)
+    store.migrate()
+    people = 40
+    # Each person arrives twice at once, from two devices, linked only by their email.
+    events = [
+        RawEvent("default", f"{person}-{device}", {
+            "type": "identify", "anonymousId": f"{device}-{person}", "traits": {"email": f"p{person}@example.com"},
+            "timestamp": T0.isoformat(),
+        })
+        for person in range(people)
+        for device in ("phone", "laptop")
+    ]
+    with store.write() as connection:
+        inbox.append(connection, events, T0)
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=process_inbox, args=(url, start)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=90)
+        assert worker.exitcode == 0
+    with store.read() as connection:
+        assert inbox.count_by_status(connection) == {"done": 2 * people}
+        live = connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into.is_(None))).scalars().all()
+        owners = connection.execute(
+            select(identifiers.c.value, identifiers.c.profile_id).where(identifiers.c.type == "anonymous_id")
+        ).all()
+    assert len(live) == people
+    by_person = defaultdict(set)
+    for value, profile_id in owners:
+        by_person[value.split("-")[1]].add(profile_id)
+    assert all(len(ids) == 1 for ids in by_person.values()) and len(by_person) == people
+
+
+def test_cached_graph_writes_rows_exactly_as_core_does(tmp_path: Path) -> None:
+    """The bulk insert bypasses Core's parameter handling; the stored text must not differ."""
+    store = Store(f"sqlite:///{tmp_path}/rows.db")
+    store.migrate()
+    at = datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
+    with store.read() as connection:
+        cached = CachedIdentityGraph(connection)
+    cached.attach(cached.create_profile(at), [Identifier("email", "a@x.io")], "tp", at)
+    with store.write() as connection:
+        cached.flush(connection)
+        sql = SqlIdentityGraph(connection)
+        sql.attach(sql.create_profile(at), [Identifier("email", "b@x.io")], "tp", at)
+    with store.read() as connection:
+        raw = connection.exec_driver_sql("SELECT first_seen_at, origin_profile_id = profile_id FROM identifiers").all()
+        profile_rows = connection.exec_driver_sql("SELECT created_at, traits, trait_times FROM profiles").all()
+    assert raw[0] == raw[1]
+    assert profile_rows[0] == profile_rows[1]
