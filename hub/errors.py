@@ -5,6 +5,7 @@
     └── HubError
         ├── IngestError                the request is at fault; answered with a 4xx
         │   ├── AuthenticationError    401: missing or wrong write key / signature
+        │   ├── UnknownSourceError     404: no source with that id is configured
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
@@ -61,6 +62,10 @@ class IngestError(HubError):
 
 class AuthenticationError(IngestError):
     status_code = 401
+
+
+class UnknownSourceError(IngestError):
+    status_code = 404
 
 
 class PayloadTooLargeError(IngestError):

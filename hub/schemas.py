@@ -15,11 +15,13 @@ from pydantic import BaseModel
 from hub.mapping import MappingSpec
 from hub.routing import RoutesFile
 from hub.rules import RuleFile
+from hub.sources import SourcesFile
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "mapping.schema.json": MappingSpec,
     "triggers.schema.json": RuleFile,
     "routes.schema.json": RoutesFile,
+    "sources.schema.json": SourcesFile,
 }
 
 
