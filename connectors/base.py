@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from hub.errors import ConfigError, ItemProblem
 from hub.model import Delivery, RawEvent, SendResult
 from hub.pii import mask_text
+from hub.settings import PROJECT_MAPPINGS
 
 ENTRY_POINT_GROUP = "touchpoint_hub.connectors"
 
@@ -110,9 +112,11 @@ class Source(Connector, ABC):
     default_mapping: ClassVar[str]
     sdk_ingest: ClassVar[bool] = False
 
-    def __init__(self, source_id: str, config: BaseModel) -> None:
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        """`folder` is the mappings folder, where a connector finds files ops keep beside its mapping."""
         self.source_id = source_id
         self.config = config
+        self.folder = folder
 
     @abstractmethod
     def verify(self, request: InboundRequest) -> None:

@@ -33,7 +33,7 @@ def sign(secret: bytes, algorithm: Algorithm, message: bytes, encoding: Encoding
 def require_header(headers: dict[str, str] | Any, name: str) -> str:
     value = headers.get(name.lower(), "").strip()
     if not value:
-        raise AuthenticationError(f"missing {name} header: the request is not signed")
+        raise AuthenticationError(f"missing {name} header: the request carries no signature or token")
     return value
 
 

@@ -9,6 +9,7 @@
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
+        ├── EventDropped               the mapping's drop rules say the event is not kept (not an error to fix)
         └── DeliveryError              a destination failed to deliver
             ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
             ├── PermanentDeliveryError invalid number, unsubscribed: never retry
@@ -78,6 +79,10 @@ class BadPayloadError(IngestError):
 
 class MappingError(HubError):
     """A stored raw event the source's mapping could not normalize."""
+
+
+class EventDropped(HubError):
+    """A drop rule of the mapping matched: the event is acknowledged and not kept."""
 
 
 @dataclass

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import utcnow
-from hub.errors import ItemProblem, MappingError
+from hub.errors import EventDropped, ItemProblem, MappingError
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
@@ -114,7 +114,11 @@ class Pipeline:
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
         raw = RawEvent(row.source_id, row.message_id, row.payload)
-        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region)
+        try:
+            touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region)
+        except EventDropped as exc:
+            log.info("event dropped", inbox_id=row.id, reason=str(exc))
+            return 0
         graph = SqlIdentityGraph(connection)
         resolution = identity.resolve(touchpoint, graph, now)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)

@@ -129,7 +129,7 @@ class Hub:
                 problems.append(f"{where}.id: 'default' is the built-in source of HUB_DEFAULT_WRITE_KEY; pick another id")
                 continue
             try:
-                sources[entry.id] = build_source(self.registry, entry, where, env)
+                sources[entry.id] = build_source(self.registry, entry, where, env, folder)
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue

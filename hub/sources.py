@@ -76,7 +76,8 @@ def load_entries(folder: Path) -> list[SourceEntry]:
 
 
 def build_source(
-    registry: Registry, entry: SourceEntry, where: str, environment: Mapping[str, str], *, need_secrets: bool = True,
+    registry: Registry, entry: SourceEntry, where: str, environment: Mapping[str, str], folder: Path,
+    *, need_secrets: bool = True,
 ) -> Source:
     """The connector instance for one entry; ConfigError names `where`, the key and the reason.
 
@@ -102,7 +103,7 @@ def build_source(
             values[key] = "preview-placeholder"
     if problems:
         raise ConfigError(problems)
-    return connector(entry.id, connector.validate_config(where, values))
+    return connector(entry.id, connector.validate_config(where, values), folder)
 
 
 def environment() -> dict[str, str]:

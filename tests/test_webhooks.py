@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +17,7 @@ from connectors.sandbox.providers import SandboxProviders
 from hub.errors import ConfigError
 from hub.runtime import Hub
 from tests.conftest import RunningHub, make_settings, message, serve_hub
+from tests.source_contract import fixture_body
 
 SECRET = "segment-shared-secret"
 SOURCES = """
@@ -21,6 +25,13 @@ sources:
   - id: segment-hook
     connector: segment
     secrets: {shared_secret: HUB_SRC_SEGMENT_HOOK_SECRET}
+  - id: crm
+    connector: hubspot
+    secrets: {client_secret: HUB_SRC_CRM_SECRET}
+  - id: journeys
+    connector: journey_map
+    secrets: {secret: HUB_SRC_JOURNEYS_SECRET}
+    config: {map_file: journeys/web_shop.csv, events: events, message_id: id}
 """
 
 
@@ -34,6 +45,8 @@ def webhook_hub(
 ) -> Iterator[RunningHub]:
     (mappings_dir / "sources.yaml").write_text(SOURCES)
     monkeypatch.setenv("HUB_SRC_SEGMENT_HOOK_SECRET", SECRET)
+    monkeypatch.setenv("HUB_SRC_CRM_SECRET", SECRET)
+    monkeypatch.setenv("HUB_SRC_JOURNEYS_SECRET", SECRET)
     with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides()), sandbox) as hub:
         yield hub
 
@@ -110,3 +123,42 @@ def test_bad_source_config_refuses_to_start_naming_file_key_and_reason(
         Hub(make_settings(tmp_path, mappings_dir=mappings_dir))
     [reported] = raised.value.problems
     assert reported.startswith(str(mappings_dir / "sources.yaml")) and problem in reported, reported
+
+
+def test_hubspot_signature_over_the_url_the_hub_was_called_at(webhook_hub: RunningHub) -> None:
+    body = fixture_body("hubspot_contact_events.json")
+    url = f"{webhook_hub.url}/v1/webhooks/crm"
+    timestamp = str(int(time.time() * 1000))
+    digest = hmac.new(SECRET.encode(), b"POST" + url.encode() + body + timestamp.encode(), hashlib.sha256).digest()
+    headers = {"X-HubSpot-Signature-v3": base64.b64encode(digest).decode(), "X-HubSpot-Request-Timestamp": timestamp}
+    answer = webhook_hub.client.post(url, content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
+    webhook_hub.settle()
+    [touchpoint] = webhook_hub.admin("/api/touchpoints", source="crm")["touchpoints"]  # the IMPORT event was dropped
+    assert (touchpoint["event"], touchpoint["mapping_version"].split("@")[0]) == ("Contact Updated", "hubspot")
+    assert webhook_hub.admin("/api/quarantine")["quarantine"] == []
+
+
+def test_stale_hubspot_request_is_401_with_the_reason(webhook_hub: RunningHub) -> None:
+    stale = str(int((time.time() - 600) * 1000))
+    headers = {"X-HubSpot-Signature-v3": "c2lnbmF0dXJl", "X-HubSpot-Request-Timestamp": stale}
+    answer = webhook_hub.client.post("/v1/webhooks/crm", content=b"[]", headers=headers)
+    assert answer.status_code == 401
+    assert re.fullmatch(r"X-HubSpot-Request-Timestamp: timestamp is 60\d s old, outside the 300 s replay window", answer.json()["error"])
+
+
+def test_journey_map_events_through_the_hub_and_unknown_touchpoints_quarantined(webhook_hub: RunningHub) -> None:
+    body = fixture_body("journey_map_events.json")
+    headers = {"X-Signature": hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()}
+    answer = webhook_hub.client.post("/v1/webhooks/journeys", content=body, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["rejected"] == [
+        {"index": 1, "field": "touchpoint_id", "reason": "'TP-NOWHERE' is not a touchpoint of journey map journeys/web_shop.csv"}
+    ]
+    webhook_hub.settle()
+    [touchpoint] = webhook_hub.admin("/api/touchpoints", source="journeys")["touchpoints"]
+    assert (touchpoint["stage"], touchpoint["moment"]) == ("consideration", "product_comparison")
+    assert touchpoint["properties"]["map_touchpoint_id"] == "TP-COMPARE"
+    [kept] = webhook_hub.admin("/api/quarantine")["quarantine"]
+    assert (kept["stage"], json.loads(kept["raw_body"])["touchpoint_id"]) == ("item", "TP-NOWHERE")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
@@ -32,6 +33,7 @@ from connectors.base import (
 from connectors.webhooks import check_signature, json_document, payload_message_id, sign
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.settings import PROJECT_MAPPINGS
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
@@ -60,8 +62,8 @@ class SegmentSource(Source):
     sdk_ingest = True
     Config = SegmentConfig
 
-    def __init__(self, source_id: str, config: BaseModel) -> None:
-        super().__init__(source_id, config)
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        super().__init__(source_id, config, folder)
         assert isinstance(config, SegmentConfig)
         self._write_key_digest = secret_digest(config.write_key.get_secret_value()) if config.write_key else None
         self._shared_secret = config.shared_secret.get_secret_value().encode() if config.shared_secret else None
