@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 connectors_app = typer.Typer(help="Inspect installed source and destination connectors.", no_args_is_help=True)
 app.add_typer(connectors_app, name="connectors")
+mappings_app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
+app.add_typer(mappings_app, name="mappings")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
@@ -137,3 +139,86 @@ def connectors_list() -> None:
             keys = ", ".join(connector.Config.model_fields)
             table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
     console.print(table)
+
+
+@mappings_app.command("check")
+def mappings_check() -> None:
+    """Validate every YAML file in the mappings folder (HUB_MAPPINGS_DIR) the way the hub loads it.
+
+    Problems print as [bold]file:line: key: reason[/]; the exit code is 1 when there is any, so CI can run it.
+    """
+    from connectors.base import load_registry
+    from hub.mapping_check import check_folder
+
+    settings = _settings()
+    with _config_problems_exit():
+        files, problems = check_folder(settings.mappings_dir, load_registry())
+    for problem in problems:
+        console.print(problem, highlight=False, markup=False, soft_wrap=True)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s) in {len(files)} file(s)[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]{len(files)} file(s) OK[/] in {settings.mappings_dir}")
+
+
+@mappings_app.command("preview")
+def mappings_preview(
+    source: str = typer.Argument(help="A source id from sources.yaml, `default`, or a connector slug (its default mapping)."),
+    sample: Path = typer.Argument(exists=True, dir_okay=False, help="A payload as the platform sends it (JSON body)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcomes as JSON instead of tables."),
+) -> None:
+    """Show the canonical touchpoint(s) SAMPLE becomes under SOURCE's current mapping; nothing is stored.
+
+    Example: [bold]touchhub mappings preview hubspot tests/fixtures/hubspot_contact_events.json[/]
+    """
+    import json
+
+    from connectors.base import load_registry
+    from hub.clock import utcnow
+    from hub.errors import IngestError
+    from hub.mapping import load_mapping
+    from hub.preview import offline_source, preview
+
+    settings = _settings()
+    with _config_problems_exit():
+        instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
+        mapping = load_mapping(settings.mappings_dir / mapping_file)
+    try:
+        outcomes = preview(instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region)
+    except IngestError as exc:
+        console.print(f"[red]The source refuses this sample:[/] {exc.message}", highlight=False)
+        for problem in exc.problems:
+            console.print(f"  • {problem.field}: {problem.reason}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps([outcome.as_dict() for outcome in outcomes], default=str))
+        return
+    for outcome in outcomes:
+        console.print(_outcome_table(outcome, mapping.version))
+
+
+def _outcome_table(outcome, version: str) -> Table:  # type: ignore[no-untyped-def]
+    """One row per field, sorted, values as compact JSON: two previews diff line by line."""
+    import json
+
+    from rich import box
+
+    table = Table(title=f"event {outcome.index}: {outcome.outcome} ({version})", box=box.ASCII, title_justify="left")
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if outcome.touchpoint is None:
+        table.add_row("reason", outcome.reason or "")
+        return table
+    for key, value in sorted(_flatten(outcome.touchpoint).items()):
+        table.add_row(key, json.dumps(value, default=str, ensure_ascii=False, sort_keys=True))
+    return table
+
+
+def _flatten(document: dict, prefix: str = "") -> dict:  # type: ignore[type-arg]
+    flat = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

@@ -1,14 +1,16 @@
 """Loading ops-edited YAML into validated models, reporting every problem at once.
 
 Ops people edit these files by hand; one bad key must produce a message that
-names the file, the key and the reason, together with every other problem in
-the same file, so a fix is one edit, not a loop of restarts.
+names the file, the line, the key and the reason, together with every other
+problem in the same file, so a fix is one edit, not a loop of restarts.
+Problems read ``path:line: key: reason``, the form editors and CI annotate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,17 +22,46 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     try:
         return model.model_validate(document or {})
     except ValidationError as exc:
-        raise ConfigError([_describe(path, error) for error in exc.errors()]) from None
+        raise ConfigError([_describe(path, root, error) for error in exc.errors()]) from None
 
 
-def _describe(path: Path, error: dict) -> str:
+def _describe(path: Path, root: yaml.Node | None, error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    return f"{path}: {key}: {error['msg']}"
+    return f"{path}:{line_of(root, error['loc'])}: {key}: {error['msg']}"
+
+
+def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
+    """1-based line of the deepest key along `loc` that exists (the parent's when a key is missing)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        found = _child(node, part)
+        if found is None:
+            break
+        marker, node = found
+        line = marker.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+    """(node whose line to report, node to descend into) for one step of a validation error's path."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part], node.value[part]
+    return None

@@ -23,7 +23,7 @@ from hub.retry import RetryPolicy
 from hub.routing import Router, load_routes
 from hub.rules import RuleSpec, load_rules
 from hub.settings import HubSettings
-from hub.sources import SOURCES_FILE, build_source, environment, load_entries
+from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import Store
 from hub.templates import TemplateRenderer
@@ -123,8 +123,7 @@ class Hub:
         folder = self.settings.mappings_dir
         problems: list[str] = []
         env = environment()
-        for index, entry in enumerate(load_entries(folder)):
-            where = f"{folder / SOURCES_FILE}: sources.{index}"
+        for where, entry in load_entries(folder):
             if entry.id == DEFAULT_SOURCE_ID:
                 problems.append(f"{where}.id: 'default' is the built-in source of HUB_DEFAULT_WRITE_KEY; pick another id")
                 continue

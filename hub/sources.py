@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Registry, Source
-from hub.config_files import load_model
+from hub.config_files import line_of, load_model
 from hub.errors import ConfigError
 
 SOURCES_FILE = "sources.yaml"
@@ -62,17 +63,20 @@ class SourcesFile(BaseModel):
     sources: list[SourceEntry] = Field(default_factory=list)
 
 
-def load_entries(folder: Path) -> list[SourceEntry]:
+def load_entries(folder: Path) -> list[tuple[str, SourceEntry]]:
+    """Each entry with where it is (``file:line: sources.N``), for problems found later."""
     path = folder / SOURCES_FILE
     if not path.exists():
         return []
     entries = load_model(path, SourcesFile).sources
+    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    located = [(f"{path}:{line_of(root, ['sources', index])}: sources.{index}", entry) for index, entry in enumerate(entries)]
     seen: set[str] = set()
-    for index, entry in enumerate(entries):
+    for where, entry in located:
         if entry.id in seen:
-            raise ConfigError(f"{path}: sources.{index}.id: {entry.id!r} is used twice; source ids must be unique")
+            raise ConfigError(f"{where}.id: {entry.id!r} is used twice; source ids must be unique")
         seen.add(entry.id)
-    return entries
+    return located
 
 
 def build_source(
@@ -88,7 +92,7 @@ def build_source(
     if connector is None:
         known = ", ".join(sorted(registry.sources)) or "none"
         raise ConfigError(f"{where}.connector: no source connector {entry.connector!r} is installed (installed: {known})")
-    secret_keys = {name for name, field in connector.Config.model_fields.items() if _is_secret(field.annotation)}
+    secret_keys = {name for name, field in connector.Config.model_fields.items() if is_secret(field.annotation)}
     problems = [
         f"{where}.config.{key}: is a secret; name an environment variable under `secrets:` instead"
         for key in entry.config if key in secret_keys
@@ -111,5 +115,5 @@ def environment() -> dict[str, str]:
     return {**{k: v for k, v in dotenv_values(".env").items() if v is not None}, **os.environ}
 
 
-def _is_secret(annotation: Any) -> bool:
+def is_secret(annotation: Any) -> bool:
     return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import hub
-from hub.api import admin, ingest
+from hub.api import admin, ingest, mappings
 from hub.api.auth import AdminAuth
 from hub.errors import IngestError
 from hub.runtime import Hub
@@ -38,9 +38,9 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     )
     app.state.hub = hub_instance
     app.include_router(ingest.router)
-    app.include_router(
-        admin.router, dependencies=[Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
-    )
+    admin_auth = [Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
+    app.include_router(admin.router, dependencies=admin_auth)
+    app.include_router(mappings.router, dependencies=admin_auth)
 
     @app.exception_handler(IngestError)
     async def ingest_error(_request: Request, exc: IngestError) -> JSONResponse:
