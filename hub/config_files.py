@@ -1,9 +1,10 @@
 """Loading ops-edited YAML into validated models, reporting every problem at once.
 
 Ops people edit these files by hand; one bad key must produce a message that
-names the file, the line, the key and the reason, together with every other
-problem in the same file, so a fix is one edit, not a loop of restarts.
-Problems read ``path:line: key: reason``, the form editors and CI annotate.
+names the file, the key and the reason, together with every other problem in
+the same file, so a fix is one edit, not a loop of restarts. Problems read
+``path: key: reason``; `with_line` turns one into ``path:line: key: reason``,
+the form editors and CI annotate (`touchhub mappings check` prints that).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -35,12 +35,26 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(document or {})
     except ValidationError as exc:
-        raise ConfigError([_describe(path, root, error) for error in exc.errors()]) from None
+        raise ConfigError([_describe(path, error) for error in exc.errors()]) from None
 
 
-def _describe(path: Path, root: yaml.Node | None, error: Any) -> str:
+def _describe(path: Path, error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
-    return f"{path}:{line_of(root, error['loc'])}: {key}: {error['msg']}"
+    return f"{path}: {key}: {error['msg']}"
+
+
+def with_line(problem: str, path: Path) -> str:
+    """``path: a.0.b: reason`` -> ``path:LINE: a.0.b: reason``, LINE being where key a.0.b is in the file."""
+    prefix = f"{path}: "
+    if not problem.startswith(prefix):
+        return problem
+    key = problem[len(prefix):].partition(": ")[0]
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return problem
+    parts = [int(part) if part.isdigit() else part for part in key.split(".")]
+    return f"{path}:{line_of(root, parts)}: {problem[len(prefix):]}"
 
 
 def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:

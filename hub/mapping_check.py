@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import Registry
+from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.mapping import load_mapping
 from hub.routing import load_routes
@@ -33,7 +34,7 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
         try:
             loaders.get(path.name, load_mapping)(path)
         except ConfigError as exc:
-            problems.extend(exc.problems)
+            problems.extend(with_line(problem, path) for problem in exc.problems)
     return files, problems
 
 

@@ -14,6 +14,7 @@ import yaml
 from typer.testing import CliRunner
 
 from hub.cli import app
+from hub.config_files import with_line
 from hub.errors import ConfigError, EventDropped, MappingError
 from hub.mapping import MappingSpec, compile_mapping, load_mapping
 from hub.mapping_catalog import MappingCatalog
@@ -83,7 +84,7 @@ def test_mapping_errors_name_file_line_and_key(tmp_path: Path) -> None:
     lines = path.read_text().splitlines()
     with pytest.raises(ConfigError) as raised:
         load_mapping(path)
-    assert raised.value.problems == [
+    assert [with_line(problem, path) for problem in raised.value.problems] == [
         f"{path}:{lines.index('    stage: later') + 1}: events.Foo.stage: Input should be 'awareness', 'consideration', "
         "'decision', 'retention' or 'advocacy'",
         f"{path}:{lines.index('value_maps:') + 1}: value_maps: Value error, 'nope.field' is not a canonical field: use event, kind, stage, moment, "
