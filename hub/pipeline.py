@@ -146,6 +146,7 @@ class Pipeline:
             raw_body=_json_bytes(row.payload),
             content_type="application/json",
             received_at=now,
+            inbox_id=row.id,
         )
         inbox.mark_failed(connection, row.id, now, reason)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
