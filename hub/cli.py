@@ -130,13 +130,16 @@ def connectors_list() -> None:
     """Show every installed connector, its kind and where it came from."""
     from connectors.base import load_registry
 
+    from hub.sources import is_secret
+
     registry = load_registry()
     table = Table(title="Installed connectors")
-    for column in ("slug", "kind", "title", "config keys", "from"):
+    for column in ("slug", "kind", "title", "config keys (* = secret: name an env variable)", "from"):
         table.add_column(column)
     for kind, group in (("source", registry.sources), ("destination", registry.destinations)):
         for slug, connector in sorted(group.items()):
-            keys = ", ".join(connector.Config.model_fields)
+            fields = connector.Config.model_fields.items()
+            keys = ", ".join(f"{name}*" if is_secret(field.annotation) else name for name, field in fields)
             table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
     console.print(table)
 
