@@ -144,6 +144,24 @@ def connectors_list() -> None:
     console.print(table)
 
 
+@connectors_app.command("show")
+def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub connectors list`.")) -> None:
+    """Print a connector's config schema (JSON Schema): the keys a sources.yaml entry may set."""
+    import json
+
+    from connectors.base import load_registry
+
+    registry = load_registry()
+    connector = registry.sources.get(slug) or registry.destinations.get(slug)
+    if connector is None:
+        console.print(f"[red]No connector {slug!r}[/]; installed: {', '.join(sorted(registry.origins))}")
+        raise typer.Exit(2)
+    console.print(f"[bold]{connector.slug}[/]: {connector.title} ({registry.origins[slug]})", highlight=False)
+    if connector.docs_url:
+        console.print(f"Docs: {connector.docs_url}", highlight=False)
+    console.print_json(json.dumps(connector.Config.model_json_schema()))
+
+
 @mappings_app.command("check")
 def mappings_check() -> None:
     """Validate every YAML file in the mappings folder (HUB_MAPPINGS_DIR) the way the hub loads it.

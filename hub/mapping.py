@@ -36,7 +36,8 @@ OBJECT_FIELDS = ("properties", "traits", "context")
 FIELD_PATH = re.compile(r"^(event|kind|stage|moment|occurred_at|(properties|traits|context)\.[A-Za-z0-9_$@-]+)$")
 
 
-def _check_expression(expression: str) -> str:
+def check_expression(expression: str) -> str:
+    """The expression when it compiles; ValueError naming it otherwise (for pydantic validators)."""
     try:
         jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
@@ -70,7 +71,7 @@ class DropRule(BaseModel):
     @field_validator("when")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        return _check_expression(value)
+        return check_expression(value)
 
 
 class MappingSpec(BaseModel):
@@ -110,14 +111,14 @@ class MappingSpec(BaseModel):
     @field_validator("kind", "event", "occurred_at", "properties", "traits", "context", "stage", "moment")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        return None if value is None else _check_expression(value)
+        return None if value is None else check_expression(value)
 
     @field_validator("identifiers")
     @classmethod
     def _identifier_expressions_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         for expressions in value.values():
             for expression in [expressions] if isinstance(expressions, str) else expressions:
-                _check_expression(expression)
+                check_expression(expression)
         return value
 
 

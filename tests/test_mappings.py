@@ -223,3 +223,12 @@ def test_saved_mapping_applies_to_new_events_without_a_restart(
         newest, oldest = running.admin("/api/touchpoints")["touchpoints"]
     assert (oldest["moment"], newest["moment"]) == ("product_view", "browsing_products")
     assert oldest["mapping_version"] != newest["mapping_version"]
+
+
+def test_connectors_show_prints_the_config_schema(mappings_dir: Path) -> None:
+    result = cli(mappings_dir, "connectors", "show", "hubspot")
+    assert result.exit_code == 0, result.output
+    schema = json.loads(result.output[result.output.index("{"):])
+    assert schema["required"] == ["client_secret"]
+    assert schema["properties"]["tolerance_seconds"]["default"] == 300
+    assert cli(mappings_dir, "connectors", "show", "nope").exit_code == 2

@@ -26,6 +26,7 @@ from connectors.webhooks import (
     require_header,
     sign,
 )
+from hub.mapping import check_expression
 
 
 class GenericHmacConfig(BaseModel):
@@ -47,12 +48,7 @@ class GenericHmacConfig(BaseModel):
     @field_validator("events", "message_id")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                jmespath.compile(value)
-            except jmespath.exceptions.JMESPathError as exc:
-                raise ValueError(f"invalid JMESPath expression {value!r}: {exc}") from None
-        return value
+        return None if value is None else check_expression(value)
 
     @model_validator(mode="after")
     def _template_fits(self) -> "GenericHmacConfig":
