@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from hub.cli import app
@@ -184,7 +185,7 @@ def test_preview_api_reports_unmappable_events_and_bad_samples(running_hub: Runn
     assert preview_api(running_hub, "default", b"{}", token="wrong").status_code == 401
 
 
-def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: Path) -> None:
     catalog = MappingCatalog(mappings_dir, {"default": "segment.yaml"}, check_seconds=60)
     path = mappings_dir / "segment.yaml"
     original = catalog["default"].version
@@ -197,8 +198,12 @@ def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: 
     assert good != original
     path.write_text(path.read_text().replace("event: ", "event: '(' # ", 1))
     _touch_later(path)
-    assert catalog.refresh() == ["segment.yaml"]
+    with capture_logs() as logs:
+        assert catalog.refresh() == ["segment.yaml"]
     assert catalog["default"].version == good  # the last good version stays active
+    [refused] = logs
+    assert refused["event"] == "mapping change refused; the last good version stays active"
+    assert refused["active_version"] == good and "event: Value error, invalid JMESPath expression" in refused["problems"][0]
 
 
 def _touch_later(path: Path) -> None:
