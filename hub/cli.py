@@ -129,7 +129,6 @@ def migrate() -> None:
 def connectors_list() -> None:
     """Show every installed connector, its kind and where it came from."""
     from connectors.base import load_registry
-
     from hub.sources import is_secret
 
     registry = load_registry()

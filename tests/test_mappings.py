@@ -14,6 +14,7 @@ import yaml
 from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
+from connectors.sandbox.providers import SandboxProviders
 from hub.cli import app
 from hub.config_files import with_line
 from hub.errors import ConfigError, EventDropped, MappingError
@@ -21,7 +22,6 @@ from hub.mapping import MappingSpec, compile_mapping, load_mapping
 from hub.mapping_catalog import MappingCatalog
 from hub.model import RawEvent
 from hub.normalize import normalize
-from connectors.sandbox.providers import SandboxProviders
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
 from tests.source_contract import FIXTURES
 

@@ -25,6 +25,9 @@ sources:
   - id: segment-hook
     connector: segment
     secrets: {shared_secret: HUB_SRC_SEGMENT_HOOK_SECRET}
+  - id: app-sdk
+    connector: segment
+    secrets: {write_key: HUB_SRC_APP_SDK_WRITE_KEY}
   - id: crm
     connector: hubspot
     secrets: {client_secret: HUB_SRC_CRM_SECRET}
@@ -46,6 +49,7 @@ def webhook_hub(
     (mappings_dir / "sources.yaml").write_text(SOURCES)
     monkeypatch.setenv("HUB_SRC_SEGMENT_HOOK_SECRET", SECRET)
     monkeypatch.setenv("HUB_SRC_CRM_SECRET", SECRET)
+    monkeypatch.setenv("HUB_SRC_APP_SDK_WRITE_KEY", "app-sdk-key")
     monkeypatch.setenv("HUB_SRC_JOURNEYS_SECRET", SECRET)
     with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides()), sandbox) as hub:
         yield hub
@@ -95,11 +99,12 @@ def test_signed_body_that_is_not_json_is_400_and_quarantined(webhook_hub: Runnin
     assert (kept["source_id"], kept["stage"], kept["raw_body"]) == ("segment-hook", "ingest", "{oops")
 
 
-def test_sdk_ingest_still_uses_the_default_source(webhook_hub: RunningHub) -> None:
+def test_sdk_ingest_picks_the_segment_source_by_write_key(webhook_hub: RunningHub) -> None:
     assert webhook_hub.send(message(userId="u-1", event="Signed Up")).json()["accepted"] == 1
+    assert webhook_hub.send(message(userId="u-2", event="Signed Up"), write_key="app-sdk-key").json()["accepted"] == 1
     webhook_hub.settle()
-    [touchpoint] = webhook_hub.admin("/api/touchpoints")["touchpoints"]
-    assert touchpoint["source_id"] == "default"
+    touchpoints = webhook_hub.admin("/api/touchpoints")["touchpoints"]
+    assert sorted((t["source_id"], t["identifiers"][0][1]) for t in touchpoints) == [("app-sdk", "u-2"), ("default", "u-1")]
 
 
 @pytest.mark.parametrize(
