@@ -17,11 +17,9 @@ from connectors.base import InboundRequest, Registry, Source
 from hub.errors import ConfigError, EventDropped, MappingError
 from hub.mapping import Mapping
 from hub.normalize import normalize
-from hub.sources import build_source, environment, is_secret, load_entries
+from hub.sources import PLACEHOLDER_SECRET, build_source, environment, is_secret, load_entries
 
 PREVIEW_URL = "http://preview.invalid/v1/webhooks/preview"
-# Base64 text, so it passes every connector's secret validation; previews never verify signatures.
-PLACEHOLDER_SECRET = "cHJldmlldy1wbGFjZWhvbGRlcg=="
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,14 @@ def test_mappings_check_passes_on_the_shipped_files(mappings_dir: Path) -> None:
     assert f"{len(list(mappings_dir.glob('*.yaml')))} file(s) OK" in result.output
 
 
+def test_mappings_check_needs_no_secrets(mappings_dir: Path) -> None:
+    (mappings_dir / "sources.yaml").write_text(
+        "sources:\n  - {id: svix, connector: standard_webhooks, secrets: {secret: HUB_UNSET_SVIX_SECRET}}\n"
+    )
+    result = cli(mappings_dir, "mappings", "check")
+    assert result.exit_code == 0, result.output
+
+
 def test_mappings_check_lists_every_problem_with_file_line_and_key(mappings_dir: Path) -> None:
     hubspot = mappings_dir / "hubspot.yaml"
     hubspot.write_text(hubspot.read_text().replace("event: subscriptionType", "event: subscriptionType ||"))
