@@ -186,10 +186,13 @@ def mappings_preview(
     source: str = typer.Argument(help="A source id from sources.yaml, `default`, or a connector slug (its default mapping)."),
     sample: Path = typer.Argument(exists=True, dir_okay=False, help="A payload as the platform sends it (JSON body)."),
     as_json: bool = typer.Option(False, "--json", help="Print the outcomes as JSON instead of tables."),
+    draft: Path = typer.Option(None, "--mapping", exists=True, dir_okay=False,
+                               help="Try this mapping file (e.g. an edited copy) instead of the source's own."),
 ) -> None:
     """Show the canonical touchpoint(s) SAMPLE becomes under SOURCE's current mapping; nothing is stored.
 
     Example: [bold]touchhub mappings preview hubspot tests/fixtures/hubspot_contact_events.json[/]
+    Before saving an edit: [bold]touchhub mappings preview crm sample.json --mapping hubspot.draft.yaml[/]
     """
     import json
 
@@ -202,7 +205,7 @@ def mappings_preview(
     settings = _settings()
     with _config_problems_exit():
         instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
-        mapping = load_mapping(settings.mappings_dir / mapping_file)
+        mapping = load_mapping(draft or settings.mappings_dir / mapping_file)
     try:
         outcomes = preview(instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region)
     except IngestError as exc:

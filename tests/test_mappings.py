@@ -23,6 +23,7 @@ from hub.mapping_catalog import MappingCatalog
 from hub.model import RawEvent
 from hub.normalize import normalize
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
+from hub.settings import PROJECT_MAPPINGS
 from tests.source_contract import FIXTURES
 
 RECEIVED = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
@@ -151,6 +152,18 @@ def test_preview_table_is_one_sorted_row_per_field(mappings_dir: Path) -> None:
     assert "event 1: dropped" in result.output and "bulk imports are not customer interactions" in result.output
 
 
+def test_preview_tries_a_draft_file_and_reports_its_problems(mappings_dir: Path, tmp_path: Path) -> None:
+    draft = tmp_path / "hubspot.draft.yaml"
+    draft.write_text((mappings_dir / "hubspot.yaml").read_text().replace("Contact Updated", "Contact Changed"))
+    result = cli(mappings_dir, "mappings", "preview", "--json", "--mapping", str(draft), "hubspot",
+                 str(FIXTURES / "hubspot_contact_events.json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["touchpoint"]["event"] == "Contact Changed"
+    draft.write_text("event: 1\n")
+    broken = cli(mappings_dir, "mappings", "preview", "--mapping", str(draft), "hubspot", str(FIXTURES / "hubspot_contact_events.json"))
+    assert broken.exit_code == 2 and f"{draft}: occurred_at: Field required" in broken.output
+
+
 def test_preview_of_a_configured_journey_source_uses_its_map(mappings_dir: Path) -> None:
     (mappings_dir / "sources.yaml").write_text(
         "sources:\n  - id: shop-map\n    connector: journey_map\n    secrets: {secret: HUB_UNSET_FOR_PREVIEW}\n"
@@ -169,14 +182,12 @@ def test_preview_of_an_unknown_source_names_the_known_ones(mappings_dir: Path) -
     assert "'nope' is neither a configured source nor a connector" in result.output
 
 
-def preview_api(running_hub: RunningHub, source: str, body: bytes, token: str = ADMIN_TOKEN) -> Any:
-    return running_hub.client.post(
-        f"/api/mappings/{source}/preview", content=body, headers={"Authorization": f"Bearer {token}"}
-    )
+def preview_api(running_hub: RunningHub, source: str, body: Any, token: str = ADMIN_TOKEN) -> Any:
+    return running_hub.client.post(f"/api/mappings/{source}/preview", json=body, headers={"Authorization": f"Bearer {token}"})
 
 
 def test_preview_api_returns_outcomes_and_stores_nothing(running_hub: RunningHub) -> None:
-    answer = preview_api(running_hub, "default", (FIXTURES / "segment_batch.json").read_bytes())
+    answer = preview_api(running_hub, "default", {"sample": json.loads((FIXTURES / "segment_batch.json").read_text())})
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["mapping_version"].startswith("segment@")
@@ -184,13 +195,31 @@ def test_preview_api_returns_outcomes_and_stores_nothing(running_hub: RunningHub
     assert running_hub.admin("/api/stats")["inbox"] == {}
 
 
+def test_preview_api_tries_a_draft_mapping_before_it_is_saved(running_hub: RunningHub) -> None:
+    draft = yaml.safe_load((PROJECT_MAPPINGS / "segment.yaml").read_text())
+    draft["value_maps"] = {"event": {"Song Played": "Product Viewed"}}
+    sample = json.loads((FIXTURES / "segment_batch.json").read_text())
+    answer = preview_api(running_hub, "default", {"sample": sample, "mapping": draft})
+    assert answer.status_code == 200, answer.text
+    track = answer.json()["outcomes"][1]["touchpoint"]
+    assert (track["event"], track["moment"], track["mapping_version"][:14]) == ("Product Viewed", "product_view", "draft-segment@")
+    draft["value_maps"] = {"nope": {}}
+    refused = preview_api(running_hub, "default", {"sample": sample, "mapping": draft})
+    assert refused.status_code == 422
+    assert refused.json()["detail"] == ["mapping.value_maps: Value error, 'nope' is not a canonical field: use event, kind, "
+                                        "stage, moment, occurred_at, or properties.<name>, traits.<name>, context.<name>"]
+
+
 def test_preview_api_reports_unmappable_events_and_bad_samples(running_hub: RunningHub) -> None:
-    unmappable = json.dumps({"batch": [message(userId="null", event="x")]}).encode()
+    unmappable = {"sample": {"batch": [message(userId="null", event="x")]}}
     [outcome] = preview_api(running_hub, "default", unmappable).json()["outcomes"]
     assert outcome["outcome"] == "unmappable" and outcome["reason"].startswith("identifiers: no usable identifier")
-    assert preview_api(running_hub, "default", b"{nope").status_code == 400
-    assert preview_api(running_hub, "nobody", b"{}").status_code == 404
-    assert preview_api(running_hub, "default", b"{}", token="wrong").status_code == 401
+    bad = preview_api(running_hub, "default", {"sample": {"events": []}})
+    assert (bad.status_code, bad.json()["error"]) == (400, "no valid message in the request")
+    assert {"index": None, "field": "type", "reason": "is required"} in bad.json()["rejected"]
+    assert preview_api(running_hub, "default", {"no_sample": 1}).status_code == 422
+    assert preview_api(running_hub, "nobody", {"sample": {}}).status_code == 404
+    assert preview_api(running_hub, "default", {"sample": {}}, token="wrong").status_code == 401
 
 
 def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: Path) -> None:
