@@ -6,7 +6,9 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
@@ -16,6 +18,9 @@ from rich.table import Table
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.settings import PROJECT_MAPPINGS, HubSettings
+
+if TYPE_CHECKING:
+    from hub.preview import PreviewOutcome
 
 app = typer.Typer(
     help="Touchpoint Hub: accept customer events, resolve who they belong to, fire micro-moment "
@@ -220,7 +225,7 @@ def mappings_preview(
         console.print(_outcome_table(outcome, mapping.version))
 
 
-def _outcome_table(outcome, version: str) -> Table:  # type: ignore[no-untyped-def]
+def _outcome_table(outcome: PreviewOutcome, version: str) -> Table:
     """One row per field, sorted, values as compact JSON: two previews diff line by line."""
     import json
 
@@ -237,8 +242,8 @@ def _outcome_table(outcome, version: str) -> Table:  # type: ignore[no-untyped-d
     return table
 
 
-def _flatten(document: dict, prefix: str = "") -> dict:  # type: ignore[type-arg]
-    flat = {}
+def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
     for key, value in document.items():
         if isinstance(value, dict) and value:
             flat.update(_flatten(value, f"{prefix}{key}."))
@@ -302,10 +307,8 @@ def replay_command(
         console.print(f"  {count} x {error}", highlight=False, markup=False)
 
 
-def _since(text: str):  # type: ignore[no-untyped-def]
+def _since(text: str) -> datetime:
     """An aware UTC datetime from ISO-8601 text or a duration ago."""
-    from datetime import datetime, timezone
-
     from hub.clock import utcnow
     from hub.durations import parse_duration
 
