@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -72,12 +73,13 @@ def payload_message_id(item: Any) -> str:
 
 def json_events(
     source_id: str, document: Any, *, events: ParsedResult | None, message_id: ParsedResult | None,
-    received_at: str,
+    received_at: str, transform: Callable[[int, dict[str, Any]], dict[str, Any] | ItemProblem] | None = None,
 ) -> ParseResult:
     """Events from a JSON document: the list `events` selects (or the document itself), one per object.
 
     Each kept payload gains `receivedAt`, so a mapping can fall back on it when
-    the vendor sends no event time.
+    the vendor sends no event time. `transform` may enrich an item or refuse it
+    with an ItemProblem (kept for quarantine).
     """
     selected = document if events is None else events.search(document)
     items = selected if isinstance(selected, list) else [selected]
@@ -87,6 +89,12 @@ def json_events(
             problem = ItemProblem(index, "(event)", f"expected a JSON object, got {type(item).__name__}")
             result.rejected.append(RejectedItem(item, [problem]))
             continue
+        if transform is not None:
+            outcome = transform(index, item)
+            if isinstance(outcome, ItemProblem):
+                result.rejected.append(RejectedItem(item, [outcome]))
+                continue
+            item = outcome
         found = message_id.search(item) if message_id is not None else None
         identity = str(found) if isinstance(found, (str, int)) and str(found) else payload_message_id(item)
         result.events.append(RawEvent(source_id, identity[:200], {**item, "receivedAt": received_at}))

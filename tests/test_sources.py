@@ -245,6 +245,12 @@ class TestJourneyMap(SourceContract):
             {"index": 1, "field": "touchpoint_id", "reason": "'TP-NOWHERE' is not a touchpoint of journey map journeys/web_shop.json"}
         ]
 
+    def test_refused_items_keep_their_position_in_the_body(self) -> None:
+        body = json.dumps({"events": ["junk", {"id": "e", "touchpoint_id": "TP-X"}, {"id": "f", "touchpoint_id": "TP-CART"}]})
+        result = self.make_source(self.secret).parse(self.request(body.encode()))
+        assert [(p.index, p.field) for p in result.problems] == [(0, "(event)"), (1, "touchpoint_id")]
+        assert [e.payload["journey"]["moment"] for e in result.events] == ["cart_activity"]
+
     def test_csv_export_reads_the_same_as_json(self) -> None:
         from_csv = load_journey_map(PROJECT_MAPPINGS / "journeys" / "web_shop.csv").labels()
         from_json = load_journey_map(PROJECT_MAPPINGS / "journeys" / "web_shop.json").labels()

@@ -10,7 +10,9 @@ message-id deduplication, so prefer a signed timestamp when the platform has one
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 
 import jmespath
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -26,6 +28,7 @@ from connectors.webhooks import (
     require_header,
     sign,
 )
+from hub.errors import ItemProblem
 from hub.mapping import check_expression
 
 
@@ -81,11 +84,17 @@ class GenericHmacSource(Source):
         check_signature(expected, [presented], config.signature_header)
 
     def parse(self, request: InboundRequest) -> ParseResult:
+        return self.parse_events(request)
+
+    def parse_events(
+        self, request: InboundRequest, transform: Callable[[int, dict[str, Any]], dict[str, Any] | ItemProblem] | None = None
+    ) -> ParseResult:
+        """The configured events of the body, each passed through `transform` (for subclasses that enrich)."""
         config = self.config
         assert isinstance(config, GenericHmacConfig)
         return json_events(
             self.source_id, json_document(request.body),
             events=jmespath.compile(config.events) if config.events else None,
             message_id=jmespath.compile(config.message_id) if config.message_id else None,
-            received_at=datetime.now(timezone.utc).isoformat(),
+            received_at=datetime.now(timezone.utc).isoformat(), transform=transform,
         )

@@ -27,11 +27,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from connectors.base import InboundRequest, ParseResult, RejectedItem
+from connectors.base import InboundRequest, ParseResult
 from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
-from hub.errors import BadPayloadError, ConfigError, ItemProblem
+from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
-from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 
 CSV_COLUMNS = ("touchpoint_id", "touchpoint", "channel", "stage_id", "stage", "stage_label", "moment_id", "moment", "moment_label")
@@ -147,18 +146,14 @@ class JourneyMapSource(GenericHmacSource):
         self._labels = self.journey_map.labels()
 
     def parse(self, request: InboundRequest) -> ParseResult:
+        return self.parse_events(request, self._label)
+
+    def _label(self, index: int, event: dict[str, Any]) -> dict[str, Any] | ItemProblem:
+        """The event with its map touchpoint's labels under `journey`, or why it has none."""
         config = self.config
         assert isinstance(config, JourneyMapConfig)
-        parsed = super().parse(request)
-        result = ParseResult(rejected=list(parsed.rejected))
-        for index, event in enumerate(parsed.events):
-            touchpoint_id = event.payload.get(config.touchpoint_field)
-            labels = self._labels.get(str(touchpoint_id)) if touchpoint_id is not None else None
-            if labels is None:
-                reason = f"{touchpoint_id!r} is not a touchpoint of journey map {config.map_file}"
-                result.rejected.append(RejectedItem(event.payload, [ItemProblem(index, config.touchpoint_field, reason)]))
-                continue
-            result.events.append(RawEvent(event.source_id, event.message_id, {**event.payload, "journey": labels}))
-        if not result.events:
-            raise BadPayloadError("no event names a touchpoint of the journey map", result.problems)
-        return result
+        touchpoint_id = event.get(config.touchpoint_field)
+        labels = self._labels.get(str(touchpoint_id)) if touchpoint_id is not None else None
+        if labels is None:
+            return ItemProblem(index, config.touchpoint_field, f"{touchpoint_id!r} is not a touchpoint of journey map {config.map_file}")
+        return {**event, "journey": labels}
