@@ -16,6 +16,7 @@ import pytest
 from connectors.sandbox.providers import SandboxProviders
 from hub.errors import ConfigError
 from hub.runtime import Hub
+from hub.store import Store, inbox
 from tests.conftest import RunningHub, make_settings, message, serve_hub
 from tests.source_contract import fixture_body
 
@@ -60,6 +61,10 @@ def test_signed_webhook_is_committed_and_normalized(webhook_hub: RunningHub) -> 
     answer = webhook_hub.client.post("/v1/webhooks/segment-hook", content=body, headers=signed(body))
     assert answer.status_code == 200, answer.text
     assert answer.json() == {"success": True, "accepted": 1, "duplicates": 0, "rejected": []}
+    other_connection = Store(webhook_hub.hub.settings.database_url)  # committed before the 200, visible to anyone
+    with other_connection.read() as connection:
+        assert sum(inbox.count_by_status(connection).values()) == 1
+    other_connection.dispose()
     webhook_hub.settle()
     [touchpoint] = webhook_hub.admin("/api/touchpoints", source="segment-hook")["touchpoints"]
     assert (touchpoint["event"], touchpoint["moment"], touchpoint["properties"]) == ("Product Viewed", "product_view", {"sku": "A1"})
