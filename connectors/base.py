@@ -15,13 +15,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import ConfigError, ItemProblem
 from hub.model import Delivery, RawEvent, SendResult
 from hub.pii import mask_text
+from hub.settings import PROJECT_MAPPINGS
 
 ENTRY_POINT_GROUP = "touchpoint_hub.connectors"
 
@@ -54,6 +57,27 @@ class Connector:
             ) from None
 
 
+@dataclass(frozen=True)
+class InboundRequest:
+    """What a source sees of one HTTP request: enough to check a signature and read the body.
+
+    `url` is the full URL as the sender addressed it (HubSpot signs it, query
+    string included); `headers` are lower-cased, as HTTP/2 sends them anyway.
+    """
+
+    method: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "headers", {name.lower(): value for name, value in self.headers.items()})
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.url).path
+
+
 @dataclass
 class RejectedItem:
     """One item of a request a source refused, kept raw for quarantine."""
@@ -77,24 +101,30 @@ class ParseResult:
 class Source(Connector, ABC):
     """An inbound connector: verify the request, then parse it.
 
-    Override `verify` to authenticate (raise `AuthenticationError`) and `parse`
-    to turn the body into raw events. `default_mapping` names the file in
-    `mappings/` that normalizes this source's payloads.
+    Override `verify` to authenticate (raise `AuthenticationError` whose
+    message says what was wrong) and `parse` to turn the body into raw events.
+    `default_mapping` names the file in `mappings/` that normalizes this
+    source's payloads. Set `sdk_ingest` when the source answers the
+    Segment-compatible `/v1/batch`, `/v1/track`, ... endpoints (write-key
+    auth); every source answers `POST /v1/webhooks/{source_id}`.
     """
 
     default_mapping: ClassVar[str]
+    sdk_ingest: ClassVar[bool] = False
 
-    def __init__(self, source_id: str, config: BaseModel) -> None:
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        """`folder` is the mappings folder, where a connector finds files ops keep beside its mapping."""
         self.source_id = source_id
         self.config = config
+        self.folder = folder
 
     @abstractmethod
-    def verify(self, headers: Mapping[str, str]) -> None:
+    def verify(self, request: InboundRequest) -> None:
         """Raise AuthenticationError unless the request carries this source's credentials."""
 
     @abstractmethod
-    def parse(self, body: bytes, message_type: str | None = None) -> ParseResult:
-        """Raw events from a body; raise BadPayloadError when nothing in it can be used."""
+    def parse(self, request: InboundRequest) -> ParseResult:
+        """Raw events from a verified request; raise BadPayloadError when nothing in it can be used."""
 
 
 class Destination(Connector, ABC):

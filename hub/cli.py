@@ -6,7 +6,9 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
@@ -16,6 +18,9 @@ from rich.table import Table
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.settings import PROJECT_MAPPINGS, HubSettings
+
+if TYPE_CHECKING:
+    from hub.preview import PreviewOutcome
 
 app = typer.Typer(
     help="Touchpoint Hub: accept customer events, resolve who they belong to, fire micro-moment "
@@ -28,6 +33,8 @@ connectors_app = typer.Typer(help="Inspect installed source and destination conn
 app.add_typer(connectors_app, name="connectors")
 profiles_app = typer.Typer(help="Inspect identity resolution: why a profile is one person.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
+mappings_app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
+app.add_typer(mappings_app, name="mappings")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
@@ -129,14 +136,16 @@ def migrate() -> None:
 def connectors_list() -> None:
     """Show every installed connector, its kind and where it came from."""
     from connectors.base import load_registry
+    from hub.sources import is_secret
 
     registry = load_registry()
     table = Table(title="Installed connectors")
-    for column in ("slug", "kind", "title", "config keys", "from"):
+    for column in ("slug", "kind", "title", "config keys (* = secret: name an env variable)", "from"):
         table.add_column(column)
     for kind, group in (("source", registry.sources), ("destination", registry.destinations)):
         for slug, connector in sorted(group.items()):
-            keys = ", ".join(connector.Config.model_fields)
+            fields = connector.Config.model_fields.items()
+            keys = ", ".join(f"{name}*" if is_secret(field.annotation) else name for name, field in fields)
             table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
     console.print(table)
 
@@ -162,3 +171,178 @@ def profiles_explain(
         console.print(f"[red]No profile {profile_id!r}.[/]")
         raise typer.Exit(1)
     console.print(explain_tree(graph, show_pii=show_pii))
+
+
+@connectors_app.command("show")
+def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub connectors list`.")) -> None:
+    """Print a connector's config schema (JSON Schema): the keys a sources.yaml entry may set."""
+    import json
+
+    from connectors.base import load_registry
+
+    registry = load_registry()
+    connector = registry.sources.get(slug) or registry.destinations.get(slug)
+    if connector is None:
+        console.print(f"[red]No connector {slug!r}[/]; installed: {', '.join(sorted(registry.origins))}")
+        raise typer.Exit(2)
+    console.print(f"[bold]{connector.slug}[/]: {connector.title} ({registry.origins[slug]})", highlight=False)
+    if connector.docs_url:
+        console.print(f"Docs: {connector.docs_url}", highlight=False)
+    console.print_json(json.dumps(connector.Config.model_json_schema()))
+
+
+@mappings_app.command("check")
+def mappings_check() -> None:
+    """Validate every YAML file in the mappings folder (HUB_MAPPINGS_DIR) the way the hub loads it.
+
+    Problems print as [bold]file:line: key: reason[/]; the exit code is 1 when there is any, so CI can run it.
+    """
+    from connectors.base import load_registry
+    from hub.mapping_check import check_folder
+
+    settings = _settings()
+    with _config_problems_exit():
+        files, problems = check_folder(settings.mappings_dir, load_registry())
+    for problem in problems:
+        console.print(problem, highlight=False, markup=False, soft_wrap=True)
+    if problems:
+        console.print(f"[red]{len(problems)} problem(s) in {len(files)} file(s)[/]")
+        raise typer.Exit(1)
+    console.print(f"[green]{len(files)} file(s) OK[/] in {settings.mappings_dir}")
+
+
+@mappings_app.command("preview")
+def mappings_preview(
+    source: str = typer.Argument(help="A source id from sources.yaml, `default`, or a connector slug (its default mapping)."),
+    sample: Path = typer.Argument(exists=True, dir_okay=False, help="A payload as the platform sends it (JSON body)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the outcomes as JSON instead of tables."),
+    draft: Path = typer.Option(None, "--mapping", exists=True, dir_okay=False,
+                               help="Try this mapping file (e.g. an edited copy) instead of the source's own."),
+) -> None:
+    """Show the canonical touchpoint(s) SAMPLE becomes under SOURCE's current mapping; nothing is stored.
+
+    Example: [bold]touchhub mappings preview hubspot tests/fixtures/hubspot_contact_events.json[/]
+    Before saving an edit: [bold]touchhub mappings preview crm sample.json --mapping hubspot.draft.yaml[/]
+    """
+    import json
+
+    from connectors.base import load_registry
+    from hub.clock import utcnow
+    from hub.errors import IngestError
+    from hub.mapping import load_mapping
+    from hub.preview import offline_source, preview
+
+    settings = _settings()
+    with _config_problems_exit():
+        instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
+        mapping = load_mapping(draft or settings.mappings_dir / mapping_file)
+    try:
+        outcomes = preview(instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region)
+    except IngestError as exc:
+        console.print(f"[red]The source refuses this sample:[/] {exc.message}", highlight=False)
+        for problem in exc.problems:
+            console.print(f"  • {problem.field}: {problem.reason}", highlight=False, markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        console.print_json(json.dumps([outcome.as_dict() for outcome in outcomes], default=str))
+        return
+    for outcome in outcomes:
+        console.print(_outcome_table(outcome, mapping.version))
+
+
+def _outcome_table(outcome: PreviewOutcome, version: str) -> Table:
+    """One row per field, sorted, values as compact JSON: two previews diff line by line."""
+    import json
+
+    from rich import box
+
+    table = Table(title=f"event {outcome.index}: {outcome.outcome} ({version})", box=box.ASCII, title_justify="left")
+    table.add_column("field", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    if outcome.touchpoint is None:
+        table.add_row("reason", outcome.reason or "")
+        return table
+    for key, value in sorted(_flatten(outcome.touchpoint).items()):
+        table.add_row(key, json.dumps(value, default=str, ensure_ascii=False, sort_keys=True))
+    return table
+
+
+def _flatten(document: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@app.command("replay")
+def replay_command(
+    source: str = typer.Option(..., "--source", help="Source id whose stored events to re-normalize (e.g. default)."),
+    since: str = typer.Option(..., "--since", help="ISO-8601 time (2026-11-20T00:00Z) or how long ago (90m, 24h, 7d)."),
+) -> None:
+    """Re-normalize a source's stored raw events with its current mapping, e.g. after fixing the mapping.
+
+    Touchpoints already made are rewritten in place (same ids; no trigger fires again). Events that were
+    quarantined as unmappable, or dropped by a rule that no longer matches, go through the whole pipeline
+    now. Running it twice changes nothing the second time.
+    """
+    import time
+    from datetime import timedelta
+
+    from rich.progress import Progress
+
+    from hub.clock import utcnow
+    from hub.replay import replay
+    from hub.store import replays
+
+    settings = _settings()
+    hub = _build_hub(settings)
+    try:
+        start = _since(since)
+        if source not in hub.sources:
+            console.print(f"[red]No source {source!r}[/]; configured: {', '.join(sorted(hub.sources))}")
+            raise typer.Exit(2)
+        with hub.store.read() as connection:
+            total = replays.count_stored(connection, source, start)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"Re-normalizing {source}", total=total)
+            assert hub.mappings is not None
+            # Running hubs pick up the mapping within HUB_MAPPINGS_RELOAD_SECONDS; re-processed events wait for that.
+            delay = timedelta(seconds=2 * settings.mappings_reload_seconds)
+            report = replay(hub.store, hub.mappings, source, start, utcnow() + delay, settings.default_phone_region,
+                            on_batch=lambda count: progress.advance(task, count))
+        if report.requeued:
+            time.sleep(delay.total_seconds())
+            while hub.pipeline.run_once():
+                pass
+    finally:
+        hub.delivery.close()  # workers were never started: nothing else to stop
+        hub.store.dispose()
+    table = Table(title=f"Replay of {source} since {start.isoformat()}")
+    table.add_column("outcome")
+    table.add_column("events", justify="right")
+    for label, count in (("touchpoints rewritten", report.rewritten), ("already current", report.unchanged),
+                         ("re-processed (were quarantined or dropped)", report.requeued),
+                         ("dropped by a rule", report.dropped), ("still unmappable", report.unmappable)):
+        table.add_row(label, str(count))
+    console.print(table)
+    for error, count in sorted(report.errors.items()):
+        console.print(f"  {count} x {error}", highlight=False, markup=False)
+
+
+def _since(text: str) -> datetime:
+    """An aware UTC datetime from ISO-8601 text or a duration ago."""
+    from hub.clock import utcnow
+    from hub.durations import parse_duration
+
+    try:
+        return utcnow() - parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as 24h", param_hint="--since") from None
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)

@@ -2,13 +2,16 @@
 
 Ops people edit these files by hand; one bad key must produce a message that
 names the file, the key and the reason, together with every other problem in
-the same file, so a fix is one edit, not a loop of restarts.
+the same file, so a fix is one edit, not a loop of restarts. Problems read
+``path: key: reason``; `with_line` turns one into ``path:line: key: reason``,
+the form editors and CI annotate (`touchhub mappings check` prints that).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,17 +23,59 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
     try:
         return model.model_validate(document or {})
     except ValidationError as exc:
         raise ConfigError([_describe(path, error) for error in exc.errors()]) from None
 
 
-def _describe(path: Path, error: dict) -> str:
+def _describe(path: Path, error: Any) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     return f"{path}: {key}: {error['msg']}"
+
+
+def with_line(problem: str, path: Path) -> str:
+    """``path: a.0.b: reason`` -> ``path:LINE: a.0.b: reason``, LINE being where key a.0.b is in the file."""
+    prefix = f"{path}: "
+    if not problem.startswith(prefix):
+        return problem
+    key = problem[len(prefix):].partition(": ")[0]
+    try:
+        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return problem
+    parts = [int(part) if part.isdigit() else part for part in key.split(".")]
+    return f"{path}:{line_of(root, parts)}: {problem[len(prefix):]}"
+
+
+def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
+    """1-based line of the deepest key along `loc` that exists (the parent's when a key is missing)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else 1
+    for part in loc:
+        found = _child(node, part)
+        if found is None:
+            break
+        marker, node = found
+        line = marker.start_mark.line + 1
+    return line
+
+
+def _child(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+    """(node whose line to report, node to descend into) for one step of a validation error's path."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(part):
+                return key, value
+    if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+        return node.value[part], node.value[part]
+    return None

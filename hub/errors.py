@@ -5,11 +5,13 @@
     └── HubError
         ├── IngestError                the request is at fault; answered with a 4xx
         │   ├── AuthenticationError    401: missing or wrong write key / signature
+        │   ├── UnknownSourceError     404: no source with that id is configured
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
         ├── IdentityRepairError        unmerge / forget named a profile or merge that does not exist
         ├── ForgottenIdentityError     every identifier of an event belongs to a forgotten person
+        ├── EventDropped               the mapping's drop rules say the event is not kept (not an error to fix)
         └── DeliveryError              a destination failed to deliver
             ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
             ├── PermanentDeliveryError invalid number, unsubscribed: never retry
@@ -65,6 +67,10 @@ class AuthenticationError(IngestError):
     status_code = 401
 
 
+class UnknownSourceError(IngestError):
+    status_code = 404
+
+
 class PayloadTooLargeError(IngestError):
     status_code = 413
 
@@ -83,6 +89,8 @@ class IdentityRepairError(HubError):
 
 class ForgottenIdentityError(HubError):
     """Every identifier of a touchpoint belongs to a person erased on request: the event is dropped."""
+class EventDropped(HubError):
+    """A drop rule of the mapping matched: the event is acknowledged and not kept."""
 
 
 @dataclass

@@ -3,12 +3,23 @@
 A mapping is data in ``mappings/<name>.yaml``: JMESPath expressions from the
 raw payload to canonical fields, plus a table giving each event name its
 journey stage and micro-moment. Ops change it without touching Python.
+
+Beyond expressions a mapping may set `constants` (a fixed value on every
+event), `defaults` (used when an expression finds nothing), `value_maps`
+(vendor vocabulary -> ours, e.g. ``contact.creation`` -> ``Contact Created``)
+and `drop` rules (events the hub should not keep at all). Each of those is
+keyed by a canonical field: ``event``, ``kind``, ``stage``, ``moment``,
+``occurred_at`` or ``properties.<name>`` / ``traits.<name>`` /
+``context.<name>``. Precedence: constant, then the expression's value passed
+through the value map, then the default, then (for stage and moment) the
+`events` table and `default` label.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,9 +31,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hub.config_files import load_model
 
 Stage = Literal["awareness", "consideration", "decision", "retention", "advocacy"]
+STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
+OBJECT_FIELDS = ("properties", "traits", "context")
+FIELD_PATH = re.compile(r"^(event|kind|stage|moment|occurred_at|(properties|traits|context)\.[A-Za-z0-9_$@-]+)$")
 
 
-def _check_expression(expression: str) -> str:
+def check_expression(expression: str) -> str:
+    """The expression when it compiles; ValueError naming it otherwise (for pydantic validators)."""
     try:
         jmespath.compile(expression)
     except jmespath.exceptions.JMESPathError as exc:
@@ -34,6 +49,29 @@ class JourneyLabel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     stage: Stage
     moment: str = Field(min_length=1)
+
+
+def _check_field_paths(value: dict[str, Any]) -> dict[str, Any]:
+    for path in value:
+        if not FIELD_PATH.match(path):
+            raise ValueError(
+                f"{path!r} is not a canonical field: use event, kind, stage, moment, occurred_at, "
+                "or properties.<name>, traits.<name>, context.<name>"
+            )
+    return value
+
+
+class DropRule(BaseModel):
+    """Events matching `when` are not kept: no touchpoint, no quarantine; the inbox row is marked done."""
+
+    model_config = ConfigDict(extra="forbid")
+    when: str = Field(description="JMESPath over the raw payload; a truthy result drops the event.")
+    reason: str = Field(min_length=1, description="Why, for the log.")
+
+    @field_validator("when")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        return check_expression(value)
 
 
 class MappingSpec(BaseModel):
@@ -51,20 +89,36 @@ class MappingSpec(BaseModel):
     properties: str | None = None
     traits: str | None = None
     context: str | None = None
+    stage: str | None = Field(None, description="JMESPath to the journey stage; wins over the `events` table.")
+    moment: str | None = Field(None, description="JMESPath to the micro-moment; wins over the `events` table.")
     events: dict[str, JourneyLabel] = Field(default_factory=dict, description="Event name -> stage and moment.")
     default: JourneyLabel = Field(description="Stage and moment of events not listed in `events`.")
+    constants: dict[str, Any] = Field(default_factory=dict, description="Canonical field -> value set on every event.")
+    defaults: dict[str, Any] = Field(
+        default_factory=dict, description="Canonical field -> value used when its expression finds nothing."
+    )
+    value_maps: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Canonical field -> {vendor value: canonical value}; values not listed pass through unchanged.",
+    )
+    drop: list[DropRule] = Field(default_factory=list, description="Events the hub should not keep.")
 
-    @field_validator("kind", "event", "occurred_at", "properties", "traits", "context")
+    @field_validator("constants", "defaults", "value_maps")
+    @classmethod
+    def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_field_paths(value)
+
+    @field_validator("kind", "event", "occurred_at", "properties", "traits", "context", "stage", "moment")
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        return None if value is None else _check_expression(value)
+        return None if value is None else check_expression(value)
 
     @field_validator("identifiers")
     @classmethod
     def _identifier_expressions_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
         for expressions in value.values():
             for expression in [expressions] if isinstance(expressions, str) else expressions:
-                _check_expression(expression)
+                check_expression(expression)
         return value
 
 
@@ -82,9 +136,41 @@ class Mapping:
     properties: ParsedResult | None
     traits: ParsedResult | None
     context: ParsedResult | None
+    stage: ParsedResult | None
+    moment: ParsedResult | None
+    drop: tuple[tuple[ParsedResult, str], ...]
 
     def label(self, event: str) -> JourneyLabel:
         return self.spec.events.get(event, self.spec.default)
+
+    def field(self, name: str, found: Any) -> Any:
+        """A canonical field's value: constant, else the found value through its value map, else the default."""
+        spec = self.spec
+        if name in spec.constants:
+            return spec.constants[name]
+        if found is None or found == "":
+            return spec.defaults.get(name)
+        value_map = spec.value_maps.get(name)
+        if value_map and isinstance(found, (str, int, float)) and str(found) in value_map:
+            return value_map[str(found)]
+        return found
+
+    def object_field(self, name: str, found: dict[str, Any]) -> dict[str, Any]:
+        """`properties`, `traits` or `context` with the constants, value maps and defaults of its keys applied."""
+        keys = {
+            path.split(".", 1)[1]
+            for table in (self.spec.constants, self.spec.defaults, self.spec.value_maps)
+            for path in table if path.startswith(name + ".")
+        }
+        result = dict(found)
+        for key in keys:
+            value = self.field(f"{name}.{key}", found.get(key))
+            if value is not None:
+                result[key] = value
+        return result
+
+    def drop_reason(self, payload: dict[str, Any]) -> str | None:
+        return next((reason for when, reason in self.drop if when.search(payload)), None)
 
     @staticmethod
     def pick(expression: ParsedResult | None, payload: dict[str, Any]) -> Any:
@@ -108,6 +194,9 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
         properties=_compile_optional(spec.properties),
         traits=_compile_optional(spec.traits),
         context=_compile_optional(spec.context),
+        stage=_compile_optional(spec.stage),
+        moment=_compile_optional(spec.moment),
+        drop=tuple((jmespath.compile(rule.when), rule.reason) for rule in spec.drop),
     )
 
 

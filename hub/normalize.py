@@ -5,19 +5,25 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from hub.errors import MappingError
+from hub.errors import EventDropped, MappingError
 from hub.identifiers import normalize_identifier
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
-from hub.mapping import Mapping
+from hub.mapping import OBJECT_FIELDS, STAGES, Mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
+
+# Epoch numbers above this are milliseconds (as HubSpot sends): in seconds it would be the year 5138.
+EPOCH_MILLISECONDS_FROM = 100_000_000_000
 
 
 def normalize(
     raw: RawEvent, mapping: Mapping, received_at: datetime, default_region: str, identity: IdentityConfig = DEFAULT_IDENTITY
 ) -> Touchpoint:
-    """Map one raw event; raises MappingError naming the field that could not be mapped."""
+    """Map one raw event; raises MappingError naming the field that could not be mapped, EventDropped on a drop rule."""
     payload = raw.payload
-    event = mapping.pick(mapping.event, payload)
+    reason = mapping.drop_reason(payload)
+    if reason is not None:
+        raise EventDropped(f"dropped by mapping {mapping.version}: {reason}")
+    event = mapping.field("event", mapping.pick(mapping.event, payload))
     if not isinstance(event, str) or not event.strip():
         raise MappingError(f"event: mapping '{mapping.spec.event}' gave {event!r}, expected a non-empty string")
     event = event.strip()
@@ -25,20 +31,24 @@ def normalize(
     if not identifiers:
         raise MappingError("identifiers: no usable identifier (all missing or junk values such as 'null')")
     label = mapping.label(event)
+    stage = mapping.field("stage", mapping.pick(mapping.stage, payload)) or label.stage
+    if stage not in STAGES:
+        raise MappingError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
+    objects = {name: mapping.object_field(name, _object(mapping.pick(getattr(mapping, name), payload))) for name in OBJECT_FIELDS}
     return Touchpoint(
         touchpoint_id=derived_id(raw.source_id, raw.message_id),
         source_id=raw.source_id,
         message_id=raw.message_id,
-        kind=str(mapping.pick(mapping.kind, payload) or "track"),
+        kind=str(mapping.field("kind", mapping.pick(mapping.kind, payload)) or "track"),
         event=event,
-        stage=label.stage,
-        moment=label.moment,
-        occurred_at=_occurred_at(mapping.pick(mapping.occurred_at, payload), received_at),
+        stage=stage,
+        moment=str(mapping.field("moment", mapping.pick(mapping.moment, payload)) or label.moment),
+        occurred_at=_occurred_at(mapping.field("occurred_at", mapping.pick(mapping.occurred_at, payload)), received_at),
         received_at=received_at,
         identifiers=identifiers,
-        properties=_object(mapping, mapping.properties, payload),
-        traits=_object(mapping, mapping.traits, payload),
-        context=_object(mapping, mapping.context, payload),
+        properties=objects["properties"],
+        traits=objects["traits"],
+        context=objects["context"],
         mapping_version=mapping.version,
     )
 
@@ -55,15 +65,18 @@ def _identifiers(
 
 
 def _occurred_at(value: Any, received_at: datetime) -> datetime:
+    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds; missing means 'when received'."""
     if value is None:
         return received_at
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = value / 1000 if value >= EPOCH_MILLISECONDS_FROM else value
+        return datetime.fromtimestamp(seconds, timezone.utc)
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
-        raise MappingError(f"occurred_at: {value!r} is not an ISO-8601 timestamp") from None
+        raise MappingError(f"occurred_at: {value!r} is not an ISO-8601 timestamp or Unix epoch number") from None
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
-def _object(mapping: Mapping, expression: Any, payload: dict[str, Any]) -> dict[str, Any]:
-    value = mapping.pick(expression, payload)
+def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}

@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import utcnow
-from hub.errors import ForgottenIdentityError, ItemProblem, MappingError
+from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
@@ -121,7 +121,11 @@ class Pipeline:
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
         raw = RawEvent(row.source_id, row.message_id, row.payload)
-        touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
+        try:
+            touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
+        except EventDropped as exc:
+            log.info("event dropped", inbox_id=row.id, reason=str(exc))
+            return 0
         graph = SqlIdentityGraph(connection)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
@@ -149,6 +153,7 @@ class Pipeline:
             raw_body=_json_bytes(row.payload),
             content_type="application/json",
             received_at=now,
+            inbox_id=row.id,
         )
         inbox.mark_failed(connection, row.id, now, reason)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import timedelta
 from typing import TypeVar
 
 import structlog
 
-from connectors.base import Destination, Registry, Source, load_registry
+from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
-from hub.mapping import Mapping as SourceMapping
-from hub.mapping import load_mapping
+from hub.mapping_catalog import MappingCatalog
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.retry import RetryPolicy
 from hub.routing import Router, load_routes
 from hub.rules import RuleSpec, load_rules
 from hub.settings import HubSettings
+from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import Store
 from hub.templates import TemplateRenderer
@@ -44,15 +44,16 @@ class Hub:
         self.settings = settings
         problems: list[str] = []
         self.registry: Registry = _collect(problems, load_registry) or Registry()
+        self.mapping_files: dict[str, str] = {}  # source id -> mapping file, filled by _build_sources
         self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
-        self.mappings: dict[str, SourceMapping] = _collect(problems, lambda: self._load_mappings()) or {}
+        self.mappings: MappingCatalog | None = _collect(problems, lambda: self._load_mappings())
         self.rules: list[RuleSpec] = _collect(problems, lambda: load_rules(settings.mappings_dir / "triggers.yaml")) or []
         self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
         self.router = _collect(problems, lambda: self._build_router())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
         if problems:
             raise ConfigError(problems)
-        assert self.router is not None and self.identity is not None
+        assert self.router is not None and self.mappings is not None and self.identity is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.pipeline_wake = threading.Event()
@@ -93,12 +94,14 @@ class Hub:
         self.delivery.close()
         self.store.dispose()
 
-    def authenticate(self, headers: Mapping[str, str]) -> Source:
-        """The source whose credentials the request carries; AuthenticationError if none."""
+    def authenticate(self, request: InboundRequest) -> Source:
+        """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""
         error = AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name")
         for source in self.sources.values():
+            if not source.sdk_ingest:
+                continue
             try:
-                source.verify(headers)
+                source.verify(request)
             except AuthenticationError as exc:
                 error = exc
                 continue
@@ -118,15 +121,30 @@ class Hub:
         return False
 
     def _build_sources(self) -> dict[str, Source]:
+        """The `default` Segment source (HUB_DEFAULT_WRITE_KEY) plus every source in sources.yaml."""
         segment = self.registry.sources["segment"]
         config = segment.validate_config("HUB_DEFAULT_WRITE_KEY", {"write_key": self.settings.default_write_key})
-        return {DEFAULT_SOURCE_ID: segment(DEFAULT_SOURCE_ID, config)}
+        sources: dict[str, Source] = {DEFAULT_SOURCE_ID: segment(DEFAULT_SOURCE_ID, config)}
+        self.mapping_files[DEFAULT_SOURCE_ID] = segment.default_mapping
+        folder = self.settings.mappings_dir
+        problems: list[str] = []
+        env = environment()
+        for where, entry in load_entries(folder):
+            if entry.id == DEFAULT_SOURCE_ID:
+                problems.append(f"{where}.id: 'default' is the built-in source of HUB_DEFAULT_WRITE_KEY; pick another id")
+                continue
+            try:
+                sources[entry.id] = build_source(self.registry, entry, where, env, folder)
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+                continue
+            self.mapping_files[entry.id] = entry.mapping or sources[entry.id].default_mapping
+        if problems:
+            raise ConfigError(problems)
+        return sources
 
-    def _load_mappings(self) -> dict[str, SourceMapping]:
-        return {
-            source_id: load_mapping(self.settings.mappings_dir / source.default_mapping)
-            for source_id, source in self.sources.items()
-        }
+    def _load_mappings(self) -> MappingCatalog:
+        return MappingCatalog(self.settings.mappings_dir, self.mapping_files, self.settings.mappings_reload_seconds)
 
     def _load_identity(self) -> IdentityConfig:
         """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
@@ -137,7 +155,7 @@ class Hub:
         config = load_identity_config(path) if path.exists() else DEFAULT_IDENTITY
         undeclared = [
             f"{path}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
-            for mapping in self.mappings.values()
+            for mapping in (self.mappings or {}).values()
             for type_ in dict(mapping.identifiers)
             if type_ not in config.types and type_ != PREVIOUS_ID
         ]

@@ -16,12 +16,14 @@ from hub.identity_config import IdentityConfig
 from hub.mapping import MappingSpec
 from hub.routing import RoutesFile
 from hub.rules import RuleFile
+from hub.sources import SourcesFile
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "mapping.schema.json": MappingSpec,
     "triggers.schema.json": RuleFile,
     "routes.schema.json": RoutesFile,
     "identity.schema.json": IdentityConfig,
+    "sources.schema.json": SourcesFile,
 }
 
 

@@ -23,6 +23,7 @@ class HubSettings(BaseSettings):
 
     database_url: str = Field("sqlite:///var/hub.db", description="SQLAlchemy URL of the store.")
     mappings_dir: Path = Field(PROJECT_MAPPINGS, description="Folder of mapping, trigger and route YAML.")
+    mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
     host: str = "127.0.0.1"
     port: int = 8000
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
-from hub.settings import HubSettings
+from hub.settings import PROJECT_MAPPINGS, HubSettings
 
 WRITE_KEY = "test-write-key"
 ADMIN_TOKEN = "test-admin-token"
@@ -64,9 +66,24 @@ def running_hub(tmp_path: Path, sandbox: SandboxProviders, request: pytest.Fixtu
     """A hub with workers, served over HTTP; mark a test `@pytest.mark.hub_settings(key=value)` to change settings."""
     marker = request.node.get_closest_marker("hub_settings")
     overrides = dict(marker.kwargs) if marker else {}
-    hub = Hub(make_settings(tmp_path, **{**sandbox.settings_overrides(), **overrides}))
+    with serve_hub(make_settings(tmp_path, **{**sandbox.settings_overrides(), **overrides}), sandbox) as running:
+        yield running
+
+
+@contextmanager
+def serve_hub(settings: HubSettings, sandbox: SandboxProviders) -> Iterator[RunningHub]:
+    """A hub built from `settings`, served over HTTP with its workers running, stopped on exit."""
+    hub = Hub(settings)
     with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(hub, server.url, client, sandbox)
+
+
+@pytest.fixture
+def mappings_dir(tmp_path: Path) -> Path:
+    """A private copy of the shipped mappings/ that a test may edit (sources.yaml, mapping files)."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, folder)
+    return folder
 
 
 def message(type_: str = "track", **fields: Any) -> dict[str, Any]:

@@ -5,29 +5,35 @@ The SDKs authenticate with HTTP Basic auth, the source's write key as user
 name and an empty password. A batch is ``{"batch": [message, ...]}``; the
 single-message endpoints (/v1/track, ...) take one message whose type is
 implied by the path.
+
+Segment's Webhooks destination posts one message per request to
+``/v1/webhooks/{source_id}``; with a shared secret configured it signs the
+body in ``X-Signature`` (hex HMAC-SHA1). That signature covers no timestamp,
+so replays are stopped by the messageId deduplication of the inbox instead.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
-import json
-from collections.abc import Mapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from connectors.base import (
+    InboundRequest,
     ParseResult,
     RejectedItem,
     Source,
     matches_digest,
     secret_digest,
 )
+from connectors.webhooks import check_signature, json_document, payload_message_id, sign
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.settings import PROJECT_MAPPINGS
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
@@ -38,37 +44,51 @@ REQUIRED_BY_TYPE = {"track": "event", "alias": "previousId", "group": "groupId"}
 
 class SegmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    write_key: SecretStr
+    write_key: SecretStr | None = None
+    shared_secret: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _some_credential(self) -> "SegmentConfig":
+        if self.write_key is None and self.shared_secret is None:
+            raise ValueError("set write_key (SDK ingest), shared_secret (Webhooks destination) or both")
+        return self
 
 
 class SegmentSource(Source):
     slug = "segment"
-    title = "Segment-compatible HTTP API (Segment and RudderStack SDKs)"
+    title = "Segment-compatible HTTP API (Segment and RudderStack SDKs) and Segment Webhooks destination"
     docs_url = "https://segment.com/docs/connections/spec/"
     default_mapping = "segment.yaml"
+    sdk_ingest = True
     Config = SegmentConfig
 
-    def __init__(self, source_id: str, config: BaseModel) -> None:
-        super().__init__(source_id, config)
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        super().__init__(source_id, config, folder)
         assert isinstance(config, SegmentConfig)
-        self._write_key_digest = secret_digest(config.write_key.get_secret_value())
+        self._write_key_digest = secret_digest(config.write_key.get_secret_value()) if config.write_key else None
+        self._shared_secret = config.shared_secret.get_secret_value().encode() if config.shared_secret else None
 
-    def verify(self, headers: Mapping[str, str]) -> None:
-        write_key = _basic_auth_user(headers.get("authorization", ""))
+    def verify(self, request: InboundRequest) -> None:
+        if self._shared_secret is not None and "x-signature" in request.headers:
+            expected = sign(self._shared_secret, "sha1", request.body, "hex")
+            check_signature(expected, [request.headers["x-signature"].strip()], "X-Signature")
+            return
+        write_key = _basic_auth_user(request.headers.get("authorization", ""))
         if write_key is None:
             raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name")
-        if not matches_digest(write_key, self._write_key_digest):
+        if self._write_key_digest is None or not matches_digest(write_key, self._write_key_digest):
             raise AuthenticationError("unknown write key: check the source's write key")
 
-    def parse(self, body: bytes, message_type: str | None = None) -> ParseResult:
-        document = _json_object(body)
+    def parse(self, request: InboundRequest) -> ParseResult:
+        document = _json_object(request.body)
+        message_type = _message_type(request.path, document)
         if message_type is None:
             batch = document.get("batch")
             if not isinstance(batch, list):
                 raise BadPayloadError("batch: the body must be a JSON object with a 'batch' array of messages")
             items = batch
         else:
-            items = [{**document, "type": document.get("type") or message_type}]
+            items = [{**document, "type": document.get("type") or message_type or None}]
         received_at = datetime.now(timezone.utc).isoformat()
         result = ParseResult()
         for index, item in enumerate(items):
@@ -94,11 +114,18 @@ def _basic_auth_user(header: str) -> str | None:
     return user or None
 
 
+def _message_type(path: str, document: dict[str, Any]) -> str | None:
+    """None for a batch; otherwise the type the path implies (/v1/track) or a webhook message declares."""
+    last = path.rstrip("/").rsplit("/", 1)[-1]
+    if last in MESSAGE_TYPES:
+        return last
+    if last == "batch" or "batch" in document:
+        return None
+    return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadPayloadError(f"body: not valid JSON ({exc})") from None
+    document = json_document(body)
     if not isinstance(document, dict):
         raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
     return document
@@ -148,5 +175,4 @@ def _message_id(item: dict[str, Any]) -> str:
     """The sender's messageId, or a hash of the canonical message so resends still deduplicate."""
     if isinstance(item.get("messageId"), str):
         return item["messageId"]
-    canonical = json.dumps(item, sort_keys=True, separators=(",", ":"), default=str)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return payload_message_id(item)

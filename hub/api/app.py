@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 import hub
 from hub.api import admin, ingest, profiles
+from hub.api import admin, ingest, mappings
 from hub.api.auth import AdminAuth
 from hub.errors import IngestError
 from hub.runtime import Hub
@@ -41,6 +42,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     admin_auth = [Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
     app.include_router(admin.router, dependencies=admin_auth)
     app.include_router(profiles.router, dependencies=admin_auth)
+    app.include_router(mappings.router, dependencies=admin_auth)
 
     @app.exception_handler(IngestError)
     async def ingest_error(_request: Request, exc: IngestError) -> JSONResponse:

@@ -1,4 +1,9 @@
-"""Segment-compatible ingest: POST /v1/batch and the single-message endpoints."""
+"""Ingest: the Segment-compatible endpoints (POST /v1/batch, /v1/track, ...) and POST /v1/webhooks/{source_id}.
+
+Both paths end the same way: the source parses the verified request, valid
+events are committed to the inbox and refused items to quarantine before the
+2xx, and a body that cannot be used at all is quarantined whole.
+"""
 
 from __future__ import annotations
 
@@ -6,27 +11,30 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from connectors.base import InboundRequest, Source
 from connectors.sources.segment import MESSAGE_TYPES
 from hub import ingest, metrics
 from hub.api.body import read_body
 from hub.clock import utcnow
-from hub.errors import BadPayloadError
+from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
 
 router = APIRouter(tags=["ingest"])
 
 
-async def _ingest(request: Request, message_type: str | None) -> JSONResponse:
-    hub: Hub = request.app.state.hub
+async def _inbound(request: Request, hub: Hub) -> InboundRequest:
     body = await read_body(request, hub.settings.max_body_bytes)
-    source = hub.authenticate(request.headers)
+    return InboundRequest(request.method, str(request.url), request.headers, body)
+
+
+async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     try:
-        result = source.parse(body, message_type)
+        result = source.parse(inbound)
     except BadPayloadError as exc:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_payload").inc()
         await run_in_threadpool(
             ingest.quarantine_body, hub.store, source_id=source.source_id, reason=exc.message, problems=exc.problems,
-            body=body, content_type=request.headers.get("content-type"), now=utcnow(),
+            body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
         )
         raise
     report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
@@ -38,18 +46,28 @@ async def _ingest(request: Request, message_type: str | None) -> JSONResponse:
     return JSONResponse(report.as_response())
 
 
+async def _ingest(request: Request) -> JSONResponse:
+    hub: Hub = request.app.state.hub
+    inbound = await _inbound(request, hub)
+    return await _accept(hub, hub.authenticate(inbound), inbound)
+
+
 @router.post("/v1/batch", summary="Accept a batch of Segment-spec messages")
 async def batch(request: Request) -> JSONResponse:
-    return await _ingest(request, None)
-
-
-def _single(message_type: str):  # type: ignore[no-untyped-def]
-    async def endpoint(request: Request) -> JSONResponse:
-        return await _ingest(request, message_type)
-
-    endpoint.__name__ = f"ingest_{message_type}"
-    return endpoint
+    return await _ingest(request)
 
 
 for _type in MESSAGE_TYPES:
-    router.add_api_route(f"/v1/{_type}", _single(_type), methods=["POST"], summary=f"Accept one {_type} message")
+    router.add_api_route(f"/v1/{_type}", _ingest, methods=["POST"], summary=f"Accept one {_type} message",
+                         name=f"ingest_{_type}")
+
+
+@router.post("/v1/webhooks/{source_id}", summary="Accept a webhook for a configured source (mappings/sources.yaml)")
+async def webhook(request: Request, source_id: str) -> JSONResponse:
+    hub: Hub = request.app.state.hub
+    source = hub.sources.get(source_id)
+    if source is None:
+        raise UnknownSourceError(f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
+    inbound = await _inbound(request, hub)
+    source.verify(inbound)
+    return await _accept(hub, source, inbound)

@@ -21,9 +21,11 @@ def add(
     source_id: str | None = None,
     problems: list[ItemProblem] | None = None,
     content_type: str | None = None,
+    inbox_id: int | None = None,
 ) -> None:
     connection.execute(
         insert(quarantine).values(
+            inbox_id=inbox_id,
             source_id=source_id,
             received_at=received_at,
             stage=stage,

@@ -61,6 +61,7 @@ inbox = Table(
     Column("processed_at", UTCDateTime),
     Column("error", Text),
     Index("ix_inbox_status_available", "status", "available_at"),
+    Index("ix_inbox_source_received", "source_id", "received_at"),  # replay --source --since
 )
 
 touchpoints = Table(
@@ -210,4 +211,6 @@ quarantine = Table(
     Column("problems", JSON, nullable=False),
     Column("content_type", String(200)),
     Column("raw_body", LargeBinary, nullable=False),
+    Column("inbox_id", Integer, index=True),  # set for events the pipeline gave up on: replayable
+    Column("replayed_at", UTCDateTime),
 )

@@ -1,7 +1,7 @@
 """identity rules: audit of refused links and unmerges, kept-apart pairs, forgotten identifiers, alias index
 
 Revision ID: i4_identity_rules
-Revises: 0001
+Revises: i3_replay
 Create Date: 2026-11-25
 """
 
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "i4_identity_rules"
-down_revision = "0001"
+down_revision = "i3_replay"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,76 @@
+"""HubSpot webhooks (v3 request signatures): contact and deal creation and property changes.
+
+Docs: https://developers.hubspot.com/docs/api/webhooks/validating-requests
+HubSpot posts a JSON *array* of events. ``X-HubSpot-Signature-v3`` is the
+base64 HMAC-SHA256, keyed with the app's client secret, of
+method + URI + body + timestamp, where the URI is the full URL HubSpot called
+(scheme, host, path and query) with percent-escapes decoded, and the
+timestamp is ``X-HubSpot-Request-Timestamp`` in *milliseconds*. Requests
+older than five minutes must be refused. Behind a proxy the URL the hub sees
+differs from the one HubSpot signed: set `public_url`.
+
+An event's ``eventId`` is not guaranteed unique, so the message id joins
+portal, subscription, event, object and time, which together are.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from connectors.base import InboundRequest, ParseResult, RejectedItem, Source
+from connectors.webhooks import check_signature, check_timestamp, json_document, require_header, sign
+from hub.errors import BadPayloadError, ItemProblem
+from hub.model import RawEvent
+
+SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
+TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
+ID_FIELDS = ("portalId", "subscriptionId", "eventId", "objectId", "occurredAt")
+
+
+class HubSpotConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    client_secret: SecretStr = Field(description="The app's client secret (Auth tab of the app).")
+    public_url: str | None = Field(
+        None, description="The target URL as configured in HubSpot, when a proxy changes what the hub sees."
+    )
+    tolerance_seconds: int = Field(300, gt=0, description="Replay window; HubSpot asks for five minutes.")
+
+
+class HubSpotSource(Source):
+    slug = "hubspot"
+    title = "HubSpot webhooks (signature v3): contact and deal events"
+    docs_url = "https://developers.hubspot.com/docs/api/webhooks"
+    default_mapping = "hubspot.yaml"
+    Config = HubSpotConfig
+
+    def verify(self, request: InboundRequest) -> None:
+        config = self.config
+        assert isinstance(config, HubSpotConfig)
+        signature = require_header(request.headers, SIGNATURE_HEADER)
+        timestamp = require_header(request.headers, TIMESTAMP_HEADER)
+        check_timestamp(timestamp, TIMESTAMP_HEADER, datetime.now(timezone.utc), config.tolerance_seconds, milliseconds=True)
+        uri = unquote(config.public_url or request.url)
+        content = f"{request.method.upper()}{uri}".encode() + request.body + timestamp.encode()
+        expected = sign(config.client_secret.get_secret_value().encode(), "sha256", content, "base64")
+        check_signature(expected, [signature], SIGNATURE_HEADER)
+
+    def parse(self, request: InboundRequest) -> ParseResult:
+        document = json_document(request.body)
+        if not isinstance(document, list):
+            raise BadPayloadError(f"body: HubSpot sends a JSON array of events, got {type(document).__name__}")
+        received_at = datetime.now(timezone.utc).isoformat()
+        result = ParseResult()
+        for index, item in enumerate(document):
+            missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
+            if missing:
+                problems = [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
+                result.rejected.append(RejectedItem(item, problems))
+                continue
+            message_id = "-".join(str(item[name]) for name in ID_FIELDS)
+            result.events.append(RawEvent(self.source_id, message_id, {**item, "receivedAt": received_at}))
+        if not result.events:
+            raise BadPayloadError("no valid HubSpot event in the request", result.problems)
+        return result

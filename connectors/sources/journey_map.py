@@ -1,0 +1,159 @@
+"""Events labelled by the journey map the marketers drew.
+
+A journey map, exported as JSON or CSV, lists stages, micro-moments and
+touchpoints, each with an id. Events (HMAC-signed JSON, see `generic_hmac`)
+name a map touchpoint by id; the source attaches that touchpoint's stage,
+moment and labels under ``journey`` in the raw payload, so the mapping takes
+stage and moment from the map rather than from a table in YAML. An event
+naming a touchpoint the map does not have is refused item by item and
+quarantined with the reason.
+
+JSON export::
+
+    {"name": "...", "stages": [{"id": "S2", "stage": "consideration", "label": "Compare"}],
+     "moments": [{"id": "M3", "moment": "product_comparison", "label": "Comparing products"}],
+     "touchpoints": [{"id": "TP-PDP", "name": "Product page", "stage": "S2", "moment": "M3", "channel": "web"}]}
+
+CSV export: one touchpoint per row with the columns
+``touchpoint_id, touchpoint, channel, stage_id, stage, stage_label, moment_id, moment, moment_label``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from connectors.base import InboundRequest, ParseResult
+from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
+from hub.errors import ConfigError, ItemProblem
+from hub.mapping import Stage
+from hub.settings import PROJECT_MAPPINGS
+
+CSV_COLUMNS = ("touchpoint_id", "touchpoint", "channel", "stage_id", "stage", "stage_label", "moment_id", "moment", "moment_label")
+
+
+class MapStage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    stage: Stage
+    label: str = ""
+
+
+class MapMoment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    moment: str = Field(min_length=1, pattern=r"^[a-z0-9_]+$")
+    label: str = ""
+
+
+class MapTouchpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    stage: str = Field(description="Id of a stage of the map.")
+    moment: str = Field(description="Id of a micro-moment of the map.")
+    channel: str = ""
+
+
+class JourneyMap(BaseModel):
+    """A journey map with every reference checked: touchpoints name stages and moments that exist."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = ""
+    stages: list[MapStage]
+    moments: list[MapMoment]
+    touchpoints: list[MapTouchpoint]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> "JourneyMap":
+        stages, moments = {s.id for s in self.stages}, {m.id for m in self.moments}
+        for kind, ids in (("stage", [s.id for s in self.stages]), ("moment", [m.id for m in self.moments]),
+                          ("touchpoint", [t.id for t in self.touchpoints])):
+            duplicates = sorted({i for i in ids if ids.count(i) > 1})
+            if duplicates:
+                raise ValueError(f"{kind} ids must be unique; repeated: {', '.join(duplicates)}")
+        for touchpoint in self.touchpoints:
+            if touchpoint.stage not in stages:
+                raise ValueError(f"touchpoint {touchpoint.id!r} names stage {touchpoint.stage!r}, which the map does not have")
+            if touchpoint.moment not in moments:
+                raise ValueError(f"touchpoint {touchpoint.id!r} names moment {touchpoint.moment!r}, which the map does not have")
+        return self
+
+    def labels(self) -> dict[str, dict[str, str]]:
+        """Touchpoint id -> what an event at that touchpoint is labelled with."""
+        stages = {s.id: s for s in self.stages}
+        moments = {m.id: m for m in self.moments}
+        return {
+            t.id: {
+                "map": self.name, "touchpoint_id": t.id, "touchpoint": t.name, "channel": t.channel,
+                "stage_id": t.stage, "stage": stages[t.stage].stage, "stage_label": stages[t.stage].label,
+                "moment_id": t.moment, "moment": moments[t.moment].moment, "moment_label": moments[t.moment].label,
+            }
+            for t in self.touchpoints
+        }
+
+
+def load_journey_map(path: Path) -> JourneyMap:
+    """Read a JSON or CSV export; ConfigError names the file and each problem."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: journey map file not found") from None
+    try:
+        document = _from_csv(text, path) if path.suffix.lower() == ".csv" else json.loads(text)
+        return JourneyMap.model_validate(document)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    except ValidationError as exc:
+        raise ConfigError([f"{path}: {'.'.join(map(str, e['loc'])) or '(map)'}: {e['msg']}" for e in exc.errors()]) from None
+
+
+def _from_csv(text: str, path: Path) -> dict[str, Any]:
+    rows = list(csv.DictReader(text.splitlines()))
+    missing = [column for column in CSV_COLUMNS if rows and column not in rows[0]]
+    if missing or not rows:
+        raise ConfigError(f"{path}: CSV needs a header row with {', '.join(CSV_COLUMNS)}; missing {', '.join(missing) or 'rows'}")
+    stages = {row["stage_id"]: {"id": row["stage_id"], "stage": row["stage"], "label": row["stage_label"]} for row in rows}
+    moments = {row["moment_id"]: {"id": row["moment_id"], "moment": row["moment"], "label": row["moment_label"]} for row in rows}
+    touchpoints = [
+        {"id": row["touchpoint_id"], "name": row["touchpoint"], "stage": row["stage_id"], "moment": row["moment_id"],
+         "channel": row["channel"]}
+        for row in rows
+    ]
+    return {"name": path.stem, "stages": list(stages.values()), "moments": list(moments.values()), "touchpoints": touchpoints}
+
+
+class JourneyMapConfig(GenericHmacConfig):
+    map_file: str = Field(description="Journey map export (.json or .csv), relative to the mappings folder.")
+    touchpoint_field: str = Field("touchpoint_id", description="Field of each event naming the map touchpoint.")
+
+
+class JourneyMapSource(GenericHmacSource):
+    slug = "journey_map"
+    title = "Journey map: events labelled with the stage and micro-moment of a map touchpoint"
+    docs_url = ""
+    default_mapping = "journey_map.yaml"
+    Config = JourneyMapConfig
+
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        super().__init__(source_id, config, folder)
+        assert isinstance(config, JourneyMapConfig)
+        self.journey_map = load_journey_map(folder / config.map_file)
+        self._labels = self.journey_map.labels()
+
+    def parse(self, request: InboundRequest) -> ParseResult:
+        return self.parse_events(request, self._label)
+
+    def _label(self, index: int, event: dict[str, Any]) -> dict[str, Any] | ItemProblem:
+        """The event with its map touchpoint's labels under `journey`, or why it has none."""
+        config = self.config
+        assert isinstance(config, JourneyMapConfig)
+        touchpoint_id = event.get(config.touchpoint_field)
+        labels = self._labels.get(str(touchpoint_id)) if touchpoint_id is not None else None
+        if labels is None:
+            return ItemProblem(index, config.touchpoint_field, f"{touchpoint_id!r} is not a touchpoint of journey map {config.map_file}")
+        return {**event, "journey": labels}

@@ -1,0 +1,72 @@
+"""Any platform that signs with the Standard Webhooks spec (Svix, Resend, Clerk, Lemon Squeezy, ...).
+
+Spec: https://www.standardwebhooks.com/ — three headers: ``webhook-id`` (the
+same on every retry of one message, so it is our message id),
+``webhook-timestamp`` (Unix seconds) and ``webhook-signature``: space-separated
+``v1,<base64 HMAC-SHA256>`` entries over ``{id}.{timestamp}.{body}``. The
+secret is base64 with a ``whsec_`` prefix. Several signatures appear while a
+sender rotates its secret; any one matching is enough.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors.base import InboundRequest, ParseResult, Source
+from connectors.webhooks import check_signature, check_timestamp, json_document, payload_message_id, require_header, sign
+from hub.errors import BadPayloadError
+from hub.model import RawEvent
+
+SECRET_PREFIX = "whsec_"
+
+
+class StandardWebhooksConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    secret: SecretStr = Field(description="Signing secret as the sender shows it, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.")
+    tolerance_seconds: int = Field(300, gt=0, description="Replay window around webhook-timestamp.")
+
+    @field_validator("secret")
+    @classmethod
+    def _base64(cls, value: SecretStr) -> SecretStr:
+        try:
+            _key(value)
+        except binascii.Error:
+            raise ValueError("must be base64, optionally prefixed with whsec_") from None
+        return value
+
+
+def _key(secret: SecretStr) -> bytes:
+    text = secret.get_secret_value().removeprefix(SECRET_PREFIX)
+    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+class StandardWebhooksSource(Source):
+    slug = "standard_webhooks"
+    title = "Standard Webhooks (webhook-id / webhook-timestamp / webhook-signature)"
+    docs_url = "https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md"
+    default_mapping = "standard_webhooks.yaml"
+    Config = StandardWebhooksConfig
+
+    def verify(self, request: InboundRequest) -> None:
+        config = self.config
+        assert isinstance(config, StandardWebhooksConfig)
+        message_id = require_header(request.headers, "webhook-id")
+        timestamp = require_header(request.headers, "webhook-timestamp")
+        signatures = require_header(request.headers, "webhook-signature")
+        check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
+        content = f"{message_id}.{timestamp}.".encode() + request.body
+        expected = sign(_key(config.secret), "sha256", content, "base64")
+        presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
+        check_signature(expected, presented, "webhook-signature")
+
+    def parse(self, request: InboundRequest) -> ParseResult:
+        document = json_document(request.body)
+        if not isinstance(document, dict):
+            raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
+        received_at = datetime.now(timezone.utc).isoformat()
+        message_id = request.headers.get("webhook-id") or payload_message_id(document)
+        return ParseResult(events=[RawEvent(self.source_id, message_id[:200], {**document, "receivedAt": received_at})])

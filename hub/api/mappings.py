@@ -1,0 +1,46 @@
+"""Admin API for mappings: the console's live preview, of the active mapping or of a draft not yet saved."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request
+from pydantic import BaseModel, Field, ValidationError
+
+from hub.clock import utcnow
+from hub.mapping import MappingSpec, compile_mapping
+from hub.preview import preview
+from hub.runtime import Hub
+
+router = APIRouter(prefix="/api/mappings", tags=["mappings"])
+
+
+class PreviewRequest(BaseModel):
+    sample: Any = Field(description="The payload exactly as the platform sends it (object or array).")
+    mapping: dict[str, Any] | None = Field(
+        None, description="A draft mapping (the YAML file's keys as JSON) to try instead of the active one."
+    )
+
+
+@router.post("/{source_id}/preview", summary="The touchpoints a sample becomes; nothing is stored")
+async def preview_sample(source_id: str, body: PreviewRequest, request: Request) -> dict[str, Any]:
+    """One outcome per event: `touchpoint` (the canonical document), `dropped` (a drop rule matched),
+    `unmappable` (the mapping error quarantine would record) or `refused` (the source would reject the item).
+    A draft mapping that does not validate is answered 422 with every problem.
+    """
+    hub: Hub = request.app.state.hub
+    source = hub.sources.get(source_id)
+    if source is None:
+        raise HTTPException(404, detail=f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
+    assert hub.mappings is not None
+    mapping = hub.mappings[source_id]
+    if body.mapping is not None:
+        try:
+            mapping = compile_mapping(f"draft-{mapping.name}", MappingSpec.model_validate(body.mapping))
+        except ValidationError as exc:
+            problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            raise HTTPException(422, detail=problems) from None
+    sample = json.dumps(body.sample).encode()
+    outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region)
+    return {"source_id": source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes]}

@@ -1,0 +1,95 @@
+"""The active mapping of every source, reloaded when ops save a file.
+
+A saved mapping applies to the next events without a restart. A broken save
+is refused: the last good version stays active and the log says why, so a
+typo in production degrades nothing. Files are checked at most every
+`check_seconds` (one `stat` per file), which keeps the per-event cost nil.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from collections.abc import Mapping as MappingABC
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from hub.errors import ConfigError
+from hub.mapping import Mapping, load_mapping
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class _Loaded:
+    mapping: Mapping
+    stamp: tuple[int, int]  # (mtime_ns, size) of the file this version came from, or of the last refused save
+
+
+class MappingCatalog(MappingABC[str, Mapping]):
+    """Source id -> active Mapping; behaves as a read-only dict for the pipeline."""
+
+    def __init__(self, folder: Path, files: dict[str, str], check_seconds: float) -> None:
+        self.folder = folder
+        self.files = dict(files)
+        self.check_seconds = check_seconds
+        self._lock = threading.Lock()
+        self._next_check = time.monotonic() + check_seconds
+        self._loaded: dict[str, _Loaded] = {}
+        problems: list[str] = []
+        for name in sorted(set(files.values())):
+            path = folder / name
+            try:
+                self._loaded[name] = _Loaded(load_mapping(path), _stamp(path))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems)
+
+    def __getitem__(self, source_id: str) -> Mapping:
+        self.refresh_if_due()
+        return self._loaded[self.files[source_id]].mapping
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def refresh_if_due(self) -> None:
+        if time.monotonic() >= self._next_check:
+            self.refresh()
+
+    def refresh(self) -> list[str]:
+        """Reload changed files; returns the names of the files whose new version was refused."""
+        refused = []
+        with self._lock:
+            self._next_check = time.monotonic() + self.check_seconds
+            for name, loaded in self._loaded.items():
+                path = self.folder / name
+                try:
+                    stamp = _stamp(path)
+                except FileNotFoundError:
+                    stamp = (0, 0)
+                if stamp == loaded.stamp:
+                    continue
+                loaded.stamp = stamp
+                try:
+                    mapping = load_mapping(path)
+                except ConfigError as exc:
+                    refused.append(name)
+                    log.warning("mapping change refused; the last good version stays active",
+                                file=name, active_version=loaded.mapping.version, problems=exc.problems)
+                    continue
+                if mapping.version != loaded.mapping.version:
+                    log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
+                loaded.mapping = mapping
+        return refused
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size

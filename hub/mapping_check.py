@@ -1,0 +1,55 @@
+"""`touchhub mappings check`: every YAML file in the mappings folder validated at once, as CI would.
+
+Each file goes through the same model the hub loads it with, so a clean
+check means the hub will start; problems read ``file:line: key: reason``.
+Sources are built without their secrets (a check must run where the
+secrets are not), which still validates connector, config keys and mapping file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from connectors.base import Registry
+from hub.config_files import with_line
+from hub.errors import ConfigError
+from hub.identity_config import load_identity_config
+from hub.mapping import load_mapping
+from hub.routing import load_routes
+from hub.rules import load_rules
+from hub.sources import SOURCES_FILE, build_source, environment, load_entries
+
+
+def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str]]:
+    """The files checked and every problem found in them."""
+    loaders: dict[str, Callable[[Path], Any]] = {
+        "triggers.yaml": load_rules,
+        "routes.yaml": load_routes,
+        "identity.yaml": load_identity_config,
+        SOURCES_FILE: lambda path: _check_sources(path, registry),
+    }
+    files = sorted(folder.glob("*.yaml"))
+    problems: list[str] = []
+    for path in files:
+        try:
+            loaders.get(path.name, load_mapping)(path)
+        except ConfigError as exc:
+            problems.extend(with_line(problem, path) for problem in exc.problems)
+    return files, problems
+
+
+def _check_sources(path: Path, registry: Registry) -> None:
+    problems = []
+    for where, entry in load_entries(path.parent):
+        try:
+            source = build_source(registry, entry, where, environment(), path.parent, need_secrets=False)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        mapping_file = path.parent / (entry.mapping or source.default_mapping)
+        if not mapping_file.exists():
+            problems.append(f"{where}.mapping: {mapping_file.name} does not exist in {path.parent}")
+    if problems:
+        raise ConfigError(problems)

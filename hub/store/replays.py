@@ -1,0 +1,66 @@
+"""Store side of `touchhub replay`: stored raw events of a source, and putting them back in the pipeline."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Connection, func, select, update
+
+from hub.model import Touchpoint
+from hub.store.inbox import InboxRow
+from hub.store.schema import inbox, quarantine, touchpoints
+
+# What a re-normalization may change; profile, ids and receipt time stay.
+MAPPED_COLUMNS = ("kind", "event", "stage", "moment", "occurred_at", "properties", "traits", "context", "mapping_version")
+
+
+def stored_events(connection: Connection, source_id: str, since: datetime, after_id: int, limit: int) -> list[tuple[InboxRow, str]]:
+    """Processed or failed inbox rows of a source received since `since`, in id order, with their status."""
+    query = (
+        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts,
+               inbox.c.status)
+        .where(inbox.c.source_id == source_id, inbox.c.received_at >= since, inbox.c.id > after_id,
+               inbox.c.status.in_(("done", "failed")))
+        .order_by(inbox.c.id)
+        .limit(limit)
+    )
+    return [(InboxRow(*row[:6]), row[6]) for row in connection.execute(query).all()]
+
+
+def count_stored(connection: Connection, source_id: str, since: datetime) -> int:
+    query = select(func.count()).where(
+        inbox.c.source_id == source_id, inbox.c.received_at >= since, inbox.c.status.in_(("done", "failed"))
+    )
+    return connection.execute(query).scalar_one()
+
+
+def rewrite_touchpoint(connection: Connection, touchpoint: Touchpoint) -> str | None:
+    """Overwrite a stored touchpoint's mapped fields; 'updated', 'unchanged', or None when it was never stored."""
+    stored = connection.execute(
+        select(touchpoints.c.mapping_version).where(touchpoints.c.touchpoint_id == touchpoint.touchpoint_id)
+    ).scalar_one_or_none()
+    if stored is None:
+        return None
+    if stored == touchpoint.mapping_version:
+        return "unchanged"
+    connection.execute(
+        update(touchpoints)
+        .where(touchpoints.c.touchpoint_id == touchpoint.touchpoint_id)
+        .values(
+            identifiers=[[ident.type, ident.value] for ident in touchpoint.identifiers],
+            **{column: getattr(touchpoint, column) for column in MAPPED_COLUMNS},
+        )
+    )
+    return "updated"
+
+
+def requeue(connection: Connection, inbox_id: int, available_at: datetime) -> None:
+    """Send a row through the whole pipeline again from `available_at`, and mark its quarantine entries replayed."""
+    connection.execute(
+        update(inbox).where(inbox.c.id == inbox_id)
+        .values(status="pending", attempts=0, available_at=available_at, processed_at=None, error=None)
+    )
+    connection.execute(
+        update(quarantine).where(quarantine.c.inbox_id == inbox_id, quarantine.c.replayed_at.is_(None))
+        .values(replayed_at=available_at)
+    )

@@ -1,0 +1,272 @@
+"""Each source connector against its vendor's documented payload and signing scheme.
+
+Signatures are made the way each vendor documents them; for Standard Webhooks
+by the `standardwebhooks` library itself, so the hub is checked against the
+reference implementation rather than against our own reading of the spec.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from connectors.base import InboundRequest, Source
+from connectors.sources.generic_hmac import GenericHmacSource
+from connectors.sources.hubspot import HubSpotSource
+from connectors.sources.journey_map import JourneyMapSource, load_journey_map
+from connectors.sources.rudderstack import RudderStackSource
+from connectors.sources.segment import SegmentSource
+from connectors.sources.standard_webhooks import StandardWebhooksSource
+from hub.errors import AuthenticationError, BadPayloadError, ConfigError
+from hub.settings import PROJECT_MAPPINGS
+from tests.source_contract import URL, SourceContract, fixture_body
+
+WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-0123").decode()
+
+
+def build(connector: type[Source], **config: Any) -> Source:
+    return connector("src", connector.validate_config("test", config))
+
+
+class TestStandardWebhooks(SourceContract):
+    fixture = "standard_webhooks_contact_created.json"
+    secret = WHSEC
+
+    def make_source(self, secret: str) -> Source:
+        return build(StandardWebhooksSource, secret=WHSEC)
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        key = secret if secret.startswith("whsec_") else "whsec_" + base64.b64encode(secret.encode()).decode()
+        signature = Webhook(key).sign("msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", at, body.decode())
+        return {"webhook-id": "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W", "webhook-timestamp": str(int(at.timestamp())),
+                "webhook-signature": signature}
+
+    def test_any_of_several_signatures_may_match_during_secret_rotation(self) -> None:
+        request = self.request(fixture_body(self.fixture))
+        rotated = {**request.headers, "webhook-signature": "v1,bm90LXRoaXMtb25l " + request.headers["webhook-signature"]}
+        self.make_source(WHSEC).verify(InboundRequest("POST", URL, rotated, request.body))
+
+    def test_webhook_id_is_the_message_id_so_retries_deduplicate(self) -> None:
+        [event] = self.make_source(WHSEC).parse(self.request(fixture_body(self.fixture))).events
+        assert event.message_id == "msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"
+
+    def test_documented_payload_maps_field_by_field(self) -> None:
+        [touchpoint] = self.touchpoints(fixture_body(self.fixture))
+        assert (touchpoint.event, touchpoint.stage, touchpoint.moment) == ("contact.created", "consideration", "sign_up")
+        assert touchpoint.occurred_at == datetime(2022, 11, 3, 20, 26, 10, 344522, tzinfo=timezone.utc)
+        assert [(i.type, i.value) for i in touchpoint.identifiers] == [("crm_id", "1f81eb52-5198-4599-803e-771906343485")]
+        assert touchpoint.properties == {"id": "1f81eb52-5198-4599-803e-771906343485", "type": "contact"}
+
+    def test_secret_that_is_not_base64_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match="test: secret: Value error, must be base64"):
+            build(StandardWebhooksSource, secret="whsec_not base64!")
+
+
+class TestHubSpot(SourceContract):
+    fixture = "hubspot_contact_events.json"
+
+    def make_source(self, secret: str) -> Source:
+        return build(HubSpotSource, client_secret=self.secret)
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        timestamp = str(int(at.timestamp() * 1000))  # HubSpot sends milliseconds
+        content = b"POST" + URL.encode() + body + timestamp.encode()
+        digest = hmac.new(secret.encode(), content, hashlib.sha256).digest()
+        return {"X-HubSpot-Signature-v3": base64.b64encode(digest).decode(), "X-HubSpot-Request-Timestamp": timestamp}
+
+    def test_signature_covers_the_url_hubspot_called(self) -> None:
+        signed = self.request(fixture_body(self.fixture))
+        elsewhere = InboundRequest("POST", URL + "?portal=33", signed.headers, signed.body)
+        with pytest.raises(AuthenticationError, match="X-HubSpot-Signature-v3: signature does not match"):
+            self.make_source(self.secret).verify(elsewhere)
+
+    def test_public_url_replaces_the_url_a_proxy_rewrote(self) -> None:
+        signed = self.request(fixture_body(self.fixture))
+        behind_proxy = InboundRequest("POST", "http://10.0.0.5:8000/v1/webhooks/src", signed.headers, signed.body)
+        build(HubSpotSource, client_secret=self.secret, public_url=URL).verify(behind_proxy)
+
+    def test_documented_contact_events_map_and_imports_are_dropped(self) -> None:
+        source = self.make_source(self.secret)
+        events = source.parse(self.request(fixture_body(self.fixture))).events
+        assert [e.message_id for e in events] == ["33-25-3816279340-1246965-1462216307945", "33-22-3816279480-1246978-1462216307945"]
+        [touchpoint] = self.touchpoints(fixture_body(self.fixture))  # the IMPORT creation is dropped by the mapping
+        assert (touchpoint.event, touchpoint.stage, touchpoint.moment) == ("Contact Updated", "consideration", "profile_update")
+        assert touchpoint.occurred_at == datetime(2016, 5, 2, 19, 11, 47, 945000, tzinfo=timezone.utc)
+        assert [(i.type, i.value) for i in touchpoint.identifiers] == [("crm_id", "hubspot:33:1246965")]
+        assert touchpoint.properties == {
+            "object_id": 1246965, "property": "lifecyclestage", "value": "subscriber", "change_source": "ACADEMY", "portal_id": 33,
+        }
+        assert touchpoint.context == {"source_system": "hubspot"}
+
+    def test_deal_stage_change_maps_to_the_decision_stage(self) -> None:
+        [touchpoint] = self.touchpoints(fixture_body("hubspot_deal_property_change.json"))
+        assert (touchpoint.event, touchpoint.stage, touchpoint.moment) == ("Deal Updated", "decision", "deal_progress")
+        assert [(i.type, i.value) for i in touchpoint.identifiers] == [("hubspot_deal_id", "9311826441")]
+
+    def test_event_without_its_ids_is_refused_and_named(self) -> None:
+        body = json.dumps([{"subscriptionType": "contact.creation", "objectId": 1}]).encode()
+        with pytest.raises(BadPayloadError) as raised:
+            self.make_source(self.secret).parse(self.request(body))
+        assert [p.field for p in raised.value.problems] == ["portalId", "subscriptionId", "eventId", "occurredAt"]
+
+
+class TestGenericHmacHexWithPrefix(SourceContract):
+    """GitHub style: X-Hub-Signature-256: sha256=<hex of HMAC-SHA256(body)>; no timestamp."""
+
+    fixture = "rudderstack_track.json"
+    replay_window = False
+
+    def make_source(self, secret: str) -> Source:
+        return build(GenericHmacSource, secret=self.secret, signature_header="X-Hub-Signature-256", prefix="sha256=")
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        return {"X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
+
+
+class TestGenericHmacBase64WithTimestamp(SourceContract):
+    """Slack style content ("v0:{timestamp}:{body}"), base64 SHA-512, timestamp in its own header."""
+
+    fixture = "rudderstack_track.json"
+
+    def make_source(self, secret: str) -> Source:
+        return build(
+            GenericHmacSource, secret=self.secret, signature_header="X-Sig", algorithm="sha512", encoding="base64",
+            signed_content="v0:{timestamp}:{body}", timestamp_header="X-Sig-Timestamp", message_id="messageId",
+        )
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        timestamp = str(int(at.timestamp()))
+        digest = hmac.new(secret.encode(), f"v0:{timestamp}:".encode() + body, hashlib.sha512).digest()
+        return {"X-Sig": base64.b64encode(digest).decode(), "X-Sig-Timestamp": timestamp}
+
+    def test_documented_payload_maps_with_the_generic_mapping(self) -> None:
+        [touchpoint] = self.touchpoints(fixture_body(self.fixture))
+        assert (touchpoint.event, touchpoint.message_id) == ("Product Reviewed", "a5b4b5a5-5e5b-4e5f-9d2a-5a2b5e5b4a5c")
+        assert [(i.type, i.value) for i in touchpoint.identifiers] == [("user_id", "identified user id")]
+
+    @pytest.mark.parametrize(
+        ("config", "reason"),
+        [
+            ({"signed_content": "{timestamp}"}, "signed_content must contain {body}"),
+            ({"signed_content": "{timestamp}.{body}"}, "exactly when timestamp_header is set"),
+            ({"algorithm": "md5"}, "algorithm: Input should be 'sha1', 'sha256' or 'sha512'"),
+            ({"encoding": "hex", "events": "items[?"}, "events: Value error, invalid JMESPath expression"),
+        ],
+    )
+    def test_bad_config_names_the_key_and_reason(self, config: dict[str, str], reason: str) -> None:
+        with pytest.raises(ConfigError, match=reason.replace("[", r"\[").replace("?", r"\?")):
+            build(GenericHmacSource, secret="s", **config)
+
+
+class TestRudderStack(SourceContract):
+    fixture = "rudderstack_track.json"
+    replay_window = False
+    secret = "Bearer rudder-token"
+
+    def make_source(self, secret: str) -> Source:
+        return build(RudderStackSource, token=self.secret)
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        return {"Authorization": secret}
+
+    def test_wrong_secret_is_refused_with_the_reason(self) -> None:
+        with pytest.raises(AuthenticationError, match="Authorization: token does not match"):
+            self.make_source(self.secret).verify(self.request(fixture_body(self.fixture), secret="Bearer guess"))
+
+    def test_tampered_body_is_refused(self) -> None:
+        """RudderStack signs nothing: the header token is the whole credential, so only it is checked."""
+        signed = self.request(fixture_body(self.fixture))
+        self.make_source(self.secret).verify(InboundRequest("POST", URL, signed.headers, b"[]"))
+        with pytest.raises(AuthenticationError):
+            self.make_source(self.secret).verify(InboundRequest("POST", URL, {"Authorization": "Bearer"}, signed.body))
+
+    def test_documented_track_event_maps_field_by_field(self) -> None:
+        [touchpoint] = self.touchpoints(fixture_body(self.fixture))
+        assert (touchpoint.kind, touchpoint.event, touchpoint.stage, touchpoint.moment) == (
+            "track", "Product Reviewed", "advocacy", "review",
+        )
+        assert touchpoint.occurred_at == datetime(2020, 4, 17, 14, 42, 44, 757000, tzinfo=timezone.utc)
+        assert {(i.type, i.value) for i in touchpoint.identifiers} == {
+            ("user_id", "identified user id"), ("anonymous_id", "8d872292709c6fbe"), ("email", "user@domain.com"),
+        }
+        assert touchpoint.context["channel"] == "web" and touchpoint.context["locale"] == "en-US"
+        assert touchpoint.properties == {"review_id": "86ac1cd43", "product_id": "9578257311", "rating": 3.0}
+
+
+class TestSegmentWebhooksDestination(SourceContract):
+    """Segment's Webhooks destination: X-Signature = hex HMAC-SHA1 of the body with the shared secret."""
+
+    fixture = "rudderstack_track.json"  # the same Segment-spec track message
+    replay_window = False
+
+    def make_source(self, secret: str) -> Source:
+        return build(SegmentSource, shared_secret=self.secret)
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        return {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()}
+
+    def test_unsigned_request_is_refused(self) -> None:
+        with pytest.raises(AuthenticationError, match="missing write key"):
+            self.make_source(self.secret).verify(InboundRequest("POST", URL, {}, fixture_body(self.fixture)))
+
+
+class TestJourneyMap(SourceContract):
+    fixture = "journey_map_events.json"
+
+    def make_source(self, secret: str) -> Source:
+        return build_journey_source("journeys/web_shop.json", self.secret)
+
+    def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
+        timestamp = str(int(at.timestamp()))
+        return {"X-Signature": hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest(),
+                "X-Timestamp": timestamp}
+
+    def documented_items(self, document: Any) -> list[dict[str, Any]]:
+        return document["events"]
+
+    def test_event_at_a_map_touchpoint_gets_its_stage_moment_and_touchpoint_id(self) -> None:
+        [touchpoint] = self.touchpoints(fixture_body(self.fixture))
+        assert (touchpoint.event, touchpoint.stage, touchpoint.moment) == ("Comparison table", "consideration", "product_comparison")
+        assert touchpoint.message_id == "evt-1"
+        assert touchpoint.properties == {"products": ["p-1", "p-2"], "map_touchpoint_id": "TP-COMPARE", "map_touchpoint": "Comparison table"}
+        assert touchpoint.context["journey"]["moment_label"] == "Comparing products"
+
+    def test_event_naming_an_unknown_touchpoint_is_refused_item_by_item(self) -> None:
+        result = self.make_source(self.secret).parse(self.request(fixture_body(self.fixture)))
+        assert [p.as_dict() for p in result.problems] == [
+            {"index": 1, "field": "touchpoint_id", "reason": "'TP-NOWHERE' is not a touchpoint of journey map journeys/web_shop.json"}
+        ]
+
+    def test_refused_items_keep_their_position_in_the_body(self) -> None:
+        body = json.dumps({"events": ["junk", {"id": "e", "touchpoint_id": "TP-X"}, {"id": "f", "touchpoint_id": "TP-CART"}]})
+        result = self.make_source(self.secret).parse(self.request(body.encode()))
+        assert [(p.index, p.field) for p in result.problems] == [(0, "(event)"), (1, "touchpoint_id")]
+        assert [e.payload["journey"]["moment"] for e in result.events] == ["cart_activity"]
+
+    def test_csv_export_reads_the_same_as_json(self) -> None:
+        from_csv = load_journey_map(PROJECT_MAPPINGS / "journeys" / "web_shop.csv").labels()
+        from_json = load_journey_map(PROJECT_MAPPINGS / "journeys" / "web_shop.json").labels()
+        assert {k: {**v, "map": ""} for k, v in from_csv.items()} == {k: {**v, "map": ""} for k, v in from_json.items()}
+
+    def test_map_with_a_dangling_reference_is_a_config_error(self, tmp_path: Path) -> None:
+        broken = json.loads((PROJECT_MAPPINGS / "journeys" / "web_shop.json").read_text())
+        broken["touchpoints"][0]["moment"] = "M9"
+        (tmp_path / "map.json").write_text(json.dumps(broken))
+        with pytest.raises(ConfigError, match="touchpoint 'TP-HOME' names moment 'M9', which the map does not have"):
+            load_journey_map(tmp_path / "map.json")
+
+
+def build_journey_source(map_file: str, secret: str, folder: Path = PROJECT_MAPPINGS) -> Source:
+    config = JourneyMapSource.validate_config("test", {
+        "secret": secret, "map_file": map_file, "events": "events", "message_id": "id",
+        "timestamp_header": "X-Timestamp", "signed_content": "{timestamp}.{body}",
+    })
+    return JourneyMapSource("src", config, folder)
