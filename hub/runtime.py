@@ -33,6 +33,7 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
 DEFAULT_SMS_DESTINATION_ID = "twilio_sms"
+DEFAULT_CRM_DESTINATION_ID = "salesforce"
 
 
 class Hub:
@@ -141,7 +142,27 @@ class Hub:
                 "timeout_seconds": settings.send_timeout_seconds,
             },
         )
-        return {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
+        destinations: dict[str, Destination] = {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
+        if settings.salesforce_consumer_key:
+            destinations[DEFAULT_CRM_DESTINATION_ID] = self._build_salesforce()
+        return destinations
+
+    def _build_salesforce(self) -> Destination:
+        salesforce = self.registry.destinations["salesforce"]
+        settings = self.settings
+        config = salesforce.validate_config(
+            "HUB_SALESFORCE_*",
+            {
+                "consumer_key": settings.salesforce_consumer_key,
+                "consumer_secret": settings.salesforce_consumer_secret,
+                "username": settings.salesforce_username,
+                "password": settings.salesforce_password,
+                "domain": settings.salesforce_domain,
+                "api_base_url": settings.salesforce_api_base_url,
+                "timeout_seconds": settings.send_timeout_seconds,
+            },
+        )
+        return salesforce(DEFAULT_CRM_DESTINATION_ID, config)
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

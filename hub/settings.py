@@ -38,6 +38,17 @@ class HubSettings(BaseSettings):
         None, description="Send Twilio API calls here instead of https://api.twilio.com (sandbox, proxy)."
     )
 
+    salesforce_consumer_key: str | None = Field(
+        None, description="Connected app consumer key; the salesforce (crm) destination is built only when set."
+    )
+    salesforce_consumer_secret: SecretStr = SecretStr("")
+    salesforce_username: str | None = Field(None, description="With a password: username-password OAuth flow.")
+    salesforce_password: SecretStr | None = None
+    salesforce_domain: str = Field("login", description="login, test, or the My Domain prefix such as acme.my.")
+    salesforce_api_base_url: str | None = Field(
+        None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
+    )
+
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
     retry_base_delay_seconds: float = Field(1.0, gt=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
+from connectors.sandbox import salesforce
 from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.serving import BackgroundServer
 
@@ -19,6 +20,8 @@ class SandboxProviders:
     def __init__(self) -> None:
         self.twilio = FakeTwilio()
         self._twilio_server = BackgroundServer(create_app(self.twilio))
+        self.salesforce = salesforce.FakeSalesforce()
+        self._salesforce_server = BackgroundServer(salesforce.create_app(self.salesforce))
 
     def settings_overrides(self) -> dict[str, Any]:
         """Settings that point the hub's destinations at these fakes."""
@@ -26,17 +29,24 @@ class SandboxProviders:
             "twilio_api_base_url": self._twilio_server.url,
             "twilio_account_sid": self.twilio.account_sid,
             "twilio_auth_token": self.twilio.auth_token,
+            "salesforce_api_base_url": self._salesforce_server.url,
+            "salesforce_consumer_key": self.salesforce.consumer_key,
+            "salesforce_consumer_secret": self.salesforce.consumer_secret,
+            "salesforce_username": self.salesforce.username,
+            "salesforce_password": self.salesforce.password,
         }
 
     @property
     def urls(self) -> dict[str, str]:
-        return {"twilio": self._twilio_server.url}
+        return {"twilio": self._twilio_server.url, "salesforce": self._salesforce_server.url}
 
     def __enter__(self) -> "SandboxProviders":
         self._twilio_server.start()
+        self._salesforce_server.start()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._twilio_server.stop()
+        self._salesforce_server.stop()
