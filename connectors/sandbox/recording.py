@@ -9,6 +9,7 @@ in its vendor's shape.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import threading
 from collections import deque
@@ -108,3 +109,19 @@ def control_routes(fake: RecordingFake, state: Callable[[], Any]) -> list[Route]
         Route("/_sandbox/faults", queue_fault, methods=["POST"]),
         Route("/_sandbox/reset", reset, methods=["POST"]),
     ]
+
+
+async def fault_answer(fault: Fault, render: Callable[[Fault, dict[str, str] | None], Response]) -> Response:
+    """`fault` in the vendor's shape (`render`), after its delay, with Retry-After when it has one."""
+    await asyncio.sleep(fault.delay_seconds)
+    return render(fault, {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None)
+
+
+def oauth_error(error: str, description: str) -> Response:
+    """An OAuth 2.0 token endpoint refusal (RFC 6749, section 5.2), as Salesforce and Google send it."""
+    return JSONResponse({"error": error, "error_description": description}, status_code=400)
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token if scheme.lower() == "bearer" else None

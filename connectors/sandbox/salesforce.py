@@ -28,7 +28,6 @@ Injected faults apply to ``/services/data`` calls only, never to login.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import copy
 import json
@@ -45,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.sandbox.recording import Fault, RecordingFake, control_routes
+from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
 from connectors.sandbox.twilio import basic_credentials
 from hub.clock import utcnow
 
@@ -252,7 +251,9 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             body = raw.decode("utf-8", "replace")
         fault = fake._next_fault()
         if fault is not None:
-            response = await fault_response(fault)
+            response = await fault_answer(
+                fault, lambda f, headers: salesforce_errors(f.status, f.code, f.message, headers=headers)
+            )
         elif not fake._session_valid(bearer_token(request)):
             response = salesforce_errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
         elif (sobject := request.path_params["sobject"]) not in fake.fields:
@@ -311,19 +312,4 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         *control_routes(fake, fake.state),
     ]
     return Starlette(routes=routes)
-
-
-async def fault_response(fault: Fault) -> Response:
-    await asyncio.sleep(fault.delay_seconds)
-    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-    return salesforce_errors(fault.status, fault.code, fault.message, headers=headers)
-
-
-def oauth_error(error: str, description: str) -> Response:
-    return JSONResponse({"error": error, "error_description": description}, status_code=400)
-
-
-def bearer_token(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token if scheme.lower() == "bearer" else None
 
