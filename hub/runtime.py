@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -26,6 +26,7 @@ from hub.rules import RuleSpec, load_rules
 from hub.settings import HubSettings
 from hub.stats import is_idle
 from hub.store import Store
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.templates import TemplateRenderer
 from hub.workers import Worker
 
@@ -34,6 +35,7 @@ T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
 DEFAULT_SMS_DESTINATION_ID = "twilio_sms"
 DEFAULT_CRM_DESTINATION_ID = "salesforce"
+DEFAULT_PUSH_DESTINATION_ID = "fcm_push"
 
 
 class Hub:
@@ -145,7 +147,29 @@ class Hub:
         destinations: dict[str, Destination] = {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
         if settings.salesforce_consumer_key:
             destinations[DEFAULT_CRM_DESTINATION_ID] = self._build_salesforce()
+        if settings.fcm_credentials_file:
+            destinations[DEFAULT_PUSH_DESTINATION_ID] = self._build_fcm()
         return destinations
+
+    def _build_fcm(self) -> Destination:
+        fcm = self.registry.destinations["fcm_push"]
+        settings = self.settings
+        config = fcm.validate_config(
+            "HUB_FCM_*",
+            {
+                "credentials_file": settings.fcm_credentials_file,
+                "project_id": settings.fcm_project_id,
+                "api_base_url": settings.fcm_api_base_url,
+                "timeout_seconds": settings.send_timeout_seconds,
+            },
+        )
+        return fcm(DEFAULT_PUSH_DESTINATION_ID, config, forget_tokens=self._forget_push_tokens)
+
+    def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
+        """FCM called these tokens dead: routing must stop choosing them."""
+        with self.store.write() as connection:
+            removed = SqlIdentityGraph(connection).detach("push_token", tokens)
+        log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
 
     def _build_salesforce(self) -> Destination:
         salesforce = self.registry.destinations["salesforce"]

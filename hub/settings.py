@@ -49,6 +49,14 @@ class HubSettings(BaseSettings):
         None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
     )
 
+    fcm_credentials_file: Path | None = Field(
+        None, description="Service-account key JSON; the fcm_push (push) destination is built only when set."
+    )
+    fcm_project_id: str | None = Field(None, description="Firebase project id; defaults to the key's project_id.")
+    fcm_api_base_url: str | None = Field(
+        None, description="Send FCM calls here instead of https://fcm.googleapis.com (sandbox, proxy)."
+    )
+
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
     retry_base_delay_seconds: float = Field(1.0, gt=0)

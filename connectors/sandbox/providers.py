@@ -6,10 +6,13 @@ three exercise the same fakes with the same real client libraries.
 
 from __future__ import annotations
 
+import json
+import tempfile
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from connectors.sandbox import salesforce
+from connectors.sandbox import fcm, salesforce
 from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.serving import BackgroundServer
 
@@ -22,6 +25,12 @@ class SandboxProviders:
         self._twilio_server = BackgroundServer(create_app(self.twilio))
         self.salesforce = salesforce.FakeSalesforce()
         self._salesforce_server = BackgroundServer(salesforce.create_app(self.salesforce))
+        self.fcm = fcm.FakeFcm()
+        self._fcm_server = BackgroundServer(fcm.create_app(self.fcm))
+        self._keys = tempfile.TemporaryDirectory(prefix="touchhub-sandbox-keys-")
+        # A throwaway service-account key the fake trusts; its token_uri is the fake.
+        self.fcm_key_file = Path(self._keys.name) / "fcm-service-account.json"
+        self.fcm_key_file.write_text(json.dumps(self.fcm.service_account_key(f"{self._fcm_server.url}/token")))
 
     def settings_overrides(self) -> dict[str, Any]:
         """Settings that point the hub's destinations at these fakes."""
@@ -34,15 +43,19 @@ class SandboxProviders:
             "salesforce_consumer_secret": self.salesforce.consumer_secret,
             "salesforce_username": self.salesforce.username,
             "salesforce_password": self.salesforce.password,
+            "fcm_credentials_file": self.fcm_key_file,
+            "fcm_api_base_url": self._fcm_server.url,
         }
 
     @property
     def urls(self) -> dict[str, str]:
-        return {"twilio": self._twilio_server.url, "salesforce": self._salesforce_server.url}
+        return {"twilio": self._twilio_server.url, "salesforce": self._salesforce_server.url,
+                "fcm": self._fcm_server.url}
 
     def __enter__(self) -> "SandboxProviders":
         self._twilio_server.start()
         self._salesforce_server.start()
+        self._fcm_server.start()
         return self
 
     def __exit__(
@@ -50,3 +63,5 @@ class SandboxProviders:
     ) -> None:
         self._twilio_server.stop()
         self._salesforce_server.stop()
+        self._fcm_server.stop()
+        self._keys.cleanup()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, func, insert, select, update
 from ulid import ULID
 
 from hub.model import Identifier
@@ -80,6 +80,19 @@ class SqlIdentityGraph:
         )
         touchpoint_store.move_to_profile(self.connection, merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits, at)
+
+    def detach(self, ident_type: str, values: Sequence[str]) -> int:
+        """Drop identifiers a provider reported dead (an uninstalled app's push token); returns how many went.
+
+        A value that comes back later in an event is attached afresh, as for
+        any new identifier.
+        """
+        if not values:
+            return 0
+        result = self.connection.execute(
+            delete(identifiers).where(identifiers.c.type == ident_type, identifiers.c.value.in_(list(values)))
+        )
+        return result.rowcount
 
     def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
         """Last write wins per trait, judged by the event's time, not by arrival order."""
