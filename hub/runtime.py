@@ -132,61 +132,63 @@ class Hub:
         return Router(load_routes(folder / "routes.yaml"), templates)
 
     def _build_destinations(self) -> dict[str, Destination]:
-        twilio = self.registry.destinations["twilio_sms"]
         settings = self.settings
-        config = twilio.validate_config(
-            "HUB_TWILIO_*",
-            {
-                "account_sid": settings.twilio_account_sid,
-                "auth_token": settings.twilio_auth_token,
-                "from_number": settings.twilio_from_number,
-                "api_base_url": settings.twilio_api_base_url,
-                "timeout_seconds": settings.send_timeout_seconds,
-            },
-        )
-        destinations: dict[str, Destination] = {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
+        wanted: dict[str, Callable[[], Destination]] = {
+            DEFAULT_SMS_DESTINATION_ID: lambda: self._destination(
+                DEFAULT_SMS_DESTINATION_ID, "twilio_sms", "HUB_TWILIO_*",
+                {
+                    "account_sid": settings.twilio_account_sid,
+                    "auth_token": settings.twilio_auth_token,
+                    "from_number": settings.twilio_from_number,
+                    "api_base_url": settings.twilio_api_base_url,
+                },
+            )
+        }
         if settings.salesforce_consumer_key:
-            destinations[DEFAULT_CRM_DESTINATION_ID] = self._build_salesforce()
+            wanted[DEFAULT_CRM_DESTINATION_ID] = lambda: self._destination(
+                DEFAULT_CRM_DESTINATION_ID, "salesforce", "HUB_SALESFORCE_*",
+                {
+                    "consumer_key": settings.salesforce_consumer_key,
+                    "consumer_secret": settings.salesforce_consumer_secret,
+                    "username": settings.salesforce_username,
+                    "password": settings.salesforce_password,
+                    "domain": settings.salesforce_domain,
+                    "api_base_url": settings.salesforce_api_base_url,
+                },
+            )
         if settings.fcm_credentials_file:
-            destinations[DEFAULT_PUSH_DESTINATION_ID] = self._build_fcm()
-        return destinations
+            wanted[DEFAULT_PUSH_DESTINATION_ID] = lambda: self._destination(
+                DEFAULT_PUSH_DESTINATION_ID, "fcm_push", "HUB_FCM_*",
+                {
+                    "credentials_file": settings.fcm_credentials_file,
+                    "project_id": settings.fcm_project_id,
+                    "api_base_url": settings.fcm_api_base_url,
+                },
+                forget_tokens=self._forget_push_tokens,
+            )
+        problems: list[str] = []
+        built = {destination_id: _collect(problems, build) for destination_id, build in wanted.items()}
+        if problems:
+            raise ConfigError(problems)
+        return {destination_id: destination for destination_id, destination in built.items() if destination}
 
-    def _build_fcm(self) -> Destination:
-        fcm = self.registry.destinations["fcm_push"]
-        settings = self.settings
-        config = fcm.validate_config(
-            "HUB_FCM_*",
-            {
-                "credentials_file": settings.fcm_credentials_file,
-                "project_id": settings.fcm_project_id,
-                "api_base_url": settings.fcm_api_base_url,
-                "timeout_seconds": settings.send_timeout_seconds,
-            },
-        )
-        return fcm(DEFAULT_PUSH_DESTINATION_ID, config, forget_tokens=self._forget_push_tokens)
+    def _destination(
+        self, destination_id: str, slug: str, where: str, values: dict[str, object], **hooks: object
+    ) -> Destination:
+        """The `slug` connector configured from settings (`where` names them in errors), with the send timeout.
+
+        `hooks` go to the connector's constructor: callbacks into the hub such
+        as FCM's `forget_tokens`, which a connector may not reach by itself.
+        """
+        connector = self.registry.destinations[slug]
+        config = connector.validate_config(where, {**values, "timeout_seconds": self.settings.send_timeout_seconds})
+        return connector(destination_id, config, **hooks)  # type: ignore[call-arg]
 
     def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
         """FCM called these tokens dead: routing must stop choosing them."""
         with self.store.write() as connection:
             removed = SqlIdentityGraph(connection).detach("push_token", tokens)
         log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
-
-    def _build_salesforce(self) -> Destination:
-        salesforce = self.registry.destinations["salesforce"]
-        settings = self.settings
-        config = salesforce.validate_config(
-            "HUB_SALESFORCE_*",
-            {
-                "consumer_key": settings.salesforce_consumer_key,
-                "consumer_secret": settings.salesforce_consumer_secret,
-                "username": settings.salesforce_username,
-                "password": settings.salesforce_password,
-                "domain": settings.salesforce_domain,
-                "api_base_url": settings.salesforce_api_base_url,
-                "timeout_seconds": settings.send_timeout_seconds,
-            },
-        )
-        return salesforce(DEFAULT_CRM_DESTINATION_ID, config)
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

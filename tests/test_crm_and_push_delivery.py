@@ -13,6 +13,7 @@ import pytest
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
+from hub.errors import ConfigError
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import PROJECT_MAPPINGS
@@ -122,3 +123,15 @@ def test_salesforce_limit_then_expired_session_still_delivers_once(hub: RunningH
     ]
     assert hub.sandbox.salesforce.logins == 2  # the second attempt logged in again after INVALID_SESSION_ID
     assert (len(hub.sandbox.salesforce.records("Lead")), len(hub.sandbox.salesforce.records("Task"))) == (1, 1)
+
+
+def test_bad_salesforce_and_fcm_settings_are_reported_together(tmp_path: Path) -> None:
+    not_a_key = tmp_path / "key.json"
+    not_a_key.write_text('{"type": "authorized_user"}')
+    with pytest.raises(ConfigError) as bad:
+        Hub(make_settings(tmp_path, salesforce_consumer_key="key", salesforce_username="api@example.com",
+                          fcm_credentials_file=not_a_key))
+    assert [problem.split(":")[0] for problem in bad.value.problems] == ["HUB_SALESFORCE_*", str(not_a_key)]
+    assert "username and password" in bad.value.problems[0]
+    with pytest.raises(ConfigError, match="HUB_FCM_\\*: credentials_file: Path does not point to a file"):
+        Hub(make_settings(tmp_path, fcm_credentials_file=tmp_path / "missing.json"))

@@ -23,19 +23,19 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Any
 
 import firebase_admin
 from firebase_admin import credentials, exceptions, messaging
 from google.auth.exceptions import RefreshError, TransportError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FilePath
 
 from connectors.base import Destination
 from connectors.destinations.requests_transport import VendorAdapter
 from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
+    ConfigError,
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
@@ -69,7 +69,7 @@ HOPE_ORDER: tuple[type[DeliveryError], ...] = (RetryableDeliveryError, AuthDeliv
 
 class FcmPushConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    credentials_file: Path = Field(description="Service-account key JSON of the Firebase project.")
+    credentials_file: FilePath = Field(description="Service-account key JSON of the Firebase project.")
     project_id: str | None = Field(None, description="Firebase project; defaults to the key's project_id.")
     api_base_url: str | None = Field(None, description="FCM-compatible endpoint instead of fcm.googleapis.com.")
     timeout_seconds: float = Field(10.0, gt=0)
@@ -106,9 +106,11 @@ class FcmPushDestination(Destination):
             options["projectId"] = config.project_id
         # Apps live in a process-wide registry keyed by name; a unique name lets
         # several hubs (tests, the demo) each own and delete theirs.
-        self.app = firebase_admin.initialize_app(
-            credentials.Certificate(str(config.credentials_file)), options, name=f"touchhub-{destination_id}-{uuid.uuid4().hex}"
-        )
+        try:
+            certificate = credentials.Certificate(str(config.credentials_file))
+        except ValueError as exc:
+            raise ConfigError(f"{config.credentials_file}: not a service-account key: {exc}") from None
+        self.app = firebase_admin.initialize_app(certificate, options, name=f"touchhub-{destination_id}-{uuid.uuid4().hex}")
         # firebase-admin has no setting for the FCM host or its retry policy;
         # its one seam is the session the messaging service mounts an adapter
         # on for https://fcm.googleapis.com. Ours replaces it (see VendorAdapter).
