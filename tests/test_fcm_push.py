@@ -231,3 +231,17 @@ def test_control_endpoints_show_state_and_queue_faults(server: BackgroundServer,
     assert httpx.get(f"{server.url}/_sandbox/state").json() == {"token_grants": 0, "messages": []}
     assert httpx.post(f"{server.url}/_sandbox/reset").status_code == 204
     assert fake.requests == []
+
+
+def test_a_failing_token_store_never_fails_a_push_that_reached_a_device(
+    server: BackgroundServer, trusted_key: Path, fake: FakeFcm
+) -> None:
+    def broken_store(tokens: Sequence[str]) -> None:
+        raise RuntimeError("database is locked")
+
+    fake.unregistered.add(TABLET)
+    push = FcmPushDestination("fcm_push", FcmPushDestination.validate_config(
+        "test", {"credentials_file": trusted_key, "api_base_url": server.url}), forget_tokens=broken_store)
+    result = push.send(delivery(PHONE, TABLET))
+    assert (result.response_summary["sent"], result.response_summary["forgotten_tokens"]) == (1, 1)
+    push.close()

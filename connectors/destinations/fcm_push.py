@@ -26,6 +26,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import firebase_admin
+import structlog
 from firebase_admin import credentials, exceptions, messaging
 from google.auth.exceptions import RefreshError, TransportError
 from pydantic import BaseModel, ConfigDict, Field, FilePath
@@ -44,6 +45,7 @@ from hub.errors import (
 from hub.model import Delivery, SendResult
 from hub.retry import outcome_for_status
 
+log = structlog.get_logger(__name__)
 FCM_ORIGIN = re.compile(r"^https://fcm\.googleapis\.com(?=[/?]|$)")
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
@@ -104,12 +106,12 @@ class FcmPushDestination(Destination):
         options: dict[str, Any] = {"httpTimeout": config.timeout_seconds}
         if config.project_id:
             options["projectId"] = config.project_id
-        # Apps live in a process-wide registry keyed by name; a unique name lets
-        # several hubs (tests, the demo) each own and delete theirs.
         try:
             certificate = credentials.Certificate(str(config.credentials_file))
         except ValueError as exc:
             raise ConfigError(f"{config.credentials_file}: not a service-account key: {exc}") from None
+        # Apps live in a process-wide registry keyed by name; a unique name lets
+        # several hubs (tests, the demo) each own and delete theirs.
         self.app = firebase_admin.initialize_app(certificate, options, name=f"touchhub-{destination_id}-{uuid.uuid4().hex}")
         # firebase-admin has no setting for the FCM host or its retry policy;
         # its one seam is the session the messaging service mounts an adapter
@@ -137,7 +139,7 @@ class FcmPushDestination(Destination):
         failures = [_judge(token, answer.exception) for token, answer in zip(tokens, batch.responses) if not answer.success]
         dead = [failure.token for failure in failures if failure.dead_token]
         if dead and self.forget_tokens is not None:
-            self.forget_tokens(dead)
+            self._forget(dead)
         if batch.success_count:
             ids = [answer.message_id for answer in batch.responses if answer.success]
             return SendResult(status="sent", provider_message_id=ids[0], response_summary={
@@ -145,6 +147,13 @@ class FcmPushDestination(Destination):
                 "errors": {_short(f.token): f.code for f in failures}, "forgotten_tokens": len(dead),
             })
         raise _batch_error(failures, forgotten=len(dead))
+
+    def _forget(self, tokens: list[str]) -> None:
+        assert self.forget_tokens is not None
+        try:
+            self.forget_tokens(tokens)
+        except Exception:  # the send already happened: failing it now would notify the live devices again
+            log.exception("could not forget dead push tokens; FCM will report them again", tokens=len(tokens))
 
     def _message(self, token: str, delivery: Delivery) -> messaging.Message:
         data = delivery.content.get("params", {}).get("data") or {}
