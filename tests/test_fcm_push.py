@@ -90,7 +90,7 @@ def test_one_token_gets_the_notification_after_an_oauth_exchange(push: FcmPushDe
     }
     assert result.provider_message_id == sent["name"]
     assert result.response_summary == {"sent": 1, "failed": 0, "message_ids": [sent["name"]], "errors": {},
-                                       "forgotten_tokens": 0}
+                                       "dead_tokens": 0}
     assert [(r["path"], r["status"]) for r in fake.requests] == [
         ("/token", 200), (f"/v1/projects/{fake.project_id}/messages:send", 200)
     ]
@@ -113,7 +113,7 @@ def test_dead_tokens_are_forgotten_and_the_live_device_counts_as_reached(
     assert [m["message"]["token"] for m in fake.messages] == [PHONE]
     assert sorted(forgotten) == sorted([TABLET, "too-short"])
     assert result.response_summary["errors"] == {TABLET[:10] + "…": "UNREGISTERED", "too-short": "INVALID_ARGUMENT"}
-    assert (result.response_summary["sent"], result.response_summary["forgotten_tokens"]) == (1, 2)
+    assert (result.response_summary["sent"], result.response_summary["dead_tokens"]) == (1, 2)
 
 
 @pytest.mark.parametrize(("token", "code"), [(PHONE, "UNREGISTERED"), ("not a token", "INVALID_ARGUMENT")])
@@ -167,11 +167,11 @@ def test_no_device_reached_fails_as_the_most_hopeful_outcome() -> None:
     dead = TokenFailure(TABLET, PermanentDeliveryError, "UNREGISTERED", "gone", None, dead_token=True)
     busy = TokenFailure(PHONE, RetryableDeliveryError, "QUOTA_EXCEEDED", "slow down", 30.0, dead_token=False)
     apns = TokenFailure(PHONE, AuthDeliveryError, "THIRD_PARTY_AUTH_ERROR", "apns key", None, dead_token=False)
-    assert isinstance(_batch_error([dead, busy, apns], forgotten=1), RetryableDeliveryError)
-    assert isinstance(_batch_error([dead, apns], forgotten=1), AuthDeliveryError)
-    only_dead = _batch_error([dead], forgotten=1)
+    assert isinstance(_batch_error([dead, busy, apns], dead=1), RetryableDeliveryError)
+    assert isinstance(_batch_error([dead, apns], dead=1), AuthDeliveryError)
+    only_dead = _batch_error([dead], dead=1)
     assert isinstance(only_dead, PermanentDeliveryError)
-    assert only_dead.failure.response_summary == {"errors": {TABLET[:10] + "…": "UNREGISTERED"}, "forgotten_tokens": 1}
+    assert only_dead.failure.response_summary == {"errors": {TABLET[:10] + "…": "UNREGISTERED"}, "dead_tokens": 1}
 
 
 def test_key_the_token_endpoint_does_not_trust_is_an_auth_failure(
@@ -243,5 +243,5 @@ def test_a_failing_token_store_never_fails_a_push_that_reached_a_device(
     push = FcmPushDestination("fcm_push", FcmPushDestination.validate_config(
         "test", {"credentials_file": trusted_key, "api_base_url": server.url}), forget_tokens=broken_store)
     result = push.send(delivery(PHONE, TABLET))
-    assert (result.response_summary["sent"], result.response_summary["forgotten_tokens"]) == (1, 1)
+    assert (result.response_summary["sent"], result.response_summary["dead_tokens"]) == (1, 1)
     push.close()

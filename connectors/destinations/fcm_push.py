@@ -144,9 +144,9 @@ class FcmPushDestination(Destination):
             ids = [answer.message_id for answer in batch.responses if answer.success]
             return SendResult(status="sent", provider_message_id=ids[0], response_summary={
                 "sent": batch.success_count, "failed": batch.failure_count, "message_ids": ids,
-                "errors": {_short(f.token): f.code for f in failures}, "forgotten_tokens": len(dead),
+                "errors": {_short(f.token): f.code for f in failures}, "dead_tokens": len(dead),
             })
-        raise _batch_error(failures, forgotten=len(dead))
+        raise _batch_error(failures, dead=len(dead))
 
     def _forget(self, tokens: list[str]) -> None:
         assert self.forget_tokens is not None
@@ -212,7 +212,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-def _batch_error(failures: list[TokenFailure], forgotten: int) -> DeliveryError:
+def _batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
     outcome = next(kind for kind in HOPE_ORDER if any(f.outcome is kind for f in failures))
     chosen = [f for f in failures if f.outcome is outcome]
     waits = [f.retry_after for f in chosen if f.retry_after is not None]
@@ -221,7 +221,7 @@ def _batch_error(failures: list[TokenFailure], forgotten: int) -> DeliveryError:
         message=f"FCM refused {len(failures)} device(s): {chosen[0].message}",
         provider_code=chosen[0].code,
         retry_after=max(waits) if waits else None,
-        response_summary={"errors": {_short(f.token): f.code for f in failures}, "forgotten_tokens": forgotten},
+        response_summary={"errors": {_short(f.token): f.code for f in failures}, "dead_tokens": dead},
     ))
 
 
