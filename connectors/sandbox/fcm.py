@@ -26,6 +26,7 @@ Injected faults apply to ``messages:send`` only, never to the token endpoint.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import secrets
@@ -74,8 +75,8 @@ class FakeFcm(RecordingFake):
         self.token_grants = 0
 
     def service_account_key(self, token_uri: str, client_email: str | None = None) -> dict[str, Any]:
-        """A new service-account key file's content, trusted by this fake, whose token_uri is `token_uri`."""
-        private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        """A new service account's key file content, trusted by this fake only, whose token_uri is `token_uri`."""
+        private_key = _throwaway_rsa_key()
         email = client_email or f"touchhub-{secrets.token_hex(4)}@{self.project_id}.iam.gserviceaccount.com"
         with self._lock:
             self._public_keys[email] = private_key.public_key()
@@ -134,6 +135,12 @@ class FakeFcm(RecordingFake):
         with self._lock:
             self._messages.append(entry)
         return {"name": entry["name"]}
+
+
+@functools.cache
+def _throwaway_rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA key per process for every sandbox service account: a fake needs no secrecy, tests need speed."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
 def fcm_error(status: int, message: str, error_code: str | None = None, violations: list[dict[str, str]] | None = None,
