@@ -153,6 +153,11 @@ class Hub:
                     "username": settings.salesforce_username,
                     "password": settings.salesforce_password,
                     "domain": settings.salesforce_domain,
+                    "api_version": settings.salesforce_api_version,
+                    "sobject": settings.salesforce_sobject,
+                    "external_id_field": settings.salesforce_external_id_field,
+                    "intent_field": settings.salesforce_intent_field,
+                    "task_external_id_field": settings.salesforce_task_external_id_field,
                     "api_base_url": settings.salesforce_api_base_url,
                 },
             )

@@ -45,6 +45,11 @@ class HubSettings(BaseSettings):
     salesforce_username: str | None = Field(None, description="With a password: username-password OAuth flow.")
     salesforce_password: SecretStr | None = None
     salesforce_domain: str = Field("login", description="login, test, or the My Domain prefix such as acme.my.")
+    salesforce_api_version: str = "59.0"
+    salesforce_sobject: str = Field("Lead", description="Lead or Contact: what the profile is upserted as.")
+    salesforce_external_id_field: str = Field("Touchhub_Profile_Id__c", description="External-id field holding the profile id.")
+    salesforce_intent_field: str = Field("Touchhub_Intent__c", description="Custom field the decision's intent goes to.")
+    salesforce_task_external_id_field: str = Field("Touchhub_Delivery_Id__c", description="External-id field on Task.")
     salesforce_api_base_url: str | None = Field(
         None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
     )

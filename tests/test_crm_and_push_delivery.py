@@ -135,3 +135,11 @@ def test_bad_salesforce_and_fcm_settings_are_reported_together(tmp_path: Path) -
     assert "username and password" in bad.value.problems[0]
     with pytest.raises(ConfigError, match="HUB_FCM_\\*: credentials_file: Path does not point to a file"):
         Hub(make_settings(tmp_path, fcm_credentials_file=tmp_path / "missing.json"))
+
+
+def test_salesforce_object_and_field_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as bad:
+        Hub(make_settings(tmp_path, salesforce_consumer_key="key", salesforce_username="api@example.com",
+                          salesforce_password="secret", salesforce_sobject="Opportunity",
+                          salesforce_external_id_field="Profile Id/../x"))
+    assert [problem.split(":")[1].strip() for problem in bad.value.problems] == ["sobject", "external_id_field"]

@@ -51,6 +51,7 @@ from hub.retry import outcome_for_status
 # acme--uat.sandbox.my.salesforce.com.
 SALESFORCE_ORIGIN = re.compile(r"^https://(?:[A-Za-z0-9-]+\.)+salesforce\.com(?::\d+)?(?=[/?]|$)")
 FIELD_BLOCK_PREFIX = "field_"
+API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a Salesforce field's API name, as it appears in REST paths
 
 # Salesforce's errorCode, not the HTTP status, says whether trying again can
 # help: REQUEST_LIMIT_EXCEEDED is a 403 that passes once the rolling 24-hour
@@ -89,9 +90,12 @@ class SalesforceConfig(BaseModel):
     password: SecretStr | None = None
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
     sobject: Literal["Lead", "Contact"] = "Lead"
-    external_id_field: str = Field("Touchhub_Profile_Id__c", description="External-id field holding the profile id.")
-    intent_field: str = Field("Touchhub_Intent__c", description="Custom field the decision's intent is written to.")
-    task_external_id_field: str = Field("Touchhub_Delivery_Id__c", description="External-id field on Task.")
+    external_id_field: str = Field("Touchhub_Profile_Id__c", pattern=API_NAME,
+                                   description="External-id field holding the profile id.")
+    intent_field: str = Field("Touchhub_Intent__c", pattern=API_NAME,
+                              description="Custom field the decision's intent is written to.")
+    task_external_id_field: str = Field("Touchhub_Delivery_Id__c", pattern=API_NAME,
+                                        description="External-id field on Task.")
     api_base_url: str | None = Field(None, description="Salesforce-compatible endpoint instead of *.salesforce.com.")
     timeout_seconds: float = Field(10.0, gt=0)
 
