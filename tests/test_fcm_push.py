@@ -127,6 +127,24 @@ def test_dead_only_token_is_permanent_and_forgotten(
     assert forgotten == [token]
 
 
+def test_token_of_another_sender_is_permanent_and_forgotten(
+    push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten
+) -> None:
+    fake.fail_next(403, "SENDER_ID_MISMATCH", message="SenderId mismatch")
+    with pytest.raises(PermanentDeliveryError) as refused:
+        push.send(delivery(PHONE))
+    assert (refused.value.failure.error_class, forgotten) == ("fcm.SENDER_ID_MISMATCH", [PHONE])
+
+
+def test_refused_apns_credentials_are_an_auth_failure(push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten) -> None:
+    # FCM sends it as a 401, so google-auth first refreshes its access token and tries twice more.
+    fake.fail_next(401, "THIRD_PARTY_AUTH_ERROR", message="Auth error from APNS or Web Push Service", times=3)
+    with pytest.raises(AuthDeliveryError) as refused:
+        push.send(delivery(PHONE))
+    assert (refused.value.failure.error_class, forgotten) == ("fcm.THIRD_PARTY_AUTH_ERROR", [])
+    assert [r["path"] for r in fake.requests].count("/token") == 3 and fake.messages == []
+
+
 def test_a_bad_payload_is_permanent_but_keeps_the_token(
     push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten
 ) -> None:

@@ -126,7 +126,8 @@ def test_session_refused_again_after_login_is_an_auth_failure(crm: SalesforceDes
 
 @pytest.mark.parametrize(
     ("status", "code"),
-    [(403, "REQUEST_LIMIT_EXCEEDED"), (503, "SERVER_UNAVAILABLE"), (500, "UNKNOWN_EXCEPTION"), (502, "BAD_GATEWAY")],
+    [(403, "REQUEST_LIMIT_EXCEEDED"), (503, "SERVER_UNAVAILABLE"), (500, "UNKNOWN_EXCEPTION"), (502, "BAD_GATEWAY"),
+     (400, "UNABLE_TO_LOCK_ROW")],
 )
 def test_limits_and_server_errors_are_retryable(crm: SalesforceDestination, fake: FakeSalesforce, status: int, code: str) -> None:
     fake.fail_next(status, code)
@@ -154,6 +155,21 @@ def test_records_salesforce_refuses_are_permanent(
         crm.send(delivery(content))
     assert (refused.value.failure.error_class, refused.value.failure.response_summary["status"]) == (f"salesforce.{code}", 400)
     assert fake.records("Lead") == []
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), [
+    (400, "FIELD_CUSTOM_VALIDATION_EXCEPTION", PermanentDeliveryError),
+    (400, "STRING_TOO_LONG", PermanentDeliveryError),
+    (403, "INSUFFICIENT_ACCESS_OR_READONLY", AuthDeliveryError),
+    (403, "API_DISABLED_FOR_ORG", AuthDeliveryError),
+])
+def test_org_rules_and_permissions_are_never_retried(
+    crm: SalesforceDestination, fake: FakeSalesforce, status: int, code: str, outcome: type
+) -> None:
+    fake.fail_next(status, code)
+    with pytest.raises(outcome) as refused:
+        crm.send(delivery())
+    assert refused.value.failure.provider_code == code
 
 
 def test_malformed_params_are_permanent_before_any_request(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
