@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -38,23 +39,36 @@ class DemoResult:
     rejected: int
     stats: dict[str, Any]
     sms: list[dict[str, Any]]
+    push: list[dict[str, Any]]
+    leads: list[dict[str, Any]]
+    tasks: list[dict[str, Any]]
     idle: bool
 
 
-def load_journey(path: Path, now: datetime) -> tuple[list[dict[str, Any]], list[str]]:
-    """Messages with absolute timestamps, and the phones that have unsubscribed at the provider."""
+@dataclass
+class Journey:
+    """The sample messages, with absolute timestamps, and the provider-side state they meet."""
+
+    messages: list[dict[str, Any]]
+    unsubscribed_phones: list[str]
+    unregistered_push_tokens: list[str]
+
+
+def load_journey(path: Path, now: datetime) -> Journey:
     document = json.loads(path.read_text(encoding="utf-8"))
     messages = [
         {**entry["message"], "timestamp": (now - parse_duration(entry["at"].lstrip("-"))).isoformat()}
         for entry in document["events"]
     ]
-    return messages, document.get("unsubscribed_phones", [])
+    return Journey(messages, document.get("unsubscribed_phones", []), document.get("unregistered_push_tokens", []))
 
 
-def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResult:
-    messages, unsubscribed = load_journey(journey, datetime.now(timezone.utc))
+def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> DemoResult:
+    journey = load_journey(journey_file, datetime.now(timezone.utc))
+    messages = journey.messages
     with tempfile.TemporaryDirectory(prefix="touchhub-demo-") as folder, SandboxProviders() as sandbox:
-        sandbox.twilio.unsubscribed.update(unsubscribed)
+        sandbox.twilio.unsubscribed.update(journey.unsubscribed_phones)
+        sandbox.fcm.unregistered.update(journey.unregistered_push_tokens)
         sandbox.twilio.fail_next(503, code=20500, message="Service unavailable (injected by the demo)")
         demo_settings = settings.with_overrides(
             **{
@@ -71,7 +85,8 @@ def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResu
         write_key = demo_settings.default_write_key.get_secret_value()
         admin = {"Authorization": f"Bearer {demo_settings.admin_token.get_secret_value()}"}
         with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
-            console.print(f"Hub on [bold]{server.url}[/], fake Twilio on [bold]{sandbox.urls['twilio']}[/]")
+            fakes = ", ".join(f"{name} on [bold]{url}[/]" for name, url in sandbox.urls.items())
+            console.print(f"Hub on [bold]{server.url}[/]; sandbox {fakes}")
             accepted = rejected = 0
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("Sending the sample journey", total=len(messages))
@@ -85,7 +100,10 @@ def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResu
             with console.status("Waiting for the pipeline and deliveries to settle"):
                 idle = hub.wait_until_idle(timeout=30)
             stats = client.get("/api/stats", headers=admin).json()
-        return DemoResult(len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), idle)
+        return DemoResult(
+            len(messages), accepted, rejected, stats, sandbox.twilio.messages, sandbox.fcm.messages,
+            sandbox.salesforce.records("Lead"), sandbox.salesforce.records("Task"), idle,
+        )
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
@@ -115,5 +133,23 @@ def print_summary(result: DemoResult, console: Console) -> None:
     for message in result.sms:
         sms.add_row(mask_phone(message["to"]), message["body"])
     console.print(sms)
+
+    push = Table(title="Push notifications received by the sandbox FCM")
+    push.add_column("device token")
+    push.add_column("title")
+    push.add_column("body")
+    for sent in result.push:
+        notification = sent["message"].get("notification", {})
+        push.add_row(sent["message"]["token"][:14] + "…", notification.get("title", ""), notification.get("body", ""))
+    console.print(push)
+
+    crm = Table(title="Leads and owner tasks in the sandbox Salesforce")
+    for column in ("lead", "intent", "task"):
+        crm.add_column(column)
+    tasks = {task["WhoId"]: task["Subject"] for task in result.tasks}
+    for lead in result.leads:
+        name = f"{lead.get('FirstName', '')} {lead['LastName']}".strip()
+        crm.add_row(escape(name), lead.get("Touchhub_Intent__c", ""), tasks.get(lead["Id"], ""))
+    console.print(crm)
     if not result.idle:
         console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")

@@ -28,7 +28,8 @@ def explain_tree(graph: dict[str, Any], *, show_pii: bool = False) -> Tree:
     links = root.add(f"links ({len(graph['links'])})")
     for link in graph["links"]:
         links.add(f"{ident(link['from'])} — {ident(link['to'])}  [dim]{link['why']}, touchpoint {link['touchpoint_id']}[/]")
-    for title, items in (("merges", graph["merges"]), ("refused links", graph["refused"]), ("unmerges", graph["unmerges"])):
+    for title, items in (("merges", graph["merges"]), ("refused links", graph["refused"]), ("unmerges", graph["unmerges"]),
+                         ("detached by a provider", graph["detached"])):
         branch = root.add(f"{title} ({len(items)})")
         for item in items:
             branch.add(_audit_line(item, ident))
@@ -41,4 +42,5 @@ def _audit_line(item: dict[str, Any], ident: Any) -> str:
         return f"{item['merged_profile_id']} merged via {linked}  [dim]touchpoint {item['touchpoint_id']}[/]"
     carried = ", ".join(ident(pair) for pair in item["identifiers"])
     other = f" (profile {item['other_profile_id']})" if item["other_profile_id"] else ""
-    return f"{carried}{other}: [yellow]{item['rule']}[/]  [dim]touchpoint {item['touchpoint_id']}[/]"
+    where = f"touchpoint {item['touchpoint_id']}" if item["touchpoint_id"] else item["at"].isoformat()
+    return f"{carried}{other}: [yellow]{item['rule']}[/]  [dim]{where}[/]"

@@ -28,6 +28,11 @@ class ChannelRoute(BaseModel):
     target: str = Field(
         description="Identifier type the recipient is taken from (e.g. phone), or `profile_id` for the profile itself."
     )
+    multicast: bool = Field(
+        False,
+        description="Hand the destination every value of the target type (e.g. all push tokens) as `recipients`, "
+        "not only the newest.",
+    )
 
 
 class RoutesFile(BaseModel):
@@ -91,6 +96,7 @@ class Router:
                         "template": action.template,
                         "rule_id": decision.rule_id,
                         "params": action.params,
+                        **({"recipients": recipients} if route.multicast else {}),
                     },
                 )
             )

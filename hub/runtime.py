@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -28,6 +28,7 @@ from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import Store
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.templates import TemplateRenderer
 from hub.workers import Worker
 
@@ -35,6 +36,8 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
 DEFAULT_SMS_DESTINATION_ID = "twilio_sms"
+DEFAULT_CRM_DESTINATION_ID = "salesforce"
+DEFAULT_PUSH_DESTINATION_ID = "fcm_push"
 
 
 class Hub:
@@ -170,19 +173,68 @@ class Hub:
         return Router(load_routes(folder / "routes.yaml"), templates)
 
     def _build_destinations(self) -> dict[str, Destination]:
-        twilio = self.registry.destinations["twilio_sms"]
         settings = self.settings
-        config = twilio.validate_config(
-            "HUB_TWILIO_*",
-            {
-                "account_sid": settings.twilio_account_sid,
-                "auth_token": settings.twilio_auth_token,
-                "from_number": settings.twilio_from_number,
-                "api_base_url": settings.twilio_api_base_url,
-                "timeout_seconds": settings.send_timeout_seconds,
-            },
-        )
-        return {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
+        wanted: dict[str, Callable[[], Destination]] = {
+            DEFAULT_SMS_DESTINATION_ID: lambda: self._destination(
+                DEFAULT_SMS_DESTINATION_ID, "twilio_sms", "HUB_TWILIO_*",
+                {
+                    "account_sid": settings.twilio_account_sid,
+                    "auth_token": settings.twilio_auth_token,
+                    "from_number": settings.twilio_from_number,
+                    "api_base_url": settings.twilio_api_base_url,
+                },
+            )
+        }
+        if settings.salesforce_consumer_key:
+            wanted[DEFAULT_CRM_DESTINATION_ID] = lambda: self._destination(
+                DEFAULT_CRM_DESTINATION_ID, "salesforce", "HUB_SALESFORCE_*",
+                {
+                    "consumer_key": settings.salesforce_consumer_key,
+                    "consumer_secret": settings.salesforce_consumer_secret,
+                    "username": settings.salesforce_username,
+                    "password": settings.salesforce_password,
+                    "domain": settings.salesforce_domain,
+                    "api_version": settings.salesforce_api_version,
+                    "sobject": settings.salesforce_sobject,
+                    "external_id_field": settings.salesforce_external_id_field,
+                    "intent_field": settings.salesforce_intent_field,
+                    "task_external_id_field": settings.salesforce_task_external_id_field,
+                    "api_base_url": settings.salesforce_api_base_url,
+                },
+            )
+        if settings.fcm_credentials_file:
+            wanted[DEFAULT_PUSH_DESTINATION_ID] = lambda: self._destination(
+                DEFAULT_PUSH_DESTINATION_ID, "fcm_push", "HUB_FCM_*",
+                {
+                    "credentials_file": settings.fcm_credentials_file,
+                    "project_id": settings.fcm_project_id,
+                    "api_base_url": settings.fcm_api_base_url,
+                },
+                forget_tokens=self._forget_push_tokens,
+            )
+        problems: list[str] = []
+        built = {destination_id: _collect(problems, build) for destination_id, build in wanted.items()}
+        if problems:
+            raise ConfigError(problems)
+        return {destination_id: destination for destination_id, destination in built.items() if destination}
+
+    def _destination(
+        self, destination_id: str, slug: str, where: str, values: dict[str, object], **hooks: object
+    ) -> Destination:
+        """The `slug` connector configured from settings (`where` names them in errors), with the send timeout.
+
+        `hooks` go to the connector's constructor: callbacks into the hub such
+        as FCM's `forget_tokens`, which a connector may not reach by itself.
+        """
+        connector = self.registry.destinations[slug]
+        config = connector.validate_config(where, {**values, "timeout_seconds": self.settings.send_timeout_seconds})
+        return connector(destination_id, config, **hooks)  # type: ignore[call-arg]
+
+    def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
+        """FCM called these tokens dead: routing must stop choosing them."""
+        with self.store.write() as connection:
+            removed = SqlIdentityGraph(connection).detach("push_token", tokens, "FCM reported the token unregistered")
+        log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

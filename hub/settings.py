@@ -39,6 +39,30 @@ class HubSettings(BaseSettings):
         None, description="Send Twilio API calls here instead of https://api.twilio.com (sandbox, proxy)."
     )
 
+    salesforce_consumer_key: str | None = Field(
+        None, description="Connected app consumer key; the salesforce (crm) destination is built only when set."
+    )
+    salesforce_consumer_secret: SecretStr = SecretStr("")
+    salesforce_username: str | None = Field(None, description="With a password: username-password OAuth flow.")
+    salesforce_password: SecretStr | None = None
+    salesforce_domain: str = Field("login", description="login, test, or the My Domain prefix such as acme.my.")
+    salesforce_api_version: str = "59.0"
+    salesforce_sobject: str = Field("Lead", description="Lead or Contact: what the profile is upserted as.")
+    salesforce_external_id_field: str = Field("Touchhub_Profile_Id__c", description="External-id field holding the profile id.")
+    salesforce_intent_field: str = Field("Touchhub_Intent__c", description="Custom field the decision's intent goes to.")
+    salesforce_task_external_id_field: str = Field("Touchhub_Delivery_Id__c", description="External-id field on Task.")
+    salesforce_api_base_url: str | None = Field(
+        None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
+    )
+
+    fcm_credentials_file: Path | None = Field(
+        None, description="Service-account key JSON; the fcm_push (push) destination is built only when set."
+    )
+    fcm_project_id: str | None = Field(None, description="Firebase project id; defaults to the key's project_id.")
+    fcm_api_base_url: str | None = Field(
+        None, description="Send FCM calls here instead of https://fcm.googleapis.com (sandbox, proxy)."
+    )
+
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
     retry_base_delay_seconds: float = Field(1.0, gt=0)

@@ -24,6 +24,9 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     assert "Trigger fired: post_purchase_support 3" in lines
     assert "sms sent 2 3" in lines  # Ana's SMS needed a second attempt after an injected 503
     assert "sms failed 1 1" in lines  # Dev replied STOP at the provider: 21610, not retried
+    assert "crm sent 3 3" in lines  # a Lead with the intent and an owner Task per decision
+    assert "push sent 1 1" in lines  # Ana's phone
+    assert "push failed 1 1" in lines  # Dev uninstalled the app: UNREGISTERED, token forgotten
     assert "+14155550101" not in result.stdout  # phones are masked
 
 

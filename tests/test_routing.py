@@ -54,3 +54,12 @@ def test_unroutable_actions_are_skipped_with_a_reason(tmp_path: Path) -> None:
         {"channel": "email", "fate": "skipped", "reason": "profile has no email"},
         {"channel": "fax", "fate": "skipped", "reason": "no route for channel 'fax' in routes.yaml"},
     ]
+
+
+def test_multicast_route_hands_over_every_recipient(tmp_path: Path) -> None:
+    (tmp_path / "push.j2").write_text("{% block title %}Hi {{ profile.first_name }}{% endblock %}{% block body %}Back?{% endblock %}")
+    routes = {"push": ChannelRoute(destination="fcm_push", target="push_token", multicast=True)}
+    profile = {"traits": {"first_name": "Ana"}, "identifiers": {"push_token": ["tok-new", "tok-old"]}}
+    [push] = Router(routes, TemplateRenderer(tmp_path)).plan(decision(Action("push", "push.j2")), profile, {}).deliveries
+    assert (push.target, push.content["recipients"]) == ("tok-new", ["tok-new", "tok-old"])
+    assert (push.content["title"], push.content["body"]) == ("Hi Ana", "Back?")

@@ -143,6 +143,35 @@ class SqlIdentityGraph:
                 rows.append({"profile_a": a, "profile_b": b, "since": since})
         insert_ignoring_conflicts(self.connection, kept_apart, rows, ["profile_a", "profile_b"])
 
+    def detach(self, ident_type: str, values: Sequence[str], reason: str) -> int:
+        """Drop identifiers a provider reported dead (an uninstalled app's push token); returns how many went.
+
+        Each removal is written to the identity audit trail, so `profiles explain`
+        can say why a device vanished. A value that comes back later in an
+        event is attached afresh, as for any new identifier.
+        """
+        if not values:
+            return 0
+        owned = self.connection.execute(
+            select(identifiers.c.profile_id, identifiers.c.value).where(
+                identifiers.c.type == ident_type, identifiers.c.value.in_(list(values))
+            )
+        ).all()
+        if not owned:
+            return 0
+        self.connection.execute(
+            delete(identifiers).where(identifiers.c.type == ident_type, identifiers.c.value.in_(list(values)))
+        )
+        at = utcnow()
+        self.connection.execute(
+            insert(identity_events),
+            [
+                {"kind": "detached", "profile_id": profile_id, "identifiers": [[ident_type, value]], "rule": reason, "at": at}
+                for profile_id, value in owned
+            ],
+        )
+        return len(owned)
+
     def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
         """Last write wins per trait, judged by the event's time, not by arrival order."""
         if not traits:

@@ -124,7 +124,7 @@ identity_events = Table(
     "identity_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("kind", String(20), nullable=False),  # refused | unmerge | forget
+    Column("kind", String(20), nullable=False),  # refused | unmerge | forget | detached
     Column("profile_id", String(26), nullable=False, index=True),
     Column("other_profile_id", String(26), index=True),
     Column("touchpoint_id", String(36)),

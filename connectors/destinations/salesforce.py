@@ -1,0 +1,271 @@
+"""CRM updates in Salesforce with `simple-salesforce`: upsert the person, record the intent, alert the owner.
+
+One delivery on the ``crm`` channel (target: the hub's profile id) becomes:
+
+1. an upsert of a Lead (or Contact) keyed by an external-id field holding the
+   profile id, with the mapped field values and the decision's intent, and
+2. when the action asks for it, a Task for the record's owner, upserted by an
+   external-id field holding the delivery id.
+
+Both writes are keyed upserts, so a retry or a replay after a lost answer
+updates the same records instead of creating duplicates.
+
+What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
+``fields`` (field API name -> value), ``intent`` and ``task``. A template may
+also fill fields from the profile: every ``{% block field_<ApiName> %}`` it
+defines sets that field when it renders non-empty. The Task's description is
+the template's ``description`` block, or the whole rendered template.
+
+API: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
+Errors: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError, SalesforceExpiredSession
+
+from connectors.base import Destination
+from connectors.destinations.requests_transport import VendorAdapter
+from hub.errors import (
+    AuthDeliveryError,
+    DeliveryError,
+    DeliveryFailure,
+    PermanentDeliveryError,
+    RetryableDeliveryError,
+)
+from hub.model import Delivery, SendResult
+from hub.retry import outcome_for_status
+
+# Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
+# acme--uat.sandbox.my.salesforce.com.
+SALESFORCE_ORIGIN = re.compile(r"^https://(?:[A-Za-z0-9-]+\.)+salesforce\.com(?::\d+)?(?=[/?]|$)")
+FIELD_BLOCK_PREFIX = "field_"
+API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a Salesforce field's API name, as it appears in REST paths
+
+# Salesforce's errorCode, not the HTTP status, says whether trying again can
+# help: REQUEST_LIMIT_EXCEEDED is a 403 that passes once the rolling 24-hour
+# API allowance frees up, while most 400s name a mapping mistake.
+SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
+    "REQUEST_LIMIT_EXCEEDED": RetryableDeliveryError,
+    "SERVER_UNAVAILABLE": RetryableDeliveryError,
+    "UNABLE_TO_LOCK_ROW": RetryableDeliveryError,  # another transaction holds the record
+    "INVALID_SESSION_ID": AuthDeliveryError,  # still refused right after a fresh login
+    "INSUFFICIENT_ACCESS_OR_READONLY": AuthDeliveryError,
+    "API_DISABLED_FOR_ORG": AuthDeliveryError,
+    "INVALID_FIELD": PermanentDeliveryError,
+    "MALFORMED_ID": PermanentDeliveryError,
+    "INVALID_CROSS_REFERENCE_KEY": PermanentDeliveryError,
+    "REQUIRED_FIELD_MISSING": PermanentDeliveryError,
+    "FIELD_CUSTOM_VALIDATION_EXCEPTION": PermanentDeliveryError,
+    "STRING_TOO_LONG": PermanentDeliveryError,
+    "NOT_FOUND": PermanentDeliveryError,
+}
+
+
+class SalesforceConfig(BaseModel):
+    """A connected app's OAuth credentials and where the hub writes.
+
+    With `username` and `password` the hub logs in with the username-password
+    flow; without them, with the client-credentials flow, which Salesforce
+    only serves on a My Domain (`domain` such as ``acme.my``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    domain: str = Field("login", pattern=r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
+                        description="login, test, or the My Domain prefix such as acme.my")
+    consumer_key: str = Field(min_length=1)
+    consumer_secret: SecretStr
+    username: str | None = None
+    password: SecretStr | None = None
+    api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
+    sobject: Literal["Lead", "Contact"] = "Lead"
+    external_id_field: str = Field("Touchhub_Profile_Id__c", pattern=API_NAME,
+                                   description="External-id field holding the profile id.")
+    intent_field: str = Field("Touchhub_Intent__c", pattern=API_NAME,
+                              description="Custom field the decision's intent is written to.")
+    task_external_id_field: str = Field("Touchhub_Delivery_Id__c", pattern=API_NAME,
+                                        description="External-id field on Task.")
+    api_base_url: str | None = Field(None, description="Salesforce-compatible endpoint instead of *.salesforce.com.")
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_login_flow(self) -> "SalesforceConfig":
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both username and password (username-password flow) or neither (client credentials)")
+        if self.username is None and self.domain in ("login", "test"):
+            raise ValueError("the client-credentials flow needs a My Domain such as acme.my, not login/test")
+        return self
+
+
+class TaskParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(min_length=1, max_length=255)
+    priority: Literal["High", "Normal", "Low"] = "Normal"
+    status: str = "Not Started"
+
+
+class CrmParams(BaseModel):
+    """The ``params`` of a ``crm`` action in triggers.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    sobject: Literal["Lead", "Contact"] | None = None
+    fields: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    intent: str | None = None
+    task: TaskParams | None = None
+
+
+@dataclass(frozen=True)
+class CrmUpdate:
+    """What one delivery writes: the person's record and, optionally, a Task for its owner."""
+
+    sobject: str
+    external_id: str
+    fields: dict[str, Any]
+    task: dict[str, Any] | None
+    task_key: str
+
+
+class SalesforceDestination(Destination):
+    slug = "salesforce"
+    title = "Salesforce (Lead/Contact upsert, owner Task)"
+    docs_url = "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/"
+    channel = "crm"
+    Config = SalesforceConfig
+
+    def __init__(self, destination_id: str, config: BaseModel) -> None:
+        super().__init__(destination_id, config)
+        assert isinstance(config, SalesforceConfig)
+        self.settings = config
+        self.session = requests.Session()
+        self.session.mount("https://", VendorAdapter(SALESFORCE_ORIGIN, config.timeout_seconds, config.api_base_url))
+        self._login_lock = threading.Lock()
+        self._salesforce: Salesforce | None = None
+
+    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
+        try:
+            update = self.plan(delivery)
+        except PermanentDeliveryError:
+            return {"external_id": delivery.target}
+        return {"sobject": update.sobject, "external_id": update.external_id, "fields": sorted(update.fields),
+                "task": update.task is not None}
+
+    def plan(self, delivery: Delivery) -> CrmUpdate:
+        """The writes a delivery asks for; PermanentDeliveryError naming the key if its params are malformed."""
+        try:
+            params = CrmParams.model_validate(delivery.content.get("params") or {})
+        except ValidationError as exc:
+            problems = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", problems)) from None
+        fields: dict[str, Any] = {
+            name.removeprefix(FIELD_BLOCK_PREFIX): value
+            for name, value in delivery.content.items()
+            if name.startswith(FIELD_BLOCK_PREFIX) and value
+        }
+        fields.update(params.fields)
+        if params.intent:
+            fields[self.settings.intent_field] = params.intent
+        task = None
+        if params.task:
+            description = delivery.content.get("description") or delivery.content.get("body", "")
+            task = {"Subject": params.task.subject, "Priority": params.task.priority, "Status": params.task.status,
+                    "Description": description}
+        return CrmUpdate(params.sobject or self.settings.sobject, delivery.target, fields, task, delivery.delivery_id)
+
+    def send(self, delivery: Delivery) -> SendResult:
+        update = self.plan(delivery)
+        with _converted_errors():
+            client = self._client()
+            try:
+                return self._write(client, update)
+            except SalesforceExpiredSession as exc:
+                # Sessions expire on an idle timeout or when an admin revokes
+                # them; one fresh login is worth one more try.
+                if _error_code(exc) != "INVALID_SESSION_ID":
+                    raise
+                return self._write(self._client(expired=client), update)
+
+    def _client(self, expired: Salesforce | None = None) -> Salesforce:
+        """A logged-in client; logs in again only if `expired` is still the current one (threads share it)."""
+        with self._login_lock:
+            if self._salesforce is None or self._salesforce is expired:
+                settings = self.settings
+                session_id, instance = SalesforceLogin(
+                    username=settings.username,
+                    password=settings.password.get_secret_value() if settings.password else None,
+                    consumer_key=settings.consumer_key,
+                    consumer_secret=settings.consumer_secret.get_secret_value(),
+                    domain=settings.domain,
+                    session=self.session,
+                )
+                # A client built from a session id leaves re-login to us: the
+                # library's own retry loop re-logs in up to three times per call.
+                self._salesforce = Salesforce(
+                    session_id=session_id, instance=instance, session=self.session, version=settings.api_version
+                )
+            return self._salesforce
+
+    def _write(self, client: Salesforce, update: CrmUpdate) -> SendResult:
+        key_field = self.settings.external_id_field
+        record_type = getattr(client, update.sobject)
+        answer = record_type.upsert(f"{key_field}/{quote(update.external_id, safe='')}", update.fields, raw_response=True)
+        created = answer.status_code == 201
+        record_id = answer.json()["id"] if answer.content else None
+        summary: dict[str, Any] = {"sobject": update.sobject, "record_id": record_id, "created": created}
+        if update.task is not None:
+            record = record_type.get_by_custom_id(key_field, update.external_id)
+            task = {**update.task, "WhoId": record["Id"], "OwnerId": record["OwnerId"]}
+            task_field = self.settings.task_external_id_field
+            task_answer = client.Task.upsert(f"{task_field}/{quote(update.task_key, safe='')}", task, raw_response=True)
+            summary["task_id"] = task_answer.json()["id"] if task_answer.content else None
+            record_id = record["Id"]
+        return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _error_code(exc: SalesforceError) -> str | None:
+    """The first errorCode of a REST error body: Salesforce answers a list of {message, errorCode, fields}."""
+    content = exc.content
+    if isinstance(content, list) and content and isinstance(content[0], dict):
+        return content[0].get("errorCode")
+    return None
+
+
+@contextmanager
+def _converted_errors() -> Iterator[None]:
+    """simple-salesforce's and requests' exceptions as ours, by Salesforce errorCode first, HTTP status second."""
+    try:
+        yield
+    except SalesforceAuthenticationFailed as exc:
+        # A login endpoint that is down answers non-JSON; the code is then its HTTP status.
+        outcome = RetryableDeliveryError if isinstance(exc.code, int) and exc.code >= 500 else AuthDeliveryError
+        raise outcome(DeliveryFailure(
+            error_class=f"salesforce.login.{exc.code}", message=f"Salesforce login refused: {exc.auth_message}",
+            provider_code=str(exc.code),
+        )) from exc
+    except SalesforceError as exc:
+        code = _error_code(exc)
+        outcome = SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(exc.status)
+        detail = exc.content[0].get("message") if code else exc.content
+        raise outcome(DeliveryFailure(
+            error_class=f"salesforce.{code or exc.status}",
+            message=f"Salesforce {exc.status} {code}: {detail}",
+            provider_code=code,
+            response_summary={"status": exc.status, "errorCode": code},
+        )) from exc
+    except requests.RequestException as exc:
+        raise RetryableDeliveryError(DeliveryFailure(
+            error_class=f"network.{type(exc).__name__}", message=f"could not reach Salesforce: {exc}"
+        )) from exc

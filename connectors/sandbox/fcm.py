@@ -1,0 +1,227 @@
+"""A fake of Firebase Cloud Messaging's HTTP v1 API and Google's OAuth token endpoint.
+
+`firebase-admin` talks to it unchanged: the service-account key the fake
+issues (`FakeFcm.service_account_key`) names the fake as its ``token_uri``,
+so google-auth signs a JWT with the key and exchanges it here for an access
+token; the FCM calls reach the fake through
+`connectors.destinations.requests_transport.VendorAdapter`.
+
+FCM behaviour reproduced here (https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode,
+https://developers.google.com/identity/protocols/oauth2/service-account#httprest):
+
+* The token endpoint takes ``grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer``
+  and an RS256 JWT whose ``iss`` is the service account, ``aud`` Google's
+  token endpoint and ``scope`` includes Firebase messaging; it refuses anything else with
+  400 ``invalid_grant`` / ``invalid_scope``.
+* Errors are ``{"error": {"code", "message", "status", "details"}}``; the FCM
+  reason is a ``google.firebase.fcm.v1.FcmError`` detail's ``errorCode``.
+* A token whose app was uninstalled is 404 ``UNREGISTERED``. A malformed token
+  is 400 ``INVALID_ARGUMENT`` with no field violation, exactly as FCM answers
+  it; a bad payload is 400 ``INVALID_ARGUMENT`` *with* a ``google.rpc.BadRequest``
+  field violation, which is how a sender tells the two apart.
+
+Injected faults apply to ``messages:send`` only, never to the token endpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import secrets
+import uuid
+from typing import Any
+from urllib.parse import parse_qs
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
+
+SANDBOX_PROJECT_ID = "touchhub-sandbox"
+JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+# google-auth always addresses its assertion to Google's token endpoint,
+# whatever token_uri it posts it to; Google checks exactly that audience.
+GOOGLE_TOKEN_AUDIENCE = "https://oauth2.googleapis.com/token"
+MESSAGING_SCOPES = {"https://www.googleapis.com/auth/firebase.messaging", "https://www.googleapis.com/auth/cloud-platform"}
+FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+CANONICAL_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
+                    429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
+REGISTRATION_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
+RESERVED_DATA_KEY = re.compile(r"^(from|message_type|google\..*|gcm\..*)$")
+
+
+class FakeFcm(RecordingFake):
+    """One fake Firebase project: its service accounts, access tokens, devices and sent messages.
+
+    Put tokens of uninstalled apps into `unregistered`; FCM answers them with
+    ``UNREGISTERED``. `expire_access_tokens` revokes every issued access token.
+    """
+
+    def __init__(self, project_id: str = SANDBOX_PROJECT_ID) -> None:
+        super().__init__()
+        self.project_id = project_id
+        self.unregistered: set[str] = set()
+        self._public_keys: dict[str, Any] = {}
+        self._access_tokens: set[str] = set()
+        self._messages: list[dict[str, Any]] = []
+        self.token_grants = 0
+
+    def service_account_key(self, token_uri: str, client_email: str | None = None) -> dict[str, Any]:
+        """A new service account's key file content, trusted by this fake only, whose token_uri is `token_uri`."""
+        private_key = _throwaway_rsa_key()
+        email = client_email or f"touchhub-{secrets.token_hex(4)}@{self.project_id}.iam.gserviceaccount.com"
+        with self._lock:
+            self._public_keys[email] = private_key.public_key()
+        pem = private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+        return {
+            "type": "service_account",
+            "project_id": self.project_id,
+            "private_key_id": secrets.token_hex(20),
+            "private_key": pem,
+            "client_email": email,
+            "client_id": str(secrets.randbelow(10**20)),
+            "auth_uri": "https://accounts.google.com/o/oauth2/auth",
+            "token_uri": token_uri,
+        }
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        """Accepted messages, oldest first: ``{"name", "message"}`` as FCM would deliver them."""
+        with self._lock:
+            return copy.deepcopy(self._messages)
+
+    def state(self) -> dict[str, Any]:
+        return {"token_grants": self.token_grants, "messages": self.messages}
+
+    def expire_access_tokens(self) -> None:
+        with self._lock:
+            self._access_tokens.clear()
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self._access_tokens.clear()
+            self._messages.clear()
+            self.unregistered.clear()
+            self.token_grants = 0
+
+    def _grant(self) -> str:
+        token = "ya29.sandbox-" + secrets.token_urlsafe(32)
+        with self._lock:
+            self._access_tokens.add(token)
+            self.token_grants += 1
+        return token
+
+    def _public_key(self, email: str) -> Any:
+        with self._lock:
+            return self._public_keys.get(email)
+
+    def _token_valid(self, token: str | None) -> bool:
+        with self._lock:
+            return token in self._access_tokens
+
+    def _store(self, message: dict[str, Any]) -> dict[str, Any]:
+        entry = {"name": f"projects/{self.project_id}/messages/{uuid.uuid4().int % 10**19}", "message": message}
+        with self._lock:
+            self._messages.append(entry)
+        return {"name": entry["name"]}
+
+
+@functools.cache
+def _throwaway_rsa_key() -> rsa.RSAPrivateKey:
+    """One RSA key per process for every sandbox service account: a fake needs no secrecy, tests need speed."""
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def fcm_error(status: int, message: str, error_code: str | None = None, violations: list[dict[str, str]] | None = None,
+              headers: dict[str, str] | None = None) -> Response:
+    details: list[dict[str, Any]] = []
+    if error_code:
+        details.append({"@type": FCM_ERROR_TYPE, "errorCode": error_code})
+    if violations:
+        details.append({"@type": BAD_REQUEST_TYPE, "fieldViolations": violations})
+    body = {"code": status, "message": message, "status": CANONICAL_STATUS.get(status, "UNKNOWN"), "details": details}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def create_app(fake: FakeFcm) -> Starlette:
+    """The ASGI app serving `fake`: the OAuth token endpoint, ``messages:send`` and ``/_sandbox/`` controls."""
+
+    async def token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        answer = grant(form)
+        fake._record({"method": "POST", "path": request.url.path, "json": {"grant_type": form.get("grant_type")},
+                      "status": answer.status_code, "fault": False})
+        return answer
+
+    def grant(form: dict[str, str]) -> Response:
+        if form.get("grant_type") != JWT_GRANT:
+            return oauth_error("unsupported_grant_type", "Invalid grant_type")
+        assertion = form.get("assertion", "")
+        try:
+            issuer = jwt.decode(assertion, options={"verify_signature": False}).get("iss", "")
+            public_key = fake._public_key(issuer)
+            if public_key is None:
+                return oauth_error("invalid_grant", "Invalid JWT Signature.")
+            claims = jwt.decode(assertion, public_key, algorithms=["RS256"], audience=GOOGLE_TOKEN_AUDIENCE)
+        except jwt.InvalidTokenError as exc:
+            return oauth_error("invalid_grant", f"Invalid JWT: {exc}")
+        if not MESSAGING_SCOPES & set(str(claims.get("scope", "")).split()):
+            return oauth_error("invalid_scope", "The JWT grants no Firebase messaging scope.")
+        return JSONResponse({"access_token": fake._grant(), "expires_in": 3599, "token_type": "Bearer"})
+
+    def send(project_id: str, access_token: str | None, body: Any) -> Response:
+        if not fake._token_valid(access_token):
+            return fcm_error(401, "Request had invalid authentication credentials. Expected OAuth 2 access token.")
+        if project_id != fake.project_id:
+            return fcm_error(403, f"Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager"
+                                  f".googleapis.com/projects/{project_id}' (or it may not exist).")
+        message = body.get("message") if isinstance(body, dict) else None
+        if not isinstance(message, dict):
+            return fcm_error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT",
+                             [{"field": "message", "description": "message is required"}])
+        if [key in message for key in ("token", "fid", "topic", "condition")].count(True) != 1:
+            return fcm_error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT",
+                             [{"field": "message", "description": "exactly one of token, fid, topic, condition"}])
+        for key in message.get("data") or {}:
+            if RESERVED_DATA_KEY.match(key):
+                return fcm_error(400, f"Invalid data payload key: {key}", "INVALID_ARGUMENT",
+                                 [{"field": "message.data", "description": f"Invalid data payload key: {key}"}])
+        device = message.get("token")
+        if device is not None and not REGISTRATION_TOKEN.fullmatch(str(device)):
+            return fcm_error(400, "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT")
+        if device in fake.unregistered:
+            return fcm_error(404, "Requested entity was not found.", "UNREGISTERED")
+        return JSONResponse(fake._store(message))
+
+    async def messages_send(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        fault = fake._next_fault()
+        if fault is not None:
+            response = await fault_answer(fault, lambda f, headers: fcm_error(f.status, f.message, f.code, headers=headers))
+        else:
+            response = send(request.path_params["project_id"], bearer_token(request), body)
+        fake._record({"method": "POST", "path": request.url.path, "json": body,
+                      "status": response.status_code, "fault": fault is not None})
+        return response
+
+    return Starlette(routes=[
+        Route("/token", token, methods=["POST"]),
+        Route("/v1/projects/{project_id}/messages:send", messages_send, methods=["POST"]),
+        *control_routes(fake, fake.state),
+    ])
+

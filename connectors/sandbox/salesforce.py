@@ -1,0 +1,315 @@
+"""A fake of Salesforce's OAuth token endpoint and sObject REST API that `simple-salesforce` talks to.
+
+The library reaches it through `connectors.destinations.requests_transport.VendorAdapter`
+mounted on the session it is given, so login, URL building and error parsing
+stay the library's own. The fake checks what Salesforce checks before writing
+a record, answers in Salesforce's JSON shapes, records every request and can
+be told to fail the next ones.
+
+Salesforce behaviour reproduced here
+(https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm,
+https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_password_flow.htm):
+
+* Login is OAuth 2.0 at ``/services/oauth2/token``: the username-password
+  grant (form fields) or the client-credentials grant (Basic auth). Failures
+  are HTTP 400 ``{"error", "error_description"}``; success names the
+  ``instance_url`` every later call goes to.
+* API errors are a JSON *list* of ``{"message", "errorCode", "fields"}``. An
+  expired or revoked session is 401 ``INVALID_SESSION_ID``; the org's daily
+  API limit is 403 ``REQUEST_LIMIT_EXCEEDED``.
+* Upsert is ``PATCH /sobjects/{type}/{externalIdField}/{value}``: 201 with
+  ``created: true`` for a new record, 200 with ``created: false`` for an
+  update (API v46.0 and later).
+* Record ids are 18 characters whose first three name the object type
+  (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User).
+
+Injected faults apply to ``/services/data`` calls only, never to login.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import re
+import secrets
+import string
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
+from connectors.sandbox.twilio import basic_credentials
+from hub.clock import utcnow
+
+SANDBOX_CONSUMER_KEY = "sandbox-consumer-key"
+SANDBOX_CONSUMER_SECRET = "sandbox-consumer-secret"
+SANDBOX_USERNAME = "integration@touchhub.example"
+SANDBOX_PASSWORD = "sandbox-password"
+SANDBOX_INSTANCE = "touchhub-sandbox.my.salesforce.com"
+
+ID_PREFIXES = {"Lead": "00Q", "Contact": "003", "Task": "00T", "User": "005", "Account": "001"}
+STANDARD_FIELDS = {
+    "Lead": {"FirstName", "LastName", "Company", "Email", "Phone", "MobilePhone", "LeadSource", "Status",
+             "Description", "Title", "OwnerId"},
+    "Contact": {"FirstName", "LastName", "Email", "Phone", "MobilePhone", "LeadSource", "Description", "Title",
+                "OwnerId", "AccountId"},
+    "Task": {"Subject", "Description", "Status", "Priority", "ActivityDate", "WhoId", "OwnerId", "Type"},
+}
+REQUIRED_ON_CREATE = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Task": ()}
+# Reference fields and the object types their ids may point at.
+REFERENCES = {"OwnerId": ("User",), "WhoId": ("Lead", "Contact"), "AccountId": ("Account",)}
+RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
+ID_ALPHABET = string.ascii_letters + string.digits
+
+
+@dataclass(frozen=True)
+class CustomField:
+    sobject: str
+    name: str
+    external_id: bool = False
+
+
+DEFAULT_CUSTOM_FIELDS = (
+    CustomField("Lead", "Touchhub_Profile_Id__c", external_id=True),
+    CustomField("Lead", "Touchhub_Intent__c"),
+    CustomField("Contact", "Touchhub_Profile_Id__c", external_id=True),
+    CustomField("Contact", "Touchhub_Intent__c"),
+    CustomField("Task", "Touchhub_Delivery_Id__c", external_id=True),
+)
+
+
+class FakeSalesforce(RecordingFake):
+    """One fake org: its connected app, integration user, live sessions and records.
+
+    Call `expire_sessions` to revoke every issued access token, as an admin or
+    a session timeout would; the next API call gets 401 ``INVALID_SESSION_ID``.
+    """
+
+    def __init__(self, custom_fields: tuple[CustomField, ...] = DEFAULT_CUSTOM_FIELDS) -> None:
+        super().__init__()
+        self.consumer_key = SANDBOX_CONSUMER_KEY
+        self.consumer_secret = SANDBOX_CONSUMER_SECRET
+        self.username = SANDBOX_USERNAME
+        self.password = SANDBOX_PASSWORD
+        self.instance_url = f"https://{SANDBOX_INSTANCE}"
+        self.fields = {sobject: set(names) for sobject, names in STANDARD_FIELDS.items()}
+        self.external_ids: dict[str, set[str]] = {sobject: set() for sobject in STANDARD_FIELDS}
+        for custom in custom_fields:
+            self.fields[custom.sobject].add(custom.name)
+            if custom.external_id:
+                self.external_ids[custom.sobject].add(custom.name)
+        self.owner_id = new_record_id("User")
+        self._sessions: set[str] = set()
+        self._records: dict[str, dict[str, dict[str, Any]]] = {sobject: {} for sobject in STANDARD_FIELDS}
+        self.logins = 0
+
+    def records(self, sobject: str) -> list[dict[str, Any]]:
+        """Records of one object type, oldest first, as a GET would return them."""
+        with self._lock:
+            return copy.deepcopy(list(self._records[sobject].values()))
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"logins": self.logins, "records": copy.deepcopy(self._records)}
+
+    def expire_sessions(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def reset(self) -> None:
+        super().reset()
+        with self._lock:
+            self._sessions.clear()
+            self.logins = 0
+            for records in self._records.values():
+                records.clear()
+
+    def _open_session(self) -> str:
+        token = "00D" + secrets.token_hex(8) + "!" + secrets.token_urlsafe(48)
+        with self._lock:
+            self._sessions.add(token)
+            self.logins += 1
+        return token
+
+    def _session_valid(self, token: str | None) -> bool:
+        with self._lock:
+            return token in self._sessions
+
+    def _find(self, sobject: str, field: str, value: str) -> dict[str, Any] | None:
+        with self._lock:
+            return next((r for r in self._records[sobject].values() if r.get(field) == value), None)
+
+    def _exists(self, record_id: str) -> bool:
+        with self._lock:
+            return any(record_id[:15] in {i[:15] for i in records} for records in self._records.values()) or (
+                record_id[:15] == self.owner_id[:15]
+            )
+
+    def _write(self, sobject: str, record_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            record = self._records[sobject].setdefault(
+                record_id, {"attributes": {"type": sobject}, "Id": record_id, "OwnerId": self.owner_id}
+            )
+            record.update(values)
+            record["LastModifiedDate"] = utcnow().strftime("%Y-%m-%dT%H:%M:%S.000+0000")
+            return copy.deepcopy(record)
+
+
+def new_record_id(sobject: str) -> str:
+    return ID_PREFIXES[sobject] + "5a" + "".join(secrets.choice(ID_ALPHABET) for _ in range(13))
+
+
+def salesforce_errors(status: int, code: str, message: str, fields: list[str] | None = None,
+                      headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse([{"message": message, "errorCode": code, "fields": fields or []}], status, headers)
+
+
+@dataclass(frozen=True)
+class _Call:
+    sobject: str
+    params: dict[str, str]
+    body: Any
+
+
+def create_app(fake: FakeSalesforce) -> Starlette:
+    """The ASGI app serving `fake`: login, sObject endpoints and ``/_sandbox/`` controls."""
+
+    def problem_with(sobject: str, data: Any, creating: bool) -> Response | None:
+        """Salesforce's checks on a record body, in its order: shape, fields, ids, required fields."""
+        if not isinstance(data, dict):
+            return salesforce_errors(400, "JSON_PARSER_ERROR", "The request body must be a JSON object")
+        for field, value in data.items():
+            if field not in fake.fields[sobject]:
+                return salesforce_errors(400, "INVALID_FIELD", f"No such column '{field}' on sobject of type {sobject}")
+            if field in REFERENCES and value is not None:
+                if not isinstance(value, str) or not RECORD_ID.fullmatch(value):
+                    return salesforce_errors(400, "MALFORMED_ID", f"{field}: id value of incorrect type: {value}", [field])
+                if value[:3] not in {ID_PREFIXES[t] for t in REFERENCES[field]} or not fake._exists(value):
+                    return salesforce_errors(
+                        400, "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}", [field]
+                    )
+        missing = [name for name in REQUIRED_ON_CREATE[sobject] if creating and not data.get(name)]
+        if missing:
+            return salesforce_errors(
+                400, "REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing
+            )
+        return None
+
+    def upsert(call: _Call) -> Response:
+        field, value = call.params["field"], call.params["value"]
+        if field not in fake.external_ids[call.sobject]:
+            return salesforce_errors(
+                404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}"
+            )
+        existing = fake._find(call.sobject, field, value)
+        if problem := problem_with(call.sobject, call.body, creating=existing is None):
+            return problem
+        record_id = existing["Id"] if existing else new_record_id(call.sobject)
+        fake._write(call.sobject, record_id, {**call.body, field: value})
+        result = {"id": record_id, "success": True, "errors": [], "created": existing is None}
+        return JSONResponse(result, status_code=200 if existing else 201)
+
+    def get_by_external_id(call: _Call) -> Response:
+        field = call.params["field"]
+        if field not in fake.external_ids[call.sobject]:
+            return salesforce_errors(
+                404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}"
+            )
+        record = fake._find(call.sobject, field, call.params["value"])
+        if record is None:
+            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        return JSONResponse(record)
+
+    def get_by_id(call: _Call) -> Response:
+        record_id = call.params["record_id"]
+        if not RECORD_ID.fullmatch(record_id):
+            return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
+        record = fake._find(call.sobject, "Id", record_id)
+        if record is None:
+            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        return JSONResponse(record)
+
+    def create(call: _Call) -> Response:
+        if problem := problem_with(call.sobject, call.body, creating=True):
+            return problem
+        record_id = new_record_id(call.sobject)
+        fake._write(call.sobject, record_id, call.body)
+        return JSONResponse({"id": record_id, "success": True, "errors": []}, status_code=201)
+
+    async def serve(request: Request, handler: Callable[[_Call], Response]) -> Response:
+        raw = await request.body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+        fault = fake._next_fault()
+        if fault is not None:
+            response = await fault_answer(
+                fault, lambda f, headers: salesforce_errors(f.status, f.code, f.message, headers=headers)
+            )
+        elif not fake._session_valid(bearer_token(request)):
+            response = salesforce_errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
+        elif (sobject := request.path_params["sobject"]) not in fake.fields:
+            response = salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        else:
+            response = handler(_Call(sobject, dict(request.path_params), body))
+        fake._record({
+            "method": request.method,
+            "path": request.url.path,
+            "json": body,
+            "status": response.status_code,
+            "fault": fault is not None,
+        })
+        return response
+
+    def api(handler: Callable[[_Call], Response]) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            return await serve(request, handler)
+
+        return endpoint
+
+    async def token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        grant = form.get("grant_type", "")
+        if grant == "password":
+            client = (form.get("client_id"), form.get("client_secret"))
+            user = (form.get("username"), form.get("password"))
+        elif grant == "client_credentials":
+            client, user = basic_credentials(request), (fake.username, fake.password)
+        else:
+            return oauth_error("unsupported_grant_type", "grant type not supported")
+        if client != (fake.consumer_key, fake.consumer_secret):
+            answer = oauth_error("invalid_client_id", "client identifier invalid")
+        elif user != (fake.username, fake.password):
+            answer = oauth_error("invalid_grant", "authentication failure")
+        else:
+            answer = JSONResponse({
+                "access_token": fake._open_session(),
+                "instance_url": fake.instance_url,
+                "id": f"https://login.salesforce.com/id/00D5a0000000001/{fake.owner_id}",
+                "token_type": "Bearer",
+                "issued_at": str(int(utcnow().timestamp() * 1000)),
+                "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
+            })
+        fake._record({"method": "POST", "path": request.url.path, "json": {"grant_type": grant},
+                      "status": answer.status_code, "fault": False})
+        return answer
+
+    data = "/services/data/v{version}/sobjects/{sobject}"
+    routes = [
+        Route("/services/oauth2/token", token, methods=["POST"]),
+        Route(f"{data}/", api(create), methods=["POST"]),
+        Route(f"{data}/{{record_id}}", api(get_by_id), methods=["GET"]),
+        Route(f"{data}/{{field}}/{{value}}", api(upsert), methods=["PATCH"]),
+        Route(f"{data}/{{field}}/{{value}}", api(get_by_external_id), methods=["GET"]),
+        *control_routes(fake, fake.state),
+    ]
+    return Starlette(routes=routes)
+

@@ -1,0 +1,148 @@
+"""CRM and push deliveries end to end: a real hub, real simple-salesforce and firebase-admin, the sandbox fakes."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from connectors.sandbox.providers import SandboxProviders
+from hub.api import create_app
+from hub.errors import ConfigError
+from hub.runtime import Hub
+from hub.serving import BackgroundServer
+from hub.settings import PROJECT_MAPPINGS
+from tests.conftest import RunningHub, make_settings, message
+
+PHONE_TOKEN = "cGhvbmUtdG9rZW46QVBBOTFiSGVuZDJlbmQwMDAwMDAwMDE"
+TABLET_TOKEN = "dGFibGV0LXRva2VuOkFQQTkxYkhlbmQyZW5kMDAwMDAwMDAy"
+RULES = """
+rules:
+  - id: cart_nudge
+    stage: decision
+    moment: cart_activity
+    urgency: immediate
+    when: {event: Cart Viewed}
+    respond:
+      - channel: push
+        template: cart_nudge.push.j2
+        params: {data: {screen: cart}}
+      - channel: crm
+        template: cart_nudge.crm.j2
+        params:
+          intent: cart_abandonment
+          task: {subject: Call about the abandoned cart, priority: High}
+"""
+PUSH_TEMPLATE = "{% block title %}Still thinking, {{ profile.first_name }}?{% endblock %}{% block body %}Your cart is saved.{% endblock %}"
+CRM_TEMPLATE = (
+    "{% block field_LastName %}{{ profile.last_name }}{% endblock %}"
+    "{% block field_Company %}{{ profile.company | default('[not provided]') }}{% endblock %}"
+    "{% block field_Email %}{{ profile.email }}{% endblock %}"
+    "{% block description %}{{ profile.first_name }} left a cart.{% endblock %}"
+)
+
+
+@pytest.fixture
+def hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[RunningHub]:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "triggers.yaml").write_text(RULES)
+    (mappings / "templates" / "cart_nudge.push.j2").write_text(PUSH_TEMPLATE)
+    (mappings / "templates" / "cart_nudge.crm.j2").write_text(CRM_TEMPLATE)
+    settings = make_settings(tmp_path, mappings_dir=mappings, **sandbox.settings_overrides())
+    running = Hub(settings)
+    with BackgroundServer(create_app(running)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield RunningHub(running, server.url, client, sandbox)
+
+
+def cart_viewed(hub: RunningHub, *tokens: str) -> dict[str, dict[str, Any]]:
+    """Ana uses one device per token, then views her cart; the deliveries by channel once the hub settles."""
+    traits = {"email": "ana@example.com", "first_name": "Ana", "last_name": "Silva"}
+    hub.send(message("identify", userId="u-ana", traits=traits),
+             *[message(userId="u-ana", event="App Opened", context={"device": {"token": t}}) for t in tokens],
+             message(userId="u-ana", event="Cart Viewed"))
+    hub.settle()
+    return {d["channel"]: d for d in hub.admin("/api/deliveries")["deliveries"]}
+
+
+def test_push_reaches_every_device_and_the_crm_gets_lead_intent_and_task(hub: RunningHub) -> None:
+    deliveries = cart_viewed(hub, PHONE_TOKEN, TABLET_TOKEN)
+
+    assert (deliveries["push"]["status"], deliveries["crm"]["status"]) == ("sent", "sent")
+    sent = hub.sandbox.fcm.messages
+    assert sorted(m["message"]["token"] for m in sent) == sorted([PHONE_TOKEN, TABLET_TOKEN])
+    assert sent[0]["message"]["notification"] == {"title": "Still thinking, Ana?", "body": "Your cart is saved."}
+    assert sent[0]["message"]["data"] == {"screen": "cart"}
+
+    [lead] = hub.sandbox.salesforce.records("Lead")
+    assert (lead["LastName"], lead["Company"], lead["Email"], lead["Touchhub_Intent__c"]) == (
+        "Silva", "[not provided]", "ana@example.com", "cart_abandonment"
+    )
+    assert lead["Touchhub_Profile_Id__c"] == deliveries["crm"]["profile_id"]
+    [task] = hub.sandbox.salesforce.records("Task")
+    assert (task["WhoId"], task["Subject"], task["Description"]) == (lead["Id"], "Call about the abandoned cart", "Ana left a cart.")
+    assert task["Touchhub_Delivery_Id__c"] == deliveries["crm"]["delivery_id"]
+    [crm_attempt] = deliveries["crm"]["attempt_log"]
+    assert crm_attempt["request_summary"]["fields"] == ["Company", "Email", "LastName", "Touchhub_Intent__c"]
+
+
+def test_push_quota_exceeded_is_retried_no_sooner_than_retry_after(hub: RunningHub) -> None:
+    hub.sandbox.fcm.fail_next(429, "QUOTA_EXCEEDED", retry_after=1)
+    push = cart_viewed(hub, PHONE_TOKEN)["push"]
+    assert push["status"] == "sent"
+    first, second = push["attempt_log"]
+    assert (first["outcome"], first["error_class"], second["outcome"]) == ("retryable", "fcm.QUOTA_EXCEEDED", "sent")
+    gap = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(first["started_at"])
+    assert gap.total_seconds() >= 1
+    assert len(hub.sandbox.fcm.messages) == 1
+
+
+def test_unregistered_token_fails_the_push_and_leaves_the_profile(hub: RunningHub) -> None:
+    hub.sandbox.fcm.unregistered.add(PHONE_TOKEN)
+    push = cart_viewed(hub, PHONE_TOKEN)["push"]
+    assert push["status"] == "failed"
+    [attempt] = push["attempt_log"]
+    assert (attempt["outcome"], attempt["error_class"]) == ("permanent", "fcm.UNREGISTERED")
+    profile = hub.admin(f"/api/profiles/{push['profile_id']}")
+    assert "push_token" not in profile["identifiers"]
+    assert profile["identifiers"]["email"] == ["ana@example.com"]
+    [detached] = hub.admin(f"/api/profiles/{push['profile_id']}/explain")["detached"]
+    assert detached["identifiers"] == [["push_token", PHONE_TOKEN]]
+    assert detached["rule"] == "FCM reported the token unregistered"
+
+
+def test_salesforce_limit_then_expired_session_still_delivers_once(hub: RunningHub) -> None:
+    hub.sandbox.salesforce.fail_next(403, "REQUEST_LIMIT_EXCEEDED", message="TotalRequests Limit exceeded.")
+    hub.sandbox.salesforce.fail_next(401, "INVALID_SESSION_ID", message="Session expired or invalid")
+    crm = cart_viewed(hub, PHONE_TOKEN)["crm"]
+    assert crm["status"] == "sent"
+    assert [(a["outcome"], a["error_class"]) for a in crm["attempt_log"]] == [
+        ("retryable", "salesforce.REQUEST_LIMIT_EXCEEDED"), ("sent", None)
+    ]
+    assert hub.sandbox.salesforce.logins == 2  # the second attempt logged in again after INVALID_SESSION_ID
+    assert (len(hub.sandbox.salesforce.records("Lead")), len(hub.sandbox.salesforce.records("Task"))) == (1, 1)
+
+
+def test_bad_salesforce_and_fcm_settings_are_reported_together(tmp_path: Path) -> None:
+    not_a_key = tmp_path / "key.json"
+    not_a_key.write_text('{"type": "authorized_user"}')
+    with pytest.raises(ConfigError) as bad:
+        Hub(make_settings(tmp_path, salesforce_consumer_key="key", salesforce_username="api@example.com",
+                          fcm_credentials_file=not_a_key))
+    assert [problem.split(":")[0] for problem in bad.value.problems] == ["HUB_SALESFORCE_*", str(not_a_key)]
+    assert "username and password" in bad.value.problems[0]
+    with pytest.raises(ConfigError, match="HUB_FCM_\\*: credentials_file: Path does not point to a file"):
+        Hub(make_settings(tmp_path, fcm_credentials_file=tmp_path / "missing.json"))
+
+
+def test_salesforce_object_and_field_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as bad:
+        Hub(make_settings(tmp_path, salesforce_consumer_key="key", salesforce_username="api@example.com",
+                          salesforce_password="secret", salesforce_sobject="Opportunity",
+                          salesforce_external_id_field="Profile Id/../x"))
+    assert [problem.split(":")[1].strip() for problem in bad.value.problems] == ["sobject", "external_id_field"]

@@ -1,0 +1,238 @@
+"""The Salesforce destination with the real simple-salesforce library against the fake org."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+import httpx
+import pytest
+import requests
+from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.exceptions import SalesforceMalformedRequest
+
+from connectors.destinations.requests_transport import VendorAdapter
+from connectors.destinations.salesforce import SALESFORCE_ORIGIN, SalesforceDestination
+from connectors.sandbox.salesforce import FakeSalesforce, create_app
+from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from hub.model import Delivery
+from hub.serving import BackgroundServer
+
+PROFILE_ID = "01JDQ7Y8K3M2N4P5Q6R7S8T9V0"
+PARAMS = {
+    "intent": "support_request",
+    "fields": {"LeadSource": "Touchpoint Hub"},
+    "task": {"subject": "Customer opened a ticket after buying", "priority": "High"},
+}
+CONTENT = {"body": "Ana opened a ticket.", "field_LastName": "Silva", "field_Company": "[not provided]",
+           "field_Email": "", "params": PARAMS}
+
+
+@pytest.fixture(scope="module")
+def fake() -> FakeSalesforce:
+    return FakeSalesforce()
+
+
+@pytest.fixture(scope="module")
+def server(fake: FakeSalesforce) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(fake)) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh(fake: FakeSalesforce) -> None:
+    fake.reset()
+
+
+def destination(server: BackgroundServer, fake: FakeSalesforce, **overrides: Any) -> SalesforceDestination:
+    config = SalesforceDestination.validate_config("test", {
+        "consumer_key": fake.consumer_key, "consumer_secret": fake.consumer_secret,
+        "username": fake.username, "password": fake.password, "api_base_url": server.url,
+        "timeout_seconds": 2, **overrides,
+    })
+    return SalesforceDestination("salesforce", config)
+
+
+@pytest.fixture
+def crm(server: BackgroundServer, fake: FakeSalesforce) -> Iterator[SalesforceDestination]:
+    built = destination(server, fake)
+    yield built
+    built.close()
+
+
+def delivery(content: dict[str, Any] = CONTENT, delivery_id: str = "dlv-1") -> Delivery:
+    return Delivery(delivery_id, "salesforce", "crm", PROFILE_ID, content, 0, datetime.now(timezone.utc))
+
+
+def test_first_send_creates_the_lead_and_an_owner_task(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    result = crm.send(delivery())
+
+    [lead] = fake.records("Lead")
+    assert {k: lead[k] for k in ("LastName", "Company", "LeadSource", "Touchhub_Intent__c", "Touchhub_Profile_Id__c")} == {
+        "LastName": "Silva", "Company": "[not provided]", "LeadSource": "Touchpoint Hub",
+        "Touchhub_Intent__c": "support_request", "Touchhub_Profile_Id__c": PROFILE_ID,
+    }
+    assert "Email" not in lead  # an empty block never blanks a CRM field
+    [task] = fake.records("Task")
+    assert (task["WhoId"], task["OwnerId"], task["Subject"], task["Priority"]) == (
+        lead["Id"], fake.owner_id, "Customer opened a ticket after buying", "High"
+    )
+    assert (task["Description"], task["Touchhub_Delivery_Id__c"]) == ("Ana opened a ticket.", "dlv-1")
+    assert result.provider_message_id == lead["Id"]
+    assert result.response_summary == {"sobject": "Lead", "record_id": lead["Id"], "created": True, "task_id": task["Id"]}
+    assert [(r["method"], r["path"].split("/sobjects/")[-1], r["status"]) for r in fake.requests] == [
+        ("POST", "/services/oauth2/token", 200),
+        ("PATCH", f"Lead/Touchhub_Profile_Id__c/{PROFILE_ID}", 201),
+        ("GET", f"Lead/Touchhub_Profile_Id__c/{PROFILE_ID}", 200),
+        ("PATCH", "Task/Touchhub_Delivery_Id__c/dlv-1", 201),
+    ]
+    assert fake.requests[1]["path"].startswith("/services/data/v59.0/")
+
+
+def test_resending_updates_the_same_records(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    crm.send(delivery())
+    again = crm.send(delivery({**CONTENT, "params": {**PARAMS, "intent": "churn_risk"}}))
+    [lead] = fake.records("Lead")
+    assert (lead["Touchhub_Intent__c"], again.response_summary["created"]) == ("churn_risk", False)
+    assert len(fake.records("Task")) == 1
+    assert fake.logins == 1  # the session is reused
+
+
+def test_contact_without_task_is_one_upsert(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    crm.send(delivery({"body": "", "field_LastName": "Silva", "params": {"sobject": "Contact", "intent": "vip"}}))
+    assert [c["Touchhub_Intent__c"] for c in fake.records("Contact")] == ["vip"]
+    assert (fake.records("Lead"), fake.records("Task")) == ([], [])
+
+
+def test_expired_session_logs_in_again_and_retries_once(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    crm.send(delivery())
+    fake.expire_sessions()
+    crm.send(delivery(delivery_id="dlv-2"))
+    assert fake.logins == 2
+    statuses = [r["status"] for r in fake.requests]
+    assert statuses[4:] == [401, 200, 200, 200, 201]  # refused, login, then the whole write again
+    assert len(fake.records("Task")) == 2
+
+
+def test_session_refused_again_after_login_is_an_auth_failure(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    fake.fail_next(401, "INVALID_SESSION_ID", message="Session expired or invalid", times=2)
+    with pytest.raises(AuthDeliveryError) as refused:
+        crm.send(delivery())
+    assert refused.value.failure.error_class == "salesforce.INVALID_SESSION_ID"
+    assert fake.logins == 2
+    assert fake.records("Lead") == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(403, "REQUEST_LIMIT_EXCEEDED"), (503, "SERVER_UNAVAILABLE"), (500, "UNKNOWN_EXCEPTION"), (502, "BAD_GATEWAY"),
+     (400, "UNABLE_TO_LOCK_ROW")],
+)
+def test_limits_and_server_errors_are_retryable(crm: SalesforceDestination, fake: FakeSalesforce, status: int, code: str) -> None:
+    fake.fail_next(status, code)
+    with pytest.raises(RetryableDeliveryError) as failed:
+        crm.send(delivery())
+    assert (failed.value.failure.error_class, failed.value.failure.provider_code) == (f"salesforce.{code}", code)
+    assert fake.records("Lead") == []
+    crm.send(delivery())
+    assert len(fake.records("Lead")) == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "code"),
+    [
+        ({**CONTENT, "params": {**PARAMS, "fields": {"Shoe_Size__c": 42}}}, "INVALID_FIELD"),
+        ({**CONTENT, "field_OwnerId": "not-an-id"}, "MALFORMED_ID"),
+        ({**CONTENT, "field_OwnerId": "005" + "0" * 15}, "INVALID_CROSS_REFERENCE_KEY"),
+        ({"body": "", "params": {"intent": "x"}}, "REQUIRED_FIELD_MISSING"),
+    ],
+)
+def test_records_salesforce_refuses_are_permanent(
+    crm: SalesforceDestination, fake: FakeSalesforce, content: dict[str, Any], code: str
+) -> None:
+    with pytest.raises(PermanentDeliveryError) as refused:
+        crm.send(delivery(content))
+    assert (refused.value.failure.error_class, refused.value.failure.response_summary["status"]) == (f"salesforce.{code}", 400)
+    assert fake.records("Lead") == []
+
+
+@pytest.mark.parametrize(("status", "code", "outcome"), [
+    (400, "FIELD_CUSTOM_VALIDATION_EXCEPTION", PermanentDeliveryError),
+    (400, "STRING_TOO_LONG", PermanentDeliveryError),
+    (403, "INSUFFICIENT_ACCESS_OR_READONLY", AuthDeliveryError),
+    (403, "API_DISABLED_FOR_ORG", AuthDeliveryError),
+])
+def test_org_rules_and_permissions_are_never_retried(
+    crm: SalesforceDestination, fake: FakeSalesforce, status: int, code: str, outcome: type
+) -> None:
+    fake.fail_next(status, code)
+    with pytest.raises(outcome) as refused:
+        crm.send(delivery())
+    assert refused.value.failure.provider_code == code
+
+
+def test_malformed_params_are_permanent_before_any_request(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    bad = {"body": "", "params": {"fields": ["LastName"], "task": {"priority": "Urgent"}}}
+    with pytest.raises(PermanentDeliveryError) as refused:
+        crm.send(delivery(bad))
+    message = refused.value.failure.message
+    assert "params.fields" in message and "params.task.subject" in message and "params.task.priority" in message
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize(("override", "code"), [
+    ({"consumer_secret": "wrong"}, "invalid_client_id"), ({"password": "wrong"}, "invalid_grant"),
+])
+def test_refused_login_is_an_auth_failure(
+    server: BackgroundServer, fake: FakeSalesforce, override: dict[str, str], code: str
+) -> None:
+    crm = destination(server, fake, **override)
+    with pytest.raises(AuthDeliveryError) as refused:
+        crm.send(delivery())
+    assert refused.value.failure.error_class == f"salesforce.login.{code}"
+    assert [r["path"] for r in fake.requests] == ["/services/oauth2/token"]
+
+
+def test_client_credentials_flow_logs_in_on_a_my_domain(server: BackgroundServer, fake: FakeSalesforce) -> None:
+    crm = destination(server, fake, username=None, password=None, domain="touchhub-sandbox.my")
+    crm.send(delivery())
+    assert fake.logins == 1 and len(fake.records("Lead")) == 1
+    with pytest.raises(ValueError, match="My Domain"):
+        SalesforceDestination.Config(consumer_key="k", consumer_secret="s")
+
+
+def test_a_slow_answer_times_out_as_retryable(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    fake.fail_next(503, "SERVER_UNAVAILABLE", delay_seconds=3)
+    with pytest.raises(RetryableDeliveryError) as slow:
+        crm.send(delivery())
+    assert slow.value.failure.error_class == "network.ReadTimeout"
+
+
+def test_unreachable_salesforce_is_retryable(fake: FakeSalesforce) -> None:
+    with BackgroundServer(create_app(fake)) as gone:
+        url = gone.url
+    crm = destination(gone, fake, api_base_url=url)
+    with pytest.raises(RetryableDeliveryError) as down:
+        crm.send(delivery())
+    assert down.value.failure.error_class == "network.ConnectionError"
+
+
+def test_library_calls_reach_the_fake_and_other_hosts_are_refused(server: BackgroundServer, fake: FakeSalesforce) -> None:
+    session = requests.Session()
+    session.mount("https://", VendorAdapter(SALESFORCE_ORIGIN, 2, server.url))
+    session_id, instance = SalesforceLogin(
+        username=fake.username, password=fake.password, consumer_key=fake.consumer_key,
+        consumer_secret=fake.consumer_secret, session=session,
+    )
+    sf = Salesforce(session_id=session_id, instance=instance, session=session)
+    created = sf.Lead.create({"LastName": "Silva", "Company": "Acme"})
+    assert sf.Lead.get(created["id"])["LastName"] == "Silva"
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        sf.Lead.create({"LastName": "Silva"})
+    assert refused.value.content == [
+        {"message": "Required fields are missing: [Company]", "errorCode": "REQUIRED_FIELD_MISSING", "fields": ["Company"]}
+    ]
+    with pytest.raises(ValueError, match="example.com"):
+        session.get("https://example.com/services/data")
+    assert httpx.get(f"{server.url}/_sandbox/state").json()["logins"] == 1
