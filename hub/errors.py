@@ -5,6 +5,7 @@
     └── HubError
         ├── IngestError                the request is at fault; answered with a 4xx
         │   ├── AuthenticationError    401: missing or wrong write key / signature
+        │   ├── ForbiddenError         403: a provider callback whose signature does not match
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
@@ -63,6 +64,10 @@ class AuthenticationError(IngestError):
     status_code = 401
 
 
+class ForbiddenError(IngestError):
+    status_code = 403
+
+
 class PayloadTooLargeError(IngestError):
     status_code = 413
 
@@ -82,8 +87,9 @@ class DeliveryFailure:
     error_class: str
     message: str
     provider_code: str | None = None
-    retry_after: float | None = None
+    retry_after: float | None = None  # seconds the provider asked us to wait (Retry-After); the policy honours it
     response_summary: dict[str, Any] = field(default_factory=dict)
+    revokes_consent: bool = False  # the provider says the recipient opted out (Twilio 21610): stop the channel
 
 
 class DeliveryError(HubError):

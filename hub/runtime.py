@@ -16,11 +16,11 @@ import structlog
 
 from connectors.base import Destination, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
+from hub.delivery_policy import PolicyBook, load_policy_file
 from hub.errors import AuthenticationError, ConfigError
 from hub.mapping import Mapping as SourceMapping
 from hub.mapping import load_mapping
 from hub.pipeline import Pipeline, PipelineConfig
-from hub.retry import RetryPolicy
 from hub.routing import Router, load_routes
 from hub.rules import RuleSpec, load_rules
 from hub.settings import HubSettings
@@ -47,9 +47,10 @@ class Hub:
         self.rules: list[RuleSpec] = _collect(problems, lambda: load_rules(settings.mappings_dir / "triggers.yaml")) or []
         self.router = _collect(problems, lambda: self._build_router())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
+        policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
         if problems:
             raise ConfigError(problems)
-        assert self.router is not None
+        assert self.router is not None and policy_file is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.pipeline_wake = threading.Event()
@@ -61,13 +62,7 @@ class Hub:
             deliveries_planned=self.delivery_wake,
         )
         self.delivery = DeliveryEngine(
-            self.store, self.destinations,
-            RetryPolicy(
-                max_attempts=settings.delivery_max_attempts,
-                max_age=timedelta(seconds=settings.delivery_max_age_seconds),
-                base_delay=settings.retry_base_delay_seconds,
-                max_delay=settings.retry_max_delay_seconds,
-            ),
+            self.store, self.destinations, PolicyBook(policy_file, settings),
             batch_size=settings.worker_batch_size, lease=lease,
         )
         self._workers = [
@@ -139,6 +134,7 @@ class Hub:
                 "from_number": settings.twilio_from_number,
                 "api_base_url": settings.twilio_api_base_url,
                 "timeout_seconds": settings.send_timeout_seconds,
+                "status_callback_url": settings.public_url(f"/v1/callbacks/{DEFAULT_SMS_DESTINATION_ID}"),
             },
         )
         return {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}

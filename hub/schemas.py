@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from hub.delivery_policy import DeliveryPolicyFile
 from hub.mapping import MappingSpec
 from hub.routing import RoutesFile
 from hub.rules import RuleFile
@@ -20,6 +21,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "mapping.schema.json": MappingSpec,
     "triggers.schema.json": RuleFile,
     "routes.schema.json": RoutesFile,
+    "delivery.schema.json": DeliveryPolicyFile,
 }
 
 

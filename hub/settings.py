@@ -25,6 +25,9 @@ class HubSettings(BaseSettings):
     mappings_dir: Path = Field(PROJECT_MAPPINGS, description="Folder of mapping, trigger and route YAML.")
     host: str = "127.0.0.1"
     port: int = 8000
+    public_base_url: str | None = Field(
+        None, description="How providers and recipients reach this hub (callbacks, unsubscribe links); default http://host:port."
+    )
 
     default_write_key: SecretStr = SecretStr(DEVELOPMENT_WRITE_KEY)
     admin_token: SecretStr = SecretStr(DEVELOPMENT_ADMIN_TOKEN)
@@ -43,6 +46,8 @@ class HubSettings(BaseSettings):
     retry_base_delay_seconds: float = Field(1.0, gt=0)
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
+    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive retryable failures that open a destination's circuit.")
+    breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
 
     worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
@@ -55,6 +60,11 @@ class HubSettings(BaseSettings):
     def with_overrides(self, **values: object) -> "HubSettings":
         """A validated copy with some values replaced (``model_copy`` would skip validation)."""
         return type(self).model_validate({**self.model_dump(), **values})
+
+    def public_url(self, path: str) -> str:
+        """The absolute URL of `path` on this hub as seen from outside, for providers and recipients."""
+        base = self.public_base_url or f"http://{self.host}:{self.port}"
+        return base.rstrip("/") + path
 
     def uses_development_credentials(self) -> bool:
         return (

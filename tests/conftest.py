@@ -14,7 +14,7 @@ import pytest
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
 from hub.runtime import Hub
-from hub.serving import BackgroundServer
+from hub.serving import BackgroundServer, bind_socket, socket_url
 from hub.settings import HubSettings
 
 WRITE_KEY = "test-write-key"
@@ -64,8 +64,10 @@ def running_hub(tmp_path: Path, sandbox: SandboxProviders, request: pytest.Fixtu
     """A hub with workers, served over HTTP; mark a test `@pytest.mark.hub_settings(key=value)` to change settings."""
     marker = request.node.get_closest_marker("hub_settings")
     overrides = dict(marker.kwargs) if marker else {}
-    hub = Hub(make_settings(tmp_path, **{**sandbox.settings_overrides(), **overrides}))
-    with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    sock = bind_socket()  # bound first: callbacks and unsubscribe links need the hub's URL in its settings
+    settings = {**sandbox.settings_overrides(), "public_base_url": socket_url(sock), **overrides}
+    hub = Hub(make_settings(tmp_path, **settings))
+    with BackgroundServer(create_app(hub), sock=sock) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(hub, server.url, client, sandbox)
 
 

@@ -10,13 +10,16 @@ from typing import Any
 
 from sqlalchemy import Connection, desc, func, insert, or_, select, update
 
-from hub.model import Delivery, PlannedDelivery
+from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
 from hub.store import sql
 from hub.store.schema import attempts, deliveries
 from hub.store.sql import insert_ignoring_conflicts
 
 DUE_STATUSES = ("pending", "retrying")
+REPLAYABLE_STATUSES = ("dead", "failed")
+# Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
+SETTLED_STATUSES = ("delivered", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,8 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
     query = (
         select(
             deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
-            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at,
+            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
+            deliveries.c.retry_from_attempt, deliveries.c.retry_from,
         )
         .where(
             deliveries.c.status.in_(DUE_STATUSES),
@@ -71,6 +75,13 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
     )
     rows = sql.claim(connection, query, deliveries, deliveries.c.delivery_id, claimed_until=now + lease)
     return [Delivery(*row) for row in rows]
+
+
+def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
+    """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
+    connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(next_attempt_at=until, claimed_until=None)
+    )
 
 def record_attempt(
     connection: Connection,
@@ -97,6 +108,65 @@ def record_attempt(
     connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery.delivery_id).values(**values))
 
 
+def replay(connection: Connection, delivery_id: str, now: datetime) -> str | None:
+    """Queue a dead or failed delivery again with a fresh retry budget.
+
+    Returns the status the delivery had (the caller tells "replayed" from "not
+    replayable" by it), or None when there is no such delivery. Attempt
+    numbers keep counting, so the log shows the replayed attempts after the
+    old ones.
+    """
+    row = connection.execute(
+        select(deliveries.c.status, deliveries.c.attempts).where(deliveries.c.delivery_id == delivery_id)
+    ).first()
+    if row is None:
+        return None
+    if row.status in REPLAYABLE_STATUSES:
+        connection.execute(
+            update(deliveries)
+            .where(deliveries.c.delivery_id == delivery_id)
+            .values(
+                status="pending", next_attempt_at=now, claimed_until=None, updated_at=now,
+                retry_from_attempt=row.attempts, retry_from=now,
+            )
+        )
+    return row.status
+
+
+def ids_with_status(connection: Connection, status: str, destination_id: str | None = None) -> list[str]:
+    """Delivery ids in `status`, oldest first, optionally of one destination (bulk replay)."""
+    query = select(deliveries.c.delivery_id).where(deliveries.c.status == status).order_by(deliveries.c.created_at)
+    if destination_id:
+        query = query.where(deliveries.c.destination_id == destination_id)
+    return list(connection.execute(query).scalars())
+
+
+def apply_provider_status(
+    connection: Connection, destination_id: str, report: ProviderStatus, now: datetime
+) -> dict[str, Any] | None:
+    """Record a provider's status for the delivery it sent as `report.provider_message_id`.
+
+    Returns the delivery's id, profile and channel, or None when no delivery of
+    this destination has that provider id.
+    """
+    row = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel).where(
+            deliveries.c.destination_id == destination_id,
+            deliveries.c.provider_message_id == report.provider_message_id,
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.status not in SETTLED_STATUSES:
+        values: dict[str, Any] = {"provider_status": report.provider_status, "updated_at": now}
+        if report.final_status:
+            values["status"] = report.final_status
+        if report.error:
+            values["last_error"] = mask_text(report.error)
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
+    return dict(row._mapping)
+
+
 def search(
     connection: Connection,
     *,
@@ -104,15 +174,27 @@ def search(
     profile_id: str | None = None,
     status: str | None = None,
     channel: str | None = None,
+    destination_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """The delivery log, newest first, each delivery with its attempts; recipients are masked."""
+    """The delivery log, newest first, each delivery with its attempts; recipients are masked.
+
+    `since` (inclusive) and `until` (exclusive) bound when the delivery was planned.
+    """
     query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
-    if profile_id:
-        query = query.where(deliveries.c.profile_id == profile_id)
-    if status:
-        query = query.where(deliveries.c.status == status)
-    if channel:
-        query = query.where(deliveries.c.channel == channel)
+    for column, wanted in (
+        (deliveries.c.profile_id, profile_id),
+        (deliveries.c.status, status),
+        (deliveries.c.channel, channel),
+        (deliveries.c.destination_id, destination_id),
+    ):
+        if wanted:
+            query = query.where(column == wanted)
+    if since is not None:
+        query = query.where(deliveries.c.created_at >= since)
+    if until is not None:
+        query = query.where(deliveries.c.created_at < until)
     found = [dict(row) for row in connection.execute(query).mappings()]
     by_delivery: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if found:
@@ -125,7 +207,8 @@ def search(
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
         item["target"] = mask_text(item["target"])
-        item.pop("claimed_until", None)
+        for internal in ("claimed_until", "retry_from_attempt", "retry_from"):
+            item.pop(internal, None)
         item["attempt_log"] = by_delivery[item["delivery_id"]]
     return found
 
