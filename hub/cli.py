@@ -13,6 +13,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from hub.cli_deliveries import app as deliveries_app
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.settings import PROJECT_MAPPINGS, HubSettings
@@ -26,6 +27,7 @@ app = typer.Typer(
 )
 connectors_app = typer.Typer(help="Inspect installed source and destination connectors.", no_args_is_help=True)
 app.add_typer(connectors_app, name="connectors")
+app.add_typer(deliveries_app, name="deliveries")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
