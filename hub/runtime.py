@@ -17,6 +17,7 @@ import structlog
 from connectors.base import Destination, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import PolicyBook, load_policy_file
+from hub.destination_settings import webhook_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.mapping import Mapping as SourceMapping
 from hub.mapping import load_mapping
@@ -137,7 +138,10 @@ class Hub:
                 "status_callback_url": settings.public_url(f"/v1/callbacks/{DEFAULT_SMS_DESTINATION_ID}"),
             },
         )
-        return {DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config)}
+        return {
+            DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config),
+            **webhook_destinations(self.registry, settings),
+        }
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

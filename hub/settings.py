@@ -41,6 +41,14 @@ class HubSettings(BaseSettings):
         None, description="Send Twilio API calls here instead of https://api.twilio.com (sandbox, proxy)."
     )
 
+    outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
+    outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset: none.")
+    chat_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    webhook_allowed_networks: str = Field(
+        "", description="Comma-separated non-public networks webhooks may reach (SSRF guard), e.g. 127.0.0.1,10.0.0.0/8."
+    )
+
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
     retry_base_delay_seconds: float = Field(1.0, gt=0)
