@@ -41,3 +41,25 @@ def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str,
     if problems:
         raise ConfigError(problems)
     return built
+
+
+def email_destination(registry: Registry, settings: HubSettings) -> dict[str, Destination]:
+    """`email_smtp`, always built: its defaults point at a local relay, as Twilio's point at the sandbox."""
+    connector = registry.destinations["email_smtp"]
+    config = connector.validate_config(
+        "HUB_SMTP_* / HUB_EMAIL_FROM / HUB_UNSUBSCRIBE_*",
+        {
+            "host": settings.smtp_host,
+            "port": settings.smtp_port,
+            "tls": settings.smtp_tls,
+            "username": settings.smtp_username,
+            "password": settings.smtp_password,
+            "ca_file": settings.smtp_ca_file,
+            "from_address": settings.email_from,
+            "unsubscribe_url": settings.public_url("/v1/unsubscribe"),
+            "unsubscribe_secret": settings.unsubscribe_secret,
+            "unsubscribe_link_days": settings.unsubscribe_link_days,
+            "timeout_seconds": settings.send_timeout_seconds,
+        },
+    )
+    return {"email_smtp": connector("email_smtp", config)}

@@ -17,7 +17,7 @@ import structlog
 from connectors.base import Destination, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import PolicyBook, load_policy_file
-from hub.destination_settings import webhook_destinations
+from hub.destination_settings import email_destination, webhook_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.mapping import Mapping as SourceMapping
 from hub.mapping import load_mapping
@@ -141,6 +141,7 @@ class Hub:
         return {
             DEFAULT_SMS_DESTINATION_ID: twilio(DEFAULT_SMS_DESTINATION_ID, config),
             **webhook_destinations(self.registry, settings),
+            **email_destination(self.registry, settings),
         }
 
 

@@ -41,6 +41,18 @@ class HubSettings(BaseSettings):
         None, description="Send Twilio API calls here instead of https://api.twilio.com (sandbox, proxy)."
     )
 
+    smtp_host: str = Field("127.0.0.1", description="SMTP relay of the email destination.")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_tls: str = Field("none", pattern="^(none|starttls|tls)$", description="none, starttls (587) or tls (465).")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
+    email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
+    unsubscribe_secret: SecretStr = Field(
+        SecretStr("dev-unsubscribe-secret"), description="Signs unsubscribe links; changing it voids links already sent."
+    )
+    unsubscribe_link_days: int = Field(90, ge=1, description="How long an unsubscribe link keeps working.")
+
     outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
     outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
     chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset: none.")

@@ -38,12 +38,14 @@ def test_segment_sdk_journey_ends_in_one_sms(running_hub: RunningHub) -> None:
     assert sms["from"] == running_hub.hub.settings.twilio_from_number
     assert sms["body"].startswith("Hi Jane,") and "https://help.example.com/orders" in sms["body"]
 
-    [delivery] = running_hub.admin("/api/deliveries", profile_id=profile["profile_id"])["deliveries"]
+    [delivery] = running_hub.admin("/api/deliveries", profile_id=profile["profile_id"], channel="sms")["deliveries"]
     assert delivery["status"] == "sent" and delivery["channel"] == "sms"
     assert delivery["provider_message_id"] == sms["sid"]
     assert delivery["target"] == "+1******0142"
     [attempt] = delivery["attempt_log"]
     assert attempt["outcome"] == "sent" and attempt["request_summary"]["to"] == "+1******0142"
+    [email] = running_hub.sandbox.smtp.received
+    assert email.rcpt_tos == ["jane@example.com"] and email.message["Subject"] == "Help with your order"
 
 
 def test_rudderstack_sdk_gzipped_batches_are_accepted(running_hub: RunningHub) -> None:

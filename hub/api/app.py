@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import hub
-from hub.api import admin, callbacks, ingest
+from hub.api import admin, callbacks, ingest, unsubscribe
 from hub.api.auth import AdminAuth
 from hub.errors import IngestError
 from hub.runtime import Hub
@@ -39,6 +39,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     app.state.hub = hub_instance
     app.include_router(ingest.router)
     app.include_router(callbacks.router)
+    app.include_router(unsubscribe.router)
     app.include_router(
         admin.router, dependencies=[Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
     )
