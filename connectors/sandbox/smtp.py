@@ -86,7 +86,8 @@ class FakeSmtp:
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
         given = (auth_data.login.decode(), auth_data.password.decode()) if isinstance(auth_data, LoginPassword) else None
-        return AuthResult(success=given == self.credentials)
+        # handled=False: aiosmtpd itself answers a refusal with 535 (it defaults to True, "already answered").
+        return AuthResult(success=given == self.credentials, handled=False, auth_data=auth_data)
 
 
 class _BoundController(Controller):
