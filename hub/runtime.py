@@ -64,7 +64,7 @@ class Hub:
         )
         self.delivery = DeliveryEngine(
             self.store, self.destinations, PolicyBook(policy_file, settings),
-            batch_size=settings.worker_batch_size, lease=lease,
+            batch_size=settings.worker_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
         self._workers = [
             Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),

@@ -35,6 +35,7 @@ from hub.retry import outcome_for_status, parse_retry_after
 
 SECRET_PREFIX = "whsec_"
 RESPONSE_EXCERPT_CHARS = 200
+MAX_CONNECTIONS = 128
 CONTENT_KEYS = ("template", "rule_id", "params")  # the rest of a delivery's content is rendered message parts
 
 
@@ -88,7 +89,9 @@ class OutboundWebhookDestination(Destination):
         self.settings = config
         self._key = signing_key(config.secret.get_secret_value())
         self._guard = SsrfGuard(config.allowed_networks)
-        self._client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False)
+        # As many kept-alive connections as the delivery engine has send threads, so none is re-opened per send.
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+        self._client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False, limits=limits)
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
         """The event body; `params.type` in the rule's action overrides the event type."""

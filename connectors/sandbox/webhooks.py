@@ -4,7 +4,8 @@ It stands in for a chat widget's backend or a CDP's audience endpoint. It
 keeps every request as received (raw body and headers), so tests check the
 Standard Webhooks signature with an independent implementation, and it can
 be told to answer the next requests with an error (and Retry-After) or to
-take a while to answer (the delivery benchmark's ~20 ms provider).
+take a while to answer (the delivery benchmark's ~20 ms provider). The
+``/_sandbox/`` endpoints let another process read a summary and reset it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class FakeWebhookReceiver:
         self._lock = threading.Lock()
         self._received: list[dict[str, Any]] = []
         self._faults: deque[tuple[int, int | str | None]] = deque()
+        self._in_flight = 0
+        self.max_in_flight = 0  # most requests open at once: the concurrency a sender really reached
 
     @property
     def received(self) -> list[dict[str, Any]]:
@@ -60,6 +63,7 @@ class FakeWebhookReceiver:
         with self._lock:
             self._received.clear()
             self._faults.clear()
+            self.max_in_flight = 0
 
     def _record(self, name: str, headers: dict[str, str], body: bytes) -> Response:
         """Record the request on arrival (a slow answer must not land in the next test) and pick the answer."""
@@ -75,8 +79,26 @@ class FakeWebhookReceiver:
 def create_app(receiver: FakeWebhookReceiver) -> Starlette:
     async def hook(request: Request) -> Response:
         answer = receiver._record(request.path_params["name"], dict(request.headers), await request.body())
-        if receiver.delay_seconds:
-            await asyncio.sleep(receiver.delay_seconds)
+        receiver._in_flight += 1  # the event loop is single-threaded: no lock needed
+        receiver.max_in_flight = max(receiver.max_in_flight, receiver._in_flight)
+        try:
+            if receiver.delay_seconds:
+                await asyncio.sleep(receiver.delay_seconds)
+        finally:
+            receiver._in_flight -= 1
         return answer
 
-    return Starlette(routes=[Route(HOOKS_PATH, hook, methods=["POST"])])
+    async def summary(_request: Request) -> Response:
+        received = receiver.received
+        ids = {r["headers"].get("webhook-id") for r in received}
+        return JSONResponse({"count": len(received), "distinct_ids": len(ids), "max_in_flight": receiver.max_in_flight})
+
+    async def reset(_request: Request) -> Response:
+        receiver.reset()
+        return Response(status_code=204)
+
+    return Starlette(routes=[
+        Route(HOOKS_PATH, hook, methods=["POST"]),
+        Route("/_sandbox/summary", summary, methods=["GET"]),
+        Route("/_sandbox/reset", reset, methods=["POST"]),
+    ])
