@@ -23,7 +23,7 @@ from rich.table import Table
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
 from hub.durations import parse_duration
-from hub.pii import mask_phone
+from hub.pii import mask_email, mask_phone
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import HubSettings
@@ -38,6 +38,7 @@ class DemoResult:
     rejected: int
     stats: dict[str, Any]
     sms: list[dict[str, Any]]
+    emails: list[dict[str, str]]
     idle: bool
 
 
@@ -85,7 +86,8 @@ def run_demo(settings: HubSettings, journey: Path, console: Console) -> DemoResu
             with console.status("Waiting for the pipeline and deliveries to settle"):
                 idle = hub.wait_until_idle(timeout=30)
             stats = client.get("/api/stats", headers=admin).json()
-        return DemoResult(len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), idle)
+        emails = [{"to": email.rcpt_tos[0], "subject": str(email.message["Subject"])} for email in sandbox.smtp.received]
+        return DemoResult(len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), emails, idle)
 
 
 def print_summary(result: DemoResult, console: Console) -> None:
@@ -115,5 +117,12 @@ def print_summary(result: DemoResult, console: Console) -> None:
     for message in result.sms:
         sms.add_row(mask_phone(message["to"]), message["body"])
     console.print(sms)
+
+    emails = Table(title="Email received by the sandbox SMTP server")
+    emails.add_column("to")
+    emails.add_column("subject")
+    for email in result.emails:
+        emails.add_row(mask_email(email["to"]), email["subject"])
+    console.print(emails)
     if not result.idle:
         console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")

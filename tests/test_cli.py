@@ -25,6 +25,7 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     assert "sms sent 2 3" in lines  # Ana's SMS needed a second attempt after an injected 503
     assert "sms failed 1 1" in lines  # Dev replied STOP at the provider: 21610, not retried
     assert "+14155550101" not in result.stdout  # phones are masked
+    assert "email sent 2 2" in lines and "a***@example.com Help with your order" in lines  # emails too
 
 
 def test_help_lists_the_commands() -> None:
