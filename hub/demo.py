@@ -104,25 +104,20 @@ def print_summary(result: DemoResult, console: Console) -> None:
         overview.add_row(f"Trigger fired: {rule}", str(count))
     console.print(overview)
 
-    deliveries = Table(title="Deliveries by channel and status")
-    for column in ("channel", "status", "deliveries", "attempts"):
-        deliveries.add_column(column)
-    for row in result.stats["deliveries"]:
-        deliveries.add_row(row["channel"], row["status"], str(row["count"]), str(row["attempts"]))
-    console.print(deliveries)
-
-    sms = Table(title="SMS received by the sandbox Twilio")
-    sms.add_column("to")
-    sms.add_column("body")
-    for message in result.sms:
-        sms.add_row(mask_phone(message["to"]), message["body"])
-    console.print(sms)
-
-    emails = Table(title="Email received by the sandbox SMTP server")
-    emails.add_column("to")
-    emails.add_column("subject")
-    for email in result.emails:
-        emails.add_row(mask_email(email["to"]), email["subject"])
-    console.print(emails)
+    deliveries = [(row["channel"], row["status"], str(row["count"]), str(row["attempts"])) for row in result.stats["deliveries"]]
+    console.print(_table("Deliveries by channel and status", ("channel", "status", "deliveries", "attempts"), deliveries))
+    sms = [(mask_phone(message["to"]), message["body"]) for message in result.sms]
+    console.print(_table("SMS received by the sandbox Twilio", ("to", "body"), sms))
+    emails = [(mask_email(email["to"]), email["subject"]) for email in result.emails]
+    console.print(_table("Email received by the sandbox SMTP server", ("to", "subject"), emails))
     if not result.idle:
         console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table
