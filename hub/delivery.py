@@ -48,7 +48,11 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one claimed delivery; `attempt` is None when it was held back without a send."""
+    """What became of one claimed delivery.
+
+    `attempt` is None when the delivery was held back without a send; it then
+    keeps its status and only its due time moves to `next_attempt_at`.
+    """
 
     delivery: Delivery
     attempt: AttemptRecord | None
@@ -76,6 +80,7 @@ class DeliveryEngine:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
 
     def run_once(self) -> int:
+        """Claim a batch of due deliveries, send them concurrently, record every outcome in one transaction."""
         with self.store.write() as connection:
             due = outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
         if not due:
@@ -83,16 +88,14 @@ class DeliveryEngine:
         outcomes = list(self._pool.map(self.attempt, due))
         now = utcnow()
         with self.store.write() as connection:
+            outbox.record_attempts(connection, [
+                outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
+            ])
             for outcome in outcomes:
                 delivery = outcome.delivery
                 if outcome.attempt is None:
                     assert outcome.next_attempt_at is not None
                     outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
-                    continue
-                outbox.record_attempt(
-                    connection, delivery, outcome.attempt, status=outcome.status,
-                    next_attempt_at=outcome.next_attempt_at,
-                )
                 if outcome.revokes_consent:
                     set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
         return len(due)
@@ -109,13 +112,14 @@ class DeliveryEngine:
         if wait > 0:
             return self._held_back(delivery, wait, "circuit open")
         outcome = self._send(delivery)
-        policy.breaker.record(healthy=outcome.attempt is None or outcome.attempt.outcome != "retryable")
+        assert outcome.attempt is not None
+        policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
         return outcome
 
     def _held_back(self, delivery: Delivery, wait: float, reason: str) -> Outcome:
         metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="held_back").inc()
         log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
-        return Outcome(delivery, None, "pending", utcnow() + timedelta(seconds=wait))
+        return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
 
     def _send(self, delivery: Delivery) -> Outcome:
         started_at = utcnow()

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, desc, func, insert, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
 from hub.store import sql
-from hub.store.schema import attempts, deliveries
+from hub.store.schema import UTCDateTime, attempts, deliveries
 from hub.store.sql import insert_ignoring_conflicts
 
 DUE_STATUSES = ("pending", "retrying")
@@ -83,29 +83,64 @@ def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
         update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(next_attempt_at=until, claimed_until=None)
     )
 
-def record_attempt(
-    connection: Connection,
-    delivery: Delivery,
-    attempt: AttemptRecord,
-    *,
-    status: str,
-    next_attempt_at: datetime | None,
-) -> None:
-    """Log the attempt and move the delivery to its new status, atomically."""
-    attempt_no = delivery.attempts + 1
-    connection.execute(insert(attempts).values(delivery_id=delivery.delivery_id, attempt_no=attempt_no, **asdict(attempt)))
-    values: dict[str, Any] = {
-        "status": status,
-        "attempts": attempt_no,
-        "updated_at": attempt.started_at,
-        "claimed_until": None,
-        "last_error": attempt.error_message,
-    }
-    if attempt.provider_message_id:
-        values["provider_message_id"] = attempt.provider_message_id
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery.delivery_id).values(**values))
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """A delivery's attempt and the status it leads to, as `record_attempts` writes them."""
+
+    delivery: Delivery
+    attempt: AttemptRecord
+    status: str
+    next_attempt_at: datetime | None  # None keeps the current due time (the delivery is finished)
+
+
+_ATTEMPT_FIELDS = tuple(field.name for field in fields(AttemptRecord))
+# One statement for every row of a batch: executemany of a cached statement
+# instead of compiling a fresh UPDATE per delivery (most of the write cost).
+_FINISH_ATTEMPT = (
+    update(deliveries)
+    .where(deliveries.c.delivery_id == bindparam("b_delivery_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        updated_at=bindparam("b_updated_at"),
+        claimed_until=None,
+        last_error=bindparam("b_last_error"),
+        provider_message_id=func.coalesce(bindparam("b_provider_message_id"), deliveries.c.provider_message_id),
+        next_attempt_at=func.coalesce(bindparam("b_next_attempt_at", type_=UTCDateTime), deliveries.c.next_attempt_at),
+    )
+)
+
+
+def record_attempts(connection: Connection, results: Sequence[AttemptResult]) -> None:
+    """Log the attempts and move each delivery to its new status, in the caller's transaction."""
+    if not results:
+        return
+    connection.execute(
+        insert(attempts),
+        [
+            {
+                "delivery_id": result.delivery.delivery_id,
+                "attempt_no": result.delivery.attempts + 1,
+                **{name: getattr(result.attempt, name) for name in _ATTEMPT_FIELDS},
+            }
+            for result in results
+        ],
+    )
+    connection.execute(
+        _FINISH_ATTEMPT,
+        [
+            {
+                "b_delivery_id": result.delivery.delivery_id,
+                "b_status": result.status,
+                "b_attempts": result.delivery.attempts + 1,
+                "b_updated_at": result.attempt.started_at,
+                "b_last_error": result.attempt.error_message,
+                "b_provider_message_id": result.attempt.provider_message_id,
+                "b_next_attempt_at": result.next_attempt_at,
+            }
+            for result in results
+        ],
+    )
 
 
 def replay(connection: Connection, delivery_id: str, now: datetime) -> str | None:
