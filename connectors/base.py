@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import ConfigError, ItemProblem
-from hub.model import Delivery, RawEvent, SendResult
+from hub.model import Delivery, Identifier, ProviderStatus, RawEvent, SendResult
 from hub.pii import mask_text
 from hub.settings import PROJECT_MAPPINGS
 
@@ -182,3 +182,51 @@ def load_registry() -> Registry:
         registry.register(entry_point.load(), f"{entry_point.value} ({distribution})")
     return registry
 
+
+
+@dataclass(frozen=True)
+class CallbackRequest:
+    """A provider's call back to the hub, as its receiving destination sees it.
+
+    `url` is the public URL the provider called (what it signed), rebuilt from
+    HUB_PUBLIC_BASE_URL rather than from the Host header a proxy may rewrite.
+    `kind` is the last path segment: ``status`` for delivery receipts,
+    ``inbound`` for messages recipients send back.
+    """
+
+    kind: str
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class ConsentSignal:
+    """A recipient granted or revoked a channel, known by one of their identifiers."""
+
+    identifier: Identifier
+    channel: str
+    granted: bool
+
+
+@dataclass
+class CallbackResult:
+    """What a callback means for the hub, and what to answer the provider."""
+
+    statuses: list[ProviderStatus] = field(default_factory=list)
+    consent: list[ConsentSignal] = field(default_factory=list)
+    response_body: bytes = b""
+    response_media_type: str = "text/plain"
+
+
+class CallbackReceiver(ABC):
+    """Mixin for destinations whose provider calls back (``POST /v1/callbacks/{destination_id}[/{kind}]``).
+
+    `handle_callback` must verify the request first (raise `ForbiddenError`
+    for a bad signature, `BadPayloadError` for an unusable body) and only then
+    parse it; the hub applies the result in one transaction.
+    """
+
+    @abstractmethod
+    def handle_callback(self, request: CallbackRequest) -> CallbackResult:
+        """Verify, then parse, one callback."""

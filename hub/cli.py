@@ -15,6 +15,7 @@ import uvicorn
 from rich.console import Console
 from rich.table import Table
 
+from hub.cli_deliveries import app as deliveries_app
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.settings import PROJECT_MAPPINGS, HubSettings
@@ -35,6 +36,7 @@ profiles_app = typer.Typer(help="Inspect identity resolution: why a profile is o
 app.add_typer(profiles_app, name="profiles")
 mappings_app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")
+app.add_typer(deliveries_app, name="deliveries")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 

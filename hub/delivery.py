@@ -5,6 +5,11 @@ of a whole batch is written back in one transaction. A crash between a send
 and its record means the row's lease expires and it is sent again: delivery
 is at-least-once, and idempotency keys let providers that accept them
 collapse the duplicate.
+
+Each destination has its own policy (`hub.delivery_policy`): a retry budget,
+a circuit breaker and an optional rate limit. The breaker and the rate limit
+only ever make a delivery wait (it goes back to the outbox with a later due
+time and no attempt logged); only the retry policy dead-letters.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import structlog
 from connectors.base import Destination
 from hub import metrics
 from hub.clock import utcnow
+from hub.consent import set_consent
+from hub.delivery_policy import PolicyBook
 from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
@@ -29,19 +36,29 @@ from hub.errors import (
 )
 from hub.model import Delivery
 from hub.pii import mask_text
-from hub.retry import RetryPolicy
 from hub.store import Store, outbox
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
 
+# A rate-limited send sleeps in its worker thread for at most this long;
+# a longer wait puts the delivery back in the outbox instead of holding a thread.
+MAX_INLINE_WAIT_SECONDS = 1.0
+
 
 @dataclass(frozen=True)
 class Outcome:
+    """What became of one claimed delivery.
+
+    `attempt` is None when the delivery was held back without a send; it then
+    keeps its status and only its due time moves to `next_attempt_at`.
+    """
+
     delivery: Delivery
-    attempt: AttemptRecord
+    attempt: AttemptRecord | None
     status: str
     next_attempt_at: datetime | None
+    revokes_consent: bool = False
 
 
 class DeliveryEngine:
@@ -49,7 +66,7 @@ class DeliveryEngine:
         self,
         store: Store,
         destinations: Mapping[str, Destination],
-        policy: RetryPolicy,
+        policies: PolicyBook,
         *,
         batch_size: int,
         lease: timedelta,
@@ -57,27 +74,54 @@ class DeliveryEngine:
     ) -> None:
         self.store = store
         self.destinations = destinations
-        self.policy = policy
+        self.policies = policies
         self.batch_size = batch_size
         self.lease = lease
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
 
     def run_once(self) -> int:
+        """Claim a batch of due deliveries, send them concurrently, record every outcome in one transaction."""
         with self.store.write() as connection:
             due = outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
         if not due:
             return 0
         outcomes = list(self._pool.map(self.attempt, due))
+        now = utcnow()
         with self.store.write() as connection:
+            outbox.record_attempts(connection, [
+                outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
+            ])
             for outcome in outcomes:
-                outbox.record_attempt(
-                    connection, outcome.delivery, outcome.attempt, status=outcome.status,
-                    next_attempt_at=outcome.next_attempt_at,
-                )
+                delivery = outcome.delivery
+                if outcome.attempt is None:
+                    assert outcome.next_attempt_at is not None
+                    outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
+                if outcome.revokes_consent:
+                    set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
         return len(due)
 
     def attempt(self, delivery: Delivery) -> Outcome:
-        """Send once and decide the delivery's next status; never raises."""
+        """Send once, or hold the delivery back, and decide its next status; never raises."""
+        policy = self.policies.for_destination(delivery.destination_id)
+        if policy.rate_limit is not None:
+            pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
+            if pause is None:
+                return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
+            time.sleep(pause)
+        wait = policy.breaker.admit()
+        if wait > 0:
+            return self._held_back(delivery, wait, "circuit open")
+        outcome = self._send(delivery)
+        assert outcome.attempt is not None
+        policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
+        return outcome
+
+    def _held_back(self, delivery: Delivery, wait: float, reason: str) -> Outcome:
+        metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="held_back").inc()
+        log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
+        return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
+
+    def _send(self, delivery: Delivery) -> Outcome:
         started_at = utcnow()
         clock = time.perf_counter()
         destination = self.destinations.get(delivery.destination_id)
@@ -127,14 +171,15 @@ class DeliveryEngine:
             "delivery attempt failed", delivery_id=delivery.delivery_id, outcome=error.outcome,
             error_class=failure.error_class, status=status,
         )
-        return Outcome(delivery, attempt, status, next_at)
+        return Outcome(delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent)
 
     def _next_status(self, delivery: Delivery, error: DeliveryError, now: datetime) -> tuple[str, datetime | None]:
         if isinstance(error, PermanentDeliveryError):
             return "failed", None
         if isinstance(error, AuthDeliveryError):
             return "dead", None  # parked until credentials are fixed, then replayed
-        delay = self.policy.next_delay(delivery.attempts + 1, now - delivery.created_at, error.failure.retry_after)
+        policy = self.policies.for_destination(delivery.destination_id).retry
+        delay = policy.next_delay(delivery.retry_budget_used + 1, now - delivery.retry_started_at, error.failure.retry_after)
         if delay is None:
             return "dead", None
         return "retrying", now + timedelta(seconds=delay)

@@ -24,7 +24,7 @@ from rich.table import Table
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
 from hub.durations import parse_duration
-from hub.pii import mask_phone
+from hub.pii import mask_email, mask_phone
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import HubSettings
@@ -42,6 +42,7 @@ class DemoResult:
     push: list[dict[str, Any]]
     leads: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
+    emails: list[dict[str, str]]
     idle: bool
 
 
@@ -100,9 +101,10 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
             with console.status("Waiting for the pipeline and deliveries to settle"):
                 idle = hub.wait_until_idle(timeout=30)
             stats = client.get("/api/stats", headers=admin).json()
+        emails = [{"to": email.rcpt_tos[0], "subject": str(email.message["Subject"])} for email in sandbox.smtp.received]
         return DemoResult(
-            len(messages), accepted, rejected, stats, sandbox.twilio.messages, sandbox.fcm.messages,
-            sandbox.salesforce.records("Lead"), sandbox.salesforce.records("Task"), idle,
+            len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), list(sandbox.fcm.messages),
+            sandbox.salesforce.records("Lead"), sandbox.salesforce.records("Task"), emails, idle,
         )
 
 
@@ -120,36 +122,32 @@ def print_summary(result: DemoResult, console: Console) -> None:
         overview.add_row(f"Trigger fired: {rule}", str(count))
     console.print(overview)
 
-    deliveries = Table(title="Deliveries by channel and status")
-    for column in ("channel", "status", "deliveries", "attempts"):
-        deliveries.add_column(column)
-    for row in result.stats["deliveries"]:
-        deliveries.add_row(row["channel"], row["status"], str(row["count"]), str(row["attempts"]))
-    console.print(deliveries)
-
-    sms = Table(title="SMS received by the sandbox Twilio")
-    sms.add_column("to")
-    sms.add_column("body")
-    for message in result.sms:
-        sms.add_row(mask_phone(message["to"]), message["body"])
-    console.print(sms)
-
-    push = Table(title="Push notifications received by the sandbox FCM")
-    push.add_column("device token")
-    push.add_column("title")
-    push.add_column("body")
+    deliveries = [(row["channel"], row["status"], str(row["count"]), str(row["attempts"])) for row in result.stats["deliveries"]]
+    console.print(_table("Deliveries by channel and status", ("channel", "status", "deliveries", "attempts"), deliveries))
+    sms = [(mask_phone(message["to"]), message["body"]) for message in result.sms]
+    console.print(_table("SMS received by the sandbox Twilio", ("to", "body"), sms))
+    emails = [(mask_email(email["to"]), email["subject"]) for email in result.emails]
+    console.print(_table("Email received by the sandbox SMTP server", ("to", "subject"), emails))
+    push = []
     for sent in result.push:
         notification = sent["message"].get("notification", {})
-        push.add_row(sent["message"]["token"][:14] + "…", notification.get("title", ""), notification.get("body", ""))
-    console.print(push)
-
-    crm = Table(title="Leads and owner tasks in the sandbox Salesforce")
-    for column in ("lead", "intent", "task"):
-        crm.add_column(column)
+        push.append((sent["message"]["token"][:14] + "…", notification.get("title", ""), notification.get("body", "")))
+    console.print(_table("Push notifications received by the sandbox FCM", ("device token", "title", "body"), push))
     tasks = {task["WhoId"]: task["Subject"] for task in result.tasks}
-    for lead in result.leads:
-        name = f"{lead.get('FirstName', '')} {lead['LastName']}".strip()
-        crm.add_row(escape(name), lead.get("Touchhub_Intent__c", ""), tasks.get(lead["Id"], ""))
-    console.print(crm)
+    leads = [
+        (escape(f"{lead.get('FirstName', '')} {lead['LastName']}".strip()), lead.get("Touchhub_Intent__c", ""),
+         tasks.get(lead["Id"], ""))
+        for lead in result.leads
+    ]
+    console.print(_table("Leads and owner tasks in the sandbox Salesforce", ("lead", "intent", "task"), leads))
     if not result.idle:
         console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")
+
+
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    return table

@@ -6,6 +6,7 @@
         ├── IngestError                the request is at fault; answered with a 4xx
         │   ├── AuthenticationError    401: missing or wrong write key / signature
         │   ├── UnknownSourceError     404: no source with that id is configured
+        │   ├── ForbiddenError         403: a provider callback whose signature does not match
         │   ├── PayloadTooLargeError   413: body over the configured limit
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
@@ -71,6 +72,10 @@ class UnknownSourceError(IngestError):
     status_code = 404
 
 
+class ForbiddenError(IngestError):
+    status_code = 403
+
+
 class PayloadTooLargeError(IngestError):
     status_code = 413
 
@@ -100,8 +105,9 @@ class DeliveryFailure:
     error_class: str
     message: str
     provider_code: str | None = None
-    retry_after: float | None = None
+    retry_after: float | None = None  # seconds the provider asked us to wait (Retry-After); the policy honours it
     response_summary: dict[str, Any] = field(default_factory=dict)
+    revokes_consent: bool = False  # the provider says the recipient opted out (Twilio 21610): stop the channel
 
 
 class DeliveryError(HubError):

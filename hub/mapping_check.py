@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import Registry
-from hub.config_files import with_line
+from hub.config_files import load_model, with_line
+from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile
 from hub.errors import ConfigError
 from hub.identity_config import load_identity_config
 from hub.mapping import load_mapping
@@ -28,6 +29,7 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
         "triggers.yaml": load_rules,
         "routes.yaml": load_routes,
         "identity.yaml": load_identity_config,
+        POLICY_FILE: lambda path: load_model(path, DeliveryPolicyFile),
         SOURCES_FILE: lambda path: _check_sources(path, registry),
     }
     files = sorted(folder.glob("*.yaml"))

@@ -153,6 +153,17 @@ class Delivery:
     content: dict[str, Any]
     attempts: int  # attempts made before this one
     created_at: datetime
+    profile_id: str = ""
+    retry_from_attempt: int = 0  # attempts made before the last replay; the retry policy counts from here
+    retry_from: datetime | None = None  # when the last replay happened; the retry policy's age starts here
+
+    @property
+    def retry_budget_used(self) -> int:
+        return self.attempts - self.retry_from_attempt
+
+    @property
+    def retry_started_at(self) -> datetime:
+        return self.retry_from or self.created_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,3 +181,18 @@ class SendResult:
     status: str  # provider-side status such as 'queued' or 'sent'
     provider_message_id: str | None
     response_summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStatus:
+    """A provider's later word on a message it accepted (a Twilio status callback).
+
+    `final_status` is the delivery status it settles on (`delivered` or
+    `failed`), or None while the message is still on its way (queued, sent).
+    """
+
+    provider_message_id: str
+    provider_status: str
+    final_status: str | None = None
+    error: str | None = None
+    revokes_consent: bool = False

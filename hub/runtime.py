@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TypeVar
 
@@ -16,12 +16,13 @@ import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
 from hub.delivery import DeliveryEngine
+from hub.delivery_policy import PolicyBook, load_policy_file
+from hub.destination_settings import build_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
 from hub.mapping_catalog import MappingCatalog
 from hub.pipeline import Pipeline, PipelineConfig
-from hub.retry import RetryPolicy
 from hub.routing import Router, load_routes
 from hub.rules import RuleSpec, load_rules
 from hub.settings import HubSettings
@@ -35,9 +36,6 @@ from hub.workers import Worker
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
-DEFAULT_SMS_DESTINATION_ID = "twilio_sms"
-DEFAULT_CRM_DESTINATION_ID = "salesforce"
-DEFAULT_PUSH_DESTINATION_ID = "fcm_push"
 
 
 class Hub:
@@ -54,9 +52,11 @@ class Hub:
         self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
         self.router = _collect(problems, lambda: self._build_router())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
+        policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
         if problems:
             raise ConfigError(problems)
         assert self.router is not None and self.mappings is not None and self.identity is not None
+        assert policy_file is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.pipeline_wake = threading.Event()
@@ -71,14 +71,8 @@ class Hub:
             deliveries_planned=self.delivery_wake,
         )
         self.delivery = DeliveryEngine(
-            self.store, self.destinations,
-            RetryPolicy(
-                max_attempts=settings.delivery_max_attempts,
-                max_age=timedelta(seconds=settings.delivery_max_age_seconds),
-                base_delay=settings.retry_base_delay_seconds,
-                max_delay=settings.retry_max_delay_seconds,
-            ),
-            batch_size=settings.worker_batch_size, lease=lease,
+            self.store, self.destinations, PolicyBook(policy_file, settings),
+            batch_size=settings.worker_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
         self._workers = [
             Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
@@ -173,62 +167,7 @@ class Hub:
         return Router(load_routes(folder / "routes.yaml"), templates)
 
     def _build_destinations(self) -> dict[str, Destination]:
-        settings = self.settings
-        wanted: dict[str, Callable[[], Destination]] = {
-            DEFAULT_SMS_DESTINATION_ID: lambda: self._destination(
-                DEFAULT_SMS_DESTINATION_ID, "twilio_sms", "HUB_TWILIO_*",
-                {
-                    "account_sid": settings.twilio_account_sid,
-                    "auth_token": settings.twilio_auth_token,
-                    "from_number": settings.twilio_from_number,
-                    "api_base_url": settings.twilio_api_base_url,
-                },
-            )
-        }
-        if settings.salesforce_consumer_key:
-            wanted[DEFAULT_CRM_DESTINATION_ID] = lambda: self._destination(
-                DEFAULT_CRM_DESTINATION_ID, "salesforce", "HUB_SALESFORCE_*",
-                {
-                    "consumer_key": settings.salesforce_consumer_key,
-                    "consumer_secret": settings.salesforce_consumer_secret,
-                    "username": settings.salesforce_username,
-                    "password": settings.salesforce_password,
-                    "domain": settings.salesforce_domain,
-                    "api_version": settings.salesforce_api_version,
-                    "sobject": settings.salesforce_sobject,
-                    "external_id_field": settings.salesforce_external_id_field,
-                    "intent_field": settings.salesforce_intent_field,
-                    "task_external_id_field": settings.salesforce_task_external_id_field,
-                    "api_base_url": settings.salesforce_api_base_url,
-                },
-            )
-        if settings.fcm_credentials_file:
-            wanted[DEFAULT_PUSH_DESTINATION_ID] = lambda: self._destination(
-                DEFAULT_PUSH_DESTINATION_ID, "fcm_push", "HUB_FCM_*",
-                {
-                    "credentials_file": settings.fcm_credentials_file,
-                    "project_id": settings.fcm_project_id,
-                    "api_base_url": settings.fcm_api_base_url,
-                },
-                forget_tokens=self._forget_push_tokens,
-            )
-        problems: list[str] = []
-        built = {destination_id: _collect(problems, build) for destination_id, build in wanted.items()}
-        if problems:
-            raise ConfigError(problems)
-        return {destination_id: destination for destination_id, destination in built.items() if destination}
-
-    def _destination(
-        self, destination_id: str, slug: str, where: str, values: dict[str, object], **hooks: object
-    ) -> Destination:
-        """The `slug` connector configured from settings (`where` names them in errors), with the send timeout.
-
-        `hooks` go to the connector's constructor: callbacks into the hub such
-        as FCM's `forget_tokens`, which a connector may not reach by itself.
-        """
-        connector = self.registry.destinations[slug]
-        config = connector.validate_config(where, {**values, "timeout_seconds": self.settings.send_timeout_seconds})
-        return connector(destination_id, config, **hooks)  # type: ignore[call-arg]
+        return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)
 
     def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
         """FCM called these tokens dead: routing must stop choosing them."""

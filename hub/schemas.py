@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from hub.identity_config import IdentityConfig
+from hub.delivery_policy import DeliveryPolicyFile
 from hub.mapping import MappingSpec
 from hub.routing import RoutesFile
 from hub.rules import RuleFile
@@ -24,6 +25,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "routes.schema.json": RoutesFile,
     "identity.schema.json": IdentityConfig,
     "sources.schema.json": SourcesFile,
+    "delivery.schema.json": DeliveryPolicyFile,
 }
 
 

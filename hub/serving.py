@@ -17,6 +17,19 @@ from types import TracebackType
 import uvicorn
 
 
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A bound TCP socket; port 0 lets the OS choose a free one."""
+    bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    bound.bind((host, port))
+    return bound
+
+
+def socket_url(bound: socket.socket) -> str:
+    host, port = bound.getsockname()[:2]
+    return f"http://{host}:{port}"
+
+
 class BackgroundServer:
     """An uvicorn server in a daemon thread; use as a context manager.
 
@@ -24,10 +37,9 @@ class BackgroundServer:
         url: base URL such as ``http://127.0.0.1:54321`` (no trailing slash).
     """
 
-    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind((host, port))
+    def __init__(self, app: object, host: str = "127.0.0.1", port: int = 0, sock: socket.socket | None = None) -> None:
+        """Pass `sock` (from `bind_socket`) when the URL must be known before the app can be built."""
+        self._socket = sock or bind_socket(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
         self.url = f"http://{self.host}:{self.port}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")

@@ -26,6 +26,9 @@ class HubSettings(BaseSettings):
     mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
     host: str = "127.0.0.1"
     port: int = 8000
+    public_base_url: str | None = Field(
+        None, description="How providers and recipients reach this hub (callbacks, unsubscribe links); default http://host:port."
+    )
 
     default_write_key: SecretStr = SecretStr(DEVELOPMENT_WRITE_KEY)
     admin_token: SecretStr = SecretStr(DEVELOPMENT_ADMIN_TOKEN)
@@ -63,11 +66,34 @@ class HubSettings(BaseSettings):
         None, description="Send FCM calls here instead of https://fcm.googleapis.com (sandbox, proxy)."
     )
 
+    smtp_host: str = Field("127.0.0.1", description="SMTP relay of the email destination.")
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_tls: str = Field("none", pattern="^(none|starttls|tls)$", description="none, starttls (587) or tls (465).")
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
+    email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
+    unsubscribe_secret: SecretStr = Field(
+        SecretStr("dev-unsubscribe-secret"), description="Signs unsubscribe links; changing it voids links already sent."
+    )
+    unsubscribe_link_days: int = Field(90, ge=1, description="How long an unsubscribe link keeps working.")
+
+    outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
+    outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset: none.")
+    chat_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    webhook_allowed_networks: str = Field(
+        "", description="Comma-separated non-public networks webhooks may reach (SSRF guard), e.g. 127.0.0.1,10.0.0.0/8."
+    )
+
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
     retry_base_delay_seconds: float = Field(1.0, gt=0)
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
+    delivery_concurrency: int = Field(16, ge=1, le=128, description="Sends in flight at once per process.")
+    breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive retryable failures that open a destination's circuit.")
+    breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
 
     worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
@@ -80,6 +106,11 @@ class HubSettings(BaseSettings):
     def with_overrides(self, **values: object) -> "HubSettings":
         """A validated copy with some values replaced (``model_copy`` would skip validation)."""
         return type(self).model_validate({**self.model_dump(), **values})
+
+    def public_url(self, path: str) -> str:
+        """The absolute URL of `path` on this hub as seen from outside, for providers and recipients."""
+        base = self.public_base_url or f"http://{self.host}:{self.port}"
+        return base.rstrip("/") + path
 
     def uses_development_credentials(self) -> bool:
         return (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ import pytest
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
 from hub.runtime import Hub
-from hub.serving import BackgroundServer
+from hub.serving import BackgroundServer, bind_socket, socket_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 
 WRITE_KEY = "test-write-key"
@@ -66,15 +67,17 @@ def running_hub(tmp_path: Path, sandbox: SandboxProviders, request: pytest.Fixtu
     """A hub with workers, served over HTTP; mark a test `@pytest.mark.hub_settings(key=value)` to change settings."""
     marker = request.node.get_closest_marker("hub_settings")
     overrides = dict(marker.kwargs) if marker else {}
-    with serve_hub(make_settings(tmp_path, **{**sandbox.settings_overrides(), **overrides}), sandbox) as running:
+    sock = bind_socket()  # bound first: callbacks and unsubscribe links need the hub's URL in its settings
+    settings = {**sandbox.settings_overrides(), "public_base_url": socket_url(sock), **overrides}
+    with serve_hub(make_settings(tmp_path, **settings), sandbox, sock) as running:
         yield running
 
 
 @contextmanager
-def serve_hub(settings: HubSettings, sandbox: SandboxProviders) -> Iterator[RunningHub]:
-    """A hub built from `settings`, served over HTTP with its workers running, stopped on exit."""
+def serve_hub(settings: HubSettings, sandbox: SandboxProviders, sock: socket.socket | None = None) -> Iterator[RunningHub]:
+    """A hub built from `settings`, served over HTTP (on `sock` when given) with its workers running, stopped on exit."""
     hub = Hub(settings)
-    with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+    with BackgroundServer(create_app(hub), sock=sock) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(hub, server.url, client, sandbox)
 
 

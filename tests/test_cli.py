@@ -28,6 +28,7 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     assert "push sent 1 1" in lines  # Ana's phone
     assert "push failed 1 1" in lines  # Dev uninstalled the app: UNREGISTERED, token forgotten
     assert "+14155550101" not in result.stdout  # phones are masked
+    assert "email sent 2 2" in lines and "a***@example.com Help with your order" in lines  # emails too
 
 
 def test_help_lists_the_commands() -> None:

@@ -6,6 +6,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from connectors.destinations.twilio_sms import TwilioSmsDestination
+from connectors.sandbox.twilio import SANDBOX_ACCOUNT_SID
+from hub.errors import RetryableDeliveryError
+from hub.model import Delivery
+from hub.serving import bind_socket, socket_url
 from tests.conftest import RunningHub, message
 
 NOW = datetime.now(timezone.utc)
@@ -58,3 +63,32 @@ def test_refused_credentials_park_the_delivery_without_retrying(running_hub: Run
     assert delivery["status"] == "dead"
     [attempt] = delivery["attempt_log"]
     assert (attempt["outcome"], attempt["error_class"]) == ("auth", "twilio.20003")
+
+
+def test_rate_limited_20429_is_retried_until_sent(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(429, code=20429, message="Too Many Requests", retry_after=0)
+    delivery = trigger_sms(running_hub)
+    assert [(a["outcome"], a["error_class"]) for a in delivery["attempt_log"]] == [
+        ("retryable", "twilio.20429"), ("sent", None),
+    ]
+
+
+def test_landline_21614_is_permanent(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(400, code=21614, message="'To' number is not a valid mobile number")
+    delivery = trigger_sms(running_hub)
+    assert (delivery["status"], delivery["attempt_log"][0]["error_class"]) == ("failed", "twilio.21614")
+
+
+def test_a_twilio_that_never_answers_times_out_as_retryable() -> None:
+    with bind_socket() as silent:
+        silent.listen(1)  # accepts the connection, never answers
+        config = TwilioSmsDestination.validate_config("test", {
+            "account_sid": SANDBOX_ACCOUNT_SID, "auth_token": "t", "from_number": "+15005550006",
+            "api_base_url": socket_url(silent), "timeout_seconds": 0.2,
+        })
+        destination = TwilioSmsDestination("twilio_sms", config)
+        sms = Delivery("d-1", "twilio_sms", "sms", "+14155550100", {"body": "Hi"}, 0, NOW)
+        with pytest.raises(RetryableDeliveryError) as timed_out:
+            destination.send(sms)
+        destination.close()
+    assert timed_out.value.failure.error_class == "network.ReadTimeout"

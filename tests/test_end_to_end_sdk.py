@@ -44,6 +44,8 @@ def test_segment_sdk_journey_ends_in_one_sms(running_hub: RunningHub) -> None:
     assert delivery["target"] == "+1******0142"
     [attempt] = delivery["attempt_log"]
     assert attempt["outcome"] == "sent" and attempt["request_summary"]["to"] == "+1******0142"
+    [email] = running_hub.sandbox.smtp.received
+    assert email.rcpt_tos == ["jane@example.com"] and email.message["Subject"] == "Help with your order"
 
 
 def test_rudderstack_sdk_gzipped_batches_are_accepted(running_hub: RunningHub) -> None:

@@ -192,11 +192,11 @@ def test_forget_wipes_the_delivery_log_but_keeps_its_counts(store: Store) -> Non
     planned = PlannedDelivery("d-1", "dec-1", ana, "sms", "twilio_sms", "+14155550101", {"body": "Hi Ana"})
     with store.write() as connection:
         outbox.plan(connection, [planned], T0)
-        outbox.record_attempt(
-            connection, Delivery("d-1", "twilio_sms", "sms", "+14155550101", planned.content, 0, T0),
+        outbox.record_attempts(connection, [outbox.AttemptResult(
+            Delivery("d-1", "twilio_sms", "sms", "+14155550101", planned.content, 0, T0),
             outbox.AttemptRecord(T0, 12.0, "sent", "SM1", None, None, {"To": "+1******0101"}, {"sid": "SM1"}),
-            status="sent", next_attempt_at=None,
-        )
+            "sent", None,
+        )])
         assert forget(connection, ana, T0, block_identifiers=False)["deliveries"] == 1
     with store.read() as connection:
         delivery = connection.execute(select(deliveries)).mappings().one()

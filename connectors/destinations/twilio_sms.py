@@ -15,10 +15,12 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
-from connectors.base import Destination
+from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult, Destination
+from connectors.destinations import twilio_callbacks
 from connectors.destinations.twilio_transport import BaseUrlHttpClient
 from hub.errors import (
     AuthDeliveryError,
+    BadPayloadError,
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
@@ -39,7 +41,7 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     21603: PermanentDeliveryError,  # 'From' required
     21604: PermanentDeliveryError,  # 'To' required
     21606: PermanentDeliveryError,  # 'From' is not a valid, SMS-capable number of the account
-    21610: PermanentDeliveryError,  # recipient replied STOP: unsubscribed
+    21610: PermanentDeliveryError,  # recipient replied STOP: unsubscribed (also revokes SMS consent)
     21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'
     21614: PermanentDeliveryError,  # 'To' is not a mobile number
 }
@@ -52,9 +54,12 @@ class TwilioSmsConfig(BaseModel):
     from_number: str = Field(pattern=r"^\+[1-9]\d{6,14}$", description="Sender number in E.164.")
     api_base_url: str | None = Field(None, description="Twilio-compatible endpoint instead of api.twilio.com.")
     timeout_seconds: float = Field(10.0, gt=0)
+    status_callback_url: str | None = Field(
+        None, description="Where Twilio posts status updates: the hub's /v1/callbacks/{destination_id}."
+    )
 
 
-class TwilioSmsDestination(Destination):
+class TwilioSmsDestination(CallbackReceiver, Destination):
     slug = "twilio_sms"
     title = "Twilio Programmable Messaging (SMS)"
     docs_url = "https://www.twilio.com/docs/messaging/api/message-resource"
@@ -77,7 +82,8 @@ class TwilioSmsDestination(Destination):
     def send(self, delivery: Delivery) -> SendResult:
         try:
             message = self.client.messages.create(
-                to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"]
+                to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"],
+                status_callback=self.settings.status_callback_url,
             )
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _as_delivery_error(exc) from exc
@@ -90,6 +96,20 @@ class TwilioSmsDestination(Destination):
             provider_message_id=message.sid,
             response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
         )
+
+    def handle_callback(self, request: CallbackRequest) -> CallbackResult:
+        form = twilio_callbacks.verified_form(request, self.settings.auth_token.get_secret_value())
+        if request.kind == "status":
+            return CallbackResult(statuses=[twilio_callbacks.status_update(form)])
+        if request.kind == "inbound":
+            # Twilio answers opt-out keywords itself; the empty TwiML adds no reply of ours.
+            signal = twilio_callbacks.consent_change(form)
+            return CallbackResult(
+                consent=[signal] if signal else [],
+                response_body=twilio_callbacks.EMPTY_TWIML,
+                response_media_type="text/xml",
+            )
+        raise BadPayloadError(f"callback kind {request.kind!r}: Twilio destinations take 'status' or 'inbound'")
 
     def close(self) -> None:
         session = getattr(self.client.http_client, "session", None)
@@ -107,5 +127,6 @@ def _as_delivery_error(exc: TwilioRestException | TwilioServiceException) -> Del
             message=f"Twilio {exc.status} error {exc.code}: {text}",
             provider_code=str(exc.code) if exc.code else None,
             response_summary={"status": exc.status, "code": exc.code},
+            revokes_consent=str(exc.code) == twilio_callbacks.UNSUBSCRIBED_ERROR,
         )
     )

@@ -16,6 +16,11 @@ https://www.twilio.com/docs/api/errors):
 * Dates are RFC 2822 strings and counts (``num_segments``, ``num_media``) are
   strings; ``price`` stays null until the carrier reports it.
 
+* Status callbacks and inbound-message webhooks are form-encoded POSTs signed
+  with the auth token (``X-Twilio-Signature``, HMAC-SHA1 over the URL and the
+  sorted fields). The fake posts them when told to (`post_status`,
+  `post_inbound`), so a test decides when a message is "delivered".
+
 The ``/_sandbox/`` endpoints let another process inspect and steer the fake.
 They are not Twilio's and are not recorded.
 """
@@ -35,12 +40,14 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from twilio.request_validator import RequestValidator
 
 from hub.clock import utcnow
 
@@ -146,6 +153,52 @@ class FakeTwilio:
             self._status_callbacks.clear()
             self._faults.clear()
             self.unsubscribed.clear()
+
+    def post_status(self, sid: str, status: str, *, error_code: int | None = None) -> httpx.Response:
+        """Post a status callback for message `sid` to its StatusCallback URL, as Twilio does.
+
+        The stored message takes the new status (and error code) first, so a
+        fetch afterwards agrees with the callback.
+        """
+        with self._lock:
+            message = next(m for m in self._messages if m["sid"] == sid)
+            message.update(status=status, error_code=error_code)
+            url = self._status_callbacks[sid]
+            fields = {
+                "AccountSid": self.account_sid,
+                "ApiVersion": API_VERSION,
+                "From": message["from"] or "",
+                "MessageSid": sid,
+                "MessageStatus": status,
+                "SmsSid": sid,
+                "SmsStatus": status,
+                "To": message["to"],
+            }
+        if error_code is not None:
+            fields["ErrorCode"] = str(error_code)
+        return self.post_signed(url, fields)
+
+    def post_inbound(self, url: str, sender: str, body: str, to: str = "+15005550006") -> httpx.Response:
+        """Post an inbound SMS from `sender` to the messaging webhook `url`, as Twilio does."""
+        sid = "SM" + uuid.uuid4().hex
+        fields = {
+            "AccountSid": self.account_sid,
+            "ApiVersion": API_VERSION,
+            "Body": body,
+            "From": sender,
+            "MessageSid": sid,
+            "NumMedia": "0",
+            "NumSegments": "1",
+            "SmsMessageSid": sid,
+            "SmsSid": sid,
+            "SmsStatus": "received",
+            "To": to,
+        }
+        return self.post_signed(url, fields)
+
+    def post_signed(self, url: str, fields: dict[str, str]) -> httpx.Response:
+        signature = RequestValidator(self.auth_token).compute_signature(url, fields)
+        return httpx.post(url, data=fields, headers={"X-Twilio-Signature": signature}, timeout=10)
 
     def _next_fault(self) -> FaultSpec | None:
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
 
@@ -11,6 +12,7 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from hub import stats
+from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.runtime import Hub
 from hub.store import outbox, quarantine, touchpoints
@@ -87,11 +89,40 @@ async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
 
 @router.get("/deliveries", summary="The delivery log: deliveries with every attempt")
 async def list_deliveries(
-    request: Request, limit: int = Limit, profile_id: str | None = None, status: str | None = None,
-    channel: str | None = None,
+    request: Request, limit: int = Limit, profile_id: str | None = None,
+    status: str | None = Query(None, description="pending, retrying, sent, delivered, failed or dead (the DLQ)."),
+    channel: str | None = None, destination: str | None = Query(None, description="Destination id, e.g. twilio_sms."),
+    since: datetime | None = Query(None, description="Planned at or after this ISO 8601 time (UTC if no offset)."),
+    until: datetime | None = Query(None, description="Planned before this ISO 8601 time (UTC if no offset)."),
 ) -> dict[str, Any]:
-    search = partial(outbox.search, limit=limit, status=status, channel=channel)
+    search = partial(
+        outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
+        since=_aware(since), until=_aware(until),
+    )
     return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+
+
+@router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again")
+async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
+    hub = _hub(request)
+
+    def replay() -> str | None:
+        with hub.store.write() as connection:
+            return outbox.replay(connection, delivery_id, utcnow())
+
+    previous = await run_in_threadpool(replay)
+    if previous is None:
+        raise HTTPException(404, detail=f"no delivery {delivery_id!r}")
+    if previous not in outbox.REPLAYABLE_STATUSES:
+        raise HTTPException(
+            409, detail=f"delivery {delivery_id!r} is {previous}; only {' or '.join(outbox.REPLAYABLE_STATUSES)} ones are replayed"
+        )
+    hub.delivery_wake.set()
+    return {"delivery_id": delivery_id, "previous_status": previous, "status": "pending"}
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first")

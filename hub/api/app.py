@@ -11,8 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import hub
-from hub.api import admin, ingest, profiles
-from hub.api import admin, ingest, mappings
+from hub.api import admin, callbacks, ingest, mappings, profiles, unsubscribe
 from hub.api.auth import AdminAuth
 from hub.errors import IngestError
 from hub.runtime import Hub
@@ -39,6 +38,8 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     )
     app.state.hub = hub_instance
     app.include_router(ingest.router)
+    app.include_router(callbacks.router)
+    app.include_router(unsubscribe.router)
     admin_auth = [Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
     app.include_router(admin.router, dependencies=admin_auth)
     app.include_router(profiles.router, dependencies=admin_auth)

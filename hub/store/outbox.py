@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, desc, func, insert, or_, select, update
 
-from hub.model import Delivery, PlannedDelivery
+from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
 from hub.store import sql
-from hub.store.schema import attempts, deliveries
+from hub.store.schema import UTCDateTime, attempts, deliveries
 from hub.store.sql import insert_ignoring_conflicts
 
 DUE_STATUSES = ("pending", "retrying")
+REPLAYABLE_STATUSES = ("dead", "failed")
+# Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
+SETTLED_STATUSES = ("delivered", "failed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +62,8 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
     query = (
         select(
             deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
-            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at,
+            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
+            deliveries.c.retry_from_attempt, deliveries.c.retry_from,
         )
         .where(
             deliveries.c.status.in_(DUE_STATUSES),
@@ -72,29 +76,130 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
     rows = sql.claim(connection, query, deliveries, deliveries.c.delivery_id, claimed_until=now + lease)
     return [Delivery(*row) for row in rows]
 
-def record_attempt(
-    connection: Connection,
-    delivery: Delivery,
-    attempt: AttemptRecord,
-    *,
-    status: str,
-    next_attempt_at: datetime | None,
-) -> None:
-    """Log the attempt and move the delivery to its new status, atomically."""
-    attempt_no = delivery.attempts + 1
-    connection.execute(insert(attempts).values(delivery_id=delivery.delivery_id, attempt_no=attempt_no, **asdict(attempt)))
-    values: dict[str, Any] = {
-        "status": status,
-        "attempts": attempt_no,
-        "updated_at": attempt.started_at,
-        "claimed_until": None,
-        "last_error": attempt.error_message,
-    }
-    if attempt.provider_message_id:
-        values["provider_message_id"] = attempt.provider_message_id
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery.delivery_id).values(**values))
+
+def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
+    """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
+    connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(next_attempt_at=until, claimed_until=None)
+    )
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """A delivery's attempt and the status it leads to, as `record_attempts` writes them."""
+
+    delivery: Delivery
+    attempt: AttemptRecord
+    status: str
+    next_attempt_at: datetime | None  # None keeps the current due time (the delivery is finished)
+
+
+_ATTEMPT_FIELDS = tuple(field.name for field in fields(AttemptRecord))
+# One statement for every row of a batch: executemany of a cached statement
+# instead of compiling a fresh UPDATE per delivery (most of the write cost).
+_FINISH_ATTEMPT = (
+    update(deliveries)
+    .where(deliveries.c.delivery_id == bindparam("b_delivery_id"))
+    .values(
+        status=bindparam("b_status"),
+        attempts=bindparam("b_attempts"),
+        updated_at=bindparam("b_updated_at"),
+        claimed_until=None,
+        last_error=bindparam("b_last_error"),
+        provider_message_id=func.coalesce(bindparam("b_provider_message_id"), deliveries.c.provider_message_id),
+        next_attempt_at=func.coalesce(bindparam("b_next_attempt_at", type_=UTCDateTime), deliveries.c.next_attempt_at),
+    )
+)
+
+
+def record_attempts(connection: Connection, results: Sequence[AttemptResult]) -> None:
+    """Log the attempts and move each delivery to its new status, in the caller's transaction."""
+    if not results:
+        return
+    connection.execute(
+        insert(attempts),
+        [
+            {
+                "delivery_id": result.delivery.delivery_id,
+                "attempt_no": result.delivery.attempts + 1,
+                **{name: getattr(result.attempt, name) for name in _ATTEMPT_FIELDS},
+            }
+            for result in results
+        ],
+    )
+    connection.execute(
+        _FINISH_ATTEMPT,
+        [
+            {
+                "b_delivery_id": result.delivery.delivery_id,
+                "b_status": result.status,
+                "b_attempts": result.delivery.attempts + 1,
+                "b_updated_at": result.attempt.started_at,
+                "b_last_error": result.attempt.error_message,
+                "b_provider_message_id": result.attempt.provider_message_id,
+                "b_next_attempt_at": result.next_attempt_at,
+            }
+            for result in results
+        ],
+    )
+
+
+def replay(connection: Connection, delivery_id: str, now: datetime) -> str | None:
+    """Queue a dead or failed delivery again with a fresh retry budget.
+
+    Returns the status the delivery had (the caller tells "replayed" from "not
+    replayable" by it), or None when there is no such delivery. Attempt
+    numbers keep counting, so the log shows the replayed attempts after the
+    old ones.
+    """
+    row = connection.execute(
+        select(deliveries.c.status, deliveries.c.attempts).where(deliveries.c.delivery_id == delivery_id)
+    ).first()
+    if row is None:
+        return None
+    if row.status in REPLAYABLE_STATUSES:
+        connection.execute(
+            update(deliveries)
+            .where(deliveries.c.delivery_id == delivery_id)
+            .values(
+                status="pending", next_attempt_at=now, claimed_until=None, updated_at=now,
+                retry_from_attempt=row.attempts, retry_from=now,
+            )
+        )
+    return row.status
+
+
+def ids_with_status(connection: Connection, status: str, destination_id: str | None = None) -> list[str]:
+    """Delivery ids in `status`, oldest first, optionally of one destination (bulk replay)."""
+    query = select(deliveries.c.delivery_id).where(deliveries.c.status == status).order_by(deliveries.c.created_at)
+    if destination_id:
+        query = query.where(deliveries.c.destination_id == destination_id)
+    return list(connection.execute(query).scalars())
+
+
+def apply_provider_status(
+    connection: Connection, destination_id: str, report: ProviderStatus, now: datetime
+) -> dict[str, Any] | None:
+    """Record a provider's status for the delivery it sent as `report.provider_message_id`.
+
+    Returns the delivery's id, profile and channel, or None when no delivery of
+    this destination has that provider id.
+    """
+    row = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel).where(
+            deliveries.c.destination_id == destination_id,
+            deliveries.c.provider_message_id == report.provider_message_id,
+        )
+    ).first()
+    if row is None:
+        return None
+    if row.status not in SETTLED_STATUSES:
+        values: dict[str, Any] = {"provider_status": report.provider_status, "updated_at": now}
+        if report.final_status:
+            values["status"] = report.final_status
+        if report.error:
+            values["last_error"] = mask_text(report.error)
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
+    return dict(row._mapping)
 
 
 def search(
@@ -104,15 +209,27 @@ def search(
     profile_id: str | None = None,
     status: str | None = None,
     channel: str | None = None,
+    destination_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> list[dict[str, Any]]:
-    """The delivery log, newest first, each delivery with its attempts; recipients are masked."""
+    """The delivery log, newest first, each delivery with its attempts; recipients are masked.
+
+    `since` (inclusive) and `until` (exclusive) bound when the delivery was planned.
+    """
     query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
-    if profile_id:
-        query = query.where(deliveries.c.profile_id == profile_id)
-    if status:
-        query = query.where(deliveries.c.status == status)
-    if channel:
-        query = query.where(deliveries.c.channel == channel)
+    for column, wanted in (
+        (deliveries.c.profile_id, profile_id),
+        (deliveries.c.status, status),
+        (deliveries.c.channel, channel),
+        (deliveries.c.destination_id, destination_id),
+    ):
+        if wanted:
+            query = query.where(column == wanted)
+    if since is not None:
+        query = query.where(deliveries.c.created_at >= since)
+    if until is not None:
+        query = query.where(deliveries.c.created_at < until)
     found = [dict(row) for row in connection.execute(query).mappings()]
     by_delivery: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if found:
@@ -125,7 +242,8 @@ def search(
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
         item["target"] = mask_text(item["target"])
-        item.pop("claimed_until", None)
+        for internal in ("claimed_until", "retry_from_attempt", "retry_from"):
+            item.pop(internal, None)
         item["attempt_log"] = by_delivery[item["delivery_id"]]
     return found
 

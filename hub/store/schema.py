@@ -173,14 +173,19 @@ deliveries = Table(
     Column("destination_id", String(100), nullable=False),
     Column("target", String(320), nullable=False),
     Column("content", JSON, nullable=False),
-    Column("status", String(20), nullable=False),  # pending | retrying | sent | failed | dead
+    Column("status", String(20), nullable=False),  # pending | retrying | sent | delivered | failed | dead
     Column("attempts", Integer, nullable=False, default=0),
     Column("created_at", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
     Column("next_attempt_at", UTCDateTime, nullable=False),
     Column("claimed_until", UTCDateTime),
-    Column("provider_message_id", String(100)),
+    Column("provider_message_id", String(100), index=True),  # provider callbacks find the delivery by it
     Column("last_error", Text),
+    Column("provider_status", String(20)),  # latest status a provider callback reported (Twilio MessageStatus)
+    # A replay gives the delivery a fresh retry budget: the policy counts
+    # attempts and age from here, while attempt numbers keep growing.
+    Column("retry_from_attempt", Integer, nullable=False, default=0, server_default="0"),
+    Column("retry_from", UTCDateTime),
     Index("ix_deliveries_due", "status", "next_attempt_at"),
 )
 

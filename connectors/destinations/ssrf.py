@@ -1,0 +1,79 @@
+"""Refuse to send webhooks into our own network (SSRF), unless ops allow it explicitly.
+
+A webhook URL is configuration someone typed, and a host name can resolve to
+anything: 169.254.169.254 (cloud metadata), 127.0.0.1 (the hub's own admin
+API), a database on 10.x. Every send resolves the host, refuses the
+non-public addresses that are not allowlisted, and then connects to the
+address it vetted (not to the name again), so a DNS answer that changes
+between the check and the connect (rebinding) cannot slip past.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import httpx
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class AddressRefused(Exception):
+    """The URL's host resolves only to addresses the guard may not connect to."""
+
+
+@dataclass(frozen=True)
+class PinnedTarget:
+    """Where to connect for a vetted URL: the request URL on the address, plus Host and SNI for the name."""
+
+    url: httpx.URL
+    headers: dict[str, str]
+    extensions: dict[str, str]
+
+
+class SsrfGuard:
+    """Vets URLs against an allowlist of networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``).
+
+    Public unicast addresses are always allowed; private, loopback,
+    link-local, multicast, reserved and unspecified ones only when an
+    allowlisted network contains them.
+    """
+
+    def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
+        self.allowed = [ipaddress.ip_network(network.strip(), strict=False) for network in allowed_networks if network.strip()]
+
+    def permits(self, address: IPAddress) -> bool:
+        if any(address in network for network in self.allowed):
+            return True
+        return address.is_global and not address.is_multicast
+
+    def pin(self, url: str) -> PinnedTarget:
+        """The request target for `url` on its first permitted address.
+
+        Raises:
+            AddressRefused: every address of the host is non-public and not allowlisted.
+            OSError: the host name does not resolve (socket.gaierror).
+        """
+        parsed = httpx.URL(url)
+        host = parsed.host
+        addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
+        permitted = [address for address in addresses if self.permits(address)]
+        if not permitted:
+            shown = ", ".join(sorted({str(address) for address in addresses}))
+            raise AddressRefused(
+                f"{host} resolves to {shown}: not a public address; allowlist it in HUB_WEBHOOK_ALLOWED_NETWORKS if intended"
+            )
+        host_header = host if parsed.port is None else f"{host}:{parsed.port}"
+        extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
+        return PinnedTarget(parsed.copy_with(host=str(permitted[0])), {"Host": host_header}, extensions)
+
+
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]

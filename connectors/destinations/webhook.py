@@ -1,0 +1,163 @@
+"""Signed outbound webhooks (Standard Webhooks): chat-widget offers and CDP audience tags.
+
+Spec: https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+
+Each delivery is one JSON POST carrying three headers:
+
+* ``webhook-id``: the delivery's idempotency key, the same on every retry and
+  replay, so the receiver can drop duplicates;
+* ``webhook-timestamp``: integer Unix seconds, for the receiver's replay window;
+* ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``
+  keyed with the base64-decoded part of a ``whsec_`` secret.
+
+Redirects are not followed: a 3xx could point anywhere, past the SSRF guard.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from connectors.base import Destination
+from connectors.destinations.ssrf import AddressRefused, SsrfGuard
+from hub.clock import utcnow
+from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
+from hub.model import Delivery, SendResult
+from hub.pii import mask_text
+from hub.retry import outcome_for_status, parse_retry_after
+
+SECRET_PREFIX = "whsec_"
+RESPONSE_EXCERPT_CHARS = 200
+MAX_CONNECTIONS = 128
+CONTENT_KEYS = ("template", "rule_id", "params")  # the rest of a delivery's content is rendered message parts
+
+
+class WebhookConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(pattern=r"^https?://[^\s/]+", description="Receiver URL (http or https).")
+    secret: SecretStr = Field(description="Signing secret: 'whsec_' + base64 of 24-64 random bytes.")
+    allowed_networks: list[str] = Field(
+        default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
+    )
+    timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_webhooks_secret(cls, secret: SecretStr) -> SecretStr:
+        signing_key(secret.get_secret_value())
+        return secret
+
+
+def signing_key(secret: str) -> bytes:
+    """The HMAC key inside a ``whsec_`` secret; ValueError when it is not one."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError(f"must start with {SECRET_PREFIX!r} (Standard Webhooks secret format)")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError("the part after 'whsec_' must be base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError("the key must be 24 to 64 bytes (Standard Webhooks)")
+    return key
+
+
+def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
+    digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+class OutboundWebhookDestination(Destination):
+    """POSTs ``{"type", "timestamp", "data"}`` to one receiver. Override `event_type` per use."""
+
+    slug = "outbound_webhook"
+    title = "Outbound webhook (Standard Webhooks signatures)"
+    docs_url = "https://www.standardwebhooks.com/"
+    channel = "webhook"
+    event_type: ClassVar[str] = "profile.decision"
+    Config = WebhookConfig
+
+    def __init__(self, destination_id: str, config: BaseModel) -> None:
+        super().__init__(destination_id, config)
+        assert isinstance(config, WebhookConfig)
+        self.settings = config
+        self._key = signing_key(config.secret.get_secret_value())
+        self._guard = SsrfGuard(config.allowed_networks)
+        # As many kept-alive connections as the delivery engine has send threads, so none is re-opened per send.
+        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+        self._client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False, limits=limits)
+
+    def payload(self, delivery: Delivery) -> dict[str, Any]:
+        """The event body; `params.type` in the rule's action overrides the event type."""
+        content = delivery.content
+        params = content.get("params") or {}
+        return {
+            "type": params.get("type", self.event_type),
+            "timestamp": utcnow().isoformat(),
+            "data": {
+                "delivery_id": delivery.delivery_id,
+                "profile_id": delivery.target,
+                "rule_id": content.get("rule_id"),
+                "template": content.get("template"),
+                "message": {key: value for key, value in content.items() if key not in CONTENT_KEYS},
+                "params": params,
+            },
+        }
+
+    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
+        return {"url": self.settings.url, "webhook_id": delivery.delivery_id, "type": self.payload(delivery)["type"]}
+
+    def send(self, delivery: Delivery) -> SendResult:
+        body = json.dumps(self.payload(delivery), separators=(",", ":"), sort_keys=True).encode()
+        timestamp = int(utcnow().timestamp())
+        try:
+            target = self._guard.pin(self.settings.url)
+        except AddressRefused as exc:
+            raise PermanentDeliveryError(DeliveryFailure("ssrf.address_refused", str(exc))) from exc
+        except OSError as exc:
+            raise RetryableDeliveryError(DeliveryFailure("network.dns", f"cannot resolve the webhook host: {exc}")) from exc
+        headers = {
+            **target.headers,
+            "content-type": "application/json",
+            "webhook-id": delivery.delivery_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sign(self._key, delivery.delivery_id, timestamp, body),
+        }
+        try:
+            response = self._client.post(target.url, content=body, headers=headers, extensions=target.extensions)
+        except httpx.TimeoutException as exc:
+            raise RetryableDeliveryError(DeliveryFailure("network.timeout", f"webhook timed out: {exc!r}")) from exc
+        except httpx.TransportError as exc:
+            raise RetryableDeliveryError(
+                DeliveryFailure(f"network.{type(exc).__name__}", f"could not reach the webhook: {exc}")
+            ) from exc
+        summary = {"status": response.status_code, "body": mask_text(response.text[:RESPONSE_EXCERPT_CHARS])}
+        if response.is_success:
+            return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
+        outcome = outcome_for_status(response.status_code)
+        raise outcome(
+            DeliveryFailure(
+                error_class=f"http.{response.status_code}",
+                message=f"webhook answered {response.status_code} {response.reason_phrase}",
+                retry_after=parse_retry_after(response.headers.get("retry-after"), utcnow()),
+                response_summary=summary,
+            )
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class ChatWebhookDestination(OutboundWebhookDestination):
+    """A chat-widget offer: the widget's backend opens a proactive chat for the profile."""
+
+    slug = "chat_webhook"
+    title = "Chat widget webhook (Standard Webhooks signatures)"
+    channel = "chat"
+    event_type = "chat.offer"

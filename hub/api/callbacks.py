@@ -1,0 +1,52 @@
+"""Provider callbacks: POST /v1/callbacks/{destination_id}[/{kind}].
+
+The destination verifies and parses (`connectors.base.CallbackReceiver`);
+this route applies what it learned (delivery statuses, consent changes) in
+one transaction. A verification failure changes nothing.
+"""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, HTTPException, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult
+from hub.api.body import read_body
+from hub.clock import utcnow
+from hub.consent import set_consent, set_consent_by_identifier
+from hub.runtime import Hub
+from hub.store import outbox
+
+log = structlog.get_logger(__name__)
+router = APIRouter(tags=["callbacks"])
+
+
+@router.post("/v1/callbacks/{destination_id}", summary="Delivery status callback from a provider")
+@router.post("/v1/callbacks/{destination_id}/{kind}", summary="Other provider callbacks, such as inbound messages")
+async def callback(request: Request, destination_id: str, kind: str = "status") -> Response:
+    hub: Hub = request.app.state.hub
+    destination = hub.destinations.get(destination_id)
+    if not isinstance(destination, CallbackReceiver):
+        raise HTTPException(404, detail=f"destination_id: no destination {destination_id!r} takes callbacks")
+    body = await read_body(request, hub.settings.max_body_bytes)
+    query = f"?{request.url.query}" if request.url.query else ""
+    incoming = CallbackRequest(kind, hub.settings.public_url(request.url.path) + query, request.headers, body)
+    result = destination.handle_callback(incoming)
+    await run_in_threadpool(_apply, hub, destination_id, result)
+    return Response(result.response_body, media_type=result.response_media_type)
+
+
+def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
+    now = utcnow()
+    with hub.store.write() as connection:
+        for report in result.statuses:
+            delivery = outbox.apply_provider_status(connection, destination_id, report, now)
+            if delivery is None:
+                # Acknowledged all the same: a provider retrying it would not make it match.
+                log.warning("status for a message no delivery sent", destination=destination_id,
+                            provider_message_id=report.provider_message_id)
+            elif report.revokes_consent:
+                set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider")
+        for signal in result.consent:
+            set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")

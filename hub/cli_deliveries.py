@@ -1,0 +1,96 @@
+"""`touchhub deliveries`: read the delivery log and work the dead-letter queue.
+
+These commands talk to the store directly (HUB_DATABASE_URL), so they work
+whether or not a hub is running; a running hub's delivery workers pick up
+replayed deliveries at their next poll.
+"""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from hub.clock import utcnow
+from hub.settings import HubSettings
+from hub.store import Store, outbox
+
+app = typer.Typer(
+    help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
+)
+console = Console()
+REPLAY_CHUNK = 100  # deliveries replayed per transaction: short write locks, a live progress bar
+
+
+def _store() -> Store:
+    store = Store(HubSettings().database_url)
+    store.migrate()  # a fresh or older database reads as an empty, current one instead of failing
+    return store
+
+
+@app.command("list")
+def list_deliveries(
+    status: str = typer.Option(None, help="pending, retrying, sent, delivered, failed, or dead (the DLQ)."),
+    destination: str = typer.Option(None, help="Only this destination id, e.g. twilio_sms."),
+    channel: str = typer.Option(None, help="Only this channel: sms, email, push, chat, webhook, crm."),
+    profile: str = typer.Option(None, help="Only deliveries to this profile id."),
+    limit: int = typer.Option(50, min=1, max=1000, help="Show at most this many, newest first."),
+) -> None:
+    """Show deliveries, newest first, with their attempts and last error (recipients masked).
+
+    Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
+    """
+    with _store().read() as connection:
+        found = outbox.search(
+            connection, limit=limit, status=status, channel=channel, destination_id=destination, profile_id=profile
+        )
+    table = Table(title=f"Deliveries ({len(found)} shown)")
+    for column in ("delivery id", "planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):
+        table.add_column(column, overflow="fold")
+    for item in found:
+        table.add_row(
+            item["delivery_id"], item["created_at"].strftime("%Y-%m-%d %H:%M:%S"), item["channel"],
+            item["destination_id"], item["target"], item["status"], str(item["attempts"]), item["last_error"] or "",
+        )
+    console.print(table)
+
+
+@app.command("replay")
+def replay(
+    delivery_id: str = typer.Argument(None, help="The delivery to send again (dead or failed)."),
+    all_dead: bool = typer.Option(False, "--all", help="Replay every dead delivery (optionally of one --destination)."),
+    destination: str = typer.Option(None, help="With --all: only dead deliveries of this destination id."),
+) -> None:
+    """Queue dead (or failed) deliveries again, each with a fresh retry budget.
+
+    Examples: [bold]touchhub deliveries replay 6f1c...[/], or after fixing Twilio credentials
+    [bold]touchhub deliveries replay --all --destination twilio_sms[/].
+    """
+    if (delivery_id is None) == (not all_dead) or (destination and not all_dead):
+        console.print("[red]Give one delivery id, or --all (optionally with --destination).[/]")
+        raise typer.Exit(2)
+    store = _store()
+    if delivery_id is not None:
+        with store.write() as connection:
+            previous = outbox.replay(connection, delivery_id, utcnow())
+        if previous is None:
+            console.print(f"[red]No delivery {delivery_id}.[/]")
+            raise typer.Exit(1)
+        if previous not in outbox.REPLAYABLE_STATUSES:
+            console.print(f"[yellow]Delivery {delivery_id} is {previous}; only dead or failed deliveries are replayed.[/]")
+            raise typer.Exit(1)
+        console.print(f"Delivery {delivery_id} ({previous}) queued again.")
+        return
+    with store.read() as connection:
+        ids = outbox.ids_with_status(connection, "dead", destination)
+    columns = (TextColumn("Replaying dead deliveries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("replay", total=len(ids))
+        for start in range(0, len(ids), REPLAY_CHUNK):
+            chunk = ids[start : start + REPLAY_CHUNK]
+            with store.write() as connection:
+                for each in chunk:
+                    outbox.replay(connection, each, utcnow())
+            progress.advance(task, len(chunk))
+    console.print(f"{len(ids)} dead deliveries queued again.")

@@ -1,0 +1,109 @@
+"""Per-destination delivery policy from `mappings/delivery.yaml`: retries, circuit breaker, rate limit.
+
+Ops tune how hard the hub pushes each provider without a deploy. Every value
+left out falls back to the hub-wide defaults in settings (HUB_DELIVERY_*,
+HUB_RETRY_*, HUB_BREAKER_*), so the file lists only what differs. The file
+itself is optional: without it every destination gets the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hub.config_files import load_model
+from hub.durations import Duration
+from hub.retry import RetryPolicy
+from hub.settings import HubSettings
+from hub.throttle import CircuitBreaker, TokenBucket
+
+POLICY_FILE = "delivery.yaml"
+
+
+class RetrySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_attempts: int | None = Field(None, ge=1, description="Tries before the delivery is dead-lettered.")
+    max_age: Duration | None = Field(None, description="Give up (dead-letter) once a delivery is this old.")
+    base_delay: Duration | None = Field(None, description="First backoff step; doubles per try, full jitter.")
+    max_delay: Duration | None = Field(None, description="Longest wait between two tries (Retry-After may exceed it).")
+
+
+class BreakerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    failure_threshold: int | None = Field(None, ge=1, description="Consecutive retryable failures that open it.")
+    reset_after: Duration | None = Field(None, description="How long it stays open before one probe is sent.")
+
+
+class RateLimitSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_second: float = Field(gt=0, description="Average sends per second from this process.")
+    burst: int = Field(1, ge=1, description="Sends allowed back to back before the average applies.")
+
+
+class DestinationPolicySpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    retry: RetrySpec = RetrySpec()
+    circuit_breaker: BreakerSpec = BreakerSpec()
+    rate_limit: RateLimitSpec | None = None
+
+
+class DeliveryPolicyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    destinations: dict[str, DestinationPolicySpec] = Field(
+        default_factory=dict, description="Policy by destination id; destinations not listed use the defaults."
+    )
+
+
+@dataclass(frozen=True)
+class DestinationPolicy:
+    """What the delivery engine applies to one destination; breaker and bucket hold live state."""
+
+    retry: RetryPolicy
+    breaker: CircuitBreaker
+    rate_limit: TokenBucket | None
+
+
+def load_policy_file(folder: Path) -> DeliveryPolicyFile:
+    path = folder / POLICY_FILE
+    return load_model(path, DeliveryPolicyFile) if path.exists() else DeliveryPolicyFile()
+
+
+def build_policy(destination_id: str, spec: DestinationPolicySpec, settings: HubSettings) -> DestinationPolicy:
+    retry, breaker = spec.retry, spec.circuit_breaker
+    return DestinationPolicy(
+        retry=RetryPolicy(
+            max_attempts=retry.max_attempts or settings.delivery_max_attempts,
+            max_age=retry.max_age or timedelta(seconds=settings.delivery_max_age_seconds),
+            base_delay=_seconds(retry.base_delay, settings.retry_base_delay_seconds),
+            max_delay=_seconds(retry.max_delay, settings.retry_max_delay_seconds),
+        ),
+        breaker=CircuitBreaker(
+            destination_id,
+            failure_threshold=breaker.failure_threshold or settings.breaker_failure_threshold,
+            reset_after=_seconds(breaker.reset_after, settings.breaker_reset_seconds),
+        ),
+        rate_limit=TokenBucket(spec.rate_limit.per_second, spec.rate_limit.burst) if spec.rate_limit else None,
+    )
+
+
+class PolicyBook:
+    """Policies by destination id, built on first use for destinations the file does not list."""
+
+    def __init__(self, specs: DeliveryPolicyFile, settings: HubSettings) -> None:
+        self._specs = specs.destinations
+        self._settings = settings
+        self._built: dict[str, DestinationPolicy] = {}
+
+    def for_destination(self, destination_id: str) -> DestinationPolicy:
+        policy = self._built.get(destination_id)
+        if policy is None:
+            spec = self._specs.get(destination_id, DestinationPolicySpec())
+            policy = self._built.setdefault(destination_id, build_policy(destination_id, spec, self._settings))
+        return policy
+
+
+def _seconds(value: timedelta | None, default: float) -> float:
+    return value.total_seconds() if value is not None else default

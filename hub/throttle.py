@@ -1,0 +1,108 @@
+"""Per-destination protection of providers: a circuit breaker and a token bucket.
+
+Both live in the memory of one process. A breaker is a fast local reaction
+to an outage (every worker process learns on its own that Twilio is down,
+after a handful of failures), and a rate limit shared by several processes is
+set per process (divide the provider's limit by the number of workers).
+Neither ever fails a delivery: a delivery they hold back waits in the outbox
+and is tried when they let it through.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], float]
+
+
+class CircuitBreaker:
+    """Closed -> open after `failure_threshold` consecutive failures -> half-open probe after `reset_after`.
+
+    While open, `admit` tells callers how long to wait. After `reset_after`
+    one caller is let through as a probe; its success closes the breaker, its
+    failure opens it again for another `reset_after`. Only outage-like
+    failures (retryable errors) should be recorded as failures: a refused
+    phone number says nothing about the provider's health.
+    """
+
+    def __init__(self, name: str, failure_threshold: int, reset_after: float, clock: Clock = time.monotonic) -> None:
+        self.name = name
+        self.failure_threshold = failure_threshold
+        self.reset_after = reset_after
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._failures = 0
+        self._opened_at: float | None = None
+        self._probe_in_flight = False
+
+    @property
+    def state(self) -> str:
+        with self._lock:
+            if self._opened_at is None:
+                return "closed"
+            return "half_open" if self._probe_in_flight else "open"
+
+    def admit(self) -> float:
+        """0 when a call may go ahead now; otherwise the seconds to wait before asking again."""
+        with self._lock:
+            if self._opened_at is None:
+                return 0.0
+            if self._probe_in_flight:
+                # Check back soon: the probe's answer may close the breaker at any moment.
+                return min(self.reset_after, 1.0)
+            remaining = self._opened_at + self.reset_after - self._clock()
+            if remaining > 0:
+                return remaining
+            self._probe_in_flight = True
+            log.info("circuit half-open: sending a probe", destination=self.name)
+            return 0.0
+
+    def record(self, healthy: bool) -> None:
+        """Report how an admitted call went: `healthy` unless it failed in an outage-like way."""
+        with self._lock:
+            if healthy:
+                if self._opened_at is not None:
+                    log.info("circuit closed", destination=self.name)
+                self._failures, self._opened_at, self._probe_in_flight = 0, None, False
+                return
+            self._failures += 1
+            if self._probe_in_flight or self._failures >= self.failure_threshold:
+                if self._opened_at is None or self._probe_in_flight:
+                    log.warning("circuit open", destination=self.name, consecutive_failures=self._failures)
+                self._opened_at, self._probe_in_flight = self._clock(), False
+
+
+class TokenBucket:
+    """At most `rate` calls a second on average, with bursts of up to `burst` calls."""
+
+    def __init__(self, rate: float, burst: int, clock: Clock = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._tokens = float(burst)
+        self._updated = clock()
+
+    def reserve(self, max_wait: float) -> float | None:
+        """Take a token: the seconds to sleep before using it, or None (nothing taken) if that exceeds `max_wait`."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+            self._updated = now
+            wait = max(0.0, (1 - self._tokens) / self.rate)
+            if wait > max_wait:
+                return None
+            self._tokens -= 1
+            return wait
+
+    def wait_time(self) -> float:
+        """Seconds until a token will be free, if nobody else takes it first."""
+        with self._lock:
+            tokens = min(self.burst, self._tokens + (self._clock() - self._updated) * self.rate)
+            return max(0.0, (1 - tokens) / self.rate)

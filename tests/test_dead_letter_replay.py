@@ -1,0 +1,94 @@
+"""The dead-letter queue: exhausted deliveries go dead, are found in the log, and replay with a fresh budget."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ADMIN_TOKEN, RunningHub, message
+
+TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
+NOW = datetime.now(timezone.utc)
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def trigger_sms(running_hub: RunningHub, user: str, phone: str) -> None:
+    running_hub.send(
+        message("identify", userId=user, traits={"phone": phone}, timestamp=(NOW - timedelta(days=2)).isoformat()),
+        message(userId=user, event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
+        message(userId=user, event="Ticket Submitted", timestamp=NOW.isoformat()),
+    )
+    running_hub.settle()
+
+
+def touchhub(running_hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"COLUMNS": "200", "PATH": "", "HUB_DATABASE_URL": running_hub.hub.settings.database_url}
+    return subprocess.run([TOUCHHUB, "deliveries", *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=2)
+def test_dead_delivery_replayed_over_the_api_is_sent_with_a_fresh_budget(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=2)
+    trigger_sms(running_hub, "u-dead", "+14155550190")
+    [dead] = running_hub.admin("/api/deliveries", status="dead")["deliveries"]
+    assert [a["outcome"] for a in dead["attempt_log"]] == ["retryable", "retryable"]
+
+    answer = running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH)
+    assert answer.status_code == 200
+    assert answer.json() == {"delivery_id": dead["delivery_id"], "previous_status": "dead", "status": "pending"}
+    running_hub.settle()
+    [sent] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    assert sent["status"] == "sent"
+    assert [(a["attempt_no"], a["outcome"]) for a in sent["attempt_log"]] == [(1, "retryable"), (2, "retryable"), (3, "sent")]
+    assert running_hub.sandbox.twilio.message_count == 1
+
+    again = running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH)
+    assert again.status_code == 409 and "is sent" in again.json()["detail"]
+    assert running_hub.client.post("/api/deliveries/nope/replay", headers=AUTH).status_code == 404
+    assert running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay").status_code == 401
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=1)
+def test_cli_lists_the_dlq_and_replays_all_of_one_destination(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=2)
+    trigger_sms(running_hub, "u-a", "+14155550191")
+    trigger_sms(running_hub, "u-b", "+14155550192")
+    assert len(running_hub.admin("/api/deliveries", status="dead")["deliveries"]) == 2
+
+    listed = touchhub(running_hub, "list", "--status", "dead")
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.count("twilio_sms") == 2 and "Twilio 503 error 20500" in listed.stdout
+    assert "+14155550191" not in listed.stdout and "+1******0191" in listed.stdout
+
+    nothing = touchhub(running_hub, "replay", "--all", "--destination", "email_smtp")
+    assert nothing.returncode == 0 and "0 dead deliveries queued again" in nothing.stdout
+    replayed = touchhub(running_hub, "replay", "--all", "--destination", "twilio_sms")
+    assert replayed.returncode == 0, replayed.stderr
+    assert "2 dead deliveries queued again" in replayed.stdout
+    running_hub.settle()
+    assert {d["status"] for d in running_hub.admin("/api/deliveries")["deliveries"]} == {"sent"}
+    assert running_hub.sandbox.twilio.message_count == 2
+
+    assert touchhub(running_hub, "replay").returncode == 2  # neither an id nor --all
+    sent_id = running_hub.admin("/api/deliveries", channel="sms")["deliveries"][0]["delivery_id"]
+    refused = touchhub(running_hub, "replay", sent_id)
+    assert refused.returncode == 1 and "only dead or failed" in refused.stdout
+
+
+def test_delivery_log_filters_by_destination_channel_and_time(running_hub: RunningHub) -> None:
+    trigger_sms(running_hub, "u-f", "+14155550193")
+    [delivery] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    planned = datetime.fromisoformat(delivery["created_at"])
+    assert running_hub.admin("/api/deliveries", destination="twilio_sms", channel="sms")["deliveries"] == [delivery]
+    assert running_hub.admin("/api/deliveries", destination="email_smtp")["deliveries"] == []
+    window = {"since": (planned - timedelta(seconds=1)).isoformat(), "until": (planned + timedelta(seconds=1)).isoformat()}
+    assert delivery in running_hub.admin("/api/deliveries", **window)["deliveries"]
+    assert running_hub.admin("/api/deliveries", since=(planned + timedelta(seconds=1)).isoformat())["deliveries"] == []
+    naive_until = (planned - timedelta(seconds=1)).replace(tzinfo=None).isoformat()  # read as UTC
+    assert running_hub.admin("/api/deliveries", until=naive_until)["deliveries"] == []
+    bad = running_hub.client.get("/api/deliveries", params={"since": "yesterday"}, headers=AUTH)
+    assert bad.status_code == 422 and "since" in bad.text

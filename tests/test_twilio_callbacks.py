@@ -1,0 +1,127 @@
+"""Twilio status callbacks and inbound STOP/START, signed by the fake Twilio, verified by the hub."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import httpx
+from twilio.request_validator import RequestValidator
+
+from tests.conftest import RunningHub, message
+
+PHONE = "+14155550177"
+
+
+def at(**delta: float) -> str:
+    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat()
+
+
+def trigger_sms(running_hub: RunningHub, user: str = "u-cb", phone: str = PHONE) -> dict:
+    running_hub.send(
+        message("identify", userId=user, traits={"phone": phone}, timestamp=at(days=2)),
+        message(userId=user, event="Order Completed", timestamp=at(days=1)),
+        message(userId=user, event="Ticket Submitted", timestamp=at(minutes=1)),
+    )
+    running_hub.settle()
+    [delivery] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    return delivery
+
+
+def delivery_now(running_hub: RunningHub, delivery_id: str) -> dict:
+    return next(d for d in running_hub.admin("/api/deliveries")["deliveries"] if d["delivery_id"] == delivery_id)
+
+
+def traits(running_hub: RunningHub, phone: str = PHONE) -> dict:
+    return running_hub.admin("/api/profiles/lookup", type="phone", value=phone)["traits"]
+
+
+def test_message_carries_the_hubs_status_callback_and_callbacks_move_the_status(running_hub: RunningHub) -> None:
+    delivery = trigger_sms(running_hub)
+    twilio = running_hub.sandbox.twilio
+    [sent] = twilio.messages
+    assert twilio.status_callbacks == {sent["sid"]: f"{running_hub.url}/v1/callbacks/twilio_sms"}
+    assert delivery["status"] == "sent" and delivery["provider_message_id"] == sent["sid"]
+
+    assert twilio.post_status(sent["sid"], "sent").status_code == 200
+    assert (delivery_now(running_hub, delivery["delivery_id"])["provider_status"]) == "sent"
+    assert twilio.post_status(sent["sid"], "delivered").status_code == 200
+    assert twilio.post_status(sent["sid"], "sent").status_code == 200  # late and out of order: ignored
+    settled = delivery_now(running_hub, delivery["delivery_id"])
+    assert (settled["status"], settled["provider_status"]) == ("delivered", "delivered")
+
+
+def test_undelivered_callback_fails_the_delivery_with_twilios_error_code(running_hub: RunningHub) -> None:
+    delivery = trigger_sms(running_hub)
+    sid = running_hub.sandbox.twilio.messages[0]["sid"]
+    assert running_hub.sandbox.twilio.post_status(sid, "undelivered", error_code=30003).status_code == 200
+    failed = delivery_now(running_hub, delivery["delivery_id"])
+    assert (failed["status"], failed["provider_status"], failed["last_error"]) == ("failed", "undelivered", "twilio.30003")
+    assert traits(running_hub).get("sms_opt_out") is None
+
+
+def test_forged_or_unsigned_callback_is_403_and_changes_nothing(running_hub: RunningHub) -> None:
+    delivery = trigger_sms(running_hub)
+    sid = running_hub.sandbox.twilio.messages[0]["sid"]
+    url = f"{running_hub.url}/v1/callbacks/twilio_sms"
+    fields = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "21610", "AccountSid": "AC" + "0" * 32}
+    forged = RequestValidator("not-the-auth-token").compute_signature(url, fields)
+    assert httpx.post(url, data=fields, headers={"X-Twilio-Signature": forged}).status_code == 403
+    assert httpx.post(url, data=fields).status_code == 403
+    genuine = RequestValidator(running_hub.sandbox.twilio.auth_token).compute_signature(url, fields)
+    tampered = {**fields, "MessageStatus": "delivered"}
+    assert httpx.post(url, data=tampered, headers={"X-Twilio-Signature": genuine}).status_code == 403
+    unchanged = delivery_now(running_hub, delivery["delivery_id"])
+    assert (unchanged["status"], unchanged["provider_status"]) == ("sent", None)
+    assert traits(running_hub).get("sms_opt_out") is None
+
+
+def test_bad_callback_bodies_are_400_and_unknown_destinations_404(running_hub: RunningHub) -> None:
+    url = f"{running_hub.url}/v1/callbacks/twilio_sms"
+    assert httpx.post(url, json={"MessageSid": "SM1"}).status_code == 400
+    signed_without_status = running_hub.sandbox.twilio.post_signed(url, {"MessageSid": "SM1"})
+    assert signed_without_status.status_code == 400
+    assert "MessageStatus" in signed_without_status.json()["error"]
+    assert running_hub.sandbox.twilio.post_signed(f"{url}/bogus", {"MessageSid": "SM1"}).status_code == 400
+    assert httpx.post(f"{running_hub.url}/v1/callbacks/nowhere", data={"a": "b"}).status_code == 404
+
+
+def test_failed_callback_with_21610_revokes_sms_consent(running_hub: RunningHub) -> None:
+    trigger_sms(running_hub)
+    sid = running_hub.sandbox.twilio.messages[0]["sid"]
+    assert running_hub.sandbox.twilio.post_status(sid, "failed", error_code=21610).status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is True
+
+
+def test_unsubscribed_21610_at_send_revokes_consent_and_stops_later_texts(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.unsubscribed.add(PHONE)
+    delivery = trigger_sms(running_hub)
+    assert delivery["status"] == "failed"
+    assert delivery["attempt_log"][0]["error_class"] == "twilio.21610"
+    assert traits(running_hub)["sms_opt_out"] is True
+
+    running_hub.send(message(userId="u-cb", event="Ticket Submitted", timestamp=at(seconds=1)))
+    running_hub.settle()
+    assert len(running_hub.sandbox.twilio.requests) == 1  # the refused one; nothing more was sent
+
+
+def test_inbound_stop_and_start_change_sms_consent(running_hub: RunningHub) -> None:
+    trigger_sms(running_hub)
+    inbound = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"
+    twilio = running_hub.sandbox.twilio
+    answer = twilio.post_inbound(inbound, PHONE, " stop ")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/xml")
+    assert b"<Response>" in answer.content
+    assert traits(running_hub)["sms_opt_out"] is True
+    assert twilio.post_inbound(inbound, PHONE, "When does my order arrive?").status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is True
+    assert twilio.post_inbound(inbound, PHONE, "START").status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is False
+
+
+def test_forged_inbound_stop_is_403_and_consent_stays(running_hub: RunningHub) -> None:
+    trigger_sms(running_hub)
+    url = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"
+    fields = {"From": PHONE, "Body": "STOP", "MessageSid": "SM" + "1" * 32}
+    forged = RequestValidator("guessed").compute_signature(url, fields)
+    assert httpx.post(url, data=fields, headers={"X-Twilio-Signature": forged}).status_code == 403
+    assert traits(running_hub).get("sms_opt_out") is None

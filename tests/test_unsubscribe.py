@@ -1,0 +1,83 @@
+"""Unsubscribe links: signed and expiring tokens, a GET that changes nothing, a one-click POST that revokes email."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+
+from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
+from tests.conftest import RunningHub, message
+
+NOW = datetime.now(timezone.utc)
+EMAIL = "ana@example.com"
+
+
+def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> None:
+    token = make_token("s3cret", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
+    request = read_token("s3cret", token, NOW)
+    assert (request.profile_id, request.channel) == ("01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email")
+    payload, signature = token.split(".")
+    forged = make_token("guess", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
+    someone_else = make_token("guess", "01JDQ70000000000000000000", "email", NOW + timedelta(days=1)).split(".")[0]
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    for bad in (forged, f"{payload}.{flipped}", f"{someone_else}.{signature}", "garbage", "", "a.b.c", "é.é"):
+        with pytest.raises(InvalidToken):
+            read_token("s3cret", bad, NOW)
+    with pytest.raises(ExpiredToken):
+        read_token("s3cret", token, NOW + timedelta(days=2))
+
+
+def trigger_email(running_hub: RunningHub, user: str = "u-mail") -> None:
+    running_hub.send(
+        message("identify", userId=user, traits={"email": EMAIL, "first_name": "Ana"},
+                timestamp=(NOW - timedelta(days=2)).isoformat()),
+        message(userId=user, event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
+        message(userId=user, event="Ticket Submitted", timestamp=(NOW - timedelta(minutes=5)).isoformat()),
+    )
+    running_hub.settle()
+
+
+def email_traits(running_hub: RunningHub) -> dict:
+    return running_hub.admin("/api/profiles/lookup", type="email", value=EMAIL)["traits"]
+
+
+def test_one_click_unsubscribe_revokes_email_consent_and_stops_the_next_email(running_hub: RunningHub) -> None:
+    trigger_email(running_hub)
+    [received] = running_hub.sandbox.smtp.received
+    [link] = re.findall(r"^<(.+)>$", received.message["List-Unsubscribe"])
+    assert link.startswith(f"{running_hub.url}/v1/unsubscribe?token=")
+
+    page = httpx.get(link)  # what a link scanner or a click does: nothing changes yet
+    assert page.status_code == 200 and "<form method=\"post\"" in page.text
+    assert "email_opt_out" not in email_traits(running_hub)
+
+    one_click = httpx.post(link, content="List-Unsubscribe=One-Click",
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert one_click.status_code == 200 and "Unsubscribed" in one_click.text
+    assert email_traits(running_hub)["email_opt_out"] is True
+
+    running_hub.send(message(userId="u-mail", event="Ticket Submitted", timestamp=(NOW + timedelta(days=2)).isoformat()))
+    running_hub.settle()
+    assert len(running_hub.sandbox.smtp.received) == 1
+    email_deliveries = running_hub.admin("/api/deliveries", channel="email")["deliveries"]
+    assert len(email_deliveries) == 1 and email_deliveries[0]["target"] == "a***@example.com"
+
+
+def test_forged_expired_and_unknown_profile_links_change_nothing(running_hub: RunningHub) -> None:
+    trigger_email(running_hub)
+    profile_id = running_hub.admin("/api/profiles/lookup", type="email", value=EMAIL)["profile_id"]
+    secret = running_hub.hub.settings.unsubscribe_secret.get_secret_value()
+    url = f"{running_hub.url}/v1/unsubscribe"
+    forged = make_token("not-our-secret", profile_id, "email", NOW + timedelta(days=1))
+    expired = make_token(secret, profile_id, "email", NOW - timedelta(seconds=1))
+    nobody = make_token(secret, "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
+    assert httpx.post(url, params={"token": forged}).status_code == 403
+    assert httpx.get(url, params={"token": forged}).status_code == 403
+    answer = httpx.post(url, params={"token": expired})
+    assert answer.status_code == 410 and "expired" in answer.text
+    assert httpx.post(url, params={"token": nobody}).status_code == 404
+    assert httpx.post(url).status_code == 422  # no token at all
+    assert "email_opt_out" not in email_traits(running_hub)

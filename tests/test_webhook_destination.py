@@ -1,0 +1,187 @@
+"""Outbound webhooks: Standard Webhooks signatures checked by the `standardwebhooks` library, error classes, SSRF guard."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+from standardwebhooks import Webhook
+
+from connectors.destinations.ssrf import AddressRefused, SsrfGuard
+from connectors.destinations.webhook import ChatWebhookDestination, OutboundWebhookDestination
+from connectors.sandbox.webhooks import FakeWebhookReceiver, create_app
+from hub.errors import AuthDeliveryError, ConfigError, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
+from hub.model import Delivery, PlannedDelivery
+from hub.serving import BackgroundServer
+from hub.store import outbox
+from tests.conftest import RunningHub
+
+
+@pytest.fixture(scope="module")
+def receiver() -> FakeWebhookReceiver:
+    return FakeWebhookReceiver()
+
+
+@pytest.fixture(scope="module")
+def server(receiver: FakeWebhookReceiver) -> Iterator[BackgroundServer]:
+    with BackgroundServer(create_app(receiver)) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def fresh(receiver: FakeWebhookReceiver) -> None:
+    receiver.reset()
+    receiver.delay_seconds = 0
+
+
+def destination(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, kind: type[OutboundWebhookDestination] = OutboundWebhookDestination,
+    **config: object,
+) -> OutboundWebhookDestination:
+    values = {"url": f"{server.url}/hooks/cdp", "secret": receiver.secret, "allowed_networks": ["127.0.0.1"], **config}
+    return kind(kind.slug, kind.validate_config("test", values))
+
+
+def delivery(channel: str = "webhook", **content: object) -> Delivery:
+    return Delivery(
+        delivery_id="8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11",
+        destination_id="outbound_webhook",
+        channel=channel,
+        target="01JDQ6ZB3T7E3Y0P6M2C1V9XKQ",
+        content={"body": "Still deciding? Chat with us.", "template": "t.j2", "rule_id": "r1", "params": {}, **content},
+        attempts=0,
+        created_at=datetime.now(timezone.utc),
+    )
+
+
+def send_expecting(target: OutboundWebhookDestination, error: type[DeliveryError]) -> DeliveryError:
+    with pytest.raises(error) as raised:
+        target.send(delivery())
+    return raised.value
+
+
+def test_webhook_is_signed_per_standard_webhooks_with_the_idempotency_key_as_id(
+    server: BackgroundServer, receiver: FakeWebhookReceiver
+) -> None:
+    result = destination(server, receiver).send(delivery(params={"audience": "hesitant_buyers"}))
+    [request] = receiver.received
+    headers = request["headers"]
+    payload = Webhook(receiver.secret).verify(request["body"], headers)  # raises unless the signature matches
+    assert headers["webhook-id"] == "8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11" == result.provider_message_id
+    assert abs(int(headers["webhook-timestamp"]) - time.time()) < 5
+    assert headers["content-type"] == "application/json"
+    assert payload["type"] == "profile.decision"
+    assert payload["data"] == {
+        "delivery_id": "8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11",
+        "profile_id": "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ",
+        "rule_id": "r1",
+        "template": "t.j2",
+        "message": {"body": "Still deciding? Chat with us."},
+        "params": {"audience": "hesitant_buyers"},
+    }
+    assert (result.status, result.response_summary["status"]) == ("delivered", 200)
+    with pytest.raises(Exception, match="signature"):
+        Webhook(receiver.secret).verify(request["body"].replace(b"r1", b"r2"), headers)
+
+
+def test_chat_offers_and_rule_params_set_the_event_type(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
+    chat = destination(server, receiver, ChatWebhookDestination)
+    chat.send(delivery("chat"))
+    chat.send(delivery("chat", params={"type": "chat.coupon"}))
+    types = [json.loads(r["body"])["type"] for r in receiver.received]
+    assert types == ["chat.offer", "chat.coupon"]
+    assert len({r["headers"]["webhook-id"] for r in receiver.received}) == 1  # a resend keeps its id
+
+
+@pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
+def test_408_429_and_5xx_are_retryable_and_honour_retry_after(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, status: int
+) -> None:
+    receiver.fail_next(status, retry_after=7)
+    error = send_expecting(destination(server, receiver), RetryableDeliveryError)
+    assert (error.failure.error_class, error.failure.retry_after) == (f"http.{status}", 7)
+    assert error.failure.response_summary["status"] == status
+
+
+def test_retry_after_as_an_http_date(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
+    target = destination(server, receiver)
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+    receiver.fail_next(503, retry_after=later)
+    error = send_expecting(target, RetryableDeliveryError)
+    assert error.failure.retry_after is not None and 80 <= error.failure.retry_after <= 90
+
+
+@pytest.mark.parametrize(("status", "error"), [(400, PermanentDeliveryError), (404, PermanentDeliveryError),
+                                               (410, PermanentDeliveryError), (302, PermanentDeliveryError),
+                                               (401, AuthDeliveryError), (403, AuthDeliveryError)])
+def test_other_4xx_are_permanent_and_refused_signatures_auth(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, status: int, error: type[DeliveryError]
+) -> None:
+    receiver.fail_next(status)
+    assert send_expecting(destination(server, receiver), error).failure.error_class == f"http.{status}"
+    assert receiver.count == 1
+
+
+def test_timeouts_and_refused_connections_are_retryable(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
+    receiver.delay_seconds = 0.5
+    timed_out = send_expecting(destination(server, receiver, timeout_seconds=0.1), RetryableDeliveryError)
+    assert timed_out.failure.error_class == "network.timeout"
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{port}/x"), RetryableDeliveryError)
+    assert refused.failure.error_class == "network.ConnectError"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:{port}/hooks/cdp", "http://localhost:{port}/hooks/cdp",
+                                 "http://169.254.169.254/latest/meta-data", "http://10.1.2.3/", "http://[::1]:{port}/"])
+def test_private_addresses_are_refused_unless_allowlisted(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, url: str
+) -> None:
+    guarded = destination(server, receiver, url=url.format(port=server.port), allowed_networks=[])
+    error = send_expecting(guarded, PermanentDeliveryError)
+    assert error.failure.error_class == "ssrf.address_refused" and "HUB_WEBHOOK_ALLOWED_NETWORKS" in error.failure.message
+    assert receiver.count == 0
+    assert destination(server, receiver, allowed_networks=["127.0.0.0/8"]).send(delivery()).status == "delivered"
+
+
+def test_guard_connects_to_the_vetted_address_and_keeps_the_name_for_host_and_sni() -> None:
+    pinned = SsrfGuard(["127.0.0.1"]).pin("https://localhost:8443/hooks?x=1")
+    assert str(pinned.url) == "https://127.0.0.1:8443/hooks?x=1"
+    assert pinned.headers == {"Host": "localhost:8443"} and pinned.extensions == {"sni_hostname": "localhost"}
+    assert SsrfGuard().permits(ipaddress.ip_address("93.184.216.34"))
+    with pytest.raises(AddressRefused):
+        SsrfGuard(["10.0.0.0/8"]).pin("http://[::ffff:127.0.0.1]/")  # IPv4-mapped loopback is still loopback
+
+
+@pytest.mark.parametrize(("secret", "reason"), [("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_"),
+                                                ("whsec_not base64!", "base64"), ("whsec_c2hvcnQ=", "24 to 64 bytes")])
+def test_bad_secrets_are_config_errors_naming_the_key(secret: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as problems:
+        OutboundWebhookDestination.validate_config("HUB_OUTBOUND_WEBHOOK_*", {"url": "https://x.example/h", "secret": secret})
+    [problem] = problems.value.problems
+    assert problem.startswith("HUB_OUTBOUND_WEBHOOK_*: secret:") and reason in problem
+
+
+def test_chat_delivery_from_the_outbox_reaches_the_sandbox_signed(running_hub: RunningHub) -> None:
+    planned = PlannedDelivery(
+        delivery_id="0b8f0a4e-3c1d-5f7a-8e9b-1c2d3e4f5a6b", decision_id="d-1", profile_id="01JDQ6ZB3T7E3Y0P6M2C1V9XKQ",
+        channel="chat", destination_id="chat_webhook", target="01JDQ6ZB3T7E3Y0P6M2C1V9XKQ",
+        content={"body": "Need a hand comparing?", "template": "c.j2", "rule_id": "comparison_hesitation", "params": {}},
+    )
+    with running_hub.hub.store.write() as connection:
+        outbox.plan(connection, [planned], datetime.now(timezone.utc))
+    running_hub.hub.delivery_wake.set()
+    running_hub.settle()
+    [request] = running_hub.sandbox.webhooks.received
+    assert request["name"] == "chat"
+    payload = Webhook(running_hub.sandbox.webhooks.secret).verify(request["body"], request["headers"])
+    assert (payload["type"], payload["data"]["message"]["body"]) == ("chat.offer", "Need a hand comparing?")
+    [logged] = running_hub.admin("/api/deliveries", channel="chat")["deliveries"]
+    assert logged["status"] == "sent" and logged["attempt_log"][0]["request_summary"]["webhook_id"] == planned.delivery_id
