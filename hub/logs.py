@@ -9,7 +9,10 @@ import structlog
 
 from hub.pii import mask_value
 
-NOISY_LIBRARY_LOGGERS = ("twilio", "httpx", "httpcore", "urllib3", "uvicorn.access", "alembic")
+NOISY_LIBRARY_LOGGERS = (
+    "twilio", "httpx", "httpcore", "urllib3", "uvicorn.access", "alembic",
+    "simple_salesforce", "google.auth", "firebase_admin",
+)
 
 
 def _mask_pii(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,7 @@ the next RCPT or DATA with a chosen reply, such as ``451 4.3.0`` or
 
 from __future__ import annotations
 
+import logging
 import ssl
 import threading
 from collections import deque
@@ -121,6 +122,9 @@ class SmtpServer:
         self._controller = _BoundController(fake, sock, **options)
 
     def __enter__(self) -> "SmtpServer":
+        # aiosmtpd logs every envelope (addresses included) and, on each successful
+        # AUTH, a deprecation warning it raises against its own code: neither is ours to act on.
+        logging.getLogger("mail.log").setLevel(logging.ERROR)
         self._controller.start()
         return self
 
