@@ -47,7 +47,7 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
-            "next_attempt_at": now,
+            "next_attempt_at": item.not_before or now,
         }
         for item in planned
     ]
@@ -104,6 +104,7 @@ def search(
     profile_id: str | None = None,
     status: str | None = None,
     channel: str | None = None,
+    decision_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients are masked."""
     query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
@@ -113,6 +114,8 @@ def search(
         query = query.where(deliveries.c.status == status)
     if channel:
         query = query.where(deliveries.c.channel == channel)
+    if decision_id:
+        query = query.where(deliveries.c.decision_id == decision_id)
     found = [dict(row) for row in connection.execute(query).mappings()]
     by_delivery: dict[str, list[dict[str, Any]]] = defaultdict(list)
     if found:
@@ -140,8 +143,19 @@ def count_by_channel_and_status(connection: Connection) -> list[dict[str, Any]]:
     return [{"channel": ch, "status": st, "count": n, "attempts": int(a or 0)} for ch, st, n, a in rows]
 
 
-def unfinished(connection: Connection) -> int:
-    """Deliveries still waiting for an attempt (pending or retrying)."""
+def unfinished(connection: Connection, now: datetime) -> int:
+    """Deliveries being retried, or due for their first attempt; those held back by a delay or quiet hours
+    (pending until a later time) are not work yet."""
+    query = select(func.count()).select_from(deliveries).where(
+        or_(deliveries.c.status == "retrying", (deliveries.c.status == "pending") & (deliveries.c.next_attempt_at <= now))
+    )
+    return connection.execute(query).scalar_one()
+
+
+def planned_since(connection: Connection, profile_id: str, channels: Sequence[str], since: datetime) -> int:
+    """Deliveries planned for a profile on these channels since a time: what the daily cap counts."""
     return connection.execute(
-        select(func.count()).select_from(deliveries).where(deliveries.c.status.in_(DUE_STATUSES))
+        select(func.count()).select_from(deliveries).where(
+            deliveries.c.profile_id == profile_id, deliveries.c.channel.in_(list(channels)), deliveries.c.created_at > since
+        )
     ).scalar_one()
