@@ -46,7 +46,7 @@ def test_deliveries_filter_by_status(running_hub: RunningHub) -> None:
     )
     running_hub.settle()
     assert len(running_hub.admin("/api/deliveries", status="sent")["deliveries"]) == 1
-    assert running_hub.admin("/api/deliveries", status="dead")["deliveries"] == []
+    assert running_hub.admin("/api/deliveries", status="dead", channel="sms")["deliveries"] == []
 
 
 def test_health_readiness_and_metrics(running_hub: RunningHub) -> None:

@@ -18,7 +18,7 @@ def trigger_sms(running_hub: RunningHub, phone: str = "+14155550100") -> dict:
         message(userId="u-r", event="Ticket Submitted", timestamp=NOW.isoformat()),
     )
     running_hub.settle()
-    [delivery] = running_hub.admin("/api/deliveries")["deliveries"]
+    [delivery] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
     return delivery
 
 

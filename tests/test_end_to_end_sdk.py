@@ -38,7 +38,7 @@ def test_segment_sdk_journey_ends_in_one_sms(running_hub: RunningHub) -> None:
     assert sms["from"] == running_hub.hub.settings.twilio_from_number
     assert sms["body"].startswith("Hi Jane,") and "https://help.example.com/orders" in sms["body"]
 
-    [delivery] = running_hub.admin("/api/deliveries", profile_id=profile["profile_id"])["deliveries"]
+    [delivery] = running_hub.admin("/api/deliveries", profile_id=profile["profile_id"], channel="sms")["deliveries"]
     assert delivery["status"] == "sent" and delivery["channel"] == "sms"
     assert delivery["provider_message_id"] == sms["sid"]
     assert delivery["target"] == "+1******0142"

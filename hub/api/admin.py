@@ -12,8 +12,9 @@ from starlette.concurrency import run_in_threadpool
 
 from hub import stats
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
+from hub.explain import explain
 from hub.runtime import Hub
-from hub.store import outbox, quarantine, touchpoints
+from hub.store import decisions, outbox, quarantine, touchpoints
 from hub.store.identity_graph import find_profile_id, live_profile_id, profile_view
 
 T = TypeVar("T")
@@ -92,6 +93,22 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     search = partial(outbox.search, limit=limit, status=status, channel=channel)
     return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+
+
+@router.get("/decisions", summary="Decisions, newest first (capped ones included)")
+async def list_decisions(
+    request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None
+) -> dict[str, Any]:
+    search = partial(decisions.search, limit=limit, rule_id=rule_id)
+    return {"decisions": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+
+
+@router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries")
+async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
+    found = await _read(request, lambda connection: explain(connection, decision_id))
+    if found is None:
+        raise HTTPException(404, detail=f"no decision {decision_id!r}")
+    return found
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first")
