@@ -10,7 +10,7 @@ this or another process; a commit makes them settled, so each fires once.
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 from sqlalchemy import Connection
@@ -44,24 +44,23 @@ class TimerEngine:
         self.lease = lease
         self._deliveries_planned = deliveries_planned
 
-    def run_once(self) -> int:
-        """Fire one batch of due timers; returns how many were handled."""
-        now = utcnow()
+    def run_once(self, now: datetime | None = None) -> int:
+        """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
+        now = now or utcnow()
         planned = 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
             for timer in due:
                 try:
                     with connection.begin_nested():
-                        planned += self._fire(connection, timer)
+                        planned += self._fire(connection, timer, now)
                 except Exception:  # the claim stands: the timer is retried when its lease runs out
                     log.exception("timer failed to fire", timer_id=timer.timer_id, rule=timer.rule_id)
         if planned:
             self._deliveries_planned.set()
         return len(due)
 
-    def _fire(self, connection: Connection, timer: DueTimer) -> int:
-        now = utcnow()
+    def _fire(self, connection: Connection, timer: DueTimer, now: datetime) -> int:
         rule = self.rulebook.get(timer.rule_id)
         anchor = touchpoints.get(connection, timer.touchpoint_id)
         profile_id = live_profile_id(connection, timer.profile_id)

@@ -59,9 +59,12 @@ class Pipeline:
         self.config = config
         self._deliveries_planned = deliveries_planned
 
-    def run_once(self) -> int:
-        """Claim and process one batch; returns the number of inbox rows handled."""
-        now = utcnow()
+    def run_once(self, now: datetime | None = None) -> int:
+        """Claim and process one batch; returns the number of inbox rows handled.
+
+        `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
+        """
+        now = now or utcnow()
         planned = 0
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
