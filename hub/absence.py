@@ -73,6 +73,6 @@ class TimerEngine:
         if decision is None:
             timers.settle(connection, timer.timer_id, "cancelled", now)
             return 0
-        planned = self.responder.respond(connection, decision, anchor.as_document(), now)
+        planned = self.responder.respond(connection, decision, anchor.as_document(), now, profile)
         timers.settle(connection, timer.timer_id, "fired", now, decision.decision_id)
         return planned

@@ -28,7 +28,7 @@ from hub.normalize import normalize
 from hub.respond import Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, inbox, quarantine, timers, touchpoints
-from hub.store.identity_graph import SqlIdentityGraph, profile_view
+from hub.store.identity_graph import SqlIdentityGraph, traits_of
 from hub.store.inbox import InboxRow
 
 log = structlog.get_logger(__name__)
@@ -110,15 +110,14 @@ class Pipeline:
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.current()
-            profile = profile_view(connection, resolution.profile_id)
-            assert profile is not None
-            changes = triggers.timer_changes(touchpoint, rules, profile["traits"])
+            traits = traits_of(connection, resolution.profile_id)
+            changes = triggers.timer_changes(touchpoint, rules, traits)
             timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
             for rule_id, due_at in changes.arm:
                 timers.arm(connection, rule_id, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, due_at, now)
             history = StoreHistory(connection)
             document = touchpoint.as_document()
-            for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, profile["traits"]):
+            for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
                 planned += self.responder.respond(connection, decision, document, now)
         return planned
 

@@ -44,12 +44,20 @@ class Responder:
         self.router = router
         self._capped_channels = [name for name, route in router.routes.items() if route.reaches_person]
 
-    def respond(self, connection: Connection, decision: Decision, touchpoint: dict[str, Any], now: datetime) -> int:
+    def respond(
+        self,
+        connection: Connection,
+        decision: Decision,
+        touchpoint: dict[str, Any],
+        now: datetime,
+        profile: dict[str, Any] | None = None,
+    ) -> int:
         """Record the decision with each action's fate and plan its deliveries; returns how many were planned.
 
-        A decision already recorded (the same event or timer processed again) plans nothing.
+        `profile` is the `profile_view` when the caller has it already. A decision already recorded (the
+        same event or timer processed again) plans nothing.
         """
-        profile = profile_view(connection, decision.profile_id)
+        profile = profile or profile_view(connection, decision.profile_id)
         if profile is None:
             raise LookupError(f"decision {decision.decision_id} names unknown profile {decision.profile_id}")
         messages_today = 0

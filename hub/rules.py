@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -188,20 +189,20 @@ class RuleSpec(_Strict):
                 raise ValueError("`absence` is allowed only as the whole `when` or directly inside its top-level `all`")
         return self
 
-    @property
+    @cached_property
     def absence(self) -> AbsenceSpec | None:
         """The timer this rule needs, if it waits for something not to happen."""
         top = self.when.all if isinstance(self.when, AllCondition) else [self.when]
         return next((part.absence for part in top if isinstance(part, AbsenceCondition)), None)
 
-    @property
+    @cached_property
     def fire_time_conditions(self) -> list["Condition"]:
         """For an absence rule: the other conditions, checked when its timer runs out."""
         if isinstance(self.when, AllCondition):
             return [part for part in self.when.all if not isinstance(part, AbsenceCondition)]
         return []
 
-    @property
+    @cached_property
     def version(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         return f"{self.id}@{hashlib.sha256(canonical).hexdigest()[:12]}"

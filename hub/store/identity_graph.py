@@ -14,6 +14,7 @@ from hub.model import Identifier
 from hub.store import touchpoints as touchpoint_store
 from hub.store.schema import identifiers, merges, profiles
 
+_TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
 _PROFILE_OF = select(identifiers.c.profile_id).where(
     identifiers.c.type == bindparam("type"), identifiers.c.value == bindparam("value")
 )
@@ -118,6 +119,11 @@ def live_profile_id(connection: Connection, profile_id: str) -> str | None:
     if row is None:
         return None
     return row.merged_into or row.profile_id
+
+
+def traits_of(connection: Connection, profile_id: str) -> dict[str, Any]:
+    """Only a profile's traits: what rule predicates read on every event (cheaper than `profile_view`)."""
+    return connection.execute(_TRAITS_OF, {"profile_id": profile_id}).scalar_one()
 
 
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:

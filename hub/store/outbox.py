@@ -8,12 +8,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, desc, func, insert, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery
 from hub.pii import mask_text
 from hub.store import sql
-from hub.store.schema import attempts, deliveries
+from hub.store.schema import UTCDateTime, attempts, deliveries
 from hub.store.sql import insert_ignoring_conflicts
 
 DUE_STATUSES = ("pending", "retrying")
@@ -152,10 +152,13 @@ def unfinished(connection: Connection, now: datetime) -> int:
     return connection.execute(query).scalar_one()
 
 
+_PLANNED_SINCE = select(func.count()).select_from(deliveries).where(
+    deliveries.c.profile_id == bindparam("profile_id"),
+    deliveries.c.channel.in_(bindparam("channels", expanding=True)),
+    deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
+)
+
+
 def planned_since(connection: Connection, profile_id: str, channels: Sequence[str], since: datetime) -> int:
     """Deliveries planned for a profile on these channels since a time: what the daily cap counts."""
-    return connection.execute(
-        select(func.count()).select_from(deliveries).where(
-            deliveries.c.profile_id == profile_id, deliveries.c.channel.in_(list(channels)), deliveries.c.created_at > since
-        )
-    ).scalar_one()
+    return connection.execute(_PLANNED_SINCE, {"profile_id": profile_id, "channels": list(channels), "since": since}).scalar_one()

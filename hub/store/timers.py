@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
-from hub.store.schema import timers
+from hub.store.schema import UTCDateTime, timers
 from hub.store.sql import insert_ignoring_conflicts
 
 
@@ -30,15 +30,39 @@ class DueTimer:
     due_at: datetime
 
 
+# Built once with bind parameters: the pipeline runs these for most events.
+_SUPERSEDE = (
+    update(timers)
+    .where(
+        timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id == bindparam("p_rule_id"),
+        timers.c.status == "pending", timers.c.anchor_at <= bindparam("p_at", type_=UTCDateTime),
+        timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
+    )
+    .values(status="superseded", settled_at=bindparam("p_now", type_=UTCDateTime))
+)
+_CANCEL = (
+    update(timers)
+    .where(
+        timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_(bindparam("p_rule_ids", expanding=True)),
+        timers.c.status == "pending", timers.c.anchor_at <= bindparam("p_at", type_=UTCDateTime),
+        timers.c.due_at >= bindparam("p_at", type_=UTCDateTime), timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
+    )
+    .values(status="cancelled", settled_at=bindparam("p_now", type_=UTCDateTime))
+)
+
+_SETTLE = (
+    update(timers)
+    .where(timers.c.timer_id == bindparam("p_timer_id"))
+    .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
+            decision_id=bindparam("p_decision_id"))
+)
+
+
 def arm(connection: Connection, rule_id: str, profile_id: str, touchpoint_id: str, anchor_at: datetime, due_at: datetime, now: datetime) -> bool:
     """Start waiting; a newer `after` event replaces the profile's pending timer of the rule (the wait restarts)."""
     connection.execute(
-        update(timers)
-        .where(
-            timers.c.profile_id == profile_id, timers.c.rule_id == rule_id, timers.c.status == "pending",
-            timers.c.anchor_at <= anchor_at, timers.c.touchpoint_id != touchpoint_id,
-        )
-        .values(status="superseded", settled_at=now)
+        _SUPERSEDE,
+        {"p_profile_id": profile_id, "p_rule_id": rule_id, "p_at": anchor_at, "p_touchpoint_id": touchpoint_id, "p_now": now},
     )
     row = {
         "timer_id": derived_id("timer", rule_id, touchpoint_id),
@@ -58,12 +82,8 @@ def cancel(connection: Connection, rule_ids: list[str], profile_id: str, touchpo
     if not rule_ids:
         return 0
     return connection.execute(
-        update(timers)
-        .where(
-            timers.c.profile_id == profile_id, timers.c.rule_id.in_(rule_ids), timers.c.status == "pending",
-            timers.c.anchor_at <= occurred_at, timers.c.due_at >= occurred_at, timers.c.touchpoint_id != touchpoint_id,
-        )
-        .values(status="cancelled", settled_at=now)
+        _CANCEL,
+        {"p_profile_id": profile_id, "p_rule_ids": rule_ids, "p_at": occurred_at, "p_touchpoint_id": touchpoint_id, "p_now": now},
     ).rowcount
 
 
@@ -87,11 +107,7 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
 
 def settle(connection: Connection, timer_id: str, status: str, now: datetime, decision_id: str | None = None) -> None:
     """`fired` (with its decision), `lapsed` (rule gone or its other conditions no longer hold) or `cancelled`."""
-    connection.execute(
-        update(timers)
-        .where(timers.c.timer_id == timer_id)
-        .values(status=status, settled_at=now, claimed_until=None, decision_id=decision_id)
-    )
+    connection.execute(_SETTLE, {"p_timer_id": timer_id, "p_status": status, "p_now": now, "p_decision_id": decision_id})
 
 
 def pending_due(connection: Connection, now: datetime) -> int:

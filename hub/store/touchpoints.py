@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, select, update
+from sqlalchemy import Connection, Select, bindparam, desc, func, select, update
 
 from hub.model import Identifier, Touchpoint
-from hub.store.schema import touchpoints
+from hub.store.schema import UTCDateTime, touchpoints
 from hub.store.sql import insert_ignoring_conflicts
 
 
@@ -36,6 +37,31 @@ def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbo
     return insert_ignoring_conflicts(connection, touchpoints, [row], ["touchpoint_id"]) == 1
 
 
+_EVENT_COLUMNS = (
+    touchpoints.c.touchpoint_id, touchpoints.c.source_id, touchpoints.c.kind, touchpoints.c.event, touchpoints.c.stage,
+    touchpoints.c.moment, touchpoints.c.occurred_at, touchpoints.c.identifiers, touchpoints.c.properties,
+    touchpoints.c.traits, touchpoints.c.context,
+)
+
+
+@lru_cache(maxsize=8)
+def _events_query(by_name: bool, by_stage: bool, by_moment: bool) -> Select[Any]:
+    """Built once per shape with bind parameters: rules ask this on every event, and building a
+    SQLAlchemy statement costs more than running it."""
+    query = select(*_EVENT_COLUMNS).where(
+        touchpoints.c.profile_id == bindparam("profile_id"),
+        touchpoints.c.occurred_at >= bindparam("since", type_=UTCDateTime),
+        touchpoints.c.occurred_at <= bindparam("until", type_=UTCDateTime),
+    )
+    if by_name:
+        query = query.where(touchpoints.c.event.in_(bindparam("names", expanding=True)))
+    if by_stage:
+        query = query.where(touchpoints.c.stage == bindparam("stage"))
+    if by_moment:
+        query = query.where(touchpoints.c.moment == bindparam("moment"))
+    return query.order_by(touchpoints.c.occurred_at)
+
+
 def events(
     connection: Connection,
     profile_id: str,
@@ -47,22 +73,11 @@ def events(
     moment: str | None = None,
 ) -> list[dict[str, Any]]:
     """The profile's touchpoints in [since, until] as the documents rule predicates read, oldest first."""
-    query = select(
-        touchpoints.c.touchpoint_id, touchpoints.c.source_id, touchpoints.c.kind, touchpoints.c.event,
-        touchpoints.c.stage, touchpoints.c.moment, touchpoints.c.occurred_at, touchpoints.c.identifiers,
-        touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context,
-    ).where(
-        touchpoints.c.profile_id == profile_id, touchpoints.c.occurred_at >= since, touchpoints.c.occurred_at <= until
-    ).order_by(touchpoints.c.occurred_at)
-    if names is not None:
-        query = query.where(touchpoints.c.event.in_(list(names)))
-    if stage is not None:
-        query = query.where(touchpoints.c.stage == stage)
-    if moment is not None:
-        query = query.where(touchpoints.c.moment == moment)
+    query = _events_query(names is not None, stage is not None, moment is not None)
+    values = {"profile_id": profile_id, "since": since, "until": until, "names": list(names or ()), "stage": stage, "moment": moment}
     return [
         {**row, "occurred_at": row["occurred_at"].isoformat(), "identifiers": dict(map(tuple, row["identifiers"]))}
-        for row in connection.execute(query).mappings()
+        for row in connection.execute(query, values).mappings()
     ]
 
 
