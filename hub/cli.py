@@ -146,7 +146,9 @@ def connectors_list() -> None:
 @triggers_app.command("test")
 def triggers_test(
     rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
-    events: Path = typer.Argument(..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."),
+    events: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."
+    ),
 ) -> None:
     """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
 
@@ -195,7 +197,10 @@ def decisions_explain(
     if as_json:
         console.print_json(json.dumps(found, default=str))
         return
-    tree = Tree(f"[bold]{found['rule_id']}[/] ({found['rule_version']}) {found['status']} for profile {found['profile_id']} at {found['decided_at']}")
+    tree = Tree(
+        f"[bold]{found['rule_id']}[/] ({found['rule_version']}) {found['status']} "
+        f"for profile {found['profile_id']} at {found['decided_at']}"
+    )
     evidence = tree.add("because of")
     for touchpoint in found["touchpoints"]:
         evidence.add(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})")
@@ -209,5 +214,6 @@ def decisions_explain(
     for delivery in found["deliveries"]:
         node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")
         for attempt in delivery["attempt_log"]:
-            node.add(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {attempt['outcome']} {attempt['error_message'] or ''}".rstrip())
+            outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
+            node.add(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}")
     console.print(tree)

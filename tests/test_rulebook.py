@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,31 @@ def test_a_broken_file_at_start_up_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "triggers.yaml").write_text("rules: [{id: x}]")
     with pytest.raises(ConfigError):
         RuleBook(tmp_path / "triggers.yaml")
+
+
+def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_path: Path) -> None:
+    from hub.clock import utcnow
+    from hub.model import RawEvent
+    from hub.runtime import Hub
+    from hub.store import decisions, inbox
+    from tests.conftest import make_settings, message
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), rules_reload_seconds=0.01))
+
+    def send(event: str) -> dict[str, int]:
+        time.sleep(0.05)  # past the reload interval
+        msg = message(userId="uma", event=event, traits={"phone": "+14155550199"}, timestamp=utcnow().isoformat())
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", msg["messageId"], msg)], utcnow())
+        hub.pipeline.run_once()
+        with hub.store.read() as connection:
+            return decisions.count_by_rule(connection)
+
+    assert send("Promo Clicked") == {}
+    write(mappings / "triggers.yaml", RULE.format(id="promo", template="post_purchase_support.sms.j2").replace("E}", "Promo Clicked}"))
+    assert send("Promo Clicked") == {"promo": 1}
+    write(mappings / "triggers.yaml", "rules: [{id: promo}]")
+    assert send("Promo Clicked") == {"promo": 2}  # the last good rules still run
+    assert hub.rulebook.last_error

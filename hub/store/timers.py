@@ -58,7 +58,10 @@ _SETTLE = (
 )
 
 
-def arm(connection: Connection, rule_id: str, profile_id: str, touchpoint_id: str, anchor_at: datetime, due_at: datetime, now: datetime) -> bool:
+def arm(
+    connection: Connection, rule_id: str, profile_id: str, touchpoint_id: str, anchor_at: datetime, due_at: datetime,
+    now: datetime,
+) -> bool:
     """Start waiting; a newer `after` event replaces the profile's pending timer of the rule (the wait restarts)."""
     connection.execute(
         _SUPERSEDE,
@@ -77,7 +80,9 @@ def arm(connection: Connection, rule_id: str, profile_id: str, touchpoint_id: st
     return insert_ignoring_conflicts(connection, timers, [row], ["timer_id"]) == 1
 
 
-def cancel(connection: Connection, rule_ids: list[str], profile_id: str, touchpoint_id: str, occurred_at: datetime, now: datetime) -> int:
+def cancel(
+    connection: Connection, rule_ids: list[str], profile_id: str, touchpoint_id: str, occurred_at: datetime, now: datetime
+) -> int:
     """The awaited follow-up happened: pending timers it falls inside of are cancelled."""
     if not rule_ids:
         return 0
