@@ -117,11 +117,12 @@ def evaluate_expired(
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
     selector = None if absence.without == "any" else absence.without
+    profile = {"profile": dict(traits or {})}
     followed = [
         doc for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
         if doc["touchpoint_id"] != anchor.touchpoint_id
         and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
-        and (selector is None or _predicates(selector.where, doc))
+        and (selector is None or _predicates(selector.where, {**doc, **profile}))
     ]
     if followed:
         return None
