@@ -47,6 +47,9 @@ class TimerEngine:
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         now = now or utcnow()
+        with self.store.read() as connection:  # idle polls must not take the write lock from ingest
+            if timers.pending_due(connection, now) == 0:
+                return 0
         planned = 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
