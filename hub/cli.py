@@ -37,6 +37,10 @@ app.add_typer(profiles_app, name="profiles")
 mappings_app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(deliveries_app, name="deliveries")
+triggers_app = typer.Typer(help="Try trigger rules before they go live.", no_args_is_help=True)
+app.add_typer(triggers_app, name="triggers")
+decisions_app = typer.Typer(help="Why a trigger fired and what became of each action.", no_args_is_help=True)
+app.add_typer(decisions_app, name="decisions")
 console = Console()
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
@@ -348,3 +352,79 @@ def _since(text: str) -> datetime:
     except ValueError:
         raise typer.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as 24h", param_hint="--since") from None
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+
+
+@triggers_app.command("test")
+def triggers_test(
+    rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
+    events: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."
+    ),
+) -> None:
+    """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
+
+    The clock is the events' own time, so a 2-minute absence rule fires between two events
+    that are more than 2 minutes apart, and every timer still waiting after the last event
+    is run out. Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
+
+    Example: [bold]touchhub triggers test mappings/triggers.yaml session.jsonl[/]
+    """
+    from hub.trigger_lab import run as run_lab
+
+    with _config_problems_exit():
+        result = run_lab(rules, events, _settings())
+    table = Table(title=f"Decisions over {result.events} events (simulated clock, nothing sent)")
+    for column in ("time", "rule", "status", "profile", "actions"):
+        table.add_column(column)
+    for decision in result.decisions:
+        actions = ", ".join(f"{action['channel']}: {action['fate']}" for action in decision["actions"])
+        table.add_row(decision["decided_at"].isoformat(), decision["rule_id"], decision["status"], decision["who"], actions)
+    console.print(table)
+    if result.quarantined:
+        console.print(f"[yellow]{result.quarantined} event(s) could not be mapped and were left out.[/]")
+
+
+@decisions_app.command("explain")
+def decisions_explain(
+    decision_id: str = typer.Argument(..., help="Decision id, as /api/decisions lists them."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole explanation as JSON."),
+) -> None:
+    """Show the chain behind one decision: rule and version, the touchpoints that satisfied it,
+    each action's fate, and every delivery with its attempts."""
+    import json
+
+    from rich.tree import Tree
+
+    from hub.decision_explain import explain
+    from hub.store import Store
+
+    store = Store(_settings().database_url)
+    with store.read() as connection:
+        found = explain(connection, decision_id)
+    store.dispose()
+    if found is None:
+        console.print(f"[red]No decision {decision_id!r}[/] in {store.url}")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(json.dumps(found, default=str))
+        return
+    tree = Tree(
+        f"[bold]{found['rule_id']}[/] ({found['rule_version']}) {found['status']} "
+        f"for profile {found['profile_id']} at {found['decided_at']}"
+    )
+    evidence = tree.add("because of")
+    for touchpoint in found["touchpoints"]:
+        evidence.add(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})")
+    if found["timer"]:
+        evidence.add(f"no follow-up between {found['timer']['anchor_at']} and {found['timer']['due_at']} (timer {found['timer']['status']})")
+    actions = tree.add("actions")
+    for action in found["actions"]:
+        detail = action.get("reason") or action.get("not_before") or action.get("delivery_id", "")
+        actions.add(f"{action['channel']}: [bold]{action['fate']}[/] {detail}".rstrip())
+    deliveries = tree.add("deliveries")
+    for delivery in found["deliveries"]:
+        node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")
+        for attempt in delivery["attempt_log"]:
+            outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
+            node.add(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}")
+    console.print(tree)

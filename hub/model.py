@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 # Namespace of every deterministic id the hub derives; changing it would change
@@ -111,7 +111,11 @@ class Action:
 
     channel: str
     template: str
-    params: dict[str, Any] = field(default_factory=dict)  # passed to the destination, e.g. CRM fields
+    params: dict[str, Any] = field(default_factory=dict)  # passed to the destination as they are
+    delay: timedelta | None = None
+    fields: dict[str, Any] = field(default_factory=dict)  # CRM fields to set; string values are templates
+    endpoint: str | None = None  # outbound webhook target
+    fallback: tuple[tuple[str, str], ...] = ()  # (channel, template) tried in order when this one cannot reach the person
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,8 @@ class Decision:
     actions: tuple[Action, ...]
     variables: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
+    status: str = "fired"  # fired | capped (the rule's frequency cap was reached: nothing is sent)
+    urgency: str = "immediate"  # immediate | delayed (waits out quiet hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +146,7 @@ class PlannedDelivery:
     destination_id: str
     target: str
     content: dict[str, Any]
+    not_before: datetime | None = None  # a delay or quiet hours hold it until then
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +171,6 @@ class Delivery:
     @property
     def retry_started_at(self) -> datetime:
         return self.retry_from or self.created_at
-
-
-@dataclass(frozen=True, slots=True)
-class SkippedAction:
-    """An action routing could not plan, with the reason shown to ops."""
-
-    channel: str
-    reason: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping as MappingType
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -27,10 +26,10 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
-from hub.routing import Router
-from hub.rules import RuleSpec
-from hub.store import Store, decisions, identity_repair, inbox, outbox, quarantine, touchpoints
-from hub.store.identity_graph import SqlIdentityGraph, profile_view
+from hub.respond import Responder, StoreHistory
+from hub.rulebook import RuleBook
+from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
+from hub.store.identity_graph import SqlIdentityGraph, traits_of
 from hub.store.inbox import InboxRow
 
 log = structlog.get_logger(__name__)
@@ -45,39 +44,29 @@ class PipelineConfig:
     identity: IdentityConfig = field(default_factory=lambda: DEFAULT_IDENTITY)
 
 
-class StoreHistory:
-    """`triggers.History` answered from the store, inside the row's transaction."""
-
-    def __init__(self, connection: Connection) -> None:
-        self.connection = connection
-
-    def count_events(self, profile_id: str, event: str, since: datetime, until: datetime, exclude_id: str) -> int:
-        return touchpoints.count_events(self.connection, profile_id, event, since, until, exclude_id)
-
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        return decisions.count_since(self.connection, profile_id, rule_id, since)
-
-
 class Pipeline:
     def __init__(
         self,
         store: Store,
         mappings: MappingType[str, Mapping],
-        rules: Sequence[RuleSpec],
-        router: Router,
+        rulebook: RuleBook,
+        responder: Responder,
         config: PipelineConfig,
         deliveries_planned: threading.Event,
     ) -> None:
         self.store = store
         self.mappings = mappings
-        self.rules = rules
-        self.router = router
+        self.rulebook = rulebook
+        self.responder = responder
         self.config = config
         self._deliveries_planned = deliveries_planned
 
-    def run_once(self) -> int:
-        """Claim and process one batch; returns the number of inbox rows handled."""
-        now = utcnow()
+    def run_once(self, now: datetime | None = None) -> int:
+        """Claim and process one batch; returns the number of inbox rows handled.
+
+        `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
+        """
+        now = now or utcnow()
         planned = 0
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
@@ -131,15 +120,16 @@ class Pipeline:
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
+            rules = self.rulebook.current()
+            traits = traits_of(connection, resolution.profile_id)
+            changes = triggers.timer_changes(touchpoint, rules, traits)
+            timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
+            for rule_id, due_at in changes.arm:
+                timers.arm(connection, rule_id, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, due_at, now)
             history = StoreHistory(connection)
             document = touchpoint.as_document()
-            for decision in triggers.evaluate(touchpoint, resolution.profile_id, self.rules, history):
-                profile = profile_view(connection, resolution.profile_id)
-                assert profile is not None
-                plan = self.router.plan(decision, profile, document)
-                if decisions.record(connection, decision, plan.fates(), now):
-                    planned += outbox.plan(connection, plan.deliveries, now)
-                    metrics.DECISIONS.labels(rule=decision.rule_id).inc()
+            for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
+                planned += self.responder.respond(connection, decision, document, now)
         return planned
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

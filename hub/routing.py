@@ -1,14 +1,20 @@
-"""Stage 4: turn a decision into planned deliveries, or say why an action cannot be sent.
+"""Stage 4: turn a decision into planned deliveries, and record each action's fate.
 
 Routing picks the destination for each channel (mappings/routes.yaml), the
-recipient from the profile's identifiers, checks consent, and renders the
-message. The rendered content is stored with the delivery, so a retry or a
-replay sends exactly what was decided.
+recipient from the profile's identifiers, checks consent, the per-profile
+daily cap and quiet hours, falls back to the next channel when one cannot
+reach the person, and renders the message. The rendered content is stored
+with the delivery, so a retry or a replay sends exactly what was decided.
+
+Each action ends with one fate, as the decision log shows it:
+`planned`, `delayed_quiet_hours`, `capped`, `blocked_by_consent`,
+`fell_back` (to the channel named in `to`), or `skipped` (with the reason).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,8 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
-from hub.model import Decision, PlannedDelivery, SkippedAction, derived_id
+from hub.model import Action, Decision, PlannedDelivery, derived_id
+from hub.quiet_hours import QuietHours
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
@@ -33,6 +40,9 @@ class ChannelRoute(BaseModel):
         description="Hand the destination every value of the target type (e.g. all push tokens) as `recipients`, "
         "not only the newest.",
     )
+    reaches_person: bool = Field(
+        True, description="Messages a person (counts toward the daily cap, waits out quiet hours); false for CRM updates."
+    )
 
 
 class RoutesFile(BaseModel):
@@ -45,62 +55,132 @@ def load_routes(path: Path) -> dict[str, ChannelRoute]:
 
 
 @dataclass(frozen=True)
+class ContactPolicy:
+    """Limits that protect a person from the sum of all rules: a daily cap and quiet hours."""
+
+    daily_cap: int | None = None
+    quiet_hours: QuietHours | None = None
+
+
+@dataclass(frozen=True)
 class RoutingPlan:
     deliveries: list[PlannedDelivery]
-    skipped: list[SkippedAction]
+    action_fates: list[dict[str, Any]]
 
     def fates(self) -> list[dict[str, Any]]:
         """Each action's fate, as the decision log records it."""
-        planned = [{"channel": d.channel, "fate": "planned", "delivery_id": d.delivery_id} for d in self.deliveries]
-        return planned + [{"channel": s.channel, "fate": "skipped", "reason": s.reason} for s in self.skipped]
+        return self.action_fates
+
+
+class _CannotReach(Exception):
+    """This channel cannot reach the person; a fallback may."""
+
+    def __init__(self, fate: str, reason: str) -> None:
+        super().__init__(reason)
+        self.fate = fate
+        self.reason = reason
 
 
 class Router:
-    def __init__(self, routes: dict[str, ChannelRoute], templates: TemplateRenderer) -> None:
+    def __init__(self, routes: dict[str, ChannelRoute], templates: TemplateRenderer, policy: ContactPolicy | None = None) -> None:
         self.routes = routes
         self.templates = templates
+        self.policy = policy or ContactPolicy()
 
-    def plan(self, decision: Decision, profile: dict[str, Any], touchpoint: dict[str, Any]) -> RoutingPlan:
-        """`profile` is the view from `hub.store.identity_graph.profile_view`."""
+    def plan(
+        self,
+        decision: Decision,
+        profile: dict[str, Any],
+        touchpoint: dict[str, Any],
+        *,
+        now: datetime | None = None,
+        messages_today: int = 0,
+    ) -> RoutingPlan:
+        """`profile` is the view from `hub.store.identity_graph.profile_view`; `messages_today` is how many
+        messages that reach the person were planned for the profile in the last 24 hours."""
+        if decision.status == "capped":
+            cap = decision.evidence.get("cap", {})
+            reason = f"rule cap reached: at most {cap.get('max')} decision(s) within {cap.get('within_seconds')} s"
+            return RoutingPlan([], [{"channel": a.channel, "fate": "capped", "reason": reason} for a in decision.actions])
+        now = now or decision.decided_at
         deliveries: list[PlannedDelivery] = []
-        skipped: list[SkippedAction] = []
+        fates: list[dict[str, Any]] = []
+        context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
         for action in decision.actions:
-            route = self.routes.get(action.channel)
-            if route is None:
-                skipped.append(SkippedAction(action.channel, f"no route for channel {action.channel!r} in routes.yaml"))
-                continue
-            if _consent_revoked(profile["traits"], action.channel):
-                skipped.append(SkippedAction(action.channel, f"{action.channel} consent revoked by the profile"))
-                continue
-            recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
-            if not recipients:
-                skipped.append(SkippedAction(action.channel, f"profile has no {route.target}"))
-                continue
-            context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
-            try:
-                rendered = self.templates.render(action.template, context)
-            except TemplateError as exc:
-                skipped.append(SkippedAction(action.channel, f"template {action.template}: {exc}"))
-                continue
-            target = recipients[0]  # newest first
-            deliveries.append(
-                PlannedDelivery(
-                    delivery_id=derived_id("delivery", decision.decision_id, action.channel, target),
-                    decision_id=decision.decision_id,
-                    profile_id=decision.profile_id,
-                    channel=action.channel,
-                    destination_id=route.destination,
-                    target=target,
-                    content={
-                        **rendered,
-                        "template": action.template,
-                        "rule_id": decision.rule_id,
-                        "params": action.params,
-                        **({"recipients": recipients} if route.multicast else {}),
-                    },
-                )
-            )
-        return RoutingPlan(deliveries, skipped)
+            tries = [(action.channel, action.template), *action.fallback]
+            for number, (channel, template) in enumerate(tries):
+                try:
+                    delivery, fate = self._route(decision, action, channel, template, profile, context, now, messages_today)
+                except _CannotReach as cannot:
+                    last = number == len(tries) - 1
+                    entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
+                    if not last:
+                        entry.update(fate="fell_back", because=cannot.fate, to=tries[number + 1][0])
+                    fates.append(entry)
+                    continue
+                if delivery is not None:
+                    deliveries.append(delivery)
+                    messages_today += self.routes[channel].reaches_person
+                fates.append({"channel": channel, **fate})
+                break
+        return RoutingPlan(deliveries, fates)
+
+    def _route(
+        self,
+        decision: Decision,
+        action: Action,
+        channel: str,
+        template: str,
+        profile: dict[str, Any],
+        context: dict[str, Any],
+        now: datetime,
+        messages_today: int,
+    ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
+        route = self.routes.get(channel)
+        if route is None:
+            raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
+        if _consent_revoked(profile["traits"], channel):
+            raise _CannotReach("blocked_by_consent", f"{channel} consent revoked by the profile")
+        recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
+        if not recipients:
+            raise _CannotReach("skipped", f"profile has no {route.target}")
+        cap = self.policy.daily_cap
+        if route.reaches_person and cap is not None and messages_today >= cap:
+            return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
+        try:
+            rendered = self.templates.render(template, context)
+            fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
+        except TemplateError as exc:
+            return None, {"fate": "skipped", "reason": f"template {template}: {exc}"}
+        target = recipients[0]  # newest first
+        send_at = now + (action.delay or timedelta())
+        fate: dict[str, Any] = {"fate": "planned"}
+        quiet = self.policy.quiet_hours
+        if quiet is not None and route.reaches_person and decision.urgency != "immediate":
+            release = quiet.release_time(send_at, quiet.zone_of(profile["traits"]))
+            if release is not None:
+                send_at = release
+                fate = {"fate": "delayed_quiet_hours"}
+        params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
+        delivery = PlannedDelivery(
+            delivery_id=derived_id("delivery", decision.decision_id, channel, target),
+            decision_id=decision.decision_id,
+            profile_id=decision.profile_id,
+            channel=channel,
+            destination_id=route.destination,
+            target=target,
+            content={
+                **rendered, "template": template, "rule_id": decision.rule_id, "params": params,
+                **({"recipients": recipients} if route.multicast else {}),
+            },
+            not_before=send_at if send_at > now else None,
+        )
+        fate.update(delivery_id=delivery.delivery_id, destination=route.destination)
+        if delivery.not_before is not None:
+            fate["not_before"] = delivery.not_before.isoformat()
+        if channel != action.channel:
+            fate["fallback_for"] = action.channel
+        return delivery, fate
 
 
 def _consent_revoked(traits: dict[str, Any], channel: str) -> bool:

@@ -2,12 +2,20 @@
 
 `mappings/triggers.yaml` is parsed into these models; the JSON Schema that
 editors use (mappings/schema/triggers.schema.json) is generated from them.
+
+A condition is one of:
+- an event *selector* (`event` / `stage` / `moment` + `where` predicates): the touchpoint being evaluated matches;
+- `count`: at least N matching events (optionally distinct by a field) within a sliding window ending now;
+- `recent`: the profile had a matching event within a duration before this one;
+- `absence`: an event not followed by another (or by anything) within a duration, kept as a durable timer;
+- `all` / `any` / `not` over other conditions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -25,30 +33,85 @@ class _Strict(BaseModel):
 
 
 class Predicate(_Strict):
-    """`field` is a JMESPath over the touchpoint document, e.g. `properties.total`."""
+    """A test on one value of the evaluated document.
+
+    `field` is a JMESPath over the touchpoint (`properties.total`, `context.device.type`,
+    `context.campaign.source`, `context.channel`) or over the profile's traits (`profile.plan`).
+    """
 
     field: str
     op: Operator = "eq"
     value: Any = None
 
+    @model_validator(mode="after")
+    def _value_fits_operator(self) -> "Predicate":
+        if self.op == "in" and not isinstance(self.value, list):
+            raise ValueError("`in` needs a list value")
+        if self.op == "matches" and not isinstance(self.value, str):
+            raise ValueError("`matches` needs a regular expression string")
+        return self
 
-class EventCondition(_Strict):
-    """The touchpoint being evaluated is this event (and passes every `where` predicate)."""
 
-    event: str
+class Selector(_Strict):
+    """Which touchpoints count: by event name(s), journey stage, micro-moment, and `where` predicates."""
+
+    event: str | list[str] | None = None
+    stage: Stage | None = None
+    moment: str | None = None
     where: list[Predicate] = Field(default_factory=list)
 
+    @model_validator(mode="after")
+    def _selects_something(self) -> "Selector":
+        if self.event is None and self.stage is None and self.moment is None:
+            raise ValueError("name an `event`, a `stage` or a `moment` to select touchpoints")
+        return self
 
-class RecentWindow(_Strict):
-    event: str
+    @property
+    def events(self) -> tuple[str, ...] | None:
+        if self.event is None:
+            return None
+        return (self.event,) if isinstance(self.event, str) else tuple(self.event)
+
+
+class EventCondition(Selector):
+    """The touchpoint being evaluated is selected (e.g. `{event: Ticket Submitted}` or `{moment: cart_activity}`)."""
+
+
+class Window(Selector):
     within: Duration
     at_least: int = Field(1, ge=1)
 
 
 class RecentCondition(_Strict):
-    """The profile had `event` within `within` before the touchpoint (by event time)."""
+    """The profile had `at_least` matching events within `within` before the touchpoint (by event time)."""
 
-    recent: RecentWindow
+    recent: Window
+
+
+class CountWindow(Window):
+    distinct_by: str | None = Field(None, description="JMESPath; count distinct values of it instead of events.")
+
+
+class CountCondition(_Strict):
+    """The touchpoint matches and, with it, `at_least` matching events fall in the last `within`."""
+
+    count: CountWindow
+
+
+class AbsenceSpec(_Strict):
+    after: Selector
+    without: Selector | Literal["any"] = Field(description="The event that cancels the timer, or `any` event of the profile.")
+    within: Duration
+
+
+class AbsenceCondition(_Strict):
+    """`after` happened and `without` did not follow within `within`: a durable timer decides when it runs out.
+
+    Allowed as the whole `when`, or once inside a top-level `all` whose other
+    members are checked against the `after` touchpoint when the timer fires.
+    """
+
+    absence: AbsenceSpec
 
 
 class AllCondition(_Strict):
@@ -64,16 +127,33 @@ class NotCondition(_Strict):
 
 
 Condition = Annotated[
-    Union[EventCondition, RecentCondition, AllCondition, AnyCondition, NotCondition],
+    Union[
+        EventCondition, RecentCondition, CountCondition, AbsenceCondition, AllCondition, AnyCondition, NotCondition
+    ],
     Field(union_mode="left_to_right"),
 ]
+
+
+class Alternative(_Strict):
+    channel: str
+    template: str
 
 
 class ActionSpec(_Strict):
     channel: str = Field(description="Channel name; mappings/routes.yaml says which destination serves it.")
     template: str = Field(description="Template file in mappings/templates/.")
-    params: dict[str, Any] = Field(
-        default_factory=dict, description="Destination-specific values, e.g. CRM fields to update or a webhook event type."
+    only_if: list[Predicate] = Field(
+        default_factory=list, description="Predicates on the triggering touchpoint, e.g. only on mobile devices."
+    )
+    delay: Duration | None = Field(None, description="Send this long after the decision instead of at once.")
+    fields: dict[str, Any] = Field(
+        default_factory=dict, description="CRM fields to set; string values are templates (e.g. '{{ touchpoint.moment }}')."
+    )
+    endpoint: str | None = Field(None, description="Outbound webhook target (an endpoint name the destination knows).")
+    params: dict[str, Any] = Field(default_factory=dict, description="Other destination-specific values.")
+    fallback: list[Alternative] = Field(
+        default_factory=list,
+        description="Tried in order when this channel cannot reach the person (no recipient or consent withdrawn).",
     )
 
 
@@ -87,20 +167,56 @@ class Cap(_Strict):
 class RuleSpec(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
-    stage: Stage | None = None
-    moment: str | None = None
-    urgency: Literal["immediate", "delayed"] = "immediate"
-    priority: int = 0
+    stage: Stage | None = Field(None, description="Journey stage this rule serves (filter touchpoints with a selector's `stage`).")
+    moment: str | None = Field(None, description="The micro-moment this rule answers (filter with a selector's `moment`).")
+    urgency: Literal["immediate", "delayed"] = Field(
+        "immediate", description="`delayed` messages wait out the profile's quiet hours; `immediate` ones do not."
+    )
+    priority: int = Field(0, description="Higher runs first; decisions of one event are planned in this order.")
     enabled: bool = True
     when: Condition
     respond: list[ActionSpec] = Field(min_length=1)
     cap: Cap | None = None
     vars: dict[str, Any] = Field(default_factory=dict, description="Values templates can use, e.g. links.")
 
-    @property
+    @model_validator(mode="after")
+    def _absence_only_at_the_top(self) -> "RuleSpec":
+        top = self.when.all if isinstance(self.when, AllCondition) else [self.when]
+        if sum(isinstance(part, AbsenceCondition) for part in top) > 1:
+            raise ValueError("a rule may hold one `absence`")
+        for part in top:
+            if not isinstance(part, AbsenceCondition) and _contains_absence(part):
+                raise ValueError("`absence` is allowed only as the whole `when` or directly inside its top-level `all`")
+        return self
+
+    @cached_property
+    def absence(self) -> AbsenceSpec | None:
+        """The timer this rule needs, if it waits for something not to happen."""
+        top = self.when.all if isinstance(self.when, AllCondition) else [self.when]
+        return next((part.absence for part in top if isinstance(part, AbsenceCondition)), None)
+
+    @cached_property
+    def fire_time_conditions(self) -> list["Condition"]:
+        """For an absence rule: the other conditions, checked when its timer runs out."""
+        if isinstance(self.when, AllCondition):
+            return [part for part in self.when.all if not isinstance(part, AbsenceCondition)]
+        return []
+
+    @cached_property
     def version(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         return f"{self.id}@{hashlib.sha256(canonical).hexdigest()[:12]}"
+
+
+def _contains_absence(condition: Any) -> bool:
+    match condition:
+        case AbsenceCondition():
+            return True
+        case AllCondition(all=parts) | AnyCondition(any=parts):
+            return any(_contains_absence(part) for part in parts)
+        case NotCondition(not_=inner):
+            return _contains_absence(inner)
+    return False
 
 
 class RuleFile(_Strict):

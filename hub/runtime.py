@@ -15,6 +15,7 @@ from typing import TypeVar
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
+from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import PolicyBook, load_policy_file
 from hub.destination_settings import build_destinations
@@ -23,14 +24,17 @@ from hub.identity import PREVIOUS_ID
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
 from hub.mapping_catalog import MappingCatalog
 from hub.pipeline import Pipeline, PipelineConfig
-from hub.routing import Router, load_routes
-from hub.rules import RuleSpec, load_rules
+from hub.quiet_hours import QuietHours
+from hub.respond import Responder
+from hub.routing import ContactPolicy, Router, load_routes
+from hub.rulebook import RuleBook
+from hub.rules import RuleSpec
 from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import Store
 from hub.store.identity_graph import SqlIdentityGraph
-from hub.templates import TemplateRenderer
+from hub.templates import TemplateRenderer, template_names
 from hub.workers import Worker
 
 log = structlog.get_logger(__name__)
@@ -48,22 +52,23 @@ class Hub:
         self.mapping_files: dict[str, str] = {}  # source id -> mapping file, filled by _build_sources
         self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
         self.mappings: MappingCatalog | None = _collect(problems, lambda: self._load_mappings())
-        self.rules: list[RuleSpec] = _collect(problems, lambda: load_rules(settings.mappings_dir / "triggers.yaml")) or []
         self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
         self.router = _collect(problems, lambda: self._build_router())
+        self.rulebook = _collect(problems, lambda: self._build_rulebook())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
         policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
         if problems:
             raise ConfigError(problems)
-        assert self.router is not None and self.mappings is not None and self.identity is not None
-        assert policy_file is not None
+        assert self.router is not None and self.rulebook is not None
+        assert self.mappings is not None and self.identity is not None and policy_file is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.pipeline_wake = threading.Event()
         self.delivery_wake = threading.Event()
         lease = timedelta(seconds=settings.lease_seconds)
+        responder = Responder(self.router)
         self.pipeline = Pipeline(
-            self.store, self.mappings, self.rules, self.router,
+            self.store, self.mappings, self.rulebook, responder,
             PipelineConfig(
                 settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region,
                 self.identity,
@@ -74,8 +79,14 @@ class Hub:
             self.store, self.destinations, PolicyBook(policy_file, settings),
             batch_size=settings.worker_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
+        self.timer_wake = threading.Event()
+        self.timers = TimerEngine(
+            self.store, self.rulebook, responder, batch_size=settings.worker_batch_size, lease=lease,
+            deliveries_planned=self.delivery_wake,
+        )
         self._workers = [
             Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
+            Worker("timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds),
             Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds),
         ]
 
@@ -161,10 +172,23 @@ class Hub:
         return config
 
     def _build_router(self) -> Router:
-        folder = self.settings.mappings_dir
-        templates = TemplateRenderer(folder / "templates")
-        templates.check(sorted({action.template for rule in self.rules for action in rule.respond}))
-        return Router(load_routes(folder / "routes.yaml"), templates)
+        settings = self.settings
+        try:
+            quiet_hours = QuietHours.parse(settings.quiet_hours, settings.default_timezone)
+        except ValueError as exc:
+            raise ConfigError(f"HUB_QUIET_HOURS / HUB_DEFAULT_TIMEZONE: {exc}") from None
+        policy = ContactPolicy(daily_cap=settings.daily_message_cap, quiet_hours=quiet_hours)
+        templates = TemplateRenderer(settings.mappings_dir / "templates")
+        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy)
+
+    def _build_rulebook(self) -> RuleBook:
+        router = self.router
+
+        def templates_parse(rules: list[RuleSpec]) -> None:
+            if router is not None:
+                router.templates.check(sorted(template_names(rules)))
+
+        return RuleBook(self.settings.mappings_dir / "triggers.yaml", templates_parse, self.settings.rules_reload_seconds)
 
     def _build_destinations(self) -> dict[str, Destination]:
         return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)

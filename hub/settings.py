@@ -100,6 +100,13 @@ class HubSettings(BaseSettings):
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
     pipeline_max_attempts: int = Field(5, ge=1)
 
+    quiet_hours: str = Field(
+        "21:00-08:00", description="Local time window (HH:MM-HH:MM) when non-urgent messages wait; empty: none."
+    )
+    default_timezone: str = Field("UTC", description="Time zone of profiles without a `timezone` trait.")
+    daily_message_cap: int = Field(5, ge=1, description="Most messages one profile gets from all rules in 24 hours.")
+    rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml is checked for edits.")
+
     log_level: str = "INFO"
     log_json: bool = False
 

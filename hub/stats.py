@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hub.clock import utcnow
 from hub.store import (
     Store,
     decisions,
@@ -11,6 +12,7 @@ from hub.store import (
     inbox,
     outbox,
     quarantine,
+    timers,
     touchpoints,
 )
 
@@ -30,6 +32,11 @@ def collect(store: Store) -> dict[str, Any]:
 
 
 def is_idle(store: Store) -> bool:
-    """No inbox row waiting and no delivery due or retrying: what the demo waits for."""
+    """No inbox row waiting, no timer due and no delivery due or retrying: what the demo waits for."""
+    now = utcnow()
     with store.read() as connection:
-        return inbox.count_by_status(connection).get("pending", 0) == 0 and outbox.unfinished(connection) == 0
+        return (
+            inbox.count_by_status(connection).get("pending", 0) == 0
+            and timers.pending_due(connection, now) == 0
+            and outbox.unfinished(connection, now) == 0
+        )

@@ -14,6 +14,17 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.errors import ConfigError
+from hub.rules import RuleSpec
+
+
+def template_names(rules: list[RuleSpec]) -> set[str]:
+    """Every template the rules may render, fallbacks included."""
+    names = set()
+    for rule in rules:
+        for action in rule.respond:
+            names.add(action.template)
+            names.update(alternative.template for alternative in action.fallback)
+    return names
 
 
 class TemplateRenderer:
@@ -37,6 +48,12 @@ class TemplateRenderer:
             for block, render_block in template.blocks.items():
                 rendered[block] = "".join(render_block(block_context)).strip()
         return rendered
+
+    def render_value(self, value: Any, context: dict[str, Any]) -> Any:
+        """A CRM field value: strings are inline templates (`"{{ touchpoint.moment }}"`), others pass as they are."""
+        if not isinstance(value, str):
+            return value
+        return self._environment.from_string(value).render(**context)
 
     def check(self, names: list[str]) -> None:
         """Fail at start-up, not at send time, if a rule names a template that does not parse."""

@@ -1,14 +1,17 @@
-"""Stage 3: which micro-moment rules a touchpoint fires.
+"""Stage 3: which micro-moment rules a touchpoint fires, and which absence timers it arms or cancels.
 
 Rules are evaluated by event time, not wall-clock time, so replaying history
-makes the same decisions it made the first time.
+makes the same decisions it made the first time. Everything here is pure: the
+profile's past comes through `History`, and timers are returned as changes
+for the caller to store.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -16,80 +19,246 @@ import jmespath
 
 from hub.model import Action, Decision, Touchpoint, derived_id
 from hub.rules import (
+    AbsenceCondition,
+    ActionSpec,
     AllCondition,
     AnyCondition,
     Condition,
+    CountCondition,
     EventCondition,
     NotCondition,
     Predicate,
     RecentCondition,
     RuleSpec,
+    Selector,
 )
 
 
 class History(Protocol):
     """What rules may ask about a profile's past; the pipeline answers from the store."""
 
-    def count_events(self, profile_id: str, event: str, since: datetime, until: datetime, exclude_id: str) -> int: ...
+    def events(
+        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
+    ) -> list[dict[str, Any]]:
+        """Touchpoint documents of the profile with `since <= occurred_at <= until`, pre-filtered by the
+        selector's event / stage / moment (None: every event); `where` is checked by the engine."""
+        ...
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int: ...
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        """Decisions of the rule for the profile after `since` that were not capped."""
+        ...
 
 
-def evaluate(touchpoint: Touchpoint, profile_id: str, rules: Sequence[RuleSpec], history: History) -> list[Decision]:
+@dataclass(frozen=True)
+class TimerChanges:
+    """What a touchpoint does to absence timers: rule ids whose timers it cancels, and timers it arms."""
+
+    cancel: tuple[str, ...]
+    arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
+
+
+def document_for(touchpoint: Touchpoint, traits: Mapping[str, Any]) -> dict[str, Any]:
+    """What predicates see: the touchpoint document plus the profile's traits under `profile`."""
+    return {**touchpoint.as_document(), "profile": dict(traits)}
+
+
+def evaluate(
+    touchpoint: Touchpoint,
+    profile_id: str,
+    rules: Sequence[RuleSpec],
+    history: History,
+    traits: Mapping[str, Any] | None = None,
+) -> list[Decision]:
+    """Decisions of the rules that hold at this touchpoint (absence rules decide later, from their timers)."""
     decided: list[Decision] = []
-    document = touchpoint.as_document()
+    document = document_for(touchpoint, traits or {})
     for rule in rules:
-        evidence: dict[str, Any] = {}
-        if not _holds(rule.when, touchpoint, document, profile_id, history, evidence):
+        if rule.absence is not None:
             continue
-        if rule.cap and history.decisions_since(profile_id, rule.id, touchpoint.occurred_at - rule.cap.within) >= rule.cap.max:
+        judge = _Judge(touchpoint, document, profile_id, history, traits or {})
+        if not judge.holds(rule.when):
             continue
-        decided.append(
-            Decision(
-                decision_id=derived_id("decision", rule.id, touchpoint.touchpoint_id),
-                rule_id=rule.id,
-                rule_version=rule.version,
-                profile_id=profile_id,
-                touchpoint_id=touchpoint.touchpoint_id,
-                decided_at=touchpoint.occurred_at,
-                actions=tuple(Action(action.channel, action.template, action.params) for action in rule.respond),
-                variables=rule.vars,
-                evidence={"touchpoint_event": touchpoint.event, **evidence},
-            )
-        )
+        decision_id = derived_id("decision", rule.id, touchpoint.touchpoint_id)
+        decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at, decision_id)
+        if decision is not None:
+            decided.append(decision)
     return decided
 
 
-def _holds(
-    condition: Condition,
-    touchpoint: Touchpoint,
-    document: dict[str, Any],
+def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Mapping[str, Any] | None = None) -> TimerChanges:
+    """Timers this touchpoint cancels (it is the awaited follow-up) and arms (it starts a wait)."""
+    document = document_for(touchpoint, traits or {})
+    cancel: list[str] = []
+    arm: list[tuple[str, datetime]] = []
+    for rule in rules:
+        absence = rule.absence
+        if absence is None:
+            continue
+        if absence.without == "any" or _selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
+            cancel.append(rule.id)
+        if _selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
+            arm.append((rule.id, touchpoint.occurred_at + absence.within))
+    return TimerChanges(tuple(cancel), tuple(arm))
+
+
+def evaluate_expired(
+    rule: RuleSpec,
+    anchor: Touchpoint,
     profile_id: str,
+    due_at: datetime,
     history: History,
-    evidence: dict[str, Any],
-) -> bool:
-    match condition:
-        case EventCondition(event=event, where=where):
-            return touchpoint.event == event and all(_predicate(p, document) for p in where)
-        case RecentCondition(recent=window):
-            seen = history.count_events(
-                profile_id, window.event, touchpoint.occurred_at - window.within, touchpoint.occurred_at,
-                touchpoint.touchpoint_id,
-            )
-            evidence.setdefault("recent", []).append({"event": window.event, "within_seconds": window.within.total_seconds(), "seen": seen})
-            return seen >= window.at_least
-        case AllCondition(all=parts):
-            return all(_holds(part, touchpoint, document, profile_id, history, evidence) for part in parts)
-        case AnyCondition(any=parts):
-            return any(_holds(part, touchpoint, document, profile_id, history, evidence) for part in parts)
-        case NotCondition(not_=inner):
-            return not _holds(inner, touchpoint, document, profile_id, history, {})
-    raise TypeError(f"unknown condition {condition!r}")
+    traits: Mapping[str, Any] | None = None,
+) -> Decision | None:
+    """The decision of an absence rule whose timer ran out, or None if the awaited event did happen after all.
+
+    The follow-up is looked for again here, by event time in (anchor, due], so a
+    follow-up that arrived late or raced the timer still prevents the message.
+    """
+    absence = rule.absence
+    assert absence is not None, f"rule {rule.id} has no absence condition"
+    selector = None if absence.without == "any" else absence.without
+    profile = {"profile": dict(traits or {})}
+    followed = [
+        doc for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
+        if doc["touchpoint_id"] != anchor.touchpoint_id
+        and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
+        and (selector is None or _predicates(selector.where, {**doc, **profile}))
+    ]
+    if followed:
+        return None
+    judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {})
+    judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
+    if not all(judge.holds(part) for part in rule.fire_time_conditions):
+        return None
+    return _decide(rule, judge, anchor, profile_id, due_at, derived_id("decision", rule.id, anchor.touchpoint_id))
+
+
+def _decide(
+    rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime, decision_id: str
+) -> Decision | None:
+    actions = tuple(_action(spec) for spec in rule.respond if _predicates(spec.only_if, judge.document))
+    if not actions:
+        return None
+    status = "fired"
+    evidence: dict[str, Any] = {"touchpoint_event": touchpoint.event, **judge.evidence}
+    evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
+    if rule.cap and judge.history.decisions_since(profile_id, rule.id, decided_at - rule.cap.within) >= rule.cap.max:
+        status = "capped"
+        evidence["cap"] = {"max": rule.cap.max, "within_seconds": rule.cap.within.total_seconds()}
+    return Decision(
+        decision_id=decision_id,
+        rule_id=rule.id,
+        rule_version=rule.version,
+        profile_id=profile_id,
+        touchpoint_id=touchpoint.touchpoint_id,
+        decided_at=decided_at,
+        actions=actions,
+        variables=rule.vars,
+        evidence=evidence,
+        status=status,
+        urgency=rule.urgency,
+    )
+
+
+def _action(spec: ActionSpec) -> Action:
+    return Action(
+        channel=spec.channel,
+        template=spec.template,
+        params=spec.params,
+        delay=spec.delay,
+        fields=spec.fields,
+        endpoint=spec.endpoint,
+        fallback=tuple((alt.channel, alt.template) for alt in spec.fallback),
+    )
+
+
+class _Judge:
+    """Evaluates one rule's condition tree at one touchpoint, collecting the evidence as it goes."""
+
+    def __init__(
+        self, touchpoint: Touchpoint, document: dict[str, Any], profile_id: str, history: History, traits: Mapping[str, Any]
+    ) -> None:
+        self.touchpoint = touchpoint
+        self.document = document
+        self.profile_id = profile_id
+        self.history = history
+        self.traits = traits
+        self.evidence: dict[str, Any] = {}
+        self.touchpoints: list[str] = []
+
+    def holds(self, condition: Condition) -> bool:
+        tp = self.touchpoint
+        match condition:
+            case EventCondition():
+                return _selected(condition, tp.event, tp.stage, tp.moment, self.document)
+            case RecentCondition(recent=window):
+                found = self._window(window, window.within)
+                self.evidence.setdefault("recent", []).append(
+                    {**_describe(window), "within_seconds": window.within.total_seconds(), "seen": len(found)}
+                )
+                if len(found) >= window.at_least:
+                    self.touchpoints.extend(doc["touchpoint_id"] for doc in found)
+                    return True
+                return False
+            case CountCondition(count=window):
+                if not _selected(window, tp.event, tp.stage, tp.moment, self.document):
+                    return False
+                found = [self.document, *self._window(window, window.within)]
+                seen = len({repr(_field(window.distinct_by).search(doc)) for doc in found}) if window.distinct_by else len(found)
+                self.evidence.setdefault("count", []).append(
+                    {**_describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
+                     "distinct_by": window.distinct_by}
+                )
+                if seen >= window.at_least:
+                    self.touchpoints.extend(doc["touchpoint_id"] for doc in found)
+                    return True
+                return False
+            case AllCondition(all=parts):
+                return all(self.holds(part) for part in parts)
+            case AnyCondition(any=parts):
+                return any(self.holds(part) for part in parts)
+            case NotCondition(not_=inner):
+                inner_judge = _Judge(tp, self.document, self.profile_id, self.history, self.traits)
+                return not inner_judge.holds(inner)
+            case AbsenceCondition():
+                raise ValueError("absence conditions are decided by their timers, not evaluated inline")
+        raise TypeError(f"unknown condition {condition!r}")
+
+    def _window(self, selector: Selector, within: timedelta) -> list[dict[str, Any]]:
+        """Earlier matching touchpoints of the profile in [now - within, now], this one left out."""
+        tp = self.touchpoint
+        documents = self.history.events(self.profile_id, tp.occurred_at - within, tp.occurred_at, selector)
+        profile = {"profile": dict(self.traits)}
+        found = [{**doc, **profile} for doc in documents if doc["touchpoint_id"] != tp.touchpoint_id]
+        return [doc for doc in found if _predicates(selector.where, doc)]
+
+
+def _describe(selector: Selector) -> dict[str, Any]:
+    return {key: value for key, value in (("event", selector.event), ("stage", selector.stage), ("moment", selector.moment)) if value}
+
+
+def _selected(selector: Selector, event: str, stage: str, moment: str, document: dict[str, Any]) -> bool:
+    events = selector.events
+    return (
+        (events is None or event in events)
+        and (selector.stage is None or stage == selector.stage)
+        and (selector.moment is None or moment == selector.moment)
+        and _predicates(selector.where, document)
+    )
+
+
+def _predicates(predicates: Sequence[Predicate], document: dict[str, Any]) -> bool:
+    return all(_predicate(p, document) for p in predicates)
 
 
 @lru_cache(maxsize=1024)
 def _field(path: str) -> jmespath.parser.ParsedResult:
     return jmespath.compile(path)
+
+
+@lru_cache(maxsize=256)
+def _pattern(expression: str) -> re.Pattern[str]:
+    return re.compile(expression)
 
 
 def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
@@ -114,7 +283,7 @@ def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
             case "in":
                 return actual in expected
             case "matches":
-                return isinstance(actual, str) and re.search(str(expected), actual) is not None
+                return isinstance(actual, str) and _pattern(str(expected)).search(actual) is not None
     except TypeError:  # comparing a string with a number, say: the predicate simply does not hold
         return False
     raise ValueError(f"unknown operator {predicate.op!r}")

@@ -25,7 +25,9 @@ from hub.identity_config import IdentityConfig
 from hub.mapping import load_mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 from hub.pipeline import Pipeline, PipelineConfig
+from hub.respond import Responder
 from hub.routing import Router, load_routes
+from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store, inbox
 from hub.store.identity_graph import SqlIdentityGraph
@@ -150,8 +152,11 @@ def process_inbox(database_url: str, start: threading.Barrier) -> None:
     store = Store(database_url)
     mapping = load_mapping(PROJECT_MAPPINGS / "segment.yaml")
     router = Router(load_routes(PROJECT_MAPPINGS / "routes.yaml"), TemplateRenderer(PROJECT_MAPPINGS / "templates"))
+    no_rules = Path(database_url.removeprefix("sqlite:///")).with_name("no-rules.yaml")
+    no_rules.write_text("rules: []\n")
     pipeline = Pipeline(
-        store, {"default": mapping}, [], router, PipelineConfig(1, timedelta(seconds=60), 3, "US"), threading.Event()
+        store, {"default": mapping}, RuleBook(no_rules), Responder(router), PipelineConfig(1, timedelta(seconds=60), 3, "US"),
+        threading.Event(),
     )
     start.wait()
     while pipeline.run_once():

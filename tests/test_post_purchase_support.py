@@ -94,3 +94,5 @@ def test_opted_out_profile_gets_no_sms_and_the_decision_says_why(running_hub: Ru
     assert running_hub.sandbox.twilio.messages == []
     assert decisions(running_hub) == {"post_purchase_support": 1}
     assert running_hub.admin("/api/deliveries", channel="sms")["deliveries"] == []
+    [decision] = running_hub.admin("/api/decisions")["decisions"]
+    assert decision["actions"][0] == {"channel": "sms", "fate": "blocked_by_consent", "reason": "sms consent revoked by the profile"}

@@ -41,7 +41,8 @@ def test_committed_json_schemas_are_generated_from_the_models() -> None:
 
 def test_shipped_mapping_files_load() -> None:
     assert load_mapping(PROJECT_MAPPINGS / "segment.yaml").label("Order Completed").moment == "purchase"
-    assert [rule.id for rule in load_rules(PROJECT_MAPPINGS / "triggers.yaml")] == ["post_purchase_support"]
+    assert [rule.id for rule in load_rules(PROJECT_MAPPINGS / "triggers.yaml")] == [
+        "high_intent_pricing", "cart_abandonment", "comparison_hesitation", "post_purchase_support"]
     routes = load_routes(PROJECT_MAPPINGS / "routes.yaml")
     assert (routes["sms"].target, routes["crm"].target) == ("phone", "profile_id")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
 from hub.model import Action, Decision
-from hub.routing import ChannelRoute, Router
+from hub.quiet_hours import QuietHours
+from hub.routing import ChannelRoute, ContactPolicy, Router
 from hub.templates import TemplateRenderer
 
 
@@ -50,7 +53,7 @@ def test_unroutable_actions_are_skipped_with_a_reason(tmp_path: Path) -> None:
     plan = router(tmp_path).plan(decision(Action("sms", "sms.j2"), Action("email", "email.j2"), Action("fax", "sms.j2")), opted_out, {})
     assert plan.deliveries == []
     assert plan.fates() == [
-        {"channel": "sms", "fate": "skipped", "reason": "sms consent revoked by the profile"},
+        {"channel": "sms", "fate": "blocked_by_consent", "reason": "sms consent revoked by the profile"},
         {"channel": "email", "fate": "skipped", "reason": "profile has no email"},
         {"channel": "fax", "fate": "skipped", "reason": "no route for channel 'fax' in routes.yaml"},
     ]
@@ -63,3 +66,89 @@ def test_multicast_route_hands_over_every_recipient(tmp_path: Path) -> None:
     [push] = Router(routes, TemplateRenderer(tmp_path)).plan(decision(Action("push", "push.j2")), profile, {}).deliveries
     assert (push.target, push.content["recipients"]) == ("tok-new", ["tok-new", "tok-old"])
     assert (push.content["title"], push.content["body"]) == ("Hi Ana", "Back?")
+
+
+def urgent(*actions: Action, urgency: str = "immediate", status: str = "fired") -> Decision:
+    return Decision("d-2", "rule", "rule@1", "P1", "tp-1", NIGHT, actions, {"link": "x"}, {"cap": {"max": 1, "within_seconds": 60}},
+                    status=status, urgency=urgency)
+
+
+NIGHT = datetime(2026, 1, 1, 23, 30, tzinfo=timezone.utc)  # 23:30 UTC, 18:30 in New York
+
+
+def policy_router(tmp_path: Path, **policy: object) -> Router:
+    base = router(tmp_path)
+    routes = {**base.routes, "push": ChannelRoute(destination="fcm_push", target="push_token"),
+              "crm": ChannelRoute(destination="salesforce", target="profile_id", reaches_person=False)}
+    return Router(routes, base.templates, ContactPolicy(**policy))
+
+
+def test_no_push_token_falls_back_to_email_and_says_so(tmp_path: Path) -> None:
+    plan = policy_router(tmp_path).plan(urgent(Action("push", "sms.j2", fallback=(("email", "email.j2"),))), PROFILE, {}, now=NIGHT)
+    [email] = plan.deliveries
+    assert (email.channel, email.target) == ("email", "ana@example.com")
+    assert plan.fates() == [
+        {"channel": "push", "fate": "fell_back", "because": "skipped", "reason": "profile has no push_token", "to": "email"},
+        {"channel": "email", "fate": "planned", "delivery_id": email.delivery_id, "destination": "email_smtp", "fallback_for": "push"},
+    ]
+
+
+def test_consent_blocks_and_records_why_even_when_no_fallback_helps(tmp_path: Path) -> None:
+    profile = {**PROFILE, "traits": {"first_name": "Ana", "sms_opt_out": True, "email_opt_out": True}}
+    plan = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2", fallback=(("email", "email.j2"),))), profile, {}, now=NIGHT)
+    assert plan.deliveries == []
+    assert [(f["channel"], f["fate"]) for f in plan.fates()] == [("sms", "fell_back"), ("email", "blocked_by_consent")]
+    assert plan.fates()[1]["reason"] == "email consent revoked by the profile"
+
+
+def test_daily_cap_counts_messages_to_the_person_but_not_crm_updates(tmp_path: Path) -> None:
+    actions = (Action("sms", "sms.j2"), Action("email", "email.j2"), Action("crm", "sms.j2", fields={"Intent__c": "{{ vars.link }}"}))
+    plan = policy_router(tmp_path, daily_cap=3).plan(urgent(*actions), PROFILE, {}, now=NIGHT, messages_today=2)
+    assert [f["fate"] for f in plan.fates()] == ["planned", "capped", "planned"]
+    assert plan.fates()[1]["reason"] == "daily cap per profile reached (3 messages in 24 h)"
+    assert plan.deliveries[1].content["params"] == {"fields": {"Intent__c": "x"}}
+
+
+def test_a_capped_decision_plans_nothing_and_every_action_says_capped(tmp_path: Path) -> None:
+    plan = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2"), status="capped"), PROFILE, {}, now=NIGHT)
+    assert plan.deliveries == []
+    assert plan.fates()[0]["fate"] == "capped" and "rule cap reached" in plan.fates()[0]["reason"]
+
+
+def test_quiet_hours_hold_non_urgent_messages_until_morning_in_the_profiles_zone(tmp_path: Path) -> None:
+    quiet = QuietHours.parse("21:00-08:00", "UTC")
+    routing = policy_router(tmp_path, quiet_hours=quiet)
+    actions = (Action("sms", "sms.j2"), Action("crm", "sms.j2"))
+    [sms, crm] = routing.plan(urgent(*actions, urgency="delayed"), PROFILE, {}, now=NIGHT).deliveries
+    assert sms.not_before == datetime(2026, 1, 2, 8, tzinfo=timezone.utc)
+    assert crm.not_before is None  # a CRM update disturbs nobody
+    in_new_york = {**PROFILE, "traits": {"first_name": "Ana", "timezone": "America/New_York"}}
+    assert routing.plan(urgent(*actions, urgency="delayed"), in_new_york, {}, now=NIGHT).deliveries[0].not_before is None
+    assert routing.plan(urgent(*actions), PROFILE, {}, now=NIGHT).deliveries[0].not_before is None  # urgent: at once
+    fate = routing.plan(urgent(*actions, urgency="delayed"), PROFILE, {}, now=NIGHT).fates()[0]
+    assert (fate["fate"], fate["not_before"]) == ("delayed_quiet_hours", "2026-01-02T08:00:00+00:00")
+
+
+def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
+    [sms] = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2", delay=timedelta(minutes=10))), PROFILE, {}, now=NIGHT).deliveries
+    assert sms.not_before == NIGHT + timedelta(minutes=10)
+
+
+@pytest.mark.parametrize(
+    ("local", "released"),
+    [("20:59", None), ("21:00", "2026-01-02T08:00"), ("03:00", "2026-01-01T08:00"), ("08:00", None)],
+)
+def test_quiet_hours_window_wraps_past_midnight(local: str, released: str | None) -> None:
+    quiet = QuietHours.parse("21:00-08:00", "Europe/Paris")
+    hour, minute = map(int, local.split(":"))
+    at = datetime(2026, 1, 1, hour, minute, tzinfo=quiet.default_zone)
+    release = quiet.release_time(at, quiet.default_zone)
+    assert (release.astimezone(quiet.default_zone).strftime("%Y-%m-%dT%H:%M") if release else None) == released
+
+
+def test_quiet_hours_settings_are_validated() -> None:
+    assert QuietHours.parse("", "UTC") is None
+    with pytest.raises(ValueError, match="HH:MM-HH:MM"):
+        QuietHours.parse("9pm-8am", "UTC")
+    with pytest.raises(ValueError, match="not a known time zone"):
+        QuietHours.parse("21:00-08:00", "Mars/Olympus")

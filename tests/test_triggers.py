@@ -9,21 +9,30 @@ import pytest
 
 from hub.errors import ConfigError
 from hub.model import Identifier, Touchpoint
-from hub.rules import RuleFile, load_rules
+from hub.rules import RuleFile, Selector, load_rules
 from hub.triggers import evaluate
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
 
 
 class RecordedHistory:
-    """History with fixed answers, recording what the engine asked."""
+    """History with fixed answers: past events by name (times, or (time, properties) pairs) and decision times."""
 
-    def __init__(self, events: dict[str, list[datetime]] | None = None, decisions: list[datetime] | None = None) -> None:
-        self.events = events or {}
+    def __init__(self, events: dict[str, list] | None = None, decisions: list[datetime] | None = None) -> None:
+        self.documents = [
+            {"touchpoint_id": f"{name}-{n}", "event": name, "stage": "decision", "moment": "x",
+             "occurred_at": (item[0] if isinstance(item, tuple) else item).isoformat(),
+             "properties": item[1] if isinstance(item, tuple) else {}, "context": {}}
+            for name, items in (events or {}).items() for n, item in enumerate(items)
+        ]
         self.decisions = decisions or []
 
-    def count_events(self, profile_id: str, event: str, since: datetime, until: datetime, exclude_id: str) -> int:
-        return sum(since <= t <= until for t in self.events.get(event, []))
+    def events(self, profile_id: str, since: datetime, until: datetime, selector: Selector | None) -> list[dict]:
+        return [
+            doc for doc in self.documents
+            if since <= datetime.fromisoformat(doc["occurred_at"]) <= until
+            and (selector is None or selector.events is None or doc["event"] in selector.events)
+        ]
 
     def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
         return sum(t > since for t in self.decisions)
@@ -66,16 +75,19 @@ def test_recent_window_all_and_not() -> None:
     bought = RecordedHistory({"Order Completed": [T0 - timedelta(days=10)]})
     [decision] = evaluate(tp("Ticket Submitted"), "p", rules(rule), bought)
     assert decision.evidence["recent"] == [{"event": "Order Completed", "within_seconds": 2592000.0, "seen": 1}]
+    assert decision.evidence["touchpoints"] == ["tp-1", "Order Completed-0"]
     refunded = RecordedHistory({"Order Completed": [T0 - timedelta(days=10)], "Refund Issued": [T0 - timedelta(days=1)]})
     assert evaluate(tp("Ticket Submitted"), "p", rules(rule), refunded) == []
     stale = RecordedHistory({"Order Completed": [T0 - timedelta(days=31)]})
     assert evaluate(tp("Ticket Submitted"), "p", rules(rule), stale) == []
 
 
-def test_cap_blocks_a_second_decision_inside_the_window() -> None:
+def test_cap_turns_a_second_decision_inside_the_window_into_a_capped_one() -> None:
     rule = {"id": "r", "when": {"event": "E"}, "respond": RESPOND, "cap": {"max": 1, "within": "24h"}}
-    assert evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=23)])) == []
-    assert len(evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=25)]))) == 1
+    [capped] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=23)]))
+    assert (capped.status, capped.evidence["cap"]) == ("capped", {"max": 1, "within_seconds": 86400.0})
+    [fired] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=25)]))
+    assert fired.status == "fired"
 
 
 def test_decision_ids_are_deterministic() -> None:
@@ -92,3 +104,97 @@ def test_invalid_rule_file_reports_every_problem_with_its_key(tmp_path: Path) ->
     assert f"{path}: rules.0.id: String should match pattern" in text
     assert f"{path}: rules.0.respond: List should have at least 1 item" in text
     assert "'soon' is not a duration" in text
+
+
+def test_selectors_filter_by_moment_stage_profile_traits_and_context() -> None:
+    rule = {"id": "r", "respond": RESPOND, "when": {
+        "moment": "x", "stage": "decision",
+        "where": [{"field": "profile.plan", "op": "eq", "value": "pro"},
+                  {"field": "context.device.type", "op": "in", "value": ["ios", "android"]}]}}
+    mobile = Touchpoint("tp-1", "s", "m", "track", "Cart Viewed", "decision", "x", T0, T0, (), {}, {}, {"device": {"type": "ios"}})
+    assert len(evaluate(mobile, "p", rules(rule), RecordedHistory(), {"plan": "pro"})) == 1
+    assert evaluate(mobile, "p", rules(rule), RecordedHistory(), {"plan": "free"}) == []
+    assert evaluate(tp("Cart Viewed"), "p", rules(rule), RecordedHistory(), {"plan": "pro"}) == []
+
+
+def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
+    def rule(distinct: str | None) -> list:
+        return rules({"id": "r", "respond": RESPOND, "when": {"count": {
+            "event": "Product Viewed", "at_least": 2, "within": "5m", "distinct_by": distinct}}})
+
+    same_product = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=1), {"sku": "a"})]})
+    [decision] = evaluate(tp("Product Viewed", sku="a"), "p", rule(None), same_product)
+    assert decision.evidence["count"][0]["seen"] == 2
+    assert decision.evidence["touchpoints"] == ["tp-1", "Product Viewed-0"]
+    assert evaluate(tp("Product Viewed", sku="a"), "p", rule("properties.sku"), same_product) == []
+    assert len(evaluate(tp("Product Viewed", sku="b"), "p", rule("properties.sku"), same_product)) == 1
+    too_old = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=6), {"sku": "a"})]})
+    assert evaluate(tp("Product Viewed", sku="b"), "p", rule(None), too_old) == []
+    assert evaluate(tp("Cart Viewed"), "p", rule(None), same_product) == []  # the current event must itself count
+
+
+def test_matches_uses_a_regular_expression_and_bad_operator_values_are_refused() -> None:
+    rule = {"id": "r", "respond": RESPOND,
+            "when": {"event": "page", "where": [{"field": "properties.path", "op": "matches", "value": "^/pricing"}]}}
+    assert len(evaluate(tp("page", path="/pricing/team"), "p", rules(rule), RecordedHistory())) == 1
+    assert evaluate(tp("page", path="/blog"), "p", rules(rule), RecordedHistory()) == []
+    with pytest.raises(ValueError, match="`in` needs a list value"):
+        rules({"id": "r", "respond": RESPOND, "when": {"event": "E", "where": [{"field": "x", "op": "in", "value": 3}]}})
+
+
+ABSENCE = {"id": "abandon", "respond": RESPOND,
+           "when": {"absence": {"after": {"moment": "cart_activity"}, "without": {"event": "Checkout Started"}, "within": "2m"}}}
+
+
+def cart(event: str = "Product Added", at: datetime = T0, tp_id: str = "tp-1") -> Touchpoint:
+    return Touchpoint(tp_id, "s", "m", "track", event, "decision", "cart_activity", at, at, ())
+
+
+def test_absence_rules_arm_timers_instead_of_deciding_and_the_follow_up_cancels() -> None:
+    from hub.triggers import timer_changes
+
+    rule = rules(ABSENCE)
+    assert evaluate(cart(), "p", rule, RecordedHistory()) == []
+    assert timer_changes(cart(), rule).arm == (("abandon", T0 + timedelta(minutes=2)),)
+    checkout = Touchpoint("tp-2", "s", "m", "track", "Checkout Started", "decision", "checkout", T0, T0, ())
+    assert timer_changes(checkout, rule).cancel == ("abandon",)
+    assert timer_changes(tp("Other"), rule).cancel == ()
+    anything = rules({**ABSENCE, "when": {"absence": {**ABSENCE["when"]["absence"], "without": "any"}}})
+    assert timer_changes(tp("Other"), anything).cancel == ("abandon",)
+
+
+def test_an_expired_timer_decides_unless_the_follow_up_happened_in_time() -> None:
+    from hub.triggers import evaluate_expired
+
+    [rule] = rules(ABSENCE)
+    due = T0 + timedelta(minutes=2)
+    decision = evaluate_expired(rule, cart(), "p", due, RecordedHistory())
+    assert decision is not None and decision.decided_at == due and decision.evidence["absence"]["due_at"] == due.isoformat()
+    late_checkout = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=1)]})
+    assert evaluate_expired(rule, cart(), "p", due, late_checkout) is None
+    after_the_wait = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=3)]})
+    assert evaluate_expired(rule, cart(), "p", due, after_the_wait) is not None
+
+
+def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> None:
+    from hub.triggers import evaluate_expired
+
+    spec = {**ABSENCE, "when": {"all": [ABSENCE["when"], {"not": {"recent": {"event": "Order Completed", "within": "1d"}}}]}}
+    [rule] = rules(spec)
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()) is not None
+    bought = RecordedHistory({"Order Completed": [T0 - timedelta(hours=1)]})
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) is None
+
+
+def test_absence_nested_below_the_top_is_refused() -> None:
+    with pytest.raises(ValueError, match="`absence` is allowed only"):
+        rules({**ABSENCE, "when": {"any": [ABSENCE["when"], {"event": "E"}]}})
+
+
+def test_actions_only_if_pick_the_channel_per_device() -> None:
+    rule = {"id": "r", "when": {"event": "E"}, "respond": [
+        {"channel": "push", "template": "p.j2", "only_if": [{"field": "context.device.type", "op": "eq", "value": "ios"}]},
+        {"channel": "email", "template": "e.j2", "only_if": [{"field": "context.device.type", "op": "exists", "value": False}]},
+    ]}
+    [decision] = evaluate(tp("E"), "p", rules(rule), RecordedHistory())
+    assert [action.channel for action in decision.actions] == ["email"]

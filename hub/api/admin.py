@@ -14,8 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from hub import stats
 from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
+from hub.decision_explain import explain
 from hub.runtime import Hub
-from hub.store import outbox, quarantine, touchpoints
+from hub.store import decisions, outbox, quarantine, touchpoints
 from hub.store.identity_graph import find_profile_id, live_profile_id, profile_view
 
 T = TypeVar("T")
@@ -123,6 +124,22 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
 
 def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+
+
+@router.get("/decisions", summary="Decisions, newest first (capped ones included)")
+async def list_decisions(
+    request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None
+) -> dict[str, Any]:
+    search = partial(decisions.search, limit=limit, rule_id=rule_id)
+    return {"decisions": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+
+
+@router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries")
+async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
+    found = await _read(request, lambda connection: explain(connection, decision_id))
+    if found is None:
+        raise HTTPException(404, detail=f"no decision {decision_id!r}")
+    return found
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first")

@@ -13,10 +13,11 @@ from hub.store.sql import insert_ignoring_conflicts
 
 
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
-    """Decisions of a rule for a profile since a time: what frequency caps are checked against."""
+    """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
     return connection.execute(
         select(func.count()).where(
-            decisions.c.profile_id == profile_id, decisions.c.rule_id == rule_id, decisions.c.decided_at > since
+            decisions.c.profile_id == profile_id, decisions.c.rule_id == rule_id, decisions.c.decided_at > since,
+            decisions.c.status == "fired",
         )
     ).scalar_one()
 
@@ -33,9 +34,27 @@ def record(connection: Connection, decision: Decision, action_fates: list[dict[s
         "created_at": now,
         "evidence": decision.evidence,
         "actions": action_fates,
+        "status": decision.status,
     }
     return insert_ignoring_conflicts(connection, decisions, [row], ["decision_id"]) == 1
 
 
 def count_by_rule(connection: Connection) -> dict[str, int]:
-    return dict(connection.execute(select(decisions.c.rule_id, func.count()).group_by(decisions.c.rule_id)).all())
+    """Decisions that fired (capped ones are kept for explanation, not counted)."""
+    query = select(decisions.c.rule_id, func.count()).where(decisions.c.status == "fired").group_by(decisions.c.rule_id)
+    return dict(connection.execute(query).all())
+
+
+def get(connection: Connection, decision_id: str) -> dict[str, Any] | None:
+    row = connection.execute(select(decisions).where(decisions.c.decision_id == decision_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def search(connection: Connection, *, limit: int, profile_id: str | None = None, rule_id: str | None = None) -> list[dict[str, Any]]:
+    """Newest first."""
+    query = select(decisions).order_by(decisions.c.created_at.desc(), decisions.c.decided_at.desc()).limit(limit)
+    if profile_id:
+        query = query.where(decisions.c.profile_id == profile_id)
+    if rule_id:
+        query = query.where(decisions.c.rule_id == rule_id)
+    return [dict(row) for row in connection.execute(query).mappings()]

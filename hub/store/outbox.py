@@ -50,7 +50,7 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
             "attempts": 0,
             "created_at": now,
             "updated_at": now,
-            "next_attempt_at": now,
+            "next_attempt_at": item.not_before or now,
         }
         for item in planned
     ]
@@ -212,6 +212,7 @@ def search(
     destination_id: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    decision_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients are masked.
 
@@ -223,6 +224,7 @@ def search(
         (deliveries.c.status, status),
         (deliveries.c.channel, channel),
         (deliveries.c.destination_id, destination_id),
+        (deliveries.c.decision_id, decision_id),
     ):
         if wanted:
             query = query.where(column == wanted)
@@ -258,8 +260,22 @@ def count_by_channel_and_status(connection: Connection) -> list[dict[str, Any]]:
     return [{"channel": ch, "status": st, "count": n, "attempts": int(a or 0)} for ch, st, n, a in rows]
 
 
-def unfinished(connection: Connection) -> int:
-    """Deliveries still waiting for an attempt (pending or retrying)."""
-    return connection.execute(
-        select(func.count()).select_from(deliveries).where(deliveries.c.status.in_(DUE_STATUSES))
-    ).scalar_one()
+def unfinished(connection: Connection, now: datetime) -> int:
+    """Deliveries being retried, or due for their first attempt; those held back by a delay or quiet hours
+    (pending until a later time) are not work yet."""
+    query = select(func.count()).select_from(deliveries).where(
+        or_(deliveries.c.status == "retrying", (deliveries.c.status == "pending") & (deliveries.c.next_attempt_at <= now))
+    )
+    return connection.execute(query).scalar_one()
+
+
+_PLANNED_SINCE = select(func.count()).select_from(deliveries).where(
+    deliveries.c.profile_id == bindparam("profile_id"),
+    deliveries.c.channel.in_(bindparam("channels", expanding=True)),
+    deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
+)
+
+
+def planned_since(connection: Connection, profile_id: str, channels: Sequence[str], since: datetime) -> int:
+    """Deliveries planned for a profile on these channels since a time: what the daily cap counts."""
+    return connection.execute(_PLANNED_SINCE, {"profile_id": profile_id, "channels": list(channels), "since": since}).scalar_one()

@@ -160,7 +160,26 @@ decisions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("evidence", JSON, nullable=False),
     Column("actions", JSON, nullable=False),  # each action's fate: planned or skipped and why
+    Column("status", String(20), nullable=False, server_default="fired"),  # fired | capped
     Index("ix_decisions_profile_rule_time", "profile_id", "rule_id", "decided_at"),
+)
+
+timers = Table(
+    "timers",
+    metadata,
+    Column("timer_id", String(36), primary_key=True),  # derived from rule + the touchpoint that armed it
+    Column("rule_id", String(100), nullable=False),
+    Column("profile_id", String(26), nullable=False),
+    Column("touchpoint_id", String(36), nullable=False),  # the `after` event the absence is measured from
+    Column("anchor_at", UTCDateTime, nullable=False),
+    Column("due_at", UTCDateTime, nullable=False),
+    Column("status", String(20), nullable=False),  # pending | fired | cancelled | superseded | lapsed
+    Column("claimed_until", UTCDateTime),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("settled_at", UTCDateTime),
+    Column("decision_id", String(36)),
+    Index("ix_timers_status_due", "status", "due_at"),
+    Index("ix_timers_profile_rule_status", "profile_id", "rule_id", "status"),
 )
 
 deliveries = Table(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, select, update
+from sqlalchemy import Connection, Select, bindparam, desc, func, select, update
 
-from hub.model import Touchpoint
-from hub.store.schema import touchpoints
+from hub.model import Identifier, Touchpoint
+from hub.store.schema import UTCDateTime, touchpoints
 from hub.store.sql import insert_ignoring_conflicts
 
 
@@ -36,18 +37,82 @@ def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbo
     return insert_ignoring_conflicts(connection, touchpoints, [row], ["touchpoint_id"]) == 1
 
 
-def count_events(
-    connection: Connection, profile_id: str, event: str, since: datetime, until: datetime, exclude_id: str
-) -> int:
-    """How many `event`s the profile had in [since, until], not counting the touchpoint being evaluated."""
-    query = select(func.count()).where(
-        touchpoints.c.profile_id == profile_id,
-        touchpoints.c.event == event,
-        touchpoints.c.occurred_at >= since,
-        touchpoints.c.occurred_at <= until,
-        touchpoints.c.touchpoint_id != exclude_id,
+_EVENT_COLUMNS = (
+    touchpoints.c.touchpoint_id, touchpoints.c.source_id, touchpoints.c.kind, touchpoints.c.event, touchpoints.c.stage,
+    touchpoints.c.moment, touchpoints.c.occurred_at, touchpoints.c.identifiers, touchpoints.c.properties,
+    touchpoints.c.traits, touchpoints.c.context,
+)
+
+
+@lru_cache(maxsize=8)
+def _events_query(by_name: bool, by_stage: bool, by_moment: bool) -> Select[Any]:
+    """Built once per shape with bind parameters: rules ask this on every event, and building a
+    SQLAlchemy statement costs more than running it."""
+    query = select(*_EVENT_COLUMNS).where(
+        touchpoints.c.profile_id == bindparam("profile_id"),
+        touchpoints.c.occurred_at >= bindparam("since", type_=UTCDateTime),
+        touchpoints.c.occurred_at <= bindparam("until", type_=UTCDateTime),
     )
-    return connection.execute(query).scalar_one()
+    if by_name:
+        query = query.where(touchpoints.c.event.in_(bindparam("names", expanding=True)))
+    if by_stage:
+        query = query.where(touchpoints.c.stage == bindparam("stage"))
+    if by_moment:
+        query = query.where(touchpoints.c.moment == bindparam("moment"))
+    return query.order_by(touchpoints.c.occurred_at)
+
+
+def events(
+    connection: Connection,
+    profile_id: str,
+    since: datetime,
+    until: datetime,
+    *,
+    names: Sequence[str] | None = None,
+    stage: str | None = None,
+    moment: str | None = None,
+) -> list[dict[str, Any]]:
+    """The profile's touchpoints in [since, until] as the documents rule predicates read, oldest first."""
+    query = _events_query(names is not None, stage is not None, moment is not None)
+    values = {"profile_id": profile_id, "since": since, "until": until, "names": list(names or ()), "stage": stage, "moment": moment}
+    return [
+        {**row, "occurred_at": row["occurred_at"].isoformat(), "identifiers": dict(map(tuple, row["identifiers"]))}
+        for row in connection.execute(query, values).mappings()
+    ]
+
+
+def get(connection: Connection, touchpoint_id: str) -> Touchpoint | None:
+    row = connection.execute(select(touchpoints).where(touchpoints.c.touchpoint_id == touchpoint_id)).mappings().first()
+    if row is None:
+        return None
+    return Touchpoint(
+        touchpoint_id=row["touchpoint_id"],
+        source_id=row["source_id"],
+        message_id=row["message_id"],
+        kind=row["kind"],
+        event=row["event"],
+        stage=row["stage"],
+        moment=row["moment"],
+        occurred_at=row["occurred_at"],
+        received_at=row["received_at"],
+        identifiers=tuple(Identifier(type_, value) for type_, value in row["identifiers"]),
+        properties=row["properties"],
+        traits=row["traits"],
+        context=row["context"],
+        mapping_version=row["mapping_version"],
+    )
+
+
+def summaries(connection: Connection, touchpoint_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """Short views of the touchpoints a decision rests on, in the order given."""
+    rows = connection.execute(
+        select(
+            touchpoints.c.touchpoint_id, touchpoints.c.event, touchpoints.c.stage, touchpoints.c.moment,
+            touchpoints.c.occurred_at, touchpoints.c.source_id, touchpoints.c.properties,
+        ).where(touchpoints.c.touchpoint_id.in_(list(touchpoint_ids)))
+    ).mappings()
+    by_id = {row["touchpoint_id"]: dict(row) for row in rows}
+    return [by_id[tp_id] for tp_id in touchpoint_ids if tp_id in by_id]
 
 
 def move_to_profile(connection: Connection, from_profile_ids: Iterable[str], to_profile_id: str) -> None:

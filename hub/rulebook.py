@@ -1,0 +1,74 @@
+"""The rules in force, reloaded when `triggers.yaml` changes on disk.
+
+Ops edit rules while the hub runs. An edit that does not validate (or names a
+template that does not parse) is refused with every problem logged, and the
+last good rules stay in force, so a typo never switches triggers off.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from hub.errors import ConfigError
+from hub.rules import RuleSpec, load_rules
+
+log = structlog.get_logger(__name__)
+
+
+class RuleBook:
+    def __init__(self, path: Path, check: Callable[[list[RuleSpec]], None] = lambda rules: None, recheck_seconds: float = 1.0) -> None:
+        """Load now (ConfigError if the file is bad); `check` may refuse rules, e.g. for missing templates."""
+        self.path = path
+        self._check = check
+        self._recheck_seconds = recheck_seconds
+        self._lock = threading.Lock()
+        self._stamp = self._file_stamp()
+        self._rules = self._load()
+        self._by_id = {rule.id: rule for rule in self._rules}
+        self._checked_at = time.monotonic()
+        self.last_error: list[str] = []
+
+    def current(self) -> list[RuleSpec]:
+        """The rules in force, by priority; looks at the file at most every `recheck_seconds`."""
+        if time.monotonic() - self._checked_at >= self._recheck_seconds:
+            self.reload_if_changed()
+        return self._rules
+
+    def get(self, rule_id: str) -> RuleSpec | None:
+        self.current()
+        return self._by_id.get(rule_id)
+
+    def reload_if_changed(self) -> bool:
+        """Reload if the file changed since the last look; True when new rules took effect."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            stamp = self._file_stamp()
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                rules = self._load()
+            except ConfigError as exc:
+                self.last_error = exc.problems
+                log.error("trigger rules edit refused; the last good rules stay in force", problems=exc.problems)
+                return False
+            self._rules, self._by_id, self.last_error = rules, {rule.id: rule for rule in rules}, []
+            log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
+            return True
+
+    def _load(self) -> list[RuleSpec]:
+        rules = load_rules(self.path)
+        self._check(rules)
+        return rules
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)

@@ -1,0 +1,91 @@
+"""Durable absence timers: armed and cancelled by events, fired after a restart, exactly once."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from hub.clock import utcnow
+from hub.model import RawEvent
+from hub.runtime import Hub
+from hub.store import decisions, inbox, timers
+from hub.store.schema import timers as timers_table
+from tests.conftest import make_settings, message
+
+NOW = datetime.now(timezone.utc)
+
+
+def hub_on(tmp_path: Path) -> Hub:
+    """A hub whose workers are not started: the test drives each step, as a crash-and-restart would."""
+    return Hub(make_settings(tmp_path, quiet_hours="", lease_seconds=0.5))
+
+
+def accept(hub: Hub, *messages: dict) -> None:
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
+    while hub.pipeline.run_once():
+        pass
+
+
+def cart_then(*follow_ups: dict) -> list[dict]:
+    return [
+        message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat()),
+        message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=3)).isoformat()),
+        *follow_ups,
+    ]
+
+
+def timer_statuses(hub: Hub) -> list[str]:
+    with hub.store.read() as connection:
+        return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
+
+
+def test_a_due_timer_fires_after_a_restart_exactly_once(tmp_path: Path) -> None:
+    before = hub_on(tmp_path)
+    accept(before, *cart_then())
+    assert timer_statuses(before) == ["pending"]
+    before.store.dispose()  # the process dies before the timer's time comes
+
+    after = hub_on(tmp_path)
+    assert after.timers.run_once() == 1
+    assert after.timers.run_once() == 0
+    assert timer_statuses(after) == ["fired"]
+    with after.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"cart_abandonment": 1}
+
+
+def test_a_timer_claimed_by_a_worker_that_died_fires_once_its_lease_runs_out(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    accept(hub, *cart_then())
+    with hub.store.write() as connection:  # a worker claims the timer, then dies before firing it
+        [claimed] = timers.claim_due(connection, 10, utcnow(), timedelta(seconds=0.5))
+    assert hub.timers.run_once() == 0  # still leased to the dead worker
+    time.sleep(0.6)
+    assert hub.timers.run_once() == 1
+    with hub.store.read() as connection:
+        [decision] = decisions.search(connection, limit=10)
+    assert decision["decision_id"] == timer_row(hub, claimed.timer_id)["decision_id"]
+
+
+def timer_row(hub: Hub, timer_id: str) -> dict:
+    with hub.store.read() as connection:
+        return dict(connection.execute(timers_table.select().where(timers_table.c.timer_id == timer_id)).mappings().one())
+
+
+def test_the_follow_up_cancels_and_a_new_cart_event_restarts_the_wait(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    accept(hub, *cart_then(message(userId="amy", event="Product Added", timestamp=(NOW - timedelta(minutes=2, seconds=30)).isoformat())))
+    assert timer_statuses(hub) == ["cancelled", "pending"]  # any action cancels the first wait; the new cart event starts one
+    accept(hub, message(userId="amy", event="Order Completed", timestamp=(NOW - timedelta(minutes=2)).isoformat()))
+    assert timer_statuses(hub) == ["cancelled", "cancelled"]
+    assert hub.timers.run_once() == 0
+
+
+def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    accept(hub, *cart_then())
+    with hub.store.write() as connection:
+        connection.execute(timers_table.update().values(rule_id="rule_deleted_since"))
+    assert hub.timers.run_once() == 1
+    assert timer_statuses(hub) == ["lapsed"]

@@ -1,0 +1,90 @@
+"""Rule edits take effect while the hub runs; a broken edit is refused and the last good rules stay."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from hub.errors import ConfigError
+from hub.rulebook import RuleBook
+from hub.settings import PROJECT_MAPPINGS
+from hub.templates import TemplateRenderer, template_names
+
+RULE = "rules:\n  - id: {id}\n    when: {{event: E}}\n    respond: [{{channel: sms, template: {template}}}]\n"
+
+
+def write(path: Path, text: str) -> None:
+    path.write_text(text)
+    stamp = path.stat().st_mtime_ns + 1_000_000_000  # a later mtime even on coarse file systems
+    os.utime(path, ns=(stamp, stamp))
+
+
+def book(tmp_path: Path) -> tuple[RuleBook, Path]:
+    shutil.copytree(PROJECT_MAPPINGS / "templates", tmp_path / "templates")
+    path = tmp_path / "triggers.yaml"
+    write(path, RULE.format(id="first", template="post_purchase_support.sms.j2"))
+    renderer = TemplateRenderer(tmp_path / "templates")
+    return RuleBook(path, lambda rules: renderer.check(sorted(template_names(rules))), recheck_seconds=0), path
+
+
+def test_an_edit_takes_effect_without_a_restart(tmp_path: Path) -> None:
+    rulebook, path = book(tmp_path)
+    assert [rule.id for rule in rulebook.current()] == ["first"]
+    write(path, RULE.format(id="second", template="post_purchase_support.sms.j2"))
+    assert [rule.id for rule in rulebook.current()] == ["second"]
+    assert rulebook.get("second") is not None and rulebook.get("first") is None
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        ("rules: [{id: Bad-Id}]", "rules.0.id: String should match pattern"),
+        ("rules: [\n", "not valid YAML"),
+        (RULE.format(id="typo", template="no_such_template.j2"), "no_such_template.j2: TemplateNotFound"),
+    ],
+)
+def test_a_broken_edit_is_refused_and_the_last_good_rules_stay(tmp_path: Path, edit: str, problem: str) -> None:
+    rulebook, path = book(tmp_path)
+    write(path, edit)
+    assert [rule.id for rule in rulebook.current()] == ["first"]
+    assert any(problem in line for line in rulebook.last_error)
+    write(path, RULE.format(id="fixed", template="post_purchase_support.sms.j2"))
+    assert [rule.id for rule in rulebook.current()] == ["fixed"] and rulebook.last_error == []
+
+
+def test_a_broken_file_at_start_up_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "triggers.yaml").write_text("rules: [{id: x}]")
+    with pytest.raises(ConfigError):
+        RuleBook(tmp_path / "triggers.yaml")
+
+
+def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_path: Path) -> None:
+    from hub.clock import utcnow
+    from hub.model import RawEvent
+    from hub.runtime import Hub
+    from hub.store import decisions, inbox
+    from tests.conftest import make_settings, message
+
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), rules_reload_seconds=0.01))
+
+    def send(event: str) -> dict[str, int]:
+        time.sleep(0.05)  # past the reload interval
+        msg = message(userId="uma", event=event, traits={"phone": "+14155550199"}, timestamp=utcnow().isoformat())
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", msg["messageId"], msg)], utcnow())
+        hub.pipeline.run_once()
+        with hub.store.read() as connection:
+            return decisions.count_by_rule(connection)
+
+    assert send("Promo Clicked") == {}
+    write(mappings / "triggers.yaml", RULE.format(id="promo", template="post_purchase_support.sms.j2").replace("E}", "Promo Clicked}"))
+    assert send("Promo Clicked") == {"promo": 1}
+    write(mappings / "triggers.yaml", "rules: [{id: promo}]")
+    assert send("Promo Clicked") == {"promo": 2}  # the last good rules still run
+    assert hub.rulebook.last_error
