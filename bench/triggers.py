@@ -23,7 +23,6 @@ import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 import uuid
 from datetime import timedelta
@@ -115,7 +114,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> tupl
     with tempfile.TemporaryDirectory() as folder, SandboxProviders() as sandbox:
         hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, **sandbox.settings_overrides())
         hub.start()
-        tick, per_tick = 0.02, max(1, round(rate * 0.02))
+        per_tick = max(1, round(rate * 0.02))  # events fed every 20 ms
         started, sent = time.perf_counter(), 0
         while time.perf_counter() - started < seconds:
             append(hub, [synthetic_event(profiles, rng, ping_share=0.05) for _ in range(per_tick)])

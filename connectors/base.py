@@ -19,14 +19,18 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import httpx
+import requests
 from pydantic import BaseModel, ValidationError
 
-from hub.errors import ConfigError, ItemProblem
+from hub.errors import ConfigError, DeliveryError, DeliveryFailure, ItemProblem, RetryableDeliveryError
 from hub.model import Delivery, Identifier, ProviderStatus, RawEvent, SendResult
 from hub.pii import mask_text
 from hub.settings import PROJECT_MAPPINGS
 
 ENTRY_POINT_GROUP = "touchpoint_hub.connectors"
+# Failures to reach a provider at all, from any client library we use: worth a retry.
+NETWORK_ERRORS: tuple[type[Exception], ...] = (requests.RequestException, httpx.TransportError, OSError)
 
 
 def secret_digest(secret: str) -> bytes:
@@ -128,11 +132,14 @@ class Source(Connector, ABC):
 
 
 class Destination(Connector, ABC):
-    """An outbound connector: send one delivery, converting vendor errors into ours.
+    """An outbound connector: send one delivery; classify what goes wrong.
 
-    `send` returns a SendResult when the provider accepted the message and
-    raises a `DeliveryError` subclass otherwise; the subclass (retryable,
-    permanent, auth) decides what the delivery engine does next.
+    `send` returns a SendResult when the provider accepted the message. When
+    it did not, `send` lets the client library's exception out (or raises a
+    `DeliveryError` itself when it knows better, e.g. a malformed delivery),
+    and the engine asks `classify` what that exception means: retryable,
+    permanent or auth. Keeping the verdict in one method makes it testable
+    against every documented vendor error without a network round trip.
     """
 
     channel: ClassVar[str]
@@ -144,6 +151,31 @@ class Destination(Connector, ABC):
     @abstractmethod
     def send(self, delivery: Delivery) -> SendResult:
         """Deliver, or raise DeliveryError."""
+
+    def deliver(self, delivery: Delivery) -> SendResult:
+        """`send`, with a failure raised as the DeliveryError `classify` makes of it: the engine's entry point."""
+        try:
+            return self.send(delivery)
+        except DeliveryError:
+            raise
+        except Exception as exc:
+            raise self.classify(exc) from exc
+
+    def classify(self, error: Exception) -> DeliveryError:
+        """What a failed send means for the delivery; override to read the vendor's error codes.
+
+        The default knows only transport failures (connection refused, DNS,
+        timeouts: retryable, as is anything unexpected, so a connector bug
+        never loses a delivery). Overrides handle their own exceptions and
+        return ``super().classify(error)`` for the rest.
+        """
+        if isinstance(error, DeliveryError):
+            return error
+        if isinstance(error, NETWORK_ERRORS):
+            return RetryableDeliveryError(
+                DeliveryFailure(f"network.{type(error).__name__}", f"could not reach {self.title}: {error}")
+            )
+        return RetryableDeliveryError(DeliveryFailure(f"unexpected.{type(error).__name__}", str(error)))
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         """What the delivery log shows of the request; override to add provider fields. Must be masked."""

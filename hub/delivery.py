@@ -32,7 +32,6 @@ from hub.errors import (
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
-    RetryableDeliveryError,
 )
 from hub.model import Delivery
 from hub.pii import mask_text
@@ -131,13 +130,11 @@ class DeliveryEngine:
                 raise AuthDeliveryError(
                     DeliveryFailure("config.unknown_destination", f"no destination {delivery.destination_id!r} is configured")
                 )
-            result = destination.send(delivery)
+            result = destination.deliver(delivery)
         except DeliveryError as exc:
+            if exc.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
+                log.exception("destination raised an unexpected error", destination=delivery.destination_id)
             return self._failed(delivery, exc, started_at, clock, request_summary)
-        except Exception as exc:  # a connector bug must not lose the delivery: retry it like an outage
-            log.exception("destination raised an unexpected error", destination=delivery.destination_id)
-            failure = DeliveryFailure(f"unexpected.{type(exc).__name__}", str(exc))
-            return self._failed(delivery, RetryableDeliveryError(failure), started_at, clock, request_summary)
         metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="sent").inc()
         attempt = AttemptRecord(
             started_at=started_at,

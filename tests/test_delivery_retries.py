@@ -89,6 +89,6 @@ def test_a_twilio_that_never_answers_times_out_as_retryable() -> None:
         destination = TwilioSmsDestination("twilio_sms", config)
         sms = Delivery("d-1", "twilio_sms", "sms", "+14155550100", {"body": "Hi"}, 0, NOW)
         with pytest.raises(RetryableDeliveryError) as timed_out:
-            destination.send(sms)
+            destination.deliver(sms)
         destination.close()
     assert timed_out.value.failure.error_class == "network.ReadTimeout"

@@ -78,7 +78,7 @@ def delivery(first_name: str = "Jane") -> Delivery:
 
 def send_expecting(target: EmailSmtpDestination, error: type[DeliveryError]) -> DeliveryError:
     with pytest.raises(error) as raised:
-        target.send(delivery())
+        target.deliver(delivery())
     return raised.value
 
 

@@ -66,7 +66,7 @@ def delivery(content: dict[str, Any] = CONTENT, delivery_id: str = "dlv-1") -> D
 
 
 def test_first_send_creates_the_lead_and_an_owner_task(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
-    result = crm.send(delivery())
+    result = crm.deliver(delivery())
 
     [lead] = fake.records("Lead")
     assert {k: lead[k] for k in ("LastName", "Company", "LeadSource", "Touchhub_Intent__c", "Touchhub_Profile_Id__c")} == {
@@ -91,8 +91,8 @@ def test_first_send_creates_the_lead_and_an_owner_task(crm: SalesforceDestinatio
 
 
 def test_resending_updates_the_same_records(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
-    crm.send(delivery())
-    again = crm.send(delivery({**CONTENT, "params": {**PARAMS, "intent": "churn_risk"}}))
+    crm.deliver(delivery())
+    again = crm.deliver(delivery({**CONTENT, "params": {**PARAMS, "intent": "churn_risk"}}))
     [lead] = fake.records("Lead")
     assert (lead["Touchhub_Intent__c"], again.response_summary["created"]) == ("churn_risk", False)
     assert len(fake.records("Task")) == 1
@@ -100,15 +100,15 @@ def test_resending_updates_the_same_records(crm: SalesforceDestination, fake: Fa
 
 
 def test_contact_without_task_is_one_upsert(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
-    crm.send(delivery({"body": "", "field_LastName": "Silva", "params": {"sobject": "Contact", "intent": "vip"}}))
+    crm.deliver(delivery({"body": "", "field_LastName": "Silva", "params": {"sobject": "Contact", "intent": "vip"}}))
     assert [c["Touchhub_Intent__c"] for c in fake.records("Contact")] == ["vip"]
     assert (fake.records("Lead"), fake.records("Task")) == ([], [])
 
 
 def test_expired_session_logs_in_again_and_retries_once(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
-    crm.send(delivery())
+    crm.deliver(delivery())
     fake.expire_sessions()
-    crm.send(delivery(delivery_id="dlv-2"))
+    crm.deliver(delivery(delivery_id="dlv-2"))
     assert fake.logins == 2
     statuses = [r["status"] for r in fake.requests]
     assert statuses[4:] == [401, 200, 200, 200, 201]  # refused, login, then the whole write again
@@ -118,7 +118,7 @@ def test_expired_session_logs_in_again_and_retries_once(crm: SalesforceDestinati
 def test_session_refused_again_after_login_is_an_auth_failure(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
     fake.fail_next(401, "INVALID_SESSION_ID", message="Session expired or invalid", times=2)
     with pytest.raises(AuthDeliveryError) as refused:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert refused.value.failure.error_class == "salesforce.INVALID_SESSION_ID"
     assert fake.logins == 2
     assert fake.records("Lead") == []
@@ -132,10 +132,10 @@ def test_session_refused_again_after_login_is_an_auth_failure(crm: SalesforceDes
 def test_limits_and_server_errors_are_retryable(crm: SalesforceDestination, fake: FakeSalesforce, status: int, code: str) -> None:
     fake.fail_next(status, code)
     with pytest.raises(RetryableDeliveryError) as failed:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert (failed.value.failure.error_class, failed.value.failure.provider_code) == (f"salesforce.{code}", code)
     assert fake.records("Lead") == []
-    crm.send(delivery())
+    crm.deliver(delivery())
     assert len(fake.records("Lead")) == 1
 
 
@@ -152,7 +152,7 @@ def test_records_salesforce_refuses_are_permanent(
     crm: SalesforceDestination, fake: FakeSalesforce, content: dict[str, Any], code: str
 ) -> None:
     with pytest.raises(PermanentDeliveryError) as refused:
-        crm.send(delivery(content))
+        crm.deliver(delivery(content))
     assert (refused.value.failure.error_class, refused.value.failure.response_summary["status"]) == (f"salesforce.{code}", 400)
     assert fake.records("Lead") == []
 
@@ -168,14 +168,14 @@ def test_org_rules_and_permissions_are_never_retried(
 ) -> None:
     fake.fail_next(status, code)
     with pytest.raises(outcome) as refused:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert refused.value.failure.provider_code == code
 
 
 def test_malformed_params_are_permanent_before_any_request(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
     bad = {"body": "", "params": {"fields": ["LastName"], "task": {"priority": "Urgent"}}}
     with pytest.raises(PermanentDeliveryError) as refused:
-        crm.send(delivery(bad))
+        crm.deliver(delivery(bad))
     message = refused.value.failure.message
     assert "params.fields" in message and "params.task.subject" in message and "params.task.priority" in message
     assert fake.requests == []
@@ -189,14 +189,14 @@ def test_refused_login_is_an_auth_failure(
 ) -> None:
     crm = destination(server, fake, **override)
     with pytest.raises(AuthDeliveryError) as refused:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert refused.value.failure.error_class == f"salesforce.login.{code}"
     assert [r["path"] for r in fake.requests] == ["/services/oauth2/token"]
 
 
 def test_client_credentials_flow_logs_in_on_a_my_domain(server: BackgroundServer, fake: FakeSalesforce) -> None:
     crm = destination(server, fake, username=None, password=None, domain="touchhub-sandbox.my")
-    crm.send(delivery())
+    crm.deliver(delivery())
     assert fake.logins == 1 and len(fake.records("Lead")) == 1
     with pytest.raises(ValueError, match="My Domain"):
         SalesforceDestination.Config(consumer_key="k", consumer_secret="s")
@@ -205,7 +205,7 @@ def test_client_credentials_flow_logs_in_on_a_my_domain(server: BackgroundServer
 def test_a_slow_answer_times_out_as_retryable(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
     fake.fail_next(503, "SERVER_UNAVAILABLE", delay_seconds=3)
     with pytest.raises(RetryableDeliveryError) as slow:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert slow.value.failure.error_class == "network.ReadTimeout"
 
 
@@ -214,7 +214,7 @@ def test_unreachable_salesforce_is_retryable(fake: FakeSalesforce) -> None:
         url = gone.url
     crm = destination(gone, fake, api_base_url=url)
     with pytest.raises(RetryableDeliveryError) as down:
-        crm.send(delivery())
+        crm.deliver(delivery())
     assert down.value.failure.error_class == "network.ConnectionError"
 
 

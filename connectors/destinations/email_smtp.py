@@ -99,21 +99,19 @@ class EmailSmtpDestination(Destination):
 
     def send(self, delivery: Delivery) -> SendResult:
         message = self.build_message(delivery)
-        try:
-            with self._connect() as smtp:
-                if self.settings.username:
-                    password = self.settings.password.get_secret_value() if self.settings.password else ""
-                    smtp.login(self.settings.username, password)
-                smtp.send_message(message)  # one recipient: a refusal raises, never returns
-        except smtplib.SMTPException as exc:
-            raise _as_delivery_error(exc) from exc
-        except ssl.SSLError as exc:  # before OSError, its base: a TLS mismatch is our setup, not an outage
-            raise AuthDeliveryError(DeliveryFailure(f"tls.{type(exc).__name__}", f"TLS with the SMTP server failed: {exc}")) from exc
-        except OSError as exc:
-            raise RetryableDeliveryError(
-                DeliveryFailure(f"network.{type(exc).__name__}", f"could not reach the SMTP server: {exc}")
-            ) from exc
+        with self._connect() as smtp:
+            if self.settings.username:
+                password = self.settings.password.get_secret_value() if self.settings.password else ""
+                smtp.login(self.settings.username, password)
+            smtp.send_message(message)  # one recipient: a refusal raises, never returns
         return SendResult(status="sent", provider_message_id=message["Message-ID"], response_summary={"accepted": True})
+
+    def classify(self, error: Exception) -> DeliveryError:
+        if isinstance(error, smtplib.SMTPException):
+            return _as_delivery_error(error)
+        if isinstance(error, ssl.SSLError):  # before OSError, its base: a TLS mismatch is our setup, not an outage
+            return AuthDeliveryError(DeliveryFailure(f"tls.{type(error).__name__}", f"TLS with the SMTP server failed: {error}"))
+        return super().classify(error)
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -184,16 +183,36 @@ class SalesforceDestination(Destination):
 
     def send(self, delivery: Delivery) -> SendResult:
         update = self.plan(delivery)
-        with _converted_errors():
-            client = self._client()
-            try:
-                return self._write(client, update)
-            except SalesforceExpiredSession as exc:
-                # Sessions expire on an idle timeout or when an admin revokes
-                # them; one fresh login is worth one more try.
-                if _error_code(exc) != "INVALID_SESSION_ID":
-                    raise
-                return self._write(self._client(expired=client), update)
+        client = self._client()
+        try:
+            return self._write(client, update)
+        except SalesforceExpiredSession as exc:
+            # Sessions expire on an idle timeout or when an admin revokes
+            # them; one fresh login is worth one more try.
+            if _error_code(exc) != "INVALID_SESSION_ID":
+                raise
+            return self._write(self._client(expired=client), update)
+
+    def classify(self, error: Exception) -> DeliveryError:
+        """simple-salesforce's exceptions by Salesforce errorCode first, HTTP status second."""
+        if isinstance(error, SalesforceAuthenticationFailed):
+            # A login endpoint that is down answers non-JSON; the code is then its HTTP status.
+            outcome = RetryableDeliveryError if isinstance(error.code, int) and error.code >= 500 else AuthDeliveryError
+            return outcome(DeliveryFailure(
+                error_class=f"salesforce.login.{error.code}", message=f"Salesforce login refused: {error.auth_message}",
+                provider_code=str(error.code),
+            ))
+        if isinstance(error, SalesforceError):
+            code = _error_code(error)
+            outcome = SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(error.status)
+            detail = error.content[0].get("message") if code else error.content
+            return outcome(DeliveryFailure(
+                error_class=f"salesforce.{code or error.status}",
+                message=f"Salesforce {error.status} {code}: {detail}",
+                provider_code=code,
+                response_summary={"status": error.status, "errorCode": code},
+            ))
+        return super().classify(error)
 
     def _client(self, expired: Salesforce | None = None) -> Salesforce:
         """A logged-in client; logs in again only if `expired` is still the current one (threads share it)."""
@@ -241,31 +260,3 @@ def _error_code(exc: SalesforceError) -> str | None:
     if isinstance(content, list) and content and isinstance(content[0], dict):
         return content[0].get("errorCode")
     return None
-
-
-@contextmanager
-def _converted_errors() -> Iterator[None]:
-    """simple-salesforce's and requests' exceptions as ours, by Salesforce errorCode first, HTTP status second."""
-    try:
-        yield
-    except SalesforceAuthenticationFailed as exc:
-        # A login endpoint that is down answers non-JSON; the code is then its HTTP status.
-        outcome = RetryableDeliveryError if isinstance(exc.code, int) and exc.code >= 500 else AuthDeliveryError
-        raise outcome(DeliveryFailure(
-            error_class=f"salesforce.login.{exc.code}", message=f"Salesforce login refused: {exc.auth_message}",
-            provider_code=str(exc.code),
-        )) from exc
-    except SalesforceError as exc:
-        code = _error_code(exc)
-        outcome = SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(exc.status)
-        detail = exc.content[0].get("message") if code else exc.content
-        raise outcome(DeliveryFailure(
-            error_class=f"salesforce.{code or exc.status}",
-            message=f"Salesforce {exc.status} {code}: {detail}",
-            provider_code=code,
-            response_summary={"status": exc.status, "errorCode": code},
-        )) from exc
-    except requests.RequestException as exc:
-        raise RetryableDeliveryError(DeliveryFailure(
-            error_class=f"network.{type(exc).__name__}", message=f"could not reach Salesforce: {exc}"
-        )) from exc

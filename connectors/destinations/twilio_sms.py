@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
@@ -80,22 +79,20 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
 
     def send(self, delivery: Delivery) -> SendResult:
-        try:
-            message = self.client.messages.create(
-                to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"],
-                status_callback=self.settings.status_callback_url,
-            )
-        except (TwilioRestException, TwilioServiceException) as exc:
-            raise _as_delivery_error(exc) from exc
-        except requests.RequestException as exc:
-            raise RetryableDeliveryError(
-                DeliveryFailure(error_class=f"network.{type(exc).__name__}", message=f"could not reach Twilio: {exc}")
-            ) from exc
+        message = self.client.messages.create(
+            to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"],
+            status_callback=self.settings.status_callback_url,
+        )
         return SendResult(
             status=message.status or "queued",
             provider_message_id=message.sid,
             response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
         )
+
+    def classify(self, error: Exception) -> DeliveryError:
+        if isinstance(error, (TwilioRestException, TwilioServiceException)):
+            return _as_delivery_error(error)
+        return super().classify(error)
 
     def handle_callback(self, request: CallbackRequest) -> CallbackResult:
         form = twilio_callbacks.verified_form(request, self.settings.auth_token.get_secret_value())
