@@ -70,10 +70,21 @@ class SsrfGuard:
         return PinnedTarget(parsed.copy_with(host=str(permitted[0])), {"Host": host_header}, extensions)
 
 
-def _resolve(host: str, port: int) -> list[IPAddress]:
+def needs_lookup(url: str) -> bool:
+    """Whether pinning `url` asks DNS (a host name), which blocks; an IP address is pinned at once."""
+    return not _is_address(httpx.URL(url).host)
+
+
+def _is_address(host: str) -> bool:
     try:
-        return [ipaddress.ip_address(host)]
+        ipaddress.ip_address(host)
     except ValueError:
-        pass
+        return False
+    return True
+
+
+def _resolve(host: str, port: int) -> list[IPAddress]:
+    if _is_address(host):
+        return [ipaddress.ip_address(host)]
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
