@@ -1,7 +1,11 @@
-"""Outbound webhooks: Standard Webhooks signatures checked by the `standardwebhooks` library, error classes, SSRF guard."""
+"""Outbound webhooks: Standard Webhooks signatures checked by the `standardwebhooks` library, error classes, SSRF guard.
+
+The engine's async client (`deliver_async`) is checked against the sync one (`send`): same signature, same verdicts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
@@ -17,7 +21,7 @@ from connectors.destinations.ssrf import AddressRefused, SsrfGuard
 from connectors.destinations.webhook import ChatWebhookDestination, OutboundWebhookDestination
 from connectors.sandbox.webhooks import FakeWebhookReceiver, create_app
 from hub.errors import AuthDeliveryError, ConfigError, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from hub.model import Delivery, PlannedDelivery
+from hub.model import Delivery, PlannedDelivery, SendResult
 from hub.serving import BackgroundServer
 from hub.store import outbox
 from tests.conftest import RunningHub
@@ -58,6 +62,12 @@ def delivery(channel: str = "webhook", **content: object) -> Delivery:
         attempts=0,
         created_at=datetime.now(timezone.utc),
     )
+
+
+def unused_port() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return unused.getsockname()[1]
 
 
 def send_expecting(target: OutboundWebhookDestination, error: type[DeliveryError]) -> DeliveryError:
@@ -132,10 +142,7 @@ def test_timeouts_and_refused_connections_are_retryable(server: BackgroundServer
     receiver.delay_seconds = 0.5
     timed_out = send_expecting(destination(server, receiver, timeout_seconds=0.1), RetryableDeliveryError)
     assert timed_out.failure.error_class == "network.timeout"
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{port}/x"), RetryableDeliveryError)
+    refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{unused_port()}/x"), RetryableDeliveryError)
     assert refused.failure.error_class == "network.ConnectError"
 
 
@@ -185,3 +192,56 @@ def test_chat_delivery_from_the_outbox_reaches_the_sandbox_signed(running_hub: R
     assert (payload["type"], payload["data"]["message"]["body"]) == ("chat.offer", "Need a hand comparing?")
     [logged] = running_hub.admin("/api/deliveries", channel="chat")["deliveries"]
     assert logged["status"] == "sent" and logged["attempt_log"][0]["request_summary"]["webhook_id"] == planned.delivery_id
+
+
+def deliver_async(target: OutboundWebhookDestination) -> SendResult:
+    async def once() -> SendResult:
+        try:
+            return await target.deliver_async(delivery())
+        finally:
+            await target.close_async()
+
+    return asyncio.run(once())
+
+
+def test_an_async_webhook_is_signed_and_pinned_like_a_sync_one(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
+    by_name = destination(server, receiver, url=f"http://localhost:{server.port}/hooks/cdp")  # resolved off the loop
+    result = deliver_async(by_name)
+    [request] = receiver.received
+    payload = Webhook(receiver.secret).verify(request["body"], request["headers"])  # raises unless the signature matches
+    assert request["headers"]["webhook-id"] == result.provider_message_id == delivery().delivery_id
+    assert request["headers"]["host"] == f"localhost:{server.port}"
+    assert payload["data"]["profile_id"] == delivery().target
+    assert result.response_summary == {"status": 200, "body": '{"ok":true}'}
+
+
+@pytest.mark.parametrize(
+    ("fault", "config"),
+    [
+        ((503, "7"), {}),
+        ((429, None), {}),
+        ((401, None), {}),
+        ((410, None), {}),
+        (None, {"timeout_seconds": 0.1}),
+        (None, {"url": "http://127.0.0.1:{port}/x"}),
+        (None, {"allowed_networks": []}),
+    ],
+    ids=["503-retry-after", "429", "401", "410", "timeout", "refused", "ssrf"],
+)
+def test_an_async_webhook_failure_is_classified_as_the_sync_one(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, fault: tuple[int, str | None] | None, config: dict
+) -> None:
+    if "url" in config:
+        config = {**config, "url": config["url"].format(port=unused_port())}
+    if "timeout_seconds" in config:
+        receiver.delay_seconds = 0.5
+    verdicts = []
+    for send in (lambda target: target.deliver(delivery()), deliver_async):
+        if fault is not None:
+            receiver.fail_next(fault[0], retry_after=fault[1])
+        with pytest.raises(DeliveryError) as raised:
+            send(destination(server, receiver, **config))
+        failure = raised.value.failure
+        verdicts.append((type(raised.value), failure.error_class, failure.retry_after, failure.response_summary))
+    sync, via_loop = verdicts
+    assert via_loop == sync
