@@ -119,7 +119,7 @@ def work(settings: dict[str, Any], url: str, secret: str, ready: Any, go: Any) -
     )
     engine = DeliveryEngine(
         Store(hub_settings.database_url), {DESTINATION: destination}, PolicyBook(DeliveryPolicyFile(), hub_settings),
-        batch_size=hub_settings.worker_batch_size, lease=timedelta(seconds=60), concurrency=hub_settings.delivery_concurrency,
+        batch_size=hub_settings.delivery_batch_size, lease=timedelta(seconds=60), concurrency=hub_settings.delivery_concurrency,
     )
     ready.wait()
     go.wait()
@@ -139,7 +139,7 @@ def run_hub(database_url: str, url: str, secret: str, batch: int, concurrency: i
     context = multiprocessing.get_context("spawn")
     ready, go = context.Barrier(workers + 1), context.Event()
     # Short retry delays: a rare dropped connection under load must cost a retry, not the default minutes of backoff.
-    settings = {"database_url": database_url, "worker_batch_size": batch, "delivery_concurrency": concurrency,
+    settings = {"database_url": database_url, "delivery_batch_size": batch, "delivery_concurrency": concurrency,
                 "retry_base_delay_seconds": 0.05, "retry_max_delay_seconds": 0.5, "log_level": "WARNING"}
     processes = [context.Process(target=work, args=(settings, url, secret, ready, go)) for _ in range(workers)]
     for process in processes:
@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--deliveries", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=20)
-    parser.add_argument("--batch", type=int, default=1000, help="rows an engine claims at once (HUB_WORKER_BATCH_SIZE)")
+    parser.add_argument("--batch", type=int, default=1000, help="rows an engine claims at once (HUB_DELIVERY_BATCH_SIZE)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 128], help="sends in flight per process")
     parser.add_argument("--baseline-requests", type=int, default=3000, help="requests each bare client sends")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="engine processes")
