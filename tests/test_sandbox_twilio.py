@@ -195,7 +195,8 @@ def test_unknown_path_is_404_recorded_and_never_eats_a_fault(server: BackgroundS
 
 def test_control_endpoints_show_and_reset_state(client: Client, server: BackgroundServer, fake: FakeTwilio) -> None:
     sent = send(client)
-    assert [m["sid"] for m in httpx.get(f"{server.url}/_sandbox/messages").json()] == [sent.sid]
+    state = httpx.get(f"{server.url}/_sandbox/state").json()
+    assert ([m["sid"] for m in state["messages"]], state["unsubscribed"]) == ([sent.sid], [])
     assert httpx.get(f"{server.url}/_sandbox/requests").json() == fake.requests
     assert httpx.post(f"{server.url}/_sandbox/reset").status_code == 204
     assert (fake.messages, fake.requests) == ([], [])

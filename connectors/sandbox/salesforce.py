@@ -44,8 +44,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
-from connectors.sandbox.twilio import basic_credentials
+from connectors.sandbox.recording import (
+    RecordingFake,
+    basic_credentials,
+    bearer_token,
+    control_routes,
+    fault_answer,
+    oauth_error,
+)
 from hub.clock import utcnow
 
 SANDBOX_CONSUMER_KEY = "sandbox-consumer-key"
