@@ -5,14 +5,15 @@ from __future__ import annotations
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
+from starlette.types import ASGIApp
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
@@ -79,6 +80,37 @@ def serve_hub(settings: HubSettings, sandbox: SandboxProviders, sock: socket.soc
     hub = Hub(settings)
     with BackgroundServer(create_app(hub), sock=sock) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(hub, server.url, client, sandbox)
+
+
+class Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+FakeT = TypeVar("FakeT", bound=Resettable)
+
+
+def vendor_fake_fixtures(name: str, make_fake: Callable[[], FakeT], make_app: Callable[[FakeT], ASGIApp]) -> tuple[Any, ...]:
+    """The fixtures of a module testing against one sandbox fake, e.g. ``fake, server, fresh = vendor_fake_fixtures(...)``.
+
+    `name` is the fake and ``server`` serves it over HTTP, both once per module
+    (starting a server per test is slow); the autouse ``fresh`` resets the fake
+    before each test so no request, fault or record leaks between tests.
+    """
+
+    @pytest.fixture(scope="module", name=name)
+    def fake() -> FakeT:
+        return make_fake()
+
+    @pytest.fixture(scope="module", name="server")
+    def server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
+        with BackgroundServer(make_app(request.getfixturevalue(name))) as running:
+            yield running
+
+    @pytest.fixture(autouse=True, name="fresh")
+    def fresh(request: pytest.FixtureRequest) -> None:
+        request.getfixturevalue(name).reset()
+
+    return fake, server, fresh
 
 
 @pytest.fixture

@@ -15,26 +15,14 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 from connectors.destinations.twilio_transport import BaseUrlHttpClient
 from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.serving import BackgroundServer
+from tests.conftest import vendor_fake_fixtures
 
 SENDER = "+15005550006"
 RECIPIENT = "+14155550142"
 CALLBACK = "https://hub.example.com/webhooks/twilio/status"
 
 
-@pytest.fixture(scope="module")
-def fake() -> FakeTwilio:
-    return FakeTwilio()
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeTwilio) -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_app(fake)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(fake: FakeTwilio) -> None:
-    fake.reset()
+fake, server, fresh = vendor_fake_fixtures("fake", FakeTwilio, create_app)
 
 
 def twilio_client(server: BackgroundServer, fake: FakeTwilio, auth_token: str | None = None, **kwargs: str) -> Client:
