@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -124,3 +125,16 @@ def mappings_dir(tmp_path: Path) -> Path:
 def message(type_: str = "track", **fields: Any) -> dict[str, Any]:
     """A Segment-spec message with a fresh messageId unless one is given."""
     return {"type": type_, "messageId": fields.pop("messageId", str(uuid.uuid4())), **fields}
+
+
+def support_ticket(user_id: str, traits: dict[str, Any], at: datetime | None = None) -> list[dict[str, Any]]:
+    """A customer who bought yesterday opens a ticket `at` (now): what sets off the post_purchase_support rule.
+
+    `traits` (a phone, an email) decide which of the rule's channels can reach them.
+    """
+    at = at or datetime.now(timezone.utc)
+    return [
+        message("identify", userId=user_id, traits=traits, timestamp=(at - timedelta(days=2)).isoformat()),
+        message(userId=user_id, event="Order Completed", timestamp=(at - timedelta(days=1)).isoformat()),
+        message(userId=user_id, event="Ticket Submitted", timestamp=at.isoformat()),
+    ]
