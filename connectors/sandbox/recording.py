@@ -80,6 +80,46 @@ class RecordingFake:
             self._requests.append(entry)
 
 
+class IssuedTokens:
+    """The access tokens a fake's OAuth endpoint handed out: the ones its API accepts, and how many.
+
+    Revoking them all is how a test expires every session at once, as a token
+    timeout or an admin would; the sender must then log in again.
+    """
+
+    def __init__(self, new_token: Callable[[], str]) -> None:
+        self._new_token = new_token
+        self._lock = threading.Lock()
+        self._tokens: set[str] = set()
+        self._issued = 0
+
+    @property
+    def issued(self) -> int:
+        """Tokens handed out since the last `reset`: how often the sender logged in."""
+        with self._lock:
+            return self._issued
+
+    def issue(self) -> str:
+        token = self._new_token()
+        with self._lock:
+            self._tokens.add(token)
+            self._issued += 1
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        with self._lock:
+            return token in self._tokens
+
+    def revoke_all(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+            self._issued = 0
+
+
 def control_routes(fake: RecordingFake, state: Callable[[], Any], fault_model: type[Fault] = Fault) -> list[Route]:
     """The ``/_sandbox/`` endpoints every fake has: its vendor state, requests, faults, reset.
 
