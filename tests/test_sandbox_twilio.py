@@ -156,6 +156,8 @@ def test_injected_429_over_http_exposes_retry_after(server: BackgroundServer, fa
         "status": 429,
     }
     assert httpx.post(f"{server.url}/_sandbox/faults", json={"status": 200}).status_code == 422
+    named = httpx.post(f"{server.url}/_sandbox/faults", json={"status": 503, "code": "UNAVAILABLE"})
+    assert named.status_code == 422  # Twilio's codes are numbers; a name would reach the client as a broken error
 
 
 def test_json_body_has_no_fields_for_twilio(server: BackgroundServer, fake: FakeTwilio) -> None:
