@@ -235,6 +235,7 @@ def mappings_preview(
     from connectors.base import load_registry
     from hub.clock import utcnow
     from hub.errors import IngestError
+    from hub.identity_config import identity_config_in
     from hub.mapping import load_mapping
     from hub.preview import offline_source, preview
 
@@ -243,7 +244,9 @@ def mappings_preview(
         instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
         mapping = load_mapping(draft or settings.mappings_dir / mapping_file)
     try:
-        outcomes = preview(instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region)
+        outcomes = preview(
+            instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region, identity_config_in(settings.mappings_dir)
+        )
     except IngestError as exc:
         console.print(f"[red]The source refuses this sample:[/] {exc.message}", highlight=False)
         for problem in exc.problems:
@@ -317,15 +320,15 @@ def replay_command(
             assert hub.mappings is not None
             # Running hubs pick up the mapping within HUB_MAPPINGS_RELOAD_SECONDS; re-processed events wait for that.
             delay = timedelta(seconds=2 * settings.mappings_reload_seconds)
-            report = replay(hub.store, hub.mappings, source, start, utcnow() + delay, settings.default_phone_region,
+            assert hub.identity is not None
+            report = replay(hub.store, hub.mappings, source, start, utcnow() + delay, settings.default_phone_region, hub.identity,
                             on_batch=lambda count: progress.advance(task, count))
         if report.requeued:
             time.sleep(delay.total_seconds())
             while hub.pipeline.run_once():
                 pass
     finally:
-        hub.delivery.close()  # workers were never started: nothing else to stop
-        hub.store.dispose()
+        hub.stop()
     table = Table(title=f"Replay of {source} since {start.isoformat()}")
     table.add_column("outcome")
     table.add_column("events", justify="right")

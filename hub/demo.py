@@ -43,6 +43,7 @@ class DemoResult:
     leads: list[dict[str, Any]]
     tasks: list[dict[str, Any]]
     emails: list[dict[str, str]]
+    webhooks: list[dict[str, Any]]
     idle: bool
 
 
@@ -79,6 +80,8 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
                 "admin_token": secrets.token_urlsafe(16),
                 "retry_base_delay_seconds": 0.2,
                 "worker_poll_seconds": 0.1,
+                # The journey compresses days into seconds; quiet hours would hold its nudges until morning.
+                "quiet_hours": "",
                 **sandbox.settings_overrides(),
             }
         )
@@ -104,7 +107,8 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
         emails = [{"to": email.rcpt_tos[0], "subject": str(email.message["Subject"])} for email in sandbox.smtp.received]
         return DemoResult(
             len(messages), accepted, rejected, stats, list(sandbox.twilio.messages), list(sandbox.fcm.messages),
-            sandbox.salesforce.records("Lead"), sandbox.salesforce.records("Task"), emails, idle,
+            sandbox.salesforce.records("Lead"), sandbox.salesforce.records("Task"), emails,
+            [{"name": hook["name"], **json.loads(hook["body"])} for hook in sandbox.webhooks.received], idle,
         )
 
 
@@ -140,6 +144,8 @@ def print_summary(result: DemoResult, console: Console) -> None:
         for lead in result.leads
     ]
     console.print(_table("Leads and owner tasks in the sandbox Salesforce", ("lead", "intent", "task"), leads))
+    hooks = [(hook["name"], hook["type"], hook["data"]["rule_id"], hook["data"]["profile_id"]) for hook in result.webhooks]
+    console.print(_table("Signed webhooks received by the sandbox receiver", ("endpoint", "type", "rule", "profile"), hooks))
     if not result.idle:
         console.print("[yellow]The hub did not settle within 30 s; the figures above may be incomplete.[/]")
 

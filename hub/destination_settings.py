@@ -9,6 +9,7 @@ Each destination's id is its connector slug: one destination per provider.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 from connectors.base import Destination, Registry
 from hub.errors import ConfigError
@@ -19,23 +20,13 @@ ForgetTokens = Callable[[Sequence[str]], None]
 
 def build_destinations(registry: Registry, settings: HubSettings, forget_tokens: ForgetTokens) -> dict[str, Destination]:
     """Every configured destination; all their settings problems are reported together."""
-    builders: list[Callable[[], dict[str, Destination]]] = [
+    return _merged([
         lambda: sms_destination(registry, settings),
         lambda: crm_destination(registry, settings),
         lambda: push_destination(registry, settings, forget_tokens),
         lambda: webhook_destinations(registry, settings),
         lambda: email_destination(registry, settings),
-    ]
-    built: dict[str, Destination] = {}
-    problems: list[str] = []
-    for build in builders:
-        try:
-            built.update(build())
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
-    return built
+    ])
 
 
 def sms_destination(registry: Registry, settings: HubSettings) -> dict[str, Destination]:
@@ -82,21 +73,15 @@ def push_destination(registry: Registry, settings: HubSettings, forget_tokens: F
 def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str, Destination]:
     """`outbound_webhook` and `chat_webhook`, each when its URL is set."""
     allowed = [network for network in settings.webhook_allowed_networks.split(",") if network.strip()]
-    built: dict[str, Destination] = {}
-    problems: list[str] = []
-    for slug, url, secret, prefix in (
+    wanted = [
         ("outbound_webhook", settings.outbound_webhook_url, settings.outbound_webhook_secret, "HUB_OUTBOUND_WEBHOOK_*"),
         ("chat_webhook", settings.chat_webhook_url, settings.chat_webhook_secret, "HUB_CHAT_WEBHOOK_*"),
-    ):
-        if url is None:
-            continue
-        try:
-            built.update(_configured(registry, settings, slug, prefix, {"url": url, "secret": secret, "allowed_networks": allowed}))
-        except ConfigError as exc:
-            problems.extend(exc.problems)
-    if problems:
-        raise ConfigError(problems)
-    return built
+    ]
+    return _merged([
+        partial(_configured, registry, settings, slug, prefix, {"url": url, "secret": secret, "allowed_networks": allowed})
+        for slug, url, secret, prefix in wanted
+        if url is not None
+    ])
 
 
 def email_destination(registry: Registry, settings: HubSettings) -> dict[str, Destination]:
@@ -113,6 +98,20 @@ def email_destination(registry: Registry, settings: HubSettings) -> dict[str, De
         "unsubscribe_secret": settings.unsubscribe_secret,
         "unsubscribe_link_days": settings.unsubscribe_link_days,
     })
+
+
+def _merged(builders: Sequence[Callable[[], dict[str, Destination]]]) -> dict[str, Destination]:
+    """Every builder's destinations; all their settings problems are reported together."""
+    built: dict[str, Destination] = {}
+    problems: list[str] = []
+    for build in builders:
+        try:
+            built.update(build())
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ConfigError(problems)
+    return built
 
 
 def _configured(

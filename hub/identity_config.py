@@ -107,6 +107,8 @@ class IdentityConfig(BaseModel):
         return declared.limit if declared else None
 
 
+IDENTITY_FILE = "identity.yaml"
+
 DEFAULT_IDENTITY = IdentityConfig(
     identifier_types=[
         IdentifierType(type="user_id", limit=1),
@@ -122,3 +124,9 @@ DEFAULT_IDENTITY = IdentityConfig(
 
 def load_identity_config(path: Path) -> IdentityConfig:
     return load_model(path, IdentityConfig)
+
+
+def identity_config_in(folder: Path) -> IdentityConfig:
+    """The folder's identity.yaml; a mappings folder made before the file existed gets the shipped defaults."""
+    path = folder / IDENTITY_FILE
+    return load_identity_config(path) if path.exists() else DEFAULT_IDENTITY

@@ -16,7 +16,7 @@ from connectors.base import Registry
 from hub.config_files import load_model, with_line
 from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile
 from hub.errors import ConfigError
-from hub.identity_config import load_identity_config
+from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
 from hub.routing import load_routes
 from hub.rules import load_rules
@@ -28,7 +28,7 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
     loaders: dict[str, Callable[[Path], Any]] = {
         "triggers.yaml": load_rules,
         "routes.yaml": load_routes,
-        "identity.yaml": load_identity_config,
+        IDENTITY_FILE: load_identity_config,
         POLICY_FILE: lambda path: load_model(path, DeliveryPolicyFile),
         SOURCES_FILE: lambda path: _check_sources(path, registry),
     }

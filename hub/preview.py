@@ -15,6 +15,7 @@ from typing import Any
 
 from connectors.base import InboundRequest, Registry, Source
 from hub.errors import ConfigError, EventDropped, MappingError
+from hub.identity_config import IdentityConfig
 from hub.mapping import Mapping
 from hub.normalize import normalize
 from hub.sources import PLACEHOLDER_SECRET, build_source, environment, is_secret, load_entries
@@ -34,7 +35,9 @@ class PreviewOutcome:
         return asdict(self)
 
 
-def preview(source: Source, mapping: Mapping, sample: bytes, received_at: datetime, region: str) -> list[PreviewOutcome]:
+def preview(
+    source: Source, mapping: Mapping, sample: bytes, received_at: datetime, region: str, identity: IdentityConfig
+) -> list[PreviewOutcome]:
     """Outcomes, refused items first; raises IngestError when the source refuses the whole sample."""
     parsed = source.parse(InboundRequest("POST", PREVIEW_URL, {"content-type": "application/json"}, sample))
     outcomes = [
@@ -43,7 +46,7 @@ def preview(source: Source, mapping: Mapping, sample: bytes, received_at: dateti
     ]
     for index, event in enumerate(parsed.events):
         try:
-            touchpoint = normalize(event, mapping, received_at, region)
+            touchpoint = normalize(event, mapping, received_at, region, identity)
         except EventDropped as exc:
             outcomes.append(PreviewOutcome(index, "dropped", event.message_id, reason=str(exc)))
         except MappingError as exc:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from hub.errors import EventDropped, MappingError
+from hub.identity_config import IdentityConfig
 from hub.mapping import Mapping as SourceMapping
 from hub.model import RawEvent
 from hub.normalize import normalize
@@ -44,7 +45,7 @@ class ReplayReport:
 
 def replay(
     store: Store, mappings: Mapping[str, SourceMapping], source_id: str, since: datetime, available_at: datetime,
-    region: str, on_batch: Callable[[int], None] = lambda _count: None,
+    region: str, identity: IdentityConfig, on_batch: Callable[[int], None] = lambda _count: None,
 ) -> ReplayReport:
     mapping = mappings[source_id]
     report = ReplayReport()
@@ -54,7 +55,7 @@ def replay(
             rows = replays.stored_events(connection, source_id, since, after_id, BATCH)
             for row, status in rows:
                 try:
-                    touchpoint = normalize(RawEvent(row.source_id, row.message_id, row.payload), mapping, row.received_at, region)
+                    touchpoint = normalize(RawEvent(row.source_id, row.message_id, row.payload), mapping, row.received_at, region, identity)
                 except EventDropped:
                     report.dropped += 1
                     continue

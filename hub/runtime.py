@@ -21,7 +21,7 @@ from hub.delivery_policy import PolicyBook, load_policy_file
 from hub.destination_settings import build_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
-from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_config
+from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
 from hub.mapping_catalog import MappingCatalog
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.quiet_hours import QuietHours
@@ -159,8 +159,8 @@ class Hub:
 
         A mappings folder without the file (one made before it existed) gets the shipped defaults.
         """
-        path = self.settings.mappings_dir / "identity.yaml"
-        config = load_identity_config(path) if path.exists() else DEFAULT_IDENTITY
+        path = self.settings.mappings_dir / IDENTITY_FILE
+        config = identity_config_in(self.settings.mappings_dir)
         undeclared = [
             f"{path}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
             for mapping in (self.mappings or {}).values()

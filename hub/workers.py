@@ -32,7 +32,8 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
+        if self._thread.is_alive():  # a hub built for a one-off command (replay) never started its workers
+            self._thread.join(timeout)
 
     def _run(self) -> None:
         while not self._stopping.is_set():

@@ -5,14 +5,16 @@ from __future__ import annotations
 import shutil
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
+from starlette.types import ASGIApp
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
@@ -81,6 +83,37 @@ def serve_hub(settings: HubSettings, sandbox: SandboxProviders, sock: socket.soc
         yield RunningHub(hub, server.url, client, sandbox)
 
 
+class Resettable(Protocol):
+    def reset(self) -> None: ...
+
+
+FakeT = TypeVar("FakeT", bound=Resettable)
+
+
+def vendor_fake_fixtures(name: str, make_fake: Callable[[], FakeT], make_app: Callable[[FakeT], ASGIApp]) -> tuple[Any, ...]:
+    """The fixtures of a module testing against one sandbox fake, e.g. ``fake, server, fresh = vendor_fake_fixtures(...)``.
+
+    `name` is the fake and ``server`` serves it over HTTP, both once per module
+    (starting a server per test is slow); the autouse ``fresh`` resets the fake
+    before each test so no request, fault or record leaks between tests.
+    """
+
+    @pytest.fixture(scope="module", name=name)
+    def fake() -> FakeT:
+        return make_fake()
+
+    @pytest.fixture(scope="module", name="server")
+    def server(request: pytest.FixtureRequest) -> Iterator[BackgroundServer]:
+        with BackgroundServer(make_app(request.getfixturevalue(name))) as running:
+            yield running
+
+    @pytest.fixture(autouse=True, name="fresh")
+    def fresh(request: pytest.FixtureRequest) -> None:
+        request.getfixturevalue(name).reset()
+
+    return fake, server, fresh
+
+
 @pytest.fixture
 def mappings_dir(tmp_path: Path) -> Path:
     """A private copy of the shipped mappings/ that a test may edit (sources.yaml, mapping files)."""
@@ -92,3 +125,16 @@ def mappings_dir(tmp_path: Path) -> Path:
 def message(type_: str = "track", **fields: Any) -> dict[str, Any]:
     """A Segment-spec message with a fresh messageId unless one is given."""
     return {"type": type_, "messageId": fields.pop("messageId", str(uuid.uuid4())), **fields}
+
+
+def support_ticket(user_id: str, traits: dict[str, Any], at: datetime | None = None) -> list[dict[str, Any]]:
+    """A customer who bought yesterday opens a ticket `at` (now): what sets off the post_purchase_support rule.
+
+    `traits` (a phone, an email) decide which of the rule's channels can reach them.
+    """
+    at = at or datetime.now(timezone.utc)
+    return [
+        message("identify", userId=user_id, traits=traits, timestamp=(at - timedelta(days=2)).isoformat()),
+        message(userId=user_id, event="Order Completed", timestamp=(at - timedelta(days=1)).isoformat()),
+        message(userId=user_id, event="Ticket Submitted", timestamp=at.isoformat()),
+    ]

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
-from tests.conftest import ADMIN_TOKEN, RunningHub, message
+from tests.conftest import ADMIN_TOKEN, RunningHub, message, support_ticket
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -38,12 +36,7 @@ def test_lookup_normalizes_the_value_and_explains_misses(running_hub: RunningHub
 
 
 def test_deliveries_filter_by_status(running_hub: RunningHub) -> None:
-    now = datetime.now(timezone.utc)
-    running_hub.send(
-        message("identify", userId="u-d", traits={"phone": "+14155550177"}, timestamp=(now - timedelta(days=1)).isoformat()),
-        message(userId="u-d", event="Order Completed", timestamp=(now - timedelta(hours=1)).isoformat()),
-        message(userId="u-d", event="Ticket Submitted", timestamp=now.isoformat()),
-    )
+    running_hub.send(*support_ticket("u-d", {"phone": "+14155550177"}))
     running_hub.settle()
     assert {d["channel"] for d in running_hub.admin("/api/deliveries", status="sent")["deliveries"]} == {"sms", "crm"}
     assert running_hub.admin("/api/deliveries", status="dead")["deliveries"] == []

@@ -17,18 +17,23 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stderr
     lines = {" ".join(line.replace("│", " ").split()) for line in result.stdout.splitlines()}
-    assert "Events accepted 18" in lines
+    assert "Events accepted 25" in lines
     assert "Items refused (quarantined) 1" in lines
-    assert "Profiles 5" in lines
+    assert "Profiles 7" in lines
     assert "Profile merges 1" in lines
     assert "Trigger fired: post_purchase_support 3" in lines
+    for rule in ("cart_abandonment", "comparison_hesitation", "high_intent_pricing"):  # the whole reference journey
+        assert f"Trigger fired: {rule} 1" in lines
     assert "sms sent 2 3" in lines  # Ana's SMS needed a second attempt after an injected 503
     assert "sms failed 1 1" in lines  # Dev replied STOP at the provider: 21610, not retried
-    assert "crm sent 3 3" in lines  # a Lead with the intent and an owner Task per decision
+    assert "crm sent 4 4" in lines  # a Lead with the intent and an owner Task per decision
     assert "push sent 1 1" in lines  # Ana's phone
     assert "push failed 1 1" in lines  # Dev uninstalled the app: UNREGISTERED, token forgotten
     assert "+14155550101" not in result.stdout  # phones are masked
-    assert "email sent 2 2" in lines and "a***@example.com Help with your order" in lines  # emails too
+    assert "email sent 3 3" in lines and "a***@example.com Help with your order" in lines  # emails too
+    assert "f***@example.com You left something in your cart: 10% off inside" in lines  # the abandoned cart
+    assert "chat sent 1 1" in lines and "webhook sent 1 1" in lines  # signed webhooks: chat offer, CDP tag
+    assert any(line.startswith("chat chat.offer comparison_hesitation") for line in lines)
 
 
 def test_help_lists_the_commands() -> None:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, message
+from tests.conftest import RunningHub, support_ticket
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 
@@ -51,12 +50,7 @@ def test_triggers_test_names_each_bad_line(tmp_path: Path) -> None:
 
 
 def test_decisions_explain_prints_the_chain_from_event_to_delivery(running_hub: RunningHub, tmp_path: Path) -> None:
-    now = datetime.now(timezone.utc)
-    running_hub.send(
-        message("identify", userId="eli", traits={"phone": "+14155550123"}, timestamp=(now - timedelta(days=1)).isoformat()),
-        message(userId="eli", event="Order Completed", timestamp=(now - timedelta(hours=2)).isoformat()),
-        message(userId="eli", event="Ticket Submitted", timestamp=now.isoformat()),
-    )
+    running_hub.send(*support_ticket("eli", {"phone": "+14155550123"}))
     running_hub.settle()
     [decision] = running_hub.admin("/api/decisions")["decisions"]
     result = touchhub("decisions", "explain", decision["decision_id"], HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ADMIN_TOKEN, RunningHub, message
+from tests.conftest import ADMIN_TOKEN, RunningHub, support_ticket
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 NOW = datetime.now(timezone.utc)
@@ -17,11 +17,7 @@ AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 def trigger_sms(running_hub: RunningHub, user: str, phone: str) -> None:
-    running_hub.send(
-        message("identify", userId=user, traits={"phone": phone}, timestamp=(NOW - timedelta(days=2)).isoformat()),
-        message(userId=user, event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
-        message(userId=user, event="Ticket Submitted", timestamp=NOW.isoformat()),
-    )
+    running_hub.send(*support_ticket(user, {"phone": phone}, NOW))
     running_hub.settle()
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 
@@ -11,17 +11,13 @@ from connectors.sandbox.twilio import SANDBOX_ACCOUNT_SID
 from hub.errors import RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import bind_socket, socket_url
-from tests.conftest import RunningHub, message
+from tests.conftest import RunningHub, support_ticket
 
 NOW = datetime.now(timezone.utc)
 
 
 def trigger_sms(running_hub: RunningHub, phone: str = "+14155550100") -> dict:
-    running_hub.send(
-        message("identify", userId="u-r", traits={"phone": phone}, timestamp=(NOW - timedelta(days=2)).isoformat()),
-        message(userId="u-r", event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
-        message(userId="u-r", event="Ticket Submitted", timestamp=NOW.isoformat()),
-    )
+    running_hub.send(*support_ticket("u-r", {"phone": phone}, NOW))
     running_hub.settle()
     [delivery] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
     return delivery

@@ -16,6 +16,7 @@ from connectors.sandbox.fcm import FakeFcm, create_app
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer
+from tests.conftest import vendor_fake_fixtures
 
 PHONE = "dGVzdC1waG9uZS10b2tlbjpBUEE5MWJIdGVzdHRva2VuMDAx"
 TABLET = "dGVzdC10YWJsZXQtdG9rZW46QVBBOTFiSHRlc3R0b2tlbjAwMg"
@@ -23,20 +24,7 @@ CONTENT = {"title": "Still thinking it over?", "body": "Your cart is waiting: 10
            "params": {"data": {"cart_id": "c-1", "discount": 10}}}
 
 
-@pytest.fixture(scope="module")
-def fake() -> FakeFcm:
-    return FakeFcm()
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeFcm) -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_app(fake)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(fake: FakeFcm) -> None:
-    fake.reset()
+fake, server, fresh = vendor_fake_fixtures("fake", FakeFcm, create_app)
 
 
 def key_file(folder: Path, key: dict[str, Any]) -> Path:

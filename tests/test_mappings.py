@@ -195,6 +195,17 @@ def test_preview_api_returns_outcomes_and_stores_nothing(running_hub: RunningHub
     assert running_hub.admin("/api/stats")["inbox"] == {}
 
 
+def test_preview_normalizes_custom_identifiers_as_identity_yaml_declares(mappings_dir: Path, tmp_path: Path) -> None:
+    draft = tmp_path / "segment.draft.yaml"
+    draft.write_text((mappings_dir / "segment.yaml").read_text().replace("identifiers:\n", "identifiers:\n  loyalty_id: properties.loyalty\n", 1))
+    sample = tmp_path / "track.json"
+    sample.write_text(json.dumps({"batch": [{"type": "track", "event": "Order Completed", "userId": "u-1", "messageId": "m-1",
+                                             "properties": {"loyalty": "  GOLD-42 "}}]}))
+    result = cli(mappings_dir, "mappings", "preview", "--json", "--mapping", str(draft), "default", str(sample))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)[0]["touchpoint"]["identifiers"]["loyalty_id"] == "gold-42"  # identity.yaml: lowercase
+
+
 def test_preview_api_tries_a_draft_mapping_before_it_is_saved(running_hub: RunningHub) -> None:
     draft = yaml.safe_load((PROJECT_MAPPINGS / "segment.yaml").read_text())
     draft["value_maps"] = {"event": {"Song Played": "Product Viewed"}}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,7 @@ from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.api import create_app as create_hub_app
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
-from tests.conftest import WRITE_KEY, make_settings, message
+from tests.conftest import WRITE_KEY, make_settings, support_ticket
 
 PEOPLE = 12
 SMS_ATTEMPTS = "WHERE delivery_id IN (SELECT delivery_id FROM deliveries WHERE channel = 'sms')"
@@ -61,11 +61,7 @@ def journeys() -> list[dict]:
     batch = []
     for n in range(PEOPLE):
         user, phone = f"outage-{n}", f"+1415555{n:04d}"
-        batch += [
-            message("identify", userId=user, traits={"phone": phone}, timestamp=(now - timedelta(days=2)).isoformat()),
-            message(userId=user, event="Order Completed", timestamp=(now - timedelta(days=1)).isoformat()),
-            message(userId=user, event="Ticket Submitted", timestamp=now.isoformat()),
-        ]
+        batch += support_ticket(user, {"phone": phone}, now)
     return batch
 
 

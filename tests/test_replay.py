@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from connectors.sandbox.providers import SandboxProviders
 from hub.cli import app
 from hub.clock import utcnow
+from hub.identity_config import DEFAULT_IDENTITY
 from hub.mapping_catalog import MappingCatalog
 from hub.replay import replay
 from tests.conftest import WRITE_KEY, RunningHub, make_settings, message, serve_hub
@@ -38,7 +39,7 @@ def edit(path: Path, old: str, new: str) -> None:
 
 def run_replay(hub: RunningHub, mappings_dir: Path) -> Any:
     catalog = MappingCatalog(mappings_dir, {"default": "segment.yaml"}, check_seconds=60)
-    return replay(hub.hub.store, catalog, "default", utcnow() - timedelta(hours=1), utcnow(), "US")  # available at once
+    return replay(hub.hub.store, catalog, "default", utcnow() - timedelta(hours=1), utcnow(), "US", DEFAULT_IDENTITY)  # available at once
 
 
 def test_unmappable_event_is_quarantined_then_replayed_after_the_mapping_is_fixed(hub: RunningHub, mappings_dir: Path) -> None:

@@ -18,6 +18,7 @@ from connectors.sandbox.salesforce import FakeSalesforce, create_app
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer
+from tests.conftest import vendor_fake_fixtures
 
 PROFILE_ID = "01JDQ7Y8K3M2N4P5Q6R7S8T9V0"
 PARAMS = {
@@ -29,20 +30,7 @@ CONTENT = {"body": "Ana opened a ticket.", "field_LastName": "Silva", "field_Com
            "field_Email": "", "params": PARAMS}
 
 
-@pytest.fixture(scope="module")
-def fake() -> FakeSalesforce:
-    return FakeSalesforce()
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeSalesforce) -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_app(fake)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(fake: FakeSalesforce) -> None:
-    fake.reset()
+fake, server, fresh = vendor_fake_fixtures("fake", FakeSalesforce, create_app)
 
 
 def destination(server: BackgroundServer, fake: FakeSalesforce, **overrides: Any) -> SalesforceDestination:

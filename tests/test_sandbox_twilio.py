@@ -15,26 +15,14 @@ from twilio.rest.api.v2010.account.message import MessageInstance
 from connectors.destinations.twilio_transport import BaseUrlHttpClient
 from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.serving import BackgroundServer
+from tests.conftest import vendor_fake_fixtures
 
 SENDER = "+15005550006"
 RECIPIENT = "+14155550142"
 CALLBACK = "https://hub.example.com/webhooks/twilio/status"
 
 
-@pytest.fixture(scope="module")
-def fake() -> FakeTwilio:
-    return FakeTwilio()
-
-
-@pytest.fixture(scope="module")
-def server(fake: FakeTwilio) -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_app(fake)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(fake: FakeTwilio) -> None:
-    fake.reset()
+fake, server, fresh = vendor_fake_fixtures("fake", FakeTwilio, create_app)
 
 
 def twilio_client(server: BackgroundServer, fake: FakeTwilio, auth_token: str | None = None, **kwargs: str) -> Client:
@@ -168,6 +156,8 @@ def test_injected_429_over_http_exposes_retry_after(server: BackgroundServer, fa
         "status": 429,
     }
     assert httpx.post(f"{server.url}/_sandbox/faults", json={"status": 200}).status_code == 422
+    named = httpx.post(f"{server.url}/_sandbox/faults", json={"status": 503, "code": "UNAVAILABLE"})
+    assert named.status_code == 422  # Twilio's codes are numbers; a name would reach the client as a broken error
 
 
 def test_json_body_has_no_fields_for_twilio(server: BackgroundServer, fake: FakeTwilio) -> None:
@@ -195,7 +185,8 @@ def test_unknown_path_is_404_recorded_and_never_eats_a_fault(server: BackgroundS
 
 def test_control_endpoints_show_and_reset_state(client: Client, server: BackgroundServer, fake: FakeTwilio) -> None:
     sent = send(client)
-    assert [m["sid"] for m in httpx.get(f"{server.url}/_sandbox/messages").json()] == [sent.sid]
+    state = httpx.get(f"{server.url}/_sandbox/state").json()
+    assert ([m["sid"] for m in state["messages"]], state["unsubscribed"]) == ([sent.sid], [])
     assert httpx.get(f"{server.url}/_sandbox/requests").json() == fake.requests
     assert httpx.post(f"{server.url}/_sandbox/reset").status_code == 204
     assert (fake.messages, fake.requests) == ([], [])

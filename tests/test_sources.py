@@ -263,6 +263,21 @@ class TestJourneyMap(SourceContract):
         with pytest.raises(ConfigError, match="touchpoint 'TP-HOME' names moment 'M9', which the map does not have"):
             load_journey_map(tmp_path / "map.json")
 
+    def test_a_re_exported_map_applies_to_the_next_request_and_a_broken_one_is_refused(self, tmp_path: Path) -> None:
+        document = json.loads((PROJECT_MAPPINGS / "journeys" / "web_shop.json").read_text())
+        (tmp_path / "map.json").write_text(json.dumps(document))
+        source = build_journey_source("map.json", self.secret, tmp_path)
+        body = json.dumps({"events": [{"id": "e-1", "touchpoint_id": "TP-COMPARE"}]}).encode()
+        assert source.parse(self.request(body)).events[0].payload["journey"]["moment"] == "product_comparison"
+
+        compare = next(tp for tp in document["touchpoints"] if tp["id"] == "TP-COMPARE")
+        compare["moment"] = next(m["id"] for m in document["moments"] if m["moment"] == "cart_activity")
+        (tmp_path / "map.json").write_text(json.dumps(document, indent=1))  # a new size: a new stamp even within one mtime tick
+        assert source.parse(self.request(body)).events[0].payload["journey"]["moment"] == "cart_activity"
+
+        (tmp_path / "map.json").write_text("{not json")
+        assert source.parse(self.request(body)).events[0].payload["journey"]["moment"] == "cart_activity"  # last good map
+
 
 def build_journey_source(map_file: str, secret: str, folder: Path = PROJECT_MAPPINGS) -> Source:
     config = JourneyMapSource.validate_config("test", {

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import httpx
 from twilio.request_validator import RequestValidator
 
-from tests.conftest import RunningHub, message
+from tests.conftest import RunningHub, message, support_ticket
 
 PHONE = "+14155550177"
 
@@ -17,11 +17,7 @@ def at(**delta: float) -> str:
 
 
 def trigger_sms(running_hub: RunningHub, user: str = "u-cb", phone: str = PHONE) -> dict:
-    running_hub.send(
-        message("identify", userId=user, traits={"phone": phone}, timestamp=at(days=2)),
-        message(userId=user, event="Order Completed", timestamp=at(days=1)),
-        message(userId=user, event="Ticket Submitted", timestamp=at(minutes=1)),
-    )
+    running_hub.send(*support_ticket(user, {"phone": phone}))
     running_hub.settle()
     [delivery] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
     return delivery

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
-from tests.conftest import RunningHub, message
+from tests.conftest import RunningHub, message, support_ticket
 
 NOW = datetime.now(timezone.utc)
 EMAIL = "ana@example.com"
@@ -31,12 +31,7 @@ def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> No
 
 
 def trigger_email(running_hub: RunningHub, user: str = "u-mail") -> None:
-    running_hub.send(
-        message("identify", userId=user, traits={"email": EMAIL, "first_name": "Ana"},
-                timestamp=(NOW - timedelta(days=2)).isoformat()),
-        message(userId=user, event="Order Completed", timestamp=(NOW - timedelta(days=1)).isoformat()),
-        message(userId=user, event="Ticket Submitted", timestamp=(NOW - timedelta(minutes=5)).isoformat()),
-    )
+    running_hub.send(*support_ticket(user, {"email": EMAIL, "first_name": "Ana"}, NOW - timedelta(minutes=5)))
     running_hub.settle()
 
 

@@ -10,7 +10,6 @@ import ipaddress
 import json
 import socket
 import time
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -24,24 +23,10 @@ from hub.errors import AuthDeliveryError, ConfigError, DeliveryError, PermanentD
 from hub.model import Delivery, PlannedDelivery, SendResult
 from hub.serving import BackgroundServer
 from hub.store import outbox
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, vendor_fake_fixtures
 
 
-@pytest.fixture(scope="module")
-def receiver() -> FakeWebhookReceiver:
-    return FakeWebhookReceiver()
-
-
-@pytest.fixture(scope="module")
-def server(receiver: FakeWebhookReceiver) -> Iterator[BackgroundServer]:
-    with BackgroundServer(create_app(receiver)) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh(receiver: FakeWebhookReceiver) -> None:
-    receiver.reset()
-    receiver.delay_seconds = 0
+receiver, server, fresh = vendor_fake_fixtures("receiver", FakeWebhookReceiver, create_app)
 
 
 def destination(
@@ -138,8 +123,10 @@ def test_other_4xx_are_permanent_and_refused_signatures_auth(
     assert receiver.count == 1
 
 
-def test_timeouts_and_refused_connections_are_retryable(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
-    receiver.delay_seconds = 0.5
+def test_timeouts_and_refused_connections_are_retryable(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(receiver, "delay_seconds", 0.5)  # undone after the test: reset() keeps a receiver's delay
     timed_out = send_expecting(destination(server, receiver, timeout_seconds=0.1), RetryableDeliveryError)
     assert timed_out.failure.error_class == "network.timeout"
     refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{unused_port()}/x"), RetryableDeliveryError)

@@ -42,7 +42,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
+from connectors.sandbox.recording import (
+    IssuedTokens,
+    RecordingFake,
+    bearer_token,
+    control_routes,
+    fault_answer,
+    oauth_error,
+)
 
 SANDBOX_PROJECT_ID = "touchhub-sandbox"
 JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -70,9 +77,8 @@ class FakeFcm(RecordingFake):
         self.project_id = project_id
         self.unregistered: set[str] = set()
         self._public_keys: dict[str, Any] = {}
-        self._access_tokens: set[str] = set()
+        self.access_tokens = IssuedTokens(lambda: "ya29.sandbox-" + secrets.token_urlsafe(32))
         self._messages: list[dict[str, Any]] = []
-        self.token_grants = 0
 
     def service_account_key(self, token_uri: str, client_email: str | None = None) -> dict[str, Any]:
         """A new service account's key file content, trusted by this fake only, whose token_uri is `token_uri`."""
@@ -100,35 +106,26 @@ class FakeFcm(RecordingFake):
         with self._lock:
             return copy.deepcopy(self._messages)
 
+    @property
+    def token_grants(self) -> int:
+        return self.access_tokens.issued
+
     def state(self) -> dict[str, Any]:
         return {"token_grants": self.token_grants, "messages": self.messages}
 
     def expire_access_tokens(self) -> None:
-        with self._lock:
-            self._access_tokens.clear()
+        self.access_tokens.revoke_all()
 
     def reset(self) -> None:
         super().reset()
+        self.access_tokens.reset()
         with self._lock:
-            self._access_tokens.clear()
             self._messages.clear()
             self.unregistered.clear()
-            self.token_grants = 0
-
-    def _grant(self) -> str:
-        token = "ya29.sandbox-" + secrets.token_urlsafe(32)
-        with self._lock:
-            self._access_tokens.add(token)
-            self.token_grants += 1
-        return token
 
     def _public_key(self, email: str) -> Any:
         with self._lock:
             return self._public_keys.get(email)
-
-    def _token_valid(self, token: str | None) -> bool:
-        with self._lock:
-            return token in self._access_tokens
 
     def _store(self, message: dict[str, Any]) -> dict[str, Any]:
         entry = {"name": f"projects/{self.project_id}/messages/{uuid.uuid4().int % 10**19}", "message": message}
@@ -178,10 +175,10 @@ def create_app(fake: FakeFcm) -> Starlette:
             return oauth_error("invalid_grant", f"Invalid JWT: {exc}")
         if not MESSAGING_SCOPES & set(str(claims.get("scope", "")).split()):
             return oauth_error("invalid_scope", "The JWT grants no Firebase messaging scope.")
-        return JSONResponse({"access_token": fake._grant(), "expires_in": 3599, "token_type": "Bearer"})
+        return JSONResponse({"access_token": fake.access_tokens.issue(), "expires_in": 3599, "token_type": "Bearer"})
 
     def send(project_id: str, access_token: str | None, body: Any) -> Response:
-        if not fake._token_valid(access_token):
+        if not fake.access_tokens.valid(access_token):
             return fcm_error(401, "Request had invalid authentication credentials. Expected OAuth 2 access token.")
         if project_id != fake.project_id:
             return fcm_error(403, f"Permission 'cloudmessaging.messages.create' denied on resource '//cloudresourcemanager"

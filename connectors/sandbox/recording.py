@@ -10,6 +10,8 @@ in its vendor's shape.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import copy
 import threading
 from collections import deque
@@ -78,11 +80,53 @@ class RecordingFake:
             self._requests.append(entry)
 
 
-def control_routes(fake: RecordingFake, state: Callable[[], Any]) -> list[Route]:
+class IssuedTokens:
+    """The access tokens a fake's OAuth endpoint handed out: the ones its API accepts, and how many.
+
+    Revoking them all is how a test expires every session at once, as a token
+    timeout or an admin would; the sender must then log in again.
+    """
+
+    def __init__(self, new_token: Callable[[], str]) -> None:
+        self._new_token = new_token
+        self._lock = threading.Lock()
+        self._tokens: set[str] = set()
+        self._issued = 0
+
+    @property
+    def issued(self) -> int:
+        """Tokens handed out since the last `reset`: how often the sender logged in."""
+        with self._lock:
+            return self._issued
+
+    def issue(self) -> str:
+        token = self._new_token()
+        with self._lock:
+            self._tokens.add(token)
+            self._issued += 1
+        return token
+
+    def valid(self, token: str | None) -> bool:
+        with self._lock:
+            return token in self._tokens
+
+    def revoke_all(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+
+    def reset(self) -> None:
+        with self._lock:
+            self._tokens.clear()
+            self._issued = 0
+
+
+def control_routes(fake: RecordingFake, state: Callable[[], Any], fault_model: type[Fault] = Fault) -> list[Route]:
     """The ``/_sandbox/`` endpoints every fake has: its vendor state, requests, faults, reset.
 
     They let another process (the demo, a shell) inspect and steer the fake;
-    they are not the vendor's and are never recorded.
+    they are not the vendor's and are never recorded. `fault_model` is the
+    body ``POST /_sandbox/faults`` accepts: a vendor whose error codes are not
+    names (Twilio's are numbers) passes its own `Fault` subclass.
     """
 
     async def show_state(_request: Request) -> Response:
@@ -93,7 +137,7 @@ def control_routes(fake: RecordingFake, state: Callable[[], Any]) -> list[Route]
 
     async def queue_fault(request: Request) -> Response:
         try:
-            fault = Fault.model_validate_json(await request.body())
+            fault = fault_model.model_validate_json(await request.body())
         except ValidationError as exc:
             return JSONResponse({"detail": str(exc)}, status_code=422)
         fake.add_fault(fault)
@@ -125,3 +169,15 @@ def oauth_error(error: str, description: str) -> Response:
 def bearer_token(request: Request) -> str | None:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     return token if scheme.lower() == "bearer" else None
+
+
+def basic_credentials(request: Request) -> tuple[str, str] | None:
+    """The (user, password) of an HTTP Basic ``Authorization`` header, or None when there is no valid one."""
+    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, separator, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if separator else None

@@ -44,8 +44,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connectors.sandbox.recording import RecordingFake, bearer_token, control_routes, fault_answer, oauth_error
-from connectors.sandbox.twilio import basic_credentials
+from connectors.sandbox.recording import (
+    IssuedTokens,
+    RecordingFake,
+    basic_credentials,
+    bearer_token,
+    control_routes,
+    fault_answer,
+    oauth_error,
+)
 from hub.clock import utcnow
 
 SANDBOX_CONSUMER_KEY = "sandbox-consumer-key"
@@ -106,41 +113,32 @@ class FakeSalesforce(RecordingFake):
             if custom.external_id:
                 self.external_ids[custom.sobject].add(custom.name)
         self.owner_id = new_record_id("User")
-        self._sessions: set[str] = set()
+        self.sessions = IssuedTokens(lambda: "00D" + secrets.token_hex(8) + "!" + secrets.token_urlsafe(48))
         self._records: dict[str, dict[str, dict[str, Any]]] = {sobject: {} for sobject in STANDARD_FIELDS}
-        self.logins = 0
 
     def records(self, sobject: str) -> list[dict[str, Any]]:
         """Records of one object type, oldest first, as a GET would return them."""
         with self._lock:
             return copy.deepcopy(list(self._records[sobject].values()))
 
+    @property
+    def logins(self) -> int:
+        return self.sessions.issued
+
     def state(self) -> dict[str, Any]:
         with self._lock:
-            return {"logins": self.logins, "records": copy.deepcopy(self._records)}
+            records = copy.deepcopy(self._records)
+        return {"logins": self.logins, "records": records}
 
     def expire_sessions(self) -> None:
-        with self._lock:
-            self._sessions.clear()
+        self.sessions.revoke_all()
 
     def reset(self) -> None:
         super().reset()
+        self.sessions.reset()
         with self._lock:
-            self._sessions.clear()
-            self.logins = 0
             for records in self._records.values():
                 records.clear()
-
-    def _open_session(self) -> str:
-        token = "00D" + secrets.token_hex(8) + "!" + secrets.token_urlsafe(48)
-        with self._lock:
-            self._sessions.add(token)
-            self.logins += 1
-        return token
-
-    def _session_valid(self, token: str | None) -> bool:
-        with self._lock:
-            return token in self._sessions
 
     def _find(self, sobject: str, field: str, value: str) -> dict[str, Any] | None:
         with self._lock:
@@ -254,7 +252,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             response = await fault_answer(
                 fault, lambda f, headers: salesforce_errors(f.status, f.code, f.message, headers=headers)
             )
-        elif not fake._session_valid(bearer_token(request)):
+        elif not fake.sessions.valid(bearer_token(request)):
             response = salesforce_errors(401, "INVALID_SESSION_ID", "Session expired or invalid")
         elif (sobject := request.path_params["sobject"]) not in fake.fields:
             response = salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
@@ -291,7 +289,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             answer = oauth_error("invalid_grant", "authentication failure")
         else:
             answer = JSONResponse({
-                "access_token": fake._open_session(),
+                "access_token": fake.sessions.issue(),
                 "instance_url": fake.instance_url,
                 "id": f"https://login.salesforce.com/id/00D5a0000000001/{fake.owner_id}",
                 "token_type": "Bearer",

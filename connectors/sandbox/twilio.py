@@ -21,19 +21,16 @@ https://www.twilio.com/docs/api/errors):
   sorted fields). The fake posts them when told to (`post_status`,
   `post_inbound`), so a test decides when a message is "delivered".
 
-The ``/_sandbox/`` endpoints let another process inspect and steer the fake.
-They are not Twilio's and are not recorded.
+Request recording, injected faults and the ``/_sandbox/`` control endpoints
+are the ones every fake shares (`connectors.sandbox.recording`); only the
+error shape and the numeric codes are Twilio's.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 import re
-import threading
 import uuid
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -41,7 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -49,6 +46,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from twilio.request_validator import RequestValidator
 
+from connectors.sandbox.recording import Fault, RecordingFake, basic_credentials, control_routes, fault_answer
 from hub.clock import utcnow
 
 SANDBOX_ACCOUNT_SID = "AC" + "5a" * 16
@@ -66,53 +64,36 @@ GSM7_BASIC = frozenset(
 GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
 
 
-class FaultSpec(BaseModel):
-    """An error response to serve instead of handling the next `times` API requests.
+class TwilioFault(Fault):
+    """A `Fault` whose code is Twilio's: a number (20429), or none at all, never a name."""
 
-    Also the JSON body accepted by ``POST /_sandbox/faults``.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    status: int = Field(ge=400, le=599)
-    code: int | None = None
-    message: str = "Injected fault"
-    times: int = Field(1, ge=1)
-    retry_after: int | None = Field(None, ge=0, description="Seconds, sent as a Retry-After header.")
+    code: int | None = Field(None, description="Twilio's error code, such as 20429.")  # type: ignore[assignment]
 
 
-class FakeTwilio:
-    """Thread-safe state of one fake Twilio account, shared by the server and the test.
+class FakeTwilio(RecordingFake):
+    """One fake Twilio account: its credentials, sent messages and their status callbacks.
 
     The server thread writes while tests and the demo read from theirs, so every
     public view is a copy taken under the lock. Put numbers that replied STOP
     into `unsubscribed` before sending; Twilio answers them with 21610.
+
+    Each of `requests` is ``{"method", "path", "query", "form", "auth_user", "status", "fault"}``;
+    a form field sent several times (``MediaUrl``) is a list, others a string.
     """
 
     def __init__(self, account_sid: str = SANDBOX_ACCOUNT_SID, auth_token: str = SANDBOX_AUTH_TOKEN) -> None:
+        super().__init__()
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.unsubscribed: set[str] = set()
-        self._lock = threading.Lock()
         self._messages: list[dict[str, Any]] = []
-        self._requests: list[dict[str, Any]] = []
         self._status_callbacks: dict[str, str] = {}
-        self._faults: deque[FaultSpec] = deque()
 
     @property
     def messages(self) -> list[dict[str, Any]]:
         """The Message resources created so far, oldest first, exactly as returned."""
         with self._lock:
             return copy.deepcopy(self._messages)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        """Every API request received, faults and refusals included, oldest first.
-
-        Each is ``{"method", "path", "query", "form", "auth_user", "status", "fault"}``;
-        a form field sent several times (``MediaUrl``) is a list, others a string.
-        """
-        with self._lock:
-            return copy.deepcopy(self._requests)
 
     @property
     def status_callbacks(self) -> dict[str, str]:
@@ -125,33 +106,26 @@ class FakeTwilio:
         with self._lock:
             return len(self._messages)
 
-    def fail_next(
-        self,
-        status: int,
-        *,
-        code: int | None = None,
-        message: str = "Injected fault",
-        times: int = 1,
-        retry_after: int | None = None,
-    ) -> None:
-        """Answer the next `times` API requests with this Twilio error instead of handling them.
+    def state(self) -> dict[str, Any]:
+        return {"messages": self.messages, "status_callbacks": self.status_callbacks,
+                "unsubscribed": sorted(self.unsubscribed)}
+
+    def fail_next(self, status: int, *, code: int | None = None, **fields: Any) -> None:  # type: ignore[override]
+        """Answer the next API requests with this Twilio error instead of handling them.
+
+        `fields` are the rest of `Fault`: `message`, `times`, `retry_after`, `delay_seconds`.
 
         Raises:
             pydantic.ValidationError: for a status outside 400-599 or `times` below 1.
         """
-        self.add_fault(FaultSpec(status=status, code=code, message=message, times=times, retry_after=retry_after))
-
-    def add_fault(self, fault: FaultSpec) -> None:
-        with self._lock:
-            self._faults.extend([fault] * fault.times)
+        self.add_fault(TwilioFault(status=status, code=code, **fields))
 
     def reset(self) -> None:
         """Forget messages, requests, queued faults and unsubscribed numbers."""
+        super().reset()
         with self._lock:
             self._messages.clear()
-            self._requests.clear()
             self._status_callbacks.clear()
-            self._faults.clear()
             self.unsubscribed.clear()
 
     def post_status(self, sid: str, status: str, *, error_code: int | None = None) -> httpx.Response:
@@ -199,14 +173,6 @@ class FakeTwilio:
     def post_signed(self, url: str, fields: dict[str, str]) -> httpx.Response:
         signature = RequestValidator(self.auth_token).compute_signature(url, fields)
         return httpx.post(url, data=fields, headers={"X-Twilio-Signature": signature}, timeout=10)
-
-    def _next_fault(self) -> FaultSpec | None:
-        with self._lock:
-            return self._faults.popleft() if self._faults else None
-
-    def _record(self, entry: dict[str, Any]) -> None:
-        with self._lock:
-            self._requests.append(entry)
 
     def _store(self, message: dict[str, Any], status_callback: str) -> None:
         with self._lock:
@@ -273,7 +239,10 @@ def create_app(fake: FakeTwilio) -> Starlette:
     async def serve(request: Request, handler: Callable[[_Call], Response], *, injectable: bool) -> Response:
         call = _Call(request.url.path, dict(request.path_params), await read_form(request), basic_credentials(request))
         fault = fake._next_fault() if injectable else None
-        response = fault_response(fault) if fault else handler(call)
+        if fault is not None:
+            response = await fault_answer(fault, lambda f, headers: twilio_error(f.status, f.code, f.message, headers))
+        else:
+            response = handler(call)
         fake._record({
             "method": request.method,
             "path": call.path,
@@ -300,32 +269,11 @@ def create_app(fake: FakeTwilio) -> Starlette:
         message = f"The requested resource {request.url.path} was not found"
         return await serve(request, lambda _call: twilio_error(404, 20404, message), injectable=False)
 
-    async def sandbox_messages(_request: Request) -> Response:
-        return JSONResponse(fake.messages)
-
-    async def sandbox_requests(_request: Request) -> Response:
-        return JSONResponse(fake.requests)
-
-    async def sandbox_faults(request: Request) -> Response:
-        try:
-            fault = FaultSpec.model_validate_json(await request.body())
-        except ValidationError as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=422)
-        fake.add_fault(fault)
-        return JSONResponse(fault.model_dump(), status_code=201)
-
-    async def sandbox_reset(_request: Request) -> Response:
-        fake.reset()
-        return Response(status_code=204)
-
     accounts = f"/{API_VERSION}/Accounts/{{account_sid}}"
     routes = [
         Route(f"{accounts}/Messages.json", api(create_message), methods=["POST"]),
         Route(f"{accounts}/Messages/{{sid}}.json", api(fetch_message), methods=["GET"]),
-        Route("/_sandbox/messages", sandbox_messages, methods=["GET"]),
-        Route("/_sandbox/requests", sandbox_requests, methods=["GET"]),
-        Route("/_sandbox/faults", sandbox_faults, methods=["POST"]),
-        Route("/_sandbox/reset", sandbox_reset, methods=["POST"]),
+        *control_routes(fake, fake.state, TwilioFault),
     ]
     return Starlette(routes=routes, exception_handlers={404: unknown_route, 405: unknown_route})
 
@@ -382,24 +330,9 @@ def twilio_error(status: int, code: int | None, message: str, headers: dict[str,
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def fault_response(fault: FaultSpec) -> Response:
-    headers = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-    return twilio_error(fault.status, fault.code, fault.message, headers)
-
-
 async def read_form(request: Request) -> dict[str, list[str]]:
     """The form fields of `request`; any other content type counts as no fields, as at Twilio."""
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         return {}
     return parse_qs((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
 
-
-def basic_credentials(request: Request) -> tuple[str, str] | None:
-    scheme, _, encoded = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, separator, password = base64.b64decode(encoded, validate=True).decode("utf-8").partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return (user, password) if separator else None

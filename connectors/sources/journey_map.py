@@ -25,6 +25,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from connectors.base import InboundRequest, ParseResult
@@ -33,6 +34,7 @@ from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
 
+log = structlog.get_logger(__name__)
 CSV_COLUMNS = ("touchpoint_id", "touchpoint", "channel", "stage_id", "stage", "stage_label", "moment_id", "moment", "moment_label")
 
 
@@ -142,11 +144,36 @@ class JourneyMapSource(GenericHmacSource):
     def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
         super().__init__(source_id, config, folder)
         assert isinstance(config, JourneyMapConfig)
-        self.journey_map = load_journey_map(folder / config.map_file)
+        self._path = folder / config.map_file
+        self._stamp = _stamp(self._path)
+        self.journey_map = load_journey_map(self._path)
         self._labels = self.journey_map.labels()
 
     def parse(self, request: InboundRequest) -> ParseResult:
+        self._reload_if_changed()
         return self.parse_events(request, self._label)
+
+    def _reload_if_changed(self) -> None:
+        """Marketers re-export the map while the hub runs: a saved map applies to the next request.
+
+        A broken export is refused with every problem logged, and the last good
+        map stays in force, as for mapping files.
+        """
+        try:
+            stamp = _stamp(self._path)
+        except OSError as exc:
+            log.error("journey map unreadable; the last good map stays in force", file=str(self._path), error=str(exc))
+            return
+        if stamp == self._stamp:
+            return
+        self._stamp = stamp
+        try:
+            journey_map = load_journey_map(self._path)
+        except ConfigError as exc:
+            log.error("journey map edit refused; the last good map stays in force", file=str(self._path), problems=exc.problems)
+            return
+        self.journey_map, self._labels = journey_map, journey_map.labels()
+        log.info("journey map reloaded", file=str(self._path), touchpoints=len(self._labels))
 
     def _label(self, index: int, event: dict[str, Any]) -> dict[str, Any] | ItemProblem:
         """The event with its map touchpoint's labels under `journey`, or why it has none."""
@@ -157,3 +184,8 @@ class JourneyMapSource(GenericHmacSource):
         if labels is None:
             return ItemProblem(index, config.touchpoint_field, f"{touchpoint_id!r} is not a touchpoint of journey map {config.map_file}")
         return {**event, "journey": labels}
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return status.st_mtime_ns, status.st_size

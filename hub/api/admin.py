@@ -38,6 +38,14 @@ async def _read(request: Request, work: Callable[[Connection], T]) -> T:
     return await run_in_threadpool(run)
 
 
+async def _read_one(request: Request, work: Callable[[Connection], T | None], missing: str) -> T:
+    """`_read` for one thing; finding nothing is a 404 whose detail is `missing`."""
+    found = await _read(request, work)
+    if found is None:
+        raise HTTPException(404, detail=missing)
+    return found
+
+
 def _for_live_profile(profile_id: str | None, search: Callable[[Connection, str | None], list[T]]) -> Callable[[Connection], list[T]]:
     """Filter by the surviving profile of `profile_id`, which may be an id merged away since."""
 
@@ -74,18 +82,12 @@ async def lookup_profile(
         profile_id = find_profile_id(connection, identifier)
         return profile_view(connection, profile_id) if profile_id else None
 
-    profile = await _read(request, query)
-    if profile is None:
-        raise HTTPException(404, detail=f"no profile has {type} {identifier.value!r}")
-    return profile
+    return await _read_one(request, query, f"no profile has {type} {identifier.value!r}")
 
 
 @router.get("/profiles/{profile_id}", summary="A profile with its traits and identifiers")
 async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
-    profile = await _read(request, lambda connection: profile_view(connection, profile_id))
-    if profile is None:
-        raise HTTPException(404, detail=f"no profile {profile_id!r}")
-    return profile
+    return await _read_one(request, lambda connection: profile_view(connection, profile_id), f"no profile {profile_id!r}")
 
 
 @router.get("/deliveries", summary="The delivery log: deliveries with every attempt")
@@ -136,10 +138,7 @@ async def list_decisions(
 
 @router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries")
 async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
-    found = await _read(request, lambda connection: explain(connection, decision_id))
-    if found is None:
-        raise HTTPException(404, detail=f"no decision {decision_id!r}")
-    return found
+    return await _read_one(request, lambda connection: explain(connection, decision_id), f"no decision {decision_id!r}")
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first")

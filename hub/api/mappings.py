@@ -42,5 +42,6 @@ async def preview_sample(source_id: str, body: PreviewRequest, request: Request)
             problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise HTTPException(422, detail=problems) from None
     sample = json.dumps(body.sample).encode()
-    outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region)
+    assert hub.identity is not None
+    outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region, hub.identity)
     return {"source_id": source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes]}

@@ -59,21 +59,15 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[Delivery]:
     """Claim deliveries whose time has come and which no live worker holds."""
-    query = (
-        select(
-            deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
-            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
-            deliveries.c.retry_from_attempt, deliveries.c.retry_from,
-        )
-        .where(
-            deliveries.c.status.in_(DUE_STATUSES),
-            deliveries.c.next_attempt_at <= now,
-            or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now),
-        )
-        .order_by(deliveries.c.next_attempt_at)
-        .limit(limit)
+    columns = (
+        deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
+        deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
+        deliveries.c.retry_from,
     )
-    rows = sql.claim(connection, query, deliveries, deliveries.c.delivery_id, claimed_until=now + lease)
+    rows = sql.claim_due(
+        connection, deliveries.c.delivery_id, columns, deliveries.c.status.in_(DUE_STATUSES),
+        deliveries.c.next_attempt_at, limit=limit, now=now, lease=lease,
+    )
     return [Delivery(*row) for row in rows]
 
 

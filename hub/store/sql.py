@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, Connection, Row, Select, Table, update
+from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 
@@ -41,3 +42,24 @@ def claim(connection: Connection, query: Select[Any], table: Table, key: Column[
         keys = [getattr(row, key.name) for row in rows]
         connection.execute(update(table).where(key.in_(keys)).values(**lease))
     return rows
+
+
+def claim_due(
+    connection: Connection, key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnElement[bool],
+    due_at: Column[Any], *, limit: int, now: datetime, lease: timedelta,
+) -> list[Row[Any]]:
+    """`claim` up to `limit` rows that are `waiting` and due by `now`, earliest first, until `now + lease`.
+
+    The lease is the table's ``claimed_until``: rows a live worker holds are
+    skipped, and a dead worker's rows come back once its lease runs out. Each
+    row is `key` followed by `columns`.
+    """
+    table = key.table
+    assert isinstance(table, Table)
+    query = (
+        select(key, *columns)
+        .where(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
+        .order_by(due_at)
+        .limit(limit)
+    )
+    return claim(connection, query, table, key, claimed_until=now + lease)

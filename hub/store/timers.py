@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from hub.model import derived_id
 from hub.store import sql
@@ -93,20 +93,11 @@ def cancel(
 
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:
-    query = (
-        select(
-            timers.c.timer_id, timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at,
-            timers.c.due_at,
-        )
-        .where(
-            timers.c.status == "pending",
-            timers.c.due_at <= now,
-            or_(timers.c.claimed_until.is_(None), timers.c.claimed_until < now),
-        )
-        .order_by(timers.c.due_at)
-        .limit(limit)
+    columns = (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at)
+    rows = sql.claim_due(
+        connection, timers.c.timer_id, columns, timers.c.status == "pending", timers.c.due_at,
+        limit=limit, now=now, lease=lease,
     )
-    rows = sql.claim(connection, query, timers, timers.c.timer_id, claimed_until=now + lease)
     return [DueTimer(*row) for row in rows]
 
 
