@@ -47,21 +47,15 @@ class BlockingPager(Destination):
         return SendResult("sent", f"page-{delivery.target}")
 
 
-class CountingPager(Destination):
-    """An async destination that counts how many of its sends are in flight at once."""
+class CountingPager(BlockingPager):
+    """The same pager with an async client, counting how many of its sends are in flight at once."""
 
     slug = "counting_pager"
-    title = "Counting pager"
-    channel = "sms"
-    Config = NoConfig
 
     def __init__(self) -> None:
-        super().__init__(self.slug, NoConfig())
+        super().__init__()
         self.in_flight = 0
         self.most_in_flight = 0
-
-    def send(self, delivery: Delivery) -> SendResult:
-        raise AssertionError("the engine must call send_async")
 
     async def send_async(self, delivery: Delivery) -> SendResult:
         self.in_flight += 1
@@ -127,4 +121,5 @@ def test_sends_in_flight_never_exceed_the_concurrency(store: Store, concurrency:
     assert running.run_once() == 12
     running.close()
     assert pager.most_in_flight == concurrency
+    assert not pager.threads  # the async client was used, no worker thread
     assert {item["status"] for item in delivery_log(store).values()} == {"sent"}
