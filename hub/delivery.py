@@ -4,10 +4,11 @@ A claimed batch is sent from one asyncio event loop, at most `concurrency`
 sends in flight (an asyncio.Semaphore): destinations with an async client
 (webhooks) await their I/O, and those built on blocking vendor SDKs run
 `send` in the loop's worker threads (as many as sends may be in flight).
-The outcome of a whole batch is written back in one transaction. A crash between a send
-and its record means the row's lease expires and it is sent again: delivery
-is at-least-once, and idempotency keys let providers that accept them
-collapse the duplicate.
+One loop and one async client cost far less CPU per send than a thread and
+a blocking client each (bench/README.md). The outcome of a whole batch is
+written back in one transaction. A crash between a send and its record means
+the row's lease expires and it is sent again: delivery is at-least-once, and
+idempotency keys let providers that accept them collapse the duplicate.
 
 Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker and an optional rate limit. The breaker and the rate limit
