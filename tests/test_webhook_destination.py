@@ -9,11 +9,15 @@ import asyncio
 import ipaddress
 import json
 import socket
+import ssl
+import threading
 import time
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+import trustme
 from standardwebhooks import Webhook
 
 from connectors.destinations.ssrf import AddressRefused, SsrfGuard
@@ -232,3 +236,33 @@ def test_an_async_webhook_failure_is_classified_as_the_sync_one(
         verdicts.append((type(raised.value), failure.error_class, failure.retry_after, failure.response_summary))
     sync, via_loop = verdicts
     assert via_loop == sync
+
+
+def test_https_webhooks_connect_to_the_vetted_address_with_the_name_for_sni_from_either_client(
+    server: BackgroundServer, receiver: FakeWebhookReceiver
+) -> None:
+    """Both clients dial 127.0.0.1 yet ask for (and verify) `localhost`: an unknown CA fails them alike."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost").configure_cert(context)
+    asked_for: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: asked_for.append(name)  # type: ignore[assignment,func-returns-value]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def handshake_each() -> None:
+        for _ in range(2):
+            accepted, _address = listener.accept()
+            with suppress(ssl.SSLError, OSError), context.wrap_socket(accepted, server_side=True):
+                pass  # the client refuses our certificate: its verdict is what the test reads
+
+    serving = threading.Thread(target=handshake_each, daemon=True)
+    serving.start()
+    url = f"https://localhost:{listener.getsockname()[1]}/hooks/cdp"
+    verdicts = []
+    for send in (lambda target: target.deliver(delivery()), deliver_async):
+        with pytest.raises(DeliveryError) as raised:
+            send(destination(server, receiver, url=url))
+        verdicts.append((type(raised.value), raised.value.failure.error_class))
+    serving.join(timeout=10)
+    listener.close()
+    assert asked_for == ["localhost", "localhost"]
+    assert verdicts == [(RetryableDeliveryError, "network.ConnectError")] * 2
