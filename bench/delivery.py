@@ -1,16 +1,18 @@
 """Delivery throughput to a provider that answers in ~20 ms, as a ratio against a bare HTTP client.
 
-    .venv/bin/python bench/delivery.py [--deliveries 5000] [--latency-ms 20] [--batch 200]
-                                       [--concurrency 16 64] [--workers 1 2]
+    .venv/bin/python bench/delivery.py [--deliveries 5000] [--latency-ms 20] [--batch 1000]
+                                       [--concurrency 64 128] [--workers 1 2]
 
 The provider is the sandbox webhook receiver, answering every POST after
-`--latency-ms`. The baseline, measured in the same run, is a plain httpx
-client POSTing the same number of requests from `concurrency` threads: what
-that concurrency can reach with no hub at all. The hub side is the real
-delivery path: deliveries planned in the outbox (SQLite), claimed by
-`DeliveryEngine` in `--batch` rows, signed by the `outbound_webhook`
-destination, sent through its SSRF guard, every attempt written back, in
-`--workers` processes. Every delivery must arrive; "retried" counts attempts
+`--latency-ms`. The baseline, measured in the same run, is a bare client of
+the kind the hub sends with (aiohttp on one event loop, `concurrency`
+requests in flight): what that concurrency can reach with no hub at all.
+Two more references: httpx's AsyncClient the same way, and a sync httpx
+client from `concurrency` threads (the engine's previous design). The hub
+side is the real delivery path: deliveries planned in the outbox (SQLite),
+claimed by `DeliveryEngine` in `--batch` rows, signed by the
+`outbound_webhook` destination, sent through its SSRF guard, every attempt
+written back, in `--workers` processes. Every delivery must arrive; "retried" counts attempts
 that failed (connections dropped under load) and were sent again, which with
 at-least-once delivery may reach the provider twice under one webhook-id.
 """
@@ -18,6 +20,7 @@ at-least-once delivery may reach the provider twice under one webhook-id.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import multiprocessing
 import tempfile
 import time
@@ -25,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
+import aiohttp
 import httpx
 
 from connectors.destinations.webhook import OutboundWebhookDestination
@@ -47,14 +51,52 @@ def serve_receiver(latency: float, port: Any, stop: Any) -> None:
         stop.wait()
 
 
-def baseline(url: str, requests: int, concurrency: int) -> float:
-    """Sends/s of a bare client at this concurrency."""
-    body = {"type": "profile.decision", "data": {"message": {"body": "x" * 80}}}
+BODY = {"type": "profile.decision", "data": {"message": {"body": "x" * 80}}}
+
+
+def baseline_threads(url: str, requests: int, concurrency: int) -> float:
+    """Sends/s of a bare sync httpx client from `concurrency` threads."""
     with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)) as client:
+        def post(_: int) -> None:
+            try:
+                client.post(url, json=BODY).raise_for_status()
+            except httpx.TransportError:  # a connection the receiver dropped under load: sent again, as the hub would
+                client.post(url, json=BODY).raise_for_status()
+
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(lambda _: client.post(url, json=body).raise_for_status(), range(requests)))
+            list(pool.map(post, range(requests)))
         return requests / (time.perf_counter() - started)
+
+
+async def baseline_aiohttp(url: str, requests: int, concurrency: int) -> float:
+    """Sends/s of a bare aiohttp session, `concurrency` requests in flight on one event loop."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def post() -> None:
+            async with session.post(url, json=BODY) as response:
+                response.raise_for_status()
+                await response.read()
+        return await _bounded_rate(post, requests, concurrency)
+
+
+async def baseline_httpx_async(url: str, requests: int, concurrency: int) -> float:
+    """Sends/s of a bare httpx AsyncClient, `concurrency` requests in flight on one event loop."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        async def post() -> None:
+            (await client.post(url, json=BODY)).raise_for_status()
+        return await _bounded_rate(post, requests, concurrency)
+
+
+async def _bounded_rate(post: Any, requests: int, concurrency: int) -> float:
+    in_flight = asyncio.Semaphore(concurrency)
+
+    async def bounded() -> None:
+        async with in_flight:
+            await post()
+    started = time.perf_counter()
+    await asyncio.gather(*(bounded() for _ in range(requests)))
+    return requests / (time.perf_counter() - started)
 
 
 def plan(database_url: str, count: int) -> None:
@@ -83,7 +125,7 @@ def work(settings: dict[str, Any], url: str, secret: str, ready: Any, go: Any) -
     )
     engine = DeliveryEngine(
         Store(hub_settings.database_url), {DESTINATION: destination}, PolicyBook(DeliveryPolicyFile(), hub_settings),
-        batch_size=hub_settings.worker_batch_size, lease=timedelta(seconds=60), concurrency=hub_settings.delivery_concurrency,
+        batch_size=hub_settings.delivery_batch_size, lease=timedelta(seconds=60), concurrency=hub_settings.delivery_concurrency,
     )
     ready.wait()
     go.wait()
@@ -95,7 +137,7 @@ def work(settings: dict[str, Any], url: str, secret: str, ready: Any, go: Any) -
 def _retrying(store: Store) -> bool:
     """Deliveries still waiting for a retry: keep the worker alive until they are due and sent."""
     with store.read() as connection:
-        return outbox.unfinished(connection) > 0
+        return outbox.unfinished(connection, utcnow()) > 0
 
 
 def run_hub(database_url: str, url: str, secret: str, batch: int, concurrency: int, workers: int) -> tuple[float, int]:
@@ -103,7 +145,7 @@ def run_hub(database_url: str, url: str, secret: str, batch: int, concurrency: i
     context = multiprocessing.get_context("spawn")
     ready, go = context.Barrier(workers + 1), context.Event()
     # Short retry delays: a rare dropped connection under load must cost a retry, not the default minutes of backoff.
-    settings = {"database_url": database_url, "worker_batch_size": batch, "delivery_concurrency": concurrency,
+    settings = {"database_url": database_url, "delivery_batch_size": batch, "delivery_concurrency": concurrency,
                 "retry_base_delay_seconds": 0.05, "retry_max_delay_seconds": 0.5, "log_level": "WARNING"}
     processes = [context.Process(target=work, args=(settings, url, secret, ready, go)) for _ in range(workers)]
     for process in processes:
@@ -116,7 +158,7 @@ def run_hub(database_url: str, url: str, secret: str, batch: int, concurrency: i
     elapsed = time.perf_counter() - started
     store = Store(database_url)
     with store.read() as connection:
-        left = outbox.unfinished(connection)
+        left = outbox.unfinished(connection, utcnow())
         retried = connection.exec_driver_sql("SELECT count(*) FROM attempts WHERE outcome != 'sent'").scalar_one()
     store.dispose()
     if left:
@@ -128,8 +170,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--deliveries", type=int, default=5000)
     parser.add_argument("--latency-ms", type=float, default=20)
-    parser.add_argument("--batch", type=int, default=200, help="rows an engine claims at once (HUB_WORKER_BATCH_SIZE)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64], help="sends in flight per process")
+    parser.add_argument("--batch", type=int, default=1000, help="rows an engine claims at once (HUB_DELIVERY_BATCH_SIZE)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 128], help="sends in flight per process")
+    parser.add_argument("--baseline-requests", type=int, default=3000, help="requests each bare client sends")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="engine processes")
     args = parser.parse_args()
 
@@ -141,9 +184,14 @@ def main() -> None:
     url, secret = f"{origin}/hooks/bench", new_secret()
     try:
         print(f"{args.deliveries} deliveries, provider latency {args.latency_ms:g} ms, claim batch {args.batch}")
-        print(f"{'concurrency':>11} {'workers':>7} {'baseline/s':>10} {'hub/s':>8} {'ratio':>6} {'in flight':>9} {'retried':>7}")
+        print(f"{'concurrency':>11} {'workers':>7} {'aiohttp/s':>9} {'httpx async/s':>13} {'threads/s':>9} "
+              f"{'hub/s':>8} {'ratio':>6} {'in flight':>9} {'retried':>7}")
         for concurrency in args.concurrency:
-            base = baseline(url, min(args.deliveries, 2000), concurrency)
+            requests = args.baseline_requests
+            base = asyncio.run(baseline_aiohttp(url, requests, concurrency))
+            # httpx's async pool is slow enough at this concurrency that fewer requests make the same point.
+            httpx_async = asyncio.run(baseline_httpx_async(url, max(requests // 4, concurrency), concurrency))
+            threads = baseline_threads(url, requests, concurrency)
             for workers in args.workers:
                 with tempfile.TemporaryDirectory() as folder:
                     database_url = f"sqlite:///{folder}/bench.db"
@@ -153,7 +201,7 @@ def main() -> None:
                     summary = httpx.get(f"{origin}/_sandbox/summary").json()
                 assert summary["distinct_ids"] == args.deliveries, f"not every delivery arrived: {summary}"
                 rate = args.deliveries / elapsed
-                print(f"{concurrency:>11} {workers:>7} {base:>10.0f} {rate:>8.0f} {rate / base:>6.2f} "
+                print(f"{concurrency:>11} {workers:>7} {base:>9.0f} {httpx_async:>13.0f} {threads:>9.0f} {rate:>8.0f} {rate / base:>6.2f} "
                       f"{summary['max_in_flight']:>9} {retried:>7}", flush=True)
     finally:
         stop.set()

@@ -9,10 +9,12 @@ third-party connectors register the same way, through the
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -140,6 +142,12 @@ class Destination(Connector, ABC):
     and the engine asks `classify` what that exception means: retryable,
     permanent or auth. Keeping the verdict in one method makes it testable
     against every documented vendor error without a network round trip.
+
+    The delivery engine sends from one asyncio event loop and calls
+    `deliver_async`. A destination whose client can await its I/O overrides
+    `send_async` (and `close_async` for the connections it opens); the rest,
+    built on blocking vendor SDKs, keep only `send`, which then runs in one of
+    the loop's worker threads.
     """
 
     channel: ClassVar[str]
@@ -152,10 +160,24 @@ class Destination(Connector, ABC):
     def send(self, delivery: Delivery) -> SendResult:
         """Deliver, or raise DeliveryError."""
 
+    async def send_async(self, delivery: Delivery) -> SendResult:
+        """`send` without blocking the event loop: by default the blocking `send` in a worker thread."""
+        return await asyncio.to_thread(self.send, delivery)
+
     def deliver(self, delivery: Delivery) -> SendResult:
-        """`send`, with a failure raised as the DeliveryError `classify` makes of it: the engine's entry point."""
-        try:
+        """`send`, with a failure raised as the DeliveryError `classify` makes of it."""
+        with self._classified():
             return self.send(delivery)
+
+    async def deliver_async(self, delivery: Delivery) -> SendResult:
+        """`send_async`, with failures classified as `deliver` does: the engine's entry point."""
+        with self._classified():
+            return await self.send_async(delivery)
+
+    @contextmanager
+    def _classified(self) -> Iterator[None]:
+        try:
+            yield
         except DeliveryError:
             raise
         except Exception as exc:
@@ -183,6 +205,9 @@ class Destination(Connector, ABC):
 
     def close(self) -> None:
         """Release connections; override when the client holds any."""
+
+    async def close_async(self) -> None:
+        """Release connections `send_async` opened, on the event loop that opened them."""
 
 
 @dataclass

@@ -1,10 +1,14 @@
 """Delivery workers: claim due outbox rows, call destinations, log every attempt.
 
-Sends run on a bounded thread pool (provider SDKs are blocking); the outcome
-of a whole batch is written back in one transaction. A crash between a send
-and its record means the row's lease expires and it is sent again: delivery
-is at-least-once, and idempotency keys let providers that accept them
-collapse the duplicate.
+A claimed batch is sent from one asyncio event loop, at most `concurrency`
+sends in flight (an asyncio.Semaphore): destinations with an async client
+(webhooks) await their I/O, and those built on blocking vendor SDKs run
+`send` in the loop's worker threads (as many as sends may be in flight).
+One loop and one async client cost far less CPU per send than a thread and
+a blocking client each (bench/README.md). The outcome of a whole batch is
+written back in one transaction. A crash between a send and its record means
+the row's lease expires and it is sent again: delivery is at-least-once, and
+idempotency keys let providers that accept them collapse the duplicate.
 
 Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker and an optional rate limit. The breaker and the rate limit
@@ -14,6 +18,7 @@ time and no attempt logged); only the retry policy dead-letters.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -40,8 +45,8 @@ from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
 
-# A rate-limited send sleeps in its worker thread for at most this long;
-# a longer wait puts the delivery back in the outbox instead of holding a thread.
+# A rate-limited send waits (holding its place among the sends in flight) at most
+# this long; a longer wait puts the delivery back in the outbox instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
 
 
@@ -76,7 +81,10 @@ class DeliveryEngine:
         self.policies = policies
         self.batch_size = batch_size
         self.lease = lease
-        self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send")
+        # One loop for the engine's life: clients keep their connections open from batch to batch.
+        self._loop = asyncio.new_event_loop()
+        self._loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send"))
+        self._in_flight = asyncio.Semaphore(concurrency)
 
     def run_once(self) -> int:
         """Claim a batch of due deliveries, send them concurrently, record every outcome in one transaction."""
@@ -84,7 +92,7 @@ class DeliveryEngine:
             due = outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
         if not due:
             return 0
-        outcomes = list(self._pool.map(self.attempt, due))
+        outcomes = self._loop.run_until_complete(self._attempt_all(due))
         now = utcnow()
         with self.store.write() as connection:
             outbox.record_attempts(connection, [
@@ -99,18 +107,25 @@ class DeliveryEngine:
                     set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
         return len(due)
 
-    def attempt(self, delivery: Delivery) -> Outcome:
+    async def _attempt_all(self, due: list[Delivery]) -> list[Outcome]:
+        return await asyncio.gather(*(self._attempt_bounded(delivery) for delivery in due))
+
+    async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
+        async with self._in_flight:
+            return await self.attempt(delivery)
+
+    async def attempt(self, delivery: Delivery) -> Outcome:
         """Send once, or hold the delivery back, and decide its next status; never raises."""
         policy = self.policies.for_destination(delivery.destination_id)
         if policy.rate_limit is not None:
             pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
             if pause is None:
                 return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
-            time.sleep(pause)
+            await asyncio.sleep(pause)
         wait = policy.breaker.admit()
         if wait > 0:
             return self._held_back(delivery, wait, "circuit open")
-        outcome = self._send(delivery)
+        outcome = await self._send(delivery)
         assert outcome.attempt is not None
         policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
         return outcome
@@ -120,7 +135,7 @@ class DeliveryEngine:
         log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
         return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
 
-    def _send(self, delivery: Delivery) -> Outcome:
+    async def _send(self, delivery: Delivery) -> Outcome:
         started_at = utcnow()
         clock = time.perf_counter()
         destination = self.destinations.get(delivery.destination_id)
@@ -130,7 +145,7 @@ class DeliveryEngine:
                 raise AuthDeliveryError(
                     DeliveryFailure("config.unknown_destination", f"no destination {delivery.destination_id!r} is configured")
                 )
-            result = destination.deliver(delivery)
+            result = await destination.deliver_async(delivery)
         except DeliveryError as exc:
             if exc.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
@@ -182,9 +197,15 @@ class DeliveryEngine:
         return "retrying", now + timedelta(seconds=delay)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        """Close every destination's connections (async ones on the loop that opened them), then the loop."""
+        self._loop.run_until_complete(self._close_async())
+        self._loop.close()
         for destination in self.destinations.values():
             destination.close()
+
+    async def _close_async(self) -> None:
+        await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))
+        await self._loop.shutdown_default_executor()
 
 
 def _elapsed_ms(clock: float) -> float:

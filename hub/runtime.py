@@ -77,7 +77,7 @@ class Hub:
         )
         self.delivery = DeliveryEngine(
             self.store, self.destinations, PolicyBook(policy_file, settings),
-            batch_size=settings.worker_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
+            batch_size=settings.delivery_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
         self.timer_wake = threading.Event()
         self.timers = TimerEngine(

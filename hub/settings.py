@@ -92,6 +92,9 @@ class HubSettings(BaseSettings):
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
     delivery_concurrency: int = Field(16, ge=1, le=128, description="Sends in flight at once per process.")
+    delivery_batch_size: int = Field(
+        64, ge=1, description="Deliveries the delivery engine claims at once; keep batch / concurrency * send timeout under the lease."
+    )
     breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive retryable failures that open a destination's circuit.")
     breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
 

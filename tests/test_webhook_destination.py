@@ -1,22 +1,30 @@
-"""Outbound webhooks: Standard Webhooks signatures checked by the `standardwebhooks` library, error classes, SSRF guard."""
+"""Outbound webhooks: Standard Webhooks signatures checked by the `standardwebhooks` library, error classes, SSRF guard.
+
+The engine's async client (`deliver_async`) is checked against the sync one (`send`): same signature, same verdicts.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import socket
+import ssl
+import threading
 import time
+from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
 import pytest
+import trustme
 from standardwebhooks import Webhook
 
 from connectors.destinations.ssrf import AddressRefused, SsrfGuard
 from connectors.destinations.webhook import ChatWebhookDestination, OutboundWebhookDestination
 from connectors.sandbox.webhooks import FakeWebhookReceiver, create_app
 from hub.errors import AuthDeliveryError, ConfigError, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
-from hub.model import Delivery, PlannedDelivery
+from hub.model import Delivery, PlannedDelivery, SendResult
 from hub.serving import BackgroundServer
 from hub.store import outbox
 from tests.conftest import RunningHub, vendor_fake_fixtures
@@ -43,6 +51,12 @@ def delivery(channel: str = "webhook", **content: object) -> Delivery:
         attempts=0,
         created_at=datetime.now(timezone.utc),
     )
+
+
+def unused_port() -> int:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return unused.getsockname()[1]
 
 
 def send_expecting(target: OutboundWebhookDestination, error: type[DeliveryError]) -> DeliveryError:
@@ -119,10 +133,7 @@ def test_timeouts_and_refused_connections_are_retryable(
     monkeypatch.setattr(receiver, "delay_seconds", 0.5)  # undone after the test: reset() keeps a receiver's delay
     timed_out = send_expecting(destination(server, receiver, timeout_seconds=0.1), RetryableDeliveryError)
     assert timed_out.failure.error_class == "network.timeout"
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
-    refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{port}/x"), RetryableDeliveryError)
+    refused = send_expecting(destination(server, receiver, url=f"http://127.0.0.1:{unused_port()}/x"), RetryableDeliveryError)
     assert refused.failure.error_class == "network.ConnectError"
 
 
@@ -172,3 +183,86 @@ def test_chat_delivery_from_the_outbox_reaches_the_sandbox_signed(running_hub: R
     assert (payload["type"], payload["data"]["message"]["body"]) == ("chat.offer", "Need a hand comparing?")
     [logged] = running_hub.admin("/api/deliveries", channel="chat")["deliveries"]
     assert logged["status"] == "sent" and logged["attempt_log"][0]["request_summary"]["webhook_id"] == planned.delivery_id
+
+
+def deliver_async(target: OutboundWebhookDestination) -> SendResult:
+    async def once() -> SendResult:
+        try:
+            return await target.deliver_async(delivery())
+        finally:
+            await target.close_async()
+
+    return asyncio.run(once())
+
+
+def test_an_async_webhook_is_signed_and_pinned_like_a_sync_one(server: BackgroundServer, receiver: FakeWebhookReceiver) -> None:
+    by_name = destination(server, receiver, url=f"http://localhost:{server.port}/hooks/cdp")  # resolved off the loop
+    result = deliver_async(by_name)
+    [request] = receiver.received
+    payload = Webhook(receiver.secret).verify(request["body"], request["headers"])  # raises unless the signature matches
+    assert request["headers"]["webhook-id"] == result.provider_message_id == delivery().delivery_id
+    assert request["headers"]["host"] == f"localhost:{server.port}"
+    assert payload["data"]["profile_id"] == delivery().target
+    assert result.response_summary == {"status": 200, "body": '{"ok":true}'}
+
+
+@pytest.mark.parametrize(
+    ("fault", "config"),
+    [
+        ((503, "7"), {}),
+        ((429, None), {}),
+        ((401, None), {}),
+        ((410, None), {}),
+        (None, {"timeout_seconds": 0.1}),
+        (None, {"url": "http://127.0.0.1:{port}/x"}),
+        (None, {"allowed_networks": []}),
+    ],
+    ids=["503-retry-after", "429", "401", "410", "timeout", "refused", "ssrf"],
+)
+def test_an_async_webhook_failure_is_classified_as_the_sync_one(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, fault: tuple[int, str | None] | None, config: dict
+) -> None:
+    if "url" in config:
+        config = {**config, "url": config["url"].format(port=unused_port())}
+    if "timeout_seconds" in config:
+        receiver.delay_seconds = 0.5
+    verdicts = []
+    for send in (lambda target: target.deliver(delivery()), deliver_async):
+        if fault is not None:
+            receiver.fail_next(fault[0], retry_after=fault[1])
+        with pytest.raises(DeliveryError) as raised:
+            send(destination(server, receiver, **config))
+        failure = raised.value.failure
+        verdicts.append((type(raised.value), failure.error_class, failure.retry_after, failure.response_summary))
+    sync, via_loop = verdicts
+    assert via_loop == sync
+
+
+def test_https_webhooks_connect_to_the_vetted_address_with_the_name_for_sni_from_either_client(
+    server: BackgroundServer, receiver: FakeWebhookReceiver
+) -> None:
+    """Both clients dial 127.0.0.1 yet ask for (and verify) `localhost`: an unknown CA fails them alike."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    trustme.CA().issue_cert("localhost").configure_cert(context)
+    asked_for: list[str | None] = []
+    context.sni_callback = lambda _socket, name, _context: asked_for.append(name)  # type: ignore[assignment,func-returns-value]
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def handshake_each() -> None:
+        for _ in range(2):
+            accepted, _address = listener.accept()
+            with suppress(ssl.SSLError, OSError), context.wrap_socket(accepted, server_side=True):
+                pass  # the client refuses our certificate: its verdict is what the test reads
+
+    serving = threading.Thread(target=handshake_each, daemon=True)
+    serving.start()
+    url = f"https://localhost:{listener.getsockname()[1]}/hooks/cdp"
+    verdicts = []
+    for send in (lambda target: target.deliver(delivery()), deliver_async):
+        with pytest.raises(DeliveryError) as raised:
+            send(destination(server, receiver, url=url))
+        verdicts.append((type(raised.value), raised.value.failure.error_class))
+    serving.join(timeout=10)
+    listener.close()
+    assert asked_for == ["localhost", "localhost"]
+    assert verdicts == [(RetryableDeliveryError, "network.ConnectError")] * 2

@@ -10,6 +10,7 @@ between the check and the connect (rebinding) cannot slip past.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Iterable
@@ -56,7 +57,7 @@ class SsrfGuard:
             AddressRefused: every address of the host is non-public and not allowlisted.
             OSError: the host name does not resolve (socket.gaierror).
         """
-        parsed = httpx.URL(url)
+        parsed = _parse(url)
         host = parsed.host
         addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         permitted = [address for address in addresses if self.permits(address)]
@@ -67,13 +68,36 @@ class SsrfGuard:
             )
         host_header = host if parsed.port is None else f"{host}:{parsed.port}"
         extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-        return PinnedTarget(parsed.copy_with(host=str(permitted[0])), {"Host": host_header}, extensions)
+        return PinnedTarget(_on_address(parsed, str(permitted[0])), {"Host": host_header}, extensions)
+
+
+# Parsing a URL costs more CPU than a send's signing; a destination pins the same URL on every send,
+# and only the resolution (never cached: that is what defeats DNS rebinding) may change.
+@functools.lru_cache(maxsize=1024)
+def _parse(url: str) -> httpx.URL:
+    return httpx.URL(url)
+
+
+@functools.lru_cache(maxsize=1024)
+def _on_address(url: httpx.URL, address: str) -> httpx.URL:
+    return url.copy_with(host=address)
+
+
+def needs_lookup(url: str) -> bool:
+    """Whether pinning `url` asks DNS (a host name), which blocks; an IP address is pinned at once."""
+    return not _is_address(_parse(url).host)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _resolve(host: str, port: int) -> list[IPAddress]:
-    try:
+    if _is_address(host):
         return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]

@@ -1,0 +1,125 @@
+"""The engine's async send path: one event loop per engine, bounded sends in flight, blocking SDKs in threads.
+
+The webhooks' own async client is tested beside their sync one, in
+`test_webhook_destination.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from connectors.base import Destination
+from hub.clock import utcnow
+from hub.delivery import DeliveryEngine
+from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
+from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
+from hub.settings import HubSettings
+from hub.store import Store, outbox
+
+
+class NoConfig(BaseModel):
+    pass
+
+
+class BlockingPager(Destination):
+    """A destination over a blocking SDK: only `send`, which notes the thread it ran on."""
+
+    slug = "blocking_pager"
+    title = "Blocking pager"
+    channel = "sms"
+    Config = NoConfig
+
+    def __init__(self) -> None:
+        super().__init__(self.slug, NoConfig())
+        self.threads: set[str] = set()
+
+    def send(self, delivery: Delivery) -> SendResult:
+        self.threads.add(threading.current_thread().name)
+        if delivery.target == "unknown":
+            raise LookupError("no such pager")
+        return SendResult("sent", f"page-{delivery.target}")
+
+
+class CountingPager(BlockingPager):
+    """The same pager with an async client, counting how many of its sends are in flight at once."""
+
+    slug = "counting_pager"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def send_async(self, delivery: Delivery) -> SendResult:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        for _ in range(5):  # let every other send that may start, start
+            await asyncio.sleep(0)
+        self.in_flight -= 1
+        return SendResult("sent", f"page-{delivery.target}")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store(f"sqlite:///{tmp_path}/hub.db")
+    opened.migrate()
+    yield opened
+    opened.dispose()
+
+
+def plan(store: Store, destination_id: str, targets: list[str]) -> None:
+    rows = [
+        PlannedDelivery(
+            delivery_id=derived_id("async-test", target), decision_id=derived_id("async-decision", target),
+            profile_id=f"P-{target}", channel="sms", destination_id=destination_id, target=target,
+            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}},
+        )
+        for target in targets
+    ]
+    with store.write() as connection:
+        outbox.plan(connection, rows, utcnow())
+
+
+def engine(store: Store, target: Destination, concurrency: int) -> DeliveryEngine:
+    policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
+    return DeliveryEngine(
+        store, {target.destination_id: target}, policies, batch_size=100, lease=timedelta(seconds=60),
+        concurrency=concurrency,
+    )
+
+
+def delivery_log(store: Store) -> dict[str, dict]:
+    with store.read() as connection:
+        return {item["target"]: item for item in outbox.search(connection, limit=100)}
+
+
+def test_a_blocking_destination_sends_from_the_engines_worker_threads_and_its_errors_are_classified(store: Store) -> None:
+    pager = BlockingPager()
+    plan(store, pager.slug, ["101", "unknown"])
+    running = engine(store, pager, concurrency=4)
+    assert running.run_once() == 2
+    running.close()
+    log = delivery_log(store)
+    assert log["101"]["status"] == "sent" and log["101"]["attempt_log"][0]["provider_message_id"] == "page-101"
+    [failed] = log["unknown"]["attempt_log"]
+    assert (failed["outcome"], failed["error_class"]) == ("retryable", "unexpected.LookupError")
+    assert pager.threads and all(name.startswith("send") for name in pager.threads)
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_sends_in_flight_never_exceed_the_concurrency(store: Store, concurrency: int) -> None:
+    pager = CountingPager()
+    plan(store, pager.slug, [str(n) for n in range(12)])
+    running = engine(store, pager, concurrency)
+    assert running.run_once() == 12
+    running.close()
+    assert pager.most_in_flight == concurrency
+    assert not pager.threads  # the async client was used, no worker thread
+    assert {item["status"] for item in delivery_log(store).values()} == {"sent"}
