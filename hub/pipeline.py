@@ -28,7 +28,7 @@ from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.respond import Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
+from hub.store import Store, identity_repair, inbox, quarantine, sql, timers, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph, traits_of
 from hub.store.inbox import InboxRow
 
@@ -70,6 +70,8 @@ class Pipeline:
         planned = 0
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
+            if rows:
+                sql.lock_profiles(connection)
             done = []
             for row in rows:
                 outcome = self._process_isolated(connection, row, now)
