@@ -84,8 +84,9 @@ def lock_profiles(connection: Connection) -> None:
     IMMEDIATE); on PostgreSQL, where writers run side by side under READ
     COMMITTED, a transaction-scoped advisory lock gives the same guarantee to
     profile writers only, while ingest and delivery keep running in parallel.
-    Take it before the first read of profile state and outside any savepoint:
-    rolling back to a savepoint would release it early.
+    Take it before the first read of profile state. Taken inside a savepoint,
+    rolling back to that savepoint releases it: a caller whose savepoints each
+    write profiles (a pipeline batch) takes it once, before the first.
     """
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(PROFILES_LOCK_KEY)))
