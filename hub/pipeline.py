@@ -28,9 +28,10 @@ from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.respond import Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, identity_repair, inbox, quarantine, sql, timers, touchpoints
+from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph, traits_of
 from hub.store.inbox import InboxRow
+from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -71,7 +72,7 @@ class Pipeline:
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
             if rows:
-                sql.lock_profiles(connection)
+                lock_profiles(connection)
             done = []
             for row in rows:
                 outcome = self._process_isolated(connection, row, now)

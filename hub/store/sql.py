@@ -24,15 +24,11 @@ def insert_ignoring_conflicts(
     if not rows:
         return 0
     dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    # preserve_rowcount: SQLAlchemy promises rowcount only for UPDATE and DELETE; with psycopg an
-    # INSERT reports -1 unless asked, and every new event would count as a negative number.
-    statement = (
-        dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
-        .execution_options(preserve_rowcount=True)
-    )
+    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
     inserted = 0
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
-        inserted += connection.execute(statement, row).rowcount
+        # SQLAlchemy keeps rowcount only for UPDATE and DELETE unless asked: psycopg's INSERTs said -1.
+        inserted += connection.execute(statement, row, execution_options={"preserve_rowcount": True}).rowcount
     return inserted
 
 
