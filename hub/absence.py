@@ -19,7 +19,7 @@ from hub import triggers
 from hub.clock import utcnow
 from hub.respond import Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, timers, touchpoints
+from hub.store import Store, sql, timers, touchpoints
 from hub.store.identity_graph import live_profile_id, profile_view
 from hub.store.timers import DueTimer
 
@@ -53,6 +53,8 @@ class TimerEngine:
         planned = 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
+            if due:
+                sql.lock_profiles(connection)  # a fired timer counts and plans a profile's deliveries
             for timer in due:
                 try:
                     with connection.begin_nested():

@@ -16,6 +16,7 @@ from sqlalchemy import Connection
 
 from hub.model import Identifier
 from hub.store.identity_graph import SqlIdentityGraph, find_profile_id, live_profile_id
+from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -26,6 +27,7 @@ def opt_out_trait(channel: str) -> str:
 
 def set_consent(connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str) -> bool:
     """Grant or revoke `channel` for the profile (or the profile it was merged into); False if there is none."""
+    lock_profiles(connection)
     live_id = live_profile_id(connection, profile_id)
     if live_id is None:
         return False

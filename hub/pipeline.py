@@ -31,6 +31,7 @@ from hub.rulebook import RuleBook
 from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph, traits_of
 from hub.store.inbox import InboxRow
+from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,8 @@ class Pipeline:
         planned = 0
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
+            if rows:
+                lock_profiles(connection)
             done = []
             for row in rows:
                 outcome = self._process_isolated(connection, row, now)

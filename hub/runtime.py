@@ -32,7 +32,7 @@ from hub.rules import RuleSpec
 from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
-from hub.store import Store
+from hub.store import Store, sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.templates import TemplateRenderer, template_names
 from hub.workers import Worker
@@ -196,6 +196,7 @@ class Hub:
     def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
         """FCM called these tokens dead: routing must stop choosing them."""
         with self.store.write() as connection:
+            sql.lock_profiles(connection)
             removed = SqlIdentityGraph(connection).detach("push_token", tokens, "FCM reported the token unregistered")
         log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
 

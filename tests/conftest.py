@@ -1,4 +1,9 @@
-"""Shared fixtures: a real hub on a free port, real fake providers, a fresh SQLite file per test."""
+"""Shared fixtures: a real hub on a free port, real fake providers, a fresh database per test.
+
+The database is a SQLite file unless a test parametrizes `database_url`
+indirectly with "postgresql": then it is a new database on a throwaway
+PostgreSQL cluster started once per session (see tests/postgres.py).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from hub.api import create_app
 from hub.runtime import Hub
 from hub.serving import BackgroundServer, bind_socket, socket_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
+from tests.postgres import PostgresCluster, find_bindir
 
 WRITE_KEY = "test-write-key"
 ADMIN_TOKEN = "test-admin-token"
@@ -58,6 +64,35 @@ def make_settings(tmp_path: Path, **overrides: Any) -> HubSettings:
     return HubSettings(_env_file=None, **values)  # type: ignore[call-arg]
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """A PostgreSQL server for the whole session, started on first use; its files are removed at the end."""
+    pytest.importorskip("psycopg", reason="the PostgreSQL driver is missing: pip install '.[postgres]'")
+    bindir = find_bindir()
+    if bindir is None:
+        pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) in pg_config --bindir, /usr/lib/postgresql/*/bin or PATH")
+    cluster = PostgresCluster(bindir, free_port())
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database: SQLite in `tmp_path`, or PostgreSQL when parametrized indirectly with "postgresql"."""
+    if getattr(request, "param", "sqlite") == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
+    return f"sqlite:///{tmp_path}/hub.db"
+
+
 @pytest.fixture
 def sandbox() -> Iterator[SandboxProviders]:
     with SandboxProviders() as providers:
@@ -65,12 +100,16 @@ def sandbox() -> Iterator[SandboxProviders]:
 
 
 @pytest.fixture
-def running_hub(tmp_path: Path, sandbox: SandboxProviders, request: pytest.FixtureRequest) -> Iterator[RunningHub]:
+def running_hub(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders, request: pytest.FixtureRequest
+) -> Iterator[RunningHub]:
     """A hub with workers, served over HTTP; mark a test `@pytest.mark.hub_settings(key=value)` to change settings."""
     marker = request.node.get_closest_marker("hub_settings")
     overrides = dict(marker.kwargs) if marker else {}
     sock = bind_socket()  # bound first: callbacks and unsubscribe links need the hub's URL in its settings
-    settings = {**sandbox.settings_overrides(), "public_base_url": socket_url(sock), **overrides}
+    settings = {
+        **sandbox.settings_overrides(), "database_url": database_url, "public_base_url": socket_url(sock), **overrides
+    }
     with serve_hub(make_settings(tmp_path, **settings), sandbox, sock) as running:
         yield running
 

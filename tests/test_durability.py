@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,15 +14,9 @@ import httpx
 import pytest
 
 from hub.store import Store, inbox, touchpoints
-from tests.conftest import ADMIN_TOKEN, WRITE_KEY, message
+from tests.conftest import ADMIN_TOKEN, WRITE_KEY, free_port, message
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def start_server(database_url: str, port: int) -> subprocess.Popen:

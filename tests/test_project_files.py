@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -19,12 +20,16 @@ from hub.store.schema import metadata
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_migrations_produce_exactly_the_schema_the_code_uses(tmp_path: Path) -> None:
-    store = Store(f"sqlite:///{tmp_path}/m.db")
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_migrations_produce_exactly_the_schema_the_code_uses(database_url: str) -> None:
+    store = Store(database_url)
+    assert not store.is_migrated()
     store.migrate()
     store.migrate()  # idempotent
+    assert store.is_migrated()
     with store.read() as connection:
         assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata) == []
+    store.dispose()
 
 
 def test_sqlite_store_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:

@@ -7,6 +7,10 @@ ingest survives power loss, not only a killed process) and a busy timeout
 Write transactions start with ``BEGIN IMMEDIATE`` so a read-then-write, such as
 identity resolution, holds the write lock from its first read: two workers can
 never both decide that an identifier is new.
+
+PostgreSQL keeps its defaults (READ COMMITTED, its own durability): claims
+there skip rows other workers hold, and profile writers serialize on an
+advisory lock instead (both in `hub.store.sql`).
 """
 
 from __future__ import annotations

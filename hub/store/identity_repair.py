@@ -36,7 +36,7 @@ from hub.store.schema import (
     profiles,
     touchpoints,
 )
-from hub.store.sql import insert_ignoring_conflicts
+from hub.store.sql import insert_ignoring_conflicts, lock_profiles
 
 UNMERGE_RULE = "unmerge requested by an operator"
 FORGOTTEN_TARGET = "(forgotten)"
@@ -44,6 +44,7 @@ FORGOTTEN_TARGET = "(forgotten)"
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
     """Split `merged_profile_id` back out of the live profile of `profile_id`; returns what moved."""
+    lock_profiles(connection)
     live_id = live_profile_id(connection, profile_id)
     if live_id is None:
         raise IdentityRepairError(f"no profile {profile_id!r}")
@@ -149,6 +150,7 @@ def _traits_from_touchpoints(connection: Connection, profile_id: str) -> tuple[d
 
 def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
     """Erase a person: identifiers, traits and personal content; returns the counts kept."""
+    lock_profiles(connection)
     live_id = live_profile_id(connection, profile_id)
     if live_id is None:
         raise IdentityRepairError(f"no profile {profile_id!r}")

@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, or_, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+
+# The key of the PostgreSQL advisory lock `lock_profiles` takes (any fixed bigint; this spells "tp-hub").
+PROFILES_LOCK_KEY = 0x74702D687562
 
 
 def insert_ignoring_conflicts(
@@ -24,7 +27,8 @@ def insert_ignoring_conflicts(
     statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
     inserted = 0
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
-        inserted += connection.execute(statement, row).rowcount
+        # SQLAlchemy keeps rowcount only for UPDATE and DELETE unless asked: psycopg's INSERTs said -1.
+        inserted += connection.execute(statement, row, execution_options={"preserve_rowcount": True}).rowcount
     return inserted
 
 
@@ -63,3 +67,22 @@ def claim_due(
         .limit(limit)
     )
     return claim(connection, query, table, key, claimed_until=now + lease)
+
+
+def lock_profiles(connection: Connection) -> None:
+    """Hold the lock on profile state (identity graph, traits, per-profile caps) until the transaction ends.
+
+    Whoever changes profiles reads first and writes from what it read: is this
+    identifier new, which profiles merge, which traits are newer, has this
+    person had an SMS today. Two transactions deciding from the same snapshot
+    would create two profiles for one email, or lose an opt-out. On SQLite the
+    write transaction already holds the database's one write lock (BEGIN
+    IMMEDIATE); on PostgreSQL, where writers run side by side under READ
+    COMMITTED, a transaction-scoped advisory lock gives the same guarantee to
+    profile writers only, while ingest and delivery keep running in parallel.
+    Take it before the first read of profile state. Taken inside a savepoint,
+    rolling back to that savepoint releases it: a caller whose savepoints each
+    write profiles (a pipeline batch) takes it once, before the first.
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(PROFILES_LOCK_KEY)))

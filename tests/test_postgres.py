@@ -1,0 +1,88 @@
+"""The multi-node path on a real PostgreSQL: the whole pipeline, and concurrent claimers.
+
+Each test gets a fresh database on the session's throwaway cluster (the
+`postgres` fixture in conftest.py); without PostgreSQL binaries they skip.
+Two tests elsewhere run on both backends: migrations to head
+(tests/test_project_files.py) and two worker processes resolving linked
+events at once (tests/test_identity_properties.py).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from sqlalchemy import Connection
+
+from hub.model import PlannedDelivery, RawEvent
+from hub.store import Store, inbox, outbox
+from tests.conftest import RunningHub, support_ticket
+
+pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+LEASE = timedelta(minutes=5)
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    opened = Store(database_url)
+    opened.migrate()
+    yield opened
+    opened.dispose()
+
+
+def test_a_purchaser_who_opens_a_ticket_gets_the_sms(running_hub: RunningHub) -> None:
+    """Ingest over HTTP, the pipeline, the outbox and the sandbox Twilio, all on PostgreSQL."""
+    assert running_hub.hub.store.dialect == "postgresql"
+    events = support_ticket("pg-buyer", {"phone": "+14155550123"})
+    assert running_hub.send(*events).json()["accepted"] == 3
+    running_hub.settle()
+    assert running_hub.send(*events).json()["duplicates"] == 3  # a redelivered batch is acknowledged, not stored again
+    assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550123"]
+    deliveries = running_hub.admin("/api/deliveries")["deliveries"]
+    assert sorted((d["channel"], d["status"]) for d in deliveries) == [("crm", "sent"), ("sms", "sent")]
+
+
+def fill_inbox(connection: Connection, count: int) -> None:
+    inbox.append(connection, [RawEvent("default", str(n), {"n": n}) for n in range(count)], T0)
+
+
+def claim_inbox(connection: Connection, limit: int) -> list[Any]:
+    return [row.id for row in inbox.claim(connection, limit, T0, LEASE)]
+
+
+def fill_outbox(connection: Connection, count: int) -> None:
+    planned = [PlannedDelivery(f"d{n}", "decision", "profile", "sms", "twilio_sms", "+14155550100", {}) for n in range(count)]
+    outbox.plan(connection, planned, T0)
+
+
+def claim_outbox(connection: Connection, limit: int) -> list[Any]:
+    return [delivery.delivery_id for delivery in outbox.claim_due(connection, limit, T0, LEASE)]
+
+
+@pytest.mark.parametrize(("fill", "claim"), [(fill_inbox, claim_inbox), (fill_outbox, claim_outbox)], ids=["inbox", "outbox"])
+def test_two_claimers_in_open_transactions_take_disjoint_rows(
+    store: Store, fill: Callable[[Connection, int], None], claim: Callable[[Connection, int], list[Any]]
+) -> None:
+    """Both claim while the other's transaction is still open: SKIP LOCKED passes over held rows, never waits on them."""
+    with store.write() as connection:
+        fill(connection, 10)
+    both_claimed = threading.Barrier(2, timeout=10)
+
+    def claimer() -> list[Any]:
+        with store.write() as connection:
+            taken = claim(connection, 4)
+            both_claimed.wait()  # a claimer blocked on the other's locks would break the barrier
+            return taken
+
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: claimer(), range(2))
+    with store.write() as connection:
+        rest = claim(connection, 10)
+    assert len(first) == len(second) == 4 and len(rest) == 2
+    assert len(set(first) | set(second) | set(rest)) == 10
