@@ -120,7 +120,7 @@ class Pipeline:
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
-            rules = self.rulebook.current()
+            rules = self.rulebook.for_event(touchpoint.event)
             traits = traits_of(connection, resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
             timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)

@@ -57,6 +57,65 @@ class TimerChanges:
     arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
 
 
+class RuleIndex:
+    """The rules, by priority, that an event of each name can make hold, arm or cancel; built once per rule set.
+
+    With a hundred rules most of them name events a touchpoint is not, so
+    evaluating only the rules its event can match saves walking every
+    condition tree on every event. Rules whose conditions do not pin the
+    event name (`stage`/`moment` selectors, `recent` alone, `not`, `any`
+    over unnamed parts, absence waiting for `any` event) go to every event.
+    """
+
+    def __init__(self, rules: Sequence[RuleSpec]) -> None:
+        pinned = {rule.id: _trigger_events(rule) for rule in rules}
+        self._unpinned = tuple(rule for rule in rules if pinned[rule.id] is None)
+        events = set().union(*(names for names in pinned.values() if names is not None))
+        self._by_event = {event: tuple(rule for rule in rules if _may_match(pinned[rule.id], event)) for event in events}
+
+    def for_event(self, event: str) -> tuple[RuleSpec, ...]:
+        return self._by_event.get(event, self._unpinned)
+
+
+def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
+    """Event names a touchpoint needs for the rule to hold at it, arm or cancel its timer; None: any name may."""
+    absence = rule.absence
+    if absence is None:
+        return _required_events(rule.when)
+    after, without = _named(absence.after), None if absence.without == "any" else _named(absence.without)
+    return None if after is None or without is None else after | without
+
+
+def _required_events(condition: Condition) -> frozenset[str] | None:
+    """Event names the evaluated touchpoint must have for the condition to hold; None when it does not say."""
+    match condition:
+        case EventCondition():
+            return _named(condition)
+        case CountCondition(count=window):
+            return _named(window)
+        case AllCondition(all=parts):
+            pinned = [names for names in map(_required_events, parts) if names is not None]
+            return frozenset.intersection(*pinned) if pinned else None
+        case AnyCondition(any=parts):
+            union: set[str] = set()
+            for part in parts:
+                names = _required_events(part)
+                if names is None:
+                    return None
+                union |= names
+            return frozenset(union)
+    return None
+
+
+def _named(selector: Selector) -> frozenset[str] | None:
+    events = selector.events
+    return None if events is None else frozenset(events)
+
+
+def _may_match(names: frozenset[str] | None, event: str) -> bool:
+    return names is None or event in names
+
+
 def document_for(touchpoint: Touchpoint, traits: Mapping[str, Any]) -> dict[str, Any]:
     """What predicates see: the touchpoint document plus the profile's traits under `profile`."""
     return {**touchpoint.as_document(), "profile": dict(traits)}

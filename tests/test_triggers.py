@@ -198,3 +198,23 @@ def test_actions_only_if_pick_the_channel_per_device() -> None:
     ]}
     [decision] = evaluate(tp("E"), "p", rules(rule), RecordedHistory())
     assert [action.channel for action in decision.actions] == ["email"]
+
+
+def test_the_rule_index_offers_an_event_only_the_rules_it_can_match_in_priority_order() -> None:
+    from hub.triggers import RuleIndex
+
+    index = RuleIndex(rules(
+        {"id": "named", "priority": 5, "when": {"event": ["A", "B"]}, "respond": RESPOND},
+        {"id": "by_stage", "priority": 4, "when": {"stage": "decision"}, "respond": RESPOND},
+        {"id": "all_pins", "priority": 3, "when": {"all": [{"recent": {"event": "C", "within": "1h"}}, {"count": {"event": "B", "within": "1h"}}]}, "respond": RESPOND},
+        {"id": "any_open", "priority": 2, "when": {"any": [{"event": "A"}, {"not": {"event": "A"}}]}, "respond": RESPOND},
+        {"id": "wait", "priority": 1, "when": {"absence": {"after": {"event": "C"}, "without": {"event": "D"}, "within": "2m"}}, "respond": RESPOND},
+    ))
+    ids = {event: [rule.id for rule in index.for_event(event)] for event in ("A", "B", "C", "D", "Z")}
+    assert ids == {
+        "A": ["named", "by_stage", "any_open"],
+        "B": ["named", "by_stage", "all_pins", "any_open"],
+        "C": ["by_stage", "any_open", "wait"],
+        "D": ["by_stage", "any_open", "wait"],
+        "Z": ["by_stage", "any_open"],
+    }
