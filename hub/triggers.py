@@ -9,7 +9,7 @@ for the caller to store.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -31,6 +31,7 @@ from hub.rules import (
     RecentCondition,
     RuleSpec,
     Selector,
+    Window,
 )
 
 
@@ -47,6 +48,76 @@ class History(Protocol):
     def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
         """Decisions of the rule for the profile after `since` that were not capped."""
         ...
+
+
+class ReadAhead:
+    """A `History` answering `events` from one read of touchpoints over a span, and asking `history` the rest.
+
+    Every `recent` / `count` condition asks for the profile's past; reading the
+    widest span they need once (and only when the first of them asks) and
+    filtering it in memory makes that one query per event instead of one per
+    condition. The timer engine reads the follow-ups of a batch of timers,
+    over all their profiles, the same way.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        since: datetime,
+        until: datetime,
+        names: frozenset[str] | None,
+        read: Callable[[], Mapping[str, Sequence[dict[str, Any]]]],
+    ) -> None:
+        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given)."""
+        self.history = history
+        self.since, self.until, self.names = since, until, names
+        self._read = read
+        self._documents: dict[str, list[tuple[datetime, dict[str, Any]]]] | None = None
+
+    def events(
+        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
+    ) -> list[dict[str, Any]]:
+        if not self._covers(since, until, selector):
+            return self.history.events(profile_id, since, until, selector)
+        return [
+            doc for at, doc in self._read_once().get(profile_id, ())
+            if since <= at <= until and (selector is None or _kind(selector, doc["event"], doc["stage"], doc["moment"]))
+        ]
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        return self.history.decisions_since(profile_id, rule_id, since)
+
+    def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
+        named = self.names is None or (selector is not None and selector.events is not None and self.names.issuperset(selector.events))
+        return self.since <= since and until <= self.until and named
+
+    def _read_once(self) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
+        if self._documents is None:
+            self._documents = {
+                profile_id: [(datetime.fromisoformat(doc["occurred_at"]), doc) for doc in documents]
+                for profile_id, documents in self._read().items()
+            }
+        return self._documents
+
+
+def names_selector(names: frozenset[str] | None) -> Selector | None:
+    """A selector of these event names (None: every event), for reading a span through `History.events`."""
+    return None if names is None else _names_selector(names)
+
+
+@lru_cache(maxsize=1024)
+def _names_selector(names: frozenset[str]) -> Selector:
+    return Selector(event=sorted(names))
+
+
+def _read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
+    """`history`, reading the profile's past once for all these windows ending at `until`."""
+    if not windows:
+        return history
+    since = until - max(window.within for window in windows)
+    named = [window.events for window in windows]
+    names = None if None in named else frozenset().union(*named)
+    return ReadAhead(history, since, until, names, lambda: {profile_id: history.events(profile_id, since, until, names_selector(names))})
 
 
 @dataclass(frozen=True)
@@ -131,10 +202,10 @@ def evaluate(
     """Decisions of the rules that hold at this touchpoint (absence rules decide later, from their timers)."""
     decided: list[Decision] = []
     document = document_for(touchpoint, traits or {})
-    for rule in rules:
-        if rule.absence is not None:
-            continue
-        judge = _Judge(touchpoint, document, profile_id, history, traits or {})
+    deciding = [rule for rule in rules if rule.absence is None]
+    past = _read_ahead(history, profile_id, touchpoint.occurred_at, [window for rule in deciding for window in rule.windows])
+    for rule in deciding:
+        judge = _Judge(touchpoint, document, profile_id, past, traits or {})
         if not judge.holds(rule.when):
             continue
         decision_id = derived_id("decision", rule.id, touchpoint.touchpoint_id)
@@ -297,12 +368,16 @@ def _describe(selector: Selector) -> dict[str, Any]:
 
 
 def _selected(selector: Selector, event: str, stage: str, moment: str, document: dict[str, Any]) -> bool:
+    return _kind(selector, event, stage, moment) and _predicates(selector.where, document)
+
+
+def _kind(selector: Selector, event: str, stage: str | None, moment: str | None) -> bool:
+    """The selector's event / stage / moment part (what the store filters on); `where` is apart."""
     events = selector.events
     return (
         (events is None or event in events)
         and (selector.stage is None or stage == selector.stage)
         and (selector.moment is None or moment == selector.moment)
-        and _predicates(selector.where, document)
     )
 
 

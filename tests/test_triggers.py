@@ -218,3 +218,29 @@ def test_the_rule_index_offers_an_event_only_the_rules_it_can_match_in_priority_
         "D": ["by_stage", "any_open", "wait"],
         "Z": ["by_stage", "any_open"],
     }
+
+
+class CountingHistory(RecordedHistory):
+    """A recorded history that counts how often the store would be asked for past events."""
+
+    reads = 0
+
+    def events(self, profile_id: str, since: datetime, until: datetime, selector: Selector | None) -> list[dict]:
+        self.reads += 1
+        return super().events(profile_id, since, until, selector)
+
+
+def test_every_windowed_rule_of_an_event_filters_one_read_of_the_profiles_past() -> None:
+    history = CountingHistory({"Product Viewed": [T0 - timedelta(minutes=1), T0 - timedelta(minutes=50)],
+                               "Cart Viewed": [T0 - timedelta(minutes=20)]})
+    fired = evaluate(tp("Product Viewed"), "p", rules(
+        {"id": "viewed_thrice", "when": {"count": {"event": "Product Viewed", "at_least": 3, "within": "1h"}}, "respond": RESPOND},
+        {"id": "viewed_thrice_lately", "when": {"count": {"event": "Product Viewed", "at_least": 3, "within": "10m"}}, "respond": RESPOND},
+        {"id": "after_cart", "when": {"all": [{"event": "Product Viewed"}, {"recent": {"event": "Cart Viewed", "within": "30m"}}]},
+         "respond": RESPOND},
+        {"id": "no_recent_cart", "when": {"not": {"recent": {"event": "Cart Viewed", "within": "10m"}}}, "respond": RESPOND},
+    ), history)
+    assert [decision.rule_id for decision in fired] == ["viewed_thrice", "after_cart", "no_recent_cart"]
+    assert history.reads == 1
+    assert evaluate(tp("Product Viewed"), "p", rules({"id": "plain", "when": {"event": "Product Viewed"}, "respond": RESPOND}), history)
+    assert history.reads == 1  # no windowed rule, no read
