@@ -129,7 +129,7 @@ class Pipeline:
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
-                planned += self.responder.respond(connection, decision, document, now)
+                planned += self.responder.record(connection, [self.responder.route(connection, decision, document, now)], now)
         return planned
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

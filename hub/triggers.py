@@ -100,14 +100,16 @@ class ReadAhead:
         return self._documents
 
 
-def names_selector(names: frozenset[str] | None) -> Selector | None:
-    """A selector of these event names (None: every event), for reading a span through `History.events`."""
-    return None if names is None else _names_selector(names)
+def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
+    """The event names these selectors can select between them; None when one may select any (None selects all)."""
+    named = [None if selector is None else selector.events for selector in selectors]
+    return None if None in named else frozenset().union(*named)
 
 
 @lru_cache(maxsize=1024)
-def _names_selector(names: frozenset[str]) -> Selector:
-    return Selector(event=sorted(names))
+def _selector_of(names: frozenset[str] | None) -> Selector | None:
+    """A selector of these event names (None: every event), to read a span through `History.events`."""
+    return None if names is None else Selector(event=sorted(names))
 
 
 def _read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
@@ -115,9 +117,8 @@ def _read_ahead(history: History, profile_id: str, until: datetime, windows: Seq
     if not windows:
         return history
     since = until - max(window.within for window in windows)
-    named = [window.events for window in windows]
-    names = None if None in named else frozenset().union(*named)
-    return ReadAhead(history, since, until, names, lambda: {profile_id: history.events(profile_id, since, until, names_selector(names))})
+    names = event_names(windows)
+    return ReadAhead(history, since, until, names, lambda: {profile_id: history.events(profile_id, since, until, _selector_of(names))})
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,7 @@ def evaluate_expired(
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    selector = None if absence.without == "any" else absence.without
+    selector = awaited(rule)
     profile = {"profile": dict(traits or {})}
     followed = [
         doc for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
@@ -261,6 +262,13 @@ def evaluate_expired(
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return None
     return _decide(rule, judge, anchor, profile_id, due_at, derived_id("decision", rule.id, anchor.touchpoint_id))
+
+
+def awaited(rule: RuleSpec) -> Selector | None:
+    """The follow-up an absence rule waits for; None when any event of the profile will do."""
+    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
+    without = rule.absence.without
+    return None if without == "any" else without
 
 
 def _decide(

@@ -20,12 +20,29 @@ def insert_ignoring_conflicts(
     """
     if not rows:
         return 0
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    statement = _insert_skipping(connection, table, conflict_columns)
     inserted = 0
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
         inserted += connection.execute(statement, row).rowcount
     return inserted
+
+
+def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], key: Column[Any]) -> set[Any]:
+    """Insert rows in one statement, skipping those whose `key` already exists; returns the keys that were new.
+
+    The batched form of `insert_ignoring_conflicts`: RETURNING names the rows
+    actually inserted, so a caller can plan what follows only for those.
+    """
+    if not rows:
+        return set()
+    statement = _insert_skipping(connection, table, [key.name]).returning(key)
+    return set(connection.execute(statement, list(rows)).scalars().all())
+
+
+def _insert_skipping(connection: Connection, table: Table, conflict_columns: Sequence[str]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING, spelled for the connection's database."""
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    return dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
 
 
 def claim(connection: Connection, query: Select[Any], table: Table, key: Column[Any], **lease: Any) -> list[Row[Any]]:
