@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -12,7 +13,8 @@ from hub import triggers
 from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint
 from hub.runtime import Hub
-from hub.store import decisions, inbox, timers, touchpoints
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import decisions, inbox, outbox, timers, touchpoints
 from hub.store.identity_graph import find_profile_id
 from hub.store.schema import timers as timers_table
 from tests.conftest import make_settings, message
@@ -153,3 +155,27 @@ def test_a_follow_up_stored_after_the_cancel_pass_is_still_found_when_the_batch_
     assert [status_of(hub, name) for name in ("amy", "bob")] == ["cancelled", "fired"]
     with hub.store.read() as connection:
         assert decisions.count_by_rule(connection) == {"cart_abandonment": 1}
+
+
+REMINDER = """
+  - id: cart_reminder
+    when: {absence: {after: {moment: cart_activity}, without: any, within: 2m}}
+    respond: [{channel: email, template: cart_abandonment.email.j2}]
+    vars: {discount_code: COMEBACK10, discount_percent: 10, cart_url: "https://shop.example.com/cart"}
+"""
+
+
+def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_counts_the_first(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "triggers.yaml").write_text((mappings / "triggers.yaml").read_text() + REMINDER)
+    hub = Hub(make_settings(tmp_path, quiet_hours="", mappings_dir=mappings, daily_message_cap=1))
+    accept(hub, *cart_then())
+    assert timer_statuses(hub) == ["pending", "pending"]
+    assert hub.timers.run_once() == 2
+    assert timer_statuses(hub) == ["fired", "fired"]
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"cart_abandonment": 1, "cart_reminder": 1}
+        fates = sorted(action["fate"] for decision in decisions.search(connection, limit=10) for action in decision["actions"])
+        assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
+        assert len(outbox.search(connection, limit=10)) == 1
