@@ -6,21 +6,24 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
-from hub.store.schema import decisions
+from hub.store.schema import UTCDateTime, decisions
 from hub.store.sql import insert_new
+
+
+# Built once with bind parameters: every capped rule asks this on every decision, and building a
+# SQLAlchemy statement costs more than running it.
+_COUNT_SINCE = select(func.count()).where(
+    decisions.c.profile_id == bindparam("profile_id"), decisions.c.rule_id == bindparam("rule_id"),
+    decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
+)
 
 
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
     """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
-    return connection.execute(
-        select(func.count()).where(
-            decisions.c.profile_id == profile_id, decisions.c.rule_id == rule_id, decisions.c.decided_at > since,
-            decisions.c.status == "fired",
-        )
-    ).scalar_one()
+    return connection.execute(_COUNT_SINCE, {"profile_id": profile_id, "rule_id": rule_id, "since": since}).scalar_one()
 
 
 def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[str, Any]]]], now: datetime) -> set[str]:
