@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, or_, select, update
@@ -20,7 +21,7 @@ def insert_ignoring_conflicts(
     """
     if not rows:
         return 0
-    statement = _insert_skipping(connection, table, conflict_columns)
+    statement = _insert_skipping(connection.dialect.name, table, tuple(conflict_columns))
     inserted = 0
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
         inserted += connection.execute(statement, row).rowcount
@@ -35,14 +36,17 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, An
     """
     if not rows:
         return set()
-    statement = _insert_skipping(connection, table, [key.name]).returning(key)
+    statement = _insert_skipping(connection.dialect.name, table, (key.name,), returning=key.name)
     return set(connection.execute(statement, list(rows)).scalars().all())
 
 
-def _insert_skipping(connection: Connection, table: Table, conflict_columns: Sequence[str]) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING, spelled for the connection's database."""
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    return dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+@lru_cache(maxsize=64)
+def _insert_skipping(dialect: str, table: Table, conflict_columns: tuple[str, ...], returning: str | None = None) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING (RETURNING a column) spelled for the database; built once per
+    table, as the pipeline runs these for every event and building one costs more than running it."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    return statement if returning is None else statement.returning(table.c[returning])
 
 
 def claim(connection: Connection, query: Select[Any], table: Table, key: Column[Any], **lease: Any) -> list[Row[Any]]:
