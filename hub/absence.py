@@ -101,7 +101,9 @@ class TimerEngine:
         routed: list[Routed] = []
         for firing in firings:
             timer, profile = firing.timer, firing.profile
-            decision = triggers.evaluate_expired(firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"])
+            decision = triggers.evaluate_expired(
+                firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
+            )
             if decision is None:
                 settled.append(Settlement(timer.timer_id, "cancelled"))
                 continue
@@ -122,7 +124,8 @@ class TimerEngine:
         profiles: set[str] = set()
         for timer in due:
             rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
-            profile = None if rule is None or rule.absence is None or anchor is None else profile_view(connection, timer.profile_id)
+            gone = rule is None or rule.absence is None or anchor is None
+            profile = None if gone else profile_view(connection, timer.profile_id)  # None too when the profile is gone
             if rule is None or anchor is None or profile is None:
                 settled.append(Settlement(timer.timer_id, "lapsed"))
             elif profile["profile_id"] in profiles:

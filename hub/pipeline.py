@@ -129,7 +129,8 @@ class Pipeline:
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
-                planned += self.responder.record(connection, [self.responder.route(connection, decision, document, now)], now)
+                routed = self.responder.route(connection, decision, document, now)
+                planned += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
         return planned
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

@@ -88,8 +88,11 @@ class ReadAhead:
         return self.history.decisions_since(profile_id, rule_id, since)
 
     def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
-        named = self.names is None or (selector is not None and selector.events is not None and self.names.issuperset(selector.events))
-        return self.since <= since and until <= self.until and named
+        """Whether the read holds every touchpoint this request asks for."""
+        if not (self.since <= since and until <= self.until):
+            return False
+        asked = None if selector is None else selector.events
+        return self.names is None or (asked is not None and self.names.issuperset(asked))
 
     def _read_once(self) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
         if self._documents is None:
@@ -102,7 +105,7 @@ class ReadAhead:
 
 def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
     """The event names these selectors can select between them; None when one may select any (None selects all)."""
-    named = [None if selector is None else selector.events for selector in selectors]
+    named = [None if selector is None else _named(selector) for selector in selectors]
     return None if None in named else frozenset().union(*named)
 
 
@@ -118,7 +121,11 @@ def _read_ahead(history: History, profile_id: str, until: datetime, windows: Seq
         return history
     since = until - max(window.within for window in windows)
     names = event_names(windows)
-    return ReadAhead(history, since, until, names, lambda: {profile_id: history.events(profile_id, since, until, _selector_of(names))})
+
+    def read() -> dict[str, list[dict[str, Any]]]:
+        return {profile_id: history.events(profile_id, since, until, _selector_of(names))}
+
+    return ReadAhead(history, since, until, names, read)
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,7 @@ def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
     absence = rule.absence
     if absence is None:
         return _required_events(rule.when)
-    after, without = _named(absence.after), None if absence.without == "any" else _named(absence.without)
+    after, without = _named(absence.after), event_names([awaited(rule)])
     return None if after is None or without is None else after | without
 
 

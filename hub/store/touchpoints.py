@@ -39,9 +39,9 @@ def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbo
 
 
 _EVENT_COLUMNS = (
-    touchpoints.c.profile_id, touchpoints.c.touchpoint_id, touchpoints.c.source_id, touchpoints.c.kind, touchpoints.c.event, touchpoints.c.stage,
-    touchpoints.c.moment, touchpoints.c.occurred_at, touchpoints.c.identifiers, touchpoints.c.properties,
-    touchpoints.c.traits, touchpoints.c.context,
+    touchpoints.c.profile_id, touchpoints.c.touchpoint_id, touchpoints.c.source_id, touchpoints.c.kind,
+    touchpoints.c.event, touchpoints.c.stage, touchpoints.c.moment, touchpoints.c.occurred_at,
+    touchpoints.c.identifiers, touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context,
 )
 
 
