@@ -14,6 +14,13 @@
 3. Timers: `--timers` absence timers are armed by real events, then made due
    over the next few seconds; the timer worker fires them. Reported: lag
    from due time to fired, p50/p99/max, and timers fired per second.
+4. Timer capacity: the same number of timers (of a rule with a cap) all due
+   at once, fired by the timer engine in a loop on one thread, with no
+   worker naps in between. Reported: timers fired per second and SQL
+   statements per timer.
+
+Throughput also reports SQL statements per event: on this store the time
+goes mostly into running statements, so their count explains the rate.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ import statistics
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
 import yaml
+from sqlalchemy import event as sqlalchemy_event
 from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
@@ -85,19 +95,42 @@ def append(hub: Hub, events: list[dict]) -> None:
         inbox.append(connection, [RawEvent(DEFAULT_SOURCE_ID, e["messageId"], e) for e in events], utcnow())
 
 
-def throughput(rules: list[dict], events: list[dict]) -> float:
-    """Events per second through the pipeline, on one thread, as `touchhub worker` runs it."""
+class StatementCount:
+    """Counts SQL statements sent to any database while the block runs."""
+
+    def __enter__(self) -> "StatementCount":
+        self.count = 0
+        sqlalchemy_event.listen(Engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        sqlalchemy_event.remove(Engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, *args: object) -> None:
+        self.count += 1
+
+
+@dataclass(frozen=True)
+class Throughput:
+    per_second: float
+    cpu_ms: float  # process CPU per event: steadier than the rate on a shared box
+    statements: float  # SQL statements per event
+
+
+def throughput(rules: list[dict], events: list[dict]) -> Throughput:
+    """Events through the pipeline on one thread, as `touchhub worker` runs it."""
     with tempfile.TemporaryDirectory() as folder:
         hub = hub_with(Path(folder), rules)
         for start in range(0, len(events), 500):
             append(hub, events[start:start + 500])
-        started = time.perf_counter()
-        while hub.pipeline.run_once():
-            continue
-        elapsed = time.perf_counter() - started
+        with StatementCount() as statements:
+            started, cpu = time.perf_counter(), time.process_time()
+            while hub.pipeline.run_once():
+                continue
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         hub.delivery.close()
         hub.store.dispose()
-    return len(events) / elapsed
+    return Throughput(len(events) / elapsed, cpu * 1000 / len(events), statements.count / len(events))
 
 
 def percentiles(values: list[float]) -> str:
@@ -136,20 +169,28 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> tupl
     return [(first - accepted).total_seconds() for first, accepted in rows], fed
 
 
+ABSENCE_RULE = {"id": "bench_absence", "respond": [{"channel": "webhook", "template": "bench.j2"}],
+                "when": {"absence": {"after": {"event": "Bench Cart"}, "without": "any", "within": "2m"}}}
+
+
+def armed_hub(folder: Path, count: int, rule: dict) -> Hub:
+    """A hub whose pipeline has armed `count` absence timers, one per person (arming is measured by throughput)."""
+    hub = hub_with(folder, [rule])
+    events = [{"type": "track", "messageId": str(uuid.uuid4()), "userId": f"cart-{n}", "event": "Bench Cart",
+               "timestamp": utcnow().isoformat()} for n in range(count)]
+    for start in range(0, count, 500):
+        append(hub, events[start:start + 500])
+    while hub.pipeline.run_once():
+        continue
+    return hub
+
+
 def timer_lag(count: int, spread_seconds: float) -> tuple[list[float], float]:
     """Due -> fired for absence timers that come due over `spread_seconds`; and timers fired per second."""
-    rule = {"id": "bench_absence", "respond": [{"channel": "webhook", "template": "bench.j2"}],
-            "when": {"absence": {"after": {"event": "Bench Cart"}, "without": "any", "within": "2m"}}}
     with tempfile.TemporaryDirectory() as folder:
-        hub = hub_with(Path(folder), [rule])
-        events = [{"type": "track", "messageId": str(uuid.uuid4()), "userId": f"cart-{n}", "event": "Bench Cart",
-                   "timestamp": utcnow().isoformat()} for n in range(count)]
-        for start in range(0, count, 500):
-            append(hub, events[start:start + 500])
-        while hub.pipeline.run_once():
-            continue
+        hub = armed_hub(Path(folder), count, ABSENCE_RULE)
         first_due = utcnow() + timedelta(seconds=1)
-        with hub.store.write() as connection:  # arming is measured above; here only when they come due matters
+        with hub.store.write() as connection:  # here only when they come due matters
             ids = connection.execute(select(timers.c.timer_id).order_by(timers.c.timer_id)).scalars().all()
             for n, timer_id in enumerate(ids):
                 due = first_due + timedelta(seconds=spread_seconds * n / max(1, len(ids)))
@@ -170,6 +211,22 @@ def timer_lag(count: int, spread_seconds: float) -> tuple[list[float], float]:
     return lags, len(rows) / window
 
 
+def timer_capacity(count: int) -> tuple[float, float]:
+    """Timers fired per second by the engine alone, all due at once (a rule with a cap); and statements per timer."""
+    with tempfile.TemporaryDirectory() as folder:
+        hub = armed_hub(Path(folder), count, {**ABSENCE_RULE, "cap": {"max": 1, "within": "1h"}})
+        with hub.store.write() as connection:
+            connection.execute(update(timers).values(due_at=utcnow() - timedelta(seconds=1)))
+        with StatementCount() as statements:
+            started = time.perf_counter()
+            while hub.timers.run_once():
+                continue
+            elapsed = time.perf_counter() - started
+        hub.delivery.close()
+        hub.store.dispose()
+    return count / elapsed, statements.count / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=5000)
@@ -184,15 +241,17 @@ def main() -> None:
     rules = generated_rules(args.rules)
     events = [synthetic_event(args.profiles, rng) for _ in range(args.events)]
 
-    baseline = throughput([], events)
-    with_rules = throughput(rules, events)
-    print(f"pipeline, no rules      : {baseline:8.0f} events/s")
-    print(f"pipeline, {len(rules):3d} rules     : {with_rules:8.0f} events/s   ratio {with_rules / baseline:.2f}"
-          f"  ({args.events} events over {args.profiles} profiles)")
+    baseline, with_rules = throughput([], events), throughput(rules, events)
+    for label, run in (("no rules ", baseline), (f"{len(rules):3d} rules", with_rules)):
+        print(f"pipeline, {label}     : {run.per_second:8.0f} events/s   {run.cpu_ms:.2f} ms CPU/event"
+              f"   {run.statements:.1f} statements/event")
+    print(f"  ratio {with_rules.per_second / baseline.per_second:.2f}  ({args.events} events over {args.profiles} profiles)")
     lags, fed = latency(rules, args.profiles, args.rate, args.seconds)
     print(f"accept -> first attempt : {percentiles(lags)}  at {fed:.0f} events/s fed")
     timer_lags, fired_per_second = timer_lag(args.timers, args.timer_spread)
     print(f"timer due -> fired      : {percentiles(timer_lags)}  ({fired_per_second:.0f} timers/s)")
+    capacity, timer_statements = timer_capacity(args.timers)
+    print(f"timer capacity          : {capacity:8.0f} timers/s   {timer_statements:.1f} statements/timer  (all due at once)")
 
 
 if __name__ == "__main__":

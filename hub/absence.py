@@ -1,29 +1,46 @@
 """The timer engine: fires absence rules whose wait ran out ("cart activity, then nothing for 2 minutes").
 
 Timers are armed and cancelled by the pipeline as events arrive; this engine
-claims the due ones and, in one transaction per batch (a savepoint per
-timer), decides, plans deliveries and marks each timer settled. A crash
-before the commit leaves the timers pending, to be fired after the lease by
-this or another process; a commit makes them settled, so each fires once.
+claims the due ones and fires them as a set, in one transaction: one read
+of their anchors, one of their follow-ups, one insert of decisions, one of
+deliveries, one update settling them. If any timer of the set fails, the set
+is rolled back to its savepoint and each timer fires on its own, so one bad
+timer never holds back its neighbours. A crash before the commit leaves the
+timers pending, to be fired after the lease by this or another process; a
+commit makes them settled, so each fires once.
 """
 
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
 from hub import triggers
 from hub.clock import utcnow
-from hub.respond import Responder, StoreHistory
+from hub.model import Touchpoint
+from hub.respond import Responder, Routed, StoreHistory
 from hub.rulebook import RuleBook
+from hub.rules import RuleSpec
 from hub.store import Store, sql, timers, touchpoints
-from hub.store.identity_graph import live_profile_id, profile_view
-from hub.store.timers import DueTimer
+from hub.store.identity_graph import profile_view
+from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Firing:
+    """A due timer with what deciding it needs: its rule, the touchpoint that armed it, the (live) profile."""
+
+    timer: DueTimer
+    rule: RuleSpec
+    anchor: Touchpoint
+    profile: dict[str, Any]
 
 
 class TimerEngine:
@@ -50,34 +67,86 @@ class TimerEngine:
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             if timers.pending_due(connection, now) == 0:
                 return 0
-        planned = 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
             if due:
                 sql.lock_profiles(connection)  # a fired timer counts and plans a profile's deliveries
-            for timer in due:
-                try:
-                    with connection.begin_nested():
-                        planned += self._fire(connection, timer, now)
-                except Exception:  # the claim stands: the timer is retried when its lease runs out
-                    log.exception("timer failed to fire", timer_id=timer.timer_id, rule=timer.rule_id)
+            planned = self._fire_isolated(connection, due, now)
         if planned:
             self._deliveries_planned.set()
         return len(due)
 
-    def _fire(self, connection: Connection, timer: DueTimer, now: datetime) -> int:
-        rule = self.rulebook.get(timer.rule_id)
-        anchor = touchpoints.get(connection, timer.touchpoint_id)
-        profile_id = live_profile_id(connection, timer.profile_id)
-        if rule is None or rule.absence is None or anchor is None or profile_id is None:
-            timers.settle(connection, timer.timer_id, "lapsed", now)
+    def _fire_isolated(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
+        """Fire the timers as a set; if that fails, each on its own. A timer that fails alone keeps its
+        claim and is retried when its lease runs out."""
+        try:
+            with connection.begin_nested():
+                return self._fire_set(connection, due, now)
+        except Exception:
+            if len(due) == 1:
+                log.exception("timer failed to fire", timer_id=due[0].timer_id, rule=due[0].rule_id)
+                return 0
+            log.warning("a timer of the batch failed to fire; firing them one by one", timers=len(due))
+        return sum(self._fire_isolated(connection, [timer], now) for timer in due)
+
+    def _fire_set(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
+        """Decide, route, record and settle the timers; returns how many deliveries were planned.
+
+        A profile's second timer of the set waits for the next round, so its caps
+        (the rule's, the daily one) count what the first one planned.
+        """
+        if not due:
             return 0
-        profile = profile_view(connection, profile_id)
-        assert profile is not None
-        decision = triggers.evaluate_expired(rule, anchor, profile_id, timer.due_at, StoreHistory(connection), profile["traits"])
-        if decision is None:
-            timers.settle(connection, timer.timer_id, "cancelled", now)
-            return 0
-        planned = self.responder.respond(connection, decision, anchor.as_document(), now, profile)
-        timers.settle(connection, timer.timer_id, "fired", now, decision.decision_id)
-        return planned
+        settled: list[Settlement] = []
+        firings, later = self._prepare(connection, due, settled)
+        history = self._follow_ups(connection, firings)
+        routed: list[Routed] = []
+        for firing in firings:
+            timer, profile = firing.timer, firing.profile
+            decision = triggers.evaluate_expired(
+                firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
+            )
+            if decision is None:
+                settled.append(Settlement(timer.timer_id, "cancelled"))
+                continue
+            routed.append(self.responder.route(connection, decision, firing.anchor.as_document(), now, profile))
+            settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))
+        planned = self.responder.record(connection, routed, now)
+        timers.settle(connection, settled, now)
+        return planned + self._fire_set(connection, later, now)
+
+    def _prepare(
+        self, connection: Connection, due: list[DueTimer], settled: list[Settlement]
+    ) -> tuple[list[_Firing], list[DueTimer]]:
+        """The timers to decide now, and those of a profile already among them (for the next round); timers
+        whose rule, anchor or profile is gone are added to `settled` as lapsed."""
+        anchors = touchpoints.get_many(connection, {timer.touchpoint_id for timer in due})
+        firings: list[_Firing] = []
+        later: list[DueTimer] = []
+        profiles: set[str] = set()
+        for timer in due:
+            rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
+            gone = rule is None or rule.absence is None or anchor is None
+            profile = None if gone else profile_view(connection, timer.profile_id)  # None too when the profile is gone
+            if rule is None or anchor is None or profile is None:
+                settled.append(Settlement(timer.timer_id, "lapsed"))
+            elif profile["profile_id"] in profiles:
+                later.append(timer)
+            else:
+                profiles.add(profile["profile_id"])
+                firings.append(_Firing(timer, rule, anchor, profile))
+        return firings, later
+
+    def _follow_ups(self, connection: Connection, firings: list[_Firing]) -> triggers.History:
+        """The store as history, with every timer's possible follow-ups read in one query up front."""
+        store = StoreHistory(connection)
+        if not firings:
+            return store
+        names = triggers.event_names([triggers.awaited(firing.rule) for firing in firings])
+        since = min(firing.anchor.occurred_at for firing in firings)
+        until = max(firing.timer.due_at for firing in firings)
+        profiles = {firing.profile["profile_id"] for firing in firings}
+        return triggers.ReadAhead(
+            store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
+        )
+

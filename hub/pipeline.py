@@ -123,7 +123,7 @@ class Pipeline:
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
-            rules = self.rulebook.current()
+            rules = self.rulebook.for_event(touchpoint.event)
             traits = traits_of(connection, resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
             timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
@@ -132,7 +132,8 @@ class Pipeline:
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
-                planned += self.responder.respond(connection, decision, document, now)
+                routed = self.responder.route(connection, decision, document, now)
+                planned += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
         return planned
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

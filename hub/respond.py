@@ -7,6 +7,8 @@ decision log behave the same whichever way a rule fired.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +16,7 @@ from sqlalchemy import Connection
 
 from hub import metrics
 from hub.model import Decision
-from hub.routing import Router
+from hub.routing import Router, RoutingPlan
 from hub.rules import Selector
 from hub.store import decisions, outbox, touchpoints
 from hub.store.identity_graph import profile_view
@@ -39,23 +41,32 @@ class StoreHistory:
         return decisions.count_since(self.connection, profile_id, rule_id, since)
 
 
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """A decision with its routing plan, ready to be recorded."""
+
+    decision: Decision
+    plan: RoutingPlan
+
+
 class Responder:
     def __init__(self, router: Router) -> None:
         self.router = router
         self._capped_channels = [name for name, route in router.routes.items() if route.reaches_person]
 
-    def respond(
+    def route(
         self,
         connection: Connection,
         decision: Decision,
         touchpoint: dict[str, Any],
         now: datetime,
         profile: dict[str, Any] | None = None,
-    ) -> int:
-        """Record the decision with each action's fate and plan its deliveries; returns how many were planned.
+    ) -> Routed:
+        """Each action's fate and the deliveries to plan; nothing is stored until `record`.
 
-        `profile` is the `profile_view` when the caller has it already. A decision already recorded (the
-        same event or timer processed again) plans nothing.
+        `profile` is the `profile_view` when the caller has it already. The daily
+        cap counts the deliveries stored so far, so a decision must be recorded
+        before the next one of its profile is routed.
         """
         profile = profile or profile_view(connection, decision.profile_id)
         if profile is None:
@@ -63,9 +74,16 @@ class Responder:
         messages_today = 0
         if self.router.policy.daily_cap is not None:
             messages_today = outbox.planned_since(connection, profile["profile_id"], self._capped_channels, now - CAP_PERIOD)
-        plan = self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today)
-        if not decisions.record(connection, decision, plan.fates(), now):
-            return 0
-        if decision.status == "fired":
-            metrics.DECISIONS.labels(rule=decision.rule_id).inc()
-        return outbox.plan(connection, plan.deliveries, now)
+        return Routed(decision, self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today))
+
+    def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> int:
+        """Store routed decisions (one insert) and plan their deliveries (one more); returns how many were planned.
+
+        A decision already recorded (the same event or timer processed again) plans nothing.
+        """
+        new = decisions.record(connection, [(item.decision, item.plan.fates()) for item in routed], now)
+        for item in routed:
+            if item.decision.decision_id in new and item.decision.status == "fired":
+                metrics.DECISIONS.labels(rule=item.decision.rule_id).inc()
+        planned = [delivery for item in routed if item.decision.decision_id in new for delivery in item.plan.deliveries]
+        return outbox.plan(connection, planned, now)

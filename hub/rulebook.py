@@ -16,6 +16,7 @@ import structlog
 
 from hub.errors import ConfigError
 from hub.rules import RuleSpec, load_rules
+from hub.triggers import RuleIndex
 
 log = structlog.get_logger(__name__)
 
@@ -28,8 +29,7 @@ class RuleBook:
         self._recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
-        self._rules = self._load()
-        self._by_id = {rule.id: rule for rule in self._rules}
+        self._take(self._load())
         self._checked_at = time.monotonic()
         self.last_error: list[str] = []
 
@@ -38,6 +38,11 @@ class RuleBook:
         if time.monotonic() - self._checked_at >= self._recheck_seconds:
             self.reload_if_changed()
         return self._rules
+
+    def for_event(self, event: str) -> tuple[RuleSpec, ...]:
+        """The rules in force that an event of this name can make hold, arm or cancel, by priority."""
+        self.current()
+        return self._index.for_event(event)
 
     def get(self, rule_id: str) -> RuleSpec | None:
         self.current()
@@ -57,9 +62,14 @@ class RuleBook:
                 self.last_error = exc.problems
                 log.error("trigger rules edit refused; the last good rules stay in force", problems=exc.problems)
                 return False
-            self._rules, self._by_id, self.last_error = rules, {rule.id: rule for rule in rules}, []
+            self._take(rules)
+            self.last_error = []
             log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
             return True
+
+    def _take(self, rules: list[RuleSpec]) -> None:
+        """Put rules in force with what is derived from them once, not per event."""
+        self._rules, self._by_id, self._index = rules, {rule.id: rule for rule in rules}, RuleIndex(rules)
 
     def _load(self) -> list[RuleSpec]:
         rules = load_rules(self.path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -203,6 +204,11 @@ class RuleSpec(_Strict):
         return []
 
     @cached_property
+    def windows(self) -> tuple[Window, ...]:
+        """The `recent` and `count` windows anywhere in `when`: how far back the rule reads a profile's past."""
+        return tuple(_windows(self.when))
+
+    @cached_property
     def version(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
         return f"{self.id}@{hashlib.sha256(canonical).hexdigest()[:12]}"
@@ -217,6 +223,17 @@ def _contains_absence(condition: Any) -> bool:
         case NotCondition(not_=inner):
             return _contains_absence(inner)
     return False
+
+
+def _windows(condition: Any) -> Iterator[Window]:
+    match condition:
+        case RecentCondition(recent=window) | CountCondition(count=window):
+            yield window
+        case AllCondition(all=parts) | AnyCondition(any=parts):
+            for part in parts:
+                yield from _windows(part)
+        case NotCondition(not_=inner):
+            yield from _windows(inner)
 
 
 class RuleFile(_Strict):

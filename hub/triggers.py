@@ -9,7 +9,7 @@ for the caller to store.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -31,6 +31,7 @@ from hub.rules import (
     RecentCondition,
     RuleSpec,
     Selector,
+    Window,
 )
 
 
@@ -49,12 +50,149 @@ class History(Protocol):
         ...
 
 
+class ReadAhead:
+    """A `History` answering `events` from one read of touchpoints over a span, and asking `history` the rest.
+
+    Every `recent` / `count` condition asks for the profile's past; reading the
+    widest span they need once (and only when the first of them asks) and
+    filtering it in memory makes that one query per event instead of one per
+    condition. The timer engine reads the follow-ups of a batch of timers,
+    over all their profiles, the same way.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        since: datetime,
+        until: datetime,
+        names: frozenset[str] | None,
+        read: Callable[[], Mapping[str, Sequence[dict[str, Any]]]],
+    ) -> None:
+        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given)."""
+        self.history = history
+        self.since, self.until, self.names = since, until, names
+        self._read = read
+        self._documents: dict[str, list[tuple[datetime, dict[str, Any]]]] | None = None
+
+    def events(
+        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
+    ) -> list[dict[str, Any]]:
+        if not self._covers(since, until, selector):
+            return self.history.events(profile_id, since, until, selector)
+        return [
+            doc for at, doc in self._read_once().get(profile_id, ())
+            if since <= at <= until and (selector is None or _kind(selector, doc["event"], doc["stage"], doc["moment"]))
+        ]
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        return self.history.decisions_since(profile_id, rule_id, since)
+
+    def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
+        """Whether the read holds every touchpoint this request asks for."""
+        if not (self.since <= since and until <= self.until):
+            return False
+        asked = None if selector is None else selector.events
+        return self.names is None or (asked is not None and self.names.issuperset(asked))
+
+    def _read_once(self) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
+        if self._documents is None:
+            self._documents = {
+                profile_id: [(datetime.fromisoformat(doc["occurred_at"]), doc) for doc in documents]
+                for profile_id, documents in self._read().items()
+            }
+        return self._documents
+
+
+def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
+    """The event names these selectors can select between them; None when one may select any (None selects all)."""
+    named = [None if selector is None else _named(selector) for selector in selectors]
+    return None if None in named else frozenset().union(*named)
+
+
+@lru_cache(maxsize=1024)
+def _selector_of(names: frozenset[str] | None) -> Selector | None:
+    """A selector of these event names (None: every event), to read a span through `History.events`."""
+    return None if names is None else Selector(event=sorted(names))
+
+
+def _read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
+    """`history`, reading the profile's past once for all these windows ending at `until`."""
+    if not windows:
+        return history
+    since = until - max(window.within for window in windows)
+    names = event_names(windows)
+
+    def read() -> dict[str, list[dict[str, Any]]]:
+        return {profile_id: history.events(profile_id, since, until, _selector_of(names))}
+
+    return ReadAhead(history, since, until, names, read)
+
+
 @dataclass(frozen=True)
 class TimerChanges:
     """What a touchpoint does to absence timers: rule ids whose timers it cancels, and timers it arms."""
 
     cancel: tuple[str, ...]
     arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
+
+
+class RuleIndex:
+    """The rules, by priority, that an event of each name can make hold, arm or cancel; built once per rule set.
+
+    With a hundred rules most of them name events a touchpoint is not, so
+    evaluating only the rules its event can match saves walking every
+    condition tree on every event. Rules whose conditions do not pin the
+    event name (`stage`/`moment` selectors, `recent` alone, `not`, `any`
+    over unnamed parts, absence waiting for `any` event) go to every event.
+    """
+
+    def __init__(self, rules: Sequence[RuleSpec]) -> None:
+        pinned = {rule.id: _trigger_events(rule) for rule in rules}
+        self._unpinned = tuple(rule for rule in rules if pinned[rule.id] is None)
+        events = set().union(*(names for names in pinned.values() if names is not None))
+        self._by_event = {event: tuple(rule for rule in rules if _may_match(pinned[rule.id], event)) for event in events}
+
+    def for_event(self, event: str) -> tuple[RuleSpec, ...]:
+        return self._by_event.get(event, self._unpinned)
+
+
+def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
+    """Event names a touchpoint needs for the rule to hold at it, arm or cancel its timer; None: any name may."""
+    absence = rule.absence
+    if absence is None:
+        return _required_events(rule.when)
+    after, without = _named(absence.after), event_names([awaited(rule)])
+    return None if after is None or without is None else after | without
+
+
+def _required_events(condition: Condition) -> frozenset[str] | None:
+    """Event names the evaluated touchpoint must have for the condition to hold; None when it does not say."""
+    match condition:
+        case EventCondition():
+            return _named(condition)
+        case CountCondition(count=window):
+            return _named(window)
+        case AllCondition(all=parts):
+            pinned = [names for names in map(_required_events, parts) if names is not None]
+            return frozenset.intersection(*pinned) if pinned else None
+        case AnyCondition(any=parts):
+            union: set[str] = set()
+            for part in parts:
+                names = _required_events(part)
+                if names is None:
+                    return None
+                union |= names
+            return frozenset(union)
+    return None
+
+
+def _named(selector: Selector) -> frozenset[str] | None:
+    events = selector.events
+    return None if events is None else frozenset(events)
+
+
+def _may_match(names: frozenset[str] | None, event: str) -> bool:
+    return names is None or event in names
 
 
 def document_for(touchpoint: Touchpoint, traits: Mapping[str, Any]) -> dict[str, Any]:
@@ -72,10 +210,10 @@ def evaluate(
     """Decisions of the rules that hold at this touchpoint (absence rules decide later, from their timers)."""
     decided: list[Decision] = []
     document = document_for(touchpoint, traits or {})
-    for rule in rules:
-        if rule.absence is not None:
-            continue
-        judge = _Judge(touchpoint, document, profile_id, history, traits or {})
+    deciding = [rule for rule in rules if rule.absence is None]
+    past = _read_ahead(history, profile_id, touchpoint.occurred_at, [window for rule in deciding for window in rule.windows])
+    for rule in deciding:
+        judge = _Judge(touchpoint, document, profile_id, past, traits or {})
         if not judge.holds(rule.when):
             continue
         decision_id = derived_id("decision", rule.id, touchpoint.touchpoint_id)
@@ -116,7 +254,7 @@ def evaluate_expired(
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    selector = None if absence.without == "any" else absence.without
+    selector = awaited(rule)
     profile = {"profile": dict(traits or {})}
     followed = [
         doc for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
@@ -131,6 +269,13 @@ def evaluate_expired(
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return None
     return _decide(rule, judge, anchor, profile_id, due_at, derived_id("decision", rule.id, anchor.touchpoint_id))
+
+
+def awaited(rule: RuleSpec) -> Selector | None:
+    """The follow-up an absence rule waits for; None when any event of the profile will do."""
+    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
+    without = rule.absence.without
+    return None if without == "any" else without
 
 
 def _decide(
@@ -238,12 +383,16 @@ def _describe(selector: Selector) -> dict[str, Any]:
 
 
 def _selected(selector: Selector, event: str, stage: str, moment: str, document: dict[str, Any]) -> bool:
+    return _kind(selector, event, stage, moment) and _predicates(selector.where, document)
+
+
+def _kind(selector: Selector, event: str, stage: str | None, moment: str | None) -> bool:
+    """The selector's event / stage / moment part (what the store filters on); `where` is apart."""
     events = selector.events
     return (
         (events is None or event in events)
         and (selector.stage is None or stage == selector.stage)
         and (selector.moment is None or moment == selector.moment)
-        and _predicates(selector.where, document)
     )
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import pytest
+
+from hub import triggers
 from hub.clock import utcnow
-from hub.model import RawEvent
+from hub.model import Identifier, RawEvent, Touchpoint
 from hub.runtime import Hub
-from hub.store import decisions, inbox, timers
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import decisions, inbox, outbox, timers, touchpoints
+from hub.store.identity_graph import find_profile_id
 from hub.store.schema import timers as timers_table
 from tests.conftest import make_settings, message
 
@@ -89,3 +95,87 @@ def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path)
         connection.execute(timers_table.update().values(rule_id="rule_deleted_since"))
     assert hub.timers.run_once() == 1
     assert timer_statuses(hub) == ["lapsed"]
+
+
+def carts_of(*names: str) -> list[dict]:
+    """Each person identifies, then views a cart three minutes ago: one due timer each, fired in one batch."""
+    return [
+        event
+        for name in names
+        for event in (
+            message("identify", userId=name, traits={"email": f"{name}@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat()),
+            message(userId=name, event="Cart Viewed", timestamp=(NOW - timedelta(minutes=3)).isoformat()),
+        )
+    ]
+
+
+def status_of(hub: Hub, name: str) -> str:
+    with hub.store.read() as connection:
+        profile_id = find_profile_id(connection, Identifier("email", f"{name}@example.com"))
+        assert profile_id is not None
+        [timer] = timers.for_profile(connection, profile_id)
+    return timer["status"]
+
+
+def test_a_timer_that_fails_does_not_stop_its_neighbours_and_fires_once_its_lease_runs_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = hub_on(tmp_path)
+    accept(hub, *carts_of("amy", "bob", "cat"))
+    evaluate_expired = triggers.evaluate_expired
+
+    def broken_for_bob(*args: object, **kwargs: object) -> object:
+        if args[-1] == {"email": "bob@example.com"}:  # the profile's traits
+            raise RuntimeError("bob's timer breaks")
+        return evaluate_expired(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(triggers, "evaluate_expired", broken_for_bob)
+    assert hub.timers.run_once() == 3
+    assert [status_of(hub, name) for name in ("amy", "bob", "cat")] == ["fired", "pending", "fired"]
+    monkeypatch.undo()  # the fault is fixed; bob's claim stands until its lease runs out
+    time.sleep(0.6)
+    assert hub.timers.run_once() == 1
+    assert hub.timers.run_once() == 0
+    assert [status_of(hub, name) for name in ("amy", "bob", "cat")] == ["fired", "fired", "fired"]
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"cart_abandonment": 3}
+
+
+def test_a_follow_up_stored_after_the_cancel_pass_is_still_found_when_the_batch_fires(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    accept(hub, *carts_of("amy", "bob"))
+    with hub.store.write() as connection:  # amy acts a minute into her wait; her event is stored, but raced the cancel
+        profile_id = find_profile_id(connection, Identifier("email", "amy@example.com"))
+        assert profile_id is not None
+        at = NOW - timedelta(minutes=2)
+        late = Touchpoint("tp-late", "default", "m-late", "track", "Product Added", "consideration", "cart_activity",
+                          at, utcnow(), (Identifier("user_id", "amy"),))
+        touchpoints.insert(connection, late, profile_id, inbox_id=0)
+    assert hub.timers.run_once() == 2
+    assert [status_of(hub, name) for name in ("amy", "bob")] == ["cancelled", "fired"]
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"cart_abandonment": 1}
+
+
+REMINDER = """
+  - id: cart_reminder
+    when: {absence: {after: {moment: cart_activity}, without: any, within: 2m}}
+    respond: [{channel: email, template: cart_abandonment.email.j2}]
+    vars: {discount_code: COMEBACK10, discount_percent: 10, cart_url: "https://shop.example.com/cart"}
+"""
+
+
+def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_counts_the_first(tmp_path: Path) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "triggers.yaml").write_text((mappings / "triggers.yaml").read_text() + REMINDER)
+    hub = Hub(make_settings(tmp_path, quiet_hours="", mappings_dir=mappings, daily_message_cap=1))
+    accept(hub, *cart_then())
+    assert timer_statuses(hub) == ["pending", "pending"]
+    assert hub.timers.run_once() == 2
+    assert timer_statuses(hub) == ["fired", "fired"]
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"cart_abandonment": 1, "cart_reminder": 1}
+        fates = sorted(action["fate"] for decision in decisions.search(connection, limit=10) for action in decision["actions"])
+        assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
+        assert len(outbox.search(connection, limit=10)) == 1

@@ -39,6 +39,13 @@ def test_an_edit_takes_effect_without_a_restart(tmp_path: Path) -> None:
     assert rulebook.get("second") is not None and rulebook.get("first") is None
 
 
+
+def test_an_edit_rebuilds_which_rules_each_event_name_is_offered(tmp_path: Path) -> None:
+    rulebook, path = book(tmp_path)
+    assert [rule.id for rule in rulebook.for_event("E")] == ["first"] and rulebook.for_event("F") == ()
+    write(path, RULE.format(id="second", template="post_purchase_support.sms.j2").replace("{event: E}", "{event: F}"))
+    assert rulebook.for_event("E") == () and [rule.id for rule in rulebook.for_event("F")] == ["second"]
+
 @pytest.mark.parametrize(
     ("edit", "problem"),
     [

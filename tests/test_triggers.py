@@ -198,3 +198,49 @@ def test_actions_only_if_pick_the_channel_per_device() -> None:
     ]}
     [decision] = evaluate(tp("E"), "p", rules(rule), RecordedHistory())
     assert [action.channel for action in decision.actions] == ["email"]
+
+
+def test_the_rule_index_offers_an_event_only_the_rules_it_can_match_in_priority_order() -> None:
+    from hub.triggers import RuleIndex
+
+    index = RuleIndex(rules(
+        {"id": "named", "priority": 5, "when": {"event": ["A", "B"]}, "respond": RESPOND},
+        {"id": "by_stage", "priority": 4, "when": {"stage": "decision"}, "respond": RESPOND},
+        {"id": "all_pins", "priority": 3, "when": {"all": [{"recent": {"event": "C", "within": "1h"}}, {"count": {"event": "B", "within": "1h"}}]}, "respond": RESPOND},
+        {"id": "any_open", "priority": 2, "when": {"any": [{"event": "A"}, {"not": {"event": "A"}}]}, "respond": RESPOND},
+        {"id": "wait", "priority": 1, "when": {"absence": {"after": {"event": "C"}, "without": {"event": "D"}, "within": "2m"}}, "respond": RESPOND},
+    ))
+    ids = {event: [rule.id for rule in index.for_event(event)] for event in ("A", "B", "C", "D", "Z")}
+    assert ids == {
+        "A": ["named", "by_stage", "any_open"],
+        "B": ["named", "by_stage", "all_pins", "any_open"],
+        "C": ["by_stage", "any_open", "wait"],
+        "D": ["by_stage", "any_open", "wait"],
+        "Z": ["by_stage", "any_open"],
+    }
+
+
+class CountingHistory(RecordedHistory):
+    """A recorded history that counts how often the store would be asked for past events."""
+
+    reads = 0
+
+    def events(self, profile_id: str, since: datetime, until: datetime, selector: Selector | None) -> list[dict]:
+        self.reads += 1
+        return super().events(profile_id, since, until, selector)
+
+
+def test_every_windowed_rule_of_an_event_filters_one_read_of_the_profiles_past() -> None:
+    history = CountingHistory({"Product Viewed": [T0 - timedelta(minutes=1), T0 - timedelta(minutes=50)],
+                               "Cart Viewed": [T0 - timedelta(minutes=20)]})
+    fired = evaluate(tp("Product Viewed"), "p", rules(
+        {"id": "viewed_thrice", "when": {"count": {"event": "Product Viewed", "at_least": 3, "within": "1h"}}, "respond": RESPOND},
+        {"id": "viewed_thrice_lately", "when": {"count": {"event": "Product Viewed", "at_least": 3, "within": "10m"}}, "respond": RESPOND},
+        {"id": "after_cart", "when": {"all": [{"event": "Product Viewed"}, {"recent": {"event": "Cart Viewed", "within": "30m"}}]},
+         "respond": RESPOND},
+        {"id": "no_recent_cart", "when": {"not": {"recent": {"event": "Cart Viewed", "within": "10m"}}}, "respond": RESPOND},
+    ), history)
+    assert [decision.rule_id for decision in fired] == ["viewed_thrice", "after_cart", "no_recent_cart"]
+    assert history.reads == 1
+    assert evaluate(tp("Product Viewed"), "p", rules({"id": "plain", "when": {"event": "Product Viewed"}, "respond": RESPOND}), history)
+    assert history.reads == 1  # no windowed rule, no read

@@ -2,41 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
-from hub.store.schema import decisions
-from hub.store.sql import insert_ignoring_conflicts
+from hub.store.schema import UTCDateTime, decisions
+from hub.store.sql import insert_new
+
+
+# Built once with bind parameters: every capped rule asks this on every decision, and building a
+# SQLAlchemy statement costs more than running it.
+_COUNT_SINCE = select(func.count()).where(
+    decisions.c.profile_id == bindparam("profile_id"), decisions.c.rule_id == bindparam("rule_id"),
+    decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
+)
 
 
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
     """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
-    return connection.execute(
-        select(func.count()).where(
-            decisions.c.profile_id == profile_id, decisions.c.rule_id == rule_id, decisions.c.decided_at > since,
-            decisions.c.status == "fired",
-        )
-    ).scalar_one()
+    return connection.execute(_COUNT_SINCE, {"profile_id": profile_id, "rule_id": rule_id, "since": since}).scalar_one()
 
 
-def record(connection: Connection, decision: Decision, action_fates: list[dict[str, Any]], now: datetime) -> bool:
-    """Store a decision once; False if its deterministic id exists (the touchpoint was reprocessed)."""
-    row = {
-        "decision_id": decision.decision_id,
-        "rule_id": decision.rule_id,
-        "rule_version": decision.rule_version,
-        "profile_id": decision.profile_id,
-        "touchpoint_id": decision.touchpoint_id,
-        "decided_at": decision.decided_at,
-        "created_at": now,
-        "evidence": decision.evidence,
-        "actions": action_fates,
-        "status": decision.status,
-    }
-    return insert_ignoring_conflicts(connection, decisions, [row], ["decision_id"]) == 1
+def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[str, Any]]]], now: datetime) -> set[str]:
+    """Store decisions (each with its actions' fates) in one insert; returns the ids that were new.
+
+    A deterministic id that exists already means the touchpoint or timer was processed again: not new.
+    """
+    rows = [
+        {
+            "decision_id": decision.decision_id,
+            "rule_id": decision.rule_id,
+            "rule_version": decision.rule_version,
+            "profile_id": decision.profile_id,
+            "touchpoint_id": decision.touchpoint_id,
+            "decided_at": decision.decided_at,
+            "created_at": now,
+            "evidence": decision.evidence,
+            "actions": action_fates,
+            "status": decision.status,
+        }
+        for decision, action_fates in recorded
+    ]
+    return insert_new(connection, decisions, rows, decisions.c.decision_id)
 
 
 def count_by_rule(connection: Connection) -> dict[str, int]:

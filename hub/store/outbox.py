@@ -14,7 +14,6 @@ from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
 from hub.store import sql
 from hub.store.schema import UTCDateTime, attempts, deliveries
-from hub.store.sql import insert_ignoring_conflicts
 
 DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
@@ -54,7 +53,7 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
         }
         for item in planned
     ]
-    return insert_ignoring_conflicts(connection, deliveries, rows, ["delivery_id"])
+    return len(sql.insert_new(connection, deliveries, rows, deliveries.c.delivery_id))
 
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[Delivery]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, func, or_, select, update
@@ -23,13 +24,33 @@ def insert_ignoring_conflicts(
     """
     if not rows:
         return 0
-    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    statement = _insert_skipping(connection.dialect.name, table, tuple(conflict_columns))
     inserted = 0
     for row in rows:  # per row: executemany's rowcount is not reliable for ON CONFLICT on every driver
         # SQLAlchemy keeps rowcount only for UPDATE and DELETE unless asked: psycopg's INSERTs said -1.
         inserted += connection.execute(statement, row, execution_options={"preserve_rowcount": True}).rowcount
     return inserted
+
+
+def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], key: Column[Any]) -> set[Any]:
+    """Insert rows in one statement, skipping those whose `key` already exists; returns the keys that were new.
+
+    The batched form of `insert_ignoring_conflicts`: RETURNING names the rows
+    actually inserted, so a caller can plan what follows only for those.
+    """
+    if not rows:
+        return set()
+    statement = _insert_skipping(connection.dialect.name, table, (key.name,), returning=key.name)
+    return set(connection.execute(statement, list(rows)).scalars().all())
+
+
+@lru_cache(maxsize=64)
+def _insert_skipping(dialect: str, table: Table, conflict_columns: tuple[str, ...], returning: str | None = None) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING (RETURNING a column) spelled for the database; built once per
+    table, as the pipeline runs these for every event and building one costs more than running it."""
+    dialect_insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
+    return statement if returning is None else statement.returning(table.c[returning])
 
 
 def claim(connection: Connection, query: Select[Any], table: Table, key: Column[Any], **lease: Any) -> list[Row[Any]]:

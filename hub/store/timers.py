@@ -9,6 +9,7 @@ another worker fires it instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -101,9 +102,22 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
     return [DueTimer(*row) for row in rows]
 
 
-def settle(connection: Connection, timer_id: str, status: str, now: datetime, decision_id: str | None = None) -> None:
-    """`fired` (with its decision), `lapsed` (rule gone or its other conditions no longer hold) or `cancelled`."""
-    connection.execute(_SETTLE, {"p_timer_id": timer_id, "p_status": status, "p_now": now, "p_decision_id": decision_id})
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """How a claimed timer ended: `fired` (with its decision), `lapsed` (rule, anchor or profile gone) or `cancelled`
+    (the follow-up happened after all, or the rule's other conditions no longer hold)."""
+
+    timer_id: str
+    status: str
+    decision_id: str | None = None
+
+
+def settle(connection: Connection, settlements: Sequence[Settlement], now: datetime) -> None:
+    """Mark claimed timers settled, all in one statement."""
+    if settlements:
+        connection.execute(_SETTLE, [
+            {"p_timer_id": s.timer_id, "p_status": s.status, "p_now": now, "p_decision_id": s.decision_id} for s in settlements
+        ])
 
 
 def pending_due(connection: Connection, now: datetime) -> int:
