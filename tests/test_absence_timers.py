@@ -22,9 +22,12 @@ from tests.conftest import make_settings, message
 NOW = datetime.now(timezone.utc)
 
 
-def hub_on(tmp_path: Path) -> Hub:
+def hub_on(tmp_path: Path, **overrides: object) -> Hub:
     """A hub whose workers are not started: the test drives each step, as a crash-and-restart would."""
-    return Hub(make_settings(tmp_path, quiet_hours="", lease_seconds=0.5))
+    return Hub(make_settings(tmp_path, quiet_hours="", lease_seconds=0.5, **overrides))
+
+
+BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
 
 def accept(hub: Hub, *messages: dict) -> None:
@@ -47,13 +50,14 @@ def timer_statuses(hub: Hub) -> list[str]:
         return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
 
 
-def test_a_due_timer_fires_after_a_restart_exactly_once(tmp_path: Path) -> None:
-    before = hub_on(tmp_path)
+@BOTH_DATABASES
+def test_a_due_timer_fires_after_a_restart_exactly_once(tmp_path: Path, database_url: str) -> None:
+    before = hub_on(tmp_path, database_url=database_url)
     accept(before, *cart_then())
     assert timer_statuses(before) == ["pending"]
     before.store.dispose()  # the process dies before the timer's time comes
 
-    after = hub_on(tmp_path)
+    after = hub_on(tmp_path, database_url=database_url)
     assert after.timers.run_once() == 1
     assert after.timers.run_once() == 0
     assert timer_statuses(after) == ["fired"]
@@ -165,11 +169,14 @@ REMINDER = """
 """
 
 
-def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_counts_the_first(tmp_path: Path) -> None:
+@BOTH_DATABASES
+def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_counts_the_first(
+    tmp_path: Path, database_url: str
+) -> None:
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_MAPPINGS, mappings)
     (mappings / "triggers.yaml").write_text((mappings / "triggers.yaml").read_text() + REMINDER)
-    hub = Hub(make_settings(tmp_path, quiet_hours="", mappings_dir=mappings, daily_message_cap=1))
+    hub = hub_on(tmp_path, database_url=database_url, mappings_dir=mappings, daily_message_cap=1)
     accept(hub, *cart_then())
     assert timer_statuses(hub) == ["pending", "pending"]
     assert hub.timers.run_once() == 2
