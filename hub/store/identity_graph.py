@@ -10,7 +10,8 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, CompoundSelect, Connection, Select, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    BindParameter, CompoundSelect, Connection, CursorResult, Select,
+    and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
@@ -118,7 +119,8 @@ class SqlIdentityGraph:
             return {}
         digests = [identifier_digest(ident) for ident in idents]
         params = _numbered([i.type for i in idents], "t") | _numbered([i.value for i in idents], "v") | _numbered(digests, "d")
-        found, blocked = {}, set()
+        found: dict[Identifier, str] = {}
+        blocked: set[str] = set()
         for first, value, profile_id in self.connection.execute(_owners_of(len(idents)), params):
             if profile_id is None:
                 blocked.add(first)
@@ -145,7 +147,7 @@ class SqlIdentityGraph:
         by_digest = {identifier_digest(ident): ident for ident in idents}
         return {by_digest[digest] for digest in self._select_for(_forgotten_of, list(by_digest)).scalars()}
 
-    def _select_for(self, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]) -> Any:
+    def _select_for(self, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]) -> CursorResult[Any]:
         """Run the prebuilt statement for `len(values)` values."""
         return self.connection.execute(statement(len(values)), _numbered(values))
 
