@@ -10,15 +10,14 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, CompoundSelect, Connection, CursorResult, Select,
+    BindParameter, Column, CompoundSelect, Connection, CursorResult, Select, Update,
     and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
-from hub.store import touchpoints as touchpoint_store
-from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
+from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
 from hub.store.sql import insert_ignoring_conflicts
 
 _TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
@@ -80,8 +79,22 @@ def _type_counts_of(count: int) -> Select[Any]:
 @cache
 def _kept_apart_of(count: int) -> Select[Any]:
     ids = _placeholders(count)
-    return select(kept_apart.c.profile_a, kept_apart.c.profile_b).where(
-        or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))
+    return select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids)))
+
+
+@cache
+def _repoint(column: Column[str], count: int) -> Update:
+    """Set `column` to `b_to` wherever it holds one of `count` profile ids: how a merge moves rows to its survivor."""
+    return update(column.table).where(column.in_(_placeholders(count))).values({column.name: bindparam("b_to")})
+
+
+@cache
+def _retire(count: int) -> Update:
+    """Mark `count` merged profiles as aliases of `b_to`."""
+    return (
+        update(profiles)
+        .where(profiles.c.profile_id.in_(_placeholders(count)))
+        .values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
     )
 
 
@@ -138,7 +151,7 @@ class SqlIdentityGraph:
         return dict(found)
 
     def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]:
-        return {frozenset(row) for row in self._select_for(_kept_apart_of, list(profile_ids))}
+        return {frozenset((a, b)) for a, b, _since in self._select_for(_kept_apart_of, list(profile_ids))}
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
         """Which identifiers belong to an erased person; those of the last `profiles_of` are not asked again."""
@@ -203,26 +216,23 @@ class SqlIdentityGraph:
                 for merged_id in merged_ids
             ],
         )
-        self.connection.execute(
-            update(identifiers).where(identifiers.c.profile_id.in_(list(merged_ids))).values(profile_id=survivor_id)
-        )
-        self.connection.execute(
-            update(profiles).where(profiles.c.profile_id.in_(list(merged_ids))).values(merged_into=survivor_id, updated_at=at)
-        )
+        moved = _numbered(merged_ids) | {"b_to": survivor_id}
+        count = len(merged_ids)
+        self.connection.execute(_repoint(identifiers.c.profile_id, count), moved)
+        self.connection.execute(_retire(count), moved | {"b_at": at})
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
-        self.connection.execute(
-            update(profiles).where(profiles.c.merged_into.in_(list(merged_ids))).values(merged_into=survivor_id)
-        )
-        touchpoint_store.move_to_profile(self.connection, merged_ids, survivor_id)
+        self.connection.execute(_repoint(profiles.c.merged_into, count), moved)
+        # Touchpoints follow, so a profile's history is one query.
+        self.connection.execute(_repoint(touchpoints.c.profile_id, count), moved)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
 
     def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
         """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
-        involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
-        pairs = self.connection.execute(select(kept_apart).where(involved)).all()
+        pairs = self._select_for(_kept_apart_of, merged_ids).all()
         if not pairs:
             return
+        involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
         self.connection.execute(delete(kept_apart).where(involved))
         rows = []
         for a, b, since in pairs:
