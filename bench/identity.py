@@ -167,7 +167,10 @@ def main() -> None:
         rng = random.Random(args.seed)
         done, clock = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch)
         baseline = done / clock.wall
-        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second")
+        with base.read() as connection:
+            graph = counts(connection)
+        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second; "
+              f"{graph['profiles']:,} live profiles, {graph['merges']:,} merges")
         if args.sql_only:
             return
 
