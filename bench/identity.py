@@ -1,6 +1,7 @@
 """Identity resolution throughput, and how it holds up as the graph grows.
 
     .venv/bin/python bench/identity.py [--touchpoints 1000000] [--people 200000] [--batch 5000]
+    .venv/bin/python bench/identity.py --touchpoints 100000 --baseline 100000 --sql-only
 
 Synthetic people with realistic link patterns: one to three devices (each an
 anonymous id plus a device id), most log in at some point (user_id), many
@@ -14,7 +15,8 @@ Two runs in the same process: the baseline is the per-statement
 `SqlIdentityGraph` (what a pipeline worker uses) on the first `--baseline`
 touchpoints; the measured one is `CachedIdentityGraph` (graph in memory,
 batched writes) on all of them, reported per tenth so growth in graph size
-shows. Touchpoint generation is outside the timed sections.
+shows. Touchpoint generation is outside the timed sections. `--sql-only`
+stops after the baseline, to measure the SQL graph on its own.
 """
 
 from __future__ import annotations
@@ -156,6 +158,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000, help="Touchpoints per write transaction.")
     parser.add_argument("--baseline", type=int, default=20_000, help="Touchpoints for the uncached baseline run.")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--sql-only", action="store_true", help="Run only the SqlIdentityGraph baseline.")
     args = parser.parse_args()
     population = args.people or args.touchpoints // 5
     with tempfile.TemporaryDirectory() as folder:
@@ -164,7 +167,12 @@ def main() -> None:
         rng = random.Random(args.seed)
         done, clock = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch)
         baseline = done / clock.wall
-        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second")
+        with base.read() as connection:
+            graph = counts(connection)
+        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second; "
+              f"{graph['profiles']:,} live profiles, {graph['merges']:,} merges")
+        if args.sql_only:
+            return
 
         store = Store(f"sqlite:///{Path(folder)}/cached.db")
         store.migrate()

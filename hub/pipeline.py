@@ -29,7 +29,7 @@ from hub.normalize import normalize
 from hub.respond import Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
-from hub.store.identity_graph import SqlIdentityGraph, traits_of
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.inbox import InboxRow
 from hub.store.sql import lock_profiles
 
@@ -124,7 +124,7 @@ class Pipeline:
         planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)
-            traits = traits_of(connection, resolution.profile_id)
+            traits = graph.traits(resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
             timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
             for rule_id, due_at in changes.arm:

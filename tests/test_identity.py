@@ -208,3 +208,22 @@ def test_profile_updated_at_is_processing_time_not_event_time(store: Store) -> N
         row = connection.execute(select(profiles.c.updated_at, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)).one()
     assert row.updated_at >= before
     assert row.trait_times == {"plan": (T0 - timedelta(minutes=600)).isoformat()}
+
+
+def test_an_event_that_changes_no_trait_leaves_the_profile_untouched(store: Store) -> None:
+    """A replay, or an event older than every trait it carries, is not a change: updated_at stays."""
+    profile_id = resolve_in(store, touchpoint(1, ("user_id", "u"), traits={"plan": "pro"}, minutes=10)).profile_id
+
+    def stored() -> tuple:
+        with store.read() as connection:
+            return tuple(connection.execute(
+                select(profiles.c.updated_at, profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)
+            ).one())
+
+    first = stored()
+    resolve_in(store, touchpoint(1, ("user_id", "u"), traits={"plan": "pro"}, minutes=10))
+    resolve_in(store, touchpoint(2, ("user_id", "u"), traits={"plan": "free"}, minutes=5))
+    assert stored() == first
+    resolve_in(store, touchpoint(3, ("user_id", "u"), traits={"plan": "pro"}, minutes=20))
+    later = stored()
+    assert later[0] > first[0] and later[2] == {"plan": (T0 + timedelta(minutes=20)).isoformat()}

@@ -4,72 +4,169 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    BindParameter, Column, CompoundSelect, Connection, CursorResult, Select, Update,
+    and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+)
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
-from hub.store import touchpoints as touchpoint_store
-from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
+from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
 from hub.store.sql import insert_ignoring_conflicts
 
 _TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
-_PROFILE_OF = select(identifiers.c.profile_id).where(
-    identifiers.c.type == bindparam("type"), identifiers.c.value == bindparam("value")
+_SAVE_TRAITS = (
+    update(profiles)
+    .where(profiles.c.profile_id == bindparam("b_profile_id"))
+    .values(traits=bindparam("b_traits"), trait_times=bindparam("b_trait_times"), updated_at=bindparam("b_updated_at"))
 )
+_INSERT_PROFILE = insert(profiles)
+_INSERT_IDENTIFIERS = insert(identifiers)
+_INSERT_EVENTS = insert(identity_events)
+_INSERT_MERGES = insert(merges)
+
+Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
+
+
+# The variable-length queries are prebuilt once per number of values (`@cache`): a touchpoint
+# carries a handful of identifiers and touches one to three profiles, so a few statements cover
+# every call. Each compiles once and is then found in SQLAlchemy's statement cache, where an
+# expanding IN would be rewritten on every execution and a statement built per call re-keyed.
+
+
+def _numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
+    """Parameters for a statement from `_placeholders(len(values), prefix)`."""
+    return {f"{prefix}{n}": value for n, value in enumerate(values)}
+
+
+def _placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
+    return [bindparam(f"{prefix}{n}") for n in range(count)]
+
+
+@cache
+def _owners_of(count: int) -> CompoundSelect:
+    """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
+
+    Both are questions about the touchpoint's identifiers, and the second is
+    asked whenever one is new; answering them in one statement saves a round
+    trip for every first visit. An owner is never NULL, so the rows tell apart.
+    """
+    types, values, digests = (_placeholders(count, prefix) for prefix in "tvd")
+    # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
+    # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
+    pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
+    return union_all(
+        select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs)),
+        select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
+    )
+
+
+@cache
+def _type_counts_of(count: int) -> Select[Any]:
+    return (
+        select(identifiers.c.profile_id, identifiers.c.type, func.count())
+        .where(identifiers.c.profile_id.in_(_placeholders(count)))
+        .group_by(identifiers.c.profile_id, identifiers.c.type)
+    )
+
+
+@cache
+def _kept_apart_of(count: int) -> Select[Any]:
+    ids = _placeholders(count)
+    return select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids)))
+
+
+@cache
+def _repoint(column: Column[str], count: int) -> Update:
+    """Set `column` to `b_to` wherever it holds one of `count` profile ids: how a merge moves rows to its survivor."""
+    return update(column.table).where(column.in_(_placeholders(count))).values({column.name: bindparam("b_to")})
+
+
+@cache
+def _retire(count: int) -> Update:
+    """Mark `count` merged profiles as aliases of `b_to`."""
+    return (
+        update(profiles)
+        .where(profiles.c.profile_id.in_(_placeholders(count)))
+        .values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
+    )
+
+
+@cache
+def _forgotten_of(count: int) -> Select[Any]:
+    return select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(_placeholders(count)))
+
+
+@cache
+def _traits_of_profiles(count: int) -> Select[Any]:
+    return select(profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times).where(
+        profiles.c.profile_id.in_(_placeholders(count))
+    )
 
 
 class SqlIdentityGraph:
-    """Identity graph operations inside one caller-owned transaction."""
+    """Identity graph operations inside one caller-owned transaction.
+
+    Every question is asked of the database when it is asked, so the answers
+    are exact beside other writers: on SQLite the write transaction holds the
+    lock from its first read. The only thing remembered is what this graph
+    itself read or wrote of a profile's traits, so one graph serves one unit
+    of work (a pipeline row, a request) and nothing else may change those
+    traits while it is in use.
+    """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self._known_traits: dict[str, Traits] = {}
+        self._blocked: dict[Identifier, bool] = {}  # the last lookup's answer to `forgotten`
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
-        # One primary-key lookup per identifier: a touchpoint carries a handful,
-        # and the cached statement is far cheaper than compiling a tuple IN.
-        found = {}
-        for ident in idents:
-            profile_id = self.connection.execute(_PROFILE_OF, {"type": ident.type, "value": ident.value}).scalar()
-            if profile_id is not None:
-                found[ident] = profile_id
+        """The owner of each known identifier, in one statement that also answers `forgotten` for them."""
+        if not idents:
+            return {}
+        digests = [identifier_digest(ident) for ident in idents]
+        params = _numbered([i.type for i in idents], "t") | _numbered([i.value for i in idents], "v") | _numbered(digests, "d")
+        found: dict[Identifier, str] = {}
+        blocked: set[str] = set()
+        for first, value, profile_id in self.connection.execute(_owners_of(len(idents)), params):
+            if profile_id is None:
+                blocked.add(first)
+            else:
+                found[Identifier(first, value)] = profile_id
+        self._blocked = {ident: digest in blocked for ident, digest in zip(idents, digests)}
         return found
 
     def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
         """How many identifiers of each type every profile holds: what the limits are checked against."""
         found: dict[str, Counter[str]] = defaultdict(Counter)
-        rows = self.connection.execute(
-            select(identifiers.c.profile_id, identifiers.c.type, func.count())
-            .where(identifiers.c.profile_id.in_(list(profile_ids)))
-            .group_by(identifiers.c.profile_id, identifiers.c.type)
-        )
+        rows = self._select_for(_type_counts_of, list(profile_ids))
         for profile_id, type_, count in rows:
             found[profile_id][type_] = count
         return dict(found)
 
     def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]:
-        ids = list(profile_ids)
-        rows = self.connection.execute(
-            select(kept_apart.c.profile_a, kept_apart.c.profile_b).where(
-                or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))
-            )
-        )
-        return {frozenset(row) for row in rows}
+        return {frozenset((a, b)) for a, b, _since in self._select_for(_kept_apart_of, list(profile_ids))}
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
+        """Which identifiers belong to an erased person; those of the last `profiles_of` are not asked again."""
+        if all(ident in self._blocked for ident in idents):
+            return {ident for ident in idents if self._blocked[ident]}
         by_digest = {identifier_digest(ident): ident for ident in idents}
-        rows = self.connection.execute(
-            select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(list(by_digest)))
-        )
-        return {by_digest[digest] for digest in rows.scalars()}
+        return {by_digest[digest] for digest in self._select_for(_forgotten_of, list(by_digest)).scalars()}
+
+    def _select_for(self, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]) -> CursorResult[Any]:
+        """Run the prebuilt statement for `len(values)` values."""
+        return self.connection.execute(statement(len(values)), _numbered(values))
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self.connection.execute(
-            insert(identity_events),
+            _INSERT_EVENTS,
             [
                 {
                     "kind": "refused", "profile_id": profile_id, "other_profile_id": link.profile_id,
@@ -83,13 +180,14 @@ class SqlIdentityGraph:
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
         self.connection.execute(
-            insert(profiles).values(profile_id=profile_id, created_at=at, updated_at=at, traits={}, trait_times={})
+            _INSERT_PROFILE, {"profile_id": profile_id, "created_at": at, "updated_at": at, "traits": {}, "trait_times": {}}
         )
+        self._known_traits[profile_id] = ({}, {})
         return profile_id
 
     def attach(self, profile_id: str, idents: Sequence[Identifier], touchpoint_id: str, at: datetime) -> None:
         self.connection.execute(
-            insert(identifiers),
+            _INSERT_IDENTIFIERS,
             [
                 {
                     "type": i.type, "value": i.value, "profile_id": profile_id, "origin_profile_id": profile_id,
@@ -103,39 +201,38 @@ class SqlIdentityGraph:
         self, survivor_id: str, merged_ids: Sequence[str], touchpoint_id: str, linking: Sequence[Identifier], at: datetime
     ) -> None:
         """Fold `merged_ids` into the survivor: identifiers, touchpoints and traits move; the losers become aliases."""
-        survivor_traits = self._traits(survivor_id)
+        stored = self._traits_of([survivor_id, *merged_ids])
+        survivor_traits = stored[survivor_id]
         for merged_id in merged_ids:
-            merged_traits = self._traits(merged_id)
-            survivor_traits = newest_traits(survivor_traits, merged_traits)
-            self.connection.execute(
-                insert(merges).values(
-                    survivor_id=survivor_id,
-                    merged_id=merged_id,
-                    touchpoint_id=touchpoint_id,
-                    linking_identifiers=[[i.type, i.value] for i in linking],
-                    merged_at=at,
-                )
-            )
+            survivor_traits = newest_traits(survivor_traits, stored[merged_id])
+            self._known_traits.pop(merged_id)  # an alias now; its stored traits are no longer read
         self.connection.execute(
-            update(identifiers).where(identifiers.c.profile_id.in_(list(merged_ids))).values(profile_id=survivor_id)
+            _INSERT_MERGES,
+            [
+                {
+                    "survivor_id": survivor_id, "merged_id": merged_id, "touchpoint_id": touchpoint_id,
+                    "linking_identifiers": [[i.type, i.value] for i in linking], "merged_at": at,
+                }
+                for merged_id in merged_ids
+            ],
         )
-        self.connection.execute(
-            update(profiles).where(profiles.c.profile_id.in_(list(merged_ids))).values(merged_into=survivor_id, updated_at=at)
-        )
+        moved = _numbered(merged_ids) | {"b_to": survivor_id}
+        count = len(merged_ids)
+        self.connection.execute(_repoint(identifiers.c.profile_id, count), moved)
+        self.connection.execute(_retire(count), moved | {"b_at": at})
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
-        self.connection.execute(
-            update(profiles).where(profiles.c.merged_into.in_(list(merged_ids))).values(merged_into=survivor_id)
-        )
-        touchpoint_store.move_to_profile(self.connection, merged_ids, survivor_id)
+        self.connection.execute(_repoint(profiles.c.merged_into, count), moved)
+        # Touchpoints follow, so a profile's history is one query.
+        self.connection.execute(_repoint(touchpoints.c.profile_id, count), moved)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
 
     def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
         """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
-        involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
-        pairs = self.connection.execute(select(kept_apart).where(involved)).all()
+        pairs = self._select_for(_kept_apart_of, merged_ids).all()
         if not pairs:
             return
+        involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
         self.connection.execute(delete(kept_apart).where(involved))
         rows = []
         for a, b, since in pairs:
@@ -165,7 +262,7 @@ class SqlIdentityGraph:
         )
         at = utcnow()
         self.connection.execute(
-            insert(identity_events),
+            _INSERT_EVENTS,
             [
                 {"kind": "detached", "profile_id": profile_id, "identifiers": [[ident_type, value]], "rule": reason, "at": at}
                 for profile_id, value in owned
@@ -174,25 +271,38 @@ class SqlIdentityGraph:
         return len(owned)
 
     def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
-        """Last write wins per trait, judged by the event's time, not by arrival order."""
+        """Last write wins per trait, judged by the event's time, not by arrival order.
+
+        Nothing is written when no trait changes: a replayed event, or one older
+        than every trait it carries.
+        """
         if not traits:
             return
-        current = self._traits(profile_id)
-        self._save_traits(profile_id, newest_traits(current, stamped_traits(traits, observed_at)))
+        current = self._traits_of([profile_id])[profile_id]
+        newest = newest_traits(current, stamped_traits(traits, observed_at))
+        if newest != current:
+            self._save_traits(profile_id, newest)
 
-    def _traits(self, profile_id: str) -> tuple[dict[str, Any], dict[str, str]]:
-        row = self.connection.execute(
-            select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)
-        ).one()
-        return dict(row.traits), dict(row.trait_times)
+    def traits(self, profile_id: str) -> dict[str, Any]:
+        """A profile's traits, as `traits_of` reads them, without re-reading what this graph just read or wrote."""
+        known = self._known_traits.get(profile_id)
+        return dict(known[0]) if known is not None else traits_of(self.connection, profile_id)
 
-    def _save_traits(self, profile_id: str, traits: tuple[dict[str, Any], dict[str, str]]) -> None:
+    def _traits_of(self, profile_ids: Sequence[str]) -> dict[str, Traits]:
+        """Traits and their times per profile, each read at most once by this graph."""
+        unread = [profile_id for profile_id in profile_ids if profile_id not in self._known_traits]
+        if unread:
+            for profile_id, values, times in self._select_for(_traits_of_profiles, unread):
+                self._known_traits[profile_id] = (dict(values), dict(times))
+        return {profile_id: self._known_traits[profile_id] for profile_id in profile_ids}
+
+    def _save_traits(self, profile_id: str, traits: Traits) -> None:
         # updated_at is when the hub changed the profile; the event times live in trait_times.
         self.connection.execute(
-            update(profiles)
-            .where(profiles.c.profile_id == profile_id)
-            .values(traits=traits[0], trait_times=traits[1], updated_at=utcnow())
+            _SAVE_TRAITS,
+            {"b_profile_id": profile_id, "b_traits": traits[0], "b_trait_times": traits[1], "b_updated_at": utcnow()},
         )
+        self._known_traits[profile_id] = traits
 
 
 def identifier_digest(ident: Identifier) -> str:
@@ -200,15 +310,13 @@ def identifier_digest(ident: Identifier) -> str:
     return hashlib.sha256(f"{ident.type}\x1f{ident.value}".encode()).hexdigest()
 
 
-def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> tuple[dict[str, Any], dict[str, str]]:
+def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> Traits:
     """Traits paired with the event time that set each, the shape last-write-wins compares."""
     stamp = observed_at.isoformat()
     return dict(traits), {key: stamp for key in traits}
 
 
-def newest_traits(
-    first: tuple[dict[str, Any], dict[str, str]], second: tuple[dict[str, Any], dict[str, str]]
-) -> tuple[dict[str, Any], dict[str, str]]:
+def newest_traits(first: Traits, second: Traits) -> Traits:
     values, times = dict(first[0]), dict(first[1])
     for key, value in second[0].items():
         if key not in times or second[1][key] >= times[key]:

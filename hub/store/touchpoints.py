@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, desc, func, select, update
+from sqlalchemy import Connection, Select, bindparam, desc, func, select
 
 from hub.model import Identifier, Touchpoint
 from hub.store.schema import UTCDateTime, touchpoints
@@ -137,13 +137,6 @@ def summaries(connection: Connection, touchpoint_ids: Sequence[str]) -> list[dic
     ).mappings()
     by_id = {row["touchpoint_id"]: dict(row) for row in rows}
     return [by_id[tp_id] for tp_id in touchpoint_ids if tp_id in by_id]
-
-
-def move_to_profile(connection: Connection, from_profile_ids: Iterable[str], to_profile_id: str) -> None:
-    """Re-attribute touchpoints after a merge, so a profile's history is one query."""
-    connection.execute(
-        update(touchpoints).where(touchpoints.c.profile_id.in_(list(from_profile_ids))).values(profile_id=to_profile_id)
-    )
 
 
 def search(
