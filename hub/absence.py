@@ -2,8 +2,9 @@
 
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
-of their anchors, one of their follow-ups, one insert of decisions, one of
-deliveries, one update settling them. If any timer of the set fails, the set
+of their anchors, four of their profiles (`profile_views`), one of their
+follow-ups, one insert of decisions, one of deliveries, one update settling
+them. If any timer of the set fails, the set
 is rolled back to its savepoint and each timer fires on its own, so one bad
 timer never holds back its neighbours. A crash before the commit leaves the
 timers pending, to be fired after the lease by this or another process; a
@@ -27,7 +28,7 @@ from hub.respond import Responder, Routed, StoreHistory
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.store import Store, sql, timers, touchpoints
-from hub.store.identity_graph import profile_view
+from hub.store.identity_graph import profile_views
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -121,14 +122,14 @@ class TimerEngine:
         """The timers to decide now, and those of a profile already among them (for the next round); timers
         whose rule, anchor or profile is gone are added to `settled` as lapsed."""
         anchors = touchpoints.get_many(connection, {timer.touchpoint_id for timer in due})
+        views = profile_views(connection, {timer.profile_id for timer in due})  # each timer's live profile
         firings: list[_Firing] = []
         later: list[DueTimer] = []
         profiles: set[str] = set()
         for timer in due:
             rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
-            gone = rule is None or rule.absence is None or anchor is None
-            profile = None if gone else profile_view(connection, timer.profile_id)  # None too when the profile is gone
-            if rule is None or anchor is None or profile is None:
+            profile = views.get(timer.profile_id)
+            if rule is None or rule.absence is None or anchor is None or profile is None:
                 settled.append(Settlement(timer.timer_id, "lapsed"))
             elif profile["profile_id"] in profiles:
                 later.append(timer)
