@@ -61,13 +61,15 @@ class TimerEngine:
         self.batch_size = batch_size
         self.lease = lease
         self._deliveries_planned = deliveries_planned
+        self._next_due: datetime | None = None
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         now = now or utcnow()
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
-            if timers.pending_due(connection, now) == 0:
-                return 0
+            self._next_due = timers.next_due(connection, now)
+        if self._next_due is None or self._next_due > now:
+            return 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
             if due:
@@ -76,6 +78,10 @@ class TimerEngine:
         if planned:
             self._deliveries_planned.set()
         return len(due)
+
+    def next_due(self) -> datetime | None:
+        """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""
+        return self._next_due
 
     def _fire_isolated(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
         """Fire the timers as a set; if that fails, each on its own. A timer that fails alone keeps its

@@ -217,3 +217,21 @@ def test_a_set_with_a_timer_of_a_profile_merged_since_fires_it_on_the_live_profi
         [delivery] = outbox.search(connection, limit=10, profile_id=amy)
     assert decision["decision_id"] == timer_row(hub, timer["timer_id"])["decision_id"]
     assert delivery["channel"] == "email"  # to amy's address, which the anonymous profile never had
+
+
+def test_a_timer_armed_due_shortly_fires_at_its_due_time_not_at_the_next_poll(tmp_path: Path) -> None:
+    poll = 60.0  # an idle worker that only polled would not look again for a minute
+    hub = hub_on(tmp_path, worker_poll_seconds=poll)
+    hub.start()
+    try:
+        started = time.monotonic()
+        cart_at = utcnow() - timedelta(minutes=2) + timedelta(seconds=2)  # the 2-minute wait ends 2 s from now
+        accept(hub, message(userId="amy", event="Cart Viewed", timestamp=cart_at.isoformat()))  # while the workers nap
+        while timer_statuses(hub) != ["fired"] and time.monotonic() - started < poll / 2:
+            time.sleep(0.1)
+        assert timer_statuses(hub) == ["fired"]  # well before a poll: the arming woke the timer worker
+        with hub.store.read() as connection:
+            [timer] = connection.execute(timers_table.select()).mappings().all()
+        assert timer["due_at"] <= timer["settled_at"]  # and not before its time
+    finally:
+        hub.stop()
