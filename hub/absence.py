@@ -2,8 +2,9 @@
 
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
-of their anchors, one of their follow-ups, one insert of decisions, one of
-deliveries, one update settling them. If any timer of the set fails, the set
+of their anchors, four of their profiles (`profile_views`), one of their
+follow-ups, one insert of decisions, one of deliveries, one update settling
+them. If any timer of the set fails, the set
 is rolled back to its savepoint and each timer fires on its own, so one bad
 timer never holds back its neighbours. A crash before the commit leaves the
 timers pending, to be fired after the lease by this or another process; a
@@ -27,7 +28,7 @@ from hub.respond import Responder, Routed, StoreHistory
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.store import Store, sql, timers, touchpoints
-from hub.store.identity_graph import profile_view
+from hub.store.identity_graph import profile_views
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -60,13 +61,15 @@ class TimerEngine:
         self.batch_size = batch_size
         self.lease = lease
         self._deliveries_planned = deliveries_planned
+        self._next_due: datetime | None = None
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         now = now or utcnow()
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
-            if timers.pending_due(connection, now) == 0:
-                return 0
+            self._next_due = timers.next_due(connection, now)
+        if self._next_due is None or self._next_due > now:
+            return 0
         with self.store.write() as connection:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
             if due:
@@ -75,6 +78,10 @@ class TimerEngine:
         if planned:
             self._deliveries_planned.set()
         return len(due)
+
+    def next_due(self) -> datetime | None:
+        """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""
+        return self._next_due
 
     def _fire_isolated(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
         """Fire the timers as a set; if that fails, each on its own. A timer that fails alone keeps its
@@ -121,14 +128,14 @@ class TimerEngine:
         """The timers to decide now, and those of a profile already among them (for the next round); timers
         whose rule, anchor or profile is gone are added to `settled` as lapsed."""
         anchors = touchpoints.get_many(connection, {timer.touchpoint_id for timer in due})
+        views = profile_views(connection, {timer.profile_id for timer in due})  # each timer's live profile
         firings: list[_Firing] = []
         later: list[DueTimer] = []
         profiles: set[str] = set()
         for timer in due:
             rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
-            gone = rule is None or rule.absence is None or anchor is None
-            profile = None if gone else profile_view(connection, timer.profile_id)  # None too when the profile is gone
-            if rule is None or anchor is None or profile is None:
+            profile = views.get(timer.profile_id)
+            if rule is None or rule.absence is None or anchor is None or profile is None:
                 settled.append(Settlement(timer.timer_id, "lapsed"))
             elif profile["profile_id"] in profiles:
                 later.append(timer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -54,13 +55,16 @@ class Pipeline:
         responder: Responder,
         config: PipelineConfig,
         deliveries_planned: threading.Event,
+        timers_armed: Callable[[datetime], None],
     ) -> None:
+        """`deliveries_planned` is set, and `timers_armed` called with the earliest due time armed, after a batch commits."""
         self.store = store
         self.mappings = mappings
         self.rulebook = rulebook
         self.responder = responder
         self.config = config
         self._deliveries_planned = deliveries_planned
+        self._timers_armed = timers_armed
 
     def run_once(self, now: datetime | None = None) -> int:
         """Claim and process one batch; returns the number of inbox rows handled.
@@ -69,26 +73,29 @@ class Pipeline:
         """
         now = now or utcnow()
         planned = 0
+        armed: list[datetime] = []  # due times of the timers the batch arms
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
             if rows:
                 lock_profiles(connection)
             done = []
             for row in rows:
-                outcome = self._process_isolated(connection, row, now)
+                outcome = self._process_isolated(connection, row, now, armed)
                 if outcome is not None:
                     done.append(row.id)
                     planned += outcome
             inbox.mark_done(connection, done, now)
         if planned:
             self._deliveries_planned.set()
+        if armed:
+            self._timers_armed(min(armed))
         return len(rows)
 
-    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime) -> int | None:
+    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime, armed: list[datetime]) -> int | None:
         """Deliveries planned for the row, or None when it failed (quarantined or postponed)."""
         try:
             with connection.begin_nested():
-                planned = self._process(connection, row, now)
+                planned = self._process(connection, row, now, armed)
         except MappingError as exc:
             self._give_up(connection, row, now, "mapping", str(exc))
             return None
@@ -108,7 +115,8 @@ class Pipeline:
         metrics.TOUCHPOINTS_PROCESSED.inc()
         return planned
 
-    def _process(self, connection: Connection, row: InboxRow, now: datetime) -> int:
+    def _process(self, connection: Connection, row: InboxRow, now: datetime, armed: list[datetime]) -> int:
+        """Deliveries planned for the row; the due times of the timers it arms are added to `armed`."""
         mapping = self.mappings.get(row.source_id)
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
@@ -129,6 +137,7 @@ class Pipeline:
             timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
             for rule_id, due_at in changes.arm:
                 timers.arm(connection, rule_id, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, due_at, now)
+                armed.append(due_at)
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):

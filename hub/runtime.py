@@ -65,8 +65,16 @@ class Hub:
         self.store.migrate()
         self.pipeline_wake = threading.Event()
         self.delivery_wake = threading.Event()
+        self.timer_wake = threading.Event()
         lease = timedelta(seconds=settings.lease_seconds)
         responder = Responder(self.router)
+        self.timers = TimerEngine(
+            self.store, self.rulebook, responder, batch_size=settings.worker_batch_size, lease=lease,
+            deliveries_planned=self.delivery_wake,
+        )
+        timer_worker = Worker(
+            "timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds, next_due=self.timers.next_due
+        )
         self.pipeline = Pipeline(
             self.store, self.mappings, self.rulebook, responder,
             PipelineConfig(
@@ -74,19 +82,15 @@ class Hub:
                 self.identity,
             ),
             deliveries_planned=self.delivery_wake,
+            timers_armed=timer_worker.wake_by,  # a timer due before the worker's next look wakes it
         )
         self.delivery = DeliveryEngine(
             self.store, self.destinations, PolicyBook(policy_file, settings),
             batch_size=settings.delivery_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
-        self.timer_wake = threading.Event()
-        self.timers = TimerEngine(
-            self.store, self.rulebook, responder, batch_size=settings.worker_batch_size, lease=lease,
-            deliveries_planned=self.delivery_wake,
-        )
         self._workers = [
             Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
-            Worker("timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds),
+            timer_worker,
             Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds),
         ]
 

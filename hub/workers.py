@@ -1,28 +1,43 @@
 """A background loop that does one unit of work at a time and naps when there is none.
 
-Pipeline and delivery workers share this loop. Producers set the `wake`
-event after they commit work, so an idle worker reacts in milliseconds
-instead of at its next poll; the poll still catches work committed by other
-processes and retries that come due.
+Pipeline, timer and delivery workers share this loop. Producers set the
+`wake` event after they commit work, so an idle worker reacts in
+milliseconds instead of at its next poll; the poll still catches work
+committed by other processes and retries that come due. A worker whose work
+comes due at a known time (timers) naps only until then, and producers of
+such work wake it through `wake_by` only when it would otherwise sleep past
+the new work's time.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 import structlog
+
+from hub.clock import utcnow
 
 log = structlog.get_logger(__name__)
 
 
 class Worker:
-    def __init__(self, name: str, step: Callable[[], int], wake: threading.Event, poll_seconds: float) -> None:
-        """`step` does a batch of work and returns how many items it handled (0 = idle)."""
+    def __init__(
+        self, name: str, step: Callable[[], int], wake: threading.Event, poll_seconds: float,
+        next_due: Callable[[], datetime | None] | None = None,
+    ) -> None:
+        """`step` does a batch of work and returns how many items it handled (0 = idle).
+
+        `next_due`, asked after an idle step, says when work comes due next (None: nothing waits);
+        the worker naps until then, or `poll_seconds` at most.
+        """
         self.name = name
         self._step = step
         self._wake = wake
         self._poll_seconds = poll_seconds
+        self._next_due = next_due
+        self._looks_at: datetime | None = None  # when the napping worker looks for work next; None while it works
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -35,13 +50,33 @@ class Worker:
         if self._thread.is_alive():  # a hub built for a one-off command (replay) never started its workers
             self._thread.join(timeout)
 
+    def wake_by(self, at: datetime) -> None:
+        """Work due at `at` was committed: wake the worker unless it looks for work by then anyway.
+
+        `_looks_at` is cleared before each step reads the store: a producer
+        that finds it cleared wakes the worker (its step may have read before
+        the commit), one that finds it set compares with when it looks next.
+        """
+        looks_at = self._looks_at
+        if looks_at is None or at < looks_at:
+            self._wake.set()
+
     def _run(self) -> None:
         while not self._stopping.is_set():
+            self._looks_at = None
             try:
-                handled = self._step()
+                if self._step():
+                    continue
+                nap = self._nap_seconds()
             except Exception:  # a worker must outlive a bad batch; the rows come back after their lease
                 log.exception("worker step failed", worker=self.name)
-                handled = 0
-            if handled == 0:
-                self._wake.wait(self._poll_seconds)
-                self._wake.clear()
+                nap = self._poll_seconds
+            self._looks_at = utcnow() + timedelta(seconds=nap)
+            self._wake.wait(nap)
+            self._wake.clear()
+
+    def _nap_seconds(self) -> float:
+        due = self._next_due() if self._next_due is not None else None
+        if due is None:
+            return self._poll_seconds
+        return min(self._poll_seconds, max(0.0, (due - utcnow()).total_seconds()))

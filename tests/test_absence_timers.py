@@ -186,3 +186,52 @@ def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_coun
         fates = sorted(action["fate"] for decision in decisions.search(connection, limit=10) for action in decision["actions"])
         assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
         assert len(outbox.search(connection, limit=10)) == 1
+
+
+
+@BOTH_DATABASES
+def test_a_set_with_a_timer_of_a_profile_merged_since_fires_it_on_the_live_profile(tmp_path: Path, database_url: str) -> None:
+    hub = hub_on(tmp_path, database_url=database_url)
+    accept(
+        hub,
+        message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat()),
+        message(anonymousId="anon-1", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=3)).isoformat()),
+        *carts_of("bob"),
+    )
+    with hub.store.read() as connection:
+        amy = find_profile_id(connection, Identifier("email", "amy@example.com"))
+        anonymous = find_profile_id(connection, Identifier("anonymous_id", "anon-1"))
+    assert amy is not None and anonymous is not None and anonymous != amy
+    # Late news from before the cart: the anonymous visitor was amy. It merges the profiles, not cancel the wait.
+    accept(hub, message("identify", userId="amy", anonymousId="anon-1", timestamp=(NOW - timedelta(minutes=4)).isoformat()))
+    with hub.store.read() as connection:
+        assert find_profile_id(connection, Identifier("anonymous_id", "anon-1")) == amy
+        [timer] = timers.for_profile(connection, anonymous)
+    assert timer["status"] == "pending"
+
+    assert hub.timers.run_once() == 2
+    assert timer_row(hub, timer["timer_id"])["status"] == "fired"
+    assert status_of(hub, "bob") == "fired"
+    with hub.store.read() as connection:
+        [decision] = decisions.search(connection, limit=10, profile_id=amy)
+        [delivery] = outbox.search(connection, limit=10, profile_id=amy)
+    assert decision["decision_id"] == timer_row(hub, timer["timer_id"])["decision_id"]
+    assert delivery["channel"] == "email"  # to amy's address, which the anonymous profile never had
+
+
+def test_a_timer_armed_due_shortly_fires_at_its_due_time_not_at_the_next_poll(tmp_path: Path) -> None:
+    poll = 60.0  # an idle worker that only polled would not look again for a minute
+    hub = hub_on(tmp_path, worker_poll_seconds=poll)
+    hub.start()
+    try:
+        started = time.monotonic()
+        cart_at = utcnow() - timedelta(minutes=2) + timedelta(seconds=2)  # the 2-minute wait ends 2 s from now
+        accept(hub, message(userId="amy", event="Cart Viewed", timestamp=cart_at.isoformat()))  # while the workers nap
+        while timer_statuses(hub) != ["fired"] and time.monotonic() - started < poll / 2:
+            time.sleep(0.1)
+        assert timer_statuses(hub) == ["fired"]  # well before a poll: the arming woke the timer worker
+        with hub.store.read() as connection:
+            [timer] = connection.execute(timers_table.select()).mappings().all()
+        assert timer["due_at"] <= timer["settled_at"]  # and not before its time
+    finally:
+        hub.stop()

@@ -110,6 +110,43 @@ def _traits_of_profiles(count: int) -> Select[Any]:
     )
 
 
+@cache
+def _live_ids_of(count: int) -> Select[Any]:
+    return select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(_placeholders(count)))
+
+
+@cache
+def _profile_rows_of(count: int) -> Select[Any]:
+    return select(profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits).where(
+        profiles.c.profile_id.in_(_placeholders(count))
+    )
+
+
+@cache
+def _identifiers_of(count: int) -> Select[Any]:
+    return (
+        select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value)
+        .where(identifiers.c.profile_id.in_(_placeholders(count)))
+        .order_by(identifiers.c.first_seen_at.desc())
+    )
+
+
+@cache
+def _aliases_of(count: int) -> Select[Any]:
+    return (
+        select(profiles.c.merged_into, profiles.c.profile_id)
+        .where(profiles.c.merged_into.in_(_placeholders(count)))
+        .order_by(profiles.c.profile_id)
+    )
+
+
+def _select_for(
+    connection: Connection, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]
+) -> CursorResult[Any]:
+    """Run the prebuilt statement for `len(values)` values."""
+    return connection.execute(statement(len(values)), _numbered(values))
+
+
 class SqlIdentityGraph:
     """Identity graph operations inside one caller-owned transaction.
 
@@ -161,8 +198,7 @@ class SqlIdentityGraph:
         return {by_digest[digest] for digest in self._select_for(_forgotten_of, list(by_digest)).scalars()}
 
     def _select_for(self, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]) -> CursorResult[Any]:
-        """Run the prebuilt statement for `len(values)` values."""
-        return self.connection.execute(statement(len(values)), _numbered(values))
+        return _select_for(self.connection, statement, values)
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self.connection.execute(
@@ -338,28 +374,35 @@ def traits_of(connection: Connection, profile_id: str) -> dict[str, Any]:
 
 
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
-    """A profile with its traits and every identifier, grouped by type (newest first)."""
-    live_id = live_profile_id(connection, profile_id)
-    if live_id is None:
-        return None
-    profile = connection.execute(select(profiles).where(profiles.c.profile_id == live_id)).mappings().one()
-    grouped: dict[str, list[str]] = defaultdict(list)
-    rows = connection.execute(
-        select(identifiers.c.type, identifiers.c.value)
-        .where(identifiers.c.profile_id == live_id)
-        .order_by(identifiers.c.first_seen_at.desc())
-    )
-    for type_, value in rows:
-        grouped[type_].append(value)
-    merged_from = connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars().all()
-    return {
-        "profile_id": live_id,
-        "created_at": profile["created_at"],
-        "updated_at": profile["updated_at"],
-        "traits": profile["traits"],
-        "identifiers": dict(grouped),
-        "merged_profile_ids": sorted(merged_from),
+    """A profile with its traits and every identifier, grouped by type (newest first); None if there is none."""
+    return profile_views(connection, [profile_id]).get(profile_id)
+
+
+def profile_views(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """`profile_view` of each id (an alias gets its survivor's view), in four statements whatever their number.
+
+    The timer engine fires a set of timers at once; reading their profiles one
+    by one cost four statements a timer, about half of its time. Ids of no
+    profile are left out.
+    """
+    asked = sorted(set(profile_ids))
+    live_rows = _select_for(connection, _live_ids_of, asked) if asked else []
+    live_of = {row.profile_id: row.merged_into or row.profile_id for row in live_rows}
+    if not live_of:
+        return {}
+    live = sorted(set(live_of.values()))
+    views: dict[str, dict[str, Any]] = {
+        row.profile_id: {
+            "profile_id": row.profile_id, "created_at": row.created_at, "updated_at": row.updated_at, "traits": row.traits,
+            "identifiers": {}, "merged_profile_ids": [],
+        }
+        for row in _select_for(connection, _profile_rows_of, live)
     }
+    for profile_id, type_, value in _select_for(connection, _identifiers_of, live):
+        views[profile_id]["identifiers"].setdefault(type_, []).append(value)
+    for survivor_id, merged_id in _select_for(connection, _aliases_of, live):
+        views[survivor_id]["merged_profile_ids"].append(merged_id)
+    return {profile_id: views[live_id] for profile_id, live_id in live_of.items() if live_id in views}
 
 
 def find_profile_id(connection: Connection, ident: Identifier) -> str | None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
@@ -56,6 +56,16 @@ _SETTLE = (
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
             decision_id=bindparam("p_decision_id"))
+)
+
+_NEXT_DUE = (  # each pass of the timer worker
+    select(timers.c.due_at)
+    .where(
+        timers.c.status == "pending",
+        or_(timers.c.claimed_until.is_(None), timers.c.claimed_until < bindparam("p_now", type_=UTCDateTime)),
+    )
+    .order_by(timers.c.due_at)
+    .limit(1)
 )
 
 
@@ -118,6 +128,16 @@ def settle(connection: Connection, settlements: Sequence[Settlement], now: datet
         connection.execute(_SETTLE, [
             {"p_timer_id": s.timer_id, "p_status": s.status, "p_now": now, "p_decision_id": s.decision_id} for s in settlements
         ])
+
+
+def next_due(connection: Connection, now: datetime) -> datetime | None:
+    """When the earliest pending timer no worker holds is (or was) due: when the timer worker has work next.
+
+    A walk down the (status, due_at) index that stops at the first timer not
+    held, however many wait; a held timer whose lease runs out is picked up at
+    the worker's next poll.
+    """
+    return connection.execute(_NEXT_DUE, {"p_now": now}).scalar_one_or_none()
 
 
 def pending_due(connection: Connection, now: datetime) -> int:
