@@ -10,34 +10,37 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, Column, CompoundSelect, Connection, CursorResult, Select, Update,
-    and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    BindParameter, Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
-from hub.store.sql import insert_ignoring_conflicts
+from hub.store.sql import Precompiled, insert_ignoring_conflicts
 
 _TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
-_SAVE_TRAITS = (
+# The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
+# cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
+_SAVE_TRAITS = Precompiled(
     update(profiles)
     .where(profiles.c.profile_id == bindparam("b_profile_id"))
     .values(traits=bindparam("b_traits"), trait_times=bindparam("b_trait_times"), updated_at=bindparam("b_updated_at"))
 )
-_INSERT_PROFILE = insert(profiles)
-_INSERT_IDENTIFIERS = insert(identifiers)
+_INSERT_PROFILE = Precompiled(insert(profiles), ["profile_id", "created_at", "updated_at", "traits", "trait_times"])
+_INSERT_IDENTIFIERS = Precompiled(
+    insert(identifiers), ["type", "value", "profile_id", "origin_profile_id", "first_seen_at", "touchpoint_id"]
+)
 _INSERT_EVENTS = insert(identity_events)
-_INSERT_MERGES = insert(merges)
+_INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
 
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
 
 
 # The variable-length queries are prebuilt once per number of values (`@cache`): a touchpoint
 # carries a handful of identifiers and touches one to three profiles, so a few statements cover
-# every call. Each compiles once and is then found in SQLAlchemy's statement cache, where an
-# expanding IN would be rewritten on every execution and a statement built per call re-keyed.
+# every call. Each compiles once per dialect (`Precompiled`), where an expanding IN would be
+# rewritten on every execution and a statement built per call re-keyed.
 
 
 def _numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
@@ -50,7 +53,7 @@ def _placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
 
 
 @cache
-def _owners_of(count: int) -> CompoundSelect:
+def _owners_of(count: int) -> Precompiled:
     """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
 
     Both are questions about the touchpoint's identifiers, and the second is
@@ -61,15 +64,15 @@ def _owners_of(count: int) -> CompoundSelect:
     # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
     # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
     pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
-    return union_all(
+    return Precompiled(union_all(
         select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs)),
         select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
-    )
+    ))
 
 
 @cache
-def _type_counts_of(count: int) -> Select[Any]:
-    return (
+def _type_counts_of(count: int) -> Precompiled:
+    return Precompiled(
         select(identifiers.c.profile_id, identifiers.c.type, func.count())
         .where(identifiers.c.profile_id.in_(_placeholders(count)))
         .group_by(identifiers.c.profile_id, identifiers.c.type)
@@ -77,21 +80,21 @@ def _type_counts_of(count: int) -> Select[Any]:
 
 
 @cache
-def _kept_apart_of(count: int) -> Select[Any]:
+def _kept_apart_of(count: int) -> Precompiled:
     ids = _placeholders(count)
-    return select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids)))
+    return Precompiled(select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))))
 
 
 @cache
-def _repoint(column: Column[str], count: int) -> Update:
+def _repoint(column: Column[str], count: int) -> Precompiled:
     """Set `column` to `b_to` wherever it holds one of `count` profile ids: how a merge moves rows to its survivor."""
-    return update(column.table).where(column.in_(_placeholders(count))).values({column.name: bindparam("b_to")})
+    return Precompiled(update(column.table).where(column.in_(_placeholders(count))).values({column.name: bindparam("b_to")}))
 
 
 @cache
-def _retire(count: int) -> Update:
+def _retire(count: int) -> Precompiled:
     """Mark `count` merged profiles as aliases of `b_to`."""
-    return (
+    return Precompiled(
         update(profiles)
         .where(profiles.c.profile_id.in_(_placeholders(count)))
         .values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
@@ -99,32 +102,38 @@ def _retire(count: int) -> Update:
 
 
 @cache
-def _forgotten_of(count: int) -> Select[Any]:
-    return select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(_placeholders(count)))
+def _forgotten_of(count: int) -> Precompiled:
+    return Precompiled(select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(_placeholders(count))))
 
 
 @cache
-def _traits_of_profiles(count: int) -> Select[Any]:
-    return select(profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times).where(
-        profiles.c.profile_id.in_(_placeholders(count))
+def _traits_of_profiles(count: int) -> Precompiled:
+    return Precompiled(
+        select(profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times).where(
+            profiles.c.profile_id.in_(_placeholders(count))
+        )
     )
 
 
 @cache
-def _live_ids_of(count: int) -> Select[Any]:
-    return select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(_placeholders(count)))
-
-
-@cache
-def _profile_rows_of(count: int) -> Select[Any]:
-    return select(profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits).where(
-        profiles.c.profile_id.in_(_placeholders(count))
+def _live_ids_of(count: int) -> Precompiled:
+    return Precompiled(
+        select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(_placeholders(count)))
     )
 
 
 @cache
-def _identifiers_of(count: int) -> Select[Any]:
-    return (
+def _profile_rows_of(count: int) -> Precompiled:
+    return Precompiled(
+        select(profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits).where(
+            profiles.c.profile_id.in_(_placeholders(count))
+        )
+    )
+
+
+@cache
+def _identifiers_of(count: int) -> Precompiled:
+    return Precompiled(
         select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value)
         .where(identifiers.c.profile_id.in_(_placeholders(count)))
         .order_by(identifiers.c.first_seen_at.desc())
@@ -132,19 +141,17 @@ def _identifiers_of(count: int) -> Select[Any]:
 
 
 @cache
-def _aliases_of(count: int) -> Select[Any]:
-    return (
+def _aliases_of(count: int) -> Precompiled:
+    return Precompiled(
         select(profiles.c.merged_into, profiles.c.profile_id)
         .where(profiles.c.merged_into.in_(_placeholders(count)))
         .order_by(profiles.c.profile_id)
     )
 
 
-def _select_for(
-    connection: Connection, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]
-) -> CursorResult[Any]:
+def _select_for(connection: Connection, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run the prebuilt statement for `len(values)` values."""
-    return connection.execute(statement(len(values)), _numbered(values))
+    return statement(len(values)).execute(connection, _numbered(values))
 
 
 class SqlIdentityGraph:
@@ -171,7 +178,7 @@ class SqlIdentityGraph:
         params = _numbered([i.type for i in idents], "t") | _numbered([i.value for i in idents], "v") | _numbered(digests, "d")
         found: dict[Identifier, str] = {}
         blocked: set[str] = set()
-        for first, value, profile_id in self.connection.execute(_owners_of(len(idents)), params):
+        for first, value, profile_id in _owners_of(len(idents)).execute(self.connection, params):
             if profile_id is None:
                 blocked.add(first)
             else:
@@ -195,9 +202,9 @@ class SqlIdentityGraph:
         if all(ident in self._blocked for ident in idents):
             return {ident for ident in idents if self._blocked[ident]}
         by_digest = {identifier_digest(ident): ident for ident in idents}
-        return {by_digest[digest] for digest in self._select_for(_forgotten_of, list(by_digest)).scalars()}
+        return {by_digest[digest] for (digest,) in self._select_for(_forgotten_of, list(by_digest))}
 
-    def _select_for(self, statement: Callable[[int], Select[Any] | CompoundSelect], values: Sequence[Any]) -> CursorResult[Any]:
+    def _select_for(self, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
         return _select_for(self.connection, statement, values)
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
@@ -215,15 +222,15 @@ class SqlIdentityGraph:
 
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
-        self.connection.execute(
-            _INSERT_PROFILE, {"profile_id": profile_id, "created_at": at, "updated_at": at, "traits": {}, "trait_times": {}}
+        _INSERT_PROFILE.execute(
+            self.connection, {"profile_id": profile_id, "created_at": at, "updated_at": at, "traits": {}, "trait_times": {}}
         )
         self._known_traits[profile_id] = ({}, {})
         return profile_id
 
     def attach(self, profile_id: str, idents: Sequence[Identifier], touchpoint_id: str, at: datetime) -> None:
-        self.connection.execute(
-            _INSERT_IDENTIFIERS,
+        _INSERT_IDENTIFIERS.execute(
+            self.connection,
             [
                 {
                     "type": i.type, "value": i.value, "profile_id": profile_id, "origin_profile_id": profile_id,
@@ -242,8 +249,8 @@ class SqlIdentityGraph:
         for merged_id in merged_ids:
             survivor_traits = newest_traits(survivor_traits, stored[merged_id])
             self._known_traits.pop(merged_id)  # an alias now; its stored traits are no longer read
-        self.connection.execute(
-            _INSERT_MERGES,
+        _INSERT_MERGES.execute(
+            self.connection,
             [
                 {
                     "survivor_id": survivor_id, "merged_id": merged_id, "touchpoint_id": touchpoint_id,
@@ -254,18 +261,18 @@ class SqlIdentityGraph:
         )
         moved = _numbered(merged_ids) | {"b_to": survivor_id}
         count = len(merged_ids)
-        self.connection.execute(_repoint(identifiers.c.profile_id, count), moved)
-        self.connection.execute(_retire(count), moved | {"b_at": at})
+        _repoint(identifiers.c.profile_id, count).execute(self.connection, moved)
+        _retire(count).execute(self.connection, moved | {"b_at": at})
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
-        self.connection.execute(_repoint(profiles.c.merged_into, count), moved)
+        _repoint(profiles.c.merged_into, count).execute(self.connection, moved)
         # Touchpoints follow, so a profile's history is one query.
-        self.connection.execute(_repoint(touchpoints.c.profile_id, count), moved)
+        _repoint(touchpoints.c.profile_id, count).execute(self.connection, moved)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
 
     def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
         """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
-        pairs = self._select_for(_kept_apart_of, merged_ids).all()
+        pairs = self._select_for(_kept_apart_of, merged_ids)
         if not pairs:
             return
         involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
@@ -334,8 +341,8 @@ class SqlIdentityGraph:
 
     def _save_traits(self, profile_id: str, traits: Traits) -> None:
         # updated_at is when the hub changed the profile; the event times live in trait_times.
-        self.connection.execute(
-            _SAVE_TRAITS,
+        _SAVE_TRAITS.execute(
+            self.connection,
             {"b_profile_id": profile_id, "b_traits": traits[0], "b_trait_times": traits[1], "b_updated_at": utcnow()},
         )
         self._known_traits[profile_id] = traits
@@ -387,16 +394,16 @@ def profile_views(connection: Connection, profile_ids: Collection[str]) -> dict[
     """
     asked = sorted(set(profile_ids))
     live_rows = _select_for(connection, _live_ids_of, asked) if asked else []
-    live_of = {row.profile_id: row.merged_into or row.profile_id for row in live_rows}
+    live_of = {profile_id: merged_into or profile_id for profile_id, merged_into in live_rows}
     if not live_of:
         return {}
     live = sorted(set(live_of.values()))
     views: dict[str, dict[str, Any]] = {
-        row.profile_id: {
-            "profile_id": row.profile_id, "created_at": row.created_at, "updated_at": row.updated_at, "traits": row.traits,
+        profile_id: {
+            "profile_id": profile_id, "created_at": created_at, "updated_at": updated_at, "traits": traits,
             "identifiers": {}, "merged_profile_ids": [],
         }
-        for row in _select_for(connection, _profile_rows_of, live)
+        for profile_id, created_at, updated_at, traits in _select_for(connection, _profile_rows_of, live)
     }
     for profile_id, type_, value in _select_for(connection, _identifiers_of, live):
         views[profile_id]["identifiers"].setdefault(type_, []).append(value)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from sqlalchemy import Column, ColumnElement, Connection, Row, Select, Table, func, or_, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Dialect, Executable, Row, Select, Table, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 # The key of the PostgreSQL advisory lock `lock_profiles` takes (any fixed bigint; this spells "tp-hub").
 PROFILES_LOCK_KEY = 0x74702D687562
@@ -107,3 +110,91 @@ def lock_profiles(connection: Connection) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(PROFILES_LOCK_KEY)))
+
+
+Processor = Callable[[Any], Any] | None
+
+
+@dataclass(frozen=True)
+class _DriverStatement:
+    """A statement as one dialect's driver takes it: SQL text, its parameters in order, and their conversions."""
+
+    sql: str
+    names: tuple[str, ...]  # parameter names, in the order a positional paramstyle binds them
+    keys: tuple[str, ...]  # the name each takes in a named paramstyle's dict (SQLAlchemy may escape some)
+    positional: bool
+    bind: tuple[Processor, ...]  # per parameter: the column type's Python-to-driver conversion
+    result: tuple[Processor, ...]  # per result column: the driver-to-Python conversion
+
+    def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        converted = [value if convert is None else convert(value)
+                     for value, convert in zip((values[name] for name in self.names), self.bind)]
+        return tuple(converted) if self.positional else dict(zip(self.keys, converted))
+
+
+class Precompiled:
+    """A Core statement compiled once per dialect and then run as the driver's own SQL.
+
+    `Connection.execute` of even a cached Core statement costs SQLAlchemy a
+    cache-key walk of the statement, building its parameters, and a Row per
+    result row: for the identity graph's small statements several times
+    SQLite's own time. Here the statement is compiled once per dialect (so it
+    stays spelled right for SQLite and PostgreSQL, paramstyle included), and
+    each run only converts the values with the columns' own type processors
+    (JSON, UTC datetimes) and hands text and values to a cursor of the
+    connection's driver connection, inside the connection's transaction.
+    Even `exec_driver_sql` cost about as much again as the driver, for an
+    execution context and a result object per statement; what it gave
+    besides is kept: a transaction is begun if none is (as SQLAlchemy's
+    autobegin would), and driver errors are raised as SQLAlchemy's. Not kept:
+    statement events, and invalidating the pooled connection on a
+    disconnect (the pool's pre-ping finds a dead one at its next checkout).
+
+    The statement's parameters must all be explicit `bindparam`s (or, for an
+    INSERT, the `columns` it sets); every one must be given on each run.
+    """
+
+    def __init__(self, statement: Executable, columns: Sequence[str] | None = None) -> None:
+        self._statement = statement
+        self._columns = list(columns) if columns is not None else None
+        self._compiled: WeakKeyDictionary[Dialect, _DriverStatement] = WeakKeyDictionary()
+
+    def execute(self, connection: Connection, values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Run with one set of values, or many (the driver's executemany); the result rows, if any, as tuples."""
+        driver = self._for(connection.dialect)
+        if not connection.in_transaction():
+            connection.begin()
+        dbapi_error = connection.dialect.loaded_dbapi.Error
+        cursor = connection.connection.cursor()
+        try:
+            if isinstance(values, Mapping):
+                cursor.execute(driver.sql, driver.parameters(values))
+            else:
+                cursor.executemany(driver.sql, [driver.parameters(row) for row in values])
+            rows = cursor.fetchall() if cursor.description is not None else []
+        except dbapi_error as error:
+            raise DBAPIError.instance(driver.sql, values, error, dbapi_error) from error
+        finally:
+            cursor.close()
+        if not any(driver.result):
+            return rows
+        return [tuple(v if convert is None else convert(v) for v, convert in zip(row, driver.result)) for row in rows]
+
+    def _for(self, dialect: Dialect) -> _DriverStatement:
+        driver = self._compiled.get(dialect)
+        if driver is None:
+            driver = self._compiled[dialect] = self._compile(dialect)
+        return driver
+
+    def _compile(self, dialect: Dialect) -> _DriverStatement:
+        compiled = self._statement.compile(dialect=dialect, column_keys=self._columns)
+        names = tuple(compiled.positiontup or compiled.binds)
+        columns = getattr(self._statement, "selected_columns", [])
+        return _DriverStatement(
+            sql=compiled.string,
+            names=names,
+            keys=tuple(compiled.escaped_bind_names.get(name, name) for name in names),
+            positional=compiled.positional,
+            bind=tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names),
+            result=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
+        )
