@@ -51,6 +51,27 @@ def timer_statuses(hub: Hub) -> list[str]:
         return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
 
 
+class Statements:
+    """The SQL a hub sends while the block runs."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.engine = hub.store.engine
+        self.sent: list[str] = []
+
+    def __enter__(self) -> "Statements":
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, connection: object, cursor: object, statement: str, *args: object) -> None:
+        self.sent.append(" ".join(statement.split()))
+
+    def reads_of(self, table: str) -> list[str]:
+        return [text for text in self.sent if text.startswith("SELECT") and f"FROM {table} " in text]
+
+
 @BOTH_DATABASES
 def test_a_due_timer_fires_after_a_restart_exactly_once(tmp_path: Path, database_url: str) -> None:
     before = hub_on(tmp_path, database_url=database_url)
@@ -91,6 +112,21 @@ def test_the_follow_up_cancels_and_a_new_cart_event_restarts_the_wait(tmp_path: 
     accept(hub, message(userId="amy", event="Order Completed", timestamp=(NOW - timedelta(minutes=2)).isoformat()))
     assert timer_statuses(hub) == ["cancelled", "cancelled"]
     assert hub.timers.run_once() == 0
+
+
+@BOTH_DATABASES
+def test_an_event_cancels_the_wait_it_falls_inside_and_supersedes_an_overdue_one_in_one_update(
+    tmp_path: Path, database_url: str
+) -> None:
+    hub = hub_on(tmp_path, database_url=database_url)
+    identify, cart = cart_then()
+    accept(hub, identify, message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=10)).isoformat()))
+    accept(hub, cart)  # the first wait ran out before this cart, and has not fired yet
+    assert timer_statuses(hub) == ["superseded", "pending"]
+    with Statements(hub) as statements:  # the next cart event ends the running wait and starts its own
+        accept(hub, message(userId="amy", event="Product Added", timestamp=(NOW - timedelta(minutes=2)).isoformat()))
+    assert timer_statuses(hub) == ["superseded", "cancelled", "pending"]
+    assert len([text for text in statements.sent if text.startswith("UPDATE timers")]) == 1
 
 
 def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:
@@ -186,27 +222,6 @@ def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_coun
         assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
         assert len(outbox.search(connection, limit=10)) == 1
 
-
-
-class Statements:
-    """The SQL a hub sends while the block runs."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.engine = hub.store.engine
-        self.sent: list[str] = []
-
-    def __enter__(self) -> "Statements":
-        event.listen(self.engine, "before_cursor_execute", self._seen)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        event.remove(self.engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, connection: object, cursor: object, statement: str, *args: object) -> None:
-        self.sent.append(" ".join(statement.split()))
-
-    def reads_of(self, table: str) -> list[str]:
-        return [text for text in self.sent if text.startswith("SELECT") and f"FROM {table} " in text]
 
 
 @BOTH_DATABASES
