@@ -3,12 +3,12 @@
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
 of their anchors, four of their profiles (`profile_views`), one of their
-follow-ups, one insert of decisions, one of deliveries, one update settling
-them. If any timer of the set fails, the set
-is rolled back to its savepoint and each timer fires on its own, so one bad
-timer never holds back its neighbours. A crash before the commit leaves the
-timers pending, to be fired after the lease by this or another process; a
-commit makes them settled, so each fires once.
+follow-ups, one of their rules' caps, one of their daily caps, one insert
+of decisions, one of deliveries, one update settling them. If any timer of
+the set fails, the set is rolled back to its savepoint and each timer fires
+on its own, so one bad timer never holds back its neighbours. A crash
+before the commit leaves the timers pending, to be fired after the lease by
+this or another process; a commit makes them settled, so each fires once.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from sqlalchemy import Connection
 
 from hub import triggers
 from hub.clock import utcnow
-from hub.model import Touchpoint
-from hub.respond import Responder, Routed, StoreHistory
+from hub.model import Decision, Touchpoint
+from hub.respond import CapsReadAhead, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.store import Store, sql, timers, touchpoints
@@ -99,15 +99,17 @@ class TimerEngine:
     def _fire_set(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
         """Decide, route, record and settle the timers; returns how many deliveries were planned.
 
-        A profile's second timer of the set waits for the next round, so its caps
-        (the rule's, the daily one) count what the first one planned.
+        The set's caps are read once, not per timer: the rules' from one read of
+        their fired decisions (`CapsReadAhead`), the daily one from one count per
+        profile. A profile's second timer of the set waits for the next round,
+        which reads them again, so its caps count what the first one planned.
         """
         if not due:
             return 0
         settled: list[Settlement] = []
         firings, later = self._prepare(connection, due, settled)
-        history = self._follow_ups(connection, firings)
-        routed: list[Routed] = []
+        history = self._history(connection, firings)
+        decided: list[tuple[_Firing, Decision]] = []
         for firing in firings:
             timer, profile = firing.timer, firing.profile
             decision = triggers.evaluate_expired(
@@ -116,8 +118,14 @@ class TimerEngine:
             if decision is None:
                 settled.append(Settlement(timer.timer_id, "cancelled"))
                 continue
-            routed.append(self.responder.route(connection, decision, firing.anchor.as_document(), now, profile))
+            decided.append((firing, decision))
             settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))
+        today = self.responder.messages_today(connection, {d.profile_id for _, d in decided if d.status == "fired"}, now)
+        routed = [
+            self.responder.route(connection, decision, firing.anchor.as_document(), now, firing.profile,
+                                 today.get(decision.profile_id, 0))
+            for firing, decision in decided
+        ]
         planned = self.responder.record(connection, routed, now)
         timers.settle(connection, settled, now)
         return planned + self._fire_set(connection, later, now)
@@ -144,16 +152,19 @@ class TimerEngine:
                 firings.append(_Firing(timer, rule, anchor, profile))
         return firings, later
 
-    def _follow_ups(self, connection: Connection, firings: list[_Firing]) -> triggers.History:
-        """The store as history, with every timer's possible follow-ups read in one query up front."""
+    def _history(self, connection: Connection, firings: list[_Firing]) -> triggers.History:
+        """The store as history, with every timer's possible follow-ups read in one query up front and the
+        caps of their rules in one more, when the first asks."""
+        profiles = {firing.profile["profile_id"] for firing in firings}
+        caps = [(firing.timer.due_at - firing.rule.cap.within, firing.rule.id) for firing in firings if firing.rule.cap]
         store = StoreHistory(connection)
+        if caps:
+            store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
         if not firings:
             return store
         names = triggers.event_names([triggers.awaited(firing.rule) for firing in firings])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)
-        profiles = {firing.profile["profile_id"] for firing in firings}
         return triggers.ReadAhead(
             store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
         )
-

@@ -134,10 +134,11 @@ class Pipeline:
             rules = self.rulebook.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
-            timers.cancel(connection, list(changes.cancel), resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now)
-            for rule_id, due_at in changes.arm:
-                timers.arm(connection, rule_id, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, due_at, now)
-                armed.append(due_at)
+            timers.follow_event(
+                connection, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now,
+                cancel=changes.cancel, arm=changes.arm,
+            )
+            armed.extend(due_at for _, due_at in changes.arm)
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):

@@ -7,7 +7,7 @@ decision log behave the same whichever way a rule fired.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,6 +41,31 @@ class StoreHistory:
         return decisions.count_since(self.connection, profile_id, rule_id, since)
 
 
+class CapsReadAhead(StoreHistory):
+    """`StoreHistory` answering frequency caps from one read of when these rules fired for these profiles.
+
+    A set of timers asks each capped rule's count once per timer; one read of
+    the fired decisions since the earliest any of them looks back (made when
+    the first cap asks), counted in memory, makes that one statement per set.
+    A count the read does not cover asks the store. The read is exact only as
+    long as no decision it covers is recorded meanwhile: the timer engine
+    records a set's decisions after all of them are decided, and gives each
+    profile one timer per set.
+    """
+
+    def __init__(self, connection: Connection, profile_ids: Collection[str], rule_ids: Collection[str], since: datetime) -> None:
+        super().__init__(connection)
+        self.profile_ids, self.rule_ids, self.since = frozenset(profile_ids), frozenset(rule_ids), since
+        self._fired: dict[tuple[str, str], list[datetime]] | None = None
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        if profile_id not in self.profile_ids or rule_id not in self.rule_ids or since < self.since:
+            return super().decisions_since(profile_id, rule_id, since)
+        if self._fired is None:
+            self._fired = decisions.fired_since(self.connection, self.profile_ids, self.rule_ids, self.since)
+        return sum(decided_at > since for decided_at in self._fired.get((profile_id, rule_id), ()))
+
+
 @dataclass(frozen=True, slots=True)
 class Routed:
     """A decision with its routing plan, ready to be recorded."""
@@ -61,20 +86,28 @@ class Responder:
         touchpoint: dict[str, Any],
         now: datetime,
         profile: dict[str, Any] | None = None,
+        messages_today: int | None = None,
     ) -> Routed:
         """Each action's fate and the deliveries to plan; nothing is stored until `record`.
 
-        `profile` is the `profile_view` when the caller has it already. The daily
-        cap counts the deliveries stored so far, so a decision must be recorded
+        `profile` is the `profile_view`, and `messages_today` the profile's count
+        from `messages_today`, when the caller has them already. The daily cap
+        counts the deliveries stored so far, so a decision must be recorded
         before the next one of its profile is routed.
         """
         profile = profile or profile_view(connection, decision.profile_id)
         if profile is None:
             raise LookupError(f"decision {decision.decision_id} names unknown profile {decision.profile_id}")
-        messages_today = 0
-        if self.router.policy.daily_cap is not None:
-            messages_today = outbox.planned_since(connection, profile["profile_id"], self._capped_channels, now - CAP_PERIOD)
+        if messages_today is None:
+            messages_today = self.messages_today(connection, [profile["profile_id"]], now).get(profile["profile_id"], 0)
         return Routed(decision, self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today))
+
+    def messages_today(self, connection: Connection, profile_ids: Collection[str], now: datetime) -> dict[str, int]:
+        """What the daily cap counts for each profile (those with none left out), in one statement; no
+        statement when there is no daily cap or no profile."""
+        if self.router.policy.daily_cap is None or not profile_ids:
+            return {}
+        return outbox.planned_since(connection, profile_ids, self._capped_channels, now - CAP_PERIOD)
 
     def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> int:
         """Store routed decisions (one insert) and plan their deliveries (one more); returns how many were planned.

@@ -69,7 +69,7 @@ class Hub:
         lease = timedelta(seconds=settings.lease_seconds)
         responder = Responder(self.router)
         self.timers = TimerEngine(
-            self.store, self.rulebook, responder, batch_size=settings.worker_batch_size, lease=lease,
+            self.store, self.rulebook, responder, batch_size=settings.timer_batch_size, lease=lease,
             deliveries_planned=self.delivery_wake,
         )
         timer_worker = Worker(

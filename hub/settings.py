@@ -99,6 +99,9 @@ class HubSettings(BaseSettings):
     breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
 
     worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
+    timer_batch_size: int = Field(
+        100, ge=1, description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers)."
+    )
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
     pipeline_max_attempts: int = Field(5, ge=1)

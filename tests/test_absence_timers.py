@@ -8,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Connection, event
 
 from hub import triggers
 from hub.clock import utcnow
@@ -48,6 +49,27 @@ def cart_then(*follow_ups: dict) -> list[dict]:
 def timer_statuses(hub: Hub) -> list[str]:
     with hub.store.read() as connection:
         return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
+
+
+class Statements:
+    """The SQL a hub sends while the block runs."""
+
+    def __init__(self, hub: Hub) -> None:
+        self.engine = hub.store.engine
+        self.sent: list[str] = []
+
+    def __enter__(self) -> "Statements":
+        event.listen(self.engine, "before_cursor_execute", self._seen)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        event.remove(self.engine, "before_cursor_execute", self._seen)
+
+    def _seen(self, connection: object, cursor: object, statement: str, *args: object) -> None:
+        self.sent.append(" ".join(statement.split()))
+
+    def reads_of(self, table: str) -> list[str]:
+        return [text for text in self.sent if text.startswith("SELECT") and f"FROM {table} " in text]
 
 
 @BOTH_DATABASES
@@ -92,6 +114,21 @@ def test_the_follow_up_cancels_and_a_new_cart_event_restarts_the_wait(tmp_path: 
     assert hub.timers.run_once() == 0
 
 
+@BOTH_DATABASES
+def test_an_event_cancels_the_wait_it_falls_inside_and_supersedes_an_overdue_one_in_one_update(
+    tmp_path: Path, database_url: str
+) -> None:
+    hub = hub_on(tmp_path, database_url=database_url)
+    identify, cart = cart_then()
+    accept(hub, identify, message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=10)).isoformat()))
+    accept(hub, cart)  # the first wait ran out before this cart, and has not fired yet
+    assert timer_statuses(hub) == ["superseded", "pending"]
+    with Statements(hub) as statements:  # the next cart event ends the running wait and starts its own
+        accept(hub, message(userId="amy", event="Product Added", timestamp=(NOW - timedelta(minutes=2)).isoformat()))
+    assert timer_statuses(hub) == ["superseded", "cancelled", "pending"]
+    assert len([text for text in statements.sent if text.startswith("UPDATE timers")]) == 1
+
+
 def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:
     hub = hub_on(tmp_path)
     accept(hub, *cart_then())
@@ -115,9 +152,7 @@ def carts_of(*names: str) -> list[dict]:
 
 def status_of(hub: Hub, name: str) -> str:
     with hub.store.read() as connection:
-        profile_id = find_profile_id(connection, Identifier("email", f"{name}@example.com"))
-        assert profile_id is not None
-        [timer] = timers.for_profile(connection, profile_id)
+        [timer] = timers.for_profile(connection, profile_of(connection, name))
     return timer["status"]
 
 
@@ -187,6 +222,30 @@ def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_coun
         assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
         assert len(outbox.search(connection, limit=10)) == 1
 
+
+
+@BOTH_DATABASES
+def test_a_set_reads_its_caps_once_and_each_profile_counts_only_its_own_decisions(tmp_path: Path, database_url: str) -> None:
+    hub = hub_on(tmp_path, database_url=database_url)
+    accept(hub, *[{**event, "timestamp": (NOW - timedelta(minutes=10)).isoformat()} for event in carts_of("amy")])
+    assert hub.timers.run_once() == 1  # amy's one cart nudge of the day (the rule's cap: 1 in 24 h)
+    accept(hub, *carts_of("amy", "bob", "cat"))
+    with Statements(hub) as statements:
+        assert hub.timers.run_once() == 3
+    assert len(statements.reads_of("decisions")) == 1  # the rule's cap, for the three profiles at once
+    assert len(statements.reads_of("deliveries")) == 1  # the daily cap, likewise
+    with hub.store.read() as connection:
+        fired = {
+            name: [d["status"] for d in decisions.search(connection, limit=10, profile_id=profile_of(connection, name))]
+            for name in ("amy", "bob", "cat")
+        }
+    assert fired == {"amy": ["capped", "fired"], "bob": ["fired"], "cat": ["fired"]}
+
+
+def profile_of(connection: Connection, name: str) -> str:
+    profile_id = find_profile_id(connection, Identifier("email", f"{name}@example.com"))
+    assert profile_id is not None
+    return profile_id
 
 
 @BOTH_DATABASES

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +25,28 @@ _COUNT_SINCE = select(func.count()).where(
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
     """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
     return connection.execute(_COUNT_SINCE, {"profile_id": profile_id, "rule_id": rule_id, "since": since}).scalar_one()
+
+
+_FIRED_SINCE = select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(
+    decisions.c.profile_id.in_(bindparam("profile_ids", expanding=True)),
+    decisions.c.rule_id.in_(bindparam("rule_ids", expanding=True)),
+    decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
+)
+
+
+def fired_since(
+    connection: Connection, profile_ids: Collection[str], rule_ids: Collection[str], since: datetime
+) -> dict[tuple[str, str], list[datetime]]:
+    """When each of these rules fired (not capped) for each of these profiles since a time, by (profile, rule).
+
+    `count_since` for many profiles and rules in one statement: the timer engine
+    answers every frequency cap of a set of timers from it.
+    """
+    fired: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+    parameters = {"profile_ids": list(profile_ids), "rule_ids": list(rule_ids), "since": since}
+    for profile_id, rule_id, decided_at in connection.execute(_FIRED_SINCE, parameters):
+        fired[profile_id, rule_id].append(decided_at)
+    return dict(fired)
 
 
 def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[str, Any]]]], now: datetime) -> set[str]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
-from sqlalchemy import Connection, bindparam, func, or_, select, update
+from sqlalchemy import Connection, Update, and_, bindparam, case, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
 from hub.store.schema import UTCDateTime, timers
-from hub.store.sql import insert_ignoring_conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,26 +30,6 @@ class DueTimer:
     anchor_at: datetime
     due_at: datetime
 
-
-# Built once with bind parameters: the pipeline runs these for most events.
-_SUPERSEDE = (
-    update(timers)
-    .where(
-        timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id == bindparam("p_rule_id"),
-        timers.c.status == "pending", timers.c.anchor_at <= bindparam("p_at", type_=UTCDateTime),
-        timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
-    )
-    .values(status="superseded", settled_at=bindparam("p_now", type_=UTCDateTime))
-)
-_CANCEL = (
-    update(timers)
-    .where(
-        timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_(bindparam("p_rule_ids", expanding=True)),
-        timers.c.status == "pending", timers.c.anchor_at <= bindparam("p_at", type_=UTCDateTime),
-        timers.c.due_at >= bindparam("p_at", type_=UTCDateTime), timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
-    )
-    .values(status="cancelled", settled_at=bindparam("p_now", type_=UTCDateTime))
-)
 
 _SETTLE = (
     update(timers)
@@ -69,38 +49,57 @@ _NEXT_DUE = (  # each pass of the timer worker
 )
 
 
-def arm(
-    connection: Connection, rule_id: str, profile_id: str, touchpoint_id: str, anchor_at: datetime, due_at: datetime,
-    now: datetime,
-) -> bool:
-    """Start waiting; a newer `after` event replaces the profile's pending timer of the rule (the wait restarts)."""
-    connection.execute(
-        _SUPERSEDE,
-        {"p_profile_id": profile_id, "p_rule_id": rule_id, "p_at": anchor_at, "p_touchpoint_id": touchpoint_id, "p_now": now},
+def follow_event(
+    connection: Connection, profile_id: str, touchpoint_id: str, at: datetime, now: datetime, *,
+    cancel: Sequence[str], arm: Sequence[tuple[str, datetime]],
+) -> None:
+    """What an event at `at` does to its profile's timers: the waits it ends are cancelled, those it starts
+    (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers.
+
+    A rule both cancelled and armed by the event (`without: any` after a cart
+    event) has its running wait cancelled and an overdue one that has not
+    fired yet superseded, as cancelling first and arming after would.
+    """
+    rearm = [rule_id for rule_id, _ in arm]
+    if cancel or rearm:
+        parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now}
+        parameters.update({f"p_cancel_{n}": rule_id for n, rule_id in enumerate(cancel)})
+        parameters.update({f"p_rearm_{n}": rule_id for n, rule_id in enumerate(rearm)})
+        connection.execute(_settling(len(cancel), len(rearm)), parameters)
+    sql.insert_new(connection, timers, [
+        {
+            "timer_id": derived_id("timer", rule_id, touchpoint_id), "rule_id": rule_id, "profile_id": profile_id,
+            "touchpoint_id": touchpoint_id, "anchor_at": at, "due_at": due_at, "status": "pending", "created_at": now,
+        }
+        for rule_id, due_at in arm
+    ], timers.c.timer_id)
+
+
+@lru_cache(maxsize=64)
+def _settling(cancels: int, rearms: int) -> Update:
+    """`follow_event`'s UPDATE for an event cancelling `cancels` rules and arming `rearms`, built once per shape.
+
+    Of the profile's pending timers of those rules anchored no later than the
+    event, one of a rule it cancels that it falls inside of is cancelled; any
+    other, of a rule it arms, is superseded (the wait restarts). One plain
+    bind parameter per rule: expanding IN lists are rendered again on every
+    execution, which costs as much as running the statement. `due_at` stays
+    out of the top-level terms: without statistics, SQLite would then walk
+    (status, due_at) over every pending timer due later, not the profile's.
+    """
+    cancel = [bindparam(f"p_cancel_{n}") for n in range(cancels)]
+    rearm = [bindparam(f"p_rearm_{n}") for n in range(rearms)]
+    at = bindparam("p_at", type_=UTCDateTime)
+    cancelling = and_(timers.c.rule_id.in_(cancel), timers.c.due_at >= at)
+    return (
+        update(timers)
+        .where(
+            timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_([*cancel, *rearm]),
+            timers.c.status == "pending", timers.c.anchor_at <= at, timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
+            or_(timers.c.rule_id.in_(rearm), timers.c.due_at >= at),
+        )
+        .values(status=case((cancelling, "cancelled"), else_="superseded"), settled_at=bindparam("p_now", type_=UTCDateTime))
     )
-    row = {
-        "timer_id": derived_id("timer", rule_id, touchpoint_id),
-        "rule_id": rule_id,
-        "profile_id": profile_id,
-        "touchpoint_id": touchpoint_id,
-        "anchor_at": anchor_at,
-        "due_at": due_at,
-        "status": "pending",
-        "created_at": now,
-    }
-    return insert_ignoring_conflicts(connection, timers, [row], ["timer_id"]) == 1
-
-
-def cancel(
-    connection: Connection, rule_ids: list[str], profile_id: str, touchpoint_id: str, occurred_at: datetime, now: datetime
-) -> int:
-    """The awaited follow-up happened: pending timers it falls inside of are cancelled."""
-    if not rule_ids:
-        return 0
-    return connection.execute(
-        _CANCEL,
-        {"p_profile_id": profile_id, "p_rule_ids": rule_ids, "p_at": occurred_at, "p_touchpoint_id": touchpoint_id, "p_now": now},
-    ).rowcount
 
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:
