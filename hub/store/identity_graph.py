@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
+from sqlalchemy.exc import NoResultFound
 from ulid import ULID
 
 from hub.clock import utcnow
@@ -19,9 +20,9 @@ from hub.model import Identifier, RefusedLink
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
 from hub.store.sql import Precompiled, insert_ignoring_conflicts, numbered, placeholders
 
-_TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
 # cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
+_TRAITS_OF = Precompiled(select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id")))
 _SAVE_TRAITS = Precompiled(
     update(profiles)
     .where(profiles.c.profile_id == bindparam("b_profile_id"))
@@ -368,7 +369,10 @@ def live_profile_id(connection: Connection, profile_id: str) -> str | None:
 
 def traits_of(connection: Connection, profile_id: str) -> dict[str, Any]:
     """Only a profile's traits: what rule predicates read on every event (cheaper than `profile_view`)."""
-    return connection.execute(_TRAITS_OF, {"profile_id": profile_id}).scalar_one()
+    rows = _TRAITS_OF.execute(connection, {"profile_id": profile_id})
+    if not rows:
+        raise NoResultFound(f"no profile {profile_id}")
+    return rows[0][0]
 
 
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
