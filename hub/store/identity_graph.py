@@ -10,18 +10,19 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
+from sqlalchemy.exc import NoResultFound
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
-from hub.store.sql import Precompiled, insert_ignoring_conflicts
+from hub.store.sql import Precompiled, insert_ignoring_conflicts, numbered, placeholders
 
-_TRAITS_OF = select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id"))
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
 # cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
+_TRAITS_OF = Precompiled(select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id")))
 _SAVE_TRAITS = Precompiled(
     update(profiles)
     .where(profiles.c.profile_id == bindparam("b_profile_id"))
@@ -43,15 +44,6 @@ Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time tha
 # rewritten on every execution and a statement built per call re-keyed.
 
 
-def _numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
-    """Parameters for a statement from `_placeholders(len(values), prefix)`."""
-    return {f"{prefix}{n}": value for n, value in enumerate(values)}
-
-
-def _placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
-    return [bindparam(f"{prefix}{n}") for n in range(count)]
-
-
 @cache
 def _owners_of(count: int) -> Precompiled:
     """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
@@ -60,7 +52,7 @@ def _owners_of(count: int) -> Precompiled:
     asked whenever one is new; answering them in one statement saves a round
     trip for every first visit. An owner is never NULL, so the rows tell apart.
     """
-    types, values, digests = (_placeholders(count, prefix) for prefix in "tvd")
+    types, values, digests = (placeholders(count, prefix) for prefix in "tvd")
     # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
     # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
     pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
@@ -74,21 +66,21 @@ def _owners_of(count: int) -> Precompiled:
 def _type_counts_of(count: int) -> Precompiled:
     return Precompiled(
         select(identifiers.c.profile_id, identifiers.c.type, func.count())
-        .where(identifiers.c.profile_id.in_(_placeholders(count)))
+        .where(identifiers.c.profile_id.in_(placeholders(count)))
         .group_by(identifiers.c.profile_id, identifiers.c.type)
     )
 
 
 @cache
 def _kept_apart_of(count: int) -> Precompiled:
-    ids = _placeholders(count)
+    ids = placeholders(count)
     return Precompiled(select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))))
 
 
 @cache
 def _repoint(column: Column[str], count: int) -> Precompiled:
     """Set `column` to `b_to` wherever it holds one of `count` profile ids: how a merge moves rows to its survivor."""
-    return Precompiled(update(column.table).where(column.in_(_placeholders(count))).values({column.name: bindparam("b_to")}))
+    return Precompiled(update(column.table).where(column.in_(placeholders(count))).values({column.name: bindparam("b_to")}))
 
 
 @cache
@@ -96,21 +88,21 @@ def _retire(count: int) -> Precompiled:
     """Mark `count` merged profiles as aliases of `b_to`."""
     return Precompiled(
         update(profiles)
-        .where(profiles.c.profile_id.in_(_placeholders(count)))
+        .where(profiles.c.profile_id.in_(placeholders(count)))
         .values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
     )
 
 
 @cache
 def _forgotten_of(count: int) -> Precompiled:
-    return Precompiled(select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(_placeholders(count))))
+    return Precompiled(select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(placeholders(count))))
 
 
 @cache
 def _traits_of_profiles(count: int) -> Precompiled:
     return Precompiled(
         select(profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times).where(
-            profiles.c.profile_id.in_(_placeholders(count))
+            profiles.c.profile_id.in_(placeholders(count))
         )
     )
 
@@ -118,7 +110,7 @@ def _traits_of_profiles(count: int) -> Precompiled:
 @cache
 def _live_ids_of(count: int) -> Precompiled:
     return Precompiled(
-        select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(_placeholders(count)))
+        select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(placeholders(count)))
     )
 
 
@@ -126,7 +118,7 @@ def _live_ids_of(count: int) -> Precompiled:
 def _profile_rows_of(count: int) -> Precompiled:
     return Precompiled(
         select(profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits).where(
-            profiles.c.profile_id.in_(_placeholders(count))
+            profiles.c.profile_id.in_(placeholders(count))
         )
     )
 
@@ -135,7 +127,7 @@ def _profile_rows_of(count: int) -> Precompiled:
 def _identifiers_of(count: int) -> Precompiled:
     return Precompiled(
         select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value)
-        .where(identifiers.c.profile_id.in_(_placeholders(count)))
+        .where(identifiers.c.profile_id.in_(placeholders(count)))
         .order_by(identifiers.c.first_seen_at.desc())
     )
 
@@ -144,14 +136,14 @@ def _identifiers_of(count: int) -> Precompiled:
 def _aliases_of(count: int) -> Precompiled:
     return Precompiled(
         select(profiles.c.merged_into, profiles.c.profile_id)
-        .where(profiles.c.merged_into.in_(_placeholders(count)))
+        .where(profiles.c.merged_into.in_(placeholders(count)))
         .order_by(profiles.c.profile_id)
     )
 
 
 def _select_for(connection: Connection, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
     """Run the prebuilt statement for `len(values)` values."""
-    return statement(len(values)).execute(connection, _numbered(values))
+    return statement(len(values)).execute(connection, numbered(values))
 
 
 class SqlIdentityGraph:
@@ -175,7 +167,7 @@ class SqlIdentityGraph:
         if not idents:
             return {}
         digests = [identifier_digest(ident) for ident in idents]
-        params = _numbered([i.type for i in idents], "t") | _numbered([i.value for i in idents], "v") | _numbered(digests, "d")
+        params = numbered([i.type for i in idents], "t") | numbered([i.value for i in idents], "v") | numbered(digests, "d")
         found: dict[Identifier, str] = {}
         blocked: set[str] = set()
         for first, value, profile_id in _owners_of(len(idents)).execute(self.connection, params):
@@ -259,7 +251,7 @@ class SqlIdentityGraph:
                 for merged_id in merged_ids
             ],
         )
-        moved = _numbered(merged_ids) | {"b_to": survivor_id}
+        moved = numbered(merged_ids) | {"b_to": survivor_id}
         count = len(merged_ids)
         _repoint(identifiers.c.profile_id, count).execute(self.connection, moved)
         _retire(count).execute(self.connection, moved | {"b_at": at})
@@ -377,7 +369,10 @@ def live_profile_id(connection: Connection, profile_id: str) -> str | None:
 
 def traits_of(connection: Connection, profile_id: str) -> dict[str, Any]:
     """Only a profile's traits: what rule predicates read on every event (cheaper than `profile_view`)."""
-    return connection.execute(_TRAITS_OF, {"profile_id": profile_id}).scalar_one()
+    rows = _TRAITS_OF.execute(connection, {"profile_id": profile_id})
+    if not rows:
+        raise NoResultFound(f"no profile {profile_id}")
+    return rows[0][0]
 
 
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:

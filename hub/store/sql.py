@@ -9,7 +9,7 @@ from functools import lru_cache
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Column, ColumnElement, Connection, Dialect, Executable, Row, Select, Table, func, or_, select, update
+from sqlalchemy import BindParameter, Column, ColumnElement, Connection, Dialect, Executable, Row, Select, Table, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -45,6 +45,14 @@ def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, An
         return set()
     statement = _insert_skipping(connection.dialect.name, table, (key.name,), returning=key.name)
     return set(connection.execute(statement, list(rows)).scalars().all())
+
+
+def precompiled_insert_skipping(table: Table, conflict_columns: Sequence[str], columns: Sequence[str], *,
+                                returning: str | None = None) -> Precompiled:
+    """`insert_ignoring_conflicts`'s statement (setting `columns`) as a `Precompiled`, for the pipeline's
+    per-event inserts; RETURNING `returning` tells a caller which rows were new, where the rowcount of
+    an INSERT ... ON CONFLICT is not the same on every driver."""
+    return Precompiled(lambda dialect: _insert_skipping(dialect, table, tuple(conflict_columns), returning), columns)
 
 
 @lru_cache(maxsize=64)
@@ -112,6 +120,17 @@ def lock_profiles(connection: Connection) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(PROFILES_LOCK_KEY)))
 
 
+def numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
+    """Parameters for a statement from `placeholders(len(values), prefix)`."""
+    return {f"{prefix}{n}": value for n, value in enumerate(values)}
+
+
+def placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
+    """One bind parameter per value, for an IN a `Precompiled` statement can hold (an expanding IN is
+    rendered again on every execution)."""
+    return [bindparam(f"{prefix}{n}") for n in range(count)]
+
+
 Processor = Callable[[Any], Any] | None
 
 
@@ -126,9 +145,12 @@ class _DriverStatement:
     bind: tuple[Processor, ...]  # per parameter: the column type's Python-to-driver conversion
     result: tuple[Processor, ...]  # per result column: the driver-to-Python conversion
 
+    literals: Mapping[str, Any]  # the values of the statement's own literals ("pending" in `status == "pending"`)
+
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
+        given = {**self.literals, **values} if self.literals else values
         converted = [value if convert is None else convert(value)
-                     for value, convert in zip((values[name] for name in self.names), self.bind)]
+                     for value, convert in zip((given[name] for name in self.names), self.bind)]
         return tuple(converted) if self.positional else dict(zip(self.keys, converted))
 
 
@@ -146,15 +168,20 @@ class Precompiled:
     Even `exec_driver_sql` cost about as much again as the driver, for an
     execution context and a result object per statement; what it gave
     besides is kept: a transaction is begun if none is (as SQLAlchemy's
-    autobegin would), and driver errors are raised as SQLAlchemy's. Not kept:
-    statement events, and invalidating the pooled connection on a
-    disconnect (the pool's pre-ping finds a dead one at its next checkout).
+    autobegin would), driver errors are raised as SQLAlchemy's, and
+    `before_cursor_execute` listeners (which count statements) are called,
+    without an execution context. Not kept: the other statement events, and
+    invalidating the pooled connection on a disconnect (the pool's pre-ping
+    finds a dead one at its next checkout).
 
     The statement's parameters must all be explicit `bindparam`s (or, for an
     INSERT, the `columns` it sets); every one must be given on each run.
+    Literals in the statement keep their own values. A statement whose
+    spelling is the dialect's own (INSERT ... ON CONFLICT) is given as a
+    function of the dialect's name, which builds it for that dialect.
     """
 
-    def __init__(self, statement: Executable, columns: Sequence[str] | None = None) -> None:
+    def __init__(self, statement: Executable | Callable[[str], Executable], columns: Sequence[str] | None = None) -> None:
         self._statement = statement
         self._columns = list(columns) if columns is not None else None
         self._compiled: WeakKeyDictionary[Dialect, _DriverStatement] = WeakKeyDictionary()
@@ -167,10 +194,11 @@ class Precompiled:
         dbapi_error = connection.dialect.loaded_dbapi.Error
         cursor = connection.connection.cursor()
         try:
-            if isinstance(values, Mapping):
-                cursor.execute(driver.sql, driver.parameters(values))
-            else:
-                cursor.executemany(driver.sql, [driver.parameters(row) for row in values])
+            many = not isinstance(values, Mapping)
+            parameters = [driver.parameters(row) for row in values] if many else driver.parameters(values)
+            if connection._has_events or connection.engine._has_events:  # a statement counter (tests, bench) listens
+                connection.dispatch.before_cursor_execute(connection, cursor, driver.sql, parameters, None, many)
+            (cursor.executemany if many else cursor.execute)(driver.sql, parameters)
             rows = cursor.fetchall() if cursor.description is not None else []
         except dbapi_error as error:
             raise DBAPIError.instance(driver.sql, values, error, dbapi_error) from error
@@ -187,14 +215,16 @@ class Precompiled:
         return driver
 
     def _compile(self, dialect: Dialect) -> _DriverStatement:
-        compiled = self._statement.compile(dialect=dialect, column_keys=self._columns)
+        statement = self._statement if isinstance(self._statement, Executable) else self._statement(dialect.name)
+        compiled = statement.compile(dialect=dialect, column_keys=self._columns)
         names = tuple(compiled.positiontup or compiled.binds)
-        columns = getattr(self._statement, "selected_columns", [])
+        columns = getattr(statement, "selected_columns", [])
         return _DriverStatement(
             sql=compiled.string,
             names=names,
             keys=tuple(compiled.escaped_bind_names.get(name, name) for name in names),
             positional=compiled.positional,
             bind=tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names),
+            literals={name: bind.value for name, bind in compiled.binds.items() if not bind.required},
             result=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
         )

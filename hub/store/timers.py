@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from sqlalchemy import Connection, Update, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
@@ -36,6 +36,12 @@ _SETTLE = (
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
             decision_id=bindparam("p_decision_id"))
+)
+
+# Per event that starts a wait; a timer armed again by a replayed event is already stored.
+_ARM = sql.precompiled_insert_skipping(
+    timers, ["timer_id"],
+    ["timer_id", "rule_id", "profile_id", "touchpoint_id", "anchor_at", "due_at", "status", "created_at"],
 )
 
 _NEXT_DUE = (  # each pass of the timer worker
@@ -62,22 +68,23 @@ def follow_event(
     """
     rearm = [rule_id for rule_id, _ in arm]
     if cancel or rearm:
-        parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now}
-        parameters.update({f"p_cancel_{n}": rule_id for n, rule_id in enumerate(cancel)})
-        parameters.update({f"p_rearm_{n}": rule_id for n, rule_id in enumerate(rearm)})
-        connection.execute(_settling(len(cancel), len(rearm)), parameters)
-    sql.insert_new(connection, timers, [
-        {
-            "timer_id": derived_id("timer", rule_id, touchpoint_id), "rule_id": rule_id, "profile_id": profile_id,
-            "touchpoint_id": touchpoint_id, "anchor_at": at, "due_at": due_at, "status": "pending", "created_at": now,
-        }
-        for rule_id, due_at in arm
-    ], timers.c.timer_id)
+        parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now,
+                      **sql.numbered(cancel, "p_cancel_"), **sql.numbered(rearm, "p_rearm_")}
+        _settling(len(cancel), len(rearm)).execute(connection, parameters)
+    if arm:
+        _ARM.execute(connection, [
+            {
+                "timer_id": derived_id("timer", rule_id, touchpoint_id), "rule_id": rule_id, "profile_id": profile_id,
+                "touchpoint_id": touchpoint_id, "anchor_at": at, "due_at": due_at, "status": "pending", "created_at": now,
+            }
+            for rule_id, due_at in arm
+        ])
 
 
 @lru_cache(maxsize=64)
-def _settling(cancels: int, rearms: int) -> Update:
-    """`follow_event`'s UPDATE for an event cancelling `cancels` rules and arming `rearms`, built once per shape.
+def _settling(cancels: int, rearms: int) -> sql.Precompiled:
+    """`follow_event`'s UPDATE for an event cancelling `cancels` rules and arming `rearms`, built once per shape
+    and `Precompiled`, as it runs for most events.
 
     Of the profile's pending timers of those rules anchored no later than the
     event, one of a rule it cancels that it falls inside of is cancelled; any
@@ -87,19 +94,23 @@ def _settling(cancels: int, rearms: int) -> Update:
     out of the top-level terms: without statistics, SQLite would then walk
     (status, due_at) over every pending timer due later, not the profile's.
     """
-    cancel = [bindparam(f"p_cancel_{n}") for n in range(cancels)]
-    rearm = [bindparam(f"p_rearm_{n}") for n in range(rearms)]
+    cancel, rearm = sql.placeholders(cancels, "p_cancel_"), sql.placeholders(rearms, "p_rearm_")
     at = bindparam("p_at", type_=UTCDateTime)
-    cancelling = and_(timers.c.rule_id.in_(cancel), timers.c.due_at >= at)
-    return (
+    cancelling = and_(_among(cancel), timers.c.due_at >= at)
+    return sql.Precompiled(
         update(timers)
         .where(
             timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_([*cancel, *rearm]),
             timers.c.status == "pending", timers.c.anchor_at <= at, timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
-            or_(timers.c.rule_id.in_(rearm), timers.c.due_at >= at),
+            or_(_among(rearm), timers.c.due_at >= at),
         )
         .values(status=case((cancelling, "cancelled"), else_="superseded"), settled_at=bindparam("p_now", type_=UTCDateTime))
     )
+
+
+def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
+    """`rule_id IN (...)`, or false for none: an empty IN is rendered per execution, which `Precompiled` does not do."""
+    return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
 
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:

@@ -8,16 +8,24 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, Select, bindparam, desc, func, select
+from sqlalchemy import Connection, bindparam, desc, func, select
 
 from hub.model import Identifier, Touchpoint
 from hub.store.schema import UTCDateTime, touchpoints
-from hub.store.sql import insert_ignoring_conflicts
+from hub.store.sql import Precompiled, numbered, placeholders, precompiled_insert_skipping
+
+
+_INSERT_COLUMNS = (
+    "touchpoint_id", "inbox_id", "source_id", "message_id", "kind", "event", "stage", "moment", "profile_id",
+    "occurred_at", "received_at", "identifiers", "properties", "traits", "context", "mapping_version",
+)
+# Per event, so `Precompiled`; RETURNING names the touchpoint only when it was new.
+_INSERT = precompiled_insert_skipping(touchpoints, ["touchpoint_id"], _INSERT_COLUMNS, returning="touchpoint_id")
 
 
 def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbox_id: int) -> bool:
     """Store a touchpoint; False when its deterministic id was already stored (a replay)."""
-    row = {
+    return bool(_INSERT.execute(connection, {
         "touchpoint_id": touchpoint.touchpoint_id,
         "inbox_id": inbox_id,
         "source_id": touchpoint.source_id,
@@ -34,8 +42,7 @@ def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbo
         "traits": touchpoint.traits,
         "context": touchpoint.context,
         "mapping_version": touchpoint.mapping_version,
-    }
-    return insert_ignoring_conflicts(connection, touchpoints, [row], ["touchpoint_id"]) == 1
+    }))
 
 
 _EVENT_COLUMNS = (
@@ -43,24 +50,26 @@ _EVENT_COLUMNS = (
     touchpoints.c.event, touchpoints.c.stage, touchpoints.c.moment, touchpoints.c.occurred_at,
     touchpoints.c.identifiers, touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context,
 )
+_EVENT_KEYS = tuple(column.key for column in _EVENT_COLUMNS)
 
 
-@lru_cache(maxsize=8)
-def _events_query(by_name: bool, by_stage: bool, by_moment: bool) -> Select[Any]:
-    """Built once per shape with bind parameters: rules ask this on every event, and building a
-    SQLAlchemy statement costs more than running it."""
+@lru_cache(maxsize=256)
+def _events_query(profiles: int, names: int | None, by_stage: bool, by_moment: bool) -> Precompiled:
+    """Built once per shape (how many profiles, how many event names) with a bind parameter per value,
+    and `Precompiled`: rules ask this on every event, and building a SQLAlchemy statement, or
+    rendering an expanding IN, costs more than running it."""
     query = select(*_EVENT_COLUMNS).where(
-        touchpoints.c.profile_id.in_(bindparam("profile_ids", expanding=True)),
+        touchpoints.c.profile_id.in_(placeholders(profiles, "profile_")),
         touchpoints.c.occurred_at >= bindparam("since", type_=UTCDateTime),
         touchpoints.c.occurred_at <= bindparam("until", type_=UTCDateTime),
     )
-    if by_name:
-        query = query.where(touchpoints.c.event.in_(bindparam("names", expanding=True)))
+    if names is not None:
+        query = query.where(touchpoints.c.event.in_(placeholders(names, "name_")))
     if by_stage:
         query = query.where(touchpoints.c.stage == bindparam("stage"))
     if by_moment:
         query = query.where(touchpoints.c.moment == bindparam("moment"))
-    return query.order_by(touchpoints.c.occurred_at)
+    return Precompiled(query.order_by(touchpoints.c.occurred_at))
 
 
 def events(
@@ -88,12 +97,16 @@ def events_of(
     moment: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`events` of several profiles in one query (the timer engine reads a batch's follow-ups so), by profile id."""
-    query = _events_query(names is not None, stage is not None, moment is not None)
-    values = {"profile_ids": list(profile_ids), "since": since, "until": until, "names": list(names or ()),
-              "stage": stage, "moment": moment}
+    profile_ids, names = list(profile_ids), None if names is None else list(names)
+    if not profile_ids or names == []:
+        return {}  # nothing can match (and an empty IN is no plain bind parameter)
+    query = _events_query(len(profile_ids), None if names is None else len(names), stage is not None, moment is not None)
+    values = {"since": since, "until": until, "stage": stage, "moment": moment,
+              **numbered(profile_ids, "profile_"), **numbered(names or (), "name_")}
     found: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in connection.execute(query, values).mappings():
-        document = {**row, "occurred_at": row["occurred_at"].isoformat(), "identifiers": dict(map(tuple, row["identifiers"]))}
+    for row in query.execute(connection, values):
+        document = dict(zip(_EVENT_KEYS, row))
+        document.update(occurred_at=document["occurred_at"].isoformat(), identifiers=dict(map(tuple, document["identifiers"])))
         found[document.pop("profile_id")].append(document)
     return found
 
