@@ -105,7 +105,11 @@ class ReadAhead:
 
 def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
     """The event names these selectors can select between them; None when one may select any (None selects all)."""
-    named = [None if selector is None else _named(selector) for selector in selectors]
+    return _union_unless_open([None if selector is None else _named(selector) for selector in selectors])
+
+
+def _union_unless_open(named: Sequence[frozenset[str] | None]) -> frozenset[str] | None:
+    """All these names together; None (any name) as soon as one of them is None."""
     return None if None in named else frozenset().union(*named)
 
 
@@ -176,13 +180,7 @@ def _required_events(condition: Condition) -> frozenset[str] | None:
             pinned = [names for names in map(_required_events, parts) if names is not None]
             return frozenset.intersection(*pinned) if pinned else None
         case AnyCondition(any=parts):
-            union: set[str] = set()
-            for part in parts:
-                names = _required_events(part)
-                if names is None:
-                    return None
-                union |= names
-            return frozenset(union)
+            return _union_unless_open([_required_events(part) for part in parts])
     return None
 
 

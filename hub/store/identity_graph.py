@@ -12,7 +12,6 @@ from typing import Any
 from sqlalchemy import (
     Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
-from sqlalchemy.exc import NoResultFound
 from ulid import ULID
 
 from hub.clock import utcnow
@@ -22,7 +21,6 @@ from hub.store.sql import Precompiled, insert_ignoring_conflicts, numbered, plac
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
 # cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
-_TRAITS_OF = Precompiled(select(profiles.c.traits).where(profiles.c.profile_id == bindparam("profile_id")))
 _SAVE_TRAITS = Precompiled(
     update(profiles)
     .where(profiles.c.profile_id == bindparam("b_profile_id"))
@@ -319,9 +317,8 @@ class SqlIdentityGraph:
             self._save_traits(profile_id, newest)
 
     def traits(self, profile_id: str) -> dict[str, Any]:
-        """A profile's traits, as `traits_of` reads them, without re-reading what this graph just read or wrote."""
-        known = self._known_traits.get(profile_id)
-        return dict(known[0]) if known is not None else traits_of(self.connection, profile_id)
+        """A profile's traits, what rule predicates read on every event: read at most once by this graph."""
+        return dict(self._traits_of([profile_id])[profile_id][0])
 
     def _traits_of(self, profile_ids: Sequence[str]) -> dict[str, Traits]:
         """Traits and their times per profile, each read at most once by this graph."""
@@ -361,18 +358,14 @@ def newest_traits(first: Traits, second: Traits) -> Traits:
 
 def live_profile_id(connection: Connection, profile_id: str) -> str | None:
     """The surviving profile for an id, which may be an alias left by a merge."""
-    row = connection.execute(select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id == profile_id)).first()
-    if row is None:
-        return None
-    return row.merged_into or row.profile_id
+    return live_profile_ids(connection, [profile_id]).get(profile_id)
 
 
-def traits_of(connection: Connection, profile_id: str) -> dict[str, Any]:
-    """Only a profile's traits: what rule predicates read on every event (cheaper than `profile_view`)."""
-    rows = _TRAITS_OF.execute(connection, {"profile_id": profile_id})
-    if not rows:
-        raise NoResultFound(f"no profile {profile_id}")
-    return rows[0][0]
+def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict[str, str]:
+    """The surviving profile of each id (ids of no profile left out). One hop is enough: a merge points
+    the losers' earlier aliases straight at the survivor."""
+    rows = _select_for(connection, _live_ids_of, profile_ids) if profile_ids else []
+    return {profile_id: merged_into or profile_id for profile_id, merged_into in rows}
 
 
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
@@ -387,9 +380,7 @@ def profile_views(connection: Connection, profile_ids: Collection[str]) -> dict[
     by one cost four statements a timer, about half of its time. Ids of no
     profile are left out.
     """
-    asked = sorted(set(profile_ids))
-    live_rows = _select_for(connection, _live_ids_of, asked) if asked else []
-    live_of = {profile_id: merged_into or profile_id for profile_id, merged_into in live_rows}
+    live_of = live_profile_ids(connection, sorted(set(profile_ids)))
     if not live_of:
         return {}
     live = sorted(set(live_of.values()))
