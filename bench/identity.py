@@ -25,7 +25,7 @@ import argparse
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,30 +117,38 @@ class Clock:
         self.cpu += time.process_time() - cpu
 
 
-def run_uncached(store: Store, stream: Iterator[Touchpoint], batch: int) -> tuple[int, Clock]:
-    done, clock = 0, Clock()
-    for chunk in chunks(stream, batch):
-        for _ in clock.timing():
-            with store.write() as connection:
-                graph = SqlIdentityGraph(connection)
-                for tp in chunk:
-                    resolve(tp, graph, NOW, CONFIG)
-        done += len(chunk)
-    return done, clock
+def run_uncached(store: Store, stream: Iterator[Touchpoint], batch: int, total: int) -> list[tuple[int, Clock]]:
+    """The pipeline's graph: every question asked of the store in the write transaction."""
+    def resolve_chunk(chunk: list[Touchpoint]) -> None:
+        with store.write() as connection:
+            graph = SqlIdentityGraph(connection)
+            for tp in chunk:
+                resolve(tp, graph, NOW, CONFIG)
+    return timed_tenths(stream, batch, total, resolve_chunk)
 
 
 def run_cached(store: Store, stream: Iterator[Touchpoint], batch: int, total: int) -> list[tuple[int, Clock]]:
-    """(touchpoints resolved in the tenth, its clock) for each tenth of the run."""
+    """The in-memory graph, flushed once per write transaction."""
     with store.read() as connection:
         graph = CachedIdentityGraph(connection)
+
+    def resolve_chunk(chunk: list[Touchpoint]) -> None:
+        with store.write() as connection:
+            for tp in chunk:
+                resolve(tp, graph, NOW, CONFIG)
+            graph.flush(connection)
+    return timed_tenths(stream, batch, total, resolve_chunk)
+
+
+def timed_tenths(stream: Iterator[Touchpoint], batch: int, total: int,
+                 resolve_chunk: Callable[[list[Touchpoint]], None]) -> list[tuple[int, Clock]]:
+    """(touchpoints resolved in the tenth, its clock) for each tenth of the run, printed as they end,
+    so growth in graph size shows."""
     tenths: list[tuple[int, Clock]] = []
     done, in_tenth, clock, mark = 0, 0, Clock(), total / 10
     for chunk in chunks(stream, batch):
         for _ in clock.timing():
-            with store.write() as connection:
-                for tp in chunk:
-                    resolve(tp, graph, NOW, CONFIG)
-                graph.flush(connection)
+            resolve_chunk(chunk)
         done += len(chunk)
         in_tenth += len(chunk)
         if done >= mark or done == total:
@@ -149,6 +157,15 @@ def run_cached(store: Store, stream: Iterator[Touchpoint], batch: int, total: in
                   f"{in_tenth / clock.cpu:>8,.0f} /s per CPU second", flush=True)
             in_tenth, clock, mark = 0, Clock(), mark + total / 10
     return tenths
+
+
+def summary(tenths: list[tuple[int, Clock]]) -> tuple[float, float, float]:
+    """Rate per wall second, per CPU second, and the last tenth's CPU rate over the first's."""
+    done = sum(count for count, _ in tenths)
+    wall = sum(clock.wall for _, clock in tenths)
+    cpu = sum(clock.cpu for _, clock in tenths)
+    first, last = (count / clock.cpu for count, clock in (tenths[0], tenths[-1]))
+    return done / wall, done / cpu, last / first
 
 
 def main() -> None:
@@ -165,12 +182,14 @@ def main() -> None:
         base = Store(f"sqlite:///{Path(folder)}/baseline.db")
         base.migrate()
         rng = random.Random(args.seed)
-        done, clock = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch)
-        baseline = done / clock.wall
+        print(f"SqlIdentityGraph: {args.baseline:,} touchpoints")
+        sql = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch, args.baseline)
+        baseline, per_cpu, flatness = summary(sql)
         with base.read() as connection:
             graph = counts(connection)
-        print(f"baseline SqlIdentityGraph: {done:,} touchpoints, {baseline:,.0f} /s wall, {done / clock.cpu:,.0f} /s per CPU second; "
-              f"{graph['profiles']:,} live profiles, {graph['merges']:,} merges")
+        print(f"baseline SqlIdentityGraph: {args.baseline:,} touchpoints, {baseline:,.0f} /s wall, {per_cpu:,.0f} /s per CPU "
+              f"second; last tenth per CPU second {flatness:.2f}x the first; {graph['profiles']:,} live profiles, "
+              f"{graph['merges']:,} merges")
         if args.sql_only:
             return
 
@@ -178,16 +197,13 @@ def main() -> None:
         store.migrate()
         rng = random.Random(args.seed)
         print(f"CachedIdentityGraph: {args.touchpoints:,} touchpoints over {population:,} people")
-        tenths = run_cached(store, touchpoints(people(population, rng), args.touchpoints, rng), args.batch, args.touchpoints)
+        rate, per_cpu, flatness = summary(
+            run_cached(store, touchpoints(people(population, rng), args.touchpoints, rng), args.batch, args.touchpoints))
         with store.read() as connection:
             graph = counts(connection)
-        wall = sum(clock.wall for _, clock in tenths)
-        cpu = sum(clock.cpu for _, clock in tenths)
-        first, last = (count / clock.cpu for count, clock in (tenths[0], tenths[-1]))
-        print(f"resolved {args.touchpoints:,}: {args.touchpoints / wall:,.0f} /s wall ({args.touchpoints / wall / baseline:.1f}x "
-              f"the baseline), {args.touchpoints / cpu:,.0f} /s per CPU second; per CPU second the last tenth runs at "
-              f"{last / first:.2f}x the first; {graph['profiles']:,} live profiles, {graph['merges']:,} merges")
-
+        print(f"resolved {args.touchpoints:,}: {rate:,.0f} /s wall ({rate / baseline:.1f}x the baseline), "
+              f"{per_cpu:,.0f} /s per CPU second; per CPU second the last tenth runs at {flatness:.2f}x the first; "
+              f"{graph['profiles']:,} live profiles, {graph['merges']:,} merges")
 
 if __name__ == "__main__":
     main()

@@ -147,10 +147,12 @@ class _DriverStatement:
 
     literals: Mapping[str, Any]  # the values of the statement's own literals ("pending" in `status == "pending"`)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_conversions", tuple(zip(self.names, self.bind)))
+
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         given = {**self.literals, **values} if self.literals else values
-        converted = [value if convert is None else convert(value)
-                     for value, convert in zip((given[name] for name in self.names), self.bind)]
+        converted = [given[name] if convert is None else convert(given[name]) for name, convert in self._conversions]
         return tuple(converted) if self.positional else dict(zip(self.keys, converted))
 
 
@@ -186,17 +188,17 @@ class Precompiled:
         self._columns = list(columns) if columns is not None else None
         self._compiled: WeakKeyDictionary[Dialect, _DriverStatement] = WeakKeyDictionary()
 
-    def execute(self, connection: Connection, values: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-        """Run with one set of values, or many (the driver's executemany); the result rows, if any, as tuples."""
+    def execute(self, connection: Connection, values: Mapping[str, Any] | list[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """Run with one set of values, or a list of many (the driver's executemany); the result rows, if any, as tuples."""
         driver = self._for(connection.dialect)
         if not connection.in_transaction():
             connection.begin()
         dbapi_error = connection.dialect.loaded_dbapi.Error
         cursor = connection.connection.cursor()
         try:
-            many = not isinstance(values, Mapping)
+            many = isinstance(values, list)
             parameters = [driver.parameters(row) for row in values] if many else driver.parameters(values)
-            if connection._has_events or connection.engine._has_events:  # a statement counter (tests, bench) listens
+            if connection.dispatch.before_cursor_execute:  # a statement counter (tests, bench) listens
                 connection.dispatch.before_cursor_execute(connection, cursor, driver.sql, parameters, None, many)
             (cursor.executemany if many else cursor.execute)(driver.sql, parameters)
             rows = cursor.fetchall() if cursor.description is not None else []
