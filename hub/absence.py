@@ -77,7 +77,7 @@ class TimerEngine:
             if due:
                 sql.lock_profiles(connection)  # a fired timer counts and plans a profile's deliveries
             recorded = sum(as_set_or_one_by_one(
-                connection, due, lambda timers_: self._fire_set(connection, timers_, now),
+                connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",
             ), Recorded())
         recorded.count()
