@@ -6,12 +6,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
+import pytest
 from prometheus_client import REGISTRY
-from sqlalchemy import event, func, select
+from sqlalchemy import Table, event, func, select
 
+from hub import triggers
 from hub.clock import utcnow
-from hub.model import RawEvent
+from hub.model import Identifier, RawEvent, Touchpoint
 from hub.runtime import Hub
 from hub.store import decisions, inbox
 from hub.store.schema import deliveries, quarantine, timers, touchpoints
@@ -52,9 +55,9 @@ def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def count(hub: Hub, table: object) -> int:
+def count(hub: Hub, table: Table) -> int:
     with hub.store.read() as connection:
-        return connection.execute(select(func.count()).select_from(table)).scalar_one()  # type: ignore[arg-type]
+        return connection.execute(select(func.count()).select_from(table)).scalar_one()
 
 
 def cart(name: str) -> dict:
@@ -93,3 +96,31 @@ def test_a_bad_row_is_quarantined_and_its_neighbours_commit_each_counted_once(tm
         assert sorted(connection.execute(select(deliveries.c.channel)).scalars()) == ["crm", "crm", "sms", "sms"]
     assert count(hub, timers) == 1 and len(armed) == 1
     assert hub.delivery_wake.is_set()
+
+
+def test_a_row_that_breaks_is_postponed_alone_and_decided_once_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = hub_on(tmp_path)
+    fired = metric("hub_decisions_total", rule="post_purchase_support")
+    evaluate = triggers.evaluate
+
+    def broken_for_bobs_ticket(touchpoint: Touchpoint, *args: Any, **kwargs: Any) -> Any:
+        if touchpoint.event == "Ticket Submitted" and Identifier("user_id", "bob") in touchpoint.identifiers:
+            raise RuntimeError("bob's ticket breaks")
+        return evaluate(touchpoint, *args, **kwargs)
+
+    monkeypatch.setattr(triggers, "evaluate", broken_for_bobs_ticket)
+    one_batch(hub, *support_ticket("amy", {"phone": "+14155550100"}), *support_ticket("bob", {"phone": "+14155550101"}))
+    with hub.store.read() as connection:
+        assert inbox.count_by_status(connection) == {"done": 5, "pending": 1}  # bob's ticket waits for its retry
+        assert decisions.count_by_rule(connection) == {"post_purchase_support": 1}
+    assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 1
+    monkeypatch.undo()  # the fault is fixed
+    assert hub.pipeline.run_once() == 0  # not before its retry time
+    assert hub.pipeline.run_once(utcnow() + timedelta(seconds=3)) == 1
+    with hub.store.read() as connection:
+        assert inbox.count_by_status(connection) == {"done": 6}
+        assert decisions.count_by_rule(connection) == {"post_purchase_support": 2}
+    assert count(hub, quarantine) == 0
+    assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 2
