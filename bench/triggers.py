@@ -236,6 +236,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--timers", type=int, default=2000)
     parser.add_argument("--timer-spread", type=float, default=5.0, help="timers come due over this many seconds")
+    parser.add_argument("--only", choices=["throughput"], help="run only this measurement (short runs while tuning)")
     args = parser.parse_args()
     rng = random.Random(42)
     rules = generated_rules(args.rules)
@@ -246,6 +247,8 @@ def main() -> None:
         print(f"pipeline, {label}     : {run.per_second:8.0f} events/s   {run.cpu_ms:.2f} ms CPU/event"
               f"   {run.statements:.1f} statements/event")
     print(f"  ratio {with_rules.per_second / baseline.per_second:.2f}  ({args.events} events over {args.profiles} profiles)")
+    if args.only == "throughput":
+        return
     lags, fed = latency(rules, args.profiles, args.rate, args.seconds)
     print(f"accept -> first attempt : {percentiles(lags)}  at {fed:.0f} events/s fed")
     timer_lags, fired_per_second = timer_lag(args.timers, args.timer_spread)

@@ -14,6 +14,7 @@ this or another process; a commit makes them settled, so each fires once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -24,11 +25,12 @@ from sqlalchemy import Connection
 from hub import triggers
 from hub.clock import utcnow
 from hub.model import Decision, Touchpoint
-from hub.respond import CapsReadAhead, Responder, StoreHistory
+from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.store import Store, sql, timers, touchpoints
 from hub.store.identity_graph import profile_views
+from hub.store.savepoints import as_set_or_one_by_one
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -74,8 +76,12 @@ class TimerEngine:
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
             if due:
                 sql.lock_profiles(connection)  # a fired timer counts and plans a profile's deliveries
-            planned = self._fire_isolated(connection, due, now)
-        if planned:
+            recorded = sum(as_set_or_one_by_one(
+                connection, due, lambda batch: self._fire_set(connection, batch, now),
+                lambda timer: self._fire_alone(connection, timer, now), kind="timer",
+            ), Recorded())
+        recorded.count()
+        if recorded.planned:
             self._deliveries_planned.set()
         return len(due)
 
@@ -83,21 +89,17 @@ class TimerEngine:
         """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""
         return self._next_due
 
-    def _fire_isolated(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
-        """Fire the timers as a set; if that fails, each on its own. A timer that fails alone keeps its
-        claim and is retried when its lease runs out."""
+    def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> Recorded:
+        """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease runs out."""
         try:
             with connection.begin_nested():
-                return self._fire_set(connection, due, now)
+                return self._fire_set(connection, [timer], now)
         except Exception:
-            if len(due) == 1:
-                log.exception("timer failed to fire", timer_id=due[0].timer_id, rule=due[0].rule_id)
-                return 0
-            log.warning("a timer of the batch failed to fire; firing them one by one", timers=len(due))
-        return sum(self._fire_isolated(connection, [timer], now) for timer in due)
+            log.exception("timer failed to fire", timer_id=timer.timer_id, rule=timer.rule_id)
+            return Recorded()
 
-    def _fire_set(self, connection: Connection, due: list[DueTimer], now: datetime) -> int:
-        """Decide, route, record and settle the timers; returns how many deliveries were planned.
+    def _fire_set(self, connection: Connection, due: Sequence[DueTimer], now: datetime) -> Recorded:
+        """Decide, route, record and settle the timers.
 
         The set's caps are read once, not per timer: the rules' from one read of
         their fired decisions (`CapsReadAhead`), the daily one from one count per
@@ -105,7 +107,7 @@ class TimerEngine:
         which reads them again, so its caps count what the first one planned.
         """
         if not due:
-            return 0
+            return Recorded()
         settled: list[Settlement] = []
         firings, later = self._prepare(connection, due, settled)
         history = self._history(connection, firings)
@@ -126,12 +128,12 @@ class TimerEngine:
                                  today.get(decision.profile_id, 0))
             for firing, decision in decided
         ]
-        planned = self.responder.record(connection, routed, now)
+        recorded = self.responder.record(connection, routed, now)
         timers.settle(connection, settled, now)
-        return planned + self._fire_set(connection, later, now)
+        return recorded + self._fire_set(connection, later, now)
 
     def _prepare(
-        self, connection: Connection, due: list[DueTimer], settled: list[Settlement]
+        self, connection: Connection, due: Sequence[DueTimer], settled: list[Settlement]
     ) -> tuple[list[_Firing], list[DueTimer]]:
         """The timers to decide now, and those of a profile already among them (for the next round); timers
         whose rule, anchor or profile is gone are added to `settled` as lapsed."""

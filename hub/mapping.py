@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jmespath
-from jmespath.parser import ParsedResult
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hub import paths
 from hub.config_files import load_model
+from hub.paths import Expression
 
 Stage = Literal["awareness", "consideration", "decision", "retention", "advocacy"]
 STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
@@ -129,16 +130,16 @@ class Mapping:
     name: str
     version: str
     spec: MappingSpec
-    kind: ParsedResult
-    event: ParsedResult
-    occurred_at: ParsedResult
-    identifiers: tuple[tuple[str, ParsedResult], ...]
-    properties: ParsedResult | None
-    traits: ParsedResult | None
-    context: ParsedResult | None
-    stage: ParsedResult | None
-    moment: ParsedResult | None
-    drop: tuple[tuple[ParsedResult, str], ...]
+    kind: Expression
+    event: Expression
+    occurred_at: Expression
+    identifiers: tuple[tuple[str, Expression], ...]
+    properties: Expression | None
+    traits: Expression | None
+    context: Expression | None
+    stage: Expression | None
+    moment: Expression | None
+    drop: tuple[tuple[Expression, str], ...]
 
     def label(self, event: str) -> JourneyLabel:
         return self.spec.events.get(event, self.spec.default)
@@ -173,7 +174,7 @@ class Mapping:
         return next((reason for when, reason in self.drop if when.search(payload)), None)
 
     @staticmethod
-    def pick(expression: ParsedResult | None, payload: dict[str, Any]) -> Any:
+    def pick(expression: Expression | None, payload: dict[str, Any]) -> Any:
         return None if expression is None else expression.search(payload)
 
 
@@ -183,11 +184,11 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
         name=name,
         version=f"{name}@{hashlib.sha256(canonical).hexdigest()[:12]}",
         spec=spec,
-        kind=jmespath.compile(spec.kind),
-        event=jmespath.compile(spec.event),
-        occurred_at=jmespath.compile(spec.occurred_at),
+        kind=paths.compile(spec.kind),
+        event=paths.compile(spec.event),
+        occurred_at=paths.compile(spec.occurred_at),
         identifiers=tuple(
-            (type_, jmespath.compile(expression))
+            (type_, paths.compile(expression))
             for type_, expressions in spec.identifiers.items()
             for expression in ([expressions] if isinstance(expressions, str) else expressions)
         ),
@@ -196,12 +197,12 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
         context=_compile_optional(spec.context),
         stage=_compile_optional(spec.stage),
         moment=_compile_optional(spec.moment),
-        drop=tuple((jmespath.compile(rule.when), rule.reason) for rule in spec.drop),
+        drop=tuple((paths.compile(rule.when), rule.reason) for rule in spec.drop),
     )
 
 
-def _compile_optional(expression: str | None) -> ParsedResult | None:
-    return None if expression is None else jmespath.compile(expression)
+def _compile_optional(expression: str | None) -> Expression | None:
+    return None if expression is None else paths.compile(expression)
 
 
 def load_mapping(path: Path) -> Mapping:

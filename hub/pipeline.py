@@ -1,18 +1,20 @@
 """The one place that wires the stages: inbox row -> touchpoint -> profile -> decisions -> outbox.
 
 A claimed batch is processed in one write transaction (one fsync for the
-batch), each row inside its own savepoint: a row that fails rolls back alone
-and is quarantined or retried, its neighbours commit. Everything a row
-produces (touchpoint, identity changes, decisions, planned deliveries, the
-inbox status) commits together, so a crash anywhere leaves either all of it
-or none of it, and reprocessing is idempotent thanks to deterministic ids.
+batch), all its rows inside one savepoint. If any row fails, the batch rolls
+back to that savepoint and each row runs again inside its own: a row that
+fails there rolls back alone and is quarantined or retried, its neighbours
+commit. Everything a row produces (touchpoint, identity changes, decisions,
+planned deliveries, the inbox status) commits together, so a crash anywhere
+leaves either all of it or none of it, and reprocessing is idempotent thanks
+to deterministic ids.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,11 +29,12 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
-from hub.respond import Responder, StoreHistory
+from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.inbox import InboxRow
+from hub.store.savepoints import as_set_or_one_by_one
 from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
@@ -44,6 +47,25 @@ class PipelineConfig:
     max_attempts: int
     default_phone_region: str
     identity: IdentityConfig = field(default_factory=lambda: DEFAULT_IDENTITY)
+
+
+@dataclass
+class _Outcome:
+    """What processed rows leave for after their savepoint: rows to mark done, rows processed (a metric),
+    what they recorded, the due times of the timers they armed.
+
+    Collected per set, never in shared state, so a set rolled back and run
+    again row by row counts and marks each row once.
+    """
+
+    done: list[int] = field(default_factory=list)
+    processed: int = 0
+    recorded: Recorded = field(default_factory=Recorded)
+    armed: list[datetime] = field(default_factory=list)
+
+    def __add__(self, other: _Outcome) -> _Outcome:
+        return _Outcome(self.done + other.done, self.processed + other.processed,
+                        self.recorded + other.recorded, self.armed + other.armed)
 
 
 class Pipeline:
@@ -72,38 +94,35 @@ class Pipeline:
         `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
         """
         now = now or utcnow()
-        planned = 0
-        armed: list[datetime] = []  # due times of the timers the batch arms
         with self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
             if rows:
                 lock_profiles(connection)
-            done = []
-            for row in rows:
-                outcome = self._process_isolated(connection, row, now, armed)
-                if outcome is not None:
-                    done.append(row.id)
-                    planned += outcome
-            inbox.mark_done(connection, done, now)
-        if planned:
+            outcome = sum(as_set_or_one_by_one(
+                connection, rows, lambda batch: self._process_set(connection, batch, now),
+                lambda row: self._process_alone(connection, row, now), kind="inbox row",
+            ), _Outcome())
+            inbox.mark_done(connection, outcome.done, now)
+        metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed)
+        outcome.recorded.count()
+        if outcome.recorded.planned:
             self._deliveries_planned.set()
-        if armed:
-            self._timers_armed(min(armed))
+        if outcome.armed:
+            self._timers_armed(min(outcome.armed))
         return len(rows)
 
-    def _process_isolated(self, connection: Connection, row: InboxRow, now: datetime, armed: list[datetime]) -> int | None:
-        """Deliveries planned for the row, or None when it failed (quarantined or postponed)."""
+    def _process_alone(self, connection: Connection, row: InboxRow, now: datetime) -> _Outcome:
+        """The row in its own savepoint; a row that fails is quarantined, postponed or (forgotten) dropped."""
         try:
             with connection.begin_nested():
-                planned = self._process(connection, row, now, armed)
+                return self._process_set(connection, [row], now)
         except MappingError as exc:
             self._give_up(connection, row, now, "mapping", str(exc))
-            return None
         except ForgottenIdentityError:
             # Not quarantined: that would keep the very data the person asked to erase.
             identity_repair.forget_inbox_payloads(connection, [row.id])
             log.info("event of a forgotten person dropped", inbox_id=row.id)
-            return 0
+            return _Outcome(done=[row.id])
         except Exception as exc:
             log.exception("pipeline failed on inbox row", inbox_id=row.id, attempt=row.attempts + 1)
             if row.attempts + 1 >= self.config.max_attempts:
@@ -111,12 +130,17 @@ class Pipeline:
             else:
                 retry_at = now + timedelta(seconds=2 ** (row.attempts + 1))
                 inbox.postpone(connection, row.id, retry_at, f"{type(exc).__name__}: {exc}")
-            return None
-        metrics.TOUCHPOINTS_PROCESSED.inc()
-        return planned
+        return _Outcome()
 
-    def _process(self, connection: Connection, row: InboxRow, now: datetime, armed: list[datetime]) -> int:
-        """Deliveries planned for the row; the due times of the timers it arms are added to `armed`."""
+    def _process_set(self, connection: Connection, rows: Sequence[InboxRow], now: datetime) -> _Outcome:
+        """Process the rows; raises on the first that fails, leaving the caller to roll them all back."""
+        outcome = _Outcome(done=[row.id for row in rows], processed=len(rows))
+        for row in rows:
+            self._process(connection, row, now, outcome)
+        return outcome
+
+    def _process(self, connection: Connection, row: InboxRow, now: datetime, outcome: _Outcome) -> None:
+        """Process one row; what it records and the due times of the timers it arms are added to `outcome`."""
         mapping = self.mappings.get(row.source_id)
         if mapping is None:
             raise MappingError(f"source: no mapping is configured for source {row.source_id!r}")
@@ -125,11 +149,10 @@ class Pipeline:
             touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
         except EventDropped as exc:
             log.info("event dropped", inbox_id=row.id, reason=str(exc))
-            return 0
+            return
         graph = SqlIdentityGraph(connection)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
-        planned = 0
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)
@@ -138,13 +161,12 @@ class Pipeline:
                 connection, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now,
                 cancel=changes.cancel, arm=changes.arm,
             )
-            armed.extend(due_at for _, due_at in changes.arm)
+            outcome.armed.extend(due_at for _, due_at in changes.arm)
             history = StoreHistory(connection)
             document = touchpoint.as_document()
             for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
                 routed = self.responder.route(connection, decision, document, now)
-                planned += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
-        return planned
+                outcome.recorded += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")

@@ -7,8 +7,9 @@ decision log behave the same whichever way a rule fired.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +23,26 @@ from hub.store import decisions, outbox, touchpoints
 from hub.store.identity_graph import profile_view
 
 CAP_PERIOD = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording decisions did: deliveries planned, decisions fired by rule.
+
+    Counted into metrics by `count` once the transaction commits, not as they
+    are recorded: a set of events or timers rolled back to its savepoint and
+    run again one by one must count each decision once.
+    """
+
+    planned: int = 0
+    fired: Counter[str] = field(default_factory=Counter)
+
+    def __add__(self, other: Recorded) -> Recorded:
+        return Recorded(self.planned + other.planned, self.fired + other.fired)
+
+    def count(self) -> None:
+        for rule_id, fired in self.fired.items():
+            metrics.DECISIONS.labels(rule=rule_id).inc(fired)
 
 
 class StoreHistory:
@@ -109,14 +130,13 @@ class Responder:
             return {}
         return outbox.planned_since(connection, profile_ids, self._capped_channels, now - CAP_PERIOD)
 
-    def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> int:
-        """Store routed decisions (one insert) and plan their deliveries (one more); returns how many were planned.
+    def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> Recorded:
+        """Store routed decisions (one insert) and plan their deliveries (one more).
 
-        A decision already recorded (the same event or timer processed again) plans nothing.
+        A decision already recorded (the same event or timer processed again) plans nothing and counts no firing.
         """
         new = decisions.record(connection, [(item.decision, item.plan.fates()) for item in routed], now)
-        for item in routed:
-            if item.decision.decision_id in new and item.decision.status == "fired":
-                metrics.DECISIONS.labels(rule=item.decision.rule_id).inc()
-        planned = [delivery for item in routed if item.decision.decision_id in new for delivery in item.plan.deliveries]
-        return outbox.plan(connection, planned, now)
+        recorded = [item for item in routed if item.decision.decision_id in new]
+        fired = Counter(item.decision.rule_id for item in recorded if item.decision.status == "fired")
+        planned = outbox.plan(connection, [delivery for item in recorded for delivery in item.plan.deliveries], now)
+        return Recorded(planned, fired)

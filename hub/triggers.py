@@ -15,8 +15,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
-import jmespath
-
+from hub import paths
 from hub.model import Action, Decision, Touchpoint, derived_id
 from hub.rules import (
     AbsenceCondition,
@@ -399,8 +398,8 @@ def _predicates(predicates: Sequence[Predicate], document: dict[str, Any]) -> bo
 
 
 @lru_cache(maxsize=1024)
-def _field(path: str) -> jmespath.parser.ParsedResult:
-    return jmespath.compile(path)
+def _field(path: str) -> paths.Expression:
+    return paths.compile(path)
 
 
 @lru_cache(maxsize=256)

@@ -1,0 +1,126 @@
+"""A pipeline batch runs in one savepoint; a batch with a bad row runs again row by row, each row counted once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import REGISTRY
+from sqlalchemy import Table, event, func, select
+
+from hub import triggers
+from hub.clock import utcnow
+from hub.model import Identifier, RawEvent, Touchpoint
+from hub.runtime import Hub
+from hub.store import decisions, inbox
+from hub.store.schema import deliveries, quarantine, timers, touchpoints
+from hub.store.schema import inbox as inbox_table
+from tests.conftest import make_settings, message, support_ticket
+
+NOW = datetime.now(timezone.utc)
+
+
+def hub_on(tmp_path: Path) -> Hub:
+    """A hub whose workers are not started: the test runs each batch itself."""
+    return Hub(make_settings(tmp_path, quiet_hours=""))
+
+
+def one_batch(hub: Hub, *messages: dict) -> None:
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
+    assert hub.pipeline.run_once() == len(messages)
+
+
+@contextmanager
+def savepoints(hub: Hub) -> Iterator[list[str]]:
+    """The SAVEPOINT statements the hub sends while the block runs."""
+    sent: list[str] = []
+
+    def seen(connection: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.startswith("SAVEPOINT"):
+            sent.append(statement)
+
+    event.listen(hub.store.engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(hub.store.engine, "before_cursor_execute", seen)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def count(hub: Hub, table: Table) -> int:
+    with hub.store.read() as connection:
+        return connection.execute(select(func.count()).select_from(table)).scalar_one()
+
+
+def cart(name: str) -> dict:
+    return message(userId=name, event="Cart Viewed", traits={"email": f"{name}@example.com"},
+                   timestamp=(NOW - timedelta(minutes=1)).isoformat())
+
+
+def test_a_batch_of_good_rows_runs_in_one_savepoint(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    with savepoints(hub) as sent:
+        one_batch(hub, *support_ticket("amy", {"phone": "+14155550100"}), cart("bob"))
+    assert len(sent) == 1
+    assert count(hub, touchpoints) == 4
+
+
+def test_a_bad_row_is_quarantined_and_its_neighbours_commit_each_counted_once(tmp_path: Path) -> None:
+    hub = hub_on(tmp_path)
+    processed, fired = metric("hub_touchpoints_processed_total"), metric("hub_decisions_total", rule="post_purchase_support")
+    armed: list[datetime] = []
+    hub.pipeline._timers_armed = armed.append  # what the timer worker would be woken with
+    unmappable = message(userId="null", event="Order Completed")  # no usable identifier
+    with savepoints(hub) as sent:
+        one_batch(hub, *support_ticket("amy", {"phone": "+14155550100"}), unmappable,
+                  *support_ticket("cat", {"phone": "+14155550102"}), cart("bob"))
+    assert len(sent) == 1 + 8  # the batch's, then one per row
+    with hub.store.read() as connection:
+        [kept] = connection.execute(select(quarantine.c.stage, quarantine.c.inbox_id)).all()
+        assert kept.stage == "mapping"
+        assert connection.execute(select(inbox_table.c.status).where(inbox_table.c.id == kept.inbox_id)).scalar_one() == "failed"
+    assert count(hub, touchpoints) == 7
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {"post_purchase_support": 2}
+    assert metric("hub_touchpoints_processed_total") - processed == 7
+    assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 2
+    with hub.store.read() as connection:
+        assert sorted(connection.execute(select(deliveries.c.channel)).scalars()) == ["crm", "crm", "sms", "sms"]
+    assert count(hub, timers) == 1 and len(armed) == 1
+    assert hub.delivery_wake.is_set()
+
+
+def test_a_row_that_breaks_is_postponed_alone_and_decided_once_when_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub = hub_on(tmp_path)
+    fired = metric("hub_decisions_total", rule="post_purchase_support")
+    evaluate = triggers.evaluate
+
+    def broken_for_bobs_ticket(touchpoint: Touchpoint, *args: Any, **kwargs: Any) -> Any:
+        if touchpoint.event == "Ticket Submitted" and Identifier("user_id", "bob") in touchpoint.identifiers:
+            raise RuntimeError("bob's ticket breaks")
+        return evaluate(touchpoint, *args, **kwargs)
+
+    monkeypatch.setattr(triggers, "evaluate", broken_for_bobs_ticket)
+    one_batch(hub, *support_ticket("amy", {"phone": "+14155550100"}), *support_ticket("bob", {"phone": "+14155550101"}))
+    with hub.store.read() as connection:
+        assert inbox.count_by_status(connection) == {"done": 5, "pending": 1}  # bob's ticket waits for its retry
+        assert decisions.count_by_rule(connection) == {"post_purchase_support": 1}
+    assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 1
+    monkeypatch.undo()  # the fault is fixed
+    assert hub.pipeline.run_once() == 0  # not before its retry time
+    assert hub.pipeline.run_once(utcnow() + timedelta(seconds=3)) == 1
+    with hub.store.read() as connection:
+        assert inbox.count_by_status(connection) == {"done": 6}
+        assert decisions.count_by_rule(connection) == {"post_purchase_support": 2}
+    assert count(hub, quarantine) == 0
+    assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 2
