@@ -7,10 +7,14 @@
    the whole pipeline (mapping, identity, triggers, routing, outbox) once
    with `--rules` generated rules and once with none; the ratio is what the
    trigger engine costs on top of the rest of the pipeline.
-2. Latency: a running hub (pipeline, timer and delivery workers, the sandbox
-   Twilio) is fed at a fixed `--rate` for `--seconds`; 5% of the events fire
-   an SMS rule. Reported: time from the inbox commit (the 2xx) to the first
-   delivery attempt, p50/p99/max.
+2. Latency: a running hub (pipeline, timer and delivery workers) is fed at a
+   fixed `--rate` for `--seconds` by a feeder process that commits prebuilt
+   events 20 to a transaction, as /v1/batch requests commit them; the sandbox
+   providers answer from a third process. 5% of the events fire an SMS rule.
+   Reported: time from the inbox commit (the 2xx) to the first delivery
+   attempt, p50/p99/max, the rate actually fed, and that time cut into
+   stages (queued before the pipeline claims the event, its batch until
+   commit, until the delivery worker's claim, the claim, until the send).
 3. Timers: `--timers` absence timers are armed by real events, then made due
    over the next few seconds; the timer worker fires them. Reported: lag
    from due time to fired, p50/p99/max, and timers fired per second.
@@ -26,14 +30,24 @@ goes mostly into running statements, so their count explains the rate.
 from __future__ import annotations
 
 import argparse
+import bisect
+import multiprocessing
+import os
 import random
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from functools import partial
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnContext
 from pathlib import Path
 
 import yaml
@@ -46,7 +60,7 @@ from hub.clock import utcnow
 from hub.model import RawEvent
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
-from hub.store import inbox
+from hub.store import Store, inbox
 from hub.store.schema import attempts, decisions, deliveries, timers, touchpoints
 from hub.store.schema import inbox as inbox_table
 
@@ -141,24 +155,142 @@ def percentiles(values: list[float]) -> str:
     return f"p50 {statistics.median(ordered) * 1000:7.1f} ms  p99 {p99 * 1000:7.1f} ms  max {ordered[-1] * 1000:7.1f} ms  (n={len(ordered)})"
 
 
-def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> tuple[list[float], float]:
-    """Accept -> first attempt for SMS deliveries at a fixed event rate; also the rate actually fed."""
+REQUEST_EVENTS = 20  # events per /v1/batch request in the latency run, committed in one inbox transaction
+STAGES = ("inbox -> pipeline claim", "pipeline batch -> commit", "commit -> delivery claim", "delivery claim",
+          "claim -> send starts")
+
+
+def requests_of(profiles: int, rate: int, seconds: float) -> list[list[RawEvent]]:
+    """The latency run's events, built before its clock starts, cut into /v1/batch-sized requests; 5% ping by SMS."""
     rng = random.Random(7)
-    with tempfile.TemporaryDirectory() as folder, SandboxProviders() as sandbox:
-        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, **sandbox.settings_overrides())
+    events = [synthetic_event(profiles, rng, ping_share=0.05) for _ in range(round(rate * seconds))]
+    raw = [RawEvent(DEFAULT_SOURCE_ID, event["messageId"], event) for event in events]
+    return [raw[start:start + REQUEST_EVENTS] for start in range(0, len(raw), REQUEST_EVENTS)]
+
+
+def feed(database_url: str, requests: list[list[RawEvent]], rate: int, to_hub: Connection) -> None:
+    """The feeder process: each request's events committed in one transaction at its time, as ingest commits them.
+
+    It runs apart from the hub, as an HTTP front end would (`touchhub serve`
+    beside `touchhub worker`), so building and committing requests takes no
+    GIL time from the hub's workers. It tells the hub after each commit (the
+    hub wakes its pipeline, as the ingest route does), and last sends the rate
+    it achieved: behind schedule it catches up, so a rate short of the one
+    asked means it could not commit faster.
+    """
+    store = Store(database_url)
+    started = time.perf_counter()
+    for n, events in enumerate(requests):
+        time.sleep(max(0.0, started + n * REQUEST_EVENTS / rate - time.perf_counter()))
+        with store.write() as connection:
+            inbox.append(connection, events, utcnow())
+        to_hub.send(None)
+    to_hub.send(sum(map(len, requests)) / (time.perf_counter() - started))
+    store.dispose()
+
+
+def fed_rate(from_feeder: Connection, wake: threading.Event) -> float:
+    """Wake the pipeline after each of the feeder's commits; the rate it fed at, when it is done."""
+    while (message := from_feeder.recv()) is None:
+        wake.set()
+    return message
+
+
+class Transactions:
+    """When each hub thread began and committed its transactions: the store keeps no commit or claim times.
+
+    A begin is seen once the transaction holds the write lock (after SQLite's BEGIN IMMEDIATE).
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.times: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+        for moment in ("begin", "commit"):
+            sqlalchemy_event.listen(engine, moment, partial(self._seen, moment))
+
+    def _seen(self, moment: str, _connection: object) -> None:
+        self.times[threading.current_thread().name, moment].append(utcnow())
+
+    def stages(self, received: datetime, processed: datetime, started: datetime) -> tuple[float, ...]:
+        """`STAGES` of one SMS: its pipeline batch's claim (`processed_at`) and commit, the delivery claim it was in."""
+        committed = _after(self.times["pipeline", "commit"], processed)
+        claimed = _before(self.times["delivery", "commit"], started)
+        claiming = _before(self.times["delivery", "begin"], claimed)
+        moments = (received, processed, committed, claiming, claimed, started)
+        return tuple((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:]))
+
+
+def _after(times: list[datetime], moment: datetime) -> datetime:
+    return times[bisect.bisect_left(times, moment)]
+
+
+def _before(times: list[datetime], moment: datetime) -> datetime:
+    return times[bisect.bisect_right(times, moment) - 1]
+
+
+@dataclass(frozen=True)
+class LatencyRun:
+    lags: list[float]  # inbox commit -> first SMS attempt starts
+    fed: float  # events/s the feeder achieved
+    cpu_ms: Counter[str]  # the hub's CPU per event fed, until it is idle again, by thread (`thread_cpu`)
+    stages: dict[str, list[float]]  # the lags cut at STAGES
+    answers: list[float]  # how long the sandbox Twilio took to answer (after the interval)
+
+
+def thread_cpu() -> Counter[str]:
+    """CPU seconds this process's threads have used, by worker (sends: the delivery engine's send threads).
+
+    Read from /proc (Linux): the split says which worker a GIL-bound hub
+    process spends its one core on, which the process total cannot.
+    """
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    used: Counter[str] = Counter()
+    for task in Path("/proc/self/task").iterdir():
+        fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        name = names.get(int(task.name), "other")
+        worker = "sends" if name.startswith("send") else name if name in ("pipeline", "timers", "delivery") else "other"
+        used[worker] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    return used
+
+
+def serve_sandbox(to_hub: Connection) -> None:
+    """The sandbox providers' process: a real provider answers from elsewhere, not on the hub's GIL."""
+    with SandboxProviders() as sandbox:
+        to_hub.send(sandbox.settings_overrides())
+        to_hub.recv()  # the run is over
+
+
+@contextmanager
+def sandbox_process(spawn: SpawnContext) -> Iterator[dict]:
+    """Run the sandbox providers in a process of their own; yields the settings that point the hub at them."""
+    here, there = spawn.Pipe()
+    providers = spawn.Process(target=serve_sandbox, args=(there,))
+    providers.start()
+    try:
+        yield here.recv()
+    finally:
+        here.send(None)
+        providers.join()
+
+
+def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> LatencyRun:
+    """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process."""
+    requests = requests_of(profiles, rate, seconds)
+    spawn = multiprocessing.get_context("spawn")  # a fork would copy the locks of the hub's running threads
+    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn) as sandbox:
+        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, **sandbox)
+        transactions = Transactions(hub.store.engine)
         hub.start()
-        per_tick = max(1, round(rate * 0.02))  # events fed every 20 ms
-        started, sent = time.perf_counter(), 0
-        while time.perf_counter() - started < seconds:
-            append(hub, [synthetic_event(profiles, rng, ping_share=0.05) for _ in range(per_tick)])
-            hub.pipeline_wake.set()
-            sent += per_tick
-            time.sleep(max(0.0, started + sent / rate - time.perf_counter()))
-        fed = sent / (time.perf_counter() - started)
+        from_feeder, to_hub = spawn.Pipe(duplex=False)
+        feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))
+        feeder.start()
+        cpu = thread_cpu()
+        fed = fed_rate(from_feeder, hub.pipeline_wake)
+        feeder.join()
         hub.wait_until_idle(timeout=300)
+        cpu = thread_cpu() - cpu
         with hub.store.read() as connection:
             rows = connection.execute(
-                select(attempts.c.started_at, inbox_table.c.received_at)
+                select(inbox_table.c.received_at, inbox_table.c.processed_at, attempts.c.started_at, attempts.c.duration_ms)
                 .join(deliveries, deliveries.c.delivery_id == attempts.c.delivery_id)
                 .join(decisions, decisions.c.decision_id == deliveries.c.decision_id)
                 .join(touchpoints, touchpoints.c.touchpoint_id == decisions.c.touchpoint_id)
@@ -166,7 +298,14 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> tupl
                 .where(attempts.c.attempt_no == 1, deliveries.c.channel == "sms")
             ).all()
         hub.stop()
-    return [(first - accepted).total_seconds() for first, accepted in rows], fed
+    cut = [transactions.stages(received, processed, started) for received, processed, started, _ in rows]
+    return LatencyRun(
+        lags=[(started - received).total_seconds() for received, _, started, _ in rows],
+        fed=fed,
+        cpu_ms=Counter({name: seconds * 1000 / sum(map(len, requests)) for name, seconds in cpu.items()}),
+        stages={name: [stages[n] for stages in cut] for n, name in enumerate(STAGES)},
+        answers=[duration / 1000 for *_, duration in rows],
+    )
 
 
 ABSENCE_RULE = {"id": "bench_absence", "respond": [{"channel": "webhook", "template": "bench.j2"}],
@@ -249,8 +388,13 @@ def main() -> None:
     print(f"  ratio {with_rules.per_second / baseline.per_second:.2f}  ({args.events} events over {args.profiles} profiles)")
     if args.only == "throughput":
         return
-    lags, fed = latency(rules, args.profiles, args.rate, args.seconds)
-    print(f"accept -> first attempt : {percentiles(lags)}  at {fed:.0f} events/s fed")
+    run = latency(rules, args.profiles, args.rate, args.seconds)
+    print(f"accept -> first attempt : {percentiles(run.lags)}  at {run.fed:.0f} events/s fed")
+    print(f"  hub CPU per event fed   : {sum(run.cpu_ms.values()):.2f} ms ("
+          + ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.most_common()) + ")")
+    for name, lags in run.stages.items():
+        print(f"  {name:24s}: {percentiles(lags)}")
+    print(f"  (Twilio sandbox answers : {percentiles(run.answers)})")
     timer_lags, fired_per_second = timer_lag(args.timers, args.timer_spread)
     print(f"timer due -> fired      : {percentiles(timer_lags)}  ({fired_per_second:.0f} timers/s)")
     capacity, timer_statements = timer_capacity(args.timers)
