@@ -57,6 +57,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
+from hub.logs import configure_logging
 from hub.model import RawEvent
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
@@ -367,6 +368,7 @@ def timer_capacity(count: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    configure_logging("WARNING")  # the hubs' per-event info lines would bury the figures
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--profiles", type=int, default=1000)
