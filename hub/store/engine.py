@@ -23,6 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
+from hub.store import json_text
+
 _READ_ONLY = "hub_read_only"
 
 
@@ -32,7 +34,8 @@ def create_store_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True, future=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True,
+                           json_serializer=json_text.dumps, json_deserializer=json_text.loads)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -9,6 +10,7 @@ from sqlalchemy import (
     JSON,
     Column,
     DateTime,
+    Dialect,
     Float,
     Index,
     Integer,
@@ -42,6 +44,38 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+    def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], str | None] | None:
+        """On SQLite, one function in place of `process_bind_param` and SQLAlchemy's string formatting.
+
+        The pipeline converts a dozen datetimes per event; SQLAlchemy's SQLite
+        DATETIME builds its text with a %-format of a dict (and the decorator
+        adds a call around it), 2.8 us each, where `isoformat` is C: 1.1 us.
+        The text is SQLAlchemy's own, byte for byte (``2026-12-02 09:13:00.000000``,
+        microseconds always written), so stored rows and their ordering are unchanged.
+        """
+        return _sqlite_text if dialect.name == "sqlite" else super().bind_processor(dialect)
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Callable[[Any], datetime | None] | None:
+        """On SQLite, `datetime.fromisoformat` and the UTC stamp in one function (see `bind_processor`)."""
+        return _sqlite_datetime if dialect.name == "sqlite" else super().result_processor(dialect, coltype)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """An aware datetime as SQLAlchemy's SQLite DATETIME writes it, in UTC: the isoformat's first 26 characters."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+    return value.astimezone(timezone.utc).isoformat(" ", "microseconds")[:26]
+
+
+def _sqlite_datetime(value: str | None) -> datetime | None:
+    """SQLite's text back as an aware UTC datetime (text written with an offset is converted to UTC)."""
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 
 
 metadata = MetaData()
