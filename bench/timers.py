@@ -1,7 +1,7 @@
 """Timers at 1M pending: do due timers still fire within 1 s of due when a million wait (issue 5)?
 
     .venv/bin/python bench/timers.py [--pending 1000000] [--window 600] [--measure 60]
-                                     [--baseline 10000] [--lead 5]
+                                     [--baseline 10000] [--burst 10000] [--lead 5] [--seed-rate 5000]
 
 The store is seeded with `--pending` absence timers of bench/triggers.py's
 `ABSENCE_RULE`, one per person (the rule keeps one pending timer per profile:
@@ -14,10 +14,15 @@ CPU each fired timer cost the process (all its workers), and the backlog:
 timers due by the end of the sample and not fired by then. Most of the
 `--pending` timers are still pending when the sample ends.
 
+Then, the hub's workers stopped, the timer engine alone fires the next
+`--burst` timers at once in a loop on one thread (bench/triggers.py's
+`timer_capacity` on this store): timers/s and CPU per timer.
+
 The baseline, in the same run and first: `--baseline` timers at the same due
-rate (so all of them come due within the sample), fired by a hub whose store
-holds nothing else. The two side by side say what 1M pending costs: index
-depth, the claim, the worker's idle read of the next due time.
+rate (all of them come due within its sample) and its burst after them,
+fired by a hub whose store holds nothing else. The two side by side say what
+1M pending costs: index depth, the claim, the worker's idle read of the next
+due time, the pipeline's cancel.
 
 Arming 1M timers through the pipeline would take about ten minutes, so the
 rows the pipeline writes for a cart event are seeded instead, in chunks of
@@ -34,7 +39,7 @@ tests/test_timer_seeding.py checks a seeded event's rows against the rows the
 pipeline writes for the same event, and that the timer engine fires them.
 
 Finally the timer engine's statements are run under EXPLAIN QUERY PLAN on the
-seeded store: each must search an index, never scan the table.
+seeded store and printed: each should search an index, never scan the table.
 """
 
 from __future__ import annotations
