@@ -14,7 +14,10 @@
    Reported: time from the inbox commit (the 2xx) to the first delivery
    attempt, p50/p99/max, the rate actually fed, and that time cut into
    stages (queued before the pipeline claims the event, its batch until
-   commit, until the delivery worker's claim, the claim, until the send).
+   commit, until the delivery worker's claim, the claim, until the send);
+   and the attempts the delivery worker made per event fed, by channel: the
+   99 generated rules' webhooks outnumber the SMS about ten to one, so the
+   delivery threads' CPU is per send, not per SMS.
 3. Timers: `--timers` absence timers are armed by real events, then made due
    over the next few seconds; the timer worker fires them. Reported: lag
    from due time to fired, p50/p99/max, and timers fired per second.
@@ -52,7 +55,7 @@ from pathlib import Path
 
 import yaml
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from connectors.sandbox.providers import SandboxProviders
@@ -235,6 +238,7 @@ class LatencyRun:
     cpu_ms: Counter[str]  # the hub's CPU per event fed, until it is idle again, by thread (`thread_cpu`)
     stages: dict[str, list[float]]  # the lags cut at STAGES
     answers: list[float]  # how long the sandbox Twilio took to answer (after the interval)
+    sends: Counter[str]  # attempts made, by channel
 
 
 def thread_cpu() -> Counter[str]:
@@ -298,6 +302,10 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> Late
                 .join(inbox_table, inbox_table.c.id == touchpoints.c.inbox_id)
                 .where(attempts.c.attempt_no == 1, deliveries.c.channel == "sms")
             ).all()
+            sends = Counter(dict(connection.execute(
+                select(deliveries.c.channel, func.count())
+                .join(attempts, attempts.c.delivery_id == deliveries.c.delivery_id).group_by(deliveries.c.channel)
+            ).all()))
         hub.stop()
     cut = [transactions.stages(received, processed, started) for received, processed, started, _ in rows]
     return LatencyRun(
@@ -306,6 +314,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> Late
         cpu_ms=Counter({name: seconds * 1000 / sum(map(len, requests)) for name, seconds in cpu.items()}),
         stages={name: [stages[n] for stages in cut] for n, name in enumerate(STAGES)},
         answers=[duration / 1000 for *_, duration in rows],
+        sends=sends,
     )
 
 
@@ -394,6 +403,11 @@ def main() -> None:
     print(f"accept -> first attempt : {percentiles(run.lags)}  at {run.fed:.0f} events/s fed")
     print(f"  hub CPU per event fed   : {sum(run.cpu_ms.values()):.2f} ms ("
           + ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.most_common()) + ")")
+    events_fed = round(args.rate * args.seconds)
+    per_attempt = (run.cpu_ms["delivery"] + run.cpu_ms["sends"]) * events_fed / max(1, sum(run.sends.values()))
+    print("  attempts per event fed  : "
+          + ", ".join(f"{channel} {count / events_fed:.3f}" for channel, count in run.sends.most_common())
+          + f"  (delivery + sends CPU {per_attempt:.2f} ms per attempt)")
     for name, lags in run.stages.items():
         print(f"  {name:24s}: {percentiles(lags)}")
     print(f"  (Twilio sandbox answers : {percentiles(run.answers)})")
