@@ -11,12 +11,15 @@ interleaved, new people arriving at a steady pace so every tenth of the run
 has the same mix of first visits and returns. Every touchpoint goes through `hub.identity.resolve` with the
 shipped rules, on a SQLite store, committed in batches.
 
-Two runs in the same process: the baseline is the per-statement
-`SqlIdentityGraph` (what a pipeline worker uses) on the first `--baseline`
-touchpoints; the measured one is `CachedIdentityGraph` (graph in memory,
-batched writes) on all of them, reported per tenth so growth in graph size
-shows. Touchpoint generation is outside the timed sections. `--sql-only`
-stops after the baseline, to measure the SQL graph on its own.
+Two runs in the same process. The baseline, on the first `--baseline`
+touchpoints, is a pair taking each chunk in turn on two stores: the
+per-statement `SqlIdentityGraph`, and `EpochCachedGraph` over one
+`IdentityCache` for the whole run, checking the graph epoch per transaction
+(what a pipeline worker uses, `hub.identity_epoch`). The second run is
+`CachedIdentityGraph` (graph in memory, batched writes, single writer only)
+on all of them. Both are reported per tenth, so growth in graph size shows.
+Touchpoint generation is outside the timed sections. `--sql-only` stops
+after the baseline pair.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from pathlib import Path
 from hub.identity import resolve
 from hub.identity_cache import CachedIdentityGraph
 from hub.identity_config import load_identity_config
+from hub.identity_epoch import EpochCachedGraph, IdentityCache
 from hub.model import Identifier, Touchpoint, derived_id
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store
@@ -117,17 +121,29 @@ class Clock:
         self.cpu += time.process_time() - cpu
 
 
-def run_uncached(store: Store, stream: Iterator[Touchpoint], batch: int, total: int) -> list[tuple[int, Clock]]:
-    """The pipeline's graph: every question asked of the store in the write transaction."""
+def sql_graph(store: Store) -> Callable[[list[Touchpoint]], None]:
+    """The per-statement graph: every question asked of the store in the write transaction."""
     def resolve_chunk(chunk: list[Touchpoint]) -> None:
         with store.write() as connection:
             graph = SqlIdentityGraph(connection)
             for tp in chunk:
                 resolve(tp, graph, NOW, CONFIG)
-    return timed_tenths(stream, batch, total, resolve_chunk)
+    return resolve_chunk
 
 
-def run_cached(store: Store, stream: Iterator[Touchpoint], batch: int, total: int) -> list[tuple[int, Clock]]:
+def pipeline_graph(store: Store) -> Callable[[list[Touchpoint]], None]:
+    """The pipeline's graph: one identity cache across the run's transactions, each taking the profiles
+    lock and checking the graph epoch as `Pipeline.run_once` does, and a graph per touchpoint as per row."""
+    cache = IdentityCache()
+
+    def resolve_chunk(chunk: list[Touchpoint]) -> None:
+        with cache.cleared_on_error(), store.write() as connection, cache.locked(connection):
+            for tp in chunk:
+                resolve(tp, EpochCachedGraph(connection, cache), NOW, CONFIG)
+    return resolve_chunk
+
+
+def cached_graph(store: Store) -> Callable[[list[Touchpoint]], None]:
     """The in-memory graph, flushed once per write transaction."""
     with store.read() as connection:
         graph = CachedIdentityGraph(connection)
@@ -137,25 +153,31 @@ def run_cached(store: Store, stream: Iterator[Touchpoint], batch: int, total: in
             for tp in chunk:
                 resolve(tp, graph, NOW, CONFIG)
             graph.flush(connection)
-    return timed_tenths(stream, batch, total, resolve_chunk)
+    return resolve_chunk
 
 
 def timed_tenths(stream: Iterator[Touchpoint], batch: int, total: int,
-                 resolve_chunk: Callable[[list[Touchpoint]], None]) -> list[tuple[int, Clock]]:
-    """(touchpoints resolved in the tenth, its clock) for each tenth of the run, printed as they end,
-    so growth in graph size shows."""
-    tenths: list[tuple[int, Clock]] = []
-    done, in_tenth, clock, mark = 0, 0, Clock(), total / 10
+                 graphs: dict[str, Callable[[list[Touchpoint]], None]]) -> dict[str, list[tuple[int, Clock]]]:
+    """(touchpoints resolved in the tenth, its clock) for each tenth of the run and each graph, printed as
+    they end, so growth in graph size shows. Several graphs take each chunk in turn, each on its own
+    store, so a neighbour's load on the box falls on all of them alike."""
+    tenths: dict[str, list[tuple[int, Clock]]] = {name: [] for name in graphs}
+    done, in_tenth, mark = 0, 0, total / 10
+    clocks = {name: Clock() for name in graphs}
     for chunk in chunks(stream, batch):
-        for _ in clock.timing():
-            resolve_chunk(chunk)
+        for name, resolve_chunk in graphs.items():
+            for _ in clocks[name].timing():
+                resolve_chunk(chunk)
         done += len(chunk)
         in_tenth += len(chunk)
         if done >= mark or done == total:
-            tenths.append((in_tenth, clock))
-            print(f"  {done:>9,} touchpoints  last tenth: {in_tenth / clock.wall:>8,.0f} /s wall, "
-                  f"{in_tenth / clock.cpu:>8,.0f} /s per CPU second", flush=True)
-            in_tenth, clock, mark = 0, Clock(), mark + total / 10
+            rates = "; ".join(f"{name} {in_tenth / clock.wall:>7,.0f} /s wall, {in_tenth / clock.cpu:>7,.0f} /s per CPU s"
+                              for name, clock in clocks.items())
+            print(f"  {done:>9,} touchpoints  last tenth: {rates}", flush=True)
+            for name, clock in clocks.items():
+                tenths[name].append((in_tenth, clock))
+            in_tenth, mark = 0, mark + total / 10
+            clocks = {name: Clock() for name in graphs}
     return tenths
 
 
@@ -175,21 +197,22 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5000, help="Touchpoints per write transaction.")
     parser.add_argument("--baseline", type=int, default=20_000, help="Touchpoints for the uncached baseline run.")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--sql-only", action="store_true", help="Run only the SqlIdentityGraph baseline.")
+    parser.add_argument("--sql-only", action="store_true", help="Run only the baseline pair (SqlIdentityGraph, EpochCachedGraph).")
     args = parser.parse_args()
     population = args.people or args.touchpoints // 5
     with tempfile.TemporaryDirectory() as folder:
-        base = Store(f"sqlite:///{Path(folder)}/baseline.db")
-        base.migrate()
+        stores = {name: Store(f"sqlite:///{Path(folder)}/{name}.db") for name in ("SqlIdentityGraph", "EpochCachedGraph")}
+        for store in stores.values():
+            store.migrate()
         rng = random.Random(args.seed)
-        print(f"SqlIdentityGraph: {args.baseline:,} touchpoints")
-        sql = run_uncached(base, touchpoints(people(population, rng), args.baseline, rng), args.batch, args.baseline)
-        baseline, per_cpu, flatness = summary(sql)
-        with base.read() as connection:
-            graph = counts(connection)
-        print(f"baseline SqlIdentityGraph: {args.baseline:,} touchpoints, {baseline:,.0f} /s wall, {per_cpu:,.0f} /s per CPU "
-              f"second; last tenth per CPU second {flatness:.2f}x the first; {graph['profiles']:,} live profiles, "
-              f"{graph['merges']:,} merges")
+        print(f"baseline, chunk by chunk: {args.baseline:,} touchpoints")
+        side_by_side = timed_tenths(
+            touchpoints(people(population, rng), args.baseline, rng), args.batch, args.baseline,
+            {"SqlIdentityGraph": sql_graph(stores["SqlIdentityGraph"]), "EpochCachedGraph": pipeline_graph(stores["EpochCachedGraph"])},
+        )
+        rates = {name: report(name, args.baseline, tenths, stores[name]) for name, tenths in side_by_side.items()}
+        baseline = rates["SqlIdentityGraph"]
+        print(f"EpochCachedGraph / SqlIdentityGraph: {rates['EpochCachedGraph'] / baseline:.2f}x wall")
         if args.sql_only:
             return
 
@@ -197,13 +220,21 @@ def main() -> None:
         store.migrate()
         rng = random.Random(args.seed)
         print(f"CachedIdentityGraph: {args.touchpoints:,} touchpoints over {population:,} people")
-        rate, per_cpu, flatness = summary(
-            run_cached(store, touchpoints(people(population, rng), args.touchpoints, rng), args.batch, args.touchpoints))
-        with store.read() as connection:
-            graph = counts(connection)
-        print(f"resolved {args.touchpoints:,}: {rate:,.0f} /s wall ({rate / baseline:.1f}x the baseline), "
-              f"{per_cpu:,.0f} /s per CPU second; per CPU second the last tenth runs at {flatness:.2f}x the first; "
-              f"{graph['profiles']:,} live profiles, {graph['merges']:,} merges")
+        cached = timed_tenths(touchpoints(people(population, rng), args.touchpoints, rng), args.batch, args.touchpoints,
+                              {"CachedIdentityGraph": cached_graph(store)})["CachedIdentityGraph"]
+        rate = report("CachedIdentityGraph", args.touchpoints, cached, store)
+        print(f"CachedIdentityGraph: {rate / baseline:.1f}x the SqlIdentityGraph baseline")
+
+
+def report(name: str, total: int, tenths: list[tuple[int, Clock]], store: Store) -> float:
+    """Print a graph's run; returns its rate per wall second."""
+    rate, per_cpu, flatness = summary(tenths)
+    with store.read() as connection:
+        graph = counts(connection)
+    print(f"{name}: {total:,} touchpoints, {rate:,.0f} /s wall, {per_cpu:,.0f} /s per CPU second; last tenth per CPU "
+          f"second {flatness:.2f}x the first; {graph['profiles']:,} live profiles, {graph['merges']:,} merges")
+    return rate
+
 
 if __name__ == "__main__":
     main()

@@ -15,7 +15,7 @@ process's writes. Traits are not its business: it resolves identity only.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any
@@ -26,6 +26,7 @@ from ulid import ULID
 from hub.model import Identifier, RefusedLink
 from hub.store.identity_graph import identifier_digest, newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
+from hub.store.sql import lock_profiles
 
 
 class CachedIdentityGraph:
@@ -112,8 +113,14 @@ class CachedIdentityGraph:
         )
 
     def flush(self, connection: Connection) -> None:
-        """Write everything resolved since the last flush, in a handful of statements."""
-        final = {merged: self._survivor_of(merged) for merged in self._merged_into}
+        """Write everything resolved since the last flush, in a handful of statements.
+
+        Under the profiles lock, as every identity writer: the pipeline's cache
+        (`hub.identity_epoch`) relies on no one else's graph-epoch bump landing
+        while it holds the lock.
+        """
+        lock_profiles(connection)
+        final = {merged: survivor_of(self._merged_into, merged) for merged in self._merged_into}
         for profile_id, row in self._new_profiles.items():
             row["merged_into"] = final.get(profile_id)
         if self._new_profiles:
@@ -128,11 +135,6 @@ class CachedIdentityGraph:
         if self._events:
             connection.execute(insert(identity_events), self._events)
         self._new_profiles, self._new_identifiers, self._merge_rows, self._merged_into, self._events = {}, {}, [], {}, []
-
-    def _survivor_of(self, profile_id: str) -> str:
-        while profile_id in self._merged_into:
-            profile_id = self._merged_into[profile_id]
-        return profile_id
 
     def _apply_moves(self, connection: Connection, moved: dict[str, str]) -> None:
         """Merges of profiles already stored: identifiers, aliases, touchpoints and traits follow the final survivor."""
@@ -156,6 +158,13 @@ class CachedIdentityGraph:
             update(profiles).where(profiles.c.profile_id == bindparam("p")).values(traits=bindparam("t"), trait_times=bindparam("tt")),
             [{"p": p, "t": traits[p][0], "tt": traits[p][1]} for p in set(moved.values())],
         )
+
+
+def survivor_of(merged_into: Mapping[str, str], profile_id: str) -> str:
+    """Where a profile ended up, following merges (merged -> survivor) until one was not merged."""
+    while profile_id in merged_into:
+        profile_id = merged_into[profile_id]
+    return profile_id
 
 
 def _bulk_insert(connection: Connection, table: Table, rows: list[dict[str, Any]]) -> None:

@@ -26,16 +26,15 @@ from hub import identity, metrics, triggers
 from hub.clock import utcnow
 from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
+from hub.identity_epoch import EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
-from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
-from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +86,7 @@ class Pipeline:
         self.config = config
         self._deliveries_planned = deliveries_planned
         self._timers_armed = timers_armed
+        self._identities = IdentityCache()  # identifier owners across batches, exact beside other writers
 
     def run_once(self, now: datetime | None = None) -> int:
         """Claim and process one batch; returns the number of inbox rows handled.
@@ -94,14 +94,9 @@ class Pipeline:
         `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
         """
         now = now or utcnow()
-        with self.store.write() as connection:
+        with self._identities.cleared_on_error(), self.store.write() as connection:
             rows = inbox.claim(connection, self.config.batch_size, now, self.config.lease)
-            if rows:
-                lock_profiles(connection)
-            outcome = sum(as_set_or_one_by_one(
-                connection, rows, lambda batch: self._process_set(connection, batch, now),
-                lambda row: self._process_alone(connection, row, now), kind="inbox row",
-            ), _Outcome())
+            outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
             inbox.mark_done(connection, outcome.done, now)
         metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed)
         outcome.recorded.count()
@@ -110,6 +105,14 @@ class Pipeline:
         if outcome.armed:
             self._timers_armed(min(outcome.armed))
         return len(rows)
+
+    def _process_rows(self, connection: Connection, rows: Sequence[InboxRow], now: datetime) -> _Outcome:
+        """The rows as a set, or one by one if one fails, under the profiles lock with the identity cache in use."""
+        with self._identities.locked(connection):
+            return sum(as_set_or_one_by_one(
+                connection, rows, lambda batch: self._process_set(connection, batch, now),
+                lambda row: self._process_alone(connection, row, now), kind="inbox row",
+            ), _Outcome())
 
     def _process_alone(self, connection: Connection, row: InboxRow, now: datetime) -> _Outcome:
         """The row in its own savepoint; a row that fails is quarantined, postponed or (forgotten) dropped."""
@@ -150,7 +153,7 @@ class Pipeline:
         except EventDropped as exc:
             log.info("event dropped", inbox_id=row.id, reason=str(exc))
             return
-        graph = SqlIdentityGraph(connection)
+        graph = EpochCachedGraph(connection, self._identities)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):

@@ -26,6 +26,7 @@ from hub.api import create_app
 from hub.runtime import Hub
 from hub.serving import BackgroundServer, bind_socket, socket_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
+from hub.store import Store
 from tests.postgres import PostgresCluster, find_bindir
 
 WRITE_KEY = "test-write-key"
@@ -91,6 +92,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if getattr(request, "param", "sqlite") == "postgresql":
         return request.getfixturevalue("postgres").create_database()
     return f"sqlite:///{tmp_path}/hub.db"
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    """A migrated store on `database_url`; modules with a store of their own override it."""
+    opened = Store(database_url)
+    opened.migrate()
+    yield opened
+    opened.dispose()
 
 
 @pytest.fixture

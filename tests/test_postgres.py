@@ -10,7 +10,7 @@ events at once (tests/test_identity_properties.py).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -26,14 +26,6 @@ pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=Tr
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=5)
-
-
-@pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
-    opened = Store(database_url)
-    opened.migrate()
-    yield opened
-    opened.dispose()
 
 
 def test_a_purchaser_who_opens_a_ticket_gets_the_sms(running_hub: RunningHub) -> None:

@@ -16,7 +16,7 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
-from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
+from hub.store.schema import forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
 from hub.store.sql import Precompiled, insert_ignoring_conflicts, numbered, placeholders
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
@@ -31,6 +31,7 @@ _INSERT_IDENTIFIERS = Precompiled(
     insert(identifiers), ["type", "value", "profile_id", "origin_profile_id", "first_seen_at", "touchpoint_id"]
 )
 _INSERT_EVENTS = insert(identity_events)
+_EPOCH = select(graph_epoch.c.value)
 _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
 
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
@@ -354,6 +355,12 @@ def newest_traits(first: Traits, second: Traits) -> Traits:
         if key not in times or second[1][key] >= times[key]:
             values[key], times[key] = value, second[1][key]
     return values, times
+
+
+def graph_epoch_value(connection: Connection) -> int:
+    """The identity graph's epoch: triggers bump it on every write to identifiers, aliases, kept-apart pairs
+    or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
+    return connection.execute(_EPOCH).scalar_one()
 
 
 def live_profile_id(connection: Connection, profile_id: str) -> str | None:

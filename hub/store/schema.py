@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Column,
     DateTime,
     Dialect,
@@ -180,6 +181,12 @@ forgotten_identifiers = Table(
     metadata,
     Column("digest", String(64), primary_key=True),  # sha256 of type and value; never the value itself
     Column("forgotten_at", UTCDateTime, nullable=False),
+)
+
+graph_epoch = Table(
+    "graph_epoch",  # one row; triggers bump it on every write to identity state (migration i7_graph_epoch)
+    metadata,
+    Column("value", BigInteger, nullable=False),
 )
 
 decisions = Table(

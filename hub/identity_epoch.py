@@ -1,0 +1,128 @@
+"""Who owns an identifier, remembered across a pipeline's write transactions and exact beside other writers.
+
+Most touchpoints are returning visitors whose identifiers all belong to one
+profile, and asking SQL who owns them was a third of such a touchpoint's
+cost. `IdentityCache` remembers identifier -> owner between transactions
+(with the merges this process made, to follow aliases); `EpochCachedGraph`
+answers `profiles_of` from it when every identifier is in it, and asks SQL
+otherwise. Unlike `hub.identity_cache.CachedIdentityGraph`, which holds the
+whole graph for a single writer, it never answers from what another
+process may have changed:
+
+- triggers bump `graph_epoch` on every write to identity state (migration
+  i7_graph_epoch), so no writer path can forget to;
+- every identity writer holds the profiles lock (`lock_profiles`) until it
+  commits. A transaction takes it, reads the epoch and empties the cache if
+  the epoch moved since its last commit; until it commits nobody else
+  changes identity, so the epoch read just before committing counts only
+  its own writes, all of which went through the cache;
+- a rollback, of the transaction or of a savepoint, can take back profiles
+  and links the cache has learned: the cache is emptied the moment it
+  happens, before anything runs again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, event
+
+from hub.identity_cache import survivor_of
+from hub.model import Identifier
+from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
+from hub.store.sql import lock_profiles
+
+DEFAULT_LIMIT = 1_000_000  # identifiers and aliases held before the cache starts over (a few hundred MB)
+
+
+class IdentityCache:
+    """Identifier owners valid for one graph epoch; one per pipeline, used by one thread at a time."""
+
+    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+        self.limit = limit
+        self.owner: dict[Identifier, str] = {}
+        self.merged_into: dict[str, str] = {}  # merges this process made since the cache last started over
+        self.epoch: int | None = None  # the graph epoch the cache is exact for; None: not yet known
+
+    def clear(self, *_event_args: Any) -> None:
+        """Forget everything (the arguments are a rollback event's, ignored)."""
+        self.owner, self.merged_into, self.epoch = {}, {}, None
+
+    @contextmanager
+    def cleared_on_error(self) -> Iterator[None]:
+        """Around a write transaction (its commit included): if anything raises, the cache may hold what
+        was never committed."""
+        try:
+            yield
+        except BaseException:
+            self.clear()
+            raise
+
+    @contextmanager
+    def locked(self, connection: Connection) -> Iterator[None]:
+        """Take the profiles lock and use the cache in this write transaction; commit soon after.
+
+        On leaving, the epoch is read again and kept as the cache's: under the
+        lock, every bump since the first read is this transaction's own. Run
+        inside `cleared_on_error`, which empties the cache if the body or the
+        commit fails.
+        """
+        lock_profiles(connection)
+        if graph_epoch_value(connection) != self.epoch:
+            self.clear()
+        for rollback in ("rollback", "rollback_savepoint"):
+            event.listen(connection, rollback, self.clear)
+        yield
+        self.epoch = graph_epoch_value(connection)
+
+    def owners(self, idents: Sequence[Identifier]) -> dict[Identifier, str] | None:
+        """The live owner of each identifier, or None unless every one is cached."""
+        owner = self.owner
+        try:
+            found = {ident: owner[ident] for ident in idents}
+        except KeyError:
+            return None
+        merged = self.merged_into
+        return {ident: survivor_of(merged, profile_id) for ident, profile_id in found.items()} if merged else found
+
+    def learn(self, owners: Mapping[Identifier, str]) -> None:
+        if len(self.owner) + len(self.merged_into) >= self.limit:
+            self.owner, self.merged_into = {}, {}  # still exact for its epoch: empty
+        self.owner.update(owners)
+
+    def merged(self, survivor_id: str, merged_ids: Sequence[str]) -> None:
+        """The merged profiles' identifiers now belong to the survivor, cached or not."""
+        self.merged_into.update(dict.fromkeys(merged_ids, survivor_id))
+
+
+class EpochCachedGraph(SqlIdentityGraph):
+    """`SqlIdentityGraph` for one pipeline row, whose `profiles_of` asks the cache first.
+
+    Writes go to SQL at once, as before (the rest of the row reads the rows
+    they make), and into the cache.
+    """
+
+    def __init__(self, connection: Connection, cache: IdentityCache) -> None:
+        super().__init__(connection)
+        self.cache = cache
+
+    def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
+        """From the cache when every identifier is there; else all from SQL, which also answers `forgotten`."""
+        found = self.cache.owners(idents)
+        if found is None:
+            found = super().profiles_of(idents)
+            self.cache.learn(found)
+        return found
+
+    def attach(self, profile_id: str, idents: Sequence[Identifier], touchpoint_id: str, at: datetime) -> None:
+        super().attach(profile_id, idents, touchpoint_id, at)
+        self.cache.learn(dict.fromkeys(idents, profile_id))
+
+    def merge(
+        self, survivor_id: str, merged_ids: Sequence[str], touchpoint_id: str, linking: Sequence[Identifier], at: datetime
+    ) -> None:
+        super().merge(survivor_id, merged_ids, touchpoint_id, linking, at)
+        self.cache.merged(survivor_id, merged_ids)
