@@ -22,15 +22,16 @@ from sqlalchemy import select
 from hub.identity import resolve
 from hub.identity_cache import CachedIdentityGraph
 from hub.identity_config import IdentityConfig
+from hub.identity_epoch import EpochCachedGraph, IdentityCache
 from hub.mapping import load_mapping
-from hub.model import Identifier, RawEvent, Touchpoint, derived_id
+from hub.model import Identifier, RawEvent, Resolution, Touchpoint, derived_id
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.respond import Responder
 from hub.routing import Router, load_routes
 from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store, inbox
-from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.identity_graph import SqlIdentityGraph, live_profile_id
 from hub.store import schema
 from hub.store.schema import identifiers, profiles
 from hub.templates import TemplateRenderer
@@ -146,6 +147,32 @@ def test_the_cached_graph_stores_what_the_sql_graph_would(store: Store, events, 
     cached = {frozenset(group) for group in graph_of(store, namespace).values()}
     expected = {frozenset(group) for group in graph_of(store, run(store, events, TIGHT)[0]).values()}
     assert cached == expected
+
+
+@FAST
+@given(events=events_strategy, split=st.integers(min_value=0, max_value=12))
+def test_the_pipelines_cached_graph_resolves_as_the_sql_graph_does(store: Store, events, split) -> None:
+    """One identity cache across transactions, as a pipeline keeps it (a first batch of `split` events, then
+    one event a batch): every touchpoint resolves alike and the stored graph is the same as resolving in SQL."""
+    namespace = f"ns{next(namespaces)}-"
+    cache = IdentityCache()
+    batches = [list(enumerate(events))[:split], *([pair] for pair in list(enumerate(events))[split:])]
+    resolutions = []
+    for batch in batches:
+        with cache.cleared_on_error(), store.write() as connection, cache.locked(connection):
+            for n, idents in batch:
+                resolution = resolve(as_touchpoint(namespace, n, idents), EpochCachedGraph(connection, cache), T0, TIGHT)
+                assert live_profile_id(connection, resolution.profile_id) == resolution.profile_id  # stored, not an alias
+                resolutions.append(resolution)
+    sql_namespace, sql_resolutions = run(store, events, TIGHT)
+
+    def shape(resolution: Resolution, prefix: str) -> tuple:
+        refused = [(link.identifier.value[len(prefix):], link.rule) for link in resolution.refused]
+        return resolution.created, len(resolution.merged_profile_ids), refused
+
+    assert [shape(r, namespace) for r in resolutions] == [shape(r, sql_namespace) for r in sql_resolutions]
+    cached = {frozenset(group) for group in graph_of(store, namespace).values()}
+    assert cached == {frozenset(group) for group in graph_of(store, sql_namespace).values()}
 
 
 def process_inbox(database_url: str, no_rules: Path, start: threading.Barrier) -> None:
