@@ -35,13 +35,13 @@ from hub.model import Identifier
 from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
 from hub.store.sql import lock_profiles
 
-DEFAULT_LIMIT = 1_000_000  # identifiers and aliases held before the cache starts over (~190 MB when full)
+DEFAULT_CACHE_SIZE = 1_000_000  # identifiers and aliases held before the cache starts over (~190 MB when full)
 
 
 class IdentityCache:
     """Identifier owners valid for one graph epoch; one per pipeline, used by one thread at a time."""
 
-    def __init__(self, limit: int = DEFAULT_LIMIT) -> None:
+    def __init__(self, limit: int = DEFAULT_CACHE_SIZE) -> None:
         self.limit = limit
         self.owner: dict[Identifier, str] = {}
         self.merged_into: dict[str, str] = {}  # merges this process made since the cache last started over
@@ -89,9 +89,11 @@ class IdentityCache:
         return {ident: survivor_of(merged, profile_id) for ident, profile_id in found.items()} if merged else found
 
     def learn(self, owners: Mapping[Identifier, str]) -> None:
-        if len(self.owner) + len(self.merged_into) >= self.limit:
+        """Remember owners, starting over when they would not fit (`limit` 0: remember nothing)."""
+        if len(self.owner) + len(self.merged_into) + len(owners) > self.limit:
             self.owner, self.merged_into = {}, {}  # still exact for its epoch: empty
-        self.owner.update(owners)
+        if len(owners) <= self.limit:
+            self.owner.update(owners)
 
     def merged(self, survivor_id: str, merged_ids: Sequence[str]) -> None:
         """The merged profiles' identifiers now belong to the survivor, cached or not."""

@@ -26,7 +26,7 @@ from hub import identity, metrics, triggers
 from hub.clock import utcnow
 from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
-from hub.identity_epoch import EpochCachedGraph, IdentityCache
+from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
@@ -46,6 +46,7 @@ class PipelineConfig:
     max_attempts: int
     default_phone_region: str
     identity: IdentityConfig = field(default_factory=lambda: DEFAULT_IDENTITY)
+    identity_cache_size: int = DEFAULT_CACHE_SIZE
 
 
 @dataclass
@@ -86,7 +87,7 @@ class Pipeline:
         self.config = config
         self._deliveries_planned = deliveries_planned
         self._timers_armed = timers_armed
-        self._identities = IdentityCache()  # identifier owners across batches, exact beside other writers
+        self._identities = IdentityCache(config.identity_cache_size)  # identifier owners across batches, exact beside other writers
 
     def run_once(self, now: datetime | None = None) -> int:
         """Claim and process one batch; returns the number of inbox rows handled.

@@ -79,7 +79,7 @@ class Hub:
             self.store, self.mappings, self.rulebook, responder,
             PipelineConfig(
                 settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region,
-                self.identity,
+                self.identity, settings.identity_cache_size,
             ),
             deliveries_planned=self.delivery_wake,
             timers_armed=timer_worker.wake_by,  # a timer due before the worker's next look wakes it

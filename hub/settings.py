@@ -102,6 +102,10 @@ class HubSettings(BaseSettings):
     timer_batch_size: int = Field(
         100, ge=1, description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers)."
     )
+    identity_cache_size: int = Field(
+        1_000_000, ge=0,
+        description="Identifier owners a pipeline worker remembers between batches (~190 bytes each; 0: ask SQL every time).",
+    )
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
     pipeline_max_attempts: int = Field(5, ge=1)

@@ -195,8 +195,9 @@ def test_a_batch_that_fails_as_a_whole_leaves_no_profile_behind(
     assert_every_touchpoint_has_a_stored_profile(store)
 
 
-def test_the_cache_answers_a_known_visitor_without_sql_with_what_sql_said(store: Store) -> None:
-    cache = IdentityCache()
+def identifier_reads_of_a_second_visit(store: Store, cache: IdentityCache) -> list[str]:
+    """Resolve a visitor twice, in two transactions with one cache; the statements the second visit
+    sent about identifiers. Both visits must land on the same profile."""
     touchpoint = Touchpoint(
         touchpoint_id="t", source_id="s", message_id="m", kind="track", event="x", stage="awareness", moment="other",
         occurred_at=T0, received_at=T0, identifiers=(Identifier("anonymous_id", "a"), Identifier("user_id", "u")),
@@ -207,4 +208,14 @@ def test_the_cache_answers_a_known_visitor_without_sql_with_what_sql_said(store:
     with store.write() as connection, cache.locked(connection):
         event.listen(connection, "before_cursor_execute", lambda _connection, _cursor, statement, *_: sent.append(statement))
         assert resolve(touchpoint, EpochCachedGraph(connection, cache), T0).profile_id == created
-    assert [statement for statement in sent if "identifiers" in statement] == []
+    return [statement for statement in sent if "identifiers" in statement]
+
+
+def test_the_cache_answers_a_known_visitor_without_sql_with_what_sql_said(store: Store) -> None:
+    assert identifier_reads_of_a_second_visit(store, IdentityCache()) == []
+
+
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_cache_too_small_for_the_visitor_asks_sql(store: Store, size: int) -> None:
+    """`HUB_IDENTITY_CACHE_SIZE` 0 turns the cache off; one smaller than a touchpoint's identifiers never holds them."""
+    assert len(identifier_reads_of_a_second_visit(store, IdentityCache(size))) == 1
