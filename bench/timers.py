@@ -16,7 +16,7 @@ timers due by the end of the sample and not fired by then. Most of the
 
 Then, the hub's workers stopped, the timer engine alone fires the next
 `--burst` timers at once in a loop on one thread (bench/triggers.py's
-`timer_capacity` on this store): timers/s and CPU per timer.
+`fire_due`, as its `timer_capacity` runs it, on this store): timers/s and CPU per timer.
 
 The baseline, in the same run and first: `--baseline` timers at the same due
 rate (all of them come due within its sample) and its burst after them,
@@ -56,11 +56,9 @@ from typing import Any
 
 from rich.progress import Progress
 from sqlalchemy import Connection, Table, delete, func, insert, select
-from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy.engine import Engine
 from ulid import ULID
 
-from triggers import ABSENCE_RULE, append, hub_with, percentiles
+from triggers import ABSENCE_RULE, StatementLog, append, fire_due, hub_with, percentiles
 from hub.clock import utcnow
 from hub.logs import configure_logging
 from hub.model import derived_id
@@ -190,22 +188,12 @@ def sample(pending: int, window: float, measure: float, lead: float, seed_rate: 
             )
         hub.stop()
         burst_at = end + timedelta(seconds=burst * window / pending)
-        capacity = engine_alone(hub, burst_at)
+        capacity = fire_due(hub, burst_at)
         plans = query_plans(hub, burst_at + timedelta(seconds=1), f"seed-{pending - 1}")
     lags = [(settled_at - due_at).total_seconds() for due_at, settled_at in settled]
     on_time = sum(1 for due_at, settled_at in settled if due_at <= end - timedelta(seconds=1))
     return Sample(pending, pending / window, len(settled) / measure, lags, due - len(settled), overdue - on_time,
                   cpu * 1000 / max(1, len(settled)), seeding, margin, capacity, plans)
-
-
-def engine_alone(hub: Hub, at: datetime) -> tuple[float, float]:
-    """Timers/s and CPU ms per timer of the timer engine firing every timer due by `at`, in a loop on this thread
-    with no workers and no naps (bench/triggers.py's `timer_capacity` on this store)."""
-    fired, started, cpu = 0, time.perf_counter(), time.process_time()
-    while handled := hub.timers.run_once(at):
-        fired += handled
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return fired / elapsed, cpu * 1000 / max(1, fired)
 
 
 def _sleep_until(at: datetime) -> None:
@@ -233,26 +221,6 @@ def query_plans(hub: Hub, now: datetime, user: str) -> dict[str, list[str]]:
         plans = {text: _plan(connection, text, parameters) for text, parameters in statements.on("timers")}
     hub.store.dispose()
     return plans
-
-
-class StatementLog:
-    """The SQL statements (text and first set of parameters) sent to any database while the block runs."""
-
-    def __enter__(self) -> "StatementLog":
-        self.statements: dict[str, Any] = {}
-        sqlalchemy_event.listen(Engine, "before_cursor_execute", self._seen)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        sqlalchemy_event.remove(Engine, "before_cursor_execute", self._seen)
-
-    def _seen(self, connection: Any, cursor: Any, statement: str, parameters: Any, context: Any, many: bool) -> None:
-        self.statements.setdefault(statement, parameters[0] if many else parameters)
-
-    def on(self, table: str) -> list[tuple[str, Any]]:
-        """The statements naming `table`, other than EXPLAIN's own."""
-        return [(text, parameters) for text, parameters in self.statements.items()
-                if f" {table}" in text and not text.startswith("EXPLAIN")]
 
 
 def _plan(connection: Connection, statement: str, parameters: Any) -> list[str]:

@@ -157,13 +157,13 @@ class TimerEngine:
     def _history(self, connection: Connection, firings: list[_Firing]) -> triggers.History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the
         caps of their rules in one more, when the first asks."""
+        if not firings:
+            return StoreHistory(connection)
         profiles = {firing.profile["profile_id"] for firing in firings}
         caps = [(firing.timer.due_at - firing.rule.cap.within, firing.rule.id) for firing in firings if firing.rule.cap]
         store = StoreHistory(connection)
         if caps:
             store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
-        if not firings:
-            return store
         names = triggers.event_names([triggers.awaited(firing.rule) for firing in firings])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)

@@ -215,25 +215,25 @@ class RuleSpec(_Strict):
 
 
 def _contains_absence(condition: Any) -> bool:
-    match condition:
-        case AbsenceCondition():
-            return True
-        case AllCondition(all=parts) | AnyCondition(any=parts):
-            return any(_contains_absence(part) for part in parts)
-        case NotCondition(not_=inner):
-            return _contains_absence(inner)
-    return False
+    return any(isinstance(part, AbsenceCondition) for part in _conditions_in(condition))
 
 
 def _windows(condition: Any) -> Iterator[Window]:
+    for part in _conditions_in(condition):
+        match part:
+            case RecentCondition(recent=window) | CountCondition(count=window):
+                yield window
+
+
+def _conditions_in(condition: Any) -> Iterator[Any]:
+    """The condition and every condition nested in it, through all / any / not."""
+    yield condition
     match condition:
-        case RecentCondition(recent=window) | CountCondition(count=window):
-            yield window
         case AllCondition(all=parts) | AnyCondition(any=parts):
             for part in parts:
-                yield from _windows(part)
+                yield from _conditions_in(part)
         case NotCondition(not_=inner):
-            yield from _windows(inner)
+            yield from _conditions_in(inner)
 
 
 class RuleFile(_Strict):

@@ -10,7 +10,7 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Column, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    Column, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
@@ -37,7 +37,7 @@ _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touch
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
 
 
-# The variable-length queries are prebuilt once per number of values (`@cache`): a touchpoint
+# The variable-length queries are prebuilt once per number of values (`@cache`, `_RowsWhereIn`): a touchpoint
 # carries a handful of identifiers and touches one to three profiles, so a few statements cover
 # every call. Each compiles once per dialect (`Precompiled`), where an expanding IN would be
 # rewritten on every execution and a statement built per call re-keyed.
@@ -92,52 +92,32 @@ def _retire(count: int) -> Precompiled:
     )
 
 
-@cache
-def _forgotten_of(count: int) -> Precompiled:
-    return Precompiled(select(forgotten_identifiers.c.digest).where(forgotten_identifiers.c.digest.in_(placeholders(count))))
+class _RowsWhereIn:
+    """`SELECT columns WHERE key IN (count values)`, prebuilt once per count (see above)."""
+
+    def __init__(self, key: Column[Any], *columns: Column[Any], order_by: ColumnElement[Any] | None = None) -> None:
+        self._key, self._columns, self._order_by = key, columns, order_by
+        self._by_count: dict[int, Precompiled] = {}
+
+    def __call__(self, count: int) -> Precompiled:
+        statement = self._by_count.get(count)
+        if statement is None:
+            query = select(*self._columns).where(self._key.in_(placeholders(count)))
+            statement = self._by_count[count] = Precompiled(query if self._order_by is None else query.order_by(self._order_by))
+        return statement
 
 
-@cache
-def _traits_of_profiles(count: int) -> Precompiled:
-    return Precompiled(
-        select(profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times).where(
-            profiles.c.profile_id.in_(placeholders(count))
-        )
-    )
-
-
-@cache
-def _live_ids_of(count: int) -> Precompiled:
-    return Precompiled(
-        select(profiles.c.profile_id, profiles.c.merged_into).where(profiles.c.profile_id.in_(placeholders(count)))
-    )
-
-
-@cache
-def _profile_rows_of(count: int) -> Precompiled:
-    return Precompiled(
-        select(profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits).where(
-            profiles.c.profile_id.in_(placeholders(count))
-        )
-    )
-
-
-@cache
-def _identifiers_of(count: int) -> Precompiled:
-    return Precompiled(
-        select(identifiers.c.profile_id, identifiers.c.type, identifiers.c.value)
-        .where(identifiers.c.profile_id.in_(placeholders(count)))
-        .order_by(identifiers.c.first_seen_at.desc())
-    )
-
-
-@cache
-def _aliases_of(count: int) -> Precompiled:
-    return Precompiled(
-        select(profiles.c.merged_into, profiles.c.profile_id)
-        .where(profiles.c.merged_into.in_(placeholders(count)))
-        .order_by(profiles.c.profile_id)
-    )
+_forgotten_of = _RowsWhereIn(forgotten_identifiers.c.digest, forgotten_identifiers.c.digest)
+_traits_of_profiles = _RowsWhereIn(profiles.c.profile_id, profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times)
+_live_ids_of = _RowsWhereIn(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
+_profile_rows_of = _RowsWhereIn(
+    profiles.c.profile_id, profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits
+)
+_identifiers_of = _RowsWhereIn(
+    identifiers.c.profile_id, identifiers.c.profile_id, identifiers.c.type, identifiers.c.value,
+    order_by=identifiers.c.first_seen_at.desc(),
+)
+_aliases_of = _RowsWhereIn(profiles.c.merged_into, profiles.c.merged_into, profiles.c.profile_id, order_by=profiles.c.profile_id)
 
 
 def _select_for(connection: Connection, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -180,23 +160,20 @@ class SqlIdentityGraph:
     def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
         """How many identifiers of each type every profile holds: what the limits are checked against."""
         found: dict[str, Counter[str]] = defaultdict(Counter)
-        rows = self._select_for(_type_counts_of, list(profile_ids))
+        rows = _select_for(self.connection, _type_counts_of, list(profile_ids))
         for profile_id, type_, count in rows:
             found[profile_id][type_] = count
         return dict(found)
 
     def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]:
-        return {frozenset((a, b)) for a, b, _since in self._select_for(_kept_apart_of, list(profile_ids))}
+        return {frozenset((a, b)) for a, b, _since in _select_for(self.connection, _kept_apart_of, list(profile_ids))}
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
         """Which identifiers belong to an erased person; those of the last `profiles_of` are not asked again."""
         if all(ident in self._blocked for ident in idents):
             return {ident for ident in idents if self._blocked[ident]}
         by_digest = {identifier_digest(ident): ident for ident in idents}
-        return {by_digest[digest] for (digest,) in self._select_for(_forgotten_of, list(by_digest))}
-
-    def _select_for(self, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
-        return _select_for(self.connection, statement, values)
+        return {by_digest[digest] for (digest,) in _select_for(self.connection, _forgotten_of, list(by_digest))}
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self.connection.execute(
@@ -263,7 +240,7 @@ class SqlIdentityGraph:
 
     def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
         """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
-        pairs = self._select_for(_kept_apart_of, merged_ids)
+        pairs = _select_for(self.connection, _kept_apart_of, merged_ids)
         if not pairs:
             return
         involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
@@ -325,7 +302,7 @@ class SqlIdentityGraph:
         """Traits and their times per profile, each read at most once by this graph."""
         unread = [profile_id for profile_id in profile_ids if profile_id not in self._known_traits]
         if unread:
-            for profile_id, values, times in self._select_for(_traits_of_profiles, unread):
+            for profile_id, values, times in _select_for(self.connection, _traits_of_profiles, unread):
                 self._known_traits[profile_id] = (dict(values), dict(times))
         return {profile_id: self._known_traits[profile_id] for profile_id in profile_ids}
 

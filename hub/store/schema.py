@@ -35,16 +35,10 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
-        return value.astimezone(timezone.utc)
+        return None if value is None else _utc_to_store(value)
 
     def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return None if value is None else _utc_from_store(value)
 
     def bind_processor(self, dialect: Dialect) -> Callable[[datetime | None], str | None] | None:
         """On SQLite, one function in place of `process_bind_param` and SQLAlchemy's string formatting.
@@ -62,21 +56,25 @@ class UTCDateTime(TypeDecorator[datetime]):
         return _sqlite_datetime if dialect.name == "sqlite" else super().result_processor(dialect, coltype)
 
 
-def _sqlite_text(value: datetime | None) -> str | None:
-    """An aware datetime as SQLAlchemy's SQLite DATETIME writes it, in UTC: the isoformat's first 26 characters."""
-    if value is None:
-        return None
+def _utc_to_store(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("naive datetime given to the store; use timezone-aware UTC")
-    return value.astimezone(timezone.utc).isoformat(" ", "microseconds")[:26]
+    return value.astimezone(timezone.utc)
+
+
+def _utc_from_store(value: datetime) -> datetime:
+    """Naive values (SQLite's) are UTC; aware ones are converted to it."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def _sqlite_text(value: datetime | None) -> str | None:
+    """An aware datetime as SQLAlchemy's SQLite DATETIME writes it, in UTC: the isoformat's first 26 characters."""
+    return None if value is None else _utc_to_store(value).isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
     """SQLite's text back as an aware UTC datetime (text written with an offset is converted to UTC)."""
-    if value is None:
-        return None
-    parsed = datetime.fromisoformat(value)
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    return None if value is None else _utc_from_store(datetime.fromisoformat(value))
 
 
 metadata = MetaData()

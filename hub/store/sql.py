@@ -139,20 +139,18 @@ class _DriverStatement:
     """A statement as one dialect's driver takes it: SQL text, its parameters in order, and their conversions."""
 
     sql: str
-    names: tuple[str, ...]  # parameter names, in the order a positional paramstyle binds them
+    # Per parameter, in the order a positional paramstyle binds them: its name and the column type's
+    # Python-to-driver conversion.
+    bind: tuple[tuple[str, Processor], ...]
     keys: tuple[str, ...]  # the name each takes in a named paramstyle's dict (SQLAlchemy may escape some)
     positional: bool
-    bind: tuple[Processor, ...]  # per parameter: the column type's Python-to-driver conversion
     result: tuple[Processor, ...]  # per result column: the driver-to-Python conversion
 
     literals: Mapping[str, Any]  # the values of the statement's own literals ("pending" in `status == "pending"`)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_conversions", tuple(zip(self.names, self.bind)))
-
     def parameters(self, values: Mapping[str, Any]) -> tuple[Any, ...] | dict[str, Any]:
         given = {**self.literals, **values} if self.literals else values
-        converted = [given[name] if convert is None else convert(given[name]) for name, convert in self._conversions]
+        converted = [given[name] if convert is None else convert(given[name]) for name, convert in self.bind]
         return tuple(converted) if self.positional else dict(zip(self.keys, converted))
 
 
@@ -223,10 +221,9 @@ class Precompiled:
         columns = getattr(statement, "selected_columns", [])
         return _DriverStatement(
             sql=compiled.string,
-            names=names,
+            bind=tuple((name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names),
             keys=tuple(compiled.escaped_bind_names.get(name, name) for name in names),
             positional=compiled.positional,
-            bind=tuple(compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names),
             literals={name: bind.value for name, bind in compiled.binds.items() if not bind.required},
             result=tuple(column.type.dialect_impl(dialect).result_processor(dialect, None) for column in columns),
         )

@@ -111,10 +111,6 @@ def events_of(
     return found
 
 
-def get(connection: Connection, touchpoint_id: str) -> Touchpoint | None:
-    return get_many(connection, [touchpoint_id]).get(touchpoint_id)
-
-
 def get_many(connection: Connection, touchpoint_ids: Iterable[str]) -> dict[str, Touchpoint]:
     """Touchpoints by id, in one query; ids not stored are left out."""
     rows = connection.execute(select(touchpoints).where(touchpoints.c.touchpoint_id.in_(list(touchpoint_ids)))).mappings()
