@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 import uvicorn
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -46,9 +47,17 @@ SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
 
 def _settings(**overrides: object) -> HubSettings:
-    settings = HubSettings()
-    configure_logging(settings.log_level, settings.log_json)
-    return settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+    """Settings from the environment and .env, with command-line overrides; a bad value exits with what to fix."""
+    with _config_problems_exit():
+        try:
+            settings = HubSettings()
+            configure_logging(settings.log_level, settings.log_json)
+            return settings.with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            raise ConfigError([
+                f"HUB_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
+                for error in exc.errors()
+            ]) from None
 
 
 @contextmanager
@@ -98,14 +107,23 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
-    """Run only the pipeline and delivery workers (no HTTP), e.g. as extra processes beside `serve`."""
-    hub = _build_hub(_settings())
+def worker(
+    only: list[str] = typer.Option(
+        None, help="Run only this worker (pipeline, timers or delivery); repeat for several. Default: HUB_WORKERS (all three).",
+    ),
+) -> None:
+    """Run workers without HTTP, e.g. as extra processes beside `serve`.
+
+    Each worker is a thread on its process's one GIL. A hub that spends its CPU
+    in several workers can run them in separate processes: for example
+    [bold]HUB_WORKERS=pipeline touchhub serve[/] and [bold]touchhub worker --only timers --only delivery[/].
+    """
+    hub = _build_hub(_settings(workers=",".join(only)) if only else _settings())
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
     hub.start()
-    console.print("Workers running; Ctrl-C to stop.")
+    console.print(f"Workers running ({', '.join(hub.settings.worker_roles) or 'none'}); Ctrl-C to stop.")
     stopping.wait()
     hub.stop()
 

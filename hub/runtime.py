@@ -43,7 +43,7 @@ DEFAULT_SOURCE_ID = "default"
 
 
 class Hub:
-    """A configured hub; `start()` runs its pipeline and delivery workers in this process."""
+    """A configured hub; `start()` runs its workers (all, or those in HUB_WORKERS) in this process."""
 
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
@@ -98,7 +98,8 @@ class Hub:
         if self.settings.uses_development_credentials():
             log.warning("using development write key or admin token; set HUB_DEFAULT_WRITE_KEY and HUB_ADMIN_TOKEN")
         for worker in self._workers:
-            worker.start()
+            if worker.name in self.settings.worker_roles:
+                worker.start()
 
     def stop(self) -> None:
         for worker in self._workers:

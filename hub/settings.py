@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
+WORKER_ROLES = ("pipeline", "timers", "delivery")
 DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 
@@ -107,6 +108,10 @@ class HubSettings(BaseSettings):
         description="Identifier owners a pipeline worker remembers between batches (~190 bytes each; 0: ask SQL every time).",
     )
     worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
+    workers: str = Field(
+        ",".join(WORKER_ROLES),
+        description="Comma-separated workers this process runs (pipeline, timers, delivery); the others run elsewhere.",
+    )
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
     pipeline_max_attempts: int = Field(5, ge=1)
 
@@ -119,6 +124,19 @@ class HubSettings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = False
+
+    @field_validator("workers")
+    @classmethod
+    def _known_workers(cls, value: str) -> str:
+        unknown = [name for name in _names(value) if name not in WORKER_ROLES]
+        if unknown:
+            raise ValueError(f"unknown worker {', '.join(unknown)}: pick from {', '.join(WORKER_ROLES)}")
+        return value
+
+    @property
+    def worker_roles(self) -> tuple[str, ...]:
+        """The workers this process runs, from `workers`."""
+        return _names(self.workers)
 
     def with_overrides(self, **values: object) -> "HubSettings":
         """A validated copy with some values replaced (``model_copy`` would skip validation)."""
@@ -134,3 +152,7 @@ class HubSettings(BaseSettings):
             self.default_write_key.get_secret_value() == DEVELOPMENT_WRITE_KEY
             or self.admin_token.get_secret_value() == DEVELOPMENT_ADMIN_TOKEN
         )
+
+
+def _names(listed: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in listed.split(",") if name.strip())

@@ -11,20 +11,21 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
-from hub.store.sql import insert_new
+from hub.store.sql import Precompiled, insert_new
 
 
-# Built once with bind parameters: every capped rule asks this on every decision, and building a
-# SQLAlchemy statement costs more than running it.
-_COUNT_SINCE = select(func.count()).where(
+# Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
+# costs more than SQLite's.
+_COUNT_SINCE = Precompiled(select(func.count()).where(
     decisions.c.profile_id == bindparam("profile_id"), decisions.c.rule_id == bindparam("rule_id"),
     decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
-)
+))
 
 
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
     """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
-    return connection.execute(_COUNT_SINCE, {"profile_id": profile_id, "rule_id": rule_id, "since": since}).scalar_one()
+    [(count,)] = _COUNT_SINCE.execute(connection, {"profile_id": profile_id, "rule_id": rule_id, "since": since})
+    return count
 
 
 _FIRED_SINCE = select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(

@@ -31,7 +31,7 @@ _INSERT_IDENTIFIERS = Precompiled(
     insert(identifiers), ["type", "value", "profile_id", "origin_profile_id", "first_seen_at", "touchpoint_id"]
 )
 _INSERT_EVENTS = insert(identity_events)
-_EPOCH = select(graph_epoch.c.value)
+_EPOCH = Precompiled(select(graph_epoch.c.value))
 _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
 
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
@@ -337,7 +337,8 @@ def newest_traits(first: Traits, second: Traits) -> Traits:
 def graph_epoch_value(connection: Connection) -> int:
     """The identity graph's epoch: triggers bump it on every write to identifiers, aliases, kept-apart pairs
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
-    return connection.execute(_EPOCH).scalar_one()
+    [(value,)] = _EPOCH.execute(connection, {})
+    return value
 
 
 def live_profile_id(connection: Connection, profile_id: str) -> str | None:
