@@ -44,7 +44,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -64,7 +64,7 @@ from hub.clock import utcnow
 from hub.logs import configure_logging
 from hub.model import RawEvent
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
-from hub.settings import PROJECT_MAPPINGS, HubSettings
+from hub.settings import PROJECT_MAPPINGS, WORKER_ROLES, HubSettings
 from hub.store import Store, inbox
 from hub.store.schema import attempts, decisions, deliveries, timers, touchpoints
 from hub.store.schema import inbox as inbox_table
@@ -171,6 +171,7 @@ def percentiles(values: list[float]) -> str:
 REQUEST_EVENTS = 20  # events per /v1/batch request in the latency run, committed in one inbox transaction
 STAGES = ("inbox -> pipeline claim", "pipeline batch -> commit", "commit -> delivery claim", "delivery claim",
           "claim -> send starts")
+SPLIT_STAGES = (*STAGES[:2], "commit -> send starts")  # `--split`: the delivery claims happen in the other process
 
 
 def requests_of(profiles: int, rate: int, seconds: float) -> list[list[RawEvent]]:
@@ -226,9 +227,12 @@ class Transactions:
     def stages(self, received: datetime, processed: datetime, started: datetime) -> tuple[float, ...]:
         """`STAGES` of one SMS: its pipeline batch's claim (`processed_at`) and commit, the delivery claim it was in."""
         committed = _after(self.times["pipeline", "commit"], processed)
-        claimed = _before(self.times["delivery", "commit"], started)
-        claiming = _before(self.times["delivery", "begin"], claimed)
-        moments = (received, processed, committed, claiming, claimed, started)
+        if self.times["delivery", "commit"]:
+            claimed = _before(self.times["delivery", "commit"], started)
+            claiming = _before(self.times["delivery", "begin"], claimed)
+            moments = (received, processed, committed, claiming, claimed, started)
+        else:  # the delivery worker runs in another process: `SPLIT_STAGES`
+            moments = (received, processed, committed, started)
         return tuple((later - earlier).total_seconds() for earlier, later in zip(moments, moments[1:]))
 
 
@@ -286,22 +290,62 @@ def sandbox_process(spawn: SpawnContext) -> Iterator[dict]:
         providers.join()
 
 
-def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> LatencyRun:
-    """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process."""
+def serve_workers(settings: dict[str, Any], to_bench: Connection) -> None:
+    """A second hub process running the workers in `settings` (`--split`); sends back its threads' CPU when told to stop."""
+    hub = Hub(HubSettings(_env_file=None, **settings))  # type: ignore[call-arg]
+    hub.start()
+    cpu = thread_cpu()
+    to_bench.send(None)  # running
+    to_bench.recv()  # the run is over and the store idle
+    to_bench.send(thread_cpu() - cpu)
+    hub.stop()
+
+
+@contextmanager
+def workers_process(spawn: SpawnContext, settings: HubSettings | None) -> Iterator[Callable[[], Counter[str]]]:
+    """Run `settings`' workers in a process of their own (none if None); yields what tells it to stop and
+    returns its threads' CPU."""
+    if settings is None:
+        yield Counter
+        return
+    here, there = spawn.Pipe()
+    process = spawn.Process(target=serve_workers, args=(settings.model_dump(), there))
+    process.start()
+    here.recv()
+
+    def stop() -> Counter[str]:
+        here.send(None)
+        return here.recv()
+
+    try:
+        yield stop
+    finally:
+        process.join()
+
+
+def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: bool = False) -> LatencyRun:
+    """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process.
+
+    `split`: the bench's hub runs only the pipeline, and a second process the
+    timer and delivery workers (HUB_WORKERS), polling every 10 ms since
+    nothing in their process wakes them; the stages are `SPLIT_STAGES` then.
+    """
     requests = requests_of(profiles, rate, seconds)
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the locks of the hub's running threads
     with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn) as sandbox:
-        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, **sandbox)
+        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers="pipeline" if split else ",".join(WORKER_ROLES), **sandbox)
+        others = hub.settings.with_overrides(workers="timers,delivery", worker_poll_seconds=0.01) if split else None
         transactions = Transactions(hub.store.engine)
-        hub.start()
-        from_feeder, to_hub = spawn.Pipe(duplex=False)
-        feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))
-        feeder.start()
-        cpu = thread_cpu()
-        fed = fed_rate(from_feeder, hub.pipeline_wake)
-        feeder.join()
-        hub.wait_until_idle(timeout=300)
-        cpu = thread_cpu() - cpu
+        with workers_process(spawn, others) as stop_others:
+            hub.start()
+            from_feeder, to_hub = spawn.Pipe(duplex=False)
+            feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))
+            feeder.start()
+            cpu = thread_cpu()
+            fed = fed_rate(from_feeder, hub.pipeline_wake)
+            feeder.join()
+            hub.wait_until_idle(timeout=300)
+            cpu = thread_cpu() - cpu + stop_others()
         with hub.store.read() as connection:
             rows = connection.execute(
                 select(inbox_table.c.received_at, inbox_table.c.processed_at, attempts.c.started_at, attempts.c.duration_ms)
@@ -321,7 +365,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float) -> Late
         lags=[(started - received).total_seconds() for received, _, started, _ in rows],
         fed=fed,
         cpu_ms=Counter({name: seconds * 1000 / sum(map(len, requests)) for name, seconds in cpu.items()}),
-        stages={name: [stages[n] for stages in cut] for n, name in enumerate(STAGES)},
+        stages={name: [stages[n] for stages in cut] for n, name in enumerate(SPLIT_STAGES if split else STAGES)},
         answers=[duration / 1000 for *_, duration in rows],
         sends=sends,
     )
@@ -392,6 +436,14 @@ def fire_due(hub: Hub, at: datetime | None = None) -> tuple[float, float]:
     return fired / elapsed, cpu * 1000 / max(1, fired)
 
 
+def report_throughput(rules: list[dict], events: list[dict], profiles: int) -> None:
+    baseline, with_rules = throughput([], events), throughput(rules, events)
+    for label, run in (("no rules ", baseline), (f"{len(rules):3d} rules", with_rules)):
+        print(f"pipeline, {label}     : {run.per_second:8.0f} events/s   {run.cpu_ms:.2f} ms CPU/event"
+              f"   {run.statements:.1f} statements/event")
+    print(f"  ratio {with_rules.per_second / baseline.per_second:.2f}  ({len(events)} events over {profiles} profiles)")
+
+
 def main() -> None:
     configure_logging("WARNING")  # the hubs' per-event info lines would bury the figures
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -402,20 +454,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the latency run")
     parser.add_argument("--timers", type=int, default=2000)
     parser.add_argument("--timer-spread", type=float, default=5.0, help="timers come due over this many seconds")
-    parser.add_argument("--only", choices=["throughput"], help="run only this measurement (short runs while tuning)")
+    parser.add_argument("--only", choices=["throughput", "latency"], help="run only this measurement (short runs while tuning)")
+    parser.add_argument("--split", action="store_true",
+                        help="latency: the pipeline in the hub's process, timers and delivery in a second (HUB_WORKERS)")
     args = parser.parse_args()
     rng = random.Random(42)
     rules = generated_rules(args.rules)
-    events = [synthetic_event(args.profiles, rng) for _ in range(args.events)]
 
-    baseline, with_rules = throughput([], events), throughput(rules, events)
-    for label, run in (("no rules ", baseline), (f"{len(rules):3d} rules", with_rules)):
-        print(f"pipeline, {label}     : {run.per_second:8.0f} events/s   {run.cpu_ms:.2f} ms CPU/event"
-              f"   {run.statements:.1f} statements/event")
-    print(f"  ratio {with_rules.per_second / baseline.per_second:.2f}  ({args.events} events over {args.profiles} profiles)")
+    if args.only != "latency":
+        report_throughput(rules, [synthetic_event(args.profiles, rng) for _ in range(args.events)], args.profiles)
     if args.only == "throughput":
         return
-    run = latency(rules, args.profiles, args.rate, args.seconds)
+    run = latency(rules, args.profiles, args.rate, args.seconds, split=args.split)
     print(f"accept -> first attempt : {percentiles(run.lags)}  at {run.fed:.0f} events/s fed")
     print(f"  hub CPU per event fed   : {sum(run.cpu_ms.values()):.2f} ms ("
           + ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.most_common()) + ")")
@@ -427,6 +477,8 @@ def main() -> None:
     for name, lags in run.stages.items():
         print(f"  {name:24s}: {percentiles(lags)}")
     print(f"  (Twilio sandbox answers : {percentiles(run.answers)})")
+    if args.only == "latency":
+        return
     timer_lags, fired_per_second = timer_lag(args.timers, args.timer_spread)
     print(f"timer due -> fired      : {percentiles(timer_lags)}  ({fired_per_second:.0f} timers/s)")
     capacity, timer_statements = timer_capacity(args.timers)

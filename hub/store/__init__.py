@@ -8,8 +8,6 @@ single atomic transaction.
 
 from __future__ import annotations
 
-import contextlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,6 +17,7 @@ from alembic.config import Config
 from sqlalchemy import Connection, inspect
 
 from hub.store.engine import create_store_engine, read_transaction, write_transaction
+from hub.store.writer_lock import writer_lock
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -29,12 +28,12 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = create_store_engine(url)
-        # SQLite has one writer at a time. Threads of this process queue on a
-        # lock, woken the moment it is free, instead of in SQLite's busy
-        # handler, which sleeps and polls (up to 100 ms a nap) and starved
-        # ingest while the pipeline committed. Other processes still meet the
-        # busy timeout.
-        self._write_lock = threading.Lock() if self.dialect == "sqlite" else contextlib.nullcontext()
+        # SQLite has one writer at a time. Writers queue on a lock, woken the
+        # moment it is free, instead of in SQLite's busy handler, which sleeps
+        # and polls (up to 100 ms a nap): it starved ingest while the pipeline
+        # committed, and a pipeline in one process behind the timer and
+        # delivery workers of another (HUB_WORKERS) queued for seconds.
+        self._write_lock = writer_lock(self.engine)
 
     @property
     def dialect(self) -> str:
@@ -61,6 +60,7 @@ class Store:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        self._write_lock.close()
 
 
 def _alembic_config(connection: Connection) -> Config:
