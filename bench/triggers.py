@@ -44,8 +44,8 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -171,7 +171,7 @@ def percentiles(values: list[float]) -> str:
 REQUEST_EVENTS = 20  # events per /v1/batch request in the latency run, committed in one inbox transaction
 STAGES = ("inbox -> pipeline claim", "pipeline batch -> commit", "commit -> delivery claim", "delivery claim",
           "claim -> send starts")
-SPLIT_STAGES = (*STAGES[:2], "commit -> send starts")  # `--split`: the delivery claims happen in the other process
+SPLIT_STAGES = (*STAGES[:2], "commit -> send starts")  # `--split` delivery: its claims happen in another process
 
 
 def requests_of(profiles: int, rate: int, seconds: float) -> list[list[RawEvent]]:
@@ -302,50 +302,55 @@ def serve_workers(settings: dict[str, Any], to_bench: Connection) -> None:
 
 
 @contextmanager
-def workers_process(spawn: SpawnContext, settings: HubSettings | None) -> Iterator[Callable[[], Counter[str]]]:
-    """Run `settings`' workers in a process of their own (none if None); yields what tells it to stop and
-    returns its threads' CPU."""
-    if settings is None:
-        yield Counter
-        return
+def workers_process(spawn: SpawnContext, settings: HubSettings) -> Iterator[Callable[[], Counter[str]]]:
+    """Run `settings`' workers in a process of their own; yields what tells it to stop and returns its threads' CPU."""
     here, there = spawn.Pipe()
     process = spawn.Process(target=serve_workers, args=(settings.model_dump(), there))
     process.start()
     here.recv()
+    stopped: list[Counter[str]] = []
 
     def stop() -> Counter[str]:
         here.send(None)
-        return here.recv()
+        stopped.append(here.recv())
+        return stopped[0]
 
     try:
         yield stop
     finally:
+        if not stopped:  # the run failed before its end
+            stop()
         process.join()
 
 
-def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: bool = False) -> LatencyRun:
+def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: Sequence[str] = ()) -> LatencyRun:
     """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process.
 
-    `split`: the bench's hub runs only the pipeline, and a second process the
-    timer and delivery workers (HUB_WORKERS), polling every 10 ms since
-    nothing in their process wakes them; the stages are `SPLIT_STAGES` then.
+    `split`: groups of workers ("timers,delivery") that each run in a hub
+    process of their own (HUB_WORKERS), polling every 10 ms since nothing in
+    their process wakes them; the bench's hub runs the workers left. With the
+    delivery worker elsewhere the stages are `SPLIT_STAGES`.
     """
     requests = requests_of(profiles, rate, seconds)
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the locks of the hub's running threads
-    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn) as sandbox:
-        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers="pipeline" if split else ",".join(WORKER_ROLES), **sandbox)
-        others = hub.settings.with_overrides(workers="timers,delivery", worker_poll_seconds=0.01) if split else None
+    elsewhere = {name for group in split for name in group.split(",")}
+    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn) as sandbox, ExitStack() as processes:
+        here = ",".join(name for name in WORKER_ROLES if name not in elsewhere)
+        hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers=here, **sandbox)
+        stops = [
+            processes.enter_context(workers_process(spawn, hub.settings.with_overrides(workers=group, worker_poll_seconds=0.01)))
+            for group in split
+        ]
         transactions = Transactions(hub.store.engine)
-        with workers_process(spawn, others) as stop_others:
-            hub.start()
-            from_feeder, to_hub = spawn.Pipe(duplex=False)
-            feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))
-            feeder.start()
-            cpu = thread_cpu()
-            fed = fed_rate(from_feeder, hub.pipeline_wake)
-            feeder.join()
-            hub.wait_until_idle(timeout=300)
-            cpu = thread_cpu() - cpu + stop_others()
+        hub.start()
+        from_feeder, to_hub = spawn.Pipe(duplex=False)
+        feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))
+        feeder.start()
+        cpu = thread_cpu()
+        fed = fed_rate(from_feeder, hub.pipeline_wake)
+        feeder.join()
+        hub.wait_until_idle(timeout=300)
+        cpu = sum((stop() for stop in stops), thread_cpu() - cpu)
         with hub.store.read() as connection:
             rows = connection.execute(
                 select(inbox_table.c.received_at, inbox_table.c.processed_at, attempts.c.started_at, attempts.c.duration_ms)
@@ -365,7 +370,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: 
         lags=[(started - received).total_seconds() for received, _, started, _ in rows],
         fed=fed,
         cpu_ms=Counter({name: seconds * 1000 / sum(map(len, requests)) for name, seconds in cpu.items()}),
-        stages={name: [stages[n] for stages in cut] for n, name in enumerate(SPLIT_STAGES if split else STAGES)},
+        stages={name: [stages[n] for stages in cut] for n, name in enumerate(SPLIT_STAGES if "delivery" in elsewhere else STAGES)},
         answers=[duration / 1000 for *_, duration in rows],
         sends=sends,
     )
@@ -455,8 +460,9 @@ def main() -> None:
     parser.add_argument("--timers", type=int, default=2000)
     parser.add_argument("--timer-spread", type=float, default=5.0, help="timers come due over this many seconds")
     parser.add_argument("--only", choices=["throughput", "latency"], help="run only this measurement (short runs while tuning)")
-    parser.add_argument("--split", action="store_true",
-                        help="latency: the pipeline in the hub's process, timers and delivery in a second (HUB_WORKERS)")
+    parser.add_argument("--split", action="append", default=[], metavar="WORKERS",
+                        help="latency: run these workers (e.g. timers,delivery) in a hub process of their own (HUB_WORKERS);"
+                             " repeat for more processes")
     args = parser.parse_args()
     rng = random.Random(42)
     rules = generated_rules(args.rules)

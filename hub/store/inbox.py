@@ -12,7 +12,6 @@ from sqlalchemy import Connection, func, select, update
 from hub.model import RawEvent
 from hub.store import sql
 from hub.store.schema import inbox
-from hub.store.sql import insert_ignoring_conflicts
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,10 +24,15 @@ class InboxRow:
     attempts: int
 
 
+_APPEND_COLUMNS = ("dedup_key", "source_id", "message_id", "payload", "received_at", "status", "attempts", "available_at")
+# Run per event on ingest's side of the write lock, so `Precompiled`; RETURNING names the new ones.
+_APPEND = sql.precompiled_insert_skipping(inbox, ["dedup_key"], _APPEND_COLUMNS, returning="dedup_key")
+
+
 def append(connection: Connection, events: Sequence[RawEvent], received_at: datetime) -> int:
     """Store new events; returns how many were new (the rest were duplicates)."""
-    rows = [
-        {
+    return sum(
+        len(_APPEND.execute(connection, {
             "dedup_key": event.dedup_key,
             "source_id": event.source_id,
             "message_id": event.message_id,
@@ -37,10 +41,9 @@ def append(connection: Connection, events: Sequence[RawEvent], received_at: date
             "status": "pending",
             "attempts": 0,
             "available_at": received_at,
-        }
+        }))
         for event in events
-    ]
-    return insert_ignoring_conflicts(connection, inbox, rows, ["dedup_key"])
+    )
 
 
 def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[InboxRow]:
