@@ -4,16 +4,19 @@ Mappings and rule predicates are JMESPath, compiled once, but jmespath's
 `search` builds an interpreter and walks the tree with a visitor call per
 node on every event; about 17 searches per event were a seventh of the
 pipeline's time with 100 rules. Nearly all of them are plain field paths
-(`context.traits.email`) or a choice of them (`traits || context.traits`):
-those are read straight from the dicts, with jmespath's meaning (a missing
-key, or a step into something that is not an object, gives None; `a || b`
-is b when a is '', [], {}, None or false). Any other expression runs
-through jmespath.
+(`context.traits.email`) or a choice of them (`traits || context.traits`),
+and the Segment mapping's `event` is a test of one against a literal
+(`type == 'track' && event || type`): those are read straight from the
+dicts, with jmespath's meaning (a missing key, or a step into something
+that is not an object, gives None; `a || b` is b when a is '', [], {},
+None or false, `a && b` is a then; `==` never equates 0 or 1 with a
+boolean). Any other expression runs through jmespath.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from numbers import Number
 from typing import Any, Protocol
 
 import jmespath
@@ -47,9 +50,58 @@ class FirstOf:
 
     def search(self, value: Any) -> Any:
         found = self.first.search(value)
-        if found == "" or found == [] or found == {} or found is None or found is False:
-            return self.otherwise.search(value)
-        return found
+        return self.otherwise.search(value) if _is_false(found) else found
+
+
+@dataclass(frozen=True, slots=True)
+class BothOf:
+    """`a && b`: b, unless JMESPath calls a false (then a)."""
+
+    first: Expression
+    then: Expression
+
+    def search(self, value: Any) -> Any:
+        found = self.first.search(value)
+        return found if _is_false(found) else self.then.search(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """`'track'` or `` `1` ``."""
+
+    value: Any
+
+    def search(self, value: Any) -> Any:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Equals:
+    """`a == b` (or `a != b` when `negated`)."""
+
+    left: Expression
+    right: Expression
+    negated: bool
+
+    def search(self, value: Any) -> Any:
+        return _equals(self.left.search(value), self.right.search(value)) != self.negated
+
+
+def _is_false(value: Any) -> bool:
+    return value == "" or value == [] or value == {} or value is None or value is False
+
+
+def _equals(x: Any, y: Any) -> bool:
+    """JMESPath's equality: Python's, except that 0 and 1 never equal a boolean."""
+    if _is_number(x) and x in (0, 1):
+        return not isinstance(y, bool) and x == y
+    if _is_number(y) and y in (0, 1):
+        return not isinstance(x, bool) and x == y
+    return bool(x == y)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
 
 
 def compile(expression: str) -> Expression:
@@ -59,10 +111,18 @@ def compile(expression: str) -> Expression:
 
 
 def _direct(node: dict[str, Any]) -> Expression | None:
-    """A direct reading of a parsed expression, or None when it has more than field paths and `||`."""
-    if node["type"] == "or_expression":
-        first, otherwise = (_direct(child) for child in node["children"])
-        return FirstOf(first, otherwise) if first and otherwise else None
+    """A direct reading of a parsed expression, or None when it has more than field paths, literals, `||`, `&&`,
+    `==` and `!=`."""
+    kind = node["type"]
+    if kind == "literal":
+        return Literal(node["value"])
+    if kind in ("or_expression", "and_expression") or (kind == "comparator" and node["value"] in ("eq", "ne")):
+        left, right = (_direct(child) for child in node["children"])
+        if left is None or right is None:
+            return None
+        if kind == "comparator":
+            return Equals(left, right, negated=node["value"] == "ne")
+        return FirstOf(left, right) if kind == "or_expression" else BothOf(left, right)
     keys = _keys(node)
     return FieldPath(keys) if keys else None
 
