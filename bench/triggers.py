@@ -61,6 +61,7 @@ from sqlalchemy.engine import Engine
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
+from hub.heap import freeze_startup_objects
 from hub.logs import configure_logging
 from hub.model import RawEvent
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
@@ -293,6 +294,7 @@ def sandbox_process(spawn: SpawnContext) -> Iterator[dict]:
 def serve_workers(settings: dict[str, Any], to_bench: Connection) -> None:
     """A second hub process running the workers in `settings` (`--split`); sends back its threads' CPU when told to stop."""
     hub = Hub(HubSettings(_env_file=None, **settings))  # type: ignore[call-arg]
+    freeze_startup_objects()  # as `touchhub worker` does
     hub.start()
     cpu = thread_cpu()
     to_bench.send(None)  # running
@@ -342,6 +344,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: 
             for group in split
         ]
         transactions = Transactions(hub.store.engine)
+        freeze_startup_objects()  # as `touchhub serve` does
         hub.start()
         from_feeder, to_hub = spawn.Pipe(duplex=False)
         feeder = spawn.Process(target=feed, args=(hub.settings.database_url, requests, rate, to_hub))

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
 from hub.errors import ConfigError
+from hub.heap import freeze_startup_objects
 from hub.logs import configure_logging
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 
@@ -102,8 +103,10 @@ def serve(
             settings = settings.with_overrides(**providers.settings_overrides())
             console.print(f"Sandbox providers: {providers.urls}")
         hub = _build_hub(settings)
+        app = create_app(hub)
+        freeze_startup_objects()
         console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {settings.database_url})")
-        uvicorn.run(create_app(hub), host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
 @app.command()
@@ -122,6 +125,7 @@ def worker(
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    freeze_startup_objects()
     hub.start()
     console.print(f"Workers running ({', '.join(hub.settings.worker_roles) or 'none'}); Ctrl-C to stop.")
     stopping.wait()
