@@ -73,7 +73,8 @@ class Hub:
             deliveries_planned=self.delivery_wake,
         )
         timer_worker = Worker(
-            "timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds, next_due=self.timers.next_due
+            "timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds, next_due=self.timers.next_due,
+            full_batch=settings.timer_batch_size, gather_seconds=settings.timer_gather_seconds,
         )
         self.pipeline = Pipeline(
             self.store, self.mappings, self.rulebook, responder,

@@ -103,6 +103,11 @@ class HubSettings(BaseSettings):
     timer_batch_size: int = Field(
         100, ge=1, description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers)."
     )
+    timer_gather_seconds: float = Field(
+        0.1, ge=0, le=0.5,
+        description="After firing less than a full set, the timer worker waits this long so the next set is larger "
+                    "(timers fire up to this much later; 0: at once).",
+    )
     identity_cache_size: int = Field(
         1_000_000, ge=0,
         description="Identifier owners a pipeline worker remembers between batches (~190 bytes each; 0: ask SQL every time).",

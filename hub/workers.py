@@ -7,6 +7,13 @@ committed by other processes and retries that come due. A worker whose work
 comes due at a known time (timers) naps only until then, and producers of
 such work wake it through `wake_by` only when it would otherwise sleep past
 the new work's time.
+
+A worker may also gather: after a step that found less than a full batch it
+waits `gather_seconds` before the next, so work that trickles in is done in
+fewer, larger sets, and producers do not wake it for work due within that
+slack. The timer worker gathers: its timers only need to fire within a
+second of due, and each set it fires has costs of its own (its claim, its
+shared reads, its commit) and holds the write lock while it runs.
 """
 
 from __future__ import annotations
@@ -25,18 +32,21 @@ log = structlog.get_logger(__name__)
 class Worker:
     def __init__(
         self, name: str, step: Callable[[], int], wake: threading.Event, poll_seconds: float,
-        next_due: Callable[[], datetime | None] | None = None,
+        next_due: Callable[[], datetime | None] | None = None, full_batch: int = 1, gather_seconds: float = 0.0,
     ) -> None:
         """`step` does a batch of work and returns how many items it handled (0 = idle).
 
         `next_due`, asked after an idle step, says when work comes due next (None: nothing waits);
-        the worker naps until then, or `poll_seconds` at most.
+        the worker naps until then, or `poll_seconds` at most. After a step that handled fewer than
+        `full_batch` items it waits `gather_seconds` (after a full one it goes on at once: a backlog).
         """
         self.name = name
         self._step = step
         self._wake = wake
         self._poll_seconds = poll_seconds
         self._next_due = next_due
+        self._full_batch = full_batch
+        self._gather = timedelta(seconds=gather_seconds)
         self._looks_at: datetime | None = None  # when the napping worker looks for work next; None while it works
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -58,16 +68,16 @@ class Worker:
         the commit), one that finds it set compares with when it looks next.
         """
         looks_at = self._looks_at
-        if looks_at is None or at < looks_at:
+        if looks_at is None or at + self._gather < looks_at:
             self._wake.set()
 
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._looks_at = None
             try:
-                if self._step():
+                nap = self._nap_after(self._step())
+                if nap == 0:
                     continue
-                nap = self._nap_seconds()
             except Exception:  # a worker must outlive a bad batch; the rows come back after their lease
                 log.exception("worker step failed", worker=self.name)
                 nap = self._poll_seconds
@@ -75,7 +85,15 @@ class Worker:
             self._wake.wait(nap)
             self._wake.clear()
 
-    def _nap_seconds(self) -> float:
+    def _nap_after(self, handled: int) -> float:
+        """How long to wait after a step that handled `handled` items (0: step again at once)."""
+        if handled >= self._full_batch:
+            return 0.0
+        if handled:
+            return self._gather.total_seconds()
+        return self._idle_nap()
+
+    def _idle_nap(self) -> float:
         due = self._next_due() if self._next_due is not None else None
         if due is None:
             return self._poll_seconds
