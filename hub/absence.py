@@ -13,8 +13,7 @@ this or another process; a commit makes them settled, so each fires once.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -55,7 +54,7 @@ class TimerEngine:
         *,
         batch_size: int,
         lease: timedelta,
-        deliveries_planned: threading.Event,
+        deliveries_planned: Callable[[], None],
     ) -> None:
         self.store = store
         self.rulebook = rulebook
@@ -82,7 +81,7 @@ class TimerEngine:
             ), Recorded())
         recorded.count()
         if recorded.planned:
-            self._deliveries_planned.set()
+            self._deliveries_planned()
         return len(due)
 
     def next_due(self) -> datetime | None:

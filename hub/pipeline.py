@@ -13,7 +13,6 @@ to deterministic ids.
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable, Sequence
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
@@ -76,10 +75,11 @@ class Pipeline:
         rulebook: RuleBook,
         responder: Responder,
         config: PipelineConfig,
-        deliveries_planned: threading.Event,
+        deliveries_planned: Callable[[], None],
         timers_armed: Callable[[datetime], None],
     ) -> None:
-        """`deliveries_planned` is set, and `timers_armed` called with the earliest due time armed, after a batch commits."""
+        """After a batch commits, `deliveries_planned` is called if it planned any, and `timers_armed` with the
+        earliest due time it armed (`hub.wakeups`)."""
         self.store = store
         self.mappings = mappings
         self.rulebook = rulebook
@@ -102,7 +102,7 @@ class Pipeline:
         metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed)
         outcome.recorded.count()
         if outcome.recorded.planned:
-            self._deliveries_planned.set()
+            self._deliveries_planned()
         if outcome.armed:
             self._timers_armed(min(outcome.armed))
         return len(rows)

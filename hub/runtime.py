@@ -6,10 +6,10 @@ setup is reported in full at once (`ConfigError` with one line per problem).
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from functools import partial
 from typing import TypeVar
 
 import structlog
@@ -35,6 +35,7 @@ from hub.stats import is_idle
 from hub.store import Store, sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.templates import TemplateRenderer, template_names
+from hub.wakeups import Wakeups
 from hub.workers import Worker
 
 log = structlog.get_logger(__name__)
@@ -63,27 +64,27 @@ class Hub:
         assert self.mappings is not None and self.identity is not None and policy_file is not None
         self.store = Store(settings.database_url)
         self.store.migrate()
-        self.pipeline_wake = threading.Event()
-        self.delivery_wake = threading.Event()
-        self.timer_wake = threading.Event()
+        self.wakeups = Wakeups(settings.database_url)
+        self.pipeline_wake, self.delivery_wake, self.timer_wake = (self.wakeups.events[name] for name in ("pipeline", "delivery", "timers"))
         lease = timedelta(seconds=settings.lease_seconds)
         responder = Responder(self.router)
         self.timers = TimerEngine(
             self.store, self.rulebook, responder, batch_size=settings.timer_batch_size, lease=lease,
-            deliveries_planned=self.delivery_wake,
+            deliveries_planned=partial(self.wakeups.announce, "delivery"),
         )
         timer_worker = Worker(
             "timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds, next_due=self.timers.next_due,
             full_batch=settings.timer_batch_size, gather_seconds=settings.timer_gather_seconds,
         )
+        self.wakeups.follow_timers(timer_worker.wake_by)  # a timer due before the worker's next look wakes it
         self.pipeline = Pipeline(
             self.store, self.mappings, self.rulebook, responder,
             PipelineConfig(
                 settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region,
                 self.identity, settings.identity_cache_size,
             ),
-            deliveries_planned=self.delivery_wake,
-            timers_armed=timer_worker.wake_by,  # a timer due before the worker's next look wakes it
+            deliveries_planned=partial(self.wakeups.announce, "delivery"),
+            timers_armed=partial(self.wakeups.announce, "timers"),
         )
         self.delivery = DeliveryEngine(
             self.store, self.destinations, PolicyBook(policy_file, settings),
@@ -101,10 +102,13 @@ class Hub:
         for worker in self._workers:
             if worker.name in self.settings.worker_roles:
                 worker.start()
+        if self.settings.worker_roles:
+            self.wakeups.start()
 
     def stop(self) -> None:
         for worker in self._workers:
             worker.stop()
+        self.wakeups.stop()
         self.delivery.close()
         self.store.dispose()
 

@@ -5,7 +5,6 @@ profile behind in it. Each test runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -46,7 +45,7 @@ def pipeline(store: Store, tmp_path: Path) -> Pipeline:
     router = Router(load_routes(PROJECT_MAPPINGS / "routes.yaml"), TemplateRenderer(PROJECT_MAPPINGS / "templates"))
     return Pipeline(
         store, {"default": load_mapping(PROJECT_MAPPINGS / "segment.yaml")}, RuleBook(no_rules), Responder(router),
-        PipelineConfig(10, timedelta(seconds=60), 3, "US"), threading.Event(), timers_armed=lambda due_at: None,
+        PipelineConfig(10, timedelta(seconds=60), 3, "US"), lambda: None, timers_armed=lambda due_at: None,
     )
 
 

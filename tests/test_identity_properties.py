@@ -182,7 +182,7 @@ def process_inbox(database_url: str, no_rules: Path, start: threading.Barrier) -
     router = Router(load_routes(PROJECT_MAPPINGS / "routes.yaml"), TemplateRenderer(PROJECT_MAPPINGS / "templates"))
     pipeline = Pipeline(
         store, {"default": mapping}, RuleBook(no_rules), Responder(router), PipelineConfig(1, timedelta(seconds=60), 3, "US"),
-        threading.Event(), timers_armed=lambda due_at: None,  # no rules, so no timers
+        lambda: None, timers_armed=lambda due_at: None,  # no rules, so no timers
     )
     start.wait()
     while pipeline.run_once():

@@ -6,11 +6,13 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from hub.runtime import Hub
+from hub.wakeups import Wakeups
 from hub.settings import HubSettings
 from hub.store import Store, inbox, outbox
 from tests.conftest import RunningHub
@@ -49,6 +51,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 @pytest.mark.hub_settings(workers="pipeline")
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_a_pipeline_only_process_leaves_its_deliveries_to_a_delivery_process(running_hub: RunningHub) -> None:
     assert running_hub.send(*journey(datetime.now(timezone.utc))).status_code == 200
     store = running_hub.hub.store
@@ -69,3 +72,28 @@ def test_a_pipeline_only_process_leaves_its_deliveries_to_a_delivery_process(run
     assert sms["to"] == "+14155550177"
     [email] = running_hub.sandbox.smtp.received
     assert email.rcpt_tos == ["split@example.com"]
+
+
+@pytest.mark.hub_settings(workers="pipeline")
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_a_worker_in_another_process_is_woken_not_left_to_its_poll(running_hub: RunningHub) -> None:
+    """The delivery worker of the other hub polls once a minute; NOTIFY wakes it when the pipeline plans the SMS."""
+    other = Hub(running_hub.hub.settings.with_overrides(workers="delivery", worker_poll_seconds=60))
+    other.start()
+    try:
+        time.sleep(0.5)  # the delivery worker's first look (nothing yet) is done; it naps its minute
+        assert running_hub.send(*journey(datetime.now(timezone.utc))).status_code == 200
+        wait_for(lambda: len(running_hub.sandbox.twilio.messages) == 1, timeout=20)
+    finally:
+        other.stop()
+
+
+def test_an_announcement_wakes_the_worker_here_and_timers_by_their_due_time(tmp_path: Path) -> None:
+    wakeups = Wakeups(f"sqlite:///{tmp_path}/hub.db")
+    wakeups.announce("delivery")
+    assert wakeups.events["delivery"].is_set() and not wakeups.events["pipeline"].is_set()
+    told: list[datetime] = []
+    wakeups.follow_timers(told.append)
+    due = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+    wakeups.announce("timers", due)
+    assert told == [due] and not wakeups.events["timers"].is_set()

@@ -120,7 +120,7 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
         raise HTTPException(
             409, detail=f"delivery {delivery_id!r} is {previous}; only {' or '.join(outbox.REPLAYABLE_STATUSES)} ones are replayed"
         )
-    hub.delivery_wake.set()
+    hub.wakeups.announce("delivery")
     return {"delivery_id": delivery_id, "previous_status": previous, "status": "pending"}
 
 

@@ -42,7 +42,7 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     if report.rejected:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_item").inc(len(result.rejected))
     if report.accepted:
-        hub.pipeline_wake.set()
+        hub.wakeups.announce("pipeline")
     return JSONResponse(report.as_response())
 
 
