@@ -329,8 +329,8 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: 
     """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process.
 
     `split`: groups of workers ("timers,delivery") that each run in a hub
-    process of their own (HUB_WORKERS), polling every 10 ms since nothing in
-    their process wakes them; the bench's hub runs the workers left. With the
+    process of their own (HUB_WORKERS), woken by the bench hub's pipeline
+    through `hub.wakeups`; the bench's hub runs the workers left. With the
     delivery worker elsewhere the stages are `SPLIT_STAGES`.
     """
     requests = requests_of(profiles, rate, seconds)
@@ -340,7 +340,7 @@ def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: 
         here = ",".join(name for name in WORKER_ROLES if name not in elsewhere)
         hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers=here, **sandbox)
         stops = [
-            processes.enter_context(workers_process(spawn, hub.settings.with_overrides(workers=group, worker_poll_seconds=0.01)))
+            processes.enter_context(workers_process(spawn, hub.settings.with_overrides(workers=group)))
             for group in split
         ]
         transactions = Transactions(hub.store.engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -97,3 +98,33 @@ def test_an_announcement_wakes_the_worker_here_and_timers_by_their_due_time(tmp_
     due = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
     wakeups.announce("timers", due)
     assert told == [due] and not wakeups.events["timers"].is_set()
+
+
+@pytest.mark.hub_settings(workers="pipeline")
+def test_on_sqlite_a_worker_in_another_process_is_woken_through_the_socket_folder(
+    running_hub: RunningHub, tmp_path: Path
+) -> None:
+    """As on PostgreSQL, with a datagram to the other hub's socket beside the database file."""
+    other = Hub(running_hub.hub.settings.with_overrides(workers="delivery", worker_poll_seconds=60))
+    other.start()
+    try:
+        wait_for(lambda: len(sockets(tmp_path)) == 2)  # both hubs listen
+        time.sleep(0.5)  # its delivery worker's first look (nothing yet) is done; it naps its minute
+        assert running_hub.send(*journey(datetime.now(timezone.utc))).status_code == 200
+        wait_for(lambda: len(running_hub.sandbox.twilio.messages) == 1, timeout=20)
+    finally:
+        other.stop()
+    wait_for(lambda: len(sockets(tmp_path)) == 1)  # a hub removes its socket when it stops
+
+
+def sockets(folder: Path) -> list[Path]:
+    return list((folder / "hub.db-wakeups").glob("*.sock"))
+
+
+def test_a_socket_left_by_a_dead_process_is_removed_by_the_next_announcement(tmp_path: Path) -> None:
+    folder = tmp_path / "hub.db-wakeups"
+    folder.mkdir()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as dead:
+        dead.bind(str(folder / "999999-dead.sock"))  # bound, then closed without unlinking: as after kill -9
+    Wakeups(f"sqlite:///{tmp_path}/hub.db").announce("delivery")
+    assert not (folder / "999999-dead.sock").exists()

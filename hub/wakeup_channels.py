@@ -1,0 +1,137 @@
+"""How announcements of new work travel between hub processes (`hub.wakeups`).
+
+- PostgreSQL: `NOTIFY hub_work`; each listening process LISTENs on a
+  connection of its own. Reaches processes on every node.
+- SQLite: a datagram to each UNIX socket in a folder beside the database
+  file (`<database>-wakeups/<pid>-<random>.sock`), one per listening hub. SQLite
+  processes share one machine, so a folder is as far as they need to reach.
+  A socket whose process died refuses the datagram and is removed.
+
+Both only shorten waits: a lost announcement leaves the work to the next
+poll, so senders never wait for or retry a receiver.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+from sqlalchemy.engine import make_url
+
+log = structlog.get_logger(__name__)
+NOTIFY_CHANNEL = "hub_work"
+LISTEN_TIMEOUT_SECONDS = 1.0  # how often a listener checks whether it should stop
+RECONNECT_SECONDS = 1.0
+UNIX_PATH_MAX = 107  # sun_path on Linux, less its NUL
+
+
+class Channel(Protocol):
+    def publish(self, payload: str) -> None: ...
+
+    def listen(self, heard: Callable[[str], None], stopping: threading.Event) -> None:
+        """Call `heard` with each other process's payload until `stopping` is set (runs on its own thread)."""
+
+    def close(self) -> None: ...
+
+
+def channel_for(database_url: str) -> Channel | None:
+    """The channel between the processes of this store, or None where there are no other processes (in memory)."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "postgresql":
+        return PostgresChannel(url.set(drivername="postgresql").render_as_string(hide_password=False))
+    if url.database and url.database != ":memory:":
+        return SocketFolder(Path(f"{url.database}-wakeups"))
+    return None
+
+
+class PostgresChannel:
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._publisher: Any = None  # a psycopg connection, opened on first use
+        self._publishing = threading.Lock()
+
+    def publish(self, payload: str) -> None:
+        with self._publishing:
+            try:
+                if self._publisher is None:
+                    self._publisher = self._connect()
+                self._publisher.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+            except Exception:
+                log.warning("could not announce work to other hub processes", exc_info=True)
+                self._publisher = None
+
+    def listen(self, heard: Callable[[str], None], stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                with self._connect() as connection:
+                    connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    while not stopping.is_set():
+                        for notice in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
+                            if notice.pid != self._own_backend():  # our own announcements woke our workers already
+                                heard(notice.payload)
+            except Exception:
+                log.warning("lost the connection that hears other hub processes; reconnecting", exc_info=True)
+                stopping.wait(RECONNECT_SECONDS)
+
+    def close(self) -> None:
+        with self._publishing:
+            if self._publisher is not None:
+                self._publisher.close()
+                self._publisher = None
+
+    def _own_backend(self) -> int | None:
+        publisher = self._publisher
+        return publisher.info.backend_pid if publisher is not None else None
+
+    def _connect(self) -> Any:
+        import psycopg  # the PostgreSQL extra; only a PostgreSQL store gets here
+
+        return psycopg.connect(self._dsn, autocommit=True)
+
+
+class SocketFolder:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._own = folder / f"{os.getpid()}-{secrets.token_hex(4)}.sock"  # one per hub: tests run several in a process
+        self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sender.setblocking(False)
+
+    def publish(self, payload: str) -> None:
+        try:
+            peers = [path for path in self.folder.iterdir() if path.suffix == ".sock" and path != self._own]
+        except FileNotFoundError:  # no process listens yet
+            return
+        for peer in peers:
+            try:
+                self._sender.sendto(payload.encode(), str(peer))
+            except (ConnectionRefusedError, FileNotFoundError):  # its process is gone
+                peer.unlink(missing_ok=True)
+            except BlockingIOError:  # its queue is full: that process has announcements to wake on already
+                pass
+
+    def listen(self, heard: Callable[[str], None], stopping: threading.Event) -> None:
+        if len(str(self._own)) > UNIX_PATH_MAX:
+            log.warning("database path too long for a wake-up socket; other processes' work waits for the poll",
+                        path=str(self._own))
+            return
+        self.folder.mkdir(mode=0o700, exist_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(str(self._own))
+            receiver.settimeout(LISTEN_TIMEOUT_SECONDS)
+            try:
+                while not stopping.is_set():
+                    try:
+                        heard(receiver.recv(1024).decode())
+                    except TimeoutError:
+                        continue
+            finally:
+                self._own.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self._sender.close()
