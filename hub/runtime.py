@@ -65,7 +65,9 @@ class Hub:
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.wakeups = Wakeups(settings.database_url)
-        self.pipeline_wake, self.delivery_wake, self.timer_wake = (self.wakeups.events[name] for name in ("pipeline", "delivery", "timers"))
+        self.pipeline_wake = self.wakeups.events["pipeline"]
+        self.delivery_wake = self.wakeups.events["delivery"]
+        self.timer_wake = self.wakeups.events["timers"]
         lease = timedelta(seconds=settings.lease_seconds)
         responder = Responder(self.router)
         self.timers = TimerEngine(
