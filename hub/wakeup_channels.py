@@ -37,6 +37,9 @@ class Channel(Protocol):
     def listen(self, heard: Callable[[str], None], stopping: threading.Event) -> None:
         """Call `heard` with each other process's payload until `stopping` is set (runs on its own thread)."""
 
+    def interrupt(self) -> None:
+        """Make `listen` look at `stopping` now rather than at its next timeout."""
+
     def close(self) -> None: ...
 
 
@@ -72,12 +75,15 @@ class PostgresChannel:
                 with self._connect() as connection:
                     connection.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     while not stopping.is_set():
-                        for notice in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS):
-                            if notice.pid != self._own_backend():  # our own announcements woke our workers already
+                        for notice in connection.notifies(timeout=LISTEN_TIMEOUT_SECONDS, stop_after=1):
+                            if notice.payload and notice.pid != self._own_backend():  # ours woke our workers already
                                 heard(notice.payload)
             except Exception:
                 log.warning("lost the connection that hears other hub processes; reconnecting", exc_info=True)
                 stopping.wait(RECONNECT_SECONDS)
+
+    def interrupt(self) -> None:
+        self.publish("")
 
     def close(self) -> None:
         with self._publishing:
@@ -127,11 +133,19 @@ class SocketFolder:
             try:
                 while not stopping.is_set():
                     try:
-                        heard(receiver.recv(1024).decode())
+                        payload = receiver.recv(1024).decode()
                     except TimeoutError:
                         continue
+                    if payload:
+                        heard(payload)
             finally:
                 self._own.unlink(missing_ok=True)
+
+    def interrupt(self) -> None:
+        try:
+            self._sender.sendto(b"", str(self._own))
+        except OSError:  # not listening (yet): it sees `stopping` before it would
+            pass
 
     def close(self) -> None:
         self._sender.close()

@@ -56,7 +56,8 @@ class Wakeups:
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._listener is not None:
+        if self._listener is not None and self._channel is not None:
+            self._channel.interrupt()
             self._listener.join(LISTEN_TIMEOUT_SECONDS + 5)
         if self._channel is not None:
             self._channel.close()
