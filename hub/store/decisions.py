@@ -11,7 +11,7 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
-from hub.store.sql import Precompiled, insert_new
+from hub.store.sql import NewRows, Precompiled
 
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
@@ -50,6 +50,9 @@ def fired_since(
     return dict(fired)
 
 
+_RECORD = NewRows(decisions.c.decision_id)  # every pipeline batch and timer set that decides
+
+
 def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[str, Any]]]], now: datetime) -> set[str]:
     """Store decisions (each with its actions' fates) in one insert; returns the ids that were new.
 
@@ -70,7 +73,7 @@ def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[
         }
         for decision, action_fates in recorded
     ]
-    return insert_new(connection, decisions, rows, decisions.c.decision_id)
+    return _RECORD(connection, rows)
 
 
 def count_by_rule(connection: Connection) -> dict[str, int]:

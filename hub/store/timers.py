@@ -113,13 +113,14 @@ def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
     return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
 
 
+_CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
+    timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
+    timers.c.status == "pending", timers.c.due_at,
+)
+
+
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:
-    columns = (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at)
-    rows = sql.claim_due(
-        connection, timers.c.timer_id, columns, timers.c.status == "pending", timers.c.due_at,
-        limit=limit, now=now, lease=lease,
-    )
-    return [DueTimer(*row) for row in rows]
+    return [DueTimer(*row) for row in _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease)]
 
 
 @dataclass(frozen=True, slots=True)
