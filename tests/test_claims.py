@@ -1,4 +1,4 @@
-"""The workers' claims and the batched inserts, as one prebuilt statement each, on SQLite and PostgreSQL.
+"""The workers' claims, batched inserts and the timer worker's reads, as prebuilt statements, on SQLite and PostgreSQL.
 
 A claim is one UPDATE ... WHERE key IN (SELECT ... LIMIT n) RETURNING, whose
 rows come back in no promised order; these pin what callers relied on when it
@@ -14,8 +14,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import bindparam, insert, select
 
-from hub.model import Decision, PlannedDelivery, RawEvent
-from hub.store import Store, decisions, inbox, outbox, timers
+from hub.model import Decision, Identifier, PlannedDelivery, RawEvent, Touchpoint
+from hub.store import Store, decisions, inbox, outbox, timers, touchpoints
 from hub.store.schema import deliveries
 from hub.store.schema import inbox as inbox_table
 from hub.store.schema import timers as timers_table
@@ -119,6 +119,60 @@ def test_decisions_record_returns_only_the_new_ids(store: Store, count: int) -> 
             f"decision-{n}" for n in range(1, count)
         }
         assert decisions.get(connection, f"decision-{count - 1}")["evidence"] == {"n": count - 1}
+
+
+def test_fired_since_reads_the_fired_decisions_of_the_profiles_and_rules_asked(store: Store) -> None:
+    def made(n: int, profile: str, rule: str, minutes: int, status: str = "fired") -> tuple[Decision, list]:
+        at = T0 + timedelta(minutes=minutes)
+        return Decision(f"decision-{n}", rule, "v1", profile, f"tp{n}", at, (), status=status), []
+
+    with store.write() as connection:
+        decisions.record(connection, [
+            made(0, "amy", "a", 1), made(1, "amy", "a", 3), made(2, "amy", "b", 3), made(3, "bob", "a", 3),
+            made(4, "cat", "a", 3), made(5, "bob", "a", 4, status="capped"), made(6, "bob", "c", 3),
+        ], T0)
+        fired = decisions.fired_since(connection, {"amy", "bob"}, {"a", "b"}, T0 + timedelta(minutes=2))
+        assert decisions.fired_since(connection, set(), {"a"}, T0) == {}
+    at = T0 + timedelta(minutes=3)
+    assert fired == {("amy", "a"): [at], ("amy", "b"): [at], ("bob", "a"): [at]}
+
+
+def test_the_timer_worker_sees_the_next_due_timer_no_worker_holds_and_settles_a_set(store: Store) -> None:
+    with store.write() as connection:
+        connection.execute(insert(timers_table), [
+            {"timer_id": f"t{n}", "rule_id": "rule", "profile_id": "profile", "touchpoint_id": f"tp{n}", "anchor_at": T0,
+             "due_at": T0 + timedelta(seconds=10 * n), "status": "pending", "created_at": T0}
+            for n in range(1, 4)
+        ])
+        assert timers.next_due(connection, T0) == T0 + timedelta(seconds=10)
+        [held] = timers.claim_due(connection, 1, T0 + timedelta(seconds=15), LEASE)
+        assert timers.next_due(connection, T0 + timedelta(seconds=15)) == T0 + timedelta(seconds=20)
+        timers.settle(connection, [timers.Settlement(held.timer_id, "fired", "decision-1"),
+                                   timers.Settlement("t2", "cancelled")], T0 + timedelta(seconds=20))
+        assert timers.next_due(connection, T0 + LEASE * 2) == T0 + timedelta(seconds=30)
+        settled = connection.execute(select(timers_table.c.timer_id, timers_table.c.status, timers_table.c.claimed_until,
+                                            timers_table.c.settled_at, timers_table.c.decision_id)).all()
+    assert sorted(tuple(row) for row in settled) == [
+        ("t1", "fired", None, T0 + timedelta(seconds=20), "decision-1"),
+        ("t2", "cancelled", None, T0 + timedelta(seconds=20), None),
+        ("t3", "pending", None, None, None),
+    ]
+    with store.write() as connection:
+        connection.execute(timers_table.update().values(status="fired"))
+        assert timers.next_due(connection, T0) is None
+
+
+def test_touchpoints_are_read_back_by_id(store: Store) -> None:
+    stored = [
+        Touchpoint(f"tp{n}", "default", f"m{n}", "track", "Cart Viewed", "consideration", "cart", T0 + timedelta(seconds=n), T0,
+                   (Identifier("user_id", f"u{n}"),), properties={"n": n}, context={"ip": "127.0.0.1"}, mapping_version="1")
+        for n in range(3)
+    ]
+    with store.write() as connection:
+        for n, touchpoint in enumerate(stored):
+            touchpoints.insert(connection, touchpoint, "profile", n + 1)
+        assert touchpoints.get_many(connection, ["tp2", "tp0", "missing"]) == {"tp0": stored[0], "tp2": stored[2]}
+        assert touchpoints.get_many(connection, []) == {}
 
 
 def test_precompiled_refuses_what_sqlalchemy_would_compute_per_execution(store: Store) -> None:
