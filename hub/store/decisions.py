@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
-from hub.store.sql import Precompiled, insert_new
+from hub.store.sql import NewRows, Precompiled, numbered, placeholders
 
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
@@ -28,11 +29,13 @@ def count_since(connection: Connection, profile_id: str, rule_id: str, since: da
     return count
 
 
-_FIRED_SINCE = select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(
-    decisions.c.profile_id.in_(bindparam("profile_ids", expanding=True)),
-    decisions.c.rule_id.in_(bindparam("rule_ids", expanding=True)),
-    decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
-)
+@lru_cache(maxsize=256)
+def _fired_since(profiles: int, rules: int) -> Precompiled:
+    """Prebuilt per number of profiles and rules: the timer engine asks it for every set it fires."""
+    return Precompiled(select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(
+        decisions.c.profile_id.in_(placeholders(profiles, "p")), decisions.c.rule_id.in_(placeholders(rules, "r")),
+        decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
+    ))
 
 
 def fired_since(
@@ -43,11 +46,16 @@ def fired_since(
     `count_since` for many profiles and rules in one statement: the timer engine
     answers every frequency cap of a set of timers from it.
     """
+    if not profile_ids or not rule_ids:
+        return {}  # nothing can match (and an empty IN is no plain bind parameter)
     fired: dict[tuple[str, str], list[datetime]] = defaultdict(list)
-    parameters = {"profile_ids": list(profile_ids), "rule_ids": list(rule_ids), "since": since}
-    for profile_id, rule_id, decided_at in connection.execute(_FIRED_SINCE, parameters):
+    parameters = {**numbered(list(profile_ids), "p"), **numbered(list(rule_ids), "r"), "since": since}
+    for profile_id, rule_id, decided_at in _fired_since(len(profile_ids), len(rule_ids)).execute(connection, parameters):
         fired[profile_id, rule_id].append(decided_at)
     return dict(fired)
+
+
+_RECORD = NewRows(decisions.c.decision_id)  # every pipeline batch and timer set that decides
 
 
 def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[str, Any]]]], now: datetime) -> set[str]:
@@ -70,7 +78,7 @@ def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[
         }
         for decision, action_fates in recorded
     ]
-    return insert_new(connection, decisions, rows, decisions.c.decision_id)
+    return _RECORD(connection, rows)
 
 
 def count_by_rule(connection: Connection) -> dict[str, int]:

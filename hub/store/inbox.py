@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from hub.model import RawEvent
 from hub.store import sql
-from hub.store.schema import inbox
+from hub.store.schema import UTCDateTime, inbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,26 +47,38 @@ def append(connection: Connection, events: Sequence[RawEvent], received_at: date
     )
 
 
+# Each pipeline batch: the rows it takes, pushed back by the lease and counted as an attempt, in one statement.
+_CLAIM = sql.Claim(
+    inbox.c.id, (inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts),
+    and_(inbox.c.status == "pending", inbox.c.available_at <= bindparam("p_now", type_=UTCDateTime)), inbox.c.id,
+    {"available_at": bindparam("p_until", type_=UTCDateTime), "attempts": inbox.c.attempts + 1},
+)
+
+
 def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[InboxRow]:
     """Take up to `limit` pending rows for this worker; they come back to the queue after `lease`.
 
     Must run in a write transaction: on SQLite the transaction holds the write
-    lock, so two workers never claim the same row.
+    lock, so two workers never claim the same row. Each row's `attempts` are
+    those made before this claim (RETURNING shows the count it raised).
     """
-    query = (
-        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts)
-        .where(inbox.c.status == "pending", inbox.c.available_at <= now)
-        .order_by(inbox.c.id)
-        .limit(limit)
+    rows = _CLAIM(connection, limit, p_now=now, p_until=now + lease)
+    return [InboxRow(*row[:-1], attempts=row[-1] - 1) for row in rows]
+
+
+@lru_cache(maxsize=64)
+def _marking_done(count: int) -> sql.Precompiled:
+    """`mark_done`'s UPDATE for `count` rows (at most a batch), built once per count and `Precompiled`."""
+    return sql.Precompiled(
+        update(inbox)
+        .where(inbox.c.id.in_(sql.placeholders(count)))
+        .values(status="done", processed_at=bindparam("p_now", type_=UTCDateTime), error=None)
     )
-    rows = sql.claim(connection, query, inbox, inbox.c.id, available_at=now + lease, attempts=inbox.c.attempts + 1)
-    return [InboxRow(*row) for row in rows]
+
 
 def mark_done(connection: Connection, inbox_ids: Sequence[int], now: datetime) -> None:
     if inbox_ids:
-        connection.execute(
-            update(inbox).where(inbox.c.id.in_(list(inbox_ids))).values(status="done", processed_at=now, error=None)
-        )
+        _marking_done(len(inbox_ids)).execute(connection, {"p_now": now, **sql.numbered(inbox_ids)})
 
 
 def mark_failed(connection: Connection, inbox_id: int, now: datetime, error: str) -> None:

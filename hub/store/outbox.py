@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, desc, func, insert, or_, select, update
+from sqlalchemy import Connection, bindparam, desc, func, insert, literal, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
@@ -36,6 +36,9 @@ class AttemptRecord:
     response_summary: dict[str, Any]
 
 
+_PLAN = sql.NewRows(deliveries.c.delivery_id)  # every pipeline batch and timer set that plans
+
+
 def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: datetime) -> int:
     rows = [
         {
@@ -54,21 +57,25 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
         }
         for item in planned
     ]
-    return len(sql.insert_new(connection, deliveries, rows, deliveries.c.delivery_id))
+    return len(_PLAN(connection, rows))
+
+
+# Each delivery worker batch (and each of its looks that find nothing); the statuses as literals, as `Precompiled`
+# cannot run an expanding IN.
+_CLAIM_DUE = sql.due_claim(
+    deliveries.c.delivery_id,
+    (
+        deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
+        deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
+        deliveries.c.retry_from,
+    ),
+    deliveries.c.status.in_([literal(status) for status in DUE_STATUSES]), deliveries.c.next_attempt_at,
+)
 
 
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[Delivery]:
     """Claim deliveries whose time has come and which no live worker holds."""
-    columns = (
-        deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
-        deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
-        deliveries.c.retry_from,
-    )
-    rows = sql.claim_due(
-        connection, deliveries.c.delivery_id, columns, deliveries.c.status.in_(DUE_STATUSES),
-        deliveries.c.next_attempt_at, limit=limit, now=now, lease=lease,
-    )
-    return [Delivery(*row) for row in rows]
+    return [Delivery(*row) for row in _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease)]
 
 
 def defer(connection: Connection, delivery_id: str, until: datetime) -> None:

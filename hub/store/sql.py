@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import BindParameter, Column, ColumnElement, Connection, Dialect, Executable, Row, Select, Table, bindparam, func, or_, select, update
+from sqlalchemy import BindParameter, Column, ColumnElement, Connection, Dialect, Executable, Table, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql.schema import ScalarElementColumnDefault
 
 # The key of the PostgreSQL advisory lock `lock_profiles` takes (any fixed bigint; this spells "tp-hub").
 PROFILES_LOCK_KEY = 0x74702D687562
@@ -35,16 +36,52 @@ def insert_ignoring_conflicts(
     return inserted
 
 
-def insert_new(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], key: Column[Any]) -> set[Any]:
-    """Insert rows in one statement, skipping those whose `key` already exists; returns the keys that were new.
+class NewRows:
+    """Insert rows of `key`'s table in one statement, skipping those whose `key` already exists; returns the keys
+    that were new (RETURNING names the rows actually inserted, so a caller plans what follows only for those).
 
-    The batched form of `insert_ignoring_conflicts`: RETURNING names the rows
-    actually inserted, so a caller can plan what follows only for those.
+    The batched form of `insert_ignoring_conflicts`, for the pipeline's decisions and deliveries: a multi-row
+    INSERT ... ON CONFLICT DO NOTHING RETURNING key, `Precompiled` once per row count (and set of columns:
+    those of the first row, which every row must have). Rows go in chunks of at most `CHUNK`, which bounds
+    the statements kept (and the driver's statement cache they take) while a chunk still costs a third
+    less than running the one-row statement per row (on SQLite, 12 rows: 9.6 against 13.4 microseconds a
+    row; 15 through `Connection.execute`, 48 for one row).
     """
-    if not rows:
-        return set()
-    statement = _insert_skipping(connection.dialect.name, table, (key.name,), returning=key.name)
-    return set(connection.execute(statement, list(rows)).scalars().all())
+
+    CHUNK = 32
+
+    def __init__(self, key: Column[Any]) -> None:
+        assert isinstance(key.table, Table)
+        self._table, self._key = key.table, key
+        self._statements: dict[tuple[tuple[str, ...], int], Precompiled] = {}
+
+    def __call__(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> set[Any]:
+        new: set[Any] = set()
+        for start in range(0, len(rows), self.CHUNK):
+            chunk = rows[start:start + self.CHUNK]
+            columns = tuple(chunk[0])
+            values = {f"r{n}_{name}": row[name] for n, row in enumerate(chunk) for name in columns}
+            new.update(key for (key,) in self._for(columns, len(chunk)).execute(connection, values))
+        return new
+
+    def _for(self, columns: tuple[str, ...], count: int) -> Precompiled:
+        statement = self._statements.get((columns, count))
+        if statement is None:
+            statement = self._statements[columns, count] = Precompiled(lambda dialect: self._statement(dialect, columns, count))
+        return statement
+
+    def _statement(self, dialect: str, columns: tuple[str, ...], count: int) -> Executable:
+        # Typed parameters: in a multi-row VALUES only the first row's take their column's type by themselves.
+        # Columns left out get their Python-side defaults as literals: SQLAlchemy computes those per execution.
+        defaults = {
+            column.name: literal(column.default.arg, column.type) for column in self._table.c
+            if column.name not in columns and isinstance(column.default, ScalarElementColumnDefault)
+        }
+        rows = [
+            {**{name: bindparam(f"r{n}_{name}", type_=self._table.c[name].type) for name in columns}, **defaults}
+            for n in range(count)
+        ]
+        return _insert_skipping(dialect, self._table, (self._key.name,)).values(rows).returning(self._key)
 
 
 def precompiled_insert_skipping(table: Table, conflict_columns: Sequence[str], columns: Sequence[str], *,
@@ -64,27 +101,37 @@ def _insert_skipping(dialect: str, table: Table, conflict_columns: tuple[str, ..
     return statement if returning is None else statement.returning(table.c[returning])
 
 
-def claim(connection: Connection, query: Select[Any], table: Table, key: Column[Any], **lease: Any) -> list[Row[Any]]:
-    """Select work rows and stamp them with `lease` values in the same transaction.
+class Claim:
+    """Work rows taken and leased in one prebuilt statement, on both databases:
 
-    On PostgreSQL the rows are locked with SKIP LOCKED, so concurrent workers
-    take disjoint rows; on SQLite the surrounding BEGIN IMMEDIATE transaction
-    already serializes claimers.
+        UPDATE table SET <lease> WHERE key IN (SELECT key FROM table WHERE <ready> ORDER BY <order>
+            LIMIT :p_limit [FOR UPDATE SKIP LOCKED]) RETURNING <order>, <columns>
+
+    On PostgreSQL the picked rows are locked with SKIP LOCKED, so concurrent
+    workers take disjoint rows (SQLite leaves FOR UPDATE out: there the
+    surrounding BEGIN IMMEDIATE transaction already serializes claimers).
+    `Precompiled`, as each worker claims once per batch and building and
+    compiling a SELECT and an UPDATE ... IN (keys) cost more than running them.
+    RETURNING shows the rows as the lease left them, and in no promised order:
+    they are sorted by `order` here. `ready` and `lease` may use bind
+    parameters, given by name on each call.
     """
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = connection.execute(query).all()
-    if rows:
-        keys = [getattr(row, key.name) for row in rows]
-        connection.execute(update(table).where(key.in_(keys)).values(**lease))
-    return rows
+
+    def __init__(self, key: Column[Any], columns: Sequence[ColumnElement[Any]], ready: ColumnElement[bool],
+                 order: Column[Any], lease: Mapping[str, Any]) -> None:
+        table = key.table
+        picked = select(key).where(ready).order_by(order).limit(bindparam("p_limit")).with_for_update(skip_locked=True)
+        self._statement = Precompiled(update(table).where(key.in_(picked.scalar_subquery())).values(lease).returning(order, *columns))
+
+    def __call__(self, connection: Connection, limit: int, **values: Any) -> list[tuple[Any, ...]]:
+        """Up to `limit` rows, each its `columns`, in `order`."""
+        rows = self._statement.execute(connection, {"p_limit": limit, **values})
+        rows.sort(key=itemgetter(0))
+        return [row[1:] for row in rows]
 
 
-def claim_due(
-    connection: Connection, key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnElement[bool],
-    due_at: Column[Any], *, limit: int, now: datetime, lease: timedelta,
-) -> list[Row[Any]]:
-    """`claim` up to `limit` rows that are `waiting` and due by `now`, earliest first, until `now + lease`.
+def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnElement[bool], due_at: Column[Any]) -> Claim:
+    """A `Claim` of rows that are `waiting` and due by `p_now`, earliest first, leased until `p_until`.
 
     The lease is the table's ``claimed_until``: rows a live worker holds are
     skipped, and a dead worker's rows come back once its lease runs out. Each
@@ -92,13 +139,9 @@ def claim_due(
     """
     table = key.table
     assert isinstance(table, Table)
-    query = (
-        select(key, *columns)
-        .where(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
-        .order_by(due_at)
-        .limit(limit)
-    )
-    return claim(connection, query, table, key, claimed_until=now + lease)
+    now = bindparam("p_now", type_=due_at.type)
+    ready = and_(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
+    return Claim(key, (key, *columns), ready, due_at, {"claimed_until": bindparam("p_until", type_=due_at.type)})
 
 
 def lock_profiles(connection: Connection) -> None:
@@ -217,8 +260,13 @@ class Precompiled:
     def _compile(self, dialect: Dialect) -> _DriverStatement:
         statement = self._statement if isinstance(self._statement, Executable) else self._statement(dialect.name)
         compiled = statement.compile(dialect=dialect, column_keys=self._columns)
+        # Both are SQLAlchemy's work per execution, which this class leaves out.
+        if compiled.post_compile_params:
+            raise ValueError(f"an expanding IN cannot be precompiled (use `placeholders` or literals): {compiled.string}")
+        if compiled.insert_prefetch or compiled.update_prefetch:
+            raise ValueError(f"Python-side column defaults cannot be precompiled (give the values): {compiled.string}")
         names = tuple(compiled.positiontup or compiled.binds)
-        columns = getattr(statement, "selected_columns", [])
+        columns = getattr(statement, "exported_columns", [])  # a SELECT's columns, or what DML RETURNs
         return _DriverStatement(
             sql=compiled.string,
             bind=tuple((name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect)) for name in names),

@@ -31,7 +31,7 @@ class DueTimer:
     due_at: datetime
 
 
-_SETTLE = (
+_SETTLE = sql.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
     update(timers)
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
@@ -44,7 +44,7 @@ _ARM = sql.precompiled_insert_skipping(
     ["timer_id", "rule_id", "profile_id", "touchpoint_id", "anchor_at", "due_at", "status", "created_at"],
 )
 
-_NEXT_DUE = (  # each pass of the timer worker
+_NEXT_DUE = sql.Precompiled(  # each pass of the timer worker, idle ones too
     select(timers.c.due_at)
     .where(
         timers.c.status == "pending",
@@ -113,13 +113,14 @@ def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
     return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
 
 
+_CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
+    timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
+    timers.c.status == "pending", timers.c.due_at,
+)
+
+
 def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:
-    columns = (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at)
-    rows = sql.claim_due(
-        connection, timers.c.timer_id, columns, timers.c.status == "pending", timers.c.due_at,
-        limit=limit, now=now, lease=lease,
-    )
-    return [DueTimer(*row) for row in rows]
+    return [DueTimer(*row) for row in _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ class Settlement:
 def settle(connection: Connection, settlements: Sequence[Settlement], now: datetime) -> None:
     """Mark claimed timers settled, all in one statement."""
     if settlements:
-        connection.execute(_SETTLE, [
+        _SETTLE.execute(connection, [
             {"p_timer_id": s.timer_id, "p_status": s.status, "p_now": now, "p_decision_id": s.decision_id} for s in settlements
         ])
 
@@ -147,7 +148,8 @@ def next_due(connection: Connection, now: datetime) -> datetime | None:
     held, however many wait; a held timer whose lease runs out is picked up at
     the worker's next poll.
     """
-    return connection.execute(_NEXT_DUE, {"p_now": now}).scalar_one_or_none()
+    found = _NEXT_DUE.execute(connection, {"p_now": now})
+    return found[0][0] if found else None
 
 
 def pending_due(connection: Connection, now: datetime) -> int:
