@@ -6,6 +6,7 @@ The engine's async client (`deliver_async`) is checked against the sync one (`se
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import json
 import socket
@@ -20,6 +21,7 @@ import pytest
 import trustme
 from standardwebhooks import Webhook
 
+from connectors.destinations import ssrf, webhook
 from connectors.destinations.ssrf import AddressRefused, SsrfGuard
 from connectors.destinations.webhook import ChatWebhookDestination, OutboundWebhookDestination
 from connectors.sandbox.webhooks import FakeWebhookReceiver, create_app
@@ -266,3 +268,85 @@ def test_https_webhooks_connect_to_the_vetted_address_with_the_name_for_sni_from
     listener.close()
     assert asked_for == ["localhost", "localhost"]
     assert verdicts == [(RetryableDeliveryError, "network.ConnectError")] * 2
+
+
+def test_the_signed_request_for_a_payload_is_byte_identical_to_the_recorded_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded from main before the guard kept vetted targets: body, headers and signature must not move."""
+    monkeypatch.setattr(webhook, "utcnow", lambda: datetime(2026, 12, 2, 11, 0, tzinfo=timezone.utc))
+    secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    config = {"url": "http://127.0.0.1:9/hooks", "secret": secret, "allowed_networks": ["127.0.0.1"]}
+    target = OutboundWebhookDestination("outbound_webhook", OutboundWebhookDestination.validate_config("test", config))
+    sent = delivery(body="Noch unschlüssig? 10 % – jetzt", params={"audience": "zögernd", "n": 1.5})
+    request = target.signed_request(sent, target.pinned_target())
+    assert request.body == (
+        b'{"data":{"delivery_id":"8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11","message":{"body":"Noch unschl\\u00fcssig? 10 %'
+        b' \\u2013 jetzt"},"params":{"audience":"z\\u00f6gernd","n":1.5},"profile_id":"01JDQ6ZB3T7E3Y0P6M2C1V9XKQ",'
+        b'"rule_id":"r1","template":"t.j2"},"timestamp":"2026-12-02T11:00:00+00:00","type":"profile.decision"}'
+    )
+    assert request.headers == {
+        "Host": "127.0.0.1:9", "content-type": "application/json", "webhook-id": "8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11",
+        "webhook-timestamp": "1796209200", "webhook-signature": "v1,5w3FW9/tkt8+cAoZNgDW6GRtHirmZ6Lq28JfJPuHBlU=",
+    }
+
+
+class Resolver:
+    """`socket.getaddrinfo` answering `address` for every name, counting lookups; `clock` stands in for time.monotonic."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, address: str) -> None:
+        self.address, self.lookups, self.clock = address, 0, 1000.0
+        monkeypatch.setattr(ssrf.socket, "getaddrinfo", self._getaddrinfo)
+        monkeypatch.setattr(ssrf.time, "monotonic", lambda: self.clock)
+
+    def _getaddrinfo(self, host: str, port: int, **_: object) -> list[tuple]:
+        self.lookups += 1
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (self.address, port))]
+
+
+def test_a_vetted_address_is_kept_briefly_and_a_rebinding_to_a_private_one_is_refused_once_it_expires(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dns = Resolver(monkeypatch, "93.184.216.34")
+    guard = SsrfGuard()
+    url = "https://hooks.example.com/in"
+    assert str(guard.pin(url).url) == "https://93.184.216.34/in" and dns.lookups == 1
+    dns.address = "10.0.0.5"  # the record turns private (rebinding)
+    dns.clock += ssrf.PIN_TTL_SECONDS - 0.1
+    assert str(guard.pin(url).url) == "https://93.184.216.34/in"  # still the address it checked, never 10.0.0.5
+    assert guard.vetted(url) is not None and dns.lookups == 1
+    dns.clock += 0.1
+    assert guard.vetted(url) is None
+    for _ in range(2):  # refused on every send, none kept
+        with pytest.raises(AddressRefused, match="10.0.0.5"):
+            guard.pin(url)
+    assert dns.lookups == 3
+    dns.address = "93.184.216.35"  # fixed: the next send resolves and checks again at once
+    assert str(guard.pin(url).url) == "https://93.184.216.35/in" and dns.lookups == 4
+
+
+def test_an_ip_address_url_is_vetted_once_and_never_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    dns = Resolver(monkeypatch, "93.184.216.34")
+    guard = SsrfGuard(["127.0.0.1"])
+    first = guard.pin("http://127.0.0.1:8080/in")
+    dns.clock += 10 * ssrf.PIN_TTL_SECONDS
+    assert guard.vetted("http://127.0.0.1:8080/in") is first and dns.lookups == 0
+    with pytest.raises(AddressRefused):  # each guard checks against its own allowlist
+        SsrfGuard().pin("http://127.0.0.1:8080/in")
+
+
+def test_an_async_send_to_a_host_name_reuses_the_vetted_address_without_a_lookup(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dns = Resolver(monkeypatch, "127.0.0.1")
+    by_name = destination(server, receiver, url=f"http://hooks.example.com:{server.port}/hooks/cdp")
+
+    async def twice() -> None:
+        try:
+            for _ in range(2):
+                await by_name.deliver_async(delivery())
+        finally:
+            await by_name.close_async()
+
+    asyncio.run(twice())
+    assert dns.lookups == 1 and [r["headers"]["host"] for r in receiver.received] == [f"hooks.example.com:{server.port}"] * 2
+    for request in receiver.received:
+        Webhook(receiver.secret).verify(request["body"], request["headers"])

@@ -2,10 +2,18 @@
 
 A webhook URL is configuration someone typed, and a host name can resolve to
 anything: 169.254.169.254 (cloud metadata), 127.0.0.1 (the hub's own admin
-API), a database on 10.x. Every send resolves the host, refuses the
-non-public addresses that are not allowlisted, and then connects to the
-address it vetted (not to the name again), so a DNS answer that changes
-between the check and the connect (rebinding) cannot slip past.
+API), a database on 10.x. The guard resolves the host, refuses the
+non-public addresses that are not allowlisted, and the send then connects
+to the address it vetted (not to the name again), so a DNS answer that
+changes between the check and the connect (rebinding) cannot slip past.
+
+A vetted address is reused for `PIN_TTL_SECONDS`, as a resolver's cache
+would keep it, and then the host is resolved and checked again: a send
+only ever connects to an address the guard checked, and an answer that
+turns private is refused from the first send after the entry expires.
+Refusals and failed lookups are not kept, so a fixed record counts at
+once. A URL whose host is an IP address has nothing to rebind: its target
+is vetted once and kept.
 """
 
 from __future__ import annotations
@@ -13,12 +21,16 @@ from __future__ import annotations
 import functools
 import ipaddress
 import socket
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+# How long a host name's vetted address is reused before it is resolved and checked again. Short: a
+# receiver that moves is followed within seconds, and a record turned private is refused as soon.
+PIN_TTL_SECONDS = 5.0
 
 
 class AddressRefused(Exception):
@@ -44,6 +56,14 @@ class SsrfGuard:
 
     def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
         self.allowed = [ipaddress.ip_network(network.strip(), strict=False) for network in allowed_networks if network.strip()]
+        self._vetted: dict[str, tuple[float, PinnedTarget]] = {}  # url -> (monotonic expiry, target); inf for an address
+
+    def vetted(self, url: str) -> PinnedTarget | None:
+        """The target `pin` vetted for `url` while it is fresh, without asking DNS; None when it must pin again."""
+        entry = self._vetted.get(url)
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return entry[1]
 
     def permits(self, address: IPAddress) -> bool:
         if any(address in network for network in self.allowed):
@@ -51,14 +71,18 @@ class SsrfGuard:
         return address.is_global and not address.is_multicast
 
     def pin(self, url: str) -> PinnedTarget:
-        """The request target for `url` on its first permitted address.
+        """The request target for `url` on its first permitted address: the vetted one while fresh, else resolved now.
 
         Raises:
             AddressRefused: every address of the host is non-public and not allowlisted.
             OSError: the host name does not resolve (socket.gaierror).
         """
+        return self.vetted(url) or self._pin_now(url)
+
+    def _pin_now(self, url: str) -> PinnedTarget:
         parsed = _parse(url)
         host = parsed.host
+        literal = _is_address(host)
         addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         permitted = [address for address in addresses if self.permits(address)]
         if not permitted:
@@ -68,11 +92,14 @@ class SsrfGuard:
             )
         host_header = host if parsed.port is None else f"{host}:{parsed.port}"
         extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-        return PinnedTarget(_on_address(parsed, str(permitted[0])), {"Host": host_header}, extensions)
+        target = PinnedTarget(_on_address(parsed, str(permitted[0])), {"Host": host_header}, extensions)
+        expires = float("inf") if literal else time.monotonic() + PIN_TTL_SECONDS
+        self._vetted[url] = (expires, target)
+        return target
 
 
 # Parsing a URL costs more CPU than a send's signing; a destination pins the same URL on every send,
-# and only the resolution (never cached: that is what defeats DNS rebinding) may change.
+# and only the resolution may change (kept for `PIN_TTL_SECONDS` at most, by the guard that vetted it).
 @functools.lru_cache(maxsize=1024)
 def _parse(url: str) -> httpx.URL:
     return httpx.URL(url)
@@ -90,14 +117,20 @@ def needs_lookup(url: str) -> bool:
 
 def _is_address(host: str) -> bool:
     try:
-        ipaddress.ip_address(host)
+        _ip(host)
     except ValueError:
         return False
     return True
 
 
+@functools.lru_cache(maxsize=1024)
+def _ip(text: str) -> IPAddress:
+    """`ipaddress.ip_address`, parsed once per text: a URL's host and its resolver's answers repeat send after send."""
+    return ipaddress.ip_address(text)
+
+
 def _resolve(host: str, port: int) -> list[IPAddress]:
     if _is_address(host):
-        return [ipaddress.ip_address(host)]
+        return [_ip(host)]
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    return [_ip(info[4][0].split("%")[0]) for info in infos]

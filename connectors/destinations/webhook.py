@@ -153,7 +153,7 @@ class OutboundWebhookDestination(Destination):
         content = delivery.content
         params = content.get("params") or {}
         return {
-            "type": params.get("type", self.event_type),
+            "type": self._type_of(params),
             "timestamp": utcnow().isoformat(),
             "data": {
                 "delivery_id": delivery.delivery_id,
@@ -165,19 +165,26 @@ class OutboundWebhookDestination(Destination):
             },
         }
 
-    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
-        return {"url": self.settings.url, "webhook_id": delivery.delivery_id, "type": self.payload(delivery)["type"]}
+    def _type_of(self, params: dict[str, Any]) -> str:
+        return params.get("type", self.event_type)
 
-    def signed_request(self, delivery: Delivery) -> SignedRequest:
-        """The POST for `delivery`, signed now, on the address the SSRF guard allows; DeliveryError otherwise."""
-        body = json.dumps(self.payload(delivery), separators=(",", ":"), sort_keys=True).encode()
-        timestamp = int(utcnow().timestamp())
+    def request_summary(self, delivery: Delivery) -> dict[str, Any]:
+        return {"url": self.settings.url, "webhook_id": delivery.delivery_id, "type": self._type_of(delivery.content.get("params") or {})}
+
+    def pinned_target(self) -> PinnedTarget:
+        """Where to send, on the address the SSRF guard allows (DNS asked unless a fresh vetted answer is kept);
+        DeliveryError otherwise."""
         try:
-            target = self._guard.pin(self.settings.url)
+            return self._guard.pin(self.settings.url)
         except AddressRefused as exc:
             raise PermanentDeliveryError(DeliveryFailure("ssrf.address_refused", str(exc))) from exc
         except OSError as exc:
             raise RetryableDeliveryError(DeliveryFailure("network.dns", f"cannot resolve the webhook host: {exc}")) from exc
+
+    def signed_request(self, delivery: Delivery, target: PinnedTarget) -> SignedRequest:
+        """The POST for `delivery` to `target`, signed now."""
+        body = json.dumps(self.payload(delivery), separators=(",", ":"), sort_keys=True).encode()
+        timestamp = int(utcnow().timestamp())
         headers = {
             **target.headers,
             "content-type": "application/json",
@@ -188,18 +195,17 @@ class OutboundWebhookDestination(Destination):
         return SignedRequest(target, body, headers)
 
     def send(self, delivery: Delivery) -> SendResult:
-        request = self.signed_request(delivery)
+        request = self.signed_request(delivery, self.pinned_target())
         target = request.target
         with _transport_errors():
             response = self._client.post(target.url, content=request.body, headers=request.headers, extensions=target.extensions)
         return _answer(delivery, response.status_code, response.reason_phrase, response.text, response.headers.get("retry-after"))
 
     async def send_async(self, delivery: Delivery) -> SendResult:
-        if self._blocking_lookup:  # a host name: resolving it blocks, so off the event loop
-            request = await asyncio.to_thread(self.signed_request, delivery)
-        else:
-            request = self.signed_request(delivery)
-        target = request.target
+        target = self._guard.vetted(self.settings.url)
+        if target is None:  # resolving a host name blocks, so off the event loop
+            target = await asyncio.to_thread(self.pinned_target) if self._blocking_lookup else self.pinned_target()
+        request = self.signed_request(delivery, target)
         with _transport_errors():
             async with self._async_session().post(
                 str(target.url), data=request.body, headers=request.headers, allow_redirects=False,
