@@ -6,7 +6,9 @@ sends in flight (an asyncio.Semaphore): destinations with an async client
 `send` in the loop's worker threads (as many as sends may be in flight).
 One loop and one async client cost far less CPU per send than a thread and
 a blocking client each (bench/README.md). The outcome of a whole batch is
-written back in one transaction. A crash between a send and its record means
+written back in one transaction, which also claims the next batch: the look
+for more work after a batch costs no transaction of its own, and a batch
+follows a batch without one. A crash between a send and its record means
 the row's lease expires and it is sent again: delivery is at-least-once, and
 idempotency keys let providers that accept them collapse the duplicate.
 
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
+from sqlalchemy import Connection
 
 from connectors.base import Destination
 from hub import metrics
@@ -85,27 +88,47 @@ class DeliveryEngine:
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send"))
         self._in_flight = asyncio.Semaphore(concurrency)
+        # What the last batch's record claimed: the next batch to send, [] when that look found nothing
+        # due, None when the next call must look itself.
+        self._claimed: list[Delivery] | None = None
 
     def run_once(self) -> int:
-        """Claim a batch of due deliveries, send them concurrently, record every outcome in one transaction."""
-        with self.store.write() as connection:
-            due = outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
+        """Send a batch of due deliveries concurrently; record every outcome and claim the next batch in one transaction.
+
+        The batch is the one the previous call's record claimed, or claimed
+        now. When that look found nothing, this call returns 0 without
+        looking again, and the next call looks: the worker naps in between
+        until a producer wakes it, which producers do after they commit, so
+        work committed after that look is never missed.
+        """
+        due, self._claimed = self._claimed, None
+        if due is None:
+            with self.store.write() as connection:
+                due = self._claim(connection)
         if not due:
             return 0
         outcomes = self._loop.run_until_complete(self._attempt_all(due))
-        now = utcnow()
         with self.store.write() as connection:
-            outbox.record_attempts(connection, [
-                outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
-            ])
-            for outcome in outcomes:
-                delivery = outcome.delivery
-                if outcome.attempt is None:
-                    assert outcome.next_attempt_at is not None
-                    outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
-                if outcome.revokes_consent:
-                    set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
+            self._record(connection, outcomes)
+            self._claimed = self._claim(connection)
         return len(due)
+
+    def _claim(self, connection: Connection) -> list[Delivery]:
+        return outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
+
+    def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
+        """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
+        now = utcnow()
+        outbox.record_attempts(connection, [
+            outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
+        ])
+        for outcome in outcomes:
+            delivery = outcome.delivery
+            if outcome.attempt is None:
+                assert outcome.next_attempt_at is not None
+                outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
+            if outcome.revokes_consent:
+                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
 
     async def _attempt_all(self, due: list[Delivery]) -> list[Outcome]:
         return await asyncio.gather(*(self._attempt_bounded(delivery) for delivery in due))
@@ -197,7 +220,13 @@ class DeliveryEngine:
         return "retrying", now + timedelta(seconds=delay)
 
     def close(self) -> None:
-        """Close every destination's connections (async ones on the loop that opened them), then the loop."""
+        """Put back a batch claimed and not sent (due now, as it was), close every destination's connections
+        (async ones on the loop that opened them), then the loop."""
+        if self._claimed:
+            with self.store.write() as connection:
+                for delivery in self._claimed:
+                    outbox.defer(connection, delivery.delivery_id, utcnow())
+            self._claimed = None
         self._loop.run_until_complete(self._close_async())
         self._loop.close()
         for destination in self.destinations.values():

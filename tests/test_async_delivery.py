@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
+from sqlalchemy import event, select
 
 from connectors.base import Destination
 from hub.clock import utcnow
@@ -22,6 +23,7 @@ from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
 from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
 from hub.settings import HubSettings
 from hub.store import Store, outbox
+from hub.store.schema import deliveries
 
 
 class NoConfig(BaseModel):
@@ -87,10 +89,10 @@ def plan(store: Store, destination_id: str, targets: list[str]) -> None:
         outbox.plan(connection, rows, utcnow())
 
 
-def engine(store: Store, target: Destination, concurrency: int) -> DeliveryEngine:
+def engine(store: Store, target: Destination, concurrency: int, batch_size: int = 100) -> DeliveryEngine:
     policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
     return DeliveryEngine(
-        store, {target.destination_id: target}, policies, batch_size=100, lease=timedelta(seconds=60),
+        store, {target.destination_id: target}, policies, batch_size=batch_size, lease=timedelta(seconds=60),
         concurrency=concurrency,
     )
 
@@ -123,3 +125,36 @@ def test_sends_in_flight_never_exceed_the_concurrency(store: Store, concurrency:
     assert pager.most_in_flight == concurrency
     assert not pager.threads  # the async client was used, no worker thread
     assert {item["status"] for item in delivery_log(store).values()} == {"sent"}
+
+
+def test_each_batch_is_recorded_in_the_transaction_that_claims_the_next(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    pager = CountingPager()
+    plan(store, pager.slug, [str(n) for n in range(5)])
+    running = engine(store, pager, concurrency=4, batch_size=2)
+    begun: list[object] = []
+    event.listen(store.engine, "begin", begun.append)
+    claims: list[int] = []
+    claim_due = outbox.claim_due
+    monkeypatch.setattr(outbox, "claim_due", lambda *args: claims.append(1) or claim_due(*args))
+    assert [running.run_once() for _ in range(4)] == [2, 2, 1, 0]  # the last: the look after the batch of 1 found nothing
+    assert (len(begun), len(claims)) == (4, 4)  # one claim, then one record + claim per batch; no look of its own after
+    plan(store, pager.slug, ["late"])
+    assert running.run_once() == 1  # the call after an empty look looks again
+    running.close()
+    assert {item["status"] for item in delivery_log(store).values()} == {"sent"}
+
+
+def test_a_batch_claimed_and_not_sent_is_put_back_on_close(store: Store) -> None:
+    pager = CountingPager()
+    plan(store, pager.slug, ["1", "2", "3"])
+    running = engine(store, pager, concurrency=4, batch_size=2)
+    assert running.run_once() == 2
+    running.close()  # the record claimed "3"
+    with store.read() as connection:
+        [left] = connection.execute(
+            select(deliveries.c.target, deliveries.c.claimed_until).where(deliveries.c.status == "pending")
+        ).all()
+    assert left == ("3", None)
+    again = engine(store, pager, concurrency=4)
+    assert again.run_once() == 1
+    again.close()
