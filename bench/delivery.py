@@ -24,7 +24,9 @@ import asyncio
 import multiprocessing
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -49,6 +51,20 @@ def serve_receiver(latency: float, port: Any, stop: Any) -> None:
     with BackgroundServer(create_app(FakeWebhookReceiver(delay_seconds=latency))) as server:
         port.put(server.port)
         stop.wait()
+
+
+@contextmanager
+def receiver_process(latency: float) -> Iterator[str]:
+    """Run `serve_receiver` answering after `latency` seconds; yields its origin (``http://127.0.0.1:port``)."""
+    context = multiprocessing.get_context("spawn")
+    port, stop = context.Queue(), context.Event()
+    provider = context.Process(target=serve_receiver, args=(latency, port, stop))
+    provider.start()
+    try:
+        yield f"http://127.0.0.1:{port.get(timeout=30)}"
+    finally:
+        stop.set()
+        provider.join()
 
 
 BODY = {"type": "profile.decision", "data": {"message": {"body": "x" * 80}}}
@@ -176,13 +192,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="engine processes")
     args = parser.parse_args()
 
-    context = multiprocessing.get_context("spawn")
-    port, stop = context.Queue(), context.Event()
-    provider = context.Process(target=serve_receiver, args=(args.latency_ms / 1000, port, stop))
-    provider.start()
-    origin = f"http://127.0.0.1:{port.get(timeout=30)}"
-    url, secret = f"{origin}/hooks/bench", new_secret()
-    try:
+    with receiver_process(args.latency_ms / 1000) as origin:
+        url, secret = f"{origin}/hooks/bench", new_secret()
         print(f"{args.deliveries} deliveries, provider latency {args.latency_ms:g} ms, claim batch {args.batch}")
         print(f"{'concurrency':>11} {'workers':>7} {'aiohttp/s':>9} {'httpx async/s':>13} {'threads/s':>9} "
               f"{'hub/s':>8} {'ratio':>6} {'in flight':>9} {'retried':>7}")
@@ -203,9 +214,6 @@ def main() -> None:
                 rate = args.deliveries / elapsed
                 print(f"{concurrency:>11} {workers:>7} {base:>9.0f} {httpx_async:>13.0f} {threads:>9.0f} {rate:>8.0f} {rate / base:>6.2f} "
                       f"{summary['max_in_flight']:>9} {retried:>7}", flush=True)
-    finally:
-        stop.set()
-        provider.join()
 
 
 if __name__ == "__main__":

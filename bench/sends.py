@@ -17,12 +17,11 @@ so their spread shows the noise.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import tempfile
 import time
 from datetime import timedelta
 
-from delivery import DESTINATION, plan, serve_receiver
+from delivery import DESTINATION, plan, receiver_process
 
 from connectors.destinations.webhook import OutboundWebhookDestination
 from connectors.sandbox.webhooks import new_secret
@@ -77,19 +76,11 @@ def main() -> None:
     parser.add_argument("--empty", type=int, default=2000, help="empty claims timed after each drain")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    context = multiprocessing.get_context("spawn")
-    port, stop = context.Queue(), context.Event()
-    receiver = context.Process(target=serve_receiver, args=(args.latency_ms / 1000, port, stop))
-    receiver.start()
-    url = f"http://127.0.0.1:{port.get(timeout=30)}/hooks/bench"
-    try:
+    with receiver_process(args.latency_ms / 1000) as origin:
         print(f"{args.deliveries} webhooks in batches of {args.batch}, receiver latency {args.latency_ms:g} ms")
         for _ in range(args.rounds):
-            per_attempt, per_empty = one_round(url, args.deliveries, args.batch, args.empty)
+            per_attempt, per_empty = one_round(f"{origin}/hooks/bench", args.deliveries, args.batch, args.empty)
             print(f"  {per_attempt:.3f} ms CPU per attempt   {per_empty:.3f} ms CPU per empty run_once", flush=True)
-    finally:
-        stop.set()
-        receiver.join()
 
 
 if __name__ == "__main__":
