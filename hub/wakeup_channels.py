@@ -126,9 +126,13 @@ class SocketFolder:
             log.warning("database path too long for a wake-up socket; other processes' work waits for the poll",
                         path=str(self._own))
             return
-        self.folder.mkdir(mode=0o700, exist_ok=True)
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
-            receiver.bind(str(self._own))
+            try:
+                self.folder.mkdir(mode=0o700, exist_ok=True)
+                receiver.bind(str(self._own))
+            except OSError:
+                log.warning("cannot listen for other hub processes; their work waits for the poll", exc_info=True)
+                return
             receiver.settimeout(LISTEN_TIMEOUT_SECONDS)
             try:
                 while not stopping.is_set():

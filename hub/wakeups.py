@@ -70,7 +70,11 @@ class Wakeups:
 
     def _heard(self, payload: str) -> None:
         worker, _, due = payload.partition(" ")
-        if worker not in self.events:
-            log.warning("unknown worker in a wake-up from another process", payload=payload)
+        try:
+            at = datetime.fromisoformat(due) if due else None
+        except ValueError:
+            at = None
+        if worker not in self.events or (due and at is None):
+            log.warning("unreadable wake-up from another process", payload=payload[:100])
             return
-        self._wake_here(worker, datetime.fromisoformat(due) if due else None)
+        self._wake_here(worker, at)

@@ -128,3 +128,12 @@ def test_a_socket_left_by_a_dead_process_is_removed_by_the_next_announcement(tmp
         dead.bind(str(folder / "999999-dead.sock"))  # bound, then closed without unlinking: as after kill -9
     Wakeups(f"sqlite:///{tmp_path}/hub.db").announce("delivery")
     assert not (folder / "999999-dead.sock").exists()
+
+
+def test_an_unreadable_wake_up_is_logged_and_the_listener_goes_on(tmp_path: Path) -> None:
+    wakeups = Wakeups(f"sqlite:///{tmp_path}/hub.db")
+    for payload in ("mailer", "timers not-a-time", ""):
+        wakeups._heard(payload)
+    assert not any(event.is_set() for event in wakeups.events.values())
+    wakeups._heard("pipeline")
+    assert wakeups.events["pipeline"].is_set()
