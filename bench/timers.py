@@ -45,10 +45,12 @@ seeded store and printed: each should search an index, never scan the table.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -58,11 +60,12 @@ from rich.progress import Progress
 from sqlalchemy import Connection, Table, delete, func, insert, select
 from ulid import ULID
 
-from triggers import ABSENCE_RULE, StatementLog, append, fire_due, hub_with, percentiles
+from triggers import ABSENCE_RULE, StatementLog, append, fire_due, hub_with, percentiles, workers_process
 from hub.clock import utcnow
 from hub.logs import configure_logging
 from hub.model import derived_id
 from hub.runtime import Hub
+from hub.settings import WORKER_ROLES
 from hub.store import sql
 from hub.store.schema import identifiers, profiles, timers, touchpoints
 
@@ -162,21 +165,30 @@ class Sample:
     plans: dict[str, list[str]]  # statement -> its query plan, on the seeded store
 
 
-def sample(pending: int, window: float, measure: float, lead: float, seed_rate: float, burst: int) -> Sample:
+def sample(pending: int, window: float, measure: float, lead: float, seed_rate: float, burst: int,
+           split: Sequence[str] = ()) -> Sample:
     """Seed `pending` timers due over `window` seconds, run the hub, and measure its first `measure` seconds;
-    then, the workers stopped, the engine alone firing the next `burst` timers at once."""
-    with tempfile.TemporaryDirectory() as folder:
-        hub = hub_with(Path(folder), [ABSENCE_RULE])
+    then, the workers stopped, the engine alone firing the next `burst` timers at once.
+
+    `split`: groups of workers run in hub processes of their own (as `bench/triggers.py --split`); CPU per
+    fired timer then adds their threads' CPU from their start (they idle through the seeding)."""
+    spawn = multiprocessing.get_context("spawn")
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as processes:
+        elsewhere = {name for group in split for name in group.split(",")}
+        hub = hub_with(Path(folder), [ABSENCE_RULE], workers=",".join(n for n in WORKER_ROLES if n not in elsewhere))
         rows = template(hub)
         first_due = utcnow() + timedelta(seconds=pending / seed_rate + lead)
         seeding = time.perf_counter()
         seed(hub, rows, pending, first_due, window)
         seeding, margin = time.perf_counter() - seeding, (first_due - utcnow()).total_seconds()
+        stops = [processes.enter_context(workers_process(spawn, hub.settings.with_overrides(workers=group)))
+                 for group in split]
         hub.start()
         _sleep_until(first_due)
         cpu = time.process_time()
         _sleep_until(first_due + timedelta(seconds=measure))
         cpu, end = time.process_time() - cpu, utcnow()
+        cpu += sum(sum(stop().values()) for stop in stops)
         with hub.store.read() as connection:
             settled = connection.execute(
                 select(timers.c.due_at, timers.c.settled_at)
@@ -236,13 +248,15 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=10_000, help="timers the engine fires alone after the sample")
     parser.add_argument("--lead", type=float, default=5.0, help="seconds from the end of seeding to the first due")
     parser.add_argument("--seed-rate", type=float, default=SEED_RATE, help="events seeded/s, to set the first due time")
+    parser.add_argument("--split", action="append", default=[], metavar="WORKERS",
+                        help="run these workers (e.g. timers) in a hub process of their own; repeat for more processes")
     args = parser.parse_args()
     configure_logging("WARNING")  # a line per dead delivery would cost the workers more than firing
     rate = args.pending / args.window
     baseline = args.baseline + args.burst  # the burst comes due after the sample
     report("baseline", sample(baseline, baseline / rate, min(args.measure, args.baseline / rate), args.lead,
-                              args.seed_rate, args.burst))
-    run = sample(args.pending, args.window, args.measure, args.lead, args.seed_rate, args.burst)
+                              args.seed_rate, args.burst, args.split))
+    run = sample(args.pending, args.window, args.measure, args.lead, args.seed_rate, args.burst, args.split)
     report("pending", run)
     for statement, plan in run.plans.items():
         print(f"plan: {' | '.join(plan)}\n      of {' '.join(statement.split())[:160]}")
