@@ -44,6 +44,14 @@ def test_inbox_claims_oldest_first_with_the_attempts_made_before_each_claim(stor
         assert [tuple(row) for row in stored] == [(2, T0 + 2 * LEASE)] * 2 + [(1, T0 + LEASE)] * 3
 
 
+def test_inbox_append_counts_new_events_once_in_a_request_and_across_requests(store: Store) -> None:
+    with store.write() as connection:
+        first = [RawEvent("default", message, {"m": message}) for message in ("a", "b", "a")]  # "a" sent twice
+        assert inbox.append(connection, first, T0) == 2
+        assert inbox.append(connection, [RawEvent("default", "b", {}), RawEvent("default", "c", {"m": "c"})], T0) == 1
+        assert [row.payload for row in inbox.claim(connection, 10, T0, LEASE)] == [{"m": "a"}, {"m": "b"}, {"m": "c"}]
+
+
 def test_inbox_rows_marked_done_are_not_claimed_again(store: Store) -> None:
     with store.write() as connection:
         inbox.append(connection, [RawEvent("default", str(n), {"n": n}) for n in range(4)], T0)

@@ -5,14 +5,13 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
-from hub.store.sql import NewRows, Precompiled, numbered, placeholders
+from hub.store.sql import InLists, NewRows, Precompiled
 
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
@@ -29,13 +28,12 @@ def count_since(connection: Connection, profile_id: str, rule_id: str, since: da
     return count
 
 
-@lru_cache(maxsize=256)
-def _fired_since(profiles: int, rules: int) -> Precompiled:
-    """Prebuilt per number of profiles and rules: the timer engine asks it for every set it fires."""
-    return Precompiled(select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(
-        decisions.c.profile_id.in_(placeholders(profiles, "p")), decisions.c.rule_id.in_(placeholders(rules, "r")),
+_FIRED_SINCE = InLists(  # the timer engine asks it for every set it fires
+    lambda profiles, rules: select(decisions.c.profile_id, decisions.c.rule_id, decisions.c.decided_at).where(
+        decisions.c.profile_id.in_(profiles), decisions.c.rule_id.in_(rules),
         decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.status == "fired",
-    ))
+    )
+)
 
 
 def fired_since(
@@ -46,11 +44,8 @@ def fired_since(
     `count_since` for many profiles and rules in one statement: the timer engine
     answers every frequency cap of a set of timers from it.
     """
-    if not profile_ids or not rule_ids:
-        return {}  # nothing can match (and an empty IN is no plain bind parameter)
     fired: dict[tuple[str, str], list[datetime]] = defaultdict(list)
-    parameters = {**numbered(list(profile_ids), "p"), **numbered(list(rule_ids), "r"), "since": since}
-    for profile_id, rule_id, decided_at in _fired_since(len(profile_ids), len(rule_ids)).execute(connection, parameters):
+    for profile_id, rule_id, decided_at in _FIRED_SINCE.execute(connection, profile_ids, rule_ids, since=since):
         fired[profile_id, rule_id].append(decided_at)
     return dict(fired)
 

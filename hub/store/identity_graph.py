@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from sqlalchemy import (
-    Column, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    BindParameter, Column, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
 from hub.store.schema import forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
-from hub.store.sql import Precompiled, insert_ignoring_conflicts, numbered, placeholders
+from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
 # cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
@@ -37,92 +36,63 @@ _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touch
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
 
 
-# The variable-length queries are prebuilt once per number of values (`@cache`, `_RowsWhereIn`): a touchpoint
+# The variable-length queries are `InLists`: prebuilt once per number of values, since a touchpoint
 # carries a handful of identifiers and touches one to three profiles, so a few statements cover
-# every call. Each compiles once per dialect (`Precompiled`), where an expanding IN would be
-# rewritten on every execution and a statement built per call re-keyed.
+# every call.
 
 
-@cache
-def _owners_of(count: int) -> Precompiled:
+def _owners_of(types: list[BindParameter[Any]], values: list[BindParameter[Any]], digests: list[BindParameter[Any]]) -> Any:
     """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
 
     Both are questions about the touchpoint's identifiers, and the second is
     asked whenever one is new; answering them in one statement saves a round
     trip for every first visit. An owner is never NULL, so the rows tell apart.
     """
-    types, values, digests = (placeholders(count, prefix) for prefix in "tvd")
     # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
     # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
     pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
-    return Precompiled(union_all(
+    return union_all(
         select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs)),
         select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
-    ))
-
-
-@cache
-def _type_counts_of(count: int) -> Precompiled:
-    return Precompiled(
-        select(identifiers.c.profile_id, identifiers.c.type, func.count())
-        .where(identifiers.c.profile_id.in_(placeholders(count)))
-        .group_by(identifiers.c.profile_id, identifiers.c.type)
     )
 
 
-@cache
-def _kept_apart_of(count: int) -> Precompiled:
-    ids = placeholders(count)
-    return Precompiled(select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))))
+_OWNERS_OF = InLists(_owners_of)
+_TYPE_COUNTS_OF = InLists(
+    lambda ids: select(identifiers.c.profile_id, identifiers.c.type, func.count())
+    .where(identifiers.c.profile_id.in_(ids))
+    .group_by(identifiers.c.profile_id, identifiers.c.type)
+)
+_KEPT_APART_OF = InLists(lambda ids: select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))))
+# How a merge moves rows to its survivor: `column` set to `b_to` wherever it holds one of the merged ids.
+_REPOINT = {
+    column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
+    for column in (identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id)
+}
+_RETIRE = InLists(  # merged profiles become aliases of `b_to`
+    lambda ids: update(profiles).where(profiles.c.profile_id.in_(ids)).values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
+)
 
 
-@cache
-def _repoint(column: Column[str], count: int) -> Precompiled:
-    """Set `column` to `b_to` wherever it holds one of `count` profile ids: how a merge moves rows to its survivor."""
-    return Precompiled(update(column.table).where(column.in_(placeholders(count))).values({column.name: bindparam("b_to")}))
+def _rows_where_in(key: Column[Any], *columns: Column[Any], order_by: ColumnElement[Any] | None = None) -> InLists:
+    """`SELECT columns WHERE key IN (values) [ORDER BY order_by]`."""
+    def build(keys: list[BindParameter[Any]]) -> Any:
+        query = select(*columns).where(key.in_(keys))
+        return query if order_by is None else query.order_by(order_by)
+    return InLists(build)
 
 
-@cache
-def _retire(count: int) -> Precompiled:
-    """Mark `count` merged profiles as aliases of `b_to`."""
-    return Precompiled(
-        update(profiles)
-        .where(profiles.c.profile_id.in_(placeholders(count)))
-        .values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
-    )
-
-
-class _RowsWhereIn:
-    """`SELECT columns WHERE key IN (count values)`, prebuilt once per count (see above)."""
-
-    def __init__(self, key: Column[Any], *columns: Column[Any], order_by: ColumnElement[Any] | None = None) -> None:
-        self._key, self._columns, self._order_by = key, columns, order_by
-        self._by_count: dict[int, Precompiled] = {}
-
-    def __call__(self, count: int) -> Precompiled:
-        statement = self._by_count.get(count)
-        if statement is None:
-            query = select(*self._columns).where(self._key.in_(placeholders(count)))
-            statement = self._by_count[count] = Precompiled(query if self._order_by is None else query.order_by(self._order_by))
-        return statement
-
-
-_forgotten_of = _RowsWhereIn(forgotten_identifiers.c.digest, forgotten_identifiers.c.digest)
-_traits_of_profiles = _RowsWhereIn(profiles.c.profile_id, profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times)
-_live_ids_of = _RowsWhereIn(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
-_profile_rows_of = _RowsWhereIn(
+_FORGOTTEN_OF = _rows_where_in(forgotten_identifiers.c.digest, forgotten_identifiers.c.digest)
+_TRAITS_OF = _rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times)
+_LIVE_IDS_OF = _rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
+_PROFILE_ROWS_OF = _rows_where_in(
     profiles.c.profile_id, profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits
 )
-_identifiers_of = _RowsWhereIn(
+_IDENTIFIERS_OF = _rows_where_in(
     identifiers.c.profile_id, identifiers.c.profile_id, identifiers.c.type, identifiers.c.value,
     order_by=identifiers.c.first_seen_at.desc(),
 )
-_aliases_of = _RowsWhereIn(profiles.c.merged_into, profiles.c.merged_into, profiles.c.profile_id, order_by=profiles.c.profile_id)
-
-
-def _select_for(connection: Connection, statement: Callable[[int], Precompiled], values: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """Run the prebuilt statement for `len(values)` values."""
-    return statement(len(values)).execute(connection, numbered(values))
+_ALIASES_OF = _rows_where_in(profiles.c.merged_into, profiles.c.merged_into, profiles.c.profile_id, order_by=profiles.c.profile_id)
 
 
 class SqlIdentityGraph:
@@ -146,10 +116,9 @@ class SqlIdentityGraph:
         if not idents:
             return {}
         digests = [identifier_digest(ident) for ident in idents]
-        params = numbered([i.type for i in idents], "t") | numbered([i.value for i in idents], "v") | numbered(digests, "d")
         found: dict[Identifier, str] = {}
         blocked: set[str] = set()
-        for first, value, profile_id in _owners_of(len(idents)).execute(self.connection, params):
+        for first, value, profile_id in _OWNERS_OF.execute(self.connection, [i.type for i in idents], [i.value for i in idents], digests):
             if profile_id is None:
                 blocked.add(first)
             else:
@@ -160,20 +129,20 @@ class SqlIdentityGraph:
     def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
         """How many identifiers of each type every profile holds: what the limits are checked against."""
         found: dict[str, Counter[str]] = defaultdict(Counter)
-        rows = _select_for(self.connection, _type_counts_of, list(profile_ids))
+        rows = _TYPE_COUNTS_OF.execute(self.connection, profile_ids)
         for profile_id, type_, count in rows:
             found[profile_id][type_] = count
         return dict(found)
 
     def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]:
-        return {frozenset((a, b)) for a, b, _since in _select_for(self.connection, _kept_apart_of, list(profile_ids))}
+        return {frozenset((a, b)) for a, b, _since in _KEPT_APART_OF.execute(self.connection, profile_ids)}
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
         """Which identifiers belong to an erased person; those of the last `profiles_of` are not asked again."""
         if all(ident in self._blocked for ident in idents):
             return {ident for ident in idents if self._blocked[ident]}
         by_digest = {identifier_digest(ident): ident for ident in idents}
-        return {by_digest[digest] for (digest,) in _select_for(self.connection, _forgotten_of, list(by_digest))}
+        return {by_digest[digest] for (digest,) in _FORGOTTEN_OF.execute(self.connection, by_digest)}
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self.connection.execute(
@@ -227,20 +196,18 @@ class SqlIdentityGraph:
                 for merged_id in merged_ids
             ],
         )
-        moved = numbered(merged_ids) | {"b_to": survivor_id}
-        count = len(merged_ids)
-        _repoint(identifiers.c.profile_id, count).execute(self.connection, moved)
-        _retire(count).execute(self.connection, moved | {"b_at": at})
+        _REPOINT[identifiers.c.profile_id].execute(self.connection, merged_ids, b_to=survivor_id)
+        _RETIRE.execute(self.connection, merged_ids, b_to=survivor_id, b_at=at)
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
-        _repoint(profiles.c.merged_into, count).execute(self.connection, moved)
+        _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
         # Touchpoints follow, so a profile's history is one query.
-        _repoint(touchpoints.c.profile_id, count).execute(self.connection, moved)
+        _REPOINT[touchpoints.c.profile_id].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
 
     def _repoint_kept_apart(self, merged_ids: Sequence[str], survivor_id: str) -> None:
         """An unmerge's "never again" follows the profiles it named into whatever they merge with."""
-        pairs = _select_for(self.connection, _kept_apart_of, merged_ids)
+        pairs = _KEPT_APART_OF.execute(self.connection, merged_ids)
         if not pairs:
             return
         involved = kept_apart.c.profile_a.in_(list(merged_ids)) | kept_apart.c.profile_b.in_(list(merged_ids))
@@ -302,7 +269,7 @@ class SqlIdentityGraph:
         """Traits and their times per profile, each read at most once by this graph."""
         unread = [profile_id for profile_id in profile_ids if profile_id not in self._known_traits]
         if unread:
-            for profile_id, values, times in _select_for(self.connection, _traits_of_profiles, unread):
+            for profile_id, values, times in _TRAITS_OF.execute(self.connection, unread):
                 self._known_traits[profile_id] = (dict(values), dict(times))
         return {profile_id: self._known_traits[profile_id] for profile_id in profile_ids}
 
@@ -349,7 +316,7 @@ def live_profile_id(connection: Connection, profile_id: str) -> str | None:
 def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict[str, str]:
     """The surviving profile of each id (ids of no profile left out). One hop is enough: a merge points
     the losers' earlier aliases straight at the survivor."""
-    rows = _select_for(connection, _live_ids_of, profile_ids) if profile_ids else []
+    rows = _LIVE_IDS_OF.execute(connection, profile_ids)
     return {profile_id: merged_into or profile_id for profile_id, merged_into in rows}
 
 
@@ -374,11 +341,11 @@ def profile_views(connection: Connection, profile_ids: Collection[str]) -> dict[
             "profile_id": profile_id, "created_at": created_at, "updated_at": updated_at, "traits": traits,
             "identifiers": {}, "merged_profile_ids": [],
         }
-        for profile_id, created_at, updated_at, traits in _select_for(connection, _profile_rows_of, live)
+        for profile_id, created_at, updated_at, traits in _PROFILE_ROWS_OF.execute(connection, live)
     }
-    for profile_id, type_, value in _select_for(connection, _identifiers_of, live):
+    for profile_id, type_, value in _IDENTIFIERS_OF.execute(connection, live):
         views[profile_id]["identifiers"].setdefault(type_, []).append(value)
-    for survivor_id, merged_id in _select_for(connection, _aliases_of, live):
+    for survivor_id, merged_id in _ALIASES_OF.execute(connection, live):
         views[survivor_id]["merged_profile_ids"].append(merged_id)
     return {profile_id: views[live_id] for profile_id, live_id in live_of.items() if live_id in views}
 

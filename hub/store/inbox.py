@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, func, select, update
@@ -25,15 +24,13 @@ class InboxRow:
     attempts: int
 
 
-_APPEND_COLUMNS = ("dedup_key", "source_id", "message_id", "payload", "received_at", "status", "attempts", "available_at")
-# Run per event on ingest's side of the write lock, so `Precompiled`; RETURNING names the new ones.
-_APPEND = sql.precompiled_insert_skipping(inbox, ["dedup_key"], _APPEND_COLUMNS, returning="dedup_key")
+_APPEND = sql.NewRows(inbox.c.dedup_key)  # each ingest request's events, in one insert that names the new ones
 
 
 def append(connection: Connection, events: Sequence[RawEvent], received_at: datetime) -> int:
     """Store new events; returns how many were new (the rest were duplicates)."""
-    return sum(
-        len(_APPEND.execute(connection, {
+    return len(_APPEND(connection, [
+        {
             "dedup_key": event.dedup_key,
             "source_id": event.source_id,
             "message_id": event.message_id,
@@ -42,9 +39,9 @@ def append(connection: Connection, events: Sequence[RawEvent], received_at: date
             "status": "pending",
             "attempts": 0,
             "available_at": received_at,
-        }))
+        }
         for event in events
-    )
+    ]))
 
 
 # Each pipeline batch: the rows it takes, pushed back by the lease and counted as an attempt, in one statement.
@@ -66,19 +63,13 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
     return [InboxRow(*row[:-1], attempts=row[-1] - 1) for row in rows]
 
 
-@lru_cache(maxsize=64)
-def _marking_done(count: int) -> sql.Precompiled:
-    """`mark_done`'s UPDATE for `count` rows (at most a batch), built once per count and `Precompiled`."""
-    return sql.Precompiled(
-        update(inbox)
-        .where(inbox.c.id.in_(sql.placeholders(count)))
-        .values(status="done", processed_at=bindparam("p_now", type_=UTCDateTime), error=None)
-    )
+_MARK_DONE = sql.InLists(  # each pipeline batch
+    lambda ids: update(inbox).where(inbox.c.id.in_(ids)).values(status="done", processed_at=bindparam("p_now", type_=UTCDateTime), error=None)
+)
 
 
 def mark_done(connection: Connection, inbox_ids: Sequence[int], now: datetime) -> None:
-    if inbox_ids:
-        _marking_done(len(inbox_ids)).execute(connection, {"p_now": now, **sql.numbered(inbox_ids)})
+    _MARK_DONE.execute(connection, inbox_ids, p_now=now)
 
 
 def mark_failed(connection: Connection, inbox_id: int, now: datetime, error: str) -> None:

@@ -6,7 +6,6 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, desc, func, insert, literal, null, or_, select, update
@@ -266,18 +265,14 @@ def unfinished(connection: Connection, now: datetime) -> int:
     return connection.execute(query).scalar_one()
 
 
-@cache
-def _planned_since(profiles: int, channels: int) -> sql.Precompiled:
-    """Prebuilt per number of profiles and channels: the pipeline asks it for every decision it routes."""
-    return sql.Precompiled(
-        select(deliveries.c.profile_id, func.count())
-        .where(
-            deliveries.c.profile_id.in_(sql.placeholders(profiles, "p")),
-            deliveries.c.channel.in_(sql.placeholders(channels, "c")),
-            deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
-        )
-        .group_by(deliveries.c.profile_id)
+_PLANNED_SINCE = sql.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
+    lambda profiles, channels: select(deliveries.c.profile_id, func.count())
+    .where(
+        deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
+        deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
     )
+    .group_by(deliveries.c.profile_id)
+)
 
 
 def planned_since(
@@ -285,8 +280,4 @@ def planned_since(
 ) -> dict[str, int]:
     """Deliveries planned per profile on these channels since a time (profiles with none left out): what the
     daily cap counts, for a set of profiles in one statement."""
-    if not profile_ids or not channels:
-        return {}
-    statement = _planned_since(len(profile_ids), len(channels))
-    parameters = {**sql.numbered(list(profile_ids), "p"), **sql.numbered(channels, "c"), "since": since}
-    return dict(statement.execute(connection, parameters))
+    return dict(_PLANNED_SINCE.execute(connection, profile_ids, channels, since=since))

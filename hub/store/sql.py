@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -172,6 +172,37 @@ def placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
     """One bind parameter per value, for an IN a `Precompiled` statement can hold (an expanding IN is
     rendered again on every execution)."""
     return [bindparam(f"{prefix}{n}") for n in range(count)]
+
+
+class InLists:
+    """A statement with IN lists of any length, `Precompiled` once per length of each list.
+
+    `Precompiled` runs a statement as it was compiled, so an IN takes one bind
+    parameter per value (an expanding IN would be rendered again on every
+    execution). The hub's lists are short and their lengths repeat (a
+    touchpoint's identifiers, the profiles of a batch, a set's timers), so
+    few statements are kept. `build` gets one list of placeholders per IN
+    list and returns the statement; its other bind parameters are given by
+    name on each run. A list that is empty matches nothing, so no statement
+    runs and there are no rows.
+    """
+
+    def __init__(self, build: Callable[..., Executable]) -> None:
+        self._build = build
+        self._by_lengths: dict[tuple[int, ...], Precompiled] = {}
+
+    def execute(self, connection: Connection, *lists: Collection[Any], **values: Any) -> list[tuple[Any, ...]]:
+        if not all(lists):
+            return []
+        lengths = tuple(map(len, lists))
+        statement = self._by_lengths.get(lengths)
+        if statement is None:
+            prefixes = [f"in{n}_" for n in range(len(lists))]
+            built = self._build(*(placeholders(length, prefix) for length, prefix in zip(lengths, prefixes)))
+            statement = self._by_lengths[lengths] = Precompiled(built)
+        for n, listed in enumerate(lists):
+            values.update(numbered(list(listed), f"in{n}_"))
+        return statement.execute(connection, values)
 
 
 Processor = Callable[[Any], Any] | None

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, bindparam, desc, func, select
 
 from hub.model import Identifier, Touchpoint
 from hub.store.schema import UTCDateTime, touchpoints
-from hub.store.sql import Precompiled, numbered, placeholders, precompiled_insert_skipping
+from hub.store.sql import InLists, Precompiled, numbered, placeholders, precompiled_insert_skipping
 
 
 _INSERT_COLUMNS = (
@@ -114,18 +114,12 @@ def events_of(
 _KEYS = tuple(column.key for column in touchpoints.c)
 
 
-@lru_cache(maxsize=128)
-def _by_ids(count: int) -> Precompiled:
-    """Prebuilt per number of ids: the timer engine reads each set's anchors so."""
-    return Precompiled(select(touchpoints).where(touchpoints.c.touchpoint_id.in_(placeholders(count))))
+_BY_IDS = InLists(lambda ids: select(touchpoints).where(touchpoints.c.touchpoint_id.in_(ids)))  # each timer set's anchors
 
 
 def get_many(connection: Connection, touchpoint_ids: Iterable[str]) -> dict[str, Touchpoint]:
     """Touchpoints by id, in one query; ids not stored are left out."""
-    ids = list(touchpoint_ids)
-    if not ids:
-        return {}  # an empty IN is no plain bind parameter
-    rows = (dict(zip(_KEYS, row)) for row in _by_ids(len(ids)).execute(connection, numbered(ids)))
+    rows = (dict(zip(_KEYS, row)) for row in _BY_IDS.execute(connection, list(touchpoint_ids)))
     return {row["touchpoint_id"]: _touchpoint(row) for row in rows}
 
 
