@@ -45,9 +45,13 @@ def append(connection: Connection, events: Sequence[RawEvent], received_at: date
 
 
 # Each pipeline batch: the rows it takes, pushed back by the lease and counted as an attempt, in one statement.
+# Picked in (available_at, id) order, the order of ix_inbox_status_available (SQLite's indexes end in the rowid):
+# by id alone, every claim sorted the whole backlog first (500 us at 5,000 pending, growing with the backlog).
+# The lease gives the picked rows one available_at, so they come back, and are processed, in id order.
 _CLAIM = sql.Claim(
     inbox.c.id, (inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts),
-    and_(inbox.c.status == "pending", inbox.c.available_at <= bindparam("p_now", type_=UTCDateTime)), inbox.c.id,
+    and_(inbox.c.status == "pending", inbox.c.available_at <= bindparam("p_now", type_=UTCDateTime)),
+    (inbox.c.available_at, inbox.c.id),
     {"available_at": bindparam("p_until", type_=UTCDateTime), "attempts": inbox.c.attempts + 1},
 )
 

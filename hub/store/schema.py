@@ -218,7 +218,7 @@ timers = Table(
     Column("settled_at", UTCDateTime),
     Column("decision_id", String(36)),
     Index("ix_timers_status_due", "status", "due_at"),
-    Index("ix_timers_profile_rule_status", "profile_id", "rule_id", "status"),
+    Index("ix_timers_profile_rule_status_due", "profile_id", "rule_id", "status", "due_at"),
 )
 
 deliveries = Table(

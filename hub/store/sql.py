@@ -104,8 +104,8 @@ def _insert_skipping(dialect: str, table: Table, conflict_columns: tuple[str, ..
 class Claim:
     """Work rows taken and leased in one prebuilt statement, on both databases:
 
-        UPDATE table SET <lease> WHERE key IN (SELECT key FROM table WHERE <ready> ORDER BY <order>
-            LIMIT :p_limit [FOR UPDATE SKIP LOCKED]) RETURNING <order>, <columns>
+        UPDATE table SET <lease> WHERE key IN (SELECT key FROM table WHERE <ready> ORDER BY <order...>
+            LIMIT :p_limit [FOR UPDATE SKIP LOCKED]) RETURNING <order...>, <columns>
 
     On PostgreSQL the picked rows are locked with SKIP LOCKED, so concurrent
     workers take disjoint rows (SQLite leaves FOR UPDATE out: there the
@@ -114,20 +114,25 @@ class Claim:
     compiling a SELECT and an UPDATE ... IN (keys) cost more than running them.
     RETURNING shows the rows as the lease left them, and in no promised order:
     they are sorted by `order` here. `ready` and `lease` may use bind
-    parameters, given by name on each call.
+    parameters, given by name on each call. `order` should be an index's
+    columns after those `ready` pins by equality: the pick then walks the
+    index and stops at the limit, where any other order sorts every ready
+    row first, on each claim, which grows with the backlog.
     """
 
     def __init__(self, key: Column[Any], columns: Sequence[ColumnElement[Any]], ready: ColumnElement[bool],
-                 order: Column[Any], lease: Mapping[str, Any]) -> None:
+                 order: Sequence[Column[Any]], lease: Mapping[str, Any]) -> None:
         table = key.table
-        picked = select(key).where(ready).order_by(order).limit(bindparam("p_limit")).with_for_update(skip_locked=True)
-        self._statement = Precompiled(update(table).where(key.in_(picked.scalar_subquery())).values(lease).returning(order, *columns))
+        picked = select(key).where(ready).order_by(*order).limit(bindparam("p_limit")).with_for_update(skip_locked=True)
+        self._statement = Precompiled(update(table).where(key.in_(picked.scalar_subquery())).values(lease).returning(*order, *columns))
+        self._sort_key = itemgetter(*range(len(order)))
+        self._first_column = len(order)
 
     def __call__(self, connection: Connection, limit: int, **values: Any) -> list[tuple[Any, ...]]:
         """Up to `limit` rows, each its `columns`, in `order`."""
         rows = self._statement.execute(connection, {"p_limit": limit, **values})
-        rows.sort(key=itemgetter(0))
-        return [row[1:] for row in rows]
+        rows.sort(key=self._sort_key)
+        return [row[self._first_column:] for row in rows]
 
 
 def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnElement[bool], due_at: Column[Any]) -> Claim:
@@ -141,7 +146,7 @@ def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnE
     assert isinstance(table, Table)
     now = bindparam("p_now", type_=due_at.type)
     ready = and_(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
-    return Claim(key, (key, *columns), ready, due_at, {"claimed_until": bindparam("p_until", type_=due_at.type)})
+    return Claim(key, (key, *columns), ready, (due_at,), {"claimed_until": bindparam("p_until", type_=due_at.type)})
 
 
 def lock_profiles(connection: Connection) -> None:
