@@ -1,16 +1,21 @@
-"""Who owns an identifier, remembered across a pipeline's write transactions and exact beside other writers.
+"""Who owns an identifier, and a profile's traits, remembered across a pipeline's write transactions and
+exact beside other writers.
 
 Most touchpoints are returning visitors whose identifiers all belong to one
 profile, and asking SQL who owns them was a third of such a touchpoint's
-cost. `IdentityCache` remembers identifier -> owner between transactions
-(with the merges this process made, to follow aliases); `EpochCachedGraph`
-answers `profiles_of` from it when every identifier is in it, and asks SQL
-otherwise. Unlike `hub.identity_cache.CachedIdentityGraph`, which holds the
-whole graph for a single writer, it never answers from what another
-process may have changed:
+cost; reading the profile's traits, which every event's rules see, was
+another statement. `IdentityCache` remembers identifier -> owner between
+transactions (with the merges this process made, to follow aliases), and
+the traits the pipeline read or wrote; `EpochCachedGraph` answers
+`profiles_of` from it when every identifier is in it, and asks SQL
+otherwise, and reads a profile's traits from SQL only the first time.
+Unlike `hub.identity_cache.CachedIdentityGraph`, which holds the whole graph
+for a single writer, it never answers from what another process may have
+changed:
 
-- triggers bump `graph_epoch` on every write to identity state (migration
-  i7_graph_epoch), so no writer path can forget to;
+- triggers bump `graph_epoch` on every write to identity state and to
+  traits (migrations i7_graph_epoch, i9_trait_epoch), so no writer path can
+  forget to;
 - every identity writer holds the profiles lock (`lock_profiles`) until it
   commits. A transaction takes it, reads the epoch and empties the cache if
   the epoch moved since its last commit; until it commits nobody else
@@ -32,24 +37,26 @@ from sqlalchemy import Connection, event
 
 from hub.identity_cache import survivor_of
 from hub.model import Identifier
-from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
+from hub.store.identity_graph import SqlIdentityGraph, Traits, graph_epoch_value
 from hub.store.sql import lock_profiles
 
-DEFAULT_CACHE_SIZE = 1_000_000  # identifiers and aliases held before the cache starts over (~190 MB when full)
+DEFAULT_CACHE_SIZE = 1_000_000  # identifiers, aliases and profiles' traits held before the cache starts over
 
 
 class IdentityCache:
-    """Identifier owners valid for one graph epoch; one per pipeline, used by one thread at a time."""
+    """Identifier owners and profiles' traits valid for one graph epoch; one per pipeline, used by one thread
+    at a time."""
 
     def __init__(self, limit: int = DEFAULT_CACHE_SIZE) -> None:
         self.limit = limit
         self.owner: dict[Identifier, str] = {}
         self.merged_into: dict[str, str] = {}  # merges this process made since the cache last started over
+        self.traits: dict[str, Traits] = {}  # filled and kept current by the `EpochCachedGraph`s that share it
         self.epoch: int | None = None  # the graph epoch the cache is exact for; None: not yet known
 
     def clear(self, *_event_args: Any) -> None:
         """Forget everything (the arguments are a rollback event's, ignored)."""
-        self.owner, self.merged_into, self.epoch = {}, {}, None
+        self.owner, self.merged_into, self.traits, self.epoch = {}, {}, {}, None
 
     @contextmanager
     def cleared_on_error(self) -> Iterator[None]:
@@ -71,7 +78,7 @@ class IdentityCache:
         commit fails.
         """
         lock_profiles(connection)
-        if graph_epoch_value(connection) != self.epoch:
+        if graph_epoch_value(connection) != self.epoch or len(self.traits) > self.limit:
             self.clear()
         for rollback in ("rollback", "rollback_savepoint"):
             event.listen(connection, rollback, self.clear)
@@ -91,7 +98,7 @@ class IdentityCache:
     def learn(self, owners: Mapping[Identifier, str]) -> None:
         """Remember owners, starting over when they would not fit (`limit` 0: remember nothing)."""
         if len(self.owner) + len(self.merged_into) + len(owners) > self.limit:
-            self.owner, self.merged_into = {}, {}  # still exact for its epoch: empty
+            self.owner, self.merged_into = {}, {}  # still exact for its epoch: empty (traits are held to the limit apart)
         if len(owners) <= self.limit:
             self.owner.update(owners)
 
@@ -101,7 +108,8 @@ class IdentityCache:
 
 
 class EpochCachedGraph(SqlIdentityGraph):
-    """`SqlIdentityGraph` for one pipeline row, whose `profiles_of` asks the cache first.
+    """`SqlIdentityGraph` for one pipeline row, whose `profiles_of` asks the cache first and whose known
+    traits are the cache's.
 
     Writes go to SQL at once, as before (the rest of the row reads the rows
     they make), and into the cache.
@@ -110,6 +118,7 @@ class EpochCachedGraph(SqlIdentityGraph):
     def __init__(self, connection: Connection, cache: IdentityCache) -> None:
         super().__init__(connection)
         self.cache = cache
+        self._known_traits = cache.traits  # what `SqlIdentityGraph` remembers of one unit of work, kept for the next
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         """From the cache when every identifier is there; else all from SQL, which also answers `forgotten`."""

@@ -100,7 +100,7 @@ def identity_writes(first: str, second: str) -> dict[str, Executable]:
     }
 
 
-def test_every_kind_of_identity_write_moves_the_epoch_and_profile_or_trait_writes_do_not(store: Store) -> None:
+def test_every_kind_of_identity_or_trait_write_moves_the_epoch_and_a_new_profile_does_not(store: Store) -> None:
     def moved_by(change: Callable[[Connection], Any]) -> int:
         before = epoch(store)
         with store.write() as connection:
@@ -109,9 +109,46 @@ def test_every_kind_of_identity_write_moves_the_epoch_and_profile_or_trait_write
 
     made: list[str] = []
     assert moved_by(lambda connection: made.extend(SqlIdentityGraph(connection).create_profile(T0) for _ in range(2))) == 0
-    assert moved_by(lambda connection: SqlIdentityGraph(connection).update_traits(made[0], {"plan": "pro"}, T0)) == 0
+    assert moved_by(lambda connection: SqlIdentityGraph(connection).update_traits(made[0], {"plan": "pro"}, T0)) > 0
+    assert moved_by(lambda connection: connection.execute(update(profiles).values(updated_at=T0))) == 0
     for name, statement in identity_writes(*sorted(made)).items():
         assert moved_by(lambda connection: connection.execute(statement)) > 0, name
+
+
+def traits_seen(store: Store, cache: IdentityCache, profile_id: str) -> tuple[dict[str, Any], list[str]]:
+    """A profile's traits as the pipeline's next transaction with `cache` sees them, and the statements it sent
+    to read them."""
+    sent: list[str] = []
+    with store.write() as connection, cache.locked(connection):
+        event.listen(connection, "before_cursor_execute", lambda _connection, _cursor, statement, *_: sent.append(statement))
+        return EpochCachedGraph(connection, cache).traits(profile_id), [s for s in sent if "profiles.traits" in s]
+
+
+def test_traits_are_read_once_and_another_writers_change_reaches_the_next_transaction(store: Store) -> None:
+    cache = IdentityCache()
+    with store.write() as connection, cache.locked(connection):
+        graph = EpochCachedGraph(connection, cache)
+        profile_id = graph.create_profile(T0)
+        graph.update_traits(profile_id, {"plan": "free"}, T0)
+    assert traits_seen(store, cache, profile_id) == ({"plan": "free"}, [])  # kept from the transaction that wrote them
+    with store.write() as connection:
+        lock_profiles(connection)
+        SqlIdentityGraph(connection).update_traits(profile_id, {"plan": "pro", "sms_opt_out": True}, T0 + timedelta(days=1))
+    traits, reads = traits_seen(store, cache, profile_id)
+    assert traits == {"plan": "pro", "sms_opt_out": True} and len(reads) == 1
+
+
+def test_traits_written_in_a_rolled_back_savepoint_are_not_seen_afterwards(store: Store) -> None:
+    cache = IdentityCache()
+    with store.write() as connection, cache.locked(connection):
+        graph = EpochCachedGraph(connection, cache)
+        profile_id = graph.create_profile(T0)
+        graph.update_traits(profile_id, {"plan": "free"}, T0)
+        savepoint = connection.begin_nested()
+        EpochCachedGraph(connection, cache).update_traits(profile_id, {"plan": "rolled back"}, T0 + timedelta(days=1))
+        savepoint.rollback()
+        assert EpochCachedGraph(connection, cache).traits(profile_id) == {"plan": "free"}
+    assert traits_seen(store, cache, profile_id)[0] == {"plan": "free"}
 
 
 def test_the_epoch_migration_downgrades_to_the_schema_before_it(store: Store) -> None:
