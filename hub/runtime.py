@@ -83,7 +83,7 @@ class Hub:
             self.store, self.mappings, self.rulebook, responder,
             PipelineConfig(
                 settings.worker_batch_size, lease, settings.pipeline_max_attempts, settings.default_phone_region,
-                self.identity, settings.identity_cache_size,
+                self.identity, settings.identity_cache_size, settings.pipeline_backlog_batch_size,
             ),
             deliveries_planned=partial(self.wakeups.announce, "delivery"),
             timers_armed=partial(self.wakeups.announce, "timers"),

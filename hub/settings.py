@@ -100,6 +100,11 @@ class HubSettings(BaseSettings):
     breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
 
     worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
+    pipeline_backlog_batch_size: int = Field(
+        200, ge=1,
+        description="While the inbox has a backlog (each claim comes back full), the pipeline doubles its claims from "
+                    "HUB_WORKER_BATCH_SIZE up to this: fewer commits, but SQLite's write lock held longer (~0.25 ms a row).",
+    )
     timer_batch_size: int = Field(
         100, ge=1, description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers)."
     )

@@ -73,6 +73,22 @@ def test_a_batch_of_good_rows_runs_in_one_savepoint(tmp_path: Path) -> None:
     assert count(hub, touchpoints) == 4
 
 
+def test_claims_grow_while_the_inbox_has_a_backlog_and_shrink_once_it_is_drained(tmp_path: Path) -> None:
+    hub = Hub(make_settings(tmp_path, quiet_hours="", worker_batch_size=2, pipeline_backlog_batch_size=8))
+
+    def handled_per_batch(*messages: dict) -> list[int]:
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
+        handled = []
+        while batch := hub.pipeline.run_once():
+            handled.append(batch)
+        return handled
+
+    assert handled_per_batch(*(cart(f"user{n}") for n in range(30))) == [2, 4, 8, 8, 8]
+    assert handled_per_batch(*(cart(f"later{n}") for n in range(3))) == [2, 1]  # caught up: back to 2
+    assert count(hub, touchpoints) == 33
+
+
 def test_a_bad_row_is_quarantined_and_its_neighbours_commit_each_counted_once(tmp_path: Path) -> None:
     hub = hub_on(tmp_path)
     processed, fired = metric("hub_touchpoints_processed_total"), metric("hub_decisions_total", rule="post_purchase_support")
