@@ -5,7 +5,8 @@ profile behind in it. Each test runs on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -124,12 +125,20 @@ def traits_seen(store: Store, cache: IdentityCache, profile_id: str) -> tuple[di
         return EpochCachedGraph(connection, cache).traits(profile_id), [s for s in sent if "profiles.traits" in s]
 
 
-def test_traits_are_read_once_and_another_writers_change_reaches_the_next_transaction(store: Store) -> None:
-    cache = IdentityCache()
+@contextmanager
+def free_plan_profile(store: Store, cache: IdentityCache) -> Iterator[tuple[Connection, str]]:
+    """A pipeline transaction with `cache` that made a profile on the free plan; the block runs before it commits."""
     with store.write() as connection, cache.locked(connection):
         graph = EpochCachedGraph(connection, cache)
         profile_id = graph.create_profile(T0)
         graph.update_traits(profile_id, {"plan": "free"}, T0)
+        yield connection, profile_id
+
+
+def test_traits_are_read_once_and_another_writers_change_reaches_the_next_transaction(store: Store) -> None:
+    cache = IdentityCache()
+    with free_plan_profile(store, cache) as (_, profile_id):
+        pass
     assert traits_seen(store, cache, profile_id) == ({"plan": "free"}, [])  # kept from the transaction that wrote them
     with store.write() as connection:
         lock_profiles(connection)
@@ -140,10 +149,7 @@ def test_traits_are_read_once_and_another_writers_change_reaches_the_next_transa
 
 def test_traits_written_in_a_rolled_back_savepoint_are_not_seen_afterwards(store: Store) -> None:
     cache = IdentityCache()
-    with store.write() as connection, cache.locked(connection):
-        graph = EpochCachedGraph(connection, cache)
-        profile_id = graph.create_profile(T0)
-        graph.update_traits(profile_id, {"plan": "free"}, T0)
+    with free_plan_profile(store, cache) as (connection, profile_id):
         savepoint = connection.begin_nested()
         EpochCachedGraph(connection, cache).update_traits(profile_id, {"plan": "rolled back"}, T0 + timedelta(days=1))
         savepoint.rollback()
