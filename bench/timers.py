@@ -230,13 +230,9 @@ def query_plans(hub: Hub, now: datetime, user: str) -> dict[str, list[str]]:
         while hub.pipeline.run_once():
             continue
     with hub.store.read() as connection:
-        plans = {text: _plan(connection, text, parameters) for text, parameters in statements.on("timers")}
+        plans = {text: sql.query_plan(connection, text, parameters) for text, parameters in statements.on("timers")}
     hub.store.dispose()
     return plans
-
-
-def _plan(connection: Connection, statement: str, parameters: Any) -> list[str]:
-    return [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()]
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, event
 
 from hub.model import RawEvent
 from hub.store import Store, inbox, timers, touchpoints
+from hub.store.sql import query_plan
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=5)
@@ -41,9 +42,7 @@ def plans_of(connection: Connection, table: str) -> Iterator[list[str]]:
         yield plans
     finally:
         event.remove(connection, "before_cursor_execute", catch)
-    for statement, parameters in caught:
-        steps = connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()
-        plans.append(" | ".join(step[-1] for step in steps))
+    plans.extend(" | ".join(query_plan(connection, statement, parameters)) for statement, parameters in caught)
 
 
 @pytest.mark.parametrize(("cancel", "rearm"), [(1, 0), (2, 0), (0, 1), (1, 1), (3, 2)])

@@ -46,7 +46,7 @@ def append(connection: Connection, events: Sequence[RawEvent], received_at: date
 
 # Each pipeline batch: the rows it takes, pushed back by the lease and counted as an attempt, in one statement.
 # Picked in (available_at, id) order, the order of ix_inbox_status_available (SQLite's indexes end in the rowid):
-# by id alone, every claim sorted the whole backlog first (500 us at 5,000 pending, growing with the backlog).
+# by id alone, every claim sorted the whole backlog first (a claim of 25: 7.7 ms at 100,000 pending, now 0.2 ms).
 # The lease gives the picked rows one available_at, so they come back, and are processed, in id order.
 _CLAIM = sql.Claim(
     inbox.c.id, (inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts),

@@ -125,14 +125,13 @@ class Claim:
         table = key.table
         picked = select(key).where(ready).order_by(*order).limit(bindparam("p_limit")).with_for_update(skip_locked=True)
         self._statement = Precompiled(update(table).where(key.in_(picked.scalar_subquery())).values(lease).returning(*order, *columns))
-        self._sort_key = itemgetter(*range(len(order)))
-        self._first_column = len(order)
+        self._ordered_by = len(order)  # RETURNING's leading columns, sorted on
 
     def __call__(self, connection: Connection, limit: int, **values: Any) -> list[tuple[Any, ...]]:
         """Up to `limit` rows, each its `columns`, in `order`."""
         rows = self._statement.execute(connection, {"p_limit": limit, **values})
-        rows.sort(key=self._sort_key)
-        return [row[self._first_column:] for row in rows]
+        rows.sort(key=itemgetter(slice(self._ordered_by)))
+        return [row[self._ordered_by:] for row in rows]
 
 
 def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnElement[bool], due_at: Column[Any]) -> Claim:
@@ -147,6 +146,12 @@ def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnE
     now = bindparam("p_now", type_=due_at.type)
     ready = and_(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
     return Claim(key, (key, *columns), ready, (due_at,), {"claimed_until": bindparam("p_until", type_=due_at.type)})
+
+
+def query_plan(connection: Connection, statement: str, parameters: Any) -> list[str]:
+    """SQLite's EXPLAIN QUERY PLAN of a statement as a driver ran it, one step per line: whether it searches
+    an index or walks a table, and whether it sorts first (a bench's report, a test's assertion)."""
+    return [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()]
 
 
 def lock_profiles(connection: Connection) -> None:

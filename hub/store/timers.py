@@ -90,9 +90,11 @@ def _settling(cancels: int, rearms: int) -> sql.Precompiled:
     event, one of a rule it cancels that it falls inside of is cancelled; any
     other, of a rule it arms, is superseded (the wait restarts). One plain
     bind parameter per rule: expanding IN lists are rendered again on every
-    execution, which costs as much as running the statement. `due_at` stays
-    out of the top-level terms: without statistics, SQLite would then walk
-    (status, due_at) over every pending timer due later, not the profile's.
+    execution, which costs as much as running the statement. The profile's
+    index ends in `due_at` (migration i8_timers_profile_due), so every shape
+    searches the profile's timers; before it, SQLite (without statistics)
+    ran a cancels-only shape, whose `due_at` term is top-level, down
+    (status, due_at): every pending timer due later, not the profile's.
     """
     cancel, rearm = sql.placeholders(cancels, "p_cancel_"), sql.placeholders(rearms, "p_rearm_")
     at = bindparam("p_at", type_=UTCDateTime)
