@@ -15,6 +15,7 @@ from hub.rules import load_rules
 from hub.schemas import SCHEMAS, render
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 from hub.store import Store
+from hub.store.engine import WAL_AUTOCHECKPOINT_PAGES
 from hub.store.schema import metadata
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,11 +33,12 @@ def test_migrations_produce_exactly_the_schema_the_code_uses(database_url: str) 
     store.dispose()
 
 
-def test_sqlite_store_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
+def test_sqlite_store_runs_in_wal_mode_with_full_sync_and_large_checkpoints(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/w.db")
     with store.read() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+        assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_AUTOCHECKPOINT_PAGES
 
 
 def test_committed_json_schemas_are_generated_from_the_models() -> None:
