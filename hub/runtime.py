@@ -190,7 +190,7 @@ class Hub:
         except ValueError as exc:
             raise ConfigError(f"HUB_QUIET_HOURS / HUB_DEFAULT_TIMEZONE: {exc}") from None
         policy = ContactPolicy(daily_cap=settings.daily_message_cap, quiet_hours=quiet_hours)
-        templates = TemplateRenderer(settings.mappings_dir / "templates")
+        templates = TemplateRenderer(settings.mappings_dir / "templates", settings.rules_reload_seconds)
         return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy)
 
     def _build_rulebook(self) -> RuleBook:

@@ -130,7 +130,7 @@ class HubSettings(BaseSettings):
     )
     default_timezone: str = Field("UTC", description="Time zone of profiles without a `timezone` trait.")
     daily_message_cap: int = Field(5, ge=1, description="Most messages one profile gets from all rules in 24 hours.")
-    rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml is checked for edits.")
+    rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml and message templates are checked for edits.")
 
     log_level: str = "INFO"
     log_json: bool = False

@@ -95,3 +95,14 @@ def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_pat
     write(mappings / "triggers.yaml", "rules: [{id: promo}]")
     assert send("Promo Clicked") == {"promo": 2}  # the last good rules still run
     assert hub.rulebook.last_error
+
+
+@pytest.mark.parametrize(("recheck_seconds", "expected"), [(0, "Edited hello"), (3600, "Hello")])
+def test_an_edited_template_is_picked_up_once_its_recheck_period_has_passed(
+    tmp_path: Path, recheck_seconds: float, expected: str
+) -> None:
+    write(tmp_path / "greeting.j2", "Hello")
+    renderer = TemplateRenderer(tmp_path, recheck_seconds=recheck_seconds)
+    assert renderer.render("greeting.j2", {}) == {"body": "Hello"}
+    write(tmp_path / "greeting.j2", "Edited hello")
+    assert renderer.render("greeting.j2", {}) == {"body": expected}  # within the period the file is not looked at
