@@ -32,7 +32,8 @@ _READ_ONLY = "hub_read_only"
 # rewritten since the last, and the hub rewrites the same index pages batch after batch, so
 # fewer, larger checkpoints copy less: 300,000 events with 100 rules ran 2,661-2,867/s at
 # 1,000 pages, 2,950 at 5,000, 3,244 at 20,000 and 3,188 at 100,000 (bench/README.md).
-# The price: a WAL file of up to ~80 MB, and the commit that checkpoints takes longer (~0.1 s at 300,000 events).
+# The price: a WAL file of up to ~80 MB, and the commit that checkpoints takes longer
+# (up to ~0.1 s at 300,000 events).
 WAL_AUTOCHECKPOINT_PAGES = 20_000
 
 
