@@ -170,15 +170,15 @@ def test_the_timer_worker_sees_the_next_due_timer_no_worker_holds_and_settles_a_
         assert timers.next_due(connection, T0) is None
 
 
-def test_touchpoints_are_read_back_by_id(store: Store) -> None:
+def test_touchpoints_are_stored_once_and_read_back_by_id(store: Store) -> None:
     stored = [
         Touchpoint(f"tp{n}", "default", f"m{n}", "track", "Cart Viewed", "consideration", "cart", T0 + timedelta(seconds=n), T0,
                    (Identifier("user_id", f"u{n}"),), properties={"n": n}, context={"ip": "127.0.0.1"}, mapping_version="1")
         for n in range(3)
     ]
     with store.write() as connection:
-        for n, touchpoint in enumerate(stored):
-            touchpoints.insert(connection, touchpoint, "profile", n + 1)
+        assert [touchpoints.insert(connection, touchpoint, "profile", n + 1) for n, touchpoint in enumerate(stored)] == [True] * 3
+        assert not touchpoints.insert(connection, stored[1], "profile", 9)  # a replay: already stored, nothing follows
         assert touchpoints.get_many(connection, ["tp2", "tp0", "missing"]) == {"tp0": stored[0], "tp2": stored[2]}
         assert touchpoints.get_many(connection, []) == {}
 

@@ -19,13 +19,13 @@ _INSERT_COLUMNS = (
     "touchpoint_id", "inbox_id", "source_id", "message_id", "kind", "event", "stage", "moment", "profile_id",
     "occurred_at", "received_at", "identifiers", "properties", "traits", "context", "mapping_version",
 )
-# Per event, so `Precompiled`; RETURNING names the touchpoint only when it was new.
-_INSERT = precompiled_insert_skipping(touchpoints, ["touchpoint_id"], _INSERT_COLUMNS, returning="touchpoint_id")
+# Per event, so `Precompiled`; its rowcount says whether the touchpoint was new.
+_INSERT = precompiled_insert_skipping(touchpoints, ["touchpoint_id"], _INSERT_COLUMNS)
 
 
 def insert(connection: Connection, touchpoint: Touchpoint, profile_id: str, inbox_id: int) -> bool:
     """Store a touchpoint; False when its deterministic id was already stored (a replay)."""
-    return bool(_INSERT.execute(connection, {
+    return bool(_INSERT.changed(connection, {
         "touchpoint_id": touchpoint.touchpoint_id,
         "inbox_id": inbox_id,
         "source_id": touchpoint.source_id,
