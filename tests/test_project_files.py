@@ -33,12 +33,13 @@ def test_migrations_produce_exactly_the_schema_the_code_uses(database_url: str) 
     store.dispose()
 
 
-def test_sqlite_store_runs_in_wal_mode_with_full_sync_and_large_checkpoints(tmp_path: Path) -> None:
+def test_sqlite_store_runs_in_wal_mode_with_full_sync_large_checkpoints_and_journals_in_memory(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path}/w.db")
     with store.read() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
         assert connection.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == WAL_AUTOCHECKPOINT_PAGES
+        assert connection.exec_driver_sql("PRAGMA temp_store").scalar() == 2  # MEMORY: savepoint sub-journals
 
 
 def test_committed_json_schemas_are_generated_from_the_models() -> None:

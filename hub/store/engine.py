@@ -62,6 +62,10 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     # pages of the identifiers index, and re-reading them from the OS halved throughput.
     cursor.execute("PRAGMA cache_size=-65536")
     cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+    # The pipeline runs each batch inside a savepoint, so SQLite keeps the first image of every page
+    # the batch changes in a sub-journal, a temporary file by default: a write(2) per page, 12 of
+    # the 30 microseconds a touchpoint insert took at 100,000 touchpoints. In memory it is a copy.
+    cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
 
 
