@@ -7,6 +7,7 @@ no knowledge of storage or HTTP.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -17,9 +18,24 @@ from typing import Any, NamedTuple
 HUB_NAMESPACE = uuid.UUID("6f1c1f7e-5b7a-4a8e-9a57-0c3d2f4b9e10")
 
 
+_NAMESPACE_HASH = hashlib.sha1(HUB_NAMESPACE.bytes, usedforsecurity=False)
+
+
 def derived_id(*parts: str) -> str:
-    """A UUIDv5 over the parts: the same inputs give the same id on any node, on any replay."""
-    return str(uuid.uuid5(HUB_NAMESPACE, "\x1f".join(parts)))
+    """A UUIDv5 over the parts: the same inputs give the same id on any node, on any replay.
+
+    `uuid.uuid5`'s own steps (RFC 9562: SHA-1 of namespace and name, version
+    and variant bits, hyphenated hex) without its UUID object, which cost two
+    thirds of its 3.9 microseconds; the pipeline derives several ids per event.
+    tests/test_model.py holds it to `uuid.uuid5`.
+    """
+    digest = _NAMESPACE_HASH.copy()
+    digest.update("\x1f".join(parts).encode())
+    raw = bytearray(digest.digest()[:16])
+    raw[6] = raw[6] & 0x0F | 0x50  # version 5
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC variant
+    hex_ = raw.hex()
+    return f"{hex_[:8]}-{hex_[8:12]}-{hex_[12:16]}-{hex_[16:20]}-{hex_[20:]}"
 
 
 @dataclass(frozen=True, slots=True)
