@@ -279,8 +279,9 @@ class Precompiled:
 
         For one execution this is exact on both drivers, an INSERT ... ON
         CONFLICT DO NOTHING that skipped included (0). It is how a per-event
-        insert learns whether its row was new without RETURNING, which cost
-        SQLite 20 of its 45 microseconds per touchpoint (bench/README, sixth session).
+        insert learns whether its row was new without RETURNING: inside the
+        pipeline's savepoint the touchpoint insert took SQLite 45 microseconds
+        with it, 30 without (bench/README, sixth session).
         """
         return self._run(connection, values)[2]
 
