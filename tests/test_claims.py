@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import bindparam, insert, select
+from sqlalchemy import event as sqlalchemy_event
 
 from hub.model import Decision, Identifier, PlannedDelivery, RawEvent, Touchpoint
 from hub.store import Store, decisions, inbox, outbox, timers, touchpoints
@@ -181,6 +182,30 @@ def test_touchpoints_are_stored_once_and_read_back_by_id(store: Store) -> None:
         assert not touchpoints.insert(connection, stored[1], "profile", 9)  # a replay: already stored, nothing follows
         assert touchpoints.get_many(connection, ["tp2", "tp0", "missing"]) == {"tp0": stored[0], "tp2": stored[2]}
         assert touchpoints.get_many(connection, []) == {}
+
+
+def test_lists_and_rows_of_any_length_share_a_few_statements_and_read_as_given(store: Store) -> None:
+    """Lengths are padded to powers of two (`sql.padded`): 1 to 40 ids take 7 statements, 1 to 7 rows 4, and the
+    repeated id or row changes nothing."""
+    stored = [
+        Touchpoint(f"tp{n}", "default", f"m{n}", "track", "Cart Viewed", "consideration", "cart", T0, T0,
+                   (Identifier("user_id", f"u{n}"),), mapping_version="1")
+        for n in range(40)
+    ]
+    texts: set[str] = set()
+    with store.write() as connection:
+        for n, touchpoint in enumerate(stored):
+            touchpoints.insert(connection, touchpoint, "profile", n + 1)
+        sqlalchemy_event.listen(connection, "before_cursor_execute", lambda *args: texts.add(args[2]))
+        for count in range(1, 41):
+            assert touchpoints.get_many(connection, [f"tp{n}" for n in range(count)]) == {t.touchpoint_id: t for t in stored[:count]}
+        assert len(texts) == 7
+        texts.clear()
+        for count in range(1, 8):  # 3 rows go in as 4, the third repeated
+            assert decisions.record(connection, [(decision(100 * count + n), []) for n in range(count)], T0) == {
+                f"decision-{100 * count + n}" for n in range(count)
+            }
+        assert len(texts) == 4
 
 
 def test_precompiled_refuses_what_sqlalchemy_would_compute_per_execution(store: Store) -> None:

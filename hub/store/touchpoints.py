@@ -12,7 +12,7 @@ from sqlalchemy import Connection, bindparam, desc, func, select
 
 from hub.model import Identifier, Touchpoint
 from hub.store.schema import UTCDateTime, touchpoints
-from hub.store.sql import InLists, Precompiled, numbered, placeholders, precompiled_insert_skipping
+from hub.store.sql import InLists, Precompiled, numbered, padded, placeholders, precompiled_insert_skipping
 
 
 _INSERT_COLUMNS = (
@@ -55,9 +55,9 @@ _EVENT_KEYS = tuple(column.key for column in _EVENT_COLUMNS)
 
 @lru_cache(maxsize=256)
 def _events_query(profiles: int, names: int | None, by_stage: bool, by_moment: bool) -> Precompiled:
-    """Built once per shape (how many profiles, how many event names) with a bind parameter per value,
-    and `Precompiled`: rules ask this on every event, and building a SQLAlchemy statement, or
-    rendering an expanding IN, costs more than running it."""
+    """Built once per shape (how many profiles, how many event names, each `padded`) with a bind
+    parameter per value, and `Precompiled`: rules ask this on every event, and building a SQLAlchemy
+    statement, or rendering an expanding IN, costs more than running it."""
     query = select(*_EVENT_COLUMNS).where(
         touchpoints.c.profile_id.in_(placeholders(profiles, "profile_")),
         touchpoints.c.occurred_at >= bindparam("since", type_=UTCDateTime),
@@ -97,7 +97,7 @@ def events_of(
     moment: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`events` of several profiles in one query (the timer engine reads a batch's follow-ups so), by profile id."""
-    profile_ids, names = list(profile_ids), None if names is None else list(names)
+    profile_ids, names = padded(list(profile_ids)), None if names is None else padded(list(names))
     if not profile_ids or names == []:
         return {}  # nothing can match (and an empty IN is no plain bind parameter)
     query = _events_query(len(profile_ids), None if names is None else len(names), stage is not None, moment is not None)
