@@ -37,13 +37,20 @@ _READ_ONLY = "hub_read_only"
 WAL_AUTOCHECKPOINT_PAGES = 20_000
 
 
+# Prepared statements the sqlite3 module keeps per connection (its default: 128). Threads share the
+# pool's connections, so each sees nearly every statement of the process: in a one-process hub at
+# 1,000 events/s with 100 rules, 178 distinct statements, 166 of them on one connection. Past the
+# cache, each statement is prepared again (parsed and planned) on every run.
+CACHED_STATEMENTS = 512
+
+
 def create_store_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True, future=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True,
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30, "cached_statements": CACHED_STATEMENTS}, future=True,
                            json_serializer=json_text.dumps, json_deserializer=json_text.loads)
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
