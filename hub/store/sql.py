@@ -189,10 +189,9 @@ def padded(values: Sequence[T]) -> list[T]:
     lengths up to 128 take 8 statements, for at most twice the values, on
     statements where a repeated value or row changes nothing.
     """
-    if not values:
-        return []
-    size = 1 << (len(values) - 1).bit_length()
-    return [*values, *[values[-1]] * (size - len(values))]
+    count = len(values)
+    size = 1 << (count - 1).bit_length() if count else 0
+    return list(values) if size == count else [*values, *[values[-1]] * (size - count)]
 
 
 def placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
@@ -223,7 +222,7 @@ class InLists:
     def execute(self, connection: Connection, *lists: Collection[Any], **values: Any) -> list[tuple[Any, ...]]:
         if not all(lists):
             return []
-        lists = tuple(padded(list(listed)) for listed in lists)
+        lists = tuple(padded(listed if isinstance(listed, Sequence) else list(listed)) for listed in lists)
         lengths = tuple(map(len, lists))
         statement = self._by_lengths.get(lengths)
         if statement is None:
