@@ -185,7 +185,8 @@ def padded(values: Sequence[T]) -> list[T]:
     and a set's lengths vary with what it holds: the timer engine, firing
     sets of up to 100 timers, compiled a statement for every new length it
     met, which cost a fifth of its time in a 10-second latency run, and kept
-    180 statements where SQLite's per-connection cache holds 128. Padded,
+    180 statements where the sqlite3 module's per-connection cache held 128
+    (SQLite then parses and plans a statement again on each run). Padded,
     lengths up to 128 take 8 statements, for at most twice the values, on
     statements where a repeated value or row changes nothing.
     """
@@ -207,11 +208,11 @@ class InLists:
     parameter per value (an expanding IN would be rendered again on every
     execution). The hub's lists are short (a touchpoint's identifiers, the
     profiles of a batch, a set's timers) and each is `padded` to a power of
-    two, so lists of 1 to 128 values take 8 statements, not 128. `build` gets one
-    list of placeholders per IN list and returns the statement; it must
-    treat each list as a set (IN, an OR of equalities), where a value given
-    twice means what it means once. Its other bind parameters are given by
-    name on each run. A list that is empty matches nothing, so no statement
+    two, so lists of 1 to 128 values take 8 statements, not 128. `build`
+    gets one list of placeholders per IN list and returns the statement; it
+    must treat each list as a set (IN, an OR of equalities), where a value
+    given twice means what it means once. Its other bind parameters are
+    given by name on each run. A list that is empty matches nothing, so no statement
     runs and there are no rows.
     """
 
