@@ -208,6 +208,15 @@ def test_lists_and_rows_of_any_length_share_a_few_statements_and_read_as_given(s
         assert len(texts) == 4
 
 
+def test_a_list_too_long_to_pad_keeps_its_length(store: Store) -> None:
+    """40,000 ids padded would be 65,536 bound parameters, past PostgreSQL's 65,535."""
+    with store.write() as connection:
+        inbox.append(connection, [RawEvent("default", str(n), {}) for n in range(3)], T0)
+        claimed = [row.id for row in inbox.claim(connection, 3, T0, LEASE)]
+        inbox.mark_done(connection, [*claimed, *range(max(claimed) + 1, max(claimed) + 39_998)], T0)
+        assert inbox.count_by_status(connection) == {"done": 3}
+
+
 def test_precompiled_refuses_what_sqlalchemy_would_compute_per_execution(store: Store) -> None:
     """An expanding IN and a Python-side column default would otherwise run as NULL or as broken SQL."""
     expanding = Precompiled(select(inbox_table.c.id).where(inbox_table.c.id.in_(bindparam("ids", expanding=True))))

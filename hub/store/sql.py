@@ -178,8 +178,15 @@ def numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
     return {f"{prefix}{n}": value for n, value in enumerate(values)}
 
 
+# Longer lists keep their length: that many values come only from a batch size set that high, and
+# doubling them could pass a limit on bound parameters per statement (PostgreSQL's protocol: 65,535;
+# SQLite as built by default: 32,766).
+PADDED_UP_TO = 1024
+
+
 def padded(values: Sequence[T]) -> list[T]:
-    """The values, the last repeated up to the next power of two in length (none stay none).
+    """The values, the last repeated up to the next power of two in length (none stay none; more than
+    `PADDED_UP_TO` stay as many).
 
     A prebuilt statement is compiled once per length of its lists or rows,
     and a set's lengths vary with what it holds: the timer engine, firing
@@ -192,7 +199,9 @@ def padded(values: Sequence[T]) -> list[T]:
     """
     count = len(values)
     size = 1 << (count - 1).bit_length() if count else 0
-    return list(values) if size == count else [*values, *[values[-1]] * (size - count)]
+    if size == count or count > PADDED_UP_TO:
+        return list(values)
+    return [*values, *[values[-1]] * (size - count)]
 
 
 def placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
