@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from operator import itemgetter
@@ -184,9 +184,9 @@ def numbered(values: Sequence[Any], prefix: str = "p") -> dict[str, Any]:
 PADDED_UP_TO = 1024
 
 
-def padded(values: Sequence[T]) -> list[T]:
-    """The values, the last repeated up to the next power of two in length (none stay none; more than
-    `PADDED_UP_TO` stay as many).
+def padded(values: Iterable[T]) -> list[T]:
+    """The values as a list, the last repeated up to the next power of two in length (none stay none;
+    more than `PADDED_UP_TO` stay as many).
 
     A prebuilt statement is compiled once per length of its lists or rows,
     and a set's lengths vary with what it holds: the timer engine, firing
@@ -197,11 +197,11 @@ def padded(values: Sequence[T]) -> list[T]:
     lengths up to 128 take 8 statements, for at most twice the values, on
     statements where a repeated value or row changes nothing.
     """
-    count = len(values)
-    size = 1 << (count - 1).bit_length() if count else 0
-    if size == count or count > PADDED_UP_TO:
-        return list(values)
-    return [*values, *[values[-1]] * (size - count)]
+    listed = list(values)
+    count = len(listed)
+    if 1 < count <= PADDED_UP_TO:
+        listed += [listed[-1]] * ((1 << (count - 1).bit_length()) - count)
+    return listed
 
 
 def placeholders(count: int, prefix: str = "p") -> list[BindParameter[Any]]:
@@ -232,7 +232,7 @@ class InLists:
     def execute(self, connection: Connection, *lists: Collection[Any], **values: Any) -> list[tuple[Any, ...]]:
         if not all(lists):
             return []
-        lists = tuple(padded(listed if isinstance(listed, Sequence) else list(listed)) for listed in lists)
+        lists = tuple(map(padded, lists))
         lengths = tuple(map(len, lists))
         statement = self._by_lengths.get(lengths)
         if statement is None:

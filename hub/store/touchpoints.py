@@ -97,7 +97,7 @@ def events_of(
     moment: str | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """`events` of several profiles in one query (the timer engine reads a batch's follow-ups so), by profile id."""
-    profile_ids, names = padded(list(profile_ids)), None if names is None else padded(list(names))
+    profile_ids, names = padded(profile_ids), None if names is None else padded(names)
     if not profile_ids or names == []:
         return {}  # nothing can match (and an empty IN is no plain bind parameter)
     query = _events_query(len(profile_ids), None if names is None else len(names), stage is not None, moment is not None)
