@@ -22,7 +22,7 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
-from hub.model import Action, Decision, PlannedDelivery, derived_id
+from hub.model import Action, Decision, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
 from hub.templates import TemplateRenderer
 
@@ -163,7 +163,7 @@ class Router:
                 fate = {"fate": "delayed_quiet_hours"}
         params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
         delivery = PlannedDelivery(
-            delivery_id=derived_id("delivery", decision.decision_id, channel, target),
+            delivery_id=ordered_id(decision.decided_at, "delivery", decision.decision_id, channel, target),
             decision_id=decision.decision_id,
             profile_id=decision.profile_id,
             channel=channel,

@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from hub import paths
-from hub.model import Action, Decision, Touchpoint, derived_id
+from hub.model import Action, Decision, Touchpoint, ordered_id
 from hub.rules import (
     AbsenceCondition,
     ActionSpec,
@@ -213,8 +213,7 @@ def evaluate(
         judge = _Judge(touchpoint, document, profile_id, past, traits or {})
         if not judge.holds(rule.when):
             continue
-        decision_id = derived_id("decision", rule.id, touchpoint.touchpoint_id)
-        decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at, decision_id)
+        decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at)
         if decision is not None:
             decided.append(decision)
     return decided
@@ -265,7 +264,7 @@ def evaluate_expired(
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return None
-    return _decide(rule, judge, anchor, profile_id, due_at, derived_id("decision", rule.id, anchor.touchpoint_id))
+    return _decide(rule, judge, anchor, profile_id, due_at)
 
 
 def awaited(rule: RuleSpec) -> Selector | None:
@@ -275,9 +274,7 @@ def awaited(rule: RuleSpec) -> Selector | None:
     return None if without == "any" else without
 
 
-def _decide(
-    rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime, decision_id: str
-) -> Decision | None:
+def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime) -> Decision | None:
     actions = tuple(_action(spec) for spec in rule.respond if _predicates(spec.only_if, judge.document))
     if not actions:
         return None
@@ -288,7 +285,7 @@ def _decide(
         status = "capped"
         evidence["cap"] = {"max": rule.cap.max, "within_seconds": rule.cap.within.total_seconds()}
     return Decision(
-        decision_id=decision_id,
+        decision_id=ordered_id(decided_at, "decision", rule.id, touchpoint.touchpoint_id),
         rule_id=rule.id,
         rule_version=rule.version,
         profile_id=profile_id,
