@@ -39,8 +39,8 @@ def ordered_id(at: datetime, *parts: str) -> str:
     For rows written in about time order into tables that only grow (decisions
     and their deliveries): a random key sends each insert to a random leaf of
     the primary key's index, so a commit of 100 rows rewrites about 100 pages;
-    a key that grows with time appends to the same few. The timer engine fired
-    21-49% more timers per second at 1M pending (bench/README). `at` must be as
+    a key that grows with time appends to the same few. The timer engine alone
+    fired 17-25% more timers per second at 1M pending (bench/README). `at` must be as
     deterministic as the parts (an event or due time, never the clock), so a
     replay derives the same id.
     """
