@@ -12,11 +12,12 @@ from sqlalchemy import Connection, event
 
 from hub import triggers
 from hub.clock import utcnow
-from hub.model import Identifier, RawEvent, Touchpoint
+from hub.model import Identifier, RawEvent, Touchpoint, ordered_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, inbox, outbox, timers, touchpoints
 from hub.store.identity_graph import find_profile_id
+from hub.store.schema import deliveries as deliveries_table
 from hub.store.schema import timers as timers_table
 from tests.conftest import make_settings, message
 
@@ -85,6 +86,23 @@ def test_a_due_timer_fires_after_a_restart_exactly_once(tmp_path: Path, database
     assert timer_statuses(after) == ["fired"]
     with after.store.read() as connection:
         assert decisions.count_by_rule(connection) == {"cart_abandonment": 1}
+
+
+def test_a_fired_timer_records_its_decision_and_deliveries_under_ids_ordered_by_its_due_time(tmp_path: Path) -> None:
+    """Deterministic, and appended to their tables' keys rather than scattered over them (`ordered_id`)."""
+    hub = hub_on(tmp_path)
+    accept(hub, *cart_then())
+    assert hub.timers.run_once() == 1
+    with hub.store.read() as connection:
+        timer = connection.execute(timers_table.select()).mappings().one()
+        planned = connection.execute(deliveries_table.select()).mappings().all()
+    assert timer["decision_id"] == ordered_id(timer["due_at"], "decision", "cart_abandonment", timer["touchpoint_id"])
+    assert planned, "the cart abandonment plans a message"
+    for delivery in planned:
+        assert delivery["decision_id"] == timer["decision_id"]
+        assert delivery["delivery_id"] == ordered_id(
+            timer["due_at"], "delivery", timer["decision_id"], delivery["channel"], delivery["target"]
+        )
 
 
 def test_a_timer_claimed_by_a_worker_that_died_fires_once_its_lease_runs_out(tmp_path: Path) -> None:

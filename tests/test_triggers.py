@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hub.errors import ConfigError
-from hub.model import Identifier, Touchpoint
+from hub.model import Identifier, Touchpoint, ordered_id
 from hub.rules import RuleFile, Selector, load_rules
 from hub.triggers import evaluate
 
@@ -90,9 +90,11 @@ def test_cap_turns_a_second_decision_inside_the_window_into_a_capped_one() -> No
     assert fired.status == "fired"
 
 
-def test_decision_ids_are_deterministic() -> None:
+def test_decision_ids_are_deterministic_and_ordered_by_the_event_time() -> None:
     rule = rules({"id": "r", "when": {"event": "E"}, "respond": RESPOND})
-    assert evaluate(tp("E"), "p", rule, RecordedHistory())[0].decision_id == evaluate(tp("E"), "p", rule, RecordedHistory())[0].decision_id
+    decision_id = evaluate(tp("E"), "p", rule, RecordedHistory())[0].decision_id
+    assert decision_id == evaluate(tp("E"), "p", rule, RecordedHistory())[0].decision_id
+    assert decision_id == ordered_id(T0, "decision", "r", "tp-1")
 
 
 def test_invalid_rule_file_reports_every_problem_with_its_key(tmp_path: Path) -> None:
