@@ -39,10 +39,10 @@ def ordered_id(at: datetime, *parts: str) -> str:
     For rows written in about time order into tables that only grow (decisions
     and their deliveries): a random key sends each insert to a random leaf of
     the primary key's index, so a commit of 100 rows rewrites about 100 pages;
-    a key that grows with time appends to the same few. The timer engine alone
-    fired 17-25% more timers per second at 1M pending (bench/README). `at` must be as
-    deterministic as the parts (an event or due time, never the clock), so a
-    replay derives the same id.
+    a key that grows with time appends to the same few. The timer engine
+    alone fired 17-25% more timers per second at 1M pending (bench/README).
+    `at` must be as deterministic as the parts (an event or due time, never
+    the clock), so a replay derives the same id.
     """
     name_hash = _name_hash(parts)
     name_hash[:6] = ((at - _UNIX_EPOCH) // _MILLISECOND % _TIME_SPAN).to_bytes(6, "big")
@@ -61,6 +61,7 @@ def _name_hash(parts: tuple[str, ...]) -> bytearray:
 
 
 def _hyphenated(raw: bytearray, version: int) -> str:
+    """`raw` as a UUID's text, its version and variant bits set in place (the caller's hash is not kept)."""
     raw[6] = raw[6] & 0x0F | version << 4
     raw[8] = raw[8] & 0x3F | 0x80  # RFC variant
     hex_ = raw.hex()
