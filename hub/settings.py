@@ -15,6 +15,9 @@ PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
 DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
+# The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
+# as many connections open, so a send never waits for, or closes, a connection another one could reuse.
+MAX_DELIVERY_CONCURRENCY = 128
 
 
 class HubSettings(BaseSettings):
@@ -92,7 +95,9 @@ class HubSettings(BaseSettings):
     retry_base_delay_seconds: float = Field(1.0, gt=0)
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
-    delivery_concurrency: int = Field(16, ge=1, le=128, description="Sends in flight at once per process.")
+    delivery_concurrency: int = Field(
+        16, ge=1, le=MAX_DELIVERY_CONCURRENCY, description="Sends in flight at once per process."
+    )
     delivery_batch_size: int = Field(
         64, ge=1, description="Deliveries the delivery engine claims at once; keep batch / concurrency * send timeout under the lease."
     )

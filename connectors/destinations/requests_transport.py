@@ -7,11 +7,15 @@ but both send through a `requests.Session` we can mount an adapter on. Doing
 the redirect there keeps each library's own request building, auth and error
 parsing in play, so tests against the sandbox exercise what production runs.
 
-The adapter also owns two transport policies the libraries leave open: a
-default timeout (simple-salesforce's sObject calls take none) and no retries
+The adapter also owns three transport policies the libraries leave open: a
+default timeout (simple-salesforce's sObject calls take none), no retries
 (firebase-admin's own urllib3 policy retries 500/503 four times and sleeps
-through Retry-After inside the calling thread). The hub's delivery engine
-retries with a durable schedule instead.
+through Retry-After inside the calling thread; the hub's delivery engine
+retries with a durable schedule instead), and a connection kept for every
+send the engine may have in flight. requests keeps 10 per host: with more
+sends at once, urllib3 closes each connection handed back to a full pool
+("Connection pool is full, discarding connection"), and a later send opens
+a new one, with a new TLS handshake.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 from requests import PreparedRequest, Response
 from requests.adapters import HTTPAdapter
+
+from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 
 class VendorAdapter(HTTPAdapter):
@@ -39,7 +45,7 @@ class VendorAdapter(HTTPAdapter):
     """
 
     def __init__(self, origin: re.Pattern[str], timeout: float, base_url: str | None = None) -> None:
-        super().__init__(max_retries=0)
+        super().__init__(max_retries=0, pool_maxsize=MAX_DELIVERY_CONCURRENCY)
         self.origin = origin
         self.timeout = timeout
         self.base_url = base_url.rstrip("/") if base_url else None

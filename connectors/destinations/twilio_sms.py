@@ -11,12 +11,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
-from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult, Destination
 from connectors.destinations import twilio_callbacks
-from connectors.destinations.twilio_transport import BaseUrlHttpClient
+from connectors.destinations.twilio_transport import BaseUrlHttpClient, PooledHttpClient
 from hub.errors import (
     AuthDeliveryError,
     BadPayloadError,
@@ -70,9 +69,9 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         assert isinstance(config, TwilioSmsConfig)
         self.settings = config
         if config.api_base_url:
-            http_client: TwilioHttpClient = BaseUrlHttpClient(config.api_base_url, timeout=config.timeout_seconds)
+            http_client: PooledHttpClient = BaseUrlHttpClient(config.api_base_url, timeout=config.timeout_seconds)
         else:
-            http_client = TwilioHttpClient(timeout=config.timeout_seconds)
+            http_client = PooledHttpClient(timeout=config.timeout_seconds)
         self.client = Client(config.account_sid, config.auth_token.get_secret_value(), http_client=http_client)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:

@@ -1,4 +1,12 @@
-"""Point the official `twilio` client at a Twilio-compatible base URL.
+"""The official `twilio` client's transport: a connection per send in flight, and a Twilio-compatible base URL.
+
+The delivery engine runs up to HUB_DELIVERY_CONCURRENCY blocking sends at
+once on its worker threads, while `TwilioHttpClient` keeps min(32, CPUs + 4)
+connections (6 on a two-core host). urllib3 closes each connection handed
+back to a full pool ("Connection pool is full, discarding connection"), so
+with more SMS in flight than that, later sends open new connections to
+api.twilio.com, each with its own TLS handshake. `PooledHttpClient` keeps as
+many as the engine can have sends in flight.
 
 The twilio library builds every REST URL on ``https://api.twilio.com`` and has
 no setting to change it, but its `Client` accepts an `http_client`. Rewriting
@@ -14,8 +22,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from requests.adapters import HTTPAdapter
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
+
+from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 # With TWILIO_EDGE / TWILIO_REGION set (environment or Client arguments) the
 # library rewrites the host to api.<edge>.<region>.twilio.com before calling the
@@ -24,8 +35,22 @@ from twilio.http.response import Response
 _TWILIO_API_ORIGIN = re.compile(r"^https://api(?:\.[a-z0-9-]+){0,2}\.twilio\.com(?=[/?]|$)")
 
 
-class BaseUrlHttpClient(TwilioHttpClient):
-    """A `TwilioHttpClient` that sends Twilio REST API calls to `base_url` instead.
+class PooledHttpClient(TwilioHttpClient):
+    """A `TwilioHttpClient` whose pool keeps a connection for every send the delivery engine may have in flight.
+
+    `kwargs` are `TwilioHttpClient`'s; ``max_retries`` is kept (the library
+    mounts an adapter of the default pool size when it is given).
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if self.session is not None:
+            adapter = HTTPAdapter(pool_maxsize=MAX_DELIVERY_CONCURRENCY, max_retries=kwargs.get("max_retries") or 0)
+            self.session.mount("https://", adapter)
+
+
+class BaseUrlHttpClient(PooledHttpClient):
+    """A `PooledHttpClient` that sends Twilio REST API calls to `base_url` instead.
 
     Args:
         base_url: what replaces ``https://api.twilio.com``, such as
@@ -42,8 +67,8 @@ class BaseUrlHttpClient(TwilioHttpClient):
         super().__init__(**kwargs)
         self.base_url = base_url.rstrip("/")
         if self.session is not None and self.base_url.startswith("http://"):
-            # TwilioHttpClient mounts its pool size and max_retries for https://
-            # only; a plain-HTTP endpoint gets the same adapter so it behaves alike.
+            # The pool is mounted for https:// only; a plain-HTTP endpoint gets the
+            # same adapter so it behaves alike.
             self.session.mount("http://", self.session.get_adapter("https://api.twilio.com"))
 
     def rewrite(self, url: str) -> str:

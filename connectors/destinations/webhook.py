@@ -45,10 +45,10 @@ from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliver
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text
 from hub.retry import outcome_for_status, parse_retry_after
+from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"
 RESPONSE_EXCERPT_CHARS = 200
-MAX_CONNECTIONS = 128
 CONTENT_KEYS = ("template", "rule_id", "params")  # the rest of a delivery's content is rendered message parts
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
 # what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes).
@@ -146,7 +146,7 @@ class OutboundWebhookDestination(Destination):
         self._key = signing_key(config.secret.get_secret_value())
         self._guard = SsrfGuard(config.allowed_networks)
         # As many kept-alive connections as the delivery engine has sends in flight, so none is re-opened per send.
-        limits = httpx.Limits(max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS)
+        limits = httpx.Limits(max_connections=MAX_DELIVERY_CONCURRENCY, max_keepalive_connections=MAX_DELIVERY_CONCURRENCY)
         self._client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False, limits=limits)
         self._session: aiohttp.ClientSession | None = None  # opened on the event loop that first sends
         self._blocking_lookup = needs_lookup(config.url)
@@ -220,7 +220,7 @@ class OutboundWebhookDestination(Destination):
     def _async_session(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_CONNECTIONS),
+                connector=aiohttp.TCPConnector(limit=MAX_DELIVERY_CONCURRENCY),
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
             )
         return self._session
