@@ -77,7 +77,7 @@ class DeliveryEngine:
         *,
         batch_size: int,
         lease: timedelta,
-        concurrency: int = 16,
+        concurrency: int,
     ) -> None:
         self.store = store
         self.destinations = destinations
