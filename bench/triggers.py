@@ -1,7 +1,7 @@
 """Trigger engine: pipeline throughput with 100 rules, accept -> first attempt latency, timer firing lag.
 
     .venv/bin/python bench/triggers.py [--events 5000] [--profiles 1000] [--rules 100]
-                                       [--rate 200] [--seconds 10] [--timers 2000]
+                                       [--rate 200] [--seconds 10] [--webhook-delay-ms 0] [--timers 2000]
 
 1. Throughput: the same events (spread over `--profiles` people) go through
    the whole pipeline (mapping, identity, triggers, routing, outbox) once
@@ -271,18 +271,19 @@ def thread_cpu() -> Counter[str]:
     return used
 
 
-def serve_sandbox(to_hub: Connection) -> None:
+def serve_sandbox(to_hub: Connection, webhook_delay_seconds: float) -> None:
     """The sandbox providers' process: a real provider answers from elsewhere, not on the hub's GIL."""
     with SandboxProviders() as sandbox:
+        sandbox.webhooks.delay_seconds = webhook_delay_seconds
         to_hub.send(sandbox.settings_overrides())
         to_hub.recv()  # the run is over
 
 
 @contextmanager
-def sandbox_process(spawn: SpawnContext) -> Iterator[dict]:
+def sandbox_process(spawn: SpawnContext, webhook_delay_seconds: float = 0.0) -> Iterator[dict]:
     """Run the sandbox providers in a process of their own; yields the settings that point the hub at them."""
     here, there = spawn.Pipe()
-    providers = spawn.Process(target=serve_sandbox, args=(there,))
+    providers = spawn.Process(target=serve_sandbox, args=(there, webhook_delay_seconds))
     providers.start()
     try:
         yield here.recv()
@@ -325,18 +326,22 @@ def workers_process(spawn: SpawnContext, settings: HubSettings) -> Iterator[Call
         process.join()
 
 
-def latency(rules: list[dict], profiles: int, rate: int, seconds: float, split: Sequence[str] = ()) -> LatencyRun:
+def latency(
+    rules: list[dict], profiles: int, rate: int, seconds: float, split: Sequence[str] = (), webhook_delay_seconds: float = 0.0,
+) -> LatencyRun:
     """Accept -> first attempt for SMS deliveries at a fixed event rate, fed by another process.
 
     `split`: groups of workers ("timers,delivery") that each run in a hub
     process of their own (HUB_WORKERS), woken by the bench hub's pipeline
     through `hub.wakeups`; the bench's hub runs the workers left. With the
-    delivery worker elsewhere the stages are `SPLIT_STAGES`.
+    delivery worker elsewhere the stages are `SPLIT_STAGES`. The sandbox's
+    webhook receivers answer after `webhook_delay_seconds`, as real ones take
+    their time.
     """
     requests = requests_of(profiles, rate, seconds)
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the locks of the hub's running threads
     elsewhere = {name for group in split for name in group.split(",")}
-    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn) as sandbox, ExitStack() as processes:
+    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn, webhook_delay_seconds) as sandbox, ExitStack() as processes:
         here = ",".join(name for name in WORKER_ROLES if name not in elsewhere)
         hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers=here, **sandbox)
         stops = [
@@ -463,6 +468,8 @@ def main() -> None:
     parser.add_argument("--timers", type=int, default=2000)
     parser.add_argument("--timer-spread", type=float, default=5.0, help="timers come due over this many seconds")
     parser.add_argument("--only", choices=["throughput", "latency"], help="run only this measurement (short runs while tuning)")
+    parser.add_argument("--webhook-delay-ms", type=float, default=0.0,
+                        help="latency: the sandbox webhook receivers answer after this long (real receivers take 20-300 ms)")
     parser.add_argument("--split", action="append", default=[], metavar="WORKERS",
                         help="latency: run these workers (e.g. timers,delivery) in a hub process of their own (HUB_WORKERS);"
                              " repeat for more processes")
@@ -474,7 +481,8 @@ def main() -> None:
         report_throughput(rules, [synthetic_event(args.profiles, rng) for _ in range(args.events)], args.profiles)
     if args.only == "throughput":
         return
-    run = latency(rules, args.profiles, args.rate, args.seconds, split=args.split)
+    run = latency(rules, args.profiles, args.rate, args.seconds, split=args.split,
+                  webhook_delay_seconds=args.webhook_delay_ms / 1000)
     print(f"accept -> first attempt : {percentiles(run.lags)}  at {run.fed:.0f} events/s fed")
     print(f"  hub CPU per event fed   : {sum(run.cpu_ms.values()):.2f} ms ("
           + ", ".join(f"{name} {ms:.2f}" for name, ms in run.cpu_ms.most_common()) + ")")
