@@ -280,7 +280,7 @@ def serve_sandbox(to_hub: Connection, webhook_delay_seconds: float) -> None:
 
 
 @contextmanager
-def sandbox_process(spawn: SpawnContext, webhook_delay_seconds: float = 0.0) -> Iterator[dict]:
+def sandbox_process(spawn: SpawnContext, webhook_delay_seconds: float) -> Iterator[dict]:
     """Run the sandbox providers in a process of their own; yields the settings that point the hub at them."""
     here, there = spawn.Pipe()
     providers = spawn.Process(target=serve_sandbox, args=(there, webhook_delay_seconds))
@@ -341,7 +341,11 @@ def latency(
     requests = requests_of(profiles, rate, seconds)
     spawn = multiprocessing.get_context("spawn")  # a fork would copy the locks of the hub's running threads
     elsewhere = {name for group in split for name in group.split(",")}
-    with tempfile.TemporaryDirectory() as folder, sandbox_process(spawn, webhook_delay_seconds) as sandbox, ExitStack() as processes:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        sandbox_process(spawn, webhook_delay_seconds) as sandbox,
+        ExitStack() as processes,
+    ):
         here = ",".join(name for name in WORKER_ROLES if name not in elsewhere)
         hub = hub_with(Path(folder), rules, worker_poll_seconds=0.05, workers=here, **sandbox)
         stops = [

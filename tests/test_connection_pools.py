@@ -25,8 +25,8 @@ from connectors.destinations.requests_transport import VendorAdapter
 from connectors.destinations.twilio_sms import TwilioSmsConfig, TwilioSmsDestination
 from connectors.sandbox import twilio as sandbox_twilio
 from connectors.sandbox import webhooks as sandbox_webhooks
-from hub.serving import BackgroundServer
 from hub.model import Delivery
+from hub.serving import BackgroundServer
 
 # More than requests keeps per host (10) and than TwilioHttpClient's min(32, CPUs + 4), on any machine.
 IN_FLIGHT = 40

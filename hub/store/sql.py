@@ -221,8 +221,8 @@ class InLists:
     gets one list of placeholders per IN list and returns the statement; it
     must treat each list as a set (IN, an OR of equalities), where a value
     given twice means what it means once. Its other bind parameters are
-    given by name on each run. A list that is empty matches nothing, so no statement
-    runs and there are no rows.
+    given by name on each run. A list that is empty matches nothing, so no
+    statement runs and there are no rows.
     """
 
     def __init__(self, build: Callable[..., Executable]) -> None:
