@@ -5,10 +5,18 @@ sends in flight (an asyncio.Semaphore): destinations with an async client
 (webhooks) await their I/O, and those built on blocking vendor SDKs run
 `send` in the loop's worker threads (as many as sends may be in flight).
 One loop and one async client cost far less CPU per send than a thread and
-a blocking client each (bench/README.md). The outcome of a whole batch is
+a blocking client each (bench/README.md). The outcomes of a batch are
 written back in one transaction, which also claims the next batch: the look
 for more work after a batch costs no transaction of its own, and a batch
-follows a batch without one. A crash between a send and its record means
+follows a batch without one.
+
+A batch waits for its sends `SEND_WAIT_SECONDS` at most. Sends still running
+then (a slow receiver, one that hangs until its timeout) carry over: they go
+on beside the next batches, and the first run they have finished by records
+them. Waiting for a batch's slowest send instead held back every delivery
+planned meanwhile, SMS included, for as long as that receiver took (up to
+its 10-second timeout), and capped the engine at a batch per slowest answer.
+A crash between a send and its record means
 the row's lease expires and it is sent again: delivery is at-least-once, and
 idempotency keys let providers that accept them collapse the duplicate.
 
@@ -51,6 +59,9 @@ log = structlog.get_logger(__name__)
 # A rate-limited send waits (holding its place among the sends in flight) at most
 # this long; a longer wait puts the delivery back in the outbox instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
+# How long a run waits for the sends it started before it records those finished and claims more: longer
+# than a batch of answers takes under load (tens of ms), short against the latency a moment allows.
+SEND_WAIT_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -87,34 +98,47 @@ class DeliveryEngine:
         # One loop for the engine's life: clients keep their connections open from batch to batch.
         self._loop = asyncio.new_event_loop()
         self._loop.set_default_executor(ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="send"))
+        self._concurrency = concurrency
         self._in_flight = asyncio.Semaphore(concurrency)
         # What the last batch's record claimed: the next batch to send, [] when that look found nothing
         # due, None when the next call must look itself.
         self._claimed: list[Delivery] | None = None
+        self._sending: set[asyncio.Task[Outcome]] = set()  # started and not recorded: this batch's and carried over
 
     def run_once(self) -> int:
-        """Send a batch of due deliveries concurrently; record every outcome and claim the next batch in one transaction.
+        """Start a batch of due deliveries' sends, wait for them `SEND_WAIT_SECONDS` at most, then record every
+        send finished by then (carried-over ones too) and claim the next batch in one transaction.
 
         The batch is the one the previous call's record claimed, or claimed
-        now. When that look found nothing, this call returns 0 without
-        looking again, and the next call looks: the worker naps in between
-        until a producer wakes it, which producers do after they commit, so
-        work committed after that look is never missed.
+        now. When that look found nothing and no send is in flight, this call
+        returns 0 without looking again, and the next call looks: the worker
+        naps in between until a producer wakes it, which producers do after
+        they commit, so work committed after that look is never missed.
+        Otherwise it returns how many sends it recorded or still has in
+        flight, so the worker calls again at once and the sends carried over
+        keep going.
         """
         due, self._claimed = self._claimed, None
         if due is None:
             with self.store.write() as connection:
                 due = self._claim(connection)
-        if not due:
+        if not due and not self._sending:
             return 0
-        outcomes = self._loop.run_until_complete(self._attempt_all(due))
+        started = {self._loop.create_task(self._attempt_bounded(delivery)) for delivery in due}
+        self._sending |= started
+        self._loop.run_until_complete(asyncio.wait(started or self._sending, timeout=SEND_WAIT_SECONDS))
+        finished = {task for task in self._sending if task.done()}
+        self._sending -= finished
         with self.store.write() as connection:
-            self._record(connection, outcomes)
+            self._record(connection, [task.result() for task in finished])
             self._claimed = self._claim(connection)
-        return len(due)
+        return len(finished) + len(self._sending)
 
     def _claim(self, connection: Connection) -> list[Delivery]:
-        return outbox.claim_due(connection, self.batch_size, utcnow(), self.lease)
+        """A batch, or with sends carried over, as many as there is room for beside them: a delivery claimed
+        beyond that would wait for a slow send to give up its place."""
+        room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
+        return outbox.claim_due(connection, room, utcnow(), self.lease) if room > 0 else []
 
     def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
         """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
@@ -129,9 +153,6 @@ class DeliveryEngine:
                 outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
             if outcome.revokes_consent:
                 set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
-
-    async def _attempt_all(self, due: list[Delivery]) -> list[Outcome]:
-        return await asyncio.gather(*(self._attempt_bounded(delivery) for delivery in due))
 
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:
@@ -220,13 +241,17 @@ class DeliveryEngine:
         return "retrying", now + timedelta(seconds=delay)
 
     def close(self) -> None:
-        """Put back a batch claimed and not sent (due now, as it was), close every destination's connections
-        (async ones on the loop that opened them), then the loop."""
-        if self._claimed:
+        """Let the sends in flight finish (each within its destination's timeout) and record them, put back a
+        batch claimed and not sent (due now, as it was), close every destination's connections (async ones on
+        the loop that opened them), then the loop."""
+        if self._sending:
+            self._loop.run_until_complete(asyncio.wait(self._sending))
+        if self._sending or self._claimed:
             with self.store.write() as connection:
-                for delivery in self._claimed:
+                self._record(connection, [task.result() for task in self._sending])
+                for delivery in self._claimed or ():
                     outbox.defer(connection, delivery.delivery_id, utcnow())
-            self._claimed = None
+            self._sending, self._claimed = set(), None
         self._loop.run_until_complete(self._close_async())
         self._loop.close()
         for destination in self.destinations.values():

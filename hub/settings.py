@@ -98,7 +98,8 @@ class HubSettings(BaseSettings):
     delivery_concurrency: int = Field(
         64, ge=1, le=MAX_DELIVERY_CONCURRENCY,
         description="Sends in flight at once per process: at least sends/s x the providers' answer time, with room for "
-                    "bursts (500 webhooks/s answered in 20 ms keep 10 busy; a batch waits for its slowest send).",
+                    "bursts (500 webhooks/s answered in 20 ms keep 10 busy; sends slower than 50 ms keep their place while later "
+                    "batches go on).",
     )
     delivery_batch_size: int = Field(
         64, ge=1, description="Deliveries the delivery engine claims at once; keep batch / concurrency * send timeout under the lease."

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -158,3 +159,56 @@ def test_a_batch_claimed_and_not_sent_is_put_back_on_close(store: Store) -> None
     again = engine(store, pager, concurrency=4)
     assert again.run_once() == 1
     again.close()
+
+
+class SlowPager(CountingPager):
+    """A pager whose "slow" target answers after a second (a receiver near its timeout); it notes when each
+    send ends."""
+
+    slug = "slow_pager"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ended: dict[str, float] = {}
+
+    async def send_async(self, delivery: Delivery) -> SendResult:
+        if delivery.target == "slow":
+            await asyncio.sleep(1.0)
+        self.ended[delivery.target] = time.monotonic()
+        return SendResult("sent", f"page-{delivery.target}")
+
+
+def statuses(store: Store) -> dict[str, str]:
+    return {target: item["status"] for target, item in delivery_log(store).items()}
+
+
+def test_a_slow_send_carries_over_and_holds_back_no_delivery_planned_meanwhile(store: Store) -> None:
+    pager = SlowPager()
+    plan(store, pager.slug, ["slow"])
+    running = engine(store, pager, concurrency=4)
+    assert running.run_once() == 1  # "slow" still in flight after the run's wait: carried over
+    plan(store, pager.slug, ["late"])
+    assert running.run_once() == 1  # waited on "slow" again, and its record claimed "late"
+    assert running.run_once() == 2  # "late" sent and recorded, "slow" still in flight
+    assert statuses(store) == {"slow": "pending", "late": "sent"}
+    assert "slow" not in pager.ended
+    running.close()  # waits for "slow" and records it
+    assert statuses(store) == {"slow": "sent", "late": "sent"}
+    assert pager.ended["late"] < pager.ended["slow"]
+
+
+def test_beside_sends_carried_over_a_claim_takes_only_the_room_left(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    pager = SlowPager()
+    plan(store, pager.slug, ["slow"])
+    running = engine(store, pager, concurrency=3, batch_size=10)
+    claims: list[int] = []
+    claim_due = outbox.claim_due
+    monkeypatch.setattr(outbox, "claim_due", lambda connection, limit, *args: claims.append(limit) or claim_due(connection, limit, *args))
+    assert running.run_once() == 1
+    plan(store, pager.slug, [str(n) for n in range(5)])
+    assert running.run_once() == 1  # claims 2 of the 5: "slow" holds one of the 3 places
+    assert running.run_once() == 3  # those 2 recorded, 2 more claimed, "slow" in flight
+    assert claims == [10, 2, 2, 2]
+    running.close()
+    assert set(statuses(store).values()) == {"sent", "pending"}
+    assert statuses(store)["slow"] == "sent"
