@@ -25,15 +25,17 @@ is sent again: delivery is at-least-once, and idempotency keys let
 providers that accept them collapse the duplicate.
 
 Each destination has its own policy (`hub.delivery_policy`): a retry budget,
-a circuit breaker and an optional rate limit. The breaker and the rate limit
-only ever make a delivery wait (it goes back to the outbox with a later due
-time and no attempt logged); only the retry policy dead-letters.
+a circuit breaker, an optional rate limit and an optional limit of sends in
+flight. The breaker and the limits only ever make a delivery wait (it goes
+back to the outbox with a later due time and no attempt logged, or a claim
+passes it over); only the retry policy dead-letters.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -108,6 +110,7 @@ class DeliveryEngine:
         # due, None when the next call must look itself.
         self._claimed: list[Delivery] | None = None
         self._sending: set[asyncio.Task[Outcome]] = set()  # started and not recorded: this batch's and carried over
+        self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
 
     def run_once(self) -> int:
         """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most,
@@ -142,7 +145,16 @@ class DeliveryEngine:
         """A batch, or with sends carried over, as many as there is room for beside them: a delivery claimed
         beyond that would wait for a slow send to give up its place."""
         room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
-        return outbox.claim_due(connection, room, utcnow(), self.lease) if room > 0 else []
+        return outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit()) if room > 0 else []
+
+    def _at_their_limit(self) -> list[str]:
+        """The destinations with as many sends in flight as their policy's `max_in_flight`."""
+        at_limit = []
+        for destination_id, sending in self._sends_to.items():
+            limit = self.policies.for_destination(destination_id).max_in_flight
+            if limit is not None and sending >= limit:
+                at_limit.append(destination_id)
+        return at_limit
 
     def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
         """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
@@ -170,10 +182,16 @@ class DeliveryEngine:
             if pause is None:
                 return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
             await asyncio.sleep(pause)
+        if policy.max_in_flight is not None and self._sends_to[delivery.destination_id] >= policy.max_in_flight:
+            return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")  # a claim overshot it
         wait = policy.breaker.admit()
         if wait > 0:
             return self._held_back(delivery, wait, "circuit open")
-        outcome = await self._send(delivery)
+        self._sends_to[delivery.destination_id] += 1  # no await since the check: it is exact
+        try:
+            outcome = await self._send(delivery)
+        finally:
+            self._sends_to[delivery.destination_id] -= 1
         assert outcome.attempt is not None
         policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
         return outcome

@@ -1,4 +1,4 @@
-"""Per-destination delivery policy from `mappings/delivery.yaml`: retries, circuit breaker, rate limit.
+"""Per-destination delivery policy from `mappings/delivery.yaml`: retries, circuit breaker, rate limit, sends in flight.
 
 Ops tune how hard the hub pushes each provider without a deploy. Every value
 left out falls back to the hub-wide defaults in settings (HUB_DELIVERY_*,
@@ -48,6 +48,12 @@ class DestinationPolicySpec(BaseModel):
     retry: RetrySpec = RetrySpec()
     circuit_breaker: BreakerSpec = BreakerSpec()
     rate_limit: RateLimitSpec | None = None
+    max_in_flight: int | None = Field(
+        None, ge=1,
+        description="Sends to this destination in flight at once in each process (default: any of "
+                    "HUB_DELIVERY_CONCURRENCY). More wait, due, in the outbox: a receiver that slows down or hangs "
+                    "cannot take every place and hold back the other destinations' deliveries.",
+    )
 
 
 class DeliveryPolicyFile(BaseModel):
@@ -64,6 +70,7 @@ class DestinationPolicy:
     retry: RetryPolicy
     breaker: CircuitBreaker
     rate_limit: TokenBucket | None
+    max_in_flight: int | None
 
 
 def load_policy_file(folder: Path) -> DeliveryPolicyFile:
@@ -86,6 +93,7 @@ def build_policy(destination_id: str, spec: DestinationPolicySpec, settings: Hub
             reset_after=_seconds(breaker.reset_after, settings.breaker_reset_seconds),
         ),
         rate_limit=TokenBucket(spec.rate_limit.per_second, spec.rate_limit.burst) if spec.rate_limit else None,
+        max_in_flight=spec.max_in_flight,
     )
 
 

@@ -19,7 +19,7 @@ from sqlalchemy import event, select
 
 from connectors.base import Destination
 from hub.clock import utcnow
-from hub.delivery import DeliveryEngine
+from hub.delivery import SEND_WAIT_SECONDS, DeliveryEngine
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
 from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
 from hub.settings import HubSettings
@@ -162,7 +162,7 @@ def test_a_batch_claimed_and_not_sent_is_put_back_on_close(store: Store) -> None
 
 
 class SlowPager(CountingPager):
-    """A pager whose "slow" target answers after a second (a receiver near its timeout); it notes when each
+    """A pager whose "slow..." targets answer after a second (a receiver near its timeout); it notes when each
     send ends."""
 
     slug = "slow_pager"
@@ -172,7 +172,7 @@ class SlowPager(CountingPager):
         self.ended: dict[str, float] = {}
 
     async def send_async(self, delivery: Delivery) -> SendResult:
-        if delivery.target == "slow":
+        if delivery.target.startswith("slow"):
             await asyncio.sleep(1.0)
         self.ended[delivery.target] = time.monotonic()
         return SendResult("sent", f"page-{delivery.target}")
@@ -212,3 +212,25 @@ def test_beside_sends_carried_over_a_claim_takes_only_the_room_left(store: Store
     running.close()
     assert set(statuses(store).values()) == {"sent", "pending"}
     assert statuses(store)["slow"] == "sent"
+
+
+def test_a_destination_at_its_limit_of_sends_in_flight_is_passed_over_while_the_others_go_on(store: Store) -> None:
+    slow, fast = SlowPager(), CountingPager()
+    plan(store, slow.slug, ["slow", "slow-too"])
+    policies = PolicyBook(DeliveryPolicyFile.model_validate({"destinations": {slow.slug: {"max_in_flight": 1}}}),
+                          HubSettings(_env_file=None))  # type: ignore[call-arg]
+    running = DeliveryEngine(
+        store, {slow.slug: slow, fast.slug: fast}, policies, batch_size=10, lease=timedelta(seconds=60), concurrency=4,
+    )
+    assert running.run_once() == 2  # "slow" in flight; "slow-too", claimed with it, held back: its limit is 1
+    plan(store, fast.slug, ["fast"])
+    time.sleep(SEND_WAIT_SECONDS)  # "slow-too" is due again, and passed over while "slow" is in flight
+    assert running.run_once() == 1  # claimed "fast" only
+    assert running.run_once() == 2  # "fast" sent and recorded, "slow" in flight
+    log = delivery_log(store)
+    assert {target: (item["status"], len(item["attempt_log"])) for target, item in log.items()} == {
+        "slow": ("pending", 0), "slow-too": ("pending", 0), "fast": ("sent", 1),
+    }
+    running.close()
+    assert statuses(store) == {"slow": "sent", "slow-too": "pending", "fast": "sent"}
+    assert set(slow.ended) == {"slow"}  # "slow-too" was never sent beside it

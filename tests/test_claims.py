@@ -82,6 +82,20 @@ def test_outbox_claims_the_earliest_due_first_and_leases_them(store: Store) -> N
         assert [d.delivery_id for d in outbox.claim_due(connection, 10, later, LEASE)] == ["d1", "d2", "d0"]
 
 
+def test_outbox_claims_pass_over_the_destinations_at_their_limit(store: Store) -> None:
+    destinations = ["slow_hook", "twilio_sms", "slow_hook", "other_hook", "twilio_sms", "third_hook"]
+    planned = [
+        PlannedDelivery(f"d{n}", "decision", "profile", "sms", destination, "+14155550100", {"n": n}, not_before=T0)
+        for n, destination in enumerate(destinations)
+    ]
+    with store.write() as connection:
+        outbox.plan(connection, planned, T0)
+        claimed = outbox.claim_due(connection, 10, T0, LEASE, ["slow_hook", "other_hook", "third_hook"])  # 3: padded to 4
+        assert sorted(d.delivery_id for d in claimed) == ["d1", "d4"]
+        assert sorted(d.delivery_id for d in outbox.claim_due(connection, 10, T0, LEASE, ["slow_hook"])) == ["d3", "d5"]
+        assert sorted(d.delivery_id for d in outbox.claim_due(connection, 10, T0, LEASE)) == ["d0", "d2"]
+
+
 def test_timers_claim_the_earliest_due_first_and_leases_them(store: Store) -> None:
     with store.write() as connection:
         connection.execute(insert(timers_table), [

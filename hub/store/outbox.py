@@ -6,9 +6,10 @@ from collections import defaultdict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, desc, func, insert, literal, null, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, desc, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
@@ -59,22 +60,33 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
     return len(_PLAN(connection, rows))
 
 
-# Each delivery worker batch (and each of its looks that find nothing); the statuses as literals, as `Precompiled`
-# cannot run an expanding IN.
-_CLAIM_DUE = sql.due_claim(
-    deliveries.c.delivery_id,
-    (
-        deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
-        deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
-        deliveries.c.retry_from,
-    ),
-    deliveries.c.status.in_([literal(status) for status in DUE_STATUSES]), deliveries.c.next_attempt_at,
-)
+@lru_cache(maxsize=16)
+def _claim_due(skipping: int) -> sql.Claim:
+    """Each delivery worker batch's claim (and each of its looks that find nothing), passing over the deliveries
+    of `skipping` destinations, one bind parameter each; the statuses as literals, as `Precompiled` cannot run
+    an expanding IN."""
+    due = deliveries.c.status.in_([literal(status) for status in DUE_STATUSES])
+    if skipping:
+        due = and_(due, deliveries.c.destination_id.not_in(sql.placeholders(skipping, "skip_")))
+    return sql.due_claim(
+        deliveries.c.delivery_id,
+        (
+            deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
+            deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
+            deliveries.c.retry_from,
+        ),
+        due, deliveries.c.next_attempt_at,
+    )
 
 
-def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[Delivery]:
-    """Claim deliveries whose time has come and which no live worker holds."""
-    return [Delivery(*row) for row in _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease)]
+def claim_due(
+    connection: Connection, limit: int, now: datetime, lease: timedelta, skip_destinations: Collection[str] = ()
+) -> list[Delivery]:
+    """Claim deliveries whose time has come and which no live worker holds, but none of `skip_destinations`
+    (those at their limit of sends in flight: their deliveries wait, due, for the next claim)."""
+    skipped = sql.padded(sorted(skip_destinations))  # a statement per power of two, as `InLists`
+    claim = _claim_due(len(skipped))
+    return [Delivery(*row) for row in claim(connection, limit, p_now=now, p_until=now + lease, **sql.numbered(skipped, "skip_"))]
 
 
 def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
