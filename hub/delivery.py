@@ -68,6 +68,8 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 # How long a run waits for the sends it started before it records those finished and claims more: longer
 # than a batch of answers takes under load (tens of ms), short against the latency a moment allows.
 SEND_WAIT_SECONDS = 0.05
+# How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
+PLACE_LOOK_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,8 @@ class DeliveryEngine:
             if pause is None:
                 return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
             await asyncio.sleep(pause)
-        if policy.max_in_flight is not None and self._sends_to[delivery.destination_id] >= policy.max_in_flight:
-            return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")  # a claim overshot it
+        if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
+            return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
         wait = policy.breaker.admit()
         if wait > 0:
             return self._held_back(delivery, wait, "circuit open")
@@ -195,6 +197,25 @@ class DeliveryEngine:
         assert outcome.attempt is not None
         policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
         return outcome
+
+    async def _place_among(self, destination_id: str, limit: int) -> bool:
+        """Whether the destination has fewer than `limit` sends in flight, now or within `SEND_WAIT_SECONDS`.
+
+        A claim passes over destinations at their limit, but one claim may
+        hold more of a destination's deliveries than it has places left (a
+        timer set plans ~40 webhooks at once). Those wait here for a place:
+        with a receiver answering in milliseconds one frees at once, where
+        putting them back in the outbox delayed them 50 ms and cost two
+        statements each. Behind a slow receiver they go back after the wait,
+        freeing the engine's places they hold. Polled: `asyncio.wait_for`
+        around a condition costs more than these few looks.
+        """
+        deadline = self._loop.time() + SEND_WAIT_SECONDS
+        while self._sends_to[destination_id] >= limit:
+            if self._loop.time() >= deadline:
+                return False
+            await asyncio.sleep(PLACE_LOOK_SECONDS)
+        return True
 
     def _held_back(self, delivery: Delivery, wait: float, reason: str) -> Outcome:
         metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="held_back").inc()

@@ -19,7 +19,7 @@ from sqlalchemy import event, select
 
 from connectors.base import Destination
 from hub.clock import utcnow
-from hub.delivery import SEND_WAIT_SECONDS, DeliveryEngine
+from hub.delivery import DeliveryEngine
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
 from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
 from hub.settings import HubSettings
@@ -214,7 +214,9 @@ def test_beside_sends_carried_over_a_claim_takes_only_the_room_left(store: Store
     assert statuses(store)["slow"] == "sent"
 
 
-def test_a_destination_at_its_limit_of_sends_in_flight_is_passed_over_while_the_others_go_on(store: Store) -> None:
+def test_a_destination_at_its_limit_of_sends_in_flight_is_passed_over_while_the_others_go_on(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     slow, fast = SlowPager(), CountingPager()
     plan(store, slow.slug, ["slow", "slow-too"])
     policies = PolicyBook(DeliveryPolicyFile.model_validate({"destinations": {slow.slug: {"max_in_flight": 1}}}),
@@ -222,11 +224,14 @@ def test_a_destination_at_its_limit_of_sends_in_flight_is_passed_over_while_the_
     running = DeliveryEngine(
         store, {slow.slug: slow, fast.slug: fast}, policies, batch_size=10, lease=timedelta(seconds=60), concurrency=4,
     )
-    assert running.run_once() == 2  # "slow" in flight; "slow-too", claimed with it, held back: its limit is 1
+    claimed: list[str] = []
+    claim_due = outbox.claim_due
+    monkeypatch.setattr(outbox, "claim_due", lambda *args: [d for d in claim_due(*args) if not claimed.append(d.target)])
+    assert running.run_once() == 2  # "slow" in flight; "slow-too", claimed with it, waits for its one place
     plan(store, fast.slug, ["fast"])
-    time.sleep(SEND_WAIT_SECONDS)  # "slow-too" is due again, and passed over while "slow" is in flight
-    assert running.run_once() == 1  # claimed "fast" only
-    assert running.run_once() == 2  # "fast" sent and recorded, "slow" in flight
+    while statuses(store)["fast"] != "sent":  # "slow-too" went back to the outbox; later claims pass it over
+        assert running.run_once() and "slow" not in slow.ended
+    assert sorted(claimed) == ["fast", "slow", "slow-too"]  # "slow-too" claimed once
     log = delivery_log(store)
     assert {target: (item["status"], len(item["attempt_log"])) for target, item in log.items()} == {
         "slow": ("pending", 0), "slow-too": ("pending", 0), "fast": ("sent", 1),
@@ -234,3 +239,15 @@ def test_a_destination_at_its_limit_of_sends_in_flight_is_passed_over_while_the_
     running.close()
     assert statuses(store) == {"slow": "sent", "slow-too": "pending", "fast": "sent"}
     assert set(slow.ended) == {"slow"}  # "slow-too" was never sent beside it
+
+
+def test_a_send_beyond_its_destinations_limit_waits_for_a_place_that_frees_within_the_wait(store: Store) -> None:
+    pager = CountingPager()
+    plan(store, pager.slug, [str(n) for n in range(6)])
+    policies = PolicyBook(DeliveryPolicyFile.model_validate({"destinations": {pager.slug: {"max_in_flight": 2}}}),
+                          HubSettings(_env_file=None))  # type: ignore[call-arg]
+    running = DeliveryEngine(store, {pager.slug: pager}, policies, batch_size=10, lease=timedelta(seconds=60), concurrency=8)
+    assert running.run_once() == 6  # one claim of 6, two sends at a time, none put back
+    running.close()
+    assert pager.most_in_flight == 2
+    assert set(statuses(store).values()) == {"sent"}

@@ -24,8 +24,12 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     assert "Trigger fired: post_purchase_support 3" in lines
     for rule in ("cart_abandonment", "comparison_hesitation", "high_intent_pricing"):  # the whole reference journey
         assert f"Trigger fired: {rule} 1" in lines
-    assert "sms sent 2 3" in lines  # Ana's SMS needed a second attempt after an injected 503
-    assert "sms failed 1 1" in lines  # Dev replied STOP at the provider: 21610, not retried
+    # Dev replied STOP at the provider: 21610, not retried. The demo injects one 503 into the next SMS request, and
+    # SMS are sent side by side (a slow one does not hold back the next), so either Ana's met it and was sent on
+    # its second attempt, or Dev's met it and was refused on its second.
+    assert {line for line in lines if line.startswith("sms ")} in (
+        {"sms sent 2 3", "sms failed 1 1"}, {"sms sent 2 2", "sms failed 1 2"}
+    )
     assert "crm sent 4 4" in lines  # a Lead with the intent and an owner Task per decision
     assert "push sent 1 1" in lines  # Ana's phone
     assert "push failed 1 1" in lines  # Dev uninstalled the app: UNREGISTERED, token forgotten
