@@ -65,7 +65,7 @@ log = structlog.get_logger(__name__)
 # A rate-limited send waits (holding its place among the sends in flight) at most
 # this long; a longer wait puts the delivery back in the outbox instead.
 MAX_INLINE_WAIT_SECONDS = 1.0
-# How long a run waits for the sends it started before it records those finished and claims more: longer
+# How long a run waits for the sends in flight before it records those finished and claims more: longer
 # than a batch of answers takes under load (tens of ms), short against the latency a moment allows.
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
@@ -207,8 +207,8 @@ class DeliveryEngine:
         with a receiver answering in milliseconds one frees at once, where
         putting them back in the outbox delayed them 50 ms and cost two
         statements each. Behind a slow receiver they go back after the wait,
-        freeing the engine's places they hold. Polled: `asyncio.wait_for`
-        around a condition costs more than these few looks.
+        freeing the engine's places they hold. Polled every 5 ms: only the
+        few deliveries a claim took beyond the limit look, for 50 ms at most.
         """
         deadline = self._loop.time() + SEND_WAIT_SECONDS
         while self._sends_to[destination_id] >= limit:
