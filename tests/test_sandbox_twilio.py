@@ -1,7 +1,8 @@
-"""The real `twilio` library against the fake Twilio, through BaseUrlHttpClient."""
+"""The real `twilio` library against the fake Twilio, through BaseUrlHttpClient (and its async twin)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Iterator
 from datetime import datetime
@@ -12,8 +13,11 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
-from connectors.destinations.twilio_transport import BaseUrlHttpClient
+from connectors.destinations.twilio_sms import TwilioSmsConfig, TwilioSmsDestination
+from connectors.destinations.twilio_transport import AsyncPooledHttpClient, BaseUrlHttpClient
 from connectors.sandbox.twilio import FakeTwilio, create_app
+from hub.errors import PermanentDeliveryError
+from hub.model import Delivery
 from hub.serving import BackgroundServer
 from tests.conftest import vendor_fake_fixtures
 
@@ -210,3 +214,53 @@ def test_transport_redirects_regional_hosts_and_refuses_other_twilio_hosts(
     with pytest.raises(ValueError, match="verify.twilio.com"):
         regional.http_client.request("GET", "https://verify.twilio.com/v2/Services")
     assert len(fake.requests) == 1
+
+
+def test_the_async_transport_sends_is_refused_and_redirects_as_the_blocking_one(
+    server: BackgroundServer, fake: FakeTwilio
+) -> None:
+    async def scenario() -> tuple[MessageInstance, TwilioRestException]:
+        transport = AsyncPooledHttpClient(5, server.url)
+        try:
+            regional = Client(fake.account_sid, fake.auth_token, http_client=transport, region="au1", edge="sydney")
+            sent = await regional.messages.create_async(to=RECIPIENT, from_=SENDER, body="Hi Jane", status_callback=CALLBACK)
+            wrong = Client(fake.account_sid, "not-the-token", http_client=transport)
+            with pytest.raises(TwilioRestException) as refused:
+                await wrong.messages.create_async(to=RECIPIENT, from_=SENDER, body="Hi Jane")
+            with pytest.raises(ValueError, match="verify.twilio.com"):
+                await transport.request("GET", "https://verify.twilio.com/v2/Services")
+            return sent, refused.value
+        finally:
+            await transport.close()
+
+    sent, refused = asyncio.run(scenario())
+    [stored] = fake.messages
+    assert (sent.sid, sent.status, sent.to, sent.body) == (stored["sid"], "queued", RECIPIENT, "Hi Jane")
+    assert fake.requests[0]["form"] == {"To": RECIPIENT, "From": SENDER, "Body": "Hi Jane", "StatusCallback": CALLBACK}
+    assert (refused.status, refused.code) == (401, 20003)
+    assert [(r["status"], r["auth_user"]) for r in fake.requests] == [(201, fake.account_sid), (401, fake.account_sid)]
+
+
+def test_the_destination_sends_on_the_engines_loop_and_classifies_refusals_alike(
+    server: BackgroundServer, fake: FakeTwilio
+) -> None:
+    config = TwilioSmsConfig(account_sid=fake.account_sid, auth_token=fake.auth_token, from_number=SENDER,
+                             api_base_url=server.url)
+    destination = TwilioSmsDestination("twilio_sms", config)
+    fake.unsubscribed.add("+14155550199")
+
+    def delivery(target: str) -> Delivery:
+        return Delivery(f"d-{target}", "twilio_sms", "sms", target, {"body": "Hi Jane"}, 0, datetime.now().astimezone())
+
+    async def scenario() -> tuple[str | None, PermanentDeliveryError]:
+        try:
+            sent = await destination.deliver_async(delivery(RECIPIENT))
+            with pytest.raises(PermanentDeliveryError) as refused:
+                await destination.deliver_async(delivery("+14155550199"))
+            return sent.provider_message_id, refused.value
+        finally:
+            await destination.close_async()
+
+    sid, refused = asyncio.run(scenario())
+    assert [stored["sid"] for stored in fake.messages] == [sid]
+    assert (refused.failure.error_class, refused.failure.revokes_consent) == ("twilio.21610", True)

@@ -15,7 +15,7 @@ from twilio.rest import Client
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult, Destination
 from connectors.destinations import twilio_callbacks
-from connectors.destinations.twilio_transport import BaseUrlHttpClient, PooledHttpClient
+from connectors.destinations.twilio_transport import AsyncPooledHttpClient, BaseUrlHttpClient, PooledHttpClient
 from hub.errors import (
     AuthDeliveryError,
     BadPayloadError,
@@ -73,20 +73,26 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         else:
             http_client = PooledHttpClient(timeout=config.timeout_seconds)
         self.client = Client(config.account_sid, config.auth_token.get_secret_value(), http_client=http_client)
+        self._async_client: Client | None = None  # `send_async`'s, built on the delivery engine's loop
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
 
     def send(self, delivery: Delivery) -> SendResult:
-        message = self.client.messages.create(
-            to=delivery.target, from_=self.settings.from_number, body=delivery.content["body"],
-            status_callback=self.settings.status_callback_url,
-        )
-        return SendResult(
-            status=message.status or "queued",
-            provider_message_id=message.sid,
-            response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
-        )
+        return _sent(self.client.messages.create(**self._message(delivery)))
+
+    async def send_async(self, delivery: Delivery) -> SendResult:
+        """The library's own async call (aiohttp), on the delivery engine's loop instead of a worker thread."""
+        if self._async_client is None:
+            http_client = AsyncPooledHttpClient(self.settings.timeout_seconds, self.settings.api_base_url)
+            self._async_client = Client(
+                self.settings.account_sid, self.settings.auth_token.get_secret_value(), http_client=http_client
+            )
+        return _sent(await self._async_client.messages.create_async(**self._message(delivery)))
+
+    def _message(self, delivery: Delivery) -> dict[str, Any]:
+        return {"to": delivery.target, "from_": self.settings.from_number, "body": delivery.content["body"],
+                "status_callback": self.settings.status_callback_url}
 
     def classify(self, error: Exception) -> DeliveryError:
         if isinstance(error, (TwilioRestException, TwilioServiceException)):
@@ -111,6 +117,19 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         session = getattr(self.client.http_client, "session", None)
         if session is not None:
             session.close()
+
+    async def close_async(self) -> None:
+        if self._async_client is not None:
+            await self._async_client.http_client.close()  # type: ignore[attr-defined]
+            self._async_client = None
+
+
+def _sent(message: Any) -> SendResult:
+    return SendResult(
+        status=message.status or "queued",
+        provider_message_id=message.sid,
+        response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
+    )
 
 
 def _as_delivery_error(exc: TwilioRestException | TwilioServiceException) -> DeliveryError:

@@ -19,10 +19,13 @@ configured.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
+from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from requests.adapters import HTTPAdapter
+from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 
@@ -73,10 +76,7 @@ class BaseUrlHttpClient(PooledHttpClient):
 
     def rewrite(self, url: str) -> str:
         """The URL to call instead of `url`; raises `ValueError` for non-REST-API hosts."""
-        rewritten, count = _TWILIO_API_ORIGIN.subn(lambda _origin: self.base_url, url, count=1)
-        if not count:
-            raise ValueError(f"{url!r} is not on Twilio's REST API host; refusing to send it to {self.base_url}")
-        return rewritten
+        return _rewritten(url, self.base_url)
 
     def request(
         self,
@@ -99,3 +99,52 @@ class BaseUrlHttpClient(PooledHttpClient):
             timeout=timeout,
             allow_redirects=allow_redirects,
         )
+
+
+class AsyncPooledHttpClient(AsyncTwilioHttpClient):
+    """The library's aiohttp transport, for `create_async`, with a connection for every send in flight, the
+    send timeout on every request (the library passes none), and optionally a Twilio-compatible `base_url`
+    as `BaseUrlHttpClient` has.
+
+    Build it on the event loop that will use it: its aiohttp session belongs to that loop.
+    """
+
+    def __init__(self, timeout: float, base_url: str | None = None) -> None:
+        super().__init__(pool_connections=False, timeout=timeout)
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.session = ClientSession(
+            connector=TCPConnector(limit=MAX_DELIVERY_CONCURRENCY), timeout=ClientTimeout(total=timeout)
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        if auth is not None:  # as a header: aiohttp deprecates the `auth` argument the library would pass
+            credentials = base64.b64encode(":".join(auth).encode()).decode()
+            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+        return await super().request(
+            method,
+            _rewritten(url, self.base_url) if self.base_url else url,
+            params=params,
+            data=data,
+            headers=headers,
+            auth=None,
+            timeout=timeout,
+            allow_redirects=allow_redirects,
+        )
+
+
+def _rewritten(url: str, base_url: str) -> str:
+    """`url` on `base_url` instead of Twilio's REST API host; `ValueError` for any other host."""
+    rewritten, count = _TWILIO_API_ORIGIN.subn(lambda _origin: base_url, url, count=1)
+    if not count:
+        raise ValueError(f"{url!r} is not on Twilio's REST API host; refusing to send it to {base_url}")
+    return rewritten
