@@ -2,8 +2,9 @@
 
 A claimed batch is sent from one asyncio event loop, at most `concurrency`
 sends in flight (an asyncio.Semaphore): destinations with an async client
-(webhooks) await their I/O, and those built on blocking vendor SDKs run
-`send` in the loop's worker threads (as many as sends may be in flight).
+(webhooks, Twilio's SMS) await their I/O, and those built on blocking vendor
+SDKs run `send` in the loop's worker threads (as many as sends may be in
+flight).
 One loop and one async client cost far less CPU per send than a thread and
 a blocking client each (bench/README.md). The outcomes of a batch are
 written back in one transaction, which also claims the next batch: the look
