@@ -84,27 +84,9 @@ class BaseUrlHttpClient(PooledHttpClient):
         """The URL to call instead of `url`; raises `ValueError` for non-REST-API hosts."""
         return _rewritten(url, self.base_url)
 
-    def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
-    ) -> Response:
-        return super().request(
-            method,
-            self.rewrite(url),
-            params=params,
-            data=data,
-            headers=headers,
-            auth=auth,
-            timeout=timeout,
-            allow_redirects=allow_redirects,
-        )
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
+        """`TwilioHttpClient.request` (params, data, headers, auth, timeout, allow_redirects) at the base URL."""
+        return super().request(method, self.rewrite(url), **kwargs)
 
 
 class AsyncPooledHttpClient(AsyncTwilioHttpClient):
@@ -123,29 +105,16 @@ class AsyncPooledHttpClient(AsyncTwilioHttpClient):
         )
 
     async def request(
-        self,
-        method: str,
-        url: str,
-        params: dict[str, object] | None = None,
-        data: dict[str, object] | None = None,
-        headers: dict[str, str] | None = None,
-        auth: tuple[str, str] | None = None,
-        timeout: float | None = None,
-        allow_redirects: bool = False,
+        self, method: str, url: str, *, headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,
+        **kwargs: Any,
     ) -> Response:
-        if auth is not None:  # as a header: aiohttp deprecates the `auth` argument the library would pass
+        """`AsyncTwilioHttpClient.request` (params, data, timeout, allow_redirects too) at the base URL, if any,
+        with Basic auth as a header: aiohttp deprecates the `auth` argument the library would pass it."""
+        if auth is not None:
             credentials = base64.b64encode(":".join(auth).encode()).decode()
             headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
-        return await super().request(
-            method,
-            _rewritten(url, self.base_url) if self.base_url else url,
-            params=params,
-            data=data,
-            headers=headers,
-            auth=None,
-            timeout=timeout,
-            allow_redirects=allow_redirects,
-        )
+        target = _rewritten(url, self.base_url) if self.base_url else url
+        return await super().request(method, target, headers=headers, **kwargs)
 
 
 def _rewritten(url: str, base_url: str) -> str:
