@@ -134,8 +134,7 @@ class DeliveryEngine:
                 due = self._claim(connection)
         if not due and not self._sending:
             return 0
-        started = {self._loop.create_task(self._attempt_bounded(delivery)) for delivery in due}
-        self._sending |= started
+        self._sending.update(self._loop.create_task(self._attempt_bounded(delivery)) for delivery in due)
         self._loop.run_until_complete(asyncio.wait(self._sending, timeout=SEND_WAIT_SECONDS))
         finished = {task for task in self._sending if task.done()}
         self._sending -= finished

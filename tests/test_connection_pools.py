@@ -1,9 +1,10 @@
 """Vendor SDK clients keep a connection for every send the delivery engine may have in flight.
 
-The engine runs up to HUB_DELIVERY_CONCURRENCY blocking sends at once on its
-worker threads. A client whose pool is smaller closes each connection handed
-back to a full pool, and later sends open new ones (in production, each with
-a TLS handshake). urllib3 logs a warning for each: these tests count them
+The engine runs up to HUB_DELIVERY_CONCURRENCY sends at once; those of
+blocking SDKs (Salesforce, FCM, and any destination's blocking `send`, such
+as Twilio's) on its worker threads. A client whose pool is smaller closes
+each connection handed back to a full pool, and later sends open new ones
+(in production, each with a TLS handshake). urllib3 logs a warning for each: these tests count them
 while a slow sandbox holds more sends open together than any library default
 keeps.
 """

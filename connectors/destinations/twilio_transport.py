@@ -4,15 +4,15 @@ The delivery engine sends SMS with the library's async client
 (`create_async` over aiohttp, `AsyncPooledHttpClient`) on its event loop,
 up to HUB_DELIVERY_CONCURRENCY at once. On a worker thread each, as before,
 they cost the process about 0.04 ms more CPU per event at 1,000 events/s,
-and the first attempt's p99 was the longer in 5 of 6 pairs of runs
-(bench/README.md). The blocking
-`send` of the Destination contract keeps the library's `TwilioHttpClient`,
-which keeps min(32, CPUs + 4) connections (6 on a two-core host). urllib3
-closes each connection handed back to a full pool ("Connection pool is
-full, discarding connection"), so with more sends at once than that, later
-ones open new connections to api.twilio.com, each with its own TLS
-handshake. `PooledHttpClient` keeps as many as the engine can have in
-flight, and so does the async client's connector.
+and the first attempt's p99 was the longer in 9 of 10 pairs of runs
+(bench/README.md). The blocking `send` of the Destination contract keeps
+the library's `TwilioHttpClient`, which keeps min(32, CPUs + 4) connections
+(6 on a two-core host). urllib3 closes each connection handed back to a
+full pool ("Connection pool is full, discarding connection"), so with more
+sends at once than that, later ones open new connections to api.twilio.com,
+each with its own TLS handshake. `PooledHttpClient` keeps as many as the
+engine can have in flight, and so does the async client's session
+(`pooled_session`, as the webhooks').
 
 The twilio library builds every REST URL on ``https://api.twilio.com`` and has
 no setting to change it, but its `Client` accepts an `http_client`. Rewriting
@@ -29,12 +29,12 @@ import base64
 import re
 from typing import Any
 
-from aiohttp import ClientSession, ClientTimeout, TCPConnector
 from requests.adapters import HTTPAdapter
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 
+from connectors.destinations.aiohttp_pool import pooled_session
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 # With TWILIO_EDGE / TWILIO_REGION set (environment or Client arguments) the
@@ -100,9 +100,7 @@ class AsyncPooledHttpClient(AsyncTwilioHttpClient):
     def __init__(self, timeout: float, base_url: str | None = None) -> None:
         super().__init__(pool_connections=False, timeout=timeout)
         self.base_url = base_url.rstrip("/") if base_url else None
-        self.session = ClientSession(
-            connector=TCPConnector(limit=MAX_DELIVERY_CONCURRENCY), timeout=ClientTimeout(total=timeout)
-        )
+        self.session = pooled_session(timeout)
 
     async def request(
         self, method: str, url: str, *, headers: dict[str, str] | None = None, auth: tuple[str, str] | None = None,

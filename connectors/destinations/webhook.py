@@ -39,6 +39,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Destination
+from connectors.destinations.aiohttp_pool import pooled_session
 from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
@@ -219,10 +220,7 @@ class OutboundWebhookDestination(Destination):
 
     def _async_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=MAX_DELIVERY_CONCURRENCY),
-                timeout=aiohttp.ClientTimeout(total=self.settings.timeout_seconds),
-            )
+            self._session = pooled_session(self.settings.timeout_seconds)
         return self._session
 
     def close(self) -> None:
