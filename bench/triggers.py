@@ -371,6 +371,7 @@ def latency(
                 .join(touchpoints, touchpoints.c.touchpoint_id == decisions.c.touchpoint_id)
                 .join(inbox_table, inbox_table.c.id == touchpoints.c.inbox_id)
                 .where(attempts.c.attempt_no == 1, deliveries.c.channel == "sms")
+                .order_by(inbox_table.c.received_at)
             ).all()
             sends = Counter(dict(connection.execute(
                 select(deliveries.c.channel, func.count())

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -264,3 +267,20 @@ def test_the_destination_sends_on_the_engines_loop_and_classifies_refusals_alike
     sid, refused = asyncio.run(scenario())
     assert [stored["sid"] for stored in fake.messages] == [sid]
     assert (refused.failure.error_class, refused.failure.revokes_consent) == ("twilio.21610", True)
+
+
+def test_the_destination_imports_the_clients_message_api_when_built_not_at_the_first_sms() -> None:
+    """In a fresh interpreter: the twilio client imports its REST API's modules at first use, 35 ms and more,
+    which at the first SMS would stall the delivery engine's loop and every send in flight on it."""
+    built = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys
+            from connectors.destinations.twilio_sms import TwilioSmsConfig, TwilioSmsDestination
+            assert "twilio.rest.api" not in sys.modules
+            TwilioSmsDestination("twilio_sms", TwilioSmsConfig(
+                account_sid="AC{'0' * 32}", auth_token="token", from_number="{SENDER}"))
+            print(sorted(name for name in sys.modules if name.startswith("twilio.rest.api.v2010.account.message")))
+        """)],
+        capture_output=True, text=True, check=True,
+    )
+    assert "twilio.rest.api.v2010.account.message" in built.stdout

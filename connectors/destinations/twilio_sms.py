@@ -73,13 +73,17 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         else:
             http_client = PooledHttpClient(timeout=config.timeout_seconds)
         self.client = Client(config.account_sid, config.auth_token.get_secret_value(), http_client=http_client)
+        # The client imports its REST API's modules at first use: 35 ms on an idle box, 100 ms and more
+        # under load. Resolved here, at startup, rather than at the first SMS on the delivery engine's loop,
+        # which that import would stall with every send in flight.
+        self._messages = self.client.messages
         self._async_client: Client | None = None  # `send_async`'s, built on the delivery engine's loop
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
 
     def send(self, delivery: Delivery) -> SendResult:
-        return _sent(self.client.messages.create(**self._message(delivery)))
+        return _sent(self._messages.create(**self._message(delivery)))
 
     async def send_async(self, delivery: Delivery) -> SendResult:
         """The library's own async call (aiohttp), on the delivery engine's loop instead of a worker thread."""
