@@ -25,10 +25,10 @@ configured.
 
 from __future__ import annotations
 
-import base64
 import re
 from typing import Any
 
+import aiohttp
 from requests.adapters import HTTPAdapter
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
@@ -107,10 +107,10 @@ class AsyncPooledHttpClient(AsyncTwilioHttpClient):
         **kwargs: Any,
     ) -> Response:
         """`AsyncTwilioHttpClient.request` (params, data, timeout, allow_redirects too) at the base URL, if any,
-        with Basic auth as a header: aiohttp deprecates the `auth` argument the library would pass it."""
+        with Basic auth as a header: aiohttp 3.14 deprecates the `auth` argument the library would pass it
+        (twilio/twilio-python#931)."""
         if auth is not None:
-            credentials = base64.b64encode(":".join(auth).encode()).decode()
-            headers = {**(headers or {}), "Authorization": f"Basic {credentials}"}
+            headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         target = _rewritten(url, self.base_url) if self.base_url else url
         return await super().request(method, target, headers=headers, **kwargs)
 
