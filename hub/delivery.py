@@ -11,8 +11,9 @@ written back in one transaction, which also claims the next batch: the look
 for more work after a batch costs no transaction of its own, and a batch
 follows a batch without one.
 
-A run waits for the sends in flight `SEND_WAIT_SECONDS` at most. Sends
-still running then (a slow receiver, one that hangs until its timeout)
+A run waits for the sends in flight `SEND_WAIT_SECONDS` at most, and less
+when deliveries are planned meanwhile (`wake`): it then claims them at
+once instead of after the wait. Sends still running then (a slow receiver, one that hangs until its timeout)
 carry over: they go on beside the next batches, and the first run they have
 finished by records them. Waiting for a batch's slowest send instead held
 back every delivery planned meanwhile, SMS included, for as long as that
@@ -114,10 +115,12 @@ class DeliveryEngine:
         self._claimed: list[Delivery] | None = None
         self._sending: set[asyncio.Task[Outcome]] = set()  # started and not recorded: this batch's and carried over
         self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
+        self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
+        self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
 
     def run_once(self) -> int:
-        """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most,
-        then record those finished and claim the next batch in one transaction.
+        """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most
+        (until a `wake`), then record those finished and claim the next batch in one transaction.
 
         The batch is the one the previous call's record claimed, or claimed
         now. When that look found nothing and no send is in flight, this call
@@ -135,13 +138,37 @@ class DeliveryEngine:
         if not due and not self._sending:
             return 0
         self._sending.update(self._loop.create_task(self._attempt_bounded(delivery)) for delivery in due)
-        self._loop.run_until_complete(asyncio.wait(self._sending, timeout=SEND_WAIT_SECONDS))
+        self._loop.run_until_complete(self._wait_for_sends())
         finished = {task for task in self._sending if task.done()}
         self._sending -= finished
         with self.store.write() as connection:
             self._record(connection, [task.result() for task in finished])
             self._claimed = self._claim(connection)
         return len(finished) + len(self._sending)
+
+    def wake(self) -> None:
+        """Deliveries were planned (from any thread): a run waiting for its sends stops waiting, records those
+        finished and claims the new ones beside those still in flight.
+
+        Otherwise a delivery planned just after a claim waited for the sends
+        of that claim's batch (up to `SEND_WAIT_SECONDS`, more on a busy
+        process) before the next claim could take it.
+        """
+        if self._waiting:
+            self._loop.call_soon_threadsafe(self._woken.set)
+
+    async def _wait_for_sends(self) -> None:
+        """Until every send in flight has finished, `wake` is called, or `SEND_WAIT_SECONDS` have passed."""
+        self._woken.clear()
+        self._waiting = True
+        all_sent = self._loop.create_task(asyncio.wait(self._sending))
+        woken = self._loop.create_task(self._woken.wait())
+        try:
+            await asyncio.wait((all_sent, woken), timeout=SEND_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._waiting = False
+            all_sent.cancel()  # only the waits: the sends go on
+            woken.cancel()
 
     def _claim(self, connection: Connection) -> list[Delivery]:
         """A batch, or with sends carried over, as many as there is room for beside them: a delivery claimed

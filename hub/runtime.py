@@ -92,6 +92,7 @@ class Hub:
             self.store, self.destinations, PolicyBook(policy_file, settings),
             batch_size=settings.delivery_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
         )
+        self.wakeups.wake_while_busy("delivery", self.delivery.wake)
         self._workers = [
             Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
             timer_worker,

@@ -32,6 +32,7 @@ class Wakeups:
     def __init__(self, database_url: str) -> None:
         self.events = {name: threading.Event() for name in WORKER_ROLES}
         self._timers_due: Callable[[datetime], None] = lambda _at: self.events["timers"].set()
+        self._busy_wakes: dict[str, Callable[[], None]] = {}
         self._channel = channel_for(database_url)
         self._stopping = threading.Event()
         self._listener: threading.Thread | None = None
@@ -39,6 +40,11 @@ class Wakeups:
     def follow_timers(self, wake_by: Callable[[datetime], None]) -> None:
         """Timers announced with a due time wake the timer worker by its own rule (`Worker.wake_by`)."""
         self._timers_due = wake_by
+
+    def wake_while_busy(self, worker: str, wake: Callable[[], None]) -> None:
+        """`wake` is called too when `worker` is woken: for a step that waits on something else than the
+        worker's event (the delivery engine waiting for its sends)."""
+        self._busy_wakes[worker] = wake
 
     def announce(self, worker: str, due: datetime | None = None) -> None:
         """`worker` has new work (due at `due`, for timers): wake it here and in the store's other processes."""
@@ -67,6 +73,8 @@ class Wakeups:
             self._timers_due(due)
         else:
             self.events[worker].set()
+            if worker in self._busy_wakes:
+                self._busy_wakes[worker]()
 
     def _heard(self, payload: str) -> None:
         worker, _, due = payload.partition(" ")

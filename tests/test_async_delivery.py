@@ -251,3 +251,21 @@ def test_a_send_beyond_its_destinations_limit_waits_for_a_place_that_frees_withi
     running.close()
     assert pager.most_in_flight == 2
     assert set(statuses(store).values()) == {"sent"}
+
+
+def test_a_wake_cuts_a_runs_wait_for_its_sends_short(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deliveries planned while a run waits for its sends are claimed at once, not after the wait: with a wait
+    of 10 s here, a run woken after 0.1 s ends long before its slow send (1 s) has."""
+    monkeypatch.setattr("hub.delivery.SEND_WAIT_SECONDS", 10.0)
+    pager = SlowPager()
+    plan(store, pager.slug, ["slow"])
+    running = engine(store, pager, concurrency=4)
+    waker = threading.Timer(0.1, running.wake)
+    started = time.monotonic()
+    waker.start()
+    assert running.run_once() == 1  # woken: "slow" still in flight, carried over
+    assert time.monotonic() - started < 0.5
+    assert running.run_once() == 1  # not woken: waits for "slow", which ends within its second
+    assert time.monotonic() - started >= 1.0
+    assert statuses(store) == {"slow": "sent"}
+    running.close()

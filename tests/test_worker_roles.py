@@ -98,6 +98,11 @@ def test_an_announcement_wakes_the_worker_here_and_timers_by_their_due_time(tmp_
     due = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
     wakeups.announce("timers", due)
     assert told == [due] and not wakeups.events["timers"].is_set()
+    busy: list[str] = []
+    wakeups.wake_while_busy("delivery", lambda: busy.append("delivery"))
+    wakeups.announce("delivery")
+    wakeups.announce("pipeline")
+    assert busy == ["delivery"]
 
 
 @pytest.mark.hub_settings(workers="pipeline")
