@@ -35,12 +35,42 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
         return model.model_validate(document or {})
     except ValidationError as exc:
-        raise ConfigError([_describe(path, error) for error in exc.errors()]) from None
+        raise ConfigError([_describe(path, error, document) for error in exc.errors()]) from None
 
 
-def _describe(path: Path, error: Any) -> str:
-    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+def _describe(path: Path, error: Any, document: Any) -> str:
+    key = ".".join(str(part) for part in _in_document(error["loc"], document)) or "(top level)"
     return f"{path}: {key}: {error['msg']}"
+
+
+def _in_document(loc: Sequence[Any], document: Any) -> list[Any]:
+    """`loc` as keys of the file: without the tags of tagged unions, which pydantic adds to it.
+
+    A rule's `when: {count: {...}}` fails at ``when.count.count.within``: the
+    first `count` names the union's member, not a key. A part is such a tag
+    when the part after it is not found below it but is found beside it.
+    """
+    keys: list[Any] = []
+    node = document
+    for n, part in enumerate(loc):
+        below = _step(node, part)
+        following = loc[n + 1] if n + 1 < len(loc) else None
+        if following is not None and _step(below, following) is _MISSING and _step(node, following) is not _MISSING:
+            continue  # a tag
+        keys.append(part)
+        node = below
+    return keys
+
+
+_MISSING = object()
+
+
+def _step(node: Any, part: Any) -> Any:
+    if isinstance(node, dict) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _MISSING
 
 
 def with_line(problem: str, path: Path) -> str:

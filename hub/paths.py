@@ -84,14 +84,14 @@ class Equals:
     negated: bool
 
     def search(self, value: Any) -> Any:
-        return _equals(self.left.search(value), self.right.search(value)) != self.negated
+        return equals(self.left.search(value), self.right.search(value)) != self.negated
 
 
 def _is_false(value: Any) -> bool:
     return value == "" or value == [] or value == {} or value is None or value is False
 
 
-def _equals(x: Any, y: Any) -> bool:
+def equals(x: Any, y: Any) -> bool:
     """JMESPath's equality: Python's, except that 0 and 1 never equal a boolean."""
     if _is_number(x) and x in (0, 1):
         return not isinstance(y, bool) and x == y

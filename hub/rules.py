@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from hub.config_files import load_model
 from hub.durations import Duration
-from hub.mapping import Stage
+from hub.mapping import Stage, check_expression
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
 
@@ -44,12 +45,21 @@ class Predicate(_Strict):
     op: Operator = "eq"
     value: Any = None
 
+    _field_compiles = field_validator("field")(check_expression)
+
     @model_validator(mode="after")
     def _value_fits_operator(self) -> "Predicate":
+        """Refused here, when the file loads or reloads: found while evaluating, each event the rule saw
+        would fail and go to quarantine."""
         if self.op == "in" and not isinstance(self.value, list):
             raise ValueError("`in` needs a list value")
-        if self.op == "matches" and not isinstance(self.value, str):
-            raise ValueError("`matches` needs a regular expression string")
+        if self.op == "matches":
+            if not isinstance(self.value, str):
+                raise ValueError("`matches` needs a regular expression string")
+            try:
+                re.compile(self.value)
+            except re.error as exc:
+                raise ValueError(f"`matches` value {self.value!r} is not a regular expression: {exc}") from None
         return self
 
 
@@ -92,6 +102,8 @@ class RecentCondition(_Strict):
 class CountWindow(Window):
     distinct_by: str | None = Field(None, description="JMESPath; count distinct values of it instead of events.")
 
+    _distinct_by_compiles = field_validator("distinct_by")(lambda value: value and check_expression(value))
+
 
 class CountCondition(_Strict):
     """The touchpoint matches and, with it, `at_least` matching events fall in the last `within`."""
@@ -127,11 +139,30 @@ class NotCondition(_Strict):
     not_: "Condition" = Field(alias="not")
 
 
+_CONDITION_KEYS = {
+    "recent": RecentCondition, "count": CountCondition, "absence": AbsenceCondition,
+    "all": AllCondition, "any": AnyCondition, "not": NotCondition,
+}
+
+
+def _condition_kind(value: Any) -> str:
+    """Which kind of condition `value` is, by its key (`recent`, `count`, ... or else an event selector).
+
+    Told which member of the union to try, pydantic reports that member's
+    errors alone: a typo in one `where` used to bring a dozen lines about
+    every other kind of condition missing its key.
+    """
+    if isinstance(value, dict):
+        return next((key for key in _CONDITION_KEYS if key in value), "event")
+    return next((key for key, kind in _CONDITION_KEYS.items() if isinstance(value, kind)), "event")
+
+
 Condition = Annotated[
     Union[
-        EventCondition, RecentCondition, CountCondition, AbsenceCondition, AllCondition, AnyCondition, NotCondition
+        Annotated[EventCondition, Tag("event")],
+        *(Annotated[kind, Tag(key)] for key, kind in _CONDITION_KEYS.items()),
     ],
-    Field(union_mode="left_to_right"),
+    Discriminator(_condition_kind),
 ]
 
 

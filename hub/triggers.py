@@ -343,7 +343,7 @@ class _Judge:
                 if not _selected(window, tp.event, tp.stage, tp.moment, self.document):
                     return False
                 found = [self.document, *self._window(window, window.within)]
-                seen = len({repr(_field(window.distinct_by).search(doc)) for doc in found}) if window.distinct_by else len(found)
+                seen = _distinct(window.distinct_by, found) if window.distinct_by else len(found)
                 self.evidence.setdefault("count", []).append(
                     {**_describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
                      "distinct_by": window.distinct_by}
@@ -404,27 +404,36 @@ def _pattern(expression: str) -> re.Pattern[str]:
     return re.compile(expression)
 
 
+def _distinct(path: str, documents: list[dict[str, Any]]) -> int:
+    """How many distinct values of `path` the documents have; one without it adds none (it is not a value)."""
+    values = (_field(path).search(document) for document in documents)
+    return len({repr(value) for value in values if value is not None})
+
+
 def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
+    """Whether the document's value at the predicate's field passes it. Booleans are not numbers here (as in
+    JMESPath, unlike Python): `true` neither equals 1 nor is greater than 0."""
     actual = _field(predicate.field).search(document)
     expected = predicate.value
+    ordered = actual is not None and not isinstance(actual, bool) and not isinstance(expected, bool)
     try:
         match predicate.op:
             case "exists":
                 return (actual is not None) == (expected is not False)
             case "eq":
-                return actual == expected
+                return paths.equals(actual, expected)
             case "ne":
-                return actual != expected
+                return not paths.equals(actual, expected)
             case "gt":
-                return actual is not None and actual > expected
+                return ordered and actual > expected
             case "gte":
-                return actual is not None and actual >= expected
+                return ordered and actual >= expected
             case "lt":
-                return actual is not None and actual < expected
+                return ordered and actual < expected
             case "lte":
-                return actual is not None and actual <= expected
+                return ordered and actual <= expected
             case "in":
-                return actual in expected
+                return any(paths.equals(actual, item) for item in expected)
             case "matches":
                 return isinstance(actual, str) and _pattern(str(expected)).search(actual) is not None
     except TypeError:  # comparing a string with a number, say: the predicate simply does not hold

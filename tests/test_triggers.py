@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.model import Identifier, Touchpoint, ordered_id
 from hub.rules import RuleFile, Selector, load_rules
@@ -65,6 +67,14 @@ def test_comparing_different_types_does_not_fire_instead_of_crashing() -> None:
     assert evaluate(tp("E", total="lots"), "p", rules(rule), RecordedHistory()) == []
 
 
+@pytest.mark.parametrize(("op", "value"), [("eq", 1), ("gt", 0), ("gte", 1), ("lte", 1), ("in", [1, 2])])
+def test_a_boolean_is_not_a_number(op: str, value: object) -> None:
+    """As in JMESPath: Python's `True == 1` would make `{op: gt, value: 0}` hold for `true`."""
+    rule = {"id": "r", "when": {"event": "E", "where": [{"field": "properties.n", "op": op, "value": value}]}, "respond": RESPOND}
+    assert evaluate(tp("E", n=True), "p", rules(rule), RecordedHistory()) == []
+    assert len(evaluate(tp("E", n=1), "p", rules(rule), RecordedHistory())) == 1
+
+
 def test_recent_window_all_and_not() -> None:
     rule = {
         "id": "r",
@@ -108,6 +118,37 @@ def test_invalid_rule_file_reports_every_problem_with_its_key(tmp_path: Path) ->
     assert "'soon' is not a duration" in text
 
 
+def test_a_mistake_inside_a_condition_is_one_problem_at_its_key_and_line(tmp_path: Path) -> None:
+    """Not one per kind of condition the union could have been, and without pydantic's tags in the key, so
+    `mappings check` finds its line."""
+    path = tmp_path / "triggers.yaml"
+    path.write_text(
+        "rules:\n  - id: r\n    when:\n      all:\n        - event: E\n          where:\n"
+        "            - {field: properties.path, op: equals}\n"
+        "        - count: {event: V, within: 5x}\n"
+        "    respond: [{channel: sms, template: t.j2}]\n"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_rules(path)
+    assert [problem.split(": ")[1] for problem in caught.value.problems] == [
+        "rules.0.when.all.0.where.0.op", "rules.0.when.all.1.count.within"
+    ]
+    assert [with_line(problem, path).split(": ")[0] for problem in caught.value.problems] == [f"{path}:7", f"{path}:8"]
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [({"field": "properties.path", "op": "matches", "value": "^/pricing("}, "is not a regular expression"),
+     ({"field": "properties.[path"}, "invalid JMESPath expression")],
+)
+def test_a_predicate_that_could_never_run_is_refused_when_the_file_loads(where: dict, reason: str) -> None:
+    """Found only while evaluating, it failed every event the rule saw, and those events went to quarantine."""
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        rules({"id": "r", "respond": RESPOND, "when": {"event": "E", "where": [where]}})
+    with pytest.raises(ValueError, match="invalid JMESPath expression"):
+        rules({"id": "r", "respond": RESPOND, "when": {"count": {"event": "E", "within": "5m", "distinct_by": "a.[b"}}})
+
+
 def test_selectors_filter_by_moment_stage_profile_traits_and_context() -> None:
     rule = {"id": "r", "respond": RESPOND, "when": {
         "moment": "x", "stage": "decision",
@@ -133,6 +174,8 @@ def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
     too_old = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=6), {"sku": "a"})]})
     assert evaluate(tp("Product Viewed", sku="b"), "p", rule(None), too_old) == []
     assert evaluate(tp("Cart Viewed"), "p", rule(None), same_product) == []  # the current event must itself count
+    without_sku = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=1), {})]})
+    assert evaluate(tp("Product Viewed", sku="a"), "p", rule("properties.sku"), without_sku) == []  # no sku: no value
 
 
 def test_matches_uses_a_regular_expression_and_bad_operator_values_are_refused() -> None:
