@@ -133,18 +133,35 @@ def test_the_follow_up_cancels_and_a_new_cart_event_restarts_the_wait(tmp_path: 
 
 
 @BOTH_DATABASES
-def test_an_event_cancels_the_wait_it_falls_inside_and_supersedes_an_overdue_one_in_one_update(
+def test_an_event_cancels_the_wait_it_falls_inside_and_leaves_an_overdue_one_to_fire_in_one_update(
     tmp_path: Path, database_url: str
 ) -> None:
+    """A wait that ran out before the event held: its timer fires even when the timer worker had not got to it
+    yet (behind, or down), instead of the event throwing it away."""
     hub = hub_on(tmp_path, database_url=database_url)
     identify, cart = cart_then()
     accept(hub, identify, message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=10)).isoformat()))
     accept(hub, cart)  # the first wait ran out before this cart, and has not fired yet
-    assert timer_statuses(hub) == ["superseded", "pending"]
+    assert timer_statuses(hub) == ["pending", "pending"]
     with Statements(hub) as statements:  # the next cart event ends the running wait and starts its own
         accept(hub, message(userId="amy", event="Product Added", timestamp=(NOW - timedelta(minutes=2)).isoformat()))
-    assert timer_statuses(hub) == ["superseded", "cancelled", "pending"]
+    assert timer_statuses(hub) == ["pending", "cancelled", "pending"]
     assert len([text for text in statements.sent if text.startswith("UPDATE timers")]) == 1
+    assert hub.timers.run_once() == 2  # the overdue wait, and the last one (due now)
+    assert timer_statuses(hub) == ["fired", "cancelled", "fired"]
+
+
+def test_an_event_at_the_carts_very_instant_is_not_a_follow_up_whichever_is_taken_in_first(tmp_path: Path) -> None:
+    """An identify sent in one batch with the cart event, before or after it: the wait goes on either way."""
+    hub = hub_on(tmp_path)
+    at = (NOW - timedelta(minutes=3)).isoformat()
+    for name, order in (("amy", ("identify", "track")), ("bob", ("track", "identify"))):
+        cart = message(userId=name, event="Cart Viewed", timestamp=at)
+        identify = message("identify", userId=name, traits={"email": f"{name}@example.com"}, timestamp=at)
+        accept(hub, *(identify if kind == "identify" else cart for kind in order))
+    assert timer_statuses(hub) == ["pending", "pending"]
+    assert hub.timers.run_once() == 2
+    assert timer_statuses(hub) == ["fired", "fired"]
 
 
 def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:

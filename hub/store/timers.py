@@ -62,9 +62,10 @@ def follow_event(
     """What an event at `at` does to its profile's timers: the waits it ends are cancelled, those it starts
     (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers.
 
-    A rule both cancelled and armed by the event (`without: any` after a cart
-    event) has its running wait cancelled and an overdue one that has not
-    fired yet superseded, as cancelling first and arming after would.
+    Only waits still running at `at` are touched. One already over (due
+    before `at`) held whatever came after it: it fires, even when it has not
+    yet (a timer worker behind or down), and an event re-arming its rule
+    starts a wait of its own beside it.
     """
     rearm = [rule_id for rule_id, _ in arm]
     if cancel or rearm:
@@ -86,9 +87,13 @@ def _settling(cancels: int, rearms: int) -> sql.Precompiled:
     """`follow_event`'s UPDATE for an event cancelling `cancels` rules and arming `rearms`, built once per shape
     and `Precompiled`, as it runs for most events.
 
-    Of the profile's pending timers of those rules anchored no later than the
-    event, one of a rule it cancels that it falls inside of is cancelled; any
-    other, of a rule it arms, is superseded (the wait restarts). One plain
+    Of the profile's pending timers of those rules whose wait the event falls
+    inside of (due no earlier), one of a rule it cancels anchored before it
+    is cancelled; one of a rule it arms, anchored no later, is superseded (the
+    wait restarts). An event at the anchor's very instant is not one after
+    it, as `triggers.evaluate_expired` sees it when the timer fires: the
+    outcome must not hang on which of the two was taken in first (an
+    identify sent with a cart event, say). One plain
     bind parameter per rule: expanding IN lists are rendered again on every
     execution, which costs as much as running the statement. The profile's
     index ends in `due_at` (migration i8_timers_profile_due), so every shape
@@ -98,13 +103,13 @@ def _settling(cancels: int, rearms: int) -> sql.Precompiled:
     """
     cancel, rearm = sql.placeholders(cancels, "p_cancel_"), sql.placeholders(rearms, "p_rearm_")
     at = bindparam("p_at", type_=UTCDateTime)
-    cancelling = and_(_among(cancel), timers.c.due_at >= at)
+    cancelling = and_(_among(cancel), timers.c.anchor_at < at)
     return sql.Precompiled(
         update(timers)
         .where(
             timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_([*cancel, *rearm]),
-            timers.c.status == "pending", timers.c.anchor_at <= at, timers.c.touchpoint_id != bindparam("p_touchpoint_id"),
-            or_(_among(rearm), timers.c.due_at >= at),
+            timers.c.status == "pending", timers.c.anchor_at <= at, timers.c.due_at >= at,
+            timers.c.touchpoint_id != bindparam("p_touchpoint_id"), or_(cancelling, _among(rearm)),
         )
         .values(status=case((cancelling, "cancelled"), else_="superseded"), settled_at=bindparam("p_now", type_=UTCDateTime))
     )
