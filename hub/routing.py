@@ -13,6 +13,7 @@ Each action ends with one fate, as the decision log shows it:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,8 +23,10 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
+from hub.errors import ConfigError
 from hub.model import Action, Decision, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
+from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
@@ -86,6 +89,20 @@ class Router:
         self.routes = routes
         self.templates = templates
         self.policy = policy or ContactPolicy()
+
+    def check_channels(self, rules: Sequence[RuleSpec]) -> None:
+        """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route: found only when
+        the rule fired, a typo (`emial`) skipped every message it was meant to send."""
+        problems = [
+            f"triggers.yaml: rule {rule.id!r}: channel {channel!r} has no route in routes.yaml; "
+            f"use one of {', '.join(sorted(self.routes))} or add a route for it"
+            for rule in rules
+            for action in rule.respond
+            for channel in (action.channel, *(alternative.channel for alternative in action.fallback))
+            if channel not in self.routes
+        ]
+        if problems:
+            raise ConfigError(problems)
 
     def plan(
         self,

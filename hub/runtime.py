@@ -197,11 +197,12 @@ class Hub:
     def _build_rulebook(self) -> RuleBook:
         router = self.router
 
-        def templates_parse(rules: list[RuleSpec]) -> None:
+        def routes_and_templates_exist(rules: list[RuleSpec]) -> None:
             if router is not None:
+                router.check_channels(rules)
                 router.templates.check(sorted(template_names(rules)))
 
-        return RuleBook(self.settings.mappings_dir / "triggers.yaml", templates_parse, self.settings.rules_reload_seconds)
+        return RuleBook(self.settings.mappings_dir / "triggers.yaml", routes_and_templates_exist, self.settings.rules_reload_seconds)
 
     def _build_destinations(self) -> dict[str, Destination]:
         return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)

@@ -95,6 +95,13 @@ def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_pat
     write(mappings / "triggers.yaml", "rules: [{id: promo}]")
     assert send("Promo Clicked") == {"promo": 2}  # the last good rules still run
     assert hub.rulebook.last_error
+    typo = RULE.format(id="promo", template="post_purchase_support.sms.j2").replace("E}", "Promo Clicked}")
+    write(mappings / "triggers.yaml", typo.replace("channel: sms", "channel: smss"))
+    assert send("Promo Clicked") == {"promo": 3}  # a channel routes.yaml does not route is refused too
+    assert any("channel 'smss' has no route in routes.yaml; use one of" in line for line in hub.rulebook.last_error)
+    (mappings / "triggers.yaml").write_text(typo.replace("channel: sms", "channel: smss"))
+    with pytest.raises(ConfigError, match="channel 'smss' has no route"):
+        Hub(make_settings(tmp_path, mappings_dir=str(mappings)))
 
 
 @pytest.mark.parametrize(("recheck_seconds", "expected"), [(0, "Edited hello"), (3600, "Hello")])
