@@ -14,6 +14,7 @@ import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
@@ -62,12 +63,12 @@ def _settings(**overrides: object) -> HubSettings:
 
 
 @contextmanager
-def _config_problems_exit() -> Iterator[None]:
+def _config_problems_exit(heading: str = "The hub cannot start") -> Iterator[None]:
     """Turn a ConfigError into a readable list of what to fix and exit code 2."""
     try:
         yield
     except ConfigError as exc:
-        console.print("[red bold]The hub cannot start; fix these and try again:[/]")
+        console.print(f"[red bold]{heading}; fix these and try again:[/]")
         for problem in exc.problems:
             console.print(f"  • {problem}")
         raise typer.Exit(2) from None
@@ -385,28 +386,75 @@ def triggers_test(
     events: Path = typer.Argument(
         ..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."
     ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object a line per decision (rule, version, profile, time, status, reasons, "
+        "evidence touchpoints, each action's fate and details), for diffing two runs."
+    ),
 ) -> None:
     """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
 
     The clock is the events' own time, so a 2-minute absence rule fires between two events
     that are more than 2 minutes apart, and every timer still waiting after the last event
-    is run out. Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
+    is run out. Each timer fires at its own due time: quiet hours and caps are judged then.
+    Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
+
+    Each action shows its fate and why, e.g. [bold]email: delayed_quiet_hours until 2026-01-06 08:00 UTC[/]
+    or [bold]push: fell_back -> email (profile has no push_token)[/]. With --json, each decision is
+    one JSON object a line instead, so two runs can be diffed.
 
     Example: [bold]touchhub triggers test mappings/triggers.yaml session.jsonl[/]
     """
     from hub.trigger_lab import run as run_lab
 
-    with _config_problems_exit():
+    with _config_problems_exit("The rules cannot be tried"):
         result = run_lab(rules, events, _settings())
-    table = Table(title=f"Decisions over {result.events} events (simulated clock, nothing sent)")
+    if as_json:
+        _print_lab_json(result.decisions)
+    else:
+        console.print(_lab_table(result.decisions, result.events))
+    if result.quarantined:
+        message = f"{result.quarantined} event(s) could not be mapped and were left out."
+        (Console(stderr=True) if as_json else console).print(f"[yellow]{message}[/]")
+
+
+def _lab_table(found: list[dict[str, Any]], events: int) -> Table:
+    """One row per decision, one line per action with its fate and why."""
+    table = Table(title=f"Decisions over {events} events (simulated clock, nothing sent)")
     for column in ("time", "rule", "status", "profile", "actions"):
         table.add_column(column)
-    for decision in result.decisions:
-        actions = ", ".join(f"{action['channel']}: {action['fate']}" for action in decision["actions"])
+    for decision in found:
+        actions = "\n".join(escape(_action_line(action)) for action in decision["actions"])
         table.add_row(decision["decided_at"].isoformat(), decision["rule_id"], decision["status"], decision["who"], actions)
-    console.print(table)
-    if result.quarantined:
-        console.print(f"[yellow]{result.quarantined} event(s) could not be mapped and were left out.[/]")
+    return table
+
+
+def _print_lab_json(found: list[dict[str, Any]]) -> None:
+    """Plain lines on stdout (no Rich wrapping or colour), keys sorted, so two runs diff line by line."""
+    import json
+
+    from hub.trigger_lab import as_record
+
+    for decision in found:
+        typer.echo(json.dumps(as_record(decision), sort_keys=True, ensure_ascii=False, default=str))
+
+
+def _action_line(action: dict[str, Any]) -> str:
+    """`channel: fate` and what the decision log says about it: where it fell back to, until when it is held,
+    and routing's reason in its own words (hub/routing.py), as `decisions explain` shows them."""
+    parts = [f"{action['channel']}: {action['fate']}"]
+    if action.get("to"):
+        parts.append(f"-> {action['to']}")
+    if action.get("not_before"):
+        parts.append(f"until {_utc_text(action['not_before'])}")
+    if action.get("reason"):
+        parts.append(f"({action['reason']})")
+    return " ".join(parts)
+
+
+def _utc_text(iso: str) -> str:
+    """`2026-01-06 08:00 UTC` from a stored ISO time; seconds only when there are some."""
+    at = datetime.fromisoformat(iso).astimezone(timezone.utc)
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC" if at.second else "%Y-%m-%d %H:%M UTC")
 
 
 @decisions_app.command("explain")
@@ -444,8 +492,8 @@ def decisions_explain(
         evidence.add(f"no follow-up between {found['timer']['anchor_at']} and {found['timer']['due_at']} (timer {found['timer']['status']})")
     actions = tree.add("actions")
     for action in found["actions"]:
-        detail = action.get("reason") or action.get("not_before") or action.get("delivery_id", "")
-        actions.add(f"{action['channel']}: [bold]{action['fate']}[/] {detail}".rstrip())
+        delivery = f" (delivery {action['delivery_id']})" if action.get("delivery_id") else ""
+        actions.add(escape(_action_line(action)) + delivery)
     deliveries = tree.add("deliveries")
     for delivery in found["deliveries"]:
         node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")
