@@ -326,6 +326,16 @@ class _Judge:
         self.touchpoints: list[str] = []
 
     def holds(self, condition: Condition) -> bool:
+        """Whether the condition holds; if not, the touchpoints its parts added are taken back out, so the
+        evidence names only what satisfied the rule (an `any` that held through its second branch does not
+        list the first branch's half-met `all`). The checks' own evidence stays: it says why a part failed."""
+        kept = len(self.touchpoints)
+        if self._holds(condition):
+            return True
+        del self.touchpoints[kept:]
+        return False
+
+    def _holds(self, condition: Condition) -> bool:
         tp = self.touchpoint
         match condition:
             case EventCondition():

@@ -92,6 +92,18 @@ def test_recent_window_all_and_not() -> None:
     assert evaluate(tp("Ticket Submitted"), "p", rules(rule), stale) == []
 
 
+def test_the_evidence_names_only_the_touchpoints_of_the_branch_that_held() -> None:
+    rule = {"id": "r", "respond": RESPOND, "when": {"any": [
+        {"all": [{"count": {"event": "Product Viewed", "at_least": 2, "within": "5m"}},
+                 {"recent": {"event": "Order Completed", "within": "30d"}}]},
+        {"event": "Product Viewed", "where": [{"field": "properties.sku", "op": "eq", "value": "z"}]},
+    ]}}
+    viewed = RecordedHistory({"Product Viewed": [T0 - timedelta(minutes=1)]})  # count holds, recent does not
+    [decision] = evaluate(tp("Product Viewed", sku="z"), "p", rules(rule), viewed)
+    assert decision.evidence["touchpoints"] == ["tp-1"]
+    assert decision.evidence["recent"][0]["seen"] == 0  # why the first branch failed stays on record
+
+
 def test_cap_turns_a_second_decision_inside_the_window_into_a_capped_one() -> None:
     rule = {"id": "r", "when": {"event": "E"}, "respond": RESPOND, "cap": {"max": 1, "within": "24h"}}
     [capped] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=23)]))
