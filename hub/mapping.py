@@ -102,12 +102,29 @@ class MappingSpec(BaseModel):
         default_factory=dict,
         description="Canonical field -> {vendor value: canonical value}; values not listed pass through unchanged.",
     )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="properties.<name> / traits.<name> / context.<name> -> JMESPath over the raw event: a value "
+        "found elsewhere in the message (Segment's top-level `channel` as context.channel).",
+    )
     drop: list[DropRule] = Field(default_factory=list, description="Events the hub should not keep.")
 
     @field_validator("constants", "defaults", "value_maps")
     @classmethod
     def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_field_paths(value)
+
+    @field_validator("fields")
+    @classmethod
+    def _object_keys_from_expressions(cls, value: dict[str, str]) -> dict[str, str]:
+        for path, expression in value.items():
+            if path.split(".", 1)[0] not in OBJECT_FIELDS or not FIELD_PATH.match(path):
+                raise ValueError(
+                    f"{path!r} is not a key of an object field: use properties.<name>, traits.<name> or context.<name> "
+                    "(event, kind, stage, moment and occurred_at have expressions of their own)"
+                )
+            check_expression(expression)
+        return value
 
     @field_validator("kind", "event", "occurred_at", "properties", "traits", "context", "stage", "moment")
     @classmethod
@@ -140,6 +157,7 @@ class Mapping:
     stage: Expression | None
     moment: Expression | None
     drop: tuple[tuple[Expression, str], ...]
+    fields: dict[str, tuple[tuple[str, Expression], ...]]  # object field -> its (key, expression) pairs
 
     def label(self, event: str) -> JourneyLabel:
         return self.spec.events.get(event, self.spec.default)
@@ -156,16 +174,21 @@ class Mapping:
             return value_map[str(found)]
         return found
 
-    def object_field(self, name: str, found: dict[str, Any]) -> dict[str, Any]:
-        """`properties`, `traits` or `context` with the constants, value maps and defaults of its keys applied."""
+    def object_field(self, name: str, found: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """`properties`, `traits` or `context` with the keys `fields` finds in the payload (where it finds
+        them), then the constants, value maps and defaults of its keys applied."""
+        result = dict(found)
+        for key, expression in self.fields.get(name, ()):
+            value = expression.search(payload)
+            if value is not None and value != "":
+                result[key] = value
         keys = {
             path.split(".", 1)[1]
             for table in (self.spec.constants, self.spec.defaults, self.spec.value_maps)
             for path in table if path.startswith(name + ".")
         }
-        result = dict(found)
         for key in keys:
-            value = self.field(f"{name}.{key}", found.get(key))
+            value = self.field(f"{name}.{key}", result.get(key))
             if value is not None:
                 result[key] = value
         return result
@@ -198,6 +221,13 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
         stage=_compile_optional(spec.stage),
         moment=_compile_optional(spec.moment),
         drop=tuple((paths.compile(rule.when), rule.reason) for rule in spec.drop),
+        fields={
+            name: tuple(
+                (path.split(".", 1)[1], paths.compile(expression))
+                for path, expression in spec.fields.items() if path.startswith(name + ".")
+            )
+            for name in OBJECT_FIELDS
+        },
     )
 
 

@@ -34,7 +34,9 @@ def normalize(
     stage = mapping.field("stage", mapping.pick(mapping.stage, payload)) or label.stage
     if stage not in STAGES:
         raise MappingError(f"stage: {stage!r} is not one of {', '.join(STAGES)}")
-    objects = {name: mapping.object_field(name, _object(mapping.pick(getattr(mapping, name), payload))) for name in OBJECT_FIELDS}
+    objects = {
+        name: mapping.object_field(name, _object(mapping.pick(getattr(mapping, name), payload)), payload) for name in OBJECT_FIELDS
+    }
     return Touchpoint(
         touchpoint_id=derived_id(raw.source_id, raw.message_id),
         source_id=raw.source_id,

@@ -58,6 +58,24 @@ def test_constants_win_defaults_fill_gaps_and_value_maps_apply_to_properties() -
     assert touchpoint.context == {"source_system": "shop"}
 
 
+def test_fields_bring_values_from_elsewhere_in_the_message_into_an_object_field() -> None:
+    fields = {"context.channel": "channel", "properties.plan": "account.plan"}
+    touchpoint = mapped({"name": "x", "uid": "u", "channel": "browser", "account": {"plan": "p1"}, "props": {"plan": "own"}},
+                        fields=fields, value_maps={"properties.plan": {"p1": "premium"}})
+    assert (touchpoint.context, touchpoint.properties) == ({"channel": "browser"}, {"plan": "premium"})
+    assert mapped({"name": "x", "uid": "u", "props": {"plan": "own"}}, fields=fields).properties == {"plan": "own"}
+    with pytest.raises(ValueError, match="'event' is not a key of an object field"):
+        mapped({"name": "x", "uid": "u"}, fields={"event": "name"})
+    with pytest.raises(ValueError, match="invalid JMESPath expression"):
+        mapped({"name": "x", "uid": "u"}, fields={"context.channel": "channel["})
+
+
+def test_segments_channel_is_context_channel_for_rules() -> None:
+    segment = load_mapping(PROJECT_MAPPINGS / "segment.yaml")
+    raw = RawEvent("default", "m-1", message(userId="u", event="Page Viewed", channel="browser"))
+    assert normalize(raw, segment, RECEIVED, "US").context["channel"] == "browser"
+
+
 def test_default_event_name_when_the_payload_has_none() -> None:
     assert mapped({"uid": "u"}, defaults={"event": "Ping"}).event == "Ping"
 
