@@ -116,8 +116,10 @@ class TimerEngine:
             decision = triggers.evaluate_expired(
                 firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
             )
-            if decision is None:
-                settled.append(Settlement(timer.timer_id, "cancelled"))
+            if decision is None:  # the follow-up came, or the rule's other conditions (or only_if) no longer hold
+                came = triggers.follow_up_came(firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history,
+                                               profile["traits"])
+                settled.append(Settlement(timer.timer_id, "cancelled" if came else "lapsed"))
                 continue
             decided.append((firing, decision))
             settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))

@@ -250,21 +250,28 @@ def evaluate_expired(
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    selector = awaited(rule)
-    profile = {"profile": dict(traits or {})}
-    followed = [
-        doc for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
-        if doc["touchpoint_id"] != anchor.touchpoint_id
-        and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
-        and (selector is None or _predicates(selector.where, {**doc, **profile}))
-    ]
-    if followed:
+    if follow_up_came(rule, anchor, profile_id, due_at, history, traits):
         return None
     judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {})
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return None
     return _decide(rule, judge, anchor, profile_id, due_at)
+
+
+def follow_up_came(
+    rule: RuleSpec, anchor: Touchpoint, profile_id: str, due_at: datetime, history: History,
+    traits: Mapping[str, Any] | None = None,
+) -> bool:
+    """Whether the event an absence rule waits for happened after its anchor, by `due_at` (event time)."""
+    selector = awaited(rule)
+    profile = {"profile": dict(traits or {})}
+    return any(
+        doc["touchpoint_id"] != anchor.touchpoint_id
+        and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
+        and (selector is None or _predicates(selector.where, {**doc, **profile}))
+        for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
+    )
 
 
 def awaited(rule: RuleSpec) -> Selector | None:

@@ -164,6 +164,18 @@ def test_an_event_at_the_carts_very_instant_is_not_a_follow_up_whichever_is_take
     assert timer_statuses(hub) == ["fired", "fired"]
 
 
+def test_a_timer_with_no_action_left_for_its_anchor_lapses_and_is_not_called_cancelled(tmp_path: Path) -> None:
+    """Cart activity on a TV: cart_abandonment pushes on mobile and emails on the web, so it decides nothing;
+    the timer says so (lapsed), not that a follow-up came (cancelled)."""
+    hub = hub_on(tmp_path)
+    identify, _ = cart_then()
+    tv = message(userId="amy", event="Cart Viewed", context={"device": {"type": "tv"}},
+                 timestamp=(NOW - timedelta(minutes=3)).isoformat())
+    accept(hub, identify, tv)
+    assert hub.timers.run_once() == 1
+    assert timer_statuses(hub) == ["lapsed"]
+
+
 def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:
     hub = hub_on(tmp_path)
     accept(hub, *cart_then())

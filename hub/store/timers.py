@@ -132,8 +132,8 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """How a claimed timer ended: `fired` (with its decision), `lapsed` (rule, anchor or profile gone) or `cancelled`
-    (the follow-up happened after all, or the rule's other conditions no longer hold)."""
+    """How a claimed timer ended: `fired` (with its decision), `cancelled` (the follow-up happened after all) or
+    `lapsed` (rule, anchor or profile gone, or the rule's other conditions or every action's `only_if` do not hold)."""
 
     timer_id: str
     status: str
