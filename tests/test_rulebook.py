@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from connectors.sandbox.providers import SandboxProviders
 from hub.errors import ConfigError
 from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.templates import TemplateRenderer, template_names
+from tests.conftest import make_settings, serve_hub
 
 RULE = "rules:\n  - id: {id}\n    when: {{event: E}}\n    respond: [{{channel: sms, template: {template}}}]\n"
 
@@ -74,7 +76,7 @@ def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_pat
     from hub.model import RawEvent
     from hub.runtime import Hub
     from hub.store import decisions, inbox
-    from tests.conftest import make_settings, message
+    from tests.conftest import message
 
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_MAPPINGS, mappings)
@@ -113,3 +115,20 @@ def test_an_edited_template_is_picked_up_once_its_recheck_period_has_passed(
     assert renderer.render("greeting.j2", {}) == {"body": "Hello"}
     write(tmp_path / "greeting.j2", "Edited hello")
     assert renderer.render("greeting.j2", {}) == {"body": expected}  # within the period the file is not looked at
+
+
+def test_the_admin_api_shows_the_rules_in_force_and_why_an_edit_was_refused(tmp_path: Path, sandbox: SandboxProviders) -> None:
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    settings = make_settings(tmp_path, mappings_dir=str(mappings), rules_reload_seconds=0.01, **sandbox.settings_overrides())
+    with serve_hub(settings, sandbox) as running:
+        shipped = running.admin("/api/rules")
+        by_id = {rule["id"]: rule for rule in shipped["rules"]}
+        assert set(by_id) >= {"cart_abandonment", "comparison_hesitation", "post_purchase_support", "high_intent_pricing"}
+        assert by_id["cart_abandonment"]["waits"] and by_id["cart_abandonment"]["channels"] == ["push", "email"]
+        assert shipped["refused_edit"] == []
+        write(mappings / "triggers.yaml", "rules: [{id: promo}]")
+        time.sleep(0.05)  # past the reload interval
+        refused = running.admin("/api/rules")
+        assert [rule["id"] for rule in refused["rules"]] == [rule["id"] for rule in shipped["rules"]]  # still in force
+        assert any("rules.0.when: Field required" in problem for problem in refused["refused_edit"])

@@ -141,6 +141,23 @@ async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
     return await _read_one(request, lambda connection: explain(connection, decision_id), f"no decision {decision_id!r}")
 
 
+@router.get("/rules", summary="The trigger rules in force, and why the last edit of the file was refused, if it was")
+async def list_rules(request: Request) -> dict[str, Any]:
+    """A refused edit leaves the last good rules running and says so only in the log; here ops can see it
+    (looking also picks up an edit made since the last event)."""
+    rulebook = _hub(request).rulebook
+    assert rulebook is not None
+    return {
+        "rules": [
+            {"id": rule.id, "version": rule.version, "description": rule.description, "priority": rule.priority,
+             "urgency": rule.urgency, "waits": rule.absence is not None,
+             "channels": [action.channel for action in rule.respond]}
+            for rule in rulebook.current()
+        ],
+        "refused_edit": rulebook.last_error,
+    }
+
+
 @router.get("/quarantine", summary="Refused bodies and items, newest first")
 async def list_quarantine(request: Request, limit: int = Limit) -> dict[str, Any]:
     return {"quarantine": await _read(request, lambda connection: quarantine.recent(connection, limit))}
