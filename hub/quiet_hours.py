@@ -42,6 +42,15 @@ class QuietHours:
         except ValueError:
             return self.default_zone
 
+    def why_held(self, traits: dict, local_zone: ZoneInfo) -> str:
+        """The reason a delayed message records: the window, the zone it was judged in, and whether that is
+        the profile's own (an unknown `timezone` trait falls back to the default, which ops should see)."""
+        reason = f"quiet hours {self.start:%H:%M}-{self.end:%H:%M} in {local_zone.key}"
+        name = traits.get("timezone")
+        if name is not None and (not isinstance(name, str) or local_zone.key != name):
+            reason += f" (the profile's timezone {name!r} is not a known zone; the default was used)"
+        return reason
+
     def release_time(self, at: datetime, local_zone: ZoneInfo) -> datetime | None:
         """When a message due at `at` may go out, or None if `at` is outside quiet hours."""
         local = at.astimezone(local_zone)

@@ -174,10 +174,11 @@ class Router:
         fate: dict[str, Any] = {"fate": "planned"}
         quiet = self.policy.quiet_hours
         if quiet is not None and route.reaches_person and decision.urgency != "immediate":
-            release = quiet.release_time(send_at, quiet.zone_of(profile["traits"]))
+            local_zone = quiet.zone_of(profile["traits"])
+            release = quiet.release_time(send_at, local_zone)
             if release is not None:
                 send_at = release
-                fate = {"fate": "delayed_quiet_hours"}
+                fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], local_zone)}
         params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
         delivery = PlannedDelivery(
             delivery_id=ordered_id(decision.decided_at, "delivery", decision.decision_id, channel, target),

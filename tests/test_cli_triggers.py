@@ -139,7 +139,7 @@ def test_triggers_test_says_why_each_action_ended_as_it_did(tmp_path: Path) -> N
         ["push: fell_back -> email (profile has no push_token)", "email: planned"],
         ["sms: blocked_by_consent (sms consent revoked by the profile)", "email: planned",
          "push: skipped (profile has no push_token)", "crm: planned"],
-        ["email: delayed_quiet_hours until 2026-01-06 08:00 UTC"],
+        ["email: delayed_quiet_hours until 2026-01-06 08:00 UTC (quiet hours 21:00-08:00 in UTC)"],
     ]
 
 
@@ -155,7 +155,7 @@ def test_triggers_test_json_prints_one_decision_a_line_the_same_every_run(tmp_pa
     assert ana["reasons"]["absence"] == {"after": "Product Added", "within_seconds": 120.0, "due_at": "2026-01-05T21:32:00+00:00"}
     assert len(ana["touchpoints"]) == 1
     assert ana["actions"] == [{"channel": "email", "fate": "delayed_quiet_hours", "destination": "email_smtp",
-                               "not_before": "2026-01-06T08:00:00+00:00"}]
+                               "not_before": "2026-01-06T08:00:00+00:00", "reason": "quiet hours 21:00-08:00 in UTC"}]
     assert ivo["actions"][0] == {"channel": "push", "fate": "fell_back", "because": "skipped", "to": "email",
                                  "reason": "profile has no push_token"}
     assert eli["actions"][0] == {"channel": "sms", "fate": "blocked_by_consent", "reason": "sms consent revoked by the profile"}

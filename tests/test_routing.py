@@ -127,6 +127,10 @@ def test_quiet_hours_hold_non_urgent_messages_until_morning_in_the_profiles_zone
     assert routing.plan(urgent(*actions), PROFILE, {}, now=NIGHT).deliveries[0].not_before is None  # urgent: at once
     fate = routing.plan(urgent(*actions, urgency="delayed"), PROFILE, {}, now=NIGHT).fates()[0]
     assert (fate["fate"], fate["not_before"]) == ("delayed_quiet_hours", "2026-01-02T08:00:00+00:00")
+    assert fate["reason"] == "quiet hours 21:00-08:00 in UTC"
+    on_mars = {**PROFILE, "traits": {"first_name": "Ana", "timezone": "Mars/Olympus"}}
+    fate = routing.plan(urgent(*actions, urgency="delayed"), on_mars, {}, now=NIGHT).fates()[0]
+    assert fate["reason"] == "quiet hours 21:00-08:00 in UTC (the profile's timezone 'Mars/Olympus' is not a known zone; the default was used)"
 
 
 def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
