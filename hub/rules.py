@@ -195,6 +195,14 @@ class Cap(_Strict):
     max: int = Field(1, ge=1)
     within: Duration
 
+    @field_validator("max", mode="before")
+    @classmethod
+    def _sends_something(cls, value: Any) -> Any:
+        """Before pydantic's own `ge=1` check (kept for the JSON Schema), to say what to do instead."""
+        if isinstance(value, int) and value < 1:
+            raise ValueError(f"a cap of {value} would hold back every decision; to turn the rule off, set `enabled: false`")
+        return value
+
 
 class RuleSpec(_Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")

@@ -159,6 +159,8 @@ def test_a_predicate_that_could_never_run_is_refused_when_the_file_loads(where: 
         rules({"id": "r", "respond": RESPOND, "when": {"event": "E", "where": [where]}})
     with pytest.raises(ValueError, match="invalid JMESPath expression"):
         rules({"id": "r", "respond": RESPOND, "when": {"count": {"event": "E", "within": "5m", "distinct_by": "a.[b"}}})
+    with pytest.raises(ValueError, match="to turn the rule off, set `enabled: false`"):
+        rules({"id": "r", "respond": RESPOND, "when": {"event": "E"}, "cap": {"max": 0, "within": "1h"}})
 
 
 def test_selectors_filter_by_moment_stage_profile_traits_and_context() -> None:
