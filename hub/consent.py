@@ -1,15 +1,18 @@
 """Channel consent on a profile, changed by what recipients tell providers.
 
-Consent is a profile trait (`<channel>_opt_out`), the form routing already
-honours (`hub.routing._consent_revoked`), so an unsubscribe link, an SMS STOP
-or a provider's "unsubscribed" refusal stops the next message at planning
-time. The change is stamped with the time it happened: a later identify call
-carrying an older `sms_opt_out: false` does not undo it.
+Consent is a profile trait (`<channel>_opt_out`, or `consent: {<channel>:
+false}` as Segment-style traits carry it), read by `consent_revoked` both
+when routing plans a message and when the delivery engine claims it: an
+unsubscribe link, an SMS STOP or a provider's "unsubscribed" refusal stops
+a message planned before it too (one held by a delay or quiet hours). The
+change is stamped with the time it happened: a later identify call carrying
+an older `sms_opt_out: false` does not undo it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection
@@ -23,6 +26,26 @@ log = structlog.get_logger(__name__)
 
 def opt_out_trait(channel: str) -> str:
     return f"{channel}_opt_out"
+
+
+# Trait values as CRMs and forms send them: a string "false" is not an opt-out (bool("false") is True).
+_YES = {True, 1, "true", "yes", "1", "y", "on"}
+_NO = {False, 0, "false", "no", "0", "n", "off"}
+
+
+def consent_revoked(traits: dict[str, Any], channel: str) -> bool:
+    """`<channel>_opt_out` says yes, or `consent.<channel>` says no (booleans, 1/0, or their usual words)."""
+    consent = traits.get("consent")
+    given = consent.get(channel) if isinstance(consent, dict) else None
+    return _said(traits.get(opt_out_trait(channel)), _YES) or _said(given, _NO)
+
+
+def _said(value: Any, words: set[Any]) -> bool:
+    if isinstance(value, str):
+        value = value.strip().lower()
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return not isinstance(value, (dict, list)) and value is not None and value in words
 
 
 def set_consent(connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str) -> bool:

@@ -50,7 +50,7 @@ from sqlalchemy import Connection
 from connectors.base import Destination
 from hub import metrics
 from hub.clock import utcnow
-from hub.consent import set_consent
+from hub.consent import consent_revoked, set_consent
 from hub.delivery_policy import PolicyBook
 from hub.errors import (
     AuthDeliveryError,
@@ -61,6 +61,7 @@ from hub.errors import (
 from hub.model import Delivery
 from hub.pii import mask_text
 from hub.store import Store, outbox
+from hub.store.identity_graph import live_traits
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
@@ -175,7 +176,27 @@ class DeliveryEngine:
         """A batch, or with sends carried over, as many as there is room for beside them: a delivery claimed
         beyond that would wait for a slow send to give up its place."""
         room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
-        return outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit()) if room > 0 else []
+        if room <= 0:
+            return []
+        return self._still_consented(connection, outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit()))
+
+    def _still_consented(self, connection: Connection, claimed: list[Delivery]) -> list[Delivery]:
+        """The claimed deliveries whose person still consents to their channel; the others fail unsent.
+
+        Routing checked consent when it planned them, but a message held by a
+        delay or quiet hours (up to a night) may meet an SMS STOP, an
+        unsubscribe or an opt-out trait before it goes: sending it then is
+        the one thing consent must prevent. Two reads per claim, of the
+        claimed deliveries' profiles.
+        """
+        if not claimed:
+            return claimed
+        traits = live_traits(connection, {delivery.profile_id for delivery in claimed})
+        revoked = {d.delivery_id for d in claimed if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
+        if revoked:
+            outbox.withdraw(connection, sorted(revoked), utcnow(), "not sent: consent was revoked after it was planned")
+            log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
+        return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
 
     def _at_their_limit(self) -> list[str]:
         """The destinations with as many sends in flight as their policy's `max_in_flight`."""

@@ -23,6 +23,7 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
+from hub.consent import consent_revoked
 from hub.errors import ConfigError
 from hub.model import Action, Decision, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
@@ -156,7 +157,7 @@ class Router:
         route = self.routes.get(channel)
         if route is None:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
-        if _consent_revoked(profile["traits"], channel):
+        if consent_revoked(profile["traits"], channel):
             raise _CannotReach("blocked_by_consent", f"{channel} consent revoked by the profile")
         recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
         if not recipients:
@@ -199,10 +200,3 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
-
-
-def _consent_revoked(traits: dict[str, Any], channel: str) -> bool:
-    """Opt-outs as Segment-style traits: `sms_opt_out: true` or `consent: {sms: false}`."""
-    consent = traits.get("consent")
-    explicit_no = isinstance(consent, dict) and consent.get(channel) is False
-    return bool(traits.get(f"{channel}_opt_out")) or explicit_no

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from hub.consent import consent_revoked
 from hub.model import Action, Decision
 from hub.quiet_hours import QuietHours
 from hub.routing import ChannelRoute, ContactPolicy, Router
@@ -156,3 +157,16 @@ def test_quiet_hours_settings_are_validated() -> None:
         QuietHours.parse("9pm-8am", "UTC")
     with pytest.raises(ValueError, match="not a known time zone"):
         QuietHours.parse("21:00-08:00", "Mars/Olympus")
+
+
+@pytest.mark.parametrize(
+    ("traits", "revoked"),
+    [({"sms_opt_out": True}, True), ({"sms_opt_out": "true"}, True), ({"sms_opt_out": "Yes"}, True),
+     ({"sms_opt_out": 1}, True), ({"sms_opt_out": False}, False), ({"sms_opt_out": "false"}, False),
+     ({"sms_opt_out": None}, False), ({"consent": {"sms": False}}, True), ({"consent": {"sms": "false"}}, True),
+     ({"consent": {"sms": "no"}}, True), ({"consent": {"sms": True}}, False), ({"consent": {"email": False}}, False),
+     ({"consent": "no"}, False), ({}, False)],
+)
+def test_consent_traits_read_as_crms_and_forms_send_them(traits: dict, revoked: bool) -> None:
+    """`bool("false")` is True: a CRM's string "false" opted people out, and consent {sms: "false"} did not."""
+    assert consent_revoked(traits, "sms") is revoked

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import httpx
 import pytest
 
+from connectors.sandbox.providers import SandboxProviders
+from hub.clock import utcnow
+from hub.consent import set_consent_by_identifier
+from hub.model import Identifier, RawEvent
+from hub.runtime import Hub
+from hub.store import inbox, outbox
+from hub.store.identity_graph import SqlIdentityGraph, find_profile_id
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
-from tests.conftest import RunningHub, message, support_ticket
+from tests.conftest import RunningHub, make_settings, message, support_ticket
 
 NOW = datetime.now(timezone.utc)
 EMAIL = "ana@example.com"
+PHONE = "+14155550142"
 
 
 def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> None:
@@ -76,3 +85,33 @@ def test_forged_expired_and_unknown_profile_links_change_nothing(running_hub: Ru
     assert httpx.post(url, params={"token": nobody}).status_code == 404
     assert httpx.post(url).status_code == 422  # no token at all
     assert "email_opt_out" not in email_traits(running_hub)
+
+
+@pytest.mark.parametrize("revoked_by", ["sms STOP", "opt-out trait"])
+def test_a_message_planned_before_consent_was_revoked_is_not_sent(
+    tmp_path: Path, sandbox: SandboxProviders, revoked_by: str
+) -> None:
+    """A message held by a delay or quiet hours can meet a STOP or an opt-out before it goes: the delivery
+    engine checks consent again when it claims it, and the delivery fails unsent, saying why."""
+    hub = Hub(make_settings(tmp_path, **sandbox.settings_overrides()))  # workers not started: each step by hand
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m)
+                                  for m in support_ticket("u-stop", {"phone": PHONE, "sms_opt_out": "false"})], utcnow())
+    while hub.pipeline.run_once():
+        pass
+    with hub.store.write() as connection:  # after planning, before sending
+        if revoked_by == "sms STOP":
+            set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", False, utcnow(), "STOP")
+        else:
+            profile_id = find_profile_id(connection, Identifier("phone", PHONE))
+            assert profile_id is not None
+            SqlIdentityGraph(connection).update_traits(profile_id, {"sms_opt_out": "yes"}, utcnow())
+    while hub.delivery.run_once():
+        pass
+    hub.delivery.close()
+    assert sandbox.twilio.messages == []
+    with hub.store.read() as connection:
+        [sms] = outbox.search(connection, limit=10, channel="sms")
+    assert (sms["status"], sms["attempts"]) == ("failed", 0)
+    assert sms["last_error"] == "not sent: consent was revoked after it was planned"
+    hub.store.dispose()

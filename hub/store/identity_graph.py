@@ -320,6 +320,16 @@ def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict
     return {profile_id: merged_into or profile_id for profile_id, merged_into in rows}
 
 
+def live_traits(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+    """The traits of each id's surviving profile, in two statements whatever their number (ids of no profile
+    left out): what a claim of deliveries checks consent against."""
+    live_of = live_profile_ids(connection, sorted(set(profile_ids)))
+    if not live_of:
+        return {}
+    traits = {profile_id: found for profile_id, _, _, found in _PROFILE_ROWS_OF.execute(connection, sorted(set(live_of.values())))}
+    return {profile_id: traits[live_id] for profile_id, live_id in live_of.items() if live_id in traits}
+
+
 def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
     """A profile with its traits and every identifier, grouped by type (newest first); None if there is none."""
     return profile_views(connection, [profile_id]).get(profile_id)

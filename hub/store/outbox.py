@@ -89,6 +89,15 @@ def claim_due(
     return [Delivery(*row) for row in claim(connection, limit, p_now=now, p_until=now + lease, **sql.numbered(skipped, "skip_"))]
 
 
+def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
+    """Settle claimed deliveries as failed without an attempt (`reason` as their last error): never sent, and
+    never retried."""
+    connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
+        .values(status="failed", last_error=reason, claimed_until=None, updated_at=now)
+    )
+
+
 def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
     """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
     connection.execute(
