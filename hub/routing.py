@@ -124,11 +124,13 @@ class Router:
         deliveries: list[PlannedDelivery] = []
         fates: list[dict[str, Any]] = []
         context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
-        for action in decision.actions:
+        for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
             for number, (channel, template) in enumerate(tries):
                 try:
-                    delivery, fate = self._route(decision, action, channel, template, profile, context, now, messages_today)
+                    delivery, fate = self._route(
+                        decision, place, action, channel, template, profile, context, now, messages_today
+                    )
                 except _CannotReach as cannot:
                     last = number == len(tries) - 1
                     entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
@@ -146,6 +148,7 @@ class Router:
     def _route(
         self,
         decision: Decision,
+        place: int,
         action: Action,
         channel: str,
         template: str,
@@ -182,7 +185,9 @@ class Router:
                 fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], local_zone)}
         params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
         delivery = PlannedDelivery(
-            delivery_id=ordered_id(decision.decided_at, "delivery", decision.decision_id, channel, target),
+            # The action's place too: two actions of a decision may reach one target on one channel (an email
+            # now and a follow-up in two days, an SMS beside a push that fell back to SMS).
+            delivery_id=ordered_id(decision.decided_at, "delivery", decision.decision_id, str(place), channel, target),
             decision_id=decision.decision_id,
             profile_id=decision.profile_id,
             channel=channel,

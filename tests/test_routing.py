@@ -139,6 +139,15 @@ def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
     assert sms.not_before == NIGHT + timedelta(minutes=10)
 
 
+def test_two_actions_reaching_one_target_on_one_channel_are_two_deliveries(tmp_path: Path) -> None:
+    """An SMS now and a follow-up SMS in two days: with one id for both, the outbox kept only the first while the
+    decision said both were planned."""
+    now_and_later = urgent(Action("sms", "sms.j2"), Action("sms", "sms.j2", delay=timedelta(days=2)))
+    first, follow_up = policy_router(tmp_path).plan(now_and_later, PROFILE, {}, now=NIGHT).deliveries
+    assert first.delivery_id != follow_up.delivery_id and first.target == follow_up.target
+    assert follow_up.not_before == NIGHT + timedelta(days=2)
+
+
 @pytest.mark.parametrize(
     ("local", "released"),
     [("20:59", None), ("21:00", "2026-01-02T08:00"), ("03:00", "2026-01-01T08:00"), ("08:00", None)],
