@@ -98,10 +98,10 @@ def test_a_fired_timer_records_its_decision_and_deliveries_under_ids_ordered_by_
         planned = connection.execute(deliveries_table.select()).mappings().all()
     assert timer["decision_id"] == ordered_id(timer["due_at"], "decision", "cart_abandonment", timer["touchpoint_id"])
     assert planned, "the cart abandonment plans a message"
-    for delivery in planned:
+    for place, delivery in enumerate(planned):  # one action per channel here: their places are their order
         assert delivery["decision_id"] == timer["decision_id"]
         assert delivery["delivery_id"] == ordered_id(
-            timer["due_at"], "delivery", timer["decision_id"], delivery["channel"], delivery["target"]
+            timer["due_at"], "delivery", timer["decision_id"], str(place), delivery["channel"], delivery["target"]
         )
 
 
