@@ -100,8 +100,8 @@ class Hub:
         ]
 
     def start(self) -> None:
-        if self.settings.uses_development_credentials():
-            log.warning("using development write key or admin token; set HUB_DEFAULT_WRITE_KEY and HUB_ADMIN_TOKEN")
+        if development := self.settings.development_credentials():
+            log.warning(f"using development secrets; set {', '.join(development)} before the hub is reachable")
         for worker in self._workers:
             if worker.name in self.settings.worker_roles:
                 worker.start()

@@ -15,6 +15,7 @@ PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
 DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
+DEVELOPMENT_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
@@ -78,7 +79,7 @@ class HubSettings(BaseSettings):
     smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
     email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
     unsubscribe_secret: SecretStr = Field(
-        SecretStr("dev-unsubscribe-secret"), description="Signs unsubscribe links; changing it voids links already sent."
+        SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET), description="Signs unsubscribe links; changing it voids links already sent."
     )
     unsubscribe_link_days: int = Field(90, ge=1, description="How long an unsubscribe link keeps working.")
 
@@ -165,11 +166,15 @@ class HubSettings(BaseSettings):
         base = self.public_base_url or f"http://{self.host}:{self.port}"
         return base.rstrip("/") + path
 
-    def uses_development_credentials(self) -> bool:
-        return (
-            self.default_write_key.get_secret_value() == DEVELOPMENT_WRITE_KEY
-            or self.admin_token.get_secret_value() == DEVELOPMENT_ADMIN_TOKEN
-        )
+    def development_credentials(self) -> list[str]:
+        """The secrets still at their published development values: fine for a demo, open to anyone once the
+        hub is reachable (with the unsubscribe secret, anyone can forge a link that opts any profile out)."""
+        secrets = {
+            "HUB_DEFAULT_WRITE_KEY": (self.default_write_key, DEVELOPMENT_WRITE_KEY),
+            "HUB_ADMIN_TOKEN": (self.admin_token, DEVELOPMENT_ADMIN_TOKEN),
+            "HUB_UNSUBSCRIBE_SECRET": (self.unsubscribe_secret, DEVELOPMENT_UNSUBSCRIBE_SECRET),
+        }
+        return [name for name, (value, development) in secrets.items() if value.get_secret_value() == development]
 
 
 def _names(listed: str) -> tuple[str, ...]:

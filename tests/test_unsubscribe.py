@@ -115,3 +115,10 @@ def test_a_message_planned_before_consent_was_revoked_is_not_sent(
     assert (sms["status"], sms["attempts"]) == ("failed", 0)
     assert sms["last_error"] == "not sent: consent was revoked after it was planned"
     hub.store.dispose()
+
+
+def test_the_development_unsubscribe_secret_is_among_the_secrets_the_hub_warns_about(tmp_path: Path) -> None:
+    """With it anyone can forge a link that opts any profile out."""
+    settings = make_settings(tmp_path, unsubscribe_secret="dev-unsubscribe-secret")
+    assert settings.development_credentials() == ["HUB_UNSUBSCRIBE_SECRET"]  # make_settings sets the other two
+    assert make_settings(tmp_path, unsubscribe_secret="s3cret").development_credentials() == []
