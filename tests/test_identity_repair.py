@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from datetime import datetime, timedelta, timezone
@@ -13,14 +14,15 @@ from sqlalchemy import select
 
 from hub.errors import ConfigError, ForgottenIdentityError, IdentityRepairError
 from hub.identity import resolve
-from hub.model import Delivery, Identifier, PlannedDelivery, Touchpoint, derived_id
+from hub.model import Delivery, Identifier, PlannedDelivery, RawEvent, Touchpoint, derived_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import Store, outbox, touchpoints
+from hub.store import Store, decisions, outbox, touchpoints
+from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph, counts, find_profile_id, profile_view
 from hub.store.identity_repair import forget, unmerge
-from hub.store.schema import attempts, deliveries, forgotten_identifiers, identity_events, inbox
+from hub.store.schema import attempts, deliveries, forgotten_identifiers, identity_events, inbox, merges
 from hub.store.schema import touchpoints as touchpoints_table
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message
 
@@ -232,4 +234,46 @@ def test_hub_refuses_a_mapping_identifier_type_identity_yaml_does_not_declare(tm
     (folder / "identity.yaml").unlink()  # a folder from before identity.yaml existed: the shipped defaults
     hub = Hub(make_settings(tmp_path, mappings_dir=folder))
     assert hub.pipeline.config.identity.limit("user_id") == 1
+    hub.store.dispose()
+
+
+def test_after_a_merge_the_caps_count_what_the_merged_profile_was_sent(tmp_path: Path) -> None:
+    """The rule caps and the daily cap read decisions and deliveries by profile: a merge moves them to the
+    survivor, as it moves touchpoints, or a person first reached as an anonymous visitor was messaged again."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "templates" / "ping.j2").write_text("Hi")
+    (mappings / "triggers.yaml").write_text(
+        "rules:\n"
+        "  - {id: ping, when: {event: Ping}, respond: [{channel: sms, template: ping.j2}], cap: {max: 1, within: 1h}}\n"
+        "  - {id: ping_again, when: {event: Ping Again}, respond: [{channel: sms, template: ping.j2}]}\n"
+    )
+    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), quiet_hours="", daily_message_cap=1))
+    at = datetime.now(timezone.utc)
+
+    def accept(minutes_ago: int, kind: str = "track", **fields: object) -> None:
+        event = message(kind, timestamp=(at - timedelta(minutes=minutes_ago)).isoformat(), **fields)
+        with hub.store.write() as connection:
+            inbox_queue.append(connection, [RawEvent("default", event["messageId"], event)], at)
+        while hub.pipeline.run_once():
+            pass
+
+    accept(60 * 24, "identify", userId="u-1", traits={"email": "ana@example.com"})
+    accept(3, anonymousId="anon-1", event="Ping", context={"traits": {"phone": "+14155550142"}})  # an SMS
+    accept(2, "identify", userId="u-1", anonymousId="anon-1")  # anon-1 merges into u-1
+    accept(1, userId="u-1", event="Ping")
+    accept(0, userId="u-1", event="Ping Again")
+    with hub.store.read() as connection:
+        found = {d["rule_id"] + "/" + d["status"]: d for d in decisions.search(connection, limit=10)}
+        planned = outbox.search(connection, limit=10)
+    assert sorted(found) == ["ping/capped", "ping/fired", "ping_again/fired"]  # the rule's cap held across the merge
+    [daily] = found["ping_again/fired"]["actions"]
+    assert (daily["fate"], daily["reason"]) == ("capped", "daily cap per profile reached (1 messages in 24 h)")
+    assert len(planned) == 1 and {d["profile_id"] for d in found.values()} == {planned[0]["profile_id"]}
+    with hub.store.write() as connection:  # an unmerge gives the visitor back its decision and its SMS
+        merged_id = connection.execute(select(merges.c.merged_id)).scalar_one()
+        unmerge(connection, planned[0]["profile_id"], merged_id, at)
+        [sms] = outbox.search(connection, limit=10)
+        owners = {d["rule_id"] + "/" + d["status"]: d["profile_id"] for d in decisions.search(connection, limit=10)}
+    assert sms["profile_id"] == owners["ping/fired"] == merged_id != owners["ping/capped"]
     hub.store.dispose()

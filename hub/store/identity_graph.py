@@ -15,7 +15,10 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
-from hub.store.schema import forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
+from hub.store.schema import (
+    decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart, merges, profiles,
+    touchpoints,
+)
 from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
@@ -67,7 +70,10 @@ _KEPT_APART_OF = InLists(lambda ids: select(kept_apart).where(or_(kept_apart.c.p
 # How a merge moves rows to its survivor: `column` set to `b_to` wherever it holds one of the merged ids.
 _REPOINT = {
     column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
-    for column in (identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id)
+    for column in (
+        identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id, decisions.c.profile_id,
+        deliveries.c.profile_id,
+    )
 }
 _RETIRE = InLists(  # merged profiles become aliases of `b_to`
     lambda ids: update(profiles).where(profiles.c.profile_id.in_(ids)).values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
@@ -200,8 +206,10 @@ class SqlIdentityGraph:
         _RETIRE.execute(self.connection, merged_ids, b_to=survivor_id, b_at=at)
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
         _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
-        # Touchpoints follow, so a profile's history is one query.
-        _REPOINT[touchpoints.c.profile_id].execute(self.connection, merged_ids, b_to=survivor_id)
+        # Touchpoints follow, so a profile's history is one query; decisions and deliveries too, so the rule
+        # caps and the daily cap count what the merged profiles were sent (each column has its index).
+        for column in (touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id):
+            _REPOINT[column].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
 

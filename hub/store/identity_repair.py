@@ -19,13 +19,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.store.identity_graph import newest_traits, identifier_digest, live_profile_id, stamped_traits
 from hub.store.schema import (
     attempts,
+    decisions,
     deliveries,
     forgotten_identifiers,
     identifiers,
@@ -116,6 +117,15 @@ def _reattribute_touchpoints(connection: Connection, live_id: str, restored_id: 
         connection.execute(
             update(touchpoints).where(touchpoints.c.touchpoint_id.in_(following)).values(profile_id=restored_id)
         )
+        # The decisions those touchpoints made, and their deliveries, go back with them (a merge moved them);
+        # found among the survivor's (the profile_id indexes), not over the whole tables.
+        made = and_(decisions.c.profile_id == live_id, decisions.c.touchpoint_id.in_(following))
+        connection.execute(
+            update(deliveries)
+            .where(deliveries.c.profile_id == live_id, deliveries.c.decision_id.in_(select(decisions.c.decision_id).where(made)))
+            .values(profile_id=restored_id)
+        )
+        connection.execute(update(decisions).where(made).values(profile_id=restored_id))
     return len(following)
 
 
