@@ -74,6 +74,9 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
 PLACE_LOOK_SECONDS = 0.005
+# A delivery claimed this long after it was planned has its person's consent read again before it is sent;
+# sooner, the check routing made when it planned it stands (and the claim reads nothing more).
+CONSENT_RECHECK_AFTER = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -184,15 +187,20 @@ class DeliveryEngine:
         """The claimed deliveries whose person still consents to their channel; the others fail unsent.
 
         Routing checked consent when it planned them, but a message held by a
-        delay or quiet hours (up to a night) may meet an SMS STOP, an
-        unsubscribe or an opt-out trait before it goes: sending it then is
-        the one thing consent must prevent. Two reads per claim, of the
-        claimed deliveries' profiles.
+        delay, quiet hours (up to a night), retries or an outage may meet an
+        SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
+        it then is the one thing consent must prevent. Those planned more than
+        `CONSENT_RECHECK_AFTER` ago have their profiles read again (two
+        statements per claim); a claim of fresh deliveries, the common case
+        under load, reads nothing more: the write transaction it runs in holds
+        the store's write lock.
         """
-        if not claimed:
+        recheck = utcnow() - CONSENT_RECHECK_AFTER
+        held = [delivery for delivery in claimed if delivery.created_at < recheck]
+        if not held:
             return claimed
-        traits = live_traits(connection, {delivery.profile_id for delivery in claimed})
-        revoked = {d.delivery_id for d in claimed if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
+        traits = live_traits(connection, {delivery.profile_id for delivery in held})
+        revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
         if revoked:
             outbox.withdraw(connection, sorted(revoked), utcnow(), "not sent: consent was revoked after it was planned")
             log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import update
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
@@ -15,6 +16,7 @@ from hub.consent import set_consent_by_identifier
 from hub.model import Identifier, RawEvent
 from hub.runtime import Hub
 from hub.store import inbox, outbox
+from hub.store.schema import deliveries
 from hub.store.identity_graph import SqlIdentityGraph, find_profile_id
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
 from tests.conftest import RunningHub, make_settings, message, support_ticket
@@ -99,7 +101,8 @@ def test_a_message_planned_before_consent_was_revoked_is_not_sent(
                                   for m in support_ticket("u-stop", {"phone": PHONE, "sms_opt_out": "false"})], utcnow())
     while hub.pipeline.run_once():
         pass
-    with hub.store.write() as connection:  # after planning, before sending
+    with hub.store.write() as connection:  # held an hour (a delay, quiet hours), then consent is revoked
+        connection.execute(update(deliveries).values(created_at=utcnow() - timedelta(hours=1)))
         if revoked_by == "sms STOP":
             set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", False, utcnow(), "STOP")
         else:
