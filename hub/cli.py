@@ -494,6 +494,8 @@ def decisions_explain(
     for action in found["actions"]:
         delivery = f" (delivery {action['delivery_id']})" if action.get("delivery_id") else ""
         actions.add(escape(_action_line(action)) + delivery)
+    for channel in found["evidence"].get("only_if_left_out", []):
+        actions.add(escape(f"{channel}: left out (its only_if did not hold for this touchpoint)"))
     deliveries = tree.add("deliveries")
     for delivery in found["deliveries"]:
         node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")

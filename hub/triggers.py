@@ -282,11 +282,15 @@ def awaited(rule: RuleSpec) -> Selector | None:
 
 
 def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime) -> Decision | None:
-    actions = tuple(_action(spec) for spec in rule.respond if _predicates(spec.only_if, judge.document))
+    taken = [_predicates(spec.only_if, judge.document) for spec in rule.respond]
+    actions = tuple(_action(spec) for spec, take in zip(rule.respond, taken) if take)
     if not actions:
         return None
     status = "fired"
     evidence: dict[str, Any] = {"touchpoint_event": touchpoint.event, **judge.evidence}
+    left_out = [spec.channel for spec, take in zip(rule.respond, taken) if not take]
+    if left_out:  # explain shows why the rule's other actions are missing
+        evidence["only_if_left_out"] = left_out
     evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
     if rule.cap and judge.history.decisions_since(profile_id, rule.id, decided_at - rule.cap.within) >= rule.cap.max:
         status = "capped"

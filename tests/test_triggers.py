@@ -257,6 +257,7 @@ def test_actions_only_if_pick_the_channel_per_device() -> None:
     ]}
     [decision] = evaluate(tp("E"), "p", rules(rule), RecordedHistory())
     assert [action.channel for action in decision.actions] == ["email"]
+    assert decision.evidence["only_if_left_out"] == ["push"]  # so the explanation says why there is no push
 
 
 def test_the_rule_index_offers_an_event_only_the_rules_it_can_match_in_priority_order() -> None:
