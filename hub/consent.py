@@ -4,14 +4,20 @@ Consent is a profile trait (`<channel>_opt_out`, or `consent: {<channel>:
 false}` as Segment-style traits carry it), read by `consent_revoked` both
 when routing plans a message and when the delivery engine claims it: an
 unsubscribe link, an SMS STOP or a provider's "unsubscribed" refusal stops
-a message planned before it too (one held by a delay or quiet hours). The
-change is stamped with the time it happened: a later identify call carrying
-an older `sms_opt_out: false` does not undo it.
+a message planned before it too (one held by a delay or quiet hours).
+
+What the person said through a provider is stamped as of the end of time
+(`PINNED`), so no trait in an event undoes it, whatever its time: mobile
+SDKs resend cached traits on every event (`context.traits.sms_opt_out:
+false` from an old identify), and stamped with the event's time one would
+turn SMS back on right after a STOP. Only the person's next word through a
+provider (an SMS START) changes it, as subscription states work in Braze
+or Customer.io rather than as plain attributes.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 import structlog
@@ -48,14 +54,18 @@ def _said(value: Any, words: set[Any]) -> bool:
     return not isinstance(value, (dict, list)) and value is not None and value in words
 
 
+PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
+
+
 def set_consent(connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str) -> bool:
-    """Grant or revoke `channel` for the profile (or the profile it was merged into); False if there is none."""
+    """Grant or revoke `channel` for the profile (or the profile it was merged into), `at` the time the person
+    said so (logged; the trait is `PINNED`); False if there is no such profile."""
     lock_profiles(connection)
     live_id = live_profile_id(connection, profile_id)
     if live_id is None:
         return False
-    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, at)
-    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason)
+    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
+    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return True
 
 

@@ -125,3 +125,32 @@ def test_the_development_unsubscribe_secret_is_among_the_secrets_the_hub_warns_a
     settings = make_settings(tmp_path, unsubscribe_secret="dev-unsubscribe-secret")
     assert settings.development_credentials() == ["HUB_UNSUBSCRIBE_SECRET"]  # make_settings sets the other two
     assert make_settings(tmp_path, unsubscribe_secret="s3cret").development_credentials() == []
+
+
+def test_a_trait_in_a_later_event_does_not_undo_what_the_person_said_through_a_provider(tmp_path: Path) -> None:
+    """Mobile SDKs resend cached traits on every event: `sms_opt_out: false` from an old identify, stamped with
+    the new event's time, turned SMS back on right after a STOP. Only the person's next word (START) does."""
+    hub = Hub(make_settings(tmp_path))
+
+    def accept(event: dict) -> None:
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", event["messageId"], event)], utcnow())
+        while hub.pipeline.run_once():
+            pass
+
+    def sms_opt_out() -> object:
+        with hub.store.read() as connection:
+            profile_id = find_profile_id(connection, Identifier("phone", PHONE))
+            return SqlIdentityGraph(connection).traits(profile_id or "")["sms_opt_out"]
+
+    cached = {"phone": PHONE, "sms_opt_out": False}
+    accept(message("identify", userId="u-sdk", traits=cached, timestamp=(NOW - timedelta(days=1)).isoformat()))
+    with hub.store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", False, utcnow(), "STOP")
+    accept(message(userId="u-sdk", event="Product Viewed", context={"traits": cached},
+                   timestamp=(utcnow() + timedelta(minutes=1)).isoformat()))
+    assert sms_opt_out() is True
+    with hub.store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", True, utcnow(), "START")
+    assert sms_opt_out() is False
+    hub.store.dispose()
