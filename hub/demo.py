@@ -78,6 +78,7 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
                 # Throwaway credentials: the demo never depends on (or warns about) the development ones.
                 "default_write_key": secrets.token_urlsafe(16),
                 "admin_token": secrets.token_urlsafe(16),
+                "unsubscribe_secret": secrets.token_urlsafe(16),
                 "retry_base_delay_seconds": 0.2,
                 "worker_poll_seconds": 0.1,
                 # The journey compresses days into seconds; quiet hours would hold its nudges until morning.
