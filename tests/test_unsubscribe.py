@@ -154,3 +154,20 @@ def test_a_trait_in_a_later_event_does_not_undo_what_the_person_said_through_a_p
         set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", True, utcnow(), "START")
     assert sms_opt_out() is False
     hub.store.dispose()
+
+
+def test_consent_given_for_one_channel_keeps_what_was_said_for_the_others(tmp_path: Path) -> None:
+    """`consent` merges channel by channel: a later identify with {email: true} replaced {sms: false} whole,
+    and SMS went out again."""
+    hub = Hub(make_settings(tmp_path))
+    for days_ago, consent in ((2, {"sms": False, "email": False}), (1, {"email": True})):
+        event = message("identify", userId="u-c", traits={"phone": PHONE, "consent": consent},
+                        timestamp=(NOW - timedelta(days=days_ago)).isoformat())
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", event["messageId"], event)], utcnow())
+        while hub.pipeline.run_once():
+            pass
+    with hub.store.read() as connection:
+        profile_id = find_profile_id(connection, Identifier("phone", PHONE))
+        assert SqlIdentityGraph(connection).traits(profile_id or "")["consent"] == {"sms": False, "email": True}
+    hub.store.dispose()

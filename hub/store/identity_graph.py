@@ -301,10 +301,22 @@ def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> Traits:
     return dict(traits), {key: stamp for key in traits}
 
 
+# Traits whose objects merge key by key instead of being replaced, as Segment replaces a trait's object: an
+# identify carrying `consent: {email: true}` must not drop an earlier `consent: {sms: false}`.
+MERGED_KEY_BY_KEY = frozenset({"consent"})
+
+
 def newest_traits(first: Traits, second: Traits) -> Traits:
+    """Per trait, the value with the later time; for `MERGED_KEY_BY_KEY`, the two objects' keys together, the
+    later one's winning where both have a key."""
     values, times = dict(first[0]), dict(first[1])
     for key, value in second[0].items():
-        if key not in times or second[1][key] >= times[key]:
+        later = key not in times or second[1][key] >= times[key]
+        if key in MERGED_KEY_BY_KEY and isinstance(value, dict) and isinstance(values.get(key), dict):
+            older, newer = (values[key], value) if later else (value, values[key])
+            values[key] = {**older, **newer}
+            times[key] = max(times[key], second[1][key])
+        elif later:
             values[key], times[key] = value, second[1][key]
     return values, times
 
