@@ -60,6 +60,8 @@ from hub.errors import (
 )
 from hub.model import Delivery
 from hub.pii import mask_text
+from hub.quiet_hours import QuietHours, zone
+from hub.routing import QUIET_ZONE
 from hub.store import Store, outbox
 from hub.store.identity_graph import live_traits
 from hub.store.outbox import AttemptRecord
@@ -104,8 +106,11 @@ class DeliveryEngine:
         batch_size: int,
         lease: timedelta,
         concurrency: int,
+        quiet_hours: QuietHours | None = None,
     ) -> None:
+        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too."""
         self.store = store
+        self.quiet_hours = quiet_hours
         self.destinations = destinations
         self.policies = policies
         self.batch_size = batch_size
@@ -181,7 +186,30 @@ class DeliveryEngine:
         room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
         if room <= 0:
             return []
-        return self._still_consented(connection, outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit()))
+        claimed = outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit())
+        return self._still_consented(connection, self._outside_quiet_hours(connection, claimed))
+
+    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery]) -> list[Delivery]:
+        """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
+        the outbox until they end, no attempt spent.
+
+        Routing holds a message planned in quiet hours, but a retry, a replay
+        or a send held back by an outage can come due at 2 a.m. Routing marks
+        the messages quiet hours apply to with the zone to judge them in
+        (`QUIET_ZONE`); this reads nothing more.
+        """
+        if self.quiet_hours is None:
+            return claimed
+        now, kept = utcnow(), []
+        for delivery in claimed:
+            zone_name = delivery.content.get(QUIET_ZONE)
+            release = self.quiet_hours.release_time(now, zone(zone_name)) if zone_name else None
+            if release is None:
+                kept.append(delivery)
+            else:
+                outbox.defer(connection, delivery.delivery_id, release)
+                log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
+        return kept
 
     def _still_consented(self, connection: Connection, claimed: list[Delivery]) -> list[Delivery]:
         """The claimed deliveries whose person still consents to their channel; the others fail unsent.

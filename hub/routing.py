@@ -31,6 +31,7 @@ from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
+QUIET_ZONE = "quiet_zone"  # in a delivery's content: the zone whose quiet hours hold it, for non-urgent messages
 
 
 class ChannelRoute(BaseModel):
@@ -177,8 +178,10 @@ class Router:
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
         quiet = self.policy.quiet_hours
+        held_in: dict[str, str] = {}
         if quiet is not None and route.reaches_person and decision.urgency != "immediate":
             local_zone = quiet.zone_of(profile["traits"])
+            held_in = {QUIET_ZONE: local_zone.key}  # the delivery engine holds its retries and replays there too
             release = quiet.release_time(send_at, local_zone)
             if release is not None:
                 send_at = release
@@ -195,7 +198,7 @@ class Router:
             target=target,
             content={
                 **rendered, "template": template, "rule_id": decision.rule_id, "params": params,
-                **({"recipients": recipients} if route.multicast else {}),
+                **({"recipients": recipients} if route.multicast else {}), **held_in,
             },
             not_before=send_at if send_at > now else None,
         )

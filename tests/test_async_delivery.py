@@ -22,6 +22,7 @@ from hub.clock import utcnow
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
 from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
+from hub.quiet_hours import QuietHours
 from hub.settings import HubSettings
 from hub.store import Store, outbox
 from hub.store.schema import deliveries
@@ -269,3 +270,31 @@ def test_a_wake_cuts_a_runs_wait_for_its_sends_short(store: Store, monkeypatch: 
     assert time.monotonic() - started >= 1.0
     assert statuses(store) == {"slow": "sent"}
     running.close()
+
+
+def test_a_retry_or_replay_coming_due_in_quiet_hours_waits_for_them_to_end(store: Store) -> None:
+    """Routing holds a non-urgent message planned in quiet hours and marks it with the zone to judge them in;
+    a retry or a replay of it that comes due inside them goes back to the outbox until they end, unsent."""
+    now = utcnow()
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"  # now is inside, in UTC
+    pager = CountingPager()
+    rows = [
+        PlannedDelivery(
+            delivery_id=derived_id("quiet-test", target), decision_id=derived_id("quiet-decision", target),
+            profile_id=f"P-{target}", channel="sms", destination_id=pager.slug, target=target,
+            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}, **marked},
+        )
+        for target, marked in (("nudge", {"quiet_zone": "UTC"}), ("urgent", {}))
+    ]
+    with store.write() as connection:
+        outbox.plan(connection, rows, now)
+    policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
+    running = DeliveryEngine(store, {pager.slug: pager}, policies, batch_size=10, lease=timedelta(seconds=60),
+                             concurrency=4, quiet_hours=QuietHours.parse(window, "UTC"))
+    assert running.run_once() == 1  # only the one without a zone (an urgent rule's) is sent
+    running.close()
+    log = delivery_log(store)
+    assert (log["nudge"]["status"], log["nudge"]["attempts"], log["urgent"]["status"]) == ("pending", 0, "sent")
+    with store.read() as connection:
+        due = connection.execute(select(deliveries.c.next_attempt_at).where(deliveries.c.target == "nudge")).scalar_one()
+    assert due.strftime("%H:%M") == window.split("-")[1]

@@ -123,6 +123,8 @@ def test_quiet_hours_hold_non_urgent_messages_until_morning_in_the_profiles_zone
     [sms, crm] = routing.plan(urgent(*actions, urgency="delayed"), PROFILE, {}, now=NIGHT).deliveries
     assert sms.not_before == datetime(2026, 1, 2, 8, tzinfo=timezone.utc)
     assert crm.not_before is None  # a CRM update disturbs nobody
+    assert (sms.content["quiet_zone"], "quiet_zone" in crm.content) == ("UTC", False)  # for its retries
+    assert "quiet_zone" not in routing.plan(urgent(*actions), PROFILE, {}, now=NIGHT).deliveries[0].content
     in_new_york = {**PROFILE, "traits": {"first_name": "Ana", "timezone": "America/New_York"}}
     assert routing.plan(urgent(*actions, urgency="delayed"), in_new_york, {}, now=NIGHT).deliveries[0].not_before is None
     assert routing.plan(urgent(*actions), PROFILE, {}, now=NIGHT).deliveries[0].not_before is None  # urgent: at once
