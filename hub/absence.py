@@ -25,8 +25,10 @@ from hub import triggers
 from hub.clock import utcnow
 from hub.model import Decision, Touchpoint
 from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
+from hub.rule_history import History, ReadAhead
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
+from hub.selectors import event_names
 from hub.store import Store, sql, timers, touchpoints
 from hub.store.identity_graph import profile_views
 from hub.store.savepoints import as_set_or_one_by_one
@@ -155,7 +157,7 @@ class TimerEngine:
                 firings.append(_Firing(timer, rule, anchor, profile))
         return firings, later
 
-    def _history(self, connection: Connection, firings: list[_Firing]) -> triggers.History:
+    def _history(self, connection: Connection, firings: list[_Firing]) -> History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the
         caps of their rules in one more, when the first asks."""
         if not firings:
@@ -165,9 +167,9 @@ class TimerEngine:
         store = StoreHistory(connection)
         if caps:
             store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
-        names = triggers.event_names([triggers.awaited(firing.rule) for firing in firings])
+        names = event_names([triggers.awaited(firing.rule) for firing in firings])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)
-        return triggers.ReadAhead(
+        return ReadAhead(
             store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
         )

@@ -186,10 +186,11 @@ class DeliveryEngine:
         room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
         if room <= 0:
             return []
-        claimed = outbox.claim_due(connection, room, utcnow(), self.lease, self._at_their_limit())
-        return self._still_consented(connection, self._outside_quiet_hours(connection, claimed))
+        now = utcnow()
+        claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
+        return self._still_consented(connection, self._outside_quiet_hours(connection, claimed, now), now)
 
-    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery]) -> list[Delivery]:
+    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
         the outbox until they end, no attempt spent.
 
@@ -200,7 +201,7 @@ class DeliveryEngine:
         """
         if self.quiet_hours is None:
             return claimed
-        now, kept = utcnow(), []
+        kept = []
         for delivery in claimed:
             zone_name = delivery.content.get(QUIET_ZONE)
             release = self.quiet_hours.release_time(now, zone(zone_name)) if zone_name else None
@@ -211,7 +212,7 @@ class DeliveryEngine:
                 log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
         return kept
 
-    def _still_consented(self, connection: Connection, claimed: list[Delivery]) -> list[Delivery]:
+    def _still_consented(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries whose person still consents to their channel; the others fail unsent.
 
         Routing checked consent when it planned them, but a message held by a
@@ -223,14 +224,13 @@ class DeliveryEngine:
         under load, reads nothing more: the write transaction it runs in holds
         the store's write lock.
         """
-        recheck = utcnow() - CONSENT_RECHECK_AFTER
-        held = [delivery for delivery in claimed if delivery.created_at < recheck]
+        held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
         if not held:
             return claimed
         traits = live_traits(connection, {delivery.profile_id for delivery in held})
         revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
         if revoked:
-            outbox.withdraw(connection, sorted(revoked), utcnow(), "not sent: consent was revoked after it was planned")
+            outbox.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
             log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
         return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
 

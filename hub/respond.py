@@ -46,7 +46,7 @@ class Recorded:
 
 
 class StoreHistory:
-    """`triggers.History` answered from the store, inside the caller's transaction."""
+    """`rule_history.History` answered from the store, inside the caller's transaction."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection

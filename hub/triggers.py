@@ -8,15 +8,13 @@ for the caller to store.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
-from hub import paths
 from hub.model import Action, Decision, Touchpoint, ordered_id
+from hub.rule_history import History, read_ahead
 from hub.rules import (
     AbsenceCondition,
     ActionSpec,
@@ -26,109 +24,11 @@ from hub.rules import (
     CountCondition,
     EventCondition,
     NotCondition,
-    Predicate,
     RecentCondition,
     RuleSpec,
     Selector,
-    Window,
 )
-
-
-class History(Protocol):
-    """What rules may ask about a profile's past; the pipeline answers from the store."""
-
-    def events(
-        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
-    ) -> list[dict[str, Any]]:
-        """Touchpoint documents of the profile with `since <= occurred_at <= until`, pre-filtered by the
-        selector's event / stage / moment (None: every event); `where` is checked by the engine."""
-        ...
-
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        """Decisions of the rule for the profile after `since` that were not capped."""
-        ...
-
-
-class ReadAhead:
-    """A `History` answering `events` from one read of touchpoints over a span, and asking `history` the rest.
-
-    Every `recent` / `count` condition asks for the profile's past; reading the
-    widest span they need once (and only when the first of them asks) and
-    filtering it in memory makes that one query per event instead of one per
-    condition. The timer engine reads the follow-ups of a batch of timers,
-    over all their profiles, the same way.
-    """
-
-    def __init__(
-        self,
-        history: History,
-        since: datetime,
-        until: datetime,
-        names: frozenset[str] | None,
-        read: Callable[[], Mapping[str, Sequence[dict[str, Any]]]],
-    ) -> None:
-        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given)."""
-        self.history = history
-        self.since, self.until, self.names = since, until, names
-        self._read = read
-        self._documents: dict[str, list[tuple[datetime, dict[str, Any]]]] | None = None
-
-    def events(
-        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
-    ) -> list[dict[str, Any]]:
-        if not self._covers(since, until, selector):
-            return self.history.events(profile_id, since, until, selector)
-        return [
-            doc for at, doc in self._read_once().get(profile_id, ())
-            if since <= at <= until and (selector is None or _kind(selector, doc["event"], doc["stage"], doc["moment"]))
-        ]
-
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        return self.history.decisions_since(profile_id, rule_id, since)
-
-    def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
-        """Whether the read holds every touchpoint this request asks for."""
-        if not (self.since <= since and until <= self.until):
-            return False
-        asked = None if selector is None else selector.events
-        return self.names is None or (asked is not None and self.names.issuperset(asked))
-
-    def _read_once(self) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
-        if self._documents is None:
-            self._documents = {
-                profile_id: [(datetime.fromisoformat(doc["occurred_at"]), doc) for doc in documents]
-                for profile_id, documents in self._read().items()
-            }
-        return self._documents
-
-
-def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
-    """The event names these selectors can select between them; None when one may select any (None selects all)."""
-    return _union_unless_open([None if selector is None else _named(selector) for selector in selectors])
-
-
-def _union_unless_open(named: Sequence[frozenset[str] | None]) -> frozenset[str] | None:
-    """All these names together; None (any name) as soon as one of them is None."""
-    return None if None in named else frozenset().union(*named)
-
-
-@lru_cache(maxsize=1024)
-def _selector_of(names: frozenset[str] | None) -> Selector | None:
-    """A selector of these event names (None: every event), to read a span through `History.events`."""
-    return None if names is None else Selector(event=sorted(names))
-
-
-def _read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
-    """`history`, reading the profile's past once for all these windows ending at `until`."""
-    if not windows:
-        return history
-    since = until - max(window.within for window in windows)
-    names = event_names(windows)
-
-    def read() -> dict[str, list[dict[str, Any]]]:
-        return {profile_id: history.events(profile_id, since, until, _selector_of(names))}
-
-    return ReadAhead(history, since, until, names, read)
+from hub.selectors import describe, distinct, event_names, named, predicates_hold, selected, union_unless_open
 
 
 @dataclass(frozen=True)
@@ -164,7 +64,7 @@ def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
     absence = rule.absence
     if absence is None:
         return _required_events(rule.when)
-    after, without = _named(absence.after), event_names([awaited(rule)])
+    after, without = named(absence.after), event_names([awaited(rule)])
     return None if after is None or without is None else after | without
 
 
@@ -172,20 +72,15 @@ def _required_events(condition: Condition) -> frozenset[str] | None:
     """Event names the evaluated touchpoint must have for the condition to hold; None when it does not say."""
     match condition:
         case EventCondition():
-            return _named(condition)
+            return named(condition)
         case CountCondition(count=window):
-            return _named(window)
+            return named(window)
         case AllCondition(all=parts):
             pinned = [names for names in map(_required_events, parts) if names is not None]
             return frozenset.intersection(*pinned) if pinned else None
         case AnyCondition(any=parts):
-            return _union_unless_open([_required_events(part) for part in parts])
+            return union_unless_open([_required_events(part) for part in parts])
     return None
-
-
-def _named(selector: Selector) -> frozenset[str] | None:
-    events = selector.events
-    return None if events is None else frozenset(events)
 
 
 def _may_match(names: frozenset[str] | None, event: str) -> bool:
@@ -208,7 +103,7 @@ def evaluate(
     decided: list[Decision] = []
     document = document_for(touchpoint, traits or {})
     deciding = [rule for rule in rules if rule.absence is None]
-    past = _read_ahead(history, profile_id, touchpoint.occurred_at, [window for rule in deciding for window in rule.windows])
+    past = read_ahead(history, profile_id, touchpoint.occurred_at, [window for rule in deciding for window in rule.windows])
     for rule in deciding:
         judge = _Judge(touchpoint, document, profile_id, past, traits or {})
         if not judge.holds(rule.when):
@@ -228,9 +123,9 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
         absence = rule.absence
         if absence is None:
             continue
-        if absence.without == "any" or _selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
+        if absence.without == "any" or selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             cancel.append(rule.id)
-        if _selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
+        if selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             arm.append((rule.id, touchpoint.occurred_at + absence.within))
     return TimerChanges(tuple(cancel), tuple(arm))
 
@@ -269,7 +164,7 @@ def follow_up_came(
     return any(
         doc["touchpoint_id"] != anchor.touchpoint_id
         and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
-        and (selector is None or _predicates(selector.where, {**doc, **profile}))
+        and (selector is None or predicates_hold(selector.where, {**doc, **profile}))
         for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
     )
 
@@ -282,13 +177,13 @@ def awaited(rule: RuleSpec) -> Selector | None:
 
 
 def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime) -> Decision | None:
-    taken = [_predicates(spec.only_if, judge.document) for spec in rule.respond]
-    actions = tuple(_action(spec) for spec, take in zip(rule.respond, taken) if take)
+    taken = [(spec, predicates_hold(spec.only_if, judge.document)) for spec in rule.respond]
+    actions = tuple(_action(spec) for spec, take in taken if take)
     if not actions:
         return None
     status = "fired"
     evidence: dict[str, Any] = {"touchpoint_event": touchpoint.event, **judge.evidence}
-    left_out = [spec.channel for spec, take in zip(rule.respond, taken) if not take]
+    left_out = [spec.channel for spec, take in taken if not take]
     if left_out:  # explain shows why the rule's other actions are missing
         evidence["only_if_left_out"] = left_out
     evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
@@ -350,23 +245,23 @@ class _Judge:
         tp = self.touchpoint
         match condition:
             case EventCondition():
-                return _selected(condition, tp.event, tp.stage, tp.moment, self.document)
+                return selected(condition, tp.event, tp.stage, tp.moment, self.document)
             case RecentCondition(recent=window):
                 found = self._window(window, window.within)
                 self.evidence.setdefault("recent", []).append(
-                    {**_describe(window), "within_seconds": window.within.total_seconds(), "seen": len(found)}
+                    {**describe(window), "within_seconds": window.within.total_seconds(), "seen": len(found)}
                 )
                 if len(found) >= window.at_least:
                     self.touchpoints.extend(doc["touchpoint_id"] for doc in found)
                     return True
                 return False
             case CountCondition(count=window):
-                if not _selected(window, tp.event, tp.stage, tp.moment, self.document):
+                if not selected(window, tp.event, tp.stage, tp.moment, self.document):
                     return False
                 found = [self.document, *self._window(window, window.within)]
-                seen = _distinct(window.distinct_by, found) if window.distinct_by else len(found)
+                seen = distinct(window.distinct_by, found) if window.distinct_by else len(found)
                 self.evidence.setdefault("count", []).append(
-                    {**_describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
+                    {**describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
                      "distinct_by": window.distinct_by}
                 )
                 if seen >= window.at_least:
@@ -390,73 +285,6 @@ class _Judge:
         documents = self.history.events(self.profile_id, tp.occurred_at - within, tp.occurred_at, selector)
         profile = {"profile": dict(self.traits)}
         found = [{**doc, **profile} for doc in documents if doc["touchpoint_id"] != tp.touchpoint_id]
-        return [doc for doc in found if _predicates(selector.where, doc)]
+        return [doc for doc in found if predicates_hold(selector.where, doc)]
 
 
-def _describe(selector: Selector) -> dict[str, Any]:
-    return {key: value for key, value in (("event", selector.event), ("stage", selector.stage), ("moment", selector.moment)) if value}
-
-
-def _selected(selector: Selector, event: str, stage: str, moment: str, document: dict[str, Any]) -> bool:
-    return _kind(selector, event, stage, moment) and _predicates(selector.where, document)
-
-
-def _kind(selector: Selector, event: str, stage: str | None, moment: str | None) -> bool:
-    """The selector's event / stage / moment part (what the store filters on); `where` is apart."""
-    events = selector.events
-    return (
-        (events is None or event in events)
-        and (selector.stage is None or stage == selector.stage)
-        and (selector.moment is None or moment == selector.moment)
-    )
-
-
-def _predicates(predicates: Sequence[Predicate], document: dict[str, Any]) -> bool:
-    return all(_predicate(p, document) for p in predicates)
-
-
-@lru_cache(maxsize=1024)
-def _field(path: str) -> paths.Expression:
-    return paths.compile(path)
-
-
-@lru_cache(maxsize=256)
-def _pattern(expression: str) -> re.Pattern[str]:
-    return re.compile(expression)
-
-
-def _distinct(path: str, documents: list[dict[str, Any]]) -> int:
-    """How many distinct values of `path` the documents have; one without it adds none (it is not a value)."""
-    values = (_field(path).search(document) for document in documents)
-    return len({repr(value) for value in values if value is not None})
-
-
-def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
-    """Whether the document's value at the predicate's field passes it. Booleans are not numbers here (as in
-    JMESPath, unlike Python): `true` neither equals 1 nor is greater than 0."""
-    actual = _field(predicate.field).search(document)
-    expected = predicate.value
-    ordered = actual is not None and not isinstance(actual, bool) and not isinstance(expected, bool)
-    try:
-        match predicate.op:
-            case "exists":
-                return (actual is not None) == (expected is not False)
-            case "eq":
-                return paths.equals(actual, expected)
-            case "ne":
-                return not paths.equals(actual, expected)
-            case "gt":
-                return ordered and actual > expected
-            case "gte":
-                return ordered and actual >= expected
-            case "lt":
-                return ordered and actual < expected
-            case "lte":
-                return ordered and actual <= expected
-            case "in":
-                return any(paths.equals(actual, item) for item in expected)
-            case "matches":
-                return isinstance(actual, str) and _pattern(str(expected)).search(actual) is not None
-    except TypeError:  # comparing a string with a number, say: the predicate simply does not hold
-        return False
-    raise ValueError(f"unknown operator {predicate.op!r}")

@@ -1,0 +1,142 @@
+"""`touchhub triggers` and `touchhub decisions`: try rules before they go live, and explain what they decided."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from hub.cli_support import config_problems_exit, console, load_settings
+
+triggers_app = typer.Typer(help="Try trigger rules before they go live.", no_args_is_help=True)
+decisions_app = typer.Typer(help="Why a trigger fired and what became of each action.", no_args_is_help=True)
+
+
+@triggers_app.command("test")
+def triggers_test(
+    rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
+    events: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object a line per decision (rule, version, profile, time, status, reasons, "
+        "evidence touchpoints, each action's fate and details), for diffing two runs."
+    ),
+) -> None:
+    """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
+
+    The clock is the events' own time, so a 2-minute absence rule fires between two events
+    that are more than 2 minutes apart, and every timer still waiting after the last event
+    is run out. Each timer fires at its own due time: quiet hours and caps are judged then.
+    Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
+
+    Each action shows its fate and why, e.g. [bold]email: delayed_quiet_hours until 2026-01-06 08:00 UTC[/]
+    or [bold]push: fell_back -> email (profile has no push_token)[/]. With --json, each decision is
+    one JSON object a line instead, so two runs can be diffed.
+
+    Example: [bold]touchhub triggers test mappings/triggers.yaml session.jsonl[/]
+    """
+    from hub.trigger_lab import run as run_lab
+
+    with config_problems_exit("The rules cannot be tried"):
+        result = run_lab(rules, events, load_settings())
+    if as_json:
+        _print_lab_json(result.decisions)
+    else:
+        console.print(_lab_table(result.decisions, result.events))
+    if result.quarantined:
+        message = f"{result.quarantined} event(s) could not be mapped and were left out."
+        (Console(stderr=True) if as_json else console).print(f"[yellow]{message}[/]")
+
+
+def _lab_table(found: list[dict[str, Any]], events: int) -> Table:
+    """One row per decision, one line per action with its fate and why."""
+    table = Table(title=f"Decisions over {events} events (simulated clock, nothing sent)")
+    for column in ("time", "rule", "status", "profile", "actions"):
+        table.add_column(column)
+    for decision in found:
+        actions = "\n".join(escape(_action_line(action)) for action in decision["actions"])
+        table.add_row(decision["decided_at"].isoformat(), decision["rule_id"], decision["status"], decision["who"], actions)
+    return table
+
+
+def _print_lab_json(found: list[dict[str, Any]]) -> None:
+    """Plain lines on stdout (no Rich wrapping or colour), keys sorted, so two runs diff line by line."""
+    import json
+
+    from hub.trigger_lab import as_record
+
+    for decision in found:
+        typer.echo(json.dumps(as_record(decision), sort_keys=True, ensure_ascii=False, default=str))
+
+
+def _action_line(action: dict[str, Any]) -> str:
+    """`channel: fate` and what the decision log says about it: where it fell back to, until when it is held,
+    and routing's reason in its own words (hub/routing.py), as `decisions explain` shows them."""
+    parts = [f"{action['channel']}: {action['fate']}"]
+    if action.get("to"):
+        parts.append(f"-> {action['to']}")
+    if action.get("not_before"):
+        parts.append(f"until {_utc_text(action['not_before'])}")
+    if action.get("reason"):
+        parts.append(f"({action['reason']})")
+    return " ".join(parts)
+
+
+def _utc_text(iso: str) -> str:
+    """`2026-01-06 08:00 UTC` from a stored ISO time; seconds only when there are some."""
+    at = datetime.fromisoformat(iso).astimezone(timezone.utc)
+    return at.strftime("%Y-%m-%d %H:%M:%S UTC" if at.second else "%Y-%m-%d %H:%M UTC")
+
+
+@decisions_app.command("explain")
+def decisions_explain(
+    decision_id: str = typer.Argument(..., help="Decision id, as /api/decisions lists them."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole explanation as JSON."),
+) -> None:
+    """Show the chain behind one decision: rule and version, the touchpoints that satisfied it,
+    each action's fate, and every delivery with its attempts."""
+    import json
+
+    from rich.tree import Tree
+
+    from hub.decision_explain import explain
+    from hub.store import Store
+
+    store = Store(load_settings().database_url)
+    with store.read() as connection:
+        found = explain(connection, decision_id)
+    store.dispose()
+    if found is None:
+        console.print(f"[red]No decision {decision_id!r}[/] in {store.url}")
+        raise typer.Exit(1)
+    if as_json:
+        console.print_json(json.dumps(found, default=str))
+        return
+    tree = Tree(
+        f"[bold]{found['rule_id']}[/] ({found['rule_version']}) {found['status']} "
+        f"for profile {found['profile_id']} at {found['decided_at']}"
+    )
+    evidence = tree.add("because of")
+    for touchpoint in found["touchpoints"]:
+        evidence.add(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})")
+    if found["timer"]:
+        evidence.add(f"no follow-up between {found['timer']['anchor_at']} and {found['timer']['due_at']} (timer {found['timer']['status']})")
+    actions = tree.add("actions")
+    for action in found["actions"]:
+        delivery = f" (delivery {action['delivery_id']})" if action.get("delivery_id") else ""
+        actions.add(escape(_action_line(action)) + delivery)
+    for channel in found["evidence"].get("only_if_left_out", []):
+        actions.add(escape(f"{channel}: left out (its only_if did not hold for this touchpoint)"))
+    deliveries = tree.add("deliveries")
+    for delivery in found["deliveries"]:
+        node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")
+        for attempt in delivery["attempt_log"]:
+            outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
+            node.add(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}")
+    console.print(tree)

@@ -1,0 +1,103 @@
+"""A profile's past as rules read it: the `History` they ask, and a read-ahead that asks the store once.
+
+The pipeline answers `History` from the store (`hub.respond.StoreHistory`);
+`ReadAhead` reads the widest span an event's windowed rules need, or the
+follow-ups of a set of timers, in one query and filters it in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, Protocol
+
+from hub.rules import Selector, Window
+from hub.selectors import event_names, kind
+
+
+class History(Protocol):
+    """What rules may ask about a profile's past; the pipeline answers from the store."""
+
+    def events(
+        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
+    ) -> list[dict[str, Any]]:
+        """Touchpoint documents of the profile with `since <= occurred_at <= until`, pre-filtered by the
+        selector's event / stage / moment (None: every event); `where` is checked by the engine."""
+        ...
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        """Decisions of the rule for the profile after `since` that were not capped."""
+        ...
+
+
+class ReadAhead:
+    """A `History` answering `events` from one read of touchpoints over a span, and asking `history` the rest.
+
+    Every `recent` / `count` condition asks for the profile's past; reading the
+    widest span they need once (and only when the first of them asks) and
+    filtering it in memory makes that one query per event instead of one per
+    condition. The timer engine reads the follow-ups of a batch of timers,
+    over all their profiles, the same way.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        since: datetime,
+        until: datetime,
+        names: frozenset[str] | None,
+        read: Callable[[], Mapping[str, Sequence[dict[str, Any]]]],
+    ) -> None:
+        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given)."""
+        self.history = history
+        self.since, self.until, self.names = since, until, names
+        self._read = read
+        self._documents: dict[str, list[tuple[datetime, dict[str, Any]]]] | None = None
+
+    def events(
+        self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
+    ) -> list[dict[str, Any]]:
+        if not self._covers(since, until, selector):
+            return self.history.events(profile_id, since, until, selector)
+        return [
+            doc for at, doc in self._read_once().get(profile_id, ())
+            if since <= at <= until and (selector is None or kind(selector, doc["event"], doc["stage"], doc["moment"]))
+        ]
+
+    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+        return self.history.decisions_since(profile_id, rule_id, since)
+
+    def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
+        """Whether the read holds every touchpoint this request asks for."""
+        if not (self.since <= since and until <= self.until):
+            return False
+        asked = None if selector is None else selector.events
+        return self.names is None or (asked is not None and self.names.issuperset(asked))
+
+    def _read_once(self) -> dict[str, list[tuple[datetime, dict[str, Any]]]]:
+        if self._documents is None:
+            self._documents = {
+                profile_id: [(datetime.fromisoformat(doc["occurred_at"]), doc) for doc in documents]
+                for profile_id, documents in self._read().items()
+            }
+        return self._documents
+
+
+@lru_cache(maxsize=1024)
+def _selector_of(names: frozenset[str] | None) -> Selector | None:
+    """A selector of these event names (None: every event), to read a span through `History.events`."""
+    return None if names is None else Selector(event=sorted(names))
+
+
+def read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
+    """`history`, reading the profile's past once for all these windows ending at `until`."""
+    if not windows:
+        return history
+    since = until - max(window.within for window in windows)
+    names = event_names(windows)
+
+    def read() -> dict[str, list[dict[str, Any]]]:
+        return {profile_id: history.events(profile_id, since, until, _selector_of(names))}
+
+    return ReadAhead(history, since, until, names, read)

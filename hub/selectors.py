@@ -1,0 +1,101 @@
+"""Which touchpoints a selector picks: by event name, stage and moment, and by its `where` predicates.
+
+Rules, their index and the read-ahead of a profile's past all ask this. The
+predicates are JMESPath fields compiled once (`hub.paths`), compared with
+JMESPath's equality: a boolean is never a number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+from hub import paths
+from hub.rules import Predicate, Selector
+
+
+def named(selector: Selector) -> frozenset[str] | None:
+    """The event names the selector picks; None when it picks by stage or moment alone (any name may do)."""
+    events = selector.events
+    return None if events is None else frozenset(events)
+
+
+def union_unless_open(names: Sequence[frozenset[str] | None]) -> frozenset[str] | None:
+    """All these names together; None (any name) as soon as one of them is None."""
+    return None if None in names else frozenset().union(*names)
+
+
+def event_names(selectors: Sequence[Selector | None]) -> frozenset[str] | None:
+    """The event names these selectors can select between them; None when one may select any (None selects all)."""
+    return union_unless_open([None if selector is None else named(selector) for selector in selectors])
+
+
+def kind(selector: Selector, event: str, stage: str | None, moment: str | None) -> bool:
+    """The selector's event / stage / moment part (what the store filters on); `where` is apart."""
+    events = selector.events
+    return (
+        (events is None or event in events)
+        and (selector.stage is None or stage == selector.stage)
+        and (selector.moment is None or moment == selector.moment)
+    )
+
+
+def selected(selector: Selector, event: str, stage: str, moment: str, document: dict[str, Any]) -> bool:
+    return kind(selector, event, stage, moment) and predicates_hold(selector.where, document)
+
+
+def predicates_hold(predicates: Sequence[Predicate], document: dict[str, Any]) -> bool:
+    return all(_predicate(p, document) for p in predicates)
+
+
+def distinct(path: str, documents: list[dict[str, Any]]) -> int:
+    """How many distinct values of `path` the documents have; one without it adds none (it is not a value)."""
+    values = (_field(path).search(document) for document in documents)
+    return len({repr(value) for value in values if value is not None})
+
+
+def describe(selector: Selector) -> dict[str, Any]:
+    return {key: value for key, value in (("event", selector.event), ("stage", selector.stage), ("moment", selector.moment)) if value}
+
+
+@lru_cache(maxsize=1024)
+def _field(path: str) -> paths.Expression:
+    return paths.compile(path)
+
+
+@lru_cache(maxsize=256)
+def _pattern(expression: str) -> re.Pattern[str]:
+    return re.compile(expression)
+
+
+def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
+    """Whether the document's value at the predicate's field passes it. Booleans are not numbers here (as in
+    JMESPath, unlike Python): `true` neither equals 1 nor is greater than 0."""
+    actual = _field(predicate.field).search(document)
+    expected = predicate.value
+    ordered = actual is not None and not isinstance(actual, bool) and not isinstance(expected, bool)
+    try:
+        match predicate.op:
+            case "exists":
+                return (actual is not None) == (expected is not False)
+            case "eq":
+                return paths.equals(actual, expected)
+            case "ne":
+                return not paths.equals(actual, expected)
+            case "gt":
+                return ordered and actual > expected
+            case "gte":
+                return ordered and actual >= expected
+            case "lt":
+                return ordered and actual < expected
+            case "lte":
+                return ordered and actual <= expected
+            case "in":
+                return any(paths.equals(actual, item) for item in expected)
+            case "matches":
+                return isinstance(actual, str) and _pattern(str(expected)).search(actual) is not None
+    except TypeError:  # comparing a string with a number, say: the predicate simply does not hold
+        return False
+    raise ValueError(f"unknown operator {predicate.op!r}")
