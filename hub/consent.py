@@ -12,26 +12,26 @@ SDKs resend cached traits on every event (`context.traits.sms_opt_out:
 false` from an old identify), and stamped with the event's time one would
 turn SMS back on right after a STOP. Only the person's next word through a
 provider (an SMS START) changes it, as subscription states work in Braze
-or Customer.io rather than as plain attributes.
+or Customer.io rather than as plain attributes. Each such change is also
+recorded with the identifier it came through (`hub.store.consent_changes`),
+so an unmerge gives it to the profile that keeps that identifier.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
 from hub.model import Identifier
+from hub.store import consent_changes
+from hub.store.consent_changes import PINNED, opt_out_trait
 from hub.store.identity_graph import SqlIdentityGraph, find_profile_id, live_profile_id
 from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
-
-
-def opt_out_trait(channel: str) -> str:
-    return f"{channel}_opt_out"
 
 
 # Trait values as CRMs and forms send them: a string "false" is not an opt-out (bool("false") is True).
@@ -54,18 +54,18 @@ def _said(value: Any, words: set[Any]) -> bool:
     return not isinstance(value, (dict, list)) and value is not None and value in words
 
 
-PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
-
-
-def set_consent(connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str) -> bool:
+def set_consent(
+    connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str, target: str | None
+) -> bool:
     """Grant or revoke `channel` for the profile (or the profile it was merged into), `at` the time the person
-    said so (logged; the trait is `PINNED`); False if there is no such profile."""
+    said so (logged; the trait is `PINNED`), through the identifier `target` names (the address a message went
+    to), if the profile still holds it; False if there is no such profile."""
     lock_profiles(connection)
     live_id = live_profile_id(connection, profile_id)
     if live_id is None:
         return False
-    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
-    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
+    through = consent_changes.identifier_reached(connection, live_id, target) if target else None
+    _change(connection, live_id, channel, granted, through, at, reason)
     return True
 
 
@@ -73,5 +73,17 @@ def set_consent_by_identifier(
     connection: Connection, identifier: Identifier, channel: str, granted: bool, at: datetime, reason: str
 ) -> bool:
     """The same, for the profile holding `identifier` (an SMS STOP knows only the phone number)."""
+    lock_profiles(connection)
     profile_id = find_profile_id(connection, identifier)
-    return profile_id is not None and set_consent(connection, profile_id, channel, granted, at, reason)
+    if profile_id is None:
+        return False
+    _change(connection, profile_id, channel, granted, identifier, at, reason)
+    return True
+
+
+def _change(
+    connection: Connection, live_id: str, channel: str, granted: bool, through: Identifier | None, at: datetime, reason: str
+) -> None:
+    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
+    consent_changes.record(connection, live_id, channel, granted, through, reason, at)
+    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())

@@ -255,7 +255,7 @@ class DeliveryEngine:
                 assert outcome.next_attempt_at is not None
                 outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
             if outcome.revokes_consent:
-                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider")
+                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", delivery.target)
 
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:

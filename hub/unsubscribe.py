@@ -1,6 +1,8 @@
 """Signed, expiring unsubscribe tokens for the links in our emails.
 
-A token names a profile and a channel and carries its expiry, HMAC-SHA256
+A token names a profile, a channel and the message it came in (so the
+opt-out is recorded against the address it was sent to) and carries its
+expiry, HMAC-SHA256
 signed with HUB_UNSUBSCRIBE_SECRET: the link works without a login and
 without any state on our side, nobody can forge one for someone else's
 profile, and old links stop working. Comparison is constant-time.
@@ -30,6 +32,7 @@ class UnsubscribeRequest:
     profile_id: str
     channel: str
     expires_at: datetime
+    delivery_id: str | None  # None in links issued before tokens named their message
 
 
 def _b64(data: bytes) -> str:
@@ -44,8 +47,9 @@ def _mac(secret: str, payload: str) -> bytes:
     return hmac.new(secret.encode("utf-8"), b"unsubscribe." + payload.encode("ascii"), hashlib.sha256).digest()
 
 
-def make_token(secret: str, profile_id: str, channel: str, expires_at: datetime) -> str:
-    payload = _b64(json.dumps({"p": profile_id, "c": channel, "e": int(expires_at.timestamp())}, separators=(",", ":")).encode())
+def make_token(secret: str, profile_id: str, channel: str, delivery_id: str, expires_at: datetime) -> str:
+    fields = {"p": profile_id, "c": channel, "d": delivery_id, "e": int(expires_at.timestamp())}
+    payload = _b64(json.dumps(fields, separators=(",", ":")).encode())
     return f"{payload}.{_b64(_mac(secret, payload))}"
 
 
@@ -59,7 +63,10 @@ def read_token(secret: str, token: str, now: datetime) -> UnsubscribeRequest:
         raise InvalidToken("token: not a token this hub issued") from None
     if not isinstance(fields, dict) or not {"p", "c", "e"} <= fields.keys():
         raise InvalidToken("token: not a token this hub issued")
-    request = UnsubscribeRequest(str(fields["p"]), str(fields["c"]), datetime.fromtimestamp(int(fields["e"]), timezone.utc))
+    delivery_id = str(fields["d"]) if "d" in fields else None
+    request = UnsubscribeRequest(
+        str(fields["p"]), str(fields["c"]), datetime.fromtimestamp(int(fields["e"]), timezone.utc), delivery_id
+    )
     if request.expires_at <= now:
         raise ExpiredToken(f"token: expired on {request.expires_at:%Y-%m-%d}")
     return request

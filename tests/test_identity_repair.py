@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from hub.consent import set_consent, set_consent_by_identifier
 from hub.errors import ConfigError, ForgottenIdentityError, IdentityRepairError
 from hub.identity import resolve
 from hub.model import Delivery, Identifier, PlannedDelivery, RawEvent, Touchpoint, derived_id
@@ -22,7 +23,7 @@ from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph, counts, find_profile_id, profile_view
 from hub.store.identity_repair import forget, unmerge
-from hub.store.schema import attempts, deliveries, forgotten_identifiers, identity_events, inbox, merges
+from hub.store.schema import attempts, consent_changes, deliveries, forgotten_identifiers, identity_events, inbox, merges
 from hub.store.schema import touchpoints as touchpoints_table
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message
 
@@ -277,3 +278,35 @@ def test_after_a_merge_the_caps_count_what_the_merged_profile_was_sent(tmp_path:
         owners = {d["rule_id"] + "/" + d["status"]: d["profile_id"] for d in decisions.search(connection, limit=10)}
     assert sms["profile_id"] == owners["ping/fired"] == merged_id != owners["ping/capped"]
     hub.store.dispose()
+
+
+def test_an_unmerge_gives_consent_to_the_side_keeping_the_identifier_it_was_said_through(store: Store) -> None:
+    """Bo texted STOP while wrongly merged with Ana: after the unmerge Bo, who keeps that phone, stays opted
+    out, even though his app resent `sms_opt_out: false` before, and Ana can be texted again; Ana's own email
+    unsubscribe stays with her. A word said through no known identifier (an old link) stays with the survivor."""
+    ana = ingest(store, 1, ("email", "ana@x.io"), ("phone", "+14155550101"), traits={"name": "Ana"})
+    bo = ingest(store, 2, ("email", "bo@x.io"), ("phone", "+14155550102"), traits={"sms_opt_out": False})
+    ingest(store, 3, ("email", "ana@x.io"), ("email", "bo@x.io"))  # the bad link
+    with store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("phone", "+14155550102"), "sms", False, T0, "recipient keyword")
+        set_consent(connection, ana, "email", False, T0, "unsubscribe link", "ana@x.io")
+        set_consent(connection, ana, "push", False, T0, "unsubscribe link", None)
+        merged = SqlIdentityGraph(connection).traits(ana)
+    assert (merged["sms_opt_out"], merged["email_opt_out"], merged["push_opt_out"]) == (True, True, True)
+
+    with store.write() as connection:
+        unmerge(connection, ana, bo, T0)
+    with store.read() as connection:
+        ana_traits, bo_traits = profile_view(connection, ana)["traits"], profile_view(connection, bo)["traits"]
+        said = dict(connection.execute(select(consent_changes.c.channel, consent_changes.c.profile_id)).all())
+    assert ana_traits == {"name": "Ana", "email_opt_out": True, "push_opt_out": True}
+    assert bo_traits == {"sms_opt_out": True}
+    assert said == {"sms": bo, "email": ana, "push": ana}
+
+    with store.write() as connection:  # Bo's START reaches Bo alone
+        set_consent_by_identifier(connection, Identifier("phone", "+14155550102"), "sms", True, T0, "recipient keyword")
+        forget(connection, ana, T0, block_identifiers=False)
+    with store.read() as connection:
+        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": False}
+        left = connection.execute(select(consent_changes.c.profile_id)).scalars().all()
+    assert left == [bo, bo]  # forgetting Ana took her record of what she said

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
@@ -16,23 +16,24 @@ from hub.consent import set_consent_by_identifier
 from hub.model import Identifier, RawEvent
 from hub.runtime import Hub
 from hub.store import inbox, outbox
-from hub.store.schema import deliveries
-from hub.store.identity_graph import SqlIdentityGraph, find_profile_id
+from hub.store.identity_graph import SqlIdentityGraph, find_profile_id, identifier_digest
+from hub.store.schema import consent_changes, deliveries
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
 from tests.conftest import RunningHub, make_settings, message, support_ticket
 
 NOW = datetime.now(timezone.utc)
 EMAIL = "ana@example.com"
 PHONE = "+14155550142"
+DELIVERY = "0193b6f0-2f6c-7c2e-9d1a-5f0e6a7b8c9d"
 
 
 def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> None:
-    token = make_token("s3cret", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
+    token = make_token("s3cret", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
     request = read_token("s3cret", token, NOW)
-    assert (request.profile_id, request.channel) == ("01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email")
+    assert (request.profile_id, request.channel, request.delivery_id) == ("01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY)
     payload, signature = token.split(".")
-    forged = make_token("guess", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
-    someone_else = make_token("guess", "01JDQ70000000000000000000", "email", NOW + timedelta(days=1)).split(".")[0]
+    forged = make_token("guess", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
+    someone_else = make_token("guess", "01JDQ70000000000000000000", "email", DELIVERY, NOW + timedelta(days=1)).split(".")[0]
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     for bad in (forged, f"{payload}.{flipped}", f"{someone_else}.{signature}", "garbage", "", "a.b.c", "é.é"):
         with pytest.raises(InvalidToken):
@@ -64,6 +65,10 @@ def test_one_click_unsubscribe_revokes_email_consent_and_stops_the_next_email(ru
                            headers={"content-type": "application/x-www-form-urlencoded"})
     assert one_click.status_code == 200 and "Unsubscribed" in one_click.text
     assert email_traits(running_hub)["email_opt_out"] is True
+    with running_hub.hub.store.read() as connection:  # said through the address the email went to (for unmerges)
+        [said] = connection.execute(select(consent_changes)).mappings().all()
+    assert (said["channel"], said["granted"], said["reason"]) == ("email", False, "unsubscribe link")
+    assert said["identifier_digest"] == identifier_digest(Identifier("email", EMAIL))
 
     running_hub.send(message(userId="u-mail", event="Ticket Submitted", timestamp=(NOW + timedelta(days=2)).isoformat()))
     running_hub.settle()
@@ -77,9 +82,9 @@ def test_forged_expired_and_unknown_profile_links_change_nothing(running_hub: Ru
     profile_id = running_hub.admin("/api/profiles/lookup", type="email", value=EMAIL)["profile_id"]
     secret = running_hub.hub.settings.unsubscribe_secret.get_secret_value()
     url = f"{running_hub.url}/v1/unsubscribe"
-    forged = make_token("not-our-secret", profile_id, "email", NOW + timedelta(days=1))
-    expired = make_token(secret, profile_id, "email", NOW - timedelta(seconds=1))
-    nobody = make_token(secret, "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", NOW + timedelta(days=1))
+    forged = make_token("not-our-secret", profile_id, "email", DELIVERY, NOW + timedelta(days=1))
+    expired = make_token(secret, profile_id, "email", DELIVERY, NOW - timedelta(seconds=1))
+    nobody = make_token(secret, "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
     assert httpx.post(url, params={"token": forged}).status_code == 403
     assert httpx.get(url, params={"token": forged}).status_code == 403
     answer = httpx.post(url, params={"token": expired})

@@ -75,13 +75,14 @@ class EmailSmtpDestination(Destination):
             "parts": ["text", "html"] if delivery.content.get("html") else ["text"],
         }
 
-    def unsubscribe_link(self, profile_id: str) -> str:
+    def unsubscribe_link(self, delivery: Delivery) -> str:
         expires = utcnow() + timedelta(days=self.settings.unsubscribe_link_days)
-        token = make_token(self.settings.unsubscribe_secret.get_secret_value(), profile_id, self.channel, expires)
+        secret = self.settings.unsubscribe_secret.get_secret_value()
+        token = make_token(secret, delivery.profile_id, self.channel, delivery.delivery_id, expires)
         return f"{self.settings.unsubscribe_url}?{urlencode({'token': token})}"
 
     def build_message(self, delivery: Delivery) -> EmailMessage:
-        content, link = delivery.content, self.unsubscribe_link(delivery.profile_id)
+        content, link = delivery.content, self.unsubscribe_link(delivery)
         message = EmailMessage()
         message["From"] = self.settings.from_address
         message["To"] = delivery.target

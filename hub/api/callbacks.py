@@ -47,6 +47,8 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
                 log.warning("status for a message no delivery sent", destination=destination_id,
                             provider_message_id=report.provider_message_id)
             elif report.revokes_consent:
-                set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider")
+                set_consent(
+                    connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", delivery["target"]
+                )
         for signal in result.consent:
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from hub.clock import utcnow
 from hub.consent import set_consent
 from hub.runtime import Hub
+from hub.store import outbox
 from hub.unsubscribe import ExpiredToken, InvalidToken, UnsubscribeRequest, read_token
 
 router = APIRouter(tags=["unsubscribe"])
@@ -61,7 +62,8 @@ async def unsubscribe(request: Request, token: str = Token) -> HTMLResponse:
 
     def revoke() -> bool:
         with hub.store.write() as connection:
-            return set_consent(connection, verified.profile_id, verified.channel, False, utcnow(), "unsubscribe link")
+            target = outbox.target_of(connection, verified.delivery_id) if verified.delivery_id else None
+            return set_consent(connection, verified.profile_id, verified.channel, False, utcnow(), "unsubscribe link", target)
 
     if not await run_in_threadpool(revoke):
         return _page("Invalid link", "This unsubscribe link is not valid.", 404)

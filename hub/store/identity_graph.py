@@ -16,8 +16,8 @@ from ulid import ULID
 from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
 from hub.store.schema import (
-    decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart, merges, profiles,
-    touchpoints,
+    consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
+    merges, profiles, touchpoints,
 )
 from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts
 
@@ -72,7 +72,7 @@ _REPOINT = {
     column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
     for column in (
         identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id, decisions.c.profile_id,
-        deliveries.c.profile_id,
+        deliveries.c.profile_id, consent_changes.c.profile_id,
     )
 }
 _RETIRE = InLists(  # merged profiles become aliases of `b_to`
@@ -207,8 +207,10 @@ class SqlIdentityGraph:
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
         _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
         # Touchpoints follow, so a profile's history is one query; decisions and deliveries too, so the rule
-        # caps and the daily cap count what the merged profiles were sent (each column has its index).
-        for column in (touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id):
+        # caps and the daily cap count what the merged profiles were sent; consent changes, so an unmerge finds
+        # them among the survivor's (each column has its index).
+        following = (touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, consent_changes.c.profile_id)
+        for column in following:
             _REPOINT[column].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)

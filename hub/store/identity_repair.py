@@ -3,7 +3,9 @@
 Unmerge reverses one merge: the identifiers the merged profile brought in
 (including those of profiles that had merged into it before) go back to it,
 the touchpoints that carried only those identifiers follow them, traits are
-rebuilt from each side's touchpoints, and the pair is kept apart so the next
+rebuilt from each side's touchpoints, consent a person gave or withdrew
+through a provider goes to the side that keeps the identifier it came
+through, and the pair is kept apart so the next
 event carrying the same bad link cannot merge them again. A touchpoint that
 carried identifiers of both sides (usually the one that made the bad link)
 stays with the survivor, and so does an identifier first seen after the merge:
@@ -23,6 +25,8 @@ from sqlalchemy import Connection, and_, delete, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
+from hub.store import consent_changes
+from hub.store.consent_changes import PINNED
 from hub.store.identity_graph import newest_traits, identifier_digest, live_profile_id, stamped_traits
 from hub.store.schema import (
     attempts,
@@ -73,7 +77,7 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
         update(profiles).where(profiles.c.profile_id.in_(split - {merged_profile_id})).values(merged_into=merged_profile_id)
     )
     moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved))
-    _rebuild_traits(connection, live_id, merged_profile_id, now)
+    _rebuild_traits(connection, live_id, merged_profile_id, moved, now)
     a, b = sorted((live_id, merged_profile_id))
     insert_ignoring_conflicts(connection, kept_apart, [{"profile_a": a, "profile_b": b, "since": now}], ["profile_a", "profile_b"])
     connection.execute(
@@ -129,17 +133,20 @@ def _reattribute_touchpoints(connection: Connection, live_id: str, restored_id: 
     return len(following)
 
 
-def _rebuild_traits(connection: Connection, live_id: str, restored_id: str, now: datetime) -> None:
-    """Each side's traits from its own touchpoints; traits no touchpoint set (consent changes) stay with the survivor."""
+def _rebuild_traits(connection: Connection, live_id: str, restored_id: str, moved: list[Identifier], now: datetime) -> None:
+    """Each side's traits from its own touchpoints, and each side's consent from what was said through its
+    identifiers; other traits no touchpoint set (written through the API) stay with the survivor."""
+    current = connection.execute(select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == live_id)).one()
     restored = _traits_from_touchpoints(connection, restored_id)
     remaining = _traits_from_touchpoints(connection, live_id)
-    current = connection.execute(select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == live_id)).one()
     from_touchpoints = set(restored[0]) | set(remaining[0])
-    kept = (
-        {k: v for k, v in current.traits.items() if k not in from_touchpoints},
-        {k: v for k, v in current.trait_times.items() if k not in from_touchpoints},
-    )
-    survivor = newest_traits(kept, remaining)
+    pinned = PINNED.isoformat()
+    kept_keys = [k for k in current.traits if k not in from_touchpoints or current.trait_times.get(k) == pinned]
+    kept = ({k: current.traits[k] for k in kept_keys}, {k: current.trait_times[k] for k in kept_keys})
+    said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved)
+    kept = consent_changes.pinned(kept, said_by_survivor, gone=said_by_restored.keys() - said_by_survivor.keys())
+    survivor = consent_changes.pinned(newest_traits(kept, remaining), said_by_survivor)
+    restored = consent_changes.pinned(restored, said_by_restored)
     for profile_id, (values, times) in ((live_id, survivor), (restored_id, restored)):
         connection.execute(
             update(profiles).where(profiles.c.profile_id == profile_id).values(traits=values, trait_times=times, updated_at=now)
@@ -197,6 +204,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     connection.execute(update(merges).where(merges.c.survivor_id.in_(ids)).values(linking_identifiers=[]))
     connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
     connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
+    consent_changes.forget(connection, ids)
     connection.execute(delete(profiles).where(profiles.c.profile_id.in_(ids)))
     connection.execute(
         insert(identity_events).values(

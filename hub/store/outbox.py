@@ -193,16 +193,23 @@ def ids_with_status(connection: Connection, status: str, destination_id: str | N
     return list(connection.execute(query).scalars())
 
 
+def target_of(connection: Connection, delivery_id: str) -> str | None:
+    """The address a delivery was sent to."""
+    return connection.execute(select(deliveries.c.target).where(deliveries.c.delivery_id == delivery_id)).scalar()
+
+
 def apply_provider_status(
     connection: Connection, destination_id: str, report: ProviderStatus, now: datetime
 ) -> dict[str, Any] | None:
     """Record a provider's status for the delivery it sent as `report.provider_message_id`.
 
-    Returns the delivery's id, profile and channel, or None when no delivery of
+    Returns the delivery's id, profile, channel and target, or None when no delivery of
     this destination has that provider id.
     """
     row = connection.execute(
-        select(deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel).where(
+        select(
+            deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target
+        ).where(
             deliveries.c.destination_id == destination_id,
             deliveries.c.provider_message_id == report.provider_message_id,
         )

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
@@ -179,6 +180,18 @@ forgotten_identifiers = Table(
     metadata,
     Column("digest", String(64), primary_key=True),  # sha256 of type and value; never the value itself
     Column("forgotten_at", UTCDateTime, nullable=False),
+)
+
+consent_changes = Table(
+    "consent_changes",  # what a person told a provider, kept so an unmerge can give it to the side it came from
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("profile_id", String(26), nullable=False, index=True),  # moves with merges, as decisions do
+    Column("channel", String(40), nullable=False),
+    Column("granted", Boolean, nullable=False),
+    Column("identifier_digest", String(64)),  # sha256 of the identifier it came through; none for old links
+    Column("reason", String(100), nullable=False),
+    Column("at", UTCDateTime, nullable=False),
 )
 
 graph_epoch = Table(

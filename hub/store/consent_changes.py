@@ -1,0 +1,88 @@
+"""What people told providers about consent, each change with the identifier it came through.
+
+The profile's `<channel>_opt_out` trait is what routing reads; these rows
+are why it holds. They exist for the one operation a trait cannot survive:
+an unmerge. The phone that texted STOP may go back to the restored profile,
+and its opt-out must go with it, or the restored person can be texted again
+while the survivor stays blocked for something they never said. Only a
+digest of the identifier is kept (as the forgotten-identifier list does):
+the rows outlive nothing the identifiers table does not already hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import Connection, delete, insert, select, update
+
+from hub.model import Identifier
+from hub.store.identity_graph import Traits, identifier_digest
+from hub.store.schema import consent_changes, identifiers
+
+PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
+
+
+def opt_out_trait(channel: str) -> str:
+    return f"{channel}_opt_out"
+
+
+def record(
+    connection: Connection, profile_id: str, channel: str, granted: bool, through: Identifier | None, reason: str, at: datetime
+) -> None:
+    connection.execute(
+        insert(consent_changes).values(
+            profile_id=profile_id, channel=channel, granted=granted,
+            identifier_digest=identifier_digest(through) if through else None, reason=reason, at=at,
+        )
+    )
+
+
+def identifier_reached(connection: Connection, profile_id: str, target: str) -> Identifier | None:
+    """The profile's identifier a delivery went to (its target), when it still holds it."""
+    row = connection.execute(
+        select(identifiers.c.type).where(identifiers.c.profile_id == profile_id, identifiers.c.value == target)
+    ).first()
+    return Identifier(row.type, target) if row else None
+
+
+def split(
+    connection: Connection, survivor_id: str, restored_id: str, moved: Collection[Identifier]
+) -> tuple[dict[str, bool], dict[str, bool]]:
+    """Move the changes that came through `moved` identifiers to the restored profile; each side's latest word
+    per channel. Changes with no identifier (links issued before identifiers were kept) stay with the survivor."""
+    digests = {identifier_digest(ident) for ident in moved}
+    rows = connection.execute(
+        select(consent_changes.c.id, consent_changes.c.channel, consent_changes.c.granted, consent_changes.c.identifier_digest)
+        .where(consent_changes.c.profile_id == survivor_id)
+        .order_by(consent_changes.c.at, consent_changes.c.id)
+    ).all()
+    leaving = [row.id for row in rows if row.identifier_digest in digests]
+    if leaving:
+        connection.execute(update(consent_changes).where(consent_changes.c.id.in_(leaving)).values(profile_id=restored_id))
+    return (
+        _latest(row for row in rows if row.identifier_digest not in digests),
+        _latest(row for row in rows if row.identifier_digest in digests),
+    )
+
+
+def _latest(rows: Iterable[Any]) -> dict[str, bool]:
+    return {row.channel: row.granted for row in rows}  # rows come oldest first: the last one per channel wins
+
+
+def pinned(traits: Traits, latest: dict[str, bool], gone: Collection[str] = ()) -> Traits:
+    """`traits` with each channel's latest word pinned, and the pins of `gone` channels (said by identifiers the
+    profile no longer holds) dropped, so the value its own events set shows again."""
+    values, times = dict(traits[0]), dict(traits[1])
+    for channel in gone:
+        key = opt_out_trait(channel)
+        if times.get(key) == PINNED.isoformat():
+            del values[key], times[key]
+    for channel, granted in latest.items():
+        values[opt_out_trait(channel)], times[opt_out_trait(channel)] = not granted, PINNED.isoformat()
+    return values, times
+
+
+def forget(connection: Connection, profile_ids: Collection[str]) -> None:
+    connection.execute(delete(consent_changes).where(consent_changes.c.profile_id.in_(list(profile_ids))))
