@@ -3,7 +3,7 @@
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
 of their anchors, four of their profiles (`profile_views`), one of their
-follow-ups, one of their rules' caps, one of their daily caps, one insert
+follow-ups and restarts, one of their rules' caps, one of their daily caps, one insert
 of decisions, one of deliveries, one update settling them. If any timer of
 the set fails, the set is rolled back to its savepoint and each timer fires
 on its own, so one bad timer never holds back its neighbours. A crash
@@ -14,7 +14,7 @@ this or another process; a commit makes them settled, so each fires once.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -74,9 +74,11 @@ class TimerEngine:
         if self._next_due is None or self._next_due > now:
             return 0
         with self.store.write() as connection:
+            # A fired timer counts and plans a profile's deliveries. The lock comes before the claim's row locks,
+            # in the pipeline's order (it takes this lock, then settles timers): the other order deadlocks on
+            # PostgreSQL whenever a follow-up is processed while its timer fires.
+            sql.lock_profiles(connection)
             due = timers.claim_due(connection, self.batch_size, now, self.lease)
-            if due:
-                sql.lock_profiles(connection)  # a fired timer counts and plans a profile's deliveries
             recorded = sum(as_set_or_one_by_one(
                 connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",
@@ -110,7 +112,7 @@ class TimerEngine:
         if not due:
             return Recorded()
         settled: list[Settlement] = []
-        firings, later = self._prepare(connection, due, settled)
+        firings, later = self._prepare(connection, due, settled, now)
         history = self._history(connection, firings)
         decided: list[tuple[_Firing, Decision]] = []
         for firing in firings:
@@ -118,10 +120,8 @@ class TimerEngine:
             decision = triggers.evaluate_expired(
                 firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
             )
-            if decision is None:  # the follow-up came, or the rule's other conditions (or only_if) no longer hold
-                came = triggers.follow_up_came(firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history,
-                                               profile["traits"])
-                settled.append(Settlement(timer.timer_id, "cancelled" if came else "lapsed"))
+            if isinstance(decision, str):  # the wait ended without a decision, and how
+                settled.append(Settlement(timer.timer_id, decision))
                 continue
             decided.append((firing, decision))
             settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))
@@ -136,25 +136,37 @@ class TimerEngine:
         return recorded + self._fire_set(connection, later, now)
 
     def _prepare(
-        self, connection: Connection, due: Sequence[DueTimer], settled: list[Settlement]
+        self, connection: Connection, due: Sequence[DueTimer], settled: list[Settlement], now: datetime
     ) -> tuple[list[_Firing], list[DueTimer]]:
-        """The timers to decide now, and those of a profile already among them (for the next round); timers
-        whose rule, anchor or profile is gone are added to `settled` as lapsed."""
+        """The timers to decide now, and those of a profile already among them (for the next round).
+
+        Each is judged by the rule in force, which may have been edited since
+        it was armed: a timer whose rule, anchor or profile is gone, or whose
+        anchor the rule's `after` no longer picks, is added to `settled` as
+        lapsed; one whose wait the rule now makes longer goes back to wait out
+        the rest; one it makes shorter fires, due when the rule now says.
+        """
         anchors = touchpoints.get_many(connection, {timer.touchpoint_id for timer in due})
         views = profile_views(connection, {timer.profile_id for timer in due})  # each timer's live profile
         firings: list[_Firing] = []
         later: list[DueTimer] = []
+        lengthened: list[tuple[str, datetime]] = []
         profiles: set[str] = set()
         for timer in due:
             rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
             if rule is None or rule.absence is None or anchor is None or profile is None:
                 settled.append(Settlement(timer.timer_id, "lapsed"))
+            elif not triggers.starts_wait(rule, anchor, profile["traits"]):
+                settled.append(Settlement(timer.timer_id, "lapsed"))
+            elif (due_at := timer.anchor_at + rule.absence.within) > now:
+                lengthened.append((timer.timer_id, due_at))
             elif profile["profile_id"] in profiles:
                 later.append(timer)
             else:
                 profiles.add(profile["profile_id"])
-                firings.append(_Firing(timer, rule, anchor, profile))
+                firings.append(_Firing(replace(timer, due_at=due_at), rule, anchor, profile))
+        timers.wait_until(connection, lengthened)
         return firings, later
 
     def _history(self, connection: Connection, firings: list[_Firing]) -> History:
@@ -167,7 +179,7 @@ class TimerEngine:
         store = StoreHistory(connection)
         if caps:
             store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
-        names = event_names([triggers.awaited(firing.rule) for firing in firings])
+        names = event_names([selector for firing in firings for selector in triggers.watched(firing.rule)])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)
         return ReadAhead(

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from hub.model import Action, Decision, Touchpoint, ordered_id
 from hub.rule_history import History, read_ahead
@@ -29,6 +29,9 @@ from hub.rules import (
     Selector,
 )
 from hub.selectors import describe, distinct, event_names, named, predicates_hold, selected, union_unless_open
+
+
+WaitEnded = Literal["cancelled", "superseded", "lapsed"]  # how a timer ended without a decision (`evaluate_expired`)
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,19 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
     return TimerChanges(tuple(cancel), tuple(arm))
 
 
+def starts_wait(rule: RuleSpec, anchor: Touchpoint, traits: Mapping[str, Any]) -> bool:
+    """Whether the rule (as in force now: it may have been edited since the timer was armed) starts a wait at
+    this touchpoint."""
+    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
+    return selected(rule.absence.after, anchor.event, anchor.stage, anchor.moment, document_for(anchor, traits))
+
+
+def watched(rule: RuleSpec) -> tuple[Selector | None, Selector]:
+    """What an absence rule's timer reads when it fires: its follow-ups (None: any event), and restarts."""
+    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
+    return awaited(rule), rule.absence.after
+
+
 def evaluate_expired(
     rule: RuleSpec,
     anchor: Touchpoint,
@@ -137,35 +153,40 @@ def evaluate_expired(
     due_at: datetime,
     history: History,
     traits: Mapping[str, Any] | None = None,
-) -> Decision | None:
-    """The decision of an absence rule whose timer ran out, or None if the awaited event did happen after all.
+) -> Decision | WaitEnded:
+    """The decision of an absence rule whose timer ran out, or how the wait ended without one.
 
-    The follow-up is looked for again here, by event time in (anchor, due], so a
-    follow-up that arrived late or raced the timer still prevents the message.
+    The events after the anchor are looked at again here, by event time in
+    (anchor, due], so one that arrived late or raced the timer still counts:
+    the follow-up (`cancelled`), or the wait starting again (`superseded`),
+    which the pipeline cannot see for an earlier cart that arrived after the
+    later one, or for the cart of a profile merged in since. `lapsed`: the
+    rule's other conditions, or every action's `only_if`, no longer hold.
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    if follow_up_came(rule, anchor, profile_id, due_at, history, traits):
-        return None
+    followed = awaited(rule)
+    if _any_after(anchor, followed, history.events(profile_id, anchor.occurred_at, due_at, followed), traits or {}):
+        return "cancelled"
+    if _any_after(anchor, absence.after, history.events(profile_id, anchor.occurred_at, due_at, absence.after), traits or {}):
+        return "superseded"
     judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {})
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
-        return None
-    return _decide(rule, judge, anchor, profile_id, due_at)
+        return "lapsed"
+    return _decide(rule, judge, anchor, profile_id, due_at) or "lapsed"
 
 
-def follow_up_came(
-    rule: RuleSpec, anchor: Touchpoint, profile_id: str, due_at: datetime, history: History,
-    traits: Mapping[str, Any] | None = None,
+def _any_after(
+    anchor: Touchpoint, selector: Selector | None, documents: list[dict[str, Any]], traits: Mapping[str, Any]
 ) -> bool:
-    """Whether the event an absence rule waits for happened after its anchor, by `due_at` (event time)."""
-    selector = awaited(rule)
-    profile = {"profile": dict(traits or {})}
+    """Whether one of the documents comes strictly after the anchor and is one the selector picks (None: any)."""
+    profile = {"profile": dict(traits)}
     return any(
         doc["touchpoint_id"] != anchor.touchpoint_id
         and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
-        and (selector is None or predicates_hold(selector.where, {**doc, **profile}))
-        for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
+        and (selector is None or selected(selector, doc["event"], doc["stage"], doc["moment"], {**doc, **profile}))
+        for doc in documents
     )
 
 

@@ -2,22 +2,25 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, select
 
-from hub import triggers
+from hub import identity, triggers
 from hub.clock import utcnow
-from hub.model import Identifier, RawEvent, Touchpoint, ordered_id
+from hub.model import Identifier, RawEvent, Touchpoint, derived_id, ordered_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import decisions, inbox, outbox, timers, touchpoints
+from hub.store import decisions, identity_repair, inbox, outbox, timers, touchpoints
 from hub.store.identity_graph import find_profile_id
 from hub.store.schema import deliveries as deliveries_table
+from hub.store.schema import merges
 from hub.store.schema import timers as timers_table
 from tests.conftest import make_settings, message
 
@@ -26,7 +29,7 @@ NOW = datetime.now(timezone.utc)
 
 def hub_on(tmp_path: Path, **overrides: object) -> Hub:
     """A hub whose workers are not started: the test drives each step, as a crash-and-restart would."""
-    return Hub(make_settings(tmp_path, quiet_hours="", lease_seconds=0.5, **overrides))
+    return Hub(make_settings(tmp_path, **{"quiet_hours": "", "lease_seconds": 0.5, **overrides}))
 
 
 BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -312,7 +315,8 @@ def test_a_set_with_a_timer_of_a_profile_merged_since_fires_it_on_the_live_profi
     accept(hub, message("identify", userId="amy", anonymousId="anon-1", timestamp=(NOW - timedelta(minutes=4)).isoformat()))
     with hub.store.read() as connection:
         assert find_profile_id(connection, Identifier("anonymous_id", "anon-1")) == amy
-        [timer] = timers.for_profile(connection, anonymous)
+        assert timers.for_profile(connection, anonymous) == []  # the merge moved it to amy, as her touchpoints
+        [timer] = timers.for_profile(connection, amy)
     assert timer["status"] == "pending"
 
     assert hub.timers.run_once() == 2
@@ -341,3 +345,155 @@ def test_a_timer_armed_due_shortly_fires_at_its_due_time_not_at_the_next_poll(tm
         assert timer["due_at"] <= timer["settled_at"]  # and not before its time
     finally:
         hub.stop()
+
+
+ORDER_NUDGE = """rules:
+  - id: order_nudge
+    when: {absence: {after: {event: [Cart Viewed, Product Added]}, without: {event: Order Completed}, within: WAIT}}
+    respond: [{channel: email, template: cart_abandonment.email.j2}]
+    vars: {discount_code: C, discount_percent: 10, cart_url: "https://shop.example.com/cart"}
+"""
+
+
+def nudge_hub(tmp_path: Path, rules: str = ORDER_NUDGE.replace("WAIT", "2m")) -> Hub:
+    """A hub whose one rule waits for an order (not any event), so a second cart restarts the wait."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "triggers.yaml").write_text(rules)
+    return hub_on(tmp_path, mappings_dir=mappings)
+
+
+def ago(**delta: float) -> str:
+    return (NOW - timedelta(**delta)).isoformat()
+
+
+def nudges(hub: Hub) -> list[dict]:
+    while hub.timers.run_once():
+        pass
+    with hub.store.read() as connection:
+        return decisions.search(connection, limit=10, rule_id="order_nudge")
+
+
+AMY = message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=ago(days=1))
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_two_carts_in_one_wait_decide_once_whichever_is_taken_in_first(tmp_path: Path, in_order: bool) -> None:
+    """The later cart restarts the wait. Taken in first, it cannot supersede the earlier cart's timer, armed
+    after it: the earlier timer sees the restart when it comes due."""
+    hub = nudge_hub(tmp_path)
+    early, late = (message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3, seconds=s)) for s in (20, 0))
+    for taken in (AMY, early, late) if in_order else (AMY, late, early):
+        accept(hub, taken)
+    [decision] = nudges(hub)
+    assert sorted(timer_statuses(hub)) == ["fired", "superseded"]
+    assert decision["touchpoint_id"] == derived_id("default", late["messageId"])
+
+
+def test_a_cart_of_a_profile_merged_in_since_is_restarted_by_the_survivors_next_cart(tmp_path: Path) -> None:
+    """Amy's first cart was made before she was recognised; her second one restarts the wait the first began:
+    one email, not two. The merge moves the anonymous profile's timer to her, as it moves its touchpoints."""
+    hub = nudge_hub(tmp_path)
+    accept(hub, AMY, message(anonymousId="anon-1", event="Cart Viewed", timestamp=ago(minutes=3)),
+           message("identify", userId="amy", anonymousId="anon-1", timestamp=ago(minutes=2, seconds=50)),
+           message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=2, seconds=40)))
+    with hub.store.read() as connection:
+        amy = find_profile_id(connection, Identifier("user_id", "amy"))
+        assert find_profile_id(connection, Identifier("anonymous_id", "anon-1")) == amy
+        assert [t["profile_id"] for t in timers.for_profile(connection, amy or "")] == [amy, amy]
+    assert len(nudges(hub)) == 1
+    assert sorted(timer_statuses(hub)) == ["fired", "superseded"]
+
+
+def test_after_an_unmerge_a_timer_follows_its_cart_and_that_persons_order_cancels_it(tmp_path: Path) -> None:
+    hub = nudge_hub(tmp_path)
+    accept(hub, AMY, message("page", anonymousId="anon-1", name="Home", timestamp=ago(hours=5)),
+           message("identify", userId="amy", anonymousId="anon-1", timestamp=ago(hours=4)),  # a bad link
+           message(anonymousId="anon-1", event="Cart Viewed", timestamp=ago(minutes=3)))  # the other person's cart
+    with hub.store.write() as connection:
+        amy = find_profile_id(connection, Identifier("user_id", "amy"))
+        [merged] = connection.execute(select(merges.c.merged_id)).scalars()
+        identity_repair.unmerge(connection, amy or "", merged, utcnow())
+        [timer] = timers.for_profile(connection, merged)
+    accept(hub, message(anonymousId="anon-1", event="Order Completed", timestamp=ago(minutes=2)))
+    assert nudges(hub) == []  # before, the timer stayed amy's: it fired and emailed her about someone's cart
+    assert timer_row(hub, timer["timer_id"])["status"] == "cancelled"
+
+
+def reload_rules(hub: Hub, path: Path, text: str) -> None:
+    path.write_text(text)
+    later = path.stat().st_mtime_ns + 1_000_000_000  # a new mtime, however coarse the file system's clock
+    os.utime(path, ns=(later, later))
+    assert hub.rulebook.reload_if_changed()
+
+
+def test_a_pending_timer_keeps_to_the_rule_as_edited_since_it_was_armed(tmp_path: Path) -> None:
+    """Lengthen the wait: the timer waits out the rest. Narrow `after`: a cart the rule no longer waits after
+    lapses. Shorten the wait: the decision is due when the rule now says, and its evidence agrees."""
+    hub = nudge_hub(tmp_path)
+    rules = tmp_path / "mappings" / "triggers.yaml"
+    accept(hub, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
+    [timer] = timer_rows(hub)
+    reload_rules(hub, rules, ORDER_NUDGE.replace("WAIT", "30m"))
+    assert hub.timers.run_once() == 1
+    assert timer_row(hub, timer["timer_id"])["due_at"] == timer["anchor_at"] + timedelta(minutes=30)
+    assert nudges(hub) == [] and timer_statuses(hub) == ["pending"]
+
+    reload_rules(hub, rules, ORDER_NUDGE.replace("WAIT", "2m").replace("[Cart Viewed, Product Added]", "Product Added"))
+    assert hub.timers.run_once(NOW + timedelta(hours=1)) == 1
+    assert timer_statuses(hub) == ["lapsed"]
+
+    accept(hub, message(userId="amy", event="Product Added", timestamp=ago(minutes=10)))
+    reload_rules(hub, rules, ORDER_NUDGE.replace("WAIT", "1m"))
+    [decision] = nudges(hub)
+    anchor_at = datetime.fromisoformat(ago(minutes=10))
+    assert decision["decided_at"] == anchor_at + timedelta(minutes=1)
+    assert decision["evidence"]["absence"]["due_at"] == (anchor_at + timedelta(minutes=1)).isoformat()
+
+
+def timer_rows(hub: Hub) -> list[dict]:
+    with hub.store.read() as connection:
+        return [dict(row) for row in connection.execute(timers_table.select()).mappings()]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_the_timer_worker_and_a_late_follow_up_take_the_locks_in_one_order(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pipeline holds the profiles lock when it settles timers; the timer worker took its timers' rows
+    first, then waited for that lock: PostgreSQL found the deadlock and rolled the timer set back."""
+    hub = hub_on(tmp_path, database_url=database_url, lease_seconds=30)
+    accept(hub, *cart_then())
+    follow_up = message(userId="amy", event="Order Completed", timestamp=ago(minutes=2))  # inside the wait, late
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", follow_up["messageId"], follow_up)], utcnow())
+    pipeline_holds_lock, timers_claimed = threading.Event(), threading.Event()
+    resolve, claim_due = identity.resolve, timers.claim_due
+
+    def resolve_slowly(*args: object, **kwargs: object) -> object:  # the pipeline resolves under the profiles lock
+        pipeline_holds_lock.set()
+        timers_claimed.wait(1)  # with one lock order the worker cannot claim until the pipeline commits
+        return resolve(*args, **kwargs)
+
+    def claim_and_tell(*args: object, **kwargs: object) -> object:
+        claimed = claim_due(*args, **kwargs)
+        timers_claimed.set()
+        return claimed
+
+    monkeypatch.setattr(identity, "resolve", resolve_slowly)
+    monkeypatch.setattr(timers, "claim_due", claim_and_tell)
+    failures: list[BaseException] = []
+
+    def timer_worker() -> None:
+        pipeline_holds_lock.wait(5)
+        try:
+            hub.timers.run_once()
+        except BaseException as exc:  # noqa: BLE001 - the test reports what the worker met
+            failures.append(exc)
+
+    worker = threading.Thread(target=timer_worker)
+    worker.start()
+    hub.pipeline.run_once()
+    worker.join(20)
+    assert failures == []
+    assert timer_statuses(hub) == ["cancelled"]

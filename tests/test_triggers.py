@@ -228,11 +228,11 @@ def test_an_expired_timer_decides_unless_the_follow_up_happened_in_time() -> Non
     [rule] = rules(ABSENCE)
     due = T0 + timedelta(minutes=2)
     decision = evaluate_expired(rule, cart(), "p", due, RecordedHistory())
-    assert decision is not None and decision.decided_at == due and decision.evidence["absence"]["due_at"] == due.isoformat()
+    assert not isinstance(decision, str) and decision.decided_at == due and decision.evidence["absence"]["due_at"] == due.isoformat()
     late_checkout = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=1)]})
-    assert evaluate_expired(rule, cart(), "p", due, late_checkout) is None
+    assert evaluate_expired(rule, cart(), "p", due, late_checkout) == "cancelled"
     after_the_wait = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=3)]})
-    assert evaluate_expired(rule, cart(), "p", due, after_the_wait) is not None
+    assert not isinstance(evaluate_expired(rule, cart(), "p", due, after_the_wait), str)
 
 
 def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> None:
@@ -240,9 +240,9 @@ def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> N
 
     spec = {**ABSENCE, "when": {"all": [ABSENCE["when"], {"not": {"recent": {"event": "Order Completed", "within": "1d"}}}]}}
     [rule] = rules(spec)
-    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()) is not None
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()), str)
     bought = RecordedHistory({"Order Completed": [T0 - timedelta(hours=1)]})
-    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) is None
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) == "lapsed"
 
 
 def test_absence_nested_below_the_top_is_refused() -> None:

@@ -17,7 +17,7 @@ from hub.clock import utcnow
 from hub.model import Identifier, RefusedLink
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
-    merges, profiles, touchpoints,
+    merges, profiles, timers, touchpoints,
 )
 from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts
 
@@ -72,7 +72,7 @@ _REPOINT = {
     column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
     for column in (
         identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id, decisions.c.profile_id,
-        deliveries.c.profile_id, consent_changes.c.profile_id,
+        deliveries.c.profile_id, consent_changes.c.profile_id, timers.c.profile_id,
     )
 }
 _RETIRE = InLists(  # merged profiles become aliases of `b_to`
@@ -207,9 +207,13 @@ class SqlIdentityGraph:
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
         _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
         # Touchpoints follow, so a profile's history is one query; decisions and deliveries too, so the rule
-        # caps and the daily cap count what the merged profiles were sent; consent changes, so an unmerge finds
-        # them among the survivor's (each column has its index).
-        following = (touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, consent_changes.c.profile_id)
+        # caps and the daily cap count what the merged profiles were sent; pending timers, so the survivor's next
+        # cart event restarts the wait a merged profile's cart began, not a second one beside it; consent
+        # changes, so an unmerge finds them among the survivor's (each column leads an index).
+        following = (
+            touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, timers.c.profile_id,
+            consent_changes.c.profile_id,
+        )
         for column in following:
             _REPOINT[column].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)

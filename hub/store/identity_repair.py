@@ -39,6 +39,7 @@ from hub.store.schema import (
     kept_apart,
     merges,
     profiles,
+    timers,
     touchpoints,
 )
 from hub.store.sql import insert_ignoring_conflicts, lock_profiles
@@ -121,8 +122,13 @@ def _reattribute_touchpoints(connection: Connection, live_id: str, restored_id: 
         connection.execute(
             update(touchpoints).where(touchpoints.c.touchpoint_id.in_(following)).values(profile_id=restored_id)
         )
-        # The decisions those touchpoints made, and their deliveries, go back with them (a merge moved them);
-        # found among the survivor's (the profile_id indexes), not over the whole tables.
+        # The decisions those touchpoints made, their deliveries and the timers they armed go back with them (a
+        # merge moved them); found among the survivor's (the profile_id indexes), not over the whole tables.
+        connection.execute(
+            update(timers)
+            .where(timers.c.profile_id == live_id, timers.c.touchpoint_id.in_(following))
+            .values(profile_id=restored_id)
+        )
         made = and_(decisions.c.profile_id == live_id, decisions.c.touchpoint_id.in_(following))
         connection.execute(
             update(deliveries)

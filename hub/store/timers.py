@@ -120,6 +120,19 @@ def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
     return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
 
 
+_WAIT_UNTIL = sql.Precompiled(
+    update(timers)
+    .where(timers.c.timer_id == bindparam("p_timer_id"))
+    .values(due_at=bindparam("p_due_at", type_=UTCDateTime), claimed_until=None)
+)
+
+
+def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
+    """Claimed timers whose rule now waits longer, released to come due again when it says (timer id, due at)."""
+    if later:
+        _WAIT_UNTIL.execute(connection, [{"p_timer_id": timer_id, "p_due_at": due_at} for timer_id, due_at in later])
+
+
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
     timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
     timers.c.status == "pending", timers.c.due_at,
@@ -132,8 +145,9 @@ def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelt
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """How a claimed timer ended: `fired` (with its decision), `cancelled` (the follow-up happened after all) or
-    `lapsed` (rule, anchor or profile gone, or the rule's other conditions or every action's `only_if` do not hold)."""
+    """How a claimed timer ended: `fired` (with its decision), `cancelled` (the follow-up happened after all),
+    `superseded` (a later event started the wait again) or `lapsed` (rule, anchor or profile gone, the anchor no
+    longer one the rule waits after, or the rule's other conditions or every action's `only_if` do not hold)."""
 
     timer_id: str
     status: str
