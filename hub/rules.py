@@ -9,6 +9,13 @@ A condition is one of:
 - `recent`: the profile had a matching event within a duration before this one;
 - `absence`: an event not followed by another (or by anything) within a duration, kept as a durable timer;
 - `all` / `any` / `not` over other conditions.
+
+The schema carries every rule JSON Schema can state (what a selector must
+name, which operators need which values, where an `absence` may stand, that
+numbers and switches are not text); a few are the loader's alone and are
+named in the schema's descriptions: unique rule ids, JMESPath expressions and
+regular expressions that compile. tests/test_rule_schema.py holds the two to
+the same cases.
 """
 
 from __future__ import annotations
@@ -21,7 +28,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from hub.config_files import load_model
 from hub.durations import Duration
@@ -30,8 +47,24 @@ from hub.mapping import Stage, check_expression
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
 
 
+def _not_text(value: Any) -> Any:
+    """pydantic would read `"2"` as 2 and `true` as 1; JSON Schema's integer is neither, so the hub refuses both."""
+    if isinstance(value, (str, bool)):
+        raise ValueError(f"write a whole number such as 2, not {value!r}")
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_not_text)]
+"""An integer as the schema means it: a number without a fraction (2 or 2.0), never text or a boolean."""
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def _operator_needs(op: str, value_schema: dict[str, Any]) -> dict[str, Any]:
+    return {"if": {"properties": {"op": {"const": op}}, "required": ["op"]},
+            "then": {"properties": {"value": value_schema}, "required": ["value"]}}
 
 
 class Predicate(_Strict):
@@ -41,9 +74,17 @@ class Predicate(_Strict):
     `context.campaign.source`, `context.channel`) or over the profile's traits (`profile.plan`).
     """
 
-    field: str
+    model_config = ConfigDict(json_schema_extra={
+        "allOf": [_operator_needs("in", {"type": "array"}), _operator_needs("matches", {"type": "string"})],
+    })
+
+    field: str = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
     op: Operator = "eq"
-    value: Any = None
+    value: Any = Field(
+        None,
+        description="`in` needs a list; `matches` a regular expression (Python `re` syntax: the hub refuses the file "
+        "if it does not compile).",
+    )
 
     _field_compiles = field_validator("field")(check_expression)
 
@@ -64,7 +105,14 @@ class Predicate(_Strict):
 
 
 class Selector(_Strict):
-    """Which touchpoints count: by event name(s), journey stage, micro-moment, and `where` predicates."""
+    """Which touchpoints count: by event name(s), journey stage, micro-moment, and `where` predicates.
+
+    At least one of `event`, `stage` and `moment` must be given (not null): `where` alone selects nothing.
+    """
+
+    model_config = ConfigDict(json_schema_extra={
+        "anyOf": [{"properties": {key: {"not": {"type": "null"}}}, "required": [key]} for key in ("event", "stage", "moment")],
+    })
 
     event: str | list[str] | None = None
     stage: Stage | None = None
@@ -90,7 +138,7 @@ class EventCondition(Selector):
 
 class Window(Selector):
     within: Duration
-    at_least: int = Field(1, ge=1)
+    at_least: WholeNumber = Field(1, ge=1)
 
 
 class RecentCondition(_Strict):
@@ -100,7 +148,9 @@ class RecentCondition(_Strict):
 
 
 class CountWindow(Window):
-    distinct_by: str | None = Field(None, description="JMESPath; count distinct values of it instead of events.")
+    distinct_by: str | None = Field(
+        None, description="JMESPath; count distinct values of it instead of events. The hub refuses one that does not compile."
+    )
 
     _distinct_by_compiles = field_validator("distinct_by")(lambda value: value and check_expression(value))
 
@@ -128,15 +178,32 @@ class AbsenceCondition(_Strict):
 
 
 class AllCondition(_Strict):
-    all: list["Condition"] = Field(min_length=1)
+    all: list["NestedCondition"] = Field(min_length=1)
 
 
 class AnyCondition(_Strict):
-    any: list["Condition"] = Field(min_length=1)
+    any: list["NestedCondition"] = Field(min_length=1)
 
 
 class NotCondition(_Strict):
-    not_: "Condition" = Field(alias="not")
+    not_: "NestedCondition" = Field(alias="not")
+
+
+class TopAllCondition(AllCondition):
+    """A rule's whole `when` as an `all`: the one place, besides the whole `when`, where an `absence` may stand."""
+
+    all: list["TopMember"] = Field(
+        min_length=1,
+        description="At most one member may be an `absence`.",
+        json_schema_extra={"contains": {"type": "object", "required": ["absence"]}, "minContains": 0, "maxContains": 1},
+    )
+
+    @field_validator("all")
+    @classmethod
+    def _one_absence(cls, parts: list[Any]) -> list[Any]:
+        if sum(isinstance(part, AbsenceCondition) for part in parts) > 1:
+            raise ValueError("a rule may hold one `absence`")
+        return parts
 
 
 _CONDITION_KEYS = {
@@ -157,13 +224,28 @@ def _condition_kind(value: Any) -> str:
     return next((key for key, kind in _CONDITION_KEYS.items() if isinstance(value, kind)), "event")
 
 
-Condition = Annotated[
-    Union[
-        Annotated[EventCondition, Tag("event")],
-        *(Annotated[kind, Tag(key)] for key, kind in _CONDITION_KEYS.items()),
-    ],
-    Discriminator(_condition_kind),
-]
+def _one_of(kinds: dict[str, Any], **discriminator: Any) -> Any:
+    """The union of an event selector and `kinds`, picked by `_condition_kind`."""
+    return Annotated[
+        Union[Annotated[EventCondition, Tag("event")], *(Annotated[kind, Tag(key)] for key, kind in kinds.items())],
+        Discriminator(_condition_kind, **discriminator),
+    ]
+
+
+_NESTED_KINDS = {key: kind for key, kind in _CONDITION_KEYS.items() if key != "absence"}
+
+NestedCondition = _one_of(
+    _NESTED_KINDS,
+    custom_error_type="absence_placement",
+    custom_error_message="`absence` is allowed only as the whole `when` or directly inside its top-level `all`",
+)
+"""Inside `all` / `any` / `not`: any condition but an `absence` (a timer belongs to the whole rule)."""
+
+TopMember = _one_of({**_NESTED_KINDS, "absence": AbsenceCondition})
+"""A member of the top-level `all`: a nested condition or the rule's one `absence`."""
+
+Condition = _one_of({**_CONDITION_KEYS, "all": TopAllCondition})
+"""A rule's whole `when`."""
 
 
 class Alternative(_Strict):
@@ -192,7 +274,7 @@ class ActionSpec(_Strict):
 class Cap(_Strict):
     """At most `max` decisions of this rule per profile within `within`."""
 
-    max: int = Field(1, ge=1)
+    max: WholeNumber = Field(1, ge=1)
     within: Duration
 
     @field_validator("max", mode="before")
@@ -212,22 +294,12 @@ class RuleSpec(_Strict):
     urgency: Literal["immediate", "delayed"] = Field(
         "immediate", description="`delayed` messages wait out the profile's quiet hours; `immediate` ones do not."
     )
-    priority: int = Field(0, description="Higher runs first; decisions of one event are planned in this order.")
-    enabled: bool = True
+    priority: WholeNumber = Field(0, description="Higher runs first; decisions of one event are planned in this order.")
+    enabled: StrictBool = True
     when: Condition
     respond: list[ActionSpec] = Field(min_length=1)
     cap: Cap | None = None
     vars: dict[str, Any] = Field(default_factory=dict, description="Values templates can use, e.g. links.")
-
-    @model_validator(mode="after")
-    def _absence_only_at_the_top(self) -> "RuleSpec":
-        top = self.when.all if isinstance(self.when, AllCondition) else [self.when]
-        if sum(isinstance(part, AbsenceCondition) for part in top) > 1:
-            raise ValueError("a rule may hold one `absence`")
-        for part in top:
-            if not isinstance(part, AbsenceCondition) and _contains_absence(part):
-                raise ValueError("`absence` is allowed only as the whole `when` or directly inside its top-level `all`")
-        return self
 
     @cached_property
     def absence(self) -> AbsenceSpec | None:
@@ -253,10 +325,6 @@ class RuleSpec(_Strict):
         return f"{self.id}@{hashlib.sha256(canonical).hexdigest()[:12]}"
 
 
-def _contains_absence(condition: Any) -> bool:
-    return any(isinstance(part, AbsenceCondition) for part in _conditions_in(condition))
-
-
 def _windows(condition: Any) -> Iterator[Window]:
     for part in _conditions_in(condition):
         match part:
@@ -276,7 +344,10 @@ def _conditions_in(condition: Any) -> Iterator[Any]:
 
 
 class RuleFile(_Strict):
-    rules: list[RuleSpec] = Field(default_factory=list)
+    rules: list[RuleSpec] = Field(
+        default_factory=list,
+        description="Each rule's `id` must be unique in the file (the hub checks; JSON Schema cannot say so).",
+    )
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "RuleFile":
