@@ -345,9 +345,18 @@ def _conditions_in(condition: Any) -> Iterator[Any]:
 
 class RuleFile(_Strict):
     rules: list[RuleSpec] = Field(
-        default_factory=list,
-        description="Each rule's `id` must be unique in the file (the hub checks; JSON Schema cannot say so).",
+        description="Each rule's `id` must be unique in the file (the hub checks; JSON Schema cannot say so). "
+        "`rules: []` runs without rules.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _says_rules(cls, document: Any) -> Any:
+        """A file with no `rules:` key is refused, not read as no rules: an editor saving an empty or half-written
+        file would otherwise turn every rule off on hot reload, and lapse every timer that came due meanwhile."""
+        if isinstance(document, dict) and "rules" not in document:
+            raise ValueError("no `rules:` list (an empty or half-saved file?); write `rules: []` to run without rules")
+        return document
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "RuleFile":

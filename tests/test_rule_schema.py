@@ -73,6 +73,7 @@ ACCEPTED = [
 ]
 
 REFUSED = [
+    pytest.param({}, id="no rules key (an empty or half-saved file)"),
     pytest.param(rule({}), id="empty selector"),
     pytest.param(rule({"where": [{"field": "properties.x", "value": 1}]}), id="selector with only where"),
     pytest.param(rule({"event": None}), id="selector with a null event only"),

@@ -54,6 +54,8 @@ def test_an_edit_rebuilds_which_rules_each_event_name_is_offered(tmp_path: Path)
         ("rules: [{id: Bad-Id}]", "rules.0.id: String should match pattern"),
         ("rules: [\n", "not valid YAML"),
         (RULE.format(id="typo", template="no_such_template.j2"), "no_such_template.j2: TemplateNotFound"),
+        ("", "no `rules:` list (an empty or half-saved file?)"),  # an editor's save caught halfway
+        ("# the rules\n", "write `rules: []` to run without rules"),
     ],
 )
 def test_a_broken_edit_is_refused_and_the_last_good_rules_stay(tmp_path: Path, edit: str, problem: str) -> None:
