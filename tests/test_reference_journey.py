@@ -7,6 +7,7 @@ not what a provider received.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -190,6 +191,9 @@ def test_lingering_on_pricing_offers_a_live_demo_and_tasks_a_sales_rep(running_h
     assert {d["channel"]: d["status"] for d in decision["deliveries"]} == {"webhook": "sent", "crm": "sent"}
     [task] = running_hub.sandbox.salesforce.records("Task")
     assert task["Description"].startswith("pat@example.com lingered on pricing")
+    # The chain ops read (and paste into tickets) masks what was sent as it masks recipients.
+    assert "pat@example.com" not in json.dumps(decision)
+    assert by_channel["crm"]["content"]["description"].startswith("p***@example.com lingered on pricing")
 
 
 def test_no_live_demo_offer_after_a_download_or_for_a_short_look(running_hub: RunningHub) -> None:

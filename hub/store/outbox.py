@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, desc, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
-from hub.pii import mask_text
+from hub.pii import mask_text, mask_value
 from hub.store import sql
 from hub.store.schema import UTCDateTime, attempts, deliveries
 
@@ -238,7 +238,8 @@ def search(
     until: datetime | None = None,
     decision_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """The delivery log, newest first, each delivery with its attempts; recipients are masked.
+    """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
+    numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.
 
     `since` (inclusive) and `until` (exclusive) bound when the delivery was planned.
     """
@@ -267,7 +268,7 @@ def search(
         for row in rows:
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
-        item["target"] = mask_text(item["target"])
+        item["target"], item["content"] = mask_text(item["target"]), mask_value(item["content"])
         for internal in ("claimed_until", "retry_from_attempt", "retry_from"):
             item.pop(internal, None)
         item["attempt_log"] = by_delivery[item["delivery_id"]]

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, desc, func, select
 
 from hub.model import Identifier, Touchpoint
+from hub.pii import mask_value
 from hub.store.schema import UTCDateTime, touchpoints
 from hub.store.sql import InLists, Precompiled, numbered, padded, placeholders, precompiled_insert_skipping
 
@@ -143,14 +144,15 @@ def _touchpoint(row: Mapping[str, Any]) -> Touchpoint:
 
 
 def summaries(connection: Connection, touchpoint_ids: Sequence[str]) -> list[dict[str, Any]]:
-    """Short views of the touchpoints a decision rests on, in the order given."""
+    """Short views of the touchpoints a decision rests on, in the order given; emails and phone numbers in
+    their properties masked, as in the delivery log the same view shows."""
     rows = connection.execute(
         select(
             touchpoints.c.touchpoint_id, touchpoints.c.event, touchpoints.c.stage, touchpoints.c.moment,
             touchpoints.c.occurred_at, touchpoints.c.source_id, touchpoints.c.properties,
         ).where(touchpoints.c.touchpoint_id.in_(list(touchpoint_ids)))
     ).mappings()
-    by_id = {row["touchpoint_id"]: dict(row) for row in rows}
+    by_id = {row["touchpoint_id"]: {**row, "properties": mask_value(row["properties"])} for row in rows}
     return [by_id[tp_id] for tp_id in touchpoint_ids if tp_id in by_id]
 
 
