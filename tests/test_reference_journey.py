@@ -68,6 +68,16 @@ def test_cart_abandoned_on_mobile_gets_a_push_with_the_discount(running_hub: Run
 
 
 @NO_QUIET_HOURS
+@pytest.mark.parametrize("device_type", ["iOS", "iPadOS", "Android"])
+def test_a_cart_from_the_rudderstack_mobile_sdks_gets_the_push_too(running_hub: RunningHub, device_type: str) -> None:
+    """RudderStack's SDKs capitalise the device type that Segment's write in lower case; matched exactly, the
+    cart got neither the push nor the web email."""
+    running_hub.send(shopper("rio", email="rio@example.com"), cart("rio", {"type": device_type, "token": "tok-rio"}, minutes=3))
+    running_hub.settle()
+    assert fates(explained(running_hub, "cart_abandonment")) == [("push", "planned")]
+
+
+@NO_QUIET_HOURS
 def test_mobile_without_a_push_token_falls_back_to_email(running_hub: RunningHub) -> None:
     running_hub.send(shopper("noah", email="noah@example.com"), cart("noah", {"type": "android"}, minutes=3))
     running_hub.settle()
