@@ -61,10 +61,12 @@ def load_routes(path: Path) -> dict[str, ChannelRoute]:
 
 @dataclass(frozen=True)
 class ContactPolicy:
-    """Limits that protect a person from the sum of all rules: a daily cap and quiet hours."""
+    """Limits that protect a person from the sum of all rules: a daily cap, quiet hours, and no messages about
+    what happened long ago (`max_age`, judged from the decision's time: the event's, or a timer's due time)."""
 
     daily_cap: int | None = None
     quiet_hours: QuietHours | None = None
+    max_age: timedelta | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,10 @@ class Router:
         recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
         if not recipients:
             raise _CannotReach("skipped", f"profile has no {route.target}")
+        max_age = self.policy.max_age
+        if route.reaches_person and max_age is not None and now - decision.decided_at > max_age:
+            return None, {"fate": "skipped", "reason": f"too old to send: its cause was at {decision.decided_at:%Y-%m-%d %H:%M} UTC, "
+                          f"over {_hours(max_age)} before it was routed (HUB_MESSAGE_MAX_AGE_HOURS)"}
         cap = self.policy.daily_cap
         if route.reaches_person and cap is not None and messages_today >= cap:
             return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
@@ -208,3 +214,8 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
+
+
+def _hours(span: timedelta) -> str:
+    hours = span.total_seconds() / 3600
+    return f"{hours:g} h"

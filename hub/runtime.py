@@ -191,7 +191,10 @@ class Hub:
             quiet_hours = QuietHours.parse(settings.quiet_hours, settings.default_timezone)
         except ValueError as exc:
             raise ConfigError(f"HUB_QUIET_HOURS / HUB_DEFAULT_TIMEZONE: {exc}") from None
-        policy = ContactPolicy(daily_cap=settings.daily_message_cap, quiet_hours=quiet_hours)
+        policy = ContactPolicy(
+            daily_cap=settings.daily_message_cap, quiet_hours=quiet_hours,
+            max_age=timedelta(hours=settings.message_max_age_hours),
+        )
         templates = TemplateRenderer(settings.mappings_dir / "templates", settings.rules_reload_seconds)
         return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy)
 

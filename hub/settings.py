@@ -139,6 +139,11 @@ class HubSettings(BaseSettings):
     )
     default_timezone: str = Field("UTC", description="Time zone of profiles without a `timezone` trait.")
     daily_message_cap: int = Field(5, ge=1, description="Most messages one profile gets from all rules in 24 hours.")
+    message_max_age_hours: float = Field(
+        12.0, gt=0,
+        description="A message whose cause (the event, or the end of a timer's wait) is older than this is skipped, "
+        "not sent: a backfill, a replay of old data or a worker long down must not message people about the past.",
+    )
     rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml and message templates are checked for edits.")
 
     log_level: str = "INFO"

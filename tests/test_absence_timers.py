@@ -168,9 +168,12 @@ def test_an_event_at_the_carts_very_instant_is_not_a_follow_up_whichever_is_take
 
 
 def test_a_timer_with_no_action_left_for_its_anchor_lapses_and_is_not_called_cancelled(tmp_path: Path) -> None:
-    """Cart activity on a TV: cart_abandonment pushes on mobile and emails on the web, so it decides nothing;
-    the timer says so (lapsed), not that a follow-up came (cancelled)."""
-    hub = hub_on(tmp_path)
+    """Cart activity on a TV, and a rule that only pushes to phones: it decides nothing; the timer says so
+    (lapsed), not that a follow-up came (cancelled)."""
+    phones_only = ORDER_NUDGE.replace("WAIT", "2m").replace(
+        "template: cart_abandonment.email.j2}", "template: cart_abandonment.email.j2, "
+        "only_if: [{field: context.device.type, op: in, value: [ios, android]}]}")
+    hub = nudge_hub(tmp_path, phones_only)
     identify, _ = cart_then()
     tv = message(userId="amy", event="Cart Viewed", context={"device": {"type": "tv"}},
                  timestamp=(NOW - timedelta(minutes=3)).isoformat())

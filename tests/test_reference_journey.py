@@ -183,6 +183,21 @@ def test_purchaser_ticket_gets_sms_email_and_a_crm_update_with_the_intent(runnin
     assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550111"]
 
 
+def test_a_ticket_that_arrives_days_late_updates_the_crm_but_messages_nobody(running_hub: RunningHub) -> None:
+    """"A ticket submitted in the last 24 h": one that reaches the hub three days after it was opened (a help
+    desk's backfill) still tells the CRM, but an SMS and an email now would be about the past."""
+    running_hub.send(
+        shopper("old", phone="+14155550112", email="old@example.com"),
+        message(userId="old", event="Order Completed", timestamp=at(days=5)),
+        message(userId="old", event="Ticket Submitted", properties={"ticket_id": "T-1"}, timestamp=at(days=3)),
+    )
+    running_hub.settle()
+    decision = explained(running_hub, "post_purchase_support")
+    assert fates(decision) == [("sms", "skipped"), ("email", "skipped"), ("push", "skipped"), ("crm", "planned")]
+    assert decision["actions"][0]["reason"].startswith("too old to send")
+    assert running_hub.sandbox.twilio.messages == [] and running_hub.sandbox.smtp.received == []
+
+
 def pricing(user_id: str, path: str = "/pricing", **delta: float) -> dict[str, Any]:
     return message("page", userId=user_id, name="Pricing", properties={"path": path}, timestamp=at(**delta))
 

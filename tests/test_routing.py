@@ -110,6 +110,21 @@ def test_daily_cap_counts_messages_to_the_person_but_not_crm_updates(tmp_path: P
     assert plan.deliveries[1].content["params"] == {"fields": {"Intent__c": "x"}}
 
 
+def test_messages_about_what_happened_too_long_ago_are_skipped_but_crm_updates_still_go(tmp_path: Path) -> None:
+    """A backfill, a replay of yesterday's data or a timer worker down all night would otherwise message people
+    about the past; the CRM still learns what happened."""
+    actions = (Action("sms", "sms.j2"), Action("crm", "sms.j2"))
+    stale = policy_router(tmp_path, max_age=timedelta(hours=12))
+    plan = stale.plan(urgent(*actions), PROFILE, {}, now=NIGHT + timedelta(hours=13))
+    assert [(f["channel"], f["fate"]) for f in plan.fates()] == [("sms", "skipped"), ("crm", "planned")]
+    assert plan.fates()[0]["reason"] == (
+        "too old to send: its cause was at 2026-01-01 23:30 UTC, over 12 h before it was routed (HUB_MESSAGE_MAX_AGE_HOURS)"
+    )
+    assert [d.channel for d in plan.deliveries] == ["crm"]
+    fresh = stale.plan(urgent(*actions), PROFILE, {}, now=NIGHT + timedelta(hours=11))
+    assert [f["fate"] for f in fresh.fates()] == ["planned", "planned"]
+
+
 def test_a_capped_decision_plans_nothing_and_every_action_says_capped(tmp_path: Path) -> None:
     plan = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2"), status="capped"), PROFILE, {}, now=NIGHT)
     assert plan.deliveries == []
