@@ -155,13 +155,15 @@ def profiles_explain(
     Example: [bold]touchhub profiles explain 01J9Z3...[/]; undo a bad merge with
     POST /api/profiles/{id}/unmerge.
     """
+    from hub.cli_store import existing_store
     from hub.identity_report import explain_tree
-    from hub.store import Store
     from hub.store.identity_explain import explain
 
-    store = Store(load_settings().database_url)
+    with config_problems_exit("The profile cannot be explained"):
+        store = existing_store(load_settings().database_url)
     with store.read() as connection:
         graph = explain(connection, profile_id)
+    store.dispose()
     if graph is None:
         console.print(f"[red]No profile {profile_id!r}.[/]")
         raise typer.Exit(1)

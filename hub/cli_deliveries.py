@@ -8,25 +8,25 @@ replayed deliveries at their next poll.
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from hub.cli_store import existing_store
+from hub.cli_support import config_problems_exit, console, load_settings
 from hub.clock import utcnow
-from hub.settings import HubSettings
 from hub.store import Store, outbox
 
 app = typer.Typer(
     help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
 )
-console = Console()
 REPLAY_CHUNK = 100  # deliveries replayed per transaction: short write locks, a live progress bar
 
 
 def _store() -> Store:
-    store = Store(HubSettings().database_url)
-    store.migrate()  # a fresh or older database reads as an empty, current one instead of failing
-    return store
+    """The hub's store, only if it is there (`hub.cli_store`): an empty log read from the wrong folder would
+    say the hub sent nothing."""
+    with config_problems_exit("The delivery log cannot be read"):
+        return existing_store(load_settings().database_url)
 
 
 @app.command("list")

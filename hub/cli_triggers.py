@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from hub.cli_support import config_problems_exit, console, load_settings
+from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
+from hub.cli_store import existing_store, shown_url
+
+if TYPE_CHECKING:
+    from rich.tree import Tree
 
 triggers_app = typer.Typer(help="Try trigger rules before they go live.", no_args_is_help=True)
 decisions_app = typer.Typer(help="Why a trigger fired and what became of each action.", no_args_is_help=True)
@@ -21,7 +24,9 @@ decisions_app = typer.Typer(help="Why a trigger fired and what became of each ac
 def triggers_test(
     rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
     events: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="Segment-spec messages, one JSON object a line, each with a timestamp."
+        ..., exists=True, dir_okay=False,
+        help="Segment-spec messages, each with a timestamp: JSON Lines (one object a line) or one JSON array. "
+        "Sample: mappings/samples/demo_journey.jsonl.",
     ),
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object a line per decision (rule, version, profile, time, status, reasons, "
@@ -39,19 +44,31 @@ def triggers_test(
     or [bold]push: fell_back -> email (profile has no push_token)[/]. With --json, each decision is
     one JSON object a line instead, so two runs can be diffed.
 
-    Example: [bold]touchhub triggers test mappings/triggers.yaml session.jsonl[/]
+    Events the hub would not take in (a repeated messageId) or would quarantine are listed
+    after the decisions at their lines in EVENTS. An empty EVENTS or RULES exits with 2.
+
+    Example: [bold]touchhub triggers test mappings/triggers.yaml mappings/samples/demo_journey.jsonl[/]
     """
     from hub.trigger_lab import run as run_lab
 
+    # The hub's own warnings name the throwaway database's inbox ids and would go to stdout between the
+    # --json lines; what they say is reported below, at the line of EVENTS it is about.
+    settings = load_settings(log_level="ERROR")
     with config_problems_exit("The rules cannot be tried"):
-        result = run_lab(rules, events, load_settings())
+        result = run_lab(rules, events, settings)
     if as_json:
         _print_lab_json(result.decisions)
     else:
         console.print(_lab_table(result.decisions, result.events))
-    if result.quarantined:
-        message = f"{result.quarantined} event(s) could not be mapped and were left out."
-        (Console(stderr=True) if as_json else console).print(f"[yellow]{message}[/]")
+    _print_left_out(result.left_out, err_console if as_json else console)
+
+
+def _print_left_out(left_out: list[str], where: Console) -> None:
+    """What was not tried and why, one `path:line: why` a line."""
+    if left_out:
+        where.print(styled("[yellow]{} event(s) left out:[/]", len(left_out)))
+    for note in left_out:
+        where.print(styled("  • {}", note), soft_wrap=True)
 
 
 def _lab_table(found: list[dict[str, Any]], events: int) -> Table:
@@ -60,8 +77,9 @@ def _lab_table(found: list[dict[str, Any]], events: int) -> Table:
     for column in ("time", "rule", "status", "profile", "actions"):
         table.add_column(column)
     for decision in found:
-        actions = "\n".join(escape(_action_line(action)) for action in decision["actions"])
-        table.add_row(decision["decided_at"].isoformat(), decision["rule_id"], decision["status"], decision["who"], actions)
+        actions = "\n".join(_action_line(action) for action in decision["actions"])
+        cells = (decision["decided_at"].isoformat(), decision["rule_id"], decision["status"], decision["who"], actions)
+        table.add_row(*map(plain, cells))
     return table
 
 
@@ -96,47 +114,64 @@ def _utc_text(iso: str) -> str:
 
 @decisions_app.command("explain")
 def decisions_explain(
-    decision_id: str = typer.Argument(..., help="Decision id, as /api/decisions lists them."),
+    decision_id: str = typer.Argument(..., help="Decision id, as GET /api/decisions lists them."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole explanation as JSON."),
 ) -> None:
     """Show the chain behind one decision: rule and version, the touchpoints that satisfied it,
     each action's fate, and every delivery with its attempts."""
     import json
 
-    from rich.tree import Tree
-
     from hub.decision_explain import explain
-    from hub.store import Store
 
-    store = Store(load_settings().database_url)
-    with store.read() as connection:
-        found = explain(connection, decision_id)
-    store.dispose()
+    settings = load_settings()
+    url = settings.database_url
+    with config_problems_exit("The decision cannot be explained"):
+        store = existing_store(url)
+    try:
+        with store.read() as connection:
+            found = explain(connection, decision_id)
+    finally:
+        store.dispose()
     if found is None:
-        console.print(f"[red]No decision {decision_id!r}[/] in {store.url}")
+        console.print(styled("[red]No decision {}[/] in {}.", repr(decision_id), shown_url(url)), soft_wrap=True)
+        console.print(styled(
+            "Decision ids are listed by [bold]GET /api/decisions[/] (filters: rule_id, profile_id), e.g. "
+            'curl -H "Authorization: Bearer $HUB_ADMIN_TOKEN" {}',
+            f"http://{settings.host}:{settings.port}/api/decisions?rule_id=RULE",
+        ), soft_wrap=True)
         raise typer.Exit(1)
     if as_json:
         console.print_json(json.dumps(found, default=str))
         return
-    tree = Tree(
-        f"[bold]{found['rule_id']}[/] ({found['rule_version']}) {found['status']} "
-        f"for profile {found['profile_id']} at {found['decided_at']}"
-    )
+    console.print(_explain_tree(found))
+
+
+def _explain_tree(found: dict[str, Any]) -> Tree:
+    """The explanation as a tree; every value in it (event names, targets, provider errors) printed as it is."""
+    from rich.tree import Tree
+
+    tree = Tree(styled(
+        "[bold]{}[/] ({}) {} for profile {} at {}",
+        found["rule_id"], found["rule_version"], found["status"], found["profile_id"], found["decided_at"],
+    ))
     evidence = tree.add("because of")
     for touchpoint in found["touchpoints"]:
-        evidence.add(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})")
+        evidence.add(plain(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})"))
     if found["timer"]:
-        evidence.add(f"no follow-up between {found['timer']['anchor_at']} and {found['timer']['due_at']} (timer {found['timer']['status']})")
+        timer = found["timer"]
+        evidence.add(plain(f"no follow-up between {timer['anchor_at']} and {timer['due_at']} (timer {timer['status']})"))
     actions = tree.add("actions")
     for action in found["actions"]:
         delivery = f" (delivery {action['delivery_id']})" if action.get("delivery_id") else ""
-        actions.add(escape(_action_line(action)) + delivery)
+        actions.add(plain(_action_line(action) + delivery))
     for channel in found["evidence"].get("only_if_left_out", []):
-        actions.add(escape(f"{channel}: left out (its only_if did not hold for this touchpoint)"))
+        actions.add(plain(f"{channel}: left out (its only_if did not hold for this touchpoint)"))
     deliveries = tree.add("deliveries")
     for delivery in found["deliveries"]:
-        node = deliveries.add(f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}")
+        node = deliveries.add(plain(
+            f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}"
+        ))
         for attempt in delivery["attempt_log"]:
             outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
-            node.add(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}")
-    console.print(tree)
+            node.add(plain(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}"))
+    return tree

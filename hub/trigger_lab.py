@@ -6,11 +6,17 @@ ones. The clock is the events' own time: before each event, the timers due
 earlier are fired, each at its own due time; after the last, every remaining
 timer is run out the same way. Deliveries are planned into the throwaway
 outbox and never sent.
+
+Everything reported names the files the user gave, at their lines: the
+throwaway copies (and the inbox ids the hub gives events there) mean nothing
+once the run is over.
 """
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -18,72 +24,279 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import yaml
+from sqlalchemy import Connection, select
+
 from hub.clock import utcnow
 from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.model import RawEvent, derived_id
 from hub.pii import mask_text
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
-from hub.settings import HubSettings
-from hub.store import decisions, inbox, quarantine, timers
+from hub.settings import PROJECT_MAPPINGS, HubSettings
+from hub.store import decisions, inbox, schema, timers
 from hub.store.identity_graph import profile_view
+
+SAMPLE_EVENTS = PROJECT_MAPPINGS / "samples" / "demo_journey.jsonl"
+EVENTS_FORMAT = (
+    "Segment messages, each with a timestamp, as JSON Lines (one message a line) or as one JSON array of them"
+)
+
+
+@dataclass(frozen=True)
+class EventsFile:
+    """The messages of one events file in time order, each with the line it starts on, and what was left out.
+
+    `left_out` holds `(line, why)` for messages the hub would not take in, such
+    as a repeated `messageId`: they are reported, and not counted as tried.
+    """
+
+    path: Path
+    events: list[tuple[int, dict[str, Any]]]
+    left_out: list[tuple[int, str]]
 
 
 @dataclass(frozen=True)
 class LabResult:
     decisions: list[dict[str, Any]]
     events: int
-    quarantined: int
+    left_out: list[str]  # `path:line: why`, in line order: repeated messages, events the hub quarantined
 
 
-def load_events(path: Path) -> list[dict[str, Any]]:
-    """Segment-spec messages, one JSON object a line, each with a `timestamp`; sorted by it."""
-    problems: list[str] = []
-    events: list[tuple[datetime, dict[str, Any]]] = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+def load_events(path: Path) -> EventsFile:
+    """The messages of an events file, each with a `timestamp`, sorted by it (a tie keeps the file's order).
+
+    Ops people hold events in two shapes: JSON Lines (a warehouse or log
+    export, one message a line) and one JSON array (a copy from a debugger or
+    an API response); both are read. A file that is neither gets one line
+    saying what is expected, not an error for each of its lines.
+
+    A file with no events is refused (ConfigError: exit 2), as Segment's and
+    RudderStack's HTTP APIs refuse a batch with no message (and so does the
+    hub's `/v1/batch`): an empty export is a mistake upstream, and an empty
+    table with exit 0 would let a CI check pass without trying a single rule.
+
+    A repeated `messageId` is left out, as the hub's inbox keeps the first
+    copy of a message and drops the rest: trying it would show decisions the
+    live hub never makes.
+    """
+    items, problems = _items(path, path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is no error
+    if not items and not problems:
+        raise ConfigError(f"{path}: no events; give {EVENTS_FORMAT}, e.g. {SAMPLE_EVENTS}")
+    events: list[tuple[datetime, int, dict[str, Any]]] = []
+    left_out: list[tuple[int, str]] = []
+    first_line: dict[str, int] = {}
+    for number, event in items:
+        try:
+            at = _checked_time(event)
+        except ValueError as exc:
+            problems.append((number, str(exc)))
+            continue
+        message_id = str(event.setdefault("messageId", derived_id("lab", str(path), str(number))))
+        if message_id in first_line:
+            left_out.append((number, f"messageId {message_id!r} repeats line {first_line[message_id]}; "
+                                     "the hub keeps the first copy of a message, so this one was not tried"))
+            continue
+        first_line[message_id] = number
+        events.append((at, number, event))
+    if problems:
+        raise ConfigError([f"{path}:{number}: {problem}" for number, problem in sorted(problems)])
+    return EventsFile(path, [(number, event) for _, number, event in sorted(events, key=lambda item: item[0])], left_out)
+
+
+def _checked_time(event: Any) -> datetime:
+    """The event's time, or ValueError saying what is wrong with the event in the user's words."""
+    if not isinstance(event, dict):
+        raise ValueError(f"an event must be one JSON object (a Segment message), not {type(event).__name__}")
+    if "timestamp" not in event:
+        raise ValueError("timestamp: missing; the simulated clock needs every event's time")
+    try:
+        at = _event_time(event)
+    except ValueError as exc:
+        raise ValueError(f"timestamp: {exc}") from None
+    if at.tzinfo is None:
+        raise ValueError("timestamp: needs a time zone (e.g. Z or +00:00)")
+    return at
+
+
+def _items(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    """`(line, value)` for each event of the file (the elements of one JSON array, or the lines of JSON Lines),
+    and the lines that are not JSON, each named."""
+    if not text.strip():
+        return [], []
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("[") or not _some_line_is_an_object(text):
+            raise ConfigError(
+                f"{path}:{exc.lineno}: not valid JSON ({exc.msg}, column {exc.colno}); expected {EVENTS_FORMAT}"
+            ) from None
+        return _json_lines(text)
+    if isinstance(document, list):
+        return _array_items(text), []
+    if isinstance(document, dict):
+        _refuse_other_shapes(path, document)
+    return [(_first_line(text), document)], []  # one message, however it is laid out
+
+
+def _json_lines(text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:
+    items: list[tuple[int, Any]] = []
+    problems: list[tuple[int, str]] = []
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
-            if not isinstance(event, dict):
-                raise ValueError("a line must be one JSON object")
-            at = _event_time(event)
-            if at.tzinfo is None:
-                raise ValueError("timestamp needs a time zone (e.g. Z or +00:00)")
-        except KeyError:
-            problems.append(f"{path}:{number}: timestamp: missing; the simulated clock needs every event's time")
+            items.append((number, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            problems.append((number, f"not one JSON object on one line ({exc.msg}, column {exc.colno})"))
+    return items, problems
+
+
+def _some_line_is_an_object(text: str) -> bool:
+    """Whether the file can be JSON Lines at all: a pretty-printed document has no line that is an object alone."""
+    for line in text.splitlines():
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except json.JSONDecodeError:
             continue
-        except ValueError as exc:
-            problems.append(f"{path}:{number}: {exc}")
-            continue
-        event.setdefault("messageId", derived_id("lab", str(path), str(number)))
-        events.append((at, event))
-    if problems:
-        raise ConfigError(problems)
-    return [event for _, event in sorted(events, key=lambda pair: pair[0])]
+    return False
+
+
+def _array_items(text: str) -> list[tuple[int, Any]]:
+    """The elements of a JSON array (already known to parse), each with the line it starts on."""
+    decoder = json.JSONDecoder()
+    items: list[tuple[int, Any]] = []
+    at, line, counted = text.index("[") + 1, 1, 0
+    while True:
+        while text[at] in " \t\r\n,":
+            at += 1
+        if text[at] == "]":
+            return items
+        line, counted = line + text.count("\n", counted, at), at
+        value, at = decoder.raw_decode(text, at)
+        items.append((line, value))
+
+
+def _refuse_other_shapes(path: Path, document: dict[str, Any]) -> None:
+    """One line for the JSON documents that hold events but are not a list of them, saying how to get one."""
+    entries = document.get("events")
+    if isinstance(entries, list) and entries and all(isinstance(e, dict) and "message" in e for e in entries):
+        raise ConfigError(
+            f"{path}: a `touchhub demo` journey (times in `at` are relative to the moment the demo runs), "
+            f"not events with timestamps; expected {EVENTS_FORMAT}. The same journey with fixed times: {SAMPLE_EVENTS}"
+        )
+    if isinstance(document.get("batch"), list):
+        raise ConfigError(
+            f"{path}: a Segment batch body; expected {EVENTS_FORMAT}. "
+            f"Take its messages out with: jq -c '.batch[]' {path} > events.jsonl"
+        )
+
+
+def _first_line(text: str) -> int:
+    """The line a document starts on, after any blank lines."""
+    return text[: len(text) - len(text.lstrip())].count("\n") + 1
 
 
 def run(rules: Path, events_path: Path, settings: HubSettings) -> LabResult:
     events = load_events(events_path)
     with tempfile.TemporaryDirectory(prefix="touchhub-lab-") as folder:
-        mappings = Path(folder) / "mappings"
-        shutil.copytree(settings.mappings_dir, mappings)
-        shutil.copyfile(rules, mappings / "triggers.yaml")
+        hub = _lab_hub(rules, Path(folder), settings)
         try:
-            hub = Hub(settings.with_overrides(database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings)))
-        except ConfigError as exc:  # name the file the user gave, with its lines, not the throwaway copy
-            copy = mappings / "triggers.yaml"
-            raise ConfigError([
-                with_line(problem, copy).replace(str(copy), str(rules)) for problem in exc.problems
-            ]) from None
-        try:
+            assert hub.rulebook is not None  # Hub() raised otherwise
+            if not hub.rulebook.current():
+                raise ConfigError(
+                    f"{rules}: no rules to try (the file has none, or every rule has `enabled: false`); "
+                    f"write them as in {PROJECT_MAPPINGS / 'triggers.yaml'}"
+                )
             return _simulate(hub, events)
         finally:
             hub.delivery.close()
             hub.store.dispose()
 
 
-def _simulate(hub: Hub, events: list[dict[str, Any]]) -> LabResult:
+def _lab_hub(rules: Path, folder: Path, settings: HubSettings) -> Hub:
+    """The hub over copies of HUB_MAPPINGS_DIR with the rules under test in place of triggers.yaml, and a throwaway
+    database; what it refuses is reported against the user's files (`_as_given`)."""
+    mappings = folder / "mappings"
+    shutil.copytree(settings.mappings_dir, mappings)
+    shutil.copyfile(rules, mappings / "triggers.yaml")
+    try:
+        return Hub(settings.with_overrides(database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings)))
+    except ConfigError as exc:
+        raise ConfigError([_as_given(problem, rules, mappings, settings.mappings_dir) for problem in exc.problems]) from None
+
+
+# Router.check_channels (hub/routing.py) names the rule and the channel in this form; tests/test_cli_triggers.py
+# holds the two together.
+_UNROUTED = re.compile(r"^triggers\.yaml: rule '(?P<rule>[a-z0-9_]+)': channel (?P<channel>'[^']*'|\"[^\"]*\") ")
+
+
+def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> str:
+    """A problem the hub found in its copies, as `path:line: reason` in the files the user gave.
+
+    The schema's problems name the copied rules file and a key, which
+    `with_line` finds; routing names the rule and its channel; a template
+    problem names the copied template, which lives in HUB_MAPPINGS_DIR, and
+    is put at the line of the rules file that names that template.
+    """
+    copy = copies / "triggers.yaml"
+    if problem.startswith(f"{copy}: "):
+        return with_line(problem, copy).replace(str(copy), str(rules))
+    text = problem.replace(str(copies), str(mappings_dir))
+    unrouted = _UNROUTED.match(problem)
+    if unrouted:
+        line = _line_of(rules, "channel", ast.literal_eval(unrouted["channel"]), rule_id=unrouted["rule"])
+        return f"{rules}:{line}: {text.removeprefix('triggers.yaml: ')}"
+    templates = f"{copies / 'templates'}/"
+    if problem.startswith(templates):
+        line = _line_of(rules, "template", problem[len(templates):].partition(": ")[0])
+        return f"{rules}:{line}: template: {text}"
+    return f"{rules}: {text.removeprefix('triggers.yaml: ')}" if text.startswith("triggers.yaml: ") else text
+
+
+def _line_of(rules: Path, key: str, value: str, rule_id: str | None = None) -> int:
+    """The line of the first `key: value` in the rules file (within rule `rule_id` if given); else that rule's
+    line, else 1."""
+    root = yaml.compose(rules.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    found = [
+        rule for rule in _rule_nodes(root)
+        if rule_id is None or any(k.value == "id" and getattr(v, "value", None) == rule_id for k, v in rule.value)
+    ]
+    for rule in found:
+        line = _key_line(rule, key, value)
+        if line is not None:
+            return line
+    return found[0].start_mark.line + 1 if found else 1
+
+
+def _rule_nodes(root: yaml.Node | None) -> list[yaml.MappingNode]:
+    if not isinstance(root, yaml.MappingNode):
+        return []
+    listed = [value for key, value in root.value if key.value == "rules" and isinstance(value, yaml.SequenceNode)]
+    return [rule for rules in listed for rule in rules.value if isinstance(rule, yaml.MappingNode)]
+
+
+def _key_line(node: yaml.Node, key: str, value: str) -> int | None:
+    """1-based line of `key: value` anywhere below `node` (a fallback's channel and template included)."""
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == key and isinstance(v, yaml.ScalarNode) and v.value == value:
+                return k.start_mark.line + 1
+        children = [v for _, v in node.value]
+    elif isinstance(node, yaml.SequenceNode):
+        children = node.value
+    else:
+        return None
+    for child in children:
+        line = _key_line(child, key, value)
+        if line is not None:
+            return line
+    return None
+
+
+def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
+    events = [event for _, event in events_file.events]
     clock = _event_time(events[0]) if events else utcnow()
     for event in events:
         at = _event_time(event)
@@ -98,7 +311,19 @@ def _simulate(hub: Hub, events: list[dict[str, Any]]) -> LabResult:
         for decision in found:
             profile = profile_view(connection, decision["profile_id"]) or {"identifiers": {}}
             decision["who"] = _who(profile["identifiers"])
-        return LabResult(found, len(events), quarantine.count(connection))
+        left_out = events_file.left_out + _quarantined(connection, events_file)
+    return LabResult(found, len(events), [f"{events_file.path}:{line}: {why}" for line, why in sorted(left_out)])
+
+
+def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
+    """The events the hub quarantined, by their line in the file: the inbox ids it logs are the throwaway
+    database's."""
+    lines = {str(event["messageId"]): line for line, event in events_file.events}
+    rows = connection.execute(
+        select(schema.inbox.c.message_id, schema.quarantine.c.stage, schema.quarantine.c.reason)
+        .join(schema.quarantine, schema.quarantine.c.inbox_id == schema.inbox.c.id)
+    )
+    return [(lines[row.message_id], f"quarantined at the {row.stage} stage: {row.reason}") for row in rows]
 
 
 def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datetime:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
+import pytest
 import yaml
 
 from hub.settings import PROJECT_MAPPINGS
@@ -15,8 +18,8 @@ from tests.conftest import RunningHub, support_ticket
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 
 
-def touchhub(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([TOUCHHUB, *args], capture_output=True, text=True, timeout=60,
+def touchhub(*args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([TOUCHHUB, *args], capture_output=True, text=True, timeout=60, cwd=cwd,
                           env={"COLUMNS": "200", "PATH": "", **env})
 
 
@@ -189,3 +192,171 @@ def test_a_mistake_in_the_rules_is_reported_at_its_line_in_the_file_given(tmp_pa
     assert "The rules cannot be tried; fix these and try again:" in text
     assert f"{rules}:6: rules.0.when.where.0.op: Input should be 'eq'" in text
     assert "touchhub-lab-" not in text
+
+
+def problems(output: str) -> list[str]:
+    """The bullet lines of a `fix these and try again` list (each printed on one line)."""
+    return [line.removeprefix("  • ") for line in output.splitlines() if line.startswith("  • ")]
+
+
+SAMPLES = PROJECT_MAPPINGS / "samples"
+
+
+def test_the_sample_events_are_the_demo_journey_with_fixed_times() -> None:
+    """The sample is a copy of the demo's journey (whose times are relative to the demo's run): they must not drift."""
+    journey = json.loads((SAMPLES / "demo_journey.json").read_text())["events"]
+    sample = [json.loads(line) for line in (SAMPLES / "demo_journey.jsonl").read_text().splitlines()]
+    assert [{k: v for k, v in m.items() if k != "timestamp"} for m in sample] == [entry["message"] for entry in journey]
+
+
+def test_the_shipped_sample_events_run_the_whole_reference_journey() -> None:
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(SAMPLES / "demo_journey.jsonl"))
+    assert result.returncode == 0, result.stderr + result.stdout
+    fired = {row[1] for row in rows(result.stdout) if row[2] == "fired"}
+    assert fired == {"cart_abandonment", "comparison_hesitation", "post_purchase_support", "high_intent_pricing"}
+    # the journey's last message has no identifier: reported at its line, as the demo counts it refused
+    assert problems(result.stdout) == [
+        f"{SAMPLES / 'demo_journey.jsonl'}:26: quarantined at the mapping stage: identifiers: no usable identifier "
+        "(all missing or junk values such as 'null')"
+    ]
+
+
+def test_the_demo_journey_file_gets_one_line_saying_what_is_expected_and_where_the_sample_is() -> None:
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(SAMPLES / "demo_journey.json"))
+    assert result.returncode == 2
+    [problem] = problems(result.stdout)
+    assert problem.startswith(f"{SAMPLES / 'demo_journey.json'}: a `touchhub demo` journey")
+    assert "JSON Lines (one message a line) or as one JSON array" in problem
+    assert problem.endswith(str(SAMPLES / "demo_journey.jsonl"))
+
+
+def test_one_json_array_of_events_is_read_each_element_at_its_line(tmp_path: Path) -> None:
+    events = tmp_path / "copied.json"
+    events.write_text(json.dumps(cart_left_at_ten(), indent=2))
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert rows(result.stdout) == [["2026-01-05T10:02:00+00:00", "cart_abandonment", "fired", "user_id:ana", "email: planned"]]
+    untimed = [*cart_left_at_ten(), {"type": "track", "userId": "ana", "event": "Product Viewed"}]
+    events.write_text(json.dumps(untimed, indent=2))
+    third = [n for n, line in enumerate(json.dumps(untimed, indent=2).splitlines(), start=1) if line == "  {"][2]
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 2
+    assert problems(result.stdout) == [f"{events}:{third}: timestamp: missing; the simulated clock needs every event's time"]
+
+
+def test_a_file_that_is_not_json_lines_gets_one_problem_not_one_a_line(tmp_path: Path) -> None:
+    events = tmp_path / "broken.json"
+    events.write_text(json.dumps(cart_left_at_ten(), indent=2)[:-2])  # a copy cut short
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 2
+    [problem] = problems(result.stdout)
+    assert problem.startswith(f"{events}:") and "not valid JSON" in problem and "JSON Lines" in problem
+
+
+def test_user_text_is_printed_as_it_is_never_as_markup_or_emoji(tmp_path: Path) -> None:
+    folder = tmp_path / "[red]ops[/]"  # two folders: `[red]ops[` and `]`
+    folder.mkdir(parents=True)
+    timed = {"type": "track", "userId": "a", "event": "E", "timestamp": "2026-01-05T10:00:00Z"}
+    events = write_events(folder / ":smile:.jsonl", *[timed] * 99, {"type": "track", "userId": "a", "event": "E"})
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 2, result.stderr
+    assert problems(result.stdout) == [f"{events}:100: timestamp: missing; the simulated clock needs every event's time"]
+    marked = write_events(tmp_path / "marked.jsonl", *cart_left_at_ten())
+    marked.write_text(marked.read_text().replace('"ana"', '"[bold]ana[/] :100:"'))
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(marked))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert [row[3] for row in rows(result.stdout)] == ["user_id:[bold]ana[/] :100:"]
+
+
+def test_no_events_or_no_rules_to_try_exits_2_saying_so(tmp_path: Path) -> None:
+    """An empty export must fail a CI check, not pass it with an empty table."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(empty))
+    assert result.returncode == 2
+    assert problems(result.stdout)[0].startswith(f"{empty}: no events; give Segment messages")
+    no_rules = tmp_path / "none.yaml"
+    no_rules.write_text("rules:\n  - id: paused\n    enabled: false\n    when: {event: E}\n"
+                        "    respond: [{channel: email, template: cart_abandonment.email.j2}]\n")
+    result = touchhub("triggers", "test", str(no_rules), str(write_events(tmp_path / "e.jsonl", *cart_left_at_ten())))
+    assert result.returncode == 2
+    assert problems(result.stdout)[0].startswith(f"{no_rules}: no rules to try")
+
+
+def test_a_repeated_message_id_is_reported_by_line_and_not_counted(tmp_path: Path) -> None:
+    first, again = ({"type": "track", "userId": "ana", "event": "Product Viewed", "messageId": "m2",
+                     "properties": {"product_id": p}, "timestamp": f"2026-03-01T10:1{n}:00Z"} for n, p in ((0, "a"), (1, "b")))
+    events = write_events(tmp_path / "dup.jsonl", {"type": "identify", "userId": "ana", "timestamp": "2026-03-01T10:00:00Z"},
+                          first, again)
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "Decisions over 2 events" in result.stdout
+    assert rows(result.stdout) == []  # one view of product a: no comparison
+    assert problems(result.stdout) == [
+        f"{events}:3: messageId 'm2' repeats line 2; the hub keeps the first copy of a message, so this one was not tried"
+    ]
+
+
+def test_problems_name_the_users_rules_file_and_events_file_at_their_lines(tmp_path: Path) -> None:
+    events = write_events(tmp_path / "events.jsonl", *cart_left_at_ten())
+    rules = tmp_path / "mine.yaml"
+    rules.write_text("rules:\n  - id: r1\n    when: {event: Product Added}\n"
+                     "    respond:\n      - channel: emial\n        template: cart_abandonment.email.j2\n")
+    result = touchhub("triggers", "test", str(rules), str(events))
+    assert result.returncode == 2
+    assert problems(result.stdout) == [
+        f"{rules}:5: rule 'r1': channel 'emial' has no route in routes.yaml; "
+        "use one of chat, crm, email, push, sms, webhook or add a route for it"
+    ]
+    rules.write_text(rules.read_text().replace("emial", "email").replace("cart_abandonment.email.j2", "nope.j2"))
+    result = touchhub("triggers", "test", str(rules), str(events))
+    assert result.returncode == 2
+    [problem] = problems(result.stdout)
+    assert problem.startswith(f"{rules}:6: template: {PROJECT_MAPPINGS / 'templates' / 'nope.j2'}: TemplateNotFound")
+    assert "touchhub-lab-" not in result.stdout
+    nobody = write_events(tmp_path / "nobody.jsonl", *cart_left_at_ten(
+        {"type": "track", "event": "Product Viewed", "timestamp": "2026-01-05T10:05:00Z"}))
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(nobody))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert problems(result.stdout) == [f"{nobody}:3: quarantined at the mapping stage: identifiers: no usable identifier "
+                                       "(all missing or junk values such as 'null')"]
+    assert "inbox_id" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    "command", [("decisions", "explain", "some-id"), ("profiles", "explain", "some-id"), ("deliveries", "list")]
+)
+def test_reading_the_store_elsewhere_says_which_database_it_looked_for_and_creates_none(
+    tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    result = touchhub(*command, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert problems(result.stdout) == [
+        f"HUB_DATABASE_URL=sqlite:///var/hub.db: no database file at {tmp_path / 'var' / 'hub.db'} "
+        f"(a relative path is read from the current folder, {tmp_path})",
+        "run this from the hub's folder (where `touchhub serve` runs), or set HUB_DATABASE_URL to the hub's store",
+    ]
+    assert not (tmp_path / "var").exists()
+
+
+def test_decisions_explain_on_an_unmigrated_database_points_to_migrate(tmp_path: Path) -> None:
+    database = tmp_path / "other.db"
+    with closing(sqlite3.connect(database)) as connection:
+        connection.execute("CREATE TABLE notes (id INTEGER)")
+    before = sorted(tmp_path.iterdir())
+    result = touchhub("decisions", "explain", "some-id", HUB_DATABASE_URL=f"sqlite:///{database}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stdout + result.stderr
+    assert problems(result.stdout)[0] == f"HUB_DATABASE_URL=sqlite:///{database}: it has no hub schema (no decisions table)"
+    assert "`touchhub migrate`" in problems(result.stdout)[1]
+    assert sorted(tmp_path.iterdir()) == before  # looked at, nothing written beside it
+
+
+def test_decisions_explain_of_an_unknown_id_says_where_ids_are_listed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/hub.db"
+    assert touchhub("migrate", HUB_DATABASE_URL=url).returncode == 0
+    result = touchhub("decisions", "explain", "nope", HUB_DATABASE_URL=url)
+    assert result.returncode == 1
+    assert f"No decision 'nope' in {url}." in result.stdout
+    assert "GET /api/decisions" in result.stdout

@@ -1,0 +1,60 @@
+"""The hub's store as the read-and-repair commands open it: only if it is there.
+
+`touchhub decisions explain`, `profiles explain` and `deliveries` read (and
+replay) what a running hub stored. Opening a SQLite URL creates the file and
+its folder, so such a command run from the wrong folder used to leave an
+empty var/hub.db behind and then fail on "no such table" (or, migrating it,
+report an empty delivery log as if the hub had sent nothing). These say
+which HUB_DATABASE_URL they read and what to do instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from hub.errors import ConfigError
+from hub.store import Store
+
+
+def existing_store(url: str) -> Store:
+    """The store at `url` if it exists and holds the hub's schema; else ConfigError saying what to do."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database or "").expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError(_not_found(url, f"no database file at {path}"))
+    store = Store(url)
+    try:
+        with store.read() as connection:
+            migrated = inspect(connection).has_table("decisions")
+    except SQLAlchemyError as exc:
+        store.dispose()
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise ConfigError(_not_found(url, f"cannot open it ({reason})")) from None
+    if not migrated:
+        store.dispose()
+        raise ConfigError([
+            f"HUB_DATABASE_URL={shown_url(url)}: it has no hub schema (no decisions table)",
+            "if this is not the hub's store, set HUB_DATABASE_URL to it; if it is, create the schema with "
+            "`touchhub migrate` (serve and worker also do this on start)",
+        ])
+    return store
+
+
+def _not_found(url: str, what: str) -> list[str]:
+    parsed = make_url(url)
+    relative = parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "/").is_absolute()
+    where = f" (a relative path is read from the current folder, {Path.cwd()})" if relative else ""
+    return [
+        f"HUB_DATABASE_URL={shown_url(url)}: {what}{where}",
+        "run this from the hub's folder (where `touchhub serve` runs), or set HUB_DATABASE_URL to the hub's store",
+    ]
+
+
+def shown_url(url: str) -> str:
+    """The URL as it may be printed: a PostgreSQL password is not."""
+    return make_url(url).render_as_string(hide_password=True)
