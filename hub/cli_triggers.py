@@ -171,7 +171,12 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
         node = deliveries.add(plain(
             f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}"
         ))
+        replayed = delivery["replayed"]
         for attempt in delivery["attempt_log"]:
+            if replayed and attempt["attempt_no"] == replayed["after_attempt"] + 1:
+                node.add(plain(f"replayed at {replayed['at']} (it had failed or gone to the dead-letter queue)"))
             outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
             node.add(plain(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}"))
+        if replayed and replayed["after_attempt"] >= len(delivery["attempt_log"]):
+            node.add(plain(f"replayed at {replayed['at']}; no attempt since yet"))
     return tree

@@ -41,6 +41,14 @@ def test_dead_delivery_replayed_over_the_api_is_sent_with_a_fresh_budget(running
     assert sent["status"] == "sent"
     assert [(a["attempt_no"], a["outcome"]) for a in sent["attempt_log"]] == [(1, "retryable"), (2, "retryable"), (3, "sent")]
     assert running_hub.sandbox.twilio.message_count == 1
+    assert sent["replayed"]["after_attempt"] == 2  # the log tells the replay's attempts from the first run's
+    explained = subprocess.run(
+        [TOUCHHUB, "decisions", "explain", sent["decision_id"]], capture_output=True, text=True, timeout=60,
+        env={"COLUMNS": "200", "PATH": "", "HUB_DATABASE_URL": running_hub.hub.settings.database_url},
+    ).stdout
+    lines = [line.strip(" │├└─") for line in explained.splitlines()]
+    replayed = next(n for n, line in enumerate(lines) if line.startswith("replayed at "))
+    assert lines[replayed - 1].startswith("attempt 2 at ") and lines[replayed + 1].startswith("attempt 3 at ")
 
     again = running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH)
     assert again.status_code == 409 and "is sent" in again.json()["detail"]

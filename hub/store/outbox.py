@@ -269,8 +269,10 @@ def search(
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
         item["target"], item["content"] = mask_text(item["target"]), mask_value(item["content"])
-        for internal in ("claimed_until", "retry_from_attempt", "retry_from"):
-            item.pop(internal, None)
+        item.pop("claimed_until")
+        # The latest replay out of the dead-letter queue (or of a failure): the attempts after it are its.
+        replayed_at, after_attempt = item.pop("retry_from"), item.pop("retry_from_attempt")
+        item["replayed"] = {"at": replayed_at, "after_attempt": after_attempt} if replayed_at else None
         item["attempt_log"] = by_delivery[item["delivery_id"]]
     return found
 
