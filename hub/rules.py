@@ -263,7 +263,12 @@ class ActionSpec(_Strict):
     fields: dict[str, Any] = Field(
         default_factory=dict, description="CRM fields to set; string values are templates (e.g. '{{ touchpoint.moment }}')."
     )
-    endpoint: str | None = Field(None, description="Outbound webhook target (an endpoint name the destination knows).")
+    endpoint: str | None = Field(
+        None,
+        description="For webhook channels: a name the receiver routes the message on, sent signed in the body as "
+        "`data.params.endpoint` (e.g. chat_widget). The URL is the channel's destination's "
+        "(HUB_OUTBOUND_WEBHOOK_URL, HUB_CHAT_WEBHOOK_URL), not chosen by this name.",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Other destination-specific values.")
     fallback: list[Alternative] = Field(
         default_factory=list,
