@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from hub.store import timers
-from tests.conftest import RunningHub, message
+from tests.conftest import WRITE_KEY, RunningHub, message
 
 NOW = datetime.now(timezone.utc)  # when the module was collected: only the quiet-hours window is set from it
 
@@ -104,6 +104,21 @@ def test_any_further_action_within_two_minutes_cancels_the_nudge(running_hub: Ru
     )
     running_hub.settle()
     assert decisions_of(running_hub, "cart_abandonment") == []
+
+
+@NO_QUIET_HOURS
+def test_a_phone_whose_clock_is_behind_still_gets_its_two_minutes(running_hub: RunningHub) -> None:
+    """The phone's clock reads three minutes slow; its SDK stamps the batch with that clock too (sentAt), and the
+    hub corrects the event's time by it, as Segment's API does: the cart is fresh, not already past its wait."""
+    slow = at(minutes=3)
+    running_hub.client.post("/v1/batch", auth=(WRITE_KEY, ""), json={"sentAt": slow, "batch": [
+        shopper("sly", email="sly@example.com"), cart("sly", {"type": "ios", "token": "tok-sly"}, minutes=3)]})
+    running_hub.settle()
+    assert decisions_of(running_hub, "cart_abandonment") == []
+    with running_hub.hub.store.read() as connection:
+        profile_id = running_hub.admin("/api/profiles/lookup", type="user_id", value="sly")["profile_id"]
+        [timer] = timers.for_profile(connection, profile_id)
+    assert timer["status"] == "pending" and timer["due_at"] > now() + timedelta(seconds=100)
 
 
 @NO_QUIET_HOURS

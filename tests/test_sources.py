@@ -11,7 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -285,3 +285,28 @@ def build_journey_source(map_file: str, secret: str, folder: Path = PROJECT_MAPP
         "timestamp_header": "X-Timestamp", "signed_content": "{timestamp}.{body}",
     })
     return JourneyMapSource("src", config, folder)
+
+
+def sdk_batch(*messages: dict[str, Any], sent_at: str | None = None) -> InboundRequest:
+    body = {"batch": list(messages), **({"sentAt": sent_at} if sent_at else {})}
+    auth = "Basic " + base64.b64encode(b"wk:").decode()
+    return InboundRequest("POST", "http://hub.test/v1/batch", {"authorization": auth}, json.dumps(body).encode())
+
+
+def test_sdk_times_are_corrected_for_the_device_clock_as_segment_does() -> None:
+    """timestamp = receivedAt - (sentAt - originalTimestamp): a phone three minutes slow sent a cart event
+    that was three minutes old on arrival, its two-minute wait already over. The gap between an event and its
+    sending (an offline queue) is kept; a message that came through Segment keeps Segment's times."""
+    source = build(SegmentSource, write_key="wk")
+    slow_clock = datetime.now(timezone.utc) - timedelta(minutes=3)
+    queued = {"type": "track", "userId": "u", "event": "Cart Viewed", "messageId": "m1",
+              "timestamp": (slow_clock - timedelta(minutes=10)).isoformat()}
+    via_segment = {"type": "track", "userId": "u", "event": "Viewed", "messageId": "m2", "timestamp": "2026-01-01T10:00:00Z",
+                   "sentAt": "2026-01-01T09:00:00Z", "receivedAt": "2026-01-01T10:00:01Z"}
+    [cart, relayed] = source.parse(sdk_batch(queued, via_segment, sent_at=slow_clock.isoformat())).events
+    received = datetime.fromisoformat(cart.payload["receivedAt"])
+    assert datetime.fromisoformat(cart.payload["timestamp"]) == received - timedelta(minutes=10)
+    assert cart.payload["originalTimestamp"] == queued["timestamp"]
+    assert relayed.payload["timestamp"] == "2026-01-01T10:00:00Z"
+    [unstamped] = source.parse(sdk_batch(queued)).events  # no sentAt: nothing to correct by
+    assert unstamped.payload["timestamp"] == queued["timestamp"]

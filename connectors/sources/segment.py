@@ -89,14 +89,16 @@ class SegmentSource(Source):
             items = batch
         else:
             items = [{**document, "type": document.get("type") or message_type or None}]
-        received_at = datetime.now(timezone.utc).isoformat()
+        batch_sent_at = document.get("sentAt") if message_type is None else None  # SDKs stamp the batch
+        received_at = datetime.now(timezone.utc)
         result = ParseResult()
         for index, item in enumerate(items):
             problems = _problems(index if message_type is None else None, item)
             if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
-            payload = {**item, "receivedAt": received_at}
+            payload = {**_skew_corrected(item, item.get("sentAt") or batch_sent_at, received_at),
+                       "receivedAt": received_at.isoformat()}
             result.events.append(RawEvent(self.source_id, _message_id(item), payload))
         if not result.events:
             raise BadPayloadError("no valid message in the request", result.problems)
@@ -169,6 +171,31 @@ def _is_timestamp(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _skew_corrected(item: dict[str, Any], sent_at: Any, received_at: datetime) -> dict[str, Any]:
+    """The message with `timestamp` corrected for the sending device's clock, as Segment's API does:
+    `receivedAt - (sentAt - originalTimestamp)`, the device's own time kept as `originalTimestamp`.
+
+    A phone whose clock is three minutes slow otherwise sends a cart event that
+    is already three minutes old: its two-minute wait is over on arrival, and
+    the nudge goes out while the person is still shopping. The correction
+    keeps the gap between the event and its sending (an offline queue, a
+    historical import), so it moves a time only by the clock's error and the
+    network's delay. Messages that already passed through Segment or
+    RudderStack (a Webhooks destination) carry their `receivedAt` and a
+    corrected `timestamp`: they are left as they are.
+    """
+    client_time = item.get("originalTimestamp") or item.get("timestamp")
+    if "receivedAt" in item or not _is_timestamp(sent_at) or not _is_timestamp(client_time):
+        return item
+    offset = _utc(datetime.fromisoformat(sent_at)) - _utc(datetime.fromisoformat(client_time))
+    return {**item, "originalTimestamp": client_time, "timestamp": (received_at - offset).isoformat()}
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive times, which the spec's ISO-8601 allows, are UTC."""
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def _message_id(item: dict[str, Any]) -> str:
