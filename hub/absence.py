@@ -29,12 +29,14 @@ from hub.rule_history import History, ReadAhead
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.selectors import event_names
-from hub.store import Store, sql, timers, touchpoints
+from hub.store import Store, inbox, sql, timers, touchpoints
 from hub.store.identity_graph import profile_views
 from hub.store.savepoints import as_set_or_one_by_one
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
+
+CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pipeline has seen its possible follow-ups
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +80,10 @@ class TimerEngine:
             # in the pipeline's order (it takes this lock, then settles timers): the other order deadlocks on
             # PostgreSQL whenever a follow-up is processed while its timer fires.
             sql.lock_profiles(connection)
-            due = timers.claim_due(connection, self.batch_size, now, self.lease)
+            seen_until = inbox.oldest_waiting(connection) or timers.ALL_SEEN
+            due = timers.claim_due(connection, self.batch_size, now, self.lease, seen_until)
+            if not due:  # held back while the pipeline catches up (`timers.claim_due`): look again shortly
+                self._next_due = now + CATCH_UP_RECHECK
             recorded = sum(as_set_or_one_by_one(
                 connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",

@@ -500,3 +500,22 @@ def test_the_timer_worker_and_a_late_follow_up_take_the_locks_in_one_order(
     worker.join(20)
     assert failures == []
     assert timer_statuses(hub) == ["cancelled"]
+
+
+def test_a_timer_waits_while_its_follow_up_may_still_be_in_the_inbox(tmp_path: Path) -> None:
+    """The hub catching up after an outage: a cart and its checkout ten seconds later were received together.
+    The pipeline takes them in two batches, and the timer worker ran between them (the cart woke it): it nudged
+    a person who had bought. It now waits until the pipeline has seen what was received before it."""
+    hub = hub_on(tmp_path, worker_batch_size=1, pipeline_backlog_batch_size=1)
+    backlog = [*cart_then(), message(userId="amy", event="Order Completed", timestamp=ago(minutes=2, seconds=50))]
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in backlog], utcnow())
+    assert hub.pipeline.run_once() == 1 and hub.pipeline.run_once() == 1  # the identify, the cart
+    assert timer_statuses(hub) == ["pending"]
+    assert hub.timers.run_once() == 0  # the order is still in the inbox
+    assert hub.timers.next_due() is not None and hub.timers.next_due() > utcnow()  # it looks again shortly
+    while hub.pipeline.run_once():
+        pass
+    assert timer_statuses(hub) == ["cancelled"]
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {}

@@ -67,6 +67,17 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
     return [InboxRow(*row[:-1], attempts=row[-1] - 1) for row in rows]
 
 
+_OLDEST_WAITING = sql.Precompiled(  # each pass of the timer worker that finds work: the first entry of the index
+    select(inbox.c.available_at).where(inbox.c.status == "pending").order_by(inbox.c.available_at).limit(1)
+)
+
+
+def oldest_waiting(connection: Connection) -> datetime | None:
+    """Since when the oldest event no pipeline worker holds has waited (None: the pipeline has caught up)."""
+    found = _OLDEST_WAITING.execute(connection, {})
+    return found[0][0] if found else None
+
+
 _MARK_DONE = sql.InLists(  # each pipeline batch
     lambda ids: update(inbox).where(inbox.c.id.in_(ids)).values(status="done", processed_at=bindparam("p_now", type_=UTCDateTime), error=None)
 )

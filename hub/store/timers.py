@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
@@ -133,14 +133,28 @@ def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) ->
         _WAIT_UNTIL.execute(connection, [{"p_timer_id": timer_id, "p_due_at": due_at} for timer_id, due_at in later])
 
 
+_SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
     timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
-    timers.c.status == "pending", timers.c.due_at,
+    and_(timers.c.status == "pending", timers.c.due_at < _SEEN_UNTIL, timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
+ALL_SEEN = datetime.max.replace(tzinfo=timezone.utc)  # `seen_until` when no event waits in the inbox
 
 
-def claim_due(connection: Connection, limit: int, now: datetime, lease: timedelta) -> list[DueTimer]:
-    return [DueTimer(*row) for row in _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease)]
+def claim_due(
+    connection: Connection, limit: int, now: datetime, lease: timedelta, seen_until: datetime = ALL_SEEN
+) -> list[DueTimer]:
+    """Due timers for this worker, leased until `now + lease`: those due, and armed, before `seen_until`.
+
+    `seen_until` is since when the oldest event still in the inbox has waited.
+    An event received before a timer came due, or before the event that armed
+    it was processed, may be its follow-up: a backlog (the hub catching up
+    after an outage, a replay) puts a cart and its checkout in the inbox
+    together, and a timer fired between the two pipeline batches would nudge
+    a person who bought. Such a timer waits until the pipeline has seen them.
+    """
+    rows = _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease, p_seen_until=seen_until)
+    return [DueTimer(*row) for row in rows]
 
 
 @dataclass(frozen=True, slots=True)
