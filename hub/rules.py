@@ -161,9 +161,15 @@ class CountCondition(_Strict):
     count: CountWindow
 
 
+ACTION_KINDS = frozenset({"track", "page", "screen"})  # what a person does; identify, alias and group say who they are
+
+
 class AbsenceSpec(_Strict):
     after: Selector
-    without: Selector | Literal["any"] = Field(description="The event that cancels the timer, or `any` event of the profile.")
+    without: Selector | Literal["any"] = Field(
+        description="The event that cancels the timer, or `any` action of the profile: a track, page or screen "
+        "(identify, alias and group calls say who someone is, not what they did)."
+    )
     within: Duration
 
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from hub.model import Action, Decision, Touchpoint, ordered_id
 from hub.rule_history import History, read_ahead
 from hub.rules import (
+    ACTION_KINDS,
     AbsenceCondition,
     ActionSpec,
     AllCondition,
@@ -126,7 +127,10 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
         absence = rule.absence
         if absence is None:
             continue
-        if absence.without == "any" or selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
+        if absence.without == "any":
+            if touchpoint.kind in ACTION_KINDS:
+                cancel.append(rule.id)
+        elif selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             cancel.append(rule.id)
         if selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             arm.append((rule.id, touchpoint.occurred_at + absence.within))
@@ -180,18 +184,22 @@ def evaluate_expired(
 def _any_after(
     anchor: Touchpoint, selector: Selector | None, documents: list[dict[str, Any]], traits: Mapping[str, Any]
 ) -> bool:
-    """Whether one of the documents comes strictly after the anchor and is one the selector picks (None: any)."""
+    """Whether one of the documents comes strictly after the anchor and is one the selector picks (None: any
+    action, `ACTION_KINDS`)."""
     profile = {"profile": dict(traits)}
     return any(
         doc["touchpoint_id"] != anchor.touchpoint_id
         and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
-        and (selector is None or selected(selector, doc["event"], doc["stage"], doc["moment"], {**doc, **profile}))
+        and (
+            doc["kind"] in ACTION_KINDS if selector is None
+            else selected(selector, doc["event"], doc["stage"], doc["moment"], {**doc, **profile})
+        )
         for doc in documents
     )
 
 
 def awaited(rule: RuleSpec) -> Selector | None:
-    """The follow-up an absence rule waits for; None when any event of the profile will do."""
+    """The follow-up an absence rule waits for; None when any action of the profile will do."""
     assert rule.absence is not None, f"rule {rule.id} has no absence condition"
     without = rule.absence.without
     return None if without == "any" else without

@@ -155,16 +155,28 @@ def test_an_event_cancels_the_wait_it_falls_inside_and_leaves_an_overdue_one_to_
 
 
 def test_an_event_at_the_carts_very_instant_is_not_a_follow_up_whichever_is_taken_in_first(tmp_path: Path) -> None:
-    """An identify sent in one batch with the cart event, before or after it: the wait goes on either way."""
+    """A page view sent in one batch with the cart event, before or after it: the wait goes on either way."""
     hub = hub_on(tmp_path)
     at = (NOW - timedelta(minutes=3)).isoformat()
-    for name, order in (("amy", ("identify", "track")), ("bob", ("track", "identify"))):
+    for name, order in (("amy", ("page", "track")), ("bob", ("track", "page"))):
         cart = message(userId=name, event="Cart Viewed", timestamp=at)
-        identify = message("identify", userId=name, traits={"email": f"{name}@example.com"}, timestamp=at)
-        accept(hub, *(identify if kind == "identify" else cart for kind in order))
+        page = message("page", userId=name, name="Cart", timestamp=at)
+        accept(hub, message("identify", userId=name, traits={"email": f"{name}@example.com"}, timestamp=ago(days=1)),
+               *(page if kind == "page" else cart for kind in order))
     assert timer_statuses(hub) == ["pending", "pending"]
     assert hub.timers.run_once() == 2
     assert timer_statuses(hub) == ["fired", "fired"]
+
+
+@pytest.mark.parametrize("kind", ["identify", "alias", "group"])
+def test_a_call_saying_who_someone_is_is_not_an_action_that_ends_the_wait(tmp_path: Path, kind: str) -> None:
+    """`without: any` waits for the person to do something: a track, page or screen. A CRM's trait sync or an
+    app's identify at launch 30 s after the cart cancelled the nudge."""
+    hub = hub_on(tmp_path)
+    fields = {"identify": {"traits": {"plan": "gold"}}, "alias": {"previousId": "amy-old"}, "group": {"groupId": "acme"}}
+    accept(hub, *cart_then(message(kind, userId="amy", timestamp=ago(minutes=2, seconds=30), **fields[kind])))
+    assert hub.timers.run_once() == 1
+    assert timer_statuses(hub) == ["fired"]
 
 
 def test_a_timer_with_no_action_left_for_its_anchor_lapses_and_is_not_called_cancelled(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ class RecordedHistory:
 
     def __init__(self, events: dict[str, list] | None = None, decisions: list[datetime] | None = None) -> None:
         self.documents = [
-            {"touchpoint_id": f"{name}-{n}", "event": name, "stage": "decision", "moment": "x",
+            {"touchpoint_id": f"{name}-{n}", "kind": "track", "event": name, "stage": "decision", "moment": "x",
              "occurred_at": (item[0] if isinstance(item, tuple) else item).isoformat(),
              "properties": item[1] if isinstance(item, tuple) else {}, "context": {}}
             for name, items in (events or {}).items() for n, item in enumerate(items)
