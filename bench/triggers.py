@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 from sqlalchemy import event as sqlalchemy_event
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from connectors.sandbox.providers import SandboxProviders
@@ -389,15 +389,20 @@ def latency(
     )
 
 
+ABSENCE_WAIT = timedelta(minutes=2)
 ABSENCE_RULE = {"id": "bench_absence", "respond": [{"channel": "webhook", "template": "bench.j2"}],
-                "when": {"absence": {"after": {"event": "Bench Cart"}, "without": "any", "within": "2m"}}}
+                "when": {"absence": {"after": {"event": "Bench Cart"}, "without": "any",
+                                     "within": f"{ABSENCE_WAIT.total_seconds():.0f}s"}}}
 
 
-def armed_hub(folder: Path, count: int, rule: dict) -> Hub:
-    """A hub whose pipeline has armed `count` absence timers, one per person (arming is measured by throughput)."""
+def armed_hub(folder: Path, due: list[datetime], rule: dict) -> Hub:
+    """A hub whose pipeline has armed an absence timer per person, due at each of `due` (arming is measured by
+    throughput). The carts are dated a wait before: the timer engine judges a timer due when its anchor and
+    the rule in force say, so a due time written over afterwards would be put back."""
     hub = hub_with(folder, [rule])
     events = [{"type": "track", "messageId": str(uuid.uuid4()), "userId": f"cart-{n}", "event": "Bench Cart",
-               "timestamp": utcnow().isoformat()} for n in range(count)]
+               "timestamp": (at - ABSENCE_WAIT).isoformat()} for n, at in enumerate(due)]
+    count = len(events)
     for start in range(0, count, 500):
         append(hub, events[start:start + 500])
     while hub.pipeline.run_once():
@@ -408,13 +413,9 @@ def armed_hub(folder: Path, count: int, rule: dict) -> Hub:
 def timer_lag(count: int, spread_seconds: float) -> tuple[list[float], float]:
     """Due -> fired for absence timers that come due over `spread_seconds`; and timers fired per second."""
     with tempfile.TemporaryDirectory() as folder:
-        hub = armed_hub(Path(folder), count, ABSENCE_RULE)
-        first_due = utcnow() + timedelta(seconds=1)
-        with hub.store.write() as connection:  # here only when they come due matters
-            ids = connection.execute(select(timers.c.timer_id).order_by(timers.c.timer_id)).scalars().all()
-            for n, timer_id in enumerate(ids):
-                due = first_due + timedelta(seconds=spread_seconds * n / max(1, len(ids)))
-                connection.execute(update(timers).where(timers.c.timer_id == timer_id).values(due_at=due))
+        first_due = utcnow() + timedelta(seconds=1 + count / 2000)  # after arming them (a few thousand a second)
+        spread = [first_due + timedelta(seconds=spread_seconds * n / max(1, count)) for n in range(count)]
+        hub = armed_hub(Path(folder), spread, ABSENCE_RULE)
         hub.start()
         deadline = time.monotonic() + spread_seconds + 120
         while time.monotonic() < deadline:
@@ -434,9 +435,7 @@ def timer_lag(count: int, spread_seconds: float) -> tuple[list[float], float]:
 def timer_capacity(count: int) -> tuple[float, float]:
     """Timers fired per second by the engine alone, all due at once (a rule with a cap); and statements per timer."""
     with tempfile.TemporaryDirectory() as folder:
-        hub = armed_hub(Path(folder), count, {**ABSENCE_RULE, "cap": {"max": 1, "within": "1h"}})
-        with hub.store.write() as connection:
-            connection.execute(update(timers).values(due_at=utcnow() - timedelta(seconds=1)))
+        hub = armed_hub(Path(folder), [utcnow() - timedelta(seconds=1)] * count, {**ABSENCE_RULE, "cap": {"max": 1, "within": "1h"}})
         with StatementLog() as statements:
             per_second, _cpu_ms = fire_due(hub)
         hub.delivery.close()
