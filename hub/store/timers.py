@@ -136,7 +136,7 @@ def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) ->
 _SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
     timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
-    and_(timers.c.status == "pending", timers.c.due_at < _SEEN_UNTIL, timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
+    and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
 ALL_SEEN = datetime.max.replace(tzinfo=timezone.utc)  # `seen_until` when no event waits in the inbox
 
@@ -152,8 +152,12 @@ def claim_due(
     after an outage, a replay) puts a cart and its checkout in the inbox
     together, and a timer fired between the two pipeline batches would nudge
     a person who bought. Such a timer waits until the pipeline has seen them.
+    The due bound is the claim's one range on the (status, due_at) index: a
+    second (`due_at < seen_until`) made SQLite range over that one instead,
+    and walk every pending timer due later whenever fewer than `limit` were due.
     """
-    rows = _CLAIM_DUE(connection, limit, p_now=now, p_until=now + lease, p_seen_until=seen_until)
+    due_by = min(now, seen_until - timedelta(microseconds=1))
+    rows = _CLAIM_DUE(connection, limit, p_now=due_by, p_until=now + lease, p_seen_until=seen_until)
     return [DueTimer(*row) for row in rows]
 
 
