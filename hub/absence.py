@@ -73,7 +73,12 @@ class TimerEngine:
         now = now or utcnow()
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
-        if self._next_due is None or self._next_due > now:
+            due_now = self._next_due is not None and self._next_due <= now
+            waiting = inbox.oldest_waiting(connection) if due_now else None
+        if not due_now:
+            return 0
+        if waiting is not None and waiting <= self._next_due:  # nor while the pipeline catches up (`claim_due`)
+            self._next_due = now + CATCH_UP_RECHECK
             return 0
         with self.store.write() as connection:
             # A fired timer counts and plans a profile's deliveries. The lock comes before the claim's row locks,
