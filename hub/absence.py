@@ -3,7 +3,7 @@
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
 of their anchors, four of their profiles (`profile_views`), one of their
-follow-ups and restarts, one of their rules' caps, one of their daily caps, one insert
+follow-ups, one of their restarts (`timers.restarted`), one of their rules' caps, one of their daily caps, one insert
 of decisions, one of deliveries, one update settling them. If any timer of
 the set fails, the set is rolled back to its savepoint and each timer fires
 on its own, so one bad timer never holds back its neighbours. A crash
@@ -124,9 +124,13 @@ class TimerEngine:
         settled: list[Settlement] = []
         firings, later = self._prepare(connection, due, settled, now)
         history = self._history(connection, firings)
+        restarted = timers.restarted(connection, [firing.timer for firing in firings])
         decided: list[tuple[_Firing, Decision]] = []
         for firing in firings:
             timer, profile = firing.timer, firing.profile
+            if timer.timer_id in restarted:
+                settled.append(Settlement(timer.timer_id, "superseded"))
+                continue
             decision = triggers.evaluate_expired(
                 firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
             )
@@ -189,7 +193,7 @@ class TimerEngine:
         store = StoreHistory(connection)
         if caps:
             store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
-        names = event_names([selector for firing in firings for selector in triggers.watched(firing.rule)])
+        names = event_names([triggers.awaited(firing.rule) for firing in firings])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)
         return ReadAhead(

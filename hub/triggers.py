@@ -32,7 +32,7 @@ from hub.rules import (
 from hub.selectors import describe, distinct, event_names, named, predicates_hold, selected, union_unless_open
 
 
-WaitEnded = Literal["cancelled", "superseded", "lapsed"]  # how a timer ended without a decision (`evaluate_expired`)
+WaitEnded = Literal["cancelled", "lapsed"]  # how a timer's wait ended without a decision (`evaluate_expired`)
 
 
 @dataclass(frozen=True)
@@ -144,12 +144,6 @@ def starts_wait(rule: RuleSpec, anchor: Touchpoint, traits: Mapping[str, Any]) -
     return selected(rule.absence.after, anchor.event, anchor.stage, anchor.moment, document_for(anchor, traits))
 
 
-def watched(rule: RuleSpec) -> tuple[Selector | None, Selector]:
-    """What an absence rule's timer reads when it fires: its follow-ups (None: any event), and restarts."""
-    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
-    return awaited(rule), rule.absence.after
-
-
 def evaluate_expired(
     rule: RuleSpec,
     anchor: Touchpoint,
@@ -158,22 +152,17 @@ def evaluate_expired(
     history: History,
     traits: Mapping[str, Any] | None = None,
 ) -> Decision | WaitEnded:
-    """The decision of an absence rule whose timer ran out, or how the wait ended without one.
+    """The decision of an absence rule whose timer ran out, or how the wait ended without one: `cancelled`,
+    the follow-up came after all; `lapsed`, the rule's other conditions, or every action's `only_if`, no longer
+    hold. (The timer engine tells `superseded` itself, from the timers: `hub.store.timers.restarted`.)
 
-    The events after the anchor are looked at again here, by event time in
-    (anchor, due], so one that arrived late or raced the timer still counts:
-    the follow-up (`cancelled`), or the wait starting again (`superseded`),
-    which the pipeline cannot see for an earlier cart that arrived after the
-    later one, or for the cart of a profile merged in since. `lapsed`: the
-    rule's other conditions, or every action's `only_if`, no longer hold.
+    The follow-up is looked for again here, by event time in (anchor, due], so a
+    follow-up that arrived late or raced the timer still prevents the message.
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    followed = awaited(rule)
-    if _any_after(anchor, followed, history.events(profile_id, anchor.occurred_at, due_at, followed), traits or {}):
+    if _follow_up_came(rule, anchor, profile_id, due_at, history, traits or {}):
         return "cancelled"
-    if _any_after(anchor, absence.after, history.events(profile_id, anchor.occurred_at, due_at, absence.after), traits or {}):
-        return "superseded"
     judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {})
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
@@ -181,11 +170,12 @@ def evaluate_expired(
     return _decide(rule, judge, anchor, profile_id, due_at) or "lapsed"
 
 
-def _any_after(
-    anchor: Touchpoint, selector: Selector | None, documents: list[dict[str, Any]], traits: Mapping[str, Any]
+def _follow_up_came(
+    rule: RuleSpec, anchor: Touchpoint, profile_id: str, due_at: datetime, history: History, traits: Mapping[str, Any]
 ) -> bool:
-    """Whether one of the documents comes strictly after the anchor and is one the selector picks (None: any
-    action, `ACTION_KINDS`)."""
+    """Whether the event an absence rule waits for (None: any action, `ACTION_KINDS`) happened after its
+    anchor, by `due_at` (event time)."""
+    selector = awaited(rule)
     profile = {"profile": dict(traits)}
     return any(
         doc["touchpoint_id"] != anchor.touchpoint_id
@@ -194,7 +184,7 @@ def _any_after(
             doc["kind"] in ACTION_KINDS if selector is None
             else selected(selector, doc["event"], doc["stage"], doc["moment"], {**doc, **profile})
         )
-        for doc in documents
+        for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
     )
 
 

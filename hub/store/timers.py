@@ -127,6 +127,36 @@ _WAIT_UNTIL = sql.Precompiled(
 )
 
 
+_OF_PROFILES_AND_RULES = sql.InLists(lambda profiles, rules: select(
+    timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.anchor_at
+).where(timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules)))
+
+
+def restarted(connection: Connection, firing: Sequence[DueTimer]) -> set[str]:
+    """The firing timers whose wait a later event of their rule and profile started again (a timer of theirs
+    anchored after them, by their due time): in one read of those profiles' timers of those rules.
+
+    The pipeline supersedes such a timer when the later event comes in; this
+    catches those it cannot see then: an earlier cart taken in after the
+    later one, or the cart of a profile merged in since (a merge moves its
+    timers to the survivor).
+    """
+    if not firing:
+        return set()
+    anchors: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
+    rows = _OF_PROFILES_AND_RULES.execute(
+        connection, sorted({t.profile_id for t in firing}), sorted({t.rule_id for t in firing})
+    )
+    for timer_id, profile_id, rule_id, anchor_at in rows:
+        anchors.setdefault((profile_id, rule_id), []).append((timer_id, anchor_at))
+    return {
+        timer.timer_id
+        for timer in firing
+        if any(other != timer.timer_id and timer.anchor_at < at <= timer.due_at
+               for other, at in anchors.get((timer.profile_id, timer.rule_id), ()))
+    }
+
+
 def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
     """Claimed timers whose rule now waits longer, released to come due again when it says (timer id, due at)."""
     if later:
