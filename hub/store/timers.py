@@ -127,9 +127,12 @@ _WAIT_UNTIL = sql.Precompiled(
 )
 
 
-_OF_PROFILES_AND_RULES = sql.InLists(lambda profiles, rules: select(
+_ANCHORED_AFTER = sql.InLists(lambda profiles, rules: select(
     timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.anchor_at
-).where(timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules)))
+).where(
+    timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules),
+    timers.c.anchor_at > bindparam("p_since", type_=UTCDateTime),  # a profile's older timers stay in the store
+))
 
 
 def restarted(connection: Connection, firing: Sequence[DueTimer]) -> set[str]:
@@ -144,8 +147,9 @@ def restarted(connection: Connection, firing: Sequence[DueTimer]) -> set[str]:
     if not firing:
         return set()
     anchors: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
-    rows = _OF_PROFILES_AND_RULES.execute(
-        connection, sorted({t.profile_id for t in firing}), sorted({t.rule_id for t in firing})
+    rows = _ANCHORED_AFTER.execute(
+        connection, sorted({t.profile_id for t in firing}), sorted({t.rule_id for t in firing}),
+        p_since=min(t.anchor_at for t in firing),
     )
     for timer_id, profile_id, rule_id, anchor_at in rows:
         anchors.setdefault((profile_id, rule_id), []).append((timer_id, anchor_at))
