@@ -222,7 +222,11 @@ def _lab_hub(rules: Path, folder: Path, settings: HubSettings) -> Hub:
     shutil.copytree(settings.mappings_dir, mappings)
     shutil.copyfile(rules, mappings / "triggers.yaml")
     try:
-        return Hub(settings.with_overrides(database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings)))
+        # One attempt per event: an event the pipeline fails on is quarantined (and listed at its line) at once,
+        # not postponed on the simulated clock, where it would hold back every timer due after it.
+        return Hub(settings.with_overrides(
+            database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings), pipeline_max_attempts=1
+        ))
     except ConfigError as exc:
         raise ConfigError([_as_given(problem, rules, mappings, settings.mappings_dir) for problem in exc.problems]) from None
 
@@ -335,7 +339,9 @@ def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datet
     instant as an event fire after it, since a follow-up at the due time still
     counts (`evaluate_expired` looks up to and including it): the outcome must
     not hang on which of the two the simulation took first. A timer that fails
-    stays held for its lease, so the next step goes on past it and the loop ends.
+    stays held for its lease, so the next step goes on past it; one the engine
+    would not claim at its due time (held back: `timers.claim_due`) ends the
+    steps rather than repeat them.
     """
     while True:
         with hub.store.read() as connection:
@@ -343,6 +349,8 @@ def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datet
         if due is None or (before is not None and due >= before):
             return clock
         clock = max(clock, due)
+        if not hub.timers.run_once(clock):
+            return clock
         _drain(hub.timers.run_once, clock)
 
 

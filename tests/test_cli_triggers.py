@@ -8,6 +8,7 @@ import subprocess
 import sys
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -360,3 +361,24 @@ def test_decisions_explain_of_an_unknown_id_says_where_ids_are_listed(tmp_path: 
     assert result.returncode == 1
     assert f"No decision 'nope' in {url}." in result.stdout
     assert "GET /api/decisions" in result.stdout
+
+
+def test_an_event_the_pipeline_fails_on_is_listed_and_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Postponed on the simulated clock, as the live hub retries it, the event held back every timer due after
+    it, and the lab stepped to the same due time forever: it is quarantined at its one attempt instead."""
+    from hub import pipeline, trigger_lab
+    from tests.conftest import make_settings
+
+    normalize = pipeline.normalize
+
+    def failing_on_boom(raw: Any, *args: Any, **kwargs: Any) -> Any:
+        if raw.message_id == "boom":
+            raise RuntimeError("a bug in one event's processing")
+        return normalize(raw, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "normalize", failing_on_boom)
+    events = write_events(tmp_path / "events.jsonl", *cart_left_at_ten(
+        {"type": "track", "userId": "bob", "event": "Page Seen", "messageId": "boom", "timestamp": "2026-01-05T10:00:30Z"}))
+    result = trigger_lab.run(PROJECT_MAPPINGS / "triggers.yaml", events, make_settings(tmp_path))
+    assert [d["rule_id"] for d in result.decisions] == ["cart_abandonment"]
+    assert result.left_out == [f"{events}:3: quarantined at the pipeline stage: RuntimeError: a bug in one event's processing"]
