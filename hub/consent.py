@@ -55,17 +55,22 @@ def _said(value: Any, words: set[Any]) -> bool:
 
 
 def set_consent(
-    connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str, target: str | None
+    connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str,
+    through: Identifier | None,
 ) -> bool:
-    """Grant or revoke `channel` for the profile (or the profile it was merged into), `at` the time the person
-    said so (logged; the trait is `PINNED`), through the identifier `target` names (the address a message went
-    to), if the profile still holds it; False if there is no such profile."""
+    """Grant or revoke `channel`, `at` the time the person said so (logged; the trait is `PINNED`), for whoever
+    holds `through` now (the address a message went to) or, when nobody does, for the profile (or the profile
+    it was merged into); False if there is no such profile.
+
+    The holder first: an unmerge since the message was sent may have given the address back to another
+    profile, and the person who clicks the link, or whose number refuses, is the address's owner.
+    """
     lock_profiles(connection)
-    live_id = live_profile_id(connection, profile_id)
+    holder = find_profile_id(connection, through) if through else None
+    live_id = holder or live_profile_id(connection, profile_id)
     if live_id is None:
         return False
-    through = consent_changes.identifier_reached(connection, live_id, target) if target else None
-    _change(connection, live_id, channel, granted, through, at, reason)
+    _change(connection, live_id, channel, granted, through if holder else None, at, reason)
     return True
 
 

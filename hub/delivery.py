@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -58,7 +58,7 @@ from hub.errors import (
     DeliveryFailure,
     PermanentDeliveryError,
 )
-from hub.model import Delivery
+from hub.model import Delivery, Identifier
 from hub.pii import mask_text
 from hub.quiet_hours import QuietHours, zone
 from hub.routing import QUIET_ZONE
@@ -107,10 +107,14 @@ class DeliveryEngine:
         lease: timedelta,
         concurrency: int,
         quiet_hours: QuietHours | None = None,
+        recipient: Callable[[str, str], Identifier | None] = lambda channel, target: None,
     ) -> None:
-        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too."""
+        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too.
+        `recipient`: the identifier a delivery's channel and target name (`Router.recipient`), which a
+        provider's refusal of it revokes consent through."""
         self.store = store
         self.quiet_hours = quiet_hours
+        self.recipient = recipient
         self.destinations = destinations
         self.policies = policies
         self.batch_size = batch_size
@@ -255,7 +259,8 @@ class DeliveryEngine:
                 assert outcome.next_attempt_at is not None
                 outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
             if outcome.revokes_consent:
-                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", delivery.target)
+                through = self.recipient(delivery.channel, delivery.target)
+                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
 
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.errors import ConfigError
-from hub.model import Action, Decision, PlannedDelivery, ordered_id
+from hub.model import Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
 from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
@@ -93,6 +93,12 @@ class Router:
         self.routes = routes
         self.templates = templates
         self.policy = policy or ContactPolicy()
+
+    def recipient(self, channel: str, target: str) -> Identifier | None:
+        """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
+        itself (a CRM update), or not routed."""
+        route = self.routes.get(channel)
+        return None if route is None or route.target == PROFILE_TARGET else Identifier(route.target, target)
 
     def check_channels(self, rules: Sequence[RuleSpec]) -> None:
         """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route: found only when

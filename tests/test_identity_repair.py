@@ -19,6 +19,7 @@ from hub.model import Delivery, Identifier, PlannedDelivery, RawEvent, Touchpoin
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store, decisions, outbox, touchpoints
+from hub.store.consent_changes import PINNED
 from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph, counts, find_profile_id, profile_view
@@ -289,7 +290,7 @@ def test_an_unmerge_gives_consent_to_the_side_keeping_the_identifier_it_was_said
     ingest(store, 3, ("email", "ana@x.io"), ("email", "bo@x.io"))  # the bad link
     with store.write() as connection:
         set_consent_by_identifier(connection, Identifier("phone", "+14155550102"), "sms", False, T0, "recipient keyword")
-        set_consent(connection, ana, "email", False, T0, "unsubscribe link", "ana@x.io")
+        set_consent(connection, ana, "email", False, T0, "unsubscribe link", Identifier("email", "ana@x.io"))
         set_consent(connection, ana, "push", False, T0, "unsubscribe link", None)
         merged = SqlIdentityGraph(connection).traits(ana)
     assert (merged["sms_opt_out"], merged["email_opt_out"], merged["push_opt_out"]) == (True, True, True)
@@ -303,10 +304,39 @@ def test_an_unmerge_gives_consent_to_the_side_keeping_the_identifier_it_was_said
     assert bo_traits == {"sms_opt_out": True}
     assert said == {"sms": bo, "email": ana, "push": ana}
 
-    with store.write() as connection:  # Bo's START reaches Bo alone
+    with store.write() as connection:
+        # Bo's START reaches Bo alone; so does his click on the link of an email sent to him while merged,
+        # which names Ana's profile: the address is his again.
         set_consent_by_identifier(connection, Identifier("phone", "+14155550102"), "sms", True, T0, "recipient keyword")
+        set_consent(connection, ana, "email", False, T0, "unsubscribe link", Identifier("email", "bo@x.io"))
         forget(connection, ana, T0, block_identifiers=False)
     with store.read() as connection:
-        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": False}
+        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": False, "email_opt_out": True}
         left = connection.execute(select(consent_changes.c.profile_id)).scalars().all()
-    assert left == [bo, bo]  # forgetting Ana took her record of what she said
+    assert left == [bo, bo, bo]  # forgetting Ana took her record of what she said
+
+
+def test_an_opt_out_pinned_before_changes_were_recorded_stays_with_the_survivor(tmp_path: Path) -> None:
+    """Ana texted STOP before the migration that records consent changes: it left a pinned trait and no row.
+    Bo, wrongly merged into her since, texts STOP too. After the unmerge both stay opted out; without the row
+    the migration writes, the unmerge took Ana's opt-out for Bo's alone and dropped it."""
+    store = Store(f"sqlite:///{tmp_path}/old.db")
+    store.migrate("i9_trait_epoch")
+    ana = ingest(store, 1, ("email", "ana@x.io"), ("phone", "+14155550101"), traits={"name": "Ana"})
+    bo = ingest(store, 2, ("email", "bo@x.io"), ("phone", "+14155550102"))
+    with store.write() as connection:  # what set_consent wrote before
+        SqlIdentityGraph(connection).update_traits(ana, {"sms_opt_out": True}, PINNED)
+    store.migrate()
+    with store.read() as connection:
+        [(profile_id, channel, granted, digest)] = connection.execute(select(
+            consent_changes.c.profile_id, consent_changes.c.channel, consent_changes.c.granted,
+            consent_changes.c.identifier_digest,
+        )).all()
+    assert (profile_id, channel, granted, digest) == (ana, "sms", False, None)
+    ingest(store, 3, ("email", "ana@x.io"), ("email", "bo@x.io"))  # the bad link
+    with store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("phone", "+14155550102"), "sms", False, T0, "recipient keyword")
+        unmerge(connection, ana, bo, T0)
+    with store.read() as connection:
+        assert profile_view(connection, ana)["traits"] == {"name": "Ana", "sms_opt_out": True}
+        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": True}

@@ -47,8 +47,7 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
                 log.warning("status for a message no delivery sent", destination=destination_id,
                             provider_message_id=report.provider_message_id)
             elif report.revokes_consent:
-                set_consent(
-                    connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", delivery["target"]
-                )
+                through = hub.router.recipient(delivery["channel"], delivery["target"])
+                set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
         for signal in result.consent:
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")

@@ -63,7 +63,8 @@ async def unsubscribe(request: Request, token: str = Token) -> HTMLResponse:
     def revoke() -> bool:
         with hub.store.write() as connection:
             target = outbox.target_of(connection, verified.delivery_id) if verified.delivery_id else None
-            return set_consent(connection, verified.profile_id, verified.channel, False, utcnow(), "unsubscribe link", target)
+            through = hub.router.recipient(verified.channel, target) if target else None
+            return set_consent(connection, verified.profile_id, verified.channel, False, utcnow(), "unsubscribe link", through)
 
     if not await run_in_threadpool(revoke):
         return _page("Invalid link", "This unsubscribe link is not valid.", 404)

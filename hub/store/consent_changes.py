@@ -19,7 +19,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from hub.model import Identifier
 from hub.store.identity_graph import Traits, identifier_digest
-from hub.store.schema import consent_changes, identifiers
+from hub.store.schema import consent_changes
 
 PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
 
@@ -37,14 +37,6 @@ def record(
             identifier_digest=identifier_digest(through) if through else None, reason=reason, at=at,
         )
     )
-
-
-def identifier_reached(connection: Connection, profile_id: str, target: str) -> Identifier | None:
-    """The profile's identifier a delivery went to (its target), when it still holds it."""
-    row = connection.execute(
-        select(identifiers.c.type).where(identifiers.c.profile_id == profile_id, identifiers.c.value == target)
-    ).first()
-    return Identifier(row.type, target) if row else None
 
 
 def split(
