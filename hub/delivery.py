@@ -61,7 +61,7 @@ from hub.errors import (
 from hub.model import Delivery, Identifier
 from hub.pii import mask_text
 from hub.quiet_hours import QuietHours, zone
-from hub.routing import QUIET_ZONE
+from hub.routing import QUIET_ZONE, SEND_BY
 from hub.store import Store, outbox
 from hub.store.identity_graph import live_traits
 from hub.store.outbox import AttemptRecord
@@ -192,7 +192,8 @@ class DeliveryEngine:
             return []
         now = utcnow()
         claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
-        return self._still_consented(connection, self._outside_quiet_hours(connection, claimed, now), now)
+        timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, now), now)
+        return self._still_consented(connection, timely, now)
 
     def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
@@ -215,6 +216,23 @@ class DeliveryEngine:
                 outbox.defer(connection, delivery.delivery_id, release)
                 log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
         return kept
+
+    def _still_timely(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries not past their send-by time; the others fail unsent.
+
+        Routing skips a message whose cause is older than
+        HUB_MESSAGE_MAX_AGE_HOURS, and marks each message to a person with the
+        time it may still go by (`SEND_BY`: that long after it was due). Past it,
+        retries through a long provider outage, a dead letter replayed days
+        later or a delivery worker down overnight would message people about
+        the past. This reads nothing more.
+        """
+        stale = [d.delivery_id for d in claimed if SEND_BY in d.content and datetime.fromisoformat(d.content[SEND_BY]) < now]
+        if not stale:
+            return claimed
+        outbox.withdraw(connection, stale, now, "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due")
+        log.info("deliveries withdrawn: too old to send", deliveries=len(stale))
+        return [delivery for delivery in claimed if delivery.delivery_id not in stale]
 
     def _still_consented(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries whose person still consents to their channel; the others fail unsent.

@@ -32,6 +32,7 @@ from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
 QUIET_ZONE = "quiet_zone"  # in a delivery's content: the zone whose quiet hours hold it, for non-urgent messages
+SEND_BY = "send_by"  # in a delivery's content: past this (ISO time), a message to a person is too old to send
 
 
 class ChannelRoute(BaseModel):
@@ -198,6 +199,8 @@ class Router:
             if release is not None:
                 send_at = release
                 fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], local_zone)}
+        if route.reaches_person and max_age is not None:  # retries, replays and outages must not send it later
+            held_in[SEND_BY] = (send_at + max_age).isoformat()
         params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
         delivery = PlannedDelivery(
             # The action's place too: two actions of a decision may reach one target on one channel (an email

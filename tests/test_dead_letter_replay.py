@@ -8,7 +8,9 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from hub.store.schema import deliveries
 from tests.conftest import ADMIN_TOKEN, RunningHub, support_ticket
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
@@ -54,6 +56,26 @@ def test_dead_delivery_replayed_over_the_api_is_sent_with_a_fresh_budget(running
     assert again.status_code == 409 and "is sent" in again.json()["detail"]
     assert running_hub.client.post("/api/deliveries/nope/replay", headers=AUTH).status_code == 404
     assert running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay").status_code == 401
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=1)
+def test_a_dead_message_replayed_past_its_send_by_time_fails_unsent(running_hub: RunningHub) -> None:
+    """A dead letter replayed days after a provider outage would message the person about the past: the
+    delivery engine withdraws a message past HUB_MESSAGE_MAX_AGE_HOURS after it was due, and says so."""
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=1)
+    trigger_sms(running_hub, "u-late", "+14155550191")
+    [dead] = running_hub.admin("/api/deliveries", status="dead")["deliveries"]
+    with running_hub.hub.store.write() as connection:  # as if the outage had lasted two days
+        row = deliveries.c.delivery_id == dead["delivery_id"]
+        content = connection.execute(select(deliveries.c.content).where(row)).scalar_one()
+        content["send_by"] = (datetime.now(timezone.utc) - timedelta(days=1)).isoformat()
+        connection.execute(update(deliveries).where(row).values(content=content))
+    assert running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH).status_code == 200
+    running_hub.settle()
+    [failed] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    assert (failed["status"], failed["attempts"]) == ("failed", 1)
+    assert failed["last_error"] == "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due"
+    assert running_hub.sandbox.twilio.message_count == 0
 
 
 @pytest.mark.hub_settings(delivery_max_attempts=1)

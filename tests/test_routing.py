@@ -123,6 +123,8 @@ def test_messages_about_what_happened_too_long_ago_are_skipped_but_crm_updates_s
     assert [d.channel for d in plan.deliveries] == ["crm"]
     fresh = stale.plan(urgent(*actions), PROFILE, {}, now=NIGHT + timedelta(hours=11))
     assert [f["fate"] for f in fresh.fates()] == ["planned", "planned"]
+    sms, crm = fresh.deliveries  # the SMS carries the time it may still go by, for its retries and replays
+    assert (sms.content["send_by"], "send_by" in crm.content) == ((NIGHT + timedelta(hours=23)).isoformat(), False)
 
 
 def test_a_capped_decision_plans_nothing_and_every_action_says_capped(tmp_path: Path) -> None:

@@ -46,11 +46,14 @@ from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliver
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text
 from hub.retry import outcome_for_status, parse_retry_after
+from hub.routing import QUIET_ZONE, SEND_BY
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"
 RESPONSE_EXCERPT_CHARS = 200
-CONTENT_KEYS = ("template", "rule_id", "params")  # the rest of a delivery's content is rendered message parts
+# The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
+# message with for the delivery engine stays in the hub).
+CONTENT_KEYS = ("template", "rule_id", "params", QUIET_ZONE, SEND_BY)
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
 # what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes).
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
