@@ -37,6 +37,7 @@ from hub.store.timers import DueTimer, Settlement
 log = structlog.get_logger(__name__)
 
 CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pipeline has seen its possible follow-ups
+RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings forward after a rule edit
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +68,12 @@ class TimerEngine:
         self.lease = lease
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
+        self._waits: dict[str, timedelta] | None = None  # each absence rule's wait, as last seen
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         now = now or utcnow()
+        self._follow_shortened_waits()
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
@@ -97,6 +100,30 @@ class TimerEngine:
         if recorded.planned:
             self._deliveries_planned()
         return len(due)
+
+    def _follow_shortened_waits(self) -> None:
+        """After an edit that shortens a rule's wait, bring its pending timers' due times forward to it.
+
+        A timer is judged by the rule in force when it is claimed, but it is
+        claimed by its stored due time: shortened from 30 minutes to 2, it
+        would have waited the 30, and a follow-up in between cancelled a nudge
+        the rule now sends. (A longer wait needs nothing here: the claim sends
+        the timer back.) Edits made while no timer worker ran are met at the
+        old due time; the first look only notes the waits.
+        """
+        waits = {rule.id: rule.absence.within for rule in self.rulebook.current() if rule.absence is not None}
+        before, self._waits = self._waits, waits
+        if before is None:
+            return
+        for rule_id, wait in waits.items():
+            if rule_id in before and wait < before[rule_id]:
+                with self.store.read() as connection:
+                    pending = timers.pending_anchors(connection, rule_id)
+                earlier = [(timer_id, anchor_at + wait) for timer_id, anchor_at, due_at in pending if anchor_at + wait < due_at]
+                for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
+                    with self.store.write() as connection:
+                        timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])
+                log.info("timers brought forward to a shortened wait", rule=rule_id, timers=len(earlier))
 
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""

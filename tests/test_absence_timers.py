@@ -531,3 +531,16 @@ def test_a_timer_waits_while_its_follow_up_may_still_be_in_the_inbox(tmp_path: P
     assert timer_statuses(hub) == ["cancelled"]
     with hub.store.read() as connection:
         assert decisions.count_by_rule(connection) == {}
+
+
+def test_an_edit_that_shortens_the_wait_brings_pending_timers_forward(tmp_path: Path) -> None:
+    """Claimed by their stored due time, the timers of a wait cut from 30 minutes to 2 would have waited the
+    30, and an order in between cancelled a nudge the rule now sends."""
+    hub = nudge_hub(tmp_path, ORDER_NUDGE.replace("WAIT", "30m"))
+    accept(hub, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
+    assert hub.timers.run_once() == 0  # the worker has seen the 30-minute wait
+    reload_rules(hub, tmp_path / "mappings" / "triggers.yaml", ORDER_NUDGE.replace("WAIT", "2m"))
+    assert hub.timers.run_once() == 1
+    assert timer_statuses(hub) == ["fired"]
+    [decision] = nudges(hub)
+    assert decision["decided_at"] == datetime.fromisoformat(ago(minutes=1))

@@ -161,6 +161,14 @@ def restarted(connection: Connection, firing: Sequence[DueTimer]) -> set[str]:
     }
 
 
+def pending_anchors(connection: Connection, rule_id: str) -> list[tuple[str, datetime, datetime]]:
+    """(timer id, anchor at, due at) of a rule's pending timers; for a rule edit, not a hot path."""
+    rows = connection.execute(
+        select(timers.c.timer_id, timers.c.anchor_at, timers.c.due_at).where(timers.c.rule_id == rule_id, timers.c.status == "pending")
+    )
+    return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
 def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
     """Claimed timers whose rule now waits longer, released to come due again when it says (timer id, due at)."""
     if later:
