@@ -31,15 +31,17 @@ def existing_store(url: str) -> Store:
     try:
         with store.read() as connection:
             migrated = inspect(connection).has_table("decisions")
+        current = migrated and store.is_current()
     except SQLAlchemyError as exc:
         store.dispose()
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
         raise ConfigError(_not_found(url, f"cannot open it ({reason})")) from None
-    if not migrated:
+    if not current:
         store.dispose()
+        what = "an older hub's schema" if migrated else "no hub schema (no decisions table)"
         raise ConfigError([
-            f"HUB_DATABASE_URL={shown_url(url)}: it has no hub schema (no decisions table)",
-            "if this is not the hub's store, set HUB_DATABASE_URL to it; if it is, create the schema with "
+            f"HUB_DATABASE_URL={shown_url(url)}: it has {what}",
+            "if this is not the hub's store, set HUB_DATABASE_URL to it; if it is, bring the schema up to date with "
             "`touchhub migrate` (serve and worker also do this on start)",
         ])
     return store

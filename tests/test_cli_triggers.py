@@ -354,6 +354,18 @@ def test_decisions_explain_on_an_unmigrated_database_points_to_migrate(tmp_path:
     assert sorted(tmp_path.iterdir()) == before  # looked at, nothing written beside it
 
 
+def test_reading_a_store_an_older_hub_made_points_to_migrate(tmp_path: Path) -> None:
+    from hub.store import Store
+
+    store = Store(f"sqlite:///{tmp_path}/old.db")
+    store.migrate("i9_trait_epoch")
+    store.dispose()
+    result = touchhub("deliveries", "list", HUB_DATABASE_URL=f"sqlite:///{tmp_path}/old.db")
+    assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
+    assert problems(result.stdout)[0] == f"HUB_DATABASE_URL=sqlite:///{tmp_path}/old.db: it has an older hub's schema"
+    assert "`touchhub migrate`" in problems(result.stdout)[1]
+
+
 def test_decisions_explain_of_an_unknown_id_says_where_ids_are_listed(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/hub.db"
     assert touchhub("migrate", HUB_DATABASE_URL=url).returncode == 0

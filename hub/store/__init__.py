@@ -14,6 +14,8 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
 from hub.store.engine import create_store_engine, read_transaction, write_transaction
@@ -58,12 +60,18 @@ class Store:
         with self.read() as connection:
             return inspect(connection).has_table("alembic_version")
 
+    def is_current(self) -> bool:
+        """Whether the schema is at this hub's newest migration (a store an older hub made is not)."""
+        with self.read() as connection:
+            heads = set(MigrationContext.configure(connection).get_current_heads())
+        return heads == set(ScriptDirectory.from_config(_alembic_config(None)).get_heads())
+
     def dispose(self) -> None:
         self.engine.dispose()
         self._write_lock.close()
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection | None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["connection"] = connection
