@@ -69,6 +69,7 @@ class TimerEngine:
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
         self._waits: dict[str, timedelta] | None = None  # each absence rule's wait, as last seen
+        self._rules_seen: object = None
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
@@ -111,7 +112,11 @@ class TimerEngine:
         the timer back.) Edits made while no timer worker ran are met at the
         old due time; the first look only notes the waits.
         """
-        waits = {rule.id: rule.absence.within for rule in self.rulebook.current() if rule.absence is not None}
+        rules = self.rulebook.current()
+        if rules is self._rules_seen:  # each run: unchanged rules cost one comparison
+            return
+        self._rules_seen = rules
+        waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
         before, self._waits = self._waits, waits
         if before is None:
             return
