@@ -301,6 +301,8 @@ _PLANNED_SINCE = sql.InLists(  # the pipeline asks it for every decision it rout
     .where(
         deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
         deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
+        # One that failed unsent (consent revoked since, too old to send) reached nobody: it spends no cap.
+        or_(deliveries.c.status != "failed", deliveries.c.attempts > 0),
     )
     .group_by(deliveries.c.profile_id)
 )
@@ -309,6 +311,6 @@ _PLANNED_SINCE = sql.InLists(  # the pipeline asks it for every decision it rout
 def planned_since(
     connection: Connection, profile_ids: Collection[str], channels: Sequence[str], since: datetime
 ) -> dict[str, int]:
-    """Deliveries planned per profile on these channels since a time (profiles with none left out): what the
-    daily cap counts, for a set of profiles in one statement."""
+    """Deliveries planned per profile on these channels since a time, those withdrawn unsent left out (profiles
+    with none left out too): what the daily cap counts, for a set of profiles in one statement."""
     return dict(_PLANNED_SINCE.execute(connection, profile_ids, channels, since=since))
