@@ -40,7 +40,8 @@ from hub.identity_epoch import EpochCachedGraph, IdentityCache
 from hub.model import Identifier, Touchpoint, derived_id
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store
-from hub.store.identity_graph import SqlIdentityGraph, counts
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import counts
 
 NOW = datetime(2026, 11, 25, tzinfo=timezone.utc)
 CONFIG = load_identity_config(PROJECT_MAPPINGS / "identity.yaml")

@@ -30,7 +30,7 @@ from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.selectors import event_names
 from hub.store import Store, inbox, sql, timers, touchpoints
-from hub.store.identity_graph import profile_views
+from hub.store.profile_views import profile_views
 from hub.store.savepoints import as_set_or_one_by_one
 from hub.store.timers import DueTimer, Settlement
 

@@ -28,7 +28,8 @@ from sqlalchemy import Connection
 from hub.model import Identifier
 from hub.store import consent_changes
 from hub.store.consent_changes import PINNED, opt_out_trait
-from hub.store.identity_graph import SqlIdentityGraph, find_profile_id, live_profile_id
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import find_profile_id, live_profile_id
 from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
@@ -55,11 +56,11 @@ def _said(value: Any, words: set[Any]) -> bool:
 
 
 def set_consent(
-    connection: Connection, profile_id: str, channel: str, granted: bool, at: datetime, reason: str,
+    connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
     through: Identifier | None,
 ) -> bool:
     """Grant or revoke `channel`, `at` the time the person said so (logged; the trait is `PINNED`), for whoever
-    holds `through` now (the address a message went to) or, when nobody does, for the profile (or the profile
+    holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
     it was merged into); False if there is no such profile.
 
     The holder first: an unmerge since the message was sent may have given the address back to another
@@ -67,10 +68,12 @@ def set_consent(
     """
     lock_profiles(connection)
     holder = find_profile_id(connection, through) if through else None
-    live_id = holder or live_profile_id(connection, profile_id)
+    live_id = holder or (live_profile_id(connection, profile_id) if profile_id else None)
     if live_id is None:
         return False
-    _change(connection, live_id, channel, granted, through if holder else None, at, reason)
+    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
+    consent_changes.record(connection, live_id, channel, granted, through if holder else None, reason, at)
+    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return True
 
 
@@ -78,17 +81,4 @@ def set_consent_by_identifier(
     connection: Connection, identifier: Identifier, channel: str, granted: bool, at: datetime, reason: str
 ) -> bool:
     """The same, for the profile holding `identifier` (an SMS STOP knows only the phone number)."""
-    lock_profiles(connection)
-    profile_id = find_profile_id(connection, identifier)
-    if profile_id is None:
-        return False
-    _change(connection, profile_id, channel, granted, identifier, at, reason)
-    return True
-
-
-def _change(
-    connection: Connection, live_id: str, channel: str, granted: bool, through: Identifier | None, at: datetime, reason: str
-) -> None:
-    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
-    consent_changes.record(connection, live_id, channel, granted, through, reason, at)
-    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
+    return set_consent(connection, None, channel, granted, at, reason, identifier)

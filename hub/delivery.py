@@ -50,7 +50,8 @@ from sqlalchemy import Connection
 from connectors.base import Destination
 from hub import metrics
 from hub.clock import utcnow
-from hub.consent import consent_revoked, set_consent
+from hub.claim_checks import ClaimChecks
+from hub.consent import set_consent
 from hub.delivery_policy import PolicyBook
 from hub.errors import (
     AuthDeliveryError,
@@ -60,10 +61,8 @@ from hub.errors import (
 )
 from hub.model import Delivery, Identifier
 from hub.pii import mask_text
-from hub.quiet_hours import QuietHours, zone
-from hub.routing import QUIET_ZONE, SEND_BY
+from hub.quiet_hours import QuietHours
 from hub.store import Store, outbox
-from hub.store.identity_graph import live_traits
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
@@ -76,9 +75,6 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
 PLACE_LOOK_SECONDS = 0.005
-# A delivery claimed this long after it was planned has its person's consent read again before it is sent;
-# sooner, the check routing made when it planned it stands (and the claim reads nothing more).
-CONSENT_RECHECK_AFTER = timedelta(seconds=2)
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ class DeliveryEngine:
         `recipient`: the identifier a delivery's channel and target name (`Router.recipient`), which a
         provider's refusal of it revokes consent through."""
         self.store = store
-        self.quiet_hours = quiet_hours
+        self._checks = ClaimChecks(quiet_hours)
         self.recipient = recipient
         self.destinations = destinations
         self.policies = policies
@@ -192,69 +188,7 @@ class DeliveryEngine:
             return []
         now = utcnow()
         claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
-        timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, now), now)
-        return self._still_consented(connection, timely, now)
-
-    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
-        """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
-        the outbox until they end, no attempt spent.
-
-        Routing holds a message planned in quiet hours, but a retry, a replay
-        or a send held back by an outage can come due at 2 a.m. Routing marks
-        the messages quiet hours apply to with the zone to judge them in
-        (`QUIET_ZONE`); this reads nothing more.
-        """
-        if self.quiet_hours is None:
-            return claimed
-        kept = []
-        for delivery in claimed:
-            zone_name = delivery.content.get(QUIET_ZONE)
-            release = self.quiet_hours.release_time(now, zone(zone_name)) if zone_name else None
-            if release is None:
-                kept.append(delivery)
-            else:
-                outbox.defer(connection, delivery.delivery_id, release)
-                log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
-        return kept
-
-    def _still_timely(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
-        """The claimed deliveries not past their send-by time; the others fail unsent.
-
-        Routing skips a message whose cause is older than
-        HUB_MESSAGE_MAX_AGE_HOURS, and marks each message to a person with the
-        time it may still go by (`SEND_BY`: that long after it was due). Past it,
-        retries through a long provider outage, a dead letter replayed days
-        later or a delivery worker down overnight would message people about
-        the past. This reads nothing more.
-        """
-        stale = [d.delivery_id for d in claimed if SEND_BY in d.content and datetime.fromisoformat(d.content[SEND_BY]) < now]
-        if not stale:
-            return claimed
-        outbox.withdraw(connection, stale, now, "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due")
-        log.info("deliveries withdrawn: too old to send", deliveries=len(stale))
-        return [delivery for delivery in claimed if delivery.delivery_id not in stale]
-
-    def _still_consented(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
-        """The claimed deliveries whose person still consents to their channel; the others fail unsent.
-
-        Routing checked consent when it planned them, but a message held by a
-        delay, quiet hours (up to a night), retries or an outage may meet an
-        SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
-        it then is the one thing consent must prevent. Those planned more than
-        `CONSENT_RECHECK_AFTER` ago have their profiles read again (two
-        statements per claim); a claim of fresh deliveries, the common case
-        under load, reads nothing more: the write transaction it runs in holds
-        the store's write lock.
-        """
-        held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
-        if not held:
-            return claimed
-        traits = live_traits(connection, {delivery.profile_id for delivery in held})
-        revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
-        if revoked:
-            outbox.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
-            log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
-        return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
+        return self._checks.may_go(connection, claimed, now)
 
     def _at_their_limit(self) -> list[str]:
         """The destinations with as many sends in flight as their policy's `max_in_flight`."""

@@ -24,7 +24,8 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from ulid import ULID
 
 from hub.model import Identifier, RefusedLink
-from hub.store.identity_graph import identifier_digest, newest_traits
+from hub.store.identity_graph import identifier_digest
+from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
 from hub.store.sql import lock_profiles
 

@@ -37,7 +37,8 @@ from sqlalchemy import Connection, event
 
 from hub.identity_cache import survivor_of
 from hub.model import Identifier
-from hub.store.identity_graph import SqlIdentityGraph, Traits, graph_epoch_value
+from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
+from hub.store.traits import Traits
 from hub.store.sql import lock_profiles
 
 DEFAULT_CACHE_SIZE = 1_000_000  # identifiers, aliases and profiles' traits held before the cache starts over

@@ -195,6 +195,11 @@ class PlannedDelivery:
     not_before: datetime | None = None  # a delay or quiet hours hold it until then
 
 
+# Keys routing adds to a message's content for the delivery engine (never sent to a provider):
+QUIET_ZONE = "quiet_zone"  # the zone whose quiet hours hold it, for non-urgent messages (retries and replays too)
+SEND_BY = "send_by"  # past this (ISO time), a message to a person is too old to send
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """An outbox row a delivery worker has claimed and hands to its destination."""

@@ -20,7 +20,7 @@ from hub.model import Decision
 from hub.routing import Router, RoutingPlan
 from hub.rules import Selector
 from hub.store import decisions, outbox, touchpoints
-from hub.store.identity_graph import profile_view
+from hub.store.profile_views import profile_view
 
 CAP_PERIOD = timedelta(days=1)
 

@@ -25,14 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.errors import ConfigError
-from hub.model import Action, Decision, Identifier, PlannedDelivery, ordered_id
+from hub.model import QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
 from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
-QUIET_ZONE = "quiet_zone"  # in a delivery's content: the zone whose quiet hours hold it, for non-urgent messages
-SEND_BY = "send_by"  # in a delivery's content: past this (ISO time), a message to a person is too old to send
 
 
 class ChannelRoute(BaseModel):
@@ -124,7 +122,7 @@ class Router:
         now: datetime | None = None,
         messages_today: int = 0,
     ) -> RoutingPlan:
-        """`profile` is the view from `hub.store.identity_graph.profile_view`; `messages_today` is how many
+        """`profile` is the view from `hub.store.profile_views.profile_view`; `messages_today` is how many
         messages that reach the person were planned for the profile in the last 24 hours."""
         if decision.status == "capped":
             cap = decision.evidence.get("cap", {})

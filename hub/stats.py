@@ -8,9 +8,9 @@ from hub.clock import utcnow
 from hub.store import (
     Store,
     decisions,
-    identity_graph,
     inbox,
     outbox,
+    profile_views,
     quarantine,
     timers,
     touchpoints,
@@ -19,7 +19,7 @@ from hub.store import (
 
 def collect(store: Store) -> dict[str, Any]:
     with store.read() as connection:
-        graph = identity_graph.counts(connection)
+        graph = profile_views.counts(connection)
         return {
             "inbox": inbox.count_by_status(connection),
             "touchpoints": touchpoints.count(connection),

@@ -35,7 +35,7 @@ from hub.pii import mask_text
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 from hub.store import decisions, inbox, schema, timers
-from hub.store.identity_graph import profile_view
+from hub.store.profile_views import profile_view
 
 SAMPLE_EVENTS = PROJECT_MAPPINGS / "samples" / "demo_journey.jsonl"
 EVENTS_FORMAT = (

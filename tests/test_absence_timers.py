@@ -18,7 +18,7 @@ from hub.model import Identifier, RawEvent, Touchpoint, derived_id, ordered_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, identity_repair, inbox, outbox, timers, touchpoints
-from hub.store.identity_graph import find_profile_id
+from hub.store.profile_views import find_profile_id
 from hub.store.schema import deliveries as deliveries_table
 from hub.store.schema import merges
 from hub.store.schema import timers as timers_table

@@ -16,12 +16,8 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_
 from hub.model import Identifier, Touchpoint, derived_id
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store
-from hub.store.identity_graph import (
-    SqlIdentityGraph,
-    counts,
-    live_profile_id,
-    profile_view,
-)
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import counts, live_profile_id, profile_view
 from hub.store.schema import identity_events, profiles
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -31,7 +31,8 @@ from hub.routing import Router, load_routes
 from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store, inbox
-from hub.store.identity_graph import SqlIdentityGraph, live_profile_id
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import live_profile_id
 from hub.store import schema
 from hub.store.schema import identifiers, profiles
 from hub.templates import TemplateRenderer

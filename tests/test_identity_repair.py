@@ -22,7 +22,8 @@ from hub.store import Store, decisions, outbox, touchpoints
 from hub.store.consent_changes import PINNED
 from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
-from hub.store.identity_graph import SqlIdentityGraph, counts, find_profile_id, profile_view
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import counts, find_profile_id, profile_view
 from hub.store.identity_repair import forget, unmerge
 from hub.store.schema import attempts, consent_changes, deliveries, forgotten_identifiers, identity_events, inbox, merges
 from hub.store.schema import touchpoints as touchpoints_table

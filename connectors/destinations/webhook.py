@@ -43,10 +43,9 @@ from connectors.destinations.aiohttp_pool import pooled_session
 from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
-from hub.model import Delivery, SendResult
+from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
 from hub.pii import mask_text
 from hub.retry import outcome_for_status, parse_retry_after
-from hub.routing import QUIET_ZONE, SEND_BY
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"

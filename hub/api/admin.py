@@ -17,7 +17,7 @@ from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
 from hub.runtime import Hub
 from hub.store import decisions, outbox, quarantine, touchpoints
-from hub.store.identity_graph import find_profile_id, live_profile_id, profile_view
+from hub.store.profile_views import find_profile_id, live_profile_id, profile_view
 
 T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import Connection, delete, insert, select, update
 
 from hub.model import Identifier
-from hub.store.identity_graph import Traits, identifier_digest
+from hub.store.identity_graph import identifier_digest
+from hub.store.traits import Traits
 from hub.store.schema import consent_changes
 
 PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import Connection, or_, select
 
-from hub.store.identity_graph import live_profile_id
+from hub.store.profile_views import live_profile_id
 from hub.store.schema import identifiers, identity_events, merges, profiles, touchpoints
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, Column, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    BindParameter, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
@@ -19,7 +19,8 @@ from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
     merges, profiles, timers, touchpoints,
 )
-from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts
+from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts, rows_where_in
+from hub.store.traits import Traits, newest_traits, stamped_traits
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a
 # cached one, was most of the SQL graph's time. Its rare audit events stay plain Core.
@@ -35,9 +36,6 @@ _INSERT_IDENTIFIERS = Precompiled(
 _INSERT_EVENTS = insert(identity_events)
 _EPOCH = Precompiled(select(graph_epoch.c.value))
 _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
-
-Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
-
 
 # The variable-length queries are `InLists`: prebuilt once per number of values, since a touchpoint
 # carries a handful of identifiers and touches one to three profiles, so a few statements cover
@@ -68,37 +66,25 @@ _TYPE_COUNTS_OF = InLists(
 )
 _KEPT_APART_OF = InLists(lambda ids: select(kept_apart).where(or_(kept_apart.c.profile_a.in_(ids), kept_apart.c.profile_b.in_(ids))))
 # How a merge moves rows to its survivor: `column` set to `b_to` wherever it holds one of the merged ids.
+# What follows merged profiles into their survivor: touchpoints, so a profile's history is one query;
+# decisions and deliveries, so the rule caps and the daily cap count what the merged profiles were sent;
+# timers, so the survivor's next cart event restarts the wait a merged profile's cart began, not a second
+# one beside it; consent changes, so an unmerge finds them among the survivor's (each column leads an index).
+_FOLLOWING_MERGES = (
+    touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, timers.c.profile_id,
+    consent_changes.c.profile_id,
+)
 _REPOINT = {
     column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
-    for column in (
-        identifiers.c.profile_id, profiles.c.merged_into, touchpoints.c.profile_id, decisions.c.profile_id,
-        deliveries.c.profile_id, consent_changes.c.profile_id, timers.c.profile_id,
-    )
+    for column in (identifiers.c.profile_id, profiles.c.merged_into, *_FOLLOWING_MERGES)
 }
 _RETIRE = InLists(  # merged profiles become aliases of `b_to`
     lambda ids: update(profiles).where(profiles.c.profile_id.in_(ids)).values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
 )
 
 
-def _rows_where_in(key: Column[Any], *columns: Column[Any], order_by: ColumnElement[Any] | None = None) -> InLists:
-    """`SELECT columns WHERE key IN (values) [ORDER BY order_by]`."""
-    def build(keys: list[BindParameter[Any]]) -> Any:
-        query = select(*columns).where(key.in_(keys))
-        return query if order_by is None else query.order_by(order_by)
-    return InLists(build)
-
-
-_FORGOTTEN_OF = _rows_where_in(forgotten_identifiers.c.digest, forgotten_identifiers.c.digest)
-_TRAITS_OF = _rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times)
-_LIVE_IDS_OF = _rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
-_PROFILE_ROWS_OF = _rows_where_in(
-    profiles.c.profile_id, profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits
-)
-_IDENTIFIERS_OF = _rows_where_in(
-    identifiers.c.profile_id, identifiers.c.profile_id, identifiers.c.type, identifiers.c.value,
-    order_by=identifiers.c.first_seen_at.desc(),
-)
-_ALIASES_OF = _rows_where_in(profiles.c.merged_into, profiles.c.merged_into, profiles.c.profile_id, order_by=profiles.c.profile_id)
+_FORGOTTEN_OF = rows_where_in(forgotten_identifiers.c.digest, forgotten_identifiers.c.digest)
+_TRAITS_OF = rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.traits, profiles.c.trait_times)
 
 
 class SqlIdentityGraph:
@@ -206,15 +192,7 @@ class SqlIdentityGraph:
         _RETIRE.execute(self.connection, merged_ids, b_to=survivor_id, b_at=at)
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
         _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
-        # Touchpoints follow, so a profile's history is one query; decisions and deliveries too, so the rule
-        # caps and the daily cap count what the merged profiles were sent; pending timers, so the survivor's next
-        # cart event restarts the wait a merged profile's cart began, not a second one beside it; consent
-        # changes, so an unmerge finds them among the survivor's (each column leads an index).
-        following = (
-            touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, timers.c.profile_id,
-            consent_changes.c.profile_id,
-        )
-        for column in following:
+        for column in _FOLLOWING_MERGES:
             _REPOINT[column].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)
@@ -301,99 +279,8 @@ def identifier_digest(ident: Identifier) -> str:
     return hashlib.sha256(f"{ident.type}\x1f{ident.value}".encode()).hexdigest()
 
 
-def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> Traits:
-    """Traits paired with the event time that set each, the shape last-write-wins compares."""
-    stamp = observed_at.isoformat()
-    return dict(traits), {key: stamp for key in traits}
-
-
-# Traits whose objects merge key by key instead of being replaced, as Segment replaces a trait's object: an
-# identify carrying `consent: {email: true}` must not drop an earlier `consent: {sms: false}`.
-MERGED_KEY_BY_KEY = frozenset({"consent"})
-
-
-def newest_traits(first: Traits, second: Traits) -> Traits:
-    """Per trait, the value with the later time; for `MERGED_KEY_BY_KEY`, the two objects' keys together, the
-    later one's winning where both have a key."""
-    values, times = dict(first[0]), dict(first[1])
-    for key, value in second[0].items():
-        later = key not in times or second[1][key] >= times[key]
-        if key in MERGED_KEY_BY_KEY and isinstance(value, dict) and isinstance(values.get(key), dict):
-            older, newer = (values[key], value) if later else (value, values[key])
-            values[key] = {**older, **newer}
-            times[key] = max(times[key], second[1][key])
-        elif later:
-            values[key], times[key] = value, second[1][key]
-    return values, times
-
-
 def graph_epoch_value(connection: Connection) -> int:
     """The identity graph's epoch: triggers bump it on every write to identifiers, aliases, kept-apart pairs
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
     [(value,)] = _EPOCH.execute(connection, {})
     return value
-
-
-def live_profile_id(connection: Connection, profile_id: str) -> str | None:
-    """The surviving profile for an id, which may be an alias left by a merge."""
-    return live_profile_ids(connection, [profile_id]).get(profile_id)
-
-
-def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict[str, str]:
-    """The surviving profile of each id (ids of no profile left out). One hop is enough: a merge points
-    the losers' earlier aliases straight at the survivor."""
-    rows = _LIVE_IDS_OF.execute(connection, profile_ids)
-    return {profile_id: merged_into or profile_id for profile_id, merged_into in rows}
-
-
-def live_traits(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:
-    """The traits of each id's surviving profile, in two statements whatever their number (ids of no profile
-    left out): what a claim of deliveries checks consent against."""
-    live_of, rows = _live_profile_rows(connection, profile_ids)
-    return {profile_id: rows[live_id][3] for profile_id, live_id in live_of.items() if live_id in rows}
-
-
-def _live_profile_rows(connection: Connection, profile_ids: Collection[str]) -> tuple[dict[str, str], dict[str, Any]]:
-    """Each id's surviving profile id, and those profiles' rows (id, created_at, updated_at, traits) by id."""
-    live_of = live_profile_ids(connection, sorted(set(profile_ids)))
-    return live_of, {row[0]: row for row in _PROFILE_ROWS_OF.execute(connection, sorted(set(live_of.values())))}
-
-
-def profile_view(connection: Connection, profile_id: str) -> dict[str, Any] | None:
-    """A profile with its traits and every identifier, grouped by type (newest first); None if there is none."""
-    return profile_views(connection, [profile_id]).get(profile_id)
-
-
-def profile_views(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:
-    """`profile_view` of each id (an alias gets its survivor's view), in four statements whatever their number.
-
-    The timer engine fires a set of timers at once; reading their profiles one
-    by one cost four statements a timer, about half of its time. Ids of no
-    profile are left out.
-    """
-    live_of, rows = _live_profile_rows(connection, profile_ids)
-    live = sorted(rows)
-    views: dict[str, dict[str, Any]] = {
-        profile_id: {
-            "profile_id": profile_id, "created_at": created_at, "updated_at": updated_at, "traits": traits,
-            "identifiers": {}, "merged_profile_ids": [],
-        }
-        for profile_id, created_at, updated_at, traits in rows.values()
-    }
-    for profile_id, type_, value in _IDENTIFIERS_OF.execute(connection, live):
-        views[profile_id]["identifiers"].setdefault(type_, []).append(value)
-    for survivor_id, merged_id in _ALIASES_OF.execute(connection, live):
-        views[survivor_id]["merged_profile_ids"].append(merged_id)
-    return {profile_id: views[live_id] for profile_id, live_id in live_of.items() if live_id in views}
-
-
-def find_profile_id(connection: Connection, ident: Identifier) -> str | None:
-    return connection.execute(
-        select(identifiers.c.profile_id).where(identifiers.c.type == ident.type, identifiers.c.value == ident.value)
-    ).scalar_one_or_none()
-
-
-def counts(connection: Connection) -> dict[str, int]:
-    live = connection.execute(select(func.count()).select_from(profiles).where(profiles.c.merged_into.is_(None))).scalar_one()
-    merged = connection.execute(select(func.count()).select_from(merges)).scalar_one()
-    return {"profiles": live, "merges": merged}

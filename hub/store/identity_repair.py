@@ -27,7 +27,9 @@ from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.store import consent_changes
 from hub.store.consent_changes import PINNED
-from hub.store.identity_graph import newest_traits, identifier_digest, live_profile_id, stamped_traits
+from hub.store.identity_graph import identifier_digest
+from hub.store.profile_views import live_profile_id
+from hub.store.traits import newest_traits, stamped_traits
 from hub.store.schema import (
     attempts,
     decisions,

@@ -244,6 +244,14 @@ class InLists:
         return statement.execute(connection, values)
 
 
+def rows_where_in(key: Column[Any], *columns: Column[Any], order_by: ColumnElement[Any] | None = None) -> InLists:
+    """`SELECT columns WHERE key IN (values) [ORDER BY order_by]`."""
+    def build(keys: list[BindParameter[Any]]) -> Any:
+        query = select(*columns).where(key.in_(keys))
+        return query if order_by is None else query.order_by(order_by)
+    return InLists(build)
+
+
 Processor = Callable[[Any], Any] | None
 
 

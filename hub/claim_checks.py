@@ -1,0 +1,101 @@
+"""What a claimed delivery must still pass before it is sent: quiet hours, its send-by time and consent.
+
+Routing judged all three when it planned the message, but a retry, a replay,
+a delay or a send held back by an outage can come due much later: at 2 a.m.
+in the person's zone, days after what caused it, or after the person texted
+STOP. Every path to a send meets here, in the delivery claim's transaction.
+Quiet hours and the send-by time read only what routing wrote into the
+message (`QUIET_ZONE`, `SEND_BY`); consent reads profiles only for messages
+planned a while ago.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy import Connection
+
+from hub.consent import consent_revoked
+from hub.model import QUIET_ZONE, SEND_BY, Delivery
+from hub.quiet_hours import QuietHours, zone
+from hub.store import outbox
+from hub.store.profile_views import live_traits
+
+log = structlog.get_logger(__name__)
+
+# A delivery claimed this long after it was planned has its person's consent read again before it is sent;
+# sooner, the check routing made when it planned it stands (and the claim reads nothing more).
+CONSENT_RECHECK_AFTER = timedelta(seconds=2)
+
+
+class ClaimChecks:
+    def __init__(self, quiet_hours: QuietHours | None) -> None:
+        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too."""
+        self.quiet_hours = quiet_hours
+
+    def may_go(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries to send now; the others go back to the outbox (quiet hours) or fail unsent."""
+        timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, now), now)
+        return self._still_consented(connection, timely, now)
+
+    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
+        the outbox until they end, no attempt spent.
+
+        Routing holds a message planned in quiet hours, but a retry, a replay
+        or a send held back by an outage can come due at 2 a.m. Routing marks
+        the messages quiet hours apply to with the zone to judge them in
+        (`QUIET_ZONE`); this reads nothing more.
+        """
+        if self.quiet_hours is None:
+            return claimed
+        kept = []
+        for delivery in claimed:
+            zone_name = delivery.content.get(QUIET_ZONE)
+            release = self.quiet_hours.release_time(now, zone(zone_name)) if zone_name else None
+            if release is None:
+                kept.append(delivery)
+            else:
+                outbox.defer(connection, delivery.delivery_id, release)
+                log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
+        return kept
+
+    def _still_timely(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries not past their send-by time; the others fail unsent.
+
+        Routing skips a message whose cause is older than
+        HUB_MESSAGE_MAX_AGE_HOURS, and marks each message to a person with the
+        time it may still go by (`SEND_BY`: that long after it was due). Past it,
+        retries through a long provider outage, a dead letter replayed days
+        later or a delivery worker down overnight would message people about
+        the past. This reads nothing more.
+        """
+        stale = [d.delivery_id for d in claimed if SEND_BY in d.content and datetime.fromisoformat(d.content[SEND_BY]) < now]
+        if not stale:
+            return claimed
+        outbox.withdraw(connection, stale, now, "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due")
+        log.info("deliveries withdrawn: too old to send", deliveries=len(stale))
+        return [delivery for delivery in claimed if delivery.delivery_id not in stale]
+
+    def _still_consented(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries whose person still consents to their channel; the others fail unsent.
+
+        Routing checked consent when it planned them, but a message held by a
+        delay, quiet hours (up to a night), retries or an outage may meet an
+        SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
+        it then is the one thing consent must prevent. Those planned more than
+        `CONSENT_RECHECK_AFTER` ago have their profiles read again (two
+        statements per claim); a claim of fresh deliveries, the common case
+        under load, reads nothing more: the write transaction it runs in holds
+        the store's write lock.
+        """
+        held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
+        if not held:
+            return claimed
+        traits = live_traits(connection, {delivery.profile_id for delivery in held})
+        revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
+        if revoked:
+            outbox.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
+            log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
+        return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
