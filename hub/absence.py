@@ -68,7 +68,6 @@ class TimerEngine:
         self.lease = lease
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
-        self._waits: dict[str, timedelta] | None = None  # each absence rule's wait, as last seen
         self._rules_seen: object = None
 
     def run_once(self, now: datetime | None = None) -> int:
@@ -109,26 +108,34 @@ class TimerEngine:
         claimed by its stored due time: shortened from 30 minutes to 2, it
         would have waited the 30, and a follow-up in between cancelled a nudge
         the rule now sends. (A longer wait needs nothing here: the claim sends
-        the timer back.) Edits made while no timer worker ran are met at the
-        old due time; the first look only notes the waits.
+        the timer back.) The waits are compared with those noted in the store,
+        not in this worker, so an edit made while no timer worker ran is found
+        by the next to start. They are noted after the timers are moved: a
+        crash in between moves them again, which changes nothing.
         """
         rules = self.rulebook.current()
         if rules is self._rules_seen:  # each run: unchanged rules cost one comparison
             return
-        self._rules_seen = rules
         waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
-        before, self._waits = self._waits, waits
-        if before is None:
-            return
+        with self.store.read() as connection:
+            noted = timers.noted_waits(connection)
         for rule_id, wait in waits.items():
-            if rule_id in before and wait < before[rule_id]:
-                with self.store.read() as connection:
-                    pending = timers.pending_anchors(connection, rule_id)
-                earlier = [(timer_id, anchor_at + wait) for timer_id, anchor_at, due_at in pending if anchor_at + wait < due_at]
-                for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
-                    with self.store.write() as connection:
-                        timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])
-                log.info("timers brought forward to a shortened wait", rule=rule_id, timers=len(earlier))
+            if rule_id in noted and wait < noted[rule_id]:
+                self._bring_forward(rule_id, wait)
+        if any(noted.get(rule_id) != wait for rule_id, wait in waits.items()):
+            with self.store.write() as connection:
+                timers.note_waits(connection, waits)
+        self._rules_seen = rules
+
+    def _bring_forward(self, rule_id: str, wait: timedelta) -> None:
+        """The rule's pending timers due later than their anchor plus `wait`, due then instead."""
+        with self.store.read() as connection:
+            pending = timers.pending_anchors(connection, rule_id)
+        earlier = [(timer_id, anchor_at + wait) for timer_id, anchor_at, due_at in pending if anchor_at + wait < due_at]
+        for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
+            with self.store.write() as connection:
+                timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])
+        log.info("timers brought forward to a shortened wait", rule=rule_id, timers=len(earlier))
 
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""

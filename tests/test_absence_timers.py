@@ -372,10 +372,14 @@ ORDER_NUDGE = """rules:
 
 def nudge_hub(tmp_path: Path, rules: str = ORDER_NUDGE.replace("WAIT", "2m")) -> Hub:
     """A hub whose one rule waits for an order (not any event), so a second cart restarts the wait."""
+    return hub_on(tmp_path, mappings_dir=copied_mappings(tmp_path, rules))
+
+
+def copied_mappings(tmp_path: Path, rules: str) -> Path:
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_MAPPINGS, mappings)
     (mappings / "triggers.yaml").write_text(rules)
-    return hub_on(tmp_path, mappings_dir=mappings)
+    return mappings
 
 
 def ago(**delta: float) -> str:
@@ -544,3 +548,23 @@ def test_an_edit_that_shortens_the_wait_brings_pending_timers_forward(tmp_path: 
     assert timer_statuses(hub) == ["fired"]
     [decision] = nudges(hub)
     assert decision["decided_at"] == datetime.fromisoformat(ago(minutes=1))
+
+
+@BOTH_DATABASES
+def test_an_edit_made_while_no_timer_worker_ran_is_found_by_the_next_to_start(tmp_path: Path, database_url: str) -> None:
+    """The waits seen are kept in the store: a worker that starts after the wait was cut from 30 minutes to 2
+    brings the timers armed under the 30 forward, as a running worker would have."""
+    rules = ORDER_NUDGE.replace("WAIT", "30m")
+    before = hub_on(tmp_path, database_url=database_url, mappings_dir=copied_mappings(tmp_path, rules))
+    accept(before, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
+    assert before.timers.run_once() == 0  # a worker saw the 30-minute wait, then stopped
+    before.store.dispose()
+
+    (tmp_path / "mappings" / "triggers.yaml").write_text(ORDER_NUDGE.replace("WAIT", "2m"))
+    after = hub_on(tmp_path, database_url=database_url, mappings_dir=tmp_path / "mappings")
+    assert after.timers.run_once() == 1
+    [decision] = nudges(after)
+    assert decision["decided_at"] == datetime.fromisoformat(ago(minutes=1))
+    with after.store.read() as connection:
+        assert timers.noted_waits(connection) == {"order_nudge": timedelta(minutes=2)}
+

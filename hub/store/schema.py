@@ -194,6 +194,13 @@ consent_changes = Table(
     Column("at", UTCDateTime, nullable=False),
 )
 
+absence_waits = Table(
+    "absence_waits",  # each absence rule's wait as the timer workers last saw it, to find a shortening across restarts
+    metadata,
+    Column("rule_id", String(100), primary_key=True),
+    Column("wait_ms", BigInteger, nullable=False),
+)
+
 graph_epoch = Table(
     "graph_epoch",  # one row; triggers bump it on every write to identity state (migration i7_graph_epoch)
     metadata,

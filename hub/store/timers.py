@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, delete, false, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
-from hub.store.schema import UTCDateTime, timers
+from hub.store.schema import UTCDateTime, absence_waits, timers
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +167,20 @@ def pending_anchors(connection: Connection, rule_id: str) -> list[tuple[str, dat
         select(timers.c.timer_id, timers.c.anchor_at, timers.c.due_at).where(timers.c.rule_id == rule_id, timers.c.status == "pending")
     )
     return [tuple(row) for row in rows]  # type: ignore[misc]
+
+
+def noted_waits(connection: Connection) -> dict[str, timedelta]:
+    """Each absence rule's wait as a timer worker last noted it (`note_waits`)."""
+    return {rule_id: timedelta(milliseconds=wait_ms) for rule_id, wait_ms in connection.execute(select(absence_waits))}
+
+
+def note_waits(connection: Connection, waits: dict[str, timedelta]) -> None:
+    """Keep these waits as seen, so the next edit (made while a worker runs or not) is compared with them."""
+    if waits:
+        connection.execute(delete(absence_waits).where(absence_waits.c.rule_id.in_(waits)))
+        connection.execute(absence_waits.insert(), [
+            {"rule_id": rule_id, "wait_ms": wait // timedelta(milliseconds=1)} for rule_id, wait in waits.items()
+        ])
 
 
 def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
