@@ -17,12 +17,13 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     result = run("demo")
     assert result.returncode == 0, result.stderr
     lines = {" ".join(line.replace("│", " ").split()) for line in result.stdout.splitlines()}
-    assert "Events accepted 25" in lines
+    assert "Events accepted 27" in lines
     assert "Items refused (quarantined) 1" in lines
     assert "Profiles 7" in lines
     assert "Profile merges 1" in lines
     assert "Trigger fired: post_purchase_support 3" in lines
-    for rule in ("cart_abandonment", "comparison_hesitation", "high_intent_pricing"):  # the whole reference journey
+    assert "Trigger fired: cart_abandonment 3" in lines  # Fay's on the web, Ana's and Dev's on their phones
+    for rule in ("comparison_hesitation", "high_intent_pricing"):  # the whole reference journey
         assert f"Trigger fired: {rule} 1" in lines
     # Dev replied STOP at the provider: 21610, not retried. The demo injects one 503 into the next SMS request, and
     # SMS are sent side by side (a slow one does not hold back the next), so either Ana's met it and was sent on
@@ -31,8 +32,8 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
         {"sms sent 2 3", "sms failed 1 1"}, {"sms sent 2 2", "sms failed 1 2"}
     )
     assert "crm sent 4 4" in lines  # a Lead with the intent and an owner Task per decision
-    assert "push sent 1 1" in lines  # Ana's phone
-    assert "push failed 1 1" in lines  # Dev uninstalled the app: UNREGISTERED, token forgotten
+    assert "push sent 1 1" in lines  # Ana's cart nudge, on her iPhone
+    assert "push failed 1 1" in lines  # Dev's: he uninstalled the app (UNREGISTERED), the token is forgotten
     assert "+14155550101" not in result.stdout  # phones are masked
     assert "email sent 3 3" in lines and "a***@example.com Help with your order" in lines  # emails too
     assert "f***@example.com You left something in your cart: 10% off inside" in lines  # the abandoned cart

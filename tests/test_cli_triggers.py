@@ -141,8 +141,7 @@ def test_triggers_test_says_why_each_action_ended_as_it_did(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr + result.stdout
     assert [row[-1].splitlines() for row in rows(result.stdout)] == [
         ["push: fell_back -> email (profile has no push_token)", "email: planned"],
-        ["sms: blocked_by_consent (sms consent revoked by the profile)", "email: planned",
-         "push: skipped (profile has no push_token)", "crm: planned"],
+        ["sms: blocked_by_consent (sms consent revoked by the profile)", "email: planned", "crm: planned"],
         ["email: delayed_quiet_hours until 2026-01-06 08:00 UTC (quiet hours 21:00-08:00 in UTC)"],
     ]
 
@@ -217,7 +216,7 @@ def test_the_shipped_sample_events_run_the_whole_reference_journey() -> None:
     assert fired == {"cart_abandonment", "comparison_hesitation", "post_purchase_support", "high_intent_pricing"}
     # the journey's last message has no identifier: reported at its line, as the demo counts it refused
     assert problems(result.stdout) == [
-        f"{SAMPLES / 'demo_journey.jsonl'}:26: quarantined at the mapping stage: identifiers: no usable identifier "
+        f"{SAMPLES / 'demo_journey.jsonl'}:28: quarantined at the mapping stage: identifiers: no usable identifier "
         "(all missing or junk values such as 'null')"
     ]
 

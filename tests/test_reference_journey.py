@@ -185,7 +185,7 @@ def test_purchaser_ticket_gets_sms_email_and_a_crm_update_with_the_intent(runnin
     )
     running_hub.settle()
     decision = explained(running_hub, "post_purchase_support")
-    assert fates(decision) == [("sms", "planned"), ("email", "planned"), ("push", "skipped"), ("crm", "planned")]
+    assert fates(decision) == [("sms", "planned"), ("email", "planned"), ("crm", "planned")]
     assert [tp["event"] for tp in decision["touchpoints"]] == ["Ticket Submitted", "Order Completed"]
     by_channel = {d["channel"]: d for d in decision["deliveries"]}
     assert by_channel["sms"]["status"] == "sent"
@@ -208,7 +208,7 @@ def test_a_ticket_that_arrives_days_late_updates_the_crm_but_messages_nobody(run
     )
     running_hub.settle()
     decision = explained(running_hub, "post_purchase_support")
-    assert fates(decision) == [("sms", "skipped"), ("email", "skipped"), ("push", "skipped"), ("crm", "planned")]
+    assert fates(decision) == [("sms", "skipped"), ("email", "skipped"), ("crm", "planned")]
     assert decision["actions"][0]["reason"].startswith("too old to send")
     assert running_hub.sandbox.twilio.messages == [] and running_hub.sandbox.smtp.received == []
 
