@@ -320,7 +320,7 @@ class DeliveryEngine:
         if isinstance(error, AuthDeliveryError):
             return "dead", None  # parked until credentials are fixed, then replayed
         policy = self.policies.for_destination(delivery.destination_id).retry
-        delay = policy.next_delay(delivery.retry_budget_used + 1, now - delivery.retry_started_at, error.failure.retry_after)
+        delay = policy.next_delay(delivery.retry_budget_used + 1, delivery.retry_age(now), error.failure.retry_after)
         if delay is None:
             return "dead", None
         return "retrying", now + timedelta(seconds=delay)

@@ -26,7 +26,7 @@ POLICY_FILE = "delivery.yaml"
 class RetrySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_attempts: int | None = Field(None, ge=1, description="Tries before the delivery is dead-lettered.")
-    max_age: Duration | None = Field(None, description="Give up (dead-letter) once a delivery is this old.")
+    max_age: Duration | None = Field(None, description="Give up (dead-letter) once a delivery is this long past the time it was due (the end of its `delay` or quiet hours), or its last replay.")
     base_delay: Duration | None = Field(None, description="First backoff step; doubles per try, full jitter.")
     max_delay: Duration | None = Field(None, description="Longest wait between two tries (Retry-After may exceed it).")
 

@@ -214,14 +214,20 @@ class Delivery:
     profile_id: str = ""
     retry_from_attempt: int = 0  # attempts made before the last replay; the retry policy counts from here
     retry_from: datetime | None = None  # when the last replay happened; the retry policy's age starts here
+    first_due_at: datetime | None = None  # when it was first due to go (None: planned before this was kept)
 
     @property
     def retry_budget_used(self) -> int:
         return self.attempts - self.retry_from_attempt
 
-    @property
-    def retry_started_at(self) -> datetime:
-        return self.retry_from or self.created_at
+    def retry_age(self, now: datetime) -> timedelta:
+        """How long the retry policy has been trying: since the last replay, else since it was first due.
+
+        Not since it was planned: a `delay: 2d` follow-up, or a message held
+        overnight by quiet hours, would start out of budget and go to the
+        dead-letter queue on its first transient error.
+        """
+        return now - (self.retry_from or self.first_due_at or self.created_at)
 
 
 @dataclass(frozen=True, slots=True)

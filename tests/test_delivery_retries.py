@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
 from connectors.destinations.twilio_sms import TwilioSmsDestination
 from connectors.sandbox.twilio import SANDBOX_ACCOUNT_SID
 from hub.errors import RetryableDeliveryError
-from hub.model import Delivery
+from connectors.sandbox.providers import SandboxProviders
+from hub.clock import utcnow
+from hub.model import Delivery, PlannedDelivery
+from hub.runtime import Hub
 from hub.serving import bind_socket, socket_url
-from tests.conftest import RunningHub, support_ticket
+from hub.store import outbox
+from hub.store.schema import deliveries
+from tests.conftest import RunningHub, make_settings, support_ticket
 
 NOW = datetime.now(timezone.utc)
 
@@ -88,3 +94,32 @@ def test_a_twilio_that_never_answers_times_out_as_retryable() -> None:
             destination.deliver(sms)
         destination.close()
     assert timed_out.value.failure.error_class == "network.ReadTimeout"
+
+
+def test_the_retry_age_runs_from_when_a_delivery_was_due_not_from_when_it_was_planned(
+    tmp_path: Path, sandbox: SandboxProviders
+) -> None:
+    """Both were planned two days ago, with a 24 h retry age. The one held by `delay: 2d` is due now: a 503 on
+    its first attempt is retried, where it used to go straight to the dead-letter queue. The one due then is
+    past its age, and is not."""
+    hub = Hub(make_settings(tmp_path, **sandbox.settings_overrides()))
+    planned_at = utcnow() - timedelta(days=2)
+    with hub.store.write() as connection:
+        outbox.plan(connection, [
+            PlannedDelivery("delayed", "decision", "profile", "sms", "twilio_sms", "+14155550100", {"body": "Hi"},
+                            not_before=utcnow()),
+            PlannedDelivery("overdue", "decision", "profile", "sms", "twilio_sms", "+14155550101", {"body": "Hi"}),
+        ], planned_at)
+    sandbox.twilio.fail_next(503, code=20500, message="Service unavailable", times=2)
+    try:
+        for _ in range(100):  # the sends run beside the worker's loop
+            if len(sandbox.twilio.requests) == 2:
+                break
+            hub.delivery.run_once()
+        hub.delivery.close()
+        with hub.store.read() as connection:
+            statuses = dict(connection.execute(deliveries.select().with_only_columns(deliveries.c.delivery_id, deliveries.c.status)).all())
+    finally:
+        hub.store.dispose()
+    assert statuses == {"delayed": "retrying", "overdue": "dead"}
+

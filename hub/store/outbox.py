@@ -54,6 +54,7 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
             "created_at": now,
             "updated_at": now,
             "next_attempt_at": item.not_before or now,
+            "first_due_at": item.not_before or now,
         }
         for item in planned
     ]
@@ -73,7 +74,7 @@ def _claim_due(skipping: int) -> sql.Claim:
         (
             deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
             deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
-            deliveries.c.retry_from,
+            deliveries.c.retry_from, deliveries.c.first_due_at,
         ),
         due, deliveries.c.next_attempt_at,
     )

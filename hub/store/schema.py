@@ -264,6 +264,7 @@ deliveries = Table(
     # attempts and age from here, while attempt numbers keep growing.
     Column("retry_from_attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("retry_from", UTCDateTime),
+    Column("first_due_at", UTCDateTime),  # the end of its delay or quiet-hours hold: the retry policy's age runs from here
     Index("ix_deliveries_due", "status", "next_attempt_at"),
 )
 
