@@ -8,11 +8,11 @@ follow-ups of a set of timers, in one query and filters it in memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
-from hub.rules import Selector, Window
+from hub.rules import CountWindow, Selector, Window
 from hub.selectors import event_names, kind
 
 
@@ -90,11 +90,13 @@ def _selector_of(names: frozenset[str] | None) -> Selector | None:
     return None if names is None else Selector(event=sorted(names))
 
 
-def read_ahead(history: History, profile_id: str, until: datetime, windows: Sequence[Window]) -> History:
-    """`history`, reading the profile's past once for all these windows ending at `until`."""
+def read_ahead(history: History, profile_id: str, at: datetime, windows: Sequence[Window]) -> History:
+    """`history`, reading the profile's touchpoints once for all these windows around `at`: back as far as the
+    longest reaches, and on as far as the longest `count` (its events may arrive in any order)."""
     if not windows:
         return history
-    since = until - max(window.within for window in windows)
+    since = at - max(window.within for window in windows)
+    until = at + max((window.within for window in windows if isinstance(window, CountWindow)), default=timedelta(0))
     names = event_names(windows)
 
     def read() -> dict[str, list[dict[str, Any]]]:

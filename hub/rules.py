@@ -156,7 +156,8 @@ class CountWindow(Window):
 
 
 class CountCondition(_Strict):
-    """The touchpoint matches and, with it, `at_least` matching events fall in the last `within`."""
+    """The touchpoint matches and, with it, `at_least` matching events fall within `within` of each other (by
+    event time, whichever order they arrive in)."""
 
     count: CountWindow
 

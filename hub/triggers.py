@@ -23,6 +23,7 @@ from hub.rules import (
     AnyCondition,
     Condition,
     CountCondition,
+    CountWindow,
     EventCondition,
     NotCondition,
     RecentCondition,
@@ -277,8 +278,7 @@ class _Judge:
             case CountCondition(count=window):
                 if not selected(window, tp.event, tp.stage, tp.moment, self.document):
                     return False
-                found = [self.document, *self._window(window, window.within)]
-                seen = distinct(window.distinct_by, found) if window.distinct_by else len(found)
+                found, seen = self._fullest_span(window)
                 self.evidence.setdefault("count", []).append(
                     {**describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
                      "distinct_by": window.distinct_by}
@@ -298,10 +298,28 @@ class _Judge:
                 raise ValueError("absence conditions are decided by their timers, not evaluated inline")
         raise TypeError(f"unknown condition {condition!r}")
 
-    def _window(self, selector: Selector, within: timedelta) -> list[dict[str, Any]]:
-        """Earlier matching touchpoints of the profile in [now - within, now], this one left out."""
+    def _fullest_span(self, window: CountWindow) -> tuple[list[dict[str, Any]], int]:
+        """The matching touchpoints, this one first, in the span `within` long around it that holds the most,
+        and how many that is (distinct values, with `distinct_by`).
+
+        Spans end after it too: events arrive out of order (an SDK flushing
+        a batch late, a retry), and two views a minute apart make a
+        comparison whichever is taken in first. In order, nothing later is
+        stored yet, and this is the span that ends at the touchpoint.
+        """
         tp = self.touchpoint
-        documents = self.history.events(self.profile_id, tp.occurred_at - within, tp.occurred_at, selector)
+        timed = [(tp.occurred_at, self.document)] + sorted(
+            ((datetime.fromisoformat(doc["occurred_at"]), doc) for doc in self._window(window, window.within, window.within)),
+            key=lambda timed_doc: timed_doc[0],
+        )
+        spans = [[doc for at, doc in timed if start <= at <= start + window.within] for start, _ in timed if start <= tp.occurred_at]
+        counted = [(found, distinct(window.distinct_by, found) if window.distinct_by else len(found)) for found in spans]
+        return max(counted, key=lambda span: span[1])  # in order, the one that ends at this touchpoint
+
+    def _window(self, selector: Selector, within: timedelta, ahead: timedelta = timedelta(0)) -> list[dict[str, Any]]:
+        """Other matching touchpoints of the profile in [now - within, now + ahead]."""
+        tp = self.touchpoint
+        documents = self.history.events(self.profile_id, tp.occurred_at - within, tp.occurred_at + ahead, selector)
         profile = {"profile": dict(self.traits)}
         found = [{**doc, **profile} for doc in documents if doc["touchpoint_id"] != tp.touchpoint_id]
         return [doc for doc in found if predicates_hold(selector.where, doc)]

@@ -169,6 +169,19 @@ def test_comparing_two_products_gets_a_chat_offer_once(running_hub: RunningHub) 
     assert (chat["destination_id"], chat["content"]["params"]) == ("chat_webhook", {"endpoint": "chat_widget"})
 
 
+def test_two_products_compared_make_the_offer_whichever_view_arrives_first(running_hub: RunningHub) -> None:
+    """The later view is taken in first (an SDK batch flushed late): the earlier one, when it comes, finds it."""
+    running_hub.send(view("noa", "sku-2", minutes=1))
+    running_hub.settle()
+    assert decisions_of(running_hub, "comparison_hesitation") == []
+    running_hub.send(view("noa", "sku-1", minutes=2))
+    running_hub.settle()
+    [decision] = decisions_of(running_hub, "comparison_hesitation")
+    explained_decision = running_hub.admin(f"/api/decisions/{decision['decision_id']}")
+    assert [tp["properties"]["product_id"] for tp in explained_decision["touchpoints"]] == ["sku-1", "sku-2"]
+    assert fates(explained_decision) == [("chat", "planned")]
+
+
 def test_the_same_product_twice_or_views_far_apart_are_no_comparison(running_hub: RunningHub) -> None:
     running_hub.send(view("lee", "sku-1", minutes=3), view("lee", "sku-1", minutes=2),
                      view("max", "sku-1", minutes=30), view("max", "sku-2", minutes=1))

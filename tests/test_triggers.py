@@ -192,6 +192,23 @@ def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
     assert evaluate(tp("Product Viewed", sku="a"), "p", rule("properties.sku"), without_sku) == []  # no sku: no value
 
 
+def test_a_count_holds_whichever_order_its_events_arrive_in() -> None:
+    """Two products viewed a minute apart, the later taken in first (an SDK batch flushed late): taking in the
+    earlier one finds the later one stored, and they make a comparison, as they would have in order. The span
+    is `within` long: three views over six minutes never fall in five."""
+    rule = rules({"id": "r", "respond": RESPOND, "when": {"count": {
+        "event": "Product Viewed", "at_least": 2, "within": "5m", "distinct_by": "properties.sku"}}})
+    later_stored = RecordedHistory({"Product Viewed": [(T0 + timedelta(minutes=1), {"sku": "b"})]})
+    [decision] = evaluate(tp("Product Viewed", sku="a"), "p", rule, later_stored)
+    assert decision.evidence["touchpoints"] == ["tp-1", "Product Viewed-0"]
+    assert decision.evidence["count"][0]["seen"] == 2
+    three = rules({"id": "r", "respond": RESPOND, "when": {"count": {"event": "Product Viewed", "at_least": 3, "within": "5m"}}})
+    spread = RecordedHistory({"Product Viewed": [T0 - timedelta(minutes=3), T0 + timedelta(minutes=3)]})
+    assert evaluate(tp("Product Viewed"), "p", three, spread) == []  # -3 .. +3: no five-minute span holds all three
+    close = RecordedHistory({"Product Viewed": [T0 - timedelta(minutes=2), T0 + timedelta(minutes=3)]})
+    assert len(evaluate(tp("Product Viewed"), "p", three, close)) == 1
+
+
 def test_matches_uses_a_regular_expression_and_bad_operator_values_are_refused() -> None:
     rule = {"id": "r", "respond": RESPOND,
             "when": {"event": "page", "where": [{"field": "properties.path", "op": "matches", "value": "^/pricing"}]}}
