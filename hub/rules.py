@@ -178,7 +178,9 @@ class AbsenceCondition(_Strict):
     """`after` happened and `without` did not follow within `within`: a durable timer decides when it runs out.
 
     Allowed as the whole `when`, or once inside a top-level `all` whose other
-    members are checked against the `after` touchpoint when the timer fires.
+    members are checked when the timer fires: event selectors against the
+    `after` touchpoint, `recent` windows back from the end of the wait (a
+    purchase made during it counts), `count` windows around the touchpoint.
     """
 
     absence: AbsenceSpec

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from hub.model import Action, Decision, Touchpoint, ordered_id
@@ -164,7 +164,7 @@ def evaluate_expired(
     assert absence is not None, f"rule {rule.id} has no absence condition"
     if _follow_up_came(rule, anchor, profile_id, due_at, history, traits or {}):
         return "cancelled"
-    judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {})
+    judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {}, looking_back_from=due_at)
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return "lapsed"
@@ -241,9 +241,18 @@ class _Judge:
     """Evaluates one rule's condition tree at one touchpoint, collecting the evidence as it goes."""
 
     def __init__(
-        self, touchpoint: Touchpoint, document: dict[str, Any], profile_id: str, history: History, traits: Mapping[str, Any]
+        self,
+        touchpoint: Touchpoint,
+        document: dict[str, Any],
+        profile_id: str,
+        history: History,
+        traits: Mapping[str, Any],
+        looking_back_from: datetime | None = None,
     ) -> None:
+        """`looking_back_from`: where `recent` windows end, when that is not the touchpoint's time (a timer's
+        due time: "no order in the last day" means by the time the nudge would go)."""
         self.touchpoint = touchpoint
+        self.looking_back_from = looking_back_from or touchpoint.occurred_at
         self.document = document
         self.profile_id = profile_id
         self.history = history
@@ -267,7 +276,7 @@ class _Judge:
             case EventCondition():
                 return selected(condition, tp.event, tp.stage, tp.moment, self.document)
             case RecentCondition(recent=window):
-                found = self._window(window, window.within)
+                found = self._window(window, self.looking_back_from - window.within, self.looking_back_from)
                 self.evidence.setdefault("recent", []).append(
                     {**describe(window), "within_seconds": window.within.total_seconds(), "seen": len(found)}
                 )
@@ -292,7 +301,7 @@ class _Judge:
             case AnyCondition(any=parts):
                 return any(self.holds(part) for part in parts)
             case NotCondition(not_=inner):
-                inner_judge = _Judge(tp, self.document, self.profile_id, self.history, self.traits)
+                inner_judge = _Judge(tp, self.document, self.profile_id, self.history, self.traits, self.looking_back_from)
                 return not inner_judge.holds(inner)
             case AbsenceCondition():
                 raise ValueError("absence conditions are decided by their timers, not evaluated inline")
@@ -309,17 +318,18 @@ class _Judge:
         """
         tp = self.touchpoint
         timed = [(tp.occurred_at, self.document)] + sorted(
-            ((datetime.fromisoformat(doc["occurred_at"]), doc) for doc in self._window(window, window.within, window.within)),
+            ((datetime.fromisoformat(doc["occurred_at"]), doc)
+             for doc in self._window(window, tp.occurred_at - window.within, tp.occurred_at + window.within)),
             key=lambda timed_doc: timed_doc[0],
         )
         spans = [[doc for at, doc in timed if start <= at <= start + window.within] for start, _ in timed if start <= tp.occurred_at]
         counted = [(found, distinct(window.distinct_by, found) if window.distinct_by else len(found)) for found in spans]
         return max(counted, key=lambda span: span[1])  # in order, the one that ends at this touchpoint
 
-    def _window(self, selector: Selector, within: timedelta, ahead: timedelta = timedelta(0)) -> list[dict[str, Any]]:
-        """Other matching touchpoints of the profile in [now - within, now + ahead]."""
+    def _window(self, selector: Selector, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Other matching touchpoints of the profile in [since, until]."""
         tp = self.touchpoint
-        documents = self.history.events(self.profile_id, tp.occurred_at - within, tp.occurred_at + ahead, selector)
+        documents = self.history.events(self.profile_id, since, until, selector)
         profile = {"profile": dict(self.traits)}
         found = [{**doc, **profile} for doc in documents if doc["touchpoint_id"] != tp.touchpoint_id]
         return [doc for doc in found if predicates_hold(selector.where, doc)]

@@ -260,6 +260,14 @@ def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> N
     assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()), str)
     bought = RecordedHistory({"Order Completed": [T0 - timedelta(hours=1)]})
     assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) == "lapsed"
+    # "No order in the last day" is judged when the nudge would go: an order placed during the wait counts
+    # (a one-click or back-office order, which is not the `without` event), one a day before the cart does not.
+    waited = {**spec, "when": {"all": [{"absence": {**ABSENCE["when"]["absence"], "within": "2h"}}, spec["when"]["all"][1]]}}
+    [rule] = rules(waited)
+    bought_while_waiting = RecordedHistory({"Order Completed": [T0 + timedelta(minutes=30)]})
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_while_waiting) == "lapsed"
+    bought_long_before = RecordedHistory({"Order Completed": [T0 - timedelta(hours=23)]})
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_long_before), str)
 
 
 def test_absence_nested_below_the_top_is_refused() -> None:
