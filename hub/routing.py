@@ -190,7 +190,8 @@ class Router:
         fate: dict[str, Any] = {"fate": "planned"}
         quiet = self.policy.quiet_hours
         held_in: dict[str, str] = {}
-        if quiet is not None and route.reaches_person and decision.urgency != "immediate":
+        # An `immediate` rule's message goes while the person is there; one it sends later (`delay`) does not.
+        if quiet is not None and route.reaches_person and (decision.urgency != "immediate" or action.delay):
             local_zone = quiet.zone_of(profile["traits"])
             held_in = {QUIET_ZONE: local_zone.key}  # the delivery engine holds its retries and replays there too
             release = quiet.release_time(send_at, local_zone)

@@ -306,7 +306,8 @@ class RuleSpec(_Strict):
     stage: Stage | None = Field(None, description="Journey stage this rule serves (filter touchpoints with a selector's `stage`).")
     moment: str | None = Field(None, description="The micro-moment this rule answers (filter with a selector's `moment`).")
     urgency: Literal["immediate", "delayed"] = Field(
-        "immediate", description="`delayed` messages wait out the profile's quiet hours; `immediate` ones do not."
+        "immediate", description="`delayed` messages wait out the profile's quiet hours; `immediate` ones do not, unless an action sends later "
+        "(`delay`): the person is no longer there then."
     )
     priority: WholeNumber = Field(0, description="Higher runs first; decisions of one event are planned in this order.")
     enabled: StrictBool = True

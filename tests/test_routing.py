@@ -158,6 +158,17 @@ def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
     assert sms.not_before == NIGHT + timedelta(minutes=10)
 
 
+def test_an_urgent_rules_delayed_action_still_waits_out_quiet_hours(tmp_path: Path) -> None:
+    """`immediate` is for the person on the site now; a follow-up ten hours after noon would land at 22:00, in the
+    night's quiet hours, so it waits for the morning, and its retries do too."""
+    routing = policy_router(tmp_path, quiet_hours=QuietHours.parse("21:00-08:00", "UTC"))
+    noon = NIGHT.replace(hour=12, minute=0)
+    now_and_tonight = urgent(Action("sms", "sms.j2"), Action("sms", "sms.j2", delay=timedelta(hours=10)))
+    at_once, tonight = routing.plan(now_and_tonight, PROFILE, {}, now=noon).deliveries
+    assert (at_once.not_before, "quiet_zone" in at_once.content) == (None, False)
+    assert (tonight.not_before, tonight.content["quiet_zone"]) == (datetime(2026, 1, 2, 8, tzinfo=timezone.utc), "UTC")
+
+
 def test_two_actions_reaching_one_target_on_one_channel_are_two_deliveries(tmp_path: Path) -> None:
     """An SMS now and a follow-up SMS in two days: with one id for both, the outbox kept only the first while the
     decision said both were planned."""
