@@ -568,3 +568,37 @@ def test_an_edit_made_while_no_timer_worker_ran_is_found_by_the_next_to_start(tm
     with after.store.read() as connection:
         assert timers.noted_waits(connection) == {"order_nudge": timedelta(minutes=2)}
 
+
+TWO_NUDGES = """rules:
+  - id: browse_nudge
+    priority: BROWSE
+    when: {absence: {after: {event: Product Viewed}, without: {event: Order Completed}, within: 3m}}
+    respond: [{channel: email, template: cart_abandonment.email.j2}]
+    vars: {discount_code: B, discount_percent: 5, cart_url: "https://shop.example.com/cart"}
+  - id: order_nudge
+    priority: CART
+    when: {absence: {after: {event: Product Added}, without: {event: Order Completed}, within: 2m}}
+    respond: [{channel: email, template: cart_abandonment.email.j2}]
+    vars: {discount_code: C, discount_percent: 10, cart_url: "https://shop.example.com/cart"}
+"""
+
+
+@pytest.mark.parametrize(("browse", "cart", "sent"), [(1, 90, "order_nudge"), (90, 1, "browse_nudge")])
+def test_of_two_timers_due_at_once_the_higher_priority_rule_gets_the_daily_cap(
+    tmp_path: Path, browse: int, cart: int, sent: str
+) -> None:
+    """A view, then a cart a minute later: both waits end at the same moment. With room for one message, the
+    rule ops ranked higher sends it, as for two decisions of one event, whichever timer was armed first."""
+    rules = TWO_NUDGES.replace("BROWSE", str(browse)).replace("CART", str(cart))
+    hub = hub_on(tmp_path, mappings_dir=copied_mappings(tmp_path, rules), daily_message_cap=1)
+    accept(hub, AMY, message(userId="amy", event="Product Viewed", timestamp=ago(minutes=5)),
+           message(userId="amy", event="Product Added", timestamp=ago(minutes=4)))
+    while hub.timers.run_once():
+        pass
+    with hub.store.read() as connection:
+        statuses = {d["rule_id"]: d["status"] for d in decisions.search(connection, limit=10)}
+    assert statuses == {"browse_nudge": "fired", "order_nudge": "fired"}
+    with hub.store.read() as connection:
+        planned = [row.content["rule_id"] for row in connection.execute(deliveries_table.select())]
+    assert planned == [sent]
+
