@@ -177,7 +177,9 @@ class Decision:
     actions: tuple[Action, ...]
     variables: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
-    status: str = "fired"  # fired | capped (the rule's frequency cap was reached: nothing is sent)
+    # fired | capped (the rule's frequency cap was reached: nothing is sent) | unreached (fired, but no action
+    # could reach the person: no address, consent, the daily cap; it spends none of the rule's cap)
+    status: str = "fired"
     urgency: str = "immediate"  # immediate | delayed (waits out quiet hours)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -121,7 +121,11 @@ class Responder:
             raise LookupError(f"decision {decision.decision_id} names unknown profile {decision.profile_id}")
         if messages_today is None:
             messages_today = self.messages_today(connection, [profile["profile_id"]], now).get(profile["profile_id"], 0)
-        return Routed(decision, self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today))
+        plan = self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today)
+        if decision.status == "fired" and not plan.deliveries:
+            # Reaching nobody spends none of the rule's cap: once the person has an address, the next event tries again.
+            decision = replace(decision, status="unreached")
+        return Routed(decision, plan)
 
     def messages_today(self, connection: Connection, profile_ids: Collection[str], now: datetime) -> dict[str, int]:
         """What the daily cap counts for each profile (those with none left out), in one statement; no
@@ -137,6 +141,6 @@ class Responder:
         """
         new = decisions.record(connection, [(item.decision, item.plan.fates()) for item in routed], now)
         recorded = [item for item in routed if item.decision.decision_id in new]
-        fired = Counter(item.decision.rule_id for item in recorded if item.decision.status == "fired")
+        fired = Counter(item.decision.rule_id for item in recorded if item.decision.status in decisions.FIRED)
         planned = outbox.plan(connection, [delivery for item in recorded for delivery in item.plan.deliveries], now)
         return Recorded(planned, fired)

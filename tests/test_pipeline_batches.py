@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,8 @@ from hub import triggers
 from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint
 from hub.runtime import Hub
-from hub.store import decisions, inbox
+from hub.settings import PROJECT_MAPPINGS
+from hub.store import decisions, inbox, outbox
 from hub.store.schema import deliveries, quarantine, timers, touchpoints
 from hub.store.schema import inbox as inbox_table
 from tests.conftest import make_settings, message, support_ticket
@@ -140,3 +142,31 @@ def test_a_row_that_breaks_is_postponed_alone_and_decided_once_when_retried(
         assert decisions.count_by_rule(connection) == {"post_purchase_support": 2}
     assert count(hub, quarantine) == 0
     assert metric("hub_decisions_total", rule="post_purchase_support") - fired == 2
+
+
+def test_a_decision_that_reached_nobody_spends_none_of_the_rules_cap(tmp_path: Path) -> None:
+    """A ticket from someone the hub has no address for yet decides, but sends nothing; once they give their
+    email, the next ticket inside the cap's 24 h reaches them instead of being capped by a message never sent."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    (mappings / "triggers.yaml").write_text(
+        "rules:\n  - {id: help, when: {event: Ticket Submitted}, cap: {max: 1, within: 24h},\n"
+        "     respond: [{channel: email, template: post_purchase_support.email.j2}], vars: {help_center_url: h}}\n"
+    )
+    hub = Hub(make_settings(tmp_path, quiet_hours="", mappings_dir=str(mappings)))
+
+    def ago(hours: float) -> str:
+        return (NOW - timedelta(hours=hours)).isoformat()
+
+    one_batch(hub, message(userId="u1", event="Ticket Submitted", timestamp=ago(3)))
+    one_batch(hub, message("identify", userId="u1", traits={"email": "u1@example.com"}, timestamp=ago(2)))
+    one_batch(hub, message(userId="u1", event="Ticket Submitted", timestamp=ago(1)))
+    one_batch(hub, message(userId="u1", event="Ticket Submitted", timestamp=ago(0.5)))
+    with hub.store.read() as connection:
+        statuses = [d["status"] for d in sorted(decisions.search(connection, limit=10), key=lambda d: d["decided_at"])]
+        sent = outbox.search(connection, limit=10)
+        fired = decisions.count_by_rule(connection)
+    assert statuses == ["unreached", "fired", "capped"]
+    assert [(d["channel"], d["target"]) for d in sent] == [("email", "u***@example.com")]
+    assert fired == {"help": 2}  # the rule held twice, whatever it reached
+

@@ -13,6 +13,7 @@ from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
 from hub.store.sql import InLists, NewRows, Precompiled
 
+FIRED = ("fired", "unreached")  # the rule held; only `fired` ones reached the person, and rule caps count those
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
 # costs more than SQLite's.
@@ -23,7 +24,7 @@ _COUNT_SINCE = Precompiled(select(func.count()).where(
 
 
 def count_since(connection: Connection, profile_id: str, rule_id: str, since: datetime) -> int:
-    """Decisions of a rule for a profile since a time that were not capped: what frequency caps count."""
+    """Decisions of a rule for a profile since a time that reached the person: what frequency caps count."""
     [(count,)] = _COUNT_SINCE.execute(connection, {"profile_id": profile_id, "rule_id": rule_id, "since": since})
     return count
 
@@ -77,8 +78,9 @@ def record(connection: Connection, recorded: Sequence[tuple[Decision, list[dict[
 
 
 def count_by_rule(connection: Connection) -> dict[str, int]:
-    """Decisions that fired (capped ones are kept for explanation, not counted)."""
-    query = select(decisions.c.rule_id, func.count()).where(decisions.c.status == "fired").group_by(decisions.c.rule_id)
+    """Decisions that fired, whether or not they reached the person (capped ones are kept for explanation, not
+    counted)."""
+    query = select(decisions.c.rule_id, func.count()).where(decisions.c.status.in_(FIRED)).group_by(decisions.c.rule_id)
     return dict(connection.execute(query).all())
 
 

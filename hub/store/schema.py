@@ -219,7 +219,7 @@ decisions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("evidence", JSON, nullable=False),
     Column("actions", JSON, nullable=False),  # each action's fate: planned or skipped and why
-    Column("status", String(20), nullable=False, server_default="fired"),  # fired | capped
+    Column("status", String(20), nullable=False, server_default="fired"),  # fired | capped | unreached
     Index("ix_decisions_profile_rule_time", "profile_id", "rule_id", "decided_at"),
 )
 
