@@ -180,7 +180,7 @@ class Decision:
     # fired | capped (the rule's frequency cap was reached: nothing is sent) | unreached (fired, but no action
     # could reach the person: no address, consent, the daily cap; it spends none of the rule's cap)
     status: str = "fired"
-    urgency: str = "immediate"  # immediate | delayed (waits out quiet hours)
+    urgency: str = "immediate"  # immediate | delayed (waits out quiet hours; an immediate rule's `delay`ed action does too)
 
 
 @dataclass(frozen=True, slots=True)

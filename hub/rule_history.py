@@ -27,7 +27,7 @@ class History(Protocol):
         ...
 
     def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        """Decisions of the rule for the profile after `since` that were not capped."""
+        """Decisions of the rule for the profile after `since` that reached the person (not capped, not unreached)."""
         ...
 
 

@@ -50,10 +50,11 @@ def predicates_hold(predicates: Sequence[Predicate], document: dict[str, Any]) -
     return all(_predicate(p, document) for p in predicates)
 
 
-def distinct(path: str, documents: list[dict[str, Any]]) -> int:
-    """How many distinct values of `path` the documents have; one without it adds none (it is not a value)."""
-    values = (_field(path).search(document) for document in documents)
-    return len({repr(value) for value in values if value is not None})
+def distinct_value(path: str, document: dict[str, Any]) -> str | None:
+    """The document's value of `path`, as a `count` with `distinct_by` tells values apart; None without one (a
+    missing field is not a value)."""
+    value = _field(path).search(document)
+    return None if value is None else repr(value)
 
 
 def describe(selector: Selector) -> dict[str, Any]:

@@ -8,6 +8,7 @@ for the caller to store.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,7 +31,7 @@ from hub.rules import (
     RuleSpec,
     Selector,
 )
-from hub.selectors import describe, distinct, event_names, named, predicates_hold, selected, union_unless_open
+from hub.selectors import describe, distinct_value, event_names, named, predicates_hold, selected, union_unless_open
 
 
 WaitEnded = Literal["cancelled", "lapsed"]  # how a timer's wait ended without a decision (`evaluate_expired`)
@@ -164,7 +165,7 @@ def evaluate_expired(
     assert absence is not None, f"rule {rule.id} has no absence condition"
     if _follow_up_came(rule, anchor, profile_id, due_at, history, traits or {}):
         return "cancelled"
-    judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {}, looking_back_from=due_at)
+    judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {}, judged_at=due_at)
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
     if not all(judge.holds(part) for part in rule.fire_time_conditions):
         return "lapsed"
@@ -247,12 +248,14 @@ class _Judge:
         profile_id: str,
         history: History,
         traits: Mapping[str, Any],
-        looking_back_from: datetime | None = None,
+        judged_at: datetime | None = None,
     ) -> None:
-        """`looking_back_from`: where `recent` windows end, when that is not the touchpoint's time (a timer's
-        due time: "no order in the last day" means by the time the nudge would go)."""
+        """`judged_at`: a timer's due time, when the rule is judged then rather than at its touchpoint. `recent`
+        windows look back from it ("no order in the last day" by the time the nudge would go), and `count`
+        spans reach no further: what happened after the wait ended must not decide it."""
         self.touchpoint = touchpoint
-        self.looking_back_from = looking_back_from or touchpoint.occurred_at
+        self.judged_at = judged_at
+        self.looking_back_from = judged_at or touchpoint.occurred_at
         self.document = document
         self.profile_id = profile_id
         self.history = history
@@ -287,44 +290,67 @@ class _Judge:
             case CountCondition(count=window):
                 if not selected(window, tp.event, tp.stage, tp.moment, self.document):
                     return False
-                found, seen = self._fullest_span(window)
+                found, seen, ends_at = self._fullest_span(window)
                 self.evidence.setdefault("count", []).append(
                     {**describe(window), "within_seconds": window.within.total_seconds(), "seen": seen,
                      "distinct_by": window.distinct_by}
                 )
                 if seen >= window.at_least:
                     self.touchpoints.extend(doc["touchpoint_id"] for doc in found)
+                    # A span that ends after this touchpoint (its events came in out of order) is judged where
+                    # it ends: in order, the rule would have been judged at its last event.
+                    self.looking_back_from = max(self.looking_back_from, ends_at)
                     return True
                 return False
             case AllCondition(all=parts):
-                return all(self.holds(part) for part in parts)
+                # Counts first, so the `recent` windows beside them look back from where the count's span ends.
+                return all(self.holds(part) for part in sorted(parts, key=lambda part: not isinstance(part, CountCondition)))
             case AnyCondition(any=parts):
                 return any(self.holds(part) for part in parts)
             case NotCondition(not_=inner):
-                inner_judge = _Judge(tp, self.document, self.profile_id, self.history, self.traits, self.looking_back_from)
+                inner_judge = _Judge(tp, self.document, self.profile_id, self.history, self.traits, self.judged_at)
+                inner_judge.looking_back_from = self.looking_back_from
                 return not inner_judge.holds(inner)
             case AbsenceCondition():
                 raise ValueError("absence conditions are decided by their timers, not evaluated inline")
         raise TypeError(f"unknown condition {condition!r}")
 
-    def _fullest_span(self, window: CountWindow) -> tuple[list[dict[str, Any]], int]:
-        """The matching touchpoints, this one first, in the span `within` long around it that holds the most,
-        and how many that is (distinct values, with `distinct_by`).
+    def _fullest_span(self, window: CountWindow) -> tuple[list[dict[str, Any]], int, datetime]:
+        """The matching touchpoints, this one first, in the span `within` long around it that holds the most;
+        how many that is (distinct values, with `distinct_by`); and when the span's last one happened.
 
         Spans end after it too: events arrive out of order (an SDK flushing
         a batch late, a retry), and two views a minute apart make a
         comparison whichever is taken in first. In order, nothing later is
-        stored yet, and this is the span that ends at the touchpoint.
+        stored yet, and this is the span that ends at the touchpoint. One
+        pass of two pointers over the events by time: a busy profile's long
+        window costs its sort, not a count per span.
         """
-        tp = self.touchpoint
-        timed = [(tp.occurred_at, self.document)] + sorted(
-            ((datetime.fromisoformat(doc["occurred_at"]), doc)
-             for doc in self._window(window, tp.occurred_at - window.within, tp.occurred_at + window.within)),
+        tp, within = self.touchpoint, window.within
+        reach = tp.occurred_at + within if self.judged_at is None else min(tp.occurred_at + within, self.judged_at)
+        timed = sorted(
+            [(tp.occurred_at, self.document),
+             *((datetime.fromisoformat(doc["occurred_at"]), doc) for doc in self._window(window, tp.occurred_at - within, reach))],
             key=lambda timed_doc: timed_doc[0],
         )
-        spans = [[doc for at, doc in timed if start <= at <= start + window.within] for start, _ in timed if start <= tp.occurred_at]
-        counted = [(found, distinct(window.distinct_by, found) if window.distinct_by else len(found)) for found in spans]
-        return max(counted, key=lambda span: span[1])  # in order, the one that ends at this touchpoint
+        values = [distinct_value(window.distinct_by, doc) if window.distinct_by else doc["touchpoint_id"] for _, doc in timed]
+        held: Counter[str] = Counter()
+        best, best_seen, end = (0, 0), -1, 0
+        for start, (started_at, _) in enumerate(timed):
+            if started_at > tp.occurred_at:
+                break  # every span from here on leaves this touchpoint out
+            while end < len(timed) and timed[end][0] <= started_at + within:
+                held.update([values[end]] if values[end] is not None else [])
+                end += 1
+            if len(held) > best_seen:
+                best, best_seen = (start, end), len(held)
+            if values[start] is not None:
+                held[values[start]] -= 1
+                if not held[values[start]]:
+                    del held[values[start]]
+        span = timed[best[0]:best[1]]
+        found = [self.document, *(doc for _, doc in span if doc is not self.document)]
+        return found, best_seen, span[-1][0]
 
     def _window(self, selector: Selector, since: datetime, until: datetime) -> list[dict[str, Any]]:
         """Other matching touchpoints of the profile in [since, until]."""

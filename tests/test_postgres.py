@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import Connection
 
 from hub.model import PlannedDelivery, RawEvent
-from hub.store import Store, inbox, outbox
+from hub.store import Store, inbox, outbox, timers
 from tests.conftest import RunningHub, support_ticket
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -78,3 +78,32 @@ def test_two_claimers_in_open_transactions_take_disjoint_rows(
         rest = claim(connection, 10)
     assert len(first) == len(second) == 4 and len(rest) == 2
     assert len(set(first) | set(second) | set(rest)) == 10
+
+
+def test_two_timer_workers_noting_the_waits_at_once_both_succeed(store: Store) -> None:
+    """Two timer processes starting together (or seeing one rule edit together) note the same waits. As a
+    delete then insert, the second's delete did not see the first's uncommitted row and its insert broke the
+    key; its worker logged a failed step and napped a poll before firing anything."""
+    waits = {"cart_abandonment": timedelta(minutes=2)}
+    first_noted, first_may_commit = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with store.write() as connection:
+            timers.note_waits(connection, waits)
+            first_noted.set()
+            first_may_commit.wait(10)
+
+    def second() -> None:
+        first_noted.wait(10)
+        with store.write() as connection:
+            timers.note_waits(connection, {"cart_abandonment": timedelta(minutes=5)})  # waits on the first's row
+
+    with ThreadPoolExecutor(2) as pool:
+        noted = [pool.submit(first), pool.submit(second)]
+        first_noted.wait(10)
+        threading.Timer(0.3, first_may_commit.set).start()
+        for future in noted:
+            future.result(timeout=20)
+    with store.read() as connection:
+        assert timers.noted_waits(connection) == {"cart_abandonment": timedelta(minutes=5)}
+

@@ -7,11 +7,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.model import Identifier, Touchpoint, ordered_id
 from hub.rules import RuleFile, Selector, load_rules
+from hub.settings import PROJECT_MAPPINGS
 from hub.triggers import evaluate
 
 T0 = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
@@ -209,6 +211,21 @@ def test_a_count_holds_whichever_order_its_events_arrive_in() -> None:
     assert len(evaluate(tp("Product Viewed"), "p", three, close)) == 1
 
 
+def test_a_count_whose_span_ends_after_the_touchpoint_judges_its_recent_windows_where_the_span_ends() -> None:
+    """high_intent_pricing as shipped: pricing pages at -9, -7 and -5 minutes and a whitepaper downloaded at -6.
+    In order, the -5 page sees the download and offers nothing; taken in last, the -9 page must not either."""
+    [rule] = [r for r in RuleFile.model_validate(yaml.safe_load((PROJECT_MAPPINGS / "triggers.yaml").read_text())).rules
+              if r.id == "high_intent_pricing"]
+    pricing = [(T0 + timedelta(minutes=m), {}) for m in (2, 4)]
+    page = Touchpoint("tp-1", "s", "m", "page", "page", "consideration", "x", T0, T0, (), {"path": "/pricing"})
+    history = RecordedHistory({"page": pricing, "Whitepaper Downloaded": [T0 + timedelta(minutes=3)]})
+    for doc in history.documents:
+        doc["properties"] = {"path": "/pricing"} if doc["event"] == "page" else {}
+    assert evaluate(page, "p", [rule], history) == []
+    history.documents = [doc for doc in history.documents if doc["event"] == "page"]
+    assert [d.rule_id for d in evaluate(page, "p", [rule], history)] == ["high_intent_pricing"]  # no download: offer
+
+
 def test_matches_uses_a_regular_expression_and_bad_operator_values_are_refused() -> None:
     rule = {"id": "r", "respond": RESPOND,
             "when": {"event": "page", "where": [{"field": "properties.path", "op": "matches", "value": "^/pricing"}]}}
@@ -268,6 +285,24 @@ def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> N
     assert evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_while_waiting) == "lapsed"
     bought_long_before = RecordedHistory({"Order Completed": [T0 - timedelta(hours=23)]})
     assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_long_before), str)
+
+
+
+def test_a_count_beside_an_absence_reaches_no_further_than_the_end_of_the_wait() -> None:
+    """Two carts in an hour, the second 18 minutes after the first one's wait ended: the first timer lapses
+    whether its worker ran on time or after an outage in which the second cart came in."""
+    from hub.triggers import evaluate_expired
+
+    spec = {**ABSENCE, "when": {"all": [ABSENCE["when"], {"count": {"moment": "cart_activity", "at_least": 2, "within": "1h"}}]}}
+    [rule] = rules(spec)
+    later_cart = RecordedHistory({"Product Added": [T0 + timedelta(minutes=20)]})
+    for doc in later_cart.documents:
+        doc["moment"] = "cart_activity"
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), later_cart) == "lapsed"
+    earlier_cart = RecordedHistory({"Product Added": [T0 - timedelta(minutes=20)]})
+    for doc in earlier_cart.documents:
+        doc["moment"] = "cart_activity"
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), earlier_cart), str)
 
 
 def test_absence_nested_below_the_top_is_refused() -> None:

@@ -40,7 +40,7 @@ _FIRED_SINCE = InLists(  # the timer engine asks it for every set it fires
 def fired_since(
     connection: Connection, profile_ids: Collection[str], rule_ids: Collection[str], since: datetime
 ) -> dict[tuple[str, str], list[datetime]]:
-    """When each of these rules fired (not capped) for each of these profiles since a time, by (profile, rule).
+    """When each of these rules fired and reached the person (not capped, not unreached) for each of these profiles since a time, by (profile, rule).
 
     `count_since` for many profiles and rules in one statement: the timer engine
     answers every frequency cap of a set of timers from it.

@@ -101,6 +101,18 @@ def _insert_skipping(dialect: str, table: Table, conflict_columns: tuple[str, ..
     return dialect_insert(table).on_conflict_do_nothing(index_elements=list(conflict_columns))
 
 
+def upsert(connection: Connection, table: Table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str]) -> None:
+    """Insert rows, or update those whose key exists: INSERT ... ON CONFLICT DO UPDATE, spelled for the
+    database. A delete then insert is not safe beside a concurrent writer on PostgreSQL: neither sees the
+    other's new row, and the second insert breaks the key."""
+    if not rows:
+        return
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(table)
+    updated = {column.name: statement.excluded[column.name] for column in table.columns if column.name not in conflict_columns}
+    connection.execute(statement.on_conflict_do_update(index_elements=list(conflict_columns), set_=updated), list(rows))
+
+
 class Claim:
     """Work rows taken and leased in one prebuilt statement, on both databases:
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, delete, false, func, or_, select, update
+from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
 
 from hub.model import derived_id
 from hub.store import sql
@@ -176,11 +176,9 @@ def noted_waits(connection: Connection) -> dict[str, timedelta]:
 
 def note_waits(connection: Connection, waits: dict[str, timedelta]) -> None:
     """Keep these waits as seen, so the next edit (made while a worker runs or not) is compared with them."""
-    if waits:
-        connection.execute(delete(absence_waits).where(absence_waits.c.rule_id.in_(waits)))
-        connection.execute(absence_waits.insert(), [
-            {"rule_id": rule_id, "wait_ms": wait // timedelta(milliseconds=1)} for rule_id, wait in waits.items()
-        ])
+    sql.upsert(connection, absence_waits, [
+        {"rule_id": rule_id, "wait_ms": wait // timedelta(milliseconds=1)} for rule_id, wait in waits.items()
+    ], ["rule_id"])
 
 
 def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
