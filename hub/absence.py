@@ -178,10 +178,10 @@ class TimerEngine:
                 continue
             decided.append((firing, decision))
             settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))
-        today = self.responder.messages_today(connection, {d.profile_id for _, d in decided if d.status == "fired"}, now)
+        going = self.responder.messages_going(connection, {d.profile_id for _, d in decided if d.status == "fired"}, now)
         routed = [
             self.responder.route(connection, decision, firing.anchor.as_document(), now, firing.profile,
-                                 today.get(decision.profile_id, 0))
+                                 going.get(decision.profile_id, []))
             for firing, decision in decided
         ]
         recorded = self.responder.record(connection, routed, now)

@@ -10,19 +10,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from hub import metrics
+from hub.daily_cap import CAP_PERIOD
 from hub.model import Decision
 from hub.routing import Router, RoutingPlan
 from hub.rules import Selector
 from hub.store import decisions, outbox, touchpoints
 from hub.store.profile_views import profile_view
 
-CAP_PERIOD = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -107,32 +107,32 @@ class Responder:
         touchpoint: dict[str, Any],
         now: datetime,
         profile: dict[str, Any] | None = None,
-        messages_today: int | None = None,
+        messages_going: Sequence[datetime] | None = None,
     ) -> Routed:
         """Each action's fate and the deliveries to plan; nothing is stored until `record`.
 
-        `profile` is the `profile_view`, and `messages_today` the profile's count
-        from `messages_today`, when the caller has them already. The daily cap
+        `profile` is the `profile_view`, and `messages_going` the profile's times
+        from `messages_going`, when the caller has them already. The daily cap
         counts the deliveries stored so far, so a decision must be recorded
         before the next one of its profile is routed.
         """
         profile = profile or profile_view(connection, decision.profile_id)
         if profile is None:
             raise LookupError(f"decision {decision.decision_id} names unknown profile {decision.profile_id}")
-        if messages_today is None:
-            messages_today = self.messages_today(connection, [profile["profile_id"]], now).get(profile["profile_id"], 0)
-        plan = self.router.plan(decision, profile, touchpoint, now=now, messages_today=messages_today)
+        if messages_going is None:
+            messages_going = self.messages_going(connection, [profile["profile_id"]], now).get(profile["profile_id"], [])
+        plan = self.router.plan(decision, profile, touchpoint, now=now, messages_going=messages_going)
         if decision.status == "fired" and not plan.deliveries:
             # Reaching nobody spends none of the rule's cap: once the person has an address, the next event tries again.
             decision = replace(decision, status="unreached")
         return Routed(decision, plan)
 
-    def messages_today(self, connection: Connection, profile_ids: Collection[str], now: datetime) -> dict[str, int]:
-        """What the daily cap counts for each profile (those with none left out), in one statement; no
-        statement when there is no daily cap or no profile."""
+    def messages_going(self, connection: Connection, profile_ids: Collection[str], now: datetime) -> dict[str, list[datetime]]:
+        """What the daily cap counts for each profile (those with none left out): when its messages go, from a
+        day ago on, in one statement; no statement when there is no daily cap or no profile."""
         if self.router.policy.daily_cap is None or not profile_ids:
             return {}
-        return outbox.planned_since(connection, profile_ids, self._capped_channels, now - CAP_PERIOD)
+        return outbox.going_since(connection, profile_ids, self._capped_channels, now - CAP_PERIOD)
 
     def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> Recorded:
         """Store routed decisions (one insert) and plan their deliveries (one more).

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
 from hub.consent import consent_revoked
+from hub.daily_cap import has_room
 from hub.errors import ConfigError
 from hub.model import QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.quiet_hours import QuietHours
@@ -120,10 +121,10 @@ class Router:
         touchpoint: dict[str, Any],
         *,
         now: datetime | None = None,
-        messages_today: int = 0,
+        messages_going: Sequence[datetime] = (),
     ) -> RoutingPlan:
-        """`profile` is the view from `hub.store.profile_views.profile_view`; `messages_today` is how many
-        messages that reach the person were planned for the profile in the last 24 hours."""
+        """`profile` is the view from `hub.store.profile_views.profile_view`; `messages_going` is when the
+        profile's messages that reach the person go (or went), from a day ago on (`hub.daily_cap`)."""
         if decision.status == "capped":
             cap = decision.evidence.get("cap", {})
             reason = f"rule cap reached: at most {cap.get('max')} decision(s) within {cap.get('within_seconds')} s"
@@ -131,13 +132,14 @@ class Router:
         now = now or decision.decided_at
         deliveries: list[PlannedDelivery] = []
         fates: list[dict[str, Any]] = []
+        going = list(messages_going)
         context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
         for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
             for number, (channel, template) in enumerate(tries):
                 try:
                     delivery, fate = self._route(
-                        decision, place, action, channel, template, profile, context, now, messages_today
+                        decision, place, action, channel, template, profile, context, now, going
                     )
                 except _CannotReach as cannot:
                     last = number == len(tries) - 1
@@ -148,7 +150,8 @@ class Router:
                     continue
                 if delivery is not None:
                     deliveries.append(delivery)
-                    messages_today += self.routes[channel].reaches_person
+                    if self.routes[channel].reaches_person:
+                        going.append(delivery.not_before or now)
                 fates.append({"channel": channel, **fate})
                 break
         return RoutingPlan(deliveries, fates)
@@ -163,7 +166,7 @@ class Router:
         profile: dict[str, Any],
         context: dict[str, Any],
         now: datetime,
-        messages_today: int,
+        going: Sequence[datetime],
     ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
         route = self.routes.get(channel)
         if route is None:
@@ -177,9 +180,6 @@ class Router:
         if route.reaches_person and max_age is not None and now - decision.decided_at > max_age:
             return None, {"fate": "skipped", "reason": f"too old to send: its cause was at {decision.decided_at:%Y-%m-%d %H:%M} UTC, "
                           f"over {_hours(max_age)} before it was routed (HUB_MESSAGE_MAX_AGE_HOURS)"}
-        cap = self.policy.daily_cap
-        if route.reaches_person and cap is not None and messages_today >= cap:
-            return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
         try:
             rendered = self.templates.render(template, context)
             fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
@@ -198,6 +198,9 @@ class Router:
             if release is not None:
                 send_at = release
                 fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], local_zone)}
+        cap = self.policy.daily_cap
+        if route.reaches_person and cap is not None and not has_room(going, send_at, cap):
+            return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
         if route.reaches_person and max_age is not None:  # retries, replays and outages must not send it later
             held_in[SEND_BY] = (send_at + max_age).isoformat()
         params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}

@@ -138,7 +138,11 @@ class HubSettings(BaseSettings):
         "21:00-08:00", description="Local time window (HH:MM-HH:MM) when non-urgent messages wait; empty: none."
     )
     default_timezone: str = Field("UTC", description="Time zone of profiles without a `timezone` trait.")
-    daily_message_cap: int = Field(5, ge=1, description="Most messages one profile gets from all rules in 24 hours.")
+    daily_message_cap: int = Field(
+        5, ge=1,
+        description="Most messages one profile gets from all rules in any 24 hours, each counted when it goes "
+        "(the end of its delay or quiet hours).",
+    )
     message_max_age_hours: float = Field(
         12.0, gt=0,
         description="A message whose cause (the event, or the end of a timer's wait) is older than this is skipped, "

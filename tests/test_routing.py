@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from hub.consent import consent_revoked
+from hub.daily_cap import has_room
 from hub.model import Action, Decision
 from hub.quiet_hours import QuietHours
 from hub.routing import ChannelRoute, ContactPolicy, Router
@@ -104,10 +105,38 @@ def test_consent_blocks_and_records_why_even_when_no_fallback_helps(tmp_path: Pa
 
 def test_daily_cap_counts_messages_to_the_person_but_not_crm_updates(tmp_path: Path) -> None:
     actions = (Action("sms", "sms.j2"), Action("email", "email.j2"), Action("crm", "sms.j2", fields={"Intent__c": "{{ vars.link }}"}))
-    plan = policy_router(tmp_path, daily_cap=3).plan(urgent(*actions), PROFILE, {}, now=NIGHT, messages_today=2)
+    earlier = [NIGHT - timedelta(hours=20), NIGHT - timedelta(hours=1)]
+    plan = policy_router(tmp_path, daily_cap=3).plan(urgent(*actions), PROFILE, {}, now=NIGHT, messages_going=earlier)
     assert [f["fate"] for f in plan.fates()] == ["planned", "capped", "planned"]
     assert plan.fates()[1]["reason"] == "daily cap per profile reached (3 messages in 24 h)"
     assert plan.deliveries[1].content["params"] == {"fields": {"Intent__c": "x"}}
+
+
+def test_the_daily_cap_counts_each_message_when_it_goes_not_when_it_was_planned(tmp_path: Path) -> None:
+    """A follow-up planned yesterday to go tomorrow leaves today's one message free, and tomorrow's taken: a
+    second message delayed to then is capped, where planning-time counting sent both together."""
+    routing = policy_router(tmp_path, daily_cap=1)
+    follow_up_tomorrow = [NIGHT + timedelta(days=1)]
+    now_and_tomorrow = urgent(Action("sms", "sms.j2"), Action("email", "email.j2", delay=timedelta(days=1, hours=2)))
+    plan = routing.plan(now_and_tomorrow, PROFILE, {}, now=NIGHT, messages_going=follow_up_tomorrow)
+    assert [f["fate"] for f in plan.fates()] == ["planned", "capped"]
+    two_days_on = urgent(Action("sms", "sms.j2", delay=timedelta(days=2)))
+    assert [f["fate"] for f in routing.plan(two_days_on, PROFILE, {}, now=NIGHT, messages_going=follow_up_tomorrow).fates()] == ["planned"]
+
+
+@pytest.mark.parametrize(
+    ("going", "cap", "room"),
+    [
+        ([], 1, True),
+        ([NIGHT - timedelta(hours=23)], 1, False),  # within the 24 h before
+        ([NIGHT - timedelta(hours=24)], 1, True),  # a day ago exactly: out of every 24 h holding now
+        ([NIGHT + timedelta(hours=23)], 1, False),  # planned to go later, within 24 h
+        ([NIGHT - timedelta(hours=20), NIGHT + timedelta(hours=20)], 2, True),  # 40 h apart: no 24 h holds all three
+        ([NIGHT - timedelta(hours=10), NIGHT + timedelta(hours=10)], 2, False),
+    ],
+)
+def test_the_daily_cap_holds_in_every_24_hours(going: list[datetime], cap: int, room: bool) -> None:
+    assert has_room(going, NIGHT, cap) is room
 
 
 def test_messages_about_what_happened_too_long_ago_are_skipped_but_crm_updates_still_go(tmp_path: Path) -> None:

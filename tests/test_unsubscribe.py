@@ -121,7 +121,7 @@ def test_a_message_planned_before_consent_was_revoked_is_not_sent(
     assert sandbox.twilio.messages == []
     with hub.store.read() as connection:
         [sms] = outbox.search(connection, limit=10, channel="sms")
-        spent = outbox.planned_since(connection, [sms["profile_id"]], ["sms"], utcnow() - timedelta(days=1))
+        spent = outbox.going_since(connection, [sms["profile_id"]], ["sms"], utcnow() - timedelta(days=1))
     assert (sms["status"], sms["attempts"]) == ("failed", 0)
     assert sms["last_error"] == "not sent: consent was revoked after it was planned"
     assert spent == {}  # it reached nobody, so it spends none of the person's daily cap

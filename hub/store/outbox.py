@@ -297,21 +297,24 @@ def unfinished(connection: Connection, now: datetime) -> int:
     return connection.execute(query).scalar_one()
 
 
-_PLANNED_SINCE = sql.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
-    lambda profiles, channels: select(deliveries.c.profile_id, func.count())
-    .where(
+_GOES_AT = func.coalesce(deliveries.c.first_due_at, deliveries.c.created_at, type_=UTCDateTime)  # planned before i12: created_at
+_GOING_SINCE = sql.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
+    lambda profiles, channels: select(deliveries.c.profile_id, _GOES_AT).where(
         deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
-        deliveries.c.created_at > bindparam("since", type_=UTCDateTime),
+        _GOES_AT > bindparam("since", type_=UTCDateTime),
         # One that failed unsent (consent revoked since, too old to send) reached nobody: it spends no cap.
         or_(deliveries.c.status != "failed", deliveries.c.attempts > 0),
     )
-    .group_by(deliveries.c.profile_id)
 )
 
 
-def planned_since(
+def going_since(
     connection: Connection, profile_ids: Collection[str], channels: Sequence[str], since: datetime
-) -> dict[str, int]:
-    """Deliveries planned per profile on these channels since a time, those withdrawn unsent left out (profiles
-    with none left out too): what the daily cap counts, for a set of profiles in one statement."""
-    return dict(_PLANNED_SINCE.execute(connection, profile_ids, channels, since=since))
+) -> dict[str, list[datetime]]:
+    """When each profile's deliveries on these channels go (or went: the end of their delay or quiet hours),
+    from `since` on, those withdrawn unsent left out (profiles with none left out too): what the daily cap
+    counts, for a set of profiles in one statement."""
+    going: dict[str, list[datetime]] = {}
+    for profile_id, goes_at in _GOING_SINCE.execute(connection, profile_ids, channels, since=since):
+        going.setdefault(profile_id, []).append(goes_at)
+    return going

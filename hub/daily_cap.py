@@ -1,0 +1,25 @@
+"""The daily cap: at most N messages reach a person in any 24 hours, counted when each goes.
+
+Counted when they were planned, a follow-up delayed two days (or a message
+held overnight by quiet hours) spent the cap of a day in which it sent
+nothing, and on the day it went, it went beside that day's full count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+CAP_PERIOD = timedelta(days=1)
+
+
+def has_room(going_at: Sequence[datetime], at: datetime, cap: int) -> bool:
+    """Whether one more message going `at` keeps every 24 h that holds it at `cap` messages or fewer, beside
+    the person's other messages going (or gone) `going_at`.
+
+    The fullest 24 h holding `at` starts at `at` or at one of the messages
+    before it, so only those starts are tried.
+    """
+    near = [t for t in going_at if at - CAP_PERIOD < t < at + CAP_PERIOD]
+    starts = [t for t in near if t <= at] + [at]
+    return all(sum(start <= t < start + CAP_PERIOD for t in near) < cap for start in starts)
