@@ -184,9 +184,13 @@ class Pipeline:
             )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
             history = StoreHistory(connection)
-            document = touchpoint.as_document()
-            for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits):
-                routed = self.responder.route(connection, decision, document, now)
+            decided = [(touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)]
+            decided += triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
+                touchpoint, resolution.profile_id, self.rulebook.rejudged_by(touchpoint.event), history,
+                lambda ids: touchpoints.get_many(connection, ids), traits,
+            )
+            for at, decision in decided:
+                routed = self.responder.route(connection, decision, at.as_document(), now)
                 outcome.recorded += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:

@@ -16,7 +16,7 @@ import structlog
 
 from hub.errors import ConfigError
 from hub.rules import RuleSpec, load_rules
-from hub.triggers import RuleIndex
+from hub.triggers import Rejudged, RuleIndex
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +43,11 @@ class RuleBook:
         """The rules in force that an event of this name can make hold, arm or cancel, by priority."""
         self.current()
         return self._index.for_event(event)
+
+    def rejudged_by(self, event: str) -> tuple[Rejudged, ...]:
+        """The rules in force a late event of this name may make hold at events stored before it."""
+        self.current()
+        return self._index.rejudged_by(event)
 
     def get(self, rule_id: str) -> RuleSpec | None:
         self.current()

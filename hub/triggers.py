@@ -9,9 +9,9 @@ for the caller to store.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from hub.model import Action, Decision, Touchpoint, ordered_id
@@ -30,11 +30,22 @@ from hub.rules import (
     RecentCondition,
     RuleSpec,
     Selector,
+    Window,
 )
 from hub.selectors import describe, distinct_value, event_names, named, predicates_hold, selected, union_unless_open
 
 
 WaitEnded = Literal["cancelled", "lapsed"]  # how a timer's wait ended without a decision (`evaluate_expired`)
+
+
+@dataclass(frozen=True)
+class Rejudged:
+    """A rule to judge again at its own events within `within` after an event its `recent` looks for: that
+    event arrived after them (a shop's order webhook behind the help desk's ticket)."""
+
+    rule: RuleSpec
+    at_events: frozenset[str]
+    within: timedelta
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,33 @@ class RuleIndex:
         self._unpinned = tuple(rule for rule in rules if pinned[rule.id] is None)
         events = set().union(*(names for names in pinned.values() if names is not None))
         self._by_event = {event: tuple(rule for rule in rules if _may_match(pinned[rule.id], event)) for event in events}
+        rejudged: dict[str, list[Rejudged]] = {}
+        for rule in rules:
+            at_events = pinned[rule.id]
+            if rule.absence is not None or at_events is None:
+                continue  # an absence is judged when its timer comes due; an unpinned rule has no events to look for
+            for window in _evidence_windows(rule.when):
+                for name in named(window) or ():
+                    rejudged.setdefault(name, []).append(Rejudged(rule, at_events, window.within))
+        self._rejudged = {name: tuple(entries) for name, entries in rejudged.items()}
 
     def for_event(self, event: str) -> tuple[RuleSpec, ...]:
         return self._by_event.get(event, self._unpinned)
+
+    def rejudged_by(self, event: str) -> tuple[Rejudged, ...]:
+        """The rules a late event of this name may now make hold at events stored before it (`rejudge`)."""
+        return self._rejudged.get(event, ())
+
+
+def _evidence_windows(condition: Condition) -> Iterator[Window]:
+    """The `recent` windows that must find events for the condition to hold; not those under a `not`: evidence
+    arriving late there would take back a message already sent."""
+    match condition:
+        case RecentCondition(recent=window):
+            yield window
+        case AllCondition(all=parts) | AnyCondition(any=parts):
+            for part in parts:
+                yield from _evidence_windows(part)
 
 
 def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
@@ -117,6 +152,45 @@ def evaluate(
         decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at)
         if decision is not None:
             decided.append(decision)
+    return decided
+
+
+def rejudge(
+    evidence: Touchpoint,
+    profile_id: str,
+    rejudged: Sequence[Rejudged],
+    history: History,
+    stored: Callable[[Sequence[str]], Mapping[str, Touchpoint]],
+    traits: Mapping[str, Any] | None = None,
+) -> list[tuple[Touchpoint, Decision]]:
+    """Decisions this late-arriving event makes hold at the profile's events after it, within the windows that
+    look for it: a ticket taken in before the order that qualifies it is judged again once the order is in.
+
+    Each is the decision the rule would have made had the events arrived in
+    order: its id is the rule's and that event's, so one already made is not
+    made twice. `stored` reads touchpoints by id.
+    """
+    if not rejudged:
+        return []
+    at_events = frozenset().union(*(entry.at_events for entry in rejudged))
+    until = evidence.occurred_at + max(entry.within for entry in rejudged)
+    later = [
+        doc for doc in history.events(profile_id, evidence.occurred_at, until, Selector(event=sorted(at_events)))
+        if doc["touchpoint_id"] != evidence.touchpoint_id and datetime.fromisoformat(doc["occurred_at"]) > evidence.occurred_at
+    ]
+    if not later:
+        return []
+    found = stored([doc["touchpoint_id"] for doc in later])
+    decided: list[tuple[Touchpoint, Decision]] = []
+    for doc in later:
+        touchpoint = found.get(doc["touchpoint_id"])
+        if touchpoint is None:
+            continue
+        at = touchpoint.occurred_at
+        rules = [entry.rule for entry in rejudged if touchpoint.event in entry.at_events and at <= evidence.occurred_at + entry.within]
+        for decision in evaluate(touchpoint, profile_id, rules, history, traits):
+            decision.evidence["judged_again_after"] = {"touchpoint_id": evidence.touchpoint_id, "event": evidence.event}
+            decided.append((touchpoint, decision))
     return decided
 
 

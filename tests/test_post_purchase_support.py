@@ -99,3 +99,21 @@ def test_opted_out_profile_gets_no_sms_and_the_decision_says_why(running_hub: Ru
     assert running_hub.admin("/api/deliveries", channel="sms")["deliveries"] == []
     [decision] = running_hub.admin("/api/decisions")["decisions"]
     assert decision["actions"][0] == {"channel": "sms", "fate": "blocked_by_consent", "reason": "sms consent revoked by the profile"}
+
+
+def test_an_order_taken_in_after_the_ticket_it_qualifies_still_gets_the_sms(running_hub: RunningHub) -> None:
+    """The shop's order webhook lags the help desk's: the ticket is judged with no purchase, then again when the
+    order comes in, as if they had arrived in order; sent again, the order changes nothing."""
+    running_hub.send(person("late", "+14155550006"), ticket("late", minutes=1))
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+    late_order = order("late", days=2)
+    running_hub.send(late_order)
+    running_hub.settle()
+    assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550006"]
+    [decision] = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
+    assert decision["evidence"]["judged_again_after"]["event"] == "Order Completed"
+    running_hub.send(order("late", days=1))
+    running_hub.settle()
+    assert len(running_hub.sandbox.twilio.messages) == 1 and decisions(running_hub) == {"post_purchase_support": 1}
+

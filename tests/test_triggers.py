@@ -350,6 +350,22 @@ class CountingHistory(RecordedHistory):
         return super().events(profile_id, since, until, selector)
 
 
+def test_a_late_event_is_evidence_again_only_where_a_rule_needs_it_not_where_it_forbids_it() -> None:
+    """An order rejudges the tickets after it (its `recent`); a download does not take back a demo offer made
+    without it (`not recent`: what was sent stays sent)."""
+    from hub.triggers import RuleIndex
+
+    index = RuleIndex(rules(
+        {"id": "support", "when": {"all": [{"event": "Ticket Submitted"}, {"recent": {"event": "Order Completed", "within": "30d"}}]},
+         "respond": RESPOND},
+        {"id": "demo", "when": {"all": [{"event": "page"}, {"not": {"recent": {"event": "Whitepaper Downloaded", "within": "30d"}}}]},
+         "respond": RESPOND},
+    ))
+    [entry] = index.rejudged_by("Order Completed")
+    assert (entry.rule.id, entry.at_events, entry.within) == ("support", frozenset({"Ticket Submitted"}), timedelta(days=30))
+    assert index.rejudged_by("Whitepaper Downloaded") == () and index.rejudged_by("Ticket Submitted") == ()
+
+
 def test_every_windowed_rule_of_an_event_filters_one_read_of_the_profiles_past() -> None:
     history = CountingHistory({"Product Viewed": [T0 - timedelta(minutes=1), T0 - timedelta(minutes=50)],
                                "Cart Viewed": [T0 - timedelta(minutes=20)]})
