@@ -85,8 +85,9 @@ class ReadAhead:
 
 
 @lru_cache(maxsize=1024)
-def _selector_of(names: frozenset[str] | None) -> Selector | None:
-    """A selector of these event names (None: every event), to read a span through `History.events`."""
+def selector_of(names: frozenset[str] | None) -> Selector | None:
+    """A selector of these event names (None: every event), to read a span through `History.events`; cached,
+    as building one per event costs more than the read."""
     return None if names is None else Selector(event=sorted(names))
 
 
@@ -100,6 +101,6 @@ def read_ahead(history: History, profile_id: str, at: datetime, windows: Sequenc
     names = event_names(windows)
 
     def read() -> dict[str, list[dict[str, Any]]]:
-        return {profile_id: history.events(profile_id, since, until, _selector_of(names))}
+        return {profile_id: history.events(profile_id, since, until, selector_of(names))}
 
     return ReadAhead(history, since, until, names, read)

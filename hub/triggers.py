@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from hub.model import Action, Decision, Touchpoint, ordered_id
-from hub.rule_history import History, read_ahead
+from hub.rule_history import History, read_ahead, selector_of
 from hub.rules import (
     ACTION_KINDS,
     AbsenceCondition,
@@ -175,7 +175,7 @@ def rejudge(
     at_events = frozenset().union(*(entry.at_events for entry in rejudged))
     until = evidence.occurred_at + max(entry.within for entry in rejudged)
     later = [
-        doc for doc in history.events(profile_id, evidence.occurred_at, until, Selector(event=sorted(at_events)))
+        doc for doc in history.events(profile_id, evidence.occurred_at, until, selector_of(at_events))
         if doc["touchpoint_id"] != evidence.touchpoint_id and datetime.fromisoformat(doc["occurred_at"]) > evidence.occurred_at
     ]
     if not later:
