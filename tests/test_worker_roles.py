@@ -13,6 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from hub.runtime import Hub
+from hub.wakeup_channels import SocketFolder
 from hub.wakeups import Wakeups
 from hub.settings import HubSettings
 from hub.store import Store, inbox, outbox
@@ -133,6 +134,26 @@ def test_a_socket_left_by_a_dead_process_is_removed_by_the_next_announcement(tmp
         dead.bind(str(folder / "999999-dead.sock"))  # bound, then closed without unlinking: as after kill -9
     Wakeups(f"sqlite:///{tmp_path}/hub.db").announce("delivery")
     assert not (folder / "999999-dead.sock").exists()
+
+
+def test_a_hub_that_starts_after_the_folder_was_listed_still_hears_the_next_announcement(tmp_path: Path) -> None:
+    """Every pipeline batch announces, so the listing of the folder is kept until its mtime says a listener
+    joined or left."""
+    folder = tmp_path / "hub.db-wakeups"
+    folder.mkdir()
+    sender = SocketFolder(folder)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as first:
+        first.bind(str(folder / "1-a.sock"))
+        first.setblocking(False)
+        sender.publish("delivery")
+        assert first.recv(64) == b"delivery"
+        sender.publish("pipeline")
+        assert first.recv(64) == b"pipeline"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as second:
+            second.bind(str(folder / "2-b.sock"))  # a hub starts: the folder changes
+            second.setblocking(False)
+            sender.publish("timers")
+            assert (first.recv(64), second.recv(64)) == (b"timers", b"timers")
 
 
 def test_an_unreadable_wake_up_is_logged_and_the_listener_goes_on(tmp_path: Path) -> None:
