@@ -183,11 +183,11 @@ class Pipeline:
                 cancel=changes.cancel, arm=changes.arm,
             )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
-            history = StoreHistory(connection)
+            rejudged = self.rulebook.rejudged_by(touchpoint.event)
+            history = triggers.past_of(touchpoint, resolution.profile_id, rules, rejudged, StoreHistory(connection))
             decided = [(touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)]
             decided += triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
-                touchpoint, resolution.profile_id, self.rulebook.rejudged_by(touchpoint.event), history,
-                lambda ids: touchpoints.get_many(connection, ids), traits,
+                touchpoint, resolution.profile_id, rejudged, history, lambda ids: touchpoints.get_many(connection, ids), traits,
             )
             for at, decision in decided:
                 routed = self.responder.route(connection, decision, at.as_document(), now)

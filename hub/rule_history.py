@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from hub.rules import CountWindow, Selector, Window
-from hub.selectors import event_names, kind
+from hub.selectors import event_names, kind, union_unless_open
 
 
 class History(Protocol):
@@ -91,14 +91,18 @@ def selector_of(names: frozenset[str] | None) -> Selector | None:
     return None if names is None else Selector(event=sorted(names))
 
 
-def read_ahead(history: History, profile_id: str, at: datetime, windows: Sequence[Window]) -> History:
+def read_ahead(
+    history: History, profile_id: str, at: datetime, windows: Sequence[Window], ahead: Sequence[tuple[frozenset[str], timedelta]] = ()
+) -> History:
     """`history`, reading the profile's touchpoints once for all these windows around `at`: back as far as the
-    longest reaches, and on as far as the longest `count` (its events may arrive in any order)."""
-    if not windows:
+    longest reaches, and on as far as the longest `count` (its events may arrive in any order) or `ahead`
+    (events of these names within this long after `at`: those a late event may judge again, `triggers.rejudge`)."""
+    if not windows and not ahead:
         return history
-    since = at - max(window.within for window in windows)
-    until = at + max((window.within for window in windows if isinstance(window, CountWindow)), default=timedelta(0))
-    names = event_names(windows)
+    since = at - max((window.within for window in windows), default=timedelta(0))
+    until = at + max([window.within for window in windows if isinstance(window, CountWindow)] + [within for _, within in ahead],
+                     default=timedelta(0))
+    names = union_unless_open([event_names(windows) if windows else frozenset(), *(names for names, _ in ahead)])
 
     def read() -> dict[str, list[dict[str, Any]]]:
         return {profile_id: history.events(profile_id, since, until, selector_of(names))}
