@@ -25,6 +25,7 @@ from hub import triggers
 from hub.clock import utcnow
 from hub.model import Decision, Touchpoint
 from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
+from hub.rule_events import awaited
 from hub.rule_history import History, ReadAhead
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
@@ -238,7 +239,7 @@ class TimerEngine:
         store = StoreHistory(connection)
         if caps:
             store = CapsReadAhead(connection, profiles, {rule_id for _, rule_id in caps}, min(since for since, _ in caps))
-        names = event_names([triggers.awaited(firing.rule) for firing in firings])
+        names = event_names([awaited(firing.rule) for firing in firings])
         since = min(firing.anchor.occurred_at for firing in firings)
         until = max(firing.timer.due_at for firing in firings)
         return ReadAhead(

@@ -16,7 +16,7 @@ import structlog
 
 from hub.errors import ConfigError
 from hub.rules import RuleSpec, load_rules
-from hub.triggers import Rejudged, RuleIndex
+from hub.rule_events import Rejudged, RuleIndex
 
 log = structlog.get_logger(__name__)
 

@@ -9,12 +9,13 @@ for the caller to store.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
 from hub.model import Action, Decision, Touchpoint, ordered_id
+from hub.rule_events import Rejudged, awaited
 from hub.rule_history import History, read_ahead, selector_of
 from hub.rules import (
     ACTION_KINDS,
@@ -30,22 +31,11 @@ from hub.rules import (
     RecentCondition,
     RuleSpec,
     Selector,
-    Window,
 )
-from hub.selectors import describe, distinct_value, event_names, named, predicates_hold, selected, union_unless_open
+from hub.selectors import describe, distinct_value, predicates_hold, selected
 
 
 WaitEnded = Literal["cancelled", "lapsed"]  # how a timer's wait ended without a decision (`evaluate_expired`)
-
-
-@dataclass(frozen=True)
-class Rejudged:
-    """A rule to judge again at its own events within `within` after an event its `recent` looks for: that
-    event arrived after them (a shop's order webhook behind the help desk's ticket)."""
-
-    rule: RuleSpec
-    at_events: frozenset[str]
-    within: timedelta
 
 
 @dataclass(frozen=True)
@@ -54,78 +44,6 @@ class TimerChanges:
 
     cancel: tuple[str, ...]
     arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
-
-
-class RuleIndex:
-    """The rules, by priority, that an event of each name can make hold, arm or cancel; built once per rule set.
-
-    With a hundred rules most of them name events a touchpoint is not, so
-    evaluating only the rules its event can match saves walking every
-    condition tree on every event. Rules whose conditions do not pin the
-    event name (`stage`/`moment` selectors, `recent` alone, `not`, `any`
-    over unnamed parts, absence waiting for `any` event) go to every event.
-    """
-
-    def __init__(self, rules: Sequence[RuleSpec]) -> None:
-        pinned = {rule.id: _trigger_events(rule) for rule in rules}
-        self._unpinned = tuple(rule for rule in rules if pinned[rule.id] is None)
-        events = set().union(*(names for names in pinned.values() if names is not None))
-        self._by_event = {event: tuple(rule for rule in rules if _may_match(pinned[rule.id], event)) for event in events}
-        rejudged: dict[str, list[Rejudged]] = {}
-        for rule in rules:
-            at_events = pinned[rule.id]
-            if rule.absence is not None or at_events is None:
-                continue  # an absence is judged when its timer comes due; an unpinned rule has no events to look for
-            for window in _evidence_windows(rule.when):
-                for name in named(window) or ():
-                    rejudged.setdefault(name, []).append(Rejudged(rule, at_events, window.within))
-        self._rejudged = {name: tuple(entries) for name, entries in rejudged.items()}
-
-    def for_event(self, event: str) -> tuple[RuleSpec, ...]:
-        return self._by_event.get(event, self._unpinned)
-
-    def rejudged_by(self, event: str) -> tuple[Rejudged, ...]:
-        """The rules a late event of this name may now make hold at events stored before it (`rejudge`)."""
-        return self._rejudged.get(event, ())
-
-
-def _evidence_windows(condition: Condition) -> Iterator[Window]:
-    """The `recent` windows that must find events for the condition to hold; not those under a `not`: evidence
-    arriving late there would take back a message already sent."""
-    match condition:
-        case RecentCondition(recent=window):
-            yield window
-        case AllCondition(all=parts) | AnyCondition(any=parts):
-            for part in parts:
-                yield from _evidence_windows(part)
-
-
-def _trigger_events(rule: RuleSpec) -> frozenset[str] | None:
-    """Event names a touchpoint needs for the rule to hold at it, arm or cancel its timer; None: any name may."""
-    absence = rule.absence
-    if absence is None:
-        return _required_events(rule.when)
-    after, without = named(absence.after), event_names([awaited(rule)])
-    return None if after is None or without is None else after | without
-
-
-def _required_events(condition: Condition) -> frozenset[str] | None:
-    """Event names the evaluated touchpoint must have for the condition to hold; None when it does not say."""
-    match condition:
-        case EventCondition():
-            return named(condition)
-        case CountCondition(count=window):
-            return named(window)
-        case AllCondition(all=parts):
-            pinned = [names for names in map(_required_events, parts) if names is not None]
-            return frozenset.intersection(*pinned) if pinned else None
-        case AnyCondition(any=parts):
-            return union_unless_open([_required_events(part) for part in parts])
-    return None
-
-
-def _may_match(names: frozenset[str] | None, event: str) -> bool:
-    return names is None or event in names
 
 
 def document_for(touchpoint: Touchpoint, traits: Mapping[str, Any]) -> dict[str, Any]:
@@ -270,13 +188,6 @@ def _follow_up_came(
         )
         for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
     )
-
-
-def awaited(rule: RuleSpec) -> Selector | None:
-    """The follow-up an absence rule waits for; None when any action of the profile will do."""
-    assert rule.absence is not None, f"rule {rule.id} has no absence condition"
-    without = rule.absence.without
-    return None if without == "any" else without
 
 
 def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime) -> Decision | None:

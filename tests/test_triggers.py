@@ -321,7 +321,7 @@ def test_actions_only_if_pick_the_channel_per_device() -> None:
 
 
 def test_the_rule_index_offers_an_event_only_the_rules_it_can_match_in_priority_order() -> None:
-    from hub.triggers import RuleIndex
+    from hub.rule_events import RuleIndex
 
     index = RuleIndex(rules(
         {"id": "named", "priority": 5, "when": {"event": ["A", "B"]}, "respond": RESPOND},
@@ -353,7 +353,7 @@ class CountingHistory(RecordedHistory):
 def test_a_late_event_is_evidence_again_only_where_a_rule_needs_it_not_where_it_forbids_it() -> None:
     """An order rejudges the tickets after it (its `recent`); a download does not take back a demo offer made
     without it (`not recent`: what was sent stays sent)."""
-    from hub.triggers import RuleIndex
+    from hub.rule_events import RuleIndex
 
     index = RuleIndex(rules(
         {"id": "support", "when": {"all": [{"event": "Ticket Submitted"}, {"recent": {"event": "Order Completed", "within": "30d"}}]},
