@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 
 import structlog
 from sqlalchemy import Connection
@@ -183,15 +184,17 @@ class Pipeline:
                 cancel=changes.cancel, arm=changes.arm,
             )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
-            rejudged = self.rulebook.rejudged_by(touchpoint.event)
+            rejudged = self.rulebook.rejudged_by(touchpoint.event, touchpoint.stage, touchpoint.moment)
             history = triggers.past_of(touchpoint, resolution.profile_id, rules, rejudged, StoreHistory(connection))
-            decided = [(touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)]
-            decided += triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
-                touchpoint, resolution.profile_id, rejudged, history, lambda ids: touchpoints.get_many(connection, ids), traits,
+            decided = chain(
+                ((touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)),
+                triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
+                    touchpoint, resolution.profile_id, rejudged, history, lambda ids: touchpoints.get_many(connection, ids), traits,
+                ),
             )
-            for at, decision in decided:
+            for at, decision in decided:  # each recorded before the next is judged (rejudge) or routed (daily cap)
                 routed = self.responder.route(connection, decision, at.as_document(), now)
-                outcome.recorded += self.responder.record(connection, [routed], now)  # before the next is routed: daily cap
+                outcome.recorded += self.responder.record(connection, [routed], now)
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from hub.rules import AllCondition, AnyCondition, Condition, CountCondition, EventCondition, RecentCondition, RuleSpec, Selector, Window
-from hub.selectors import event_names, named, union_unless_open
+from hub.selectors import event_names, kind, named, union_unless_open
 
 
 @dataclass(frozen=True)
@@ -41,21 +41,31 @@ class RuleIndex:
         events = set().union(*(names for names in pinned.values() if names is not None))
         self._by_event = {event: tuple(rule for rule in rules if _may_match(pinned[rule.id], event)) for event in events}
         rejudged: dict[str, list[Rejudged]] = {}
+        by_kind: list[tuple[Window, Rejudged]] = []  # evidence picked by stage or moment, whatever its name
         for rule in rules:
             at_events = pinned[rule.id]
             if rule.absence is not None or at_events is None:
                 continue  # an absence is judged when its timer comes due; an unpinned rule has no events to look for
             for window in _evidence_windows(rule.when):
-                for name in named(window) or ():
-                    rejudged.setdefault(name, []).append(Rejudged(rule, at_events, window.within))
+                entry = Rejudged(rule, at_events, window.within)
+                names = named(window)
+                if names is None:
+                    by_kind.append((window, entry))
+                for name in names or ():
+                    rejudged.setdefault(name, []).append(entry)
         self._rejudged = {name: tuple(entries) for name, entries in rejudged.items()}
+        self._rejudged_by_kind = tuple(by_kind)
 
     def for_event(self, event: str) -> tuple[RuleSpec, ...]:
         return self._by_event.get(event, self._unpinned)
 
-    def rejudged_by(self, event: str) -> tuple[Rejudged, ...]:
-        """The rules a late event of this name may now make hold at events stored before it (`triggers.rejudge`)."""
-        return self._rejudged.get(event, ())
+    def rejudged_by(self, event: str, stage: str | None, moment: str | None) -> tuple[Rejudged, ...]:
+        """The rules a late event of this name (stage, moment) may now make hold at events stored before it
+        (`triggers.rejudge`)."""
+        named_here = self._rejudged.get(event, ())
+        if not self._rejudged_by_kind:
+            return named_here
+        return named_here + tuple(entry for window, entry in self._rejudged_by_kind if kind(window, event, stage, moment))
 
 
 def _evidence_windows(condition: Condition) -> Iterator[Window]:

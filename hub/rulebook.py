@@ -44,10 +44,10 @@ class RuleBook:
         self.current()
         return self._index.for_event(event)
 
-    def rejudged_by(self, event: str) -> tuple[Rejudged, ...]:
-        """The rules in force a late event of this name may make hold at events stored before it."""
+    def rejudged_by(self, event: str, stage: str | None, moment: str | None) -> tuple[Rejudged, ...]:
+        """The rules in force a late event of this name (stage, moment) may make hold at events stored before it."""
         self.current()
-        return self._index.rejudged_by(event)
+        return self._index.rejudged_by(event, stage, moment)
 
     def get(self, rule_id: str) -> RuleSpec | None:
         self.current()

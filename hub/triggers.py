@@ -9,7 +9,7 @@ for the caller to store.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -57,14 +57,19 @@ def evaluate(
     rules: Sequence[RuleSpec],
     history: History,
     traits: Mapping[str, Any] | None = None,
+    as_arrived: bool = False,
 ) -> list[Decision]:
-    """Decisions of the rules that hold at this touchpoint (absence rules decide later, from their timers)."""
+    """Decisions of the rules that hold at this touchpoint (absence rules decide later, from their timers).
+
+    `as_arrived`: judged again (`rejudge`), as when it arrived: a `count` span ends at it, so events taken in
+    after it, which were judged themselves, do not make it hold a second time.
+    """
     decided: list[Decision] = []
     document = document_for(touchpoint, traits or {})
     deciding = [rule for rule in rules if rule.absence is None]
     past = read_ahead(history, profile_id, touchpoint.occurred_at, [window for rule in deciding for window in rule.windows])
     for rule in deciding:
-        judge = _Judge(touchpoint, document, profile_id, past, traits or {})
+        judge = _Judge(touchpoint, document, profile_id, past, traits or {}, touchpoint.occurred_at if as_arrived else None)
         if not judge.holds(rule.when):
             continue
         decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at)
@@ -76,7 +81,8 @@ def evaluate(
 def past_of(
     touchpoint: Touchpoint, profile_id: str, rules: Sequence[RuleSpec], rejudged: Sequence[Rejudged], history: History
 ) -> History:
-    """The profile's past as `evaluate` and then `rejudge` ask it at this touchpoint, read in one query."""
+    """The profile's past as `evaluate` and then `rejudge` ask it at this touchpoint, in one read (a rejudged
+    event's own windows, further back, are read when it is judged)."""
     windows = [window for rule in rules if rule.absence is None for window in rule.windows]
     return read_ahead(history, profile_id, touchpoint.occurred_at, windows, [(entry.at_events, entry.within) for entry in rejudged])
 
@@ -88,36 +94,37 @@ def rejudge(
     history: History,
     stored: Callable[[Sequence[str]], Mapping[str, Touchpoint]],
     traits: Mapping[str, Any] | None = None,
-) -> list[tuple[Touchpoint, Decision]]:
-    """Decisions this late-arriving event makes hold at the profile's events after it, within the windows that
-    look for it: a ticket taken in before the order that qualifies it is judged again once the order is in.
+) -> Iterator[tuple[Touchpoint, Decision]]:
+    """Decisions this late-arriving event makes hold at the profile's events at or after it, within the windows
+    that look for it: a ticket taken in before the order that qualifies it is judged again once the order is in.
 
-    Each is the decision the rule would have made had the events arrived in
-    order: its id is the rule's and that event's, so one already made is not
-    made twice. `stored` reads touchpoints by id.
+    Each is judged as when it arrived, with the late event beside it, and
+    under the id the rule and that event give, so one already made is not
+    made twice. They come oldest first and one at a time: the caller records
+    each before the next is judged, so the rule's cap counts it. The profile
+    is judged as it is now (its traits then are not kept), as timers are.
+    `stored` reads touchpoints by id.
     """
     if not rejudged:
-        return []
+        return
     at_events = frozenset().union(*(entry.at_events for entry in rejudged))
     until = evidence.occurred_at + max(entry.within for entry in rejudged)
     later = [
         doc for doc in history.events(profile_id, evidence.occurred_at, until, selector_of(at_events))
-        if doc["touchpoint_id"] != evidence.touchpoint_id and datetime.fromisoformat(doc["occurred_at"]) > evidence.occurred_at
+        if doc["touchpoint_id"] != evidence.touchpoint_id  # at its instant too: a window's edge holds it
     ]
     if not later:
-        return []
+        return
     found = stored([doc["touchpoint_id"] for doc in later])
-    decided: list[tuple[Touchpoint, Decision]] = []
-    for doc in later:
+    for doc in later:  # oldest first, as the store gives them
         touchpoint = found.get(doc["touchpoint_id"])
         if touchpoint is None:
             continue
         at = touchpoint.occurred_at
         rules = [entry.rule for entry in rejudged if touchpoint.event in entry.at_events and at <= evidence.occurred_at + entry.within]
-        for decision in evaluate(touchpoint, profile_id, rules, history, traits):
+        for decision in evaluate(touchpoint, profile_id, rules, history, traits, as_arrived=True):
             decision.evidence["judged_again_after"] = {"touchpoint_id": evidence.touchpoint_id, "event": evidence.event}
-            decided.append((touchpoint, decision))
-    return decided
+            yield touchpoint, decision
 
 
 def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Mapping[str, Any] | None = None) -> TimerChanges:

@@ -117,3 +117,19 @@ def test_an_order_taken_in_after_the_ticket_it_qualifies_still_gets_the_sms(runn
     running_hub.settle()
     assert len(running_hub.sandbox.twilio.messages) == 1 and decisions(running_hub) == {"post_purchase_support": 1}
 
+
+def test_a_late_order_that_qualifies_two_tickets_sends_what_in_order_arrival_would(running_hub: RunningHub) -> None:
+    """Two tickets an hour apart, then the order that qualifies both: the first decides, the second finds the
+    first in the rule's cap (one a day), one SMS in all. A ticket at the order's very instant counts too."""
+    running_hub.send(person("twice", "+14155550007"), ticket("twice", hours=3))
+    running_hub.settle()
+    running_hub.send(ticket("twice", hours=1))
+    running_hub.settle()
+    running_hub.send(person("same", "+14155550008"), ticket("same", minutes=5))
+    running_hub.settle()
+    running_hub.send(order("twice", days=2), message(userId="same", event="Order Completed", timestamp=at(minutes=5)))
+    running_hub.settle()
+    assert sorted(m["to"] for m in running_hub.sandbox.twilio.messages) == ["+14155550007", "+14155550008"]
+    twice = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
+    assert sorted(d["status"] for d in twice) == ["capped", "fired", "fired"]
+

@@ -361,9 +361,34 @@ def test_a_late_event_is_evidence_again_only_where_a_rule_needs_it_not_where_it_
         {"id": "demo", "when": {"all": [{"event": "page"}, {"not": {"recent": {"event": "Whitepaper Downloaded", "within": "30d"}}}]},
          "respond": RESPOND},
     ))
-    [entry] = index.rejudged_by("Order Completed")
+    [entry] = index.rejudged_by("Order Completed", "purchase", "purchase")
     assert (entry.rule.id, entry.at_events, entry.within) == ("support", frozenset({"Ticket Submitted"}), timedelta(days=30))
-    assert index.rejudged_by("Whitepaper Downloaded") == () and index.rejudged_by("Ticket Submitted") == ()
+    assert index.rejudged_by("Whitepaper Downloaded", None, None) == () and index.rejudged_by("Ticket Submitted", None, None) == ()
+    by_moment = RuleIndex(rules(
+        {"id": "support", "when": {"all": [{"event": "Ticket Submitted"}, {"recent": {"moment": "purchase", "within": "30d"}}]},
+         "respond": RESPOND},
+    ))
+    assert [e.rule.id for e in by_moment.rejudged_by("Subscription Renewed", "retention", "purchase")] == ["support"]
+    assert by_moment.rejudged_by("Subscription Renewed", "retention", "renewal") == ()
+
+
+def test_a_late_event_judges_a_count_again_once_at_the_event_that_completed_it() -> None:
+    """Two views, then the order a rule also wants arrives late: judged again as they arrived, the first view
+    has no second beside it yet and the second has the first, so one decision, as in order."""
+    from hub.rule_events import RuleIndex
+    from hub.triggers import rejudge
+
+    [rule] = rules({"id": "r", "respond": RESPOND, "when": {"all": [
+        {"count": {"event": "Product Viewed", "at_least": 2, "within": "5m"}},
+        {"recent": {"event": "Order Completed", "within": "30d"}}]}})
+    views = [T0 + timedelta(minutes=1), T0 + timedelta(minutes=2)]
+    history = RecordedHistory({"Product Viewed": views, "Order Completed": [T0]})
+    order = Touchpoint("Order Completed-0", "s", "m", "track", "Order Completed", "purchase", "x", T0, T0, ())
+    stored = {f"Product Viewed-{n}": Touchpoint(f"Product Viewed-{n}", "s", "m", "track", "Product Viewed", "decision", "x", at, at, ())
+              for n, at in enumerate(views)}
+    rejudged = RuleIndex([rule]).rejudged_by("Order Completed", None, None)
+    decided = list(rejudge(order, "p", rejudged, history, lambda ids: {i: stored[i] for i in ids if i in stored}))
+    assert [(touchpoint.touchpoint_id, decision.rule_id) for touchpoint, decision in decided] == [("Product Viewed-1", "r")]
 
 
 def test_every_windowed_rule_of_an_event_filters_one_read_of_the_profiles_past() -> None:
