@@ -250,9 +250,10 @@ class _Judge:
         traits: Mapping[str, Any],
         judged_at: datetime | None = None,
     ) -> None:
-        """`judged_at`: a timer's due time, when the rule is judged then rather than at its touchpoint. `recent`
-        windows look back from it ("no order in the last day" by the time the nudge would go), and `count`
-        spans reach no further: what happened after the wait ended must not decide it."""
+        """`judged_at`: the moment the rule is judged at, when the touchpoint's time alone does not say it: a
+        timer's due time ("no order in the last day" by the time the nudge would go; what happened after the
+        wait ended must not decide it), or the touchpoint's own when it is judged again as it arrived
+        (`rejudge`). `recent` windows look back from it, and `count` spans reach no further."""
         self.touchpoint = touchpoint
         self.judged_at = judged_at
         self.looking_back_from = judged_at or touchpoint.occurred_at
@@ -266,11 +267,13 @@ class _Judge:
     def holds(self, condition: Condition) -> bool:
         """Whether the condition holds; if not, the touchpoints its parts added are taken back out, so the
         evidence names only what satisfied the rule (an `any` that held through its second branch does not
-        list the first branch's half-met `all`). The checks' own evidence stays: it says why a part failed."""
-        kept = len(self.touchpoints)
+        list the first branch's half-met `all`), and a count's span they moved the look-back to is forgotten.
+        The checks' own evidence stays: it says why a part failed."""
+        kept, looking_back_from = len(self.touchpoints), self.looking_back_from
         if self._holds(condition):
             return True
         del self.touchpoints[kept:]
+        self.looking_back_from = looking_back_from
         return False
 
     def _holds(self, condition: Condition) -> bool:
