@@ -99,10 +99,17 @@ def read_ahead(
     (events of these names within this long after `at`: those a late event may judge again, `triggers.rejudge`)."""
     if not windows and not ahead:
         return history
-    since = at - max((window.within for window in windows), default=timedelta(0))
-    until = at + max([window.within for window in windows if isinstance(window, CountWindow)] + [within for _, within in ahead],
-                     default=timedelta(0))
-    names = union_unless_open([event_names(windows) if windows else frozenset(), *(names for names, _ in ahead)])
+    back = forward = timedelta(0)
+    for window in windows:  # one pass: every event with windowed rules comes here
+        back = max(back, window.within)
+        if isinstance(window, CountWindow):
+            forward = max(forward, window.within)
+    for _, within in ahead:
+        forward = max(forward, within)
+    since, until = at - back, at + forward
+    names = event_names(windows) if windows else frozenset()
+    if ahead:
+        names = union_unless_open([names, *(later for later, _ in ahead)])
 
     def read() -> dict[str, list[dict[str, Any]]]:
         return {profile_id: history.events(profile_id, since, until, selector_of(names))}

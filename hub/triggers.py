@@ -331,9 +331,12 @@ class _Judge:
         """
         tp, within = self.touchpoint, window.within
         reach = tp.occurred_at + within if self.judged_at is None else min(tp.occurred_at + within, self.judged_at)
+        others = self._window(window, tp.occurred_at - within, reach)
+        if not others:  # the usual case: this one alone
+            alone = distinct_value(window.distinct_by, self.document) if window.distinct_by else tp.touchpoint_id
+            return [self.document], int(alone is not None), tp.occurred_at
         timed = sorted(
-            [(tp.occurred_at, self.document),
-             *((datetime.fromisoformat(doc["occurred_at"]), doc) for doc in self._window(window, tp.occurred_at - within, reach))],
+            [(tp.occurred_at, self.document), *((datetime.fromisoformat(doc["occurred_at"]), doc) for doc in others)],
             key=lambda timed_doc: timed_doc[0],
         )
         values = [distinct_value(window.distinct_by, doc) if window.distinct_by else doc["touchpoint_id"] for _, doc in timed]
