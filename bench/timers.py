@@ -26,7 +26,7 @@ due time, the pipeline's cancel.
 
 Arming 1M timers through the pipeline would take about ten minutes, so the
 rows the pipeline writes for a cart event are seeded instead, in chunks of
-driver-level executemany on the store's connection (`sql.Precompiled`, with
+driver-level executemany on the store's connection (`precompiled.Precompiled`, with
 the columns' own conversions): the profile, its `user_id` identifier, the
 anchor touchpoint and the pending timer. They are copies of the rows the
 pipeline wrote for one real cart event in the same store (the template, then
@@ -66,7 +66,7 @@ from hub.logs import configure_logging
 from hub.model import derived_id
 from hub.runtime import Hub
 from hub.settings import WORKER_ROLES
-from hub.store import sql
+from hub.store import precompiled, sql
 from hub.store.schema import identifiers, profiles, timers, touchpoints
 
 SEEDED = (profiles, identifiers, touchpoints, timers)  # parents first, as the pipeline writes them
@@ -131,7 +131,7 @@ def seeded_rows(rows: dict[str, dict[str, Any]], user: str, message_id: str, inb
 
 def seed(hub: Hub, rows: dict[str, dict[str, Any]], count: int, first_due: datetime, window: float) -> None:
     """`count` people's cart events' rows, their timers due evenly over `window` seconds from `first_due`."""
-    inserts = {table.name: sql.Precompiled(insert(table), list(rows[table.name])) for table in SEEDED}
+    inserts = {table.name: precompiled.Precompiled(insert(table), list(rows[table.name])) for table in SEEDED}
     with Progress(transient=True) as progress:
         task = progress.add_task(f"seeding {count:,} timers", total=count)
         for chunk in _chunks(count):

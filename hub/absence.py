@@ -206,8 +206,9 @@ class TimerEngine:
         later: list[DueTimer] = []
         lengthened: list[tuple[str, datetime]] = []
         profiles: set[str] = set()
-        for timer in sorted(due, key=self._firing_order):
-            rule, anchor = self.rulebook.get(timer.rule_id), anchors.get(timer.touchpoint_id)
+        rules = {rule_id: self.rulebook.get(rule_id) for rule_id in {timer.rule_id for timer in due}}
+        for timer in sorted(due, key=lambda timer: _firing_order(timer, rules[timer.rule_id])):
+            rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
             if rule is None or rule.absence is None or anchor is None or profile is None:
                 settled.append(Settlement(timer.timer_id, "lapsed"))
@@ -222,12 +223,6 @@ class TimerEngine:
                 firings.append(_Firing(replace(timer, due_at=due_at), rule, anchor, profile))
         timers.wait_until(connection, lengthened)
         return firings, later
-
-    def _firing_order(self, timer: DueTimer) -> tuple[datetime, int]:
-        """Due first; of timers due at once, the higher priority rule first, so its decision is the one the
-        caps let through (as the pipeline plans one event's decisions)."""
-        rule = self.rulebook.get(timer.rule_id)
-        return timer.due_at, -(rule.priority if rule is not None else 0)
 
     def _history(self, connection: Connection, firings: list[_Firing]) -> History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the
@@ -245,3 +240,9 @@ class TimerEngine:
         return ReadAhead(
             store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
         )
+
+
+def _firing_order(timer: DueTimer, rule: RuleSpec | None) -> tuple[datetime, int]:
+    """Due first; of timers due at once, the higher priority rule first, so its decision is the one the caps
+    let through (as the pipeline plans one event's decisions)."""
+    return timer.due_at, -(rule.priority if rule is not None else 0)

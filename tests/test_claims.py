@@ -20,7 +20,8 @@ from hub.store import Store, decisions, inbox, outbox, timers, touchpoints
 from hub.store.schema import deliveries
 from hub.store.schema import inbox as inbox_table
 from hub.store.schema import timers as timers_table
-from hub.store.sql import NewRows, Precompiled
+from hub.store.precompiled import Precompiled
+from hub.store.sql import NewRows
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
@@ -199,7 +200,7 @@ def test_touchpoints_are_stored_once_and_read_back_by_id(store: Store) -> None:
 
 
 def test_lists_and_rows_of_any_length_share_a_few_statements_and_read_as_given(store: Store) -> None:
-    """Lengths are padded to powers of two (`sql.padded`): 1 to 40 ids take 7 statements, 1 to 7 rows 4, and the
+    """Lengths are padded to powers of two (`precompiled.padded`): 1 to 40 ids take 7 statements, 1 to 7 rows 4, and the
     repeated id or row changes nothing."""
     stored = [
         Touchpoint(f"tp{n}", "default", f"m{n}", "track", "Cart Viewed", "consideration", "cart", T0, T0,

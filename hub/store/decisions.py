@@ -11,7 +11,8 @@ from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
-from hub.store.sql import InLists, NewRows, Precompiled
+from hub.store.precompiled import InLists, Precompiled
+from hub.store.sql import NewRows
 
 FIRED = ("fired", "unreached")  # the rule held; only `fired` ones reached the person, and rule caps count those
 

@@ -40,7 +40,7 @@ WAL_AUTOCHECKPOINT_PAGES = 20_000
 # Prepared statements the sqlite3 module keeps per connection (its default: 128). Threads share the
 # pool's connections, so each sees nearly every statement of the process: a one-process hub at
 # 1,000 events/s with 100 rules ran 124 distinct statements besides the migrations' 57 (651 before
-# `sql.padded`). Past the cache, a statement is prepared again (parsed and planned) on every run.
+# `precompiled.padded`). Past the cache, a statement is prepared again (parsed and planned) on every run.
 CACHED_STATEMENTS = 512
 
 

@@ -19,7 +19,8 @@ from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
     merges, profiles, timers, touchpoints,
 )
-from hub.store.sql import InLists, Precompiled, insert_ignoring_conflicts, rows_where_in
+from hub.store.precompiled import InLists, Precompiled, rows_where_in
+from hub.store.sql import insert_ignoring_conflicts
 from hub.store.traits import Traits, newest_traits, stamped_traits
 
 # The graph's statements are `Precompiled`: SQLAlchemy's work per executed statement, even a

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from hub.model import RawEvent
-from hub.store import sql
+from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, inbox
 
 
@@ -67,7 +67,7 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
     return [InboxRow(*row[:-1], attempts=row[-1] - 1) for row in rows]
 
 
-_OLDEST_WAITING = sql.Precompiled(  # each pass of the timer worker that finds work: the first entry of the index
+_OLDEST_WAITING = precompiled.Precompiled(  # each pass of the timer worker that finds work: the first entry of the index
     select(inbox.c.available_at).where(inbox.c.status == "pending").order_by(inbox.c.available_at).limit(1)
 )
 
@@ -78,7 +78,7 @@ def oldest_waiting(connection: Connection) -> datetime | None:
     return found[0][0] if found else None
 
 
-_MARK_DONE = sql.InLists(  # each pipeline batch
+_MARK_DONE = precompiled.InLists(  # each pipeline batch
     lambda ids: update(inbox).where(inbox.c.id.in_(ids)).values(status="done", processed_at=bindparam("p_now", type_=UTCDateTime), error=None)
 )
 

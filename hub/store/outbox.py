@@ -13,7 +13,7 @@ from sqlalchemy import Connection, and_, bindparam, desc, func, insert, literal,
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text, mask_value
-from hub.store import sql
+from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, attempts, deliveries
 
 DUE_STATUSES = ("pending", "retrying")
@@ -68,7 +68,7 @@ def _claim_due(skipping: int) -> sql.Claim:
     an expanding IN."""
     due = deliveries.c.status.in_([literal(status) for status in DUE_STATUSES])
     if skipping:
-        due = and_(due, deliveries.c.destination_id.not_in(sql.placeholders(skipping, "skip_")))
+        due = and_(due, deliveries.c.destination_id.not_in(precompiled.placeholders(skipping, "skip_")))
     return sql.due_claim(
         deliveries.c.delivery_id,
         (
@@ -85,9 +85,9 @@ def claim_due(
 ) -> list[Delivery]:
     """Claim deliveries whose time has come and which no live worker holds, but none of `skip_destinations`
     (those at their limit of sends in flight: their deliveries wait, due, for the next claim)."""
-    skipped = sql.padded(sorted(skip_destinations))  # a statement per power of two, as `InLists`
+    skipped = precompiled.padded(sorted(skip_destinations))  # a statement per power of two, as `InLists`
     claim = _claim_due(len(skipped))
-    return [Delivery(*row) for row in claim(connection, limit, p_now=now, p_until=now + lease, **sql.numbered(skipped, "skip_"))]
+    return [Delivery(*row) for row in claim(connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(skipped, "skip_"))]
 
 
 def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
@@ -119,8 +119,8 @@ _ATTEMPT_FIELDS = tuple(field.name for field in fields(AttemptRecord))
 # Both statements of a batch's record are `Precompiled`: compiled once, then each batch is one executemany of
 # the driver's own SQL, without SQLAlchemy's per-execution cache-key walk and parameter building (`inline`: no
 # RETURNING of the attempt ids on PostgreSQL, which nothing reads).
-_INSERT_ATTEMPTS = sql.Precompiled(insert(attempts).inline(), ["delivery_id", "attempt_no", *_ATTEMPT_FIELDS])
-_FINISH_ATTEMPT = sql.Precompiled(
+_INSERT_ATTEMPTS = precompiled.Precompiled(insert(attempts).inline(), ["delivery_id", "attempt_no", *_ATTEMPT_FIELDS])
+_FINISH_ATTEMPT = precompiled.Precompiled(
     update(deliveries)
     .where(deliveries.c.delivery_id == bindparam("b_delivery_id"))
     .values(
@@ -298,7 +298,7 @@ def unfinished(connection: Connection, now: datetime) -> int:
 
 
 _GOES_AT = func.coalesce(deliveries.c.first_due_at, deliveries.c.created_at, type_=UTCDateTime)  # planned before i12: created_at
-_GOING_SINCE = sql.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
+_GOING_SINCE = precompiled.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
     lambda profiles, channels: select(deliveries.c.profile_id, _GOES_AT).where(
         deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
         _GOES_AT > bindparam("since", type_=UTCDateTime),

@@ -13,7 +13,7 @@ from sqlalchemy import Connection, func, select
 
 from hub.model import Identifier
 from hub.store.schema import identifiers, merges, profiles
-from hub.store.sql import rows_where_in
+from hub.store.precompiled import rows_where_in
 
 _LIVE_IDS_OF = rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
 _PROFILE_ROWS_OF = rows_where_in(

@@ -17,7 +17,7 @@ from functools import lru_cache
 from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
 
 from hub.model import derived_id
-from hub.store import sql
+from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, absence_waits, timers
 
 
@@ -31,7 +31,7 @@ class DueTimer:
     due_at: datetime
 
 
-_SETTLE = sql.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
+_SETTLE = precompiled.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
     update(timers)
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
@@ -44,7 +44,7 @@ _ARM = sql.precompiled_insert_skipping(
     ["timer_id", "rule_id", "profile_id", "touchpoint_id", "anchor_at", "due_at", "status", "created_at"],
 )
 
-_NEXT_DUE = sql.Precompiled(  # each pass of the timer worker, idle ones too
+_NEXT_DUE = precompiled.Precompiled(  # each pass of the timer worker, idle ones too
     select(timers.c.due_at)
     .where(
         timers.c.status == "pending",
@@ -70,7 +70,7 @@ def follow_event(
     rearm = [rule_id for rule_id, _ in arm]
     if cancel or rearm:
         parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now,
-                      **sql.numbered(cancel, "p_cancel_"), **sql.numbered(rearm, "p_rearm_")}
+                      **precompiled.numbered(cancel, "p_cancel_"), **precompiled.numbered(rearm, "p_rearm_")}
         _settling(len(cancel), len(rearm)).execute(connection, parameters)
     if arm:
         _ARM.execute(connection, [
@@ -83,7 +83,7 @@ def follow_event(
 
 
 @lru_cache(maxsize=64)
-def _settling(cancels: int, rearms: int) -> sql.Precompiled:
+def _settling(cancels: int, rearms: int) -> precompiled.Precompiled:
     """`follow_event`'s UPDATE for an event cancelling `cancels` rules and arming `rearms`, built once per shape
     and `Precompiled`, as it runs for most events.
 
@@ -101,10 +101,10 @@ def _settling(cancels: int, rearms: int) -> sql.Precompiled:
     ran a cancels-only shape, whose `due_at` term is top-level, down
     (status, due_at): every pending timer due later, not the profile's.
     """
-    cancel, rearm = sql.placeholders(cancels, "p_cancel_"), sql.placeholders(rearms, "p_rearm_")
+    cancel, rearm = precompiled.placeholders(cancels, "p_cancel_"), precompiled.placeholders(rearms, "p_rearm_")
     at = bindparam("p_at", type_=UTCDateTime)
     cancelling = and_(_among(cancel), timers.c.anchor_at < at)
-    return sql.Precompiled(
+    return precompiled.Precompiled(
         update(timers)
         .where(
             timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_([*cancel, *rearm]),
@@ -120,14 +120,14 @@ def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
     return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
 
 
-_WAIT_UNTIL = sql.Precompiled(
+_WAIT_UNTIL = precompiled.Precompiled(
     update(timers)
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(due_at=bindparam("p_due_at", type_=UTCDateTime), claimed_until=None)
 )
 
 
-_ANCHORED_AFTER = sql.InLists(lambda profiles, rules: select(
+_ANCHORED_AFTER = precompiled.InLists(lambda profiles, rules: select(
     timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.anchor_at
 ).where(
     timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules),

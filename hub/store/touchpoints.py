@@ -13,7 +13,8 @@ from sqlalchemy import Connection, bindparam, desc, func, select
 from hub.model import Identifier, Touchpoint
 from hub.pii import mask_value
 from hub.store.schema import UTCDateTime, touchpoints
-from hub.store.sql import InLists, Precompiled, numbered, padded, placeholders, precompiled_insert_skipping
+from hub.store.precompiled import InLists, Precompiled, numbered, padded, placeholders
+from hub.store.sql import precompiled_insert_skipping
 
 
 _INSERT_COLUMNS = (
