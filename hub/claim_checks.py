@@ -18,7 +18,7 @@ from sqlalchemy import Connection
 
 from hub.consent import consent_revoked
 from hub.model import QUIET_ZONE, SEND_BY, Delivery
-from hub.quiet_hours import QuietHours, zone
+from hub.quiet_hours import QuietHours
 from hub.store import outbox
 from hub.store.profile_views import live_traits
 
@@ -53,7 +53,7 @@ class ClaimChecks:
         kept = []
         for delivery in claimed:
             zone_name = delivery.content.get(QUIET_ZONE)
-            release = self.quiet_hours.release_time(now, zone(zone_name)) if zone_name else None
+            release = self.quiet_hours.release_time(now, self.quiet_hours.zone_named(zone_name)) if zone_name else None
             if release is None:
                 kept.append(delivery)
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _WINDOW = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
@@ -37,8 +37,13 @@ class QuietHours:
 
     def zone_of(self, traits: dict) -> ZoneInfo:
         name = traits.get("timezone")
+        return self.zone_named(name) if isinstance(name, str) else self.default_zone
+
+    def zone_named(self, name: str) -> ZoneInfo:
+        """`name`'s zone, or the default for a name this process cannot load: a typo in a trait, or a zone
+        newer than this host's tz database, which another node planned the message with."""
         try:
-            return zone(name) if isinstance(name, str) else self.default_zone
+            return zone(name)
         except ValueError:
             return self.default_zone
 
@@ -60,8 +65,28 @@ class QuietHours:
         if not quiet:
             return None
         release_day = local.date() + timedelta(days=1) if wraps and moment >= self.start else local.date()
-        release = datetime.combine(release_day, self.end, tzinfo=local_zone)
-        return release.astimezone(at.tzinfo)
+        return _first_reached(datetime.combine(release_day, self.end), local_zone, at).astimezone(at.tzinfo)
+
+
+def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) -> datetime:
+    """The first instant after `after` at which clocks in `local_zone` read `wall_clock` or later.
+
+    On most days that is `wall_clock` itself. When clocks go back it occurs
+    twice, and a message in the repeated hour is released by the occurrence
+    after it, not the one before. When they go forward past it, it never
+    occurs, and the release is the jump (03:00, not 03:30, for an end of 02:30).
+    """
+    first, second = (wall_clock.replace(tzinfo=local_zone, fold=fold).astimezone(timezone.utc) for fold in (0, 1))
+    if first <= second:  # it occurs (once, or twice when clocks go back)
+        return first if first > after else second
+    before, past = int(second.timestamp()), int(first.timestamp())  # the jump lies between; clocks read less, then more
+    while past - before > 1:
+        middle = (before + past) // 2
+        if datetime.fromtimestamp(middle, local_zone).replace(tzinfo=None) >= wall_clock:
+            past = middle
+        else:
+            before = middle
+    return datetime.fromtimestamp(past, timezone.utc)
 
 
 def zone(name: str) -> ZoneInfo:

@@ -298,3 +298,28 @@ def test_a_retry_or_replay_coming_due_in_quiet_hours_waits_for_them_to_end(store
     with store.read() as connection:
         due = connection.execute(select(deliveries.c.next_attempt_at).where(deliveries.c.target == "nudge")).scalar_one()
     assert due.strftime("%H:%M") == window.split("-")[1]
+
+
+def test_a_held_message_whose_zone_this_host_cannot_load_is_judged_in_the_default_zone(store: Store) -> None:
+    """A node with newer tz data can plan a message in a zone this one does not know. Loading it raised inside
+    the claim: the row stayed at the head of the queue and every claim failed, so no delivery went at all."""
+    now = utcnow()
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"  # now is inside, in UTC
+    pager = CountingPager()
+    rows = [
+        PlannedDelivery(
+            delivery_id=derived_id("zone-test", target), decision_id=derived_id("zone-decision", target),
+            profile_id=f"P-{target}", channel="sms", destination_id=pager.slug, target=target,
+            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}, **marked},
+        )
+        for target, marked in (("unknown-zone", {"quiet_zone": "America/Not_Here_Yet"}), ("urgent", {}))
+    ]
+    with store.write() as connection:
+        outbox.plan(connection, rows, now)
+    policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
+    running = DeliveryEngine(store, {pager.slug: pager}, policies, batch_size=10, lease=timedelta(seconds=60),
+                             concurrency=4, quiet_hours=QuietHours.parse(window, "UTC"))
+    assert running.run_once() == 1
+    running.close()
+    log = delivery_log(store)
+    assert (log["unknown-zone"]["status"], log["urgent"]["status"]) == ("pending", "sent")  # held in UTC's quiet hours

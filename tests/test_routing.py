@@ -219,6 +219,24 @@ def test_quiet_hours_window_wraps_past_midnight(local: str, released: str | None
     assert (release.astimezone(quiet.default_zone).strftime("%Y-%m-%dT%H:%M") if release else None) == released
 
 
+@pytest.mark.parametrize(
+    ("window", "at", "released"),
+    [
+        # clocks go back at 02:00 EDT: 01:10 comes twice; each is released by the 01:30 after it
+        ("22:00-01:30", datetime(2026, 11, 1, 5, 10, tzinfo=timezone.utc), datetime(2026, 11, 1, 5, 30, tzinfo=timezone.utc)),
+        ("22:00-01:30", datetime(2026, 11, 1, 6, 10, tzinfo=timezone.utc), datetime(2026, 11, 1, 6, 30, tzinfo=timezone.utc)),
+        # clocks go forward from 02:00 EST to 03:00 EDT: 02:30 never comes, the jump releases
+        ("00:30-02:30", datetime(2026, 3, 8, 5, 30, tzinfo=timezone.utc), datetime(2026, 3, 8, 7, 0, tzinfo=timezone.utc)),
+        ("21:00-08:00", datetime(2026, 3, 8, 5, 30, tzinfo=timezone.utc), datetime(2026, 3, 8, 12, 0, tzinfo=timezone.utc)),
+    ],
+)
+def test_quiet_hours_end_on_the_nights_clocks_change(window: str, at: datetime, released: datetime) -> None:
+    """Before, a message in the repeated hour got a release before its own time (routing then recorded it
+    held, with no time, and sent it at once), and a window ending in the skipped hour released an hour late."""
+    quiet = QuietHours.parse(window, "America/New_York")
+    assert quiet.release_time(at, quiet.default_zone) == released
+
+
 def test_quiet_hours_settings_are_validated() -> None:
     assert QuietHours.parse("", "UTC") is None
     with pytest.raises(ValueError, match="HH:MM-HH:MM"):
