@@ -13,7 +13,7 @@ Each action ends with one fate, as the decision log shows it:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -89,10 +89,18 @@ class _CannotReach(Exception):
 
 
 class Router:
-    def __init__(self, routes: dict[str, ChannelRoute], templates: TemplateRenderer, policy: ContactPolicy | None = None) -> None:
+    def __init__(
+        self, routes: dict[str, ChannelRoute], templates: TemplateRenderer, policy: ContactPolicy | None = None,
+        configured: Collection[str] | None = None,
+    ) -> None:
+        """`configured`: the destinations this hub has settings for (None: take every route as served)."""
         self.routes = routes
         self.templates = templates
         self.policy = policy or ContactPolicy()
+        # channel -> its destination, for channels whose destination has no settings here
+        self.unserved = {} if configured is None else {
+            channel: route.destination for channel, route in routes.items() if route.destination not in configured
+        }
 
     def recipient(self, channel: str, target: str) -> Identifier | None:
         """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
@@ -137,12 +145,14 @@ class Router:
         for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
             for number, (channel, template) in enumerate(tries):
+                last = number == len(tries) - 1
                 try:
+                    if not last:
+                        self._check_served(channel)
                     delivery, fate = self._route(
                         decision, place, action, channel, template, profile, context, now, going
                     )
                 except _CannotReach as cannot:
-                    last = number == len(tries) - 1
                     entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
                     if not last:
                         entry.update(fate="fell_back", because=cannot.fate, to=tries[number + 1][0])
@@ -155,6 +165,17 @@ class Router:
                 fates.append({"channel": channel, **fate})
                 break
         return RoutingPlan(deliveries, fates)
+
+    def _check_served(self, channel: str) -> None:
+        """A channel with a fallback after it falls back when its destination has no settings here.
+
+        The last channel of an action is planned all the same: its delivery
+        waits in the dead-letter queue, to be replayed once the destination is
+        configured, rather than being dropped at routing.
+        """
+        destination = self.unserved.get(channel)
+        if destination is not None:
+            raise _CannotReach("skipped", f"destination {destination!r} is not configured on this hub")
 
     def _route(
         self,

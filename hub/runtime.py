@@ -54,14 +54,20 @@ class Hub:
         self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
         self.mappings: MappingCatalog | None = _collect(problems, lambda: self._load_mappings())
         self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
+        self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
         self.router = _collect(problems, lambda: self._build_router())
         self.rulebook = _collect(problems, lambda: self._build_rulebook())
-        self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
         policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
         if problems:
             raise ConfigError(problems)
         assert self.router is not None and self.rulebook is not None
         assert self.mappings is not None and self.identity is not None and policy_file is not None
+        for channel, destination in sorted(self.router.unserved.items()):
+            log.warning(
+                "a channel's destination is not configured: its messages fall back where a rule says, else wait "
+                "in the dead-letter queue until it is configured and they are replayed",
+                channel=channel, destination=destination,
+            )
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.wakeups = Wakeups(settings.database_url)
@@ -196,7 +202,7 @@ class Hub:
             max_age=timedelta(hours=settings.message_max_age_hours),
         )
         templates = TemplateRenderer(settings.mappings_dir / "templates", settings.rules_reload_seconds)
-        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy)
+        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy, configured=self.destinations)
 
     def _build_rulebook(self) -> RuleBook:
         router = self.router

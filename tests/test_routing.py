@@ -182,6 +182,22 @@ def test_quiet_hours_hold_non_urgent_messages_until_morning_in_the_profiles_zone
     assert fate["reason"] == "quiet hours 21:00-08:00 in UTC (the profile's timezone 'Mars/Olympus' is not a known zone; the default was used)"
 
 
+def test_a_channel_whose_destination_is_not_configured_falls_back_if_the_action_says_where(tmp_path: Path) -> None:
+    """Push with no FCM settings (`touchhub serve`'s default) was planned, went dead, and the email the rule
+    named as its fallback was never tried. The last channel of an action is still planned: its dead letter
+    can be replayed once the destination is configured."""
+    (tmp_path / "push.j2").write_text("{% block title %}Hi{% endblock %}{% block body %}Back?{% endblock %}")
+    routes = {"push": ChannelRoute(destination="fcm_push", target="push_token"), **router(tmp_path).routes}
+    served_elsewhere = Router(routes, TemplateRenderer(tmp_path), configured={"twilio_sms", "email_smtp", "salesforce"})
+    assert served_elsewhere.unserved == {"push": "fcm_push"}
+    with_push = {**PROFILE, "identifiers": {**PROFILE["identifiers"], "push_token": ["tok-1"]}}
+    push_or_email = Action("push", "push.j2", fallback=(("email", "email.j2"),))
+    plan = served_elsewhere.plan(decision(push_or_email, Action("push", "push.j2")), with_push, {}, now=NIGHT)
+    assert [(d.channel, d.destination_id) for d in plan.deliveries] == [("email", "email_smtp"), ("push", "fcm_push")]
+    assert plan.fates()[0] == {"channel": "push", "fate": "fell_back", "because": "skipped", "to": "email",
+                               "reason": "destination 'fcm_push' is not configured on this hub"}
+
+
 def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
     [sms] = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2", delay=timedelta(minutes=10))), PROFILE, {}, now=NIGHT).deliveries
     assert sms.not_before == NIGHT + timedelta(minutes=10)
