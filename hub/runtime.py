@@ -62,12 +62,6 @@ class Hub:
             raise ConfigError(problems)
         assert self.router is not None and self.rulebook is not None
         assert self.mappings is not None and self.identity is not None and policy_file is not None
-        for channel, destination in sorted(self.router.unserved.items()):
-            log.warning(
-                "a channel's destination is not configured: its messages fall back where a rule says, else wait "
-                "in the dead-letter queue until it is configured and they are replayed",
-                channel=channel, destination=destination,
-            )
         self.store = Store(settings.database_url)
         self.store.migrate()
         self.wakeups = Wakeups(settings.database_url)
@@ -109,6 +103,12 @@ class Hub:
     def start(self) -> None:
         if development := self.settings.development_credentials():
             log.warning(f"using development secrets; set {', '.join(development)} before the hub is reachable")
+        for channel, destination in sorted(self.router.unserved.items()):
+            log.warning(
+                "a channel's destination is not configured: its messages fall back where a rule says, else wait "
+                "in the dead-letter queue until it is configured and they are replayed",
+                channel=channel, destination=destination,
+            )
         for worker in self._workers:
             if worker.name in self.settings.worker_roles:
                 worker.start()
