@@ -162,14 +162,17 @@ class CountCondition(_Strict):
     count: CountWindow
 
 
-ACTION_KINDS = frozenset({"track", "page", "screen"})  # what a person does; identify, alias and group say who they are
+# What a person does. Identify, alias and group say who they are; `system` is what mappings call events sent
+# about them (a CRM's sync, an SDK's own lifecycle events such as Application Backgrounded).
+ACTION_KINDS = frozenset({"track", "page", "screen"})
 
 
 class AbsenceSpec(_Strict):
     after: Selector
     without: Selector | Literal["any"] = Field(
         description="The event that cancels the timer, or `any` action of the profile: a track, page or screen "
-        "(identify, alias and group calls say who someone is, not what they did)."
+        "(identify, alias and group calls say who someone is, not what they did; events a mapping gives kind "
+        "`system`, such as a CRM's sync or an SDK's Application Backgrounded, are not the person's doing)."
     )
     within: Duration
 

@@ -22,6 +22,7 @@ from hub.mapping import MappingSpec, compile_mapping, load_mapping
 from hub.mapping_catalog import MappingCatalog
 from hub.model import RawEvent
 from hub.normalize import normalize
+from hub.rules import ACTION_KINDS
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
 from hub.settings import PROJECT_MAPPINGS
 from tests.source_contract import FIXTURES
@@ -86,6 +87,27 @@ def test_the_sdks_time_zone_becomes_the_timezone_trait_quiet_hours_read(source: 
     said_so = message("identify", userId="u", traits={"timezone": "Europe/Paris"}, context={"timezone": "America/New_York"})
     assert normalize(RawEvent("default", "m-2", said_so), mapping, RECEIVED, "US").traits["timezone"] == "Europe/Paris"
     assert normalize(RawEvent("default", "m-3", message(userId="u", event="Cart Viewed")), mapping, RECEIVED, "US").traits == {}
+
+
+@pytest.mark.parametrize("source", ["segment.yaml", "rudderstack.yaml"])
+@pytest.mark.parametrize(("event", "kind"), [
+    ("Application Backgrounded", "system"), ("Push Notification Received", "system"), ("Application Updated", "system"),
+    ("Application Opened", "track"), ("Deep Link Opened", "track"), ("Product Added", "track"),
+])
+def test_events_an_sdk_sends_on_its_own_are_not_the_persons_actions(source: str, event: str, kind: str) -> None:
+    """An absence rule waiting for `any` action counts tracks, pages and screens. The SDK's own Application
+    Backgrounded, sent as the person leaves the app, ended the cart's wait: the mobile nudge never went."""
+    mapping = load_mapping(PROJECT_MAPPINGS / source)
+    assert normalize(RawEvent("default", "m-1", message(userId="u", event=event)), mapping, RECEIVED, "US").kind == kind
+    assert ("system" in ACTION_KINDS, "track" in ACTION_KINDS) == (False, True)
+
+
+def test_a_crms_change_to_a_contact_is_not_the_persons_action() -> None:
+    """A HubSpot workflow setting a lifecycle stage 30 s into a cart's wait cancelled the nudge."""
+    hubspot = load_mapping(PROJECT_MAPPINGS / "hubspot.yaml")
+    change = {"objectId": 501, "subscriptionType": "contact.propertyChange", "propertyName": "lifecyclestage",
+              "propertyValue": "lead", "occurredAt": 1_790_000_000_000, "portalId": 62515}
+    assert normalize(RawEvent("crm", "m-1", change), hubspot, RECEIVED, "US").kind == "system"
 
 
 def test_default_event_name_when_the_payload_has_none() -> None:
