@@ -97,8 +97,10 @@ class Pipeline:
 
         `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
         """
-        now = now or utcnow()
         with self._identities.cleared_on_error(), self.store.write() as connection:
+            # Read once the write lock is held: an event ingest committed while this waited for it is then
+            # claimed, or is received before the timers this batch arms, which `timers.claim_due` holds back for it.
+            now = now or utcnow()
             rows = inbox.claim(connection, self._claim_size, now, self.config.lease)
             outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
             inbox.mark_done(connection, outcome.done, now)

@@ -197,3 +197,31 @@ def test_a_crm_note_beside_messages_that_reached_nobody_spends_none_of_the_rules
         made = sorted(decisions.search(connection, limit=10), key=lambda d: (d["rule_id"], d["decided_at"]))
     assert [(d["rule_id"], d["status"]) for d in made] == [("help", "unreached"), ("help", "fired"), ("note", "fired"), ("note", "capped")]
 
+
+
+def test_an_order_ingest_commits_while_the_pipeline_waits_for_the_lock_is_in_its_batch(tmp_path: Path) -> None:
+    """The pipeline read the clock before it waited for the write lock. An order committed in that wait was
+    neither claimed (it became available after that time) nor older than the timers the batch armed, so a
+    catching-up cart's overdue timer fired while the order sat in the inbox: a buyer nudged."""
+    hub = Hub(make_settings(tmp_path, quiet_hours=""))
+    identify = message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat())
+    cart = message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=3)).isoformat())
+    order = message(userId="amy", event="Order Completed", timestamp=(NOW - timedelta(minutes=2, seconds=50)).isoformat())
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in (identify, cart)], utcnow())
+    original_write = hub.store.write
+
+    @contextmanager
+    def write_after_ingest() -> Iterator[Any]:
+        hub.store.write = original_write  # type: ignore[method-assign]
+        with original_write() as connection:
+            inbox.append(connection, [RawEvent("default", order["messageId"], order)], utcnow())
+        with original_write() as connection:
+            yield connection
+
+    hub.store.write = write_after_ingest  # type: ignore[method-assign]
+    assert hub.pipeline.run_once() == 3
+    assert hub.timers.run_once() == 0
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {}
+        assert connection.execute(select(timers.c.status)).scalars().all() == ["cancelled"]
