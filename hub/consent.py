@@ -6,13 +6,15 @@ when routing plans a message and when the delivery engine claims it: an
 unsubscribe link, an SMS STOP or a provider's "unsubscribed" refusal stops
 a message planned before it too (one held by a delay or quiet hours).
 
-What the person said through a provider is stamped as of the end of time
-(`PINNED`), so no trait in an event undoes it, whatever its time: mobile
-SDKs resend cached traits on every event (`context.traits.sms_opt_out:
+A revocation the person made through a provider is stamped as of the end
+of time (`PINNED`), so no trait in an event undoes it, whatever its time:
+mobile SDKs resend cached traits on every event (`context.traits.sms_opt_out:
 false` from an old identify), and stamped with the event's time one would
 turn SMS back on right after a STOP. Only the person's next word through a
-provider (an SMS START) changes it, as subscription states work in Braze
-or Customer.io rather than as plain attributes. Each such change is also
+provider (an SMS START) takes it back, as subscription states work in Braze
+or Customer.io rather than as plain attributes; that grant is stamped with
+its own time, so an opt-out they make later anywhere still holds
+(`consent_changes.said`). Each such change is also
 recorded with the identifier it came through (`hub.store.consent_changes`),
 so an unmerge gives it to the profile that keeps that identifier.
 """
@@ -27,7 +29,7 @@ from sqlalchemy import Connection
 
 from hub.model import Identifier
 from hub.store import consent_changes
-from hub.store.consent_changes import PINNED, opt_out_trait
+from hub.store.consent_changes import Word, opt_out_trait
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id, live_profile_id
 from hub.store.sql import lock_profiles
@@ -59,7 +61,7 @@ def set_consent(
     connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
     through: Identifier | None,
 ) -> bool:
-    """Grant or revoke `channel`, `at` the time the person said so (logged; the trait is `PINNED`), for whoever
+    """Grant or revoke `channel`, `at` the time the person said so (logged; a revocation is `PINNED`), for whoever
     holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
     it was merged into); False if there is no such profile.
 
@@ -71,7 +73,7 @@ def set_consent(
     live_id = holder or (live_profile_id(connection, profile_id) if profile_id else None)
     if live_id is None:
         return False
-    SqlIdentityGraph(connection).update_traits(live_id, {opt_out_trait(channel): not granted}, PINNED)
+    SqlIdentityGraph(connection).change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
     consent_changes.record(connection, live_id, channel, granted, through if holder else None, reason, at)
     log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return True

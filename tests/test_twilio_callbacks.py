@@ -114,6 +114,31 @@ def test_inbound_stop_and_start_change_sms_consent(running_hub: RunningHub) -> N
     assert traits(running_hub)["sms_opt_out"] is False
 
 
+def test_after_a_start_an_opt_out_said_later_anywhere_holds(running_hub: RunningHub) -> None:
+    """START was pinned as the end of time's word, like STOP: when the person then turned texts off in the
+    app's settings (an identify with `sms_opt_out: true`), the next ticket texted them anyway."""
+    trigger_sms(running_hub)
+    inbound = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"
+    running_hub.sandbox.twilio.post_inbound(inbound, PHONE, "STOP")
+    running_hub.send(message("identify", userId="u-cb", traits={"sms_opt_out": False}, timestamp=at(seconds=30)))
+    running_hub.settle()
+    assert traits(running_hub)["sms_opt_out"] is True  # a cached trait resent by an SDK does not undo a STOP
+    running_hub.sandbox.twilio.post_inbound(inbound, PHONE, "START")
+    assert traits(running_hub)["sms_opt_out"] is False
+    running_hub.send(message("identify", userId="u-cb", traits={"sms_opt_out": True}, timestamp=at(seconds=-1)))
+    running_hub.settle()
+    assert traits(running_hub)["sms_opt_out"] is True
+
+
+def test_start_takes_back_an_opt_out_given_as_a_consent_object(running_hub: RunningHub) -> None:
+    """`consent: {sms: false}` (Segment-style traits) stayed in force after a START, so texts never resumed."""
+    trigger_sms(running_hub)
+    running_hub.send(message("identify", userId="u-cb", traits={"consent": {"sms": False, "email": True}}, timestamp=at(seconds=30)))
+    running_hub.settle()
+    running_hub.sandbox.twilio.post_inbound(f"{running_hub.url}/v1/callbacks/twilio_sms/inbound", PHONE, "START")
+    assert (traits(running_hub)["sms_opt_out"], traits(running_hub)["consent"]) == (False, {"sms": True, "email": True})
+
+
 def test_forged_inbound_stop_is_403_and_consent_stays(running_hub: RunningHub) -> None:
     trigger_sms(running_hub)
     url = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"

@@ -13,16 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
 
 from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
-from hub.store.traits import Traits
+from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes
 
 PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
+
+
+class Word(NamedTuple):
+    """What the person last said about a channel through a provider, and when."""
+
+    granted: bool
+    at: datetime
 
 
 def opt_out_trait(channel: str) -> str:
@@ -40,14 +47,42 @@ def record(
     )
 
 
+def said(traits: Traits, channel: str, word: Word) -> Traits:
+    """`traits` after the person's word through a provider.
+
+    A revocation is pinned (stamped `PINNED`): no event's trait undoes it,
+    whatever its time, since mobile SDKs resend cached traits (an old
+    `sms_opt_out: false`) on every event. A grant (an SMS START) takes back
+    that pin and any older opt-out, in either form (`<channel>_opt_out`,
+    `consent.<channel>`), but is stamped with its own time: an opt-out the
+    person makes afterwards, in the app's settings or a CRM form, still
+    wins. A stale cached opt-out resent after a START blocks again, which
+    errs on the side of not messaging.
+    """
+    key = opt_out_trait(channel)
+    values, times = dict(traits[0]), dict(traits[1])
+    if not word.granted:
+        values[key], times[key] = True, PINNED.isoformat()
+        return values, times
+    if times.get(key) == PINNED.isoformat():
+        del values[key], times[key]
+    granted: dict[str, Any] = {key: False}
+    if isinstance(values.get("consent"), dict) and channel in values["consent"]:
+        granted["consent"] = {channel: True}
+    return newest_traits((values, times), stamped_traits(granted, word.at))
+
+
 def split(
     connection: Connection, survivor_id: str, restored_id: str, moved: Collection[Identifier]
-) -> tuple[dict[str, bool], dict[str, bool]]:
+) -> tuple[dict[str, Word], dict[str, Word]]:
     """Move the changes that came through `moved` identifiers to the restored profile; each side's latest word
     per channel. Changes with no identifier (links issued before identifiers were kept) stay with the survivor."""
     digests = {identifier_digest(ident) for ident in moved}
     rows = connection.execute(
-        select(consent_changes.c.id, consent_changes.c.channel, consent_changes.c.granted, consent_changes.c.identifier_digest)
+        select(
+            consent_changes.c.id, consent_changes.c.channel, consent_changes.c.granted, consent_changes.c.at,
+            consent_changes.c.identifier_digest,
+        )
         .where(consent_changes.c.profile_id == survivor_id)
         .order_by(consent_changes.c.at, consent_changes.c.id)
     ).all()
@@ -60,20 +95,20 @@ def split(
     )
 
 
-def _latest(rows: Iterable[Any]) -> dict[str, bool]:
-    return {row.channel: row.granted for row in rows}  # rows come oldest first: the last one per channel wins
+def _latest(rows: Iterable[Any]) -> dict[str, Word]:
+    return {row.channel: Word(row.granted, row.at) for row in rows}  # rows come oldest first: the last one per channel wins
 
 
-def pinned(traits: Traits, latest: dict[str, bool], gone: Collection[str] = ()) -> Traits:
-    """`traits` with each channel's latest word pinned, and the pins of `gone` channels (said by identifiers the
+def pinned(traits: Traits, latest: dict[str, Word], gone: Collection[str] = ()) -> Traits:
+    """`traits` with each channel's latest word (`said`), and the pins of `gone` channels (said by identifiers the
     profile no longer holds) dropped, so the value its own events set shows again."""
     values, times = dict(traits[0]), dict(traits[1])
     for channel in gone:
         key = opt_out_trait(channel)
         if times.get(key) == PINNED.isoformat():
             del values[key], times[key]
-    for channel, granted in latest.items():
-        values[opt_out_trait(channel)], times[opt_out_trait(channel)] = not granted, PINNED.isoformat()
+    for channel, word in latest.items():
+        values, times = said((values, times), channel, word)
     return values, times
 
 

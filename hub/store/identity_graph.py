@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -247,12 +247,16 @@ class SqlIdentityGraph:
         Nothing is written when no trait changes: a replayed event, or one older
         than every trait it carries.
         """
-        if not traits:
-            return
+        if traits:
+            self.change_traits(profile_id, lambda current: newest_traits(current, stamped_traits(traits, observed_at)))
+
+    def change_traits(self, profile_id: str, change: Callable[[Traits], Traits]) -> None:
+        """The profile's traits (with their times) as `change` makes them, for what last-write-wins cannot say (a
+        provider's word taking back its own pin); nothing is written if nothing changes."""
         current = self._traits_of([profile_id])[profile_id]
-        newest = newest_traits(current, stamped_traits(traits, observed_at))
-        if newest != current:
-            self._save_traits(profile_id, newest)
+        changed = change(current)
+        if changed != current:
+            self._save_traits(profile_id, changed)
 
     def traits(self, profile_id: str) -> dict[str, Any]:
         """A profile's traits, what rule predicates read on every event: read at most once by this graph."""
