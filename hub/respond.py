@@ -58,8 +58,8 @@ class StoreHistory:
             self.connection, profile_id, since, until, names=selector.events, stage=selector.stage, moment=selector.moment
         )
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        return decisions.count_since(self.connection, profile_id, rule_id, since)
+    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
+        return decisions.count_between(self.connection, profile_id, rule_id, since, until)
 
 
 class CapsReadAhead(StoreHistory):
@@ -79,12 +79,12 @@ class CapsReadAhead(StoreHistory):
         self.profile_ids, self.rule_ids, self.since = frozenset(profile_ids), frozenset(rule_ids), since
         self._fired: dict[tuple[str, str], list[datetime]] | None = None
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
+    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
         if profile_id not in self.profile_ids or rule_id not in self.rule_ids or since < self.since:
-            return super().decisions_since(profile_id, rule_id, since)
+            return super().decisions_between(profile_id, rule_id, since, until)
         if self._fired is None:
             self._fired = decisions.fired_since(self.connection, self.profile_ids, self.rule_ids, self.since)
-        return sum(decided_at > since for decided_at in self._fired.get((profile_id, rule_id), ()))
+        return sum(since < decided_at < until for decided_at in self._fired.get((profile_id, rule_id), ()))
 
 
 @dataclass(frozen=True, slots=True)

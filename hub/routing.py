@@ -147,10 +147,8 @@ class Router:
             for number, (channel, template) in enumerate(tries):
                 last = number == len(tries) - 1
                 try:
-                    if not last:
-                        self._check_served(channel)
                     delivery, fate = self._route(
-                        decision, place, action, channel, template, profile, context, now, going
+                        decision, place, action, channel, template, profile, context, now, going, last=last
                     )
                 except _CannotReach as cannot:
                     entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
@@ -166,17 +164,6 @@ class Router:
                 break
         return RoutingPlan(deliveries, fates)
 
-    def _check_served(self, channel: str) -> None:
-        """A channel with a fallback after it falls back when its destination has no settings here.
-
-        The last channel of an action is planned all the same: its delivery
-        waits in the dead-letter queue, to be replayed once the destination is
-        configured, rather than being dropped at routing.
-        """
-        destination = self.unserved.get(channel)
-        if destination is not None:
-            raise _CannotReach("skipped", f"destination {destination!r} is not configured on this hub")
-
     def _route(
         self,
         decision: Decision,
@@ -188,7 +175,11 @@ class Router:
         context: dict[str, Any],
         now: datetime,
         going: Sequence[datetime],
+        *,
+        last: bool,
     ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
+        """`last`: no fallback follows. A channel with one after it falls back when its destination has no settings
+        here; the last is planned all the same, its dead letter to be replayed once the destination is configured."""
         route = self.routes.get(channel)
         if route is None:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
@@ -197,6 +188,8 @@ class Router:
         recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
         if not recipients:
             raise _CannotReach("skipped", f"profile has no {route.target}")
+        if not last and channel in self.unserved:
+            raise _CannotReach("skipped", f"destination {route.destination!r} is not configured on this hub")
         max_age = self.policy.max_age
         if route.reaches_person and max_age is not None and now - decision.decided_at > max_age:
             return None, {"fate": "skipped", "reason": f"too old to send: its cause was at {decision.decided_at:%Y-%m-%d %H:%M} UTC, "

@@ -26,8 +26,9 @@ class History(Protocol):
         selector's event / stage / moment (None: every event); `where` is checked by the engine."""
         ...
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        """Decisions of the rule for the profile after `since` that reached the person (not capped, not unreached)."""
+    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
+        """Decisions of the rule for the profile with `since < decided_at < until` that reached the person (not
+        capped, not unreached)."""
         ...
 
 
@@ -65,8 +66,8 @@ class ReadAhead:
             if since <= at <= until and (selector is None or kind(selector, doc["event"], doc["stage"], doc["moment"]))
         ]
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        return self.history.decisions_since(profile_id, rule_id, since)
+    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
+        return self.history.decisions_between(profile_id, rule_id, since, until)
 
     def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
         """Whether the read holds every touchpoint this request asks for."""

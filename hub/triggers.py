@@ -208,7 +208,11 @@ def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id:
     if left_out:  # explain shows why the rule's other actions are missing
         evidence["only_if_left_out"] = left_out
     evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
-    if rule.cap and judge.history.decisions_since(profile_id, rule.id, decided_at - rule.cap.within) >= rule.cap.max:
+    # Decisions on either side: a later one made first (its event arrived first) leaves room for this one only
+    # if they are more than the window apart, as in-order arrival would have had it.
+    if rule.cap and judge.history.decisions_between(
+        profile_id, rule.id, decided_at - rule.cap.within, decided_at + rule.cap.within
+    ) >= rule.cap.max:
         status = "capped"
         evidence["cap"] = {"max": rule.cap.max, "within_seconds": rule.cap.within.total_seconds()}
     return Decision(

@@ -38,8 +38,8 @@ class RecordedHistory:
             and (selector is None or selector.events is None or doc["event"] in selector.events)
         ]
 
-    def decisions_since(self, profile_id: str, rule_id: str, since: datetime) -> int:
-        return sum(t > since for t in self.decisions)
+    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
+        return sum(since < t < until for t in self.decisions)
 
 
 def rules(*specs: dict) -> list:
@@ -112,6 +112,18 @@ def test_cap_turns_a_second_decision_inside_the_window_into_a_capped_one() -> No
     assert (capped.status, capped.evidence["cap"]) == ("capped", {"max": 1, "within_seconds": 86400.0})
     [fired] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 - timedelta(hours=25)]))
     assert fired.status == "fired"
+
+
+
+def test_a_cap_counts_a_decision_made_first_for_a_later_event_only_inside_the_window() -> None:
+    """Events arrive out of order (a webhook's delay, an SDK's offline flush): the later burst decided first.
+    The cap counted every decision after the window's start, so it capped the earlier burst too, however far
+    apart, and its message and CRM update were lost."""
+    rule = {"id": "r", "when": {"event": "E"}, "respond": RESPOND, "cap": {"max": 1, "within": "1h"}}
+    [fired] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 + timedelta(hours=2, minutes=30)]))
+    assert fired.status == "fired"
+    [capped] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 + timedelta(minutes=30)]))
+    assert capped.status == "capped"
 
 
 def test_decision_ids_are_deterministic_and_ordered_by_the_event_time() -> None:
