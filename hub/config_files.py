@@ -5,6 +5,11 @@ names the file, the key and the reason, together with every other problem in
 the same file, so a fix is one edit, not a loop of restarts. Problems read
 ``path: key: reason``; `with_line` turns one into ``path:line: key: reason``,
 the form editors and CI annotate (`touchhub mappings check` prints that).
+
+A file saved in another encoding (Latin-1 / Windows-1252 is what many
+editors on Windows default to) is such a problem too, at the line of its
+first stray byte: as a traceback it would escape the hot reload, which then
+ignores the edit without a word (`utf8_text`, `not_utf8`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = utf8_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
     try:
@@ -36,6 +41,25 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
         return model.model_validate(document or {})
     except ValidationError as exc:
         raise ConfigError([_describe(path, error, document) for error in exc.errors()]) from None
+
+
+def utf8_text(path: Path, encoding: str = "utf-8") -> str:
+    """The file's text (`encoding` is a UTF-8 codec, e.g. "utf-8-sig"); ConfigError naming the line of the
+    first byte that is not UTF-8, since ops fix that in an editor, not in a traceback."""
+    try:
+        return path.read_bytes().decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(not_utf8(path, exc)) from None
+
+
+def not_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """``path:line: not UTF-8 ...`` for a file whose whole content `error` was raised decoding."""
+    before = error.object[: error.start]
+    line, column = before.count(b"\n") + 1, error.start - before.rfind(b"\n")
+    return (
+        f"{path}:{line}: not UTF-8 (byte {error.object[error.start]:#04x} at column {column}, e.g. an accented "
+        "letter saved as Latin-1 or Windows-1252); save the file as UTF-8"
+    )
 
 
 def _describe(path: Path, error: Any, document: Any) -> str:

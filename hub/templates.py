@@ -3,6 +3,11 @@
 Ops write templates; a sandboxed environment means a template can read the
 values it is given but never reach Python internals. Undefined names fail
 loudly at planning time instead of sending "Hi ," to a customer.
+
+A template file that is not UTF-8 is a template error like any other
+(`NotUTF8TemplateError`): Jinja lets it out as UnicodeDecodeError, which
+would fail the whole event at planning time and escape the rule book's
+check on a hot reload.
 """
 
 from __future__ import annotations
@@ -15,8 +20,13 @@ from typing import Any
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError
 from jinja2.sandbox import SandboxedEnvironment
 
+from hub.config_files import not_utf8
 from hub.errors import ConfigError
 from hub.rules import RuleSpec
+
+
+class NotUTF8TemplateError(TemplateError):
+    """A template file saved in another encoding; its message is ``path:line: not UTF-8 ...``."""
 
 
 def template_names(rules: list[RuleSpec]) -> set[str]:
@@ -72,15 +82,24 @@ class TemplateRenderer:
         now = time.monotonic()
         loaded = self._loaded.get(name)
         if loaded is None or now - loaded[0] >= self._recheck_seconds:
-            loaded = self._loaded[name] = (now, self._environment.get_template(name))
+            loaded = self._loaded[name] = (now, self._compiled(name))
         return loaded[1]
+
+    def _compiled(self, name: str) -> Template:
+        """Jinja's template, with a file that is not UTF-8 a TemplateError, so routing skips the action saying why."""
+        try:
+            return self._environment.get_template(name)
+        except UnicodeDecodeError as exc:
+            raise NotUTF8TemplateError(not_utf8(self.folder / name, exc)) from None
 
     def check(self, names: list[str]) -> None:
         """Fail at start-up, not at send time, if a rule names a template that does not parse."""
         problems = []
         for name in names:
             try:
-                self._environment.get_template(name)
+                self._compiled(name)
+            except NotUTF8TemplateError as exc:
+                problems.append(str(exc))
             except TemplateError as exc:
                 problems.append(f"{self.folder / name}: {exc.__class__.__name__}: {exc}")
         if problems:

@@ -2,10 +2,12 @@
 
 The simulation is the real hub (mapping, identity, triggers, timers, routing)
 on a throwaway database with the rules under test in place of the shipped
-ones. The clock is the events' own time: before each event, the timers due
-earlier are fired, each at its own due time; after the last, every remaining
-timer is run out the same way. Deliveries are planned into the throwaway
-outbox and never sent.
+ones. The events are taken in as the live hub's default source takes them
+(`take_message`: what it refuses is left out, a resend is dropped) and in the
+order they reached it, the clock stepping to each arrival: before each event,
+the timers due earlier are fired, each at its own due time; after the last,
+every remaining timer is run out the same way. Deliveries are planned into
+the throwaway outbox and never sent.
 
 Everything reported names the files the user gave, at their lines: the
 throwaway copies (and the inbox ids the hub gives events there) mean nothing
@@ -27,10 +29,11 @@ from typing import Any
 import yaml
 from sqlalchemy import Connection, select
 
-from hub.clock import utcnow
-from hub.config_files import with_line
-from hub.errors import ConfigError
-from hub.model import RawEvent, derived_id
+from connectors.base import RejectedItem
+from connectors.sources.segment import take_message
+from hub.config_files import utf8_text, with_line
+from hub.errors import ConfigError, ItemProblem
+from hub.model import RawEvent
 from hub.pii import mask_text
 from hub.runtime import DEFAULT_SOURCE_ID, Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
@@ -44,15 +47,24 @@ EVENTS_FORMAT = (
 
 
 @dataclass(frozen=True)
-class EventsFile:
-    """The messages of one events file in time order, each with the line it starts on, and what was left out.
+class Arrival:
+    """One message of an events file as the hub's inbox holds it: the line it starts on, when it reached the hub."""
 
-    `left_out` holds `(line, why)` for messages the hub would not take in, such
-    as a repeated `messageId`: they are reported, and not counted as tried.
+    line: int
+    at: datetime
+    raw: RawEvent
+
+
+@dataclass(frozen=True)
+class EventsFile:
+    """The messages of one events file in the order they reached the hub, and what was left out.
+
+    `left_out` holds `(line, why)` for messages the hub would not take in (one
+    it refuses at ingest, a resend): they are reported, and not counted as tried.
     """
 
     path: Path
-    events: list[tuple[int, dict[str, Any]]]
+    events: list[Arrival]
     left_out: list[tuple[int, str]]
 
 
@@ -64,7 +76,8 @@ class LabResult:
 
 
 def load_events(path: Path) -> EventsFile:
-    """The messages of an events file, each with a `timestamp`, sorted by it (a tie keeps the file's order).
+    """The messages of an events file the hub would take in, in the order they reached it (a tie keeps the
+    file's order).
 
     Ops people hold events in two shapes: JSON Lines (a warehouse or log
     export, one message a line) and one JSON array (a copy from a debugger or
@@ -75,47 +88,97 @@ def load_events(path: Path) -> EventsFile:
     RudderStack's HTTP APIs refuse a batch with no message (and so does the
     hub's `/v1/batch`): an empty export is a mistake upstream, and an empty
     table with exit 0 would let a CI check pass without trying a single rule.
+    So is a file none of whose messages the hub would take in.
 
-    A repeated `messageId` is left out, as the hub's inbox keeps the first
-    copy of a message and drops the rest: trying it would show decisions the
-    live hub never makes.
+    Each message passes the default source's own checks (`take_message`).
+    One it refuses (a track without `event`, ...) is left out with each
+    problem named, as the live hub quarantines it and takes in the rest of
+    its batch; trying it would show decisions the live hub never makes. So
+    is a resend: the inbox keeps the first copy of a message, by its
+    `messageId` or, without one, by a hash of its content.
+
+    A message reached the hub at its `receivedAt` where it has one (an export
+    from Segment, RudderStack or the hub's inbox), else at its `timestamp`.
+    Taken in in that order, a message that came late meets the timers that
+    fired before it came, and `triggers.rejudge` judges again what it
+    changes, as in the live hub.
     """
-    items, problems = _items(path, path.read_text(encoding="utf-8-sig"))  # -sig: a byte-order mark is no error
+    items, problems = _items(path, utf8_text(path, "utf-8-sig"))  # -sig: a byte-order mark is no error
     if not items and not problems:
         raise ConfigError(f"{path}: no events; give {EVENTS_FORMAT}, e.g. {SAMPLE_EVENTS}")
-    events: list[tuple[datetime, int, dict[str, Any]]] = []
-    left_out: list[tuple[int, str]] = []
-    first_line: dict[str, int] = {}
-    for number, event in items:
+    taken, refused, unplaced = _taken_in(items)
+    arrivals, repeats = _first_copies(taken)
+    left_out = refused + repeats
+    if problems or unplaced:
+        raise ConfigError(_at_lines(path, problems + unplaced))
+    if not arrivals:
+        raise ConfigError([*_at_lines(path, left_out), f"{path}: no message the hub would take in, so nothing to try"])
+    return EventsFile(path, arrivals, left_out)
+
+
+def _taken_in(items: list[tuple[int, Any]]) -> tuple[list[Arrival], list[tuple[int, str]], list[tuple[int, str]]]:
+    """The messages the hub takes in, each at its arrival; then `(line, why)` for those it refuses, and for
+    those the simulated clock cannot place."""
+    taken: list[Arrival] = []
+    refused: list[tuple[int, str]] = []
+    unplaced: list[tuple[int, str]] = []
+    for number, item in items:
+        raw = take_message(DEFAULT_SOURCE_ID, item)
+        if isinstance(raw, RejectedItem):
+            refused.append((number, _refusal(raw.problems)))
+            continue
         try:
-            at = _checked_time(event)
+            taken.append(Arrival(number, _arrival(item), raw))
         except ValueError as exc:
-            problems.append((number, str(exc)))
-            continue
-        message_id = str(event.setdefault("messageId", derived_id("lab", str(path), str(number))))
-        if message_id in first_line:
-            left_out.append((number, f"messageId {message_id!r} repeats line {first_line[message_id]}; "
-                                     "the hub keeps the first copy of a message, so this one was not tried"))
-            continue
-        first_line[message_id] = number
-        events.append((at, number, event))
-    if problems:
-        raise ConfigError([f"{path}:{number}: {problem}" for number, problem in sorted(problems)])
-    return EventsFile(path, [(number, event) for _, number, event in sorted(events, key=lambda item: item[0])], left_out)
+            unplaced.append((number, str(exc)))
+    return taken, refused, unplaced
 
 
-def _checked_time(event: Any) -> datetime:
-    """The event's time, or ValueError saying what is wrong with the event in the user's words."""
-    if not isinstance(event, dict):
-        raise ValueError(f"an event must be one JSON object (a Segment message), not {type(event).__name__}")
-    if "timestamp" not in event:
-        raise ValueError("timestamp: missing; the simulated clock needs every event's time")
+def _refusal(problems: list[ItemProblem]) -> str:
+    """Every problem of the message in one note, so each note is one message left out."""
+    named = "; ".join(f"{problem.field}: {problem.reason}" for problem in problems)
+    return f"{named}; the hub refuses this message at ingest (it quarantines it), so it was not tried"
+
+
+def _first_copies(taken: list[Arrival]) -> tuple[list[Arrival], list[tuple[int, str]]]:
+    """The messages in the order they arrived, less the copies the inbox drops, which are named at their lines."""
+    first: dict[str, Arrival] = {}
+    repeats: list[tuple[int, str]] = []
+    for arrival in sorted(taken, key=lambda arrival: arrival.at):
+        kept = first.setdefault(arrival.raw.message_id, arrival)
+        if kept is not arrival:
+            repeats.append((arrival.line, f"{_same_message(arrival.raw, kept.line)}; the hub keeps the first copy "
+                                          "of a message, so this one was not tried"))
+    return list(first.values()), repeats
+
+
+def _same_message(raw: RawEvent, line: int) -> str:
+    if raw.message_id == raw.payload.get("messageId"):
+        return f"messageId {raw.message_id!r} repeats line {line}"
+    return f"the same message as line {line} (without a messageId, the hub knows a message by its content)"
+
+
+def _at_lines(path: Path, notes: list[tuple[int, str]]) -> list[str]:
+    """`path:line: why` for each note, in line order."""
+    return [f"{path}:{line}: {why}" for line, why in sorted(notes)]
+
+
+def _arrival(event: dict[str, Any]) -> datetime:
+    """When the message reached the hub (its `receivedAt`, else its `timestamp`, which it must have), or
+    ValueError saying what is wrong with it in the user's words."""
+    timestamp = _checked_time(event, "timestamp")
+    return _checked_time(event, "receivedAt") if "receivedAt" in event else timestamp
+
+
+def _checked_time(event: dict[str, Any], field: str) -> datetime:
+    if field not in event:
+        raise ValueError(f"{field}: missing; the simulated clock needs every event's time")
     try:
-        at = _event_time(event)
+        at = datetime.fromisoformat(str(event[field]).replace("Z", "+00:00"))
     except ValueError as exc:
-        raise ValueError(f"timestamp: {exc}") from None
+        raise ValueError(f"{field}: {exc}") from None
     if at.tzinfo is None:
-        raise ValueError("timestamp: needs a time zone (e.g. Z or +00:00)")
+        raise ValueError(f"{field}: needs a time zone (e.g. Z or +00:00)")
     return at
 
 
@@ -245,7 +308,7 @@ def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> st
     is put at the line of the rules file that names that template.
     """
     copy = copies / "triggers.yaml"
-    if problem.startswith(f"{copy}: "):
+    if problem.startswith(f"{copy}:"):  # `copy: key: reason`, or `copy:line: reason` (not YAML, not UTF-8)
         return with_line(problem, copy).replace(str(copy), str(rules))
     text = problem.replace(str(copies), str(mappings_dir))
     unrouted = _UNROUTED.match(problem)
@@ -254,7 +317,7 @@ def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> st
         return f"{rules}:{line}: {text.removeprefix('triggers.yaml: ')}"
     templates = f"{copies / 'templates'}/"
     if problem.startswith(templates):
-        line = _line_of(rules, "template", problem[len(templates):].partition(": ")[0])
+        line = _line_of(rules, "template", problem[len(templates):].partition(":")[0])  # `name: ...`, `name:line: ...`
         return f"{rules}:{line}: template: {text}"
     return f"{rules}: {text.removeprefix('triggers.yaml: ')}" if text.startswith("triggers.yaml: ") else text
 
@@ -300,14 +363,12 @@ def _key_line(node: yaml.Node, key: str, value: str) -> int | None:
 
 
 def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
-    events = [event for _, event in events_file.events]
-    clock = _event_time(events[0]) if events else utcnow()
-    for event in events:
-        at = _event_time(event)
-        clock = _fire_timers(hub, clock, before=at)
-        clock = max(clock, at)
+    clock = events_file.events[0].at  # load_events refuses a file with nothing to try
+    for event in events_file.events:
+        clock = _fire_timers(hub, clock, before=event.at)
+        clock = max(clock, event.at)
         with hub.store.write() as connection:
-            inbox.append(connection, [RawEvent(DEFAULT_SOURCE_ID, str(event["messageId"]), event)], clock)
+            inbox.append(connection, [event.raw], clock)
         _drain(hub.pipeline.run_once, clock)
     _fire_timers(hub, clock, before=None)
     with hub.store.read() as connection:
@@ -316,13 +377,13 @@ def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
             profile = profile_view(connection, decision["profile_id"]) or {"identifiers": {}}
             decision["who"] = _who(profile["identifiers"])
         left_out = events_file.left_out + _quarantined(connection, events_file)
-    return LabResult(found, len(events), [f"{events_file.path}:{line}: {why}" for line, why in sorted(left_out)])
+    return LabResult(found, len(events_file.events), _at_lines(events_file.path, left_out))
 
 
 def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
     """The events the hub quarantined, by their line in the file: the inbox ids it logs are the throwaway
     database's."""
-    lines = {str(event["messageId"]): line for line, event in events_file.events}
+    lines = {event.raw.message_id: event.line for event in events_file.events}
     rows = connection.execute(
         select(schema.inbox.c.message_id, schema.quarantine.c.stage, schema.quarantine.c.reason)
         .join(schema.quarantine, schema.quarantine.c.inbox_id == schema.inbox.c.id)
@@ -352,11 +413,6 @@ def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datet
         if not hub.timers.run_once(clock):
             return clock
         _drain(hub.timers.run_once, clock)
-
-
-def _event_time(event: dict[str, Any]) -> datetime:
-    """An event's `timestamp`: the simulated clock reads nothing else, so every step is where an event or timer put it."""
-    return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00"))
 
 
 def _drain(step: Any, now: datetime) -> None:

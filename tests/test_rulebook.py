@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from jinja2 import TemplateError
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.errors import ConfigError
@@ -19,8 +20,8 @@ from tests.conftest import make_settings, serve_hub
 RULE = "rules:\n  - id: {id}\n    when: {{event: E}}\n    respond: [{{channel: sms, template: {template}}}]\n"
 
 
-def write(path: Path, text: str) -> None:
-    path.write_text(text)
+def write(path: Path, text: str, encoding: str = "utf-8") -> None:
+    path.write_text(text, encoding=encoding)
     stamp = path.stat().st_mtime_ns + 1_000_000_000  # a later mtime even on coarse file systems
     os.utime(path, ns=(stamp, stamp))
 
@@ -67,10 +68,30 @@ def test_a_broken_edit_is_refused_and_the_last_good_rules_stay(tmp_path: Path, e
     assert [rule.id for rule in rulebook.current()] == ["fixed"] and rulebook.last_error == []
 
 
-def test_a_broken_file_at_start_up_is_a_config_error(tmp_path: Path) -> None:
-    (tmp_path / "triggers.yaml").write_text("rules: [{id: x}]")
+@pytest.mark.parametrize("content", [b"rules: [{id: x}]", "rules: []  # caf\u00e9\n".encode("latin-1")])
+def test_a_broken_file_at_start_up_is_a_config_error(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "triggers.yaml").write_bytes(content)
     with pytest.raises(ConfigError):
         RuleBook(tmp_path / "triggers.yaml")
+
+
+@pytest.mark.parametrize("latin1", ["triggers.yaml", "templates/promo.sms.j2"])
+def test_an_edit_saved_as_latin1_is_refused_at_its_line_and_stays_refused(tmp_path: Path, latin1: str) -> None:
+    """Windows editors save an `é` as Latin-1: UnicodeDecodeError escaped the rule book into whichever worker
+    looked first, and with the file's stamp already taken the edit was then ignored without a word."""
+    rulebook, path = book(tmp_path)
+    edit = RULE.format(id="second", template="promo.sms.j2").replace("    when", "    description: caf\u00e9\n    when")
+    write(tmp_path / "templates" / "promo.sms.j2", "Our promo\ncaf\u00e9 {{ profile_id }}",
+          encoding="latin-1" if latin1.startswith("templates") else "utf-8")
+    write(path, edit, encoding="latin-1" if latin1 == "triggers.yaml" else "utf-8")
+    for _ in range(2):  # the first look refuses the edit; the next still says why the old rules are in force
+        assert [rule.id for rule in rulebook.current()] == ["first"]
+        [problem] = rulebook.last_error
+        assert problem.startswith(f"{tmp_path / latin1}:{3 if latin1 == 'triggers.yaml' else 2}: not UTF-8 (byte 0xe9 ")
+        assert problem.endswith("save the file as UTF-8")
+    write(tmp_path / "templates" / "promo.sms.j2", "Our promo\ncaf\u00e9 {{ profile_id }}")
+    write(path, edit)
+    assert [rule.id for rule in rulebook.current()] == ["second"] and rulebook.last_error == []
 
 
 def test_the_running_pipeline_picks_up_an_edit_and_survives_a_broken_one(tmp_path: Path) -> None:
@@ -117,6 +138,13 @@ def test_an_edited_template_is_picked_up_once_its_recheck_period_has_passed(
     assert renderer.render("greeting.j2", {}) == {"body": "Hello"}
     write(tmp_path / "greeting.j2", "Edited hello")
     assert renderer.render("greeting.j2", {}) == {"body": expected}  # within the period the file is not looked at
+
+
+def test_a_template_re_saved_as_latin1_is_a_template_error_naming_its_line(tmp_path: Path) -> None:
+    """Routing skips an action whose template fails, saying why; a UnicodeDecodeError failed the whole event."""
+    write(tmp_path / "greeting.j2", "Hello\ncaf\u00e9", encoding="latin-1")
+    with pytest.raises(TemplateError, match=r"greeting\.j2:2: not UTF-8 \(byte 0xe9 at column 4, "):
+        TemplateRenderer(tmp_path).render("greeting.j2", {})
 
 
 def test_the_admin_api_shows_the_rules_in_force_and_why_an_edit_was_refused(tmp_path: Path, sandbox: SandboxProviders) -> None:

@@ -93,16 +93,29 @@ class SegmentSource(Source):
         received_at = datetime.now(timezone.utc)
         result = ParseResult()
         for index, item in enumerate(items):
-            problems = _problems(index if message_type is None else None, item)
-            if problems:
-                result.rejected.append(RejectedItem(item, problems))
+            taken = take_message(self.source_id, item, index if message_type is None else None)
+            if isinstance(taken, RejectedItem):
+                result.rejected.append(taken)
                 continue
             payload = {**_skew_corrected(item, item.get("sentAt") or batch_sent_at, received_at),
                        "receivedAt": received_at.isoformat()}
-            result.events.append(RawEvent(self.source_id, _message_id(item), payload))
+            result.events.append(RawEvent(self.source_id, taken.message_id, payload))
         if not result.events:
             raise BadPayloadError("no valid message in the request", result.problems)
         return result
+
+
+def take_message(source_id: str, item: Any, index: int | None = None) -> RawEvent | RejectedItem:
+    """One message as the hub takes it in, under the id its inbox deduplicates on, or refused with every problem.
+
+    `touchhub triggers test` takes the messages of its events file in here too,
+    so it tries exactly what the hub would, and drops the same resends.
+    `index` is the message's place in a batch, for the problems it names.
+    """
+    problems = _problems(index, item)
+    if problems:
+        return RejectedItem(item, problems)
+    return RawEvent(source_id, _message_id(item), item)
 
 
 def _basic_auth_user(header: str) -> str | None:
