@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hub.cli_store import existing_store
+from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.clock import utcnow
 from hub.store import Store, outbox
@@ -41,9 +41,12 @@ def list_deliveries(
 
     Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
     """
+    with config_problems_exit("The delivery log cannot be read"):
+        recipient = delivery_recipients(load_settings().mappings_dir)
     with _store().read() as connection:
         found = outbox.search(
-            connection, limit=limit, status=status, channel=channel, destination_id=destination, profile_id=profile
+            connection, limit=limit, status=status, channel=channel, destination_id=destination, profile_id=profile,
+            recipient=recipient,
         )
     table = Table(title=f"Deliveries ({len(found)} shown)")
     for column in ("delivery id", "planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):

@@ -6,11 +6,15 @@ its folder, so such a command run from the wrong folder used to leave an
 empty var/hub.db behind and then fail on "no such table" (or, migrating it,
 report an empty delivery log as if the hub had sent nothing). These say
 which HUB_DATABASE_URL they read and what to do instead.
+
+The delivery log they print masks recipients by the hub's routes, as the
+admin API does (`delivery_recipients`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
@@ -18,6 +22,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from hub.errors import ConfigError
 from hub.store import Store
+
+if TYPE_CHECKING:
+    from hub.store.outbox import RecipientOf
 
 
 def existing_store(url: str) -> Store:
@@ -45,6 +52,15 @@ def existing_store(url: str) -> Store:
             "`touchhub migrate` (serve and worker also do this on start)",
         ])
     return store
+
+
+def delivery_recipients(mappings_dir: Path) -> RecipientOf:
+    """What each delivery's target is by the routes in `mappings_dir` (the running hub's `Router.recipient`), so
+    a push token is shown cut short, not whole; ConfigError when routes.yaml is unusable."""
+    from hub.routing import Router, load_routes
+    from hub.templates import TemplateRenderer
+
+    return Router(load_routes(mappings_dir / "routes.yaml"), TemplateRenderer(mappings_dir / "templates")).recipient
 
 
 def _not_found(url: str, what: str) -> list[str]:

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
-from hub.cli_store import existing_store, shown_url
+from hub.cli_store import delivery_recipients, existing_store, shown_url
+from hub.store.outbox import DUE_STATUSES
 
 if TYPE_CHECKING:
     from rich.tree import Tree
@@ -25,8 +26,8 @@ def triggers_test(
     rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
     events: Path = typer.Argument(
         ..., exists=True, dir_okay=False,
-        help="Segment-spec messages, each with a timestamp: JSON Lines (one object a line) or one JSON array. "
-        "Sample: mappings/samples/demo_journey.jsonl.",
+        help="Segment-spec messages, each with a timestamp (and receivedAt where known: the lab takes them in in the "
+        "order they reached the hub): JSON Lines (one object a line) or one JSON array. Sample: mappings/samples/demo_journey.jsonl.",
     ),
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object a line per decision (rule, version, profile, time, status, reasons, "
@@ -35,17 +36,20 @@ def triggers_test(
 ) -> None:
     """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
 
-    The clock is the events' own time, so a 2-minute absence rule fires between two events
-    that are more than 2 minutes apart, and every timer still waiting after the last event
-    is run out. Each timer fires at its own due time: quiet hours and caps are judged then.
+    The clock is the time each event reached the hub (its receivedAt, else its timestamp), so a
+    2-minute absence rule fires between two events that arrived more than 2 minutes apart, a late
+    event meets the timers that fired before it came, and every timer still waiting after the last
+    event is run out. Each timer fires at its own due time: quiet hours and caps are judged then.
     Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
 
     Each action shows its fate and why, e.g. [bold]email: delayed_quiet_hours until 2026-01-06 08:00 UTC[/]
     or [bold]push: fell_back -> email (profile has no push_token)[/]. With --json, each decision is
     one JSON object a line instead, so two runs can be diffed.
 
-    Events the hub would not take in (a repeated messageId) or would quarantine are listed
-    after the decisions at their lines in EVENTS. An empty EVENTS or RULES exits with 2.
+    Events the hub would not take in (one it refuses at ingest, such as a track without `event`;
+    a resend: a repeated messageId or, without one, the same content) or would quarantine are
+    listed after the decisions at their lines in EVENTS. An empty EVENTS or RULES, or EVENTS with
+    no message the hub would take in, exits with 2.
 
     Example: [bold]touchhub triggers test mappings/triggers.yaml mappings/samples/demo_journey.jsonl[/]
     """
@@ -126,10 +130,11 @@ def decisions_explain(
     settings = load_settings()
     url = settings.database_url
     with config_problems_exit("The decision cannot be explained"):
+        recipient = delivery_recipients(settings.mappings_dir)
         store = existing_store(url)
     try:
         with store.read() as connection:
-            found = explain(connection, decision_id)
+            found = explain(connection, decision_id, recipient)
     finally:
         store.dispose()
     if found is None:
@@ -157,6 +162,8 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
     evidence = tree.add("because of")
     for touchpoint in found["touchpoints"]:
         evidence.add(plain(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})"))
+    if found["judged_again_after"]:
+        evidence.add(plain(_judged_again(found["judged_again_after"], found["created_at"])))
     if found["timer"]:
         timer = found["timer"]
         evidence.add(plain(f"no follow-up between {timer['anchor_at']} and {timer['due_at']} (timer {timer['status']})"))
@@ -168,15 +175,46 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
         actions.add(plain(f"{channel}: left out (its only_if did not hold for this touchpoint)"))
     deliveries = tree.add("deliveries")
     for delivery in found["deliveries"]:
-        node = deliveries.add(plain(
-            f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}"
-        ))
-        replayed = delivery["replayed"]
-        for attempt in delivery["attempt_log"]:
-            if replayed and attempt["attempt_no"] == replayed["after_attempt"] + 1:
-                node.add(plain(f"replayed at {replayed['at']} (it had failed or gone to the dead-letter queue)"))
-            outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
-            node.add(plain(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}"))
-        if replayed and replayed["after_attempt"] >= len(delivery["attempt_log"]):
-            node.add(plain(f"replayed at {replayed['at']}; no attempt since yet"))
+        _add_delivery(deliveries, delivery)
     return tree
+
+
+def _judged_again(late: dict[str, Any], decided: datetime) -> str:
+    """A decision `triggers.rejudge` made: its touchpoint was judged without the late event first, and again
+    when that event arrived (the decision's `created_at`); the tree's head gives the touchpoint's own time."""
+    return (
+        f"judged again at {decided}, when a late {late['event']} (at {late['occurred_at']}) arrived "
+        f"({late['touchpoint_id']})"
+    )
+
+
+def _add_delivery(deliveries: Tree, delivery: dict[str, Any]) -> None:
+    """One delivery with its attempts, where a replay falls among them, and how it ended where no attempt says."""
+    node = deliveries.add(plain(
+        f"{delivery['channel']} to {delivery['target']} via {delivery['destination_id']}: {delivery['status']}"
+    ))
+    replayed = delivery["replayed"]
+    for attempt in delivery["attempt_log"]:
+        if replayed and attempt["attempt_no"] == replayed["after_attempt"] + 1:
+            node.add(plain(f"replayed at {replayed['at']} (it had failed or gone to the dead-letter queue)"))
+        outcome = f"{attempt['outcome']} {attempt['error_message'] or ''}".rstrip()
+        node.add(plain(f"attempt {attempt['attempt_no']} at {attempt['started_at']}: {outcome}"))
+    if replayed and replayed["after_attempt"] >= len(delivery["attempt_log"]):
+        yet = " yet" if delivery["status"] in DUE_STATUSES else ""
+        node.add(plain(f"replayed at {replayed['at']}; no attempt since{yet}"))
+    if why := _not_in_the_attempts(delivery):
+        node.add(plain(why))
+
+
+def _not_in_the_attempts(delivery: dict[str, Any]) -> str | None:
+    """What the attempts do not show of how a delivery stands: its provider's later word (a Twilio `undelivered`
+    after an attempt that was `sent`) and an error no attempt gave (withdrawn unsent: too old to send, consent
+    revoked since); None when there is neither. Both as the API shows them (masked when stored)."""
+    attempts = delivery["attempt_log"]
+    error = delivery["last_error"]
+    if attempts and error == attempts[-1]["error_message"]:
+        error = None  # the last attempt's line says it
+    reported = delivery["provider_status"]
+    if reported:
+        return f"provider reported {reported}" + (f" ({error})" if error else "")
+    return error

@@ -3,6 +3,9 @@
 A decision records its rule id and version, the touchpoints that satisfied
 the rule and each action's fate; this joins in what happened next (each
 delivery with its attempts) and, for an absence rule, the timer that fired.
+A decision made when a late event arrived (`triggers.rejudge`) names that
+event in its evidence; this joins in when it happened, so the API and
+`touchhub decisions explain` both say what was decided later, and why then.
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ from hub.store import decisions, outbox, touchpoints
 from hub.store.schema import timers
 
 
-def explain(connection: Connection, decision_id: str) -> dict[str, Any] | None:
+def explain(
+    connection: Connection, decision_id: str, recipient: outbox.RecipientOf = outbox.unrouted
+) -> dict[str, Any] | None:
+    """`recipient`: what each delivery's target is (`Router.recipient`), so push tokens are masked as such."""
     decision = decisions.get(connection, decision_id)
     if decision is None:
         return None
@@ -24,6 +30,16 @@ def explain(connection: Connection, decision_id: str) -> dict[str, Any] | None:
     return {
         **decision,
         "touchpoints": touchpoints.summaries(connection, evidence.get("touchpoints", [decision["touchpoint_id"]])),
+        "judged_again_after": _late_event(connection, evidence),
         "timer": dict(timer) if timer else None,
-        "deliveries": outbox.search(connection, limit=100, decision_id=decision_id),
+        "deliveries": outbox.search(connection, limit=100, decision_id=decision_id, recipient=recipient),
     }
+
+
+def _late_event(connection: Connection, evidence: dict[str, Any]) -> dict[str, Any] | None:
+    """The touchpoint whose late arrival made the decision (`evidence.judged_again_after`), as `touchpoints`
+    shows the others; None for a decision made when its own touchpoint or timer came."""
+    late = evidence.get("judged_again_after")
+    if late is None:
+        return None
+    return next(iter(touchpoints.summaries(connection, [late["touchpoint_id"]])), None)

@@ -60,7 +60,7 @@ from hub.errors import (
     PermanentDeliveryError,
 )
 from hub.model import Delivery, Identifier
-from hub.pii import mask_text
+from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
 from hub.store import Store, outbox
 from hub.store.outbox import AttemptRecord
@@ -268,7 +268,7 @@ class DeliveryEngine:
         started_at = utcnow()
         clock = time.perf_counter()
         destination = self.destinations.get(delivery.destination_id)
-        request_summary = destination.request_summary(delivery) if destination else {"target": mask_text(delivery.target)}
+        request_summary = destination.request_summary(delivery) if destination else self._unsent_summary(delivery)
         try:
             if destination is None:
                 raise AuthDeliveryError(
@@ -291,6 +291,11 @@ class DeliveryEngine:
             response_summary=result.response_summary,
         )
         return Outcome(delivery, attempt, "sent", None)
+
+    def _unsent_summary(self, delivery: Delivery) -> dict[str, str]:
+        """The request summary of a delivery no destination could take: its target masked as the delivery log
+        masks it (a push token cut short, not shown whole)."""
+        return {"target": mask_recipient(delivery.target, self.recipient(delivery.channel, delivery.target))}
 
     def _failed(
         self, delivery: Delivery, error: DeliveryError, started_at: datetime, clock: float, request_summary: dict

@@ -2,6 +2,9 @@
 
 The delivery log is read by ops people and exported to tickets; it must show
 enough to recognise a recipient ("+1******4567") and never the whole value.
+A device's push token is worse than personal data: whoever holds it can
+message the device. Nothing about a token's look says it is one, so it is
+masked by what the delivery's route says its recipient is (`mask_recipient`).
 """
 
 from __future__ import annotations
@@ -9,10 +12,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hub.model import Identifier
+
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
 # International numbers (+ and digits) and North American national ones; a bare
 # run of digits is not masked, or every timestamp and id would be.
 _PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
+# Identifier types whose values are credentials rather than addresses (routes.yaml `target`).
+TOKEN_TYPES = frozenset({"push_token"})
 
 
 def mask_phone(value: str) -> str:
@@ -43,3 +50,18 @@ def mask_value(value: Any) -> Any:
     if isinstance(value, list):
         return [mask_value(item) for item in value]
     return value
+
+
+def mask_token(token: str) -> str:
+    """Enough of a device token to recognise it in the delivery log (its first 10 characters), too little to
+    message the device with. One of 10 characters or fewer is no real token (FCM's run past 100) and is shown
+    whole, so the log names the malformed value a provider refused."""
+    return token[:10] + "…" if len(token) > 10 else token
+
+
+def mask_recipient(target: str, identifier: Identifier | None) -> str:
+    """A delivery's recipient as the delivery log shows it; `identifier` is what its channel's route says the
+    target is (`Router.recipient`), None for a profile id or a channel no longer routed."""
+    if identifier is not None and identifier.type in TOKEN_TYPES:
+        return mask_token(target)
+    return mask_text(target)

@@ -7,14 +7,20 @@ import sqlite3
 import subprocess
 import sys
 from contextlib import closing
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from hub import delivery as delivery_module
+from hub.clock import utcnow
+from hub.model import RawEvent
+from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, support_ticket
+from hub.store import decisions, inbox
+from tests.conftest import RunningHub, make_settings, support_ticket
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 
@@ -78,6 +84,76 @@ def test_decisions_explain_prints_the_chain_from_event_to_delivery(running_hub: 
     assert "attempt 1 at" in text and "+14155550123" not in text  # the recipient is masked
     missing = touchhub("decisions", "explain", "nope", HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")
     assert missing.returncode == 1 and "No decision 'nope'" in missing.stdout
+
+
+def tree_lines(output: str) -> list[str]:
+    """`touchhub decisions explain`'s lines, without the tree's drawing."""
+    return [line.strip(" │├└─") for line in output.splitlines()]
+
+
+def as_printed(iso: str) -> str:
+    """A time from the API as the CLI's tree prints it."""
+    return str(datetime.fromisoformat(iso))
+
+
+def test_decisions_explain_says_why_a_delivery_failed_unsent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A delivery withdrawn unsent has no attempt: the CLI said only `failed`, where the API's `last_error` says
+    why."""
+    hub = Hub(make_settings(tmp_path, quiet_hours=""))
+    try:
+        messages = support_ticket("eli", {"phone": "+14155550123"})
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
+        while hub.pipeline.run_once():
+            pass
+        later = utcnow() + timedelta(hours=13)  # past HUB_MESSAGE_MAX_AGE_HOURS (12) after it was due
+        monkeypatch.setattr(delivery_module, "utcnow", lambda: later)
+        hub.delivery.run_once()
+        with hub.store.read() as connection:
+            [decision] = decisions.search(connection, limit=10)
+    finally:
+        hub.stop()
+    result = touchhub("decisions", "explain", decision["decision_id"], HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")
+    lines = tree_lines(result.stdout)
+    head = lines.index("sms to +1******0123 via twilio_sms: failed")
+    assert lines[head + 1] == "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due"
+
+
+def test_decisions_explain_says_what_the_provider_reported_after_the_send(running_hub: RunningHub, tmp_path: Path) -> None:
+    """Twilio accepted the SMS (attempt 1: sent), then called back `undelivered`: the CLI showed the attempt
+    beside status failed and nothing of Twilio's word."""
+    running_hub.send(*support_ticket("eli", {"phone": "+14155550123"}))
+    running_hub.settle()
+    [sms] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    [sent] = running_hub.sandbox.twilio.messages
+    assert running_hub.sandbox.twilio.post_status(sent["sid"], "undelivered", error_code=30003).status_code == 200
+    result = touchhub("decisions", "explain", sms["decision_id"], HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")
+    lines = tree_lines(result.stdout)
+    head = lines.index("sms to +1******0123 via twilio_sms: failed")
+    attempt, reported = lines[head + 1:head + 3]
+    assert attempt.startswith("attempt 1 at ") and attempt.endswith(": sent")
+    assert reported == "provider reported undelivered (twilio.30003)"
+
+
+def test_decisions_explain_says_a_decision_was_made_when_a_late_event_arrived(running_hub: RunningHub, tmp_path: Path) -> None:
+    """The ticket was judged without the order, then again when the order came in: the CLI printed the decision
+    at the ticket's time with nothing saying it was made later, or which arrival made it."""
+    identify, order, ticket = support_ticket("eli", {"phone": "+14155550123"})
+    running_hub.send(identify, ticket)
+    running_hub.settle()
+    running_hub.send(order)
+    running_hub.settle()
+    [decision] = running_hub.admin("/api/decisions")["decisions"]
+    explained = running_hub.admin(f"/api/decisions/{decision['decision_id']}")
+    late = explained["judged_again_after"]  # the API joins in the late event, as it does the evidence's touchpoints
+    noted = explained["evidence"]["judged_again_after"]
+    assert (late["event"], late["touchpoint_id"]) == ("Order Completed", noted["touchpoint_id"])
+    assert datetime.fromisoformat(late["occurred_at"]) == datetime.fromisoformat(order["timestamp"])
+    result = touchhub("decisions", "explain", decision["decision_id"], HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")
+    assert (
+        f"judged again at {as_printed(explained['created_at'])}, when a late Order Completed "
+        f"(at {as_printed(late['occurred_at'])}) arrived ({late['touchpoint_id']})"
+    ) in tree_lines(result.stdout)
 
 
 def write_events(path: Path, *messages: dict[str, object]) -> Path:
@@ -216,8 +292,8 @@ def test_the_shipped_sample_events_run_the_whole_reference_journey() -> None:
     assert fired == {"cart_abandonment", "comparison_hesitation", "post_purchase_support", "high_intent_pricing"}
     # the journey's last message has no identifier: reported at its line, as the demo counts it refused
     assert problems(result.stdout) == [
-        f"{SAMPLES / 'demo_journey.jsonl'}:28: quarantined at the mapping stage: identifiers: no usable identifier "
-        "(all missing or junk values such as 'null')"
+        f"{SAMPLES / 'demo_journey.jsonl'}:28: userId: either userId or anonymousId is required; "
+        "the hub refuses this message at ingest (it quarantines it), so it was not tried"
     ]
 
 
@@ -315,7 +391,7 @@ def test_problems_name_the_users_rules_file_and_events_file_at_their_lines(tmp_p
     assert problem.startswith(f"{rules}:6: template: {PROJECT_MAPPINGS / 'templates' / 'nope.j2'}: TemplateNotFound")
     assert "touchhub-lab-" not in result.stdout
     nobody = write_events(tmp_path / "nobody.jsonl", *cart_left_at_ten(
-        {"type": "track", "event": "Product Viewed", "timestamp": "2026-01-05T10:05:00Z"}))
+        {"type": "track", "userId": "null", "event": "Product Viewed", "timestamp": "2026-01-05T10:05:00Z"}))
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(nobody))
     assert result.returncode == 0, result.stderr + result.stdout
     assert problems(result.stdout) == [f"{nobody}:3: quarantined at the mapping stage: identifiers: no usable identifier "

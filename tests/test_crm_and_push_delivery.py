@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -17,8 +20,9 @@ from hub.errors import ConfigError
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, make_settings, message
+from tests.conftest import RunningHub, make_settings, message, serve_hub
 
+TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 PHONE_TOKEN = "cGhvbmUtdG9rZW46QVBBOTFiSGVuZDJlbmQwMDAwMDAwMDE"
 TABLET_TOKEN = "dGFibGV0LXRva2VuOkFQQTkxYkhlbmQyZW5kMDAwMDAwMDAy"
 RULES = """
@@ -47,14 +51,19 @@ CRM_TEMPLATE = (
 )
 
 
-@pytest.fixture
-def hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[RunningHub]:
+def cart_nudge_mappings(tmp_path: Path) -> Path:
+    """The shipped mappings with this module's rule and its templates."""
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_MAPPINGS, mappings)
     (mappings / "triggers.yaml").write_text(RULES)
     (mappings / "templates" / "cart_nudge.push.j2").write_text(PUSH_TEMPLATE)
     (mappings / "templates" / "cart_nudge.crm.j2").write_text(CRM_TEMPLATE)
-    settings = make_settings(tmp_path, mappings_dir=mappings, **sandbox.settings_overrides())
+    return mappings
+
+
+@pytest.fixture
+def hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[RunningHub]:
+    settings = make_settings(tmp_path, mappings_dir=cart_nudge_mappings(tmp_path), **sandbox.settings_overrides())
     running = Hub(settings)
     with BackgroundServer(create_app(running)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(running, server.url, client, sandbox)
@@ -89,6 +98,46 @@ def test_push_reaches_every_device_and_the_crm_gets_lead_intent_and_task(hub: Ru
     assert task["Touchhub_Delivery_Id__c"] == deliveries["crm"]["delivery_id"]
     [crm_attempt] = deliveries["crm"]["attempt_log"]
     assert crm_attempt["request_summary"]["fields"] == ["Company", "Email", "LastName", "Touchhub_Intent__c"]
+
+
+def touchhub(hub: RunningHub, *args: str) -> str:
+    """What a `touchhub` command reading this hub's store and mappings prints."""
+    settings = hub.hub.settings
+    env = {"COLUMNS": "300", "PATH": "", "HUB_DATABASE_URL": settings.database_url,
+           "HUB_MAPPINGS_DIR": str(settings.mappings_dir)}
+    result = subprocess.run([TOUCHHUB, *args], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_push_tokens_are_cut_short_wherever_the_delivery_log_shows_them(hub: RunningHub) -> None:
+    """A device token is a credential to message the device: the delivery log shows its first 10 characters,
+    as the FCM connector's own summaries do, in the API and the CLI alike."""
+    push = cart_viewed(hub, PHONE_TOKEN, TABLET_TOKEN)["push"]
+    assert push["status"] == "sent"
+    assert push["target"] in {PHONE_TOKEN[:10] + "…", TABLET_TOKEN[:10] + "…"}
+    assert sorted(push["content"]["recipients"]) == [PHONE_TOKEN[:10] + "…", TABLET_TOKEN[:10] + "…"]
+    shown = {
+        "GET /api/deliveries": json.dumps(hub.admin("/api/deliveries"), ensure_ascii=False),
+        "GET /api/decisions/{id}": json.dumps(hub.admin(f"/api/decisions/{push['decision_id']}"), ensure_ascii=False),
+        "touchhub decisions explain": touchhub(hub, "decisions", "explain", push["decision_id"]),
+        "touchhub deliveries list": touchhub(hub, "deliveries", "list", "--channel", "push"),
+    }
+    assert {where: [token in text for token in (PHONE_TOKEN, TABLET_TOKEN)] for where, text in shown.items()} == {
+        where: [False, False] for where in shown
+    }
+    assert PHONE_TOKEN[:10] + "…" in shown["touchhub decisions explain"]
+
+
+def test_a_push_with_no_fcm_settings_goes_dead_with_its_token_cut_short(tmp_path: Path, sandbox: SandboxProviders) -> None:
+    """Without FCM settings the push is still planned (its dead letter is replayed once FCM is configured); the
+    attempt no destination took logs its target as the delivery log shows it, not the whole token."""
+    without_fcm = {key: value for key, value in sandbox.settings_overrides().items() if not key.startswith("fcm_")}
+    with serve_hub(make_settings(tmp_path, mappings_dir=cart_nudge_mappings(tmp_path), **without_fcm), sandbox) as hub:
+        push = cart_viewed(hub, PHONE_TOKEN)["push"]
+    [attempt] = push["attempt_log"]
+    assert (push["status"], attempt["error_class"]) == ("dead", "config.unknown_destination")
+    assert attempt["request_summary"] == {"target": PHONE_TOKEN[:10] + "…"}
 
 
 def test_push_quota_exceeded_is_retried_no_sooner_than_retry_after(hub: RunningHub) -> None:

@@ -23,9 +23,20 @@ def trigger_sms(running_hub: RunningHub, user: str, phone: str) -> None:
     running_hub.settle()
 
 
+def cli_env(running_hub: RunningHub) -> dict[str, str]:
+    return {"COLUMNS": "200", "PATH": "", "HUB_DATABASE_URL": running_hub.hub.settings.database_url}
+
+
 def touchhub(running_hub: RunningHub, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"COLUMNS": "200", "PATH": "", "HUB_DATABASE_URL": running_hub.hub.settings.database_url}
-    return subprocess.run([TOUCHHUB, "deliveries", *args], capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run([TOUCHHUB, "deliveries", *args], capture_output=True, text=True, timeout=60, env=cli_env(running_hub))
+
+
+def explained(running_hub: RunningHub, decision_id: str) -> list[str]:
+    """`touchhub decisions explain`'s lines, without the tree's drawing."""
+    result = subprocess.run([TOUCHHUB, "decisions", "explain", decision_id], capture_output=True, text=True,
+                            timeout=60, env=cli_env(running_hub))
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line.strip(" │├└─") for line in result.stdout.splitlines()]
 
 
 @pytest.mark.hub_settings(delivery_max_attempts=2)
@@ -44,11 +55,7 @@ def test_dead_delivery_replayed_over_the_api_is_sent_with_a_fresh_budget(running
     assert [(a["attempt_no"], a["outcome"]) for a in sent["attempt_log"]] == [(1, "retryable"), (2, "retryable"), (3, "sent")]
     assert running_hub.sandbox.twilio.message_count == 1
     assert sent["replayed"]["after_attempt"] == 2  # the log tells the replay's attempts from the first run's
-    explained = subprocess.run(
-        [TOUCHHUB, "decisions", "explain", sent["decision_id"]], capture_output=True, text=True, timeout=60,
-        env={"COLUMNS": "200", "PATH": "", "HUB_DATABASE_URL": running_hub.hub.settings.database_url},
-    ).stdout
-    lines = [line.strip(" │├└─") for line in explained.splitlines()]
+    lines = explained(running_hub, sent["decision_id"])
     replayed = next(n for n, line in enumerate(lines) if line.startswith("replayed at "))
     assert lines[replayed - 1].startswith("attempt 2 at ") and lines[replayed + 1].startswith("attempt 3 at ")
 
@@ -58,10 +65,8 @@ def test_dead_delivery_replayed_over_the_api_is_sent_with_a_fresh_budget(running
     assert running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay").status_code == 401
 
 
-@pytest.mark.hub_settings(delivery_max_attempts=1)
-def test_a_dead_message_replayed_past_its_send_by_time_fails_unsent(running_hub: RunningHub) -> None:
-    """A dead letter replayed days after a provider outage would message the person about the past: the
-    delivery engine withdraws a message past HUB_MESSAGE_MAX_AGE_HOURS after it was due, and says so."""
+def replay_past_its_send_by_time(running_hub: RunningHub) -> dict:
+    """An SMS that went dead in an outage, replayed as if the outage had lasted two days: the delivery after."""
     running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=1)
     trigger_sms(running_hub, "u-late", "+14155550191")
     [dead] = running_hub.admin("/api/deliveries", status="dead")["deliveries"]
@@ -73,9 +78,28 @@ def test_a_dead_message_replayed_past_its_send_by_time_fails_unsent(running_hub:
     assert running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH).status_code == 200
     running_hub.settle()
     [failed] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    return failed
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=1)
+def test_a_dead_message_replayed_past_its_send_by_time_fails_unsent(running_hub: RunningHub) -> None:
+    """A dead letter replayed days after a provider outage would message the person about the past: the
+    delivery engine withdraws a message past HUB_MESSAGE_MAX_AGE_HOURS after it was due, and says so."""
+    failed = replay_past_its_send_by_time(running_hub)
     assert (failed["status"], failed["attempts"]) == ("failed", 1)
     assert failed["last_error"] == "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due"
     assert running_hub.sandbox.twilio.message_count == 0
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=1)
+def test_decisions_explain_says_a_replay_was_withdrawn_not_that_it_waits(running_hub: RunningHub) -> None:
+    """The CLI said "replayed at ...; no attempt since yet" of a replay already settled as failed, and not why."""
+    failed = replay_past_its_send_by_time(running_hub)
+    lines = explained(running_hub, failed["decision_id"])
+    head = lines.index(f"sms to {failed['target']} via twilio_sms: failed")
+    replay, why = lines[head + 2:head + 4]  # after the attempt before the replay
+    assert replay.startswith("replayed at ") and replay.endswith("; no attempt since")
+    assert why == "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due"
 
 
 @pytest.mark.hub_settings(delivery_max_attempts=1)

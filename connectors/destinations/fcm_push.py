@@ -43,6 +43,7 @@ from hub.errors import (
     RetryableDeliveryError,
 )
 from hub.model import Delivery, SendResult
+from hub.pii import mask_token
 from hub.retry import outcome_for_status
 
 log = structlog.get_logger(__name__)
@@ -123,7 +124,7 @@ class FcmPushDestination(Destination):
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         tokens = _tokens(delivery)
-        return {"tokens": len(tokens), "first_token": _short(tokens[0]), "title": delivery.content.get("title")}
+        return {"tokens": len(tokens), "first_token": mask_token(tokens[0]), "title": delivery.content.get("title")}
 
     def send(self, delivery: Delivery) -> SendResult:
         tokens = _tokens(delivery)
@@ -144,7 +145,7 @@ class FcmPushDestination(Destination):
             ids = [answer.message_id for answer in batch.responses if answer.success]
             return SendResult(status="sent", provider_message_id=ids[0], response_summary={
                 "sent": batch.success_count, "failed": batch.failure_count, "message_ids": ids,
-                "errors": {_short(f.token): f.code for f in failures}, "dead_tokens": len(dead),
+                "errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": len(dead),
             })
         raise _batch_error(failures, dead=len(dead))
 
@@ -172,11 +173,6 @@ class FcmPushDestination(Destination):
 
 def _tokens(delivery: Delivery) -> list[str]:
     return list(delivery.content.get("recipients") or [delivery.target])
-
-
-def _short(token: str) -> str:
-    """Enough of a token to recognise it in the delivery log."""
-    return token[:10] + "…" if len(token) > 10 else token
 
 
 def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
@@ -221,7 +217,7 @@ def _batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
         message=f"FCM refused {len(failures)} device(s): {chosen[0].message}",
         provider_code=chosen[0].code,
         retry_after=max(waits) if waits else None,
-        response_summary={"errors": {_short(f.token): f.code for f in failures}, "dead_tokens": dead},
+        response_summary={"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead},
     ))
 
 

@@ -100,7 +100,7 @@ async def list_deliveries(
 ) -> dict[str, Any]:
     search = partial(
         outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
-        since=_aware(since), until=_aware(until),
+        since=_aware(since), until=_aware(until), recipient=_hub(request).router.recipient,
     )
     return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
@@ -138,7 +138,8 @@ async def list_decisions(
 
 @router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries")
 async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
-    return await _read_one(request, lambda connection: explain(connection, decision_id), f"no decision {decision_id!r}")
+    explained = partial(explain, decision_id=decision_id, recipient=_hub(request).router.recipient)
+    return await _read_one(request, explained, f"no decision {decision_id!r}")
 
 
 @router.get("/rules", summary="The trigger rules in force, and why the last edit of the file was refused, if it was")

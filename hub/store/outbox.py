@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import lru_cache
@@ -11,8 +11,8 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, desc, func, insert, literal, null, or_, select, update
 
-from hub.model import Delivery, PlannedDelivery, ProviderStatus
-from hub.pii import mask_text, mask_value
+from hub.model import Delivery, Identifier, PlannedDelivery, ProviderStatus
+from hub.pii import mask_recipient, mask_text, mask_value
 from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, attempts, deliveries
 
@@ -20,6 +20,13 @@ DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
+# What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
+RecipientOf = Callable[[str, str], Identifier | None]
+
+
+def unrouted(channel: str, target: str) -> Identifier | None:
+    """A `RecipientOf` that knows no routes (tests, tools without mappings): every target is masked as text."""
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +245,14 @@ def search(
     since: datetime | None = None,
     until: datetime | None = None,
     decision_id: str | None = None,
+    recipient: RecipientOf = unrouted,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
     numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.
 
-    `since` (inclusive) and `until` (exclusive) bound when the delivery was planned.
+    `since` (inclusive) and `until` (exclusive) bound when the delivery was planned. `recipient` says what
+    each delivery's target is (`Router.recipient`), so a push token is masked as one; without it every target
+    is masked as text, which leaves tokens whole.
     """
     query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
     for column, wanted in (
@@ -269,13 +279,22 @@ def search(
         for row in rows:
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
-        item["target"], item["content"] = mask_text(item["target"]), mask_value(item["content"])
+        _mask_recipients(item, recipient(item["channel"], item["target"]))
         item.pop("claimed_until")
         # The latest replay out of the dead-letter queue (or of a failure): the attempts after it are its.
         replayed_at, after_attempt = item.pop("retry_from"), item.pop("retry_from_attempt")
         item["replayed"] = {"at": replayed_at, "after_attempt": after_attempt} if replayed_at else None
         item["attempt_log"] = by_delivery[item["delivery_id"]]
     return found
+
+
+def _mask_recipients(item: dict[str, Any], identifier: Identifier | None) -> None:
+    """Mask a delivery row's target and content in place; a multicast route's `recipients` (every device of
+    the person) are of the target's kind, and masked as it is."""
+    content = mask_value(item["content"])
+    if "recipients" in content:
+        content["recipients"] = [mask_recipient(each, identifier) for each in item["content"]["recipients"]]
+    item["target"], item["content"] = mask_recipient(item["target"], identifier), content
 
 
 def count_by_channel_and_status(connection: Connection) -> list[dict[str, Any]]:
