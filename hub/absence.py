@@ -3,27 +3,33 @@
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
 of their anchors, four of their profiles (`profile_views`), one of their
-follow-ups, one of their restarts (`timers.restarted`), one of their rules' caps, one of their daily caps, one insert
-of decisions, one of deliveries, one update settling them. If any timer of
-the set fails, the set is rolled back to its savepoint and each timer fires
-on its own, so one bad timer never holds back its neighbours. A crash
-before the commit leaves the timers pending, to be fired after the lease by
-this or another process; a commit makes them settled, so each fires once.
+follow-ups, one of their rules' other timers of their profiles
+(`timers.ended_by_neighbours`), one of their rules' caps, one of their daily
+caps, one insert of decisions, one of deliveries, one update settling them
+(each that did not fire with why). If any timer of the set fails, the set
+is rolled back to its savepoint and each timer fires on its own, so one bad
+timer never holds back its neighbours; one that fails alone `max_attempts`
+times is settled `failed`. A crash before the commit leaves the timers
+pending, to be fired after the lease by this or another process; a commit
+makes them settled, so each fires once. Once committed, each settled timer
+is counted (`hub_timers_settled_total`) and each that did not fire is
+logged with its reason.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from sqlalchemy import Connection
 
-from hub import triggers
+from hub import metrics, triggers
 from hub.clock import utcnow
-from hub.model import Decision, Touchpoint
+from hub.model import Decision, Touchpoint, WaitEnded
 from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
 from hub.rule_events import awaited
 from hub.rule_history import History, ReadAhead
@@ -51,6 +57,21 @@ class _Firing:
     profile: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What firing a set leaves for after the commit: what it recorded, and how each timer settled.
+
+    Returned per set, never kept in shared state, so a set rolled back and
+    fired again timer by timer counts and logs each timer once.
+    """
+
+    recorded: Recorded = field(default_factory=Recorded)
+    settled: tuple[Settlement, ...] = ()
+
+    def __add__(self, other: _Outcome) -> _Outcome:
+        return _Outcome(self.recorded + other.recorded, self.settled + other.settled)
+
+
 class TimerEngine:
     def __init__(
         self,
@@ -60,13 +81,17 @@ class TimerEngine:
         *,
         batch_size: int,
         lease: timedelta,
+        max_attempts: int,
         deliveries_planned: Callable[[], None],
     ) -> None:
+        """`max_attempts`: firings of a timer that may raise before it is settled `failed` (after each, it is tried
+        again once its lease runs out)."""
         self.store = store
         self.rulebook = rulebook
         self.responder = responder
         self.batch_size = batch_size
         self.lease = lease
+        self.max_attempts = max_attempts
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
         self._rules_seen: object = None
@@ -93,12 +118,13 @@ class TimerEngine:
             due = timers.claim_due(connection, self.batch_size, now, self.lease, seen_until)
             if not due:  # held back while the pipeline catches up (`timers.claim_due`): look again shortly
                 self._next_due = now + CATCH_UP_RECHECK
-            recorded = sum(as_set_or_one_by_one(
+            outcome = sum(as_set_or_one_by_one(
                 connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",
-            ), Recorded())
-        recorded.count()
-        if recorded.planned:
+            ), _Outcome())
+        outcome.recorded.count()
+        _report(outcome.settled, due)
+        if outcome.recorded.planned:
             self._deliveries_planned()
         return len(due)
 
@@ -111,8 +137,12 @@ class TimerEngine:
         the rule now sends. (A longer wait needs nothing here: the claim sends
         the timer back.) The waits are compared with those noted in the store,
         not in this worker, so an edit made while no timer worker ran is found
-        by the next to start. They are noted after the timers are moved: a
-        crash in between moves them again, which changes nothing.
+        by the next to start. A rule no worker has noted (added while none
+        ran) may have been shortened since its first timers were armed, so
+        its timers are compared too. The waits only pick the rules to look
+        at: each of their pending timers is judged by its own anchor and the
+        wait in force. They are noted after the timers are moved: a crash in
+        between moves them again, which changes nothing.
         """
         rules = self.rulebook.current()
         if rules is self._rules_seen:  # each run: unchanged rules cost one comparison
@@ -120,38 +150,47 @@ class TimerEngine:
         waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
         with self.store.read() as connection:
             noted = timers.noted_waits(connection)
-        for rule_id, wait in waits.items():
-            if rule_id in noted and wait < noted[rule_id]:
-                self._bring_forward(rule_id, wait)
+        maybe_shortened = {rule_id: wait for rule_id, wait in waits.items() if rule_id not in noted or wait < noted[rule_id]}
+        if maybe_shortened:
+            self._bring_forward(maybe_shortened)
         if any(noted.get(rule_id) != wait for rule_id, wait in waits.items()):
             with self.store.write() as connection:
                 timers.note_waits(connection, waits)
         self._rules_seen = rules
 
-    def _bring_forward(self, rule_id: str, wait: timedelta) -> None:
-        """The rule's pending timers due later than their anchor plus `wait`, due then instead."""
+    def _bring_forward(self, waits: dict[str, timedelta]) -> None:
+        """These rules' pending timers due later than their anchor plus their rule's wait, due then instead."""
         with self.store.read() as connection:
-            pending = timers.pending_anchors(connection, rule_id)
-        earlier = [(timer_id, anchor_at + wait) for timer_id, anchor_at, due_at in pending if anchor_at + wait < due_at]
+            earlier = timers.due_after_their_wait(connection, waits)
         for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
             with self.store.write() as connection:
                 timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])
-        log.info("timers brought forward to a shortened wait", rule=rule_id, timers=len(earlier))
+        if earlier:
+            log.info("timers brought forward to a shortened wait", rules=sorted(waits), timers=len(earlier))
 
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""
         return self._next_due
 
-    def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> Recorded:
-        """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease runs out."""
+    def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> _Outcome:
+        """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease
+        runs out, until it has failed `max_attempts` times: then it is settled `failed` with its error, as an inbox
+        row is quarantined, rather than claimed again after every lease, forever."""
         try:
             with connection.begin_nested():
                 return self._fire_set(connection, [timer], now)
-        except Exception:
-            log.exception("timer failed to fire", timer_id=timer.timer_id, rule=timer.rule_id)
-            return Recorded()
+        except Exception as exc:
+            attempt = timer.attempts + 1
+            log.exception("timer failed to fire", timer_id=timer.timer_id, rule=timer.rule_id, attempt=attempt)
+            error = f"{type(exc).__name__}: {exc}"
+            timers.attempt_failed(connection, timer.timer_id, error)
+            if attempt < self.max_attempts:
+                return _Outcome()
+            given_up = Settlement.ended(timer.timer_id, WaitEnded("failed", error))
+            timers.settle(connection, [given_up], now)
+            return _Outcome(settled=(given_up,))
 
-    def _fire_set(self, connection: Connection, due: Sequence[DueTimer], now: datetime) -> Recorded:
+    def _fire_set(self, connection: Connection, due: Sequence[DueTimer], now: datetime) -> _Outcome:
         """Decide, route, record and settle the timers.
 
         The set's caps are read once, not per timer: the rules' from one read of
@@ -160,22 +199,22 @@ class TimerEngine:
         which reads them again, so its caps count what the first one planned.
         """
         if not due:
-            return Recorded()
+            return _Outcome()
         settled: list[Settlement] = []
         firings, later = self._prepare(connection, due, settled, now)
         history = self._history(connection, firings)
-        restarted = timers.restarted(connection, [firing.timer for firing in firings])
+        ended = timers.ended_by_neighbours(connection, [firing.timer for firing in firings])
         decided: list[tuple[_Firing, Decision]] = []
         for firing in firings:
             timer, profile = firing.timer, firing.profile
-            if timer.timer_id in restarted:
-                settled.append(Settlement(timer.timer_id, "superseded"))
+            if timer.timer_id in ended:
+                settled.append(Settlement.ended(timer.timer_id, ended[timer.timer_id]))
                 continue
             decision = triggers.evaluate_expired(
                 firing.rule, firing.anchor, profile["profile_id"], timer.due_at, history, profile["traits"]
             )
-            if isinstance(decision, str):  # the wait ended without a decision, and how
-                settled.append(Settlement(timer.timer_id, decision))
+            if isinstance(decision, WaitEnded):
+                settled.append(Settlement.ended(timer.timer_id, decision))
                 continue
             decided.append((firing, decision))
             settled.append(Settlement(timer.timer_id, "fired", decision.decision_id))
@@ -187,7 +226,7 @@ class TimerEngine:
         ]
         recorded = self.responder.record(connection, routed, now)
         timers.settle(connection, settled, now)
-        return recorded + self._fire_set(connection, later, now)
+        return _Outcome(recorded, tuple(settled)) + self._fire_set(connection, later, now)
 
     def _prepare(
         self, connection: Connection, due: Sequence[DueTimer], settled: list[Settlement], now: datetime
@@ -197,8 +236,9 @@ class TimerEngine:
         Each is judged by the rule in force, which may have been edited since
         it was armed: a timer whose rule, anchor or profile is gone, or whose
         anchor the rule's `after` no longer picks, is added to `settled` as
-        lapsed; one whose wait the rule now makes longer goes back to wait out
-        the rest; one it makes shorter fires, due when the rule now says.
+        lapsed, with which; one whose wait the rule now makes longer goes back
+        to wait out the rest; one it makes shorter fires, due when the rule
+        now says.
         """
         anchors = touchpoints.get_many(connection, {timer.touchpoint_id for timer in due})
         views = profile_views(connection, {timer.profile_id for timer in due})  # each timer's live profile
@@ -210,10 +250,8 @@ class TimerEngine:
         for timer in sorted(due, key=lambda timer: _firing_order(timer, rules[timer.rule_id])):
             rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
-            if rule is None or rule.absence is None or anchor is None or profile is None:
-                settled.append(Settlement(timer.timer_id, "lapsed"))
-            elif not triggers.starts_wait(rule, anchor, profile["traits"]):
-                settled.append(Settlement(timer.timer_id, "lapsed"))
+            if (lapsed := _lapsed(rule, anchor, profile)) is not None:
+                settled.append(Settlement.ended(timer.timer_id, WaitEnded("lapsed", lapsed)))
             elif (due_at := timer.anchor_at + rule.absence.within) > now:
                 lengthened.append((timer.timer_id, due_at))
             elif profile["profile_id"] in profiles:
@@ -240,6 +278,36 @@ class TimerEngine:
         return ReadAhead(
             store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
         )
+
+
+def _lapsed(rule: RuleSpec | None, anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | None:
+    """Why a due timer can no longer be decided, if it cannot: what it was armed for is gone or changed."""
+    if rule is None:
+        return "rule removed or disabled"  # the rule book keeps neither
+    if anchor is None:
+        return "the event that started the wait is gone"
+    if profile is None:
+        return "profile gone"
+    if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
+        return "the edited rule no longer waits after this event"
+    return None
+
+
+def _report(settled: Sequence[Settlement], due: Sequence[DueTimer]) -> None:
+    """Once committed, each settled timer counted by rule and outcome, and each that did not fire logged with why:
+    ops asking why someone never got a nudge find the timer, its rule and profile, and the reason."""
+    claimed = {timer.timer_id: timer for timer in due}
+    outcomes: Counter[tuple[str, str]] = Counter()
+    for settlement in settled:
+        timer = claimed[settlement.timer_id]
+        outcomes[timer.rule_id, settlement.status] += 1
+        if settlement.reason is not None:
+            (log.error if settlement.status == "failed" else log.info)(
+                "timer ended without firing", timer_id=timer.timer_id, rule=timer.rule_id, profile_id=timer.profile_id,
+                outcome=settlement.status, reason=settlement.reason,
+            )
+    for (rule_id, outcome), count in outcomes.items():
+        metrics.TIMERS_SETTLED.labels(rule=rule_id, outcome=outcome).inc(count)
 
 
 def _firing_order(timer: DueTimer, rule: RuleSpec | None) -> tuple[datetime, int]:

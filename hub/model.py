@@ -11,7 +11,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 # Namespace of every deterministic id the hub derives; changing it would change
 # every touchpoint, decision and delivery id, so it is fixed forever.
@@ -181,6 +181,30 @@ class Decision:
     # could reach the person: no address, consent, the daily cap; it spends none of the rule's cap)
     status: str = "fired"
     urgency: str = "immediate"  # immediate | delayed (waits out quiet hours; an immediate rule's `delay`ed action does too)
+
+
+@dataclass(frozen=True, slots=True)
+class WaitEnded:
+    """How an absence timer's wait ended without a decision, and why in a few words.
+
+    The reason is kept on the timer row and logged, so ops asking why
+    someone never got a nudge read "rule removed or disabled" or "the
+    follow-up came" instead of replaying the rules. `failed`: firing it
+    raised every time (the reason is the last error).
+    """
+
+    status: Literal["cancelled", "superseded", "lapsed", "failed"]
+    reason: str
+
+    @classmethod
+    def followed_up(cls, touchpoint_id: str) -> WaitEnded:
+        """Seen by the pipeline as the follow-up comes in, or by the timer worker when the timer comes due."""
+        return cls("cancelled", f"the follow-up came: touchpoint {touchpoint_id}")
+
+    @classmethod
+    def restarted(cls, touchpoint_id: str) -> WaitEnded:
+        """Seen by the pipeline as the later event comes in, or by the timer worker when the timer comes due."""
+        return cls("superseded", f"a later event restarted the wait: touchpoint {touchpoint_id}")
 
 
 @dataclass(frozen=True, slots=True)

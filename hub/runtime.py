@@ -72,7 +72,7 @@ class Hub:
         responder = Responder(self.router)
         self.timers = TimerEngine(
             self.store, self.rulebook, responder, batch_size=settings.timer_batch_size, lease=lease,
-            deliveries_planned=partial(self.wakeups.announce, "delivery"),
+            max_attempts=settings.pipeline_max_attempts, deliveries_planned=partial(self.wakeups.announce, "delivery"),
         )
         timer_worker = Worker(
             "timers", self.timers.run_once, self.timer_wake, settings.worker_poll_seconds, next_due=self.timers.next_due,

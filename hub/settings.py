@@ -132,7 +132,10 @@ class HubSettings(BaseSettings):
         description="Comma-separated workers this process runs (pipeline, timers, delivery); the others run elsewhere.",
     )
     lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
-    pipeline_max_attempts: int = Field(5, ge=1)
+    pipeline_max_attempts: int = Field(
+        5, ge=1, description="Tries before an inbox row is quarantined, or a due absence timer whose firing keeps "
+                             "raising is settled `failed`."
+    )
 
     quiet_hours: str = Field(
         "21:00-08:00", description="Local time window (HH:MM-HH:MM) when non-urgent messages wait; empty: none."

@@ -27,12 +27,14 @@ def collect(store: Store) -> dict[str, Any]:
             "merges": graph["merges"],
             "decisions": decisions.count_by_rule(connection),
             "deliveries": outbox.count_by_channel_and_status(connection),
+            "timers": timers.count_by_status(connection),
             "quarantined": quarantine.count(connection),
         }
 
 
 def is_idle(store: Store) -> bool:
-    """No inbox row waiting, no timer due and no delivery due or retrying: what the demo waits for."""
+    """No inbox row waiting, no timer due and no delivery due or retrying: what the demo waits for. A timer given up
+    on is settled (`failed`), as a quarantined inbox row and a dead delivery are."""
     now = utcnow()
     with store.read() as connection:
         return (

@@ -8,13 +8,14 @@ for the caller to store.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timedelta
+from typing import Any
 
-from hub.model import Action, Decision, Touchpoint, ordered_id
+from hub.model import Action, Decision, Touchpoint, WaitEnded, ordered_id
 from hub.rule_events import Rejudged, awaited
 from hub.rule_history import History, read_ahead, selector_of
 from hub.rules import (
@@ -35,14 +36,11 @@ from hub.rules import (
 from hub.selectors import describe, distinct_value, predicates_hold, selected
 
 
-WaitEnded = Literal["cancelled", "lapsed"]  # how a timer's wait ended without a decision (`evaluate_expired`)
-
-
 @dataclass(frozen=True)
 class TimerChanges:
-    """What a touchpoint does to absence timers: rule ids whose timers it cancels, and timers it arms."""
+    """What a touchpoint does to absence timers: rules whose timers it cancels, and timers it arms."""
 
-    cancel: tuple[str, ...]
+    cancel: tuple[tuple[str, timedelta], ...]  # (rule id, its wait): only waits still running at the touchpoint end
     arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
 
 
@@ -130,7 +128,7 @@ def rejudge(
 def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Mapping[str, Any] | None = None) -> TimerChanges:
     """Timers this touchpoint cancels (it is the awaited follow-up) and arms (it starts a wait)."""
     document = document_for(touchpoint, traits or {})
-    cancel: list[str] = []
+    cancel: list[tuple[str, timedelta]] = []
     arm: list[tuple[str, datetime]] = []
     for rule in rules:
         absence = rule.absence
@@ -138,9 +136,9 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
             continue
         if absence.without == "any":
             if touchpoint.kind in ACTION_KINDS:
-                cancel.append(rule.id)
+                cancel.append((rule.id, absence.within))
         elif selected(absence.without, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
-            cancel.append(rule.id)
+            cancel.append((rule.id, absence.within))
         if selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             arm.append((rule.id, touchpoint.occurred_at + absence.within))
     return TimerChanges(tuple(cancel), tuple(arm))
@@ -161,40 +159,47 @@ def evaluate_expired(
     history: History,
     traits: Mapping[str, Any] | None = None,
 ) -> Decision | WaitEnded:
-    """The decision of an absence rule whose timer ran out, or how the wait ended without one: `cancelled`,
-    the follow-up came after all; `lapsed`, the rule's other conditions, or every action's `only_if`, no longer
-    hold. (The timer engine tells `superseded` itself, from the timers: `hub.store.timers.restarted`.)
+    """The decision of an absence rule whose timer ran out, or how the wait ended without one, and why:
+    `cancelled`, the follow-up came after all (which); `lapsed`, the rule's other conditions (the first that
+    fails), or every action's `only_if`, no longer hold. (The timer engine tells `superseded` itself, from the
+    timers: `hub.store.timers.ended_by_neighbours`.)
 
     The follow-up is looked for again here, by event time in (anchor, due], so a
     follow-up that arrived late or raced the timer still prevents the message.
     """
     absence = rule.absence
     assert absence is not None, f"rule {rule.id} has no absence condition"
-    if _follow_up_came(rule, anchor, profile_id, due_at, history, traits or {}):
-        return "cancelled"
+    if (follow_up := _follow_up(rule, anchor, profile_id, due_at, history, traits or {})) is not None:
+        return WaitEnded.followed_up(follow_up)
     judge = _Judge(anchor, document_for(anchor, traits or {}), profile_id, history, traits or {}, judged_at=due_at)
     judge.evidence["absence"] = {"after": anchor.event, "within_seconds": absence.within.total_seconds(), "due_at": due_at.isoformat()}
-    if not all(judge.holds(part) for part in rule.fire_time_conditions):
-        return "lapsed"
-    return _decide(rule, judge, anchor, profile_id, due_at) or "lapsed"
+    if (failing := next((part for part in rule.fire_time_conditions if not judge.holds(part)), None)) is not None:
+        return WaitEnded("lapsed", f"fire-time conditions no longer hold: {_written(failing)}")
+    return _decide(rule, judge, anchor, profile_id, due_at) or WaitEnded("lapsed", "no action's only_if holds")
 
 
-def _follow_up_came(
+def _written(condition: Condition) -> str:
+    """A condition as the rule's author wrote it (durations in ISO 8601), for a timer's reason to name it."""
+    return json.dumps(condition.model_dump(mode="json", by_alias=True, exclude_unset=True))
+
+
+def _follow_up(
     rule: RuleSpec, anchor: Touchpoint, profile_id: str, due_at: datetime, history: History, traits: Mapping[str, Any]
-) -> bool:
-    """Whether the event an absence rule waits for (None: any action, `ACTION_KINDS`) happened after its
-    anchor, by `due_at` (event time)."""
+) -> str | None:
+    """The touchpoint id of the event an absence rule waits for (None: any action, `ACTION_KINDS`) that
+    happened after its anchor, by `due_at` (event time), if one did."""
     selector = awaited(rule)
     profile = {"profile": dict(traits)}
-    return any(
-        doc["touchpoint_id"] != anchor.touchpoint_id
+    return next((
+        doc["touchpoint_id"]
+        for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
+        if doc["touchpoint_id"] != anchor.touchpoint_id
         and datetime.fromisoformat(doc["occurred_at"]) > anchor.occurred_at
         and (
             doc["kind"] in ACTION_KINDS if selector is None
             else selected(selector, doc["event"], doc["stage"], doc["moment"], {**doc, **profile})
         )
-        for doc in history.events(profile_id, anchor.occurred_at, due_at, selector)
-    )
+    ), None)
 
 
 def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id: str, decided_at: datetime) -> Decision | None:

@@ -50,7 +50,7 @@ def test_an_event_settling_timers_searches_the_profiles_own_timers(store: Store,
     with store.write() as connection, plans_of(connection, "timers") as plans:
         timers.follow_event(
             connection, "profile", "tp", T0, T0,
-            cancel=[f"cancel{n}" for n in range(cancel)], arm=[(f"arm{n}", T0 + LEASE) for n in range(rearm)],
+            cancel=[(f"cancel{n}", LEASE) for n in range(cancel)], arm=[(f"arm{n}", T0 + LEASE) for n in range(rearm)],
         )
     settling = [plan for plan in plans if "ix_timers_profile_rule_status_due" in plan]
     assert len(settling) == 1, plans

@@ -11,7 +11,7 @@ import yaml
 
 from hub.config_files import with_line
 from hub.errors import ConfigError
-from hub.model import Identifier, Touchpoint, ordered_id
+from hub.model import Identifier, Touchpoint, WaitEnded, ordered_id
 from hub.rules import RuleFile, Selector, load_rules
 from hub.settings import PROJECT_MAPPINGS
 from hub.triggers import evaluate
@@ -262,10 +262,10 @@ def test_absence_rules_arm_timers_instead_of_deciding_and_the_follow_up_cancels(
     assert evaluate(cart(), "p", rule, RecordedHistory()) == []
     assert timer_changes(cart(), rule).arm == (("abandon", T0 + timedelta(minutes=2)),)
     checkout = Touchpoint("tp-2", "s", "m", "track", "Checkout Started", "decision", "checkout", T0, T0, ())
-    assert timer_changes(checkout, rule).cancel == ("abandon",)
+    assert timer_changes(checkout, rule).cancel == (("abandon", timedelta(minutes=2)),)
     assert timer_changes(tp("Other"), rule).cancel == ()
     anything = rules({**ABSENCE, "when": {"absence": {**ABSENCE["when"]["absence"], "without": "any"}}})
-    assert timer_changes(tp("Other"), anything).cancel == ("abandon",)
+    assert timer_changes(tp("Other"), anything).cancel == (("abandon", timedelta(minutes=2)),)
 
 
 def test_an_expired_timer_decides_unless_the_follow_up_happened_in_time() -> None:
@@ -276,9 +276,9 @@ def test_an_expired_timer_decides_unless_the_follow_up_happened_in_time() -> Non
     decision = evaluate_expired(rule, cart(), "p", due, RecordedHistory())
     assert not isinstance(decision, str) and decision.decided_at == due and decision.evidence["absence"]["due_at"] == due.isoformat()
     late_checkout = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=1)]})
-    assert evaluate_expired(rule, cart(), "p", due, late_checkout) == "cancelled"
+    assert evaluate_expired(rule, cart(), "p", due, late_checkout) == WaitEnded.followed_up("Checkout Started-0")
     after_the_wait = RecordedHistory({"Checkout Started": [T0 + timedelta(minutes=3)]})
-    assert not isinstance(evaluate_expired(rule, cart(), "p", due, after_the_wait), str)
+    assert not isinstance(evaluate_expired(rule, cart(), "p", due, after_the_wait), WaitEnded)
 
 
 def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> None:
@@ -286,17 +286,18 @@ def test_absence_beside_other_conditions_checks_them_when_the_timer_fires() -> N
 
     spec = {**ABSENCE, "when": {"all": [ABSENCE["when"], {"not": {"recent": {"event": "Order Completed", "within": "1d"}}}]}}
     [rule] = rules(spec)
-    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()), str)
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), RecordedHistory()), WaitEnded)
     bought = RecordedHistory({"Order Completed": [T0 - timedelta(hours=1)]})
-    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) == "lapsed"
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), bought) == WaitEnded(
+        "lapsed", 'fire-time conditions no longer hold: {"not": {"recent": {"event": "Order Completed", "within": "P1D"}}}')
     # "No order in the last day" is judged when the nudge would go: an order placed during the wait counts
     # (a one-click or back-office order, which is not the `without` event), one a day before the cart does not.
     waited = {**spec, "when": {"all": [{"absence": {**ABSENCE["when"]["absence"], "within": "2h"}}, spec["when"]["all"][1]]}}
     [rule] = rules(waited)
     bought_while_waiting = RecordedHistory({"Order Completed": [T0 + timedelta(minutes=30)]})
-    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_while_waiting) == "lapsed"
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_while_waiting).status == "lapsed"
     bought_long_before = RecordedHistory({"Order Completed": [T0 - timedelta(hours=23)]})
-    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_long_before), str)
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(hours=2), bought_long_before), WaitEnded)
 
 
 
@@ -310,11 +311,11 @@ def test_a_count_beside_an_absence_reaches_no_further_than_the_end_of_the_wait()
     later_cart = RecordedHistory({"Product Added": [T0 + timedelta(minutes=20)]})
     for doc in later_cart.documents:
         doc["moment"] = "cart_activity"
-    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), later_cart) == "lapsed"
+    assert evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), later_cart).status == "lapsed"
     earlier_cart = RecordedHistory({"Product Added": [T0 - timedelta(minutes=20)]})
     for doc in earlier_cart.documents:
         doc["moment"] = "cart_activity"
-    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), earlier_cart), str)
+    assert not isinstance(evaluate_expired(rule, cart(), "p", T0 + timedelta(minutes=2), earlier_cart), WaitEnded)
 
 
 def test_absence_nested_below_the_top_is_refused() -> None:

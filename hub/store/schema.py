@@ -232,11 +232,13 @@ timers = Table(
     Column("touchpoint_id", String(36), nullable=False),  # the `after` event the absence is measured from
     Column("anchor_at", UTCDateTime, nullable=False),
     Column("due_at", UTCDateTime, nullable=False),
-    Column("status", String(20), nullable=False),  # pending | fired | cancelled | superseded | lapsed
+    Column("status", String(20), nullable=False),  # pending | fired | cancelled | superseded | lapsed | failed
     Column("claimed_until", UTCDateTime),
     Column("created_at", UTCDateTime, nullable=False),
     Column("settled_at", UTCDateTime),
     Column("decision_id", String(36)),
+    Column("attempts", Integer, nullable=False, server_default="0"),  # firings that raised; at the limit it is `failed`
+    Column("reason", Text),  # why it ended without firing (or why its last attempt failed): `model.WaitEnded`
     Index("ix_timers_status_due", "status", "due_at"),
     Index("ix_timers_profile_rule_status_due", "profile_id", "rule_id", "status", "due_at"),
 )

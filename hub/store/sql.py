@@ -9,7 +9,11 @@ from typing import Any
 
 from sqlalchemy import Column, ColumnElement, Connection, Executable, Table, and_, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
+from sqlalchemy.types import Float
 
 from hub.store.precompiled import Precompiled, padded
 
@@ -160,6 +164,27 @@ def query_plan(connection: Connection, statement: str, parameters: Any) -> list[
     """SQLite's EXPLAIN QUERY PLAN of a statement as a driver ran it, one step per line: whether it searches
     an index or walks a table, and whether it sorts first (a bench's report, a test's assertion)."""
     return [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters).all()]
+
+
+class SecondsBetween(FunctionElement[float]):
+    """`later - earlier` in seconds, for two stored times of one row: to compare a row's own span in SQL (a
+    timer's wait) instead of reading every row out. SQLite's julianday arithmetic is exact to about 0.1 ms."""
+
+    type = Float()
+    name = "seconds_between"
+    inherit_cache = True
+
+
+@compiles(SecondsBetween, "sqlite")
+def _seconds_between_sqlite(element: SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"((julianday({later}) - julianday({earlier})) * 86400.0)"
+
+
+@compiles(SecondsBetween, "postgresql")
+def _seconds_between_postgresql(element: SecondsBetween, compiler: SQLCompiler, **kw: Any) -> str:
+    later, earlier = (compiler.process(clause, **kw) for clause in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({later} - {earlier}))"
 
 
 def lock_profiles(connection: Connection) -> None:

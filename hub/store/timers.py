@@ -4,19 +4,21 @@ A timer lives in the store, not in memory, so it survives restarts. Workers
 claim due timers with a lease like outbox rows; firing (decision, planned
 deliveries, `fired` status) commits in one transaction, so a timer fires
 exactly once even if a worker dies holding it: the lease runs out and
-another worker fires it instead.
+another worker fires it instead. A timer that ends without firing keeps why
+(`reason`, a `model.WaitEnded`), and one whose firing keeps raising is given
+up on (`failed`) after a few attempts, as inbox rows are.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from sqlalchemy import BindParameter, ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
 
-from hub.model import derived_id
+from hub.model import WaitEnded, derived_id
 from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, absence_waits, timers
 
@@ -29,13 +31,14 @@ class DueTimer:
     touchpoint_id: str
     anchor_at: datetime
     due_at: datetime
+    attempts: int  # firings of it that raised before this claim
 
 
 _SETTLE = precompiled.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
     update(timers)
     .where(timers.c.timer_id == bindparam("p_timer_id"))
     .values(status=bindparam("p_status"), settled_at=bindparam("p_now", type_=UTCDateTime), claimed_until=None,
-            decision_id=bindparam("p_decision_id"))
+            decision_id=bindparam("p_decision_id"), reason=bindparam("p_reason"))
 )
 
 # Per event that starts a wait; a timer armed again by a replayed event is already stored.
@@ -57,21 +60,30 @@ _NEXT_DUE = precompiled.Precompiled(  # each pass of the timer worker, idle ones
 
 def follow_event(
     connection: Connection, profile_id: str, touchpoint_id: str, at: datetime, now: datetime, *,
-    cancel: Sequence[str], arm: Sequence[tuple[str, datetime]],
+    cancel: Sequence[tuple[str, timedelta]], arm: Sequence[tuple[str, datetime]],
 ) -> None:
-    """What an event at `at` does to its profile's timers: the waits it ends are cancelled, those it starts
-    (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers.
+    """What an event at `at` does to its profile's timers: the waits it ends (rule id, the rule's wait) are
+    cancelled, those it starts (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers.
 
-    Only waits still running at `at` are touched. One already over (due
-    before `at`) held whatever came after it: it fires, even when it has not
-    yet (a timer worker behind or down), and an event re-arming its rule
-    starts a wait of its own beside it.
+    Only waits still running at `at` are touched, judged by the rules as the
+    caller has them in force, not by the timers' stored due times: after an
+    edit shortened a wait, a timer may still be due when the old one ends
+    (until a timer worker brings it forward), and an order after the new
+    wait ended would cancel the nudge the rule now sends. A wait already
+    over held whatever came after it: it fires, even when it has not yet (a
+    timer worker behind or down), and an event re-arming its rule starts a
+    wait of its own beside it.
     """
-    rearm = [rule_id for rule_id, _ in arm]
-    if cancel or rearm:
+    if cancel or arm:
+        # A rule's wait still runs at `at` for timers anchored since `at - wait`; an armed rule's wait is its
+        # due time's distance from `at`.
+        cancelling = [(rule_id, at - wait) for rule_id, wait in cancel]
+        superseding = [(rule_id, at - (due_at - at)) for rule_id, due_at in arm]
         parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now,
-                      **precompiled.numbered(cancel, "p_cancel_"), **precompiled.numbered(rearm, "p_rearm_")}
-        _settling(len(cancel), len(rearm)).execute(connection, parameters)
+                      "p_cancelled": WaitEnded.followed_up(touchpoint_id).reason,
+                      "p_superseded": WaitEnded.restarted(touchpoint_id).reason,
+                      **_running_parameters(cancelling, "p_cancel_"), **_running_parameters(superseding, "p_rearm_")}
+        _settling(len(cancel), len(arm)).execute(connection, parameters)
     if arm:
         _ARM.execute(connection, [
             {
@@ -88,36 +100,48 @@ def _settling(cancels: int, rearms: int) -> precompiled.Precompiled:
     and `Precompiled`, as it runs for most events.
 
     Of the profile's pending timers of those rules whose wait the event falls
-    inside of (due no earlier), one of a rule it cancels anchored before it
-    is cancelled; one of a rule it arms, anchored no later, is superseded (the
-    wait restarts). An event at the anchor's very instant is not one after
-    it, as `triggers.evaluate_expired` sees it when the timer fires: the
-    outcome must not hang on which of the two was taken in first (an
-    identify sent with a cart event, say). One plain
-    bind parameter per rule: expanding IN lists are rendered again on every
-    execution, which costs as much as running the statement. The profile's
-    index ends in `due_at` (migration i8_timers_profile_due), so every shape
-    searches the profile's timers; before it, SQLite (without statistics)
-    ran a cancels-only shape, whose `due_at` term is top-level, down
-    (status, due_at): every pending timer due later, not the profile's.
+    inside of (anchored no earlier than the rule's wait before it), one of a
+    rule it cancels anchored before it is cancelled; one of a rule it arms,
+    anchored no later, is superseded (the wait restarts); each says why
+    (`p_cancelled`, `p_superseded`). An event at the anchor's very instant is
+    not one after it, as `triggers.evaluate_expired` sees it when the timer
+    fires: the outcome must not hang on which of the two was taken in first
+    (an identify sent with a cart event, say). One plain bind parameter per
+    rule: expanding IN lists are rendered again on every execution, which
+    costs as much as running the statement. The top-level `rule_id IN`
+    keeps every shape on the profile's index (profile_id, rule_id, status,
+    ...): the profile's own pending timers of those rules, a handful.
     """
-    cancel, rearm = precompiled.placeholders(cancels, "p_cancel_"), precompiled.placeholders(rearms, "p_rearm_")
+    rule_ids = [*precompiled.placeholders(cancels, "p_cancel_"), *precompiled.placeholders(rearms, "p_rearm_")]
     at = bindparam("p_at", type_=UTCDateTime)
-    cancelling = and_(_among(cancel), timers.c.anchor_at < at)
+    cancelling = and_(timers.c.anchor_at < at, _running(cancels, "p_cancel_"))
     return precompiled.Precompiled(
         update(timers)
         .where(
-            timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_([*cancel, *rearm]),
-            timers.c.status == "pending", timers.c.anchor_at <= at, timers.c.due_at >= at,
-            timers.c.touchpoint_id != bindparam("p_touchpoint_id"), or_(cancelling, _among(rearm)),
+            timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_(rule_ids),
+            timers.c.status == "pending", timers.c.anchor_at <= at,
+            timers.c.touchpoint_id != bindparam("p_touchpoint_id"), or_(cancelling, _running(rearms, "p_rearm_")),
         )
-        .values(status=case((cancelling, "cancelled"), else_="superseded"), settled_at=bindparam("p_now", type_=UTCDateTime))
+        .values(status=case((cancelling, "cancelled"), else_="superseded"),
+                reason=case((cancelling, bindparam("p_cancelled")), else_=bindparam("p_superseded")),
+                settled_at=bindparam("p_now", type_=UTCDateTime))
     )
 
 
-def _among(rule_ids: list[BindParameter[str]]) -> ColumnElement[bool]:
-    """`rule_id IN (...)`, or false for none: an empty IN is rendered per execution, which `Precompiled` does not do."""
-    return timers.c.rule_id.in_(rule_ids) if rule_ids else false()
+def _running(rules: int, prefix: str) -> ColumnElement[bool]:
+    """Timers of these rules (`{prefix}N`) whose wait still runs: anchored since `{prefix}since_N`. False for none:
+    an empty IN or OR would be rendered per execution, which `Precompiled` does not do."""
+    return or_(false(), *(
+        and_(timers.c.rule_id == bindparam(f"{prefix}{n}"),
+             timers.c.anchor_at >= bindparam(f"{prefix}since_{n}", type_=UTCDateTime))
+        for n in range(rules)
+    ))
+
+
+def _running_parameters(rules: Sequence[tuple[str, datetime]], prefix: str) -> dict[str, object]:
+    """`_running`'s parameters for these (rule id, anchored since)."""
+    return {**precompiled.numbered([rule_id for rule_id, _ in rules], prefix),
+            **precompiled.numbered([since for _, since in rules], f"{prefix}since_")}
 
 
 _WAIT_UNTIL = precompiled.Precompiled(
@@ -127,46 +151,91 @@ _WAIT_UNTIL = precompiled.Precompiled(
 )
 
 
-_ANCHORED_AFTER = precompiled.InLists(lambda profiles, rules: select(
-    timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.anchor_at
+_ANCHORED_SINCE = precompiled.InLists(lambda profiles, rules: select(
+    timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.touchpoint_id, timers.c.anchor_at,
+    timers.c.status, timers.c.decision_id,
 ).where(
     timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules),
-    timers.c.anchor_at > bindparam("p_since", type_=UTCDateTime),  # a profile's older timers stay in the store
+    timers.c.anchor_at >= bindparam("p_since", type_=UTCDateTime),  # a profile's older timers stay in the store
 ))
 
 
-def restarted(connection: Connection, firing: Sequence[DueTimer]) -> set[str]:
-    """The firing timers whose wait a later event of their rule and profile started again (a timer of theirs
-    anchored after them, by their due time): in one read of those profiles' timers of those rules.
+@dataclass(frozen=True, slots=True)
+class _Neighbour:
+    """A timer of a firing timer's rule and profile, as `ended_by_neighbours` reads it."""
 
-    The pipeline supersedes such a timer when the later event comes in; this
-    catches those it cannot see then: an earlier cart taken in after the
-    later one, or the cart of a profile merged in since (a merge moves its
-    timers to the survivor).
+    timer_id: str
+    touchpoint_id: str
+    anchor_at: datetime
+    status: str
+    decision_id: str | None
+
+
+def ended_by_neighbours(connection: Connection, firing: Sequence[DueTimer]) -> dict[str, WaitEnded]:
+    """The firing timers (by id) whose wait another timer of their rule and profile settles, and how: in one
+    read of those profiles' timers of those rules.
+
+    A later event within the wait started it again (a timer anchored after
+    it, by its due time): the pipeline supersedes such a timer when the
+    later event comes in, and this catches those it cannot see then (an
+    earlier cart taken in after the later one, or the cart of a profile
+    merged in since: a merge moves its timers to the survivor). An earlier
+    timer that fired for a wait this one's event fell inside already
+    decided it: taken in order, this event would have superseded that timer
+    and fired alone; taken in after it fired, it must not fire a second
+    nudge for the one wait. Each firing timer's wait is its due time's
+    distance from its anchor: its rule's as in force.
     """
     if not firing:
-        return set()
-    anchors: dict[tuple[str, str], list[tuple[str, datetime]]] = {}
-    rows = _ANCHORED_AFTER.execute(
+        return {}
+    neighbours: dict[tuple[str, str], list[_Neighbour]] = {}
+    rows = _ANCHORED_SINCE.execute(
         connection, sorted({t.profile_id for t in firing}), sorted({t.rule_id for t in firing}),
-        p_since=min(t.anchor_at for t in firing),
+        p_since=min(t.anchor_at - (t.due_at - t.anchor_at) for t in firing),
     )
-    for timer_id, profile_id, rule_id, anchor_at in rows:
-        anchors.setdefault((profile_id, rule_id), []).append((timer_id, anchor_at))
-    return {
-        timer.timer_id
-        for timer in firing
-        if any(other != timer.timer_id and timer.anchor_at < at <= timer.due_at
-               for other, at in anchors.get((timer.profile_id, timer.rule_id), ()))
-    }
+    for timer_id, profile_id, rule_id, touchpoint_id, anchor_at, status, decision_id in rows:
+        neighbours.setdefault((profile_id, rule_id), []).append(
+            _Neighbour(timer_id, touchpoint_id, anchor_at, status, decision_id)
+        )
+    ended = {timer.timer_id: _ended_by(timer, neighbours.get((timer.profile_id, timer.rule_id), ())) for timer in firing}
+    return {timer_id: wait_ended for timer_id, wait_ended in ended.items() if wait_ended is not None}
 
 
-def pending_anchors(connection: Connection, rule_id: str) -> list[tuple[str, datetime, datetime]]:
-    """(timer id, anchor at, due at) of a rule's pending timers; for a rule edit, not a hot path."""
+def _ended_by(timer: DueTimer, neighbours: Sequence[_Neighbour]) -> WaitEnded | None:
+    """How one of `neighbours` ends the firing timer's wait, if one does (`ended_by_neighbours`)."""
+    wait = timer.due_at - timer.anchor_at
+    for other in neighbours:
+        if other.timer_id == timer.timer_id:
+            continue
+        if timer.anchor_at < other.anchor_at <= timer.due_at:
+            return WaitEnded.restarted(other.touchpoint_id)
+        if other.status == "fired" and other.anchor_at < timer.anchor_at <= other.anchor_at + wait:
+            return WaitEnded(
+                "superseded", f"an earlier event's timer already fired for this wait: decision {other.decision_id}"
+            )
+    return None
+
+
+SHORTER_BY_AT_LEAST = 0.002  # seconds: `sql.SecondsBetween` on SQLite is exact to ~0.1 ms; a timer this little late stays
+
+
+def due_after_their_wait(connection: Connection, waits: Mapping[str, timedelta]) -> list[tuple[str, datetime]]:
+    """(timer id, due at) of these rules' pending timers due later than their anchor plus their rule's wait
+    (rule id: wait), each with the due time that wait gives it: those armed before an edit shortened it.
+
+    For a rule edit, not a hot path; still, the spans are compared in SQL:
+    rules are picked by their waits, not their timers (there is no index
+    on rule_id), so this walks every pending timer, and at 1M pending ones
+    reading them out took 5.6 s where the walk takes under one.
+    """
+    span = sql.SecondsBetween(timers.c.due_at, timers.c.anchor_at)
+    longer = or_(*(
+        and_(timers.c.rule_id == rule_id, span > wait.total_seconds() + SHORTER_BY_AT_LEAST) for rule_id, wait in waits.items()
+    ))
     rows = connection.execute(
-        select(timers.c.timer_id, timers.c.anchor_at, timers.c.due_at).where(timers.c.rule_id == rule_id, timers.c.status == "pending")
+        select(timers.c.timer_id, timers.c.rule_id, timers.c.anchor_at).where(timers.c.status == "pending", longer)
     )
-    return [tuple(row) for row in rows]  # type: ignore[misc]
+    return [(timer_id, anchor_at + waits[rule_id]) for timer_id, rule_id, anchor_at in rows]
 
 
 def noted_waits(connection: Connection) -> dict[str, timedelta]:
@@ -189,7 +258,8 @@ def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) ->
 
 _SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
-    timers.c.timer_id, (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at),
+    timers.c.timer_id,
+    (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts),
     and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
 ALL_SEEN = datetime.max.replace(tzinfo=timezone.utc)  # `seen_until` when no event waits in the inbox
@@ -217,21 +287,41 @@ def claim_due(
 
 @dataclass(frozen=True, slots=True)
 class Settlement:
-    """How a claimed timer ended: `fired` (with its decision), `cancelled` (the follow-up happened after all),
-    `superseded` (a later event started the wait again) or `lapsed` (rule, anchor or profile gone, the anchor no
-    longer one the rule waits after, or the rule's other conditions or every action's `only_if` do not hold)."""
+    """How a claimed timer ended: `fired` (with its decision), or without one (`ended`): `cancelled` (the
+    follow-up happened after all), `superseded` (a later event started the wait again, or an earlier timer
+    already fired for it), `lapsed` (rule, anchor or profile gone, the anchor no longer one the rule waits after,
+    or the rule's other conditions or every action's `only_if` do not hold) or `failed` (firing kept raising)."""
 
     timer_id: str
     status: str
     decision_id: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def ended(cls, timer_id: str, wait_ended: WaitEnded) -> Settlement:
+        """Settled without a decision, keeping why."""
+        return cls(timer_id, wait_ended.status, reason=wait_ended.reason)
 
 
 def settle(connection: Connection, settlements: Sequence[Settlement], now: datetime) -> None:
     """Mark claimed timers settled, all in one statement."""
     if settlements:
         _SETTLE.execute(connection, [
-            {"p_timer_id": s.timer_id, "p_status": s.status, "p_now": now, "p_decision_id": s.decision_id} for s in settlements
+            {"p_timer_id": s.timer_id, "p_status": s.status, "p_now": now, "p_decision_id": s.decision_id, "p_reason": s.reason}
+            for s in settlements
         ])
+
+
+_ATTEMPT_FAILED = precompiled.Precompiled(
+    update(timers)
+    .where(timers.c.timer_id == bindparam("p_timer_id"))
+    .values(attempts=timers.c.attempts + 1, reason=bindparam("p_reason"))
+)
+
+
+def attempt_failed(connection: Connection, timer_id: str, error: str) -> None:
+    """Count a firing of a claimed timer that raised, and keep its error; the claim stands until its lease runs out."""
+    _ATTEMPT_FAILED.execute(connection, {"p_timer_id": timer_id, "p_reason": error})
 
 
 def next_due(connection: Connection, now: datetime) -> datetime | None:
@@ -250,6 +340,10 @@ def pending_due(connection: Connection, now: datetime) -> int:
     return connection.execute(
         select(func.count()).select_from(timers).where(timers.c.status == "pending", timers.c.due_at <= now)
     ).scalar_one()
+
+
+def count_by_status(connection: Connection) -> dict[str, int]:
+    return dict(connection.execute(select(timers.c.status, func.count()).group_by(timers.c.status)).all())
 
 
 def for_profile(connection: Connection, profile_id: str) -> list[dict]:
