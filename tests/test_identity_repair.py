@@ -341,3 +341,24 @@ def test_an_opt_out_pinned_before_changes_were_recorded_stays_with_the_survivor(
     with store.read() as connection:
         assert profile_view(connection, ana)["traits"] == {"name": "Ana", "sms_opt_out": True}
         assert profile_view(connection, bo)["traits"] == {"sms_opt_out": True}
+
+
+def test_a_start_pinned_before_grants_kept_their_time_no_longer_outranks_a_later_opt_out(tmp_path: Path) -> None:
+    """A START used to be pinned like a STOP: the person's later opt-out in the app never won. The migration
+    takes the pin off grants (the trait goes, which reads as consent given) and leaves withdrawals pinned."""
+    store = Store(f"sqlite:///{tmp_path}/old.db")
+    store.migrate("i13_timer_outcomes")
+    ana = ingest(store, 1, ("phone", "+14155550101"), traits={"name": "Ana"})
+    bo = ingest(store, 2, ("phone", "+14155550102"))
+    with store.write() as connection:  # what set_consent wrote before: Ana's START, Bo's STOP
+        SqlIdentityGraph(connection).update_traits(ana, {"sms_opt_out": False}, PINNED)
+        SqlIdentityGraph(connection).update_traits(bo, {"sms_opt_out": True}, PINNED)
+    store.migrate()
+    with store.write() as connection:
+        for profile_id in (ana, bo):
+            SqlIdentityGraph(connection).update_traits(profile_id, {"sms_opt_out": True}, T0 + timedelta(days=1))
+            SqlIdentityGraph(connection).update_traits(profile_id, {"sms_opt_out": False}, T0 + timedelta(days=2))
+    with store.write() as connection:
+        SqlIdentityGraph(connection).update_traits(ana, {"sms_opt_out": True}, T0 + timedelta(days=3))
+        traits = {profile_id: SqlIdentityGraph(connection).traits(profile_id) for profile_id in (ana, bo)}
+    assert traits == {ana: {"name": "Ana", "sms_opt_out": True}, bo: {"sms_opt_out": True}}
