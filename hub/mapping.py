@@ -47,9 +47,15 @@ def check_expression(expression: str) -> str:
 
 
 class JourneyLabel(BaseModel):
+    """An event's journey stage and micro-moment, and what kind of message it is when its type does not say."""
+
     model_config = ConfigDict(extra="forbid")
     stage: Stage
     moment: str = Field(min_length=1)
+    kind: str | None = Field(
+        None, description="Wins over the `kind` expression: `system` for events sent about the person rather than by "
+        "them (an SDK's own Application Backgrounded), which end no absence rule's wait for `any` action.",
+    )
 
 
 def _check_field_paths(value: dict[str, Any]) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def normalize(
         touchpoint_id=derived_id(raw.source_id, raw.message_id),
         source_id=raw.source_id,
         message_id=raw.message_id,
-        kind=str(mapping.field("kind", mapping.pick(mapping.kind, payload)) or "track"),
+        kind=label.kind or str(mapping.field("kind", mapping.pick(mapping.kind, payload)) or "track"),
         event=event,
         stage=stage,
         moment=str(mapping.field("moment", mapping.pick(mapping.moment, payload)) or label.moment),
