@@ -98,7 +98,7 @@ class Routed:
 class Responder:
     def __init__(self, router: Router) -> None:
         self.router = router
-        self._person_channels = [name for name, route in router.routes.items() if route.reaches_person]
+        self._capped_channels = [name for name, route in router.routes.items() if route.reaches_person]
 
     def route(
         self,
@@ -122,29 +122,17 @@ class Responder:
         if messages_going is None:
             messages_going = self.messages_going(connection, [profile["profile_id"]], now).get(profile["profile_id"], [])
         plan = self.router.plan(decision, profile, touchpoint, now=now, messages_going=messages_going)
-        if decision.status == "fired" and self._reached_nobody(decision, plan):
+        if decision.status == "fired" and not plan.deliveries:
+            # Reaching nobody spends none of the rule's cap: once the person has an address, the next event tries again.
             decision = replace(decision, status="unreached")
         return Routed(decision, plan)
-
-    def _reached_nobody(self, decision: Decision, plan: RoutingPlan) -> bool:
-        """Nothing planned; or, for a rule that messages the person, no message to them planned.
-
-        Reaching nobody spends none of the rule's cap: once the person has an
-        address, or consents again, the next event tries again. A CRM note
-        planned beside a blocked SMS and email does not count as reaching them;
-        a rule of CRM updates and webhooks alone reaches whom it means to.
-        """
-        person = self._person_channels
-        if any(action.channel in person for action in decision.actions):
-            return not any(delivery.channel in person for delivery in plan.deliveries)
-        return not plan.deliveries
 
     def messages_going(self, connection: Connection, profile_ids: Collection[str], now: datetime) -> dict[str, list[datetime]]:
         """What the daily cap counts for each profile (those with none left out): when its messages go, from a
         day ago on, in one statement; no statement when there is no daily cap or no profile."""
         if self.router.policy.daily_cap is None or not profile_ids:
             return {}
-        return outbox.going_since(connection, profile_ids, self._person_channels, now - CAP_PERIOD)
+        return outbox.going_since(connection, profile_ids, self._capped_channels, now - CAP_PERIOD)
 
     def record(self, connection: Connection, routed: Sequence[Routed], now: datetime) -> Recorded:
         """Store routed decisions (one insert) and plan their deliveries (one more).
