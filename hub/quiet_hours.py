@@ -2,8 +2,12 @@
 
 The window is local wall-clock time (e.g. 21:00-08:00) and may wrap past
 midnight. The zone comes from the profile's `timezone` trait (an IANA name
-such as `Europe/Paris`), else the hub's default; an unknown name falls back
-to the default rather than guessing.
+such as `Europe/Paris`), else from the device that sent the event the
+message answers (`context.timezone`, which Segment and RudderStack SDKs send
+with every event), else the hub's default; an unknown name falls back to the
+default rather than guessing. The device's zone is read from the event, not
+kept as a trait: written on every event it would outrank the person's own
+`timezone` by recency, and rewrite the profile each time.
 """
 
 from __future__ import annotations
@@ -35,8 +39,9 @@ class QuietHours:
             raise ValueError(f"{window!r} starts and ends at the same minute")
         return cls(time(h1, m1), time(h2, m2), zone(default_zone))
 
-    def zone_of(self, traits: dict) -> ZoneInfo:
-        name = traits.get("timezone")
+    def zone_of(self, traits: dict, touchpoint: dict) -> ZoneInfo:
+        """The person's zone: their `timezone` trait, else the event's device's (`touchpoint`'s `context.timezone`)."""
+        name = _zone_name(traits, touchpoint)
         return self.zone_named(name) if isinstance(name, str) else self.default_zone
 
     def zone_named(self, name: str) -> ZoneInfo:
@@ -47,13 +52,14 @@ class QuietHours:
         except ValueError:
             return self.default_zone
 
-    def why_held(self, traits: dict, local_zone: ZoneInfo) -> str:
+    def why_held(self, traits: dict, touchpoint: dict, local_zone: ZoneInfo) -> str:
         """The reason a delayed message records: the window, the zone it was judged in, and whether that is
-        the profile's own (an unknown `timezone` trait falls back to the default, which ops should see)."""
+        the person's own (an unknown zone name falls back to the default, which ops should see)."""
         reason = f"quiet hours {self.start:%H:%M}-{self.end:%H:%M} in {local_zone.key}"
-        name = traits.get("timezone")
+        name = _zone_name(traits, touchpoint)
         if name is not None and (not isinstance(name, str) or local_zone.key != name):
-            reason += f" (the profile's timezone {name!r} is not a known zone; the default was used)"
+            whose = "the profile's timezone" if traits.get("timezone") is not None else "the device's context.timezone"
+            reason += f" ({whose} {name!r} is not a known zone; the default was used)"
         return reason
 
     def release_time(self, at: datetime, local_zone: ZoneInfo) -> datetime | None:
@@ -66,6 +72,14 @@ class QuietHours:
             return None
         release_day = local.date() + timedelta(days=1) if wraps and moment >= self.start else local.date()
         return _first_reached(datetime.combine(release_day, self.end), local_zone, at).astimezone(at.tzinfo)
+
+
+def _zone_name(traits: dict, touchpoint: dict) -> object:
+    """The person's own `timezone` trait, else the zone the event's device sent (`context.timezone`); None: neither."""
+    if traits.get("timezone") is not None:
+        return traits["timezone"]
+    context = touchpoint.get("context")
+    return context.get("timezone") if isinstance(context, dict) else None
 
 
 def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) -> datetime:

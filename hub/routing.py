@@ -206,12 +206,12 @@ class Router:
         held_in: dict[str, str] = {}
         # An `immediate` rule's message goes while the person is there; one it sends later (`delay`) does not.
         if quiet is not None and route.reaches_person and (decision.urgency != "immediate" or action.delay):
-            local_zone = quiet.zone_of(profile["traits"])
+            local_zone = quiet.zone_of(profile["traits"], context["touchpoint"])
             held_in = {QUIET_ZONE: local_zone.key}  # the delivery engine holds its retries and replays there too
             release = quiet.release_time(send_at, local_zone)
             if release is not None:
                 send_at = release
-                fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], local_zone)}
+                fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], context["touchpoint"], local_zone)}
         cap = self.policy.daily_cap
         if route.reaches_person and cap is not None and not has_room(going, send_at, cap):
             return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}

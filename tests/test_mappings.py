@@ -78,18 +78,6 @@ def test_segments_channel_is_context_channel_for_rules() -> None:
 
 
 @pytest.mark.parametrize("source", ["segment.yaml", "rudderstack.yaml"])
-def test_the_sdks_time_zone_becomes_the_timezone_trait_quiet_hours_read(source: str) -> None:
-    """Before, only a `timezone` trait set one, and SDKs send the zone as `context.timezone`: everyone's quiet
-    hours ran in the hub's default zone, and a New York cart abandoned at 22:30 was nudged at 03:00."""
-    mapping = load_mapping(PROJECT_MAPPINGS / source)
-    on_the_phone = message(userId="u", event="Cart Viewed", context={"timezone": "America/New_York"})
-    assert normalize(RawEvent("default", "m-1", on_the_phone), mapping, RECEIVED, "US").traits == {"timezone": "America/New_York"}
-    said_so = message("identify", userId="u", traits={"timezone": "Europe/Paris"}, context={"timezone": "America/New_York"})
-    assert normalize(RawEvent("default", "m-2", said_so), mapping, RECEIVED, "US").traits["timezone"] == "Europe/Paris"
-    assert normalize(RawEvent("default", "m-3", message(userId="u", event="Cart Viewed")), mapping, RECEIVED, "US").traits == {}
-
-
-@pytest.mark.parametrize("source", ["segment.yaml", "rudderstack.yaml"])
 @pytest.mark.parametrize(("event", "kind"), [
     ("Application Backgrounded", "system"), ("Push Notification Received", "system"), ("Application Updated", "system"),
     ("Application Opened", "track"), ("Deep Link Opened", "track"), ("Product Added", "track"),

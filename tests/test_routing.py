@@ -198,6 +198,23 @@ def test_a_channel_whose_destination_is_not_configured_falls_back_if_the_action_
                                "reason": "destination 'fcm_push' is not configured on this hub"}
 
 
+def test_quiet_hours_run_in_the_persons_own_zone_else_the_zone_their_device_sent_with_the_event(tmp_path: Path) -> None:
+    """SDKs send the zone with every event (`context.timezone`). Before, only a `timezone` trait counted, so a
+    New York cart abandoned at 22:30 was nudged at 03:00; kept as a trait from every event, the device's zone
+    outranked the person's own by recency (and rewrote the profile each time)."""
+    routing = policy_router(tmp_path, quiet_hours=QuietHours.parse("21:00-08:00", "UTC"))
+    night_in_new_york = datetime(2026, 1, 2, 3, 30, tzinfo=timezone.utc)  # 22:30 in New York, 03:30 UTC
+    from_a_phone_in_new_york = {"context": {"timezone": "America/New_York"}}
+    nudge = urgent(Action("sms", "sms.j2"), urgency="delayed")
+    [sms] = routing.plan(nudge, PROFILE, from_a_phone_in_new_york, now=night_in_new_york).deliveries
+    assert (sms.not_before, sms.content["quiet_zone"]) == (datetime(2026, 1, 2, 13, tzinfo=timezone.utc), "America/New_York")
+    in_paris = {**PROFILE, "traits": {"first_name": "Ana", "timezone": "Europe/Paris"}}
+    [sms] = routing.plan(nudge, in_paris, from_a_phone_in_new_york, now=night_in_new_york).deliveries
+    assert sms.content["quiet_zone"] == "Europe/Paris"
+    fate = routing.plan(nudge, PROFILE, {"context": {"timezone": "Mars/Olympus"}}, now=night_in_new_york).fates()[0]
+    assert fate["reason"] == "quiet hours 21:00-08:00 in UTC (the device's context.timezone 'Mars/Olympus' is not a known zone; the default was used)"
+
+
 def test_an_action_delay_sets_the_not_before_time(tmp_path: Path) -> None:
     [sms] = policy_router(tmp_path).plan(urgent(Action("sms", "sms.j2", delay=timedelta(minutes=10))), PROFILE, {}, now=NIGHT).deliveries
     assert sms.not_before == NIGHT + timedelta(minutes=10)
