@@ -32,7 +32,7 @@ from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
+from hub.store import Store, identity_repair, inbox, quarantine, sql, timers, touchpoints
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
@@ -98,8 +98,10 @@ class Pipeline:
         `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
         """
         with self._identities.cleared_on_error(), self.store.write() as connection:
-            # Read once the write lock is held: an event ingest committed while this waited for it is then
-            # claimed, or is received before the timers this batch arms, which `timers.claim_due` holds back for it.
+            # The clock is read once the lock on profiles is held (SQLite's write lock; an advisory lock on
+            # PostgreSQL): an event ingest committed while this waited for it is then claimed, or is received
+            # before the timers this batch arms, which `timers.claim_due` holds back for it.
+            sql.lock_profiles(connection)
             now = now or utcnow()
             rows = inbox.claim(connection, self._claim_size, now, self.config.lease)
             outcome = self._process_rows(connection, rows, now) if rows else _Outcome()

@@ -222,3 +222,33 @@ def test_an_order_ingest_commits_while_the_pipeline_waits_for_the_lock_is_in_its
     with hub.store.read() as connection:
         assert decisions.count_by_rule(connection) == {}
         assert connection.execute(select(timers.c.status)).scalars().all() == ["cancelled"]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_on_postgresql_an_order_ingest_commits_while_the_pipeline_waits_for_the_profiles_lock_holds_the_cart_back(
+    tmp_path: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's write transactions take no lock: the batch waits on the profiles lock. Read before it, the
+    clock let an order committed during that wait neither be claimed nor hold back the overdue cart timer."""
+    from hub.store import sql
+
+    hub = Hub(make_settings(tmp_path, quiet_hours="", database_url=database_url))
+    identify = message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat())
+    cart = message(userId="amy", event="Cart Viewed", timestamp=(NOW - timedelta(minutes=3)).isoformat())
+    order = message(userId="amy", event="Order Completed", timestamp=(NOW - timedelta(minutes=2, seconds=50)).isoformat())
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in (identify, cart)], utcnow())
+    real_lock = sql.lock_profiles
+
+    def lock_after_an_ingest(connection: Any) -> None:
+        monkeypatch.setattr(sql, "lock_profiles", real_lock)
+        with hub.store.write() as other:  # the order's ingest commits while this batch waits for the lock
+            inbox.append(other, [RawEvent("default", order["messageId"], order)], utcnow())
+        real_lock(connection)
+
+    monkeypatch.setattr(sql, "lock_profiles", lock_after_an_ingest)
+    hub.pipeline.run_once()
+    hub.timers.run_once()
+    with hub.store.read() as connection:
+        assert decisions.count_by_rule(connection) == {}
+    hub.store.dispose()
