@@ -287,11 +287,15 @@ def _lab_hub(rules: Path, folder: Path, settings: HubSettings) -> Hub:
     try:
         # One attempt per event: an event the pipeline fails on is quarantined (and listed at its line) at once,
         # not postponed on the simulated clock, where it would hold back every timer due after it.
-        return Hub(settings.with_overrides(
+        hub = Hub(settings.with_overrides(
             database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings), pipeline_max_attempts=1
         ))
     except ConfigError as exc:
         raise ConfigError([_as_given(problem, rules, mappings, settings.mappings_dir) for problem in exc.problems]) from None
+    # Routed as a hub with every destination configured: the machine trying rules is not the one that sends, and
+    # a push falling back to email here for want of FCM credentials would not happen live.
+    hub.router.unserved = {}
+    return hub
 
 
 # Router.check_channels (hub/routing.py) names the rule and the channel in this form; tests/test_cli_triggers.py
@@ -376,7 +380,7 @@ def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
         for decision in found:
             profile = profile_view(connection, decision["profile_id"]) or {"identifiers": {}}
             decision["who"] = _who(profile["identifiers"])
-        left_out = events_file.left_out + _quarantined(connection, events_file)
+        left_out = events_file.left_out + _quarantined(connection, events_file) + _failed_timers(connection, events_file)
     return LabResult(found, len(events_file.events), _at_lines(events_file.path, left_out))
 
 
@@ -391,6 +395,19 @@ def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[
     return [(lines[row.message_id], f"quarantined at the {row.stage} stage: {row.reason}") for row in rows]
 
 
+def _failed_timers(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
+    """The absence timers whose firing raised (settled `failed` at once: one attempt, as for events), by the line
+    of the event that started their wait: a rule that would fail live is no silent non-decision here."""
+    lines = {event.raw.message_id: event.line for event in events_file.events}
+    rows = connection.execute(
+        select(schema.inbox.c.message_id, schema.timers.c.rule_id, schema.timers.c.reason)
+        .join(schema.touchpoints, schema.touchpoints.c.inbox_id == schema.inbox.c.id)
+        .join(schema.timers, schema.timers.c.touchpoint_id == schema.touchpoints.c.touchpoint_id)
+        .where(schema.timers.c.status == "failed")
+    )
+    return [(lines[row.message_id], f"the {row.rule_id} timer it started failed to fire: {row.reason}") for row in rows]
+
+
 def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datetime:
     """Fire the timers due before `before` (every one left when None), returning the clock they leave.
 
@@ -400,9 +417,9 @@ def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datet
     instant as an event fire after it, since a follow-up at the due time still
     counts (`evaluate_expired` looks up to and including it): the outcome must
     not hang on which of the two the simulation took first. A timer that fails
-    stays held for its lease, so the next step goes on past it; one the engine
-    would not claim at its due time (held back: `timers.claim_due`) ends the
-    steps rather than repeat them.
+    is settled `failed` at once (`_failed_timers` lists it), so the next step
+    goes on past it; one the engine would not claim at its due time (held
+    back: `timers.claim_due`) ends the steps rather than repeat them.
     """
     while True:
         with hub.store.read() as connection:

@@ -121,3 +121,40 @@ def test_a_received_at_the_clock_cannot_place_is_refused_at_its_line(tmp_path: P
     assert problems_trying(SHIPPED_RULES, events, tmp_path) == [
         f"{events}:3: receivedAt: needs a time zone (e.g. Z or +00:00)"
     ]
+
+
+def test_the_lab_routes_as_a_hub_with_every_destination_configured(tmp_path: Path) -> None:
+    """Routing falls back from a channel whose destination has no settings on the hub; the lab ran on a laptop or
+    in CI without FCM credentials, so push fell back to email there and went as push live."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "rules:\n  - id: pushy\n    when: {event: Product Added}\n    respond:\n"
+        "      - {channel: push, template: cart_abandonment.push.j2, fallback: [{channel: email, template: cart_abandonment.email.j2}]}\n"
+        "    vars: {discount_code: C, discount_percent: 10, cart_url: 'https://shop.example.com/cart'}\n"
+    )
+    device = {"device": {"token": "fcm-token-0123456789abcdef", "type": "ios"}}
+    events = write_events(
+        tmp_path / "events.jsonl",
+        {"type": "identify", "userId": "ana", "traits": {"email": "ana@example.com"}, "timestamp": "2026-03-01T10:00:00Z", "context": device},
+        {"type": "track", "userId": "ana", "event": "Product Added", "timestamp": "2026-03-01T10:01:00Z", "context": device},
+    )
+    [decision] = trigger_lab.run(rules, events, make_settings(tmp_path, quiet_hours="")).decisions
+    assert [(action["channel"], action["fate"]) for action in decision["actions"]] == [("push", "planned")]
+
+
+def test_a_timer_whose_firing_fails_is_listed_at_the_line_that_started_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lab gives a timer one attempt, as the hub gives it HUB_PIPELINE_MAX_ATTEMPTS: it is settled failed at
+    once, and was then reported nowhere, a rule that fails live showing as one that decided nothing."""
+    from hub import triggers
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(triggers, "evaluate_expired", broken)
+    events = write_events(
+        tmp_path / "events.jsonl",
+        {"type": "identify", "userId": "ana", "traits": {"email": "ana@example.com"}, "timestamp": "2026-03-01T10:00:00Z"},
+        {"type": "track", "userId": "ana", "event": "Product Added", "timestamp": "2026-03-01T10:01:00Z"},
+    )
+    result = trigger_lab.run(PROJECT_MAPPINGS / "triggers.yaml", events, make_settings(tmp_path, quiet_hours=""))
+    assert (result.decisions, result.left_out) == ([], [f"{events}:2: the cart_abandonment timer it started failed to fire: RuntimeError: boom"])
