@@ -58,17 +58,17 @@ class StoreHistory:
             self.connection, profile_id, since, until, names=selector.events, stage=selector.stage, moment=selector.moment
         )
 
-    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
-        return decisions.count_between(self.connection, profile_id, rule_id, since, until)
+    def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
+        return decisions.decided_between(self.connection, profile_id, rule_id, since, until)
 
 
 class CapsReadAhead(StoreHistory):
     """`StoreHistory` answering frequency caps from one read of when these rules fired for these profiles.
 
-    A set of timers asks each capped rule's count once per timer; one read of
-    the fired decisions since the earliest any of them looks back (made when
-    the first cap asks), counted in memory, makes that one statement per set.
-    A count the read does not cover asks the store. The read is exact only as
+    A set of timers asks each capped rule's decision times once per timer; one
+    read of the fired decisions since the earliest any of them looks back (made
+    when the first cap asks), filtered in memory, makes that one statement per
+    set. A span the read does not cover asks the store. The read is exact only as
     long as no decision it covers is recorded meanwhile: the timer engine
     records a set's decisions after all of them are decided, and gives each
     profile one timer per set.
@@ -79,12 +79,12 @@ class CapsReadAhead(StoreHistory):
         self.profile_ids, self.rule_ids, self.since = frozenset(profile_ids), frozenset(rule_ids), since
         self._fired: dict[tuple[str, str], list[datetime]] | None = None
 
-    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
+    def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
         if profile_id not in self.profile_ids or rule_id not in self.rule_ids or since < self.since:
-            return super().decisions_between(profile_id, rule_id, since, until)
+            return super().decided_between(profile_id, rule_id, since, until)
         if self._fired is None:
             self._fired = decisions.fired_since(self.connection, self.profile_ids, self.rule_ids, self.since)
-        return sum(since < decided_at < until for decided_at in self._fired.get((profile_id, rule_id), ()))
+        return [decided_at for decided_at in self._fired.get((profile_id, rule_id), ()) if since < decided_at < until]
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ class History(Protocol):
         selector's event / stage / moment (None: every event); `where` is checked by the engine."""
         ...
 
-    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
-        """Decisions of the rule for the profile with `since < decided_at < until` that reached the person (not
-        capped, not unreached)."""
+    def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
+        """When the rule's decisions for the profile with `since < decided_at < until` that reached the person
+        (not capped, not unreached) were made, in any order."""
         ...
 
 
@@ -66,8 +66,8 @@ class ReadAhead:
             if since <= at <= until and (selector is None or kind(selector, doc["event"], doc["stage"], doc["moment"]))
         ]
 
-    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
-        return self.history.decisions_between(profile_id, rule_id, since, until)
+    def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
+        return self.history.decided_between(profile_id, rule_id, since, until)
 
     def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
         """Whether the read holds every touchpoint this request asks for."""

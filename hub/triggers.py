@@ -24,6 +24,7 @@ from hub.rules import (
     ActionSpec,
     AllCondition,
     AnyCondition,
+    Cap,
     Condition,
     CountCondition,
     CountWindow,
@@ -213,11 +214,12 @@ def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id:
     if left_out:  # explain shows why the rule's other actions are missing
         evidence["only_if_left_out"] = left_out
     evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
-    # Decisions on either side: a later one made first (its event arrived first) leaves room for this one only
-    # if they are more than the window apart, as in-order arrival would have had it.
-    if rule.cap and judge.history.decisions_between(
-        profile_id, rule.id, decided_at - rule.cap.within, decided_at + rule.cap.within
-    ) >= rule.cap.max:
+    # Decisions on either side count (a later one made first, its event having arrived first, too): capped
+    # exactly when some span of the window that holds this one would then hold more than `max` (`_over_cap`).
+    if rule.cap and _over_cap(
+        judge.history.decided_between(profile_id, rule.id, decided_at - rule.cap.within, decided_at + rule.cap.within),
+        decided_at, rule.cap,
+    ):
         status = "capped"
         evidence["cap"] = {"max": rule.cap.max, "within_seconds": rule.cap.within.total_seconds()}
     return Decision(
@@ -233,6 +235,20 @@ def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id:
         status=status,
         urgency=rule.urgency,
     )
+
+
+def _over_cap(times: Sequence[datetime], at: datetime, cap: Cap) -> bool:
+    """Whether a decision at `at` would make some span of `cap.within` that holds it hold more than `cap.max`
+    fired decisions, counting the rule's others made at `times`.
+
+    Spans, not a count of both sides: with at most 2 an hour, decisions at 0
+    and 90 minutes leave room for one at 45, as in-order arrival would have
+    it. A fullest span starts at one of its decisions, so trying those from
+    this one back is enough; times outside (at - within, at + within) change
+    nothing.
+    """
+    starts = [at, *(time for time in times if at - cap.within < time <= at)]
+    return any(1 + sum(start <= time < start + cap.within for time in times) > cap.max for start in starts)
 
 
 def _action(spec: ActionSpec) -> Action:

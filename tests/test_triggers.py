@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -38,8 +39,8 @@ class RecordedHistory:
             and (selector is None or selector.events is None or doc["event"] in selector.events)
         ]
 
-    def decisions_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
-        return sum(since < t < until for t in self.decisions)
+    def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
+        return [t for t in self.decisions if since < t < until]
 
 
 def rules(*specs: dict) -> list:
@@ -124,6 +125,37 @@ def test_a_cap_counts_a_decision_made_first_for_a_later_event_only_inside_the_wi
     assert fired.status == "fired"
     [capped] = evaluate(tp("E"), "p", rules(rule), RecordedHistory(decisions=[T0 + timedelta(minutes=30)]))
     assert capped.status == "capped"
+
+
+@pytest.mark.parametrize(
+    ("cap", "arrivals", "statuses"),
+    [
+        ({"max": 2, "within": "1h"}, (0, 45, 90), ["fired", "fired", "fired"]),
+        ({"max": 2, "within": "1h"}, (0, 90, 45), ["fired", "fired", "fired"]),
+        ({"max": 2, "within": "1h"}, (90, 0, 45), ["fired", "fired", "fired"]),
+        ({"max": 2, "within": "1h"}, (0, 20, 50), ["fired", "fired", "capped"]),
+        ({"max": 2, "within": "1h"}, (50, 0, 20), ["fired", "fired", "capped"]),
+        ({"max": 1, "within": "1h"}, (150, 0), ["fired", "fired"]),
+        ({"max": 1, "within": "1h"}, (30, 0), ["fired", "capped"]),
+        ({"max": 1, "within": "1h"}, (60, 0), ["fired", "fired"]),
+    ],
+)
+def test_a_cap_holds_back_only_what_would_put_more_than_max_in_one_window(
+    cap: dict, arrivals: tuple[int, ...], statuses: list[str]
+) -> None:
+    """Events taken in in this order (minutes after T0), each decided with those fired before it. Counting
+    decisions on either side capped the 45-minute event of 0, 90, 45 under 2 an hour: it saw both others,
+    though no hour holds more than two, and in-order arrival fires all three."""
+    rule = rules({"id": "r", "when": {"event": "E"}, "respond": RESPOND, "cap": cap})
+    fired: list[datetime] = []
+    made: list[str] = []
+    for minutes in arrivals:
+        at = T0 + timedelta(minutes=minutes)
+        [decision] = evaluate(replace(tp("E"), occurred_at=at), "p", rule, RecordedHistory(decisions=list(fired)))
+        made.append(decision.status)
+        if decision.status == "fired":
+            fired.append(at)
+    assert made == statuses
 
 
 def test_decision_ids_are_deterministic_and_ordered_by_the_event_time() -> None:

@@ -18,18 +18,18 @@ FIRED = ("fired", "unreached")  # the rule held; only `fired` ones reached the p
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
 # costs more than SQLite's.
-_COUNT_BETWEEN = Precompiled(select(func.count()).where(
+_DECIDED_BETWEEN = Precompiled(select(decisions.c.decided_at).where(
     decisions.c.profile_id == bindparam("profile_id"), decisions.c.rule_id == bindparam("rule_id"),
     decisions.c.decided_at > bindparam("since", type_=UTCDateTime), decisions.c.decided_at < bindparam("until", type_=UTCDateTime),
     decisions.c.status == "fired",
 ))
 
 
-def count_between(connection: Connection, profile_id: str, rule_id: str, since: datetime, until: datetime) -> int:
-    """Decisions of a rule for a profile between two times (both excluded) that reached the person: what
-    frequency caps count."""
-    [(count,)] = _COUNT_BETWEEN.execute(connection, {"profile_id": profile_id, "rule_id": rule_id, "since": since, "until": until})
-    return count
+def decided_between(connection: Connection, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
+    """When a rule's decisions for a profile between two times (both excluded) that reached the person were
+    made: frequency caps need the times, not only how many, to tell which spans of their window they fill."""
+    rows = _DECIDED_BETWEEN.execute(connection, {"profile_id": profile_id, "rule_id": rule_id, "since": since, "until": until})
+    return [decided_at for (decided_at,) in rows]
 
 
 _FIRED_SINCE = InLists(  # the timer engine asks it for every set it fires
@@ -45,7 +45,7 @@ def fired_since(
 ) -> dict[tuple[str, str], list[datetime]]:
     """When each of these rules fired and reached the person (not capped, not unreached) for each of these profiles since a time, by (profile, rule).
 
-    `count_between` for many profiles and rules in one statement: the timer engine
+    `decided_between` for many profiles and rules in one statement: the timer engine
     answers every frequency cap of a set of timers from it.
     """
     fired: dict[tuple[str, str], list[datetime]] = defaultdict(list)
