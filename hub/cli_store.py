@@ -13,6 +13,7 @@ admin API does (`delivery_recipients`).
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,12 +56,11 @@ def existing_store(url: str) -> Store:
 
 
 def delivery_recipients(mappings_dir: Path) -> RecipientOf:
-    """What each delivery's target is by the routes in `mappings_dir` (the running hub's `Router.recipient`), so
-    a push token is shown cut short, not whole; ConfigError when routes.yaml is unusable."""
-    from hub.routing import Router, load_routes
-    from hub.templates import TemplateRenderer
+    """What each delivery's target is by the routes in `mappings_dir` (as the running hub's `Router.recipient`
+    says), so a push token is shown cut short, not whole; ConfigError when routes.yaml is unusable."""
+    from hub.routing import load_routes, recipient_of
 
-    return Router(load_routes(mappings_dir / "routes.yaml"), TemplateRenderer(mappings_dir / "templates")).recipient
+    return partial(recipient_of, load_routes(mappings_dir / "routes.yaml"))
 
 
 def _not_found(url: str, what: str) -> list[str]:

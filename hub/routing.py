@@ -55,6 +55,13 @@ class RoutesFile(BaseModel):
     channels: dict[str, ChannelRoute]
 
 
+def recipient_of(routes: dict[str, ChannelRoute], channel: str, target: str) -> Identifier | None:
+    """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
+    itself (a CRM update), or not routed."""
+    route = routes.get(channel)
+    return None if route is None or route.target == PROFILE_TARGET else Identifier(route.target, target)
+
+
 def load_routes(path: Path) -> dict[str, ChannelRoute]:
     return load_model(path, RoutesFile).channels
 
@@ -103,10 +110,7 @@ class Router:
         }
 
     def recipient(self, channel: str, target: str) -> Identifier | None:
-        """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
-        itself (a CRM update), or not routed."""
-        route = self.routes.get(channel)
-        return None if route is None or route.target == PROFILE_TARGET else Identifier(route.target, target)
+        return recipient_of(self.routes, channel, target)
 
     def check_channels(self, rules: Sequence[RuleSpec]) -> None:
         """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route: found only when
