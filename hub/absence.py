@@ -3,17 +3,18 @@
 Timers are armed and cancelled by the pipeline as events arrive; this engine
 claims the due ones and fires them as a set, in one transaction: one read
 of their anchors, four of their profiles (`profile_views`), one of their
-follow-ups, one of their rules' other timers of their profiles
-(`timers.ended_by_neighbours`), one of their rules' caps, one of their daily
-caps, one insert of decisions, one of deliveries, one update settling them
-(each that did not fire with why). If any timer of the set fails, the set
-is rolled back to its savepoint and each timer fires on its own, so one bad
-timer never holds back its neighbours; one that fails alone `max_attempts`
-times is settled `failed`. A crash before the commit leaves the timers
-pending, to be fired after the lease by this or another process; a commit
-makes them settled, so each fires once. Once committed, each settled timer
-is counted (`hub_timers_settled_total`) and each that did not fire is
-logged with its reason.
+follow-ups, one of their rules' other timers of their profiles, with what
+those that fired decided (`timers.ended_by_neighbours`), one of their
+rules' caps, one of their daily caps, one insert of decisions, one of
+deliveries, one update settling them (each that did not fire with why).
+If any timer of the set fails, the set is rolled back to its savepoint and
+each timer fires on its own, so one bad timer never holds back its
+neighbours; one that fails alone `max_attempts` times is settled `failed`.
+A crash before the commit leaves the timers pending, to be fired after the
+lease by this or another process; a commit makes them settled, so each
+fires once. Once committed, each settled timer is counted
+(`hub_timers_settled_total`) and each that did not fire is logged with its
+reason.
 """
 
 from __future__ import annotations

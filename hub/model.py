@@ -183,6 +183,12 @@ class Decision:
     urgency: str = "immediate"  # immediate | delayed (waits out quiet hours; an immediate rule's `delay`ed action does too)
 
 
+# How the reasons of waits ended by an event begin; the event's touchpoint id follows. Named once, as the
+# pipeline writes them in SQL (`timers.follow_event`) and the timer worker here, and both must read alike.
+FOLLOWED_UP_BY = "the follow-up came: touchpoint "
+RESTARTED_BY = "a later event restarted the wait: touchpoint "
+
+
 @dataclass(frozen=True, slots=True)
 class WaitEnded:
     """How an absence timer's wait ended without a decision, and why in a few words.
@@ -199,12 +205,12 @@ class WaitEnded:
     @classmethod
     def followed_up(cls, touchpoint_id: str) -> WaitEnded:
         """Seen by the pipeline as the follow-up comes in, or by the timer worker when the timer comes due."""
-        return cls("cancelled", f"the follow-up came: touchpoint {touchpoint_id}")
+        return cls("cancelled", FOLLOWED_UP_BY + touchpoint_id)
 
     @classmethod
     def restarted(cls, touchpoint_id: str) -> WaitEnded:
         """Seen by the pipeline as the later event comes in, or by the timer worker when the timer comes due."""
-        return cls("superseded", f"a later event restarted the wait: touchpoint {touchpoint_id}")
+        return cls("superseded", RESTARTED_BY + touchpoint_id)
 
 
 @dataclass(frozen=True, slots=True)

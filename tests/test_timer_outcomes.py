@@ -15,9 +15,10 @@ from structlog.testing import capture_logs
 
 from hub import stats, triggers
 from hub.clock import utcnow
-from hub.model import derived_id
+from hub.model import WaitEnded, derived_id
 from hub.runtime import Hub
 from hub.store import Store, _alembic_config, decisions, timers
+from hub.store.schema import decisions as decisions_table
 from hub.store.schema import timers as timers_table
 from tests.conftest import message
 from tests.test_absence_timers import (
@@ -51,6 +52,14 @@ def settled(rule: str, outcome: str) -> float:
 def ended(hub: Hub) -> list[tuple[str, str | None]]:
     """Each timer's status and reason, oldest anchor first."""
     return [(row["status"], row["reason"]) for row in sorted(timer_rows(hub), key=lambda row: row["anchor_at"])]
+
+
+def decision_statuses(hub: Hub, now: datetime) -> list[str]:
+    """The rule's decisions, by status, once every timer due by `now` has fired."""
+    while hub.timers.run_once(now):
+        pass
+    with hub.store.read() as connection:
+        return sorted(decision["status"] for decision in decisions.search(connection, limit=10, rule_id="order_nudge"))
 
 
 @pytest.mark.parametrize(("edited", "reason"), [
@@ -176,6 +185,72 @@ def test_a_cart_taken_in_after_the_timer_of_the_wait_it_fell_inside_fired_sends_
     assert len(nudges(hub)) == 2
     with hub.store.read() as connection:
         assert decisions.count_by_rule(connection) == {"order_nudge": 2}
+
+
+@BOTH_DATABASES
+def test_a_cart_at_the_same_instant_taken_in_after_the_first_ones_nudge_went_sends_no_second(
+    tmp_path: Path, database_url: str
+) -> None:
+    """An SDK resent the cart under a new message id, with the same second-resolution timestamp. Taken in before
+    the wait ended, it supersedes the first's timer (an event at the anchor's instant restarts the wait); taken
+    in after that timer fired, only a fired timer anchored strictly earlier counted, and a second nudge went."""
+    hub = hub_on(tmp_path, database_url=database_url, mappings_dir=copied_mappings(tmp_path, NUDGE))
+    first, again = (message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=8)) for _ in range(2))
+    accept(hub, AMY, first)
+    [nudge] = nudges(hub)
+    accept(hub, again)
+    assert nudges(hub) == [nudge]
+    assert sorted(ended(hub)) == [  # both anchored at once: by status
+        ("fired", None),
+        ("superseded", f"an earlier event's timer already fired for this wait: decision {nudge['decision_id']}"),
+    ]
+
+
+@BOTH_DATABASES
+def test_a_nudge_that_reached_nobody_leaves_the_persons_merged_cart_its_own(tmp_path: Path, database_url: str) -> None:
+    """An anonymous visitor's cart fired a nudge with no address to go to (`unreached`); a minute into its wait the
+    signed-in visitor viewed their cart, and then the two profiles were linked, which moved the fired timer to
+    the survivor. Counted as the wait's nudge, it superseded the only one that could reach them."""
+    hub = hub_on(tmp_path, database_url=database_url, mappings_dir=copied_mappings(tmp_path, NUDGE))
+    now = utcnow()  # the carts' timers come due by this, not by when the suite started
+
+    def before_now(**delta: float) -> str:
+        return (now - timedelta(**delta)).isoformat()
+
+    accept(hub, AMY, message(anonymousId="anon-1", event="Cart Viewed", timestamp=before_now(minutes=2, seconds=30)),
+           message(userId="amy", event="Cart Viewed", timestamp=before_now(minutes=1, seconds=30)))
+    assert decision_statuses(hub, now) == ["unreached"]  # the anonymous cart's, due 30 s ago
+    accept(hub, message("identify", userId="amy", anonymousId="anon-1", timestamp=before_now(seconds=10)))
+    assert decision_statuses(hub, now + timedelta(minutes=1)) == ["fired", "unreached"]
+
+
+@BOTH_DATABASES
+def test_only_a_neighbour_whose_nudge_reached_the_person_decided_the_wait(store: Store) -> None:
+    """Read with the neighbours' timers in one statement: a decision `unreached` or `capped` sent nothing, so
+    the wait's nudge is still to go."""
+    anchor_at = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=timezone.utc)
+    wait = timedelta(minutes=2)
+    statuses = ["fired", "unreached", "capped"]
+    with store.write() as connection:
+        connection.execute(insert(decisions_table), [
+            {"decision_id": f"decision-{status}", "rule_id": "nudge", "rule_version": "nudge@1", "profile_id": status,
+             "touchpoint_id": f"tp-{status}", "decided_at": anchor_at + wait, "created_at": anchor_at + wait,
+             "evidence": {}, "actions": [], "status": status}
+            for status in statuses
+        ])
+        connection.execute(insert(timers_table), [
+            {**timer(status, "nudge", anchor_at, wait), "profile_id": status, "status": "fired",
+             "decision_id": f"decision-{status}"}
+            for status in statuses
+        ])
+        later = anchor_at + timedelta(minutes=1)  # each profile's next cart, inside that wait
+        ended_waits = timers.ended_by_neighbours(connection, [
+            timers.DueTimer(f"next-{status}", "nudge", status, f"tp-next-{status}", later, later + wait, 0)
+            for status in statuses
+        ])
+    assert ended_waits == {"next-fired": WaitEnded(
+        "superseded", "an earlier event's timer already fired for this wait: decision decision-fired"
+    )}
 
 
 def timer(timer_id: str, rule_id: str, anchor_at: datetime, wait: timedelta) -> dict:

@@ -168,7 +168,9 @@ def query_plan(connection: Connection, statement: str, parameters: Any) -> list[
 
 class SecondsBetween(FunctionElement[float]):
     """`later - earlier` in seconds, for two stored times of one row: to compare a row's own span in SQL (a
-    timer's wait) instead of reading every row out. SQLite's julianday arithmetic is exact to about 0.1 ms."""
+    timer's wait) instead of reading every row out. On SQLite, julianday keeps each time in whole milliseconds
+    (rounded), so a span may be off by up to 1 ms, and the days-to-seconds float by some microseconds more;
+    PostgreSQL's is exact to the microsecond."""
 
     type = Float()
     name = "seconds_between"

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, func, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, func, literal, or_, select, update
 
-from hub.model import WaitEnded, derived_id
+from hub.model import FOLLOWED_UP_BY, RESTARTED_BY, WaitEnded, derived_id
 from hub.store import precompiled, sql
-from hub.store.schema import UTCDateTime, absence_waits, timers
+from hub.store.schema import UTCDateTime, absence_waits, decisions, timers
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +80,6 @@ def follow_event(
         cancelling = [(rule_id, at - wait) for rule_id, wait in cancel]
         superseding = [(rule_id, at - (due_at - at)) for rule_id, due_at in arm]
         parameters = {"p_profile_id": profile_id, "p_touchpoint_id": touchpoint_id, "p_at": at, "p_now": now,
-                      "p_cancelled": WaitEnded.followed_up(touchpoint_id).reason,
-                      "p_superseded": WaitEnded.restarted(touchpoint_id).reason,
                       **_running_parameters(cancelling, "p_cancel_"), **_running_parameters(superseding, "p_rearm_")}
         _settling(len(cancel), len(arm)).execute(connection, parameters)
     if arm:
@@ -102,28 +100,32 @@ def _settling(cancels: int, rearms: int) -> precompiled.Precompiled:
     Of the profile's pending timers of those rules whose wait the event falls
     inside of (anchored no earlier than the rule's wait before it), one of a
     rule it cancels anchored before it is cancelled; one of a rule it arms,
-    anchored no later, is superseded (the wait restarts); each says why
-    (`p_cancelled`, `p_superseded`). An event at the anchor's very instant is
-    not one after it, as `triggers.evaluate_expired` sees it when the timer
-    fires: the outcome must not hang on which of the two was taken in first
-    (an identify sent with a cart event, say). One plain bind parameter per
+    anchored no later, is superseded (the wait restarts). Each says why in
+    `WaitEnded`'s words, which the statement writes from the event's
+    touchpoint id: built in Python, both reasons cost every event that
+    cancels or arms two `WaitEnded`s, for the few whose timers it ends. An
+    event at the anchor's very instant is not one after it, as
+    `triggers.evaluate_expired` sees it when the timer fires: the outcome
+    must not hang on which of the two was taken in first (an identify sent
+    with a cart event, say). One plain bind parameter per
     rule: expanding IN lists are rendered again on every execution, which
     costs as much as running the statement. The top-level `rule_id IN`
     keeps every shape on the profile's index (profile_id, rule_id, status,
     ...): the profile's own pending timers of those rules, a handful.
     """
     rule_ids = [*precompiled.placeholders(cancels, "p_cancel_"), *precompiled.placeholders(rearms, "p_rearm_")]
-    at = bindparam("p_at", type_=UTCDateTime)
+    at, touchpoint_id = bindparam("p_at", type_=UTCDateTime), bindparam("p_touchpoint_id")
     cancelling = and_(timers.c.anchor_at < at, _running(cancels, "p_cancel_"))
     return precompiled.Precompiled(
         update(timers)
         .where(
             timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_(rule_ids),
             timers.c.status == "pending", timers.c.anchor_at <= at,
-            timers.c.touchpoint_id != bindparam("p_touchpoint_id"), or_(cancelling, _running(rearms, "p_rearm_")),
+            timers.c.touchpoint_id != touchpoint_id, or_(cancelling, _running(rearms, "p_rearm_")),
         )
         .values(status=case((cancelling, "cancelled"), else_="superseded"),
-                reason=case((cancelling, bindparam("p_cancelled")), else_=bindparam("p_superseded")),
+                reason=case((cancelling, literal(FOLLOWED_UP_BY) + touchpoint_id),
+                            else_=literal(RESTARTED_BY) + touchpoint_id),
                 settled_at=bindparam("p_now", type_=UTCDateTime))
     )
 
@@ -153,7 +155,9 @@ _WAIT_UNTIL = precompiled.Precompiled(
 
 _ANCHORED_SINCE = precompiled.InLists(lambda profiles, rules: select(
     timers.c.timer_id, timers.c.profile_id, timers.c.rule_id, timers.c.touchpoint_id, timers.c.anchor_at,
-    timers.c.status, timers.c.decision_id,
+    timers.c.decision_id, decisions.c.status,
+).select_from(
+    timers.outerjoin(decisions, decisions.c.decision_id == timers.c.decision_id)  # a fired timer's decision
 ).where(
     timers.c.profile_id.in_(profiles), timers.c.rule_id.in_(rules),
     timers.c.anchor_at >= bindparam("p_since", type_=UTCDateTime),  # a profile's older timers stay in the store
@@ -167,8 +171,8 @@ class _Neighbour:
     timer_id: str
     touchpoint_id: str
     anchor_at: datetime
-    status: str
-    decision_id: str | None
+    decision_id: str | None  # what it decided, if it fired
+    decided: str | None  # that decision's status: `fired` (it reached the person), `unreached` or `capped`
 
 
 def ended_by_neighbours(connection: Connection, firing: Sequence[DueTimer]) -> dict[str, WaitEnded]:
@@ -179,12 +183,16 @@ def ended_by_neighbours(connection: Connection, firing: Sequence[DueTimer]) -> d
     it, by its due time): the pipeline supersedes such a timer when the
     later event comes in, and this catches those it cannot see then (an
     earlier cart taken in after the later one, or the cart of a profile
-    merged in since: a merge moves its timers to the survivor). An earlier
-    timer that fired for a wait this one's event fell inside already
-    decided it: taken in order, this event would have superseded that timer
-    and fired alone; taken in after it fired, it must not fire a second
-    nudge for the one wait. Each firing timer's wait is its due time's
-    distance from its anchor: its rule's as in force.
+    merged in since: a merge moves its timers to the survivor). A timer
+    anchored no later (the pipeline supersedes one at the same instant, too)
+    whose nudge reached the person for a wait this one's event fell inside
+    already decided it: taken in order, this event would have superseded
+    that timer and fired alone; taken in after it fired, it must not fire a
+    second nudge for the one wait. One whose decision reached nobody
+    (`unreached`: no address yet, as for an anonymous cart) or was `capped`
+    sent nothing, and decides nothing here: the person's own cart, merged
+    with it since, still gets its nudge. Each firing timer's wait is its due
+    time's distance from its anchor: its rule's as in force.
     """
     if not firing:
         return {}
@@ -193,30 +201,32 @@ def ended_by_neighbours(connection: Connection, firing: Sequence[DueTimer]) -> d
         connection, sorted({t.profile_id for t in firing}), sorted({t.rule_id for t in firing}),
         p_since=min(t.anchor_at - (t.due_at - t.anchor_at) for t in firing),
     )
-    for timer_id, profile_id, rule_id, touchpoint_id, anchor_at, status, decision_id in rows:
+    for timer_id, profile_id, rule_id, touchpoint_id, anchor_at, decision_id, decided in rows:
         neighbours.setdefault((profile_id, rule_id), []).append(
-            _Neighbour(timer_id, touchpoint_id, anchor_at, status, decision_id)
+            _Neighbour(timer_id, touchpoint_id, anchor_at, decision_id, decided)
         )
     ended = {timer.timer_id: _ended_by(timer, neighbours.get((timer.profile_id, timer.rule_id), ())) for timer in firing}
     return {timer_id: wait_ended for timer_id, wait_ended in ended.items() if wait_ended is not None}
 
 
 def _ended_by(timer: DueTimer, neighbours: Sequence[_Neighbour]) -> WaitEnded | None:
-    """How one of `neighbours` ends the firing timer's wait, if one does (`ended_by_neighbours`)."""
+    """How one of `neighbours` ends the firing timer's wait, if one does (`ended_by_neighbours`). A fired one at
+    the same instant counts as earlier, as `follow_event` supersedes a pending one: a cart resent under a new
+    message id, taken in after the first one's nudge went, must not send a second."""
     wait = timer.due_at - timer.anchor_at
     for other in neighbours:
         if other.timer_id == timer.timer_id:
             continue
         if timer.anchor_at < other.anchor_at <= timer.due_at:
             return WaitEnded.restarted(other.touchpoint_id)
-        if other.status == "fired" and other.anchor_at < timer.anchor_at <= other.anchor_at + wait:
+        if other.decided == "fired" and other.anchor_at <= timer.anchor_at <= other.anchor_at + wait:
             return WaitEnded(
                 "superseded", f"an earlier event's timer already fired for this wait: decision {other.decision_id}"
             )
     return None
 
 
-SHORTER_BY_AT_LEAST = 0.002  # seconds: `sql.SecondsBetween` on SQLite is exact to ~0.1 ms; a timer this little late stays
+SHORTER_BY_AT_LEAST = 0.002  # seconds: `sql.SecondsBetween` on SQLite may be 1 ms off; a timer this little late stays
 
 
 def due_after_their_wait(connection: Connection, waits: Mapping[str, timedelta]) -> list[tuple[str, datetime]]:
@@ -288,9 +298,10 @@ def claim_due(
 @dataclass(frozen=True, slots=True)
 class Settlement:
     """How a claimed timer ended: `fired` (with its decision), or without one (`ended`): `cancelled` (the
-    follow-up happened after all), `superseded` (a later event started the wait again, or an earlier timer
-    already fired for it), `lapsed` (rule, anchor or profile gone, the anchor no longer one the rule waits after,
-    or the rule's other conditions or every action's `only_if` do not hold) or `failed` (firing kept raising)."""
+    follow-up happened after all), `superseded` (a later event started the wait again, or an earlier timer's
+    nudge already reached the person for it), `lapsed` (rule, anchor or profile gone, the anchor no longer one
+    the rule waits after, or the rule's other conditions or every action's `only_if` do not hold) or `failed`
+    (firing kept raising)."""
 
     timer_id: str
     status: str
