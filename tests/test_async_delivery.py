@@ -272,54 +272,46 @@ def test_a_wake_cuts_a_runs_wait_for_its_sends_short(store: Store, monkeypatch: 
     running.close()
 
 
-def test_a_retry_or_replay_coming_due_in_quiet_hours_waits_for_them_to_end(store: Store) -> None:
-    """Routing holds a non-urgent message planned in quiet hours and marks it with the zone to judge them in;
-    a retry or a replay of it that comes due inside them goes back to the outbox until they end, unsent."""
+def sms_in_quiet_hours_now(store: Store, zones: dict[str, str | None]) -> tuple[int, str]:
+    """SMS rows to each target (marked with its zone to judge quiet hours in, or None: an urgent rule's), run
+    once by an engine whose quiet hours hold now in UTC: how many it sent, and when the hours end (HH:MM)."""
     now = utcnow()
-    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"  # now is inside, in UTC
+    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"
     pager = CountingPager()
     rows = [
         PlannedDelivery(
             delivery_id=derived_id("quiet-test", target), decision_id=derived_id("quiet-decision", target),
             profile_id=f"P-{target}", channel="sms", destination_id=pager.slug, target=target,
-            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}, **marked},
+            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}, **({"quiet_zone": zone} if zone else {})},
         )
-        for target, marked in (("nudge", {"quiet_zone": "UTC"}), ("urgent", {}))
+        for target, zone in zones.items()
     ]
     with store.write() as connection:
         outbox.plan(connection, rows, now)
     policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
     running = DeliveryEngine(store, {pager.slug: pager}, policies, batch_size=10, lease=timedelta(seconds=60),
                              concurrency=4, quiet_hours=QuietHours.parse(window, "UTC"))
-    assert running.run_once() == 1  # only the one without a zone (an urgent rule's) is sent
+    sent = running.run_once()
     running.close()
+    return sent, window.split("-")[1]
+
+
+def test_a_retry_or_replay_coming_due_in_quiet_hours_waits_for_them_to_end(store: Store) -> None:
+    """Routing holds a non-urgent message planned in quiet hours and marks it with the zone to judge them in;
+    a retry or a replay of it that comes due inside them goes back to the outbox until they end, unsent."""
+    sent, hours_end = sms_in_quiet_hours_now(store, {"nudge": "UTC", "urgent": None})
+    assert sent == 1  # only the one without a zone (an urgent rule's) is sent
     log = delivery_log(store)
     assert (log["nudge"]["status"], log["nudge"]["attempts"], log["urgent"]["status"]) == ("pending", 0, "sent")
     with store.read() as connection:
         due = connection.execute(select(deliveries.c.next_attempt_at).where(deliveries.c.target == "nudge")).scalar_one()
-    assert due.strftime("%H:%M") == window.split("-")[1]
+    assert due.strftime("%H:%M") == hours_end
 
 
 def test_a_held_message_whose_zone_this_host_cannot_load_is_judged_in_the_default_zone(store: Store) -> None:
     """A node with newer tz data can plan a message in a zone this one does not know. Loading it raised inside
     the claim: the row stayed at the head of the queue and every claim failed, so no delivery went at all."""
-    now = utcnow()
-    window = f"{(now - timedelta(hours=1)):%H:%M}-{(now + timedelta(hours=1)):%H:%M}"  # now is inside, in UTC
-    pager = CountingPager()
-    rows = [
-        PlannedDelivery(
-            delivery_id=derived_id("zone-test", target), decision_id=derived_id("zone-decision", target),
-            profile_id=f"P-{target}", channel="sms", destination_id=pager.slug, target=target,
-            content={"body": "Hi", "template": "t.j2", "rule_id": "r1", "params": {}, **marked},
-        )
-        for target, marked in (("unknown-zone", {"quiet_zone": "America/Not_Here_Yet"}), ("urgent", {}))
-    ]
-    with store.write() as connection:
-        outbox.plan(connection, rows, now)
-    policies = PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None))  # type: ignore[call-arg]
-    running = DeliveryEngine(store, {pager.slug: pager}, policies, batch_size=10, lease=timedelta(seconds=60),
-                             concurrency=4, quiet_hours=QuietHours.parse(window, "UTC"))
-    assert running.run_once() == 1
-    running.close()
+    sent, _ = sms_in_quiet_hours_now(store, {"unknown-zone": "America/Not_Here_Yet", "urgent": None})
+    assert sent == 1
     log = delivery_log(store)
     assert (log["unknown-zone"]["status"], log["urgent"]["status"]) == ("pending", "sent")  # held in UTC's quiet hours
