@@ -202,7 +202,10 @@ class Hub:
             max_age=timedelta(hours=settings.message_max_age_hours),
         )
         templates = TemplateRenderer(settings.mappings_dir / "templates", settings.rules_reload_seconds)
-        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy, configured=self.destinations)
+        # Only a process that delivers knows which destinations are configured; one that leaves delivery to other
+        # processes (HUB_WORKERS) may run without their credentials, and routes as if every one were.
+        served = self.destinations if "delivery" in settings.worker_roles else None
+        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy, configured=served)
 
     def _build_rulebook(self) -> RuleBook:
         router = self.router

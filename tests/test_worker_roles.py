@@ -163,3 +163,14 @@ def test_an_unreadable_wake_up_is_logged_and_the_listener_goes_on(tmp_path: Path
     assert not any(event.is_set() for event in wakeups.events.values())
     wakeups._heard("pipeline")
     assert wakeups.events["pipeline"].is_set()
+
+
+def test_only_a_process_that_delivers_falls_back_from_destinations_it_has_no_settings_for(tmp_path: Path) -> None:
+    """A pipeline or timers process of a split deployment may run without the delivery nodes' credentials: it
+    fell back from push to email for every person because FCM had no settings where it ran."""
+    from tests.conftest import make_settings
+
+    delivering = Hub(make_settings(tmp_path, workers="pipeline,timers,delivery"))
+    routing_only = Hub(make_settings(tmp_path, workers="pipeline,timers"))
+    assert "fcm_push" not in delivering.destinations
+    assert (delivering.router.unserved.get("push"), routing_only.router.unserved) == ("fcm_push", {})
