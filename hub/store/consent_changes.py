@@ -23,6 +23,7 @@ from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes
 
 PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
+_PINNED_STAMP = PINNED.isoformat()
 
 
 class Word(NamedTuple):
@@ -60,12 +61,11 @@ def said(traits: Traits, channel: str, word: Word) -> Traits:
     errs on the side of not messaging.
     """
     key = opt_out_trait(channel)
-    values, times = dict(traits[0]), dict(traits[1])
     if not word.granted:
-        values[key], times[key] = True, PINNED.isoformat()
+        values, times = dict(traits[0]), dict(traits[1])
+        values[key], times[key] = True, _PINNED_STAMP
         return values, times
-    if times.get(key) == PINNED.isoformat():
-        del values[key], times[key]
+    values, times = _unpinned(traits, [channel])
     granted: dict[str, Any] = {key: False}
     if isinstance(values.get("consent"), dict) and channel in values["consent"]:
         granted["consent"] = {channel: True}
@@ -102,13 +102,18 @@ def _latest(rows: Iterable[Any]) -> dict[str, Word]:
 def pinned(traits: Traits, latest: dict[str, Word], gone: Collection[str] = ()) -> Traits:
     """`traits` with each channel's latest word (`said`), and the pins of `gone` channels (said by identifiers the
     profile no longer holds) dropped, so the value its own events set shows again."""
-    values, times = dict(traits[0]), dict(traits[1])
-    for channel in gone:
-        key = opt_out_trait(channel)
-        if times.get(key) == PINNED.isoformat():
-            del values[key], times[key]
+    values, times = _unpinned(traits, gone)
     for channel, word in latest.items():
         values, times = said((values, times), channel, word)
+    return values, times
+
+
+def _unpinned(traits: Traits, channels: Iterable[str]) -> Traits:
+    """A copy of `traits` without what providers pinned for these channels."""
+    values, times = dict(traits[0]), dict(traits[1])
+    for key in map(opt_out_trait, channels):
+        if times.get(key) == _PINNED_STAMP:
+            del values[key], times[key]
     return values, times
 
 
