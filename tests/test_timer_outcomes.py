@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from alembic import command
 from prometheus_client import REGISTRY
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from structlog.testing import capture_logs
 
 from hub import stats, triggers
@@ -289,3 +289,20 @@ def test_timers_stored_before_the_migration_have_no_failed_attempts_and_no_reaso
         assert timers.for_profile(connection, "p")[0]["reason"] is None
         command.downgrade(_alembic_config(connection), "i12_first_due_at")
     store.dispose()
+
+
+@BOTH_DATABASES
+def test_one_event_ends_only_the_waits_still_running_by_each_rules_own_wait(tmp_path: Path, database_url: str) -> None:
+    """The settling UPDATE binds each rule's own wait: of rules with three waits, two alike, an event
+    10 minutes in ends the 30-minute waits, not the 5-minute one."""
+    store = Store(database_url)
+    store.migrate()
+    t0 = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    waits = {"short": timedelta(minutes=5), "long_a": timedelta(minutes=30), "long_b": timedelta(minutes=30)}
+    with store.write() as connection:
+        timers.follow_event(connection, "P", "cart", t0, t0, cancel=[], arm=[(rule, t0 + wait) for rule, wait in waits.items()])
+        timers.follow_event(connection, "P", "page", t0 + timedelta(minutes=10), t0, cancel=list(waits.items()), arm=[])
+    with store.read() as connection:
+        statuses = dict(connection.execute(select(timers_table.c.rule_id, timers_table.c.status)).all())
+    store.dispose()
+    assert statuses == {"short": "pending", "long_a": "cancelled", "long_b": "cancelled"}
