@@ -148,7 +148,7 @@ def connectors_list() -> None:
 @profiles_app.command("explain")
 def profiles_explain(
     profile_id: str = typer.Argument(help="A profile id; an id merged away since is followed to its survivor."),
-    show_pii: bool = typer.Option(False, help="Show emails and phones in full instead of masked."),
+    show_pii: bool = typer.Option(False, help="Show emails, phones and push tokens in full instead of masked."),
 ) -> None:
     """Show a profile's identity graph: every identifier, the touchpoint that linked it, merges and refused links.
 

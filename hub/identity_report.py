@@ -6,25 +6,29 @@ from typing import Any
 
 from rich.tree import Tree
 
-from hub.pii import mask_text
+from hub.model import Identifier
+from hub.pii import mask_recipient
 
 
 def explain_tree(graph: dict[str, Any], *, show_pii: bool = False) -> Tree:
     """Identifiers, the links between them and the merges, refusals and unmerges, each with its reason.
 
-    Emails and phones are masked unless `show_pii`: the output ends up in tickets and chat.
+    Emails and phones are masked, and push tokens cut short, unless `show_pii`: the output ends up in tickets
+    and chat, and a whole token is enough to message the device.
     """
-    shown = (lambda value: value) if show_pii else mask_text
+
+    def shown(kind: str, value: str) -> str:
+        return value if show_pii else mask_recipient(value, Identifier(kind, value))
 
     def ident(pair: list[str]) -> str:
-        return f"{pair[0]}={shown(pair[1])}" if len(pair) == 2 else str(pair)
+        return f"{pair[0]}={shown(pair[0], pair[1])}" if len(pair) == 2 else str(pair)
 
     root = Tree(f"[bold]profile {graph['profile_id']}[/]")
     if graph["aliases"]:
         root.add(f"aliases (merged in, still resolve here): {', '.join(graph['aliases'])}")
     members = root.add(f"identifiers ({len(graph['identifiers'])})")
     for item in graph["identifiers"]:
-        members.add(f"[cyan]{item['type']}[/]={shown(item['value'])}  [dim]{item['why']}[/]")
+        members.add(f"[cyan]{item['type']}[/]={shown(item['type'], item['value'])}  [dim]{item['why']}[/]")
     links = root.add(f"links ({len(graph['links'])})")
     for link in graph["links"]:
         links.add(f"{ident(link['from'])} — {ident(link['to'])}  [dim]{link['why']}, touchpoint {link['touchpoint_id']}[/]")

@@ -192,6 +192,24 @@ def test_cli_explain_prints_the_graph_with_masked_pii(store: Store, tmp_path: Pa
     assert missing.returncode == 1 and "No profile" in missing.stdout
 
 
+def test_profiles_explain_cuts_push_tokens_short_as_the_delivery_log_does() -> None:
+    """Emails and phones were masked and a device's push token printed whole: enough to message the device."""
+    from rich.console import Console
+
+    from hub.identity_report import explain_tree
+
+    token = "fcm-token-0123456789abcdef-the-rest"
+    graph = {"profile_id": "P", "aliases": [], "links": [], "merges": [], "refused": [], "unmerges": [], "detached": [],
+             "identifiers": [{"type": "push_token", "value": token, "why": "seen"}, {"type": "email", "value": "ana@x.io", "why": "seen"}]}
+    console = Console(width=200, record=True)
+    console.print(explain_tree(graph))
+    masked = console.export_text()
+    console.print(explain_tree(graph, show_pii=True))
+    shown = console.export_text()
+    assert "push_token=fcm-token-…" in masked and token not in masked and "a***@x.io" in masked
+    assert token in shown and "ana@x.io" in shown
+
+
 def test_forget_wipes_the_delivery_log_but_keeps_its_counts(store: Store) -> None:
     ana, _ = bad_link(store)
     planned = PlannedDelivery("d-1", "dec-1", ana, "sms", "twilio_sms", "+14155550101", {"body": "Hi Ana"})
