@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 CAP_PERIOD = timedelta(days=1)
 
 
-def has_room(going_at: Sequence[datetime], at: datetime, cap: int) -> bool:
-    """Whether one more message going `at` keeps every 24 h that holds it at `cap` messages or fewer, beside
-    the person's other messages going (or gone) `going_at`.
+def has_room(going_at: Sequence[datetime], at: datetime, cap: int, period: timedelta = CAP_PERIOD) -> bool:
+    """Whether one more message going `at` keeps every `period` (24 h) that holds it at `cap` messages or
+    fewer, beside the person's other messages going (or gone) `going_at`. A rule's cap asks the same of its
+    decisions over its `within` (`triggers._decide`).
 
-    The fullest 24 h holding `at` starts at `at` or at one of the messages
+    The fullest span holding `at` starts at `at` or at one of the messages
     before it, so only those starts are tried.
     """
-    near = [t for t in going_at if at - CAP_PERIOD < t < at + CAP_PERIOD]
+    near = [t for t in going_at if at - period < t < at + period]
     starts = [t for t in near if t <= at] + [at]
-    return all(sum(start <= t < start + CAP_PERIOD for t in near) < cap for start in starts)
+    return all(sum(start <= t < start + period for t in near) < cap for start in starts)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,11 @@ class EventsFile:
     path: Path
     events: list[Arrival]
     left_out: list[tuple[int, str]]
+
+    @cached_property
+    def lines(self) -> dict[str, int]:
+        """The line of each message tried, by its id: what the hub reports about a message, named in the file."""
+        return {event.raw.message_id: event.line for event in self.events}
 
 
 def load_events(path: Path) -> EventsFile:

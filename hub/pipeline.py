@@ -32,7 +32,7 @@ from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, identity_repair, inbox, quarantine, sql, timers, touchpoints
+from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
@@ -97,11 +97,10 @@ class Pipeline:
 
         `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
         """
-        with self._identities.cleared_on_error(), self.store.write() as connection:
+        with self._identities.cleared_on_error(), self.store.write() as connection, self._identities.locked(connection):
             # The clock is read once the lock on profiles is held (SQLite's write lock; an advisory lock on
             # PostgreSQL): an event ingest committed while this waited for it is then claimed, or is received
             # before the timers this batch arms, which `timers.claim_due` holds back for it.
-            sql.lock_profiles(connection)
             now = now or utcnow()
             rows = inbox.claim(connection, self._claim_size, now, self.config.lease)
             outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
@@ -130,12 +129,12 @@ class Pipeline:
         return max(self.config.batch_size, min(2 * self._claim_size, self.config.backlog_batch_size))
 
     def _process_rows(self, connection: Connection, rows: Sequence[InboxRow], now: datetime) -> _Outcome:
-        """The rows as a set, or one by one if one fails, under the profiles lock with the identity cache in use."""
-        with self._identities.locked(connection):
-            return sum(as_set_or_one_by_one(
-                connection, rows, lambda batch: self._process_set(connection, batch, now),
-                lambda row: self._process_alone(connection, row, now), kind="inbox row",
-            ), _Outcome())
+        """The rows as a set, or one by one if one fails (the caller holds the profiles lock, the identity cache
+        in use)."""
+        return sum(as_set_or_one_by_one(
+            connection, rows, lambda batch: self._process_set(connection, batch, now),
+            lambda row: self._process_alone(connection, row, now), kind="inbox row",
+        ), _Outcome())
 
     def _process_alone(self, connection: Connection, row: InboxRow, now: datetime) -> _Outcome:
         """The row in its own savepoint; a row that fails is quarantined, postponed or (forgotten) dropped."""

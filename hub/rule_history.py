@@ -49,17 +49,20 @@ class ReadAhead:
         until: datetime,
         names: frozenset[str] | None,
         read: Callable[[], Mapping[str, Sequence[dict[str, Any]]]],
+        profile_id: str | None = None,
     ) -> None:
-        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given)."""
+        """`read` returns, by profile id, the touchpoint documents in [since, until] (of `names`, if given);
+        `profile_id`: the one profile it reads, when it reads one (`read_ahead`)."""
         self.history = history
         self.since, self.until, self.names = since, until, names
+        self.profile_id = profile_id
         self._read = read
         self._documents: dict[str, list[tuple[datetime, dict[str, Any]]]] | None = None
 
     def events(
         self, profile_id: str, since: datetime, until: datetime, selector: Selector | None
     ) -> list[dict[str, Any]]:
-        if not self._covers(since, until, selector):
+        if not self.covers(since, until, selector):
             return self.history.events(profile_id, since, until, selector)
         return [
             doc for at, doc in self._read_once().get(profile_id, ())
@@ -69,7 +72,7 @@ class ReadAhead:
     def decided_between(self, profile_id: str, rule_id: str, since: datetime, until: datetime) -> list[datetime]:
         return self.history.decided_between(profile_id, rule_id, since, until)
 
-    def _covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
+    def covers(self, since: datetime, until: datetime, selector: Selector | None) -> bool:
         """Whether the read holds every touchpoint this request asks for."""
         if not (self.since <= since and until <= self.until):
             return False
@@ -112,7 +115,10 @@ def read_ahead(
     if ahead:
         names = union_unless_open([names, *(later for later, _ in ahead)])
 
+    if isinstance(history, ReadAhead) and history.profile_id == profile_id and history.covers(since, until, selector_of(names)):
+        return history  # the pipeline's one read of the profile's past already holds these windows (`triggers.past_of`)
+
     def read() -> dict[str, list[dict[str, Any]]]:
         return {profile_id: history.events(profile_id, since, until, selector_of(names))}
 
-    return ReadAhead(history, since, until, names, read)
+    return ReadAhead(history, since, until, names, read, profile_id)

@@ -35,7 +35,7 @@ from hub.pii import mask_text
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 from hub.store import decisions, inbox, schema, timers
-from hub.store.profile_views import profile_view
+from hub.store.profile_views import profile_views
 
 
 @dataclass(frozen=True)
@@ -70,16 +70,15 @@ def _lab_hub(rules: Path, folder: Path, settings: HubSettings) -> Hub:
     shutil.copyfile(rules, mappings / "triggers.yaml")
     try:
         # One attempt per event: an event the pipeline fails on is quarantined (and listed at its line) at once,
-        # not postponed on the simulated clock, where it would hold back every timer due after it.
-        hub = Hub(settings.with_overrides(
-            database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings), pipeline_max_attempts=1
+        # not postponed on the simulated clock, where it would hold back every timer due after it. No delivery
+        # worker: nothing is sent, and a hub that does not deliver routes as if every destination were
+        # configured, since the machine trying rules is not the one that sends.
+        return Hub(settings.with_overrides(
+            database_url=f"sqlite:///{folder}/lab.db", mappings_dir=str(mappings), pipeline_max_attempts=1,
+            workers="pipeline,timers",
         ))
     except ConfigError as exc:
         raise ConfigError([_as_given(problem, rules, mappings, settings.mappings_dir) for problem in exc.problems]) from None
-    # Routed as a hub with every destination configured: the machine trying rules is not the one that sends, and
-    # a push falling back to email here for want of FCM credentials would not happen live.
-    hub.router.unserved = {}
-    return hub
 
 
 # Router.check_channels (hub/routing.py) names the rule and the channel in this form; tests/test_cli_triggers.py
@@ -161,9 +160,9 @@ def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
     _fire_timers(hub, clock, before=None)
     with hub.store.read() as connection:
         found = sorted(decisions.search(connection, limit=1_000_000), key=lambda d: (d["decided_at"], d["rule_id"]))
+        views = profile_views(connection, {decision["profile_id"] for decision in found})
         for decision in found:
-            profile = profile_view(connection, decision["profile_id"]) or {"identifiers": {}}
-            decision["who"] = _who(profile["identifiers"])
+            decision["who"] = _who(views.get(decision["profile_id"], {"identifiers": {}})["identifiers"])
         left_out = events_file.left_out + _quarantined(connection, events_file) + _failed_timers(connection, events_file)
     return LabResult(found, len(events_file.events), at_lines(events_file.path, left_out))
 
@@ -171,25 +170,23 @@ def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
 def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
     """The events the hub quarantined, by their line in the file: the inbox ids it logs are the throwaway
     database's."""
-    lines = {event.raw.message_id: event.line for event in events_file.events}
     rows = connection.execute(
         select(schema.inbox.c.message_id, schema.quarantine.c.stage, schema.quarantine.c.reason)
         .join(schema.quarantine, schema.quarantine.c.inbox_id == schema.inbox.c.id)
     )
-    return [(lines[row.message_id], f"quarantined at the {row.stage} stage: {row.reason}") for row in rows]
+    return [(events_file.lines[row.message_id], f"quarantined at the {row.stage} stage: {row.reason}") for row in rows]
 
 
 def _failed_timers(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
     """The absence timers whose firing raised (settled `failed` at once: one attempt, as for events), by the line
     of the event that started their wait: a rule that would fail live is no silent non-decision here."""
-    lines = {event.raw.message_id: event.line for event in events_file.events}
     rows = connection.execute(
         select(schema.inbox.c.message_id, schema.timers.c.rule_id, schema.timers.c.reason)
         .join(schema.touchpoints, schema.touchpoints.c.inbox_id == schema.inbox.c.id)
         .join(schema.timers, schema.timers.c.touchpoint_id == schema.touchpoints.c.touchpoint_id)
         .where(schema.timers.c.status == "failed")
     )
-    return [(lines[row.message_id], f"the {row.rule_id} timer it started failed to fire: {row.reason}") for row in rows]
+    return [(events_file.lines[row.message_id], f"the {row.rule_id} timer it started failed to fire: {row.reason}") for row in rows]
 
 
 def _fire_timers(hub: Hub, clock: datetime, *, before: datetime | None) -> datetime:

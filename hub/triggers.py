@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from hub.daily_cap import has_room
 from hub.model import Action, Decision, Touchpoint, WaitEnded, ordered_id
 from hub.rule_events import Rejudged, awaited
 from hub.rule_history import History, read_ahead, selector_of
@@ -24,7 +25,6 @@ from hub.rules import (
     ActionSpec,
     AllCondition,
     AnyCondition,
-    Cap,
     Condition,
     CountCondition,
     CountWindow,
@@ -215,10 +215,11 @@ def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id:
         evidence["only_if_left_out"] = left_out
     evidence["touchpoints"] = [touchpoint.touchpoint_id, *[t for t in judge.touchpoints if t != touchpoint.touchpoint_id]]
     # Decisions on either side count (a later one made first, its event having arrived first, too): capped
-    # exactly when some span of the window that holds this one would then hold more than `max` (`_over_cap`).
-    if rule.cap and _over_cap(
+    # exactly when some span of the window that holds this one would then hold more than `max`: with at most
+    # 2 an hour, decisions at 0 and 90 minutes leave room for one at 45, as in-order arrival would have it.
+    if rule.cap and not has_room(
         judge.history.decided_between(profile_id, rule.id, decided_at - rule.cap.within, decided_at + rule.cap.within),
-        decided_at, rule.cap,
+        decided_at, rule.cap.max, period=rule.cap.within,
     ):
         status = "capped"
         evidence["cap"] = {"max": rule.cap.max, "within_seconds": rule.cap.within.total_seconds()}
@@ -235,20 +236,6 @@ def _decide(rule: RuleSpec, judge: "_Judge", touchpoint: Touchpoint, profile_id:
         status=status,
         urgency=rule.urgency,
     )
-
-
-def _over_cap(times: Sequence[datetime], at: datetime, cap: Cap) -> bool:
-    """Whether a decision at `at` would make some span of `cap.within` that holds it hold more than `cap.max`
-    fired decisions, counting the rule's others made at `times`.
-
-    Spans, not a count of both sides: with at most 2 an hour, decisions at 0
-    and 90 minutes leave room for one at 45, as in-order arrival would have
-    it. A fullest span starts at one of its decisions, so trying those from
-    this one back is enough; times outside (at - within, at + within) change
-    nothing.
-    """
-    starts = [at, *(time for time in times if at - cap.within < time <= at)]
-    return any(1 + sum(start <= time < start + cap.within for time in times) > cap.max for start in starts)
 
 
 def _action(spec: ActionSpec) -> Action:

@@ -230,7 +230,7 @@ def test_on_postgresql_an_order_ingest_commits_while_the_pipeline_waits_for_the_
 ) -> None:
     """PostgreSQL's write transactions take no lock: the batch waits on the profiles lock. Read before it, the
     clock let an order committed during that wait neither be claimed nor hold back the overdue cart timer."""
-    from hub.store import sql
+    from hub import identity_epoch
 
     hub = Hub(make_settings(tmp_path, quiet_hours="", database_url=database_url))
     identify = message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=(NOW - timedelta(days=1)).isoformat())
@@ -238,15 +238,15 @@ def test_on_postgresql_an_order_ingest_commits_while_the_pipeline_waits_for_the_
     order = message(userId="amy", event="Order Completed", timestamp=(NOW - timedelta(minutes=2, seconds=50)).isoformat())
     with hub.store.write() as connection:
         inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in (identify, cart)], utcnow())
-    real_lock = sql.lock_profiles
+    real_lock = identity_epoch.lock_profiles
 
     def lock_after_an_ingest(connection: Any) -> None:
-        monkeypatch.setattr(sql, "lock_profiles", real_lock)
+        monkeypatch.setattr(identity_epoch, "lock_profiles", real_lock)
         with hub.store.write() as other:  # the order's ingest commits while this batch waits for the lock
             inbox.append(other, [RawEvent("default", order["messageId"], order)], utcnow())
         real_lock(connection)
 
-    monkeypatch.setattr(sql, "lock_profiles", lock_after_an_ingest)
+    monkeypatch.setattr(identity_epoch, "lock_profiles", lock_after_an_ingest)
     hub.pipeline.run_once()
     hub.timers.run_once()
     with hub.store.read() as connection:

@@ -23,7 +23,7 @@ from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes
 
 PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
-_PINNED_STAMP = PINNED.isoformat()
+PINNED_STAMP = PINNED.isoformat()
 
 
 class Word(NamedTuple):
@@ -62,9 +62,7 @@ def said(traits: Traits, channel: str, word: Word) -> Traits:
     """
     key = opt_out_trait(channel)
     if not word.granted:
-        values, times = dict(traits[0]), dict(traits[1])
-        values[key], times[key] = True, _PINNED_STAMP
-        return values, times
+        return newest_traits(traits, stamped_traits({key: True}, PINNED))
     values, times = _unpinned(traits, [channel])
     granted: dict[str, Any] = {key: False}
     if isinstance(values.get("consent"), dict) and channel in values["consent"]:
@@ -112,7 +110,7 @@ def _unpinned(traits: Traits, channels: Iterable[str]) -> Traits:
     """A copy of `traits` without what providers pinned for these channels."""
     values, times = dict(traits[0]), dict(traits[1])
     for key in map(opt_out_trait, channels):
-        if times.get(key) == _PINNED_STAMP:
+        if times.get(key) == PINNED_STAMP:
             del values[key], times[key]
     return values, times
 
