@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from hub.store import Store
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import counts, live_profile_id, profile_view
 from hub.store.schema import identity_events, profiles
+from hub.store.traits import newest_traits, part_time_key, stamped_traits
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -105,6 +108,22 @@ def test_traits_are_last_write_wins_by_event_time_not_arrival(store: Store) -> N
     with store.read() as connection:
         view = profile_view(connection, late_arrival.profile_id)
     assert view is not None and view["traits"] == {"plan": "pro", "age": 30}
+
+
+def test_each_part_of_consent_keeps_its_own_time_whatever_the_arrival_order() -> None:
+    """`consent: {sms: false}`, then START for SMS, then `consent: {email: true}`: SMS is granted, in any order,
+    though the object was last touched after the START."""
+    said = [
+        stamped_traits({"consent": {"sms": False}}, T0),
+        stamped_traits({"consent": {"sms": True}}, T0 + timedelta(minutes=10)),
+        stamped_traits({"consent": {"email": True}}, T0 + timedelta(minutes=30)),
+    ]
+    for order in itertools.permutations(said):
+        traits = functools.reduce(newest_traits, order, ({}, {}))
+        assert traits[0] == {"consent": {"sms": True, "email": True}}, order
+        assert traits[1][part_time_key("consent", "sms")] == (T0 + timedelta(minutes=10)).isoformat()
+    replaced = newest_traits(traits, stamped_traits({"consent": "none"}, T0 + timedelta(hours=1)))
+    assert replaced == ({"consent": "none"}, {"consent": (T0 + timedelta(hours=1)).isoformat()})  # no stale part times
 
 
 def test_chain_of_merges_leaves_every_old_id_one_hop_from_the_survivor(store: Store) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from hub.consent import set_consent, set_consent_by_identifier
+from hub.consent import consent_revoked, set_consent, set_consent_by_identifier
 from hub.errors import ConfigError, ForgottenIdentityError, IdentityRepairError
 from hub.identity import resolve
 from hub.model import Delivery, Identifier, PlannedDelivery, RawEvent, Touchpoint, derived_id
@@ -380,3 +380,19 @@ def test_a_start_pinned_before_grants_kept_their_time_no_longer_outranks_a_later
         SqlIdentityGraph(connection).update_traits(ana, {"sms_opt_out": True}, T0 + timedelta(days=3))
         traits = {profile_id: SqlIdentityGraph(connection).traits(profile_id) for profile_id in (ana, bo)}
     assert traits == {ana: {"name": "Ana", "sms_opt_out": True}, bo: {"sms_opt_out": True}}
+
+
+def test_an_unmerge_keeps_a_start_over_consent_sms_false_when_another_channel_changed_since(store: Store) -> None:
+    """The consent object's parts keep their own times: a later `consent.email` does not outrank the START."""
+    ana = ingest(store, 1, ("email", "ana@x.io"), ("phone", "+14155550101"), traits={"consent": {"sms": False}})
+    bo = ingest(store, 2, ("email", "bo@x.io"))
+    with store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("phone", "+14155550101"), "sms", True, T0 + timedelta(minutes=10), "recipient keyword")
+    ingest(store, 30, ("email", "ana@x.io"), traits={"consent": {"email": True}})
+    ingest(store, 40, ("email", "ana@x.io"), ("email", "bo@x.io"))  # a bad link merges Bo in
+    with store.write() as connection:
+        unmerge(connection, ana, bo, T0 + timedelta(hours=1))
+    with store.read() as connection:
+        traits = profile_view(connection, ana)["traits"]
+    assert traits["consent"] == {"sms": True, "email": True}
+    assert not consent_revoked(traits, "sms")  # Ana keeps the phone she said START through

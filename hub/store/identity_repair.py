@@ -29,7 +29,7 @@ from hub.store import consent_changes
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import live_profile_id
-from hub.store.traits import newest_traits, stamped_traits
+from hub.store.traits import newest_traits, stamped_traits, with_part_times
 from hub.store.schema import (
     attempts,
     decisions,
@@ -149,7 +149,7 @@ def _rebuild_traits(connection: Connection, live_id: str, restored_id: str, move
     remaining = _traits_from_touchpoints(connection, live_id)
     from_touchpoints = set(restored[0]) | set(remaining[0])
     kept_keys = [k for k in current.traits if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP]
-    kept = ({k: current.traits[k] for k in kept_keys}, {k: current.trait_times[k] for k in kept_keys})
+    kept = ({k: current.traits[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
     said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved)
     kept = consent_changes.pinned(kept, said_by_survivor, gone=said_by_restored.keys() - said_by_survivor.keys())
     survivor = consent_changes.pinned(newest_traits(kept, remaining), said_by_survivor)
