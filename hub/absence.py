@@ -46,6 +46,14 @@ log = structlog.get_logger(__name__)
 
 CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pipeline has seen its possible follow-ups
 RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings forward after a rule edit
+# A timer whose rule this worker does not have in force (or no longer starting a wait after its event) may have
+# been armed by a node that already runs an edit this one has not loaded: rules are files on each machine, and a
+# rollout reaches them one by one. Until its anchor is `RULE_ROLLOUT` old, such a timer is looked at again
+# instead of lapsing for good, each time after as long again as its age (at least `RULE_ROLLOUT_RECHECK`): a few
+# looks per timer, even when ops turn off a rule with many waiting. After that this worker's rules are taken
+# as the cluster's.
+RULE_ROLLOUT = timedelta(minutes=15)
+RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,12 +255,16 @@ class TimerEngine:
         later: list[DueTimer] = []
         lengthened: list[tuple[str, datetime]] = []
         profiles: set[str] = set()
-        rules = {rule_id: self.rulebook.get(rule_id) for rule_id in {timer.rule_id for timer in due}}
+        rules = self._rules_of(due)
         for timer in sorted(due, key=lambda timer: _firing_order(timer, rules[timer.rule_id])):
             rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
-            if (lapsed := _lapsed(rule, anchor, profile)) is not None:
-                settled.append(Settlement.ended(timer.timer_id, WaitEnded("lapsed", lapsed)))
+            gone = _gone(anchor, profile)
+            ruled_out = None if gone else self._ruled_out(timer.rule_id, rule, anchor, profile)
+            if ruled_out is not None and (age := now - timer.anchor_at) < RULE_ROLLOUT:  # held, looked at again
+                lengthened.append((timer.timer_id, now + max(age, RULE_ROLLOUT_RECHECK)))
+            elif gone or ruled_out:
+                settled.append(Settlement.ended(timer.timer_id, WaitEnded("lapsed", gone or ruled_out)))
             elif (due_at := timer.anchor_at + rule.absence.within) > now:
                 lengthened.append((timer.timer_id, due_at))
             elif profile["profile_id"] in profiles:
@@ -262,6 +274,22 @@ class TimerEngine:
                 firings.append(_Firing(replace(timer, due_at=due_at), rule, anchor, profile))
         timers.wait_until(connection, lengthened)
         return firings, later
+
+    def _ruled_out(self, rule_id: str, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any]) -> str | None:
+        """Why this worker's rules no longer fire a timer of `rule_id` armed by `anchor`, if they do not."""
+        if rule is None:
+            return self.rulebook.not_in_force(rule_id)
+        if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
+            return "the edited rule no longer waits after this event"
+        return None
+
+    def _rules_of(self, due: Sequence[DueTimer]) -> dict[str, RuleSpec | None]:
+        """The rule in force of each timer's rule id, the file looked at again first if one is missing: another
+        process's pipeline may have armed it under an edit this worker's next look would find."""
+        rule_ids = {timer.rule_id for timer in due}
+        if any(self.rulebook.get(rule_id) is None for rule_id in rule_ids):
+            self.rulebook.reload_if_changed()
+        return {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
 
     def _history(self, connection: Connection, firings: list[_Firing]) -> History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the
@@ -281,16 +309,12 @@ class TimerEngine:
         )
 
 
-def _lapsed(rule: RuleSpec | None, anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | None:
-    """Why a due timer can no longer be decided, if it cannot: what it was armed for is gone or changed."""
-    if rule is None:
-        return "rule removed or disabled"  # the rule book keeps neither
+def _gone(anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | None:
+    """Why a due timer can no longer be decided whatever the rules say, if it cannot."""
     if anchor is None:
         return "the event that started the wait is gone"
     if profile is None:
         return "profile gone"
-    if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
-        return "the edited rule no longer waits after this event"
     return None
 
 

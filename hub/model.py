@@ -194,7 +194,7 @@ class WaitEnded:
     """How an absence timer's wait ended without a decision, and why in a few words.
 
     The reason is kept on the timer row and logged, so ops asking why
-    someone never got a nudge read "rule removed or disabled" or "the
+    someone never got a nudge read "rule disabled (enabled: false)" or "the
     follow-up came" instead of replaying the rules. `failed`: firing it
     raised every time (the reason is the last error).
     """

@@ -15,7 +15,7 @@ from pathlib import Path
 import structlog
 
 from hub.errors import ConfigError
-from hub.rules import RuleSpec, load_rules
+from hub.rules import RuleSpec, load_rule_file
 from hub.rule_events import Rejudged, RuleIndex
 
 log = structlog.get_logger(__name__)
@@ -29,7 +29,7 @@ class RuleBook:
         self._recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
         self._stamp = self._file_stamp()
-        self._take(self._load())
+        self._take(*self._load())
         self._checked_at = time.monotonic()
         self.last_error: list[str] = []
 
@@ -62,24 +62,32 @@ class RuleBook:
                 return False
             self._stamp = stamp
             try:
-                rules = self._load()
+                rules, disabled = self._load()
             except ConfigError as exc:
                 self.last_error = exc.problems
                 log.error("trigger rules edit refused; the last good rules stay in force", problems=exc.problems)
                 return False
-            self._take(rules)
+            self._take(rules, disabled)
             self.last_error = []
             log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
             return True
 
-    def _take(self, rules: list[RuleSpec]) -> None:
+    def not_in_force(self, rule_id: str) -> str:
+        """Why a rule id names no rule in force, in the words a timer or decision keeps."""
+        self.current()
+        return "rule disabled (enabled: false)" if rule_id in self._disabled else "rule removed from triggers.yaml"
+
+    def _take(self, rules: list[RuleSpec], disabled: frozenset[str]) -> None:
         """Put rules in force with what is derived from them once, not per event."""
         self._rules, self._by_id, self._index = rules, {rule.id: rule for rule in rules}, RuleIndex(rules)
+        self._disabled = disabled
 
-    def _load(self) -> list[RuleSpec]:
-        rules = load_rules(self.path)
+    def _load(self) -> tuple[list[RuleSpec], frozenset[str]]:
+        """The rules in force, and the ids of those the file turns off."""
+        every = load_rule_file(self.path).rules
+        rules = [rule for rule in every if rule.enabled]
         self._check(rules)
-        return rules
+        return rules, frozenset(rule.id for rule in every if not rule.enabled)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:

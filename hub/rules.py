@@ -391,5 +391,11 @@ class RuleFile(_Strict):
         return sorted(rules, key=lambda rule: -rule.priority)
 
 
+def load_rule_file(path: Path) -> RuleFile:
+    """Every rule in the file, those with `enabled: false` included."""
+    return load_model(path, RuleFile)
+
+
 def load_rules(path: Path) -> list[RuleSpec]:
-    return [rule for rule in load_model(path, RuleFile).rules if rule.enabled]
+    """The rules the file puts in force."""
+    return [rule for rule in load_rule_file(path).rules if rule.enabled]

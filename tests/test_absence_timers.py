@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import Connection, event, select
 
 from hub import identity, triggers
+from hub.absence import RULE_ROLLOUT
 from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id, ordered_id
 from hub.runtime import Hub
@@ -194,13 +195,20 @@ def test_a_timer_with_no_action_left_for_its_anchor_lapses_and_is_not_called_can
     assert timer_statuses(hub) == ["lapsed"]
 
 
-def test_a_timer_of_a_rule_removed_since_lapses_without_deciding(tmp_path: Path) -> None:
+def test_a_timer_of_a_rule_removed_since_lapses_without_deciding_once_a_rollout_would_have_reached_this_node(
+    tmp_path: Path
+) -> None:
+    """Until then it is held: the rule may be one another node runs and this one has not loaded yet."""
     hub = hub_on(tmp_path)
     accept(hub, *cart_then())
     with hub.store.write() as connection:
         connection.execute(timers_table.update().values(rule_id="rule_deleted_since"))
     assert hub.timers.run_once() == 1
+    assert timer_statuses(hub) == ["pending"]
+    assert hub.timers.run_once(utcnow() + RULE_ROLLOUT) == 1
     assert timer_statuses(hub) == ["lapsed"]
+    with hub.store.read() as connection:
+        assert decisions.search(connection, limit=10) == []
 
 
 def carts_of(*names: str) -> list[dict]:

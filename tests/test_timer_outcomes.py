@@ -14,6 +14,7 @@ from sqlalchemy import insert, select
 from structlog.testing import capture_logs
 
 from hub import stats, triggers
+from hub.absence import RULE_ROLLOUT
 from hub.clock import utcnow
 from hub.model import WaitEnded, derived_id
 from hub.runtime import Hub
@@ -64,7 +65,8 @@ def decision_statuses(hub: Hub, now: datetime) -> list[str]:
 
 @pytest.mark.parametrize(("edited", "reason"), [
     pytest.param(NUDGE.replace("  - id: order_nudge\n", "  - id: order_nudge\n    enabled: false\n"),
-                 "rule removed or disabled", id="disabled"),
+                 "rule disabled (enabled: false)", id="disabled"),
+    pytest.param(NUDGE.replace("  - id: order_nudge\n", "  - id: other_nudge\n"), "rule removed from triggers.yaml", id="removed"),
     pytest.param(NUDGE.replace("[Cart Viewed, Product Added]", "Product Added"),
                  "the edited rule no longer waits after this event", id="after narrowed"),
     pytest.param(NO_TICKET_SINCE_YESTERDAY,
@@ -83,8 +85,14 @@ def test_a_lapsed_timer_says_why_on_its_row_in_the_log_the_metrics_and_the_stats
            message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
     reload_rules(hub, tmp_path / "mappings" / "triggers.yaml", edited)
     before = settled("order_nudge", "lapsed")
+    at = utcnow()
+    if not reason.startswith(("fire-time", "no action")):  # this node's rules alone rule it out: held for a rollout
+        assert hub.timers.run_once(at) == 1
+        [timer] = timer_rows(hub)
+        assert (timer["status"], timer["due_at"]) == ("pending", at + (at - timer["anchor_at"]))  # again when twice as old
+        at += RULE_ROLLOUT
     with capture_logs() as logs:
-        assert hub.timers.run_once() == 1
+        assert hub.timers.run_once(at) == 1
     [timer] = timer_rows(hub)
     assert (timer["status"], timer["reason"]) == ("lapsed", reason)
     assert {"event": "timer ended without firing", "log_level": "info", "timer_id": timer["timer_id"], "rule": "order_nudge",
@@ -306,3 +314,21 @@ def test_one_event_ends_only_the_waits_still_running_by_each_rules_own_wait(tmp_
         statuses = dict(connection.execute(select(timers_table.c.rule_id, timers_table.c.status)).all())
     store.dispose()
     assert statuses == {"short": "pending", "long_a": "cancelled", "long_b": "cancelled"}
+
+
+def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_once_it_has(tmp_path: Path) -> None:
+    """Rules are files on each machine, and a rollout reaches them one by one: node B, still on the old file,
+    claims the timer node A armed under the new rule. It must not lapse it for good, but fire it once it has the
+    rule."""
+    database_url = f"sqlite:///{tmp_path}/shared.db"
+    new = hub_on(tmp_path / "a", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "a", NUDGE))
+    old = hub_on(tmp_path / "b", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "b", "rules: []\n"))
+    accept(new, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
+    at = utcnow()
+    assert old.timers.run_once(at) == 1
+    [timer] = timer_rows(old)
+    assert timer["status"] == "pending" and timer["due_at"] > at  # held, not lapsed
+    reload_rules(old, tmp_path / "b" / "mappings" / "triggers.yaml", NUDGE)  # the rollout reaches B
+    assert old.timers.run_once(timer["due_at"]) == 1
+    assert timer_statuses(old) == ["fired"]
+    assert [decision["rule_id"] for decision in nudges(old)] == ["order_nudge"]
