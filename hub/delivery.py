@@ -64,6 +64,7 @@ from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
 from hub.store import Store, outbox
 from hub.store.outbox import AttemptRecord
+from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -202,6 +203,11 @@ class DeliveryEngine:
     def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
         """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
         now = utcnow()
+        if any(outcome.revokes_consent for outcome in outcomes):
+            # Consent is a profile change: its lock before this batch's delivery rows, in the pipeline's order
+            # (it holds the lock while a merge repoints deliveries). The other order deadlocks on PostgreSQL, and
+            # the rolled-back batch is sent again once its lease runs out.
+            lock_profiles(connection)
         outbox.record_attempts(connection, [
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])

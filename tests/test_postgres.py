@@ -10,17 +10,24 @@ events at once (tests/test_identity_properties.py).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Connection
 
-from hub.model import PlannedDelivery, RawEvent
+from connectors.sandbox.providers import SandboxProviders
+from hub import identity
+from hub.consent import consent_revoked
+from hub.model import Identifier, PlannedDelivery, RawEvent
 from hub.store import Store, inbox, outbox, timers
-from tests.conftest import RunningHub, support_ticket
+from hub.store.profile_views import find_profile_id, profile_view
+from tests.conftest import RunningHub, message, support_ticket
+from tests.test_absence_timers import accept, hub_on
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
@@ -107,3 +114,55 @@ def test_two_timer_workers_noting_the_waits_at_once_both_succeed(store: Store) -
     with store.read() as connection:
         assert timers.noted_waits(connection) == {"cart_abandonment": timedelta(minutes=5)}
 
+
+
+def test_a_refusal_recorded_while_another_node_merges_the_person_sends_each_message_once(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twilio refuses the SMS (the number texted STOP: 21610) while a pipeline node merges the buyer into their
+    older profile. Recording the refusal revokes consent, a profile change: taken after the batch's delivery
+    rows, its lock deadlocked with the merge (which holds it and repoints deliveries), the batch rolled back, and
+    the email and CRM task went again when their lease ran out.
+
+    Hooks force the interleaving only: the merge waits until the delivery node begins to record."""
+    phone, now = "+14155550177", datetime.now(timezone.utc)
+    overrides = {**sandbox.settings_overrides(), "database_url": database_url, "lease_seconds": 2}
+    pipeline_node, delivery_node = (hub_on(tmp_path / name, **overrides) for name in ("a", "b"))
+    sandbox.twilio.unsubscribed.add(phone)
+    buyer = {"userId": "buyer-1", "context": {"traits": {"phone": phone, "email": "buyer@example.com"}}}
+    accept(pipeline_node, message("page", anonymousId="anon-old", name="Home", timestamp=(now - timedelta(days=3)).isoformat()),
+           message(event="Order Completed", **buyer, timestamp=(now - timedelta(days=1)).isoformat()),
+           message(event="Ticket Submitted", **buyer, timestamp=now.isoformat()))
+    with pipeline_node.store.write() as connection:  # the old device logs in: the next batch merges
+        login = message("identify", userId="buyer-1", anonymousId="anon-old", timestamp=now.isoformat())
+        inbox.append(connection, [RawEvent("default", login["messageId"], login)], now)
+
+    recording, merging = threading.Event(), threading.Event()
+    record, resolve = delivery_node.delivery._record, identity.resolve
+
+    def record_signalled(*args: Any) -> None:
+        recording.set()
+        record(*args)
+
+    def resolve_once_recording(*args: Any, **kwargs: Any) -> Any:
+        merging.set()
+        recording.wait(10)
+        time.sleep(0.3)  # the delivery node is inside its record transaction by now
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(delivery_node.delivery, "_record", record_signalled)
+    monkeypatch.setattr(identity, "resolve", resolve_once_recording)
+    with ThreadPoolExecutor(1) as pool:
+        delivering = pool.submit(lambda: merging.wait(10) and [delivery_node.delivery.run_once() for _ in range(5)])
+        pipeline_node.pipeline.run_once()
+        delivering.result(timeout=30)  # a deadlock victim raises here
+    monkeypatch.undo()
+    time.sleep(2.5)  # any rows whose record was lost come back after their lease
+    while delivery_node.delivery.run_once():
+        pass
+    assert (len(sandbox.smtp.received), len(sandbox.salesforce.records("Task"))) == (1, 1)
+    with delivery_node.store.read() as connection:
+        buyer_id = find_profile_id(connection, Identifier("phone", phone))
+        assert buyer_id is not None and consent_revoked(profile_view(connection, buyer_id)["traits"], "sms")
+    for node in (pipeline_node, delivery_node):
+        node.store.dispose()
