@@ -54,6 +54,9 @@ RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings for
 # as the cluster's.
 RULE_ROLLOUT = timedelta(minutes=15)
 RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
+# After an edit shortened a wait, when its rule's timers are looked at again for ones armed, or sent back, on the
+# old wait by nodes the edit had not reached (each look walks the pending timers: under a second at 1M).
+LOOKS_AGAIN_AFTER = (timedelta(minutes=1), timedelta(minutes=5), RULE_ROLLOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,11 +107,13 @@ class TimerEngine:
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
         self._rules_seen: object = None
+        self._waits_seen: dict[str, timedelta] = {}
+        self._looks_again: list[tuple[datetime, dict[str, timedelta]]] = []  # (when, shortened waits), soonest first
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         now = now or utcnow()
-        self._follow_shortened_waits()
+        self._follow_shortened_waits(now)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
@@ -137,35 +142,49 @@ class TimerEngine:
             self._deliveries_planned()
         return len(due)
 
-    def _follow_shortened_waits(self) -> None:
+    def _follow_shortened_waits(self, now: datetime) -> None:
         """After an edit that shortens a rule's wait, bring its pending timers' due times forward to it.
 
         A timer is judged by the rule in force when it is claimed, but it is
         claimed by its stored due time: shortened from 30 minutes to 2, it
         would have waited the 30, and a follow-up in between cancelled a nudge
         the rule now sends. (A longer wait needs nothing here: the claim sends
-        the timer back.) The waits are compared with those noted in the store,
-        not in this worker, so an edit made while no timer worker ran is found
-        by the next to start. A rule no worker has noted (added while none
-        ran) may have been shortened since its first timers were armed, so
-        its timers are compared too. The waits only pick the rules to look
-        at: each of their pending timers is judged by its own anchor and the
-        wait in force. They are noted after the timers are moved: a crash in
-        between moves them again, which changes nothing.
+        the timer back.) The waits are compared with those noted in the store
+        and with this worker's own before the edit: an edit made while no
+        timer worker ran is found by the next to start, and a node the edit
+        reaches after another still brings forward what it armed meanwhile.
+        A rule no worker has noted (added while none ran) may have been
+        shortened since its first timers were armed, so its timers are
+        compared too. Nodes that had not loaded the edit yet may still arm
+        timers on the old wait, or send brought-forward ones back to it, so
+        the shortened rules are looked at again over `RULE_ROLLOUT`
+        (`LOOKS_AGAIN_AFTER`). The waits only pick the rules to look at: each
+        of their pending timers is judged by its own anchor and the wait in
+        force. They are noted after the timers are moved: a crash in between
+        moves them again, which changes nothing.
         """
         rules = self.rulebook.current()
-        if rules is self._rules_seen:  # each run: unchanged rules cost one comparison
-            return
+        if rules is not self._rules_seen:  # each run: unchanged rules cost one comparison
+            self._rules_changed(rules, now)
+        while self._looks_again and self._looks_again[0][0] <= now:
+            self._bring_forward(self._looks_again.pop(0)[1])
+
+    def _rules_changed(self, rules: list[RuleSpec], now: datetime) -> None:
         waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
         with self.store.read() as connection:
             noted = timers.noted_waits(connection)
-        maybe_shortened = {rule_id: wait for rule_id, wait in waits.items() if rule_id not in noted or wait < noted[rule_id]}
+        maybe_shortened = {
+            rule_id: wait for rule_id, wait in waits.items()
+            if rule_id not in noted or wait < noted[rule_id] or wait < self._waits_seen.get(rule_id, wait)
+        }
         if maybe_shortened:
             self._bring_forward(maybe_shortened)
+            self._looks_again = sorted(self._looks_again + [(now + after, maybe_shortened) for after in LOOKS_AGAIN_AFTER],
+                                       key=lambda look: look[0])
         if any(noted.get(rule_id) != wait for rule_id, wait in waits.items()):
             with self.store.write() as connection:
                 timers.note_waits(connection, waits)
-        self._rules_seen = rules
+        self._rules_seen, self._waits_seen = rules, waits
 
     def _bring_forward(self, waits: dict[str, timedelta]) -> None:
         """These rules' pending timers due later than their anchor plus their rule's wait, due then instead."""
@@ -178,8 +197,10 @@ class TimerEngine:
             log.info("timers brought forward to a shortened wait", rules=sorted(waits), timers=len(earlier))
 
     def next_due(self) -> datetime | None:
-        """When the next timer comes due, as the last `run_once` read it: until then its worker may nap."""
-        return self._next_due
+        """When the next timer comes due, as the last `run_once` read it, or this worker looks again at shortened
+        waits, if sooner: until then its worker may nap."""
+        looks_again = self._looks_again[0][0] if self._looks_again else None
+        return min(filter(None, (self._next_due, looks_again)), default=None)
 
     def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> _Outcome:
         """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease

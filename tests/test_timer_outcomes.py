@@ -332,3 +332,33 @@ def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_on
     assert old.timers.run_once(timer["due_at"]) == 1
     assert timer_statuses(old) == ["fired"]
     assert [decision["rule_id"] for decision in nudges(old)] == ["order_nudge"]
+
+
+@pytest.mark.parametrize("stale", ["pipeline", "timer worker"])
+def test_a_shortened_wait_reaches_timers_a_node_without_the_edit_armed_or_sent_back_on_the_old_wait(
+    tmp_path: Path, stale: str
+) -> None:
+    """Ops cut the wait from 30 minutes to 2. Node A has the edit; node B, still on the old file, arms a cart's
+    timer on the old wait, or claims one A brought forward and sends it back to the old wait. A looks at the
+    shortened rule's timers again, so the cart is nudged when the rule in force says, not 28 minutes late."""
+    database_url = f"sqlite:///{tmp_path}/shared.db"
+    a = hub_on(tmp_path / "a", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "a", ORDER_NUDGE.replace("WAIT", "30m")))
+    b = hub_on(tmp_path / "b", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "b", ORDER_NUDGE.replace("WAIT", "30m")))
+    cart = message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3))
+    if stale == "timer worker":
+        accept(a, AMY, cart)
+    assert a.timers.run_once() == b.timers.run_once() == 0  # both have noted the 30-minute wait
+    reload_rules(a, tmp_path / "a" / "mappings" / "triggers.yaml", NUDGE)
+    edited = utcnow()
+    if stale == "pipeline":
+        assert a.timers.run_once(edited) == 0  # nothing armed yet to bring forward
+        accept(b, AMY, cart)
+    else:
+        a.timers._follow_shortened_waits(edited)  # the first half of A's run: the timer brought forward ...
+        assert b.timers.run_once(edited) == 1  # ... and B's worker claims it first: back to the old wait
+        [timer] = timer_rows(a)
+        assert timer["due_at"] - timer["anchor_at"] == timedelta(minutes=30)
+    assert timer_statuses(a) == ["pending"]
+    assert a.timers.next_due() <= edited + timedelta(minutes=1)  # A's worker wakes for its next look
+    assert a.timers.run_once(edited + timedelta(minutes=1)) == 1
+    assert timer_statuses(a) == ["fired"]
