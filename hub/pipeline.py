@@ -13,11 +13,13 @@ to deterministic ids.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
+from functools import partial
 from itertools import chain
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection
@@ -28,7 +30,7 @@ from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, Mappin
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
-from hub.model import RawEvent
+from hub.model import Decision, RawEvent, Resolution, Touchpoint
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
@@ -37,6 +39,8 @@ from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
 log = structlog.get_logger(__name__)
+
+MAX_TIME = datetime.max.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -194,10 +198,37 @@ class Pipeline:
                 triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
                     touchpoint, resolution.profile_id, rejudged, history, lambda ids: touchpoints.get_many(connection, ids), traits,
                 ),
+                self._judged_again_after_merge(connection, touchpoint, resolution, traits),
             )
             for at, decision in decided:  # each recorded before the next is judged (rejudge) or routed (daily cap)
                 routed = self.responder.route(connection, decision, at.as_document(), now)
                 outcome.recorded += self.responder.record(connection, [routed], now)
+
+    def _judged_again_after_merge(
+        self, connection: Connection, touchpoint: Touchpoint, resolution: Resolution, traits: MappingType[str, Any]
+    ) -> Iterator[tuple[Touchpoint, Decision]]:
+        """Decisions a merge makes hold: each of the merged profile's events a rule's `recent` looks for, taken as
+        evidence come late for the events on the other side (`triggers.rejudge`).
+
+        A merge is evidence arriving late in a body: Sam bought on the phone
+        before logging in there, and opened a ticket on the web; when the
+        phone's login is taken in after the ticket, the order joins Sam's
+        profile only then. Taken in the order they happened, the ticket
+        finds the order. Every event the rules look for since their longest
+        window before the merging event is judged again (both sides', since
+        the merge cannot tell them apart now); decisions already made keep
+        their ids, so none is made twice. Only merges pay for this.
+        """
+        within = self.rulebook.longest_evidence_window()
+        if not resolution.merged_profile_ids or within is None:
+            return
+        stored = partial(touchpoints.get_many, connection)
+        history = StoreHistory(connection)
+        since = touchpoint.occurred_at - within
+        found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, MAX_TIME, None)])
+        for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
+            rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
+            yield from triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits)
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")

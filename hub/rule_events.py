@@ -55,6 +55,10 @@ class RuleIndex:
                     rejudged.setdefault(name, []).append(entry)
         self._rejudged = {name: tuple(entries) for name, entries in rejudged.items()}
         self._rejudged_by_kind = tuple(by_kind)
+        self.longest_evidence_window = max(
+            (entry.within for entry in (*(e for es in self._rejudged.values() for e in es), *(e for _, e in by_kind))),
+            default=None,
+        )
 
     def for_event(self, event: str) -> tuple[RuleSpec, ...]:
         return self._by_event.get(event, self._unpinned)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,6 +49,11 @@ class RuleBook:
         """The rules in force a late event of this name (stage, moment) may make hold at events stored before it."""
         self.current()
         return self._index.rejudged_by(event, stage, moment)
+
+    def longest_evidence_window(self) -> timedelta | None:
+        """How far back any rule's `recent` looks for evidence (`rejudged_by`), if any does."""
+        self.current()
+        return self._index.longest_evidence_window
 
     def get(self, rule_id: str) -> RuleSpec | None:
         self.current()

@@ -133,3 +133,30 @@ def test_a_late_order_that_qualifies_two_tickets_sends_what_in_order_arrival_wou
     twice = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
     assert sorted(d["status"] for d in twice) == ["capped", "fired", "fired"]
 
+
+
+def test_a_login_taken_in_after_the_ticket_brings_the_phones_order_and_the_ticket_is_judged_again(
+    running_hub: RunningHub,
+) -> None:
+    """As above, but the phone's login (2 minutes ago) reaches the hub after the web ticket (1 minute ago): a
+    mobile SDK flushing late. The merge brings the order in only then, and judges the ticket again, as if they
+    had arrived in order; the merge of another device later changes nothing."""
+    running_hub.send(
+        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
+        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": "+14155550009"},
+                timestamp=at(hours=5)),
+        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=1)),
+    )
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+    running_hub.send(message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(minutes=2)))
+    running_hub.settle()
+    assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550009"]
+    [decision] = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
+    assert decision["evidence"]["judged_again_after"]["event"] == "Order Completed"
+    running_hub.send(message("page", anonymousId="tablet-session", name="Help", timestamp=at(seconds=40)))
+    running_hub.settle()
+    running_hub.send(message("identify", anonymousId="tablet-session", traits={"email": "sam@example.com"}, timestamp=at(seconds=30)))
+    running_hub.settle()
+    assert running_hub.admin("/api/stats")["merges"] == 2
+    assert len(running_hub.sandbox.twilio.messages) == 1 and decisions(running_hub) == {"post_purchase_support": 1}
