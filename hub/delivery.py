@@ -274,12 +274,13 @@ class DeliveryEngine:
         started_at = utcnow()
         clock = time.perf_counter()
         destination = self.destinations.get(delivery.destination_id)
-        request_summary = destination.request_summary(delivery) if destination else self._unsent_summary(delivery)
+        request_summary = self._unsent_summary(delivery)  # until the destination has summarised the request
         try:
             if destination is None:
                 raise AuthDeliveryError(
                     DeliveryFailure("config.unknown_destination", f"no destination {delivery.destination_id!r} is configured")
                 )
+            request_summary = _request_summary(destination, delivery)
             result = await destination.deliver_async(delivery)
         except DeliveryError as exc:
             if exc.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
@@ -356,6 +357,16 @@ class DeliveryEngine:
     async def _close_async(self) -> None:
         await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))
         await self._loop.shutdown_default_executor()
+
+
+def _request_summary(destination: Destination, delivery: Delivery) -> dict:
+    """The destination's summary of the request, its failure classified as a send's: a connector that cannot
+    summarise a delivery (content it did not expect) fails that delivery, where raising out of `attempt` failed
+    the record of every delivery in the batch, batch after batch."""
+    try:
+        return destination.request_summary(delivery)
+    except Exception as exc:
+        raise destination.classify(exc) from exc
 
 
 def _elapsed_ms(clock: float) -> float:

@@ -25,6 +25,7 @@ from typing import Protocol
 from hub.errors import ForgottenIdentityError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, RefusedLink, Resolution, Touchpoint
+from hub.store.identity_graph import identifier_digest
 
 # Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
 PREVIOUS_ID = "previous_id"
@@ -65,7 +66,7 @@ def resolve(
         return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
     unknown = [ident for ident in idents if ident not in known]
     blocked = graph.forgotten(unknown) if unknown else set()
-    refused = [RefusedLink(ident, None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
+    refused = [RefusedLink(_by_digest(ident), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
     rank = config.rank
     ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
     if not ordered:
@@ -129,6 +130,12 @@ def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequen
             ident = next((meaning for meaning in meanings if meaning in found), meanings[-1])
         idents[ident] = None
     return list(idents), {ident: found[ident] for ident in idents if ident in found}
+
+
+def _by_digest(ident: Identifier) -> Identifier:
+    """A forgotten identifier as a refusal names it: by the blocklist's digest, never by the value the person had
+    erased, which the audit trail would otherwise write back in plain text."""
+    return Identifier(ident.type, f"sha256:{identifier_digest(ident)}")
 
 
 def _rule_against(

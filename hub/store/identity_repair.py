@@ -10,22 +10,29 @@ event carrying the same bad link cannot merge them again. A touchpoint that
 carried identifiers of both sides (usually the one that made the bad link)
 stays with the survivor, and so does an identifier first seen after the merge:
 it joined the survivor, and nothing says which side it belongs to.
+What the two did to each other while one profile is undone too: a trait
+naming the other side's identifier is dropped, a timer the other side's event
+or nudge ended waits again, and a message still waiting to go to the other
+side's address is withdrawn.
 
 Forgetting erases identifiers, traits and the personal content of touchpoints,
 raw inbox payloads and delivery logs, keeping the rows themselves so counts
-(events per day, deliveries per channel) still add up.
+(events per day, deliveries per channel) still add up. Messages not yet sent
+to the person are withdrawn, and their identifiers are taken out of other
+people's touchpoints that carried them (a bad link an unmerge undid).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, select, update
+from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
-from hub.store import consent_changes
+from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import live_profile_id
@@ -45,9 +52,11 @@ from hub.store.schema import (
     touchpoints,
 )
 from hub.store.sql import insert_ignoring_conflicts, lock_profiles
+from hub.store.timers import ended_by, reopen
 
 UNMERGE_RULE = "unmerge requested by an operator"
-FORGOTTEN_TARGET = "(forgotten)"
+WITHDRAWN_IN_UNMERGE = "not sent: recipient left the profile in an unmerge"
+FORGOTTEN_REASON = "not sent: profile forgotten"
 
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
@@ -80,7 +89,10 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
         update(profiles).where(profiles.c.profile_id.in_(split - {merged_profile_id})).values(merged_into=merged_profile_id)
     )
     moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved))
-    _rebuild_traits(connection, live_id, merged_profile_id, moved, now)
+    held_by_survivor = _held_by(connection, live_id)
+    _rebuild_traits(connection, live_id, merged_profile_id, moved, held_by_survivor, now)
+    reopened = _reopen_timers_ended_across(connection, (live_id, merged_profile_id))
+    withdrawn = _withdraw_misaddressed(connection, {live_id: set(moved), merged_profile_id: held_by_survivor}, now)
     a, b = sorted((live_id, merged_profile_id))
     insert_ignoring_conflicts(connection, kept_apart, [{"profile_a": a, "profile_b": b, "since": now}], ["profile_a", "profile_b"])
     connection.execute(
@@ -94,6 +106,8 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
         "restored_profile_id": merged_profile_id,
         "identifiers": [[i.type, i.value] for i in moved],
         "touchpoints": moved_touchpoints,
+        "timers_reopened": reopened,
+        "deliveries_withdrawn": withdrawn,
     }
 
 
@@ -141,14 +155,27 @@ def _reattribute_touchpoints(connection: Connection, live_id: str, restored_id: 
     return len(following)
 
 
-def _rebuild_traits(connection: Connection, live_id: str, restored_id: str, moved: list[Identifier], now: datetime) -> None:
+def _rebuild_traits(
+    connection: Connection, live_id: str, restored_id: str, moved: list[Identifier], held_by_survivor: set[Identifier],
+    now: datetime,
+) -> None:
     """Each side's traits from its own touchpoints, and each side's consent from what was said through its
-    identifiers; other traits no touchpoint set (written through the API) stay with the survivor."""
+    identifiers; other traits no touchpoint set (written through the API) stay with the survivor.
+
+    A trait naming an identifier the other side now holds is left out, so an
+    older value takes its place, or none: the touchpoint that made the bad
+    link stays with the survivor, and its `email` (the other person's, which
+    CRM templates write as `profile.email`) would otherwise be the newest.
+    """
     current = connection.execute(select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == live_id)).one()
-    restored = _traits_from_touchpoints(connection, restored_id)
-    remaining = _traits_from_touchpoints(connection, live_id)
+    moved_values = _values_of(moved)
+    restored = _traits_from_touchpoints(connection, restored_id, _values_of(held_by_survivor))
+    remaining = _traits_from_touchpoints(connection, live_id, moved_values)
     from_touchpoints = set(restored[0]) | set(remaining[0])
-    kept_keys = [k for k in current.traits if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP]
+    kept_keys = [
+        k for k in _without(current.traits, moved_values)
+        if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP
+    ]
     kept = ({k: current.traits[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
     said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved)
     kept = consent_changes.pinned(kept, said_by_survivor, gone=said_by_restored.keys() - said_by_survivor.keys())
@@ -160,7 +187,10 @@ def _rebuild_traits(connection: Connection, live_id: str, restored_id: str, move
         )
 
 
-def _traits_from_touchpoints(connection: Connection, profile_id: str) -> tuple[dict[str, Any], dict[str, str]]:
+def _traits_from_touchpoints(
+    connection: Connection, profile_id: str, foreign: set[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The profile's traits as its touchpoints set them, newest by event time, without the `foreign` values."""
     traits: tuple[dict[str, Any], dict[str, str]] = ({}, {})
     rows = connection.execute(
         select(touchpoints.c.traits, touchpoints.c.occurred_at)
@@ -168,8 +198,85 @@ def _traits_from_touchpoints(connection: Connection, profile_id: str) -> tuple[d
         .order_by(touchpoints.c.occurred_at)
     )
     for values, occurred_at in rows:
-        traits = newest_traits(traits, stamped_traits(values, occurred_at))
+        traits = newest_traits(traits, stamped_traits(_without(values, foreign), occurred_at))
     return traits
+
+
+def _values_of(held: Collection[Identifier]) -> set[str]:
+    """The identifiers' values as `_without` matches them (lowercase, in any case: an email as typed). A phone
+    written another way than E.164 in a trait is not matched, as `forget` does not match it either."""
+    return {identifier.value.lower() for identifier in held}
+
+
+def _held_by(connection: Connection, profile_id: str) -> set[Identifier]:
+    """The identifiers a profile holds now."""
+    return {
+        Identifier(type_, value)
+        for type_, value in connection.execute(
+            select(identifiers.c.type, identifiers.c.value).where(identifiers.c.profile_id == profile_id)
+        )
+    }
+
+
+def _reopen_timers_ended_across(connection: Connection, sides: tuple[str, str]) -> int:
+    """Reopen the timers of either side that an event or a nudge now on the other side ended while the two
+    were one profile (Amy's page view cancelling Bo's cart wait); returns how many.
+
+    Each is pending again, its own side's history alone to judge it: the
+    timer worker looks for the follow-up again by event time when it fires
+    (`triggers.evaluate_expired`, `timers.ended_by_neighbours`), so one
+    overdue fires at once, and one its own side's follow-up also came after
+    ends as before. The timers table keeps what ended a timer only in its
+    reason (`timers.ended_by`).
+    """
+    ended = connection.execute(
+        select(timers.c.timer_id, timers.c.profile_id, timers.c.reason)
+        .where(timers.c.profile_id.in_(sides), timers.c.status.in_(("cancelled", "superseded")))
+    ).all()
+    causes = {timer_id: (profile_id, cause) for timer_id, profile_id, reason in ended if (cause := ended_by(reason))}
+    owners = _owners(connection, [cause for _, cause in causes.values()], sides)
+    reopened = [
+        timer_id for timer_id, (profile_id, (_, cause_id)) in causes.items() if owners.get(cause_id, profile_id) != profile_id
+    ]
+    reopen(connection, reopened)
+    return len(reopened)
+
+
+def _owners(connection: Connection, causes: list[tuple[str, str]], sides: tuple[str, str]) -> dict[str, str]:
+    """Which of `sides` each ("touchpoint" | "decision", id) belongs to now, by id; those of neither left out."""
+    owners: dict[str, str] = {}
+    for kind, key, profile_id in (
+        ("touchpoint", touchpoints.c.touchpoint_id, touchpoints.c.profile_id),
+        ("decision", decisions.c.decision_id, decisions.c.profile_id),
+    ):
+        ids = {cause_id for cause_kind, cause_id in causes if cause_kind == kind}
+        if ids:
+            owners.update(connection.execute(select(key, profile_id).where(key.in_(ids), profile_id.in_(sides))).all())
+    return owners
+
+
+def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identifier]], now: datetime) -> int:
+    """Withdraw the messages of either side still waiting to go (held for quiet hours, delayed, retrying) that
+    are addressed to an identifier the other side now holds (`others`: profile id -> what the other side
+    holds); returns how many.
+
+    Routing picked the profile's newest address while the two were one, so
+    Amy's cart nudge may wait for the morning addressed to Bo's email. Such a
+    message is not sent rather than routed again: the decision was made on
+    the merged profile's history. A multicast's other `recipients` count too.
+    """
+    addresses = {profile_id: {identifier.value for identifier in held} for profile_id, held in others.items()}
+    waiting = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
+        .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(outbox.DUE_STATUSES))
+    ).all()
+    misaddressed = [
+        delivery_id for delivery_id, profile_id, target, content in waiting
+        if addresses[profile_id].intersection([target, *content.get("recipients", ())])
+    ]
+    if misaddressed:
+        outbox.withdraw(connection, misaddressed, now, WITHDRAWN_IN_UNMERGE)
+    return len(misaddressed)
 
 
 def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
@@ -198,17 +305,22 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
         .values(identifiers=[], properties={}, traits={}, context={})
     ).rowcount
     forget_inbox_payloads(connection, inbox_ids)
-    delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id == live_id)).scalars())
+    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
+    delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id.in_(ids))).scalars())
     connection.execute(
-        update(deliveries).where(deliveries.c.profile_id == live_id).values(target=FORGOTTEN_TARGET, content={}, last_error=None)
+        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
     )
+    _withdraw_unsent(connection, ids, now)
     connection.execute(
         update(attempts)
         .where(attempts.c.delivery_id.in_(delivery_ids))
         .values(request_summary={}, response_summary={}, error_message=None)
     )
     # Audit rows keep the fact of a merge or refusal, never the values that caused it.
-    connection.execute(update(merges).where(merges.c.survivor_id.in_(ids)).values(linking_identifiers=[]))
+    # Rows where the person is the merged side too: an unmerge split them off a survivor that is not forgotten.
+    connection.execute(
+        update(merges).where(or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))).values(linking_identifiers=[])
+    )
     connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
     connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
     consent_changes.forget(connection, ids)
@@ -220,6 +332,84 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
         )
     )
     return {"profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids)}
+
+
+def _carried_elsewhere(connection: Connection, profile_ids: list[str]) -> list[str]:
+    """Touchpoints of other people that carried these profiles' identifiers: the one that merged a profile into
+    a survivor (an unmerge leaves it with the survivor) and those whose link to one was refused (kept apart, a
+    limit). The audit trail names each, so none is looked for among all touchpoints."""
+    linked_by = select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)).union(
+        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids))
+    )
+    return list(connection.execute(
+        select(touchpoints.c.touchpoint_id)
+        .where(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.profile_id.not_in(profile_ids))
+    ).scalars())
+
+
+def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], erased: list[Identifier]) -> None:
+    """Take the erased identifiers out of other people's touchpoints that carried them, and their values out of
+    those touchpoints' fields and their owners' traits (which may have taken them from such a touchpoint).
+
+    The raw payloads of those events are dropped whole, as the person's own
+    are: a raw body holds the value as the sender wrote it, which may differ
+    from the normalized identifier. Fields are matched on the normalized value
+    in any case, so a phone number written another way there stays.
+    """
+    if not touchpoint_ids or not erased:
+        return
+    pairs = {(ident.type, ident.value) for ident in erased}
+    values = {ident.value.lower() for ident in erased}
+    rows = connection.execute(
+        select(touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
+               touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context)
+        .where(touchpoints.c.touchpoint_id.in_(touchpoint_ids))
+    ).all()
+    for row in rows:
+        connection.execute(update(touchpoints).where(touchpoints.c.touchpoint_id == row.touchpoint_id).values(
+            identifiers=[pair for pair in row.identifiers if tuple(pair) not in pairs],
+            properties=_without(row.properties, values), traits=_without(row.traits, values),
+            context=_without(row.context, values),
+        ))
+    forget_inbox_payloads(connection, [row.inbox_id for row in rows if row.inbox_id is not None])
+    for profile_id in {row.profile_id for row in rows}:
+        _scrub_traits(connection, profile_id, values)
+
+
+def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> None:
+    """The profile's traits without the erased values; the traits left keep their times."""
+    current = connection.execute(
+        select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)
+    ).first()
+    if current is None:
+        return
+    kept = _without(current.traits, values)
+    if kept != current.traits:
+        connection.execute(update(profiles).where(profiles.c.profile_id == profile_id).values(
+            traits=kept, trait_times=with_part_times(current.trait_times, list(kept)),
+        ))
+
+
+def _without(value: Any, erased: set[str]) -> Any:
+    """`value` with every string equal to one of `erased` (lowercase; in any case) left out, at any depth."""
+    if isinstance(value, dict):
+        return {key: _without(item, erased) for key, item in value.items() if not _is_erased(item, erased)}
+    if isinstance(value, list):
+        return [_without(item, erased) for item in value if not _is_erased(item, erased)]
+    return value
+
+
+def _is_erased(value: Any, erased: set[str]) -> bool:
+    return isinstance(value, str) and value.strip().lower() in erased
+
+
+def _withdraw_unsent(connection: Connection, profile_ids: list[str], now: datetime) -> None:
+    """Settle the messages still to go to the person (due, held, dead) as failed, never sent: their address and
+    content are gone, and the person asked to hear nothing more (as deleting a subscriber in Novu cancels what
+    was queued for them). Without this the delivery worker claimed them with nothing to send."""
+    unsent = outbox.unsent_of(connection, profile_ids)
+    if unsent:
+        outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
 
 
 def forget_inbox_payloads(connection: Connection, inbox_ids: list[int]) -> None:

@@ -18,6 +18,12 @@ from hub.store.schema import UTCDateTime, attempts, deliveries
 
 DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
+# Deliveries that have reached no one yet and still may: due, held (pending until later) or dead (a replay).
+UNSENT_STATUSES = (*DUE_STATUSES, "dead")
+# What forgetting a person (`identity_repair.forget`) leaves of each delivery's recipient; such a delivery is
+# never sent again, and `replay` answers FORGOTTEN for it.
+FORGOTTEN_TARGET = "(forgotten)"
+FORGOTTEN = "forgotten"
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
@@ -106,6 +112,15 @@ def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime,
     )
 
 
+def unsent_of(connection: Connection, profile_ids: Collection[str]) -> list[str]:
+    """The deliveries to these profiles that have reached no one yet and still may (`UNSENT_STATUSES`): what
+    forgetting a person withdraws."""
+    return list(connection.execute(
+        select(deliveries.c.delivery_id)
+        .where(deliveries.c.profile_id.in_(list(profile_ids)), deliveries.c.status.in_(UNSENT_STATUSES))
+    ).scalars())
+
+
 def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
     """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
     connection.execute(
@@ -172,15 +187,19 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     """Queue a dead or failed delivery again with a fresh retry budget.
 
     Returns the status the delivery had (the caller tells "replayed" from "not
-    replayable" by it), or None when there is no such delivery. Attempt
-    numbers keep counting, so the log shows the replayed attempts after the
-    old ones.
+    replayable" by it), FORGOTTEN for one whose person was erased on request
+    (it has no recipient left, and must reach no one), or None when there is
+    no such delivery. Attempt numbers keep counting, so the log shows the
+    replayed attempts after the old ones.
     """
     row = connection.execute(
-        select(deliveries.c.status, deliveries.c.attempts).where(deliveries.c.delivery_id == delivery_id)
+        select(deliveries.c.status, deliveries.c.attempts, deliveries.c.target)
+        .where(deliveries.c.delivery_id == delivery_id)
     ).first()
     if row is None:
         return None
+    if row.target == FORGOTTEN_TARGET:
+        return FORGOTTEN
     if row.status in REPLAYABLE_STATUSES:
         connection.execute(
             update(deliveries)

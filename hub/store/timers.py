@@ -23,6 +23,10 @@ from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, absence_waits, decisions, timers
 
 
+# Why a timer was superseded by an earlier timer's nudge, before that nudge's decision id (`ended_by` reads it back).
+ALREADY_FIRED_BY = "an earlier event's timer already fired for this wait: decision "
+
+
 @dataclass(frozen=True, slots=True)
 class DueTimer:
     timer_id: str
@@ -220,9 +224,7 @@ def _ended_by(timer: DueTimer, neighbours: Sequence[_Neighbour]) -> WaitEnded | 
         if timer.anchor_at < other.anchor_at <= timer.due_at:
             return WaitEnded.restarted(other.touchpoint_id)
         if other.decided == "fired" and other.anchor_at <= timer.anchor_at <= other.anchor_at + wait:
-            return WaitEnded(
-                "superseded", f"an earlier event's timer already fired for this wait: decision {other.decision_id}"
-            )
+            return WaitEnded("superseded", f"{ALREADY_FIRED_BY}{other.decision_id}")
     return None
 
 
@@ -361,3 +363,28 @@ def for_profile(connection: Connection, profile_id: str) -> list[dict]:
     return [dict(row) for row in connection.execute(
         select(timers).where(timers.c.profile_id == profile_id).order_by(timers.c.created_at)
     ).mappings()]
+
+
+def ended_by(reason: str | None) -> tuple[str, str] | None:
+    """What ended a cancelled or superseded timer, read back from its `reason`: ("touchpoint", id) for a follow-up
+    or a restart, ("decision", id) for an earlier timer's nudge; None for any other end.
+
+    The reason is the only place a timer keeps it: an unmerge asks, to reopen
+    the timers the other person's event or nudge ended while the two were
+    wrongly one profile. A column for it would be cleaner, but would need a
+    migration for what only an unmerge reads.
+    """
+    for prefix, kind in ((FOLLOWED_UP_BY, "touchpoint"), (RESTARTED_BY, "touchpoint"), (ALREADY_FIRED_BY, "decision")):
+        if reason and reason.startswith(prefix):
+            return kind, reason.removeprefix(prefix)
+    return None
+
+
+def reopen(connection: Connection, timer_ids: Sequence[str]) -> None:
+    """Ended timers pending again, their reason and settle time cleared: what ended them no longer counts (an
+    unmerge gave it to another profile), and the timer worker judges each afresh, by event time, when due."""
+    if timer_ids:
+        connection.execute(
+            update(timers).where(timers.c.timer_id.in_(timer_ids))
+            .values(status="pending", reason=None, settled_at=None, claimed_until=None)
+        )

@@ -1,0 +1,160 @@
+"""Forgetting a person beside what the hub still holds of them: queued messages, replays, audit rows, other
+people's touchpoints that carried their identifiers."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from hub.clock import utcnow
+from hub.model import Identifier, PlannedDelivery
+from hub.runtime import Hub
+from hub.store import identity_repair, outbox
+from hub.store.identity_graph import identifier_digest
+from hub.store.profile_views import find_profile_id
+from hub.store.schema import attempts, deliveries, identity_events, merges
+from tests.conftest import RunningHub, message, support_ticket
+from tests.test_absence_timers import accept, hub_on
+from tests.test_dead_letter_replay import AUTH, touchhub, trigger_sms
+
+NOW = datetime.now(timezone.utc)
+
+
+def profile(hub: Hub, type_: str, value: str) -> str:
+    with hub.store.read() as connection:
+        found = find_profile_id(connection, Identifier(type_, value))
+    assert found is not None
+    return found
+
+
+def forget(hub: Hub, profile_id: str) -> None:
+    """What DELETE /api/profiles/{id} runs, with mappings/identity.yaml's blocking on."""
+    with hub.store.write() as connection:
+        identity_repair.forget(connection, profile_id, utcnow(), block_identifiers=True)
+
+
+def stored_rows_holding(hub: Hub, text: str) -> list[str]:
+    """The tables of every stored row whose text holds `text` (SQLite's dump of the database)."""
+    raw = hub.store.engine.raw_connection()
+    try:
+        return sorted({line.split('"')[1] for line in raw.driver_connection.iterdump() if line.startswith("INSERT") and text in line})
+    finally:
+        raw.close()
+
+
+def test_forget_withdraws_the_messages_planned_for_the_person_and_none_reaches_a_provider(tmp_path: Path, sandbox) -> None:
+    """post_purchase_support plans an SMS, an email and a CRM update for Sam; Sam is forgotten before the delivery
+    worker gets to them. Those messages had their address and content wiped and were left due: the worker sent
+    them (or crashed on them). Now each is settled unsent, saying why."""
+    hub = hub_on(tmp_path, **sandbox.settings_overrides())
+    try:
+        accept(hub, *support_ticket("sam", {"phone": "+14155550123", "email": "sam@example.com"}, NOW))
+        with hub.store.read() as connection:
+            assert sorted(connection.execute(select(deliveries.c.channel, deliveries.c.status))) == [
+                ("crm", "pending"), ("email", "pending"), ("sms", "pending"),
+            ]
+        forget(hub, profile(hub, "user_id", "sam"))
+        for _ in range(3):
+            hub.delivery.run_once()
+        with hub.store.read() as connection:
+            after = set(connection.execute(select(deliveries.c.status, deliveries.c.last_error, deliveries.c.attempts)))
+        assert after == {("failed", "not sent: profile forgotten", 0)}
+        assert (sandbox.twilio.messages, sandbox.smtp.received) == ([], [])
+        assert not [request for request in sandbox.salesforce.requests if "/sobjects/" in str(request)]
+    finally:
+        hub.store.dispose()
+
+
+def test_a_delivery_its_destination_cannot_summarise_fails_alone_and_its_batch_is_sent(tmp_path: Path, sandbox) -> None:
+    """An SMS without a body (Twilio's request summary reads `body`) raised out of the engine's `attempt`, which
+    must never raise: the record of its whole batch failed, batch after batch, and nothing was sent. Now it is
+    one failed attempt of its own, retried as a connector bug is, and its neighbour goes."""
+    hub = hub_on(tmp_path, **sandbox.settings_overrides())
+    try:
+        now = utcnow()
+        with hub.store.write() as connection:
+            outbox.plan(connection, [
+                PlannedDelivery("d-bad", "dec-1", "p-1", "sms", "twilio_sms", "+14155550101", {}),
+                PlannedDelivery("d-good", "dec-2", "p-2", "sms", "twilio_sms", "+14155550102", {"body": "Your order shipped"}),
+            ], now)
+        for _ in range(3):
+            hub.delivery.run_once()  # raised KeyError: 'body'
+        with hub.store.read() as connection:
+            statuses = dict(connection.execute(select(deliveries.c.delivery_id, deliveries.c.status)).all())
+            tried = connection.execute(
+                select(attempts.c.outcome, attempts.c.error_class, attempts.c.request_summary).where(attempts.c.delivery_id == "d-bad")
+            ).all()
+        assert statuses["d-good"] == "sent" and statuses["d-bad"] in ("retrying", "dead")  # test settings retry at once
+        assert tried and all(tuple(row) == ("retryable", "unexpected.KeyError", {"target": "+1******0101"}) for row in tried)
+        assert [m["to"] for m in sandbox.twilio.messages] == ["+14155550102"]
+    finally:
+        hub.store.dispose()
+
+
+@pytest.mark.hub_settings(delivery_max_attempts=1)
+def test_a_forgotten_persons_dead_message_is_withdrawn_and_never_replayed(running_hub: RunningHub) -> None:
+    """A dead letter of a forgotten person, withdrawn as failed (a replayable status), was queued again by a
+    replay and sent to "(forgotten)". The API and the CLI now refuse it and say why."""
+    running_hub.sandbox.twilio.fail_next(503, code=20500, message="down", times=1)
+    trigger_sms(running_hub, "u-gone", "+14155550191")
+    [dead] = running_hub.admin("/api/deliveries", status="dead")["deliveries"]
+    assert running_hub.client.delete(f"/api/profiles/{dead['profile_id']}", headers=AUTH).status_code == 200
+    [withdrawn] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    assert (withdrawn["status"], withdrawn["last_error"]) == ("failed", "not sent: profile forgotten")
+
+    answer = running_hub.client.post(f"/api/deliveries/{dead['delivery_id']}/replay", headers=AUTH)
+    assert answer.status_code == 409
+    assert answer.json()["detail"] == (
+        f"delivery {dead['delivery_id']!r} was to a person since forgotten (erased on request); it is never sent again"
+    )
+    cli: subprocess.CompletedProcess[str] = touchhub(running_hub, "replay", dead["delivery_id"])
+    assert cli.returncode == 1 and "is forgotten" in cli.stdout
+    running_hub.settle()
+    [still] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    assert still["status"] == "failed" and running_hub.sandbox.twilio.message_count == 0
+
+
+def test_forgetting_someone_split_off_by_an_unmerge_leaves_no_copy_of_their_identifiers(tmp_path: Path) -> None:
+    """Bo's email once rode on Ana's phone's event: the hub merged them, an operator unmerged them, and Bo asks
+    to be forgotten. The merge row (Bo its merged side), Ana's touchpoint of that event, its raw payload and the
+    trait Ana's profile took from it kept bo@x.io."""
+    hub = hub_on(tmp_path)
+    try:
+        accept(hub, message("identify", anonymousId="ana-phone", traits={"email": "ana@x.io"}, timestamp="2026-01-01T10:00:00Z"))
+        accept(hub, message("identify", anonymousId="bo-laptop", traits={"email": "bo@x.io"}, timestamp="2026-01-01T11:00:00Z"))
+        accept(hub, message("identify", anonymousId="ana-phone", traits={"email": "bo@x.io"}, timestamp="2026-01-01T12:00:00Z"))
+        ana = profile(hub, "anonymous_id", "ana-phone")
+        with hub.store.read() as connection:
+            [bo] = connection.execute(select(merges.c.merged_id)).scalars()
+        with hub.store.write() as connection:
+            identity_repair.unmerge(connection, ana, bo, utcnow())
+        forget(hub, bo)
+        assert stored_rows_holding(hub, "bo@x.io") == []
+        with hub.store.read() as connection:
+            assert connection.execute(select(merges.c.linking_identifiers)).scalars().all() == [[]]
+        assert profile(hub, "email", "ana@x.io") == ana  # Ana keeps what is hers
+    finally:
+        hub.store.dispose()
+
+
+def test_a_forgotten_email_sent_again_is_refused_in_the_audit_trail_by_its_digest(tmp_path: Path) -> None:
+    """Sam's old app install sends his cached email from a new device: the refusal named the erased address in
+    plain text. It names the blocklist's digest now."""
+    hub = hub_on(tmp_path)
+    try:
+        accept(hub, message("identify", userId="sam", traits={"email": "sam@example.com"}, timestamp="2026-01-01T10:00:00Z"))
+        forget(hub, profile(hub, "user_id", "sam"))
+        accept(hub, message(anonymousId="new-device", event="Product Viewed", context={"traits": {"email": "sam@example.com"}}))
+        with hub.store.read() as connection:
+            [refused] = connection.execute(select(identity_events).where(identity_events.c.kind == "refused")).mappings()
+        digest = identifier_digest(Identifier("email", "sam@example.com"))
+        assert (refused["identifiers"], refused["rule"]) == (
+            [["email", f"sha256:{digest}"]], "forgotten: the identifier belonged to a profile erased on request",
+        )
+        assert "identity_events" not in stored_rows_holding(hub, "sam@example.com")
+    finally:
+        hub.store.dispose()
