@@ -81,7 +81,8 @@ def replay(
             console.print(f"[red]No delivery {delivery_id}.[/]")
             raise typer.Exit(1)
         if previous not in outbox.REPLAYABLE_STATUSES:
-            console.print(f"[yellow]Delivery {delivery_id} is {previous}; only dead or failed deliveries are replayed.[/]")
+            why = outbox.why_not_replayed(delivery_id, previous)
+            console.print(f"[yellow]{why[0].upper()}{why[1:]}.[/]")
             raise typer.Exit(1)
         console.print(f"Delivery {delivery_id} ({previous}) queued again.")
         return

@@ -113,7 +113,8 @@ def resolve(
         graph.attach(survivor, new, touchpoint.touchpoint_id, now)
     if refused:
         graph.record_refusals(survivor, touchpoint.touchpoint_id, refused, now)
-    return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused))
+    return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused),
+                      erased=tuple(ident for ident in idents if ident in blocked))
 
 
 def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:

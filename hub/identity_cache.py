@@ -24,9 +24,9 @@ from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from ulid import ULID
 
 from hub.model import Identifier, RefusedLink
-from hub.store.identity_graph import identifier_digest
+from hub.store.identity_graph import FOLLOWING_MERGES, identifier_digest
 from hub.store.traits import newest_traits
-from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles, touchpoints
+from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
 from hub.store.sql import lock_profiles
 
 
@@ -138,7 +138,9 @@ class CachedIdentityGraph:
         self._new_profiles, self._new_identifiers, self._merge_rows, self._merged_into, self._events = {}, {}, [], {}, []
 
     def _apply_moves(self, connection: Connection, moved: dict[str, str]) -> None:
-        """Merges of profiles already stored: identifiers, aliases, touchpoints and traits follow the final survivor."""
+        """Merges of profiles already stored: identifiers, aliases, traits and what follows a profile in a merge
+        (`FOLLOWING_MERGES`: touchpoints, decisions, deliveries, timers, consent changes) go to the final survivor,
+        as `SqlIdentityGraph.merge` moves them."""
         involved = set(moved) | set(moved.values())
         traits = {
             row.profile_id: (dict(row.traits), dict(row.trait_times))
@@ -149,9 +151,8 @@ class CachedIdentityGraph:
         for merged_id, survivor_id in moved.items():
             traits[survivor_id] = newest_traits(traits[survivor_id], traits[merged_id])
         moves = [{"m": merged, "s": survivor} for merged, survivor in moved.items()]
-        for table, column in ((identifiers, identifiers.c.profile_id), (touchpoints, touchpoints.c.profile_id),
-                              (profiles, profiles.c.merged_into)):
-            connection.execute(update(table).where(column == bindparam("m")).values({column.name: bindparam("s")}), moves)
+        for column in (identifiers.c.profile_id, profiles.c.merged_into, *FOLLOWING_MERGES):
+            connection.execute(update(column.table).where(column == bindparam("m")).values({column.name: bindparam("s")}), moves)
         connection.execute(
             update(profiles).where(profiles.c.profile_id == bindparam("m")).values(merged_into=bindparam("s")), moves
         )

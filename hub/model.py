@@ -149,6 +149,7 @@ class Resolution:
     created: bool = False
     merged_profile_ids: tuple[str, ...] = ()
     refused: tuple[RefusedLink, ...] = ()
+    erased: tuple[Identifier, ...] = ()  # identifiers it carried of a person forgotten since: not to be stored
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,3 +65,17 @@ def mask_recipient(target: str, identifier: Identifier | None) -> str:
     if identifier is not None and identifier.type in TOKEN_TYPES:
         return mask_token(target)
     return mask_text(target)
+
+
+def without_values(value: Any, erased: set[str]) -> Any:
+    """`value` with every string equal to one of `erased` (lowercase; in any case) left out, at any depth: a
+    forgotten person's email or phone out of the fields and traits of events that carried them."""
+    if isinstance(value, dict):
+        return {key: without_values(item, erased) for key, item in value.items() if not _is_erased(item, erased)}
+    if isinstance(value, list):
+        return [without_values(item, erased) for item in value if not _is_erased(item, erased)]
+    return value
+
+
+def _is_erased(value: Any, erased: set[str]) -> bool:
+    return isinstance(value, str) and value.strip().lower() in erased

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingType
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from itertools import chain
@@ -30,7 +30,8 @@ from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, Mappin
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
-from hub.model import Decision, RawEvent, Resolution, Touchpoint
+from hub.model import Decision, Identifier, RawEvent, Resolution, Touchpoint
+from hub.pii import without_values
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
@@ -181,6 +182,9 @@ class Pipeline:
             return
         graph = EpochCachedGraph(connection, self._identities)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
+        if resolution.erased:
+            touchpoint = _without_erased(touchpoint, resolution.erased)
+            identity_repair.forget_inbox_payloads(connection, [row.id])
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)
@@ -245,6 +249,18 @@ class Pipeline:
         )
         inbox.mark_failed(connection, row.id, now, reason)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
+
+
+def _without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> Touchpoint:
+    """The touchpoint as stored when it carried a forgotten person's identifiers (their email, typed again on a
+    new device): without them, nor their values in its fields, so neither the touchpoint nor the profile's traits
+    write back what was erased. Its raw body is dropped as a forgotten person's own are."""
+    values = {ident.value.lower() for ident in erased}
+    return replace(
+        touchpoint, identifiers=tuple(ident for ident in touchpoint.identifiers if ident not in erased),
+        properties=without_values(touchpoint.properties, values), traits=without_values(touchpoint.traits, values),
+        context=without_values(touchpoint.context, values),
+    )
 
 
 def _json_bytes(payload: object) -> bytes:

@@ -112,7 +112,7 @@ def test_a_forgotten_persons_dead_message_is_withdrawn_and_never_replayed(runnin
         f"delivery {dead['delivery_id']!r} was to a person since forgotten (erased on request); it is never sent again"
     )
     cli: subprocess.CompletedProcess[str] = touchhub(running_hub, "replay", dead["delivery_id"])
-    assert cli.returncode == 1 and "is forgotten" in cli.stdout
+    assert cli.returncode == 1 and "since forgotten (erased on request); it is never sent again" in cli.stdout
     running_hub.settle()
     [still] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
     assert still["status"] == "failed" and running_hub.sandbox.twilio.message_count == 0
@@ -141,9 +141,10 @@ def test_forgetting_someone_split_off_by_an_unmerge_leaves_no_copy_of_their_iden
         hub.store.dispose()
 
 
-def test_a_forgotten_email_sent_again_is_refused_in_the_audit_trail_by_its_digest(tmp_path: Path) -> None:
+def test_a_forgotten_email_sent_again_is_stored_nowhere_and_refused_by_its_digest(tmp_path: Path) -> None:
     """Sam's old app install sends his cached email from a new device: the refusal named the erased address in
-    plain text. It names the blocklist's digest now."""
+    plain text, and the event, its raw body and the new profile's traits kept it. The event is kept without it,
+    and the refusal names the blocklist's digest."""
     hub = hub_on(tmp_path)
     try:
         accept(hub, message("identify", userId="sam", traits={"email": "sam@example.com"}, timestamp="2026-01-01T10:00:00Z"))
@@ -155,6 +156,7 @@ def test_a_forgotten_email_sent_again_is_refused_in_the_audit_trail_by_its_diges
         assert (refused["identifiers"], refused["rule"]) == (
             [["email", f"sha256:{digest}"]], "forgotten: the identifier belonged to a profile erased on request",
         )
-        assert "identity_events" not in stored_rows_holding(hub, "sam@example.com")
+        assert stored_rows_holding(hub, "sam@example.com") == []
+        assert stored_rows_holding(hub, "new-device") != []  # the event is kept, without what was erased
     finally:
         hub.store.dispose()

@@ -116,14 +116,8 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
     previous = await run_in_threadpool(replay)
     if previous is None:
         raise HTTPException(404, detail=f"no delivery {delivery_id!r}")
-    if previous == outbox.FORGOTTEN:
-        raise HTTPException(
-            409, detail=f"delivery {delivery_id!r} was to a person since forgotten (erased on request); it is never sent again"
-        )
     if previous not in outbox.REPLAYABLE_STATUSES:
-        raise HTTPException(
-            409, detail=f"delivery {delivery_id!r} is {previous}; only {' or '.join(outbox.REPLAYABLE_STATUSES)} ones are replayed"
-        )
+        raise HTTPException(409, detail=outbox.why_not_replayed(delivery_id, previous))
     hub.wakeups.announce("delivery")
     return {"delivery_id": delivery_id, "previous_status": previous, "status": "pending"}
 

@@ -71,13 +71,13 @@ _KEPT_APART_OF = InLists(lambda ids: select(kept_apart).where(or_(kept_apart.c.p
 # decisions and deliveries, so the rule caps and the daily cap count what the merged profiles were sent;
 # timers, so the survivor's next cart event restarts the wait a merged profile's cart began, not a second
 # one beside it; consent changes, so an unmerge finds them among the survivor's (each column leads an index).
-_FOLLOWING_MERGES = (
+FOLLOWING_MERGES = (
     touchpoints.c.profile_id, decisions.c.profile_id, deliveries.c.profile_id, timers.c.profile_id,
     consent_changes.c.profile_id,
 )
 _REPOINT = {
     column: InLists(lambda ids, column=column: update(column.table).where(column.in_(ids)).values({column.name: bindparam("b_to")}))
-    for column in (identifiers.c.profile_id, profiles.c.merged_into, *_FOLLOWING_MERGES)
+    for column in (identifiers.c.profile_id, profiles.c.merged_into, *FOLLOWING_MERGES)
 }
 _RETIRE = InLists(  # merged profiles become aliases of `b_to`
     lambda ids: update(profiles).where(profiles.c.profile_id.in_(ids)).values(merged_into=bindparam("b_to"), updated_at=bindparam("b_at"))
@@ -193,7 +193,7 @@ class SqlIdentityGraph:
         _RETIRE.execute(self.connection, merged_ids, b_to=survivor_id, b_at=at)
         # Earlier aliases of the losers now point straight at the survivor: one hop resolves any old id.
         _REPOINT[profiles.c.merged_into].execute(self.connection, merged_ids, b_to=survivor_id)
-        for column in _FOLLOWING_MERGES:
+        for column in FOLLOWING_MERGES:
             _REPOINT[column].execute(self.connection, merged_ids, b_to=survivor_id)
         self._repoint_kept_apart(merged_ids, survivor_id)
         self._save_traits(survivor_id, survivor_traits)

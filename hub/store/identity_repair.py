@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, delete, insert, or_, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
+from hub.pii import without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.identity_graph import identifier_digest
@@ -173,7 +174,7 @@ def _rebuild_traits(
     remaining = _traits_from_touchpoints(connection, live_id, moved_values)
     from_touchpoints = set(restored[0]) | set(remaining[0])
     kept_keys = [
-        k for k in _without(current.traits, moved_values)
+        k for k in without_values(current.traits, moved_values)
         if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP
     ]
     kept = ({k: current.traits[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
@@ -198,12 +199,12 @@ def _traits_from_touchpoints(
         .order_by(touchpoints.c.occurred_at)
     )
     for values, occurred_at in rows:
-        traits = newest_traits(traits, stamped_traits(_without(values, foreign), occurred_at))
+        traits = newest_traits(traits, stamped_traits(without_values(values, foreign), occurred_at))
     return traits
 
 
 def _values_of(held: Collection[Identifier]) -> set[str]:
-    """The identifiers' values as `_without` matches them (lowercase, in any case: an email as typed). A phone
+    """The identifiers' values as `without_values` matches them (lowercase, in any case: an email as typed). A phone
     written another way than E.164 in a trait is not matched, as `forget` does not match it either."""
     return {identifier.value.lower() for identifier in held}
 
@@ -368,8 +369,8 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     for row in rows:
         connection.execute(update(touchpoints).where(touchpoints.c.touchpoint_id == row.touchpoint_id).values(
             identifiers=[pair for pair in row.identifiers if tuple(pair) not in pairs],
-            properties=_without(row.properties, values), traits=_without(row.traits, values),
-            context=_without(row.context, values),
+            properties=without_values(row.properties, values), traits=without_values(row.traits, values),
+            context=without_values(row.context, values),
         ))
     forget_inbox_payloads(connection, [row.inbox_id for row in rows if row.inbox_id is not None])
     for profile_id in {row.profile_id for row in rows}:
@@ -383,24 +384,11 @@ def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> 
     ).first()
     if current is None:
         return
-    kept = _without(current.traits, values)
+    kept = without_values(current.traits, values)
     if kept != current.traits:
         connection.execute(update(profiles).where(profiles.c.profile_id == profile_id).values(
             traits=kept, trait_times=with_part_times(current.trait_times, list(kept)),
         ))
-
-
-def _without(value: Any, erased: set[str]) -> Any:
-    """`value` with every string equal to one of `erased` (lowercase; in any case) left out, at any depth."""
-    if isinstance(value, dict):
-        return {key: _without(item, erased) for key, item in value.items() if not _is_erased(item, erased)}
-    if isinstance(value, list):
-        return [_without(item, erased) for item in value if not _is_erased(item, erased)]
-    return value
-
-
-def _is_erased(value: Any, erased: set[str]) -> bool:
-    return isinstance(value, str) and value.strip().lower() in erased
 
 
 def _withdraw_unsent(connection: Connection, profile_ids: list[str], now: datetime) -> None:

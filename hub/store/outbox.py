@@ -121,6 +121,13 @@ def unsent_of(connection: Connection, profile_ids: Collection[str]) -> list[str]
     ).scalars())
 
 
+def why_not_replayed(delivery_id: str, previous: str) -> str:
+    """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
+    if previous == FORGOTTEN:
+        return f"delivery {delivery_id!r} was to a person since forgotten (erased on request); it is never sent again"
+    return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
+
+
 def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
     """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
     connection.execute(
