@@ -35,7 +35,7 @@ from hub.pii import without_values
 from hub.normalize import normalize
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, identity_repair, inbox, quarantine, timers, touchpoints
+from hub.store import Store, forget, inbox, quarantine, timers, touchpoints
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
@@ -150,7 +150,7 @@ class Pipeline:
             self._give_up(connection, row, now, "mapping", str(exc))
         except ForgottenIdentityError:
             # Not quarantined: that would keep the very data the person asked to erase.
-            identity_repair.forget_inbox_payloads(connection, [row.id])
+            forget.forget_inbox_payloads(connection, [row.id])
             log.info("event of a forgotten person dropped", inbox_id=row.id)
             return _Outcome(done=[row.id])
         except Exception as exc:
@@ -184,7 +184,7 @@ class Pipeline:
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         if resolution.erased:
             touchpoint = _without_erased(touchpoint, resolution.erased)
-            identity_repair.forget_inbox_payloads(connection, [row.id])
+            forget.forget_inbox_payloads(connection, [row.id])
         graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)

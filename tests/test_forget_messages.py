@@ -14,6 +14,7 @@ from hub.clock import utcnow
 from hub.model import Identifier, PlannedDelivery
 from hub.runtime import Hub
 from hub.store import identity_repair, outbox
+from hub.store.forget import forget as forget_person
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import attempts, deliveries, identity_events, merges
@@ -34,7 +35,7 @@ def profile(hub: Hub, type_: str, value: str) -> str:
 def forget(hub: Hub, profile_id: str) -> None:
     """What DELETE /api/profiles/{id} runs, with mappings/identity.yaml's blocking on."""
     with hub.store.write() as connection:
-        identity_repair.forget(connection, profile_id, utcnow(), block_identifiers=True)
+        forget_person(connection, profile_id, utcnow(), block_identifiers=True)
 
 
 def stored_rows_holding(hub: Hub, text: str) -> list[str]:

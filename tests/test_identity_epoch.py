@@ -28,7 +28,8 @@ from hub.store import Store, _alembic_config, inbox
 from hub.store import touchpoints as touchpoints_store
 from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
 from hub.store.profile_views import find_profile_id
-from hub.store.identity_repair import forget, unmerge
+from hub.store.forget import forget
+from hub.store.identity_repair import unmerge
 from hub.store.schema import forgotten_identifiers, identifiers, kept_apart, profiles, touchpoints
 from hub.store.sql import lock_profiles
 from hub.templates import TemplateRenderer

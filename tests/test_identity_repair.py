@@ -24,7 +24,8 @@ from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import counts, find_profile_id, profile_view
-from hub.store.identity_repair import forget, unmerge
+from hub.store.forget import forget
+from hub.store.identity_repair import unmerge
 from hub.store.schema import attempts, consent_changes, deliveries, forgotten_identifiers, identity_events, inbox, merges
 from hub.store.schema import touchpoints as touchpoints_table
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message

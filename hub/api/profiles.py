@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from hub.clock import utcnow
 from hub.errors import IdentityRepairError
 from hub.runtime import Hub
-from hub.store import identity_repair
+from hub.store import forget, identity_repair
 from hub.store.identity_explain import explain
 
 router = APIRouter(prefix="/api/profiles", tags=["identity"])
@@ -57,7 +57,7 @@ async def forget_profile(request: Request, profile_id: str) -> dict[str, Any]:
 
     def work() -> dict[str, Any]:
         with hub.store.write() as connection:
-            return identity_repair.forget(connection, profile_id, utcnow(), hub.pipeline.config.identity.block_forgotten_identifiers)
+            return forget.forget(connection, profile_id, utcnow(), hub.pipeline.config.identity.block_forgotten_identifiers)
 
     try:
         return await run_in_threadpool(work)

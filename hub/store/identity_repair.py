@@ -1,4 +1,4 @@
-"""Undoing identity: unmerge a bad link, and forget a person on request.
+"""Undoing identity: unmerge a bad link (forgetting a person is `hub.store.forget`).
 
 Unmerge reverses one merge: the identifiers the merged profile brought in
 (including those of profiles that had merged into it before) go back to it,
@@ -14,12 +14,6 @@ What the two did to each other while one profile is undone too: a trait
 naming the other side's identifier is dropped, a timer the other side's event
 or nudge ended waits again, and a message still waiting to go to the other
 side's address is withdrawn.
-
-Forgetting erases identifiers, traits and the personal content of touchpoints,
-raw inbox payloads and delivery logs, keeping the rows themselves so counts
-(events per day, deliveries per channel) still add up. Messages not yet sent
-to the person are withdrawn, and their identifiers are taken out of other
-people's touchpoints that carried them (a bad link an unmerge undid).
 """
 
 from __future__ import annotations
@@ -28,24 +22,20 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, insert, or_, select, update
+from sqlalchemy import Connection, and_, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.pii import without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
-from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import live_profile_id
 from hub.store.traits import newest_traits, stamped_traits, with_part_times
 from hub.store.schema import (
-    attempts,
     decisions,
     deliveries,
-    forgotten_identifiers,
     identifiers,
     identity_events,
-    inbox,
     kept_apart,
     merges,
     profiles,
@@ -57,7 +47,6 @@ from hub.store.timers import ended_by, reopen
 
 UNMERGE_RULE = "unmerge requested by an operator"
 WITHDRAWN_IN_UNMERGE = "not sent: recipient left the profile in an unmerge"
-FORGOTTEN_REASON = "not sent: profile forgotten"
 
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
@@ -278,128 +267,3 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
     if misaddressed:
         outbox.withdraw(connection, misaddressed, now, WITHDRAWN_IN_UNMERGE)
     return len(misaddressed)
-
-
-def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
-    """Erase a person: identifiers, traits and personal content; returns the counts kept."""
-    lock_profiles(connection)
-    live_id = live_profile_id(connection, profile_id)
-    if live_id is None:
-        raise IdentityRepairError(f"no profile {profile_id!r}")
-    ids = [live_id, *connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars()]
-    erased = [
-        Identifier(type_, value)
-        for type_, value in connection.execute(
-            select(identifiers.c.type, identifiers.c.value).where(identifiers.c.profile_id == live_id)
-        )
-    ]
-    connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
-    if block_identifiers:
-        insert_ignoring_conflicts(
-            connection, forgotten_identifiers,
-            [{"digest": identifier_digest(ident), "forgotten_at": now} for ident in erased], ["digest"],
-        )
-    inbox_ids = list(connection.execute(select(touchpoints.c.inbox_id).where(touchpoints.c.profile_id == live_id)).scalars())
-    wiped = connection.execute(
-        update(touchpoints)
-        .where(touchpoints.c.profile_id == live_id)
-        .values(identifiers=[], properties={}, traits={}, context={})
-    ).rowcount
-    forget_inbox_payloads(connection, inbox_ids)
-    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
-    delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id.in_(ids))).scalars())
-    connection.execute(
-        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
-    )
-    _withdraw_unsent(connection, ids, now)
-    connection.execute(
-        update(attempts)
-        .where(attempts.c.delivery_id.in_(delivery_ids))
-        .values(request_summary={}, response_summary={}, error_message=None)
-    )
-    # Audit rows keep the fact of a merge or refusal, never the values that caused it.
-    # Rows where the person is the merged side too: an unmerge split them off a survivor that is not forgotten.
-    connection.execute(
-        update(merges).where(or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))).values(linking_identifiers=[])
-    )
-    connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
-    connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
-    consent_changes.forget(connection, ids)
-    connection.execute(delete(profiles).where(profiles.c.profile_id.in_(ids)))
-    connection.execute(
-        insert(identity_events).values(
-            kind="forget", profile_id=live_id, other_profile_id=None, touchpoint_id=None,
-            identifiers=[[ident.type, "(erased)"] for ident in erased], rule="right to be forgotten", at=now,
-        )
-    )
-    return {"profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids)}
-
-
-def _carried_elsewhere(connection: Connection, profile_ids: list[str]) -> list[str]:
-    """Touchpoints of other people that carried these profiles' identifiers: the one that merged a profile into
-    a survivor (an unmerge leaves it with the survivor) and those whose link to one was refused (kept apart, a
-    limit). The audit trail names each, so none is looked for among all touchpoints."""
-    linked_by = select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)).union(
-        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids))
-    )
-    return list(connection.execute(
-        select(touchpoints.c.touchpoint_id)
-        .where(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.profile_id.not_in(profile_ids))
-    ).scalars())
-
-
-def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], erased: list[Identifier]) -> None:
-    """Take the erased identifiers out of other people's touchpoints that carried them, and their values out of
-    those touchpoints' fields and their owners' traits (which may have taken them from such a touchpoint).
-
-    The raw payloads of those events are dropped whole, as the person's own
-    are: a raw body holds the value as the sender wrote it, which may differ
-    from the normalized identifier. Fields are matched on the normalized value
-    in any case, so a phone number written another way there stays.
-    """
-    if not touchpoint_ids or not erased:
-        return
-    pairs = {(ident.type, ident.value) for ident in erased}
-    values = {ident.value.lower() for ident in erased}
-    rows = connection.execute(
-        select(touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
-               touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context)
-        .where(touchpoints.c.touchpoint_id.in_(touchpoint_ids))
-    ).all()
-    for row in rows:
-        connection.execute(update(touchpoints).where(touchpoints.c.touchpoint_id == row.touchpoint_id).values(
-            identifiers=[pair for pair in row.identifiers if tuple(pair) not in pairs],
-            properties=without_values(row.properties, values), traits=without_values(row.traits, values),
-            context=without_values(row.context, values),
-        ))
-    forget_inbox_payloads(connection, [row.inbox_id for row in rows if row.inbox_id is not None])
-    for profile_id in {row.profile_id for row in rows}:
-        _scrub_traits(connection, profile_id, values)
-
-
-def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> None:
-    """The profile's traits without the erased values; the traits left keep their times."""
-    current = connection.execute(
-        select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == profile_id)
-    ).first()
-    if current is None:
-        return
-    kept = without_values(current.traits, values)
-    if kept != current.traits:
-        connection.execute(update(profiles).where(profiles.c.profile_id == profile_id).values(
-            traits=kept, trait_times=with_part_times(current.trait_times, list(kept)),
-        ))
-
-
-def _withdraw_unsent(connection: Connection, profile_ids: list[str], now: datetime) -> None:
-    """Settle the messages still to go to the person (due, held, dead) as failed, never sent: their address and
-    content are gone, and the person asked to hear nothing more (as deleting a subscriber in Novu cancels what
-    was queued for them). Without this the delivery worker claimed them with nothing to send."""
-    unsent = outbox.unsent_of(connection, profile_ids)
-    if unsent:
-        outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
-
-
-def forget_inbox_payloads(connection: Connection, inbox_ids: list[int]) -> None:
-    """Drop raw event bodies; the inbox rows stay for counts and deduplication."""
-    connection.execute(update(inbox).where(inbox.c.id.in_(inbox_ids)).values(payload={}))

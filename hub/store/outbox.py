@@ -20,7 +20,7 @@ DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
 # Deliveries that have reached no one yet and still may: due, held (pending until later) or dead (a replay).
 UNSENT_STATUSES = (*DUE_STATUSES, "dead")
-# What forgetting a person (`identity_repair.forget`) leaves of each delivery's recipient; such a delivery is
+# What forgetting a person (`hub.store.forget`) leaves of each delivery's recipient; such a delivery is
 # never sent again, and `replay` answers FORGOTTEN for it.
 FORGOTTEN_TARGET = "(forgotten)"
 FORGOTTEN = "forgotten"
