@@ -10,6 +10,7 @@ masked by what the delivery's route says its recipient is (`mask_recipient`).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from hub.model import Identifier
@@ -65,6 +66,17 @@ def mask_recipient(target: str, identifier: Identifier | None) -> str:
     if identifier is not None and identifier.type in TOKEN_TYPES:
         return mask_token(target)
     return mask_text(target)
+
+
+# Identifier types whose values are a way to reach a person, found as they are in fields and traits (an email
+# as typed, any case). Other ids (a user id "42") may equal ordinary values (an age), so are not looked for.
+ADDRESS_TYPES = frozenset({"email", "phone", *TOKEN_TYPES})
+
+
+def address_values(identifiers: Iterable[Identifier]) -> set[str]:
+    """What `without_values` takes out for these identifiers: the values of those that are addresses, lowercase.
+    A phone written another way than E.164 in a field is not matched."""
+    return {ident.value.lower() for ident in identifiers if ident.type in ADDRESS_TYPES}
 
 
 def without_values(value: Any, erased: set[str]) -> Any:

@@ -31,8 +31,8 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
 from hub.model import Decision, Identifier, RawEvent, Resolution, Touchpoint
-from hub.pii import without_values
 from hub.normalize import normalize
+from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, forget, inbox, quarantine, timers, touchpoints
@@ -219,12 +219,14 @@ class Pipeline:
         phone's login is taken in after the ticket, the order joins Sam's
         profile only then. Taken in the order they happened, the ticket
         finds the order. Every event the rules look for since their longest
-        window before the merging event is judged again (both sides', since
-        the merge cannot tell them apart now); decisions already made keep
-        their ids, so none is made twice. Only merges pay for this.
+        window before the merging event is evidence (both sides', since the
+        merge cannot tell them apart now), for the events after the merging
+        one only: those before it were someone else's when they happened, and
+        in-order arrival would not have judged them with it. Decisions
+        already made keep their ids, so none is made twice. Only merges pay
+        for this.
         """
-        within = self.rulebook.longest_evidence_window()
-        if not resolution.merged_profile_ids or within is None:
+        if not resolution.merged_profile_ids or (within := self.rulebook.longest_evidence_window()) is None:
             return
         stored = partial(touchpoints.get_many, connection)
         history = StoreHistory(connection)
@@ -232,7 +234,7 @@ class Pipeline:
         found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, MAX_TIME, None)])
         for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
             rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
-            yield from triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits)
+            yield from triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint)
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")
@@ -255,7 +257,7 @@ def _without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> T
     """The touchpoint as stored when it carried a forgotten person's identifiers (their email, typed again on a
     new device): without them, nor their values in its fields, so neither the touchpoint nor the profile's traits
     write back what was erased. Its raw body is dropped as a forgotten person's own are."""
-    values = {ident.value.lower() for ident in erased}
+    values = address_values(erased)
     return replace(
         touchpoint, identifiers=tuple(ident for ident in touchpoint.identifiers if ident not in erased),
         properties=without_values(touchpoint.properties, values), traits=without_values(touchpoint.traits, values),

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -53,7 +53,7 @@ class RuleBook:
     def longest_evidence_window(self) -> timedelta | None:
         """How far back any rule's `recent` looks for evidence (`rejudged_by`), if any does."""
         self.current()
-        return self._index.longest_evidence_window
+        return self._index.longest_evidence_window()
 
     def get(self, rule_id: str) -> RuleSpec | None:
         self.current()

@@ -93,6 +93,7 @@ def rejudge(
     history: History,
     stored: Callable[[Sequence[str]], Mapping[str, Touchpoint]],
     traits: Mapping[str, Any] | None = None,
+    after: Touchpoint | None = None,
 ) -> Iterator[tuple[Touchpoint, Decision]]:
     """Decisions this late-arriving event makes hold at the profile's events at or after it, within the windows
     that look for it: a ticket taken in before the order that qualifies it is judged again once the order is in.
@@ -102,15 +103,18 @@ def rejudge(
     made twice. They come oldest first and one at a time: the caller records
     each before the next is judged, so the rule's cap counts it. The profile
     is judged as it is now (its traits then are not kept), as timers are.
-    `stored` reads touchpoints by id.
+    `stored` reads touchpoints by id. `after`: only events after this one
+    (a merge's: events before it were someone else's when they happened).
     """
     if not rejudged:
         return
     at_events = frozenset().union(*(entry.at_events for entry in rejudged))
     until = evidence.occurred_at + max(entry.within for entry in rejudged)
+    since, passed = (evidence.occurred_at, {evidence.touchpoint_id}) if after is None else (
+        max(evidence.occurred_at, after.occurred_at), {evidence.touchpoint_id, after.touchpoint_id})
     later = [
-        doc for doc in history.events(profile_id, evidence.occurred_at, until, selector_of(at_events))
-        if doc["touchpoint_id"] != evidence.touchpoint_id  # at its instant too: a window's edge holds it
+        doc for doc in history.events(profile_id, since, until, selector_of(at_events))
+        if doc["touchpoint_id"] not in passed  # at its instant too: a window's edge holds it
     ]
     if not later:
         return

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from hub.clock import utcnow
-from hub.model import Identifier, PlannedDelivery
+from hub.model import Delivery, Identifier, PlannedDelivery, SendResult
 from hub.runtime import Hub
 from hub.store import identity_repair, outbox
 from hub.store.forget import forget as forget_person
@@ -159,5 +159,35 @@ def test_a_forgotten_email_sent_again_is_stored_nowhere_and_refused_by_its_diges
         )
         assert stored_rows_holding(hub, "sam@example.com") == []
         assert stored_rows_holding(hub, "new-device") != []  # the event is kept, without what was erased
+    finally:
+        hub.store.dispose()
+
+
+def test_a_send_in_flight_when_the_person_is_forgotten_is_never_retried(tmp_path: Path, sandbox, monkeypatch) -> None:
+    """Twilio is down for Sam's SMS while he is forgotten: the attempt's record put the withdrawn message back to
+    retrying, to "(forgotten)". It stays withdrawn; the attempt is still counted and logged."""
+    hub = hub_on(tmp_path, **sandbox.settings_overrides())
+    try:
+        accept(hub, *support_ticket("sam", {"phone": "+14155550123"}, NOW))
+        sam = profile(hub, "phone", "+14155550123")
+        sandbox.twilio.fail_next(503)
+        sms = hub.destinations["twilio_sms"]
+        deliver = sms.deliver_async
+
+        async def forgotten_meanwhile(delivery: Delivery) -> SendResult:  # forces the interleaving only
+            try:
+                return await deliver(delivery)
+            finally:
+                forget(hub, sam)
+
+        monkeypatch.setattr(sms, "deliver_async", forgotten_meanwhile)
+        hub.delivery.run_once()
+        with hub.store.read() as connection:
+            [row] = connection.execute(select(deliveries).where(deliveries.c.channel == "sms")).mappings()
+        assert (row["status"], row["last_error"], row["attempts"]) == ("failed", "not sent: profile forgotten", 1)
+        monkeypatch.undo()
+        while hub.delivery.run_once():
+            pass
+        assert sandbox.twilio.message_count == 0
     finally:
         hub.store.dispose()

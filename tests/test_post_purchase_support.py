@@ -160,3 +160,19 @@ def test_a_login_taken_in_after_the_ticket_brings_the_phones_order_and_the_ticke
     running_hub.settle()
     assert running_hub.admin("/api/stats")["merges"] == 2
     assert len(running_hub.sandbox.twilio.messages) == 1 and decisions(running_hub) == {"post_purchase_support": 1}
+
+
+def test_a_login_after_the_ticket_does_not_make_the_ticket_a_purchasers(running_hub: RunningHub) -> None:
+    """The same events, but the phone's login comes a minute after the web ticket, and arrives last: when the
+    ticket was opened the phone was someone else's, so in-order arrival sends nothing, and the merge does not."""
+    running_hub.send(
+        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
+        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": "+14155550010"},
+                timestamp=at(hours=5)),
+        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=2)),
+    )
+    running_hub.settle()
+    running_hub.send(message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(minutes=1)))
+    running_hub.settle()
+    assert running_hub.admin("/api/stats")["merges"] == 1
+    assert running_hub.sandbox.twilio.messages == [] and decisions(running_hub) == {}

@@ -6,6 +6,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from enum import IntEnum
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -75,3 +76,11 @@ def test_json_text_refuses_and_converts_what_json_does() -> None:
     assert json_text.dumps({"level": Level.HIGH, 1: None}) == json.dumps({"level": Level.HIGH, 1: None})
     with pytest.raises(TypeError):
         json_text.dumps({"at": datetime(2026, 12, 2, tzinfo=timezone.utc)})
+
+
+def test_the_two_instants_of_a_repeated_hour_bind_apart() -> None:
+    """Binds are cached, and the two 01:30s of the night New York's clocks go back compare equal: each is its own
+    instant in the store."""
+    bind = UTCDateTime().bind_processor(SQLITE)
+    first = datetime(2026, 11, 1, 1, 30, tzinfo=ZoneInfo("America/New_York"))
+    assert (bind(first), bind(first.replace(fold=1))) == ("2026-11-01 05:30:00.000000", "2026-11-01 06:30:00.000000")

@@ -203,3 +203,14 @@ def test_the_survivors_email_trait_is_not_the_address_the_other_person_took_back
     assert ana_view["traits"] == {"email": "ana@x.io", "name": "Ana"}
     assert bo_view["traits"] == {"email": "bo@x.io"}
     hub.store.dispose()
+
+
+def test_a_trait_that_only_equals_one_of_the_other_sides_ids_is_kept(tmp_path: Path) -> None:
+    """Only addresses are looked for in traits: Bo's age "42" is not Ana's user id "42"."""
+    hub = hub_on(tmp_path)
+    take_in(hub, message("identify", userId="42", traits={"email": "ana@x.io"}, timestamp=ago(days=2)),
+            message("identify", anonymousId="bo-laptop", traits={"email": "bo@x.io", "name": "Bo", "age": "42"}, timestamp=ago(days=1)),
+            message("identify", userId="42", anonymousId="bo-laptop", timestamp=ago(hours=4)))
+    _, bo = split(hub)
+    with hub.store.read() as connection:
+        assert profile_view(connection, bo)["traits"] == {"email": "bo@x.io", "name": "Bo", "age": "42"}

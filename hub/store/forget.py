@@ -18,7 +18,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
-from hub.pii import without_values
+from hub.pii import address_values, without_values
 from hub.store import consent_changes, outbox
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import live_profile_id
@@ -119,7 +119,7 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     if not touchpoint_ids or not erased:
         return
     pairs = {(ident.type, ident.value) for ident in erased}
-    values = {ident.value.lower() for ident in erased}
+    values = address_values(erased)
     rows = connection.execute(
         select(touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
                touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context)

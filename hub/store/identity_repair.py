@@ -18,7 +18,6 @@ side's address is withdrawn.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
-from hub.pii import without_values
+from hub.pii import address_values, without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.profile_views import live_profile_id
@@ -158,15 +157,13 @@ def _rebuild_traits(
     CRM templates write as `profile.email`) would otherwise be the newest.
     """
     current = connection.execute(select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == live_id)).one()
-    moved_values = _values_of(moved)
-    restored = _traits_from_touchpoints(connection, restored_id, _values_of(held_by_survivor))
+    moved_values = address_values(moved)
+    restored = _traits_from_touchpoints(connection, restored_id, address_values(held_by_survivor))
     remaining = _traits_from_touchpoints(connection, live_id, moved_values)
     from_touchpoints = set(restored[0]) | set(remaining[0])
-    kept_keys = [
-        k for k in without_values(current.traits, moved_values)
-        if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP
-    ]
-    kept = ({k: current.traits[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
+    own = without_values(current.traits, moved_values)
+    kept_keys = [k for k in own if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP]
+    kept = ({k: own[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
     said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved)
     kept = consent_changes.pinned(kept, said_by_survivor, gone=said_by_restored.keys() - said_by_survivor.keys())
     survivor = consent_changes.pinned(newest_traits(kept, remaining), said_by_survivor)
@@ -190,12 +187,6 @@ def _traits_from_touchpoints(
     for values, occurred_at in rows:
         traits = newest_traits(traits, stamped_traits(without_values(values, foreign), occurred_at))
     return traits
-
-
-def _values_of(held: Collection[Identifier]) -> set[str]:
-    """The identifiers' values as `without_values` matches them (lowercase, in any case: an email as typed). A phone
-    written another way than E.164 in a trait is not matched, as `forget` does not match it either."""
-    return {identifier.value.lower() for identifier in held}
 
 
 def _held_by(connection: Connection, profile_id: str) -> set[Identifier]:
@@ -246,9 +237,9 @@ def _owners(connection: Connection, causes: list[tuple[str, str]], sides: tuple[
 
 
 def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identifier]], now: datetime) -> int:
-    """Withdraw the messages of either side still waiting to go (held for quiet hours, delayed, retrying) that
-    are addressed to an identifier the other side now holds (`others`: profile id -> what the other side
-    holds); returns how many.
+    """Withdraw the messages of either side not yet sent (held for quiet hours, delayed, retrying, or dead and so
+    replayable) that are addressed to an identifier the other side now holds (`others`: profile id -> what the
+    other side holds); returns how many.
 
     Routing picked the profile's newest address while the two were one, so
     Amy's cart nudge may wait for the morning addressed to Bo's email. Such a
@@ -258,7 +249,7 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
     addresses = {profile_id: {identifier.value for identifier in held} for profile_id, held in others.items()}
     waiting = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
-        .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(outbox.DUE_STATUSES))
+        .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(outbox.UNSENT_STATUSES))
     ).all()
     misaddressed = [
         delivery_id for delivery_id, profile_id, target, content in waiting

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, desc, func, insert, literal, null, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, case, desc, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, Identifier, PlannedDelivery, ProviderStatus
 from hub.pii import mask_recipient, mask_text, mask_value
@@ -104,8 +104,9 @@ def claim_due(
 
 
 def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
-    """Settle claimed deliveries as failed without an attempt (`reason` as their last error): never sent, and
-    never retried."""
+    """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
+    retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
+    meanwhile keeps this status when its attempt is recorded."""
     connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
         .values(status="failed", last_error=reason, claimed_until=None, updated_at=now)
@@ -149,15 +150,18 @@ _ATTEMPT_FIELDS = tuple(field.name for field in fields(AttemptRecord))
 # the driver's own SQL, without SQLAlchemy's per-execution cache-key walk and parameter building (`inline`: no
 # RETURNING of the attempt ids on PostgreSQL, which nothing reads).
 _INSERT_ATTEMPTS = precompiled.Precompiled(insert(attempts).inline(), ["delivery_id", "attempt_no", *_ATTEMPT_FIELDS])
+# A delivery withdrawn while its send was in flight (its person forgotten, its address gone in an unmerge)
+# keeps its status and reason: a retry would go to what was withdrawn. The attempt is still counted and logged.
+_STILL_DUE = or_(*(deliveries.c.status == literal(status) for status in DUE_STATUSES))  # literals: `Precompiled`
 _FINISH_ATTEMPT = precompiled.Precompiled(
     update(deliveries)
     .where(deliveries.c.delivery_id == bindparam("b_delivery_id"))
     .values(
-        status=bindparam("b_status"),
+        status=case((_STILL_DUE, bindparam("b_status")), else_=deliveries.c.status),
         attempts=bindparam("b_attempts"),
         updated_at=bindparam("b_updated_at"),
         claimed_until=null(),
-        last_error=bindparam("b_last_error"),
+        last_error=case((_STILL_DUE, bindparam("b_last_error")), else_=deliveries.c.last_error),
         provider_message_id=func.coalesce(bindparam("b_provider_message_id"), deliveries.c.provider_message_id),
         next_attempt_at=func.coalesce(bindparam("b_next_attempt_at", type_=UTCDateTime), deliveries.c.next_attempt_at),
     )

@@ -69,17 +69,21 @@ def _utc_from_store(value: datetime) -> datetime:
     return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
-@lru_cache(maxsize=4096)
 def _sqlite_text(value: datetime | None) -> str | None:
-    """An aware datetime as SQLAlchemy's SQLite DATETIME writes it, in UTC: the isoformat's first 26 characters.
+    """An aware datetime as SQLAlchemy's SQLite DATETIME writes it, in UTC: the isoformat's first 26 characters."""
+    if value is None:
+        return None
+    return _utc_text(value if value.tzinfo is timezone.utc else _utc_to_store(value))
 
-    Cached: a pipeline batch binds about 14 datetimes per event, and 70% of
-    them are ones it bound already (the batch's clock, an event's time in
-    each statement about it), where a lookup costs a twentieth of the
-    conversion. Equal instants give equal text whatever their zone, so a
-    value is a sound key; a naive one raises and is never cached.
+
+@lru_cache(maxsize=4096)
+def _utc_text(value: datetime) -> str:
+    """`_sqlite_text` of a UTC datetime, cached: a pipeline batch binds about 14 datetimes per event, and 70% of
+    them are ones it bound already (the batch's clock, an event's time in each statement about it), where a
+    lookup costs a twentieth of the conversion. Only UTC values are keys: two UTC datetimes that compare
+    equal are one instant, where in a zone with summer time the two 01:30s of the night clocks go back do too.
     """
-    return None if value is None else _utc_to_store(value).isoformat(" ", "microseconds")[:26]
+    return value.isoformat(" ", "microseconds")[:26]
 
 
 def _sqlite_datetime(value: str | None) -> datetime | None:
@@ -138,7 +142,7 @@ profiles = Table(
     Column("updated_at", UTCDateTime, nullable=False),
     Column("merged_into", String(26), index=True),  # aliases of a survivor are found by this on every merge
     Column("traits", JSON, nullable=False),
-    Column("trait_times", JSON, nullable=False),  # trait -> ISO time of the event that set it
+    Column("trait_times", JSON, nullable=False),  # trait (and `consent[part]`) -> ISO time of the event that set it
 )
 
 identifiers = Table(
