@@ -135,22 +135,27 @@ def test_a_late_order_that_qualifies_two_tickets_sends_what_in_order_arrival_wou
 
 
 
+def web_ticket_then_phone_login(running_hub: RunningHub, phone: str, ticket: float, login: float) -> None:
+    """Sam ordered on his phone (anonymous) yesterday and identified on the web; his web ticket (`ticket` minutes
+    ago) is taken in, no purchase known, then his phone's login (`login` minutes ago), which merges the two."""
+    running_hub.send(
+        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
+        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": phone}, timestamp=at(hours=5)),
+        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=ticket)),
+    )
+    running_hub.settle()
+    assert running_hub.sandbox.twilio.messages == []
+    running_hub.send(message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(minutes=login)))
+    running_hub.settle()
+
+
 def test_a_login_taken_in_after_the_ticket_brings_the_phones_order_and_the_ticket_is_judged_again(
     running_hub: RunningHub,
 ) -> None:
     """As above, but the phone's login (2 minutes ago) reaches the hub after the web ticket (1 minute ago): a
     mobile SDK flushing late. The merge brings the order in only then, and judges the ticket again, as if they
     had arrived in order; the merge of another device later changes nothing."""
-    running_hub.send(
-        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
-        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": "+14155550009"},
-                timestamp=at(hours=5)),
-        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=1)),
-    )
-    running_hub.settle()
-    assert running_hub.sandbox.twilio.messages == []
-    running_hub.send(message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(minutes=2)))
-    running_hub.settle()
+    web_ticket_then_phone_login(running_hub, "+14155550009", ticket=1, login=2)
     assert [m["to"] for m in running_hub.sandbox.twilio.messages] == ["+14155550009"]
     [decision] = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
     assert decision["evidence"]["judged_again_after"]["event"] == "Order Completed"
@@ -165,14 +170,6 @@ def test_a_login_taken_in_after_the_ticket_brings_the_phones_order_and_the_ticke
 def test_a_login_after_the_ticket_does_not_make_the_ticket_a_purchasers(running_hub: RunningHub) -> None:
     """The same events, but the phone's login comes a minute after the web ticket, and arrives last: when the
     ticket was opened the phone was someone else's, so in-order arrival sends nothing, and the merge does not."""
-    running_hub.send(
-        message(anonymousId="phone-session", event="Order Completed", timestamp=at(days=1)),
-        message("identify", anonymousId="web-session", traits={"email": "sam@example.com", "phone": "+14155550010"},
-                timestamp=at(hours=5)),
-        message(anonymousId="web-session", event="Ticket Submitted", timestamp=at(minutes=2)),
-    )
-    running_hub.settle()
-    running_hub.send(message("identify", anonymousId="phone-session", traits={"email": "SAM@example.com"}, timestamp=at(minutes=1)))
-    running_hub.settle()
+    web_ticket_then_phone_login(running_hub, "+14155550010", ticket=2, login=1)
     assert running_hub.admin("/api/stats")["merges"] == 1
     assert running_hub.sandbox.twilio.messages == [] and decisions(running_hub) == {}

@@ -16,12 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
-from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.pii import address_values, without_values
 from hub.store import consent_changes, outbox
 from hub.store.identity_graph import identifier_digest
-from hub.store.profile_views import live_profile_id
+from hub.store.identity_repair import locked_live_profile
 from hub.store.schema import (
     attempts,
     deliveries,
@@ -33,7 +32,7 @@ from hub.store.schema import (
     profiles,
     touchpoints,
 )
-from hub.store.sql import insert_ignoring_conflicts, lock_profiles
+from hub.store.sql import insert_ignoring_conflicts
 from hub.store.traits import with_part_times
 
 FORGOTTEN_REASON = "not sent: profile forgotten"
@@ -41,10 +40,7 @@ FORGOTTEN_REASON = "not sent: profile forgotten"
 
 def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
     """Erase a person: identifiers, traits and personal content; returns the counts kept."""
-    lock_profiles(connection)
-    live_id = live_profile_id(connection, profile_id)
-    if live_id is None:
-        raise IdentityRepairError(f"no profile {profile_id!r}")
+    live_id = locked_live_profile(connection, profile_id)
     ids = [live_id, *connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars()]
     erased = [
         Identifier(type_, value)

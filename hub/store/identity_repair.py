@@ -50,10 +50,7 @@ WITHDRAWN_IN_UNMERGE = "not sent: recipient left the profile in an unmerge"
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
     """Split `merged_profile_id` back out of the live profile of `profile_id`; returns what moved."""
-    lock_profiles(connection)
-    live_id = live_profile_id(connection, profile_id)
-    if live_id is None:
-        raise IdentityRepairError(f"no profile {profile_id!r}")
+    live_id = locked_live_profile(connection, profile_id)
     merge = connection.execute(
         select(merges).where(merges.c.merged_id == merged_profile_id).order_by(merges.c.id.desc()).limit(1)
     ).mappings().first()
@@ -98,6 +95,16 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
         "timers_reopened": reopened,
         "deliveries_withdrawn": withdrawn,
     }
+
+
+def locked_live_profile(connection: Connection, profile_id: str) -> str:
+    """The live profile of `profile_id` (it may have been merged), with the profiles lock held: what an operator's
+    repair works on. IdentityRepairError if there is none."""
+    lock_profiles(connection)
+    live_id = live_profile_id(connection, profile_id)
+    if live_id is None:
+        raise IdentityRepairError(f"no profile {profile_id!r}")
+    return live_id
 
 
 def _merged_before(connection: Connection, root: str, merge_id: int) -> set[str]:
