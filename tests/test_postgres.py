@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection
+from sqlalchemy import Connection, select, update
 
 from connectors.sandbox.providers import SandboxProviders
 from hub import identity
 from hub.consent import consent_revoked
-from hub.model import Identifier, PlannedDelivery, RawEvent
+from hub.model import Identifier, PlannedDelivery, ProviderStatus, RawEvent
 from hub.store import Store, inbox, outbox, timers
 from hub.store.profile_views import find_profile_id, profile_view
+from hub.store.schema import deliveries as deliveries_table
 from tests.conftest import RunningHub, message, support_ticket
 from tests.test_absence_timers import accept, hub_on
 
@@ -166,3 +167,29 @@ def test_a_refusal_recorded_while_another_node_merges_the_person_sends_each_mess
         assert buyer_id is not None and consent_revoked(profile_view(connection, buyer_id)["traits"], "sms")
     for node in (pipeline_node, delivery_node):
         node.store.dispose()
+
+
+def test_a_late_sent_callback_racing_delivered_does_not_overwrite_it(store: Store) -> None:
+    """Twilio's callbacks may arrive out of order and at once: "delivered" is being applied when "sent" comes.
+    The second waits for the first and finds the message settled, as one at a time would."""
+    with store.write() as connection:
+        fill_outbox(connection, 1)
+        connection.execute(update(deliveries_table).values(status="sent", provider_message_id="SM1"))
+    delivered, sent = (ProviderStatus("SM1", status, final_status=final) for status, final in (("delivered", "delivered"), ("sent", None)))
+    applied = threading.Event()
+
+    def apply_late_sent() -> None:
+        applied.wait(10)
+        with store.write() as connection:
+            outbox.apply_provider_status(connection, "twilio_sms", sent, T0)
+
+    with ThreadPoolExecutor(1) as pool:
+        late = pool.submit(apply_late_sent)
+        with store.write() as connection:
+            outbox.apply_provider_status(connection, "twilio_sms", delivered, T0)
+            applied.set()
+            time.sleep(0.3)  # the late callback reads the row meanwhile
+        late.result(timeout=20)
+    with store.read() as connection:
+        [row] = connection.execute(select(deliveries_table.c.status, deliveries_table.c.provider_status)).all()
+    assert tuple(row) == ("delivered", "delivered")

@@ -251,6 +251,7 @@ def apply_provider_status(
             deliveries.c.destination_id == destination_id,
             deliveries.c.provider_message_id == report.provider_message_id,
         )
+        .with_for_update()  # two callbacks for one message at once: the second reads what the first settled
     ).first()
     if row is None:
         return None
