@@ -15,8 +15,9 @@ from pathlib import Path
 
 import structlog
 
+from hub.config_files import load_model
 from hub.errors import ConfigError
-from hub.rules import RuleSpec, load_rule_file
+from hub.rules import RuleFile, RuleSpec
 from hub.rule_events import Rejudged, RuleIndex
 
 log = structlog.get_logger(__name__)
@@ -90,7 +91,7 @@ class RuleBook:
 
     def _load(self) -> tuple[list[RuleSpec], frozenset[str]]:
         """The rules in force, and the ids of those the file turns off."""
-        every = load_rule_file(self.path).rules
+        every = load_model(self.path, RuleFile).rules
         rules = [rule for rule in every if rule.enabled]
         self._check(rules)
         return rules, frozenset(rule.id for rule in every if not rule.enabled)

@@ -391,11 +391,6 @@ class RuleFile(_Strict):
         return sorted(rules, key=lambda rule: -rule.priority)
 
 
-def load_rule_file(path: Path) -> RuleFile:
-    """Every rule in the file, those with `enabled: false` included."""
-    return load_model(path, RuleFile)
-
-
 def load_rules(path: Path) -> list[RuleSpec]:
-    """The rules the file puts in force."""
-    return [rule for rule in load_rule_file(path).rules if rule.enabled]
+    """The rules the file puts in force (`RuleFile` holds those with `enabled: false` too)."""
+    return [rule for rule in load_model(path, RuleFile).rules if rule.enabled]
