@@ -276,6 +276,7 @@ class TimerEngine:
         later: list[DueTimer] = []
         lengthened: list[tuple[str, datetime]] = []
         profiles: set[str] = set()
+        held: Counter[tuple[str, str]] = Counter()
         rules = self._rules_of(due)
         for timer in sorted(due, key=lambda timer: _firing_order(timer, rules[timer.rule_id])):
             rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
@@ -284,6 +285,7 @@ class TimerEngine:
             ruled_out = None if gone else self._ruled_out(timer.rule_id, rule, anchor, profile)
             if ruled_out is not None and (age := now - timer.anchor_at) < RULE_ROLLOUT:  # held, looked at again
                 lengthened.append((timer.timer_id, now + max(age, RULE_ROLLOUT_RECHECK)))
+                held[timer.rule_id, ruled_out] += 1
             elif gone or ruled_out:
                 settled.append(Settlement.ended(timer.timer_id, WaitEnded("lapsed", gone or ruled_out)))
             elif (due_at := timer.anchor_at + rule.absence.within) > now:
@@ -294,6 +296,9 @@ class TimerEngine:
                 profiles.add(profile["profile_id"])
                 firings.append(_Firing(replace(timer, due_at=due_at), rule, anchor, profile))
         timers.wait_until(connection, lengthened)
+        for (rule_id, why), count in held.items():  # nodes whose rules differ: ops should know while it lasts
+            log.warning("timers held: this node's rules do not fire them, another node's may (a rollout under way?)",
+                        rule=rule_id, reason=why, timers=count, lapse_after=str(RULE_ROLLOUT))
         return firings, later
 
     def _ruled_out(self, rule_id: str, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any]) -> str | None:

@@ -325,9 +325,13 @@ def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_on
     old = hub_on(tmp_path / "b", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "b", "rules: []\n"))
     accept(new, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
     at = utcnow()
-    assert old.timers.run_once(at) == 1
+    with capture_logs() as logs:
+        assert old.timers.run_once(at) == 1
     [timer] = timer_rows(old)
     assert timer["status"] == "pending" and timer["due_at"] > at  # held, not lapsed
+    [held] = [entry for entry in logs if entry["event"].startswith("timers held")]
+    assert (held["log_level"], held["rule"], held["reason"], held["timers"]) == (
+        "warning", "order_nudge", "rule removed from triggers.yaml", 1)
     reload_rules(old, tmp_path / "b" / "mappings" / "triggers.yaml", NUDGE)  # the rollout reaches B
     assert old.timers.run_once(timer["due_at"]) == 1
     assert timer_statuses(old) == ["fired"]
