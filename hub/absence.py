@@ -48,10 +48,10 @@ CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pip
 RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings forward after a rule edit
 # A timer whose rule this worker does not have in force (or no longer starting a wait after its event) may have
 # been armed by a node that already runs an edit this one has not loaded: rules are files on each machine, and a
-# rollout reaches them one by one. Until its anchor is `RULE_ROLLOUT` old, such a timer is looked at again
-# instead of lapsing for good, each time after as long again as its age (at least `RULE_ROLLOUT_RECHECK`): a few
-# looks per timer, even when ops turn off a rule with many waiting. After that this worker's rules are taken
-# as the cluster's.
+# rollout reaches them one by one. Until `RULE_ROLLOUT` after it was armed (not after its event: a phone may
+# flush a cart hours late), such a timer is looked at again instead of lapsing for good, each time after as long
+# again as it has been armed (at least `RULE_ROLLOUT_RECHECK`): a few looks per timer, even when ops turn off a
+# rule with many waiting. After that this worker's rules are taken as the cluster's.
 RULE_ROLLOUT = timedelta(minutes=15)
 RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
 # After an edit shortened a wait, when its rule's timers are looked at again for ones armed, or sent back, on the
@@ -283,7 +283,7 @@ class TimerEngine:
             profile = views.get(timer.profile_id)
             gone = _gone(anchor, profile)
             ruled_out = None if gone else self._ruled_out(timer.rule_id, rule, anchor, profile)
-            if ruled_out is not None and (age := now - timer.anchor_at) < RULE_ROLLOUT:  # held, looked at again
+            if ruled_out is not None and (age := now - timer.created_at) < RULE_ROLLOUT:  # held, looked at again
                 lengthened.append((timer.timer_id, now + max(age, RULE_ROLLOUT_RECHECK)))
                 held[timer.rule_id, ruled_out] += 1
             elif gone or ruled_out:

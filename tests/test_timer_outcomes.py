@@ -14,7 +14,7 @@ from sqlalchemy import insert, select
 from structlog.testing import capture_logs
 
 from hub import stats, triggers
-from hub.absence import RULE_ROLLOUT
+from hub.absence import RULE_ROLLOUT, RULE_ROLLOUT_RECHECK
 from hub.clock import utcnow
 from hub.model import WaitEnded, derived_id
 from hub.runtime import Hub
@@ -89,7 +89,7 @@ def test_a_lapsed_timer_says_why_on_its_row_in_the_log_the_metrics_and_the_stats
     if not reason.startswith(("fire-time", "no action")):  # this node's rules alone rule it out: held for a rollout
         assert hub.timers.run_once(at) == 1
         [timer] = timer_rows(hub)
-        assert (timer["status"], timer["due_at"]) == ("pending", at + (at - timer["anchor_at"]))  # again when twice as old
+        assert (timer["status"], timer["due_at"]) == ("pending", at + RULE_ROLLOUT_RECHECK)  # armed just now: again soon
         at += RULE_ROLLOUT
     with capture_logs() as logs:
         assert hub.timers.run_once(at) == 1
@@ -253,7 +253,7 @@ def test_only_a_neighbour_whose_nudge_reached_the_person_decided_the_wait(store:
         ])
         later = anchor_at + timedelta(minutes=1)  # each profile's next cart, inside that wait
         ended_waits = timers.ended_by_neighbours(connection, [
-            timers.DueTimer(f"next-{status}", "nudge", status, f"tp-next-{status}", later, later + wait, 0)
+            timers.DueTimer(f"next-{status}", "nudge", status, f"tp-next-{status}", later, later + wait, 0, later)
             for status in statuses
         ])
     assert ended_waits == {"next-fired": WaitEnded(
@@ -316,14 +316,17 @@ def test_one_event_ends_only_the_waits_still_running_by_each_rules_own_wait(tmp_
     assert statuses == {"short": "pending", "long_a": "cancelled", "long_b": "cancelled"}
 
 
-def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_once_it_has(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cart_minutes_ago", [3, 120])  # 120: a phone flushing its cart late
+def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_once_it_has(
+    tmp_path: Path, cart_minutes_ago: int
+) -> None:
     """Rules are files on each machine, and a rollout reaches them one by one: node B, still on the old file,
     claims the timer node A armed under the new rule. It must not lapse it for good, but fire it once it has the
-    rule."""
+    rule, however old the cart when it was taken in."""
     database_url = f"sqlite:///{tmp_path}/shared.db"
     new = hub_on(tmp_path / "a", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "a", NUDGE))
     old = hub_on(tmp_path / "b", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "b", "rules: []\n"))
-    accept(new, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=3)))
+    accept(new, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=cart_minutes_ago)))
     at = utcnow()
     with capture_logs() as logs:
         assert old.timers.run_once(at) == 1

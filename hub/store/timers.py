@@ -36,6 +36,7 @@ class DueTimer:
     anchor_at: datetime
     due_at: datetime
     attempts: int  # firings of it that raised before this claim
+    created_at: datetime  # when a pipeline armed it, by that node's clock
 
 
 _SETTLE = precompiled.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
@@ -271,7 +272,8 @@ def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) ->
 _SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
     timers.c.timer_id,
-    (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts),
+    (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts,
+     timers.c.created_at),
     and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
 ALL_SEEN = datetime.max.replace(tzinfo=timezone.utc)  # `seen_until` when no event waits in the inbox
