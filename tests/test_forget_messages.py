@@ -3,6 +3,7 @@ people's touchpoints that carried their identifiers."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from sqlalchemy import select
 from hub.clock import utcnow
 from hub.model import Delivery, Identifier, PlannedDelivery, SendResult
 from hub.runtime import Hub
-from hub.store import identity_repair, outbox
+from hub.store import identity_repair, outbox, quarantine
 from hub.store.forget import forget as forget_person
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import find_profile_id
@@ -191,3 +192,18 @@ def test_a_send_in_flight_when_the_person_is_forgotten_is_never_retried(tmp_path
         assert sandbox.twilio.message_count == 0
     finally:
         hub.store.dispose()
+
+
+def test_forget_wipes_quarantined_bodies_that_hold_the_persons_address(running_hub: RunningHub) -> None:
+    """Sam's app once sent an event with a bad timestamp: refused and quarantined with his email in its body.
+    Nothing links it to his profile, so forgetting him looks for his addresses there; other bodies stay."""
+    sam = {"userId": "sam", "context": {"traits": {"email": "Sam@Example.com"}}}
+    running_hub.send(message("identify", userId="sam", traits={"email": "sam@example.com"}),
+                     message(event="Cart Viewed", timestamp="yesterday", **sam),
+                     message(event="Cart Viewed", timestamp="yesterday", userId="ana"))
+    running_hub.settle()
+    [profile_id] = {d["profile_id"] for d in running_hub.admin("/api/touchpoints")["touchpoints"]}
+    assert running_hub.client.delete(f"/api/profiles/{profile_id}", headers=AUTH).status_code == 200
+    kept = running_hub.admin("/api/quarantine")["quarantine"]
+    assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
+    assert "sam" not in json.dumps(kept).lower() and any('"ana"' in entry["raw_body"] for entry in kept)

@@ -4,7 +4,8 @@ Forgetting erases identifiers, traits and the personal content of touchpoints,
 raw inbox payloads and delivery logs, keeping the rows themselves so counts
 (events per day, deliveries per channel) still add up. Messages not yet sent
 to the person are withdrawn, and their identifiers are taken out of other
-people's touchpoints that carried them (a bad link an unmerge undid). With
+people's touchpoints that carried them (a bad link an unmerge undid), and
+quarantined bodies holding their addresses are wiped. With
 blocking on, each identifier's digest joins a blocklist, so an old install
 sending the same email cannot bring the person back (`hub.identity`).
 """
@@ -18,7 +19,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from hub.model import Identifier
 from hub.pii import address_values, without_values
-from hub.store import consent_changes, outbox
+from hub.store import consent_changes, outbox, quarantine
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import locked_live_profile
 from hub.store.schema import (
@@ -62,6 +63,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     ).rowcount
     forget_inbox_payloads(connection, inbox_ids)
     _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
+    quarantine.forget_holding(connection, address_values(erased))
     delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id.in_(ids))).scalars())
     connection.execute(
         update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, insert, select
+from sqlalchemy import Connection, desc, func, insert, select, update
 
 from hub.errors import ItemProblem
 from hub.store.schema import quarantine
@@ -44,3 +44,28 @@ def recent(connection: Connection, limit: int = 100) -> list[dict[str, Any]]:
 
 def count(connection: Connection) -> int:
     return connection.execute(select(func.count()).select_from(quarantine)).scalar_one()
+
+
+ERASED_REASON = "erased: it held data of a person since forgotten"
+
+
+def forget_holding(connection: Connection, values: set[str]) -> int:
+    """Wipe the body, problems and reason of every quarantined row that holds one of `values` (lowercase, found
+    in any case); returns how many. The row stays, for counts.
+
+    Nothing links a refused body to a profile (it never became a touchpoint),
+    so forgetting a person reads the quarantine through for their addresses:
+    an operator's action, on a table ops keep short.
+    """
+    if not values:
+        return 0
+    rows = connection.execute(select(quarantine.c.id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems))
+    holding = [
+        row.id for row in rows
+        if any(value in f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}".lower() for value in values)
+    ]
+    if holding:
+        connection.execute(
+            update(quarantine).where(quarantine.c.id.in_(holding)).values(raw_body=b"", problems=[], reason=ERASED_REASON)
+        )
+    return len(holding)
