@@ -163,7 +163,7 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
     for touchpoint in found["touchpoints"]:
         evidence.add(plain(f"{touchpoint['event']} at {touchpoint['occurred_at']} ({touchpoint['touchpoint_id']})"))
     if found["judged_again_after"]:
-        evidence.add(plain(_judged_again(found["judged_again_after"], found["created_at"])))
+        evidence.add(plain(_judged_again(found["judged_again_after"], found["merged_by"], found["created_at"])))
     if found["timer"]:
         timer = found["timer"]
         evidence.add(plain(f"no follow-up between {timer['anchor_at']} and {timer['due_at']} (timer {timer['status']})"))
@@ -179,13 +179,13 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
     return tree
 
 
-def _judged_again(late: dict[str, Any], decided: datetime) -> str:
+def _judged_again(late: dict[str, Any], merged_by: dict[str, Any] | None, decided: datetime) -> str:
     """A decision `triggers.rejudge` made: its touchpoint was judged without the late event first, and again
-    when that event arrived (the decision's `created_at`); the tree's head gives the touchpoint's own time."""
-    return (
-        f"judged again at {decided}, when a late {late['event']} (at {late['occurred_at']}) arrived "
-        f"({late['touchpoint_id']})"
-    )
+    when that event arrived, or a merge brought it in (the decision's `created_at`); the tree's head gives the
+    touchpoint's own time."""
+    came = "arrived" if merged_by is None else (
+        f"came in with a merge ({merged_by['event']} at {merged_by['occurred_at']}, {merged_by['touchpoint_id']})")
+    return f"judged again at {decided}, when a late {late['event']} (at {late['occurred_at']}) {came} ({late['touchpoint_id']})"
 
 
 def _add_delivery(deliveries: Tree, delivery: dict[str, Any]) -> None:

@@ -30,16 +30,18 @@ def explain(
     return {
         **decision,
         "touchpoints": touchpoints.summaries(connection, evidence.get("touchpoints", [decision["touchpoint_id"]])),
-        "judged_again_after": _late_event(connection, evidence),
+        "judged_again_after": _evidence_touchpoint(connection, evidence, "judged_again_after"),
+        "merged_by": _evidence_touchpoint(connection, evidence, "merged_by"),
         "timer": dict(timer) if timer else None,
         "deliveries": outbox.search(connection, limit=100, decision_id=decision_id, recipient=recipient),
     }
 
 
-def _late_event(connection: Connection, evidence: dict[str, Any]) -> dict[str, Any] | None:
-    """The touchpoint whose late arrival made the decision (`evidence.judged_again_after`), as `touchpoints`
-    shows the others; None for a decision made when its own touchpoint or timer came."""
-    late = evidence.get("judged_again_after")
-    if late is None:
+def _evidence_touchpoint(connection: Connection, evidence: dict[str, Any], key: str) -> dict[str, Any] | None:
+    """The touchpoint `evidence[key]` names, as `touchpoints` shows the others: whose late arrival made the
+    decision (`judged_again_after`), or whose merge brought that one in (`merged_by`); None for a decision made
+    when its own touchpoint or timer came."""
+    named = evidence.get(key)
+    if named is None:
         return None
-    return next(iter(touchpoints.summaries(connection, [late["touchpoint_id"]])), None)
+    return next(iter(touchpoints.summaries(connection, [named["touchpoint_id"]])), None)

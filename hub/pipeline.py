@@ -234,7 +234,9 @@ class Pipeline:
         found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, MAX_TIME, None)])
         for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
             rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
-            yield from triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint)
+            for at, decision in triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint):
+                decision.evidence["merged_by"] = {"touchpoint_id": touchpoint.touchpoint_id, "event": touchpoint.event}
+                yield at, decision
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")

@@ -21,6 +21,7 @@ from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, inbox
 from tests.conftest import RunningHub, make_settings, support_ticket
+from tests.test_post_purchase_support import web_ticket_then_phone_login
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 
@@ -469,3 +470,20 @@ def test_an_event_the_pipeline_fails_on_is_listed_and_the_run_ends(tmp_path: Pat
     result = trigger_lab.run(PROJECT_MAPPINGS / "triggers.yaml", events, make_settings(tmp_path))
     assert [d["rule_id"] for d in result.decisions] == ["cart_abandonment"]
     assert result.left_out == [f"{events}:3: quarantined at the pipeline stage: RuntimeError: a bug in one event's processing"]
+
+
+def test_decisions_explain_says_a_merge_brought_the_late_evidence(running_hub: RunningHub, tmp_path: Path) -> None:
+    """The phone's order came into the web profile with a late login: explain names the order, and the login
+    whose merge brought it, where it read as if the order itself had arrived late."""
+    web_ticket_then_phone_login(running_hub, "+14155550011", ticket=1, login=2)
+    [decision] = running_hub.admin("/api/decisions", rule_id="post_purchase_support")["decisions"]
+    explained = running_hub.admin(f"/api/decisions/{decision['decision_id']}")
+    late, merged_by = explained["judged_again_after"], explained["merged_by"]
+    assert (late["event"], merged_by["event"]) == ("Order Completed", "identify")
+    result = touchhub("decisions", "explain", decision["decision_id"], HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db",
+                      COLUMNS="400")  # the line holds two ids: unwrapped
+    assert (
+        f"judged again at {as_printed(explained['created_at'])}, when a late Order Completed "
+        f"(at {as_printed(late['occurred_at'])}) came in with a merge (identify at {as_printed(merged_by['occurred_at'])}, "
+        f"{merged_by['touchpoint_id']}) ({late['touchpoint_id']})"
+    ) in tree_lines(result.stdout)
