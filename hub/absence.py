@@ -313,9 +313,10 @@ class TimerEngine:
         """The rule in force of each timer's rule id, the file looked at again first if one is missing: another
         process's pipeline may have armed it under an edit this worker's next look would find."""
         rule_ids = {timer.rule_id for timer in due}
-        if any(self.rulebook.get(rule_id) is None for rule_id in rule_ids):
-            self.rulebook.reload_if_changed()
-        return {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
+        rules = {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
+        if None in rules.values() and self.rulebook.reload_if_changed():
+            rules = {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
+        return rules
 
     def _history(self, connection: Connection, firings: list[_Firing]) -> History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the

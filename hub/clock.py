@@ -3,5 +3,9 @@
 from datetime import datetime, timezone
 
 
+# Later than any event's time: an open end of a time range, and what a pinned trait is stamped with.
+END_OF_TIME = datetime.max.replace(tzinfo=timezone.utc)
+
+
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

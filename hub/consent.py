@@ -57,6 +57,19 @@ def _said(value: Any, words: set[Any]) -> bool:
     return not isinstance(value, (dict, list)) and value is not None and value in words
 
 
+def lock_before_deliveries(connection: Connection, consent_changes: bool) -> None:
+    """Take the profiles lock now, before any delivery row, when this transaction will change consent too.
+
+    Consent is a profile change, so `set_consent` takes the lock; after the
+    rows a provider's word updates (a refusal, a status callback), that is
+    the opposite of the pipeline's order, which holds the lock while a merge
+    repoints the person's deliveries: a deadlock on PostgreSQL, and a
+    rolled-back delivery batch is sent again once its lease runs out.
+    """
+    if consent_changes:
+        lock_profiles(connection)
+
+
 def set_consent(
     connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
     through: Identifier | None,

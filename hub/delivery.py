@@ -51,7 +51,7 @@ from connectors.base import Destination
 from hub import metrics
 from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
-from hub.consent import set_consent
+from hub.consent import lock_before_deliveries, set_consent
 from hub.delivery_policy import PolicyBook
 from hub.errors import (
     AuthDeliveryError,
@@ -64,7 +64,6 @@ from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
 from hub.store import Store, outbox
 from hub.store.outbox import AttemptRecord
-from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 
@@ -203,11 +202,7 @@ class DeliveryEngine:
     def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
         """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
         now = utcnow()
-        if any(outcome.revokes_consent for outcome in outcomes):
-            # Consent is a profile change: its lock before this batch's delivery rows, in the pipeline's order
-            # (it holds the lock while a merge repoints deliveries). The other order deadlocks on PostgreSQL, and
-            # the rolled-back batch is sent again once its lease runs out.
-            lock_profiles(connection)
+        lock_before_deliveries(connection, any(outcome.revokes_consent for outcome in outcomes))
         outbox.record_attempts(connection, [
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])
@@ -274,7 +269,7 @@ class DeliveryEngine:
         started_at = utcnow()
         clock = time.perf_counter()
         destination = self.destinations.get(delivery.destination_id)
-        request_summary = self._unsent_summary(delivery)  # until the destination has summarised the request
+        request_summary: dict | None = None  # until the destination has summarised the request
         try:
             if destination is None:
                 raise AuthDeliveryError(
@@ -285,7 +280,8 @@ class DeliveryEngine:
         except DeliveryError as exc:
             if exc.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
-            return self._failed(delivery, exc, started_at, clock, request_summary)
+            summary = self._unsent_summary(delivery) if request_summary is None else request_summary
+            return self._failed(delivery, exc, started_at, clock, summary)
         metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="sent").inc()
         attempt = AttemptRecord(
             started_at=started_at,

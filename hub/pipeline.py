@@ -16,7 +16,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingType
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import partial
 from itertools import chain
 from typing import Any
@@ -25,7 +25,7 @@ import structlog
 from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
-from hub.clock import utcnow
+from hub.clock import END_OF_TIME, utcnow
 from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
@@ -40,8 +40,6 @@ from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
 log = structlog.get_logger(__name__)
-
-MAX_TIME = datetime.max.replace(tzinfo=timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -231,7 +229,7 @@ class Pipeline:
         stored = partial(touchpoints.get_many, connection)
         history = StoreHistory(connection)
         since = touchpoint.occurred_at - within
-        found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, MAX_TIME, None)])
+        found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, END_OF_TIME, None)])
         for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
             rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
             for at, decision in triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint):

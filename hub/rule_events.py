@@ -55,14 +55,17 @@ class RuleIndex:
                     rejudged.setdefault(name, []).append(entry)
         self._rejudged = {name: tuple(entries) for name, entries in rejudged.items()}
         self._rejudged_by_kind = tuple(by_kind)
+        self._longest_window = max(
+            [entry.within for entries in rejudged.values() for entry in entries] + [entry.within for _, entry in by_kind],
+            default=None,
+        )
 
     def for_event(self, event: str) -> tuple[RuleSpec, ...]:
         return self._by_event.get(event, self._unpinned)
 
     def longest_evidence_window(self) -> timedelta | None:
         """How far back any rule's `recent` looks for evidence, if any does: a merge's evidence reaches that far."""
-        named = [entry.within for entries in self._rejudged.values() for entry in entries]
-        return max(named + [entry.within for _, entry in self._rejudged_by_kind], default=None)
+        return self._longest_window
 
     def rejudged_by(self, event: str, stage: str | None, moment: str | None) -> tuple[Rejudged, ...]:
         """The rules a late event of this name (stage, moment) may now make hold at events stored before it

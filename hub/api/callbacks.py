@@ -14,10 +14,9 @@ from starlette.concurrency import run_in_threadpool
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult
 from hub.api.body import read_body
 from hub.clock import utcnow
-from hub.consent import set_consent, set_consent_by_identifier
+from hub.consent import lock_before_deliveries, set_consent, set_consent_by_identifier
 from hub.runtime import Hub
 from hub.store import outbox
-from hub.store.sql import lock_profiles
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["callbacks"])
@@ -41,8 +40,7 @@ async def callback(request: Request, destination_id: str, kind: str = "status") 
 def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
     now = utcnow()
     with hub.store.write() as connection:
-        if result.consent or any(report.revokes_consent for report in result.statuses):
-            lock_profiles(connection)  # before the delivery rows a status updates, as `DeliveryEngine._record` takes it
+        lock_before_deliveries(connection, bool(result.consent) or any(report.revokes_consent for report in result.statuses))
         for report in result.statuses:
             delivery = outbox.apply_provider_status(connection, destination_id, report, now)
             if delivery is None:

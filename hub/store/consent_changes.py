@@ -12,17 +12,18 @@ the rows outlive nothing the identifiers table does not already hold.
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, delete, insert, select, update
 
+from hub.clock import END_OF_TIME
 from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
 from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes
 
-PINNED = datetime.max.replace(tzinfo=timezone.utc)  # the stamp no event's trait time reaches
+PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
 
 

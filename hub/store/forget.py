@@ -21,7 +21,7 @@ from hub.model import Identifier
 from hub.pii import address_values, without_values
 from hub.store import consent_changes, outbox, quarantine
 from hub.store.identity_graph import identifier_digest
-from hub.store.identity_repair import locked_live_profile
+from hub.store.identity_repair import held_by, locked_live_profile
 from hub.store.schema import (
     attempts,
     deliveries,
@@ -43,12 +43,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     """Erase a person: identifiers, traits and personal content; returns the counts kept."""
     live_id = locked_live_profile(connection, profile_id)
     ids = [live_id, *connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars()]
-    erased = [
-        Identifier(type_, value)
-        for type_, value in connection.execute(
-            select(identifiers.c.type, identifiers.c.value).where(identifiers.c.profile_id == live_id)
-        )
-    ]
+    erased = held_by(connection, live_id)
     connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     if block_identifiers:
         insert_ignoring_conflicts(
@@ -64,11 +59,14 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     forget_inbox_payloads(connection, inbox_ids)
     _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
     quarantine.forget_holding(connection, address_values(erased))
-    delivery_ids = list(connection.execute(select(deliveries.c.delivery_id).where(deliveries.c.profile_id.in_(ids))).scalars())
+    statuses = dict(connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.status).where(deliveries.c.profile_id.in_(ids))
+    ).all())
+    delivery_ids = list(statuses)
     connection.execute(
         update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
     )
-    _withdraw_unsent(connection, ids, now)
+    _withdraw_unsent(connection, [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES], now)
     connection.execute(
         update(attempts)
         .where(attempts.c.delivery_id.in_(delivery_ids))
@@ -148,11 +146,10 @@ def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> 
         ))
 
 
-def _withdraw_unsent(connection: Connection, profile_ids: list[str], now: datetime) -> None:
+def _withdraw_unsent(connection: Connection, unsent: list[str], now: datetime) -> None:
     """Settle the messages still to go to the person (due, held, dead) as failed, never sent: their address and
     content are gone, and the person asked to hear nothing more (as deleting a subscriber in Novu cancels what
     was queued for them). Without this the delivery worker claimed them with nothing to send."""
-    unsent = outbox.unsent_of(connection, profile_ids)
     if unsent:
         outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
 

@@ -75,7 +75,7 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
         update(profiles).where(profiles.c.profile_id.in_(split - {merged_profile_id})).values(merged_into=merged_profile_id)
     )
     moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved))
-    held_by_survivor = _held_by(connection, live_id)
+    held_by_survivor = set(held_by(connection, live_id))
     _rebuild_traits(connection, live_id, merged_profile_id, moved, held_by_survivor, now)
     reopened = _reopen_timers_ended_across(connection, (live_id, merged_profile_id))
     withdrawn = _withdraw_misaddressed(connection, {live_id: set(moved), merged_profile_id: held_by_survivor}, now)
@@ -196,14 +196,14 @@ def _traits_from_touchpoints(
     return traits
 
 
-def _held_by(connection: Connection, profile_id: str) -> set[Identifier]:
-    """The identifiers a profile holds now."""
-    return {
+def held_by(connection: Connection, profile_id: str) -> list[Identifier]:
+    """The identifiers a profile holds now, as the store gives them."""
+    return [
         Identifier(type_, value)
         for type_, value in connection.execute(
             select(identifiers.c.type, identifiers.c.value).where(identifiers.c.profile_id == profile_id)
         )
-    }
+    ]
 
 
 def _reopen_timers_ended_across(connection: Connection, sides: tuple[str, str]) -> int:

@@ -113,15 +113,6 @@ def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime,
     )
 
 
-def unsent_of(connection: Connection, profile_ids: Collection[str]) -> list[str]:
-    """The deliveries to these profiles that have reached no one yet and still may (`UNSENT_STATUSES`): what
-    forgetting a person withdraws."""
-    return list(connection.execute(
-        select(deliveries.c.delivery_id)
-        .where(deliveries.c.profile_id.in_(list(profile_ids)), deliveries.c.status.in_(UNSENT_STATUSES))
-    ).scalars())
-
-
 def why_not_replayed(delivery_id: str, previous: str) -> str:
     """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
     if previous == FORGOTTEN:

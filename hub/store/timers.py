@@ -13,11 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from functools import lru_cache
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, func, literal, or_, select, update
 
+from hub.clock import END_OF_TIME
 from hub.model import FOLLOWED_UP_BY, RESTARTED_BY, WaitEnded, derived_id
 from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, absence_waits, decisions, timers
@@ -276,7 +277,7 @@ _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
      timers.c.created_at),
     and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
-ALL_SEEN = datetime.max.replace(tzinfo=timezone.utc)  # `seen_until` when no event waits in the inbox
+ALL_SEEN = END_OF_TIME  # `seen_until` when no event waits in the inbox
 
 
 def claim_due(
