@@ -13,9 +13,16 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
+import phonenumbers
+
+from hub.identifiers import normalize_identifier
 from hub.model import Identifier
 
 _EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+# A value that may be a phone written by hand: digits and what people put between them, nothing else. Checked
+# before any parsing, as every string of a touchpoint is looked at.
+_PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
+_E164 = re.compile(r"\+\d{7,15}")
 # International numbers (+ and digits) and North American national ones; a bare
 # run of digits is not masked, or every timestamp and id would be.
 _PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
@@ -74,20 +81,87 @@ ADDRESS_TYPES = frozenset({"email", "phone", *TOKEN_TYPES})
 
 
 def address_values(identifiers: Iterable[Identifier]) -> set[str]:
-    """What `without_values` takes out for these identifiers: the values of those that are addresses, lowercase.
-    A phone written another way than E.164 in a field is not matched."""
+    """What `without_values` and `holds_values` take out for these identifiers: the values of those that are
+    addresses, lowercase. A phone among them (E.164) is also found written any other way ("(415) 555-0100")."""
     return {ident.value.lower() for ident in identifiers if ident.type in ADDRESS_TYPES}
 
 
 def without_values(value: Any, erased: set[str]) -> Any:
-    """`value` with every string equal to one of `erased` (lowercase; in any case) left out, at any depth: a
-    forgotten person's email or phone out of the fields and traits of events that carried them."""
+    """`value` with every string equal to one of `erased` (lowercase; in any case), or that is one of its phones
+    written another way, left out at any depth: a forgotten person's email or phone out of the fields and traits
+    of events that carried them."""
+    return _without(value, erased, _erased_phones(erased))
+
+
+def holds_values(text: str, erased: set[str]) -> bool:
+    """Whether free text (a raw body) holds one of `erased` (in any case), or one of its phones written any way.
+
+    A body is not parsed for its fields: it may be form-encoded, truncated or
+    no JSON at all. Its digits alone would match numbers glued across fields
+    (`[415, 5550100]`), so a body whose digits hold a phone's national number
+    is then read by phonenumbers' own matcher, which finds numbers in text as
+    written and is too slow to run on every body.
+    """
+    lowered = text.lower()
+    if any(value in lowered for value in erased):
+        return True
+    phones = _erased_phones(erased)
+    if not phones:
+        return False
+    digits = re.sub(r"\D", "", text)
+    candidates = {e164: region for e164, (region, national) in phones.items() if national in digits}
+    return any(
+        phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164) in candidates
+        for region in set(candidates.values())
+        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
+    )
+
+
+def _erased_phones(erased: set[str]) -> dict[str, tuple[str, str]]:
+    """Each erased phone (E.164) with the region its national format is read in and its national number.
+
+    The region is the phone's own country's, not the hub's default region:
+    written without a country code, a number can only be this one when read in
+    its own country, and forgetting runs where that setting is not to hand.
+    """
+    phones: dict[str, tuple[str, str]] = {}
+    for value in erased:
+        if not _E164.fullmatch(value):
+            continue
+        try:
+            number = phonenumbers.parse(value)
+        except phonenumbers.NumberParseException:  # no country code ("+0..."): only its exact value is known
+            continue
+        phones[value] = (
+            phonenumbers.region_code_for_country_code(number.country_code),
+            phonenumbers.national_significant_number(number),
+        )
+    return phones
+
+
+def _without(value: Any, erased: set[str], phones: dict[str, tuple[str, str]]) -> Any:
     if isinstance(value, dict):
-        return {key: without_values(item, erased) for key, item in value.items() if not _is_erased(item, erased)}
+        return {
+            key: _without(item, erased, phones) for key, item in value.items() if not _is_erased(item, erased, phones)
+        }
     if isinstance(value, list):
-        return [without_values(item, erased) for item in value if not _is_erased(item, erased)]
+        return [_without(item, erased, phones) for item in value if not _is_erased(item, erased, phones)]
     return value
 
 
-def _is_erased(value: Any, erased: set[str]) -> bool:
-    return isinstance(value, str) and value.strip().lower() in erased
+def _is_erased(value: Any, erased: set[str], phones: dict[str, tuple[str, str]]) -> bool:
+    if not isinstance(value, str):
+        return False
+    text = value.strip().lower()
+    if text in erased:
+        return True
+    if not phones or not _PHONE_LOOK.fullmatch(text):
+        return False
+    digits = re.sub(r"\D", "", text)
+    return any(national in digits and _as_e164(text, region) == e164 for e164, (region, national) in phones.items())
+
+
+def _as_e164(text: str, region: str) -> str | None:
+    """`text` read as a phone the way ingest reads one (`hub.identifiers`), in `region`."""
+    identifier = normalize_identifier("phone", text, region)
+    return identifier.value if identifier else None

@@ -18,7 +18,7 @@ from hub.store import identity_repair, outbox, quarantine
 from hub.store.forget import forget as forget_person
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import find_profile_id
-from hub.store.schema import attempts, deliveries, identity_events, merges
+from hub.store.schema import attempts, deliveries, identity_events, merges, touchpoints
 from tests.conftest import RunningHub, message, support_ticket
 from tests.test_absence_timers import accept, hub_on
 from tests.test_dead_letter_replay import AUTH, touchhub, trigger_sms
@@ -207,3 +207,50 @@ def test_forget_wipes_quarantined_bodies_that_hold_the_persons_address(running_h
     kept = running_hub.admin("/api/quarantine")["quarantine"]
     assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
     assert "sam" not in json.dumps(kept).lower() and any('"ana"' in entry["raw_body"] for entry in kept)
+
+
+def test_forgetting_a_phone_takes_it_out_of_other_peoples_touchpoints_however_it_is_written(tmp_path: Path) -> None:
+    """Bo's phone once rode on Ana's event, also typed by hand in its properties; an unmerge split them and Bo is
+    forgotten. Only "+14155550100" was taken out: "(415) 555-0100" and "+1 415-555-0100" there kept his number.
+    Another number sharing all but its last digits, and text that is no phone, stay Ana's."""
+    hub = hub_on(tmp_path)
+    try:
+        accept(hub, message("identify", anonymousId="ana-phone", traits={"email": "ana@x.io"}, timestamp="2026-01-01T10:00:00Z"))
+        accept(hub, message("identify", anonymousId="bo-laptop", traits={"phone": "+14155550100"}, timestamp="2026-01-01T11:00:00Z"))
+        accept(hub, message(
+            anonymousId="ana-phone", event="Callback Requested", context={"traits": {"phone": "+14155550100"}},
+            properties={"callback": "(415) 555-0100", "alternative": "+1 415-555-0100", "office": "415-555-0199",
+                        "tried": ["14155550100", "+1.415.555.0100", "after 5 pm"], "note": "call me after 5 pm"},
+            timestamp="2026-01-01T12:00:00Z",
+        ))
+        ana = profile(hub, "anonymous_id", "ana-phone")
+        with hub.store.read() as connection:
+            [bo] = connection.execute(select(merges.c.merged_id)).scalars()
+        with hub.store.write() as connection:
+            identity_repair.unmerge(connection, ana, bo, utcnow())
+        forget(hub, bo)
+        with hub.store.read() as connection:
+            [carried] = connection.execute(
+                select(touchpoints.c.properties).where(touchpoints.c.event == "Callback Requested")
+            ).scalars()
+        assert carried == {"office": "415-555-0199", "tried": ["after 5 pm"], "note": "call me after 5 pm"}
+        assert stored_rows_holding(hub, "555-0100") == [] and stored_rows_holding(hub, "4155550100") == []
+    finally:
+        hub.store.dispose()
+
+
+def test_forget_wipes_quarantined_bodies_that_hold_the_persons_phone_in_national_format(running_hub: RunningHub) -> None:
+    """Sam's app sent his callback number as he types it, "(415) 555-0100", in an event refused for its timestamp.
+    The quarantine was searched for "+14155550100" only, and kept it. Ana's body, with a number one digit off,
+    stays."""
+    running_hub.send(message("identify", userId="sam", traits={"phone": "+14155550100"}),
+                     message(event="Callback Requested", timestamp="yesterday", userId="sam-app",
+                             properties={"callback": "(415) 555-0100"}),
+                     message(event="Callback Requested", timestamp="yesterday", userId="ana",
+                             properties={"callback": "(415) 555-0101"}))
+    running_hub.settle()
+    [profile_id] = {d["profile_id"] for d in running_hub.admin("/api/touchpoints")["touchpoints"]}
+    assert running_hub.client.delete(f"/api/profiles/{profile_id}", headers=AUTH).status_code == 200
+    kept = running_hub.admin("/api/quarantine")["quarantine"]
+    assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
+    assert "sam-app" not in json.dumps(kept) and any("(415) 555-0101" in entry["raw_body"] for entry in kept)

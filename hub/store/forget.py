@@ -110,7 +110,7 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     The raw payloads of those events are dropped whole, as the person's own
     are: a raw body holds the value as the sender wrote it, which may differ
     from the normalized identifier. Fields are matched on the normalized value
-    in any case, so a phone number written another way there stays.
+    in any case, and a phone also however it is written (`hub.pii.without_values`).
     """
     if not touchpoint_ids or not erased:
         return

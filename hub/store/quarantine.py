@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, desc, func, insert, select, update
 
 from hub.errors import ItemProblem
+from hub.pii import holds_values
 from hub.store.schema import quarantine
 
 
@@ -51,7 +52,8 @@ ERASED_REASON = "erased: it held data of a person since forgotten"
 
 def forget_holding(connection: Connection, values: set[str]) -> int:
     """Wipe the body, problems and reason of every quarantined row that holds one of `values` (lowercase, found
-    in any case); returns how many. The row stays, for counts.
+    in any case; a phone among them written any way, `hub.pii.holds_values`); returns how many. The row stays,
+    for counts.
 
     Nothing links a refused body to a profile (it never became a touchpoint),
     so forgetting a person reads the quarantine through for their addresses:
@@ -62,7 +64,7 @@ def forget_holding(connection: Connection, values: set[str]) -> int:
     rows = connection.execute(select(quarantine.c.id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems))
     holding = [
         row.id for row in rows
-        if any(value in f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}".lower() for value in values)
+        if holds_values(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}", values)
     ]
     if holding:
         connection.execute(
