@@ -151,6 +151,9 @@ class Destination(Connector, ABC):
     """
 
     channel: ClassVar[str]
+    # The provider keeps one record per profile id (a CRM Lead): after a merge, the engine names the merged-in
+    # ids that record may still be keyed by (`Delivery.previous_targets`).
+    keeps_record_per_profile: ClassVar[bool] = False
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
         self.destination_id = destination_id

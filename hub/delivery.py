@@ -62,7 +62,7 @@ from hub.errors import (
 from hub.model import Delivery, Identifier
 from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
-from hub.store import Store, outbox
+from hub.store import Store, merged_targets, outbox
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
@@ -188,7 +188,17 @@ class DeliveryEngine:
             return []
         now = utcnow()
         claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
-        return self._checks.may_go(connection, claimed, now)
+        return merged_targets.follow_merges(
+            connection, self._checks.may_go(connection, claimed, now), self._addressed_to_profile, self._keeps_records
+        )
+
+    def _addressed_to_profile(self, delivery: Delivery) -> bool:
+        """Whether a delivery's target is a profile id (a route to `profile_id`), not a person's address."""
+        return self.recipient(delivery.channel, delivery.target) is None
+
+    def _keeps_records(self, destination_id: str) -> bool:
+        destination = self.destinations.get(destination_id)
+        return destination is not None and destination.keeps_record_per_profile
 
     def _at_their_limit(self) -> list[str]:
         """The destinations with as many sends in flight as their policy's `max_in_flight`."""

@@ -248,6 +248,9 @@ class Delivery:
     retry_from_attempt: int = 0  # attempts made before the last replay; the retry policy counts from here
     retry_from: datetime | None = None  # when the last replay happened; the retry policy's age starts here
     first_due_at: datetime | None = None  # when it was first due to go (None: planned before this was kept)
+    # Ids of profiles merged into this one since, that earlier deliveries of its destination went to: where a
+    # record the provider keeps per profile (a CRM Lead) may still be keyed (`hub.store.merged_targets`).
+    previous_targets: tuple[str, ...] = ()
 
     @property
     def retry_budget_used(self) -> int:

@@ -195,3 +195,72 @@ def test_salesforce_object_and_field_settings_are_checked(tmp_path: Path) -> Non
                           salesforce_password="secret", salesforce_sobject="Opportunity",
                           salesforce_external_id_field="Profile Id/../x"))
     assert [problem.split(":")[1].strip() for problem in bad.value.problems] == ["sobject", "external_id_field"]
+
+
+@pytest.fixture
+def crm_hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[RunningHub]:
+    """`hub`, with a CRM template that fills what a profile not logged in yet has."""
+    mappings = cart_nudge_mappings(tmp_path)
+    (mappings / "templates" / "cart_nudge.crm.j2").write_text(
+        "{% block field_LastName %}{{ profile.last_name | default('[not provided]') }}{% endblock %}"
+        "{% block field_Company %}[not provided]{% endblock %}"
+    )
+    running = Hub(make_settings(tmp_path, mappings_dir=mappings, **sandbox.settings_overrides()))
+    with BackgroundServer(create_app(running)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
+        yield RunningHub(running, server.url, client, sandbox)
+
+
+def ana_known_then_an_anonymous_cart(hub: RunningHub, *, log_in_with_the_cart: bool) -> None:
+    """Ana's profile first (so it survives the merge), then a cart viewed on a device not logged in yet; the
+    login merges that device's profile into hers, in the cart's batch or after its CRM update went out."""
+    hub.send(message("identify", userId="u-ana", traits={"email": "ana@example.com", "last_name": "Silva"}))
+    hub.settle()
+    log_in = message("identify", anonymousId="anon-7", userId="u-ana")
+    hub.send(message(anonymousId="anon-7", event="Cart Viewed"), *([log_in] if log_in_with_the_cart else []))
+    hub.settle()
+    if not log_in_with_the_cart:
+        assert len(hub.sandbox.salesforce.records("Lead")) == 1  # the anonymous profile's own Lead
+        hub.send(log_in)
+        hub.settle()
+
+
+def test_a_crm_update_planned_before_a_merge_goes_to_the_survivors_lead(crm_hub: RunningHub) -> None:
+    """The cart's update was planned for the device's profile, which the login in the same batch merged into
+    Ana's: it upserts under her id, and the delivery log shows that id."""
+    ana_known_then_an_anonymous_cart(crm_hub, log_in_with_the_cart=True)
+
+    [crm] = [d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"]
+    [lead] = crm_hub.sandbox.salesforce.records("Lead")
+    assert lead["Touchhub_Profile_Id__c"] == crm["profile_id"] == crm["target"]
+    assert crm["attempt_log"][0]["request_summary"]["external_id"] == crm["profile_id"]
+
+
+def test_after_a_merge_the_survivor_takes_over_the_merged_profiles_lead(crm_hub: RunningHub) -> None:
+    """The anonymous profile's cart made a Lead (and a Task on it). Once the login merged that profile into
+    Ana's, her next update re-keys that Lead to her id instead of creating a second one; later updates read
+    nothing more."""
+    ana_known_then_an_anonymous_cart(crm_hub, log_in_with_the_cart=False)
+    [first_lead] = crm_hub.sandbox.salesforce.records("Lead")
+
+    crm_hub.send(message(userId="u-ana", event="Cart Viewed"))
+    crm_hub.settle()
+    [lead] = crm_hub.sandbox.salesforce.records("Lead")
+    crm = sorted((d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"),
+                 key=lambda d: d["created_at"])
+    survivor = crm[-1]["profile_id"]
+    assert (lead["Id"], lead["Touchhub_Profile_Id__c"]) == (first_lead["Id"], survivor)
+    assert crm[0]["target"] != survivor  # the first went to the anonymous profile's id, as the log keeps
+    carried = crm[-1]["attempt_log"][0]
+    assert carried["request_summary"]["previous_keys"] == [crm[0]["target"]]
+    assert carried["response_summary"]["carried_over_from"] == crm[0]["target"]
+    assert len(crm_hub.sandbox.salesforce.records("Task")) == 2  # both on the one Lead
+    assert {task["WhoId"] for task in crm_hub.sandbox.salesforce.records("Task")} == {lead["Id"]}
+
+    crm_hub.sandbox.salesforce.reset()
+    crm_hub.send(message(userId="u-ana", event="Cart Viewed"))
+    crm_hub.settle()
+    upserts = [r["path"].split("/sobjects/")[-1] for r in crm_hub.sandbox.salesforce.requests if r["method"] != "POST"]
+    assert upserts[0] == f"Lead/Touchhub_Profile_Id__c/{survivor}"  # no look for the merged profile's Lead now
+    assert "previous_keys" not in sorted(
+        (d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"), key=lambda d: d["created_at"]
+    )[-1]["attempt_log"][0]["request_summary"]

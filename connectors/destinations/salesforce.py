@@ -10,6 +10,15 @@ One delivery on the ``crm`` channel (target: the hub's profile id) becomes:
 Both writes are keyed upserts, so a retry or a replay after a lost answer
 updates the same records instead of creating duplicates.
 
+A merge makes two profiles one person, and the survivor's id keys that
+person's record from then on. If the survivor has no record yet but a
+profile merged into it does (the anonymous visitor whose cart made a Lead
+before they logged in), that record is re-keyed to the survivor's id before
+the upsert, so the person keeps one Lead and its history instead of gaining a
+second. The delivery engine names those earlier keys
+(`Delivery.previous_targets`, `hub.store.merged_targets`). The REST API
+cannot merge two records, so when both already exist they stay two.
+
 What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
 ``fields`` (field API name -> value), ``intent`` and ``task``. A template may
 also fill fields from the profile: every ``{% block field_<ApiName> %}`` it
@@ -32,7 +41,13 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from simple_salesforce import Salesforce, SalesforceLogin
-from simple_salesforce.exceptions import SalesforceAuthenticationFailed, SalesforceError, SalesforceExpiredSession
+from simple_salesforce.exceptions import (
+    SalesforceAuthenticationFailed,
+    SalesforceError,
+    SalesforceExpiredSession,
+    SalesforceResourceNotFound,
+)
+from simple_salesforce.api import SFType
 
 from connectors.base import Destination
 from connectors.destinations.requests_transport import VendorAdapter
@@ -133,6 +148,7 @@ class CrmUpdate:
     fields: dict[str, Any]
     task: dict[str, Any] | None
     task_key: str
+    previous_keys: tuple[str, ...] = ()  # ids of profiles merged into this one that may key its record
 
 
 class SalesforceDestination(Destination):
@@ -140,6 +156,7 @@ class SalesforceDestination(Destination):
     title = "Salesforce (Lead/Contact upsert, owner Task)"
     docs_url = "https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/"
     channel = "crm"
+    keeps_record_per_profile = True
     Config = SalesforceConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
@@ -157,7 +174,7 @@ class SalesforceDestination(Destination):
         except PermanentDeliveryError:
             return {"external_id": delivery.target}
         return {"sobject": update.sobject, "external_id": update.external_id, "fields": sorted(update.fields),
-                "task": update.task is not None}
+                "task": update.task is not None, **({"previous_keys": list(update.previous_keys)} if update.previous_keys else {})}
 
     def plan(self, delivery: Delivery) -> CrmUpdate:
         """The writes a delivery asks for; PermanentDeliveryError naming the key if its params are malformed."""
@@ -179,7 +196,8 @@ class SalesforceDestination(Destination):
             description = delivery.content.get("description") or delivery.content.get("body", "")
             task = {"Subject": params.task.subject, "Priority": params.task.priority, "Status": params.task.status,
                     "Description": description}
-        return CrmUpdate(params.sobject or self.settings.sobject, delivery.target, fields, task, delivery.delivery_id)
+        return CrmUpdate(params.sobject or self.settings.sobject, delivery.target, fields, task, delivery.delivery_id,
+                         delivery.previous_targets)
 
     def send(self, delivery: Delivery) -> SendResult:
         update = self.plan(delivery)
@@ -237,10 +255,13 @@ class SalesforceDestination(Destination):
     def _write(self, client: Salesforce, update: CrmUpdate) -> SendResult:
         key_field = self.settings.external_id_field
         record_type = getattr(client, update.sobject)
+        carried_from = self._carry_over(record_type, update) if update.previous_keys else None
         answer = record_type.upsert(f"{key_field}/{quote(update.external_id, safe='')}", update.fields, raw_response=True)
         created = answer.status_code == 201
         record_id = answer.json()["id"] if answer.content else None
         summary: dict[str, Any] = {"sobject": update.sobject, "record_id": record_id, "created": created}
+        if carried_from is not None:
+            summary["carried_over_from"] = carried_from
         if update.task is not None:
             record = record_type.get_by_custom_id(key_field, update.external_id)
             task = {**update.task, "WhoId": record["Id"], "OwnerId": record["OwnerId"]}
@@ -249,6 +270,38 @@ class SalesforceDestination(Destination):
             summary["task_id"] = task_answer.json()["id"] if task_answer.content else None
             record_id = record["Id"]
         return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
+
+    def _carry_over(self, record_type: SFType, update: CrmUpdate) -> str | None:
+        """Re-key the record of a profile merged into this one to this profile's id, when this one has no record
+        yet; returns the key it carried over from, or None.
+
+        Before a merge each side's CRM updates upserted a record of its own;
+        without this the survivor's first update would create a second Lead for
+        the same person, and the first, with its history and owner, would stop
+        being updated. The engine stops naming previous keys once an update
+        under the survivor's own id went through, so only the first updates
+        after a merge pay the extra reads.
+        """
+        if self._record_keyed(record_type, update.external_id) is not None:
+            return None
+        for previous in update.previous_keys:
+            record = self._record_keyed(record_type, previous)
+            if record is None:
+                continue
+            try:
+                record_type.update(record["Id"], {self.settings.external_id_field: update.external_id})
+            except SalesforceError as exc:
+                if _error_code(exc) != "DUPLICATE_VALUE":
+                    raise
+                return None  # another send keyed a record to the survivor meanwhile: the upsert updates that one
+            return previous
+        return None
+
+    def _record_keyed(self, record_type: SFType, key: str) -> dict[str, Any] | None:
+        try:
+            return record_type.get_by_custom_id(self.settings.external_id_field, key)
+        except SalesforceResourceNotFound:
+            return None
 
     def close(self) -> None:
         self.session.close()

@@ -20,6 +20,9 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
 * Upsert is ``PATCH /sobjects/{type}/{externalIdField}/{value}``: 201 with
   ``created: true`` for a new record, 200 with ``created: false`` for an
   update (API v46.0 and later).
+* Update is ``PATCH /sobjects/{type}/{id}``: 204 and no body. External-id
+  fields here are unique, so a value another record of the type already
+  holds is refused with 400 ``DUPLICATE_VALUE``.
 * Record ids are 18 characters whose first three name the object type
   (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User).
 
@@ -234,6 +237,24 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
         return JSONResponse(record)
 
+    def update_by_id(call: _Call) -> Response:
+        record_id = call.params["record_id"]
+        if not RECORD_ID.fullmatch(record_id):
+            return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
+        if fake._find(call.sobject, "Id", record_id) is None:
+            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if problem := problem_with(call.sobject, call.body, creating=False):
+            return problem
+        for field in fake.external_ids[call.sobject] & set(call.body):
+            holder = fake._find(call.sobject, field, call.body[field])
+            if holder is not None and holder["Id"] != record_id:
+                return salesforce_errors(
+                    400, "DUPLICATE_VALUE", f"duplicate value found: {field} duplicates value on record with id: "
+                    f"{holder['Id']}", [field],
+                )
+        fake._write(call.sobject, record_id, call.body)
+        return Response(status_code=204)
+
     def create(call: _Call) -> Response:
         if problem := problem_with(call.sobject, call.body, creating=True):
             return problem
@@ -305,6 +326,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         Route("/services/oauth2/token", token, methods=["POST"]),
         Route(f"{data}/", api(create), methods=["POST"]),
         Route(f"{data}/{{record_id}}", api(get_by_id), methods=["GET"]),
+        Route(f"{data}/{{record_id}}", api(update_by_id), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(upsert), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(get_by_external_id), methods=["GET"]),
         *control_routes(fake, fake.state),

@@ -38,6 +38,14 @@ def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict
     return {profile_id: merged_into or profile_id for profile_id, merged_into in rows}
 
 
+def aliases_of(connection: Connection, profile_ids: Sequence[str]) -> dict[str, set[str]]:
+    """The ids merged into each of these profiles, in one statement (profiles nothing merged into left out)."""
+    aliases: dict[str, set[str]] = {}
+    for survivor_id, merged_id in _ALIASES_OF.execute(connection, profile_ids):
+        aliases.setdefault(survivor_id, set()).add(merged_id)
+    return aliases
+
+
 def live_traits(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:
     """The traits of each id's surviving profile, in two statements whatever their number (ids of no profile
     left out): what a claim of deliveries checks consent against."""
