@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -14,7 +15,7 @@ from simple_salesforce.exceptions import SalesforceMalformedRequest
 
 from connectors.destinations.requests_transport import VendorAdapter
 from connectors.destinations.salesforce import SALESFORCE_ORIGIN, SalesforceDestination
-from connectors.sandbox.salesforce import FakeSalesforce, create_app
+from connectors.sandbox.salesforce import FakeSalesforce, create_app, new_record_id
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer
@@ -85,6 +86,87 @@ def test_resending_updates_the_same_records(crm: SalesforceDestination, fake: Fa
     assert (lead["Touchhub_Intent__c"], again.response_summary["created"]) == ("churn_risk", False)
     assert len(fake.records("Task")) == 1
     assert fake.logins == 1  # the session is reused
+
+
+MERGED_ID = "01JDQ7Y8K3M2N4P5Q6R7S8T9AA"  # a profile since merged into PROFILE_ID
+
+
+def after_merge(content: dict[str, Any] = CONTENT, delivery_id: str = "dlv-2") -> Delivery:
+    """A delivery for PROFILE_ID, which MERGED_ID was merged into after a delivery of its own went out."""
+    return replace(delivery(content, delivery_id), previous_targets=(MERGED_ID,))
+
+
+def lead_of_merged_profile(crm: SalesforceDestination, fake: FakeSalesforce) -> dict[str, Any]:
+    crm.deliver(replace(delivery(delivery_id="dlv-1"), target=MERGED_ID))
+    [lead] = fake.records("Lead")
+    return lead
+
+
+def test_the_survivor_takes_over_the_lead_of_a_profile_merged_into_it(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
+    lead = lead_of_merged_profile(crm, fake)
+    before = len(fake.requests)
+
+    result = crm.deliver(after_merge())
+
+    [kept] = fake.records("Lead")
+    assert (kept["Id"], kept["Touchhub_Profile_Id__c"]) == (lead["Id"], PROFILE_ID)
+    assert result.response_summary["created"] is False
+    assert result.response_summary["carried_over_from"] == MERGED_ID
+    assert {task["WhoId"] for task in fake.records("Task")} == {lead["Id"]}
+    assert [(r["method"], r["path"].split("/sobjects/")[-1], r["status"]) for r in fake.requests[before:]][:4] == [
+        ("GET", f"Lead/Touchhub_Profile_Id__c/{PROFILE_ID}", 404),
+        ("GET", f"Lead/Touchhub_Profile_Id__c/{MERGED_ID}", 200),
+        ("PATCH", f"Lead/{lead['Id']}", 204),
+        ("PATCH", f"Lead/Touchhub_Profile_Id__c/{PROFILE_ID}", 200),
+    ]
+    assert crm.request_summary(after_merge())["previous_keys"] == [MERGED_ID]
+
+
+def test_when_both_profiles_have_a_lead_the_survivors_is_updated_and_both_stay(
+    crm: SalesforceDestination, fake: FakeSalesforce
+) -> None:
+    """The REST API cannot merge two records: that is left to Salesforce's own duplicate management."""
+    lead_of_merged_profile(crm, fake)
+    crm.deliver(delivery(delivery_id="dlv-0"))
+
+    result = crm.deliver(after_merge())
+
+    assert sorted(lead["Touchhub_Profile_Id__c"] for lead in fake.records("Lead")) == sorted([MERGED_ID, PROFILE_ID])
+    assert "carried_over_from" not in result.response_summary
+
+
+def test_a_lead_made_for_the_survivor_meanwhile_is_updated_instead(
+    crm: SalesforceDestination, fake: FakeSalesforce, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker's first update for the survivor lands between the look and the re-key: Salesforce refuses
+    the re-key (DUPLICATE_VALUE) and the upsert updates that Lead."""
+    lead_of_merged_profile(crm, fake)
+    find = fake._find
+
+    def another_send_lands(sobject: str, field: str, value: str) -> dict[str, Any] | None:
+        found = find(sobject, field, value)
+        if value == MERGED_ID:
+            fake._write("Lead", new_record_id("Lead"), {"LastName": "Silva", "Company": "x", field: PROFILE_ID})
+        return found
+
+    monkeypatch.setattr(fake, "_find", another_send_lands)
+    result = crm.deliver(after_merge())
+
+    assert ("PATCH", 400) in [(r["method"], r["status"]) for r in fake.requests]
+    assert "carried_over_from" not in result.response_summary
+    assert result.response_summary["created"] is False
+    assert sorted(lead["Touchhub_Profile_Id__c"] for lead in fake.records("Lead")) == sorted([MERGED_ID, PROFILE_ID])
+
+
+def test_the_fake_refuses_an_external_id_another_record_holds(server: BackgroundServer, fake: FakeSalesforce) -> None:
+    crm = destination(server, fake)
+    crm.deliver(delivery())
+    crm.deliver(replace(delivery(delivery_id="dlv-2"), target=MERGED_ID))
+    other = next(lead for lead in fake.records("Lead") if lead["Touchhub_Profile_Id__c"] == MERGED_ID)
+    with pytest.raises(SalesforceMalformedRequest) as refused:
+        crm._client().Lead.update(other["Id"], {"Touchhub_Profile_Id__c": PROFILE_ID})
+    assert refused.value.content[0]["errorCode"] == "DUPLICATE_VALUE"
+    crm.close()
 
 
 def test_contact_without_task_is_one_upsert(crm: SalesforceDestination, fake: FakeSalesforce) -> None:
