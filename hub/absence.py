@@ -112,6 +112,7 @@ class TimerEngine:
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
+        simulated = now
         now = now or utcnow()
         self._follow_shortened_waits(now)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
@@ -128,6 +129,9 @@ class TimerEngine:
             # in the pipeline's order (it takes this lock, then settles timers): the other order deadlocks on
             # PostgreSQL whenever a follow-up is processed while its timer fires.
             sql.lock_profiles(connection)
+            # Waiting for that lock (a pipeline batch's on PostgreSQL, the write lock on SQLite) can take a while:
+            # the lease and what is due count from when this worker holds it, not from its read before.
+            now = simulated or utcnow()
             seen_until = inbox.oldest_waiting(connection) or timers.ALL_SEEN
             due = timers.claim_due(connection, self.batch_size, now, self.lease, seen_until)
             if not due:  # held back while the pipeline catches up (`timers.claim_due`): look again shortly

@@ -607,3 +607,20 @@ def test_of_two_timers_due_at_once_the_higher_priority_rule_gets_the_daily_cap(
         statuses = {d["rule_id"]: d["status"] for d in decisions.search(connection, limit=10)}
     assert statuses == {sent: "fired", ({"browse_nudge", "order_nudge"} - {sent}).pop(): "unreached"}  # capped daily
 
+
+
+def test_a_worker_that_waited_for_the_lock_claims_by_the_time_it_got_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The timer worker reads what is due, then waits for the profiles lock behind a pipeline batch (here 10 s,
+    as a long batch on PostgreSQL could). A timer that came due during that wait goes in this batch: before, it
+    waited for the next, as what was due (and the lease) counted from the read."""
+    hub = hub_on(tmp_path)
+    start = utcnow()
+    accept(hub, message("identify", userId="amy", traits={"email": "amy@example.com"}),
+           message(userId="amy", event="Cart Viewed", timestamp=(start - timedelta(minutes=3)).isoformat()),
+           message("identify", userId="bo", traits={"email": "bo@example.com"}),
+           message(userId="bo", event="Cart Viewed", timestamp=(start - timedelta(minutes=2) + timedelta(seconds=5)).isoformat()))
+    readings = iter([start])  # the read before the lock; every later reading is after the wait
+    monkeypatch.setattr("hub.absence.utcnow", lambda: next(readings, start + timedelta(seconds=10)))
+
+    assert hub.timers.run_once() == 2
+    assert timer_statuses(hub) == ["fired", "fired"]
