@@ -20,7 +20,7 @@ from hub.errors import ConfigError
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, make_settings, message, serve_hub
+from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 PHONE_TOKEN = "cGhvbmUtdG9rZW46QVBBOTFiSGVuZDJlbmQwMDAwMDAwMDE"
@@ -199,13 +199,13 @@ def test_salesforce_object_and_field_settings_are_checked(tmp_path: Path) -> Non
 
 @pytest.fixture
 def crm_hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[RunningHub]:
-    """`hub`, with a CRM template that fills what a profile not logged in yet has."""
+    """`hub`, with a CRM template that fills what a profile not logged in yet has (and a short retry budget)."""
     mappings = cart_nudge_mappings(tmp_path)
     (mappings / "templates" / "cart_nudge.crm.j2").write_text(
         "{% block field_LastName %}{{ profile.last_name | default('[not provided]') }}{% endblock %}"
         "{% block field_Company %}[not provided]{% endblock %}"
     )
-    running = Hub(make_settings(tmp_path, mappings_dir=mappings, **sandbox.settings_overrides()))
+    running = Hub(make_settings(tmp_path, mappings_dir=mappings, delivery_max_attempts=2, **sandbox.settings_overrides()))
     with BackgroundServer(create_app(running)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
         yield RunningHub(running, server.url, client, sandbox)
 
@@ -264,3 +264,34 @@ def test_after_a_merge_the_survivor_takes_over_the_merged_profiles_lead(crm_hub:
     assert "previous_keys" not in sorted(
         (d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"), key=lambda d: d["created_at"]
     )[-1]["attempt_log"][0]["request_summary"]
+
+
+def test_after_an_unmerge_a_crm_update_goes_to_the_profile_split_off(crm_hub: RunningHub) -> None:
+    """The device's cart was viewed while it was merged into Ana's profile, so its update was planned for her
+    id; Salesforce was down and it went dead. The merge was wrong: once it is undone the cart is the device's
+    again, and the replayed update writes the device's own Lead, not Ana's."""
+    crm_hub.send(message("identify", userId="u-ana", traits={"email": "ana@example.com", "last_name": "Silva"}))
+    crm_hub.settle()
+    crm_hub.send(message(anonymousId="anon-7", event="Page Viewed", properties={"path": "/"}))
+    crm_hub.settle()
+    crm_hub.send(message("identify", anonymousId="anon-7", userId="u-ana"))  # someone else logged in on it
+    crm_hub.settle()
+    crm_hub.sandbox.salesforce.fail_next(503, "SERVER_UNAVAILABLE", times=10)
+    crm_hub.send(message(anonymousId="anon-7", event="Cart Viewed"))
+    crm_hub.settle()
+    [crm] = [d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"]
+    assert crm["status"] == "dead"
+    ana = crm["profile_id"]
+    [device] = crm_hub.admin(f"/api/profiles/{ana}")["merged_profile_ids"]
+
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    split = crm_hub.client.post(f"/api/profiles/{ana}/unmerge", json={"merged_profile_id": device}, headers=headers)
+    assert split.status_code == 200, split.text
+    crm_hub.sandbox.salesforce.reset()
+    assert crm_hub.client.post(f"/api/deliveries/{crm['delivery_id']}/replay", headers=headers).status_code == 200
+    crm_hub.settle()
+
+    [lead] = crm_hub.sandbox.salesforce.records("Lead")
+    assert lead["Touchhub_Profile_Id__c"] == device
+    [replayed] = [d for d in crm_hub.admin("/api/deliveries")["deliveries"] if d["channel"] == "crm"]
+    assert (replayed["status"], replayed["profile_id"], replayed["target"]) == ("sent", device, device)
