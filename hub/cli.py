@@ -13,6 +13,7 @@ import uvicorn
 from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
+from hub.cli_store import shown_url
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
@@ -72,7 +73,7 @@ def serve(
         hub = _build_hub(settings)
         app = create_app(hub)
         freeze_startup_objects()
-        console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {settings.database_url})")
+        console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {shown_url(settings.database_url)})")
         uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
 
 
@@ -124,7 +125,7 @@ def migrate() -> None:
 
     settings = load_settings()
     Store(settings.database_url).migrate()
-    console.print(f"Schema is up to date in {settings.database_url}")
+    console.print(f"Schema is up to date in {shown_url(settings.database_url)}")
 
 
 @connectors_app.command("list")

@@ -321,7 +321,7 @@ class DeliveryEngine:
             outcome=error.outcome,
             provider_message_id=None,
             error_class=failure.error_class,
-            error_message=mask_text(failure.message),
+            error_message=self._masked(delivery, failure.message),
             request_summary=request_summary,
             response_summary=failure.response_summary,
         )
@@ -331,6 +331,15 @@ class DeliveryEngine:
             error_class=failure.error_class, status=status,
         )
         return Outcome(delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent)
+
+    def _masked(self, delivery: Delivery, text: str) -> str:
+        """A provider's error as the delivery log keeps it: the delivery's own recipients in it as the log shows
+        them, then any other email or phone masked. A device token quoted back ("Invalid registration token:
+        ...") is no email or phone for `mask_text` to find."""
+        for recipient in {delivery.target, *delivery.content.get("recipients", ())}:
+            if recipient and recipient in text:
+                text = text.replace(recipient, mask_recipient(recipient, self.recipient(delivery.channel, recipient)))
+        return mask_text(text)
 
     def _next_status(self, delivery: Delivery, error: DeliveryError, now: datetime) -> tuple[str, datetime | None]:
         if isinstance(error, PermanentDeliveryError):

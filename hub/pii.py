@@ -12,13 +12,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import phonenumbers
 
 from hub.identifiers import normalize_identifier
 from hub.model import Identifier
 
-_EMAIL = re.compile(r"([A-Za-z0-9._%+-])[A-Za-z0-9._%+-]*@([A-Za-z0-9.-]+\.[A-Za-z]{2,})")
+# Letters of any script: identity takes in internationalised addresses (zoë@example.com, ana@bücher.de).
+_EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w.-]+\.[^\W\d_]{2,})")
 # A value that may be a phone written by hand: digits and what people put between them, nothing else. Checked
 # before any parsing, as every string of a touchpoint is looked at.
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
@@ -65,6 +67,17 @@ def mask_token(token: str) -> str:
     message the device with. One of 10 characters or fewer is no real token (FCM's run past 100) and is shown
     whole, so the log names the malformed value a provider refused."""
     return token[:10] + "…" if len(token) > 10 else token
+
+
+def mask_url(url: str) -> str:
+    """A URL as logs and the delivery log show it: its password and query values hidden. A receiver's URL may
+    carry Basic credentials (``https://user:pass@host``) or a token in its query, both as good as a password."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
+    query = "&".join(f"{name}=***" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def mask_recipient(target: str, identifier: Identifier | None) -> str:

@@ -6,9 +6,13 @@ they print as ``**********`` if settings are ever logged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
+
+from hub.pii import mask_url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
@@ -19,6 +23,10 @@ DEVELOPMENT_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
+
+
+# Settings holding a URL that may carry credentials: a database password, a receiver's Basic auth or token.
+_URL_FIELDS = frozenset({"database_url", "outbound_webhook_url", "chat_webhook_url"})
 
 
 class HubSettings(BaseSettings):
@@ -163,6 +171,12 @@ class HubSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown worker {', '.join(unknown)}: pick from {', '.join(WORKER_ROLES)}")
         return value
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        """The settings as printed: secrets are `SecretStr`, and URLs, which may carry a password or a token,
+        show neither (`mask_url`)."""
+        for name, value in super().__repr_args__():
+            yield name, mask_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     @property
     def worker_roles(self) -> tuple[str, ...]:

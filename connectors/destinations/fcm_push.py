@@ -43,7 +43,7 @@ from hub.errors import (
     RetryableDeliveryError,
 )
 from hub.model import Delivery, SendResult
-from hub.pii import mask_token
+from hub.pii import mask_text, mask_token
 from hub.retry import outcome_for_status
 
 log = structlog.get_logger(__name__)
@@ -124,7 +124,7 @@ class FcmPushDestination(Destination):
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         tokens = _tokens(delivery)
-        return {"tokens": len(tokens), "first_token": mask_token(tokens[0]), "title": delivery.content.get("title")}
+        return {"tokens": len(tokens), "first_token": mask_token(tokens[0]), "title": mask_text(delivery.content.get("title") or "")}
 
     def send(self, delivery: Delivery) -> SendResult:
         tokens = _tokens(delivery)

@@ -28,6 +28,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,12 +45,13 @@ from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
-from hub.pii import mask_text
+from hub.pii import mask_text, mask_url
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"
 RESPONSE_EXCERPT_CHARS = 200
+_LAST_WORD = re.compile(r"\S*$")
 # The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
 # message with for the delivery engine stays in the hub).
 CONTENT_KEYS = ("template", "rule_id", "params", QUIET_ZONE, SEND_BY)
@@ -116,9 +118,17 @@ def _transport_errors() -> Iterator[None]:
         ) from exc
 
 
+def _excerpt(text: str) -> str:
+    """The receiver's answer as the delivery log keeps it: its start, masked. A word the cut falls in is left
+    out, as an email cut short ("jane.doe@exa") no longer looks like one to the masking."""
+    if len(text) > RESPONSE_EXCERPT_CHARS:
+        text = _LAST_WORD.sub("…", text[:RESPONSE_EXCERPT_CHARS])
+    return mask_text(text)
+
+
 def _answer(delivery: Delivery, status: int, reason: str, text: str, retry_after: str | None) -> SendResult:
     """The receiver's answer: delivered on 2xx, otherwise the error its status means."""
-    summary = {"status": status, "body": mask_text(text[:RESPONSE_EXCERPT_CHARS])}
+    summary = {"status": status, "body": _excerpt(text)}
     if 200 <= status < 300:
         return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
     outcome = outcome_for_status(status)
@@ -175,7 +185,7 @@ class OutboundWebhookDestination(Destination):
         return params.get("type", self.event_type)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
-        return {"url": self.settings.url, "webhook_id": delivery.delivery_id, "type": self._type_of(delivery.content.get("params") or {})}
+        return {"url": mask_url(self.settings.url), "webhook_id": delivery.delivery_id, "type": self._type_of(delivery.content.get("params") or {})}
 
     def pinned_target(self) -> PinnedTarget:
         """Where to send, on the address the SSRF guard allows (DNS asked unless a fresh vetted answer is kept);

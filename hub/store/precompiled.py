@@ -187,7 +187,10 @@ class Precompiled:
             (cursor.executemany if many else cursor.execute)(driver.sql, parameters)
             return driver, cursor.fetchall() if cursor.description is not None else [], cursor.rowcount
         except dbapi_error as error:
-            raise DBAPIError.instance(driver.sql, values, error, dbapi_error) from error
+            # Its message would quote the values (a person's email, a device token) unless the engine hides them.
+            raise DBAPIError.instance(
+                driver.sql, values, error, dbapi_error, hide_parameters=connection.engine.hide_parameters
+            ) from error
         finally:
             cursor.close()
 
