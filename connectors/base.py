@@ -159,6 +159,18 @@ class Destination(Connector, ABC):
         self.destination_id = destination_id
         self.config = config
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> list[str]:
+        """What is wrong with a rule action's ``params`` (as `send` gets them in ``content["params"]``), each as
+        ``params.<key>: <reason>``; none by default.
+
+        The hub asks when the rules load, so params this destination would
+        refuse at every send stop the rule at start-up (or keep the last good
+        rules on a hot reload) instead of failing each of its messages.
+        Override with the same validation `send` does.
+        """
+        return []
+
     @abstractmethod
     def send(self, delivery: Delivery) -> SendResult:
         """Deliver, or raise DeliveryError."""

@@ -7,6 +7,8 @@ replayed deliveries at their next poll.
 
 from __future__ import annotations
 
+from functools import partial
+
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -15,6 +17,7 @@ from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.clock import utcnow
 from hub.store import Store, outbox
+from hub.store.profile_views import for_live_profile
 
 app = typer.Typer(
     help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
@@ -34,7 +37,7 @@ def list_deliveries(
     status: str = typer.Option(None, help="pending, retrying, sent, delivered, failed, or dead (the DLQ)."),
     destination: str = typer.Option(None, help="Only this destination id, e.g. twilio_sms."),
     channel: str = typer.Option(None, help="Only this channel: sms, email, push, chat, webhook, crm."),
-    profile: str = typer.Option(None, help="Only deliveries to this profile id."),
+    profile: str = typer.Option(None, help="Only deliveries to this profile id (or, merged since, its survivor's)."),
     limit: int = typer.Option(50, min=1, max=1000, help="Show at most this many, newest first."),
 ) -> None:
     """Show deliveries, newest first, with their attempts and last error (recipients masked).
@@ -43,11 +46,10 @@ def list_deliveries(
     """
     with config_problems_exit("The delivery log cannot be read"):
         recipient = delivery_recipients(load_settings().mappings_dir)
-    with _store().read() as connection:
-        found = outbox.search(
-            connection, limit=limit, status=status, channel=channel, destination_id=destination, profile_id=profile,
-            recipient=recipient,
-        )
+    search = partial(outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
+                     recipient=recipient)
+    with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
+        found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
     table = Table(title=f"Deliveries ({len(found)} shown)")
     for column in ("delivery id", "planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):
         table.add_column(column, overflow="fold")

@@ -189,7 +189,8 @@ class DeliveryEngine:
         now = utcnow()
         claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
         return merged_targets.follow_merges(
-            connection, self._checks.may_go(connection, claimed, now), self._addressed_to_profile, self._keeps_records
+            connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
+            self._keeps_records,
         )
 
     def _addressed_to_profile(self, delivery: Delivery) -> bool:

@@ -13,7 +13,7 @@ Each action ends with one fate, as the decision log shows it:
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -221,7 +221,7 @@ class Router:
             return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
         if route.reaches_person and max_age is not None:  # retries, replays and outages must not send it later
             held_in[SEND_BY] = (send_at + max_age).isoformat()
-        params = {**action.params, **({"fields": fields} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
+        params = destination_params(action, fields)
         delivery = PlannedDelivery(
             # The action's place too: two actions of a decision may reach one target on one channel (an email
             # now and a follow-up in two days, an SMS beside a push that fell back to SMS).
@@ -243,6 +243,12 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
+
+
+def destination_params(action: Action, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``params`` a delivery of `action` hands its destination: the action's own, its CRM `fields` (rendered,
+    when routed) and its webhook `endpoint`."""
+    return {**action.params, **({"fields": dict(fields)} if fields else {}), **({"endpoint": action.endpoint} if action.endpoint else {})}
 
 
 def _hours(span: timedelta) -> str:

@@ -7,7 +7,7 @@ setup is reported in full at once (`ConfigError` with one line per problem).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from functools import partial
 from typing import TypeVar
@@ -26,7 +26,7 @@ from hub.mapping_catalog import MappingCatalog
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.quiet_hours import QuietHours
 from hub.respond import Responder
-from hub.routing import ContactPolicy, Router, load_routes
+from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.settings import HubSettings
@@ -208,14 +208,21 @@ class Hub:
         return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy, configured=served)
 
     def _build_rulebook(self) -> RuleBook:
-        router = self.router
+        router, destinations = self.router, self.registry.destinations
 
-        def routes_and_templates_exist(rules: list[RuleSpec]) -> None:
-            if router is not None:
-                router.check_channels(rules)
-                router.templates.check(sorted(template_names(rules)))
+        def rules_can_be_served(rules: list[RuleSpec]) -> None:
+            """Every channel routed, every template parsing, every action's params taken by its destinations:
+            all that is wrong reported at once."""
+            if router is None:
+                return
+            problems: list[str] = []
+            _collect(problems, lambda: router.check_channels(rules))
+            _collect(problems, lambda: router.templates.check(sorted(template_names(rules))))
+            _collect(problems, lambda: check_action_params(rules, router.routes, destinations))
+            if problems:
+                raise ConfigError(problems)
 
-        return RuleBook(self.settings.mappings_dir / "triggers.yaml", routes_and_templates_exist, self.settings.rules_reload_seconds)
+        return RuleBook(self.settings.mappings_dir / "triggers.yaml", rules_can_be_served, self.settings.rules_reload_seconds)
 
     def _build_destinations(self) -> dict[str, Destination]:
         return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)
@@ -226,6 +233,32 @@ class Hub:
             sql.lock_profiles(connection)
             removed = SqlIdentityGraph(connection).detach("push_token", tokens, "FCM reported the token unregistered")
         log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
+
+
+def check_action_params(
+    rules: Sequence[RuleSpec], routes: Mapping[str, ChannelRoute], destinations: Mapping[str, type[Destination]]
+) -> None:
+    """Refuse rules (at start-up and reload) whose action params a destination serving one of the action's
+    channels would refuse: found only at send time, every message of the rule failed for good, and so did its
+    replays, which send the params stored with the delivery. Destinations no route names, or that no installed
+    connector provides, are not asked."""
+    problems: list[str] = []
+    for rule in rules:
+        for number, action in enumerate(rule.respond):
+            params = destination_params(action, action.fields)  # `fields` unrendered: a string renders to one
+            asked: set[str] = set()
+            for channel in (action.channel, *(alternative.channel for alternative in action.fallback)):
+                route = routes.get(channel)
+                if route is None or route.destination in asked or route.destination not in destinations:
+                    continue
+                asked.add(route.destination)
+                problems.extend(
+                    f"triggers.yaml: rule {rule.id!r}: channel {channel!r} (respond.{number}): {problem}; "
+                    f"fix the action's params, which destination {route.destination!r} refuses at every send"
+                    for problem in destinations[route.destination].check_params(params)
+                )
+    if problems:
+        raise ConfigError(problems)
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

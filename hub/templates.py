@@ -4,6 +4,11 @@ Ops write templates; a sandboxed environment means a template can read the
 values it is given but never reach Python internals. Undefined names fail
 loudly at planning time instead of sending "Hi ," to a customer.
 
+A trait sent as null (Segment identify calls often carry `company: null`)
+is no value either: it renders as nothing, and `default(...)` replaces it as
+it replaces a missing one. Jinja's own would print "None", writing "Hi
+None," to a customer and "None" into a CRM's Company.
+
 A template file that is not UTF-8 is a template error like any other
 (`NotUTF8TemplateError`): Jinja lets it out as UnicodeDecodeError, which
 would fail the whole event at planning time and escape the rule book's
@@ -17,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError
+from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
@@ -39,13 +44,26 @@ def template_names(rules: list[RuleSpec]) -> set[str]:
     return names
 
 
+def _nothing_for_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
+    """Jinja's `default`, with a null value counted as missing."""
+    if value is None or isinstance(value, Undefined) or (boolean and not value):
+        return default_value
+    return value
+
+
 class TemplateRenderer:
     def __init__(self, folder: Path, recheck_seconds: float = 1.0) -> None:
         """Edited template files are picked up within `recheck_seconds` (HUB_RULES_RELOAD_SECONDS), like rules."""
         self.folder = folder
         self._environment = SandboxedEnvironment(
-            loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False
+            loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+            finalize=_nothing_for_none,
         )
+        self._environment.filters["default"] = _default
         self._recheck_seconds = recheck_seconds
         self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.

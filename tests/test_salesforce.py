@@ -249,6 +249,8 @@ def test_malformed_params_are_permanent_before_any_request(crm: SalesforceDestin
     message = refused.value.failure.message
     assert "params.fields" in message and "params.task.subject" in message and "params.task.priority" in message
     assert fake.requests == []
+    assert "; ".join(SalesforceDestination.check_params(bad["params"])) == message  # what the rules are checked by
+    assert SalesforceDestination.check_params({"sobject": "Contact", "fields": {"Title": "CTO"}, "task": {"subject": "Call"}}) == []
 
 
 @pytest.mark.parametrize(("override", "code"), [

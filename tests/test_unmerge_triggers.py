@@ -20,7 +20,8 @@ from hub.clock import utcnow
 from hub.model import FOLLOWED_UP_BY, derived_id
 from hub.runtime import Hub
 from hub.store import decisions, outbox, timers
-from hub.store.identity_repair import WITHDRAWN_IN_UNMERGE, unmerge
+from hub.store.identity_repair import unmerge
+from hub.store.outbox import WITHDRAWN_IN_UNMERGE
 from hub.store.profile_views import profile_view
 from hub.store.schema import deliveries, merges
 from hub.store.timers import ALREADY_FIRED_BY

@@ -168,6 +168,15 @@ class SalesforceDestination(Destination):
         self._login_lock = threading.Lock()
         self._salesforce: Salesforce | None = None
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> list[str]:
+        """The problems `plan` would refuse every delivery of the action for (`salesforce.bad_params`)."""
+        try:
+            CrmParams.model_validate(dict(params))
+        except ValidationError as exc:
+            return [f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        return []
+
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         try:
             update = self.plan(delivery)

@@ -17,7 +17,7 @@ from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
 from hub.runtime import Hub
 from hub.store import decisions, outbox, quarantine, touchpoints
-from hub.store.profile_views import find_profile_id, live_profile_id, profile_view
+from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
 
 T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])
@@ -47,15 +47,8 @@ async def _read_one(request: Request, work: Callable[[Connection], T | None], mi
 
 
 def _for_live_profile(profile_id: str | None, search: Callable[[Connection, str | None], list[T]]) -> Callable[[Connection], list[T]]:
-    """Filter by the surviving profile of `profile_id`, which may be an id merged away since."""
-
-    def work(connection: Connection) -> list[T]:
-        live_id = live_profile_id(connection, profile_id) if profile_id else None
-        if profile_id and live_id is None:
-            return []
-        return search(connection, live_id)
-
-    return work
+    """Filter by the surviving profile of `profile_id`, which may be an id merged away since (`for_live_profile`)."""
+    return lambda connection: for_live_profile(connection, profile_id, search)
 
 
 @router.get("/touchpoints", summary="Touchpoints, newest first")

@@ -18,6 +18,7 @@ side's address is withdrawn.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -25,10 +26,10 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
-from hub.pii import address_values, without_values
+from hub.pii import address_values, holds_values, without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
-from hub.store.profile_views import live_profile_id
+from hub.store.profile_views import live_profile_id, live_profile_ids
 from hub.store.traits import newest_traits, stamped_traits, with_part_times
 from hub.store.schema import (
     decisions,
@@ -45,7 +46,6 @@ from hub.store.sql import insert_ignoring_conflicts, lock_profiles
 from hub.store.timers import ended_by, reopen
 
 UNMERGE_RULE = "unmerge requested by an operator"
-WITHDRAWN_IN_UNMERGE = "not sent: recipient left the profile in an unmerge"
 
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
@@ -245,23 +245,29 @@ def _owners(connection: Connection, causes: list[tuple[str, str]], sides: tuple[
 
 def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identifier]], now: datetime) -> int:
     """Withdraw the messages of either side not yet sent (held for quiet hours, delayed, retrying, or dead and so
-    replayable) that are addressed to an identifier the other side now holds (`others`: profile id -> what the
-    other side holds); returns how many.
+    replayable) that are addressed to the other side or carry its address (`others`: profile id -> what the
+    other side holds; the two ids are each other's other side); returns how many.
 
     Routing picked the profile's newest address while the two were one, so
     Amy's cart nudge may wait for the morning addressed to Bo's email. Such a
     message is not sent rather than routed again: the decision was made on
-    the merged profile's history. A multicast's other `recipients` count too.
+    the merged profile's history. A multicast's other `recipients` count too,
+    and so does a CRM update planned for the merged profile's id: rendered
+    while the two were one, it would write Bo's email onto Amy's Lead.
     """
-    addresses = {profile_id: {identifier.value for identifier in held} for profile_id, held in others.items()}
+    addresses = {profile_id: address_values(held) for profile_id, held in others.items()}
+    other_side = dict(zip(others, reversed(list(others))))
     waiting = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
         .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(outbox.UNSENT_STATUSES))
     ).all()
+    planned_for = live_profile_ids(connection, sorted({target for _, _, target, _ in waiting}))
     misaddressed = [
         delivery_id for delivery_id, profile_id, target, content in waiting
-        if addresses[profile_id].intersection([target, *content.get("recipients", ())])
+        if addresses[profile_id].intersection(value.lower() for value in [target, *content.get("recipients", ())])
+        or planned_for.get(target) == other_side[profile_id]
+        or holds_values(json.dumps(content, ensure_ascii=False), addresses[profile_id])
     ]
     if misaddressed:
-        outbox.withdraw(connection, misaddressed, now, WITHDRAWN_IN_UNMERGE)
+        outbox.withdraw(connection, misaddressed, now, outbox.WITHDRAWN_IN_UNMERGE)
     return len(misaddressed)

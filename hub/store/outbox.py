@@ -24,6 +24,10 @@ UNSENT_STATUSES = (*DUE_STATUSES, "dead")
 # never sent again, and `replay` answers FORGOTTEN for it.
 FORGOTTEN_TARGET = "(forgotten)"
 FORGOTTEN = "forgotten"
+# What an unmerge (`hub.store.identity_repair`) leaves as the last error of the messages it withdraws: planned
+# for, or carrying, the other person while the two were one profile. `replay` answers MISADDRESSED for them.
+WITHDRAWN_IN_UNMERGE = "not sent: planned for the other person while two people were one profile (unmerged since)"
+MISADDRESSED = "misaddressed"
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
@@ -117,6 +121,9 @@ def why_not_replayed(delivery_id: str, previous: str) -> str:
     """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
     if previous == FORGOTTEN:
         return f"delivery {delivery_id!r} was to a person since forgotten (erased on request); it is never sent again"
+    if previous == MISADDRESSED:
+        return (f"delivery {delivery_id!r} was planned while two people were one profile and an unmerge withdrew it; "
+                "it would reach, or carry, the wrong person, so it is never sent again")
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
@@ -190,18 +197,20 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
 
     Returns the status the delivery had (the caller tells "replayed" from "not
     replayable" by it), FORGOTTEN for one whose person was erased on request
-    (it has no recipient left, and must reach no one), or None when there is
-    no such delivery. Attempt numbers keep counting, so the log shows the
+    (it has no recipient left, and must reach no one), MISADDRESSED for one an
+    unmerge withdrew, or None when there is no such delivery. Attempt numbers keep counting, so the log shows the
     replayed attempts after the old ones.
     """
     row = connection.execute(
-        select(deliveries.c.status, deliveries.c.attempts, deliveries.c.target)
+        select(deliveries.c.status, deliveries.c.attempts, deliveries.c.target, deliveries.c.last_error)
         .where(deliveries.c.delivery_id == delivery_id)
     ).first()
     if row is None:
         return None
     if row.target == FORGOTTEN_TARGET:
         return FORGOTTEN
+    if row.status == "failed" and row.last_error == WITHDRAWN_IN_UNMERGE:
+        return MISADDRESSED
     if row.status in REPLAYABLE_STATUSES:
         connection.execute(
             update(deliveries)

@@ -6,8 +6,8 @@ The identity graph (`hub.store.identity_graph`) writes profiles; these only read
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from typing import Any
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, func, select
 
@@ -15,6 +15,7 @@ from hub.model import Identifier
 from hub.store.schema import identifiers, merges, profiles
 from hub.store.precompiled import rows_where_in
 
+T = TypeVar("T")
 _LIVE_IDS_OF = rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
 _PROFILE_ROWS_OF = rows_where_in(
     profiles.c.profile_id, profiles.c.profile_id, profiles.c.created_at, profiles.c.updated_at, profiles.c.traits
@@ -29,6 +30,18 @@ _ALIASES_OF = rows_where_in(profiles.c.merged_into, profiles.c.merged_into, prof
 def live_profile_id(connection: Connection, profile_id: str) -> str | None:
     """The surviving profile for an id, which may be an alias left by a merge."""
     return live_profile_ids(connection, [profile_id]).get(profile_id)
+
+
+def for_live_profile(
+    connection: Connection, profile_id: str | None, search: Callable[[Connection, str | None], list[T]]
+) -> list[T]:
+    """`search` filtered by the surviving profile of `profile_id` (an id merged away since finds what its survivor
+    has; one of no profile finds nothing), or unfiltered without one: how the admin API and the CLI read logs by
+    profile."""
+    live_id = live_profile_id(connection, profile_id) if profile_id else None
+    if profile_id and live_id is None:
+        return []
+    return search(connection, live_id)
 
 
 def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict[str, str]:
