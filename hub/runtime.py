@@ -124,7 +124,7 @@ class Hub:
 
     def authenticate(self, request: InboundRequest) -> Source:
         """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""
-        error = AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name")
+        error = AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body")
         for source in self.sources.values():
             if not source.sdk_ingest:
                 continue

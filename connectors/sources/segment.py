@@ -75,7 +75,7 @@ class SegmentSource(Source):
             return
         write_key = _basic_auth_user(request.headers.get("authorization", ""))
         if write_key is None:
-            raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name")
+            raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body")
         if self._write_key_digest is None or not matches_digest(write_key, self._write_key_digest):
             raise AuthenticationError("unknown write key: check the source's write key")
 

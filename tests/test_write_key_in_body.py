@@ -1,0 +1,125 @@
+"""The write key as a `writeKey` field of the body (Segment's HTTP API allows it; analytics-clj, Analytics.NET send it).
+
+It authenticates like Basic auth, and its value is kept nowhere: not in the
+inbox, not in a touchpoint, not in quarantine.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from hub.store import schema
+from tests.conftest import RunningHub, message
+
+KEY = "wk-in-body-5d1e9a77"  # distinctive, so finding it anywhere in the database is a leak
+pytestmark = pytest.mark.hub_settings(default_write_key=KEY)
+
+VALID = {"type": "track", "userId": "u-1", "event": "Product Viewed", "properties": {"sku": "p-1"}}
+
+
+def post(running_hub: RunningHub, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+    headers = {"Content-Type": "application/json"}
+    return running_hub.client.post(path, content=json.dumps(body), headers=headers, **kwargs)
+
+
+def database_text(running_hub: RunningHub) -> str:
+    """Every row of every table, as text."""
+    with running_hub.hub.store.read() as connection:
+        return "\n".join(
+            repr(row) for table in schema.metadata.sorted_tables for row in connection.execute(select(table))
+        )
+
+
+def stored(running_hub: RunningHub, table: Any) -> list[Any]:
+    with running_hub.hub.store.read() as connection:
+        return list(connection.execute(select(table)).mappings())
+
+
+def test_batch_with_write_key_in_body_is_accepted_and_the_key_kept_nowhere(running_hub: RunningHub) -> None:
+    answer = post(running_hub, "/v1/batch", {"writeKey": KEY, "batch": [message(**VALID), message(**VALID)]})
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2
+    running_hub.settle()
+    payloads = [row["payload"] for row in stored(running_hub, schema.inbox)]
+    assert len(payloads) == 2 and all("writeKey" not in payload for payload in payloads)
+    touchpoints = stored(running_hub, schema.touchpoints)
+    assert [t["properties"] for t in touchpoints] == [{"sku": "p-1"}] * 2
+    assert KEY not in database_text(running_hub)
+
+
+def test_write_key_in_every_message_is_accepted_and_stripped(running_hub: RunningHub) -> None:
+    """analytics-clj style: no top-level key, each message carries it."""
+    answer = post(running_hub, "/v1/batch", {"batch": [message(**VALID, writeKey=KEY), message(**VALID, writeKey=KEY)]})
+    assert answer.status_code == 200 and answer.json()["accepted"] == 2
+    running_hub.settle()
+    assert len(stored(running_hub, schema.touchpoints)) == 2
+    assert KEY not in database_text(running_hub)
+
+
+@pytest.mark.parametrize("path", ["/v1/track", "/v1/identify"])
+def test_single_message_with_write_key_in_body_is_accepted(running_hub: RunningHub, path: str) -> None:
+    body = {"writeKey": KEY, "userId": "u-7", "event": "Signed Up", "traits": {"plan": "pro"}}
+    answer = post(running_hub, path, body)
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    running_hub.settle()
+    [row] = stored(running_hub, schema.inbox)
+    assert "writeKey" not in row["payload"] and row["payload"]["userId"] == "u-7"
+    assert len(stored(running_hub, schema.touchpoints)) == 1
+    assert KEY not in database_text(running_hub)
+
+
+def test_wrong_write_key_in_body_is_401_and_stores_nothing(running_hub: RunningHub) -> None:
+    answer = post(running_hub, "/v1/batch", {"writeKey": "not-the-key", "batch": [message(**VALID)]})
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "unknown write key: check the source's write key"
+    assert answer.headers["www-authenticate"].startswith("Basic")
+    assert stored(running_hub, schema.inbox) == [] and stored(running_hub, schema.quarantine) == []
+
+
+def test_empty_write_key_in_body_is_the_missing_key_401(running_hub: RunningHub) -> None:
+    answer = post(running_hub, "/v1/track", {**VALID, "writeKey": ""})
+    assert answer.status_code == 401 and answer.json()["error"].startswith("missing write key")
+
+
+def test_header_and_body_keys_must_agree(running_hub: RunningHub) -> None:
+    same = post(running_hub, "/v1/batch", {"writeKey": KEY, "batch": [message(**VALID)]}, auth=(KEY, ""))
+    assert same.status_code == 200 and same.json()["accepted"] == 1
+    other = post(running_hub, "/v1/batch", {"writeKey": "other-key", "batch": [message(**VALID)]}, auth=(KEY, ""))
+    assert other.status_code == 401
+    assert other.json()["error"].startswith("conflicting write keys: the Authorization header and the body's writeKey")
+    mixed = post(running_hub, "/v1/batch", {"batch": [message(**VALID, writeKey=KEY), message(**VALID, writeKey="x")]})
+    assert mixed.status_code == 401 and "different writeKey values" in mixed.json()["error"]
+    assert len(stored(running_hub, schema.inbox)) == 1
+
+
+def test_refused_body_with_write_key_is_quarantined_without_it(running_hub: RunningHub) -> None:
+    body = {"writeKey": KEY, "batch": [message(type="track", userId="u-1", writeKey=KEY)]}  # no event: refused
+    answer = post(running_hub, "/v1/batch", body)
+    assert answer.status_code == 400 and answer.json()["error"] == "no valid message in the request"
+    [kept] = stored(running_hub, schema.quarantine)
+    assert kept["stage"] == "ingest"
+    raw = json.loads(kept["raw_body"])
+    assert "writeKey" not in raw and "writeKey" not in raw["batch"][0] and raw["batch"][0]["userId"] == "u-1"
+    assert KEY not in database_text(running_hub)
+
+
+def test_refused_item_with_write_key_is_quarantined_without_it(running_hub: RunningHub) -> None:
+    batch = [message(**VALID, writeKey=KEY), message(userId="u-2", writeKey=KEY)]  # the second has no type
+    answer = post(running_hub, "/v1/batch", {"batch": batch})
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    [kept] = stored(running_hub, schema.quarantine)
+    assert kept["stage"] == "item" and "writeKey" not in json.loads(kept["raw_body"])
+    running_hub.settle()
+    assert KEY not in database_text(running_hub)
+
+
+def test_body_that_is_not_json_is_quarantined_with_the_key_redacted(running_hub: RunningHub) -> None:
+    answer = running_hub.client.post("/v1/batch", content=f'{{"writeKey": "{KEY}", "batch": ['.encode(), auth=(KEY, ""))
+    assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON")
+    [kept] = stored(running_hub, schema.quarantine)
+    assert kept["raw_body"] == b'{"writeKey": "[redacted]", "batch": ['
+    assert KEY not in database_text(running_hub)
