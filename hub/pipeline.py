@@ -36,6 +36,7 @@ from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.store import Store, forget, inbox, quarantine, timers, touchpoints
+from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
 
@@ -183,7 +184,7 @@ class Pipeline:
         if resolution.erased:
             touchpoint = _without_erased(touchpoint, resolution.erased)
             forget.forget_inbox_payloads(connection, [row.id])
-        graph.update_traits(resolution.profile_id, touchpoint.traits, touchpoint.occurred_at)
+        graph.update_traits(resolution.profile_id, touchpoint.traits, trait_time(touchpoint.occurred_at, touchpoint.received_at))
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)

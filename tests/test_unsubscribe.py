@@ -164,6 +164,32 @@ def test_a_trait_in_a_later_event_does_not_undo_what_the_person_said_through_a_p
     hub.store.dispose()
 
 
+def test_no_event_time_undoes_a_withdrawal_or_outranks_later_traits(tmp_path: Path) -> None:
+    """A withdrawal is pinned at the end of time. An identify dated 9999-12-31T23:59:59.999999Z (a broken device
+    clock, or anyone holding the public write key) tied the pin and turned email back on; and a trait from a clock
+    a year ahead beat every correct change after it. Traits count as set no later than the hub received them."""
+    hub = Hub(make_settings(tmp_path))
+
+    def accept(event: dict) -> None:
+        with hub.store.write() as connection:
+            inbox.append(connection, [RawEvent("default", event["messageId"], event)], utcnow())
+        while hub.pipeline.run_once():
+            pass
+
+    def traits() -> dict:
+        with hub.store.read() as connection:
+            return SqlIdentityGraph(connection).traits(find_profile_id(connection, Identifier("email", EMAIL)) or "")
+
+    accept(message("identify", userId="u-pin", traits={"email": EMAIL}, timestamp=(NOW - timedelta(days=1)).isoformat()))
+    with hub.store.write() as connection:
+        set_consent_by_identifier(connection, Identifier("email", EMAIL), "email", False, utcnow(), "unsubscribe link")
+    accept(message("identify", userId="u-pin", traits={"email_opt_out": False, "plan": "pro"},
+                   timestamp="9999-12-31T23:59:59.999999+00:00"))
+    accept(message("identify", userId="u-pin", traits={"plan": "team"}, timestamp=utcnow().isoformat()))
+    assert (traits()["email_opt_out"], traits()["plan"]) == (True, "team")
+    hub.store.dispose()
+
+
 def test_consent_given_for_one_channel_keeps_what_was_said_for_the_others(tmp_path: Path) -> None:
     """`consent` merges channel by channel: a later identify with {email: true} replaced {sms: false} whole,
     and SMS went out again."""

@@ -30,7 +30,7 @@ from hub.pii import address_values, holds_values, without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.profile_views import live_profile_id, live_profile_ids
-from hub.store.traits import newest_traits, stamped_traits, with_part_times
+from hub.store.traits import newest_traits, stamped_traits, trait_time, with_part_times
 from hub.store.schema import (
     decisions,
     deliveries,
@@ -187,12 +187,12 @@ def _traits_from_touchpoints(
     """The profile's traits as its touchpoints set them, newest by event time, without the `foreign` values."""
     traits: tuple[dict[str, Any], dict[str, str]] = ({}, {})
     rows = connection.execute(
-        select(touchpoints.c.traits, touchpoints.c.occurred_at)
+        select(touchpoints.c.traits, touchpoints.c.occurred_at, touchpoints.c.received_at)
         .where(touchpoints.c.profile_id == profile_id)
         .order_by(touchpoints.c.occurred_at)
     )
-    for values, occurred_at in rows:
-        traits = newest_traits(traits, stamped_traits(without_values(values, foreign), occurred_at))
+    for values, occurred_at, received_at in rows:
+        traits = newest_traits(traits, stamped_traits(without_values(values, foreign), trait_time(occurred_at, received_at)))
     return traits
 
 

@@ -13,6 +13,18 @@ from typing import Any
 Traits = tuple[dict[str, Any], dict[str, str]]  # values, and the event time that set each
 
 
+def trait_time(occurred_at: datetime, received_at: datetime) -> datetime:
+    """When an event's traits count as set: its time, but no later than the hub received it.
+
+    Newest wins per trait, by event time. A device clock years ahead would
+    otherwise win over every correct change for years, and an identify dated
+    9999-12-31T23:59:59.999999Z (a broken clock, or anyone holding a public
+    write key) would tie the pin a withdrawal holds (`consent_changes.PINNED`)
+    and undo an unsubscribe.
+    """
+    return min(occurred_at, received_at)
+
+
 def stamped_traits(traits: dict[str, Any], observed_at: datetime) -> Traits:
     """Traits paired with the event time that set each, the shape last-write-wins compares."""
     stamp = observed_at.isoformat()
