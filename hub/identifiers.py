@@ -7,6 +7,7 @@ and each type's normalizer come from `mappings/identity.yaml`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import phonenumbers
@@ -15,6 +16,16 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier
 
 KNOWN_TYPES = tuple(item.type for item in DEFAULT_IDENTITY.identifier_types)
+
+# One RFC 5322 dot-atom each side of the "@" (RFC 6532 lets both hold non-ASCII), so nothing that makes a
+# header parser see a second address, a display name or a new line: no comma, semicolon, angle bracket, quote,
+# parenthesis, backslash, whitespace or control character. Quoted local parts and domain literals, legal but
+# all but unused, are refused with them.
+_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
+_LABEL = r"(?:[A-Za-z0-9-]|[^\x00-\x7f])+"
+_ADDR_SPEC = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+# RFC 5321 4.5.3.1: 64 octets of local part, 254 of path (256 with the angle brackets).
+MAX_LOCAL_OCTETS, MAX_ADDRESS_OCTETS = 64, 254
 
 
 def normalize_identifier(
@@ -30,7 +41,7 @@ def normalize_identifier(
     normalizer = declared.normalizer if declared else "trim"
     if normalizer == "email":
         value = value.lower()
-        if "@" not in value.strip("@"):
+        if not is_email_address(value):
             return None
     elif normalizer == "phone":
         value = _e164(value, default_region)
@@ -39,6 +50,19 @@ def normalize_identifier(
     elif normalizer == "lowercase":
         value = value.lower()
     return Identifier(type_, value)
+
+
+def is_email_address(value: str) -> bool:
+    """Whether `value` is exactly one bare address (``local@domain``), as an email identifier and an SMTP
+    envelope recipient must be.
+
+    Checking for an "@" alone let "ana@example.com, eve@evil.example" through: the email library reads two
+    recipients in it, and a display name, angle brackets or a line break smuggle in others.
+    """
+    if not value.isprintable() or _ADDR_SPEC.fullmatch(value) is None:
+        return False
+    local = value.rpartition("@")[0]
+    return len(local.encode("utf-8")) <= MAX_LOCAL_OCTETS and len(value.encode("utf-8")) <= MAX_ADDRESS_OCTETS
 
 
 def _e164(value: str, default_region: str) -> str | None:

@@ -74,6 +74,22 @@ def test_junk_values_are_refused(type_: str, raw: object) -> None:
     assert normalize_identifier(type_, raw, "US") is None
 
 
+@pytest.mark.parametrize("raw", [
+    "ana@example.com, eve@evil.example", "ana@example.com;eve@evil.example", "ana@example.com eve@evil.example",
+    "Ana <ana@example.com>", "<ana@example.com>", "ana@example.com\nBcc: eve@evil.example", "ana@exam\u2028ple.com",
+    '"ana eve"@example.com', "ana@@example.com", "ana..b@example.com", "ana@example.com.", "a" * 65 + "@example.com",
+])
+def test_an_email_value_that_is_not_exactly_one_bare_address_is_refused(raw: str) -> None:
+    """Checking for an "@" alone let one person's email go to several mailboxes: smtplib and every header parser
+    read each address in a comma list, and a display name or line break smuggles in more."""
+    assert normalize_identifier("email", raw, "US") is None
+
+
+@pytest.mark.parametrize("raw", ["o'brien+news@example.com", "jane@bücher.example", "jäne@example.com", "a@localhost"])
+def test_unusual_but_valid_email_addresses_are_kept(raw: str) -> None:
+    assert normalize_identifier("email", raw, "US") == Identifier("email", raw)
+
+
 def test_unknown_identifiers_create_a_profile_and_known_ones_reuse_it(store: Store) -> None:
     first = resolve_in(store, touchpoint(1, ("anonymous_id", "a1")))
     second = resolve_in(store, touchpoint(2, ("anonymous_id", "a1"), ("email", "x@example.com")))

@@ -2,7 +2,8 @@
 
 SMTP: RFC 5321 (reply codes: 4xx transient, 5xx permanent); AUTH: RFC 4954;
 one-click unsubscribe: RFC 8058 (``List-Unsubscribe`` + ``List-Unsubscribe-Post``),
-which Gmail and Yahoo require of bulk senders.
+which Gmail and Yahoo require of bulk senders; internationalised addresses:
+RFC 5891 (IDNA A-labels) and RFC 6531 (SMTPUTF8).
 
 A connection per send keeps the adapter simple and thread-safe; the delivery
 engine's thread pool bounds how many are open at once.
@@ -10,16 +11,21 @@ engine's thread pool bounds how many are open at once.
 
 from __future__ import annotations
 
+import re
 import smtplib
 import ssl
+import unicodedata
 from datetime import timedelta
+from email import policy
+from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
-from email.utils import formatdate, parseaddr
+from email.utils import formatdate
 from html import escape
 from typing import Any, Literal
 from urllib.parse import urlencode
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Destination
 from hub.clock import utcnow
@@ -30,12 +36,97 @@ from hub.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
+from hub.identifiers import is_email_address
 from hub.model import Delivery, SendResult
 from hub.pii import mask_email, mask_text
 from hub.unsubscribe import make_token
 
+log = structlog.get_logger(__name__)
+
 # Reply codes that mean our credentials or TLS setup are wrong, not the message.
 AUTH_CODES = frozenset({530, 534, 535, 538})
+# TLS failures that are the connection dropping (a relay restarting, a network blip), not our setup: retried.
+# A certificate that does not verify or a protocol the two ends do not share is a plain `ssl.SSLError` (or
+# `SSLCertVerificationError`): no retry fixes that.
+TLS_DROPS: tuple[type[ssl.SSLError], ...] = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+# "Display Name <local@domain>"; everything before the angle brackets is the name, commas included.
+_NAMED_SENDER = re.compile(r"(?P<name>.*?)\s*<(?P<address>[^<>]*)>\s*")
+# RFC 5322 2.1.1: no line over 998 characters. The link adds its token (~200) and the field name to this.
+MAX_UNSUBSCRIBE_URL = 600
+
+
+def a_label(domain: str) -> str:
+    """`domain` with each internationalised label as its IDNA A-label, which plain SMTP and DNS carry.
+
+    The A-label is "xn--" + Punycode of the label (RFC 5891 4.4). Not the standard library's "idna" codec:
+    that is IDNA 2003, which maps characters away (``straße`` to ``strasse``: another domain, maybe another
+    owner); Punycode of the label as written maps nothing, so a domain that was never valid fails at the
+    relay instead of reaching someone else. ASCII labels are left as they are.
+
+    Raises:
+        ValueError: a label is empty or longer than DNS allows (63 octets).
+    """
+    labels = []
+    for label in domain.split("."):
+        if not label.isascii():
+            label = "xn--" + unicodedata.normalize("NFC", label.lower()).encode("punycode").decode("ascii")
+        if not 0 < len(label) <= 63:
+            raise ValueError(f"domain label {label[:20]!r}... is not 1 to 63 characters long")
+        labels.append(label)
+    return ".".join(labels)
+
+
+def one_address(addr_spec: str, display_name: str = "") -> Address:
+    """The mailbox `addr_spec` names (exactly one ``local@domain``), its domain as an A-label.
+
+    Raises:
+        ValueError: `addr_spec` is not exactly one bare address.
+    """
+    if not is_email_address(addr_spec):
+        raise ValueError("is not one email address (local@domain, no display name, comma or line break)")
+    local, _, domain = addr_spec.rpartition("@")
+    return Address(display_name=display_name, username=local, domain=a_label(domain))
+
+
+def sender_address(value: str) -> Address:
+    """The one mailbox a From setting names: ``news@shop.example`` or ``Display Name <news@shop.example>``.
+
+    The display name is everything before the angle brackets, so ``Acme, Inc. <news@acme.example>`` is one
+    mailbox, where a header parser reads two ("Acme" and "Inc. <news@acme.example>"); `Address` quotes the
+    name when the header is written. A name already in double quotes is taken without them.
+
+    Raises:
+        ValueError: not one mailbox, or a line break in it.
+    """
+    if not value.isprintable():
+        raise ValueError("must be one line of printable characters")
+    named = _NAMED_SENDER.fullmatch(value.strip())
+    name, addr_spec = (named["name"], named["address"].strip()) if named else ("", value.strip())
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return one_address(addr_spec, name)
+
+
+class _VerbatimHeader(UnstructuredHeader):
+    """A header written exactly as set, never folded or RFC 2047 encoded.
+
+    For ``List-Unsubscribe``: the URL has no whitespace to fold at, so at 78 columns the email library
+    turns the whole field into encoded-words (``=?utf-8?q?=3Chttps...?=``), and mailbox providers, which
+    read the raw field for ``<https://...>`` (RFC 2369, RFC 8058), then find no link and show no one-click
+    unsubscribe. The config guarantees an ASCII URL short enough for SMTP's 998-character line.
+    """
+
+    def fold(self, *, policy: Any) -> str:
+        return f"{self.name}: {self}{policy.linesep}"
+
+
+def _message_policy() -> policy.EmailPolicy:
+    headers = HeaderRegistry()  # our own: mapping a type on the shared default registry would change every message
+    headers.map_to_type("list-unsubscribe", _VerbatimHeader)
+    return policy.default.clone(header_factory=headers)
+
+
+MESSAGE_POLICY = _message_policy()
 
 
 class EmailSmtpConfig(BaseModel):
@@ -48,11 +139,28 @@ class EmailSmtpConfig(BaseModel):
     username: str | None = None
     password: SecretStr | None = None
     ca_file: str | None = Field(None, description="PEM bundle to verify the server with, instead of the system's.")
-    from_address: str = Field(pattern=r"@", description="Sender, e.g. 'Shop <news@shop.example>'.")
+    from_address: str = Field(description="Sender, e.g. 'Shop <news@shop.example>' or 'news@shop.example'.")
     unsubscribe_url: str = Field(description="The hub's public /v1/unsubscribe URL.")
     unsubscribe_secret: SecretStr
     unsubscribe_link_days: int = Field(90, ge=1)
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("from_address")
+    @classmethod
+    def _one_sender(cls, value: str) -> str:
+        """Kept as the header will show it (a display name with a comma quoted), so it parses as one mailbox."""
+        return str(sender_address(value))
+
+    @field_validator("unsubscribe_url")
+    @classmethod
+    def _header_safe_url(cls, value: str) -> str:
+        """It goes into ``List-Unsubscribe`` verbatim: ASCII (an internationalised host as its xn-- A-label),
+        no whitespace or angle brackets, and short enough for one header line."""
+        if not (value.isascii() and value.isprintable()) or any(ch in value for ch in " <>"):
+            raise ValueError("must be ASCII, without spaces or angle brackets (an internationalised host as xn--...)")
+        if len(value) > MAX_UNSUBSCRIBE_URL:
+            raise ValueError(f"must be at most {MAX_UNSUBSCRIBE_URL} characters, to fit one header line with its token")
+        return value
 
 
 class EmailSmtpDestination(Destination):
@@ -66,6 +174,7 @@ class EmailSmtpDestination(Destination):
         super().__init__(destination_id, config)
         assert isinstance(config, EmailSmtpConfig)
         self.settings = config
+        self.sender = sender_address(config.from_address)
         self._tls = ssl.create_default_context(cafile=config.ca_file)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
@@ -81,16 +190,30 @@ class EmailSmtpDestination(Destination):
         token = make_token(secret, delivery.profile_id, self.channel, delivery.delivery_id, expires)
         return f"{self.settings.unsubscribe_url}?{urlencode({'token': token})}"
 
-    def build_message(self, delivery: Delivery) -> EmailMessage:
+    def recipient(self, delivery: Delivery) -> Address:
+        """The delivery's one recipient, its domain as an A-label.
+
+        Email identifiers are checked when they are normalized; this checks again (identifiers stored before
+        that check, a target from elsewhere), because smtplib would send to every address a header parser
+        finds in the target, and a line break in it is unsendable: neither is worth a retry.
+
+        Raises:
+            PermanentDeliveryError: `smtp.bad_address`, the target is not exactly one address.
+        """
+        try:
+            return one_address(delivery.target)
+        except ValueError as exc:
+            raise PermanentDeliveryError(DeliveryFailure("smtp.bad_address", f"the target {exc}")) from None
+
+    def build_message(self, delivery: Delivery, recipient: Address | None = None) -> EmailMessage:
         content, link = delivery.content, self.unsubscribe_link(delivery)
-        message = EmailMessage()
-        message["From"] = self.settings.from_address
-        message["To"] = delivery.target
-        message["Subject"] = content.get("subject") or content.get("rule_id", "")
+        message = EmailMessage(policy=MESSAGE_POLICY)
+        message["From"] = self.sender
+        message["To"] = recipient or self.recipient(delivery)
+        message["Subject"] = _one_line(content.get("subject") or content.get("rule_id", ""))
         message["Date"] = formatdate(usegmt=True)
         # The same Message-ID on every retry lets receiving systems drop a duplicate.
-        domain = parseaddr(self.settings.from_address)[1].rpartition("@")[2]
-        message["Message-ID"] = f"<{delivery.delivery_id}@{domain}>"
+        message["Message-ID"] = f"<{delivery.delivery_id}@{self.sender.domain}>"
         message["List-Unsubscribe"] = f"<{link}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         message.set_content(f"{content.get('text') or content['body']}\n\nUnsubscribe: {link}\n")
@@ -99,20 +222,46 @@ class EmailSmtpDestination(Destination):
         return message
 
     def send(self, delivery: Delivery) -> SendResult:
-        message = self.build_message(delivery)
-        with self._connect() as smtp:
+        recipient = self.recipient(delivery)
+        message = self.build_message(delivery, recipient)
+        smtp = self._connect()
+        try:
             if self.settings.username:
                 password = self.settings.password.get_secret_value() if self.settings.password else ""
                 smtp.login(self.settings.username, password)
-            smtp.send_message(message)  # one recipient: a refusal raises, never returns
+            self._check_smtputf8(smtp, recipient)
+            # The envelope named explicitly: one recipient, never what a header parser makes of `To`.
+            # With one recipient a refusal raises, never returns.
+            smtp.send_message(message, from_addr=self.sender.addr_spec, to_addrs=[recipient.addr_spec])
+        finally:
+            _quit(smtp)
         return SendResult(status="sent", provider_message_id=message["Message-ID"], response_summary={"accepted": True})
 
     def classify(self, error: Exception) -> DeliveryError:
         if isinstance(error, smtplib.SMTPException):
             return _as_delivery_error(error)
-        if isinstance(error, ssl.SSLError):  # before OSError, its base: a TLS mismatch is our setup, not an outage
-            return AuthDeliveryError(DeliveryFailure(f"tls.{type(error).__name__}", f"TLS with the SMTP server failed: {error}"))
+        if isinstance(error, ssl.SSLError):  # before OSError, its base
+            return _as_tls_error(error)
         return super().classify(error)
+
+    def _check_smtputf8(self, smtp: smtplib.SMTP, recipient: Address) -> None:
+        """Refuse, before MAIL FROM, an address only SMTPUTF8 can carry when the relay does not offer it.
+
+        Only a non-ASCII local part needs SMTPUTF8 (domains go as A-labels). smtplib would raise
+        `SMTPNotSupportedError`, which also means a relay without AUTH or STARTTLS, a setup error; so the
+        verdict is made here, where it is known whose address it is. The recipient's is a permanent failure
+        of this delivery: `AuthDeliveryError` would dead-letter it as if the relay setup were wrong, to be
+        replayed once "fixed", though no fix to the setup can ever send it, and say the destination is broken
+        when every other recipient is fine. Our own From address is the setup, and parks like one.
+        """
+        smtp.ehlo_or_helo_if_needed()
+        if smtp.has_extn("smtputf8"):
+            return
+        unsupported = "has a non-ASCII local part, and the relay does not offer SMTPUTF8"
+        if not self.sender.username.isascii():
+            raise AuthDeliveryError(DeliveryFailure("smtp.smtputf8_unsupported", f"the From address {unsupported}"))
+        if not recipient.username.isascii():
+            raise PermanentDeliveryError(DeliveryFailure("smtp.smtputf8_unsupported", f"the recipient {unsupported}"))
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
@@ -128,10 +277,47 @@ class EmailSmtpDestination(Destination):
         return smtp
 
 
+def _quit(smtp: smtplib.SMTP) -> None:
+    """Say QUIT and close, whatever the answer.
+
+    Once DATA is answered 250 the relay owns the message (RFC 5321 4.1.1.4): an odd reply to QUIT, or none,
+    must not make an accepted message a failure, retried into a duplicate. After a failure it must not
+    replace the error that says what went wrong. smtplib's context manager raises on a QUIT not answered
+    221, so the connection is not used as one.
+    """
+    try:
+        code, reply = smtp.quit()
+    except (smtplib.SMTPException, OSError) as exc:
+        smtp.close()
+        log.debug("SMTP QUIT failed; the connection is closed anyway", error=f"{type(exc).__name__}: {exc}")
+        return
+    if code != 221:
+        answer = mask_text(reply.decode("utf-8", "replace"))
+        log.debug("SMTP QUIT answered oddly; the connection is closed anyway", code=code, reply=answer)
+
+
+def _one_line(text: str) -> str:
+    """`text` with its line breaks (and the blanks around them) as single spaces.
+
+    A header value cannot hold a line break, and a subject rendered from a trait may ("Jane\\r\\n" from a
+    form): the email library refuses it, and the message could never be sent, whereas the same words on one
+    line are the subject that was meant. `splitlines` knows every break the library refuses (\\u2028 too).
+    """
+    return " ".join(stripped for line in text.splitlines() if (stripped := line.strip()))
+
+
 def _with_footer(html: str, link: str) -> str:
     footer = f'<p style="font-size:12px;color:#666"><a href="{escape(link)}">Unsubscribe</a></p>'
     closing = html.lower().rfind("</body>")
     return html[:closing] + footer + html[closing:] if closing >= 0 else html + footer
+
+
+def _as_tls_error(error: ssl.SSLError) -> DeliveryError:
+    """A connection dropped during TLS is retried; a certificate or protocol mismatch is our setup, not an outage."""
+    error_class = f"tls.{type(error).__name__}"
+    if isinstance(error, TLS_DROPS):
+        return RetryableDeliveryError(DeliveryFailure(error_class, f"the SMTP server dropped the connection in TLS: {error}"))
+    return AuthDeliveryError(DeliveryFailure(error_class, f"TLS with the SMTP server failed: {error}"))
 
 
 def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
