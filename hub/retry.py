@@ -78,15 +78,16 @@ class RetryPolicy:
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:
-    """Seconds from a Retry-After header, which is either delay-seconds or an HTTP date (RFC 9110 10.2.3)."""
+    """Seconds from a Retry-After header, which is either delay-seconds or an HTTP date (RFC 9110 10.2.3);
+    None when it is neither (a malformed header is the provider's, and ignored)."""
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():  # delay-seconds is 1*DIGIT, ASCII: str.isdigit() alone takes '²' too
         return float(text)
     try:
         moment = parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a year or offset past what int() fits in C
         return None
     if moment.tzinfo is None:  # an HTTP date is always GMT
         moment = moment.replace(tzinfo=timezone.utc)

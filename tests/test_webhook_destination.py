@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import ipaddress
 import json
 import socket
 import ssl
 import threading
 import time
+import tracemalloc
+import zlib
+from collections.abc import Callable
 from contextlib import suppress
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -21,13 +26,16 @@ import pytest
 import trustme
 from standardwebhooks import Webhook
 
-from connectors.destinations import ssrf, webhook
+from connectors.base import load_registry
+from connectors.destinations import answer_excerpt, ssrf, webhook
 from connectors.destinations.ssrf import AddressRefused, SsrfGuard
 from connectors.destinations.webhook import ChatWebhookDestination, OutboundWebhookDestination
 from connectors.sandbox.webhooks import FakeWebhookReceiver, create_app
+from hub.destination_settings import webhook_destinations
 from hub.errors import AuthDeliveryError, ConfigError, DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery, PlannedDelivery, SendResult
 from hub.serving import BackgroundServer
+from hub.settings import HubSettings
 from hub.store import outbox
 from tests.conftest import RunningHub, vendor_fake_fixtures
 
@@ -271,12 +279,14 @@ def test_https_webhooks_connect_to_the_vetted_address_with_the_name_for_sni_from
 
 
 def test_the_signed_request_for_a_payload_is_byte_identical_to_the_recorded_one(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Recorded from main before the guard kept vetted targets: body, headers and signature must not move."""
+    """Recorded from main before the guard kept vetted targets: body, headers and signature must not move
+    (since then only `accept-encoding` was added, a header outside the signature)."""
     monkeypatch.setattr(webhook, "utcnow", lambda: datetime(2026, 12, 2, 11, 0, tzinfo=timezone.utc))
     secret = "whsec_" + base64.b64encode(bytes(range(32))).decode()
     config = {"url": "http://127.0.0.1:9/hooks", "secret": secret, "allowed_networks": ["127.0.0.1"]}
     target = OutboundWebhookDestination("outbound_webhook", OutboundWebhookDestination.validate_config("test", config))
-    sent = delivery(body="Noch unschlüssig? 10 % – jetzt", params={"audience": "zögernd", "n": 1.5})
+    sent = replace(delivery(body="Noch unschlüssig? 10 % – jetzt", params={"audience": "zögernd", "n": 1.5}),
+                   created_at=datetime(2026, 12, 2, 11, 0, tzinfo=timezone.utc))
     request = target.signed_request(sent, target.pinned_target())
     assert request.body == (
         b'{"data":{"delivery_id":"8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11","message":{"body":"Noch unschl\\u00fcssig? 10 %'
@@ -284,20 +294,23 @@ def test_the_signed_request_for_a_payload_is_byte_identical_to_the_recorded_one(
         b'"rule_id":"r1","template":"t.j2"},"timestamp":"2026-12-02T11:00:00+00:00","type":"profile.decision"}'
     )
     assert request.headers == {
-        "Host": "127.0.0.1:9", "content-type": "application/json", "webhook-id": "8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11",
+        "Host": "127.0.0.1:9", "accept-encoding": "identity", "content-type": "application/json", "webhook-id": "8d7c3a52-8f57-5a8e-9d65-2b3f6a0c9e11",
         "webhook-timestamp": "1796209200", "webhook-signature": "v1,5w3FW9/tkt8+cAoZNgDW6GRtHirmZ6Lq28JfJPuHBlU=",
     }
 
 
 class Resolver:
-    """`socket.getaddrinfo` answering `address` for every name, counting lookups; `clock` stands in for time.monotonic."""
+    """`socket.getaddrinfo` answering `address` for every name, counting lookups; `clock` stands in for time.monotonic.
+
+    The socket module's own function is replaced: httpx's connect to the vetted address asks it too (positionally).
+    """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, address: str) -> None:
         self.address, self.lookups, self.clock = address, 0, 1000.0
         monkeypatch.setattr(ssrf.socket, "getaddrinfo", self._getaddrinfo)
         monkeypatch.setattr(ssrf.time, "monotonic", lambda: self.clock)
 
-    def _getaddrinfo(self, host: str, port: int, **_: object) -> list[tuple]:
+    def _getaddrinfo(self, host: str, port: int, *_: object, **__: object) -> list[tuple]:
         self.lookups += 1
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (self.address, port))]
 
@@ -350,3 +363,213 @@ def test_an_async_send_to_a_host_name_reuses_the_vetted_address_without_a_lookup
     assert dns.lookups == 1 and [r["headers"]["host"] for r in receiver.received] == [f"hooks.example.com:{server.port}"] * 2
     for request in receiver.received:
         Webhook(receiver.secret).verify(request["body"], request["headers"])
+
+
+SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+
+
+def to(url: str, kind: type[OutboundWebhookDestination] = ChatWebhookDestination, **config: object) -> OutboundWebhookDestination:
+    """A destination for `url` on loopback (either family), without the sandbox receiver."""
+    values = {"url": url, "secret": SECRET, "allowed_networks": ["127.0.0.1", "::1"], **config}
+    return kind(kind.slug, kind.validate_config("test", values))
+
+
+def deliver_sync(target: OutboundWebhookDestination) -> SendResult:
+    try:
+        return target.deliver(delivery())
+    finally:
+        target.close()
+
+
+SENDERS = {"sync": deliver_sync, "async": deliver_async}
+
+
+class RawReceiver:
+    """A bare HTTP/1.1 listener on loopback that answers every request with `answer(connection)` and keeps each
+    request head as bytes: what a receiver really gets (Host as sent), and answers no framework would send."""
+
+    def __init__(self, answer: Callable[[socket.socket], None], host: str = "127.0.0.1") -> None:
+        self.listener = socket.create_server((host, 0), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.listener.getsockname()[1]}/hooks/chat"
+        self.heads: list[bytes] = []
+        self._answer = answer
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with suppress(OSError):
+            while True:
+                connection, _ = self.listener.accept()
+                threading.Thread(target=self._one, args=(connection,), daemon=True).start()
+
+    def _one(self, connection: socket.socket) -> None:
+        with suppress(OSError), connection:
+            connection.settimeout(5)
+            received = b""
+            while b"\r\n\r\n" not in received:
+                received += connection.recv(65536) or b"\r\n\r\n"
+            head, _, body = received.partition(b"\r\n\r\n")
+            length = int(self.header_in(head, "content-length") or 0)
+            while len(body) < length:
+                body += connection.recv(65536)
+            self.heads.append(head)
+            self._answer(connection)
+
+    @staticmethod
+    def header_in(head: bytes, name: str) -> bytes | None:
+        for line in head.split(b"\r\n")[1:]:
+            key, _, value = line.partition(b":")
+            if key.strip().lower() == name.encode():
+                return value.strip()
+        return None
+
+    def header(self, name: str) -> bytes | None:
+        """`name` in the one request received."""
+        [head] = self.heads
+        return self.header_in(head, name)
+
+    def __enter__(self) -> RawReceiver:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.listener.close()
+
+
+def answering(status: str, body: bytes = b"", *headers: str) -> Callable[[socket.socket], None]:
+    head = "\r\n".join([f"HTTP/1.1 {status}", f"Content-Length: {len(body)}", "Connection: close", *headers]) + "\r\n\r\n"
+    return lambda connection: connection.sendall(head.encode() + body)
+
+
+def test_the_payload_timestamp_is_when_the_delivery_was_planned_on_every_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Standard Webhooks: the payload's `timestamp` is when the event occurred. A retry 9 minutes on, or a replay
+    days later, is the same message (one webhook-id) and must tell the widget the same moment; only the
+    `webhook-timestamp` header, the receiver's replay window, is the attempt's."""
+    target = to("http://127.0.0.1:9/hooks/chat")
+    planned = replace(delivery(), created_at=datetime(2026, 12, 2, 10, 59, 30, 250000, tzinfo=timezone.utc))
+    sent = []
+    for now in (datetime(2026, 12, 2, 11, 0, tzinfo=timezone.utc), datetime(2026, 12, 5, 11, 9, tzinfo=timezone.utc)):
+        monkeypatch.setattr(webhook, "utcnow", lambda now=now: now)
+        request = target.signed_request(planned, target.pinned_target())
+        sent.append((request.body, request.headers["webhook-timestamp"]))
+    target.close()
+    (first, first_signed_at), (retry, retry_signed_at) = sent
+    assert retry == first and json.loads(first)["timestamp"] == "2026-12-02T10:59:30.250000+00:00"
+    assert (first_signed_at, retry_signed_at) == ("1796209200", "1796468940")  # 3 days 9 min on
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_an_ipv6_literal_receiver_gets_a_bracketed_host_header(send: str) -> None:
+    """RFC 9110 7.2: Host = uri-host [":" port], an IPv6 address in brackets; 'Host: ::1:PORT' cannot be parsed
+    (which colon starts the port?)."""
+    with RawReceiver(answering("200 OK", b"{}"), host="::1") as receiver:
+        assert SENDERS[send](to(receiver.url)).status == "delivered"
+        assert receiver.header("host") == receiver.url.split("/")[2].encode()  # [::1]:PORT
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_an_idn_receiver_gets_its_ascii_name_in_the_host_header(
+    server: BackgroundServer, receiver: FakeWebhookReceiver, monkeypatch: pytest.MonkeyPatch, send: str
+) -> None:
+    """A virtual host is matched on the ASCII (punycode) name; the Unicode form could not even be sent by httpx
+    (UnicodeEncodeError on every try) and went out as raw UTF-8 from aiohttp."""
+    Resolver(monkeypatch, "127.0.0.1")
+    result = SENDERS[send](destination(server, receiver, url=f"http://xn--bcher-kva.example:{server.port}/hooks/cdp"))
+    assert result.status == "delivered"
+    assert [r["headers"]["host"] for r in receiver.received] == [f"xn--bcher-kva.example:{server.port}"]
+
+
+def trickling_200(connection: socket.socket) -> None:
+    """200 at once, then its body over 2 s: a receiver streaming its answer, or a slow link."""
+    connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 100\r\nConnection: close\r\n\r\n")
+    for _ in range(10):
+        connection.sendall(b"accepted. ")
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_an_answered_200_is_delivered_however_slow_its_body(send: str) -> None:
+    """The status decides; the body is only the log's excerpt. Waiting for all of it within the send's timeout
+    classified an accepted chat offer 'network.timeout' and sent it again."""
+    with RawReceiver(trickling_200) as receiver:
+        started = time.monotonic()
+        result = SENDERS[send](to(receiver.url, timeout_seconds=0.5))
+        assert time.monotonic() - started < 1.5  # the whole body takes 2 s
+    assert result.status == "delivered"
+    excerpt = result.response_summary["body"]
+    assert excerpt.startswith("accepted.") and excerpt.endswith("…")  # not read to its end, so shown as cut
+
+
+@pytest.fixture(scope="module")
+def gzip_bomb() -> bytes:
+    """64 MiB of zeros as a ~65 KB gzip answer."""
+    return gzip.compress(b"0" * (64 * 1024 * 1024), compresslevel=9)
+
+
+@pytest.mark.parametrize("send", SENDERS)
+def test_a_gzip_bomb_answer_is_not_inflated_whole(send: str, gzip_bomb: bytes) -> None:
+    """The log keeps 200 characters of an answer from a receiver someone else runs: reading (and inflating) all of
+    it cost 64 MiB+ per send, with 48 sends in flight. The hub asks for no compression, and reads what it keeps."""
+    with RawReceiver(answering("500 Internal Server Error", gzip_bomb, "Content-Encoding: gzip")) as receiver:
+        tracemalloc.start()
+        try:
+            with pytest.raises(RetryableDeliveryError) as raised:
+                SENDERS[send](to(receiver.url, timeout_seconds=30))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert receiver.header("accept-encoding") == b"identity"
+    assert raised.value.failure.error_class == "http.500"
+    assert peak < 8 * 1024 * 1024, f"a {len(gzip_bomb)}-byte answer peaked at {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize(
+    ("coding", "body", "excerpt"),
+    [
+        ("gzip", gzip.compress(b'{"error":"bad"}'), '{"error":"bad"}'),
+        ("deflate", zlib.compress(b'{"error":"bad"}'), '{"error":"bad"}'),
+        ("br", b"\x0b\x07\x80{}\x03", "(br-coded answer not read)"),  # never decoded, so any bytes
+    ],
+    ids=["gzip", "deflate", "br"],
+)
+def test_an_answer_compressed_all_the_same_is_inflated_for_its_excerpt(
+    send: str, coding: str, body: bytes, excerpt: str
+) -> None:
+    """Receivers that compress although asked not to: gzip and deflate are inflated (as far as the excerpt goes);
+    other codings are named, not read."""
+    with RawReceiver(answering("400 Bad Request", body, f"Content-Encoding: {coding}")) as receiver:
+        with pytest.raises(PermanentDeliveryError) as raised:
+            SENDERS[send](to(receiver.url))
+    assert raised.value.failure.response_summary == {"status": 400, "body": excerpt}
+
+
+@pytest.mark.parametrize("send", SENDERS)
+@pytest.mark.parametrize("retry_after", ["²", "٣", "Mon, 01 Jan 99999999999999999999 00:00:00 GMT"])
+def test_a_malformed_retry_after_is_ignored_and_the_status_decides(send: str, retry_after: str) -> None:
+    """`str.isdigit()` is True for '²' and '٣', which `float` refuses, and a date too large overflows: the error
+    escaped, so a permanent 400 became 'unexpected.ValueError', retried (and logged as a connector bug) until the
+    policy gave up."""
+    with RawReceiver(answering("400 Bad Request", b"bad", f"Retry-After: {retry_after}")) as receiver:
+        with pytest.raises(DeliveryError) as raised:
+            SENDERS[send](to(receiver.url))
+    failure = raised.value.failure
+    assert (type(raised.value), failure.error_class, failure.retry_after) == (PermanentDeliveryError, "http.400", None)
+
+
+def test_a_cut_excerpt_ends_with_one_ellipsis() -> None:
+    """`\\S*$` also matches the empty string left at the end, so every cut read '... for ……' in the log."""
+    assert answer_excerpt.excerpt("a lead already exists for " + "x" * 300) == "a lead already exists for …"
+    assert answer_excerpt.excerpt("a lead already exists for jane.doe@exa", whole=False) == "a lead already exists for …"
+    assert answer_excerpt.excerpt("a lead already exists") == "a lead already exists"
+
+
+def test_a_bad_allowed_network_is_a_config_error_naming_the_setting_and_the_entry() -> None:
+    """Start-up gathers every ConfigError and reports them together; an unchecked entry raised a bare ValueError
+    from the guard's constructor, and the hub died with a traceback instead."""
+    settings = HubSettings(  # type: ignore[call-arg]
+        _env_file=None, chat_webhook_url="https://chat.example.com/hooks", chat_webhook_secret=SECRET,
+        webhook_allowed_networks="10.0.0.0/8,localhost",
+    )
+    with pytest.raises(ConfigError) as raised:
+        webhook_destinations(load_registry(), settings)
+    [problem] = raised.value.problems
+    assert problem.startswith("HUB_CHAT_WEBHOOK_*: allowed_networks:") and "'localhost'" in problem

@@ -14,6 +14,12 @@ turns private is refused from the first send after the entry expires.
 Refusals and failed lookups are not kept, so a fixed record counts at
 once. A URL whose host is an IP address has nothing to rebind: its target
 is vetted once and kept.
+
+An IPv6 address that carries an IPv4 one (IPv4-mapped and -compatible,
+NAT64's 64:ff9b::/96, 6to4's 2002::/16) reaches that IPv4 address, so it is
+judged as that address: on an IPv6-only network with DNS64, an AAAA record
+64:ff9b::a00:5 is 10.0.0.5. Python counts these (and deprecated site-local
+fec0::/10) as global.
 """
 
 from __future__ import annotations
@@ -31,6 +37,14 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # How long a host name's vetted address is reused before it is resolved and checked again. Short: a
 # receiver that moves is followed within seconds, and a record turned private is refused as soon.
 PIN_TTL_SECONDS = 5.0
+# IPv6 ranges whose last 32 bits are the IPv4 address a packet goes to: NAT64's well-known prefix (RFC 6052),
+# and IPv4-compatible addresses (RFC 4291 2.5.5.1, deprecated; :: and ::1 are not among them).
+_LAST_32_BITS_IPV4 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+_NOT_IPV4_COMPATIBLE = (ipaddress.IPv6Address("::"), ipaddress.IPv6Address("::1"))
+# Never public, whatever Python says: the local-use NAT64 prefix (RFC 8215), where the IPv4 address sits
+# wherever the operator's prefix length puts it (RFC 6052 2.2), so it cannot be read out and judged; and
+# site-local (RFC 3879), private addressing by another name.
+_NEVER_PUBLIC = (ipaddress.IPv6Network("64:ff9b:1::/48"), ipaddress.IPv6Network("fec0::/10"))
 
 
 class AddressRefused(Exception):
@@ -51,7 +65,8 @@ class SsrfGuard:
 
     Public unicast addresses are always allowed; private, loopback,
     link-local, multicast, reserved and unspecified ones only when an
-    allowlisted network contains them.
+    allowlisted network contains them. An IPv6 address embedding an IPv4 one
+    is allowed when it is allowlisted itself, or when the IPv4 address is.
     """
 
     def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
@@ -68,6 +83,11 @@ class SsrfGuard:
     def permits(self, address: IPAddress) -> bool:
         if any(address in network for network in self.allowed):
             return True
+        embedded = _embedded_ipv4(address)
+        if embedded is not None:
+            return self.permits(embedded)
+        if any(address in network for network in _NEVER_PUBLIC):
+            return False
         return address.is_global and not address.is_multicast
 
     def pin(self, url: str) -> PinnedTarget:
@@ -81,7 +101,7 @@ class SsrfGuard:
 
     def _pin_now(self, url: str) -> PinnedTarget:
         parsed = _parse(url)
-        host = parsed.host
+        host = parsed.raw_host.decode("ascii")  # an IDN as its ASCII (punycode) name, as DNS, Host and SNI want it
         literal = _is_address(host)
         addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         permitted = [address for address in addresses if self.permits(address)]
@@ -90,9 +110,9 @@ class SsrfGuard:
             raise AddressRefused(
                 f"{host} resolves to {shown}: not a public address; allowlist it in HUB_WEBHOOK_ALLOWED_NETWORKS if intended"
             )
-        host_header = host if parsed.port is None else f"{host}:{parsed.port}"
+        headers = {"Host": _host_header(host, parsed.port)}
         extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-        target = PinnedTarget(_on_address(parsed, str(permitted[0])), {"Host": host_header}, extensions)
+        target = PinnedTarget(_on_address(parsed, str(permitted[0])), headers, extensions)
         expires = float("inf") if literal else time.monotonic() + PIN_TTL_SECONDS
         self._vetted[url] = (expires, target)
         return target
@@ -110,9 +130,29 @@ def _on_address(url: httpx.URL, address: str) -> httpx.URL:
     return url.copy_with(host=address)
 
 
+def _host_header(host: str, port: int | None) -> str:
+    """Host = uri-host [":" port] (RFC 9110 7.2): an IPv6 address in brackets; `port` None when the scheme's default."""
+    name = f"[{host}]" if ":" in host else host
+    return name if port is None else f"{name}:{port}"
+
+
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 `address` reaches, when it carries one."""
+    if address.version == 4:
+        return None
+    assert isinstance(address, ipaddress.IPv6Address)
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if any(address in network for network in _LAST_32_BITS_IPV4) and address not in _NOT_IPV4_COMPATIBLE:
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
+
+
 def needs_lookup(url: str) -> bool:
     """Whether pinning `url` asks DNS (a host name), which blocks; an IP address is pinned at once."""
-    return not _is_address(_parse(url).host)
+    return not _is_address(_parse(url).raw_host.decode("ascii"))
 
 
 def _is_address(host: str) -> bool:

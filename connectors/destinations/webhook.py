@@ -12,6 +12,11 @@ Each delivery is one JSON POST carrying three headers:
 
 Redirects are not followed: a 3xx could point anywhere, past the SSRF guard.
 
+The receiver's status decides the outcome; of its body the delivery log keeps
+only an excerpt, so only that much is read (`answer_excerpt`), and only briefly
+once the status is in: an answer streamed slowly, or a large or compressed one,
+costs neither time nor memory, and an accepted delivery is never retried for it.
+
 The request is built and signed once (`signed_request`) and sent by one of
 two clients: httpx from `send` (blocking callers, the CLI and tests) or
 aiohttp from `send_async` (the delivery engine's event loop). aiohttp, not
@@ -28,7 +33,7 @@ import base64
 import binascii
 import hashlib
 import hmac
-import re
+import ipaddress
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,18 +45,17 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Destination
+from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
 from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
-from hub.pii import mask_text, mask_url
+from hub.pii import mask_url
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"
-RESPONSE_EXCERPT_CHARS = 200
-_LAST_WORD = re.compile(r"\S*$")
 # The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
 # message with for the delivery engine stays in the hub).
 CONTENT_KEYS = ("template", "rule_id", "params", QUIET_ZONE, SEND_BY)
@@ -68,6 +72,17 @@ class WebhookConfig(BaseModel):
         default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
     )
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, networks: list[str]) -> list[str]:
+        """Each entry an address or network as `SsrfGuard` reads it, so a typo is a ConfigError naming it."""
+        for network in filter(str.strip, networks):
+            try:
+                ipaddress.ip_network(network.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
+        return networks
 
     @field_validator("secret")
     @classmethod
@@ -118,17 +133,9 @@ def _transport_errors() -> Iterator[None]:
         ) from exc
 
 
-def _excerpt(text: str) -> str:
-    """The receiver's answer as the delivery log keeps it: its start, masked. A word the cut falls in is left
-    out, as an email cut short ("jane.doe@exa") no longer looks like one to the masking."""
-    if len(text) > RESPONSE_EXCERPT_CHARS:
-        text = _LAST_WORD.sub("…", text[:RESPONSE_EXCERPT_CHARS])
-    return mask_text(text)
-
-
-def _answer(delivery: Delivery, status: int, reason: str, text: str, retry_after: str | None) -> SendResult:
-    """The receiver's answer: delivered on 2xx, otherwise the error its status means."""
-    summary = {"status": status, "body": _excerpt(text)}
+def _answer(delivery: Delivery, status: int, reason: str, excerpt: str, retry_after: str | None) -> SendResult:
+    """The receiver's answer: delivered on 2xx, otherwise the error its status means; `excerpt` is its body's."""
+    summary = {"status": status, "body": excerpt}
     if 200 <= status < 300:
         return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
     outcome = outcome_for_status(status)
@@ -163,14 +170,20 @@ class OutboundWebhookDestination(Destination):
         self._client = httpx.Client(timeout=config.timeout_seconds, follow_redirects=False, limits=limits)
         self._session: aiohttp.ClientSession | None = None  # opened on the event loop that first sends
         self._blocking_lookup = needs_lookup(config.url)
+        self._body_seconds = min(RESPONSE_BODY_SECONDS, config.timeout_seconds)
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
-        """The event body; `params.type` in the rule's action overrides the event type."""
+        """The event body; `params.type` in the rule's action overrides the event type.
+
+        Its `timestamp` is when the event occurred (Standard Webhooks): when the hub planned the delivery, just
+        after its decision. Never the send time: every retry and replay of the message (one webhook-id) sends the
+        same body; only the `webhook-timestamp` header is the attempt's.
+        """
         content = delivery.content
         params = content.get("params") or {}
         return {
             "type": self._type_of(params),
-            "timestamp": utcnow().isoformat(),
+            "timestamp": delivery.created_at.isoformat(),
             "data": {
                 "delivery_id": delivery.delivery_id,
                 "profile_id": delivery.target,
@@ -198,11 +211,13 @@ class OutboundWebhookDestination(Destination):
             raise RetryableDeliveryError(DeliveryFailure("network.dns", f"cannot resolve the webhook host: {exc}")) from exc
 
     def signed_request(self, delivery: Delivery, target: PinnedTarget) -> SignedRequest:
-        """The POST for `delivery` to `target`, signed now."""
+        """The POST for `delivery` to `target`, signed now. It asks for an uncompressed answer: only an excerpt of
+        it is kept, and inflating one is work (and memory) the receiver decides."""
         body = _BODY_ENCODER.encode(self.payload(delivery)).encode()
         timestamp = int(utcnow().timestamp())
         headers = {
             **target.headers,
+            "accept-encoding": "identity",
             "content-type": "application/json",
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(timestamp),
@@ -213,9 +228,11 @@ class OutboundWebhookDestination(Destination):
     def send(self, delivery: Delivery) -> SendResult:
         request = self.signed_request(delivery, self.pinned_target())
         target = request.target
-        with _transport_errors():
-            response = self._client.post(target.url, content=request.body, headers=request.headers, extensions=target.extensions)
-        return _answer(delivery, response.status_code, response.reason_phrase, response.text, response.headers.get("retry-after"))
+        with _transport_errors(), self._client.stream(
+            "POST", target.url, content=request.body, headers=request.headers, extensions=target.extensions
+        ) as response:
+            excerpt = read_start(response, self._body_seconds)
+        return _answer(delivery, response.status_code, response.reason_phrase, excerpt, response.headers.get("retry-after"))
 
     async def send_async(self, delivery: Delivery) -> SendResult:
         target = self._guard.vetted(self.settings.url)
@@ -225,10 +242,10 @@ class OutboundWebhookDestination(Destination):
         with _transport_errors():
             async with self._async_session().post(
                 str(target.url), data=request.body, headers=request.headers, allow_redirects=False,
-                server_hostname=target.extensions.get("sni_hostname"),
+                server_hostname=target.extensions.get("sni_hostname"), auto_decompress=False,
             ) as response:
-                text = await response.text(errors="replace")
-        return _answer(delivery, response.status, response.reason or "", text, response.headers.get("retry-after"))
+                excerpt = await read_start_async(response, self._body_seconds)
+        return _answer(delivery, response.status, response.reason or "", excerpt, response.headers.get("retry-after"))
 
     def _async_session(self) -> aiohttp.ClientSession:
         if self._session is None:
