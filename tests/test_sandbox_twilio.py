@@ -8,7 +8,8 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import httpx
 import pytest
@@ -16,10 +17,10 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.rest import Client
 from twilio.rest.api.v2010.account.message import MessageInstance
 
-from connectors.destinations.twilio_sms import TwilioSmsConfig, TwilioSmsDestination
+from connectors.destinations.twilio_sms import TwilioSmsConfig, TwilioSmsDestination, _as_delivery_error
 from connectors.destinations.twilio_transport import AsyncPooledHttpClient, BaseUrlHttpClient
 from connectors.sandbox.twilio import FakeTwilio, create_app
-from hub.errors import PermanentDeliveryError
+from hub.errors import DeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer
 from tests.conftest import vendor_fake_fixtures
@@ -284,3 +285,69 @@ def test_the_destination_imports_the_clients_message_api_when_built_not_at_the_f
         capture_output=True, text=True, check=True,
     )
     assert "twilio.rest.api.v2010.account.message" in built.stdout
+
+
+def sms_destination(server: BackgroundServer, fake: FakeTwilio) -> TwilioSmsDestination:
+    config = TwilioSmsConfig(account_sid=fake.account_sid, auth_token=fake.auth_token, from_number=SENDER,
+                             api_base_url=server.url)
+    return TwilioSmsDestination("twilio_sms", config)
+
+
+def refusals(destination: TwilioSmsDestination, engine_loop: bool, sends: int) -> list[DeliveryError]:
+    """What `sends` SMS raise, sent as the delivery engine does (`deliver_async`) or on a thread (`deliver`)."""
+    sms = Delivery("d-1", "twilio_sms", "sms", RECIPIENT, {"body": "Hi Jane"}, 0, datetime.now(timezone.utc))
+
+    async def on_the_loop() -> list[DeliveryError]:
+        raised = []
+        try:
+            for _ in range(sends):
+                with pytest.raises(DeliveryError) as refused:
+                    await destination.deliver_async(sms)
+                raised.append(refused.value)
+        finally:
+            await destination.close_async()
+        return raised
+
+    if engine_loop:
+        return asyncio.run(on_the_loop())
+    raised = []
+    try:
+        for _ in range(sends):
+            with pytest.raises(DeliveryError) as refused:
+                destination.deliver(sms)
+            raised.append(refused.value)
+    finally:
+        destination.close()
+    return raised
+
+
+@pytest.mark.parametrize("engine_loop", [True, False], ids=["async", "blocking"])
+@pytest.mark.parametrize("code", [20429, None])
+def test_a_429s_retry_after_reaches_the_failure_and_no_later_one(
+    server: BackgroundServer, fake: FakeTwilio, engine_loop: bool, code: int | None
+) -> None:
+    """Twilio's exceptions carry no headers: without the transport handing the response over, a rate-limited
+    account is asked again at the policy's first backoff, not when it said. The next refusal (no header) must
+    not inherit the wait."""
+    fake.fail_next(429, code=code, message="Too Many Requests", retry_after=30)
+    fake.fail_next(503, code=20503, message="Service unavailable")
+    limited, unavailable = refusals(sms_destination(server, fake), engine_loop, sends=2)
+    assert isinstance(limited, RetryableDeliveryError)
+    assert (limited.failure.error_class, limited.failure.retry_after) == (f"twilio.{code or 429}", 30)
+    assert (unavailable.failure.error_class, unavailable.failure.retry_after) == ("twilio.20503", None)
+
+
+def test_retry_after_as_an_http_date_is_seconds_from_now() -> None:
+    """RFC 9110 allows Retry-After as a date; it is read as the wait until then."""
+    later = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+    error = _as_delivery_error(TwilioRestException(429, "/Messages.json", "Too Many Requests", 20429), later)
+    assert error.failure.retry_after is not None and 80 <= error.failure.retry_after <= 90
+
+
+@pytest.mark.parametrize("engine_loop", [True, False], ids=["async", "blocking"])
+def test_from_number_queue_full_21611_is_retried(server: BackgroundServer, fake: FakeTwilio, engine_loop: bool) -> None:
+    """21611: the sender number's queue of unsent messages is full. It drains, and the same request then
+    succeeds; judged permanent (as an unlisted 400 is), every SMS of a burst beyond the queue would be lost."""
+    fake.fail_next(400, code=21611, message="This 'From' number has exceeded the maximum number of queued messages")
+    [full] = refusals(sms_destination(server, fake), engine_loop, sends=1)
+    assert (type(full), full.failure.error_class) == (RetryableDeliveryError, "twilio.21611")

@@ -88,6 +88,21 @@ def test_failed_callback_with_21610_revokes_sms_consent(running_hub: RunningHub)
     assert traits(running_hub)["sms_opt_out"] is True
 
 
+def test_a_repeated_21610_callback_does_not_undo_a_later_start(running_hub: RunningHub) -> None:
+    """Twilio may post a status callback again, and a captured one can be replayed (its signature carries no
+    time). The repeat finds the delivery settled; revoking again would cancel the START the person texted since."""
+    trigger_sms(running_hub)
+    twilio = running_hub.sandbox.twilio
+    sid = twilio.messages[0]["sid"]
+    assert twilio.post_status(sid, "failed", error_code=21610).status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is True
+    assert twilio.post_inbound(f"{running_hub.url}/v1/callbacks/twilio_sms/inbound", PHONE, "START").status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is False
+
+    assert twilio.post_status(sid, "failed", error_code=21610).status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is False
+
+
 def test_unsubscribed_21610_at_send_revokes_consent_and_stops_later_texts(running_hub: RunningHub) -> None:
     running_hub.sandbox.twilio.unsubscribed.add(PHONE)
     delivery = trigger_sms(running_hub)

@@ -6,8 +6,10 @@ Errors: https://www.twilio.com/docs/api/errors
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -15,7 +17,13 @@ from twilio.rest import Client
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult, Destination
 from connectors.destinations import twilio_callbacks
-from connectors.destinations.twilio_transport import AsyncPooledHttpClient, BaseUrlHttpClient, PooledHttpClient
+from connectors.destinations.twilio_transport import (
+    AsyncPooledHttpClient,
+    BaseUrlHttpClient,
+    PooledHttpClient,
+    responses,
+)
+from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
     BadPayloadError,
@@ -26,7 +34,7 @@ from hub.errors import (
 )
 from hub.model import Delivery, SendResult
 from hub.pii import mask_phone
-from hub.retry import outcome_for_status
+from hub.retry import outcome_for_status, parse_retry_after
 
 # Twilio answers most refusals with HTTP 400 and a numeric code; the code, not
 # the status, says whether trying again can ever help.
@@ -40,9 +48,12 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     21604: PermanentDeliveryError,  # 'To' required
     21606: PermanentDeliveryError,  # 'From' is not a valid, SMS-capable number of the account
     21610: PermanentDeliveryError,  # recipient replied STOP: unsubscribed (also revokes SMS consent)
+    21611: RetryableDeliveryError,  # the 'From' number's queue of unsent messages is full: it drains
     21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'
     21614: PermanentDeliveryError,  # 'To' is not a mobile number
 }
+# The Retry-After header of the response each refusal was made of (`_retry_after_kept`), while it lives.
+_RETRY_AFTER: WeakKeyDictionary[Exception, str] = WeakKeyDictionary()
 
 
 class TwilioSmsConfig(BaseModel):
@@ -83,7 +94,8 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
 
     def send(self, delivery: Delivery) -> SendResult:
-        return _sent(self._messages.create(**self._message(delivery)))
+        with _retry_after_kept():
+            return _sent(self._messages.create(**self._message(delivery)))
 
     async def send_async(self, delivery: Delivery) -> SendResult:
         """The library's own async call (aiohttp), on the delivery engine's loop instead of a worker thread."""
@@ -92,7 +104,8 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
             self._async_client = Client(
                 self.settings.account_sid, self.settings.auth_token.get_secret_value(), http_client=http_client
             )
-        return _sent(await self._async_client.messages.create_async(**self._message(delivery)))
+        with _retry_after_kept():
+            return _sent(await self._async_client.messages.create_async(**self._message(delivery)))
 
     def _message(self, delivery: Delivery) -> dict[str, Any]:
         return {"to": delivery.target, "from_": self.settings.from_number, "body": delivery.content["body"],
@@ -100,7 +113,7 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
 
     def classify(self, error: Exception) -> DeliveryError:
         if isinstance(error, (TwilioRestException, TwilioServiceException)):
-            return _as_delivery_error(error)
+            return _as_delivery_error(error, _RETRY_AFTER.get(error))
         return super().classify(error)
 
     def handle_callback(self, request: CallbackRequest) -> CallbackResult:
@@ -136,8 +149,31 @@ def _sent(message: Any) -> SendResult:
     )
 
 
-def _as_delivery_error(exc: TwilioRestException | TwilioServiceException) -> DeliveryError:
-    """Twilio's two error shapes (classic `code`/`message`, and RFC 9457 problem details) as our errors."""
+@contextmanager
+def _retry_after_kept() -> Iterator[None]:
+    """Note the Retry-After of the response behind a Twilio refusal raised in the block, for `classify`.
+
+    The library's exceptions keep a response's status and body, not its
+    headers, so the wait a 429 asks for would be lost; the transport hands
+    the response over (`responses`). The exception itself goes on unchanged.
+    """
+    with responses() as received:
+        try:
+            yield
+        except (TwilioRestException, TwilioServiceException) as exc:
+            retry_after = received[-1].headers.get("Retry-After") if received and received[-1].headers else None
+            if retry_after:
+                _RETRY_AFTER[exc] = retry_after
+            raise
+
+
+def _as_delivery_error(
+    exc: TwilioRestException | TwilioServiceException, retry_after: str | None = None
+) -> DeliveryError:
+    """Twilio's two error shapes (classic `code`/`message`, and RFC 9457 problem details) as our errors.
+
+    `retry_after` is the response's Retry-After header (seconds or an HTTP date), if any.
+    """
     text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
     outcome = TWILIO_CODE_OUTCOMES.get(exc.code or 0) or outcome_for_status(exc.status)
     return outcome(
@@ -146,6 +182,7 @@ def _as_delivery_error(exc: TwilioRestException | TwilioServiceException) -> Del
             message=f"Twilio {exc.status} error {exc.code}: {text}",
             provider_code=str(exc.code) if exc.code else None,
             response_summary={"status": exc.status, "code": exc.code},
+            retry_after=parse_retry_after(retry_after, utcnow()),
             revokes_consent=str(exc.code) == twilio_callbacks.UNSUBSCRIBED_ERROR,
         )
     )

@@ -38,6 +38,16 @@ async def callback(request: Request, destination_id: str, kind: str = "status") 
 
 
 def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
+    """Apply the statuses, then the consent words, of one callback.
+
+    A status revokes consent (Twilio's 21610) only in the report that settles
+    its delivery. The refusal is Twilio's answer when it handled the message,
+    which the first final report brings; a repeat of it (Twilio retrying the
+    callback, or a captured one posted again: its signature carries no time)
+    finds the delivery settled and is old news. Revoking on it would undo
+    whatever the person said since, such as a START, with a refusal older
+    than that word.
+    """
     now = utcnow()
     with hub.store.write() as connection:
         lock_before_deliveries(connection, bool(result.consent) or any(report.revokes_consent for report in result.statuses))
@@ -47,7 +57,7 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
                 # Acknowledged all the same: a provider retrying it would not make it match.
                 log.warning("status for a message no delivery sent", destination=destination_id,
                             provider_message_id=report.provider_message_id)
-            elif report.revokes_consent:
+            elif report.revokes_consent and delivery["settled_now"]:
                 through = hub.router.recipient(delivery["channel"], delivery["target"])
                 set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
         for signal in result.consent:

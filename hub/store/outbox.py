@@ -241,8 +241,9 @@ def apply_provider_status(
 ) -> dict[str, Any] | None:
     """Record a provider's status for the delivery it sent as `report.provider_message_id`.
 
-    Returns the delivery's id, profile, channel and target, or None when no delivery of
-    this destination has that provider id.
+    Returns the delivery's id, profile, channel and target, and `settled_now`: whether this report
+    settled it (a final status on a delivery that had none); None when no delivery of this
+    destination has that provider id. A report for a settled delivery changes nothing.
     """
     row = connection.execute(
         select(
@@ -262,7 +263,7 @@ def apply_provider_status(
         if report.error:
             values["last_error"] = mask_text(report.error)
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
-    return dict(row._mapping)
+    return {**row._mapping, "settled_now": row.status not in SETTLED_STATUSES and report.final_status is not None}
 
 
 def search(
