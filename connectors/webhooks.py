@@ -12,6 +12,9 @@ import base64
 import hashlib
 import hmac
 import json
+import math
+import re
+import sys
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
@@ -24,6 +27,9 @@ from hub.model import RawEvent
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
 Encoding = Literal["hex", "base64"]
+# Unix time as vendors send it: whole seconds or milliseconds, ASCII digits only (float() would also take
+# "nan", "inf", "1e9", "1_700_000_000" and non-ASCII digits); 15 digits reach far beyond any real clock.
+_UNIX_TIME = re.compile(r"[0-9]{1,15}")
 
 
 def sign(secret: bytes, algorithm: Algorithm, message: bytes, encoding: Encoding) -> str:
@@ -45,11 +51,15 @@ def check_signature(expected: str, presented: list[str], header: str) -> None:
 
 
 def check_timestamp(value: str, header: str, now: datetime, tolerance_seconds: float, *, milliseconds: bool = False) -> None:
-    """Refuse a request signed too long ago or too far in the future (a replayed or forged request)."""
-    try:
-        sent = float(value) / (1000 if milliseconds else 1)
-    except ValueError:
-        raise AuthenticationError(f"{header}: {value!r} is not a Unix timestamp") from None
+    """Refuse a request signed too long ago or too far in the future (a replayed or forged request).
+
+    Only a whole number of seconds (or milliseconds) is a timestamp: "nan"
+    would otherwise be inside every window, as no difference compares
+    greater than the tolerance.
+    """
+    if not _UNIX_TIME.fullmatch(value):
+        raise AuthenticationError(f"{header}: {value!r} is not a Unix timestamp")
+    sent = int(value) / (1000 if milliseconds else 1)
     skew = now.timestamp() - sent
     if abs(skew) > tolerance_seconds:
         direction = "old" if skew > 0 else "far in the future"
@@ -58,11 +68,38 @@ def check_timestamp(value: str, header: str, now: datetime, tolerance_seconds: f
         )
 
 
+class _NotJson(ValueError):
+    """A value json.loads would take but JSON (RFC 8259) has no place for."""
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON value; RFC 8259 has no NaN or Infinity")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: read as inf, stored as Infinity, which no JSON column takes
+        raise _NotJson(f"the number {text[:40]} is too large for a double-precision float")
+    return value
+
+
 def json_document(body: bytes) -> Any:
+    """The body as JSON (UTF-8, -16 or -32, as json.loads detects), or `BadPayloadError` naming why not.
+
+    Stricter than json.loads: NaN, Infinity and numbers beyond a double are
+    refused, as RFC 8259 and PostgreSQL's json column refuse them. Integers
+    longer than Python converts and nesting deeper than the parser recurses
+    are refused too, as the bad input they are, not left to become a 500.
+    """
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadPayloadError(f"body: not valid JSON ({exc})") from None
+        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError:
+        reason = "nested too deeply"
+    except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:
+        reason = str(exc)
+    except ValueError:  # int() over sys.get_int_max_str_digits(), the only other ValueError json.loads raises
+        reason = f"a number has more than {sys.get_int_max_str_digits()} digits"
+    raise BadPayloadError(f"body: not valid JSON ({reason})")
 
 
 def payload_message_id(item: Any) -> str:

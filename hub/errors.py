@@ -8,6 +8,7 @@
         │   ├── UnknownSourceError     404: no source with that id is configured
         │   ├── ForbiddenError         403: a provider callback whose signature does not match
         │   ├── PayloadTooLargeError   413: body over the configured limit
+        │   ├── UnsupportedMediaTypeError 415: a Content-Encoding the hub does not decode
         │   └── BadPayloadError        400: not JSON, wrong shape, no valid item
         ├── MappingError               an accepted event the mapping cannot turn into a touchpoint
         ├── IdentityRepairError        unmerge / forget named a profile or merge that does not exist
@@ -78,6 +79,10 @@ class ForbiddenError(IngestError):
 
 class PayloadTooLargeError(IngestError):
     status_code = 413
+
+
+class UnsupportedMediaTypeError(IngestError):
+    status_code = 415
 
 
 class BadPayloadError(IngestError):

@@ -67,17 +67,31 @@ def _identifiers(
 
 
 def _occurred_at(value: Any, received_at: datetime) -> datetime:
-    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds; missing means 'when received'."""
+    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds; missing means 'when received'.
+
+    A well-formed time outside the years 1-9999 once in UTC (year 1 at
+    +01:00, an epoch of 1e20) is the sender's mistake as a malformed one is:
+    a MappingError, quarantined at once, not an exception to retry.
+    """
     if value is None:
         return received_at
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = value / 1000 if value >= EPOCH_MILLISECONDS_FROM else value
-        return datetime.fromtimestamp(seconds, timezone.utc)
+        try:
+            return datetime.fromtimestamp(value / 1000 if value >= EPOCH_MILLISECONDS_FROM else value, timezone.utc)
+        except (OverflowError, OSError, ValueError):  # which one depends on the platform and the value
+            raise _out_of_range(value) from None
     try:
         parsed = datetime.fromisoformat(str(value))
     except ValueError:
         raise MappingError(f"occurred_at: {value!r} is not an ISO-8601 timestamp or Unix epoch number") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    try:
+        return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise _out_of_range(value) from None
+
+
+def _out_of_range(value: Any) -> MappingError:
+    return MappingError(f"occurred_at: {value!r} is not a time within the years 1 to 9999 (UTC)")
 
 
 def _object(value: Any) -> dict[str, Any]:

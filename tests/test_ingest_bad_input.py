@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 
+import httpx
 import pytest
 
 from tests.conftest import RunningHub, message
@@ -130,3 +132,134 @@ def test_admin_api_needs_the_bearer_token(running_hub: RunningHub) -> None:
     wrong = running_hub.client.get("/api/touchpoints", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert running_hub.client.get("/healthz").status_code == 200
+
+
+def post_body(running_hub: RunningHub, body: bytes, path: str = "/v1/batch", **headers: str) -> httpx.Response:
+    return running_hub.client.post(path, content=body, auth=("test-write-key", ""), headers=headers)
+
+
+LONG_INTEGER = ('{"batch": [{"type": "track", "userId": "u-1", "event": "Product Viewed", "properties": {"n": '
+                + "1" * 5000 + "}}]}").encode()
+DEEP_NESTING = b'{"type": "track", "userId": "u-1", "event": "X", "properties": {"deep": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "reason"),
+    [
+        ("/v1/batch", LONG_INTEGER, "a number has more than 4300 digits"),
+        ("/v1/batch", DEEP_NESTING, "nested too deeply"),
+        ("/v1/track", DEEP_NESTING, "nested too deeply"),
+    ],
+    ids=["5000-digit-integer", "deep-nesting-batch", "deep-nesting-track"],
+)
+def test_json_the_parser_cannot_take_is_400_naming_the_reason_and_quarantined(
+    running_hub: RunningHub, path: str, body: bytes, reason: str
+) -> None:
+    """json.loads raises ValueError (Python's 4300-digit int limit) or RecursionError, not JSONDecodeError:
+    both were a bare 500 with nothing kept."""
+    answer = post_body(running_hub, body, path)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == f"body: not valid JSON ({reason})"
+    [kept] = quarantine(running_hub)
+    assert kept["stage"] == "ingest" and kept["raw_body"] == body.decode()
+
+
+@pytest.mark.parametrize(
+    ("number", "reason"),
+    [
+        ("NaN", "NaN is not a JSON value"),
+        ("Infinity", "Infinity is not a JSON value"),
+        ("-Infinity", "-Infinity is not a JSON value"),
+        ("1e400", "the number 1e400 is too large for a double-precision float"),
+    ],
+)
+def test_numbers_json_has_no_place_for_are_400(running_hub: RunningHub, number: str, reason: str) -> None:
+    """RFC 8259 has no NaN or Infinity, and 1e400 reads as infinity: json.loads took them, so they were stored
+    and sent on as invalid JSON."""
+    body = f'{{"batch": [{{"type": "track", "userId": "u-1", "event": "Product Viewed", "properties": {{"price": {number}}}}}]}}'
+    answer = post_body(running_hub, body.encode())
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith(f"body: not valid JSON ({reason}")
+    assert len(quarantine(running_hub)) == 1
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("number", ["NaN", "1e400"])
+def test_non_finite_number_in_one_message_is_400_not_a_500_on_postgresql(running_hub: RunningHub, number: str) -> None:
+    """PostgreSQL's json column refuses NaN and Infinity: the whole batch's insert failed, a bare 500."""
+    good = json.dumps(message(**VALID))
+    body = (f'{{"batch": [{good}, {{"type": "track", "userId": "u-2", "event": "Product Viewed", '
+            f'"messageId": "m-nan", "properties": {{"price": {number}}}}}]}}').encode()
+    answer = post_body(running_hub, body)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"].startswith("body: not valid JSON")
+    assert len(quarantine(running_hub)) == 1
+
+
+def test_send_time_too_far_from_the_event_refuses_that_message_not_the_batch(running_hub: RunningHub) -> None:
+    """Both times are valid ISO-8601, but the clock correction (receivedAt - (sentAt - timestamp)) overflows:
+    that was an unhandled OverflowError, a 500 that lost the valid neighbour too."""
+    bad = message(**VALID, timestamp="0001-01-01T00:00:00+00:00", sentAt="9999-12-31T00:00:00+00:00")
+    answer = running_hub.send(message(**VALID), bad)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 1
+    [problem] = answer.json()["rejected"]
+    assert (problem["index"], problem["field"]) == (1, "sentAt")
+    assert "too far from the event's time" in problem["reason"]
+    assert [entry["stage"] for entry in quarantine(running_hub)] == ["item"]
+
+
+@pytest.mark.hub_settings(pipeline_max_attempts=1)
+def test_event_time_outside_the_date_range_is_quarantined_at_the_mapping_stage(running_hub: RunningHub) -> None:
+    """Year 1 at +01:00 is a valid ISO-8601 time but year 0 in UTC: an OverflowError the pipeline retried as if
+    it were ours, then quarantined at stage "pipeline" without naming the field."""
+    answer = running_hub.send(message(**VALID, timestamp="0001-01-01T00:00:00+01:00"))
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1
+    running_hub.settle()
+    [kept] = quarantine(running_hub)
+    assert (kept["stage"], kept["reason"].split(":")[0]) == ("mapping", "occurred_at"), kept
+
+
+def test_multi_member_gzip_body_is_read_whole(running_hub: RunningHub) -> None:
+    """RFC 1952 allows several members (`cat a.gz b.gz`, streaming compressors); only the first was read and
+    the rest silently dropped."""
+    text = json.dumps({"batch": [message(**VALID), message(**VALID)]}).encode()
+    body = gzip.compress(text[:40]) + gzip.compress(text[40:])
+    answer = post_body(running_hub, body, **{"Content-Encoding": "gzip"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
+
+
+@pytest.mark.hub_settings(max_body_bytes=4096)
+def test_size_limit_counts_every_gzip_member(running_hub: RunningHub) -> None:
+    member = gzip.compress(b" " * 3000)
+    answer = post_body(running_hub, member + member, **{"Content-Encoding": "gzip"})
+    assert answer.status_code == 413, answer.text
+
+
+def test_gzip_stream_cut_before_its_trailer_is_400(running_hub: RunningHub) -> None:
+    """Without its last 8 bytes (CRC-32 and length) the stream never ends, so its integrity was never checked
+    and the body was taken as complete."""
+    body = gzip.compress(json.dumps({"batch": [message(**VALID)]}).encode())[:-8]
+    answer = post_body(running_hub, body, **{"Content-Encoding": "gzip"})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "body: Content-Encoding is gzip but the gzip stream is cut off before its end"
+
+
+def test_x_gzip_is_gzip(running_hub: RunningHub) -> None:
+    """RFC 9110 8.4.1.3: a recipient SHOULD treat x-gzip as gzip."""
+    body = gzip.compress(json.dumps({"batch": [message(**VALID)]}).encode())
+    answer = post_body(running_hub, body, **{"Content-Encoding": "x-gzip"})
+    assert answer.status_code == 200, answer.text
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "br", "compress", "gzip, gzip"])
+def test_content_encoding_the_hub_does_not_decode_is_415_naming_the_header(running_hub: RunningHub, encoding: str) -> None:
+    """Neither uvicorn nor Starlette decodes request bodies: the body was parsed as if not encoded, and the
+    sender read only 'not valid JSON (utf-8 codec can't decode ...)'."""
+    body = zlib.compress(json.dumps({"batch": [message(**VALID)]}).encode())
+    answer = post_body(running_hub, body, **{"Content-Encoding": encoding})
+    assert answer.status_code == 415, answer.text
+    assert answer.json()["error"] == (
+        f"Content-Encoding: {encoding!r} is not supported; send the body as it is or with gzip"
+    )

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import hmac
 import json
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,10 @@ from connectors.sources.journey_map import JourneyMapSource, load_journey_map
 from connectors.sources.rudderstack import RudderStackSource
 from connectors.sources.segment import SegmentSource
 from connectors.sources.standard_webhooks import StandardWebhooksSource
-from hub.errors import AuthenticationError, BadPayloadError, ConfigError
+from hub.errors import AuthenticationError, BadPayloadError, ConfigError, MappingError
+from hub.mapping import load_mapping
+from hub.model import RawEvent
+from hub.normalize import normalize
 from hub.settings import PROJECT_MAPPINGS
 from tests.source_contract import URL, SourceContract, fixture_body
 
@@ -65,6 +69,19 @@ class TestStandardWebhooks(SourceContract):
         assert [(i.type, i.value) for i in touchpoint.identifiers] == [("crm_id", "1f81eb52-5198-4599-803e-771906343485")]
         assert touchpoint.properties == {"id": "1f81eb52-5198-4599-803e-771906343485", "type": "contact"}
 
+    @pytest.mark.parametrize("form", ["nan", "inf", "fraction", "underscores"])
+    def test_timestamp_that_is_not_whole_unix_seconds_is_refused(self, form: str) -> None:
+        """float() took "nan" (inside every window: no difference compares greater than the tolerance), "inf",
+        fractions and "1_700_000_000"; a signed "nan" request was valid for ever."""
+        now = str(int(time.time()))
+        timestamp = {"nan": "nan", "inf": "inf", "fraction": f"{now}.5", "underscores": f"{now[:4]}_{now[4:]}"}[form]
+        body = fixture_body(self.fixture)
+        key = base64.b64decode(WHSEC.removeprefix("whsec_"))
+        signature = base64.b64encode(hmac.new(key, f"msg_1.{timestamp}.".encode() + body, hashlib.sha256).digest())
+        headers = {"webhook-id": "msg_1", "webhook-timestamp": timestamp, "webhook-signature": f"v1,{signature.decode()}"}
+        with pytest.raises(AuthenticationError, match=f"webhook-timestamp: '{timestamp}' is not a Unix timestamp"):
+            self.make_source(WHSEC).verify(InboundRequest("POST", URL, headers, body))
+
     def test_secret_that_is_not_base64_is_a_config_error(self) -> None:
         with pytest.raises(ConfigError, match="test: secret: Value error, must be base64"):
             build(StandardWebhooksSource, secret="whsec_not base64!")
@@ -92,6 +109,24 @@ class TestHubSpot(SourceContract):
         signed = self.request(fixture_body(self.fixture))
         behind_proxy = InboundRequest("POST", "http://10.0.0.5:8000/v1/webhooks/src", signed.headers, signed.body)
         build(HubSpotSource, client_secret=self.secret, public_url=URL).verify(behind_proxy)
+
+    @pytest.mark.parametrize(
+        ("query", "signed_as"),
+        [
+            ("token=c2VjcmV0%3D%3D", "token=c2VjcmV0%3D%3D"),
+            ("next=%2Fdeals%3a1%2C2%3B%28x%29", "next=/deals:1,2;(x)"),
+            ("q=%253A", "q=%253A"),
+        ],
+        ids=["escape-hubspot-keeps", "escapes-hubspot-decodes-either-case", "no-double-decoding"],
+    )
+    def test_signature_covers_the_url_with_only_the_escapes_hubspot_decodes(self, query: str, signed_as: str) -> None:
+        """HubSpot decodes %3A %2F %3F %40 %21 %24 %27 %28 %29 %2A %2C %3B and no other escape before signing;
+        unquote() decoded them all, so every genuine request to a URL with a base64 token (%3D) was refused."""
+        body = fixture_body(self.fixture)
+        timestamp = str(int(time.time() * 1000))
+        digest = hmac.new(self.secret.encode(), f"POST{URL}?{signed_as}".encode() + body + timestamp.encode(), hashlib.sha256)
+        headers = {"X-HubSpot-Signature-v3": base64.b64encode(digest.digest()).decode(), "X-HubSpot-Request-Timestamp": timestamp}
+        self.make_source(self.secret).verify(InboundRequest("POST", f"{URL}?{query}", headers, body))
 
     def test_documented_contact_events_map_and_imports_are_dropped(self) -> None:
         source = self.make_source(self.secret)
@@ -310,3 +345,21 @@ def test_sdk_times_are_corrected_for_the_device_clock_as_segment_does() -> None:
     assert relayed.payload["timestamp"] == "2026-01-01T10:00:00Z"
     [unstamped] = source.parse(sdk_batch(queued)).events  # no sentAt: nothing to correct by
     assert unstamped.payload["timestamp"] == queued["timestamp"]
+
+
+@pytest.mark.parametrize(
+    ("mapping_file", "payload"),
+    [
+        ("segment.yaml", {"type": "track", "userId": "u-1", "event": "X", "timestamp": "0001-01-01T00:00:00+01:00"}),
+        ("segment.yaml", {"type": "track", "userId": "u-1", "event": "X", "timestamp": "9999-12-31T23:59:59-01:00"}),
+        ("hubspot.yaml", {"portalId": 1, "subscriptionId": 2, "eventId": 3, "objectId": 4,
+                          "subscriptionType": "contact.creation", "occurredAt": 10**20}),
+    ],
+    ids=["iso-year-1-with-offset", "iso-year-9999-with-offset", "hubspot-epoch-1e20"],
+)
+def test_event_time_outside_the_date_range_is_a_mapping_error_naming_occurred_at(mapping_file: str, payload: dict) -> None:
+    """Valid as written, out of datetime's range once in UTC: an OverflowError or OSError the pipeline retried
+    as its own failure, then quarantined without naming the field."""
+    raw = RawEvent("src", "m-1", {**payload, "receivedAt": "2026-01-01T00:00:00+00:00"})
+    with pytest.raises(MappingError, match="occurred_at: .* is not a time within the years 1 to 9999"):
+        normalize(raw, load_mapping(PROJECT_MAPPINGS / mapping_file), datetime(2026, 1, 1, tzinfo=timezone.utc), "US")

@@ -172,3 +172,21 @@ def test_journey_map_events_through_the_hub_and_unknown_touchpoints_quarantined(
     assert touchpoint["properties"]["map_touchpoint_id"] == "TP-COMPARE"
     [kept] = webhook_hub.admin("/api/quarantine")["quarantine"]
     assert (kept["stage"], json.loads(kept["raw_body"])["touchpoint_id"]) == ("item", "TP-NOWHERE")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"type": "track", "userId": "u-1", "event": "X", "properties": {"amount": ' + b"9" * 5000 + b"}}",
+        b'{"type": "track", "userId": "u-1", "event": "X", "properties": {"x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+        b'{"type": "track", "userId": "u-1", "event": "X", "properties": {"price": NaN}}',
+    ],
+    ids=["5000-digit-integer", "deep-nesting", "nan"],
+)
+def test_signed_body_json_cannot_hold_is_400_and_quarantined(webhook_hub: RunningHub, body: bytes) -> None:
+    """The webhook sources share json_document: a ValueError or RecursionError from json.loads was a bare 500
+    with nothing kept, and NaN was stored."""
+    answer = webhook_hub.client.post("/v1/webhooks/segment-hook", content=body, headers=signed(body))
+    assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON ("), answer.text
+    [kept] = webhook_hub.admin("/api/quarantine")["quarantine"]
+    assert (kept["source_id"], kept["stage"], kept["raw_body"]) == ("segment-hook", "ingest", body.decode())

@@ -123,3 +123,43 @@ def test_body_that_is_not_json_is_quarantined_with_the_key_redacted(running_hub:
     [kept] = stored(running_hub, schema.quarantine)
     assert kept["raw_body"] == b'{"writeKey": "[redacted]", "batch": ['
     assert KEY not in database_text(running_hub)
+
+
+def test_lone_surrogate_escape_with_write_key_in_body_is_accepted_as_with_basic_auth(running_hub: RunningHub) -> None:
+    """JSON may escape a lone surrogate (\\ud83d) and the hub takes it with Basic auth; stripping the key
+    re-serialised the body as UTF-8, which cannot encode it: a 500."""
+    text = ('{"type": "track", "userId": "u-1", "event": "Product Viewed", "messageId": "%s", '
+            '"properties": {"name": "\\ud83d"}%s}')
+    with_basic = running_hub.client.post("/v1/track", content=(text % ("m-1", "")).encode(), auth=(KEY, ""))
+    assert with_basic.status_code == 200, with_basic.text
+    in_body = running_hub.client.post("/v1/track", content=(text % ("m-2", f', "writeKey": "{KEY}"')).encode())
+    assert in_body.status_code == 200, in_body.text
+    running_hub.settle()
+    assert [row["payload"]["properties"] for row in stored(running_hub, schema.inbox)] == [{"name": "\ud83d"}] * 2
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/batch", json.dumps([{**message(**VALID), "writeKey": KEY}]).encode()),
+        ("/v1/track", json.dumps({**message(**VALID), "writeKey": KEY}).encode("utf-16")),
+        ("/v1/track", json.dumps({**message(**VALID), "writeKey": KEY}).encode("utf-16-le")),
+        ("/v1/track", json.dumps({**message(**VALID), "writeKey": KEY}).encode("utf-32")),
+    ],
+    ids=["top-level-array", "utf-16", "utf-16-le-without-bom", "utf-32"],
+)
+def test_write_key_in_body_is_kept_nowhere_whatever_the_body_shape(running_hub: RunningHub, path: str, body: bytes) -> None:
+    """A top-level array (refused and quarantined whole) and a UTF-16 or -32 body (which json.loads reads,
+    but the byte search for b"writeKey" missed) kept the key."""
+    answer = running_hub.client.post(path, content=body, auth=(KEY, ""))
+    assert answer.status_code in (200, 400), answer.text
+    running_hub.settle()
+    assert KEY not in database_text(running_hub)
+
+
+def test_utf16_body_that_is_not_json_is_quarantined_with_the_key_redacted(running_hub: RunningHub) -> None:
+    body = f'{{"writeKey": "{KEY}", "batch": ['.encode("utf-16")
+    answer = running_hub.client.post("/v1/batch", content=body, auth=(KEY, ""))
+    assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON")
+    [kept] = stored(running_hub, schema.quarantine)
+    assert KEY.encode("utf-16-le") not in kept["raw_body"] and b'"writeKey": "[redacted]"' in kept["raw_body"]

@@ -4,9 +4,11 @@ Docs: https://developers.hubspot.com/docs/api/webhooks/validating-requests
 HubSpot posts a JSON *array* of events. ``X-HubSpot-Signature-v3`` is the
 base64 HMAC-SHA256, keyed with the app's client secret, of
 method + URI + body + timestamp, where the URI is the full URL HubSpot called
-(scheme, host, path and query) with percent-escapes decoded, and the
-timestamp is ``X-HubSpot-Request-Timestamp`` in *milliseconds*. Requests
-older than five minutes must be refused. Behind a proxy the URL the hub sees
+(scheme, host, path and query) with exactly these escapes decoded:
+%3A %2F %3F %40 %21 %24 %27 %28 %29 %2A %2C %3B (any other, such as the %3D
+of a base64 token, stays as sent), and the timestamp is
+``X-HubSpot-Request-Timestamp`` in *milliseconds*. Requests older than five
+minutes must be refused. Behind a proxy the URL the hub sees
 differs from the one HubSpot signed: set `public_url`.
 
 An event's ``eventId`` is not guaranteed unique, so the message id joins
@@ -15,8 +17,8 @@ portal, subscription, event, object and time, which together are.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
-from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -28,6 +30,8 @@ from hub.model import RawEvent
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
 ID_FIELDS = ("portalId", "subscriptionId", "eventId", "objectId", "occurredAt")
+# The escapes HubSpot decodes before signing (: / ? @ ! $ ' ( ) * , ;), in either case of hex; no others.
+SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
 
 
 class HubSpotConfig(BaseModel):
@@ -52,7 +56,7 @@ class HubSpotSource(Source):
         signature = require_header(request.headers, SIGNATURE_HEADER)
         timestamp = require_header(request.headers, TIMESTAMP_HEADER)
         check_timestamp(timestamp, TIMESTAMP_HEADER, datetime.now(timezone.utc), config.tolerance_seconds, milliseconds=True)
-        uri = unquote(config.public_url or request.url)
+        uri = SIGNED_ESCAPES.sub(lambda escape: chr(int(escape[1], 16)), config.public_url or request.url)
         content = f"{request.method.upper()}{uri}".encode() + request.body + timestamp.encode()
         expected = sign(config.client_secret.get_secret_value().encode(), "sha256", content, "base64")
         check_signature(expected, [signature], SIGNATURE_HEADER)

@@ -73,7 +73,7 @@ class SegmentSource(Source):
             expected = sign(self._shared_secret, "sha1", request.body, "hex")
             check_signature(expected, [request.headers["x-signature"].strip()], "X-Signature")
             return
-        write_key = _basic_auth_user(request.headers.get("authorization", ""))
+        write_key = basic_auth_user(request.headers.get("authorization", ""))
         if write_key is None:
             raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body")
         if self._write_key_digest is None or not matches_digest(write_key, self._write_key_digest):
@@ -97,8 +97,12 @@ class SegmentSource(Source):
             if isinstance(taken, RejectedItem):
                 result.rejected.append(taken)
                 continue
-            payload = {**_skew_corrected(item, item.get("sentAt") or batch_sent_at, received_at),
-                       "receivedAt": received_at.isoformat()}
+            where = index if message_type is None else None
+            corrected = _skew_corrected(item, item.get("sentAt") or batch_sent_at, received_at, where)
+            if isinstance(corrected, ItemProblem):
+                result.rejected.append(RejectedItem(item, [corrected]))
+                continue
+            payload = {**corrected, "receivedAt": received_at.isoformat()}
             result.events.append(RawEvent(self.source_id, taken.message_id, payload))
         if not result.events:
             raise BadPayloadError("no valid message in the request", result.problems)
@@ -118,7 +122,8 @@ def take_message(source_id: str, item: Any, index: int | None = None) -> RawEven
     return RawEvent(source_id, _message_id(item), item)
 
 
-def _basic_auth_user(header: str) -> str | None:
+def basic_auth_user(header: str) -> str | None:
+    """The user name of an HTTP Basic Authorization header: where Segment SDKs send the write key."""
     scheme, _, encoded = header.partition(" ")
     if scheme.lower() != "basic" or not encoded:
         return None
@@ -186,7 +191,9 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
-def _skew_corrected(item: dict[str, Any], sent_at: Any, received_at: datetime) -> dict[str, Any]:
+def _skew_corrected(
+    item: dict[str, Any], sent_at: Any, received_at: datetime, index: int | None
+) -> dict[str, Any] | ItemProblem:
     """The message with `timestamp` corrected for the sending device's clock, as Segment's API does:
     `receivedAt - (sentAt - originalTimestamp)`, the device's own time kept as `originalTimestamp`.
 
@@ -198,12 +205,22 @@ def _skew_corrected(item: dict[str, Any], sent_at: Any, received_at: datetime) -
     network's delay. Messages that already passed through Segment or
     RudderStack (a Webhooks destination) carry their `receivedAt` and a
     corrected `timestamp`: they are left as they are.
+
+    A message sent thousands of years after its event (sentAt 9999, timestamp
+    0001) has no time to correct to: no clock is that wrong, and the result
+    would fall before the year 1. It is refused, naming sentAt, rather than
+    kept with a time the sender never meant.
     """
     client_time = item.get("originalTimestamp") or item.get("timestamp")
     if "receivedAt" in item or not _is_timestamp(sent_at) or not _is_timestamp(client_time):
         return item
     offset = _utc(datetime.fromisoformat(sent_at)) - _utc(datetime.fromisoformat(client_time))
-    return {**item, "originalTimestamp": client_time, "timestamp": (received_at - offset).isoformat()}
+    try:
+        corrected = received_at - offset
+    except OverflowError:
+        return ItemProblem(index, "sentAt", f"{sent_at!r} is too far from the event's time {client_time!r} "
+                                            "to correct it for the device's clock")
+    return {**item, "originalTimestamp": client_time, "timestamp": corrected.isoformat()}
 
 
 def _utc(moment: datetime) -> datetime:

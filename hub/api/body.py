@@ -2,7 +2,9 @@
 
 The limit applies to the decompressed size too: a 1 KiB gzip bomb must not
 become a gigabyte in memory. RudderStack's SDKs gzip by default; Segment's
-can.
+can. gzip (and its old name x-gzip, RFC 9110 8.4.1.3) is the one content
+coding taken; uvicorn and Starlette decode none in requests, so any other
+is refused (415) rather than parsed as if it were JSON.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ import zlib
 
 from starlette.requests import Request
 
-from hub.errors import BadPayloadError, PayloadTooLargeError
+from hub.errors import BadPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError
+
+GZIP = ("gzip", "x-gzip")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -26,20 +30,46 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise _too_large(limit)
         chunks.append(chunk)
     body = b"".join(chunks)
-    if request.headers.get("content-encoding", "").lower() == "gzip":
-        body = _gunzip(body, limit)
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding in GZIP:
+        return _gunzip(body, limit)
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaTypeError(
+            f"Content-Encoding: {encoding!r} is not supported; send the body as it is or with gzip"
+        )
     return body
 
 
 def _gunzip(body: bytes, limit: int) -> bytes:
-    decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        data = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise BadPayloadError(f"body: Content-Encoding is gzip but the body is not valid gzip ({exc})") from None
-    if len(data) > limit or decompressor.unconsumed_tail:
-        raise _too_large(limit)
-    return data
+    """Every member of a gzip stream (RFC 1952 allows several, as `cat a.gz b.gz` makes), each read to its end.
+
+    A stream cut before a member's trailer (CRC-32 and length) is refused: its
+    integrity was never checked, and what came through may be half a batch.
+    Each member is fed in pieces that double from 64 bytes, so what zlib
+    copies past a member's end stays as small as the member: a body of
+    thousands of empty members costs no more than one of the same size.
+    """
+    view = memoryview(body)
+    decompressed: list[bytes] = []
+    size = start = 0
+    while True:
+        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        end, piece = start, 64
+        while not decompressor.eof:
+            if end == len(body):
+                raise BadPayloadError("body: Content-Encoding is gzip but the gzip stream is cut off before its end")
+            try:
+                data = decompressor.decompress(view[end:end + piece], limit + 1 - size)
+            except zlib.error as exc:
+                raise BadPayloadError(f"body: Content-Encoding is gzip but the body is not valid gzip ({exc})") from None
+            end, piece = min(end + piece, len(body)), piece * 2
+            size += len(data)
+            if size > limit:
+                raise _too_large(limit)
+            decompressed.append(data)
+        start = end - len(decompressor.unused_data)
+        if start == len(body):
+            return b"".join(decompressed)
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:
