@@ -13,7 +13,7 @@ import uvicorn
 from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
-from hub.cli_store import shown_url
+from hub.secret_urls import shown_url
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects

@@ -22,6 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.errors import ConfigError
+from hub.secret_urls import shown_url
 from hub.store import Store
 
 if TYPE_CHECKING:
@@ -71,8 +72,3 @@ def _not_found(url: str, what: str) -> list[str]:
         f"HUB_DATABASE_URL={shown_url(url)}: {what}{where}",
         "run this from the hub's folder (where `touchhub serve` runs), or set HUB_DATABASE_URL to the hub's store",
     ]
-
-
-def shown_url(url: str) -> str:
-    """The URL as it may be printed: a PostgreSQL password is not."""
-    return make_url(url).render_as_string(hide_password=True)

@@ -11,7 +11,8 @@ from rich.console import Console
 from rich.table import Table
 
 from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
-from hub.cli_store import delivery_recipients, existing_store, shown_url
+from hub.cli_store import delivery_recipients, existing_store
+from hub.secret_urls import shown_url
 from hub.store.outbox import DUE_STATUSES
 
 if TYPE_CHECKING:

@@ -20,10 +20,11 @@ KNOWN_TYPES = tuple(item.type for item in DEFAULT_IDENTITY.identifier_types)
 # One RFC 5322 dot-atom each side of the "@" (RFC 6532 lets both hold non-ASCII), so nothing that makes a
 # header parser see a second address, a display name or a new line: no comma, semicolon, angle bracket, quote,
 # parenthesis, backslash, whitespace or control character. Quoted local parts and domain literals, legal but
-# all but unused, are refused with them.
-_ATOM = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]|[^\x00-\x7f])+"
+# all but unused, are refused with them. Dots may stand anywhere in the local part: Japanese carriers issued
+# addresses such as taro..yamada@docomo.ne.jp and taro.@docomo.ne.jp, which mail servers deliver.
+_LOCAL = r"(?:[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]|[^\x00-\x7f])+"
 _LABEL = r"(?:[A-Za-z0-9-]|[^\x00-\x7f])+"
-_ADDR_SPEC = re.compile(rf"{_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*")
+_ADDR_SPEC = re.compile(rf"{_LOCAL}@{_LABEL}(?:\.{_LABEL})*")
 # RFC 5321 4.5.3.1: 64 octets of local part, 254 of path (256 with the angle brackets).
 MAX_LOCAL_OCTETS, MAX_ADDRESS_OCTETS = 64, 254
 

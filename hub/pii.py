@@ -10,9 +10,8 @@ masked by what the delivery's route says its recipient is (`mask_recipient`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import phonenumbers
 
@@ -25,6 +24,7 @@ _EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w.-]+\.[^\W\d_]{2,})")
 # before any parsing, as every string of a touchpoint is looked at.
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
 _E164 = re.compile(r"\+\d{7,15}")
+_JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 # International numbers (+ and digits) and North American national ones; a bare
 # run of digits is not masked, or every timestamp and id would be.
 _PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
@@ -69,17 +69,6 @@ def mask_token(token: str) -> str:
     return token[:10] + "…" if len(token) > 10 else token
 
 
-def mask_url(url: str) -> str:
-    """A URL as logs and the delivery log show it: its password and query values hidden. A receiver's URL may
-    carry Basic credentials (``https://user:pass@host``) or a token in its query, both as good as a password."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        netloc = f"{parts.username}:***@{netloc.rpartition('@')[2]}"
-    query = "&".join(f"{name}=***" for name, _ in parse_qsl(parts.query, keep_blank_values=True))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
 def mask_recipient(target: str, identifier: Identifier | None) -> str:
     """A delivery's recipient as the delivery log shows it; `identifier` is what its channel's route says the
     target is (`Router.recipient`), None for a profile id or a channel no longer routed."""
@@ -107,27 +96,40 @@ def without_values(value: Any, erased: set[str]) -> Any:
 
 
 def holds_values(text: str, erased: set[str]) -> bool:
-    """Whether free text (a raw body) holds one of `erased` (in any case), or one of its phones written any way.
+    """Whether free text (a raw body) holds one of `erased` (in any case), or one of its phones written any way
+    (`holding`, for one text)."""
+    return holding(erased)(text)
+
+
+def holding(erased: set[str]) -> Callable[[str], bool]:
+    """Whether a free text (a raw body) holds one of `erased`, or one of its phones written any way: made once
+    for many texts (a quarantine read through).
 
     A body is not parsed for its fields: it may be form-encoded, truncated or
-    no JSON at all. Its digits alone would match numbers glued across fields
-    (`[415, 5550100]`), so a body whose digits hold a phone's national number
-    is then read by phonenumbers' own matcher, which finds numbers in text as
-    written and is too slow to run on every body.
+    no JSON at all. A value counts only as a whole address: bo@example.com is
+    not in jimbo@example.com. JSON's \\u escapes are read first, as SDKs
+    escape non-ASCII (zo\\u00eb@...). Digits alone would match numbers glued
+    across fields (`[415, 5550100]`), so a body whose digits hold a phone's
+    national number is then read by phonenumbers' own matcher, which finds
+    numbers in text as written and is too slow to run on every body.
     """
-    lowered = text.lower()
-    if any(value in lowered for value in erased):
-        return True
+    whole = re.compile("|".join(f"(?<![\\w.%+-]){re.escape(value)}(?![\\w.-])" for value in sorted(erased))) if erased else None
     phones = _erased_phones(erased)
-    if not phones:
-        return False
-    digits = re.sub(r"\D", "", text)
-    candidates = {e164: region for e164, (region, national) in phones.items() if national in digits}
-    return any(
-        phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164) in candidates
-        for region in set(candidates.values())
-        for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
-    )
+
+    def holds(text: str) -> bool:
+        if "\\u" in text:
+            text = _JSON_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), text)
+        if whole is not None and whole.search(text.lower()):
+            return True
+        digits = re.sub(r"\D", "", text) if phones else ""
+        candidates = {e164: region for e164, (region, national) in phones.items() if national in digits}
+        return any(
+            phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164) in candidates
+            for region in set(candidates.values())
+            for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
+        )
+
+    return holds
 
 
 def _erased_phones(erased: set[str]) -> dict[str, tuple[str, str]]:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, SecretStr, field_validator
-
-from hub.pii import mask_url
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from hub.secret_urls import shown_url
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
@@ -174,9 +174,9 @@ class HubSettings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """The settings as printed: secrets are `SecretStr`, and URLs, which may carry a password or a token,
-        show neither (`mask_url`)."""
+        show neither (`shown_url`)."""
         for name, value in super().__repr_args__():
-            yield name, mask_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+            yield name, shown_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
 
     @property
     def worker_roles(self) -> tuple[str, ...]:

@@ -63,7 +63,7 @@ class TemplateRenderer:
             loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
             finalize=_nothing_for_none,
         )
-        self._environment.filters["default"] = _default
+        self._environment.filters["default"] = self._environment.filters["d"] = _default
         self._recheck_seconds = recheck_seconds
         self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.

@@ -19,7 +19,7 @@ from hub.store.forget import forget as forget_person
 from hub.store.identity_graph import identifier_digest
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import attempts, deliveries, identity_events, merges, touchpoints
-from tests.conftest import RunningHub, message, support_ticket
+from tests.conftest import WRITE_KEY, RunningHub, message, support_ticket
 from tests.test_absence_timers import accept, hub_on
 from tests.test_dead_letter_replay import AUTH, touchhub, trigger_sms
 
@@ -254,3 +254,24 @@ def test_forget_wipes_quarantined_bodies_that_hold_the_persons_phone_in_national
     kept = running_hub.admin("/api/quarantine")["quarantine"]
     assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
     assert "sam-app" not in json.dumps(kept) and any("(415) 555-0101" in entry["raw_body"] for entry in kept)
+
+
+def test_forget_finds_an_address_as_sdks_escape_it_and_only_as_a_whole(running_hub: RunningHub) -> None:
+    """analytics-python escapes non-ASCII (ensure_ascii): Zoë's email reaches the quarantine as
+    "zo\\u00eb@example.com", and forgetting her must find it there. Jimbo's body, whose address merely contains
+    hers as a string (jimbo@...), is his, and stays."""
+    zoe, jimbo = "zoë@example.com", "xzoë@example.com"
+    running_hub.send(message("identify", userId="zoe", traits={"email": zoe}))
+    running_hub.settle()
+    refused = [{"type": "track", "messageId": f"m-{who}", "userId": who, "event": "Signed Up", "timestamp": "yesterday",
+                "properties": {"contact": address}} for who, address in (("zoe-app", zoe), ("jimbo", jimbo))]
+    for item in refused:  # a body each: one quarantined row each
+        body = json.dumps({"batch": [item]}).encode()  # ensure_ascii: zo\u00eb
+        assert b"\\u00eb" in body
+        running_hub.client.post("/v1/batch", content=body, auth=(WRITE_KEY, ""), headers={"content-type": "application/json"})
+    running_hub.settle()
+    [profile_id] = {t["profile_id"] for t in running_hub.admin("/api/touchpoints")["touchpoints"]}
+    assert running_hub.client.delete(f"/api/profiles/{profile_id}", headers=AUTH).status_code == 200
+    kept = running_hub.admin("/api/quarantine")["quarantine"]
+    assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
+    assert any("jimbo" in entry["raw_body"] for entry in kept)

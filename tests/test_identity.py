@@ -77,7 +77,7 @@ def test_junk_values_are_refused(type_: str, raw: object) -> None:
 @pytest.mark.parametrize("raw", [
     "ana@example.com, eve@evil.example", "ana@example.com;eve@evil.example", "ana@example.com eve@evil.example",
     "Ana <ana@example.com>", "<ana@example.com>", "ana@example.com\nBcc: eve@evil.example", "ana@exam\u2028ple.com",
-    '"ana eve"@example.com', "ana@@example.com", "ana..b@example.com", "ana@example.com.", "a" * 65 + "@example.com",
+    '"ana eve"@example.com', "ana@@example.com", "ana@example.com.", "a" * 65 + "@example.com",
 ])
 def test_an_email_value_that_is_not_exactly_one_bare_address_is_refused(raw: str) -> None:
     """Checking for an "@" alone let one person's email go to several mailboxes: smtplib and every header parser
@@ -85,7 +85,10 @@ def test_an_email_value_that_is_not_exactly_one_bare_address_is_refused(raw: str
     assert normalize_identifier("email", raw, "US") is None
 
 
-@pytest.mark.parametrize("raw", ["o'brien+news@example.com", "jane@bücher.example", "jäne@example.com", "a@localhost"])
+@pytest.mark.parametrize("raw", [
+    "o'brien+news@example.com", "jane@bücher.example", "jäne@example.com", "a@localhost",
+    "taro..yamada@docomo.ne.jp", "taro.@docomo.ne.jp",  # issued by Japanese carriers, delivered by mail servers
+])
 def test_unusual_but_valid_email_addresses_are_kept(raw: str) -> None:
     assert normalize_identifier("email", raw, "US") == Identifier("email", raw)
 

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.serving import BackgroundServer
+from hub.secret_urls import shown_url
 from hub.store import quarantine
 from hub.store.schema import inbox
 from tests.conftest import RunningHub, make_settings, message, serve_hub, support_ticket
@@ -248,3 +249,16 @@ def test_a_failing_statement_does_not_quote_the_events_values(running_hub: Runni
         [refused] = quarantine.recent(connection)
     assert "SQL parameters hidden" in error and PUSH_TOKEN not in error
     assert PUSH_TOKEN not in f"{refused['reason']} {refused['problems']}"
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://cdp-user:Hook-Pass-123@hooks.example.com/in", "https://cdp-user:***@hooks.example.com/in"),
+    ("https://tok_live_123@hooks.example.com/in", "https://***@hooks.example.com/in"),
+    ("https://hooks.example.com/in?s3cr3t-token", "https://hooks.example.com/in?***"),
+    ("https://hooks.example.com/in?token=abc&v=2", "https://hooks.example.com/in?token=***&v=***"),
+    ("postgresql+psycopg://hub:Pg-S3cret@db:5432/hub", "postgresql+psycopg://hub:***@db:5432/hub"),
+    ("sqlite:///var/hub.db", "sqlite:///var/hub.db"),
+])
+def test_a_url_is_shown_without_the_secrets_it_carries(url: str, shown: str) -> None:
+    """A token as the user name, or as the whole query, is as much a credential as a password."""
+    assert shown_url(url) == shown

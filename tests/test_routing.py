@@ -289,3 +289,11 @@ def test_quiet_hours_settings_are_validated() -> None:
 def test_consent_traits_read_as_crms_and_forms_send_them(traits: dict, revoked: bool) -> None:
     """`bool("false")` is True: a CRM's string "false" opted people out, and consent {sms: "false"} did not."""
     assert consent_revoked(traits, "sms") is revoked
+
+
+def test_a_null_trait_counts_as_missing_for_default_and_its_alias_d(tmp_path: Path) -> None:
+    """Segment identify calls carry null for a blank field: "Hi {{ name | d('there') }}," must not read "Hi ,"."""
+    renderer = TemplateRenderer(tmp_path)
+    assert renderer.render_value("Hi {{ name | default('there') }},", {"name": None}) == "Hi there,"
+    assert renderer.render_value("Hi {{ name | d('there') }},", {"name": None}) == "Hi there,"
+    assert renderer.render_value("Hi {{ name }},", {"name": None}) == "Hi ,"

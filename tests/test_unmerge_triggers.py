@@ -13,13 +13,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
-from hub.model import FOLLOWED_UP_BY, derived_id
+from hub.model import FOLLOWED_UP_BY, Identifier, PlannedDelivery, derived_id
 from hub.runtime import Hub
-from hub.store import decisions, outbox, timers
+from hub.store import Store, decisions, outbox, timers
+from hub.store.identity_repair import _withdraw_misaddressed as withdraw_misaddressed
 from hub.store.identity_repair import unmerge
 from hub.store.outbox import WITHDRAWN_IN_UNMERGE
 from hub.store.profile_views import profile_view
@@ -215,3 +216,36 @@ def test_a_trait_that_only_equals_one_of_the_other_sides_ids_is_kept(tmp_path: P
     _, bo = split(hub)
     with hub.store.read() as connection:
         assert profile_view(connection, bo)["traits"] == {"email": "bo@x.io", "name": "Bo", "age": "42"}
+
+
+def _waiting(connection: object, delivery_id: str, profile_id: str, channel: str, target: str, content: dict) -> None:
+    destination = {"email": "email_smtp", "crm": "salesforce", "chat": "chat_webhook"}[channel]
+    outbox.plan(connection, [PlannedDelivery(delivery_id, f"dec-{delivery_id}", profile_id, channel, destination, target,
+                                             content)], utcnow())
+
+
+def test_an_unmerge_keeps_a_message_carrying_an_address_that_merely_contains_the_others(store: Store) -> None:
+    """Bo's bo@example.com is inside Jimbo's own jimbo@example.com: Jimbo's CRM update, his own email in its
+    fields, is his, and stays (a withdrawal is for good: never replayed)."""
+    with store.write() as connection:
+        _waiting(connection, "d-jimbo", "p-jimbo", "crm", "p-jimbo", {"params": {"fields": {"Email": "jimbo@example.com"}}})
+        others = {"p-jimbo": {Identifier("email", "bo@example.com")}, "p-bo": {Identifier("email", "jimbo@example.com")}}
+        assert withdraw_misaddressed(connection, others, utcnow()) == 0
+
+
+def test_an_unmerge_withdraws_a_message_to_the_others_identifier_of_any_type(store: Store) -> None:
+    """routes.yaml may target any identifier type (a user id for an in-app inbox): Amy's message waiting for
+    Bo's user id goes no more than one waiting for his email."""
+    with store.write() as connection:
+        _waiting(connection, "d-inbox", "p-amy", "chat", "u-bo", {"body": "your cart"})
+        others = {"p-amy": {Identifier("user_id", "u-bo")}, "p-bo": {Identifier("user_id", "u-amy")}}
+        assert withdraw_misaddressed(connection, others, utcnow()) == 1
+
+
+def test_a_withdrawal_worded_before_the_upgrade_is_still_refused_a_replay(store: Store) -> None:
+    """Unmerge withdrawals before 2026-12-06 carry another text; replaying one would reach the other person."""
+    with store.write() as connection:
+        _waiting(connection, "d-old", "p-amy", "email", "bo@example.com", {"body": "hi"})
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == "d-old").values(
+            status="failed", last_error="not sent: recipient left the profile in an unmerge"))
+        assert outbox.replay(connection, "d-old", utcnow()) == outbox.MISADDRESSED

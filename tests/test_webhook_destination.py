@@ -573,3 +573,10 @@ def test_a_bad_allowed_network_is_a_config_error_naming_the_setting_and_the_entr
         webhook_destinations(load_registry(), settings)
     [problem] = raised.value.problems
     assert problem.startswith("HUB_CHAT_WEBHOOK_*: allowed_networks:") and "'localhost'" in problem
+
+
+def test_a_compact_json_answer_cut_keeps_all_but_its_cut_value() -> None:
+    """Most receivers answer compact JSON, one long "word": cutting back to the last blank left only "…" of a
+    receiver's error. JSON's punctuation is a break too, and no email address holds it."""
+    answer = json.dumps({"error": "invalid_signature", "detail": "x" * 250}, separators=(",", ":"))
+    assert answer_excerpt.excerpt(answer) == '{"error":"invalid_signature","detail":"…'

@@ -24,7 +24,9 @@ RESPONSE_EXCERPT_CHARS = 200
 RESPONSE_EXCERPT_BYTES = 4 * (RESPONSE_EXCERPT_CHARS + 1)
 # How long the body is waited for once the status is in: the status decides, the body is only the log's excerpt.
 RESPONSE_BODY_SECONDS = 1.0
-_LAST_WORD = re.compile(r"\S*$")
+# What a cut leaves of its last word, back to the last character no email address or phone holds: JSON's
+# punctuation counts as a break, so a compact JSON answer keeps all but its cut value.
+_LAST_WORD = re.compile(r"[^\s,;:{}\[\]\"'<>()=]*$")
 
 
 _INFLATED = ("gzip", "x-gzip", "deflate")

@@ -41,13 +41,13 @@ from urllib.parse import quote
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from simple_salesforce import Salesforce, SalesforceLogin
+from simple_salesforce.api import SFType
 from simple_salesforce.exceptions import (
     SalesforceAuthenticationFailed,
     SalesforceError,
     SalesforceExpiredSession,
     SalesforceResourceNotFound,
 )
-from simple_salesforce.api import SFType
 
 from connectors.base import Destination
 from connectors.destinations.requests_transport import VendorAdapter
@@ -174,7 +174,7 @@ class SalesforceDestination(Destination):
         try:
             CrmParams.model_validate(dict(params))
         except ValidationError as exc:
-            return [f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+            return _params_problems(exc)
         return []
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
@@ -190,8 +190,7 @@ class SalesforceDestination(Destination):
         try:
             params = CrmParams.model_validate(delivery.content.get("params") or {})
         except ValidationError as exc:
-            problems = "; ".join(f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", problems)) from None
+            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", "; ".join(_params_problems(exc)))) from None
         fields: dict[str, Any] = {
             name.removeprefix(FIELD_BLOCK_PREFIX): value
             for name, value in delivery.content.items()
@@ -287,9 +286,11 @@ class SalesforceDestination(Destination):
         Before a merge each side's CRM updates upserted a record of its own;
         without this the survivor's first update would create a second Lead for
         the same person, and the first, with its history and owner, would stop
-        being updated. The engine stops naming previous keys once an update
-        under the survivor's own id went through, so only the first updates
-        after a merge pay the extra reads.
+        being updated. Every update of a profile with merged-in records to
+        look for pays one read more (its own record, found): the outbox cannot
+        tell which record types a merged-in id keyed, and a Contact written for
+        the survivor says nothing of its Lead. Only profiles merged into after a
+        CRM update pay it.
         """
         if self._record_keyed(record_type, update.external_id) is not None:
             return None
@@ -314,6 +315,10 @@ class SalesforceDestination(Destination):
 
     def close(self) -> None:
         self.session.close()
+
+
+def _params_problems(exc: ValidationError) -> list[str]:
+    return [f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
 
 
 def _error_code(exc: SalesforceError) -> str | None:

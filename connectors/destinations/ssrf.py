@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import httpx
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # How long a host name's vetted address is reused before it is resolved and checked again. Short: a
 # receiver that moves is followed within seconds, and a record turned private is refused as soon.
 PIN_TTL_SECONDS = 5.0
@@ -60,6 +61,21 @@ class PinnedTarget:
     extensions: dict[str, str]
 
 
+def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
+    """The allowlist's entries as networks (an address is a network of one); blank entries are skipped.
+
+    Raises:
+        ValueError: naming the first entry that is no IP address or network.
+    """
+    networks = []
+    for entry in filter(str.strip, entries):
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{entry!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
+    return networks
+
+
 class SsrfGuard:
     """Vets URLs against an allowlist of networks (``127.0.0.1``, ``10.0.0.0/8``, ``::1``).
 
@@ -70,7 +86,7 @@ class SsrfGuard:
     """
 
     def __init__(self, allowed_networks: Iterable[str] = ()) -> None:
-        self.allowed = [ipaddress.ip_network(network.strip(), strict=False) for network in allowed_networks if network.strip()]
+        self.allowed = parse_networks(allowed_networks)
         self._vetted: dict[str, tuple[float, PinnedTarget]] = {}  # url -> (monotonic expiry, target); inf for an address
 
     def vetted(self, url: str) -> PinnedTarget | None:

@@ -33,7 +33,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from connectors.base import Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
-from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup
+from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup, parse_networks
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
-from hub.pii import mask_url
+from hub.secret_urls import shown_url
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
@@ -77,11 +76,7 @@ class WebhookConfig(BaseModel):
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
         """Each entry an address or network as `SsrfGuard` reads it, so a typo is a ConfigError naming it."""
-        for network in filter(str.strip, networks):
-            try:
-                ipaddress.ip_network(network.strip(), strict=False)
-            except ValueError:
-                raise ValueError(f"{network!r} is not an IP address or network (e.g. 127.0.0.1, 10.0.0.0/8, ::1)") from None
+        parse_networks(networks)
         return networks
 
     @field_validator("secret")
@@ -171,6 +166,7 @@ class OutboundWebhookDestination(Destination):
         self._session: aiohttp.ClientSession | None = None  # opened on the event loop that first sends
         self._blocking_lookup = needs_lookup(config.url)
         self._body_seconds = min(RESPONSE_BODY_SECONDS, config.timeout_seconds)
+        self._shown_url = shown_url(config.url)  # the delivery log's, credentials hidden
 
     def payload(self, delivery: Delivery) -> dict[str, Any]:
         """The event body; `params.type` in the rule's action overrides the event type.
@@ -198,7 +194,7 @@ class OutboundWebhookDestination(Destination):
         return params.get("type", self.event_type)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
-        return {"url": mask_url(self.settings.url), "webhook_id": delivery.delivery_id, "type": self._type_of(delivery.content.get("params") or {})}
+        return {"url": self._shown_url, "webhook_id": delivery.delivery_id, "type": self._type_of(delivery.content.get("params") or {})}
 
     def pinned_target(self) -> PinnedTarget:
         """Where to send, on the address the SSRF guard allows (DNS asked unless a fresh vetted answer is kept);

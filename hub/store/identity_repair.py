@@ -12,8 +12,9 @@ stays with the survivor, and so does an identifier first seen after the merge:
 it joined the survivor, and nothing says which side it belongs to.
 What the two did to each other while one profile is undone too: a trait
 naming the other side's identifier is dropped, a timer the other side's event
-or nudge ended waits again, and a message still waiting to go to the other
-side's address is withdrawn.
+or nudge ended waits again, and a message still waiting to go that was
+planned for the other side, goes to its address or carries it (a CRM update
+rendered from the merged profile) is withdrawn, never to be replayed.
 """
 
 from __future__ import annotations
@@ -255,7 +256,8 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
     and so does a CRM update planned for the merged profile's id: rendered
     while the two were one, it would write Bo's email onto Amy's Lead.
     """
-    addresses = {profile_id: address_values(held) for profile_id, held in others.items()}
+    values = {profile_id: {identifier.value.lower() for identifier in held} for profile_id, held in others.items()}
+    addresses = {profile_id: address_values(held) for profile_id, held in others.items()}  # what content may carry
     other_side = dict(zip(others, reversed(list(others))))
     waiting = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
@@ -264,7 +266,7 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
     planned_for = live_profile_ids(connection, sorted({target for _, _, target, _ in waiting}))
     misaddressed = [
         delivery_id for delivery_id, profile_id, target, content in waiting
-        if addresses[profile_id].intersection(value.lower() for value in [target, *content.get("recipients", ())])
+        if values[profile_id].intersection(value.lower() for value in [target, *content.get("recipients", ())])
         or planned_for.get(target) == other_side[profile_id]
         or holds_values(json.dumps(content, ensure_ascii=False), addresses[profile_id])
     ]

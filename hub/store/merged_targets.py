@@ -16,7 +16,8 @@ record may exist under a merged-in id: any delivery to the destination planned
 for that id and attempted, by this claim or an earlier one, before the merge
 or after it. A claim whose deliveries are addressed to their own profiles reads
 nothing, except that a destination keeping a record per profile (Salesforce)
-has the ids merged into its profiles looked up, in one indexed read.
+has the ids merged into its profiles looked up (one indexed read; one more of
+the outbox when there are some).
 """
 
 from __future__ import annotations
@@ -65,20 +66,20 @@ def follow_merges(
         return claimed
     moved = _readdressed(connection, to_profiles)
     records = _records(connection, [d for d in to_profiles if keeps_records(d.destination_id)], claimed, now)
-    waiting = [d.delivery_id for d in to_profiles if (d.destination_id, d.profile_id) in records.busy]
-    for delivery_id in waiting:
+    waiting = {d.delivery_id for d in to_profiles if (d.destination_id, d.profile_id) in records.busy}
+    for delivery_id in sorted(waiting):
         outbox.defer(connection, delivery_id, now + WAIT_FOR_MERGED_SEND)
     if waiting:
         log.info("deliveries wait for a merged-in profile's send to the same destination", deliveries=len(waiting))
-    sent = []
+    to_send = []
     for delivery in claimed:
         key = (delivery.destination_id, delivery.profile_id)
         if delivery.delivery_id in waiting:
             continue
         if delivery.delivery_id in moved or key in records.previous:
             delivery = replace(delivery, target=delivery.profile_id, previous_targets=records.previous.get(key, ()))
-        sent.append(delivery)
-    return sent
+        to_send.append(delivery)
+    return to_send
 
 
 def _readdressed(connection: Connection, to_profiles: Sequence[Delivery]) -> set[str]:

@@ -27,6 +27,8 @@ FORGOTTEN = "forgotten"
 # What an unmerge (`hub.store.identity_repair`) leaves as the last error of the messages it withdraws: planned
 # for, or carrying, the other person while the two were one profile. `replay` answers MISADDRESSED for them.
 WITHDRAWN_IN_UNMERGE = "not sent: planned for the other person while two people were one profile (unmerged since)"
+# The same, as withdrawals before 2026-12-06 were worded.
+_WITHDRAWN_IN_UNMERGE_BEFORE = ("not sent: recipient left the profile in an unmerge",)
 MISADDRESSED = "misaddressed"
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
@@ -209,7 +211,7 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
         return None
     if row.target == FORGOTTEN_TARGET:
         return FORGOTTEN
-    if row.status == "failed" and row.last_error == WITHDRAWN_IN_UNMERGE:
+    if row.status == "failed" and row.last_error in (WITHDRAWN_IN_UNMERGE, *_WITHDRAWN_IN_UNMERGE_BEFORE):
         return MISADDRESSED
     if row.status in REPLAYABLE_STATUSES:
         connection.execute(

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, desc, func, insert, select, update
 
 from hub.errors import ItemProblem
-from hub.pii import holds_values
+from hub.pii import holding
 from hub.store.schema import quarantine
 
 
@@ -52,7 +52,7 @@ ERASED_REASON = "erased: it held data of a person since forgotten"
 
 def forget_holding(connection: Connection, values: set[str]) -> int:
     """Wipe the body, problems and reason of every quarantined row that holds one of `values` (lowercase, found
-    in any case; a phone among them written any way, `hub.pii.holds_values`); returns how many. The row stays,
+    in any case; a phone among them written any way, `hub.pii.holding`); returns how many. The row stays,
     for counts.
 
     Nothing links a refused body to a profile (it never became a touchpoint),
@@ -62,12 +62,10 @@ def forget_holding(connection: Connection, values: set[str]) -> int:
     if not values:
         return 0
     rows = connection.execute(select(quarantine.c.id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems))
-    holding = [
-        row.id for row in rows
-        if holds_values(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}", values)
-    ]
-    if holding:
+    holds = holding(values)
+    held = [row.id for row in rows if holds(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}")]
+    if held:
         connection.execute(
-            update(quarantine).where(quarantine.c.id.in_(holding)).values(raw_body=b"", problems=[], reason=ERASED_REASON)
+            update(quarantine).where(quarantine.c.id.in_(held)).values(raw_body=b"", problems=[], reason=ERASED_REASON)
         )
-    return len(holding)
+    return len(held)
