@@ -120,6 +120,18 @@ def test_a_forgotten_persons_dead_message_is_withdrawn_and_never_replayed(runnin
     assert still["status"] == "failed" and running_hub.sandbox.twilio.message_count == 0
 
 
+def unmerge_bo_then_forget_him(hub: Hub) -> str:
+    """Bo's profile, merged into Ana's phone's by the one event that carried his email, split off and forgotten;
+    returns Ana's profile id."""
+    ana = profile(hub, "anonymous_id", "ana-phone")
+    with hub.store.read() as connection:
+        [bo] = connection.execute(select(merges.c.merged_id)).scalars()
+    with hub.store.write() as connection:
+        identity_repair.unmerge(connection, ana, bo, utcnow())
+    forget(hub, bo)
+    return ana
+
+
 def test_forgetting_someone_split_off_by_an_unmerge_leaves_no_copy_of_their_identifiers(tmp_path: Path) -> None:
     """Bo's email once rode on Ana's phone's event: the hub merged them, an operator unmerged them, and Bo asks
     to be forgotten. The merge row (Bo its merged side), Ana's touchpoint of that event, its raw payload and the
@@ -129,12 +141,7 @@ def test_forgetting_someone_split_off_by_an_unmerge_leaves_no_copy_of_their_iden
         accept(hub, message("identify", anonymousId="ana-phone", traits={"email": "ana@x.io"}, timestamp="2026-01-01T10:00:00Z"))
         accept(hub, message("identify", anonymousId="bo-laptop", traits={"email": "bo@x.io"}, timestamp="2026-01-01T11:00:00Z"))
         accept(hub, message("identify", anonymousId="ana-phone", traits={"email": "bo@x.io"}, timestamp="2026-01-01T12:00:00Z"))
-        ana = profile(hub, "anonymous_id", "ana-phone")
-        with hub.store.read() as connection:
-            [bo] = connection.execute(select(merges.c.merged_id)).scalars()
-        with hub.store.write() as connection:
-            identity_repair.unmerge(connection, ana, bo, utcnow())
-        forget(hub, bo)
+        ana = unmerge_bo_then_forget_him(hub)
         assert stored_rows_holding(hub, "bo@x.io") == []
         with hub.store.read() as connection:
             assert connection.execute(select(merges.c.linking_identifiers)).scalars().all() == [[]]
@@ -223,12 +230,7 @@ def test_forgetting_a_phone_takes_it_out_of_other_peoples_touchpoints_however_it
                         "tried": ["14155550100", "+1.415.555.0100", "after 5 pm"], "note": "call me after 5 pm"},
             timestamp="2026-01-01T12:00:00Z",
         ))
-        ana = profile(hub, "anonymous_id", "ana-phone")
-        with hub.store.read() as connection:
-            [bo] = connection.execute(select(merges.c.merged_id)).scalars()
-        with hub.store.write() as connection:
-            identity_repair.unmerge(connection, ana, bo, utcnow())
-        forget(hub, bo)
+        unmerge_bo_then_forget_him(hub)
         with hub.store.read() as connection:
             [carried] = connection.execute(
                 select(touchpoints.c.properties).where(touchpoints.c.event == "Callback Requested")

@@ -21,6 +21,7 @@ from hub.store.profile_views import find_profile_id
 from hub.store.schema import consent_changes, deliveries
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token
 from tests.conftest import RunningHub, make_settings, message, support_ticket
+from tests.test_absence_timers import accept
 
 NOW = datetime.now(timezone.utc)
 EMAIL = "ana@example.com"
@@ -170,22 +171,16 @@ def test_no_event_time_undoes_a_withdrawal_or_outranks_later_traits(tmp_path: Pa
     a year ahead beat every correct change after it. Traits count as set no later than the hub received them."""
     hub = Hub(make_settings(tmp_path))
 
-    def accept(event: dict) -> None:
-        with hub.store.write() as connection:
-            inbox.append(connection, [RawEvent("default", event["messageId"], event)], utcnow())
-        while hub.pipeline.run_once():
-            pass
-
     def traits() -> dict:
         with hub.store.read() as connection:
             return SqlIdentityGraph(connection).traits(find_profile_id(connection, Identifier("email", EMAIL)) or "")
 
-    accept(message("identify", userId="u-pin", traits={"email": EMAIL}, timestamp=(NOW - timedelta(days=1)).isoformat()))
+    accept(hub, message("identify", userId="u-pin", traits={"email": EMAIL}, timestamp=(NOW - timedelta(days=1)).isoformat()))
     with hub.store.write() as connection:
         set_consent_by_identifier(connection, Identifier("email", EMAIL), "email", False, utcnow(), "unsubscribe link")
-    accept(message("identify", userId="u-pin", traits={"email_opt_out": False, "plan": "pro"},
-                   timestamp="9999-12-31T23:59:59.999999+00:00"))
-    accept(message("identify", userId="u-pin", traits={"plan": "team"}, timestamp=utcnow().isoformat()))
+    accept(hub, message("identify", userId="u-pin", traits={"email_opt_out": False, "plan": "pro"},
+                        timestamp="9999-12-31T23:59:59.999999+00:00"))
+    accept(hub, message("identify", userId="u-pin", traits={"plan": "team"}, timestamp=utcnow().isoformat()))
     assert (traits()["email_opt_out"], traits()["plan"]) == (True, "team")
     hub.store.dispose()
 
