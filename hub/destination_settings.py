@@ -15,7 +15,7 @@ from connectors.base import Destination, Registry
 from hub.errors import ConfigError
 from hub.settings import HubSettings
 
-ForgetTokens = Callable[[Sequence[str]], None]
+ForgetTokens = Callable[[Sequence[str], str], None]  # (tokens, why the provider called them dead)
 
 
 def build_destinations(registry: Registry, settings: HubSettings, forget_tokens: ForgetTokens) -> dict[str, Destination]:

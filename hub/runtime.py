@@ -227,12 +227,13 @@ class Hub:
     def _build_destinations(self) -> dict[str, Destination]:
         return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)
 
-    def _forget_push_tokens(self, tokens: Sequence[str]) -> None:
-        """FCM called these tokens dead: routing must stop choosing them."""
+    def _forget_push_tokens(self, tokens: Sequence[str], reason: str) -> None:
+        """The push destination called these tokens dead, for `reason` (which names the provider's code, for
+        `profiles explain`): routing must stop choosing them."""
         with self.store.write() as connection:
             sql.lock_profiles(connection)
-            removed = SqlIdentityGraph(connection).detach("push_token", tokens, "FCM reported the token unregistered")
-        log.info("forgot dead push tokens", reported=len(tokens), removed=removed)
+            removed = SqlIdentityGraph(connection).detach("push_token", tokens, reason)
+        log.info("forgot dead push tokens", reported=len(tokens), removed=removed, reason=reason)
 
 
 def check_action_params(

@@ -162,7 +162,37 @@ def test_unregistered_token_fails_the_push_and_leaves_the_profile(hub: RunningHu
     assert profile["identifiers"]["email"] == ["ana@example.com"]
     [detached] = hub.admin(f"/api/profiles/{push['profile_id']}/explain")["detached"]
     assert detached["identifiers"] == [["push_token", PHONE_TOKEN]]
-    assert detached["rule"] == "FCM reported the token unregistered"
+    assert detached["rule"] == "FCM answered UNREGISTERED: the app was uninstalled or the token expired"
+
+
+def test_a_token_of_another_firebase_project_is_explained_as_such(hub: RunningHub) -> None:
+    """`profiles explain` is where ops learn why a device vanished; every removal read "FCM reported the token
+    unregistered", also a SENDER_ID_MISMATCH, which is a wrong-project setup to fix, not an uninstall."""
+    hub.sandbox.fcm.fail_next(403, "SENDER_ID_MISMATCH", message="SenderId mismatch")
+    push = cart_viewed(hub, PHONE_TOKEN)["push"]
+    assert (push["status"], push["attempt_log"][0]["error_class"]) == ("failed", "fcm.SENDER_ID_MISMATCH")
+    [detached] = hub.admin(f"/api/profiles/{push['profile_id']}/explain")["detached"]
+    assert detached["identifiers"] == [["push_token", PHONE_TOKEN]]
+    assert detached["rule"].startswith("FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project")
+
+
+def test_a_push_template_too_long_for_fcm_fails_the_push_and_keeps_the_persons_devices(
+    tmp_path: Path, sandbox: SandboxProviders
+) -> None:
+    """A push template rendering past FCM's 4096 bytes (a long cart list) is the message's fault: FCM answers it
+    with a bare INVALID_ARGUMENT, which the hub read as "malformed token", detaching every good device Ana had."""
+    mappings = cart_nudge_mappings(tmp_path)
+    long_body = "Your cart: " + ", ".join(f"item {n} (size M, colour blue)" for n in range(200))
+    (mappings / "templates" / "cart_nudge.push.j2").write_text(
+        "{% block title %}Still thinking?{% endblock %}{% block body %}" + long_body + "{% endblock %}"
+    )
+    with serve_hub(make_settings(tmp_path, mappings_dir=mappings, **sandbox.settings_overrides()), sandbox) as hub:
+        push = cart_viewed(hub, PHONE_TOKEN, TABLET_TOKEN)["push"]
+        profile = hub.admin(f"/api/profiles/{push['profile_id']}")
+    [attempt] = push["attempt_log"]
+    assert (push["status"], attempt["outcome"], attempt["error_class"]) == ("failed", "permanent", "fcm.message_too_big")
+    assert sorted(profile["identifiers"]["push_token"]) == sorted([PHONE_TOKEN, TABLET_TOKEN])
+    assert sandbox.fcm.messages == []
 
 
 def test_salesforce_limit_then_expired_session_still_delivers_once(hub: RunningHub) -> None:
@@ -200,7 +230,7 @@ def test_salesforce_object_and_field_settings_are_checked(tmp_path: Path) -> Non
 def test_crm_params_salesforce_would_refuse_stop_the_hub_at_start_up(tmp_path: Path) -> None:
     """Found only at send time, a typo in a crm action's params failed every update of its rule for good
     (`salesforce.bad_params`), replays included. Salesforce need not be configured to be asked; the push action's
-    params go to FCM, which takes any."""
+    params go to FCM, which takes them."""
     mappings = cart_nudge_mappings(tmp_path)
     typos = RULES.replace("priority: High}", "priority: Urgent, due: tomorrow}").replace(
         "intent: cart_abandonment", "intent: cart_abandonment\n          sobject: Opportunity"
@@ -215,6 +245,22 @@ def test_crm_params_salesforce_would_refuse_stop_the_hub_at_start_up(tmp_path: P
     ]
     assert f"{where}params.task.priority: Input should be 'High', 'Normal' or 'Low'; fix the action's params, " \
         "which destination 'salesforce' refuses at every send" in bad.value.problems
+
+
+def test_push_data_params_fcm_reserves_stop_the_hub_at_start_up(tmp_path: Path) -> None:
+    """FCM refuses data keys it reserves ("from", "google..."): found only at send time, every push of the rule
+    failed for good, replays included."""
+    mappings = cart_nudge_mappings(tmp_path)
+    (mappings / "triggers.yaml").write_text(RULES.replace("params: {data: {screen: cart}}",
+                                                          "params: {data: {screen: cart, from: hub, google.label: x}}"))
+    with pytest.raises(ConfigError) as bad:
+        Hub(make_settings(tmp_path, mappings_dir=mappings))
+    where = "triggers.yaml: rule 'cart_nudge': channel 'push' (respond.0): "
+    assert [problem.removeprefix(where).partition(":")[0] for problem in bad.value.problems] == [
+        "params.data.from", "params.data.google.label"
+    ]
+    assert all(problem.startswith(where) and problem.endswith("which destination 'fcm_push' refuses at every send")
+               for problem in bad.value.problems), bad.value.problems
 
 
 def test_a_crm_params_typo_saved_while_the_hub_runs_is_refused_and_the_last_good_rules_stay(tmp_path: Path) -> None:

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.destinations.fcm_push import FcmPushDestination, TokenFailure, _batch_error
+from connectors.destinations.fcm_push import FCM_PAYLOAD_LIMIT, FcmPushDestination, TokenFailure, _batch_error
 from connectors.sandbox.fcm import FakeFcm, create_app
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
@@ -39,8 +40,41 @@ def trusted_key(fake: FakeFcm, server: BackgroundServer, tmp_path_factory: pytes
 
 
 class Forgotten(list[str]):
-    def __call__(self, tokens: Sequence[str]) -> None:
+    """The tokens the destination called dead, in order; `reasons` says why, by token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reasons: dict[str, str] = {}
+
+    def __call__(self, tokens: Sequence[str], reason: str) -> None:
         self.extend(tokens)
+        self.reasons.update(dict.fromkeys(tokens, reason))
+
+
+def intercepting_app(fake: FakeFcm, answer: Callable[[dict[str, Any]], Response | None]) -> Any:
+    """The fake's ASGI app, except that `answer(message)` may answer a ``messages:send`` first: FCM (or proxy)
+    answers the fake does not give, aimed at one device."""
+    inner = create_app(fake)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].endswith("messages:send"):
+            await inner(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            chunk = await receive()
+            body, more = body + chunk.get("body", b""), chunk.get("more_body", False)
+        canned = answer(json.loads(body).get("message") or {})
+        if canned is not None:
+            await canned(scope, receive, send)
+            return
+
+        async def replay() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await inner(scope, replay, send)
+
+    return app
 
 
 def destination(server: BackgroundServer, key: Path, forget: Forgotten | None = None, **overrides: Any) -> FcmPushDestination:
@@ -100,6 +134,10 @@ def test_dead_tokens_are_forgotten_and_the_live_device_counts_as_reached(
     result = push.send(delivery(PHONE, TABLET, "too-short"))
     assert [m["message"]["token"] for m in fake.messages] == [PHONE]
     assert sorted(forgotten) == sorted([TABLET, "too-short"])
+    assert forgotten.reasons == {
+        TABLET: "FCM answered UNREGISTERED: the app was uninstalled or the token expired",
+        "too-short": "FCM answered INVALID_ARGUMENT on message.token: the token is malformed",
+    }
     assert result.response_summary["errors"] == {TABLET[:10] + "…": "UNREGISTERED", "too-short": "INVALID_ARGUMENT"}
     assert (result.response_summary["sent"], result.response_summary["dead_tokens"]) == (1, 2)
 
@@ -122,6 +160,9 @@ def test_token_of_another_sender_is_permanent_and_forgotten(
     with pytest.raises(PermanentDeliveryError) as refused:
         push.send(delivery(PHONE))
     assert (refused.value.failure.error_class, forgotten) == ("fcm.SENDER_ID_MISMATCH", [PHONE])
+    # Not an uninstall: a wrong-project setup for ops to fix, which `profiles explain` must say.
+    assert forgotten.reasons[PHONE].startswith("FCM answered SENDER_ID_MISMATCH: the token belongs to another "
+                                               "Firebase project; check the hub's FCM project")
 
 
 def test_refused_apns_credentials_are_an_auth_failure(push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten) -> None:
@@ -133,13 +174,14 @@ def test_refused_apns_credentials_are_an_auth_failure(push: FcmPushDestination, 
     assert [r["path"] for r in fake.requests].count("/token") == 3 and fake.messages == []
 
 
-def test_a_bad_payload_is_permanent_but_keeps_the_token(
+def test_a_reserved_data_key_is_refused_before_sending_and_keeps_the_token(
     push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten
 ) -> None:
     with pytest.raises(PermanentDeliveryError) as refused:
         push.send(delivery(PHONE, content={**CONTENT, "params": {"data": {"from": "hub"}}}))
-    assert refused.value.failure.error_class == "fcm.INVALID_ARGUMENT"
-    assert forgotten == [] and fake.messages == []
+    assert refused.value.failure.error_class == "fcm.bad_params"
+    assert "params.data.from" in refused.value.failure.message
+    assert forgotten == [] and fake.requests == []
 
 
 @pytest.mark.parametrize(
@@ -251,3 +293,191 @@ def test_a_failing_token_store_never_fails_a_push_that_reached_a_device(
     result = push.send(delivery(PHONE, TABLET))
     assert (result.response_summary["sent"], result.response_summary["dead_tokens"]) == (1, 1)
     push.close()
+
+
+# ---------------------------------------------------------------------------------------------- what blames a token
+
+
+@pytest.mark.parametrize("answer", [
+    # FCM's answer to a message over its size limit (firebase/firebase-admin-go#580): no detail at all.
+    JSONResponse({"error": {"code": 400, "message": "Request contains an invalid argument.", "status": "INVALID_ARGUMENT"}},
+                 status_code=400),
+    PlainTextResponse("<html><body>400 Bad Request</body></html>", status_code=400),  # a proxy on the way
+], ids=["bare INVALID_ARGUMENT", "proxy page"])
+def test_a_400_that_blames_no_token_fails_the_message_and_keeps_every_token(
+    fake: FakeFcm, trusted_key: Path, forgotten: Forgotten, answer: Response
+) -> None:
+    """Only FCM's word that the token is at fault removes one: a 400 without it was read as "malformed token",
+    and a too-big message took every good device the person had."""
+    with BackgroundServer(intercepting_app(fake, lambda message: answer)) as bare:
+        push = destination(bare, trusted_key, forgotten)
+        try:
+            with pytest.raises(PermanentDeliveryError) as refused:
+                push.send(delivery(PHONE, TABLET))
+        finally:
+            push.close()
+    assert (refused.value.failure.error_class, forgotten) == ("fcm.INVALID_ARGUMENT", [])
+
+
+@pytest.mark.parametrize("message", ["Android message is too big", "The registration token is not a valid FCM registration token"])
+def test_an_invalid_argument_without_a_violation_on_the_token_keeps_it(
+    push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten, message: str
+) -> None:
+    """FCM's own texts, with no field violation on message.token. Even the second, which says the token is bad,
+    is only text: a malformed token kept costs one refused request per push, a good one removed every push."""
+    fake.fail_next(400, "INVALID_ARGUMENT", message=message)
+    with pytest.raises(PermanentDeliveryError):
+        push.send(delivery(PHONE))
+    assert forgotten == []
+
+
+# ---------------------------------------------------------------------------------------------- payload size
+
+
+def content_of_size(size: int) -> dict[str, Any]:
+    """CONTENT with its body padded so that title, body and data keys and values come to `size` UTF-8 bytes."""
+    used = sum(len(text.encode()) for text in [CONTENT["title"], "cart_id", "c-1", "discount", "10"])
+    return {**CONTENT, "body": "€" + "x" * (size - used - len("€".encode()))}  # bytes, not characters
+
+
+def test_a_push_of_exactly_the_payload_limit_goes_out(push: FcmPushDestination, fake: FakeFcm) -> None:
+    push.send(delivery(PHONE, content=content_of_size(FCM_PAYLOAD_LIMIT)))
+    assert len(fake.messages) == 1
+
+
+def test_a_push_over_the_payload_limit_is_refused_before_sending_naming_its_size(
+    push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten
+) -> None:
+    """A long template hits FCM's 4096 bytes; the delivery log should say so, in bytes, instead of FCM's bare
+    INVALID_ARGUMENT, and no request should go out."""
+    with pytest.raises(PermanentDeliveryError) as refused:
+        push.send(delivery(PHONE, TABLET, content=content_of_size(FCM_PAYLOAD_LIMIT + 1)))
+    assert refused.value.failure.error_class == "fcm.message_too_big"
+    assert f"{FCM_PAYLOAD_LIMIT + 1} bytes" in refused.value.failure.message
+    assert fake.requests == [] and forgotten == []
+
+
+def test_the_fake_refuses_a_payload_over_the_limit_as_fcm_does(server: BackgroundServer, fake: FakeFcm) -> None:
+    """FCM's 400 INVALID_ARGUMENT "Android message is too big", with no field violation: the fake accepted any
+    size, so nothing tested the push path against the limit."""
+    url = f"{server.url}/v1/projects/{fake.project_id}/messages:send"
+    bearer = {"Authorization": f"Bearer {fake.access_tokens.issue()}"}
+
+    def post(content: dict[str, Any]) -> httpx.Response:
+        message = {"token": PHONE, "notification": {"title": content["title"], "body": content["body"]},
+                   "data": {"cart_id": "c-1", "discount": "10"}}
+        return httpx.post(url, json={"message": message}, headers=bearer)
+
+    assert post(content_of_size(FCM_PAYLOAD_LIMIT)).status_code == 200
+    refused = post(content_of_size(FCM_PAYLOAD_LIMIT + 1))
+    error = refused.json()["error"]
+    assert (refused.status_code, error["status"], error["message"]) == (400, "INVALID_ARGUMENT", "Android message is too big")
+    assert error["details"] == [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "INVALID_ARGUMENT"}]
+    assert len(fake.messages) == 1
+
+
+# ---------------------------------------------------------------------------------------------- partial success
+
+
+UNAVAILABLE = {"error": {"code": 503, "message": "The service is currently unavailable.", "status": "UNAVAILABLE",
+                         "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": "UNAVAILABLE"}]}}
+
+
+@pytest.mark.parametrize("answer", [
+    JSONResponse(UNAVAILABLE, status_code=503, headers={"Retry-After": "\u00b2"}),  # a digit to str.isdigit, not to float
+    JSONResponse(UNAVAILABLE, status_code=503, headers={"Retry-After": "Mon, 01 Jan 2024 00:00:00 +99999999999999999999"}),
+    JSONResponse([], status_code=503),
+    JSONResponse({"error": {"code": 503, "status": "UNAVAILABLE", "details": "see logs"}}, status_code=503),
+    JSONResponse({"error": {"code": 503, "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                                      "errorCode": {"reason": "UNAVAILABLE"}}]}}, status_code=503),
+], ids=["Retry-After superscript", "Retry-After overflowing offset", "JSON list", "details not a list", "errorCode a map"])
+def test_an_odd_answer_for_one_device_does_not_undo_the_push_another_device_accepted(
+    fake: FakeFcm, trusted_key: Path, answer: Response
+) -> None:
+    """PHONE accepts; TABLET's answer is one reading it raised on (fcm_push had its own copy of the Retry-After
+    parser, without hub.retry's fixes). The push then failed as `unexpected`, and its retry notified PHONE again."""
+    with BackgroundServer(intercepting_app(fake, lambda message: answer if message.get("token") == TABLET else None)) as odd:
+        push = destination(odd, trusted_key)
+        try:
+            result = push.deliver(delivery(PHONE, TABLET))
+        finally:
+            push.close()
+    assert (result.status, result.response_summary["sent"], result.response_summary["failed"]) == ("sent", 1, 1)
+    assert [m["message"]["token"] for m in fake.messages] == [PHONE]
+
+
+def test_a_failed_token_refresh_for_one_device_does_not_undo_the_push_another_device_accepted(
+    fake: FakeFcm, tmp_path: Path
+) -> None:
+    """TABLET is refused with a 401 (APNs' THIRD_PARTY_AUTH_ERROR), on which google-auth renews the access token,
+    and Google's token endpoint answers 503 just then. The RefreshError escaped send_each's worker thread with
+    PHONE's result: the push failed as a credential error and its retry notified PHONE again."""
+    token_endpoint_down = False
+    apns_refused = JSONResponse({"error": {"code": 401, "message": "Auth error from APNS or Web Push Service", "status": "UNAUTHENTICATED",
+                                           "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
+                                                        "errorCode": "THIRD_PARTY_AUTH_ERROR"}]}}, status_code=401)
+    fcm_app = intercepting_app(fake, lambda message: apns_refused if message.get("token") == TABLET else None)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/token" and token_endpoint_down:
+            await JSONResponse({"error": "internal_failure", "error_description": "Backend Error"}, status_code=503)(scope, receive, send)
+            return
+        await fcm_app(scope, receive, send)
+
+    with BackgroundServer(app) as flaky:
+        push = destination(flaky, key_file(tmp_path, fake.service_account_key(f"{flaky.url}/token")))
+        try:
+            push.send(delivery(PHONE))  # the destination holds an access token from an earlier push
+            token_endpoint_down = True
+            result = push.deliver(delivery(PHONE, TABLET))
+        finally:
+            push.close()
+    assert (result.status, result.response_summary["errors"]) == ("sent", {TABLET[:10] + "…": "credentials.RefreshError"})
+    assert [m["message"]["token"] for m in fake.messages] == [PHONE, PHONE]
+
+
+# ---------------------------------------------------------------------------------------------- data params
+
+
+def test_non_string_data_params_reach_the_app_as_json(push: FcmPushDestination, fake: FakeFcm) -> None:
+    """FCM data values are strings, and a rule's params.data is YAML, with booleans, nulls and maps: str() sent
+    "True", "None" and "{'id': 7}", which no Kotlin, Swift or JavaScript JSON parser reads. Strings stay as written."""
+    data = {"screen": "cart", "show_banner": True, "coupon": None, "discount": 10, "ratio": 0.5,
+            "cart": {"id": 7, "items": ["a", "é"]}}
+    push.send(delivery(PHONE, content={**CONTENT, "params": {"data": data}}))
+    [sent] = fake.messages
+    assert sent["message"]["data"] == {"screen": "cart", "show_banner": "true", "coupon": "null", "discount": "10",
+                                       "ratio": "0.5", "cart": '{"id":7,"items":["a","é"]}'}
+
+
+@pytest.mark.parametrize(("data", "problem"), [
+    ({"from": "hub"}, "params.data.from: FCM reserves this key"),
+    ({"notification": "x"}, "params.data.notification: FCM reserves this key"),
+    ({"message_type": "x"}, "params.data.message_type: FCM reserves this key"),
+    ({"google.c.a.e": "1"}, "params.data.google.c.a.e: FCM reserves this key"),
+    ({"googleCampaign": "1"}, "params.data.googleCampaign: FCM reserves this key"),
+    ({"gcm_id": "1"}, "params.data.gcm_id: FCM reserves this key"),
+    ({"ratio": float("nan")}, "params.data.ratio: float nan has no JSON form"),
+    ({"expires": date(2025, 1, 1)}, "params.data.expires: date datetime.date(2025, 1, 1) has no JSON form"),
+    ({7: "x"}, "params.data: key 7 is not text"),
+    (["screen", "cart"], "params.data: must be a map"),
+])
+def test_data_params_fcm_can_never_take_are_refused_when_the_rules_load(data: Any, problem: str) -> None:
+    """Found only at send time, every push of the rule failed for good (FCM refuses reserved keys), replays too."""
+    [found] = FcmPushDestination.check_params({"data": data})
+    assert found.startswith(problem), found
+
+
+def test_data_params_fcm_takes_pass_the_rule_check() -> None:
+    assert FcmPushDestination.check_params({"data": {"screen": "cart", "show": True, "coupon": None, "cart": {"id": 7}},
+                                            "meant_for_another_channel": 1}) == []
+    assert FcmPushDestination.check_params({}) == []
+
+
+def test_data_params_the_rule_check_refuses_are_refused_at_send_too(push: FcmPushDestination, fake: FakeFcm) -> None:
+    """A delivery stored before the rule check existed (or replayed) must not reach FCM with them either."""
+    with pytest.raises(PermanentDeliveryError) as refused:
+        push.send(delivery(PHONE, content={**CONTENT, "params": {"data": {"gcm.notification.x": "1", "n": float("inf")}}}))
+    assert refused.value.failure.error_class == "fcm.bad_params"
+    assert [p.partition(":")[0] for p in refused.value.failure.message.split("; ")] == ["params.data.gcm.notification.x", "params.data.n"]
+    assert fake.requests == []

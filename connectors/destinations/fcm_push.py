@@ -2,15 +2,20 @@
 
 One delivery on the ``push`` channel goes to every push token routing found
 for the profile (``content["recipients"]``, else the target): one FCM message
-per token, sent together with ``messaging.send_each``. The person counts as
-reached when any of their devices accepted the message, so a partial failure
-is a success and is never retried (that would notify the other devices
-twice); only when no device accepted it does the delivery fail, as the most
-hopeful of its failures (retryable, then auth, then permanent).
+per token, sent side by side (see `FcmPushDestination.send`). The person
+counts as reached when any of their devices accepted the message, so a
+partial failure is a success and is never retried (that would notify the
+other devices twice); only when no device accepted it does the delivery
+fail, as the most hopeful of its failures (retryable, then auth, then
+permanent).
 
 Tokens FCM calls dead (``UNREGISTERED``, ``SENDER_ID_MISMATCH``, or
-``INVALID_ARGUMENT`` about the token rather than the payload) are handed to
-`forget_tokens`, which the hub wires to the identity graph.
+``INVALID_ARGUMENT`` with a field violation on ``message.token``) are handed
+to `forget_tokens` with the reason, which the hub wires to the identity
+graph. Any other refusal is the message's problem, never the device's: FCM
+answers a message over its size limit, and a proxy a request it cannot
+read, with a bare ``INVALID_ARGUMENT``, and a person's good tokens must not
+go for that.
 
 API: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send
 Errors: https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
@@ -18,17 +23,18 @@ Errors: https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import firebase_admin
 import structlog
 from firebase_admin import credentials, exceptions, messaging
-from google.auth.exceptions import RefreshError, TransportError
+from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
 from pydantic import BaseModel, ConfigDict, Field, FilePath
 
 from connectors.base import Destination
@@ -44,12 +50,20 @@ from hub.errors import (
 )
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text, mask_token
-from hub.retry import outcome_for_status
+from hub.retry import outcome_for_status, parse_retry_after
 
 log = structlog.get_logger(__name__)
 FCM_ORIGIN = re.compile(r"^https://fcm\.googleapis\.com(?=[/?]|$)")
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+# FCM's limit on a message's payload (https://firebase.google.com/docs/cloud-messaging/concept-options); see
+# `payload_bytes` for how it is measured.
+FCM_PAYLOAD_LIMIT = 4096
+# Data keys FCM refuses ("from", "message_type", or any word starting with "google" or "gcm"), and
+# "notification", which would clash with the notification payload on the device.
+RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
+# Devices sent to at once for one delivery: more than anyone carries, few enough to share the connection pool.
+MAX_PARALLEL_SENDS = 16
 
 # FCM's errorCode (or, without one, the canonical status) says what a failure means.
 FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
@@ -65,7 +79,14 @@ FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "UNAUTHENTICATED": AuthDeliveryError,
     "PERMISSION_DENIED": AuthDeliveryError,
 }
-DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
+# Why a token was removed, as the profile's audit trail (`profiles explain`) shows it; INVALID_ARGUMENT counts
+# only with a field violation on message.token (`_judge`).
+DEAD_TOKEN_REASONS: Mapping[str, str] = {
+    "UNREGISTERED": "FCM answered UNREGISTERED: the app was uninstalled or the token expired",
+    "SENDER_ID_MISMATCH": "FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project; check "
+                          "the hub's FCM project (HUB_FCM_PROJECT_ID, else the service-account key's project_id)",
+    "INVALID_ARGUMENT": "FCM answered INVALID_ARGUMENT on message.token: the token is malformed",
+}
 # When no device accepted the message, the delivery fails as the most hopeful outcome.
 HOPE_ORDER: tuple[type[DeliveryError], ...] = (RetryableDeliveryError, AuthDeliveryError, PermanentDeliveryError)
 
@@ -80,7 +101,12 @@ class FcmPushConfig(BaseModel):
 
 @dataclass(frozen=True)
 class TokenFailure:
-    """Why FCM refused one device token, already judged."""
+    """Why one device token was not reached, already judged.
+
+    `code` is FCM's errorCode (or canonical status); for a failure before FCM
+    answered (`from_fcm` false) it names what went wrong, e.g.
+    ``credentials.RefreshError``.
+    """
 
     token: str
     outcome: type[DeliveryError]
@@ -88,6 +114,7 @@ class TokenFailure:
     message: str
     retry_after: float | None
     dead_token: bool
+    from_fcm: bool = True
 
 
 class FcmPushDestination(Destination):
@@ -98,8 +125,9 @@ class FcmPushDestination(Destination):
     Config = FcmPushConfig
 
     def __init__(
-        self, destination_id: str, config: BaseModel, forget_tokens: Callable[[Sequence[str]], None] | None = None
+        self, destination_id: str, config: BaseModel, forget_tokens: Callable[[Sequence[str], str], None] | None = None
     ) -> None:
+        """`forget_tokens(tokens, reason)` is told of the tokens FCM called dead, once per reason."""
         super().__init__(destination_id, config)
         assert isinstance(config, FcmPushConfig)
         self.settings = config
@@ -122,50 +150,82 @@ class FcmPushDestination(Destination):
             "https://fcm.googleapis.com", VendorAdapter(FCM_ORIGIN, config.timeout_seconds, config.api_base_url)
         )
 
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> list[str]:
+        """What `send` would refuse in ``params.data`` at every send (`fcm.bad_params`): not a map, a key FCM
+        reserves, a value with no JSON form."""
+        return _data_problems(params)
+
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         tokens = _tokens(delivery)
         return {"tokens": len(tokens), "first_token": mask_token(tokens[0]), "title": mask_text(delivery.content.get("title") or "")}
 
     def send(self, delivery: Delivery) -> SendResult:
+        """One `messaging.send` per token, side by side, each failure caught and judged in its own thread.
+
+        Not `messaging.send_each`, although it does the same fan-out: an
+        exception that is not a requests error, such as google-auth's
+        RefreshError when the access token must be renewed mid-multicast,
+        escapes its worker thread, and send_each then raises UnknownError
+        and drops the BatchResponse, so the devices that did accept the
+        message are unknown and a retry notifies them again. firebase-admin
+        exposes nothing else that keeps per-token results; catching each
+        send's failure ourselves does, at the same cost (one request per
+        token, in parallel).
+        """
         tokens = _tokens(delivery)
-        messages = [self._message(token, delivery) for token in tokens]
-        try:
-            batch = messaging.send_each(messages, app=self.app)
-        except ValueError as exc:  # firebase-admin checks each message before sending any
-            raise PermanentDeliveryError(DeliveryFailure("fcm.invalid_message", f"not a valid FCM message: {exc}")) from exc
-        except exceptions.UnknownError as exc:
-            # send_each wraps what escapes its worker threads, such as a failed
-            # OAuth token refresh, which is not a requests error.
-            raise _credential_error(exc.cause or exc) from exc
-        failures = [_judge(token, answer.exception) for token, answer in zip(tokens, batch.responses) if not answer.success]
-        dead = [failure.token for failure in failures if failure.dead_token]
-        if dead and self.forget_tokens is not None:
-            self._forget(dead)
-        if batch.success_count:
-            ids = [answer.message_id for answer in batch.responses if answer.success]
+        problems = _data_problems(delivery.content.get("params") or {})
+        if problems:
+            raise PermanentDeliveryError(DeliveryFailure("fcm.bad_params", "; ".join(problems)))
+        messages = self._messages(tokens, delivery)
+        if len(tokens) == 1:  # the common case: no pool to start
+            answers = [self._send_one(tokens[0], messages[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=min(len(tokens), MAX_PARALLEL_SENDS)) as pool:
+                answers = list(pool.map(self._send_one, tokens, messages))
+        ids = [answer for answer in answers if isinstance(answer, str)]
+        failures = [answer for answer in answers if isinstance(answer, TokenFailure)]
+        dead = [failure for failure in failures if failure.dead_token]
+        for code in sorted({failure.code for failure in dead}):
+            self._forget([f.token for f in dead if f.code == code], DEAD_TOKEN_REASONS.get(code, f"FCM answered {code}"))
+        if ids:
             return SendResult(status="sent", provider_message_id=ids[0], response_summary={
-                "sent": batch.success_count, "failed": batch.failure_count, "message_ids": ids,
+                "sent": len(ids), "failed": len(failures), "message_ids": ids,
                 "errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": len(dead),
             })
         raise _batch_error(failures, dead=len(dead))
 
-    def _forget(self, tokens: list[str]) -> None:
-        assert self.forget_tokens is not None
-        try:
-            self.forget_tokens(tokens)
-        except Exception:  # the send already happened: failing it now would notify the live devices again
-            log.exception("could not forget dead push tokens; FCM will report them again", tokens=len(tokens))
-
-    def _message(self, token: str, delivery: Delivery) -> messaging.Message:
-        data = delivery.content.get("params", {}).get("data") or {}
+    def _messages(self, tokens: list[str], delivery: Delivery) -> list[messaging.Message]:
+        """One message per token; PermanentDeliveryError (`fcm.message_too_big`) when FCM would refuse its size."""
+        title, body = delivery.content.get("title"), delivery.content.get("body")
+        data = {key: _data_value(value) for key, value in ((delivery.content.get("params") or {}).get("data") or {}).items()}
+        size = payload_bytes(title, body, data)
+        if size > FCM_PAYLOAD_LIMIT:
+            raise PermanentDeliveryError(DeliveryFailure("fcm.message_too_big", (
+                f"the push is {size} bytes (title, body and params.data keys and values); FCM takes at most "
+                f"{FCM_PAYLOAD_LIMIT}: shorten the template or the data"
+            )))
         # firebase-admin 7.7 deprecates `token` in favour of Firebase
         # installation ids (`fid`); push_token identifiers are registration
         # tokens, which FCM v1 still takes in `token`.
-        return messaging.Message(
-            token=token,
-            notification=messaging.Notification(title=delivery.content.get("title"), body=delivery.content.get("body")),
-            data={str(key): str(value) for key, value in data.items()},
-        )
+        return [messaging.Message(token=token, notification=messaging.Notification(title=title, body=body), data=data)
+                for token in tokens]
+
+    def _send_one(self, token: str, message: messaging.Message) -> str | TokenFailure:
+        """The message id, or why the device was not reached; never raises, so one device's failure cannot
+        hide the others' results."""
+        try:
+            return messaging.send(message, app=self.app)
+        except Exception as exc:  # judged per token: see `send`
+            return _failure(token, exc)
+
+    def _forget(self, tokens: list[str], reason: str) -> None:
+        if self.forget_tokens is None:
+            return
+        try:
+            self.forget_tokens(tokens, reason)
+        except Exception:  # the send already happened: failing it now would notify the live devices again
+            log.exception("could not forget dead push tokens; FCM will report them again", tokens=len(tokens))
 
     def close(self) -> None:
         firebase_admin.delete_app(self.app)
@@ -175,37 +235,103 @@ def _tokens(delivery: Delivery) -> list[str]:
     return list(delivery.content.get("recipients") or [delivery.target])
 
 
+def payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) -> int:
+    """A message's size as counted against FCM's 4096-byte limit: the UTF-8 bytes of the data keys and values
+    plus the notification's title and body.
+
+    FCM documents the limit as "the total size of the payload data ... both
+    the keys and the values" and no more precisely. This count leaves out
+    what FCM adds or wraps around it (its own keys on Android, the APNs JSON
+    on iOS), so it is never more than FCM's: a message refused here FCM
+    would refuse too, and one FCM still refuses below it fails as a message
+    problem (a bare INVALID_ARGUMENT, `_judge`) with the tokens kept.
+    """
+    texts = [*data.keys(), *data.values(), title or "", body or ""]
+    return sum(len(text.encode("utf-8")) for text in texts)
+
+
+def _data_value(value: Any) -> str:
+    """An FCM data value, which must be a string: a string as it is, anything else as JSON (``true``, ``null``,
+    ``7``, ``{"id":7}``), which the apps' platforms all parse; compact, since the payload is limited."""
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def _data_problems(params: Mapping[str, Any]) -> list[str]:
+    """What in ``params.data`` FCM can never take, each as ``params.data...: <reason>``."""
+    data = params.get("data")
+    if data is None:
+        return []
+    if not isinstance(data, Mapping):
+        return ["params.data: must be a map of key: value (FCM data)"]
+    problems: list[str] = []
+    for key, value in data.items():
+        if not isinstance(key, str):
+            problems.append(f"params.data: key {key!r} is not text: quote it")
+            continue
+        if RESERVED_DATA_KEY.match(key):
+            problems.append(f"params.data.{key}: FCM reserves this key (from, message_type, notification, "
+                            f"google*, gcm*): rename it")
+        try:
+            _data_value(value)
+        except (TypeError, ValueError):
+            problems.append(f"params.data.{key}: {type(value).__name__} {value!r} has no JSON form to send: "
+                            f"quote it, or use a finite number, true/false, null, a list or a map")
+    return problems
+
+
+def _failure(token: str, error: Exception) -> TokenFailure:
+    """What `error`, raised sending to `token`, means; an unreadable error is retryable, never an exception."""
+    try:
+        if isinstance(error, exceptions.FirebaseError):
+            return _judge(token, error)
+        if isinstance(error, GoogleAuthError):  # no access token: google-auth's errors are not requests errors
+            retryable = isinstance(error, TransportError) or (isinstance(error, RefreshError) and error.retryable)
+            return TokenFailure(token, RetryableDeliveryError if retryable else AuthDeliveryError,
+                                f"credentials.{type(error).__name__}", f"could not get an FCM access token: {error}",
+                                None, dead_token=False, from_fcm=False)
+        if isinstance(error, ValueError):  # firebase-admin refused to encode the message
+            return TokenFailure(token, PermanentDeliveryError, "invalid_message", f"not a valid FCM message: {error}",
+                                None, dead_token=False, from_fcm=False)
+    except Exception:
+        log.exception("could not judge an FCM failure; counting it retryable")
+    return TokenFailure(token, RetryableDeliveryError, f"unexpected.{type(error).__name__}", str(error), None,
+                        dead_token=False, from_fcm=False)
+
+
 def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
     response = error.http_response
-    details: list[dict[str, Any]] = []
-    if response is not None:
-        try:
-            details = response.json().get("error", {}).get("details", [])
-        except ValueError:
-            details = []
+    details = _error_details(response)
     fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == FCM_ERROR_TYPE), None)
-    code = fcm_code or error.code
+    code = fcm_code if isinstance(fcm_code, str) and fcm_code else str(error.code)
     outcome = FCM_CODE_OUTCOMES.get(code) or (
         outcome_for_status(response.status_code) if response is not None else RetryableDeliveryError
     )
-    # FCM answers a malformed token with a bare INVALID_ARGUMENT, and a bad
-    # payload with the same code plus field violations naming the payload.
-    violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in d.get("fieldViolations", [])]
-    token_at_fault = code == "INVALID_ARGUMENT" and all(v.get("field") == "message.token" for v in violations)
-    retry_after = _retry_after(response.headers.get("Retry-After")) if response is not None else None
-    return TokenFailure(token, outcome, code, str(error), retry_after, code in DEAD_TOKEN_CODES or token_at_fault)
+    # A token is dead only when FCM blames it. A bare INVALID_ARGUMENT is
+    # what FCM answers a message over its size limit (and a proxy a request
+    # it cannot read): the message's fault, and the token stays.
+    violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in _dicts(d.get("fieldViolations"))]
+    token_at_fault = code == "INVALID_ARGUMENT" and any(v.get("field") == "message.token" for v in violations)
+    dead = code in ("UNREGISTERED", "SENDER_ID_MISMATCH") or token_at_fault
+    retry_after = parse_retry_after(response.headers.get("Retry-After"), utcnow()) if response is not None else None
+    return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead)
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Retry-After as seconds; FCM sends delta-seconds, HTTP also allows a date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
+def _error_details(response: Any) -> list[dict[str, Any]]:
+    """The ``error.details`` of an FCM error body; none when the body is not FCM's JSON (a proxy's page)."""
+    if response is None:
+        return []
     try:
-        return max(0.0, (parsedate_to_datetime(value) - utcnow()).total_seconds())
-    except (TypeError, ValueError):
-        return None
+        body = response.json()
+    except ValueError:
+        return []
+    error = body.get("error") if isinstance(body, dict) else None
+    return _dicts(error.get("details")) if isinstance(error, dict) else []
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
 
 
 def _batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
@@ -214,17 +340,8 @@ def _batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
     waits = [f.retry_after for f in chosen if f.retry_after is not None]
     return outcome(DeliveryFailure(
         error_class=f"fcm.{chosen[0].code}",
-        message=f"FCM refused {len(failures)} device(s): {chosen[0].message}",
-        provider_code=chosen[0].code,
+        message=f"no device reached ({len(failures)} tried): {chosen[0].message}",
+        provider_code=chosen[0].code if chosen[0].from_fcm else None,
         retry_after=max(waits) if waits else None,
         response_summary={"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead},
-    ))
-
-
-def _credential_error(cause: BaseException) -> DeliveryError:
-    """A failed OAuth token exchange: refused credentials park the delivery, an unreachable endpoint retries."""
-    retryable = isinstance(cause, TransportError) or (isinstance(cause, RefreshError) and cause.retryable)
-    outcome = RetryableDeliveryError if retryable else AuthDeliveryError
-    return outcome(DeliveryFailure(
-        error_class=f"fcm.credentials.{type(cause).__name__}", message=f"could not get an FCM access token: {cause}"
     ))

@@ -16,9 +16,14 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
 * Errors are ``{"error": {"code", "message", "status", "details"}}``; the FCM
   reason is a ``google.firebase.fcm.v1.FcmError`` detail's ``errorCode``.
 * A token whose app was uninstalled is 404 ``UNREGISTERED``. A malformed token
-  is 400 ``INVALID_ARGUMENT`` with no field violation, exactly as FCM answers
-  it; a bad payload is 400 ``INVALID_ARGUMENT`` *with* a ``google.rpc.BadRequest``
-  field violation, which is how a sender tells the two apart.
+  is 400 ``INVALID_ARGUMENT`` with a ``google.rpc.BadRequest`` field violation
+  on ``message.token`` (FCM has also been seen answering it bare, with only the
+  message text to tell; queue that with `fail_next`); a reserved data key is
+  the same with a violation on ``message.data``.
+* A message whose payload (data keys and values, notification title and
+  body, in UTF-8) is over 4096 bytes is 400 ``INVALID_ARGUMENT`` "Android
+  message is too big" with no field violation: nothing in it blames the
+  token (https://github.com/firebase/firebase-admin-go/issues/580).
 
 Injected faults apply to ``messages:send`` only, never to the token endpoint.
 """
@@ -62,7 +67,9 @@ BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 CANONICAL_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND",
                     429: "RESOURCE_EXHAUSTED", 500: "INTERNAL", 503: "UNAVAILABLE"}
 REGISTRATION_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
-RESERVED_DATA_KEY = re.compile(r"^(from|message_type|google\..*|gcm\..*)$")
+# "from", "message_type", "notification", and any word starting with "google" or "gcm".
+RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
+PAYLOAD_LIMIT = 4096
 
 
 class FakeFcm(RecordingFake):
@@ -151,6 +158,14 @@ def fcm_error(status: int, message: str, error_code: str | None = None, violatio
     return JSONResponse({"error": body}, status_code=status, headers=headers)
 
 
+def payload_bytes(message: dict[str, Any]) -> int:
+    """What FCM counts against its limit: "both the keys and the values" of the data, and the notification's texts."""
+    data = message.get("data") if isinstance(message.get("data"), dict) else {}
+    notification = message.get("notification") if isinstance(message.get("notification"), dict) else {}
+    texts = [*map(str, data), *map(str, data.values()), *(str(v) for v in notification.values() if v is not None)]
+    return sum(len(text.encode("utf-8")) for text in texts)
+
+
 def create_app(fake: FakeFcm) -> Starlette:
     """The ASGI app serving `fake`: the OAuth token endpoint, ``messages:send`` and ``/_sandbox/`` controls."""
 
@@ -194,9 +209,12 @@ def create_app(fake: FakeFcm) -> Starlette:
             if RESERVED_DATA_KEY.match(key):
                 return fcm_error(400, f"Invalid data payload key: {key}", "INVALID_ARGUMENT",
                                  [{"field": "message.data", "description": f"Invalid data payload key: {key}"}])
+        if payload_bytes(message) > PAYLOAD_LIMIT:
+            return fcm_error(400, "Android message is too big", "INVALID_ARGUMENT")
         device = message.get("token")
         if device is not None and not REGISTRATION_TOKEN.fullmatch(str(device)):
-            return fcm_error(400, "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT")
+            return fcm_error(400, "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT",
+                             [{"field": "message.token", "description": "Invalid registration token"}])
         if device in fake.unregistered:
             return fcm_error(404, "Requested entity was not found.", "UNREGISTERED")
         return JSONResponse(fake._store(message))
