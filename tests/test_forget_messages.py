@@ -75,7 +75,7 @@ def test_a_delivery_its_destination_cannot_summarise_fails_alone_and_its_batch_i
     """An SMS without a body (Twilio's request summary reads `body`) raised out of the engine's `attempt`, which
     must never raise: the record of its whole batch failed, batch after batch, and nothing was sent. Now it is
     one failed attempt of its own, retried as a connector bug is, and its neighbour goes."""
-    hub = hub_on(tmp_path, **sandbox.settings_overrides())
+    hub = hub_on(tmp_path, **{**sandbox.settings_overrides(), "lease_seconds": 30})  # no second claim of a slow send
     try:
         now = utcnow()
         with hub.store.write() as connection:
