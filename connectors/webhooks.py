@@ -24,6 +24,7 @@ from jmespath.parser import ParsedResult
 from connectors.base import ParseResult, RejectedItem
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.store import json_text
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
 Encoding = Literal["hex", "base64"]
@@ -84,6 +85,12 @@ def _finite_float(text: str) -> float:
 
 
 def json_document(body: bytes) -> Any:
+    """The body as JSON (`_strict_document`'s reading), by orjson where it reads what the json module would:
+    a hook per float made every request 1.2x slower to parse."""
+    return json_text.loads_bytes(body, _strict_document)
+
+
+def _strict_document(body: bytes) -> Any:
     """The body as JSON (UTF-8, -16 or -32, as json.loads detects), or `BadPayloadError` naming why not.
 
     Stricter than json.loads: NaN, Infinity and numbers beyond a double are

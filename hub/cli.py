@@ -13,10 +13,10 @@ import uvicorn
 from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
-from hub.secret_urls import shown_url
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
+from hub.secret_urls import shown_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from hub.errors import EventDropped, MappingError
@@ -13,6 +13,10 @@ from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 
 # Epoch numbers above this are milliseconds (as HubSpot sends): in seconds it would be the year 5138.
 EPOCH_MILLISECONDS_FROM = 100_000_000_000
+# How far before and after its receipt an event's time may lie. Outside it a time is a clock's mistake, not an
+# event: rules, timers and send-by times counted from the end of year 9999 overflow, and one dated a year ahead
+# would beat every correct trait change for a year. A century back leaves room for imported history.
+EVENT_TIME_SPAN = (timedelta(days=100 * 365), timedelta(days=366))
 
 
 def normalize(
@@ -67,14 +71,22 @@ def _identifiers(
 
 
 def _occurred_at(value: Any, received_at: datetime) -> datetime:
-    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds; missing means 'when received'.
-
-    A well-formed time outside the years 1-9999 once in UTC (year 1 at
-    +01:00, an epoch of 1e20) is the sender's mistake as a malformed one is:
-    a MappingError, quarantined at once, not an exception to retry.
-    """
+    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds, within `EVENT_TIME_SPAN` of when it
+    was received; missing means 'when received'."""
     if value is None:
         return received_at
+    occurred_at = _parsed_time(value)
+    if not received_at - EVENT_TIME_SPAN[0] <= occurred_at <= received_at + EVENT_TIME_SPAN[1]:
+        raise MappingError(
+            f"occurred_at: {value!r} is over {EVENT_TIME_SPAN[0].days // 365} years before or "
+            f"{EVENT_TIME_SPAN[1].days} days after the hub received it; check the sender's clock"
+        )
+    return occurred_at
+
+
+def _parsed_time(value: Any) -> datetime:
+    """A well-formed time outside the years 1-9999 once in UTC (year 1 at +01:00, an epoch of 1e20) is the
+    sender's mistake as a malformed one is: a MappingError, quarantined at once, not an exception to retry."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         try:
             return datetime.fromtimestamp(value / 1000 if value >= EPOCH_MILLISECONDS_FROM else value, timezone.utc)

@@ -25,6 +25,10 @@ _EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w.-]+\.[^\W\d_]{2,})")
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
 _E164 = re.compile(r"\+\d{7,15}")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
+# Where a whole address starts and ends in text: not inside a longer local part (jimbo@ holds bo@), nor before
+# more of a domain (bo@example.com.au); a full stop that ends a sentence ends it, and so does a form's "+" (space).
+_NOT_AFTER_ADDRESS = r"(?<![\w.%-])"
+_NOT_BEFORE_ADDRESS = r"(?![\w-]|\.[\w-])"
 # International numbers (+ and digits) and North American national ones; a bare
 # run of digits is not masked, or every timestamp and id would be.
 _PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
@@ -113,7 +117,7 @@ def holding(erased: set[str]) -> Callable[[str], bool]:
     national number is then read by phonenumbers' own matcher, which finds
     numbers in text as written and is too slow to run on every body.
     """
-    whole = re.compile("|".join(f"(?<![\\w.%+-]){re.escape(value)}(?![\\w.-])" for value in sorted(erased))) if erased else None
+    whole = re.compile("|".join(f"{_NOT_AFTER_ADDRESS}{re.escape(value)}{_NOT_BEFORE_ADDRESS}" for value in sorted(erased))) if erased else None
     phones = _erased_phones(erased)
 
     def holds(text: str) -> bool:

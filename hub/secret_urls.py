@@ -15,8 +15,13 @@ HIDDEN = "***"
 
 
 def shown_url(url: str) -> str:
-    """`url` with its password, a user name standing alone, and every query value hidden."""
+    """`url` with its secrets hidden: a database URL's password (as SQLAlchemy reads it, so one holding "/" or
+    "?" too), or a web URL's password, a user name standing alone, and every query value."""
     parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        from sqlalchemy.engine import make_url  # only the CLI and settings' repr show database URLs
+
+        return make_url(url).render_as_string(hide_password=True)
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
@@ -28,5 +33,5 @@ def shown_url(url: str) -> str:
     )
     if (netloc, query) == (parts.netloc, parts.query):
         return url
-    head = f"{parts.scheme}://" if url.startswith(f"{parts.scheme}://") else f"{parts.scheme}:"  # sqlite:///path
-    return f"{head}{netloc}{parts.path}{'?' + query if query else ''}{'#' + parts.fragment if parts.fragment else ''}"
+    scheme = url[:len(parts.scheme)]  # as written: urlsplit lowercases it
+    return f"{scheme}://{netloc}{parts.path}{'?' + query if query else ''}{'#' + parts.fragment if parts.fragment else ''}"

@@ -13,6 +13,7 @@ from sqlalchemy import select
 
 from hub.clock import utcnow
 from hub.model import Delivery, Identifier, PlannedDelivery, SendResult
+from hub.pii import holds_values
 from hub.runtime import Hub
 from hub.store import identity_repair, outbox, quarantine
 from hub.store.forget import forget as forget_person
@@ -277,3 +278,17 @@ def test_forget_finds_an_address_as_sdks_escape_it_and_only_as_a_whole(running_h
     kept = running_hub.admin("/api/quarantine")["quarantine"]
     assert sorted(entry["reason"] == quarantine.ERASED_REASON for entry in kept) == [False, True]
     assert any("jimbo" in entry["raw_body"] for entry in kept)
+
+
+@pytest.mark.parametrize("text", [
+    "Receipts go to bo@example.com.", "write+to+bo@example.com&x=1", '{"email":"bo@example.com"}', "(bo@example.com)",
+])
+def test_an_address_is_found_however_the_text_around_it_ends(text: str) -> None:
+    """A full stop ending a sentence, or a form's "+" for a space, is no part of the address: forget and unmerge
+    must find it there as they find it in JSON."""
+    assert holds_values(text, {"bo@example.com"})
+
+
+@pytest.mark.parametrize("text", ["jimbo@example.com", "bo@example.com.au", "bo@example.com-mail.net"])
+def test_an_address_inside_a_longer_one_is_not_found(text: str) -> None:
+    assert not holds_values(text, {"bo@example.com"})

@@ -9,7 +9,7 @@ import zlib
 import httpx
 import pytest
 
-from tests.conftest import RunningHub, message
+from tests.conftest import WRITE_KEY, RunningHub, message
 
 VALID = {"type": "track", "userId": "u-1", "event": "Product Viewed"}
 
@@ -210,10 +210,12 @@ def test_send_time_too_far_from_the_event_refuses_that_message_not_the_batch(run
 
 
 @pytest.mark.hub_settings(pipeline_max_attempts=1)
-def test_event_time_outside_the_date_range_is_quarantined_at_the_mapping_stage(running_hub: RunningHub) -> None:
-    """Year 1 at +01:00 is a valid ISO-8601 time but year 0 in UTC: an OverflowError the pipeline retried as if
-    it were ours, then quarantined at stage "pipeline" without naming the field."""
-    answer = running_hub.send(message(**VALID, timestamp="0001-01-01T00:00:00+01:00"))
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:00Z", "1900-01-01T00:00:00Z"])
+def test_event_time_outside_the_date_range_is_quarantined_at_the_mapping_stage(running_hub: RunningHub, timestamp: str) -> None:
+    """Year 1 at +01:00 is a valid ISO-8601 time but year 0 in UTC, and a cart at 9999-12-31T23:59Z arms a timer
+    past the end of time: OverflowErrors the pipeline retried as if they were ours, then quarantined at stage
+    "pipeline" without naming the field. Times over a century before or a year after receipt are a clock's."""
+    answer = running_hub.send(message(**VALID, timestamp=timestamp))
     assert answer.status_code == 200 and answer.json()["accepted"] == 1
     running_hub.settle()
     [kept] = quarantine(running_hub)
@@ -263,3 +265,10 @@ def test_content_encoding_the_hub_does_not_decode_is_415_naming_the_header(runni
     assert answer.json()["error"] == (
         f"Content-Encoding: {encoding!r} is not supported; send the body as it is or with gzip"
     )
+
+
+def test_a_gzip_body_of_more_members_than_any_compressor_makes_is_400(running_hub: RunningHub) -> None:
+    """Thousands of empty members cost a decompressor each, on the event loop, before any key is checked."""
+    body = gzip.compress(b"") * 1000 + gzip.compress(json.dumps({"batch": [message(**VALID)]}).encode())
+    answer = running_hub.client.post("/v1/batch", content=body, auth=(WRITE_KEY, ""), headers={"content-encoding": "gzip"})
+    assert answer.status_code == 400 and "members" in answer.json()["error"], answer.text

@@ -257,7 +257,9 @@ def test_a_failing_statement_does_not_quote_the_events_values(running_hub: Runni
     ("https://hooks.example.com/in?s3cr3t-token", "https://hooks.example.com/in?***"),
     ("https://hooks.example.com/in?token=abc&v=2", "https://hooks.example.com/in?token=***&v=***"),
     ("postgresql+psycopg://hub:Pg-S3cret@db:5432/hub", "postgresql+psycopg://hub:***@db:5432/hub"),
+    ("postgresql+psycopg://hub:pa/ss?w#0rd@db:5432/hub?sslmode=require", "postgresql+psycopg://hub:***@db:5432/hub?sslmode=require"),
     ("sqlite:///var/hub.db", "sqlite:///var/hub.db"),
+    ("HTTPS://tok@hooks.example.com/in", "HTTPS://***@hooks.example.com/in"),
 ])
 def test_a_url_is_shown_without_the_secrets_it_carries(url: str, shown: str) -> None:
     """A token as the user name, or as the whole query, is as much a credential as a password."""

@@ -163,3 +163,10 @@ def test_utf16_body_that_is_not_json_is_quarantined_with_the_key_redacted(runnin
     assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON")
     [kept] = stored(running_hub, schema.quarantine)
     assert KEY.encode("utf-16-le") not in kept["raw_body"] and b'"writeKey": "[redacted]"' in kept["raw_body"]
+
+
+def test_a_write_key_holding_a_lone_surrogate_is_no_key(running_hub: RunningHub) -> None:
+    """Such a key has no UTF-8 form to check: the request is the 401 of a missing key, not a 500."""
+    body = b'{"writeKey": "\\ud800", "type": "track", "userId": "u-1", "event": "Product Viewed", "messageId": "m-1"}'
+    answer = running_hub.client.post("/v1/track", content=body)
+    assert answer.status_code == 401 and "missing write key" in answer.json()["error"], answer.text

@@ -24,8 +24,9 @@ RESPONSE_EXCERPT_CHARS = 200
 RESPONSE_EXCERPT_BYTES = 4 * (RESPONSE_EXCERPT_CHARS + 1)
 # How long the body is waited for once the status is in: the status decides, the body is only the log's excerpt.
 RESPONSE_BODY_SECONDS = 1.0
-# What a cut leaves of its last word, back to the last character no email address or phone holds: JSON's
-# punctuation counts as a break, so a compact JSON answer keeps all but its cut value.
+# What a cut leaves of its last word: back to a blank or a punctuation mark of JSON, a form or a sentence, so a
+# compact JSON answer keeps all but its cut value. An address holding one ("jane=doe@") is cut there, and what
+# is left before it is no address for the masking to miss.
 _LAST_WORD = re.compile(r"[^\s,;:{}\[\]\"'<>()=]*$")
 
 

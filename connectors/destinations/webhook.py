@@ -50,8 +50,8 @@ from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
-from hub.secret_urls import shown_url
 from hub.retry import outcome_for_status, parse_retry_after
+from hub.secret_urls import shown_url
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
 SECRET_PREFIX = "whsec_"

@@ -16,6 +16,9 @@ from starlette.requests import Request
 from hub.errors import BadPayloadError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 GZIP = ("gzip", "x-gzip")
+# Members a gzip body may have: what concatenating compressors make is a few, and each costs a decompressor
+# and a loop on the event loop (26,000 empty members in 512 KiB took 50 ms).
+MAX_GZIP_MEMBERS = 64
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -46,13 +49,14 @@ def _gunzip(body: bytes, limit: int) -> bytes:
     A stream cut before a member's trailer (CRC-32 and length) is refused: its
     integrity was never checked, and what came through may be half a batch.
     Each member is fed in pieces that double from 64 bytes, so what zlib
-    copies past a member's end stays as small as the member: a body of
-    thousands of empty members costs no more than one of the same size.
+    copies past a member's end stays as small as the member. More than
+    `MAX_GZIP_MEMBERS` members are refused: this runs on the event loop,
+    before any key is checked.
     """
     view = memoryview(body)
     decompressed: list[bytes] = []
     size = start = 0
-    while True:
+    for _member in range(MAX_GZIP_MEMBERS):
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         end, piece = start, 64
         while not decompressor.eof:
@@ -70,6 +74,7 @@ def _gunzip(body: bytes, limit: int) -> bytes:
         start = end - len(decompressor.unused_data)
         if start == len(body):
             return b"".join(decompressed)
+    raise BadPayloadError(f"body: a gzip stream of more than {MAX_GZIP_MEMBERS} members; compress the body as one")
 
 
 def _too_large(limit: int) -> PayloadTooLargeError:

@@ -53,7 +53,7 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     found = [holder.pop(WRITE_KEY_FIELD) for holder in holders if WRITE_KEY_FIELD in holder]
     if not found:
         return set(), inbound
-    keys = {key for key in found if isinstance(key, str) and key}
+    keys = {key for key in found if _usable_key(key)}
     return keys, replace(inbound, body=json.dumps(document).encode("ascii"))
 
 
@@ -109,3 +109,15 @@ def credentials(inbound: InboundRequest, body_keys: set[str]) -> InboundRequest:
         )
     basic = base64.b64encode(f"{body_key}:".encode()).decode("ascii")
     return replace(inbound, headers={**inbound.headers, "authorization": f"Basic {basic}"})
+
+
+def _usable_key(key: Any) -> bool:
+    """A key the source can check: non-empty text with a UTF-8 form (a lone surrogate has none). Any other
+    is no key, so the request is the 401 a missing key gets, not a 500."""
+    if not isinstance(key, str) or not key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -27,7 +27,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
-from hub.pii import address_values, holds_values, without_values
+from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.profile_views import live_profile_id, live_profile_ids
@@ -257,7 +257,7 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
     while the two were one, it would write Bo's email onto Amy's Lead.
     """
     values = {profile_id: {identifier.value.lower() for identifier in held} for profile_id, held in others.items()}
-    addresses = {profile_id: address_values(held) for profile_id, held in others.items()}  # what content may carry
+    carries = {profile_id: holding(address_values(held)) for profile_id, held in others.items()}  # in content
     other_side = dict(zip(others, reversed(list(others))))
     waiting = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
@@ -268,7 +268,7 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
         delivery_id for delivery_id, profile_id, target, content in waiting
         if values[profile_id].intersection(value.lower() for value in [target, *content.get("recipients", ())])
         or planned_for.get(target) == other_side[profile_id]
-        or holds_values(json.dumps(content, ensure_ascii=False), addresses[profile_id])
+        or carries[profile_id](json.dumps(content, ensure_ascii=False))
     ]
     if misaddressed:
         outbox.withdraw(connection, misaddressed, now, outbox.WITHDRAWN_IN_UNMERGE)

@@ -11,6 +11,7 @@ in spacing and in non-ASCII characters written as themselves, never in value.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -34,10 +35,16 @@ def dumps(value: Any) -> str:
 
 def loads(text: str) -> Any:
     """`json.loads(text)`: by orjson unless the text has a long digit run, which orjson would read as a float."""
-    data = text.encode()
+    return loads_bytes(text.encode(), lambda _data: json.loads(text))
+
+
+def loads_bytes(data: bytes, otherwise: Callable[[bytes], Any]) -> Any:
+    """orjson's reading of `data` where it is the json module's, `otherwise(data)` where it may not be: a long
+    digit run (orjson reads a float), or a document orjson refuses (NaN, Infinity, escaped lone surrogates,
+    UTF-16 or -32, nesting past 1,024 levels), which `otherwise` reads or says why not."""
     if _LONG_NUMBER not in data.translate(_DIGITS_AS_ZERO):
         try:
             return orjson.loads(data)
-        except orjson.JSONDecodeError:  # NaN, Infinity, escaped lone surrogates: json reads them
+        except orjson.JSONDecodeError:
             pass
-    return json.loads(text)
+    return otherwise(data)
