@@ -103,6 +103,20 @@ def test_a_repeated_21610_callback_does_not_undo_a_later_start(running_hub: Runn
     assert traits(running_hub)["sms_opt_out"] is False
 
 
+def test_a_first_21610_callback_after_the_persons_start_does_not_undo_it(running_hub: RunningHub) -> None:
+    """Twilio reports a refusal minutes after the send, and the person may have texted START meanwhile (to a
+    hub that had their STOP from elsewhere): the refusal is older than that word and must not cancel it."""
+    trigger_sms(running_hub)
+    twilio = running_hub.sandbox.twilio
+    inbound = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"
+    assert twilio.post_inbound(inbound, PHONE, "START").status_code == 200
+
+    assert twilio.post_status(twilio.messages[0]["sid"], "failed", error_code=21610).status_code == 200
+    assert traits(running_hub)["sms_opt_out"] is False
+    [sms] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
+    assert sms["status"] == "failed"  # the status is recorded all the same
+
+
 def test_unsubscribed_21610_at_send_revokes_consent_and_stops_later_texts(running_hub: RunningHub) -> None:
     running_hub.sandbox.twilio.unsubscribed.add(PHONE)
     delivery = trigger_sms(running_hub)

@@ -7,8 +7,11 @@ one transaction. A verification failure changes nothing.
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from fastapi import APIRouter, HTTPException, Request, Response
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult
@@ -16,7 +19,7 @@ from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import lock_before_deliveries, set_consent, set_consent_by_identifier
 from hub.runtime import Hub
-from hub.store import outbox
+from hub.store import consent_changes, outbox
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["callbacks"])
@@ -46,7 +49,8 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
     callback, or a captured one posted again: its signature carries no time)
     finds the delivery settled and is old news. Revoking on it would undo
     whatever the person said since, such as a START, with a refusal older
-    than that word.
+    than that word; so a first report that comes after the person's START
+    (Twilio reports a failure minutes later) revokes nothing either.
     """
     now = utcnow()
     with hub.store.write() as connection:
@@ -57,8 +61,14 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
                 # Acknowledged all the same: a provider retrying it would not make it match.
                 log.warning("status for a message no delivery sent", destination=destination_id,
                             provider_message_id=report.provider_message_id)
-            elif report.revokes_consent and delivery["settled_now"]:
+            elif report.revokes_consent and delivery["settled_now"] and not _granted_after_it(connection, delivery):
                 through = hub.router.recipient(delivery["channel"], delivery["target"])
                 set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
         for signal in result.consent:
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")
+
+
+def _granted_after_it(connection: Connection, delivery: dict[str, Any]) -> bool:
+    """Whether the person gave the channel consent back after the message the refusal is about was sent."""
+    sent_at = outbox.last_attempt_at(connection, delivery["delivery_id"])
+    return sent_at is not None and consent_changes.granted_since(connection, delivery["profile_id"], delivery["channel"], sent_at)

@@ -49,6 +49,16 @@ def record(
     )
 
 
+def granted_since(connection: Connection, profile_id: str, channel: str, since: datetime) -> bool:
+    """Whether the person gave `channel` consent through a provider (an SMS START) after `since`."""
+    return connection.execute(
+        select(consent_changes.c.id).where(
+            consent_changes.c.profile_id == profile_id, consent_changes.c.channel == channel,
+            consent_changes.c.granted.is_(True), consent_changes.c.at > since,
+        ).limit(1)
+    ).first() is not None
+
+
 def said(traits: Traits, channel: str, word: Word) -> Traits:
     """`traits` after the person's word through a provider.
 

@@ -268,6 +268,11 @@ def apply_provider_status(
     return {**row._mapping, "settled_now": row.status not in SETTLED_STATUSES and report.final_status is not None}
 
 
+def last_attempt_at(connection: Connection, delivery_id: str) -> datetime | None:
+    """When the delivery's last attempt started: when the provider took the message it reports on."""
+    return connection.execute(select(func.max(attempts.c.started_at)).where(attempts.c.delivery_id == delivery_id)).scalar()
+
+
 def search(
     connection: Connection,
     *,
