@@ -200,3 +200,22 @@ def test_consent_given_for_one_channel_keeps_what_was_said_for_the_others(tmp_pa
         profile_id = find_profile_id(connection, Identifier("phone", PHONE))
         assert SqlIdentityGraph(connection).traits(profile_id or "")["consent"] == {"sms": False, "email": True}
     hub.store.dispose()
+
+
+def test_a_hard_bounce_suppresses_the_address_and_a_refused_message_does_not(running_hub: RunningHub) -> None:
+    """The relay refuses the recipient as a mailbox that does not exist (550 5.1.1). Mailing it again only hurts
+    the sender's reputation: email consent is revoked through that address, as an unsubscribe does. A refusal
+    of the message itself (554 5.7.1, as spam) suppresses nothing."""
+    def ticket(user: str, email: str) -> dict:
+        running_hub.send(*support_ticket(user, {"email": email, "first_name": "Ana"}, NOW - timedelta(minutes=5)))
+        running_hub.settle()
+        return running_hub.admin("/api/profiles/lookup", type="email", value=email)["traits"]
+
+    running_hub.sandbox.smtp.fail_next("554 5.7.1 Message rejected as spam", stage="data")
+    assert ticket("u-spam", "bo@example.com").get("email_opt_out") is not True
+    running_hub.sandbox.smtp.fail_next(f"550 5.1.1 <{EMAIL}>: user unknown", stage="rcpt")
+    assert ticket("u-gone", EMAIL)["email_opt_out"] is True
+    with running_hub.hub.store.read() as connection:
+        reasons = connection.execute(select(consent_changes.c.reason).where(consent_changes.c.channel == "email")).scalars().all()
+    assert reasons == ["refused by provider"]
+    assert running_hub.sandbox.smtp.received == []
