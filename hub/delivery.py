@@ -63,6 +63,7 @@ from hub.model import Delivery, Identifier
 from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
 from hub.store import Store, merged_targets, outbox
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
@@ -90,6 +91,7 @@ class Outcome:
     status: str
     next_attempt_at: datetime | None
     revokes_consent: bool = False
+    recipient_gone: str | None = None  # why the address left the profile (`DeliveryFailure.recipient_gone`)
 
 
 class DeliveryEngine:
@@ -211,9 +213,10 @@ class DeliveryEngine:
         return at_limit
 
     def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
-        """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused."""
+        """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused,
+        and addresses it said do not exist."""
         now = utcnow()
-        lock_before_deliveries(connection, any(outcome.revokes_consent for outcome in outcomes))
+        lock_before_deliveries(connection, any(outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes))
         outbox.record_attempts(connection, [
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])
@@ -225,6 +228,8 @@ class DeliveryEngine:
             if outcome.revokes_consent:
                 through = self.recipient(delivery.channel, delivery.target)
                 set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
+            if outcome.recipient_gone and (address := self.recipient(delivery.channel, delivery.target)) is not None:
+                SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
 
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:
@@ -331,7 +336,9 @@ class DeliveryEngine:
             "delivery attempt failed", delivery_id=delivery.delivery_id, outcome=error.outcome,
             error_class=failure.error_class, status=status,
         )
-        return Outcome(delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent)
+        return Outcome(
+            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent, recipient_gone=failure.recipient_gone
+        )
 
     def _masked(self, delivery: Delivery, text: str) -> str:
         """A provider's error as the delivery log keeps it: the delivery's own recipients in it as the log shows

@@ -113,6 +113,9 @@ class DeliveryFailure:
     retry_after: float | None = None  # seconds the provider asked us to wait (Retry-After); the policy honours it
     response_summary: dict[str, Any] = field(default_factory=dict)
     revokes_consent: bool = False  # the provider says the recipient opted out (Twilio 21610): stop the channel
+    # The provider says the address does not exist (an email hard bounce): it leaves the person's profile, as a
+    # dead push token does, so routing stops choosing it and an address they give later is used.
+    recipient_gone: str | None = None
 
 
 class DeliveryError(HubError):

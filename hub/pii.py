@@ -25,9 +25,9 @@ _EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w.-]+\.[^\W\d_]{2,})")
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
 _E164 = re.compile(r"\+\d{7,15}")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
-# Where a whole address starts and ends in text: not inside a longer local part (jimbo@ holds bo@), nor before
-# more of a domain (bo@example.com.au); a full stop that ends a sentence ends it, and so does a form's "+" (space).
-_NOT_AFTER_ADDRESS = r"(?<![\w.%-])"
+# Where a whole address starts and ends in text: not inside a longer local part (jimbo@ and jane+bo@ hold bo@),
+# nor before more of a domain (bo@example.com.au); a full stop that ends a sentence ends it.
+_NOT_AFTER_ADDRESS = r"(?<![\w.%+-])"
 _NOT_BEFORE_ADDRESS = r"(?![\w-]|\.[\w-])"
 # International numbers (+ and digits) and North American national ones; a bare
 # run of digits is not masked, or every timestamp and id would be.

@@ -15,13 +15,20 @@ HIDDEN = "***"
 
 
 def shown_url(url: str) -> str:
-    """`url` with its secrets hidden: a database URL's password (as SQLAlchemy reads it, so one holding "/" or
-    "?" too), or a web URL's password, a user name standing alone, and every query value."""
+    """`url` with its secrets hidden: its password (a database URL's as SQLAlchemy reads it, so one holding "/"
+    or "?" too), a user name standing alone in a web URL, and every query value."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https"):
         from sqlalchemy.engine import make_url  # only the CLI and settings' repr show database URLs
+        from sqlalchemy.exc import ArgumentError
 
-        return make_url(url).render_as_string(hide_password=True)
+        try:
+            database = make_url(url)
+        except ArgumentError:  # not a database URL either: hidden as a web URL would be
+            pass
+        else:  # libpq also takes ?password= and ?sslpassword=
+            query = "&".join(f"{name}={HIDDEN}" for name in database.query)
+            return database.set(query={}).render_as_string(hide_password=True) + (f"?{query}" if query else "")
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")

@@ -281,14 +281,14 @@ def test_forget_finds_an_address_as_sdks_escape_it_and_only_as_a_whole(running_h
 
 
 @pytest.mark.parametrize("text", [
-    "Receipts go to bo@example.com.", "write+to+bo@example.com&x=1", '{"email":"bo@example.com"}', "(bo@example.com)",
+    "Receipts go to bo@example.com.", "write to bo@example.com&x=1", '{"email":"bo@example.com"}', "(bo@example.com)",
 ])
 def test_an_address_is_found_however_the_text_around_it_ends(text: str) -> None:
-    """A full stop ending a sentence, or a form's "+" for a space, is no part of the address: forget and unmerge
-    must find it there as they find it in JSON."""
+    """A full stop ending a sentence is no part of the address: forget and unmerge must find it there as they
+    find it in JSON."""
     assert holds_values(text, {"bo@example.com"})
 
 
-@pytest.mark.parametrize("text", ["jimbo@example.com", "bo@example.com.au", "bo@example.com-mail.net"])
+@pytest.mark.parametrize("text", ["jimbo@example.com", "jane+bo@example.com", "bo@example.com.au", "bo@example.com-mail.net"])
 def test_an_address_inside_a_longer_one_is_not_found(text: str) -> None:
     assert not holds_values(text, {"bo@example.com"})

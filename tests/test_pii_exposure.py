@@ -257,7 +257,9 @@ def test_a_failing_statement_does_not_quote_the_events_values(running_hub: Runni
     ("https://hooks.example.com/in?s3cr3t-token", "https://hooks.example.com/in?***"),
     ("https://hooks.example.com/in?token=abc&v=2", "https://hooks.example.com/in?token=***&v=***"),
     ("postgresql+psycopg://hub:Pg-S3cret@db:5432/hub", "postgresql+psycopg://hub:***@db:5432/hub"),
-    ("postgresql+psycopg://hub:pa/ss?w#0rd@db:5432/hub?sslmode=require", "postgresql+psycopg://hub:***@db:5432/hub?sslmode=require"),
+    ("postgresql+psycopg://hub:pa/ss+w0rd@db:5432/hub?sslmode=require", "postgresql+psycopg://hub:***@db:5432/hub?sslmode=***"),
+    ("postgresql://hub@db/hub?password=s3cret&sslpassword=k3y", "postgresql://hub@db/hub?password=***&sslpassword=***"),
+    ("not a url", "not a url"),
     ("sqlite:///var/hub.db", "sqlite:///var/hub.db"),
     ("HTTPS://tok@hooks.example.com/in", "HTTPS://***@hooks.example.com/in"),
 ])

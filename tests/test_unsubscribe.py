@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -202,20 +203,27 @@ def test_consent_given_for_one_channel_keeps_what_was_said_for_the_others(tmp_pa
     hub.store.dispose()
 
 
-def test_a_hard_bounce_suppresses_the_address_and_a_refused_message_does_not(running_hub: RunningHub) -> None:
-    """The relay refuses the recipient as a mailbox that does not exist (550 5.1.1). Mailing it again only hurts
-    the sender's reputation: email consent is revoked through that address, as an unsubscribe does. A refusal
-    of the message itself (554 5.7.1, as spam) suppresses nothing."""
-    def ticket(user: str, email: str) -> dict:
-        running_hub.send(*support_ticket(user, {"email": email, "first_name": "Ana"}, NOW - timedelta(minutes=5)))
+def test_a_hard_bounce_takes_the_address_off_the_profile_and_a_new_one_is_used(running_hub: RunningHub) -> None:
+    """The relay refuses the recipient as a mailbox that does not exist (550 5.1.1): mailing it again only hurts
+    the sender's reputation, so it leaves Ana's profile (`profiles explain` says why), as a dead push token does,
+    and the address she gives next is the one routing picks, her email consent untouched. A refusal of the message itself (554 5.7.1, as spam)
+    takes nothing away."""
+    def ticket(user: str, traits: dict) -> None:
+        running_hub.send(*support_ticket(user, {"first_name": "Ana", **traits}, NOW - timedelta(minutes=5)))
         running_hub.settle()
-        return running_hub.admin("/api/profiles/lookup", type="email", value=email)["traits"]
 
     running_hub.sandbox.smtp.fail_next("554 5.7.1 Message rejected as spam", stage="data")
-    assert ticket("u-spam", "bo@example.com").get("email_opt_out") is not True
+    ticket("u-bo", {"email": "bo@example.com"})
+    assert running_hub.admin("/api/profiles/lookup", type="email", value="bo@example.com")["profile_id"]
+
     running_hub.sandbox.smtp.fail_next(f"550 5.1.1 <{EMAIL}>: user unknown", stage="rcpt")
-    assert ticket("u-gone", EMAIL)["email_opt_out"] is True
-    with running_hub.hub.store.read() as connection:
-        reasons = connection.execute(select(consent_changes.c.reason).where(consent_changes.c.channel == "email")).scalars().all()
-    assert reasons == ["refused by provider"]
-    assert running_hub.sandbox.smtp.received == []
+    ticket("u-ana", {"email": EMAIL, "phone": PHONE})
+    ana = running_hub.admin("/api/profiles/lookup", type="phone", value=PHONE)
+    assert EMAIL not in ana["identifiers"].get("email", [])
+    explained = running_hub.admin(f"/api/profiles/{ana['profile_id']}/explain")
+    assert "hard bounce: the mail server answered 550 5.1.1" in json.dumps(explained)
+
+    running_hub.send(message("identify", userId="u-ana", traits={"email": "ana.new@example.com"}))
+    running_hub.settle()
+    ana = running_hub.admin("/api/profiles/lookup", type="phone", value=PHONE)
+    assert (ana["identifiers"]["email"], ana["traits"].get("email_opt_out")) == (["ana.new@example.com"], None)

@@ -46,8 +46,9 @@ log = structlog.get_logger(__name__)
 AUTH_CODES = frozenset({530, 534, 535, 538})
 # Enhanced status codes (RFC 3463) of a refused recipient that say the address itself is dead: no such mailbox
 # (5.1.1), no such domain (5.1.2), a domain that takes no mail (5.1.10), a disabled mailbox (5.2.1). Mailing it
-# again only costs the sender's reputation, so such a hard bounce suppresses the address as an unsubscribe does
-# (email consent revoked through it, and recorded why), which a later grant takes back.
+# again only costs the sender's reputation, so such a hard bounce takes the address off the person's profile,
+# as FCM's dead tokens are (`profiles explain` shows why): an address they give later is used, and this one,
+# sent again in an event, is attached afresh.
 DEAD_ADDRESS = re.compile(r"(?<![\d.])5\.(?:1\.(?:1|2|10)|2\.1)(?![\d.])")
 # TLS failures that are the connection dropping (a relay restarting, a network blip), not our setup: retried.
 # A certificate that does not verify or a protocol the two ends do not share is a plain `ssl.SSLError` (or
@@ -272,7 +273,7 @@ def _as_tls_error(error: ssl.SSLError) -> DeliveryError:
 
 def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
     """SMTP's reply code decides: auth codes park the delivery, 4xx retries, 5xx is final; a recipient refused
-    as a dead address (`DEAD_ADDRESS`) is suppressed too."""
+    as a dead address (`DEAD_ADDRESS`) leaves the profile too."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
     elif isinstance(exc, smtplib.SMTPResponseException):
@@ -293,6 +294,12 @@ def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
             message=mask_text(f"SMTP {code}: {reply}"),
             provider_code=str(code),
             response_summary={"code": code},
-            revokes_consent=isinstance(exc, smtplib.SMTPRecipientsRefused) and code >= 500 and bool(DEAD_ADDRESS.search(reply)),
+            recipient_gone=_hard_bounce(exc, code, reply),
         )
     )
+
+
+def _hard_bounce(exc: smtplib.SMTPException, code: int, reply: str) -> str | None:
+    """Why the recipient's address leaves the profile, when the server refused it as one that does not exist."""
+    dead = DEAD_ADDRESS.search(reply) if isinstance(exc, smtplib.SMTPRecipientsRefused) and code >= 500 else None
+    return f"hard bounce: the mail server answered {code} {dead[0]} (the address does not exist)" if dead else None

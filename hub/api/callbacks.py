@@ -19,7 +19,9 @@ from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import lock_before_deliveries, set_consent, set_consent_by_identifier
 from hub.runtime import Hub
+from hub.model import Identifier
 from hub.store import consent_changes, outbox
+from hub.store.profile_views import find_profile_id
 
 log = structlog.get_logger(__name__)
 router = APIRouter(tags=["callbacks"])
@@ -61,14 +63,19 @@ def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
                 # Acknowledged all the same: a provider retrying it would not make it match.
                 log.warning("status for a message no delivery sent", destination=destination_id,
                             provider_message_id=report.provider_message_id)
-            elif report.revokes_consent and delivery["settled_now"] and not _granted_after_it(connection, delivery):
+            elif report.revokes_consent and delivery["settled_now"]:
                 through = hub.router.recipient(delivery["channel"], delivery["target"])
-                set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
+                if not _granted_after_it(connection, delivery, through):
+                    set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
         for signal in result.consent:
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")
 
 
-def _granted_after_it(connection: Connection, delivery: dict[str, Any]) -> bool:
-    """Whether the person gave the channel consent back after the message the refusal is about was sent."""
+def _granted_after_it(connection: Connection, delivery: dict[str, Any], through: Identifier | None) -> bool:
+    """Whether the person gave the channel consent back after the message the refusal is about was sent: the
+    one holding the address now (`set_consent`'s rule: an unmerge may have given it back to another profile)."""
     sent_at = outbox.last_attempt_at(connection, delivery["delivery_id"])
-    return sent_at is not None and consent_changes.granted_since(connection, delivery["profile_id"], delivery["channel"], sent_at)
+    if sent_at is None:
+        return False
+    holder = (find_profile_id(connection, through) if through else None) or delivery["profile_id"]
+    return consent_changes.granted_since(connection, holder, delivery["channel"], sent_at)
