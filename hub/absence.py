@@ -37,6 +37,7 @@ from hub.rule_history import History, ReadAhead
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.selectors import event_names
+from hub.shortened_waits import ShortenedWaits
 from hub.store import Store, inbox, sql, timers, touchpoints
 from hub.store.profile_views import profile_views
 from hub.store.savepoints import as_set_or_one_by_one
@@ -45,7 +46,6 @@ from hub.store.timers import DueTimer, Settlement
 log = structlog.get_logger(__name__)
 
 CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pipeline has seen its possible follow-ups
-RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings forward after a rule edit
 # A timer whose rule this worker does not have in force (or no longer starting a wait after its event) may have
 # been armed by a node that already runs an edit this one has not loaded: rules are files on each machine, and a
 # rollout reaches them one by one. Until `RULE_ROLLOUT` after it was armed (not after its event: a phone may
@@ -54,9 +54,6 @@ RESCHEDULE_CHUNK = 500  # timers whose due time one write transaction brings for
 # rule with many waiting. After that this worker's rules are taken as the cluster's.
 RULE_ROLLOUT = timedelta(minutes=15)
 RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
-# After an edit shortened a wait, when its rule's timers are looked at again for ones armed, or sent back, on the
-# old wait by nodes the edit had not reached (each look walks the pending timers: under a second at 1M).
-LOOKS_AGAIN_AFTER = (timedelta(minutes=1), timedelta(minutes=5), RULE_ROLLOUT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,15 +103,13 @@ class TimerEngine:
         self.max_attempts = max_attempts
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
-        self._rules_seen: object = None
-        self._waits_seen: dict[str, timedelta] = {}
-        self._looks_again: list[tuple[datetime, dict[str, timedelta]]] = []  # (when, shortened waits), soonest first
+        self.shortened_waits = ShortenedWaits(store, rulebook, RULE_ROLLOUT)
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         simulated = now
         now = now or utcnow()
-        self._follow_shortened_waits(now)
+        self.shortened_waits.follow(now)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
@@ -146,65 +141,10 @@ class TimerEngine:
             self._deliveries_planned()
         return len(due)
 
-    def _follow_shortened_waits(self, now: datetime) -> None:
-        """After an edit that shortens a rule's wait, bring its pending timers' due times forward to it.
-
-        A timer is judged by the rule in force when it is claimed, but it is
-        claimed by its stored due time: shortened from 30 minutes to 2, it
-        would have waited the 30, and a follow-up in between cancelled a nudge
-        the rule now sends. (A longer wait needs nothing here: the claim sends
-        the timer back.) The waits are compared with those noted in the store
-        and with this worker's own before the edit: an edit made while no
-        timer worker ran is found by the next to start, and a node the edit
-        reaches after another still brings forward what it armed meanwhile.
-        A rule no worker has noted (added while none ran) may have been
-        shortened since its first timers were armed, so its timers are
-        compared too. Nodes that had not loaded the edit yet may still arm
-        timers on the old wait, or send brought-forward ones back to it, so
-        the shortened rules are looked at again over `RULE_ROLLOUT`
-        (`LOOKS_AGAIN_AFTER`). The waits only pick the rules to look at: each
-        of their pending timers is judged by its own anchor and the wait in
-        force. They are noted after the timers are moved: a crash in between
-        moves them again, which changes nothing.
-        """
-        rules = self.rulebook.current()
-        if rules is not self._rules_seen:  # each run: unchanged rules cost one comparison
-            self._rules_changed(rules, now)
-        while self._looks_again and self._looks_again[0][0] <= now:
-            self._bring_forward(self._looks_again.pop(0)[1])
-
-    def _rules_changed(self, rules: list[RuleSpec], now: datetime) -> None:
-        waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
-        with self.store.read() as connection:
-            noted = timers.noted_waits(connection)
-        maybe_shortened = {
-            rule_id: wait for rule_id, wait in waits.items()
-            if rule_id not in noted or wait < noted[rule_id] or wait < self._waits_seen.get(rule_id, wait)
-        }
-        if maybe_shortened:
-            self._bring_forward(maybe_shortened)
-            self._looks_again = sorted(self._looks_again + [(now + after, maybe_shortened) for after in LOOKS_AGAIN_AFTER],
-                                       key=lambda look: look[0])
-        if any(noted.get(rule_id) != wait for rule_id, wait in waits.items()):
-            with self.store.write() as connection:
-                timers.note_waits(connection, waits)
-        self._rules_seen, self._waits_seen = rules, waits
-
-    def _bring_forward(self, waits: dict[str, timedelta]) -> None:
-        """These rules' pending timers due later than their anchor plus their rule's wait, due then instead."""
-        with self.store.read() as connection:
-            earlier = timers.due_after_their_wait(connection, waits)
-        for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
-            with self.store.write() as connection:
-                timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])
-        if earlier:
-            log.info("timers brought forward to a shortened wait", rules=sorted(waits), timers=len(earlier))
-
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it, or this worker looks again at shortened
         waits, if sooner: until then its worker may nap."""
-        looks_again = self._looks_again[0][0] if self._looks_again else None
-        return min(filter(None, (self._next_due, looks_again)), default=None)
+        return min(filter(None, (self._next_due, self.shortened_waits.next_look())), default=None)
 
     def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> _Outcome:
         """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease

@@ -199,7 +199,7 @@ class Pipeline:
             decided = chain(
                 ((touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)),
                 triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
-                    touchpoint, resolution.profile_id, rejudged, history, lambda ids: touchpoints.get_many(connection, ids), traits,
+                    touchpoint, resolution.profile_id, rejudged, history, partial(touchpoints.get_many, connection), traits,
                 ),
                 self._judged_again_after_merge(connection, touchpoint, resolution, traits),
             )
@@ -230,7 +230,10 @@ class Pipeline:
         stored = partial(touchpoints.get_many, connection)
         history = StoreHistory(connection)
         since = touchpoint.occurred_at - within
-        found = stored([doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, END_OF_TIME, None)])
+        found = stored([  # only the events some rule judges again by: the others would make nothing
+            doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, END_OF_TIME, None)
+            if self.rulebook.rejudged_by(doc["event"], doc["stage"], doc["moment"])
+        ])
         for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
             rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
             for at, decision in triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint):

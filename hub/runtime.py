@@ -15,6 +15,7 @@ from typing import TypeVar
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
+from connectors.sources.segment import MISSING_WRITE_KEY
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import PolicyBook, load_policy_file
@@ -124,7 +125,7 @@ class Hub:
 
     def authenticate(self, request: InboundRequest) -> Source:
         """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""
-        error = AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body")
+        error = AuthenticationError(MISSING_WRITE_KEY)
         for source in self.sources.values():
             if not source.sdk_ingest:
                 continue

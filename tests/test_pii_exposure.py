@@ -38,28 +38,15 @@ PUSH_TOKEN = "dGFibGV0LXRva2VuOkFQQTkxYkhlbmQyZW5kMDAwMDAwMDAySECRETDEVICE"
 DB_PASSWORD = "Pg-S3cret-pw"
 ONLY_POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
-WEBHOOK_RULES = """
-rules:
-  - id: lead_to_cdp
-    stage: decision
-    moment: other
-    urgency: immediate
-    when: {event: Lead Captured}
-    respond:
-      - channel: webhook
-        template: lead.webhook.j2
-"""
-PUSH_RULES = """
-rules:
-  - id: cart_push
-    stage: decision
-    moment: cart_activity
-    urgency: immediate
-    when: {event: Cart Viewed}
-    respond:
-      - channel: push
-        template: cart.push.j2
-"""
+
+def one_rule(rule_id: str, moment: str, event: str, channel: str, template: str) -> str:
+    """triggers.yaml with one immediate rule: `event` answered on `channel` with `template`."""
+    return (f"rules:\n  - {{id: {rule_id}, stage: decision, moment: {moment}, urgency: immediate, when: {{event: {event}}},\n"
+            f"     respond: [{{channel: {channel}, template: {template}}}]}}\n")
+
+
+WEBHOOK_RULES = one_rule("lead_to_cdp", "other", "Lead Captured", "webhook", "lead.webhook.j2")
+PUSH_RULES = one_rule("cart_push", "cart_activity", "Cart Viewed", "push", "cart.push.j2")
 
 
 @contextmanager

@@ -12,6 +12,7 @@ import asyncio
 import re
 import time
 import zlib
+from contextlib import suppress
 
 import aiohttp
 import httpx
@@ -85,24 +86,20 @@ def read_start(response: httpx.Response, seconds: float) -> str:
     """The excerpt of a streamed httpx answer, reading for `seconds` at most (give or take one read's timeout)."""
     start = AnswerStart(response.headers.get("content-encoding"), response.charset_encoding)
     deadline = time.monotonic() + seconds
-    try:
+    with suppress(httpx.TransportError):  # the status is in: a body cut short, or too slow, is excerpted so far
         chunks = response.iter_raw()
         while start.wants_more() and time.monotonic() < deadline:
             start.feed(next(chunks, b""))
-    except httpx.TransportError:
-        pass  # the status is in: a body cut short, or too slow, leaves its excerpt so
     return start.excerpt()
 
 
 async def read_start_async(response: aiohttp.ClientResponse, seconds: float) -> str:
     """The excerpt of an aiohttp answer (read undecoded), reading for `seconds` at most."""
     start = AnswerStart(response.headers.get("content-encoding"), response.charset)
-    try:
+    with suppress(asyncio.TimeoutError, aiohttp.ClientError):  # the status is in: excerpted so far, as above
         async with asyncio.timeout(seconds):
             while start.wants_more():
                 start.feed(await response.content.read(RESPONSE_EXCERPT_BYTES))
-    except (asyncio.TimeoutError, aiohttp.ClientError):
-        pass  # the status is in: a body cut short, or too slow, leaves its excerpt so
     if not start.whole:
         response.close()  # the rest of the answer is not wanted: drop the connection rather than drain it
     return start.excerpt()

@@ -156,11 +156,11 @@ class EmailSmtpDestination(Destination):
         except ValueError as exc:
             raise PermanentDeliveryError(DeliveryFailure("smtp.bad_address", f"the target {exc}")) from None
 
-    def build_message(self, delivery: Delivery, recipient: Address | None = None) -> EmailMessage:
+    def build_message(self, delivery: Delivery, recipient: Address) -> EmailMessage:
         content, link = delivery.content, self.unsubscribe_link(delivery)
         message = EmailMessage(policy=MESSAGE_POLICY)
         message["From"] = self.sender
-        message["To"] = recipient or self.recipient(delivery)
+        message["To"] = recipient
         message["Subject"] = _one_line(content.get("subject") or content.get("rule_id", ""))
         message["Date"] = formatdate(usegmt=True)
         # The same Message-ID on every retry lets receiving systems drop a duplicate.

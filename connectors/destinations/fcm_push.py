@@ -79,6 +79,10 @@ FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "UNAUTHENTICATED": AuthDeliveryError,
     "PERMISSION_DENIED": AuthDeliveryError,
 }
+# Data values that are not text, as JSON: one encoder for the process (`json.dumps` with options builds one a call).
+_DATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+# The codes FCM answers for a token that will never take a message again, whatever the message.
+DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
 # Why a token was removed, as the profile's audit trail (`profiles explain`) shows it; INVALID_ARGUMENT counts
 # only with a field violation on message.token (`_judge`).
 DEAD_TOKEN_REASONS: Mapping[str, str] = {
@@ -255,7 +259,7 @@ def _data_value(value: Any) -> str:
     ``7``, ``{"id":7}``), which the apps' platforms all parse; compact, since the payload is limited."""
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    return _DATA_ENCODER.encode(value)
 
 
 def _data_problems(params: Mapping[str, Any]) -> list[str]:
@@ -313,7 +317,7 @@ def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
     # it cannot read): the message's fault, and the token stays.
     violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in _dicts(d.get("fieldViolations"))]
     token_at_fault = code == "INVALID_ARGUMENT" and any(v.get("field") == "message.token" for v in violations)
-    dead = code in ("UNREGISTERED", "SENDER_ID_MISMATCH") or token_at_fault
+    dead = code in DEAD_TOKEN_CODES or token_at_fault
     retry_after = parse_retry_after(response.headers.get("Retry-After"), utcnow()) if response is not None else None
     return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead)
 

@@ -117,7 +117,7 @@ class SsrfGuard:
 
     def _pin_now(self, url: str) -> PinnedTarget:
         parsed = _parse(url)
-        host = parsed.raw_host.decode("ascii")  # an IDN as its ASCII (punycode) name, as DNS, Host and SNI want it
+        host = _host(parsed)
         literal = _is_address(host)
         addresses = _resolve(host, parsed.port or (443 if parsed.scheme == "https" else 80))
         permitted = [address for address in addresses if self.permits(address)]
@@ -168,7 +168,12 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
 
 def needs_lookup(url: str) -> bool:
     """Whether pinning `url` asks DNS (a host name), which blocks; an IP address is pinned at once."""
-    return not _is_address(_parse(url).raw_host.decode("ascii"))
+    return not _is_address(_host(_parse(url)))
+
+
+def _host(parsed: httpx.URL) -> str:
+    """The URL's host as DNS, Host and SNI want it: an IDN as its ASCII (punycode) name."""
+    return parsed.raw_host.decode("ascii")
 
 
 def _is_address(host: str) -> bool:

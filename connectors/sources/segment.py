@@ -36,6 +36,7 @@ from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
+MISSING_WRITE_KEY = "missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body"
 TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 OBJECT_FIELDS = ("properties", "traits", "context")
 # Fields each message type cannot do without, beyond the user/anonymous id.
@@ -75,7 +76,7 @@ class SegmentSource(Source):
             return
         write_key = basic_auth_user(request.headers.get("authorization", ""))
         if write_key is None:
-            raise AuthenticationError("missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body")
+            raise AuthenticationError(MISSING_WRITE_KEY)
         if self._write_key_digest is None or not matches_digest(write_key, self._write_key_digest):
             raise AuthenticationError("unknown write key: check the source's write key")
 

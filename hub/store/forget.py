@@ -22,6 +22,7 @@ from hub.pii import address_values, without_values
 from hub.store import consent_changes, outbox, quarantine
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
+from hub.store.profile_views import aliases_of
 from hub.store.schema import (
     attempts,
     deliveries,
@@ -42,7 +43,7 @@ FORGOTTEN_REASON = "not sent: profile forgotten"
 def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
     """Erase a person: identifiers, traits and personal content; returns the counts kept."""
     live_id = locked_live_profile(connection, profile_id)
-    ids = [live_id, *connection.execute(select(profiles.c.profile_id).where(profiles.c.merged_into == live_id)).scalars()]
+    ids = [live_id, *sorted(aliases_of(connection, [live_id]).get(live_id, ()))]
     erased = held_by(connection, live_id)
     connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     if block_identifiers:
@@ -66,7 +67,10 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     connection.execute(
         update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
     )
-    _withdraw_unsent(connection, [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES], now)
+    # The messages still to go (due, held, dead) never go: their address and content are gone, and the person
+    # asked to hear nothing more (as deleting a subscriber in Novu cancels what was queued for them).
+    unsent = [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES]
+    outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
     connection.execute(
         update(attempts)
         .where(attempts.c.delivery_id.in_(delivery_ids))
@@ -144,14 +148,6 @@ def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> 
         connection.execute(update(profiles).where(profiles.c.profile_id == profile_id).values(
             traits=kept, trait_times=with_part_times(current.trait_times, list(kept)),
         ))
-
-
-def _withdraw_unsent(connection: Connection, unsent: list[str], now: datetime) -> None:
-    """Settle the messages still to go to the person (due, held, dead) as failed, never sent: their address and
-    content are gone, and the person asked to hear nothing more (as deleting a subscriber in Novu cancels what
-    was queued for them). Without this the delivery worker claimed them with nothing to send."""
-    if unsent:
-        outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
 
 
 def forget_inbox_payloads(connection: Connection, inbox_ids: list[int]) -> None:

@@ -270,6 +270,5 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
         or planned_for.get(target) == other_side[profile_id]
         or carries[profile_id](json.dumps(content, ensure_ascii=False))
     ]
-    if misaddressed:
-        outbox.withdraw(connection, misaddressed, now, outbox.WITHDRAWN_IN_UNMERGE)
+    outbox.withdraw(connection, misaddressed, now, outbox.WITHDRAWN_IN_UNMERGE)
     return len(misaddressed)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import suppress
 from typing import Any
 
 import orjson
@@ -43,8 +44,6 @@ def loads_bytes(data: bytes, otherwise: Callable[[bytes], Any]) -> Any:
     digit run (orjson reads a float), or a document orjson refuses (NaN, Infinity, escaped lone surrogates,
     UTF-16 or -32, nesting past 1,024 levels), which `otherwise` reads or says why not."""
     if _LONG_NUMBER not in data.translate(_DIGITS_AS_ZERO):
-        try:
+        with suppress(orjson.JSONDecodeError):
             return orjson.loads(data)
-        except orjson.JSONDecodeError:
-            pass
     return otherwise(data)

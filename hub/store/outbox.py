@@ -112,7 +112,9 @@ def claim_due(
 def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
     """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
     retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
-    meanwhile keeps this status when its attempt is recorded."""
+    meanwhile keeps this status when its attempt is recorded. None given, nothing is written."""
+    if not delivery_ids:
+        return
     connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
         .values(status="failed", last_error=reason, claimed_until=None, updated_at=now)
