@@ -47,8 +47,8 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import Connection
 
-from connectors.base import Destination
-from hub import metrics
+from connectors.base import CallbackReceiver, Destination
+from hub import metrics, provider_reports
 from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
 from hub.consent import lock_before_deliveries, set_consent
@@ -62,7 +62,7 @@ from hub.errors import (
 from hub.model import Delivery, Identifier
 from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
-from hub.store import Store, merged_targets, outbox
+from hub.store import Store, held_reports, merged_targets, outbox
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.outbox import AttemptRecord
 
@@ -216,10 +216,17 @@ class DeliveryEngine:
         """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused,
         and addresses it said do not exist."""
         now = utcnow()
-        lock_before_deliveries(connection, any(outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes))
+        reported = self._sent_with_reports(outcomes)
+        held_reports.lock_messages(connection, reported)
+        early = held_reports.take(connection, reported)
+        lock_before_deliveries(connection, any(
+            outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
+        ) or any(report.revokes_consent for _, report in early))
         outbox.record_attempts(connection, [
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])
+        for destination_id, report in early:
+            provider_reports.apply(connection, destination_id, [report], now, self.recipient)
         for outcome in outcomes:
             delivery = outcome.delivery
             if outcome.attempt is None:
@@ -230,6 +237,15 @@ class DeliveryEngine:
                 set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
             if outcome.recipient_gone and (address := self.recipient(delivery.channel, delivery.target)) is not None:
                 SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
+
+    def _sent_with_reports(self, outcomes: list[Outcome]) -> list[held_reports.SentMessage]:
+        """The messages sent to destinations that report on them later (callbacks), by their provider ids."""
+        return [
+            (o.delivery.destination_id, o.attempt.provider_message_id)
+            for o in outcomes
+            if o.attempt is not None and o.attempt.provider_message_id
+            and isinstance(self.destinations.get(o.delivery.destination_id), CallbackReceiver)
+        ]
 
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:

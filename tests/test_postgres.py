@@ -21,12 +21,13 @@ import pytest
 from sqlalchemy import Connection, select, update
 
 from connectors.sandbox.providers import SandboxProviders
-from hub import identity
+from hub import identity, provider_reports
 from hub.consent import consent_revoked
+from hub.delivery import Outcome
 from hub.model import Identifier, PlannedDelivery, ProviderStatus, RawEvent
 from hub.store import Store, inbox, outbox, timers
 from hub.store.profile_views import find_profile_id, profile_view
-from hub.store.schema import deliveries as deliveries_table
+from hub.store.schema import deliveries as deliveries_table, held_reports
 from tests.conftest import RunningHub, message, support_ticket
 from tests.test_absence_timers import accept, hub_on
 
@@ -193,3 +194,33 @@ def test_a_late_sent_callback_racing_delivered_does_not_overwrite_it(store: Stor
     with store.read() as connection:
         [row] = connection.execute(select(deliveries_table.c.status, deliveries_table.c.provider_status)).all()
     assert tuple(row) == ("delivered", "delivered")
+
+
+def test_a_status_racing_the_record_of_its_send_waits_for_it(tmp_path: Path, database_url: str, sandbox: SandboxProviders) -> None:
+    """Twilio's report comes while the worker's transaction recording the message id is still open. Without a
+    lock the callback found no delivery and held the report, while the worker had already looked for held
+    reports: the report waited for nobody, and the delivery stayed `sent`."""
+    node = hub_on(tmp_path, database_url=database_url, **sandbox.settings_overrides())
+    with node.store.write() as connection:
+        fill_outbox(connection, 1)
+        [delivery] = outbox.claim_due(connection, 1, T0, LEASE)
+    attempt = outbox.AttemptRecord(T0, 1.0, "sent", "SM1", None, None, {}, {})
+    recording = threading.Event()
+
+    def report_delivered() -> None:
+        recording.wait(10)
+        with node.store.write() as connection:
+            provider_reports.apply(connection, "twilio_sms", [ProviderStatus("SM1", "delivered", "delivered")], T0, node.router.recipient)
+
+    with ThreadPoolExecutor(1) as pool:
+        callback = pool.submit(report_delivered)
+        with node.store.write() as connection:
+            node.delivery._record(connection, [Outcome(delivery, attempt, "sent", None)])
+            recording.set()
+            time.sleep(0.3)  # the callback looks for the delivery meanwhile
+        callback.result(timeout=20)
+    with node.store.read() as connection:
+        [row] = connection.execute(select(deliveries_table.c.status, deliveries_table.c.provider_status)).all()
+        assert connection.execute(select(held_reports)).all() == []
+    assert tuple(row) == ("delivered", "delivered")
+    node.store.dispose()

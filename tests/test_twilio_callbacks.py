@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import httpx
+import pytest
+from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
+
+from hub.store.schema import held_reports
 
 from tests.conftest import RunningHub, message, support_ticket
 
@@ -53,6 +57,41 @@ def test_undelivered_callback_fails_the_delivery_with_twilios_error_code(running
     failed = delivery_now(running_hub, delivery["delivery_id"])
     assert (failed["status"], failed["provider_status"], failed["last_error"]) == ("failed", "undelivered", "twilio.30003")
     assert traits(running_hub).get("sms_opt_out") is None
+
+
+def held_report_count(running_hub: RunningHub) -> int:
+    with running_hub.hub.store.read() as connection:
+        return connection.execute(select(func.count()).select_from(held_reports)).scalar_one()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+def test_statuses_that_come_before_the_send_is_recorded_are_applied_when_it_is(running_hub: RunningHub) -> None:
+    """Twilio's first callbacks may come while the worker has not yet committed the message id: they were
+    dropped, and the delivery stayed `sent` for good. They are held and applied when the send is recorded."""
+    running_hub.sandbox.twilio.reports_before_answer = [("sent", None), ("delivered", None)]
+    delivery = trigger_sms(running_hub)
+    assert (delivery["status"], delivery["provider_status"]) == ("delivered", "delivered")
+    assert held_report_count(running_hub) == 0
+
+
+def test_an_early_21610_refusal_revokes_sms_consent_once_the_send_is_recorded(running_hub: RunningHub) -> None:
+    running_hub.sandbox.twilio.reports_before_answer = [("failed", 21610)]
+    delivery = trigger_sms(running_hub)
+    assert (delivery["status"], delivery["last_error"]) == ("failed", "twilio.21610")
+    assert traits(running_hub)["sms_opt_out"] is True
+
+
+def test_a_status_for_a_message_the_hub_never_sent_is_held_a_day_at_most(running_hub: RunningHub) -> None:
+    """Acknowledged (Twilio would not post it again), held in case its send is being recorded, then dropped."""
+    twilio = running_hub.sandbox.twilio
+    url = f"{running_hub.url}/v1/callbacks/twilio_sms"
+    unknown = {"AccountSid": twilio.account_sid, "MessageSid": "SM" + "0" * 32, "MessageStatus": "delivered"}
+    assert twilio.post_signed(url, unknown).status_code == 200
+    assert held_report_count(running_hub) == 1
+    with running_hub.hub.store.write() as connection:
+        connection.execute(held_reports.update().values(received_at=datetime.now(timezone.utc) - timedelta(days=2)))
+    assert twilio.post_signed(url, {**unknown, "MessageSid": "SM" + "1" * 32}).status_code == 200
+    assert held_report_count(running_hub) == 1  # the old one went
 
 
 def test_forged_or_unsigned_callback_is_403_and_changes_nothing(running_hub: RunningHub) -> None:

@@ -86,6 +86,9 @@ class FakeTwilio(RecordingFake):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.unsubscribed: set[str] = set()
+        # Status callbacks, (status, error code), posted before a create is answered: as the hub sees them when
+        # Twilio's report outruns the worker's record of the send.
+        self.reports_before_answer: list[tuple[str, int | None]] = []
         self._messages: list[dict[str, Any]] = []
         self._status_callbacks: dict[str, str] = {}
 
@@ -121,12 +124,13 @@ class FakeTwilio(RecordingFake):
         self.add_fault(TwilioFault(status=status, code=code, **fields))
 
     def reset(self) -> None:
-        """Forget messages, requests, queued faults and unsubscribed numbers."""
+        """Forget messages, requests, queued faults, unsubscribed numbers and reports to post before answering."""
         super().reset()
         with self._lock:
             self._messages.clear()
             self._status_callbacks.clear()
             self.unsubscribed.clear()
+            self.reports_before_answer.clear()
 
     def post_status(self, sid: str, status: str, *, error_code: int | None = None) -> httpx.Response:
         """Post a status callback for message `sid` to its StatusCallback URL, as Twilio does.
@@ -225,8 +229,12 @@ def create_app(fake: FakeTwilio) -> Starlette:
         if to in fake.unsubscribed:
             return twilio_error(400, 21610, "Attempt to send to unsubscribed recipient")
         message = message_resource(fake.account_sid, to, sender, service, body, media)
+        answer = dict(message)
         fake._store(message, call.field("StatusCallback"))
-        return JSONResponse(message, status_code=201)
+        if call.field("StatusCallback"):
+            for status, error_code in fake.reports_before_answer:
+                fake.post_status(message["sid"], status, error_code=error_code)
+        return JSONResponse(answer, status_code=201)
 
     def fetch_message(call: _Call) -> Response:
         if denied := authenticate(call):

@@ -299,6 +299,20 @@ attempts = Table(
     Column("response_summary", JSON, nullable=False),
 )
 
+held_reports = Table(
+    "held_reports",  # provider status reports that came before their send was recorded (`hub.store.held_reports`)
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("destination_id", String(100), nullable=False),
+    Column("provider_message_id", String(100), nullable=False),
+    Column("provider_status", String(20), nullable=False),
+    Column("final_status", String(20)),
+    Column("error", Text),
+    Column("revokes_consent", Boolean, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False, index=True),
+    Index("ix_held_reports_message", "destination_id", "provider_message_id"),
+)
+
 quarantine = Table(
     "quarantine",
     metadata,
