@@ -15,11 +15,12 @@ import json
 import math
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal
 
 from jmespath.parser import ParsedResult
+from pydantic import SecretStr
 
 from connectors.base import ParseResult, RejectedItem
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
@@ -45,9 +46,22 @@ def require_header(headers: dict[str, str] | Any, name: str) -> str:
     return value
 
 
-def check_signature(expected: str, presented: list[str], header: str) -> None:
-    """Accept when any presented signature matches; compared in constant time."""
-    if not any(hmac.compare_digest(expected.encode(), candidate.encode()) for candidate in presented):
+# The `previous_*` settings of sources that sign: what lets a sender rotate its secret without refused requests.
+PREVIOUS_SECRET_HELP = (
+    "The secret being rotated out: requests signed with it are accepted too, until you remove it "
+    "(once the sender signs with the new one)."
+)
+
+
+def secrets_in_use(current: SecretStr, previous: SecretStr | None) -> list[bytes]:
+    """The secrets a signature may be made with: the current one, and during a rotation the one before."""
+    return [secret.get_secret_value().encode() for secret in (current, previous) if secret is not None]
+
+
+def check_signature(expected: Iterable[str], presented: list[str], header: str) -> None:
+    """Accept when any presented signature is one expected (by the current secret or, during a rotation, the
+    previous one); each compared in constant time."""
+    if not any(hmac.compare_digest(wanted.encode(), candidate.encode()) for wanted in expected for candidate in presented):
         raise AuthenticationError(f"{header}: signature does not match; check the signing secret")
 
 

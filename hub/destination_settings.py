@@ -74,12 +74,16 @@ def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str,
     """`outbound_webhook` and `chat_webhook`, each when its URL is set."""
     allowed = [network for network in settings.webhook_allowed_networks.split(",") if network.strip()]
     wanted = [
-        ("outbound_webhook", settings.outbound_webhook_url, settings.outbound_webhook_secret, "HUB_OUTBOUND_WEBHOOK_*"),
-        ("chat_webhook", settings.chat_webhook_url, settings.chat_webhook_secret, "HUB_CHAT_WEBHOOK_*"),
+        ("outbound_webhook", settings.outbound_webhook_url, settings.outbound_webhook_secret,
+         settings.outbound_webhook_previous_secret, "HUB_OUTBOUND_WEBHOOK_*"),
+        ("chat_webhook", settings.chat_webhook_url, settings.chat_webhook_secret,
+         settings.chat_webhook_previous_secret, "HUB_CHAT_WEBHOOK_*"),
     ]
     return _merged([
-        partial(_configured, registry, settings, slug, prefix, {"url": url, "secret": secret, "allowed_networks": allowed})
-        for slug, url, secret, prefix in wanted
+        partial(_configured, registry, settings, slug, prefix, {
+            "url": url, "secret": secret, "previous_secret": previous, "allowed_networks": allowed,
+        })
+        for slug, url, secret, previous, prefix in wanted
         if url is not None
     ])
 

@@ -20,6 +20,7 @@ WORKER_ROLES = ("pipeline", "timers", "delivery")
 DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 DEVELOPMENT_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"
+PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages carry a signature by each until you unset it."
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
@@ -87,14 +88,21 @@ class HubSettings(BaseSettings):
     smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
     email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
     unsubscribe_secret: SecretStr = Field(
-        SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET), description="Signs unsubscribe links; changing it voids links already sent."
+        SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET),
+        description="Signs unsubscribe links; to change it, move the old one to HUB_UNSUBSCRIBE_PREVIOUS_SECRET first.",
+    )
+    unsubscribe_previous_secret: SecretStr | None = Field(
+        None, description="The secret before the last change: links it signed keep working until they expire "
+        "(unsubscribe_link_days), as the law asks of an unsubscribe link; unset it after that.",
     )
     unsubscribe_link_days: int = Field(90, ge=1, description="How long an unsubscribe link keeps working.")
 
     outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
     outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    outbound_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
     chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset: none.")
     chat_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
+    chat_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
     webhook_allowed_networks: str = Field(
         "", description="Comma-separated non-public networks webhooks may reach (SSRF guard), e.g. 127.0.0.1,10.0.0.0/8."
     )
@@ -191,6 +199,10 @@ class HubSettings(BaseSettings):
         """The absolute URL of `path` on this hub as seen from outside, for providers and recipients."""
         base = self.public_base_url or f"http://{self.host}:{self.port}"
         return base.rstrip("/") + path
+
+    def unsubscribe_secrets(self) -> list[str]:
+        """The secrets an unsubscribe link may be signed with: the current one, and the one before a change."""
+        return [secret.get_secret_value() for secret in (self.unsubscribe_secret, self.unsubscribe_previous_secret) if secret]
 
     def development_credentials(self) -> list[str]:
         """The secrets still at their published development values: fine for a demo, open to anyone once the

@@ -5,7 +5,10 @@ opt-out is recorded against the address it was sent to) and carries its
 expiry, HMAC-SHA256
 signed with HUB_UNSUBSCRIBE_SECRET: the link works without a login and
 without any state on our side, nobody can forge one for someone else's
-profile, and old links stop working. Comparison is constant-time.
+profile, and old links stop working. Comparison is constant-time. A link
+signed with the secret before a change (HUB_UNSUBSCRIBE_PREVIOUS_SECRET)
+still works until it expires: CAN-SPAM wants a link to work for 30 days
+after the email is sent, and a leaked secret must be replaceable.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import binascii
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -53,11 +57,13 @@ def make_token(secret: str, profile_id: str, channel: str, delivery_id: str, exp
     return f"{payload}.{_b64(_mac(secret, payload))}"
 
 
-def read_token(secret: str, token: str, now: datetime) -> UnsubscribeRequest:
-    """The request a token carries; InvalidToken or ExpiredToken when it cannot be honoured."""
+def read_token(secrets: Sequence[str], token: str, now: datetime) -> UnsubscribeRequest:
+    """The request a token signed with any of `secrets` carries; InvalidToken or ExpiredToken when it cannot be
+    honoured."""
     payload, _, signature = token.partition(".")
     try:
-        genuine = hmac.compare_digest(_unb64(signature), _mac(secret, payload))
+        presented = _unb64(signature)
+        genuine = any(hmac.compare_digest(presented, _mac(secret, payload)) for secret in secrets)
         fields = json.loads(_unb64(payload)) if genuine else None
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise InvalidToken("token: not a token this hub issued") from None

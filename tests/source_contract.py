@@ -110,3 +110,25 @@ class SourceContract:
         [event, *_] = self.make_source(self.secret).parse(self.request(fixture_body(self.fixture))).events
         documented = {key: value for key, value in first.items() if key != "receivedAt"}  # the hub stamps its own
         assert {key: event.payload[key] for key in documented} == documented
+
+
+class RotatingSecretContract(SourceContract):
+    """Sources whose sender signs with a secret it can rotate: for a while the hub takes both."""
+
+    old_secret: ClassVar[str] = "the-secret-before"
+
+    def make_rotating_source(self, previous: str) -> Source:
+        raise AssertionError("subclass must build its source with `previous` as the secret being replaced")
+
+    def test_during_a_rotation_the_new_and_the_previous_secret_both_verify(self) -> None:
+        """A sender switches to the new secret when it likes: requests signed with either must be taken
+        meanwhile, or every webhook between the two changes is refused."""
+        source = self.make_rotating_source(self.old_secret)
+        for secret in (self.secret, self.old_secret):
+            source.verify(self.request(fixture_body(self.fixture), secret=secret))
+        with pytest.raises(AuthenticationError, match="does not match"):
+            source.verify(self.request(fixture_body(self.fixture), secret="neither-of-them"))
+
+    def test_once_the_rotation_ends_the_previous_secret_is_refused(self) -> None:
+        with pytest.raises(AuthenticationError, match="does not match"):
+            self.make_source(self.secret).verify(self.request(fixture_body(self.fixture), secret=self.old_secret))

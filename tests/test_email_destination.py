@@ -152,7 +152,7 @@ def test_email_has_text_and_html_parts_and_a_signed_one_click_unsubscribe(plain:
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert link.startswith("https://hub.example.com/v1/unsubscribe?token=")
     assert f"Unsubscribe: {link}" in text and f'href="{link}"' in html.replace("&amp;", "&")
-    request = read_token(SECRET, link.split("token=")[1], datetime.now(timezone.utc))
+    request = read_token([SECRET], link.split("token=")[1], datetime.now(timezone.utc))
     assert (request.profile_id, request.channel) == ("01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email")
     assert 89 <= (request.expires_at - datetime.now(timezone.utc)).days <= 90
 

@@ -31,21 +31,26 @@ from hub.mapping import load_mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.settings import PROJECT_MAPPINGS
-from tests.source_contract import URL, SourceContract, fixture_body
+from tests.source_contract import URL, RotatingSecretContract, SourceContract, fixture_body
 
 WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-0123").decode()
+OLD_WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-old-key-45678").decode()
 
 
 def build(connector: type[Source], **config: Any) -> Source:
     return connector("src", connector.validate_config("test", config))
 
 
-class TestStandardWebhooks(SourceContract):
+class TestStandardWebhooks(RotatingSecretContract):
     fixture = "standard_webhooks_contact_created.json"
     secret = WHSEC
+    old_secret = OLD_WHSEC
 
     def make_source(self, secret: str) -> Source:
         return build(StandardWebhooksSource, secret=WHSEC)
+
+    def make_rotating_source(self, previous: str) -> Source:
+        return build(StandardWebhooksSource, secret=WHSEC, previous_secret=previous)
 
     def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
         key = secret if secret.startswith("whsec_") else "whsec_" + base64.b64encode(secret.encode()).decode()
@@ -87,11 +92,14 @@ class TestStandardWebhooks(SourceContract):
             build(StandardWebhooksSource, secret="whsec_not base64!")
 
 
-class TestHubSpot(SourceContract):
+class TestHubSpot(RotatingSecretContract):
     fixture = "hubspot_contact_events.json"
 
     def make_source(self, secret: str) -> Source:
         return build(HubSpotSource, client_secret=self.secret)
+
+    def make_rotating_source(self, previous: str) -> Source:
+        return build(HubSpotSource, client_secret=self.secret, previous_client_secret=previous)
 
     def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
         timestamp = str(int(at.timestamp() * 1000))  # HubSpot sends milliseconds
@@ -153,7 +161,7 @@ class TestHubSpot(SourceContract):
         assert [p.field for p in raised.value.problems] == ["portalId", "subscriptionId", "eventId", "occurredAt"]
 
 
-class TestGenericHmacHexWithPrefix(SourceContract):
+class TestGenericHmacHexWithPrefix(RotatingSecretContract):
     """GitHub style: X-Hub-Signature-256: sha256=<hex of HMAC-SHA256(body)>; no timestamp."""
 
     fixture = "rudderstack_track.json"
@@ -161,6 +169,10 @@ class TestGenericHmacHexWithPrefix(SourceContract):
 
     def make_source(self, secret: str) -> Source:
         return build(GenericHmacSource, secret=self.secret, signature_header="X-Hub-Signature-256", prefix="sha256=")
+
+    def make_rotating_source(self, previous: str) -> Source:
+        return build(GenericHmacSource, secret=self.secret, previous_secret=previous,
+                     signature_header="X-Hub-Signature-256", prefix="sha256=")
 
     def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
         return {"X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
@@ -236,14 +248,22 @@ class TestRudderStack(SourceContract):
         assert touchpoint.properties == {"review_id": "86ac1cd43", "product_id": "9578257311", "rating": 3.0}
 
 
-class TestSegmentWebhooksDestination(SourceContract):
+class TestSegmentWebhooksDestination(RotatingSecretContract):
     """Segment's Webhooks destination: X-Signature = hex HMAC-SHA1 of the body with the shared secret."""
 
     fixture = "rudderstack_track.json"  # the same Segment-spec track message
     replay_window = False
 
+
     def make_source(self, secret: str) -> Source:
         return build(SegmentSource, shared_secret=self.secret)
+
+    def make_rotating_source(self, previous: str) -> Source:
+        return build(SegmentSource, shared_secret=self.secret, previous_shared_secret=previous)
+
+    def test_a_previous_shared_secret_alone_is_a_config_error(self) -> None:
+        with pytest.raises(ConfigError, match="set shared_secret too"):
+            build(SegmentSource, write_key="wk", previous_shared_secret=self.old_secret)
 
     def sign(self, body: bytes, secret: str, at: datetime) -> dict[str, str]:
         return {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()}

@@ -32,7 +32,7 @@ DELIVERY = "0193b6f0-2f6c-7c2e-9d1a-5f0e6a7b8c9d"
 
 def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> None:
     token = make_token("s3cret", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
-    request = read_token("s3cret", token, NOW)
+    request = read_token(["s3cret"], token, NOW)
     assert (request.profile_id, request.channel, request.delivery_id) == ("01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY)
     payload, signature = token.split(".")
     forged = make_token("guess", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
@@ -40,9 +40,18 @@ def test_tokens_round_trip_and_refuse_tampering_other_secrets_and_expiry() -> No
     flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
     for bad in (forged, f"{payload}.{flipped}", f"{someone_else}.{signature}", "garbage", "", "a.b.c", "é.é"):
         with pytest.raises(InvalidToken):
-            read_token("s3cret", bad, NOW)
+            read_token(["s3cret"], bad, NOW)
     with pytest.raises(ExpiredToken):
-        read_token("s3cret", token, NOW + timedelta(days=2))
+        read_token(["s3cret"], token, NOW + timedelta(days=2))
+
+
+def test_a_link_signed_before_the_secret_changed_works_until_it_expires(tmp_path: Path) -> None:
+    """A leaked unsubscribe secret must be replaceable without breaking the links in emails already sent."""
+    settings = make_settings(tmp_path, unsubscribe_secret="new-secret", unsubscribe_previous_secret="s3cret")
+    sent_before = make_token("s3cret", "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ", "email", DELIVERY, NOW + timedelta(days=1))
+    assert read_token(settings.unsubscribe_secrets(), sent_before, NOW).profile_id == "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ"
+    with pytest.raises(InvalidToken):
+        read_token(make_settings(tmp_path, unsubscribe_secret="new-secret").unsubscribe_secrets(), sent_before, NOW)
 
 
 def trigger_email(running_hub: RunningHub, user: str = "u-mail") -> None:

@@ -126,6 +126,21 @@ def test_retry_after_as_an_http_date(server: BackgroundServer, receiver: FakeWeb
     assert error.failure.retry_after is not None and 80 <= error.failure.retry_after <= 90
 
 
+def test_during_a_secret_rotation_receivers_with_either_secret_verify(
+    server: BackgroundServer, receiver: FakeWebhookReceiver
+) -> None:
+    """`previous_secret` set: a second signature, by the old secret, so a receiver verifies whichever it holds
+    (Standard Webhooks' space-separated list; Svix signs with both while a rotation lasts)."""
+    old = "whsec_" + base64.b64encode(b"the-secret-before-the-rotation").decode()
+    destination(server, receiver, previous_secret=old).send(delivery())
+    [request] = receiver.received
+    assert len(request["headers"]["webhook-signature"].split(" ")) == 2
+    for secret in (receiver.secret, old):
+        Webhook(secret).verify(request["body"], request["headers"])  # raises unless a signature matches
+    with pytest.raises(ConfigError, match="whsec_"):
+        destination(server, receiver, previous_secret="not-a-secret")
+
+
 @pytest.mark.parametrize(("status", "error"), [(400, PermanentDeliveryError), (404, PermanentDeliveryError),
                                                (410, PermanentDeliveryError), (302, PermanentDeliveryError),
                                                (401, AuthDeliveryError), (403, AuthDeliveryError)])

@@ -8,7 +8,10 @@ Each delivery is one JSON POST carrying three headers:
   replay, so the receiver can drop duplicates;
 * ``webhook-timestamp``: integer Unix seconds, for the receiver's replay window;
 * ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">``
-  keyed with the base64-decoded part of a ``whsec_`` secret.
+  keyed with the base64-decoded part of a ``whsec_`` secret. While a secret is
+  rotated (`previous_secret` set), a second ``v1,`` signature by the old one
+  follows, space-separated as the spec allows, so a receiver verifies with
+  whichever secret it has and may switch when it likes (as Svix does).
 
 Redirects are not followed: a 3xx could point anywhere, past the SSRF guard.
 
@@ -67,6 +70,9 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(pattern=r"^https?://[^\s/]+", description="Receiver URL (http or https).")
     secret: SecretStr = Field(description="Signing secret: 'whsec_' + base64 of 24-64 random bytes.")
+    previous_secret: SecretStr | None = Field(
+        None, description="The secret being rotated out: every message is signed with it too until you remove it."
+    )
     allowed_networks: list[str] = Field(
         default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
     )
@@ -79,10 +85,11 @@ class WebhookConfig(BaseModel):
         parse_networks(networks)
         return networks
 
-    @field_validator("secret")
+    @field_validator("secret", "previous_secret")
     @classmethod
-    def _standard_webhooks_secret(cls, secret: SecretStr) -> SecretStr:
-        signing_key(secret.get_secret_value())
+    def _standard_webhooks_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None:
+            signing_key(secret.get_secret_value())
         return secret
 
 
@@ -158,7 +165,7 @@ class OutboundWebhookDestination(Destination):
         super().__init__(destination_id, config)
         assert isinstance(config, WebhookConfig)
         self.settings = config
-        self._key = signing_key(config.secret.get_secret_value())
+        self._keys = [signing_key(secret.get_secret_value()) for secret in (config.secret, config.previous_secret) if secret]
         self._guard = SsrfGuard(config.allowed_networks)
         # As many kept-alive connections as the delivery engine has sends in flight, so none is re-opened per send.
         limits = httpx.Limits(max_connections=MAX_DELIVERY_CONCURRENCY, max_keepalive_connections=MAX_DELIVERY_CONCURRENCY)
@@ -217,7 +224,7 @@ class OutboundWebhookDestination(Destination):
             "content-type": "application/json",
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": sign(self._key, delivery.delivery_id, timestamp, body),
+            "webhook-signature": " ".join(sign(key, delivery.delivery_id, timestamp, body) for key in self._keys),
         }
         return SignedRequest(target, body, headers)
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 
 from connectors.base import InboundRequest, ParseResult, Source
 from connectors.webhooks import (
+    PREVIOUS_SECRET_HELP,
     Algorithm,
     Encoding,
     check_signature,
@@ -26,6 +27,7 @@ from connectors.webhooks import (
     json_document,
     json_events,
     require_header,
+    secrets_in_use,
     sign,
 )
 from hub.errors import ItemProblem
@@ -35,6 +37,7 @@ from hub.mapping import check_expression
 class GenericHmacConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     secret: SecretStr
+    previous_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     signature_header: str = Field("X-Signature", description="Header carrying the signature.")
     algorithm: Algorithm = "sha256"
     encoding: Encoding = "hex"
@@ -80,7 +83,10 @@ class GenericHmacSource(Source):
                             milliseconds=config.timestamp_unit == "ms")
         before, _, after = config.signed_content.replace("{timestamp}", timestamp).partition("{body}")
         content = before.encode() + request.body + after.encode()
-        expected = config.prefix + sign(config.secret.get_secret_value().encode(), config.algorithm, content, config.encoding)
+        expected = [
+            config.prefix + sign(secret, config.algorithm, content, config.encoding)
+            for secret in secrets_in_use(config.secret, config.previous_secret)
+        ]
         check_signature(expected, [presented], config.signature_header)
 
     def parse(self, request: InboundRequest) -> ParseResult:

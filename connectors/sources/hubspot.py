@@ -23,7 +23,15 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import InboundRequest, ParseResult, RejectedItem, Source
-from connectors.webhooks import check_signature, check_timestamp, json_document, require_header, sign
+from connectors.webhooks import (
+    PREVIOUS_SECRET_HELP,
+    check_signature,
+    check_timestamp,
+    json_document,
+    require_header,
+    secrets_in_use,
+    sign,
+)
 from hub.errors import BadPayloadError, ItemProblem
 from hub.model import RawEvent
 
@@ -37,6 +45,7 @@ SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORE
 class HubSpotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     client_secret: SecretStr = Field(description="The app's client secret (Auth tab of the app).")
+    previous_client_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     public_url: str | None = Field(
         None, description="The target URL as configured in HubSpot, when a proxy changes what the hub sees."
     )
@@ -58,7 +67,9 @@ class HubSpotSource(Source):
         check_timestamp(timestamp, TIMESTAMP_HEADER, datetime.now(timezone.utc), config.tolerance_seconds, milliseconds=True)
         uri = SIGNED_ESCAPES.sub(lambda escape: chr(int(escape[1], 16)), config.public_url or request.url)
         content = f"{request.method.upper()}{uri}".encode() + request.body + timestamp.encode()
-        expected = sign(config.client_secret.get_secret_value().encode(), "sha256", content, "base64")
+        expected = [
+            sign(secret, "sha256", content, "base64") for secret in secrets_in_use(config.client_secret, config.previous_client_secret)
+        ]
         check_signature(expected, [signature], SIGNATURE_HEADER)
 
     def parse(self, request: InboundRequest) -> ParseResult:

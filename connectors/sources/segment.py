@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from connectors.base import (
     InboundRequest,
@@ -30,7 +30,7 @@ from connectors.base import (
     matches_digest,
     secret_digest,
 )
-from connectors.webhooks import check_signature, json_document, payload_message_id, sign
+from connectors.webhooks import PREVIOUS_SECRET_HELP, check_signature, json_document, payload_message_id, secrets_in_use, sign
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
@@ -47,11 +47,14 @@ class SegmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     write_key: SecretStr | None = None
     shared_secret: SecretStr | None = None
+    previous_shared_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
 
     @model_validator(mode="after")
     def _some_credential(self) -> "SegmentConfig":
         if self.write_key is None and self.shared_secret is None:
             raise ValueError("set write_key (SDK ingest), shared_secret (Webhooks destination) or both")
+        if self.previous_shared_secret is not None and self.shared_secret is None:
+            raise ValueError("previous_shared_secret is the one a rotation replaces: set shared_secret too")
         return self
 
 
@@ -67,11 +70,11 @@ class SegmentSource(Source):
         super().__init__(source_id, config, folder)
         assert isinstance(config, SegmentConfig)
         self._write_key_digest = secret_digest(config.write_key.get_secret_value()) if config.write_key else None
-        self._shared_secret = config.shared_secret.get_secret_value().encode() if config.shared_secret else None
+        self._shared_secrets = secrets_in_use(config.shared_secret, config.previous_shared_secret) if config.shared_secret else []
 
     def verify(self, request: InboundRequest) -> None:
-        if self._shared_secret is not None and "x-signature" in request.headers:
-            expected = sign(self._shared_secret, "sha1", request.body, "hex")
+        if self._shared_secrets and "x-signature" in request.headers:
+            expected = [sign(secret, "sha1", request.body, "hex") for secret in self._shared_secrets]
             check_signature(expected, [request.headers["x-signature"].strip()], "X-Signature")
             return
         write_key = basic_auth_user(request.headers.get("authorization", ""))

@@ -17,7 +17,15 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.webhooks import check_signature, check_timestamp, json_document, payload_message_id, require_header, sign
+from connectors.webhooks import (
+    PREVIOUS_SECRET_HELP,
+    check_signature,
+    check_timestamp,
+    json_document,
+    payload_message_id,
+    require_header,
+    sign,
+)
 from hub.errors import BadPayloadError
 from hub.model import RawEvent
 
@@ -27,13 +35,15 @@ SECRET_PREFIX = "whsec_"
 class StandardWebhooksConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     secret: SecretStr = Field(description="Signing secret as the sender shows it, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.")
+    previous_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     tolerance_seconds: int = Field(300, gt=0, description="Replay window around webhook-timestamp.")
 
-    @field_validator("secret")
+    @field_validator("secret", "previous_secret")
     @classmethod
-    def _base64(cls, value: SecretStr) -> SecretStr:
+    def _base64(cls, value: SecretStr | None) -> SecretStr | None:
         try:
-            _key(value)
+            if value is not None:
+                _key(value)
         except binascii.Error:
             raise ValueError("must be base64, optionally prefixed with whsec_") from None
         return value
@@ -59,7 +69,7 @@ class StandardWebhooksSource(Source):
         signatures = require_header(request.headers, "webhook-signature")
         check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
         content = f"{message_id}.{timestamp}.".encode() + request.body
-        expected = sign(_key(config.secret), "sha256", content, "base64")
+        expected = [sign(_key(secret), "sha256", content, "base64") for secret in (config.secret, config.previous_secret) if secret]
         presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
         check_signature(expected, presented, "webhook-signature")
 

@@ -38,7 +38,7 @@ def _page(title: str, text: str, status_code: int = 200, form_token: str | None 
 def _verified(request: Request, token: str) -> UnsubscribeRequest | HTMLResponse:
     hub: Hub = request.app.state.hub
     try:
-        return read_token(hub.settings.unsubscribe_secret.get_secret_value(), token, utcnow())
+        return read_token(hub.settings.unsubscribe_secrets(), token, utcnow())
     except ExpiredToken:
         return _page("Link expired", "This unsubscribe link has expired; use the link in a more recent email.", 410)
     except InvalidToken:
