@@ -67,7 +67,7 @@ async def lookup_profile(
     value: str = Query(description="Identifier value; normalized as the pipeline does (e.g. emails lower-cased)."),
 ) -> dict[str, Any]:
     hub = _hub(request)
-    identifier = normalize_identifier(type, value, hub.settings.default_phone_region)
+    identifier = normalize_identifier(type, value, hub.settings.default_phone_region, hub.identity)
     if identifier is None:
         raise HTTPException(400, detail=f"value: {value!r} is not a usable {type} identifier")
 
