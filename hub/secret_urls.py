@@ -34,11 +34,22 @@ def shown_url(url: str) -> str:
         userinfo, _, host = netloc.rpartition("@")
         user, has_password, _ = userinfo.partition(":")
         netloc = f"{user}:{HIDDEN}@{host}" if has_password else f"{HIDDEN}@{host}"
-    query = "&".join(
-        f"{name}={HIDDEN}" if has_value else HIDDEN
-        for name, has_value, _ in (field.partition("=") for field in parts.query.split("&") if field)
-    )
+    query = _hidden_query(parts.query)
     if (netloc, query) == (parts.netloc, parts.query):
         return url
     scheme = url[:len(parts.scheme)]  # as written: urlsplit lowercases it
     return f"{scheme}://{netloc}{parts.path}{'?' + query if query else ''}{'#' + parts.fragment if parts.fragment else ''}"
+
+
+def shown_path(path: str) -> str:
+    """A request's path as an access log shows it: every query value hidden (an unsubscribe link's token opts
+    its person out; a callback's query may carry a provider's credentials)."""
+    route, has_query, query = path.partition("?")
+    return f"{route}?{_hidden_query(query)}" if has_query else path
+
+
+def _hidden_query(query: str) -> str:
+    return "&".join(
+        f"{name}={HIDDEN}" if has_value else HIDDEN
+        for name, has_value, _ in (field.partition("=") for field in query.split("&") if field)
+    )

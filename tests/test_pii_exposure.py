@@ -7,6 +7,7 @@ a test cannot pass because the text went missing. Found by an audit (helper-61),
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -19,14 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
+from uvicorn.logging import AccessFormatter
 
 from connectors.sandbox.providers import SandboxProviders
+from hub.logs import configure_logging
 from hub.serving import BackgroundServer
 from hub.secret_urls import shown_url
 from hub.store import quarantine
@@ -253,3 +258,20 @@ def test_a_failing_statement_does_not_quote_the_events_values(running_hub: Runni
 def test_a_url_is_shown_without_the_secrets_it_carries(url: str, shown: str) -> None:
     """A token as the user name, or as the whole query, is as much a credential as a password."""
     assert shown_url(url) == shown
+
+
+def test_the_access_log_of_touchhub_serve_hides_an_unsubscribe_links_token() -> None:
+    """uvicorn's access log (on at INFO under `touchhub serve`) wrote each path with its query: an unsubscribe
+    link's token, which opts its person out for whoever reads the log."""
+    configure_logging("INFO")
+    uvicorn.Config(FastAPI(), log_level="info")  # applies uvicorn's logging set-up, as `uvicorn.run` does
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s', use_colors=False))
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(handler)
+    try:
+        access.info('%s - "%s %s HTTP/%s" %d', "127.0.0.1:5000", "GET", "/v1/unsubscribe?token=eyJwIjoi.c2ln&x", "1.1", 200)
+    finally:
+        access.removeHandler(handler)
+    assert written.getvalue().strip() == '127.0.0.1:5000 - "GET /v1/unsubscribe?token=***&*** HTTP/1.1" 200 OK'
