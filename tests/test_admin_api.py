@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import ADMIN_TOKEN, RunningHub, message, support_ticket
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -50,3 +52,20 @@ def test_health_readiness_and_metrics(running_hub: RunningHub) -> None:
     metrics = running_hub.client.get("/metrics").text
     assert 'hub_events_accepted_total{source="default"}' in metrics
     assert "hub_touchpoints_processed_total" in metrics
+
+
+@pytest.mark.hub_settings(max_body_bytes=1024)
+def test_an_admin_body_sent_in_chunks_past_max_body_bytes_is_413(running_hub: RunningHub) -> None:
+    """FastAPI read admin bodies whole, with no limit, before the token was even checked; a chunked body has no
+    Content-Length to refuse it by, so it is counted as it comes."""
+    chunks = (b'{"merged_profile_id": "' + b"x" * 512 if n == 0 else b"x" * 512 for n in range(8))
+    answer = running_hub.client.post("/api/profiles/p-1/unmerge", content=chunks, headers=AUTH)
+    assert answer.status_code == 413, answer.text
+    assert "larger than the 1024-byte limit" in answer.json()["detail"]
+
+
+def test_a_bad_admin_body_with_a_good_token_is_422_naming_the_field(running_hub: RunningHub) -> None:
+    answer = running_hub.client.post("/api/profiles/p-1/unmerge", json={"merged_profile_id": ""}, headers=AUTH)
+    assert answer.status_code == 422
+    [problem] = answer.json()["detail"]
+    assert (problem["loc"], problem["type"]) == (["body", "merged_profile_id"], "string_too_short")

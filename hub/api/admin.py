@@ -1,4 +1,4 @@
-"""Admin API under /api/: what ops and the console read. Bearer-token protected."""
+"""Admin API under /api/: what ops and the console read. Each route declares its scope (`hub.api.auth`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from hub import stats
+from hub.api.auth import requires
 from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
@@ -22,6 +23,7 @@ from hub.store.profile_views import find_profile_id, for_live_profile, profile_v
 T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])
 Limit = Query(100, ge=1, le=1000, description="At most this many rows (1-1000).")
+READ = [requires("read")]  # every GET
 
 
 def _hub(request: Request) -> Hub:
@@ -51,7 +53,7 @@ def _for_live_profile(profile_id: str | None, search: Callable[[Connection, str 
     return lambda connection: for_live_profile(connection, profile_id, search)
 
 
-@router.get("/touchpoints", summary="Touchpoints, newest first")
+@router.get("/touchpoints", summary="Touchpoints, newest first", dependencies=READ)
 async def list_touchpoints(
     request: Request, limit: int = Limit, source: str | None = None, event: str | None = None,
     profile_id: str | None = None,
@@ -60,7 +62,7 @@ async def list_touchpoints(
     return {"touchpoints": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
 
-@router.get("/profiles/lookup", summary="Find the profile an identifier belongs to")
+@router.get("/profiles/lookup", summary="Find the profile an identifier belongs to", dependencies=READ)
 async def lookup_profile(
     request: Request,
     type: str = Query(description=f"Identifier type: {', '.join(KNOWN_TYPES)} or a custom one."),
@@ -78,12 +80,12 @@ async def lookup_profile(
     return await _read_one(request, query, f"no profile has {type} {identifier.value!r}")
 
 
-@router.get("/profiles/{profile_id}", summary="A profile with its traits and identifiers")
+@router.get("/profiles/{profile_id}", summary="A profile with its traits and identifiers", dependencies=READ)
 async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
     return await _read_one(request, lambda connection: profile_view(connection, profile_id), f"no profile {profile_id!r}")
 
 
-@router.get("/deliveries", summary="The delivery log: deliveries with every attempt")
+@router.get("/deliveries", summary="The delivery log: deliveries with every attempt", dependencies=READ)
 async def list_deliveries(
     request: Request, limit: int = Limit, profile_id: str | None = None,
     status: str | None = Query(None, description="pending, retrying, sent, delivered, failed or dead (the DLQ)."),
@@ -98,7 +100,7 @@ async def list_deliveries(
     return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
 
-@router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again")
+@router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again", dependencies=[requires("replay")])
 async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
     hub = _hub(request)
 
@@ -119,7 +121,7 @@ def _aware(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
 
 
-@router.get("/decisions", summary="Decisions, newest first (capped ones included)")
+@router.get("/decisions", summary="Decisions, newest first (capped ones included)", dependencies=READ)
 async def list_decisions(
     request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None
 ) -> dict[str, Any]:
@@ -127,13 +129,13 @@ async def list_decisions(
     return {"decisions": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
 
 
-@router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries")
+@router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries", dependencies=READ)
 async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
     explained = partial(explain, decision_id=decision_id, recipient=_hub(request).router.recipient)
     return await _read_one(request, explained, f"no decision {decision_id!r}")
 
 
-@router.get("/rules", summary="The trigger rules in force, and why the last edit of the file was refused, if it was")
+@router.get("/rules", summary="The trigger rules in force, and why the last edit of the file was refused, if it was", dependencies=READ)
 async def list_rules(request: Request) -> dict[str, Any]:
     """A refused edit leaves the last good rules running and says so only in the log; here ops can see it
     (looking also picks up an edit made since the last event)."""
@@ -150,11 +152,11 @@ async def list_rules(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/quarantine", summary="Refused bodies and items, newest first")
+@router.get("/quarantine", summary="Refused bodies and items, newest first", dependencies=READ)
 async def list_quarantine(request: Request, limit: int = Limit) -> dict[str, Any]:
     return {"quarantine": await _read(request, lambda connection: quarantine.recent(connection, limit))}
 
 
-@router.get("/stats", summary="Counts of events, profiles, decisions and deliveries")
+@router.get("/stats", summary="Counts of events, profiles, decisions and deliveries", dependencies=READ)
 async def get_stats(request: Request) -> dict[str, Any]:
     return await run_in_threadpool(stats.collect, _hub(request).store)

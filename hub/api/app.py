@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import hub
-from hub.api import admin, callbacks, ingest, mappings, profiles, unsubscribe
-from hub.api.auth import AdminAuth
+from hub.api import admin, callbacks, console, console_api, ingest, mappings, profiles, unsubscribe
+from hub.api.auth import ApiAuth
 from hub.errors import IngestError
 from hub.runtime import Hub
 
@@ -40,10 +40,13 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     app.include_router(ingest.router)
     app.include_router(callbacks.router)
     app.include_router(unsubscribe.router)
-    admin_auth = [Depends(AdminAuth(hub_instance.settings.admin_token.get_secret_value()))]
-    app.include_router(admin.router, dependencies=admin_auth)
-    app.include_router(profiles.router, dependencies=admin_auth)
-    app.include_router(mappings.router, dependencies=admin_auth)
+    # Each admin route declares the scope it needs (`hub.api.auth.requires`).
+    app.state.api_auth = ApiAuth(hub_instance.settings.admin_token.get_secret_value(), hub_instance.store)
+    app.include_router(admin.router)
+    app.include_router(profiles.router)
+    app.include_router(mappings.router)
+    app.include_router(console_api.router)  # GET /api/sources, /api/identifier-types: what the console lists
+    app.include_router(console.router)  # /console/: the static page; its API calls carry the bearer token
 
     @app.exception_handler(IngestError)
     async def ingest_error(_request: Request, exc: IngestError) -> JSONResponse:

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, ValidationError
 
+from hub.api.auth import documented_body, json_body, requires
 from hub.clock import utcnow
 from hub.mapping import MappingSpec, compile_mapping
 from hub.preview import preview
@@ -23,8 +24,11 @@ class PreviewRequest(BaseModel):
     )
 
 
-@router.post("/{source_id}/preview", summary="The touchpoints a sample becomes; nothing is stored")
-async def preview_sample(source_id: str, body: PreviewRequest, request: Request) -> dict[str, Any]:
+@router.post("/{source_id}/preview", summary="The touchpoints a sample becomes; nothing is stored",
+             dependencies=[requires("mappings")], openapi_extra=documented_body(PreviewRequest))
+async def preview_sample(
+    source_id: str, request: Request, body: PreviewRequest = json_body(PreviewRequest)
+) -> dict[str, Any]:
     """One outcome per event: `touchpoint` (the canonical document), `dropped` (a drop rule matched),
     `unmappable` (the mapping error quarantine would record) or `refused` (the source would reject the item).
     A draft mapping that does not validate is answered 422 with every problem.

@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.auth import documented_body, json_body, requires
 from hub.clock import utcnow
 from hub.errors import IdentityRepairError
 from hub.runtime import Hub
@@ -27,7 +28,8 @@ def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
-@router.get("/{profile_id}/explain", summary="The identity graph of a profile and why each link exists")
+@router.get("/{profile_id}/explain", summary="The identity graph of a profile and why each link exists",
+            dependencies=[requires("read")])
 async def explain_profile(request: Request, profile_id: str) -> dict[str, Any]:
     def work() -> dict[str, Any] | None:
         with _hub(request).store.read() as connection:
@@ -39,8 +41,11 @@ async def explain_profile(request: Request, profile_id: str) -> dict[str, Any]:
     return graph
 
 
-@router.post("/{profile_id}/unmerge", summary="Split off the identifiers a bad merge brought in")
-async def unmerge_profile(request: Request, profile_id: str, body: UnmergeRequest) -> dict[str, Any]:
+@router.post("/{profile_id}/unmerge", summary="Split off the identifiers a bad merge brought in",
+             dependencies=[requires("profiles:write")], openapi_extra=documented_body(UnmergeRequest))
+async def unmerge_profile(
+    request: Request, profile_id: str, body: UnmergeRequest = json_body(UnmergeRequest)
+) -> dict[str, Any]:
     def work() -> dict[str, Any]:
         with _hub(request).store.write() as connection:
             return identity_repair.unmerge(connection, profile_id, body.merged_profile_id, utcnow())
@@ -51,7 +56,8 @@ async def unmerge_profile(request: Request, profile_id: str, body: UnmergeReques
         raise HTTPException(404, detail=str(exc)) from None
 
 
-@router.delete("/{profile_id}", summary="Right to be forgotten: erase a person's identifiers and personal data")
+@router.delete("/{profile_id}", summary="Right to be forgotten: erase a person's identifiers and personal data",
+               dependencies=[requires("profiles:delete")])
 async def forget_profile(request: Request, profile_id: str) -> dict[str, Any]:
     hub = _hub(request)
 

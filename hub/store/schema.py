@@ -327,3 +327,15 @@ quarantine = Table(
     Column("inbox_id", Integer, index=True),  # set for events the pipeline gave up on: replayable
     Column("replayed_at", UTCDateTime),
 )
+
+api_keys = Table(
+    "api_keys",  # bearer keys for the admin API (`hub.store.api_keys`): only a digest of each is kept
+    metadata,
+    Column("key_id", String(26), primary_key=True),  # a ULID, public: `touchhub keys list` shows it
+    Column("name", String(100), nullable=False),
+    Column("secret_digest", LargeBinary, nullable=False),
+    Column("scopes", JSON, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("last_used_at", UTCDateTime),
+    Column("revoked_at", UTCDateTime),
+)
