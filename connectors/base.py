@@ -94,7 +94,12 @@ class RejectedItem:
 
 @dataclass
 class ParseResult:
-    """Events a source accepted from one request, and the items it refused."""
+    """Events a source accepted from one request, and the items it refused.
+
+    Each item of the request becomes one event or one refused item, appended
+    in the request's order, with the item's place in its problems' `index`:
+    the preview numbers the events by the places the refused items leave.
+    """
 
     events: list[RawEvent] = field(default_factory=list)
     rejected: list[RejectedItem] = field(default_factory=list)

@@ -10,15 +10,23 @@ A file saved in another encoding (Latin-1 / Windows-1252 is what many
 editors on Windows default to) is such a problem too, at the line of its
 first stray byte: as a traceback it would escape the hot reload, which then
 ignores the edit without a word (`utf8_text`, `not_utf8`).
+
+Every file is read with `ConfigLoader`, YAML as ops mean it rather than as
+PyYAML reads it: a key written twice is refused at its line (PyYAML keeps
+the last silently, so a second `Product Viewed:` further down a table undid
+the first), and an unquoted date (`campaign_start: 2026-11-01`) is ISO text,
+since a `datetime.date` reaches no JSON column.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from yaml.constructor import ConstructorError
 from pydantic import BaseModel, ValidationError
 
 from hub.errors import ConfigError
@@ -26,13 +34,51 @@ from hub.errors import ConfigError
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class DuplicateKeyError(ConstructorError):
+    """A mapping names the same key twice."""
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing duplicate keys and reading timestamps as ISO text (see the module doc)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
+        self._refuse_duplicate_keys(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def _refuse_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        """Before `<<` merges are flattened: a key given beside a merge overrides the merged one on purpose."""
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in first_lines:
+                raise DuplicateKeyError(
+                    None, None, f"{key!r} is given twice (first at line {first_lines[key]}); YAML would keep only "
+                    "the last one: remove or rename one", key_node.start_mark,
+                )
+            first_lines[key] = key_node.start_mark.line + 1
+
+    def construct_iso_text(self, node: yaml.ScalarNode) -> str:
+        found: date = self.construct_yaml_timestamp(node)
+        return found.isoformat()
+
+
+ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", ConfigLoader.construct_iso_text)
+
+
 def load_model(path: Path, model: type[ModelT]) -> ModelT:
     try:
         text = utf8_text(path)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
+    except OSError as exc:  # a folder in its place, no read permission: a problem of the file like any other
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=ConfigLoader)
+    except DuplicateKeyError as exc:
+        assert exc.problem_mark is not None
+        raise ConfigError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

@@ -13,6 +13,11 @@ keyed by a canonical field: ``event``, ``kind``, ``stage``, ``moment``,
 ``context.<name>``. Precedence: constant, then the expression's value passed
 through the value map, then the default, then (for stage and moment) the
 `events` table and `default` label.
+
+Expressions run per event; one that jmespath interprets (a function call)
+can fail on one event's data (`join()` of a string): that is a MappingError
+naming the field and the expression, quarantined at once like any other
+unmappable event, not a crash to retry (`_Interpreted`).
 """
 
 from __future__ import annotations
@@ -25,16 +30,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jmespath
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from jmespath.parser import ParsedResult
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 from hub import paths
 from hub.config_files import load_model
+from hub.errors import ConfigError, MappingError
 from hub.paths import Expression
 
 Stage = Literal["awareness", "consideration", "decision", "retention", "advocacy"]
 STAGES: tuple[str, ...] = Stage.__args__  # type: ignore[attr-defined]
 OBJECT_FIELDS = ("properties", "traits", "context")
-FIELD_PATH = re.compile(r"^(event|kind|stage|moment|occurred_at|(properties|traits|context)\.[A-Za-z0-9_$@-]+)$")
+_OBJECT_KEY = r"(properties|traits|context)\.[A-Za-z0-9_$@-]+"
+OBJECT_FIELD_PATH = re.compile(rf"^{_OBJECT_KEY}$")
+FIELD_PATH = re.compile(rf"^(event|kind|stage|moment|occurred_at|{_OBJECT_KEY})$")
+# The most characters the hub keeps of each text field of a touchpoint: the widths of their columns in
+# hub/store/schema.py, which PostgreSQL enforces (SQLite does not). Longer is an error of the mapping.
+MAX_LENGTH = {"event": 200, "moment": 80, "kind": 20, "mapping_version": 80, "identifier type": 40, "identifier value": 320}
+VERSION_SUFFIX = len("@") + 12  # a mapping's version is its name, "@" and 12 hex digits of its content's hash
+# What jmespath raises when an event's data does not suit an expression: its own type errors (`join()` of a
+# string), and Python's from inside it (`max_by()` or a `[?a > b]` filter comparing a string with a number).
+DATA_ERRORS = (jmespath.exceptions.JMESPathError, TypeError, ValueError)
 
 
 def check_expression(expression: str) -> str:
@@ -51,21 +67,39 @@ class JourneyLabel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     stage: Stage
-    moment: str = Field(min_length=1)
+    moment: str = Field(min_length=1, max_length=MAX_LENGTH["moment"])
     kind: str | None = Field(
-        None, description="Wins over the `kind` expression: `system` for events sent about the person rather than by "
+        None, max_length=MAX_LENGTH["kind"],
+        description="Wins over the `kind` expression: `system` for events sent about the person rather than by "
         "them (an SDK's own Application Backgrounded), which end no absence rule's wait for `any` action.",
     )
 
 
 def _check_field_paths(value: dict[str, Any]) -> dict[str, Any]:
     for path in value:
-        if not FIELD_PATH.match(path):
+        if not FIELD_PATH.fullmatch(path):
             raise ValueError(
                 f"{path!r} is not a canonical field: use event, kind, stage, moment, occurred_at, "
                 "or properties.<name>, traits.<name>, context.<name>"
             )
     return value
+
+
+def _check_key_lengths(value: dict[str, Any], what: str) -> dict[str, Any]:
+    limit = MAX_LENGTH[what]
+    for key in value:
+        if len(key) > limit:
+            raise ValueError(f"{key[:40]!r}... is {len(key)} characters long: the hub keeps at most {limit} of an {what}")
+    return value
+
+
+def _keys_matching(pattern: re.Pattern[str]) -> dict[str, Any]:
+    """The JSON Schema of an object's keys, so editors flag the keys the validators refuse."""
+    return {"propertyNames": {"pattern": pattern.pattern}}
+
+
+def _keys_at_most(what: str) -> dict[str, Any]:
+    return {"propertyNames": {"maxLength": MAX_LENGTH[what]}}
 
 
 class DropRule(BaseModel):
@@ -91,27 +125,38 @@ class MappingSpec(BaseModel):
     event: str = Field(description="JMESPath to the canonical event name.")
     occurred_at: str = Field(description="JMESPath to the ISO-8601 time the event happened.")
     identifiers: dict[str, str | list[str]] = Field(
-        description="Identifier type -> JMESPath (or a list of them; every non-empty value is kept)."
+        description="Identifier type -> JMESPath (or a list of them; every non-empty value is kept; a value longer "
+        f"than {MAX_LENGTH['identifier value']} characters is left out as malformed).",
+        json_schema_extra=_keys_at_most("identifier type"),
     )
     properties: str | None = None
     traits: str | None = None
     context: str | None = None
     stage: str | None = Field(None, description="JMESPath to the journey stage; wins over the `events` table.")
     moment: str | None = Field(None, description="JMESPath to the micro-moment; wins over the `events` table.")
-    events: dict[str, JourneyLabel] = Field(default_factory=dict, description="Event name -> stage and moment.")
-    default: JourneyLabel = Field(description="Stage and moment of events not listed in `events`.")
-    constants: dict[str, Any] = Field(default_factory=dict, description="Canonical field -> value set on every event.")
-    defaults: dict[str, Any] = Field(
-        default_factory=dict, description="Canonical field -> value used when its expression finds nothing."
+    events: dict[str, JourneyLabel] = Field(
+        default_factory=dict, description="Event name -> stage and moment.", json_schema_extra=_keys_at_most("event")
     )
-    value_maps: dict[str, dict[str, Any]] = Field(
+    default: JourneyLabel = Field(description="Stage and moment of events not listed in `events`.")
+    constants: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Canonical field -> value set on every event.",
+        json_schema_extra=_keys_matching(FIELD_PATH),
+    )
+    defaults: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Canonical field -> value used when its expression finds nothing.",
+        json_schema_extra=_keys_matching(FIELD_PATH),
+    )
+    value_maps: dict[str, dict[str, JsonValue]] = Field(
         default_factory=dict,
-        description="Canonical field -> {vendor value: canonical value}; values not listed pass through unchanged.",
+        description="Canonical field -> {vendor value: canonical value}; values not listed pass through unchanged. "
+        "A vendor value is matched as JSON writes it: true, false, null, 42 (quote such keys in YAML: 'true').",
+        json_schema_extra=_keys_matching(FIELD_PATH),
     )
     fields: dict[str, str] = Field(
         default_factory=dict,
         description="properties.<name> / traits.<name> / context.<name> -> JMESPath over the raw event: a value "
         "found elsewhere in the message (Segment's top-level `channel` as context.channel).",
+        json_schema_extra=_keys_matching(OBJECT_FIELD_PATH),
     )
     drop: list[DropRule] = Field(default_factory=list, description="Events the hub should not keep.")
 
@@ -120,11 +165,30 @@ class MappingSpec(BaseModel):
     def _known_fields(cls, value: dict[str, Any]) -> dict[str, Any]:
         return _check_field_paths(value)
 
+    @field_validator("value_maps", mode="before")
+    @classmethod
+    def _vendor_values_as_text(cls, value: Any) -> Any:
+        """YAML reads an unquoted `true:`, `yes:`, `on:`, `null:` or `1:` key as no text at all; which JSON value
+        the author meant cannot be told (`yes` is true to YAML), so they are asked to quote it."""
+        for path, table in value.items() if isinstance(value, dict) else ():
+            for key in table if isinstance(table, dict) else ():
+                if not isinstance(key, str):
+                    raise ValueError(
+                        f"{path}: key {key!r} is not text: quote it as the vendor's JSON writes the value "
+                        "('true', 'false', 'null', '1'), or as the text they send ('yes')"
+                    )
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _event_names_fit(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_key_lengths(value, "event")
+
     @field_validator("fields")
     @classmethod
     def _object_keys_from_expressions(cls, value: dict[str, str]) -> dict[str, str]:
         for path, expression in value.items():
-            if path.split(".", 1)[0] not in OBJECT_FIELDS or not FIELD_PATH.match(path):
+            if not OBJECT_FIELD_PATH.fullmatch(path):
                 raise ValueError(
                     f"{path!r} is not a key of an object field: use properties.<name>, traits.<name> or context.<name> "
                     "(event, kind, stage, moment and occurred_at have expressions of their own)"
@@ -139,8 +203,8 @@ class MappingSpec(BaseModel):
 
     @field_validator("identifiers")
     @classmethod
-    def _identifier_expressions_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
-        for expressions in value.values():
+    def _identifier_types_fit_and_expressions_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        for expressions in _check_key_lengths(value, "identifier type").values():
             for expression in [expressions] if isinstance(expressions, str) else expressions:
                 check_expression(expression)
         return value
@@ -173,11 +237,13 @@ class Mapping:
         spec = self.spec
         if name in spec.constants:
             return spec.constants[name]
+        value_map = spec.value_maps.get(name)
+        if value_map:
+            key = _as_json(found)
+            if key in value_map:
+                return value_map[key]
         if found is None or found == "":
             return spec.defaults.get(name)
-        value_map = spec.value_maps.get(name)
-        if value_map and isinstance(found, (str, int, float)) and str(found) in value_map:
-            return value_map[str(found)]
         return found
 
     def object_field(self, name: str, found: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
@@ -213,23 +279,23 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
         name=name,
         version=f"{name}@{hashlib.sha256(canonical).hexdigest()[:12]}",
         spec=spec,
-        kind=paths.compile(spec.kind),
-        event=paths.compile(spec.event),
-        occurred_at=paths.compile(spec.occurred_at),
+        kind=_compile("kind", spec.kind),
+        event=_compile("event", spec.event),
+        occurred_at=_compile("occurred_at", spec.occurred_at),
         identifiers=tuple(
-            (type_, paths.compile(expression))
+            (type_, _compile(f"identifiers.{type_}", expression))
             for type_, expressions in spec.identifiers.items()
             for expression in ([expressions] if isinstance(expressions, str) else expressions)
         ),
-        properties=_compile_optional(spec.properties),
-        traits=_compile_optional(spec.traits),
-        context=_compile_optional(spec.context),
-        stage=_compile_optional(spec.stage),
-        moment=_compile_optional(spec.moment),
-        drop=tuple((paths.compile(rule.when), rule.reason) for rule in spec.drop),
+        properties=_compile_optional("properties", spec.properties),
+        traits=_compile_optional("traits", spec.traits),
+        context=_compile_optional("context", spec.context),
+        stage=_compile_optional("stage", spec.stage),
+        moment=_compile_optional("moment", spec.moment),
+        drop=tuple((_compile(f"drop.{n}.when", rule.when), rule.reason) for n, rule in enumerate(spec.drop)),
         fields={
             name: tuple(
-                (path.split(".", 1)[1], paths.compile(expression))
+                (path.split(".", 1)[1], _compile(path, expression))
                 for path, expression in spec.fields.items() if path.startswith(name + ".")
             )
             for name in OBJECT_FIELDS
@@ -237,9 +303,47 @@ def compile_mapping(name: str, spec: MappingSpec) -> Mapping:
     )
 
 
-def _compile_optional(expression: str | None) -> Expression | None:
-    return None if expression is None else paths.compile(expression)
+def _as_json(found: Any) -> str | None:
+    """A found scalar as the vendor's JSON writes it (true, null, 42), which is how value maps are keyed."""
+    if isinstance(found, str):
+        return found
+    if found is None or isinstance(found, (bool, int, float)):
+        return json.dumps(found)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Interpreted:
+    """An expression jmespath interprets, named by the field it maps: a function given data it does not take
+    (`join()` of a string, `merge()` of a string `context`) fails on that one event, which is the mapping's
+    problem to report, not a crash for the pipeline to retry. Direct readers (`paths`) never fail so."""
+
+    field: str
+    expression: str
+    parsed: ParsedResult
+
+    def search(self, value: Any) -> Any:
+        try:
+            return self.parsed.search(value)
+        except DATA_ERRORS as exc:
+            raise MappingError(f"{self.field}: mapping {self.expression!r} failed on this event: {exc}") from None
+
+
+def _compile(field: str, expression: str) -> Expression:
+    compiled = paths.compile(expression)
+    return _Interpreted(field, expression, compiled) if isinstance(compiled, ParsedResult) else compiled
+
+
+def _compile_optional(field: str, expression: str | None) -> Expression | None:
+    return None if expression is None else _compile(field, expression)
 
 
 def load_mapping(path: Path) -> Mapping:
+    """The mapping in `path`, named after the file; ConfigError naming the file and key otherwise."""
+    name_limit = MAX_LENGTH["mapping_version"] - VERSION_SUFFIX
+    if len(path.stem) > name_limit:
+        raise ConfigError(
+            f"{path}: the file name is {len(path.stem)} characters before its extension; every touchpoint records "
+            f"it, which leaves room for {name_limit}: rename the file (and its `mapping:` in sources.yaml)"
+        )
     return compile_mapping(path.stem, load_model(path, MappingSpec))

@@ -2,7 +2,9 @@
 
 A saved mapping applies to the next events without a restart. A broken save
 is refused: the last good version stays active and the log says why, so a
-typo in production degrades nothing. Files are checked at most every
+typo in production degrades nothing. That holds for a failure of any kind
+(a file the hub may not read, YAML nested past Python's recursion limit),
+not only for the problems the loader names. Files are checked at most every
 `check_seconds` (one `stat` per file), which keeps the per-event cost nil.
 """
 
@@ -79,15 +81,19 @@ class MappingCatalog(MappingABC[str, Mapping]):
                 loaded.stamp = stamp
                 try:
                     mapping = load_mapping(path)
-                except ConfigError as exc:
+                except Exception as exc:  # whatever a reload meets must not reach the pipeline's workers
                     refused.append(name)
                     log.warning("mapping change refused; the last good version stays active",
-                                file=name, active_version=loaded.mapping.version, problems=exc.problems)
+                                file=name, active_version=loaded.mapping.version, problems=_problems(exc))
                     continue
                 if mapping.version != loaded.mapping.version:
                     log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
                 loaded.mapping = mapping
         return refused
+
+
+def _problems(error: Exception) -> list[str]:
+    return error.problems if isinstance(error, ConfigError) else [f"{type(error).__name__}: {error}"]
 
 
 def _stamp(path: Path) -> tuple[int, int]:

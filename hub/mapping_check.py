@@ -2,6 +2,8 @@
 
 Each file goes through the same model the hub loads it with, so a clean
 check means the hub will start; problems read ``file:line: key: reason``.
+The files are the folder's ``*.yaml`` and every mapping sources.yaml names,
+wherever in the folder it is and whatever its extension (`shop/orders.yml`).
 Sources are built without their secrets (a check must run where the
 secrets are not), which still validates connector, config keys and mapping file.
 """
@@ -32,14 +34,26 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
         POLICY_FILE: lambda path: load_model(path, DeliveryPolicyFile),
         SOURCES_FILE: lambda path: _check_sources(path, registry),
     }
-    files = sorted(folder.glob("*.yaml"))
+    checks = {path: loaders.get(path.name, load_mapping) for path in folder.glob("*.yaml")}
+    for path in _named_mappings(folder) - checks.keys():
+        checks[path] = load_mapping
     problems: list[str] = []
-    for path in files:
+    for path, load in sorted(checks.items()):
         try:
-            loaders.get(path.name, load_mapping)(path)
+            load(path)
         except ConfigError as exc:
             problems.extend(with_line(problem, path) for problem in exc.problems)
-    return files, problems
+    return sorted(checks), problems
+
+
+def _named_mappings(folder: Path) -> set[Path]:
+    """The existing mapping files sources.yaml names (its own problems, missing files included, are reported
+    when sources.yaml is checked)."""
+    try:
+        entries = load_entries(folder)
+    except ConfigError:
+        return set()
+    return {path for _, entry in entries if entry.mapping and (path := folder / entry.mapping).is_file()}
 
 
 def _check_sources(path: Path, registry: Registry) -> None:

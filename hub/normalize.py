@@ -8,7 +8,7 @@ from typing import Any
 from hub.errors import EventDropped, MappingError
 from hub.identifiers import normalize_identifier
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
-from hub.mapping import OBJECT_FIELDS, STAGES, Mapping
+from hub.mapping import MAX_LENGTH, OBJECT_FIELDS, STAGES, Mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 
 # Epoch numbers above this are milliseconds (as HubSpot sends): in seconds it would be the year 5138.
@@ -17,6 +17,7 @@ EPOCH_MILLISECONDS_FROM = 100_000_000_000
 # event: rules, timers and send-by times counted from the end of year 9999 overflow, and one dated a year ahead
 # would beat every correct trait change for a year. A century back leaves room for imported history.
 EVENT_TIME_SPAN = (timedelta(days=36_525), timedelta(days=366))
+IDENTIFIER_VALUE_MAX = MAX_LENGTH["identifier value"]
 
 
 def normalize(
@@ -30,7 +31,7 @@ def normalize(
     event = mapping.field("event", mapping.pick(mapping.event, payload))
     if not isinstance(event, str) or not event.strip():
         raise MappingError(f"event: mapping '{mapping.spec.event}' gave {event!r}, expected a non-empty string")
-    event = event.strip()
+    event = _fitting("event", event.strip())
     identifiers = _identifiers(mapping, payload, default_region, identity)
     if not identifiers:
         raise MappingError("identifiers: no usable identifier (all missing or junk values such as 'null')")
@@ -45,10 +46,10 @@ def normalize(
         touchpoint_id=derived_id(raw.source_id, raw.message_id),
         source_id=raw.source_id,
         message_id=raw.message_id,
-        kind=label.kind or str(mapping.field("kind", mapping.pick(mapping.kind, payload)) or "track"),
+        kind=label.kind or _fitting("kind", str(mapping.field("kind", mapping.pick(mapping.kind, payload)) or "track")),
         event=event,
         stage=stage,
-        moment=str(mapping.field("moment", mapping.pick(mapping.moment, payload)) or label.moment),
+        moment=_fitting("moment", str(mapping.field("moment", mapping.pick(mapping.moment, payload)) or label.moment)),
         occurred_at=_occurred_at(mapping.field("occurred_at", mapping.pick(mapping.occurred_at, payload)), received_at),
         received_at=received_at,
         identifiers=identifiers,
@@ -62,12 +63,25 @@ def normalize(
 def _identifiers(
     mapping: Mapping, payload: dict[str, Any], region: str, identity: IdentityConfig
 ) -> tuple[Identifier, ...]:
+    """Each usable identifier once. A value longer than the hub stores is left out as a malformed one is: no
+    email or phone is that long, and cutting an id instead would link strangers whose ids begin alike."""
     found: dict[Identifier, None] = {}  # ordered set: first expression wins the order
     for type_, expression in mapping.identifiers:
         identifier = normalize_identifier(type_, expression.search(payload), region, identity)
-        if identifier is not None:
+        if identifier is not None and len(identifier.value) <= IDENTIFIER_VALUE_MAX:
             found[identifier] = None
     return tuple(found)
+
+
+def _fitting(name: str, value: str) -> str:
+    """The value of text field `name` when the hub can store it; a MappingError naming the field otherwise."""
+    limit = MAX_LENGTH[name]
+    if len(value) > limit:
+        raise MappingError(
+            f"{name}: {value[:40]!r}... is {len(value)} characters long; the hub keeps at most {limit}: "
+            f"map a shorter {name} (a value map, or the long text as a property)"
+        )
+    return value
 
 
 def _occurred_at(value: Any, received_at: datetime) -> datetime:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -47,7 +48,9 @@ class HubSettings(BaseSettings):
     default_write_key: SecretStr = SecretStr(DEVELOPMENT_WRITE_KEY)
     admin_token: SecretStr = SecretStr(DEVELOPMENT_ADMIN_TOKEN)
     max_body_bytes: int = Field(512 * 1024, gt=0, description="Largest accepted request body, after gunzip.")
-    default_phone_region: str = Field("US", description="Region for phone numbers written without +country.")
+    default_phone_region: str = Field(
+        "US", description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."
+    )
 
     twilio_account_sid: str = "AC00000000000000000000000000000000"
     twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
@@ -179,6 +182,18 @@ class HubSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown worker {', '.join(unknown)}: pick from {', '.join(WORKER_ROLES)}")
         return value
+
+    @field_validator("default_phone_region")
+    @classmethod
+    def _known_phone_region(cls, value: str) -> str:
+        """A region phonenumbers does not know makes every national number unparseable, dropped as junk."""
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(
+                f"HUB_DEFAULT_PHONE_REGION: {value!r} is not a region phonenumbers knows; use a two-letter ISO 3166-1 "
+                "code such as US, DE or GB (GB, not UK, for the United Kingdom)"
+            )
+        return region
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """The settings as printed: secrets are `SecretStr`, and URLs, which may carry a password or a token,

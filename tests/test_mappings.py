@@ -211,8 +211,8 @@ def test_preview_of_a_configured_journey_source_uses_its_map(mappings_dir: Path)
     )
     result = cli(mappings_dir, "mappings", "preview", "--json", "shop-map", str(FIXTURES / "journey_map_events.json"))
     assert result.exit_code == 0, result.output
-    refused, mapped_ = json.loads(result.output)
-    assert refused["outcome"] == "refused" and "TP-NOWHERE" in refused["reason"]
+    mapped_, refused = json.loads(result.output)  # in the sample's order
+    assert (refused["index"], refused["outcome"]) == (1, "refused") and "TP-NOWHERE" in refused["reason"]
     assert (mapped_["touchpoint"]["stage"], mapped_["touchpoint"]["moment"]) == ("consideration", "product_comparison")
 
 
@@ -231,7 +231,9 @@ def test_preview_api_returns_outcomes_and_stores_nothing(running_hub: RunningHub
     assert answer.status_code == 200, answer.text
     body = answer.json()
     assert body["mapping_version"].startswith("segment@")
-    assert [o["touchpoint"]["identifiers"] for o in body["outcomes"]] == [{"user_id": "019mr8mf4r", "email": "jake@yahoo.com"}, {"user_id": "019mr8mf4r"}]
+    assert [o["touchpoint"]["identifiers"] for o in body["outcomes"]] == [
+        {"user_id": ["019mr8mf4r"], "email": ["jake@yahoo.com"]}, {"user_id": ["019mr8mf4r"]}
+    ]
     assert running_hub.admin("/api/stats")["inbox"] == {}
 
 
@@ -243,7 +245,7 @@ def test_preview_normalizes_custom_identifiers_as_identity_yaml_declares(mapping
                                              "properties": {"loyalty": "  GOLD-42 "}}]}))
     result = cli(mappings_dir, "mappings", "preview", "--json", "--mapping", str(draft), "default", str(sample))
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output)[0]["touchpoint"]["identifiers"]["loyalty_id"] == "gold-42"  # identity.yaml: lowercase
+    assert json.loads(result.output)[0]["touchpoint"]["identifiers"]["loyalty_id"] == ["gold-42"]  # identity.yaml: lowercase
 
 
 def test_preview_api_tries_a_draft_mapping_before_it_is_saved(running_hub: RunningHub) -> None:
