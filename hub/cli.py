@@ -13,6 +13,8 @@ import uvicorn
 from rich.table import Table
 
 from hub.cli_deliveries import app as deliveries_app
+from hub.cli_keys import app as keys_app
+from hub.cli_profiles import app as profiles_app
 from hub.cli_support import config_problems_exit, console, load_settings
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
@@ -31,13 +33,13 @@ app = typer.Typer(
 )
 connectors_app = typer.Typer(help="Inspect installed source and destination connectors.", no_args_is_help=True)
 app.add_typer(connectors_app, name="connectors")
-profiles_app = typer.Typer(help="Inspect identity resolution: why a profile is one person.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 mappings_app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")
 app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(triggers_app, name="triggers")
 app.add_typer(decisions_app, name="decisions")
+app.add_typer(keys_app, name="keys")
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
 
@@ -144,31 +146,6 @@ def connectors_list() -> None:
             keys = ", ".join(f"{name}*" if is_secret(field.annotation) else name for name, field in fields)
             table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
     console.print(table)
-
-
-@profiles_app.command("explain")
-def profiles_explain(
-    profile_id: str = typer.Argument(help="A profile id; an id merged away since is followed to its survivor."),
-    show_pii: bool = typer.Option(False, help="Show emails, phones and push tokens in full instead of masked."),
-) -> None:
-    """Show a profile's identity graph: every identifier, the touchpoint that linked it, merges and refused links.
-
-    Example: [bold]touchhub profiles explain 01J9Z3...[/]; undo a bad merge with
-    POST /api/profiles/{id}/unmerge.
-    """
-    from hub.cli_store import existing_store
-    from hub.identity_report import explain_tree
-    from hub.store.identity_explain import explain
-
-    with config_problems_exit("The profile cannot be explained"):
-        store = existing_store(load_settings().database_url)
-    with store.read() as connection:
-        graph = explain(connection, profile_id)
-    store.dispose()
-    if graph is None:
-        console.print(f"[red]No profile {profile_id!r}.[/]")
-        raise typer.Exit(1)
-    console.print(explain_tree(graph, show_pii=show_pii))
 
 
 @connectors_app.command("show")

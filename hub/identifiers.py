@@ -46,7 +46,7 @@ def normalize_identifier(
             return None
     elif normalizer == "phone":
         value = _e164(value, default_region)
-        if value is None:
+        if value is None or value in config.junk:  # listed as normalized too: "+14155550000" however it is written
             return None
     elif normalizer == "lowercase":
         value = value.lower()
@@ -67,10 +67,17 @@ def is_email_address(value: str) -> bool:
 
 
 def _e164(value: str, default_region: str) -> str | None:
+    """The number in E.164 if it is one that can be dialled.
+
+    Only a valid number, one in a range its country assigns: a merely possible
+    one (of the right length) lets form fillers through ("000-000-0000" is
+    +10000000000, area code 000 exists nowhere) and local numbers without an
+    area code ("555-0123"), which would link every stranger who typed them.
+    """
     try:
         number = phonenumbers.parse(value, default_region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_possible_number(number):
+    if not phonenumbers.is_valid_number(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

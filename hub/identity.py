@@ -114,7 +114,7 @@ def resolve(
     if refused:
         graph.record_refusals(survivor, touchpoint.touchpoint_id, refused, now)
     return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused),
-                      erased=tuple(ident for ident in idents if ident in blocked))
+                      erased=_as_carried(touchpoint.identifiers, blocked))
 
 
 def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:
@@ -126,11 +126,30 @@ def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequen
     found = graph.profiles_of(queries)
     idents: dict[Identifier, None] = {}
     for ident in carried:
-        if ident.type == PREVIOUS_ID:
-            meanings = [Identifier(type_, ident.value) for type_ in PREVIOUS_ID_MEANS]
-            ident = next((meaning for meaning in meanings if meaning in found), meanings[-1])
-        idents[ident] = None
+        idents[_meaning(ident.value, found, graph) if ident.type == PREVIOUS_ID else ident] = None
     return list(idents), {ident: found[ident] for ident in idents if ident in found}
+
+
+def _meaning(previous_id: str, found: Mapping[Identifier, str], graph: IdentityGraph) -> Identifier:
+    """What an alias's `previousId` is: the type it is known by, else the type the blocklist holds it by, else an
+    anonymousId. A forgotten userId is no longer known as one, and typed as an anonymousId it passed the
+    blocklist (which holds the digest of its user_id) and was stored again."""
+    meanings = [Identifier(type_, previous_id) for type_ in PREVIOUS_ID_MEANS]
+    known = next((meaning for meaning in meanings if meaning in found), None)
+    if known is not None:
+        return known
+    blocked = graph.forgotten(meanings)  # answered by the lookup just made (`SqlIdentityGraph.profiles_of`)
+    return next((meaning for meaning in meanings if meaning in blocked), meanings[-1])
+
+
+def _as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:
+    """The carried identifiers of forgotten people as the touchpoint carries them, an alias's `previous_id` under
+    that type, so that what stores the touchpoint can leave each out."""
+    return tuple(
+        ident for ident in carried
+        if ident in blocked
+        or (ident.type == PREVIOUS_ID and any(Identifier(type_, ident.value) in blocked for type_ in PREVIOUS_ID_MEANS))
+    ) if blocked else ()
 
 
 def _by_digest(ident: Identifier) -> Identifier:

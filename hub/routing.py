@@ -27,6 +27,7 @@ from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.errors import ConfigError
 from hub.model import QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
+from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
 from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
@@ -203,7 +204,7 @@ class Router:
             fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
         except TemplateError as exc:
             return None, {"fate": "skipped", "reason": f"template {template}: {exc}"}
-        target = recipients[0]  # newest first
+        target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
         quiet = self.policy.quiet_hours
@@ -243,6 +244,21 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
+
+
+def _current_address(addresses: Sequence[str], trait: Any) -> str:
+    """The address the person gave last: of the profile's addresses of a type (newest first by the hub's clock),
+    the one its trait of the same name holds (`email`, `phone`), else the newest.
+
+    Traits are last-write-wins by event time; identifiers are ordered by when
+    the hub took them in, so an SDK's offline queue flushed late made the
+    address the person had left the newest. The trait is as the sender wrote
+    it ("(415) 555-0142"), so it is matched as `forget` finds a value
+    (`hub.pii.holds_values`); with one address there is nothing to choose.
+    """
+    if len(addresses) > 1 and isinstance(trait, str):
+        return next((address for address in addresses if holds_values(trait, {address.lower()})), addresses[0])
+    return addresses[0]
 
 
 def destination_params(action: Action, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -5,24 +5,26 @@ raw inbox payloads and delivery logs, keeping the rows themselves so counts
 (events per day, deliveries per channel) still add up. Messages not yet sent
 to the person are withdrawn, and their identifiers are taken out of other
 people's touchpoints that carried them (a bad link an unmerge undid), and
-quarantined bodies holding their addresses are wiped. With
+out of those people's delivery log; quarantined bodies holding their
+addresses are wiped, with the inbox rows kept for replaying them. With
 blocking on, each identifier's digest joins a blocklist, so an old install
 sending the same email cannot bring the person back (`hub.identity`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, update
+from sqlalchemy import Connection, case, delete, insert, or_, select, union, update
 
 from hub.model import Identifier
-from hub.pii import address_values, without_values
+from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
-from hub.store.profile_views import aliases_of
+from hub.store.profile_views import aliases_of, live_profile_ids
 from hub.store.schema import (
     attempts,
     deliveries,
@@ -45,6 +47,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     live_id = locked_live_profile(connection, profile_id)
     ids = [live_id, *sorted(aliases_of(connection, [live_id]).get(live_id, ()))]
     erased = held_by(connection, live_id)
+    values = address_values(erased)
     connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     if block_identifiers:
         insert_ignoring_conflicts(
@@ -59,7 +62,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     ).rowcount
     forget_inbox_payloads(connection, inbox_ids)
     _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
-    quarantine.forget_holding(connection, address_values(erased))
+    _forget_quarantined_events(connection, quarantine.forget_holding(connection, values))
     statuses = dict(connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.status).where(deliveries.c.profile_id.in_(ids))
     ).all())
@@ -71,11 +74,8 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     # asked to hear nothing more (as deleting a subscriber in Novu cancels what was queued for them).
     unsent = [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES]
     outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
-    connection.execute(
-        update(attempts)
-        .where(attempts.c.delivery_id.in_(delivery_ids))
-        .values(request_summary={}, response_summary={}, error_message=None)
-    )
+    _wipe_attempts(connection, delivery_ids)
+    _scrub_deliveries_elsewhere(connection, _linked_profiles(connection, ids), values, now)
     # Audit rows keep the fact of a merge or refusal, never the values that caused it.
     # Rows where the person is the merged side too: an unmerge split them off a survivor that is not forgotten.
     connection.execute(
@@ -92,6 +92,94 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
         )
     )
     return {"profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids)}
+
+
+def _wipe_attempts(connection: Connection, delivery_ids: Sequence[str]) -> None:
+    """Drop what the attempts of these deliveries said of the request and the answer (masked, but still the
+    person's: "b***@x.io")."""
+    connection.execute(
+        update(attempts)
+        .where(attempts.c.delivery_id.in_(list(delivery_ids)))
+        .values(request_summary={}, response_summary={}, error_message=None)
+    )
+
+
+def _linked_profiles(connection: Connection, profile_ids: list[str]) -> list[str]:
+    """The live profiles, not these, that the audit trail links to these profiles: the other side of each merge
+    (an unmerge split them since) and of each refused link. Only they can have planned messages to these
+    profiles' addresses, or carrying them, so none is looked for among all deliveries."""
+    pairs = connection.execute(union(
+        select(merges.c.survivor_id, merges.c.merged_id)
+        .where(or_(merges.c.survivor_id.in_(profile_ids), merges.c.merged_id.in_(profile_ids))),
+        select(identity_events.c.profile_id, identity_events.c.other_profile_id)
+        .where(or_(identity_events.c.profile_id.in_(profile_ids), identity_events.c.other_profile_id.in_(profile_ids)),
+               identity_events.c.other_profile_id.is_not(None)),
+    )).all()
+    others = sorted({profile_id for pair in pairs for profile_id in pair} - set(profile_ids))
+    return sorted(set(live_profile_ids(connection, others).values()) - set(profile_ids))
+
+
+def _scrub_deliveries_elsewhere(connection: Connection, profile_ids: list[str], values: set[str], now: datetime) -> None:
+    """Take the erased addresses out of other people's delivery log: while a bad merge made Ana and Bo one
+    profile, her support email went to Bo's address and her CRM update carried it, and an unmerge leaves both
+    with her.
+
+    A delivery to one of the addresses is left as the person's own are
+    (target FORGOTTEN_TARGET, attempts' summaries dropped, withdrawn if not
+    yet sent), its content kept without the address; from the others'
+    content and their attempts' summaries every string holding one goes.
+    """
+    if not profile_ids or not values:
+        return
+    holds = holding(values)
+    rows = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.target, deliveries.c.content, deliveries.c.status)
+        .where(deliveries.c.profile_id.in_(profile_ids))
+    ).all()
+    addressed, carrying = [], []
+    for row in rows:
+        content = _without_holding(row.content, holds)
+        if row.target.lower() in values:
+            addressed.append(row)
+            changes = {"target": outbox.FORGOTTEN_TARGET, "content": content, "last_error": None}
+        elif content != row.content:
+            carrying.append(row.delivery_id)
+            changes = {"content": content}
+        else:
+            continue
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(changes))
+    _wipe_attempts(connection, [row.delivery_id for row in addressed])
+    outbox.withdraw(connection, [row.delivery_id for row in addressed if row.status in outbox.UNSENT_STATUSES], now,
+                    FORGOTTEN_REASON)
+    _scrub_attempts(connection, carrying, holds)
+
+
+def _scrub_attempts(connection: Connection, delivery_ids: list[str], holds: Callable[[str], bool]) -> None:
+    """The attempts of these deliveries without the strings that hold an erased address."""
+    rows = connection.execute(
+        select(attempts.c.id, attempts.c.request_summary, attempts.c.response_summary, attempts.c.error_message)
+        .where(attempts.c.delivery_id.in_(delivery_ids))
+    ).all()
+    for row in rows:
+        connection.execute(update(attempts).where(attempts.c.id == row.id).values(
+            request_summary=_without_holding(row.request_summary, holds),
+            response_summary=_without_holding(row.response_summary, holds),
+            error_message=None if row.error_message and holds(row.error_message) else row.error_message,
+        ))
+
+
+def _without_holding(value: Any, holds: Callable[[str], bool]) -> Any:
+    """`value` without the strings that hold an erased address, at any depth: not only a field that is the address
+    (`hub.pii.without_values`) but the CRM note's body that names it among other lines."""
+    if isinstance(value, dict):
+        return {key: _without_holding(item, holds) for key, item in value.items() if not _holds(item, holds)}
+    if isinstance(value, list):
+        return [_without_holding(item, holds) for item in value if not _holds(item, holds)]
+    return value
+
+
+def _holds(value: Any, holds: Callable[[str], bool]) -> bool:
+    return isinstance(value, str) and holds(value)
 
 
 def _carried_elsewhere(connection: Connection, profile_ids: list[str]) -> list[str]:
@@ -148,6 +236,19 @@ def _scrub_traits(connection: Connection, profile_id: str, values: set[str]) -> 
         connection.execute(update(profiles).where(profiles.c.profile_id == profile_id).values(
             traits=kept, trait_times=with_part_times(current.trait_times, list(kept)),
         ))
+
+
+def _forget_quarantined_events(connection: Connection, inbox_ids: list[int]) -> None:
+    """Drop the raw bodies of quarantined events that held the person's data, and the errors that may quote them.
+
+    The pipeline keeps a quarantined event's inbox row, payload and all, for
+    `touchhub replay`; emptied, it is never queued again, as no mapping makes
+    a touchpoint of a body without an identifier.
+    """
+    connection.execute(
+        update(inbox).where(inbox.c.id.in_(inbox_ids))
+        .values(payload={}, error=case((inbox.c.error.is_not(None), quarantine.ERASED_REASON)))
+    )
 
 
 def forget_inbox_payloads(connection: Connection, inbox_ids: list[int]) -> None:

@@ -37,9 +37,12 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
     merge_rows = connection.execute(
         select(merges).where(merges.c.merged_id.in_(aliases)).order_by(merges.c.id)
     ).mappings().all()
+    # Events recorded against a merged-in id are this profile's too: a link refused to Mom's iPad profile
+    # still explains the profile her iPad profile merged into.
+    ids = [live_id, *aliases]
     audit = connection.execute(
         select(identity_events)
-        .where(or_(identity_events.c.profile_id == live_id, identity_events.c.other_profile_id == live_id))
+        .where(or_(identity_events.c.profile_id.in_(ids), identity_events.c.other_profile_id.in_(ids)))
         .order_by(identity_events.c.id)
     ).mappings().all()
     return {

@@ -50,22 +50,27 @@ def count(connection: Connection) -> int:
 ERASED_REASON = "erased: it held data of a person since forgotten"
 
 
-def forget_holding(connection: Connection, values: set[str]) -> int:
+def forget_holding(connection: Connection, values: set[str]) -> list[int]:
     """Wipe the body, problems and reason of every quarantined row that holds one of `values` (lowercase, found
-    in any case; a phone among them written any way, `hub.pii.holding`); returns how many. The row stays,
-    for counts.
+    in any case; a phone among them written any way, `hub.pii.holding`). The row stays, for counts.
+
+    Returns the inbox rows behind them: an event the pipeline quarantined
+    keeps its inbox row, the same body, for `touchhub replay`.
 
     Nothing links a refused body to a profile (it never became a touchpoint),
     so forgetting a person reads the quarantine through for their addresses:
     an operator's action, on a table ops keep short.
     """
     if not values:
-        return 0
-    rows = connection.execute(select(quarantine.c.id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems))
+        return []
+    rows = connection.execute(
+        select(quarantine.c.id, quarantine.c.inbox_id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems)
+    )
     holds = holding(values)
-    held = [row.id for row in rows if holds(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}")]
+    held = [row for row in rows if holds(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}")]
     if held:
         connection.execute(
-            update(quarantine).where(quarantine.c.id.in_(held)).values(raw_body=b"", problems=[], reason=ERASED_REASON)
+            update(quarantine).where(quarantine.c.id.in_([row.id for row in held]))
+            .values(raw_body=b"", problems=[], reason=ERASED_REASON)
         )
-    return len(held)
+    return sorted({row.inbox_id for row in held if row.inbox_id is not None})
