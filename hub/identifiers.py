@@ -8,6 +8,7 @@ and each type's normalizer come from `mappings/identity.yaml`.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import phonenumbers
@@ -41,7 +42,8 @@ def normalize_identifier(
     declared = config.types.get(type_)
     normalizer = declared.normalizer if declared else "trim"
     if normalizer == "email":
-        value = value.lower()
+        # One spelling of "josé": typed as é or as e + a combining accent, it is one address to a mailbox.
+        value = (value if value.isascii() else unicodedata.normalize("NFC", value)).lower()
         if not is_email_address(value):
             return None
     elif normalizer == "phone":

@@ -248,3 +248,11 @@ def test_profiles_show_prints_traits_identifiers_and_merged_ids_masked_unless_as
     missing = show("email:nobody@x.io")
     assert missing.returncode == 1
     assert "No profile 'email:nobody@x.io'" in missing.stdout and "TYPE:VALUE" in missing.stdout
+
+
+def test_an_email_typed_with_a_decomposed_accent_is_one_identifier() -> None:
+    """"José@example.com" comes precomposed (é) from one form and decomposed (e + U+0301) from another keyboard;
+    lower-casing alone kept them apart: two email identifiers, two profiles for one mailbox."""
+    composed = normalize_identifier("email", "Jos\u00e9@example.com", "US")
+    decomposed = normalize_identifier("email", "Jose\u0301@example.com", "US")
+    assert composed == decomposed == Identifier("email", "jos\u00e9@example.com")
