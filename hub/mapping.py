@@ -48,9 +48,6 @@ FIELD_PATH = re.compile(rf"^(event|kind|stage|moment|occurred_at|{_OBJECT_KEY})$
 # hub/store/schema.py, which PostgreSQL enforces (SQLite does not). Longer is an error of the mapping.
 MAX_LENGTH = {"event": 200, "moment": 80, "kind": 20, "mapping_version": 80, "identifier type": 40, "identifier value": 320}
 VERSION_SUFFIX = len("@") + 12  # a mapping's version is its name, "@" and 12 hex digits of its content's hash
-# What jmespath raises when an event's data does not suit an expression: its own type errors (`join()` of a
-# string), and Python's from inside it (`max_by()` or a `[?a > b]` filter comparing a string with a number).
-DATA_ERRORS = (jmespath.exceptions.JMESPathError, TypeError, ValueError)
 
 
 def check_expression(expression: str) -> str:
@@ -325,7 +322,7 @@ class _Interpreted:
     def search(self, value: Any) -> Any:
         try:
             return self.parsed.search(value)
-        except DATA_ERRORS as exc:
+        except paths.DATA_ERRORS as exc:
             raise MappingError(f"{self.field}: mapping {self.expression!r} failed on this event: {exc}") from None
 
 

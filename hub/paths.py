@@ -22,6 +22,12 @@ from typing import Any, Protocol
 import jmespath
 
 
+# What jmespath raises when a document's data does not suit an expression: its own type errors (`join()` of a
+# string), and Python's from inside it (`max_by()` or a `[?a > b]` filter comparing a string with a number).
+# The direct readers below never raise them.
+DATA_ERRORS = (jmespath.exceptions.JMESPathError, TypeError, ValueError)
+
+
 class Expression(Protocol):
     def search(self, value: Any) -> Any: ...
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from jmespath.parser import ParsedResult
 
 from hub import paths
 from hub.rules import Predicate, Selector
@@ -63,7 +66,23 @@ def describe(selector: Selector) -> dict[str, Any]:
 
 @lru_cache(maxsize=1024)
 def _field(path: str) -> paths.Expression:
-    return paths.compile(path)
+    compiled = paths.compile(path)
+    return _Lenient(compiled) if isinstance(compiled, ParsedResult) else compiled
+
+
+@dataclass(frozen=True, slots=True)
+class _Lenient:
+    """A rule's field that jmespath interprets, read as absent where the event's data does not suit it: a
+    `where` on `join(',', properties.tags)` does not hold for an event whose tags are one string, where the
+    error escaped the trigger engine and the pipeline retried the event as a crash, then quarantined it."""
+
+    parsed: ParsedResult
+
+    def search(self, document: Any) -> Any:
+        try:
+            return self.parsed.search(document)
+        except paths.DATA_ERRORS:
+            return None
 
 
 @lru_cache(maxsize=256)

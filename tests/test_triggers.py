@@ -220,6 +220,19 @@ def test_selectors_filter_by_moment_stage_profile_traits_and_context() -> None:
     assert evaluate(tp("Cart Viewed"), "p", rules(rule), RecordedHistory(), {"plan": "pro"}) == []
 
 
+def test_a_where_function_the_events_data_does_not_suit_does_not_hold_and_raises_nothing() -> None:
+    """`join()` of tags sent as one string raised out of the engine: the pipeline retried the event as a crash
+    and quarantined it, and every other rule missed it too. The predicate simply does not hold for it."""
+    rule = {"id": "r", "respond": RESPOND, "when": {
+        "event": "Product Viewed", "where": [{"field": "join(',', properties.tags)", "op": "eq", "value": "a,b"}]}}
+    assert len(evaluate(tp("Product Viewed", tags=["a", "b"]), "p", rules(rule), RecordedHistory())) == 1
+    assert evaluate(tp("Product Viewed", tags="a,b"), "p", rules(rule), RecordedHistory()) == []
+    counted = rules({"id": "r", "respond": RESPOND, "when": {"count": {
+        "event": "Product Viewed", "at_least": 2, "within": "5m", "distinct_by": "join(',', properties.tags)"}}})
+    history = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=1), {"tags": ["a"]})]})
+    assert evaluate(tp("Product Viewed", tags="b"), "p", counted, history) == []  # no value: not a distinct one
+
+
 def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
     def rule(distinct: str | None) -> list:
         return rules({"id": "r", "respond": RESPOND, "when": {"count": {
