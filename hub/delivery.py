@@ -23,9 +23,15 @@ not only for its own, so a batch that just missed the wait rejoins the
 next: waiting for its own sends alone, a loaded engine split its batches
 and sent up to 15% fewer per second (bench/README.md).
 
-A crash between a send and its record means the row's lease expires and it
-is sent again: delivery is at-least-once, and idempotency keys let
-providers that accept them collapse the duplicate.
+Every record also renews the leases of the sends still in flight, and a
+claim never takes a delivery the engine is still sending: a send that
+outlived its lease (an SMTP relay slow on each command) was claimed again,
+by this engine or another, and sent twice. A crash between a send and its
+record means the row's lease expires and it is sent again: delivery is
+at-least-once, and idempotency keys let providers that accept them collapse
+the duplicate. A batch whose record fails is recorded again one outcome at a
+time (`_record_one_by_one`), so one row the database refuses costs its own
+delivery only, not the whole batch sent again after every lease.
 
 Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker, an optional rate limit and an optional limit of sends in
@@ -39,10 +45,11 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import structlog
 from sqlalchemy import Connection
@@ -58,8 +65,9 @@ from hub.errors import (
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
+    RetryableDeliveryError,
 )
-from hub.model import Delivery, Identifier
+from hub.model import Delivery, Identifier, ProviderStatus, SendResult
 from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
 from hub.store import Store, held_reports, merged_targets, outbox
@@ -67,6 +75,7 @@ from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 # A rate-limited send waits (holding its place among the sends in flight) at most
 # this long; a longer wait puts the delivery back in the outbox instead.
@@ -76,6 +85,8 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
 PLACE_LOOK_SECONDS = 0.005
+# The error class of an attempt logged without what the provider said, since the database refused that.
+RECORD_FAILED = "hub.record_failed"
 
 
 @dataclass(frozen=True)
@@ -125,7 +136,8 @@ class DeliveryEngine:
         # What the last batch's record claimed: the next batch to send, [] when that look found nothing
         # due, None when the next call must look itself.
         self._claimed: list[Delivery] | None = None
-        self._sending: set[asyncio.Task[Outcome]] = set()  # started and not recorded: this batch's and carried over
+        # Sends started and not recorded, this batch's and carried over, by delivery id: their rows are this engine's.
+        self._sending: dict[str, asyncio.Task[Outcome]] = {}
         self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
@@ -146,16 +158,18 @@ class DeliveryEngine:
         due, self._claimed = self._claimed, None
         if due is None:
             with self.store.write() as connection:
-                due = self._claim(connection)
+                due = self._claim(connection, list(self._sending))
         if not due and not self._sending:
             return 0
-        self._sending.update(self._loop.create_task(self._attempt_bounded(delivery)) for delivery in due)
+        self._sending.update(
+            (delivery.delivery_id, self._loop.create_task(self._attempt_bounded(delivery))) for delivery in due
+        )
         self._loop.run_until_complete(self._wait_for_sends())
-        finished = {task for task in self._sending if task.done()}
-        self._sending -= finished
-        with self.store.write() as connection:
-            self._record(connection, [task.result() for task in finished])
-            self._claimed = self._claim(connection)
+        finished = self._finished()
+        in_flight = [delivery_id for delivery_id in self._sending if delivery_id not in finished]
+        self._claimed = self._write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
+        for delivery_id in finished:  # only now: outcomes whose record failed are recorded by the next run
+            del self._sending[delivery_id]
         return len(finished) + len(self._sending)
 
     def wake(self) -> None:
@@ -173,7 +187,7 @@ class DeliveryEngine:
         """Until every send in flight has finished, `wake` is called, or `SEND_WAIT_SECONDS` have passed."""
         self._woken.clear()
         self._waiting = True
-        all_sent = self._loop.create_task(asyncio.wait(self._sending))
+        all_sent = self._loop.create_task(asyncio.wait(self._sending.values()))
         woken = self._loop.create_task(self._woken.wait())
         try:
             await asyncio.wait((all_sent, woken), timeout=SEND_WAIT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
@@ -182,14 +196,34 @@ class DeliveryEngine:
             all_sent.cancel()  # only the waits: the sends go on
             woken.cancel()
 
-    def _claim(self, connection: Connection) -> list[Delivery]:
-        """A batch, or with sends carried over, as many as there is room for beside them: a delivery claimed
-        beyond that would wait for a slow send to give up its place."""
-        room = min(self.batch_size, self._concurrency - len(self._sending)) if self._sending else self.batch_size
+    def _finished(self) -> dict[str, Outcome]:
+        """The outcomes of the sends that have finished, by delivery id.
+
+        A send that raised has none (a bug: `attempt` never raises): it is
+        dropped, loudly, and its delivery is claimed again when its lease
+        runs out. Kept, its error was raised again by every run.
+        """
+        finished: dict[str, Outcome] = {}
+        for delivery_id, task in list(self._sending.items()):
+            if not task.done():
+                continue
+            if (error := task.exception()) is None:
+                finished[delivery_id] = task.result()
+            else:
+                log.error("a send raised out of the delivery engine", delivery_id=delivery_id, exc_info=error)
+                del self._sending[delivery_id]
+        return finished
+
+    def _claim(self, connection: Connection, in_flight: Sequence[str]) -> list[Delivery]:
+        """Renew the leases of the sends `in_flight` (one statement, when there are any), then claim a batch, or
+        beside them as many as there is room for, none of them: a delivery claimed beyond the room would wait
+        for a slow send to give up its place."""
+        now = utcnow()
+        outbox.extend_leases(connection, in_flight, now + self.lease)
+        room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
             return []
-        now = utcnow()
-        claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit())
+        claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight))
         return merged_targets.follow_merges(
             connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
             self._keeps_records,
@@ -212,16 +246,72 @@ class DeliveryEngine:
                 at_limit.append(destination_id)
         return at_limit
 
-    def _record(self, connection: Connection, outcomes: list[Outcome]) -> None:
-        """Each outcome: its attempt logged and its new status, or its wait (held back); consent a provider refused,
-        and addresses it said do not exist."""
-        now = utcnow()
+    def _write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T:
+        """Record the outcomes, and `then` (the next claim), in one transaction.
+
+        If that fails, again in a new one, each outcome in a savepoint of its
+        own (`_record_one_by_one`). Until one succeeds the outcomes stay the
+        caller's to record: dropped, their deliveries (sent, some of them) were
+        sent again when their leases ran out.
+        """
+        try:
+            with self.store.write() as connection:
+                self._record(connection, outcomes)
+                return then(connection)
+        except Exception:
+            if not outcomes:
+                raise
+            log.exception("recording a batch of attempts failed; recording them one by one", outcomes=len(outcomes))
+        with self.store.write() as connection:
+            self._record_one_by_one(connection, outcomes)
+            return then(connection)
+
+    def _record(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
+        """The outcomes' records (`_write`), after the locks they need: their messages', for reports that came
+        before the send (`hub.store.held_reports`), then the profiles', when consent may change."""
         reported = self._sent_with_reports(outcomes)
         held_reports.lock_messages(connection, reported)
         early = held_reports.take(connection, reported)
         lock_before_deliveries(connection, any(
             outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
         ) or any(report.revokes_consent for _, report in early))
+        self._write(connection, outcomes, early)
+
+    def _record_one_by_one(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
+        """`_record`, each outcome in a savepoint of its own after the locks of all of them, in `_record`'s
+        order; one whose record fails again is written `_unrecorded`, so it costs only its own delivery."""
+        held_reports.lock_messages(connection, self._sent_with_reports(outcomes))
+        lock_before_deliveries(connection, True)
+        for outcome in outcomes:
+            try:
+                with connection.begin_nested():
+                    self._write(connection, [outcome], held_reports.take(connection, self._sent_with_reports([outcome])))
+            except Exception as exc:
+                log.exception("recording a delivery's attempt failed; it is logged without the provider's answer",
+                              delivery_id=outcome.delivery.delivery_id)
+                self._write(connection, self._unrecorded(outcome, exc), [])
+
+    def _unrecorded(self, outcome: Outcome, error: Exception) -> list[Outcome]:
+        """The outcome as the log can take it when its own record failed: its attempt and the status that
+        leads to (a sent message stays sent: sending it again would reach the person twice), without what
+        the provider said or what that feeds back (consent, addresses). A held-back delivery has nothing to
+        log: it is claimed again when its lease runs out, as it would have been after its wait."""
+        if outcome.attempt is None:
+            return []
+        attempt = replace(
+            outcome.attempt, provider_message_id=None, error_class=RECORD_FAILED,
+            error_message=f"the hub could not record this attempt as the provider answered it ({type(error).__name__}; "
+                          "the worker's log has the error); its outcome is kept, without the provider's answer",
+            request_summary=self._unsent_summary(outcome.delivery), response_summary={},
+        )
+        return [Outcome(outcome.delivery, attempt, outcome.status, outcome.next_attempt_at)]
+
+    def _write(
+        self, connection: Connection, outcomes: Sequence[Outcome], early: list[tuple[str, ProviderStatus]]
+    ) -> None:
+        """Each outcome: its attempt logged and its new status, or its wait (held back); the `early` reports on
+        the messages sent applied; consent a provider refused, and addresses it said do not exist."""
+        now = utcnow()
         outbox.record_attempts(connection, [
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])
@@ -238,7 +328,7 @@ class DeliveryEngine:
             if outcome.recipient_gone and (address := self.recipient(delivery.channel, delivery.target)) is not None:
                 SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
 
-    def _sent_with_reports(self, outcomes: list[Outcome]) -> list[held_reports.SentMessage]:
+    def _sent_with_reports(self, outcomes: Sequence[Outcome]) -> list[held_reports.SentMessage]:
         """The messages sent to destinations that report on them later (callbacks), by their provider ids."""
         return [
             (o.delivery.destination_id, o.attempt.provider_message_id)
@@ -308,24 +398,13 @@ class DeliveryEngine:
                     DeliveryFailure("config.unknown_destination", f"no destination {delivery.destination_id!r} is configured")
                 )
             request_summary = _request_summary(destination, delivery)
-            result = await destination.deliver_async(delivery)
-        except DeliveryError as exc:
-            if exc.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
+            return _sent(delivery, await destination.deliver_async(delivery), started_at, clock, request_summary)
+        except Exception as exc:  # a DeliveryError, or a connector bug: its `classify` raised, it returned no SendResult
+            error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
+            if error.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
             summary = self._unsent_summary(delivery) if request_summary is None else request_summary
-            return self._failed(delivery, exc, started_at, clock, summary)
-        metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="sent").inc()
-        attempt = AttemptRecord(
-            started_at=started_at,
-            duration_ms=_elapsed_ms(clock),
-            outcome="sent",
-            provider_message_id=result.provider_message_id,
-            error_class=None,
-            error_message=None,
-            request_summary=request_summary,
-            response_summary=result.response_summary,
-        )
-        return Outcome(delivery, attempt, "sent", None)
+            return self._failed(delivery, error, started_at, clock, summary)
 
     def _unsent_summary(self, delivery: Delivery) -> dict[str, str]:
         """The request summary of a delivery no destination could take: its target masked as the delivery log
@@ -381,17 +460,19 @@ class DeliveryEngine:
         batch claimed and not sent (due now, as it was), close every destination's connections (async ones on
         the loop that opened them), then the loop."""
         if self._sending:
-            self._loop.run_until_complete(asyncio.wait(self._sending))
+            self._loop.run_until_complete(asyncio.wait(self._sending.values()))
         if self._sending or self._claimed:
-            with self.store.write() as connection:
-                self._record(connection, [task.result() for task in self._sending])
-                for delivery in self._claimed or ():
-                    outbox.defer(connection, delivery.delivery_id, utcnow())
-            self._sending, self._claimed = set(), None
+            self._write_back(list(self._finished().values()), self._put_back)
+            self._sending, self._claimed = {}, None
         self._loop.run_until_complete(self._close_async())
         self._loop.close()
         for destination in self.destinations.values():
             destination.close()
+
+    def _put_back(self, connection: Connection) -> None:
+        """The batch claimed and not sent, due now again, as it was."""
+        for delivery in self._claimed or ():
+            outbox.defer(connection, delivery.delivery_id, utcnow())
 
     async def _close_async(self) -> None:
         await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))
@@ -406,6 +487,31 @@ def _request_summary(destination: Destination, delivery: Delivery) -> dict:
         return destination.request_summary(delivery)
     except Exception as exc:
         raise destination.classify(exc) from exc
+
+
+def _sent(delivery: Delivery, result: object, started_at: datetime, clock: float, request_summary: dict) -> Outcome:
+    """The outcome of a send the provider took; TypeError when `send` returned no SendResult (a connector bug),
+    which told nothing of the provider's answer."""
+    if not isinstance(result, SendResult):
+        raise TypeError(f"{delivery.destination_id}: send returned {type(result).__name__}, not a SendResult")
+    metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="sent").inc()
+    attempt = AttemptRecord(
+        started_at=started_at,
+        duration_ms=_elapsed_ms(clock),
+        outcome="sent",
+        provider_message_id=result.provider_message_id,
+        error_class=None,
+        error_message=None,
+        request_summary=request_summary,
+        response_summary=result.response_summary,
+    )
+    return Outcome(delivery, attempt, "sent", None)
+
+
+def _unexpected(error: Exception) -> RetryableDeliveryError:
+    """An exception no `classify` turned into a DeliveryError, as `Destination.classify` files what it does not
+    know: retryable, so a connector bug never loses a delivery."""
+    return RetryableDeliveryError(DeliveryFailure(f"unexpected.{type(error).__name__}", str(error)))
 
 
 def _elapsed_ms(clock: float) -> float:

@@ -8,33 +8,48 @@ itself is optional: without it every destination gets the defaults.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
 from hub.durations import Duration
+from hub.errors import ConfigError
 from hub.retry import RetryPolicy
 from hub.settings import HubSettings
 from hub.throttle import CircuitBreaker, TokenBucket
 
 POLICY_FILE = "delivery.yaml"
+T = TypeVar("T")
+
+
+def _above_zero(value: timedelta) -> timedelta:
+    """Refuse 0s as the HUB_* settings these override do (> 0): `max_age: 0s` became the 24 h default, and a zero
+    delay or reset retried and probed with no pause, hammering the provider."""
+    if value <= timedelta(0):
+        raise ValueError("must be more than 0s, as the HUB_* setting it overrides; leave it out for that default")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_above_zero)]
 
 
 class RetrySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_attempts: int | None = Field(None, ge=1, description="Tries before the delivery is dead-lettered.")
-    max_age: Duration | None = Field(None, description="Give up (dead-letter) once a delivery is this long past the time it was due (the end of its `delay` or quiet hours), or its last replay.")
-    base_delay: Duration | None = Field(None, description="First backoff step; doubles per try, full jitter.")
-    max_delay: Duration | None = Field(None, description="Longest wait between two tries (Retry-After may exceed it).")
+    max_age: PositiveDuration | None = Field(None, description="Give up (dead-letter) once a delivery is this long past the time it was due (the end of its `delay` or quiet hours), or its last replay.")
+    base_delay: PositiveDuration | None = Field(None, description="First backoff step; doubles per try, full jitter.")
+    max_delay: PositiveDuration | None = Field(None, description="Longest wait between two tries (Retry-After may exceed it).")
 
 
 class BreakerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     failure_threshold: int | None = Field(None, ge=1, description="Consecutive retryable failures that open it.")
-    reset_after: Duration | None = Field(None, description="How long it stays open before one probe is sent.")
+    reset_after: PositiveDuration | None = Field(None, description="How long it stays open before one probe is sent.")
 
 
 class RateLimitSpec(BaseModel):
@@ -82,14 +97,14 @@ def build_policy(destination_id: str, spec: DestinationPolicySpec, settings: Hub
     retry, breaker = spec.retry, spec.circuit_breaker
     return DestinationPolicy(
         retry=RetryPolicy(
-            max_attempts=retry.max_attempts or settings.delivery_max_attempts,
-            max_age=retry.max_age or timedelta(seconds=settings.delivery_max_age_seconds),
+            max_attempts=_given(retry.max_attempts, settings.delivery_max_attempts),
+            max_age=_given(retry.max_age, timedelta(seconds=settings.delivery_max_age_seconds)),
             base_delay=_seconds(retry.base_delay, settings.retry_base_delay_seconds),
             max_delay=_seconds(retry.max_delay, settings.retry_max_delay_seconds),
         ),
         breaker=CircuitBreaker(
             destination_id,
-            failure_threshold=breaker.failure_threshold or settings.breaker_failure_threshold,
+            failure_threshold=_given(breaker.failure_threshold, settings.breaker_failure_threshold),
             reset_after=_seconds(breaker.reset_after, settings.breaker_reset_seconds),
         ),
         rate_limit=TokenBucket(spec.rate_limit.per_second, spec.rate_limit.burst) if spec.rate_limit else None,
@@ -111,6 +126,30 @@ class PolicyBook:
             spec = self._specs.get(destination_id, DestinationPolicySpec())
             policy = self._built.setdefault(destination_id, build_policy(destination_id, spec, self._settings))
         return policy
+
+
+def check_destination_ids(policy_file: DeliveryPolicyFile, known_ids: Collection[str]) -> None:
+    """Refuse a policy for a destination id nothing has, as routes and triggers refuse names they do not know:
+    a misspelt `twilo_sms:` was accepted in silence, and the rate limit and retry budget ops meant for Twilio
+    never applied.
+
+    `known_ids`: every installed destination connector's slug (a destination's
+    id is its slug), configured or not; the shipped file tunes `chat_webhook`,
+    which a hub without its URL does not build.
+    """
+    known = ", ".join(sorted(known_ids))
+    unknown = [destination_id for destination_id in policy_file.destinations if destination_id not in known_ids]
+    if unknown:
+        raise ConfigError([
+            f"{POLICY_FILE}: destinations.{destination_id}: no such destination (correct the id, or remove its "
+            f"entry); known: {known}"
+            for destination_id in unknown
+        ])
+
+
+def _given(value: T | None, default: T) -> T:
+    """The file's value where it gives one (0 included: the model refuses what must not be), else the default."""
+    return value if value is not None else default
 
 
 def _seconds(value: timedelta | None, default: float) -> float:

@@ -16,7 +16,7 @@ from typing import Any
 
 from connectors.base import Registry
 from hub.config_files import load_model, with_line
-from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile
+from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile, check_destination_ids
 from hub.errors import ConfigError
 from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
@@ -31,7 +31,7 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
         "triggers.yaml": load_rules,
         "routes.yaml": load_routes,
         IDENTITY_FILE: load_identity_config,
-        POLICY_FILE: lambda path: load_model(path, DeliveryPolicyFile),
+        POLICY_FILE: lambda path: check_destination_ids(load_model(path, DeliveryPolicyFile), registry.destinations),
         SOURCES_FILE: lambda path: _check_sources(path, registry),
     }
     checks = {path: loaders.get(path.name, load_mapping) for path in folder.glob("*.yaml")}

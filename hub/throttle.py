@@ -26,9 +26,12 @@ class CircuitBreaker:
 
     While open, `admit` tells callers how long to wait. After `reset_after`
     one caller is let through as a probe; its success closes the breaker, its
-    failure opens it again for another `reset_after`. Only outage-like
-    failures (retryable errors) should be recorded as failures: a refused
-    phone number says nothing about the provider's health.
+    failure opens it again for another `reset_after`. A probe with no verdict
+    after `reset_after` is abandoned and the next caller probes: one whose
+    caller never recorded it (its send raised, or was cancelled) left the
+    breaker half-open for the life of the process, holding back every later
+    call. Only outage-like failures (retryable errors) should be recorded as
+    failures: a refused phone number says nothing about the provider's health.
     """
 
     def __init__(self, name: str, failure_threshold: int, reset_after: float, clock: Clock = time.monotonic) -> None:
@@ -40,6 +43,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._probe_in_flight = False
+        self._probe_sent_at = 0.0
 
     @property
     def state(self) -> str:
@@ -53,13 +57,16 @@ class CircuitBreaker:
         with self._lock:
             if self._opened_at is None:
                 return 0.0
+            now = self._clock()
             if self._probe_in_flight:
-                # Check back soon: the probe's answer may close the breaker at any moment.
-                return min(self.reset_after, 1.0)
-            remaining = self._opened_at + self.reset_after - self._clock()
-            if remaining > 0:
+                if now < self._probe_sent_at + self.reset_after:
+                    # Check back soon: the probe's answer may close the breaker at any moment.
+                    return min(self.reset_after, 1.0)
+                log.warning("circuit probe gave no verdict; abandoned, sending another", destination=self.name,
+                            waited_seconds=round(now - self._probe_sent_at, 3))
+            elif (remaining := self._opened_at + self.reset_after - now) > 0:
                 return remaining
-            self._probe_in_flight = True
+            self._probe_in_flight, self._probe_sent_at = True, now
             log.info("circuit half-open: sending a probe", destination=self.name)
             return 0.0
 

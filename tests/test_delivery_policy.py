@@ -49,6 +49,23 @@ def test_breaker_opens_after_consecutive_failures_and_probes_once_after_reset() 
     assert breaker.state == "closed" and breaker.admit() == 0
 
 
+def test_a_probe_that_never_reports_is_abandoned_after_reset_after_and_the_next_caller_probes() -> None:
+    """A probe whose caller never recorded a verdict (its send raised, or was cancelled) left the breaker
+    half-open for the life of the process: every later call was told to wait, and none was ever made."""
+    clock = Clock()
+    breaker = CircuitBreaker("twilio_sms", failure_threshold=1, reset_after=10, clock=clock)
+    breaker.record(healthy=False)
+    clock.now += 10
+    assert breaker.admit() == 0  # the probe, never heard of again
+    clock.now += 9.5
+    assert 0 < breaker.admit() <= 1 and breaker.state == "half_open"  # it may still answer
+    clock.now += 0.5
+    assert breaker.admit() == 0 and breaker.state == "half_open"  # abandoned: this call is the probe
+    assert 0 < breaker.admit() <= 1
+    breaker.record(healthy=True)
+    assert breaker.state == "closed" and breaker.admit() == 0
+
+
 def test_token_bucket_allows_a_burst_then_the_rate() -> None:
     clock = Clock()
     bucket = TokenBucket(rate=10, burst=3, clock=clock)
@@ -100,3 +117,18 @@ def test_policy_file_problems_name_file_and_key(tmp_path: Path) -> None:
         assert f"delivery.yaml: destinations.twilio_sms.{key}" in text
     assert load_policy_file(tmp_path / "missing").destinations == {}
     assert "twilio_sms" in load_policy_file(PROJECT_MAPPINGS).destinations
+
+
+@pytest.mark.parametrize("spec", ["retry: {max_age: 0s}", "retry: {base_delay: 0s}", "retry: {max_delay: 0s}",
+                                  "circuit_breaker: {reset_after: 0s}"])
+def test_a_zero_duration_is_refused_as_the_setting_it_overrides_is(tmp_path: Path, spec: str) -> None:
+    """HUB_DELIVERY_MAX_AGE_SECONDS, HUB_RETRY_*_DELAY_SECONDS and HUB_BREAKER_RESET_SECONDS must be > 0, but the
+    file took 0s for each: `max_age: 0s` became the 24 h default (`or`), and a zero delay or reset retried and
+    probed with no pause, hammering the provider."""
+    (tmp_path / "delivery.yaml").write_text(f"destinations:\n  twilio_sms:\n    {spec}\n")
+    with pytest.raises(ConfigError) as refused:
+        load_policy_file(tmp_path)
+    key = spec.replace(": {", ".").partition(":")[0]
+    [problem] = refused.value.problems
+    assert f"delivery.yaml: destinations.twilio_sms.{key}: " in problem and "must be more than 0s" in problem
+

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Container, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, desc, func, insert, literal, null, or_, select, update
+from sqlalchemy import Column, Connection, and_, bindparam, case, desc, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, Identifier, PlannedDelivery, ProviderStatus
 from hub.pii import mask_recipient, mask_text, mask_value
@@ -100,13 +100,37 @@ def _claim_due(skipping: int) -> sql.Claim:
 
 
 def claim_due(
-    connection: Connection, limit: int, now: datetime, lease: timedelta, skip_destinations: Collection[str] = ()
+    connection: Connection, limit: int, now: datetime, lease: timedelta, skip_destinations: Collection[str] = (),
+    held: Container[str] = frozenset(),
 ) -> list[Delivery]:
     """Claim deliveries whose time has come and which no live worker holds, but none of `skip_destinations`
-    (those at their limit of sends in flight: their deliveries wait, due, for the next claim)."""
+    (those at their limit of sends in flight: their deliveries wait, due, for the next claim).
+
+    None of `held` either: the caller's own sends in flight that are due
+    again all the same (withdrawn and replayed meanwhile, which left no lease
+    to renew; a worker stalled past its lease). Sending one again beside the
+    first reached the person twice. It is left out here, not in the
+    statement, which then stays one per count of skipped destinations; the
+    claim has just leased it again, to the caller, whose it is.
+    """
     skipped = precompiled.padded(sorted(skip_destinations))  # a statement per power of two, as `InLists`
     claim = _claim_due(len(skipped))
-    return [Delivery(*row) for row in claim(connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(skipped, "skip_"))]
+    rows = claim(connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(skipped, "skip_"))
+    return [Delivery(*row) for row in rows if row[0] not in held]
+
+
+_EXTEND_LEASES = precompiled.InLists(  # every record of a delivery worker with sends in flight
+    lambda delivery_ids: update(deliveries)
+    .where(deliveries.c.delivery_id.in_(delivery_ids), deliveries.c.claimed_until.is_not(None))
+    .values(claimed_until=bindparam("until", type_=UTCDateTime))
+)
+
+
+def extend_leases(connection: Connection, delivery_ids: Collection[str], until: datetime) -> None:
+    """Keep the deliveries a worker is still sending claimed until `until`: a send that outlived its lease was
+    claimed again, by the same worker or another, and sent twice. Rows no longer claimed (withdrawn meanwhile)
+    stay so. None given, nothing is written."""
+    _EXTEND_LEASES.execute(connection, delivery_ids, until=until)
 
 
 def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
@@ -171,16 +195,14 @@ _FINISH_ATTEMPT = precompiled.Precompiled(
 
 
 def record_attempts(connection: Connection, results: Sequence[AttemptResult]) -> None:
-    """Log the attempts and move each delivery to its new status, in the caller's transaction."""
+    """Log the attempts and move each delivery to its new status, in the caller's transaction; what the
+    providers said is `_storable` first."""
     if not results:
         return
+    stored = [(result, _storable(result.attempt)) for result in results]
     _INSERT_ATTEMPTS.execute(connection, [
-        {
-            "delivery_id": result.delivery.delivery_id,
-            "attempt_no": result.delivery.attempts + 1,
-            **{name: getattr(result.attempt, name) for name in _ATTEMPT_FIELDS},
-        }
-        for result in results
+        {"delivery_id": result.delivery.delivery_id, "attempt_no": result.delivery.attempts + 1, **values}
+        for result, values in stored
     ])
     _FINISH_ATTEMPT.execute(connection, [
         {
@@ -188,12 +210,50 @@ def record_attempts(connection: Connection, results: Sequence[AttemptResult]) ->
             "b_status": result.status,
             "b_attempts": result.delivery.attempts + 1,
             "b_updated_at": result.attempt.started_at,
-            "b_last_error": result.attempt.error_message,
-            "b_provider_message_id": result.attempt.provider_message_id,
+            "b_last_error": values["error_message"],
+            "b_provider_message_id": values["provider_message_id"],
             "b_next_attempt_at": result.next_attempt_at,
         }
-        for result in results
+        for result, values in stored
     ])
+
+
+def _width(*columns: Column[Any]) -> int | None:
+    """The most characters every one of `columns` takes (None: any number, a TEXT column)."""
+    widths = [width for column in columns if (width := getattr(column.type, "length", None))]
+    return min(widths) if widths else None
+
+
+# The attempt's text written from what a provider said, and the width of the columns it goes to (the message id
+# to both tables' columns, the error message to `deliveries.last_error` too).
+_PROVIDER_TEXT = {
+    "provider_message_id": _width(attempts.c.provider_message_id, deliveries.c.provider_message_id),
+    "error_class": _width(attempts.c.error_class),
+    "error_message": _width(attempts.c.error_message, deliveries.c.last_error),
+}
+_MESSAGE_ID_WIDTH = _PROVIDER_TEXT["provider_message_id"]
+_PROVIDER_STATUS_WIDTH = _width(deliveries.c.provider_status)
+
+
+def _storable(attempt: AttemptRecord) -> dict[str, Any]:
+    """The attempt's columns, its provider's text `_fitted`: on PostgreSQL one value a column refuses failed the
+    record of the whole batch, and every message of it was sent again each time the lease ran out."""
+    values = {name: getattr(attempt, name) for name in _ATTEMPT_FIELDS}
+    for name, width in _PROVIDER_TEXT.items():
+        values[name] = _fitted(values[name], width)
+    return values
+
+
+def _fitted(text: str | None, width: int | None) -> str | None:
+    """Provider text as a column takes it on both databases: without NUL characters, which PostgreSQL's text
+    refuses (a provider's error message may end in one), and cut to `width` characters, the VARCHAR's length,
+    which PostgreSQL enforces (an email's Message-ID, `<delivery id@sender domain>`, outgrows 100 with a long
+    domain; the delivery id comes first, so a cut one stays unique)."""
+    if text is None:
+        return None
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    return text if width is None else text[:width]
 
 
 def replay(connection: Connection, delivery_id: str, now: datetime) -> str | None:
@@ -204,6 +264,12 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     (it has no recipient left, and must reach no one), MISADDRESSED for one an
     unmerge withdrew, or None when there is no such delivery. Attempt numbers keep counting, so the log shows the
     replayed attempts after the old ones.
+
+    The provider's id and status of the last message go (its attempt keeps
+    the id): a late repeat of that message's callback (Twilio retrying it, or
+    a captured one posted again) found the replayed delivery by it and
+    settled it, unsent or failing to send. The delivery takes the id of the
+    message its replay sends.
     """
     row = connection.execute(
         select(deliveries.c.status, deliveries.c.attempts, deliveries.c.target, deliveries.c.last_error)
@@ -221,7 +287,7 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
             .where(deliveries.c.delivery_id == delivery_id)
             .values(
                 status="pending", next_attempt_at=now, claimed_until=None, updated_at=now,
-                retry_from_attempt=row.attempts, retry_from=now,
+                retry_from_attempt=row.attempts, retry_from=now, provider_message_id=None, provider_status=None,
             )
         )
     return row.status
@@ -254,18 +320,20 @@ def apply_provider_status(
             deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target
         ).where(
             deliveries.c.destination_id == destination_id,
-            deliveries.c.provider_message_id == report.provider_message_id,
+            deliveries.c.provider_message_id == _fitted(report.provider_message_id, _MESSAGE_ID_WIDTH),  # as recorded
         )
         .with_for_update()  # two callbacks for one message at once: the second reads what the first settled
     ).first()
     if row is None:
         return None
     if row.status not in SETTLED_STATUSES:
-        values: dict[str, Any] = {"provider_status": report.provider_status, "updated_at": now}
+        values: dict[str, Any] = {
+            "provider_status": _fitted(report.provider_status, _PROVIDER_STATUS_WIDTH), "updated_at": now,
+        }
         if report.final_status:
             values["status"] = report.final_status
         if report.error:
-            values["last_error"] = mask_text(report.error)
+            values["last_error"] = _fitted(mask_text(report.error), _PROVIDER_TEXT["error_message"])
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
     return {**row._mapping, "settled_now": row.status not in SETTLED_STATUSES and report.final_status is not None}
 
