@@ -15,10 +15,10 @@ from typing import TypeVar
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
-from connectors.sources.segment import MISSING_WRITE_KEY
+from connectors.sources.segment import MISSING_WRITE_KEY, SegmentSource
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
-from hub.delivery_policy import PolicyBook, load_policy_file
+from hub.delivery_policy import PolicyBook, check_destination_ids, load_policy_file
 from hub.destination_settings import build_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
@@ -42,6 +42,7 @@ from hub.workers import Worker
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
+DEFAULT_SOURCE_WHERE = "HUB_DEFAULT_WRITE_KEY"  # where the default source is configured, for the problems naming it
 
 
 class Hub:
@@ -59,6 +60,8 @@ class Hub:
         self.router = _collect(problems, lambda: self._build_router())
         self.rulebook = _collect(problems, lambda: self._build_rulebook())
         policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
+        if policy_file is not None:
+            _collect(problems, lambda: check_destination_ids(policy_file, self.registry.destinations))
         if problems:
             raise ConfigError(problems)
         assert self.router is not None and self.rulebook is not None
@@ -152,9 +155,10 @@ class Hub:
     def _build_sources(self) -> dict[str, Source]:
         """The `default` Segment source (HUB_DEFAULT_WRITE_KEY) plus every source in sources.yaml."""
         segment = self.registry.sources["segment"]
-        config = segment.validate_config("HUB_DEFAULT_WRITE_KEY", {"write_key": self.settings.default_write_key})
+        config = segment.validate_config(DEFAULT_SOURCE_WHERE, {"write_key": self.settings.default_write_key})
         sources: dict[str, Source] = {DEFAULT_SOURCE_ID: segment(DEFAULT_SOURCE_ID, config)}
         self.mapping_files[DEFAULT_SOURCE_ID] = segment.default_mapping
+        located = [(DEFAULT_SOURCE_WHERE, sources[DEFAULT_SOURCE_ID])]
         folder = self.settings.mappings_dir
         problems: list[str] = []
         env = environment()
@@ -167,7 +171,9 @@ class Hub:
             except ConfigError as exc:
                 problems.extend(exc.problems)
                 continue
+            located.append((where, sources[entry.id]))
             self.mapping_files[entry.id] = entry.mapping or sources[entry.id].default_mapping
+        problems.extend(shared_write_keys(located))
         if problems:
             raise ConfigError(problems)
         return sources
@@ -261,6 +267,31 @@ def check_action_params(
                 )
     if problems:
         raise ConfigError(problems)
+
+
+def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
+    """A problem for each source whose write key an earlier one already has (each source given with where it is
+    configured; the default one first, so a clash is always named at its sources.yaml entry).
+
+    The SDK endpoints file a request under the first source its key opens
+    (`Hub.authenticate`): the later source would silently receive nothing, and
+    its traffic would go through the other's mapping. Keys are compared by the
+    digest the sources keep, never in clear.
+    """
+    first: dict[bytes, str] = {}
+    problems = []
+    for where, source in located:
+        digest = source.write_key_digest if isinstance(source, SegmentSource) else None
+        if digest is None:
+            continue
+        if digest in first:
+            problems.append(
+                f"{where}.secrets.write_key: is the same write key as {first[digest]}, whose source would take "
+                "all the SDK traffic sent with it; give each source a key of its own"
+            )
+        else:
+            first[digest] = where
+    return problems
 
 
 def _collect(problems: list[str], build: Callable[[], T]) -> T | None:

@@ -30,7 +30,9 @@ from hub.errors import AuthenticationError, BadPayloadError, ConfigError, Mappin
 from hub.mapping import load_mapping
 from hub.model import RawEvent
 from hub.normalize import normalize
+from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
+from tests.conftest import WRITE_KEY, make_settings
 from tests.source_contract import URL, RotatingSecretContract, SourceContract, fixture_body
 
 WHSEC = "whsec_" + base64.b64encode(b"standard-webhooks-test-key-0123").decode()
@@ -269,7 +271,9 @@ class TestSegmentWebhooksDestination(RotatingSecretContract):
         return {"X-Signature": hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()}
 
     def test_unsigned_request_is_refused(self) -> None:
-        with pytest.raises(AuthenticationError, match="missing write key"):
+        """The source has no write key, yet the 401 said "missing write key: send HTTP Basic auth ...", which no
+        key could ever cure."""
+        with pytest.raises(AuthenticationError, match="missing X-Signature header"):
             self.make_source(self.secret).verify(InboundRequest("POST", URL, {}, fixture_body(self.fixture)))
 
 
@@ -383,3 +387,45 @@ def test_event_time_outside_the_date_range_is_a_mapping_error_naming_occurred_at
     raw = RawEvent("src", "m-1", {**payload, "receivedAt": "2026-01-01T00:00:00+00:00"})
     with pytest.raises(MappingError, match="occurred_at: .* is not a time within the years 1 to 9999"):
         normalize(raw, load_mapping(PROJECT_MAPPINGS / mapping_file), datetime(2026, 1, 1, tzinfo=timezone.utc), "US")
+
+
+def write_key_sources(mappings_dir: Path, monkeypatch: pytest.MonkeyPatch, **keys: str) -> Path:
+    """sources.yaml with one segment source per keyword (id -> write key; "" for a shared secret only)."""
+    lines = ["sources:"]
+    for number, (source_id, key) in enumerate(keys.items()):
+        secret = "write_key" if key else "shared_secret"
+        lines.append(f"  - {{id: {source_id}, connector: segment, secrets: {{{secret}: HUB_SRC_{number}}}}}")
+        monkeypatch.setenv(f"HUB_SRC_{number}", key or "shared-secret")
+    (mappings_dir / "sources.yaml").write_text("\n".join(lines) + "\n")
+    return mappings_dir / "sources.yaml"
+
+
+def test_sdk_sources_sharing_a_write_key_are_refused_at_start_naming_both(
+    tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SDK endpoints file a request under the first source its key opens: the second source (an entry
+    copied for another app, its key not changed) started without a word and never received an event."""
+    path = write_key_sources(mappings_dir, monkeypatch, web=WRITE_KEY, ios="ios-key", android="ios-key")
+    with pytest.raises(ConfigError) as raised:
+        Hub(make_settings(tmp_path, mappings_dir=mappings_dir))
+    assert raised.value.problems == [
+        f"{path}:2: sources.0.secrets.write_key: is the same write key as HUB_DEFAULT_WRITE_KEY, whose source would "
+        "take all the SDK traffic sent with it; give each source a key of its own",
+        f"{path}:4: sources.2.secrets.write_key: is the same write key as {path}:3: sources.1, whose source would "
+        "take all the SDK traffic sent with it; give each source a key of its own",
+    ]
+
+
+def test_sdk_endpoints_ask_for_a_write_key_whatever_order_the_sources_come_in(
+    tmp_path: Path, mappings_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Segment source with only a shared secret takes signed webhooks, not SDK traffic: tried for a write key,
+    its answer (missing X-Signature) was the 401 of /v1/batch when it came last in sources.yaml."""
+    write_key_sources(mappings_dir, monkeypatch, app="app-key", hook="")
+    hub = Hub(make_settings(tmp_path, mappings_dir=mappings_dir))
+    try:
+        assert [source.source_id for source in hub.sources.values() if source.sdk_ingest] == ["default", "app"]
+        with pytest.raises(AuthenticationError, match="^missing write key"):
+            hub.authenticate(InboundRequest("POST", "http://hub.test/v1/batch", {}, b"{}"))
+    finally:
+        hub.stop()

@@ -125,17 +125,17 @@ def test_body_that_is_not_json_is_quarantined_with_the_key_redacted(running_hub:
     assert KEY not in database_text(running_hub)
 
 
-def test_lone_surrogate_escape_with_write_key_in_body_is_accepted_as_with_basic_auth(running_hub: RunningHub) -> None:
-    """JSON may escape a lone surrogate (\\ud83d) and the hub takes it with Basic auth; stripping the key
-    re-serialised the body as UTF-8, which cannot encode it: a 500."""
+def test_lone_surrogate_escape_with_write_key_in_body_is_answered_as_with_basic_auth(running_hub: RunningHub) -> None:
+    """JSON may escape a lone surrogate (\\ud83d), which the hub refuses naming the field, whichever way the key
+    comes; stripping the key re-serialised the body as UTF-8, which cannot encode it: a 500."""
     text = ('{"type": "track", "userId": "u-1", "event": "Product Viewed", "messageId": "%s", '
             '"properties": {"name": "\\ud83d"}%s}')
     with_basic = running_hub.client.post("/v1/track", content=(text % ("m-1", "")).encode(), auth=(KEY, ""))
-    assert with_basic.status_code == 200, with_basic.text
     in_body = running_hub.client.post("/v1/track", content=(text % ("m-2", f', "writeKey": "{KEY}"')).encode())
-    assert in_body.status_code == 200, in_body.text
-    running_hub.settle()
-    assert [row["payload"]["properties"] for row in stored(running_hub, schema.inbox)] == [{"name": "\ud83d"}] * 2
+    assert (with_basic.status_code, in_body.status_code) == (400, 400), (with_basic.text, in_body.text)
+    assert [problem["field"] for problem in with_basic.json()["rejected"] + in_body.json()["rejected"]] == ["properties.name"] * 2
+    assert len(stored(running_hub, schema.quarantine)) == 2
+    assert KEY not in database_text(running_hub)
 
 
 @pytest.mark.parametrize(
@@ -170,3 +170,14 @@ def test_a_write_key_holding_a_lone_surrogate_is_no_key(running_hub: RunningHub)
     body = b'{"writeKey": "\\ud800", "type": "track", "userId": "u-1", "event": "Product Viewed", "messageId": "m-1"}'
     answer = running_hub.client.post("/v1/track", content=body)
     assert answer.status_code == 401 and "missing write key" in answer.json()["error"], answer.text
+
+
+def test_write_key_in_body_opens_the_sources_webhook_url_as_it_does_the_sdk_endpoints(running_hub: RunningHub) -> None:
+    """POST /v1/webhooks/default with the key as a `writeKey` field was refused with "missing write key: send
+    HTTP Basic auth ..., or a writeKey field in the body": the route stripped the field without reading it."""
+    answer = post(running_hub, "/v1/webhooks/default", {**message(**VALID), "writeKey": KEY})
+    assert answer.status_code == 200 and answer.json()["accepted"] == 1, answer.text
+    wrong = post(running_hub, "/v1/webhooks/default", {**message(**VALID), "writeKey": "not-the-key"})
+    assert wrong.status_code == 401 and wrong.json()["error"] == "unknown write key: check the source's write key"
+    running_hub.settle()
+    assert KEY not in database_text(running_hub)

@@ -26,6 +26,7 @@ from connectors.webhooks import (
     check_timestamp,
     json_document,
     json_events,
+    may_hold_unstorable_text,
     require_header,
     secrets_in_use,
     sign,
@@ -103,4 +104,5 @@ class GenericHmacSource(Source):
             events=jmespath.compile(config.events) if config.events else None,
             message_id=jmespath.compile(config.message_id) if config.message_id else None,
             received_at=datetime.now(timezone.utc).isoformat(), transform=transform,
+            check_text=may_hold_unstorable_text(request.body),
         )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -28,9 +29,12 @@ from connectors.webhooks import (
     check_signature,
     check_timestamp,
     json_document,
+    may_hold_unstorable_text,
     require_header,
     secrets_in_use,
     sign,
+    storable_message_id,
+    text_problem,
 )
 from hub.errors import BadPayloadError, ItemProblem
 from hub.model import RawEvent
@@ -77,15 +81,24 @@ class HubSpotSource(Source):
         if not isinstance(document, list):
             raise BadPayloadError(f"body: HubSpot sends a JSON array of events, got {type(document).__name__}")
         received_at = datetime.now(timezone.utc).isoformat()
+        check_text = may_hold_unstorable_text(request.body)
         result = ParseResult()
         for index, item in enumerate(document):
-            missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
-            if missing:
-                problems = [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
+            problems = _problems(index, item, check_text)
+            if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
-            message_id = "-".join(str(item[name]) for name in ID_FIELDS)
+            message_id = storable_message_id("-".join(str(item[name]) for name in ID_FIELDS))
             result.events.append(RawEvent(self.source_id, message_id, {**item, "receivedAt": received_at}))
         if not result.events:
             raise BadPayloadError("no valid HubSpot event in the request", result.problems)
         return result
+
+
+def _problems(index: int, item: Any, check_text: bool) -> list[ItemProblem]:
+    """What keeps one event out: an id field missing, or text no store can hold (`text_problem`)."""
+    missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
+    if missing:
+        return [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
+    problem = text_problem(index, item) if check_text else None
+    return [problem] if problem else []

@@ -18,7 +18,7 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.webhooks import json_document, json_events, require_header
+from connectors.webhooks import json_document, json_events, may_hold_unstorable_text, require_header
 from hub.errors import AuthenticationError
 
 MESSAGE_ID = jmespath.compile("messageId")
@@ -47,5 +47,5 @@ class RudderStackSource(Source):
     def parse(self, request: InboundRequest) -> ParseResult:
         return json_events(
             self.source_id, json_document(request.body), events=None, message_id=MESSAGE_ID,
-            received_at=datetime.now(timezone.utc).isoformat(),
+            received_at=datetime.now(timezone.utc).isoformat(), check_text=may_hold_unstorable_text(request.body),
         )

@@ -10,6 +10,8 @@ Segment's Webhooks destination posts one message per request to
 ``/v1/webhooks/{source_id}``; with a shared secret configured it signs the
 body in ``X-Signature`` (hex HMAC-SHA1). That signature covers no timestamp,
 so replays are stopped by the messageId deduplication of the inbox instead.
+A source configured with only a shared secret takes signed requests only, and
+does not answer the SDK endpoints.
 """
 
 from __future__ import annotations
@@ -30,7 +32,18 @@ from connectors.base import (
     matches_digest,
     secret_digest,
 )
-from connectors.webhooks import PREVIOUS_SECRET_HELP, check_signature, json_document, payload_message_id, secrets_in_use, sign
+from connectors.webhooks import (
+    MAX_MESSAGE_ID,
+    PREVIOUS_SECRET_HELP,
+    check_signature,
+    json_document,
+    may_hold_unstorable_text,
+    payload_message_id,
+    require_header,
+    secrets_in_use,
+    sign,
+    text_problem,
+)
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
@@ -69,18 +82,24 @@ class SegmentSource(Source):
     def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
         super().__init__(source_id, config, folder)
         assert isinstance(config, SegmentConfig)
-        self._write_key_digest = secret_digest(config.write_key.get_secret_value()) if config.write_key else None
+        # What is kept of the write key: the hub matches SDK requests against it, and refuses two sources sharing one.
+        self.write_key_digest = secret_digest(config.write_key.get_secret_value()) if config.write_key else None
+        # Only a source with a write key answers the SDK endpoints; one with only a shared secret is a Webhooks
+        # destination's, which signs every request instead.
+        self.sdk_ingest = self.write_key_digest is not None
         self._shared_secrets = secrets_in_use(config.shared_secret, config.previous_shared_secret) if config.shared_secret else []
 
     def verify(self, request: InboundRequest) -> None:
-        if self._shared_secrets and "x-signature" in request.headers:
+        if self._shared_secrets and (self.write_key_digest is None or "x-signature" in request.headers):
+            presented = require_header(request.headers, "X-Signature")
             expected = [sign(secret, "sha1", request.body, "hex") for secret in self._shared_secrets]
-            check_signature(expected, [request.headers["x-signature"].strip()], "X-Signature")
+            check_signature(expected, [presented], "X-Signature")
             return
+        assert self.write_key_digest is not None  # the config holds a write key, a shared secret or both
         write_key = basic_auth_user(request.headers.get("authorization", ""))
         if write_key is None:
             raise AuthenticationError(MISSING_WRITE_KEY)
-        if self._write_key_digest is None or not matches_digest(write_key, self._write_key_digest):
+        if not matches_digest(write_key, self.write_key_digest):
             raise AuthenticationError("unknown write key: check the source's write key")
 
     def parse(self, request: InboundRequest) -> ParseResult:
@@ -95,9 +114,10 @@ class SegmentSource(Source):
             items = [{**document, "type": document.get("type") or message_type or None}]
         batch_sent_at = document.get("sentAt") if message_type is None else None  # SDKs stamp the batch
         received_at = datetime.now(timezone.utc)
+        check_text = may_hold_unstorable_text(request.body)
         result = ParseResult()
         for index, item in enumerate(items):
-            taken = take_message(self.source_id, item, index if message_type is None else None)
+            taken = take_message(self.source_id, item, index if message_type is None else None, check_text=check_text)
             if isinstance(taken, RejectedItem):
                 result.rejected.append(taken)
                 continue
@@ -113,14 +133,18 @@ class SegmentSource(Source):
         return result
 
 
-def take_message(source_id: str, item: Any, index: int | None = None) -> RawEvent | RejectedItem:
+def take_message(
+    source_id: str, item: Any, index: int | None = None, *, check_text: bool = True
+) -> RawEvent | RejectedItem:
     """One message as the hub takes it in, under the id its inbox deduplicates on, or refused with every problem.
 
     `touchhub triggers test` takes the messages of its events file in here too,
     so it tries exactly what the hub would, and drops the same resends.
     `index` is the message's place in a batch, for the problems it names.
+    `check_text` False skips looking for text no store can hold, for a body
+    that `may_hold_unstorable_text` cleared.
     """
-    problems = _problems(index, item)
+    problems = _problems(index, item, check_text)
     if problems:
         return RejectedItem(item, problems)
     return RawEvent(source_id, _message_id(item), item)
@@ -155,7 +179,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return document
 
 
-def _problems(index: int | None, item: Any) -> list[ItemProblem]:
+def _problems(index: int | None, item: Any, check_text: bool) -> list[ItemProblem]:
     """Everything wrong with one message, so the sender can fix it in one go."""
     if not isinstance(item, dict):
         return [ItemProblem(index, "(message)", f"expected a JSON object, got {type(item).__name__}")]
@@ -176,9 +200,10 @@ def _problems(index: int | None, item: Any) -> list[ItemProblem]:
         if name in item and not isinstance(item[name], dict):
             problems.append(ItemProblem(index, name, "must be a JSON object"))
     message_id = item.get("messageId")
-    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= 200):
-        problems.append(ItemProblem(index, "messageId", "must be a string of 1 to 200 characters"))
-    return problems
+    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID):
+        problems.append(ItemProblem(index, "messageId", f"must be a string of 1 to {MAX_MESSAGE_ID} characters"))
+    text = text_problem(index, item) if check_text else None
+    return [*problems, text] if text else problems
 
 
 def _present(value: Any) -> bool:

@@ -22,9 +22,12 @@ from connectors.webhooks import (
     check_signature,
     check_timestamp,
     json_document,
+    may_hold_unstorable_text,
     payload_message_id,
     require_header,
     sign,
+    storable_message_id,
+    text_problem,
 )
 from hub.errors import BadPayloadError
 from hub.model import RawEvent
@@ -77,6 +80,12 @@ class StandardWebhooksSource(Source):
         document = json_document(request.body)
         if not isinstance(document, dict):
             raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
+        sender_id = request.headers.get("webhook-id", "")
+        problem = text_problem(None, {"webhook-id": sender_id}) or (
+            text_problem(None, document) if may_hold_unstorable_text(request.body) else None
+        )
+        if problem is not None:
+            raise BadPayloadError(f"{problem.field}: {problem.reason}", [problem])
+        message_id = storable_message_id(sender_id or payload_message_id(document))
         received_at = datetime.now(timezone.utc).isoformat()
-        message_id = request.headers.get("webhook-id") or payload_message_id(document)
-        return ParseResult(events=[RawEvent(self.source_id, message_id[:200], {**document, "receivedAt": received_at})])
+        return ParseResult(events=[RawEvent(self.source_id, message_id, {**document, "receivedAt": received_at})])

@@ -5,7 +5,9 @@ events are committed to the inbox and refused items to quarantine before the
 2xx, and a body that cannot be used at all is quarantined whole.
 
 The write key of the SDK endpoints comes as HTTP Basic auth or as a
-`writeKey` field of the body (`hub.api.write_keys`), never kept.
+`writeKey` field of the body (`hub.api.write_keys`), never kept. A source
+that takes write keys takes them both ways at its webhook URL too, as Segment
+takes them on every endpoint.
 """
 
 from __future__ import annotations
@@ -69,11 +71,13 @@ for _type in MESSAGE_TYPES:
 
 @router.post("/v1/webhooks/{source_id}", summary="Accept a webhook for a configured source (mappings/sources.yaml)")
 async def webhook(request: Request, source_id: str) -> JSONResponse:
-    """Authenticated by the source's own scheme, on the body as signed; a `writeKey` in it is still never kept."""
+    """Authenticated by the source's own scheme, on the body as signed; a `writeKey` in it is never kept, and is
+    the write key of a source that takes them (the SDK sources), as on /v1/batch."""
     hub: Hub = request.app.state.hub
     source = hub.sources.get(source_id)
     if source is None:
         raise UnknownSourceError(f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
     inbound = await _inbound(request, hub)
-    source.verify(inbound)
-    return await _accept(hub, source, without_write_keys(inbound)[1])
+    body_keys, kept = without_write_keys(inbound)
+    source.verify(credentials(inbound, body_keys) if source.sdk_ingest else inbound)
+    return await _accept(hub, source, kept)
