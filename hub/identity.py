@@ -24,7 +24,7 @@ from typing import Protocol
 
 from hub.errors import ForgottenIdentityError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
-from hub.model import Identifier, RefusedLink, Resolution, Touchpoint
+from hub.model import Identifier, MovedIdentifier, RefusedLink, Resolution, Touchpoint
 from hub.store.identity_graph import identifier_digest
 
 # Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
@@ -32,6 +32,7 @@ PREVIOUS_ID = "previous_id"
 PREVIOUS_ID_MEANS = ("user_id", "anonymous_id")  # an earlier userId if known as one, else an anonymousId
 ALIAS_KIND = "alias"
 FORGOTTEN_RULE = "forgotten: the identifier belonged to a profile erased on request"
+MOVED_RULE = "moved: a device's identifier follows the last person signed in on it"
 KEPT_APART_RULE = "kept apart: an unmerge separated these profiles"
 
 
@@ -56,6 +57,8 @@ class IdentityGraph(Protocol):
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None: ...
 
+    def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None: ...
+
 
 def resolve(
     touchpoint: Touchpoint, graph: IdentityGraph, now: datetime, config: IdentityConfig = DEFAULT_IDENTITY
@@ -79,16 +82,15 @@ def resolve(
     cluster: list[str] = []
     total: dict[str, int] = {}  # identifiers per type of everything accepted so far
     new: list[Identifier] = []
+    moving: list[MovedIdentifier] = []
     for ident in ordered:
         owner = known.get(ident)
         if owner is None:
-            limit = config.limit(ident.type) if enforce_limits else None
-            held = total.get(ident.type, 0)
-            if limit is None or held < limit:
-                total[ident.type] = held + 1
+            if not enforce_limits or _has_room(ident.type, total, config):
+                total[ident.type] = total.get(ident.type, 0) + 1
                 new.append(ident)
             else:
-                refused.append(RefusedLink(ident, None, _limit_rule(ident.type, limit)))
+                refused.append(RefusedLink(ident, None, _limit_rule(ident.type, config.limit(ident.type))))
             continue
         if owner in cluster:
             continue
@@ -100,6 +102,9 @@ def resolve(
             cluster.append(owner)
             for type_, count in extra.items():
                 total[type_] = total.get(type_, 0) + count
+        elif _moves_instead(ident.type, rule, total, config) and enforce_limits:
+            total[ident.type] = total.get(ident.type, 0) + 1
+            moving.append(MovedIdentifier(ident, owner, MOVED_RULE))
         else:
             refused.append(RefusedLink(ident, owner, rule))
 
@@ -111,10 +116,12 @@ def resolve(
         graph.merge(survivor, merged, touchpoint.touchpoint_id, linking, now)
     if new:
         graph.attach(survivor, new, touchpoint.touchpoint_id, now)
+    if moving:
+        graph.move(survivor, moving, touchpoint.touchpoint_id, now)
     if refused:
         graph.record_refusals(survivor, touchpoint.touchpoint_id, refused, now)
     return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused),
-                      erased=_as_carried(touchpoint.identifiers, blocked))
+                      erased=_as_carried(touchpoint.identifiers, blocked), moved=tuple(moving))
 
 
 def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:
@@ -179,5 +186,18 @@ def _rule_against(
     return None
 
 
-def _limit_rule(type_: str, limit: int) -> str:
+def _has_room(type_: str, total: Mapping[str, int], config: IdentityConfig) -> bool:
+    """Whether one more identifier of `type_` keeps the cluster within its type's limit."""
+    limit = config.limit(type_)
+    return limit is None or total.get(type_, 0) < limit
+
+
+def _moves_instead(type_: str, rule: str, total: Mapping[str, int], config: IdentityConfig) -> bool:
+    """Whether an identifier whose profile a limit keeps out moves to the touchpoint's profile instead: a
+    device's (`follows_last_login`) whose owner another person's sign-in refused, where it fits. Never against
+    an unmerge's kept-apart pair: that is ops saying the two are different people, not a new sign-in."""
+    return rule != KEPT_APART_RULE and config.follows_last_login(type_) and _has_room(type_, total, config)
+
+
+def _limit_rule(type_: str, limit: int | None) -> str:
     return f"limit: at most {limit} {type_} per profile"

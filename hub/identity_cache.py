@@ -23,8 +23,8 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from ulid import ULID
 
-from hub.model import Identifier, RefusedLink
-from hub.store.identity_graph import FOLLOWING_MERGES, identifier_digest
+from hub.model import Identifier, MovedIdentifier, RefusedLink
+from hub.store.identity_graph import FOLLOWING_MERGES, identifier_digest, moved_event
 from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
 from hub.store.sql import lock_profiles
@@ -49,6 +49,7 @@ class CachedIdentityGraph:
         self._merge_rows: list[dict[str, Any]] = []
         self._merged_into: dict[str, str] = {}  # every merge since the last flush, merged -> survivor
         self._events: list[dict[str, Any]] = []
+        self._moved_identifiers: dict[Identifier, dict[str, Any]] = {}  # stored identifiers given to another profile
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         owner = self.owner
@@ -104,6 +105,22 @@ class CachedIdentityGraph:
             })
             self._merged_into[merged_id] = survivor_id
 
+    def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None:
+        for m in moved:
+            ident = m.identifier
+            self.members[m.from_profile_id].remove(ident)
+            self.counts[m.from_profile_id][ident.type] -= 1
+            self.owner[ident] = profile_id
+            self.members[profile_id].append(ident)
+            self.counts[profile_id][ident.type] += 1
+            row = {"profile_id": profile_id, "origin_profile_id": profile_id, "first_seen_at": at, "touchpoint_id": touchpoint_id}
+            pending = self._new_identifiers.get(ident)
+            if pending is not None:
+                pending.update(row)
+            else:
+                self._moved_identifiers[ident] = {"m_type": ident.type, "m_value": ident.value, **row}
+            self._events.append(moved_event(profile_id, m, touchpoint_id, at))
+
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self._events.extend(
             {
@@ -128,6 +145,12 @@ class CachedIdentityGraph:
             _bulk_insert(connection, profiles, list(self._new_profiles.values()))
         if self._new_identifiers:
             _bulk_insert(connection, identifiers, list(self._new_identifiers.values()))
+        if self._moved_identifiers:  # before the merges' repointing, which then carries them on to a final survivor
+            connection.execute(
+                update(identifiers)
+                .where(identifiers.c.type == bindparam("m_type"), identifiers.c.value == bindparam("m_value")),
+                list(self._moved_identifiers.values()),
+            )
         stored_moves = {merged: survivor for merged, survivor in final.items() if merged not in self._new_profiles}
         if stored_moves:
             self._apply_moves(connection, stored_moves)
@@ -136,6 +159,7 @@ class CachedIdentityGraph:
         if self._events:
             connection.execute(insert(identity_events), self._events)
         self._new_profiles, self._new_identifiers, self._merge_rows, self._merged_into, self._events = {}, {}, [], {}, []
+        self._moved_identifiers = {}
 
     def _apply_moves(self, connection: Connection, moved: dict[str, str]) -> None:
         """Merges of profiles already stored: identifiers, aliases, traits and what follows a profile in a merge

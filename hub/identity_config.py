@@ -46,6 +46,11 @@ class IdentifierType(BaseModel):
     normalize: Normalizer | None = Field(
         None, description="Custom types only: `trim` (default) or `lowercase`. Built-in types are fixed."
     )
+    follows_last_login: bool = Field(
+        False, description="A device's identifier (a push token): when another person signs in on the device, so "
+        "that a limit keeps the two profiles apart, it moves to them instead of staying with the first, as Braze "
+        "moves a shared tablet's token; the first person's messages then no longer reach that device.",
+    )
 
     @model_validator(mode="after")
     def _built_ins_keep_their_normalizer(self) -> IdentifierType:
@@ -106,6 +111,10 @@ class IdentityConfig(BaseModel):
         declared = self.types.get(type_)
         return declared.limit if declared else None
 
+    def follows_last_login(self, type_: str) -> bool:
+        declared = self.types.get(type_)
+        return declared is not None and declared.follows_last_login
+
 
 IDENTITY_FILE = "identity.yaml"
 
@@ -116,7 +125,7 @@ DEFAULT_IDENTITY = IdentityConfig(
         IdentifierType(type="email", limit=5),
         IdentifierType(type="phone", limit=5),
         IdentifierType(type="device_id", limit=10),
-        IdentifierType(type="push_token", limit=20),
+        IdentifierType(type="push_token", limit=20, follows_last_login=True),
         IdentifierType(type="anonymous_id", limit=100),
     ]
 )

@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import Connection, event
 
 from hub.identity_cache import survivor_of
-from hub.model import Identifier
+from hub.model import Identifier, MovedIdentifier
 from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
 from hub.store.traits import Traits
 from hub.store.sql import lock_profiles
@@ -138,3 +138,7 @@ class EpochCachedGraph(SqlIdentityGraph):
     ) -> None:
         super().merge(survivor_id, merged_ids, touchpoint_id, linking, at)
         self.cache.merged(survivor_id, merged_ids)
+
+    def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None:
+        super().move(profile_id, moved, touchpoint_id, at)
+        self.cache.learn({m.identifier: profile_id for m in moved})

@@ -37,6 +37,10 @@ def explain_tree(graph: dict[str, Any], *, show_pii: bool = False) -> Tree:
         branch = root.add(f"{title} ({len(items)})")
         for item in items:
             branch.add(_audit_line(item, ident))
+    moved = root.add(f"moved with a device to whoever signed in on it ({len(graph['moved'])})")
+    for item in graph["moved"]:
+        carried = ", ".join(ident(pair) for pair in item["identifiers"])
+        moved.add(f"{carried}: {item['other_profile_id']} -> {item['profile_id']}  [dim]touchpoint {item['touchpoint_id']}[/]")
     return root
 
 

@@ -142,6 +142,15 @@ class RefusedLink:
 
 
 @dataclass(frozen=True, slots=True)
+class MovedIdentifier:
+    """A device's identifier a touchpoint moved to its profile from another one (`follows_last_login`)."""
+
+    identifier: Identifier
+    from_profile_id: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
 class Resolution:
     """Which profile a touchpoint belongs to, and what resolving it changed."""
 
@@ -150,6 +159,7 @@ class Resolution:
     merged_profile_ids: tuple[str, ...] = ()
     refused: tuple[RefusedLink, ...] = ()
     erased: tuple[Identifier, ...] = ()  # identifiers it carried of a person forgotten since: not to be stored
+    moved: tuple[MovedIdentifier, ...] = ()  # a shared device's push token, now with whoever signed in on it
 
 
 @dataclass(frozen=True, slots=True)

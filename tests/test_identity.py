@@ -18,6 +18,7 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig, load_identity_
 from hub.model import Identifier, Touchpoint, derived_id
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store
+from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import counts, live_profile_id, profile_view
 from hub.store.schema import identity_events, profiles
@@ -193,6 +194,36 @@ def test_a_second_user_id_is_refused_and_the_touchpoint_stays_with_the_higher_pr
     assert (event["kind"], event["profile_id"], event["other_profile_id"]) == ("refused", kid.profile_id, dad)
     assert event["identifiers"] == [["device_id", "ipad"]]
     assert event["touchpoint_id"] == derived_id("test", "2")
+
+
+def test_a_shared_tablets_push_token_moves_to_whoever_signs_in_on_it_last(store: Store) -> None:
+    """The family tablet: Ana's app registered its push token; Bob signs in on it. The token stayed with Ana, so her
+    cart nudges showed on the tablet in Bob's hands, and his reached no device. It moves to Bob (as Braze does),
+    the device itself still refused; both profiles explain the move."""
+    ana = resolve_in(store, touchpoint(1, ("user_id", "ana"), ("device_id", "tablet"), ("push_token", "tok-1"))).profile_id
+    bob = resolve_in(store, touchpoint(2, ("user_id", "bob"), ("device_id", "tablet"), ("push_token", "tok-1")))
+    assert bob.profile_id != ana
+    assert [(m.identifier, m.from_profile_id) for m in bob.moved] == [(Identifier("push_token", "tok-1"), ana)]
+    assert [(r.identifier, r.profile_id) for r in bob.refused] == [(Identifier("device_id", "tablet"), ana)]
+    with store.read() as connection:
+        assert profile_view(connection, bob.profile_id)["identifiers"] == {
+            "user_id": ["bob"], "push_token": ["tok-1"],
+        }
+        assert "push_token" not in profile_view(connection, ana)["identifiers"]
+        for side in (ana, bob.profile_id):
+            [moved] = explain(connection, side)["moved"]
+            assert (moved["profile_id"], moved["other_profile_id"], moved["identifiers"]) == (bob.profile_id, ana, [["push_token", "tok-1"]])
+    back = resolve_in(store, touchpoint(3, ("user_id", "ana"), ("push_token", "tok-1")))
+    assert back.profile_id == ana and [m.from_profile_id for m in back.moved] == [bob.profile_id]  # and back again
+
+
+def test_an_identifier_whose_type_does_not_follow_logins_stays_and_is_refused(store: Store) -> None:
+    """Without `follows_last_login` (identity.yaml may drop it), a shared device's token is refused as before."""
+    config = IdentityConfig.model_validate({"identifier_types": [
+        {"type": "user_id", "limit": 1}, {"type": "push_token", "limit": 20}]})
+    ana = resolve_in(store, touchpoint(1, ("user_id", "ana"), ("push_token", "tok-1")), config).profile_id
+    bob = resolve_in(store, touchpoint(2, ("user_id", "bob"), ("push_token", "tok-1")), config)
+    assert bob.moved == () and [r.profile_id for r in bob.refused] == [ana]
 
 
 def test_a_new_identifier_over_the_limit_is_not_attached(store: Store) -> None:

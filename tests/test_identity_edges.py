@@ -15,7 +15,7 @@ from sqlalchemy import select
 from hub.clock import utcnow
 from hub.identifiers import normalize_identifier
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
-from hub.model import Identifier
+from hub.model import Identifier, PlannedDelivery
 from hub.replay import replay
 from hub.runtime import Hub
 from hub.store import identity_repair, outbox
@@ -256,3 +256,31 @@ def test_an_email_typed_with_a_decomposed_accent_is_one_identifier() -> None:
     composed = normalize_identifier("email", "Jos\u00e9@example.com", "US")
     decomposed = normalize_identifier("email", "Jose\u0301@example.com", "US")
     assert composed == decomposed == Identifier("email", "jos\u00e9@example.com")
+
+
+def test_a_shared_tablets_unsent_pushes_for_the_first_person_stop_reaching_it_once_another_signs_in(tmp_path: Path) -> None:
+    """Ana's nudge, held for quiet hours, was addressed to her phone and the family tablet. Bob signs in on the
+    tablet, and its token moves to him: her nudge goes to her phone only, and a push for the tablet alone is
+    withdrawn, never replayable (it would show on Bob's screen)."""
+    hub = hub_on(tmp_path)
+    try:
+        tablet = {"device": {"id": "tablet", "token": "tok-tablet"}}
+        accept(hub, message("identify", userId="ana", context={"device": {"id": "phone", "token": "tok-phone"}}))
+        accept(hub, message(userId="ana", event="App Opened", context=tablet))
+        with hub.store.write() as connection:
+            ana = find_profile_id(connection, Identifier("user_id", "ana"))
+            assert ana is not None
+            outbox.plan(connection, [
+                PlannedDelivery("both", "d1", ana, "push", "fcm_push", "tok-tablet", {"recipients": ["tok-tablet", "tok-phone"]}),
+                PlannedDelivery("tablet", "d2", ana, "push", "fcm_push", "tok-tablet", {}),
+            ], utcnow())
+        accept(hub, message("identify", userId="bob", context=tablet))
+        with hub.store.read() as connection:
+            rows = {row.delivery_id: row for row in connection.execute(select(deliveries))}
+            assert find_profile_id(connection, Identifier("push_token", "tok-tablet")) != ana
+        assert (rows["both"].status, rows["both"].target, rows["both"].content["recipients"]) == ("pending", "tok-phone", ["tok-phone"])
+        assert (rows["tablet"].status, rows["tablet"].last_error) == ("failed", outbox.WITHDRAWN_DEVICE_HANDED_ON)
+        with hub.store.write() as connection:
+            assert outbox.replay(connection, "tablet", utcnow()) == outbox.HANDED_ON
+    finally:
+        hub.store.dispose()

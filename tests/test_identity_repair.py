@@ -200,7 +200,7 @@ def test_profiles_explain_cuts_push_tokens_short_as_the_delivery_log_does() -> N
     from hub.identity_report import explain_tree
 
     token = "fcm-token-0123456789abcdef-the-rest"
-    graph = {"profile_id": "P", "aliases": [], "links": [], "merges": [], "refused": [], "unmerges": [], "detached": [],
+    graph = {"profile_id": "P", "aliases": [], "links": [], "merges": [], "refused": [], "unmerges": [], "detached": [], "moved": [],
              "identifiers": [{"type": "push_token", "value": token, "why": "seen"}, {"type": "email", "value": "ana@x.io", "why": "seen"}]}
     console = Console(width=200, record=True)
     console.print(explain_tree(graph))

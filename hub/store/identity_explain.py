@@ -67,6 +67,7 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
         "refused": [_audit_entry(row) for row in audit if row["kind"] == "refused"],
         "unmerges": [_audit_entry(row) for row in audit if row["kind"] == "unmerge"],
         "detached": [_audit_entry(row) for row in audit if row["kind"] == "detached"],
+        "moved": [_audit_entry(row) for row in audit if row["kind"] == "moved"],
     }
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import (
 from ulid import ULID
 
 from hub.clock import utcnow
-from hub.model import Identifier, RefusedLink
+from hub.model import Identifier, MovedIdentifier, RefusedLink
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
     merges, profiles, timers, touchpoints,
@@ -35,6 +35,12 @@ _INSERT_IDENTIFIERS = Precompiled(
     insert(identifiers), ["type", "value", "profile_id", "origin_profile_id", "first_seen_at", "touchpoint_id"]
 )
 _INSERT_EVENTS = insert(identity_events)
+_MOVE_IDENTIFIER = (
+    update(identifiers)
+    .where(identifiers.c.type == bindparam("b_type"), identifiers.c.value == bindparam("b_value"))
+    .values(profile_id=bindparam("b_to"), origin_profile_id=bindparam("b_to"), first_seen_at=bindparam("b_at"),
+            touchpoint_id=bindparam("b_touchpoint"))
+)
 _EPOCH = Precompiled(select(graph_epoch.c.value))
 _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
 
@@ -149,6 +155,15 @@ class SqlIdentityGraph:
                 for link in refused
             ],
         )
+
+    def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None:
+        """Give each identifier to `profile_id` as if it had come with this touchpoint (its side in an unmerge
+        too), and say so in the audit trail of both profiles."""
+        self.connection.execute(_MOVE_IDENTIFIER, [
+            {"b_type": m.identifier.type, "b_value": m.identifier.value, "b_to": profile_id, "b_at": at, "b_touchpoint": touchpoint_id}
+            for m in moved
+        ])
+        self.connection.execute(_INSERT_EVENTS, [moved_event(profile_id, m, touchpoint_id, at) for m in moved])
 
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
@@ -289,3 +304,11 @@ def graph_epoch_value(connection: Connection) -> int:
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
     [(value,)] = _EPOCH.execute(connection, {})
     return value
+
+
+def moved_event(profile_id: str, moved: MovedIdentifier, touchpoint_id: str, at: datetime) -> dict[str, Any]:
+    """The audit row of an identifier that moved to `profile_id` (`follows_last_login`): both profiles explain it."""
+    return {
+        "kind": "moved", "profile_id": profile_id, "other_profile_id": moved.from_profile_id, "touchpoint_id": touchpoint_id,
+        "identifiers": [[moved.identifier.type, moved.identifier.value]], "rule": moved.rule, "at": at,
+    }

@@ -30,6 +30,10 @@ WITHDRAWN_IN_UNMERGE = "not sent: planned for the other person while two people 
 # The same, as withdrawals before 2026-12-06 were worded.
 _WITHDRAWN_IN_UNMERGE_BEFORE = ("not sent: recipient left the profile in an unmerge",)
 MISADDRESSED = "misaddressed"
+# The last error of a push withdrawn because its device's token moved to another person who signed in on it
+# (`hub.identity`'s `follows_last_login`); `replay` answers HANDED_ON for them.
+WITHDRAWN_DEVICE_HANDED_ON = "not sent: another person has signed in on the device since (its push token is theirs now)"
+HANDED_ON = "handed_on"
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
@@ -145,6 +149,35 @@ def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime,
     )
 
 
+def drop_recipient(connection: Connection, profile_id: str, value: str, now: datetime, reason: str) -> int:
+    """Take `value` out of the profile's messages not yet sent; returns how many it was in.
+
+    A message to it alone is withdrawn (`reason` its last error); one to
+    several (a multicast's `recipients`: every push token of the person) goes
+    on to the others.
+    """
+    unsent = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.target, deliveries.c.content)
+        .where(deliveries.c.profile_id == profile_id, deliveries.c.status.in_(UNSENT_STATUSES))
+    ).all()
+    alone, shared = [], 0
+    for delivery_id, target, content in unsent:
+        recipients = list(content.get("recipients") or [target])
+        if value not in recipients:
+            continue
+        others = [recipient for recipient in recipients if recipient != value]
+        if not others:
+            alone.append(delivery_id)
+            continue
+        shared += 1
+        connection.execute(
+            update(deliveries).where(deliveries.c.delivery_id == delivery_id)
+            .values(target=others[0] if target == value else target, content={**content, "recipients": others}, updated_at=now)
+        )
+    withdraw(connection, alone, now, reason)
+    return len(alone) + shared
+
+
 def why_not_replayed(delivery_id: str, previous: str) -> str:
     """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
     if previous == FORGOTTEN:
@@ -152,6 +185,9 @@ def why_not_replayed(delivery_id: str, previous: str) -> str:
     if previous == MISADDRESSED:
         return (f"delivery {delivery_id!r} was planned while two people were one profile and an unmerge withdrew it; "
                 "it would reach, or carry, the wrong person, so it is never sent again")
+    if previous == HANDED_ON:
+        return (f"delivery {delivery_id!r} was a push to a device another person has signed in on since; it would "
+                "show on their screen, so it is never sent again")
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
@@ -281,6 +317,8 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
         return FORGOTTEN
     if row.status == "failed" and row.last_error in (WITHDRAWN_IN_UNMERGE, *_WITHDRAWN_IN_UNMERGE_BEFORE):
         return MISADDRESSED
+    if row.status == "failed" and row.last_error == WITHDRAWN_DEVICE_HANDED_ON:
+        return HANDED_ON
     if row.status in REPLAYABLE_STATUSES:
         connection.execute(
             update(deliveries)
