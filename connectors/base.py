@@ -25,7 +25,14 @@ import httpx
 import requests
 from pydantic import BaseModel, ValidationError
 
-from hub.errors import ConfigError, DeliveryError, DeliveryFailure, ItemProblem, RetryableDeliveryError
+from hub.errors import (
+    ConfigError,
+    DeliveryError,
+    DeliveryFailure,
+    ItemProblem,
+    RetryableDeliveryError,
+    unexpected_failure,
+)
 from hub.model import Delivery, Identifier, ProviderStatus, RawEvent, SendResult
 from hub.pii import mask_text
 from hub.settings import PROJECT_MAPPINGS
@@ -117,11 +124,12 @@ class Source(Connector, ABC):
     `default_mapping` names the file in `mappings/` that normalizes this
     source's payloads. Set `sdk_ingest` when the source answers the
     Segment-compatible `/v1/batch`, `/v1/track`, ... endpoints (write-key
-    auth); every source answers `POST /v1/webhooks/{source_id}`.
+    auth), on the class or per instance (a Segment source with no write key
+    clears it); every source answers `POST /v1/webhooks/{source_id}`.
     """
 
     default_mapping: ClassVar[str]
-    sdk_ingest: ClassVar[bool] = False
+    sdk_ingest: bool = False
 
     def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
         """`folder` is the mappings folder, where a connector finds files ops keep beside its mapping."""
@@ -217,7 +225,7 @@ class Destination(Connector, ABC):
             return RetryableDeliveryError(
                 DeliveryFailure(f"network.{type(error).__name__}", f"could not reach {self.title}: {error}")
             )
-        return RetryableDeliveryError(DeliveryFailure(f"unexpected.{type(error).__name__}", str(error)))
+        return RetryableDeliveryError(unexpected_failure(error))
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         """What the delivery log shows of the request; override to add provider fields. Must be masked."""

@@ -64,8 +64,10 @@ from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
     DeliveryFailure,
+    UNEXPECTED,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    unexpected_failure,
 )
 from hub.model import Delivery, Identifier, ProviderStatus, SendResult
 from hub.pii import mask_recipient, mask_text
@@ -400,8 +402,8 @@ class DeliveryEngine:
             request_summary = _request_summary(destination, delivery)
             return _sent(delivery, await destination.deliver_async(delivery), started_at, clock, request_summary)
         except Exception as exc:  # a DeliveryError, or a connector bug: its `classify` raised, it returned no SendResult
-            error = exc if isinstance(exc, DeliveryError) else _unexpected(exc)
-            if error.failure.error_class.startswith("unexpected."):  # a connector bug: retried, and loud
+            error = exc if isinstance(exc, DeliveryError) else RetryableDeliveryError(unexpected_failure(exc))
+            if error.failure.error_class.startswith(UNEXPECTED):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
             summary = self._unsent_summary(delivery) if request_summary is None else request_summary
             return self._failed(delivery, error, started_at, clock, summary)
@@ -506,12 +508,6 @@ def _sent(delivery: Delivery, result: object, started_at: datetime, clock: float
         response_summary=result.response_summary,
     )
     return Outcome(delivery, attempt, "sent", None)
-
-
-def _unexpected(error: Exception) -> RetryableDeliveryError:
-    """An exception no `classify` turned into a DeliveryError, as `Destination.classify` files what it does not
-    know: retryable, so a connector bug never loses a delivery."""
-    return RetryableDeliveryError(DeliveryFailure(f"unexpected.{type(error).__name__}", str(error)))
 
 
 def _elapsed_ms(clock: float) -> float:

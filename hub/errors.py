@@ -118,6 +118,15 @@ class DeliveryFailure:
     recipient_gone: str | None = None
 
 
+UNEXPECTED = "unexpected."  # the error class prefix of what no destination classified: a connector bug
+
+
+def unexpected_failure(error: Exception) -> DeliveryFailure:
+    """An exception nothing classified, as the delivery log files it; sent as retryable, so a connector bug never
+    loses a delivery."""
+    return DeliveryFailure(f"{UNEXPECTED}{type(error).__name__}", str(error))
+
+
 class DeliveryError(HubError):
     """A send failed; subclasses say whether trying again can help."""
 

@@ -47,6 +47,7 @@ from hub.errors import (
     DeliveryFailure,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    unexpected_failure,
 )
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text, mask_token
@@ -300,7 +301,7 @@ def _failure(token: str, error: Exception) -> TokenFailure:
                                 None, dead_token=False, from_fcm=False)
     except Exception:
         log.exception("could not judge an FCM failure; counting it retryable")
-    return TokenFailure(token, RetryableDeliveryError, f"unexpected.{type(error).__name__}", str(error), None,
+    return TokenFailure(token, RetryableDeliveryError, unexpected_failure(error).error_class, str(error), None,
                         dead_token=False, from_fcm=False)
 
 
