@@ -164,6 +164,22 @@ def test_json_the_parser_cannot_take_is_400_naming_the_reason_and_quarantined(
     assert kept["stage"] == "ingest" and kept["raw_body"] == body.decode()
 
 
+@pytest.mark.parametrize("depth", [990, 1015])
+@pytest.mark.parametrize("path", ["/v1/batch", "/v1/track"])
+def test_json_the_parser_reads_but_the_store_cannot_write_is_400_and_quarantined(
+    running_hub: RunningHub, path: str, depth: int
+) -> None:
+    """Nesting within orjson's 1,024 levels but past what json.dumps recurses through when the inbox stores it:
+    a bare 500, nothing kept, retried by the SDK for ever."""
+    message = b'{"type": "track", "userId": "u-1", "event": "X", "properties": {"deep": ' + b"[" * depth + b"]" * depth + b"}}"
+    body = b'{"batch": [' + message + b"]}" if path == "/v1/batch" else message
+    answer = post_body(running_hub, body, path)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"] == "body: nested too deeply to store; keep payloads to a few hundred levels"
+    [kept] = quarantine(running_hub)
+    assert kept["stage"] == "ingest" and kept["raw_body"] == body.decode()
+
+
 @pytest.mark.parametrize(
     ("number", "reason"),
     [

@@ -25,6 +25,7 @@ from hub.clock import utcnow
 from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
 
+TOO_DEEP = "body: nested too deeply to store; keep payloads to a few hundred levels"
 router = APIRouter(tags=["ingest"])
 
 
@@ -36,14 +37,17 @@ async def _inbound(request: Request, hub: Hub) -> InboundRequest:
 async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     try:
         result = source.parse(inbound)
-    except BadPayloadError as exc:
+        report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
+    except (BadPayloadError, RecursionError) as exc:
+        # RecursionError: a document nested deeper than the JSON writers recurse (the parser reads up to 1,024
+        # levels; hashing an id-less event or storing it recurses less deep): bad input, not a 500 retried for ever.
+        refused = exc if isinstance(exc, BadPayloadError) else BadPayloadError(TOO_DEEP)
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_payload").inc()
         await run_in_threadpool(
-            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=exc.message, problems=exc.problems,
+            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=refused.message, problems=refused.problems,
             body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
         )
-        raise
-    report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
+        raise refused from None
     metrics.EVENTS_ACCEPTED.labels(source=source.source_id).inc(report.accepted)
     if report.rejected:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_item").inc(len(result.rejected))
