@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from connectors.base import ParseResult, RejectedItem
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.signing_secrets import in_use
 from hub.store import json_text
 
 Algorithm = Literal["sha1", "sha256", "sha512"]
@@ -63,9 +64,9 @@ PREVIOUS_SECRET_HELP = (
 )
 
 
-def secrets_in_use(current: SecretStr, previous: SecretStr | None) -> list[bytes]:
-    """The secrets a signature may be made with: the current one, and during a rotation the one before."""
-    return [secret.get_secret_value().encode() for secret in (current, previous) if secret is not None]
+def secrets_in_use(current: SecretStr | None, previous: SecretStr | None) -> list[bytes]:
+    """The HMAC keys a signature may be made with (`hub.signing_secrets.in_use`: never an empty one)."""
+    return [secret.encode() for secret in in_use(current, previous)]
 
 
 def check_signature(expected: Iterable[str], presented: list[str], header: str) -> None:

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.secret_urls import shown_url
+from hub.signing_secrets import in_use
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
@@ -217,7 +218,7 @@ class HubSettings(BaseSettings):
 
     def unsubscribe_secrets(self) -> list[str]:
         """The secrets an unsubscribe link may be signed with: the current one, and the one before a change."""
-        return [secret.get_secret_value() for secret in (self.unsubscribe_secret, self.unsubscribe_previous_secret) if secret]
+        return in_use(self.unsubscribe_secret, self.unsubscribe_previous_secret)
 
     def development_credentials(self) -> list[str]:
         """The secrets still at their published development values: fine for a demo, open to anyone once the
@@ -226,8 +227,10 @@ class HubSettings(BaseSettings):
             "HUB_DEFAULT_WRITE_KEY": (self.default_write_key, DEVELOPMENT_WRITE_KEY),
             "HUB_ADMIN_TOKEN": (self.admin_token, DEVELOPMENT_ADMIN_TOKEN),
             "HUB_UNSUBSCRIBE_SECRET": (self.unsubscribe_secret, DEVELOPMENT_UNSUBSCRIBE_SECRET),
+            # Kept as the previous secret after a change, it still signs links anyone can forge.
+            "HUB_UNSUBSCRIBE_PREVIOUS_SECRET": (self.unsubscribe_previous_secret, DEVELOPMENT_UNSUBSCRIBE_SECRET),
         }
-        return [name for name, (value, development) in secrets.items() if value.get_secret_value() == development]
+        return [name for name, (value, development) in secrets.items() if value is not None and value.get_secret_value() == development]
 
 
 def _names(listed: str) -> tuple[str, ...]:

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 
 import aiohttp
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from connectors.base import Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
@@ -55,7 +55,8 @@ from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliver
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
-from hub.settings import MAX_DELIVERY_CONCURRENCY
+from hub.settings import MAX_DELIVERY_CONCURRENCY, PREVIOUS_WEBHOOK_SECRET_HELP
+from hub.signing_secrets import in_use
 
 SECRET_PREFIX = "whsec_"
 # The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
@@ -70,9 +71,7 @@ class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(pattern=r"^https?://[^\s/]+", description="Receiver URL (http or https).")
     secret: SecretStr = Field(description="Signing secret: 'whsec_' + base64 of 24-64 random bytes.")
-    previous_secret: SecretStr | None = Field(
-        None, description="The secret being rotated out: every message is signed with it too until you remove it."
-    )
+    previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
     allowed_networks: list[str] = Field(
         default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
     )
@@ -87,9 +86,12 @@ class WebhookConfig(BaseModel):
 
     @field_validator("secret", "previous_secret")
     @classmethod
-    def _standard_webhooks_secret(cls, secret: SecretStr | None) -> SecretStr | None:
-        if secret is not None:
-            signing_key(secret.get_secret_value())
+    def _standard_webhooks_secret(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """The secret as Standard Webhooks writes it; an empty previous one is none (a rotation ended by
+        emptying its variable), an empty current one is refused."""
+        if info.field_name == "previous_secret" and (secret is None or not secret.get_secret_value()):
+            return None
+        signing_key(secret.get_secret_value() if secret is not None else "")
         return secret
 
 
@@ -165,7 +167,7 @@ class OutboundWebhookDestination(Destination):
         super().__init__(destination_id, config)
         assert isinstance(config, WebhookConfig)
         self.settings = config
-        self._keys = [signing_key(secret.get_secret_value()) for secret in (config.secret, config.previous_secret) if secret]
+        self._keys = [signing_key(secret) for secret in in_use(config.secret, config.previous_secret)]
         self._guard = SsrfGuard(config.allowed_networks)
         # As many kept-alive connections as the delivery engine has sends in flight, so none is re-opened per send.
         limits = httpx.Limits(max_connections=MAX_DELIVERY_CONCURRENCY, max_keepalive_connections=MAX_DELIVERY_CONCURRENCY)

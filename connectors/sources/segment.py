@@ -87,7 +87,7 @@ class SegmentSource(Source):
         # Only a source with a write key answers the SDK endpoints; one with only a shared secret is a Webhooks
         # destination's, which signs every request instead.
         self.sdk_ingest = self.write_key_digest is not None
-        self._shared_secrets = secrets_in_use(config.shared_secret, config.previous_shared_secret) if config.shared_secret else []
+        self._shared_secrets = secrets_in_use(config.shared_secret, config.previous_shared_secret)
 
     def verify(self, request: InboundRequest) -> None:
         if self._shared_secrets and (self.write_key_digest is None or "x-signature" in request.headers):

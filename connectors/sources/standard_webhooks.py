@@ -30,6 +30,7 @@ from connectors.webhooks import (
     text_problem,
 )
 from hub.errors import BadPayloadError
+from hub.signing_secrets import in_use
 from hub.model import RawEvent
 
 SECRET_PREFIX = "whsec_"
@@ -46,14 +47,14 @@ class StandardWebhooksConfig(BaseModel):
     def _base64(cls, value: SecretStr | None) -> SecretStr | None:
         try:
             if value is not None:
-                _key(value)
+                _key(value.get_secret_value())
         except binascii.Error:
             raise ValueError("must be base64, optionally prefixed with whsec_") from None
         return value
 
 
-def _key(secret: SecretStr) -> bytes:
-    text = secret.get_secret_value().removeprefix(SECRET_PREFIX)
+def _key(secret: str) -> bytes:
+    text = secret.removeprefix(SECRET_PREFIX)
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
@@ -72,7 +73,7 @@ class StandardWebhooksSource(Source):
         signatures = require_header(request.headers, "webhook-signature")
         check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
         content = f"{message_id}.{timestamp}.".encode() + request.body
-        expected = [sign(_key(secret), "sha256", content, "base64") for secret in (config.secret, config.previous_secret) if secret]
+        expected = [sign(_key(secret), "sha256", content, "base64") for secret in in_use(config.secret, config.previous_secret)]
         presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
         check_signature(expected, presented, "webhook-signature")
 

@@ -15,22 +15,27 @@ HUB_MAX_BODY_BYTES, and validated as FastAPI would (422 naming the field).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 from fastapi import Depends, HTTPException, Request, Security, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer, SecurityScopes
+import structlog
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import matches_digest, secret_digest
+from connectors.webhooks import json_document
 from hub.api.body import read_body
 from hub.clock import utcnow
-from hub.errors import IngestError
+from hub.errors import BadPayloadError, IngestError
 from hub.store import Store, api_keys
 from hub.store.api_keys import ADMIN, SCOPES, ApiKey
 
+log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 HOW_TO_GET_ONE = "an admin makes one with `touchhub keys create NAME --scope SCOPE`"
 bearer = HTTPBearer(
@@ -60,6 +65,10 @@ class ApiAuth:
     def __init__(self, admin_token: str, store: Store) -> None:
         self._admin_digest = secret_digest(admin_token)
         self._store = store
+        self._uses_recorded: dict[str, datetime] = {}  # key id -> when this process last had its use written
+        # Writes of last use, one at a time and off the requests' path: a GET waited for the store's writer
+        # (on SQLite, the pipeline's batches), and concurrent GETs each wrote.
+        self._use_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-key-use")
 
     async def caller(self, token: str) -> Caller:
         if matches_digest(token, self._admin_digest):
@@ -75,14 +84,24 @@ class ApiAuth:
         return Caller(key.name, key.scopes)
 
     def _api_key(self, token: str) -> ApiKey | None:
-        """The key, with its use recorded (a write at most once a minute per key: `ApiKey.use_to_record`)."""
+        """The key; its use is recorded in the background, by each process at most once a minute per key."""
         now = utcnow()
         with self._store.read() as connection:
             key = api_keys.verify(connection, token)
         if key is not None and key.revoked_at is None and key.use_to_record(now):
+            last = self._uses_recorded.get(key.key_id)
+            if last is None or now - last >= api_keys.USE_RECORDED_EVERY:
+                self._uses_recorded[key.key_id] = now
+                self._use_writer.submit(self._record_use, key, now)
+        return key
+
+    def _record_use(self, key: ApiKey, now: datetime) -> None:
+        try:
             with self._store.write() as connection:
                 api_keys.record_use(connection, key, now)
-        return key
+        except Exception:  # a last-use stamp is worth no error: the next request's, a minute on, tries again
+            log.warning("could not record an API key's use", key_id=key.key_id, exc_info=True)
+            self._uses_recorded.pop(key.key_id, None)
 
 
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
@@ -124,7 +143,11 @@ def json_body(model: type[M]) -> Any:
         except IngestError as exc:
             raise HTTPException(exc.status_code, detail=exc.message) from None
         try:
-            return model.model_validate_json(raw)
+            document = json_document(raw)  # UTF-8, -16 or -32, as FastAPI read bodies; BadPayloadError says why not
+        except BadPayloadError as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=exc.message) from None
+        try:
+            return model.model_validate(document)
         except ValidationError as exc:
             raise RequestValidationError(
                 [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]

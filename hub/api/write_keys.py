@@ -54,7 +54,11 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     if not found:
         return set(), inbound
     keys = {key for key in found if _usable_key(key)}
-    return keys, replace(inbound, body=json.dumps(document).encode("ascii"))
+    try:
+        stripped = json.dumps(document).encode("ascii")
+    except RecursionError:  # nested past what the writer recurses: kept redacted, for the ingest route to refuse
+        stripped = _redacted(inbound.body, encoding)
+    return keys, replace(inbound, body=stripped)
 
 
 def _names_write_key(body: bytes, encoding: str) -> bool:

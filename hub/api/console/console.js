@@ -480,6 +480,8 @@ function identityGraph(graph) {
     ["Touchpoint", (entry) => entry.touchpoint_id],
   ], entries, empty);
   return section("Identity graph",
+    el("p", { className: "muted" }, graph.aliases && graph.aliases.length
+      ? `Merged in (these ids still lead here): ${graph.aliases.join(", ")}` : "No profile was merged into this one."),
     el("h3", {}, "Identifiers and why each joined"),
     table([
       ["Identifier", (member) => `${member.type} ${member.value}`], ["First seen", (member) => when(member.first_seen_at)],
@@ -498,7 +500,13 @@ function identityGraph(graph) {
     ], graph.merges, "No merge."),
     el("h3", {}, "Links refused"), audit(graph.refused, "No link was refused."),
     el("h3", {}, "Merges undone"), audit(graph.unmerges, "No merge was undone."),
-    el("h3", {}, "Identifiers taken off"), audit(graph.detached, "No identifier was taken off."));
+    el("h3", {}, "Identifiers taken off"), audit(graph.detached, "No identifier was taken off."),
+    el("h3", {}, "Moved with a device to whoever signed in on it"),
+    table([
+      ["At", (entry) => when(entry.at)], ["Identifiers", (entry) => pairs(entry.identifiers)],
+      ["From profile", (entry) => viewLink("profiles", entry.other_profile_id)],
+      ["To profile", (entry) => viewLink("profiles", entry.profile_id)], ["Touchpoint", (entry) => entry.touchpoint_id],
+    ], graph.moved, "No identifier moved."));
 }
 
 async function quarantineView() {
