@@ -24,6 +24,7 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from hub.store import json_text
+from hub.store.driver_errors import hide_row_values_of
 
 _READ_ONLY = "hub_read_only"
 
@@ -47,7 +48,9 @@ CACHED_STATEMENTS = 512
 def create_store_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+        event.listen(engine, "handle_error", hide_row_values_of)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True, hide_parameters=True, json_serializer=json_text.dumps, json_deserializer=json_text.loads,

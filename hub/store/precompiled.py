@@ -16,6 +16,8 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import BindParameter, Column, ColumnElement, Connection, Dialect, Executable, bindparam, select
 from sqlalchemy.exc import DBAPIError
 
+from hub.store.driver_errors import hide_row_values
+
 T = TypeVar("T")
 
 
@@ -188,6 +190,7 @@ class Precompiled:
             return driver, cursor.fetchall() if cursor.description is not None else [], cursor.rowcount
         except dbapi_error as error:
             # Its message would quote the values (a person's email, a device token) unless the engine hides them.
+            hide_row_values(error)
             raise DBAPIError.instance(
                 driver.sql, values, error, dbapi_error, hide_parameters=connection.engine.hide_parameters
             ) from error
