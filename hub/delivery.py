@@ -23,15 +23,16 @@ not only for its own, so a batch that just missed the wait rejoins the
 next: waiting for its own sends alone, a loaded engine split its batches
 and sent up to 15% fewer per second (bench/README.md).
 
-Every record also renews the leases of the sends still in flight, and a
-claim never takes a delivery the engine is still sending: a send that
-outlived its lease (an SMTP relay slow on each command) was claimed again,
-by this engine or another, and sent twice. A crash between a send and its
-record means the row's lease expires and it is sent again: delivery is
-at-least-once, and idempotency keys let providers that accept them collapse
-the duplicate. A batch whose record fails is recorded again one outcome at a
-time (`_record_one_by_one`), so one row the database refuses costs its own
-delivery only, not the whole batch sent again after every lease.
+Every record also renews the leases of the sends still in flight once half
+spent, and a claim never takes a delivery the engine is still sending: a
+send that outlived its lease (an SMTP relay slow on each command) was
+claimed again, by this engine or another, and sent twice. A crash between a
+send and its record means the row's lease expires and it is sent again:
+delivery is at-least-once, and idempotency keys let providers that accept
+them collapse the duplicate. A batch whose record fails is recorded again
+one outcome at a time (`_record_one_by_one`), and committed before the next
+claim, so one row the database refuses costs its own delivery only, not the
+whole batch sent again after every lease.
 
 Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker, an optional rate limit and an optional limit of sends in
@@ -140,6 +141,7 @@ class DeliveryEngine:
         self._claimed: list[Delivery] | None = None
         # Sends started and not recorded, this batch's and carried over, by delivery id: their rows are this engine's.
         self._sending: dict[str, asyncio.Task[Outcome]] = {}
+        self._leased_at: dict[str, datetime] = {}  # when the lease of each send in flight was taken or last renewed
         self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
@@ -171,8 +173,13 @@ class DeliveryEngine:
         in_flight = [delivery_id for delivery_id in self._sending if delivery_id not in finished]
         self._claimed = self._write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
         for delivery_id in finished:  # only now: outcomes whose record failed are recorded by the next run
-            del self._sending[delivery_id]
+            self._done(delivery_id)
         return len(finished) + len(self._sending)
+
+    def _done(self, delivery_id: str) -> None:
+        """The send is no longer this engine's: recorded, or dropped."""
+        del self._sending[delivery_id]
+        self._leased_at.pop(delivery_id, None)
 
     def wake(self) -> None:
         """Deliveries were planned (from any thread): a run waiting for its sends stops waiting, records those
@@ -213,23 +220,40 @@ class DeliveryEngine:
                 finished[delivery_id] = task.result()
             else:
                 log.error("a send raised out of the delivery engine", delivery_id=delivery_id, exc_info=error)
-                del self._sending[delivery_id]
+                self._done(delivery_id)
         return finished
 
     def _claim(self, connection: Connection, in_flight: Sequence[str]) -> list[Delivery]:
-        """Renew the leases of the sends `in_flight` (one statement, when there are any), then claim a batch, or
+        """Renew the leases of the sends `in_flight` that are half spent (`_renew_leases`), then claim a batch, or
         beside them as many as there is room for, none of them: a delivery claimed beyond the room would wait
         for a slow send to give up its place."""
         now = utcnow()
-        outbox.extend_leases(connection, in_flight, now + self.lease)
+        self._renew_leases(connection, in_flight, now)
         room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
             return []
         claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight))
-        return merged_targets.follow_merges(
+        going = merged_targets.follow_merges(
             connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
             self._keeps_records,
         )
+        self._leased_at.update((delivery.delivery_id, now) for delivery in going)
+        return going
+
+    def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> None:
+        """Renew, in one statement, the leases of the sends `in_flight` taken or renewed half a lease ago or more.
+
+        A send that outlived its lease was claimed again and sent twice, so
+        a run renews them; renewing every one on every run cost most batches
+        that carry sends over an UPDATE that changed nothing, when a run
+        comes every `SEND_WAIT_SECONDS` and a lease lasts seconds. Half a
+        lease is left on each at any run: as much margin as a stalled run
+        needs.
+        """
+        half_spent = now - self.lease / 2
+        renewing = [delivery_id for delivery_id in in_flight if self._leased_at.get(delivery_id, half_spent) <= half_spent]
+        outbox.extend_leases(connection, renewing, now + self.lease)
+        self._leased_at.update((delivery_id, now) for delivery_id in renewing)
 
     def _addressed_to_profile(self, delivery: Delivery) -> bool:
         """Whether a delivery's target is a profile id (a route to `profile_id`), not a person's address."""
@@ -248,13 +272,16 @@ class DeliveryEngine:
                 at_limit.append(destination_id)
         return at_limit
 
-    def _write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T:
-        """Record the outcomes, and `then` (the next claim), in one transaction.
+    def _write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T | None:
+        """Record the outcomes, and `then` (the next claim), in one transaction; returns what `then` returned.
 
-        If that fails, again in a new one, each outcome in a savepoint of its
-        own (`_record_one_by_one`). Until one succeeds the outcomes stay the
-        caller's to record: dropped, their deliveries (sent, some of them) were
-        sent again when their leases ran out.
+        If that fails, the outcomes are recorded again in a new one, each in a
+        savepoint of its own (`_record_one_by_one`), and `then` is left to the
+        next run (None): the failure may have been its own (a claim that
+        fails), and run in the same transaction again it rolled the records
+        back with it. Until a record succeeds the outcomes stay the caller's
+        to record: dropped, their deliveries (sent, some of them) were sent
+        again when their leases ran out.
         """
         try:
             with self.store.write() as connection:
@@ -266,24 +293,18 @@ class DeliveryEngine:
             log.exception("recording a batch of attempts failed; recording them one by one", outcomes=len(outcomes))
         with self.store.write() as connection:
             self._record_one_by_one(connection, outcomes)
-            return then(connection)
+        return None
 
     def _record(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
-        """The outcomes' records (`_write`), after the locks they need: their messages', for reports that came
-        before the send (`hub.store.held_reports`), then the profiles', when consent may change."""
-        reported = self._sent_with_reports(outcomes)
-        held_reports.lock_messages(connection, reported)
-        early = held_reports.take(connection, reported)
-        lock_before_deliveries(connection, any(
-            outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
-        ) or any(report.revokes_consent for _, report in early))
-        self._write(connection, outcomes, early)
+        """The outcomes' records (`_write`), after the locks they need (`_lock`), with the reports that came
+        before their sends."""
+        self._write(connection, outcomes, self._lock(connection, outcomes, take_reports=True))
 
     def _record_one_by_one(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
-        """`_record`, each outcome in a savepoint of its own after the locks of all of them, in `_record`'s
-        order; one whose record fails again is written `_unrecorded`, so it costs only its own delivery."""
-        held_reports.lock_messages(connection, self._sent_with_reports(outcomes))
-        lock_before_deliveries(connection, True)
+        """`_record`, each outcome in a savepoint of its own after the locks of all of them; one whose record
+        fails again is written `_unrecorded`, so it costs only its own delivery (the reports held for its
+        message stay held: the savepoint took them back)."""
+        self._lock(connection, outcomes, take_reports=False)
         for outcome in outcomes:
             try:
                 with connection.begin_nested():
@@ -292,6 +313,21 @@ class DeliveryEngine:
                 log.exception("recording a delivery's attempt failed; it is logged without the provider's answer",
                               delivery_id=outcome.delivery.delivery_id)
                 self._write(connection, self._unrecorded(outcome, exc), [])
+
+    def _lock(
+        self, connection: Connection, outcomes: Sequence[Outcome], *, take_reports: bool
+    ) -> list[tuple[str, ProviderStatus]]:
+        """Take the locks the outcomes' records need, in the order every writer takes them (`hub.provider_reports`):
+        their messages', for reports that came before the send (`hub.store.held_reports`), then the profiles',
+        when consent may change. Returns the reports held for those messages, taken now if `take_reports`;
+        otherwise the caller takes them later, and the profiles' lock is taken whatever they say."""
+        reported = self._sent_with_reports(outcomes)
+        held_reports.lock_messages(connection, reported)
+        early = held_reports.take(connection, reported) if take_reports else []
+        lock_before_deliveries(connection, not take_reports or any(
+            outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
+        ) or any(report.revokes_consent for _, report in early))
+        return early
 
     def _unrecorded(self, outcome: Outcome, error: Exception) -> list[Outcome]:
         """The outcome as the log can take it when its own record failed: its attempt and the status that
@@ -459,13 +495,13 @@ class DeliveryEngine:
 
     def close(self) -> None:
         """Let the sends in flight finish (each within its destination's timeout) and record them, put back a
-        batch claimed and not sent (due now, as it was), close every destination's connections (async ones on
-        the loop that opened them), then the loop."""
+        batch claimed and not sent (due now, as it was; after a failed record, when its lease runs out), close
+        every destination's connections (async ones on the loop that opened them), then the loop."""
         if self._sending:
             self._loop.run_until_complete(asyncio.wait(self._sending.values()))
         if self._sending or self._claimed:
             self._write_back(list(self._finished().values()), self._put_back)
-            self._sending, self._claimed = {}, None
+            self._sending, self._leased_at, self._claimed = {}, {}, None
         self._loop.run_until_complete(self._close_async())
         self._loop.close()
         for destination in self.destinations.values():

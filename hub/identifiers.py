@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 from typing import Any
 
 import phonenumbers
@@ -68,18 +69,35 @@ def is_email_address(value: str) -> bool:
     return len(local.encode("utf-8")) <= MAX_LOCAL_OCTETS and len(value.encode("utf-8")) <= MAX_ADDRESS_OCTETS
 
 
-def _e164(value: str, default_region: str) -> str | None:
-    """The number in E.164 if it is one that can be dialled.
+def possible_phone(raw: str, default_region: str) -> Identifier | None:
+    """A phone number as the phone identifier holds it, when it is merely possible (of a length its country's
+    numbers have): what a person's own word from a number (an SMS STOP) is looked up by, never what ingest takes.
 
-    Only a valid number, one in a range its country assigns: a merely possible
-    one (of the right length) lets form fillers through ("000-000-0000" is
-    +10000000000, area code 000 exists nowhere) and local numbers without an
-    area code ("555-0123"), which would link every stranger who typed them.
+    Ingest takes valid numbers only (`_e164`), but phones stored before it
+    did (until 646b223) needed no more than this, and they still receive
+    texts: a STOP from one was refused as not valid (a 400), and the opt-out
+    was lost. A number no profile holds (in a range newer than the metadata)
+    changes nothing.
+    """
+    value = _e164(raw.strip(), default_region, phonenumbers.is_possible_number)
+    return None if value is None else Identifier("phone", value)
+
+
+def _e164(
+    value: str, default_region: str, dialable: Callable[[phonenumbers.PhoneNumber], bool] = phonenumbers.is_valid_number
+) -> str | None:
+    """The number in E.164 if `dialable` takes it.
+
+    For ingest, only a valid number, one in a range its country assigns: a
+    merely possible one (of the right length) lets form fillers through
+    ("000-000-0000" is +10000000000, area code 000 exists nowhere) and local
+    numbers without an area code ("555-0123"), which would link every
+    stranger who typed them.
     """
     try:
         number = phonenumbers.parse(value, default_region)
     except phonenumbers.NumberParseException:
         return None
-    if not phonenumbers.is_valid_number(number):
+    if not dialable(number):
         return None
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)

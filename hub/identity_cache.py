@@ -93,9 +93,11 @@ class CachedIdentityGraph:
             moving = self.members.pop(merged_id, [])
             for ident in moving:
                 self.owner[ident] = survivor_id
-                pending = self._new_identifiers.get(ident)
-                if pending is not None:
-                    pending["profile_id"] = survivor_id
+                # Rows written at the flush go to the survivor as well: the flush repoints only stored profiles'
+                # identifiers, so a token moved to a profile made in this flush stayed with it, merged away.
+                for pending in (self._new_identifiers.get(ident), self._moved_identifiers.get(ident)):
+                    if pending is not None:
+                        pending["profile_id"] = survivor_id
             self.members[survivor_id].extend(moving)
             self.counts[survivor_id].update(self.counts.pop(merged_id, Counter()))
             self.apart = {frozenset(survivor_id if p == merged_id else p for p in pair) for pair in self.apart}

@@ -9,6 +9,10 @@ import pytest
 from sqlalchemy import func, select
 from twilio.request_validator import RequestValidator
 
+from hub.clock import utcnow
+from hub.model import Identifier, derived_id
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.profile_views import live_traits
 from hub.store.schema import held_reports
 
 from tests.conftest import RunningHub, message, support_ticket
@@ -214,3 +218,21 @@ def test_forged_inbound_stop_is_403_and_consent_stays(running_hub: RunningHub) -
     forged = RequestValidator("guessed").compute_signature(url, fields)
     assert httpx.post(url, data=fields, headers={"X-Twilio-Signature": forged}).status_code == 403
     assert traits(running_hub).get("sms_opt_out") is None
+
+
+def test_a_stop_from_a_number_stored_before_phones_had_to_be_valid_revokes_sms_consent(running_hub: RunningHub) -> None:
+    """Phones had only to be possible numbers until 646b223, and such a profile is still texted; the inbound
+    route then normalized the sender as ingest does, valid numbers only, so its STOP was a 400 and the opt-out
+    was lost. A possible number nobody holds is accepted and changes nothing; a From that is no number is a 400."""
+    possible_only = "+19995550100"  # area code 999 is assigned nowhere (yet): possible, not valid
+    with running_hub.hub.store.write() as connection:
+        graph = SqlIdentityGraph(connection)
+        profile_id = graph.create_profile(utcnow())
+        graph.attach(profile_id, [Identifier("phone", possible_only)], derived_id("test", "before-646b223"), utcnow())
+    inbound = f"{running_hub.url}/v1/callbacks/twilio_sms/inbound"
+    twilio = running_hub.sandbox.twilio
+    assert twilio.post_inbound(inbound, possible_only, "STOP").status_code == 200
+    assert twilio.post_inbound(inbound, "+19995550101", "STOP").status_code == 200  # nobody's number
+    assert twilio.post_inbound(inbound, "not a number", "STOP").status_code == 400
+    with running_hub.hub.store.read() as connection:
+        assert live_traits(connection, [profile_id])[profile_id]["sms_opt_out"] is True

@@ -21,7 +21,7 @@ from twilio.request_validator import RequestValidator
 
 from connectors.base import CallbackRequest, ConsentSignal
 from hub.errors import BadPayloadError, ForbiddenError
-from hub.identifiers import normalize_identifier
+from hub.identifiers import possible_phone
 from hub.model import ProviderStatus
 
 # MessageStatus -> the delivery status it settles on; None while still in transit.
@@ -85,10 +85,17 @@ def status_update(form: Mapping[str, list[str]]) -> ProviderStatus:
 
 
 def consent_change(form: Mapping[str, list[str]]) -> ConsentSignal | None:
-    """The consent an inbound message expresses, if it is an opt-out or opt-in keyword."""
-    sender = normalize_identifier("phone", _field(form, "From"), "US")  # Twilio always sends E.164
+    """The consent an inbound message expresses, if it is an opt-out or opt-in keyword.
+
+    The sender is any possible number (`possible_phone`), not only a valid
+    one as ingest takes: a STOP is the person's own word, and a number stored
+    before phones had to be valid still receives texts. One no profile holds
+    changes nothing, and is no error either (Twilio's own opt-out list
+    keeps the number from texts).
+    """
+    sender = possible_phone(_field(form, "From"), "US")  # Twilio always sends E.164
     if sender is None:
-        raise BadPayloadError("From: an inbound message must carry the sender's phone number")
+        raise BadPayloadError("From: an inbound message must carry the sender's phone number in E.164 (+14155550100)")
     opt_out_type = _field(form, "OptOutType").upper()
     keyword = _field(form, "Body").strip().upper()
     if opt_out_type in OPT_OUT_TYPES:

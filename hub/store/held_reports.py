@@ -22,9 +22,11 @@ import zlib
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, delete, func, insert, literal_column, select, tuple_
+from sqlalchemy import Connection, and_, delete, func, insert, literal_column, or_, select
 
 from hub.model import ProviderStatus
+from hub.store import outbox
+from hub.store.precompiled import InLists
 from hub.store.schema import held_reports
 
 HELD_FOR = timedelta(days=1)  # Twilio's callbacks come within minutes; a day covers a long outage of the workers
@@ -38,7 +40,7 @@ def lock_messages(connection: Connection, messages: Iterable[SentMessage]) -> No
     """Hold, until the transaction ends, the lock on each message's reports (PostgreSQL; see the module)."""
     if connection.dialect.name != "postgresql":
         return
-    keys = sorted({_signed_crc32(f"{destination_id}\x1f{message_id}") for destination_id, message_id in messages})
+    keys = sorted({_signed_crc32(f"{destination_id}\x1f{message_id}") for destination_id, message_id in _stored(messages)})
     if keys:
         connection.execute(
             select(func.pg_advisory_xact_lock(MESSAGE_LOCK_NAMESPACE, literal_column("k")))
@@ -47,31 +49,45 @@ def lock_messages(connection: Connection, messages: Iterable[SentMessage]) -> No
 
 
 def hold(connection: Connection, destination_id: str, report: ProviderStatus, received_at: datetime) -> None:
-    """Keep a report no delivery matches yet; reports held longer than `HELD_FOR` go."""
+    """Keep a report no delivery matches yet, as a delivery would store it (`outbox.storable_report`); reports
+    held longer than `HELD_FOR` go."""
+    stored = outbox.storable_report(report)
     connection.execute(delete(held_reports).where(held_reports.c.received_at < received_at - HELD_FOR))
     connection.execute(insert(held_reports).values(
-        destination_id=destination_id, provider_message_id=report.provider_message_id,
-        provider_status=report.provider_status, final_status=report.final_status, error=report.error,
-        revokes_consent=report.revokes_consent, received_at=received_at,
+        destination_id=destination_id, provider_message_id=stored.provider_message_id,
+        provider_status=stored.provider_status, final_status=stored.final_status, error=stored.error,
+        revokes_consent=stored.revokes_consent, received_at=received_at,
     ))
 
 
+# Each record of a batch with sends to a destination that reports later (Twilio's SMS). An OR of one
+# (destination, message) pair each, which both databases search in the message index, where SQLite walked the
+# whole table for a row-value IN; the two lists are padded alike (`InLists`), so their places still pair up.
+_TAKE = InLists(
+    lambda destinations, messages: delete(held_reports)
+    .where(or_(*(
+        and_(held_reports.c.destination_id == destination, held_reports.c.provider_message_id == message)
+        for destination, message in zip(destinations, messages)
+    )))
+    .returning(
+        held_reports.c.id, held_reports.c.destination_id, held_reports.c.provider_message_id,
+        held_reports.c.provider_status, held_reports.c.final_status, held_reports.c.error, held_reports.c.revokes_consent,
+    )
+)
+
+
 def take(connection: Connection, messages: Iterable[SentMessage]) -> list[tuple[str, ProviderStatus]]:
-    """The reports held for these messages, oldest first, each with its destination id; they are no longer held."""
-    wanted = list(messages)
-    if not wanted:
-        return []
-    matching = tuple_(held_reports.c.destination_id, held_reports.c.provider_message_id).in_(wanted)
-    rows = connection.execute(select(held_reports).where(matching).order_by(held_reports.c.id)).all()
-    if not rows:
-        return []
-    connection.execute(delete(held_reports).where(held_reports.c.id.in_([row.id for row in rows])))
-    return [
-        (row.destination_id, ProviderStatus(
-            row.provider_message_id, row.provider_status, row.final_status, row.error, row.revokes_consent,
-        ))
-        for row in rows
-    ]
+    """The reports held for these messages, oldest first, each with its destination id; they are no longer held.
+    One statement (DELETE ... RETURNING), none for no messages."""
+    wanted = _stored(messages)
+    rows = sorted(_TAKE.execute(connection, [destination for destination, _ in wanted], [message for _, message in wanted]))
+    return [(destination_id, ProviderStatus(*report)) for _, destination_id, *report in rows]
+
+
+def _stored(messages: Iterable[SentMessage]) -> list[SentMessage]:
+    """The messages by their ids as stored (`outbox.stored_message_id`): an id longer than its column is held,
+    recorded and locked cut, so the send, its reports and its lock match."""
+    return [(destination_id, outbox.stored_message_id(message_id)) for destination_id, message_id in messages]
 
 
 def _signed_crc32(text: str) -> int:

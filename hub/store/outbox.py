@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Collection, Container, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from functools import lru_cache
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Column, Connection, and_, bindparam, case, desc, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, Identifier, PlannedDelivery, ProviderStatus
-from hub.pii import mask_recipient, mask_text, mask_value
+from hub.pii import TOKEN_TYPES, mask_recipient, mask_text, mask_value
 from hub.store import precompiled, sql
-from hub.store.schema import UTCDateTime, attempts, deliveries
+from hub.store.schema import UTCDateTime, attempts, deliveries, held_reports, identifiers
 
 DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
@@ -162,20 +162,40 @@ def drop_recipient(connection: Connection, profile_id: str, value: str, now: dat
     ).all()
     alone, shared = [], 0
     for delivery_id, target, content in unsent:
-        recipients = list(content.get("recipients") or [target])
-        if value not in recipients:
+        if value not in _recipients(target, content):
             continue
-        others = [recipient for recipient in recipients if recipient != value]
-        if not others:
+        narrowed = _without(target, content, {value})
+        if narrowed is None:
             alone.append(delivery_id)
             continue
         shared += 1
-        connection.execute(
-            update(deliveries).where(deliveries.c.delivery_id == delivery_id)
-            .values(target=others[0] if target == value else target, content={**content, "recipients": others}, updated_at=now)
-        )
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
     withdraw(connection, alone, now, reason)
     return len(alone) + shared
+
+
+def _recipients(target: str, content: dict[str, Any]) -> list[str]:
+    """Whom a delivery goes to: its target, or a multicast's `recipients` (every device of the person)."""
+    return list(content.get("recipients") or [target])
+
+
+def _without(target: str, content: dict[str, Any], gone: Container[str]) -> dict[str, Any] | None:
+    """A delivery's target and content with the `gone` recipients taken out; None when none is left."""
+    kept = [recipient for recipient in _recipients(target, content) if recipient not in gone]
+    if not kept:
+        return None
+    return {"target": kept[0] if target in gone else target, "content": {**content, "recipients": kept}}
+
+
+def _handed_on(connection: Connection, profile_id: str, recipients: list[str]) -> set[str]:
+    """The device tokens among `recipients` another profile holds now: a person signed in on the device since
+    (`follows_last_login`), and a message to them would show on that person's screen."""
+    return set(connection.execute(
+        select(identifiers.c.value).where(
+            identifiers.c.type.in_(sorted(TOKEN_TYPES)), identifiers.c.value.in_(recipients),
+            identifiers.c.profile_id != profile_id,
+        )
+    ).scalars())
 
 
 def why_not_replayed(delivery_id: str, previous: str) -> str:
@@ -267,8 +287,15 @@ _PROVIDER_TEXT = {
     "error_class": _width(attempts.c.error_class),
     "error_message": _width(attempts.c.error_message, deliveries.c.last_error),
 }
-_MESSAGE_ID_WIDTH = _PROVIDER_TEXT["provider_message_id"]
-_PROVIDER_STATUS_WIDTH = _width(deliveries.c.provider_status)
+# A provider's report goes to a delivery, or is held for one first (`hub.store.held_reports`): each of its texts
+# fits both tables' columns, so a report held and then applied is the report applied at once.
+_REPORT_WIDTHS = {
+    "provider_message_id": _width(
+        attempts.c.provider_message_id, deliveries.c.provider_message_id, held_reports.c.provider_message_id
+    ),
+    "provider_status": _width(deliveries.c.provider_status, held_reports.c.provider_status),
+    "error": _width(deliveries.c.last_error, held_reports.c.error),
+}
 
 
 def _storable(attempt: AttemptRecord) -> dict[str, Any]:
@@ -280,6 +307,25 @@ def _storable(attempt: AttemptRecord) -> dict[str, Any]:
     return values
 
 
+def storable_report(report: ProviderStatus) -> ProviderStatus:
+    """The report as the deliveries and the held reports store it, its texts `_fitted`: held as it came, a status
+    longer than its column (a status Twilio adds) or an error with a NUL failed on PostgreSQL, and the
+    callback answered 500, where the same report applied to a recorded send was taken."""
+    return replace(report, **{name: _fitted(getattr(report, name), width) for name, width in _REPORT_WIDTHS.items()})
+
+
+def stored_message_id(provider_message_id: str) -> str:
+    """A provider's message id as the deliveries, their attempts and the held reports store it (`_fitted`): what
+    a report, and the lock on its message, are matched by."""
+    return _fitted(provider_message_id, _REPORT_WIDTHS["provider_message_id"])
+
+
+@overload
+def _fitted(text: str, width: int | None) -> str: ...
+@overload
+def _fitted(text: None, width: int | None) -> None: ...
+@overload
+def _fitted(text: str | None, width: int | None) -> str | None: ...
 def _fitted(text: str | None, width: int | None) -> str | None:
     """Provider text as a column takes it on both databases: without NUL characters, which PostgreSQL's text
     refuses (a provider's error message may end in one), and cut to `width` characters, the VARCHAR's length,
@@ -298,8 +344,15 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     Returns the status the delivery had (the caller tells "replayed" from "not
     replayable" by it), FORGOTTEN for one whose person was erased on request
     (it has no recipient left, and must reach no one), MISADDRESSED for one an
-    unmerge withdrew, or None when there is no such delivery. Attempt numbers keep counting, so the log shows the
-    replayed attempts after the old ones.
+    unmerge withdrew, HANDED_ON for a push to devices that are all another
+    person's now, or None when there is no such delivery. Attempt numbers keep
+    counting, so the log shows the replayed attempts after the old ones.
+
+    A push to a device another person has signed in on since goes to the
+    person's other devices only, or nowhere (HANDED_ON), whatever its status:
+    at the move `drop_recipient` takes the token out of messages not yet sent
+    (dead ones too), but one that failed before (FCM refused it, consent
+    lapsed) kept it, and a replay of it reached the other person's screen.
 
     The provider's id and status of the last message go (its attempt keeps
     the id): a late repeat of that message's callback (Twilio retrying it, or
@@ -308,8 +361,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     message its replay sends.
     """
     row = connection.execute(
-        select(deliveries.c.status, deliveries.c.attempts, deliveries.c.target, deliveries.c.last_error)
-        .where(deliveries.c.delivery_id == delivery_id)
+        select(
+            deliveries.c.status, deliveries.c.attempts, deliveries.c.target, deliveries.c.last_error,
+            deliveries.c.profile_id, deliveries.c.content,
+        ).where(deliveries.c.delivery_id == delivery_id)
     ).first()
     if row is None:
         return None
@@ -319,15 +374,22 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
         return MISADDRESSED
     if row.status == "failed" and row.last_error == WITHDRAWN_DEVICE_HANDED_ON:
         return HANDED_ON
-    if row.status in REPLAYABLE_STATUSES:
-        connection.execute(
-            update(deliveries)
-            .where(deliveries.c.delivery_id == delivery_id)
-            .values(
-                status="pending", next_attempt_at=now, claimed_until=None, updated_at=now,
-                retry_from_attempt=row.attempts, retry_from=now, provider_message_id=None, provider_status=None,
-            )
+    if row.status not in REPLAYABLE_STATUSES:
+        return row.status
+    readdressed: dict[str, Any] = {}
+    if handed_on := _handed_on(connection, row.profile_id, _recipients(row.target, row.content)):
+        narrowed = _without(row.target, row.content, handed_on)
+        if narrowed is None:
+            return HANDED_ON
+        readdressed = narrowed
+    connection.execute(
+        update(deliveries)
+        .where(deliveries.c.delivery_id == delivery_id)
+        .values(
+            status="pending", next_attempt_at=now, claimed_until=None, updated_at=now, retry_from_attempt=row.attempts,
+            retry_from=now, provider_message_id=None, provider_status=None, **readdressed,
         )
+    )
     return row.status
 
 
@@ -353,25 +415,21 @@ def apply_provider_status(
     settled it (a final status on a delivery that had none); None when no delivery of this
     destination has that provider id. A report for a settled delivery changes nothing.
     """
+    report = storable_report(report)  # as recorded, and as its column takes its status
     row = connection.execute(
         select(
             deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target
-        ).where(
-            deliveries.c.destination_id == destination_id,
-            deliveries.c.provider_message_id == _fitted(report.provider_message_id, _MESSAGE_ID_WIDTH),  # as recorded
-        )
+        ).where(deliveries.c.destination_id == destination_id, deliveries.c.provider_message_id == report.provider_message_id)
         .with_for_update()  # two callbacks for one message at once: the second reads what the first settled
     ).first()
     if row is None:
         return None
     if row.status not in SETTLED_STATUSES:
-        values: dict[str, Any] = {
-            "provider_status": _fitted(report.provider_status, _PROVIDER_STATUS_WIDTH), "updated_at": now,
-        }
+        values: dict[str, Any] = {"provider_status": report.provider_status, "updated_at": now}
         if report.final_status:
             values["status"] = report.final_status
         if report.error:
-            values["last_error"] = _fitted(mask_text(report.error), _PROVIDER_TEXT["error_message"])
+            values["last_error"] = mask_text(report.error)
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
     return {**row._mapping, "settled_now": row.status not in SETTLED_STATUSES and report.final_status is not None}
 
