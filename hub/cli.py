@@ -15,7 +15,7 @@ from rich.table import Table
 from hub.cli_deliveries import app as deliveries_app
 from hub.cli_keys import app as keys_app
 from hub.cli_profiles import app as profiles_app
-from hub.cli_support import config_problems_exit, console, load_settings
+from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
 from hub.secret_urls import shown_url
@@ -111,10 +111,14 @@ def demo(
     Nothing leaves this machine: the hub, its database (a temporary SQLite file) and the fake
     Twilio all run on 127.0.0.1 and are gone when the command ends.
     """
-    from hub.demo import print_summary, run_demo
+    from hub.demo import load_journey, print_summary, run_demo
 
+    try:
+        loaded = load_journey(journey, datetime.now(timezone.utc))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--journey") from None
     with config_problems_exit():
-        result = run_demo(load_settings(), journey, console)
+        result = run_demo(load_settings(), loaded, console)
     print_summary(result, console)
     if not result.idle:
         raise typer.Exit(1)
@@ -123,10 +127,11 @@ def demo(
 @app.command()
 def migrate() -> None:
     """Create or upgrade the database schema (serve and worker also do this on start)."""
-    from hub.store import Store
+    from hub.store.opening import open_store
 
     settings = load_settings()
-    Store(settings.database_url).migrate()
+    with config_problems_exit("The schema cannot be migrated"):
+        open_store(settings.database_url, migrate=True).dispose()
     console.print(f"Schema is up to date in {shown_url(settings.database_url)}")
 
 
@@ -144,7 +149,7 @@ def connectors_list() -> None:
         for slug, connector in sorted(group.items()):
             fields = connector.Config.model_fields.items()
             keys = ", ".join(f"{name}*" if is_secret(field.annotation) else name for name, field in fields)
-            table.add_row(slug, kind, connector.title, keys, registry.origins[slug])
+            table.add_row(*map(plain, (slug, kind, connector.title, keys, registry.origins[slug])))
     console.print(table)
 
 
@@ -158,11 +163,11 @@ def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub conne
     registry = load_registry()
     connector = registry.sources.get(slug) or registry.destinations.get(slug)
     if connector is None:
-        console.print(f"[red]No connector {slug!r}[/]; installed: {', '.join(sorted(registry.origins))}")
+        console.print(styled("[red]No connector {!r}[/]; installed: {}", slug, ", ".join(sorted(registry.origins))))
         raise typer.Exit(2)
-    console.print(f"[bold]{connector.slug}[/]: {connector.title} ({registry.origins[slug]})", highlight=False)
+    console.print(styled("[bold]{}[/]: {} ({})", connector.slug, connector.title, registry.origins[slug]), highlight=False)
     if connector.docs_url:
-        console.print(f"Docs: {connector.docs_url}", highlight=False)
+        console.print(styled("Docs: {}", connector.docs_url), highlight=False)
     console.print_json(json.dumps(connector.Config.model_json_schema()))
 
 
@@ -183,7 +188,7 @@ def mappings_check() -> None:
     if problems:
         console.print(f"[red]{len(problems)} problem(s) in {len(files)} file(s)[/]")
         raise typer.Exit(1)
-    console.print(f"[green]{len(files)} file(s) OK[/] in {settings.mappings_dir}")
+    console.print(styled("[green]{} file(s) OK[/] in {}", len(files), settings.mappings_dir))
 
 
 @mappings_app.command("preview")
@@ -217,7 +222,7 @@ def mappings_preview(
             instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region, identity_config_in(settings.mappings_dir)
         )
     except IngestError as exc:
-        console.print(f"[red]The source refuses this sample:[/] {exc.message}", highlight=False)
+        console.print(styled("[red]The source refuses this sample:[/] {}", exc.message), highlight=False)
         for problem in exc.problems:
             console.print(f"  • {problem.field}: {problem.reason}", highlight=False, markup=False)
         raise typer.Exit(1) from None
@@ -238,10 +243,10 @@ def _outcome_table(outcome: PreviewOutcome, version: str) -> Table:
     table.add_column("field", no_wrap=True)
     table.add_column("value", overflow="fold")
     if outcome.touchpoint is None:
-        table.add_row("reason", outcome.reason or "")
+        table.add_row("reason", plain(outcome.reason or ""))
         return table
     for key, value in sorted(_flatten(outcome.touchpoint).items()):
-        table.add_row(key, json.dumps(value, default=str, ensure_ascii=False, sort_keys=True))
+        table.add_row(plain(key), plain(json.dumps(value, default=str, ensure_ascii=False, sort_keys=True)))
     return table
 
 
@@ -271,16 +276,19 @@ def replay_command(
 
     from rich.progress import Progress
 
+    from hub.cli_store import existing_store
     from hub.clock import utcnow
     from hub.replay import replay
     from hub.store import replays
 
     settings = load_settings()
+    with config_problems_exit("The stored events cannot be replayed"):  # not an empty store made in the wrong folder
+        existing_store(settings.database_url).dispose()
     hub = _build_hub(settings)
     try:
         start = _since(since)
         if source not in hub.sources:
-            console.print(f"[red]No source {source!r}[/]; configured: {', '.join(sorted(hub.sources))}")
+            console.print(styled("[red]No source {!r}[/]; configured: {}", source, ", ".join(sorted(hub.sources))))
             raise typer.Exit(2)
         with hub.store.read() as connection:
             total = replays.count_stored(connection, source, start)

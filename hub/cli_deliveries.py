@@ -7,6 +7,7 @@ replayed deliveries at their next poll.
 
 from __future__ import annotations
 
+from enum import Enum
 from functools import partial
 
 import typer
@@ -14,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hub.cli_store import delivery_recipients, existing_store
-from hub.cli_support import config_problems_exit, console, load_settings
+from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
 from hub.clock import utcnow
 from hub.store import Store, outbox
 from hub.store.profile_views import for_live_profile
@@ -22,6 +23,7 @@ from hub.store.profile_views import for_live_profile
 app = typer.Typer(
     help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
 )
+Status = Enum("Status", {name: name for name in outbox.STATUSES}, type=str)  # type: ignore[misc]  # typer refuses others
 REPLAY_CHUNK = 100  # deliveries replayed per transaction: short write locks, a live progress bar
 
 
@@ -34,7 +36,7 @@ def _store() -> Store:
 
 @app.command("list")
 def list_deliveries(
-    status: str = typer.Option(None, help="pending, retrying, sent, delivered, failed, or dead (the DLQ)."),
+    status: Status = typer.Option(None, help="Only deliveries with this status; dead is the dead-letter queue."),  # type: ignore[valid-type]
     destination: str = typer.Option(None, help="Only this destination id, e.g. twilio_sms."),
     channel: str = typer.Option(None, help="Only this channel: sms, email, push, chat, webhook, crm."),
     profile: str = typer.Option(None, help="Only deliveries to this profile id (or, merged since, its survivor's)."),
@@ -46,7 +48,7 @@ def list_deliveries(
     """
     with config_problems_exit("The delivery log cannot be read"):
         recipient = delivery_recipients(load_settings().mappings_dir)
-    search = partial(outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
+    search = partial(outbox.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
                      recipient=recipient)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
         found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
@@ -54,10 +56,10 @@ def list_deliveries(
     for column in ("delivery id", "planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):
         table.add_column(column, overflow="fold")
     for item in found:
-        table.add_row(
+        table.add_row(*map(plain, (
             item["delivery_id"], item["created_at"].strftime("%Y-%m-%d %H:%M:%S"), item["channel"],
-            item["destination_id"], item["target"], item["status"], str(item["attempts"]), item["last_error"] or "",
-        )
+            item["destination_id"], item["target"], item["status"], item["attempts"], item["last_error"] or "",
+        )))
     console.print(table)
 
 
@@ -80,13 +82,13 @@ def replay(
         with store.write() as connection:
             previous = outbox.replay(connection, delivery_id, utcnow())
         if previous is None:
-            console.print(f"[red]No delivery {delivery_id}.[/]")
+            console.print(styled("[red]No delivery {!r}.[/]", delivery_id))
             raise typer.Exit(1)
         if previous not in outbox.REPLAYABLE_STATUSES:
             why = outbox.why_not_replayed(delivery_id, previous)
-            console.print(f"[yellow]{why[0].upper()}{why[1:]}.[/]")
+            console.print(styled("[yellow]{}{}.[/]", why[0].upper(), why[1:]))
             raise typer.Exit(1)
-        console.print(f"Delivery {delivery_id} ({previous}) queued again.")
+        console.print(styled("Delivery {} ({}) queued again.", delivery_id, previous))
         return
     with store.read() as connection:
         ids = outbox.ids_with_status(connection, "dead", destination)

@@ -39,7 +39,7 @@ def profiles_explain(
         graph = explain(connection, profile_id)
     store.dispose()
     if graph is None:
-        console.print(f"[red]No profile {profile_id!r}.[/]")
+        console.print(styled("[red]No profile {!r}.[/]", profile_id))
         raise typer.Exit(1)
     console.print(explain_tree(graph, show_pii=show_pii))
 

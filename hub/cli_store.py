@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hub.errors import ConfigError
 from hub.secret_urls import shown_url
+from hub.store.opening import open_store, store_url, unusable_url, why
 from hub.store import Store
 
 if TYPE_CHECKING:
@@ -31,20 +32,22 @@ if TYPE_CHECKING:
 
 def existing_store(url: str) -> Store:
     """The store at `url` if it exists and holds the hub's schema; else ConfigError saying what to do."""
-    parsed = make_url(url)
+    try:
+        parsed = make_url(store_url(url))
+    except ArgumentError as exc:
+        raise unusable_url(url, exc) from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database or "").expanduser().resolve()
         if not path.is_file():
             raise ConfigError(_not_found(url, f"no database file at {path}"))
-    store = Store(url)
+    store = open_store(url)
     try:
         with store.read() as connection:
             migrated = inspect(connection).has_table("decisions")
         current = migrated and store.is_current()
     except SQLAlchemyError as exc:
         store.dispose()
-        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
-        raise ConfigError(_not_found(url, f"cannot open it ({reason})")) from None
+        raise ConfigError(_not_found(url, f"cannot open it ({why(exc)})")) from None
     if not current:
         store.dispose()
         what = "an older hub's schema" if migrated else "no hub schema (no decisions table)"
@@ -65,7 +68,7 @@ def delivery_recipients(mappings_dir: Path) -> RecipientOf:
 
 
 def _not_found(url: str, what: str) -> list[str]:
-    parsed = make_url(url)
+    parsed = make_url(store_url(url))
     relative = parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "/").is_absolute()
     where = f" (a relative path is read from the current folder, {Path.cwd()})" if relative else ""
     return [

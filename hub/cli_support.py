@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from string import Formatter
 
 import typer
 from pydantic import ValidationError
@@ -30,9 +31,20 @@ err_console = Console(stderr=True, emoji=False)  # notes beside output meant for
 def styled(template: str, *values: object) -> Text:
     """`template` is Rich markup written in our code; each `{}` in it is filled with a value printed as it is.
 
-    Example: ``console.print(styled("[red]No decision {}[/] in {}", decision_id, url))``.
+    Example: ``console.print(styled("[red]No decision {!r}[/] in {}", decision_id, url))``.
     """
-    return Text.from_markup(template.format(*(escape(str(value)) for value in values)), emoji=False)
+    return Text.from_markup(_ESCAPING.format(template, *values), emoji=False)
+
+
+class _EscapingFormatter(Formatter):
+    """Escapes each field after its conversion and format spec: escaping first and then `{!r}` would repr() the
+    escaping backslash too, which Rich then reads as a literal backslash before a live tag."""
+
+    def format_field(self, value: object, format_spec: str) -> str:
+        return escape(super().format_field(value, format_spec))
+
+
+_ESCAPING = _EscapingFormatter()
 
 
 def plain(value: object) -> Text:

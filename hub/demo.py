@@ -11,23 +11,23 @@ import json
 import secrets
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
+from hub.cli_support import plain
 from hub.durations import parse_duration
 from hub.pii import mask_email, mask_phone
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
-from hub.settings import HubSettings
+from hub.settings import WORKER_ROLES, HubSettings
 
 BATCH_SIZE = 5
 
@@ -56,18 +56,32 @@ class Journey:
     unregistered_push_tokens: list[str]
 
 
+JOURNEY_FORMAT = (
+    'one JSON object {"events": [{"at": "-2h", "message": {...}}, ...]}, optionally with "unsubscribed_phones" '
+    'and "unregistered_push_tokens" lists, as mappings/samples/demo_journey.json'
+)
+
+
 def load_journey(path: Path, now: datetime) -> Journey:
-    document = json.loads(path.read_text(encoding="utf-8"))
-    messages = [
-        {**entry["message"], "timestamp": (now - parse_duration(entry["at"].lstrip("-"))).isoformat()}
-        for entry in document["events"]
-    ]
-    return Journey(messages, document.get("unsubscribed_phones", []), document.get("unregistered_push_tokens", []))
+    """The journey in `path`; ValueError saying what is wrong and what the file must hold (the .jsonl sample
+    beside the shipped journey is one message per line, not a journey)."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        messages = [
+            {**entry["message"], "timestamp": (now - parse_duration(entry["at"].lstrip("-"))).isoformat()}
+            for entry in document["events"]
+        ]
+        return Journey(messages, document.get("unsubscribed_phones", []), document.get("unregistered_push_tokens", []))
+    except (ValueError, LookupError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} is not a journey ({type(exc).__name__}: {exc}); it must be {JOURNEY_FORMAT}") from None
 
 
-def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> DemoResult:
-    journey = load_journey(journey_file, datetime.now(timezone.utc))
+def run_demo(settings: HubSettings, journey: Journey, console: Console) -> DemoResult:
+    """Run `journey` through a hub with a throwaway store and every worker (whatever HUB_WORKERS says, since
+    no other process serves this hub), against the sandbox providers."""
     messages = journey.messages
+
+
     with tempfile.TemporaryDirectory(prefix="touchhub-demo-") as folder, SandboxProviders() as sandbox:
         sandbox.twilio.unsubscribed.update(journey.unsubscribed_phones)
         sandbox.fcm.unregistered.update(journey.unregistered_push_tokens)
@@ -75,6 +89,7 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
         demo_settings = settings.with_overrides(
             **{
                 "database_url": f"sqlite:///{folder}/demo.db",
+                "workers": ",".join(WORKER_ROLES),
                 # Throwaway credentials: the demo never depends on (or warns about) the development ones.
                 "default_write_key": secrets.token_urlsafe(16),
                 "admin_token": secrets.token_urlsafe(16),
@@ -91,7 +106,7 @@ def run_demo(settings: HubSettings, journey_file: Path, console: Console) -> Dem
         admin = {"Authorization": f"Bearer {demo_settings.admin_token.get_secret_value()}"}
         with BackgroundServer(create_app(hub)) as server, httpx.Client(base_url=server.url, timeout=10) as client:
             fakes = ", ".join(f"{name} on [bold]{url}[/]" for name, url in sandbox.urls.items())
-            console.print(f"Hub on [bold]{server.url}[/]; sandbox {fakes}")
+            console.print(f"Hub on [bold]{server.url}[/]; sandbox {fakes}", highlight=False)
             accepted = rejected = 0
             with Progress(console=console, transient=True) as progress:
                 task = progress.add_task("Sending the sample journey", total=len(messages))
@@ -124,7 +139,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     overview.add_row("Profiles", str(result.stats["profiles"]))
     overview.add_row("Profile merges", str(result.stats["merges"]))
     for rule, count in sorted(result.stats["decisions"].items()):
-        overview.add_row(f"Trigger fired: {rule}", str(count))
+        overview.add_row(plain(f"Trigger fired: {rule}"), str(count))
     console.print(overview)
 
     deliveries = [(row["channel"], row["status"], str(row["count"]), str(row["attempts"])) for row in result.stats["deliveries"]]
@@ -140,7 +155,7 @@ def print_summary(result: DemoResult, console: Console) -> None:
     console.print(_table("Push notifications received by the sandbox FCM", ("device token", "title", "body"), push))
     tasks = {task["WhoId"]: task["Subject"] for task in result.tasks}
     leads = [
-        (escape(f"{lead.get('FirstName', '')} {lead['LastName']}".strip()), lead.get("Touchhub_Intent__c", ""),
+        (f"{lead.get('FirstName', '')} {lead['LastName']}".strip(), lead.get("Touchhub_Intent__c", ""),
          tasks.get(lead["Id"], ""))
         for lead in result.leads
     ]
@@ -156,5 +171,5 @@ def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) ->
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*map(plain, row))
     return table

@@ -1,7 +1,11 @@
 """`touchhub mappings check`: every YAML file in the mappings folder validated at once, as CI would.
 
-Each file goes through the same model the hub loads it with, so a clean
-check means the hub will start; problems read ``file:line: key: reason``.
+Each file goes through the same model the hub loads it with; problems read
+``file:line: key: reason``. When every file is valid on its own, the folder
+goes through the hub's own start-up checks across files
+(`hub.runtime.load_mappings_folder`: required files present, templates the
+rules name existing and parsing, identifier types declared), so a clean check
+means the hub will start.
 The files are the folder's ``*.yaml`` and every mapping sources.yaml names,
 wherever in the folder it is and whatever its extension (`shop/orders.yml`).
 Sources are built without their secrets (a check must run where the
@@ -22,6 +26,7 @@ from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
 from hub.routing import load_routes
 from hub.rules import load_rules
+from hub.runtime import DEFAULT_SOURCE_ID, load_mappings_folder
 from hub.sources import SOURCES_FILE, build_source, environment, load_entries
 
 
@@ -43,7 +48,21 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
             load(path)
         except ConfigError as exc:
             problems.extend(with_line(problem, path) for problem in exc.problems)
+    if not problems:  # else the start-up checks would report the same broken files again
+        try:
+            load_mappings_folder(folder, registry, _mapping_files(folder, registry))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
     return sorted(checks), problems
+
+
+def _mapping_files(folder: Path, registry: Registry) -> dict[str, str]:
+    """Source id -> mapping file, as the hub gives them out (`Hub._build_sources`), sources built without secrets."""
+    files = {DEFAULT_SOURCE_ID: registry.sources["segment"].default_mapping}
+    for where, entry in load_entries(folder):
+        source = build_source(registry, entry, where, environment(), folder, need_secrets=False)
+        files[entry.id] = entry.mapping or source.default_mapping
+    return files
 
 
 def _named_mappings(folder: Path) -> set[Path]:

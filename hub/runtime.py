@@ -7,9 +7,11 @@ setup is reported in full at once (`ConfigError` with one line per problem).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 import structlog
@@ -17,8 +19,9 @@ import structlog
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
 from connectors.sources.segment import MISSING_WRITE_KEY, SegmentSource
 from hub.absence import TimerEngine
+from hub.store.opening import open_store
 from hub.delivery import DeliveryEngine
-from hub.delivery_policy import PolicyBook, check_destination_ids, load_policy_file
+from hub.delivery_policy import DeliveryPolicyFile, PolicyBook, check_destination_ids, load_policy_file
 from hub.destination_settings import build_destinations
 from hub.errors import AuthenticationError, ConfigError
 from hub.identity import PREVIOUS_ID
@@ -33,7 +36,7 @@ from hub.rules import RuleSpec
 from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
-from hub.store import Store, sql
+from hub.store import sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.templates import TemplateRenderer, template_names
 from hub.wakeups import Wakeups
@@ -54,21 +57,22 @@ class Hub:
         self.registry: Registry = _collect(problems, load_registry) or Registry()
         self.mapping_files: dict[str, str] = {}  # source id -> mapping file, filled by _build_sources
         self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
-        self.mappings: MappingCatalog | None = _collect(problems, lambda: self._load_mappings())
-        self.identity: IdentityConfig | None = _collect(problems, lambda: self._load_identity())
         self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
-        self.router = _collect(problems, lambda: self._build_router())
-        self.rulebook = _collect(problems, lambda: self._build_rulebook())
-        policy_file = _collect(problems, lambda: load_policy_file(settings.mappings_dir))
-        if policy_file is not None:
-            _collect(problems, lambda: check_destination_ids(policy_file, self.registry.destinations))
+        contact_policy = _collect(problems, lambda: self._contact_policy())
+        # Only a process that delivers knows which destinations are configured; one that leaves delivery to other
+        # processes (HUB_WORKERS) may run without their credentials, and routes as if every one were.
+        served = self.destinations if "delivery" in settings.worker_roles else None
+        folder = _collect(problems, lambda: load_mappings_folder(
+            settings.mappings_dir, self.registry, self.mapping_files, policy=contact_policy, served=served,
+            mappings_reload_seconds=settings.mappings_reload_seconds, rules_reload_seconds=settings.rules_reload_seconds,
+        ))
         if problems:
             raise ConfigError(problems)
-        assert self.router is not None and self.rulebook is not None
-        assert self.mappings is not None and self.identity is not None and policy_file is not None
-        self.store = Store(settings.database_url)
-        self.store.migrate()
-        self.wakeups = Wakeups(settings.database_url)
+        assert folder is not None
+        self.mappings, self.identity, self.router, self.rulebook = folder.mappings, folder.identity, folder.router, folder.rulebook
+        policy_file = folder.policy_file
+        self.store = open_store(settings.database_url, migrate=True)
+        self.wakeups = Wakeups(self.store.url)
         self.pipeline_wake = self.wakeups.events["pipeline"]
         self.delivery_wake = self.wakeups.events["delivery"]
         self.timer_wake = self.wakeups.events["timers"]
@@ -178,58 +182,16 @@ class Hub:
             raise ConfigError(problems)
         return sources
 
-    def _load_mappings(self) -> MappingCatalog:
-        return MappingCatalog(self.settings.mappings_dir, self.mapping_files, self.settings.mappings_reload_seconds)
-
-    def _load_identity(self) -> IdentityConfig:
-        """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
-
-        A mappings folder without the file (one made before it existed) gets the shipped defaults.
-        """
-        path = self.settings.mappings_dir / IDENTITY_FILE
-        config = identity_config_in(self.settings.mappings_dir)
-        undeclared = [
-            f"{path}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
-            for mapping in (self.mappings or {}).values()
-            for type_ in dict(mapping.identifiers)
-            if type_ not in config.types and type_ != PREVIOUS_ID
-        ]
-        if undeclared:
-            raise ConfigError(undeclared)
-        return config
-
-    def _build_router(self) -> Router:
+    def _contact_policy(self) -> ContactPolicy:
         settings = self.settings
         try:
             quiet_hours = QuietHours.parse(settings.quiet_hours, settings.default_timezone)
         except ValueError as exc:
             raise ConfigError(f"HUB_QUIET_HOURS / HUB_DEFAULT_TIMEZONE: {exc}") from None
-        policy = ContactPolicy(
+        return ContactPolicy(
             daily_cap=settings.daily_message_cap, quiet_hours=quiet_hours,
             max_age=timedelta(hours=settings.message_max_age_hours),
         )
-        templates = TemplateRenderer(settings.mappings_dir / "templates", settings.rules_reload_seconds)
-        # Only a process that delivers knows which destinations are configured; one that leaves delivery to other
-        # processes (HUB_WORKERS) may run without their credentials, and routes as if every one were.
-        served = self.destinations if "delivery" in settings.worker_roles else None
-        return Router(load_routes(settings.mappings_dir / "routes.yaml"), templates, policy, configured=served)
-
-    def _build_rulebook(self) -> RuleBook:
-        router, destinations = self.router, self.registry.destinations
-
-        def rules_can_be_served(rules: list[RuleSpec]) -> None:
-            """Every channel routed, every template parsing, every action's params taken by its destinations:
-            all that is wrong reported at once."""
-            if router is None:
-                return
-            problems: list[str] = []
-            _collect(problems, lambda: router.check_channels(rules))
-            _collect(problems, lambda: router.templates.check(sorted(template_names(rules))))
-            _collect(problems, lambda: check_action_params(rules, router.routes, destinations))
-            if problems:
-                raise ConfigError(problems)
-
-        return RuleBook(self.settings.mappings_dir / "triggers.yaml", rules_can_be_served, self.settings.rules_reload_seconds)
 
     def _build_destinations(self) -> dict[str, Destination]:
         return build_destinations(self.registry, self.settings, forget_tokens=self._forget_push_tokens)
@@ -241,6 +203,81 @@ class Hub:
             sql.lock_profiles(connection)
             removed = SqlIdentityGraph(connection).detach("push_token", tokens, reason)
         log.info("forgot dead push tokens", reported=len(tokens), removed=removed, reason=reason)
+
+
+@dataclass(frozen=True)
+class MappingsFolder:
+    """What the hub runs on from its mappings folder (HUB_MAPPINGS_DIR), each file checked against the others."""
+
+    mappings: MappingCatalog
+    identity: IdentityConfig
+    router: Router
+    rulebook: RuleBook
+    policy_file: DeliveryPolicyFile
+
+
+def load_mappings_folder(
+    folder: Path, registry: Registry, mapping_files: Mapping[str, str], *, policy: ContactPolicy | None = None,
+    served: Collection[str] | None = None, mappings_reload_seconds: float = 1.0, rules_reload_seconds: float = 1.0,
+) -> MappingsFolder:
+    """Every start-up check of the mappings folder that needs no secret and no database, in one place: the hub
+    starts on it and `touchhub mappings check` runs it, so a clean check means the hub will start.
+
+    Args:
+        mapping_files: source id -> the mapping file it reads.
+        policy: the contact policy from the settings (default: ContactPolicy's).
+        served: the destinations this process has settings for (None: every route is taken as served).
+
+    Raises:
+        ConfigError: every problem at once, each naming its file (a required file missing, a template that does
+        not parse or does not exist, an identifier type identity.yaml does not declare, ...).
+    """
+    problems: list[str] = []
+    mappings = _collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds))
+    identity = _collect(problems, lambda: _identity_for(folder, mappings))
+    templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
+    router = _collect(problems, lambda: Router(load_routes(folder / "routes.yaml"), templates, policy, configured=served))
+    rulebook = _collect(problems, lambda: RuleBook(
+        folder / "triggers.yaml", partial(_rules_served, router, registry.destinations), rules_reload_seconds
+    ))
+    policy_file = _collect(problems, lambda: load_policy_file(folder))
+    if policy_file is not None:
+        _collect(problems, lambda: check_destination_ids(policy_file, registry.destinations))
+    if problems:
+        raise ConfigError(problems)
+    assert mappings is not None and identity is not None and router is not None
+    assert rulebook is not None and policy_file is not None
+    return MappingsFolder(mappings, identity, router, rulebook, policy_file)
+
+
+def _identity_for(folder: Path, mappings: MappingCatalog | None) -> IdentityConfig:
+    """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
+
+    A mappings folder without the file (one made before it existed) gets the shipped defaults.
+    """
+    config = identity_config_in(folder)
+    undeclared = [
+        f"{folder / IDENTITY_FILE}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
+        for mapping in (mappings or {}).values()
+        for type_ in dict(mapping.identifiers)
+        if type_ not in config.types and type_ != PREVIOUS_ID
+    ]
+    if undeclared:
+        raise ConfigError(undeclared)
+    return config
+
+
+def _rules_served(router: Router | None, destinations: Mapping[str, type[Destination]], rules: list[RuleSpec]) -> None:
+    """Every channel routed, every template parsing, every action's params taken by its destinations (at start-up
+    and each reload of triggers.yaml): all that is wrong reported at once."""
+    if router is None:
+        return
+    problems: list[str] = []
+    _collect(problems, lambda: router.check_channels(rules))
+    _collect(problems, lambda: router.templates.check(sorted(template_names(rules))))
+    _collect(problems, lambda: check_action_params(rules, router.routes, destinations))
+    if problems:
+        raise ConfigError(problems)
 
 
 def check_action_params(

@@ -41,7 +41,7 @@ class HubSettings(BaseSettings):
     mappings_dir: Path = Field(PROJECT_MAPPINGS, description="Folder of mapping, trigger and route YAML.")
     mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(8000, ge=1, le=65535, description="TCP port the HTTP server listens on.")
     public_base_url: str | None = Field(
         None, description="How providers and recipients reach this hub (callbacks, unsubscribe links); default http://host:port."
     )
@@ -92,8 +92,9 @@ class HubSettings(BaseSettings):
     smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
     email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
     unsubscribe_secret: SecretStr = Field(
-        SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET),
-        description="Signs unsubscribe links; to change it, move the old one to HUB_UNSUBSCRIBE_PREVIOUS_SECRET first.",
+        SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET), min_length=1,
+        description="Signs unsubscribe links (an empty one would sign links the hub then refuses); to change it, move "
+        "the old one to HUB_UNSUBSCRIBE_PREVIOUS_SECRET first.",
     )
     unsubscribe_previous_secret: SecretStr | None = Field(
         None, description="The secret before the last change: links it signed keep working until they expire "

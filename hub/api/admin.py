@@ -88,11 +88,13 @@ async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
 @router.get("/deliveries", summary="The delivery log: deliveries with every attempt", dependencies=READ)
 async def list_deliveries(
     request: Request, limit: int = Limit, profile_id: str | None = None,
-    status: str | None = Query(None, description="pending, retrying, sent, delivered, failed or dead (the DLQ)."),
+    status: str | None = Query(None, description=f"One of {', '.join(outbox.STATUSES)} (dead: the DLQ)."),
     channel: str | None = None, destination: str | None = Query(None, description="Destination id, e.g. twilio_sms."),
     since: datetime | None = Query(None, description="Planned at or after this ISO 8601 time (UTC if no offset)."),
     until: datetime | None = Query(None, description="Planned before this ISO 8601 time (UTC if no offset)."),
 ) -> dict[str, Any]:
+    if status is not None and status not in outbox.STATUSES:
+        raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
     search = partial(
         outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
         since=_aware(since), until=_aware(until), recipient=_hub(request).router.recipient,

@@ -16,6 +16,9 @@ from hub.pii import TOKEN_TYPES, mask_recipient, mask_text, mask_value
 from hub.store import precompiled, sql
 from hub.store.schema import UTCDateTime, attempts, deliveries, held_reports, identifiers
 
+# Every status a delivery can have: a filter on any other shows nothing, which reads as "none of those" (an
+# empty dead-letter queue for a typo of `dead`).
+STATUSES = ("pending", "retrying", "sent", "delivered", "failed", "dead")
 DUE_STATUSES = ("pending", "retrying")
 REPLAYABLE_STATUSES = ("dead", "failed")
 # Deliveries that have reached no one yet and still may: due, held (pending until later) or dead (a replay).
