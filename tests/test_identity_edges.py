@@ -18,13 +18,13 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, PlannedDelivery
 from hub.replay import replay
 from hub.runtime import Hub
-from hub.store import identity_repair, outbox
-from hub.store.forget import forget as forget_person
+from hub.store import outbox
 from hub.store.identity_explain import explain
 from hub.store.profile_views import find_profile_id
-from hub.store.schema import attempts, deliveries, inbox, merges, metadata
+from hub.store.schema import attempts, deliveries, inbox, metadata
 from tests.conftest import message
 from tests.test_absence_timers import accept, hub_on
+from tests.test_forget_messages import forget, unmerge_bo_then_forget_him
 
 NOW = datetime.now(timezone.utc)
 BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -38,12 +38,6 @@ def ago(days: float) -> str:
 def profile(hub: Hub, type_: str, value: str) -> str | None:
     with hub.store.read() as connection:
         return find_profile_id(connection, Identifier(type_, value))
-
-
-def forget(hub: Hub, profile_id: str) -> None:
-    """What DELETE /api/profiles/{id} runs, with mappings/identity.yaml's blocking on."""
-    with hub.store.write() as connection:
-        forget_person(connection, profile_id, utcnow(), block_identifiers=True)
 
 
 def stored_rows_holding(hub: Hub, text: str) -> list[str]:
@@ -95,12 +89,7 @@ def test_forgetting_someone_split_off_by_an_unmerge_takes_their_address_out_of_t
                message(anonymousId="ana-phone", event="Ticket Submitted", timestamp=NOW.isoformat()))
         while hub.delivery.run_once():
             pass
-        ana = profile(hub, "anonymous_id", "ana-phone")
-        with hub.store.read() as connection:
-            [bo] = connection.execute(select(merges.c.merged_id)).scalars()
-        with hub.store.write() as connection:
-            identity_repair.unmerge(connection, ana, bo, utcnow())
-        forget(hub, bo)
+        ana = unmerge_bo_then_forget_him(hub)
         assert stored_rows_holding(hub, "bo@x.io") == []
         with hub.store.read() as connection:
             log = {row.channel: row for row in connection.execute(select(deliveries).where(deliveries.c.profile_id == ana))}

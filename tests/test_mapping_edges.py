@@ -7,7 +7,6 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +29,8 @@ from hub.normalize import normalize
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import schema
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
+from tests.test_mappings import BASE, RECEIVED
 
-RECEIVED = datetime(2026, 11, 20, 12, 0, tzinfo=timezone.utc)
-BASE: dict[str, Any] = {
-    "event": "name",
-    "occurred_at": "at",
-    "identifiers": {"user_id": "uid"},
-    "properties": "props",
-    "events": {"Order Completed": {"stage": "decision", "moment": "purchase"}},
-    "default": {"stage": "awareness", "moment": "other"},
-}
 JOIN_TAGS = "join(', ', properties.tags)"
 
 

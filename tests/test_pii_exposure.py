@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from sqlalchemy import select, text
+from sqlalchemy import select
+from sqlalchemy import text as sql_text
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -209,7 +210,7 @@ def test_touchhub_migrate_prints_the_database_url_without_its_password(postgres:
 def refuse(running_hub: RunningHub, constraint: str) -> None:
     """Make the store refuse a row, as an unexpected database error would."""
     with running_hub.hub.store.write() as connection:
-        connection.execute(text(constraint))
+        connection.execute(sql_text(constraint))
 
 
 @ONLY_POSTGRESQL
