@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -64,3 +66,19 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_env_example_documents_every_setting() -> None:
     documented = set(re.findall(r"^#?\s*HUB_([A-Z_]+)=", (ROOT / ".env.example").read_text(), flags=re.MULTILINE))
     assert documented == {name.upper() for name in HubSettings.model_fields}
+
+
+def test_every_shipped_mapping_file_is_package_data_of_the_distribution() -> None:
+    """Only the editable install found mappings/ (beside hub/): a wheel, `pip install .` or a Docker image had
+    none, so the demo exited 2 and serve could not start. The folder ships as a namespace package's data, which
+    lands beside hub/ in site-packages, where `PROJECT_MAPPINGS` looks."""
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["packages"]["find"].get("namespaces") and "mappings*" in setuptools["packages"]["find"]["include"]
+    patterns = setuptools["package-data"]
+    shipped = [path for path in PROJECT_MAPPINGS.rglob("*") if path.is_file() and "__pycache__" not in path.parts]
+    assert shipped
+    for path in shipped:
+        package = ".".join(path.parent.relative_to(ROOT).parts)
+        assert any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns.get(package, [])), (
+            f"{path.relative_to(ROOT)} is not package data of {package}: add its pattern to pyproject.toml"
+        )
