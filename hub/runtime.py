@@ -19,7 +19,6 @@ import structlog
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
 from connectors.sources.segment import MISSING_WRITE_KEY, SegmentSource
 from hub.absence import TimerEngine
-from hub.store.opening import open_store
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook, check_destination_ids, load_policy_file
 from hub.destination_settings import build_destinations
@@ -38,6 +37,7 @@ from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import sql
 from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.opening import open_store
 from hub.templates import TemplateRenderer, template_names
 from hub.wakeups import Wakeups
 from hub.workers import Worker
