@@ -28,6 +28,15 @@ from tests.conftest import make_settings, message
 NOW = datetime.now(timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def fresh_now() -> None:
+    """Events here are minutes before NOW, and waits run from them: NOW is each test's start, not when the module
+    was imported. A run of the whole suite takes over ten minutes, and a 30-minute wait begun 20 minutes "ago" had
+    come due by the time a late module's test asserted it still ran. Modules that use `ago` import this too."""
+    global NOW
+    NOW = datetime.now(timezone.utc)
+
+
 def hub_on(tmp_path: Path, **overrides: object) -> Hub:
     """A hub whose workers are not started: the test drives each step, as a crash-and-restart would."""
     return Hub(make_settings(tmp_path, **{"quiet_hours": "", "lease_seconds": 0.5, **overrides}))

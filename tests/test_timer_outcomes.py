@@ -30,6 +30,7 @@ from tests.test_absence_timers import (
     ago,
     carts_of,
     copied_mappings,
+    fresh_now,  # noqa: F401  (autouse: `ago` counts from this test's start)
     hub_on,
     nudge_hub,
     nudges,

@@ -27,7 +27,7 @@ from hub.store.profile_views import profile_view
 from hub.store.schema import deliveries, merges
 from hub.store.timers import ALREADY_FIRED_BY
 from tests.conftest import message
-from tests.test_absence_timers import accept, ago, hub_on
+from tests.test_absence_timers import accept, ago, fresh_now, hub_on  # noqa: F401  (fresh_now: autouse)
 
 BAD_LINK = [
     message("identify", userId="amy", traits={"email": "amy@example.com"}, timestamp=ago(days=1)),
