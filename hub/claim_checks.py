@@ -19,7 +19,7 @@ from sqlalchemy import Connection
 from hub.consent import consent_revoked
 from hub.model import QUIET_ZONE, SEND_BY, Delivery
 from hub.quiet_hours import QuietHours
-from hub.store import outbox
+from hub.store import outbox, withdrawals
 from hub.store.profile_views import live_traits
 
 log = structlog.get_logger(__name__)
@@ -74,7 +74,7 @@ class ClaimChecks:
         stale = [d.delivery_id for d in claimed if SEND_BY in d.content and datetime.fromisoformat(d.content[SEND_BY]) < now]
         if not stale:
             return claimed
-        outbox.withdraw(connection, stale, now, "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due")
+        withdrawals.withdraw(connection, stale, now, "not sent: too old to send, past HUB_MESSAGE_MAX_AGE_HOURS after it was due")
         log.info("deliveries withdrawn: too old to send", deliveries=len(stale))
         return [delivery for delivery in claimed if delivery.delivery_id not in stale]
 
@@ -96,6 +96,6 @@ class ClaimChecks:
         traits = live_traits(connection, {delivery.profile_id for delivery in held})
         revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
         if revoked:
-            outbox.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
+            withdrawals.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
             log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
         return [delivery for delivery in claimed if delivery.delivery_id not in revoked]

@@ -17,7 +17,7 @@ from rich.table import Table
 from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
 from hub.clock import utcnow
-from hub.store import Store, outbox
+from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.profile_views import for_live_profile
 
 app = typer.Typer(
@@ -48,7 +48,7 @@ def list_deliveries(
     """
     with config_problems_exit("The delivery log cannot be read"):
         recipient = delivery_recipients(load_settings().mappings_dir)
-    search = partial(outbox.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
+    search = partial(delivery_log.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
                      recipient=recipient)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
         found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
@@ -80,18 +80,18 @@ def replay(
     store = _store()
     if delivery_id is not None:
         with store.write() as connection:
-            previous = outbox.replay(connection, delivery_id, utcnow())
+            previous = delivery_replay.replay(connection, delivery_id, utcnow())
         if previous is None:
             console.print(styled("[red]No delivery {!r}.[/]", delivery_id))
             raise typer.Exit(1)
-        if previous not in outbox.REPLAYABLE_STATUSES:
-            why = outbox.why_not_replayed(delivery_id, previous)
+        if previous not in delivery_replay.REPLAYABLE_STATUSES:
+            why = delivery_replay.why_not_replayed(delivery_id, previous)
             console.print(styled("[yellow]{}{}.[/]", why[0].upper(), why[1:]))
             raise typer.Exit(1)
         console.print(styled("Delivery {} ({}) queued again.", delivery_id, previous))
         return
     with store.read() as connection:
-        ids = outbox.ids_with_status(connection, "dead", destination)
+        ids = delivery_replay.ids_with_status(connection, "dead", destination)
     columns = (TextColumn("Replaying dead deliveries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("replay", total=len(ids))
@@ -99,6 +99,6 @@ def replay(
             chunk = ids[start : start + REPLAY_CHUNK]
             with store.write() as connection:
                 for each in chunk:
-                    outbox.replay(connection, each, utcnow())
+                    delivery_replay.replay(connection, each, utcnow())
             progress.advance(task, len(chunk))
     console.print(f"{len(ids)} dead deliveries queued again.")

@@ -27,7 +27,7 @@ from hub.store.opening import open_store, store_url, unusable_url, why
 from hub.store import Store
 
 if TYPE_CHECKING:
-    from hub.store.outbox import RecipientOf
+    from hub.store.delivery_log import RecipientOf
 
 
 def existing_store(url: str) -> Store:

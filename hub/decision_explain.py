@@ -14,12 +14,12 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from hub.store import decisions, outbox, touchpoints
+from hub.store import decisions, delivery_log, touchpoints
 from hub.store.schema import timers
 
 
 def explain(
-    connection: Connection, decision_id: str, recipient: outbox.RecipientOf = outbox.unrouted
+    connection: Connection, decision_id: str, recipient: delivery_log.RecipientOf = delivery_log.unrouted
 ) -> dict[str, Any] | None:
     """`recipient`: what each delivery's target is (`Router.recipient`), so push tokens are masked as such."""
     decision = decisions.get(connection, decision_id)
@@ -33,7 +33,7 @@ def explain(
         "judged_again_after": _evidence_touchpoint(connection, evidence, "judged_again_after"),
         "merged_by": _evidence_touchpoint(connection, evidence, "merged_by"),
         "timer": dict(timer) if timer else None,
-        "deliveries": outbox.search(connection, limit=100, decision_id=decision_id, recipient=recipient),
+        "deliveries": delivery_log.search(connection, limit=100, decision_id=decision_id, recipient=recipient),
     }
 
 

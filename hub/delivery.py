@@ -30,7 +30,7 @@ claimed again, by this engine or another, and sent twice. A crash between a
 send and its record means the row's lease expires and it is sent again:
 delivery is at-least-once, and idempotency keys let providers that accept
 them collapse the duplicate. A batch whose record fails is recorded again
-one outcome at a time (`_record_one_by_one`), and committed before the next
+one outcome at a time (`hub.delivery_record`), and committed before the next
 claim, so one row the database refuses costs its own delivery only, not the
 whole batch sent again after every lease.
 
@@ -48,19 +48,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import TypeVar
 
 import structlog
 from sqlalchemy import Connection
 
-from connectors.base import CallbackReceiver, Destination
-from hub import metrics, provider_reports
+from connectors.base import Destination
+from hub import metrics
 from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
-from hub.consent import lock_before_deliveries, set_consent
 from hub.delivery_policy import PolicyBook
+from hub.delivery_record import AttemptRecorder, Outcome, unsent_summary
 from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
@@ -70,15 +68,13 @@ from hub.errors import (
     RetryableDeliveryError,
     unexpected_failure,
 )
-from hub.model import Delivery, Identifier, ProviderStatus, SendResult
+from hub.model import Delivery, Identifier, SendResult
 from hub.pii import mask_recipient, mask_text
 from hub.quiet_hours import QuietHours
-from hub.store import Store, held_reports, merged_targets, outbox
-from hub.store.identity_graph import SqlIdentityGraph
+from hub.store import Store, merged_targets, outbox
 from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
 # A rate-limited send waits (holding its place among the sends in flight) at most
 # this long; a longer wait puts the delivery back in the outbox instead.
@@ -88,26 +84,6 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
 PLACE_LOOK_SECONDS = 0.005
-# The error class of an attempt logged without what the provider said, since the database refused that.
-RECORD_FAILED = "hub.record_failed"
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one claimed delivery.
-
-    `attempt` is None when the delivery was held back without a send; it then
-    keeps its status and only its due time moves to `next_attempt_at`.
-    """
-
-    delivery: Delivery
-    attempt: AttemptRecord | None
-    status: str
-    next_attempt_at: datetime | None
-    revokes_consent: bool = False
-    recipient_gone: str | None = None  # why the address left the profile (`DeliveryFailure.recipient_gone`)
-
-
 class DeliveryEngine:
     def __init__(
         self,
@@ -125,6 +101,7 @@ class DeliveryEngine:
         `recipient`: the identifier a delivery's channel and target name (`Router.recipient`), which a
         provider's refusal of it revokes consent through."""
         self.store = store
+        self._recorder = AttemptRecorder(store, destinations, recipient)
         self._checks = ClaimChecks(quiet_hours)
         self.recipient = recipient
         self.destinations = destinations
@@ -171,7 +148,7 @@ class DeliveryEngine:
         self._loop.run_until_complete(self._wait_for_sends())
         finished = self._finished()
         in_flight = [delivery_id for delivery_id in self._sending if delivery_id not in finished]
-        self._claimed = self._write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
+        self._claimed = self._recorder.write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
         for delivery_id in finished:  # only now: outcomes whose record failed are recorded by the next run
             self._done(delivery_id)
         return len(finished) + len(self._sending)
@@ -272,109 +249,6 @@ class DeliveryEngine:
                 at_limit.append(destination_id)
         return at_limit
 
-    def _write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T | None:
-        """Record the outcomes, and `then` (the next claim), in one transaction; returns what `then` returned.
-
-        If that fails, the outcomes are recorded again in a new one, each in a
-        savepoint of its own (`_record_one_by_one`), and `then` is left to the
-        next run (None): the failure may have been its own (a claim that
-        fails), and run in the same transaction again it rolled the records
-        back with it. Until a record succeeds the outcomes stay the caller's
-        to record: dropped, their deliveries (sent, some of them) were sent
-        again when their leases ran out.
-        """
-        try:
-            with self.store.write() as connection:
-                self._record(connection, outcomes)
-                return then(connection)
-        except Exception:
-            if not outcomes:
-                raise
-            log.exception("recording a batch of attempts failed; recording them one by one", outcomes=len(outcomes))
-        with self.store.write() as connection:
-            self._record_one_by_one(connection, outcomes)
-        return None
-
-    def _record(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
-        """The outcomes' records (`_write`), after the locks they need (`_lock`), with the reports that came
-        before their sends."""
-        self._write(connection, outcomes, self._lock(connection, outcomes, take_reports=True))
-
-    def _record_one_by_one(self, connection: Connection, outcomes: Sequence[Outcome]) -> None:
-        """`_record`, each outcome in a savepoint of its own after the locks of all of them; one whose record
-        fails again is written `_unrecorded`, so it costs only its own delivery (the reports held for its
-        message stay held: the savepoint took them back)."""
-        self._lock(connection, outcomes, take_reports=False)
-        for outcome in outcomes:
-            try:
-                with connection.begin_nested():
-                    self._write(connection, [outcome], held_reports.take(connection, self._sent_with_reports([outcome])))
-            except Exception as exc:
-                log.exception("recording a delivery's attempt failed; it is logged without the provider's answer",
-                              delivery_id=outcome.delivery.delivery_id)
-                self._write(connection, self._unrecorded(outcome, exc), [])
-
-    def _lock(
-        self, connection: Connection, outcomes: Sequence[Outcome], *, take_reports: bool
-    ) -> list[tuple[str, ProviderStatus]]:
-        """Take the locks the outcomes' records need, in the order every writer takes them (`hub.provider_reports`):
-        their messages', for reports that came before the send (`hub.store.held_reports`), then the profiles',
-        when consent may change. Returns the reports held for those messages, taken now if `take_reports`;
-        otherwise the caller takes them later, and the profiles' lock is taken whatever they say."""
-        reported = self._sent_with_reports(outcomes)
-        held_reports.lock_messages(connection, reported)
-        early = held_reports.take(connection, reported) if take_reports else []
-        lock_before_deliveries(connection, not take_reports or any(
-            outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
-        ) or any(report.revokes_consent for _, report in early))
-        return early
-
-    def _unrecorded(self, outcome: Outcome, error: Exception) -> list[Outcome]:
-        """The outcome as the log can take it when its own record failed: its attempt and the status that
-        leads to (a sent message stays sent: sending it again would reach the person twice), without what
-        the provider said or what that feeds back (consent, addresses). A held-back delivery has nothing to
-        log: it is claimed again when its lease runs out, as it would have been after its wait."""
-        if outcome.attempt is None:
-            return []
-        attempt = replace(
-            outcome.attempt, provider_message_id=None, error_class=RECORD_FAILED,
-            error_message=f"the hub could not record this attempt as the provider answered it ({type(error).__name__}; "
-                          "the worker's log has the error); its outcome is kept, without the provider's answer",
-            request_summary=self._unsent_summary(outcome.delivery), response_summary={},
-        )
-        return [Outcome(outcome.delivery, attempt, outcome.status, outcome.next_attempt_at)]
-
-    def _write(
-        self, connection: Connection, outcomes: Sequence[Outcome], early: list[tuple[str, ProviderStatus]]
-    ) -> None:
-        """Each outcome: its attempt logged and its new status, or its wait (held back); the `early` reports on
-        the messages sent applied; consent a provider refused, and addresses it said do not exist."""
-        now = utcnow()
-        outbox.record_attempts(connection, [
-            outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
-        ])
-        for destination_id, report in early:
-            provider_reports.apply(connection, destination_id, [report], now, self.recipient)
-        for outcome in outcomes:
-            delivery = outcome.delivery
-            if outcome.attempt is None:
-                assert outcome.next_attempt_at is not None
-                outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
-            if outcome.revokes_consent:
-                through = self.recipient(delivery.channel, delivery.target)
-                set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
-            if outcome.recipient_gone and (address := self.recipient(delivery.channel, delivery.target)) is not None:
-                SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
-
-    def _sent_with_reports(self, outcomes: Sequence[Outcome]) -> list[held_reports.SentMessage]:
-        """The messages sent to destinations that report on them later (callbacks), by their provider ids."""
-        return [
-            (o.delivery.destination_id, o.attempt.provider_message_id)
-            for o in outcomes
-            if o.attempt is not None and o.attempt.provider_message_id
-            and isinstance(self.destinations.get(o.delivery.destination_id), CallbackReceiver)
-        ]
-
     async def _attempt_bounded(self, delivery: Delivery) -> Outcome:
         async with self._in_flight:
             return await self.attempt(delivery)
@@ -441,13 +315,8 @@ class DeliveryEngine:
             error = exc if isinstance(exc, DeliveryError) else RetryableDeliveryError(unexpected_failure(exc))
             if error.failure.error_class.startswith(UNEXPECTED):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
-            summary = self._unsent_summary(delivery) if request_summary is None else request_summary
+            summary = unsent_summary(delivery, self.recipient) if request_summary is None else request_summary
             return self._failed(delivery, error, started_at, clock, summary)
-
-    def _unsent_summary(self, delivery: Delivery) -> dict[str, str]:
-        """The request summary of a delivery no destination could take: its target masked as the delivery log
-        masks it (a push token cut short, not shown whole)."""
-        return {"target": mask_recipient(delivery.target, self.recipient(delivery.channel, delivery.target))}
 
     def _failed(
         self, delivery: Delivery, error: DeliveryError, started_at: datetime, clock: float, request_summary: dict
@@ -500,7 +369,7 @@ class DeliveryEngine:
         if self._sending:
             self._loop.run_until_complete(asyncio.wait(self._sending.values()))
         if self._sending or self._claimed:
-            self._write_back(list(self._finished().values()), self._put_back)
+            self._recorder.write_back(list(self._finished().values()), self._put_back)
             self._sending, self._leased_at, self._claimed = {}, {}, None
         self._loop.run_until_complete(self._close_async())
         self._loop.close()

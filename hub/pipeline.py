@@ -35,7 +35,7 @@ from hub.normalize import normalize
 from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.store import Store, forget, inbox, outbox, quarantine, timers, touchpoints
+from hub.store import Store, forget, inbox, quarantine, timers, touchpoints, withdrawals
 from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
@@ -186,7 +186,7 @@ class Pipeline:
             forget.forget_inbox_payloads(connection, [row.id])
         if resolution.moved:  # a shared device's token went to whoever signed in on it: the first one's pushes to it stop
             for moved in resolution.moved:
-                outbox.drop_recipient(connection, moved.from_profile_id, moved.identifier.value, now, outbox.WITHDRAWN_DEVICE_HANDED_ON)
+                withdrawals.drop_recipient(connection, moved.from_profile_id, moved.identifier.value, now, withdrawals.WITHDRAWN_DEVICE_HANDED_ON)
         graph.update_traits(resolution.profile_id, touchpoint.traits, trait_time(touchpoint.occurred_at, touchpoint.received_at))
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)

@@ -8,6 +8,7 @@ from hub.clock import utcnow
 from hub.store import (
     Store,
     decisions,
+    delivery_log,
     inbox,
     outbox,
     profile_views,
@@ -26,7 +27,7 @@ def collect(store: Store) -> dict[str, Any]:
             "profiles": graph["profiles"],
             "merges": graph["merges"],
             "decisions": decisions.count_by_rule(connection),
-            "deliveries": outbox.count_by_channel_and_status(connection),
+            "deliveries": delivery_log.count_by_channel_and_status(connection),
             "timers": timers.count_by_status(connection),
             "quarantined": quarantine.count(connection),
         }

@@ -18,7 +18,7 @@ from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id, ordered_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import decisions, identity_repair, inbox, outbox, timers, touchpoints
+from hub.store import decisions, delivery_log, identity_repair, inbox, timers, touchpoints
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import deliveries as deliveries_table
 from hub.store.schema import merges
@@ -302,7 +302,7 @@ def test_two_timers_of_one_profile_in_a_batch_fire_in_turn_so_the_daily_cap_coun
         assert decisions.count_by_rule(connection) == {"cart_abandonment": 1, "cart_reminder": 1}
         fates = sorted(action["fate"] for decision in decisions.search(connection, limit=10) for action in decision["actions"])
         assert fates == ["capped", "planned"]  # the second decision found the day's one message planned
-        assert len(outbox.search(connection, limit=10)) == 1
+        assert len(delivery_log.search(connection, limit=10)) == 1
 
 
 
@@ -356,7 +356,7 @@ def test_a_set_with_a_timer_of_a_profile_merged_since_fires_it_on_the_live_profi
     assert status_of(hub, "bob") == "fired"
     with hub.store.read() as connection:
         [decision] = decisions.search(connection, limit=10, profile_id=amy)
-        [delivery] = outbox.search(connection, limit=10, profile_id=amy)
+        [delivery] = delivery_log.search(connection, limit=10, profile_id=amy)
     assert decision["decision_id"] == timer_row(hub, timer["timer_id"])["decision_id"]
     assert delivery["channel"] == "email"  # to amy's address, which the anonymous profile never had
 

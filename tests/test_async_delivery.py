@@ -25,6 +25,7 @@ from hub.model import Delivery, PlannedDelivery, SendResult, derived_id
 from hub.quiet_hours import QuietHours
 from hub.settings import HubSettings
 from hub.store import Store, outbox
+from hub.store.delivery_log import search as search_delivery_log
 from hub.store.schema import deliveries
 
 
@@ -101,7 +102,7 @@ def engine(store: Store, target: Destination, concurrency: int, batch_size: int 
 
 def delivery_log(store: Store) -> dict[str, dict]:
     with store.read() as connection:
-        return {item["target"]: item for item in outbox.search(connection, limit=100)}
+        return {item["target"]: item for item in search_delivery_log(connection, limit=100)}
 
 
 def test_a_blocking_destination_sends_from_the_engines_worker_threads_and_its_errors_are_classified(store: Store) -> None:

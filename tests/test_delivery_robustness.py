@@ -16,14 +16,16 @@ from sqlalchemy import select
 from connectors.base import Destination, load_registry
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
-from hub.delivery import RECORD_FAILED, DeliveryEngine
+from hub.delivery import DeliveryEngine
+from hub.delivery_record import RECORD_FAILED
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook, check_destination_ids, load_policy_file
 from hub.errors import ConfigError, DeliveryError, DeliveryFailure, RetryableDeliveryError
 from hub.mapping_check import check_folder
 from hub.model import Delivery, PlannedDelivery, ProviderStatus, SendResult
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
-from hub.store import Store, outbox
+from hub.store import Store, delivery_replay, outbox, withdrawals
+from hub.store.delivery_log import search as search_delivery_log
 from hub.store.schema import deliveries
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, support_ticket
 
@@ -99,7 +101,7 @@ def drive(*engines: DeliveryEngine, seconds: float, until: Callable[[], bool] = 
 
 def delivery_log(store: Store) -> dict[str, dict[str, Any]]:
     with store.read() as connection:
-        return {item["delivery_id"]: item for item in outbox.search(connection, limit=100)}
+        return {item["delivery_id"]: item for item in search_delivery_log(connection, limit=100)}
 
 
 def statuses(store: Store) -> dict[str, str]:
@@ -242,8 +244,8 @@ def test_a_claim_leaves_out_the_deliveries_the_worker_still_has_in_flight(store:
     now = utcnow()
     with store.write() as connection:
         outbox.claim_due(connection, 10, now, timedelta(seconds=60))
-        outbox.withdraw(connection, ["in-flight"], now, "forgotten meanwhile")
-        outbox.replay(connection, "in-flight", now)
+        withdrawals.withdraw(connection, ["in-flight"], now, "forgotten meanwhile")
+        delivery_replay.replay(connection, "in-flight", now)
         outbox.defer(connection, "due", now)
         claimed = outbox.claim_due(connection, 10, now, timedelta(seconds=60), held=frozenset({"in-flight"}))
     assert [delivery.delivery_id for delivery in claimed] == ["due"]
@@ -317,7 +319,7 @@ def test_a_replay_forgets_the_old_messages_provider_id_and_status(store: Store) 
         outbox.record_attempts(connection, [outbox.AttemptResult(claimed, outbox.AttemptRecord(
             now, 1.0, "sent", "SM-old", None, None, {}, {}), "sent", None)])
         outbox.apply_provider_status(connection, FlawedPager.slug, ProviderStatus("SM-old", "undelivered", "failed"), now)
-        assert outbox.replay(connection, "replayed", now) == "failed"
+        assert delivery_replay.replay(connection, "replayed", now) == "failed"
         late = outbox.apply_provider_status(connection, FlawedPager.slug, ProviderStatus("SM-old", "undelivered", "failed"), now)
     assert late is None  # held for a send that never comes, not applied to the replay
     assert statuses(store) == {"replayed": "pending"}

@@ -22,11 +22,12 @@ from hub.identity import resolve
 from hub.identity_cache import CachedIdentityGraph
 from hub.model import Identifier, PlannedDelivery, ProviderStatus, Touchpoint, derived_id
 from hub.runtime import Hub
-from hub.store import Store, outbox, touchpoints
+from hub.store import Store, delivery_replay, outbox, touchpoints
 from hub.store.held_reports import take
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph, identifier_digest
-from hub.store.outbox import AttemptRecord, AttemptResult, unrouted
+from hub.store.outbox import AttemptRecord, AttemptResult
+from hub.store.delivery_log import unrouted
 from hub.store.profile_views import find_profile_id, live_profile_id
 from hub.store.schema import consent_changes, deliveries
 from tests.conftest import message
@@ -75,7 +76,7 @@ def _failed_push(hub: Hub, profile_id: str, *tokens: str) -> None:
 
 def _replay(hub: Hub) -> tuple[str | None, tuple]:
     with hub.store.write() as connection:
-        replayed = outbox.replay(connection, "nudge", utcnow())
+        replayed = delivery_replay.replay(connection, "nudge", utcnow())
         row = connection.execute(select(deliveries.c.status, deliveries.c.target, deliveries.c.content).where(
             deliveries.c.delivery_id == "nudge")).one()
     return replayed, (row.status, row.target, row.content.get("recipients"))
@@ -87,7 +88,7 @@ def test_a_failed_push_to_a_token_that_moved_to_another_person_is_not_replayed_t
     ana = _signs_in(hub, "ana", "tok-tablet")
     _failed_push(hub, ana, "tok-tablet")
     _signs_in(hub, "bob", "tok-tablet")
-    assert _replay(hub) == (outbox.HANDED_ON, ("failed", "tok-tablet", None))
+    assert _replay(hub) == (delivery_replay.HANDED_ON, ("failed", "tok-tablet", None))
 
 
 def test_a_replayed_multicast_push_goes_to_the_persons_own_devices_only(hub: Hub) -> None:

@@ -18,7 +18,7 @@ from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, PlannedDelivery
 from hub.replay import replay
 from hub.runtime import Hub
-from hub.store import outbox
+from hub.store import delivery_replay, outbox, withdrawals
 from hub.store.identity_explain import explain
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import attempts, deliveries, inbox, metadata
@@ -96,7 +96,7 @@ def test_forgetting_someone_split_off_by_an_unmerge_takes_their_address_out_of_t
             email_attempt = connection.execute(
                 select(attempts.c.request_summary).where(attempts.c.delivery_id == log["email"].delivery_id)
             ).scalar_one()
-        assert (log["email"].target, log["email"].status, email_attempt) == (outbox.FORGOTTEN_TARGET, "sent", {})
+        assert (log["email"].target, log["email"].status, email_attempt) == (delivery_replay.FORGOTTEN_TARGET, "sent", {})
         assert log["email"].content["subject"] == "Help with your order"  # Ana's message, kept without Bo
         assert "field_Email" not in log["crm"].content and log["crm"].content["rule_id"] == "post_purchase_support"
     finally:
@@ -268,8 +268,8 @@ def test_a_shared_tablets_unsent_pushes_for_the_first_person_stop_reaching_it_on
             rows = {row.delivery_id: row for row in connection.execute(select(deliveries))}
             assert find_profile_id(connection, Identifier("push_token", "tok-tablet")) != ana
         assert (rows["both"].status, rows["both"].target, rows["both"].content["recipients"]) == ("pending", "tok-phone", ["tok-phone"])
-        assert (rows["tablet"].status, rows["tablet"].last_error) == ("failed", outbox.WITHDRAWN_DEVICE_HANDED_ON)
+        assert (rows["tablet"].status, rows["tablet"].last_error) == ("failed", withdrawals.WITHDRAWN_DEVICE_HANDED_ON)
         with hub.store.write() as connection:
-            assert outbox.replay(connection, "tablet", utcnow()) == outbox.HANDED_ON
+            assert delivery_replay.replay(connection, "tablet", utcnow()) == delivery_replay.HANDED_ON
     finally:
         hub.store.dispose()

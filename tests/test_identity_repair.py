@@ -18,7 +18,7 @@ from hub.identity import resolve
 from hub.model import Delivery, Identifier, PlannedDelivery, RawEvent, Touchpoint, derived_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import Store, decisions, outbox, touchpoints
+from hub.store import Store, decisions, delivery_log, outbox, touchpoints
 from hub.store.consent_changes import PINNED
 from hub.store import inbox as inbox_queue
 from hub.store.identity_explain import explain
@@ -287,7 +287,7 @@ def test_after_a_merge_the_caps_count_what_the_merged_profile_was_sent(tmp_path:
     accept(0, userId="u-1", event="Ping Again")
     with hub.store.read() as connection:
         found = {d["rule_id"] + "/" + d["status"]: d for d in decisions.search(connection, limit=10)}
-        planned = outbox.search(connection, limit=10)
+        planned = delivery_log.search(connection, limit=10)
     assert sorted(found) == ["ping/capped", "ping/fired", "ping_again/unreached"]  # the rule's cap held across the merge
     [daily] = found["ping_again/unreached"]["actions"]
     assert (daily["fate"], daily["reason"]) == ("capped", "daily cap per profile reached (1 messages in 24 h)")
@@ -295,7 +295,7 @@ def test_after_a_merge_the_caps_count_what_the_merged_profile_was_sent(tmp_path:
     with hub.store.write() as connection:  # an unmerge gives the visitor back its decision and its SMS
         merged_id = connection.execute(select(merges.c.merged_id)).scalar_one()
         unmerge(connection, planned[0]["profile_id"], merged_id, at)
-        [sms] = outbox.search(connection, limit=10)
+        [sms] = delivery_log.search(connection, limit=10)
         owners = {d["rule_id"] + "/" + d["status"]: d["profile_id"] for d in decisions.search(connection, limit=10)}
     assert sms["profile_id"] == owners["ping/fired"] == merged_id != owners["ping/capped"]
     hub.store.dispose()

@@ -18,7 +18,7 @@ from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import decisions, inbox, outbox
+from hub.store import decisions, delivery_log, inbox
 from hub.store.schema import deliveries, quarantine, timers, touchpoints
 from hub.store.schema import inbox as inbox_table
 from tests.conftest import make_settings, message, support_ticket
@@ -164,7 +164,7 @@ def test_a_decision_that_reached_nobody_spends_none_of_the_rules_cap(tmp_path: P
     one_batch(hub, message(userId="u1", event="Ticket Submitted", timestamp=ago(0.5)))
     with hub.store.read() as connection:
         statuses = [d["status"] for d in sorted(decisions.search(connection, limit=10), key=lambda d: d["decided_at"])]
-        sent = outbox.search(connection, limit=10)
+        sent = delivery_log.search(connection, limit=10)
         fired = decisions.count_by_rule(connection)
     assert statuses == ["unreached", "fired", "capped"]
     assert [(d["channel"], d["target"]) for d in sent] == [("email", "u***@example.com")]
@@ -192,7 +192,7 @@ def test_a_crm_note_planned_while_the_person_cannot_be_reached_spends_the_rules_
     one_batch(hub, message(userId="u1", event="Ticket Submitted", timestamp=ago(2)))
     with hub.store.read() as connection:
         made = sorted(decisions.search(connection, limit=10), key=lambda d: d["decided_at"])
-        notes = [d["channel"] for d in outbox.search(connection, limit=10)]
+        notes = [d["channel"] for d in delivery_log.search(connection, limit=10)]
     assert ([d["status"] for d in made], notes) == (["fired", "capped"], ["crm"])
 
 

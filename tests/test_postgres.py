@@ -23,7 +23,7 @@ from sqlalchemy import Connection, select, update
 from connectors.sandbox.providers import SandboxProviders
 from hub import identity, provider_reports
 from hub.consent import consent_revoked
-from hub.delivery import Outcome
+from hub.delivery_record import Outcome
 from hub.model import Identifier, PlannedDelivery, ProviderStatus, RawEvent
 from hub.store import Store, inbox, outbox, timers
 from hub.store.profile_views import find_profile_id, profile_view
@@ -140,7 +140,7 @@ def test_a_refusal_recorded_while_another_node_merges_the_person_sends_each_mess
         inbox.append(connection, [RawEvent("default", login["messageId"], login)], now)
 
     recording, merging = threading.Event(), threading.Event()
-    record, resolve = delivery_node.delivery._record, identity.resolve
+    record, resolve = delivery_node.delivery._recorder.record, identity.resolve
 
     def record_signalled(*args: Any) -> None:
         recording.set()
@@ -152,7 +152,7 @@ def test_a_refusal_recorded_while_another_node_merges_the_person_sends_each_mess
         time.sleep(0.3)  # the delivery node is inside its record transaction by now
         return resolve(*args, **kwargs)
 
-    monkeypatch.setattr(delivery_node.delivery, "_record", record_signalled)
+    monkeypatch.setattr(delivery_node.delivery._recorder, "record", record_signalled)
     monkeypatch.setattr(identity, "resolve", resolve_once_recording)
     with ThreadPoolExecutor(1) as pool:
         delivering = pool.submit(lambda: merging.wait(10) and [delivery_node.delivery.run_once() for _ in range(5)])
@@ -215,7 +215,7 @@ def test_a_status_racing_the_record_of_its_send_waits_for_it(tmp_path: Path, dat
     with ThreadPoolExecutor(1) as pool:
         callback = pool.submit(report_delivered)
         with node.store.write() as connection:
-            node.delivery._record(connection, [Outcome(delivery, attempt, "sent", None)])
+            node.delivery._recorder.record(connection, [Outcome(delivery, attempt, "sent", None)])
             recording.set()
             time.sleep(0.3)  # the callback looks for the delivery meanwhile
         callback.result(timeout=20)

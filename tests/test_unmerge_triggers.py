@@ -19,10 +19,10 @@ from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
 from hub.model import FOLLOWED_UP_BY, Identifier, PlannedDelivery, derived_id
 from hub.runtime import Hub
-from hub.store import Store, decisions, outbox, timers
+from hub.store import Store, decisions, delivery_log, delivery_replay, outbox, timers
 from hub.store.identity_repair import _withdraw_misaddressed as withdraw_misaddressed
 from hub.store.identity_repair import unmerge
-from hub.store.outbox import WITHDRAWN_IN_UNMERGE
+from hub.store.withdrawals import WITHDRAWN_IN_UNMERGE
 from hub.store.profile_views import profile_view
 from hub.store.schema import deliveries, merges
 from hub.store.timers import ALREADY_FIRED_BY
@@ -159,11 +159,11 @@ def test_a_message_held_for_quiet_hours_to_the_other_persons_address_is_withdraw
     take_in(hub, *BAD_LINK, message(**AMY, event="Cart Viewed", timestamp=ago(minutes=3)))
     fire_timers(hub)
     with hub.store.read() as connection:
-        [held] = outbox.search(connection, limit=10)
+        [held] = delivery_log.search(connection, limit=10)
     assert (held["status"], held["target"][-12:]) == ("pending", "@example.com") and held["next_attempt_at"] > utcnow()
     amy, _ = split(hub)
     with hub.store.read() as connection:
-        [withdrawn] = outbox.search(connection, limit=10)
+        [withdrawn] = delivery_log.search(connection, limit=10)
     assert (withdrawn["profile_id"], withdrawn["status"], withdrawn["last_error"]) == (amy, "failed", WITHDRAWN_IN_UNMERGE)
     assert withdrawn["attempt_log"] == []
     hub.store.dispose()
@@ -183,7 +183,7 @@ def test_a_retrying_message_to_the_other_persons_address_is_never_sent(tmp_path:
     time.sleep(retry_within)
     deliver(hub)
     with hub.store.read() as connection:
-        [withdrawn] = outbox.search(connection, limit=10)
+        [withdrawn] = delivery_log.search(connection, limit=10)
     assert (withdrawn["status"], withdrawn["last_error"]) == ("failed", WITHDRAWN_IN_UNMERGE)
     assert sandbox.smtp.received == []
     hub.store.dispose()
@@ -248,4 +248,4 @@ def test_a_withdrawal_worded_before_the_upgrade_is_still_refused_a_replay(store:
         _waiting(connection, "d-old", "p-amy", "email", "bo@example.com", {"body": "hi"})
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == "d-old").values(
             status="failed", last_error="not sent: recipient left the profile in an unmerge"))
-        assert outbox.replay(connection, "d-old", utcnow()) == outbox.MISADDRESSED
+        assert delivery_replay.replay(connection, "d-old", utcnow()) == delivery_replay.MISADDRESSED

@@ -16,7 +16,7 @@ from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
 from hub.model import Identifier, RawEvent
 from hub.runtime import Hub
-from hub.store import inbox, outbox
+from hub.store import delivery_log, inbox, outbox
 from hub.store.identity_graph import SqlIdentityGraph, identifier_digest
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import consent_changes, deliveries
@@ -131,7 +131,7 @@ def test_a_message_planned_before_consent_was_revoked_is_not_sent(
     hub.delivery.close()
     assert sandbox.twilio.messages == []
     with hub.store.read() as connection:
-        [sms] = outbox.search(connection, limit=10, channel="sms")
+        [sms] = delivery_log.search(connection, limit=10, channel="sms")
         spent = outbox.going_since(connection, [sms["profile_id"]], ["sms"], utcnow() - timedelta(days=1))
     assert (sms["status"], sms["attempts"]) == ("failed", 0)
     assert sms["last_error"] == "not sent: consent was revoked after it was planned"

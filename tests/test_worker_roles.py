@@ -16,7 +16,7 @@ from hub.runtime import Hub
 from hub.wakeup_channels import SocketFolder
 from hub.wakeups import Wakeups
 from hub.settings import HubSettings
-from hub.store import Store, inbox, outbox
+from hub.store import Store, delivery_log, inbox
 from tests.conftest import RunningHub
 
 
@@ -59,7 +59,7 @@ def test_a_pipeline_only_process_leaves_its_deliveries_to_a_delivery_process(run
     store = running_hub.hub.store
     wait_for(lambda: events_pending(store) == 0)
     with store.read() as connection:
-        planned = outbox.count_by_channel_and_status(connection)
+        planned = delivery_log.count_by_channel_and_status(connection)
     assert {row["channel"] for row in planned} >= {"sms", "email"} and {row["status"] for row in planned} == {"pending"}
     assert running_hub.sandbox.twilio.messages == []
     assert not {"timers", "delivery"} & {thread.name for thread in threading.enumerate()}

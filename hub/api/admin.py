@@ -17,7 +17,7 @@ from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
 from hub.runtime import Hub
-from hub.store import decisions, outbox, quarantine, touchpoints
+from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
 from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
 
 T = TypeVar("T")
@@ -96,7 +96,7 @@ async def list_deliveries(
     if status is not None and status not in outbox.STATUSES:
         raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
     search = partial(
-        outbox.search, limit=limit, status=status, channel=channel, destination_id=destination,
+        delivery_log.search, limit=limit, status=status, channel=channel, destination_id=destination,
         since=_aware(since), until=_aware(until), recipient=_hub(request).router.recipient,
     )
     return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
@@ -108,13 +108,13 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
 
     def replay() -> str | None:
         with hub.store.write() as connection:
-            return outbox.replay(connection, delivery_id, utcnow())
+            return delivery_replay.replay(connection, delivery_id, utcnow())
 
     previous = await run_in_threadpool(replay)
     if previous is None:
         raise HTTPException(404, detail=f"no delivery {delivery_id!r}")
-    if previous not in outbox.REPLAYABLE_STATUSES:
-        raise HTTPException(409, detail=outbox.why_not_replayed(delivery_id, previous))
+    if previous not in delivery_replay.REPLAYABLE_STATUSES:
+        raise HTTPException(409, detail=delivery_replay.why_not_replayed(delivery_id, previous))
     hub.wakeups.announce("delivery")
     return {"delivery_id": delivery_id, "previous_status": previous, "status": "pending"}
 

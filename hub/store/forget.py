@@ -21,7 +21,7 @@ from sqlalchemy import Connection, case, delete, insert, or_, select, union, upd
 
 from hub.model import Identifier
 from hub.pii import address_values, holding, without_values
-from hub.store import consent_changes, outbox, quarantine
+from hub.store import consent_changes, delivery_replay, outbox, quarantine, withdrawals
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
 from hub.store.profile_views import aliases_of, live_profile_ids
@@ -68,12 +68,12 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     ).all())
     delivery_ids = list(statuses)
     connection.execute(
-        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
+        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=delivery_replay.FORGOTTEN_TARGET, content={}, last_error=None)
     )
     # The messages still to go (due, held, dead) never go: their address and content are gone, and the person
     # asked to hear nothing more (as deleting a subscriber in Novu cancels what was queued for them).
     unsent = [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES]
-    outbox.withdraw(connection, unsent, now, FORGOTTEN_REASON)
+    withdrawals.withdraw(connection, unsent, now, FORGOTTEN_REASON)
     _wipe_attempts(connection, delivery_ids)
     _scrub_deliveries_elsewhere(connection, _linked_profiles(connection, ids), values, now)
     # Audit rows keep the fact of a merge or refusal, never the values that caused it.
@@ -141,7 +141,7 @@ def _scrub_deliveries_elsewhere(connection: Connection, profile_ids: list[str], 
         content = _without_holding(row.content, holds)
         if row.target.lower() in values:
             addressed.append(row)
-            changes = {"target": outbox.FORGOTTEN_TARGET, "content": content, "last_error": None}
+            changes = {"target": delivery_replay.FORGOTTEN_TARGET, "content": content, "last_error": None}
         elif content != row.content:
             carrying.append(row.delivery_id)
             changes = {"content": content}
@@ -149,7 +149,7 @@ def _scrub_deliveries_elsewhere(connection: Connection, profile_ids: list[str], 
             continue
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(changes))
     _wipe_attempts(connection, [row.delivery_id for row in addressed])
-    outbox.withdraw(connection, [row.delivery_id for row in addressed if row.status in outbox.UNSENT_STATUSES], now,
+    withdrawals.withdraw(connection, [row.delivery_id for row in addressed if row.status in outbox.UNSENT_STATUSES], now,
                     FORGOTTEN_REASON)
     _scrub_attempts(connection, carrying, holds)
 

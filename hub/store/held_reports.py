@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Connection, and_, delete, func, insert, literal_column, or_, select
 
 from hub.model import ProviderStatus
-from hub.store import outbox
+from hub.store import provider_text
 from hub.store.precompiled import InLists
 from hub.store.schema import held_reports
 
@@ -49,9 +49,9 @@ def lock_messages(connection: Connection, messages: Iterable[SentMessage]) -> No
 
 
 def hold(connection: Connection, destination_id: str, report: ProviderStatus, received_at: datetime) -> None:
-    """Keep a report no delivery matches yet, as a delivery would store it (`outbox.storable_report`); reports
+    """Keep a report no delivery matches yet, as a delivery would store it (`provider_text.storable_report`); reports
     held longer than `HELD_FOR` go."""
-    stored = outbox.storable_report(report)
+    stored = provider_text.storable_report(report)
     connection.execute(delete(held_reports).where(held_reports.c.received_at < received_at - HELD_FOR))
     connection.execute(insert(held_reports).values(
         destination_id=destination_id, provider_message_id=stored.provider_message_id,
@@ -85,9 +85,9 @@ def take(connection: Connection, messages: Iterable[SentMessage]) -> list[tuple[
 
 
 def _stored(messages: Iterable[SentMessage]) -> list[SentMessage]:
-    """The messages by their ids as stored (`outbox.stored_message_id`): an id longer than its column is held,
+    """The messages by their ids as stored (`provider_text.stored_message_id`): an id longer than its column is held,
     recorded and locked cut, so the send, its reports and its lock match."""
-    return [(destination_id, outbox.stored_message_id(message_id)) for destination_id, message_id in messages]
+    return [(destination_id, provider_text.stored_message_id(message_id)) for destination_id, message_id in messages]
 
 
 def _signed_crc32(text: str) -> int:

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.pii import address_values, holding, without_values
-from hub.store import consent_changes, outbox
+from hub.store import consent_changes, outbox, withdrawals
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.profile_views import live_profile_id, live_profile_ids
 from hub.store.traits import newest_traits, stamped_traits, trait_time, with_part_times
@@ -270,5 +270,5 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
         or planned_for.get(target) == other_side[profile_id]
         or carries[profile_id](json.dumps(content, ensure_ascii=False))
     ]
-    outbox.withdraw(connection, misaddressed, now, outbox.WITHDRAWN_IN_UNMERGE)
+    withdrawals.withdraw(connection, misaddressed, now, withdrawals.WITHDRAWN_IN_UNMERGE)
     return len(misaddressed)

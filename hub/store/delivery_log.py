@@ -1,0 +1,96 @@
+"""The delivery log: deliveries with every attempt, masked for the ops people who read and export it."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, desc, func, select
+
+from hub.model import Identifier
+from hub.pii import mask_recipient, mask_value
+from hub.store.schema import attempts, deliveries
+
+
+# What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
+RecipientOf = Callable[[str, str], Identifier | None]
+
+
+def unrouted(channel: str, target: str) -> Identifier | None:
+    """A `RecipientOf` that knows no routes (tests, tools without mappings): every target is masked as text."""
+    return None
+
+
+def search(
+    connection: Connection,
+    *,
+    limit: int,
+    profile_id: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    destination_id: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    decision_id: str | None = None,
+    recipient: RecipientOf = unrouted,
+) -> list[dict[str, Any]]:
+    """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
+    numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.
+
+    `since` (inclusive) and `until` (exclusive) bound when the delivery was planned. `recipient` says what
+    each delivery's target is (`Router.recipient`), so a push token is masked as one; without it every target
+    is masked as text, which leaves tokens whole.
+    """
+    query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
+    for column, wanted in (
+        (deliveries.c.profile_id, profile_id),
+        (deliveries.c.status, status),
+        (deliveries.c.channel, channel),
+        (deliveries.c.destination_id, destination_id),
+        (deliveries.c.decision_id, decision_id),
+    ):
+        if wanted:
+            query = query.where(column == wanted)
+    if since is not None:
+        query = query.where(deliveries.c.created_at >= since)
+    if until is not None:
+        query = query.where(deliveries.c.created_at < until)
+    found = [dict(row) for row in connection.execute(query).mappings()]
+    by_delivery: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    if found:
+        rows = connection.execute(
+            select(attempts)
+            .where(attempts.c.delivery_id.in_([item["delivery_id"] for item in found]))
+            .order_by(attempts.c.attempt_no)
+        ).mappings()
+        for row in rows:
+            by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
+    for item in found:
+        _mask_recipients(item, recipient(item["channel"], item["target"]))
+        item.pop("claimed_until")
+        # The latest replay out of the dead-letter queue (or of a failure): the attempts after it are its.
+        replayed_at, after_attempt = item.pop("retry_from"), item.pop("retry_from_attempt")
+        item["replayed"] = {"at": replayed_at, "after_attempt": after_attempt} if replayed_at else None
+        item["attempt_log"] = by_delivery[item["delivery_id"]]
+    return found
+
+
+def _mask_recipients(item: dict[str, Any], identifier: Identifier | None) -> None:
+    """Mask a delivery row's target and content in place; a multicast route's `recipients` (every device of
+    the person) are of the target's kind, and masked as it is."""
+    content = mask_value(item["content"])
+    if "recipients" in content:
+        content["recipients"] = [mask_recipient(each, identifier) for each in item["content"]["recipients"]]
+    item["target"], item["content"] = mask_recipient(item["target"], identifier), content
+
+
+def count_by_channel_and_status(connection: Connection) -> list[dict[str, Any]]:
+    """Deliveries and the attempts they took, per channel and status."""
+    rows = connection.execute(
+        select(deliveries.c.channel, deliveries.c.status, func.count(), func.sum(deliveries.c.attempts))
+        .group_by(deliveries.c.channel, deliveries.c.status)
+        .order_by(deliveries.c.channel, deliveries.c.status)
+    )
+    return [{"channel": ch, "status": st, "count": n, "attempts": int(a or 0)} for ch, st, n, a in rows]

@@ -1,0 +1,87 @@
+"""Messages taken back before they go: what an unmerge, a forget or a shared device's new owner withdraws.
+
+A withdrawn delivery is failed without an attempt, its last error saying why;
+`hub.store.delivery_replay` refuses to send such a one again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from hub.pii import TOKEN_TYPES
+from hub.store.outbox import UNSENT_STATUSES
+from hub.store.schema import deliveries, identifiers
+
+# What an unmerge (`hub.store.identity_repair`) leaves as the last error of the messages it withdraws: planned
+# for, or carrying, the other person while the two were one profile.
+WITHDRAWN_IN_UNMERGE = "not sent: planned for the other person while two people were one profile (unmerged since)"
+# The same, as withdrawals before 2026-12-06 were worded.
+WITHDRAWN_IN_UNMERGE_BEFORE = ("not sent: recipient left the profile in an unmerge",)
+# The last error of a push withdrawn because its device's token moved to another person who signed in on it
+# (`hub.identity`'s `follows_last_login`).
+WITHDRAWN_DEVICE_HANDED_ON = "not sent: another person has signed in on the device since (its push token is theirs now)"
+
+
+def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
+    """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
+    retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
+    meanwhile keeps this status when its attempt is recorded. None given, nothing is written."""
+    if not delivery_ids:
+        return
+    connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
+        .values(status="failed", last_error=reason, claimed_until=None, updated_at=now)
+    )
+
+
+def drop_recipient(connection: Connection, profile_id: str, value: str, now: datetime, reason: str) -> int:
+    """Take `value` out of the profile's messages not yet sent; returns how many it was in.
+
+    A message to it alone is withdrawn (`reason` its last error); one to
+    several (a multicast's `recipients`: every push token of the person) goes
+    on to the others.
+    """
+    unsent = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.target, deliveries.c.content)
+        .where(deliveries.c.profile_id == profile_id, deliveries.c.status.in_(UNSENT_STATUSES))
+    ).all()
+    alone, shared = [], 0
+    for delivery_id, target, content in unsent:
+        if value not in recipients_of(target, content):
+            continue
+        narrowed = without_recipients(target, content, {value})
+        if narrowed is None:
+            alone.append(delivery_id)
+            continue
+        shared += 1
+        connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
+    withdraw(connection, alone, now, reason)
+    return len(alone) + shared
+
+
+def recipients_of(target: str, content: dict[str, Any]) -> list[str]:
+    """Whom a delivery goes to: its target, or a multicast's `recipients` (every device of the person)."""
+    return list(content.get("recipients") or [target])
+
+
+def without_recipients(target: str, content: dict[str, Any], gone: Container[str]) -> dict[str, Any] | None:
+    """A delivery's target and content with the `gone` recipients taken out; None when none is left."""
+    kept = [recipient for recipient in recipients_of(target, content) if recipient not in gone]
+    if not kept:
+        return None
+    return {"target": kept[0] if target in gone else target, "content": {**content, "recipients": kept}}
+
+
+def handed_on(connection: Connection, profile_id: str, recipients: list[str]) -> set[str]:
+    """The device tokens among `recipients` another profile holds now: a person signed in on the device since
+    (`follows_last_login`), and a message to them would show on that person's screen."""
+    return set(connection.execute(
+        select(identifiers.c.value).where(
+            identifiers.c.type.in_(sorted(TOKEN_TYPES)), identifiers.c.value.in_(recipients),
+            identifiers.c.profile_id != profile_id,
+        )
+    ).scalars())
