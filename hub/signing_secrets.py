@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import SecretStr
+from typing import Annotated
+
+from pydantic import AfterValidator, SecretStr
 
 
 def in_use(current: SecretStr | None, previous: SecretStr | None) -> list[str]:
@@ -12,3 +14,15 @@ def in_use(current: SecretStr | None, previous: SecretStr | None) -> list[str]:
     ends a rotation: kept as "", it was a key anyone could sign with.
     """
     return [secret.get_secret_value() for secret in (current, previous) if secret is not None and secret.get_secret_value()]
+
+
+def _not_blank(secret: SecretStr) -> SecretStr:
+    """Refused at load, naming the field: an empty current secret left the source unable to verify anything
+    (every request a 401, or for a write key, a crash), a fault seen only once traffic came."""
+    if not secret.get_secret_value().strip():
+        raise ValueError("is empty: set it to the secret the sender signs with (or remove the key, if it is optional)")
+    return secret
+
+
+# A source's current secret or credential: never empty (a previous one may be, see `in_use`).
+CurrentSecret = Annotated[SecretStr, AfterValidator(_not_blank)]

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import yaml
 from dotenv import dotenv_values
@@ -119,4 +119,7 @@ def environment() -> dict[str, str]:
 
 
 def is_secret(annotation: Any) -> bool:
-    return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
+    """Whether a config field holds a secret: `SecretStr`, optional or not, with validators (`CurrentSecret`) or not."""
+    if get_origin(annotation) is Annotated:
+        return is_secret(get_args(annotation)[0])
+    return annotation is SecretStr or any(is_secret(argument) for argument in get_args(annotation))

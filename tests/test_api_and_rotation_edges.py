@@ -21,7 +21,7 @@ from connectors.base import InboundRequest, load_registry
 from hub.api.console import FILES
 from hub.clock import utcnow
 from hub.destination_settings import webhook_destinations
-from hub.errors import AuthenticationError
+from hub.errors import AuthenticationError, ConfigError
 from hub.settings import DEVELOPMENT_UNSUBSCRIBE_SECRET, HubSettings
 from hub.sources import SourceEntry, build_source
 from hub.store import api_keys
@@ -69,6 +69,38 @@ def test_a_previous_secret_emptied_after_a_rotation_is_not_a_key_anyone_can_sign
     source = build_source(load_registry(), entry, "sources.yaml:1: sources.0", environment, Path("."))
     with pytest.raises(AuthenticationError):
         source.verify(_signed_with_empty_key(connector))
+
+
+@pytest.mark.parametrize(
+    ("connector", "current"),
+    [
+        ("hubspot", "client_secret"),
+        ("generic_hmac", "secret"),
+        ("standard_webhooks", "secret"),
+        ("segment", "shared_secret"),
+        ("segment", "write_key"),
+    ],
+)
+def test_an_empty_current_secret_is_refused_at_load_naming_the_field(connector: str, current: str) -> None:
+    """A current secret whose variable is set but empty was taken: the source then verified nothing (every
+    request a 401, found only once traffic came), and a Segment source with an empty write key and no shared
+    secret failed an assertion on every request."""
+    entry = SourceEntry(id="src", connector=connector, secrets={current: "HUB_SRC_SECRET"})
+    with pytest.raises(ConfigError, match=rf"sources.0.*{current}.*is empty"):
+        build_source(load_registry(), entry, "sources.yaml:1: sources.0", {"HUB_SRC_SECRET": " "}, Path("."))
+
+
+@pytest.mark.parametrize("prefix", ["", "sha256="])
+def test_a_generic_hmac_signature_in_upper_case_hex_is_accepted(prefix: str) -> None:
+    """Hex is case-blind and some platforms send it upper-case; every such request was a 401. A wrong digest in
+    upper case is still refused."""
+    entry = SourceEntry(id="src", connector="generic_hmac", config={"prefix": prefix}, secrets={"secret": "HUB_SRC_SECRET"})
+    source = build_source(load_registry(), entry, "sources.yaml:1: sources.0", {"HUB_SRC_SECRET": "s3cret"}, Path("."))
+    digest = hmac.new(b"s3cret", BODY, hashlib.sha256).hexdigest()
+    source.verify(InboundRequest("POST", URL, {"x-signature": prefix + digest.upper()}, BODY))
+    with pytest.raises(AuthenticationError):
+        wrong = hmac.new(b"other", BODY, hashlib.sha256).hexdigest().upper()
+        source.verify(InboundRequest("POST", URL, {"x-signature": prefix + wrong}, BODY))
 
 
 def test_the_development_unsubscribe_secret_kept_as_the_previous_one_is_still_reported() -> None:

@@ -33,11 +33,12 @@ from connectors.webhooks import (
 )
 from hub.errors import ItemProblem
 from hub.mapping import check_expression
+from hub.signing_secrets import CurrentSecret
 
 
 class GenericHmacConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    secret: SecretStr
+    secret: CurrentSecret
     previous_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     signature_header: str = Field("X-Signature", description="Header carrying the signature.")
     algorithm: Algorithm = "sha256"
@@ -66,6 +67,14 @@ class GenericHmacConfig(BaseModel):
         return self
 
 
+def _case_folded(presented: str, config: GenericHmacConfig) -> str:
+    """A hex digest as the hub writes it, in lower case: hex is case-blind, and some platforms send it in upper
+    case (every request was a 401). The prefix is left as sent; base64 is case-sensitive."""
+    if config.encoding != "hex" or not presented.startswith(config.prefix):
+        return presented
+    return config.prefix + presented[len(config.prefix):].lower()
+
+
 class GenericHmacSource(Source):
     slug = "generic_hmac"
     title = "Generic HMAC-signed JSON webhook (configurable header, hash, encoding, prefix)"
@@ -76,7 +85,7 @@ class GenericHmacSource(Source):
     def verify(self, request: InboundRequest) -> None:
         config = self.config
         assert isinstance(config, GenericHmacConfig)
-        presented = require_header(request.headers, config.signature_header)
+        presented = _case_folded(require_header(request.headers, config.signature_header), config)
         timestamp = ""
         if config.timestamp_header is not None:
             timestamp = require_header(request.headers, config.timestamp_header)

@@ -38,6 +38,7 @@ from connectors.webhooks import (
 )
 from hub.errors import BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.signing_secrets import CurrentSecret
 
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
@@ -48,7 +49,7 @@ SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORE
 
 class HubSpotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    client_secret: SecretStr = Field(description="The app's client secret (Auth tab of the app).")
+    client_secret: CurrentSecret = Field(description="The app's client secret (Auth tab of the app).")
     previous_client_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     public_url: str | None = Field(
         None, description="The target URL as configured in HubSpot, when a proxy changes what the hub sees."

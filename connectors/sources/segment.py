@@ -47,6 +47,7 @@ from connectors.webhooks import (
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
+from hub.signing_secrets import CurrentSecret
 
 MESSAGE_TYPES = ("track", "identify", "page", "screen", "alias", "group")
 MISSING_WRITE_KEY = "missing write key: send HTTP Basic auth with the write key as user name, or a writeKey field in the body"
@@ -58,8 +59,8 @@ REQUIRED_BY_TYPE = {"track": "event", "alias": "previousId", "group": "groupId"}
 
 class SegmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    write_key: SecretStr | None = None
-    shared_secret: SecretStr | None = None
+    write_key: CurrentSecret | None = None
+    shared_secret: CurrentSecret | None = None
     previous_shared_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
 
     @model_validator(mode="after")

@@ -30,15 +30,15 @@ from connectors.webhooks import (
     text_problem,
 )
 from hub.errors import BadPayloadError
-from hub.signing_secrets import in_use
 from hub.model import RawEvent
+from hub.signing_secrets import CurrentSecret, in_use
 
 SECRET_PREFIX = "whsec_"
 
 
 class StandardWebhooksConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    secret: SecretStr = Field(description="Signing secret as the sender shows it, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.")
+    secret: CurrentSecret = Field(description="Signing secret as the sender shows it, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw.")
     previous_secret: SecretStr | None = Field(None, description=PREVIOUS_SECRET_HELP)
     tolerance_seconds: int = Field(300, gt=0, description="Replay window around webhook-timestamp.")
 
