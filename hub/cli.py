@@ -272,13 +272,12 @@ def replay_command(
     now. Running it twice changes nothing the second time.
     """
     import time
-    from datetime import timedelta
 
     from rich.progress import Progress
 
     from hub.cli_store import existing_store
     from hub.clock import utcnow
-    from hub.replay import replay
+    from hub.replay import replay_source
     from hub.store import replays
 
     settings = load_settings()
@@ -294,14 +293,9 @@ def replay_command(
             total = replays.count_stored(connection, source, start)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"Re-normalizing {source}", total=total)
-            assert hub.mappings is not None
-            # Running hubs pick up the mapping within HUB_MAPPINGS_RELOAD_SECONDS; re-processed events wait for that.
-            delay = timedelta(seconds=2 * settings.mappings_reload_seconds)
-            assert hub.identity is not None
-            report = replay(hub.store, hub.mappings, source, start, utcnow() + delay, settings.default_phone_region, hub.identity,
-                            on_batch=lambda count: progress.advance(task, count))
-        if report.requeued:
-            time.sleep(delay.total_seconds())
+            report = replay_source(hub, source, start, on_batch=lambda count: progress.advance(task, count))
+        if report.available_at is not None:
+            time.sleep(max(0.0, (report.available_at - utcnow()).total_seconds()))
             while hub.pipeline.run_once():
                 pass
     finally:
@@ -319,18 +313,12 @@ def replay_command(
 
 
 def _since(text: str) -> datetime:
-    """An aware UTC datetime from ISO-8601 text or a duration ago."""
     from hub.clock import utcnow
-    from hub.durations import parse_duration
+    from hub.durations import since
 
     try:
-        return utcnow() - parse_duration(text)
-    except ValueError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(f"{text!r} is neither an ISO-8601 time nor a duration such as 24h", param_hint="--since") from None
-    return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        return since(text, utcnow())
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
 
 

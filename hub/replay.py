@@ -17,14 +17,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
+from hub.clock import utcnow
 from hub.errors import EventDropped, MappingError
 from hub.identity_config import IdentityConfig
 from hub.mapping import Mapping as SourceMapping
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.store import Store, replays
+
+if TYPE_CHECKING:
+    from hub.runtime import Hub
 
 BATCH = 200
 
@@ -37,6 +42,7 @@ class ReplayReport:
     dropped: int = 0
     unmappable: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # mapping error -> events still failing with it
+    available_at: datetime | None = None  # when the re-processed events go, if any were
 
     @property
     def seen(self) -> int:
@@ -67,6 +73,7 @@ def replay(
                 if outcome is None:
                     replays.requeue(connection, row.id, available_at)
                     report.requeued += 1
+                    report.available_at = available_at
                 elif outcome == "updated":
                     report.rewritten += 1
                 else:
@@ -75,3 +82,11 @@ def replay(
             return report
         after_id = rows[-1][0].id
         on_batch(len(rows))
+
+
+def replay_source(hub: Hub, source_id: str, since: datetime, on_batch: Callable[[int], None] = lambda _count: None) -> ReplayReport:
+    """`replay` with the hub's mapping. Re-processed events wait until every running hub has reloaded it
+    (within HUB_MAPPINGS_RELOAD_SECONDS)."""
+    assert hub.mappings is not None and hub.identity is not None
+    available_at = utcnow() + timedelta(seconds=2 * hub.settings.mappings_reload_seconds)
+    return replay(hub.store, hub.mappings, source_id, since, available_at, hub.settings.default_phone_region, hub.identity, on_batch)

@@ -24,6 +24,7 @@ ROUTES = [
     ("POST", "/api/deliveries/no-such-delivery/replay", None, "replay", 404),
     ("POST", "/api/profiles/no-such-profile/unmerge", {"merged_profile_id": "p-2"}, "profiles:write", 404),
     ("DELETE", "/api/profiles/no-such-profile", None, "profiles:delete", 404),
+    ("POST", "/api/sources/default/replay?since=1h", None, "replay", 200),
     ("POST", "/api/mappings/default/preview", {"sample": message(userId="u-1", event="Product Viewed")}, "mappings", 200),
 ]
 

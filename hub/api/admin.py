@@ -11,11 +11,12 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
-from hub import stats
+from hub import durations, stats
 from hub.api.auth import requires
 from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
+from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
 from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
@@ -157,6 +158,32 @@ async def list_rules(request: Request) -> dict[str, Any]:
 @router.get("/quarantine", summary="Refused bodies and items, newest first", dependencies=READ)
 async def list_quarantine(request: Request, limit: int = Limit) -> dict[str, Any]:
     return {"quarantine": await _read(request, lambda connection: quarantine.recent(connection, limit))}
+
+
+@router.post(
+    "/sources/{source_id}/replay",
+    summary="Re-normalize a source's stored events with its current mapping; quarantined ones go through the pipeline again",
+    dependencies=[requires("replay")],
+)
+async def replay_source_events(
+    request: Request, source_id: str,
+    since: str = Query(description="Events received since this ISO-8601 time, or this long ago: 90m, 24h, 7d."),
+) -> dict[str, Any]:
+    """`touchhub replay` for the console and scripts: after a mapping fix, what it quarantined is processed by
+    the running pipeline once every hub has reloaded the mapping (`available_at`). Twice changes nothing."""
+    hub = _hub(request)
+    if source_id not in hub.sources:
+        raise HTTPException(404, detail=f"no source {source_id!r}; configured: {', '.join(sorted(hub.sources))}")
+    try:
+        start = durations.since(since, utcnow())
+    except ValueError as exc:
+        raise HTTPException(422, detail=f"since: {exc}") from None
+    report = await run_in_threadpool(replay_source, hub, source_id, start)
+    return {
+        "source": source_id, "since": start.isoformat(), "rewritten": report.rewritten, "unchanged": report.unchanged,
+        "requeued": report.requeued, "dropped": report.dropped, "unmappable": report.unmappable,
+        "errors": report.errors, "available_at": report.available_at and report.available_at.isoformat(),
+    }
 
 
 @router.get("/stats", summary="Counts of events, profiles, decisions and deliveries", dependencies=READ)

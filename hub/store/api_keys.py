@@ -30,7 +30,7 @@ KEY_PREFIX = "thk"
 ADMIN = "admin"
 SCOPES: dict[str, str] = {  # each with what it allows, as `touchhub keys create --help` shows it
     "read": "every GET",
-    "replay": "replay deliveries (single or from the dead-letter queue)",
+    "replay": "replay deliveries (single or from the dead-letter queue) and a source's stored events",
     "profiles:write": "unmerge",
     "profiles:delete": "forget a person, for good",
     "mappings": "mapping preview",

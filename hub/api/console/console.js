@@ -510,13 +510,38 @@ function identityGraph(graph) {
 }
 
 async function quarantineView() {
-  const { quarantine } = await api("GET", "/api/quarantine", { query: { limit: 200 } });
-  return section("Quarantine: refused bodies and items, newest first", table([
-    ["Received", (row) => when(row.received_at)], ["Source", (row) => row.source_id], ["Stage", (row) => row.stage],
-    ["Reason", (row) => row.reason],
-    ["Problems", (row) => (row.problems || []).map((problem) => show(problem)).join("; ")],
-    ["Body", (row) => rawBody(row)],
-  ], quarantine, "Nothing is quarantined."));
+  const [{ quarantine }, { sources }] = await Promise.all([
+    api("GET", "/api/quarantine", { query: { limit: 200 } }), api("GET", "/api/sources")]);
+  return el("div", {},
+    reprocessForm(sources),
+    section("Quarantine: refused bodies and items, newest first", table([
+      ["Received", (row) => when(row.received_at)], ["Source", (row) => row.source_id], ["Stage", (row) => row.stage],
+      ["Reason", (row) => row.reason],
+      ["Problems", (row) => (row.problems || []).map((problem) => show(problem)).join("; ")],
+      ["Replayed", (row) => when(row.replayed_at)],
+      ["Body", (row) => rawBody(row)],
+    ], quarantine, "Nothing is quarantined.")));
+}
+
+/** After a mapping fix: a source's stored events mapped again, what was quarantined sent through the pipeline. */
+function reprocessForm(sources) {
+  const source = el("select", { name: "source" }, sources.map((each) => el("option", { value: each.id }, each.id)));
+  const since = el("input", { name: "since", required: true, value: "24h", placeholder: "24h or 2026-11-20T00:00Z" });
+  const result = el("div", {});
+  const form = el("form", { className: "filters", onsubmit: (event) => {
+    event.preventDefault();
+    if (!window.confirm(`Map ${source.value}'s events of the last ${since.value} again with its current mapping?`)) {
+      return;
+    }
+    fill(result, async () => {
+      const report = await api("POST", `/api/sources/${encodeURIComponent(source.value)}/replay`, { query: { since: since.value } });
+      return notice("ok",
+        `Re-processing (were quarantined or dropped): ${report.requeued}; rewritten: ${report.rewritten}; `
+          + `already current: ${report.unchanged}; dropped by a rule: ${report.dropped}; still unmappable: ${report.unmappable}.`,
+        Object.entries(report.errors).map(([error, count]) => `${count} x ${error}`));
+    });
+  } }, field("Source", source), field("Since", since), el("button", { type: "submit" }, "Re-process"));
+  return section("Re-process after a mapping fix", form, result);
 }
 
 function rawBody(row) {
