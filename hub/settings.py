@@ -47,7 +47,10 @@ class HubSettings(BaseSettings):
     )
 
     default_write_key: SecretStr = SecretStr(DEVELOPMENT_WRITE_KEY)
-    admin_token: SecretStr = SecretStr(DEVELOPMENT_ADMIN_TOKEN)
+    admin_token: SecretStr = Field(
+        SecretStr(DEVELOPMENT_ADMIN_TOKEN),
+        description="Bearer token holding every admin scope; empty turns it off (API keys only, `touchhub keys`).",
+    )
     max_body_bytes: int = Field(512 * 1024, gt=0, description="Largest accepted request body, after gunzip.")
     default_phone_region: str = Field(
         "US", description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."

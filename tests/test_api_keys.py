@@ -120,6 +120,16 @@ def test_a_revoked_or_unknown_key_is_401_saying_how_to_get_one(running_hub: Runn
     assert "touchhub keys create" in running_hub.client.get("/api/touchpoints").json()["detail"]
 
 
+@pytest.mark.hub_settings(admin_token="")
+def test_an_empty_admin_token_turns_the_bootstrap_token_off_and_keys_still_work(running_hub: RunningHub) -> None:
+    """The bootstrap token cannot be revoked; once keys are handed out, emptying HUB_ADMIN_TOKEN is how ops
+    close it (the development value no longer opens anything), and the API stays open to keys."""
+    key = new_key(running_hub, "ops", "read")
+    assert call(running_hub, "GET", "/api/stats", key).status_code == 200
+    for token in ("dev-admin-token", "thk_"):
+        assert call(running_hub, "GET", "/api/stats", token).status_code == 401, token
+
+
 def test_every_admin_operation_shows_its_scope_in_the_openapi(running_hub: RunningHub) -> None:
     """/docs is where an integrator learns which scope a key needs; before, it named no credential at all."""
     paths = running_hub.client.get("/openapi.json").json()["paths"]

@@ -63,7 +63,8 @@ class ApiAuth:
     """The caller a bearer token stands for; of HUB_ADMIN_TOKEN only the digest is kept, compared in constant time."""
 
     def __init__(self, admin_token: str, store: Store) -> None:
-        self._admin_digest = secret_digest(admin_token)
+        # An empty HUB_ADMIN_TOKEN turns it off once API keys are handed out: it cannot be revoked otherwise.
+        self._admin_digest = secret_digest(admin_token) if admin_token else None
         self._store = store
         self._uses_recorded: dict[str, datetime] = {}  # key id -> when this process last had its use written
         # Writes of last use, one at a time and off the requests' path: a GET waited for the store's writer
@@ -71,7 +72,7 @@ class ApiAuth:
         self._use_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="api-key-use")
 
     async def caller(self, token: str) -> Caller:
-        if matches_digest(token, self._admin_digest):
+        if self._admin_digest is not None and matches_digest(token, self._admin_digest):
             return BOOTSTRAP
         key = await run_in_threadpool(self._api_key, token)
         if key is None:
