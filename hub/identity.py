@@ -12,7 +12,11 @@ afterwards (two `user_id`s never share a profile because they both used the
 family iPad). A refused link is returned, and recorded by the graph, so it can
 be explained. An explicit `alias` call is the sender saying "these are one
 person", so it links regardless of limits, as Segment's alias does; its
-`previousId` may be an earlier `userId` or an `anonymousId`.
+`previousId` may be an earlier `userId` or an `anonymousId`. One not seen yet
+is stored as an `anonymousId` marked as the alias's, and a `userId` seen for
+the first time is looked up among those too (one indexed lookup, for new
+userIds only): an alias that came before the earlier login's own events
+links it all the same, past the `user_id` limit as any alias does.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from hub.store.identity_graph import identifier_digest
 # Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
 PREVIOUS_ID = "previous_id"
 PREVIOUS_ID_MEANS = ("user_id", "anonymous_id")  # an earlier userId if known as one, else an anonymousId
+USER_ID, ANONYMOUS_ID = PREVIOUS_ID_MEANS
 ALIAS_KIND = "alias"
 FORGOTTEN_RULE = "forgotten: the identifier belonged to a profile erased on request"
 MOVED_RULE = "moved: a device's identifier follows the last person signed in on it"
@@ -46,6 +51,10 @@ class IdentityGraph(Protocol):
     def kept_apart(self, profile_ids: Collection[str]) -> set[frozenset[str]]: ...
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]: ...
+
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]: ...
+
+    def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None: ...
 
     def create_profile(self, at: datetime) -> str: ...
 
@@ -69,6 +78,11 @@ def resolve(
         return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
     unknown = [ident for ident in idents if ident not in known]
     blocked = graph.forgotten(unknown) if unknown else set()
+    aliased, erased = _named_by_alias(unknown, blocked, graph)
+    if aliased or erased:
+        known, blocked = {**known, **aliased}, blocked | erased
+        owners.update(aliased.values())
+        unknown = [ident for ident in unknown if ident not in aliased]
     refused = [RefusedLink(_by_digest(ident), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
     rank = config.rank
     ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
@@ -92,21 +106,24 @@ def resolve(
             else:
                 refused.append(RefusedLink(ident, None, _limit_rule(ident.type, config.limit(ident.type))))
             continue
-        if owner in cluster:
-            continue
-        extra = counts.get(owner, {})
-        # The anchor (nothing accepted before it) always joins, even if a since-lowered
-        # limit makes its profile over-full.
-        rule = None if not total else _rule_against(owner, cluster, apart, total, extra, config, enforce_limits)
-        if rule is None:
+        if owner not in cluster:
+            extra = counts.get(owner, {})
+            # The anchor (nothing accepted before it) always joins, even if a since-lowered
+            # limit makes its profile over-full.
+            rule = None if not total else _rule_against(owner, cluster, apart, total, extra, config, enforce_limits)
+            if rule is not None:
+                if _moves_instead(ident.type, rule, total, config) and enforce_limits and ident not in aliased:
+                    total[ident.type] = total.get(ident.type, 0) + 1
+                    moving.append(MovedIdentifier(ident, owner, MOVED_RULE))
+                else:  # an aliased userId has no row to move: it stays out
+                    refused.append(RefusedLink(ident, owner, rule))
+                continue
             cluster.append(owner)
             for type_, count in extra.items():
                 total[type_] = total.get(type_, 0) + count
-        elif _moves_instead(ident.type, rule, total, config) and enforce_limits:
+        if ident in aliased:  # stored from here on, whatever the limits: the alias said so
             total[ident.type] = total.get(ident.type, 0) + 1
-            moving.append(MovedIdentifier(ident, owner, MOVED_RULE))
-        else:
-            refused.append(RefusedLink(ident, owner, rule))
+            new.append(ident)
 
     created = not cluster
     survivor = graph.create_profile(now) if created else min(cluster)
@@ -116,6 +133,9 @@ def resolve(
         graph.merge(survivor, merged, touchpoint.touchpoint_id, linking, now)
     if new:
         graph.attach(survivor, new, touchpoint.touchpoint_id, now)
+        previous_ids = _stored_previous_ids(touchpoint.identifiers, new)
+        if previous_ids:
+            graph.mark_alias_previous_ids(previous_ids)
     if moving:
         graph.move(survivor, moving, touchpoint.touchpoint_id, now)
     if refused:
@@ -139,14 +159,43 @@ def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequen
 
 def _meaning(previous_id: str, found: Mapping[Identifier, str], graph: IdentityGraph) -> Identifier:
     """What an alias's `previousId` is: the type it is known by, else the type the blocklist holds it by, else an
-    anonymousId. A forgotten userId is no longer known as one, and typed as an anonymousId it passed the
-    blocklist (which holds the digest of its user_id) and was stored again."""
+    anonymousId (marked, `_stored_previous_ids`, as it may yet prove a userId). A forgotten userId is no longer
+    known as one, and typed as an anonymousId it passed the blocklist (which holds the digest of its user_id)
+    and was stored again."""
     meanings = [Identifier(type_, previous_id) for type_ in PREVIOUS_ID_MEANS]
     known = next((meaning for meaning in meanings if meaning in found), None)
     if known is not None:
         return known
     blocked = graph.forgotten(meanings)  # answered by the lookup just made (`SqlIdentityGraph.profiles_of`)
     return next((meaning for meaning in meanings if meaning in blocked), meanings[-1])
+
+
+def _named_by_alias(
+    unknown: Sequence[Identifier], blocked: Collection[Identifier], graph: IdentityGraph
+) -> tuple[dict[Identifier, str], set[Identifier]]:
+    """The new userIds an earlier alias named as its previousId before they were known (stored then as marked
+    anonymousIds): the profile each joins, and those whose profile was forgotten since.
+
+    Without it, alias(previousId=X, userId=Y) before any event of userId X
+    left X an anonymous id for good, and X's first event made a second
+    profile. A forgotten previousId is on the blocklist as an anonymous_id,
+    so a userId of that value is refused as forgotten: a cookie id and a
+    login id of one value are taken for one person's.
+    """
+    asked = {
+        Identifier(ANONYMOUS_ID, ident.value): ident for ident in unknown if ident.type == USER_ID and ident not in blocked
+    }
+    if not asked:
+        return {}, set()
+    owners, forgotten = graph.alias_previous_ids(list(asked))
+    joining = {asked[ident]: owner for ident, owner in owners.items() if ident not in forgotten}
+    return joining, {asked[ident] for ident in forgotten}
+
+
+def _stored_previous_ids(carried: Sequence[Identifier], new: Sequence[Identifier]) -> list[Identifier]:
+    """The alias previousIds stored as anonymousIds for want of a known meaning (`_meaning`)."""
+    values = {ident.value for ident in carried if ident.type == PREVIOUS_ID}
+    return [ident for ident in new if ident.type == ANONYMOUS_ID and ident.value in values] if values else []
 
 
 def _as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:

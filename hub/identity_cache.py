@@ -37,11 +37,15 @@ class CachedIdentityGraph:
         self.owner: dict[Identifier, str] = {}
         self.members: dict[str, list[Identifier]] = {}
         self.counts: dict[str, Counter[str]] = {}
-        for type_, value, profile_id in connection.execute(select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id)):
+        self.from_alias: set[Identifier] = set()  # stored as an alias's previousId (`mark_alias_previous_ids`)
+        stored = select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id, identifiers.c.from_alias)
+        for type_, value, profile_id, from_alias in connection.execute(stored):
             ident = Identifier(type_, value)
             self.owner[ident] = profile_id
             self.members.setdefault(profile_id, []).append(ident)
             self.counts.setdefault(profile_id, Counter())[type_] += 1
+            if from_alias:
+                self.from_alias.add(ident)
         self.apart = {frozenset(pair) for pair in connection.execute(select(kept_apart.c.profile_a, kept_apart.c.profile_b))}
         self.blocked = set(connection.execute(select(forgotten_identifiers.c.digest)).scalars())
         self._new_profiles: dict[str, dict[str, Any]] = {}
@@ -67,6 +71,16 @@ class CachedIdentityGraph:
             return set()
         return {ident for ident in idents if identifier_digest(ident) in self.blocked}
 
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
+        owner = self.owner
+        return {ident: owner[ident] for ident in idents if ident in self.from_alias}, self.forgotten(idents)
+
+    def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None:
+        """Only identifiers `attach` just took are marked: their rows are still to be written."""
+        for ident in idents:
+            self.from_alias.add(ident)
+            self._new_identifiers[ident]["from_alias"] = True
+
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
         self._new_profiles[profile_id] = {
@@ -81,7 +95,7 @@ class CachedIdentityGraph:
             self.owner[ident] = profile_id
             self._new_identifiers[ident] = {
                 "type": ident.type, "value": ident.value, "profile_id": profile_id, "origin_profile_id": profile_id,
-                "first_seen_at": at, "touchpoint_id": touchpoint_id,
+                "first_seen_at": at, "touchpoint_id": touchpoint_id, "from_alias": False,
             }
         self.members[profile_id].extend(idents)
         self.counts[profile_id].update(ident.type for ident in idents)

@@ -177,10 +177,13 @@ ANA_DECOMPOSED, ANA_COMPOSED = "ana\u0308@x.io", "an\u00e4@x.io"
 
 
 def _stored_before_nfc(store: Store, n: int, *identifiers: tuple[str, str]) -> str:
-    """A touchpoint resolved and stored as the hub did before cac8c1a, its emails lower-cased only."""
+    """A touchpoint stored, as a new person, the way the hub did before cac8c1a: its emails lower-cased only.
+    Written to the graph directly: today's `resolve` reads columns of later migrations."""
     touchpoint = _touchpoint(n, *identifiers)
     with store.write() as connection:
-        profile_id = resolve(touchpoint, SqlIdentityGraph(connection), utcnow()).profile_id
+        graph = SqlIdentityGraph(connection)
+        profile_id = graph.create_profile(touchpoint.occurred_at)
+        graph.attach(profile_id, touchpoint.identifiers, touchpoint.touchpoint_id, touchpoint.occurred_at)
         touchpoints.insert(connection, touchpoint, profile_id, inbox_id=n)
     return profile_id
 

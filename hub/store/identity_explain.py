@@ -4,7 +4,8 @@ Every identifier row remembers the touchpoint that brought it in, every merge
 the touchpoint and identifiers that linked two profiles, and every refused or
 undone link is in `identity_events`; this module reads them back as a graph
 an ops person can follow ("this email joined because touchpoint X carried it
-together with the app's anonymous id").
+together with the app's anonymous id"). An anonymous id marked `from_alias`
+is an alias's previousId, and a user_id of its value joined because of it.
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
         dict(row)
         for row in connection.execute(
             select(identifiers.c.type, identifiers.c.value, identifiers.c.first_seen_at, identifiers.c.touchpoint_id,
-                   identifiers.c.origin_profile_id)
+                   identifiers.c.origin_profile_id, identifiers.c.from_alias)
             .where(identifiers.c.profile_id == live_id)
             .order_by(identifiers.c.first_seen_at, identifiers.c.type, identifiers.c.value)
         ).mappings()
     ]
+    previous_ids = {member["value"]: member for member in members if member.pop("from_alias")}
     events = _touchpoint_summaries(connection, {member["touchpoint_id"] for member in members})
     merge_rows = connection.execute(
         select(merges).where(merges.c.merged_id.in_(aliases)).order_by(merges.c.id)
@@ -49,9 +51,9 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
         "profile_id": live_id,
         "aliases": aliases,
         "identifiers": [
-            {**member, "why": _joined_because(member, events.get(member["touchpoint_id"]))} for member in members
+            {**member, "why": _why(member, events, previous_ids)} for member in members
         ],
-        "links": _links(members, events) + _merge_links(merge_rows),
+        "links": _links(members, events) + _alias_links(members, previous_ids) + _merge_links(merge_rows),
         "merges": [
             {
                 "merge_id": row["id"],
@@ -80,11 +82,28 @@ def _touchpoint_summaries(connection: Connection, touchpoint_ids: set[str]) -> d
     return {row["touchpoint_id"]: dict(row) for row in rows}
 
 
-def _joined_because(member: dict[str, Any], event: dict[str, Any] | None) -> str:
-    where = f"touchpoint {member['touchpoint_id']}"
+def _why(member: dict[str, Any], events: dict[str, dict[str, Any]], previous_ids: dict[str, dict[str, Any]]) -> str:
+    """Where the identifier was first seen, and the alias it came by (`hub.identity`: a previousId not known
+    yet is kept as an anonymous id, and a user_id of its value seen later joins its profile)."""
+    seen = f"first seen on {_touchpoint(member['touchpoint_id'], events)}"
+    if previous_ids.get(member["value"]) is member:
+        return f"{seen}: an alias's previousId not known yet, kept as an {member['type']}; a user_id of this value joins here"
+    previous_id = _joined_by(member, previous_ids)
+    return seen if previous_id is None else f"joined as the previousId of alias {_touchpoint(previous_id['touchpoint_id'], events)}; {seen}"
+
+
+def _joined_by(member: dict[str, Any], previous_ids: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The alias's previousId (another member, of the same value) that `member` joined the profile by, if any."""
+    previous_id = previous_ids.get(member["value"])
+    return None if previous_id is member else previous_id
+
+
+def _touchpoint(touchpoint_id: str, events: dict[str, dict[str, Any]]) -> str:
+    event = events.get(touchpoint_id)
+    where = f"touchpoint {touchpoint_id}"
     if event is not None:
         where += f" ({event['event']} from {event['source_id']} at {event['occurred_at'].isoformat()})"
-    return f"first seen on {where}"
+    return where
 
 
 def _links(members: list[dict[str, Any]], events: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -106,6 +125,19 @@ def _links(members: list[dict[str, Any]], events: dict[str, dict[str, Any]]) -> 
                     "from": list(anchor), "to": list(pair), "touchpoint_id": touchpoint_id,
                     "why": "carried together by one touchpoint",
                 })
+    return links
+
+
+def _alias_links(members: list[dict[str, Any]], previous_ids: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """An edge from each alias's previousId to the user_id of its value that joined by it."""
+    links = []
+    for member in members:
+        previous_id = _joined_by(member, previous_ids)
+        if previous_id is not None:
+            links.append({
+                "from": [previous_id["type"], member["value"]], "to": [member["type"], member["value"]],
+                "touchpoint_id": member["touchpoint_id"], "why": f"the previousId of alias touchpoint {previous_id['touchpoint_id']}",
+            })
     return links
 
 

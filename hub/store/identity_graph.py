@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
-    BindParameter, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
+    BindParameter, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
 from ulid import ULID
 
@@ -41,6 +41,11 @@ _MOVE_IDENTIFIER = (
     .values(profile_id=bindparam("b_to"), origin_profile_id=bindparam("b_to"), first_seen_at=bindparam("b_at"),
             touchpoint_id=bindparam("b_touchpoint"))
 )
+_MARK_FROM_ALIAS = (
+    update(identifiers)
+    .where(identifiers.c.type == bindparam("b_type"), identifiers.c.value == bindparam("b_value"))
+    .values(from_alias=True)
+)
 _EPOCH = Precompiled(select(graph_epoch.c.value))
 _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touchpoint_id", "linking_identifiers", "merged_at"])
 
@@ -49,23 +54,27 @@ _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touch
 # every call.
 
 
-def _owners_of(types: list[BindParameter[Any]], values: list[BindParameter[Any]], digests: list[BindParameter[Any]]) -> Any:
-    """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
+def _owners_of(*only: ColumnElement[bool]) -> Callable[..., Any]:
+    """The statement's builder: rows (type, value, owner) for the known identifiers (those meeting `only`), then
+    (digest, NULL, NULL) for the forgotten ones.
 
     Both are questions about the touchpoint's identifiers, and the second is
     asked whenever one is new; answering them in one statement saves a round
     trip for every first visit. An owner is never NULL, so the rows tell apart.
     """
-    # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
-    # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
-    pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
-    return union_all(
-        select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs)),
-        select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
-    )
+    def build(types: list[BindParameter[Any]], values: list[BindParameter[Any]], digests: list[BindParameter[Any]]) -> Any:
+        # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
+        # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
+        pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
+        return union_all(
+            select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs), *only),
+            select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
+        )
+    return build
 
 
-_OWNERS_OF = InLists(_owners_of)
+_OWNERS_OF = InLists(_owners_of())
+_ALIAS_PREVIOUS_IDS_OF = InLists(_owners_of(identifiers.c.from_alias))
 _TYPE_COUNTS_OF = InLists(
     lambda ids: select(identifiers.c.profile_id, identifiers.c.type, func.count())
     .where(identifiers.c.profile_id.in_(ids))
@@ -114,16 +123,31 @@ class SqlIdentityGraph:
         """The owner of each known identifier, in one statement that also answers `forgotten` for them."""
         if not idents:
             return {}
-        digests = [identifier_digest(ident) for ident in idents]
+        found, blocked = self._owners(_OWNERS_OF, idents)
+        self._blocked = {ident: ident in blocked for ident in idents}
+        return found
+
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
+        """Of these identifiers, the profile of each an alias stored as its previousId (`mark_alias_previous_ids`),
+        and those forgotten: one statement, searching the primary key."""
+        return self._owners(_ALIAS_PREVIOUS_IDS_OF, idents)
+
+    def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None:
+        """Remember that these identifiers, just attached, are an alias's previousId whose meaning was unknown."""
+        self.connection.execute(_MARK_FROM_ALIAS, [{"b_type": i.type, "b_value": i.value} for i in idents])
+
+    def _owners(self, statement: InLists, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
+        """The owner of each identifier `statement` finds, and the identifiers on the forgotten list."""
+        by_digest = {identifier_digest(ident): ident for ident in idents}
         found: dict[Identifier, str] = {}
-        blocked: set[str] = set()
-        for first, value, profile_id in _OWNERS_OF.execute(self.connection, [i.type for i in idents], [i.value for i in idents], digests):
+        blocked: set[Identifier] = set()
+        rows = statement.execute(self.connection, [i.type for i in idents], [i.value for i in idents], list(by_digest))
+        for first, value, profile_id in rows:
             if profile_id is None:
-                blocked.add(first)
+                blocked.add(by_digest[first])
             else:
                 found[Identifier(first, value)] = profile_id
-        self._blocked = {ident: digest in blocked for ident, digest in zip(idents, digests)}
-        return found
+        return found, blocked
 
     def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
         """How many identifiers of each type every profile holds: what the limits are checked against."""

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    false,
 )
 
 
@@ -154,6 +155,8 @@ identifiers = Table(
     Column("first_seen_at", UTCDateTime, nullable=False),
     Column("touchpoint_id", String(36), nullable=False),  # the touchpoint that brought it in
     Column("origin_profile_id", String(26)),  # the profile it first joined; what an unmerge splits by
+    # An alias's previousId no one knew yet, stored as an anonymous_id: a userId of its value joins its profile.
+    Column("from_alias", Boolean, nullable=False, server_default=false()),
 )
 
 merges = Table(
