@@ -211,6 +211,25 @@ def test_profiles_explain_cuts_push_tokens_short_as_the_delivery_log_does() -> N
     assert token in shown and "ana@x.io" in shown
 
 
+def test_profiles_explain_prints_markup_in_data_as_text() -> None:
+    """A reason naming an event called "[/] Sale [bold]" made `touchhub profiles explain` crash with a
+    MarkupError (or garbled its styles): data was written into the lines' Rich markup."""
+    from rich.console import Console
+
+    from hub.identity_report import explain_tree
+
+    why = "joined with touchpoint of event '[/] Sale [bold]'"
+    graph = {"profile_id": "P", "aliases": [], "merges": [], "unmerges": [], "detached": [], "moved": [],
+             "identifiers": [{"type": "user_id", "value": "u-[/]", "why": why}],
+             "links": [{"from": ["user_id", "u-[/]"], "to": ["anonymous_id", "a-[red]"], "why": why, "touchpoint_id": "t-1"}],
+             "refused": [{"identifiers": [["user_id", "[/]x"]], "other_profile_id": None, "rule": "[/]rule",
+                          "touchpoint_id": "t-2", "at": None}]}
+    console = Console(width=300, record=True)
+    console.print(explain_tree(graph))
+    shown = console.export_text()
+    assert why in shown and "u-[/]" in shown and "a-[red]" in shown and "user_id=[/]x: [/]rule" in shown
+
+
 def test_forget_wipes_the_delivery_log_but_keeps_its_counts(store: Store) -> None:
     ana, _ = bad_link(store)
     planned = PlannedDelivery("d-1", "dec-1", ana, "sms", "twilio_sms", "+14155550101", {"body": "Hi Ana"})
