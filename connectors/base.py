@@ -167,6 +167,10 @@ class Destination(Connector, ABC):
     # The provider keeps one record per profile id (a CRM Lead): after a merge, the engine names the merged-in
     # ids that record may still be keyed by (`Delivery.previous_targets`).
     keeps_record_per_profile: ClassVar[bool] = False
+    # The rendered parts a message is made of. When every one renders blank (a false `{% if %}`, a file caught
+    # half-saved) routing skips the message and tries its fallback; none (data such as webhooks and CRM updates,
+    # which mean something without text): always sent.
+    message_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
         self.destination_id = destination_id

@@ -9,6 +9,8 @@ with the delivery, so a retry or a replay sends exactly what was decided.
 Each action ends with one fate, as the decision log shows it:
 `planned`, `delayed_quiet_hours`, `capped`, `blocked_by_consent`,
 `fell_back` (to the channel named in `to`), or `skipped` (with the reason).
+A channel that cannot reach the person (no address, consent revoked, a
+template that rendered nothing to send) falls back when the action says where.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from typing import Any
 
 from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
+
+from connectors.base import Destination, load_registry
 
 from hub.config_files import load_model
 from hub.consent import consent_revoked
@@ -99,10 +103,18 @@ class _CannotReach(Exception):
 class Router:
     def __init__(
         self, routes: dict[str, ChannelRoute], templates: TemplateRenderer, policy: ContactPolicy | None = None,
-        configured: Collection[str] | None = None,
+        configured: Collection[str] | None = None, destinations: Mapping[str, type[Destination]] | None = None,
     ) -> None:
-        """`configured`: the destinations this hub has settings for (None: take every route as served)."""
+        """`configured`: the destinations this hub has settings for (None: take every route as served).
+        `destinations`: the installed destination connectors (default: `load_registry`'s)."""
         self.routes = routes
+        connectors = load_registry().destinations if destinations is None else destinations
+        # destination -> the parts of its messages: one whose every part renders blank is not sent (Twilio refuses
+        # an empty SMS; an empty email would go out under the rule id as its subject)
+        self.message_parts = {
+            route.destination: connectors[route.destination].message_parts
+            for route in routes.values() if route.destination in connectors
+        }
         self.templates = templates
         self.policy = policy or ContactPolicy()
         # channel -> its destination, for channels whose destination has no settings here
@@ -204,6 +216,7 @@ class Router:
             fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
         except TemplateError as exc:
             return None, {"fate": "skipped", "reason": f"template {template}: {exc}"}
+        _refuse_blank(rendered, self.message_parts.get(route.destination, ()), template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
@@ -244,6 +257,16 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
+
+
+def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], template: str) -> None:
+    """Raise `_CannotReach` (skipped: the fallback may have a template that renders) when every part the
+    destination sends is blank; render strips each part already."""
+    if parts and not any(rendered.get(part) for part in parts):
+        raise _CannotReach("skipped", (
+            f"template rendered empty: {template} ({', '.join(parts)} all blank); check its {{% if %}} conditions "
+            "and that the file is saved whole"
+        ))
 
 
 def _current_address(addresses: Sequence[str], trait: Any) -> str:

@@ -236,7 +236,9 @@ def load_mappings_folder(
     mappings = _collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds))
     identity = _collect(problems, lambda: _identity_for(folder, mappings))
     templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
-    router = _collect(problems, lambda: Router(load_routes(folder / "routes.yaml"), templates, policy, configured=served))
+    router = _collect(problems, lambda: Router(
+        load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
+    ))
     rulebook = _collect(problems, lambda: RuleBook(
         folder / "triggers.yaml", partial(_rules_served, router, registry.destinations), rules_reload_seconds
     ))

@@ -13,21 +13,30 @@ A template file that is not UTF-8 is a template error like any other
 (`NotUTF8TemplateError`): Jinja lets it out as UnicodeDecodeError, which
 would fail the whole event at planning time and escape the rule book's
 check on a hot reload.
+
+An edit that does not parse is refused as the rule book refuses one (a typo
+never switches messages off): the last good template stays in force, the
+refusal is logged once and shown by `refused_edits`. Only a template that
+never parsed in this process skips the messages that name it.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import structlog
 from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, Undefined
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
 from hub.errors import ConfigError
 from hub.rules import RuleSpec
+
+log = structlog.get_logger(__name__)
 
 
 class NotUTF8TemplateError(TemplateError):
@@ -66,6 +75,7 @@ class TemplateRenderer:
         self._environment.filters["default"] = self._environment.filters["d"] = _default
         self._recheck_seconds = recheck_seconds
         self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
+        self._refused: dict[str, str] = {}  # name -> why its file on disk is not in force, while the last good one is
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.
         self._inline = lru_cache(maxsize=512)(self._environment.from_string)
 
@@ -100,8 +110,37 @@ class TemplateRenderer:
         now = time.monotonic()
         loaded = self._loaded.get(name)
         if loaded is None or now - loaded[0] >= self._recheck_seconds:
-            loaded = self._loaded[name] = (now, self._compiled(name))
+            loaded = self._loaded[name] = (now, self._reloaded(name, None if loaded is None else loaded[1]))
         return loaded[1]
+
+    def _reloaded(self, name: str, in_force: Template | None) -> Template:
+        """The file as it is now or, when an edit no longer parses, the template `in_force` (the TemplateError if
+        there is none): a typo saved while the hub runs must not switch a rule's messages off."""
+        try:
+            template = self._compiled(name)
+        except TemplateError as exc:
+            if in_force is None:
+                raise
+            self._refuse(name, exc)
+            return in_force
+        self._refused.pop(name, None)
+        return template
+
+    def _refuse(self, name: str, exc: TemplateError) -> None:
+        """Log a refused edit once (not on each re-check of the same broken file), naming the file, line and reason."""
+        problem = self._problem(name, exc)
+        if self._refused.get(name) != problem:
+            self._refused[name] = problem
+            log.error("template edit refused; the last good template stays in force", problem=problem)
+
+    def refused_edits(self, names: Collection[str]) -> list[str]:
+        """Why the files of these templates (those the rules in force name) are not in force, one line each; empty
+        when every edit took. Looking re-checks them, so an edit made since the last message shows too."""
+        for name in names:
+            if name in self._loaded:
+                self._template(name)
+        refused = dict(self._refused)  # a snapshot: workers re-check templates meanwhile
+        return sorted(problem for name, problem in refused.items() if name in names)
 
     def _compiled(self, name: str) -> Template:
         """Jinja's template, with a file that is not UTF-8 a TemplateError, so routing skips the action saying why."""
@@ -114,11 +153,17 @@ class TemplateRenderer:
         """Fail at start-up, not at send time, if a rule names a template that does not parse."""
         problems = []
         for name in names:
-            try:
-                self._compiled(name)
-            except NotUTF8TemplateError as exc:
-                problems.append(str(exc))
+            try:  # in force from here on: the last good one, also where no message has named it yet
+                self._loaded[name] = (time.monotonic(), self._reloaded(name, None))
             except TemplateError as exc:
-                problems.append(f"{self.folder / name}: {exc.__class__.__name__}: {exc}")
+                problems.append(self._problem(name, exc))
         if problems:
             raise ConfigError(problems)
+
+    def _problem(self, name: str, exc: TemplateError) -> str:
+        """``path: Error: reason at line N`` (``path:line: not UTF-8 ...``), what ops fix in an editor."""
+        if isinstance(exc, NotUTF8TemplateError):
+            return str(exc)
+        path = getattr(exc, "filename", None) or self.folder / name  # a syntax error names the file it is in
+        line = getattr(exc, "lineno", None)
+        return f"{path}: {exc.__class__.__name__}: {exc}" + (f" at line {line}" if line else "")

@@ -162,3 +162,9 @@ def test_the_admin_api_shows_the_rules_in_force_and_why_an_edit_was_refused(tmp_
         refused = running.admin("/api/rules")
         assert [rule["id"] for rule in refused["rules"]] == [rule["id"] for rule in shipped["rules"]]  # still in force
         assert any("rules.0.when: Field required" in problem for problem in refused["refused_edit"])
+        assert shipped["refused_template_edits"] == []
+        sms = mappings / "templates" / "post_purchase_support.sms.j2"
+        write(sms, sms.read_text() + "{% if %}")
+        time.sleep(0.05)
+        [problem] = running.admin("/api/rules")["refused_template_edits"]
+        assert "post_purchase_support.sms.j2: TemplateSyntaxError" in problem

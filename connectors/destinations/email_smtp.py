@@ -119,6 +119,7 @@ class EmailSmtpDestination(Destination):
     title = "Email (SMTP)"
     docs_url = "https://datatracker.ietf.org/doc/html/rfc5321"
     channel = "email"
+    message_parts = ("subject", "text", "html", "body")  # `body` is the text when there is no `text` block
     Config = EmailSmtpConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:

@@ -127,6 +127,7 @@ class FcmPushDestination(Destination):
     title = "Firebase Cloud Messaging (HTTP v1)"
     docs_url = "https://firebase.google.com/docs/cloud-messaging/send-message"
     channel = "push"
+    message_parts = ("title", "body")
     Config = FcmPushConfig
 
     def __init__(

@@ -73,6 +73,7 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
     title = "Twilio Programmable Messaging (SMS)"
     docs_url = "https://www.twilio.com/docs/messaging/api/message-resource"
     channel = "sms"
+    message_parts = ("body",)  # Twilio refuses an empty one (21602)
     Config = TwilioSmsConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:

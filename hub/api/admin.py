@@ -19,6 +19,7 @@ from hub.decision_explain import explain
 from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
+from hub.templates import template_names
 from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
 
 T = TypeVar("T")
@@ -142,16 +143,18 @@ async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
 async def list_rules(request: Request) -> dict[str, Any]:
     """A refused edit leaves the last good rules running and says so only in the log; here ops can see it
     (looking also picks up an edit made since the last event)."""
-    rulebook = _hub(request).rulebook
-    assert rulebook is not None
+    hub = _hub(request)
+    assert hub.rulebook is not None and hub.router is not None
+    rules = hub.rulebook.current()
     return {
         "rules": [
             {"id": rule.id, "version": rule.version, "description": rule.description, "priority": rule.priority,
              "urgency": rule.urgency, "waits": rule.absence is not None,
              "channels": [action.channel for action in rule.respond]}
-            for rule in rulebook.current()
+            for rule in rules
         ],
-        "refused_edit": rulebook.last_error,
+        "refused_edit": hub.rulebook.last_error,
+        "refused_template_edits": hub.router.templates.refused_edits(template_names(rules)),
     }
 
 
