@@ -27,8 +27,8 @@ def triggers_test(
     rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
     events: Path = typer.Argument(
         ..., exists=True, dir_okay=False,
-        help="Segment-spec messages, each with a timestamp (and receivedAt where known: the lab takes them in in the "
-        "order they reached the hub): JSON Lines (one object a line) or one JSON array. Sample: mappings/samples/demo_journey.jsonl.",
+        help="Segment-spec messages, each with a timestamp (and receivedAt or sentAt where known: the lab takes them in "
+        "in the order they reached the hub): JSON Lines (one object a line) or one JSON array. Sample: mappings/samples/demo_journey.jsonl.",
     ),
     as_json: bool = typer.Option(
         False, "--json", help="One JSON object a line per decision (rule, version, profile, time, status, reasons, "
@@ -37,10 +37,11 @@ def triggers_test(
 ) -> None:
     """Run RULES over EVENTS with a simulated clock and print the decisions; nothing is sent.
 
-    The clock is the time each event reached the hub (its receivedAt, else its timestamp), so a
-    2-minute absence rule fires between two events that arrived more than 2 minutes apart, a late
-    event meets the timers that fired before it came, and every timer still waiting after the last
-    event is run out. Each timer fires at its own due time: quiet hours and caps are judged then.
+    The clock is the time each event reached the hub (its receivedAt, else its timestamp or its
+    sentAt if later, as an SDK's offline queue sends it), so a 2-minute absence rule fires between
+    two events that arrived more than 2 minutes apart, a late event meets the timers that fired
+    before it came, and every timer still waiting after the last event is run out. Each timer
+    fires at its own due time: quiet hours and caps are judged then.
     Templates and routes come from HUB_MAPPINGS_DIR, as in the running hub.
 
     Each action shows its fate and why, e.g. [bold]email: delayed_quiet_hours until 2026-01-06 08:00 UTC[/]

@@ -12,12 +12,12 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from hub.config_files import load_model
-from hub.durations import Duration
+from hub.durations import PositiveDuration
 from hub.errors import ConfigError
 from hub.retry import RetryPolicy
 from hub.settings import HubSettings
@@ -25,17 +25,6 @@ from hub.throttle import CircuitBreaker, TokenBucket
 
 POLICY_FILE = "delivery.yaml"
 T = TypeVar("T")
-
-
-def _above_zero(value: timedelta) -> timedelta:
-    """Refuse 0s as the HUB_* settings these override do (> 0): `max_age: 0s` became the 24 h default, and a zero
-    delay or reset retried and probed with no pause, hammering the provider."""
-    if value <= timedelta(0):
-        raise ValueError("must be more than 0s, as the HUB_* setting it overrides; leave it out for that default")
-    return value
-
-
-PositiveDuration = Annotated[Duration, AfterValidator(_above_zero)]
 
 
 class RetrySpec(BaseModel):

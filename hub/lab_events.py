@@ -4,7 +4,8 @@ Ops hold events as JSON Lines or one JSON array. Each message passes the
 default source's own checks and gets its id (`take_message`), so what the
 hub refuses at ingest, and a resend it drops, are left out and named at
 their lines rather than tried. The messages come in the order they reached
-the hub (`receivedAt`, else `timestamp`), which is the simulated clock's.
+the hub (`receivedAt`, else the later of `timestamp` and `sentAt`), which is
+the simulated clock's.
 Every problem names the user's file at its line.
 """
 
@@ -81,7 +82,8 @@ def load_events(path: Path) -> EventsFile:
     `messageId` or, without one, by a hash of its content.
 
     A message reached the hub at its `receivedAt` where it has one (an export
-    from Segment, RudderStack or the hub's inbox), else at its `timestamp`.
+    from Segment, RudderStack or the hub's inbox), else at its `timestamp`,
+    or at its `sentAt` where that is later (an SDK's offline queue).
     Taken in in that order, a message that came late meets the timers that
     fired before it came, and `triggers.rejudge` judges again what it
     changes, as in the live hub.
@@ -147,10 +149,17 @@ def at_lines(path: Path, notes: list[tuple[int, str]]) -> list[str]:
 
 
 def _arrival(event: dict[str, Any]) -> datetime:
-    """When the message reached the hub (its `receivedAt`, else its `timestamp`, which it must have), or
-    ValueError saying what is wrong with it in the user's words."""
+    """When the message reached the hub (its `receivedAt`, else the later of its `timestamp`, which it must have,
+    and its `sentAt`), or ValueError saying what is wrong with it in the user's words.
+
+    An SDK's offline queue sends an event minutes after its `timestamp`: the live hub cannot take it in before
+    its `sentAt`, so the timers due meanwhile fire first. Taken in at `sentAt`, live ingest's clock correction
+    (`segment._skew_corrected`) leaves its `timestamp` as it is, so the lab need not apply it.
+    """
     timestamp = _checked_time(event, "timestamp")
-    return _checked_time(event, "receivedAt") if "receivedAt" in event else timestamp
+    if "receivedAt" in event:
+        return _checked_time(event, "receivedAt")
+    return max(timestamp, _checked_time(event, "sentAt")) if "sentAt" in event else timestamp
 
 
 def _checked_time(event: dict[str, Any], field: str) -> datetime:

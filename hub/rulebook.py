@@ -2,7 +2,9 @@
 
 Ops edit rules while the hub runs. An edit that does not validate (or names a
 template that does not parse) is refused with every problem logged, and the
-last good rules stay in force, so a typo never switches triggers off.
+last good rules stay in force, so a typo never switches triggers off. So is
+an edit the checks fail on in a way they did not expect: a bug of the hub's
+must not fail the events in hand either.
 """
 
 from __future__ import annotations
@@ -70,9 +72,10 @@ class RuleBook:
             self._stamp = stamp
             try:
                 rules, disabled = self._load()
-            except ConfigError as exc:
-                self.last_error = exc.problems
-                log.error("trigger rules edit refused; the last good rules stay in force", problems=exc.problems)
+            except Exception as exc:  # any: a bug in a check must not raise into the pipeline's event in hand
+                self.last_error = self._refusal(exc)
+                log.error("trigger rules edit refused; the last good rules stay in force", problems=self.last_error,
+                          exc_info=not isinstance(exc, ConfigError))
                 return False
             self._take(rules, disabled)
             self.last_error = []
@@ -83,6 +86,15 @@ class RuleBook:
         """Why a rule id names no rule in force, in the words a timer or decision keeps."""
         self.current()
         return "rule disabled (enabled: false)" if rule_id in self._disabled else "rule removed from triggers.yaml"
+
+    def _refusal(self, exc: Exception) -> list[str]:
+        """Why an edit was refused, as `/api/rules` shows it: the file's problems, or an error the checks did not
+        expect (the hub's bug, not the file's), named so the edit is still refused rather than raised out of
+        `current()` into whichever event was in hand."""
+        if isinstance(exc, ConfigError):
+            return exc.problems
+        return [f"{self.path}: the hub could not check this edit ({type(exc).__name__}: {exc}); the last good rules "
+                "stay in force: please report this, with the edit, as a bug of the hub"]
 
     def _take(self, rules: list[RuleSpec], disabled: frozenset[str]) -> None:
         """Put rules in force with what is derived from them once, not per event."""

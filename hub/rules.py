@@ -14,8 +14,8 @@ The schema carries every rule JSON Schema can state (what a selector must
 name, which operators need which values, where an `absence` may stand, that
 numbers and switches are not text); a few are the loader's alone and are
 named in the schema's descriptions: unique rule ids, JMESPath expressions and
-regular expressions that compile. tests/test_rule_schema.py holds the two to
-the same cases.
+regular expressions that compile, durations of at most a century.
+tests/test_rule_schema.py holds the two to the same cases.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from pydantic import (
 )
 
 from hub.config_files import load_model
-from hub.durations import Duration
+from hub.durations import LONGEST, Duration, PositiveDuration
 from hub.mapping import Stage, check_expression
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
@@ -62,9 +62,14 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-def _operator_needs(op: str, value_schema: dict[str, Any]) -> dict[str, Any]:
-    return {"if": {"properties": {"op": {"const": op}}, "required": ["op"]},
-            "then": {"properties": {"value": value_schema}, "required": ["value"]}}
+_ORDERING = ("gt", "gte", "lt", "lte")
+
+
+def _operator_takes(ops: tuple[str, ...], value_schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
+    """The schema's half of `Predicate._value_fits_operator`: the values `ops` take (and whether they need one)."""
+    then: dict[str, Any] = {"properties": {"value": value_schema}}
+    return {"if": {"properties": {"op": {"enum": list(ops)}}, "required": ["op"]},
+            "then": {**then, "required": ["value"]} if required else then}
 
 
 class Predicate(_Strict):
@@ -75,33 +80,65 @@ class Predicate(_Strict):
     """
 
     model_config = ConfigDict(json_schema_extra={
-        "allOf": [_operator_needs("in", {"type": "array"}), _operator_needs("matches", {"type": "string"})],
+        "allOf": [
+            _operator_takes(("in",), {"type": "array"}),
+            _operator_takes(("matches",), {"type": "string"}),
+            _operator_takes(_ORDERING, {"type": ["number", "string"]}),
+            _operator_takes(("exists",), {"type": ["boolean", "null"]}, required=False),
+        ],
     })
 
     field: str = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
     op: Operator = "eq"
     value: Any = Field(
         None,
-        description="`in` needs a list; `matches` a regular expression (Python `re` syntax: the hub refuses the file "
-        "if it does not compile).",
+        description="`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
+        "`exists` takes true or false (left out: true); `matches` a regular expression (Python `re` syntax: the hub "
+        "refuses the file if it does not compile).",
     )
 
     _field_compiles = field_validator("field")(check_expression)
 
     @model_validator(mode="after")
     def _value_fits_operator(self) -> "Predicate":
-        """Refused here, when the file loads or reloads: found while evaluating, each event the rule saw
-        would fail and go to quarantine."""
-        if self.op == "in" and not isinstance(self.value, list):
-            raise ValueError("`in` needs a list value")
-        if self.op == "matches":
-            if not isinstance(self.value, str):
-                raise ValueError("`matches` needs a regular expression string")
-            try:
-                re.compile(self.value)
-            except re.error as exc:
-                raise ValueError(f"`matches` value {self.value!r} is not a regular expression: {exc}") from None
+        """Refused here, when the file loads or reloads: found while evaluating, a value its operator cannot use
+        failed each event the rule saw (`in`, `matches`), or silently never held (`gt` with no value), or held
+        the other way round (`exists: "false"`)."""
+        problem = _value_problem(self.op, self.value)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def _value_problem(op: str, value: Any) -> str | None:
+    """Why `value` cannot serve `op`, said as ops write the file; None when it can."""
+    if op == "in" and not isinstance(value, list):
+        return "`in` needs a list value"
+    if op in _ORDERING and not _comparable(value):
+        return (f"`{op}` needs a value to compare with, a number or text (such as 100 or '2026-01-01'), "
+                f"not {json.dumps(value, default=str)}")
+    if op == "exists" and not (value is None or isinstance(value, bool)):
+        return (f"`exists` takes true or false (left out: true), not {json.dumps(value, default=str)}; "
+                "for a field that must be missing, write false without quotes")
+    if op == "matches":
+        return _pattern_problem(value)
+    return None
+
+
+def _comparable(value: Any) -> bool:
+    """What the ordering operators compare with: a number, or text (ISO-8601 times order as text does). Not a
+    boolean, which `selectors` never orders (as in JMESPath), nor null or a list, which nothing is above."""
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
+
+
+def _pattern_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return "`matches` needs a regular expression string"
+    try:
+        re.compile(value)
+    except re.error as exc:
+        return f"`matches` value {value!r} is not a regular expression: {exc}"
+    return None
 
 
 class Selector(_Strict):
@@ -137,7 +174,7 @@ class EventCondition(Selector):
 
 
 class Window(Selector):
-    within: Duration
+    within: PositiveDuration
     at_least: WholeNumber = Field(1, ge=1)
 
 
@@ -174,7 +211,7 @@ class AbsenceSpec(_Strict):
         "(identify, alias and group calls say who someone is, not what they did; events a mapping gives kind "
         "`system`, such as a CRM's sync or an SDK's Application Backgrounded, are not the person's doing)."
     )
-    within: Duration
+    within: PositiveDuration
 
 
 class AbsenceCondition(_Strict):
@@ -271,7 +308,10 @@ class ActionSpec(_Strict):
     only_if: list[Predicate] = Field(
         default_factory=list, description="Predicates on the triggering touchpoint, e.g. only on mobile devices."
     )
-    delay: Duration | None = Field(None, description="Send this long after the decision instead of at once.")
+    delay: Duration | None = Field(
+        None, description=f"Send this long after the decision instead of at once (at most {LONGEST.days}d: the hub "
+        "refuses a longer one)."
+    )
     fields: dict[str, Any] = Field(
         default_factory=dict, description="CRM fields to set; string values are templates (e.g. '{{ touchpoint.moment }}')."
     )
@@ -292,7 +332,7 @@ class Cap(_Strict):
     """At most `max` decisions of this rule per profile within `within`."""
 
     max: WholeNumber = Field(1, ge=1)
-    within: Duration
+    within: PositiveDuration
 
     @field_validator("max", mode="before")
     @classmethod

@@ -197,6 +197,30 @@ def test_timers_left_at_the_end_are_each_judged_at_their_own_due_time(tmp_path: 
     assert rows(result.stdout) == [["2026-01-05T10:02:00+00:00", "cart_abandonment", "fired", "user_id:ana", "email: planned"]]
 
 
+def test_a_message_is_taken_in_no_earlier_than_it_was_sent(tmp_path: Path) -> None:
+    """An SDK's offline queue: the order happened at 10:01 on the phone but was sent (`sentAt`) at 10:05, after the
+    10:02 cart nudge had fired in the live hub. Without a `receivedAt`, the lab took the order in at its timestamp,
+    before it was even sent: it cancelled the nudge, and the lab showed no decision where the live hub made one."""
+    events = write_events(tmp_path / "offline.jsonl", *cart_left_at_ten(
+        {"type": "track", "userId": "ana", "event": "Order Completed",
+         "timestamp": "2026-01-05T10:01:00Z", "sentAt": "2026-01-05T10:05:00Z"},
+    ))
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert rows(result.stdout) == [["2026-01-05T10:02:00+00:00", "cart_abandonment", "fired", "user_id:ana", "email: planned"]]
+
+
+def test_a_message_sent_at_once_is_taken_in_at_its_timestamp(tmp_path: Path) -> None:
+    """A `sentAt` before the timestamp (a device clock that stepped) does not take the message in earlier."""
+    events = write_events(tmp_path / "online.jsonl", *cart_left_at_ten(
+        {"type": "track", "userId": "ana", "event": "Order Completed",
+         "timestamp": "2026-01-05T10:01:00Z", "sentAt": "2026-01-05T09:30:00Z"},
+    ))
+    result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert rows(result.stdout) == []
+
+
 def three_fates(path: Path) -> Path:
     """ivo on iOS without a push token, eli opted out of SMS, ana's cart left in her quiet hours."""
     return write_events(

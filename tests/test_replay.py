@@ -83,6 +83,8 @@ def test_the_api_replays_what_a_fixed_mapping_can_now_map(hub: RunningHub, mappi
     assert unknown.status_code == 404 and "configured: default" in unknown.json()["detail"]
     bad = admin_post(hub, "/api/sources/default/replay", since="yesterday")
     assert bad.status_code == 422 and bad.json()["detail"].startswith("since: 'yesterday' is neither")
+    edge = admin_post(hub, "/api/sources/default/replay", since="0001-01-01T00:00:00+14:00")  # was a 500 (OverflowError)
+    assert edge.status_code == 422 and "outside the calendar" in edge.json()["detail"]
 
 
 def admin_post(hub: RunningHub, path: str, **params: str) -> Any:
