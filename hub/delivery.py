@@ -38,7 +38,9 @@ Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker, an optional rate limit and an optional limit of sends in
 flight. The breaker and the limits only ever make a delivery wait (it goes
 back to the outbox with a later due time and no attempt logged, or a claim
-passes it over); only the retry policy dead-letters.
+passes it over); only the retry policy dead-letters. A claim takes only
+deliveries to the destinations the engine was given (those configured in its
+process): the others wait, due, for a process with their settings.
 """
 
 from __future__ import annotations
@@ -62,7 +64,6 @@ from hub.delivery_record import AttemptRecorder, Outcome, unsent_summary
 from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
-    DeliveryFailure,
     UNEXPECTED,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -122,24 +123,26 @@ class DeliveryEngine:
         self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
+        self._said_what_it_sends = False  # the first claim logs which destinations this engine claims for
 
     def run_once(self) -> int:
         """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most
         (until a `wake`), then record those finished and claim the next batch in one transaction.
 
         The batch is the one the previous call's record claimed, or claimed
-        now. When that look found nothing and no send is in flight, this call
-        returns 0 without looking again, and the next call looks: the worker
-        naps in between until a producer wakes it, which producers do after
-        they commit, so work committed after that look is never missed.
+        now (`_look`), or, after a claim that failed with sends in flight,
+        none: the record after the wait claims. When that look found nothing
+        and no send is in flight, this call returns 0 without looking again,
+        and the next call looks: the worker naps in between until a producer
+        wakes it, which producers do after they commit, so work committed
+        after that look is never missed.
         Otherwise it returns how many sends it recorded or still has in
         flight, so the worker calls again at once and the sends carried over
         keep going.
         """
         due, self._claimed = self._claimed, None
         if due is None:
-            with self.store.write() as connection:
-                due = self._claim(connection, list(self._sending))
+            due = [] if self._sending else self._look()
         if not due and not self._sending:
             return 0
         self._sending.update(
@@ -152,6 +155,18 @@ class DeliveryEngine:
         for delivery_id in finished:  # only now: outcomes whose record failed are recorded by the next run
             self._done(delivery_id)
         return len(finished) + len(self._sending)
+
+    def _look(self) -> list[Delivery]:
+        """Claim a batch in a transaction of its own: only with no send in flight, nor one finished and unrecorded.
+
+        With sends in flight the run waits for them and records them in the
+        transaction that claims: a look first, which the database refused
+        (locked, a lost connection), raised before the loop had run those
+        sends to their end or recorded them, run after run while it refused,
+        and each was sent again once its lease ran out.
+        """
+        with self.store.write() as connection:
+            return self._claim(connection, [])
 
     def _done(self, delivery_id: str) -> None:
         """The send is no longer this engine's: recorded, or dropped."""
@@ -204,18 +219,31 @@ class DeliveryEngine:
         """Renew the leases of the sends `in_flight` that are half spent (`_renew_leases`), then claim a batch, or
         beside them as many as there is room for, none of them: a delivery claimed beyond the room would wait
         for a slow send to give up its place."""
+        if not self._said_what_it_sends:
+            self._say_what_it_sends()
         now = utcnow()
         self._renew_leases(connection, in_flight, now)
         room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
             return []
-        claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight))
+        claimed = outbox.claim_due(
+            connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight), self.destinations
+        )
         going = merged_targets.follow_merges(
             connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
             self._keeps_records,
         )
         self._leased_at.update((delivery.delivery_id, now) for delivery in going)
         return going
+
+    def _say_what_it_sends(self) -> None:
+        """Log, once, that the claims take only deliveries to the destinations configured here: one whose
+        settings this process lacks (in a rolling deploy, not yet) waits, due, for a process that has them."""
+        log.info(
+            "claiming deliveries only to the destinations configured in this process; those to any other wait "
+            "in the outbox for a process with its settings (HUB_*)", destinations=sorted(self.destinations),
+        )
+        self._said_what_it_sends = True
 
     def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> None:
         """Renew, in one statement, the leases of the sends `in_flight` taken or renewed half a lease ago or more.
@@ -254,20 +282,32 @@ class DeliveryEngine:
             return await self.attempt(delivery)
 
     async def attempt(self, delivery: Delivery) -> Outcome:
-        """Send once, or hold the delivery back, and decide its next status; never raises."""
+        """Send once, or hold the delivery back, and decide its next status; never raises.
+
+        The circuit breaker admits a delivery before the rate limit gives it a
+        token: taken first, a token was spent by every delivery an open
+        breaker then held back, and once it closed the destination was
+        throttled below its limit. Admitted, a delivery counts as in flight,
+        its wait for its token included.
+        """
         policy = self.policies.for_destination(delivery.destination_id)
-        if policy.rate_limit is not None:
-            pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
-            if pause is None:
-                return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
-            await asyncio.sleep(pause)
         if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
             return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
         wait = policy.breaker.admit()
         if wait > 0:
             return self._held_back(delivery, wait, "circuit open")
-        self._sends_to[delivery.destination_id] += 1  # no await since the check: it is exact
+        pause: float | None = None  # no rate limit
+        if policy.rate_limit is not None:
+            pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
+            if pause is None:
+                policy.breaker.release()  # no await since `admit`: a probe it granted was this delivery's
+                return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
+        self._sends_to[delivery.destination_id] += 1  # no await since the place was found: it is exact
         try:
+            if pause is not None:
+                # Of 0 too: the loop takes in first what its pooled connections heard while it idled (a provider
+                # closing a keep-alive one); without it the send took a closed one (network.ClientOSError).
+                await asyncio.sleep(pause)
             outcome = await self._send(delivery)
         finally:
             self._sends_to[delivery.destination_id] -= 1
@@ -302,13 +342,9 @@ class DeliveryEngine:
     async def _send(self, delivery: Delivery) -> Outcome:
         started_at = utcnow()
         clock = time.perf_counter()
-        destination = self.destinations.get(delivery.destination_id)
+        destination = self.destinations[delivery.destination_id]  # the claim takes only those configured here
         request_summary: dict | None = None  # until the destination has summarised the request
         try:
-            if destination is None:
-                raise AuthDeliveryError(
-                    DeliveryFailure("config.unknown_destination", f"no destination {delivery.destination_id!r} is configured")
-                )
             request_summary = _request_summary(destination, delivery)
             return _sent(delivery, await destination.deliver_async(delivery), started_at, clock, request_summary)
         except Exception as exc:  # a DeliveryError, or a connector bug: its `classify` raised, it returned no SendResult

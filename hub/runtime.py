@@ -114,7 +114,7 @@ class Hub:
         for channel, destination in sorted(self.router.unserved.items()):
             log.warning(
                 "a channel's destination is not configured: its messages fall back where a rule says, else wait "
-                "in the dead-letter queue until it is configured and they are replayed",
+                "in the outbox for a process that has its settings (configure it here to send them from this one)",
                 channel=channel, destination=destination,
             )
         for worker in self._workers:
@@ -147,11 +147,12 @@ class Hub:
     def wait_until_idle(self, timeout: float, settle: float = 0.2) -> bool:
         """Wait until no event is pending and no delivery is due or retrying (demo and tests)."""
         deadline = time.monotonic() + timeout
+        sent_here = self.destinations if "delivery" in self.settings.worker_roles else None
         while time.monotonic() < deadline:
             self.pipeline_wake.set()
-            if is_idle(self.store):
+            if is_idle(self.store, sent_here):
                 time.sleep(settle)
-                if is_idle(self.store):
+                if is_idle(self.store, sent_here):
                     return True
             time.sleep(0.05)
         return False

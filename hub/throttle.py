@@ -70,6 +70,13 @@ class CircuitBreaker:
             log.info("circuit half-open: sending a probe", destination=self.name)
             return 0.0
 
+    def release(self) -> None:
+        """Give back an admission no call followed (a rate limit held the delivery back): a probe it was goes
+        to the next caller, where left pending it held every call back until abandoned after `reset_after`.
+        Call it before anyone else may ask `admit`."""
+        with self._lock:
+            self._probe_in_flight = False
+
     def record(self, healthy: bool) -> None:
         """Report how an admitted call went: `healthy` unless it failed in an outage-like way."""
         with self._lock:
