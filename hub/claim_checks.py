@@ -5,8 +5,9 @@ a delay or a send held back by an outage can come due much later: at 2 a.m.
 in the person's zone, days after what caused it, or after the person texted
 STOP. Every path to a send meets here, in the delivery claim's transaction.
 Quiet hours and the send-by time read only what routing wrote into the
-message (`QUIET_ZONE`, `SEND_BY`); consent reads profiles only for messages
-planned a while ago.
+message (`QUIET_ZONE`, `SEND_BY`); consent reads profiles for messages
+planned a while ago, and for those whose person revoked it through a
+provider since.
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ from sqlalchemy import Connection
 from hub.consent import consent_revoked
 from hub.model import QUIET_ZONE, SEND_BY, Delivery
 from hub.quiet_hours import QuietHours
-from hub.store import outbox, withdrawals
+from hub.store import consent_changes, outbox, withdrawals
 from hub.store.profile_views import live_traits
 
 log = structlog.get_logger(__name__)
 
-# A delivery claimed this long after it was planned has its person's consent read again before it is sent;
-# sooner, the check routing made when it planned it stands (and the claim reads nothing more).
+# A delivery claimed this long after it was planned has its person's consent read again before it is sent; sooner,
+# only if they revoked it through a provider since (`consent_changes`), and the check routing made stands for the
+# rest: an opt-out trait an event set in those seconds leaves no mark but the trait.
 CONSENT_RECHECK_AFTER = timedelta(seconds=2)
+# A revocation is stamped on its node's clock when its request came in, and may then wait for the profiles lock while
+# the pipeline plans a message to the person: one stamped this long before a message was planned may have come after.
+REVOCATION_STAMP_LEEWAY = timedelta(seconds=5)
 
 
 class ClaimChecks:
@@ -84,18 +89,35 @@ class ClaimChecks:
         Routing checked consent when it planned them, but a message held by a
         delay, quiet hours (up to a night), retries or an outage may meet an
         SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
-        it then is the one thing consent must prevent. Those planned more than
-        `CONSENT_RECHECK_AFTER` ago have their profiles read again (two
-        statements per claim); a claim of fresh deliveries, the common case
-        under load, reads nothing more: the write transaction it runs in holds
-        the store's write lock.
+        it then is the one thing consent must prevent. Their profiles are read
+        again (two statements) for those `_maybe_revoked`.
         """
-        held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
-        if not held:
+        doubtful = _maybe_revoked(connection, claimed, now)
+        if not doubtful:
             return claimed
-        traits = live_traits(connection, {delivery.profile_id for delivery in held})
-        revoked = {d.delivery_id for d in held if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
+        traits = live_traits(connection, {delivery.profile_id for delivery in doubtful})
+        revoked = {d.delivery_id for d in doubtful if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
         if revoked:
             withdrawals.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
             log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
         return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
+
+
+def _maybe_revoked(connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+    """The claimed deliveries whose consent may have been revoked since they were planned: those planned over
+    `CONSENT_RECHECK_AFTER` ago, and the others whose person revoked it through a provider since.
+
+    A claim of fresh deliveries, the common case under load, took routing's
+    word for them: a STOP that came a second after the SMS was planned did
+    not stop it (on PostgreSQL another node takes it in while the pipeline
+    goes on). What a person says through a provider is also a row in
+    `consent_changes`, so one indexed read finds those people, and almost
+    always none.
+    """
+    fresh = [delivery for delivery in claimed if delivery.created_at >= now - CONSENT_RECHECK_AFTER]
+    held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
+    if not fresh:
+        return held
+    since = min(delivery.created_at for delivery in fresh) - REVOCATION_STAMP_LEEWAY
+    revoked = consent_changes.revoked_since(connection, {delivery.profile_id for delivery in fresh}, since)
+    return held + [delivery for delivery in fresh if delivery.profile_id in revoked]

@@ -71,12 +71,12 @@ class Hub:
         assert folder is not None
         self.mappings, self.identity, self.router, self.rulebook = folder.mappings, folder.identity, folder.router, folder.rulebook
         policy_file = folder.policy_file
-        self.store = open_store(settings.database_url, migrate=True)
+        lease = timedelta(seconds=settings.lease_seconds)
+        self.store = open_store(settings.database_url, migrate=True, lease=lease)
         self.wakeups = Wakeups(self.store.url)
         self.pipeline_wake = self.wakeups.events["pipeline"]
         self.delivery_wake = self.wakeups.events["delivery"]
         self.timer_wake = self.wakeups.events["timers"]
-        lease = timedelta(seconds=settings.lease_seconds)
         responder = Responder(self.router)
         self.timers = TimerEngine(
             self.store, self.rulebook, responder, batch_size=settings.timer_batch_size, lease=lease,

@@ -10,26 +10,32 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, func, inspect, select
 
 from hub.store.engine import create_store_engine, read_transaction, write_transaction
 from hub.store.writer_lock import writer_lock
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# The key of the PostgreSQL advisory lock the migrations run under (any fixed bigint but `sql.PROFILES_LOCK_KEY`;
+# this spells "tp-mig").
+MIGRATIONS_LOCK_KEY = 0x74702D6D6967
 
 
 class Store:
     """The hub's database: SQLite by default, PostgreSQL for many nodes."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, lease: timedelta | None = None) -> None:
+        """`lease`: how long a claimed row stays with its worker (HUB_LEASE_SECONDS); on PostgreSQL it bounds how
+        long a stalled node's transaction may hold what others wait for (`create_store_engine`)."""
         self.url = url
-        self.engine = create_store_engine(url)
+        self.engine = create_store_engine(url, lease)
         # SQLite has one writer at a time. Writers queue on a lock, woken the
         # moment it is free, instead of in SQLite's busy handler, which sleeps
         # and polls (up to 100 ms a nap): it starved ingest while the pipeline
@@ -52,8 +58,9 @@ class Store:
             yield connection
 
     def migrate(self, revision: str = "head") -> None:
-        """Bring the schema to `revision`; safe to run on every start."""
+        """Bring the schema to `revision`; safe to run on every start, by every node at once."""
         with self.write() as connection:
+            _one_migrator_at_a_time(connection)
             command.upgrade(_alembic_config(connection), revision)
 
     def is_migrated(self) -> bool:
@@ -69,6 +76,21 @@ class Store:
     def dispose(self) -> None:
         self.engine.dispose()
         self._write_lock.close()
+
+
+def _one_migrator_at_a_time(connection: Connection) -> None:
+    """Hold, until the transaction ends, the lock the migrations run under (PostgreSQL).
+
+    Nodes of a deployment start together, and each migrates on start. On a
+    new database, the second one's CREATE TABLE waited for the first one's
+    and then failed on the catalog's unique key, and that node stopped. The
+    upgrade runs in this transaction (alembic joins one it is given), so the
+    lock is held for all of it; a node that waited reads the schema the first
+    left (READ COMMITTED reads anew each statement), at head, and has nothing
+    to do. SQLite's writers already queue (`write`).
+    """
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(MIGRATIONS_LOCK_KEY)))
 
 
 def _alembic_config(connection: Connection | None) -> Config:

@@ -15,11 +15,12 @@ from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
 from hub.clock import END_OF_TIME
 from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
+from hub.store.precompiled import InLists
 from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes
 
@@ -57,6 +58,17 @@ def granted_since(connection: Connection, profile_id: str, channel: str, since: 
             consent_changes.c.granted.is_(True), consent_changes.c.at > since,
         ).limit(1)
     ).first() is not None
+
+
+_REVOKED_SINCE = InLists(lambda ids: select(consent_changes.c.profile_id).distinct().where(
+    consent_changes.c.profile_id.in_(ids), consent_changes.c.granted.is_(False), consent_changes.c.at > bindparam("b_since"),
+))
+
+
+def revoked_since(connection: Connection, profile_ids: Collection[str], since: datetime) -> set[str]:
+    """Which of the profiles had consent revoked through a provider after `since`: one statement on the profile
+    index, none for no profiles (what each delivery claim asks of the deliveries it takes)."""
+    return {profile_id for (profile_id,) in _REVOKED_SINCE.execute(connection, profile_ids, b_since=since)}
 
 
 def said(traits: Traits, channel: str, word: Word) -> Traits:

@@ -10,18 +10,21 @@ never both decide that an identifier is new.
 
 PostgreSQL keeps its defaults (READ COMMITTED, its own durability): claims
 there skip rows other workers hold, and profile writers serialize on an
-advisory lock instead (both in `hub.store.sql`).
+advisory lock instead (both in `hub.store.sql`). Each session is told to
+end a transaction left idle for two leases, and its connection probes a
+silent peer (`_postgresql_session`): what a stalled node holds comes back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 
 from hub.store import json_text
 from hub.store.driver_errors import hide_row_values_of
@@ -45,10 +48,29 @@ WAL_AUTOCHECKPOINT_PAGES = 20_000
 CACHED_STATEMENTS = 512
 
 
-def create_store_engine(url: str) -> Engine:
+# A PostgreSQL transaction idle this many leases (HUB_LEASE_SECONDS) between two statements is ended by the server,
+# never sooner than `IDLE_IN_TRANSACTION_AT_LEAST`. No transaction of the hub waits between its statements on
+# anything but its own code (sends happen between transactions), so one idle that long is a stalled node's: a paused
+# VM, a SIGSTOP, a node partitioned away. It holds the profiles lock (`sql.lock_profiles`) and its claimed rows, and
+# every other node's pipeline and timers waited for it with no end. Only the gaps between statements count: a long
+# replay or forget is busy in statements, and the migrations' passes over data (i10, i17, i18) compute between two
+# of them for a moment per hundred thousand rows, far below two minutes at the default lease.
+IDLE_IN_TRANSACTION_LEASES = 2
+# Below this a busy CPU or a garbage collection between two statements of a batch could end it (tests lease 0.05 s).
+IDLE_IN_TRANSACTION_AT_LEAST = timedelta(seconds=2)
+# libpq's TCP keepalives: a connection whose other end is gone (a server that died, a network partition) is found
+# dead after about a minute (idle 30 s, then 3 probes 10 s apart) instead of the kernel's two hours, so a node
+# waiting on a lock on it gets an error and its worker carries on. A URL's own setting of any of them wins.
+TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+
+
+def create_store_engine(url: str, lease: timedelta | None = None) -> Engine:
+    """The engine for `url`; on PostgreSQL a transaction idle for `IDLE_IN_TRANSACTION_LEASES` of `lease` is ended
+    (none is, without a lease)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+        engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True,
+                               connect_args=_postgresql_session(parsed, lease))
         event.listen(engine, "handle_error", hide_row_values_of)
         return engine
     if parsed.database and parsed.database != ":memory:":
@@ -58,6 +80,22 @@ def create_store_engine(url: str) -> Engine:
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def _postgresql_session(parsed: URL, lease: timedelta | None) -> dict[str, Any]:
+    """libpq connection parameters: `TCP_KEEPALIVES`, and the server's idle-in-transaction timeout in `options`,
+    before the URL's own `options` (of two settings of one parameter there, the last wins: the URL's)."""
+    if parsed.get_backend_name() != "postgresql":
+        return {}
+    session: dict[str, Any] = {key: value for key, value in TCP_KEEPALIVES.items() if key not in parsed.query}
+    if lease is not None:
+        idle = max(lease * IDLE_IN_TRANSACTION_LEASES, IDLE_IN_TRANSACTION_AT_LEAST)
+        given = parsed.query.get("options", ())
+        session["options"] = " ".join([
+            f"-c idle_in_transaction_session_timeout={round(idle.total_seconds() * 1000)}",
+            *([given] if isinstance(given, str) else given),
+        ])
+    return session
 
 
 def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:

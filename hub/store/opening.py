@@ -3,6 +3,8 @@ installed or a server that does not answer is a ConfigError naming the setting, 
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hub.errors import ConfigError
@@ -20,12 +22,12 @@ def store_url(url: str) -> str:
     return POSTGRES_DRIVER + url[len(HOSTED_POSTGRES):] if url.startswith(HOSTED_POSTGRES) else url
 
 
-def open_store(url: str, *, migrate: bool = False) -> Store:
-    """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`); ConfigError naming the setting, the
-    URL without its password and the reason when it cannot be parsed, its driver is missing or it cannot be
-    reached."""
+def open_store(url: str, *, migrate: bool = False, lease: timedelta | None = None) -> Store:
+    """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`; `lease` as `Store` takes it); ConfigError
+    naming the setting, the URL without its password and the reason when it cannot be parsed, its driver is missing
+    or it cannot be reached."""
     try:
-        store = Store(store_url(url))
+        store = Store(store_url(url), lease)
     except (ArgumentError, ImportError) as exc:
         raise unusable_url(url, exc) from None
     if migrate:

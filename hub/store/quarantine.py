@@ -9,7 +9,12 @@ from sqlalchemy import Connection, desc, func, insert, select, update
 
 from hub.errors import ItemProblem
 from hub.pii import holding
+from hub.store.provider_text import fitted
 from hub.store.schema import quarantine
+
+# The request's Content-Type is kept as far as its column goes: any client may send a longer one (a multipart
+# boundary, a list of parameters), which PostgreSQL refused, so the bad body was a 500 and not kept.
+CONTENT_TYPE_WIDTH = quarantine.c.content_type.type.length
 
 
 def add(
@@ -32,7 +37,7 @@ def add(
             stage=stage,
             reason=reason,
             problems=[problem.as_dict() for problem in problems or []],
-            content_type=content_type,
+            content_type=fitted(content_type, CONTENT_TYPE_WIDTH),
             raw_body=raw_body,
         )
     )

@@ -1,0 +1,153 @@
+"""Several hub nodes on one database: nodes starting together, a STOP taken in by one node while another claims the
+message, a node that stalls mid-batch, and a refused body with a long Content-Type on PostgreSQL.
+
+Each node is a hub of its own (its own engine and pool, as on separate machines) whose workers are not started,
+so the test drives each step.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from connectors.sandbox.providers import SandboxProviders
+from hub import identity
+from hub.clock import utcnow
+from hub.consent import set_consent_by_identifier
+from hub.model import Identifier, RawEvent
+from hub.runtime import Hub
+from hub.store import Store, delivery_log, inbox
+from hub.store.schema import touchpoints
+from tests.conftest import WRITE_KEY, RunningHub, message, support_ticket
+from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
+
+POSTGRESQL = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+PROJECT = Path(__file__).resolve().parents[1]
+PHONE = "+14155550142"
+
+# What `touchhub serve` and `touchhub worker` do first: open the store, migrating it. Exits 3 with the hub's message.
+NODE_START = """
+import sys
+from hub.errors import ConfigError
+from hub.store.opening import open_store
+try:
+    open_store(sys.argv[1], migrate=True).dispose()
+except ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+"""
+
+
+def ended(process: subprocess.Popen[str]) -> tuple[int, str]:
+    """The process's exit code and the end of what it printed, once it has exited."""
+    out, _ = process.communicate(timeout=120)
+    return process.returncode, out.strip()[-400:]
+
+
+def nodes(tmp_path: Path, database_url: str, sandbox: SandboxProviders, *names: str, **settings: Any) -> list[Hub]:
+    return [hub_on(tmp_path / name, **sandbox.settings_overrides(), database_url=database_url, **settings) for name in names]
+
+
+@POSTGRESQL
+def test_nodes_starting_at_once_on_a_new_database_all_start(database_url: str) -> None:
+    """Each node migrates on start, and nothing serialized them: on a new database the second one's CREATE TABLE
+    failed on the catalog's unique key, and that node stopped with "cannot open it ... check that the database is
+    up"."""
+    starting = [
+        subprocess.Popen([sys.executable, "-c", NODE_START, database_url], cwd=PROJECT, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(3)
+    ]
+    assert [ended(node) for node in starting] == [(0, "")] * 3
+    store = Store(database_url)
+    try:
+        assert store.is_current()
+    finally:
+        store.dispose()
+
+
+@BOTH_DATABASES
+def test_a_stop_taken_in_by_another_node_right_after_the_sms_was_planned_stops_it(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders
+) -> None:
+    """The pipeline node plans the support SMS, the callback node takes in the person's STOP (what `POST
+    /v1/callbacks/twilio_sms/inbound` runs), then the delivery node claims the SMS: consent was read again only for
+    messages planned over 2 s before, and the SMS went to a number that had just texted STOP."""
+    pipeline_node, callback_node, delivery_node = nodes(tmp_path, database_url, sandbox, "pipeline", "callbacks", "delivery")
+    try:
+        accept(pipeline_node, *support_ticket("stopper", {"phone": PHONE}))
+        with callback_node.store.write() as connection:
+            assert set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", False, utcnow(), "recipient keyword")
+        while delivery_node.delivery.run_once():
+            pass
+        delivery_node.delivery.close()
+        assert sandbox.twilio.messages == []
+        with delivery_node.store.read() as connection:
+            [sms] = delivery_log.search(connection, limit=10, channel="sms")
+        assert (sms["status"], sms["attempts"]) == ("failed", 0)
+        assert sms["last_error"] == "not sent: consent was revoked after it was planned"
+    finally:
+        for node in (pipeline_node, callback_node, delivery_node):
+            node.store.dispose()
+
+
+@POSTGRESQL
+def test_a_node_stalled_mid_batch_holds_up_the_other_nodes_pipeline_only_a_few_leases(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node A stalls inside a pipeline batch (a paused VM, a SIGSTOP, a partition): to PostgreSQL, a session idle
+    in its transaction, holding the profiles lock. Nothing ended it, so node B's pipeline waited for that lock with
+    no end (and so did every timer worker). The server ends A's transaction after two leases (here, their floor of
+    2 s); A, thawed, finds its batch gone and processes nothing twice."""
+    node_a, node_b = nodes(tmp_path, database_url, sandbox, "a", "b", lease_seconds=0.5)
+    stalled, thaw = threading.Event(), threading.Event()
+    resolve = identity.resolve
+
+    def resolve_stalling_on_a(*args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread().name.startswith("node-a"):
+            stalled.set()
+            thaw.wait(30)
+        return resolve(*args, **kwargs)
+
+    monkeypatch.setattr(identity, "resolve", resolve_stalling_on_a)
+    events = [message(userId=f"u{n}", event="Product Viewed", timestamp=utcnow().isoformat()) for n in range(3)]
+    with node_a.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in events], utcnow())
+    a, b = (ThreadPoolExecutor(1, thread_name_prefix=f"node-{name}") for name in "ab")
+    try:
+        a_run = a.submit(node_a.pipeline.run_once)
+        assert stalled.wait(10)
+        b_run = b.submit(lambda: sum(node_b.pipeline.run_once() for _ in range(3)))
+        assert b_run.result(timeout=10) == 3, "node B waited for the stalled node A"
+        thaw.set()
+        assert a_run.exception(timeout=10) is not None, "the stalled batch went on after its transaction had ended"
+        assert node_a.pipeline.run_once() == 0  # node A carries on, on a new connection, with nothing left to do
+        with node_b.store.read() as connection:
+            assert connection.execute(select(func.count()).select_from(touchpoints)).scalar_one() == 3
+    finally:
+        thaw.set()
+        for pool in (a, b):
+            pool.shutdown(wait=True)
+        for node in (node_a, node_b):
+            node.store.dispose()
+
+
+@POSTGRESQL
+def test_a_bad_body_with_a_long_content_type_is_a_400_and_kept_on_postgresql(running_hub: RunningHub) -> None:
+    """The Content-Type went into its VARCHAR(200) column as it came: PostgreSQL refused the row, so the body that
+    is not JSON was a 500 and not kept. Any client can send such a header (a multipart boundary, parameters)."""
+    content_type = "application/json; " + "; ".join(f"p{n}=value-{n:04d}" for n in range(20))
+    assert len(content_type) > 200
+    answer = running_hub.client.post(
+        "/v1/batch", content=b"{not json", headers={"Content-Type": content_type}, auth=(WRITE_KEY, "")
+    )
+    assert answer.status_code == 400, answer.text
+    [kept] = running_hub.admin("/api/quarantine")["quarantine"]
+    assert (kept["raw_body"], kept["content_type"]) == ("{not json", content_type[:200])
