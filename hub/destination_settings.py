@@ -1,8 +1,8 @@
 """Destinations built from HUB_* settings, one function per kind of provider.
 
 Credentials only ever come from settings; a destination whose settings are
-absent is simply not built, and deliveries routed to it are parked (dead,
-`config.unknown_destination`) until it is configured and they are replayed.
+absent is simply not built, and deliveries routed to it wait, due, in the
+outbox for a process that has its settings (this one, once configured).
 Each destination's id is its connector slug: one destination per provider.
 """
 
@@ -16,6 +16,7 @@ from hub.errors import ConfigError
 from hub.settings import HubSettings
 
 ForgetTokens = Callable[[Sequence[str], str], None]  # (tokens, why the provider called them dead)
+CRM = "salesforce"  # the CRM destination's id: forgetting a person erases their records there (`record_erasures`)
 
 
 def build_destinations(registry: Registry, settings: HubSettings, forget_tokens: ForgetTokens) -> dict[str, Destination]:
@@ -44,7 +45,7 @@ def crm_destination(registry: Registry, settings: HubSettings) -> dict[str, Dest
     """`salesforce`, when a connected app's consumer key is set."""
     if not settings.salesforce_consumer_key:
         return {}
-    return _configured(registry, settings, "salesforce", "HUB_SALESFORCE_*", {
+    return _configured(registry, settings, CRM, "HUB_SALESFORCE_*", {
         "consumer_key": settings.salesforce_consumer_key,
         "consumer_secret": settings.salesforce_consumer_secret,
         "username": settings.salesforce_username,
@@ -57,6 +58,17 @@ def crm_destination(registry: Registry, settings: HubSettings) -> dict[str, Dest
         "task_external_id_field": settings.salesforce_task_external_id_field,
         "api_base_url": settings.salesforce_api_base_url,
     })
+
+
+def record_erasures(settings: HubSettings) -> dict[str, str]:
+    """The CRM destinations in which forgetting a person erases the records the hub wrote for them, each with
+    the record type an update without `params.sobject` wrote (`hub.store.erasures`).
+
+    Read from settings, not from the destinations built: a process without
+    the CRM's credentials (an API node in a rolling deploy) still plans the
+    erasures, which wait in the outbox for a process that has them.
+    """
+    return {CRM: settings.salesforce_sobject} if settings.salesforce_erase_on_forget else {}
 
 
 def push_destination(registry: Registry, settings: HubSettings, forget_tokens: ForgetTokens) -> dict[str, Destination]:

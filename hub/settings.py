@@ -78,6 +78,10 @@ class HubSettings(BaseSettings):
     salesforce_api_base_url: str | None = Field(
         None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
     )
+    salesforce_erase_on_forget: bool = Field(
+        True, description="Forgetting a person (DELETE /api/profiles/{id}) deletes the Leads and Contacts the hub "
+        "upserted for them, with their Tasks; false keeps them, for an org whose sales team owns its records.",
+    )
 
     fcm_credentials_file: Path | None = Field(
         None, description="Service-account key JSON; the fcm_push (push) destination is built only when set."

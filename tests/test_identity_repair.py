@@ -119,7 +119,7 @@ def test_forget_erases_identifiers_traits_and_touchpoint_pii_but_keeps_counts(st
     ana, _ = bad_link(store)
     with store.write() as connection:
         result = forget(connection, ana, T0, block_identifiers=True)
-    assert result == {"profile_id": ana, "identifiers": 4, "touchpoints": 4, "deliveries": 0}
+    assert result == {"profile_id": ana, "identifiers": 4, "touchpoints": 4, "deliveries": 0, "crm_erasures": 0}
     with store.read() as connection:
         assert profile_view(connection, ana) is None
         assert find_profile_id(connection, Identifier("email", "ana@x.io")) is None

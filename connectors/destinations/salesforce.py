@@ -19,6 +19,15 @@ second. The delivery engine names those earlier keys
 (`Delivery.previous_targets`, `hub.store.merged_targets`). The REST API
 cannot merge two records, so when both already exist they stay two.
 
+Forgetting a person (`hub.store.forget`) plans an erasure of each record the
+hub may have written for them: a delivery whose content is `ERASURE` (the
+record type and key, nothing personal) deletes the record by its external id.
+A record already gone (deleted by hand, or by an earlier try whose answer was
+lost) counts as erased. The Tasks the hub made hang off the record (``WhoId``)
+and Salesforce deletes a Lead's or Contact's activities with it, so they are
+not deleted one by one. Deleted records wait in the org's Recycle Bin for 15
+days before Salesforce purges them.
+
 What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
 ``fields`` (field API name -> value), ``intent`` and ``task``. A template may
 also fill fields from the profile: every ``{% block field_<ApiName> %}`` it
@@ -26,6 +35,7 @@ defines sets that field when it renders non-empty. The Task's description is
 the template's ``description`` block, or the whole rendered template.
 
 API: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
+Delete by external id: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_delete.htm
 Errors: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
 """
 
@@ -33,7 +43,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
@@ -58,7 +68,7 @@ from hub.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from hub.model import Delivery, SendResult
+from hub.model import ERASURE, Delivery, SendResult
 from hub.retry import outcome_for_status
 
 # Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
@@ -85,6 +95,9 @@ SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "STRING_TOO_LONG": PermanentDeliveryError,
     "NOT_FOUND": PermanentDeliveryError,
 }
+# Salesforce answers 404 NOT_FOUND both for no such record and for an external-id field the integration user
+# cannot see; only the message tells them apart. The first means erased, the second a setup to fix.
+NO_SUCH_FIELD = "Provided external ID field does not exist"
 
 
 class SalesforceConfig(BaseModel):
@@ -139,6 +152,14 @@ class CrmParams(BaseModel):
     task: TaskParams | None = None
 
 
+class CrmErasure(BaseModel):
+    """What an erasure delivery's content names under `ERASURE`: the record to delete."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sobject: Literal["Lead", "Contact"]
+    external_id: str = Field(min_length=1)
+
+
 @dataclass(frozen=True)
 class CrmUpdate:
     """What one delivery writes: the person's record and, optionally, a Task for its owner."""
@@ -174,11 +195,13 @@ class SalesforceDestination(Destination):
         try:
             CrmParams.model_validate(dict(params))
         except ValidationError as exc:
-            return _params_problems(exc)
+            return _problems("params", exc)
         return []
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         try:
+            if ERASURE in delivery.content:
+                return {ERASURE: True, **self.erasure(delivery).model_dump()}
             update = self.plan(delivery)
         except PermanentDeliveryError:
             return {"external_id": delivery.target}
@@ -190,7 +213,7 @@ class SalesforceDestination(Destination):
         try:
             params = CrmParams.model_validate(delivery.content.get("params") or {})
         except ValidationError as exc:
-            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", "; ".join(_params_problems(exc)))) from None
+            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", "; ".join(_problems("params", exc)))) from None
         fields: dict[str, Any] = {
             name.removeprefix(FIELD_BLOCK_PREFIX): value
             for name, value in delivery.content.items()
@@ -207,17 +230,32 @@ class SalesforceDestination(Destination):
         return CrmUpdate(params.sobject or self.settings.sobject, delivery.target, fields, task, delivery.delivery_id,
                          delivery.previous_targets)
 
+    def erasure(self, delivery: Delivery) -> CrmErasure:
+        """The record an erasure delivery deletes; PermanentDeliveryError if its content does not name one."""
+        try:
+            return CrmErasure.model_validate(delivery.content[ERASURE])
+        except ValidationError as exc:
+            failure = DeliveryFailure("salesforce.bad_erasure", "; ".join(_problems(ERASURE, exc)))
+            raise PermanentDeliveryError(failure) from None
+
     def send(self, delivery: Delivery) -> SendResult:
+        if ERASURE in delivery.content:
+            erasure = self.erasure(delivery)
+            return self._signed_in(lambda client: self._erase(client, erasure))
         update = self.plan(delivery)
+        return self._signed_in(lambda client: self._write(client, update))
+
+    def _signed_in(self, call: Callable[[Salesforce], SendResult]) -> SendResult:
+        """`call` with the logged-in client, and once more after a fresh login if the session had expired."""
         client = self._client()
         try:
-            return self._write(client, update)
+            return call(client)
         except SalesforceExpiredSession as exc:
             # Sessions expire on an idle timeout or when an admin revokes
             # them; one fresh login is worth one more try.
             if _error_code(exc) != "INVALID_SESSION_ID":
                 raise
-            return self._write(self._client(expired=client), update)
+            return call(self._client(expired=client))
 
     def classify(self, error: Exception) -> DeliveryError:
         """simple-salesforce's exceptions by Salesforce errorCode first, HTTP status second."""
@@ -279,6 +317,18 @@ class SalesforceDestination(Destination):
             record_id = record["Id"]
         return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
 
+    def _erase(self, client: Salesforce, erasure: CrmErasure) -> SendResult:
+        """Delete the record keyed by the erasure's external id; one already gone counts as erased (a retry
+        after a lost answer finds nothing, and so does an erasure of a record a user deleted)."""
+        key = f"{self.settings.external_id_field}/{quote(erasure.external_id, safe='')}"
+        try:
+            getattr(client, erasure.sobject).delete(key)
+        except SalesforceResourceNotFound as exc:
+            if not _no_such_record(exc):
+                raise
+            return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": False, "already_gone": True})
+        return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": True})
+
     def _carry_over(self, record_type: SFType, update: CrmUpdate) -> str | None:
         """Re-key the record of a profile merged into this one to this profile's id, when this one has no record
         yet; returns the key it carried over from, or None.
@@ -317,8 +367,14 @@ class SalesforceDestination(Destination):
         self.session.close()
 
 
-def _params_problems(exc: ValidationError) -> list[str]:
-    return [f"params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+def _problems(where: str, exc: ValidationError) -> list[str]:
+    """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`)."""
+    return [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+
+
+def _no_such_record(exc: SalesforceError) -> bool:
+    """A NOT_FOUND that says the record does not exist, not that the external-id field is out of reach."""
+    return _error_code(exc) == "NOT_FOUND" and NO_SUCH_FIELD not in str(exc.content[0].get("message"))
 
 
 def _error_code(exc: SalesforceError) -> str | None:

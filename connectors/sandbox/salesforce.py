@@ -23,6 +23,9 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
 * Update is ``PATCH /sobjects/{type}/{id}``: 204 and no body. External-id
   fields here are unique, so a value another record of the type already
   holds is refused with 400 ``DUPLICATE_VALUE``.
+* Delete is ``DELETE /sobjects/{type}/{externalIdField}/{value}``: 204 and
+  no body; a value no record holds is 404 ``NOT_FOUND``. A Lead's or
+  Contact's activities (Tasks whose ``WhoId`` is the record) go with it.
 * Record ids are 18 characters whose first three name the object type
   (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User).
 
@@ -162,6 +165,15 @@ class FakeSalesforce(RecordingFake):
             record["LastModifiedDate"] = utcnow().strftime("%Y-%m-%dT%H:%M:%S.000+0000")
             return copy.deepcopy(record)
 
+    def delete_record(self, sobject: str, record_id: str) -> None:
+        """Delete a record and the activities that hang off it (Tasks whose ``WhoId`` it is), as Salesforce does,
+        whether through the API or a user in its UI."""
+        with self._lock:
+            self._records[sobject].pop(record_id, None)
+            tasks = self._records["Task"]
+            for task_id in [task_id for task_id, task in tasks.items() if task.get("WhoId") == record_id]:
+                del tasks[task_id]
+
 
 def new_record_id(sobject: str) -> str:
     return ID_PREFIXES[sobject] + "5a" + "".join(secrets.choice(ID_ALPHABET) for _ in range(13))
@@ -217,7 +229,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         result = {"id": record_id, "success": True, "errors": [], "created": existing is None}
         return JSONResponse(result, status_code=200 if existing else 201)
 
-    def get_by_external_id(call: _Call) -> Response:
+    def by_external_id(call: _Call, found: Callable[[dict[str, Any]], Response]) -> Response:
+        """`found` of the record the call's external id names, or Salesforce's 404 for no such field or record."""
         field = call.params["field"]
         if field not in fake.external_ids[call.sobject]:
             return salesforce_errors(
@@ -226,7 +239,17 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         record = fake._find(call.sobject, field, call.params["value"])
         if record is None:
             return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
-        return JSONResponse(record)
+        return found(record)
+
+    def get_by_external_id(call: _Call) -> Response:
+        return by_external_id(call, JSONResponse)
+
+    def delete_by_external_id(call: _Call) -> Response:
+        def delete(record: dict[str, Any]) -> Response:
+            fake.delete_record(call.sobject, record["Id"])
+            return Response(status_code=204)
+
+        return by_external_id(call, delete)
 
     def get_by_id(call: _Call) -> Response:
         record_id = call.params["record_id"]
@@ -329,6 +352,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         Route(f"{data}/{{record_id}}", api(update_by_id), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(upsert), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(get_by_external_id), methods=["GET"]),
+        Route(f"{data}/{{field}}/{{value}}", api(delete_by_external_id), methods=["DELETE"]),
         *control_routes(fake, fake.state),
     ]
     return Starlette(routes=routes)

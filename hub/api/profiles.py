@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from hub.api.auth import documented_body, json_body, requires
 from hub.clock import utcnow
+from hub.destination_settings import record_erasures
 from hub.errors import IdentityRepairError
 from hub.runtime import Hub
 from hub.store import forget, identity_repair
@@ -59,13 +60,21 @@ async def unmerge_profile(
 @router.delete("/{profile_id}", summary="Right to be forgotten: erase a person's identifiers and personal data",
                dependencies=[requires("profiles:delete")])
 async def forget_profile(request: Request, profile_id: str) -> dict[str, Any]:
+    """The answer counts what was erased, and `crm_erasures`: the deletions of the person's CRM records planned
+    (HUB_SALESFORCE_ERASE_ON_FORGET), sent by the delivery workers like any delivery."""
     hub = _hub(request)
 
     def work() -> dict[str, Any]:
         with hub.store.write() as connection:
-            return forget.forget(connection, profile_id, utcnow(), hub.pipeline.config.identity.block_forgotten_identifiers)
+            return forget.forget(
+                connection, profile_id, utcnow(), hub.pipeline.config.identity.block_forgotten_identifiers,
+                record_erasures(hub.settings),
+            )
 
     try:
-        return await run_in_threadpool(work)
+        forgotten = await run_in_threadpool(work)
     except IdentityRepairError as exc:
         raise HTTPException(404, detail=str(exc)) from None
+    if forgotten["crm_erasures"]:
+        hub.wakeups.announce("delivery")
+    return forgotten

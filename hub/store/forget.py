@@ -8,20 +8,23 @@ people's touchpoints that carried them (a bad link an unmerge undid), and
 out of those people's delivery log; quarantined bodies holding their
 addresses are wiped, with the inbox rows kept for replaying them. With
 blocking on, each identifier's digest joins a blocklist, so an old install
-sending the same email cannot bring the person back (`hub.identity`).
+sending the same email cannot bring the person back (`hub.identity`). The
+records the hub wrote for them in a CRM are erased there too, by deliveries
+planned here (`hub.store.erasures`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, case, delete, insert, or_, select, union, update
 
-from hub.model import Identifier
+from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, delivery_replay, outbox, quarantine, withdrawals
+from hub.store.erasures import plan_erasures
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
 from hub.store.profile_views import aliases_of, live_profile_ids
@@ -42,8 +45,16 @@ from hub.store.traits import with_part_times
 FORGOTTEN_REASON = "not sent: profile forgotten"
 
 
-def forget(connection: Connection, profile_id: str, now: datetime, block_identifiers: bool) -> dict[str, Any]:
-    """Erase a person: identifiers, traits and personal content; returns the counts kept."""
+def forget(
+    connection: Connection, profile_id: str, now: datetime, block_identifiers: bool,
+    erase_records_in: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Erase a person: identifiers, traits and personal content; returns the counts kept.
+
+    `erase_records_in`: the CRM destinations whose records of the person go
+    too (destination id -> the record type an update without
+    `params.sobject` wrote: `hub.destination_settings.record_erasures`).
+    """
     live_id = locked_live_profile(connection, profile_id)
     ids = [live_id, *sorted(aliases_of(connection, [live_id]).get(live_id, ()))]
     erased = held_by(connection, live_id)
@@ -66,6 +77,9 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     statuses = dict(connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.status).where(deliveries.c.profile_id.in_(ids))
     ).all())
+    # Read before the wipe below takes the updates' targets and params; planned after it and the withdrawal,
+    # which would take the erasures' keys (they are these profiles' ids) and withdraw them.
+    erasures = plan_erasures(connection, ids, erase_records_in or {}, derived_id("forget", live_id), now)
     delivery_ids = list(statuses)
     connection.execute(
         update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=delivery_replay.FORGOTTEN_TARGET, content={}, last_error=None)
@@ -74,6 +88,7 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
     # asked to hear nothing more (as deleting a subscriber in Novu cancels what was queued for them).
     unsent = [delivery_id for delivery_id, status in statuses.items() if status in outbox.UNSENT_STATUSES]
     withdrawals.withdraw(connection, unsent, now, FORGOTTEN_REASON)
+    outbox.plan(connection, erasures, now)
     _wipe_attempts(connection, delivery_ids)
     _scrub_deliveries_elsewhere(connection, _linked_profiles(connection, ids), values, now)
     # Audit rows keep the fact of a merge or refusal, never the values that caused it.
@@ -91,7 +106,10 @@ def forget(connection: Connection, profile_id: str, now: datetime, block_identif
             identifiers=[[ident.type, "(erased)"] for ident in erased], rule="right to be forgotten", at=now,
         )
     )
-    return {"profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids)}
+    return {
+        "profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids),
+        "crm_erasures": len(erasures),
+    }
 
 
 def _wipe_attempts(connection: Connection, delivery_ids: Sequence[str]) -> None:
