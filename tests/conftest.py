@@ -15,11 +15,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Protocol, TypeVar
 
 import httpx
 import pytest
+import structlog
 from starlette.types import ASGIApp
+from structlog.testing import capture_logs
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.api import create_app
@@ -50,6 +53,15 @@ class RunningHub:
 
     def settle(self) -> None:
         assert self.hub.wait_until_idle(timeout=20), "hub did not finish its work in 20 s"
+
+
+@contextmanager
+def logs_of(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Iterator[list[dict[str, Any]]]:
+    """What `module` logs, through a logger of the test's own: the module's is cached on first use with the
+    processors of whatever hub an earlier test started, which would hide the capture."""
+    with capture_logs() as logs:
+        monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
+        yield logs
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> HubSettings:

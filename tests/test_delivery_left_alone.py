@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
-from structlog.testing import capture_logs
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
+from hub import delivery as delivery_module
 from hub.delivery import DeliveryEngine
 from hub.model import PlannedDelivery
 from hub.runtime import Hub
@@ -21,7 +21,7 @@ from hub.store import Store, outbox
 from hub.store.delivery_log import search as search_delivery_log
 from hub.store.schema import deliveries
 from hub.throttle import CircuitBreaker
-from tests.conftest import make_settings
+from tests.conftest import logs_of, make_settings
 
 BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 PROFILE = "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ"
@@ -113,7 +113,7 @@ def test_a_send_that_finishes_while_the_database_refuses_claims_is_recorded(
 
 @BOTH_DATABASES
 def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_that_has_them(
-    tmp_path: Path, database_url: str, sandbox: SandboxProviders
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mid rolling deploy, a node that had not yet got the chat webhook's settings claimed the chat offers the
     updated node planned and dead-lettered them (config.unknown_destination): they never went, unless someone
@@ -124,7 +124,7 @@ def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_
     new_node = Hub(make_settings(tmp_path, **everything, database_url=database_url))
     plan(new_node.store, "chat_webhook", "chat", "offer")
     try:
-        with capture_logs() as logs:
+        with logs_of(monkeypatch, delivery_module) as logs:
             for _ in range(3):
                 old_node.delivery.run_once()
         left = statuses(old_node.store)

@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
-from structlog.testing import capture_logs
 
 from hub import templates as templates_module
 from hub.clock import utcnow
@@ -24,7 +22,7 @@ from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, inbox
 from hub.templates import TemplateRenderer
-from tests.conftest import make_settings, support_ticket
+from tests.conftest import logs_of, make_settings, support_ticket
 
 ROUTES = {
     "sms": ChannelRoute(destination="twilio_sms", target="phone"),
@@ -59,10 +57,7 @@ def plan_one(folder: Path, action: Action) -> tuple[list[Any], list[dict[str, An
 
 @pytest.fixture
 def template_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    """What the renderer logs, through a logger of the test's own (the module's is cached with the processors of
-    whatever hub an earlier test started, which would hide the capture)."""
-    with capture_logs() as logs:
-        monkeypatch.setattr(templates_module, "log", structlog.get_logger(templates_module.__name__), raising=False)
+    with logs_of(monkeypatch, templates_module) as logs:
         yield logs
 
 
