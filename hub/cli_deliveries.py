@@ -7,6 +7,7 @@ replayed deliveries at their next poll.
 
 from __future__ import annotations
 
+from collections import Counter
 from enum import Enum
 from functools import partial
 
@@ -25,6 +26,12 @@ app = typer.Typer(
 )
 Status = Enum("Status", {name: name for name in outbox.STATUSES}, type=str)  # type: ignore[misc]  # typer refuses others
 REPLAY_CHUNK = 100  # deliveries replayed per transaction: short write locks, a live progress bar
+REFUSED_REPLAY = {  # why `replay --all` left a dead delivery, by what `delivery_replay.replay` returned
+    delivery_replay.FORGOTTEN: "its person was forgotten (erased on request)",
+    delivery_replay.MISADDRESSED: "an unmerge withdrew it (it would reach or carry the wrong person)",
+    delivery_replay.HANDED_ON: "its devices are another person's now",
+    delivery_replay.ADDRESS_GONE: "its address is no longer the person's (bounced, unregistered)",
+}
 
 
 def _store() -> Store:
@@ -77,10 +84,12 @@ def replay(
     if (delivery_id is None) == (not all_dead) or (destination and not all_dead):
         console.print("[red]Give one delivery id, or --all (optionally with --destination).[/]")
         raise typer.Exit(2)
+    with config_problems_exit("The dead-letter queue cannot be replayed"):
+        recipient = delivery_recipients(load_settings().mappings_dir)  # a replay goes only to addresses still held
     store = _store()
     if delivery_id is not None:
         with store.write() as connection:
-            previous = delivery_replay.replay(connection, delivery_id, utcnow())
+            previous = delivery_replay.replay(connection, delivery_id, utcnow(), recipient)
         if previous is None:
             console.print(styled("[red]No delivery {!r}.[/]", delivery_id))
             raise typer.Exit(1)
@@ -93,12 +102,27 @@ def replay(
     with store.read() as connection:
         ids = delivery_replay.ids_with_status(connection, "dead", destination)
     columns = (TextColumn("Replaying dead deliveries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    outcomes: Counter[str | None] = Counter()  # what `replay` returned: the status before, or why not
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("replay", total=len(ids))
         for start in range(0, len(ids), REPLAY_CHUNK):
             chunk = ids[start : start + REPLAY_CHUNK]
             with store.write() as connection:
-                for each in chunk:
-                    delivery_replay.replay(connection, each, utcnow())
+                outcomes.update(delivery_replay.replay(connection, each, utcnow(), recipient) for each in chunk)
             progress.advance(task, len(chunk))
-    console.print(f"{len(ids)} dead deliveries queued again.")
+    _replay_summary(outcomes)
+
+
+def _replay_summary(outcomes: Counter[str | None]) -> None:
+    """How many went back to the queue and, by reason, how many may never go again (an address that bounced,
+    a forgotten person): a count of all of them as queued was untrue."""
+    queued = sum(count for outcome, count in outcomes.items() if outcome in delivery_replay.REPLAYABLE_STATUSES)
+    console.print(f"{queued} dead deliveries queued again.")
+    refused = {outcome: count for outcome, count in outcomes.items() if outcome not in delivery_replay.REPLAYABLE_STATUSES}
+    if refused:
+        table = Table(title="Not replayed")
+        table.add_column("why")
+        table.add_column("deliveries", justify="right")
+        for outcome, count in sorted(refused.items(), key=lambda item: str(item[0])):
+            table.add_row(REFUSED_REPLAY.get(outcome, str(outcome)), str(count))
+        console.print(table)

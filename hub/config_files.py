@@ -76,6 +76,7 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
         raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
     try:
         document = yaml.load(text, Loader=ConfigLoader)
+        return model.model_validate(document or {})
     except DuplicateKeyError as exc:
         assert exc.problem_mark is not None
         raise ConfigError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem}") from None
@@ -83,10 +84,11 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         raise ConfigError(f"{where}: not valid YAML: {exc}") from None
-    try:
-        return model.model_validate(document or {})
     except ValidationError as exc:
         raise ConfigError([_describe(path, error, document) for error in exc.errors()]) from None
+    except RecursionError:  # PyYAML builds nested lists and maps recursively: a paste gone wrong was a traceback
+        raise ConfigError(f"{path}: nested too deeply to read: lists or maps hundreds of levels inside each other; "
+                          "look for brackets pasted by mistake") from None
 
 
 def utf8_text(path: Path, encoding: str = "utf-8") -> str:
@@ -151,7 +153,7 @@ def with_line(problem: str, path: Path) -> str:
     key = problem[len(prefix):].partition(": ")[0]
     try:
         root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
+    except (OSError, yaml.YAMLError, RecursionError):
         return problem
     parts = [int(part) if part.isdigit() else part for part in key.split(".")]
     return f"{path}:{line_of(root, parts)}: {problem[len(prefix):]}"

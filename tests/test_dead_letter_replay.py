@@ -142,3 +142,19 @@ def test_delivery_log_filters_by_destination_channel_and_time(running_hub: Runni
     assert running_hub.admin("/api/deliveries", until=naive_until)["deliveries"] == []
     bad = running_hub.client.get("/api/deliveries", params={"since": "yesterday"}, headers=AUTH)
     assert bad.status_code == 422 and "since" in bad.text
+
+
+def test_replay_all_counts_as_queued_only_what_went_back_and_says_why_the_rest_did_not() -> None:
+    """`replay --all` printed every dead delivery as queued again, those refused (an address that bounced, a
+    forgotten person) included."""
+    from collections import Counter
+
+    from hub.cli_deliveries import _replay_summary
+    from hub.cli_support import console
+    from hub.store import delivery_replay
+
+    with console.capture() as captured:
+        _replay_summary(Counter({"dead": 2, delivery_replay.ADDRESS_GONE: 1}))
+    shown = captured.get()
+    assert "2 dead deliveries queued again." in shown
+    assert "Not replayed" in shown and "no longer the person's" in shown

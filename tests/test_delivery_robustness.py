@@ -26,6 +26,7 @@ from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 from hub.store import Store, delivery_replay, outbox, withdrawals
 from hub.store.delivery_log import search as search_delivery_log
+from hub.store.delivery_log import unrouted
 from hub.store.schema import deliveries
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, support_ticket
 
@@ -245,7 +246,7 @@ def test_a_claim_leaves_out_the_deliveries_the_worker_still_has_in_flight(store:
     with store.write() as connection:
         outbox.claim_due(connection, 10, now, timedelta(seconds=60))
         withdrawals.withdraw(connection, ["in-flight"], now, "forgotten meanwhile")
-        delivery_replay.replay(connection, "in-flight", now)
+        delivery_replay.replay(connection, "in-flight", now, unrouted)
         outbox.defer(connection, "due", now)
         claimed = outbox.claim_due(connection, 10, now, timedelta(seconds=60), held=frozenset({"in-flight"}))
     assert [delivery.delivery_id for delivery in claimed] == ["due"]
@@ -319,7 +320,7 @@ def test_a_replay_forgets_the_old_messages_provider_id_and_status(store: Store) 
         outbox.record_attempts(connection, [outbox.AttemptResult(claimed, outbox.AttemptRecord(
             now, 1.0, "sent", "SM-old", None, None, {}, {}), "sent", None)])
         outbox.apply_provider_status(connection, FlawedPager.slug, ProviderStatus("SM-old", "undelivered", "failed"), now)
-        assert delivery_replay.replay(connection, "replayed", now) == "failed"
+        assert delivery_replay.replay(connection, "replayed", now, unrouted) == "failed"
         late = outbox.apply_provider_status(connection, FlawedPager.slug, ProviderStatus("SM-old", "undelivered", "failed"), now)
     assert late is None  # held for a send that never comes, not applied to the replay
     assert statuses(store) == {"replayed": "pending"}

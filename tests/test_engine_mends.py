@@ -76,7 +76,7 @@ def _failed_push(hub: Hub, profile_id: str, *tokens: str) -> None:
 
 def _replay(hub: Hub) -> tuple[str | None, tuple]:
     with hub.store.write() as connection:
-        replayed = delivery_replay.replay(connection, "nudge", utcnow())
+        replayed = delivery_replay.replay(connection, "nudge", utcnow(), hub.router.recipient)
         row = connection.execute(select(deliveries.c.status, deliveries.c.target, deliveries.c.content).where(
             deliveries.c.delivery_id == "nudge")).one()
     return replayed, (row.status, row.target, row.content.get("recipients"))

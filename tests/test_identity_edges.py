@@ -270,6 +270,6 @@ def test_a_shared_tablets_unsent_pushes_for_the_first_person_stop_reaching_it_on
         assert (rows["both"].status, rows["both"].target, rows["both"].content["recipients"]) == ("pending", "tok-phone", ["tok-phone"])
         assert (rows["tablet"].status, rows["tablet"].last_error) == ("failed", withdrawals.WITHDRAWN_DEVICE_HANDED_ON)
         with hub.store.write() as connection:
-            assert delivery_replay.replay(connection, "tablet", utcnow()) == delivery_replay.HANDED_ON
+            assert delivery_replay.replay(connection, "tablet", utcnow(), hub.router.recipient) == delivery_replay.HANDED_ON
     finally:
         hub.store.dispose()

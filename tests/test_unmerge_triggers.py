@@ -248,4 +248,4 @@ def test_a_withdrawal_worded_before_the_upgrade_is_still_refused_a_replay(store:
         _waiting(connection, "d-old", "p-amy", "email", "bo@example.com", {"body": "hi"})
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == "d-old").values(
             status="failed", last_error="not sent: recipient left the profile in an unmerge"))
-        assert delivery_replay.replay(connection, "d-old", utcnow()) == delivery_replay.MISADDRESSED
+        assert delivery_replay.replay(connection, "d-old", utcnow(), delivery_log.unrouted) == delivery_replay.MISADDRESSED

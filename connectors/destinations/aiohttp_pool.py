@@ -6,14 +6,22 @@ import aiohttp
 
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
+# How long an idle pooled connection is reused: below the shortest keep-alive common receivers grant (gunicorn's
+# threaded and async workers close an idle one after 2 s; uvicorn, Node.js and Apache httpd after 5 s).
+# aiohttp's 15 s outlived theirs: the engine's loop stands still between batches, so it never took in the
+# receiver's close, and the first send after such a gap went out on a closed connection (network.ClientOSError,
+# an attempt failed and retried). aiohttp retries that only for idempotent methods; webhooks and Twilio are POSTs.
+KEEPALIVE_SECONDS = 1.5
+
 
 def pooled_session(timeout_seconds: float) -> aiohttp.ClientSession:
     """A session keeping a connection for every send the engine may have in flight (aiohttp's default is 100,
-    below the setting's bound), each send bounded by `timeout_seconds` in all.
+    below the setting's bound), each send bounded by `timeout_seconds` in all, and each connection reused
+    only within `KEEPALIVE_SECONDS` of its last use.
 
     Build it on the event loop that will use it: the session belongs to that loop.
     """
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=MAX_DELIVERY_CONCURRENCY),
+        connector=aiohttp.TCPConnector(limit=MAX_DELIVERY_CONCURRENCY, keepalive_timeout=KEEPALIVE_SECONDS),
         timeout=aiohttp.ClientTimeout(total=timeout_seconds),
     )

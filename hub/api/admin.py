@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any, TypeVar
 
+import pydantic_core
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import Response
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
@@ -32,36 +35,53 @@ def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
 
-async def _read(request: Request, work: Callable[[Connection], T]) -> T:
-    """Run a read-only store query off the event loop."""
+async def _answer(request: Request, work: Callable[[Connection], dict[str, Any] | None], missing: str = "") -> Response:
+    """The answer of a read-only store query, queried and written off the event loop (`json_response`); a query
+    that finds nothing (None) is a 404 whose detail is `missing`."""
 
-    def run() -> T:
+    def run() -> Response | None:
         with _hub(request).store.read() as connection:
-            return work(connection)
+            found = work(connection)
+        return None if found is None else json_response(found)
 
-    return await run_in_threadpool(run)
-
-
-async def _read_one(request: Request, work: Callable[[Connection], T | None], missing: str) -> T:
-    """`_read` for one thing; finding nothing is a 404 whose detail is `missing`."""
-    found = await _read(request, work)
-    if found is None:
+    answer = await run_in_threadpool(run)
+    if answer is None:
         raise HTTPException(404, detail=missing)
-    return found
+    return answer
 
 
-def _for_live_profile(profile_id: str | None, search: Callable[[Connection, str | None], list[T]]) -> Callable[[Connection], list[T]]:
-    """Filter by the surviving profile of `profile_id`, which may be an id merged away since (`for_live_profile`)."""
-    return lambda connection: for_live_profile(connection, profile_id, search)
+def json_response(answer: dict[str, Any]) -> Response:
+    """`answer` as FastAPI writes it (pydantic's writer: datetimes with Z), else by the json module; build it off
+    the event loop, as a large answer takes a while to write.
+
+    pydantic gives up past 255 levels ("Maximum serialization depth
+    exceeded"), and events stored before ingest refused nesting past
+    `connectors.webhooks.MAX_JSON_DEPTH` may nest up to ~1,000 deep: one such
+    event made every page showing it a 500 (the touchpoints, its person's
+    profile and timeline). The json module writes as deep as Python recurses,
+    which on a worker thread's short stack is as deep as the store wrote it.
+    """
+    try:
+        body = pydantic_core.to_json(answer)
+    except pydantic_core.PydanticSerializationError:
+        text = json.dumps(answer, default=pydantic_core.to_jsonable_python, ensure_ascii=False, separators=(",", ":"))
+        body = text.encode()
+    return Response(body, media_type="application/json")
+
+
+def _listed(name: str, profile_id: str | None, search: Callable[..., list[T]]) -> Callable[[Connection], dict[str, list[T]]]:
+    """The answer listing under `name` what `search` finds, filtered by the surviving profile of `profile_id`,
+    which may be an id merged away since (`for_live_profile`)."""
+    return lambda connection: {name: for_live_profile(connection, profile_id, lambda c, live: search(c, profile_id=live))}
 
 
 @router.get("/touchpoints", summary="Touchpoints, newest first", dependencies=READ)
 async def list_touchpoints(
     request: Request, limit: int = Limit, source: str | None = None, event: str | None = None,
     profile_id: str | None = None,
-) -> dict[str, Any]:
+) -> Response:
     search = partial(touchpoints.search, limit=limit, source_id=source, event=event)
-    return {"touchpoints": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+    return await _answer(request, _listed("touchpoints", profile_id, search))
 
 
 @router.get("/profiles/lookup", summary="Find the profile an identifier belongs to", dependencies=READ)
@@ -69,7 +89,7 @@ async def lookup_profile(
     request: Request,
     type: str = Query(description=f"Identifier type: {', '.join(KNOWN_TYPES)} or a custom one."),
     value: str = Query(description="Identifier value; normalized as the pipeline does (e.g. emails lower-cased)."),
-) -> dict[str, Any]:
+) -> Response:
     hub = _hub(request)
     identifier = normalize_identifier(type, value, hub.settings.default_phone_region, hub.identity)
     if identifier is None:
@@ -79,12 +99,12 @@ async def lookup_profile(
         profile_id = find_profile_id(connection, identifier)
         return profile_view(connection, profile_id) if profile_id else None
 
-    return await _read_one(request, query, f"no profile has {type} {identifier.value!r}")
+    return await _answer(request, query, f"no profile has {type} {identifier.value!r}")
 
 
 @router.get("/profiles/{profile_id}", summary="A profile with its traits and identifiers", dependencies=READ)
-async def get_profile(request: Request, profile_id: str) -> dict[str, Any]:
-    return await _read_one(request, lambda connection: profile_view(connection, profile_id), f"no profile {profile_id!r}")
+async def get_profile(request: Request, profile_id: str) -> Response:
+    return await _answer(request, lambda connection: profile_view(connection, profile_id), f"no profile {profile_id!r}")
 
 
 @router.get("/deliveries", summary="The delivery log: deliveries with every attempt", dependencies=READ)
@@ -94,14 +114,14 @@ async def list_deliveries(
     channel: str | None = None, destination: str | None = Query(None, description="Destination id, e.g. twilio_sms."),
     since: datetime | None = Query(None, description="Planned at or after this ISO 8601 time (UTC if no offset)."),
     until: datetime | None = Query(None, description="Planned before this ISO 8601 time (UTC if no offset)."),
-) -> dict[str, Any]:
+) -> Response:
     if status is not None and status not in outbox.STATUSES:
         raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
     search = partial(
         delivery_log.search, limit=limit, status=status, channel=channel, destination_id=destination,
-        since=_aware(since), until=_aware(until), recipient=_hub(request).router.recipient,
+        since=_utc("since", since), until=_utc("until", until), recipient=_hub(request).router.recipient,
     )
-    return {"deliveries": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+    return await _answer(request, _listed("deliveries", profile_id, search))
 
 
 @router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again", dependencies=[requires("replay")])
@@ -110,7 +130,7 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
 
     def replay() -> str | None:
         with hub.store.write() as connection:
-            return delivery_replay.replay(connection, delivery_id, utcnow())
+            return delivery_replay.replay(connection, delivery_id, utcnow(), hub.router.recipient)
 
     previous = await run_in_threadpool(replay)
     if previous is None:
@@ -121,22 +141,33 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
     return {"delivery_id": delivery_id, "previous_status": previous, "status": "pending"}
 
 
-def _aware(moment: datetime | None) -> datetime | None:
-    return moment.replace(tzinfo=timezone.utc) if moment is not None and moment.tzinfo is None else moment
+def _utc(name: str, moment: datetime | None) -> datetime | None:
+    """The query parameter `name` in UTC (a time without offset is UTC already), or a 422 naming it: a time at
+    an end of the calendar with an offset (0001-01-01T00:00:00+14:00) has no UTC date the store can hold."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        raise HTTPException(
+            422, detail=f"{name}: {moment.isoformat()} falls outside the years 1 to 9999 in UTC; give a time within them"
+        ) from None
 
 
 @router.get("/decisions", summary="Decisions, newest first (capped ones included)", dependencies=READ)
 async def list_decisions(
     request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None
-) -> dict[str, Any]:
+) -> Response:
     search = partial(decisions.search, limit=limit, rule_id=rule_id)
-    return {"decisions": await _read(request, _for_live_profile(profile_id, lambda c, live: search(c, profile_id=live)))}
+    return await _answer(request, _listed("decisions", profile_id, search))
 
 
 @router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries", dependencies=READ)
-async def get_decision(request: Request, decision_id: str) -> dict[str, Any]:
+async def get_decision(request: Request, decision_id: str) -> Response:
     explained = partial(explain, decision_id=decision_id, recipient=_hub(request).router.recipient)
-    return await _read_one(request, explained, f"no decision {decision_id!r}")
+    return await _answer(request, explained, f"no decision {decision_id!r}")
 
 
 @router.get("/rules", summary="The trigger rules in force, and why the last edit of the file was refused, if it was", dependencies=READ)
@@ -159,8 +190,8 @@ async def list_rules(request: Request) -> dict[str, Any]:
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first", dependencies=READ)
-async def list_quarantine(request: Request, limit: int = Limit) -> dict[str, Any]:
-    return {"quarantine": await _read(request, lambda connection: quarantine.recent(connection, limit))}
+async def list_quarantine(request: Request, limit: int = Limit) -> Response:
+    return await _answer(request, lambda connection: {"quarantine": quarantine.recent(connection, limit)})
 
 
 @router.post(

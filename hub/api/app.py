@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -42,10 +42,11 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     app.include_router(unsubscribe.router)
     # Each admin route declares the scope it needs (`hub.api.auth.requires`).
     app.state.api_auth = ApiAuth(hub_instance.settings.admin_token.get_secret_value(), hub_instance.store)
-    app.include_router(admin.router)
-    app.include_router(profiles.router)
-    app.include_router(mappings.router)
-    app.include_router(console_api.router)  # GET /api/sources, /api/identifier-types: what the console lists
+    checked = [Depends(_refuse_nul)]
+    app.include_router(admin.router, dependencies=checked)
+    app.include_router(profiles.router, dependencies=checked)
+    app.include_router(mappings.router, dependencies=checked)
+    app.include_router(console_api.router, dependencies=checked)  # GET /api/sources, /api/identifier-types
     app.include_router(console.router)  # /console/: the static page; its API calls carry the bearer token
 
     @app.exception_handler(IngestError)
@@ -70,3 +71,16 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def _refuse_nul(request: Request) -> None:
+    """Refuse a path or query value of the admin API holding NUL: PostgreSQL refuses such text, so one in an id
+    or a filter was a 500 on the multi-node store (SQLite found nothing). No id holds it (404 as for any unknown
+    id) and no filter can match it (400 naming the parameter). Checked before the API key: it reads nothing
+    stored, so it tells a caller without a key nothing."""
+    for name, value in request.path_params.items():
+        if "\x00" in str(value):
+            raise HTTPException(404, detail=f"no {name.removesuffix('_id')} {value!r}")
+    for name, value in request.query_params.multi_items():
+        if "\x00" in value:
+            raise HTTPException(400, detail=f"{name}: contains \\u0000 (NUL), which nothing the hub stores holds; remove it")

@@ -25,7 +25,6 @@ from hub.clock import utcnow
 from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
 
-TOO_DEEP = "body: nested too deeply to store; keep payloads to a few hundred levels"
 router = APIRouter(tags=["ingest"])
 
 
@@ -38,16 +37,13 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     try:
         result = source.parse(inbound)
         report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
-    except (BadPayloadError, RecursionError) as exc:
-        # RecursionError: a document nested deeper than the JSON writers recurse (the parser reads up to 1,024
-        # levels; hashing an id-less event or storing it recurses less deep): bad input, not a 500 retried for ever.
-        refused = exc if isinstance(exc, BadPayloadError) else BadPayloadError(TOO_DEEP)
+    except BadPayloadError as exc:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_payload").inc()
         await run_in_threadpool(
-            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=refused.message, problems=refused.problems,
+            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=exc.message, problems=exc.problems,
             body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
         )
-        raise refused from None
+        raise
     metrics.EVENTS_ACCEPTED.labels(source=source.source_id).inc(report.accepted)
     if report.rejected:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_item").inc(len(result.rejected))

@@ -6,8 +6,12 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 
+from connectors.base import Source
+from hub.api.admin import json_response
 from hub.api.auth import documented_body, json_body, requires
 from hub.clock import utcnow
 from hub.mapping import MappingSpec, compile_mapping
@@ -28,7 +32,7 @@ class PreviewRequest(BaseModel):
              dependencies=[requires("mappings")], openapi_extra=documented_body(PreviewRequest))
 async def preview_sample(
     source_id: str, request: Request, body: PreviewRequest = json_body(PreviewRequest)
-) -> dict[str, Any]:
+) -> Response:
     """One outcome per event: `touchpoint` (the canonical document), `dropped` (a drop rule matched),
     `unmappable` (the mapping error quarantine would record) or `refused` (the source would reject the item).
     A draft mapping that does not validate is answered 422 with every problem.
@@ -37,8 +41,14 @@ async def preview_sample(
     source = hub.sources.get(source_id)
     if source is None:
         raise HTTPException(404, detail=f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
-    assert hub.mappings is not None
-    mapping = hub.mappings[source_id]
+    # Compiling a draft, normalizing a large sample and writing the answer take up to a second: on the event loop,
+    # that held up every request, ingest included.
+    return await run_in_threadpool(_preview, hub, source, body)
+
+
+def _preview(hub: Hub, source: Source, body: PreviewRequest) -> Response:
+    assert hub.mappings is not None and hub.identity is not None
+    mapping = hub.mappings[source.source_id]
     if body.mapping is not None:
         try:
             mapping = compile_mapping(f"draft-{mapping.name}", MappingSpec.model_validate(body.mapping))
@@ -46,6 +56,7 @@ async def preview_sample(
             problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise HTTPException(422, detail=problems) from None
     sample = json.dumps(body.sample).encode()
-    assert hub.identity is not None
     outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region, hub.identity)
-    return {"source_id": source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes]}
+    return json_response({
+        "source_id": source.source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes],
+    })

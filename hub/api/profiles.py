@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.auth import documented_body, json_body, requires
@@ -23,6 +23,14 @@ class UnmergeRequest(BaseModel):
     merged_profile_id: str = Field(
         min_length=1, description="The profile a bad link merged in (see `merges` in the explain answer)."
     )
+
+    @field_validator("merged_profile_id")
+    @classmethod
+    def _holds_no_nul(cls, value: str) -> str:
+        """No profile id holds NUL, and PostgreSQL refuses text that does: the unmerge was a 500 there."""
+        if "\x00" in value:
+            raise ValueError("contains \\u0000 (NUL), which no profile id holds; send the id from `merges`")
+        return value
 
 
 def _hub(request: Request) -> Hub:

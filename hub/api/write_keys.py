@@ -19,7 +19,7 @@ from typing import Any
 
 from connectors.base import InboundRequest
 from connectors.sources.segment import basic_auth_user
-from connectors.webhooks import json_document
+from connectors.webhooks import json_value, nested_too_deep
 from hub.errors import AuthenticationError, BadPayloadError
 
 WRITE_KEY_FIELD = "writeKey"
@@ -38,15 +38,18 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     (re-serialised, only when it had one, with non-ASCII characters escaped
     so that lone surrogates and UTF-16 or -32 bodies come out as the same
     JSON); a body that is not JSON, quarantined as it came, keeps them with
-    their values replaced by "[redacted]". Only a body that names the field
-    (in its bytes, or in the text of a UTF-16 or -32 body) is parsed here, so
-    Basic-auth senders pay nothing; no SDK spells the name with JSON escapes.
+    their values replaced by "[redacted]". So does a body nested deeper than
+    sources take (`nested_too_deep`), but its keys are read: the sender is
+    told what is wrong with the body, not that its key is missing. Only a
+    body that names the field (in its bytes, or in the text of a UTF-16 or
+    -32 body) is parsed here, so Basic-auth senders pay nothing; no SDK
+    spells the name with JSON escapes.
     """
     encoding = json.detect_encoding(inbound.body)  # as json.loads reads the body: UTF-8, -16 or -32
     if not _names_write_key(inbound.body, encoding):
         return set(), inbound
     try:
-        document = json_document(inbound.body)
+        document = json_value(inbound.body)
     except BadPayloadError:
         return set(), replace(inbound, body=_redacted(inbound.body, encoding))
     holders = _write_key_holders(document)
@@ -54,11 +57,9 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     if not found:
         return set(), inbound
     keys = {key for key in found if _usable_key(key)}
-    try:
-        stripped = json.dumps(document).encode("ascii")
-    except RecursionError:  # nested past what the writer recurses: kept redacted, for the ingest route to refuse
-        stripped = _redacted(inbound.body, encoding)
-    return keys, replace(inbound, body=stripped)
+    if nested_too_deep(inbound.body, document) is not None:  # the source refuses it (400) and quarantine keeps it
+        return keys, replace(inbound, body=_redacted(inbound.body, encoding))
+    return keys, replace(inbound, body=json.dumps(document).encode("ascii"))
 
 
 def _names_write_key(body: bytes, encoding: str) -> bool:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, Row, select, update
 
+from hub.model import Identifier
 from hub.store import withdrawals
-from hub.store.schema import deliveries
+from hub.store.delivery_log import RecipientOf
+from hub.store.outbox import FORGOTTEN_TARGET  # forget's mark on a delivery: `replay` answers FORGOTTEN for it
+from hub.store.profile_views import live_profile_id
+from hub.store.schema import deliveries, identifiers
 
 REPLAYABLE_STATUSES = ("dead", "failed")
-# What forgetting a person (`hub.store.forget`) leaves of each delivery's recipient; such a delivery is
-# never sent again, and `replay` answers FORGOTTEN for it.
-FORGOTTEN_TARGET = "(forgotten)"
 FORGOTTEN = "forgotten"
 MISADDRESSED = "misaddressed"  # withdrawn in an unmerge (`withdrawals.WITHDRAWN_IN_UNMERGE`)
 HANDED_ON = "handed_on"  # a push to devices that are all another person's now
+ADDRESS_GONE = "address_gone"  # to an address its person holds no more (a hard bounce, an unregistered token)
 
 
 def why_not_replayed(delivery_id: str, previous: str) -> str:
@@ -29,24 +31,38 @@ def why_not_replayed(delivery_id: str, previous: str) -> str:
     if previous == HANDED_ON:
         return (f"delivery {delivery_id!r} was a push to a device another person has signed in on since; it would "
                 "show on their screen, so it is never sent again")
+    if previous == ADDRESS_GONE:
+        return (f"delivery {delivery_id!r} was to an address its person no longer has (the provider said it does not "
+                "exist, or it is another person's now); it would reach no one or the wrong person, so it is never sent "
+                "again: once the person gives a working address, a new message goes to it")
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
-def replay(connection: Connection, delivery_id: str, now: datetime) -> str | None:
+def replay(connection: Connection, delivery_id: str, now: datetime, recipient: RecipientOf) -> str | None:
     """Queue a dead or failed delivery again with a fresh retry budget.
 
     Returns the status the delivery had (the caller tells "replayed" from "not
     replayable" by it), FORGOTTEN for one whose person was erased on request
     (it has no recipient left, and must reach no one), MISADDRESSED for one an
     unmerge withdrew, HANDED_ON for a push to devices that are all another
-    person's now, or None when there is no such delivery. Attempt numbers keep
-    counting, so the log shows the replayed attempts after the old ones.
+    person's now, ADDRESS_GONE for one to an address its person holds no more,
+    or None when there is no such delivery. Attempt numbers keep counting, so
+    the log shows the replayed attempts after the old ones.
 
-    A push to a device another person has signed in on since goes to the
-    person's other devices only, or nowhere (HANDED_ON), whatever its status:
-    at the move `drop_recipient` takes the token out of messages not yet sent
-    (dead ones too), but one that failed before (FCM refused it, consent
-    lapsed) kept it, and a replay of it reached the other person's screen.
+    The row is read locked: on PostgreSQL two replays at once (a double
+    click, two operators) both read `dead` and both answered "replayed", each
+    rewriting the row, over a send already claimed too. The second now reads
+    what the first made of it, pending, and is refused as any pending one.
+
+    A delivery goes only to the addresses its person (its profile's survivor)
+    still holds (`_not_theirs`; `recipient`, the routes' `Router.recipient`,
+    says what identifier its target is, or that it names a profile): a hard
+    bounce or an unregistered token took the address off the profile, or an
+    unmerge or another person's sign-in on the device gave it to someone
+    else, but the failed delivery kept it, and its replay mailed the dead
+    address again or reached the other person. A push to several devices
+    goes to the person's own ones only, or nowhere (HANDED_ON when a device
+    is another person's now, else ADDRESS_GONE).
 
     The provider's id and status of the last message go (its attempt keeps
     the id): a late repeat of that message's callback (Twilio retrying it, or
@@ -56,9 +72,9 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     """
     row = connection.execute(
         select(
-            deliveries.c.status, deliveries.c.attempts, deliveries.c.target, deliveries.c.last_error,
-            deliveries.c.profile_id, deliveries.c.content,
-        ).where(deliveries.c.delivery_id == delivery_id)
+            deliveries.c.status, deliveries.c.attempts, deliveries.c.channel, deliveries.c.target,
+            deliveries.c.last_error, deliveries.c.profile_id, deliveries.c.content,
+        ).where(deliveries.c.delivery_id == delivery_id).with_for_update()
     ).first()
     if row is None:
         return None
@@ -71,10 +87,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
     readdressed: dict[str, Any] = {}
-    if handed_on := withdrawals.handed_on(connection, row.profile_id, withdrawals.recipients_of(row.target, row.content)):
-        narrowed = withdrawals.without_recipients(row.target, row.content, handed_on)
+    if gone := _not_theirs(connection, row, recipient(row.channel, row.target)):
+        narrowed = withdrawals.without_recipients(row.target, row.content, gone)
         if narrowed is None:
-            return HANDED_ON
+            return HANDED_ON if withdrawals.handed_on(connection, row.profile_id, sorted(gone)) else ADDRESS_GONE
         readdressed = narrowed
     connection.execute(
         update(deliveries)
@@ -85,6 +101,22 @@ def replay(connection: Connection, delivery_id: str, now: datetime) -> str | Non
         )
     )
     return row.status
+
+
+def _not_theirs(connection: Connection, row: Row[Any], address: Identifier | None) -> set[str]:
+    """The delivery's recipients its person's live profile holds no more as identifiers of the target's type (an
+    email that is also the person's user_id left all the same); none for a delivery addressed to a profile (a
+    CRM update, a chat offer: `address` None), which has no address to lose."""
+    if address is None:
+        return set()
+    recipients = withdrawals.recipients_of(row.target, row.content)
+    live_id = live_profile_id(connection, row.profile_id)
+    held = connection.execute(
+        select(identifiers.c.value).where(
+            identifiers.c.type == address.type, identifiers.c.value.in_(recipients), identifiers.c.profile_id == live_id,
+        )
+    ).scalars()
+    return set(recipients).difference(held)
 
 
 def ids_with_status(connection: Connection, status: str, destination_id: str | None = None) -> list[str]:

@@ -12,9 +12,10 @@ stays with the survivor, and so does an identifier first seen after the merge:
 it joined the survivor, and nothing says which side it belongs to.
 What the two did to each other while one profile is undone too: a trait
 naming the other side's identifier is dropped, a timer the other side's event
-or nudge ended waits again, and a message still waiting to go that was
-planned for the other side, goes to its address or carries it (a CRM update
-rendered from the merged profile) is withdrawn, never to be replayed.
+or nudge ended waits again, and a message still waiting to go, or failed and
+so replayable, that was planned for the other side, goes to its address or
+carries it (a CRM update rendered from the merged profile) is withdrawn, never
+to be replayed.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from sqlalchemy import Connection, and_, insert, select, update
 from hub.errors import IdentityRepairError
 from hub.model import Identifier
 from hub.pii import address_values, holding, without_values
-from hub.store import consent_changes, outbox, withdrawals
+from hub.store import consent_changes, delivery_replay, outbox, withdrawals
 from hub.store.consent_changes import PINNED_STAMP
 from hub.store.profile_views import live_profile_id, live_profile_ids
 from hub.store.traits import newest_traits, stamped_traits, trait_time, with_part_times
@@ -47,6 +48,8 @@ from hub.store.sql import insert_ignoring_conflicts, lock_profiles
 from hub.store.timers import ended_by, reopen
 
 UNMERGE_RULE = "unmerge requested by an operator"
+# What an unmerge looks through for messages to withdraw: those not sent yet, and those a replay would send.
+_WITHDRAWABLE = sorted({*outbox.UNSENT_STATUSES, *delivery_replay.REPLAYABLE_STATUSES})
 
 
 def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now: datetime) -> dict[str, Any]:
@@ -245,23 +248,26 @@ def _owners(connection: Connection, causes: list[tuple[str, str]], sides: tuple[
 
 
 def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identifier]], now: datetime) -> int:
-    """Withdraw the messages of either side not yet sent (held for quiet hours, delayed, retrying, or dead and so
-    replayable) that are addressed to the other side or carry its address (`others`: profile id -> what the
-    other side holds; the two ids are each other's other side); returns how many.
+    """Withdraw the messages of either side not yet sent (held for quiet hours, delayed, retrying, or dead) or
+    failed, so replayable, that are addressed to the other side or carry its address (`others`: profile id ->
+    what the other side holds; the two ids are each other's other side); returns how many.
 
     Routing picked the profile's newest address while the two were one, so
     Amy's cart nudge may wait for the morning addressed to Bo's email. Such a
     message is not sent rather than routed again: the decision was made on
-    the merged profile's history. A multicast's other `recipients` count too,
-    and so does a CRM update planned for the merged profile's id: rendered
-    while the two were one, it would write Bo's email onto Amy's Lead.
+    the merged profile's history. One that failed (the mail server refused
+    it) is withdrawn too, the provider's error kept in its attempt: left
+    failed, a replay emailed Bo about Amy's order. A multicast's other
+    `recipients` count too, and so does a CRM update planned for the merged
+    profile's id: rendered while the two were one, it would write Bo's email
+    onto Amy's Lead.
     """
     values = {profile_id: {identifier.value.lower() for identifier in held} for profile_id, held in others.items()}
     carries = {profile_id: holding(address_values(held)) for profile_id, held in others.items()}  # in content
     other_side = dict(zip(others, reversed(list(others))))
     waiting = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.profile_id, deliveries.c.target, deliveries.c.content)
-        .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(outbox.UNSENT_STATUSES))
+        .where(deliveries.c.profile_id.in_(list(others)), deliveries.c.status.in_(_WITHDRAWABLE))
     ).all()
     planned_for = live_profile_ids(connection, sorted({target for _, _, target, _ in waiting}))
     misaddressed = [

@@ -27,6 +27,9 @@ DUE_STATUSES = ("pending", "retrying")
 UNSENT_STATUSES = (*DUE_STATUSES, "dead")
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
+# What forgetting a person (`hub.store.forget`) leaves of each delivery's recipient: such a delivery is never
+# sent again (`hub.store.delivery_replay`), and the attempt of a send in flight meanwhile is logged blank.
+FORGOTTEN_TARGET = "(forgotten)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,14 @@ _ATTEMPT_FIELDS = tuple(field.name for field in fields(AttemptRecord))
 # the driver's own SQL, without SQLAlchemy's per-execution cache-key walk and parameter building (`inline`: no
 # RETURNING of the attempt ids on PostgreSQL, which nothing reads).
 _INSERT_ATTEMPTS = precompiled.Precompiled(insert(attempts).inline(), ["delivery_id", "attempt_no", *_ATTEMPT_FIELDS])
+# The deliveries among a batch's whose person was forgotten while their sends were in flight (`hub.store.forget`).
+_FORGOTTEN_AMONG = precompiled.InLists(
+    lambda delivery_ids: select(deliveries.c.delivery_id)
+    .where(deliveries.c.delivery_id.in_(delivery_ids), deliveries.c.target == literal(FORGOTTEN_TARGET))
+)
+# What forget leaves of an attempt: what it said of the request and the answer is the person's, masked or not
+# ("+1******0142").
+_FORGOTTEN_ATTEMPT: dict[str, Any] = {"request_summary": {}, "response_summary": {}, "error_message": None}
 # A delivery withdrawn while its send was in flight (its person forgotten, its address gone in an unmerge)
 # keeps its status and reason: a retry would go to what was withdrawn. The attempt is still counted and logged.
 _STILL_DUE = or_(*(deliveries.c.status == literal(status) for status in DUE_STATUSES))  # literals: `Precompiled`
@@ -177,14 +188,21 @@ _FINISH_ATTEMPT = precompiled.Precompiled(
 
 def record_attempts(connection: Connection, results: Sequence[AttemptResult]) -> None:
     """Log the attempts and move each delivery to its new status, in the caller's transaction; what the
-    providers said is `_storable` first."""
+    providers said is `_storable` first.
+
+    An attempt whose delivery's person was forgotten while it was in flight
+    is logged as forget leaves the person's others (`_FORGOTTEN_ATTEMPT`):
+    written whole after the forget, it kept their masked number and the
+    provider's answer for good. The deliveries' rows are written first, so
+    on PostgreSQL a forget on another node that holds them makes this wait
+    for its commit and the look after it sees the forgotten target; once
+    this holds them, a forget waits in turn, and its wipe finds these
+    attempts. That look is one primary-key read per batch: SQLite took it
+    at half the cost of inserting the attempts from their deliveries' rows.
+    """
     if not results:
         return
     stored = [(result, _storable(result.attempt)) for result in results]
-    _INSERT_ATTEMPTS.execute(connection, [
-        {"delivery_id": result.delivery.delivery_id, "attempt_no": result.delivery.attempts + 1, **values}
-        for result, values in stored
-    ])
     _FINISH_ATTEMPT.execute(connection, [
         {
             "b_delivery_id": result.delivery.delivery_id,
@@ -194,6 +212,14 @@ def record_attempts(connection: Connection, results: Sequence[AttemptResult]) ->
             "b_last_error": values["error_message"],
             "b_provider_message_id": values["provider_message_id"],
             "b_next_attempt_at": result.next_attempt_at,
+        }
+        for result, values in stored
+    ])
+    forgotten = {row[0] for row in _FORGOTTEN_AMONG.execute(connection, [result.delivery.delivery_id for result in results])}
+    _INSERT_ATTEMPTS.execute(connection, [
+        {
+            "delivery_id": result.delivery.delivery_id, "attempt_no": result.delivery.attempts + 1, **values,
+            **(_FORGOTTEN_ATTEMPT if result.delivery.delivery_id in forgotten else {}),
         }
         for result, values in stored
     ])
