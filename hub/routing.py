@@ -25,7 +25,6 @@ from jinja2 import TemplateError
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import Destination, load_registry
-
 from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.daily_cap import has_room

@@ -8,19 +8,19 @@ from pydantic import AfterValidator, SecretStr
 
 
 def in_use(current: SecretStr | None, previous: SecretStr | None) -> list[str]:
-    """The current secret and, during a rotation, the one before; an empty one is none.
+    """The current secret and, during a rotation, the one before; an empty (or blank) one is none.
 
     Emptying the variable that held the previous secret is how an operator
-    ends a rotation: kept as "", it was a key anyone could sign with.
+    ends a rotation: kept as "" (or " "), it was a key anyone could sign with.
     """
-    return [secret.get_secret_value() for secret in (current, previous) if secret is not None and secret.get_secret_value()]
+    return [secret.get_secret_value() for secret in (current, previous) if secret is not None and secret.get_secret_value().strip()]
 
 
 def _not_blank(secret: SecretStr) -> SecretStr:
     """Refused at load, naming the field: an empty current secret left the source unable to verify anything
     (every request a 401, or for a write key, a crash), a fault seen only once traffic came."""
     if not secret.get_secret_value().strip():
-        raise ValueError("is empty: set it to the secret the sender signs with (or remove the key, if it is optional)")
+        raise ValueError("is empty: set it to the secret or key the sender signs or authenticates with")
     return secret
 
 

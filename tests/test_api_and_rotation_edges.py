@@ -36,17 +36,17 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 # --- secret rotation ------------------------------------------------------------------------------------------
 
 
-def _signed_with_empty_key(connector: str) -> InboundRequest:
-    """A request signed by someone who knows no secret: HMAC keyed with b""."""
+def _signed_with_empty_key(connector: str, key: bytes = b"") -> InboundRequest:
+    """A request signed by someone who knows no secret: HMAC keyed with b"" (or a blank)."""
     if connector == "hubspot":
         timestamp = str(int(time.time() * 1000))
         content = b"POST" + URL.encode() + BODY + timestamp.encode()
-        signature = base64.b64encode(hmac.new(b"", content, hashlib.sha256).digest()).decode()
+        signature = base64.b64encode(hmac.new(key, content, hashlib.sha256).digest()).decode()
         headers = {"x-hubspot-signature-v3": signature, "x-hubspot-request-timestamp": timestamp}
     elif connector == "generic_hmac":
-        headers = {"x-signature": hmac.new(b"", BODY, hashlib.sha256).hexdigest()}
+        headers = {"x-signature": hmac.new(key, BODY, hashlib.sha256).hexdigest()}
     else:  # segment
-        headers = {"x-signature": hmac.new(b"", BODY, hashlib.sha1).hexdigest()}
+        headers = {"x-signature": hmac.new(key, BODY, hashlib.sha1).hexdigest()}
     return InboundRequest("POST", URL, headers, BODY)
 
 
@@ -65,10 +65,11 @@ def test_a_previous_secret_emptied_after_a_rotation_is_not_a_key_anyone_can_sign
     in .env or a secret manager) leaves it set to "", and `secrets_in_use` then accepts an HMAC keyed with
     b"": anybody can sign. standard_webhooks and the outbound webhook skip an empty one (`if secret`)."""
     entry = SourceEntry(id="src", connector=connector, secrets={current: "HUB_SRC_SECRET", previous: "HUB_SRC_PREVIOUS"})
-    environment = {"HUB_SRC_SECRET": "the-real-secret", "HUB_SRC_PREVIOUS": ""}
-    source = build_source(load_registry(), entry, "sources.yaml:1: sources.0", environment, Path("."))
-    with pytest.raises(AuthenticationError):
-        source.verify(_signed_with_empty_key(connector))
+    for emptied in ("", " "):  # a blank one too: "remove it" in a secret manager's form may leave a space
+        environment = {"HUB_SRC_SECRET": "the-real-secret", "HUB_SRC_PREVIOUS": emptied}
+        source = build_source(load_registry(), entry, "sources.yaml:1: sources.0", environment, Path("."))
+        with pytest.raises(AuthenticationError):
+            source.verify(_signed_with_empty_key(connector, emptied.encode()))
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,7 @@ def test_a_previous_secret_emptied_after_a_rotation_is_not_a_key_anyone_can_sign
         ("standard_webhooks", "secret"),
         ("segment", "shared_secret"),
         ("segment", "write_key"),
+        ("rudderstack", "token"),
     ],
 )
 def test_an_empty_current_secret_is_refused_at_load_naming_the_field(connector: str, current: str) -> None:

@@ -15,18 +15,19 @@ import hmac
 from datetime import datetime, timezone
 
 import jmespath
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import InboundRequest, ParseResult, Source
 from connectors.webhooks import json_document, json_events, may_hold_unstorable_text, require_header
 from hub.errors import AuthenticationError
+from hub.signing_secrets import CurrentSecret
 
 MESSAGE_ID = jmespath.compile("messageId")
 
 
 class RudderStackConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    token: SecretStr = Field(description="The exact header value set in the destination's headers, e.g. 'Bearer s3cr3t'.")
+    token: CurrentSecret = Field(description="The exact header value set in the destination's headers, e.g. 'Bearer s3cr3t'.")
     header: str = Field("Authorization", description="Header RudderStack is configured to send.")
 
 
