@@ -530,7 +530,7 @@ function reprocessForm(sources) {
   const result = el("div", {});
   const form = el("form", { className: "filters", onsubmit: (event) => {
     event.preventDefault();
-    if (!window.confirm(`Map ${source.value}'s events of the last ${since.value} again with its current mapping?`)) {
+    if (!window.confirm(`Map the events ${source.value} sent since ${since.value} again with its current mapping?`)) {
       return;
     }
     fill(result, async () => {
@@ -538,6 +538,7 @@ function reprocessForm(sources) {
       return notice("ok",
         `Re-processing (were quarantined or dropped): ${report.requeued}; rewritten: ${report.rewritten}; `
           + `already current: ${report.unchanged}; dropped by a rule: ${report.dropped}; still unmappable: ${report.unmappable}.`,
+        report.available_at ? `The pipeline takes the re-processed events at ${when(report.available_at)}, once every hub has the mapping.` : [],
         Object.entries(report.errors).map(([error, count]) => `${count} x ${error}`));
     });
   } }, field("Source", source), field("Since", since), el("button", { type: "submit" }, "Re-process"));
