@@ -29,8 +29,8 @@ log = structlog.get_logger(__name__)
 # only if they revoked it through a provider since (`consent_changes`), and the check routing made stands for the
 # rest: an opt-out trait an event set in those seconds leaves no mark but the trait.
 CONSENT_RECHECK_AFTER = timedelta(seconds=2)
-# A revocation is stamped on its node's clock when its request came in, and may then wait for the profiles lock while
-# the pipeline plans a message to the person: one stamped this long before a message was planned may have come after.
+# A revocation is stamped on its node's clock once it holds the profiles lock (`consent_changes.record`), so after any
+# message the pipeline planned to the person while it waited; the leeway covers the clocks of two nodes disagreeing.
 REVOCATION_STAMP_LEEWAY = timedelta(seconds=5)
 
 

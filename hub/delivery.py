@@ -38,9 +38,11 @@ Each destination has its own policy (`hub.delivery_policy`): a retry budget,
 a circuit breaker, an optional rate limit and an optional limit of sends in
 flight. The breaker and the limits only ever make a delivery wait (it goes
 back to the outbox with a later due time and no attempt logged, or a claim
-passes it over); only the retry policy dead-letters. A claim takes only
-deliveries to the destinations the engine was given (those configured in its
-process): the others wait, due, for a process with their settings.
+passes it over); only the retry policy dead-letters. A claim takes any due
+delivery; one to a destination not configured in this process (in a rolling
+deploy, not yet) is put back the same way for `UNCONFIGURED_PAUSE_SECONDS`,
+for a process with its settings to take, until its destination's max age
+dead-letters it (`config.unknown_destination`).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from hub.delivery_record import AttemptRecorder, Outcome, unsent_summary
 from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
+    DeliveryFailure,
     UNEXPECTED,
     PermanentDeliveryError,
     RetryableDeliveryError,
@@ -85,6 +88,14 @@ MAX_INLINE_WAIT_SECONDS = 1.0
 SEND_WAIT_SECONDS = 0.05
 # How often a send claimed beyond its destination's `max_in_flight` looks for a place, for SEND_WAIT_SECONDS.
 PLACE_LOOK_SECONDS = 0.005
+# How long a delivery to a destination not configured in this process goes back to the outbox for: a node
+# that has the settings (polling every HUB_WORKER_POLL_SECONDS) takes it meanwhile, and this one looks at it
+# again about once a minute, not on every poll; left due, every claim walked past such rows (ix_deliveries_due).
+UNCONFIGURED_PAUSE_SECONDS = 60.0
+# The error class of a delivery dead-lettered because no process had its destination's settings within its max age.
+UNKNOWN_DESTINATION = "config.unknown_destination"
+
+
 class DeliveryEngine:
     def __init__(
         self,
@@ -123,7 +134,7 @@ class DeliveryEngine:
         self._sends_to: Counter[str] = Counter()  # sends in flight by destination id, for `max_in_flight`
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
-        self._said_what_it_sends = False  # the first claim logs which destinations this engine claims for
+        self._said_unconfigured: set[str] = set()  # destinations not configured here, logged once each
 
     def run_once(self) -> int:
         """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most
@@ -219,31 +230,18 @@ class DeliveryEngine:
         """Renew the leases of the sends `in_flight` that are half spent (`_renew_leases`), then claim a batch, or
         beside them as many as there is room for, none of them: a delivery claimed beyond the room would wait
         for a slow send to give up its place."""
-        if not self._said_what_it_sends:
-            self._say_what_it_sends()
         now = utcnow()
         self._renew_leases(connection, in_flight, now)
         room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
             return []
-        claimed = outbox.claim_due(
-            connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight), self.destinations
-        )
+        claimed = outbox.claim_due(connection, room, now, self.lease, self._at_their_limit(), frozenset(in_flight))
         going = merged_targets.follow_merges(
             connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
             self._keeps_records,
         )
         self._leased_at.update((delivery.delivery_id, now) for delivery in going)
         return going
-
-    def _say_what_it_sends(self) -> None:
-        """Log, once, that the claims take only deliveries to the destinations configured here: one whose
-        settings this process lacks (in a rolling deploy, not yet) waits, due, for a process that has them."""
-        log.info(
-            "claiming deliveries only to the destinations configured in this process; those to any other wait "
-            "in the outbox for a process with its settings (HUB_*)", destinations=sorted(self.destinations),
-        )
-        self._said_what_it_sends = True
 
     def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> None:
         """Renew, in one statement, the leases of the sends `in_flight` taken or renewed half a lease ago or more.
@@ -290,6 +288,9 @@ class DeliveryEngine:
         throttled below its limit. Admitted, a delivery counts as in flight,
         its wait for its token included.
         """
+        destination = self.destinations.get(delivery.destination_id)
+        if destination is None:
+            return self._not_configured(delivery)
         policy = self.policies.for_destination(delivery.destination_id)
         if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
             return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
@@ -308,7 +309,7 @@ class DeliveryEngine:
                 # Of 0 too: the loop takes in first what its pooled connections heard while it idled (a provider
                 # closing a keep-alive one); without it the send took a closed one (network.ClientOSError).
                 await asyncio.sleep(pause)
-            outcome = await self._send(delivery)
+            outcome = await self._send(delivery, destination)
         finally:
             self._sends_to[delivery.destination_id] -= 1
         assert outcome.attempt is not None
@@ -339,10 +340,43 @@ class DeliveryEngine:
         log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
         return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
 
-    async def _send(self, delivery: Delivery) -> Outcome:
+    def _not_configured(self, delivery: Delivery) -> Outcome:
+        """Put a delivery to a destination this process has no settings for back for `UNCONFIGURED_PAUSE_SECONDS`
+        (no attempt spent), for a process that has them; past its destination's max age, dead-letter it.
+
+        Aged as any held-back delivery (`Delivery.retry_age`: since it was
+        first due or last replayed), and never held past that age: with no
+        process ever configured for it (a quick start without Salesforce, whose
+        support rule updates the CRM) it is settled then, not left due for ever.
+        """
+        self._say_not_configured(delivery.destination_id)
+        now = utcnow()
+        max_age = self.policies.for_destination(delivery.destination_id).retry.max_age
+        left = (max_age - delivery.retry_age(now)).total_seconds()
+        if left > 0:
+            return self._held_back(delivery, min(UNCONFIGURED_PAUSE_SECONDS, left), "destination not configured here")
+        error = AuthDeliveryError(DeliveryFailure(
+            UNKNOWN_DESTINATION,
+            f"no delivery worker had settings for destination {delivery.destination_id!r} within its max age "
+            f"({max_age.total_seconds():g} s: HUB_DELIVERY_MAX_AGE_SECONDS, or its delivery.yaml retry.max_age): set "
+            "that destination's HUB_* settings (see .env.example) on a delivery worker, then replay this delivery",
+        ))
+        return self._failed(delivery, error, now, time.perf_counter(), unsent_summary(delivery, self.recipient))
+
+    def _say_not_configured(self, destination_id: str) -> None:
+        """Log, once per destination, that its deliveries wait here for a process with its settings."""
+        if destination_id in self._said_unconfigured:
+            return
+        self._said_unconfigured.add(destination_id)
+        log.info(
+            "a delivery's destination is not configured in this process: its deliveries go back to the outbox for "
+            "a process with its settings (HUB_*, see .env.example), and are dead-lettered past its max age",
+            destination=destination_id, pause_seconds=UNCONFIGURED_PAUSE_SECONDS,
+        )
+
+    async def _send(self, delivery: Delivery, destination: Destination) -> Outcome:
         started_at = utcnow()
         clock = time.perf_counter()
-        destination = self.destinations[delivery.destination_id]  # the claim takes only those configured here
         request_summary: dict | None = None  # until the destination has summarised the request
         try:
             request_summary = _request_summary(destination, delivery)

@@ -60,15 +60,17 @@ def crm_destination(registry: Registry, settings: HubSettings) -> dict[str, Dest
     })
 
 
-def record_erasures(settings: HubSettings) -> dict[str, str]:
-    """The CRM destinations in which forgetting a person erases the records the hub wrote for them, each with
-    the record type an update without `params.sobject` wrote (`hub.store.erasures`).
+def record_erasures(settings: HubSettings) -> frozenset[str]:
+    """The CRM destinations in which forgetting a person erases the records the hub wrote for them
+    (`hub.store.erasures`).
 
     Read from settings, not from the destinations built: a process without
     the CRM's credentials (an API node in a rolling deploy) still plans the
-    erasures, which wait in the outbox for a process that has them.
+    erasures, which wait in the outbox for a process that has them. Nothing
+    else is read here: the record type an update wrote by default is the
+    sending node's (HUB_SALESFORCE_SOBJECT), which this one may not know.
     """
-    return {CRM: settings.salesforce_sobject} if settings.salesforce_erase_on_forget else {}
+    return frozenset({CRM}) if settings.salesforce_erase_on_forget else frozenset()
 
 
 def push_destination(registry: Registry, settings: HubSettings, forget_tokens: ForgetTokens) -> dict[str, Destination]:

@@ -52,7 +52,7 @@ class IdentityGraph(Protocol):
 
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]: ...
 
-    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]: ...
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> dict[Identifier, str]: ...
 
     def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None: ...
 
@@ -78,9 +78,9 @@ def resolve(
         return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
     unknown = [ident for ident in idents if ident not in known]
     blocked = graph.forgotten(unknown) if unknown else set()
-    aliased, erased = _named_by_alias(unknown, blocked, graph)
-    if aliased or erased:
-        known, blocked = {**known, **aliased}, blocked | erased
+    aliased = _named_by_alias(unknown, blocked, graph)
+    if aliased:
+        known = {**known, **aliased}
         owners.update(aliased.values())
         unknown = [ident for ident in unknown if ident not in aliased]
     refused = [RefusedLink(_by_digest(ident), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
@@ -172,24 +172,21 @@ def _meaning(previous_id: str, found: Mapping[Identifier, str], graph: IdentityG
 
 def _named_by_alias(
     unknown: Sequence[Identifier], blocked: Collection[Identifier], graph: IdentityGraph
-) -> tuple[dict[Identifier, str], set[Identifier]]:
+) -> dict[Identifier, str]:
     """The new userIds an earlier alias named as its previousId before they were known (stored then as marked
-    anonymousIds): the profile each joins, and those whose profile was forgotten since.
+    anonymousIds), and the profile each joins.
 
     Without it, alias(previousId=X, userId=Y) before any event of userId X
     left X an anonymous id for good, and X's first event made a second
-    profile. A forgotten previousId is on the blocklist as an anonymous_id,
-    so a userId of that value is refused as forgotten: a cookie id and a
-    login id of one value are taken for one person's.
+    profile. Forgetting the person puts X's user_id digest on the blocklist
+    (`hub.store.forget`), so a userId X is `blocked` and never asked for here.
     """
     asked = {
         Identifier(ANONYMOUS_ID, ident.value): ident for ident in unknown if ident.type == USER_ID and ident not in blocked
     }
     if not asked:
-        return {}, set()
-    owners, forgotten = graph.alias_previous_ids(list(asked))
-    joining = {asked[ident]: owner for ident, owner in owners.items() if ident not in forgotten}
-    return joining, {asked[ident] for ident in forgotten}
+        return {}
+    return {asked[ident]: owner for ident, owner in graph.alias_previous_ids(list(asked)).items()}
 
 
 def _stored_previous_ids(carried: Sequence[Identifier], new: Sequence[Identifier]) -> list[Identifier]:

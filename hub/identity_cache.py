@@ -71,9 +71,9 @@ class CachedIdentityGraph:
             return set()
         return {ident for ident in idents if identifier_digest(ident) in self.blocked}
 
-    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         owner = self.owner
-        return {ident: owner[ident] for ident in idents if ident in self.from_alias}, self.forgotten(idents)
+        return {ident: owner[ident] for ident in idents if ident in self.from_alias}
 
     def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None:
         """Only identifiers `attach` just took are marked: their rows are still to be written."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from typing import Any
 
 from hub.clock import utcnow
@@ -34,15 +33,13 @@ def collect(store: Store) -> dict[str, Any]:
         }
 
 
-def is_idle(store: Store, destinations: Collection[str] | None = None) -> bool:
-    """No inbox row waiting, no timer due and no delivery due or retrying (to `destinations`, those a process
-    sends to; None: any): what the demo waits for. A timer given up on is settled (`failed`), as a quarantined
-    inbox row and a dead delivery are; a delivery to a destination no process here has settings for waits for
-    one that has, and is no work of this hub's."""
+def is_idle(store: Store) -> bool:
+    """No inbox row waiting, no timer due and no delivery due or retrying: what the demo waits for. A timer given up
+    on is settled (`failed`), as a quarantined inbox row and a dead delivery are."""
     now = utcnow()
     with store.read() as connection:
         return (
             inbox.count_by_status(connection).get("pending", 0) == 0
             and timers.pending_due(connection, now) == 0
-            and outbox.unfinished(connection, now, destinations) == 0
+            and outbox.unfinished(connection, now) == 0
         )

@@ -15,21 +15,23 @@ would fail the whole event at planning time and escape the rule book's
 check on a hot reload.
 
 An edit that does not parse is refused as the rule book refuses one (a typo
-never switches messages off): the last good template stays in force, the
-refusal is logged once and shown by `refused_edits`. Only a template that
-never parsed in this process skips the messages that name it.
+never switches messages off): the last good version of the file stays in
+force, the refusal is logged once and shown by `refused_edits`. This holds
+per file, for the files a template extends, includes or imports too: Jinja
+loads those as it renders. Only a file that never parsed in this process
+skips the messages built on it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Iterable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import structlog
-from jinja2 import FileSystemLoader, StrictUndefined, Template, TemplateError, Undefined
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, Undefined, meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
@@ -64,18 +66,99 @@ def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
     return value
 
 
+_Source = tuple[str, str, Callable[[], bool]]  # what a Jinja loader gives: text, file name, "is it unchanged?"
+
+
+class _LastGoodLoader(FileSystemLoader):
+    """The template files as saved, except one whose edit does not compile: its last good source stays in force.
+
+    Kept per file, not per template a rule names: Jinja loads the file a template extends, includes or imports
+    when it renders, so a typo saved there would skip every message built on it. A file that never compiled in
+    this process is the TemplateError it raises (routing skips the message saying why; the check refuses it).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__(folder)
+        self.folder = folder
+        self._good: dict[str, tuple[str, frozenset[str]]] = {}  # name -> (its last source that compiled, files it loads)
+        self.refused: dict[str, str] = {}  # name -> why its file on disk is not in force, while the last good one is
+
+    def get_source(self, environment: Environment, template: str) -> _Source:
+        stamp = _stamp(self.folder / template)  # before reading: a save while Jinja reads is looked at again
+        try:
+            source, filename, uptodate = self._read(environment, template)
+            uses = _compiled_uses(environment, source, template, filename)
+        except TemplateError as exc:
+            if template not in self._good:
+                raise
+            return self._last_good(template, exc, stamp)
+        self._good[template] = (source, uses)
+        self.refused.pop(template, None)
+        return source, filename, uptodate
+
+    def uses(self, name: str) -> frozenset[str]:
+        """The files the source of `name` in force extends, includes or imports by name (none known yet: none)."""
+        return self._good[name][1] if name in self._good else frozenset()
+
+    def problem(self, name: str, exc: TemplateError) -> str:
+        """``path: Error: reason at line N`` (``path:line: not UTF-8 ...``), what ops fix in an editor."""
+        if isinstance(exc, NotUTF8TemplateError):
+            return str(exc)
+        path = getattr(exc, "filename", None) or self.folder / name  # a syntax error names the file it is in
+        line = getattr(exc, "lineno", None)
+        return f"{path}: {exc.__class__.__name__}: {exc}" + (f" at line {line}" if line else "")
+
+    def _read(self, environment: Environment, name: str) -> _Source:
+        """FileSystemLoader's, with a file that is not UTF-8 a TemplateError: Jinja lets it out as UnicodeDecodeError,
+        which would fail the whole event at planning time."""
+        try:
+            return super().get_source(environment, name)
+        except UnicodeDecodeError as exc:
+            raise NotUTF8TemplateError(not_utf8(self.folder / name, exc)) from None
+
+    def _last_good(self, name: str, exc: TemplateError, stamp: int | None) -> _Source:
+        """The last good source of `name`, in force until its file is saved again (Jinja then asks anew)."""
+        self._refuse(name, exc)
+        path = self.folder / name
+        return self._good[name][0], str(path), lambda: _stamp(path) == stamp
+
+    def _refuse(self, name: str, exc: TemplateError) -> None:
+        """Log a refused edit once (not on each re-check of the same broken file), naming the file, line and reason."""
+        problem = self.problem(name, exc)
+        if self.refused.get(name) != problem:
+            self.refused[name] = problem
+            log.error("template edit refused; the last good template stays in force", problem=problem)
+
+
+def _stamp(path: Path) -> int | None:
+    """The file's mtime; None while there is no file to read."""
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _compiled_uses(environment: Environment, source: str, name: str, filename: str) -> frozenset[str]:
+    """The files `source` extends, includes or imports by name, raising what compiling it raises (a syntax error,
+    an unknown filter), so an edit that would fail every render is refused before it is in force."""
+    tree = environment.parse(source, name, filename)
+    uses = frozenset(used for used in meta.find_referenced_templates(tree) if used is not None)
+    environment.compile(tree, name, filename)
+    return uses
+
+
 class TemplateRenderer:
     def __init__(self, folder: Path, recheck_seconds: float = 1.0) -> None:
         """Edited template files are picked up within `recheck_seconds` (HUB_RULES_RELOAD_SECONDS), like rules."""
         self.folder = folder
+        self._files = _LastGoodLoader(folder)
         self._environment = SandboxedEnvironment(
-            loader=FileSystemLoader(folder), undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+            loader=self._files, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
             finalize=_nothing_for_none,
         )
         self._environment.filters["default"] = self._environment.filters["d"] = _default
         self._recheck_seconds = recheck_seconds
         self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
-        self._refused: dict[str, str] = {}  # name -> why its file on disk is not in force, while the last good one is
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.
         self._inline = lru_cache(maxsize=512)(self._environment.from_string)
 
@@ -110,60 +193,33 @@ class TemplateRenderer:
         now = time.monotonic()
         loaded = self._loaded.get(name)
         if loaded is None or now - loaded[0] >= self._recheck_seconds:
-            loaded = self._loaded[name] = (now, self._reloaded(name, None if loaded is None else loaded[1]))
+            loaded = self._loaded[name] = (now, self._environment.get_template(name))
         return loaded[1]
 
-    def _reloaded(self, name: str, in_force: Template | None) -> Template:
-        """The file as it is now or, when an edit no longer parses, the template `in_force` (the TemplateError if
-        there is none): a typo saved while the hub runs must not switch a rule's messages off."""
-        try:
-            template = self._compiled(name)
-        except TemplateError as exc:
-            if in_force is None:
-                raise
-            self._refuse(name, exc)
-            return in_force
-        self._refused.pop(name, None)
-        return template
-
-    def _refuse(self, name: str, exc: TemplateError) -> None:
-        """Log a refused edit once (not on each re-check of the same broken file), naming the file, line and reason."""
-        problem = self._problem(name, exc)
-        if self._refused.get(name) != problem:
-            self._refused[name] = problem
-            log.error("template edit refused; the last good template stays in force", problem=problem)
-
     def refused_edits(self, names: Collection[str]) -> list[str]:
-        """Why the files of these templates (those the rules in force name) are not in force, one line each; empty
-        when every edit took. Looking re-checks them, so an edit made since the last message shows too."""
-        for name in names:
-            if name in self._loaded:
-                self._template(name)
-        refused = dict(self._refused)  # a snapshot: workers re-check templates meanwhile
-        return sorted(problem for name, problem in refused.items() if name in names)
-
-    def _compiled(self, name: str) -> Template:
-        """Jinja's template, with a file that is not UTF-8 a TemplateError, so routing skips the action saying why."""
-        try:
-            return self._environment.get_template(name)
-        except UnicodeDecodeError as exc:
-            raise NotUTF8TemplateError(not_utf8(self.folder / name, exc)) from None
+        """Why files of these templates (those the rules in force name) or files they load are not in force, one
+        line each; empty when every edit took. Looking re-checks them, so an edit made since the last message shows
+        too."""
+        files = {name for name, _ in self._look(names)}
+        refused = dict(self._files.refused)  # a snapshot: workers re-check templates meanwhile
+        return sorted(problem for name, problem in refused.items() if name in files)
 
     def check(self, names: list[str]) -> None:
-        """Fail at start-up, not at send time, if a rule names a template that does not parse."""
-        problems = []
-        for name in names:
-            try:  # in force from here on: the last good one, also where no message has named it yet
-                self._loaded[name] = (time.monotonic(), self._reloaded(name, None))
-            except TemplateError as exc:
-                problems.append(self._problem(name, exc))
+        """Fail at start-up, not at send time, if a rule's template or a file it loads does not parse; each one
+        that does is in force from here on as the last good one, also where no message has named it yet."""
+        problems = [self._files.problem(name, exc) for name, exc in self._look(names) if exc is not None]
         if problems:
             raise ConfigError(problems)
 
-    def _problem(self, name: str, exc: TemplateError) -> str:
-        """``path: Error: reason at line N`` (``path:line: not UTF-8 ...``), what ops fix in an editor."""
-        if isinstance(exc, NotUTF8TemplateError):
-            return str(exc)
-        path = getattr(exc, "filename", None) or self.folder / name  # a syntax error names the file it is in
-        line = getattr(exc, "lineno", None)
-        return f"{path}: {exc.__class__.__name__}: {exc}" + (f" at line {line}" if line else "")
+    def _look(self, names: Iterable[str]) -> Iterator[tuple[str, TemplateError | None]]:
+        """Each of these templates and of the files they extend, include or import by name, each file once, as it
+        is on disk now, with the TemplateError of one that never parsed in this process."""
+        files = list(dict.fromkeys(names))
+        for name in files:  # grows as it is walked: the files each one loads are looked at in turn
+            try:
+                self._environment.get_template(name)
+            except TemplateError as exc:
+                yield name, exc
+            else:
+                yield name, None
+            files.extend(used for used in self._files.uses(name) if used not in files)

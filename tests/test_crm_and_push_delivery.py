@@ -130,9 +130,9 @@ def test_push_tokens_are_cut_short_wherever_the_delivery_log_shows_them(hub: Run
 
 
 def test_a_push_with_no_fcm_settings_waits_unclaimed_for_a_process_that_has_them(tmp_path: Path, sandbox: SandboxProviders) -> None:
-    """Without FCM settings the push is still planned, and left due for a process with them (it was claimed and
-    dead-lettered, so a node mid rolling deploy threw away what the next node could send); its target shows
-    cut short in the delivery log."""
+    """Without FCM settings the push is still planned, and put back for a process with them, no attempt spent
+    (it was claimed and dead-lettered, so a node mid rolling deploy threw away what the next node could send);
+    the hub settles all the same, and its target shows cut short in the delivery log."""
     without_fcm = {key: value for key, value in sandbox.settings_overrides().items() if not key.startswith("fcm_")}
     with serve_hub(make_settings(tmp_path, mappings_dir=cart_nudge_mappings(tmp_path), **without_fcm), sandbox) as hub:
         push = cart_viewed(hub, PHONE_TOKEN)["push"]

@@ -9,7 +9,9 @@ with their name, email and phone, and so did the Tasks on it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,10 @@ from hub.clock import utcnow
 from hub.destination_settings import record_erasures
 from hub.model import Delivery, SendResult
 from hub.runtime import Hub
+from hub.store import outbox
 from hub.store.forget import forget
 from hub.store.schema import deliveries
-from tests.conftest import ADMIN_TOKEN, RunningHub, message, support_ticket
+from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, support_ticket
 from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
 from tests.test_crm_records import PROFILE_KEY, crm_deliveries, lead_keys, log_in
 from tests.test_forget_messages import profile
@@ -60,12 +63,25 @@ def erasures(hub: RunningHub) -> list[dict[str, Any]]:
     return [d for d in crm_deliveries(hub) if "erase" in d["content"]]
 
 
-def outbox(hub: Hub) -> list[tuple[str, str, int]]:
-    """Each CRM delivery's kind (update or erasure), status and attempts, updates first."""
+def crm_rows(hub: Hub) -> list[tuple[str, str, int]]:
+    """Each CRM delivery's kind (update or erasure), status and attempts, erasures first."""
     query = select(deliveries.c.content, deliveries.c.status, deliveries.c.attempts)
     with hub.store.read() as connection:
         rows = connection.execute(query.where(deliveries.c.channel == "crm")).all()
     return sorted(("erasure" if "erase" in content else "update", status, tried) for content, status, tried in rows)
+
+
+def drive(hub: Hub, until: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Run the delivery engine of a hub whose workers are not started until `until()` holds."""
+    deadline = time.monotonic() + seconds
+    while not until():
+        assert time.monotonic() < deadline, crm_rows(hub)
+        hub.delivery.run_once()
+        time.sleep(0.02)
+
+
+def settled(hub: Hub) -> bool:
+    return all(status not in outbox.DUE_STATUSES for _, status, _ in crm_rows(hub))
 
 
 def deletes(hub: RunningHub) -> list[str]:
@@ -89,7 +105,7 @@ def test_forgetting_a_person_deletes_their_lead_and_its_task_in_salesforce(runni
     assert deletes(running_hub) == [f"Lead/{PROFILE_KEY}/{ana}"]
     [erasure] = erasures(running_hub)
     assert (erasure["status"], erasure["target"], erasure["content"]) == (
-        "sent", ana, {"erase": {"sobject": "Lead", "external_id": ana}},
+        "sent", ana, {"erase": {"external_id": ana}},  # no record type: the rule named none
     )
     assert erasure["attempt_log"][0]["response_summary"] == {"sobject": "Lead", "deleted": True}
     assert "ana@example.com" not in repr(running_hub.admin("/api/deliveries"))
@@ -208,9 +224,10 @@ def test_an_erasure_through_an_external_id_field_salesforce_cannot_see_fails(run
 def test_an_update_in_flight_when_the_person_is_forgotten_is_erased_after_it_lands(
     tmp_path: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Ana is forgotten while Salesforce is slow to take her ticket's upsert. That update had no attempt yet, so
-    no erasure was planned and the Lead it then made stayed; sent at once, an erasure could also beat the
-    upsert to Salesforce. The erasure waits for the send's lease, and the Lead goes."""
+    """Ana is forgotten while Salesforce is slow to take her ticket's upsert, slower than the lease it had left.
+    The erasure was due when that lease ended as it stood at the forget, but the engine renews the lease of a
+    send still going: the DELETE went first (NOT_FOUND: "already gone", sent) and the upsert then made the Lead
+    for good. The erasure now waits, at its claim, for the send to land, and the Lead goes."""
     hub = hub_on(tmp_path, lease_seconds=1, **sandbox.settings_overrides())
     try:
         accept(hub, *support_ticket("u-ana", ANA))
@@ -222,16 +239,74 @@ def test_an_update_in_flight_when_the_person_is_forgotten_is_erased_after_it_lan
             if "erase" not in delivery.content:
                 with hub.store.write() as connection:
                     forget(connection, ana, utcnow(), True, record_erasures(hub.settings))
-                await asyncio.sleep(0.3)  # the engine claims again meanwhile
+                await asyncio.sleep(1.6)  # longer than the lease had left; the engine renews it meanwhile
             return await deliver(delivery)
 
         monkeypatch.setattr(crm, "deliver_async", forgotten_while_salesforce_is_slow)
-        deadline = time.monotonic() + 10
-        while outbox(hub) != [("erasure", "sent", 1), ("update", "failed", 1)]:  # the update withdrawn, but sent
-            assert time.monotonic() < deadline, outbox(hub)
-            hub.delivery.run_once()
-            time.sleep(0.05)
-        assert sandbox.salesforce.records("Lead") == []
+        drive(hub, lambda: crm_rows(hub) == [("erasure", "sent", 1), ("update", "failed", 1)])  # withdrawn, but sent
     finally:
         hub.delivery.close()
         hub.store.dispose()
+    assert sandbox.salesforce.records("Lead") == []
+
+
+def test_an_erasure_planned_on_an_api_node_without_salesforce_settings_deletes_the_contact(
+    tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders
+) -> None:
+    """The CRM node upserts Contacts (HUB_SALESFORCE_SOBJECT=Contact); an API node without any HUB_SALESFORCE_*
+    plans the erasure. It named its own default record type (Lead), the DELETE of Lead/<key> got NOT_FOUND,
+    counted as erased, and Ana's Contact stayed. Now the sending node's own type is used."""
+    template = mappings_dir / "templates" / "post_purchase_support.crm.j2"  # a Contact has no Company
+    template.write_text("\n".join(line for line in template.read_text().splitlines() if "field_Company" not in line))
+    crm_node = hub_on(tmp_path, salesforce_sobject="Contact", mappings_dir=mappings_dir, **sandbox.settings_overrides())
+    api_node = make_settings(tmp_path, mappings_dir=mappings_dir)
+    try:
+        accept(crm_node, *support_ticket("u-ana", ANA))
+        drive(crm_node, lambda: crm_rows(crm_node) == [("update", "sent", 1)])
+        assert len(sandbox.salesforce.records("Contact")) == 1
+        ana = profile(crm_node, "user_id", "u-ana")
+        with crm_node.store.write() as connection:
+            assert forget(connection, ana, utcnow(), True, record_erasures(api_node))["crm_erasures"] == 1
+        drive(crm_node, lambda: settled(crm_node))
+    finally:
+        crm_node.delivery.close()
+        crm_node.store.dispose()
+    assert sandbox.salesforce.records("Contact") == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_crm_update_claimed_by_another_node_during_the_forget_is_erased(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders
+) -> None:
+    """Another node claims Ana's CRM update, not yet committed, as she is forgotten. The forget read the outbox
+    without a lock (READ COMMITTED: the claim unseen), planned no erasure, then waited for the claim at its
+    UPDATE and went on; the other node sent the upsert, and that Lead was never erased."""
+    hub = hub_on(tmp_path, database_url=database_url, **sandbox.settings_overrides())
+    try:
+        accept(hub, *support_ticket("u-ana", ANA))
+        assert crm_rows(hub) == [("update", "pending", 0)]
+        ana = profile(hub, "user_id", "u-ana")
+        answer: dict[str, Any] = {}
+
+        def forget_on_the_api_node() -> None:
+            with hub.store.write() as connection:
+                answer.update(forget(connection, ana, utcnow(), True, record_erasures(hub.settings)))
+
+        with hub.store.engine.connect() as other_node:
+            claim = other_node.begin()
+            # A short lease: the other node's record of its attempt, which would end it, is not played here.
+            claimed = outbox.claim_due(other_node, 10, utcnow(), timedelta(seconds=2))
+            [update] = [delivery for delivery in claimed if delivery.destination_id == "salesforce"]
+            forgetting = threading.Thread(target=forget_on_the_api_node)
+            forgetting.start()
+            time.sleep(0.5)  # forget reaches the person's deliveries and waits for the claimed row
+            claim.commit()
+        forgetting.join(10)
+        hub.destinations["salesforce"].send(update)  # the other node sends what it claimed
+        assert len(sandbox.salesforce.records("Lead")) == 1
+        drive(hub, lambda: settled(hub), seconds=5)
+    finally:
+        hub.delivery.close()
+        hub.store.dispose()
+    assert answer["crm_erasures"] == 1
+    assert sandbox.salesforce.records("Lead") == []

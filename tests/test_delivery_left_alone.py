@@ -1,15 +1,17 @@
 """Delivery engine defects earlier sessions left alone: a claim the database keeps refusing, a node without a
-destination's settings in a rolling deploy, and rate-limit tokens spent behind an open circuit breaker."""
+destination's settings in a rolling deploy (and deliveries no node has settings for), and rate-limit tokens spent
+behind an open circuit breaker."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
@@ -41,13 +43,14 @@ REFUSE_CLAIMS = {
 }
 
 
-def plan(store: Store, destination_id: str, channel: str, *targets: str) -> None:
+def plan(store: Store, destination_id: str, channel: str, *targets: str, at: datetime | None = None) -> None:
+    """Deliveries to `targets`, planned (and due) `at` (now)."""
     with store.write() as connection:
         outbox.plan(connection, [
             PlannedDelivery(f"{destination_id}-{target}", f"decision-{target}", PROFILE, channel, destination_id,
                             target, {"body": "Still deciding?", "template": "t.j2", "rule_id": "r1", "params": {}})
             for target in targets
-        ], utcnow())
+        ], at or utcnow())
 
 
 def drive(engine: DeliveryEngine, until: Callable[[], bool], seconds: float = 5.0) -> list[Exception]:
@@ -72,6 +75,11 @@ def delivery_log(store: Store) -> dict[str, dict[str, Any]]:
 def statuses(store: Store) -> dict[str, str]:
     with store.read() as connection:
         return dict(connection.execute(select(deliveries.c.delivery_id, deliveries.c.status)).all())
+
+
+def due_at(store: Store) -> dict[str, datetime]:
+    with store.read() as connection:
+        return dict(connection.execute(select(deliveries.c.delivery_id, deliveries.c.next_attempt_at)).all())
 
 
 def closed(*hubs: Hub) -> None:
@@ -109,7 +117,7 @@ def test_a_send_that_finishes_while_the_database_refuses_claims_is_recorded(
     assert (waiting["status"], waiting["attempt_log"]) == ("pending", [])
 
 
-# 2. A node leaves the deliveries of a destination it has no settings for to a node that has them.
+# 2. A node leaves the deliveries of a destination it has no settings for to a node that has them, for a while.
 
 @BOTH_DATABASES
 def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_that_has_them(
@@ -117,27 +125,84 @@ def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_
 ) -> None:
     """Mid rolling deploy, a node that had not yet got the chat webhook's settings claimed the chat offers the
     updated node planned and dead-lettered them (config.unknown_destination): they never went, unless someone
-    replayed them."""
+    replayed them. It puts them back for a minute, no attempt spent, and says so once."""
     everything = sandbox.settings_overrides()
     not_yet = {key: value for key, value in everything.items() if not key.startswith("chat_webhook_")}
     old_node = Hub(make_settings(tmp_path, **not_yet, database_url=database_url))
     new_node = Hub(make_settings(tmp_path, **everything, database_url=database_url))
-    plan(new_node.store, "chat_webhook", "chat", "offer")
+    plan(new_node.store, "chat_webhook", "chat", "offer", "other")
     try:
         with logs_of(monkeypatch, delivery_module) as logs:
             for _ in range(3):
                 old_node.delivery.run_once()
-        left = statuses(old_node.store)
-        errors = drive(new_node.delivery, until=lambda: statuses(new_node.store)["chat_webhook-offer"] == "sent")
+        left, put_back_until, seen_at = delivery_log(old_node.store), due_at(old_node.store), utcnow()
+        with new_node.store.write() as connection:  # the minute passes
+            connection.execute(update(deliveries).values(next_attempt_at=utcnow()))
+        errors = drive(new_node.delivery, until=lambda: set(statuses(new_node.store).values()) == {"sent"})
         log = delivery_log(new_node.store)
     finally:
         closed(old_node, new_node)
-    assert left == {"chat_webhook-offer": "pending"}
-    [said] = [entry for entry in logs if entry["event"].startswith("claiming deliveries only to the destinations")]
-    assert "chat_webhook" not in said["destinations"] and "twilio_sms" in said["destinations"]
+    assert [(item["status"], item["attempt_log"]) for item in left.values()] == [("pending", [])] * 2
+    assert all(until > seen_at + timedelta(seconds=50) for until in put_back_until.values())  # not looked at each poll
+    assert [entry["destination"] for entry in logs if "not configured in this process" in entry["event"]] == ["chat_webhook"]
     assert errors == []
-    assert [attempt["outcome"] for attempt in log["chat_webhook-offer"]["attempt_log"]] == ["sent"]
-    assert [request["name"] for request in sandbox.webhooks.received] == ["chat"]
+    assert [[attempt["outcome"] for attempt in item["attempt_log"]] for item in log.values()] == [["sent"]] * 2
+    assert [request["name"] for request in sandbox.webhooks.received] == ["chat"] * 2
+
+
+def test_deliveries_waiting_for_an_unconfigured_destination_do_not_slow_every_claim(tmp_path: Path) -> None:
+    """A hub without Salesforce settings (the quick start; the shipped post_purchase_support rule updates the
+    CRM) left each CRM update pending and due, never claimed: at the head of ix_deliveries_due, every claim and
+    every empty look (each poll) walked all of them first, a cost growing with every ticket ever taken."""
+    hub = Hub(make_settings(tmp_path))
+    assert "salesforce" not in hub.destinations
+
+    def claim_cost() -> int:
+        """SQLite VM steps (in thousands) the claim of an idle outbox takes: no timing."""
+        steps = [0]
+        with hub.store.write() as connection:
+            raw = connection.connection.dbapi_connection
+            raw.set_progress_handler(lambda: steps.__setitem__(0, steps[0] + 1) or 0, 1000)
+            try:
+                claimed = outbox.claim_due(connection, 64, utcnow(), timedelta(seconds=30))
+            finally:
+                raw.set_progress_handler(None, 0)
+        assert claimed == []
+        return steps[0]
+
+    try:
+        idle = claim_cost()
+        plan(hub.store, "salesforce", "crm", *(f"ticket-{n}" for n in range(5000)))
+        while hub.delivery.run_once():  # the worker's polls
+            pass
+        stranded = claim_cost()
+        left = set(statuses(hub.store).values())
+    finally:
+        closed(hub)
+    assert left == {"pending"}
+    assert stranded <= idle + 5, (idle, stranded)
+
+
+def test_a_delivery_no_process_had_settings_for_until_its_max_age_is_dead_lettered_saying_what_to_set(
+    tmp_path: Path, sandbox: SandboxProviders
+) -> None:
+    """With no process ever configured for its destination, a delivery stayed pending and due for ever: never
+    sent, never in the dead-letter queue for anyone to see. Past HUB_DELIVERY_MAX_AGE_SECONDS it goes there."""
+    without_chat = {key: value for key, value in sandbox.settings_overrides().items() if not key.startswith("chat_")}
+    hub = Hub(make_settings(tmp_path, **without_chat, delivery_max_age_seconds=3600))
+    plan(hub.store, "chat_webhook", "chat", "yesterday", at=utcnow() - timedelta(hours=2))
+    plan(hub.store, "chat_webhook", "chat", "today")
+    try:
+        hub.delivery.run_once()
+        log = delivery_log(hub.store)
+    finally:
+        closed(hub)
+    old, young = log["chat_webhook-yesterday"], log["chat_webhook-today"]
+    assert (young["status"], young["attempt_log"]) == ("pending", [])
+    [attempt] = old["attempt_log"]
+    assert (old["status"], attempt["error_class"]) == ("dead", "config.unknown_destination")
+    assert "'chat_webhook'" in attempt["error_message"] and "HUB_DELIVERY_MAX_AGE_SECONDS" in attempt["error_message"]
+    assert sandbox.webhooks.count == 0
 
 
 # 3. A delivery an open circuit breaker holds back spends none of the rate limit.

@@ -7,21 +7,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Connection, event, select
+from alembic import command
+from sqlalchemy import Connection, Engine, event, inspect, select
 
 from hub.clock import utcnow
+from hub.errors import ForgottenIdentityError
 from hub.identity import resolve
 from hub.identity_cache import CachedIdentityGraph
 from hub.identity_epoch import EpochCachedGraph, IdentityCache
 from hub.model import Identifier, Touchpoint, derived_id
-from hub.store import Store, touchpoints
+from hub.store import Store, _alembic_config, touchpoints
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id, live_profile_id, profile_view
@@ -121,6 +123,48 @@ def test_a_forgotten_persons_alias_previous_id_does_not_come_back_as_their_user_
         hub.store.dispose()
 
 
+@BOTH_DATABASES
+def test_a_forgotten_plain_anonymous_id_does_not_refuse_a_new_user_id_of_its_value(tmp_path: Path, database_url: str) -> None:
+    """Every forgotten anonymous id, not only an alias's previousId, refused a new userId of its value: forgetting
+    the visitor with cookie "10452" took away the login "10452" of another person (no link between them before),
+    and an event carrying only it was dropped."""
+    hub = hub_on(tmp_path, database_url=database_url)
+    try:
+        accept(hub, message("identify", anonymousId="10452", traits={"email": "first@example.com"}))
+        first = profile(hub, "anonymous_id", "10452")
+        assert first is not None
+        forget(hub, first)
+        accept(hub, message("identify", userId="10452", traits={"email": "second@example.com"}))
+        second = profile(hub, "email", "second@example.com")
+        assert second is not None
+        assert profile(hub, "user_id", "10452") == second, "another person's userId was refused as forgotten"
+    finally:
+        hub.store.dispose()
+
+
+@BOTH_DATABASES
+def test_the_in_memory_graph_refuses_a_forgotten_alias_previous_id_and_not_a_forgotten_cookie(
+    tmp_path: Path, database_url: str,
+) -> None:
+    """The bulk path (`CachedIdentityGraph`) refused a userId of any forgotten anonymous id's value: a backfill
+    dropped the events that carried only another person's login."""
+    hub = hub_on(tmp_path, database_url=database_url)
+    try:
+        accept(hub, alias_first(), message("identify", anonymousId="10452"))
+        for type_, value in (("user_id", "new-login"), ("anonymous_id", "10452")):
+            forgotten = profile(hub, type_, value)
+            assert forgotten is not None
+            forget(hub, forgotten)
+        with hub.store.write() as connection:
+            graph = CachedIdentityGraph(connection)
+            login = resolve(touchpoint(1, ("user_id", "10452")), graph, T0)
+            with pytest.raises(ForgottenIdentityError):
+                resolve(touchpoint(2, ("user_id", "old-login")), graph, T0)
+        assert login.created and login.refused == ()
+    finally:
+        hub.store.dispose()
+
+
 # --- explain ---------------------------------------------------------------------------------------------------
 
 @BOTH_DATABASES
@@ -156,21 +200,28 @@ def test_profiles_explain_says_the_user_id_joined_as_an_aliases_previous_id(tmp_
 # --- the cost on the pipeline's path ---------------------------------------------------------------------------
 
 @contextmanager
-def alias_lookups(connection: Connection) -> Iterator[list[str]]:
-    """SQLite's plan of each statement in the block that looks among aliases' previousIds."""
-    caught: list[tuple[str, Any]] = []
+def caught(target: Connection | Engine, wanted: Callable[[str], bool]) -> Iterator[list[tuple[str, Any]]]:
+    """The statements the block runs on `target` that `wanted` picks, with their parameters."""
+    statements: list[tuple[str, Any]] = []
 
     def catch(_conn: object, _cursor: object, statement: str, parameters: Any, _context: object, _many: bool) -> None:
-        if "from_alias" in statement and statement.startswith("SELECT"):
-            caught.append((statement, parameters))
+        if wanted(statement):
+            statements.append((statement, parameters))
 
-    plans: list[str] = []
-    event.listen(connection, "before_cursor_execute", catch)
+    event.listen(target, "before_cursor_execute", catch)
     try:
-        yield plans
+        yield statements
     finally:
-        event.remove(connection, "before_cursor_execute", catch)
-    plans.extend(" | ".join(query_plan(connection, statement, parameters)) for statement, parameters in caught)
+        event.remove(target, "before_cursor_execute", catch)
+
+
+@contextmanager
+def alias_lookups(connection: Connection) -> Iterator[list[str]]:
+    """SQLite's plan of each statement in the block that looks among aliases' previousIds."""
+    plans: list[str] = []
+    with caught(connection, lambda statement: "from_alias" in statement and statement.startswith("SELECT")) as statements:
+        yield plans
+    plans.extend(" | ".join(query_plan(connection, statement, parameters)) for statement, parameters in statements)
 
 
 def test_only_a_user_id_seen_for_the_first_time_costs_a_lookup_and_it_searches_the_primary_key(store: Store) -> None:
@@ -194,6 +245,27 @@ def test_only_a_user_id_seen_for_the_first_time_costs_a_lookup_and_it_searches_t
 
 # --- aliases stored before the migration -----------------------------------------------------------------------
 
+PREVIOUS = "olá-login"  # beyond ASCII: a touchpoint's JSON may hold it escaped
+
+
+def stored_before_i18(store: Store) -> str:
+    """An alias stored as resolution stored it before i18 (its previousId an unmarked anonymous id), with a cookie
+    it also carried; returns the profile."""
+    alias = touchpoint(1, ("previous_id", PREVIOUS), ("user_id", "new-login"), ("anonymous_id", "app-cookie"), kind="alias")
+    with store.write() as connection:
+        graph = SqlIdentityGraph(connection)
+        person = graph.create_profile(T0)
+        graph.attach(person, [Identifier("user_id", "new-login"), Identifier("anonymous_id", PREVIOUS),
+                              Identifier("anonymous_id", "app-cookie")], alias.touchpoint_id, T0)
+        touchpoints.insert(connection, alias, person, inbox_id=1)
+    return person
+
+
+def marked(store: Store) -> list[str]:
+    with store.read() as connection:
+        return list(connection.execute(select(identifiers.c.value).where(identifiers.c.from_alias)).scalars())
+
+
 @BOTH_DATABASES
 def test_an_alias_stored_before_the_upgrade_still_links_its_previous_id(database_url: str) -> None:
     """The migration marks the anonymous ids alias touchpoints brought in as their previousId, and only those:
@@ -201,20 +273,51 @@ def test_an_alias_stored_before_the_upgrade_still_links_its_previous_id(database
     store = Store(database_url)
     try:
         store.migrate("i17_nfc_emails")
-        alias = touchpoint(1, ("previous_id", "old-login"), ("user_id", "new-login"), ("anonymous_id", "app-cookie"), kind="alias")
-        with store.write() as connection:  # what resolution stored for it before: the previousId as an anonymous id
-            graph = SqlIdentityGraph(connection)
-            person = graph.create_profile(T0)
-            graph.attach(person, [Identifier("user_id", "new-login"), Identifier("anonymous_id", "old-login"),
-                                  Identifier("anonymous_id", "app-cookie")], alias.touchpoint_id, T0)
-            touchpoints.insert(connection, alias, person, inbox_id=1)
+        person = stored_before_i18(store)
         store.migrate()
+        assert marked(store) == [PREVIOUS]
         with store.write() as connection:
-            marked = connection.execute(select(identifiers.c.value).where(identifiers.c.from_alias)).scalars().all()
-            first_login = resolve(touchpoint(2, ("user_id", "old-login")), SqlIdentityGraph(connection), utcnow()).profile_id
+            first_login = resolve(touchpoint(2, ("user_id", PREVIOUS)), SqlIdentityGraph(connection), utcnow()).profile_id
             cookie_login = resolve(touchpoint(3, ("user_id", "app-cookie")), SqlIdentityGraph(connection), utcnow()).profile_id
             assert live_profile_id(connection, first_login) == person
-        assert marked == ["old-login"]
         assert cookie_login != person  # the alias's own anonymousId was never a previousId
     finally:
         store.dispose()
+
+
+@BOTH_DATABASES
+def test_migration_i18_downgrades_and_marks_the_same_rows_again(database_url: str) -> None:
+    """The way down drops the column; the way up again marks the same rows (a guard, not a defect seen)."""
+    store = Store(database_url)
+    try:
+        store.migrate("i17_nfc_emails")
+        stored_before_i18(store)
+        store.migrate()
+        with store.write() as connection:
+            command.downgrade(_alembic_config(connection), "i17_nfc_emails")
+        with store.read() as connection:
+            assert "from_alias" not in {column["name"] for column in inspect(connection).get_columns("identifiers")}
+        store.migrate()
+        assert marked(store) == [PREVIOUS]
+    finally:
+        store.dispose()
+
+
+def test_migration_i18_finds_the_alias_touchpoints_without_reading_the_whole_touchpoints_table(database_url: str) -> None:
+    """It selected touchpoints by `kind` (no index has it), reading the largest table through and every alias
+    row into memory while it held the ADD COLUMN's lock on identifiers (on PostgreSQL, every node's resolution
+    waited). One UPDATE walks the anonymous ids by primary key and reads each one's touchpoint by its own."""
+    store = Store(database_url)
+    try:
+        store.migrate("i17_nfc_emails")
+        stored_before_i18(store)
+        with caught(store.engine, lambda statement: "touchpoints" in statement) as statements:
+            store.migrate()
+        with store.read() as connection:
+            [plan] = [query_plan(connection, statement, parameters) for statement, parameters in statements]
+    finally:
+        store.dispose()
+    assert [statement.split()[0] for statement, _ in statements] == ["UPDATE"]
+    assert "SEARCH identifiers USING INDEX sqlite_autoindex_identifiers_1 (type=?)" in plan, plan
+    assert "SEARCH touchpoints USING INDEX sqlite_autoindex_touchpoints_1 (touchpoint_id=?)" in plan, plan
+    assert not any(step.startswith("SCAN touchpoints") for step in plan), plan

@@ -166,8 +166,9 @@ def test_the_epoch_migration_downgrades_to_the_schema_before_it(store: Store) ->
         assert not inspect(connection).has_table("graph_epoch")
         SqlIdentityGraph(connection).create_profile(T0)  # and the profile writes run without the triggers
         connection.execute(update(profiles).values(merged_into=None))
+    store.migrate("i7_graph_epoch")
+    assert epoch(store) == 0  # later migrations may raise it (i18's UPDATE fires PostgreSQL's per-statement trigger)
     store.migrate()
-    assert epoch(store) == 0
 
 
 def test_another_writers_unmerge_reaches_the_next_event(store: Store, pipeline: Pipeline) -> None:

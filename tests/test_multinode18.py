@@ -1,5 +1,6 @@
 """Several hub nodes on one database: nodes starting together, a STOP taken in by one node while another claims the
-message, a node that stalls mid-batch, and a refused body with a long Content-Type on PostgreSQL.
+message (or while another plans it), a node that stalls mid-batch, and a refused body with a long Content-Type on
+PostgreSQL.
 
 Each node is a hub of its own (its own engine and pool, as on separate machines) whose workers are not started,
 so the test drives each step.
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +20,14 @@ import pytest
 from sqlalchemy import func, select
 
 from connectors.sandbox.providers import SandboxProviders
-from hub import identity
+from hub import claim_checks, identity
 from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
-from hub.model import Identifier, RawEvent
+from hub.model import Identifier, PlannedDelivery, RawEvent
 from hub.runtime import Hub
-from hub.store import Store, delivery_log, inbox
+from hub.store import Store, delivery_log, inbox, outbox
 from hub.store.schema import touchpoints
+from hub.store.sql import lock_profiles
 from tests.conftest import WRITE_KEY, RunningHub, message, support_ticket
 from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
 
@@ -96,6 +99,50 @@ def test_a_stop_taken_in_by_another_node_right_after_the_sms_was_planned_stops_i
     finally:
         for node in (pipeline_node, callback_node, delivery_node):
             node.store.dispose()
+
+
+@POSTGRESQL
+def test_a_stop_that_waited_for_the_profiles_lock_stops_an_sms_planned_meanwhile(
+    tmp_path: Path, database_url: str, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A STOP was stamped when its request came in; the claim looks for revocations stamped after the SMS was
+    planned, less a leeway for clock skew. A STOP that waited longer than that leeway for the profiles lock (a
+    pipeline backlog batch, a forget of a person with many rows) while the holder planned an SMS to the person
+    was not seen: the SMS went out after the person had texted STOP. The leeway is cut to 0.5 s here, so a 1 s
+    wait stands for one over the real 5 s."""
+    monkeypatch.setattr(claim_checks, "REVOCATION_STAMP_LEEWAY", timedelta(seconds=0.5))
+    pipeline_node, callback_node, delivery_node = nodes(tmp_path, database_url, sandbox, "pipeline", "callbacks", "delivery")
+    try:
+        accept(pipeline_node, message("identify", userId="u-bo", traits={"phone": PHONE}))
+
+        def stop_arrives() -> None:  # what POST /v1/callbacks/twilio_sms does with an inbound STOP
+            now = utcnow()
+            with callback_node.store.write() as connection:
+                set_consent_by_identifier(connection, Identifier("phone", PHONE), "sms", False, now, "recipient keyword")
+
+        with pipeline_node.store.engine.connect() as connection:
+            batch = connection.begin()
+            lock_profiles(connection)
+            stop = threading.Thread(target=stop_arrives)
+            stop.start()
+            connection.exec_driver_sql("SELECT pg_sleep(1)")  # the batch's other events
+            [bo] = connection.execute(select(touchpoints.c.profile_id).distinct()).scalars().all()
+            outbox.plan(connection, [PlannedDelivery(
+                "sms-bo", "decision-bo", bo, "sms", "twilio_sms", PHONE,
+                {"body": "Your order ships today", "template": "t.j2", "rule_id": "r1", "params": {}},
+            )], utcnow())
+            batch.commit()
+        stop.join(10)
+        while delivery_node.delivery.run_once():
+            pass
+        delivery_node.delivery.close()
+        with delivery_node.store.read() as connection:
+            [sms] = delivery_log.search(connection, limit=10, channel="sms")
+    finally:
+        for node in (pipeline_node, callback_node, delivery_node):
+            node.store.dispose()
+    assert sandbox.twilio.messages == []
+    assert (sms["status"], sms["last_error"]) == ("failed", "not sent: consent was revoked after it was planned")
 
 
 @POSTGRESQL

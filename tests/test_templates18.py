@@ -124,6 +124,69 @@ def test_the_check_names_the_line_of_a_syntax_error(tmp_path: Path) -> None:
     assert refused.value.problems == [f"{tmp_path / 'email.j2'}: TemplateSyntaxError: unexpected '}}' at line 2"]
 
 
+# --- a file a template extends or includes --------------------------------------------------------------------
+
+LOADED = {  # a template and the file it loads, as ops split a shared layout or footer out of their messages
+    "extends": ('{% extends "base.j2" %}{% block text %}your order is on its way{% endblock %}',
+                "Hi {{ profile.first_name }}, {% block text %}{% endblock %}"),
+    "include": ('Hi {{ profile.first_name }}, {% include "base.j2" %}', "your order is on its way"),
+}
+LOADED_TYPO = "Hi {{ profile.first_name }, {% block text %}{% endblock %}"
+
+
+def loading(folder: Path, how: str) -> Path:
+    """sms.j2, which loads base.j2 the way `how` says; the path of base.j2."""
+    template, loaded = LOADED[how]
+    save(folder / "sms.j2", template)
+    save(folder / "base.j2", loaded)
+    return folder / "base.j2"
+
+
+@pytest.mark.parametrize("how", LOADED)
+def test_a_broken_edit_of_a_template_another_extends_keeps_the_last_good_one_in_force(tmp_path: Path, how: str) -> None:
+    """Only the file a rule names was re-checked and kept: Jinja loads the layout it extends (or a file it
+    includes) as it renders, so a typo saved there skipped every message of every template built on it."""
+    base = loading(tmp_path, how)
+    router = Router(ROUTES, TemplateRenderer(tmp_path, recheck_seconds=0))
+    assert router.plan(decision(Action("sms", "sms.j2")), PERSON, {}).fates()[0]["fate"] == "planned"
+    save(base, LOADED_TYPO, seconds_later=2)
+    plan = router.plan(decision(Action("sms", "sms.j2")), PERSON, {})
+    assert [fate["fate"] for fate in plan.fates()] == ["planned"], plan.fates()
+    assert plan.deliveries[0].content["body"] == "Hi Ana, your order is on its way"
+
+
+def test_a_refused_edit_of_a_loaded_file_shows_for_the_templates_that_load_it_until_a_fix_takes_effect(
+    tmp_path: Path, template_logs: list[dict[str, Any]]
+) -> None:
+    """GET /api/rules showed no refused edit while the layout's typo was skipping the messages, and nothing
+    was logged."""
+    base = loading(tmp_path, "extends")
+    renderer = TemplateRenderer(tmp_path, recheck_seconds=0)
+    renderer.check(["sms.j2"])
+    save(base, LOADED_TYPO, seconds_later=2)
+    problem = f"{base}: TemplateSyntaxError: unexpected '}}' at line 1"
+    for _ in range(2):  # each look re-checks the file; the refusal is logged once
+        assert renderer.refused_edits({"sms.j2"}) == [problem]
+    assert [entry["problem"] for entry in template_logs] == [problem]
+    assert renderer.refused_edits({"other.j2"}) == []  # no template a rule in force names loads it
+    save(base, "Hello {{ profile.first_name }}: {% block text %}{% endblock %}", seconds_later=4)
+    assert renderer.render("sms.j2", {"profile": {"first_name": "Ana"}}) == {
+        "body": "Hello Ana: your order is on its way", "text": "your order is on its way"
+    }
+    assert renderer.refused_edits({"sms.j2"}) == []
+
+
+@pytest.mark.parametrize("how", LOADED)
+def test_the_check_refuses_a_template_whose_loaded_file_does_not_parse(tmp_path: Path, how: str) -> None:
+    """`touchhub mappings check` and start-up compiled only the file a rule names: a layout with a typo passed,
+    and every message built on it was skipped once traffic came."""
+    base = loading(tmp_path, how)
+    save(base, LOADED_TYPO)
+    with pytest.raises(ConfigError) as refused:
+        TemplateRenderer(tmp_path).check(["sms.j2"])
+    assert refused.value.problems == [f"{base}: TemplateSyntaxError: unexpected '}}' at line 1"]
+
+
 # --- a template that renders to nothing ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(

@@ -21,7 +21,8 @@ cannot merge two records, so when both already exist they stay two.
 
 Forgetting a person (`hub.store.forget`) plans an erasure of each record the
 hub may have written for them: a delivery whose content is `ERASURE` (the
-record type and key, nothing personal) deletes the record by its external id.
+key, and the record type when the update named one; nothing personal) deletes
+the record by its external id, of this destination's `sobject` type unless named.
 A record already gone (deleted by hand, or by an earlier try whose answer was
 lost) counts as erased. The Tasks the hub made hang off the record (``WhoId``)
 and Salesforce deletes a Lead's or Contact's activities with it, so they are
@@ -153,10 +154,12 @@ class CrmParams(BaseModel):
 
 
 class CrmErasure(BaseModel):
-    """What an erasure delivery's content names under `ERASURE`: the record to delete."""
+    """What an erasure delivery's content names under `ERASURE`: the record to delete. Its type only when the
+    update that wrote it named one (`params.sobject`); else this destination's `sobject`, the type such an
+    update wrote here, as the node that planned the erasure may not have this one's settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    sobject: Literal["Lead", "Contact"]
+    sobject: Literal["Lead", "Contact"] | None = None
     external_id: str = Field(min_length=1)
 
 
@@ -231,12 +234,14 @@ class SalesforceDestination(Destination):
                          delivery.previous_targets)
 
     def erasure(self, delivery: Delivery) -> CrmErasure:
-        """The record an erasure delivery deletes; PermanentDeliveryError if its content does not name one."""
+        """The record an erasure delivery deletes, its type always named; PermanentDeliveryError if its content
+        does not name one."""
         try:
-            return CrmErasure.model_validate(delivery.content[ERASURE])
+            erasure = CrmErasure.model_validate(delivery.content[ERASURE])
         except ValidationError as exc:
             failure = DeliveryFailure("salesforce.bad_erasure", "; ".join(_problems(ERASURE, exc)))
             raise PermanentDeliveryError(failure) from None
+        return erasure if erasure.sobject else erasure.model_copy(update={"sobject": self.settings.sobject})
 
     def send(self, delivery: Delivery) -> SendResult:
         if ERASURE in delivery.content:

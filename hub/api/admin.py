@@ -22,8 +22,8 @@ from hub.decision_explain import explain
 from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
-from hub.templates import template_names
 from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
+from hub.templates import template_names
 
 T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])
@@ -185,7 +185,7 @@ async def list_rules(request: Request) -> dict[str, Any]:
             for rule in rules
         ],
         "refused_edit": hub.rulebook.last_error,
-        "refused_template_edits": hub.router.templates.refused_edits(template_names(rules)),
+        "refused_template_edits": await run_in_threadpool(hub.router.templates.refused_edits, template_names(rules)),
     }
 
 

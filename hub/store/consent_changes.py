@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, bindparam, delete, insert, select, update
 
-from hub.clock import END_OF_TIME
+from hub.clock import END_OF_TIME, utcnow
 from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
 from hub.store.precompiled import InLists
@@ -42,10 +42,19 @@ def opt_out_trait(channel: str) -> str:
 def record(
     connection: Connection, profile_id: str, channel: str, granted: bool, through: Identifier | None, reason: str, at: datetime
 ) -> None:
+    """Keep the change, stamped no earlier than now: its writer (`hub.consent.set_consent`) holds the profiles lock.
+
+    Callers stamp `at` when the person's word came in (a STOP's request), and
+    it may then wait for that lock while the pipeline plans a message to the
+    person. A delivery claim looks for revocations stamped after the message
+    was planned (less a leeway for clock skew between nodes,
+    `hub.claim_checks`): stamped before a wait longer than the leeway, a STOP
+    was not seen and the SMS planned meanwhile went out.
+    """
     connection.execute(
         insert(consent_changes).values(
             profile_id=profile_id, channel=channel, granted=granted,
-            identifier_digest=identifier_digest(through) if through else None, reason=reason, at=at,
+            identifier_digest=identifier_digest(through) if through else None, reason=reason, at=max(at, utcnow()),
         )
     )
 

@@ -15,7 +15,7 @@ planned here (`hub.store.erasures`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy import Connection, case, delete, insert, or_, select, union, upd
 
 from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
-from hub.store import consent_changes, delivery_replay, outbox, quarantine, withdrawals
+from hub.store import consent_changes, outbox, quarantine, withdrawals
 from hub.store.erasures import plan_erasures
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
@@ -43,28 +43,29 @@ from hub.store.sql import insert_ignoring_conflicts
 from hub.store.traits import with_part_times
 
 FORGOTTEN_REASON = "not sent: profile forgotten"
+USER_ID = "user_id"  # as `hub.identity` names the type
 
 
 def forget(
     connection: Connection, profile_id: str, now: datetime, block_identifiers: bool,
-    erase_records_in: Mapping[str, str] | None = None,
+    erase_records_in: Collection[str] = (),
 ) -> dict[str, Any]:
     """Erase a person: identifiers, traits and personal content; returns the counts kept.
 
     `erase_records_in`: the CRM destinations whose records of the person go
-    too (destination id -> the record type an update without
-    `params.sobject` wrote: `hub.destination_settings.record_erasures`).
+    too (`hub.destination_settings.record_erasures`).
     """
     live_id = locked_live_profile(connection, profile_id)
     ids = [live_id, *sorted(aliases_of(connection, [live_id]).get(live_id, ()))]
     erased = held_by(connection, live_id)
     values = address_values(erased)
-    connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     if block_identifiers:
+        blocked = [*erased, *_previous_ids_as_user_ids(connection, live_id)]
         insert_ignoring_conflicts(
             connection, forgotten_identifiers,
-            [{"digest": identifier_digest(ident), "forgotten_at": now} for ident in erased], ["digest"],
+            [{"digest": identifier_digest(ident), "forgotten_at": now} for ident in blocked], ["digest"],
         )
+    connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     inbox_ids = list(connection.execute(select(touchpoints.c.inbox_id).where(touchpoints.c.profile_id == live_id)).scalars())
     wiped = connection.execute(
         update(touchpoints)
@@ -74,15 +75,17 @@ def forget(
     forget_inbox_payloads(connection, inbox_ids)
     _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
     _forget_quarantined_events(connection, quarantine.forget_holding(connection, values))
+    # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
+    # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
     statuses = dict(connection.execute(
-        select(deliveries.c.delivery_id, deliveries.c.status).where(deliveries.c.profile_id.in_(ids))
+        select(deliveries.c.delivery_id, deliveries.c.status).where(deliveries.c.profile_id.in_(ids)).with_for_update()
     ).all())
     # Read before the wipe below takes the updates' targets and params; planned after it and the withdrawal,
     # which would take the erasures' keys (they are these profiles' ids) and withdraw them.
-    erasures = plan_erasures(connection, ids, erase_records_in or {}, derived_id("forget", live_id), now)
+    erasures = plan_erasures(connection, ids, erase_records_in, derived_id("forget", live_id), now)
     delivery_ids = list(statuses)
     connection.execute(
-        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=delivery_replay.FORGOTTEN_TARGET, content={}, last_error=None)
+        update(deliveries).where(deliveries.c.profile_id.in_(ids)).values(target=outbox.FORGOTTEN_TARGET, content={}, last_error=None)
     )
     # The messages still to go (due, held, dead) never go: their address and content are gone, and the person
     # asked to hear nothing more (as deleting a subscriber in Novu cancels what was queued for them).
@@ -110,6 +113,18 @@ def forget(
         "profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids),
         "crm_erasures": len(erasures),
     }
+
+
+def _previous_ids_as_user_ids(connection: Connection, profile_id: str) -> list[Identifier]:
+    """The user_ids the profile's alias previousIds, stored as anonymous ids (`from_alias`), may yet prove to be.
+
+    Had the person stayed, a user_id of such a value would have joined them
+    (`hub.identity`); forgotten, its digest refuses it. The anonymous id's own
+    digest refuses only anonymous ids: a forgotten cookie never refuses
+    another person's login of the same value.
+    """
+    previous_ids = select(identifiers.c.value).where(identifiers.c.profile_id == profile_id, identifiers.c.from_alias)
+    return [Identifier(USER_ID, value) for value in connection.execute(previous_ids).scalars()]
 
 
 def _wipe_attempts(connection: Connection, delivery_ids: Sequence[str]) -> None:
@@ -159,7 +174,7 @@ def _scrub_deliveries_elsewhere(connection: Connection, profile_ids: list[str], 
         content = _without_holding(row.content, holds)
         if row.target.lower() in values:
             addressed.append(row)
-            changes = {"target": delivery_replay.FORGOTTEN_TARGET, "content": content, "last_error": None}
+            changes = {"target": outbox.FORGOTTEN_TARGET, "content": content, "last_error": None}
         elif content != row.content:
             carrying.append(row.delivery_id)
             changes = {"content": content}

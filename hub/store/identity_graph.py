@@ -54,27 +54,29 @@ _INSERT_MERGES = Precompiled(insert(merges), ["survivor_id", "merged_id", "touch
 # every call.
 
 
-def _owners_of(*only: ColumnElement[bool]) -> Callable[..., Any]:
-    """The statement's builder: rows (type, value, owner) for the known identifiers (those meeting `only`), then
-    (digest, NULL, NULL) for the forgotten ones.
+def _known(types: list[BindParameter[Any]], values: list[BindParameter[Any]], *only: ColumnElement[bool]) -> Any:
+    """Rows (type, value, owner) for the stored identifiers among these pairs that meet `only`."""
+    # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
+    # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
+    pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
+    return select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs), *only)
+
+
+def _owners_of(types: list[BindParameter[Any]], values: list[BindParameter[Any]], digests: list[BindParameter[Any]]) -> Any:
+    """Rows (type, value, owner) for the known identifiers, then (digest, NULL, NULL) for the forgotten ones.
 
     Both are questions about the touchpoint's identifiers, and the second is
     asked whenever one is new; answering them in one statement saves a round
     trip for every first visit. An owner is never NULL, so the rows tell apart.
     """
-    def build(types: list[BindParameter[Any]], values: list[BindParameter[Any]], digests: list[BindParameter[Any]]) -> Any:
-        # An OR of (type, value) pairs, not a row-value IN: SQLite searches the primary key for each
-        # pair of an OR, but scans the table for `(type, value) IN ((?, ?), ...)`.
-        pairs = [and_(identifiers.c.type == type_, identifiers.c.value == value) for type_, value in zip(types, values)]
-        return union_all(
-            select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id).where(or_(*pairs), *only),
-            select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
-        )
-    return build
+    return union_all(
+        _known(types, values),
+        select(forgotten_identifiers.c.digest, null(), null()).where(forgotten_identifiers.c.digest.in_(digests)),
+    )
 
 
-_OWNERS_OF = InLists(_owners_of())
-_ALIAS_PREVIOUS_IDS_OF = InLists(_owners_of(identifiers.c.from_alias))
+_OWNERS_OF = InLists(_owners_of)
+_ALIAS_PREVIOUS_IDS_OF = InLists(lambda types, values: _known(types, values, identifiers.c.from_alias))
 _TYPE_COUNTS_OF = InLists(
     lambda ids: select(identifiers.c.profile_id, identifiers.c.type, func.count())
     .where(identifiers.c.profile_id.in_(ids))
@@ -123,31 +125,32 @@ class SqlIdentityGraph:
         """The owner of each known identifier, in one statement that also answers `forgotten` for them."""
         if not idents:
             return {}
-        found, blocked = self._owners(_OWNERS_OF, idents)
-        self._blocked = {ident: ident in blocked for ident in idents}
+        digests = [identifier_digest(ident) for ident in idents]
+        found: dict[Identifier, str] = {}
+        blocked: set[str] = set()
+        for first, value, profile_id in _OWNERS_OF.execute(self.connection, [i.type for i in idents], [i.value for i in idents], digests):
+            if profile_id is None:
+                blocked.add(first)
+            else:
+                found[Identifier(first, value)] = profile_id
+        self._blocked = {ident: digest in blocked for ident, digest in zip(idents, digests)}
         return found
 
-    def alias_previous_ids(self, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
-        """Of these identifiers, the profile of each an alias stored as its previousId (`mark_alias_previous_ids`),
-        and those forgotten: one statement, searching the primary key."""
-        return self._owners(_ALIAS_PREVIOUS_IDS_OF, idents)
+    def alias_previous_ids(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
+        """Of these identifiers, the profile of each an alias stored as its previousId (`mark_alias_previous_ids`):
+        one statement, searching the primary key.
+
+        The blocklist is not read here: forgetting puts a previousId's user_id
+        digest on it (`hub.store.forget`), so resolution refuses that userId
+        before it asks; a forgotten anonymous id is most often a cookie, which
+        must not refuse another person's login of the same value.
+        """
+        rows = _ALIAS_PREVIOUS_IDS_OF.execute(self.connection, [i.type for i in idents], [i.value for i in idents])
+        return {Identifier(type_, value): profile_id for type_, value, profile_id in rows}
 
     def mark_alias_previous_ids(self, idents: Sequence[Identifier]) -> None:
         """Remember that these identifiers, just attached, are an alias's previousId whose meaning was unknown."""
         self.connection.execute(_MARK_FROM_ALIAS, [{"b_type": i.type, "b_value": i.value} for i in idents])
-
-    def _owners(self, statement: InLists, idents: Sequence[Identifier]) -> tuple[dict[Identifier, str], set[Identifier]]:
-        """The owner of each identifier `statement` finds, and the identifiers on the forgotten list."""
-        by_digest = {identifier_digest(ident): ident for ident in idents}
-        found: dict[Identifier, str] = {}
-        blocked: set[Identifier] = set()
-        rows = statement.execute(self.connection, [i.type for i in idents], [i.value for i in idents], list(by_digest))
-        for first, value, profile_id in rows:
-            if profile_id is None:
-                blocked.add(by_digest[first])
-            else:
-                found[Identifier(first, value)] = profile_id
-        return found, blocked
 
     def type_counts(self, profile_ids: Collection[str]) -> dict[str, Counter[str]]:
         """How many identifiers of each type every profile holds: what the limits are checked against."""

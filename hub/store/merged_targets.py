@@ -18,6 +18,12 @@ or after it. A claim whose deliveries are addressed to their own profiles reads
 nothing, except that a destination keeping a record per profile (Salesforce)
 has the ids merged into its profiles looked up (one indexed read; one more of
 the outbox when there are some).
+
+An erasure of a forgotten person's record (`hub.store.erasures`) waits the
+same way while any delivery of that profile id to its destination is in flight
+elsewhere, however long that send's lease is renewed: sent first, its DELETE
+found nothing ("already gone": erased) and the upsert then made the record for
+good. Only a claim with erasures reads for that (the profile id index).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from datetime import datetime, timedelta
 import structlog
 from sqlalchemy import Connection, or_, select
 
-from hub.model import Delivery
+from hub.model import ERASURE, Delivery
 from hub.store import outbox
 from hub.store.profile_views import aliases_of, live_profile_ids
 from hub.store.schema import deliveries
@@ -37,7 +43,8 @@ from hub.store.schema import deliveries
 log = structlog.get_logger(__name__)
 
 # How long a delivery waits while one to a profile merged into its own is being sent to the same destination
-# by another batch: that send may be creating the record this one would otherwise create a second of.
+# by another batch: that send may be creating the record this one would otherwise create a second of (or, for
+# an erasure, the record it would delete before it exists).
 WAIT_FOR_MERGED_SEND = timedelta(seconds=1)
 
 
@@ -60,17 +67,18 @@ def follow_merges(
     for destinations that keep a record per profile (`keeps_records(destination_id)`), with the ids merged into
     its profile that earlier deliveries to it were attempted for (`Delivery.previous_targets`). One whose
     profile has a merged-in id's delivery to the same destination in flight goes back to the outbox for
-    `WAIT_FOR_MERGED_SEND`, no attempt spent."""
+    `WAIT_FOR_MERGED_SEND`, no attempt spent; so does an erasure whose record has a delivery in flight."""
     to_profiles = [delivery for delivery in claimed if addressed_to_profile(delivery)]
     if not to_profiles:
         return claimed
     moved = _readdressed(connection, to_profiles)
     records = _records(connection, [d for d in to_profiles if keeps_records(d.destination_id)], claimed, now)
     waiting = {d.delivery_id for d in to_profiles if (d.destination_id, d.profile_id) in records.busy}
+    waiting |= _erasures_of_records_in_flight(connection, to_profiles, claimed, now)
     for delivery_id in sorted(waiting):
         outbox.defer(connection, delivery_id, now + WAIT_FOR_MERGED_SEND)
     if waiting:
-        log.info("deliveries wait for a merged-in profile's send to the same destination", deliveries=len(waiting))
+        log.info("deliveries wait for a send in flight to the same record", deliveries=len(waiting))
     to_send = []
     for delivery in claimed:
         key = (delivery.destination_id, delivery.profile_id)
@@ -120,3 +128,25 @@ def _records(connection: Connection, keyed: Sequence[Delivery], claimed: Sequenc
         if in_flight and delivery_id not in this_claim:
             busy.add(key)
     return _Records({key: tuple(sorted(targets)) for key, targets in tried.items()}, busy)
+
+
+def _erasures_of_records_in_flight(
+    connection: Connection, to_profiles: Sequence[Delivery], claimed: Sequence[Delivery], now: datetime
+) -> set[str]:
+    """The erasures among `to_profiles` whose record (destination, key) a delivery of the key's profile outside
+    this claim is being sent to: leased, whatever its status (forget withdraws the person's update in flight,
+    and its send goes on). Matched by profile only: forget has taken the targets of the person's deliveries."""
+    erasures = [d for d in to_profiles if ERASURE in d.content]
+    if not erasures:
+        return set()
+    rows = connection.execute(
+        select(deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.profile_id)
+        .where(
+            deliveries.c.profile_id.in_(sorted({d.target for d in erasures})),
+            deliveries.c.destination_id.in_(sorted({d.destination_id for d in erasures})),
+            deliveries.c.claimed_until > now,
+        )
+    )
+    this_claim = {d.delivery_id for d in claimed}
+    busy = {(destination_id, profile_id) for delivery_id, destination_id, profile_id in rows if delivery_id not in this_claim}
+    return {d.delivery_id for d in erasures if (d.destination_id, d.target) in busy}

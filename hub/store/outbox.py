@@ -72,13 +72,11 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
 
 
 @lru_cache(maxsize=16)
-def _claim_due(serving: int, skipping: int) -> sql.Claim:
-    """Each delivery worker batch's claim (and each of its looks that find nothing): of the deliveries of
-    `serving` destinations (none: of any), passing over those of `skipping` destinations, one bind parameter
-    each; the statuses as literals, as `Precompiled` cannot run an expanding IN."""
+def _claim_due(skipping: int) -> sql.Claim:
+    """Each delivery worker batch's claim (and each of its looks that find nothing), passing over the deliveries
+    of `skipping` destinations, one bind parameter each; the statuses as literals, as `Precompiled` cannot run
+    an expanding IN."""
     due = deliveries.c.status.in_([literal(status) for status in DUE_STATUSES])
-    if serving:
-        due = and_(due, deliveries.c.destination_id.in_(precompiled.placeholders(serving, "serve_")))
     if skipping:
         due = and_(due, deliveries.c.destination_id.not_in(precompiled.placeholders(skipping, "skip_")))
     return sql.due_claim(
@@ -94,34 +92,21 @@ def _claim_due(serving: int, skipping: int) -> sql.Claim:
 
 def claim_due(
     connection: Connection, limit: int, now: datetime, lease: timedelta, skip_destinations: Collection[str] = (),
-    held: Container[str] = frozenset(), destinations: Collection[str] | None = None,
+    held: Container[str] = frozenset(),
 ) -> list[Delivery]:
-    """Claim deliveries whose time has come and which no live worker holds, to `destinations` only (None: to
-    any), but none of `skip_destinations` (those at their limit of sends in flight: their deliveries wait, due,
-    for the next claim).
-
-    A worker gives the destinations it has settings for: in a rolling deploy
-    one process may get a new destination's settings before another, and the
-    other, claiming its deliveries, dead-lettered them as unknown. Left due,
-    they wait for a process that can send them. With no destinations (an
-    empty collection) nothing is claimed, and no statement runs.
+    """Claim deliveries whose time has come and which no live worker holds, but none of `skip_destinations`
+    (those at their limit of sends in flight: their deliveries wait, due, for the next claim).
 
     None of `held` either: the caller's own sends in flight that are due
     again all the same (withdrawn and replayed meanwhile, which left no lease
     to renew; a worker stalled past its lease). Sending one again beside the
     first reached the person twice. It is left out here, not in the
-    statement, which then stays one per count of served and skipped
-    destinations; the claim has just leased it again, to the caller, whose it is.
+    statement, which then stays one per count of skipped destinations; the
+    claim has just leased it again, to the caller, whose it is.
     """
-    if destinations is not None and not destinations:
-        return []
-    served = precompiled.padded(sorted(destinations or ()))  # a statement per power of two, as `InLists`
-    skipped = precompiled.padded(sorted(skip_destinations))
-    claim = _claim_due(len(served), len(skipped))
-    rows = claim(
-        connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(served, "serve_"),
-        **precompiled.numbered(skipped, "skip_"),
-    )
+    skipped = precompiled.padded(sorted(skip_destinations))  # a statement per power of two, as `InLists`
+    claim = _claim_due(len(skipped))
+    rows = claim(connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(skipped, "skip_"))
     return [Delivery(*row) for row in rows if row[0] not in held]
 
 
@@ -272,15 +257,12 @@ def last_attempt_at(connection: Connection, delivery_id: str) -> datetime | None
     return connection.execute(select(func.max(attempts.c.started_at)).where(attempts.c.delivery_id == delivery_id)).scalar()
 
 
-def unfinished(connection: Connection, now: datetime, destinations: Collection[str] | None = None) -> int:
-    """Deliveries being retried, or due for their first attempt, to `destinations` (None: to any); those held
-    back by a delay or quiet hours (pending until a later time) are not work yet. A delivery worker claims
-    only those to the destinations it has settings for (`claim_due`): the others are no work of its hub."""
+def unfinished(connection: Connection, now: datetime) -> int:
+    """Deliveries being retried, or due for their first attempt; those held back by a delay or quiet hours
+    (pending until a later time) are not work yet."""
     query = select(func.count()).select_from(deliveries).where(
         or_(deliveries.c.status == "retrying", (deliveries.c.status == "pending") & (deliveries.c.next_attempt_at <= now))
     )
-    if destinations is not None:
-        query = query.where(deliveries.c.destination_id.in_(list(destinations)))
     return connection.execute(query).scalar_one()
 
 

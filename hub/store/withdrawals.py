@@ -29,12 +29,13 @@ WITHDRAWN_DEVICE_HANDED_ON = "not sent: another person has signed in on the devi
 def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
     """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
     retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
-    meanwhile keeps this status when its attempt is recorded. None given, nothing is written."""
+    meanwhile keeps its lease (renewed while it lasts: an erasure of the record it may write waits for it)
+    and this status when its attempt is recorded. None given, nothing is written."""
     if not delivery_ids:
         return
     connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
-        .values(status="failed", last_error=reason, claimed_until=None, updated_at=now)
+        .values(status="failed", last_error=reason, updated_at=now)
     )
 
 

@@ -23,6 +23,7 @@ going to it until an alias naming X again links the two.
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "i18_alias_previous_ids"
 down_revision = "i17_nfc_emails"
@@ -50,19 +51,35 @@ def downgrade() -> None:
 
 
 def _mark_stored_previous_ids(connection: sa.Connection) -> None:
-    """Mark each anonymous_id an alias touchpoint brought in as its previousId."""
-    carried = connection.execute(
-        sa.select(touchpoints.c.touchpoint_id, touchpoints.c.identifiers).where(touchpoints.c.kind == ALIAS_KIND)
-    ).all()
-    brought = [
-        {"b_touchpoint": touchpoint_id, "b_value": value}
-        for touchpoint_id, pairs in carried for type_, value in pairs if type_ == PREVIOUS_ID
-    ]
-    if brought:
-        connection.execute(
-            identifiers.update()
-            .where(identifiers.c.type == STORED_AS, identifiers.c.value == sa.bindparam("b_value"),
-                   identifiers.c.touchpoint_id == sa.bindparam("b_touchpoint"))
-            .values(from_alias=True),
-            brought,
-        )
+    """Mark each anonymous_id an alias touchpoint brought in as its previousId, in one statement.
+
+    It runs under the ADD COLUMN's lock on identifiers (on PostgreSQL, every
+    node's resolution waits), so it walks the anonymous ids by primary key
+    and reads only the touchpoint that brought each in, by its primary key:
+    never touchpoints by `kind`, which no index has (the largest table read
+    through). The touchpoint is a scalar subquery, not an EXISTS, which
+    PostgreSQL may turn into a join that scans touchpoints. PostgreSQL's
+    graph-epoch trigger is per statement, so the epoch goes up once even
+    when nothing is marked: each node's identity cache reloads once.
+    """
+    alias_that_brought_it = (
+        sa.select(touchpoints.c.touchpoint_id)
+        .where(touchpoints.c.touchpoint_id == identifiers.c.touchpoint_id, touchpoints.c.kind == ALIAS_KIND,
+               _carries_as_previous_id(connection.dialect.name))
+        .scalar_subquery()
+    )
+    connection.execute(
+        identifiers.update().where(identifiers.c.type == STORED_AS, alias_that_brought_it.is_not(None)).values(from_alias=True)
+    )
+
+
+def _carries_as_previous_id(dialect: str) -> sa.ColumnElement[bool]:
+    """Whether the touchpoint's identifiers (a JSON array of [type, value] pairs) hold [previous_id, the
+    identifier's value]: by JSON containment on PostgreSQL; SQLite, which has none, walks the short array."""
+    if dialect == "postgresql":
+        pair = sa.func.jsonb_build_array(sa.literal(PREVIOUS_ID), identifiers.c.value)
+        return sa.cast(touchpoints.c.identifiers, JSONB).contains(sa.func.jsonb_build_array(pair))
+    pair = sa.func.json_each(touchpoints.c.identifiers).table_valued("value").alias("pair")
+    return sa.exists().where(
+        sa.func.json_extract(pair.c.value, "$[0]") == PREVIOUS_ID, sa.func.json_extract(pair.c.value, "$[1]") == identifiers.c.value
+    ).correlate(touchpoints, identifiers)
