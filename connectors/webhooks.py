@@ -43,9 +43,10 @@ _UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 _SURROGATE_BYTES = re.compile(rb"\xed[\xa0-\xbf]")
 _NUL_ESCAPE = b"\\u0000"  # how orjson writes NUL
 MAX_MESSAGE_ID = 200  # characters: the width of the inbox's message_id column
-# Levels of objects and arrays inside each other a body may have (the body itself is level 1): Segment-spec
-# payloads nest about 5 deep and vendors' webhooks about 10. README's bad-input table says it.
+# Levels of objects and arrays inside each other one message or event may have (itself level 1, wherever it sits in
+# the body): Segment-spec payloads nest about 5 deep and vendors' webhooks about 10. README's bad-input table says it.
 MAX_JSON_DEPTH = 64
+TOO_DEEP = f"is nested deeper than {MAX_JSON_DEPTH} levels of objects and arrays, the most the hub takes; flatten the payload"
 
 
 def sign(secret: bytes, algorithm: Algorithm, message: bytes, encoding: Encoding) -> str:
@@ -113,37 +114,63 @@ def _finite_float(text: str) -> float:
 
 
 def json_document(body: bytes) -> Any:
-    """The body as JSON (`json_value`), refused when it nests deeper than `MAX_JSON_DEPTH` (`nested_too_deep`)."""
+    """The body as JSON (`json_value`), refused when it nests deeper than `MAX_JSON_DEPTH`: for a body that is one
+    document (an admin request, a webhook of one event). A body of many messages or events is read with
+    `json_value` and each item counts its own levels (`depth_problem`), as it does alone."""
     document = json_value(body)
-    path = nested_too_deep(body, document)
-    if path is not None:
-        raise BadPayloadError(
-            f"body: {path} is nested deeper than {MAX_JSON_DEPTH} levels of objects and arrays, the most the hub "
-            "takes; flatten the payload"
-        )
+    if may_nest_too_deep(body, document):
+        refuse_deep_envelope(document, [])
     return document
 
 
 def json_value(body: bytes) -> Any:
     """The body as JSON (`_strict_document`'s reading) whatever its depth, by orjson where it reads what the json
-    module would: a hook per float made every request 1.2x slower to parse. Sources read with `json_document`."""
+    module would: a hook per float made every request 1.2x slower to parse."""
     return json_text.loads_bytes(body, _strict_document)
 
 
-def nested_too_deep(body: bytes, document: Any) -> str | None:
-    """The path of the first object or array of `document` (read from `body`) past `MAX_JSON_DEPTH`; None if none.
+def may_nest_too_deep(body: bytes, document: Any) -> bool:
+    """Whether an object or array of `document` (read from `body`) may sit more than `MAX_JSON_DEPTH` levels below
+    the body: only then are its envelope and items looked at (`refuse_deep_envelope`, `depth_problem`), as
+    `may_hold_unstorable_text` gates `text_problem`.
 
     Why a limit: the admin API's answers (pydantic) give up past 255 levels
     and the json module's writer at Python's recursion limit, so one event
     nested 300 deep made every page showing it a 500. Kept cheap: a body
     with no more '[' and '{' bytes than the limit cannot nest past it (two
     byte counts: a single message, a small batch); any other is cleared by
-    orjson, in C (`_within_limit`), and only a body it cannot clear is walked
-    in Python, which finds the path.
+    orjson, in C (`_within_limit`); an item is at least as shallow as its body.
     """
-    if body.count(b"[") + body.count(b"{") <= MAX_JSON_DEPTH or _within_limit(document):
-        return None
-    return _first_too_deep(document)
+    return body.count(b"[") + body.count(b"{") > MAX_JSON_DEPTH and not _within_limit(document)
+
+
+def refuse_deep_envelope(document: Any, items: list[Any]) -> None:
+    """Refuse (`BadPayloadError` naming the path) a body whose envelope, all of it but `items`, nests deeper than
+    `MAX_JSON_DEPTH`: the items count their own levels (`depth_problem`) and are refused one by one."""
+    path = _first_too_deep(document, {id(item) for item in items})
+    if path is not None:
+        raise BadPayloadError(f"body: {path} {TOO_DEEP}")
+
+
+def depth_problem(index: int | None, item: dict[str, Any] | list[Any]) -> ItemProblem | None:
+    """The problem naming the first object or array of `item` more than `MAX_JSON_DEPTH` levels below it, if any.
+
+    Counted from the item, so a message has as many levels in a batch as
+    alone (/v1/track); refused here, it goes to quarantine with its path
+    named and its neighbours are kept, as a 400 would lose them all (SDKs
+    do not resend a 400).
+    """
+    path = None if _within_limit(item) else _first_too_deep(item, set())
+    return None if path is None else ItemProblem(index, path, TOO_DEEP)
+
+
+def storage_problem(
+    index: int | None, item: dict[str, Any] | list[Any], *, check_text: bool, check_depth: bool
+) -> ItemProblem | None:
+    """What keeps an item out of every store: nesting past the limit (`depth_problem`) or text no store holds
+    (`text_problem`), each looked for only where its body's gate (`may_nest_too_deep`,
+    `may_hold_unstorable_text`) says it may be."""
+    return (depth_problem(index, item) if check_depth else None) or (text_problem(index, item) if check_text else None)
 
 
 def _orjson_depth() -> int | None:
@@ -179,16 +206,21 @@ def _within_limit(document: Any) -> bool:
     return True
 
 
-def _first_too_deep(document: Any) -> str | None:
+def _first_too_deep(document: Any, items: set[int]) -> str | None:
     """The path (as problems name fields) of the first object or array nested past `MAX_JSON_DEPTH`, in the
-    document's order. A loop over a stack: the parsers take nesting deeper than Python's recursion limit."""
-    stack: list[tuple[str, Any, int]] = [("", document, 1)]
+    document's order; objects and arrays whose id is in `items` are not entered, as they count their own levels.
+    A loop over a stack: the parsers take nesting deeper than Python's recursion limit."""
+    stack: list[tuple[str, Any, int]] = [] if id(document) in items else [("", document, 1)]
     while stack:
         path, node, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
             return path
         pairs = node.items() if isinstance(node, dict) else enumerate(node)
-        inside = [(_joined(path, _storable(key)), child) for key, child in pairs if isinstance(child, (dict, list))]
+        inside = [
+            (_joined(path, _storable(key)), child)
+            for key, child in pairs
+            if isinstance(child, (dict, list)) and id(child) not in items
+        ]
         stack.extend((child_path, child, depth + 1) for child_path, child in reversed(inside))
     return None
 
@@ -316,7 +348,7 @@ def _escape(match: re.Match[str]) -> str:
 def json_events(
     source_id: str, document: Any, *, events: ParsedResult | None, message_id: ParsedResult | None,
     received_at: str, transform: Callable[[int, dict[str, Any]], dict[str, Any] | ItemProblem] | None = None,
-    check_text: bool = True,
+    check_text: bool = True, check_depth: bool = True,
 ) -> ParseResult:
     """Events from a JSON document: the list `events` selects (or the document itself), one per object.
 
@@ -325,18 +357,23 @@ def json_events(
     with an ItemProblem (kept for quarantine). An item's id is taken from the
     item as received, before `transform`: a resend is the same message however
     the enrichment has changed since. Items holding text no store can hold are
-    refused (`text_problem`); pass ``check_text=may_hold_unstorable_text(body)``
-    to skip that walk for the bodies that cannot.
+    refused (`text_problem`), and so are items nested too deep (`depth_problem`,
+    each counted from the item; a body whose envelope nests too deep is a
+    `BadPayloadError`); pass ``check_text=may_hold_unstorable_text(body)`` and
+    ``check_depth=may_nest_too_deep(body, document)`` to skip those walks for
+    the bodies that cannot need them.
     """
     selected = document if events is None else events.search(document)
     items = selected if isinstance(selected, list) else [selected]
+    if check_depth:
+        refuse_deep_envelope(document, items)
     result = ParseResult()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             problem = ItemProblem(index, "(event)", f"expected a JSON object, got {type(item).__name__}")
             result.rejected.append(RejectedItem(item, [problem]))
             continue
-        problem = text_problem(index, item) if check_text else None
+        problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
         outcome = problem or (transform(index, item) if transform is not None else item)
         if isinstance(outcome, ItemProblem):
             result.rejected.append(RejectedItem(item, [outcome]))

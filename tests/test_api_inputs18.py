@@ -18,11 +18,15 @@ import httpx
 import pytest
 import yaml
 
-from connectors.base import ParseResult
+from connectors.base import InboundRequest, ParseResult
+from connectors.sources.generic_hmac import GenericHmacSource
+from connectors.sources.hubspot import HubSpotSource
+from connectors.sources.rudderstack import RudderStackSource
 from connectors.sources.segment import take_message
 from connectors.webhooks import MAX_JSON_DEPTH
 from hub import ingest
 from hub.clock import utcnow
+from hub.errors import BadPayloadError
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 from tests.conftest import ADMIN_TOKEN, WRITE_KEY, RunningHub, message
@@ -58,20 +62,52 @@ def quarantined(running_hub: RunningHub) -> list[dict[str, Any]]:
 # --- nesting ---------------------------------------------------------------------------------------------------------
 
 
-def test_a_batch_nested_past_the_limit_is_400_naming_where_and_kept_in_quarantine(running_hub: RunningHub) -> None:
+def at_the_limit(user_id: str, **properties: Any) -> dict[str, Any]:
+    """A message exactly MAX_JSON_DEPTH deep on its own: message (1) > properties (2) > tree and its arrays."""
+    return message(userId=user_id, event="Product Viewed", properties={"tree": nested(MAX_JSON_DEPTH - 2), **properties})
+
+
+def too_deep(user_id: str, depth: int = 300) -> dict[str, Any]:
+    return message(userId=user_id, event="Product Viewed", properties={"tree": nested(depth)})
+
+
+def test_a_message_the_hub_takes_alone_it_also_takes_in_a_batch(running_hub: RunningHub) -> None:
+    """The limit was counted from the request body: a message was taken at /v1/track and refused at /v1/batch
+    (two more levels: the body and its `batch` array), which is what every SDK sends."""
+    alone = running_hub.client.post("/v1/track", json=at_the_limit("u-alone"), auth=(WRITE_KEY, ""))
+    assert alone.status_code == 200, alone.text
+    batched = running_hub.send(at_the_limit("u-batched"))
+    assert batched.status_code == 200, batched.text
+
+
+def test_one_message_nested_too_deep_does_not_cost_the_rest_of_its_batch(running_hub: RunningHub) -> None:
+    """A too-deep message made its whole batch a 400, which SDKs do not retry: the 99 good messages went with it,
+    where any other per-message problem (a bad type, NUL) rejects only that item. Now it is a rejected item,
+    named by its path and kept in quarantine on its own."""
+    good = [message(userId=f"u-{n}", event="Page Viewed") for n in range(99)]
+    answer = running_hub.send(*good, too_deep("u-deep"))
+    assert answer.status_code == 200, answer.text
+    where = "properties.tree" + "[0]" * (MAX_JSON_DEPTH - 2)
+    assert answer.json()["accepted"] == 99
+    assert answer.json()["rejected"] == [{"index": 99, "field": where, "reason": TOO_DEEP}]
+    [kept] = quarantined(running_hub)
+    assert (kept["stage"], kept["reason"]) == ("item", f"{where}: {TOO_DEEP}")
+    assert depth_of(json.loads(kept["raw_body"])) == 302
+
+
+def test_a_batch_at_the_limit_is_taken_and_one_whose_envelope_nests_past_it_is_400(running_hub: RunningHub) -> None:
     """Ingest took nesting up to ~1,000 levels, but the admin API's answers give up past 255: one accepted event
-    nested 300 deep made GET /api/touchpoints a 500 until 100 newer events pushed it off the page. A batch at the
-    limit is still taken, also when it has more brackets than the limit and an integer orjson cannot write."""
-    # body (1) > batch (2) > message (3) > properties (4) > tree and its arrays: MAX_JSON_DEPTH levels in all
-    at_limit = message(userId="u-1", event="Product Viewed", properties={"tree": nested(MAX_JSON_DEPTH - 4), "n": 2**70})
+    nested 300 deep made GET /api/touchpoints a 500. Messages at the limit are still taken, also in a body with
+    more brackets than the limit and an integer orjson cannot write; a body whose own fields, beside its
+    messages, nest past the limit is refused whole, naming where, and kept in quarantine."""
     pages = [message(userId=f"u-{n}", event="Page Viewed", context={"page": {"path": "/"}}) for n in range(40)]
-    taken = running_hub.send(at_limit, *pages)
+    taken = running_hub.send(at_the_limit("u-1", n=2**70), *pages)
     assert (taken.status_code, taken.json()["accepted"]) == (200, 41), taken.text
 
-    deep = json.dumps({"batch": [message(userId="u-2", event="Product Viewed", properties={"tree": nested(300)})]})
+    deep = json.dumps({"batch": [message(userId="u-2", event="Page Viewed")], "context": {"tree": nested(300)}})
     refused = running_hub.client.post("/v1/batch", content=deep.encode(), auth=(WRITE_KEY, ""))
     assert refused.status_code == 400
-    where = "batch[0].properties.tree" + "[0]" * (MAX_JSON_DEPTH - 4)
+    where = "context.tree" + "[0]" * (MAX_JSON_DEPTH - 2)  # body (1) > context (2) > tree (3) and its arrays
     assert refused.json()["error"] == f"body: {where} {TOO_DEEP}"
     [kept] = quarantined(running_hub)
     assert (kept["stage"], kept["reason"], kept["raw_body"]) == ("ingest", f"body: {where} {TOO_DEEP}", deep)
@@ -81,22 +117,87 @@ def test_a_batch_nested_past_the_limit_is_400_naming_where_and_kept_in_quarantin
     assert (answer.status_code, len(answer.json()["touchpoints"])) == (200, 41)
 
 
-def test_a_message_with_its_write_key_in_the_body_nested_past_the_limit_is_400_and_kept_redacted(
+def test_a_message_nested_past_what_quarantine_can_write_refuses_its_body_whole_not_500(running_hub: RunningHub) -> None:
+    """orjson reads 1,024 levels, but quarantine writes a refused message with the json module, which gives up
+    near 1,000: such a message, refused on its own, would fail the request with a 500 that SDKs resend for ever.
+    Its body is refused (400) and kept whole instead."""
+    deep = message(userId="u-deep", event="Product Viewed", properties={"tree": "TREE"})
+    batch = json.dumps({"batch": [message(userId="u-1", event="Page Viewed"), deep]})
+    body = batch.replace('"TREE"', "[" * 1010 + "]" * 1010)  # json.dumps itself cannot write it
+    refused = running_hub.client.post("/v1/batch", content=body.encode(), auth=(WRITE_KEY, ""))
+    assert refused.status_code == 400
+    assert refused.json()["error"].startswith("body: a message is nested too deeply to keep")
+    [kept] = quarantined(running_hub)
+    assert (kept["stage"], kept["raw_body"] == body) == ("ingest", True)
+
+
+def test_messages_with_their_write_key_in_the_body_one_nested_past_the_limit_are_kept_without_the_key(
     running_hub: RunningHub,
 ) -> None:
-    """/v1/identify with a `writeKey` field (analytics-clj, Analytics.NET) and a trait nested 300 deep was
-    accepted, and the person's profile was a 500 from then on. Its key still authenticates it: the sender is told
-    what is wrong with the body, and quarantine keeps the body without the key."""
-    body = message("identify", userId="u-deep", writeKey=WRITE_KEY, traits={"tree": nested(300)})
-    refused = running_hub.client.post("/v1/identify", json=body)
-    assert refused.status_code == 400, refused.text
+    """/v1/batch whose messages carry a `writeKey` (analytics-clj, Analytics.NET), one with a trait nested 300
+    deep: the rest are taken and the deep one is refused on its own, kept in quarantine without the key."""
+    messages = [
+        message("identify", userId="u-ok", writeKey=WRITE_KEY, traits={"plan": "pro"}),
+        message("identify", userId="u-deep", writeKey=WRITE_KEY, traits={"tree": nested(300)}),
+    ]
+    answer = running_hub.client.post("/v1/batch", json={"batch": messages})
+    assert answer.status_code == 200, answer.text
     # message (1) > traits (2) > tree (3) and its arrays
-    assert refused.json()["error"] == f"body: traits.tree{'[0]' * (MAX_JSON_DEPTH - 2)} {TOO_DEEP}"
+    assert answer.json()["rejected"] == [{"index": 1, "field": f"traits.tree{'[0]' * (MAX_JSON_DEPTH - 2)}",
+                                          "reason": TOO_DEEP}]
     [kept] = quarantined(running_hub)
-    assert kept["stage"] == "ingest" and WRITE_KEY not in kept["raw_body"] and '"[redacted]"' in kept["raw_body"]
+    assert kept["stage"] == "item" and WRITE_KEY not in kept["raw_body"]
     running_hub.settle()
     lookup = running_hub.client.get("/api/profiles/lookup", params={"type": "user_id", "value": "u-deep"}, headers=AUTH)
     assert lookup.status_code == 404
+
+
+URL = "https://hub.example.com/v1/webhooks/src"
+
+
+def hubspot_event(event_id: int, **fields: Any) -> dict[str, Any]:
+    return {"portalId": 33, "subscriptionId": 25, "eventId": event_id, "objectId": 1246965,
+            "occurredAt": 1462216307945, "subscriptionType": "contact.propertyChange", **fields}
+
+
+def test_hubspot_events_count_their_own_levels_and_a_too_deep_one_is_refused_alone() -> None:
+    """HubSpot posts an array of events: an event got one level fewer than the limit, and one too deep refused
+    the whole array (400), its neighbours with it."""
+    source = HubSpotSource("src", HubSpotSource.validate_config("test", {"client_secret": "s"}))
+    # event (1) > propertyValue and its arrays
+    events = [hubspot_event(1, propertyValue=nested(MAX_JSON_DEPTH - 1)), hubspot_event(2, propertyValue=nested(300))]
+    result = source.parse(InboundRequest("POST", URL, {}, json.dumps(events).encode()))
+    assert [event.payload["eventId"] for event in result.events] == [1]
+    assert [problem.as_dict() for problem in result.problems] == [
+        {"index": 1, "field": "propertyValue" + "[0]" * (MAX_JSON_DEPTH - 1), "reason": TOO_DEEP}
+    ]
+
+
+def test_events_of_an_events_list_count_their_own_levels_and_its_envelope_is_checked_too() -> None:
+    """json_events (generic_hmac, journey_map) counted from the body: an event under `data.events` got three
+    levels fewer than alone, and one too deep refused the whole request. A body too deep outside its events
+    is still refused whole, naming where."""
+    config = GenericHmacSource.validate_config("test", {"secret": "s", "events": "data.events"})
+    source = GenericHmacSource("src", config)
+    events = [{"id": "e-1", "tree": nested(MAX_JSON_DEPTH - 1)}, {"id": "e-2", "tree": nested(300)}]
+    result = source.parse(InboundRequest("POST", URL, {}, json.dumps({"data": {"events": events}}).encode()))
+    assert [event.payload["id"] for event in result.events] == ["e-1"]
+    assert [(problem.index, problem.field) for problem in result.problems] == [(1, "tree" + "[0]" * (MAX_JSON_DEPTH - 1))]
+
+    body = {"data": {"events": [{"id": "e-3"}]}, "meta": nested(300)}
+    with pytest.raises(BadPayloadError) as refused:
+        source.parse(InboundRequest("POST", URL, {}, json.dumps(body).encode()))
+    assert refused.value.message == f"body: meta{'[0]' * (MAX_JSON_DEPTH - 1)} {TOO_DEEP}"
+
+
+def test_rudderstack_events_count_their_own_levels_and_a_too_deep_one_is_refused_alone() -> None:
+    """RudderStack batches still counted from the body: an event in its array got a level fewer than alone, and
+    one too deep refused them all."""
+    source = RudderStackSource("src", RudderStackSource.validate_config("test", {"token": "t"}))
+    events = [{"messageId": "m-1", "tree": nested(MAX_JSON_DEPTH - 1)}, {"messageId": "m-2", "tree": nested(300)}]
+    result = source.parse(InboundRequest("POST", URL, {}, json.dumps(events).encode()))
+    assert [event.message_id for event in result.events] == ["m-1"]
+    assert [(problem.index, problem.field) for problem in result.problems] == [(1, "tree" + "[0]" * (MAX_JSON_DEPTH - 1))]
 
 
 def test_the_preview_of_a_sample_nested_past_the_limit_is_400_naming_where(running_hub: RunningHub) -> None:
@@ -113,8 +214,10 @@ def test_events_stored_nested_deeper_than_pydantic_writes_are_shown_by_the_admin
     answers, gives up past 255 levels, so the touchpoints page, the person's profile and the console's timeline
     of them were 500s for good. Taken in here as such a hub did, past the source's parse."""
     events = [
-        take_message("default", message("identify", userId="u-old", traits={"tree": nested(300)})),
-        take_message("default", message(userId="u-old", event="Product Viewed", properties={"tree": nested(300)})),
+        take_message("default", message("identify", userId="u-old", traits={"tree": nested(300)}), check_depth=False),
+        take_message(
+            "default", message(userId="u-old", event="Product Viewed", properties={"tree": nested(300)}), check_depth=False
+        ),
     ]
     assert all(isinstance(event, RawEvent) for event in events)
     ingest.accept(running_hub.hub.store, "default", ParseResult(events=events), utcnow())  # type: ignore[arg-type]

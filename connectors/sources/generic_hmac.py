@@ -24,9 +24,10 @@ from connectors.webhooks import (
     Encoding,
     check_signature,
     check_timestamp,
-    json_document,
     json_events,
+    json_value,
     may_hold_unstorable_text,
+    may_nest_too_deep,
     require_header,
     secrets_in_use,
     sign,
@@ -108,10 +109,11 @@ class GenericHmacSource(Source):
         """The configured events of the body, each passed through `transform` (for subclasses that enrich)."""
         config = self.config
         assert isinstance(config, GenericHmacConfig)
+        document = json_value(request.body)
         return json_events(
-            self.source_id, json_document(request.body),
+            self.source_id, document,
             events=jmespath.compile(config.events) if config.events else None,
             message_id=jmespath.compile(config.message_id) if config.message_id else None,
             received_at=datetime.now(timezone.utc).isoformat(), transform=transform,
-            check_text=may_hold_unstorable_text(request.body),
+            check_text=may_hold_unstorable_text(request.body), check_depth=may_nest_too_deep(request.body, document),
         )

@@ -28,13 +28,14 @@ from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     check_signature,
     check_timestamp,
-    json_document,
+    json_value,
     may_hold_unstorable_text,
+    may_nest_too_deep,
     require_header,
     secrets_in_use,
     sign,
     storable_message_id,
-    text_problem,
+    storage_problem,
 )
 from hub.errors import BadPayloadError, ItemProblem
 from hub.model import RawEvent
@@ -78,14 +79,15 @@ class HubSpotSource(Source):
         check_signature(expected, [signature], SIGNATURE_HEADER)
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document = json_document(request.body)
+        document = json_value(request.body)  # the array is level 1: its events count their own levels
         if not isinstance(document, list):
             raise BadPayloadError(f"body: HubSpot sends a JSON array of events, got {type(document).__name__}")
         received_at = datetime.now(timezone.utc).isoformat()
         check_text = may_hold_unstorable_text(request.body)
+        check_depth = may_nest_too_deep(request.body, document)
         result = ParseResult()
         for index, item in enumerate(document):
-            problems = _problems(index, item, check_text)
+            problems = _problems(index, item, check_text, check_depth)
             if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
@@ -96,10 +98,10 @@ class HubSpotSource(Source):
         return result
 
 
-def _problems(index: int, item: Any, check_text: bool) -> list[ItemProblem]:
-    """What keeps one event out: an id field missing, or text no store can hold (`text_problem`)."""
+def _problems(index: int, item: Any, check_text: bool, check_depth: bool) -> list[ItemProblem]:
+    """What keeps one event out: an id field missing, or what no store can hold (`storage_problem`)."""
     missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
     if missing:
         return [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
-    problem = text_problem(index, item) if check_text else None
+    problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
     return [problem] if problem else []

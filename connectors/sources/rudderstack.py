@@ -18,7 +18,7 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.webhooks import json_document, json_events, may_hold_unstorable_text, require_header
+from connectors.webhooks import json_events, json_value, may_hold_unstorable_text, may_nest_too_deep, require_header
 from hub.errors import AuthenticationError
 from hub.signing_secrets import CurrentSecret
 
@@ -46,7 +46,9 @@ class RudderStackSource(Source):
             raise AuthenticationError(f"{config.header}: token does not match; check the destination's header value")
 
     def parse(self, request: InboundRequest) -> ParseResult:
+        document = json_value(request.body)
         return json_events(
-            self.source_id, json_document(request.body), events=None, message_id=MESSAGE_ID,
+            self.source_id, document, events=None, message_id=MESSAGE_ID,
             received_at=datetime.now(timezone.utc).isoformat(), check_text=may_hold_unstorable_text(request.body),
+            check_depth=may_nest_too_deep(request.body, document),
         )

@@ -36,13 +36,15 @@ from connectors.webhooks import (
     MAX_MESSAGE_ID,
     PREVIOUS_SECRET_HELP,
     check_signature,
-    json_document,
+    json_value,
     may_hold_unstorable_text,
+    may_nest_too_deep,
     payload_message_id,
+    refuse_deep_envelope,
     require_header,
     secrets_in_use,
     sign,
-    text_problem,
+    storage_problem,
 )
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
@@ -116,9 +118,15 @@ class SegmentSource(Source):
         batch_sent_at = document.get("sentAt") if message_type is None else None  # SDKs stamp the batch
         received_at = datetime.now(timezone.utc)
         check_text = may_hold_unstorable_text(request.body)
+        check_depth = may_nest_too_deep(request.body, document)
+        if check_depth and message_type is None:  # a single message is its own envelope
+            refuse_deep_envelope(document, items)
         result = ParseResult()
         for index, item in enumerate(items):
-            taken = take_message(self.source_id, item, index if message_type is None else None, check_text=check_text)
+            taken = take_message(
+                self.source_id, item, index if message_type is None else None, check_text=check_text,
+                check_depth=check_depth,
+            )
             if isinstance(taken, RejectedItem):
                 result.rejected.append(taken)
                 continue
@@ -135,7 +143,7 @@ class SegmentSource(Source):
 
 
 def take_message(
-    source_id: str, item: Any, index: int | None = None, *, check_text: bool = True
+    source_id: str, item: Any, index: int | None = None, *, check_text: bool = True, check_depth: bool = True
 ) -> RawEvent | RejectedItem:
     """One message as the hub takes it in, under the id its inbox deduplicates on, or refused with every problem.
 
@@ -143,9 +151,10 @@ def take_message(
     so it tries exactly what the hub would, and drops the same resends.
     `index` is the message's place in a batch, for the problems it names.
     `check_text` False skips looking for text no store can hold, for a body
-    that `may_hold_unstorable_text` cleared.
+    that `may_hold_unstorable_text` cleared; `check_depth` False skips
+    looking for nesting too deep, for one `may_nest_too_deep` cleared.
     """
-    problems = _problems(index, item, check_text)
+    problems = _problems(index, item, check_text, check_depth)
     if problems:
         return RejectedItem(item, problems)
     return RawEvent(source_id, _message_id(item), item)
@@ -174,13 +183,13 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
 
 
 def _json_object(body: bytes) -> dict[str, Any]:
-    document = json_document(body)
+    document = json_value(body)  # its messages count their levels each (`storage_problem`), in a batch as alone
     if not isinstance(document, dict):
         raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
     return document
 
 
-def _problems(index: int | None, item: Any, check_text: bool) -> list[ItemProblem]:
+def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool) -> list[ItemProblem]:
     """Everything wrong with one message, so the sender can fix it in one go."""
     if not isinstance(item, dict):
         return [ItemProblem(index, "(message)", f"expected a JSON object, got {type(item).__name__}")]
@@ -203,8 +212,8 @@ def _problems(index: int | None, item: Any, check_text: bool) -> list[ItemProble
     message_id = item.get("messageId")
     if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID):
         problems.append(ItemProblem(index, "messageId", f"must be a string of 1 to {MAX_MESSAGE_ID} characters"))
-    text = text_problem(index, item) if check_text else None
-    return [*problems, text] if text else problems
+    stored = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
+    return [*problems, stored] if stored else problems
 
 
 def _present(value: Any) -> bool:

@@ -25,6 +25,7 @@ from hub.clock import utcnow
 from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
 
+TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
 router = APIRouter(tags=["ingest"])
 
 
@@ -37,13 +38,16 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     try:
         result = source.parse(inbound)
         report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
-    except BadPayloadError as exc:
+    except (BadPayloadError, RecursionError) as exc:
+        # RecursionError: a message refused as too deep is quarantined on its own, written by the json module, which
+        # gives up near 1,000 levels where orjson reads 1,024: the body is kept whole instead, and refused.
+        refused = exc if isinstance(exc, BadPayloadError) else BadPayloadError(TOO_DEEP_TO_KEEP)
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_payload").inc()
         await run_in_threadpool(
-            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=exc.message, problems=exc.problems,
-            body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
+            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=refused.message,
+            problems=refused.problems, body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
         )
-        raise
+        raise refused from None
     metrics.EVENTS_ACCEPTED.labels(source=source.source_id).inc(report.accepted)
     if report.rejected:
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_item").inc(len(result.rejected))

@@ -19,7 +19,7 @@ from typing import Any
 
 from connectors.base import InboundRequest
 from connectors.sources.segment import basic_auth_user
-from connectors.webhooks import json_value, nested_too_deep
+from connectors.webhooks import json_value
 from hub.errors import AuthenticationError, BadPayloadError
 
 WRITE_KEY_FIELD = "writeKey"
@@ -39,8 +39,9 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     so that lone surrogates and UTF-16 or -32 bodies come out as the same
     JSON); a body that is not JSON, quarantined as it came, keeps them with
     their values replaced by "[redacted]". So does a body nested deeper than
-    sources take (`nested_too_deep`), but its keys are read: the sender is
-    told what is wrong with the body, not that its key is missing. Only a
+    the json module writes back (~1,000 levels), but its keys are read: the
+    sender is told what is wrong with the body, not that its key is missing
+    (the source takes each message as deep as it may go). Only a
     body that names the field (in its bytes, or in the text of a UTF-16 or
     -32 body) is parsed here, so Basic-auth senders pay nothing; no SDK
     spells the name with JSON escapes.
@@ -57,9 +58,11 @@ def without_write_keys(inbound: InboundRequest) -> tuple[set[str], InboundReques
     if not found:
         return set(), inbound
     keys = {key for key in found if _usable_key(key)}
-    if nested_too_deep(inbound.body, document) is not None:  # the source refuses it (400) and quarantine keeps it
-        return keys, replace(inbound, body=_redacted(inbound.body, encoding))
-    return keys, replace(inbound, body=json.dumps(document).encode("ascii"))
+    try:
+        stripped = json.dumps(document).encode("ascii")
+    except RecursionError:  # read by orjson (1,024 levels), past what json writes: the ingest route refuses it whole
+        stripped = _redacted(inbound.body, encoding)
+    return keys, replace(inbound, body=stripped)
 
 
 def _names_write_key(body: bytes, encoding: str) -> bool:
