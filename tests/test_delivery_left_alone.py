@@ -5,25 +5,22 @@ behind an open circuit breaker."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from connectors.sandbox.providers import SandboxProviders
-from hub.clock import utcnow
 from hub import delivery as delivery_module
-from hub.delivery import DeliveryEngine
+from hub.clock import utcnow
 from hub.model import PlannedDelivery
 from hub.runtime import Hub
 from hub.store import Store, outbox
-from hub.store.delivery_log import search as search_delivery_log
 from hub.store.schema import deliveries
 from hub.throttle import CircuitBreaker
 from tests.conftest import logs_of, make_settings
+from tests.test_delivery_robustness import delivery_log, drive, statuses
 
 BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 PROFILE = "01JDQ6ZB3T7E3Y0P6M2C1V9XKQ"
@@ -51,30 +48,6 @@ def plan(store: Store, destination_id: str, channel: str, *targets: str, at: dat
                             target, {"body": "Still deciding?", "template": "t.j2", "rule_id": "r1", "params": {}})
             for target in targets
         ], at or utcnow())
-
-
-def drive(engine: DeliveryEngine, until: Callable[[], bool], seconds: float = 5.0) -> list[Exception]:
-    """Call the engine's step as its worker does (a failing step is kept and retried) until `until()` holds,
-    `seconds` at most; the errors its steps raised."""
-    errors: list[Exception] = []
-    deadline = time.monotonic() + seconds
-    while not until() and time.monotonic() < deadline:
-        try:
-            engine.run_once()
-        except Exception as exc:  # noqa: BLE001 - the worker's loop does the same
-            errors.append(exc)
-        time.sleep(0.01)
-    return errors
-
-
-def delivery_log(store: Store) -> dict[str, dict[str, Any]]:
-    with store.read() as connection:
-        return {item["delivery_id"]: item for item in search_delivery_log(connection, limit=100)}
-
-
-def statuses(store: Store) -> dict[str, str]:
-    with store.read() as connection:
-        return dict(connection.execute(select(deliveries.c.delivery_id, deliveries.c.status)).all())
 
 
 def due_at(store: Store) -> dict[str, datetime]:
@@ -106,7 +79,7 @@ def test_a_send_that_finishes_while_the_database_refuses_claims_is_recorded(
             for statement in REFUSE_CLAIMS[hub.store.engine.dialect.name]:
                 connection.exec_driver_sql(statement)
         plan(hub.store, "outbound_webhook", "webhook", "next")  # due: every claim from now on is refused
-        errors = drive(hub.delivery, until=lambda: statuses(hub.store)["outbound_webhook-slow"] != "pending")
+        errors = drive(hub.delivery, seconds=0, until=lambda: statuses(hub.store)["outbound_webhook-slow"] != "pending")
         log = delivery_log(hub.store)
     finally:
         closed(hub)
@@ -138,7 +111,7 @@ def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_
         left, put_back_until, seen_at = delivery_log(old_node.store), due_at(old_node.store), utcnow()
         with new_node.store.write() as connection:  # the minute passes
             connection.execute(update(deliveries).values(next_attempt_at=utcnow()))
-        errors = drive(new_node.delivery, until=lambda: set(statuses(new_node.store).values()) == {"sent"})
+        errors = drive(new_node.delivery, seconds=0, until=lambda: set(statuses(new_node.store).values()) == {"sent"})
         log = delivery_log(new_node.store)
     finally:
         closed(old_node, new_node)
@@ -226,7 +199,7 @@ def test_sms_held_back_by_an_open_breaker_spend_none_of_twilios_rate_limit(
     try:
         hub.delivery.run_once()  # Twilio's 503 spends a token and opens the breaker
         plan(hub.store, "twilio_sms", "sms", "+14155550101", "+14155550102", "+14155550103")
-        errors = drive(hub.delivery, until=lambda: sandbox.twilio.message_count == 2)
+        errors = drive(hub.delivery, seconds=0, until=lambda: sandbox.twilio.message_count == 2)
         time.sleep(0.3)  # long enough for a third SMS the limit would let through to go
         hub.delivery.run_once()
         left = statuses(hub.store)
