@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from connectors.sandbox.providers import SandboxProviders
 from hub import claim_checks, identity
@@ -26,6 +26,7 @@ from hub.consent import set_consent_by_identifier
 from hub.model import Identifier, PlannedDelivery, RawEvent
 from hub.runtime import Hub
 from hub.store import Store, delivery_log, inbox, outbox
+from hub.store import _one_migrator_at_a_time as one_migrator_at_a_time
 from hub.store.schema import touchpoints
 from hub.store.sql import lock_profiles
 from tests.conftest import WRITE_KEY, RunningHub, message, support_ticket
@@ -72,6 +73,22 @@ def test_nodes_starting_at_once_on_a_new_database_all_start(database_url: str) -
     store = Store(database_url)
     try:
         assert store.is_current()
+    finally:
+        store.dispose()
+
+
+@POSTGRESQL
+def test_the_migrations_run_without_the_idle_in_transaction_timeout_a_short_lease_sets(database_url: str) -> None:
+    """A node with a short lease (the timeout's floor, 2 s) was cut off mid-upgrade on a busy box: alembic imports
+    each migration's module inside the transaction, between statements ("terminating connection due to
+    idle-in-transaction timeout" at start-up)."""
+    store = Store(database_url, lease=timedelta(seconds=0.05))
+    try:
+        with store.write() as connection:
+            assert connection.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "2s"
+        with store.write() as connection:
+            one_migrator_at_a_time(connection)
+            assert connection.execute(text("SHOW idle_in_transaction_session_timeout")).scalar() == "0"
     finally:
         store.dispose()
 

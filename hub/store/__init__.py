@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, inspect, select
+from sqlalchemy import Connection, func, inspect, select, text
 
 from hub.store.engine import create_store_engine, read_transaction, write_transaction
 from hub.store.writer_lock import writer_lock
@@ -88,8 +88,14 @@ def _one_migrator_at_a_time(connection: Connection) -> None:
     lock is held for all of it; a node that waited reads the schema the first
     left (READ COMMITTED reads anew each statement), at head, and has nothing
     to do. SQLite's writers already queue (`write`).
+
+    The session's idle-in-transaction timeout (`engine`, from the lease) is
+    lifted for this transaction: alembic imports each migration's module in
+    it, between statements, and a node with a short lease was cut off
+    mid-upgrade on a busy box.
     """
     if connection.dialect.name == "postgresql":
+        connection.execute(text("SET LOCAL idle_in_transaction_session_timeout = 0"))
         connection.execute(select(func.pg_advisory_xact_lock(MIGRATIONS_LOCK_KEY)))
 
 
