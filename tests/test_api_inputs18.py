@@ -332,13 +332,13 @@ def test_ingest_is_answered_while_a_slow_preview_is_worked_out(running_hub: Runn
     """The live preview parsed and normalized its sample on the event loop: a large sample (a second or more)
     held up every request the hub had, SDK batches included, until it was done.
 
-    The draft mapping makes each of 60 events cost ~50 ms (eight filters over 2,000 items) and the answer small,
-    so the preview takes seconds: a batch sent half a second in is answered before the preview is.
+    The draft mapping makes each of 30 events cost ~50 ms (eight filters over 2,000 items) and the answer small,
+    so the preview takes over a second: a batch sent 0.3 s in is answered before the preview is.
     """
     draft = yaml.safe_load((PROJECT_MAPPINGS / "segment.yaml").read_text())
     draft["properties"] = "{" + ", ".join(f"over_{n}: length(properties.items[?price > `{n}`])" for n in range(8)) + "}"
     items = [{"price": 20}] * 2000
-    sample = {"batch": [message(userId=f"u-{n}", event="Product Viewed", properties={"items": items}) for n in range(60)]}
+    sample = {"batch": [message(userId=f"u-{n}", event="Product Viewed", properties={"items": items}) for n in range(30)]}
     previewed: list[httpx.Response] = []
 
     def preview() -> None:
@@ -349,7 +349,7 @@ def test_ingest_is_answered_while_a_slow_preview_is_worked_out(running_hub: Runn
     worker = threading.Thread(target=preview)
     worker.start()
     try:
-        time.sleep(0.5)  # the body is read and parsed in a few tens of milliseconds; the events take seconds
+        time.sleep(0.3)  # the body is read and parsed in a few tens of milliseconds; the events take over a second
         acknowledged = running_hub.send(message(userId="u-meanwhile", event="Page Viewed"))
         preview_pending = not previewed
     finally:
@@ -359,4 +359,4 @@ def test_ingest_is_answered_while_a_slow_preview_is_worked_out(running_hub: Runn
     [answer] = previewed
     assert answer.status_code == 200, answer.text
     outcomes = answer.json()["outcomes"]
-    assert {outcome["touchpoint"]["properties"]["over_7"] for outcome in outcomes} == {2000} and len(outcomes) == 60
+    assert {outcome["touchpoint"]["properties"]["over_7"] for outcome in outcomes} == {2000} and len(outcomes) == 30
