@@ -58,7 +58,7 @@ import structlog
 from sqlalchemy import Connection
 
 from connectors.base import Destination
-from hub import metrics
+from hub.attempt_outcomes import AttemptOutcomes, request_summary_of, sent
 from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
 from hub.delivery_policy import PolicyBook
@@ -68,15 +68,12 @@ from hub.errors import (
     DeliveryError,
     DeliveryFailure,
     UNEXPECTED,
-    PermanentDeliveryError,
     RetryableDeliveryError,
     unexpected_failure,
 )
-from hub.model import Delivery, Identifier, SendResult
-from hub.pii import mask_recipient, mask_text
+from hub.model import Delivery, Identifier
 from hub.quiet_hours import QuietHours
 from hub.store import Store, merged_targets, outbox
-from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
 
@@ -118,6 +115,7 @@ class DeliveryEngine:
         self.recipient = recipient
         self.destinations = destinations
         self.policies = policies
+        self._outcomes = AttemptOutcomes(policies, recipient)
         self.batch_size = batch_size
         self.lease = lease
         # One loop for the engine's life: clients keep their connections open from batch to batch.
@@ -293,16 +291,16 @@ class DeliveryEngine:
             return self._not_configured(delivery)
         policy = self.policies.for_destination(delivery.destination_id)
         if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
-            return self._held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
+            return self._outcomes.held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
         wait = policy.breaker.admit()
         if wait > 0:
-            return self._held_back(delivery, wait, "circuit open")
+            return self._outcomes.held_back(delivery, wait, "circuit open")
         pause: float | None = None  # no rate limit
         if policy.rate_limit is not None:
             pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
             if pause is None:
                 policy.breaker.release()  # no await since `admit`: a probe it granted was this delivery's
-                return self._held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
+                return self._outcomes.held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
         self._sends_to[delivery.destination_id] += 1  # no await since the place was found: it is exact
         try:
             if pause is not None:
@@ -335,11 +333,6 @@ class DeliveryEngine:
             await asyncio.sleep(PLACE_LOOK_SECONDS)
         return True
 
-    def _held_back(self, delivery: Delivery, wait: float, reason: str) -> Outcome:
-        metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="held_back").inc()
-        log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
-        return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
-
     def _not_configured(self, delivery: Delivery) -> Outcome:
         """Put a delivery to a destination this process has no settings for back for `UNCONFIGURED_PAUSE_SECONDS`
         (no attempt spent), for a process that has them; past its destination's max age, dead-letter it.
@@ -354,14 +347,14 @@ class DeliveryEngine:
         max_age = self.policies.for_destination(delivery.destination_id).retry.max_age
         left = (max_age - delivery.retry_age(now)).total_seconds()
         if left > 0:
-            return self._held_back(delivery, min(UNCONFIGURED_PAUSE_SECONDS, left), "destination not configured here")
+            return self._outcomes.held_back(delivery, min(UNCONFIGURED_PAUSE_SECONDS, left), "destination not configured here")
         error = AuthDeliveryError(DeliveryFailure(
             UNKNOWN_DESTINATION,
             f"no delivery worker had settings for destination {delivery.destination_id!r} within its max age "
             f"({max_age.total_seconds():g} s: HUB_DELIVERY_MAX_AGE_SECONDS, or its delivery.yaml retry.max_age): set "
             "that destination's HUB_* settings (see .env.example) on a delivery worker, then replay this delivery",
         ))
-        return self._failed(delivery, error, now, time.perf_counter(), unsent_summary(delivery, self.recipient))
+        return self._outcomes.failed(delivery, error, now, time.perf_counter(), unsent_summary(delivery, self.recipient))
 
     def _say_not_configured(self, destination_id: str) -> None:
         """Log, once per destination, that its deliveries wait here for a process with its settings."""
@@ -379,58 +372,14 @@ class DeliveryEngine:
         clock = time.perf_counter()
         request_summary: dict | None = None  # until the destination has summarised the request
         try:
-            request_summary = _request_summary(destination, delivery)
-            return _sent(delivery, await destination.deliver_async(delivery), started_at, clock, request_summary)
+            request_summary = request_summary_of(destination, delivery)
+            return sent(delivery, await destination.deliver_async(delivery), started_at, clock, request_summary)
         except Exception as exc:  # a DeliveryError, or a connector bug: its `classify` raised, it returned no SendResult
             error = exc if isinstance(exc, DeliveryError) else RetryableDeliveryError(unexpected_failure(exc))
             if error.failure.error_class.startswith(UNEXPECTED):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
             summary = unsent_summary(delivery, self.recipient) if request_summary is None else request_summary
-            return self._failed(delivery, error, started_at, clock, summary)
-
-    def _failed(
-        self, delivery: Delivery, error: DeliveryError, started_at: datetime, clock: float, request_summary: dict
-    ) -> Outcome:
-        failure = error.failure
-        metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome=error.outcome).inc()
-        attempt = AttemptRecord(
-            started_at=started_at,
-            duration_ms=_elapsed_ms(clock),
-            outcome=error.outcome,
-            provider_message_id=None,
-            error_class=failure.error_class,
-            error_message=self._masked(delivery, failure.message),
-            request_summary=request_summary,
-            response_summary=failure.response_summary,
-        )
-        status, next_at = self._next_status(delivery, error, started_at)
-        log.info(
-            "delivery attempt failed", delivery_id=delivery.delivery_id, outcome=error.outcome,
-            error_class=failure.error_class, status=status,
-        )
-        return Outcome(
-            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent, recipient_gone=failure.recipient_gone
-        )
-
-    def _masked(self, delivery: Delivery, text: str) -> str:
-        """A provider's error as the delivery log keeps it: the delivery's own recipients in it as the log shows
-        them, then any other email or phone masked. A device token quoted back ("Invalid registration token:
-        ...") is no email or phone for `mask_text` to find."""
-        for recipient in {delivery.target, *delivery.content.get("recipients", ())}:
-            if recipient and recipient in text:
-                text = text.replace(recipient, mask_recipient(recipient, self.recipient(delivery.channel, recipient)))
-        return mask_text(text)
-
-    def _next_status(self, delivery: Delivery, error: DeliveryError, now: datetime) -> tuple[str, datetime | None]:
-        if isinstance(error, PermanentDeliveryError):
-            return "failed", None
-        if isinstance(error, AuthDeliveryError):
-            return "dead", None  # parked until credentials are fixed, then replayed
-        policy = self.policies.for_destination(delivery.destination_id).retry
-        delay = policy.next_delay(delivery.retry_budget_used + 1, delivery.retry_age(now), error.failure.retry_after)
-        if delay is None:
-            return "dead", None
-        return "retrying", now + timedelta(seconds=delay)
+            return self._outcomes.failed(delivery, error, started_at, clock, summary)
 
     def close(self) -> None:
         """Let the sends in flight finish (each within its destination's timeout) and record them, put back a
@@ -454,36 +403,3 @@ class DeliveryEngine:
     async def _close_async(self) -> None:
         await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))
         await self._loop.shutdown_default_executor()
-
-
-def _request_summary(destination: Destination, delivery: Delivery) -> dict:
-    """The destination's summary of the request, its failure classified as a send's: a connector that cannot
-    summarise a delivery (content it did not expect) fails that delivery, where raising out of `attempt` failed
-    the record of every delivery in the batch, batch after batch."""
-    try:
-        return destination.request_summary(delivery)
-    except Exception as exc:
-        raise destination.classify(exc) from exc
-
-
-def _sent(delivery: Delivery, result: object, started_at: datetime, clock: float, request_summary: dict) -> Outcome:
-    """The outcome of a send the provider took; TypeError when `send` returned no SendResult (a connector bug),
-    which told nothing of the provider's answer."""
-    if not isinstance(result, SendResult):
-        raise TypeError(f"{delivery.destination_id}: send returned {type(result).__name__}, not a SendResult")
-    metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="sent").inc()
-    attempt = AttemptRecord(
-        started_at=started_at,
-        duration_ms=_elapsed_ms(clock),
-        outcome="sent",
-        provider_message_id=result.provider_message_id,
-        error_class=None,
-        error_message=None,
-        request_summary=request_summary,
-        response_summary=result.response_summary,
-    )
-    return Outcome(delivery, attempt, "sent", None)
-
-
-def _elapsed_ms(clock: float) -> float:
-    return round((time.perf_counter() - clock) * 1000, 3)
