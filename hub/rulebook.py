@@ -82,6 +82,14 @@ class RuleBook:
             log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
             return True
 
+    def looked_at_now(self) -> tuple[list[RuleSpec], list[str]]:
+        """The rules in force and why the last edit was refused, after a look at the file that waits for any
+        reload in progress: `current()` skips a look within `recheck_seconds` of another thread's, so while that
+        thread is still checking an edit it would answer with the old refusal (none) for the new file."""
+        self.reload_if_changed()
+        with self._lock:
+            return self._rules, self.last_error
+
     def not_in_force(self, rule_id: str) -> str:
         """Why a rule id names no rule in force, in the words a timer or decision keeps."""
         self.current()

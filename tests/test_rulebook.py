@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from jinja2 import TemplateError
 from connectors.sandbox.providers import SandboxProviders
 from hub.errors import ConfigError
 from hub.rulebook import RuleBook
+from hub.rules import RuleSpec
 from hub.settings import PROJECT_MAPPINGS
 from hub.templates import TemplateRenderer, template_names
 from tests.conftest import make_settings, serve_hub
@@ -66,6 +68,29 @@ def test_a_broken_edit_is_refused_and_the_last_good_rules_stay(tmp_path: Path, e
     assert any(problem in line for line in rulebook.last_error)
     write(path, RULE.format(id="fixed", template="post_purchase_support.sms.j2"))
     assert [rule.id for rule in rulebook.current()] == ["fixed"] and rulebook.last_error == []
+
+
+def test_a_look_while_another_thread_checks_an_edit_waits_for_its_verdict(tmp_path: Path) -> None:
+    """The admin API's look came within `recheck_seconds` of the pipeline's, skipped the file, and showed no
+    refusal for an edit the pipeline was still refusing (the clean-clone CI's one failure)."""
+    path = tmp_path / "triggers.yaml"
+    write(path, "rules: []")
+    checking, verdict = threading.Event(), threading.Event()
+
+    def slow_check(rules: list[RuleSpec]) -> None:
+        if rules:  # the edit, not the empty file at start
+            checking.set()
+            verdict.wait(5)
+            raise ConfigError(["the edit is refused"])
+
+    rulebook = RuleBook(path, slow_check, recheck_seconds=3600)
+    write(path, RULE.format(id="promo", template="any.j2"))
+    pipeline = threading.Thread(target=rulebook.reload_if_changed)
+    pipeline.start()
+    assert checking.wait(5)
+    threading.Timer(0.2, verdict.set).start()
+    assert rulebook.looked_at_now() == ([], ["the edit is refused"])
+    pipeline.join(5)
 
 
 @pytest.mark.parametrize("content", [b"rules: [{id: x}]", "rules: []  # caf\u00e9\n".encode("latin-1")])

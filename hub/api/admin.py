@@ -176,7 +176,7 @@ async def list_rules(request: Request) -> dict[str, Any]:
     (looking also picks up an edit made since the last event)."""
     hub = _hub(request)
     assert hub.rulebook is not None and hub.router is not None
-    rules = hub.rulebook.current()
+    rules, refused_edit = await run_in_threadpool(hub.rulebook.looked_at_now)
     return {
         "rules": [
             {"id": rule.id, "version": rule.version, "description": rule.description, "priority": rule.priority,
@@ -184,7 +184,7 @@ async def list_rules(request: Request) -> dict[str, Any]:
              "channels": [action.channel for action in rule.respond]}
             for rule in rules
         ],
-        "refused_edit": hub.rulebook.last_error,
+        "refused_edit": refused_edit,
         "refused_template_edits": await run_in_threadpool(hub.router.templates.refused_edits, template_names(rules)),
     }
 
