@@ -213,8 +213,8 @@ class Router:
         try:
             rendered = self.templates.render(template, context)
             fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
-        except TemplateError as exc:
-            return None, {"fate": "skipped", "reason": f"template {template}: {exc}"}
+        except TemplateError as exc:  # the fallback's template may render
+            raise _CannotReach("skipped", f"template {template}: {exc}") from exc
         _refuse_blank(rendered, self.message_parts.get(route.destination, ()), template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())

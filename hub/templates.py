@@ -9,6 +9,12 @@ is no value either: it renders as nothing, and `default(...)` replaces it as
 it replaces a missing one. Jinja's own would print "None", writing "Hi
 None," to a customer and "None" into a CRM's Company.
 
+A template that fails as it renders (a division by a zero count, text
+added to a number) is a template error of its message too, naming the file
+and line (`TemplateRuntimeError`): raised as itself it failed the whole
+event, every other message of its decision with it, until the event was
+quarantined.
+
 A template file that is not UTF-8 is a template error like any other
 (`NotUTF8TemplateError`): Jinja lets it out as UnicodeDecodeError, which
 would fail the whole event at planning time and escape the rule book's
@@ -25,13 +31,17 @@ skips the messages built on it.
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Callable, Collection, Iterable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import structlog
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, Undefined, meta
+from jinja2 import (
+    Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateRuntimeError, Undefined, meta,
+)
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
@@ -147,6 +157,25 @@ def _compiled_uses(environment: Environment, source: str, name: str, filename: s
     return uses
 
 
+@contextmanager
+def _failures_as_template_errors(inline: str | None = None) -> Iterator[None]:
+    """Any other error a template raises as it renders, as a TemplateRuntimeError saying where: the file and line
+    (Jinja's traceback has the template's own frames), or the inline value."""
+    try:
+        yield
+    except TemplateError:
+        raise
+    except Exception as exc:
+        where = f"`{inline}`" if inline is not None else _template_line(exc)
+        raise TemplateRuntimeError(f"{where}: {type(exc).__name__}: {exc}") from exc
+
+
+def _template_line(exc: Exception) -> str:
+    """`file:line` of the template frame nearest the error (in an included or extended file, that file's)."""
+    frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if not frame.filename.endswith(".py")]
+    return f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "while rendering"
+
+
 class TemplateRenderer:
     def __init__(self, folder: Path, recheck_seconds: float = 1.0) -> None:
         """Edited template files are picked up within `recheck_seconds` (HUB_RULES_RELOAD_SECONDS), like rules."""
@@ -170,18 +199,20 @@ class TemplateRenderer:
         and ``body``; an SMS template is plain text.
         """
         template = self._template(name)
-        rendered = {"body": template.render(**context).strip()}
-        if template.blocks:
-            block_context = template.new_context(dict(context))
-            for block, render_block in template.blocks.items():
-                rendered[block] = "".join(render_block(block_context)).strip()
+        with _failures_as_template_errors():
+            rendered = {"body": template.render(**context).strip()}
+            if template.blocks:
+                block_context = template.new_context(dict(context))
+                for block, render_block in template.blocks.items():
+                    rendered[block] = "".join(render_block(block_context)).strip()
         return rendered
 
     def render_value(self, value: Any, context: dict[str, Any]) -> Any:
         """A CRM field value: strings are inline templates (`"{{ touchpoint.moment }}"`), others pass as they are."""
         if not isinstance(value, str):
             return value
-        return self._inline(value).render(**context)
+        with _failures_as_template_errors(value):
+            return self._inline(value).render(**context)
 
     def _template(self, name: str) -> Template:
         """The template, asking Jinja again only once `recheck_seconds` have passed since it last did.

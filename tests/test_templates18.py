@@ -29,6 +29,7 @@ ROUTES = {
     "email": ChannelRoute(destination="email_smtp", target="email"),
     "push": ChannelRoute(destination="fcm_push", target="push_token", multicast=True),
     "chat": ChannelRoute(destination="chat_webhook", target="profile_id"),
+    "crm": ChannelRoute(destination="salesforce", target="profile_id", reaches_person=False),
 }
 PERSON = {
     "traits": {"first_name": "Ana"},
@@ -223,6 +224,24 @@ def test_a_message_with_some_text_left_is_planned(tmp_path: Path) -> None:
     assert [fate["fate"] for fate in plan_one(tmp_path, Action("push", "push.j2"))[1]] == ["planned"]
 
 
+def test_a_message_whose_template_fails_as_it_renders_falls_back_saying_where(tmp_path: Path) -> None:
+    """A division by a count of 0 raised out of routing: no fallback, and the whole event failed."""
+    save(tmp_path / "sms.j2", "{% block body %}Hi\n{{ 100 / (profile.first_name | length - 3) }}% off{% endblock %}")
+    save(tmp_path / "email.j2", "{% block subject %}Your cart{% endblock %}{% block text %}Still there?{% endblock %}")
+    deliveries, fates = plan_one(tmp_path, Action("sms", "sms.j2", fallback=(("email", "email.j2"),)))
+    assert [delivery.channel for delivery in deliveries] == ["email"]
+    assert (fates[0]["fate"], fates[0]["reason"]) == (
+        "fell_back", "template sms.j2: sms.j2:2: ZeroDivisionError: division by zero"
+    )
+
+
+def test_a_crm_field_that_fails_as_it_renders_skips_its_update_naming_the_value(tmp_path: Path) -> None:
+    save(tmp_path / "crm.j2", "")
+    deliveries, fates = plan_one(tmp_path, Action("crm", "crm.j2", fields={"Score__c": "{{ 'x' + 1 }}"}))
+    assert deliveries == []
+    assert fates[0]["reason"] == 'template crm.j2: `{{ \'x\' + 1 }}`: TypeError: can only concatenate str (not "int") to str'
+
+
 def test_a_chat_offer_is_data_and_goes_even_with_no_text(tmp_path: Path) -> None:
     save(tmp_path / "chat.j2", "")
     assert [fate["fate"] for fate in plan_one(tmp_path, Action("chat", "chat.j2"))[1]] == ["planned"]
@@ -239,14 +258,23 @@ def test_a_message_that_renders_empty_falls_back_to_the_next_channel(tmp_path: P
     ]
 
 
-def test_decisions_explain_says_which_template_rendered_empty(tmp_path: Path) -> None:
-    """The shipped support rule with its SMS template caught empty: the email and CRM update still go, and the
-    decision says why no SMS did (it was planned, failed at Twilio and counted against the daily cap)."""
+@pytest.mark.parametrize(("sms_template", "reason"), [
+    # the SMS was planned, failed at Twilio and counted against the daily cap
+    ("", "template rendered empty: post_purchase_support.sms.j2 (body all blank)"),
+    # the error failed the whole event: retried, then quarantined, with the email and CRM update
+    ("Hi\n{{ 100 / profile.orders }}% off", "template post_purchase_support.sms.j2: post_purchase_support.sms.j2:2: "
+     "ZeroDivisionError: division by zero"),
+])
+def test_decisions_explain_says_which_template_failed_and_the_other_actions_go(
+    tmp_path: Path, sms_template: str, reason: str
+) -> None:
+    """The shipped support rule with its SMS template caught empty, or failing as it renders: the email and CRM
+    update still go, and the decision says why no SMS did."""
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_MAPPINGS, mappings)
-    save(mappings / "templates" / "post_purchase_support.sms.j2", "")
+    save(mappings / "templates" / "post_purchase_support.sms.j2", sms_template)
     hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), quiet_hours=""))
-    messages = support_ticket("amy", {"phone": "+14155550100", "email": "amy@example.com"})
+    messages = support_ticket("amy", {"phone": "+14155550100", "email": "amy@example.com", "orders": 0})
     with hub.store.write() as connection:
         inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
     hub.pipeline.run_once()
@@ -257,5 +285,5 @@ def test_decisions_explain_says_which_template_rendered_empty(tmp_path: Path) ->
     assert [(action["channel"], action["fate"]) for action in explained["actions"]] == [
         ("sms", "skipped"), ("email", "planned"), ("crm", "planned")
     ]
-    assert explained["actions"][0]["reason"].startswith("template rendered empty: post_purchase_support.sms.j2 (body all blank)")
+    assert explained["actions"][0]["reason"].startswith(reason)
     assert sorted(delivery["channel"] for delivery in explained["deliveries"]) == ["crm", "email"]
