@@ -6,7 +6,7 @@ raw inbox payloads and delivery logs, keeping the rows themselves so counts
 to the person are withdrawn, and their identifiers are taken out of other
 people's touchpoints that carried them (a bad link an unmerge undid), and
 out of those people's delivery log; quarantined bodies holding their
-addresses are wiped, with the inbox rows kept for replaying them. With
+addresses, or naming one of their ids as a JSON value, are wiped, with the inbox rows kept for replaying them. With
 blocking on, each identifier's digest joins a blocklist, so an old install
 sending the same email cannot bring the person back (`hub.identity`). The
 records the hub wrote for them in a CRM are erased there too, by deliveries
@@ -74,7 +74,7 @@ def forget(
     ).rowcount
     forget_inbox_payloads(connection, inbox_ids)
     _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
-    _forget_quarantined_events(connection, quarantine.forget_holding(connection, values))
+    _forget_quarantined_events(connection, quarantine.forget_holding(connection, erased))
     # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
     # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
     statuses = dict(connection.execute(
