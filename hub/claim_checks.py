@@ -6,13 +6,13 @@ in the person's zone, days after what caused it, or after the person texted
 STOP. Every path to a send meets here, in the delivery claim's transaction.
 Quiet hours and the send-by time read only what routing wrote into the
 message (`QUIET_ZONE`, `SEND_BY`); consent reads profiles for messages
-planned a while ago, and for those whose person revoked it through a
-provider since.
+planned a while ago, and for those whose profile changed since.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 import structlog
 from sqlalchemy import Connection
@@ -26,11 +26,10 @@ from hub.store.profile_views import live_traits
 log = structlog.get_logger(__name__)
 
 # A delivery claimed this long after it was planned has its person's consent read again before it is sent; sooner,
-# only if they revoked it through a provider since (`consent_changes`), and the check routing made stands for the
-# rest: an opt-out trait an event set in those seconds leaves no mark but the trait.
+# only if their profile changed since (`consent_changes.changed_since`), and the check routing made stands for the rest.
 CONSENT_RECHECK_AFTER = timedelta(seconds=2)
-# A revocation is stamped on its node's clock once it holds the profiles lock (`consent_changes.record`), so after any
-# message the pipeline planned to the person while it waited; the leeway covers the clocks of two nodes disagreeing.
+# A profile's change is stamped on its writer's clock under the profiles lock (`profiles.updated_at`), so after any
+# message the pipeline planned to the person before it; the leeway covers the clocks of two nodes disagreeing.
 REVOCATION_STAMP_LEEWAY = timedelta(seconds=5)
 
 
@@ -89,35 +88,35 @@ class ClaimChecks:
         Routing checked consent when it planned them, but a message held by a
         delay, quiet hours (up to a night), retries or an outage may meet an
         SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
-        it then is the one thing consent must prevent. Their profiles are read
-        again (two statements) for those `_maybe_revoked`.
+        it then is the one thing consent must prevent. Their people's traits
+        are read again (`_traits_to_recheck`) where consent may have changed.
         """
-        doubtful = _maybe_revoked(connection, claimed, now)
-        if not doubtful:
+        traits = _traits_to_recheck(connection, claimed, now)
+        if not traits:
             return claimed
-        traits = live_traits(connection, {delivery.profile_id for delivery in doubtful})
-        revoked = {d.delivery_id for d in doubtful if consent_revoked(traits.get(d.profile_id, {}), d.channel)}
+        revoked = {d.delivery_id for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)}
         if revoked:
             withdrawals.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
             log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
         return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
 
 
-def _maybe_revoked(connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
-    """The claimed deliveries whose consent may have been revoked since they were planned: those planned over
-    `CONSENT_RECHECK_AFTER` ago, and the others whose person revoked it through a provider since.
+def _traits_to_recheck(connection: Connection, claimed: list[Delivery], now: datetime) -> dict[str, dict[str, Any]]:
+    """The live traits of the people whose consent may have been revoked since their deliveries were planned:
+    those planned over `CONSENT_RECHECK_AFTER` ago, and those whose profile changed since.
 
-    A claim of fresh deliveries, the common case under load, took routing's
-    word for them: a STOP that came a second after the SMS was planned did
-    not stop it (on PostgreSQL another node takes it in while the pipeline
-    goes on). What a person says through a provider is also a row in
-    `consent_changes`, so one indexed read finds those people, and almost
-    always none.
+    A claim of fresh deliveries, the common case under load, takes routing's
+    word for them, but on PostgreSQL another node, or a delivery worker in
+    another process, may claim an SMS while the pipeline goes on and takes in
+    the person's STOP or an identify with `sms_opt_out: true` a second later.
+    Either writes the profile, so one read by primary key finds the profiles
+    changed since, with their traits; only messages held a while, and people
+    merged away since, cost two more statements.
     """
-    fresh = [delivery for delivery in claimed if delivery.created_at >= now - CONSENT_RECHECK_AFTER]
-    held = [delivery for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER]
-    if not fresh:
-        return held
-    since = min(delivery.created_at for delivery in fresh) - REVOCATION_STAMP_LEEWAY
-    revoked = consent_changes.revoked_since(connection, {delivery.profile_id for delivery in fresh}, since)
-    return held + [delivery for delivery in fresh if delivery.profile_id in revoked]
+    held = {delivery.profile_id for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER}
+    fresh = [delivery for delivery in claimed if delivery.profile_id not in held]
+    since = min((delivery.created_at for delivery in fresh), default=now) - REVOCATION_STAMP_LEEWAY
+    changed = consent_changes.changed_since(connection, {delivery.profile_id for delivery in fresh}, since)
+    merged_away = {profile_id for profile_id, traits in changed.items() if traits is None}
+    live = {profile_id: traits for profile_id, traits in changed.items() if traits is not None}
+    return live | live_traits(connection, held | merged_away)

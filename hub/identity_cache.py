@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from ulid import ULID
 
+from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
 from hub.store.identity_graph import FOLLOWING_MERGES, identifier_digest, moved_event
 from hub.store.traits import newest_traits
@@ -193,11 +194,14 @@ class CachedIdentityGraph:
         moves = [{"m": merged, "s": survivor} for merged, survivor in moved.items()]
         for column in (identifiers.c.profile_id, profiles.c.merged_into, *FOLLOWING_MERGES):
             connection.execute(update(column.table).where(column == bindparam("m")).values({column.name: bindparam("s")}), moves)
+        now = utcnow()  # `updated_at`, as the graph's own writes stamp it: a delivery claim rechecks consent by it
         connection.execute(
-            update(profiles).where(profiles.c.profile_id == bindparam("m")).values(merged_into=bindparam("s")), moves
+            update(profiles).where(profiles.c.profile_id == bindparam("m")).values(merged_into=bindparam("s"), updated_at=now),
+            moves,
         )
         connection.execute(
-            update(profiles).where(profiles.c.profile_id == bindparam("p")).values(traits=bindparam("t"), trait_times=bindparam("tt")),
+            update(profiles).where(profiles.c.profile_id == bindparam("p"))
+            .values(traits=bindparam("t"), trait_times=bindparam("tt"), updated_at=now),
             [{"p": p, "t": traits[p][0], "tt": traits[p][1]} for p in set(moved.values())],
         )
 

@@ -7,6 +7,10 @@ and its opt-out must go with it, or the restored person can be texted again
 while the survivor stays blocked for something they never said. Only a
 digest of the identifier is kept (as the forgotten-identifier list does):
 the rows outlive nothing the identifiers table does not already hold.
+
+An opt-out said by an event (an identify's `sms_opt_out: true`) leaves no
+row here, so what a delivery claim asks, whose consent may have gone since a
+message was planned, is asked of the profiles themselves (`changed_since`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
 from hub.store.precompiled import InLists
 from hub.store.traits import Traits, newest_traits, stamped_traits
-from hub.store.schema import consent_changes
+from hub.store.schema import consent_changes, profiles
 
 PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
@@ -45,11 +49,10 @@ def record(
     """Keep the change, stamped no earlier than now: its writer (`hub.consent.set_consent`) holds the profiles lock.
 
     Callers stamp `at` when the person's word came in (a STOP's request), and
-    it may then wait for that lock while the pipeline plans a message to the
-    person. A delivery claim looks for revocations stamped after the message
-    was planned (less a leeway for clock skew between nodes,
-    `hub.claim_checks`): stamped before a wait longer than the leeway, a STOP
-    was not seen and the SMS planned meanwhile went out.
+    it may then wait for that lock while another word is applied. Stamped
+    with the request's time, a STOP that waited behind a START would read as
+    the older word here (an unmerge's latest word, `split`) while the traits
+    hold it as the newer one.
     """
     connection.execute(
         insert(consent_changes).values(
@@ -69,15 +72,28 @@ def granted_since(connection: Connection, profile_id: str, channel: str, since: 
     ).first() is not None
 
 
-_REVOKED_SINCE = InLists(lambda ids: select(consent_changes.c.profile_id).distinct().where(
-    consent_changes.c.profile_id.in_(ids), consent_changes.c.granted.is_(False), consent_changes.c.at > bindparam("b_since"),
+_CHANGED_SINCE = InLists(lambda ids: select(profiles.c.profile_id, profiles.c.merged_into, profiles.c.traits).where(
+    profiles.c.profile_id.in_(ids), profiles.c.updated_at > bindparam("b_since"),
 ))
 
 
-def revoked_since(connection: Connection, profile_ids: Collection[str], since: datetime) -> set[str]:
-    """Which of the profiles had consent revoked through a provider after `since`: one statement on the profile
-    index, none for no profiles (what each delivery claim asks of the deliveries it takes)."""
-    return {profile_id for (profile_id,) in _REVOKED_SINCE.execute(connection, profile_ids, b_since=since)}
+def changed_since(connection: Connection, profile_ids: Collection[str], since: datetime) -> dict[str, dict[str, Any] | None]:
+    """The traits of those of the profiles the hub changed after `since`, None for one merged away since (its
+    survivor holds them): one statement on the primary key, none for no profiles.
+
+    The identity graph's every write of traits (an event's, a provider's
+    word, a merge; `SqlIdentityGraph._save_traits`) and an unmerge stamp
+    `updated_at` in the same row, under the profiles lock the pipeline plans
+    messages under, so a revocation is never visible without its stamp, and
+    one taken after a message was planned is no earlier than its planning
+    (less the skew between two nodes' clocks). What each delivery claim asks
+    of the deliveries it takes: the identify that came with the message's
+    cause is usually among the changes, so its traits usually come back.
+    """
+    return {
+        profile_id: None if merged_into else traits
+        for profile_id, merged_into, traits in _CHANGED_SINCE.execute(connection, profile_ids, b_since=since)
+    }
 
 
 def said(traits: Traits, channel: str, word: Word) -> Traits:
