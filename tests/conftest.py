@@ -3,16 +3,24 @@
 The database is a SQLite file unless a test parametrizes `database_url`
 indirectly with "postgresql": then it is a new database on a throwaway
 PostgreSQL cluster started once per session (see tests/postgres.py).
+
+A hub's database (`make_settings`) and the `store` fixture start as a copy of
+one migrated once a session: running the migrations took 0.15 s on SQLite
+and 0.25 s on PostgreSQL, for each of about a thousand tests. `database_url`
+alone stays empty, for the tests of the migrations themselves.
 """
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import ModuleType
@@ -64,9 +72,28 @@ def logs_of(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Iterator[lis
         yield logs
 
 
+@cache
+def _migrated_sqlite() -> Path:
+    """A SQLite store migrated to head, made once a process (an xdist worker is one)."""
+    folder = Path(tempfile.mkdtemp(prefix="hub-migrated-"))
+    atexit.register(shutil.rmtree, folder, True)
+    store = Store(f"sqlite:///{folder}/hub.db")
+    store.migrate()
+    store.dispose()
+    return folder / "hub.db"
+
+
+def migrated_sqlite(path: Path) -> str:
+    """The URL of a SQLite store at `path`, a copy of a migrated one unless a file is there already."""
+    if not path.exists():
+        shutil.copyfile(_migrated_sqlite(), path)
+    return f"sqlite:///{path}"
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> HubSettings:
+    """Settings for a hub in `tmp_path`: its SQLite store there, unless `database_url` is given."""
     values: dict[str, Any] = {
-        "database_url": f"sqlite:///{tmp_path}/hub.db",
+        "database_url": overrides.get("database_url") or migrated_sqlite(tmp_path / "hub.db"),
         "default_write_key": WRITE_KEY,
         "admin_token": ADMIN_TOKEN,
         "worker_poll_seconds": 0.05,
@@ -107,8 +134,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def store(database_url: str) -> Iterator[Store]:
+def store(request: pytest.FixtureRequest, database_url: str) -> Iterator[Store]:
     """A migrated store on `database_url`; modules with a store of their own override it."""
+    if database_url.startswith("sqlite:///"):
+        migrated_sqlite(Path(database_url.removeprefix("sqlite:///")))
+    else:
+        request.getfixturevalue("postgres").refill_migrated(database_url)
     opened = Store(database_url)
     opened.migrate()
     yield opened

@@ -20,6 +20,8 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
+from hub.store import Store
+
 SUPERUSER = "hub"
 # Unprivileged accounts the server may run as when the tests run as root, in order of preference.
 SERVER_ACCOUNTS = ("postgres", "nobody")
@@ -58,6 +60,7 @@ class PostgresCluster:
         self.data = self.root / "data"
         self._account = _server_account()
         self._names = itertools.count(1)
+        self._migrated: str | None = None  # the database `refill_migrated` copies
 
     def start(self) -> None:
         if self._account is not None:
@@ -84,13 +87,27 @@ class PostgresCluster:
     def create_database(self) -> str:
         """A new empty database; returns its SQLAlchemy URL."""
         name = f"test_{next(self._names)}"
+        self._autocommit(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def refill_migrated(self, url: str) -> None:
+        """Make the database at `url`, new and not yet connected to, a copy of one migrated once a session."""
+        if self._migrated is None:
+            self._migrated = self.create_database().rsplit("/", 1)[1]
+            store = Store(self.url(self._migrated))
+            store.migrate()
+            store.dispose()
+        name = url.rsplit("/", 1)[1]
+        self._autocommit(f"DROP DATABASE {name}", f"CREATE DATABASE {name} TEMPLATE {self._migrated}")
+
+    def _autocommit(self, *statements: str) -> None:
         engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
         try:
             with engine.connect() as connection:
-                connection.execute(text(f"CREATE DATABASE {name}"))
+                for statement in statements:
+                    connection.execute(text(statement))
         finally:
             engine.dispose()
-        return self.url(name)
 
     def _run(self, program: str, *args: str) -> None:
         command = [str(self.bindir / program), *args]
