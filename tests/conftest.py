@@ -13,6 +13,7 @@ alone stays empty, for the tests of the migrations themselves.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import socket
 import tempfile
@@ -70,6 +71,13 @@ def logs_of(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> Iterator[lis
     with capture_logs() as logs:
         monkeypatch.setattr(module, "log", structlog.get_logger(module.__name__))
         yield logs
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Before the test modules import the CLI: its rich consoles, made at import, keep for good a COLUMNS they
+    find then (pytest-xdist's workers have COLUMNS=80); without one they read it as they print, and each CLI test
+    sets the width its output needs."""
+    os.environ.pop("COLUMNS", None)
 
 
 @cache
