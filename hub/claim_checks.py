@@ -20,13 +20,13 @@ from sqlalchemy import Connection
 from hub.consent import consent_revoked
 from hub.model import QUIET_ZONE, SEND_BY, Delivery
 from hub.quiet_hours import QuietHours
-from hub.store import consent_changes, outbox, withdrawals
-from hub.store.profile_views import live_traits
+from hub.store import outbox, withdrawals
+from hub.store.profile_views import changed_since, live_traits
 
 log = structlog.get_logger(__name__)
 
 # A delivery claimed this long after it was planned has its person's consent read again before it is sent; sooner,
-# only if their profile changed since (`consent_changes.changed_since`), and the check routing made stands for the rest.
+# only if their profile changed since (`profile_views.changed_since`), and the check routing made stands for the rest.
 CONSENT_RECHECK_AFTER = timedelta(seconds=2)
 # A profile's change is stamped on its writer's clock under the profiles lock (`profiles.updated_at`), so after any
 # message the pipeline planned to the person before it; the leeway covers the clocks of two nodes disagreeing.
@@ -116,7 +116,7 @@ def _traits_to_recheck(connection: Connection, claimed: list[Delivery], now: dat
     held = {delivery.profile_id for delivery in claimed if delivery.created_at < now - CONSENT_RECHECK_AFTER}
     fresh = [delivery for delivery in claimed if delivery.profile_id not in held]
     since = min((delivery.created_at for delivery in fresh), default=now) - REVOCATION_STAMP_LEEWAY
-    changed = consent_changes.changed_since(connection, {delivery.profile_id for delivery in fresh}, since)
+    changed = changed_since(connection, {delivery.profile_id for delivery in fresh}, since)
     merged_away = {profile_id for profile_id, traits in changed.items() if traits is None}
     live = {profile_id: traits for profile_id, traits in changed.items() if traits is not None}
     return live | live_traits(connection, held | merged_away)

@@ -204,7 +204,10 @@ class TemplateRenderer:
             if template.blocks:
                 block_context = template.new_context(dict(context))
                 for block, render_block in template.blocks.items():
-                    rendered[block] = "".join(render_block(block_context)).strip()
+                    try:
+                        rendered[block] = "".join(render_block(block_context)).strip()
+                    except Exception:  # a block a layout does not print runs only here: Jinja's lines, not ours
+                        self._environment.handle_exception()
         return rendered
 
     def render_value(self, value: Any, context: dict[str, Any]) -> Any:

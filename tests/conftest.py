@@ -94,6 +94,7 @@ def _migrated_sqlite() -> Path:
 def migrated_sqlite(path: Path) -> str:
     """The URL of a SQLite store at `path`, a copy of a migrated one unless a file is there already."""
     if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)  # as the store engine makes a SQLite file's folder
         shutil.copyfile(_migrated_sqlite(), path)
     return f"sqlite:///{path}"
 
@@ -125,9 +126,16 @@ def postgres() -> Iterator[PostgresCluster]:
     bindir = find_bindir()
     if bindir is None:
         pytest.skip("no PostgreSQL server binaries (initdb, pg_ctl) in pg_config --bindir, /usr/lib/postgresql/*/bin or PATH")
-    cluster = PostgresCluster(bindir, free_port())
+    for attempt in range(3):  # the free port may be taken before the server binds it (xdist workers start theirs at once)
+        cluster = PostgresCluster(bindir, free_port())
+        try:
+            cluster.start()
+            break
+        except RuntimeError:
+            cluster.stop()
+            if attempt == 2:
+                raise
     try:
-        cluster.start()
         yield cluster
     finally:
         cluster.stop()

@@ -1,9 +1,12 @@
 """docs/connectors.md "Write a connector", followed word for word with an out-of-tree package.
 
 The package in tests/plugins/ must be exactly what the guide shows, and the
-guide's commands are run as written: install it into this environment, see it
-in `touchhub connectors list`, configure a source, check, and send it a
-submission. The package is uninstalled afterwards.
+guide's commands are run as written: install it, see it in `touchhub
+connectors list`, configure a source, check, and send it a submission. Only
+pip is given `--target`, a folder of the test's own put on the path of its
+commands and of this process: installed into the environment, the package
+was seen by the tests other workers run beside it (pytest-xdist), and
+half-installed it failed their hubs' start.
 """
 
 from __future__ import annotations
@@ -47,9 +50,10 @@ def blocks(language: str) -> list[str]:
 
 
 def run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """A command line of the guide, run here: `pip` is this environment's pip, `touchhub` its console script."""
+    """A command line of the guide, run here: `pip` is this environment's pip installing into `PYTHONPATH`'s
+    folder, `touchhub` its console script."""
     program, *args = shlex.split(command)
-    argv = [sys.executable, "-m", "pip", *args] if program == "pip" else [TOUCHHUB, *args]
+    argv = [sys.executable, "-m", "pip", *args, "--target", env["PYTHONPATH"]] if program == "pip" else [TOUCHHUB, *args]
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -65,13 +69,13 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     shutil.copytree(PLUGIN, tmp_path / "touchhub_example_connector")
     shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
     yield tmp_path
-    subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", DISTRIBUTION], capture_output=True, timeout=120)
     importlib.invalidate_caches()
 
 
 def test_following_the_guide_adds_a_working_source(workdir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = workdir / "site-packages"
     env = {"PATH": os.environ.get("PATH", ""), "COLUMNS": "200", "HUB_MAPPINGS_DIR": str(workdir / "mappings"),
-           "HUB_SRC_FORMS_TOKEN": "form-token"}
+           "HUB_SRC_FORMS_TOKEN": "form-token", "PYTHONPATH": str(site)}
     install, list_connectors = blocks("")[0].strip().splitlines()
     installed = run(install, workdir, env)
     assert installed.returncode == 0, installed.stderr
@@ -88,7 +92,7 @@ def test_following_the_guide_adds_a_working_source(workdir: Path, sandbox: Sandb
     checked = run(check, workdir, env)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    importlib.invalidate_caches()  # the package was installed by another process
+    monkeypatch.syspath_prepend(str(site))  # invalidates the import caches: another process installed it
     monkeypatch.setenv("HUB_SRC_FORMS_TOKEN", "form-token")
     settings = make_settings(workdir, mappings_dir=workdir / "mappings", **sandbox.settings_overrides())
     with serve_hub(settings, sandbox) as hub:

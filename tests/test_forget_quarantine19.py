@@ -9,7 +9,10 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from hub.store import quarantine
+from hub.clock import utcnow
+from hub.errors import ItemProblem
+from hub.model import Identifier
+from hub.store import Store, quarantine
 from hub.store.schema import inbox
 from tests.conftest import WRITE_KEY, RunningHub, message
 from tests.test_dead_letter_replay import AUTH
@@ -96,3 +99,44 @@ def test_forget_still_wipes_a_body_that_is_no_json_holding_the_persons_email(run
     reasons = {entry["raw_body"]: entry["reason"] for entry in quarantined(running_hub)}
     assert reasons == {"": quarantine.ERASED_REASON, anas.decode(): reasons[anas.decode()]}
     assert reasons[anas.decode()] != quarantine.ERASED_REASON
+
+
+def test_forget_wipes_a_quarantined_event_naming_the_person_by_a_numeric_user_id(running_hub: RunningHub) -> None:
+    """Ingest takes `"userId": 4242` as the user_id "4242" (`normalize_identifier` reads any scalar as text), but
+    the quarantine is searched for ids among the bodies' JSON *strings* only: the forgotten person's refused order,
+    naming them by the number, stayed in the quarantine and in its inbox row."""
+    running_hub.send(message("identify", userId=4242, traits={"plan": "pro"}),
+                     message(event="Order Completed", userId=4242, timestamp=LAST_CENTURY, properties={"total": 42}))
+    running_hub.settle()
+    forget(running_hub, "user_id", "4242")
+    [entry] = quarantined(running_hub)
+    assert (entry["reason"], entry["raw_body"]) == (quarantine.ERASED_REASON, "")
+
+
+def test_forget_keeps_anothers_quarantined_event_whose_price_is_the_persons_id(running_hub: RunningHub) -> None:
+    """Ids are matched as whole JSON string values under any key, so forgetting user "42" wiped Bo's refused order
+    because its total was the string "42": the docstring's own example ("42" would be found in a price) still
+    happens, and Bo's event can no longer be inspected or replayed."""
+    running_hub.send(message("identify", userId="42", traits={"plan": "pro"}),
+                     message(event="Order Completed", userId="bo", timestamp=LAST_CENTURY, properties={"total": "42"}))
+    running_hub.settle()
+    forget(running_hub, "user_id", "42")
+    [kept] = quarantined(running_hub)
+    assert kept["reason"] != quarantine.ERASED_REASON and '"bo"' in kept["raw_body"]
+
+
+def test_forget_wipes_a_quarantined_body_naming_a_lowercased_custom_id_as_it_was_sent(store: Store) -> None:
+    """identity.yaml's `loyalty_id` is normalized to lowercase at ingest (mapped by a source mapping from
+    context.traits), so the person holds "loy-9"; their refused body says "LOY-9", as their system sends it. Ids are compared with the body's strings only trimmed, never
+    normalized as ingest normalizes them, so the body stayed."""
+    body = json.dumps({"type": "track", "event": "Order Completed", "context": {"traits": {"loyalty_id": "LOY-9"}}})
+    with store.write() as connection:
+        quarantine.add(
+            connection, stage="mapping", source_id="default", reason="occurred_at: bad",
+            problems=[ItemProblem(None, "occurred_at", "bad")], raw_body=body.encode(), content_type="application/json",
+            received_at=utcnow(), inbox_id=None,
+        )
+        quarantine.forget_holding(connection, [Identifier("loyalty_id", "loy-9")])
+    with store.read() as connection:
+        [entry] = quarantine.recent(connection, 10)
+    assert entry["reason"] == quarantine.ERASED_REASON

@@ -235,6 +235,23 @@ def test_a_message_whose_template_fails_as_it_renders_falls_back_saying_where(tm
     )
 
 
+def test_a_block_that_fails_only_when_rendered_alone_names_the_templates_own_line(tmp_path: Path) -> None:
+    """An email extending a layout: the layout prints only the html block, so the subject block runs only in
+    `render`'s loop over the blocks, outside Jinja's traceback rewriting. The reason named the line of the Python
+    code Jinja compiled the template into (email.j2:27), not the template's line 3."""
+    save(tmp_path / "layout.j2", "<html>{% block html %}{% endblock %}</html>\n")
+    save(tmp_path / "email.j2", (
+        '{% extends "layout.j2" %}\n'
+        "{% block subject %}\n"
+        "Your {{ 100 / (profile.first_name | length - 3) }}% off{% endblock %}\n"
+        "{% block text %}Still there?{% endblock %}\n"
+        "{% block html %}<p>Still there?</p>{% endblock %}\n"
+    ))
+    save(tmp_path / "sms.j2", "Still there?")
+    _, fates = plan_one(tmp_path, Action("email", "email.j2", fallback=(("sms", "sms.j2"),)))
+    assert fates[0]["reason"] == "template email.j2: email.j2:3: ZeroDivisionError: division by zero"
+
+
 def test_a_crm_field_that_fails_as_it_renders_skips_its_update_naming_the_value(tmp_path: Path) -> None:
     save(tmp_path / "crm.j2", "")
     deliveries, fates = plan_one(tmp_path, Action("crm", "crm.j2", fields={"Score__c": "{{ 'x' + 1 }}"}))

@@ -10,7 +10,8 @@ the rows outlive nothing the identifiers table does not already hold.
 
 An opt-out said by an event (an identify's `sms_opt_out: true`) leaves no
 row here, so what a delivery claim asks, whose consent may have gone since a
-message was planned, is asked of the profiles themselves (`changed_since`).
+message was planned, is asked of the profiles themselves
+(`profile_views.changed_since`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,13 @@ from collections.abc import Collection, Iterable
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, delete, insert, select, update
 
 from hub.clock import END_OF_TIME, utcnow
 from hub.model import Identifier
 from hub.store.identity_graph import identifier_digest
-from hub.store.precompiled import InLists
 from hub.store.traits import Traits, newest_traits, stamped_traits
-from hub.store.schema import consent_changes, profiles
+from hub.store.schema import consent_changes
 
 PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
@@ -70,30 +70,6 @@ def granted_since(connection: Connection, profile_id: str, channel: str, since: 
             consent_changes.c.granted.is_(True), consent_changes.c.at > since,
         ).limit(1)
     ).first() is not None
-
-
-_CHANGED_SINCE = InLists(lambda ids: select(profiles.c.profile_id, profiles.c.merged_into, profiles.c.traits).where(
-    profiles.c.profile_id.in_(ids), profiles.c.updated_at > bindparam("b_since"),
-))
-
-
-def changed_since(connection: Connection, profile_ids: Collection[str], since: datetime) -> dict[str, dict[str, Any] | None]:
-    """The traits of those of the profiles the hub changed after `since`, None for one merged away since (its
-    survivor holds them): one statement on the primary key, none for no profiles.
-
-    The identity graph's every write of traits (an event's, a provider's
-    word, a merge; `SqlIdentityGraph._save_traits`) and an unmerge stamp
-    `updated_at` in the same row, under the profiles lock the pipeline plans
-    messages under, so a revocation is never visible without its stamp, and
-    one taken after a message was planned is no earlier than its planning
-    (less the skew between two nodes' clocks). What each delivery claim asks
-    of the deliveries it takes: the identify that came with the message's
-    cause is usually among the changes, so its traits usually come back.
-    """
-    return {
-        profile_id: None if merged_into else traits
-        for profile_id, merged_into, traits in _CHANGED_SINCE.execute(connection, profile_ids, b_since=since)
-    }
 
 
 def said(traits: Traits, channel: str, word: Word) -> Traits:

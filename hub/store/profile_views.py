@@ -7,13 +7,14 @@ The identity graph (`hub.store.identity_graph`) writes profiles; these only read
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Identifier
 from hub.store.schema import identifiers, merges, profiles
-from hub.store.precompiled import rows_where_in
+from hub.store.precompiled import InLists, rows_where_in
 
 T = TypeVar("T")
 _LIVE_IDS_OF = rows_where_in(profiles.c.profile_id, profiles.c.profile_id, profiles.c.merged_into)
@@ -57,6 +58,30 @@ def aliases_of(connection: Connection, profile_ids: Sequence[str]) -> dict[str, 
     for survivor_id, merged_id in _ALIASES_OF.execute(connection, profile_ids):
         aliases.setdefault(survivor_id, set()).add(merged_id)
     return aliases
+
+
+_CHANGED_SINCE = InLists(lambda ids: select(profiles.c.profile_id, profiles.c.merged_into, profiles.c.traits).where(
+    profiles.c.profile_id.in_(ids), profiles.c.updated_at > bindparam("b_since"),
+))
+
+
+def changed_since(connection: Connection, profile_ids: Collection[str], since: datetime) -> dict[str, dict[str, Any] | None]:
+    """The traits of those of the profiles the hub changed after `since`, None for one merged away since (its
+    survivor holds them): one statement on the primary key, none for no profiles.
+
+    Every write of traits that can revoke consent (an event's, a provider's
+    word, a merge; `SqlIdentityGraph._save_traits`, the bulk graph's merges)
+    and an unmerge's rebuild stamp `updated_at` in the same row, under the profiles lock the pipeline plans
+    messages under, so a revocation is never visible without its stamp, and
+    one taken after a message was planned is no earlier than its planning
+    (less the skew between two nodes' clocks). What each delivery claim asks
+    of the deliveries it takes: the identify that came with the message's
+    cause is usually among the changes, so its traits usually come back.
+    """
+    return {
+        profile_id: None if merged_into else traits
+        for profile_id, merged_into, traits in _CHANGED_SINCE.execute(connection, profile_ids, b_since=since)
+    }
 
 
 def live_traits(connection: Connection, profile_ids: Collection[str]) -> dict[str, dict[str, Any]]:

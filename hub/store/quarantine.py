@@ -64,11 +64,13 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
 
     An address (email, phone, push token) is found as text, in any case and a
     phone written any way (`hub.pii.holding`), in bodies of any kind. Any other
-    id (userId, anonymousId, a CRM id) is found only as a whole JSON string
-    value, at any depth (a batch's items, context.traits): as text, "u-4" or
-    "42" would be found inside other people's bodies ("u-42", a price). A body
-    that does not parse as JSON (cut off, form-encoded) is therefore found by
-    the person's addresses only, never by a bare id.
+    id is found only as the value of a key that names it, at any depth (a
+    batch's items): Segment's `userId`, `anonymousId` and `previousId`, or a
+    custom identifier type's own name (`loyalty_id` in context.traits, in
+    any case), a number read as ingest reads it ("4242"). Anywhere else, "42" or "u-4" would be
+    found in other people's bodies (a total of "42", a user "u-42"). So a
+    body that does not parse as JSON (cut off, form-encoded), or one that
+    names the person under another key, is found by their addresses only.
 
     Returns the inbox rows behind them: an event the pipeline quarantined
     keeps its inbox row, the same body, for `touchhub replay`.
@@ -81,6 +83,8 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
     ids = {ident.value for ident in erased if ident.type not in ADDRESS_TYPES}
     if not addresses and not ids:
         return []
+    # A custom type's key is its own: its value is matched in any case, as identity.yaml may lower-case it.
+    any_case = {ident.type for ident in erased if ident.type not in ADDRESS_TYPES | CASED_ID_TYPES}
     rows = connection.execute(
         select(quarantine.c.id, quarantine.c.inbox_id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems)
     )
@@ -88,7 +92,7 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
     held = [
         row for row in rows
         if holds(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}")
-        or (ids and not ids.isdisjoint(_json_strings(row.raw_body)))
+        or (ids and not ids.isdisjoint(_ids_under(row.raw_body, any_case)))
     ]
     if held:
         connection.execute(
@@ -98,20 +102,32 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
     return sorted({row.inbox_id for row in held if row.inbox_id is not None})
 
 
-def _json_strings(body: bytes) -> set[str]:
-    """Every string value in a JSON body, at any depth, trimmed as ingest trims an id; none for a body that is
-    no JSON. Walked without recursion: a refused body may be nested as deep as the parser reads (~1,000)."""
+# The keys a Segment (or RudderStack) message names its person by, and the types they hold: case matters.
+SEGMENT_ID_KEYS = frozenset({"userId", "anonymousId", "previousId"})
+CASED_ID_TYPES = frozenset({"user_id", "anonymous_id"})
+
+
+def _ids_under(body: bytes, any_case: Collection[str]) -> set[str]:
+    """The values of Segment's id keys anywhere in a JSON body, as ingest reads an id (text trimmed, an integer
+    as its digits), and of the `any_case` keys lower-cased too; none for a body that is no JSON. Walked without
+    recursion: a refused body may be nested as deep as the parser reads (~1,000)."""
     try:
         pending = [json.loads(body)]
     except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past what the parser reads
         return set()
-    strings: set[str] = set()
+    found: set[str] = set()
     while pending:
         value = pending.pop()
-        if isinstance(value, str):
-            strings.add(value.strip())
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
+            found.update(_id_text(value[key]) for key in SEGMENT_ID_KEYS if key in value)
+            found.update(_id_text(value[key]).lower() for key in any_case if key in value)
             pending.extend(value.values())
         elif isinstance(value, list):
             pending.extend(value)
-    return strings
+    return found
+
+
+def _id_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value.strip()
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else ""
