@@ -6,7 +6,7 @@ raw inbox payloads and delivery logs, keeping the rows themselves so counts
 to the person are withdrawn, and their identifiers are taken out of other
 people's touchpoints that carried them (a bad link an unmerge undid), and
 out of those people's delivery log; quarantined bodies holding their
-addresses, or naming one of their ids as a JSON value, are wiped, with the inbox rows kept for replaying them. With
+addresses, or naming them by an id, are wiped, with the inbox rows kept for replaying them. With
 blocking on, each identifier's digest joins a blocklist, so an old install
 sending the same email cannot bring the person back (`hub.identity`). The
 records the hub wrote for them in a CRM are erased there too, by deliveries
