@@ -4,10 +4,11 @@ The simulation is the real hub (mapping, identity, triggers, timers, routing)
 on a throwaway database with the rules under test in place of the shipped
 ones. The events are taken in as the live hub's default source takes them
 (`hub.lab_events`: what it refuses is left out, a resend is dropped) and in
-the order they reached it, the clock stepping to each arrival: before each event,
-the timers due earlier are fired, each at its own due time; after the last,
-every remaining timer is run out the same way. Deliveries are planned into
-the throwaway outbox and never sent.
+the order they reached it, the clock stepping to each arrival: before the events
+that arrived at one moment (an SDK's flush shares one `sentAt`), the timers due
+earlier are fired, each at its own due time, and then those events are taken in
+together; after the last, every remaining timer is run out the same way.
+Deliveries are planned into the throwaway outbox and never sent.
 
 Everything reported names the files the user gave, at their lines: the
 throwaway copies (and the inbox ids the hub gives events there) mean nothing
@@ -22,6 +23,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from sqlalchemy import Connection, select
 from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.lab_events import EventsFile, at_lines, load_events
+from hub.model import RawEvent
 from hub.pii import mask_text
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
@@ -151,12 +154,10 @@ def _key_line(node: yaml.Node, key: str, value: str) -> int | None:
 
 def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
     clock = events_file.events[0].at  # load_events refuses a file with nothing to try
-    for event in events_file.events:
-        clock = _fire_timers(hub, clock, before=event.at)
-        clock = max(clock, event.at)
-        with hub.store.write() as connection:
-            inbox.append(connection, [event.raw], clock)
-        _drain(hub.pipeline.run_once, clock)
+    for at, arrived in groupby(events_file.events, key=lambda event: event.at):
+        clock = _fire_timers(hub, clock, before=at)
+        clock = max(clock, at)
+        _take_in(hub, [event.raw for event in arrived], clock)
     _fire_timers(hub, clock, before=None)
     with hub.store.read() as connection:
         found = sorted(decisions.search(connection, limit=1_000_000), key=lambda d: (d["decided_at"], d["rule_id"]))
@@ -165,6 +166,21 @@ def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
             decision["who"] = _who(views.get(decision["profile_id"], {"identifiers": {}})["identifiers"])
         left_out = events_file.left_out + _quarantined(connection, events_file) + _failed_timers(connection, events_file)
     return LabResult(found, len(events_file.events), at_lines(events_file.path, left_out))
+
+
+def _take_in(hub: Hub, raws: list[RawEvent], clock: datetime) -> None:
+    """Take in the messages that reached the hub at one moment together, before any timer fires.
+
+    An SDK's offline queue sends a cart and its order in one flush (one
+    `sentAt`): the live hub takes both in before the cart's timer, overdue
+    the moment it is armed, can fire (one pipeline batch, and `claim_due`
+    holds back a timer armed after an event still waiting in the inbox was
+    received), so the order cancels the wait. Fired between the two, the
+    timer would show a decision the live hub never makes.
+    """
+    with hub.store.write() as connection:
+        inbox.append(connection, raws, clock)
+    _drain(hub.pipeline.run_once, clock)
 
 
 def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:
