@@ -67,13 +67,19 @@ def claim(connection: Connection, limit: int, now: datetime, lease: timedelta) -
     return [InboxRow(*row[:-1], attempts=row[-1] - 1) for row in rows]
 
 
-_OLDEST_WAITING = precompiled.Precompiled(  # each pass of the timer worker that finds work: the first entry of the index
-    select(inbox.c.available_at).where(inbox.c.status == "pending").order_by(inbox.c.available_at).limit(1)
+_OLDEST_WAITING = precompiled.Precompiled(  # each pass of the timer worker that finds work: one probe of ix_inbox_status_received
+    select(inbox.c.received_at).where(inbox.c.status == "pending").order_by(inbox.c.received_at).limit(1)
 )
 
 
 def oldest_waiting(connection: Connection) -> datetime | None:
-    """Since when the oldest event no pipeline worker holds has waited (None: the pipeline has caught up)."""
+    """When the oldest event not yet processed was received (None: the pipeline has caught up).
+
+    Received, not `available_at`: a row postponed after a failed attempt, or
+    requeued by a replay, is available later but is still an event the timer
+    worker must not fire past (`timers.claim_due`): it may be the checkout
+    that cancels a cart's timer armed after it was received.
+    """
     found = _OLDEST_WAITING.execute(connection, {})
     return found[0][0] if found else None
 

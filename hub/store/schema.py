@@ -109,6 +109,7 @@ inbox = Table(
     Column("processed_at", UTCDateTime),
     Column("error", Text),
     Index("ix_inbox_status_available", "status", "available_at"),
+    Index("ix_inbox_status_received", "status", "received_at"),  # the timer worker's `inbox.oldest_waiting`
     Index("ix_inbox_source_received", "source_id", "received_at"),  # replay --source --since
 )
 
