@@ -226,7 +226,7 @@ class TimerEngine:
             rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
             gone = _gone(anchor, profile)
-            ruled_out = None if gone else self._ruled_out(timer.rule_id, rule, anchor, profile)
+            ruled_out = None if gone else self._ruled_out(timer, rule, anchor, profile)
             if ruled_out is not None and (age := now - timer.created_at) < RULE_ROLLOUT:  # held, looked at again
                 lengthened.append((timer.timer_id, now + max(age, RULE_ROLLOUT_RECHECK)))
                 held[timer.rule_id, ruled_out] += 1
@@ -245,10 +245,20 @@ class TimerEngine:
                         rule=rule_id, reason=why, timers=count, lapse_after=str(RULE_ROLLOUT))
         return firings, later
 
-    def _ruled_out(self, rule_id: str, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any]) -> str | None:
-        """Why this worker's rules no longer fire a timer of `rule_id` armed by `anchor`, if they do not."""
+    def _ruled_out(self, timer: DueTimer, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any]) -> str | None:
+        """Why this worker's rules no longer fire `timer`, armed by `anchor`, if they do not.
+
+        Only an edit of the rule since it armed the timer is judged here: the
+        version that armed it judged `after` with the traits of the time, and
+        a trait changed since (a plan upgraded by a CRM sync) is for the rule's
+        fire-time conditions to weigh. Judged again with today's traits, the
+        unedited rule read as edited, the timer was held as for a rollout and
+        lapsed.
+        """
         if rule is None:
-            return self.rulebook.not_in_force(rule_id)
+            return self.rulebook.not_in_force(timer.rule_id)
+        if timer.rule_version == rule.version:
+            return None
         if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
             return "the edited rule no longer waits after this event"
         return None

@@ -254,7 +254,7 @@ def test_only_a_neighbour_whose_nudge_reached_the_person_decided_the_wait(store:
         ])
         later = anchor_at + timedelta(minutes=1)  # each profile's next cart, inside that wait
         ended_waits = timers.ended_by_neighbours(connection, [
-            timers.DueTimer(f"next-{status}", "nudge", status, f"tp-next-{status}", later, later + wait, 0, later)
+            timers.DueTimer(f"next-{status}", "nudge", status, f"tp-next-{status}", later, later + wait, 0, later, None)
             for status in statuses
         ])
     assert ended_waits == {"next-fired": WaitEnded(

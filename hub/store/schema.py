@@ -256,6 +256,7 @@ timers = Table(
     Column("decision_id", String(36)),
     Column("attempts", Integer, nullable=False, server_default="0"),  # firings that raised; at the limit it is `failed`
     Column("reason", Text),  # why it ended without firing (or why its last attempt failed): `model.WaitEnded`
+    Column("rule_version", String(120)),  # of the rule that armed it; an edit since is judged when it comes due
     Index("ix_timers_status_due", "status", "due_at"),
     Index("ix_timers_profile_rule_status_due", "profile_id", "rule_id", "status", "due_at"),
 )

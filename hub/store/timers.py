@@ -38,6 +38,7 @@ class DueTimer:
     due_at: datetime
     attempts: int  # firings of it that raised before this claim
     created_at: datetime  # when a pipeline armed it, by that node's clock
+    rule_version: str | None  # of the rule that armed it (`RuleSpec.version`); None if not known (armed before i20)
 
 
 _SETTLE = precompiled.Precompiled(  # each set the timer worker fires, one row per timer (executemany)
@@ -50,7 +51,7 @@ _SETTLE = precompiled.Precompiled(  # each set the timer worker fires, one row p
 # Per event that starts a wait; a timer armed again by a replayed event is already stored.
 _ARM = sql.precompiled_insert_skipping(
     timers, ["timer_id"],
-    ["timer_id", "rule_id", "profile_id", "touchpoint_id", "anchor_at", "due_at", "status", "created_at"],
+    ["timer_id", "rule_id", "profile_id", "touchpoint_id", "anchor_at", "due_at", "status", "created_at", "rule_version"],
 )
 
 _NEXT_DUE = precompiled.Precompiled(  # each pass of the timer worker, idle ones too
@@ -66,10 +67,12 @@ _NEXT_DUE = precompiled.Precompiled(  # each pass of the timer worker, idle ones
 
 def follow_event(
     connection: Connection, profile_id: str, touchpoint_id: str, at: datetime, now: datetime, *,
-    cancel: Sequence[tuple[str, timedelta]], arm: Sequence[tuple[str, datetime]],
+    cancel: Sequence[tuple[str, timedelta]], arm: Sequence[tuple[str, datetime]], versions: Mapping[str, str] | None = None,
 ) -> None:
     """What an event at `at` does to its profile's timers: the waits it ends (rule id, the rule's wait) are
-    cancelled, those it starts (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers.
+    cancelled, those it starts (rule id, due at) restart: in one UPDATE, then one INSERT of the new timers, each
+    with the version of its rule (`versions`, by rule id) that judged the event to start a wait (none: the
+    timer worker judges the rule in force again when it comes due).
 
     Only waits still running at `at` are touched, judged by the rules as the
     caller has them in force, not by the timers' stored due times: after an
@@ -93,6 +96,7 @@ def follow_event(
             {
                 "timer_id": derived_id("timer", rule_id, touchpoint_id), "rule_id": rule_id, "profile_id": profile_id,
                 "touchpoint_id": touchpoint_id, "anchor_at": at, "due_at": due_at, "status": "pending", "created_at": now,
+                "rule_version": (versions or {}).get(rule_id),
             }
             for rule_id, due_at in arm
         ])
@@ -274,7 +278,7 @@ _SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
 _CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
     timers.c.timer_id,
     (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts,
-     timers.c.created_at),
+     timers.c.created_at, timers.c.rule_version),
     and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
 )
 ALL_SEEN = END_OF_TIME  # `seen_until` when no event waits in the inbox
