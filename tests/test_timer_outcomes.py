@@ -283,6 +283,19 @@ def test_timers_armed_under_a_longer_wait_are_found_by_their_span_in_sql(store: 
     assert sorted(found) == [("a-tick-longer", anchor_at + timedelta(minutes=2)), ("armed-longer", anchor_at + timedelta(minutes=2))]
 
 
+def test_a_timer_that_fired_after_a_shortened_wait_was_read_keeps_its_record(store: Store) -> None:
+    """`ShortenedWaits` reads the timers to bring forward in one transaction and moves them in later ones; one
+    the timer worker fired in between had its due time rewritten after the fact (and its lease cleared)."""
+    anchor_at = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
+    with store.write() as connection:
+        connection.execute(insert(timers_table), [timer("fired", "nudge", anchor_at, timedelta(minutes=30)),
+                                                  timer("pending", "nudge", anchor_at, timedelta(minutes=30))])
+        connection.execute(timers_table.update().where(timers_table.c.timer_id == "fired").values(status="fired"))
+        timers.wait_until(connection, [("fired", anchor_at + timedelta(minutes=2)), ("pending", anchor_at + timedelta(minutes=2))])
+        due = dict(connection.execute(select(timers_table.c.timer_id, timers_table.c.due_at)).all())
+    assert due == {"fired": anchor_at + timedelta(minutes=30), "pending": anchor_at + timedelta(minutes=2)}
+
+
 @BOTH_DATABASES
 def test_timers_stored_before_the_migration_have_no_failed_attempts_and_no_reason(database_url: str) -> None:
     """i13 adds both columns to the stored rows (and takes them away again on the way down)."""

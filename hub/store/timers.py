@@ -156,9 +156,9 @@ def _running_parameters(rules: Sequence[tuple[str, datetime]], prefix: str) -> d
             **precompiled.numbered([since for _, since in rules], f"{prefix}since_")}
 
 
-_WAIT_UNTIL = precompiled.Precompiled(
+_WAIT_UNTIL = precompiled.Precompiled(  # pending only: a timer settled since it was read keeps its record
     update(timers)
-    .where(timers.c.timer_id == bindparam("p_timer_id"))
+    .where(timers.c.timer_id == bindparam("p_timer_id"), timers.c.status == "pending")
     .values(due_at=bindparam("p_due_at", type_=UTCDateTime), claimed_until=None)
 )
 
@@ -269,7 +269,9 @@ def note_waits(connection: Connection, waits: dict[str, timedelta]) -> None:
 
 
 def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) -> None:
-    """Claimed timers whose rule now waits longer, released to come due again when it says (timer id, due at)."""
+    """Pending timers to come due when given (timer id, due at): claimed ones whose rule now waits longer,
+    released, or those a shortened wait brings forward. One settled since its caller read it (it fired between
+    `ShortenedWaits`' read and its write) is left as it ended."""
     if later:
         _WAIT_UNTIL.execute(connection, [{"p_timer_id": timer_id, "p_due_at": due_at} for timer_id, due_at in later])
 
