@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Literal
 
 import structlog
 
@@ -26,6 +27,10 @@ from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
 
+# Why a claimed delivery went back to the outbox without a call: the reason label of hub_deliveries_held_back_total.
+HeldBack = Literal["circuit_open", "rate_limit", "in_flight_limit", "not_configured"]
+
+
 
 class AttemptOutcomes:
     """Judges attempts by the destinations' policies; `recipient` types an address as routes.yaml does."""
@@ -34,8 +39,10 @@ class AttemptOutcomes:
         self.policies = policies
         self.recipient = recipient
 
-    def held_back(self, delivery: Delivery, wait: float, reason: str) -> Outcome:
-        metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome="held_back").inc()
+    def held_back(self, delivery: Delivery, wait: float, reason: HeldBack) -> Outcome:
+        """No call was made, so no attempt is counted: counting these as attempts showed traffic to a provider
+        the hub had stopped calling."""
+        metrics.DELIVERIES_HELD_BACK.labels(destination=delivery.destination_id, reason=reason).inc()
         log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
         return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
 

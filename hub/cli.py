@@ -76,7 +76,8 @@ def serve(
         app = create_app(hub)
         freeze_startup_objects()
         console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {shown_url(settings.database_url)})")
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower())
+        # log_config=None: uvicorn's lines go to the root handler configure_logging set up (JSON, masked).
+        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None)
 
 
 @app.command()

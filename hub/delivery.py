@@ -291,16 +291,16 @@ class DeliveryEngine:
             return self._not_configured(delivery)
         policy = self.policies.for_destination(delivery.destination_id)
         if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
-            return self._outcomes.held_back(delivery, SEND_WAIT_SECONDS, "sends in flight at the limit")
+            return self._outcomes.held_back(delivery, SEND_WAIT_SECONDS, "in_flight_limit")
         wait = policy.breaker.admit()
         if wait > 0:
-            return self._outcomes.held_back(delivery, wait, "circuit open")
+            return self._outcomes.held_back(delivery, wait, "circuit_open")
         pause: float | None = None  # no rate limit
         if policy.rate_limit is not None:
             pause = policy.rate_limit.reserve(MAX_INLINE_WAIT_SECONDS)
             if pause is None:
                 policy.breaker.release()  # no await since `admit`: a probe it granted was this delivery's
-                return self._outcomes.held_back(delivery, policy.rate_limit.wait_time(), "rate limit")
+                return self._outcomes.held_back(delivery, policy.rate_limit.wait_time(), "rate_limit")
         self._sends_to[delivery.destination_id] += 1  # no await since the place was found: it is exact
         try:
             if pause is not None:
@@ -347,7 +347,7 @@ class DeliveryEngine:
         max_age = self.policies.for_destination(delivery.destination_id).retry.max_age
         left = (max_age - delivery.retry_age(now)).total_seconds()
         if left > 0:
-            return self._outcomes.held_back(delivery, min(UNCONFIGURED_PAUSE_SECONDS, left), "destination not configured here")
+            return self._outcomes.held_back(delivery, min(UNCONFIGURED_PAUSE_SECONDS, left), "not_configured")
         error = AuthDeliveryError(DeliveryFailure(
             UNKNOWN_DESTINATION,
             f"no delivery worker had settings for destination {delivery.destination_id!r} within its max age "

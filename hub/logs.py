@@ -36,24 +36,52 @@ class QueryValuesHidden(logging.Filter):
         return True
 
 
+def _finishing_processors(json_output: bool) -> list[Any]:
+    """The steps every line ends with, structlog's and stdlib logging's alike: one place, so a line from
+    uvicorn, SQLAlchemy or twilio is masked and rendered exactly as the hub's own (HUB_LOG_JSON)."""
+    return [
+        structlog.processors.format_exc_info,
+        _mask_pii,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False),
+    ]
+
+
+def _route_stdlib_logging(level: str, formatter: logging.Formatter) -> None:
+    """Give stdlib records (uvicorn, SQLAlchemy, client libraries) the hub's formatter on the root handler.
+
+    A later call (a command setting its own level) re-formats the handler it added rather than adding a
+    second; a root logger with someone else's handlers (pytest's) is left alone, as basicConfig does.
+    """
+    ours = [handler for handler in logging.getLogger().handlers
+            if isinstance(handler.formatter, structlog.stdlib.ProcessorFormatter)]
+    for handler in ours:
+        handler.setFormatter(formatter)
+    if not ours:
+        handler = logging.StreamHandler()
+        handler.setFormatter(formatter)
+        logging.basicConfig(level=level, handlers=[handler])
+
+
 def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
-    logging.basicConfig(level=level.upper(), format="%(message)s")
+    """structlog's lines are rendered by structlog itself (cheap on the hot paths); stdlib logging's through
+    a ProcessorFormatter with the same steps, so HUB_LOG_JSON and the masking hold for every line."""
+    level = level.upper()
+    starting = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
+    finishing = _finishing_processors(json_output)
+    _route_stdlib_logging(level, structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=starting,
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finishing],
+    ))
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(existing, QueryValuesHidden) for existing in access.filters):
         access.addFilter(QueryValuesHidden())
     # Client libraries log whole requests at INFO (twilio: headers and form fields,
     # i.e. phone numbers); they speak only when something is wrong.
     for noisy in NOISY_LIBRARY_LOGGERS:
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.format_exc_info,
-            _mask_pii,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        processors=[*starting, *finishing],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         cache_logger_on_first_use=True,
     )

@@ -1,15 +1,119 @@
-"""Prometheus metrics, served at /metrics."""
+"""Prometheus metrics, served at /metrics.
 
-from prometheus_client import Counter
+Counters and the circuit gauge live in the memory of the process that
+changes them. What the store holds (inbox backlog, outbox by status, timers)
+is read from the store at each scrape by `exposition`, so it is the same
+whichever process or node is scraped, and counts work done by `touchhub
+worker` processes that serve no /metrics of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from sqlalchemy import Connection, Table, func, select
+
+from hub.clock import utcnow
+from hub.store import Store, inbox, outbox, timers
+from hub.store.schema import deliveries
+from hub.store.schema import inbox as inbox_table
+from hub.store.schema import timers as timers_table
 
 EVENTS_ACCEPTED = Counter("hub_events_accepted_total", "Events committed to the inbox.", ["source"])
-EVENTS_REJECTED = Counter("hub_events_rejected_total", "Items or bodies refused at ingest.", ["source", "reason"])
+EVENTS_REJECTED = Counter(
+    "hub_events_rejected_total",
+    "Requests and items refused at ingest, by reason (auth, forbidden, unknown_source, too_large, "
+    "unsupported_encoding, bad_payload, bad_request, bad_item).",
+    ["source", "reason"],
+)
 TOUCHPOINTS_PROCESSED = Counter("hub_touchpoints_processed_total", "Inbox rows turned into touchpoints.")
 DECISIONS = Counter("hub_decisions_total", "Trigger decisions made.", ["rule"])
 DELIVERY_ATTEMPTS = Counter("hub_delivery_attempts_total", "Calls to destinations by outcome.", ["channel", "outcome"])
+DELIVERIES_HELD_BACK = Counter(
+    "hub_deliveries_held_back_total",
+    "Deliveries put back in the outbox without a call to the destination, by reason (circuit_open, rate_limit, "
+    "in_flight_limit, not_configured); counted by the process that held them back.",
+    ["destination", "reason"],
+)
+CIRCUIT_OPEN = Gauge(
+    "hub_circuit_open",
+    "1 while this process's circuit breaker for the destination is open or probing, 0 when closed. Each process "
+    "keeps its own breaker: scrape every process that delivers.",
+    ["destination"],
+)
 TIMERS_SETTLED = Counter(
     "hub_timers_settled_total",
     "Absence timers the timer worker settled when they came due, by outcome (fired, cancelled, superseded, lapsed, "
     "failed); the reasons are on the timer rows. Waits the pipeline ends as events come in are counted in /api/stats.",
     ["rule", "outcome"],
 )
+
+
+def exposition(store: Store) -> bytes:
+    """This process's metrics, then the store's gauges read now. The store's go through a registry built for the
+    one scrape: several hubs in one process (the tests start many) would collide in the global one."""
+    registry = CollectorRegistry()
+    registry.register(_StoreGauges(store))
+    return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+class _StoreGauges:
+    """Gauges of what the store holds, read in one read transaction per scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        with self.store.read() as connection:
+            yield from _inbox_gauges(connection)
+            yield _outbox_gauge(connection)
+            yield from _timer_gauges(connection)
+
+
+def _inbox_gauges(connection: Connection) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "hub_inbox_pending", "Events accepted and waiting for the pipeline.", value=_count(connection, inbox_table, "pending"),
+    )
+    oldest = inbox.oldest_waiting(connection)
+    yield GaugeMetricFamily(
+        "hub_inbox_oldest_pending_age_seconds",
+        "Seconds since the oldest event the pipeline has not processed was received (0: caught up).",
+        value=(utcnow() - oldest).total_seconds() if oldest else 0.0,
+    )
+
+
+def _outbox_gauge(connection: Connection) -> Metric:
+    """Only what is still to send and the dead letters: sent, delivered and failed rows grow for ever, and a scrape
+    every 15 s must not count them (the attempt counters do); these statuses are a range of the due index."""
+    gauge = GaugeMetricFamily(
+        "hub_outbox_unsent",
+        "Deliveries not sent, by destination, channel and status: pending and retrying wait to go, dead ones wait in "
+        "the dead-letter queue for a replay.",
+        labels=["destination", "channel", "status"],
+    )
+    query = (
+        select(deliveries.c.destination_id, deliveries.c.channel, deliveries.c.status, func.count())
+        .where(deliveries.c.status.in_(outbox.UNSENT_STATUSES))
+        .group_by(deliveries.c.destination_id, deliveries.c.channel, deliveries.c.status)
+    )
+    for destination, channel, status, count in connection.execute(query):
+        gauge.add_metric([destination, channel, status], count)
+    return gauge
+
+
+def _timer_gauges(connection: Connection) -> Iterator[Metric]:
+    yield GaugeMetricFamily(
+        "hub_timers_pending", "Absence timers armed and not yet settled.", value=_count(connection, timers_table, "pending"),
+    )
+    yield GaugeMetricFamily(
+        "hub_timers_overdue",
+        "Pending absence timers already due: the timer worker is behind (or waiting for the pipeline) when it stays up.",
+        value=timers.pending_due(connection, utcnow()),
+    )
+
+
+def _count(connection: Connection, table: Table, status: str) -> int:
+    """Rows of one status: a range of the table's (status, ...) index, not a count of every row ever stored."""
+    return connection.execute(select(func.count()).select_from(table).where(table.c.status == status)).scalar_one()

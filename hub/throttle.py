@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import structlog
 
+from hub import metrics
+
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], float]
@@ -44,6 +46,8 @@ class CircuitBreaker:
         self._opened_at: float | None = None
         self._probe_in_flight = False
         self._probe_sent_at = 0.0
+        self._open_gauge = metrics.CIRCUIT_OPEN.labels(destination=name)
+        self._open_gauge.set(0)  # a new breaker starts closed; the series exists before the first outage
 
     @property
     def state(self) -> str:
@@ -83,12 +87,14 @@ class CircuitBreaker:
             if healthy:
                 if self._opened_at is not None:
                     log.info("circuit closed", destination=self.name)
+                    self._open_gauge.set(0)
                 self._failures, self._opened_at, self._probe_in_flight = 0, None, False
                 return
             self._failures += 1
             if self._probe_in_flight or self._failures >= self.failure_threshold:
                 if self._opened_at is None or self._probe_in_flight:
                     log.warning("circuit open", destination=self.name, consecutive_failures=self._failures)
+                    self._open_gauge.set(1)
                 self._opened_at, self._probe_in_flight = self._clock(), False
 
 

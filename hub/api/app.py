@@ -7,14 +7,22 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import hub
 from hub.api import admin, callbacks, console, console_api, ingest, mappings, profiles, unsubscribe
 from hub.api.auth import ApiAuth
 from hub.errors import IngestError
+from hub.metrics import EVENTS_REJECTED, exposition  # by name: the /metrics route's function is `metrics`
 from hub.runtime import Hub
+from hub.store import Store
+
+NOT_CURRENT = "schema not at this hub's migrations; run touchhub migrate"
+# hub_events_rejected_total's reason by the refusal's status: a fixed set, so the label stays bounded.
+REFUSAL_REASONS = {400: "bad_payload", 401: "auth", 403: "forbidden", 404: "unknown_source", 413: "too_large",
+                   415: "unsupported_encoding"}
 
 
 def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
@@ -50,7 +58,9 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     app.include_router(console.router)  # /console/: the static page; its API calls carry the bearer token
 
     @app.exception_handler(IngestError)
-    async def ingest_error(_request: Request, exc: IngestError) -> JSONResponse:
+    async def ingest_error(request: Request, exc: IngestError) -> JSONResponse:
+        reason = REFUSAL_REASONS.get(exc.status_code, "bad_request")
+        EVENTS_REJECTED.labels(source=ingest.refused_source(request), reason=reason).inc()
         return JSONResponse(
             {"success": False, "error": exc.message, "rejected": [problem.as_dict() for problem in exc.problems]},
             status_code=exc.status_code,
@@ -63,14 +73,37 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        ready = await run_in_threadpool(hub_instance.store.is_migrated)
-        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+        reason = await run_in_threadpool(_not_ready_because, hub_instance.store)
+        if reason is None:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "reason": reason}, status_code=503)
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(await run_in_threadpool(exposition, hub_instance.store), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _not_ready_because(store: Store) -> str | None:
+    """Why the hub cannot take events durably now, or None. A schema that merely exists is not enough (one rolled
+    back to nothing keeps an empty alembic_version), and a database that refuses connections is an answer for the
+    load balancer, not a 500."""
+    try:
+        current = store.is_current()
+    except SQLAlchemyError as exc:
+        return f"database: {_database_problem(exc, store.engine.url.password)}"
+    return None if current else NOT_CURRENT
+
+
+def _database_problem(exc: SQLAlchemyError, password: str | None) -> str:
+    """The driver's own first line (SQLAlchemy's text adds the SQL and a link), never the URL's password: the
+    answer goes to whoever can reach /readyz."""
+    cause = str(getattr(exc, "orig", None) or exc).strip()
+    problem = cause.splitlines()[0] if cause else type(exc).__name__
+    if password:
+        problem = problem.replace(password, "***")
+    return f"{problem}; check that the database is up and HUB_DATABASE_URL points at it"
 
 
 async def _refuse_nul(request: Request) -> None:

@@ -25,6 +25,7 @@ from hub.clock import utcnow
 from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
 
+UNKNOWN_SOURCE = "unknown"  # the source label of a refusal before the request named a configured source
 TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
 router = APIRouter(tags=["ingest"])
 
@@ -32,6 +33,17 @@ router = APIRouter(tags=["ingest"])
 async def _inbound(request: Request, hub: Hub) -> InboundRequest:
     body = await read_body(request, hub.settings.max_body_bytes)
     return InboundRequest(request.method, str(request.url), request.headers, body)
+
+
+def refused_source(request: Request) -> str:
+    """The source label of a refused request: only a configured source's id, so the label stays bounded."""
+    return getattr(request.state, "source_id", UNKNOWN_SOURCE)
+
+
+def _refusals_count_for(request: Request, source: Source) -> Source:
+    """Name the request's source for the IngestError handler, which counts every refusal (`refused_source`)."""
+    request.state.source_id = source.source_id
+    return source
 
 
 async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
@@ -42,7 +54,6 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
         # RecursionError: a message refused as too deep is quarantined on its own, written by the json module, which
         # gives up near 1,000 levels where orjson reads 1,024: the body is kept whole instead, and refused.
         refused = exc if isinstance(exc, BadPayloadError) else BadPayloadError(TOO_DEEP_TO_KEEP)
-        metrics.EVENTS_REJECTED.labels(source=source.source_id, reason="bad_payload").inc()
         await run_in_threadpool(
             ingest.quarantine_body, hub.store, source_id=source.source_id, reason=refused.message,
             problems=refused.problems, body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
@@ -60,7 +71,8 @@ async def _ingest(request: Request) -> JSONResponse:
     hub: Hub = request.app.state.hub
     inbound = await _inbound(request, hub)
     body_keys, kept = without_write_keys(inbound)
-    return await _accept(hub, hub.authenticate(credentials(inbound, body_keys)), kept)
+    source = _refusals_count_for(request, hub.authenticate(credentials(inbound, body_keys)))
+    return await _accept(hub, source, kept)
 
 
 @router.post("/v1/batch", summary="Accept a batch of Segment-spec messages")
@@ -81,6 +93,7 @@ async def webhook(request: Request, source_id: str) -> JSONResponse:
     source = hub.sources.get(source_id)
     if source is None:
         raise UnknownSourceError(f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
+    _refusals_count_for(request, source)
     inbound = await _inbound(request, hub)
     body_keys, kept = without_write_keys(inbound)
     source.verify(credentials(inbound, body_keys) if source.sdk_ingest else inbound)
