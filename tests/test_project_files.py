@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 def test_migrations_produce_exactly_the_schema_the_code_uses(database_url: str) -> None:
     store = Store(database_url)
-    assert not store.is_migrated()
+    assert not store.is_current()
     store.migrate()
     store.migrate()  # idempotent
-    assert store.is_migrated()
+    assert store.is_current()
     with store.read() as connection:
         assert compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata) == []
     store.dispose()

@@ -38,7 +38,7 @@ def test_readyz_is_ready_on_a_migrated_store(running_hub: RunningHub) -> None:
 def test_readyz_is_a_503_naming_the_database_when_it_refuses_connections(
     running_hub: RunningHub, postgres, database_url: str
 ) -> None:
-    """Before: `is_migrated` raised and the probe was an unhandled 500 with a traceback, not a 503."""
+    """Before: the probe's schema check raised and it was an unhandled 500 with a traceback, not a 503."""
     name = database_url.rsplit("/", 1)[1]
     admin = create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
     try:

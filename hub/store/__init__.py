@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, inspect, select, text
+from sqlalchemy import Connection, func, select, text
 
 from hub.store.engine import create_store_engine, read_transaction, write_transaction
 from hub.store.writer_lock import writer_lock
@@ -71,10 +71,6 @@ class Store:
             if revision == "head" and _is_at_head(connection):
                 return
             command.upgrade(_alembic_config(connection), revision)
-
-    def is_migrated(self) -> bool:
-        with self.read() as connection:
-            return inspect(connection).has_table("alembic_version")
 
     def is_current(self) -> bool:
         """Whether the schema is at this hub's newest migration (a store an older hub made is not)."""
