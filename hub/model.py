@@ -195,7 +195,7 @@ class Decision:
 
 
 # How the reasons of waits ended by an event begin; the event's touchpoint id follows. Named once, as the
-# pipeline writes them in SQL (`timers.follow_event`) and the timer worker here, and both must read alike.
+# pipeline writes them in SQL (`timer_arming.follow_event`) and the timer worker here, and both must read alike.
 FOLLOWED_UP_BY = "the follow-up came: touchpoint "
 RESTARTED_BY = "a later event restarted the wait: touchpoint "
 

@@ -36,7 +36,7 @@ from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
-from hub.store import Store, forget, inbox, quarantine, timers, touchpoints, withdrawals
+from hub.store import Store, forget, inbox, quarantine, timer_arming, touchpoints, withdrawals
 from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import as_set_or_one_by_one
@@ -193,7 +193,7 @@ class Pipeline:
             rules = self.rulebook.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
-            timers.follow_event(
+            timer_arming.follow_event(
                 connection, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now,
                 cancel=changes.cancel, arm=changes.arm, versions=_versions_of(rules, changes.arm),
             )

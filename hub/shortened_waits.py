@@ -12,7 +12,7 @@ import structlog
 
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
-from hub.store import Store, timers
+from hub.store import Store, timer_waits, timers
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,7 @@ class ShortenedWaits:
     def _rules_changed(self, rules: list[RuleSpec], now: datetime) -> None:
         waits = {rule.id: rule.absence.within for rule in rules if rule.absence is not None}
         with self.store.read() as connection:
-            noted = timers.noted_waits(connection)
+            noted = timer_waits.noted_waits(connection)
         maybe_shortened = {
             rule_id: wait for rule_id, wait in waits.items()
             if rule_id not in noted or wait < noted[rule_id] or wait < self._waits_seen.get(rule_id, wait)
@@ -73,13 +73,13 @@ class ShortenedWaits:
                                        key=lambda look: look[0])
         if any(noted.get(rule_id) != wait for rule_id, wait in waits.items()):
             with self.store.write() as connection:
-                timers.note_waits(connection, waits)
+                timer_waits.note_waits(connection, waits)
         self._rules_seen, self._waits_seen = rules, waits
 
     def _bring_forward(self, waits: dict[str, timedelta]) -> None:
         """These rules' pending timers due later than their anchor plus their rule's wait, due then instead."""
         with self.store.read() as connection:
-            earlier = timers.due_after_their_wait(connection, waits)
+            earlier = timer_waits.due_after_their_wait(connection, waits)
         for start in range(0, len(earlier), RESCHEDULE_CHUNK):  # short write transactions beside ingest
             with self.store.write() as connection:
                 timers.wait_until(connection, earlier[start:start + RESCHEDULE_CHUNK])

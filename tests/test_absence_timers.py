@@ -18,7 +18,7 @@ from hub.clock import utcnow
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id, ordered_id
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
-from hub.store import decisions, delivery_log, identity_repair, inbox, timers, touchpoints
+from hub.store import decisions, delivery_log, identity_repair, inbox, timer_waits, timers, touchpoints
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import deliveries as deliveries_table
 from hub.store.schema import merges
@@ -583,7 +583,7 @@ def test_an_edit_made_while_no_timer_worker_ran_is_found_by_the_next_to_start(tm
     [decision] = nudges(after)
     assert decision["decided_at"] == datetime.fromisoformat(ago(minutes=1))
     with after.store.read() as connection:
-        assert timers.noted_waits(connection) == {"order_nudge": timedelta(minutes=2)}
+        assert timer_waits.noted_waits(connection) == {"order_nudge": timedelta(minutes=2)}
 
 
 TWO_NUDGES = """rules:

@@ -25,7 +25,7 @@ from hub import identity, provider_reports
 from hub.consent import consent_revoked
 from hub.delivery_record import Outcome
 from hub.model import Identifier, PlannedDelivery, ProviderStatus, RawEvent
-from hub.store import Store, inbox, outbox, timers
+from hub.store import Store, inbox, outbox, timer_waits
 from hub.store.profile_views import find_profile_id, profile_view
 from hub.store.schema import deliveries as deliveries_table, held_reports
 from tests.conftest import RunningHub, message, support_ticket
@@ -98,14 +98,14 @@ def test_two_timer_workers_noting_the_waits_at_once_both_succeed(store: Store) -
 
     def first() -> None:
         with store.write() as connection:
-            timers.note_waits(connection, waits)
+            timer_waits.note_waits(connection, waits)
             first_noted.set()
             first_may_commit.wait(10)
 
     def second() -> None:
         first_noted.wait(10)
         with store.write() as connection:
-            timers.note_waits(connection, {"cart_abandonment": timedelta(minutes=5)})  # waits on the first's row
+            timer_waits.note_waits(connection, {"cart_abandonment": timedelta(minutes=5)})  # waits on the first's row
 
     with ThreadPoolExecutor(2) as pool:
         noted = [pool.submit(first), pool.submit(second)]
@@ -114,7 +114,7 @@ def test_two_timer_workers_noting_the_waits_at_once_both_succeed(store: Store) -
         for future in noted:
             future.result(timeout=20)
     with store.read() as connection:
-        assert timers.noted_waits(connection) == {"cart_abandonment": timedelta(minutes=5)}
+        assert timer_waits.noted_waits(connection) == {"cart_abandonment": timedelta(minutes=5)}
 
 
 

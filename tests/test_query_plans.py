@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import Connection, event
 
 from hub.model import RawEvent
-from hub.store import Store, inbox, timers, touchpoints
+from hub.store import Store, inbox, timer_arming, timers, touchpoints
 from hub.store.sql import query_plan
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -48,7 +48,7 @@ def plans_of(connection: Connection, table: str) -> Iterator[list[str]]:
 @pytest.mark.parametrize(("cancel", "rearm"), [(1, 0), (2, 0), (0, 1), (1, 1), (3, 2)])
 def test_an_event_settling_timers_searches_the_profiles_own_timers(store: Store, cancel: int, rearm: int) -> None:
     with store.write() as connection, plans_of(connection, "timers") as plans:
-        timers.follow_event(
+        timer_arming.follow_event(
             connection, "profile", "tp", T0, T0,
             cancel=[(f"cancel{n}", LEASE) for n in range(cancel)], arm=[(f"arm{n}", T0 + LEASE) for n in range(rearm)],
         )

@@ -15,8 +15,8 @@ from hub.model import RawEvent
 from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import Store, inbox
-from hub.store.schema import timers as timers_table
 from tests.conftest import make_settings, message
+from tests.test_absence_timers import timer_statuses
 from tests.test_query_plans import plans_of
 
 BOTH_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -37,10 +37,6 @@ def hub(tmp_path: Path, database_url: str) -> Iterator[Hub]:
 def ago(**delta: float) -> str:
     return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat()
 
-
-def timer_statuses(hub: Hub) -> list[str]:
-    with hub.store.read() as connection:
-        return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
 
 
 def cart_and_checkout_in_a_backlog(hub: Hub) -> None:

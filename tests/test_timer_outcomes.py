@@ -18,7 +18,7 @@ from hub.absence import RULE_ROLLOUT, RULE_ROLLOUT_RECHECK
 from hub.clock import utcnow
 from hub.model import WaitEnded, derived_id
 from hub.runtime import Hub
-from hub.store import Store, _alembic_config, decisions, timers
+from hub.store import Store, _alembic_config, decisions, timer_arming, timer_waits, timers
 from hub.store.schema import decisions as decisions_table
 from hub.store.schema import timers as timers_table
 from tests.conftest import message
@@ -279,7 +279,7 @@ def test_timers_armed_under_a_longer_wait_are_found_by_their_span_in_sql(store: 
             timer("a-tick-longer", "nudge", anchor_at, timedelta(minutes=2, milliseconds=5)),
             timer("other-rule", "other", anchor_at, timedelta(minutes=30)),
         ])
-        found = timers.due_after_their_wait(connection, {"nudge": timedelta(minutes=2)})
+        found = timer_waits.due_after_their_wait(connection, {"nudge": timedelta(minutes=2)})
     assert sorted(found) == [("a-tick-longer", anchor_at + timedelta(minutes=2)), ("armed-longer", anchor_at + timedelta(minutes=2))]
 
 
@@ -322,8 +322,8 @@ def test_one_event_ends_only_the_waits_still_running_by_each_rules_own_wait(tmp_
     t0 = datetime(2026, 3, 1, 12, tzinfo=timezone.utc)
     waits = {"short": timedelta(minutes=5), "long_a": timedelta(minutes=30), "long_b": timedelta(minutes=30)}
     with store.write() as connection:
-        timers.follow_event(connection, "P", "cart", t0, t0, cancel=[], arm=[(rule, t0 + wait) for rule, wait in waits.items()])
-        timers.follow_event(connection, "P", "page", t0 + timedelta(minutes=10), t0, cancel=list(waits.items()), arm=[])
+        timer_arming.follow_event(connection, "P", "cart", t0, t0, cancel=[], arm=[(rule, t0 + wait) for rule, wait in waits.items()])
+        timer_arming.follow_event(connection, "P", "page", t0 + timedelta(minutes=10), t0, cancel=list(waits.items()), arm=[])
     with store.read() as connection:
         statuses = dict(connection.execute(select(timers_table.c.rule_id, timers_table.c.status)).all())
     store.dispose()

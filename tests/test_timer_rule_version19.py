@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import shutil
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from hub.clock import utcnow
 from hub.model import RawEvent
-from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import inbox
 from hub.store.schema import timers as timers_table
-from tests.conftest import make_settings, message
-
-
-def hub_on(tmp_path: Path, **overrides: object) -> Hub:
-    """A hub whose workers are not started: the test drives each step."""
-    return Hub(make_settings(tmp_path, **{"quiet_hours": "", "lease_seconds": 0.5, **overrides}))
-
-
-def ago(**delta: float) -> str:
-    return (datetime.now(timezone.utc) - timedelta(**delta)).isoformat()
-
-
-def timer_statuses(hub: Hub) -> list[str]:
-    with hub.store.read() as connection:
-        return [row.status for row in connection.execute(timers_table.select().order_by(timers_table.c.created_at))]
+from tests.conftest import message
+from tests.test_absence_timers import hub_on, timer_statuses
+from tests.test_timer_inbox_hold19 import ago
 
 
 FREE_PLAN_NUDGE = """rules:

@@ -18,6 +18,7 @@ from hub.errors import IngestError
 from hub.metrics import EVENTS_REJECTED, exposition  # by name: the /metrics route's function is `metrics`
 from hub.runtime import Hub
 from hub.store import Store
+from hub.store.opening import why
 
 NOT_CURRENT = "schema not at this hub's migrations; run touchhub migrate"
 # hub_events_rejected_total's reason by the refusal's status: a fixed set, so the label stays bounded.
@@ -97,10 +98,9 @@ def _not_ready_because(store: Store) -> str | None:
 
 
 def _database_problem(exc: SQLAlchemyError, password: str | None) -> str:
-    """The driver's own first line (SQLAlchemy's text adds the SQL and a link), never the URL's password: the
-    answer goes to whoever can reach /readyz."""
-    cause = str(getattr(exc, "orig", None) or exc).strip()
-    problem = cause.splitlines()[0] if cause else type(exc).__name__
+    """The driver's own words (`opening.why`), never the URL's password: the answer goes to whoever can reach
+    /readyz."""
+    problem = why(exc) or type(exc).__name__
     if password:
         problem = problem.replace(password, "***")
     return f"{problem}; check that the database is up and HUB_DATABASE_URL points at it"
