@@ -154,7 +154,11 @@ def _arrival(event: dict[str, Any]) -> datetime:
 
     An SDK's offline queue sends an event minutes after its `timestamp`: the live hub cannot take it in before
     its `sentAt`, so the timers due meanwhile fire first. Taken in at `sentAt`, live ingest's clock correction
-    (`segment._skew_corrected`) leaves its `timestamp` as it is, so the lab need not apply it.
+    (`segment._skew_corrected`) leaves its `timestamp` as it is, so the lab need not apply it. With `sentAt`
+    before `timestamp` (a clock that stepped) the correction dates the event after it arrived, and `normalize`
+    takes such a time back to the arrival, here the `timestamp`: the same time again. A message with
+    `receivedAt` already passed through a hub that corrected it, and live ingest leaves it as it is too; a
+    `timestamp` after its `receivedAt` is taken back to it by `normalize`, in the lab as live.
     """
     timestamp = _checked_time(event, "timestamp")
     if "receivedAt" in event:

@@ -17,6 +17,8 @@ EPOCH_MILLISECONDS_FROM = 100_000_000_000
 # event: rules, timers and send-by times counted from the end of year 9999 overflow, and one dated a year ahead
 # would beat every correct trait change for a year. A century back leaves room for imported history.
 EVENT_TIME_SPAN = (timedelta(days=36_525), timedelta(days=366))
+# Where a touchpoint whose sender dated it after the hub received it keeps the sender's time (`_with_sender_time`).
+SENDER_TIME_KEY = "originalTimestamp"
 IDENTIFIER_VALUE_MAX = MAX_LENGTH["identifier value"]
 
 
@@ -42,6 +44,7 @@ def normalize(
     objects = {
         name: mapping.object_field(name, _object(mapping.pick(getattr(mapping, name), payload)), payload) for name in OBJECT_FIELDS
     }
+    sent_time = _sent_time(mapping.field("occurred_at", mapping.pick(mapping.occurred_at, payload)), received_at)
     return Touchpoint(
         touchpoint_id=derived_id(raw.source_id, raw.message_id),
         source_id=raw.source_id,
@@ -50,12 +53,12 @@ def normalize(
         event=event,
         stage=stage,
         moment=_fitting("moment", str(mapping.field("moment", mapping.pick(mapping.moment, payload)) or label.moment)),
-        occurred_at=_occurred_at(mapping.field("occurred_at", mapping.pick(mapping.occurred_at, payload)), received_at),
+        occurred_at=min(sent_time, received_at),
         received_at=received_at,
         identifiers=identifiers,
         properties=objects["properties"],
         traits=objects["traits"],
-        context=objects["context"],
+        context=_with_sender_time(objects["context"], sent_time, received_at),
         mapping_version=mapping.version,
     )
 
@@ -84,18 +87,38 @@ def _fitting(name: str, value: str) -> str:
     return value
 
 
-def _occurred_at(value: Any, received_at: datetime) -> datetime:
-    """ISO-8601 text, or a Unix epoch number in seconds or milliseconds, within `EVENT_TIME_SPAN` of when it
-    was received; missing means 'when received'."""
+def _sent_time(value: Any, received_at: datetime) -> datetime:
+    """The time the sender gave the event: ISO-8601 text, or a Unix epoch number in seconds or milliseconds,
+    within `EVENT_TIME_SPAN` of when it was received; missing means 'when received'.
+
+    The touchpoint's `occurred_at` is this time, but no later than `received_at`: an event cannot have
+    happened after the hub received it, so a later time is the sender's clock running fast (a webhook
+    platform's, or an SDK message without `sentAt`, which `segment._skew_corrected` cannot correct). Kept,
+    it would anchor a cart's two-minute wait ten minutes ahead, and the checkout sent a minute later by a
+    source with a correct clock would fall before the cart and not end the wait: a buyer nudged to come
+    back. No tolerance for clocks a few seconds apart is safe: the checkout would then have to come more
+    than that tolerance after the cart to count. Recent/count windows, caps and quiet hours are likewise
+    judged by times that have happened. `received_at` is the inbox row's, so a reprocessed event gets the
+    same time again (its id does not depend on it: `derived_id`).
+    """
     if value is None:
         return received_at
-    occurred_at = _parsed_time(value)
-    if not received_at - EVENT_TIME_SPAN[0] <= occurred_at <= received_at + EVENT_TIME_SPAN[1]:
+    sent_time = _parsed_time(value)
+    if not received_at - EVENT_TIME_SPAN[0] <= sent_time <= received_at + EVENT_TIME_SPAN[1]:
         raise MappingError(
             f"occurred_at: {value!r} is over a century before or a year after the hub received it; "
             "check the sender's clock"
         )
-    return occurred_at
+    return sent_time
+
+
+def _with_sender_time(context: dict[str, Any], sent_time: datetime, received_at: datetime) -> dict[str, Any]:
+    """The touchpoint's context with the sender's own time under `SENDER_TIME_KEY` when `occurred_at` was moved
+    back from it, as `segment._skew_corrected` keeps a device's time: ops can see whose clock is wrong. A
+    value the mapping already put there is the sender's and is left alone."""
+    if sent_time <= received_at or SENDER_TIME_KEY in context:
+        return context
+    return {**context, SENDER_TIME_KEY: sent_time.isoformat()}
 
 
 def _parsed_time(value: Any) -> datetime:

@@ -47,6 +47,7 @@ from connectors.webhooks import (
     storage_problem,
 )
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
+from hub.normalize import EVENT_TIME_SPAN
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 from hub.signing_secrets import CurrentSecret
@@ -115,8 +116,8 @@ class SegmentSource(Source):
             items = batch
         else:
             items = [{**document, "type": document.get("type") or message_type or None}]
-        batch_sent_at = document.get("sentAt") if message_type is None else None  # SDKs stamp the batch
         received_at = datetime.now(timezone.utc)
+        batch_sent_at = (document.get("sentAt") if message_type is None else None) or _latest_if_ahead(items, received_at)
         check_text = may_hold_unstorable_text(request.body)
         check_depth = may_nest_too_deep(request.body, document)
         if check_depth and message_type is None:  # a single message is its own envelope
@@ -230,6 +231,31 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
+def _client_time(item: dict[str, Any]) -> Any:
+    """The message's time by the sending device's clock, as sent (not yet checked to be a time)."""
+    return item.get("originalTimestamp") or item.get("timestamp")
+
+
+def _latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
+    """For a request without `sentAt`: its latest message time if that is after the hub received it, as the
+    time it was sent, or None.
+
+    A sender cannot send a message before it happened, so a request dated
+    ahead came from a clock running fast by at least that much. Taken as
+    `sentAt`, it moves every message of the request back by the same amount
+    (`_skew_corrected`), keeping their order and spacing. Each message pulled
+    back to the time received on its own (`normalize`) would meet the others
+    at one instant, where a checkout sent with its cart no longer ends the
+    cart's wait. Messages with a `sentAt` of their own keep it.
+    """
+    unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
+    latest = max((_utc(datetime.fromisoformat(time)) for time in map(_client_time, unstamped) if _is_timestamp(time)),
+                 default=None)
+    if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
+        return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
+    return latest.isoformat()
+
+
 def _skew_corrected(
     item: dict[str, Any], sent_at: Any, received_at: datetime, index: int | None
 ) -> dict[str, Any] | ItemProblem:
@@ -250,7 +276,7 @@ def _skew_corrected(
     would fall before the year 1. It is refused, naming sentAt, rather than
     kept with a time the sender never meant.
     """
-    client_time = item.get("originalTimestamp") or item.get("timestamp")
+    client_time = _client_time(item)
     if "receivedAt" in item or not _is_timestamp(sent_at) or not _is_timestamp(client_time):
         return item
     offset = _utc(datetime.fromisoformat(sent_at)) - _utc(datetime.fromisoformat(client_time))
