@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,14 +17,16 @@ from rich.table import Table
 from hub.cli_deliveries import app as deliveries_app
 from hub.cli_keys import app as keys_app
 from hub.cli_profiles import app as profiles_app
-from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
 from hub.cli_triggers import decisions_app, triggers_app
+from hub.errors import ConfigError
 from hub.heap import freeze_startup_objects
 from hub.secret_urls import shown_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 
 if TYPE_CHECKING:
     from hub.preview import PreviewOutcome
+    from hub.runtime import Hub
 
 app = typer.Typer(
     help="Touchpoint Hub: accept customer events, resolve who they belong to, fire micro-moment "
@@ -96,11 +100,51 @@ def worker(
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
-    freeze_startup_objects()
-    hub.start()
-    console.print(f"Workers running ({', '.join(hub.settings.worker_roles) or 'none'}); Ctrl-C to stop.")
-    stopping.wait()
-    hub.stop()
+    with _metrics_served(hub):
+        freeze_startup_objects()
+        hub.start()
+        console.print(f"Workers running ({', '.join(hub.settings.worker_roles) or 'none'}); Ctrl-C to stop.")
+        try:
+            wait_while_workers_live(hub, stopping)
+        finally:
+            hub.stop()
+
+
+def wait_while_workers_live(hub: Hub, stopping: threading.Event, poll_seconds: float = 1.0) -> None:
+    """Return once `stopping` is set; exit 1 naming the dead worker once one dies, so that a supervisor (systemd,
+    Kubernetes) restarts a process whose work would otherwise pile up while it waits for a signal."""
+    from hub.runtime import dead_workers_line
+
+    while not stopping.wait(poll_seconds):
+        if dead := hub.dead_workers():
+            err_console.print(
+                plain(f"{dead_workers_line(dead)}; exiting with status 1 so a supervisor restarts it"), soft_wrap=True
+            )
+            raise typer.Exit(1)
+
+
+@contextmanager
+def _metrics_served(hub: Hub) -> Iterator[None]:
+    """/metrics on HUB_HOST:HUB_METRICS_PORT while the block runs, when that port is set; a port in use exits 2
+    naming the setting."""
+    from hub.metrics import metrics_app
+    from hub.serving import BackgroundServer, bind_socket
+
+    settings = hub.settings
+    if settings.metrics_port is None:
+        yield
+        return
+    with config_problems_exit():
+        try:
+            sock = bind_socket(settings.host, settings.metrics_port)
+        except OSError as exc:
+            raise ConfigError(
+                f"HUB_METRICS_PORT: cannot listen on {settings.host}:{settings.metrics_port} ({exc.strerror}); "
+                "pick a free port or stop what listens there"
+            ) from None
+    with BackgroundServer(metrics_app(hub.store), sock=sock) as server:
+        console.print(f"Metrics on {server.url}/metrics")
+        yield
 
 
 @app.command()

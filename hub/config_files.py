@@ -151,12 +151,20 @@ def with_line(problem: str, path: Path) -> str:
     if not problem.startswith(prefix):
         return problem
     key = problem[len(prefix):].partition(": ")[0]
-    try:
-        root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError, RecursionError):
+    root = yaml_tree(path)
+    if root is None:
         return problem
     parts = [int(part) if part.isdigit() else part for part in key.split(".")]
     return f"{path}:{line_of(root, parts)}: {problem[len(prefix):]}"
+
+
+def yaml_tree(path: Path) -> yaml.Node | None:
+    """The file's YAML nodes, which know their lines; None when it cannot be read or parsed (or is empty): its
+    problems are then said without a line rather than not at all."""
+    try:
+        return yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
 
 
 def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:

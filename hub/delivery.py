@@ -186,13 +186,15 @@ class DeliveryEngine:
 
         A send that raised has none (a bug: `attempt` never raises): it is
         dropped, loudly, and its delivery is claimed again when its lease
-        runs out. Kept, its error was raised again by every run.
+        runs out. Kept, its error was raised again by every run. A send that
+        ended cancelled (a connector's `asyncio.CancelledError`) is one that
+        raised: asking it for its exception raises the CancelledError.
         """
         finished: dict[str, Outcome] = {}
         for delivery_id, task in list(self._sending.items()):
             if not task.done():
                 continue
-            if (error := task.exception()) is None:
+            if (error := asyncio.CancelledError() if task.cancelled() else task.exception()) is None:
                 finished[delivery_id] = task.result()
             else:
                 log.error("a send raised out of the delivery engine", delivery_id=delivery_id, exc_info=error)

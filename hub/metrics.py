@@ -3,17 +3,23 @@
 Counters and the circuit gauge live in the memory of the process that
 changes them. What the store holds (inbox backlog, outbox by status, timers)
 is read from the store at each scrape by `exposition`, so it is the same
-whichever process or node is scraped, and counts work done by `touchhub
-worker` processes that serve no /metrics of their own.
+whichever process or node is scraped. A `touchhub worker` serves them too
+when HUB_METRICS_PORT is set (`metrics_app`): its counters and circuit gauges
+are in its own memory, seen by no other process's /metrics.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Connection, Table, func, select
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from hub.clock import utcnow
 from hub.store import Store, inbox, outbox, timers
@@ -57,6 +63,21 @@ def exposition(store: Store) -> bytes:
     registry = CollectorRegistry()
     registry.register(_StoreGauges(store))
     return generate_latest(REGISTRY) + generate_latest(registry)
+
+
+async def metrics_response(store: Store) -> Response:
+    """The answer to a scrape; the store's gauges are read off the event loop."""
+    return Response(await run_in_threadpool(exposition, store), media_type=CONTENT_TYPE_LATEST)
+
+
+def metrics_app(store: Store) -> Starlette:
+    """/metrics alone, as `touchhub serve` answers it, for a process with no HTTP API of its own (`touchhub
+    worker`): prometheus_client's own server would serve this process's counters without the store's gauges."""
+
+    async def metrics(_request: Request) -> Response:
+        return await metrics_response(store)
+
+    return Starlette(routes=[Route("/metrics", metrics)])
 
 
 class _StoreGauges:

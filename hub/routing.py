@@ -32,6 +32,7 @@ from hub.errors import ConfigError
 from hub.model import QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
+from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
@@ -124,15 +125,16 @@ class Router:
     def recipient(self, channel: str, target: str) -> Identifier | None:
         return recipient_of(self.routes, channel, target)
 
-    def check_channels(self, rules: Sequence[RuleSpec]) -> None:
-        """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route: found only when
-        the rule fired, a typo (`emial`) skipped every message it was meant to send."""
+    def check_channels(self, rules: Sequence[RuleSpec], lines: RuleLines) -> None:
+        """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route, each at its line
+        of the rules file: found only when the rule fired, a typo (`emial`) skipped every message it was meant to
+        send."""
         problems = [
-            f"triggers.yaml: rule {rule.id!r}: channel {channel!r} has no route in routes.yaml; "
-            f"use one of {', '.join(sorted(self.routes))} or add a route for it"
+            f"{lines.where(rule.id, 'respond', number, *keys, 'channel')}: rule {rule.id!r}: channel {channel!r} "
+            f"has no route in routes.yaml; use one of {', '.join(sorted(self.routes))} or add a route for it"
             for rule in rules
-            for action in rule.respond
-            for channel in (action.channel, *(alternative.channel for alternative in action.fallback))
+            for number, action in enumerate(rule.respond)
+            for keys, channel, _ in action.choices()
             if channel not in self.routes
         ]
         if problems:
@@ -212,9 +214,9 @@ class Router:
                           f"over {_hours(max_age)} before it was routed (HUB_MESSAGE_MAX_AGE_HOURS)"}
         try:
             rendered = self.templates.render(template, context)
-            fields = {name: self.templates.render_value(value, context) for name, value in action.fields.items()}
         except TemplateError as exc:  # the fallback's template may render
             raise _CannotReach("skipped", f"template {template}: {exc}") from exc
+        fields = self._fields(decision.rule_id, action.fields, context)
         _refuse_blank(rendered, self.message_parts.get(route.destination, ()), template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
@@ -256,6 +258,26 @@ class Router:
         if channel != action.channel:
             fate["fallback_for"] = action.channel
         return delivery, fate
+
+    def _fields(self, rule_id: str, fields: Mapping[str, Any], context: dict[str, Any]) -> dict[str, Any]:
+        """The action's CRM fields rendered, leaving out those that render blank.
+
+        A null trait renders as nothing (hub/templates.py); sent as
+        "", it would blank what the CRM holds (the phone a sales rep keeps on
+        the Lead), as the template's `field_<ApiName>` blocks never do. A value
+        that fails to render skips the update naming the rule's field, not the
+        message template: the fix is in triggers.yaml.
+        """
+        rendered: dict[str, Any] = {}
+        for name, value in fields.items():
+            try:
+                result = self.templates.render_value(value, context)
+            except TemplateError as exc:
+                why = f"rule {rule_id!r}: fields.{name}: {exc}; fix the field's value in triggers.yaml"
+                raise _CannotReach("skipped", why) from exc
+            if not (isinstance(result, str) and not result.strip()):
+                rendered[name] = result
+        return rendered
 
 
 def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], template: str) -> None:

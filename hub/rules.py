@@ -13,8 +13,9 @@ A condition is one of:
 The schema carries every rule JSON Schema can state (what a selector must
 name, which operators need which values, where an `absence` may stand, that
 numbers and switches are not text); a few are the loader's alone and are
-named in the schema's descriptions: unique rule ids, JMESPath expressions and
-regular expressions that compile, durations of at most a century.
+named in the schema's descriptions: unique rule ids, JMESPath expressions,
+regular expressions and CRM field templates that compile, durations of at
+most a century.
 tests/test_rule_schema.py holds the two to the same cases.
 """
 
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -43,6 +45,7 @@ from pydantic import (
 from hub.config_files import load_model
 from hub.durations import LONGEST, Duration, PositiveDuration
 from hub.mapping import Stage, check_expression
+from hub.templates import compiles
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
 
@@ -312,8 +315,11 @@ class ActionSpec(_Strict):
         None, description=f"Send this long after the decision instead of at once (at most {LONGEST.days}d: the hub "
         "refuses a longer one)."
     )
-    fields: dict[str, Any] = Field(
-        default_factory=dict, description="CRM fields to set; string values are templates (e.g. '{{ touchpoint.moment }}')."
+    fields: dict[str, Annotated[Any, AfterValidator(compiles)]] = Field(
+        default_factory=dict,
+        description="CRM fields to set; string values are templates (e.g. '{{ touchpoint.moment }}'), which the "
+        "hub refuses if they do not compile. A value that renders blank (a null trait renders as nothing) is left "
+        "out, so it never blanks what the CRM holds; write null to clear a field.",
     )
     endpoint: str | None = Field(
         None,
@@ -326,6 +332,13 @@ class ActionSpec(_Strict):
         default_factory=list,
         description="Tried in order when this channel cannot reach the person (no recipient or consent withdrawn).",
     )
+
+    def choices(self) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
+        """(keys within the action, channel, template) of the action and then of each fallback, in the order
+        routing tries them: what the checks across files look at, and where they put a problem."""
+        yield (), self.channel, self.template
+        for number, alternative in enumerate(self.fallback):
+            yield ("fallback", number), alternative.channel, alternative.template
 
 
 class Cap(_Strict):

@@ -31,6 +31,7 @@ from hub.quiet_hours import QuietHours
 from hub.respond import Responder
 from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
 from hub.rulebook import RuleBook
+from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
 from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
@@ -38,7 +39,7 @@ from hub.stats import is_idle
 from hub.store import sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.opening import open_store
-from hub.templates import TemplateRenderer, template_names
+from hub.templates import TemplateRenderer
 from hub.wakeups import Wakeups
 from hub.workers import Worker
 
@@ -124,12 +125,32 @@ class Hub:
         if self.settings.worker_roles:
             self.wakeups.start()
 
-    def stop(self) -> None:
-        for worker in self._workers:
-            worker.stop()
+    def stop(self, join_seconds: float = 10.0) -> None:
+        """Stop the workers, giving each `join_seconds` to end its step, then close what they used.
+
+        What a worker still in its step uses is left open, with a warning: the
+        delivery engine's loop would be closed under the send running on it
+        (RuntimeError: the loop is running), the store disposed under the
+        transaction that is to record the step's work. Waiting
+        longer only delays an exit the process is making anyway; what the
+        step claimed comes back to the queue when its lease runs out.
+        """
+        running = [worker.name for worker in self._workers if not worker.stop(join_seconds)]
+        for name in running:
+            log.warning(
+                "a worker is still in its step after the stop's wait; what it uses is left open, and the rows it "
+                "claimed come back after HUB_LEASE_SECONDS", worker=name, waited_seconds=join_seconds,
+            )
         self.wakeups.stop()
-        self.delivery.close()
-        self.store.dispose()
+        if "delivery" not in running:
+            self.delivery.close()
+        if not running:
+            self.store.dispose()
+
+    def dead_workers(self) -> list[tuple[str, str]]:
+        """(name, reason) of each worker this hub started whose thread ended without `stop()`: its work piles up
+        until the process is restarted. Reads no store, for the liveness probe."""
+        return [(worker.name, worker.death) for worker in self._workers if worker.death is not None]
 
     def authenticate(self, request: InboundRequest) -> Source:
         """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""
@@ -206,6 +227,11 @@ class Hub:
         log.info("forgot dead push tokens", reported=len(tokens), removed=removed, reason=reason)
 
 
+def dead_workers_line(dead: Sequence[tuple[str, str]]) -> str:
+    """`Hub.dead_workers` in one line, as the liveness probe and `touchhub worker` report them."""
+    return "; ".join(f"worker {name} died ({reason})" for name, reason in dead)
+
+
 @dataclass(frozen=True)
 class MappingsFolder:
     """What the hub runs on from its mappings folder (HUB_MAPPINGS_DIR), each file checked against the others."""
@@ -241,7 +267,8 @@ def load_mappings_folder(
         load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
     ))
     rulebook = _collect(problems, lambda: RuleBook(
-        folder / "triggers.yaml", partial(_rules_served, router, registry.destinations), rules_reload_seconds
+        folder / "triggers.yaml", partial(_rules_served, router, registry.destinations, folder / "triggers.yaml"),
+        rules_reload_seconds,
     ))
     policy_file = _collect(problems, lambda: load_policy_file(folder))
     if policy_file is not None:
@@ -270,39 +297,56 @@ def _identity_for(folder: Path, mappings: MappingCatalog | None) -> IdentityConf
     return config
 
 
-def _rules_served(router: Router | None, destinations: Mapping[str, type[Destination]], rules: list[RuleSpec]) -> None:
+def _rules_served(
+    router: Router | None, destinations: Mapping[str, type[Destination]], path: Path, rules: list[RuleSpec]
+) -> None:
     """Every channel routed, every template parsing, every action's params taken by its destinations (at start-up
-    and each reload of triggers.yaml): all that is wrong reported at once."""
+    and each reload of triggers.yaml): all that is wrong reported at once, each at its line of the rules file
+    (`path`, read as it is now: the lines of the edit being checked)."""
     if router is None:
         return
     problems: list[str] = []
-    _collect(problems, lambda: router.check_channels(rules))
-    _collect(problems, lambda: router.templates.check(sorted(template_names(rules))))
-    _collect(problems, lambda: check_action_params(rules, router.routes, destinations))
+    lines = RuleLines(path)
+    named = _templates_named(rules)
+    _collect(problems, lambda: router.check_channels(rules, lines))
+    _collect(problems, lambda: router.templates.check(sorted(named), lambda name: lines.where(*named[name])))
+    _collect(problems, lambda: check_action_params(rules, router.routes, destinations, lines))
     if problems:
         raise ConfigError(problems)
 
 
+def _templates_named(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...]]:
+    """Each template the rules may render -> (rule id, keys...) of the first place naming it, for `RuleLines.where`."""
+    named: dict[str, tuple[str | int, ...]] = {}
+    for rule in rules:
+        for number, action in enumerate(rule.respond):
+            for keys, _, template in action.choices():
+                named.setdefault(template, (rule.id, "respond", number, *keys, "template"))
+    return named
+
+
 def check_action_params(
-    rules: Sequence[RuleSpec], routes: Mapping[str, ChannelRoute], destinations: Mapping[str, type[Destination]]
+    rules: Sequence[RuleSpec], routes: Mapping[str, ChannelRoute], destinations: Mapping[str, type[Destination]],
+    lines: RuleLines,
 ) -> None:
     """Refuse rules (at start-up and reload) whose action params a destination serving one of the action's
-    channels would refuse: found only at send time, every message of the rule failed for good, and so did its
-    replays, which send the params stored with the delivery. Destinations no route names, or that no installed
-    connector provides, are not asked."""
+    channels would refuse, each at the action's line of the rules file: found only at send time, every message
+    of the rule failed for good, and so did its replays, which send the params stored with the delivery.
+    Destinations no route names, or that no installed connector provides, are not asked."""
     problems: list[str] = []
     for rule in rules:
         for number, action in enumerate(rule.respond):
             params = destination_params(action, action.fields)  # `fields` unrendered: a string renders to one
             asked: set[str] = set()
-            for channel in (action.channel, *(alternative.channel for alternative in action.fallback)):
+            for _, channel, _ in action.choices():
                 route = routes.get(channel)
                 if route is None or route.destination in asked or route.destination not in destinations:
                     continue
                 asked.add(route.destination)
                 problems.extend(
-                    f"triggers.yaml: rule {rule.id!r}: channel {channel!r} (respond.{number}): {problem}; "
-                    f"fix the action's params, which destination {route.destination!r} refuses at every send"
+                    f"{lines.where(rule.id, 'respond', number)}: rule {rule.id!r}: channel {channel!r} "
+                    f"(respond.{number}): {problem}; fix the action's params, which destination "
+                    f"{route.destination!r} refuses at every send"
                     for problem in destinations[route.destination].check_params(params)
                 )
     if problems:

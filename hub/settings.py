@@ -42,6 +42,11 @@ class HubSettings(BaseSettings):
     mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535, description="TCP port the HTTP server listens on.")
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Port on HUB_HOST where `touchhub worker` serves /metrics (its own counters and circuit gauges, "
+        "beside the store's gauges); unset: none. `touchhub serve` serves /metrics on HUB_PORT either way.",
+    )
     public_base_url: str | None = Field(
         None, description="How providers and recipients reach this hub (callbacks, unsubscribe links); default http://host:port."
     )

@@ -36,17 +36,20 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import (
-    Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateRuntimeError, Undefined, meta,
+    BaseLoader, Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateRuntimeError,
+    TemplateSyntaxError, Undefined, meta,
 )
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
 from hub.errors import ConfigError
-from hub.rules import RuleSpec
+
+if TYPE_CHECKING:  # hub.rules checks its inline templates with this module
+    from hub.rules import RuleSpec
 
 log = structlog.get_logger(__name__)
 
@@ -57,12 +60,7 @@ class NotUTF8TemplateError(TemplateError):
 
 def template_names(rules: list[RuleSpec]) -> set[str]:
     """Every template the rules may render, fallbacks included."""
-    names = set()
-    for rule in rules:
-        for action in rule.respond:
-            names.add(action.template)
-            names.update(alternative.template for alternative in action.fallback)
-    return names
+    return {template for rule in rules for action in rule.respond for _, _, template in action.choices()}
 
 
 def _nothing_for_none(value: Any) -> Any:
@@ -73,6 +71,38 @@ def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
     """Jinja's `default`, with a null value counted as missing."""
     if value is None or isinstance(value, Undefined) or (boolean and not value):
         return default_value
+    return value
+
+
+def _sandbox(loader: BaseLoader | None = None) -> SandboxedEnvironment:
+    """The one Jinja environment every template is compiled and rendered in (see the module doc), so an inline
+    value checked when the rules load compiles as it will when it renders: same filters, same syntax."""
+    environment = SandboxedEnvironment(
+        loader=loader, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        finalize=_nothing_for_none,
+    )
+    environment.filters["default"] = environment.filters["d"] = _default
+    return environment
+
+
+_CHECKING = _sandbox()  # no loader: compiling an inline value reads no file (an `include` is looked up as it renders)
+
+
+def compiles(value: Any) -> Any:
+    """A rule's inline template value (a CRM field) as it is; ValueError saying why Jinja cannot compile it.
+
+    Found only as it rendered, a typo skipped every CRM update of its rule; the
+    rules loader calls this, so the file is refused at start-up, on hot reload
+    and by `touchhub mappings check`, at the value's key.
+    """
+    if isinstance(value, str):
+        try:
+            _CHECKING.from_string(value)
+        except TemplateSyntaxError as exc:
+            raise ValueError(
+                f"does not compile as a template: {exc.message} (line {exc.lineno} of the value); fix the "
+                "{{ }} / {% %} syntax, or the filter's name"
+            ) from None
     return value
 
 
@@ -181,11 +211,7 @@ class TemplateRenderer:
         """Edited template files are picked up within `recheck_seconds` (HUB_RULES_RELOAD_SECONDS), like rules."""
         self.folder = folder
         self._files = _LastGoodLoader(folder)
-        self._environment = SandboxedEnvironment(
-            loader=self._files, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
-            finalize=_nothing_for_none,
-        )
-        self._environment.filters["default"] = self._environment.filters["d"] = _default
+        self._environment = _sandbox(self._files)
         self._recheck_seconds = recheck_seconds
         self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.
@@ -234,26 +260,38 @@ class TemplateRenderer:
         """Why files of these templates (those the rules in force name) or files they load are not in force, one
         line each; empty when every edit took. Looking re-checks them, so an edit made since the last message shows
         too."""
-        files = {name for name, _ in self._look(names)}
+        files = {name for name, _, _ in self._look(names)}
         refused = dict(self._files.refused)  # a snapshot: workers re-check templates meanwhile
         return sorted(problem for name, problem in refused.items() if name in files)
 
-    def check(self, names: list[str]) -> None:
+    def check(self, names: Iterable[str], where: Callable[[str], str] | None = None) -> None:
         """Fail at start-up, not at send time, if a rule's template or a file it loads does not parse; each one
-        that does is in force from here on as the last good one, also where no message has named it yet."""
-        problems = [self._files.problem(name, exc) for name, exc in self._look(names) if exc is not None]
+        that does is in force from here on as the last good one, also where no message has named it yet.
+
+        Args:
+            where: `path:line` where the rules name a template of `names`; each problem is then put there, as
+                ``path:line: template: problem``, at the template that is or loads the file, since ops reach the
+                file from the rule.
+        """
+        found = [(named, self._files.problem(name, exc)) for name, named, exc in self._look(names) if exc is not None]
+        problems = [problem if where is None else f"{where(named)}: template: {problem}" for named, problem in found]
         if problems:
             raise ConfigError(problems)
 
-    def _look(self, names: Iterable[str]) -> Iterator[tuple[str, TemplateError | None]]:
+    def _look(self, names: Iterable[str]) -> Iterator[tuple[str, str, TemplateError | None]]:
         """Each of these templates and of the files they extend, include or import by name, each file once, as it
-        is on disk now, with the TemplateError of one that never parsed in this process."""
-        files = list(dict.fromkeys(names))
-        for name in files:  # grows as it is walked: the files each one loads are looked at in turn
+        is on disk now: with the template of `names` that first loads it, and the TemplateError of one that never
+        parsed in this process."""
+        files = {name: name for name in names}  # file -> the template of `names` that first loads it
+        walk = list(files)
+        for name in walk:  # grows as it is walked: the files each one loads are looked at in turn
             try:
                 self._environment.get_template(name)
             except TemplateError as exc:
-                yield name, exc
+                yield name, files[name], exc
             else:
-                yield name, None
-            files.extend(used for used in self._files.uses(name) if used not in files)
+                yield name, files[name], None
+            for used in self._files.uses(name):
+                if used not in files:
+                    files[used] = files[name]
+                    walk.append(used)

@@ -17,8 +17,6 @@ once the run is over.
 
 from __future__ import annotations
 
-import ast
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -27,7 +25,6 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import Connection, select
 
 from hub.config_files import with_line
@@ -84,72 +81,16 @@ def _lab_hub(rules: Path, folder: Path, settings: HubSettings) -> Hub:
         raise ConfigError([_as_given(problem, rules, mappings, settings.mappings_dir) for problem in exc.problems]) from None
 
 
-# Router.check_channels (hub/routing.py) names the rule and the channel in this form; tests/test_cli_triggers.py
-# holds the two together.
-_UNROUTED = re.compile(r"^triggers\.yaml: rule '(?P<rule>[a-z0-9_]+)': channel (?P<channel>'[^']*'|\"[^\"]*\") ")
-
-
 def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> str:
     """A problem the hub found in its copies, as `path:line: reason` in the files the user gave.
 
     The schema's problems name the copied rules file and a key, which
-    `with_line` finds; routing names the rule and its channel; a template
-    problem names the copied template, which lives in HUB_MAPPINGS_DIR, and
-    is put at the line of the rules file that names that template.
+    `with_line` finds; the checks across files (routes, templates, params)
+    name the copy at its line already. The copy's lines are the user's file's;
+    the other files are HUB_MAPPINGS_DIR's.
     """
     copy = copies / "triggers.yaml"
-    if problem.startswith(f"{copy}:"):  # `copy: key: reason`, or `copy:line: reason` (not YAML, not UTF-8)
-        return with_line(problem, copy).replace(str(copy), str(rules))
-    text = problem.replace(str(copies), str(mappings_dir))
-    unrouted = _UNROUTED.match(problem)
-    if unrouted:
-        line = _line_of(rules, "channel", ast.literal_eval(unrouted["channel"]), rule_id=unrouted["rule"])
-        return f"{rules}:{line}: {text.removeprefix('triggers.yaml: ')}"
-    templates = f"{copies / 'templates'}/"
-    if problem.startswith(templates):
-        line = _line_of(rules, "template", problem[len(templates):].partition(":")[0])  # `name: ...`, `name:line: ...`
-        return f"{rules}:{line}: template: {text}"
-    return f"{rules}: {text.removeprefix('triggers.yaml: ')}" if text.startswith("triggers.yaml: ") else text
-
-
-def _line_of(rules: Path, key: str, value: str, rule_id: str | None = None) -> int:
-    """The line of the first `key: value` in the rules file (within rule `rule_id` if given); else that rule's
-    line, else 1."""
-    root = yaml.compose(rules.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-    found = [
-        rule for rule in _rule_nodes(root)
-        if rule_id is None or any(k.value == "id" and getattr(v, "value", None) == rule_id for k, v in rule.value)
-    ]
-    for rule in found:
-        line = _key_line(rule, key, value)
-        if line is not None:
-            return line
-    return found[0].start_mark.line + 1 if found else 1
-
-
-def _rule_nodes(root: yaml.Node | None) -> list[yaml.MappingNode]:
-    if not isinstance(root, yaml.MappingNode):
-        return []
-    listed = [value for key, value in root.value if key.value == "rules" and isinstance(value, yaml.SequenceNode)]
-    return [rule for rules in listed for rule in rules.value if isinstance(rule, yaml.MappingNode)]
-
-
-def _key_line(node: yaml.Node, key: str, value: str) -> int | None:
-    """1-based line of `key: value` anywhere below `node` (a fallback's channel and template included)."""
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            if k.value == key and isinstance(v, yaml.ScalarNode) and v.value == value:
-                return k.start_mark.line + 1
-        children = [v for _, v in node.value]
-    elif isinstance(node, yaml.SequenceNode):
-        children = node.value
-    else:
-        return None
-    for child in children:
-        line = _key_line(child, key, value)
-        if line is not None:
-            return line
-    return None
+    return with_line(problem, copy).replace(str(copy), str(rules)).replace(str(copies), str(mappings_dir))
 
 
 def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:

@@ -14,6 +14,12 @@ fewer, larger sets, and producers do not wake it for work due within that
 slack. The timer worker gathers: its timers only need to fire within a
 second of due, and each set it fires has costs of its own (its claim, its
 shared reads, its commit) and holds the write lock while it runs.
+
+A step that fails is logged and the worker goes on: the rows it claimed come
+back after their lease. Only an exit (`EXITS`) ends the thread other than
+`stop()`; the worker then records why (`death`), which the hub's liveness
+probe and `touchhub worker` report, so a supervisor restarts the process
+instead of leaving its events unprocessed.
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ import structlog
 from hub.clock import utcnow
 
 log = structlog.get_logger(__name__)
+# What ends a worker's thread instead of failing one step: the interpreter or a caller asking to end. Anything else
+# a step raises, BaseExceptions included (asyncio.CancelledError out of a send task), fails that step only.
+EXITS = (SystemExit, KeyboardInterrupt, GeneratorExit)
 
 
 class Worker:
@@ -50,15 +59,19 @@ class Worker:
         self._looks_at: datetime | None = None  # when the napping worker looks for work next; None while it works
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.death: str | None = None  # why the thread ended without `stop()`; None while it runs, or after a stop
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Ask the worker to end after its step and wait `timeout` for it; whether the thread has ended (False: it
+        is still in its step, using what it was given)."""
         self._stopping.set()
         self._wake.set()
         if self._thread.is_alive():  # a hub built for a one-off command (replay) never started its workers
             self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def wake_by(self, at: datetime) -> None:
         """Work due at `at` was committed: wake the worker unless it looks for work by then anyway.
@@ -72,13 +85,23 @@ class Worker:
             self._wake.set()
 
     def _run(self) -> None:
+        """The loop, and the record of its end when anything but `stop()` ended it: a thread that dies says nothing."""
+        try:
+            self._loop()
+        except BaseException as exc:  # an exit, or a failure outside the step (the loop fails a step on the rest)
+            self.death = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            log.error("worker died; restart the process", worker=self.name, reason=self.death, exc_info=exc)
+
+    def _loop(self) -> None:
         while not self._stopping.is_set():
             self._looks_at = None
             try:
                 nap = self._nap_after(self._step())
                 if nap == 0:
                     continue
-            except Exception:  # a worker must outlive a bad batch; the rows come back after their lease
+            except EXITS:
+                raise
+            except BaseException:  # a worker must outlive a bad batch; the rows come back after their lease
                 log.exception("worker step failed", worker=self.name)
                 nap = self._poll_seconds
             self._looks_at = utcnow() + timedelta(seconds=nap)

@@ -238,7 +238,7 @@ def test_crm_params_salesforce_would_refuse_stop_the_hub_at_start_up(tmp_path: P
     (mappings / "triggers.yaml").write_text(typos)
     with pytest.raises(ConfigError) as bad:
         Hub(make_settings(tmp_path, mappings_dir=mappings))
-    where = "triggers.yaml: rule 'cart_nudge': channel 'crm' (respond.1): "
+    where = f"{mappings / 'triggers.yaml'}:12: rule 'cart_nudge': channel 'crm' (respond.1): "  # the action's line
     assert all(problem.startswith(where) for problem in bad.value.problems), bad.value.problems
     assert sorted(problem.removeprefix(where).partition(":")[0] for problem in bad.value.problems) == [
         "params.sobject", "params.task.due", "params.task.priority"
@@ -255,7 +255,7 @@ def test_push_data_params_fcm_reserves_stop_the_hub_at_start_up(tmp_path: Path) 
                                                           "params: {data: {screen: cart, from: hub, google.label: x}}"))
     with pytest.raises(ConfigError) as bad:
         Hub(make_settings(tmp_path, mappings_dir=mappings))
-    where = "triggers.yaml: rule 'cart_nudge': channel 'push' (respond.0): "
+    where = f"{mappings / 'triggers.yaml'}:9: rule 'cart_nudge': channel 'push' (respond.0): "  # the action's line
     assert [problem.removeprefix(where).partition(":")[0] for problem in bad.value.problems] == [
         "params.data.from", "params.data.google.label"
     ]

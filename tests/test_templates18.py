@@ -256,7 +256,10 @@ def test_a_crm_field_that_fails_as_it_renders_skips_its_update_naming_the_value(
     save(tmp_path / "crm.j2", "")
     deliveries, fates = plan_one(tmp_path, Action("crm", "crm.j2", fields={"Score__c": "{{ 'x' + 1 }}"}))
     assert deliveries == []
-    assert fates[0]["reason"] == 'template crm.j2: `{{ \'x\' + 1 }}`: TypeError: can only concatenate str (not "int") to str'
+    assert fates[0]["reason"] == (
+        "rule 'rule': fields.Score__c: `{{ 'x' + 1 }}`: TypeError: can only concatenate str (not \"int\") to str; "
+        "fix the field's value in triggers.yaml"
+    )
 
 
 def test_a_chat_offer_is_data_and_goes_even_with_no_text(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
@@ -15,8 +14,8 @@ import hub
 from hub.api import admin, callbacks, console, console_api, ingest, mappings, profiles, unsubscribe
 from hub.api.auth import ApiAuth
 from hub.errors import IngestError
-from hub.metrics import EVENTS_REJECTED, exposition  # by name: the /metrics route's function is `metrics`
-from hub.runtime import Hub
+from hub.metrics import EVENTS_REJECTED, metrics_response
+from hub.runtime import Hub, dead_workers_line
 from hub.store import Store
 from hub.store.opening import why
 
@@ -69,8 +68,12 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
         )
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
-    async def healthz() -> str:
-        return "ok"
+    async def healthz() -> PlainTextResponse:
+        """Liveness: a 503 once a worker this hub started has died, so the orchestrator restarts a hub whose
+        events would otherwise pile up unprocessed. Reads no store (readiness does)."""
+        if dead := hub_instance.dead_workers():
+            return PlainTextResponse(f"{dead_workers_line(dead)}: restart the hub", status_code=503)
+        return PlainTextResponse("ok")
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
@@ -81,7 +84,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
 
     @app.get("/metrics", tags=["health"])
     async def metrics() -> Response:
-        return Response(await run_in_threadpool(exposition, hub_instance.store), media_type=CONTENT_TYPE_LATEST)
+        return await metrics_response(hub_instance.store)
 
     return app
 
