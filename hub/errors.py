@@ -25,8 +25,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class ConfigError(Exception):
@@ -36,6 +39,16 @@ class ConfigError(Exception):
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         summary = "; ".join(self.problems)
         super().__init__(f"{len(self.problems)} configuration problem(s): {summary}")
+
+
+def collect(problems: list[str], build: Callable[[], T]) -> T | None:
+    """What `build` returns, or None with its ConfigError's problems added to `problems`: a set-up goes on past a
+    problem, so that every one is reported at once."""
+    try:
+        return build()
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None
 
 
 class HubError(Exception):

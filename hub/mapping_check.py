@@ -3,7 +3,7 @@
 Each file goes through the same model the hub loads it with; problems read
 ``file:line: key: reason``. When every file is valid on its own, the folder
 goes through the hub's own start-up checks across files
-(`hub.runtime.load_mappings_folder`: required files present, templates the
+(`hub.mappings_folder.load_mappings_folder`: required files present, templates the
 rules name existing and parsing, identifier types declared), so a clean check
 means the hub will start.
 The files are the folder's ``*.yaml`` and every mapping sources.yaml names,
@@ -26,7 +26,8 @@ from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
 from hub.routing import load_routes
 from hub.rules import load_rules
-from hub.runtime import DEFAULT_SOURCE_ID, load_mappings_folder
+from hub.mappings_folder import load_mappings_folder
+from hub.runtime import DEFAULT_SOURCE_ID
 from hub.sources import SOURCES_FILE, build_source, environment, load_entries
 
 

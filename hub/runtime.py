@@ -7,12 +7,9 @@ setup is reported in full at once (`ConfigError` with one line per problem).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
 from functools import partial
-from pathlib import Path
-from typing import TypeVar
 
 import structlog
 
@@ -20,31 +17,24 @@ from connectors.base import Destination, InboundRequest, Registry, Source, load_
 from connectors.sources.segment import MISSING_WRITE_KEY, SegmentSource
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
-from hub.delivery_policy import DeliveryPolicyFile, PolicyBook, check_destination_ids, load_policy_file
+from hub.delivery_policy import PolicyBook
+from hub.mappings_folder import load_mappings_folder
 from hub.destination_settings import build_destinations
-from hub.errors import AuthenticationError, ConfigError
-from hub.identity import PREVIOUS_ID
-from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
-from hub.mapping_catalog import MappingCatalog
+from hub.errors import AuthenticationError, ConfigError, collect
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.quiet_hours import QuietHours
 from hub.respond import Responder
-from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
-from hub.rulebook import RuleBook
-from hub.rule_lines import RuleLines
-from hub.rules import RuleSpec
+from hub.routing import ContactPolicy
 from hub.settings import HubSettings
 from hub.sources import build_source, environment, load_entries
 from hub.stats import is_idle
 from hub.store import sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.opening import open_store
-from hub.templates import TemplateRenderer
 from hub.wakeups import Wakeups
 from hub.workers import Worker
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 DEFAULT_SOURCE_ID = "default"
 DEFAULT_SOURCE_WHERE = "HUB_DEFAULT_WRITE_KEY"  # where the default source is configured, for the problems naming it
 
@@ -55,15 +45,15 @@ class Hub:
     def __init__(self, settings: HubSettings) -> None:
         self.settings = settings
         problems: list[str] = []
-        self.registry: Registry = _collect(problems, load_registry) or Registry()
+        self.registry: Registry = collect(problems, load_registry) or Registry()
         self.mapping_files: dict[str, str] = {}  # source id -> mapping file, filled by _build_sources
-        self.sources: dict[str, Source] = _collect(problems, lambda: self._build_sources()) or {}
-        self.destinations: dict[str, Destination] = _collect(problems, lambda: self._build_destinations()) or {}
-        contact_policy = _collect(problems, lambda: self._contact_policy())
+        self.sources: dict[str, Source] = collect(problems, lambda: self._build_sources()) or {}
+        self.destinations: dict[str, Destination] = collect(problems, lambda: self._build_destinations()) or {}
+        contact_policy = collect(problems, lambda: self._contact_policy())
         # Only a process that delivers knows which destinations are configured; one that leaves delivery to other
         # processes (HUB_WORKERS) may run without their credentials, and routes as if every one were.
         served = self.destinations if "delivery" in settings.worker_roles else None
-        folder = _collect(problems, lambda: load_mappings_folder(
+        folder = collect(problems, lambda: load_mappings_folder(
             settings.mappings_dir, self.registry, self.mapping_files, policy=contact_policy, served=served,
             mappings_reload_seconds=settings.mappings_reload_seconds, rules_reload_seconds=settings.rules_reload_seconds,
         ))
@@ -232,127 +222,6 @@ def dead_workers_line(dead: Sequence[tuple[str, str]]) -> str:
     return "; ".join(f"worker {name} died ({reason})" for name, reason in dead)
 
 
-@dataclass(frozen=True)
-class MappingsFolder:
-    """What the hub runs on from its mappings folder (HUB_MAPPINGS_DIR), each file checked against the others."""
-
-    mappings: MappingCatalog
-    identity: IdentityConfig
-    router: Router
-    rulebook: RuleBook
-    policy_file: DeliveryPolicyFile
-
-
-def load_mappings_folder(
-    folder: Path, registry: Registry, mapping_files: Mapping[str, str], *, policy: ContactPolicy | None = None,
-    served: Collection[str] | None = None, mappings_reload_seconds: float = 1.0, rules_reload_seconds: float = 1.0,
-) -> MappingsFolder:
-    """Every start-up check of the mappings folder that needs no secret and no database, in one place: the hub
-    starts on it and `touchhub mappings check` runs it, so a clean check means the hub will start.
-
-    Args:
-        mapping_files: source id -> the mapping file it reads.
-        policy: the contact policy from the settings (default: ContactPolicy's).
-        served: the destinations this process has settings for (None: every route is taken as served).
-
-    Raises:
-        ConfigError: every problem at once, each naming its file (a required file missing, a template that does
-        not parse or does not exist, an identifier type identity.yaml does not declare, ...).
-    """
-    problems: list[str] = []
-    mappings = _collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds))
-    identity = _collect(problems, lambda: _identity_for(folder, mappings))
-    templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
-    router = _collect(problems, lambda: Router(
-        load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
-    ))
-    rulebook = _collect(problems, lambda: RuleBook(
-        folder / "triggers.yaml", partial(_rules_served, router, registry.destinations, folder / "triggers.yaml"),
-        rules_reload_seconds,
-    ))
-    policy_file = _collect(problems, lambda: load_policy_file(folder))
-    if policy_file is not None:
-        _collect(problems, lambda: check_destination_ids(policy_file, registry.destinations))
-    if problems:
-        raise ConfigError(problems)
-    assert mappings is not None and identity is not None and router is not None
-    assert rulebook is not None and policy_file is not None
-    return MappingsFolder(mappings, identity, router, rulebook, policy_file)
-
-
-def _identity_for(folder: Path, mappings: MappingCatalog | None) -> IdentityConfig:
-    """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
-
-    A mappings folder without the file (one made before it existed) gets the shipped defaults.
-    """
-    config = identity_config_in(folder)
-    undeclared = [
-        f"{folder / IDENTITY_FILE}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
-        for mapping in (mappings or {}).values()
-        for type_ in dict(mapping.identifiers)
-        if type_ not in config.types and type_ != PREVIOUS_ID
-    ]
-    if undeclared:
-        raise ConfigError(undeclared)
-    return config
-
-
-def _rules_served(
-    router: Router | None, destinations: Mapping[str, type[Destination]], path: Path, rules: list[RuleSpec]
-) -> None:
-    """Every channel routed, every template parsing, every action's params taken by its destinations (at start-up
-    and each reload of triggers.yaml): all that is wrong reported at once, each at its line of the rules file
-    (`path`, read as it is now: the lines of the edit being checked)."""
-    if router is None:
-        return
-    problems: list[str] = []
-    lines = RuleLines(path)
-    named = _templates_named(rules)
-    _collect(problems, lambda: router.check_channels(rules, lines))
-    _collect(problems, lambda: router.templates.check(sorted(named), lambda name: lines.where(*named[name])))
-    _collect(problems, lambda: check_action_params(rules, router.routes, destinations, lines))
-    if problems:
-        raise ConfigError(problems)
-
-
-def _templates_named(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...]]:
-    """Each template the rules may render -> (rule id, keys...) of the first place naming it, for `RuleLines.where`."""
-    named: dict[str, tuple[str | int, ...]] = {}
-    for rule in rules:
-        for number, action in enumerate(rule.respond):
-            for keys, _, template in action.choices():
-                named.setdefault(template, (rule.id, "respond", number, *keys, "template"))
-    return named
-
-
-def check_action_params(
-    rules: Sequence[RuleSpec], routes: Mapping[str, ChannelRoute], destinations: Mapping[str, type[Destination]],
-    lines: RuleLines,
-) -> None:
-    """Refuse rules (at start-up and reload) whose action params a destination serving one of the action's
-    channels would refuse, each at the action's line of the rules file: found only at send time, every message
-    of the rule failed for good, and so did its replays, which send the params stored with the delivery.
-    Destinations no route names, or that no installed connector provides, are not asked."""
-    problems: list[str] = []
-    for rule in rules:
-        for number, action in enumerate(rule.respond):
-            params = destination_params(action, action.fields)  # `fields` unrendered: a string renders to one
-            asked: set[str] = set()
-            for _, channel, _ in action.choices():
-                route = routes.get(channel)
-                if route is None or route.destination in asked or route.destination not in destinations:
-                    continue
-                asked.add(route.destination)
-                problems.extend(
-                    f"{lines.where(rule.id, 'respond', number)}: rule {rule.id!r}: channel {channel!r} "
-                    f"(respond.{number}): {problem}; fix the action's params, which destination "
-                    f"{route.destination!r} refuses at every send"
-                    for problem in destinations[route.destination].check_params(params)
-                )
-    if problems:
-        raise ConfigError(problems)
-
-
 def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
     """A problem for each source whose write key an earlier one already has (each source given with where it is
     configured; the default one first, so a clash is always named at its sources.yaml entry).
@@ -376,11 +245,3 @@ def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
         else:
             first[digest] = where
     return problems
-
-
-def _collect(problems: list[str], build: Callable[[], T]) -> T | None:
-    try:
-        return build()
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-        return None

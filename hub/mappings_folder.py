@@ -1,0 +1,146 @@
+"""The mappings folder (HUB_MAPPINGS_DIR) as the hub runs on it: each file loaded and checked against the others.
+
+The hub starts on `load_mappings_folder` and `touchhub mappings check` runs
+it, so a clean check means the hub will start; the rules' checks across files
+(`_rules_served`) run again at each reload of triggers.yaml.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from connectors.base import Destination, Registry
+from hub.delivery_policy import DeliveryPolicyFile, check_destination_ids, load_policy_file
+from hub.errors import ConfigError, collect
+from hub.identity import PREVIOUS_ID
+from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
+from hub.mapping_catalog import MappingCatalog
+from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
+from hub.rule_lines import RuleLines
+from hub.rulebook import RuleBook
+from hub.rules import RuleSpec
+from hub.templates import TemplateRenderer
+
+
+@dataclass(frozen=True)
+class MappingsFolder:
+    """What the hub runs on from its mappings folder (HUB_MAPPINGS_DIR), each file checked against the others."""
+
+    mappings: MappingCatalog
+    identity: IdentityConfig
+    router: Router
+    rulebook: RuleBook
+    policy_file: DeliveryPolicyFile
+
+
+def load_mappings_folder(
+    folder: Path, registry: Registry, mapping_files: Mapping[str, str], *, policy: ContactPolicy | None = None,
+    served: Collection[str] | None = None, mappings_reload_seconds: float = 1.0, rules_reload_seconds: float = 1.0,
+) -> MappingsFolder:
+    """Every start-up check of the mappings folder that needs no secret and no database, in one place: the hub
+    starts on it and `touchhub mappings check` runs it, so a clean check means the hub will start.
+
+    Args:
+        mapping_files: source id -> the mapping file it reads.
+        policy: the contact policy from the settings (default: ContactPolicy's).
+        served: the destinations this process has settings for (None: every route is taken as served).
+
+    Raises:
+        ConfigError: every problem at once, each naming its file (a required file missing, a template that does
+        not parse or does not exist, an identifier type identity.yaml does not declare, ...).
+    """
+    problems: list[str] = []
+    mappings = collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds))
+    identity = collect(problems, lambda: _identity_for(folder, mappings))
+    templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
+    router = collect(problems, lambda: Router(
+        load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
+    ))
+    rulebook = collect(problems, lambda: RuleBook(
+        folder / "triggers.yaml", partial(_rules_served, router, registry.destinations, folder / "triggers.yaml"),
+        rules_reload_seconds,
+    ))
+    policy_file = collect(problems, lambda: load_policy_file(folder))
+    if policy_file is not None:
+        collect(problems, lambda: check_destination_ids(policy_file, registry.destinations))
+    if problems:
+        raise ConfigError(problems)
+    assert mappings is not None and identity is not None and router is not None
+    assert rulebook is not None and policy_file is not None
+    return MappingsFolder(mappings, identity, router, rulebook, policy_file)
+
+
+def _identity_for(folder: Path, mappings: MappingCatalog | None) -> IdentityConfig:
+    """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
+
+    A mappings folder without the file (one made before it existed) gets the shipped defaults.
+    """
+    config = identity_config_in(folder)
+    undeclared = [
+        f"{folder / IDENTITY_FILE}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
+        for mapping in (mappings or {}).values()
+        for type_ in dict(mapping.identifiers)
+        if type_ not in config.types and type_ != PREVIOUS_ID
+    ]
+    if undeclared:
+        raise ConfigError(undeclared)
+    return config
+
+
+def _rules_served(
+    router: Router | None, destinations: Mapping[str, type[Destination]], path: Path, rules: list[RuleSpec]
+) -> None:
+    """Every channel routed, every template parsing, every action's params taken by its destinations (at start-up
+    and each reload of triggers.yaml): all that is wrong reported at once, each at its line of the rules file
+    (`path`, read as it is now: the lines of the edit being checked)."""
+    if router is None:
+        return
+    problems: list[str] = []
+    lines = RuleLines(path)
+    named = _templates_named(rules)
+    collect(problems, lambda: router.check_channels(rules, lines))
+    collect(problems, lambda: router.templates.check(sorted(named), lambda name: lines.where(*named[name])))
+    collect(problems, lambda: check_action_params(rules, router.routes, destinations, lines))
+    if problems:
+        raise ConfigError(problems)
+
+
+def _templates_named(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...]]:
+    """Each template the rules may render -> (rule id, keys...) of the first place naming it, for `RuleLines.where`."""
+    named: dict[str, tuple[str | int, ...]] = {}
+    for rule in rules:
+        for number, action in enumerate(rule.respond):
+            for keys, _, template in action.choices():
+                named.setdefault(template, (rule.id, "respond", number, *keys, "template"))
+    return named
+
+
+def check_action_params(
+    rules: Sequence[RuleSpec], routes: Mapping[str, ChannelRoute], destinations: Mapping[str, type[Destination]],
+    lines: RuleLines,
+) -> None:
+    """Refuse rules (at start-up and reload) whose action params a destination serving one of the action's
+    channels would refuse, each at the action's line of the rules file: found only at send time, every message
+    of the rule failed for good, and so did its replays, which send the params stored with the delivery.
+    Destinations no route names, or that no installed connector provides, are not asked."""
+    problems: list[str] = []
+    for rule in rules:
+        for number, action in enumerate(rule.respond):
+            params = destination_params(action, action.fields)  # `fields` unrendered: a string renders to one
+            asked: set[str] = set()
+            for _, channel, _ in action.choices():
+                route = routes.get(channel)
+                if route is None or route.destination in asked or route.destination not in destinations:
+                    continue
+                asked.add(route.destination)
+                problems.extend(
+                    f"{lines.where(rule.id, 'respond', number)}: rule {rule.id!r}: channel {channel!r} "
+                    f"(respond.{number}): {problem}; fix the action's params, which destination "
+                    f"{route.destination!r} refuses at every send"
+                    for problem in destinations[route.destination].check_params(params)
+                )
+    if problems:
+        raise ConfigError(problems)
