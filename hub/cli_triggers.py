@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
@@ -60,13 +63,22 @@ def triggers_test(
     # The hub's own warnings name the throwaway database's inbox ids and would go to stdout between the
     # --json lines; what they say is reported below, at the line of EVENTS it is about.
     settings = load_settings(log_level="ERROR")
-    with config_problems_exit("The rules cannot be tried"):
-        result = run_lab(rules, events, settings)
+    with config_problems_exit("The rules cannot be tried"), _lab_progress() as advance:
+        result = run_lab(rules, events, settings, on_events=advance)
     if as_json:
         _print_lab_json(result.decisions)
     else:
         console.print(_lab_table(result.decisions, result.events))
     _print_left_out(result.left_out, err_console if as_json else console)
+
+
+@contextmanager
+def _lab_progress() -> Iterator[Callable[[int, int], None]]:
+    """A progress bar of the events taken in, on stderr (stdout may be --json lines), gone when the run ends."""
+    columns = (TextColumn("Trying rules"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("events", total=None)
+        yield lambda taken, total: progress.update(task, completed=taken, total=total)
 
 
 def _print_left_out(left_out: list[str], where: Console) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
@@ -45,7 +46,11 @@ class LabResult:
     left_out: list[str]  # `path:line: why`, in line order: repeated messages, events the hub quarantined
 
 
-def run(rules: Path, events_path: Path, settings: HubSettings) -> LabResult:
+def run(
+    rules: Path, events_path: Path, settings: HubSettings, on_events: Callable[[int, int], None] | None = None
+) -> LabResult:
+    """Try `rules` over the events file; `on_events(taken, total)` is told after each moment's events are taken
+    in (a progress bar: a few thousand events take half a minute)."""
     events = load_events(events_path)
     with tempfile.TemporaryDirectory(prefix="touchhub-lab-") as folder:
         hub = _lab_hub(rules, Path(folder), settings)
@@ -56,7 +61,7 @@ def run(rules: Path, events_path: Path, settings: HubSettings) -> LabResult:
                     f"{rules}: no rules to try (the file has none, or every rule has `enabled: false`); "
                     f"write them as in {PROJECT_MAPPINGS / 'triggers.yaml'}"
                 )
-            return _simulate(hub, events)
+            return _simulate(hub, events, on_events or _unreported)
         finally:
             hub.delivery.close()
             hub.store.dispose()
@@ -93,12 +98,20 @@ def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> st
     return with_line(problem, copy).replace(str(copy), str(rules)).replace(str(copies), str(mappings_dir))
 
 
-def _simulate(hub: Hub, events_file: EventsFile) -> LabResult:
+def _unreported(taken: int, total: int) -> None:
+    """No one follows the run's progress."""
+
+
+def _simulate(hub: Hub, events_file: EventsFile, on_events: Callable[[int, int], None]) -> LabResult:
     clock = events_file.events[0].at  # load_events refuses a file with nothing to try
+    taken, total = 0, len(events_file.events)
     for at, arrived in groupby(events_file.events, key=lambda event: event.at):
         clock = _fire_timers(hub, clock, before=at)
         clock = max(clock, at)
-        _take_in(hub, [event.raw for event in arrived], clock)
+        raws = [event.raw for event in arrived]
+        _take_in(hub, raws, clock)
+        taken += len(raws)
+        on_events(taken, total)
     _fire_timers(hub, clock, before=None)
     with hub.store.read() as connection:
         found = sorted(decisions.search(connection, limit=1_000_000), key=lambda d: (d["decided_at"], d["rule_id"]))

@@ -158,3 +158,13 @@ def test_a_timer_whose_firing_fails_is_listed_at_the_line_that_started_it(tmp_pa
     )
     result = trigger_lab.run(PROJECT_MAPPINGS / "triggers.yaml", events, make_settings(tmp_path, quiet_hours=""))
     assert (result.decisions, result.left_out) == ([], [f"{events}:2: the cart_abandonment timer it started failed to fire: RuntimeError: boom"])
+
+
+def test_the_lab_reports_its_progress_as_it_takes_events_in(tmp_path: Path) -> None:
+    """`touchhub triggers test` ran a few thousand events for half a minute without a sign of life; the CLI's
+    progress bar follows these reports. Events that arrived at one moment are taken in, and reported, together."""
+    flushed = {"type": "track", "userId": "ana", "event": "Product Viewed", "timestamp": "2026-01-05T10:01:00Z"}
+    events = write_events(tmp_path / "e.jsonl", *CART, flushed, {**flushed, "properties": {"sku": "2"}})
+    reports: list[tuple[int, int]] = []
+    trigger_lab.run(SHIPPED_RULES, events, make_settings(tmp_path), on_events=lambda *report: reports.append(report))
+    assert reports == [(1, 4), (2, 4), (4, 4)]
