@@ -18,8 +18,8 @@ from hub.metrics import EVENTS_REJECTED, metrics_response
 from hub.runtime import Hub, dead_workers_line
 from hub.store import Store
 from hub.store.opening import why
+from hub.store.readiness import not_ready_because
 
-NOT_CURRENT = "schema not at this hub's migrations; run touchhub migrate"
 # hub_events_rejected_total's reason by the refusal's status: a fixed set, so the label stays bounded.
 REFUSAL_REASONS = {400: "bad_payload", 401: "auth", 403: "forbidden", 404: "unknown_source", 413: "too_large",
                    415: "unsupported_encoding"}
@@ -90,14 +90,12 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
 
 
 def _not_ready_because(store: Store) -> str | None:
-    """Why the hub cannot take events durably now, or None. A schema that merely exists is not enough (one rolled
-    back to nothing keeps an empty alembic_version), and a database that refuses connections is an answer for the
-    load balancer, not a 500."""
+    """Why the hub cannot take events durably now (`readiness.not_ready_because`), or None. A database that refuses
+    connections is an answer for the load balancer, not a 500."""
     try:
-        current = store.is_current()
+        return not_ready_because(store)
     except SQLAlchemyError as exc:
         return f"database: {_database_problem(exc, store.engine.url.password)}"
-    return None if current else NOT_CURRENT
 
 
 def _database_problem(exc: SQLAlchemyError, password: str | None) -> str:

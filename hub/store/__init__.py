@@ -68,14 +68,14 @@ class Store:
         """
         with self.write() as connection:
             _one_migrator_at_a_time(connection)
-            if revision == "head" and _is_at_head(connection):
+            if revision == "head" and is_at_head(connection):
                 return
             command.upgrade(_alembic_config(connection), revision)
 
     def is_current(self) -> bool:
         """Whether the schema is at this hub's newest migration (a store an older hub made is not)."""
         with self.read() as connection:
-            return _is_at_head(connection)
+            return is_at_head(connection)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -103,7 +103,8 @@ def _one_migrator_at_a_time(connection: Connection) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(MIGRATIONS_LOCK_KEY)))
 
 
-def _is_at_head(connection: Connection) -> bool:
+def is_at_head(connection: Connection) -> bool:
+    """Whether the schema `connection` sees is at this hub's newest migrations (readiness asks in its own read)."""
     return set(MigrationContext.configure(connection).get_current_heads()) == _heads()
 
 
