@@ -8,7 +8,6 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -26,12 +25,16 @@ def quiet(running_hub: RunningHub) -> None:
         worker.stop()
 
 
-def ingest_fails(running_hub: RunningHub) -> bool:
-    """Whether a batch gets no 2xx: a 500, or (uvicorn drops the connection after an unhandled error) no answer."""
-    try:
-        return running_hub.send(message(userId="u-1", event="x")).status_code == 500
-    except httpx.TransportError:
-        return True
+def ingest_is_told_to_retry(running_hub: RunningHub) -> str:
+    """A batch the store cannot take: a 503 with Retry-After, what SDKs and webhook senders retry, naming the
+    problem (before: a 500 with no reason, and uvicorn dropped the connection, so the next request got no answer).
+    Returns the error."""
+    answer = running_hub.send(message(userId="u-1", event="x"))
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["retry-after"]) > 0
+    assert "send it again" in answer.json()["error"]
+    assert running_hub.send(message(userId="u-1", event="x")).status_code == 503  # the connection is still served
+    return answer.json()["error"]
 
 
 def not_ready_because(running_hub: RunningHub) -> str:
@@ -56,8 +59,9 @@ def test_readyz_is_a_503_when_the_postgresql_sessions_are_read_only(
     with serve_hub(make_settings(tmp_path, database_url=database_url, **sandbox.settings_overrides()), sandbox) as running:
         quiet(running)
         reason = not_ready_because(running)
-        assert ingest_fails(running)
+        error = ingest_is_told_to_retry(running)
     assert reason.startswith("database: ") and "default_transaction_read_only" in reason
+    assert "read-only transaction" in error
     assert "HUB_DATABASE_URL" in reason and "primary" in reason
 
 
@@ -94,7 +98,7 @@ def test_readyz_is_a_503_when_the_sqlite_file_cannot_be_written(
     with serve_hub(settings, sandbox) as running:
         quiet(running)
         reason = not_ready_because(running)
-        assert ingest_fails(running)
+        ingest_is_told_to_retry(running)
     assert reason.startswith(f"database: cannot write {unwritable}")
     assert "write access" in reason
 

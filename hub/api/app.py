@@ -17,8 +17,7 @@ from hub.errors import IngestError
 from hub.metrics import EVENTS_REJECTED, metrics_response
 from hub.runtime import Hub, dead_workers_line
 from hub.store import Store
-from hub.store.opening import why
-from hub.store.readiness import not_ready_because
+from hub.store.readiness import database_problem, not_ready_because
 
 # hub_events_rejected_total's reason by the refusal's status: a fixed set, so the label stays bounded.
 REFUSAL_REASONS = {400: "bad_payload", 401: "auth", 403: "forbidden", 404: "unknown_source", 413: "too_large",
@@ -95,16 +94,7 @@ def _not_ready_because(store: Store) -> str | None:
     try:
         return not_ready_because(store)
     except SQLAlchemyError as exc:
-        return f"database: {_database_problem(exc, store.engine.url.password)}"
-
-
-def _database_problem(exc: SQLAlchemyError, password: str | None) -> str:
-    """The driver's own words (`opening.why`), never the URL's password: the answer goes to whoever can reach
-    /readyz."""
-    problem = why(exc) or type(exc).__name__
-    if password:
-        problem = problem.replace(password, "***")
-    return f"{problem}; check that the database is up and HUB_DATABASE_URL points at it"
+        return f"database: {database_problem(exc, store)}"
 
 
 async def _refuse_nul(request: Request) -> None:

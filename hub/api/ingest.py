@@ -12,8 +12,10 @@ takes them on every endpoint.
 
 from __future__ import annotations
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import InboundRequest, Source
@@ -24,10 +26,15 @@ from hub.api.write_keys import credentials, without_write_keys
 from hub.clock import utcnow
 from hub.errors import BadPayloadError, UnknownSourceError
 from hub.runtime import Hub
+from hub.store.opening import why
+from hub.store.readiness import database_problem
 
+STORE_UNAVAILABLE = "store_unavailable"  # hub_events_rejected_total's reason when the store takes no write
+STORE_RETRY_SECONDS = 5  # Retry-After of that 503: a failover or a freed disk, not a minute's outage per request
 UNKNOWN_SOURCE = "unknown"  # the source label of a refusal before the request named a configured source
 TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
 router = APIRouter(tags=["ingest"])
+log = structlog.get_logger(__name__)
 
 
 async def _inbound(request: Request, hub: Hub) -> InboundRequest:
@@ -47,6 +54,28 @@ def _refusals_count_for(request: Request, source: Source) -> Source:
 
 
 async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
+    """The request's events committed (or its body quarantined) before the answer; a 503 when the store takes
+    nothing now.
+
+    A store that refuses the write (unreachable, a read-only standby, a full
+    disk) was a 500 with no word of why, and uvicorn then dropped the
+    keep-alive connection, so the sender's next request on it got no answer
+    at all. A 503 with Retry-After is what SDKs and webhook senders retry:
+    nothing of the request was kept, and it is safe to send it again.
+    """
+    try:
+        return await _accepted(hub, source, inbound)
+    except SQLAlchemyError as exc:
+        log.error("ingest could not store the request", source=source.source_id, reason=why(exc))
+        metrics.EVENTS_REJECTED.labels(source=source.source_id, reason=STORE_UNAVAILABLE).inc()
+        return JSONResponse(
+            {"success": False, "error": f"the hub cannot store events now: {database_problem(exc, hub.store)}; "
+                                        "nothing of this request was kept: send it again"},
+            status_code=503, headers={"Retry-After": str(STORE_RETRY_SECONDS)},
+        )
+
+
+async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     try:
         result = source.parse(inbound)
         report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())

@@ -17,9 +17,11 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy import Connection, text
+from sqlalchemy.exc import SQLAlchemyError
 
 from hub.store import Store, is_at_head
 from hub.store.engine import WAL_AUTOCHECKPOINT_PAGES
+from hub.store.opening import why
 
 NOT_CURRENT = "schema not at this hub's migrations; run touchhub migrate"
 MIB = 1024 * 1024
@@ -103,3 +105,12 @@ def short_of_room(folder: Path, free: int) -> str | None:
         f"database: only {free // MIB} MiB free in {folder}, under the {LEAST_FREE_BYTES // MIB} MiB the hub needs "
         "to take events; free space on that disk or move the database to a larger one"
     )
+
+
+def database_problem(exc: SQLAlchemyError, store: Store) -> str:
+    """The driver's own words (`opening.why`), never the URL's password, and what to check: the answer goes to
+    whoever can reach /readyz, or sent events."""
+    problem = why(exc) or type(exc).__name__
+    if password := store.engine.url.password:
+        problem = problem.replace(password, "***")
+    return f"{problem}; check that the database is up and HUB_DATABASE_URL points at it"
