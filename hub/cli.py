@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,7 @@ def serve(
 
     settings = load_settings(host=host, port=port)
     with ExitStack() as stack:
+        sock = stack.enter_context(_listening_socket(settings.host, settings.port, "HUB_PORT (--port)"))
         if sandbox:
             providers = stack.enter_context(SandboxProviders())
             settings = settings.with_overrides(**providers.settings_overrides())
@@ -80,8 +82,21 @@ def serve(
         app = create_app(hub)
         freeze_startup_objects()
         console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {shown_url(settings.database_url)})")
-        # log_config=None: uvicorn's lines go to the root handler configure_logging set up (JSON, masked).
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(), log_config=None)
+        _run_server(app, sock, settings.log_level)
+
+
+def _run_server(app: Any, sock: socket.socket, log_level: str) -> None:
+    """uvicorn on a socket bound before the hub was built, ending as `uvicorn.run` does: Ctrl-C is the way to stop
+    it, and an app whose start-up failed exits 3."""
+    host, port = sock.getsockname()[:2]  # for uvicorn's "running on" line
+    # log_config=None: uvicorn's lines go to the root handler configure_logging set up (JSON, masked).
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it stopped on again once it has shut down
+        pass
+    if not server.started:
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -128,23 +143,30 @@ def _metrics_served(hub: Hub) -> Iterator[None]:
     """/metrics on HUB_HOST:HUB_METRICS_PORT while the block runs, when that port is set; a port in use exits 2
     naming the setting."""
     from hub.metrics import metrics_app
-    from hub.serving import BackgroundServer, bind_socket
+    from hub.serving import BackgroundServer
 
     settings = hub.settings
     if settings.metrics_port is None:
         yield
         return
-    with config_problems_exit():
-        try:
-            sock = bind_socket(settings.host, settings.metrics_port)
-        except OSError as exc:
-            raise ConfigError(
-                f"HUB_METRICS_PORT: cannot listen on {settings.host}:{settings.metrics_port} ({exc.strerror}); "
-                "pick a free port or stop what listens there"
-            ) from None
+    sock = _listening_socket(settings.host, settings.metrics_port, "HUB_METRICS_PORT")
     with BackgroundServer(metrics_app(hub.store), sock=sock) as server:
         console.print(f"Metrics on {server.url}/metrics")
         yield
+
+
+def _listening_socket(host: str, port: int, setting: str) -> socket.socket:
+    """A socket bound to `host`:`port` before anything else starts, so a port in use exits 2 naming `setting`,
+    not after the hub's workers started (uvicorn's own bind failure was only a log line and exit 3)."""
+    from hub.serving import bind_socket
+
+    with config_problems_exit():
+        try:
+            return bind_socket(host, port)
+        except OSError as exc:
+            raise ConfigError(
+                f"{setting}: cannot listen on {host}:{port} ({exc.strerror}); pick a free port or stop what listens there"
+            ) from None
 
 
 @app.command()

@@ -117,8 +117,10 @@ class RuleBook:
         return rules, frozenset(rule.id for rule in every if not rule.enabled)
 
     def _file_stamp(self) -> tuple[int, int] | None:
+        """None when the file cannot be looked at (gone, a file where its folder should be, no permission): loading
+        it then says why as a ConfigError, instead of a traceback from here."""
         try:
             stat = self.path.stat()
-        except FileNotFoundError:
+        except OSError:
             return None
         return (stat.st_mtime_ns, stat.st_size)

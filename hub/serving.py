@@ -18,8 +18,9 @@ import uvicorn
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A bound TCP socket; port 0 lets the OS choose a free one."""
-    bound = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    """A bound TCP socket; port 0 lets the OS choose a free one. An IPv6 address (`::`, as HUB_HOST may be) gets an
+    IPv6 socket: `touchhub serve` binds through here before uvicorn starts."""
+    bound = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     bound.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     bound.bind((host, port))
     return bound
@@ -27,7 +28,7 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
 
 def socket_url(bound: socket.socket) -> str:
     host, port = bound.getsockname()[:2]
-    return f"http://{host}:{port}"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class BackgroundServer:

@@ -6,9 +6,10 @@ they print as ``**********`` if settings are ever logged.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
@@ -26,6 +27,9 @@ PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages c
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
+# A URL others must follow (a webhook receiver, this hub as providers and recipients reach it): a scheme and a host.
+HTTP_URL_PATTERN = r"^https?://[^\s/]+"
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
 
 # Settings holding a URL that may carry credentials: a database password, a receiver's Basic auth or token.
@@ -186,7 +190,7 @@ class HubSettings(BaseSettings):
     )
     rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml and message templates are checked for edits.")
 
-    log_level: str = "INFO"
+    log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     log_json: bool = False
 
     @field_validator("workers")
@@ -196,6 +200,29 @@ class HubSettings(BaseSettings):
         if unknown:
             raise ValueError(f"unknown worker {', '.join(unknown)}: pick from {', '.join(WORKER_ROLES)}")
         return value
+
+    @field_validator("mappings_dir")
+    @classmethod
+    def _mappings_folder(cls, value: Path) -> Path:
+        """Naming one of its files (triggers.yaml) instead made every mapping file "not a directory", a traceback."""
+        if value.is_file():
+            raise ValueError(f"{value} is a file; point it at the folder of the mapping files, e.g. {value.parent}")
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _followable_base_url(cls, value: str | None) -> str | None:
+        """Unsubscribe links and provider callbacks are built on it: without a scheme no one could follow them.
+        Empty is the default (http://host:port), as unset."""
+        if value and not re.match(HTTP_URL_PATTERN, value):
+            raise ValueError("write it whole, with its scheme, e.g. https://hub.example.com")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        """`info` as well as `INFO`, as logging's own level names are written either way in configs."""
+        return value.strip().upper() if isinstance(value, str) else value
 
     @field_validator("default_phone_region")
     @classmethod

@@ -55,7 +55,7 @@ from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliver
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
-from hub.settings import MAX_DELIVERY_CONCURRENCY, PREVIOUS_WEBHOOK_SECRET_HELP
+from hub.settings import HTTP_URL_PATTERN, MAX_DELIVERY_CONCURRENCY, PREVIOUS_WEBHOOK_SECRET_HELP
 from hub.signing_secrets import in_use
 
 SECRET_PREFIX = "whsec_"
@@ -69,7 +69,7 @@ _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=r"^https?://[^\s/]+", description="Receiver URL (http or https).")
+    url: str = Field(pattern=HTTP_URL_PATTERN, description="Receiver URL (http or https).")
     secret: SecretStr = Field(description="Signing secret: 'whsec_' + base64 of 24-64 random bytes.")
     previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
     allowed_networks: list[str] = Field(

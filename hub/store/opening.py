@@ -1,10 +1,12 @@
 """Opening HUB_DATABASE_URL for the hub and every command: a URL SQLAlchemy cannot parse, a driver not
-installed or a server that does not answer is a ConfigError naming the setting, never a traceback."""
+installed, a server that does not answer, a SQLite folder that cannot be made or written, or an in-memory SQLite
+database is a ConfigError naming the setting, never a traceback."""
 
 from __future__ import annotations
 
 from datetime import timedelta
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from hub.errors import ConfigError
@@ -24,15 +26,21 @@ def store_url(url: str) -> str:
 
 def open_store(url: str, *, migrate: bool = False, lease: timedelta | None = None) -> Store:
     """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`; `lease` as `Store` takes it); ConfigError
-    naming the setting, the URL without its password and the reason when it cannot be parsed, its driver is missing
-    or it cannot be reached."""
+    naming the setting, the URL without its password and the reason when it cannot be parsed, its driver is missing,
+    it cannot be reached, its SQLite folder cannot be made or written, or it is an in-memory SQLite database."""
     try:
+        _refuse_in_memory(url)
         store = Store(store_url(url), lease)
     except (ArgumentError, ImportError) as exc:
         raise unusable_url(url, exc) from None
+    except OSError as exc:  # the SQLite file's folder cannot be made (a file in the way, no permission)
+        raise _unusable_folder(url, exc) from None
     if migrate:
         try:
             store.migrate()
+        except OSError as exc:  # the writer lock's file beside the database, opened on the first write
+            store.dispose()
+            raise _unusable_folder(url, exc) from None
         except SQLAlchemyError as exc:
             store.dispose()
             raise ConfigError(
@@ -44,6 +52,28 @@ def open_store(url: str, *, migrate: bool = False, lease: timedelta | None = Non
 
 def unusable_url(url: str, exc: Exception) -> ConfigError:
     return ConfigError(f"HUB_DATABASE_URL={shown_url(url)}: not a usable database URL ({why(exc)}); {URL_FORM}")
+
+
+def _unusable_folder(url: str, exc: OSError) -> ConfigError:
+    where = f"{exc.filename}: " if exc.filename else ""
+    return ConfigError(
+        f"HUB_DATABASE_URL={shown_url(url)}: cannot make or write the database's folder ({where}{exc.strerror or exc}); "
+        "move what is in the way or fix its permissions, or point HUB_DATABASE_URL at a file in a folder this user "
+        "can write"
+    )
+
+
+def _refuse_in_memory(url: str) -> None:
+    """SQLite gives each pooled connection its own empty in-memory database, so the hub's tables would be missing
+    from all but one (every ingest a 500), and nothing acknowledged could survive the process."""
+    parsed = make_url(store_url(url))
+    if parsed.get_backend_name() != "sqlite":
+        return
+    if parsed.database in (None, "", ":memory:") or parsed.query.get("mode") == "memory":
+        raise ConfigError(
+            f"HUB_DATABASE_URL={shown_url(url)}: an in-memory SQLite database is not kept (each connection gets its "
+            "own, emptied on exit); give a file, e.g. sqlite:///var/hub.db"
+        )
 
 
 def why(exc: Exception) -> str:
