@@ -27,8 +27,7 @@ from hub.mapping import load_mapping
 from hub.routing import load_routes
 from hub.rules import load_rules
 from hub.mappings_folder import load_mappings_folder
-from hub.runtime import DEFAULT_SOURCE_ID
-from hub.sources import SOURCES_FILE, build_source, environment, load_entries
+from hub.sources import DEFAULT_SOURCE_ID, SOURCES_FILE, build_source, environment, load_entries, shared_write_keys
 
 
 def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str]]:
@@ -78,14 +77,17 @@ def _named_mappings(folder: Path) -> set[Path]:
 
 def _check_sources(path: Path, registry: Registry) -> None:
     problems = []
+    located = []
     for where, entry in load_entries(path.parent):
         try:
             source = build_source(registry, entry, where, environment(), path.parent, need_secrets=False)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
+        located.append((where, source))
         mapping_file = path.parent / (entry.mapping or source.default_mapping)
         if not mapping_file.exists():
             problems.append(f"{where}.mapping: {mapping_file.name} does not exist in {path.parent}")
+    problems.extend(shared_write_keys(located))  # where the secrets are set, as at start-up
     if problems:
         raise ConfigError(problems)

@@ -1,7 +1,9 @@
 """`touchhub replay`: re-normalize a source's stored raw events with its current mapping.
 
-The raw payload of every accepted event stays in the inbox, so a fixed or
-improved mapping can be applied to the past:
+The raw payload of every accepted event stays in the inbox (unless its
+person was forgotten, which erases it: such events are left out, as nothing
+of them is left to replay), so a fixed or improved mapping can be applied to
+the past:
 - an event that already became a touchpoint gets its mapped fields rewritten
   in place (same deterministic id; its profile, identity links and past
   decisions are left as they were, so no message is sent twice);

@@ -14,7 +14,7 @@ from functools import partial
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
-from connectors.sources.segment import MISSING_WRITE_KEY, SegmentSource
+from connectors.sources.segment import MISSING_WRITE_KEY
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
 from hub.delivery_policy import PolicyBook
@@ -26,7 +26,7 @@ from hub.quiet_hours import QuietHours
 from hub.respond import Responder
 from hub.routing import ContactPolicy
 from hub.settings import HubSettings
-from hub.sources import build_source, environment, load_entries
+from hub.sources import DEFAULT_SOURCE_ID, build_source, environment, load_entries, shared_write_keys
 from hub.stats import is_idle
 from hub.store import sql
 from hub.store.identity_graph import SqlIdentityGraph
@@ -35,7 +35,6 @@ from hub.wakeups import Wakeups
 from hub.workers import Worker
 
 log = structlog.get_logger(__name__)
-DEFAULT_SOURCE_ID = "default"
 DEFAULT_SOURCE_WHERE = "HUB_DEFAULT_WRITE_KEY"  # where the default source is configured, for the problems naming it
 
 
@@ -179,9 +178,6 @@ class Hub:
         problems: list[str] = []
         env = environment()
         for where, entry in load_entries(folder):
-            if entry.id == DEFAULT_SOURCE_ID:
-                problems.append(f"{where}.id: 'default' is the built-in source of HUB_DEFAULT_WRITE_KEY; pick another id")
-                continue
             try:
                 sources[entry.id] = build_source(self.registry, entry, where, env, folder)
             except ConfigError as exc:
@@ -220,28 +216,3 @@ class Hub:
 def dead_workers_line(dead: Sequence[tuple[str, str]]) -> str:
     """`Hub.dead_workers` in one line, as the liveness probe and `touchhub worker` report them."""
     return "; ".join(f"worker {name} died ({reason})" for name, reason in dead)
-
-
-def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
-    """A problem for each source whose write key an earlier one already has (each source given with where it is
-    configured; the default one first, so a clash is always named at its sources.yaml entry).
-
-    The SDK endpoints file a request under the first source its key opens
-    (`Hub.authenticate`): the later source would silently receive nothing, and
-    its traffic would go through the other's mapping. Keys are compared by the
-    digest the sources keep, never in clear.
-    """
-    first: dict[bytes, str] = {}
-    problems = []
-    for where, source in located:
-        digest = source.write_key_digest if isinstance(source, SegmentSource) else None
-        if digest is None:
-            continue
-        if digest in first:
-            problems.append(
-                f"{where}.secrets.write_key: is the same write key as {first[digest]}, whose source would take "
-                "all the SDK traffic sent with it; give each source a key of its own"
-            )
-        else:
-            first[digest] = where
-    return problems

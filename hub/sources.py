@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
@@ -19,10 +19,12 @@ from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Registry, Source
+from connectors.sources.segment import SegmentSource
 from hub.config_files import line_of, load_model
 from hub.errors import ConfigError
 
 SOURCES_FILE = "sources.yaml"
+DEFAULT_SOURCE_ID = "default"  # the built-in Segment source of HUB_DEFAULT_WRITE_KEY; no entry may take it
 SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 # Stands in for a secret where none is needed (previews, checks): base64 text, so every connector's
@@ -74,12 +76,24 @@ def load_entries(folder: Path) -> list[tuple[str, SourceEntry]]:
     entries = load_model(path, SourcesFile).sources
     root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
     located = [(f"{path}:{line_of(root, ['sources', index])}: sources.{index}", entry) for index, entry in enumerate(entries)]
+    problems = _id_problems(located)
+    if problems:
+        raise ConfigError(problems)
+    return located
+
+
+def _id_problems(located: list[tuple[str, SourceEntry]]) -> list[str]:
+    """Ids the hub cannot serve: here rather than where sources are built, so `touchhub mappings check` refuses
+    what start-up refuses."""
+    problems: list[str] = []
     seen: set[str] = set()
     for where, entry in located:
-        if entry.id in seen:
-            raise ConfigError(f"{where}.id: {entry.id!r} is used twice; source ids must be unique")
+        if entry.id == DEFAULT_SOURCE_ID:
+            problems.append(f"{where}.id: {entry.id!r} is the built-in source of HUB_DEFAULT_WRITE_KEY; pick another id")
+        elif entry.id in seen:
+            problems.append(f"{where}.id: {entry.id!r} is used twice; source ids must be unique")
         seen.add(entry.id)
-    return located
+    return problems
 
 
 def build_source(
@@ -123,3 +137,28 @@ def is_secret(annotation: Any) -> bool:
     if get_origin(annotation) is Annotated:
         return is_secret(get_args(annotation)[0])
     return annotation is SecretStr or any(is_secret(argument) for argument in get_args(annotation))
+
+
+def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
+    """A problem for each source whose write key an earlier one already has (each source given with where it is
+    configured; the default one first, so a clash is always named at its sources.yaml entry).
+
+    The SDK endpoints file a request under the first source its key opens
+    (`Hub.authenticate`): the later source would silently receive nothing, and
+    its traffic would go through the other's mapping. Keys are compared by the
+    digest the sources keep, never in clear.
+    """
+    first: dict[bytes, str] = {}
+    problems = []
+    for where, source in located:
+        digest = source.write_key_digest if isinstance(source, SegmentSource) else None
+        if digest is None:
+            continue
+        if digest in first:
+            problems.append(
+                f"{where}.secrets.write_key: is the same write key as {first[digest]}, whose source would take "
+                "all the SDK traffic sent with it; give each source a key of its own"
+            )
+        else:
+            first[digest] = where
+    return problems

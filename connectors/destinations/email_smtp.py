@@ -80,6 +80,22 @@ def _message_policy() -> policy.EmailPolicy:
 MESSAGE_POLICY = _message_policy()
 
 
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """The context the relay's certificate is verified with: the system's CAs, or only those in `ca_file`.
+
+    Raises:
+        ValueError: `ca_file` cannot be read or holds no PEM certificate, said so that ops can fix it.
+    """
+    try:
+        return ssl.create_default_context(cafile=ca_file)
+    except ssl.SSLError as exc:  # before OSError, its base: the file was read but is not what it should be
+        raise ValueError(f"{ca_file!r} holds no PEM certificate ({exc.reason}); point it at a PEM bundle of the "
+                         "CA certificates that signed the relay's certificate (-----BEGIN CERTIFICATE----- blocks)") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {ca_file!r} ({exc.strerror or exc}); point it at a PEM bundle of the CA "
+                         "certificates that signed the relay's certificate, or leave it unset to use the system's") from None
+
+
 class EmailSmtpConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     host: str
@@ -95,6 +111,14 @@ class EmailSmtpConfig(BaseModel):
     unsubscribe_secret: SecretStr
     unsubscribe_link_days: int = Field(90, ge=1)
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _loads_as_pem(cls, value: str | None) -> str | None:
+        """Loaded here, not first in the destination's constructor, so a bad file is a config problem at start."""
+        if value is not None:
+            tls_context(value)
+        return value
 
     @field_validator("from_address")
     @classmethod
@@ -127,7 +151,7 @@ class EmailSmtpDestination(Destination):
         assert isinstance(config, EmailSmtpConfig)
         self.settings = config
         self.sender = sender_address(config.from_address)
-        self._tls = ssl.create_default_context(cafile=config.ca_file)
+        self._tls = tls_context(config.ca_file)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         return {

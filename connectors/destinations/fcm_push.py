@@ -29,20 +29,20 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import firebase_admin
 import structlog
 from firebase_admin import credentials, exceptions, messaging
 from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
-from pydantic import BaseModel, ConfigDict, Field, FilePath
+from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator
 
 from connectors.base import Destination
 from connectors.destinations.requests_transport import VendorAdapter
 from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
-    ConfigError,
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
@@ -96,12 +96,45 @@ DEAD_TOKEN_REASONS: Mapping[str, str] = {
 HOPE_ORDER: tuple[type[DeliveryError], ...] = (RetryableDeliveryError, AuthDeliveryError, PermanentDeliveryError)
 
 
+KEY_ADVICE = "point it at the key JSON the Firebase console gives (Project settings > Service accounts)"
+
+
+def service_account(path: Path) -> credentials.Certificate:
+    """The credentials in a service-account key file.
+
+    Read here rather than by firebase-admin, which ends in an AttributeError
+    on JSON that is not an object (``[]``, ``null``).
+
+    Raises:
+        ValueError: the file cannot be read or is not such a key, said so that ops can fix it.
+    """
+    try:
+        key = json.loads(path.read_bytes())
+    except OSError as exc:
+        raise ValueError(f"cannot read {path} ({exc.strerror or exc}); {KEY_ADVICE}") from None
+    except ValueError as exc:  # not JSON, or not UTF-8
+        raise ValueError(f"{path} is not JSON ({exc}); {KEY_ADVICE}") from None
+    if not isinstance(key, dict):
+        raise ValueError(f'{path} is JSON but not an object, as a key is ({{"type": "service_account", ...}}); {KEY_ADVICE}')
+    try:
+        return credentials.Certificate(key)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a service-account key ({exc}); {KEY_ADVICE}") from None
+
+
 class FcmPushConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     credentials_file: FilePath = Field(description="Service-account key JSON of the Firebase project.")
     project_id: str | None = Field(None, description="Firebase project; defaults to the key's project_id.")
     api_base_url: str | None = Field(None, description="FCM-compatible endpoint instead of fcm.googleapis.com.")
     timeout_seconds: float = Field(10.0, gt=0)
+
+    @field_validator("credentials_file")
+    @classmethod
+    def _is_a_key(cls, value: Path) -> Path:
+        """Read here, not first in the destination's constructor, so a bad key is a config problem at start."""
+        service_account(value)
+        return value
 
 
 @dataclass(frozen=True)
@@ -141,10 +174,7 @@ class FcmPushDestination(Destination):
         options: dict[str, Any] = {"httpTimeout": config.timeout_seconds}
         if config.project_id:
             options["projectId"] = config.project_id
-        try:
-            certificate = credentials.Certificate(str(config.credentials_file))
-        except ValueError as exc:
-            raise ConfigError(f"{config.credentials_file}: not a service-account key: {exc}") from None
+        certificate = service_account(config.credentials_file)
         # Apps live in a process-wide registry keyed by name; a unique name lets
         # several hubs (tests, the demo) each own and delete theirs.
         self.app = firebase_admin.initialize_app(certificate, options, name=f"touchhub-{destination_id}-{uuid.uuid4().hex}")

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import ColumnElement, Connection, Text, cast, func, select, update
 
 from hub.model import Touchpoint
 from hub.store.inbox import InboxRow
 from hub.store.schema import inbox, quarantine, touchpoints
 
+ERASED_PAYLOAD = "{}"  # a forgotten person's raw event, as both engines store it (`hub.store.forget`)
 # What a re-normalization may change; profile, ids and receipt time stay.
 MAPPED_COLUMNS = ("kind", "event", "stage", "moment", "occurred_at", "properties", "traits", "context", "mapping_version")
 
 
 def stored_events(connection: Connection, source_id: str, since: datetime, after_id: int, limit: int) -> list[tuple[InboxRow, str]]:
-    """Processed or failed inbox rows of a source received since `since`, in id order, with their status."""
+    """Replayable inbox rows of a source received since `since` (`_replayable`), in id order, with their status."""
     query = (
         select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts,
                inbox.c.status)
-        .where(inbox.c.source_id == source_id, inbox.c.received_at >= since, inbox.c.id > after_id,
-               inbox.c.status.in_(("done", "failed")))
+        .where(*_replayable(source_id, since), inbox.c.id > after_id)
         .order_by(inbox.c.id)
         .limit(limit)
     )
@@ -28,10 +28,20 @@ def stored_events(connection: Connection, source_id: str, since: datetime, after
 
 
 def count_stored(connection: Connection, source_id: str, since: datetime) -> int:
-    query = select(func.count()).where(
-        inbox.c.source_id == source_id, inbox.c.received_at >= since, inbox.c.status.in_(("done", "failed"))
+    return connection.execute(select(func.count()).where(*_replayable(source_id, since))).scalar_one()
+
+
+def _replayable(source_id: str, since: datetime) -> tuple[ColumnElement[bool], ...]:
+    """Processed or failed rows that still hold their body.
+
+    Forgetting a person empties their raw payloads to ``{}`` (`hub.store.forget`):
+    such a row holds nothing a mapping could make a touchpoint of, and re-normalizing
+    it would report a mapping error for an event that is simply gone.
+    """
+    return (
+        inbox.c.source_id == source_id, inbox.c.received_at >= since, inbox.c.status.in_(("done", "failed")),
+        cast(inbox.c.payload, Text) != ERASED_PAYLOAD,
     )
-    return connection.execute(query).scalar_one()
 
 
 def rewrite_touchpoint(connection: Connection, touchpoint: Touchpoint) -> str | None:
