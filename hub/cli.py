@@ -18,7 +18,7 @@ from rich.table import Table
 from hub.cli_deliveries import app as deliveries_app
 from hub.cli_keys import app as keys_app
 from hub.cli_profiles import app as profiles_app
-from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, store_busy_exit, styled
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.errors import ConfigError
 from hub.heap import freeze_startup_objects
@@ -176,7 +176,8 @@ def demo(
     """Replay a sample customer journey through a real hub and sandbox providers, then summarize.
 
     Nothing leaves this machine: the hub, its database (a temporary SQLite file) and the fake
-    Twilio all run on 127.0.0.1 and are gone when the command ends.
+    Twilio, Salesforce, FCM, SMTP server and webhook receiver all run on 127.0.0.1 and are gone when the command
+    ends.
     """
     from hub.demo import load_journey, print_summary, run_demo
 
@@ -222,7 +223,10 @@ def connectors_list() -> None:
 
 @connectors_app.command("show")
 def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub connectors list`.")) -> None:
-    """Print a connector's config schema (JSON Schema): the keys a sources.yaml entry may set."""
+    """Print a connector's config schema (JSON Schema): the keys a sources.yaml entry may set.
+
+    The schema alone goes to stdout, so it pipes into jq or a file; the connector's name and docs go to stderr.
+    """
     import json
 
     from connectors.base import load_registry
@@ -232,10 +236,10 @@ def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub conne
     if connector is None:
         console.print(styled("[red]No connector {!r}[/]; installed: {}", slug, ", ".join(sorted(registry.origins))))
         raise typer.Exit(2)
-    console.print(styled("[bold]{}[/]: {} ({})", connector.slug, connector.title, registry.origins[slug]), highlight=False)
+    err_console.print(styled("[bold]{}[/]: {} ({})", connector.slug, connector.title, registry.origins[slug]), highlight=False)
     if connector.docs_url:
-        console.print(styled("Docs: {}", connector.docs_url), highlight=False)
-    console.print_json(json.dumps(connector.Config.model_json_schema()))
+        err_console.print(styled("Docs: {}", connector.docs_url), highlight=False)
+    typer.echo(json.dumps(connector.Config.model_json_schema(), indent=2))
 
 
 @mappings_app.command("check")
@@ -358,7 +362,8 @@ def replay_command(
             raise typer.Exit(2)
         with hub.store.read() as connection:
             total = replays.count_stored(connection, source, start)
-        with Progress(console=console, transient=True) as progress:
+        busy = store_busy_exit(hub.store, "The stored events cannot be replayed")
+        with busy, Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"Re-normalizing {source}", total=total)
             report = replay_source(hub, source, start, on_batch=lambda count: progress.advance(task, count))
         if report.available_at is not None:

@@ -8,15 +8,17 @@ replayed deliveries at their next poll.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from enum import Enum
 from functools import partial
+from pathlib import Path
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from hub.cli_store import delivery_recipients, existing_store
-from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
 from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.profile_views import for_live_profile
@@ -54,13 +56,16 @@ def list_deliveries(
     Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
     """
     with config_problems_exit("The delivery log cannot be read"):
-        recipient = delivery_recipients(load_settings().mappings_dir)
+        mappings_dir = load_settings().mappings_dir
+        recipient = delivery_recipients(mappings_dir)
+        _refuse_unknown(mappings_dir, destination=destination, channel=channel)
     search = partial(delivery_log.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
                      recipient=recipient)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
         found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
     table = Table(title=f"Deliveries ({len(found)} shown)")
-    for column in ("delivery id", "planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):
+    id_column(table, "delivery id", (item["delivery_id"] for item in found))
+    for column in ("planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):
         table.add_column(column, overflow="fold")
     for item in found:
         table.add_row(*map(plain, (
@@ -85,10 +90,12 @@ def replay(
         console.print("[red]Give one delivery id, or --all (optionally with --destination).[/]")
         raise typer.Exit(2)
     with config_problems_exit("The dead-letter queue cannot be replayed"):
-        recipient = delivery_recipients(load_settings().mappings_dir)  # a replay goes only to addresses still held
+        mappings_dir = load_settings().mappings_dir
+        recipient = delivery_recipients(mappings_dir)  # a replay goes only to addresses still held
+        _refuse_unknown(mappings_dir, destination=destination)
     store = _store()
     if delivery_id is not None:
-        with store.write() as connection:
+        with writing(store, "The delivery cannot be replayed") as connection:
             previous = delivery_replay.replay(connection, delivery_id, utcnow(), recipient)
         if previous is None:
             console.print(styled("[red]No delivery {!r}.[/]", delivery_id))
@@ -107,10 +114,28 @@ def replay(
         task = progress.add_task("replay", total=len(ids))
         for start in range(0, len(ids), REPLAY_CHUNK):
             chunk = ids[start : start + REPLAY_CHUNK]
-            with store.write() as connection:
+            with writing(store, "The dead-letter queue cannot be replayed") as connection:
                 outcomes.update(delivery_replay.replay(connection, each, utcnow(), recipient) for each in chunk)
             progress.advance(task, len(chunk))
     _replay_summary(outcomes)
+
+
+def _refuse_unknown(mappings_dir: Path, *, destination: str | None = None, channel: str | None = None) -> None:
+    """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has: a typo
+    (`--destination twilo_sms`) matched nothing, which read as an empty delivery log, or during an incident as
+    an empty dead-letter queue ("0 dead deliveries queued again") while the real one stayed dead."""
+    from connectors.base import load_registry
+    from hub.routing import load_routes
+
+    routes = load_routes(mappings_dir / "routes.yaml")
+    destinations = {*load_registry().destinations, *(route.destination for route in routes.values())}
+    _one_of("--destination", destination, destinations, "destination")
+    _one_of("--channel", channel, routes, "channel routes.yaml has")
+
+
+def _one_of(option: str, value: str | None, known: Collection[str], what: str) -> None:
+    if value is not None and value not in known:
+        raise typer.BadParameter(f"{value!r} is no {what}; use one of: {', '.join(sorted(known))}", param_hint=option)
 
 
 def _replay_summary(outcomes: Counter[str | None]) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from hub.cli_store import existing_store
-from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, err_console, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
 from hub.store import Store, api_keys
 from hub.store.api_keys import SCOPES
@@ -49,7 +49,7 @@ def create(
         console.print(styled("[red]NAME: {!r} must be 1 to {} characters.[/]", name, NAME_LENGTH))
         raise typer.Exit(2)
     scopes = [chosen.value for chosen in scope]
-    with _store().write() as connection:
+    with writing(_store(), "The API key cannot be created") as connection:
         key_id, key = api_keys.create(connection, name, scopes, utcnow())
     typer.echo(key)  # alone on stdout, unwrapped, so `KEY=$(touchhub keys create ...)` takes it
     err_console.print(styled(
@@ -69,7 +69,8 @@ def list_keys() -> None:
     with _store().read() as connection:
         keys = api_keys.listed(connection)
     table = Table(title=f"API keys ({len(keys)})")
-    for column in ("id", "name", "scopes", "created (UTC)", "last used (UTC)", "revoked (UTC)"):
+    id_column(table, "id", (key.key_id for key in keys))
+    for column in ("name", "scopes", "created (UTC)", "last used (UTC)", "revoked (UTC)"):
         table.add_column(column, overflow="fold")
     for key in keys:
         table.add_row(
@@ -82,7 +83,7 @@ def list_keys() -> None:
 @app.command("revoke")
 def revoke(key_id: str = typer.Argument(..., help="The key's id, as `touchhub keys list` shows it.")) -> None:
     """Revoke an API key: requests with it get 401 from now on, on every hub sharing the store."""
-    with _store().write() as connection:
+    with writing(_store(), "The API key cannot be revoked") as connection:
         key = api_keys.revoke(connection, key_id, utcnow())
     if key is None:
         console.print(styled("[red]No API key has the id {!r}; `touchhub keys list` shows them.[/]", key_id))

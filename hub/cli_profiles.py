@@ -74,7 +74,7 @@ def profiles_show(
             "TYPE:VALUE, e.g. email:jane@example.com; types: {}.", repr(profile), ", ".join(config.types),
         ))
         raise typer.Exit(1)
-    for table in _profile_tables(view, show_pii=show_pii):
+    for table in _profile_tables(view, show_pii=show_pii, region=settings.default_phone_region):
         console.print(table)
 
 
@@ -100,12 +100,13 @@ def _profile_of(connection: Connection, profile: str, identifier: Identifier | N
     return profile_view(connection, profile_id) if profile_id else None
 
 
-def _profile_tables(view: dict[str, Any], *, show_pii: bool) -> list[Table]:
+def _profile_tables(view: dict[str, Any], *, show_pii: bool, region: str) -> list[Table]:
     """The profile, its traits and its identifiers; emails and phones masked, push tokens cut short, unless
-    `show_pii`, as `profiles explain` and the delivery log show them."""
+    `show_pii`, as `profiles explain` and the delivery log show them. A trait is masked as the identifier it
+    holds, and as a phone if ingest reads it as one in `region` (HUB_DEFAULT_PHONE_REGION)."""
     import json
 
-    from hub.pii import mask_recipient, mask_value
+    from hub.pii import mask_recipient, mask_traits
 
     summary = Table(title=f"Profile {view['profile_id']}", show_header=False, title_justify="left")
     summary.add_row("created (UTC)", view["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
@@ -114,8 +115,9 @@ def _profile_tables(view: dict[str, Any], *, show_pii: bool) -> list[Table]:
     traits = Table(title=f"Traits ({len(view['traits'])})", title_justify="left")
     traits.add_column("trait", no_wrap=True)
     traits.add_column("value", overflow="fold")
-    for name, value in sorted(view["traits"].items()):
-        shown = value if show_pii else mask_value(value)
+    held = [Identifier(type_, value) for type_, values in view["identifiers"].items() for value in values]
+    shown_traits = view["traits"] if show_pii else mask_traits(view["traits"], held, region)
+    for name, shown in sorted(shown_traits.items()):
         traits.add_row(plain(name), plain(shown if isinstance(shown, str) else json.dumps(shown, default=str, ensure_ascii=False)))
     identifiers = Table(title="Identifiers (newest first)", title_justify="left")
     identifiers.add_column("type", no_wrap=True)

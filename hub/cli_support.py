@@ -6,26 +6,47 @@ comes from users and their files (paths, event names, ids, error messages),
 where `events.jsonl:100:` must print as it is and a stray `[/]` must not make
 Rich raise. So the consoles never read emoji codes, and user text reaches them
 through `styled` (our markup around it) or `plain` (the text alone).
+
+Both also show control characters as escapes (`\\x1b`): user text comes from
+anyone holding a client-side write key, and an ESC in a trait would otherwise
+reach the ops person's terminal as a command (clear the screen, write the
+clipboard with OSC 52). Rich drops BEL and CR, but passes ESC on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from string import Formatter
+from time import monotonic
+from typing import TYPE_CHECKING
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
+from sqlalchemy.exc import OperationalError
 
+from hub.config_files import not_utf8
 from hub.errors import ConfigError
 from hub.logs import configure_logging
 from hub.settings import HubSettings
 
+if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
+    from hub.store import Store
+
 console = Console(emoji=False)
 err_console = Console(stderr=True, emoji=False)  # notes beside output meant for other programs (--json)
+# C0 and C1 control characters and DEL, but tab and newline: a multi-line value is shown over lines.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# What SQLite says (SQLITE_BUSY) when another connection held its write lock past the busy timeout.
+_HELD_ELSEWHERE = "database is locked"
 
 
 def styled(template: str, *values: object) -> Text:
@@ -41,15 +62,29 @@ class _EscapingFormatter(Formatter):
     escaping backslash too, which Rich then reads as a literal backslash before a live tag."""
 
     def format_field(self, value: object, format_spec: str) -> str:
-        return escape(super().format_field(value, format_spec))
+        return escape(visible(super().format_field(value, format_spec)))
 
 
 _ESCAPING = _EscapingFormatter()
 
 
 def plain(value: object) -> Text:
-    """A value printed exactly as it is, e.g. a table cell or tree label made only of user text."""
-    return Text(str(value))
+    """A value printed as it is (but its control characters), e.g. a table cell or tree label made only of user
+    text."""
+    return Text(visible(str(value)))
+
+
+def visible(text: str) -> str:
+    """`text` with each control character but tab and newline written as an escape (ESC as `\\x1b`), so that
+    it is seen, not obeyed, by the terminal."""
+    return _CONTROL.sub(lambda control: f"\\x{ord(control[0]):02x}", text)
+
+
+def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
+    """Add a column of ids that a command takes back (`deliveries replay ID`, `keys revoke ID`): each id stays
+    whole on one line at any width, in a pipe's 80 columns too, so it can be copied or grepped; the table's
+    other columns fold instead."""
+    table.add_column(header, no_wrap=True, min_width=max((len(each) for each in ids), default=len(header)))
 
 
 def load_settings(**overrides: object) -> HubSettings:
@@ -65,6 +100,8 @@ def load_settings(**overrides: object) -> HubSettings:
                 f"HUB_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
                 for error in exc.errors()
             ]) from None
+        except UnicodeDecodeError as exc:  # python-dotenv reads the whole .env, so `exc` holds all of its bytes
+            raise ConfigError(not_utf8(Path(str(HubSettings.model_config["env_file"])), exc)) from None
         configure_logging(settings.log_level, settings.log_json)
         return settings
 
@@ -82,3 +119,29 @@ def config_problems_exit(heading: str = "The hub cannot start") -> Iterator[None
         for problem in exc.problems:
             console.print(styled("  • {}", problem), soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+@contextmanager
+def writing(store: Store, heading: str) -> Iterator[Connection]:
+    """`store.write()` for a command, with `store_busy_exit` around it."""
+    with store_busy_exit(store, heading), store.write() as connection:
+        yield connection
+
+
+@contextmanager
+def store_busy_exit(store: Store, heading: str) -> Iterator[None]:
+    """Another writer that holds SQLite's write lock past the busy timeout (a sqlite3 shell left in a
+    transaction, a backup) as exit 2 saying so and what to do, instead of a "database is locked" traceback;
+    `heading` as `config_problems_exit` takes it. Around a call that writes through the store further down
+    (`hub.replay`); a command's own write takes `writing`."""
+    with config_problems_exit(heading):
+        started = monotonic()
+        try:
+            yield
+        except OperationalError as exc:
+            if _HELD_ELSEWHERE not in str(exc.orig):
+                raise
+            raise ConfigError(
+                f"the store is busy: another process has held its write lock for {monotonic() - started:.0f} s; "
+                f"try again, or find it with `fuser {Path(store.engine.url.database or '').resolve()}`"
+            ) from None

@@ -57,12 +57,17 @@ def mask_text(text: str) -> str:
 
 def mask_value(value: Any) -> Any:
     """Recursively mask strings inside dicts and lists (for request/response summaries)."""
+    return _each_string(value, mask_text)
+
+
+def _each_string(value: Any, change: Callable[[str], str]) -> Any:
+    """`value` with `change` made to every string inside its dicts and lists, at any depth."""
     if isinstance(value, str):
-        return mask_text(value)
+        return change(value)
     if isinstance(value, dict):
-        return {key: mask_value(item) for key, item in value.items()}
+        return {key: _each_string(item, change) for key, item in value.items()}
     if isinstance(value, list):
-        return [mask_value(item) for item in value]
+        return [_each_string(item, change) for item in value]
     return value
 
 
@@ -84,6 +89,31 @@ def mask_recipient(target: str, identifier: Identifier | None) -> str:
 # Identifier types whose values are a way to reach a person, found as they are in fields and traits (an email
 # as typed, any case). Other ids (a user id "42") may equal ordinary values (an age), so are not looked for.
 ADDRESS_TYPES = frozenset({"email", "phone", *TOKEN_TYPES})
+
+
+def mask_traits(traits: Any, identifiers: Iterable[Identifier], region: str) -> Any:
+    """A profile's traits as `mask_value` masks them, and also each value that is one of the profile's
+    `identifiers` (a push token cut short as `mask_token` does) or a phone number (as ingest reads one in
+    `region`, or as one of the profile's phones written another way): a phone sent as bare digits
+    ("4155550124") or in national form ("07700 900123") matches no pattern of `mask_text`, and a token has no
+    look at all, so the profile's own phone identifier was masked while the trait it came from was shown whole."""
+    kinds = {ident.value.lower(): ident.type for ident in identifiers if ident.type in ADDRESS_TYPES}
+    phones = _erased_phones(set(kinds))
+
+    def mask(text: str) -> str:
+        kind = kinds.get(text.strip().lower())
+        if kind in TOKEN_TYPES:
+            return mask_token(text)
+        if kind == "phone" or _one_of_phones(text.strip(), phones) or _is_phone(text.strip(), region):
+            return mask_phone(text)
+        return mask_text(text)
+
+    return _each_string(traits, mask)
+
+
+def _is_phone(text: str, region: str) -> bool:
+    """Whether `text` (stripped), alone, is a phone number as ingest reads one (`hub.identifiers`) in `region`."""
+    return bool(_PHONE_LOOK.fullmatch(text)) and _as_e164(text, region) is not None
 
 
 def address_values(identifiers: Iterable[Identifier]) -> set[str]:
@@ -172,8 +202,11 @@ def _is_erased(value: Any, erased: set[str], phones: dict[str, tuple[str, str]])
     if not isinstance(value, str):
         return False
     text = value.strip().lower()
-    if text in erased:
-        return True
+    return text in erased or _one_of_phones(text, phones)
+
+
+def _one_of_phones(text: str, phones: dict[str, tuple[str, str]]) -> bool:
+    """Whether `text` (stripped) is one of `phones` (`_erased_phones`) written any way."""
     if not phones or not _PHONE_LOOK.fullmatch(text):
         return False
     digits = re.sub(r"\D", "", text)

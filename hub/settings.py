@@ -177,7 +177,9 @@ class HubSettings(BaseSettings):
     quiet_hours: str = Field(
         "21:00-08:00", description="Local time window (HH:MM-HH:MM) when non-urgent messages wait; empty: none."
     )
-    default_timezone: str = Field("UTC", description="Time zone of profiles without a `timezone` trait.")
+    default_timezone: str = Field(
+        "UTC", description="Time zone of profiles with neither a `timezone` trait nor an event's `context.timezone`."
+    )
     daily_message_cap: int = Field(
         5, ge=1,
         description="Most messages one profile gets from all rules in any 24 hours, each counted when it goes "

@@ -323,7 +323,8 @@ def test_saved_mapping_applies_to_new_events_without_a_restart(
 def test_connectors_show_prints_the_config_schema(mappings_dir: Path) -> None:
     result = cli(mappings_dir, "connectors", "show", "hubspot")
     assert result.exit_code == 0, result.output
-    schema = json.loads(result.output[result.output.index("{"):])
+    schema = json.loads(result.stdout)  # the schema alone, for jq; the connector's name and docs on stderr
+    assert "hubspot" in result.stderr
     assert schema["required"] == ["client_secret"]
     assert schema["properties"]["tolerance_seconds"]["default"] == 300
     assert cli(mappings_dir, "connectors", "show", "nope").exit_code == 2

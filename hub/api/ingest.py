@@ -15,7 +15,7 @@ from __future__ import annotations
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InternalError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import InboundRequest, Source
@@ -30,6 +30,10 @@ from hub.store.opening import why
 from hub.store.readiness import database_problem
 
 STORE_UNAVAILABLE = "store_unavailable"  # hub_events_rejected_total's reason when the store takes no write
+# The store's refusals of any write now (no connection, a lock held too long, a full disk, a read-only file or
+# standby: OperationalError, and InternalError for PostgreSQL's read-only transaction), not errors of the request's
+# own rows (IntegrityError, DataError), which a retry would meet again: those stay a 500, a bug to look at.
+STORE_REFUSALS = (OperationalError, InternalError)
 STORE_RETRY_SECONDS = 5  # Retry-After of that 503: a failover or a freed disk, not a minute's outage per request
 UNKNOWN_SOURCE = "unknown"  # the source label of a refusal before the request named a configured source
 TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
@@ -65,7 +69,7 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     """
     try:
         return await _accepted(hub, source, inbound)
-    except SQLAlchemyError as exc:
+    except STORE_REFUSALS as exc:
         log.error("ingest could not store the request", source=source.source_id, reason=why(exc))
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason=STORE_UNAVAILABLE).inc()
         return JSONResponse(
