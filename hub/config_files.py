@@ -14,8 +14,11 @@ ignores the edit without a word (`utf8_text`, `not_utf8`).
 Every file is read with `ConfigLoader`, YAML as ops mean it rather than as
 PyYAML reads it: a key written twice is refused at its line (PyYAML keeps
 the last silently, so a second `Product Viewed:` further down a table undid
-the first), and an unquoted date (`campaign_start: 2026-11-01`) is ISO text,
-since a `datetime.date` reaches no JSON column.
+the first), an unquoted date (`campaign_start: 2026-11-01`) is ISO text,
+since a `datetime.date` reaches no JSON column, and an unquoted time of day
+(`store_opens: 10:30`) is text too: YAML 1.1 reads it as the base-60 number
+630, which no one writing it means (YAML 1.2, which editors lint with, dropped
+base 60). A file may begin with a byte-order mark, as Windows tools save it.
 """
 
 from __future__ import annotations
@@ -38,8 +41,20 @@ class DuplicateKeyError(ConstructorError):
     """A mapping names the same key twice."""
 
 
+_BASE_60_CAPABLE = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
+
+
 class ConfigLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, refusing duplicate keys and reading timestamps as ISO text (see the module doc)."""
+    """PyYAML's safe loader, refusing duplicate keys and reading timestamps and times of day as text (see the
+    module doc)."""
+
+    def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
+        """A plain scalar PyYAML takes for a number while it holds a colon is YAML 1.1 base 60 (`10:30`, `1:30.5`):
+        text, as YAML 1.2 reads it. An explicit `!!int` is not resolved, so it still means what it says."""
+        tag: str = super().resolve(kind, value, implicit)
+        if tag in _BASE_60_CAPABLE and ":" in value:
+            return "tag:yaml.org,2002:str"
+        return tag
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         self._refuse_duplicate_keys(node)
@@ -68,12 +83,7 @@ ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", ConfigLoader.constru
 
 
 def load_model(path: Path, model: type[ModelT]) -> ModelT:
-    try:
-        text = utf8_text(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
-    except OSError as exc:  # a folder in its place, no read permission: a problem of the file like any other
-        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
+    text = config_text(path)
     try:
         document = yaml.load(text, Loader=ConfigLoader)
         return model.model_validate(document or {})
@@ -89,6 +99,22 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
     except RecursionError:  # PyYAML builds nested lists and maps recursively: a paste gone wrong was a traceback
         raise ConfigError(f"{path}: nested too deeply to read: lists or maps hundreds of levels inside each other; "
                           "look for brackets pasted by mistake") from None
+
+
+def config_text(path: Path) -> str:
+    """The text of an ops-edited file, a byte-order mark left out; a file missing, unreadable or not UTF-8 is a
+    ConfigError saying what to do, so start-up lists it with the rest and a hot reload refuses it."""
+    try:
+        return utf8_text(path, "utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found; create it or point HUB_MAPPINGS_DIR at the right folder") from None
+    except OSError as exc:  # a folder in its place, no read permission: a problem of the file like any other
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc}); check the file and its permissions") from None
+
+
+def problems_of(error: Exception) -> list[str]:
+    """What a hot reload logs of a refused edit: a ConfigError's problems, or the failure it did not foresee."""
+    return error.problems if isinstance(error, ConfigError) else [f"{type(error).__name__}: {error}"]
 
 
 def utf8_text(path: Path, encoding: str = "utf-8") -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import structlog
 
+from hub.config_files import problems_of
 from hub.errors import ConfigError
 from hub.mapping import Mapping, load_mapping
 
@@ -84,16 +85,12 @@ class MappingCatalog(MappingABC[str, Mapping]):
                 except Exception as exc:  # whatever a reload meets must not reach the pipeline's workers
                     refused.append(name)
                     log.warning("mapping change refused; the last good version stays active",
-                                file=name, active_version=loaded.mapping.version, problems=_problems(exc))
+                                file=name, active_version=loaded.mapping.version, problems=problems_of(exc))
                     continue
                 if mapping.version != loaded.mapping.version:
                     log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
                 loaded.mapping = mapping
         return refused
-
-
-def _problems(error: Exception) -> list[str]:
-    return error.problems if isinstance(error, ConfigError) else [f"{type(error).__name__}: {error}"]
 
 
 def _stamp(path: Path) -> tuple[int, int]:

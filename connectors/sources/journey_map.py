@@ -16,6 +16,10 @@ JSON export::
 
 CSV export: one touchpoint per row with the columns
 ``touchpoint_id, touchpoint, channel, stage_id, stage, stage_label, moment_id, moment, moment_label``.
+
+Either is read as UTF-8, with or without the byte-order mark Excel writes
+("CSV UTF-8"); an export in another encoding (Excel's plain "CSV" on Windows
+is Windows-1252) is refused at the line of its first stray byte.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from connectors.base import InboundRequest, ParseResult
 from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
+from hub.config_files import config_text, problems_of
 from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
@@ -101,10 +106,7 @@ class JourneyMap(BaseModel):
 
 def load_journey_map(path: Path) -> JourneyMap:
     """Read a JSON or CSV export; ConfigError names the file and each problem."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: journey map file not found") from None
+    text = config_text(path)
     try:
         document = _from_csv(text, path) if path.suffix.lower() == ".csv" else json.loads(text)
         return JourneyMap.model_validate(document)
@@ -157,7 +159,9 @@ class JourneyMapSource(GenericHmacSource):
         """Marketers re-export the map while the hub runs: a saved map applies to the next request.
 
         A broken export is refused with every problem logged, and the last good
-        map stays in force, as for mapping files.
+        map stays in force, as for mapping files: whatever the load meets,
+        since a failure here would fail the request that found the edit. The
+        refused file is tried again once it changes.
         """
         try:
             stamp = _stamp(self._path)
@@ -169,8 +173,9 @@ class JourneyMapSource(GenericHmacSource):
         self._stamp = stamp
         try:
             journey_map = load_journey_map(self._path)
-        except ConfigError as exc:
-            log.error("journey map edit refused; the last good map stays in force", file=str(self._path), problems=exc.problems)
+        except Exception as exc:  # whatever a reload meets must not reach the webhook request
+            log.error("journey map edit refused; the last good map stays in force", file=str(self._path),
+                      problems=problems_of(exc))
             return
         self.journey_map, self._labels = journey_map, journey_map.labels()
         log.info("journey map reloaded", file=str(self._path), touchpoints=len(self._labels))
