@@ -81,8 +81,11 @@ def list_keys() -> None:
 
 
 @app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The key's id, as `touchhub keys list` shows it.")) -> None:
+def revoke(
+    key_id: str = typer.Argument(..., help="The key's id, as `touchhub keys list` shows it, or the whole key (a leaked one)."),
+) -> None:
     """Revoke an API key: requests with it get 401 from now on, on every hub sharing the store."""
+    key_id = api_keys.named_id(key_id)
     with writing(_store(), "The API key cannot be revoked") as connection:
         key = api_keys.revoke(connection, key_id, utcnow())
     if key is None:

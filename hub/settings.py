@@ -15,6 +15,7 @@ import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from hub.durations import LONGEST
 from hub.secret_urls import shown_url
 from hub.signing_secrets import in_use
 
@@ -116,7 +117,10 @@ class HubSettings(BaseSettings):
         None, description="The secret before the last change: links it signed keep working until they expire "
         "(unsubscribe_link_days), as the law asks of an unsubscribe link; unset it after that.",
     )
-    unsubscribe_link_days: int = Field(90, ge=1, description="How long an unsubscribe link keeps working.")
+    unsubscribe_link_days: int = Field(
+        90, ge=1, le=LONGEST.days,  # past about 2.9 million days every email's link date overflowed, failing its send
+        description=f"How long an unsubscribe link keeps working (at most {LONGEST.days} days).",
+    )
 
     outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
     outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")

@@ -150,3 +150,14 @@ def test_keys_create_refuses_an_unknown_scope_naming_the_choices(running_hub: Ru
     assert "'write' is not one of 'read', 'replay', 'profiles:write'" in " ".join(result.output.split())
     missing = keys(running_hub, "revoke", "01NOSUCHKEY")
     assert missing.exit_code == 1 and "touchhub keys list" in missing.output
+
+
+def test_a_leaked_key_pasted_whole_is_revoked_and_its_secret_never_printed(running_hub: RunningHub) -> None:
+    """`keys revoke` took only the id: a whole key found in a log and pasted in was "no API key has the id
+    'thk_..._<secret>'", printing the secret back into the terminal's scrollback, and the key stayed valid."""
+    key = new_key(running_hub, "leaked", "read")
+    secret = key.rsplit("_", 1)[1]
+    revoked = keys(running_hub, "revoke", key)
+    assert revoked.exit_code == 0 and "revoked" in revoked.stdout
+    assert secret not in revoked.output
+    assert call(running_hub, "GET", "/api/touchpoints", key).status_code == 401

@@ -133,3 +133,11 @@ def test_a_public_base_url_without_a_scheme_is_refused_at_start(tmp_path: Path) 
                    "HUB_PUBLIC_BASE_URL")
     assert "e.g. https://hub.example.com" in text and "(got 'hub.example.com')" in text
 
+
+
+def test_an_unsubscribe_link_lifetime_past_a_century_is_refused_at_start(tmp_path: Path) -> None:
+    """HUB_UNSUBSCRIBE_LINK_DAYS had no bound: past about 2.9 million days every email's link expiry overflowed the
+    calendar, and every email failed as it was sent."""
+    text = refused(cli("migrate", HUB_UNSUBSCRIBE_LINK_DAYS="3000000", HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db"),
+                   "HUB_UNSUBSCRIBE_LINK_DAYS")
+    assert "36500" in text

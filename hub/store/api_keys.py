@@ -68,14 +68,26 @@ def create(connection: Connection, name: str, scopes: Collection[str], now: date
 
 def verify(connection: Connection, presented: str) -> ApiKey | None:
     """The key `presented` is, revoked or not; None when it is none of ours (its id unknown or its secret wrong)."""
-    prefix, _, rest = presented.partition("_")
-    key_id, _, secret = rest.partition("_")
-    if prefix != KEY_PREFIX or not key_id or not secret:
+    key_id = _id_in(presented)
+    if key_id is None:
         return None
     row = connection.execute(select(api_keys).where(api_keys.c.key_id == key_id)).first()
     if row is None or not matches_digest(presented, row.secret_digest):
         return None
     return _key(row)
+
+
+def _id_in(key: str) -> str | None:
+    """The key id inside a whole key (`thk_<key id>_<secret>`), or None when `key` does not read as one."""
+    prefix, _, rest = key.partition("_")
+    key_id, _, secret = rest.partition("_")
+    return key_id if prefix == KEY_PREFIX and key_id and secret else None
+
+
+def named_id(text: str) -> str:
+    """The key id `text` names: itself, or the id inside a whole key pasted instead, so that a leaked key can be
+    revoked as it was found, and its secret is never printed back."""
+    return _id_in(text) or text
 
 
 def record_use(connection: Connection, key: ApiKey, now: datetime) -> None:
