@@ -55,9 +55,13 @@ def predicates_hold(predicates: Sequence[Predicate], document: dict[str, Any]) -
 
 def distinct_value(path: str, document: dict[str, Any]) -> str | None:
     """The document's value of `path`, as a `count` with `distinct_by` tells values apart; None without one (a
-    missing field is not a value)."""
+    missing field is not a value). A whole float is its integer, as JSON and `where`'s `eq` have them: a product
+    id sent as 7 by one SDK and 7.0 by another is one product (repr told them apart), while true stays apart
+    from 1."""
     value = _field(path).search(document)
-    return None if value is None else repr(value)
+    if value is None:
+        return None
+    return repr(int(value) if isinstance(value, float) and value.is_integer() else value)
 
 
 def describe(selector: Selector) -> dict[str, Any]:

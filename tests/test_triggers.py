@@ -251,6 +251,17 @@ def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
     assert evaluate(tp("Product Viewed", sku="a"), "p", rule("properties.sku"), without_sku) == []  # no sku: no value
 
 
+def test_a_count_distinct_by_a_number_counts_7_and_7_0_as_one_value() -> None:
+    """JSON has one number 7, however written, and `where`'s eq says 7 == 7.0; the count told them apart (their
+    repr) and offered comparison help to a person who viewed one product twice. True is still no 1."""
+    rule = rules({"id": "r", "respond": RESPOND, "when": {"count": {
+        "event": "Product Viewed", "at_least": 2, "within": "5m", "distinct_by": "properties.sku"}}})
+    seen_as_int = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=1), {"sku": 7})]})
+    assert evaluate(tp("Product Viewed", sku=7.0), "p", rule, seen_as_int) == []
+    assert len(evaluate(tp("Product Viewed", sku=7.5), "p", rule, seen_as_int)) == 1
+    seen_as_true = RecordedHistory({"Product Viewed": [(T0 - timedelta(minutes=1), {"sku": True})]})
+    assert len(evaluate(tp("Product Viewed", sku=1), "p", rule, seen_as_true)) == 1
+
 def test_a_count_holds_whichever_order_its_events_arrive_in() -> None:
     """Two products viewed a minute apart, the later taken in first (an SDK batch flushed late): taking in the
     earlier one finds the later one stored, and they make a comparison, as they would have in order. The span
