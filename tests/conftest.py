@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -246,3 +247,12 @@ def support_ticket(user_id: str, traits: dict[str, Any], at: datetime | None = N
         message(userId=user_id, event="Order Completed", timestamp=(at - timedelta(days=1)).isoformat()),
         message(userId=user_id, event="Ticket Submitted", timestamp=at.isoformat()),
     ]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Wait until `condition()` holds, failing the test after `timeout` seconds: what workers do happens on their
+    threads, a few milliseconds after the call that set it off."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)

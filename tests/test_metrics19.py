@@ -4,7 +4,6 @@ scrape, the circuit breakers' state, and deliveries held back without a call cou
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 
 import pytest
@@ -14,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hub import metrics
 from hub.store import Store
 from hub.throttle import CircuitBreaker
-from tests.conftest import RunningHub, message, support_ticket
+from tests.conftest import RunningHub, message, support_ticket, wait_for
 
 BOTH_STORES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
 
@@ -27,13 +26,6 @@ def scraped(store: Store) -> dict[tuple[str, frozenset], float]:
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def outbox(store: Store, status: str) -> float:

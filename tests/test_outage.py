@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -15,17 +15,10 @@ from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.api import create_app as create_hub_app
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
-from tests.conftest import WRITE_KEY, make_settings, support_ticket
+from tests.conftest import WRITE_KEY, make_settings, support_ticket, wait_for
 
 PEOPLE = 12
 SMS_ATTEMPTS = "WHERE delivery_id IN (SELECT delivery_id FROM deliveries WHERE channel = 'sms')"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
 
 
 @pytest.fixture

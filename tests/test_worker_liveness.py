@@ -22,16 +22,9 @@ from hub.model import Delivery, SendResult
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.workers import Worker
-from tests.conftest import ADMIN_TOKEN, WRITE_KEY, RunningHub, logs_of, make_settings, support_ticket
+from tests.conftest import ADMIN_TOKEN, RunningHub, WRITE_KEY, logs_of, make_settings, support_ticket, wait_for
 
 EXIT_REASON = "the connector called sys.exit()"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def running(step: Callable[[], int]) -> Worker:

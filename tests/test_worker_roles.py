@@ -5,7 +5,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from hub.wakeup_channels import SocketFolder
 from hub.wakeups import Wakeups
 from hub.settings import HubSettings
 from hub.store import Store, delivery_log, inbox
-from tests.conftest import RunningHub
+from tests.conftest import RunningHub, wait_for
 
 
 def test_workers_are_read_from_a_comma_separated_list() -> None:
@@ -43,13 +42,6 @@ def journey(now: datetime) -> list[dict]:
 def events_pending(store: Store) -> int:
     with store.read() as connection:
         return inbox.count_by_status(connection).get("pending", 0)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 @pytest.mark.hub_settings(workers="pipeline")
