@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from connectors.sandbox.providers import SandboxProviders
-from hub import delivery as delivery_module
+from hub import delivery_attempts
 from hub.clock import utcnow
 from hub.model import PlannedDelivery
 from hub.runtime import Hub
@@ -105,7 +105,7 @@ def test_a_node_without_a_destinations_settings_leaves_its_deliveries_to_a_node_
     new_node = Hub(make_settings(tmp_path, **everything, database_url=database_url))
     plan(new_node.store, "chat_webhook", "chat", "offer", "other")
     try:
-        with logs_of(monkeypatch, delivery_module) as logs:
+        with logs_of(monkeypatch, delivery_attempts) as logs:
             for _ in range(3):
                 old_node.delivery.run_once()
         left, put_back_until, seen_at = delivery_log(old_node.store), due_at(old_node.store), utcnow()
