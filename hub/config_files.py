@@ -97,8 +97,13 @@ def load_model(path: Path, model: type[ModelT]) -> ModelT:
     except ValidationError as exc:
         raise ConfigError([_describe(path, error, document) for error in exc.errors()]) from None
     except RecursionError:  # PyYAML builds nested lists and maps recursively: a paste gone wrong was a traceback
-        raise ConfigError(f"{path}: nested too deeply to read: lists or maps hundreds of levels inside each other; "
-                          "look for brackets pasted by mistake") from None
+        raise too_deep(path) from None
+
+
+def too_deep(path: Path) -> ConfigError:
+    """A file nested past what the parsers read (they recurse: a RecursionError), as ops can fix it."""
+    return ConfigError(f"{path}: nested too deeply to read: lists or maps hundreds of levels inside each other; "
+                       "look for brackets pasted by mistake")
 
 
 def config_text(path: Path) -> str:

@@ -158,11 +158,11 @@ def test_a_journey_map_in_windows_1252_at_start_up_is_a_problem_the_hub_lists_no
                                       "as Latin-1 or Windows-1252); save the file as UTF-8"]
 
 
-def test_a_journey_map_reload_that_fails_in_a_way_the_loader_does_not_name_keeps_the_last_good_map(
+def test_a_journey_map_nested_past_what_json_reads_keeps_the_last_good_map(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Only a ConfigError was refused: a JSON export nested past Python's recursion limit (RecursionError from
-    json.loads) failed the request that found it, and later requests kept the old map without a word."""
+    """A JSON export nested past Python's recursion limit (RecursionError from json.loads) failed the request
+    that found it, and later requests kept the old map without a word; at start-up it was a traceback."""
     shutil.copytree(PROJECT_MAPPINGS / "journeys", tmp_path / "journeys")
     config = JourneyMapSource.validate_config("maps", {"secret": SECRET, "map_file": "journeys/web_shop.json",
                                                        "events": "events", "message_id": "id"})
@@ -177,7 +177,10 @@ def test_a_journey_map_reload_that_fails_in_a_way_the_loader_does_not_name_keeps
         assert source.parse(request).events[0].payload["journey"] == before
     [refused] = logs
     assert refused["event"] == "journey map edit refused; the last good map stays in force"
-    assert refused["problems"][0].startswith("RecursionError: maximum recursion depth exceeded")
+    assert refused["problems"] == [f"{tmp_path / 'journeys' / 'web_shop.json'}: nested too deeply to read: lists or "
+                                   "maps hundreds of levels inside each other; look for brackets pasted by mistake"]
+    with pytest.raises(ConfigError, match="nested too deeply to read"):  # as the hub's start reads it
+        load_journey_map(tmp_path / "journeys" / "web_shop.json")
 
 
 @pytest.mark.parametrize("export", ["web_shop.csv", "web_shop.json"])

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from connectors.base import InboundRequest, ParseResult
 from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
-from hub.config_files import config_text, problems_of
+from hub.config_files import config_text, problems_of, too_deep
 from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
@@ -112,6 +112,8 @@ def load_journey_map(path: Path) -> JourneyMap:
         return JourneyMap.model_validate(document)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    except RecursionError:  # json recurses as it reads: at start-up this was a traceback, not the list of problems
+        raise too_deep(path) from None
     except ValidationError as exc:
         raise ConfigError([f"{path}: {'.'.join(map(str, e['loc'])) or '(map)'}: {e['msg']}" for e in exc.errors()]) from None
 
