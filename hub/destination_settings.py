@@ -85,7 +85,8 @@ def push_destination(registry: Registry, settings: HubSettings, forget_tokens: F
 
 
 def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str, Destination]:
-    """`outbound_webhook` and `chat_webhook`, each when its URL is set."""
+    """`outbound_webhook` and `chat_webhook`, each when its URL is set: an empty one is unset, as an emptied
+    setting is everywhere in the hub (`HUB_CHAT_WEBHOOK_URL=` turns chat offers off)."""
     allowed = [network for network in settings.webhook_allowed_networks.split(",") if network.strip()]
     wanted = [
         ("outbound_webhook", settings.outbound_webhook_url, settings.outbound_webhook_secret,
@@ -98,7 +99,7 @@ def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str,
             "url": url, "secret": secret, "previous_secret": previous, "allowed_networks": allowed,
         })
         for slug, url, secret, previous, prefix in wanted
-        if url is not None
+        if url
     ])
 
 

@@ -122,10 +122,10 @@ class HubSettings(BaseSettings):
         description=f"How long an unsubscribe link keeps working (at most {LONGEST.days} days).",
     )
 
-    outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset: no such destination.")
+    outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset or empty: no such destination.")
     outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
     outbound_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
-    chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset: none.")
+    chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset or empty: none.")
     chat_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
     chat_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
     webhook_allowed_networks: str = Field(

@@ -166,6 +166,25 @@ def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     return None
 
 
+def check_url(url: str) -> None:
+    """Refuse a URL no send could go to, when it is configured: the guard parses it with httpx, and aiohttp (the
+    engine's client, through yarl) refuses a port past 65535 at every send. Unchecked, httpx's InvalidURL from a
+    destination's constructor stopped the hub at start with a traceback naming no setting.
+
+    Raises:
+        ValueError: the reason, and what to write instead.
+    """
+    try:
+        parsed = _parse(url)
+        _host(parsed)
+    except httpx.InvalidURL as exc:
+        raise ValueError(
+            f"{exc}; write it as scheme://host[:port]/path, an IPv6 address in brackets, e.g. https://chat.example.com/hooks"
+        ) from None
+    if parsed.port is not None and not 0 < parsed.port < 65536:
+        raise ValueError(f"port {parsed.port} is out of range; use 1 to 65535")
+
+
 def needs_lookup(url: str) -> bool:
     """Whether pinning `url` asks DNS (a host name), which blocks; an IP address is pinned at once."""
     return not _is_address(_host(_parse(url)))

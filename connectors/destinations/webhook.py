@@ -13,7 +13,12 @@ Each delivery is one JSON POST carrying three headers:
   follows, space-separated as the spec allows, so a receiver verifies with
   whichever secret it has and may switch when it likes (as Svix does).
 
-Redirects are not followed: a 3xx could point anywhere, past the SSRF guard.
+Redirects are not followed: a 3xx could point anywhere, past the SSRF guard. Its Location is logged (its
+query's values hidden), so ops see what to set the URL to, as Standard Webhooks asks.
+
+A receiver's URL may carry its credential (``?token=...``): the delivery log
+shows it through `shown_url`, and failure messages too, since aiohttp's
+errors name the URL they were sending to.
 
 The receiver's status decides the outcome; of its body the delivery log keeps
 only an excerpt, so only that much is read (`answer_excerpt`), and only briefly
@@ -37,10 +42,12 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
+from urllib.parse import urljoin
 
 import aiohttp
 import httpx
@@ -49,7 +56,14 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from connectors.base import Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
-from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup, parse_networks
+from connectors.destinations.ssrf import (
+    AddressRefused,
+    PinnedTarget,
+    SsrfGuard,
+    check_url,
+    needs_lookup,
+    parse_networks,
+)
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import QUIET_ZONE, SEND_BY, Delivery, SendResult
@@ -65,6 +79,11 @@ CONTENT_KEYS = ("template", "rule_id", "params", QUIET_ZONE, SEND_BY)
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
 # what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes).
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# An event type as Standard Webhooks recommends it: full-stop delimited identifiers of [a-zA-Z0-9_].
+_EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+# A URL inside an error's text, to the first blank: whatever quote or bracket follows it is taken as part of it,
+# so a query value that holds one is hidden whole.
+_URL_IN_TEXT = re.compile(r"https?://\S+")
 
 
 class WebhookConfig(BaseModel):
@@ -77,6 +96,13 @@ class WebhookConfig(BaseModel):
     )
     timeout_seconds: float = Field(10.0, gt=0)
 
+    @field_validator("url")
+    @classmethod
+    def _sendable_url(cls, url: str) -> str:
+        """A URL the guard and both clients can send to, so a typo is a ConfigError naming the setting."""
+        check_url(url)
+        return url
+
     @field_validator("allowed_networks")
     @classmethod
     def _networks(cls, networks: list[str]) -> list[str]:
@@ -87,9 +113,9 @@ class WebhookConfig(BaseModel):
     @field_validator("secret", "previous_secret")
     @classmethod
     def _standard_webhooks_secret(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        """The secret as Standard Webhooks writes it; an empty previous one is none (a rotation ended by
-        emptying its variable), an empty current one is refused."""
-        if info.field_name == "previous_secret" and (secret is None or not secret.get_secret_value()):
+        """The secret as Standard Webhooks writes it; an empty or blank previous one is none (a rotation ended by
+        emptying its variable, as `in_use` has it), an empty current one is refused."""
+        if info.field_name == "previous_secret" and (secret is None or not secret.get_secret_value().strip()):
             return None
         signing_key(secret.get_secret_value() if secret is not None else "")
         return secret
@@ -128,29 +154,26 @@ def _transport_errors() -> Iterator[None]:
     try:
         yield
     except (httpx.TimeoutException, asyncio.TimeoutError) as exc:
-        raise RetryableDeliveryError(DeliveryFailure("network.timeout", f"webhook timed out: {exc!r}")) from exc
+        raise _network_failure("network.timeout", f"webhook timed out: {exc!r}") from exc
     except (httpx.ConnectError, aiohttp.ClientConnectorError) as exc:
-        raise RetryableDeliveryError(DeliveryFailure("network.ConnectError", f"could not reach the webhook: {exc}")) from exc
+        raise _network_failure("network.ConnectError", f"could not reach the webhook: {exc}") from exc
+    except aiohttp.ClientResponseError as exc:  # str(exc) is "400, message=..., url=...": no status the receiver sent
+        reason = _one_line(exc.message)
+        raise _network_failure("network.ClientResponseError", f"the webhook's answer is not valid HTTP: {reason}") from exc
     except (httpx.TransportError, aiohttp.ClientError) as exc:
-        raise RetryableDeliveryError(
-            DeliveryFailure(f"network.{type(exc).__name__}", f"could not reach the webhook: {exc}")
-        ) from exc
+        raise _network_failure(f"network.{type(exc).__name__}", f"could not reach the webhook: {exc}") from exc
 
 
-def _answer(delivery: Delivery, status: int, reason: str, excerpt: str, retry_after: str | None) -> SendResult:
-    """The receiver's answer: delivered on 2xx, otherwise the error its status means; `excerpt` is its body's."""
-    summary = {"status": status, "body": excerpt}
-    if 200 <= status < 300:
-        return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
-    outcome = outcome_for_status(status)
-    raise outcome(
-        DeliveryFailure(
-            error_class=f"http.{status}",
-            message=f"webhook answered {status} {reason}",
-            retry_after=parse_retry_after(retry_after, utcnow()),
-            response_summary=summary,
-        )
-    )
+def _network_failure(error_class: str, message: str) -> RetryableDeliveryError:
+    """A retryable failure, its message with every URL in it as the delivery log shows URLs (`shown_url`): aiohttp's
+    errors name the URL they were sending to, and the log is read by every API key with the `read` scope."""
+    shown = _URL_IN_TEXT.sub(lambda found: shown_url(found.group()), message)
+    return RetryableDeliveryError(DeliveryFailure(error_class, shown))
+
+
+def _one_line(text: str) -> str:
+    """A parser's multi-line error on one line, for the log's tables: without the caret under the bad byte."""
+    return " ".join(word for word in text.split() if word != "^")
 
 
 class OutboundWebhookDestination(Destination):
@@ -199,7 +222,26 @@ class OutboundWebhookDestination(Destination):
             },
         }
 
-    def _type_of(self, params: dict[str, Any]) -> str:
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any]) -> list[str]:
+        """`params.type`, when given, must be an event type (Standard Webhooks): receivers dispatch on it, and a
+        number, null or "chat offer!" is one none routes."""
+        if "type" not in params:
+            return []
+        event_type = params["type"]
+        if isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type):
+            return []
+        return [
+            f"params.type: {event_type!r} is not an event type; write names of letters, digits and _ joined by "
+            f"full stops (e.g. chat.coupon), or leave it out to send {cls.event_type!r}"
+        ]
+
+    def _type_of(self, params: Mapping[str, Any]) -> str:
+        """The payload's `type`; PermanentDeliveryError for one `check_params` refuses (a delivery planned before
+        its rule was checked, or its replay, sends the params stored with it)."""
+        problems = self.check_params(params)
+        if problems:
+            raise PermanentDeliveryError(DeliveryFailure("webhook.bad_params", "; ".join(problems)))
         return params.get("type", self.event_type)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
@@ -237,7 +279,7 @@ class OutboundWebhookDestination(Destination):
             "POST", target.url, content=request.body, headers=request.headers, extensions=target.extensions
         ) as response:
             excerpt = read_start(response, self._body_seconds)
-        return _answer(delivery, response.status_code, response.reason_phrase, excerpt, response.headers.get("retry-after"))
+        return self._answer(delivery, response.status_code, response.reason_phrase, excerpt, response.headers)
 
     async def send_async(self, delivery: Delivery) -> SendResult:
         target = self._guard.vetted(self.settings.url)
@@ -250,7 +292,40 @@ class OutboundWebhookDestination(Destination):
                 server_hostname=target.extensions.get("sni_hostname"), auto_decompress=False,
             ) as response:
                 excerpt = await read_start_async(response, self._body_seconds)
-        return _answer(delivery, response.status, response.reason or "", excerpt, response.headers.get("retry-after"))
+        return self._answer(delivery, response.status, response.reason or "", excerpt, response.headers)
+
+    def _answer(
+        self, delivery: Delivery, status: int, reason: str, excerpt: str, headers: Mapping[str, str]
+    ) -> SendResult:
+        """The receiver's answer: delivered on 2xx, otherwise the error its status means; `excerpt` is its body's,
+        `headers` either client's (both look names up in any case)."""
+        summary: dict[str, Any] = {"status": status, "body": excerpt}
+        if 200 <= status < 300:
+            return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
+        message = f"webhook answered {status} {reason}"
+        location = self._moved_to(headers) if 300 <= status < 400 else None
+        if location is not None:
+            summary["location"] = location
+            message += f" to {location}; set the webhook's URL to it if the receiver moved"
+        raise outcome_for_status(status)(
+            DeliveryFailure(
+                error_class=f"http.{status}",
+                message=message,
+                retry_after=parse_retry_after(headers.get("retry-after"), utcnow()),
+                response_summary=summary,
+            )
+        )
+
+    def _moved_to(self, headers: Mapping[str, str]) -> str | None:
+        """Where a redirect points, whole (a relative Location resolved against the URL) and as the log shows URLs;
+        None without one, or with one that is no URL."""
+        location = headers.get("location")
+        if not location:
+            return None
+        try:
+            return shown_url(urljoin(self.settings.url, location))
+        except ValueError:  # "http://[oops": urlsplit refuses it
+            return None
 
     def _async_session(self) -> aiohttp.ClientSession:
         if self._session is None:
