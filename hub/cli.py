@@ -269,11 +269,17 @@ def mappings_preview(
     as_json: bool = typer.Option(False, "--json", help="Print the outcomes as JSON instead of tables."),
     draft: Path = typer.Option(None, "--mapping", exists=True, dir_okay=False,
                                help="Try this mapping file (e.g. an edited copy) instead of the source's own."),
+    header: list[str] = typer.Option(
+        None, "--header", "-H", metavar="'NAME: VALUE'",
+        help="A request header the platform sends with the sample, as curl takes it; repeat for more. A source "
+        "that reads the message id from a header (Standard Webhooks' webhook-id) needs it for the real touchpoint_id.",
+    ),
 ) -> None:
     """Show the canonical touchpoint(s) SAMPLE becomes under SOURCE's current mapping; nothing is stored.
 
     Example: [bold]touchhub mappings preview hubspot tests/fixtures/hubspot_contact_events.json[/]
     Before saving an edit: [bold]touchhub mappings preview crm sample.json --mapping hubspot.draft.yaml[/]
+    With the message id from a header: [bold]touchhub mappings preview billing event.json -H 'webhook-id: msg_1'[/]
     """
     import json
 
@@ -284,13 +290,15 @@ def mappings_preview(
     from hub.mapping import load_mapping
     from hub.preview import offline_source, preview
 
+    headers = _preview_headers(header or [])
     settings = load_settings()
     with config_problems_exit():
         instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
         mapping = load_mapping(draft or settings.mappings_dir / mapping_file)
     try:
         outcomes = preview(
-            instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region, identity_config_in(settings.mappings_dir)
+            instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region,
+            identity_config_in(settings.mappings_dir), headers,
         )
     except IngestError as exc:
         console.print(styled("[red]The source refuses this sample:[/] {}", exc.message), highlight=False)
@@ -302,6 +310,18 @@ def mappings_preview(
         return
     for outcome in outcomes:
         console.print(_outcome_table(outcome, mapping.version))
+
+
+def _preview_headers(values: list[str]) -> dict[str, str]:
+    """`--header 'Name: value'` options as a header dict; a malformed one is a usage error naming it."""
+    headers = {}
+    for value in values:
+        name, colon, content = value.partition(":")
+        if not colon or not name.strip():
+            raise typer.BadParameter(f"{value!r} is no header; write it as 'Name: value', e.g. 'webhook-id: msg_1'",
+                                     param_hint="--header")
+        headers[name.strip()] = content.strip()
+    return headers
 
 
 def _outcome_table(outcome: PreviewOutcome, version: str) -> Table:

@@ -40,11 +40,18 @@ class PreviewOutcome:
 
 
 def preview(
-    source: Source, mapping: Mapping, sample: bytes, received_at: datetime, region: str, identity: IdentityConfig
+    source: Source, mapping: Mapping, sample: bytes, received_at: datetime, region: str, identity: IdentityConfig,
+    headers: dict[str, str] | None = None,
 ) -> list[PreviewOutcome]:
     """One outcome per item of the sample, in its order, `index` being the item's place in it; raises
-    IngestError when the source refuses the whole sample."""
-    parsed = source.parse(InboundRequest("POST", PREVIEW_URL, {"content-type": "application/json"}, sample))
+    IngestError when the source refuses the whole sample.
+
+    `headers` are those the platform sends with the sample: a source that takes the message id from a header
+    (Standard Webhooks' `webhook-id`) falls back to a hash of the payload without it, so only with it does the
+    preview show the touchpoint id the real event gets. They may replace the JSON content type.
+    """
+    sent = {"content-type": "application/json", **(headers or {})}
+    parsed = source.parse(InboundRequest("POST", PREVIEW_URL, sent, sample))
     refused = [_refused(item) for item in parsed.rejected]
     kept = [
         _outcome(index, event, mapping, received_at, region, identity)

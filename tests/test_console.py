@@ -31,7 +31,8 @@ VIEW_CALLS = {
     ("GET", "/api/stats"), ("GET", "/api/sources"), ("POST", "/api/mappings/{}/preview"), ("GET", "/api/rules"),
     ("GET", "/api/deliveries"), ("POST", "/api/deliveries/{}/replay"), ("GET", "/api/profiles/lookup"),
     ("GET", "/api/profiles/{}"), ("GET", "/api/touchpoints"), ("GET", "/api/profiles/{}/explain"),
-    ("GET", "/api/quarantine"), ("GET", "/api/identifier-types"), ("POST", "/api/sources/{}/replay"),
+    ("GET", "/api/quarantine"), ("GET", "/api/quarantine/{}"), ("GET", "/api/identifier-types"),
+    ("POST", "/api/sources/{}/replay"),
 }
 # Ways a script can turn a string into markup or code: the console uses none of them.
 HTML_AND_CODE_SINKS = re.compile(

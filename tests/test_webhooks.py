@@ -188,5 +188,6 @@ def test_signed_body_json_cannot_hold_is_400_and_quarantined(webhook_hub: Runnin
     with nothing kept, and NaN was stored."""
     answer = webhook_hub.client.post("/v1/webhooks/segment-hook", content=body, headers=signed(body))
     assert answer.status_code == 400 and answer.json()["error"].startswith("body: not valid JSON ("), answer.text
-    [kept] = webhook_hub.admin("/api/quarantine")["quarantine"]
+    [listed] = webhook_hub.admin("/api/quarantine")["quarantine"]
+    kept = webhook_hub.admin(f"/api/quarantine/{listed['id']}")  # whole: the list cuts bodies short
     assert (kept["source_id"], kept["stage"], kept["raw_body"]) == ("segment-hook", "ingest", body.decode())

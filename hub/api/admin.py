@@ -79,8 +79,11 @@ def _listed(name: str, profile_id: str | None, search: Callable[..., list[T]]) -
 async def list_touchpoints(
     request: Request, limit: int = Limit, source: str | None = None, event: str | None = None,
     profile_id: str | None = None,
+    order: touchpoints.Order = Query(
+        "received", description="Newest first by when the hub received each event, or by when it occurred (a timeline)."
+    ),
 ) -> Response:
-    search = partial(touchpoints.search, limit=limit, source_id=source, event=event)
+    search = partial(touchpoints.search, limit=limit, source_id=source, event=event, order=order)
     return await _answer(request, _listed("touchpoints", profile_id, search))
 
 
@@ -189,9 +192,20 @@ async def list_rules(request: Request) -> dict[str, Any]:
     }
 
 
-@router.get("/quarantine", summary="Refused bodies and items, newest first", dependencies=READ)
+@router.get("/quarantine", summary="Refused bodies and items, newest first, each body cut short", dependencies=READ)
 async def list_quarantine(request: Request, limit: int = Limit) -> Response:
+    """Each `raw_body` is its first `quarantine.LISTED_BODY_BYTES` (`raw_body_cut`, `raw_body_bytes`): anyone with
+    the public write key can fill the quarantine with bodies of HUB_MAX_BODY_BYTES; GET /api/quarantine/{id} has
+    one whole."""
     return await _answer(request, lambda connection: {"quarantine": quarantine.recent(connection, limit)})
+
+
+@router.get("/quarantine/{quarantine_id}", summary="One refused body or item, its body whole", dependencies=READ)
+async def get_quarantined(request: Request, quarantine_id: int) -> Response:
+    return await _answer(
+        request, lambda connection: quarantine.get(connection, quarantine_id),
+        f"no quarantined body {quarantine_id}; GET /api/quarantine lists their ids",
+    )
 
 
 @router.post(

@@ -9,6 +9,8 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hub
 from hub.api import admin, callbacks, console, console_api, ingest, mappings, profiles, unsubscribe
@@ -44,6 +46,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.hub = hub_instance
+    app.add_middleware(AdminAnswersNotStored)
     app.include_router(ingest.router)
     app.include_router(callbacks.router)
     app.include_router(unsubscribe.router)
@@ -60,11 +63,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     async def ingest_error(request: Request, exc: IngestError) -> JSONResponse:
         reason = REFUSAL_REASONS.get(exc.status_code, "bad_request")
         EVENTS_REJECTED.labels(source=ingest.refused_source(request), reason=reason).inc()
-        return JSONResponse(
-            {"success": False, "error": exc.message, "rejected": [problem.as_dict() for problem in exc.problems]},
-            status_code=exc.status_code,
-            headers={"WWW-Authenticate": 'Basic realm="touchpoint-hub"'} if exc.status_code == 401 else None,
-        )
+        return ingest.refusal_response(exc)
 
     @app.get("/healthz", tags=["health"], response_class=PlainTextResponse)
     async def healthz() -> PlainTextResponse:
@@ -86,6 +85,33 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
         return await metrics_response(hub_instance.store)
 
     return app
+
+
+class AdminAnswersNotStored:
+    """Marks every admin API answer `Cache-Control: no-store` and `X-Content-Type-Options: nosniff`.
+
+    Profiles, touchpoints, the delivery log and quarantined bodies hold emails and phones: without `no-store` a
+    browser or an HTTP cache may keep them on disk after the page is gone (the console asks for no-store in its
+    own fetches; curl, scripts and /docs do not). Pure ASGI rather than an `@app.middleware`, so a request
+    outside /api/ (ingest, which is benchmarked) costs one prefix test.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def send_not_stored(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Cache-Control"] = "no-store"
+                headers["X-Content-Type-Options"] = "nosniff"
+            await send(message)
+
+        await self.app(scope, receive, send_not_stored)
 
 
 def _not_ready_because(store: Store) -> str | None:

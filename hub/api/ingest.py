@@ -24,7 +24,7 @@ from hub import ingest, metrics
 from hub.api.body import read_body
 from hub.api.write_keys import credentials, without_write_keys
 from hub.clock import utcnow
-from hub.errors import BadPayloadError, UnknownSourceError
+from hub.errors import BadPayloadError, IngestError, UnknownSourceError
 from hub.runtime import Hub
 from hub.store.opening import why
 from hub.store.readiness import database_problem
@@ -44,6 +44,15 @@ log = structlog.get_logger(__name__)
 async def _inbound(request: Request, hub: Hub) -> InboundRequest:
     body = await read_body(request, hub.settings.max_body_bytes)
     return InboundRequest(request.method, str(request.url), request.headers, body)
+
+
+def refusal_response(exc: IngestError) -> JSONResponse:
+    """A refused request's answer, in Segment's shape: `error`, and each refused item under `rejected`."""
+    return JSONResponse(
+        {"success": False, "error": exc.message, "rejected": [problem.as_dict() for problem in exc.problems]},
+        status_code=exc.status_code,
+        headers={"WWW-Authenticate": 'Basic realm="touchpoint-hub"'} if exc.status_code == 401 else None,
+    )
 
 
 def refused_source(request: Request) -> str:

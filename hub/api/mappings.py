@@ -13,7 +13,9 @@ from starlette.concurrency import run_in_threadpool
 from connectors.base import Source
 from hub.api.admin import json_response
 from hub.api.auth import documented_body, json_body, requires
+from hub.api.ingest import refusal_response
 from hub.clock import utcnow
+from hub.errors import IngestError
 from hub.mapping import MappingSpec, compile_mapping
 from hub.preview import preview
 from hub.runtime import Hub
@@ -26,6 +28,11 @@ class PreviewRequest(BaseModel):
     mapping: dict[str, Any] | None = Field(
         None, description="A draft mapping (the YAML file's keys as JSON) to try instead of the active one."
     )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Request headers the platform sends with the sample, e.g. {\"webhook-id\": \"msg_...\"}: a source "
+        "that takes the message id from a header needs it to show the touchpoint_id the event will get.",
+    )
 
 
 @router.post("/{source_id}/preview", summary="The touchpoints a sample becomes; nothing is stored",
@@ -35,6 +42,7 @@ async def preview_sample(
 ) -> Response:
     """One outcome per event: `touchpoint` (the canonical document), `dropped` (a drop rule matched),
     `unmappable` (the mapping error quarantine would record) or `refused` (the source would reject the item).
+    A sample the source refuses whole is answered as ingest would refuse it (400, `error` and `rejected`).
     A draft mapping that does not validate is answered 422 with every problem.
     """
     hub: Hub = request.app.state.hub
@@ -56,7 +64,11 @@ def _preview(hub: Hub, source: Source, body: PreviewRequest) -> Response:
             problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
             raise HTTPException(422, detail=problems) from None
     sample = json.dumps(body.sample).encode()
-    outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region, hub.identity)
+    try:
+        outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region, hub.identity, body.headers)
+    except IngestError as exc:  # answered here: the app's IngestError handler would count half-typed samples (the
+        return refusal_response(exc)  # console previews at each pause in typing) in hub_events_rejected_total
     return json_response({
         "source_id": source.source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes],
     })
+

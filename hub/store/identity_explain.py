@@ -11,6 +11,7 @@ is an alias's previousId, and a user_id of its value joined because of it.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import Connection, or_, select
@@ -66,9 +67,9 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
             }
             for row in merge_rows
         ],
-        "refused": [_audit_entry(row) for row in audit if row["kind"] == "refused"],
-        "unmerges": [_audit_entry(row) for row in audit if row["kind"] == "unmerge"],
-        "detached": [_audit_entry(row) for row in audit if row["kind"] == "detached"],
+        "refused": _seen_from(ids, audit, "refused"),
+        "unmerges": _seen_from(ids, audit, "unmerge"),
+        "detached": _seen_from(ids, audit, "detached"),
         "moved": [_audit_entry(row) for row in audit if row["kind"] == "moved"],
     }
 
@@ -151,6 +152,23 @@ def _merge_links(merge_rows: list[Any]) -> list[dict[str, Any]]:
                 "why": f"merged profile {row['merged_id']} into {row['survivor_id']}",
             })
     return links
+
+
+def _seen_from(viewed: list[str], audit: Sequence[Any], kind: str) -> list[dict[str, Any]]:
+    """The audit entries of `kind` with `profile_id` the viewed side and `other_profile_id` the other one.
+
+    A refused link, an unmerge or a detachment is recorded once, from one side (the profile the touchpoint went
+    to, the survivor, the profile it was taken from), yet both sides explain it: seen from the other side as
+    recorded, `other_profile_id` was the viewed profile itself and the console linked the profile to itself.
+    `viewed` is the profile and the ids merged into it; an entry between two of them stays as recorded. Moves
+    are not turned: their two ids are a direction, shown as from and to.
+    """
+    entries = [_audit_entry(row) for row in audit if row["kind"] == kind]
+    return [
+        {**entry, "profile_id": entry["other_profile_id"], "other_profile_id": entry["profile_id"]}
+        if entry["other_profile_id"] in viewed and entry["profile_id"] not in viewed else entry
+        for entry in entries
+    ]
 
 
 def _audit_entry(row: Any) -> dict[str, Any]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import codecs
 import json
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, desc, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, LargeBinary, desc, func, insert, select, update
 
 from hub.errors import ItemProblem
 from hub.model import Identifier
@@ -46,9 +47,44 @@ def add(
     )
 
 
+# A listed body is cut to its first bytes, in the query: bodies may be HUB_MAX_BODY_BYTES each, and anyone with the
+# public write key can fill the quarantine with them; the console shows only the start of each (`get` has it whole).
+LISTED_BODY_BYTES = 4096
+MAX_ID = 2**63 - 1  # the largest integer SQLite can bind
+
+
+def _columns(body: ColumnElement[bytes]) -> tuple[ColumnElement[Any], ...]:
+    """A row's columns with `body` as its raw_body, and the size of the body whole."""
+    others = (column for column in quarantine.c if column.key != "raw_body")
+    return (*others, body.label("raw_body"), func.length(quarantine.c.raw_body).label("raw_body_bytes"))
+
+
+_LISTED = _columns(func.substr(quarantine.c.raw_body, 1, LISTED_BODY_BYTES, type_=LargeBinary))
+_WHOLE = _columns(quarantine.c.raw_body)
+
+
 def recent(connection: Connection, limit: int = 100) -> list[dict[str, Any]]:
-    rows = connection.execute(select(quarantine).order_by(desc(quarantine.c.id)).limit(limit)).mappings()
-    return [{**row, "raw_body": row["raw_body"].decode("utf-8", "replace")} for row in rows]
+    """Newest first, each body cut to `LISTED_BODY_BYTES`: `raw_body_bytes` is its whole size, and `raw_body_cut`
+    says whether it was cut."""
+    rows = connection.execute(select(*_LISTED).order_by(desc(quarantine.c.id)).limit(limit)).mappings()
+    return [_shown(row) for row in rows]
+
+
+def get(connection: Connection, quarantine_id: int) -> dict[str, Any] | None:
+    """One row as `recent` lists it, with its body whole; None if there is none with that id."""
+    if not 0 < quarantine_id <= MAX_ID:
+        return None  # no row has it, and binding a larger one was a 500 on SQLite
+    row = connection.execute(select(*_WHOLE).where(quarantine.c.id == quarantine_id)).mappings().first()
+    return None if row is None else _shown(row)
+
+
+def _shown(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The row with its body as text, bytes that are no UTF-8 replaced; a cut that falls inside a character leaves
+    that character's first bytes out rather than show them as a replacement character."""
+    body = row["raw_body"] or b""  # SQLite's substr of an empty body (one erased) is NULL
+    cut = row["raw_body_bytes"] > len(body)
+    text = codecs.getincrementaldecoder("utf-8")("replace").decode(body, final=not cut)
+    return {**row, "raw_body": text, "raw_body_cut": cut}
 
 
 def count(connection: Connection) -> int:

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, bindparam, desc, func, select
 
@@ -157,6 +157,15 @@ def summaries(connection: Connection, touchpoint_ids: Sequence[str]) -> list[dic
     return [by_id[tp_id] for tp_id in touchpoint_ids if tp_id in by_id]
 
 
+Order = Literal["received", "occurred"]
+# Newest first either way, the other time breaking ties. A profile's timeline is by when each event occurred:
+# offline and backfilled events arrive late, and by receipt yesterday's order would sit above today's page view.
+_ORDERS: dict[Order, tuple[Any, ...]] = {
+    "received": (desc(touchpoints.c.received_at), desc(touchpoints.c.occurred_at)),
+    "occurred": (desc(touchpoints.c.occurred_at), desc(touchpoints.c.received_at)),
+}
+
+
 def search(
     connection: Connection,
     *,
@@ -164,9 +173,10 @@ def search(
     source_id: str | None = None,
     event: str | None = None,
     profile_id: str | None = None,
+    order: Order = "received",
 ) -> list[dict[str, Any]]:
-    """Newest first, by the time the hub received them."""
-    query = select(touchpoints).order_by(desc(touchpoints.c.received_at), desc(touchpoints.c.occurred_at)).limit(limit)
+    """Newest first, by the time the hub received them or (`order="occurred"`) the time they occurred."""
+    query = select(touchpoints).order_by(*_ORDERS[order]).limit(limit)
     if source_id:
         query = query.where(touchpoints.c.source_id == source_id)
     if event:

@@ -11,7 +11,6 @@ const HUB_ROOT = new URL("../", window.location.href);
 const DELIVERY_STATUSES = ["pending", "retrying", "sent", "delivered", "failed", "dead"];
 const REPLAYABLE = new Set(["dead", "failed"]);
 const PREVIEW_DELAY_MS = 400;
-const RAW_BODY_SHOWN = 4000;
 
 /** An answer of the admin API that was not a 2xx, with the lines of its error message. */
 class ApiError extends Error {
@@ -243,6 +242,7 @@ const previewDraft = {
     { type: "track", userId: "user-1", event: "Product Viewed", properties: { product_id: "sku-1", price: 19.99 } },
     null, 2),
   mapping: "",
+  headers: "",
 };
 let previewRun = 0;
 
@@ -259,39 +259,66 @@ async function mappingsView(sourceId) {
     name: "mapping", rows: 10, spellcheck: false, value: previewDraft.mapping,
     placeholder: "Optional: a draft mapping as JSON (the YAML file's keys), tried instead of the active one",
   });
+  const headers = el("textarea", {
+    name: "headers", rows: 3, spellcheck: false, value: previewDraft.headers,
+    placeholder: "Optional: one \"Name: value\" a line, e.g. webhook-id: msg_2Kx (a Standard Webhooks message id)",
+  });
   const result = el("div", { className: "preview" });
+  const typed = () => ({ sourceId: picker.value, sample: sample.value, mapping: draft.value, headers: headers.value });
   let timer;
   const later = () => {
     window.clearTimeout(timer);
-    timer = window.setTimeout(() => runPreview(picker.value, sample.value, draft.value, result), PREVIEW_DELAY_MS);
+    timer = window.setTimeout(() => runPreview(typed(), result), PREVIEW_DELAY_MS);
   };
-  for (const control of [picker, sample, draft]) {
+  for (const control of [picker, sample, draft, headers]) {
     control.addEventListener("input", later);
   }
-  runPreview(picker.value, sample.value, draft.value, result);
+  runPreview(typed(), result);
   return el("div", { className: "columns" },
     section("Sample", field("Source", picker), field("Payload, exactly as the platform sends it (JSON)", sample),
+      field("Request headers the platform sends with it, where the source reads an id from one", headers),
       field("Draft mapping (JSON)", draft)),
     section("Preview (nothing is stored)", result));
 }
 
 /** Preview one sample; a slower answer to an older edit never replaces a newer one. */
-async function runPreview(sourceId, sampleText, mappingText, result) {
-  Object.assign(previewDraft, { sourceId, sample: sampleText, mapping: mappingText });
+async function runPreview(typed, result) {
+  Object.assign(previewDraft, typed);
   const run = ++previewRun;
-  const parsed = parseJson("Payload", sampleText);
-  const mapping = mappingText.trim() ? parseJson("Draft mapping", mappingText) : { value: undefined };
-  const wrong = [parsed.error, mapping.error].filter(Boolean);
+  const parsed = parseJson("Payload", typed.sample);
+  const mapping = typed.mapping.trim() ? parseJson("Draft mapping", typed.mapping) : { value: undefined };
+  const headers = parseHeaders(typed.headers);
+  const wrong = [parsed.error, mapping.error, ...headers.errors].filter(Boolean);
   if (wrong.length) {
     result.replaceChildren(notice("error", wrong));
     return;
   }
+  const body = { sample: parsed.value, mapping: mapping.value, headers: headers.value };
   const shown = el("div", {});
   await fill(shown, async () => previewOutcomes(await api(
-    "POST", `/api/mappings/${encodeURIComponent(sourceId)}/preview`, { body: { sample: parsed.value, mapping: mapping.value } })));
+    "POST", `/api/mappings/${encodeURIComponent(typed.sourceId)}/preview`, { body })));
   if (run === previewRun) {
     result.replaceChildren(shown);
   }
+}
+
+/**
+ * The headers box, one "Name: value" a line, as the preview's `headers` object; none (left out of the request)
+ * when the box is empty. Built with Object.fromEntries, so a header named __proto__ is a header like any other.
+ */
+function parseHeaders(text) {
+  const errors = [];
+  const entries = [];
+  text.split("\n").forEach((typed, index) => {
+    const line = typed.trim();
+    const colon = line.indexOf(":");
+    if (line && colon < 1) {
+      errors.push(`Headers, line ${index + 1}: "${line}" is no header; write its name, a colon, then its value`);
+    } else if (line) {
+      entries.push([line.slice(0, colon).trim(), line.slice(colon + 1).trim()]);
+    }
+  });
+  return { errors, value: entries.length ? Object.fromEntries(entries) : undefined };
 }
 
 function parseJson(what, text) {
@@ -320,11 +347,11 @@ function touchpointFacts(touchpoint) {
 }
 
 async function triggersView() {
-  const { rules, refused_edit: refused } = await api("GET", "/api/rules");
-  const problems = [].concat(refused || []);
+  const { rules, refused_edit: refused, refused_template_edits: refusedTemplates } = await api("GET", "/api/rules");
   return el("div", {},
-    problems.length ? notice("warning",
-      "The last edit of triggers.yaml was refused; the rules below stay in force until it is fixed:", problems) : null,
+    refusal("The last edit of triggers.yaml was refused; the rules below stay in force until it is fixed:", refused),
+    refusal("An edit of a template these rules send was refused; its last good version is sent until it is fixed:",
+      refusedTemplates),
     section("Trigger rules in force", table([
       ["Rule", (rule) => el("span", {}, el("strong", {}, rule.id), el("div", { className: "muted" }, rule.version))],
       ["Priority", (rule) => rule.priority],
@@ -332,6 +359,12 @@ async function triggersView() {
       ["Channels", (rule) => rule.channels.join(", ")],
       ["Description", (rule) => rule.description],
     ], rules, "No rule is in force.")));
+}
+
+/** A warning with why an edit was refused (one problem or a list of them), or nothing when none was. */
+function refusal(heading, problems) {
+  const lines = [].concat(problems || []);
+  return lines.length ? notice("warning", heading, lines) : null;
 }
 
 // The deliveries' filters, kept across views; "#deliveries/<profile id>" sets the profile.
@@ -448,7 +481,7 @@ async function profilesView(profileId) {
 /** A profile: traits and identifiers, its timeline of touchpoints and its identity graph. */
 async function profileDetails(profile) {
   const [timeline, graph] = await Promise.all([
-    api("GET", "/api/touchpoints", { query: { profile_id: profile.profile_id, limit: 200 } }),
+    api("GET", "/api/touchpoints", { query: { profile_id: profile.profile_id, limit: 200, order: "occurred" } }),
     api("GET", `/api/profiles/${encodeURIComponent(profile.profile_id)}/explain`),
   ]);
   return el("div", {},
@@ -463,7 +496,7 @@ async function profileDetails(profile) {
       el("h3", {}, "Identifiers"),
       table([["Type", ([kind]) => kind], ["Values, newest first", ([, values]) => values.join(", ")]],
         Object.entries(profile.identifiers || {}), "No identifiers.")),
-    section("Timeline (newest first)", table([
+    section("Timeline (newest first, by when each event occurred)", table([
       ["Occurred", (touchpoint) => when(touchpoint.occurred_at)], ["Event", (touchpoint) => touchpoint.event],
       ["Stage", (touchpoint) => touchpoint.stage], ["Moment", (touchpoint) => touchpoint.moment],
       ["Source", (touchpoint) => touchpoint.source_id], ["Identifiers", (touchpoint) => pairs(touchpoint.identifiers)],
@@ -545,11 +578,19 @@ function reprocessForm(sources) {
   return section("Re-process after a mapping fix", form, result);
 }
 
+/** A quarantined body: the list has only its start (bodies may be large and many), a button fetches it whole. */
 function rawBody(row) {
-  const body = row.raw_body || "";
-  const cut = body.length > RAW_BODY_SHOWN ? `${body.slice(0, RAW_BODY_SHOWN)}\n… (${body.length} characters in all)` : body;
-  return el("details", {}, el("summary", {}, `${row.content_type || "body"}, ${body.length} characters`),
-    el("pre", { className: "json" }, cut));
+  const shown = el("div", {}, el("pre", { className: "json" }, row.raw_body));
+  const more = row.raw_body_cut
+    ? el("p", { className: "muted" }, "Only its start is shown. ",
+      button("Load the whole body", () => fill(shown, () => wholeBody(row.id))))
+    : null;
+  return el("details", {}, el("summary", {}, `${row.content_type || "body"}, ${row.raw_body_bytes} bytes`), more, shown);
+}
+
+async function wholeBody(quarantineId) {
+  const { raw_body: body } = await api("GET", `/api/quarantine/${encodeURIComponent(quarantineId)}`);
+  return el("pre", { className: "json" }, body);
 }
 
 // --- the frame: sign-in, tabs, routing --------------------------------------------------------------------
