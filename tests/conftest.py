@@ -192,6 +192,21 @@ def serve_hub(settings: HubSettings, sandbox: SandboxProviders, sock: socket.soc
         yield RunningHub(hub, server.url, client, sandbox)
 
 
+@contextmanager
+def hub_with_source(
+    tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch,
+    entry: str, secrets: dict[str, str], **settings: Any,
+) -> Iterator[RunningHub]:
+    """`serve_hub` over `mappings_dir` with sources.yaml holding one source, `entry` (a flow mapping), its secrets'
+    variables set to `secrets`."""
+    (mappings_dir / "sources.yaml").write_text(f"sources:\n  - {entry}\n")
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides(), **settings),
+                   sandbox) as hub:
+        yield hub
+
+
 class Resettable(Protocol):
     def reset(self) -> None: ...
 

@@ -19,7 +19,7 @@ from hub.api import create_app
 from hub.api.console import FILES
 from hub.clock import utcnow
 from hub.store import api_keys
-from tests.conftest import ADMIN_TOKEN, WRITE_KEY, RunningHub, make_settings, message, serve_hub
+from tests.conftest import ADMIN_TOKEN, WRITE_KEY, RunningHub, hub_with_source, message
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -115,14 +115,10 @@ def crm_hub(
     tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RunningHub]:
     """A hub with one signed webhook source besides the built-in `default` one."""
-    (mappings_dir / "sources.yaml").write_text(
-        "sources:\n  - id: crm\n    connector: hubspot\n    secrets: {client_secret: HUB_SRC_CRM_SECRET}\n"
-    )
-    monkeypatch.setenv("HUB_SRC_CRM_SECRET", CRM_SECRET)
-    settings = make_settings(
-        tmp_path, mappings_dir=mappings_dir, public_base_url="https://hub.example.com", **sandbox.settings_overrides()
-    )
-    with serve_hub(settings, sandbox) as hub:
+    with hub_with_source(
+        tmp_path, mappings_dir, sandbox, monkeypatch, "{id: crm, connector: hubspot, secrets: {client_secret: "
+        "HUB_SRC_CRM_SECRET}}", {"HUB_SRC_CRM_SECRET": CRM_SECRET}, public_base_url="https://hub.example.com",
+    ) as hub:
         yield hub
 
 

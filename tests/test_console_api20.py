@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.cli import app
-from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
+from tests.conftest import ADMIN_TOKEN, RunningHub, hub_with_source, message
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 STANDARD_WEBHOOKS_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -64,11 +64,10 @@ def billing_hub(
     tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RunningHub]:
     """A hub with one Standard Webhooks source, `billing`, in its own mappings folder."""
-    (mappings_dir / "sources.yaml").write_text(
-        "sources:\n  - {id: billing, connector: standard_webhooks, secrets: {secret: HUB_SRC_BILLING_SECRET}}\n"
-    )
-    monkeypatch.setenv("HUB_SRC_BILLING_SECRET", STANDARD_WEBHOOKS_SECRET)
-    with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides()), sandbox) as hub:
+    with hub_with_source(
+        tmp_path, mappings_dir, sandbox, monkeypatch, "{id: billing, connector: standard_webhooks, secrets: "
+        "{secret: HUB_SRC_BILLING_SECRET}}", {"HUB_SRC_BILLING_SECRET": STANDARD_WEBHOOKS_SECRET},
+    ) as hub:
         yield hub
 
 
