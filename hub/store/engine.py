@@ -58,6 +58,9 @@ CACHED_STATEMENTS = 512
 IDLE_IN_TRANSACTION_LEASES = 2
 # Below this a busy CPU or a garbage collection between two statements of a batch could end it (tests lease 0.05 s).
 IDLE_IN_TRANSACTION_AT_LEAST = timedelta(seconds=2)
+# How long a SQLite statement waits for another connection's write lock before "database is locked": a process
+# outside the hub's writer lock (a sqlite3 shell, a backup) holding it longer is a problem to report, not to wait out.
+BUSY_TIMEOUT_SECONDS = 30
 # libpq's TCP keepalives: a connection whose other end is gone (a server that died, a network partition) is found
 # dead after about a minute (idle 30 s, then 3 probes 10 s apart) instead of the kernel's two hours, so a node
 # waiting on a lock on it gets an error and its worker carries on. A URL's own setting of any of them wins.
@@ -76,7 +79,8 @@ def create_store_engine(url: str, lease: timedelta | None = None) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True, hide_parameters=True, json_serializer=json_text.dumps, json_deserializer=json_text.loads,
-                           connect_args={"check_same_thread": False, "timeout": 30, "cached_statements": CACHED_STATEMENTS})
+                           connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS,
+                                         "cached_statements": CACHED_STATEMENTS})
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
@@ -105,7 +109,7 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
     # 64 MiB of page cache instead of 2: identity lookups and inserts land on random
     # pages of the identifiers index, and re-reading them from the OS halved throughput.
     cursor.execute("PRAGMA cache_size=-65536")
