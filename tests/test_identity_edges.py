@@ -189,16 +189,16 @@ def test_a_refused_link_is_still_explained_after_its_profile_merged_into_another
         accept(hub, message("identify", anonymousId="web-1", traits={"email": "mom@x.io"}))
         accept(hub, message("identify", userId="mom", anonymousId="ipad"))
         accept(hub, message("identify", userId="dad", anonymousId="ipad"))
-        ipad_profile = profile(hub, "user_id", "mom")
+        ipad_profile, dad_profile = profile(hub, "user_id", "mom"), profile(hub, "user_id", "dad")
         accept(hub, message("identify", userId="mom", traits={"email": "mom@x.io"}))
         web_profile = profile(hub, "user_id", "mom")
         assert web_profile != ipad_profile
         with hub.store.read() as connection:
             graphs = [explain(connection, profile_id) for profile_id in (web_profile, ipad_profile)]
-        for graph in graphs:
+        for graph in graphs:  # the other side is Dad's, not the iPad profile now merged into Mom's (the console audit)
             assert graph["profile_id"] == web_profile
             assert [(entry["other_profile_id"], entry["rule"]) for entry in graph["refused"]] == [
-                (ipad_profile, "limit: at most 1 user_id per profile"),
+                (dad_profile, "limit: at most 1 user_id per profile"),
             ]
     finally:
         hub.store.dispose()
