@@ -78,13 +78,15 @@ def _named_mappings(folder: Path) -> set[Path]:
 def _check_sources(path: Path, registry: Registry) -> None:
     problems = []
     located = []
+    env = environment()
     for where, entry in load_entries(path.parent):
         try:
-            source = build_source(registry, entry, where, environment(), path.parent, need_secrets=False)
+            source = build_source(registry, entry, where, env, path.parent, need_secrets=False)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        located.append((where, source))
+        if all(variable in env for variable in entry.secrets.values()):  # unset ones share one placeholder
+            located.append((where, source))
         mapping_file = path.parent / (entry.mapping or source.default_mapping)
         if not mapping_file.exists():
             problems.append(f"{where}.mapping: {mapping_file.name} does not exist in {path.parent}")

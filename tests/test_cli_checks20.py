@@ -152,3 +152,17 @@ def test_mappings_check_refuses_two_sources_sharing_a_write_key_as_the_hub_does(
     [at_start] = [problem for problem in refused.value.problems if "same write key" in problem]
     _, problems = check_folder(mappings_dir, load_registry())
     assert [problem for problem in problems if "same write key" in problem] == [at_start]
+
+
+def test_mappings_check_does_not_call_unset_write_keys_shared(mappings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check builds sources without their secrets, each unset one as the same placeholder: two sources whose
+    write keys are not set where the check runs (CI) were reported as sharing a key, a folder that starts."""
+    (mappings_dir / "sources.yaml").write_text(
+        "sources:\n"
+        "  - id: web\n    connector: segment\n    secrets: {write_key: HUB_SRC_UNSET_WEB}\n"
+        "  - id: app\n    connector: segment\n    secrets: {write_key: HUB_SRC_UNSET_APP}\n"
+    )
+    monkeypatch.delenv("HUB_SRC_UNSET_WEB", raising=False)
+    monkeypatch.delenv("HUB_SRC_UNSET_APP", raising=False)
+    _, problems = check_folder(mappings_dir, load_registry())
+    assert problems == []
