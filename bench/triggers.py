@@ -64,8 +64,9 @@ from hub.clock import utcnow
 from hub.heap import freeze_startup_objects
 from hub.logs import configure_logging
 from hub.model import RawEvent
-from hub.runtime import DEFAULT_SOURCE_ID, Hub
+from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, WORKER_ROLES, HubSettings
+from hub.sources import DEFAULT_SOURCE_ID
 from hub.store import Store, inbox
 from hub.store.schema import attempts, decisions, deliveries, timers, touchpoints
 from hub.store.schema import inbox as inbox_table

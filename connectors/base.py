@@ -125,11 +125,14 @@ class Source(Connector, ABC):
     source's payloads. Set `sdk_ingest` when the source answers the
     Segment-compatible `/v1/batch`, `/v1/track`, ... endpoints (write-key
     auth), on the class or per instance (a Segment source with no write key
-    clears it); every source answers `POST /v1/webhooks/{source_id}`.
+    clears it), and keep the key's digest in `write_key_digest`, so that two
+    sources with one key are refused; every source answers
+    `POST /v1/webhooks/{source_id}`.
     """
 
     default_mapping: ClassVar[str]
     sdk_ingest: bool = False
+    write_key_digest: bytes | None = None
 
     def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
         """`folder` is the mappings folder, where a connector finds files ops keep beside its mapping."""

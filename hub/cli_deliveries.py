@@ -8,10 +8,10 @@ replayed deliveries at their next poll.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from enum import Enum
 from functools import partial
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -22,6 +22,9 @@ from hub.cli_support import config_problems_exit, console, id_column, load_setti
 from hub.clock import utcnow
 from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.profile_views import for_live_profile
+
+if TYPE_CHECKING:
+    from hub.routing import ChannelRoute
 
 app = typer.Typer(
     help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
@@ -57,8 +60,8 @@ def list_deliveries(
     """
     with config_problems_exit("The delivery log cannot be read"):
         mappings_dir = load_settings().mappings_dir
-        recipient = delivery_recipients(mappings_dir)
-        _refuse_unknown(mappings_dir, destination=destination, channel=channel)
+        routes, recipient = delivery_recipients(mappings_dir)
+        _refuse_unknown(routes, destination=destination, channel=channel)
     search = partial(delivery_log.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
                      recipient=recipient)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
@@ -91,8 +94,8 @@ def replay(
         raise typer.Exit(2)
     with config_problems_exit("The dead-letter queue cannot be replayed"):
         mappings_dir = load_settings().mappings_dir
-        recipient = delivery_recipients(mappings_dir)  # a replay goes only to addresses still held
-        _refuse_unknown(mappings_dir, destination=destination)
+        routes, recipient = delivery_recipients(mappings_dir)  # a replay goes only to addresses still held
+        _refuse_unknown(routes, destination=destination)
     store = _store()
     if delivery_id is not None:
         with writing(store, "The delivery cannot be replayed") as connection:
@@ -120,14 +123,14 @@ def replay(
     _replay_summary(outcomes)
 
 
-def _refuse_unknown(mappings_dir: Path, *, destination: str | None = None, channel: str | None = None) -> None:
+def _refuse_unknown(
+    routes: Mapping[str, ChannelRoute], *, destination: str | None = None, channel: str | None = None
+) -> None:
     """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has: a typo
     (`--destination twilo_sms`) matched nothing, which read as an empty delivery log, or during an incident as
     an empty dead-letter queue ("0 dead deliveries queued again") while the real one stayed dead."""
     from connectors.base import load_registry
-    from hub.routing import load_routes
 
-    routes = load_routes(mappings_dir / "routes.yaml")
     destinations = {*load_registry().destinations, *(route.destination for route in routes.values())}
     _one_of("--destination", destination, destinations, "destination")
     _one_of("--channel", channel, routes, "channel routes.yaml has")

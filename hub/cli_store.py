@@ -27,6 +27,9 @@ from hub.store.opening import open_store, store_url, unusable_url, why
 from hub.store import Store
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from hub.routing import ChannelRoute
     from hub.store.delivery_log import RecipientOf
 
 
@@ -59,12 +62,14 @@ def existing_store(url: str) -> Store:
     return store
 
 
-def delivery_recipients(mappings_dir: Path) -> RecipientOf:
-    """What each delivery's target is by the routes in `mappings_dir` (as the running hub's `Router.recipient`
-    says), so a push token is shown cut short, not whole; ConfigError when routes.yaml is unusable."""
+def delivery_recipients(mappings_dir: Path) -> tuple[Mapping[str, ChannelRoute], RecipientOf]:
+    """The routes in `mappings_dir`, and what each delivery's target is by them (as the running hub's
+    `Router.recipient` says), so a push token is shown cut short, not whole; ConfigError when routes.yaml is
+    unusable."""
     from hub.routing import load_routes, recipient_of
 
-    return partial(recipient_of, load_routes(mappings_dir / "routes.yaml"))
+    routes = load_routes(mappings_dir / "routes.yaml")
+    return routes, partial(recipient_of, routes)
 
 
 def _not_found(url: str, what: str) -> list[str]:

@@ -144,7 +144,7 @@ def decisions_explain(
     settings = load_settings()
     url = settings.database_url
     with config_problems_exit("The decision cannot be explained"):
-        recipient = delivery_recipients(settings.mappings_dir)
+        _, recipient = delivery_recipients(settings.mappings_dir)
         store = existing_store(url)
     try:
         with store.read() as connection:

@@ -203,7 +203,7 @@ def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
     node = root
     line = node.start_mark.line + 1 if node is not None else 1
     for part in loc:
-        found = _child(node, part)
+        found = child_of(node, part)
         if found is None:
             break
         marker, node = found
@@ -211,7 +211,7 @@ def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
     return line
 
 
-def _child(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
+def child_of(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:
     """(node whose line to report, node to descend into) for one step of a validation error's path."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:

@@ -23,8 +23,8 @@ from connectors.sources.segment import take_message
 from hub.config_files import utf8_text
 from hub.errors import ConfigError, ItemProblem
 from hub.model import RawEvent
-from hub.runtime import DEFAULT_SOURCE_ID
 from hub.settings import PROJECT_MAPPINGS
+from hub.sources import DEFAULT_SOURCE_ID
 
 SAMPLE_EVENTS = PROJECT_MAPPINGS / "samples" / "demo_journey.jsonl"
 EVENTS_FORMAT = (

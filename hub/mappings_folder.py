@@ -22,7 +22,7 @@ from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params,
 from hub.rule_lines import RuleLines
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
-from hub.templates import TemplateRenderer
+from hub.templates import TemplateRenderer, template_places
 
 
 @dataclass(frozen=True)
@@ -100,22 +100,12 @@ def _rules_served(
         return
     problems: list[str] = []
     lines = RuleLines(path)
-    named = _templates_named(rules)
+    named = template_places(rules)
     collect(problems, lambda: router.check_channels(rules, lines))
     collect(problems, lambda: router.templates.check(sorted(named), lambda name: lines.where(*named[name])))
     collect(problems, lambda: check_action_params(rules, router.routes, destinations, lines))
     if problems:
         raise ConfigError(problems)
-
-
-def _templates_named(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...]]:
-    """Each template the rules may render -> (rule id, keys...) of the first place naming it, for `RuleLines.where`."""
-    named: dict[str, tuple[str | int, ...]] = {}
-    for rule in rules:
-        for number, action in enumerate(rule.respond):
-            for keys, _, template in action.choices():
-                named.setdefault(template, (rule.id, "respond", number, *keys, "template"))
-    return named
 
 
 def check_action_params(

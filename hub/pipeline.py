@@ -35,7 +35,6 @@ from hub.normalize import normalize
 from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rulebook import RuleBook
-from hub.rules import RuleSpec
 from hub.store import Store, forget, inbox, quarantine, timer_arming, touchpoints, withdrawals
 from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
@@ -195,7 +194,7 @@ class Pipeline:
             changes = triggers.timer_changes(touchpoint, rules, traits)
             timer_arming.follow_event(
                 connection, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now,
-                cancel=changes.cancel, arm=changes.arm, versions=_versions_of(rules, changes.arm),
+                cancel=changes.cancel, arm=changes.arm, versions=changes.versions,
             )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
             rejudged = self.rulebook.rejudged_by(touchpoint.event, touchpoint.stage, touchpoint.moment)
@@ -259,14 +258,6 @@ class Pipeline:
         )
         inbox.mark_failed(connection, row.id, now, reason)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
-
-
-def _versions_of(rules: Sequence[RuleSpec], armed: Sequence[tuple[str, datetime]]) -> dict[str, str]:
-    """The versions of the rules that start waits, stored on their timers (nothing to build for most events)."""
-    if not armed:
-        return {}
-    ids = {rule_id for rule_id, _ in armed}
-    return {rule.id: rule.version for rule in rules if rule.id in ids}
 
 
 def _without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> Touchpoint:

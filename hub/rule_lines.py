@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hub.config_files import line_of, yaml_tree
+from hub.config_files import child_of, line_of, yaml_tree
 
 
 class RuleLines:
@@ -40,8 +40,8 @@ class RuleLines:
         return {node.value: place for place, node in enumerate(ids) if isinstance(node, yaml.ScalarNode)}
 
 
+
 def _value_of(node: yaml.Node | None, key: str) -> yaml.Node | None:
-    """The value node of `key` in a YAML mapping node; None when `node` is no mapping or lacks the key."""
-    if not isinstance(node, yaml.MappingNode):
-        return None
-    return next((value for name, value in node.value if name.value == key), None)
+    """The value node of `key` in a YAML mapping node; None when there is none."""
+    found = child_of(node, key)
+    return found[1] if found else None

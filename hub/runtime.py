@@ -178,13 +178,12 @@ class Hub:
         problems: list[str] = []
         env = environment()
         for where, entry in load_entries(folder):
-            try:
-                sources[entry.id] = build_source(self.registry, entry, where, env, folder)
-            except ConfigError as exc:
-                problems.extend(exc.problems)
+            source = collect(problems, lambda: build_source(self.registry, entry, where, env, folder))
+            if source is None:
                 continue
-            located.append((where, sources[entry.id]))
-            self.mapping_files[entry.id] = entry.mapping or sources[entry.id].default_mapping
+            sources[entry.id] = source
+            located.append((where, source))
+            self.mapping_files[entry.id] = entry.mapping or source.default_mapping
         problems.extend(shared_write_keys(located))
         if problems:
             raise ConfigError(problems)

@@ -42,7 +42,7 @@ class BackgroundServer:
         """Pass `sock` (from `bind_socket`) when the URL must be known before the app can be built."""
         self._socket = sock or bind_socket(host, port)
         self.host, self.port = self._socket.getsockname()[:2]
-        self.url = f"http://{self.host}:{self.port}"
+        self.url = socket_url(self._socket)
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None)
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -14,13 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, get_args, get_origin
 
-import yaml
 from dotenv import dotenv_values
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import Registry, Source
-from connectors.sources.segment import SegmentSource
-from hub.config_files import line_of, load_model
+from hub.config_files import line_of, load_model, yaml_tree
 from hub.errors import ConfigError
 
 SOURCES_FILE = "sources.yaml"
@@ -74,7 +72,7 @@ def load_entries(folder: Path) -> list[tuple[str, SourceEntry]]:
     if not path.exists():
         return []
     entries = load_model(path, SourcesFile).sources
-    root = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
+    root = yaml_tree(path)
     located = [(f"{path}:{line_of(root, ['sources', index])}: sources.{index}", entry) for index, entry in enumerate(entries)]
     problems = _id_problems(located)
     if problems:
@@ -151,7 +149,7 @@ def shared_write_keys(located: Sequence[tuple[str, Source]]) -> list[str]:
     first: dict[bytes, str] = {}
     problems = []
     for where, source in located:
-        digest = source.write_key_digest if isinstance(source, SegmentSource) else None
+        digest = source.write_key_digest
         if digest is None:
             continue
         if digest in first:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -58,9 +58,19 @@ class NotUTF8TemplateError(TemplateError):
     """A template file saved in another encoding; its message is ``path:line: not UTF-8 ...``."""
 
 
-def template_names(rules: list[RuleSpec]) -> set[str]:
+def template_names(rules: Sequence[RuleSpec]) -> set[str]:
     """Every template the rules may render, fallbacks included."""
-    return {template for rule in rules for action in rule.respond for _, _, template in action.choices()}
+    return set(template_places(rules))
+
+
+def template_places(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...]]:
+    """Each template the rules may render -> (rule id, keys...) of the first place naming it, for `RuleLines.where`."""
+    named: dict[str, tuple[str | int, ...]] = {}
+    for rule in rules:
+        for number, action in enumerate(rule.respond):
+            for keys, _, template in action.choices():
+                named.setdefault(template, (rule.id, "respond", number, *keys, "template"))
+    return named
 
 
 def _nothing_for_none(value: Any) -> Any:

@@ -46,8 +46,12 @@ class LabResult:
     left_out: list[str]  # `path:line: why`, in line order: repeated messages, events the hub quarantined
 
 
+def _unreported(taken: int, total: int) -> None:
+    """No one follows the run's progress."""
+
+
 def run(
-    rules: Path, events_path: Path, settings: HubSettings, on_events: Callable[[int, int], None] | None = None
+    rules: Path, events_path: Path, settings: HubSettings, on_events: Callable[[int, int], None] = _unreported
 ) -> LabResult:
     """Try `rules` over the events file; `on_events(taken, total)` is told after each moment's events are taken
     in (a progress bar: a few thousand events take half a minute)."""
@@ -61,7 +65,7 @@ def run(
                     f"{rules}: no rules to try (the file has none, or every rule has `enabled: false`); "
                     f"write them as in {PROJECT_MAPPINGS / 'triggers.yaml'}"
                 )
-            return _simulate(hub, events, on_events or _unreported)
+            return _simulate(hub, events, on_events)
         finally:
             hub.delivery.close()
             hub.store.dispose()
@@ -96,10 +100,6 @@ def _as_given(problem: str, rules: Path, copies: Path, mappings_dir: Path) -> st
     """
     copy = copies / "triggers.yaml"
     return with_line(problem, copy).replace(str(copy), str(rules)).replace(str(copies), str(mappings_dir))
-
-
-def _unreported(taken: int, total: int) -> None:
-    """No one follows the run's progress."""
 
 
 def _simulate(hub: Hub, events_file: EventsFile, on_events: Callable[[int, int], None]) -> LabResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -43,6 +43,7 @@ class TimerChanges:
 
     cancel: tuple[tuple[str, timedelta], ...]  # (rule id, its wait): only waits still running at the touchpoint end
     arm: tuple[tuple[str, datetime], ...]  # (rule id, due at)
+    versions: Mapping[str, str] = field(default_factory=dict)  # rule id -> version, of the rules in `arm`
 
 
 def document_for(touchpoint: Touchpoint, traits: Mapping[str, Any]) -> dict[str, Any]:
@@ -135,6 +136,7 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
     document = document_for(touchpoint, traits or {})
     cancel: list[tuple[str, timedelta]] = []
     arm: list[tuple[str, datetime]] = []
+    versions: dict[str, str] = {}
     for rule in rules:
         absence = rule.absence
         if absence is None:
@@ -146,7 +148,8 @@ def timer_changes(touchpoint: Touchpoint, rules: Sequence[RuleSpec], traits: Map
             cancel.append((rule.id, absence.within))
         if selected(absence.after, touchpoint.event, touchpoint.stage, touchpoint.moment, document):
             arm.append((rule.id, touchpoint.occurred_at + absence.within))
-    return TimerChanges(tuple(cancel), tuple(arm))
+            versions[rule.id] = rule.version
+    return TimerChanges(tuple(cancel), tuple(arm), versions)
 
 
 def starts_wait(rule: RuleSpec, anchor: Touchpoint, traits: Mapping[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import typer
 from connectors.sandbox.providers import SandboxProviders
 from hub import runtime, workers
 from hub.api import create_app
-from hub.cli import wait_while_workers_live
+from hub.cli_processes import wait_while_workers_live
 from hub.model import Delivery, SendResult
 from hub.runtime import Hub
 from hub.serving import BackgroundServer

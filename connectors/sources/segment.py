@@ -222,13 +222,17 @@ def _present(value: Any) -> bool:
 
 
 def _is_timestamp(value: Any) -> bool:
+    return _time_of(value) is not None
+
+
+def _time_of(value: Any) -> datetime | None:
+    """An ISO-8601 text as a UTC datetime (naive is UTC), parsed once; None for anything else."""
     if not isinstance(value, str):
-        return False
+        return None
     try:
-        datetime.fromisoformat(value)
+        return _utc(datetime.fromisoformat(value))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _client_time(item: dict[str, Any]) -> Any:
@@ -249,8 +253,7 @@ def _latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
     cart's wait. Messages with a `sentAt` of their own keep it.
     """
     unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
-    latest = max((_utc(datetime.fromisoformat(time)) for time in map(_client_time, unstamped) if _is_timestamp(time)),
-                 default=None)
+    latest = max(filter(None, (_time_of(_client_time(item)) for item in unstamped)), default=None)
     if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
         return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
     return latest.isoformat()
@@ -277,9 +280,10 @@ def _skew_corrected(
     kept with a time the sender never meant.
     """
     client_time = _client_time(item)
-    if "receivedAt" in item or not _is_timestamp(sent_at) or not _is_timestamp(client_time):
+    sent, happened = _time_of(sent_at), _time_of(client_time)
+    if "receivedAt" in item or sent is None or happened is None:
         return item
-    offset = _utc(datetime.fromisoformat(sent_at)) - _utc(datetime.fromisoformat(client_time))
+    offset = sent - happened
     try:
         corrected = received_at - offset
     except OverflowError:

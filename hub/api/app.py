@@ -7,7 +7,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -18,8 +17,7 @@ from hub.api.auth import ApiAuth
 from hub.errors import IngestError
 from hub.metrics import EVENTS_REJECTED, metrics_response
 from hub.runtime import Hub, dead_workers_line
-from hub.store import Store
-from hub.store.readiness import database_problem, not_ready_because
+from hub.store.readiness import not_ready_because
 
 # hub_events_rejected_total's reason by the refusal's status: a fixed set, so the label stays bounded.
 REFUSAL_REASONS = {400: "bad_payload", 401: "auth", 403: "forbidden", 404: "unknown_source", 413: "too_large",
@@ -75,7 +73,7 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
 
     @app.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
-        reason = await run_in_threadpool(_not_ready_because, hub_instance.store)
+        reason = await run_in_threadpool(not_ready_because, hub_instance.store)
         if reason is None:
             return JSONResponse({"ready": True})
         return JSONResponse({"ready": False, "reason": reason}, status_code=503)
@@ -112,15 +110,6 @@ class AdminAnswersNotStored:
             await send(message)
 
         await self.app(scope, receive, send_not_stored)
-
-
-def _not_ready_because(store: Store) -> str | None:
-    """Why the hub cannot take events durably now (`readiness.not_ready_because`), or None. A database that refuses
-    connections is an answer for the load balancer, not a 500."""
-    try:
-        return not_ready_because(store)
-    except SQLAlchemyError as exc:
-        return f"database: {database_problem(exc, store)}"
 
 
 async def _refuse_nul(request: Request) -> None:

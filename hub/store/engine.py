@@ -109,7 +109,6 @@ def _configure_sqlite_connection(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_SECONDS * 1000}")
     # 64 MiB of page cache instead of 2: identity lookups and inserts land on random
     # pages of the identifiers index, and re-reading them from the OS halved throughput.
     cursor.execute("PRAGMA cache_size=-65536")

@@ -37,17 +37,21 @@ _READ_ONLY_POSTGRESQL = text("SELECT pg_is_in_recovery(), current_setting('defau
 
 
 def not_ready_because(store: Store) -> str | None:
-    """Why the hub cannot take events durably now, or None. SQLAlchemyError when the database does not answer.
+    """Why the hub cannot take events durably now, or None.
 
     A schema that merely exists is not enough (one rolled back to nothing keeps an empty alembic_version). A SQLite
     file is judged before it is read: one the hub cannot write may not open at all, and the driver's
-    "unable to open database file" would not say why."""
+    "unable to open database file" would not say why. A database that refuses connections is an answer for the
+    load balancer, not a 500."""
     if store.dialect == "sqlite" and (problem := _sqlite_file_problem(store.engine.url.database)):
         return problem
-    with store.read() as connection:
-        if not is_at_head(connection):
-            return NOT_CURRENT
-        return _read_only_postgresql(connection) if store.dialect == "postgresql" else None
+    try:
+        with store.read() as connection:
+            if not is_at_head(connection):
+                return NOT_CURRENT
+            return _read_only_postgresql(connection) if store.dialect == "postgresql" else None
+    except SQLAlchemyError as exc:
+        return f"database: {database_problem(exc, store)}"
 
 
 def _read_only_postgresql(connection: Connection) -> str | None:
