@@ -15,7 +15,7 @@ from hub.cli_keys import app as keys_app
 from hub.cli_mappings import app as mappings_app
 from hub.cli_processes import listening_socket, metrics_served, run_server, wait_while_workers_live
 from hub.cli_profiles import app as profiles_app
-from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, store_busy_exit, styled
+from hub.cli_support import config_problems_exit, console, err_console, fail, load_settings, plain, store_busy_exit, styled
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
 from hub.secret_urls import shown_url
@@ -167,8 +167,7 @@ def connectors_show(slug: str = typer.Argument(help="A slug from `touchhub conne
     registry = load_registry()
     connector = registry.sources.get(slug) or registry.destinations.get(slug)
     if connector is None:
-        console.print(styled("[red]No connector {!r}[/]; installed: {}", slug, ", ".join(sorted(registry.origins))))
-        raise typer.Exit(2)
+        fail(styled("[red]No connector {!r}[/]; installed: {}", slug, ", ".join(sorted(registry.origins))), code=2)
     err_console.print(styled("[bold]{}[/]: {} ({})", connector.slug, connector.title, registry.origins[slug]), highlight=False)
     if connector.docs_url:
         err_console.print(styled("Docs: {}", connector.docs_url), highlight=False)
@@ -202,8 +201,7 @@ def replay_command(
     try:
         start = _since(since)
         if source not in hub.sources:
-            console.print(styled("[red]No source {!r}[/]; configured: {}", source, ", ".join(sorted(hub.sources))))
-            raise typer.Exit(2)
+            fail(styled("[red]No source {!r}[/]; configured: {}", source, ", ".join(sorted(hub.sources))), code=2)
         with hub.store.read() as connection:
             total = replays.count_stored(connection, source, start)
         busy = store_busy_exit(hub.store, "The stored events cannot be replayed")

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from hub.cli_store import delivery_recipients, existing_store
-from hub.cli_support import config_problems_exit, console, id_column, load_settings, plain, styled, writing
+from hub.cli_support import config_problems_exit, console, fail, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
 from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.profile_views import for_live_profile
@@ -90,8 +90,7 @@ def replay(
     [bold]touchhub deliveries replay --all --destination twilio_sms[/].
     """
     if (delivery_id is None) == (not all_dead) or (destination and not all_dead):
-        console.print("[red]Give one delivery id, or --all (optionally with --destination).[/]")
-        raise typer.Exit(2)
+        fail("[red]Give one delivery id, or --all (optionally with --destination).[/]", code=2)
     with config_problems_exit("The dead-letter queue cannot be replayed"):
         mappings_dir = load_settings().mappings_dir
         routes, recipient = delivery_recipients(mappings_dir)  # a replay goes only to addresses still held
@@ -101,12 +100,10 @@ def replay(
         with writing(store, "The delivery cannot be replayed") as connection:
             previous = delivery_replay.replay(connection, delivery_id, utcnow(), recipient)
         if previous is None:
-            console.print(styled("[red]No delivery {!r}.[/]", delivery_id))
-            raise typer.Exit(1)
+            fail(styled("[red]No delivery {!r}.[/]", delivery_id))
         if previous not in delivery_replay.REPLAYABLE_STATUSES:
             why = delivery_replay.why_not_replayed(delivery_id, previous)
-            console.print(styled("[yellow]{}{}.[/]", why[0].upper(), why[1:]))
-            raise typer.Exit(1)
+            fail(styled("[yellow]{}{}.[/]", why[0].upper(), why[1:]))
         console.print(styled("Delivery {} ({}) queued again.", delivery_id, previous))
         return
     with store.read() as connection:

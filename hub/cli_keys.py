@@ -13,7 +13,9 @@ import typer
 from rich.table import Table
 
 from hub.cli_store import existing_store
-from hub.cli_support import config_problems_exit, console, err_console, id_column, load_settings, plain, styled, writing
+from hub.cli_support import (
+    config_problems_exit, console, err_console, fail, id_column, load_settings, plain, styled, writing,
+)
 from hub.clock import utcnow
 from hub.store import Store, api_keys
 from hub.store.api_keys import SCOPES
@@ -46,8 +48,7 @@ def create(
     [bold]Authorization: Bearer thk_...[/] to /api/.
     """
     if not name.strip() or len(name) > NAME_LENGTH:
-        console.print(styled("[red]NAME: {!r} must be 1 to {} characters.[/]", name, NAME_LENGTH))
-        raise typer.Exit(2)
+        fail(styled("[red]NAME: {!r} must be 1 to {} characters.[/]", name, NAME_LENGTH), code=2)
     scopes = [chosen.value for chosen in scope]
     with writing(_store(), "The API key cannot be created") as connection:
         key_id, key = api_keys.create(connection, name, scopes, utcnow())
@@ -89,8 +90,7 @@ def revoke(
     with writing(_store(), "The API key cannot be revoked") as connection:
         key = api_keys.revoke(connection, key_id, utcnow())
     if key is None:
-        console.print(styled("[red]No API key has the id {!r}; `touchhub keys list` shows them.[/]", key_id))
-        raise typer.Exit(1)
+        fail(styled("[red]No API key has the id {!r}; `touchhub keys list` shows them.[/]", key_id))
     console.print(styled("Key {} ({!r}) revoked at {} UTC.", key.key_id, key.name, _when(key.revoked_at)))
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, fail, load_settings, plain, styled
 
 if TYPE_CHECKING:
     from hub.preview import PreviewOutcome
@@ -75,10 +75,10 @@ def mappings_preview(
             identity_config_in(settings.mappings_dir), headers,
         )
     except IngestError as exc:
-        console.print(styled("[red]The source refuses this sample:[/] {}", exc.message), highlight=False)
-        for problem in exc.problems:
-            console.print(f"  • {problem.field}: {problem.reason}", highlight=False, markup=False)
-        raise typer.Exit(1) from None
+        fail(
+            styled("[red]The source refuses this sample:[/] {}", exc.message),
+            *(plain(f"  • {problem.field}: {problem.reason}") for problem in exc.problems),
+        )
     if as_json:
         console.print_json(json.dumps([outcome.as_dict() for outcome in outcomes], default=str))
         return

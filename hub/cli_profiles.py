@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from hub.cli_support import config_problems_exit, console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, fail, load_settings, plain, styled
 from hub.model import Identifier
 
 if TYPE_CHECKING:
@@ -39,8 +39,7 @@ def profiles_explain(
         graph = explain(connection, profile_id)
     store.dispose()
     if graph is None:
-        console.print(styled("[red]No profile {!r}.[/]", profile_id))
-        raise typer.Exit(1)
+        fail(styled("[red]No profile {!r}.[/]", profile_id))
     console.print(explain_tree(graph, show_pii=show_pii))
 
 
@@ -69,11 +68,10 @@ def profiles_show(
         view = _profile_of(connection, profile, identifier)
     store.dispose()
     if view is None:
-        console.print(styled(
+        fail(styled(
             "[red]No profile {}.[/] Give a profile id (the admin API, `touchhub deliveries list`) or an identifier as "
             "TYPE:VALUE, e.g. email:jane@example.com; types: {}.", repr(profile), ", ".join(config.types),
         ))
-        raise typer.Exit(1)
     for table in _profile_tables(view, show_pii=show_pii, region=settings.default_phone_region):
         console.print(table)
 

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from string import Formatter
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from hub.store import Store
 
 console = Console(emoji=False)
-err_console = Console(stderr=True, emoji=False)  # notes beside output meant for other programs (--json)
+err_console = Console(stderr=True, emoji=False)  # why a command stops, and notes beside output for other programs
 # C0 and C1 control characters and DEL, but tab and newline: a multi-line value is shown over lines.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 # What SQLite says (SQLITE_BUSY) when another connection held its write lock past the busy timeout.
@@ -115,10 +115,20 @@ def config_problems_exit(heading: str = "The hub cannot start") -> Iterator[None
     try:
         yield
     except ConfigError as exc:
-        console.print(styled("[red bold]{}; fix these and try again:[/]", heading))
-        for problem in exc.problems:
-            console.print(styled("  • {}", problem), soft_wrap=True)
-        raise typer.Exit(2) from None
+        heading_line = styled("[red bold]{}; fix these and try again:[/]", heading)
+        fail(heading_line, *(styled("  • {}", problem) for problem in exc.problems), code=2)
+
+
+def fail(*lines: Text | str, code: int = 1) -> NoReturn:
+    """Say why the command stops, on stderr, and exit with `code`: 2 when the command line or the set-up is wrong,
+    1 when what it asked for is not there or cannot be done.
+
+    On stderr so that `ids=$(touchhub ...)` or a pipe into jq does not take the reason for output and the person
+    running it sees it. A `str` line is our own markup; user text comes in through `styled`.
+    """
+    for line in lines:
+        err_console.print(line, soft_wrap=True, highlight=False)
+    raise typer.Exit(code)
 
 
 @contextmanager

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from hub.cli_support import config_problems_exit, console, err_console, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, err_console, fail, load_settings, plain, styled
 from hub.cli_store import delivery_recipients, existing_store
 from hub.secret_urls import shown_url
 from hub.store.outbox import DUE_STATUSES
@@ -152,13 +152,11 @@ def decisions_explain(
     finally:
         store.dispose()
     if found is None:
-        console.print(styled("[red]No decision {}[/] in {}.", repr(decision_id), shown_url(url)), soft_wrap=True)
-        console.print(styled(
+        fail(styled("[red]No decision {}[/] in {}.", repr(decision_id), shown_url(url)), styled(
             "Decision ids are listed by [bold]GET /api/decisions[/] (filters: rule_id, profile_id), e.g. "
             'curl -H "Authorization: Bearer $HUB_ADMIN_TOKEN" {}',
             f"http://{settings.host}:{settings.port}/api/decisions?rule_id=RULE",
-        ), soft_wrap=True)
-        raise typer.Exit(1)
+        ))
     if as_json:
         console.print_json(json.dumps(found, default=str))
         return

@@ -72,13 +72,13 @@ def test_a_broken_rule_file_is_reported_with_file_key_and_reason(tmp_path: Path)
         env={"COLUMNS": "200", "PATH": "", "HUB_MAPPINGS_DIR": str(mappings), "HUB_DATABASE_URL": f"sqlite:///{tmp_path}/x.db"},
     )
     assert result.returncode == 2
-    assert "fix these and try again" in result.stdout
-    assert f"{mappings / 'triggers.yaml'}: rules.0.respond.0.template: Field required" in result.stdout
+    assert "fix these and try again" in result.stderr
+    assert f"{mappings / 'triggers.yaml'}: rules.0.respond.0.template: Field required" in result.stderr
 
 
 def test_a_bad_setting_names_the_variable_and_the_choices_without_a_traceback() -> None:
     result = run("worker", "--only", "mailer")
     assert result.returncode == 2
-    text = " ".join(result.stdout.split())
+    text = " ".join(result.stderr.split())
     assert "HUB_WORKERS: Value error, unknown worker mailer: pick from pipeline, timers, delivery (got 'mailer')" in text
     assert "Traceback" not in result.stdout + result.stderr

@@ -121,7 +121,7 @@ def test_a_write_on_a_locked_sqlite_store_is_a_message_not_a_traceback(
     finally:
         holder.execute("ROLLBACK")
         holder.close()
-    shown = " ".join(capsys.readouterr().out.split())
+    shown = " ".join(capsys.readouterr().err.split())
     assert exited.value.exit_code == 2
     assert "The API key cannot be created" in shown and "the store is busy: another process has held its write lock" in shown
     assert f"fuser {Path(store.engine.url.database or '').resolve()}" in shown, shown

@@ -68,8 +68,8 @@ def test_triggers_test_names_each_bad_line(tmp_path: Path) -> None:
     events.write_text('{"type": "track", "userId": "a", "event": "E"}\nnot json\n')
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
     assert result.returncode == 2
-    assert f"{events}:1: timestamp: missing" in result.stdout
-    assert f"{events}:2:" in result.stdout
+    assert f"{events}:1: timestamp: missing" in result.stderr
+    assert f"{events}:2:" in result.stderr
 
 
 def test_decisions_explain_prints_the_chain_from_event_to_delivery(running_hub: RunningHub, tmp_path: Path) -> None:
@@ -84,7 +84,7 @@ def test_decisions_explain_prints_the_chain_from_event_to_delivery(running_hub: 
     assert "sms: planned (delivery " in text and "email: skipped (profile has no email)" in text
     assert "attempt 1 at" in text and "+14155550123" not in text  # the recipient is masked
     missing = touchhub("decisions", "explain", "nope", HUB_DATABASE_URL=f"sqlite:///{tmp_path}/hub.db")
-    assert missing.returncode == 1 and "No decision 'nope'" in missing.stdout
+    assert missing.returncode == 1 and "No decision 'nope'" in missing.stderr
 
 
 def tree_lines(output: str) -> list[str]:
@@ -289,7 +289,7 @@ def test_a_mistake_in_the_rules_is_reported_at_its_line_in_the_file_given(tmp_pa
     )
     result = touchhub("triggers", "test", str(rules), str(write_events(tmp_path / "events.jsonl", *cart_left_at_ten())))
     assert result.returncode == 2
-    text = " ".join(result.stdout.split())  # rich wraps long lines
+    text = " ".join(result.stderr.split())  # rich wraps long lines
     assert "The rules cannot be tried; fix these and try again:" in text
     assert f"{rules}:6: rules.0.when.where.0.op: Input should be 'eq'" in text
     assert "touchhub-lab-" not in text
@@ -325,7 +325,7 @@ def test_the_shipped_sample_events_run_the_whole_reference_journey() -> None:
 def test_the_demo_journey_file_gets_one_line_saying_what_is_expected_and_where_the_sample_is() -> None:
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(SAMPLES / "demo_journey.json"))
     assert result.returncode == 2
-    [problem] = problems(result.stdout)
+    [problem] = problems(result.stderr)
     assert problem.startswith(f"{SAMPLES / 'demo_journey.json'}: a `touchhub demo` journey")
     assert "JSON Lines (one message a line) or as one JSON array" in problem
     assert problem.endswith(str(SAMPLES / "demo_journey.jsonl"))
@@ -342,7 +342,7 @@ def test_one_json_array_of_events_is_read_each_element_at_its_line(tmp_path: Pat
     third = [n for n, line in enumerate(json.dumps(untimed, indent=2).splitlines(), start=1) if line == "  {"][2]
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
     assert result.returncode == 2
-    assert problems(result.stdout) == [f"{events}:{third}: timestamp: missing; the simulated clock needs every event's time"]
+    assert problems(result.stderr) == [f"{events}:{third}: timestamp: missing; the simulated clock needs every event's time"]
 
 
 def test_a_file_that_is_not_json_lines_gets_one_problem_not_one_a_line(tmp_path: Path) -> None:
@@ -350,7 +350,7 @@ def test_a_file_that_is_not_json_lines_gets_one_problem_not_one_a_line(tmp_path:
     events.write_text(json.dumps(cart_left_at_ten(), indent=2)[:-2])  # a copy cut short
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
     assert result.returncode == 2
-    [problem] = problems(result.stdout)
+    [problem] = problems(result.stderr)
     assert problem.startswith(f"{events}:") and "not valid JSON" in problem and "JSON Lines" in problem
 
 
@@ -361,7 +361,7 @@ def test_user_text_is_printed_as_it_is_never_as_markup_or_emoji(tmp_path: Path) 
     events = write_events(folder / ":smile:.jsonl", *[timed] * 99, {"type": "track", "userId": "a", "event": "E"})
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(events))
     assert result.returncode == 2, result.stderr
-    assert problems(result.stdout) == [f"{events}:100: timestamp: missing; the simulated clock needs every event's time"]
+    assert problems(result.stderr) == [f"{events}:100: timestamp: missing; the simulated clock needs every event's time"]
     marked = write_events(tmp_path / "marked.jsonl", *cart_left_at_ten())
     marked.write_text(marked.read_text().replace('"ana"', '"[bold]ana[/] :100:"'))
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(marked))
@@ -375,13 +375,13 @@ def test_no_events_or_no_rules_to_try_exits_2_saying_so(tmp_path: Path) -> None:
     empty.write_text("\n")
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(empty))
     assert result.returncode == 2
-    assert problems(result.stdout)[0].startswith(f"{empty}: no events; give Segment messages")
+    assert problems(result.stderr)[0].startswith(f"{empty}: no events; give Segment messages")
     no_rules = tmp_path / "none.yaml"
     no_rules.write_text("rules:\n  - id: paused\n    enabled: false\n    when: {event: E}\n"
                         "    respond: [{channel: email, template: cart_abandonment.email.j2}]\n")
     result = touchhub("triggers", "test", str(no_rules), str(write_events(tmp_path / "e.jsonl", *cart_left_at_ten())))
     assert result.returncode == 2
-    assert problems(result.stdout)[0].startswith(f"{no_rules}: no rules to try")
+    assert problems(result.stderr)[0].startswith(f"{no_rules}: no rules to try")
 
 
 def test_a_repeated_message_id_is_reported_by_line_and_not_counted(tmp_path: Path) -> None:
@@ -405,16 +405,16 @@ def test_problems_name_the_users_rules_file_and_events_file_at_their_lines(tmp_p
                      "    respond:\n      - channel: emial\n        template: cart_abandonment.email.j2\n")
     result = touchhub("triggers", "test", str(rules), str(events))
     assert result.returncode == 2
-    assert problems(result.stdout) == [
+    assert problems(result.stderr) == [
         f"{rules}:5: rule 'r1': channel 'emial' has no route in routes.yaml; "
         "use one of chat, crm, email, push, sms, webhook or add a route for it"
     ]
     rules.write_text(rules.read_text().replace("emial", "email").replace("cart_abandonment.email.j2", "nope.j2"))
     result = touchhub("triggers", "test", str(rules), str(events))
     assert result.returncode == 2
-    [problem] = problems(result.stdout)
+    [problem] = problems(result.stderr)
     assert problem.startswith(f"{rules}:6: template: {PROJECT_MAPPINGS / 'templates' / 'nope.j2'}: TemplateNotFound")
-    assert "touchhub-lab-" not in result.stdout
+    assert "touchhub-lab-" not in result.stderr
     nobody = write_events(tmp_path / "nobody.jsonl", *cart_left_at_ten(
         {"type": "track", "userId": "null", "event": "Product Viewed", "timestamp": "2026-01-05T10:05:00Z"}))
     result = touchhub("triggers", "test", str(PROJECT_MAPPINGS / "triggers.yaml"), str(nobody))
@@ -433,7 +433,7 @@ def test_reading_the_store_elsewhere_says_which_database_it_looked_for_and_creat
     result = touchhub(*command, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
-    assert problems(result.stdout) == [
+    assert problems(result.stderr) == [
         f"HUB_DATABASE_URL=sqlite:///var/hub.db: no database file at {tmp_path / 'var' / 'hub.db'} "
         f"(a relative path is read from the current folder, {tmp_path})",
         "run this from the hub's folder (where `touchhub serve` runs), or set HUB_DATABASE_URL to the hub's store",
@@ -449,8 +449,8 @@ def test_decisions_explain_on_an_unmigrated_database_points_to_migrate(tmp_path:
     result = touchhub("decisions", "explain", "some-id", HUB_DATABASE_URL=f"sqlite:///{database}")
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
-    assert problems(result.stdout)[0] == f"HUB_DATABASE_URL=sqlite:///{database}: it has no hub schema (no decisions table)"
-    assert "`touchhub migrate`" in problems(result.stdout)[1]
+    assert problems(result.stderr)[0] == f"HUB_DATABASE_URL=sqlite:///{database}: it has no hub schema (no decisions table)"
+    assert "`touchhub migrate`" in problems(result.stderr)[1]
     assert sorted(tmp_path.iterdir()) == before  # looked at, nothing written beside it
 
 
@@ -462,8 +462,8 @@ def test_reading_a_store_an_older_hub_made_points_to_migrate(tmp_path: Path) -> 
     store.dispose()
     result = touchhub("deliveries", "list", HUB_DATABASE_URL=f"sqlite:///{tmp_path}/old.db")
     assert result.returncode == 2 and "Traceback" not in result.stdout + result.stderr
-    assert problems(result.stdout)[0] == f"HUB_DATABASE_URL=sqlite:///{tmp_path}/old.db: it has an older hub's schema"
-    assert "`touchhub migrate`" in problems(result.stdout)[1]
+    assert problems(result.stderr)[0] == f"HUB_DATABASE_URL=sqlite:///{tmp_path}/old.db: it has an older hub's schema"
+    assert "`touchhub migrate`" in problems(result.stderr)[1]
 
 
 def test_decisions_explain_of_an_unknown_id_says_where_ids_are_listed(tmp_path: Path) -> None:
@@ -471,8 +471,8 @@ def test_decisions_explain_of_an_unknown_id_says_where_ids_are_listed(tmp_path: 
     assert touchhub("migrate", HUB_DATABASE_URL=url).returncode == 0
     result = touchhub("decisions", "explain", "nope", HUB_DATABASE_URL=url)
     assert result.returncode == 1
-    assert f"No decision 'nope' in {url}." in result.stdout
-    assert "GET /api/decisions" in result.stdout
+    assert f"No decision 'nope' in {url}." in result.stderr
+    assert "GET /api/decisions" in result.stderr
 
 
 def test_an_event_the_pipeline_fails_on_is_listed_and_the_run_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

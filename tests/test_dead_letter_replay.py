@@ -126,7 +126,7 @@ def test_cli_lists_the_dlq_and_replays_all_of_one_destination(running_hub: Runni
     assert touchhub(running_hub, "replay").returncode == 2  # neither an id nor --all
     sent_id = running_hub.admin("/api/deliveries", channel="sms")["deliveries"][0]["delivery_id"]
     refused = touchhub(running_hub, "replay", sent_id)
-    assert refused.returncode == 1 and "only dead or failed" in refused.stdout
+    assert refused.returncode == 1 and "only dead or failed" in refused.stderr
 
 
 def test_delivery_log_filters_by_destination_channel_and_time(running_hub: RunningHub) -> None:

@@ -115,7 +115,7 @@ def test_a_forgotten_persons_dead_message_is_withdrawn_and_never_replayed(runnin
         f"delivery {dead['delivery_id']!r} was to a person since forgotten (erased on request); it is never sent again"
     )
     cli: subprocess.CompletedProcess[str] = touchhub(running_hub, "replay", dead["delivery_id"])
-    assert cli.returncode == 1 and "since forgotten (erased on request); it is never sent again" in cli.stdout
+    assert cli.returncode == 1 and "since forgotten (erased on request); it is never sent again" in cli.stderr
     running_hub.settle()
     [still] = running_hub.admin("/api/deliveries", channel="sms")["deliveries"]
     assert still["status"] == "failed" and running_hub.sandbox.twilio.message_count == 0

@@ -236,7 +236,7 @@ def test_profiles_show_prints_traits_identifiers_and_merged_ids_masked_unless_as
     assert "ana@x.io" in shown.stdout and "+14155550142" in shown.stdout
     missing = show("email:nobody@x.io")
     assert missing.returncode == 1
-    assert "No profile 'email:nobody@x.io'" in missing.stdout and "TYPE:VALUE" in missing.stdout
+    assert "No profile 'email:nobody@x.io'" in missing.stderr and "TYPE:VALUE" in missing.stderr
 
 
 def test_an_email_typed_with_a_decomposed_accent_is_one_identifier() -> None:

@@ -190,7 +190,7 @@ def test_cli_explain_prints_the_graph_with_masked_pii(store: Store, tmp_path: Pa
     assert "merges (1)" in result.stdout and f"{bo} merged via" in result.stdout
     assert "a***@x.io" in result.stdout and "ana@x.io" not in result.stdout
     missing = subprocess.run([TOUCHHUB, "profiles", "explain", "nope"], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
-    assert missing.returncode == 1 and "No profile" in missing.stdout
+    assert missing.returncode == 1 and "No profile" in missing.stderr
 
 
 def test_profiles_explain_cuts_push_tokens_short_as_the_delivery_log_does() -> None:
