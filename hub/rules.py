@@ -96,7 +96,8 @@ class Predicate(_Strict):
     value: Any = Field(
         None,
         description="`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
-        "`exists` takes true or false (left out: true); `matches` a regular expression (Python `re` syntax: the hub "
+        "`exists` takes true or false (left out: true; on a projection such as `properties.products[*].coupon`, true when "
+        "some element has the field); `matches` a regular expression (Python `re` syntax: the hub "
         "refuses the file if it does not compile).",
     )
 

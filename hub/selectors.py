@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
+import jmespath
 from jmespath.parser import ParsedResult
 
 from hub import paths
@@ -89,6 +90,28 @@ class _Lenient:
             return None
 
 
+def _present(path: str, actual: Any) -> bool:
+    """Whether the field is there: a projection (`properties.products[*].coupon`) that picks nothing gives `[]`
+    where a plain field gives None, so `exists: true` on it held for a cart with no coupon at all. A plain field
+    sent as `[]` is still there."""
+    return actual is not None and not (actual == [] and _projects(path))
+
+
+_PROJECTIONS = frozenset({"projection", "value_projection", "filter_projection", "flatten"})
+
+
+@lru_cache(maxsize=1024)
+def _projects(path: str) -> bool:
+    """Whether the field's expression picks from a list or an object's values, anywhere in it."""
+    pending = [jmespath.compile(path).parsed]
+    while pending:
+        node = pending.pop()
+        if node["type"] in _PROJECTIONS:
+            return True
+        pending.extend(node.get("children", ()))
+    return False
+
+
 @lru_cache(maxsize=256)
 def _pattern(expression: str) -> re.Pattern[str]:
     return re.compile(expression)
@@ -103,7 +126,7 @@ def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
     try:
         match predicate.op:
             case "exists":
-                return (actual is not None) == (expected is not False)
+                return _present(predicate.field, actual) == (expected is not False)
             case "eq":
                 return paths.equals(actual, expected)
             case "ne":

@@ -233,6 +233,17 @@ def test_a_where_function_the_events_data_does_not_suit_does_not_hold_and_raises
     assert evaluate(tp("Product Viewed", tags="b"), "p", counted, history) == []  # no value: not a distinct one
 
 
+def test_exists_on_a_projection_holds_only_when_some_element_has_the_field() -> None:
+    """`exists: true` on `properties.products[*].coupon` held for a cart without a single coupon: the projection
+    gives `[]`, not null. A plain field sent as `[]` is still there."""
+    rule = {"id": "r", "respond": RESPOND, "when": {
+        "event": "Cart Viewed", "where": [{"field": "properties.products[*].coupon", "op": "exists"}]}}
+    assert evaluate(tp("Cart Viewed", products=[{"sku": "a"}]), "p", rules(rule), RecordedHistory()) == []
+    assert len(evaluate(tp("Cart Viewed", products=[{"sku": "a", "coupon": "X"}]), "p", rules(rule), RecordedHistory())) == 1
+    plain = {"id": "r", "respond": RESPOND, "when": {"event": "Cart Viewed", "where": [{"field": "properties.tags", "op": "exists"}]}}
+    assert len(evaluate(tp("Cart Viewed", tags=[]), "p", rules(plain), RecordedHistory())) == 1
+
+
 def test_count_within_a_sliding_window_optionally_distinct_by_a_field() -> None:
     def rule(distinct: str | None) -> list:
         return rules({"id": "r", "respond": RESPOND, "when": {"count": {
