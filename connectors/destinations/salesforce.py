@@ -5,7 +5,8 @@ One delivery on the ``crm`` channel (target: the hub's profile id) becomes:
 1. an upsert of a Lead (or Contact) keyed by an external-id field holding the
    profile id, with the mapped field values and the decision's intent, and
 2. when the action asks for it, a Task for the record's owner, upserted by an
-   external-id field holding the delivery id.
+   external-id field holding the delivery id. A queue may own a Lead but never
+   a Task: when a queue owns the record, the Task goes to the integration user.
 
 Both writes are keyed upserts, so a retry or a replay after a lost answer
 updates the same records instead of creating duplicates.
@@ -44,10 +45,12 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
+from weakref import WeakKeyDictionary
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -62,6 +65,7 @@ from simple_salesforce.exceptions import (
 
 from connectors.base import Destination
 from connectors.destinations.requests_transport import VendorAdapter
+from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
     DeliveryError,
@@ -70,7 +74,7 @@ from hub.errors import (
     RetryableDeliveryError,
 )
 from hub.model import ERASURE, Delivery, SendResult
-from hub.retry import outcome_for_status
+from hub.retry import outcome_for_status, parse_retry_after
 
 # Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
 # acme--uat.sandbox.my.salesforce.com.
@@ -96,6 +100,20 @@ SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "STRING_TOO_LONG": PermanentDeliveryError,
     "NOT_FOUND": PermanentDeliveryError,
 }
+# Two sends for one new person both find no record keyed by the profile id and both insert: Salesforce refuses
+# the later with 400 DUPLICATE_VALUE naming the external-id field. Trying again updates the winner's record; a
+# duplicate of any other unique field is the data's, and stays permanent.
+LOST_RACE_CODE = "DUPLICATE_VALUE"
+# Login refusals that say Salesforce, not our credentials, is at fault. Its token endpoint answers a passing
+# fault with HTTP 500 {"error": "unknown_error", "error_description": "retry your request"}, and
+# simple-salesforce passes on the error code without the status.
+RETRYABLE_LOGIN_ERRORS = frozenset({"unknown_error", "server_error", "temporarily_unavailable"})
+RETRY_YOUR_REQUEST = "retry your request"
+USER_ID_PREFIX = "005"  # a User's record id; a queue (a Group) is 00G, and may own a Lead but not a Task
+# The Retry-After of the answer each refusal was made of (`_retry_after_kept`), while the refusal lives:
+# simple-salesforce's exceptions keep an answer's status and body, not its headers.
+_RETRY_AFTER: WeakKeyDictionary[SalesforceError, str] = WeakKeyDictionary()
+_last_answer = threading.local()  # per thread: the Retry-After of its last Salesforce answer (`_note_retry_after`)
 # Salesforce answers 404 NOT_FOUND both for no such record and for an external-id field the integration user
 # cannot see; only the message tells them apart. The first means erased, the second a setup to fix.
 NO_SUCH_FIELD = "Provided external ID field does not exist"
@@ -189,6 +207,7 @@ class SalesforceDestination(Destination):
         self.settings = config
         self.session = requests.Session()
         self.session.mount("https://", VendorAdapter(SALESFORCE_ORIGIN, config.timeout_seconds, config.api_base_url))
+        self.session.hooks["response"].append(_note_retry_after)
         self._login_lock = threading.Lock()
         self._salesforce: Salesforce | None = None
 
@@ -244,11 +263,12 @@ class SalesforceDestination(Destination):
         return erasure if erasure.sobject else erasure.model_copy(update={"sobject": self.settings.sobject})
 
     def send(self, delivery: Delivery) -> SendResult:
-        if ERASURE in delivery.content:
-            erasure = self.erasure(delivery)
-            return self._signed_in(lambda client: self._erase(client, erasure))
-        update = self.plan(delivery)
-        return self._signed_in(lambda client: self._write(client, update))
+        with _retry_after_kept():
+            if ERASURE in delivery.content:
+                erasure = self.erasure(delivery)
+                return self._signed_in(lambda client: self._erase(client, erasure))
+            update = self.plan(delivery)
+            return self._signed_in(lambda client: self._write(client, update))
 
     def _signed_in(self, call: Callable[[Salesforce], SendResult]) -> SendResult:
         """`call` with the logged-in client, and once more after a fresh login if the session had expired."""
@@ -265,23 +285,29 @@ class SalesforceDestination(Destination):
     def classify(self, error: Exception) -> DeliveryError:
         """simple-salesforce's exceptions by Salesforce errorCode first, HTTP status second."""
         if isinstance(error, SalesforceAuthenticationFailed):
-            # A login endpoint that is down answers non-JSON; the code is then its HTTP status.
-            outcome = RetryableDeliveryError if isinstance(error.code, int) and error.code >= 500 else AuthDeliveryError
+            outcome = RetryableDeliveryError if _login_may_pass(error) else AuthDeliveryError
             return outcome(DeliveryFailure(
                 error_class=f"salesforce.login.{error.code}", message=f"Salesforce login refused: {error.auth_message}",
-                provider_code=str(error.code),
+                provider_code=str(error.code), retry_after=_retry_after_of(error),
             ))
         if isinstance(error, SalesforceError):
             code = _error_code(error)
-            outcome = SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(error.status)
             detail = error.content[0].get("message") if code else error.content
-            return outcome(DeliveryFailure(
+            return self._outcome(error, code)(DeliveryFailure(
                 error_class=f"salesforce.{code or error.status}",
                 message=f"Salesforce {error.status} {code}: {detail}",
                 provider_code=code,
+                retry_after=_retry_after_of(error),
                 response_summary={"status": error.status, "errorCode": code},
             ))
         return super().classify(error)
+
+    def _outcome(self, error: SalesforceError, code: str | None) -> type[DeliveryError]:
+        """By errorCode, then HTTP status; a DUPLICATE_VALUE on the profile's external-id field is a lost insert
+        race, not bad data. `_carry_over` handles its own, so one that gets here came from the record's upsert."""
+        if code == LOST_RACE_CODE and _names_field(error, self.settings.external_id_field):
+            return RetryableDeliveryError
+        return SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(error.status)
 
     def _client(self, expired: Salesforce | None = None) -> Salesforce:
         """A logged-in client; logs in again only if `expired` is still the current one (threads share it)."""
@@ -315,12 +341,31 @@ class SalesforceDestination(Destination):
             summary["carried_over_from"] = carried_from
         if update.task is not None:
             record = record_type.get_by_custom_id(key_field, update.external_id)
-            task = {**update.task, "WhoId": record["Id"], "OwnerId": record["OwnerId"]}
-            task_field = self.settings.task_external_id_field
-            task_answer = client.Task.upsert(f"{task_field}/{quote(update.task_key, safe='')}", task, raw_response=True)
-            summary["task_id"] = task_answer.json()["id"] if task_answer.content else None
+            summary.update(self._add_task(client, update, record))
             record_id = record["Id"]
         return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
+
+    def _add_task(self, client: Salesforce, update: CrmUpdate, record: dict[str, Any]) -> dict[str, Any]:
+        """Upsert the update's Task on `record`, for its owner; returns what the attempt's summary keeps of it.
+
+        Assignment rules often hand new Leads to a queue, which may own a Lead
+        but never a Task (Salesforce refuses the Task). Such a Task is sent
+        without an owner, so Salesforce gives it to the integration user, and
+        the summary says why, rather than failing the whole CRM update.
+        """
+        assert update.task is not None
+        task = {**update.task, "WhoId": record["Id"]}
+        summary: dict[str, Any] = {}
+        owner = record.get("OwnerId") or ""
+        if owner.startswith(USER_ID_PREFIX):
+            task["OwnerId"] = owner
+        else:
+            summary["task_owner"] = (f"integration user: the {update.sobject}'s owner {owner or '(none)'} is not a "
+                                     "user, and a queue cannot own a Task")
+        task_field = self.settings.task_external_id_field
+        answer = client.Task.upsert(f"{task_field}/{quote(update.task_key, safe='')}", task, raw_response=True)
+        summary["task_id"] = answer.json()["id"] if answer.content else None
+        return summary
 
     def _erase(self, client: Salesforce, erasure: CrmErasure) -> SendResult:
         """Delete the record keyed by the erasure's external id; one already gone counts as erased (a retry
@@ -375,6 +420,47 @@ class SalesforceDestination(Destination):
 def _problems(where: str, exc: ValidationError) -> list[str]:
     """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`)."""
     return [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+
+
+def _login_may_pass(error: SalesforceAuthenticationFailed) -> bool:
+    """A login refusal that says Salesforce is at fault for now, so trying later may pass."""
+    if isinstance(error.code, int):  # a login endpoint that is down answers non-JSON; the code is then its status
+        return error.code >= 500
+    return error.code in RETRYABLE_LOGIN_ERRORS or RETRY_YOUR_REQUEST in error.auth_message.lower()
+
+
+def _names_field(exc: SalesforceError, field: str) -> bool:
+    """Whether a REST error is about `field`: in its ``fields``, or named in its message (Salesforce often leaves
+    ``fields`` empty on a DUPLICATE_VALUE: "duplicate value found: <field> duplicates value on record with id")."""
+    error = exc.content[0]
+    return field in (error.get("fields") or ()) or field in str(error.get("message")).split()
+
+
+def _note_retry_after(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Session response hook: keep this thread's last answer's Retry-After, for `_retry_after_kept`."""
+    _last_answer.retry_after = response.headers.get("Retry-After")
+
+
+@contextmanager
+def _retry_after_kept() -> Iterator[None]:
+    """Note the Retry-After of the answer behind a refusal raised in the block, for `classify`.
+
+    simple-salesforce raises right after the answer it reads a refusal from,
+    so this thread's last answer is that one. `classify` may run on another
+    thread (the engine's loop), so the header is kept by the exception.
+    """
+    _last_answer.retry_after = None
+    try:
+        yield
+    except SalesforceError as exc:
+        if _last_answer.retry_after:
+            _RETRY_AFTER[exc] = _last_answer.retry_after
+        raise
+
+
+def _retry_after_of(error: SalesforceError) -> float | None:
+    """Seconds the answer behind `error` asked us to wait (Retry-After), if it did."""
+    return parse_retry_after(_RETRY_AFTER.get(error), utcnow())
 
 
 def _no_such_record(exc: SalesforceError) -> bool:

@@ -22,14 +22,19 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
   update (API v46.0 and later).
 * Update is ``PATCH /sobjects/{type}/{id}``: 204 and no body. External-id
   fields here are unique, so a value another record of the type already
-  holds is refused with 400 ``DUPLICATE_VALUE``.
+  holds is refused with 400 ``DUPLICATE_VALUE``. So is an upsert that loses
+  a race: two that insert one new external-id value at once (`lose_next_race`).
 * Delete is ``DELETE /sobjects/{type}/{externalIdField}/{value}``: 204 and
   no body; a value no record holds is 404 ``NOT_FOUND``. A Lead's or
   Contact's activities (Tasks whose ``WhoId`` is the record) go with it.
 * Record ids are 18 characters whose first three name the object type
-  (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User).
+  (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User, ``00G`` a
+  queue). A queue may own a Lead (`assign_to_queue`), never a Task.
+* A login may fail for a moment: HTTP 500 ``unknown_error`` "retry your
+  request" (`fail_next_login`).
 
-Injected faults apply to ``/services/data`` calls only, never to login.
+Injected faults (`fail_next`) apply to ``/services/data`` calls only, never to
+login; `fail_next_login` fails logins.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import json
 import re
 import secrets
 import string
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connectors.sandbox.recording import (
+    Fault,
     IssuedTokens,
     RecordingFake,
     basic_credentials,
@@ -67,7 +74,7 @@ SANDBOX_USERNAME = "integration@touchhub.example"
 SANDBOX_PASSWORD = "sandbox-password"
 SANDBOX_INSTANCE = "touchhub-sandbox.my.salesforce.com"
 
-ID_PREFIXES = {"Lead": "00Q", "Contact": "003", "Task": "00T", "User": "005", "Account": "001"}
+ID_PREFIXES = {"Lead": "00Q", "Contact": "003", "Task": "00T", "User": "005", "Account": "001", "Group": "00G"}
 STANDARD_FIELDS = {
     "Lead": {"FirstName", "LastName", "Company", "Email", "Phone", "MobilePhone", "LeadSource", "Status",
              "Description", "Title", "OwnerId"},
@@ -78,6 +85,7 @@ STANDARD_FIELDS = {
 REQUIRED_ON_CREATE = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Task": ()}
 # Reference fields and the object types their ids may point at.
 REFERENCES = {"OwnerId": ("User",), "WhoId": ("Lead", "Contact"), "AccountId": ("Account",)}
+QUEUE_OWNED = {"Lead"}  # object types a queue (a Group) may own; never an activity such as a Task
 RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 ID_ALPHABET = string.ascii_letters + string.digits
 
@@ -119,6 +127,9 @@ class FakeSalesforce(RecordingFake):
             if custom.external_id:
                 self.external_ids[custom.sobject].add(custom.name)
         self.owner_id = new_record_id("User")
+        self.queue_id = new_record_id("Group")
+        self._login_faults: deque[Fault] = deque()
+        self._races = 0
         self.sessions = IssuedTokens(lambda: "00D" + secrets.token_hex(8) + "!" + secrets.token_urlsafe(48))
         self._records: dict[str, dict[str, dict[str, Any]]] = {sobject: {} for sobject in STANDARD_FIELDS}
 
@@ -139,12 +150,42 @@ class FakeSalesforce(RecordingFake):
     def expire_sessions(self) -> None:
         self.sessions.revoke_all()
 
+    def fail_next_login(self, status: int, error: str, description: str, **fields: Any) -> None:
+        """Answer the next logins with this OAuth error (`Fault`'s `times`, `retry_after`, `delay_seconds` apply),
+        such as the 500 ``unknown_error`` "retry your request" Salesforce's token endpoint gives on a passing fault."""
+        fault = Fault(status=status, code=error, message=description, **fields)
+        with self._lock:
+            self._login_faults.extend([fault] * fault.times)
+
+    def lose_next_race(self) -> None:
+        """Make the next upsert that would insert lose a race: another request inserts the same external id
+        first, and this one is refused with 400 ``DUPLICATE_VALUE``, as when two sends create one person at once."""
+        with self._lock:
+            self._races += 1
+
+    def assign_to_queue(self, record_id: str) -> None:
+        """Give a Lead to the org's queue, as a Lead assignment rule does."""
+        self._write("Lead", record_id, {"OwnerId": self.queue_id})
+
     def reset(self) -> None:
         super().reset()
         self.sessions.reset()
         with self._lock:
+            self._login_faults.clear()
+            self._races = 0
             for records in self._records.values():
                 records.clear()
+
+    def _next_login_fault(self) -> Fault | None:
+        with self._lock:
+            return self._login_faults.popleft() if self._login_faults else None
+
+    def _loses_race(self) -> bool:
+        with self._lock:
+            if self._races == 0:
+                return False
+            self._races -= 1
+            return True
 
     def _find(self, sobject: str, field: str, value: str) -> dict[str, Any] | None:
         with self._lock:
@@ -153,7 +194,7 @@ class FakeSalesforce(RecordingFake):
     def _exists(self, record_id: str) -> bool:
         with self._lock:
             return any(record_id[:15] in {i[:15] for i in records} for records in self._records.values()) or (
-                record_id[:15] == self.owner_id[:15]
+                record_id[:15] in (self.owner_id[:15], self.queue_id[:15])
             )
 
     def _write(self, sobject: str, record_id: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -184,6 +225,19 @@ def salesforce_errors(status: int, code: str, message: str, fields: list[str] | 
     return JSONResponse([{"message": message, "errorCode": code, "fields": fields or []}], status, headers)
 
 
+def duplicate_value(field: str, holder_id: str) -> Response:
+    """Salesforce's refusal of a unique field's value another record holds; its ``fields`` list stays empty."""
+    return salesforce_errors(
+        400, "DUPLICATE_VALUE", f"duplicate value found: {field} duplicates value on record with id: {holder_id}"
+    )
+
+
+def reference_types(sobject: str, field: str) -> tuple[str, ...]:
+    """The object types a reference field of `sobject` may point at: a queue may own a Lead, never a Task."""
+    queue = ("Group",) if field == "OwnerId" and sobject in QUEUE_OWNED else ()
+    return REFERENCES[field] + queue
+
+
 @dataclass(frozen=True)
 class _Call:
     sobject: str
@@ -204,7 +258,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             if field in REFERENCES and value is not None:
                 if not isinstance(value, str) or not RECORD_ID.fullmatch(value):
                     return salesforce_errors(400, "MALFORMED_ID", f"{field}: id value of incorrect type: {value}", [field])
-                if value[:3] not in {ID_PREFIXES[t] for t in REFERENCES[field]} or not fake._exists(value):
+                if value[:3] not in {ID_PREFIXES[t] for t in reference_types(sobject, field)} or not fake._exists(value):
                     return salesforce_errors(
                         400, "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}", [field]
                     )
@@ -224,6 +278,9 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         existing = fake._find(call.sobject, field, value)
         if problem := problem_with(call.sobject, call.body, creating=existing is None):
             return problem
+        if existing is None and fake._loses_race():
+            rival = fake._write(call.sobject, new_record_id(call.sobject), {**call.body, field: value})
+            return duplicate_value(field, rival["Id"])
         record_id = existing["Id"] if existing else new_record_id(call.sobject)
         fake._write(call.sobject, record_id, {**call.body, field: value})
         result = {"id": record_id, "success": True, "errors": [], "created": existing is None}
@@ -271,10 +328,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         for field in fake.external_ids[call.sobject] & set(call.body):
             holder = fake._find(call.sobject, field, call.body[field])
             if holder is not None and holder["Id"] != record_id:
-                return salesforce_errors(
-                    400, "DUPLICATE_VALUE", f"duplicate value found: {field} duplicates value on record with id: "
-                    f"{holder['Id']}", [field],
-                )
+                return duplicate_value(field, holder["Id"])
         fake._write(call.sobject, record_id, call.body)
         return Response(status_code=204)
 
@@ -317,8 +371,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
 
         return endpoint
 
-    async def token(request: Request) -> Response:
-        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    def login(request: Request, form: dict[str, str]) -> Response:
+        """The OAuth token endpoint's answer to a grant: a session, or RFC 6749's error shape."""
         grant = form.get("grant_type", "")
         if grant == "password":
             client = (form.get("client_id"), form.get("client_secret"))
@@ -328,20 +382,29 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         else:
             return oauth_error("unsupported_grant_type", "grant type not supported")
         if client != (fake.consumer_key, fake.consumer_secret):
-            answer = oauth_error("invalid_client_id", "client identifier invalid")
-        elif user != (fake.username, fake.password):
-            answer = oauth_error("invalid_grant", "authentication failure")
+            return oauth_error("invalid_client_id", "client identifier invalid")
+        if user != (fake.username, fake.password):
+            return oauth_error("invalid_grant", "authentication failure")
+        return JSONResponse({
+            "access_token": fake.sessions.issue(),
+            "instance_url": fake.instance_url,
+            "id": f"https://login.salesforce.com/id/00D5a0000000001/{fake.owner_id}",
+            "token_type": "Bearer",
+            "issued_at": str(int(utcnow().timestamp() * 1000)),
+            "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
+        })
+
+    async def token(request: Request) -> Response:
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        fault = fake._next_login_fault()
+        if fault is not None:
+            answer = await fault_answer(fault, lambda f, headers: JSONResponse(
+                {"error": f.code, "error_description": f.message}, f.status, headers
+            ))
         else:
-            answer = JSONResponse({
-                "access_token": fake.sessions.issue(),
-                "instance_url": fake.instance_url,
-                "id": f"https://login.salesforce.com/id/00D5a0000000001/{fake.owner_id}",
-                "token_type": "Bearer",
-                "issued_at": str(int(utcnow().timestamp() * 1000)),
-                "signature": base64.b64encode(secrets.token_bytes(32)).decode(),
-            })
-        fake._record({"method": "POST", "path": request.url.path, "json": {"grant_type": grant},
-                      "status": answer.status_code, "fault": False})
+            answer = login(request, form)
+        fake._record({"method": "POST", "path": request.url.path, "json": {"grant_type": form.get("grant_type", "")},
+                      "status": answer.status_code, "fault": fault is not None})
         return answer
 
     data = "/services/data/v{version}/sobjects/{sobject}"
