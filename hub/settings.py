@@ -28,6 +28,8 @@ PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages c
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
+# The most HUB_MAX_BATCH_BYTES may be: a batch is held in memory whole, decoded and (refused) quarantined.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 # A URL others must follow (a webhook receiver, this hub as providers and recipients reach it): a scheme and a host.
 HTTP_URL_PATTERN = r"^https?://[^\s/]+"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
@@ -61,7 +63,13 @@ class HubSettings(BaseSettings):
         SecretStr(DEVELOPMENT_ADMIN_TOKEN),
         description="Bearer token holding every admin scope; empty turns it off (API keys only, `touchhub keys`).",
     )
-    max_body_bytes: int = Field(512 * 1024, gt=0, description="Largest accepted request body, after gunzip.")
+    max_body_bytes: int = Field(
+        512 * 1024, gt=0, description="Largest accepted request body, after gunzip (batches: HUB_MAX_BATCH_BYTES)."
+    )
+    max_batch_bytes: int = Field(
+        4 * 1024 * 1024, gt=0, le=MAX_BATCH_BYTES,
+        description="Largest accepted body of /v1/batch and /v1/b, after gunzip: RudderStack's SDKs and server go to 4 MiB.",
+    )
     default_phone_region: str = Field(
         "US", description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."
     )

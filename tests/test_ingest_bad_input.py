@@ -85,7 +85,7 @@ def test_batch_without_any_valid_item_is_400_with_the_list(running_hub: RunningH
     assert quarantine(running_hub)[0]["stage"] == "ingest"
 
 
-@pytest.mark.hub_settings(max_body_bytes=2048)
+@pytest.mark.hub_settings(max_batch_bytes=2048)
 def test_body_over_the_limit_is_413(running_hub: RunningHub) -> None:
     big = message(**VALID, properties={"blob": "x" * 4096})
     answer = running_hub.send(big)
@@ -93,7 +93,7 @@ def test_body_over_the_limit_is_413(running_hub: RunningHub) -> None:
     assert "2048-byte limit" in answer.json()["error"]
 
 
-@pytest.mark.hub_settings(max_body_bytes=4096)
+@pytest.mark.hub_settings(max_batch_bytes=4096)
 def test_gzip_bomb_is_413(running_hub: RunningHub) -> None:
     bomb = gzip.compress(json.dumps({"batch": [message(**VALID, properties={"x": "a" * 100_000})]}).encode())
     assert len(bomb) < 4096
@@ -252,7 +252,7 @@ def test_multi_member_gzip_body_is_read_whole(running_hub: RunningHub) -> None:
     assert answer.json()["accepted"] == 2
 
 
-@pytest.mark.hub_settings(max_body_bytes=4096)
+@pytest.mark.hub_settings(max_batch_bytes=4096)
 def test_size_limit_counts_every_gzip_member(running_hub: RunningHub) -> None:
     member = gzip.compress(b" " * 3000)
     answer = post_body(running_hub, member + member, **{"Content-Encoding": "gzip"})

@@ -79,8 +79,8 @@ def test_refused_requests_are_counted_by_reason(running_hub: RunningHub) -> None
     the source could not parse and bad items were."""
     before = rejected(running_hub)
     assert running_hub.send(message(userId="u-1", event="x"), write_key="stale-key").status_code == 401
-    big = {"batch": [message(userId="u-1", event="x", properties={"pad": "x" * (600 * 1024)})]}
-    assert running_hub.client.post("/v1/batch", json=big, auth=(WRITE_KEY, "")).status_code == 413
+    big = message(userId="u-1", event="x", properties={"pad": "x" * (600 * 1024)})
+    assert running_hub.client.post("/v1/track", json=big, auth=(WRITE_KEY, "")).status_code == 413
     assert added(before, rejected(running_hub)) == {("unknown", "auth"): 1, ("unknown", "too_large"): 1}
 
 

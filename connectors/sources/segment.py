@@ -58,6 +58,17 @@ TIME_FIELDS = ("timestamp", "originalTimestamp", "sentAt")
 OBJECT_FIELDS = ("properties", "traits", "context")
 # Fields each message type cannot do without, beyond the user/anonymous id.
 REQUIRED_BY_TYPE = {"track": "event", "alias": "previousId", "group": "groupId"}
+# analytics.js (@segment/analytics-next) pointed at the hub with `apiHost` posts each call to the first letter of
+# its type, and a batch to /b, as text/plain with the writeKey in the body: last path segment -> message type,
+# None for a batch. hub/api/ingest.py serves /v1/<key> for each key.
+ANALYTICS_JS_PATHS: dict[str, str | None] = {
+    "t": "track", "p": "page", "i": "identify", "a": "alias", "g": "group", "s": "screen", "b": None,
+}
+# What a batch may carry for all its messages (Segment's batch API, analytics-java), each message's own values
+# winning key by key.
+BATCH_SHARED_FIELDS = ("context", "integrations")
+# Fields about one sending of a message, not the message: a resend (an SDK's retry) changes them.
+TRANSPORT_FIELDS = frozenset({"sentAt", "receivedAt", "writeKey", "_metadata"})
 
 
 class SegmentConfig(BaseModel):
@@ -109,19 +120,15 @@ class SegmentSource(Source):
     def parse(self, request: InboundRequest) -> ParseResult:
         document = _json_object(request.body)
         message_type = _message_type(request.path, document)
+        check_text = may_hold_unstorable_text(request.body)
+        check_depth = may_nest_too_deep(request.body, document)
         if message_type is None:
-            batch = document.get("batch")
-            if not isinstance(batch, list):
-                raise BadPayloadError("batch: the body must be a JSON object with a 'batch' array of messages")
-            items = batch
+            items = _batch_messages(document, check_depth)
         else:
             items = [{**document, "type": document.get("type") or message_type or None}]
         received_at = datetime.now(timezone.utc)
-        batch_sent_at = (document.get("sentAt") if message_type is None else None) or _latest_if_ahead(items, received_at)
-        check_text = may_hold_unstorable_text(request.body)
-        check_depth = may_nest_too_deep(request.body, document)
-        if check_depth and message_type is None:  # a single message is its own envelope
-            refuse_deep_envelope(document, items)
+        sent_at = _batch_sent_at(document) if message_type is None else None
+        batch_sent_at = sent_at or _latest_if_ahead(items, received_at)
         result = ParseResult()
         for index, item in enumerate(items):
             taken = take_message(
@@ -161,6 +168,48 @@ def take_message(
     return RawEvent(source_id, _message_id(item), item)
 
 
+def _batch_messages(document: dict[str, Any], check_depth: bool) -> list[Any]:
+    """The messages of a batch, each under the batch's own `context` and `integrations`: analytics-java sends the
+    library's context (device id, push token) once, at the top of the batch, for every message in it."""
+    batch = document.get("batch")
+    if not isinstance(batch, list):
+        raise BadPayloadError("batch: the body must be a JSON object with a 'batch' array of messages")
+    if check_depth:
+        refuse_deep_envelope(document, batch)
+    return _under_batch_fields(document, batch)
+
+
+def _under_batch_fields(document: dict[str, Any], batch: list[Any]) -> list[Any]:
+    """Each message laid over the batch's `BATCH_SHARED_FIELDS`; the batch as it is when it has none (most)."""
+    shared = {name: document[name] for name in BATCH_SHARED_FIELDS if name in document}
+    if not shared:
+        return batch
+    for name, value in shared.items():
+        if not isinstance(value, dict):
+            raise BadPayloadError(f"{name}: the batch's {name} must be a JSON object; it applies to every message")
+    return [_deep_merged(shared, item) if isinstance(item, dict) else item for item in batch]
+
+
+def _deep_merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """`own` laid over `base`, objects merged key by key, so a message's own `context.device` keeps the batch's
+    `context.library`."""
+    merged = dict(base)
+    for key, value in own.items():
+        below = merged.get(key)
+        merged[key] = _deep_merged(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def _batch_sent_at(document: dict[str, Any]) -> Any:
+    """The batch's `sentAt` (where analytics-python, analytics-java and RudderStack's SDKs put it), refused when it
+    is no time: ignored, its messages would go uncorrected for the device's clock with no word of why."""
+    sent_at = document.get("sentAt")
+    if "sentAt" in document and not _is_timestamp(sent_at):
+        raise BadPayloadError(f"sentAt: the batch's {sent_at!r} is not an ISO-8601 timestamp; send the time the "
+                              "batch was sent, or no sentAt")
+    return sent_at
+
+
 def basic_auth_user(header: str) -> str | None:
     """The user name of an HTTP Basic Authorization header: where Segment SDKs send the write key."""
     scheme, _, encoded = header.partition(" ")
@@ -178,6 +227,8 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
     last = path.rstrip("/").rsplit("/", 1)[-1]
     if last in MESSAGE_TYPES:
         return last
+    if last in ANALYTICS_JS_PATHS:
+        return ANALYTICS_JS_PATHS[last]
     if last == "batch" or "batch" in document:
         return None
     return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
@@ -196,12 +247,13 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool)
         return [ItemProblem(index, "(message)", f"expected a JSON object, got {type(item).__name__}")]
     problems = []
     kind = item.get("type")
-    if kind not in MESSAGE_TYPES:
+    known = kind in MESSAGE_TYPES
+    if not known:
         reason = "is required" if kind is None else f"{kind!r} is not one of {', '.join(MESSAGE_TYPES)}"
         problems.append(ItemProblem(index, "type", reason))
     if not _present(item.get("userId")) and not _present(item.get("anonymousId")):
         problems.append(ItemProblem(index, "userId", "either userId or anonymousId is required"))
-    required = REQUIRED_BY_TYPE.get(kind)
+    required = REQUIRED_BY_TYPE.get(kind) if known else None  # an object or array `type` is no key of a dict
     if required and not _present(item.get(required)):
         problems.append(ItemProblem(index, required, f"is required for {kind} messages"))
     for name in TIME_FIELDS:
@@ -298,7 +350,8 @@ def _utc(moment: datetime) -> datetime:
 
 
 def _message_id(item: dict[str, Any]) -> str:
-    """The sender's messageId, or a hash of the canonical message so resends still deduplicate."""
+    """The sender's messageId, or a hash of the canonical message so resends still deduplicate: without the
+    fields of its sending (`TRANSPORT_FIELDS`), as an SDK's retry of the event carries a new `sentAt`."""
     if isinstance(item.get("messageId"), str):
         return item["messageId"]
-    return payload_message_id(item)
+    return payload_message_id({key: value for key, value in item.items() if key not in TRANSPORT_FIELDS})

@@ -8,7 +8,8 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hub
@@ -45,6 +46,10 @@ def create_app(hub_instance: Hub, *, run_workers: bool = True) -> FastAPI:
     )
     app.state.hub = hub_instance
     app.add_middleware(AdminAnswersNotStored)
+    app.add_middleware(
+        IngestCors, allow_origins=["*"], allow_methods=["POST", "OPTIONS"],
+        allow_headers=["authorization", "content-type", "anonymousid", "content-encoding"],
+    )
     app.include_router(ingest.router)
     app.include_router(callbacks.router)
     app.include_router(unsubscribe.router)
@@ -110,6 +115,35 @@ class AdminAnswersNotStored:
             await send(message)
 
         await self.app(scope, receive, send_not_stored)
+
+
+class IngestCors(CORSMiddleware):
+    """CORS for the ingest endpoints under /v1/, for SDKs running in web pages, and nothing else.
+
+    analytics.js posts text/plain (no preflight) and reads the answer only if it allows the page's origin;
+    RudderStack's JS SDK sends Basic auth and application/json, which a browser sends only after an OPTIONS
+    preflight. Any origin is allowed, as Segment's API allows it: the write key is public, and no cookie is
+    taken. The admin API and the console stay same-origin. The preflight is a 204, with no body.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/") and _from_a_page(scope):
+            await super().__call__(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        answer = super().preflight_response(request_headers)
+        if answer.status_code != 200:
+            return answer
+        return Response(status_code=204, headers={name: value for name, value in answer.headers.items()
+                                                  if name not in ("content-length", "content-type")})
+
+
+def _from_a_page(scope: Scope) -> bool:
+    """Whether a browser sent the request (it names the page's Origin): server-side SDKs, the bulk of ingest, send
+    none, and skip the CORS layer altogether."""
+    return any(name == b"origin" for name, _value in scope["headers"])
 
 
 async def _refuse_nul(request: Request) -> None:

@@ -22,6 +22,13 @@ MAX_GZIP_MEMBERS = 64
 
 
 async def read_body(request: Request, limit: int) -> bytes:
+    """The body, decoded, at most `limit` bytes both as sent and as decoded."""
+    return decoded(await read_raw(request, limit), request.headers.get("content-encoding"), limit)
+
+
+async def read_raw(request: Request, limit: int) -> bytes:
+    """The body as sent, still encoded: kept apart from `decoded` so that a body refused as it is decoded can be
+    quarantined as it came."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _too_large(limit)
@@ -32,8 +39,13 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise _too_large(limit)
         chunks.append(chunk)
-    body = b"".join(chunks)
-    encoding = request.headers.get("content-encoding", "").strip().lower()
+    return b"".join(chunks)
+
+
+def decoded(body: bytes, content_encoding: str | None, limit: int) -> bytes:
+    """The body undone of its Content-Encoding; BadPayloadError, UnsupportedMediaTypeError or PayloadTooLargeError
+    when it cannot be."""
+    encoding = (content_encoding or "").strip().lower()
     if encoding in GZIP:
         return _gunzip(body, limit)
     if encoding not in ("", "identity"):

@@ -8,9 +8,15 @@ The write key of the SDK endpoints comes as HTTP Basic auth or as a
 `writeKey` field of the body (`hub.api.write_keys`), never kept. A source
 that takes write keys takes them both ways at its webhook URL too, as Segment
 takes them on every endpoint.
+
+analytics.js posts to short aliases (/v1/t, /v1/p, ..., /v1/b for a batch);
+the batch endpoints take bodies up to HUB_MAX_BATCH_BYTES (RudderStack's SDKs
+flush up to 4 MB), single messages and webhooks HUB_MAX_BODY_BYTES.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import structlog
 from fastapi import APIRouter, Request
@@ -19,12 +25,12 @@ from sqlalchemy.exc import InternalError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import InboundRequest, Source
-from connectors.sources.segment import MESSAGE_TYPES
+from connectors.sources.segment import ANALYTICS_JS_PATHS, MESSAGE_TYPES
 from hub import ingest, metrics
-from hub.api.body import read_body
+from hub.api.body import decoded, read_raw
 from hub.api.write_keys import credentials, without_write_keys
 from hub.clock import utcnow
-from hub.errors import BadPayloadError, IngestError, UnknownSourceError
+from hub.errors import BadPayloadError, IngestError, UnknownSourceError, UnsupportedMediaTypeError
 from hub.runtime import Hub
 from hub.store.opening import why
 from hub.store.readiness import database_problem
@@ -37,21 +43,66 @@ STORE_REFUSALS = (OperationalError, InternalError)
 STORE_RETRY_SECONDS = 5  # Retry-After of that 503: a failover or a freed disk, not a minute's outage per request
 UNKNOWN_SOURCE = "unknown"  # the source label of a refusal before the request named a configured source
 TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
+# An error answer's `code` by its status, beside Segment's `error`: RudderStack's SDKs read `code` and `message`
+# (rudder-sdk-python raises KeyError without them, takes that for a network error and resends a refused batch).
+ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
+               415: "unsupported_media_type", 503: "unavailable"}
+# Refusals of a body as it is decoded (a cut-off gzip stream, an unknown Content-Encoding): kept as it came.
+UNDECODABLE = (BadPayloadError, UnsupportedMediaTypeError)
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
 
 
-async def _inbound(request: Request, hub: Hub) -> InboundRequest:
-    body = await read_body(request, hub.settings.max_body_bytes)
+async def _inbound(
+    request: Request, hub: Hub, limit: int, sender: Callable[[InboundRequest], Source]
+) -> InboundRequest:
+    """The request with its body decoded; a body refused as it is decoded is first quarantined as it came, if
+    `sender` (the route's authentication of the request as sent) names its source."""
+    raw = await read_raw(request, limit)
+    try:
+        body = decoded(raw, request.headers.get("content-encoding"), limit)
+    except UNDECODABLE as exc:
+        await _keep_undecodable(request, hub, InboundRequest(request.method, str(request.url), request.headers, raw),
+                                sender, exc)
+        raise
     return InboundRequest(request.method, str(request.url), request.headers, body)
 
 
+async def _keep_undecodable(
+    request: Request, hub: Hub, sent: InboundRequest, sender: Callable[[InboundRequest], Source], exc: IngestError
+) -> None:
+    """Quarantine an undecodable body, still encoded, for ops to see what the client sent (DESIGN: the raw body of
+    bad input is kept). Only a sender the request authenticates as it came (Basic auth, a signature over the
+    bytes sent): a write key inside the unreadable body is unknown, and nobody else may fill the quarantine."""
+    try:
+        source = _refusals_count_for(request, sender(sent))
+    except IngestError:
+        return
+    reason = f"{exc.message}; the body could not be decoded and is kept as sent " \
+             f"(Content-Encoding: {sent.headers.get('content-encoding')})"
+    try:
+        await run_in_threadpool(
+            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=reason, problems=exc.problems,
+            body=sent.body, content_type=sent.headers.get("content-type"), now=utcnow(),
+        )
+    except STORE_REFUSALS as store_exc:  # the refusal stands: a resend of the same body would be refused again
+        log.error("ingest could not quarantine an undecodable body", source=source.source_id, reason=why(store_exc))
+
+
 def refusal_response(exc: IngestError) -> JSONResponse:
-    """A refused request's answer, in Segment's shape: `error`, and each refused item under `rejected`."""
+    """A refused request's answer, in Segment's shape (`error`, each refused item under `rejected`) and
+    RudderStack's (`code`, `message`)."""
+    return _error_response(exc.status_code, exc.message, [problem.as_dict() for problem in exc.problems],
+                           {"WWW-Authenticate": 'Basic realm="touchpoint-hub"'} if exc.status_code == 401 else None)
+
+
+def _error_response(
+    status_code: int, message: str, rejected: list[dict[str, object]], headers: dict[str, str] | None
+) -> JSONResponse:
     return JSONResponse(
-        {"success": False, "error": exc.message, "rejected": [problem.as_dict() for problem in exc.problems]},
-        status_code=exc.status_code,
-        headers={"WWW-Authenticate": 'Basic realm="touchpoint-hub"'} if exc.status_code == 401 else None,
+        {"success": False, "code": ERROR_CODES.get(status_code, "bad_request"), "message": message, "error": message,
+         "rejected": rejected},
+        status_code=status_code, headers=headers,
     )
 
 
@@ -81,10 +132,10 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     except STORE_REFUSALS as exc:
         log.error("ingest could not store the request", source=source.source_id, reason=why(exc))
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason=STORE_UNAVAILABLE).inc()
-        return JSONResponse(
-            {"success": False, "error": f"the hub cannot store events now: {database_problem(exc, hub.store)}; "
-                                        "nothing of this request was kept: send it again"},
-            status_code=503, headers={"Retry-After": str(STORE_RETRY_SECONDS)},
+        return _error_response(
+            503, f"the hub cannot store events now: {database_problem(exc, hub.store)}; "
+                 "nothing of this request was kept: send it again",
+            [], {"Retry-After": str(STORE_RETRY_SECONDS)},
         )
 
 
@@ -109,22 +160,34 @@ async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONRe
     return JSONResponse(report.as_response())
 
 
-async def _ingest(request: Request) -> JSONResponse:
+async def _ingest(request: Request, limit: int) -> JSONResponse:
     hub: Hub = request.app.state.hub
-    inbound = await _inbound(request, hub)
+    inbound = await _inbound(request, hub, limit, hub.authenticate)  # Basic auth: the key in a body is unread
     body_keys, kept = without_write_keys(inbound)
     source = _refusals_count_for(request, hub.authenticate(credentials(inbound, body_keys)))
     return await _accept(hub, source, kept)
 
 
+async def _ingest_message(request: Request) -> JSONResponse:
+    return await _ingest(request, request.app.state.hub.settings.max_body_bytes)
+
+
+async def _ingest_batch(request: Request) -> JSONResponse:
+    return await _ingest(request, request.app.state.hub.settings.max_batch_bytes)
+
+
 @router.post("/v1/batch", summary="Accept a batch of Segment-spec messages")
 async def batch(request: Request) -> JSONResponse:
-    return await _ingest(request)
+    return await _ingest_batch(request)
 
 
 for _type in MESSAGE_TYPES:
-    router.add_api_route(f"/v1/{_type}", _ingest, methods=["POST"], summary=f"Accept one {_type} message",
+    router.add_api_route(f"/v1/{_type}", _ingest_message, methods=["POST"], summary=f"Accept one {_type} message",
                          name=f"ingest_{_type}")
+
+for _alias, _type in ANALYTICS_JS_PATHS.items():
+    router.add_api_route(f"/v1/{_alias}", _ingest_batch if _type is None else _ingest_message, methods=["POST"],
+                         name=f"ingest_alias_{_alias}", include_in_schema=False)  # analytics.js's short paths
 
 
 @router.post("/v1/webhooks/{source_id}", summary="Accept a webhook for a configured source (mappings/sources.yaml)")
@@ -136,7 +199,12 @@ async def webhook(request: Request, source_id: str) -> JSONResponse:
     if source is None:
         raise UnknownSourceError(f"source: no source {source_id!r} is configured; see mappings/sources.yaml")
     _refusals_count_for(request, source)
-    inbound = await _inbound(request, hub)
+    inbound = await _inbound(request, hub, hub.settings.max_body_bytes, lambda sent: _verified(source, sent))
     body_keys, kept = without_write_keys(inbound)
-    source.verify(credentials(inbound, body_keys) if source.sdk_ingest else inbound)
+    _verified(source, credentials(inbound, body_keys) if source.sdk_ingest else inbound)
     return await _accept(hub, source, kept)
+
+
+def _verified(source: Source, request: InboundRequest) -> Source:
+    source.verify(request)
+    return source
