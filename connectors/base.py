@@ -294,11 +294,16 @@ class CallbackRequest:
 
 @dataclass(frozen=True)
 class ConsentSignal:
-    """A recipient granted or revoked a channel, known by one of their identifiers."""
+    """A recipient granted or revoked a channel, known by one of their identifiers.
+
+    `message_id` is the provider's id of the message that said it (Twilio's MessageSid), so that a repeat of
+    that message (a webhook retried, a captured one posted again) is not applied again.
+    """
 
     identifier: Identifier
     channel: str
     granted: bool
+    message_id: str | None = None
 
 
 @dataclass

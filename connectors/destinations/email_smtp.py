@@ -20,6 +20,7 @@ from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.utils import formatdate
 from html import escape
+from html.parser import HTMLParser
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -44,6 +45,13 @@ log = structlog.get_logger(__name__)
 
 # Reply codes that mean our credentials or TLS setup are wrong, not the message.
 AUTH_CODES = frozenset({530, 534, 535, 538})
+# Refusals of the hub itself, not of one message: a 5xx greeting (RFC 5321 3.1, "no SMTP service here": our IP
+# is blocklisted), a 5xx to EHLO/HELO, a 5xx to MAIL FROM (our From address is not ours to send as). The same
+# for every email, so they park like setup errors; except `MESSAGE_TOO_BIG`, MAIL FROM's answer to its SIZE.
+REFUSES_THE_HUB: tuple[type[smtplib.SMTPResponseException], ...] = (
+    smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPSenderRefused,
+)
+MESSAGE_TOO_BIG = 552
 # Enhanced status codes (RFC 3463) of a refused recipient that say the address itself is dead: no such mailbox
 # (5.1.1), no such domain (5.1.2), a domain that takes no mail (5.1.10), a disabled mailbox (5.2.1). Mailing it
 # again only costs the sender's reputation, so such a hard bounce takes the address off the person's profile,
@@ -143,7 +151,8 @@ class EmailSmtpDestination(Destination):
     title = "Email (SMTP)"
     docs_url = "https://datatracker.ietf.org/doc/html/rfc5321"
     channel = "email"
-    message_parts = ("subject", "text", "html", "body")  # `body` is the text when there is no `text` block
+    # `body` is the text of a template without blocks; one with an `html` block and no `text` has its text derived
+    message_parts = ("subject", "text", "html", "body")
     Config = EmailSmtpConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
@@ -192,7 +201,7 @@ class EmailSmtpDestination(Destination):
         message["Message-ID"] = f"<{delivery.delivery_id}@{self.sender.domain}>"
         message["List-Unsubscribe"] = f"<{link}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        message.set_content(f"{content.get('text') or content['body']}\n\nUnsubscribe: {link}\n")
+        message.set_content(f"{_plain_text(content)}\n\nUnsubscribe: {link}\n")
         if content.get("html"):
             message.add_alternative(_with_footer(content["html"], link), subtype="html")
         return message
@@ -282,6 +291,68 @@ def _one_line(text: str) -> str:
     return " ".join(stripped for line in text.splitlines() if (stripped := line.strip()))
 
 
+def _plain_text(content: dict[str, Any]) -> str:
+    """The text/plain part: the `text` block, else text derived from the `html` block, else the template's `body`.
+
+    `body` is the whole template rendered, so in a template with blocks it is the subject line followed by the
+    HTML source: clients that show the plain part (and spam filters comparing the two) saw markup.
+    """
+    if content.get("text"):
+        return str(content["text"])
+    if content.get("html"):
+        return _html_as_text(content["html"])
+    return str(content["body"])
+
+
+class _TextOfHtml(HTMLParser):
+    """The words of an HTML document as a reader sees them: no markup, scripts or styles; a link's target kept
+    beside its words (a plain-text reader cannot click them); a line break at each block."""
+
+    HIDDEN = frozenset({"head", "script", "style", "title"})
+    BLOCKS = frozenset({"br", "div", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "p", "table", "tr", "ul", "ol"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+        self._links: list[tuple[str, int]] = []  # each open link's target, and where its words start in `parts`
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self.HIDDEN:
+            self._hidden += 1
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+        elif tag == "a":
+            self._links.append((dict(attrs).get("href") or "", len(self.parts)))
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.handle_starttag(tag, attrs)  # `<br/>` is one break, not an opening and a closing
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.HIDDEN:
+            self._hidden = max(self._hidden - 1, 0)
+        elif tag in self.BLOCKS:
+            self.parts.append("\n")
+        elif tag == "a" and self._links:
+            href, start = self._links.pop()
+            words = " ".join("".join(self.parts[start:]).split())
+            if href.startswith(("http:", "https:", "mailto:")) and href != words:
+                self.parts.append(f" ({href})")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            self.parts.append(data)
+
+
+def _html_as_text(html: str) -> str:
+    """`html` as plain text (`_TextOfHtml`): whitespace collapsed within lines, one blank line between blocks."""
+    parser = _TextOfHtml()
+    parser.feed(html)
+    parser.close()
+    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
 def _with_footer(html: str, link: str) -> str:
     footer = f'<p style="font-size:12px;color:#666"><a href="{escape(link)}">Unsubscribe</a></p>'
     closing = html.lower().rfind("</body>")
@@ -297,8 +368,9 @@ def _as_tls_error(error: ssl.SSLError) -> DeliveryError:
 
 
 def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
-    """SMTP's reply code decides: auth codes park the delivery, 4xx retries, 5xx is final; a recipient refused
-    as a dead address (`DEAD_ADDRESS`) leaves the profile too."""
+    """SMTP's reply code decides: auth codes park the delivery, 4xx retries, 5xx is final unless it refuses the hub
+    itself (`REFUSES_THE_HUB`: parked); a recipient refused as a dead address (`DEAD_ADDRESS`) leaves the profile
+    too."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
     elif isinstance(exc, smtplib.SMTPResponseException):
@@ -311,6 +383,8 @@ def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
         outcome = AuthDeliveryError
     elif 400 <= code < 500:
         outcome = RetryableDeliveryError
+    elif isinstance(exc, REFUSES_THE_HUB) and code != MESSAGE_TOO_BIG:
+        outcome = AuthDeliveryError
     else:
         outcome = PermanentDeliveryError
     return outcome(

@@ -85,7 +85,8 @@ def status_update(form: Mapping[str, list[str]]) -> ProviderStatus:
 
 
 def consent_change(form: Mapping[str, list[str]]) -> ConsentSignal | None:
-    """The consent an inbound message expresses, if it is an opt-out or opt-in keyword.
+    """The consent an inbound message expresses, if it is an opt-out or opt-in keyword, with its MessageSid (a
+    repeat of the message is not applied again).
 
     The sender is any possible number (`possible_phone`), not only a valid
     one as ingest takes: a STOP is the person's own word, and a number stored
@@ -104,7 +105,7 @@ def consent_change(form: Mapping[str, list[str]]) -> ConsentSignal | None:
         granted = keyword in OPT_IN_KEYWORDS
     else:
         return None
-    return ConsentSignal(sender, "sms", granted)
+    return ConsentSignal(sender, "sms", granted, _field(form, "MessageSid") or None)
 
 
 def _field(form: Mapping[str, list[str]], name: str) -> str:

@@ -47,6 +47,7 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     21603: PermanentDeliveryError,  # 'From' required
     21604: PermanentDeliveryError,  # 'To' required
     21606: PermanentDeliveryError,  # 'From' is not a valid, SMS-capable number of the account
+    21609: AuthDeliveryError,  # invalid StatusCallback URL: the hub's own (HUB_PUBLIC_BASE_URL), on every message
     21610: PermanentDeliveryError,  # recipient replied STOP: unsubscribed (also revokes SMS consent)
     21611: RetryableDeliveryError,  # the 'From' number's queue of unsent messages is full: it drains
     21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'

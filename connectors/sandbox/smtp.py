@@ -4,8 +4,8 @@ It speaks genuine SMTP, so `smtplib` in the email destination runs exactly as
 against a production relay: EHLO, optional STARTTLS or implicit TLS, AUTH
 LOGIN/PLAIN, MAIL/RCPT/DATA. Received messages are kept parsed
 (`email.message.EmailMessage`) beside their envelope. `fail_next` answers
-the next RCPT or DATA with a chosen reply, such as ``451 4.3.0`` or
-``550 5.1.1``.
+the next MAIL, RCPT or DATA with a chosen reply, such as ``451 4.3.0``,
+``550 5.1.1`` or (MAIL FROM) ``553 5.7.1 Sender address rejected``.
 """
 
 from __future__ import annotations
@@ -40,15 +40,15 @@ class FakeSmtp:
         self.credentials = credentials
         self._lock = threading.Lock()
         self._received: list[ReceivedEmail] = []
-        self._faults: deque[tuple[Literal["rcpt", "data"], str]] = deque()
+        self._faults: deque[tuple[Literal["mail", "rcpt", "data"], str]] = deque()
 
     @property
     def received(self) -> list[ReceivedEmail]:
         with self._lock:
             return list(self._received)
 
-    def fail_next(self, reply: str, *, stage: Literal["rcpt", "data"] = "data", times: int = 1) -> None:
-        """Answer the next `times` RCPT or DATA commands with `reply`, e.g. '451 4.3.0 Try again later'."""
+    def fail_next(self, reply: str, *, stage: Literal["mail", "rcpt", "data"] = "data", times: int = 1) -> None:
+        """Answer the next `times` MAIL, RCPT or DATA commands with `reply`, e.g. '451 4.3.0 Try again later'."""
         with self._lock:
             self._faults.extend([(stage, reply)] * times)
 
@@ -64,6 +64,13 @@ class FakeSmtp:
             return None
 
     # aiosmtpd handler hooks
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if fault := self._fault("mail"):
+            return fault
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         # Enforced here rather than with aiosmtpd's auth_required, which over a
         # plain connection warns on every start; the client sees the same 530.

@@ -156,9 +156,12 @@ class FakeTwilio(RecordingFake):
             fields["ErrorCode"] = str(error_code)
         return self.post_signed(url, fields)
 
-    def post_inbound(self, url: str, sender: str, body: str, to: str = "+15005550006") -> httpx.Response:
-        """Post an inbound SMS from `sender` to the messaging webhook `url`, as Twilio does."""
-        sid = "SM" + uuid.uuid4().hex
+    def post_inbound(
+        self, url: str, sender: str, body: str, to: str = "+15005550006", *, sid: str | None = None
+    ) -> httpx.Response:
+        """Post an inbound SMS from `sender` to the messaging webhook `url`, as Twilio does; `sid` posts a message
+        again, as Twilio retries a webhook it could not deliver (the same MessageSid, signed the same)."""
+        sid = sid or "SM" + uuid.uuid4().hex
         fields = {
             "AccountSid": self.account_sid,
             "ApiVersion": API_VERSION,

@@ -16,6 +16,7 @@ from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
 from hub.runtime import Hub
+from hub.store import consent_changes
 
 router = APIRouter(tags=["callbacks"])
 
@@ -36,11 +37,14 @@ async def callback(request: Request, destination_id: str, kind: str = "status") 
 
 
 def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
-    """Apply the statuses (`hub.provider_reports`), then the consent words, of one callback."""
+    """Apply the statuses (`hub.provider_reports`), then the consent words, of one callback; a word its message
+    said before (`consent_changes.first_said`) is old news, and would undo what the person said since."""
     now = utcnow()
     with hub.store.write() as connection:
         provider_reports.apply(
             connection, destination_id, result.statuses, now, hub.router.recipient, consent_changes_too=bool(result.consent)
         )
         for signal in result.consent:
+            if signal.message_id and not consent_changes.first_said(connection, destination_id, signal.message_id, now):
+                continue
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")

@@ -12,6 +12,11 @@ An opt-out said by an event (an identify's `sms_opt_out: true`) leaves no
 row here, so what a delivery claim asks, whose consent may have gone since a
 message was planned, is asked of the profiles themselves
 (`profile_views.changed_since`).
+
+The provider's id of each message whose word was applied is kept too
+(`first_said`): an inbound message's signature carries no time, so a
+repeat of it (Twilio retrying the webhook, a captured one posted again)
+would otherwise say a START again after the person's later STOP.
 """
 
 from __future__ import annotations
@@ -24,9 +29,10 @@ from sqlalchemy import Connection, delete, insert, select, update
 
 from hub.clock import END_OF_TIME, utcnow
 from hub.model import Identifier
+from hub.store import sql
 from hub.store.identity_graph import identifier_digest
 from hub.store.traits import Traits, newest_traits, stamped_traits
-from hub.store.schema import consent_changes
+from hub.store.schema import consent_changes, consent_messages
 
 PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
@@ -60,6 +66,16 @@ def record(
             identifier_digest=identifier_digest(through) if through else None, reason=reason, at=max(at, utcnow()),
         )
     )
+
+
+def first_said(connection: Connection, destination_id: str, message_id: str, at: datetime) -> bool:
+    """Note that the message `message_id` of `destination_id` said a consent word; False if it was noted before.
+
+    Noted in the caller's transaction, before its word is applied: a repeat posted at the same time waits on
+    the key, then finds it.
+    """
+    row = {"destination_id": destination_id, "message_id": message_id, "received_at": at}
+    return sql.insert_ignoring_conflicts(connection, consent_messages, [row], ["destination_id", "message_id"]) == 1
 
 
 def granted_since(connection: Connection, profile_id: str, channel: str, since: datetime) -> bool:

@@ -27,6 +27,10 @@ DUE_STATUSES = ("pending", "retrying")
 UNSENT_STATUSES = (*DUE_STATUSES, "dead")
 # Statuses only a provider's callback sets; later, out-of-order callbacks never undo them.
 SETTLED_STATUSES = ("delivered", "failed")
+# How far along its way each in-transit provider status (Twilio's MessageStatus) says a message is. Providers
+# post callbacks out of order (Twilio: "order by the status, not by arrival"), so a late `queued` must not
+# replace `sent`; a status not ranked here replaces any.
+IN_TRANSIT_RANKS = {"accepted": 0, "scheduled": 0, "queued": 0, "sending": 1, "sent": 2}
 # What forgetting a person (`hub.store.forget`) leaves of each delivery's recipient: such a delivery is never
 # sent again (`hub.store.delivery_replay`), and the attempt of a send in flight meanwhile is logged blank.
 FORGOTTEN_TARGET = "(forgotten)"
@@ -231,18 +235,20 @@ def apply_provider_status(
 
     Returns the delivery's id, profile, channel and target, and `settled_now`: whether this report
     settled it (a final status on a delivery that had none); None when no delivery of this
-    destination has that provider id. A report for a settled delivery changes nothing.
+    destination has that provider id. A report for a settled delivery changes nothing, nor does an
+    in-transit one behind the status already recorded (`_behind`).
     """
     report = provider_text.storable_report(report)  # as recorded, and as its column takes its status
     row = connection.execute(
         select(
-            deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target
+            deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target,
+            deliveries.c.provider_status,
         ).where(deliveries.c.destination_id == destination_id, deliveries.c.provider_message_id == report.provider_message_id)
         .with_for_update()  # two callbacks for one message at once: the second reads what the first settled
     ).first()
     if row is None:
         return None
-    if row.status not in SETTLED_STATUSES:
+    if row.status not in SETTLED_STATUSES and not _behind(report, row.provider_status):
         values: dict[str, Any] = {"provider_status": report.provider_status, "updated_at": now}
         if report.final_status:
             values["status"] = report.final_status
@@ -250,6 +256,14 @@ def apply_provider_status(
             values["last_error"] = mask_text(report.error)
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == row.delivery_id).values(**values))
     return {**row._mapping, "settled_now": row.status not in SETTLED_STATUSES and report.final_status is not None}
+
+
+def _behind(report: ProviderStatus, recorded: str | None) -> bool:
+    """Whether `report` is an in-transit status no further along than the one recorded (`IN_TRANSIT_RANKS`): a
+    late callback, or a repeat."""
+    if report.final_status is not None or report.provider_status not in IN_TRANSIT_RANKS or recorded not in IN_TRANSIT_RANKS:
+        return False
+    return IN_TRANSIT_RANKS[report.provider_status] <= IN_TRANSIT_RANKS[recorded]
 
 
 def last_attempt_at(connection: Connection, delivery_id: str) -> datetime | None:

@@ -318,6 +318,14 @@ held_reports = Table(
     Index("ix_held_reports_message", "destination_id", "provider_message_id"),
 )
 
+consent_messages = Table(
+    "consent_messages",  # the provider messages whose consent word was applied (`hub.store.consent_changes.first_said`)
+    metadata,
+    Column("destination_id", String(100), primary_key=True),
+    Column("message_id", String(100), primary_key=True),
+    Column("received_at", UTCDateTime, nullable=False),
+)
+
 quarantine = Table(
     "quarantine",
     metadata,
