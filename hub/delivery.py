@@ -61,7 +61,7 @@ from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
 from hub.delivery_attempts import SEND_WAIT_SECONDS, DeliveryAttempts
 from hub.delivery_policy import PolicyBook
-from hub.delivery_record import AttemptRecorder, Outcome
+from hub.delivery_record import AttemptRecorder, FallBack, Outcome
 from hub.model import Delivery, Identifier
 from hub.quiet_hours import QuietHours
 from hub.store import Store, merged_targets, outbox
@@ -82,12 +82,14 @@ class DeliveryEngine:
         concurrency: int,
         quiet_hours: QuietHours | None = None,
         recipient: Callable[[str, str], Identifier | None] = lambda channel, target: None,
+        fall_back: FallBack | None = None,
     ) -> None:
         """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too.
         `recipient`: the identifier a delivery's channel and target name (`Router.recipient`), which a
-        provider's refusal of it revokes consent through."""
+        provider's refusal of it revokes consent through. `fall_back`: plans a failed delivery's fallback when
+        its addresses turned out dead (`Responder.fall_back`)."""
         self.store = store
-        self._recorder = AttemptRecorder(store, destinations, recipient)
+        self._recorder = AttemptRecorder(store, destinations, recipient, fall_back)
         self._checks = ClaimChecks(quiet_hours)
         self.recipient = recipient
         self.destinations = destinations

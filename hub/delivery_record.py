@@ -24,7 +24,7 @@ from connectors.base import CallbackReceiver, Destination
 from hub import provider_reports
 from hub.clock import utcnow
 from hub.consent import lock_before_deliveries, set_consent
-from hub.model import Delivery, Identifier, ProviderStatus
+from hub.model import FALLBACK, Delivery, Identifier, ProviderStatus
 from hub.pii import mask_recipient
 from hub.store import Store, held_reports, outbox
 from hub.store.identity_graph import SqlIdentityGraph
@@ -33,6 +33,7 @@ from hub.store.outbox import AttemptRecord
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Recipient = Callable[[str, str], Identifier | None]  # `Router.recipient`
+FallBack = Callable[[Connection, Delivery, str, datetime], int]  # `Responder.fall_back`
 
 # The error class of an attempt logged without what the provider said, since the database refused that.
 RECORD_FAILED = "hub.record_failed"
@@ -63,10 +64,14 @@ def unsent_summary(delivery: Delivery, recipient: Recipient) -> dict[str, str]:
 class AttemptRecorder:
     """Records a delivery engine's outcomes in the store."""
 
-    def __init__(self, store: Store, destinations: Mapping[str, Destination], recipient: Recipient) -> None:
+    def __init__(
+        self, store: Store, destinations: Mapping[str, Destination], recipient: Recipient, fall_back: FallBack | None = None
+    ) -> None:
+        """`fall_back` plans a failed delivery's fallback when its addresses turned out dead (None: never)."""
         self.store = store
         self.destinations = destinations
         self.recipient = recipient
+        self.fall_back = fall_back
 
     def write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T | None:
         """Record the outcomes, and `then` (the next claim), in one transaction; returns what `then` returned.
@@ -121,7 +126,7 @@ class AttemptRecorder:
         held_reports.lock_messages(connection, reported)
         early = held_reports.take(connection, reported) if take_reports else []
         lock_before_deliveries(connection, not take_reports or any(
-            outcome.revokes_consent or outcome.recipient_gone for outcome in outcomes
+            outcome.revokes_consent or outcome.recipient_gone or self._may_fall_back(outcome) for outcome in outcomes
         ) or any(report.revokes_consent for _, report in early))
         return early
 
@@ -161,6 +166,18 @@ class AttemptRecorder:
                 set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
             if outcome.recipient_gone and (address := self.recipient(delivery.channel, delivery.target)) is not None:
                 SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
+            if self._may_fall_back(outcome):
+                assert self.fall_back is not None and outcome.attempt is not None  # `_may_fall_back` said so
+                self.fall_back(connection, delivery, f"{outcome.attempt.error_class}: {outcome.attempt.error_message}", now)
+
+    def _may_fall_back(self, outcome: Outcome) -> bool:
+        """A failure for good of a delivery whose action has fallbacks left: if its addresses turned out dead
+        (FCM's dead tokens are gone already, a bounced email goes above), the next channel is planned, under
+        the profiles' lock as planning takes it."""
+        return (
+            self.fall_back is not None and outcome.status == "failed" and FALLBACK in outcome.delivery.content
+            and outcome.attempt is not None and outcome.attempt.error_class != RECORD_FAILED  # `_unrecorded`: no feedback
+        )
 
     def _sent_with_reports(self, outcomes: Sequence[Outcome]) -> list[held_reports.SentMessage]:
         """The messages sent to destinations that report on them later (callbacks), by their provider ids."""

@@ -10,12 +10,16 @@ Segment Unify model: the highest-priority identifier anchors the touchpoint,
 and each further identifier joins only if the per-type limits still hold
 afterwards (two `user_id`s never share a profile because they both used the
 family iPad). A refused link is returned, and recorded by the graph, so it can
-be explained. An explicit `alias` call is the sender saying "these are one
-person", so it links regardless of limits, as Segment's alias does; its
-`previousId` may be an earlier `userId` or an `anonymousId`. One not seen yet
-is stored as an `anonymousId` marked as the alias's, and a `userId` seen for
-the first time is looked up among those too (one indexed lookup, for new
-userIds only): an alias that came before the earlier login's own events
+be explained. A type marked `evict_oldest` (push tokens) is the exception for
+a new identifier: one over the limit takes the place of the profile's oldest
+of its type, which the graph detaches and records, since the newest token is
+the device the person holds; links between profiles keep to the limit. An
+explicit `alias` call is the sender saying "these are one person", so it
+links regardless of limits, as Segment's alias does; its `previousId` may be
+an earlier `userId` or an `anonymousId`. One not seen yet is stored as an
+`anonymousId` marked as the alias's, and a `userId` seen for the first time
+is looked up among those too (one indexed lookup, for new userIds only): an
+alias that came before the earlier login's own events
 links it all the same, past the `user_id` limit as any alias does.
 """
 
@@ -39,6 +43,7 @@ ALIAS_KIND = "alias"
 FORGOTTEN_RULE = "forgotten: the identifier belonged to a profile erased on request"
 MOVED_RULE = "moved: a device's identifier follows the last person signed in on it"
 KEPT_APART_RULE = "kept apart: an unmerge separated these profiles"
+EVICTED_RULE = "evicted: the oldest {type} made room for a new one (limit: at most {limit} per profile)"
 
 
 class IdentityGraph(Protocol):
@@ -67,6 +72,8 @@ class IdentityGraph(Protocol):
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None: ...
 
     def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None: ...
+
+    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None: ...
 
 
 def resolve(
@@ -97,11 +104,15 @@ def resolve(
     total: dict[str, int] = {}  # identifiers per type of everything accepted so far
     new: list[Identifier] = []
     moving: list[MovedIdentifier] = []
+    evicting: dict[str, int] = {}  # per type, stored identifiers to drop for new ones over the limit
     for ident in ordered:
         owner = known.get(ident)
         if owner is None:
             if not enforce_limits or _has_room(ident.type, total, config):
                 total[ident.type] = total.get(ident.type, 0) + 1
+                new.append(ident)
+            elif _can_evict(ident.type, cluster, counts, evicting, config):
+                evicting[ident.type] = evicting.get(ident.type, 0) + 1
                 new.append(ident)
             else:
                 refused.append(RefusedLink(ident, None, _limit_rule(ident.type, config.limit(ident.type))))
@@ -131,6 +142,9 @@ def resolve(
     if merged:
         linking = [ident for ident in ordered if known.get(ident) in cluster]
         graph.merge(survivor, merged, touchpoint.touchpoint_id, linking, now)
+    for type_, count in evicting.items():  # before the attach: only stored identifiers are the oldest
+        rule = EVICTED_RULE.format(type=type_, limit=config.limit(type_))
+        graph.evict_oldest(survivor, type_, count, touchpoint.touchpoint_id, rule, now)
     if new:
         graph.attach(survivor, new, touchpoint.touchpoint_id, now)
         previous_ids = _stored_previous_ids(touchpoint.identifiers, new)
@@ -236,6 +250,18 @@ def _has_room(type_: str, total: Mapping[str, int], config: IdentityConfig) -> b
     """Whether one more identifier of `type_` keeps the cluster within its type's limit."""
     limit = config.limit(type_)
     return limit is None or total.get(type_, 0) < limit
+
+
+def _can_evict(
+    type_: str, cluster: Sequence[str], counts: Mapping[str, Mapping[str, int]], evicting: Mapping[str, int],
+    config: IdentityConfig,
+) -> bool:
+    """Whether a new identifier the limit has no room for may take the place of the oldest of its type
+    (`evict_oldest`): only while the profiles joined so far still hold one not yet given up for another."""
+    if not config.evicts_oldest(type_):
+        return False
+    stored = sum(counts.get(profile, {}).get(type_, 0) for profile in cluster)
+    return evicting.get(type_, 0) < stored
 
 
 def _moves_instead(type_: str, rule: str, total: Mapping[str, int], config: IdentityConfig) -> bool:

@@ -20,7 +20,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, delete, insert, select, update
 from ulid import ULID
 
 from hub.clock import utcnow
@@ -39,10 +39,13 @@ class CachedIdentityGraph:
         self.members: dict[str, list[Identifier]] = {}
         self.counts: dict[str, Counter[str]] = {}
         self.from_alias: set[Identifier] = set()  # stored as an alias's previousId (`mark_alias_previous_ids`)
-        stored = select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id, identifiers.c.from_alias)
-        for type_, value, profile_id, from_alias in connection.execute(stored):
+        self.first_seen: dict[Identifier, datetime] = {}  # which is oldest, for `evict_oldest`
+        stored = select(identifiers.c.type, identifiers.c.value, identifiers.c.profile_id, identifiers.c.from_alias,
+                        identifiers.c.first_seen_at)
+        for type_, value, profile_id, from_alias, first_seen_at in connection.execute(stored):
             ident = Identifier(type_, value)
             self.owner[ident] = profile_id
+            self.first_seen[ident] = first_seen_at
             self.members.setdefault(profile_id, []).append(ident)
             self.counts.setdefault(profile_id, Counter())[type_] += 1
             if from_alias:
@@ -55,6 +58,7 @@ class CachedIdentityGraph:
         self._merged_into: dict[str, str] = {}  # every merge since the last flush, merged -> survivor
         self._events: list[dict[str, Any]] = []
         self._moved_identifiers: dict[Identifier, dict[str, Any]] = {}  # stored identifiers given to another profile
+        self._evicted: list[dict[str, Any]] = []  # stored identifiers to delete (`evict_oldest`)
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         owner = self.owner
@@ -94,6 +98,7 @@ class CachedIdentityGraph:
     def attach(self, profile_id: str, idents: Sequence[Identifier], touchpoint_id: str, at: datetime) -> None:
         for ident in idents:
             self.owner[ident] = profile_id
+            self.first_seen[ident] = at
             self._new_identifiers[ident] = {
                 "type": ident.type, "value": ident.value, "profile_id": profile_id, "origin_profile_id": profile_id,
                 "first_seen_at": at, "touchpoint_id": touchpoint_id, "from_alias": False,
@@ -128,6 +133,7 @@ class CachedIdentityGraph:
             self.members[m.from_profile_id].remove(ident)
             self.counts[m.from_profile_id][ident.type] -= 1
             self.owner[ident] = profile_id
+            self.first_seen[ident] = at
             self.members[profile_id].append(ident)
             self.counts[profile_id][ident.type] += 1
             row = {"profile_id": profile_id, "origin_profile_id": profile_id, "first_seen_at": at, "touchpoint_id": touchpoint_id}
@@ -137,6 +143,21 @@ class CachedIdentityGraph:
             else:
                 self._moved_identifiers[ident] = {"m_type": ident.type, "m_value": ident.value, **row}
             self._events.append(moved_event(profile_id, m, touchpoint_id, at))
+
+    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
+        held = sorted((i for i in self.members[profile_id] if i.type == type_), key=lambda i: (self.first_seen[i], i.value))
+        for ident in held[:count]:
+            self.members[profile_id].remove(ident)
+            self.counts[profile_id][type_] -= 1
+            del self.owner[ident], self.first_seen[ident]
+            self.from_alias.discard(ident)
+            self._moved_identifiers.pop(ident, None)
+            if self._new_identifiers.pop(ident, None) is None:
+                self._evicted.append({"e_type": ident.type, "e_value": ident.value})
+            self._events.append({
+                "kind": "detached", "profile_id": profile_id, "other_profile_id": None, "touchpoint_id": touchpoint_id,
+                "identifiers": [[ident.type, ident.value]], "rule": rule, "at": at,
+            })
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self._events.extend(
@@ -160,6 +181,11 @@ class CachedIdentityGraph:
             row["merged_into"] = final.get(profile_id)
         if self._new_profiles:
             _bulk_insert(connection, profiles, list(self._new_profiles.values()))
+        if self._evicted:  # before the inserts: an evicted identifier may have come back since
+            connection.execute(
+                delete(identifiers).where(identifiers.c.type == bindparam("e_type"), identifiers.c.value == bindparam("e_value")),
+                self._evicted,
+            )
         if self._new_identifiers:
             _bulk_insert(connection, identifiers, list(self._new_identifiers.values()))
         if self._moved_identifiers:  # before the merges' repointing, which then carries them on to a final survivor
@@ -176,7 +202,7 @@ class CachedIdentityGraph:
         if self._events:
             connection.execute(insert(identity_events), self._events)
         self._new_profiles, self._new_identifiers, self._merge_rows, self._merged_into, self._events = {}, {}, [], {}, []
-        self._moved_identifiers = {}
+        self._moved_identifiers, self._evicted = {}, []
 
     def _apply_moves(self, connection: Connection, moved: dict[str, str]) -> None:
         """Merges of profiles already stored: identifiers, aliases, traits and what follows a profile in a merge

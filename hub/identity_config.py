@@ -51,6 +51,11 @@ class IdentifierType(BaseModel):
         "that a limit keeps the two profiles apart, it moves to them instead of staying with the first, as Braze "
         "moves a shared tablet's token; the first person's messages then no longer reach that device.",
     )
+    evict_oldest: bool = Field(
+        False, description="A new identifier over the limit takes the place of the profile's oldest of this type "
+        "(recorded as detached) instead of being refused: push tokens come new with every reinstall or phone, and "
+        "the newest is the device the person holds. Links between profiles still keep to the limit.",
+    )
 
     @model_validator(mode="after")
     def _built_ins_keep_their_normalizer(self) -> IdentifierType:
@@ -115,6 +120,10 @@ class IdentityConfig(BaseModel):
         declared = self.types.get(type_)
         return declared is not None and declared.follows_last_login
 
+    def evicts_oldest(self, type_: str) -> bool:
+        declared = self.types.get(type_)
+        return declared is not None and declared.evict_oldest
+
 
 IDENTITY_FILE = "identity.yaml"
 
@@ -125,7 +134,7 @@ DEFAULT_IDENTITY = IdentityConfig(
         IdentifierType(type="email", limit=5),
         IdentifierType(type="phone", limit=5),
         IdentifierType(type="device_id", limit=10),
-        IdentifierType(type="push_token", limit=20, follows_last_login=True),
+        IdentifierType(type="push_token", limit=20, follows_last_login=True, evict_oldest=True),
         IdentifierType(type="anonymous_id", limit=100),
     ]
 )

@@ -142,3 +142,7 @@ class EpochCachedGraph(SqlIdentityGraph):
     def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None:
         super().move(profile_id, moved, touchpoint_id, at)
         self.cache.learn({m.identifier: profile_id for m in moved})
+
+    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
+        super().evict_oldest(profile_id, type_, count, touchpoint_id, rule, at)
+        self.cache.clear()  # the cache still names the evicted identifiers' owner; rare (a profile past a limit)

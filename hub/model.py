@@ -241,6 +241,10 @@ class PlannedDelivery:
 # Keys routing adds to a message's content for the delivery engine (never sent to a provider):
 QUIET_ZONE = "quiet_zone"  # the zone whose quiet hours hold it, for non-urgent messages (retries and replays too)
 SEND_BY = "send_by"  # past this (ISO time), a message to a person is too old to send
+# What planning an action's fallbacks needs once every address its delivery went to turned out dead, and its
+# content does not hold already (`Responder.fall_back`); never sent to a provider:
+# {"decision_id", "place", "then": [[channel, template], ...], "vars", "urgency"}.
+FALLBACK = "fallback"
 # The content key of a CRM erasure (`hub.store.erasures`): {"external_id": "<profile id>"}, with "sobject" only when
 # the update named one; a destination that erases records deletes the one it names instead of writing.
 ERASURE = "erase"

@@ -2,7 +2,9 @@
 
 The pipeline (decisions of an event) and the timer engine (decisions of an
 absence running out) both end here, so caps, consent, quiet hours and the
-decision log behave the same whichever way a rule fired.
+decision log behave the same whichever way a rule fired. So does a delivery
+that failed because every address it went to turned out dead
+(`Responder.fall_back`): its action's fallback is planned here too.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from sqlalchemy import Connection
 
 from hub import metrics
 from hub.daily_cap import CAP_PERIOD
-from hub.model import Decision
+from hub.model import FALLBACK, Action, Decision, Delivery
 from hub.routing import Router, RoutingPlan
 from hub.rules import Selector
 from hub.store import decisions, outbox, touchpoints
@@ -144,3 +146,45 @@ class Responder:
         fired = Counter(item.decision.rule_id for item in recorded if item.decision.status in decisions.FIRED)
         planned = outbox.plan(connection, [delivery for item in recorded for delivery in item.plan.deliveries], now)
         return Recorded(planned, fired)
+
+    def fall_back(self, connection: Connection, delivery: Delivery, why: str, now: datetime) -> int:
+        """Plan the next channel of a failed delivery's action when every address it went to has left the profile
+        (push tokens FCM called dead, a hard-bounced email), and record on its decision that it fell back and
+        why; returns how many deliveries that planned. Routing falls back while planning only, when it sees no
+        address: the person reachable on the rule's fallback heard nothing. Consent, caps and quiet hours
+        apply as at planning, in the transaction that records the failure, so a crash loses neither."""
+        left, route = delivery.content.get(FALLBACK), self.router.routes.get(delivery.channel)
+        if left is None or route is None:
+            return 0
+        profile = profile_view(connection, delivery.profile_id)  # a profile merged away since gives its survivor's
+        if profile is None or _still_held(delivery, route.target, profile):
+            return 0
+        row = decisions.get(connection, left["decision_id"])
+        if row is None or not _planned_in(row["actions"], delivery.delivery_id):
+            return 0
+        action = Action(delivery.channel, delivery.content["template"], params=delivery.content.get("params") or {},
+                        fallback=tuple((channel, template) for channel, template in left["then"]))
+        decision = Decision(
+            row["decision_id"], row["rule_id"], row["rule_version"], profile["profile_id"], row["touchpoint_id"],
+            row["decided_at"], (action,), variables=left["vars"], evidence=row["evidence"], status=row["status"],
+            urgency=left["urgency"],
+        )
+        found = touchpoints.get_many(connection, [row["touchpoint_id"]]).get(row["touchpoint_id"])
+        going = self.messages_going(connection, [profile["profile_id"]], now).get(profile["profile_id"], [])
+        plan = self.router.fall_back(
+            decision, left["place"], action, (delivery.delivery_id, why), profile,
+            found.as_document() if found else {}, now=now, messages_going=going,
+        )
+        decisions.replace_fate(connection, row, delivery.delivery_id, plan.fates())
+        return outbox.plan(connection, plan.deliveries, now)
+
+
+def _still_held(delivery: Delivery, target: str, profile: dict[str, Any]) -> bool:
+    """Whether the profile still has an address the delivery went to."""
+    held = set(profile["identifiers"].get(target, ()))
+    return any(address in held for address in delivery.content.get("recipients") or [delivery.target])
+
+
+def _planned_in(fates: list[dict[str, Any]], delivery_id: str) -> bool:
+    """Whether the decision still records the delivery as planned (not yet fallen back: a record run again)."""
+    return any(fate.get("delivery_id") == delivery_id and fate["fate"] != "fell_back" for fate in fates)

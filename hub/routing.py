@@ -10,7 +10,10 @@ Each action ends with one fate, as the decision log shows it:
 `planned`, `delayed_quiet_hours`, `capped`, `blocked_by_consent`,
 `fell_back` (to the channel named in `to`), or `skipped` (with the reason).
 A channel that cannot reach the person (no address, consent revoked, a
-template that rendered nothing to send) falls back when the action says where.
+template that rendered nothing to send, an email without a subject) falls
+back when the action says where; so does a delivery that failed because every
+address it went to turned out dead (`Router.fall_back`, from the delivery
+worker's record of the failure).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.errors import ConfigError
-from hub.model import QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
+from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
 from hub.rule_lines import RuleLines
@@ -37,6 +40,9 @@ from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
+# Parts a channel's message cannot go without though the others render: an email with no subject went out
+# under the internal rule id as its subject (email_smtp), and the customer read it.
+REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"email": ("subject",)}
 
 
 class ChannelRoute(BaseModel):
@@ -162,25 +168,65 @@ class Router:
         context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
         for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
-            for number, (channel, template) in enumerate(tries):
-                last = number == len(tries) - 1
-                try:
-                    delivery, fate = self._route(
-                        decision, place, action, channel, template, profile, context, now, going, last=last
-                    )
-                except _CannotReach as cannot:
-                    entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
-                    if not last:
-                        entry.update(fate="fell_back", because=cannot.fate, to=tries[number + 1][0])
-                    fates.append(entry)
-                    continue
-                if delivery is not None:
-                    deliveries.append(delivery)
-                    if self.routes[channel].reaches_person:
-                        going.append(delivery.not_before or now)
-                fates.append({"channel": channel, **fate})
-                break
+            delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, going)
+            fates.extend(tried)
+            if delivery is not None:
+                deliveries.append(delivery)
+                if self.routes[delivery.channel].reaches_person:
+                    going.append(delivery.not_before or now)
         return RoutingPlan(deliveries, fates)
+
+    def fall_back(
+        self,
+        decision: Decision,
+        place: int,
+        action: Action,
+        failed: tuple[str, str],
+        profile: dict[str, Any],
+        touchpoint: dict[str, Any],
+        *,
+        now: datetime,
+        messages_going: Sequence[datetime] = (),
+    ) -> RoutingPlan:
+        """The action's fallbacks routed as `plan` routes them, after its delivery `failed` (its id, and why)
+        with every address it went to gone dead: planning saw an address, so it had no reason to fall back.
+        The first fate says the failed delivery fell back."""
+        delivery_id, why = failed
+        context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
+        tries = list(action.fallback)
+        delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, messages_going)
+        gone = f"every {self.routes[action.channel].target} it went to turned out dead and left the profile ({why})"
+        fell_back = {"channel": action.channel, "fate": "fell_back", "because": "failed", "reason": gone,
+                     "to": tries[0][0], "delivery_id": delivery_id}
+        return RoutingPlan([] if delivery is None else [delivery], [fell_back, *tried])
+
+    def _first_reaching(
+        self,
+        decision: Decision,
+        place: int,
+        action: Action,
+        tries: Sequence[tuple[str, str]],
+        profile: dict[str, Any],
+        context: dict[str, Any],
+        now: datetime,
+        going: Sequence[datetime],
+    ) -> tuple[PlannedDelivery | None, list[dict[str, Any]]]:
+        """The delivery of the first of `tries` (channel, template) that reaches the person, if one does, and
+        the fate of each tried."""
+        fates: list[dict[str, Any]] = []
+        for number, (channel, template) in enumerate(tries):
+            then = tries[number + 1:]
+            try:
+                delivery, fate = self._route(decision, place, action, channel, template, profile, context, now, going, then=then)
+            except _CannotReach as cannot:
+                entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
+                if then:
+                    entry.update(fate="fell_back", because=cannot.fate, to=then[0][0])
+                fates.append(entry)
+                continue
+            fates.append({"channel": channel, **fate})
+            return delivery, fates
+        return None, fates
 
     def _route(
         self,
@@ -194,10 +240,11 @@ class Router:
         now: datetime,
         going: Sequence[datetime],
         *,
-        last: bool,
+        then: Sequence[tuple[str, str]],
     ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
-        """`last`: no fallback follows. A channel with one after it falls back when its destination has no settings
-        here; the last is planned all the same, its dead letter to be replayed once the destination is configured."""
+        """`then`: the fallbacks after this channel. A channel with one after it falls back when its destination
+        has no settings here; the last is planned all the same, its dead letter to be replayed once the
+        destination is configured."""
         route = self.routes.get(channel)
         if route is None:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
@@ -206,7 +253,7 @@ class Router:
         recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
         if not recipients:
             raise _CannotReach("skipped", f"profile has no {route.target}")
-        if not last and channel in self.unserved:
+        if then and channel in self.unserved:
             raise _CannotReach("skipped", f"destination {route.destination!r} is not configured on this hub")
         max_age = self.policy.max_age
         if route.reaches_person and max_age is not None and now - decision.decided_at > max_age:
@@ -217,7 +264,7 @@ class Router:
         except TemplateError as exc:  # the fallback's template may render
             raise _CannotReach("skipped", f"template {template}: {exc}") from exc
         fields = self._fields(decision.rule_id, action.fields, context)
-        _refuse_blank(rendered, self.message_parts.get(route.destination, ()), template)
+        _refuse_blank(rendered, self.message_parts.get(route.destination, ()), REQUIRED_PARTS.get(channel, ()), template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
@@ -249,6 +296,7 @@ class Router:
             content={
                 **rendered, "template": template, "rule_id": decision.rule_id, "params": params,
                 **({"recipients": recipients} if route.multicast else {}), **held_in,
+                **({FALLBACK: _fallback_record(decision, place, then)} if then else {}),
             },
             not_before=send_at if send_at > now else None,
         )
@@ -280,13 +328,26 @@ class Router:
         return rendered
 
 
-def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], template: str) -> None:
+def _fallback_record(decision: Decision, place: int, then: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """What planning `then` later needs that the delivery's content does not hold already (`FALLBACK`)."""
+    return {"decision_id": decision.decision_id, "place": place, "then": [list(tried) for tried in then],
+            "vars": decision.variables, "urgency": decision.urgency}
+
+
+def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: Sequence[str], template: str) -> None:
     """Raise `_CannotReach` (skipped: the fallback may have a template that renders) when every part the
-    destination sends is blank; render strips each part already."""
+    destination sends is blank, or a part the channel cannot go without (`REQUIRED_PARTS`) is; render strips
+    each part already."""
     if parts and not any(rendered.get(part) for part in parts):
         raise _CannotReach("skipped", (
             f"template rendered empty: {template} ({', '.join(parts)} all blank); check its {{% if %}} conditions "
             "and that the file is saved whole"
+        ))
+    missing = [part for part in required if not rendered.get(part)]
+    if missing:
+        raise _CannotReach("skipped", (
+            f"template rendered empty: {template} ({', '.join(missing)} blank or missing); give it a "
+            f"{{% block {missing[0]} %}} that renders text in every case"
         ))
 
 

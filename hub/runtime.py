@@ -89,7 +89,7 @@ class Hub:
         self.delivery = DeliveryEngine(
             self.store, self.destinations, PolicyBook(policy_file, settings),
             batch_size=settings.delivery_batch_size, lease=lease, concurrency=settings.delivery_concurrency,
-            quiet_hours=self.router.policy.quiet_hours, recipient=self.router.recipient,
+            quiet_hours=self.router.policy.quiet_hours, recipient=self.router.recipient, fall_back=responder.fall_back,
         )
         self.wakeups.wake_while_busy("delivery", self.delivery.wake)
         self._workers = [

@@ -35,8 +35,9 @@ def test_demo_replays_the_journey_and_prints_the_summary() -> None:
     assert "push sent 1 1" in lines  # Ana's cart nudge, on her iPhone
     assert "push failed 1 1" in lines  # Dev's: he uninstalled the app (UNREGISTERED), the token is forgotten
     assert "+14155550101" not in result.stdout  # phones are masked
-    assert "email sent 3 3" in lines and "a***@example.com Help with your order" in lines  # emails too
+    assert "email sent 4 4" in lines and "a***@example.com Help with your order" in lines  # emails too
     assert "f***@example.com You left something in your cart: 10% off inside" in lines  # the abandoned cart
+    assert "d***@example.com You left something in your cart: 10% off inside" in lines  # Dev's, his push gone dead
     assert "chat sent 1 1" in lines and "webhook sent 1 1" in lines  # signed webhooks: chat offer, CDP tag
     assert any(line.startswith("chat chat.offer comparison_hesitation") for line in lines)
 

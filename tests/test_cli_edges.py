@@ -207,7 +207,7 @@ def test_the_demo_runs_all_its_workers_whatever_hub_workers_says(scratch: Path) 
     result = touchhub("demo", cwd=scratch, timeout=120)
     assert result.returncode == 0, flat(result)[-600:]
     lines = {" ".join(line.replace("│", " ").split()) for line in result.stdout.splitlines()}
-    assert "email sent 3 3" in lines and "Trigger fired: cart_abandonment 3" in lines
+    assert "email sent 4 4" in lines and "Trigger fired: cart_abandonment 3" in lines
 
 
 @pytest.mark.parametrize("content", ['{"type": "track"}\n{"type": "track"}\n', "[]", '{"events": [{"at": "2h"}]}'])

@@ -46,6 +46,12 @@ def shopper(user_id: str, **traits: Any) -> dict[str, Any]:
     return message("identify", userId=user_id, traits={"first_name": user_id, **traits}, timestamp=at(days=1))
 
 
+def fcm_token(person: str) -> str:
+    """A token shaped as FCM's registration tokens are: the sandbox, like FCM, refuses a malformed one, and the
+    hub then falls back to email."""
+    return f"{person}:APA91b{'0' * 32}"
+
+
 def cart(user_id: str, device: dict[str, Any] | None = None, **delta: float) -> dict[str, Any]:
     context = {"device": device} if device else {}
     return message(userId=user_id, event="Product Added", properties={"product_id": "sku-1"}, context=context,
@@ -55,7 +61,7 @@ def cart(user_id: str, device: dict[str, Any] | None = None, **delta: float) -> 
 @NO_QUIET_HOURS
 def test_cart_abandoned_on_mobile_gets_a_push_with_the_discount(running_hub: RunningHub) -> None:
     running_hub.send(shopper("mia", email="mia@example.com"),
-                     cart("mia", {"type": "ios", "token": "push-token-mia"}, minutes=3))
+                     cart("mia", {"type": "ios", "token": fcm_token("mia")}, minutes=3))
     running_hub.settle()
     decision = explained(running_hub, "cart_abandonment")
     assert fates(decision) == [("push", "planned")]
@@ -72,7 +78,7 @@ def test_cart_abandoned_on_mobile_gets_a_push_with_the_discount(running_hub: Run
 def test_a_cart_from_the_rudderstack_mobile_sdks_gets_the_push_too(running_hub: RunningHub, device_type: str) -> None:
     """RudderStack's SDKs capitalise the device type that Segment's write in lower case; matched exactly, the
     cart got neither the push nor the web email."""
-    running_hub.send(shopper("rio", email="rio@example.com"), cart("rio", {"type": device_type, "token": "tok-rio"}, minutes=3))
+    running_hub.send(shopper("rio", email="rio@example.com"), cart("rio", {"type": device_type, "token": fcm_token("rio")}, minutes=3))
     running_hub.settle()
     assert fates(explained(running_hub, "cart_abandonment")) == [("push", "planned")]
 
@@ -112,7 +118,7 @@ def test_a_phone_whose_clock_is_behind_still_gets_its_two_minutes(running_hub: R
     hub corrects the event's time by it, as Segment's API does: the cart is fresh, not already past its wait."""
     slow = at(minutes=3)
     running_hub.client.post("/v1/batch", auth=(WRITE_KEY, ""), json={"sentAt": slow, "batch": [
-        shopper("sly", email="sly@example.com"), cart("sly", {"type": "ios", "token": "tok-sly"}, minutes=3)]})
+        shopper("sly", email="sly@example.com"), cart("sly", {"type": "ios", "token": fcm_token("sly")}, minutes=3)]})
     running_hub.settle()
     assert decisions_of(running_hub, "cart_abandonment") == []
     with running_hub.hub.store.read() as connection:

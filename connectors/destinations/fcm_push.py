@@ -10,12 +10,16 @@ fail, as the most hopeful of its failures (retryable, then auth, then
 permanent).
 
 Tokens FCM calls dead (``UNREGISTERED``, ``SENDER_ID_MISMATCH``, or
-``INVALID_ARGUMENT`` with a field violation on ``message.token``) are handed
-to `forget_tokens` with the reason, which the hub wires to the identity
-graph. Any other refusal is the message's problem, never the device's: FCM
+``INVALID_ARGUMENT`` that blames the token) are handed to `forget_tokens`
+with the reason, which the hub wires to the identity graph. FCM blames a
+malformed or expired token with a bare ``INVALID_ARGUMENT`` whose message
+says "The registration token is not a valid FCM registration token"
+(firebase/firebase-admin-java#1064), rarely with a field violation on
+``message.token``; Firebase's token guide says to delete the token on it.
+Any other refusal is the message's problem, never the device's: FCM
 answers a message over its size limit, and a proxy a request it cannot
-read, with a bare ``INVALID_ARGUMENT``, and a person's good tokens must not
-go for that.
+read, with a bare ``INVALID_ARGUMENT`` too, and a person's good tokens must
+not go for that.
 
 API: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send
 Errors: https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
@@ -57,6 +61,8 @@ log = structlog.get_logger(__name__)
 FCM_ORIGIN = re.compile(r"^https://fcm\.googleapis\.com(?=[/?]|$)")
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+# FCM's text for a malformed or expired registration token, its only word on the token in a bare INVALID_ARGUMENT.
+INVALID_TOKEN_TEXT = re.compile(r"registration token is not a valid", re.IGNORECASE)
 # FCM's limit on a message's payload (https://firebase.google.com/docs/cloud-messaging/concept-options); see
 # `payload_bytes` for how it is measured.
 FCM_PAYLOAD_LIMIT = 4096
@@ -85,12 +91,12 @@ _DATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allo
 # The codes FCM answers for a token that will never take a message again, whatever the message.
 DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
 # Why a token was removed, as the profile's audit trail (`profiles explain`) shows it; INVALID_ARGUMENT counts
-# only with a field violation on message.token (`_judge`).
+# only when it blames the token (`_blames_token`).
 DEAD_TOKEN_REASONS: Mapping[str, str] = {
     "UNREGISTERED": "FCM answered UNREGISTERED: the app was uninstalled or the token expired",
     "SENDER_ID_MISMATCH": "FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project; check "
                           "the hub's FCM project (HUB_FCM_PROJECT_ID, else the service-account key's project_id)",
-    "INVALID_ARGUMENT": "FCM answered INVALID_ARGUMENT on message.token: the token is malformed",
+    "INVALID_ARGUMENT": "FCM answered INVALID_ARGUMENT for the token: it is malformed or expired",
 }
 # When no device accepted the message, the delivery fails as the most hopeful outcome.
 HOPE_ORDER: tuple[type[DeliveryError], ...] = (RetryableDeliveryError, AuthDeliveryError, PermanentDeliveryError)
@@ -338,32 +344,42 @@ def _failure(token: str, error: Exception) -> TokenFailure:
 
 def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
     response = error.http_response
-    details = _error_details(response)
+    body = _error_body(response)
+    details = _dicts(body.get("details"))
     fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == FCM_ERROR_TYPE), None)
     code = fcm_code if isinstance(fcm_code, str) and fcm_code else str(error.code)
     outcome = FCM_CODE_OUTCOMES.get(code) or (
         outcome_for_status(response.status_code) if response is not None else RetryableDeliveryError
     )
-    # A token is dead only when FCM blames it. A bare INVALID_ARGUMENT is
-    # what FCM answers a message over its size limit (and a proxy a request
-    # it cannot read): the message's fault, and the token stays.
-    violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in _dicts(d.get("fieldViolations"))]
-    token_at_fault = code == "INVALID_ARGUMENT" and any(v.get("field") == "message.token" for v in violations)
-    dead = code in DEAD_TOKEN_CODES or token_at_fault
+    dead = code in DEAD_TOKEN_CODES or (code == "INVALID_ARGUMENT" and _blames_token(body, details))
     retry_after = parse_retry_after(response.headers.get("Retry-After"), utcnow()) if response is not None else None
     return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead)
 
 
-def _error_details(response: Any) -> list[dict[str, Any]]:
-    """The ``error.details`` of an FCM error body; none when the body is not FCM's JSON (a proxy's page)."""
+def _blames_token(error: Mapping[str, Any], details: list[dict[str, Any]]) -> bool:
+    """Whether an INVALID_ARGUMENT is FCM saying the token is bad, rather than the message.
+
+    A field violation, when FCM sends one, names the culprit; without one,
+    only FCM's text tells a bad token from a message over its size limit (a
+    bare INVALID_ARGUMENT "Android message is too big") or a proxy's refusal.
+    """
+    violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in _dicts(d.get("fieldViolations"))]
+    if violations:
+        return any(v.get("field") == "message.token" for v in violations)
+    message = error.get("message")
+    return isinstance(message, str) and INVALID_TOKEN_TEXT.search(message) is not None
+
+
+def _error_body(response: Any) -> dict[str, Any]:
+    """The ``error`` object of an FCM error body; empty when the body is not FCM's JSON (a proxy's page)."""
     if response is None:
-        return []
+        return {}
     try:
         body = response.json()
     except ValueError:
-        return []
+        return {}
     error = body.get("error") if isinstance(body, dict) else None
-    return _dicts(error.get("details")) if isinstance(error, dict) else []
+    return error if isinstance(error, dict) else {}
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:

@@ -16,10 +16,12 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
 * Errors are ``{"error": {"code", "message", "status", "details"}}``; the FCM
   reason is a ``google.firebase.fcm.v1.FcmError`` detail's ``errorCode``.
 * A token whose app was uninstalled is 404 ``UNREGISTERED``. A malformed token
-  is 400 ``INVALID_ARGUMENT`` with a ``google.rpc.BadRequest`` field violation
-  on ``message.token`` (FCM has also been seen answering it bare, with only the
-  message text to tell; queue that with `fail_next`); a reserved data key is
-  the same with a violation on ``message.data``.
+  is 400 ``INVALID_ARGUMENT`` "The registration token is not a valid FCM
+  registration token" with only the FcmError detail, as FCM sends it
+  (firebase/firebase-admin-java#1064, healthjoy/async-firebase#15); set
+  `FakeFcm.token_violations` to add the ``google.rpc.BadRequest`` field
+  violation on ``message.token`` FCM has also been seen sending. A reserved
+  data key is ``INVALID_ARGUMENT`` with a violation on ``message.data``.
 * A message whose payload (data keys and values, notification title and
   body, in UTF-8) is over 4096 bytes is 400 ``INVALID_ARGUMENT`` "Android
   message is too big" with no field violation: nothing in it blames the
@@ -76,13 +78,16 @@ class FakeFcm(RecordingFake):
     """One fake Firebase project: its service accounts, access tokens, devices and sent messages.
 
     Put tokens of uninstalled apps into `unregistered`; FCM answers them with
-    ``UNREGISTERED``. `expire_access_tokens` revokes every issued access token.
+    ``UNREGISTERED``. `token_violations` adds a field violation on
+    ``message.token`` to the answer to a malformed token, which FCM usually
+    leaves out. `expire_access_tokens` revokes every issued access token.
     """
 
     def __init__(self, project_id: str = SANDBOX_PROJECT_ID) -> None:
         super().__init__()
         self.project_id = project_id
         self.unregistered: set[str] = set()
+        self.token_violations = False
         self._public_keys: dict[str, Any] = {}
         self.access_tokens = IssuedTokens(lambda: "ya29.sandbox-" + secrets.token_urlsafe(32))
         self._messages: list[dict[str, Any]] = []
@@ -129,6 +134,7 @@ class FakeFcm(RecordingFake):
         with self._lock:
             self._messages.clear()
             self.unregistered.clear()
+            self.token_violations = False
 
     def _public_key(self, email: str) -> Any:
         with self._lock:
@@ -213,8 +219,9 @@ def create_app(fake: FakeFcm) -> Starlette:
             return fcm_error(400, "Android message is too big", "INVALID_ARGUMENT")
         device = message.get("token")
         if device is not None and not REGISTRATION_TOKEN.fullmatch(str(device)):
+            violations = [{"field": "message.token", "description": "Invalid registration token"}]
             return fcm_error(400, "The registration token is not a valid FCM registration token", "INVALID_ARGUMENT",
-                             [{"field": "message.token", "description": "Invalid registration token"}])
+                             violations if fake.token_violations else None)
         if device in fake.unregistered:
             return fcm_error(404, "Requested entity was not found.", "UNREGISTERED")
         return JSONResponse(fake._store(message))

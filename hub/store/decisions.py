@@ -7,7 +7,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from hub.model import Decision
 from hub.store.schema import UTCDateTime, decisions
@@ -85,6 +85,14 @@ def count_by_rule(connection: Connection) -> dict[str, int]:
     counted)."""
     query = select(decisions.c.rule_id, func.count()).where(decisions.c.status.in_(FIRED)).group_by(decisions.c.rule_id)
     return dict(connection.execute(query).all())
+
+
+def replace_fate(connection: Connection, row: dict[str, Any], delivery_id: str, fates: list[dict[str, Any]]) -> None:
+    """The decision's (`row`, as `get` gives it) record of one delivery replaced by `fates`: that it fell back,
+    then its fallbacks' (`Responder.fall_back`)."""
+    at = next(number for number, fate in enumerate(row["actions"]) if fate.get("delivery_id") == delivery_id)
+    actions = [*row["actions"][:at], *fates, *row["actions"][at + 1:]]
+    connection.execute(update(decisions).where(decisions.c.decision_id == row["decision_id"]).values(actions=actions))
 
 
 def get(connection: Connection, decision_id: str) -> dict[str, Any] | None:

@@ -192,6 +192,22 @@ class SqlIdentityGraph:
         ])
         self.connection.execute(_INSERT_EVENTS, [moved_event(profile_id, m, touchpoint_id, at) for m in moved])
 
+    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
+        """Detach the profile's `count` identifiers of `type_` seen first, to make room for new ones
+        (`evict_oldest` in identity.yaml), each recorded as detached so `profiles explain` says where it went."""
+        oldest = self.connection.execute(
+            select(identifiers.c.value)
+            .where(identifiers.c.profile_id == profile_id, identifiers.c.type == type_)
+            .order_by(identifiers.c.first_seen_at, identifiers.c.value)
+            .limit(count)
+        ).scalars().all()
+        self.connection.execute(delete(identifiers).where(identifiers.c.type == type_, identifiers.c.value.in_(oldest)))
+        self.connection.execute(_INSERT_EVENTS, [
+            {"kind": "detached", "profile_id": profile_id, "touchpoint_id": touchpoint_id, "identifiers": [[type_, value]],
+             "rule": rule, "at": at}
+            for value in oldest
+        ])
+
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
         _INSERT_PROFILE.execute(
