@@ -59,11 +59,11 @@ def list_deliveries(
     Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
     """
     with config_problems_exit("The delivery log cannot be read"):
-        mappings_dir = load_settings().mappings_dir
-        routes, recipient = delivery_recipients(mappings_dir)
+        settings = load_settings()
+        routes, recipient = delivery_recipients(settings.mappings_dir)
         _refuse_unknown(routes, destination=destination, channel=channel)
     search = partial(delivery_log.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
-                     recipient=recipient)
+                     recipient=recipient, region=settings.default_phone_region)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
         found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
     table = Table(title=f"Deliveries ({len(found)} shown)")

@@ -148,7 +148,7 @@ def decisions_explain(
         store = existing_store(url)
     try:
         with store.read() as connection:
-            found = explain(connection, decision_id, recipient)
+            found = explain(connection, decision_id, recipient, settings.default_phone_region)
     finally:
         store.dispose()
     if found is None:

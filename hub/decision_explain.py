@@ -19,9 +19,11 @@ from hub.store.schema import timers
 
 
 def explain(
-    connection: Connection, decision_id: str, recipient: delivery_log.RecipientOf = delivery_log.unrouted
+    connection: Connection, decision_id: str, recipient: delivery_log.RecipientOf = delivery_log.unrouted,
+    region: str = delivery_log.DEFAULT_REGION,
 ) -> dict[str, Any] | None:
-    """`recipient`: what each delivery's target is (`Router.recipient`), so push tokens are masked as such."""
+    """`recipient`: what each delivery's target is (`Router.recipient`), so push tokens are masked as such;
+    `region` (HUB_DEFAULT_PHONE_REGION), where a phone without its country code in what was sent is read."""
     decision = decisions.get(connection, decision_id)
     if decision is None:
         return None
@@ -33,7 +35,7 @@ def explain(
         "judged_again_after": _evidence_touchpoint(connection, evidence, "judged_again_after"),
         "merged_by": _evidence_touchpoint(connection, evidence, "merged_by"),
         "timer": dict(timer) if timer else None,
-        "deliveries": delivery_log.search(connection, limit=100, decision_id=decision_id, recipient=recipient),
+        "deliveries": delivery_log.search(connection, limit=100, decision_id=decision_id, recipient=recipient, region=region),
     }
 
 

@@ -18,8 +18,13 @@ import phonenumbers
 from hub.identifiers import normalize_identifier
 from hub.model import Identifier
 
-# Letters of any script: identity takes in internationalised addresses (zoë@example.com, ana@bücher.de).
-_EMAIL = re.compile(r"([\w.%+-])[\w.%+-]*@([\w.-]+\.[^\W\d_]{2,})")
+# An address as ingest takes one (`hub.identifiers`): any RFC 5322 atext character before the @ (mary.o'brien@,
+# jane&john@), letters of any script (zoë@example.com, ana@bücher.de), and a domain with no dot (bo@localhost; a
+# provider quoting back a refused "ana.silva@gmail"). The lookbehind starts a mask only where the local part does,
+# so none is left to read in front of it; a full stop that ends a sentence is no part of the domain. A URL's
+# "//" is no part of its user name (https://tok@host -> https://t***@host), and a mask ("***@") is not masked again.
+_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
+_EMAIL = re.compile(rf"(?<![\w.!#$%&'*+=?^`{{|}}~-])([\w.!#$%&'+=?^`{{|}}~-]){_ATEXT}*@([\w-]+(?:\.[\w-]+)*)")
 # A value that may be a phone written by hand: digits and what people put between them, nothing else. Checked
 # before any parsing, as every string of a touchpoint is looked at.
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
@@ -29,9 +34,9 @@ _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 # nor before more of a domain (bo@example.com.au); a full stop that ends a sentence ends it.
 _NOT_AFTER_ADDRESS = r"(?<![\w.%+-])"
 _NOT_BEFORE_ADDRESS = r"(?![\w-]|\.[\w-])"
-# International numbers (+ and digits) and North American national ones; a bare
-# run of digits is not masked, or every timestamp and id would be.
-_PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b")
+# International numbers (+ and digits) and North American national ones, "(415)555-0123" too; a bare run of
+# digits in text is not masked, or every timestamp and id would be (`mask_traits` masks one that is a whole value).
+_PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\(\d{3}\)\s?\d{3}[ .-]\d{4}\b")
 # Identifier types whose values are credentials rather than addresses (routes.yaml `target`).
 TOKEN_TYPES = frozenset({"push_token"})
 
@@ -45,14 +50,16 @@ def mask_phone(value: str) -> str:
     return head + "*" * (len(digits) - 5) + digits[-4:]
 
 
-def mask_email(value: str) -> str:
-    """'jane.doe@example.com' -> 'j***@example.com'."""
-    return _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", value)
+def mask_email(address: str) -> str:
+    """One address, 'jane.doe@example.com' -> 'j***@example.com'. The domain is what follows the last "@": one
+    in a local part ("a@b"@example.com) is the person's, not the domain's."""
+    local, _, domain = address.rpartition("@")
+    return f"{local[:1]}***@{domain}"
 
 
 def mask_text(text: str) -> str:
     """Mask every email address and phone number found in free text."""
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), mask_email(text))
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text))
 
 
 def mask_value(value: Any) -> Any:
@@ -83,6 +90,8 @@ def mask_recipient(target: str, identifier: Identifier | None) -> str:
     target is (`Router.recipient`), None for a profile id or a channel no longer routed."""
     if identifier is not None and identifier.type in TOKEN_TYPES:
         return mask_token(target)
+    if identifier is not None and identifier.type == "email":
+        return mask_email(target)
     return mask_text(target)
 
 

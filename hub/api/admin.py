@@ -123,6 +123,7 @@ async def list_deliveries(
     search = partial(
         delivery_log.search, limit=limit, status=status, channel=channel, destination_id=destination,
         since=_utc("since", since), until=_utc("until", until), recipient=_hub(request).router.recipient,
+        region=_hub(request).settings.default_phone_region,
     )
     return await _answer(request, _listed("deliveries", profile_id, search))
 
@@ -169,7 +170,10 @@ async def list_decisions(
 
 @router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries", dependencies=READ)
 async def get_decision(request: Request, decision_id: str) -> Response:
-    explained = partial(explain, decision_id=decision_id, recipient=_hub(request).router.recipient)
+    hub = _hub(request)
+    explained = partial(
+        explain, decision_id=decision_id, recipient=hub.router.recipient, region=hub.settings.default_phone_region
+    )
     return await _answer(request, explained, f"no decision {decision_id!r}")
 
 
@@ -195,8 +199,8 @@ async def list_rules(request: Request) -> dict[str, Any]:
 @router.get("/quarantine", summary="Refused bodies and items, newest first, each body cut short", dependencies=READ)
 async def list_quarantine(request: Request, limit: int = Limit) -> Response:
     """Each `raw_body` is its first `quarantine.LISTED_BODY_BYTES` (`raw_body_cut`, `raw_body_bytes`): anyone with
-    the public write key can fill the quarantine with bodies of HUB_MAX_BODY_BYTES; GET /api/quarantine/{id} has
-    one whole."""
+    the public write key can fill the quarantine with bodies of HUB_MAX_BATCH_BYTES (4 MiB by default);
+    GET /api/quarantine/{id} has one whole."""
     return await _answer(request, lambda connection: {"quarantine": quarantine.recent(connection, limit)})
 
 

@@ -10,12 +10,15 @@ from typing import Any
 from sqlalchemy import Connection, desc, func, select
 
 from hub.model import Identifier
-from hub.pii import mask_recipient, mask_value
+from hub.pii import mask_recipient, mask_traits
+from hub.settings import HubSettings
 from hub.store.schema import attempts, deliveries
 
 
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
 RecipientOf = Callable[[str, str], Identifier | None]
+# HUB_DEFAULT_PHONE_REGION's default, for callers that read the log without settings.
+DEFAULT_REGION: str = HubSettings.model_fields["default_phone_region"].default
 
 
 def unrouted(channel: str, target: str) -> Identifier | None:
@@ -35,13 +38,15 @@ def search(
     until: datetime | None = None,
     decision_id: str | None = None,
     recipient: RecipientOf = unrouted,
+    region: str = DEFAULT_REGION,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
     numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.
 
     `since` (inclusive) and `until` (exclusive) bound when the delivery was planned. `recipient` says what
     each delivery's target is (`Router.recipient`), so a push token is masked as one; without it every target
-    is masked as text, which leaves tokens whole.
+    is masked as text, which leaves tokens whole. `region` (HUB_DEFAULT_PHONE_REGION) is where a phone written
+    without its country code is read, as ingest reads it: a field holding just "4155550123" is masked as a phone.
     """
     query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
     for column, wanted in (
@@ -68,7 +73,7 @@ def search(
         for row in rows:
             by_delivery[row["delivery_id"]].append({key: value for key, value in row.items() if key != "delivery_id"})
     for item in found:
-        _mask_recipients(item, recipient(item["channel"], item["target"]))
+        _mask_recipients(item, recipient(item["channel"], item["target"]), region)
         item.pop("claimed_until")
         # The latest replay out of the dead-letter queue (or of a failure): the attempts after it are its.
         replayed_at, after_attempt = item.pop("retry_from"), item.pop("retry_from_attempt")
@@ -77,10 +82,12 @@ def search(
     return found
 
 
-def _mask_recipients(item: dict[str, Any], identifier: Identifier | None) -> None:
+def _mask_recipients(item: dict[str, Any], identifier: Identifier | None, region: str) -> None:
     """Mask a delivery row's target and content in place; a multicast route's `recipients` (every device of
-    the person) are of the target's kind, and masked as it is."""
-    content = mask_value(item["content"])
+    the person) are of the target's kind, and masked as it is. Content is masked as a profile's traits are: a
+    CRM field or greeting holds a phone as the person typed it ("4155550123", "(415)555-0123"), which no pattern
+    for free text can tell from an id."""
+    content = mask_traits(item["content"], (), region)
     if "recipients" in content:
         content["recipients"] = [mask_recipient(each, identifier) for each in item["content"]["recipients"]]
     item["target"], item["content"] = mask_recipient(item["target"], identifier), content
