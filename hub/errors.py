@@ -111,7 +111,8 @@ class IdentityRepairError(HubError):
 
 
 class ForgottenIdentityError(HubError):
-    """Every identifier of a touchpoint belongs to a person erased on request: the event is dropped."""
+    """Every identifier of a touchpoint belongs to a person erased on request, or the event was received before
+    its sender was forgotten: the event is dropped."""
 class EventDropped(HubError):
     """A drop rule of the mapping matched: the event is acknowledged and not kept."""
 

@@ -56,8 +56,8 @@ class PipelineConfig:
 
 @dataclass
 class _Outcome:
-    """What processed rows leave for after their savepoint: rows to mark done, rows processed (a metric),
-    what they recorded, the due times of the timers they armed.
+    """What processed rows leave for after their savepoint: rows to mark done (and of them, those a mapping
+    dropped, with why), rows processed (a metric), what they recorded, the due times of the timers they armed.
 
     Collected per set, never in shared state, so a set rolled back and run
     again row by row counts and marks each row once.
@@ -67,10 +67,11 @@ class _Outcome:
     processed: int = 0
     recorded: Recorded = field(default_factory=Recorded)
     armed: list[datetime] = field(default_factory=list)
+    dropped: list[tuple[int, str]] = field(default_factory=list)
 
     def __add__(self, other: _Outcome) -> _Outcome:
         return _Outcome(self.done + other.done, self.processed + other.processed,
-                        self.recorded + other.recorded, self.armed + other.armed)
+                        self.recorded + other.recorded, self.armed + other.armed, self.dropped + other.dropped)
 
 
 class Pipeline:
@@ -109,6 +110,8 @@ class Pipeline:
             rows = inbox.claim(connection, self._claim_size, now, self.config.lease)
             outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
             inbox.mark_done(connection, outcome.done, now)
+            if outcome.dropped:
+                inbox.mark_dropped(connection, outcome.dropped)
         self._claim_size = self._next_claim_size(len(rows))
         metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed)
         outcome.recorded.count()
@@ -178,10 +181,14 @@ class Pipeline:
             touchpoint = normalize(raw, mapping, row.received_at, self.config.default_phone_region, self.config.identity)
         except EventDropped as exc:
             log.info("event dropped", inbox_id=row.id, reason=str(exc))
+            outcome.dropped.append((row.id, str(exc)))
             return
         graph = EpochCachedGraph(connection, self._identities)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         if resolution.erased:
+            if forget.forgotten_since(connection, resolution.erased, row.received_at):
+                # Taken in before the person was forgotten: theirs, not a new person's (rolls back what resolve wrote).
+                raise ForgottenIdentityError(f"inbox row {row.id}: received before its sender was forgotten")
             touchpoint = _without_erased(touchpoint, resolution.erased)
             forget.forget_inbox_payloads(connection, [row.id])
         if resolution.moved:  # a shared device's token went to whoever signed in on it: the first one's pushes to it stop

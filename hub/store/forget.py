@@ -15,15 +15,18 @@ planned here (`hub.store.erasures`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, delete, insert, or_, select, union, update
+from sqlalchemy import Connection, Select, and_, case, delete, exists, false, insert, or_, select, union, update
 
+from hub.identity import PREVIOUS_ID, PREVIOUS_ID_MEANS
 from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine, withdrawals
+from hub.store.inbox import DROPPED
 from hub.store.erasures import plan_erasures
 from hub.store.identity_graph import identifier_digest
 from hub.store.identity_repair import held_by, locked_live_profile
@@ -44,6 +47,7 @@ from hub.store.traits import with_part_times
 
 FORGOTTEN_REASON = "not sent: profile forgotten"
 USER_ID = "user_id"  # as `hub.identity` names the type
+DROPPED_READ_BATCH = 1000  # inbox rows read at a time, so a long inbox is never held in memory whole
 
 
 def forget(
@@ -72,8 +76,9 @@ def forget(
         .where(touchpoints.c.profile_id == live_id)
         .values(identifiers=[], properties={}, traits={}, context={})
     ).rowcount
-    forget_inbox_payloads(connection, inbox_ids)
-    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids), erased)
+    forget_inbox_payloads(connection, [*inbox_ids, *_dropped_events_holding(connection, erased)])
+    refusals = _refusals_naming(erased)
+    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, refusals), erased)
     _forget_quarantined_events(connection, quarantine.forget_holding(connection, erased))
     # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
     # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
@@ -101,6 +106,7 @@ def forget(
     )
     connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
     connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
+    connection.execute(update(identity_events).where(identity_events.c.id.in_(refusals)).values(identifiers=[]))
     consent_changes.forget(connection, ids)
     connection.execute(delete(profiles).where(profiles.c.profile_id.in_(ids)))
     connection.execute(
@@ -113,6 +119,24 @@ def forget(
         "profile_id": live_id, "identifiers": len(erased), "touchpoints": wiped, "deliveries": len(delivery_ids),
         "crm_erasures": len(erasures),
     }
+
+
+def forgotten_since(connection: Connection, carried: Sequence[Identifier], received_at: datetime) -> bool:
+    """Whether one of these identifiers of forgotten people (as an event carries them: `Resolution.erased`) was
+    forgotten at or after `received_at`: the event was then the person's own, accepted before the forget and still
+    queued, and is dropped whole. One received later is someone new typing the address again, stored without it.
+
+    Asked only of an event that carries a forgotten identifier, never on the pipeline's common path.
+    """
+    digests = [identifier_digest(Identifier(type_, ident.value)) for ident in carried for type_ in _blocked_as(ident)]
+    return connection.execute(
+        select(exists().where(forgotten_identifiers.c.digest.in_(digests), forgotten_identifiers.c.forgotten_at >= received_at))
+    ).scalar_one()
+
+
+def _blocked_as(ident: Identifier) -> tuple[str, ...]:
+    """The types an identifier is on the blocklist as: an alias's previousId as what it may be (`hub.identity`)."""
+    return PREVIOUS_ID_MEANS if ident.type == PREVIOUS_ID else (ident.type,)
 
 
 def _previous_ids_as_user_ids(connection: Connection, profile_id: str) -> list[Identifier]:
@@ -215,17 +239,53 @@ def _holds(value: Any, holds: Callable[[str], bool]) -> bool:
     return isinstance(value, str) and holds(value)
 
 
-def _carried_elsewhere(connection: Connection, profile_ids: list[str]) -> list[str]:
+def _carried_elsewhere(connection: Connection, profile_ids: list[str], refusals: Select[tuple[int]]) -> list[str]:
     """Touchpoints of other people that carried these profiles' identifiers: the one that merged a profile into
     a survivor (an unmerge leaves it with the survivor) and those whose link to one was refused (kept apart, a
-    limit). The audit trail names each, so none is looked for among all touchpoints."""
-    linked_by = select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)).union(
-        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids))
+    limit), named by the refusal's other profile or, refused before the identifier had an owner, by the
+    `refusals` naming it. The audit trail names each, so none is looked for among all touchpoints."""
+    linked_by = union(
+        select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)),
+        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids)),
+        select(identity_events.c.touchpoint_id).where(identity_events.c.id.in_(refusals)),
     )
     return list(connection.execute(
         select(touchpoints.c.touchpoint_id)
         .where(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.profile_id.not_in(profile_ids))
     ).scalars())
+
+
+def _refusals_naming(erased: list[Identifier]) -> Select[tuple[int]]:
+    """The refused links naming one of the erased identifiers with no profile on the other side: a limit refused
+    another person's event the identifier before it had an owner (Ana's sixth email, later Bo's), so no audit
+    row names the person's profile. A refusal names one identifier (`IdentityGraph.record_refusals`); it is
+    matched by its JSON path, which SQLAlchemy writes as json_extract on SQLite and #>> on PostgreSQL."""
+    carried = identity_events.c.identifiers
+    named = [and_(carried[(0, 0)].as_string() == ident.type, carried[(0, 1)].as_string() == ident.value) for ident in erased]
+    return select(identity_events.c.id).where(
+        identity_events.c.kind == "refused", identity_events.c.other_profile_id.is_(None), or_(false(), *named)
+    )
+
+
+def _dropped_events_holding(connection: Connection, erased: list[Identifier]) -> list[int]:
+    """The inbox rows of events a mapping's `drop` rule left out whose raw body holds the person: processed into
+    no touchpoint, they were marked done with their body kept (`inbox.mark_dropped`). Those behind a touchpoint
+    are wiped by it, those quarantined with their quarantined body (`quarantine.forget_holding`), pending ones
+    when processed (`hub.pipeline`).
+
+    Nothing links such a body to a profile, so the dropped rows are read
+    through, as the quarantine is; only those, found by their `error`, not the
+    whole inbox.
+    """
+    holds = quarantine.body_holding(erased)
+    if holds is None:
+        return []
+    rows = connection.execute(
+        select(inbox.c.id, inbox.c.payload)
+        .where(inbox.c.status == "done", inbox.c.error.startswith(DROPPED, autoescape=True))
+        .execution_options(yield_per=DROPPED_READ_BATCH)
+    )
+    return [row.id for row in rows if row.payload and holds(json.dumps(row.payload, ensure_ascii=False).encode())]
 
 
 def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], erased: list[Identifier]) -> None:

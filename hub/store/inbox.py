@@ -24,6 +24,8 @@ class InboxRow:
     attempts: int
 
 
+# The error of a done row a mapping dropped (`mark_dropped`): never an error of a touchpoint's row, which is None.
+DROPPED = "dropped by its mapping: "
 _APPEND = sql.NewRows(inbox.c.dedup_key)  # each ingest request's events, in one insert that names the new ones
 
 
@@ -91,6 +93,15 @@ _MARK_DONE = precompiled.InLists(  # each pipeline batch
 
 def mark_done(connection: Connection, inbox_ids: Sequence[int], now: datetime) -> None:
     _MARK_DONE.execute(connection, inbox_ids, p_now=now)
+
+
+def mark_dropped(connection: Connection, dropped: Sequence[tuple[int, str]]) -> None:
+    """Note on rows marked done that a mapping dropped them, and why: the raw body is all that is left of such an
+    event, and `forget` finds the ones to wipe among these alone rather than read through the whole inbox."""
+    connection.execute(
+        update(inbox).where(inbox.c.id == bindparam("p_id")).values(error=bindparam("p_error")),
+        [{"p_id": inbox_id, "p_error": f"{DROPPED}{reason}"} for inbox_id, reason in dropped],
+    )
 
 
 def mark_failed(connection: Connection, inbox_id: int, now: datetime, error: str) -> None:

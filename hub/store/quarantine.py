@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import unquote_plus
 
 from sqlalchemy import ColumnElement, Connection, LargeBinary, desc, func, insert, select, update
 
@@ -47,8 +48,9 @@ def add(
     )
 
 
-# A listed body is cut to its first bytes, in the query: bodies may be HUB_MAX_BODY_BYTES each, and anyone with the
-# public write key can fill the quarantine with them; the console shows only the start of each (`get` has it whole).
+# A listed body is cut to its first bytes, in the query: bodies may be HUB_MAX_BATCH_BYTES each (4 MiB by default),
+# and anyone with the public write key can fill the quarantine with them; the console shows only the start of each
+# (`get` has it whole).
 LISTED_BODY_BYTES = 4096
 MAX_ID = 2**63 - 1  # the largest integer SQLite can bind
 
@@ -99,7 +101,8 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
     The row stays, for counts.
 
     An address (email, phone, push token) is found as text, in any case and a
-    phone written any way (`hub.pii.holding`), in bodies of any kind. Any other
+    phone written any way (`hub.pii.holding`), in bodies of any kind: JSON in
+    UTF-16 or UTF-32 as the parser takes it, a form's percent-escapes. Any other
     id is found only as the value of a key that names it, at any depth (a
     batch's items): Segment's `userId`, `anonymousId` and `previousId`, or a
     custom identifier type's own name (`loyalty_id` in context.traits, in
@@ -115,27 +118,51 @@ def forget_holding(connection: Connection, erased: Collection[Identifier]) -> li
     so forgetting a person reads the quarantine through, once: an operator's
     action, on a table ops keep short.
     """
-    addresses = address_values(erased)
-    ids = {ident.value for ident in erased if ident.type not in ADDRESS_TYPES}
-    if not addresses and not ids:
+    holds = body_holding(erased)
+    if holds is None:
         return []
-    # A custom type's key is its own: its value is matched in any case, as identity.yaml may lower-case it.
-    any_case = {ident.type for ident in erased if ident.type not in ADDRESS_TYPES | CASED_ID_TYPES}
     rows = connection.execute(
         select(quarantine.c.id, quarantine.c.inbox_id, quarantine.c.raw_body, quarantine.c.reason, quarantine.c.problems)
     )
-    holds = holding(addresses)
-    held = [
-        row for row in rows
-        if holds(f"{row.raw_body.decode('utf-8', 'replace')} {row.reason} {row.problems}")
-        or (ids and not ids.isdisjoint(_ids_under(row.raw_body, any_case)))
-    ]
+    held = [row for row in rows if holds(row.raw_body, f"{row.reason} {row.problems}")]
     if held:
         connection.execute(
             update(quarantine).where(quarantine.c.id.in_([row.id for row in held]))
             .values(raw_body=b"", problems=[], reason=ERASED_REASON)
         )
     return sorted({row.inbox_id for row in held if row.inbox_id is not None})
+
+
+def body_holding(erased: Collection[Identifier]) -> Callable[[bytes, str], bool] | None:
+    """Whether a raw body (with `beside` it, text that may quote it) holds one of the `erased` identifiers, found as
+    `forget_holding` says: made once for many bodies. None when there is nothing to look for.
+
+    Shared with the inbox's events that became no touchpoint (`hub.store.forget`), whose bodies are as raw.
+    """
+    addresses = address_values(erased)
+    ids = {ident.value for ident in erased if ident.type not in ADDRESS_TYPES}
+    if not addresses and not ids:
+        return None
+    # A custom type's key is its own: its value is matched in any case, as identity.yaml may lower-case it.
+    any_case = {ident.type for ident in erased if ident.type not in ADDRESS_TYPES | CASED_ID_TYPES}
+    holds = holding(addresses)
+
+    def held(body: bytes, beside: str = "") -> bool:
+        return holds(f"{_text_of(body)} {beside}") or bool(ids) and not ids.isdisjoint(_ids_under(body, any_case))
+
+    return held
+
+
+def _text_of(body: bytes) -> str:
+    """The body as text in the encoding it was sent in, and, if it has any, with its percent-escapes undone too.
+
+    The hub's JSON parser takes UTF-16 and UTF-32 bodies (RFC 8259's
+    detection, with or without a BOM), so a refused one is kept as sent; read
+    as UTF-8 its "sam@example.com" is no text at all. A form-encoded body
+    writes the @ as %40.
+    """
+    text = body.decode(json.detect_encoding(body), "replace")
+    return f"{text} {unquote_plus(text)}" if "%" in text else text
 
 
 # The keys a Segment (or RudderStack) message names its person by, and the types they hold: case matters.
