@@ -174,6 +174,8 @@ class Destination(Connector, ABC):
     # half-saved) routing skips the message and tries its fallback; none (data such as webhooks and CRM updates,
     # which mean something without text): always sent.
     message_parts: ClassVar[tuple[str, ...]] = ()
+    # Parts a message cannot go without though the others render (an email's subject): one blank is skipped too.
+    required_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
         self.destination_id = destination_id

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 import uvicorn
 
-from hub.cli_support import config_problems_exit, console, err_console, plain
+from hub.cli_support import config_problems_exit, console, fail, plain
 from hub.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -39,10 +39,7 @@ def wait_while_workers_live(hub: Hub, stopping: threading.Event, poll_seconds: f
 
     while not stopping.wait(poll_seconds):
         if dead := hub.dead_workers():
-            err_console.print(
-                plain(f"{dead_workers_line(dead)}; exiting with status 1 so a supervisor restarts it"), soft_wrap=True
-            )
-            raise typer.Exit(1)
+            fail(plain(f"{dead_workers_line(dead)}; exiting with status 1 so a supervisor restarts it"))
 
 
 @contextmanager

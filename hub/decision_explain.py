@@ -14,13 +14,14 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.store import decisions, delivery_log, touchpoints
 from hub.store.schema import timers
 
 
 def explain(
     connection: Connection, decision_id: str, recipient: delivery_log.RecipientOf = delivery_log.unrouted,
-    region: str = delivery_log.DEFAULT_REGION,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> dict[str, Any] | None:
     """`recipient`: what each delivery's target is (`Router.recipient`), so push tokens are masked as such;
     `region` (HUB_DEFAULT_PHONE_REGION), where a phone without its country code in what was sent is read."""

@@ -17,6 +17,9 @@ import phonenumbers
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier
 
+# Where a phone written without +country is read unless HUB_DEFAULT_PHONE_REGION says otherwise.
+DEFAULT_PHONE_REGION = "US"
+
 KNOWN_TYPES = tuple(item.type for item in DEFAULT_IDENTITY.identifier_types)
 
 # One RFC 5322 dot-atom each side of the "@" (RFC 6532 lets both hold non-ASCII), so nothing that makes a

@@ -73,7 +73,9 @@ class IdentityGraph(Protocol):
 
     def move(self, profile_id: str, moved: Sequence[MovedIdentifier], touchpoint_id: str, at: datetime) -> None: ...
 
-    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None: ...
+    def evict_oldest(
+        self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime
+    ) -> Sequence[str]: ...
 
 
 def resolve(

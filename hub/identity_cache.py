@@ -25,7 +25,7 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.identity_graph import FOLLOWING_MERGES, identifier_digest, moved_event
+from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, identifier_digest, moved_event
 from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
 from hub.store.sql import lock_profiles
@@ -144,7 +144,9 @@ class CachedIdentityGraph:
                 self._moved_identifiers[ident] = {"m_type": ident.type, "m_value": ident.value, **row}
             self._events.append(moved_event(profile_id, m, touchpoint_id, at))
 
-    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
+    def evict_oldest(
+        self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime
+    ) -> Sequence[str]:
         held = sorted((i for i in self.members[profile_id] if i.type == type_), key=lambda i: (self.first_seen[i], i.value))
         for ident in held[:count]:
             self.members[profile_id].remove(ident)
@@ -154,10 +156,8 @@ class CachedIdentityGraph:
             self._moved_identifiers.pop(ident, None)
             if self._new_identifiers.pop(ident, None) is None:
                 self._evicted.append({"e_type": ident.type, "e_value": ident.value})
-            self._events.append({
-                "kind": "detached", "profile_id": profile_id, "other_profile_id": None, "touchpoint_id": touchpoint_id,
-                "identifiers": [[ident.type, ident.value]], "rule": rule, "at": at,
-            })
+            self._events.append(detached_event(profile_id, ident, rule, at, touchpoint_id))
+        return [ident.value for ident in held[:count]]
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
         self._events.extend(

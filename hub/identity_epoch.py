@@ -143,6 +143,10 @@ class EpochCachedGraph(SqlIdentityGraph):
         super().move(profile_id, moved, touchpoint_id, at)
         self.cache.learn({m.identifier: profile_id for m in moved})
 
-    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
-        super().evict_oldest(profile_id, type_, count, touchpoint_id, rule, at)
-        self.cache.clear()  # the cache still names the evicted identifiers' owner; rare (a profile past a limit)
+    def evict_oldest(
+        self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime
+    ) -> Sequence[str]:
+        evicted = super().evict_oldest(profile_id, type_, count, touchpoint_id, rule, at)
+        for value in evicted:  # the cache would still name the profile as their owner
+            self.cache.owner.pop(Identifier(type_, value), None)
+        return evicted

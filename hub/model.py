@@ -245,6 +245,7 @@ SEND_BY = "send_by"  # past this (ISO time), a message to a person is too old to
 # content does not hold already (`Responder.fall_back`); never sent to a provider:
 # {"decision_id", "place", "then": [[channel, template], ...], "vars", "urgency"}.
 FALLBACK = "fallback"
+ENGINE_KEYS = (QUIET_ZONE, SEND_BY, FALLBACK)  # all of them: a destination that sends content whole leaves them out
 # The content key of a CRM erasure (`hub.store.erasures`): {"external_id": "<profile id>"}, with "sobject" only when
 # the update named one; a destination that erases records deletes the one it names instead of writing.
 ERASURE = "erase"

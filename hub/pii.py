@@ -23,8 +23,9 @@ from hub.model import Identifier
 # provider quoting back a refused "ana.silva@gmail"). The lookbehind starts a mask only where the local part does,
 # so none is left to read in front of it; a full stop that ends a sentence is no part of the domain. A URL's
 # "//" is no part of its user name (https://tok@host -> https://t***@host), and a mask ("***@") is not masked again.
-_ATEXT = r"[\w.!#$%&'*+/=?^`{|}~-]"
-_EMAIL = re.compile(rf"(?<![\w.!#$%&'*+=?^`{{|}}~-])([\w.!#$%&'+=?^`{{|}}~-]){_ATEXT}*@([\w-]+(?:\.[\w-]+)*)")
+_LEADING = r"\w.!#$%&'+=?^`{|}~\-"  # what may start a local part: atext but "/" and "*"
+_ATEXT = rf"[{_LEADING}*/]"
+_EMAIL = re.compile(rf"(?<![{_LEADING}*])([{_LEADING}]){_ATEXT}*@([\w-]+(?:\.[\w-]+)*)")
 # A value that may be a phone written by hand: digits and what people put between them, nothing else. Checked
 # before any parsing, as every string of a touchpoint is looked at.
 _PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")

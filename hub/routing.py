@@ -40,9 +40,6 @@ from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
-# Parts a channel's message cannot go without though the others render: an email with no subject went out
-# under the internal rule id as its subject (email_smtp), and the customer read it.
-REQUIRED_PARTS: dict[str, tuple[str, ...]] = {"email": ("subject",)}
 
 
 class ChannelRoute(BaseModel):
@@ -115,11 +112,10 @@ class Router:
         `destinations`: the installed destination connectors (default: `load_registry`'s)."""
         self.routes = routes
         connectors = load_registry().destinations if destinations is None else destinations
-        # destination -> the parts of its messages: one whose every part renders blank is not sent (Twilio refuses
-        # an empty SMS; an empty email would go out under the rule id as its subject)
-        self.message_parts = {
-            route.destination: connectors[route.destination].message_parts
-            for route in routes.values() if route.destination in connectors
+        # destination -> its connector, whose `message_parts` and `required_parts` say when a message rendered
+        # blank is not sent (Twilio refuses an empty SMS; an email without a subject went out under the rule id)
+        self._composers = {
+            route.destination: connectors[route.destination] for route in routes.values() if route.destination in connectors
         }
         self.templates = templates
         self.policy = policy or ContactPolicy()
@@ -264,7 +260,8 @@ class Router:
         except TemplateError as exc:  # the fallback's template may render
             raise _CannotReach("skipped", f"template {template}: {exc}") from exc
         fields = self._fields(decision.rule_id, action.fields, context)
-        _refuse_blank(rendered, self.message_parts.get(route.destination, ()), REQUIRED_PARTS.get(channel, ()), template)
+        if composer := self._composers.get(route.destination):
+            _refuse_blank(rendered, composer.message_parts, composer.required_parts, template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
@@ -336,8 +333,8 @@ def _fallback_record(decision: Decision, place: int, then: Sequence[tuple[str, s
 
 def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: Sequence[str], template: str) -> None:
     """Raise `_CannotReach` (skipped: the fallback may have a template that renders) when every part the
-    destination sends is blank, or a part the channel cannot go without (`REQUIRED_PARTS`) is; render strips
-    each part already."""
+    destination sends is blank, or a part it cannot go without (`required`) is; render strips each part
+    already."""
     if parts and not any(rendered.get(part) for part in parts):
         raise _CannotReach("skipped", (
             f"template rendered empty: {template} ({', '.join(parts)} all blank); check its {{% if %}} conditions "

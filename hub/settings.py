@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.durations import LONGEST
+from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.secret_urls import shown_url
 from hub.signing_secrets import in_use
 
@@ -71,7 +72,7 @@ class HubSettings(BaseSettings):
         description="Largest accepted body of /v1/batch and /v1/b, after gunzip: RudderStack's SDKs and server go to 4 MiB.",
     )
     default_phone_region: str = Field(
-        "US", description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."
+        DEFAULT_PHONE_REGION, description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."
     )
 
     twilio_account_sid: str = "AC00000000000000000000000000000000"

@@ -153,6 +153,7 @@ class EmailSmtpDestination(Destination):
     channel = "email"
     # `body` is the text of a template without blocks; one with an `html` block and no `text` has its text derived
     message_parts = ("subject", "text", "html", "body")
+    required_parts = ("subject",)  # without one it went out under the internal rule id, which the customer read
     Config = EmailSmtpConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:

@@ -45,12 +45,10 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
-from weakref import WeakKeyDictionary
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -64,6 +62,7 @@ from simple_salesforce.exceptions import (
 )
 
 from connectors.base import Destination
+from connectors.destinations import retry_after
 from connectors.destinations.requests_transport import VendorAdapter
 from hub.clock import utcnow
 from hub.errors import (
@@ -100,20 +99,16 @@ SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "STRING_TOO_LONG": PermanentDeliveryError,
     "NOT_FOUND": PermanentDeliveryError,
 }
-# Two sends for one new person both find no record keyed by the profile id and both insert: Salesforce refuses
-# the later with 400 DUPLICATE_VALUE naming the external-id field. Trying again updates the winner's record; a
-# duplicate of any other unique field is the data's, and stays permanent.
-LOST_RACE_CODE = "DUPLICATE_VALUE"
+# A unique field's value already taken. Two sends for one new person both find no record keyed by the profile id
+# and both insert: Salesforce refuses the later so, naming the external-id field. Trying again updates the
+# winner's record; a duplicate of any other unique field is the data's, and stays permanent.
+DUPLICATE_VALUE = "DUPLICATE_VALUE"
 # Login refusals that say Salesforce, not our credentials, is at fault. Its token endpoint answers a passing
 # fault with HTTP 500 {"error": "unknown_error", "error_description": "retry your request"}, and
 # simple-salesforce passes on the error code without the status.
 RETRYABLE_LOGIN_ERRORS = frozenset({"unknown_error", "server_error", "temporarily_unavailable"})
 RETRY_YOUR_REQUEST = "retry your request"
 USER_ID_PREFIX = "005"  # a User's record id; a queue (a Group) is 00G, and may own a Lead but not a Task
-# The Retry-After of the answer each refusal was made of (`_retry_after_kept`), while the refusal lives:
-# simple-salesforce's exceptions keep an answer's status and body, not its headers.
-_RETRY_AFTER: WeakKeyDictionary[SalesforceError, str] = WeakKeyDictionary()
-_last_answer = threading.local()  # per thread: the Retry-After of its last Salesforce answer (`_note_retry_after`)
 # Salesforce answers 404 NOT_FOUND both for no such record and for an external-id field the integration user
 # cannot see; only the message tells them apart. The first means erased, the second a setup to fix.
 NO_SUCH_FIELD = "Provided external ID field does not exist"
@@ -207,7 +202,7 @@ class SalesforceDestination(Destination):
         self.settings = config
         self.session = requests.Session()
         self.session.mount("https://", VendorAdapter(SALESFORCE_ORIGIN, config.timeout_seconds, config.api_base_url))
-        self.session.hooks["response"].append(_note_retry_after)
+        self.session.hooks["response"].append(_noted)  # login and REST answers alike: for `retry_after.kept`
         self._login_lock = threading.Lock()
         self._salesforce: Salesforce | None = None
 
@@ -263,7 +258,7 @@ class SalesforceDestination(Destination):
         return erasure if erasure.sobject else erasure.model_copy(update={"sobject": self.settings.sobject})
 
     def send(self, delivery: Delivery) -> SendResult:
-        with _retry_after_kept():
+        with retry_after.kept(SalesforceError):
             if ERASURE in delivery.content:
                 erasure = self.erasure(delivery)
                 return self._signed_in(lambda client: self._erase(client, erasure))
@@ -305,7 +300,7 @@ class SalesforceDestination(Destination):
     def _outcome(self, error: SalesforceError, code: str | None) -> type[DeliveryError]:
         """By errorCode, then HTTP status; a DUPLICATE_VALUE on the profile's external-id field is a lost insert
         race, not bad data. `_carry_over` handles its own, so one that gets here came from the record's upsert."""
-        if code == LOST_RACE_CODE and _names_field(error, self.settings.external_id_field):
+        if code == DUPLICATE_VALUE and _names_field(error, self.settings.external_id_field):
             return RetryableDeliveryError
         return SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(error.status)
 
@@ -401,7 +396,7 @@ class SalesforceDestination(Destination):
             try:
                 record_type.update(record["Id"], {self.settings.external_id_field: update.external_id})
             except SalesforceError as exc:
-                if _error_code(exc) != "DUPLICATE_VALUE":
+                if _error_code(exc) != DUPLICATE_VALUE:
                     raise
                 return None  # another send keyed a record to the survivor meanwhile: the upsert updates that one
             return previous
@@ -436,31 +431,15 @@ def _names_field(exc: SalesforceError, field: str) -> bool:
     return field in (error.get("fields") or ()) or field in str(error.get("message")).split()
 
 
-def _note_retry_after(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    """Session response hook: keep this thread's last answer's Retry-After, for `_retry_after_kept`."""
-    _last_answer.retry_after = response.headers.get("Retry-After")
-
-
-@contextmanager
-def _retry_after_kept() -> Iterator[None]:
-    """Note the Retry-After of the answer behind a refusal raised in the block, for `classify`.
-
-    simple-salesforce raises right after the answer it reads a refusal from,
-    so this thread's last answer is that one. `classify` may run on another
-    thread (the engine's loop), so the header is kept by the exception.
-    """
-    _last_answer.retry_after = None
-    try:
-        yield
-    except SalesforceError as exc:
-        if _last_answer.retry_after:
-            _RETRY_AFTER[exc] = _last_answer.retry_after
-        raise
+def _noted(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Session response hook: each answer's headers, for `retry_after.kept` (simple-salesforce raises right
+    after the answer it reads a refusal from, so the last answer is that one)."""
+    retry_after.note(response.headers)
 
 
 def _retry_after_of(error: SalesforceError) -> float | None:
     """Seconds the answer behind `error` asked us to wait (Retry-After), if it did."""
-    return parse_retry_after(_RETRY_AFTER.get(error), utcnow())
+    return parse_retry_after(retry_after.of(error), utcnow())
 
 
 def _no_such_record(exc: SalesforceError) -> bool:

@@ -6,23 +6,16 @@ Errors: https://www.twilio.com/docs/api/errors
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.rest import Client
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult, Destination
-from connectors.destinations import twilio_callbacks
-from connectors.destinations.twilio_transport import (
-    AsyncPooledHttpClient,
-    BaseUrlHttpClient,
-    PooledHttpClient,
-    responses,
-)
+from connectors.destinations import retry_after, twilio_callbacks
+from connectors.destinations.twilio_transport import AsyncPooledHttpClient, BaseUrlHttpClient, PooledHttpClient
 from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
@@ -53,8 +46,8 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'
     21614: PermanentDeliveryError,  # 'To' is not a mobile number
 }
-# The Retry-After header of the response each refusal was made of (`_retry_after_kept`), while it lives.
-_RETRY_AFTER: WeakKeyDictionary[Exception, str] = WeakKeyDictionary()
+# The library's refusals, whose answers' Retry-After `retry_after.kept` keeps for `classify`.
+REFUSALS = (TwilioRestException, TwilioServiceException)
 
 
 class TwilioSmsConfig(BaseModel):
@@ -96,7 +89,7 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
         return {"to": mask_phone(delivery.target), "from": self.settings.from_number, "body_chars": len(delivery.content["body"])}
 
     def send(self, delivery: Delivery) -> SendResult:
-        with _retry_after_kept():
+        with retry_after.kept(*REFUSALS):
             return _sent(self._messages.create(**self._message(delivery)))
 
     async def send_async(self, delivery: Delivery) -> SendResult:
@@ -106,7 +99,7 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
             self._async_client = Client(
                 self.settings.account_sid, self.settings.auth_token.get_secret_value(), http_client=http_client
             )
-        with _retry_after_kept():
+        with retry_after.kept(*REFUSALS):
             return _sent(await self._async_client.messages.create_async(**self._message(delivery)))
 
     def _message(self, delivery: Delivery) -> dict[str, Any]:
@@ -114,8 +107,8 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
                 "status_callback": self.settings.status_callback_url}
 
     def classify(self, error: Exception) -> DeliveryError:
-        if isinstance(error, (TwilioRestException, TwilioServiceException)):
-            return _as_delivery_error(error, _RETRY_AFTER.get(error))
+        if isinstance(error, REFUSALS):
+            return _as_delivery_error(error, retry_after.of(error))
         return super().classify(error)
 
     def handle_callback(self, request: CallbackRequest) -> CallbackResult:
@@ -149,24 +142,6 @@ def _sent(message: Any) -> SendResult:
         provider_message_id=message.sid,
         response_summary={"sid": message.sid, "status": message.status, "segments": message.num_segments},
     )
-
-
-@contextmanager
-def _retry_after_kept() -> Iterator[None]:
-    """Note the Retry-After of the response behind a Twilio refusal raised in the block, for `classify`.
-
-    The library's exceptions keep a response's status and body, not its
-    headers, so the wait a 429 asks for would be lost; the transport hands
-    the response over (`responses`). The exception itself goes on unchanged.
-    """
-    with responses() as received:
-        try:
-            yield
-        except (TwilioRestException, TwilioServiceException) as exc:
-            retry_after = received[-1].headers.get("Retry-After") if received and received[-1].headers else None
-            if retry_after:
-                _RETRY_AFTER[exc] = retry_after
-            raise
 
 
 def _as_delivery_error(

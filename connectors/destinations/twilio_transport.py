@@ -23,16 +23,13 @@ classes when a Twilio-compatible endpoint (a regional proxy, the sandbox) is
 configured.
 
 The library's exceptions keep a refusal's status and body, not its headers,
-so the transports also hand each response to `responses()`: that is how a
-send reads the Retry-After of the 429 that refused it.
+so the transports also note each response's headers (`retry_after.note`):
+that is how a send reads the Retry-After of the 429 that refused it.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Any
 
 import aiohttp
@@ -41,6 +38,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.http_client import TwilioHttpClient
 from twilio.http.response import Response
 
+from connectors.destinations import retry_after
 from connectors.destinations.aiohttp_pool import pooled_session
 from hub.settings import MAX_DELIVERY_CONCURRENCY
 
@@ -50,31 +48,8 @@ from hub.settings import MAX_DELIVERY_CONCURRENCY
 # send its requests to the real Twilio.
 _TWILIO_API_ORIGIN = re.compile(r"^https://api(?:\.[a-z0-9-]+){0,2}\.twilio\.com(?=[/?]|$)")
 
-# The list `responses()` collects into, per thread or asyncio task: a transport serves many sends at once.
-_received: ContextVar[list[Response] | None] = ContextVar("twilio_responses_received", default=None)
-
-
-@contextmanager
-def responses() -> Iterator[list[Response]]:
-    """The responses the transports below receive inside the block, oldest first.
-
-    Only this thread's or asyncio task's: a send on a worker thread, or on
-    the engine's loop beside others, sees its own responses and no one
-    else's. `TwilioRestException` and `TwilioServiceException` carry no
-    headers; the response they were made of still does.
-    """
-    received: list[Response] = []
-    token = _received.set(received)
-    try:
-        yield received
-    finally:
-        _received.reset(token)
-
-
 def _received_by_caller(response: Response) -> Response:
-    received = _received.get()
-    if received is not None:
-        received.append(response)
+    retry_after.note(response.headers)
     return response
 
 
@@ -92,7 +67,7 @@ class PooledHttpClient(TwilioHttpClient):
             self.session.mount("https://", adapter)
 
     def request(self, method: str, url: str, **kwargs: Any) -> Response:
-        """`TwilioHttpClient.request`, its response also handed to `responses()`."""
+        """`TwilioHttpClient.request`, its response's headers also noted (`retry_after.note`)."""
         return _received_by_caller(super().request(method, url, **kwargs))
 
 
@@ -146,7 +121,7 @@ class AsyncPooledHttpClient(AsyncTwilioHttpClient):
     ) -> Response:
         """`AsyncTwilioHttpClient.request` (params, data, timeout, allow_redirects too) at the base URL, if any,
         with Basic auth as a header: aiohttp 3.14 deprecates the `auth` argument the library would pass it
-        (twilio/twilio-python#931). The response is also handed to `responses()`."""
+        (twilio/twilio-python#931). The response's headers are also noted (`retry_after.note`)."""
         if auth is not None:
             headers = {**(headers or {}), "Authorization": aiohttp.encode_basic_auth(*auth)}
         target = _rewritten(url, self.base_url) if self.base_url else url

@@ -66,7 +66,7 @@ from connectors.destinations.ssrf import (
 )
 from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
-from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Delivery, SendResult
+from hub.model import ENGINE_KEYS, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
 from hub.settings import HTTP_URL_PATTERN, MAX_DELIVERY_CONCURRENCY, PREVIOUS_WEBHOOK_SECRET_HELP
@@ -75,7 +75,7 @@ from hub.signing_secrets import in_use
 SECRET_PREFIX = "whsec_"
 # The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
 # message with for the delivery engine stays in the hub).
-CONTENT_KEYS = ("template", "rule_id", "params", QUIET_ZONE, SEND_BY, FALLBACK)
+CONTENT_KEYS = ("template", "rule_id", "params", *ENGINE_KEYS)
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
 # what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes).
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)

@@ -9,16 +9,14 @@ from typing import Any
 
 from sqlalchemy import Connection, desc, func, select
 
+from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.model import Identifier
 from hub.pii import mask_recipient, mask_traits
-from hub.settings import HubSettings
 from hub.store.schema import attempts, deliveries
 
 
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
 RecipientOf = Callable[[str, str], Identifier | None]
-# HUB_DEFAULT_PHONE_REGION's default, for callers that read the log without settings.
-DEFAULT_REGION: str = HubSettings.model_fields["default_phone_region"].default
 
 
 def unrouted(channel: str, target: str) -> Identifier | None:
@@ -38,7 +36,7 @@ def search(
     until: datetime | None = None,
     decision_id: str | None = None,
     recipient: RecipientOf = unrouted,
-    region: str = DEFAULT_REGION,
+    region: str = DEFAULT_PHONE_REGION,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
     numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, case, delete, exists, false, insert, or_, select, union, update
+from sqlalchemy import Connection, and_, case, delete, exists, insert, or_, select, union, update
 
 from hub.identity import PREVIOUS_ID, PREVIOUS_ID_MEANS
 from hub.model import Identifier, derived_id
@@ -77,8 +77,9 @@ def forget(
         .values(identifiers=[], properties={}, traits={}, context={})
     ).rowcount
     forget_inbox_payloads(connection, [*inbox_ids, *_dropped_events_holding(connection, erased)])
-    refusals = _refusals_naming(erased)
-    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, refusals), erased)
+    refusals = _refusals_naming(connection, erased)
+    refused_at = [touchpoint_id for _, touchpoint_id in refusals]
+    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, refused_at), erased)
     _forget_quarantined_events(connection, quarantine.forget_holding(connection, erased))
     # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
     # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
@@ -106,7 +107,9 @@ def forget(
     )
     connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
     connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
-    connection.execute(update(identity_events).where(identity_events.c.id.in_(refusals)).values(identifiers=[]))
+    connection.execute(
+        update(identity_events).where(identity_events.c.id.in_([refusal for refusal, _ in refusals])).values(identifiers=[])
+    )
     consent_changes.forget(connection, ids)
     connection.execute(delete(profiles).where(profiles.c.profile_id.in_(ids)))
     connection.execute(
@@ -239,32 +242,37 @@ def _holds(value: Any, holds: Callable[[str], bool]) -> bool:
     return isinstance(value, str) and holds(value)
 
 
-def _carried_elsewhere(connection: Connection, profile_ids: list[str], refusals: Select[tuple[int]]) -> list[str]:
+def _carried_elsewhere(connection: Connection, profile_ids: list[str], refused_at: list[str]) -> list[str]:
     """Touchpoints of other people that carried these profiles' identifiers: the one that merged a profile into
     a survivor (an unmerge leaves it with the survivor) and those whose link to one was refused (kept apart, a
-    limit), named by the refusal's other profile or, refused before the identifier had an owner, by the
-    `refusals` naming it. The audit trail names each, so none is looked for among all touchpoints."""
-    linked_by = union(
-        select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)),
-        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids)),
-        select(identity_events.c.touchpoint_id).where(identity_events.c.id.in_(refusals)),
+    limit), named by the refusal's other profile or, refused before the identifier had an owner, among
+    `refused_at` (`_refusals_naming`). The audit trail names each, so none is looked for among all touchpoints."""
+    linked_by = select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)).union(
+        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids))
     )
     return list(connection.execute(
-        select(touchpoints.c.touchpoint_id)
-        .where(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.profile_id.not_in(profile_ids))
+        select(touchpoints.c.touchpoint_id).where(
+            or_(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.touchpoint_id.in_(refused_at)),
+            touchpoints.c.profile_id.not_in(profile_ids),
+        )
     ).scalars())
 
 
-def _refusals_naming(erased: list[Identifier]) -> Select[tuple[int]]:
-    """The refused links naming one of the erased identifiers with no profile on the other side: a limit refused
-    another person's event the identifier before it had an owner (Ana's sixth email, later Bo's), so no audit
-    row names the person's profile. A refusal names one identifier (`IdentityGraph.record_refusals`); it is
-    matched by its JSON path, which SQLAlchemy writes as json_extract on SQLite and #>> on PostgreSQL."""
+def _refusals_naming(connection: Connection, erased: list[Identifier]) -> list[tuple[int, str]]:
+    """The refused links (id, touchpoint) naming one of the erased identifiers with no profile on the other side:
+    a limit refused another person's event the identifier before it had an owner (Ana's sixth email, later
+    Bo's), so no audit row names the person's profile. A refusal names one identifier
+    (`IdentityGraph.record_refusals`); it is matched by its JSON path, which SQLAlchemy writes as json_extract on
+    SQLite and #>> on PostgreSQL. Read once: every refusal is scanned."""
+    if not erased:
+        return []
     carried = identity_events.c.identifiers
     named = [and_(carried[(0, 0)].as_string() == ident.type, carried[(0, 1)].as_string() == ident.value) for ident in erased]
-    return select(identity_events.c.id).where(
-        identity_events.c.kind == "refused", identity_events.c.other_profile_id.is_(None), or_(false(), *named)
-    )
+    return [(row.id, row.touchpoint_id) for row in connection.execute(
+        select(identity_events.c.id, identity_events.c.touchpoint_id).where(
+            identity_events.c.kind == "refused", identity_events.c.other_profile_id.is_(None), or_(*named)
+        )
+    )]
 
 
 def _dropped_events_holding(connection: Connection, erased: list[Identifier]) -> list[int]:

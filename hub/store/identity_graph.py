@@ -192,9 +192,12 @@ class SqlIdentityGraph:
         ])
         self.connection.execute(_INSERT_EVENTS, [moved_event(profile_id, m, touchpoint_id, at) for m in moved])
 
-    def evict_oldest(self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime) -> None:
+    def evict_oldest(
+        self, profile_id: str, type_: str, count: int, touchpoint_id: str, rule: str, at: datetime
+    ) -> Sequence[str]:
         """Detach the profile's `count` identifiers of `type_` seen first, to make room for new ones
-        (`evict_oldest` in identity.yaml), each recorded as detached so `profiles explain` says where it went."""
+        (`evict_oldest` in identity.yaml), each recorded as detached so `profiles explain` says where it went;
+        returns their values."""
         oldest = self.connection.execute(
             select(identifiers.c.value)
             .where(identifiers.c.profile_id == profile_id, identifiers.c.type == type_)
@@ -203,10 +206,9 @@ class SqlIdentityGraph:
         ).scalars().all()
         self.connection.execute(delete(identifiers).where(identifiers.c.type == type_, identifiers.c.value.in_(oldest)))
         self.connection.execute(_INSERT_EVENTS, [
-            {"kind": "detached", "profile_id": profile_id, "touchpoint_id": touchpoint_id, "identifiers": [[type_, value]],
-             "rule": rule, "at": at}
-            for value in oldest
+            detached_event(profile_id, Identifier(type_, value), rule, at, touchpoint_id) for value in oldest
         ])
+        return oldest
 
     def create_profile(self, at: datetime) -> str:
         profile_id = str(ULID())
@@ -292,10 +294,7 @@ class SqlIdentityGraph:
         at = utcnow()
         self.connection.execute(
             _INSERT_EVENTS,
-            [
-                {"kind": "detached", "profile_id": profile_id, "identifiers": [[ident_type, value]], "rule": reason, "at": at}
-                for profile_id, value in owned
-            ],
+            [detached_event(profile_id, Identifier(ident_type, value), reason, at) for profile_id, value in owned],
         )
         return len(owned)
 
@@ -347,6 +346,17 @@ def graph_epoch_value(connection: Connection) -> int:
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
     [(value,)] = _EPOCH.execute(connection, {})
     return value
+
+
+def detached_event(
+    profile_id: str, ident: Identifier, rule: str, at: datetime, touchpoint_id: str | None = None
+) -> dict[str, Any]:
+    """The audit row of an identifier taken off `profile_id`: a provider called it dead, or a newer one took its
+    place (`evict_oldest`, at `touchpoint_id`)."""
+    return {
+        "kind": "detached", "profile_id": profile_id, "other_profile_id": None, "touchpoint_id": touchpoint_id,
+        "identifiers": [[ident.type, ident.value]], "rule": rule, "at": at,
+    }
 
 
 def moved_event(profile_id: str, moved: MovedIdentifier, touchpoint_id: str, at: datetime) -> dict[str, Any]:
