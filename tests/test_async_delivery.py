@@ -266,7 +266,7 @@ def test_a_wake_cuts_a_runs_wait_for_its_sends_short(store: Store, monkeypatch: 
     started = time.monotonic()
     waker.start()
     assert running.run_once() == 1  # woken: "slow" still in flight, carried over
-    assert time.monotonic() - started < 0.5
+    assert "slow" not in pager.ended  # the run did not wait for it (a bound in seconds failed on a loaded box)
     assert running.run_once() == 1  # not woken: waits for "slow", which ends within its second
     assert time.monotonic() - started >= 1.0
     assert statuses(store) == {"slow": "sent"}
