@@ -110,6 +110,8 @@ class SocketFolder:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.setblocking(False)
         self._listed: tuple[int, float, list[Path]] = (-1, 0.0, [])  # the folder's mtime, when, and the peers then
+        self._folder_fd: int | None = None  # opened when a socket's path is too long to bind or send to (`_address`)
+        self._opening = threading.Lock()
 
     def publish(self, payload: str) -> None:
         try:
@@ -118,7 +120,7 @@ class SocketFolder:
             return
         for peer in peers:
             try:
-                self._sender.sendto(payload.encode(), str(peer))
+                self._sender.sendto(payload.encode(), self._address(peer))
             except (ConnectionRefusedError, FileNotFoundError):  # its process is gone
                 peer.unlink(missing_ok=True)
             except BlockingIOError:  # its queue is full: that process has announcements to wake on already
@@ -135,15 +137,24 @@ class SocketFolder:
             self._listed = (stamp, now, peers)
         return peers
 
+    def _address(self, path: Path) -> str:
+        """Where to bind or send to the socket at `path`: the path, or, when it is longer than an AF_UNIX address
+        holds (a deep install folder; a test's temporary one), the same file reached through a descriptor of the
+        folder (`/proc/self/fd/N/name`, Linux). Without it such a hub heard no other process: their work waited
+        for the poll."""
+        spelled = str(path)
+        if len(spelled) <= UNIX_PATH_MAX:
+            return spelled
+        with self._opening:
+            if self._folder_fd is None:
+                self._folder_fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        return f"/proc/self/fd/{self._folder_fd}/{path.name}"
+
     def listen(self, heard: Callable[[str], None], stopping: threading.Event) -> None:
-        if len(str(self._own)) > UNIX_PATH_MAX:
-            log.warning("database path too long for a wake-up socket; other processes' work waits for the poll",
-                        path=str(self._own))
-            return
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
             try:
                 self.folder.mkdir(mode=0o700, exist_ok=True)
-                receiver.bind(str(self._own))
+                receiver.bind(self._address(self._own))
             except OSError:
                 log.warning("cannot listen for other hub processes; their work waits for the poll", exc_info=True)
                 return
@@ -161,9 +172,13 @@ class SocketFolder:
 
     def interrupt(self) -> None:
         try:
-            self._sender.sendto(b"", str(self._own))
+            self._sender.sendto(b"", self._address(self._own))
         except OSError:  # not listening (yet): it sees `stopping` before it would
             pass
 
     def close(self) -> None:
         self._sender.close()
+        with self._opening:
+            if self._folder_fd is not None:
+                os.close(self._folder_fd)
+                self._folder_fd = None

@@ -148,6 +148,30 @@ def test_a_hub_that_starts_after_the_folder_was_listed_still_hears_the_next_anno
             assert (first.recv(64), second.recv(64)) == (b"timers", b"timers")
 
 
+def test_hubs_on_a_database_in_a_folder_too_deep_for_a_socket_address_still_wake_each_other(tmp_path: Path) -> None:
+    """An AF_UNIX address holds 107 bytes: a hub whose store lived deeper only logged a warning, and its peers'
+    work waited for the poll (this test's own temporary folder once grew past it)."""
+    folder = tmp_path / ("deep" * 30) / "hub.db-wakeups"
+    folder.parent.mkdir()
+    listener, sender = SocketFolder(folder), SocketFolder(folder)
+    heard: list[str] = []
+    stopping = threading.Event()
+    listening = threading.Thread(target=listener.listen, args=(heard.append, stopping))
+    listening.start()
+    try:
+        wait_for(lambda: any(folder.glob("*.sock")))
+        assert len(str(next(folder.glob("*.sock")))) > 107
+        sender.publish("delivery")
+        wait_for(lambda: heard == ["delivery"])
+    finally:
+        stopping.set()
+        listener.interrupt()
+        listening.join(timeout=5)
+        listener.close()
+        sender.close()
+    assert not any(folder.glob("*.sock"))  # removed as it stopped
+
+
 def test_an_unreadable_wake_up_is_logged_and_the_listener_goes_on(tmp_path: Path) -> None:
     wakeups = Wakeups(f"sqlite:///{tmp_path}/hub.db")
     for payload in ("mailer", "timers not-a-time", ""):
