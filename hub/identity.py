@@ -165,7 +165,7 @@ def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequen
     if all(ident.type != PREVIOUS_ID for ident in carried):
         return carried, graph.profiles_of(carried)
     queries = [ident for ident in carried if ident.type != PREVIOUS_ID]
-    queries += [Identifier(type_, ident.value) for ident in carried if ident.type == PREVIOUS_ID for type_ in PREVIOUS_ID_MEANS]
+    queries += [meaning for ident in carried if ident.type == PREVIOUS_ID for meaning in meanings_of(ident)]
     found = graph.profiles_of(queries)
     idents: dict[Identifier, None] = {}
     for ident in carried:
@@ -178,7 +178,7 @@ def _meaning(previous_id: str, found: Mapping[Identifier, str], graph: IdentityG
     anonymousId (marked, `_stored_previous_ids`, as it may yet prove a userId). A forgotten userId is no longer
     known as one, and typed as an anonymousId it passed the blocklist (which holds the digest of its user_id)
     and was stored again."""
-    meanings = [Identifier(type_, previous_id) for type_ in PREVIOUS_ID_MEANS]
+    meanings = meanings_of(Identifier(PREVIOUS_ID, previous_id))
     known = next((meaning for meaning in meanings if meaning in found), None)
     if known is not None:
         return known
@@ -214,11 +214,15 @@ def _stored_previous_ids(carried: Sequence[Identifier], new: Sequence[Identifier
 def _as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:
     """The carried identifiers of forgotten people as the touchpoint carries them, an alias's `previous_id` under
     that type, so that what stores the touchpoint can leave each out."""
-    return tuple(
-        ident for ident in carried
-        if ident in blocked
-        or (ident.type == PREVIOUS_ID and any(Identifier(type_, ident.value) in blocked for type_ in PREVIOUS_ID_MEANS))
-    ) if blocked else ()
+    return tuple(ident for ident in carried if any(meaning in blocked for meaning in meanings_of(ident))) if blocked else ()
+
+
+def meanings_of(ident: Identifier) -> tuple[Identifier, ...]:
+    """What an identifier is looked up (and blocked) as: an alias's `previous_id` as each type it may be, an
+    earlier userId or an anonymousId; any other as itself."""
+    if ident.type != PREVIOUS_ID:
+        return (ident,)
+    return tuple(Identifier(type_, ident.value) for type_ in PREVIOUS_ID_MEANS)
 
 
 def _by_digest(ident: Identifier) -> Identifier:

@@ -264,6 +264,15 @@ def support_ticket(user_id: str, traits: dict[str, Any], at: datetime | None = N
     ]
 
 
+def cart_nudge_rules(actions: str) -> str:
+    """triggers.yaml with one rule, `cart_nudge`: a Cart Viewed answered at once by `actions` (the YAML items
+    of its `respond` list, each starting `      - `)."""
+    return (
+        "\nrules:\n  - id: cart_nudge\n    stage: decision\n    moment: cart_activity\n    urgency: immediate\n"
+        "    when: {event: Cart Viewed}\n    respond:\n" + actions
+    )
+
+
 def wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait until `condition()` holds, failing the test after `timeout` seconds: what workers do happens on their
     threads, a few milliseconds after the call that set it off."""

@@ -20,19 +20,12 @@ from hub.errors import ConfigError
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, make_settings, message, serve_hub
+from tests.conftest import RunningHub, cart_nudge_rules, make_settings, message, serve_hub
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 PHONE_TOKEN = "cGhvbmUtdG9rZW46QVBBOTFiSGVuZDJlbmQwMDAwMDAwMDE"
 TABLET_TOKEN = "dGFibGV0LXRva2VuOkFQQTkxYkhlbmQyZW5kMDAwMDAwMDAy"
-RULES = """
-rules:
-  - id: cart_nudge
-    stage: decision
-    moment: cart_activity
-    urgency: immediate
-    when: {event: Cart Viewed}
-    respond:
+RULES = cart_nudge_rules("""\
       - channel: push
         template: cart_nudge.push.j2
         params: {data: {screen: cart}}
@@ -41,7 +34,7 @@ rules:
         params:
           intent: cart_abandonment
           task: {subject: Call about the abandoned cart, priority: High}
-"""
+""")
 PUSH_TEMPLATE = "{% block title %}Still thinking, {{ profile.first_name }}?{% endblock %}{% block body %}Your cart is saved.{% endblock %}"
 CRM_TEMPLATE = (
     "{% block field_LastName %}{{ profile.last_name }}{% endblock %}"

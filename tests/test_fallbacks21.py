@@ -14,7 +14,7 @@ from hub.model import Action, Decision
 from hub.routing import ChannelRoute, Router
 from hub.settings import PROJECT_MAPPINGS
 from hub.templates import TemplateRenderer
-from tests.conftest import RunningHub, make_settings, message, serve_hub
+from tests.conftest import RunningHub, cart_nudge_rules, make_settings, message, serve_hub
 
 ROUTES = {
     "email": ChannelRoute(destination="email_smtp", target="email"),
@@ -50,18 +50,11 @@ def test_an_email_template_without_a_subject_block_does_not_send_the_internal_ru
 # --- a push whose every token is dead --------------------------------------------------------------------
 
 DEAD_TOKEN = "dGVzdC1waG9uZS10b2tlbjpBUEE5MWJIdGVzdHRva2VuMDAx"
-CART_RULES = """
-rules:
-  - id: cart_nudge
-    stage: decision
-    moment: cart_activity
-    urgency: immediate
-    when: {event: Cart Viewed}
-    respond:
+CART_RULES = cart_nudge_rules("""\
       - channel: push
         template: cart_nudge.push.j2
         fallback: [{channel: email, template: cart_nudge.email.j2}]
-"""
+""")
 
 
 def cart_mappings(tmp_path: Path) -> Path:

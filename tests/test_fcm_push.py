@@ -12,7 +12,8 @@ import httpx
 import pytest
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from connectors.destinations.fcm_push import FCM_PAYLOAD_LIMIT, FcmPushDestination, TokenFailure, _batch_error
+from connectors.destinations.fcm_errors import TokenFailure, batch_error
+from connectors.destinations.fcm_push import FCM_PAYLOAD_LIMIT, FcmPushDestination
 from connectors.sandbox.fcm import FakeFcm, create_app
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
@@ -215,9 +216,9 @@ def test_no_device_reached_fails_as_the_most_hopeful_outcome() -> None:
     dead = TokenFailure(TABLET, PermanentDeliveryError, "UNREGISTERED", "gone", None, dead_token=True)
     busy = TokenFailure(PHONE, RetryableDeliveryError, "QUOTA_EXCEEDED", "slow down", 30.0, dead_token=False)
     apns = TokenFailure(PHONE, AuthDeliveryError, "THIRD_PARTY_AUTH_ERROR", "apns key", None, dead_token=False)
-    assert isinstance(_batch_error([dead, busy, apns], dead=1), RetryableDeliveryError)
-    assert isinstance(_batch_error([dead, apns], dead=1), AuthDeliveryError)
-    only_dead = _batch_error([dead], dead=1)
+    assert isinstance(batch_error([dead, busy, apns], dead=1), RetryableDeliveryError)
+    assert isinstance(batch_error([dead, apns], dead=1), AuthDeliveryError)
+    only_dead = batch_error([dead], dead=1)
     assert isinstance(only_dead, PermanentDeliveryError)
     assert only_dead.failure.response_summary == {"errors": {TABLET[:10] + "…": "UNREGISTERED"}, "dead_tokens": 1}
 

@@ -21,7 +21,7 @@ from hub.serving import BackgroundServer
 from hub.store import Store
 from hub.store.identity_explain import explain
 from hub.store.identity_graph import SqlIdentityGraph
-from tests.conftest import make_settings, message, serve_hub, vendor_fake_fixtures
+from tests.conftest import cart_nudge_rules, make_settings, message, serve_hub, vendor_fake_fixtures
 
 PHONE = "dGVzdC1waG9uZS10b2tlbjpBUEE5MWJIdGVzdHRva2VuMDAx"
 CONTENT = {"title": "Still thinking it over?", "body": "Your cart is waiting.", "rule_id": "cart"}
@@ -150,16 +150,7 @@ def test_limits_without_evict_oldest_and_links_between_profiles_still_refuse(sto
     assert graph is not None and graph["detached"] == []
 
 
-CART_NUDGE = """
-rules:
-  - id: cart_nudge
-    stage: decision
-    moment: cart_activity
-    urgency: immediate
-    when: {event: Cart Viewed}
-    respond:
-      - {channel: push, template: cart_nudge.push.j2}
-"""
+CART_NUDGE = cart_nudge_rules("      - {channel: push, template: cart_nudge.push.j2}\n")
 
 
 def test_the_device_a_person_uses_now_gets_the_push_after_twenty_older_tokens(

@@ -9,20 +9,11 @@ other devices twice); only when no device accepted it does the delivery
 fail, as the most hopeful of its failures (retryable, then auth, then
 permanent).
 
-Tokens FCM calls dead (``UNREGISTERED``, ``SENDER_ID_MISMATCH``, or
-``INVALID_ARGUMENT`` that blames the token) are handed to `forget_tokens`
-with the reason, which the hub wires to the identity graph. FCM blames a
-malformed or expired token with a bare ``INVALID_ARGUMENT`` whose message
-says "The registration token is not a valid FCM registration token"
-(firebase/firebase-admin-java#1064), rarely with a field violation on
-``message.token``; Firebase's token guide says to delete the token on it.
-Any other refusal is the message's problem, never the device's: FCM
-answers a message over its size limit, and a proxy a request it cannot
-read, with a bare ``INVALID_ARGUMENT`` too, and a person's good tokens must
-not go for that.
+Tokens FCM calls dead are handed to `forget_tokens` with the reason, which
+the hub wires to the identity graph; which refusals blame the token is
+`connectors.destinations.fcm_errors`'s to say.
 
 API: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send
-Errors: https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
 """
 
 from __future__ import annotations
@@ -32,37 +23,24 @@ import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import firebase_admin
 import structlog
-from firebase_admin import credentials, exceptions, messaging
-from google.auth.exceptions import GoogleAuthError, RefreshError, TransportError
+from firebase_admin import credentials, messaging
 from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator
 
 from connectors.base import Destination
+from connectors.destinations import fcm_errors
+from connectors.destinations.fcm_errors import DEAD_TOKEN_REASONS, TokenFailure
 from connectors.destinations.requests_transport import VendorAdapter
-from hub.clock import utcnow
-from hub.errors import (
-    AuthDeliveryError,
-    DeliveryError,
-    DeliveryFailure,
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-    unexpected_failure,
-)
+from hub.errors import DeliveryFailure, PermanentDeliveryError
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text, mask_token
-from hub.retry import outcome_for_status, parse_retry_after
 
 log = structlog.get_logger(__name__)
 FCM_ORIGIN = re.compile(r"^https://fcm\.googleapis\.com(?=[/?]|$)")
-FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
-# FCM's text for a malformed or expired registration token, its only word on the token in a bare INVALID_ARGUMENT.
-INVALID_TOKEN_TEXT = re.compile(r"registration token is not a valid", re.IGNORECASE)
 # FCM's limit on a message's payload (https://firebase.google.com/docs/cloud-messaging/concept-options); see
 # `payload_bytes` for how it is measured.
 FCM_PAYLOAD_LIMIT = 4096
@@ -72,34 +50,8 @@ RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*
 # Devices sent to at once for one delivery: more than anyone carries, few enough to share the connection pool.
 MAX_PARALLEL_SENDS = 16
 
-# FCM's errorCode (or, without one, the canonical status) says what a failure means.
-FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
-    "UNREGISTERED": PermanentDeliveryError,  # the app was uninstalled or the token expired
-    "SENDER_ID_MISMATCH": PermanentDeliveryError,  # the token belongs to another Firebase project
-    "INVALID_ARGUMENT": PermanentDeliveryError,
-    "QUOTA_EXCEEDED": RetryableDeliveryError,  # per-project or per-device rate; honour Retry-After
-    "RESOURCE_EXHAUSTED": RetryableDeliveryError,
-    "UNAVAILABLE": RetryableDeliveryError,
-    "INTERNAL": RetryableDeliveryError,
-    "DEADLINE_EXCEEDED": RetryableDeliveryError,  # our timeout: firebase-admin's name for it
-    "THIRD_PARTY_AUTH_ERROR": AuthDeliveryError,  # APNs certificate or web push key refused
-    "UNAUTHENTICATED": AuthDeliveryError,
-    "PERMISSION_DENIED": AuthDeliveryError,
-}
 # Data values that are not text, as JSON: one encoder for the process (`json.dumps` with options builds one a call).
 _DATA_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-# The codes FCM answers for a token that will never take a message again, whatever the message.
-DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
-# Why a token was removed, as the profile's audit trail (`profiles explain`) shows it; INVALID_ARGUMENT counts
-# only when it blames the token (`_blames_token`).
-DEAD_TOKEN_REASONS: Mapping[str, str] = {
-    "UNREGISTERED": "FCM answered UNREGISTERED: the app was uninstalled or the token expired",
-    "SENDER_ID_MISMATCH": "FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project; check "
-                          "the hub's FCM project (HUB_FCM_PROJECT_ID, else the service-account key's project_id)",
-    "INVALID_ARGUMENT": "FCM answered INVALID_ARGUMENT for the token: it is malformed or expired",
-}
-# When no device accepted the message, the delivery fails as the most hopeful outcome.
-HOPE_ORDER: tuple[type[DeliveryError], ...] = (RetryableDeliveryError, AuthDeliveryError, PermanentDeliveryError)
 
 
 KEY_ADVICE = "point it at the key JSON the Firebase console gives (Project settings > Service accounts)"
@@ -141,24 +93,6 @@ class FcmPushConfig(BaseModel):
         """Read here, not first in the destination's constructor, so a bad key is a config problem at start."""
         service_account(value)
         return value
-
-
-@dataclass(frozen=True)
-class TokenFailure:
-    """Why one device token was not reached, already judged.
-
-    `code` is FCM's errorCode (or canonical status); for a failure before FCM
-    answered (`from_fcm` false) it names what went wrong, e.g.
-    ``credentials.RefreshError``.
-    """
-
-    token: str
-    outcome: type[DeliveryError]
-    code: str
-    message: str
-    retry_after: float | None
-    dead_token: bool
-    from_fcm: bool = True
 
 
 class FcmPushDestination(Destination):
@@ -235,7 +169,7 @@ class FcmPushDestination(Destination):
                 "sent": len(ids), "failed": len(failures), "message_ids": ids,
                 "errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": len(dead),
             })
-        raise _batch_error(failures, dead=len(dead))
+        raise fcm_errors.batch_error(failures, dead=len(dead))
 
     def _messages(self, tokens: list[str], delivery: Delivery) -> list[messaging.Message]:
         """One message per token; PermanentDeliveryError (`fcm.message_too_big`) when FCM would refuse its size."""
@@ -259,7 +193,7 @@ class FcmPushDestination(Destination):
         try:
             return messaging.send(message, app=self.app)
         except Exception as exc:  # judged per token: see `send`
-            return _failure(token, exc)
+            return fcm_errors.failure(token, exc)
 
     def _forget(self, tokens: list[str], reason: str) -> None:
         if self.forget_tokens is None:
@@ -286,7 +220,7 @@ def payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) 
     what FCM adds or wraps around it (its own keys on Android, the APNs JSON
     on iOS), so it is never more than FCM's: a message refused here FCM
     would refuse too, and one FCM still refuses below it fails as a message
-    problem (a bare INVALID_ARGUMENT, `_judge`) with the tokens kept.
+    problem (a bare INVALID_ARGUMENT, `fcm_errors`) with the tokens kept.
     """
     texts = [*data.keys(), *data.values(), title or "", body or ""]
     return sum(len(text.encode("utf-8")) for text in texts)
@@ -321,79 +255,3 @@ def _data_problems(params: Mapping[str, Any]) -> list[str]:
             problems.append(f"params.data.{key}: {type(value).__name__} {value!r} has no JSON form to send: "
                             f"quote it, or use a finite number, true/false, null, a list or a map")
     return problems
-
-
-def _failure(token: str, error: Exception) -> TokenFailure:
-    """What `error`, raised sending to `token`, means; an unreadable error is retryable, never an exception."""
-    try:
-        if isinstance(error, exceptions.FirebaseError):
-            return _judge(token, error)
-        if isinstance(error, GoogleAuthError):  # no access token: google-auth's errors are not requests errors
-            retryable = isinstance(error, TransportError) or (isinstance(error, RefreshError) and error.retryable)
-            return TokenFailure(token, RetryableDeliveryError if retryable else AuthDeliveryError,
-                                f"credentials.{type(error).__name__}", f"could not get an FCM access token: {error}",
-                                None, dead_token=False, from_fcm=False)
-        if isinstance(error, ValueError):  # firebase-admin refused to encode the message
-            return TokenFailure(token, PermanentDeliveryError, "invalid_message", f"not a valid FCM message: {error}",
-                                None, dead_token=False, from_fcm=False)
-    except Exception:
-        log.exception("could not judge an FCM failure; counting it retryable")
-    return TokenFailure(token, RetryableDeliveryError, unexpected_failure(error).error_class, str(error), None,
-                        dead_token=False, from_fcm=False)
-
-
-def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
-    response = error.http_response
-    body = _error_body(response)
-    details = _dicts(body.get("details"))
-    fcm_code = next((d.get("errorCode") for d in details if d.get("@type") == FCM_ERROR_TYPE), None)
-    code = fcm_code if isinstance(fcm_code, str) and fcm_code else str(error.code)
-    outcome = FCM_CODE_OUTCOMES.get(code) or (
-        outcome_for_status(response.status_code) if response is not None else RetryableDeliveryError
-    )
-    dead = code in DEAD_TOKEN_CODES or (code == "INVALID_ARGUMENT" and _blames_token(body, details))
-    retry_after = parse_retry_after(response.headers.get("Retry-After"), utcnow()) if response is not None else None
-    return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead)
-
-
-def _blames_token(error: Mapping[str, Any], details: list[dict[str, Any]]) -> bool:
-    """Whether an INVALID_ARGUMENT is FCM saying the token is bad, rather than the message.
-
-    A field violation, when FCM sends one, names the culprit; without one,
-    only FCM's text tells a bad token from a message over its size limit (a
-    bare INVALID_ARGUMENT "Android message is too big") or a proxy's refusal.
-    """
-    violations = [v for d in details if d.get("@type") == BAD_REQUEST_TYPE for v in _dicts(d.get("fieldViolations"))]
-    if violations:
-        return any(v.get("field") == "message.token" for v in violations)
-    message = error.get("message")
-    return isinstance(message, str) and INVALID_TOKEN_TEXT.search(message) is not None
-
-
-def _error_body(response: Any) -> dict[str, Any]:
-    """The ``error`` object of an FCM error body; empty when the body is not FCM's JSON (a proxy's page)."""
-    if response is None:
-        return {}
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, dict) else {}
-
-
-def _dicts(value: Any) -> list[dict[str, Any]]:
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-def _batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
-    outcome = next(kind for kind in HOPE_ORDER if any(f.outcome is kind for f in failures))
-    chosen = [f for f in failures if f.outcome is outcome]
-    waits = [f.retry_after for f in chosen if f.retry_after is not None]
-    return outcome(DeliveryFailure(
-        error_class=f"fcm.{chosen[0].code}",
-        message=f"no device reached ({len(failures)} tried): {chosen[0].message}",
-        provider_code=chosen[0].code if chosen[0].from_fcm else None,
-        retry_after=max(waits) if waits else None,
-        response_summary={"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead},
-    ))

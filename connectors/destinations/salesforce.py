@@ -38,7 +38,7 @@ the template's ``description`` block, or the whole rendered template.
 
 API: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
 Delete by external id: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_delete.htm
-Errors: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/errorcodes.htm
+What its refusals mean: `connectors.destinations.salesforce_errors`.
 """
 
 from __future__ import annotations
@@ -54,26 +54,14 @@ import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.api import SFType
-from simple_salesforce.exceptions import (
-    SalesforceAuthenticationFailed,
-    SalesforceError,
-    SalesforceExpiredSession,
-    SalesforceResourceNotFound,
-)
+from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceResourceNotFound
 
 from connectors.base import Destination
-from connectors.destinations import retry_after
+from connectors.destinations import retry_after, salesforce_errors
 from connectors.destinations.requests_transport import VendorAdapter
-from hub.clock import utcnow
-from hub.errors import (
-    AuthDeliveryError,
-    DeliveryError,
-    DeliveryFailure,
-    PermanentDeliveryError,
-    RetryableDeliveryError,
-)
+from connectors.destinations.salesforce_errors import DUPLICATE_VALUE, error_code, no_such_record
+from hub.errors import DeliveryError, DeliveryFailure, PermanentDeliveryError
 from hub.model import ERASURE, Delivery, SendResult
-from hub.retry import outcome_for_status, parse_retry_after
 
 # Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
 # acme--uat.sandbox.my.salesforce.com.
@@ -81,37 +69,7 @@ SALESFORCE_ORIGIN = re.compile(r"^https://(?:[A-Za-z0-9-]+\.)+salesforce\.com(?:
 FIELD_BLOCK_PREFIX = "field_"
 API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a Salesforce field's API name, as it appears in REST paths
 
-# Salesforce's errorCode, not the HTTP status, says whether trying again can
-# help: REQUEST_LIMIT_EXCEEDED is a 403 that passes once the rolling 24-hour
-# API allowance frees up, while most 400s name a mapping mistake.
-SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
-    "REQUEST_LIMIT_EXCEEDED": RetryableDeliveryError,
-    "SERVER_UNAVAILABLE": RetryableDeliveryError,
-    "UNABLE_TO_LOCK_ROW": RetryableDeliveryError,  # another transaction holds the record
-    "INVALID_SESSION_ID": AuthDeliveryError,  # still refused right after a fresh login
-    "INSUFFICIENT_ACCESS_OR_READONLY": AuthDeliveryError,
-    "API_DISABLED_FOR_ORG": AuthDeliveryError,
-    "INVALID_FIELD": PermanentDeliveryError,
-    "MALFORMED_ID": PermanentDeliveryError,
-    "INVALID_CROSS_REFERENCE_KEY": PermanentDeliveryError,
-    "REQUIRED_FIELD_MISSING": PermanentDeliveryError,
-    "FIELD_CUSTOM_VALIDATION_EXCEPTION": PermanentDeliveryError,
-    "STRING_TOO_LONG": PermanentDeliveryError,
-    "NOT_FOUND": PermanentDeliveryError,
-}
-# A unique field's value already taken. Two sends for one new person both find no record keyed by the profile id
-# and both insert: Salesforce refuses the later so, naming the external-id field. Trying again updates the
-# winner's record; a duplicate of any other unique field is the data's, and stays permanent.
-DUPLICATE_VALUE = "DUPLICATE_VALUE"
-# Login refusals that say Salesforce, not our credentials, is at fault. Its token endpoint answers a passing
-# fault with HTTP 500 {"error": "unknown_error", "error_description": "retry your request"}, and
-# simple-salesforce passes on the error code without the status.
-RETRYABLE_LOGIN_ERRORS = frozenset({"unknown_error", "server_error", "temporarily_unavailable"})
-RETRY_YOUR_REQUEST = "retry your request"
 USER_ID_PREFIX = "005"  # a User's record id; a queue (a Group) is 00G, and may own a Lead but not a Task
-# Salesforce answers 404 NOT_FOUND both for no such record and for an external-id field the integration user
-# cannot see; only the message tells them apart. The first means erased, the second a setup to fix.
-NO_SUCH_FIELD = "Provided external ID field does not exist"
 
 
 class SalesforceConfig(BaseModel):
@@ -202,7 +160,7 @@ class SalesforceDestination(Destination):
         self.settings = config
         self.session = requests.Session()
         self.session.mount("https://", VendorAdapter(SALESFORCE_ORIGIN, config.timeout_seconds, config.api_base_url))
-        self.session.hooks["response"].append(_noted)  # login and REST answers alike: for `retry_after.kept`
+        self.session.hooks["response"].append(salesforce_errors.noted)  # login and REST answers alike: for `retry_after.kept`
         self._login_lock = threading.Lock()
         self._salesforce: Salesforce | None = None
 
@@ -273,36 +231,12 @@ class SalesforceDestination(Destination):
         except SalesforceExpiredSession as exc:
             # Sessions expire on an idle timeout or when an admin revokes
             # them; one fresh login is worth one more try.
-            if _error_code(exc) != "INVALID_SESSION_ID":
+            if error_code(exc) != "INVALID_SESSION_ID":
                 raise
             return call(self._client(expired=client))
 
     def classify(self, error: Exception) -> DeliveryError:
-        """simple-salesforce's exceptions by Salesforce errorCode first, HTTP status second."""
-        if isinstance(error, SalesforceAuthenticationFailed):
-            outcome = RetryableDeliveryError if _login_may_pass(error) else AuthDeliveryError
-            return outcome(DeliveryFailure(
-                error_class=f"salesforce.login.{error.code}", message=f"Salesforce login refused: {error.auth_message}",
-                provider_code=str(error.code), retry_after=_retry_after_of(error),
-            ))
-        if isinstance(error, SalesforceError):
-            code = _error_code(error)
-            detail = error.content[0].get("message") if code else error.content
-            return self._outcome(error, code)(DeliveryFailure(
-                error_class=f"salesforce.{code or error.status}",
-                message=f"Salesforce {error.status} {code}: {detail}",
-                provider_code=code,
-                retry_after=_retry_after_of(error),
-                response_summary={"status": error.status, "errorCode": code},
-            ))
-        return super().classify(error)
-
-    def _outcome(self, error: SalesforceError, code: str | None) -> type[DeliveryError]:
-        """By errorCode, then HTTP status; a DUPLICATE_VALUE on the profile's external-id field is a lost insert
-        race, not bad data. `_carry_over` handles its own, so one that gets here came from the record's upsert."""
-        if code == DUPLICATE_VALUE and _names_field(error, self.settings.external_id_field):
-            return RetryableDeliveryError
-        return SALESFORCE_CODE_OUTCOMES.get(code or "") or outcome_for_status(error.status)
+        return salesforce_errors.classified(error, self.settings.external_id_field) or super().classify(error)
 
     def _client(self, expired: Salesforce | None = None) -> Salesforce:
         """A logged-in client; logs in again only if `expired` is still the current one (threads share it)."""
@@ -369,7 +303,7 @@ class SalesforceDestination(Destination):
         try:
             getattr(client, erasure.sobject).delete(key)
         except SalesforceResourceNotFound as exc:
-            if not _no_such_record(exc):
+            if not no_such_record(exc):
                 raise
             return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": False, "already_gone": True})
         return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": True})
@@ -396,7 +330,7 @@ class SalesforceDestination(Destination):
             try:
                 record_type.update(record["Id"], {self.settings.external_id_field: update.external_id})
             except SalesforceError as exc:
-                if _error_code(exc) != DUPLICATE_VALUE:
+                if error_code(exc) != DUPLICATE_VALUE:
                     raise
                 return None  # another send keyed a record to the survivor meanwhile: the upsert updates that one
             return previous
@@ -415,41 +349,3 @@ class SalesforceDestination(Destination):
 def _problems(where: str, exc: ValidationError) -> list[str]:
     """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`)."""
     return [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-
-
-def _login_may_pass(error: SalesforceAuthenticationFailed) -> bool:
-    """A login refusal that says Salesforce is at fault for now, so trying later may pass."""
-    if isinstance(error.code, int):  # a login endpoint that is down answers non-JSON; the code is then its status
-        return error.code >= 500
-    return error.code in RETRYABLE_LOGIN_ERRORS or RETRY_YOUR_REQUEST in error.auth_message.lower()
-
-
-def _names_field(exc: SalesforceError, field: str) -> bool:
-    """Whether a REST error is about `field`: in its ``fields``, or named in its message (Salesforce often leaves
-    ``fields`` empty on a DUPLICATE_VALUE: "duplicate value found: <field> duplicates value on record with id")."""
-    error = exc.content[0]
-    return field in (error.get("fields") or ()) or field in str(error.get("message")).split()
-
-
-def _noted(response: requests.Response, *args: Any, **kwargs: Any) -> None:
-    """Session response hook: each answer's headers, for `retry_after.kept` (simple-salesforce raises right
-    after the answer it reads a refusal from, so the last answer is that one)."""
-    retry_after.note(response.headers)
-
-
-def _retry_after_of(error: SalesforceError) -> float | None:
-    """Seconds the answer behind `error` asked us to wait (Retry-After), if it did."""
-    return parse_retry_after(retry_after.of(error), utcnow())
-
-
-def _no_such_record(exc: SalesforceError) -> bool:
-    """A NOT_FOUND that says the record does not exist, not that the external-id field is out of reach."""
-    return _error_code(exc) == "NOT_FOUND" and NO_SUCH_FIELD not in str(exc.content[0].get("message"))
-
-
-def _error_code(exc: SalesforceError) -> str | None:
-    """The first errorCode of a REST error body: Salesforce answers a list of {message, errorCode, fields}."""
-    content = exc.content
-    if isinstance(content, list) and content and isinstance(content[0], dict):
-        return content[0].get("errorCode")
-    return None

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, and_, case, delete, exists, insert, or_, select, union, update
 
-from hub.identity import PREVIOUS_ID, PREVIOUS_ID_MEANS
+from hub.identity import meanings_of
 from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine, withdrawals
@@ -131,15 +131,10 @@ def forgotten_since(connection: Connection, carried: Sequence[Identifier], recei
 
     Asked only of an event that carries a forgotten identifier, never on the pipeline's common path.
     """
-    digests = [identifier_digest(Identifier(type_, ident.value)) for ident in carried for type_ in _blocked_as(ident)]
+    digests = [identifier_digest(meaning) for ident in carried for meaning in meanings_of(ident)]
     return connection.execute(
         select(exists().where(forgotten_identifiers.c.digest.in_(digests), forgotten_identifiers.c.forgotten_at >= received_at))
     ).scalar_one()
-
-
-def _blocked_as(ident: Identifier) -> tuple[str, ...]:
-    """The types an identifier is on the blocklist as: an alias's previousId as what it may be (`hub.identity`)."""
-    return PREVIOUS_ID_MEANS if ident.type == PREVIOUS_ID else (ident.type,)
 
 
 def _previous_ids_as_user_ids(connection: Connection, profile_id: str) -> list[Identifier]:
