@@ -15,6 +15,12 @@ and line (`TemplateRuntimeError`): raised as itself it failed the whole
 event, every other message of its decision with it, until the event was
 quarantined.
 
+An email's `html` block is rendered with autoescape on, and only it: a
+first name sent as `<a href=...>` by any SDK would otherwise be a link in
+the brand's own email. The subject, the text part, an SMS and a push are
+plain text, where escaping would show `&amp;` to the reader. A value meant
+as markup is marked `| safe`.
+
 A template file that is not UTF-8 is a template error like any other
 (`NotUTF8TemplateError`): Jinja lets it out as UnicodeDecodeError, which
 would fail the whole event at planning time and escape the rule book's
@@ -84,11 +90,15 @@ def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
     return value
 
 
-def _sandbox(loader: BaseLoader | None = None) -> SandboxedEnvironment:
-    """The one Jinja environment every template is compiled and rendered in (see the module doc), so an inline
-    value checked when the rules load compiles as it will when it renders: same filters, same syntax."""
+HTML_BLOCK = "html"  # the one part read as HTML (see the module doc)
+
+
+def _sandbox(loader: BaseLoader | None = None, *, autoescape: bool = False) -> SandboxedEnvironment:
+    """The Jinja environment templates are compiled and rendered in (see the module doc), so an inline value
+    checked when the rules load compiles as it will when it renders: same filters, same syntax. The escaping
+    one differs only in `autoescape`, for the `html` block."""
     environment = SandboxedEnvironment(
-        loader=loader, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False,
+        loader=loader, undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False,
         finalize=_nothing_for_none,
     )
     environment.filters["default"] = environment.filters["d"] = _default
@@ -222,8 +232,10 @@ class TemplateRenderer:
         self.folder = folder
         self._files = _LastGoodLoader(folder)
         self._environment = _sandbox(self._files)
+        self._escaping = _sandbox(self._files, autoescape=True)  # the same files, compiled again for `html` blocks
         self._recheck_seconds = recheck_seconds
-        self._loaded: dict[str, tuple[float, Template]] = {}  # name -> (when Jinja last looked at the file, template)
+        # (name, escaped) -> (when Jinja last looked at the file, template)
+        self._loaded: dict[tuple[str, bool], tuple[float, Template]] = {}
         # CRM field values are inline templates, the same few strings on every decision: compiled once each.
         self._inline = lru_cache(maxsize=512)(self._environment.from_string)
 
@@ -237,13 +249,22 @@ class TemplateRenderer:
         template = self._template(name)
         with _failures_as_template_errors():
             rendered = {"body": template.render(**context).strip()}
-            if template.blocks:
-                block_context = template.new_context(dict(context))
-                for block, render_block in template.blocks.items():
-                    try:
-                        rendered[block] = "".join(render_block(block_context)).strip()
-                    except Exception:  # a block a layout does not print runs only here: Jinja's lines, not ours
-                        self._environment.handle_exception()
+            rendered.update(self._blocks(template, context, set(template.blocks) - {HTML_BLOCK}))
+            if HTML_BLOCK in template.blocks:
+                rendered.update(self._blocks(self._template(name, escaped=True), context, {HTML_BLOCK}))
+        return rendered
+
+    def _blocks(self, template: Template, context: dict[str, Any], names: Collection[str]) -> dict[str, str]:
+        """These `{% block %}`s of `template`, each rendered alone."""
+        if not names:
+            return {}
+        block_context = template.new_context(dict(context))
+        rendered: dict[str, str] = {}
+        for block in names:
+            try:
+                rendered[block] = "".join(template.blocks[block](block_context)).strip()
+            except Exception:  # a block a layout does not print runs only here: Jinja's lines, not ours
+                template.environment.handle_exception()
         return rendered
 
     def render_value(self, value: Any, context: dict[str, Any]) -> Any:
@@ -253,7 +274,7 @@ class TemplateRenderer:
         with _failures_as_template_errors(value):
             return self._inline(value).render(**context)
 
-    def _template(self, name: str) -> Template:
+    def _template(self, name: str, *, escaped: bool = False) -> Template:
         """The template, asking Jinja again only once `recheck_seconds` have passed since it last did.
 
         Jinja stats the file on every `get_template` to see whether it changed:
@@ -261,9 +282,10 @@ class TemplateRenderer:
         firing a timer (bench/triggers.py's timer capacity, under py-spy).
         """
         now = time.monotonic()
-        loaded = self._loaded.get(name)
+        loaded = self._loaded.get((name, escaped))
         if loaded is None or now - loaded[0] >= self._recheck_seconds:
-            loaded = self._loaded[name] = (now, self._environment.get_template(name))
+            environment = self._escaping if escaped else self._environment
+            loaded = self._loaded[name, escaped] = (now, environment.get_template(name))
         return loaded[1]
 
     def refused_edits(self, names: Collection[str]) -> list[str]:
