@@ -3,6 +3,12 @@
 Counted when they were planned, a follow-up delayed two days (or a message
 held overnight by quiet hours) spent the cap of a day in which it sent
 nothing, and on the day it went, it went beside that day's full count.
+
+Only messages that may have reached the person count (`outbox.going_since`):
+not one a provider refused for good (a dead push token, an invalid or
+unsubscribed number, a hard bounce) or reported lost (Twilio `undelivered`),
+which spent the day's message on nothing, and took it from the fallback
+planned for it; one whose retries ran out (`dead`) may have arrived, and counts.
 """
 
 from __future__ import annotations

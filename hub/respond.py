@@ -152,7 +152,8 @@ class Responder:
         (push tokens FCM called dead, a hard-bounced email), and record on its decision that it fell back and
         why; returns how many deliveries that planned. Routing falls back while planning only, when it sees no
         address: the person reachable on the rule's fallback heard nothing. Consent, caps and quiet hours
-        apply as at planning, in the transaction that records the failure, so a crash loses neither."""
+        apply as at planning, in the transaction that records the failure, so a crash loses neither; the failure
+        is recorded first, so the daily cap no longer counts the message that reached nobody."""
         left, route = delivery.content.get(FALLBACK), self.router.routes.get(delivery.channel)
         if left is None or route is None:
             return 0

@@ -281,12 +281,26 @@ def unfinished(connection: Connection, now: datetime) -> int:
 
 
 _GOES_AT = func.coalesce(deliveries.c.first_due_at, deliveries.c.created_at, type_=UTCDateTime)  # planned before i12: created_at
+# Attempt outcomes after which a message may be with the person: the provider took it, or the call timed out or
+# failed with a 5xx after it may have (`dead` deliveries end so, and count).
+_MAY_HAVE_ARRIVED = ("sent", "retryable")
+# A failed delivery whose last attempt may have arrived (a send in flight as it was withdrawn; retries cut short
+# by a withdrawal), with no provider report that it was lost: a failed delivery carries a provider status only
+# when that report failed it (Twilio `undelivered`), as a settled one takes no later report. Left out: one
+# failed unsent (consent revoked since, too old to send) and one the provider refused for good (an invalid or
+# unsubscribed number, push tokens all dead, a hard bounce: its last attempt `permanent`), which reached nobody.
+_FAILED_BUT_MAY_HAVE_ARRIVED = and_(
+    deliveries.c.provider_status.is_(None),
+    select(attempts.c.id).where(
+        attempts.c.delivery_id == deliveries.c.delivery_id, attempts.c.attempt_no == deliveries.c.attempts,
+        attempts.c.outcome.in_([literal(outcome) for outcome in _MAY_HAVE_ARRIVED]),  # literals: `Precompiled`
+    ).exists(),
+)
 _GOING_SINCE = precompiled.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
     lambda profiles, channels: select(deliveries.c.profile_id, _GOES_AT).where(
         deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
         _GOES_AT > bindparam("since", type_=UTCDateTime),
-        # One that failed unsent (consent revoked since, too old to send) reached nobody: it spends no cap.
-        or_(deliveries.c.status != "failed", deliveries.c.attempts > 0),
+        or_(deliveries.c.status != "failed", _FAILED_BUT_MAY_HAVE_ARRIVED),
     )
 )
 
@@ -295,8 +309,13 @@ def going_since(
     connection: Connection, profile_ids: Collection[str], channels: Sequence[str], since: datetime
 ) -> dict[str, list[datetime]]:
     """When each profile's deliveries on these channels go (or went: the end of their delay or quiet hours),
-    from `since` on, those withdrawn unsent left out (profiles with none left out too): what the daily cap
-    counts, for a set of profiles in one statement."""
+    from `since` on, those that failed having reached nobody left out (profiles with none left out too): what
+    the daily cap counts, for a set of profiles in one statement.
+
+    A provider's refusal is recorded before the delivery's fallback is
+    planned, in the same transaction (`hub.delivery_record`), so the fallback
+    finds the refused message not counted.
+    """
     going: dict[str, list[datetime]] = {}
     for profile_id, goes_at in _GOING_SINCE.execute(connection, profile_ids, channels, since=since):
         going.setdefault(profile_id, []).append(goes_at)
