@@ -132,7 +132,7 @@ def migrate() -> None:
 
     settings = load_settings()
     with config_problems_exit("The schema cannot be migrated"):
-        open_store(settings.database_url, migrate=True).dispose()
+        open_store(settings.database_url, migrate=True, lock_timeout=settings.sqlite_lock_timeout_seconds).dispose()
     console.print(f"Schema is up to date in {shown_url(settings.database_url)}")
 
 
@@ -196,7 +196,7 @@ def replay_command(
 
     settings = load_settings()
     with config_problems_exit("The stored events cannot be replayed"):  # not an empty store made in the wrong folder
-        existing_store(settings.database_url).dispose()
+        existing_store(settings).dispose()
     hub = _build_hub(settings)
     try:
         start = _since(since)

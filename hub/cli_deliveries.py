@@ -43,7 +43,7 @@ def _store() -> Store:
     """The hub's store, only if it is there (`hub.cli_store`): an empty log read from the wrong folder would
     say the hub sent nothing."""
     with config_problems_exit("The delivery log cannot be read"):
-        return existing_store(load_settings().database_url)
+        return existing_store(load_settings())
 
 
 @app.command("list")

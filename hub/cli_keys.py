@@ -31,7 +31,7 @@ NAME_LENGTH = 100  # the api_keys.name column
 
 def _store() -> Store:
     with config_problems_exit("The API keys cannot be read"):
-        return existing_store(load_settings().database_url)
+        return existing_store(load_settings())
 
 
 @app.command("create")

@@ -34,7 +34,7 @@ def profiles_explain(
     from hub.store.identity_explain import explain
 
     with config_problems_exit("The profile cannot be explained"):
-        store = existing_store(load_settings().database_url)
+        store = existing_store(load_settings())
     with store.read() as connection:
         graph = explain(connection, profile_id)
     store.dispose()
@@ -63,7 +63,7 @@ def profiles_show(
     with config_problems_exit("The profile cannot be shown"):
         config = identity_config_in(settings.mappings_dir)
         identifier = _identifier_argument(profile, config, settings.default_phone_region)
-        store = existing_store(settings.database_url)
+        store = existing_store(settings)
     with store.read() as connection:
         view = _profile_of(connection, profile, identifier)
     store.dispose()

@@ -30,11 +30,13 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from hub.routing import ChannelRoute
+    from hub.settings import HubSettings
     from hub.store.delivery_log import RecipientOf
 
 
-def existing_store(url: str) -> Store:
-    """The store at `url` if it exists and holds the hub's schema; else ConfigError saying what to do."""
+def existing_store(settings: HubSettings) -> Store:
+    """The store at HUB_DATABASE_URL if it exists and holds the hub's schema; else ConfigError saying what to do."""
+    url = settings.database_url
     try:
         parsed = make_url(store_url(url))
     except ArgumentError as exc:
@@ -43,7 +45,7 @@ def existing_store(url: str) -> Store:
         path = Path(parsed.database or "").expanduser().resolve()
         if not path.is_file():
             raise ConfigError(_not_found(url, f"no database file at {path}"))
-    store = open_store(url)
+    store = open_store(url, lock_timeout=settings.sqlite_lock_timeout_seconds)
     try:
         with store.read() as connection:
             migrated = inspect(connection).has_table("decisions")

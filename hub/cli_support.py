@@ -32,7 +32,7 @@ from rich.text import Text
 from sqlalchemy.exc import OperationalError
 
 from hub.config_files import not_utf8
-from hub.errors import ConfigError
+from hub.errors import ConfigError, StoreBusyError
 from hub.logs import configure_logging
 from hub.settings import HubSettings
 
@@ -148,6 +148,8 @@ def store_busy_exit(store: Store, heading: str) -> Iterator[None]:
         started = monotonic()
         try:
             yield
+        except StoreBusyError as exc:  # a touchhub process holding the hub's own writer lock, named
+            raise ConfigError(str(exc)) from None
         except OperationalError as exc:
             if _HELD_ELSEWHERE not in str(exc.orig):
                 raise

@@ -145,7 +145,7 @@ def decisions_explain(
     url = settings.database_url
     with config_problems_exit("The decision cannot be explained"):
         _, recipient = delivery_recipients(settings.mappings_dir)
-        store = existing_store(url)
+        store = existing_store(settings)
     try:
         with store.read() as connection:
             found = explain(connection, decision_id, recipient, settings.default_phone_region)

@@ -14,6 +14,7 @@
         ├── IdentityRepairError        unmerge / forget named a profile or merge that does not exist
         ├── ForgottenIdentityError     every identifier of an event belongs to a forgotten person
         ├── EventDropped               the mapping's drop rules say the event is not kept (not an error to fix)
+        ├── StoreBusyError             another writer held the SQLite write lock past HUB_SQLITE_LOCK_TIMEOUT_SECONDS
         └── DeliveryError              a destination failed to deliver
             ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
             ├── PermanentDeliveryError invalid number, unsubscribed: never retry
@@ -53,6 +54,11 @@ def collect(problems: list[str], build: Callable[[], T]) -> T | None:
 
 class HubError(Exception):
     """Base of every runtime error the hub raises on purpose."""
+
+
+class StoreBusyError(HubError):
+    """Another writer held the SQLite store's write lock past HUB_SQLITE_LOCK_TIMEOUT_SECONDS; the message names it
+    (`hub.store.writer_lock`) and what to do."""
 
 
 @dataclass

@@ -62,7 +62,9 @@ class Hub:
         self.mappings, self.identity, self.router, self.rulebook = folder.mappings, folder.identity, folder.router, folder.rulebook
         policy_file = folder.policy_file
         lease = timedelta(seconds=settings.lease_seconds)
-        self.store = open_store(settings.database_url, migrate=True, lease=lease)
+        self.store = open_store(
+            settings.database_url, migrate=True, lease=lease, lock_timeout=settings.sqlite_lock_timeout_seconds
+        )
         self.wakeups = Wakeups(self.store.url)
         self.pipeline_wake = self.wakeups.events["pipeline"]
         self.delivery_wake = self.wakeups.events["delivery"]

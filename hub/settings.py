@@ -19,6 +19,7 @@ from hub.durations import LONGEST
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.secret_urls import shown_url
 from hub.signing_secrets import in_use
+from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
@@ -46,6 +47,11 @@ class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
 
     database_url: str = Field("sqlite:///var/hub.db", description="SQLAlchemy URL of the store.")
+    sqlite_lock_timeout_seconds: float = Field(
+        SQLITE_LOCK_TIMEOUT_SECONDS, gt=0,
+        description="On SQLite, how long a write waits for another process's before it fails naming that process "
+        "(the hub's writer lock, then SQLite's busy timeout).",
+    )
     mappings_dir: Path = Field(PROJECT_MAPPINGS, description="Folder of mapping, trigger and route YAML.")
     mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
     host: str = "127.0.0.1"

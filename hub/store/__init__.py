@@ -20,7 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select, text
 
-from hub.store.engine import create_store_engine, read_transaction, write_transaction
+from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS, create_store_engine, read_transaction, write_transaction
 from hub.store.writer_lock import writer_lock
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -32,17 +32,20 @@ MIGRATIONS_LOCK_KEY = 0x74702D6D6967
 class Store:
     """The hub's database: SQLite by default, PostgreSQL for many nodes."""
 
-    def __init__(self, url: str, lease: timedelta | None = None) -> None:
+    def __init__(
+        self, url: str, lease: timedelta | None = None, lock_timeout: float = SQLITE_LOCK_TIMEOUT_SECONDS
+    ) -> None:
         """`lease`: how long a claimed row stays with its worker (HUB_LEASE_SECONDS); on PostgreSQL it bounds how
-        long a stalled node's transaction may hold what others wait for (`create_store_engine`)."""
+        long a stalled node's transaction may hold what others wait for (`create_store_engine`). `lock_timeout`:
+        on SQLite, how long a write waits for another's (HUB_SQLITE_LOCK_TIMEOUT_SECONDS)."""
         self.url = url
-        self.engine = create_store_engine(url, lease)
+        self.engine = create_store_engine(url, lease, lock_timeout)
         # SQLite has one writer at a time. Writers queue on a lock, woken the
         # moment it is free, instead of in SQLite's busy handler, which sleeps
         # and polls (up to 100 ms a nap): it starved ingest while the pipeline
         # committed, and a pipeline in one process behind the timer and
         # delivery workers of another (HUB_WORKERS) queued for seconds.
-        self._write_lock = writer_lock(self.engine)
+        self._write_lock = writer_lock(self.engine, lock_timeout)
 
     @property
     def dialect(self) -> str:

@@ -58,18 +58,23 @@ CACHED_STATEMENTS = 512
 IDLE_IN_TRANSACTION_LEASES = 2
 # Below this a busy CPU or a garbage collection between two statements of a batch could end it (tests lease 0.05 s).
 IDLE_IN_TRANSACTION_AT_LEAST = timedelta(seconds=2)
-# How long a SQLite statement waits for another connection's write lock before "database is locked": a process
-# outside the hub's writer lock (a sqlite3 shell, a backup) holding it longer is a problem to report, not to wait out.
-BUSY_TIMEOUT_SECONDS = 30
+# The default of HUB_SQLITE_LOCK_TIMEOUT_SECONDS: how long a SQLite write waits for another's, first on the hub's
+# writer lock (`writer_lock`, StoreBusyError naming the holder), then on SQLite's own lock for a writer outside it
+# (a sqlite3 shell, a backup) as the busy timeout ("database is locked"). Holding either longer is a problem to
+# report, not to wait out; the hub's own writes hold them for milliseconds, a migration's passes over data longer.
+SQLITE_LOCK_TIMEOUT_SECONDS = 30.0
 # libpq's TCP keepalives: a connection whose other end is gone (a server that died, a network partition) is found
 # dead after about a minute (idle 30 s, then 3 probes 10 s apart) instead of the kernel's two hours, so a node
 # waiting on a lock on it gets an error and its worker carries on. A URL's own setting of any of them wins.
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 
 
-def create_store_engine(url: str, lease: timedelta | None = None) -> Engine:
+def create_store_engine(
+    url: str, lease: timedelta | None = None, lock_timeout: float = SQLITE_LOCK_TIMEOUT_SECONDS
+) -> Engine:
     """The engine for `url`; on PostgreSQL a transaction idle for `IDLE_IN_TRANSACTION_LEASES` of `lease` is ended
-    (none is, without a lease)."""
+    (none is, without a lease), on SQLite a statement waits `lock_timeout` seconds for another connection's write
+    lock (HUB_SQLITE_LOCK_TIMEOUT_SECONDS)."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         engine = create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True,
@@ -79,7 +84,7 @@ def create_store_engine(url: str, lease: timedelta | None = None) -> Engine:
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True, hide_parameters=True, json_serializer=json_text.dumps, json_deserializer=json_text.loads,
-                           connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_SECONDS,
+                           connect_args={"check_same_thread": False, "timeout": lock_timeout,
                                          "cached_statements": CACHED_STATEMENTS})
     event.listen(engine, "connect", _configure_sqlite_connection)
     event.listen(engine, "begin", _begin_sqlite_transaction)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from hub.errors import ConfigError
 from hub.secret_urls import shown_url
 from hub.store import Store
+from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
 
 # Heroku, Render and most hosted PostgreSQL services hand out `postgres://`, a scheme SQLAlchemy dropped.
 HOSTED_POSTGRES = "postgres://"
@@ -24,13 +25,16 @@ def store_url(url: str) -> str:
     return POSTGRES_DRIVER + url[len(HOSTED_POSTGRES):] if url.startswith(HOSTED_POSTGRES) else url
 
 
-def open_store(url: str, *, migrate: bool = False, lease: timedelta | None = None) -> Store:
-    """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`; `lease` as `Store` takes it); ConfigError
+def open_store(
+    url: str, *, migrate: bool = False, lease: timedelta | None = None, lock_timeout: float = SQLITE_LOCK_TIMEOUT_SECONDS
+) -> Store:
+    """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`; `lease`, `lock_timeout` as `Store` takes
+    them); ConfigError
     naming the setting, the URL without its password and the reason when it cannot be parsed, its driver is missing,
     it cannot be reached, its SQLite folder cannot be made or written, or it is an in-memory SQLite database."""
     try:
         _refuse_in_memory(url)
-        store = Store(store_url(url), lease)
+        store = Store(store_url(url), lease, lock_timeout)
     except (ArgumentError, ImportError) as exc:
         raise unusable_url(url, exc) from None
     except OSError as exc:  # the SQLite file's folder cannot be made (a file in the way, no permission)
