@@ -18,7 +18,7 @@ receiver, one that hangs until its timeout) carry over: they go on beside
 the next batches, and the first run they have finished by records them.
 Waiting for a batch's slowest send instead held back every delivery
 planned meanwhile, SMS included, for as long as that receiver took (up to
-its 10-second timeout). A run waits for the sends it carried over too,
+its timeout: 15 s for a webhook). A run waits for the sends it carried over too,
 not only for its own, so a batch that just missed the wait rejoins the
 next: waiting for its own sends alone, a loaded engine split its batches
 and sent up to 15% fewer per second (bench/README.md).

@@ -97,6 +97,7 @@ def webhook_destinations(registry: Registry, settings: HubSettings) -> dict[str,
     return _merged([
         partial(_configured, registry, settings, slug, prefix, {
             "url": url, "secret": secret, "previous_secret": previous, "allowed_networks": allowed,
+            "timeout_seconds": settings.webhook_timeout_seconds,
         })
         for slug, url, secret, previous, prefix in wanted
         if url
@@ -142,5 +143,5 @@ def _configured(
     FCM's `forget_tokens`, which a connector may not reach by itself.
     """
     connector = registry.destinations[slug]
-    config = connector.validate_config(where, {**values, "timeout_seconds": settings.send_timeout_seconds})
+    config = connector.validate_config(where, {"timeout_seconds": settings.send_timeout_seconds, **values})
     return {slug: connector(slug, config, **hooks)}  # type: ignore[call-arg]

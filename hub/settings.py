@@ -152,6 +152,7 @@ class HubSettings(BaseSettings):
     retry_base_delay_seconds: float = Field(1.0, gt=0)
     retry_max_delay_seconds: float = Field(300.0, gt=0)
     send_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_timeout_seconds: float = Field(15.0, gt=0, description="Seconds a webhook receiver has to answer (Svix: 15).")
     delivery_concurrency: int = Field(
         64, ge=1, le=MAX_DELIVERY_CONCURRENCY,
         description="Sends in flight at once per process: at least sends/s x the providers' answer time, with room for "

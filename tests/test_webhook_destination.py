@@ -142,7 +142,7 @@ def test_during_a_secret_rotation_receivers_with_either_secret_verify(
 
 
 @pytest.mark.parametrize(("status", "error"), [(400, PermanentDeliveryError), (404, PermanentDeliveryError),
-                                               (410, PermanentDeliveryError), (302, PermanentDeliveryError),
+                                               (410, AuthDeliveryError), (302, PermanentDeliveryError),
                                                (401, AuthDeliveryError), (403, AuthDeliveryError)])
 def test_other_4xx_are_permanent_and_refused_signatures_auth(
     server: BackgroundServer, receiver: FakeWebhookReceiver, status: int, error: type[DeliveryError]

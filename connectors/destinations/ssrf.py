@@ -15,6 +15,12 @@ Refusals and failed lookups are not kept, so a fixed record counts at
 once. A URL whose host is an IP address has nothing to rebind: its target
 is vetted once and kept.
 
+A host name may resolve to several permitted addresses (a receiver behind
+two load balancers, IPv6 and IPv4): the target keeps them all, in the
+resolver's order, so a send whose first address refuses the connection
+tries the next, as a client connecting by name would. Only permitted ones
+are kept: a private address in the answer is never tried unless allowlisted.
+
 An IPv6 address that carries an IPv4 one (IPv4-mapped and -compatible,
 NAT64's 64:ff9b::/96, 6to4's 2002::/16) reaches that IPv4 address, so it is
 judged as that address: on an IPv6-only network with DNS64, an AAAA record
@@ -54,11 +60,18 @@ class AddressRefused(Exception):
 
 @dataclass(frozen=True)
 class PinnedTarget:
-    """Where to connect for a vetted URL: the request URL on the address, plus Host and SNI for the name."""
+    """Where to connect for a vetted URL: the request URL on the address, plus Host and SNI for the name; `others`
+    are the request URL on the host's other permitted addresses, to try in turn when `url` refuses the connection."""
 
     url: httpx.URL
     headers: dict[str, str]
     extensions: dict[str, str]
+    others: tuple[httpx.URL, ...] = ()
+
+    @property
+    def urls(self) -> tuple[httpx.URL, ...]:
+        """Every vetted address's request URL, in the order to try them."""
+        return (self.url, *self.others)
 
 
 def parse_networks(entries: Iterable[str]) -> list[IPNetwork]:
@@ -107,7 +120,7 @@ class SsrfGuard:
         return address.is_global and not address.is_multicast
 
     def pin(self, url: str) -> PinnedTarget:
-        """The request target for `url` on its first permitted address: the vetted one while fresh, else resolved now.
+        """The request target for `url` on its permitted addresses: the vetted one while fresh, else resolved now.
 
         Raises:
             AddressRefused: every address of the host is non-public and not allowlisted.
@@ -128,7 +141,8 @@ class SsrfGuard:
             )
         headers = {"Host": _host_header(host, parsed.port)}
         extensions = {"sni_hostname": host} if parsed.scheme == "https" else {}
-        target = PinnedTarget(_on_address(parsed, str(permitted[0])), headers, extensions)
+        first, *others = (_on_address(parsed, str(address)) for address in dict.fromkeys(permitted))
+        target = PinnedTarget(first, headers, extensions, tuple(others))
         expires = float("inf") if literal else time.monotonic() + PIN_TTL_SECONDS
         self._vetted[url] = (expires, target)
         return target

@@ -14,7 +14,10 @@ Each delivery is one JSON POST carrying three headers:
   whichever secret it has and may switch when it likes (as Svix does).
 
 Redirects are not followed: a 3xx could point anywhere, past the SSRF guard. Its Location is logged (its
-query's values hidden), so ops see what to set the URL to, as Standard Webhooks asks.
+query's values hidden), so ops see what to set the URL to, as Standard Webhooks asks. A 410 Gone is the
+receiver saying it wants no more webhooks at this URL (Standard Webhooks: disable the endpoint), so it parks
+the delivery as a refused setup does (dead-lettered, not failed): once ops have fixed the URL, one
+`touchhub deliveries replay --all` sends it and every later one parked the same way.
 
 A receiver's URL may carry its credential (``?token=...``): the delivery log
 shows it through `shown_url`, and failure messages too, since aiohttp's
@@ -44,7 +47,7 @@ import hmac
 import json
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urljoin
@@ -65,7 +68,7 @@ from connectors.destinations.ssrf import (
     parse_networks,
 )
 from hub.clock import utcnow
-from hub.errors import DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
+from hub.errors import AuthDeliveryError, DeliveryError, DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import ENGINE_KEYS, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
@@ -84,6 +87,10 @@ _EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 # A URL inside an error's text, to the first blank: whatever quote or bracket follows it is taken as part of it,
 # so a query value that holds one is hidden whole.
 _URL_IN_TEXT = re.compile(r"https?://\S+")
+GONE = 410
+# The receiver's statuses whose meaning differs from the hub's table: 410 parks the endpoint (an auth outcome:
+# dead-lettered until replayed), as Standard Webhooks asks a sender to stop sending to it.
+STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {GONE: AuthDeliveryError}
 
 
 class WebhookConfig(BaseModel):
@@ -94,7 +101,9 @@ class WebhookConfig(BaseModel):
     allowed_networks: list[str] = Field(
         default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
     )
-    timeout_seconds: float = Field(10.0, gt=0)
+    # Svix's timeout, and the least Standard Webhooks recommends (15 to 30 s): a receiver is given as long as
+    # by the senders it is built for.
+    timeout_seconds: float = Field(15.0, gt=0, description="Seconds the receiver has to answer.")
 
     @field_validator("url")
     @classmethod
@@ -273,25 +282,42 @@ class OutboundWebhookDestination(Destination):
         return SignedRequest(target, body, headers)
 
     def send(self, delivery: Delivery) -> SendResult:
+        """POST to the host's first vetted address; one that refuses the connection (nothing was sent) passes the
+        same signed request on to the next, so one receiver down behind a host name loses nothing."""
         request = self.signed_request(delivery, self.pinned_target())
-        target = request.target
-        with _transport_errors(), self._client.stream(
-            "POST", target.url, content=request.body, headers=request.headers, extensions=target.extensions
+        *earlier, last = request.target.urls
+        with _transport_errors():
+            for url in earlier:
+                with suppress(httpx.ConnectError):
+                    return self._post(delivery, request, url)
+            return self._post(delivery, request, last)
+
+    def _post(self, delivery: Delivery, request: SignedRequest, url: httpx.URL) -> SendResult:
+        with self._client.stream(
+            "POST", url, content=request.body, headers=request.headers, extensions=request.target.extensions
         ) as response:
             excerpt = read_start(response, self._body_seconds)
         return self._answer(delivery, response.status_code, response.reason_phrase, excerpt, response.headers)
 
     async def send_async(self, delivery: Delivery) -> SendResult:
+        """`send` on the engine's client: each vetted address in turn while they refuse the connection."""
         target = self._guard.vetted(self.settings.url)
         if target is None:  # resolving a host name blocks, so off the event loop
             target = await asyncio.to_thread(self.pinned_target) if self._blocking_lookup else self.pinned_target()
         request = self.signed_request(delivery, target)
+        *earlier, last = target.urls
         with _transport_errors():
-            async with self._async_session().post(
-                str(target.url), data=request.body, headers=request.headers, allow_redirects=False,
-                server_hostname=target.extensions.get("sni_hostname"), auto_decompress=False,
-            ) as response:
-                excerpt = await read_start_async(response, self._body_seconds)
+            for url in earlier:
+                with suppress(aiohttp.ClientConnectorError):
+                    return await self._post_async(delivery, request, url)
+            return await self._post_async(delivery, request, last)
+
+    async def _post_async(self, delivery: Delivery, request: SignedRequest, url: httpx.URL) -> SendResult:
+        async with self._async_session().post(
+            str(url), data=request.body, headers=request.headers, allow_redirects=False,
+            server_hostname=request.target.extensions.get("sni_hostname"), auto_decompress=False,
+        ) as response:
+            excerpt = await read_start_async(response, self._body_seconds)
         return self._answer(delivery, response.status, response.reason or "", excerpt, response.headers)
 
     def _answer(
@@ -302,19 +328,29 @@ class OutboundWebhookDestination(Destination):
         summary: dict[str, Any] = {"status": status, "body": excerpt}
         if 200 <= status < 300:
             return SendResult(status="delivered", provider_message_id=delivery.delivery_id, response_summary=summary)
-        message = f"webhook answered {status} {reason}"
-        location = self._moved_to(headers) if 300 <= status < 400 else None
-        if location is not None:
-            summary["location"] = location
-            message += f" to {location}; set the webhook's URL to it if the receiver moved"
-        raise outcome_for_status(status)(
+        raise outcome_for_status(status, STATUS_OUTCOMES)(
             DeliveryFailure(
                 error_class=f"http.{status}",
-                message=message,
+                message=f"webhook answered {status} {reason}{self._what_to_do(status, headers, summary)}",
                 retry_after=parse_retry_after(headers.get("retry-after"), utcnow()),
                 response_summary=summary,
             )
         )
+
+    def _what_to_do(self, status: int, headers: Mapping[str, str], summary: dict[str, Any]) -> str:
+        """What ops should do about a refusal whose status says the receiver moved or left ('' for others): the
+        log's reader must know what to change. A redirect's Location goes into `summary` too."""
+        if status == GONE:
+            return (
+                f": the receiver wants no more webhooks at this URL, so the delivery is parked; set "
+                f"HUB_{self.destination_id.upper()}_URL to its new endpoint, or stop routing to it, then run "
+                f"`touchhub deliveries replay --all --destination {self.destination_id}`"
+            )
+        location = self._moved_to(headers) if 300 <= status < 400 else None
+        if location is None:
+            return ""
+        summary["location"] = location
+        return f" to {location}; set the webhook's URL to it if the receiver moved"
 
     def _moved_to(self, headers: Mapping[str, str]) -> str | None:
         """Where a redirect points, whole (a relative Location resolved against the URL) and as the log shows URLs;
