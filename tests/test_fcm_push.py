@@ -154,16 +154,15 @@ def test_dead_only_token_is_permanent_and_forgotten(
     assert forgotten == [token]
 
 
-def test_token_of_another_sender_is_permanent_and_forgotten(
+def test_token_of_another_sender_beside_a_reached_device_is_forgotten(
     push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten
 ) -> None:
-    fake.fail_next(403, "SENDER_ID_MISMATCH", message="SenderId mismatch")
-    with pytest.raises(PermanentDeliveryError) as refused:
-        push.send(delivery(PHONE))
-    assert (refused.value.failure.error_class, forgotten) == ("fcm.SENDER_ID_MISMATCH", [PHONE])
+    fake.other_senders.add(TABLET)
+    result = push.send(delivery(PHONE, TABLET))
+    assert (result.response_summary["errors"], forgotten) == ({TABLET[:10] + "…": "SENDER_ID_MISMATCH"}, [TABLET])
     # Not an uninstall: a wrong-project setup for ops to fix, which `profiles explain` must say.
-    assert forgotten.reasons[PHONE].startswith("FCM answered SENDER_ID_MISMATCH: the token belongs to another "
-                                               "Firebase project; check the hub's FCM project")
+    assert forgotten.reasons[TABLET].startswith("FCM answered SENDER_ID_MISMATCH: the token belongs to another "
+                                                "Firebase project; check the hub's FCM project")
 
 
 def test_refused_apns_credentials_are_an_auth_failure(push: FcmPushDestination, fake: FakeFcm, forgotten: Forgotten) -> None:

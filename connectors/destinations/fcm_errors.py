@@ -1,7 +1,11 @@
 """What FCM's refusals mean for one device token: retry, park (auth), give up, and whether the token is dead.
 
 Tokens FCM calls dead (``UNREGISTERED``, ``SENDER_ID_MISMATCH``, or
-``INVALID_ARGUMENT`` that blames the token) leave the profile. FCM blames a
+``INVALID_ARGUMENT`` that blames the token) leave the profile. But when every
+token of a send answers ``SENDER_ID_MISMATCH``, the likelier culprit is the
+hub's own Firebase project (a service-account key of another project):
+`wrong_sender` parks that send as a setup failure and the tokens stay, or
+one swapped key would strip every person of their devices. FCM blames a
 malformed or expired token with a bare ``INVALID_ARGUMENT`` whose message
 says "The registration token is not a valid FCM registration token"
 (firebase/firebase-admin-java#1064), rarely with a field violation on
@@ -39,6 +43,7 @@ from hub.retry import outcome_for_status, parse_retry_after
 
 log = structlog.get_logger(__name__)
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+SENDER_ID_MISMATCH = "SENDER_ID_MISMATCH"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 # FCM's text for a malformed or expired registration token, its only word on the token in a bare INVALID_ARGUMENT.
 INVALID_TOKEN_TEXT = re.compile(r"registration token is not a valid", re.IGNORECASE)
@@ -46,7 +51,7 @@ INVALID_TOKEN_TEXT = re.compile(r"registration token is not a valid", re.IGNOREC
 # FCM's errorCode (or, without one, the canonical status) says what a failure means.
 FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "UNREGISTERED": PermanentDeliveryError,  # the app was uninstalled or the token expired
-    "SENDER_ID_MISMATCH": PermanentDeliveryError,  # the token belongs to another Firebase project
+    SENDER_ID_MISMATCH: PermanentDeliveryError,  # the token belongs to another Firebase project (see `wrong_sender`)
     "INVALID_ARGUMENT": PermanentDeliveryError,
     "QUOTA_EXCEEDED": RetryableDeliveryError,  # per-project or per-device rate; honour Retry-After
     "RESOURCE_EXHAUSTED": RetryableDeliveryError,
@@ -58,12 +63,12 @@ FCM_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "PERMISSION_DENIED": AuthDeliveryError,
 }
 # The codes FCM answers for a token that will never take a message again, whatever the message.
-DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", "SENDER_ID_MISMATCH"})
+DEAD_TOKEN_CODES = frozenset({"UNREGISTERED", SENDER_ID_MISMATCH})
 # Why a token was removed, as the profile's audit trail (`profiles explain`) shows it; INVALID_ARGUMENT counts
 # only when it blames the token (`_blames_token`).
 DEAD_TOKEN_REASONS: Mapping[str, str] = {
     "UNREGISTERED": "FCM answered UNREGISTERED: the app was uninstalled or the token expired",
-    "SENDER_ID_MISMATCH": "FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project; check "
+    SENDER_ID_MISMATCH: "FCM answered SENDER_ID_MISMATCH: the token belongs to another Firebase project; check "
                           "the hub's FCM project (HUB_FCM_PROJECT_ID, else the service-account key's project_id)",
     "INVALID_ARGUMENT": "FCM answered INVALID_ARGUMENT for the token: it is malformed or expired",
 }
@@ -161,5 +166,30 @@ def batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
         message=f"no device reached ({len(failures)} tried): {chosen[0].message}",
         provider_code=chosen[0].code if chosen[0].from_fcm else None,
         retry_after=max(waits) if waits else None,
-        response_summary={"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead},
+        response_summary=_summary(failures, dead),
     ))
+
+
+def wrong_sender(failures: list[TokenFailure]) -> AuthDeliveryError | None:
+    """The setup failure to park a send as when every one of its tokens answered SENDER_ID_MISMATCH, else None.
+
+    A token of another project is a stray (a debug build's, an old app's)
+    only while other tokens of the same send get through; when none does, the
+    hub's key or HUB_FCM_PROJECT_ID is the likelier mistake, and removing the
+    tokens would be the damage.
+    """
+    if not failures or any(f.code != SENDER_ID_MISMATCH for f in failures):
+        return None
+    return AuthDeliveryError(DeliveryFailure(
+        error_class=f"fcm.{SENDER_ID_MISMATCH}",
+        message=(f"every device ({len(failures)}) answered {SENDER_ID_MISMATCH}, so the hub's Firebase project is "
+                 "likely not the app's: check that the service-account key (HUB_FCM_CREDENTIALS_FILE) and "
+                 "HUB_FCM_PROJECT_ID name the app's project, then replay. The tokens were kept"),
+        provider_code=SENDER_ID_MISMATCH,
+        response_summary=_summary(failures, dead=0),
+    ))
+
+
+def _summary(failures: list[TokenFailure], dead: int) -> dict[str, Any]:
+    """What a send no device took keeps of FCM's answers: each token's code, the token masked."""
+    return {"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead}

@@ -10,7 +10,8 @@ fail, as the most hopeful of its failures (retryable, then auth, then
 permanent).
 
 Tokens FCM calls dead are handed to `forget_tokens` with the reason, which
-the hub wires to the identity graph; which refusals blame the token is
+the hub wires to the identity graph; which refusals blame the token, and
+when a refusal of every token blames the hub's own setup instead, is
 `connectors.destinations.fcm_errors`'s to say.
 
 API: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send
@@ -111,6 +112,9 @@ class FcmPushDestination(Destination):
         assert isinstance(config, FcmPushConfig)
         self.settings = config
         self.forget_tokens = forget_tokens
+        # httpTimeout bounds the access-token fetch too: google-auth's
+        # AuthorizedSession hands each call's timeout to the credentials'
+        # refresh, so a token endpoint that stalls fails the send as retryable.
         options: dict[str, Any] = {"httpTimeout": config.timeout_seconds}
         if config.project_id:
             options["projectId"] = config.project_id
@@ -161,6 +165,8 @@ class FcmPushDestination(Destination):
                 answers = list(pool.map(self._send_one, tokens, messages))
         ids = [answer for answer in answers if isinstance(answer, str)]
         failures = [answer for answer in answers if isinstance(answer, TokenFailure)]
+        if not ids and (setup := fcm_errors.wrong_sender(failures)) is not None:
+            raise setup
         dead = [failure for failure in failures if failure.dead_token]
         for code in sorted({failure.code for failure in dead}):
             self._forget([f.token for f in dead if f.code == code], DEAD_TOKEN_REASONS.get(code, f"FCM answered {code}"))

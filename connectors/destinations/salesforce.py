@@ -30,6 +30,12 @@ and Salesforce deletes a Lead's or Contact's activities with it, so they are
 not deleted one by one. Deleted records wait in the org's Recycle Bin for 15
 days before Salesforce purges them.
 
+A Lead a sales rep has converted is read-only: Salesforce refuses every
+update to it (CANNOT_UPDATE_CONVERTED_LEAD), and the person lives on as the
+Contact the conversion made. An update whose Lead turns out converted goes
+to that Contact (``ConvertedContactId``), with the fields a Contact has; the
+others are left out, and the attempt's summary names both.
+
 What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
 ``fields`` (field API name -> value), ``intent`` and ``task``. A template may
 also fill fields from the profile: every ``{% block field_<ApiName> %}`` it
@@ -46,7 +52,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -59,7 +65,7 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from connectors.base import Destination
 from connectors.destinations import retry_after, salesforce_errors
 from connectors.destinations.requests_transport import VendorAdapter
-from connectors.destinations.salesforce_errors import DUPLICATE_VALUE, error_code, no_such_record
+from connectors.destinations.salesforce_errors import CONVERTED_LEAD, DUPLICATE_VALUE, error_code, no_such_record
 from hub.errors import DeliveryError, DeliveryFailure, PermanentDeliveryError
 from hub.model import ERASURE, Delivery, SendResult
 
@@ -163,6 +169,7 @@ class SalesforceDestination(Destination):
         self.session.hooks["response"].append(salesforce_errors.noted)  # login and REST answers alike: for `retry_after.kept`
         self._login_lock = threading.Lock()
         self._salesforce: Salesforce | None = None
+        self._field_names: dict[str, frozenset[str]] = {}  # by object type, from its describe
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> list[str]:
@@ -262,7 +269,13 @@ class SalesforceDestination(Destination):
         key_field = self.settings.external_id_field
         record_type = getattr(client, update.sobject)
         carried_from = self._carry_over(record_type, update) if update.previous_keys else None
-        answer = record_type.upsert(f"{key_field}/{quote(update.external_id, safe='')}", update.fields, raw_response=True)
+        try:
+            answer = record_type.upsert(f"{key_field}/{quote(update.external_id, safe='')}", update.fields,
+                                        raw_response=True)
+        except SalesforceError as exc:
+            if error_code(exc) != CONVERTED_LEAD:
+                raise
+            return self._write_converted(client, update, exc)
         created = answer.status_code == 201
         record_id = answer.json()["id"] if answer.content else None
         summary: dict[str, Any] = {"sobject": update.sobject, "record_id": record_id, "created": created}
@@ -273,6 +286,41 @@ class SalesforceDestination(Destination):
             summary.update(self._add_task(client, update, record))
             record_id = record["Id"]
         return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
+
+    def _write_converted(self, client: Salesforce, update: CrmUpdate, refused: SalesforceError) -> SendResult:
+        """Write `update` to the Contact its converted Lead became, as far as a Contact has its fields; raises
+        `refused`, the Lead's refusal, when the Lead names no Contact.
+
+        The Contact is not keyed by the profile id (Salesforce's conversion
+        copies no custom field unless the org maps it), so each later update
+        finds the Lead again and follows it here: one refused upsert and one
+        read more per update. The Contact's type is described once per
+        destination, so a field an admin adds to Contact counts after a restart.
+        """
+        lead = client.Lead.get_by_custom_id(self.settings.external_id_field, update.external_id)
+        contact_id = lead.get("ConvertedContactId")
+        if not lead.get("IsConverted") or not contact_id:
+            raise refused
+        on_contact = self._fields_of(client, "Contact")
+        fields = {name: value for name, value in update.fields.items() if name in on_contact}
+        if fields:
+            client.Contact.update(contact_id, fields)
+        summary: dict[str, Any] = {"sobject": "Contact", "record_id": contact_id, "created": False,
+                                   "converted_lead_id": lead["Id"]}
+        left_out = sorted(set(update.fields) - set(fields))
+        if left_out:
+            summary["left_out"] = f"{', '.join(left_out)}: no such field on Contact (the Lead was converted)"
+        if update.task is not None:
+            contact = client.Contact.get(contact_id)
+            summary.update(self._add_task(client, replace(update, sobject="Contact"), contact))
+        return SendResult(status="sent", provider_message_id=contact_id, response_summary=summary)
+
+    def _fields_of(self, client: Salesforce, sobject: str) -> frozenset[str]:
+        """The API names of `sobject`'s fields, described once per destination."""
+        if sobject not in self._field_names:
+            described = getattr(client, sobject).describe()
+            self._field_names[sobject] = frozenset(field["name"] for field in described["fields"])
+        return self._field_names[sobject]
 
     def _add_task(self, client: Salesforce, update: CrmUpdate, record: dict[str, Any]) -> dict[str, Any]:
         """Upsert the update's Task on `record`, for its owner; returns what the attempt's summary keeps of it.

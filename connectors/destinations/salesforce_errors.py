@@ -28,6 +28,9 @@ from hub.errors import (
 )
 from hub.retry import outcome_for_status, parse_retry_after
 
+# A Lead a sales rep converted is read-only, and so is every write that references it (a Task's WhoId). The
+# destination follows the conversion to its Contact; the code only reaches `classified` when the Lead names none.
+CONVERTED_LEAD = "CANNOT_UPDATE_CONVERTED_LEAD"
 # Salesforce's errorCode, not the HTTP status, says whether trying again can
 # help: REQUEST_LIMIT_EXCEEDED is a 403 that passes once the rolling 24-hour
 # API allowance frees up, while most 400s name a mapping mistake.
@@ -45,6 +48,7 @@ SALESFORCE_CODE_OUTCOMES: Mapping[str, type[DeliveryError]] = {
     "FIELD_CUSTOM_VALIDATION_EXCEPTION": PermanentDeliveryError,
     "STRING_TOO_LONG": PermanentDeliveryError,
     "NOT_FOUND": PermanentDeliveryError,
+    CONVERTED_LEAD: PermanentDeliveryError,
 }
 # A unique field's value already taken. Two sends for one new person both find no record keyed by the profile id
 # and both insert: Salesforce refuses the later so, naming the external-id field. Trying again updates the

@@ -15,7 +15,9 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
   400 ``invalid_grant`` / ``invalid_scope``.
 * Errors are ``{"error": {"code", "message", "status", "details"}}``; the FCM
   reason is a ``google.firebase.fcm.v1.FcmError`` detail's ``errorCode``.
-* A token whose app was uninstalled is 404 ``UNREGISTERED``. A malformed token
+* A token whose app was uninstalled is 404 ``UNREGISTERED``; one an app
+  registered with another Firebase project (another sender) is 403
+  ``SENDER_ID_MISMATCH`` "SenderId mismatch". A malformed token
   is 400 ``INVALID_ARGUMENT`` "The registration token is not a valid FCM
   registration token" with only the FcmError detail, as FCM sends it
   (firebase/firebase-admin-java#1064, healthjoy/async-firebase#15); set
@@ -78,15 +80,19 @@ class FakeFcm(RecordingFake):
     """One fake Firebase project: its service accounts, access tokens, devices and sent messages.
 
     Put tokens of uninstalled apps into `unregistered`; FCM answers them with
-    ``UNREGISTERED``. `token_violations` adds a field violation on
-    ``message.token`` to the answer to a malformed token, which FCM usually
-    leaves out. `expire_access_tokens` revokes every issued access token.
+    ``UNREGISTERED``. Put tokens of another Firebase project into
+    `other_senders` (every token, to play a hub holding another project's
+    key); FCM answers them with ``SENDER_ID_MISMATCH``. `token_violations`
+    adds a field violation on ``message.token`` to the answer to a malformed
+    token, which FCM usually leaves out. `expire_access_tokens` revokes every
+    issued access token.
     """
 
     def __init__(self, project_id: str = SANDBOX_PROJECT_ID) -> None:
         super().__init__()
         self.project_id = project_id
         self.unregistered: set[str] = set()
+        self.other_senders: set[str] = set()
         self.token_violations = False
         self._public_keys: dict[str, Any] = {}
         self.access_tokens = IssuedTokens(lambda: "ya29.sandbox-" + secrets.token_urlsafe(32))
@@ -134,6 +140,7 @@ class FakeFcm(RecordingFake):
         with self._lock:
             self._messages.clear()
             self.unregistered.clear()
+            self.other_senders.clear()
             self.token_violations = False
 
     def _public_key(self, email: str) -> Any:
@@ -224,6 +231,8 @@ def create_app(fake: FakeFcm) -> Starlette:
                              violations if fake.token_violations else None)
         if device in fake.unregistered:
             return fcm_error(404, "Requested entity was not found.", "UNREGISTERED")
+        if device in fake.other_senders:
+            return fcm_error(403, "SenderId mismatch", "SENDER_ID_MISMATCH")
         return JSONResponse(fake._store(message))
 
     async def messages_send(request: Request) -> Response:

@@ -30,6 +30,12 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
 * Record ids are 18 characters whose first three name the object type
   (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User, ``00G`` a
   queue). A queue may own a Lead (`assign_to_queue`), never a Task.
+* A converted Lead (`convert_lead`) reads ``IsConverted: true`` and names
+  its Contact in ``ConvertedContactId``; every Lead reads ``IsConverted``
+  (false until converted). Salesforce refuses to write a converted Lead, by
+  upsert or update, and a Task whose ``WhoId`` is one: 400
+  ``CANNOT_UPDATE_CONVERTED_LEAD`` "cannot reference converted lead".
+* ``GET /sobjects/{type}/describe`` names the type's fields.
 * A login may fail for a moment: HTTP 500 ``unknown_error`` "retry your
   request" (`fail_next_login`).
 
@@ -85,6 +91,8 @@ STANDARD_FIELDS = {
 REQUIRED_ON_CREATE = {"Lead": ("LastName", "Company"), "Contact": ("LastName",), "Task": ()}
 # Reference fields and the object types their ids may point at.
 REFERENCES = {"OwnerId": ("User",), "WhoId": ("Lead", "Contact"), "AccountId": ("Account",)}
+# What a Lead reads once converted; Salesforce sets these, and no API call may write them.
+CONVERSION_FIELDS = ("IsConverted", "ConvertedContactId", "ConvertedDate")
 QUEUE_OWNED = {"Lead"}  # object types a queue (a Group) may own; never an activity such as a Task
 RECORD_ID = re.compile(r"[A-Za-z0-9]{15}(?:[A-Za-z0-9]{3})?")
 ID_ALPHABET = string.ascii_letters + string.digits
@@ -167,6 +175,22 @@ class FakeSalesforce(RecordingFake):
         """Give a Lead to the org's queue, as a Lead assignment rule does."""
         self._write("Lead", record_id, {"OwnerId": self.queue_id})
 
+    def convert_lead(self, lead_id: str) -> str:
+        """Convert a Lead as a sales rep does: a new Contact gets the Lead's standard fields a Contact has (the
+        org maps no custom field here), and the Lead, read-only from then on, names it. Returns the Contact's id."""
+        with self._lock:
+            lead = self._records["Lead"][lead_id]
+            carried = {name: value for name, value in lead.items() if name in STANDARD_FIELDS["Contact"]}
+        contact = self._write("Contact", new_record_id("Contact"), carried)
+        self._write("Lead", lead_id, {"IsConverted": True, "ConvertedContactId": contact["Id"],
+                                      "ConvertedDate": utcnow().date().isoformat(), "Status": "Closed - Converted"})
+        return contact["Id"]
+
+    def _converted(self, record_id: str) -> bool:
+        """Whether `record_id` is a converted Lead, which Salesforce lets no one write or reference."""
+        lead = self._find("Lead", "Id", record_id)
+        return lead is not None and bool(lead.get("IsConverted"))
+
     def reset(self) -> None:
         super().reset()
         self.sessions.reset()
@@ -199,12 +223,16 @@ class FakeSalesforce(RecordingFake):
 
     def _write(self, sobject: str, record_id: str, values: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
-            record = self._records[sobject].setdefault(
-                record_id, {"attributes": {"type": sobject}, "Id": record_id, "OwnerId": self.owner_id}
-            )
+            record = self._records[sobject].setdefault(record_id, self._new_record(sobject, record_id))
             record.update(values)
             record["LastModifiedDate"] = utcnow().strftime("%Y-%m-%dT%H:%M:%S.000+0000")
             return copy.deepcopy(record)
+
+    def _new_record(self, sobject: str, record_id: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"attributes": {"type": sobject}, "Id": record_id, "OwnerId": self.owner_id}
+        if sobject == "Lead":
+            record.update({"IsConverted": False, "ConvertedContactId": None})
+        return record
 
     def delete_record(self, sobject: str, record_id: str) -> None:
         """Delete a record and the activities that hang off it (Tasks whose ``WhoId`` it is), as Salesforce does,
@@ -230,6 +258,10 @@ def duplicate_value(field: str, holder_id: str) -> Response:
     return salesforce_errors(
         400, "DUPLICATE_VALUE", f"duplicate value found: {field} duplicates value on record with id: {holder_id}"
     )
+
+
+def converted_lead() -> Response:
+    return salesforce_errors(400, "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
 
 
 def reference_types(sobject: str, field: str) -> tuple[str, ...]:
@@ -262,6 +294,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
                     return salesforce_errors(
                         400, "INVALID_CROSS_REFERENCE_KEY", f"invalid cross reference id: {value}", [field]
                     )
+                if fake._converted(value):
+                    return converted_lead()
         missing = [name for name in REQUIRED_ON_CREATE[sobject] if creating and not data.get(name)]
         if missing:
             return salesforce_errors(
@@ -276,6 +310,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
                 404, "NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}"
             )
         existing = fake._find(call.sobject, field, value)
+        if existing is not None and fake._converted(existing["Id"]):
+            return converted_lead()
         if problem := problem_with(call.sobject, call.body, creating=existing is None):
             return problem
         if existing is None and fake._loses_race():
@@ -323,6 +359,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
             return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
         if fake._find(call.sobject, "Id", record_id) is None:
             return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if fake._converted(record_id):
+            return converted_lead()
         if problem := problem_with(call.sobject, call.body, creating=False):
             return problem
         for field in fake.external_ids[call.sobject] & set(call.body):
@@ -331,6 +369,11 @@ def create_app(fake: FakeSalesforce) -> Starlette:
                 return duplicate_value(field, holder["Id"])
         fake._write(call.sobject, record_id, call.body)
         return Response(status_code=204)
+
+    def describe(call: _Call) -> Response:
+        """The type's fields, as much of Salesforce's describe as the hub reads: each field's name."""
+        names = {"Id", *fake.fields[call.sobject], *(CONVERSION_FIELDS if call.sobject == "Lead" else ())}
+        return JSONResponse({"name": call.sobject, "fields": [{"name": name} for name in sorted(names)]})
 
     def create(call: _Call) -> Response:
         if problem := problem_with(call.sobject, call.body, creating=True):
@@ -411,6 +454,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
     routes = [
         Route("/services/oauth2/token", token, methods=["POST"]),
         Route(f"{data}/", api(create), methods=["POST"]),
+        Route(f"{data}/describe", api(describe), methods=["GET"]),
         Route(f"{data}/{{record_id}}", api(get_by_id), methods=["GET"]),
         Route(f"{data}/{{record_id}}", api(update_by_id), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(upsert), methods=["PATCH"]),
