@@ -18,7 +18,7 @@ from hub.settings import HubSettings
 from hub.store import Store
 from hub.store.engine import create_store_engine
 from hub.store.writer_lock import WriterLock, writer_lock
-from tests.conftest import wait_for
+from tests.conftest import RunningHub, message, wait_for
 from tests.test_writer_lock import lock_is_free
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
@@ -156,3 +156,21 @@ def test_a_cli_write_behind_a_stuck_process_exits_naming_it_after_the_setting(
                             text=True, timeout=60, env=environment, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert f"process {holder.pid} (" in result.stderr and f"kill {holder.pid}" in result.stderr, result.stderr
+
+
+@pytest.mark.hub_settings(sqlite_lock_timeout_seconds=0.3)
+def test_ingest_behind_a_stuck_process_answers_503_so_the_sdk_sends_again(running_hub: RunningHub) -> None:
+    """Past the writer lock's timeout ingest met StoreBusyError, which is no store refusal it knew: a 500, which
+    Segment's SDKs take as final. It is a 503 with Retry-After, as a locked database is, and nothing is half kept."""
+    lock_file = f"{running_hub.hub.store.engine.url.database}-writer.lock"
+    process = subprocess.Popen([sys.executable, "-c", HOLDER, lock_file], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    try:
+        assert process.stdout is not None and process.stdout.readline() == "held\n"
+        answer = running_hub.send(message("track", userId="u-busy", event="Cart Viewed"))
+        assert (answer.status_code, answer.headers.get("retry-after")) == (503, "5"), answer.text
+        let_go(process)
+        assert running_hub.send(message("track", userId="u-busy", event="Cart Viewed")).status_code == 200
+    finally:
+        process.kill()
+        process.wait()

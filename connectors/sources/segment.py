@@ -181,7 +181,7 @@ def _batch_messages(document: dict[str, Any], check_depth: bool) -> list[Any]:
 
 def _under_batch_fields(document: dict[str, Any], batch: list[Any]) -> list[Any]:
     """Each message laid over the batch's `BATCH_SHARED_FIELDS`; the batch as it is when it has none (most)."""
-    shared = {name: document[name] for name in BATCH_SHARED_FIELDS if name in document}
+    shared = {name: document[name] for name in BATCH_SHARED_FIELDS if document.get(name) is not None}
     if not shared:
         return batch
     for name, value in shared.items():
@@ -196,6 +196,8 @@ def _deep_merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in own.items():
         below = merged.get(key)
+        if value is None and below is not None:
+            continue  # null is absent, as for a message alone (`_problems`): the batch's value stands
         merged[key] = _deep_merged(below, value) if isinstance(below, dict) and isinstance(value, dict) else value
     return merged
 
@@ -223,13 +225,18 @@ def basic_auth_user(header: str) -> str | None:
 
 
 def _message_type(path: str, document: dict[str, Any]) -> str | None:
-    """None for a batch; otherwise the type the path implies (/v1/track) or a webhook message declares."""
-    last = path.rstrip("/").rsplit("/", 1)[-1]
-    if last in MESSAGE_TYPES:
-        return last
-    if last in ANALYTICS_JS_PATHS:
-        return ANALYTICS_JS_PATHS[last]
-    if last == "batch" or "batch" in document:
+    """None for a batch; otherwise the type the SDK route implies (/v1/track, analytics.js's /v1/t) or the message
+    declares. Only a route right under /v1 names a type: under /v1/webhooks/ the last segment is a source's id,
+    and a source may be called `batch` or `t`."""
+    parent, _, last = path.rstrip("/").rpartition("/")
+    if parent.endswith("/v1"):  # an SDK route
+        if last in MESSAGE_TYPES:
+            return last
+        if last in ANALYTICS_JS_PATHS:
+            return ANALYTICS_JS_PATHS[last]
+        if last == "batch":
+            return None
+    if "batch" in document:
         return None
     return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
 
@@ -259,8 +266,8 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool)
     for name in TIME_FIELDS:
         if name in item and not _is_timestamp(item[name]):
             problems.append(ItemProblem(index, name, f"{item[name]!r} is not an ISO-8601 timestamp"))
-    for name in OBJECT_FIELDS:
-        if name in item and not isinstance(item[name], dict):
+    for name in OBJECT_FIELDS:  # null is absent: SDKs in some languages send it for a map never set
+        if item.get(name) is not None and not isinstance(item[name], dict):
             problems.append(ItemProblem(index, name, "must be a JSON object"))
     message_id = item.get("messageId")
     if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID):

@@ -12,11 +12,15 @@ takes them on every endpoint.
 analytics.js posts to short aliases (/v1/t, /v1/p, ..., /v1/b for a batch);
 the batch endpoints take bodies up to HUB_MAX_BATCH_BYTES (RudderStack's SDKs
 flush up to 4 MB), single messages and webhooks HUB_MAX_BODY_BYTES.
+
+A client-side SDK's message without `context.ip` gets the request's address
+there, as Segment's servers fill it; see `_with_client_ip`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -24,13 +28,13 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InternalError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from connectors.base import InboundRequest, Source
+from connectors.base import InboundRequest, ParseResult, Source
 from connectors.sources.segment import ANALYTICS_JS_PATHS, MESSAGE_TYPES
 from hub import ingest, metrics
 from hub.api.body import decoded, read_raw
 from hub.api.write_keys import credentials, without_write_keys
 from hub.clock import utcnow
-from hub.errors import BadPayloadError, IngestError, UnknownSourceError, UnsupportedMediaTypeError
+from hub.errors import BadPayloadError, IngestError, StoreBusyError, UnknownSourceError, UnsupportedMediaTypeError
 from hub.runtime import Hub
 from hub.store.opening import why
 from hub.store.readiness import database_problem
@@ -39,7 +43,7 @@ STORE_UNAVAILABLE = "store_unavailable"  # hub_events_rejected_total's reason wh
 # The store's refusals of any write now (no connection, a lock held too long, a full disk, a read-only file or
 # standby: OperationalError, and InternalError for PostgreSQL's read-only transaction), not errors of the request's
 # own rows (IntegrityError, DataError), which a retry would meet again: those stay a 500, a bug to look at.
-STORE_REFUSALS = (OperationalError, InternalError)
+STORE_REFUSALS = (OperationalError, InternalError, StoreBusyError)  # the last: another process's SQLite write lock
 STORE_RETRY_SECONDS = 5  # Retry-After of that 503: a failover or a freed disk, not a minute's outage per request
 UNKNOWN_SOURCE = "unknown"  # the source label of a refusal before the request named a configured source
 TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarantine; keep payloads to a few levels"
@@ -49,6 +53,12 @@ ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type", 503: "unavailable"}
 # Refusals of a body as it is decoded (a cut-off gzip stream, an unknown Content-Encoding): kept as it came.
 UNDECODABLE = (BadPayloadError, UnsupportedMediaTypeError)
+# Who sent a message from the person's own device, whose address is the person's: Segment's client libraries by
+# `context.library.name`, RudderStack's SDKs by the `channel` they set (web, mobile; server for their server SDKs),
+# and any sender by `context.direct: true`, as Segment's HTTP API docs tell a device calling it directly to say.
+CLIENT_LIBRARIES = frozenset({"analytics.js", "analytics-ios", "analytics-android", "analytics-kotlin",
+                              "analytics-swift", "analytics-react-native", "analytics-xamarin"})
+CLIENT_CHANNELS = frozenset({"web", "mobile"})
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
 
@@ -117,7 +127,7 @@ def _refusals_count_for(request: Request, source: Source) -> Source:
     return source
 
 
-async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
+async def _accept(hub: Hub, source: Source, inbound: InboundRequest, client_ip: str | None = None) -> JSONResponse:
     """The request's events committed (or its body quarantined) before the answer; a 503 when the store takes
     nothing now.
 
@@ -128,7 +138,7 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
     nothing of the request was kept, and it is safe to send it again.
     """
     try:
-        return await _accepted(hub, source, inbound)
+        return await _accepted(hub, source, inbound, client_ip)
     except STORE_REFUSALS as exc:
         log.error("ingest could not store the request", source=source.source_id, reason=why(exc))
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason=STORE_UNAVAILABLE).inc()
@@ -139,9 +149,9 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
         )
 
 
-async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
+async def _accepted(hub: Hub, source: Source, inbound: InboundRequest, client_ip: str | None) -> JSONResponse:
     try:
-        result = source.parse(inbound)
+        result = _with_client_ip(source.parse(inbound), client_ip)
         report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
     except (BadPayloadError, RecursionError) as exc:
         # RecursionError: a message refused as too deep is quarantined on its own, written by the json module, which
@@ -160,12 +170,45 @@ async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONRe
     return JSONResponse(report.as_response())
 
 
+def _with_client_ip(result: ParseResult, client_ip: str | None) -> ParseResult:
+    """Each client-side message without a `context.ip` given the request's address there, as Segment's servers
+    fill it "for client side events only": analytics.js and the mobile SDKs leave it to them, and without it no
+    destination could place the person. A server library's request comes from the sender's back end, whose
+    address is no person's, so its messages are left as sent; an `ip` a message carries (`0.0.0.0` is how
+    senders opt out) is never replaced. The address is uvicorn's: X-Forwarded-For counts only from the proxies
+    in FORWARDED_ALLOW_IPS. The messageId the inbox deduplicates on was taken before, so a resend from
+    elsewhere is still a duplicate."""
+    if client_ip is None:
+        return result
+    for event in result.events:
+        context = event.payload.get("context")
+        if _sent_from_device(event.payload, context) and not (isinstance(context, dict) and context.get("ip")):
+            # A new context: a batch's shared `context` is one object under all its messages.
+            event.payload["context"] = {**(context if isinstance(context, dict) else {}), "ip": client_ip}
+    return result
+
+
+def _sent_from_device(message: dict[str, Any], context: Any) -> bool:
+    if _one_of(message.get("channel"), CLIENT_CHANNELS):
+        return True
+    if not isinstance(context, dict):
+        return False
+    library = context.get("library")
+    return context.get("direct") is True or _one_of(library.get("name") if isinstance(library, dict) else None,
+                                                    CLIENT_LIBRARIES)
+
+
+def _one_of(value: Any, names: frozenset[str]) -> bool:
+    """`value in names` for any JSON value: a list or an object is no name, and no key of a set either."""
+    return isinstance(value, str) and value in names
+
+
 async def _ingest(request: Request, limit: int) -> JSONResponse:
     hub: Hub = request.app.state.hub
     inbound = await _inbound(request, hub, limit, hub.authenticate)  # Basic auth: the key in a body is unread
     body_keys, kept = without_write_keys(inbound)
     source = _refusals_count_for(request, hub.authenticate(credentials(inbound, body_keys)))
-    return await _accept(hub, source, kept)
+    return await _accept(hub, source, kept, request.client.host if request.client else None)
 
 
 async def _ingest_message(request: Request) -> JSONResponse:
