@@ -2,7 +2,10 @@
 
 Counted when they were planned, a follow-up delayed two days (or a message
 held overnight by quiet hours) spent the cap of a day in which it sent
-nothing, and on the day it went, it went beside that day's full count.
+nothing, and on the day it went, it went beside that day's full count. A
+message that went counts when the provider took it: counted when it was first
+due, one retried for hours (or a dead letter replayed) fell outside the day it
+went, and a second message went beside it.
 
 Only messages that may have reached the person count (`outbox.going_since`):
 not one a provider refused for good (a dead push token, an invalid or

@@ -60,7 +60,11 @@ class RetryPolicy:
         """Seconds until the next try, or None when the policy is exhausted (dead-letter).
 
         Full-jitter exponential backoff, never sooner than the provider's
-        Retry-After, and never past the delivery's maximum age.
+        Retry-After, and cut to what is left of the delivery's maximum age:
+        a wait the jitter drew past it is one last try at the budget's end,
+        where dropping it dead-lettered a delivery with attempts and time
+        left by the roll of the jitter. Only a Retry-After past the budget
+        dead-letters, as the provider will refuse any try before it.
         """
         state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = attempts_made
@@ -69,12 +73,13 @@ class RetryPolicy:
         stop = stop_after_attempt(self.max_attempts) | stop_after_delay(self.max_age.total_seconds())
         if stop(state):
             return None
+        left = (self.max_age - age).total_seconds()
         delay = wait_random_exponential(multiplier=self.base_delay, max=self.max_delay)(state)
         if retry_after is not None and math.isfinite(retry_after):
+            if retry_after > left:
+                return None
             delay = max(delay, retry_after)
-        if age.total_seconds() + delay > self.max_age.total_seconds():
-            return None
-        return delay
+        return min(delay, left)
 
 
 def parse_retry_after(value: str | None, now: datetime) -> float | None:

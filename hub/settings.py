@@ -203,7 +203,7 @@ class HubSettings(BaseSettings):
     daily_message_cap: int = Field(
         5, ge=1,
         description="Most messages one profile gets from all rules in any 24 hours, each counted when it goes "
-        "(the end of its delay or quiet hours).",
+        "(the end of its delay or quiet hours; a retried or replayed one when the provider took it).",
     )
     message_max_age_hours: float = Field(
         12.0, gt=0,

@@ -171,6 +171,7 @@ _FINISH_ATTEMPT = precompiled.Precompiled(
         last_error=case((_STILL_DUE, bindparam("b_last_error")), else_=deliveries.c.last_error),
         provider_message_id=func.coalesce(bindparam("b_provider_message_id"), deliveries.c.provider_message_id),
         next_attempt_at=func.coalesce(bindparam("b_next_attempt_at", type_=UTCDateTime), deliveries.c.next_attempt_at),
+        sent_at=func.coalesce(bindparam("b_sent_at", type_=UTCDateTime), deliveries.c.sent_at),
     )
 )
 
@@ -201,6 +202,7 @@ def record_attempts(connection: Connection, results: Sequence[AttemptResult]) ->
             "b_last_error": values["error_message"],
             "b_provider_message_id": values["provider_message_id"],
             "b_next_attempt_at": result.next_attempt_at,
+            "b_sent_at": _sent_at(result.attempt),
         }
         for result, values in stored
     ])
@@ -212,6 +214,13 @@ def record_attempts(connection: Connection, results: Sequence[AttemptResult]) ->
         }
         for result, values in stored
     ])
+
+
+def _sent_at(attempt: AttemptRecord) -> datetime | None:
+    """When the provider took the message, if this attempt's did: the daily cap counts the message then
+    (`_GOES_AT`), kept even when a withdrawal left its status alone, as it went all the same; None keeps the
+    time of an earlier send."""
+    return attempt.started_at if attempt.outcome == "sent" else None
 
 
 def _storable(attempt: AttemptRecord) -> dict[str, Any]:
@@ -280,7 +289,10 @@ def unfinished(connection: Connection, now: datetime) -> int:
     return connection.execute(query).scalar_one()
 
 
-_GOES_AT = func.coalesce(deliveries.c.first_due_at, deliveries.c.created_at, type_=UTCDateTime)  # planned before i12: created_at
+# When a message goes, as the daily cap counts it: when a provider took it, which for a retried or replayed one
+# is hours after it was first due; not taken yet (or sent before i22), when it was first due (planned before
+# i12: created_at). Columns of the row, so the cap's read stays one statement on the profiles' index.
+_GOES_AT = func.coalesce(deliveries.c.sent_at, deliveries.c.first_due_at, deliveries.c.created_at, type_=UTCDateTime)
 # Attempt outcomes after which a message may be with the person: the provider took it, or the call timed out or
 # failed with a 5xx after it may have (`dead` deliveries end so, and count).
 _MAY_HAVE_ARRIVED = ("sent", "retryable")
@@ -308,8 +320,8 @@ _GOING_SINCE = precompiled.InLists(  # the pipeline asks it for every decision i
 def going_since(
     connection: Connection, profile_ids: Collection[str], channels: Sequence[str], since: datetime
 ) -> dict[str, list[datetime]]:
-    """When each profile's deliveries on these channels go (or went: the end of their delay or quiet hours),
-    from `since` on, those that failed having reached nobody left out (profiles with none left out too): what
+    """When each profile's deliveries on these channels go (the end of their delay or quiet hours) or went (when
+    a provider took them, `_GOES_AT`), from `since` on, those that failed having reached nobody left out (profiles with none left out too): what
     the daily cap counts, for a set of profiles in one statement.
 
     A provider's refusal is recorded before the delivery's fallback is

@@ -285,6 +285,7 @@ deliveries = Table(
     Column("retry_from_attempt", Integer, nullable=False, default=0, server_default="0"),
     Column("retry_from", UTCDateTime),
     Column("first_due_at", UTCDateTime),  # the end of its delay or quiet-hours hold: the retry policy's age runs from here
+    Column("sent_at", UTCDateTime),  # when a provider last took it: the daily cap counts it then, not when first due
     Index("ix_deliveries_due", "status", "next_attempt_at"),
 )
 
