@@ -13,14 +13,18 @@ family iPad). A refused link is returned, and recorded by the graph, so it can
 be explained. A type marked `evict_oldest` (push tokens) is the exception for
 a new identifier: one over the limit takes the place of the profile's oldest
 of its type, which the graph detaches and records, since the newest token is
-the device the person holds; links between profiles keep to the limit. An
-explicit `alias` call is the sender saying "these are one person", so it
-links regardless of limits, as Segment's alias does; its `previousId` may be
-an earlier `userId` or an `anonymousId`. One not seen yet is stored as an
-`anonymousId` marked as the alias's, and a `userId` seen for the first time
-is looked up among those too (one indexed lookup, for new userIds only): an
-alias that came before the earlier login's own events
-links it all the same, past the `user_id` limit as any alias does.
+the device the person holds; links between profiles keep to the limit. Such a
+new identifier is weighed after the known ones, so that it joins its person's
+profile rather than anchor a new one. An explicit `alias` call is the sender
+saying "my `previousId` and `userId` are one person", so those two link
+regardless of limits, as Segment's alias does; any other identifier it
+carries keeps to them (analytics.js puts the device's current `anonymousId`,
+a shared tablet's too, on every call). Its `previousId` may be an earlier
+`userId` or an `anonymousId`. One not seen yet is stored as an `anonymousId`
+marked as the alias's, and a `userId` seen for the first time is looked up
+among those too (one indexed lookup, for new userIds only): an alias that
+came before the earlier login's own events links it all the same, past the
+`user_id` limit as any alias does.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ PREVIOUS_ID = "previous_id"
 PREVIOUS_ID_MEANS = ("user_id", "anonymous_id")  # an earlier userId if known as one, else an anonymousId
 USER_ID, ANONYMOUS_ID = PREVIOUS_ID_MEANS
 ALIAS_KIND = "alias"
+NO_IDENTIFIERS: frozenset[Identifier] = frozenset()
 FORGOTTEN_RULE = "forgotten: the identifier belonged to a profile erased on request"
 MOVED_RULE = "moved: a device's identifier follows the last person signed in on it"
 KEPT_APART_RULE = "kept apart: an unmerge separated these profiles"
@@ -81,7 +86,7 @@ class IdentityGraph(Protocol):
 def resolve(
     touchpoint: Touchpoint, graph: IdentityGraph, now: datetime, config: IdentityConfig = DEFAULT_IDENTITY
 ) -> Resolution:
-    idents, known = _lookup(touchpoint.identifiers, graph)
+    idents, known, previous = _lookup(touchpoint.identifiers, graph)
     owners = set(known.values())
     if len(known) == len(idents) and len(owners) == 1:
         return Resolution(profile_id=owners.pop())  # the common case: a returning, fully known visitor
@@ -94,13 +99,17 @@ def resolve(
         unknown = [ident for ident in unknown if ident not in aliased]
     refused = [RefusedLink(_by_digest(ident), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
     rank = config.rank
-    ordered = sorted((ident for ident in idents if ident not in blocked), key=lambda ident: rank(ident.type))
+    evicts = config.evicts_oldest
+    # A new identifier that may evict comes last: first in, into an empty cluster, it anchored a new profile
+    # and the person's own known identifiers were then refused as over its limit.
+    ordered = sorted((ident for ident in idents if ident not in blocked),
+                     key=lambda ident: (ident not in known and evicts(ident.type), rank(ident.type)))
     if not ordered:
         raise ForgottenIdentityError(f"touchpoint {touchpoint.touchpoint_id}: every identifier belongs to a forgotten person")
     needs_counts = len(owners) > 1 or (owners and len(unknown) > len(blocked))
     counts = graph.type_counts(owners) if needs_counts else {}
     apart = graph.kept_apart(owners) if len(owners) > 1 else set()
-    enforce_limits = touchpoint.kind != ALIAS_KIND
+    vouched = _vouched_by_alias(touchpoint.kind, idents, previous)
 
     cluster: list[str] = []
     total: dict[str, int] = {}  # identifiers per type of everything accepted so far
@@ -109,6 +118,7 @@ def resolve(
     evicting: dict[str, int] = {}  # per type, stored identifiers to drop for new ones over the limit
     for ident in ordered:
         owner = known.get(ident)
+        enforce_limits = ident not in vouched
         if owner is None:
             if not enforce_limits or _has_room(ident.type, total, config):
                 total[ident.type] = total.get(ident.type, 0) + 1
@@ -125,7 +135,7 @@ def resolve(
             # limit makes its profile over-full.
             rule = None if not total else _rule_against(owner, cluster, apart, total, extra, config, enforce_limits)
             if rule is not None:
-                if _moves_instead(ident.type, rule, total, config) and enforce_limits and ident not in aliased:
+                if _moves_instead(ident.type, rule, total, config) and ident not in aliased:
                     total[ident.type] = total.get(ident.type, 0) + 1
                     moving.append(MovedIdentifier(ident, owner, MOVED_RULE))
                 else:  # an aliased userId has no row to move: it stays out
@@ -160,17 +170,30 @@ def resolve(
                       erased=_as_carried(touchpoint.identifiers, blocked), moved=tuple(moving))
 
 
-def _lookup(carried: Sequence[Identifier], graph: IdentityGraph) -> tuple[Sequence[Identifier], dict[Identifier, str]]:
-    """The touchpoint's identifiers with each `previous_id` typed, and the profile of each known one."""
+def _lookup(
+    carried: Sequence[Identifier], graph: IdentityGraph
+) -> tuple[Sequence[Identifier], dict[Identifier, str], frozenset[Identifier]]:
+    """The touchpoint's identifiers with each `previous_id` typed, the profile of each known one, and the
+    `previous_id`s as typed, which an alias vouches for (`_vouched_by_alias`)."""
     if all(ident.type != PREVIOUS_ID for ident in carried):
-        return carried, graph.profiles_of(carried)
+        return carried, graph.profiles_of(carried), NO_IDENTIFIERS
     queries = [ident for ident in carried if ident.type != PREVIOUS_ID]
     queries += [meaning for ident in carried if ident.type == PREVIOUS_ID for meaning in meanings_of(ident)]
     found = graph.profiles_of(queries)
-    idents: dict[Identifier, None] = {}
-    for ident in carried:
-        idents[_meaning(ident.value, found, graph) if ident.type == PREVIOUS_ID else ident] = None
-    return list(idents), {ident: found[ident] for ident in idents if ident in found}
+    typed = {ident: _meaning(ident.value, found, graph) for ident in carried if ident.type == PREVIOUS_ID}
+    idents = list(dict.fromkeys(typed.get(ident, ident) for ident in carried))
+    return idents, {ident: found[ident] for ident in idents if ident in found}, frozenset(typed.values())
+
+
+def _vouched_by_alias(
+    kind: str, idents: Sequence[Identifier], previous: frozenset[Identifier]
+) -> frozenset[Identifier]:
+    """The identifiers an alias links past the limits: its previousId and userId, which the sender says are one
+    person. Not the rest it carries: lifting the limits for its anonymousId, a family tablet's, merged a new
+    user into the signed-in one's profile, two user_ids and one inbox."""
+    if kind != ALIAS_KIND:
+        return NO_IDENTIFIERS
+    return previous.union(ident for ident in idents if ident.type == USER_ID)
 
 
 def _meaning(previous_id: str, found: Mapping[Identifier, str], graph: IdentityGraph) -> Identifier:
