@@ -2,7 +2,11 @@
 
 Junk values that SDKs and forms produce ("null", "undefined", "0", test
 addresses) are refused here: linking on them would merge strangers. The list
-and each type's normalizer come from `mappings/identity.yaml`.
+and each type's normalizer come from `mappings/identity.yaml`. A value made
+only of zeroes and dashes is refused whatever the list says (Segment's
+"zeroes and dashes" block): it is the all-zero IDFA / GAID an OS sends for a
+device with ad tracking limited, or a broken SDK's anonymousId, shared by
+every such device.
 """
 
 from __future__ import annotations
@@ -19,6 +23,10 @@ from hub.model import Identifier
 
 # Where a phone written without +country is read unless HUB_DEFAULT_PHONE_REGION says otherwise.
 DEFAULT_PHONE_REGION = "US"
+# What a placeholder id is made of: 00000000-0000-0000-0000-000000000000, "000", "--".
+ZEROES_AND_DASHES = "0-"
+# The ITU's international prefix: most of the world writes +44 20 7946 0958 as 0044 20 7946 0958.
+ITU_INTERNATIONAL_PREFIX = "00"
 
 KNOWN_TYPES = tuple(item.type for item in DEFAULT_IDENTITY.identifier_types)
 
@@ -41,7 +49,7 @@ def normalize_identifier(
     if raw is None or isinstance(raw, (dict, list, bool)):
         return None
     value = str(raw).strip()
-    if value.lower() in config.junk:
+    if value.lower() in config.junk or not value.strip(ZEROES_AND_DASHES):
         return None
     declared = config.types.get(type_)
     normalizer = declared.normalizer if declared else "trim"
@@ -96,11 +104,24 @@ def _e164(
     ("000-000-0000" is +10000000000, area code 000 exists nowhere) and local
     numbers without an area code ("555-0123"), which would link every
     stranger who typed them.
+
+    A number the default region does not take is read again with a leading
+    00 as "+": phonenumbers reads 00 as the international prefix only where
+    the region dials it (not in the US, whose exit code is 011), so
+    "0044 20 7946 0958" was dropped. No NANP number starts with 0, and the
+    retry costs nothing on the common path.
     """
+    number = _dialable_number(value, default_region, dialable)
+    if number is None and value.startswith(ITU_INTERNATIONAL_PREFIX):
+        number = _dialable_number(f"+{value[len(ITU_INTERNATIONAL_PREFIX):]}", default_region, dialable)
+    return None if number is None else phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _dialable_number(
+    value: str, default_region: str, dialable: Callable[[phonenumbers.PhoneNumber], bool]
+) -> phonenumbers.PhoneNumber | None:
     try:
         number = phonenumbers.parse(value, default_region)
     except phonenumbers.NumberParseException:
         return None
-    if not dialable(number):
-        return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return number if dialable(number) else None

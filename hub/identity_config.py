@@ -30,8 +30,10 @@ BUILT_IN_NORMALIZERS: dict[str, Normalizer] = {
     "crm_id": "trim",
     "push_token": "trim",
 }
+# With "anonymous" and "guest", what apps send as the userId of a signed-out user (Segment recommends blocking
+# "anonymous"); a value of zeroes and dashes only is refused whatever this list says (`hub.identifiers`).
 DEFAULT_JUNK_VALUES = (
-    "", "null", "none", "nil", "undefined", "nan", "0", "-1", "n/a", "unknown",
+    "", "null", "none", "nil", "undefined", "nan", "0", "-1", "n/a", "unknown", "anonymous", "guest",
     "test@test.com", "test@example.com", "noreply@example.com", "email@example.com",
 )
 
@@ -81,7 +83,9 @@ class IdentityConfig(BaseModel):
     )
     junk_values: list[str] = Field(
         default_factory=lambda: list(DEFAULT_JUNK_VALUES),
-        description="Values refused for every type (compared case-insensitively after trimming).",
+        description="Values refused for every type (compared case-insensitively after trimming). A value made only "
+        "of zeroes and dashes (00000000-0000-0000-0000-000000000000, the id of a device with ad tracking limited) is "
+        "always refused as well.",
     )
     block_forgotten_identifiers: bool = Field(
         True,

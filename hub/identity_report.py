@@ -50,7 +50,8 @@ def explain_tree(graph: dict[str, Any], *, show_pii: bool = False) -> Tree:
 def _audit_line(item: dict[str, Any], ident: Any) -> Text:
     if "merged_profile_id" in item:
         linked = ", ".join(ident(pair) for pair in item["linking_identifiers"])
-        return styled("{} merged via {}  [dim]touchpoint {}[/]", item["merged_profile_id"], linked, item["touchpoint_id"])
+        return styled("{} merged via {}: [yellow]{}[/]  [dim]touchpoint {}[/]", item["merged_profile_id"], linked, item["rule"],
+                      item["touchpoint_id"])
     carried = ", ".join(ident(pair) for pair in item["identifiers"])
     other = f" (profile {item['other_profile_id']})" if item["other_profile_id"] else ""
     where = f"touchpoint {item['touchpoint_id']}" if item["touchpoint_id"] else item["at"].isoformat()

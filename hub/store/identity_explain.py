@@ -6,6 +6,8 @@ undone link is in `identity_events`; this module reads them back as a graph
 an ops person can follow ("this email joined because touchpoint X carried it
 together with the app's anonymous id"). An anonymous id marked `from_alias`
 is an alias's previousId, and a user_id of its value joined because of it.
+A merge undone by an unmerge stays in `merges`: only the one that made each
+merged-in id an alias explains the profile.
 """
 
 from __future__ import annotations
@@ -14,10 +16,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, or_, select
+from sqlalchemy import Connection, func, or_, select
 
+from hub.identity import ALIAS_KIND
 from hub.store.profile_views import live_profile_id
 from hub.store.schema import identifiers, identity_events, merges, profiles, touchpoints
+
+LINK_MERGE_RULE = "shared identifiers within every limit"
+# `hub.identity`: an alias links regardless of limits, so a profile may hold two user_ids by one.
+ALIAS_MERGE_RULE = "alias call: the sender said its previousId and userId are one person (limits do not apply)"
 
 
 def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
@@ -36,10 +43,10 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
         ).mappings()
     ]
     previous_ids = {member["value"]: member for member in members if member.pop("from_alias")}
-    events = _touchpoint_summaries(connection, {member["touchpoint_id"] for member in members})
-    merge_rows = connection.execute(
-        select(merges).where(merges.c.merged_id.in_(aliases)).order_by(merges.c.id)
-    ).mappings().all()
+    merge_rows = _standing_merges(connection, aliases)
+    events = _touchpoint_summaries(
+        connection, {member["touchpoint_id"] for member in members} | {row["touchpoint_id"] for row in merge_rows}
+    )
     # Events recorded against a merged-in id are this profile's too: a link refused to Mom's iPad profile
     # still explains the profile her iPad profile merged into.
     ids = [live_id, *aliases]
@@ -63,7 +70,7 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
                 "touchpoint_id": row["touchpoint_id"],
                 "linking_identifiers": row["linking_identifiers"],
                 "merged_at": row["merged_at"],
-                "rule": "shared identifiers within every limit",
+                "rule": _merge_rule(row["touchpoint_id"], events),
             }
             for row in merge_rows
         ],
@@ -74,10 +81,23 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
     }
 
 
+def _standing_merges(connection: Connection, aliases: list[str]) -> Sequence[Any]:
+    """Each alias's latest merge, the one that made it an alias: an unmerge leaves the undone merge's row, so B
+    merged into Ana, split off and merged into Cara has two rows, and the first put Ana's email in Cara's graph."""
+    latest = select(func.max(merges.c.id)).where(merges.c.merged_id.in_(aliases)).group_by(merges.c.merged_id)
+    return connection.execute(select(merges).where(merges.c.id.in_(latest)).order_by(merges.c.id)).mappings().all()
+
+
+def _merge_rule(touchpoint_id: str, events: dict[str, dict[str, Any]]) -> str:
+    """Why a merge was allowed: an alias call names two ids one person, and no limit is checked against it."""
+    event = events.get(touchpoint_id)
+    return ALIAS_MERGE_RULE if event is not None and event["kind"] == ALIAS_KIND else LINK_MERGE_RULE
+
+
 def _touchpoint_summaries(connection: Connection, touchpoint_ids: set[str]) -> dict[str, dict[str, Any]]:
     rows = connection.execute(
-        select(touchpoints.c.touchpoint_id, touchpoints.c.event, touchpoints.c.source_id, touchpoints.c.occurred_at,
-               touchpoints.c.identifiers)
+        select(touchpoints.c.touchpoint_id, touchpoints.c.kind, touchpoints.c.event, touchpoints.c.source_id,
+               touchpoints.c.occurred_at, touchpoints.c.identifiers)
         .where(touchpoints.c.touchpoint_id.in_(list(touchpoint_ids)))
     ).mappings()
     return {row["touchpoint_id"]: dict(row) for row in rows}
