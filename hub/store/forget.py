@@ -79,7 +79,8 @@ def forget(
     forget_inbox_payloads(connection, [*inbox_ids, *_dropped_events_holding(connection, erased)])
     refusals = _refusals_naming(connection, erased)
     refused_at = [touchpoint_id for _, touchpoint_id in refusals]
-    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, refused_at), erased)
+    linked = _linked_profiles(connection, ids)
+    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, linked, erased, refused_at), erased)
     _forget_quarantined_events(connection, quarantine.forget_holding(connection, erased))
     # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
     # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
@@ -99,7 +100,7 @@ def forget(
     withdrawals.withdraw(connection, unsent, now, FORGOTTEN_REASON)
     outbox.plan(connection, erasures, now)
     _wipe_attempts(connection, delivery_ids)
-    _scrub_deliveries_elsewhere(connection, _linked_profiles(connection, ids), values, now)
+    _scrub_deliveries_elsewhere(connection, linked, values, now)
     # Audit rows keep the fact of a merge or refusal, never the values that caused it.
     # Rows where the person is the merged side too: an unmerge split them off a survivor that is not forgotten.
     connection.execute(
@@ -237,20 +238,35 @@ def _holds(value: Any, holds: Callable[[str], bool]) -> bool:
     return isinstance(value, str) and holds(value)
 
 
-def _carried_elsewhere(connection: Connection, profile_ids: list[str], refused_at: list[str]) -> list[str]:
-    """Touchpoints of other people that carried these profiles' identifiers: the one that merged a profile into
-    a survivor (an unmerge leaves it with the survivor) and those whose link to one was refused (kept apart, a
-    limit), named by the refusal's other profile or, refused before the identifier had an owner, among
-    `refused_at` (`_refusals_naming`). The audit trail names each, so none is looked for among all touchpoints."""
-    linked_by = select(merges.c.touchpoint_id).where(merges.c.merged_id.in_(profile_ids)).union(
-        select(identity_events.c.touchpoint_id).where(identity_events.c.other_profile_id.in_(profile_ids))
+def _carried_elsewhere(
+    connection: Connection, profile_ids: list[str], linked: list[str], erased: list[Identifier], refused_at: list[str]
+) -> list[str]:
+    """Touchpoints of other people that carried one of the erased identifiers: those of the `linked` profiles
+    (`_linked_profiles`) that did, and those whose link to one was refused before it had an owner, among
+    `refused_at` (`_refusals_naming`).
+
+    Only a profile the audit trail links to the person can hold such a
+    touchpoint, and its touchpoints are read by their profile_id index, never
+    all of them. Each is judged by what it carried, not by an audit row naming
+    it: an unmerge leaves with the survivor every touchpoint that carried both
+    sides' identifiers, not only the one that merged them.
+    """
+    refused = select(touchpoints.c.touchpoint_id).where(
+        touchpoints.c.touchpoint_id.in_(refused_at), touchpoints.c.profile_id.not_in(profile_ids)
     )
-    return list(connection.execute(
-        select(touchpoints.c.touchpoint_id).where(
-            or_(touchpoints.c.touchpoint_id.in_(linked_by), touchpoints.c.touchpoint_id.in_(refused_at)),
-            touchpoints.c.profile_id.not_in(profile_ids),
-        )
-    ).scalars())
+    found = set(connection.execute(refused).scalars())
+    gone = set(erased)
+    rows = connection.execute(
+        select(touchpoints.c.touchpoint_id, touchpoints.c.identifiers).where(touchpoints.c.profile_id.in_(linked))
+    )
+    found.update(touchpoint_id for touchpoint_id, carried in rows if any(_erased(pair, gone) for pair in carried))
+    return sorted(found)
+
+
+def _erased(pair: Sequence[str], gone: set[Identifier]) -> bool:
+    """Whether a touchpoint's stored (type, value) is one of the `gone` identifiers: an alias's previousId is stored
+    as carried, and is gone as either type it may be (`meanings_of`)."""
+    return any(meaning in gone for meaning in meanings_of(Identifier(*pair)))
 
 
 def _refusals_naming(connection: Connection, erased: list[Identifier]) -> list[tuple[int, str]]:
@@ -302,7 +318,7 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     """
     if not touchpoint_ids or not erased:
         return
-    pairs = {(ident.type, ident.value) for ident in erased}
+    gone = set(erased)
     values = address_values(erased)
     rows = connection.execute(
         select(touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
@@ -311,7 +327,7 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     ).all()
     for row in rows:
         connection.execute(update(touchpoints).where(touchpoints.c.touchpoint_id == row.touchpoint_id).values(
-            identifiers=[pair for pair in row.identifiers if tuple(pair) not in pairs],
+            identifiers=[pair for pair in row.identifiers if not _erased(pair, gone)],
             properties=without_values(row.properties, values), traits=without_values(row.traits, values),
             context=without_values(row.context, values),
         ))

@@ -2,10 +2,10 @@
 
 Unmerge reverses one merge: the identifiers the merged profile brought in
 (including those of profiles that had merged into it before) go back to it,
-the touchpoints that carried only those identifiers follow them, traits are
-rebuilt from each side's touchpoints, consent a person gave or withdrew
-through a provider goes to the side that keeps the identifier it came
-through, and the pair is kept apart so the next
+the touchpoints that carried, of what either side holds, only those
+identifiers follow them, traits are rebuilt from each side's touchpoints,
+consent a person gave or withdrew through a provider goes to the side that
+keeps the identifier it came through, and the pair is kept apart so the next
 event carrying the same bad link cannot merge them again. A touchpoint that
 carried identifiers of both sides (usually the one that made the bad link)
 stays with the survivor, and so does an identifier first seen after the merge:
@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, insert, select, update
 
 from hub.errors import IdentityRepairError
+from hub.identity import meanings_of
 from hub.model import Identifier
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, delivery_replay, outbox, withdrawals
@@ -78,8 +79,8 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
     connection.execute(
         update(profiles).where(profiles.c.profile_id.in_(split - {merged_profile_id})).values(merged_into=merged_profile_id)
     )
-    moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved))
     held_by_survivor = set(held_by(connection, live_id))
+    moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved), held_by_survivor)
     _rebuild_traits(connection, live_id, merged_profile_id, moved, held_by_survivor, now)
     reopened = _reopen_timers_ended_across(connection, (live_id, merged_profile_id))
     withdrawn = _withdraw_misaddressed(connection, {live_id: set(moved), merged_profile_id: held_by_survivor}, now)
@@ -125,14 +126,26 @@ def _merged_before(connection: Connection, root: str, merge_id: int) -> set[str]
     return found
 
 
-def _reattribute_touchpoints(connection: Connection, live_id: str, restored_id: str, moved: set[Identifier]) -> int:
+def _reattribute_touchpoints(
+    connection: Connection, live_id: str, restored_id: str, moved: set[Identifier], held_by_survivor: set[Identifier]
+) -> int:
+    """Give the restored side the survivor's touchpoints that were its own; returns how many moved.
+
+    A touchpoint is judged only by what it carried that one of the two sides
+    holds now: an identifier whose link was refused (a shared tablet's
+    anonymousId, another person's) or that left both since belongs to
+    neither, and kept Bo's order on the shared tablet with Ana. An alias's
+    previousId is judged by the types it may be (`meanings_of`): it went back
+    as the anonymousId it was stored as.
+    """
     rows = connection.execute(
         select(touchpoints.c.touchpoint_id, touchpoints.c.identifiers).where(touchpoints.c.profile_id == live_id)
     ).all()
+    either = moved | held_by_survivor
     following = []
     for touchpoint_id, carried in rows:
-        idents = {Identifier(type_, value) for type_, value in carried}
-        if idents and idents <= moved:
+        held = {meaning for pair in carried for meaning in meanings_of(Identifier(*pair)) if meaning in either}
+        if held and held <= moved:
             following.append(touchpoint_id)
     if following:
         connection.execute(
