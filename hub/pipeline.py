@@ -192,8 +192,11 @@ class Pipeline:
             touchpoint = _without_erased(touchpoint, resolution.erased)
             forget.forget_inbox_payloads(connection, [row.id])
         if resolution.moved:  # a shared device's token went to whoever signed in on it: the first one's pushes to it stop
-            for moved in resolution.moved:
-                withdrawals.drop_recipient(connection, moved.from_profile_id, moved.identifier.value, now, withdrawals.WITHDRAWN_DEVICE_HANDED_ON)
+            for moved in resolution.moved:  # and fall back, as routing would for a person with no device left
+                withdrawals.drop_recipient(
+                    connection, moved.from_profile_id, moved.identifier.value, now, withdrawals.WITHDRAWN_DEVICE_HANDED_ON,
+                    self.responder.fall_back,
+                )
         graph.update_traits(resolution.profile_id, touchpoint.traits, trait_time(touchpoint.occurred_at, touchpoint.received_at))
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)

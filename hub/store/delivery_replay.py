@@ -7,11 +7,12 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
 
-from hub.model import Identifier
-from hub.store import withdrawals
+from hub.consent import consent_revoked
+from hub.model import FALLBACK, Identifier
+from hub.store import decisions, withdrawals
 from hub.store.delivery_log import RecipientOf
 from hub.store.outbox import FORGOTTEN_TARGET  # forget's mark on a delivery: `replay` answers FORGOTTEN for it
-from hub.store.profile_views import live_profile_id
+from hub.store.profile_views import live_profile_id, live_traits
 from hub.store.schema import deliveries, identifiers
 
 REPLAYABLE_STATUSES = ("dead", "failed")
@@ -19,6 +20,8 @@ FORGOTTEN = "forgotten"
 MISADDRESSED = "misaddressed"  # withdrawn in an unmerge (`withdrawals.WITHDRAWN_IN_UNMERGE`)
 HANDED_ON = "handed_on"  # a push to devices that are all another person's now
 ADDRESS_GONE = "address_gone"  # to an address its person holds no more (a hard bounce, an unregistered token)
+CONSENT_WITHDRAWN = "consent_withdrawn"  # withdrawn as its person revoked consent to its channel, still revoked
+FELL_BACK = "fell_back"  # its action fell back to the next channel in its place
 
 
 def why_not_replayed(delivery_id: str, previous: str) -> str:
@@ -35,6 +38,12 @@ def why_not_replayed(delivery_id: str, previous: str) -> str:
         return (f"delivery {delivery_id!r} was to an address its person no longer has (the provider said it does not "
                 "exist, or it is another person's now); it would reach no one or the wrong person, so it is never sent "
                 "again: once the person gives a working address, a new message goes to it")
+    if previous == CONSENT_WITHDRAWN:
+        return (f"delivery {delivery_id!r} was withdrawn because its person revoked consent to its channel, and they "
+                "still have; it is not sent while they do: once they consent again, it may be replayed")
+    if previous == FELL_BACK:
+        return (f"delivery {delivery_id!r} could not go and its rule's fallback channel was planned in its place (see "
+                "its decision); sending it as well would message the person twice, so it is never sent again")
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
@@ -46,6 +55,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
     (it has no recipient left, and must reach no one), MISADDRESSED for one an
     unmerge withdrew, HANDED_ON for a push to devices that are all another
     person's now, ADDRESS_GONE for one to an address its person holds no more,
+    CONSENT_WITHDRAWN for one withdrawn at its claim because its person
+    revoked consent to its channel (while it stays revoked), FELL_BACK for one
+    whose action fell back to its next channel (`Responder.fall_back`: the
+    person got, or was planned, that message instead, and would hear twice),
     or None when there is no such delivery. Attempt numbers keep counting, so
     the log shows the replayed attempts after the old ones.
 
@@ -86,6 +99,8 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
         return HANDED_ON
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
+    if refused := _withdrawn_for_good(connection, delivery_id, row):
+        return refused
     readdressed: dict[str, Any] = {}
     if gone := _not_theirs(connection, row, recipient(row.channel, row.target)):
         narrowed = withdrawals.without_recipients(row.target, row.content, gone)
@@ -101,6 +116,44 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
         )
     )
     return row.status
+
+
+def _withdrawn_for_good(connection: Connection, delivery_id: str, row: Row[Any]) -> str | None:
+    """CONSENT_WITHDRAWN or FELL_BACK when the failed delivery must not go again for that (None otherwise).
+    Only failed ones can be either, and only those with a fallback record can have fallen back, so a replay
+    of the dead-letter queue reads nothing more."""
+    if row.status != "failed":
+        return None
+    if row.last_error == withdrawals.WITHDRAWN_CONSENT_REVOKED and consent_revoked(
+        live_traits(connection, [row.profile_id]).get(row.profile_id, {}), row.channel
+    ):
+        return CONSENT_WITHDRAWN
+    if FALLBACK in row.content and _fell_back(connection, row.content[FALLBACK]["decision_id"], delivery_id):
+        return FELL_BACK
+    return None
+
+
+def _fell_back(connection: Connection, decision_id: str, delivery_id: str) -> bool:
+    """Whether the decision records that the delivery fell back to its action's next channel, and that a
+    fallback was planned: one whose fallbacks all found no way (no address, no consent) left the person
+    nothing, and its replay is their one message."""
+    decision = decisions.get(connection, decision_id)
+    return decision is not None and _fallback_planned(decision["actions"], delivery_id)
+
+
+def _fallback_planned(fates: list[dict[str, Any]], delivery_id: str) -> bool:
+    """Whether, in a decision's `fates`, the delivery's `fell_back` is followed by a planned delivery before its
+    chain of fallbacks ends (`Router.fall_back` writes them in place of its own, each channel unable to carry
+    it a `fell_back` of its own until one is planned or none is left)."""
+    at = next((n for n, fate in enumerate(fates) if fate.get("delivery_id") == delivery_id and fate["fate"] == "fell_back"), None)
+    if at is None:
+        return False
+    for fate in fates[at + 1:]:
+        if "delivery_id" in fate:
+            return True
+        if fate["fate"] != "fell_back":
+            return False
+    return False
 
 
 def _not_theirs(connection: Connection, row: Row[Any], address: Identifier | None) -> set[str]:

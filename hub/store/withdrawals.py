@@ -6,12 +6,13 @@ A withdrawn delivery is failed without an attempt, its last error saying why;
 
 from __future__ import annotations
 
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select, update
 
+from hub.model import FALLBACK, Delivery
 from hub.pii import TOKEN_TYPES
 from hub.store.outbox import UNSENT_STATUSES
 from hub.store.schema import deliveries, identifiers
@@ -24,27 +25,58 @@ WITHDRAWN_IN_UNMERGE_BEFORE = ("not sent: recipient left the profile in an unmer
 # The last error of a push withdrawn because its device's token moved to another person who signed in on it
 # (`hub.identity`'s `follows_last_login`).
 WITHDRAWN_DEVICE_HANDED_ON = "not sent: another person has signed in on the device since (its push token is theirs now)"
+# The last error of a message withdrawn at its claim because its person revoked consent to its channel since it
+# was planned (`hub.claim_checks`); a replay is refused while consent stays revoked.
+WITHDRAWN_CONSENT_REVOKED = "not sent: consent was revoked after it was planned"
+
+# Plans a withdrawn delivery's fallback (`Responder.fall_back`: the delivery, why it did not go, now); returns
+# how many deliveries that planned.
+FallBack = Callable[[Connection, Delivery, str, datetime], int]
 
 
-def withdraw(connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str) -> None:
+def withdraw(
+    connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str, fall_back: FallBack | None = None
+) -> None:
     """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
     retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
     meanwhile keeps its lease (renewed while it lasts: an erasure of the record it may write waits for it)
-    and this status when its attempt is recorded. None given, nothing is written."""
+    and this status when its attempt is recorded. None given, nothing is written.
+
+    With `fall_back`, each withdrawn delivery whose action names fallbacks has them planned, in this
+    transaction, after the withdrawal (so the daily cap no longer counts it): routing falls back for a person
+    it cannot reach at planning, and one found unreachable later (their device handed on) must not hear
+    nothing for it. `fall_back` judges whether the delivery's address is gone.
+    """
     if not delivery_ids:
         return
     connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
         .values(status="failed", last_error=reason, updated_at=now)
     )
+    if fall_back is not None:
+        for delivery in _with_fallbacks(connection, delivery_ids):
+            fall_back(connection, delivery, reason, now)
 
 
-def drop_recipient(connection: Connection, profile_id: str, value: str, now: datetime, reason: str) -> int:
+def _with_fallbacks(connection: Connection, delivery_ids: Sequence[str]) -> list[Delivery]:
+    """The deliveries among `delivery_ids` whose action has fallbacks left (`FALLBACK` in their content)."""
+    rows = connection.execute(
+        select(
+            deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
+            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
+        ).where(deliveries.c.delivery_id.in_(delivery_ids)).order_by(deliveries.c.delivery_id)
+    )
+    return [Delivery(*row) for row in rows if FALLBACK in row.content]
+
+
+def drop_recipient(
+    connection: Connection, profile_id: str, value: str, now: datetime, reason: str, fall_back: FallBack | None = None
+) -> int:
     """Take `value` out of the profile's messages not yet sent; returns how many it was in.
 
-    A message to it alone is withdrawn (`reason` its last error); one to
-    several (a multicast's `recipients`: every push token of the person) goes
-    on to the others.
+    A message to it alone is withdrawn (`reason` its last error; its fallbacks planned with `fall_back`, as
+    `withdraw` does); one to several (a multicast's `recipients`: every push token of the person) goes on
+    to the others, and needs none.
     """
     unsent = connection.execute(
         select(deliveries.c.delivery_id, deliveries.c.target, deliveries.c.content)
@@ -60,7 +92,7 @@ def drop_recipient(connection: Connection, profile_id: str, value: str, now: dat
             continue
         shared += 1
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
-    withdraw(connection, alone, now, reason)
+    withdraw(connection, alone, now, reason, fall_back)
     return len(alone) + shared
 
 
