@@ -197,7 +197,10 @@ class Pipeline:
                     connection, moved.from_profile_id, moved.identifier.value, now, withdrawals.WITHDRAWN_DEVICE_HANDED_ON,
                     self.responder.fall_back,
                 )
-        graph.update_traits(resolution.profile_id, touchpoint.traits, trait_time(touchpoint.occurred_at, touchpoint.received_at))
+        graph.update_traits(
+            resolution.profile_id, _traits_of_this_person(touchpoint.traits, resolution),
+            trait_time(touchpoint.occurred_at, touchpoint.received_at),
+        )
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
             rules = self.rulebook.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)
@@ -280,6 +283,14 @@ def _without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> T
         properties=without_values(touchpoint.properties, values), traits=without_values(touchpoint.traits, values),
         context=without_values(touchpoint.context, values),
     )
+
+
+def _traits_of_this_person(traits: dict[str, Any], resolution: Resolution) -> dict[str, Any]:
+    """The event's traits without the addresses it carried that resolution refused as another person's: Ana's
+    identify with Bo's email (a family address, a typo) is not linked to Bo, and her `email` trait must not become
+    his either, or her CRM Lead and her emails go to him. An unmerge drops such traits too (`identity_repair`)."""
+    theirs = [refused.identifier for refused in resolution.refused if refused.profile_id not in (None, resolution.profile_id)]
+    return without_values(traits, address_values(theirs)) if theirs else traits
 
 
 def _json_bytes(payload: object) -> bytes:

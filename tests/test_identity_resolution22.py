@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sqlalchemy import select
+
+from connectors.sandbox.providers import SandboxProviders
 from hub.store import Store
 from hub.store.identity_explain import explain
 from hub.store.profile_views import profile_view
-from tests.conftest import message
+from hub.store.schema import deliveries
+from tests.conftest import message, support_ticket
 from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
 from tests.test_identity_edges import profile
 from tests.test_push_tokens21 import seen
@@ -48,3 +52,27 @@ def test_a_signed_out_app_users_new_push_token_past_the_limit_takes_the_oldest_o
     held = {(m["type"], m["value"]) for m in graph["identifiers"]}
     assert held == {("anonymous_id", "app-install"), ("push_token", "tablet"), ("push_token", "new-phone")}
     assert [gone["identifiers"] for gone in graph["detached"]] == [[["push_token", "first-phone"]]]
+
+
+def test_an_email_refused_as_another_persons_is_not_her_email_trait_nor_on_her_crm_lead(
+    tmp_path: Path, sandbox: SandboxProviders
+) -> None:
+    """Ana's identify carries Bo's email (a family address, a typo): the link is refused, the email stays Bo's.
+    The whole `traits` object was written onto Ana's profile all the same, so her `email` trait was bo@x.io and
+    the post_purchase_support CRM update wrote Bo's address onto Ana's Lead."""
+    hub = hub_on(tmp_path, **sandbox.settings_overrides())
+    try:
+        accept(hub, message("identify", userId="bo", traits={"email": "bo@x.io"}))
+        accept(hub, *support_ticket("ana", {"email": "bo@x.io", "first_name": "Ana", "phone": "+14155550142"}))
+        ana = profile(hub, "user_id", "ana")
+        assert ana is not None and ana != profile(hub, "email", "bo@x.io")
+        with hub.store.read() as connection:
+            view = profile_view(connection, ana)
+            crm = connection.execute(
+                select(deliveries.c.content).where(deliveries.c.profile_id == ana, deliveries.c.channel == "crm")
+            ).scalar_one()
+        assert view is not None and view["traits"].get("email") is None
+        assert view["traits"]["first_name"] == "Ana"  # the rest of her traits are hers
+        assert "bo@x.io" not in repr(crm)
+    finally:
+        hub.store.dispose()
