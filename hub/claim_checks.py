@@ -22,6 +22,8 @@ from hub.model import QUIET_ZONE, SEND_BY, Delivery
 from hub.quiet_hours import QuietHours
 from hub.store import outbox, withdrawals
 from hub.store.profile_views import changed_since, live_traits
+from hub.store.sql import lock_profiles
+from hub.store.withdrawals import FallBack
 
 log = structlog.get_logger(__name__)
 
@@ -34,9 +36,11 @@ REVOCATION_STAMP_LEEWAY = timedelta(seconds=5)
 
 
 class ClaimChecks:
-    def __init__(self, quiet_hours: QuietHours | None) -> None:
-        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too."""
+    def __init__(self, quiet_hours: QuietHours | None, fall_back: FallBack | None = None) -> None:
+        """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too.
+        `fall_back`: plans the fallback of a delivery withdrawn for consent (`Responder.fall_back`; None: never)."""
         self.quiet_hours = quiet_hours
+        self.fall_back = fall_back
 
     def may_go(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries to send now; the others go back to the outbox (quiet hours) or fail unsent."""
@@ -90,15 +94,31 @@ class ClaimChecks:
         SMS STOP, an unsubscribe or an opt-out trait before it goes: sending
         it then is the one thing consent must prevent. Their people's traits
         are read again (`_traits_to_recheck`) where consent may have changed.
+        Each withdrawn one falls back as routing would have had the person
+        opted out before it was planned (`_fall_back`).
         """
         traits = _traits_to_recheck(connection, claimed, now)
         if not traits:
             return claimed
-        revoked = {d.delivery_id for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)}
-        if revoked:
-            withdrawals.withdraw(connection, sorted(revoked), now, "not sent: consent was revoked after it was planned")
-            log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
-        return [delivery for delivery in claimed if delivery.delivery_id not in revoked]
+        revoked = [d for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)]
+        if not revoked:
+            return claimed
+        withdrawn = {delivery.delivery_id for delivery in revoked}
+        withdrawals.withdraw(connection, sorted(withdrawn), now, withdrawals.WITHDRAWN_CONSENT_REVOKED)
+        log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
+        self._fall_back(connection, revoked, now)
+        return [delivery for delivery in claimed if delivery.delivery_id not in withdrawn]
+
+    def _fall_back(self, connection: Connection, withdrawn: list[Delivery], now: datetime) -> None:
+        """Plan the fallbacks of deliveries withdrawn for consent (a push after a push opt-out: the email the
+        rule names), and leave a decision that reached nobody `unreached`, in the claim's transaction, so a
+        crash loses neither. Planning takes the profiles lock, after the claim locked its rows: only for a
+        claim that withdrew one, rare (`hub.consent.lock_before_deliveries` says why the order matters)."""
+        if self.fall_back is None:
+            return
+        lock_profiles(connection)
+        for delivery in withdrawn:
+            self.fall_back(connection, delivery, "withdrawn unsent at its claim", now)
 
 
 def _traits_to_recheck(connection: Connection, claimed: list[Delivery], now: datetime) -> dict[str, dict[str, Any]]:

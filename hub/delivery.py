@@ -61,7 +61,8 @@ from hub.clock import utcnow
 from hub.claim_checks import ClaimChecks
 from hub.delivery_attempts import SEND_WAIT_SECONDS, DeliveryAttempts
 from hub.delivery_policy import PolicyBook
-from hub.delivery_record import AttemptRecorder, FallBack, Outcome
+from hub.delivery_record import AttemptRecorder, Outcome
+from hub.store.withdrawals import FallBack
 from hub.model import Delivery, Identifier
 from hub.quiet_hours import QuietHours
 from hub.store import Store, merged_targets, outbox
@@ -87,10 +88,11 @@ class DeliveryEngine:
         """`quiet_hours`: the window routing holds non-urgent messages in; retries and replays are held in it too.
         `recipient`: the identifier a delivery's channel and target name (`Router.recipient`), which a
         provider's refusal of it revokes consent through. `fall_back`: plans a failed delivery's fallback when
-        its addresses turned out dead (`Responder.fall_back`)."""
+        its addresses turned out dead or its consent was refused (`Responder.fall_back`), and a delivery's
+        withdrawn at its claim because its person revoked consent (`ClaimChecks`)."""
         self.store = store
         self._recorder = AttemptRecorder(store, destinations, recipient, fall_back)
-        self._checks = ClaimChecks(quiet_hours)
+        self._checks = ClaimChecks(quiet_hours, fall_back)
         self.recipient = recipient
         self.destinations = destinations
         self.policies = policies

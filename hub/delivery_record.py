@@ -29,11 +29,11 @@ from hub.pii import mask_recipient
 from hub.store import Store, held_reports, outbox
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.outbox import AttemptRecord
+from hub.store.withdrawals import FallBack
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 Recipient = Callable[[str, str], Identifier | None]  # `Router.recipient`
-FallBack = Callable[[Connection, Delivery, str, datetime], int]  # `Responder.fall_back`
 
 # The error class of an attempt logged without what the provider said, since the database refused that.
 RECORD_FAILED = "hub.record_failed"
@@ -172,8 +172,9 @@ class AttemptRecorder:
 
     def _may_fall_back(self, outcome: Outcome) -> bool:
         """A failure for good of a delivery whose action has fallbacks left: if its addresses turned out dead
-        (FCM's dead tokens are gone already, a bounced email goes above), the next channel is planned, under
-        the profiles' lock as planning takes it."""
+        (FCM's dead tokens are gone already, a bounced email goes above) or the provider refused it as its person
+        opted out (consent is revoked above, before this), the next channel is planned, under the profiles'
+        lock as planning takes it."""
         return (
             self.fall_back is not None and outcome.status == "failed" and FALLBACK in outcome.delivery.content
             and outcome.attempt is not None and outcome.attempt.error_class != RECORD_FAILED  # `_unrecorded`: no feedback

@@ -243,7 +243,7 @@ QUIET_ZONE = "quiet_zone"  # the zone whose quiet hours hold it, for non-urgent 
 SEND_BY = "send_by"  # past this (ISO time), a message to a person is too old to send
 # What planning an action's fallbacks needs once every address its delivery went to turned out dead, and its
 # content does not hold already (`Responder.fall_back`); never sent to a provider:
-# {"decision_id", "place", "then": [[channel, template], ...], "vars", "urgency"}.
+# {"decision_id", "place", "then": [[channel, template], ...], "vars", "quiet"} ("quiet": whether quiet hours hold the action's messages).
 FALLBACK = "fallback"
 ENGINE_KEYS = (QUIET_ZONE, SEND_BY, FALLBACK)  # all of them: a destination that sends content whole leaves them out
 # The content key of a CRM erasure (`hub.store.erasures`): {"external_id": "<profile id>"}, with "sobject" only when

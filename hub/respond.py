@@ -3,8 +3,9 @@
 The pipeline (decisions of an event) and the timer engine (decisions of an
 absence running out) both end here, so caps, consent, quiet hours and the
 decision log behave the same whichever way a rule fired. So does a delivery
-that failed because every address it went to turned out dead
-(`Responder.fall_back`): its action's fallback is planned here too.
+that failed, or was withdrawn unsent, because it can no longer reach its
+person (every address it went to left the profile, or they revoked consent to
+its channel: `Responder.fall_back`): its action's fallback is planned here too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from hub import metrics
+from hub.consent import consent_revoked
 from hub.daily_cap import CAP_PERIOD
 from hub.model import FALLBACK, Action, Decision, Delivery
 from hub.routing import Router, RoutingPlan
@@ -148,42 +150,65 @@ class Responder:
         return Recorded(planned, fired)
 
     def fall_back(self, connection: Connection, delivery: Delivery, why: str, now: datetime) -> int:
-        """Plan the next channel of a failed delivery's action when every address it went to has left the profile
-        (push tokens FCM called dead, a hard-bounced email), and record on its decision that it fell back and
-        why; returns how many deliveries that planned. Routing falls back while planning only, when it sees no
-        address: the person reachable on the rule's fallback heard nothing. Consent, caps and quiet hours
-        apply as at planning, in the transaction that records the failure, so a crash loses neither; the failure
-        is recorded first, so the daily cap no longer counts the message that reached nobody."""
-        left, route = delivery.content.get(FALLBACK), self.router.routes.get(delivery.channel)
-        if left is None or route is None:
-            return 0
+        """Plan the next channel of a delivery that failed, or was withdrawn before it was sent, once it can no
+        longer reach its person (`_cannot_reach`), and record on its decision that it fell back and why; returns
+        how many deliveries that planned. Routing falls back while planning only, when it sees no address or
+        no consent: the person reachable on the rule's fallback heard nothing. Consent, caps and quiet hours
+        apply as at planning, in the transaction that records the failure, so a crash loses neither.
+
+        The caller has set the delivery `failed` first (the daily cap no longer counts a message that reached
+        nobody), holds the profiles lock as planning does, and passes the delivery as claimed: its id, channel,
+        target, profile id and content (`recipients`, `FALLBACK`); `why` is its attempt's error or its last
+        error. One whose fallbacks found no way, with nothing else of its decision left to go, leaves the
+        decision `unreached` (`decisions.unreached_unless_going`), spending none of the rule's cap.
+        """
+        route = self.router.routes.get(delivery.channel)
         profile = profile_view(connection, delivery.profile_id)  # a profile merged away since gives its survivor's
-        if profile is None or _still_held(delivery, route.target, profile):
+        if route is None or profile is None or (cannot := _cannot_reach(delivery, route.target, profile)) is None:
             return 0
-        row = decisions.get(connection, left["decision_id"])
-        if row is None or not _planned_in(row["actions"], delivery.delivery_id):
+        planned = self._plan_fallback(connection, delivery, f"{cannot} ({why})", profile, now)
+        if not planned:
+            decisions.unreached_unless_going(connection, delivery.delivery_id)
+        return planned
+
+    def _plan_fallback(self, connection: Connection, delivery: Delivery, why: str, profile: dict[str, Any], now: datetime) -> int:
+        """The delivery's action's fallbacks planned, if it has any left and its decision still records it as
+        planned (not a record run again); returns how many deliveries that planned."""
+        left = delivery.content.get(FALLBACK)
+        row = decisions.get(connection, left["decision_id"]) if left else None
+        if left is None or row is None or not _planned_in(row["actions"], delivery.delivery_id):
             return 0
         action = Action(delivery.channel, delivery.content["template"], params=delivery.content.get("params") or {},
                         fallback=tuple((channel, template) for channel, template in left["then"]))
         decision = Decision(
             row["decision_id"], row["rule_id"], row["rule_version"], profile["profile_id"], row["touchpoint_id"],
             row["decided_at"], (action,), variables=left["vars"], evidence=row["evidence"], status=row["status"],
-            urgency=left["urgency"],
         )
         found = touchpoints.get_many(connection, [row["touchpoint_id"]]).get(row["touchpoint_id"])
         going = self.messages_going(connection, [profile["profile_id"]], now).get(profile["profile_id"], [])
         plan = self.router.fall_back(
             decision, left["place"], action, (delivery.delivery_id, why), profile,
             found.as_document() if found else {}, now=now, messages_going=going,
+            # records planned before `quiet` was kept name the rule's urgency only
+            quiet=left.get("quiet", left.get("urgency") != "immediate"),
         )
         decisions.replace_fate(connection, row, delivery.delivery_id, plan.fates())
         return outbox.plan(connection, plan.deliveries, now)
 
 
-def _still_held(delivery: Delivery, target: str, profile: dict[str, Any]) -> bool:
-    """Whether the profile still has an address the delivery went to."""
+def _cannot_reach(delivery: Delivery, target: str, profile: dict[str, Any]) -> str | None:
+    """Why the delivery can no longer reach its person, as its decision records it; None while it still could
+    (an address it went to is still theirs, and they consent to its channel).
+
+    Consent first: Twilio refusing an SMS as unsubscribed (21610) revokes SMS consent but leaves the phone on the
+    profile, and a STOP that reached the hub a second earlier would have had routing plan the fallback.
+    """
+    if consent_revoked(profile["traits"], delivery.channel):
+        return f"{delivery.channel} consent revoked by the profile"
     held = set(profile["identifiers"].get(target, ()))
-    return any(address in held for address in delivery.content.get("recipients") or [delivery.target])
+    if any(address in held for address in delivery.content.get("recipients") or [delivery.target]):
+        return None
+    return f"every {target} it went to turned out dead and left the profile"
 
 
 def _planned_in(fates: list[dict[str, Any]], delivery_id: str) -> bool:

@@ -11,9 +11,10 @@ Each action ends with one fate, as the decision log shows it:
 `fell_back` (to the channel named in `to`), or `skipped` (with the reason).
 A channel that cannot reach the person (no address, consent revoked, a
 template that rendered nothing to send, an email without a subject) falls
-back when the action says where; so does a delivery that failed because every
-address it went to turned out dead (`Router.fall_back`, from the delivery
-worker's record of the failure).
+back when the action says where; so does a delivery that failed, or was
+withdrawn at its claim, because every address it went to left the profile or
+consent to its channel was revoked since (`Router.fall_back`, from the
+delivery worker's record of the failure or its claim).
 """
 
 from __future__ import annotations
@@ -164,7 +165,9 @@ class Router:
         context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
         for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
-            delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, going)
+            delivery, tried = self._first_reaching(
+                decision, place, action, tries, profile, context, now, going, quiet=_waits_out_quiet_hours(decision, action)
+            )
             fates.extend(tried)
             if delivery is not None:
                 deliveries.append(delivery)
@@ -183,16 +186,18 @@ class Router:
         *,
         now: datetime,
         messages_going: Sequence[datetime] = (),
+        quiet: bool,
     ) -> RoutingPlan:
-        """The action's fallbacks routed as `plan` routes them, after its delivery `failed` (its id, and why)
-        with every address it went to gone dead: planning saw an address, so it had no reason to fall back.
-        The first fate says the failed delivery fell back."""
+        """The action's fallbacks routed as `plan` routes them, after its delivery `failed` (its id, and why it
+        can no longer reach the person: every address it went to left the profile, or consent to its channel
+        was revoked): planning had no reason to fall back. `quiet`: whether quiet hours hold the action's
+        messages, as the fallback record says (`_fallback_record`): the action's `delay` is spent by now. The
+        first fate says the failed delivery fell back."""
         delivery_id, why = failed
         context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
         tries = list(action.fallback)
-        delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, messages_going)
-        gone = f"every {self.routes[action.channel].target} it went to turned out dead and left the profile ({why})"
-        fell_back = {"channel": action.channel, "fate": "fell_back", "because": "failed", "reason": gone,
+        delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, messages_going, quiet=quiet)
+        fell_back = {"channel": action.channel, "fate": "fell_back", "because": "failed", "reason": why,
                      "to": tries[0][0], "delivery_id": delivery_id}
         return RoutingPlan([] if delivery is None else [delivery], [fell_back, *tried])
 
@@ -206,14 +211,18 @@ class Router:
         context: dict[str, Any],
         now: datetime,
         going: Sequence[datetime],
+        *,
+        quiet: bool,
     ) -> tuple[PlannedDelivery | None, list[dict[str, Any]]]:
         """The delivery of the first of `tries` (channel, template) that reaches the person, if one does, and
-        the fate of each tried."""
+        the fate of each tried; `quiet`: whether quiet hours hold the action's messages."""
         fates: list[dict[str, Any]] = []
         for number, (channel, template) in enumerate(tries):
             then = tries[number + 1:]
             try:
-                delivery, fate = self._route(decision, place, action, channel, template, profile, context, now, going, then=then)
+                delivery, fate = self._route(
+                    decision, place, action, channel, template, profile, context, now, going, then=then, quiet=quiet
+                )
             except _CannotReach as cannot:
                 entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
                 if then:
@@ -237,10 +246,11 @@ class Router:
         going: Sequence[datetime],
         *,
         then: Sequence[tuple[str, str]],
+        quiet: bool,
     ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
         """`then`: the fallbacks after this channel. A channel with one after it falls back when its destination
         has no settings here; the last is planned all the same, its dead letter to be replayed once the
-        destination is configured."""
+        destination is configured. `quiet`: whether quiet hours hold the action's messages."""
         route = self.routes.get(channel)
         if route is None:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
@@ -265,16 +275,15 @@ class Router:
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
-        quiet = self.policy.quiet_hours
+        quiet_hours = self.policy.quiet_hours
         held_in: dict[str, str] = {}
-        # An `immediate` rule's message goes while the person is there; one it sends later (`delay`) does not.
-        if quiet is not None and route.reaches_person and (decision.urgency != "immediate" or action.delay):
-            local_zone = quiet.zone_of(profile["traits"], context["touchpoint"])
+        if quiet_hours is not None and route.reaches_person and quiet:
+            local_zone = quiet_hours.zone_of(profile["traits"], context["touchpoint"])
             held_in = {QUIET_ZONE: local_zone.key}  # the delivery engine holds its retries and replays there too
-            release = quiet.release_time(send_at, local_zone)
+            release = quiet_hours.release_time(send_at, local_zone)
             if release is not None:
                 send_at = release
-                fate = {"fate": "delayed_quiet_hours", "reason": quiet.why_held(profile["traits"], context["touchpoint"], local_zone)}
+                fate = {"fate": "delayed_quiet_hours", "reason": quiet_hours.why_held(profile["traits"], context["touchpoint"], local_zone)}
         cap = self.policy.daily_cap
         if route.reaches_person and cap is not None and not has_room(going, send_at, cap):
             return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
@@ -293,7 +302,7 @@ class Router:
             content={
                 **rendered, "template": template, "rule_id": decision.rule_id, "params": params,
                 **({"recipients": recipients} if route.multicast else {}), **held_in,
-                **({FALLBACK: _fallback_record(decision, place, then)} if then else {}),
+                **({FALLBACK: _fallback_record(decision, place, then, quiet)} if then else {}),
             },
             not_before=send_at if send_at > now else None,
         )
@@ -325,10 +334,17 @@ class Router:
         return rendered
 
 
-def _fallback_record(decision: Decision, place: int, then: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    """What planning `then` later needs that the delivery's content does not hold already (`FALLBACK`)."""
+def _waits_out_quiet_hours(decision: Decision, action: Action) -> bool:
+    """An `immediate` rule's message goes while the person is there; one it sends later (`delay`) does not."""
+    return decision.urgency != "immediate" or bool(action.delay)
+
+
+def _fallback_record(decision: Decision, place: int, then: Sequence[tuple[str, str]], quiet: bool) -> dict[str, Any]:
+    """What planning `then` later needs that the delivery's content does not hold already (`FALLBACK`); `quiet`
+    too, since the action's delay that made quiet hours hold it is not kept, and the zone is judged again then
+    (the person may have moved)."""
     return {"decision_id": decision.decision_id, "place": place, "then": [list(tried) for tried in then],
-            "vars": decision.variables, "urgency": decision.urgency}
+            "vars": decision.variables, "quiet": quiet}
 
 
 def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: Sequence[str], template: str) -> None:

@@ -7,10 +7,10 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, exists, func, select, update
 
 from hub.model import Decision
-from hub.store.schema import UTCDateTime, decisions
+from hub.store.schema import UTCDateTime, decisions, deliveries
 from hub.store.precompiled import InLists, Precompiled
 from hub.store.sql import NewRows
 
@@ -93,6 +93,20 @@ def replace_fate(connection: Connection, row: dict[str, Any], delivery_id: str, 
     at = next(number for number, fate in enumerate(row["actions"]) if fate.get("delivery_id") == delivery_id)
     actions = [*row["actions"][:at], *fates, *row["actions"][at + 1:]]
     connection.execute(update(decisions).where(decisions.c.decision_id == row["decision_id"]).values(actions=actions))
+
+
+def unreached_unless_going(connection: Connection, delivery_id: str) -> None:
+    """The fired decision of a delivery that failed or was withdrawn `unreached` when none of its deliveries is
+    left that may go or may have gone: one whose last failed and whose fallbacks found no way reached nobody,
+    and spends none of the rule's cap, as routing records one that planned nothing (`Responder.route`). Any
+    other delivery keeps it `fired`: a CRM note too, as at routing (a backfill would write a note per event past
+    the cap)."""
+    of_delivery = select(deliveries.c.decision_id).where(deliveries.c.delivery_id == delivery_id).scalar_subquery()
+    going = exists().where(deliveries.c.decision_id == decisions.c.decision_id, deliveries.c.status != "failed")
+    connection.execute(
+        update(decisions).where(decisions.c.decision_id == of_delivery, decisions.c.status == "fired", ~going)
+        .values(status="unreached")
+    )
 
 
 def get(connection: Connection, decision_id: str) -> dict[str, Any] | None:
