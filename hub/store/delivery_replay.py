@@ -24,26 +24,28 @@ CONSENT_WITHDRAWN = "consent_withdrawn"  # withdrawn as its person revoked conse
 FELL_BACK = "fell_back"  # its action fell back to the next channel in its place
 
 
+# Why a refused replay is refused, after "delivery '<id>' ", by what `replay` returned.
+_REFUSED_BECAUSE = {
+    FORGOTTEN: "was to a person since forgotten (erased on request); it is never sent again",
+    MISADDRESSED: ("was planned while two people were one profile and an unmerge withdrew it; it would reach, or "
+                   "carry, the wrong person, so it is never sent again"),
+    HANDED_ON: ("was a push to a device another person has signed in on since; it would show on their screen, so it "
+                "is never sent again"),
+    ADDRESS_GONE: ("was to an address its person no longer has (the provider said it does not exist, or it is another "
+                   "person's now); it would reach no one or the wrong person, so it is never sent again: once the "
+                   "person gives a working address, a new message goes to it"),
+    CONSENT_WITHDRAWN: ("was withdrawn because its person revoked consent to its channel, and they still have; it is "
+                        "not sent while they do: once they consent again, it may be replayed"),
+    FELL_BACK: ("could not go and its rule's fallback channel was planned in its place (see its decision); sending it "
+                "as well would message the person twice, so it is never sent again"),
+}
+
+
 def why_not_replayed(delivery_id: str, previous: str) -> str:
     """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
-    if previous == FORGOTTEN:
-        return f"delivery {delivery_id!r} was to a person since forgotten (erased on request); it is never sent again"
-    if previous == MISADDRESSED:
-        return (f"delivery {delivery_id!r} was planned while two people were one profile and an unmerge withdrew it; "
-                "it would reach, or carry, the wrong person, so it is never sent again")
-    if previous == HANDED_ON:
-        return (f"delivery {delivery_id!r} was a push to a device another person has signed in on since; it would "
-                "show on their screen, so it is never sent again")
-    if previous == ADDRESS_GONE:
-        return (f"delivery {delivery_id!r} was to an address its person no longer has (the provider said it does not "
-                "exist, or it is another person's now); it would reach no one or the wrong person, so it is never sent "
-                "again: once the person gives a working address, a new message goes to it")
-    if previous == CONSENT_WITHDRAWN:
-        return (f"delivery {delivery_id!r} was withdrawn because its person revoked consent to its channel, and they "
-                "still have; it is not sent while they do: once they consent again, it may be replayed")
-    if previous == FELL_BACK:
-        return (f"delivery {delivery_id!r} could not go and its rule's fallback channel was planned in its place (see "
-                "its decision); sending it as well would message the person twice, so it is never sent again")
+    because = _REFUSED_BECAUSE.get(previous)
+    if because is not None:
+        return f"delivery {delivery_id!r} {because}"
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
