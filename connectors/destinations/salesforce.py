@@ -49,15 +49,14 @@ What its refusals mean: `connectors.destinations.salesforce_errors`.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any, Literal
+from dataclasses import replace
+from typing import Any
 from urllib.parse import quote
 
 import requests
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ValidationError
 from simple_salesforce import Salesforce, SalesforceLogin
 from simple_salesforce.api import SFType
 from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSession, SalesforceResourceNotFound
@@ -66,90 +65,14 @@ from connectors.base import Destination
 from connectors.destinations import retry_after, salesforce_errors
 from connectors.destinations.requests_transport import VendorAdapter
 from connectors.destinations.salesforce_errors import CONVERTED_LEAD, DUPLICATE_VALUE, error_code, no_such_record
+from connectors.destinations.salesforce_params import (
+    SALESFORCE_ORIGIN, CrmErasure, CrmParams, CrmUpdate, SalesforceConfig, problems,
+)
 from hub.errors import DeliveryError, DeliveryFailure, PermanentDeliveryError
 from hub.model import ERASURE, Delivery, SendResult
 
-# Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
-# acme--uat.sandbox.my.salesforce.com.
-SALESFORCE_ORIGIN = re.compile(r"^https://(?:[A-Za-z0-9-]+\.)+salesforce\.com(?::\d+)?(?=[/?]|$)")
 FIELD_BLOCK_PREFIX = "field_"
-API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a Salesforce field's API name, as it appears in REST paths
-
 USER_ID_PREFIX = "005"  # a User's record id; a queue (a Group) is 00G, and may own a Lead but not a Task
-
-
-class SalesforceConfig(BaseModel):
-    """A connected app's OAuth credentials and where the hub writes.
-
-    With `username` and `password` the hub logs in with the username-password
-    flow; without them, with the client-credentials flow, which Salesforce
-    only serves on a My Domain (`domain` such as ``acme.my``).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-    domain: str = Field("login", pattern=r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
-                        description="login, test, or the My Domain prefix such as acme.my")
-    consumer_key: str = Field(min_length=1)
-    consumer_secret: SecretStr
-    username: str | None = None
-    password: SecretStr | None = None
-    api_version: str = Field("59.0", pattern=r"^\d+\.\d$")
-    sobject: Literal["Lead", "Contact"] = "Lead"
-    external_id_field: str = Field("Touchhub_Profile_Id__c", pattern=API_NAME,
-                                   description="External-id field holding the profile id.")
-    intent_field: str = Field("Touchhub_Intent__c", pattern=API_NAME,
-                              description="Custom field the decision's intent is written to.")
-    task_external_id_field: str = Field("Touchhub_Delivery_Id__c", pattern=API_NAME,
-                                        description="External-id field on Task.")
-    api_base_url: str | None = Field(None, description="Salesforce-compatible endpoint instead of *.salesforce.com.")
-    timeout_seconds: float = Field(10.0, gt=0)
-
-    @model_validator(mode="after")
-    def _one_login_flow(self) -> "SalesforceConfig":
-        if (self.username is None) != (self.password is None):
-            raise ValueError("set both username and password (username-password flow) or neither (client credentials)")
-        if self.username is None and self.domain in ("login", "test"):
-            raise ValueError("the client-credentials flow needs a My Domain such as acme.my, not login/test")
-        return self
-
-
-class TaskParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    subject: str = Field(min_length=1, max_length=255)
-    priority: Literal["High", "Normal", "Low"] = "Normal"
-    status: str = "Not Started"
-
-
-class CrmParams(BaseModel):
-    """The ``params`` of a ``crm`` action in triggers.yaml."""
-
-    model_config = ConfigDict(extra="forbid")
-    sobject: Literal["Lead", "Contact"] | None = None
-    fields: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
-    intent: str | None = None
-    task: TaskParams | None = None
-
-
-class CrmErasure(BaseModel):
-    """What an erasure delivery's content names under `ERASURE`: the record to delete. Its type only when the
-    update that wrote it named one (`params.sobject`); else this destination's `sobject`, the type such an
-    update wrote here, as the node that planned the erasure may not have this one's settings."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    sobject: Literal["Lead", "Contact"] | None = None
-    external_id: str = Field(min_length=1)
-
-
-@dataclass(frozen=True)
-class CrmUpdate:
-    """What one delivery writes: the person's record and, optionally, a Task for its owner."""
-
-    sobject: str
-    external_id: str
-    fields: dict[str, Any]
-    task: dict[str, Any] | None
-    task_key: str
-    previous_keys: tuple[str, ...] = ()  # ids of profiles merged into this one that may key its record
 
 
 class SalesforceDestination(Destination):
@@ -177,7 +100,7 @@ class SalesforceDestination(Destination):
         try:
             CrmParams.model_validate(dict(params))
         except ValidationError as exc:
-            return _problems("params", exc)
+            return problems("params", exc)
         return []
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
@@ -195,7 +118,7 @@ class SalesforceDestination(Destination):
         try:
             params = CrmParams.model_validate(delivery.content.get("params") or {})
         except ValidationError as exc:
-            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", "; ".join(_problems("params", exc)))) from None
+            raise PermanentDeliveryError(DeliveryFailure("salesforce.bad_params", "; ".join(problems("params", exc)))) from None
         fields: dict[str, Any] = {
             name.removeprefix(FIELD_BLOCK_PREFIX): value
             for name, value in delivery.content.items()
@@ -218,7 +141,7 @@ class SalesforceDestination(Destination):
         try:
             erasure = CrmErasure.model_validate(delivery.content[ERASURE])
         except ValidationError as exc:
-            failure = DeliveryFailure("salesforce.bad_erasure", "; ".join(_problems(ERASURE, exc)))
+            failure = DeliveryFailure("salesforce.bad_erasure", "; ".join(problems(ERASURE, exc)))
             raise PermanentDeliveryError(failure) from None
         return erasure if erasure.sobject else erasure.model_copy(update={"sobject": self.settings.sobject})
 
@@ -392,8 +315,3 @@ class SalesforceDestination(Destination):
 
     def close(self) -> None:
         self.session.close()
-
-
-def _problems(where: str, exc: ValidationError) -> list[str]:
-    """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`)."""
-    return [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
