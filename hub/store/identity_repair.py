@@ -289,5 +289,4 @@ def _withdraw_misaddressed(connection: Connection, others: dict[str, set[Identif
         or planned_for.get(target) == other_side[profile_id]
         or carries[profile_id](json.dumps(content, ensure_ascii=False))
     ]
-    withdrawals.withdraw(connection, misaddressed, now, withdrawals.WITHDRAWN_IN_UNMERGE)
-    return len(misaddressed)
+    return len(withdrawals.withdraw(connection, misaddressed, now, withdrawals.WITHDRAWN_IN_UNMERGE, statuses=_WITHDRAWABLE))

@@ -35,12 +35,17 @@ FallBack = Callable[[Connection, Delivery, str, datetime], int]
 
 
 def withdraw(
-    connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str, fall_back: FallBack | None = None
-) -> None:
+    connection: Connection, delivery_ids: Sequence[str], now: datetime, reason: str, fall_back: FallBack | None = None,
+    *, statuses: Sequence[str] = UNSENT_STATUSES,
+) -> list[str]:
     """Settle deliveries as failed without an attempt (`reason` as their last error): never sent, and never
-    retried. Claimed ones (the claim-time checks), or any not yet sent (forget, an unmerge): one in flight
-    meanwhile keeps its lease (renewed while it lasts: an erasure of the record it may write waits for it)
-    and this status when its attempt is recorded. None given, nothing is written.
+    retried; returns the ids withdrawn. Claimed ones (the claim-time checks), or any not yet sent (forget, an
+    unmerge): one in flight meanwhile keeps its lease (renewed while it lasts: an erasure of the record it may
+    write waits for it) and this status when its attempt is recorded. None given, nothing is written.
+
+    Only one still in `statuses` (not sent yet; an unmerge also takes failed ones) is withdrawn: read without
+    a lock, one another node recorded `sent` meanwhile was written over as "not sent" (PostgreSQL re-checks
+    the condition after the row lock's wait), and a push that went had its fallback planned too.
 
     With `fall_back`, each withdrawn delivery whose action names fallbacks has them planned, in this
     transaction, after the withdrawal (so the daily cap no longer counts it): routing falls back for a person
@@ -48,14 +53,15 @@ def withdraw(
     nothing for it. `fall_back` judges whether the delivery's address is gone.
     """
     if not delivery_ids:
-        return
-    connection.execute(
-        update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids))
-        .values(status="failed", last_error=reason, updated_at=now)
-    )
-    if fall_back is not None:
-        for delivery in _with_fallbacks(connection, delivery_ids):
+        return []
+    withdrawn = list(connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids), deliveries.c.status.in_(statuses))
+        .values(status="failed", last_error=reason, updated_at=now).returning(deliveries.c.delivery_id)
+    ).scalars())
+    if fall_back is not None and withdrawn:
+        for delivery in _with_fallbacks(connection, withdrawn):
             fall_back(connection, delivery, reason, now)
+    return withdrawn
 
 
 def _with_fallbacks(connection: Connection, delivery_ids: Sequence[str]) -> list[Delivery]:
@@ -92,8 +98,7 @@ def drop_recipient(
             continue
         shared += 1
         connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
-    withdraw(connection, alone, now, reason, fall_back)
-    return len(alone) + shared
+    return len(withdraw(connection, alone, now, reason, fall_back)) + shared
 
 
 def recipients_of(target: str, content: dict[str, Any]) -> list[str]:
