@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
+import regex
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -36,8 +36,10 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     StrictBool,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -48,6 +50,10 @@ from hub.mapping import Stage, check_expression
 from hub.templates import compiles
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
+
+MATCH_SECONDS = 0.1
+"""The processor time one `matches` may take: thousands of times what a pattern needs on a value an SDK sends,
+and a bound on one that backtracks (`^(a|aa)+$`), whose time doubles with each character the sender adds."""
 
 
 def _not_text(value: Any) -> Any:
@@ -97,11 +103,20 @@ class Predicate(_Strict):
         None,
         description="`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
         "`exists` takes true or false (left out: true; on a projection such as `properties.products[*].coupon`, true when "
-        "some element has the field); `matches` a regular expression (Python `re` syntax: the hub "
-        "refuses the file if it does not compile).",
+        "some element has the field); `matches` a regular expression (Python `re` syntax, run by the "
+        f"`regex` package: the hub refuses the file if it does not compile; a match that takes over {MATCH_SECONDS:g} s of "
+        "processor time, as a pattern that backtracks can on a value the sender chose, counts as no match and is logged "
+        "naming the rule).",
     )
 
+    _rule: str = PrivateAttr("")
+
     _field_compiles = field_validator("field")(check_expression)
+
+    @property
+    def rule(self) -> str:
+        """The id of the rule that holds this predicate: what the log of a match given up on names."""
+        return self._rule
 
     @model_validator(mode="after")
     def _value_fits_operator(self) -> "Predicate":
@@ -136,34 +151,50 @@ def _comparable(value: Any) -> bool:
 
 
 def _pattern_problem(value: Any) -> str | None:
+    """Compiled by the engine that runs it (`hub.selectors`), so what loads is what runs."""
     if not isinstance(value, str):
         return "`matches` needs a regular expression string"
     try:
-        re.compile(value)
-    except re.error as exc:
+        regex.compile(value)
+    except regex.error as exc:
         return f"`matches` value {value!r} is not a regular expression: {exc}"
     return None
+
+
+_SELECTS_NOTHING = "name an `event`, a `stage` or a `moment` to select touchpoints"
+
+Named = Annotated[str, Field(min_length=1)]
+"""An event name or a moment: empty text names none (the schema's half of `Selector._names_something`)."""
 
 
 class Selector(_Strict):
     """Which touchpoints count: by event name(s), journey stage, micro-moment, and `where` predicates.
 
-    At least one of `event`, `stage` and `moment` must be given (not null): `where` alone selects nothing.
+    At least one of `event`, `stage` and `moment` must be given (not null, not empty): `where` alone selects nothing.
     """
 
     model_config = ConfigDict(json_schema_extra={
         "anyOf": [{"properties": {key: {"not": {"type": "null"}}}, "required": [key]} for key in ("event", "stage", "moment")],
     })
 
-    event: str | list[str] | None = None
+    event: Named | Annotated[list[str], Field(min_length=1)] | None = None
     stage: Stage | None = None
-    moment: str | None = None
+    moment: Named | None = None
     where: list[Predicate] = Field(default_factory=list)
+
+    @field_validator("event", "moment", mode="before")
+    @classmethod
+    def _names_something(cls, value: Any, info: ValidationInfo) -> Any:
+        """Before the type's own length checks (kept for the schema), to say what to do: `event: []` selected
+        nothing, so its rule silently never fired, and an absence it was the `without` of nudged every cart."""
+        if value == "" or value == []:
+            raise ValueError(f"`{info.field_name}: {json.dumps(value)}` names nothing; {_SELECTS_NOTHING}")
+        return value
 
     @model_validator(mode="after")
     def _selects_something(self) -> "Selector":
         if self.event is None and self.stage is None and self.moment is None:
-            raise ValueError("name an `event`, a `stage` or a `moment` to select touchpoints")
+            raise ValueError(_SELECTS_NOTHING)
         return self
 
     @property
@@ -373,6 +404,20 @@ class RuleSpec(_Strict):
     cap: Cap | None = None
     vars: dict[str, Any] = Field(default_factory=dict, description="Values templates can use, e.g. links.")
 
+    @model_validator(mode="after")
+    def _owns_its_predicates(self) -> "RuleSpec":
+        """Selectors judge predicates without their rule: each is told its rule's id, for the log to name."""
+        for predicate in self._predicates():
+            predicate._rule = self.id
+        return self
+
+    def _predicates(self) -> Iterator[Predicate]:
+        """Every predicate of the rule: in its selectors' `where`, and in its actions' `only_if`."""
+        for selector in _selectors_in(self.when):
+            yield from selector.where
+        for action in self.respond:
+            yield from action.only_if
+
     @cached_property
     def absence(self) -> AbsenceSpec | None:
         """The timer this rule needs, if it waits for something not to happen."""
@@ -398,10 +443,21 @@ class RuleSpec(_Strict):
 
 
 def _windows(condition: Any) -> Iterator[Window]:
+    return (selector for selector in _selectors_in(condition) if isinstance(selector, Window))
+
+
+def _selectors_in(condition: Any) -> Iterator[Selector]:
+    """Every selector in the condition: its event selectors, its windows, and its absence's `after` and `without`."""
     for part in _conditions_in(condition):
         match part:
+            case Selector():
+                yield part
             case RecentCondition(recent=window) | CountCondition(count=window):
                 yield window
+            case AbsenceCondition(absence=AbsenceSpec(after=after, without=without)):
+                yield after
+                if isinstance(without, Selector):
+                    yield without
 
 
 def _conditions_in(condition: Any) -> Iterator[Any]:

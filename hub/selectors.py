@@ -2,22 +2,26 @@
 
 Rules, their index and the read-ahead of a profile's past all ask this. The
 predicates are JMESPath fields compiled once (`hub.paths`), compared with
-JMESPath's equality: a boolean is never a number.
+JMESPath's equality: a boolean is never a number. `matches` patterns run on the
+`regex` package, bounded by `MATCH_SECONDS` of processor time each.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import jmespath
+import regex
+import structlog
 from jmespath.parser import ParsedResult
 
 from hub import paths
-from hub.rules import Predicate, Selector
+from hub.rules import MATCH_SECONDS, Predicate, Selector
+
+log = structlog.get_logger(__name__)
 
 
 def named(selector: Selector) -> frozenset[str] | None:
@@ -113,8 +117,35 @@ def _projects(path: str) -> bool:
 
 
 @lru_cache(maxsize=256)
-def _pattern(expression: str) -> re.Pattern[str]:
-    return re.compile(expression)
+def _pattern(expression: str) -> regex.Pattern[str]:
+    return regex.compile(expression)
+
+
+def _matches(predicate: Predicate, actual: Any) -> bool:
+    """Whether the pattern finds `actual`, given up on as no match past `MATCH_SECONDS`. Python's `re` ran a
+    pattern that backtracks for as long as it took, on a value the sender chose (40 characters: days), holding
+    the GIL: ingest stalled with it, and the pipeline retried the event after each lease. `regex` lets other
+    threads run while it matches."""
+    if not isinstance(actual, str):
+        return False
+    try:
+        return _pattern(predicate.value).search(actual, timeout=MATCH_SECONDS) is not None
+    except TimeoutError:
+        _given_up(predicate)
+        return False
+
+
+_GIVEN_UP: set[tuple[str, str]] = set()
+
+
+def _given_up(predicate: Predicate) -> None:
+    """Logged once per rule and pattern: every event may bring such a value, and ops need the line, not a flood."""
+    key = (predicate.rule, predicate.value)
+    if key not in _GIVEN_UP:
+        _GIVEN_UP.add(key)
+        log.warning("a `matches` pattern took too long and was counted as no match; rewrite it so it cannot "
+                    "backtrack (no repeated group that can match the same text two ways, as in `(a|aa)+`)",
+                    rule=predicate.rule, field=predicate.field, pattern=predicate.value, limit_seconds=MATCH_SECONDS)
 
 
 def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
@@ -142,7 +173,7 @@ def _predicate(predicate: Predicate, document: dict[str, Any]) -> bool:
             case "in":
                 return any(paths.equals(actual, item) for item in expected)
             case "matches":
-                return isinstance(actual, str) and _pattern(str(expected)).search(actual) is not None
+                return _matches(predicate, actual)
     except TypeError:  # comparing a string with a number, say: the predicate simply does not hold
         return False
     raise ValueError(f"unknown operator {predicate.op!r}")
