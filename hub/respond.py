@@ -23,7 +23,7 @@ from hub.consent import consent_revoked
 from hub.daily_cap import CAP_PERIOD
 from hub.model import FALLBACK, Action, Decision, Delivery
 from hub.routing import Router, RoutingPlan
-from hub.rules import Selector
+from hub.rule_predicates import Selector
 from hub.store import decisions, outbox, touchpoints
 from hub.store.profile_views import profile_view
 

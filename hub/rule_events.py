@@ -11,7 +11,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from hub.rules import AllCondition, AnyCondition, Condition, CountCondition, EventCondition, RecentCondition, RuleSpec, Selector, Window
+from hub.rule_predicates import Selector
+from hub.rules import AllCondition, AnyCondition, Condition, CountCondition, EventCondition, RecentCondition, RuleSpec, Window
 from hub.selectors import event_names, kind, named, union_unless_open
 
 

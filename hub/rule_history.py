@@ -12,7 +12,8 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any, Protocol
 
-from hub.rules import CountWindow, Selector, Window
+from hub.rule_predicates import Selector
+from hub.rules import CountWindow, Window
 from hub.selectors import event_names, kind, union_unless_open
 
 

@@ -28,18 +28,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import regex
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
-    PrivateAttr,
     StrictBool,
     Tag,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -47,162 +41,8 @@ from pydantic import (
 from hub.config_files import load_model
 from hub.durations import LONGEST, Duration, PositiveDuration
 from hub.mapping import Stage, check_expression
+from hub.rule_predicates import Predicate, Selector, Strict, WholeNumber
 from hub.templates import compiles
-
-Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
-
-MATCH_SECONDS = 0.1
-"""The processor time one `matches` may take: thousands of times what a pattern needs on a value an SDK sends,
-and a bound on one that backtracks (`^(a|aa)+$`), whose time doubles with each character the sender adds."""
-
-
-def _not_text(value: Any) -> Any:
-    """pydantic would read `"2"` as 2 and `true` as 1; JSON Schema's integer is neither, so the hub refuses both."""
-    if isinstance(value, (str, bool)):
-        raise ValueError(f"write a whole number such as 2, not {value!r}")
-    return value
-
-
-WholeNumber = Annotated[int, BeforeValidator(_not_text)]
-"""An integer as the schema means it: a number without a fraction (2 or 2.0), never text or a boolean."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-_ORDERING = ("gt", "gte", "lt", "lte")
-
-
-def _operator_takes(ops: tuple[str, ...], value_schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    """The schema's half of `Predicate._value_fits_operator`: the values `ops` take (and whether they need one)."""
-    then: dict[str, Any] = {"properties": {"value": value_schema}}
-    return {"if": {"properties": {"op": {"enum": list(ops)}}, "required": ["op"]},
-            "then": {**then, "required": ["value"]} if required else then}
-
-
-class Predicate(_Strict):
-    """A test on one value of the evaluated document.
-
-    `field` is a JMESPath over the touchpoint (`properties.total`, `context.device.type`,
-    `context.campaign.source`, `context.channel`) or over the profile's traits (`profile.plan`).
-    """
-
-    model_config = ConfigDict(json_schema_extra={
-        "allOf": [
-            _operator_takes(("in",), {"type": "array"}),
-            _operator_takes(("matches",), {"type": "string"}),
-            _operator_takes(_ORDERING, {"type": ["number", "string"]}),
-            _operator_takes(("exists",), {"type": ["boolean", "null"]}, required=False),
-        ],
-    })
-
-    field: str = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
-    op: Operator = "eq"
-    value: Any = Field(
-        None,
-        description="`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
-        "`exists` takes true or false (left out: true; on a projection such as `properties.products[*].coupon`, true when "
-        "some element has the field); `matches` a regular expression (Python `re` syntax, run by the "
-        f"`regex` package: the hub refuses the file if it does not compile; a match that takes over {MATCH_SECONDS:g} s of "
-        "processor time, as a pattern that backtracks can on a value the sender chose, counts as no match and is logged "
-        "naming the rule).",
-    )
-
-    _rule: str = PrivateAttr("")
-
-    _field_compiles = field_validator("field")(check_expression)
-
-    @property
-    def rule(self) -> str:
-        """The id of the rule that holds this predicate: what the log of a match given up on names."""
-        return self._rule
-
-    @model_validator(mode="after")
-    def _value_fits_operator(self) -> "Predicate":
-        """Refused here, when the file loads or reloads: found while evaluating, a value its operator cannot use
-        failed each event the rule saw (`in`, `matches`), or silently never held (`gt` with no value), or held
-        the other way round (`exists: "false"`)."""
-        problem = _value_problem(self.op, self.value)
-        if problem:
-            raise ValueError(problem)
-        return self
-
-
-def _value_problem(op: str, value: Any) -> str | None:
-    """Why `value` cannot serve `op`, said as ops write the file; None when it can."""
-    if op == "in" and not isinstance(value, list):
-        return "`in` needs a list value"
-    if op in _ORDERING and not _comparable(value):
-        return (f"`{op}` needs a value to compare with, a number or text (such as 100 or '2026-01-01'), "
-                f"not {json.dumps(value, default=str)}")
-    if op == "exists" and not (value is None or isinstance(value, bool)):
-        return (f"`exists` takes true or false (left out: true), not {json.dumps(value, default=str)}; "
-                "for a field that must be missing, write false without quotes")
-    if op == "matches":
-        return _pattern_problem(value)
-    return None
-
-
-def _comparable(value: Any) -> bool:
-    """What the ordering operators compare with: a number, or text (ISO-8601 times order as text does). Not a
-    boolean, which `selectors` never orders (as in JMESPath), nor null or a list, which nothing is above."""
-    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
-
-
-def _pattern_problem(value: Any) -> str | None:
-    """Compiled by the engine that runs it (`hub.selectors`), so what loads is what runs."""
-    if not isinstance(value, str):
-        return "`matches` needs a regular expression string"
-    try:
-        regex.compile(value)
-    except regex.error as exc:
-        return f"`matches` value {value!r} is not a regular expression: {exc}"
-    return None
-
-
-_SELECTS_NOTHING = "name an `event`, a `stage` or a `moment` to select touchpoints"
-
-Named = Annotated[str, Field(min_length=1)]
-"""An event name or a moment: empty text names none (the schema's half of `Selector._names_something`)."""
-
-
-class Selector(_Strict):
-    """Which touchpoints count: by event name(s), journey stage, micro-moment, and `where` predicates.
-
-    At least one of `event`, `stage` and `moment` must be given (not null, not empty): `where` alone selects nothing.
-    """
-
-    model_config = ConfigDict(json_schema_extra={
-        "anyOf": [{"properties": {key: {"not": {"type": "null"}}}, "required": [key]} for key in ("event", "stage", "moment")],
-    })
-
-    event: Named | Annotated[list[str], Field(min_length=1)] | None = None
-    stage: Stage | None = None
-    moment: Named | None = None
-    where: list[Predicate] = Field(default_factory=list)
-
-    @field_validator("event", "moment", mode="before")
-    @classmethod
-    def _names_something(cls, value: Any, info: ValidationInfo) -> Any:
-        """Before the type's own length checks (kept for the schema), to say what to do: `event: []` selected
-        nothing, so its rule silently never fired, and an absence it was the `without` of nudged every cart."""
-        if value == "" or value == []:
-            raise ValueError(f"`{info.field_name}: {json.dumps(value)}` names nothing; {_SELECTS_NOTHING}")
-        return value
-
-    @model_validator(mode="after")
-    def _selects_something(self) -> "Selector":
-        if self.event is None and self.stage is None and self.moment is None:
-            raise ValueError(_SELECTS_NOTHING)
-        return self
-
-    @property
-    def events(self) -> tuple[str, ...] | None:
-        if self.event is None:
-            return None
-        return (self.event,) if isinstance(self.event, str) else tuple(self.event)
-
 
 class EventCondition(Selector):
     """The touchpoint being evaluated is selected (e.g. `{event: Ticket Submitted}` or `{moment: cart_activity}`)."""
@@ -213,7 +53,7 @@ class Window(Selector):
     at_least: WholeNumber = Field(1, ge=1)
 
 
-class RecentCondition(_Strict):
+class RecentCondition(Strict):
     """The profile had `at_least` matching events within `within` before the touchpoint (by event time)."""
 
     recent: Window
@@ -227,7 +67,7 @@ class CountWindow(Window):
     _distinct_by_compiles = field_validator("distinct_by")(lambda value: value and check_expression(value))
 
 
-class CountCondition(_Strict):
+class CountCondition(Strict):
     """The touchpoint matches and, with it, `at_least` matching events fall within `within` of each other (by
     event time, whichever order they arrive in)."""
 
@@ -239,7 +79,7 @@ class CountCondition(_Strict):
 ACTION_KINDS = frozenset({"track", "page", "screen"})
 
 
-class AbsenceSpec(_Strict):
+class AbsenceSpec(Strict):
     after: Selector
     without: Selector | Literal["any"] = Field(
         description="The event that cancels the timer, or `any` action of the profile: a track, page or screen "
@@ -249,7 +89,7 @@ class AbsenceSpec(_Strict):
     within: PositiveDuration
 
 
-class AbsenceCondition(_Strict):
+class AbsenceCondition(Strict):
     """`after` happened and `without` did not follow within `within`: a durable timer decides when it runs out.
 
     Allowed as the whole `when`, or once inside a top-level `all` whose other
@@ -261,15 +101,15 @@ class AbsenceCondition(_Strict):
     absence: AbsenceSpec
 
 
-class AllCondition(_Strict):
+class AllCondition(Strict):
     all: list["NestedCondition"] = Field(min_length=1)
 
 
-class AnyCondition(_Strict):
+class AnyCondition(Strict):
     any: list["NestedCondition"] = Field(min_length=1)
 
 
-class NotCondition(_Strict):
+class NotCondition(Strict):
     not_: "NestedCondition" = Field(alias="not")
 
 
@@ -332,12 +172,12 @@ Condition = _one_of({**_CONDITION_KEYS, "all": TopAllCondition})
 """A rule's whole `when`."""
 
 
-class Alternative(_Strict):
+class Alternative(Strict):
     channel: str
     template: str
 
 
-class ActionSpec(_Strict):
+class ActionSpec(Strict):
     channel: str = Field(description="Channel name; mappings/routes.yaml says which destination serves it.")
     template: str = Field(description="Template file in mappings/templates/.")
     only_if: list[Predicate] = Field(
@@ -373,7 +213,7 @@ class ActionSpec(_Strict):
             yield ("fallback", number), alternative.channel, alternative.template
 
 
-class Cap(_Strict):
+class Cap(Strict):
     """At most `max` decisions of this rule per profile within `within`."""
 
     max: WholeNumber = Field(1, ge=1)
@@ -388,7 +228,7 @@ class Cap(_Strict):
         return value
 
 
-class RuleSpec(_Strict):
+class RuleSpec(Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str = ""
     stage: Stage | None = Field(None, description="Journey stage this rule serves (filter touchpoints with a selector's `stage`).")
@@ -471,7 +311,7 @@ def _conditions_in(condition: Any) -> Iterator[Any]:
             yield from _conditions_in(inner)
 
 
-class RuleFile(_Strict):
+class RuleFile(Strict):
     rules: list[RuleSpec] = Field(
         description="Each rule's `id` must be unique in the file (the hub checks; JSON Schema cannot say so). "
         "`rules: []` runs without rules.",

@@ -19,7 +19,7 @@ import structlog
 from jmespath.parser import ParsedResult
 
 from hub import paths
-from hub.rules import MATCH_SECONDS, Predicate, Selector
+from hub.rule_predicates import MATCH_SECONDS, Predicate, Selector
 
 log = structlog.get_logger(__name__)
 

@@ -32,8 +32,8 @@ from hub.rules import (
     NotCondition,
     RecentCondition,
     RuleSpec,
-    Selector,
 )
+from hub.rule_predicates import Selector
 from hub.selectors import describe, distinct_value, predicates_hold, selected
 
 

@@ -13,7 +13,8 @@ import yaml
 from hub.config_files import with_line
 from hub.errors import ConfigError
 from hub.model import Identifier, Touchpoint, WaitEnded, ordered_id
-from hub.rules import RuleFile, Selector, load_rules
+from hub.rule_predicates import Selector
+from hub.rules import RuleFile, load_rules
 from hub.settings import PROJECT_MAPPINGS
 from hub.triggers import evaluate
 
