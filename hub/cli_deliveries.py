@@ -37,6 +37,7 @@ REFUSED_REPLAY = {  # why `replay --all` left a dead delivery, by what `delivery
     delivery_replay.HANDED_ON: "its devices are another person's now",
     delivery_replay.ADDRESS_GONE: "its address is no longer the person's (bounced, unregistered)",
     delivery_replay.CONSENT_WITHDRAWN: "its person revoked consent to its channel (replayable once they consent again)",
+    delivery_replay.FOLLOWED_UP: "its person did what the nudge waited for (a late follow-up)",
     delivery_replay.FELL_BACK: "its rule's fallback channel went in its place (it would message the person twice)",
 }
 

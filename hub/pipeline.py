@@ -209,6 +209,10 @@ class Pipeline:
                 connection, resolution.profile_id, touchpoint.touchpoint_id, touchpoint.occurred_at, now,
                 cancel=changes.cancel, arm=changes.arm, versions=changes.versions,
             )
+            timer_arming.withdraw_followed_up(  # a follow-up taken in after its timer fired: the nudge, if not gone yet
+                connection, resolution.profile_id, touchpoint.event, touchpoint.occurred_at, now,
+                [rule_id for rule_id, _ in changes.cancel],
+            )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
             rejudged = self.rulebook.rejudged_by(touchpoint.event, touchpoint.stage, touchpoint.moment)
             history = triggers.past_of(touchpoint, resolution.profile_id, rules, rejudged, StoreHistory(connection))

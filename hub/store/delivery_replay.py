@@ -22,6 +22,7 @@ HANDED_ON = "handed_on"  # a push to devices that are all another person's now
 ADDRESS_GONE = "address_gone"  # to an address its person holds no more (a hard bounce, an unregistered token)
 CONSENT_WITHDRAWN = "consent_withdrawn"  # withdrawn as its person revoked consent to its channel, still revoked
 FELL_BACK = "fell_back"  # its action fell back to the next channel in its place
+FOLLOWED_UP = "followed_up"  # a nudge its person made needless inside the wait (`withdrawals.WITHDRAWN_FOLLOWED_UP`)
 
 
 # Why a refused replay is refused, after "delivery '<id>' ", by what `replay` returned.
@@ -36,6 +37,8 @@ _REFUSED_BECAUSE = {
                    "person gives a working address, a new message goes to it"),
     CONSENT_WITHDRAWN: ("was withdrawn because its person revoked consent to its channel, and they still have; it is "
                         "not sent while they do: once they consent again, it may be replayed"),
+    FOLLOWED_UP: ("was a nudge withdrawn because its person did what it waited for inside the wait (the follow-up "
+                  "arrived after its timer fired); it is never sent again"),
     FELL_BACK: ("could not go and its rule's fallback channel was planned in its place (see its decision); sending it "
                 "as well would message the person twice, so it is never sent again"),
 }
@@ -99,6 +102,8 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
         return MISADDRESSED
     if row.status == "failed" and row.last_error == withdrawals.WITHDRAWN_DEVICE_HANDED_ON:
         return HANDED_ON
+    if row.status == "failed" and (row.last_error or "").startswith(withdrawals.WITHDRAWN_FOLLOWED_UP):
+        return FOLLOWED_UP
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
     if refused := _withdrawn_for_good(connection, delivery_id, row):

@@ -1,17 +1,19 @@
 """Timers as events arm and end them: the pipeline's side of `hub.store.timers`, one UPDATE and one INSERT per
-event that starts or ends a wait, on the profile's own timers."""
+event that starts or ends a wait, on the profile's own timers, and one read per event that ends one for the
+nudges its timers fired before it was taken in (`withdraw_followed_up`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, literal, or_, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, false, literal, or_, select, update
 
 from hub.model import FOLLOWED_UP_BY, RESTARTED_BY, derived_id
-from hub.store import precompiled, sql
-from hub.store.schema import UTCDateTime, timers
+from hub.store import decisions, precompiled, sql, withdrawals
+from hub.store.outbox import UNSENT_STATUSES
+from hub.store.schema import UTCDateTime, deliveries, timers
 
 # Per event that starts a wait; a timer armed again by a replayed event is already stored.
 _ARM = sql.precompiled_insert_skipping(
@@ -108,3 +110,54 @@ def _running_parameters(rules: Sequence[tuple[str, datetime]], prefix: str) -> d
     """`_running`'s parameters for these (rule id, anchored since)."""
     return {**precompiled.numbered([rule_id for rule_id, _ in rules], prefix),
             **precompiled.numbered([since for _, since in rules], f"{prefix}since_")}
+
+
+_AT = bindparam("p_at", type_=UTCDateTime)
+_HELD_AFTER_FIRING = precompiled.InLists(lambda rules: select(  # every event that cancels a rule
+    timers.c.decision_id, deliveries.c.delivery_id,
+).select_from(
+    timers.join(deliveries, deliveries.c.decision_id == timers.c.decision_id)
+).where(
+    # The profile's index (profile_id, rule_id, status, due_at): its fired timers of these rules due since `at`.
+    timers.c.profile_id == bindparam("p_profile_id"), timers.c.rule_id.in_(rules), timers.c.status == "fired",
+    timers.c.due_at >= _AT, timers.c.anchor_at < _AT,
+    deliveries.c.status.in_([literal(status) for status in UNSENT_STATUSES]),  # literals: `Precompiled`
+))
+
+
+def withdraw_followed_up(
+    connection: Connection, profile_id: str, event: str, at: datetime, now: datetime, rule_ids: Sequence[str]
+) -> None:
+    """Withdraw the messages not sent yet of the profile's nudges that this follow-up (`event` at `at`, awaited
+    by `rule_ids`) shows were not needed: their timers fired before it was taken in, although it happened
+    inside their wait, (anchor, due] by event time, as `triggers.evaluate_expired` looks for it.
+
+    Taken in before the timer fired, the follow-up would have cancelled it
+    (`follow_event`, or the timer worker itself); taken in late (a webhook
+    retried, a batch export), the nudge was decided all the same and may
+    still wait to go: quiet hours hold a cart's discount email until morning,
+    and it went to a person who had bought. A message already sent stays
+    sent. Each withdrawn one's fate says so on its decision, which reached
+    nobody if nothing else of it is left to go. No fallback is planned: the
+    person needs no message at all. One read for every event that cancels a
+    rule, on the timers' profile index; more only when it finds a message.
+    """
+    held = _HELD_AFTER_FIRING.execute(connection, rule_ids, p_profile_id=profile_id, p_at=at)
+    if not held:
+        return
+    reason = (f"{withdrawals.WITHDRAWN_FOLLOWED_UP}{event} at {at.astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC) arrived after "
+              "the wait ended and shows it was not needed")
+    withdrawn = set(withdrawals.withdraw(connection, sorted({delivery_id for _, delivery_id in held}), now, reason))
+    for decision_id, delivery_id in sorted(held):
+        if delivery_id in withdrawn:
+            _record_withdrawn(connection, decision_id, delivery_id, reason)
+
+
+def _record_withdrawn(connection: Connection, decision_id: str, delivery_id: str, reason: str) -> None:
+    """The decision's record of the delivery made `withdrawn` for `reason`, so `decisions explain` says why it
+    did not go; the decision `unreached` when nothing else of it may go."""
+    row = decisions.get(connection, decision_id)
+    fate = next((fate for fate in row["actions"] if fate.get("delivery_id") == delivery_id), None) if row else None
+    if fate is not None:  # routing names each delivery in its fate; a hand-made or damaged record may not
+        decisions.replace_fate(connection, row, delivery_id, [{**fate, "fate": "withdrawn", "reason": reason}])
+    decisions.unreached_unless_going(connection, delivery_id)

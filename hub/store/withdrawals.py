@@ -28,6 +28,9 @@ WITHDRAWN_DEVICE_HANDED_ON = "not sent: another person has signed in on the devi
 # The last error of a message withdrawn at its claim because its person revoked consent to its channel since it
 # was planned (`hub.claim_checks`); a replay is refused while consent stays revoked.
 WITHDRAWN_CONSENT_REVOKED = "not sent: consent was revoked after it was planned"
+# How the last error of a nudge a late follow-up withdrew begins (`timer_arming.withdraw_followed_up`; the event and
+# its time follow): the person did what it waited for, so it is never replayed.
+WITHDRAWN_FOLLOWED_UP = "not sent: its follow-up ("
 
 # Plans a withdrawn delivery's fallback (`Responder.fall_back`: the delivery, why it did not go, now); returns
 # how many deliveries that planned.
