@@ -30,7 +30,7 @@ def normalize(
     reason = mapping.drop_reason(payload)
     if reason is not None:
         raise EventDropped(f"dropped by mapping {mapping.version}: {reason}")
-    event = mapping.field("event", mapping.pick(mapping.event, payload))
+    event = mapping.field("event", _trimmed(mapping.pick(mapping.event, payload)))
     if not isinstance(event, str) or not event.strip():
         raise MappingError(f"event: mapping '{mapping.spec.event}' gave {event!r}, expected a non-empty string")
     event = _fitting("event", event.strip())
@@ -74,6 +74,12 @@ def _identifiers(
         if identifier is not None and len(identifier.value) <= IDENTIFIER_VALUE_MAX:
             found[identifier] = None
     return tuple(found)
+
+
+def _trimmed(found: Any) -> Any:
+    """A found event name without the spaces around it, before its value map is looked up: the name is stored
+    and labelled trimmed, so `"deal.creation "` must be renamed as `"deal.creation"` is."""
+    return found.strip() if isinstance(found, str) else found
 
 
 def _fitting(name: str, value: str) -> str:
