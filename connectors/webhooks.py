@@ -26,6 +26,7 @@ from pydantic import SecretStr
 from connectors.base import ParseResult, RejectedItem
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
+from hub.paths import DATA_ERRORS
 from hub.signing_secrets import in_use
 from hub.store import json_text
 
@@ -352,8 +353,10 @@ def json_events(
 ) -> ParseResult:
     """Events from a JSON document: the list `events` selects (or the document itself), one per object.
 
-    Each kept payload gains `receivedAt`, so a mapping can fall back on it when
-    the vendor sends no event time. `transform` may enrich an item or refuse it
+    Each kept payload gains `receivedAt` (the hub's time) unless the sender gave
+    its own (RudderStack's is when its server took the event in, perhaps hours
+    before a retried forward), so a mapping can fall back on it when the vendor
+    sends no event time. `transform` may enrich an item or refuse it
     with an ItemProblem (kept for quarantine). An item's id is taken from the
     item as received, before `transform`: a resend is the same message however
     the enrichment has changed since. Items holding text no store can hold are
@@ -361,9 +364,11 @@ def json_events(
     each counted from the item; a body whose envelope nests too deep is a
     `BadPayloadError`); pass ``check_text=may_hold_unstorable_text(body)`` and
     ``check_depth=may_nest_too_deep(body, document)`` to skip those walks for
-    the bodies that cannot need them.
+    the bodies that cannot need them. An `events` expression that fails on the
+    body refuses it (`BadPayloadError`, quarantined); a `message_id` expression
+    that fails on an item refuses that item.
     """
-    selected = document if events is None else events.search(document)
+    selected = document if events is None else _selected(events, document)
     items = selected if isinstance(selected, list) else [selected]
     if check_depth:
         refuse_deep_envelope(document, items)
@@ -378,9 +383,35 @@ def json_events(
         if isinstance(outcome, ItemProblem):
             result.rejected.append(RejectedItem(item, [outcome]))
             continue
-        found = message_id.search(item) if message_id is not None else None
-        identity = str(found) if isinstance(found, (str, int)) and str(found) else payload_message_id(item)
-        result.events.append(RawEvent(source_id, storable_message_id(identity), {**outcome, "receivedAt": received_at}))
+        identity = _message_id(index, item, message_id)
+        if isinstance(identity, ItemProblem):
+            result.rejected.append(RejectedItem(item, [identity]))
+            continue
+        result.events.append(RawEvent(source_id, storable_message_id(identity), {"receivedAt": received_at, **outcome}))
     if not result.events:
         raise BadPayloadError("no event object in the request", result.problems)
     return result
+
+
+def _selected(events: ParsedResult, document: Any) -> Any:
+    """What the source's `events` expression selects from the body. A function given data it does not take
+    (`sort_by` over numbers and strings) raised out of parse(): a 500 the sender retried for ever, nothing kept."""
+    try:
+        return events.search(document)
+    except DATA_ERRORS as exc:
+        raise BadPayloadError(f"events: {events.expression!r} failed on this body: {exc}; "
+                              "change the source's `events` setting in sources.yaml to suit it") from None
+
+
+def _message_id(index: int, item: dict[str, Any], message_id: ParsedResult | None) -> str | ItemProblem:
+    """The item's id: what the source's `message_id` expression finds, else a hash of the item as received. An
+    expression failing on the item's data (`join` of a number) refuses that item alone, where it was a 500 for
+    the whole request."""
+    if message_id is None:
+        return payload_message_id(item)
+    try:
+        found = message_id.search(item)
+    except DATA_ERRORS as exc:
+        return ItemProblem(index, "message_id", f"{message_id.expression!r} failed on this event: {exc}; "
+                                                "change the source's `message_id` setting in sources.yaml to suit it")
+    return str(found) if isinstance(found, (str, int)) and str(found) else payload_message_id(item)

@@ -11,6 +11,8 @@ from rich.table import Table
 from hub.cli_support import config_problems_exit, console, fail, load_settings, plain, styled
 
 if TYPE_CHECKING:
+    from hub.identity_config import IdentityConfig
+    from hub.mapping import Mapping
     from hub.preview import PreviewOutcome
 
 app = typer.Typer(help="Validate mapping files and preview what a sample payload becomes.", no_args_is_help=True)
@@ -61,18 +63,18 @@ def mappings_preview(
     from hub.clock import utcnow
     from hub.errors import IngestError
     from hub.identity_config import identity_config_in
-    from hub.mapping import load_mapping
     from hub.preview import offline_source, preview
 
     headers = _preview_headers(header or [])
     settings = load_settings()
     with config_problems_exit():
         instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
-        mapping = load_mapping(draft or settings.mappings_dir / mapping_file)
+        identity = identity_config_in(settings.mappings_dir)
+    with config_problems_exit("The mapping is not valid"):  # a draft's problems are the draft's, not the hub's
+        mapping = _checked_mapping(draft or settings.mappings_dir / mapping_file, identity)
     try:
         outcomes = preview(
-            instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region,
-            identity_config_in(settings.mappings_dir), headers,
+            instance, mapping, sample.read_bytes(), utcnow(), settings.default_phone_region, identity, headers,
         )
     except IngestError as exc:
         fail(
@@ -84,6 +86,22 @@ def mappings_preview(
         return
     for outcome in outcomes:
         console.print(_outcome_table(outcome, mapping.version))
+
+
+def _checked_mapping(path: Path, identity: IdentityConfig) -> Mapping:
+    """The mapping in `path` as the hub would take it at start-up or reload, so a preview never shows a draft the
+    hub would refuse; ConfigError with each problem at its line, as `mappings check` prints it."""
+    from hub.config_files import with_line
+    from hub.errors import ConfigError
+    from hub.mapping import load_mapping
+    from hub.mappings_folder import check_identifier_types
+
+    try:
+        mapping = load_mapping(path)
+        check_identifier_types(identity, path, mapping)
+    except ConfigError as exc:
+        raise ConfigError([with_line(problem, path) for problem in exc.problems]) from None
+    return mapping
 
 
 def _preview_headers(values: list[str]) -> dict[str, str]:

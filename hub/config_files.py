@@ -151,13 +151,17 @@ def _in_document(loc: Sequence[Any], document: Any) -> list[Any]:
 
     A rule's `when: {count: {...}}` fails at ``when.count.count.within``: the
     first `count` names the union's member, not a key. A part is such a tag
-    when the part after it is not found below it but is found beside it.
+    when the part after it is not found below it but is found beside it, or
+    when it is the last part and stands below a value that has no keys (a
+    mapping's `identifiers.phone.expression`: the member a text value is tried as).
     """
     keys: list[Any] = []
     node = document
     for n, part in enumerate(loc):
         below = _step(node, part)
         following = loc[n + 1] if n + 1 < len(loc) else None
+        if following is None and _is_scalar(node):
+            continue  # a tag
         if following is not None and _step(below, following) is _MISSING and _step(node, following) is not _MISSING:
             continue  # a tag
         keys.append(part)
@@ -166,6 +170,10 @@ def _in_document(loc: Sequence[Any], document: Any) -> list[Any]:
 
 
 _MISSING = object()
+
+
+def _is_scalar(node: Any) -> bool:
+    return node is None or isinstance(node, (str, int, float, bool))
 
 
 def _step(node: Any, part: Any) -> Any:
@@ -199,16 +207,31 @@ def yaml_tree(path: Path) -> yaml.Node | None:
 
 
 def line_of(root: yaml.Node | None, loc: Sequence[Any]) -> int:
-    """1-based line of the deepest key along `loc` that exists (the parent's when a key is missing)."""
-    node = root
-    line = node.start_mark.line + 1 if node is not None else 1
-    for part in loc:
-        found = child_of(node, part)
+    """1-based line of the deepest key along `loc` that exists (the parent's when a key is missing).
+
+    A key holding dots (the event `invoice.paid`, the field `properties.plan`) arrives split when `loc` is read
+    back from a problem's text (`events.invoice.paid.stage`), so successive parts are tried joined by dots too;
+    the reading that follows `loc` furthest wins, as `invoice` and `invoice.paid` may both be keys.
+    """
+    if root is None:
+        return 1
+    return _deepest_line(root, loc)[1] or root.start_mark.line + 1
+
+
+def _deepest_line(node: yaml.Node, loc: Sequence[Any]) -> tuple[int, int | None]:
+    """(how many parts of `loc` were found below `node`, the line of the last one found)."""
+    best: tuple[int, int | None] = (0, None)
+    for width in range(1, len(loc) + 1):
+        found = child_of(node, loc[0] if width == 1 else ".".join(str(part) for part in loc[:width]))
         if found is None:
+            continue
+        marker, below = found
+        followed, line = _deepest_line(below, loc[width:])
+        if width + followed > best[0]:
+            best = (width + followed, line or marker.start_mark.line + 1)
+        if best[0] == len(loc):
             break
-        marker, node = found
-        line = marker.start_mark.line + 1
-    return line
+    return best
 
 
 def child_of(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] | None:

@@ -27,11 +27,11 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import jmespath
 from jmespath.parser import ParsedResult
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, JsonValue, Tag, field_validator
 
 from hub import paths
 from hub.config_files import load_model
@@ -57,6 +57,22 @@ def check_expression(expression: str) -> str:
     except jmespath.exceptions.JMESPathError as exc:
         raise ValueError(f"invalid JMESPath expression {expression!r}: {exc}") from None
     return expression
+
+
+JmesPath = Annotated[str, AfterValidator(check_expression)]
+"""A JMESPath expression of a mapping file, checked where it is written: a problem then names its own key
+(`identifiers.phone.1`, `fields.properties.plan`) rather than the whole table holding it."""
+
+
+def _one_or_many(value: Any) -> str:
+    return "expressions" if isinstance(value, list) else "expression"
+
+
+JmesPaths = Annotated[
+    Annotated[JmesPath, Tag("expression")] | Annotated[list[JmesPath], Tag("expressions")], Discriminator(_one_or_many)
+]
+"""One expression or a list of them. Told apart by shape, so a bad item of a list is one problem, not also
+"Input should be a valid string" from trying the whole list as one expression."""
 
 
 class JourneyLabel(BaseModel):
@@ -103,13 +119,8 @@ class DropRule(BaseModel):
     """Events matching `when` are not kept: no touchpoint, no quarantine; the inbox row is marked done."""
 
     model_config = ConfigDict(extra="forbid")
-    when: str = Field(description="JMESPath over the raw payload; a truthy result drops the event.")
+    when: JmesPath = Field(description="JMESPath over the raw payload; a truthy result drops the event.")
     reason: str = Field(min_length=1, description="Why, for the log.")
-
-    @field_validator("when")
-    @classmethod
-    def _compiles(cls, value: str) -> str:
-        return check_expression(value)
 
 
 class MappingSpec(BaseModel):
@@ -118,19 +129,19 @@ class MappingSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     description: str = ""
-    kind: str = Field("type", description="JMESPath to the message type (track, identify, ...).")
-    event: str = Field(description="JMESPath to the canonical event name.")
-    occurred_at: str = Field(description="JMESPath to the ISO-8601 time the event happened.")
-    identifiers: dict[str, str | list[str]] = Field(
+    kind: JmesPath = Field("type", description="JMESPath to the message type (track, identify, ...).")
+    event: JmesPath = Field(description="JMESPath to the canonical event name.")
+    occurred_at: JmesPath = Field(description="JMESPath to the ISO-8601 time the event happened.")
+    identifiers: dict[str, JmesPaths] = Field(
         description="Identifier type -> JMESPath (or a list of them; every non-empty value is kept; a value longer "
         f"than {MAX_LENGTH['identifier value']} characters is left out as malformed).",
         json_schema_extra=_keys_at_most("identifier type"),
     )
-    properties: str | None = None
-    traits: str | None = None
-    context: str | None = None
-    stage: str | None = Field(None, description="JMESPath to the journey stage; wins over the `events` table.")
-    moment: str | None = Field(None, description="JMESPath to the micro-moment; wins over the `events` table.")
+    properties: JmesPath | None = None
+    traits: JmesPath | None = None
+    context: JmesPath | None = None
+    stage: JmesPath | None = Field(None, description="JMESPath to the journey stage; wins over the `events` table.")
+    moment: JmesPath | None = Field(None, description="JMESPath to the micro-moment; wins over the `events` table.")
     events: dict[str, JourneyLabel] = Field(
         default_factory=dict, description="Event name -> stage and moment.", json_schema_extra=_keys_at_most("event")
     )
@@ -149,7 +160,7 @@ class MappingSpec(BaseModel):
         "A vendor value is matched as JSON writes it: true, false, null, 42 (quote such keys in YAML: 'true').",
         json_schema_extra=_keys_matching(FIELD_PATH),
     )
-    fields: dict[str, str] = Field(
+    fields: dict[str, JmesPath] = Field(
         default_factory=dict,
         description="properties.<name> / traits.<name> / context.<name> -> JMESPath over the raw event: a value "
         "found elsewhere in the message (Segment's top-level `channel` as context.channel).",
@@ -183,28 +194,19 @@ class MappingSpec(BaseModel):
 
     @field_validator("fields")
     @classmethod
-    def _object_keys_from_expressions(cls, value: dict[str, str]) -> dict[str, str]:
-        for path, expression in value.items():
+    def _object_keys_only(cls, value: dict[str, str]) -> dict[str, str]:
+        for path in value:
             if not OBJECT_FIELD_PATH.fullmatch(path):
                 raise ValueError(
                     f"{path!r} is not a key of an object field: use properties.<name>, traits.<name> or context.<name> "
                     "(event, kind, stage, moment and occurred_at have expressions of their own)"
                 )
-            check_expression(expression)
         return value
-
-    @field_validator("kind", "event", "occurred_at", "properties", "traits", "context", "stage", "moment")
-    @classmethod
-    def _compiles(cls, value: str | None) -> str | None:
-        return None if value is None else check_expression(value)
 
     @field_validator("identifiers")
     @classmethod
-    def _identifier_types_fit_and_expressions_compile(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
-        for expressions in _check_key_lengths(value, "identifier type").values():
-            for expression in [expressions] if isinstance(expressions, str) else expressions:
-                check_expression(expression)
-        return value
+    def _identifier_types_fit(cls, value: dict[str, str | list[str]]) -> dict[str, str | list[str]]:
+        return _check_key_lengths(value, "identifier type")
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,17 @@ typo in production degrades nothing. That holds for a failure of any kind
 (a file the hub may not read, YAML nested past Python's recursion limit),
 not only for the problems the loader names. Files are checked at most every
 `check_seconds` (one `stat` per file), which keeps the per-event cost nil.
+
+A save goes through the same checks at reload as at start-up (the loader and the
+catalog's `check`, e.g. identifier types against identity.yaml): a save taken live
+that a restart then refuses would leave the hub unable to start on its own files.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +29,9 @@ from hub.mapping import Mapping, load_mapping
 
 log = structlog.get_logger(__name__)
 
+# Checks a loaded mapping against the rest of the hub (the file it came from, the mapping); ConfigError refuses it.
+MappingCheck = Callable[[Path, Mapping], None]
+
 
 @dataclass
 class _Loaded:
@@ -35,10 +42,13 @@ class _Loaded:
 class MappingCatalog(MappingABC[str, Mapping]):
     """Source id -> active Mapping; behaves as a read-only dict for the pipeline."""
 
-    def __init__(self, folder: Path, files: dict[str, str], check_seconds: float) -> None:
+    def __init__(
+        self, folder: Path, files: dict[str, str], check_seconds: float, check: MappingCheck | None = None
+    ) -> None:
         self.folder = folder
         self.files = dict(files)
         self.check_seconds = check_seconds
+        self.check = check
         self._lock = threading.Lock()
         self._next_check = time.monotonic() + check_seconds
         self._loaded: dict[str, _Loaded] = {}
@@ -46,7 +56,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
         for name in sorted(set(files.values())):
             path = folder / name
             try:
-                self._loaded[name] = _Loaded(load_mapping(path), _stamp(path))
+                self._loaded[name] = _Loaded(self._load(path), _stamp(path))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if problems:
@@ -81,7 +91,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
                     continue
                 loaded.stamp = stamp
                 try:
-                    mapping = load_mapping(path)
+                    mapping = self._load(path)
                 except Exception as exc:  # whatever a reload meets must not reach the pipeline's workers
                     refused.append(name)
                     log.warning("mapping change refused; the last good version stays active",
@@ -91,6 +101,13 @@ class MappingCatalog(MappingABC[str, Mapping]):
                     log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
                 loaded.mapping = mapping
         return refused
+
+    def _load(self, path: Path) -> Mapping:
+        """The mapping in `path` as start-up and reload both take it: loaded, then checked."""
+        mapping = load_mapping(path)
+        if self.check is not None:
+            self.check(path, mapping)
+        return mapping
 
 
 def _stamp(path: Path) -> tuple[int, int]:

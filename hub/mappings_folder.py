@@ -2,7 +2,8 @@
 
 The hub starts on `load_mappings_folder` and `touchhub mappings check` runs
 it, so a clean check means the hub will start; the rules' checks across files
-(`_rules_served`) run again at each reload of triggers.yaml.
+(`_rules_served`) run again at each reload of triggers.yaml, and a mapping's
+(`check_identifier_types`) at each reload of the mapping.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from functools import partial
 from pathlib import Path
 
 from connectors.base import Destination, Registry
+from hub.config_files import line_of, yaml_tree
 from hub.delivery_policy import DeliveryPolicyFile, check_destination_ids, load_policy_file
 from hub.errors import ConfigError, collect
 from hub.identity import PREVIOUS_ID
 from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
+from hub.mapping import Mapping as SourceMapping
 from hub.mapping_catalog import MappingCatalog
 from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
 from hub.rule_lines import RuleLines
@@ -53,8 +56,9 @@ def load_mappings_folder(
         not parse or does not exist, an identifier type identity.yaml does not declare, ...).
     """
     problems: list[str] = []
-    mappings = collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds))
-    identity = collect(problems, lambda: _identity_for(folder, mappings))
+    identity = collect(problems, lambda: identity_config_in(folder))
+    check = partial(check_identifier_types, identity) if identity is not None else None
+    mappings = collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds, check))
     templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
     router = collect(problems, lambda: Router(
         load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
@@ -73,21 +77,27 @@ def load_mappings_folder(
     return MappingsFolder(mappings, identity, router, rulebook, policy_file)
 
 
-def _identity_for(folder: Path, mappings: MappingCatalog | None) -> IdentityConfig:
-    """identity.yaml, checked against the mappings: every identifier type they produce must be declared.
-
-    A mappings folder without the file (one made before it existed) gets the shipped defaults.
-    """
-    config = identity_config_in(folder)
-    undeclared = [
-        f"{folder / IDENTITY_FILE}: identifier_types: {type_!r} (used by mapping {mapping.name}) is not declared"
-        for mapping in (mappings or {}).values()
-        for type_ in dict(mapping.identifiers)
-        if type_ not in config.types and type_ != PREVIOUS_ID
-    ]
+def check_identifier_types(identity: IdentityConfig, path: Path, mapping: SourceMapping) -> None:
+    """Refuse a mapping file producing an identifier type identity.yaml does not declare (at start-up, at each
+    reload and in a draft preview), at the mapping's line: its values would be stored unnormalized under a type no
+    route reads, and most often the type is a typo in the mapping (`emial`)."""
+    undeclared = undeclared_identifier_types(identity, mapping)
     if undeclared:
-        raise ConfigError(undeclared)
-    return config
+        root = yaml_tree(path)
+        raise ConfigError([
+            f"{path}:{line_of(root, ('identifiers', type_))}: {undeclared_problem(type_)}" for type_ in undeclared
+        ])
+
+
+def undeclared_identifier_types(identity: IdentityConfig, mapping: SourceMapping) -> list[str]:
+    """The identifier types `mapping` produces that `identity` does not declare (`previous_id`, an alias's
+    previousId, needs none: resolution types it as a user_id or an anonymous_id)."""
+    return [type_ for type_, _ in mapping.identifiers if type_ not in identity.types and type_ != PREVIOUS_ID]
+
+
+def undeclared_problem(type_: str) -> str:
+    """``identifiers.TYPE: reason; what to do`` for an undeclared identifier type, wherever the mapping is."""
+    return f"identifiers.{type_}: not declared in {IDENTITY_FILE}; fix the type or declare it under identifier_types"
 
 
 def _rules_served(

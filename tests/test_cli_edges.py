@@ -258,7 +258,7 @@ def test_mappings_check_reports_an_identifier_type_identity_yaml_does_not_declar
     ))
     check = touchhub("mappings", "check", cwd=scratch, HUB_MAPPINGS_DIR=str(maps))
     assert check.returncode == 1, flat(check)
-    assert "identifier_types: 'shopify_id' (used by mapping segment) is not declared" in flat(check)
+    assert "identifiers.shopify_id: not declared in identity.yaml" in flat(check)
 
 
 def test_mappings_check_passes_the_shipped_folder(scratch: Path) -> None:

@@ -271,7 +271,7 @@ def test_hub_refuses_a_mapping_identifier_type_identity_yaml_does_not_declare(tm
     (folder / "identity.yaml").write_text("identifier_types:\n  - {type: user_id, limit: 1}\n")
     with pytest.raises(ConfigError) as caught:
         Hub(make_settings(tmp_path, mappings_dir=folder))
-    assert any("'email' (used by mapping segment) is not declared" in problem for problem in caught.value.problems)
+    assert any("identifiers.email: not declared in identity.yaml" in problem for problem in caught.value.problems)
     (folder / "identity.yaml").unlink()  # a folder from before identity.yaml existed: the shipped defaults
     hub = Hub(make_settings(tmp_path, mappings_dir=folder))
     assert hub.pipeline.config.identity.limit("user_id") == 1

@@ -201,7 +201,7 @@ def test_preview_tries_a_draft_file_and_reports_its_problems(mappings_dir: Path,
     assert json.loads(result.output)[0]["touchpoint"]["event"] == "Contact Changed"
     draft.write_text("event: 1\n")
     broken = cli(mappings_dir, "mappings", "preview", "--mapping", str(draft), "hubspot", str(FIXTURES / "hubspot_contact_events.json"))
-    assert broken.exit_code == 2 and f"{draft}: occurred_at: Field required" in broken.output
+    assert broken.exit_code == 2 and f"{draft}:1: occurred_at: Field required" in broken.output
 
 
 def test_preview_of_a_configured_journey_source_uses_its_map(mappings_dir: Path) -> None:

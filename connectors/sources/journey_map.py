@@ -119,18 +119,46 @@ def load_journey_map(path: Path) -> JourneyMap:
 
 
 def _from_csv(text: str, path: Path) -> dict[str, Any]:
-    rows = list(csv.DictReader(text.splitlines()))
-    missing = [column for column in CSV_COLUMNS if rows and column not in rows[0]]
+    reader = csv.DictReader(text.splitlines())
+    rows = [(reader.line_num, row) for row in reader]
+    missing = [column for column in CSV_COLUMNS if rows and column not in rows[0][1]]
     if missing or not rows:
         raise ConfigError(f"{path}: CSV needs a header row with {', '.join(CSV_COLUMNS)}; missing {', '.join(missing) or 'rows'}")
-    stages = {row["stage_id"]: {"id": row["stage_id"], "stage": row["stage"], "label": row["stage_label"]} for row in rows}
-    moments = {row["moment_id"]: {"id": row["moment_id"], "moment": row["moment"], "label": row["moment_label"]} for row in rows}
+    problems: list[str] = []
+    stages = _defined_once("stage", rows, path, problems)
+    moments = _defined_once("moment", rows, path, problems)
+    if problems:
+        raise ConfigError(problems)
     touchpoints = [
         {"id": row["touchpoint_id"], "name": row["touchpoint"], "stage": row["stage_id"], "moment": row["moment_id"],
          "channel": row["channel"]}
-        for row in rows
+        for _, row in rows
     ]
-    return {"name": path.stem, "stages": list(stages.values()), "moments": list(moments.values()), "touchpoints": touchpoints}
+    return {"name": path.stem, "stages": stages, "moments": moments, "touchpoints": touchpoints}
+
+
+def _defined_once(
+    kind: str, rows: list[tuple[int, dict[str, str]]], path: Path, problems: list[str]
+) -> list[dict[str, str]]:
+    """Each stage (or moment) of the CSV rows, as the first row giving its id defines it; a later row defining
+    that id otherwise is added to `problems`, naming both lines.
+
+    Every row repeats its stage's and moment's columns. Keeping the last row
+    for each id, a row copied and half edited silently relabelled every other
+    touchpoint of that id (Home page views became cart activity), where the
+    JSON export refuses an id given twice.
+    """
+    first: dict[str, tuple[int, dict[str, str]]] = {}
+    for line, row in rows:
+        definition = {"id": row[f"{kind}_id"], kind: row[kind], "label": row[f"{kind}_label"]}
+        first_line, kept = first.setdefault(definition["id"], (line, definition))
+        if kept != definition:
+            problems.append(
+                f"{path}:{line}: {kind}_id: {definition['id']!r} is {kind} {definition[kind]!r} labelled "
+                f"{definition['label']!r} here but {kept[kind]!r} labelled {kept['label']!r} at line {first_line}; "
+                f"give each {kind} its own id, or make the rows agree"
+            )
+    return [definition for _, definition in first.values()]
 
 
 class JourneyMapConfig(GenericHmacConfig):

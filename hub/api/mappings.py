@@ -16,7 +16,9 @@ from hub.api.auth import documented_body, json_body, requires
 from hub.api.ingest import refusal_response
 from hub.clock import utcnow
 from hub.errors import IngestError
-from hub.mapping import MappingSpec, compile_mapping
+from hub.identity_config import IdentityConfig
+from hub.mapping import Mapping, MappingSpec, compile_mapping
+from hub.mappings_folder import undeclared_identifier_types, undeclared_problem
 from hub.preview import preview
 from hub.runtime import Hub
 
@@ -58,11 +60,7 @@ def _preview(hub: Hub, source: Source, body: PreviewRequest) -> Response:
     assert hub.mappings is not None and hub.identity is not None
     mapping = hub.mappings[source.source_id]
     if body.mapping is not None:
-        try:
-            mapping = compile_mapping(f"draft-{mapping.name}", MappingSpec.model_validate(body.mapping))
-        except ValidationError as exc:
-            problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
-            raise HTTPException(422, detail=problems) from None
+        mapping = _draft(body.mapping, mapping.name, hub.identity)
     sample = json.dumps(body.sample).encode()
     try:
         outcomes = preview(source, mapping, sample, utcnow(), hub.settings.default_phone_region, hub.identity, body.headers)
@@ -72,3 +70,16 @@ def _preview(hub: Hub, source: Source, body: PreviewRequest) -> Response:
         "source_id": source.source_id, "mapping_version": mapping.version, "outcomes": [o.as_dict() for o in outcomes],
     })
 
+
+def _draft(document: dict[str, Any], name: str, identity: IdentityConfig) -> Mapping:
+    """The draft as the hub would check it saved (start-up and reload), so the console never previews an edit the
+    hub would refuse; 422 with every problem otherwise."""
+    try:
+        draft = compile_mapping(f"draft-{name}", MappingSpec.model_validate(document))
+    except ValidationError as exc:
+        problems = [f"mapping.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        raise HTTPException(422, detail=problems) from None
+    undeclared = undeclared_identifier_types(identity, draft)
+    if undeclared:
+        raise HTTPException(422, detail=[f"mapping.{undeclared_problem(type_)}" for type_ in undeclared])
+    return draft
