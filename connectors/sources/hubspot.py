@@ -92,7 +92,7 @@ class HubSpotSource(Source):
                 result.rejected.append(RejectedItem(item, problems))
                 continue
             message_id = storable_message_id("-".join(str(item[name]) for name in ID_FIELDS))
-            result.events.append(RawEvent(self.source_id, message_id, {**item, "receivedAt": received_at}))
+            result.events.append(RawEvent(self.source_id, message_id, {"receivedAt": received_at, **item}))
         if not result.events:
             raise BadPayloadError("no valid HubSpot event in the request", result.problems)
         return result

@@ -89,4 +89,4 @@ class StandardWebhooksSource(Source):
             raise BadPayloadError(f"{problem.field}: {problem.reason}", [problem])
         message_id = storable_message_id(sender_id or payload_message_id(document))
         received_at = datetime.now(timezone.utc).isoformat()
-        return ParseResult(events=[RawEvent(self.source_id, message_id, {**document, "receivedAt": received_at})])
+        return ParseResult(events=[RawEvent(self.source_id, message_id, {"receivedAt": received_at, **document})])
