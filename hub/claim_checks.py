@@ -4,9 +4,10 @@ Routing judged all three when it planned the message, but a retry, a replay,
 a delay or a send held back by an outage can come due much later: at 2 a.m.
 in the person's zone, days after what caused it, or after the person texted
 STOP. Every path to a send meets here, in the delivery claim's transaction.
-Quiet hours and the send-by time read only what routing wrote into the
-message (`QUIET_ZONE`, `SEND_BY`); consent reads profiles for messages
-planned a while ago, and for those whose profile changed since.
+The send-by time reads only what routing wrote into the message (`SEND_BY`).
+Consent and quiet hours read profiles for messages planned a while ago, and
+for those whose profile changed since, once for both; quiet hours fall back
+to the zone routing wrote (`QUIET_ZONE`) where the profile names none.
 """
 
 from __future__ import annotations
@@ -44,24 +45,27 @@ class ClaimChecks:
 
     def may_go(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
         """The claimed deliveries to send now; the others go back to the outbox (quiet hours) or fail unsent."""
-        timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, now), now)
-        return self._still_consented(connection, timely, now)
+        traits = _traits_to_recheck(connection, claimed, now)
+        timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, traits, now), now)
+        return self._still_consented(connection, timely, traits, now)
 
-    def _outside_quiet_hours(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+    def _outside_quiet_hours(
+        self, connection: Connection, claimed: list[Delivery], traits: dict[str, dict[str, Any]], now: datetime
+    ) -> list[Delivery]:
         """The claimed deliveries that may go now; a non-urgent one in its person's quiet hours goes back to
         the outbox until they end, no attempt spent.
 
         Routing holds a message planned in quiet hours, but a retry, a replay
         or a send held back by an outage can come due at 2 a.m. Routing marks
-        the messages quiet hours apply to with the zone to judge them in
-        (`QUIET_ZONE`); this reads nothing more.
+        the messages quiet hours apply to (`QUIET_ZONE`), with the zone it
+        judged them in; a person who moved since has a new `timezone` trait,
+        among the `traits` read again (`_traits_to_recheck`).
         """
         if self.quiet_hours is None:
             return claimed
         kept = []
         for delivery in claimed:
-            zone_name = delivery.content.get(QUIET_ZONE)
-            release = self.quiet_hours.release_time(now, self.quiet_hours.zone_named(zone_name)) if zone_name else None
+            release = _release_time(self.quiet_hours, delivery, traits.get(delivery.profile_id, {}), now)
             if release is None:
                 kept.append(delivery)
             else:
@@ -86,7 +90,9 @@ class ClaimChecks:
         log.info("deliveries withdrawn: too old to send", deliveries=len(stale))
         return [delivery for delivery in claimed if delivery.delivery_id not in stale]
 
-    def _still_consented(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+    def _still_consented(
+        self, connection: Connection, claimed: list[Delivery], traits: dict[str, dict[str, Any]], now: datetime
+    ) -> list[Delivery]:
         """The claimed deliveries whose person still consents to their channel; the others fail unsent.
 
         Routing checked consent when it planned them, but a message held by a
@@ -97,7 +103,6 @@ class ClaimChecks:
         Each withdrawn one falls back as routing would have had the person
         opted out before it was planned (`_fall_back`).
         """
-        traits = _traits_to_recheck(connection, claimed, now)
         if not traits:
             return claimed
         revoked = [d for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)]
@@ -121,9 +126,18 @@ class ClaimChecks:
             self.fall_back(connection, delivery, "withdrawn unsent at its claim", now)
 
 
+def _release_time(quiet_hours: QuietHours, delivery: Delivery, traits: dict[str, Any], now: datetime) -> datetime | None:
+    """When `delivery`, due `now`, may go if its person's quiet hours hold it; None: they do not (an urgent
+    message, or outside them). `traits`: its person's as they are now, or none if unchanged since planning,
+    which leaves the zone routing stamped on it."""
+    stamped = delivery.content.get(QUIET_ZONE)
+    return quiet_hours.release_time(now, quiet_hours.zone_at_claim(traits, stamped)) if stamped else None
+
+
 def _traits_to_recheck(connection: Connection, claimed: list[Delivery], now: datetime) -> dict[str, dict[str, Any]]:
-    """The live traits of the people whose consent may have been revoked since their deliveries were planned:
-    those planned over `CONSENT_RECHECK_AFTER` ago, and those whose profile changed since.
+    """The live traits of the people whose consent or zone may have changed since their deliveries were planned:
+    those planned over `CONSENT_RECHECK_AFTER` ago, and those whose profile changed since. The others' traits are
+    as routing read them, so the consent it checked and the zone it stamped (`QUIET_ZONE`) stand.
 
     A claim of fresh deliveries, the common case under load, takes routing's
     word for them, but on PostgreSQL another node, or a delivery worker in

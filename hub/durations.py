@@ -12,6 +12,7 @@ _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks
 _PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _ABOVE_ZERO = r"^\s*(?=[\d.]*[1-9])(\d+(?:\.\d+)?)\s*([smhdw])\s*$"  # _PATTERN with a digit other than 0
 _EXAMPLES = ["90s", "2m", "24h", "30d"]
+_SHORTEST = timedelta(microseconds=1)
 
 LONGEST = timedelta(days=36_500)
 """The longest duration the hub takes: a century, as far back as it takes events (`normalize.EVENT_TIME_SPAN`).
@@ -32,10 +33,14 @@ def parse_duration(text: object) -> timedelta:
 
 
 def _parsed(text: object) -> timedelta:
+    """A number above 0 is at least a microsecond, the shortest timedelta: the schema takes `0.0000001s` as more
+    than 0s (a digit other than 0, `_ABOVE_ZERO`), so the loader must not round it to a refused 0."""
     match = _PATTERN.match(str(text))
     if not match:
         raise ValueError(f"{text!r} is not a duration; write a number and a unit, such as 90s, 2m, 24h or 30d")
-    return timedelta(**{_UNITS[match.group(2)]: float(match.group(1))})
+    number, unit = match.groups()
+    duration = timedelta(**{_UNITS[unit]: float(number)})
+    return max(duration, _SHORTEST) if number.strip("0.") else duration
 
 
 def since(text: str, now: datetime) -> datetime:

@@ -4,10 +4,11 @@ The window is local wall-clock time (e.g. 21:00-08:00) and may wrap past
 midnight. The zone comes from the profile's `timezone` trait (an IANA name
 such as `Europe/Paris`), else from the device that sent the event the
 message answers (`context.timezone`, which Segment and RudderStack SDKs send
-with every event), else the hub's default; an unknown name falls back to the
-default rather than guessing. The device's zone is read from the event, not
-kept as a trait: written on every event it would outrank the person's own
-`timezone` by recency, and rewrite the profile each time.
+with every event), else the hub's default; a name that is no zone (`GMT+2`
+typed in a form, a typo) gives way to the next rather than guessing. The
+device's zone is read from the event, not kept as a trait: written on every
+event it would outrank the person's own `timezone` by recency, and rewrite
+the profile each time.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
+from itertools import takewhile
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _WINDOW = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
@@ -40,26 +42,31 @@ class QuietHours:
         return cls(time(h1, m1), time(h2, m2), zone(default_zone))
 
     def zone_of(self, traits: dict, touchpoint: dict) -> ZoneInfo:
-        """The person's zone: their `timezone` trait, else the event's device's (`touchpoint`'s `context.timezone`)."""
-        name = _zone_name(traits, touchpoint)
-        return self.zone_named(name) if isinstance(name, str) else self.default_zone
+        """The person's zone: their `timezone` trait, else the event's device's (`touchpoint`'s `context.timezone`),
+        else the default; one that names no zone gives way to the next, so a trait of `GMT+2` does not throw away
+        the zone the device sent."""
+        return next(filter(None, map(_loaded, _named_zones(traits, touchpoint).values())), self.default_zone)
+
+    def zone_at_claim(self, traits: dict, stamped: str) -> ZoneInfo:
+        """The zone a message comes due in: the profile's `timezone` trait as it is then, since a person may move
+        while a message is held overnight, else the zone routing `stamped` on it when it planned it (it may have
+        come from the event's device, which the claim does not see)."""
+        return _loaded(traits.get("timezone")) or self.zone_named(stamped)
 
     def zone_named(self, name: str) -> ZoneInfo:
         """`name`'s zone, or the default for a name this process cannot load: a typo in a trait, or a zone
         newer than this host's tz database, which another node planned the message with."""
-        try:
-            return zone(name)
-        except ValueError:
-            return self.default_zone
+        return _loaded(name) or self.default_zone
 
     def why_held(self, traits: dict, touchpoint: dict, local_zone: ZoneInfo) -> str:
         """The reason a delayed message records: the window, the zone it was judged in, and whether that is
-        the person's own (an unknown zone name falls back to the default, which ops should see)."""
+        the person's own (a name that is no zone gave way to the next, the device's or the default: ops should see it)."""
         reason = f"quiet hours {self.start:%H:%M}-{self.end:%H:%M} in {local_zone.key}"
-        name = _zone_name(traits, touchpoint)
-        if name is not None and (not isinstance(name, str) or local_zone.key != name):
-            whose = "the profile's timezone" if traits.get("timezone") is not None else "the device's context.timezone"
-            reason += f" ({whose} {name!r} is not a known zone; the default was used)"
+        named = _named_zones(traits, touchpoint)
+        unknown = list(takewhile(lambda whose: _loaded(named[whose]) is None, named))
+        if unknown:
+            used = list(named)[len(unknown)] if len(unknown) < len(named) else "the default"
+            reason += f" ({'; '.join(f'{whose} {named[whose]!r} is not a known zone' for whose in unknown)}; {used} was used)"
         return reason
 
     def release_time(self, at: datetime, local_zone: ZoneInfo) -> datetime | None:
@@ -74,12 +81,26 @@ class QuietHours:
         return _first_reached(datetime.combine(release_day, self.end), local_zone, at).astimezone(at.tzinfo)
 
 
-def _zone_name(traits: dict, touchpoint: dict) -> object:
-    """The person's own `timezone` trait, else the zone the event's device sent (`context.timezone`); None: neither."""
-    if traits.get("timezone") is not None:
-        return traits["timezone"]
+def _named_zones(traits: dict, touchpoint: dict) -> dict[str, object]:
+    """The zone names the person has, by whose they are, their own first: the `timezone` trait, then the zone
+    the event's device sent (`context.timezone`); those absent left out."""
     context = touchpoint.get("context")
-    return context.get("timezone") if isinstance(context, dict) else None
+    named = {
+        "the profile's timezone": traits.get("timezone"),
+        "the device's context.timezone": context.get("timezone") if isinstance(context, dict) else None,
+    }
+    return {whose: name for whose, name in named.items() if name is not None}
+
+
+def _loaded(name: object) -> ZoneInfo | None:
+    """`name`'s zone, or None for what names none: a typo, a `GMT+2`, a number, or a zone newer than this
+    host's tz database."""
+    if not isinstance(name, str):
+        return None
+    try:
+        return zone(name)
+    except ValueError:
+        return None
 
 
 def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) -> datetime:

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from sqlalchemy import select
+
 from connectors.sandbox.providers import SandboxProviders
-from tests.conftest import ADMIN_TOKEN, cart_nudge_rules, make_settings, message, serve_hub, wait_for
+from hub.store.schema import deliveries
+from tests.conftest import ADMIN_TOKEN, RunningHub, cart_nudge_rules, make_settings, message, serve_hub, wait_for
 from tests.test_fallbacks21 import DEAD_TOKEN, cart_left, cart_mappings
 
 LIVE_TOKEN = "bGl2ZS1waG9uZS10b2tlbjpBUEE5MWJIdGVzdHRva2VuMDAy"
@@ -68,18 +71,18 @@ def test_the_fallback_of_a_delayed_push_waits_out_the_persons_quiet_hours(
     tmp_path: Path, sandbox: SandboxProviders
 ) -> None:
     """An `immediate` rule's delayed push waits out quiet hours, but when it failed (its token dead) its email
-    fallback was routed as a send-now: it went in the person's night (she had flown to a zone where it is
-    night), with no quiet zone kept, so its retries would not have been held either."""
+    fallback was routed as a send-now: it went in the person's night (she had flown, while the push was on its
+    way, to a zone where it is night), with no quiet zone kept, so its retries would not have been held either."""
     hour = datetime.now(timezone.utc).hour
     quiet = f"{(hour + 6) % 24:02d}:00-{(hour + 9) % 24:02d}:00"  # day in UTC now; night 7 h east of it
-    sandbox.fcm.unregistered.add(DEAD_TOKEN)
+    sandbox.fcm.fail_next(404, "UNREGISTERED", message="Requested entity was not found.", delay_seconds=8)
     settings = make_settings(tmp_path, mappings_dir=mappings_with(tmp_path, DELAYED_PUSH_ELSE_EMAIL), quiet_hours=quiet,
                              **sandbox.settings_overrides())
     with serve_hub(settings, sandbox) as hub:
         cart_left(hub, timezone="UTC")
+        wait_for(lambda: _push_on_its_way(hub))  # claimed in the day of UTC; FCM answers 8 s later
         hub.send(message("identify", userId="u-ana", traits={"timezone": "Etc/GMT-7"}))
-        hub.settle()
-        wait_for(lambda: len(hub.admin("/api/deliveries")["deliveries"]) == 2)
+        wait_for(lambda: len(hub.admin("/api/deliveries")["deliveries"]) == 2, timeout=40)
         hub.settle()
         deliveries = {d["channel"]: d for d in hub.admin("/api/deliveries")["deliveries"]}
         explained = hub.admin(f"/api/decisions/{deliveries['push']['decision_id']}")
@@ -88,6 +91,14 @@ def test_the_fallback_of_a_delayed_push_waits_out_the_persons_quiet_hours(
     push, email = explained["actions"]
     assert (push["fate"], email["fate"]) == ("fell_back", "delayed_quiet_hours")
     assert "Etc/GMT-7" in email["reason"]
+
+
+def _push_on_its_way(hub: RunningHub) -> bool:
+    """Whether a delivery worker holds the push (claimed, its answer not recorded yet)."""
+    with hub.hub.store.read() as connection:
+        return connection.execute(
+            select(deliveries.c.claimed_until).where(deliveries.c.channel == "push", deliveries.c.attempts == 0)
+        ).scalar() is not None
 
 
 def test_an_sms_twilio_refuses_as_unsubscribed_falls_back_to_the_email_the_rule_names(
