@@ -30,7 +30,7 @@ def triggers_test(
     rules: Path = typer.Argument(..., exists=True, dir_okay=False, help="Rules file, in the format of mappings/triggers.yaml."),
     events: Path = typer.Argument(
         ..., exists=True, dir_okay=False,
-        help="Segment-spec messages, each with a timestamp (and receivedAt or sentAt where known: the lab takes them in "
+        help="Segment-spec messages, each with a timestamp or, as RudderStack's SDKs send, an originalTimestamp (no offset means UTC; and receivedAt or sentAt where known: the lab takes them in "
         "in the order they reached the hub): JSON Lines (one object a line) or one JSON array. Sample: mappings/samples/demo_journey.jsonl.",
     ),
     as_json: bool = typer.Option(

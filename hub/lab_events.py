@@ -4,8 +4,8 @@ Ops hold events as JSON Lines or one JSON array. Each message passes the
 default source's own checks and gets its id (`take_message`), so what the
 hub refuses at ingest, and a resend it drops, are left out and named at
 their lines rather than tried. The messages come in the order they reached
-the hub (`receivedAt`, else the later of `timestamp` and `sentAt`), which is
-the simulated clock's.
+the hub (`receivedAt`, else the later of the event's time and `sentAt`), which
+is the simulated clock's. Times are read as the Segment source reads them.
 Every problem names the user's file at its line.
 """
 
@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import cached_property
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from connectors.base import RejectedItem
-from connectors.sources.segment import take_message
+from connectors.sources.segment import client_time, time_of, take_message
 from hub.config_files import utf8_text
 from hub.errors import ConfigError, ItemProblem
 from hub.model import RawEvent
@@ -28,7 +28,8 @@ from hub.sources import DEFAULT_SOURCE_ID
 
 SAMPLE_EVENTS = PROJECT_MAPPINGS / "samples" / "demo_journey.jsonl"
 EVENTS_FORMAT = (
-    "Segment messages, each with a timestamp, as JSON Lines (one message a line) or as one JSON array of them"
+    "Segment messages, each with a timestamp (or RudderStack's originalTimestamp), as JSON Lines (one message a line) "
+    "or as one JSON array of them"
 )
 
 
@@ -82,8 +83,10 @@ def load_events(path: Path) -> EventsFile:
     `messageId` or, without one, by a hash of its content.
 
     A message reached the hub at its `receivedAt` where it has one (an export
-    from Segment, RudderStack or the hub's inbox), else at its `timestamp`,
-    or at its `sentAt` where that is later (an SDK's offline queue).
+    from Segment, RudderStack or the hub's inbox), else at its `timestamp`
+    (RudderStack's SDKs send `originalTimestamp` instead), or at its `sentAt`
+    where that is later (an SDK's offline queue). A time without an offset is
+    UTC, as the Segment source and `normalize` read it.
     Taken in in that order, a message that came late meets the timers that
     fired before it came, and `triggers.rejudge` judges again what it
     changes, as in the live hub.
@@ -149,7 +152,7 @@ def at_lines(path: Path, notes: list[tuple[int, str]]) -> list[str]:
 
 
 def _arrival(event: dict[str, Any]) -> datetime:
-    """When the message reached the hub (its `receivedAt`, else the later of its `timestamp`, which it must have,
+    """When the message reached the hub (its `receivedAt`, else the later of its event time, which it must have,
     and its `sentAt`), or ValueError saying what is wrong with it in the user's words.
 
     An SDK's offline queue sends an event minutes after its `timestamp`: the live hub cannot take it in before
@@ -160,22 +163,38 @@ def _arrival(event: dict[str, Any]) -> datetime:
     `receivedAt` already passed through a hub that corrected it, and live ingest leaves it as it is too; a
     `timestamp` after its `receivedAt` is taken back to it by `normalize`, in the lab as live.
     """
-    timestamp = _checked_time(event, "timestamp")
+    happened = _event_time(event)
     if "receivedAt" in event:
-        return _checked_time(event, "receivedAt")
-    return max(timestamp, _checked_time(event, "sentAt")) if "sentAt" in event else timestamp
+        return _checked_time("receivedAt", event["receivedAt"])
+    return max(happened, _checked_time("sentAt", event["sentAt"])) if "sentAt" in event else happened
 
 
-def _checked_time(event: dict[str, Any], field: str) -> datetime:
-    if field not in event:
-        raise ValueError(f"{field}: missing; the simulated clock needs every event's time")
+def _event_time(event: dict[str, Any]) -> datetime:
+    """The message's `timestamp`, else the device's time (`segment.client_time`): RudderStack's SDKs send
+    `originalTimestamp` and leave `timestamp` to the server, and the shipped mappings read
+    `timestamp || originalTimestamp`, so the live hub times such a message by it."""
+    if "timestamp" in event:
+        return _checked_time("timestamp", event["timestamp"])
+    device_time = client_time(event)
+    if device_time is None:
+        raise ValueError("timestamp: missing; the simulated clock needs every event's time")
+    return _checked_time("originalTimestamp", device_time)
+
+
+def _checked_time(field: str, value: Any) -> datetime:
+    """`value` in UTC as the Segment source reads it (`segment.time_of`: no offset means UTC), or ValueError
+    naming `field`. A time outside the years 1-9999 once in UTC (9999-12-31T23:00-05:00) is one the live hub
+    quarantines (`normalize._parsed_time`); the simulated clock cannot stand on it, as the store keeps UTC."""
+    at = time_of(value)
+    if at is None:
+        raise ValueError(f"{field}: {value!r} is not an ISO-8601 timestamp; write one such as 2026-01-05T10:00:00Z")
     try:
-        at = datetime.fromisoformat(str(event[field]).replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise ValueError(f"{field}: {exc}") from None
-    if at.tzinfo is None:
-        raise ValueError(f"{field}: needs a time zone (e.g. Z or +00:00)")
-    return at
+        return at.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(
+            f"{field}: {value!r} is not a time within the years 1 to 9999 (UTC), so the live hub quarantines this "
+            "message; give a time within them, or take the message out of the file"
+        ) from None
 
 
 def _items(path: Path, text: str) -> tuple[list[tuple[int, Any]], list[tuple[int, str]]]:

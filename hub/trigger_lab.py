@@ -8,7 +8,10 @@ the order they reached it, the clock stepping to each arrival: before the events
 that arrived at one moment (an SDK's flush shares one `sentAt`), the timers due
 earlier are fired, each at its own due time, and then those events are taken in
 together; after the last, every remaining timer is run out the same way.
-Deliveries are planned into the throwaway outbox and never sent.
+Deliveries are planned into the throwaway outbox and never sent; one due by
+the time the clock steps to an event counts as gone (`_gone_by`), as the live
+hub's delivery worker would have sent it, so a late follow-up withdraws only
+what the live hub would still hold (a nudge quiet hours keep until morning).
 
 Everything reported names the files the user gave, at their lines: the
 throwaway copies (and the inbox ids the hub gives events there) mean nothing
@@ -26,7 +29,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, select, update
 
 from hub.config_files import with_line
 from hub.errors import ConfigError
@@ -36,6 +39,7 @@ from hub.pii import mask_text
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 from hub.store import decisions, inbox, schema, timers
+from hub.store.outbox import DUE_STATUSES
 from hub.store.profile_views import profile_views
 
 
@@ -133,8 +137,19 @@ def _take_in(hub: Hub, raws: list[RawEvent], clock: datetime) -> None:
     timer would show a decision the live hub never makes.
     """
     with hub.store.write() as connection:
+        _gone_by(connection, clock)
         inbox.append(connection, raws, clock)
     _drain(hub.pipeline.run_once, clock)
+
+
+def _gone_by(connection: Connection, clock: datetime) -> None:
+    """Mark the deliveries due by `clock` sent, as the live hub's delivery worker would have them: a late
+    follow-up withdraws only a nudge still held (`timer_arming.withdraw_followed_up`), and a decision the live
+    hub sent was shown withdrawn."""
+    due = schema.deliveries.c
+    connection.execute(
+        update(schema.deliveries).where(due.status.in_(DUE_STATUSES), due.next_attempt_at <= clock).values(status="sent")
+    )
 
 
 def _quarantined(connection: Connection, events_file: EventsFile) -> list[tuple[int, str]]:

@@ -117,9 +117,9 @@ def test_messages_are_taken_in_when_they_reached_the_hub(tmp_path: Path) -> None
 
 
 def test_a_received_at_the_clock_cannot_place_is_refused_at_its_line(tmp_path: Path) -> None:
-    events = write_events(tmp_path / "e.jsonl", *CART, {**CART[1], "receivedAt": "2026-01-05T10:05:00"})
+    events = write_events(tmp_path / "e.jsonl", *CART, {**CART[1], "receivedAt": "yesterday"})
     assert problems_trying(SHIPPED_RULES, events, tmp_path) == [
-        f"{events}:3: receivedAt: needs a time zone (e.g. Z or +00:00)"
+        f"{events}:3: receivedAt: 'yesterday' is not an ISO-8601 timestamp; write one such as 2026-01-05T10:00:00Z"
     ]
 
 

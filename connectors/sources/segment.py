@@ -281,10 +281,10 @@ def _present(value: Any) -> bool:
 
 
 def _is_timestamp(value: Any) -> bool:
-    return _time_of(value) is not None
+    return time_of(value) is not None
 
 
-def _time_of(value: Any) -> datetime | None:
+def time_of(value: Any) -> datetime | None:
     """An ISO-8601 text as a UTC datetime (naive is UTC), parsed once; None for anything else."""
     if not isinstance(value, str):
         return None
@@ -294,7 +294,7 @@ def _time_of(value: Any) -> datetime | None:
         return None
 
 
-def _client_time(item: dict[str, Any]) -> Any:
+def client_time(item: dict[str, Any]) -> Any:
     """The message's time by the sending device's clock, as sent (not yet checked to be a time)."""
     return item.get("originalTimestamp") or item.get("timestamp")
 
@@ -312,7 +312,7 @@ def _latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
     cart's wait. Messages with a `sentAt` of their own keep it.
     """
     unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
-    latest = max(filter(None, (_time_of(_client_time(item)) for item in unstamped)), default=None)
+    latest = max(filter(None, (time_of(client_time(item)) for item in unstamped)), default=None)
     if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
         return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
     return latest.isoformat()
@@ -338,17 +338,17 @@ def _skew_corrected(
     would fall before the year 1. It is refused, naming sentAt, rather than
     kept with a time the sender never meant.
     """
-    client_time = _client_time(item)
-    sent, happened = _time_of(sent_at), _time_of(client_time)
+    device_time = client_time(item)
+    sent, happened = time_of(sent_at), time_of(device_time)
     if "receivedAt" in item or sent is None or happened is None:
         return item
     offset = sent - happened
     try:
         corrected = received_at - offset
     except OverflowError:
-        return ItemProblem(index, "sentAt", f"{sent_at!r} is too far from the event's time {client_time!r} "
+        return ItemProblem(index, "sentAt", f"{sent_at!r} is too far from the event's time {device_time!r} "
                                             "to correct it for the device's clock")
-    return {**item, "originalTimestamp": client_time, "timestamp": corrected.isoformat()}
+    return {**item, "originalTimestamp": device_time, "timestamp": corrected.isoformat()}
 
 
 def _utc(moment: datetime) -> datetime:
