@@ -76,12 +76,15 @@ class InboundRequest:
 
     `url` is the full URL as the sender addressed it (HubSpot signs it, query
     string included); `headers` are lower-cased, as HTTP/2 sends them anyway.
+    `client_ip` is the sender's address on the SDK endpoints (None on webhooks,
+    whose sender is a platform's server, no person's).
     """
 
     method: str
     url: str
     headers: Mapping[str, str]
     body: bytes
+    client_ip: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "headers", {name.lower(): value for name, value in self.headers.items()})

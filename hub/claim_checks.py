@@ -108,10 +108,11 @@ class ClaimChecks:
         revoked = [d for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)]
         if not revoked:
             return claimed
-        withdrawn = {delivery.delivery_id for delivery in revoked}
-        withdrawals.withdraw(connection, sorted(withdrawn), now, withdrawals.WITHDRAWN_CONSENT_REVOKED)
-        log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(revoked))
-        self._fall_back(connection, revoked, now)
+        withdrawn = set(withdrawals.withdraw(
+            connection, sorted(delivery.delivery_id for delivery in revoked), now, withdrawals.WITHDRAWN_CONSENT_REVOKED
+        ))
+        log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(withdrawn))
+        self._fall_back(connection, [delivery for delivery in revoked if delivery.delivery_id in withdrawn], now)
         return [delivery for delivery in claimed if delivery.delivery_id not in withdrawn]
 
     def _fall_back(self, connection: Connection, withdrawn: list[Delivery], now: datetime) -> None:
@@ -119,7 +120,7 @@ class ClaimChecks:
         rule names), and leave a decision that reached nobody `unreached`, in the claim's transaction, so a
         crash loses neither. Planning takes the profiles lock, after the claim locked its rows: only for a
         claim that withdrew one, rare (`hub.consent.lock_before_deliveries` says why the order matters)."""
-        if self.fall_back is None:
+        if self.fall_back is None or not withdrawn:
             return
         lock_profiles(connection)
         for delivery in withdrawn:

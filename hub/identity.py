@@ -237,7 +237,12 @@ def _stored_previous_ids(carried: Sequence[Identifier], new: Sequence[Identifier
 def _as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:
     """The carried identifiers of forgotten people as the touchpoint carries them, an alias's `previous_id` under
     that type, so that what stores the touchpoint can leave each out."""
-    return tuple(ident for ident in carried if any(meaning in blocked for meaning in meanings_of(ident))) if blocked else ()
+    return tuple(ident for ident in carried if carried_one_of(ident, blocked)) if blocked else ()
+
+
+def carried_one_of(ident: Identifier, idents: Collection[Identifier]) -> bool:
+    """Whether a carried identifier is one of `idents`, an alias's `previous_id` as either type it may be."""
+    return any(meaning in idents for meaning in meanings_of(ident))
 
 
 def meanings_of(ident: Identifier) -> tuple[Identifier, ...]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import RejectedItem
-from connectors.sources.segment import client_time, time_of, take_message
+from connectors.sources.segment import take_message, time_of
 from hub.config_files import utf8_text
 from hub.errors import ConfigError, ItemProblem
 from hub.model import RawEvent
@@ -170,12 +170,12 @@ def _arrival(event: dict[str, Any]) -> datetime:
 
 
 def _event_time(event: dict[str, Any]) -> datetime:
-    """The message's `timestamp`, else the device's time (`segment.client_time`): RudderStack's SDKs send
-    `originalTimestamp` and leave `timestamp` to the server, and the shipped mappings read
-    `timestamp || originalTimestamp`, so the live hub times such a message by it."""
+    """The message's `timestamp`, else its `originalTimestamp`: RudderStack's SDKs send the device's time there
+    and leave `timestamp` to the server, and the shipped mappings read `timestamp || originalTimestamp`, so the
+    live hub times such a message by it."""
     if "timestamp" in event:
         return _checked_time("timestamp", event["timestamp"])
-    device_time = client_time(event)
+    device_time = event.get("originalTimestamp") or None
     if device_time is None:
         raise ValueError("timestamp: missing; the simulated clock needs every event's time")
     return _checked_time("originalTimestamp", device_time)

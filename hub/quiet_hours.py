@@ -50,13 +50,9 @@ class QuietHours:
     def zone_at_claim(self, traits: dict, stamped: str) -> ZoneInfo:
         """The zone a message comes due in: the profile's `timezone` trait as it is then, since a person may move
         while a message is held overnight, else the zone routing `stamped` on it when it planned it (it may have
-        come from the event's device, which the claim does not see)."""
-        return _loaded(traits.get("timezone")) or self.zone_named(stamped)
-
-    def zone_named(self, name: str) -> ZoneInfo:
-        """`name`'s zone, or the default for a name this process cannot load: a typo in a trait, or a zone
-        newer than this host's tz database, which another node planned the message with."""
-        return _loaded(name) or self.default_zone
+        come from the event's device, which the claim does not see); the default for a stamp this process
+        cannot load (a zone newer than this host's tz database, which another node planned the message with)."""
+        return _loaded(traits.get("timezone")) or _loaded(stamped) or self.default_zone
 
     def why_held(self, traits: dict, touchpoint: dict, local_zone: ZoneInfo) -> str:
         """The reason a delayed message records: the window, the zone it was judged in, and whether that is

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from hub.mapping import Stage, check_expression
+from hub.mapping import JmesPath, Stage
 
 Operator = Literal["eq", "ne", "gt", "gte", "lt", "lte", "in", "exists", "matches"]
 
@@ -75,7 +75,7 @@ class Predicate(Strict):
         ],
     })
 
-    field: str = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
+    field: JmesPath = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
     op: Operator = "eq"
     value: Any = Field(
         None,
@@ -88,8 +88,6 @@ class Predicate(Strict):
     )
 
     _rule: str = PrivateAttr("")
-
-    _field_compiles = field_validator("field")(check_expression)
 
     @property
     def rule(self) -> str:

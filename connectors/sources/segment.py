@@ -69,6 +69,12 @@ ANALYTICS_JS_PATHS: dict[str, str | None] = {
 BATCH_SHARED_FIELDS = ("context", "integrations")
 # Fields about one sending of a message, not the message: a resend (an SDK's retry) changes them.
 TRANSPORT_FIELDS = frozenset({"sentAt", "receivedAt", "writeKey", "_metadata"})
+# Who sent a message from the person's own device, whose address is the person's: Segment's client libraries by
+# `context.library.name`, RudderStack's SDKs by the `channel` they set (web, mobile; server for their server SDKs),
+# and any sender by `context.direct: true`, as Segment's HTTP API docs tell a device calling it directly to say.
+CLIENT_LIBRARIES = frozenset({"analytics.js", "analytics-ios", "analytics-android", "analytics-kotlin",
+                              "analytics-swift", "analytics-react-native", "analytics-xamarin"})
+CLIENT_CHANNELS = frozenset({"web", "mobile"})
 
 
 class SegmentConfig(BaseModel):
@@ -143,11 +149,41 @@ class SegmentSource(Source):
             if isinstance(corrected, ItemProblem):
                 result.rejected.append(RejectedItem(item, [corrected]))
                 continue
-            payload = {**corrected, "receivedAt": received_at.isoformat()}
+            payload = _with_client_ip({**corrected, "receivedAt": received_at.isoformat()}, request.client_ip)
             result.events.append(RawEvent(self.source_id, taken.message_id, payload))
         if not result.events:
             raise BadPayloadError("no valid message in the request", result.problems)
         return result
+
+
+def _with_client_ip(message: dict[str, Any], client_ip: str | None) -> dict[str, Any]:
+    """The message with the request's address as `context.ip` when it was sent from the person's own device and
+    has none, as Segment's servers fill it "for client side events only": analytics.js and the mobile SDKs leave
+    it to them, and without it no destination could place the person. A server library's request comes from the
+    sender's back end, whose address is no person's, so its messages are left as sent; an `ip` a message carries
+    (`0.0.0.0` is how senders opt out) is never replaced. The address is uvicorn's: X-Forwarded-For counts only
+    from the proxies in FORWARDED_ALLOW_IPS. The messageId the inbox deduplicates on was taken before, so a
+    resend from elsewhere is still a duplicate."""
+    context = message.get("context")
+    if client_ip is None or not _sent_from_device(message, context) or (isinstance(context, dict) and context.get("ip")):
+        return message
+    # A new context: a batch's shared `context` is one object under all its messages.
+    return {**message, "context": {**(context if isinstance(context, dict) else {}), "ip": client_ip}}
+
+
+def _sent_from_device(message: dict[str, Any], context: Any) -> bool:
+    if _one_of(message.get("channel"), CLIENT_CHANNELS):
+        return True
+    if not isinstance(context, dict):
+        return False
+    library = context.get("library")
+    return context.get("direct") is True or _one_of(library.get("name") if isinstance(library, dict) else None,
+                                                    CLIENT_LIBRARIES)
+
+
+def _one_of(value: Any, names: frozenset[str]) -> bool:
+    """`value in names` for any JSON value: a list or an object is no name, and no key of a set either."""
+    return isinstance(value, str) and value in names
 
 
 def take_message(
@@ -294,7 +330,7 @@ def time_of(value: Any) -> datetime | None:
         return None
 
 
-def client_time(item: dict[str, Any]) -> Any:
+def _client_time(item: dict[str, Any]) -> Any:
     """The message's time by the sending device's clock, as sent (not yet checked to be a time)."""
     return item.get("originalTimestamp") or item.get("timestamp")
 
@@ -312,7 +348,7 @@ def _latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
     cart's wait. Messages with a `sentAt` of their own keep it.
     """
     unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
-    latest = max(filter(None, (time_of(client_time(item)) for item in unstamped)), default=None)
+    latest = max(filter(None, (time_of(_client_time(item)) for item in unstamped)), default=None)
     if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
         return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
     return latest.isoformat()
@@ -338,7 +374,7 @@ def _skew_corrected(
     would fall before the year 1. It is refused, naming sentAt, rather than
     kept with a time the sender never meant.
     """
-    device_time = client_time(item)
+    device_time = _client_time(item)
     sent, happened = time_of(sent_at), time_of(device_time)
     if "receivedAt" in item or sent is None or happened is None:
         return item

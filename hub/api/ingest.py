@@ -14,13 +14,13 @@ the batch endpoints take bodies up to HUB_MAX_BATCH_BYTES (RudderStack's SDKs
 flush up to 4 MB), single messages and webhooks HUB_MAX_BODY_BYTES.
 
 A client-side SDK's message without `context.ip` gets the request's address
-there, as Segment's servers fill it; see `_with_client_ip`.
+there, as Segment's servers fill it (`connectors.sources.segment`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import replace
 
 import structlog
 from fastapi import APIRouter, Request
@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import InternalError, OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from connectors.base import InboundRequest, ParseResult, Source
+from connectors.base import InboundRequest, Source
 from connectors.sources.segment import ANALYTICS_JS_PATHS, MESSAGE_TYPES
 from hub import ingest, metrics
 from hub.api.body import decoded, read_raw
@@ -53,12 +53,6 @@ ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                415: "unsupported_media_type", 503: "unavailable"}
 # Refusals of a body as it is decoded (a cut-off gzip stream, an unknown Content-Encoding): kept as it came.
 UNDECODABLE = (BadPayloadError, UnsupportedMediaTypeError)
-# Who sent a message from the person's own device, whose address is the person's: Segment's client libraries by
-# `context.library.name`, RudderStack's SDKs by the `channel` they set (web, mobile; server for their server SDKs),
-# and any sender by `context.direct: true`, as Segment's HTTP API docs tell a device calling it directly to say.
-CLIENT_LIBRARIES = frozenset({"analytics.js", "analytics-ios", "analytics-android", "analytics-kotlin",
-                              "analytics-swift", "analytics-react-native", "analytics-xamarin"})
-CLIENT_CHANNELS = frozenset({"web", "mobile"})
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
 
@@ -127,7 +121,7 @@ def _refusals_count_for(request: Request, source: Source) -> Source:
     return source
 
 
-async def _accept(hub: Hub, source: Source, inbound: InboundRequest, client_ip: str | None = None) -> JSONResponse:
+async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     """The request's events committed (or its body quarantined) before the answer; a 503 when the store takes
     nothing now.
 
@@ -138,7 +132,7 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest, client_ip: 
     nothing of the request was kept, and it is safe to send it again.
     """
     try:
-        return await _accepted(hub, source, inbound, client_ip)
+        return await _accepted(hub, source, inbound)
     except STORE_REFUSALS as exc:
         log.error("ingest could not store the request", source=source.source_id, reason=why(exc))
         metrics.EVENTS_REJECTED.labels(source=source.source_id, reason=STORE_UNAVAILABLE).inc()
@@ -149,9 +143,9 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest, client_ip: 
         )
 
 
-async def _accepted(hub: Hub, source: Source, inbound: InboundRequest, client_ip: str | None) -> JSONResponse:
+async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     try:
-        result = _with_client_ip(source.parse(inbound), client_ip)
+        result = source.parse(inbound)
         report = await run_in_threadpool(ingest.accept, hub.store, source.source_id, result, utcnow())
     except (BadPayloadError, RecursionError) as exc:
         # RecursionError: a message refused as too deep is quarantined on its own, written by the json module, which
@@ -170,45 +164,13 @@ async def _accepted(hub: Hub, source: Source, inbound: InboundRequest, client_ip
     return JSONResponse(report.as_response())
 
 
-def _with_client_ip(result: ParseResult, client_ip: str | None) -> ParseResult:
-    """Each client-side message without a `context.ip` given the request's address there, as Segment's servers
-    fill it "for client side events only": analytics.js and the mobile SDKs leave it to them, and without it no
-    destination could place the person. A server library's request comes from the sender's back end, whose
-    address is no person's, so its messages are left as sent; an `ip` a message carries (`0.0.0.0` is how
-    senders opt out) is never replaced. The address is uvicorn's: X-Forwarded-For counts only from the proxies
-    in FORWARDED_ALLOW_IPS. The messageId the inbox deduplicates on was taken before, so a resend from
-    elsewhere is still a duplicate."""
-    if client_ip is None:
-        return result
-    for event in result.events:
-        context = event.payload.get("context")
-        if _sent_from_device(event.payload, context) and not (isinstance(context, dict) and context.get("ip")):
-            # A new context: a batch's shared `context` is one object under all its messages.
-            event.payload["context"] = {**(context if isinstance(context, dict) else {}), "ip": client_ip}
-    return result
-
-
-def _sent_from_device(message: dict[str, Any], context: Any) -> bool:
-    if _one_of(message.get("channel"), CLIENT_CHANNELS):
-        return True
-    if not isinstance(context, dict):
-        return False
-    library = context.get("library")
-    return context.get("direct") is True or _one_of(library.get("name") if isinstance(library, dict) else None,
-                                                    CLIENT_LIBRARIES)
-
-
-def _one_of(value: Any, names: frozenset[str]) -> bool:
-    """`value in names` for any JSON value: a list or an object is no name, and no key of a set either."""
-    return isinstance(value, str) and value in names
-
-
 async def _ingest(request: Request, limit: int) -> JSONResponse:
     hub: Hub = request.app.state.hub
     inbound = await _inbound(request, hub, limit, hub.authenticate)  # Basic auth: the key in a body is unread
     body_keys, kept = without_write_keys(inbound)
     source = _refusals_count_for(request, hub.authenticate(credentials(inbound, body_keys)))
-    return await _accept(hub, source, kept, request.client.host if request.client else None)
+    # The sender's address, for a browser's or a phone's message to carry as `context.ip` (`segment`).
+    return await _accept(hub, source, replace(kept, client_ip=request.client.host if request.client else None))
 
 
 async def _ingest_message(request: Request) -> JSONResponse:

@@ -98,16 +98,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
         return None
     if row.target == FORGOTTEN_TARGET:
         return FORGOTTEN
-    if row.status == "failed" and row.last_error in (withdrawals.WITHDRAWN_IN_UNMERGE, *withdrawals.WITHDRAWN_IN_UNMERGE_BEFORE):
-        return MISADDRESSED
-    if row.status == "failed" and row.last_error == withdrawals.WITHDRAWN_DEVICE_HANDED_ON:
-        return HANDED_ON
-    if row.status == "failed" and (row.last_error or "").startswith(withdrawals.WITHDRAWN_FOLLOWED_UP):
-        return FOLLOWED_UP
+    if row.status == "failed" and (refused := _failed_for_good(connection, delivery_id, row)):
+        return refused
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
-    if refused := _withdrawn_for_good(connection, delivery_id, row):
-        return refused
     readdressed: dict[str, Any] = {}
     if gone := _not_theirs(connection, row, recipient(row.channel, row.target)):
         narrowed = withdrawals.without_recipients(row.target, row.content, gone)
@@ -125,12 +119,18 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
     return row.status
 
 
-def _withdrawn_for_good(connection: Connection, delivery_id: str, row: Row[Any]) -> str | None:
-    """CONSENT_WITHDRAWN or FELL_BACK when the failed delivery must not go again for that (None otherwise).
-    Only failed ones can be either, and only those with a fallback record can have fallen back, so a replay
-    of the dead-letter queue reads nothing more."""
-    if row.status != "failed":
-        return None
+def _failed_for_good(connection: Connection, delivery_id: str, row: Row[Any]) -> str | None:
+    """Why a failed delivery must not go again (None: it may): withdrawn in an unmerge, from a device handed on,
+    by a late follow-up, or for consent still revoked; or its action fell back in its place. Only failed ones
+    can be any of these, and only those with a fallback record can have fallen back, so a replay of the
+    dead-letter queue reads nothing more."""
+    last_error = row.last_error or ""
+    if last_error in (withdrawals.WITHDRAWN_IN_UNMERGE, *withdrawals.WITHDRAWN_IN_UNMERGE_BEFORE):
+        return MISADDRESSED
+    if last_error == withdrawals.WITHDRAWN_DEVICE_HANDED_ON:
+        return HANDED_ON
+    if last_error.startswith(withdrawals.WITHDRAWN_FOLLOWED_UP):
+        return FOLLOWED_UP
     if row.last_error == withdrawals.WITHDRAWN_CONSENT_REVOKED and consent_revoked(
         live_traits(connection, [row.profile_id]).get(row.profile_id, {}), row.channel
     ):

@@ -20,9 +20,9 @@ from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, delete, exists, insert, or_, select, union, update
+from sqlalchemy import Connection, Row, and_, case, delete, exists, insert, or_, select, union, update
 
-from hub.identity import meanings_of
+from hub.identity import carried_one_of, meanings_of
 from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine, withdrawals
@@ -80,7 +80,8 @@ def forget(
     refusals = _refusals_naming(connection, erased)
     refused_at = [touchpoint_id for _, touchpoint_id in refusals]
     linked = _linked_profiles(connection, ids)
-    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, linked, erased, refused_at), erased)
+    gone = set(erased)
+    _scrub_carried_elsewhere(connection, _carried_elsewhere(connection, ids, linked, gone, refused_at), gone)
     _forget_quarantined_events(connection, quarantine.forget_holding(connection, erased))
     # Locked (PostgreSQL; SQLite's writer is serialized already): a claim of one on another node, not yet
     # committed, is waited for and then seen, else its update went out with no erasure planned for its record.
@@ -239,11 +240,11 @@ def _holds(value: Any, holds: Callable[[str], bool]) -> bool:
 
 
 def _carried_elsewhere(
-    connection: Connection, profile_ids: list[str], linked: list[str], erased: list[Identifier], refused_at: list[str]
-) -> list[str]:
-    """Touchpoints of other people that carried one of the erased identifiers: those of the `linked` profiles
-    (`_linked_profiles`) that did, and those whose link to one was refused before it had an owner, among
-    `refused_at` (`_refusals_naming`).
+    connection: Connection, profile_ids: list[str], linked: list[str], gone: set[Identifier], refused_at: list[str]
+) -> list[Row[Any]]:
+    """Touchpoints of other people that carried one of the erased identifiers (`gone`), with what
+    `_scrub_carried_elsewhere` changes: those of the `linked` profiles (`_linked_profiles`) that did, and those
+    whose link to one was refused before it had an owner, among `refused_at` (`_refusals_naming`).
 
     Only a profile the audit trail links to the person can hold such a
     touchpoint, and its touchpoints are read by their profile_id index, never
@@ -251,22 +252,14 @@ def _carried_elsewhere(
     it: an unmerge leaves with the survivor every touchpoint that carried both
     sides' identifiers, not only the one that merged them.
     """
-    refused = select(touchpoints.c.touchpoint_id).where(
-        touchpoints.c.touchpoint_id.in_(refused_at), touchpoints.c.profile_id.not_in(profile_ids)
-    )
-    found = set(connection.execute(refused).scalars())
-    gone = set(erased)
-    rows = connection.execute(
-        select(touchpoints.c.touchpoint_id, touchpoints.c.identifiers).where(touchpoints.c.profile_id.in_(linked))
-    )
-    found.update(touchpoint_id for touchpoint_id, carried in rows if any(_erased(pair, gone) for pair in carried))
-    return sorted(found)
-
-
-def _erased(pair: Sequence[str], gone: set[Identifier]) -> bool:
-    """Whether a touchpoint's stored (type, value) is one of the `gone` identifiers: an alias's previousId is stored
-    as carried, and is gone as either type it may be (`meanings_of`)."""
-    return any(meaning in gone for meaning in meanings_of(Identifier(*pair)))
+    columns = (touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
+               touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context)
+    refused = select(*columns).where(touchpoints.c.touchpoint_id.in_(refused_at), touchpoints.c.profile_id.not_in(profile_ids))
+    found = {row.touchpoint_id: row for row in connection.execute(refused)}
+    for row in connection.execute(select(*columns).where(touchpoints.c.profile_id.in_(linked))):
+        if any(carried_one_of(Identifier(*pair), gone) for pair in row.identifiers):
+            found[row.touchpoint_id] = row
+    return [found[touchpoint_id] for touchpoint_id in sorted(found)]
 
 
 def _refusals_naming(connection: Connection, erased: list[Identifier]) -> list[tuple[int, str]]:
@@ -307,7 +300,7 @@ def _dropped_events_holding(connection: Connection, erased: list[Identifier]) ->
     return [row.id for row in rows if row.payload and holds(json.dumps(row.payload, ensure_ascii=False).encode())]
 
 
-def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], erased: list[Identifier]) -> None:
+def _scrub_carried_elsewhere(connection: Connection, rows: list[Row[Any]], gone: set[Identifier]) -> None:
     """Take the erased identifiers out of other people's touchpoints that carried them, and their values out of
     those touchpoints' fields and their owners' traits (which may have taken them from such a touchpoint).
 
@@ -316,18 +309,12 @@ def _scrub_carried_elsewhere(connection: Connection, touchpoint_ids: list[str], 
     from the normalized identifier. Fields are matched on the normalized value
     in any case, and a phone also however it is written (`hub.pii.without_values`).
     """
-    if not touchpoint_ids or not erased:
+    if not rows or not gone:
         return
-    gone = set(erased)
-    values = address_values(erased)
-    rows = connection.execute(
-        select(touchpoints.c.touchpoint_id, touchpoints.c.profile_id, touchpoints.c.inbox_id, touchpoints.c.identifiers,
-               touchpoints.c.properties, touchpoints.c.traits, touchpoints.c.context)
-        .where(touchpoints.c.touchpoint_id.in_(touchpoint_ids))
-    ).all()
+    values = address_values(gone)
     for row in rows:
         connection.execute(update(touchpoints).where(touchpoints.c.touchpoint_id == row.touchpoint_id).values(
-            identifiers=[pair for pair in row.identifiers if not _erased(pair, gone)],
+            identifiers=[pair for pair in row.identifiers if not carried_one_of(Identifier(*pair), gone)],
             properties=without_values(row.properties, values), traits=without_values(row.traits, values),
             context=without_values(row.context, values),
         ))

@@ -57,25 +57,19 @@ def withdraw(
     """
     if not delivery_ids:
         return []
-    withdrawn = list(connection.execute(
+    withdrawn = sorted(connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids), deliveries.c.status.in_(statuses))
-        .values(status="failed", last_error=reason, updated_at=now).returning(deliveries.c.delivery_id)
-    ).scalars())
-    if fall_back is not None and withdrawn:
-        for delivery in _with_fallbacks(connection, withdrawn):
-            fall_back(connection, delivery, reason, now)
-    return withdrawn
-
-
-def _with_fallbacks(connection: Connection, delivery_ids: Sequence[str]) -> list[Delivery]:
-    """The deliveries among `delivery_ids` whose action has fallbacks left (`FALLBACK` in their content)."""
-    rows = connection.execute(
-        select(
+        .values(status="failed", last_error=reason, updated_at=now)
+        .returning(  # as `Delivery` takes them, for `fall_back`
             deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
             deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
-        ).where(deliveries.c.delivery_id.in_(delivery_ids)).order_by(deliveries.c.delivery_id)
-    )
-    return [Delivery(*row) for row in rows if FALLBACK in row.content]
+        )
+    ).all(), key=lambda row: row.delivery_id)
+    if fall_back is not None:
+        for row in withdrawn:
+            if FALLBACK in row.content:
+                fall_back(connection, Delivery(*row), reason, now)
+    return [row.delivery_id for row in withdrawn]
 
 
 def drop_recipient(

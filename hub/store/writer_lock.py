@@ -30,7 +30,6 @@ from time import monotonic
 from sqlalchemy import Engine
 
 from hub.errors import StoreBusyError
-from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
 
 # /proc/locks (Linux) lists each lock with its holder's pid; a waiter's line has "->" where the lock's kind is.
 PROC_LOCKS = "/proc/locks"
@@ -51,7 +50,7 @@ class WriterLock:
         pass
 
 
-def writer_lock(engine: Engine, timeout: float = SQLITE_LOCK_TIMEOUT_SECONDS) -> WriterLock:
+def writer_lock(engine: Engine, timeout: float) -> WriterLock:
     """The lock `Store.write` holds around each write transaction on this engine; a writer waits `timeout` seconds
     for it at most."""
     if engine.dialect.name != "sqlite":
