@@ -131,11 +131,13 @@ def test_a_reopened_wait_still_ends_at_its_own_sides_follow_up(tmp_path: Path, s
 
 
 def test_a_wait_superseded_by_the_other_persons_nudge_is_reopened(tmp_path: Path, sandbox: SandboxProviders) -> None:
-    """Amy's cart nudge fired; Bo's cart, inside Amy's wait but taken in after that nudge (a late batch), was
-    then superseded by it. Split, Amy's nudge is not Bo's: Bo's timer fires his own."""
+    """Amy's cart nudge fired and went; Bo's cart, inside Amy's wait but taken in after that nudge (a late batch),
+    was then superseded by it. Split, Amy's nudge is not Bo's: Bo's timer fires his own. (Had Amy's email not gone
+    yet, Bo's late cart would have withdrawn it instead: `timer_arming.withdraw_followed_up`.)"""
     hub = sandboxed_hub(tmp_path, sandbox)
     take_in(hub, *BAD_LINK, message(**AMY, event="Cart Viewed", timestamp=ago(minutes=5)))
     fire_timers(hub)
+    deliver(hub)
     take_in(hub, message(**BO, event="Cart Viewed", timestamp=ago(minutes=4)))
     fire_timers(hub)
     with hub.store.read() as connection:
