@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from connectors.base import RejectedItem
-from connectors.sources.segment import take_message, time_of
+from connectors.sources.segment import take_message
+from connectors.sources.segment_times import time_of
 from hub.config_files import utf8_text
 from hub.errors import ConfigError, ItemProblem
 from hub.model import RawEvent
@@ -157,7 +158,7 @@ def _arrival(event: dict[str, Any]) -> datetime:
 
     An SDK's offline queue sends an event minutes after its `timestamp`: the live hub cannot take it in before
     its `sentAt`, so the timers due meanwhile fire first. Taken in at `sentAt`, live ingest's clock correction
-    (`segment._skew_corrected`) leaves its `timestamp` as it is, so the lab need not apply it. With `sentAt`
+    (`segment_times.skew_corrected`) leaves its `timestamp` as it is, so the lab need not apply it. With `sentAt`
     before `timestamp` (a clock that stepped) the correction dates the event after it arrived, and `normalize`
     takes such a time back to the arrival, here the `timestamp`: the same time again. A message with
     `receivedAt` already passed through a hub that corrected it, and live ingest leaves it as it is too; a
@@ -182,7 +183,7 @@ def _event_time(event: dict[str, Any]) -> datetime:
 
 
 def _checked_time(field: str, value: Any) -> datetime:
-    """`value` in UTC as the Segment source reads it (`segment.time_of`: no offset means UTC), or ValueError
+    """`value` in UTC as the Segment source reads it (`segment_times.time_of`: no offset means UTC), or ValueError
     naming `field`. A time outside the years 1-9999 once in UTC (9999-12-31T23:00-05:00) is one the live hub
     quarantines (`normalize._parsed_time`); the simulated clock cannot stand on it, as the store keeps UTC."""
     at = time_of(value)

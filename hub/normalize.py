@@ -99,7 +99,7 @@ def _sent_time(value: Any, received_at: datetime) -> datetime:
 
     The touchpoint's `occurred_at` is this time, but no later than `received_at`: an event cannot have
     happened after the hub received it, so a later time is the sender's clock running fast (a webhook
-    platform's, or an SDK message without `sentAt`, which `segment._skew_corrected` cannot correct). Kept,
+    platform's, or an SDK message without `sentAt`, which `segment_times.skew_corrected` cannot correct). Kept,
     it would anchor a cart's two-minute wait ten minutes ahead, and the checkout sent a minute later by a
     source with a correct clock would fall before the cart and not end the wait: a buyer nudged to come
     back. No tolerance for clocks a few seconds apart is safe: the checkout would then have to come more
@@ -120,7 +120,7 @@ def _sent_time(value: Any, received_at: datetime) -> datetime:
 
 def _with_sender_time(context: dict[str, Any], sent_time: datetime, received_at: datetime) -> dict[str, Any]:
     """The touchpoint's context with the sender's own time under `SENDER_TIME_KEY` when `occurred_at` was moved
-    back from it, as `segment._skew_corrected` keeps a device's time: ops can see whose clock is wrong. A
+    back from it, as `segment_times.skew_corrected` keeps a device's time: ops can see whose clock is wrong. A
     value the mapping already put there is the sender's and is left alone."""
     if sent_time <= received_at or SENDER_TIME_KEY in context:
         return context

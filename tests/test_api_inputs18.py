@@ -23,7 +23,7 @@ from connectors.sources.generic_hmac import GenericHmacSource
 from connectors.sources.hubspot import HubSpotSource
 from connectors.sources.rudderstack import RudderStackSource
 from connectors.sources.segment import take_message
-from connectors.webhooks import MAX_JSON_DEPTH
+from connectors.storable_json import MAX_JSON_DEPTH
 from hub import ingest
 from hub.clock import utcnow
 from hub.errors import BadPayloadError

@@ -20,7 +20,7 @@ from connectors.destinations.salesforce import SalesforceDestination
 from connectors.sandbox.fcm import FakeFcm
 from connectors.sandbox.fcm import create_app as fcm_app
 from connectors.sandbox.salesforce import FakeSalesforce
-from connectors.sandbox.salesforce import create_app as salesforce_app
+from connectors.sandbox.salesforce_api import create_app as salesforce_app
 from hub.errors import AuthDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer

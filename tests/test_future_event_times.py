@@ -103,7 +103,7 @@ def test_two_product_views_a_minute_apart_count_together_whatever_the_first_ones
 def test_the_touchpoint_shows_it_happened_when_the_hub_received_it(running_hub: RunningHub) -> None:
     """An SDK message without `sentAt`, dated 10 minutes ahead. Before, the touchpoint was stored and shown as
     happening 10 minutes after the hub received it; now its batch is taken as sent at its latest time
-    (`segment._latest_if_ahead`), the device's own time kept as `originalTimestamp`, as for `sentAt`."""
+    (`segment_times.latest_if_ahead`), the device's own time kept as `originalTimestamp`, as for `sentAt`."""
     sent_time = (utcnow() + FAST).replace(microsecond=0)
     assert running_hub.send(message(userId="amy", event="Cart Viewed", timestamp=sent_time.isoformat())).status_code == 200
     running_hub.settle()

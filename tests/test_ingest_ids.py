@@ -24,7 +24,7 @@ from connectors.sources.journey_map import JourneyMapSource
 from connectors.sources.rudderstack import RudderStackSource
 from connectors.sources.segment import SegmentSource
 from connectors.sources.standard_webhooks import StandardWebhooksSource
-from connectors.webhooks import text_problem
+from connectors.storable_json import text_problem
 from hub.errors import BadPayloadError
 from hub.settings import PROJECT_MAPPINGS
 from tests.conftest import WRITE_KEY, RunningHub

@@ -12,7 +12,8 @@ import pytest
 
 from connectors.destinations.salesforce import SalesforceDestination
 from connectors.sandbox.providers import SandboxProviders
-from connectors.sandbox.salesforce import FakeSalesforce, create_app
+from connectors.sandbox.salesforce import FakeSalesforce
+from connectors.sandbox.salesforce_api import create_app
 from hub.attempt_outcomes import AttemptOutcomes
 from hub.delivery_policy import DeliveryPolicyFile, PolicyBook
 from hub.errors import PermanentDeliveryError

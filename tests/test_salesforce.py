@@ -16,7 +16,8 @@ from simple_salesforce.exceptions import SalesforceMalformedRequest
 from connectors.destinations.requests_transport import VendorAdapter
 from connectors.destinations.salesforce import SalesforceDestination
 from connectors.destinations.salesforce_params import SALESFORCE_ORIGIN
-from connectors.sandbox.salesforce import FakeSalesforce, create_app, new_record_id
+from connectors.sandbox.salesforce import FakeSalesforce, new_record_id
+from connectors.sandbox.salesforce_api import create_app
 from hub.errors import AuthDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer

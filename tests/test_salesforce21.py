@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from connectors.destinations.salesforce import SalesforceDestination
-from connectors.sandbox.salesforce import FakeSalesforce, create_app
+from connectors.sandbox.salesforce import FakeSalesforce
+from connectors.sandbox.salesforce_api import create_app
 from hub.errors import PermanentDeliveryError, RetryableDeliveryError
 from hub.model import Delivery
 from hub.serving import BackgroundServer

@@ -13,7 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from connectors.sandbox import fcm, salesforce, webhooks
+from connectors.sandbox import fcm, salesforce, salesforce_api, webhooks
 from connectors.sandbox.smtp import FakeSmtp, SmtpServer
 from connectors.sandbox.twilio import FakeTwilio, create_app
 from hub.serving import BackgroundServer
@@ -26,7 +26,7 @@ class SandboxProviders:
         self.twilio = FakeTwilio()
         self._twilio_server = BackgroundServer(create_app(self.twilio))
         self.salesforce = salesforce.FakeSalesforce()
-        self._salesforce_server = BackgroundServer(salesforce.create_app(self.salesforce))
+        self._salesforce_server = BackgroundServer(salesforce_api.create_app(self.salesforce))
         self.fcm = fcm.FakeFcm()
         self._fcm_server = BackgroundServer(fcm.create_app(self.fcm))
         self.webhooks = webhooks.FakeWebhookReceiver()

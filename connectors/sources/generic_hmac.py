@@ -18,6 +18,7 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import InboundRequest, ParseResult, Source
+from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     Algorithm,
@@ -26,8 +27,6 @@ from connectors.webhooks import (
     check_timestamp,
     json_events,
     json_value,
-    may_hold_unstorable_text,
-    may_nest_too_deep,
     require_header,
     secrets_in_use,
     sign,

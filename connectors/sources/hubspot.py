@@ -24,18 +24,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import InboundRequest, ParseResult, RejectedItem, Source
+from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep, storage_problem
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     check_signature,
     check_timestamp,
     json_value,
-    may_hold_unstorable_text,
-    may_nest_too_deep,
     require_header,
     secrets_in_use,
     sign,
     storable_message_id,
-    storage_problem,
 )
 from hub.errors import BadPayloadError, ItemProblem
 from hub.model import RawEvent

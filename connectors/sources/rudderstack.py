@@ -18,7 +18,8 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.webhooks import json_events, json_value, may_hold_unstorable_text, may_nest_too_deep, require_header
+from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep
+from connectors.webhooks import json_events, json_value, require_header
 from hub.errors import AuthenticationError
 from hub.signing_secrets import CurrentSecret
 

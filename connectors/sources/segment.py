@@ -11,7 +11,8 @@ Segment's Webhooks destination posts one message per request to
 body in ``X-Signature`` (hex HMAC-SHA1). That signature covers no timestamp,
 so replays are stopped by the messageId deduplication of the inbox instead.
 A source configured with only a shared secret takes signed requests only, and
-does not answer the SDK endpoints.
+does not answer the SDK endpoints. A message's times, and their correction
+for the device's clock, are `segment_times`'.
 """
 
 from __future__ import annotations
@@ -32,22 +33,19 @@ from connectors.base import (
     matches_digest,
     secret_digest,
 )
+from connectors.sources.segment_times import batch_sent_at, is_timestamp, latest_if_ahead, skew_corrected
+from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep, refuse_deep_envelope, storage_problem
 from connectors.webhooks import (
     MAX_MESSAGE_ID,
     PREVIOUS_SECRET_HELP,
     check_signature,
     json_value,
-    may_hold_unstorable_text,
-    may_nest_too_deep,
     payload_message_id,
-    refuse_deep_envelope,
     require_header,
     secrets_in_use,
     sign,
-    storage_problem,
 )
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
-from hub.normalize import EVENT_TIME_SPAN
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 from hub.signing_secrets import CurrentSecret
@@ -133,8 +131,8 @@ class SegmentSource(Source):
         else:
             items = [{**document, "type": document.get("type") or message_type or None}]
         received_at = datetime.now(timezone.utc)
-        sent_at = _batch_sent_at(document) if message_type is None else None
-        batch_sent_at = sent_at or _latest_if_ahead(items, received_at)
+        sent_at = batch_sent_at(document) if message_type is None else None
+        request_sent_at = sent_at or latest_if_ahead(items, received_at)
         result = ParseResult()
         for index, item in enumerate(items):
             taken = take_message(
@@ -145,7 +143,7 @@ class SegmentSource(Source):
                 result.rejected.append(taken)
                 continue
             where = index if message_type is None else None
-            corrected = _skew_corrected(item, item.get("sentAt") or batch_sent_at, received_at, where)
+            corrected = skew_corrected(item, item.get("sentAt") or request_sent_at, received_at, where)
             if isinstance(corrected, ItemProblem):
                 result.rejected.append(RejectedItem(item, [corrected]))
                 continue
@@ -238,16 +236,6 @@ def _deep_merged(base: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _batch_sent_at(document: dict[str, Any]) -> Any:
-    """The batch's `sentAt` (where analytics-python, analytics-java and RudderStack's SDKs put it), refused when it
-    is no time: ignored, its messages would go uncorrected for the device's clock with no word of why."""
-    sent_at = document.get("sentAt")
-    if "sentAt" in document and not _is_timestamp(sent_at):
-        raise BadPayloadError(f"sentAt: the batch's {sent_at!r} is not an ISO-8601 timestamp; send the time the "
-                              "batch was sent, or no sentAt")
-    return sent_at
-
-
 def basic_auth_user(header: str) -> str | None:
     """The user name of an HTTP Basic Authorization header: where Segment SDKs send the write key."""
     scheme, _, encoded = header.partition(" ")
@@ -300,7 +288,7 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool)
     if required and not _present(item.get(required)):
         problems.append(ItemProblem(index, required, f"is required for {kind} messages"))
     for name in TIME_FIELDS:
-        if name in item and not _is_timestamp(item[name]):
+        if name in item and not is_timestamp(item[name]):
             problems.append(ItemProblem(index, name, f"{item[name]!r} is not an ISO-8601 timestamp"))
     for name in OBJECT_FIELDS:  # null is absent: SDKs in some languages send it for a map never set
         if item.get(name) is not None and not isinstance(item[name], dict):
@@ -314,82 +302,6 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool)
 
 def _present(value: Any) -> bool:
     return isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip() != ""
-
-
-def _is_timestamp(value: Any) -> bool:
-    return time_of(value) is not None
-
-
-def time_of(value: Any) -> datetime | None:
-    """An ISO-8601 text as a UTC datetime (naive is UTC), parsed once; None for anything else."""
-    if not isinstance(value, str):
-        return None
-    try:
-        return _utc(datetime.fromisoformat(value))
-    except ValueError:
-        return None
-
-
-def _client_time(item: dict[str, Any]) -> Any:
-    """The message's time by the sending device's clock, as sent (not yet checked to be a time)."""
-    return item.get("originalTimestamp") or item.get("timestamp")
-
-
-def _latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
-    """For a request without `sentAt`: its latest message time if that is after the hub received it, as the
-    time it was sent, or None.
-
-    A sender cannot send a message before it happened, so a request dated
-    ahead came from a clock running fast by at least that much. Taken as
-    `sentAt`, it moves every message of the request back by the same amount
-    (`_skew_corrected`), keeping their order and spacing. Each message pulled
-    back to the time received on its own (`normalize`) would meet the others
-    at one instant, where a checkout sent with its cart no longer ends the
-    cart's wait. Messages with a `sentAt` of their own keep it.
-    """
-    unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
-    latest = max(filter(None, (time_of(_client_time(item)) for item in unstamped)), default=None)
-    if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
-        return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
-    return latest.isoformat()
-
-
-def _skew_corrected(
-    item: dict[str, Any], sent_at: Any, received_at: datetime, index: int | None
-) -> dict[str, Any] | ItemProblem:
-    """The message with `timestamp` corrected for the sending device's clock, as Segment's API does:
-    `receivedAt - (sentAt - originalTimestamp)`, the device's own time kept as `originalTimestamp`.
-
-    A phone whose clock is three minutes slow otherwise sends a cart event that
-    is already three minutes old: its two-minute wait is over on arrival, and
-    the nudge goes out while the person is still shopping. The correction
-    keeps the gap between the event and its sending (an offline queue, a
-    historical import), so it moves a time only by the clock's error and the
-    network's delay. Messages that already passed through Segment or
-    RudderStack (a Webhooks destination) carry their `receivedAt` and a
-    corrected `timestamp`: they are left as they are.
-
-    A message sent thousands of years after its event (sentAt 9999, timestamp
-    0001) has no time to correct to: no clock is that wrong, and the result
-    would fall before the year 1. It is refused, naming sentAt, rather than
-    kept with a time the sender never meant.
-    """
-    device_time = _client_time(item)
-    sent, happened = time_of(sent_at), time_of(device_time)
-    if "receivedAt" in item or sent is None or happened is None:
-        return item
-    offset = sent - happened
-    try:
-        corrected = received_at - offset
-    except OverflowError:
-        return ItemProblem(index, "sentAt", f"{sent_at!r} is too far from the event's time {device_time!r} "
-                                            "to correct it for the device's clock")
-    return {**item, "originalTimestamp": device_time, "timestamp": corrected.isoformat()}
-
-
-def _utc(moment: datetime) -> datetime:
-    """Naive times, which the spec's ISO-8601 allows, are UTC."""
-    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
 
 
 def _message_id(item: dict[str, Any]) -> str:

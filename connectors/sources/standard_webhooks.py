@@ -17,17 +17,16 @@ from datetime import datetime, timezone
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from connectors.base import InboundRequest, ParseResult, Source
+from connectors.storable_json import may_hold_unstorable_text, text_problem
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     check_signature,
     check_timestamp,
     json_document,
-    may_hold_unstorable_text,
     payload_message_id,
     require_header,
     sign,
     storable_message_id,
-    text_problem,
 )
 from hub.errors import BadPayloadError
 from hub.model import RawEvent

@@ -56,7 +56,7 @@ def json_response(answer: dict[str, Any]) -> Response:
 
     pydantic gives up past 255 levels ("Maximum serialization depth
     exceeded"), and events stored before ingest refused nesting past
-    `connectors.webhooks.MAX_JSON_DEPTH` may nest up to ~1,000 deep: one such
+    `connectors.storable_json.MAX_JSON_DEPTH` may nest up to ~1,000 deep: one such
     event made every page showing it a 500 (the touchpoints, its person's
     profile and timeline). The json module writes as deep as Python recurses,
     which on a worker thread's short stack is as deep as the store wrote it.
