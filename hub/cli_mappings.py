@@ -93,12 +93,10 @@ def _checked_mapping(path: Path, identity: IdentityConfig) -> Mapping:
     hub would refuse; ConfigError with each problem at its line, as `mappings check` prints it."""
     from hub.config_files import with_line
     from hub.errors import ConfigError
-    from hub.mapping import load_mapping
-    from hub.mappings_folder import check_identifier_types
+    from hub.mappings_folder import checked_mapping
 
     try:
-        mapping = load_mapping(path)
-        check_identifier_types(identity, path, mapping)
+        mapping = checked_mapping(identity, path)
     except ConfigError as exc:
         raise ConfigError([with_line(problem, path) for problem in exc.problems]) from None
     return mapping

@@ -7,9 +7,10 @@ typo in production degrades nothing. That holds for a failure of any kind
 not only for the problems the loader names. Files are checked at most every
 `check_seconds` (one `stat` per file), which keeps the per-event cost nil.
 
-A save goes through the same checks at reload as at start-up (the loader and the
-catalog's `check`, e.g. identifier types against identity.yaml): a save taken live
-that a restart then refuses would leave the hub unable to start on its own files.
+A save goes through the same checks at reload as at start-up (the catalog's
+`load`, which the hub gives identifier types to check against identity.yaml): a
+save taken live that a restart then refuses would leave the hub unable to start
+on its own files.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from hub.mapping import Mapping, load_mapping
 
 log = structlog.get_logger(__name__)
 
-# Checks a loaded mapping against the rest of the hub (the file it came from, the mapping); ConfigError refuses it.
-MappingCheck = Callable[[Path, Mapping], None]
+# Loads a mapping file and checks it against the rest of the hub; ConfigError refuses it.
+MappingLoad = Callable[[Path], Mapping]
 
 
 @dataclass
@@ -43,12 +44,12 @@ class MappingCatalog(MappingABC[str, Mapping]):
     """Source id -> active Mapping; behaves as a read-only dict for the pipeline."""
 
     def __init__(
-        self, folder: Path, files: dict[str, str], check_seconds: float, check: MappingCheck | None = None
+        self, folder: Path, files: dict[str, str], check_seconds: float, load: MappingLoad = load_mapping
     ) -> None:
         self.folder = folder
         self.files = dict(files)
         self.check_seconds = check_seconds
-        self.check = check
+        self.load = load  # start-up and reload take a file the same way
         self._lock = threading.Lock()
         self._next_check = time.monotonic() + check_seconds
         self._loaded: dict[str, _Loaded] = {}
@@ -56,7 +57,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
         for name in sorted(set(files.values())):
             path = folder / name
             try:
-                self._loaded[name] = _Loaded(self._load(path), _stamp(path))
+                self._loaded[name] = _Loaded(self.load(path), _stamp(path))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if problems:
@@ -91,7 +92,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
                     continue
                 loaded.stamp = stamp
                 try:
-                    mapping = self._load(path)
+                    mapping = self.load(path)
                 except Exception as exc:  # whatever a reload meets must not reach the pipeline's workers
                     refused.append(name)
                     log.warning("mapping change refused; the last good version stays active",
@@ -101,13 +102,6 @@ class MappingCatalog(MappingABC[str, Mapping]):
                     log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
                 loaded.mapping = mapping
         return refused
-
-    def _load(self, path: Path) -> Mapping:
-        """The mapping in `path` as start-up and reload both take it: loaded, then checked."""
-        mapping = load_mapping(path)
-        if self.check is not None:
-            self.check(path, mapping)
-        return mapping
 
 
 def _stamp(path: Path) -> tuple[int, int]:

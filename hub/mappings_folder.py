@@ -19,7 +19,7 @@ from hub.delivery_policy import DeliveryPolicyFile, check_destination_ids, load_
 from hub.errors import ConfigError, collect
 from hub.identity import PREVIOUS_ID
 from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
-from hub.mapping import Mapping as SourceMapping
+from hub.mapping import Mapping as SourceMapping, load_mapping
 from hub.mapping_catalog import MappingCatalog
 from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
 from hub.rule_lines import RuleLines
@@ -57,8 +57,8 @@ def load_mappings_folder(
     """
     problems: list[str] = []
     identity = collect(problems, lambda: identity_config_in(folder))
-    check = partial(check_identifier_types, identity) if identity is not None else None
-    mappings = collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds, check))
+    load = partial(checked_mapping, identity) if identity is not None else load_mapping
+    mappings = collect(problems, lambda: MappingCatalog(folder, dict(mapping_files), mappings_reload_seconds, load))
     templates = TemplateRenderer(folder / "templates", rules_reload_seconds)
     router = collect(problems, lambda: Router(
         load_routes(folder / "routes.yaml"), templates, policy, configured=served, destinations=registry.destinations,
@@ -75,6 +75,14 @@ def load_mappings_folder(
     assert mappings is not None and identity is not None and router is not None
     assert rulebook is not None and policy_file is not None
     return MappingsFolder(mappings, identity, router, rulebook, policy_file)
+
+
+def checked_mapping(identity: IdentityConfig, path: Path) -> SourceMapping:
+    """The mapping in `path` as the hub takes it at start-up, at each reload and in a draft preview: loaded, its
+    identifier types checked against identity.yaml."""
+    mapping = load_mapping(path)
+    check_identifier_types(identity, path, mapping)
+    return mapping
 
 
 def check_identifier_types(identity: IdentityConfig, path: Path, mapping: SourceMapping) -> None:

@@ -60,7 +60,7 @@ def mask_email(address: str) -> str:
 
 def mask_text(text: str) -> str:
     """Mask every email address and phone number found in free text."""
-    return _PHONE.sub(lambda m: mask_phone(m.group(0)), _EMAIL.sub(lambda m: f"{m.group(1)}***@{m.group(2)}", text))
+    return _PHONE.sub(lambda m: mask_phone(m.group(0)), _EMAIL.sub(lambda m: mask_email(m.group(0)), text))
 
 
 def mask_value(value: Any) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
-from itertools import takewhile
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _WINDOW = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
@@ -58,11 +57,14 @@ class QuietHours:
         """The reason a delayed message records: the window, the zone it was judged in, and whether that is
         the person's own (a name that is no zone gave way to the next, the device's or the default: ops should see it)."""
         reason = f"quiet hours {self.start:%H:%M}-{self.end:%H:%M} in {local_zone.key}"
-        named = _named_zones(traits, touchpoint)
-        unknown = list(takewhile(lambda whose: _loaded(named[whose]) is None, named))
+        unknown, used = [], "the default"
+        for whose, name in _named_zones(traits, touchpoint).items():
+            if _loaded(name) is not None:
+                used = whose
+                break
+            unknown.append(f"{whose} {name!r} is not a known zone")
         if unknown:
-            used = list(named)[len(unknown)] if len(unknown) < len(named) else "the default"
-            reason += f" ({'; '.join(f'{whose} {named[whose]!r} is not a known zone' for whose in unknown)}; {used} was used)"
+            reason += f" ({'; '.join(unknown)}; {used} was used)"
         return reason
 
     def release_time(self, at: datetime, local_zone: ZoneInfo) -> datetime | None:

@@ -21,29 +21,22 @@ from hub.errors import ConfigError
 from hub.mapping import load_mapping
 from hub.normalize import normalize
 from hub.settings import PROJECT_MAPPINGS
-from tests.conftest import RunningHub, make_settings, serve_hub
+from tests.conftest import RunningHub, hub_with_source
 
 SECRET = "form-secret"
-SOURCES = """
-sources:
-  - id: forms
-    connector: generic_hmac
-    secrets: {secret: HUB_SRC_FORMS_SECRET}
-    config: {events: events, message_id: "join('-', [form, id])"}
-  - id: sorted-forms
-    connector: generic_hmac
-    secrets: {secret: HUB_SRC_FORMS_SECRET}
-    config: {events: "sort_by(events, &at)"}
-"""
+FORMS = "{id: forms, connector: generic_hmac, secrets: {secret: HUB_SRC_FORMS_SECRET}, " \
+        "config: {events: events, message_id: \"join('-', [form, id])\"}}"
+SORTED_FORMS = "{id: sorted-forms, connector: generic_hmac, secrets: {secret: HUB_SRC_FORMS_SECRET}, " \
+               "config: {events: \"sort_by(events, &at)\"}}"
 
 
 @pytest.fixture
 def forms_hub(
-    tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[RunningHub]:
-    (mappings_dir / "sources.yaml").write_text(SOURCES)
-    monkeypatch.setenv("HUB_SRC_FORMS_SECRET", SECRET)
-    with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides()), sandbox) as hub:
+    """A hub with the generic HMAC source the test names (`indirect` parametrization: FORMS or SORTED_FORMS)."""
+    with hub_with_source(tmp_path, mappings_dir, sandbox, monkeypatch, request.param, {"HUB_SRC_FORMS_SECRET": SECRET}) as hub:
         yield hub
 
 
@@ -54,6 +47,7 @@ def post_signed(hub: RunningHub, source_id: str, document: Any) -> tuple[bytes, 
     return body, hub.client.post(f"/v1/webhooks/{source_id}", content=body, headers=headers)
 
 
+@pytest.mark.parametrize("forms_hub", [FORMS], indirect=True, ids=["forms"])
 def test_a_message_id_expression_failing_on_one_event_refuses_that_event_alone(forms_hub: RunningHub) -> None:
     """`join` of a number id raised out of parse(): the signed request was a 500, which the platform resent for
     ever, and the hub kept neither event."""
@@ -71,6 +65,7 @@ def test_a_message_id_expression_failing_on_one_event_refuses_that_event_alone(f
     assert (kept["stage"], json.loads(kept["raw_body"])) == ("item", events[0])
 
 
+@pytest.mark.parametrize("forms_hub", [SORTED_FORMS], indirect=True, ids=["sorted-forms"])
 def test_an_events_expression_failing_on_the_body_is_a_400_and_the_body_quarantined(forms_hub: RunningHub) -> None:
     """`sort_by` over a number and a string raised out of parse(): a 500, resent for ever, nothing kept."""
     body, answer = post_signed(forms_hub, "sorted-forms", {"events": [{"at": 1, "user_id": "u1"}, {"at": "2", "user_id": "u2"}]})

@@ -166,7 +166,7 @@ def batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
         message=f"no device reached ({len(failures)} tried): {chosen[0].message}",
         provider_code=chosen[0].code if chosen[0].from_fcm else None,
         retry_after=max(waits) if waits else None,
-        response_summary=_summary(failures, dead),
+        response_summary=summary(failures, dead),
     ))
 
 
@@ -186,10 +186,10 @@ def wrong_sender(failures: list[TokenFailure]) -> AuthDeliveryError | None:
                  "likely not the app's: check that the service-account key (HUB_FCM_CREDENTIALS_FILE) and "
                  "HUB_FCM_PROJECT_ID name the app's project, then replay. The tokens were kept"),
         provider_code=SENDER_ID_MISMATCH,
-        response_summary=_summary(failures, dead=0),
+        response_summary=summary(failures, dead=0),
     ))
 
 
-def _summary(failures: list[TokenFailure], dead: int) -> dict[str, Any]:
-    """What a send no device took keeps of FCM's answers: each token's code, the token masked."""
+def summary(failures: list[TokenFailure], dead: int) -> dict[str, Any]:
+    """What a send keeps of FCM's refusals: each token's code, the token masked, and how many tokens were dead."""
     return {"errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": dead}

@@ -172,8 +172,7 @@ class FcmPushDestination(Destination):
             self._forget([f.token for f in dead if f.code == code], DEAD_TOKEN_REASONS.get(code, f"FCM answered {code}"))
         if ids:
             return SendResult(status="sent", provider_message_id=ids[0], response_summary={
-                "sent": len(ids), "failed": len(failures), "message_ids": ids,
-                "errors": {mask_token(f.token): f.code for f in failures}, "dead_tokens": len(dead),
+                "sent": len(ids), "failed": len(failures), "message_ids": ids, **fcm_errors.summary(failures, len(dead)),
             })
         raise fcm_errors.batch_error(failures, dead=len(dead))
 

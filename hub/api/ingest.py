@@ -34,7 +34,9 @@ from hub import ingest, metrics
 from hub.api.body import decoded, read_raw
 from hub.api.write_keys import credentials, without_write_keys
 from hub.clock import utcnow
-from hub.errors import BadPayloadError, IngestError, StoreBusyError, UnknownSourceError, UnsupportedMediaTypeError
+from hub.errors import (
+    BadPayloadError, IngestError, ItemProblem, StoreBusyError, UnknownSourceError, UnsupportedMediaTypeError,
+)
 from hub.runtime import Hub
 from hub.store.opening import why
 from hub.store.readiness import database_problem
@@ -85,10 +87,7 @@ async def _keep_undecodable(
     reason = f"{exc.message}; the body could not be decoded and is kept as sent " \
              f"(Content-Encoding: {sent.headers.get('content-encoding')})"
     try:
-        await run_in_threadpool(
-            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=reason, problems=exc.problems,
-            body=sent.body, content_type=sent.headers.get("content-type"), now=utcnow(),
-        )
+        await _quarantine(hub, source.source_id, sent, reason, exc.problems)
     except STORE_REFUSALS as store_exc:  # the refusal stands: a resend of the same body would be refused again
         log.error("ingest could not quarantine an undecodable body", source=source.source_id, reason=why(store_exc))
 
@@ -143,6 +142,14 @@ async def _accept(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResp
         )
 
 
+async def _quarantine(hub: Hub, source_id: str, inbound: InboundRequest, reason: str, problems: list[ItemProblem]) -> None:
+    """Keep the request's body, as sent, in quarantine with why it was refused."""
+    await run_in_threadpool(
+        ingest.quarantine_body, hub.store, source_id=source_id, reason=reason, problems=problems, body=inbound.body,
+        content_type=inbound.headers.get("content-type"), now=utcnow(),
+    )
+
+
 async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONResponse:
     try:
         result = source.parse(inbound)
@@ -151,10 +158,7 @@ async def _accepted(hub: Hub, source: Source, inbound: InboundRequest) -> JSONRe
         # RecursionError: a message refused as too deep is quarantined on its own, written by the json module, which
         # gives up near 1,000 levels where orjson reads 1,024: the body is kept whole instead, and refused.
         refused = exc if isinstance(exc, BadPayloadError) else BadPayloadError(TOO_DEEP_TO_KEEP)
-        await run_in_threadpool(
-            ingest.quarantine_body, hub.store, source_id=source.source_id, reason=refused.message,
-            problems=refused.problems, body=inbound.body, content_type=inbound.headers.get("content-type"), now=utcnow(),
-        )
+        await _quarantine(hub, source.source_id, inbound, refused.message, refused.problems)
         raise refused from None
     metrics.EVENTS_ACCEPTED.labels(source=source.source_id).inc(report.accepted)
     if report.rejected:

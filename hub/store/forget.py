@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Row, and_, case, delete, exists, insert, or_, select, union, update
 
-from hub.identity import carried_one_of, meanings_of
+from hub.identity import USER_ID, carried_one_of, meanings_of
 from hub.model import Identifier, derived_id
 from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine, withdrawals
@@ -46,7 +46,6 @@ from hub.store.sql import insert_ignoring_conflicts
 from hub.store.traits import with_part_times
 
 FORGOTTEN_REASON = "not sent: profile forgotten"
-USER_ID = "user_id"  # as `hub.identity` names the type
 DROPPED_READ_BATCH = 1000  # inbox rows read at a time, so a long inbox is never held in memory whole
 
 

@@ -204,10 +204,7 @@ class SqlIdentityGraph:
             .order_by(identifiers.c.first_seen_at, identifiers.c.value)
             .limit(count)
         ).scalars().all()
-        self.connection.execute(delete(identifiers).where(identifiers.c.type == type_, identifiers.c.value.in_(oldest)))
-        self.connection.execute(_INSERT_EVENTS, [
-            detached_event(profile_id, Identifier(type_, value), rule, at, touchpoint_id) for value in oldest
-        ])
+        self._drop(type_, [(profile_id, value) for value in oldest], rule, at, touchpoint_id)
         return oldest
 
     def create_profile(self, at: datetime) -> str:
@@ -286,17 +283,21 @@ class SqlIdentityGraph:
                 identifiers.c.type == ident_type, identifiers.c.value.in_(list(values))
             )
         ).all()
-        if not owned:
-            return 0
-        self.connection.execute(
-            delete(identifiers).where(identifiers.c.type == ident_type, identifiers.c.value.in_(list(values)))
-        )
-        at = utcnow()
-        self.connection.execute(
-            _INSERT_EVENTS,
-            [detached_event(profile_id, Identifier(ident_type, value), reason, at) for profile_id, value in owned],
-        )
+        self._drop(ident_type, owned, reason, utcnow())
         return len(owned)
+
+    def _drop(
+        self, type_: str, owned: Sequence[tuple[str, str]], rule: str, at: datetime, touchpoint_id: str | None = None
+    ) -> None:
+        """Delete these (profile, value) identifiers of `type_`, each written to the audit trail as detached."""
+        if not owned:
+            return
+        self.connection.execute(
+            delete(identifiers).where(identifiers.c.type == type_, identifiers.c.value.in_([value for _, value in owned]))
+        )
+        self.connection.execute(_INSERT_EVENTS, [
+            detached_event(profile_id, Identifier(type_, value), rule, at, touchpoint_id) for profile_id, value in owned
+        ])
 
     def update_traits(self, profile_id: str, traits: dict[str, Any], observed_at: datetime) -> None:
         """Last write wins per trait, judged by the event's time, not by arrival order.

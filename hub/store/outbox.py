@@ -74,6 +74,12 @@ def plan(connection: Connection, planned: Sequence[PlannedDelivery], now: dateti
     ]
     return len(_PLAN(connection, rows))
 
+# The columns of a `Delivery` after its id, in its fields' order: rows are unpacked into it by position.
+DELIVERY_COLUMNS = (
+    deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
+    deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
+)
+
 
 @lru_cache(maxsize=16)
 def _claim_due(skipping: int) -> sql.Claim:
@@ -85,11 +91,7 @@ def _claim_due(skipping: int) -> sql.Claim:
         due = and_(due, deliveries.c.destination_id.not_in(precompiled.placeholders(skipping, "skip_")))
     return sql.due_claim(
         deliveries.c.delivery_id,
-        (
-            deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target, deliveries.c.content,
-            deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id, deliveries.c.retry_from_attempt,
-            deliveries.c.retry_from, deliveries.c.first_due_at,
-        ),
+        (*DELIVERY_COLUMNS, deliveries.c.retry_from_attempt, deliveries.c.retry_from, deliveries.c.first_due_at),
         due, deliveries.c.next_attempt_at,
     )
 

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, select, update
 
 from hub.model import FALLBACK, Delivery
 from hub.pii import TOKEN_TYPES
-from hub.store.outbox import UNSENT_STATUSES
+from hub.store.outbox import DELIVERY_COLUMNS, UNSENT_STATUSES
 from hub.store.schema import deliveries, identifiers
 
 # What an unmerge (`hub.store.identity_repair`) leaves as the last error of the messages it withdraws: planned
@@ -60,10 +60,7 @@ def withdraw(
     withdrawn = sorted(connection.execute(
         update(deliveries).where(deliveries.c.delivery_id.in_(delivery_ids), deliveries.c.status.in_(statuses))
         .values(status="failed", last_error=reason, updated_at=now)
-        .returning(  # as `Delivery` takes them, for `fall_back`
-            deliveries.c.delivery_id, deliveries.c.destination_id, deliveries.c.channel, deliveries.c.target,
-            deliveries.c.content, deliveries.c.attempts, deliveries.c.created_at, deliveries.c.profile_id,
-        )
+        .returning(deliveries.c.delivery_id, *DELIVERY_COLUMNS)  # as `Delivery` takes them, for `fall_back`
     ).all(), key=lambda row: row.delivery_id)
     if fall_back is not None:
         for row in withdrawn:
