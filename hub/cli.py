@@ -15,6 +15,7 @@ from hub.cli_keys import app as keys_app
 from hub.cli_mappings import app as mappings_app
 from hub.cli_processes import listening_socket, metrics_served, run_server, wait_while_workers_live
 from hub.cli_profiles import app as profiles_app
+from hub.cli_prune import prune_command
 from hub.cli_support import config_problems_exit, console, err_console, fail, load_settings, plain, store_busy_exit, styled
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
@@ -36,6 +37,7 @@ app.add_typer(deliveries_app, name="deliveries")
 app.add_typer(triggers_app, name="triggers")
 app.add_typer(decisions_app, name="decisions")
 app.add_typer(keys_app, name="keys")
+app.command("prune")(prune_command)
 SAMPLE_JOURNEY = PROJECT_MAPPINGS / "samples" / "demo_journey.json"
 
 

@@ -24,6 +24,7 @@ from hub.errors import AuthenticationError, ConfigError, collect
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.quiet_hours import QuietHours
 from hub.respond import Responder
+from hub.retention import retention_worker
 from hub.routing import ContactPolicy
 from hub.settings import HubSettings
 from hub.sources import DEFAULT_SOURCE_ID, build_source, environment, load_entries, shared_write_keys
@@ -94,11 +95,14 @@ class Hub:
             quiet_hours=self.router.policy.quiet_hours, recipient=self.router.recipient, fall_back=responder.fall_back,
         )
         self.wakeups.wake_while_busy("delivery", self.delivery.wake)
+        # (role in HUB_WORKERS, worker): the timers role also keeps the store's retention.
         self._workers = [
-            Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
-            timer_worker,
-            Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds),
+            ("pipeline", Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds)),
+            ("timers", timer_worker),
+            ("delivery", Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds)),
         ]
+        if settings.retention_days:
+            self._workers.append(("timers", retention_worker(self.store, settings.retention_days)))
 
     def start(self) -> None:
         if development := self.settings.development_credentials():
@@ -110,8 +114,8 @@ class Hub:
                 "are dead-lettered past HUB_DELIVERY_MAX_AGE_SECONDS",
                 channel=channel, destination=destination,
             )
-        for worker in self._workers:
-            if worker.name in self.settings.worker_roles:
+        for role, worker in self._workers:
+            if role in self.settings.worker_roles:
                 worker.start()
         if self.settings.worker_roles:
             self.wakeups.start()
@@ -126,7 +130,7 @@ class Hub:
         longer only delays an exit the process is making anyway; what the
         step claimed comes back to the queue when its lease runs out.
         """
-        running = [worker.name for worker in self._workers if not worker.stop(join_seconds)]
+        running = [worker.name for _, worker in self._workers if not worker.stop(join_seconds)]
         for name in running:
             log.warning(
                 "a worker is still in its step after the stop's wait; what it uses is left open, and the rows it "
@@ -141,7 +145,7 @@ class Hub:
     def dead_workers(self) -> list[tuple[str, str]]:
         """(name, reason) of each worker this hub started whose thread ended without `stop()`: its work piles up
         until the process is restarted. Reads no store, for the liveness probe."""
-        return [(worker.name, worker.death) for worker in self._workers if worker.death is not None]
+        return [(worker.name, worker.death) for _, worker in self._workers if worker.death is not None]
 
     def authenticate(self, request: InboundRequest) -> Source:
         """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""

@@ -194,6 +194,11 @@ class HubSettings(BaseSettings):
                              "raising is settled `failed`."
     )
 
+    retention_days: int = Field(
+        90, ge=0, description="Raw events, quarantined bodies, delivery attempts and settled timers older than this "
+                              "are deleted (hourly, by the timers worker; `touchhub prune`); 0 keeps them for ever."
+    )
+
     quiet_hours: str = Field(
         "21:00-08:00", description="Local time window (HH:MM-HH:MM) when non-urgent messages wait; empty: none."
     )

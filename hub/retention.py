@@ -1,0 +1,48 @@
+"""Letting go of raw data past HUB_RETENTION_DAYS, hourly, in the process that runs the timer worker.
+
+The timer worker is the hub's housekeeping role: one or a few processes run
+it, where every ingest or pipeline process pruning at once would queue them
+all behind SQLite's one writer for the same rows. What expires and how is
+`hub.store.retention`; `touchhub prune` does the same on demand.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta
+
+import structlog
+
+from hub.clock import utcnow
+from hub.store import Store
+from hub.store.retention import prune_batches
+from hub.workers import Worker
+
+log = structlog.get_logger(__name__)
+PRUNE_EVERY_SECONDS = 3600.0
+PRUNE_BATCH_SIZE = 500  # rows per transaction: SQLite's writer is held for one batch, ingest goes on between them
+
+
+def retention_cutoff(days: int, now: datetime | None = None) -> datetime:
+    """Rows older than this have expired."""
+    return (now or utcnow()) - timedelta(days=days)
+
+
+def prune(store: Store, days: int) -> dict[str, int]:
+    """Delete what is older than `days`; rows deleted by kind (only kinds that lost any)."""
+    deleted: dict[str, int] = {}
+    for label, count in prune_batches(store, retention_cutoff(days), PRUNE_BATCH_SIZE):
+        deleted[label] = deleted.get(label, 0) + count
+    if deleted:
+        log.info("deleted rows past the retention", retention_days=days, deleted=deleted)
+    return deleted
+
+
+def retention_worker(store: Store, days: int) -> Worker:
+    """A worker that prunes at its start and then every `PRUNE_EVERY_SECONDS`; its step always reports idle."""
+
+    def step() -> int:
+        prune(store, days)
+        return 0
+
+    return Worker("retention", step, threading.Event(), PRUNE_EVERY_SECONDS)
