@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Literal
@@ -60,6 +61,15 @@ PREVIOUS_SECRET_HELP = (
 def secrets_in_use(current: SecretStr | None, previous: SecretStr | None) -> list[bytes]:
     """The HMAC keys a signature may be made with (`hub.signing_secrets.in_use`: never an empty one)."""
     return [secret.encode() for secret in in_use(current, previous)]
+
+
+def lower_case_hex(presented: str, prefix: str = "") -> str:
+    """A hex digest presented after `prefix`, in lower case as `sign` writes it: hex is case-blind, and some
+    platforms send it in upper case (every such request was a 401). The prefix is left as sent; never call this
+    on base64, which is case-sensitive."""
+    if not presented.startswith(prefix):
+        return presented
+    return prefix + presented[len(prefix):].lower()
 
 
 def check_signature(expected: Iterable[str], presented: list[str], header: str) -> None:
@@ -179,6 +189,7 @@ def json_events(
     if check_depth:
         refuse_deep_envelope(document, items)
     result = ParseResult()
+    content_ids: Counter[str] = Counter()
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             problem = ItemProblem(index, "(event)", f"expected a JSON object, got {type(item).__name__}")
@@ -189,10 +200,11 @@ def json_events(
         if isinstance(outcome, ItemProblem):
             result.rejected.append(RejectedItem(item, [outcome]))
             continue
-        identity = _message_id(index, item, message_id)
+        identity = _sender_message_id(index, item, message_id)
         if isinstance(identity, ItemProblem):
             result.rejected.append(RejectedItem(item, [identity]))
             continue
+        identity = identity or _content_message_id(item, content_ids)
         result.events.append(RawEvent(source_id, storable_message_id(identity), {"receivedAt": received_at, **outcome}))
     if not result.events:
         raise BadPayloadError("no event object in the request", result.problems)
@@ -209,15 +221,26 @@ def _selected(events: ParsedResult, document: Any) -> Any:
                               "change the source's `events` setting in sources.yaml to suit it") from None
 
 
-def _message_id(index: int, item: dict[str, Any], message_id: ParsedResult | None) -> str | ItemProblem:
-    """The item's id: what the source's `message_id` expression finds, else a hash of the item as received. An
+def _sender_message_id(index: int, item: dict[str, Any], message_id: ParsedResult | None) -> str | ItemProblem | None:
+    """The item's own id: what the source's `message_id` expression finds, None when there is none. An
     expression failing on the item's data (`join` of a number) refuses that item alone, where it was a 500 for
     the whole request."""
     if message_id is None:
-        return payload_message_id(item)
+        return None
     try:
         found = message_id.search(item)
     except DATA_ERRORS as exc:
         return ItemProblem(index, "message_id", f"{message_id.expression!r} failed on this event: {exc}; "
                                                 "change the source's `message_id` setting in sources.yaml to suit it")
-    return str(found) if isinstance(found, (str, int)) and str(found) else payload_message_id(item)
+    return str(found) if isinstance(found, (str, int)) and str(found) else None
+
+
+def _content_message_id(item: dict[str, Any], seen: Counter[str]) -> str:
+    """A hash of the item as received, and for its second and later copies in one request (`seen` counts them) that
+    copy's number: two identical "Page Viewed" items of one request are two events to their sender, which one id
+    made one. The first copy keeps the bare hash, so the id depends on nothing else in the request: a resend of the
+    request, or of the item alone, is still a duplicate."""
+    content_id = payload_message_id(item)
+    seen[content_id] += 1
+    copy = seen[content_id]
+    return content_id if copy == 1 else f"{content_id}#{copy}"

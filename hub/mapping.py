@@ -119,7 +119,8 @@ class DropRule(BaseModel):
     """Events matching `when` are not kept: no touchpoint, no quarantine; the inbox row is marked done."""
 
     model_config = ConfigDict(extra="forbid")
-    when: JmesPath = Field(description="JMESPath over the raw payload; a truthy result drops the event.")
+    when: JmesPath = Field(description="JMESPath over the raw payload; a result JMESPath calls true drops the event "
+                                        "(anything but false, null, '', [] and {}: a 0 is true).")
     reason: str = Field(min_length=1, description="Why, for the log.")
 
 
@@ -265,7 +266,10 @@ class Mapping:
         return result
 
     def drop_reason(self, payload: dict[str, Any]) -> str | None:
-        return next((reason for when, reason in self.drop if when.search(payload)), None)
+        """The reason of the first rule whose `when` is true as JMESPath judges it: a 0 or 0.0 found is true (only
+        false, null, '', [] and {} are not), as `!when` and `when && x` judge it. Judged by Python's truth, an
+        event with a 0 there was dropped by neither `when` nor `!when`."""
+        return next((reason for when, reason in self.drop if not paths.is_false(when.search(payload))), None)
 
     @staticmethod
     def pick(expression: Expression | None, payload: dict[str, Any]) -> Any:

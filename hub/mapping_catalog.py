@@ -5,7 +5,8 @@ is refused: the last good version stays active and the log says why, so a
 typo in production degrades nothing. That holds for a failure of any kind
 (a file the hub may not read, YAML nested past Python's recursion limit),
 not only for the problems the loader names. Files are checked at most every
-`check_seconds` (one `stat` per file), which keeps the per-event cost nil.
+`check_seconds` (each read and hashed: `_stamp`), which keeps the per-event
+cost nil.
 
 A save goes through the same checks at reload as at start-up (the catalog's
 `load`, which the hub gives identifier types to check against identity.yaml): a
@@ -15,6 +16,7 @@ on its own files.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -37,7 +39,7 @@ MappingLoad = Callable[[Path], Mapping]
 @dataclass
 class _Loaded:
     mapping: Mapping
-    stamp: tuple[int, int]  # (mtime_ns, size) of the file this version came from, or of the last refused save
+    stamp: bytes | None  # `_stamp` of the file this version came from, or of the last refused save
 
 
 class MappingCatalog(MappingABC[str, Mapping]):
@@ -84,10 +86,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
             self._next_check = time.monotonic() + self.check_seconds
             for name, loaded in self._loaded.items():
                 path = self.folder / name
-                try:
-                    stamp = _stamp(path)
-                except FileNotFoundError:
-                    stamp = (0, 0)
+                stamp = _stamp(path)
                 if stamp == loaded.stamp:
                     continue
                 loaded.stamp = stamp
@@ -104,6 +103,11 @@ class MappingCatalog(MappingABC[str, Mapping]):
         return refused
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size
+def _stamp(path: Path) -> bytes | None:
+    """A digest of the file's content, None when it cannot be read (then loading it says why). Its (mtime, size)
+    missed a save of equal length within the file system's mtime granularity (a whole second on some); a mapping
+    is a few kilobytes, read once per `check_seconds`."""
+    try:
+        return hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+    except OSError:
+        return None

@@ -56,7 +56,7 @@ class FirstOf:
 
     def search(self, value: Any) -> Any:
         found = self.first.search(value)
-        return self.otherwise.search(value) if _is_false(found) else found
+        return self.otherwise.search(value) if is_false(found) else found
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +68,7 @@ class BothOf:
 
     def search(self, value: Any) -> Any:
         found = self.first.search(value)
-        return found if _is_false(found) else self.then.search(value)
+        return found if is_false(found) else self.then.search(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,8 @@ class Equals:
         return equals(self.left.search(value), self.right.search(value)) != self.negated
 
 
-def _is_false(value: Any) -> bool:
+def is_false(value: Any) -> bool:
+    """JMESPath's falsehood, not Python's: a 0 found is true (`||`, `&&`, `!` and a mapping's `drop` judge alike)."""
     return value == "" or value == [] or value == {} or value is None or value is False
 
 

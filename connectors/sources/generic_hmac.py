@@ -27,6 +27,7 @@ from connectors.webhooks import (
     check_timestamp,
     json_events,
     json_value,
+    lower_case_hex,
     require_header,
     secrets_in_use,
     sign,
@@ -68,11 +69,8 @@ class GenericHmacConfig(BaseModel):
 
 
 def _case_folded(presented: str, config: GenericHmacConfig) -> str:
-    """A hex digest as the hub writes it, in lower case: hex is case-blind, and some platforms send it in upper
-    case (every request was a 401). The prefix is left as sent; base64 is case-sensitive."""
-    if config.encoding != "hex" or not presented.startswith(config.prefix):
-        return presented
-    return config.prefix + presented[len(config.prefix):].lower()
+    """The presented signature as the hub writes it: hex in lower case, base64 (case-sensitive) as sent."""
+    return lower_case_hex(presented, config.prefix) if config.encoding == "hex" else presented
 
 
 class GenericHmacSource(Source):

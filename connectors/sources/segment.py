@@ -40,6 +40,7 @@ from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     check_signature,
     json_value,
+    lower_case_hex,
     payload_message_id,
     require_header,
     secrets_in_use,
@@ -110,7 +111,7 @@ class SegmentSource(Source):
 
     def verify(self, request: InboundRequest) -> None:
         if self._shared_secrets and (self.write_key_digest is None or "x-signature" in request.headers):
-            presented = require_header(request.headers, "X-Signature")
+            presented = lower_case_hex(require_header(request.headers, "X-Signature"))
             expected = [sign(secret, "sha1", request.body, "hex") for secret in self._shared_secrets]
             check_signature(expected, [presented], "X-Signature")
             return
