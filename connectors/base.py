@@ -332,3 +332,10 @@ class CallbackReceiver(ABC):
     @abstractmethod
     def handle_callback(self, request: CallbackRequest) -> CallbackResult:
         """Verify, then parse, one callback."""
+
+    def cannot_reach(self, report: ProviderStatus) -> bool:
+        """Whether a report that failed its message says the channel cannot reach the person (a number that no
+        longer exists, a landline, a block), so their rule's next channel is tried; a failure of the provider
+        or of the sender (a queue overflow, an unregistered number) says nothing about them. None does unless
+        a destination overrides this: it keeps a table of its provider's codes."""
+        return False

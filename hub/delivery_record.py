@@ -127,7 +127,9 @@ class AttemptRecorder:
         early = held_reports.take(connection, reported) if take_reports else []
         lock_before_deliveries(connection, not take_reports or any(
             outcome.revokes_consent or outcome.recipient_gone or self._may_fall_back(outcome) for outcome in outcomes
-        ) or any(report.revokes_consent for _, report in early))
+        ) or any(
+            report.revokes_consent or self._receiver(destination_id).cannot_reach(report) for destination_id, report in early
+        ))
         return early
 
     def _unrecorded(self, outcome: Outcome, error: Exception) -> list[Outcome]:
@@ -155,7 +157,8 @@ class AttemptRecorder:
             outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
         ])
         for destination_id, report in early:
-            provider_reports.apply(connection, destination_id, [report], now, self.recipient)
+            provider_reports.apply(connection, destination_id, [report], now, self.recipient,
+                                   cannot_reach=self._receiver(destination_id).cannot_reach, fall_back=self.fall_back)
         for outcome in outcomes:
             delivery = outcome.delivery
             if outcome.attempt is None:
@@ -179,6 +182,12 @@ class AttemptRecorder:
             self.fall_back is not None and outcome.status == "failed" and FALLBACK in outcome.delivery.content
             and outcome.attempt is not None and outcome.attempt.error_class != RECORD_FAILED  # `_unrecorded`: no feedback
         )
+
+    def _receiver(self, destination_id: str) -> CallbackReceiver:
+        """The destination a held report is about: one that reports later (`_sent_with_reports` took only those)."""
+        receiver = self.destinations[destination_id]
+        assert isinstance(receiver, CallbackReceiver)
+        return receiver
 
     def _sent_with_reports(self, outcomes: Sequence[Outcome]) -> list[held_reports.SentMessage]:
         """The messages sent to destinations that report on them later (callbacks), by their provider ids."""

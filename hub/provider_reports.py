@@ -17,20 +17,36 @@ import structlog
 from sqlalchemy import Connection
 
 from hub.consent import lock_before_deliveries, set_consent
-from hub.model import Identifier, ProviderStatus
+from hub.model import FALLBACK, Delivery, Identifier, ProviderStatus
 from hub.store import consent_changes, held_reports, outbox
 from hub.store.profile_views import find_profile_id
+from hub.store.withdrawals import FallBack
 
 log = structlog.get_logger(__name__)
 
 Recipient = Callable[[str, str], Identifier | None]  # `Router.recipient`: the identifier a channel's target names
+CannotReach = Callable[[ProviderStatus], bool]  # the destination's `CallbackReceiver.cannot_reach`
+
+
+def _never(report: ProviderStatus) -> bool:
+    """No report says the person cannot be reached: the destination keeps no table of such codes."""
+    return False
 
 
 def apply(
     connection: Connection, destination_id: str, reports: Sequence[ProviderStatus], now: datetime,
-    recipient: Recipient, *, consent_changes_too: bool = False,
-) -> None:
-    """Apply reports in order; one that matches no recorded send yet is held for it.
+    recipient: Recipient, *, consent_changes_too: bool = False, cannot_reach: CannotReach = _never,
+    fall_back: FallBack | None = None,
+) -> int:
+    """Apply reports in order; one that matches no recorded send yet is held for it. Returns how many
+    deliveries the fallbacks planned.
+
+    A report that settles its delivery as failed for a reason of its person
+    (`cannot_reach`: Twilio's 30005, a number that no longer exists) has the
+    rule's next channel planned (`fall_back`), as a refusal at send has: the
+    provider took the message, so only its report tells that it reached
+    nobody. Only the report that settles the delivery does, so a repeat, or
+    a late `sent` after it, plans nothing more.
 
     A status revokes consent (Twilio's 21610) only in the report that
     settles its delivery. The refusal is Twilio's answer when it handled the
@@ -41,20 +57,36 @@ def apply(
     refusal older than that word; so a first report that comes after the
     person's START (Twilio reports a failure minutes later) revokes nothing
     either. `consent_changes_too`: the caller changes consent in this
-    transaction as well, so the profiles lock is taken here, in its place.
+    transaction as well, so the profiles lock is taken here, in its place,
+    as it is for a report that may plan a fallback.
     """
+    falls_back = cannot_reach if fall_back is not None else _never
     held_reports.lock_messages(connection, [(destination_id, report.provider_message_id) for report in reports])
-    lock_before_deliveries(connection, consent_changes_too or any(report.revokes_consent for report in reports))
+    lock_before_deliveries(connection, consent_changes_too or any(
+        report.revokes_consent or falls_back(report) for report in reports
+    ))
+    planned = 0
     for report in reports:
         delivery = outbox.apply_provider_status(connection, destination_id, report, now)
         if delivery is None:
             log.info("status held until its send is recorded", destination=destination_id,
                      provider_message_id=report.provider_message_id)
             held_reports.hold(connection, destination_id, report, now)
-        elif report.revokes_consent and delivery["settled_now"]:
+            continue
+        if report.revokes_consent and delivery["settled_now"]:
             through = recipient(delivery["channel"], delivery["target"])
             if not _granted_after_it(connection, delivery, through):
                 set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
+        if delivery["settled_now"] and FALLBACK in delivery["content"] and falls_back(report):
+            assert fall_back is not None  # `falls_back` said so
+            why = report.error or report.provider_status
+            planned += fall_back(connection, _as_delivery(delivery), why, now, undelivered=True)
+    return planned
+
+
+def _as_delivery(row: dict[str, Any]) -> Delivery:
+    """The delivery a report settled (`outbox.apply_provider_status`), as fallback planning takes it."""
+    return Delivery(row["delivery_id"], *(row[column.name] for column in outbox.DELIVERY_COLUMNS))
 
 
 def _granted_after_it(connection: Connection, delivery: dict[str, Any], through: Identifier | None) -> bool:

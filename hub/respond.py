@@ -149,7 +149,9 @@ class Responder:
         planned = outbox.plan(connection, [delivery for item in recorded for delivery in item.plan.deliveries], now)
         return Recorded(planned, fired)
 
-    def fall_back(self, connection: Connection, delivery: Delivery, why: str, now: datetime) -> int:
+    def fall_back(
+        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, undelivered: bool = False
+    ) -> int:
         """Plan the next channel of a delivery that failed, or was withdrawn before it was sent, once it can no
         longer reach its person (`_cannot_reach`), and record on its decision that it fell back and why; returns
         how many deliveries that planned. Routing falls back while planning only, when it sees no address or
@@ -161,10 +163,17 @@ class Responder:
         target, profile id and content (`recipients`, `FALLBACK`); `why` is its attempt's error or its last
         error. One whose fallbacks found no way, with nothing else of its decision left to go, leaves the
         decision `unreached` (`decisions.unreached_unless_going`), spending none of the rule's cap.
+
+        `undelivered`: its provider took the message, then reported it never reached the person for a reason of
+        theirs (`CallbackReceiver.cannot_reach`: a number that no longer exists, a landline), their address and
+        consent still in place.
         """
         route = self.router.routes.get(delivery.channel)
         profile = profile_view(connection, delivery.profile_id)  # a profile merged away since gives its survivor's
-        if route is None or profile is None or (cannot := _cannot_reach(delivery, route.target, profile)) is None:
+        if route is None or profile is None:
+            return 0
+        cannot = _cannot_reach(delivery, route.target, profile) or (UNDELIVERED if undelivered else None)
+        if cannot is None:
             return 0
         planned = self._plan_fallback(connection, delivery, f"{cannot} ({why})", profile, now)
         if not planned:
@@ -194,6 +203,10 @@ class Responder:
         )
         decisions.replace_fate(connection, row, delivery.delivery_id, plan.fates())
         return outbox.plan(connection, plan.deliveries, now)
+
+
+# Why a delivery its provider reported undelivered can no longer reach its person, as its decision records it.
+UNDELIVERED = "reported undelivered by the provider"
 
 
 def _cannot_reach(delivery: Delivery, target: str, profile: dict[str, Any]) -> str | None:

@@ -39,6 +39,19 @@ MESSAGE_STATUSES: Mapping[str, str | None] = {
     "canceled": "failed",
 }
 UNSUBSCRIBED_ERROR = "21610"
+# The ErrorCodes of a message Twilio took and then failed that say SMS cannot reach the person at that number:
+# Twilio tries no more, so the rule's next channel may (https://www.twilio.com/docs/api/errors/30003 ... 30007).
+# 30003 is often a handset switched off or out of coverage: the text is lost all the same. The other codes of
+# `undelivered` / `failed` are Twilio's or the sender's (30001 queue overflow, 30008 unknown error, 30034 an
+# unregistered sender number): every text fails alike, and emailing instead would hide that.
+UNREACHABLE_ERRORS = frozenset(f"twilio.{code}" for code in (  # as `status_update` reports them
+    UNSUBSCRIBED_ERROR,
+    "30003",  # unreachable handset: off, no signal, roaming off-network
+    "30004",  # message blocked: the person blocked the sender, or their carrier blocks it
+    "30005",  # unknown handset: the number does not exist (any more)
+    "30006",  # landline, or a carrier this sender cannot reach
+    "30007",  # filtered by the carrier
+))
 
 # Twilio's default keywords (matched on the whole trimmed body, any case). With
 # Advanced Opt-Out, Twilio also sends OptOutType, which covers custom keywords.
@@ -82,6 +95,11 @@ def status_update(form: Mapping[str, list[str]]) -> ProviderStatus:
         error=f"twilio.{error_code}" if error_code else None,
         revokes_consent=error_code == UNSUBSCRIBED_ERROR,
     )
+
+
+def cannot_reach(report: ProviderStatus) -> bool:
+    """Whether a status failed its message for a reason of the person (`UNREACHABLE_ERRORS`)."""
+    return report.final_status == "failed" and report.error in UNREACHABLE_ERRORS
 
 
 def consent_change(form: Mapping[str, list[str]]) -> ConsentSignal | None:

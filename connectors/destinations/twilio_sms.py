@@ -25,7 +25,7 @@ from hub.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from hub.model import Delivery, SendResult
+from hub.model import Delivery, ProviderStatus, SendResult
 from hub.pii import mask_phone
 from hub.retry import outcome_for_status, parse_retry_after
 
@@ -124,6 +124,9 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
                 response_media_type="text/xml",
             )
         raise BadPayloadError(f"callback kind {request.kind!r}: Twilio destinations take 'status' or 'inbound'")
+
+    def cannot_reach(self, report: ProviderStatus) -> bool:
+        return twilio_callbacks.cannot_reach(report)
 
     def close(self) -> None:
         session = getattr(self.client.http_client, "session", None)

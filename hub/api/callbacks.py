@@ -15,6 +15,7 @@ from hub import provider_reports
 from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
+from hub.respond import Responder
 from hub.runtime import Hub
 from hub.store import consent_changes
 
@@ -32,19 +33,23 @@ async def callback(request: Request, destination_id: str, kind: str = "status") 
     query = f"?{request.url.query}" if request.url.query else ""
     incoming = CallbackRequest(kind, hub.settings.public_url(request.url.path) + query, request.headers, body)
     result = destination.handle_callback(incoming)
-    await run_in_threadpool(_apply, hub, destination_id, result)
+    await run_in_threadpool(_apply, hub, destination, destination_id, result)
     return Response(result.response_body, media_type=result.response_media_type)
 
 
-def _apply(hub: Hub, destination_id: str, result: CallbackResult) -> None:
-    """Apply the statuses (`hub.provider_reports`), then the consent words, of one callback; a word its message
-    said before (`consent_changes.first_said`) is old news, and would undo what the person said since."""
+def _apply(hub: Hub, destination: CallbackReceiver, destination_id: str, result: CallbackResult) -> None:
+    """Apply the statuses (`hub.provider_reports`: a failure the person cannot be reached for plans the rule's
+    next channel, and wakes the delivery workers for it), then the consent words, of one callback; a word its
+    message said before (`consent_changes.first_said`) is old news, and would undo what the person said since."""
     now = utcnow()
     with hub.store.write() as connection:
-        provider_reports.apply(
-            connection, destination_id, result.statuses, now, hub.router.recipient, consent_changes_too=bool(result.consent)
+        planned = provider_reports.apply(
+            connection, destination_id, result.statuses, now, hub.router.recipient, consent_changes_too=bool(result.consent),
+            cannot_reach=destination.cannot_reach, fall_back=Responder(hub.router).fall_back,
         )
         for signal in result.consent:
             if signal.message_id and not consent_changes.first_said(connection, destination_id, signal.message_id, now):
                 continue
             set_consent_by_identifier(connection, signal.identifier, signal.channel, signal.granted, now, "recipient keyword")
+    if planned:
+        hub.wakeups.announce("delivery")

@@ -244,17 +244,15 @@ def apply_provider_status(
 ) -> dict[str, Any] | None:
     """Record a provider's status for the delivery it sent as `report.provider_message_id`.
 
-    Returns the delivery's id, profile, channel and target, and `settled_now`: whether this report
-    settled it (a final status on a delivery that had none); None when no delivery of this
+    Returns the delivery's id and `DELIVERY_COLUMNS` (its fallback is planned from them), status and
+    provider status, and `settled_now`: whether this report settled it (a final status on a delivery that had none); None when no delivery of this
     destination has that provider id. A report for a settled delivery changes nothing, nor does an
     in-transit one behind the status already recorded (`_behind`).
     """
     report = provider_text.storable_report(report)  # as recorded, and as its column takes its status
     row = connection.execute(
-        select(
-            deliveries.c.delivery_id, deliveries.c.status, deliveries.c.profile_id, deliveries.c.channel, deliveries.c.target,
-            deliveries.c.provider_status,
-        ).where(deliveries.c.destination_id == destination_id, deliveries.c.provider_message_id == report.provider_message_id)
+        select(deliveries.c.delivery_id, *DELIVERY_COLUMNS, deliveries.c.status, deliveries.c.provider_status)
+        .where(deliveries.c.destination_id == destination_id, deliveries.c.provider_message_id == report.provider_message_id)
         .with_for_update()  # two callbacks for one message at once: the second reads what the first settled
     ).first()
     if row is None:

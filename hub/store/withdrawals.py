@@ -6,9 +6,9 @@ A withdrawn delivery is failed without an attempt, its last error saying why;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Container, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, select, update
 
@@ -32,9 +32,15 @@ WITHDRAWN_CONSENT_REVOKED = "not sent: consent was revoked after it was planned"
 # its time follow): the person did what it waited for, so it is never replayed.
 WITHDRAWN_FOLLOWED_UP = "not sent: its follow-up ("
 
-# Plans a withdrawn delivery's fallback (`Responder.fall_back`: the delivery, why it did not go, now); returns
-# how many deliveries that planned.
-FallBack = Callable[[Connection, Delivery, str, datetime], int]
+
+class FallBack(Protocol):
+    """Plans a failed or withdrawn delivery's fallback (`Responder.fall_back`); returns how many deliveries that
+    planned. `undelivered`: its provider reported the message it took never reached the person
+    (`hub.provider_reports`)."""
+
+    def __call__(
+        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, undelivered: bool = False
+    ) -> int: ...
 
 
 def withdraw(
