@@ -19,7 +19,7 @@ from connectors.base import Destination
 from hub import metrics
 from hub.clock import utcnow
 from hub.delivery_policy import PolicyBook
-from hub.delivery_record import Outcome
+from hub.delivery_record import Outcome, unsent_summary
 from hub.errors import AuthDeliveryError, DeliveryError, PermanentDeliveryError
 from hub.model import Delivery, Identifier, SendResult
 from hub.pii import mask_recipient, mask_text
@@ -27,8 +27,11 @@ from hub.store.outbox import AttemptRecord
 
 log = structlog.get_logger(__name__)
 
-# Why a claimed delivery went back to the outbox without a call: the reason label of hub_deliveries_held_back_total.
-HeldBack = Literal["circuit_open", "rate_limit", "in_flight_limit", "not_configured"]
+# Why a claimed delivery was not sent: the reason label of hub_deliveries_held_back_total. All but destination_gone
+# put it back in the outbox for later; destination_gone (and not_configured past its max age) dead-letter it.
+HeldBack = Literal[
+    "circuit_open", "rate_limit", "in_flight_limit", "not_configured", "provider_asked_wait", "destination_gone"
+]
 
 
 
@@ -46,12 +49,36 @@ class AttemptOutcomes:
         log.debug("delivery held back", delivery_id=delivery.delivery_id, reason=reason, wait_seconds=round(wait, 3))
         return Outcome(delivery, None, "held_back", utcnow() + timedelta(seconds=wait))
 
+    def parked(self, delivery: Delivery, error: DeliveryError, reason: HeldBack) -> Outcome:
+        """Dead-letter a delivery no call was made for, `error` saying why in its log; counted as held back, not as
+        a call: hub_delivery_attempts_total counts calls to the destination."""
+        metrics.DELIVERIES_HELD_BACK.labels(destination=delivery.destination_id, reason=reason).inc()
+        attempt = self._attempt(delivery, error, utcnow(), time.perf_counter(), unsent_summary(delivery, self.recipient))
+        log.info("delivery parked without a call", delivery_id=delivery.delivery_id, reason=reason,
+                 error_class=error.failure.error_class)
+        return Outcome(delivery, attempt, "dead", None)
+
     def failed(
         self, delivery: Delivery, error: DeliveryError, started_at: datetime, clock: float, request_summary: dict
     ) -> Outcome:
         failure = error.failure
         metrics.DELIVERY_ATTEMPTS.labels(channel=delivery.channel, outcome=error.outcome).inc()
-        attempt = AttemptRecord(
+        attempt = self._attempt(delivery, error, started_at, clock, request_summary)
+        status, next_at = self._next_status(delivery, error, started_at)
+        log.info(
+            "delivery attempt failed", delivery_id=delivery.delivery_id, outcome=error.outcome,
+            error_class=failure.error_class, status=status,
+        )
+        return Outcome(
+            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent, recipient_gone=failure.recipient_gone
+        )
+
+    def _attempt(
+        self, delivery: Delivery, error: DeliveryError, started_at: datetime, clock: float, request_summary: dict
+    ) -> AttemptRecord:
+        """The delivery log's record of a failure, the provider's words masked."""
+        failure = error.failure
+        return AttemptRecord(
             started_at=started_at,
             duration_ms=elapsed_ms(clock),
             outcome=error.outcome,
@@ -60,14 +87,6 @@ class AttemptOutcomes:
             error_message=self._masked(delivery, failure.message),
             request_summary=request_summary,
             response_summary=failure.response_summary,
-        )
-        status, next_at = self._next_status(delivery, error, started_at)
-        log.info(
-            "delivery attempt failed", delivery_id=delivery.delivery_id, outcome=error.outcome,
-            error_class=failure.error_class, status=status,
-        )
-        return Outcome(
-            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent, recipient_gone=failure.recipient_gone
         )
 
     def _masked(self, delivery: Delivery, text: str) -> str:

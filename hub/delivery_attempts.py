@@ -2,10 +2,12 @@
 
 The delivery engine (`hub.delivery`) claims batches and records them; each
 claimed delivery comes here, on the engine's loop. A destination's circuit
-breaker, rate limit and limit of sends in flight only ever make a delivery
-wait (`AttemptOutcomes.held_back`: back to the outbox with a later due time,
-no attempt logged); a destination this process has no settings for puts it
-back for `UNCONFIGURED_PAUSE_SECONDS` until its max age dead-letters it.
+breaker, rate limit, limit of sends in flight and a wait it asked for
+(Retry-After) only ever make a delivery wait (`AttemptOutcomes.held_back`:
+back to the outbox with a later due time, no attempt logged); a destination
+this process has no settings for puts it back for `UNCONFIGURED_PAUSE_SECONDS`
+until its max age dead-letters it. A destination that answered it is gone
+(a webhook's 410) has its later deliveries parked without a call.
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from hub.attempt_outcomes import AttemptOutcomes, request_summary_of, sent
 from hub.clock import utcnow
 from hub.delivery_policy import PolicyBook
 from hub.delivery_record import Outcome, unsent_summary
-from hub.errors import AuthDeliveryError, DeliveryError, DeliveryFailure, UNEXPECTED, RetryableDeliveryError, unexpected_failure
+from hub.errors import (
+    UNEXPECTED, AuthDeliveryError, DeliveryError, DeliveryFailure, GoneDeliveryError, RetryableDeliveryError,
+    unexpected_failure,
+)
 from hub.model import Delivery, Identifier
+from hub.throttle import Gone
 
 log = structlog.get_logger(__name__)
 
@@ -42,6 +48,8 @@ PLACE_LOOK_SECONDS = 0.005
 UNCONFIGURED_PAUSE_SECONDS = 60.0
 # The error class of a delivery dead-lettered because no process had its destination's settings within its max age.
 UNKNOWN_DESTINATION = "config.unknown_destination"
+# The error class of a delivery parked without a call because its destination had answered an earlier one it is gone.
+DESTINATION_GONE = "hub.destination_gone"
 
 
 class DeliveryAttempts:
@@ -72,11 +80,19 @@ class DeliveryAttempts:
         breaker then held back, and once it closed the destination was
         throttled below its limit. Admitted, a delivery counts as in flight,
         its wait for its token included.
+
+        What the destination itself said comes first: gone, or a wait it
+        asked for, holds a delivery back before it takes a place among the
+        sends in flight or the breaker's probe.
         """
         destination = self.destinations.get(delivery.destination_id)
         if destination is None:
             return self._not_configured(delivery)
         policy = self.policies.for_destination(delivery.destination_id)
+        if (gone := policy.gone.parking(delivery.retry_from)) is not None:
+            return self._outcomes.parked(delivery, parked_as_gone(delivery, gone), "destination_gone")
+        if (asked := policy.provider_wait.remaining()) > 0:
+            return self._outcomes.held_back(delivery, asked, "provider_asked_wait")
         if policy.max_in_flight is not None and not await self._place_among(delivery.destination_id, policy.max_in_flight):
             return self._outcomes.held_back(delivery, SEND_WAIT_SECONDS, "in_flight_limit")
         wait = policy.breaker.admit()
@@ -99,6 +115,8 @@ class DeliveryAttempts:
             self._sends_to[delivery.destination_id] -= 1
         assert outcome.attempt is not None
         policy.breaker.record(healthy=outcome.attempt.outcome != "retryable")
+        if outcome.status == "sent":
+            policy.gone.clear()
         return outcome
 
     async def _place_among(self, destination_id: str, limit: int) -> bool:
@@ -142,7 +160,7 @@ class DeliveryAttempts:
             f"({max_age.total_seconds():g} s: HUB_DELIVERY_MAX_AGE_SECONDS, or its delivery.yaml retry.max_age): set "
             "that destination's HUB_* settings (see .env.example) on a delivery worker, then replay this delivery",
         ))
-        return self._outcomes.failed(delivery, error, now, time.perf_counter(), unsent_summary(delivery, self.recipient))
+        return self._outcomes.parked(delivery, error, "not_configured")
 
     def _say_not_configured(self, destination_id: str) -> None:
         """Log, once per destination, that its deliveries wait here for a process with its settings."""
@@ -167,4 +185,24 @@ class DeliveryAttempts:
             if error.failure.error_class.startswith(UNEXPECTED):  # a connector bug: retried, and loud
                 log.exception("destination raised an unexpected error", destination=delivery.destination_id)
             summary = unsent_summary(delivery, self.recipient) if request_summary is None else request_summary
+            self._heed(delivery, error)
             return self._outcomes.failed(delivery, error, started_at, clock, summary)
+
+    def _heed(self, delivery: Delivery, error: DeliveryError) -> None:
+        """What a destination's refusal of one delivery says of every delivery to it: it is gone, or wants quiet
+        for a while (a Retry-After with a retryable answer)."""
+        policy = self.policies.for_destination(delivery.destination_id)
+        if isinstance(error, GoneDeliveryError):
+            policy.gone.mark(Gone(utcnow(), delivery.delivery_id, error.failure))
+        elif isinstance(error, RetryableDeliveryError) and error.failure.retry_after:
+            policy.provider_wait.ask(error.failure.retry_after)
+
+
+def parked_as_gone(delivery: Delivery, gone: Gone) -> GoneDeliveryError:
+    """Why a delivery to a gone destination was not sent: what the destination answered the delivery that found it
+    gone, with that delivery's id, so the log's reader fixes the endpoint once and replays them all."""
+    return GoneDeliveryError(DeliveryFailure(
+        DESTINATION_GONE,
+        f"not sent: {delivery.destination_id} answered an earlier delivery ({gone.delivery_id}) at "
+        f"{gone.since.isoformat(timespec='seconds')} that it is gone: {gone.failure.message}",
+    ))

@@ -19,9 +19,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from hub.config_files import load_model
 from hub.durations import PositiveDuration
 from hub.errors import ConfigError
-from hub.retry import RetryPolicy
+from hub.retry import LONGEST_PROVIDER_WAIT_SECONDS, RetryPolicy
 from hub.settings import HubSettings
-from hub.throttle import CircuitBreaker, TokenBucket
+from hub.throttle import CircuitBreaker, GoneMark, ProviderWait, TokenBucket
 
 POLICY_FILE = "delivery.yaml"
 T = TypeVar("T")
@@ -69,12 +69,14 @@ class DeliveryPolicyFile(BaseModel):
 
 @dataclass(frozen=True)
 class DestinationPolicy:
-    """What the delivery engine applies to one destination; breaker and bucket hold live state."""
+    """What the delivery engine applies to one destination; breaker, bucket, wait and gone mark hold live state."""
 
     retry: RetryPolicy
     breaker: CircuitBreaker
     rate_limit: TokenBucket | None
     max_in_flight: int | None
+    provider_wait: ProviderWait
+    gone: GoneMark
 
 
 def load_policy_file(folder: Path) -> DeliveryPolicyFile:
@@ -84,10 +86,11 @@ def load_policy_file(folder: Path) -> DeliveryPolicyFile:
 
 def build_policy(destination_id: str, spec: DestinationPolicySpec, settings: HubSettings) -> DestinationPolicy:
     retry, breaker = spec.retry, spec.circuit_breaker
+    max_age = _given(retry.max_age, timedelta(seconds=settings.delivery_max_age_seconds))
     return DestinationPolicy(
         retry=RetryPolicy(
             max_attempts=_given(retry.max_attempts, settings.delivery_max_attempts),
-            max_age=_given(retry.max_age, timedelta(seconds=settings.delivery_max_age_seconds)),
+            max_age=max_age,
             base_delay=_seconds(retry.base_delay, settings.retry_base_delay_seconds),
             max_delay=_seconds(retry.max_delay, settings.retry_max_delay_seconds),
         ),
@@ -98,6 +101,9 @@ def build_policy(destination_id: str, spec: DestinationPolicySpec, settings: Hub
         ),
         rate_limit=TokenBucket(spec.rate_limit.per_second, spec.rate_limit.burst) if spec.rate_limit else None,
         max_in_flight=spec.max_in_flight,
+        # No longer than the retry policy honours a Retry-After (the max age), nor than an hour.
+        provider_wait=ProviderWait(destination_id, min(LONGEST_PROVIDER_WAIT_SECONDS, max_age.total_seconds())),
+        gone=GoneMark(destination_id),
     )
 
 

@@ -19,6 +19,7 @@
             ├── RetryableDeliveryError timeouts, 429, 5xx: try again later
             ├── PermanentDeliveryError invalid number, unsubscribed: never retry
             └── AuthDeliveryError      our credentials were refused: park until fixed
+                └── GoneDeliveryError  the destination says it is gone (410): park its later deliveries too
 
 `ConfigError` stands outside `HubError` on purpose: no retry loop that catches
 `HubError` may swallow a configuration mistake.
@@ -167,3 +168,8 @@ class PermanentDeliveryError(DeliveryError):
 
 class AuthDeliveryError(DeliveryError):
     outcome = "auth"
+
+
+class GoneDeliveryError(AuthDeliveryError):
+    """The destination says it takes no deliveries at its address any more (a webhook's 410 Gone): parked as an auth
+    outcome is, and the destination's later deliveries parked without a call (`hub.throttle.GoneMark`)."""

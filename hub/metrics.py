@@ -39,8 +39,10 @@ DECISIONS = Counter("hub_decisions_total", "Trigger decisions made.", ["rule"])
 DELIVERY_ATTEMPTS = Counter("hub_delivery_attempts_total", "Calls to destinations by outcome.", ["channel", "outcome"])
 DELIVERIES_HELD_BACK = Counter(
     "hub_deliveries_held_back_total",
-    "Deliveries put back in the outbox without a call to the destination, by reason (circuit_open, rate_limit, "
-    "in_flight_limit, not_configured); counted by the process that held them back.",
+    "Deliveries not sent to the destination, by reason: put back in the outbox for later (circuit_open, rate_limit, "
+    "in_flight_limit, not_configured, provider_asked_wait: the destination's Retry-After holds back every delivery to "
+    "it, for an hour at most), or parked in the dead-letter queue without a call (destination_gone: it answered an "
+    "earlier delivery 410 Gone; not_configured past the max age); counted by the process that held them back.",
     ["destination", "reason"],
 )
 CIRCUIT_OPEN = Gauge(

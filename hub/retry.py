@@ -31,6 +31,12 @@ from hub.errors import (
     RetryableDeliveryError,
 )
 
+# The longest a destination's Retry-After holds back its other deliveries (`hub.throttle.ProviderWait`), whatever it
+# asked: held as long as any header said, a bogus one ("Retry-After: 99999999") would stall the destination for good.
+# The delivery it answered still waits as long as asked, within its max age.
+LONGEST_PROVIDER_WAIT_SECONDS = 3600.0
+
+
 DEFAULT_STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     401: AuthDeliveryError,
     403: AuthDeliveryError,

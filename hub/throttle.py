@@ -1,11 +1,14 @@
-"""Per-destination protection of providers: a circuit breaker and a token bucket.
+"""Per-destination protection of providers: a circuit breaker, a token bucket, the wait a provider asked for, and
+a destination that said it is gone.
 
-Both live in the memory of one process. A breaker is a fast local reaction
+All live in the memory of one process. A breaker is a fast local reaction
 to an outage (every worker process learns on its own that Twilio is down,
 after a handful of failures), and a rate limit shared by several processes is
 set per process (divide the provider's limit by the number of workers).
-Neither ever fails a delivery: a delivery they hold back waits in the outbox
-and is tried when they let it through.
+None but the gone mark ever fails a delivery: a delivery they hold back waits
+in the outbox and is tried when they let it through. A destination's own word
+(`ProviderWait`, `GoneMark`) is learnt by each process from one answer of
+its own, as an outage is by its breaker.
 """
 
 from __future__ import annotations
@@ -13,10 +16,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 
 from hub import metrics
+from hub.errors import DeliveryFailure
 
 log = structlog.get_logger(__name__)
 
@@ -126,3 +132,79 @@ class TokenBucket:
         with self._lock:
             tokens = min(self.burst, self._tokens + (self._clock() - self._updated) * self.rate)
             return max(0.0, (1 - tokens) / self.rate)
+
+
+class ProviderWait:
+    """The quiet a destination asked for (Retry-After on a 429 or 503), kept for every delivery to it.
+
+    A Retry-After delayed only the delivery it answered: every other one to
+    the destination kept calling, got its own 429 and spent its retry budget
+    on a provider that had asked for quiet (Svix and Novu pause the endpoint
+    instead). A wait is cut to `longest`, so a bogus header cannot stall a
+    destination for ever; a shorter one asked later never shortens a longer
+    one in force.
+    """
+
+    def __init__(self, name: str, longest: float, clock: Clock = time.monotonic) -> None:
+        self.name = name
+        self.longest = longest
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._until = 0.0  # clock time before which nothing is sent; read without the lock (one float)
+
+    def remaining(self) -> float:
+        """0 when a call may go ahead now; otherwise the seconds left of the wait asked for."""
+        return max(0.0, self._until - self._clock())
+
+    def ask(self, seconds: float) -> None:
+        """The destination asked that nothing be sent for `seconds` (at most `longest`)."""
+        with self._lock:
+            until = self._clock() + min(seconds, self.longest)
+            if until <= self._until:
+                return
+            self._until = until
+        log.info("destination asked for a wait: its deliveries are held back", destination=self.name,
+                 wait_seconds=round(min(seconds, self.longest), 3), asked_seconds=seconds)
+
+
+@dataclass(frozen=True)
+class Gone:
+    """When a destination answered that it is gone, to which delivery, and what it said."""
+
+    since: datetime
+    delivery_id: str
+    failure: DeliveryFailure
+
+
+class GoneMark:
+    """A destination that answered it is gone (a webhook's 410 Gone): its later deliveries are parked without a call.
+
+    Each one made its own call and got its own 410, where Standard Webhooks
+    asks a sender to stop, and Svix disables the endpoint. The mark holds
+    until the destination takes a delivery again (a replay sent after the
+    mark goes: ops replay once the receiver is back), or the process
+    restarts: a destination's URL is a setting, read at start only, so a new
+    URL starts unmarked.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._gone: Gone | None = None
+
+    def mark(self, gone: Gone) -> None:
+        if self._gone is None:
+            log.warning("destination is gone: its later deliveries are parked without a call until replayed",
+                        destination=self.name, delivery_id=gone.delivery_id)
+        self._gone = gone
+
+    def clear(self) -> None:
+        """The destination took a delivery: it is back."""
+        self._gone = None
+
+    def parking(self, replayed_at: datetime | None) -> Gone | None:
+        """The mark that parks a delivery last replayed at `replayed_at` (None: never): a replay asked after the
+        destination answered it is gone is sent, as ops asked for it once they had fixed the endpoint."""
+        gone = self._gone
+        if gone is None or (replayed_at is not None and replayed_at > gone.since):
+            return None
+        return gone

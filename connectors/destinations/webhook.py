@@ -16,8 +16,8 @@ Each delivery is one JSON POST carrying three headers:
 Redirects are not followed: a 3xx could point anywhere, past the SSRF guard. Its Location is logged (its
 query's values hidden), so ops see what to set the URL to, as Standard Webhooks asks. A 410 Gone is the
 receiver saying it wants no more webhooks at this URL (Standard Webhooks: disable the endpoint), so it parks
-the delivery as a refused setup does (dead-lettered, not failed): once ops have fixed the URL, one
-`touchhub deliveries replay --all` sends it and every later one parked the same way.
+the delivery as a refused setup does (dead-lettered, not failed), and the engine parks the later deliveries to
+the receiver without a call: once ops have fixed the URL, one `touchhub deliveries replay --all` sends them all.
 
 A receiver's URL may carry its credential (``?token=...``): the delivery log
 shows it through `shown_url`, and failure messages too, since aiohttp's
@@ -68,7 +68,7 @@ from connectors.destinations.ssrf import (
     parse_networks,
 )
 from hub.clock import utcnow
-from hub.errors import AuthDeliveryError, DeliveryError, DeliveryFailure, PermanentDeliveryError, RetryableDeliveryError
+from hub.errors import DeliveryError, DeliveryFailure, GoneDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import ENGINE_KEYS, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
@@ -89,8 +89,9 @@ _EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 _URL_IN_TEXT = re.compile(r"https?://\S+")
 GONE = 410
 # The receiver's statuses whose meaning differs from the hub's table: 410 parks the endpoint (an auth outcome:
-# dead-lettered until replayed), as Standard Webhooks asks a sender to stop sending to it.
-STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {GONE: AuthDeliveryError}
+# dead-lettered until replayed, the later deliveries with it, without a call), as Standard Webhooks asks a sender to
+# stop sending to it.
+STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {GONE: GoneDeliveryError}
 
 
 class WebhookConfig(BaseModel):
