@@ -77,13 +77,17 @@ def profiles_show(
 
 
 def _identifier_argument(text: str, config: IdentityConfig, region: str) -> Identifier | None:
-    """`text` as an identifier, normalized as the pipeline stores it, when it is written TYPE:VALUE with a type
-    mappings/identity.yaml declares; else None (a profile id). A value no identifier can have is a bad parameter."""
+    """`text` as an identifier, normalized as the pipeline stores it, when it is written TYPE:VALUE; else None (a
+    profile id, which never holds a colon). A type mappings/identity.yaml does not declare, or a value no
+    identifier can have, is a bad parameter."""
     from hub.identifiers import normalize_identifier
 
     type_, colon, value = text.partition(":")
-    if not colon or type_ not in config.types:
+    if not colon:
         return None
+    undeclared = config.undeclared(type_)
+    if undeclared is not None:
+        raise typer.BadParameter(undeclared, param_hint="PROFILE")
     identifier = normalize_identifier(type_, value, region, config)
     if identifier is None:
         raise typer.BadParameter(f"{value!r} is not a usable {type_} (missing, junk or malformed)", param_hint="PROFILE")

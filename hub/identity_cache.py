@@ -25,7 +25,9 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, identifier_digest, moved_event
+from hub.store.identity_graph import (
+    FOLLOWING_MERGES, detached_event, identifier_digest, moved_event, refused_events, save_refusals,
+)
 from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
 from hub.store.sql import lock_profiles
@@ -57,6 +59,7 @@ class CachedIdentityGraph:
         self._merge_rows: list[dict[str, Any]] = []
         self._merged_into: dict[str, str] = {}  # every merge since the last flush, merged -> survivor
         self._events: list[dict[str, Any]] = []
+        self._refusals: list[dict[str, Any]] = []  # written by `save_refusals`, which counts a recurring one
         self._moved_identifiers: dict[Identifier, dict[str, Any]] = {}  # stored identifiers given to another profile
         self._evicted: list[dict[str, Any]] = []  # stored identifiers to delete (`evict_oldest`)
 
@@ -160,13 +163,7 @@ class CachedIdentityGraph:
         return [ident.value for ident in held[:count]]
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
-        self._events.extend(
-            {
-                "kind": "refused", "profile_id": profile_id, "other_profile_id": link.profile_id, "touchpoint_id": touchpoint_id,
-                "identifiers": [[link.identifier.type, link.identifier.value]], "rule": link.rule, "at": at,
-            }
-            for link in refused
-        )
+        self._refusals.extend(refused_events(profile_id, touchpoint_id, refused, at))
 
     def flush(self, connection: Connection) -> None:
         """Write everything resolved since the last flush, in a handful of statements.
@@ -201,7 +198,9 @@ class CachedIdentityGraph:
             connection.execute(insert(merges), self._merge_rows)
         if self._events:
             connection.execute(insert(identity_events), self._events)
+        save_refusals(connection, self._refusals)
         self._new_profiles, self._new_identifiers, self._merge_rows, self._merged_into, self._events = {}, {}, [], {}, []
+        self._refusals = []
         self._moved_identifiers, self._evicted = {}, []
 
     def _apply_moves(self, connection: Connection, moved: dict[str, str]) -> None:

@@ -112,6 +112,13 @@ class IdentityConfig(BaseModel):
         """Type -> rank, 0 the highest; unlisted types rank after every listed one."""
         return {item.type: rank for rank, item in enumerate(self.identifier_types)}
 
+    def undeclared(self, type_: str) -> str | None:
+        """Why a lookup by `type_` can find nobody, or None if the type is declared: a mapping may produce only
+        declared types (`hub.mappings_folder`), so any other is a typo, which "no profile" hid."""
+        if type_ in self.types:
+            return None
+        return f"{type_!r} is not an identifier type declared in {IDENTITY_FILE}; use one of: {', '.join(self.types)}"
+
     def rank(self, type_: str) -> int:
         return self.priority.get(type_, len(self.identifier_types))
 

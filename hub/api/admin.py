@@ -94,6 +94,8 @@ async def lookup_profile(
     value: str = Query(description="Identifier value; normalized as the pipeline does (e.g. emails lower-cased)."),
 ) -> Response:
     hub = _hub(request)
+    if (undeclared := hub.identity.undeclared(type)) is not None:
+        raise HTTPException(400, detail=f"type: {undeclared}")
     identifier = normalize_identifier(type, value, hub.settings.default_phone_region, hub.identity)
     if identifier is None:
         raise HTTPException(400, detail=f"value: {value!r} is not a usable {type} identifier")

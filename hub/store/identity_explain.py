@@ -192,6 +192,8 @@ def _seen_from(viewed: list[str], audit: Sequence[Any], kind: str) -> list[dict[
 
 
 def _audit_entry(row: Any) -> dict[str, Any]:
+    """One audit row; `at` and `touchpoint_id` are its first time, and a refused link that recurs (a shared
+    device, refused on every event of its second user) says how often (`times`) and when last (`last_at`)."""
     return {
         "profile_id": row["profile_id"],
         "other_profile_id": row["other_profile_id"],
@@ -199,4 +201,6 @@ def _audit_entry(row: Any) -> dict[str, Any]:
         "identifiers": row["identifiers"],
         "rule": row["rule"],
         "at": row["at"],
+        "times": row["times"],
+        "last_at": row["last_at"] or row["at"],
     }

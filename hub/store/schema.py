@@ -182,6 +182,11 @@ identity_events = Table(
     Column("identifiers", JSON, nullable=False),
     Column("rule", String(200), nullable=False),
     Column("at", UTCDateTime, nullable=False),
+    # A refused link is one row however often it recurs (a kiosk's device on every event of its second user):
+    # keyed by a digest of the profiles, identifier and rule, counted, with when it was last refused.
+    Column("refusal_key", String(64), unique=True, index=True),
+    Column("times", Integer, nullable=False, server_default="1"),
+    Column("last_at", UTCDateTime),
 )
 
 kept_apart = Table(
