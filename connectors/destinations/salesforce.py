@@ -34,7 +34,10 @@ A Lead a sales rep has converted is read-only: Salesforce refuses every
 update to it (CANNOT_UPDATE_CONVERTED_LEAD), and the person lives on as the
 Contact the conversion made. An update whose Lead turns out converted goes
 to that Contact (``ConvertedContactId``), with the fields a Contact has; the
-others are left out, and the attempt's summary names both.
+others are left out, and the attempt's summary names both. So does the
+update of a survivor whose merged-in profile's Lead was converted: that Lead
+cannot be re-keyed, and its Contact is the person's record. An erasure of a
+converted Lead deletes its Contact too, where the updates went since.
 
 What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
 ``fields`` (field API name -> value), ``intent`` and ``task``. A template may
@@ -191,14 +194,22 @@ class SalesforceDestination(Destination):
     def _write(self, client: Salesforce, update: CrmUpdate) -> SendResult:
         key_field = self.settings.external_id_field
         record_type = getattr(client, update.sobject)
-        carried_from = self._carry_over(record_type, update) if update.previous_keys else None
+        carried_from = None
+        if update.previous_keys and (merged := self._merged_record(record_type, update)) is not None:
+            previous, record = merged
+            if contact_id := converted_contact(record):
+                return self._write_converted(client, update, record, contact_id, {"merged_lead_key": previous})
+            carried_from = self._carry_over(record_type, update, previous, record)
         try:
             answer = record_type.upsert(f"{key_field}/{quote(update.external_id, safe='')}", update.fields,
                                         raw_response=True)
         except SalesforceError as exc:
             if error_code(exc) != CONVERTED_LEAD:
                 raise
-            return self._write_converted(client, update, exc)
+            lead = client.Lead.get_by_custom_id(key_field, update.external_id)
+            if not (contact_id := converted_contact(lead)):
+                raise
+            return self._write_converted(client, update, lead, contact_id)
         created = answer.status_code == 201
         record_id = answer.json()["id"] if answer.content else None
         summary: dict[str, Any] = {"sobject": update.sobject, "record_id": record_id, "created": created}
@@ -210,26 +221,25 @@ class SalesforceDestination(Destination):
             record_id = record["Id"]
         return SendResult(status="sent", provider_message_id=record_id, response_summary=summary)
 
-    def _write_converted(self, client: Salesforce, update: CrmUpdate, refused: SalesforceError) -> SendResult:
-        """Write `update` to the Contact its converted Lead became, as far as a Contact has its fields; raises
-        `refused`, the Lead's refusal, when the Lead names no Contact.
+    def _write_converted(self, client: Salesforce, update: CrmUpdate, lead: dict[str, Any], contact_id: str,
+                         noted: Mapping[str, Any] | None = None) -> SendResult:
+        """Write `update` to `contact_id`, the Contact its converted `lead` became, as far as a Contact has its
+        fields; `noted` joins the attempt's summary.
 
         The Contact is not keyed by the profile id (Salesforce's conversion
         copies no custom field unless the org maps it), so each later update
         finds the Lead again and follows it here: one refused upsert and one
-        read more per update. The Contact's type is described once per
-        destination, so a field an admin adds to Contact counts after a restart.
+        read more per update (or, for a Lead a merged-in profile's updates
+        made, the reads `_merged_record` makes). The Contact's type is
+        described once per destination, so a field an admin adds to Contact
+        counts after a restart.
         """
-        lead = client.Lead.get_by_custom_id(self.settings.external_id_field, update.external_id)
-        contact_id = lead.get("ConvertedContactId")
-        if not lead.get("IsConverted") or not contact_id:
-            raise refused
         on_contact = self._fields_of(client, "Contact")
         fields = {name: value for name, value in update.fields.items() if name in on_contact}
         if fields:
             client.Contact.update(contact_id, fields)
         summary: dict[str, Any] = {"sobject": "Contact", "record_id": contact_id, "created": False,
-                                   "converted_lead_id": lead["Id"]}
+                                   "converted_lead_id": lead["Id"], **(noted or {})}
         left_out = sorted(set(update.fields) - set(fields))
         if left_out:
             summary["left_out"] = f"{', '.join(left_out)}: no such field on Contact (the Lead was converted)"
@@ -268,44 +278,55 @@ class SalesforceDestination(Destination):
         return summary
 
     def _erase(self, client: Salesforce, erasure: CrmErasure) -> SendResult:
-        """Delete the record keyed by the erasure's external id; one already gone counts as erased (a retry
-        after a lost answer finds nothing, and so does an erasure of a record a user deleted)."""
-        key = f"{self.settings.external_id_field}/{quote(erasure.external_id, safe='')}"
-        try:
-            getattr(client, erasure.sobject).delete(key)
-        except SalesforceResourceNotFound as exc:
-            if not no_such_record(exc):
-                raise
-            return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": False, "already_gone": True})
-        return SendResult("sent", None, {"sobject": erasure.sobject, "deleted": True})
+        """Delete the record keyed by the erasure's external id, and first the Contact a converted Lead became;
+        one already gone counts as erased (a retry after a lost answer finds nothing, and so does an erasure of
+        a record a user deleted).
 
-    def _carry_over(self, record_type: SFType, update: CrmUpdate) -> str | None:
-        """Re-key the record of a profile merged into this one to this profile's id, when this one has no record
-        yet; returns the key it carried over from, or None.
+        After a conversion the hub's updates went to the Contact
+        (`_write_converted`), which Salesforce does not delete with its Lead:
+        it goes first, so a retry after a lost answer still finds the Lead
+        that names it. Erasing a Lead costs one read more for that.
+        """
+        summary: dict[str, Any] = {"sobject": erasure.sobject}
+        if erasure.sobject == "Lead":
+            lead = self._record_keyed(client.Lead, erasure.external_id)
+            if lead is not None and (contact_id := converted_contact(lead)):
+                summary.update(converted_contact_id=contact_id, contact_deleted=_deleted(client.Contact, contact_id))
+        key = f"{self.settings.external_id_field}/{quote(erasure.external_id, safe='')}"
+        deleted = _deleted(getattr(client, erasure.sobject), key)
+        return SendResult("sent", None, {**summary, "deleted": deleted, **({} if deleted else {"already_gone": True})})
+
+    def _merged_record(self, record_type: SFType, update: CrmUpdate) -> tuple[str, dict[str, Any]] | None:
+        """The record of a profile merged into this one, with the key it is found by, when this one has no
+        record yet; else None.
 
         Before a merge each side's CRM updates upserted a record of its own;
-        without this the survivor's first update would create a second Lead for
-        the same person, and the first, with its history and owner, would stop
-        being updated. Every update of a profile with merged-in records to
-        look for pays one read more (its own record, found): the outbox cannot
-        tell which record types a merged-in id keyed, and a Contact written for
-        the survivor says nothing of its Lead. Only profiles merged into after a
-        CRM update pay it.
+        without taking that one over the survivor's first update would create
+        a second Lead for the same person, and the first, with its history and
+        owner, would stop being updated. Every update of a profile with
+        merged-in records to look for pays one read more (its own record,
+        found): the outbox cannot tell which record types a merged-in id
+        keyed, and a Contact written for the survivor says nothing of its
+        Lead. Only profiles merged into after a CRM update pay it.
         """
         if self._record_keyed(record_type, update.external_id) is not None:
             return None
         for previous in update.previous_keys:
             record = self._record_keyed(record_type, previous)
-            if record is None:
-                continue
-            try:
-                record_type.update(record["Id"], {self.settings.external_id_field: update.external_id})
-            except SalesforceError as exc:
-                if error_code(exc) != DUPLICATE_VALUE:
-                    raise
-                return None  # another send keyed a record to the survivor meanwhile: the upsert updates that one
-            return previous
+            if record is not None:
+                return previous, record
         return None
+
+    def _carry_over(self, record_type: SFType, update: CrmUpdate, previous: str, record: dict[str, Any]) -> str | None:
+        """Re-key `record`, found by the merged-in key `previous`, to this profile's id; returns `previous`, or
+        None when another send keyed a record to this profile meanwhile (the upsert then updates that one)."""
+        try:
+            record_type.update(record["Id"], {self.settings.external_id_field: update.external_id})
+        except SalesforceError as exc:
+            if error_code(exc) != DUPLICATE_VALUE:
+                raise
+            return None
+        return previous
 
     def _record_keyed(self, record_type: SFType, key: str) -> dict[str, Any] | None:
         try:
@@ -315,3 +336,20 @@ class SalesforceDestination(Destination):
 
     def close(self) -> None:
         self.session.close()
+
+
+def converted_contact(record: Mapping[str, Any]) -> str | None:
+    """The id of the Contact a converted Lead became; None for a Lead not converted, or any other record."""
+    return record.get("ConvertedContactId") if record.get("IsConverted") else None
+
+
+def _deleted(record_type: SFType, key: str) -> bool:
+    """Delete the record `key` names (an id, or ``<external-id field>/<value>``); False if it was gone already.
+    A NOT_FOUND that blames the external-id field, not the record, is raised: a setup to fix."""
+    try:
+        record_type.delete(key)
+    except SalesforceResourceNotFound as exc:
+        if not no_such_record(exc):
+            raise
+        return False
+    return True

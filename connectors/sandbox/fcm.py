@@ -24,6 +24,8 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
   `FakeFcm.token_violations` to add the ``google.rpc.BadRequest`` field
   violation on ``message.token`` FCM has also been seen sending. A reserved
   data key is ``INVALID_ARGUMENT`` with a violation on ``message.data``.
+* A device sent to faster than FCM allows is 429 ``QUOTA_EXCEEDED``
+  "Device message rate exceeded." with ``Retry-After`` (`rate_limited`).
 * A message whose payload (data keys and values, notification title and
   body, in UTF-8) is over 4096 bytes is 400 ``INVALID_ARGUMENT`` "Android
   message is too big" with no field violation: nothing in it blames the
@@ -82,7 +84,8 @@ class FakeFcm(RecordingFake):
     Put tokens of uninstalled apps into `unregistered`; FCM answers them with
     ``UNREGISTERED``. Put tokens of another Firebase project into
     `other_senders` (every token, to play a hub holding another project's
-    key); FCM answers them with ``SENDER_ID_MISMATCH``. `token_violations`
+    key); FCM answers them with ``SENDER_ID_MISMATCH``. Put tokens into
+    `rate_limited` for FCM's per-device rate limit (``QUOTA_EXCEEDED``). `token_violations`
     adds a field violation on ``message.token`` to the answer to a malformed
     token, which FCM usually leaves out. `expire_access_tokens` revokes every
     issued access token.
@@ -93,6 +96,7 @@ class FakeFcm(RecordingFake):
         self.project_id = project_id
         self.unregistered: set[str] = set()
         self.other_senders: set[str] = set()
+        self.rate_limited: set[str] = set()
         self.token_violations = False
         self._public_keys: dict[str, Any] = {}
         self.access_tokens = IssuedTokens(lambda: "ya29.sandbox-" + secrets.token_urlsafe(32))
@@ -141,6 +145,7 @@ class FakeFcm(RecordingFake):
             self._messages.clear()
             self.unregistered.clear()
             self.other_senders.clear()
+            self.rate_limited.clear()
             self.token_violations = False
 
     def _public_key(self, email: str) -> Any:
@@ -233,6 +238,8 @@ def create_app(fake: FakeFcm) -> Starlette:
             return fcm_error(404, "Requested entity was not found.", "UNREGISTERED")
         if device in fake.other_senders:
             return fcm_error(403, "SenderId mismatch", "SENDER_ID_MISMATCH")
+        if device in fake.rate_limited:
+            return fcm_error(429, "Device message rate exceeded.", "QUOTA_EXCEEDED", headers={"Retry-After": "1"})
         return JSONResponse(fake._store(message))
 
     async def messages_send(request: Request) -> Response:

@@ -24,15 +24,17 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
   fields here are unique, so a value another record of the type already
   holds is refused with 400 ``DUPLICATE_VALUE``. So is an upsert that loses
   a race: two that insert one new external-id value at once (`lose_next_race`).
-* Delete is ``DELETE /sobjects/{type}/{externalIdField}/{value}``: 204 and
-  no body; a value no record holds is 404 ``NOT_FOUND``. A Lead's or
-  Contact's activities (Tasks whose ``WhoId`` is the record) go with it.
+* Delete is ``DELETE /sobjects/{type}/{externalIdField}/{value}`` or
+  ``DELETE /sobjects/{type}/{id}``: 204 and no body; a value no record holds
+  is 404 ``NOT_FOUND``. A Lead's or Contact's activities (Tasks whose
+  ``WhoId`` is the record) go with it.
 * Record ids are 18 characters whose first three name the object type
   (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User, ``00G`` a
   queue). A queue may own a Lead (`assign_to_queue`), never a Task.
 * A converted Lead (`convert_lead`) reads ``IsConverted: true`` and names
   its Contact in ``ConvertedContactId``; every Lead reads ``IsConverted``
-  (false until converted). Salesforce refuses to write a converted Lead, by
+  (false until converted). The Lead's activities move to the Contact, and
+  deleting the Lead leaves the Contact. Salesforce refuses to write a converted Lead, by
   upsert or update, and a Task whose ``WhoId`` is one: 400
   ``CANNOT_UPDATE_CONVERTED_LEAD`` "cannot reference converted lead".
 * ``GET /sobjects/{type}/describe`` names the type's fields.
@@ -160,13 +162,18 @@ class FakeSalesforce(RecordingFake):
 
     def convert_lead(self, lead_id: str) -> str:
         """Convert a Lead as a sales rep does: a new Contact gets the Lead's standard fields a Contact has (the
-        org maps no custom field here), and the Lead, read-only from then on, names it. Returns the Contact's id."""
+        org maps no custom field here) and its activities, and the Lead, read-only from then on, names it.
+        Returns the Contact's id."""
         with self._lock:
             lead = self._records["Lead"][lead_id]
             carried = {name: value for name, value in lead.items() if name in STANDARD_FIELDS["Contact"]}
         contact = self._write("Contact", new_record_id("Contact"), carried)
         self._write("Lead", lead_id, {"IsConverted": True, "ConvertedContactId": contact["Id"],
                                       "ConvertedDate": utcnow().date().isoformat(), "Status": "Closed - Converted"})
+        with self._lock:
+            for task in self._records["Task"].values():
+                if task.get("WhoId") == lead_id:
+                    task["WhoId"] = contact["Id"]
         return contact["Id"]
 
     def _converted(self, record_id: str) -> bool:

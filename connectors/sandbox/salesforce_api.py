@@ -149,6 +149,15 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         fake._write(call.sobject, record_id, call.body)
         return Response(status_code=204)
 
+    def delete_by_id(call: _Call) -> Response:
+        record_id = call.params["record_id"]
+        if not RECORD_ID.fullmatch(record_id):
+            return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
+        if fake._find(call.sobject, "Id", record_id) is None:
+            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        fake.delete_record(call.sobject, record_id)
+        return Response(status_code=204)
+
     def describe(call: _Call) -> Response:
         """The type's fields, as much of Salesforce's describe as the hub reads: each field's name."""
         names = {"Id", *fake.fields[call.sobject], *(CONVERSION_FIELDS if call.sobject == "Lead" else ())}
@@ -236,6 +245,7 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         Route(f"{data}/describe", api(describe), methods=["GET"]),
         Route(f"{data}/{{record_id}}", api(get_by_id), methods=["GET"]),
         Route(f"{data}/{{record_id}}", api(update_by_id), methods=["PATCH"]),
+        Route(f"{data}/{{record_id}}", api(delete_by_id), methods=["DELETE"]),
         Route(f"{data}/{{field}}/{{value}}", api(upsert), methods=["PATCH"]),
         Route(f"{data}/{{field}}/{{value}}", api(get_by_external_id), methods=["GET"]),
         Route(f"{data}/{{field}}/{{value}}", api(delete_by_external_id), methods=["DELETE"]),
