@@ -253,8 +253,7 @@ class DeliveryEngine:
         """Let the sends in flight finish (each within its destination's timeout) and record them, put back a
         batch claimed and not sent (due now, as it was; after a failed record, when its lease runs out), close
         every destination's connections (async ones on the loop that opened them), then the loop."""
-        if self._sending:
-            self._loop.run_until_complete(asyncio.wait(self._sending.values()))
+        self._finish_sends()
         if self._sending or self._claimed:
             self._recorder.write_back(list(self._finished().values()), self._put_back)
             self._sending, self._leased_at, self._claimed = {}, {}, None
@@ -262,6 +261,17 @@ class DeliveryEngine:
         self._loop.close()
         for destination in self.destinations.values():
             destination.close()
+
+    def _finish_sends(self) -> None:
+        """Wait for the sends in flight, renewing their leases as a run does: a send may outlast a lease (an SMTP
+        relay has 10 minutes to answer the end of a message), and one whose lease ran out while the engine closed
+        was claimed and sent again by another node."""
+        while going := [delivery_id for delivery_id, send in self._sending.items() if not send.done()]:
+            with self.store.write() as connection:
+                self._renew_leases(connection, going, utcnow())
+            self._loop.run_until_complete(asyncio.wait(
+                [self._sending[delivery_id] for delivery_id in going], timeout=self.lease.total_seconds() / 4
+            ))
 
     def _put_back(self, connection: Connection) -> None:
         """The batch claimed and not sent, due now again, as it was."""

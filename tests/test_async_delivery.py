@@ -316,3 +316,36 @@ def test_a_held_message_whose_zone_this_host_cannot_load_is_judged_in_the_defaul
     assert sent == 1
     log = delivery_log(store)
     assert (log["unknown-zone"]["status"], log["urgent"]["status"]) == ("pending", "sent")  # held in UTC's quiet hours
+
+
+def test_a_send_outliving_its_lease_while_the_engine_closes_keeps_its_lease(store: Store) -> None:
+    """`close` waited for the sends in flight without renewing their leases: an SMTP relay taking its 10 minutes
+    to answer the end of a message let the lease run out, and another node claimed the email and sent it again."""
+    pager = SlowPager()
+    plan(store, pager.slug, ["slow"])
+    running = DeliveryEngine(
+        store, {pager.destination_id: pager}, PolicyBook(DeliveryPolicyFile(), HubSettings(_env_file=None)),  # type: ignore[call-arg]
+        batch_size=10, lease=timedelta(seconds=0.4), concurrency=4,
+    )
+    assert running.run_once() == 1  # "slow" in flight, carried over
+    leases: list[tuple[object, object, str]] = []
+    stop = threading.Event()
+
+    def watch() -> None:  # what another node's claim would see while the engine closes
+        while not stop.is_set():
+            with store.read() as connection:
+                until, status = connection.execute(select(deliveries.c.claimed_until, deliveries.c.status)).one()
+            leases.append((utcnow(), until, status))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        running.close()
+    finally:
+        stop.set()
+        watcher.join()
+    pending = [(read_at, until) for read_at, until, status in leases if status == "pending"]
+    assert len(pending) > 10  # the send took a second, two and a half leases
+    assert all(until is not None and until > read_at for read_at, until in pending)  # never free for another claim
+    assert statuses(store) == {"slow": "sent"}

@@ -267,7 +267,7 @@ def test_a_delivery_policy_for_a_misspelt_destination_id_is_refused_naming_it_an
         "delivery.yaml: destinations.twilo_sms: no such destination (correct the id, or remove its entry); "
         "known: chat_webhook, twilio_sms"
     ]
-    check_destination_ids(load_policy_file(PROJECT_MAPPINGS), {"twilio_sms", "chat_webhook", "outbound_webhook"})
+    check_destination_ids(load_policy_file(PROJECT_MAPPINGS), {"twilio_sms", "chat_webhook", "outbound_webhook", "email_smtp"})
 
 
 def test_a_hub_refuses_to_start_with_a_policy_for_a_misspelt_destination_id(tmp_path: Path, mappings_dir: Path) -> None:

@@ -11,6 +11,7 @@ engine's thread pool bounds how many are open at once.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import smtplib
 import ssl
@@ -25,7 +26,7 @@ from typing import Any, Literal
 from urllib.parse import urlencode
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from connectors.base import Destination
 from connectors.destinations.email_addresses import one_address, sender_address
@@ -45,6 +46,22 @@ log = structlog.get_logger(__name__)
 
 # Reply codes that mean our credentials or TLS setup are wrong, not the message.
 AUTH_CODES = frozenset({530, 534, 535, 538})
+# smtplib's code for a reply line that does not start with one (a proxy's page, a line cut short): the
+# conversation broke, nothing was said about the message, so it is retried.
+GARBLED = -1
+# A recipient refused because the relay will not relay for the hub (Postfix "Relay access denied", Sendmail
+# "Relaying denied", Exchange 5.7.54 "Unable to relay"): the hub is not authenticated or not allowed, the same
+# for every recipient, so it parks like a setup error. Read from the text: 5.7.1 alone is also one recipient's
+# own policy, and "relay recipient table" (Postfix) names a dead address.
+RELAY_DENIED = re.compile(
+    r"relay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited)|unable\s+to\s+relay|(?:not|n't)\s+relay\b",
+    re.IGNORECASE,
+)
+# RFC 5321 4.5.3.2.6: the reply to the end of DATA is waited for 10 minutes, while the relay filters the
+# message; a client giving up sooner has it sent again on retry, a copy each time if the relay queued it.
+DATA_REPLY_SECONDS = 600.0
+# Relays on this machine, the only ones `tls: none` may send credentials to.
+LOCAL_HOST_NAMES = frozenset({"localhost", "localhost."})
 # Refusals of the hub itself, not of one message: a 5xx greeting (RFC 5321 3.1, "no SMTP service here": our IP
 # is blocklisted), a 5xx to EHLO/HELO, a 5xx to MAIL FROM (our From address is not ours to send as). The same
 # for every email, so they park like setup errors; except `MESSAGE_TOO_BIG`, MAIL FROM's answer to its SIZE.
@@ -109,7 +126,8 @@ class EmailSmtpConfig(BaseModel):
     host: str
     port: int = Field(ge=1, le=65535)
     tls: Literal["none", "starttls", "tls"] = Field(
-        "starttls", description="none (plain, local relays only), starttls (usually port 587) or tls (implicit, port 465)."
+        "starttls", description="none (plain: credentials only to a relay on this machine), starttls (usually port 587) "
+        "or tls (implicit, port 465)."
     )
     username: str | None = None
     password: SecretStr | None = None
@@ -118,7 +136,23 @@ class EmailSmtpConfig(BaseModel):
     unsubscribe_url: str = Field(description="The hub's public /v1/unsubscribe URL.")
     unsubscribe_secret: SecretStr
     unsubscribe_link_days: int = Field(90, ge=1)
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(
+        10.0, gt=0, description="Seconds the reply to each command is waited for; the reply to the end of the message "
+        f"is waited for {DATA_REPLY_SECONDS:.0f} s (RFC 5321 4.5.3.2.6).",
+    )
+
+    @field_validator("username")
+    @classmethod
+    def _not_in_clear(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """Checked at start: with `tls: none`, AUTH sends the username and password (often a provider API key)
+        over plain TCP, which only a relay on this machine may see."""
+        host, tls = info.data.get("host"), info.data.get("tls")
+        if value and tls == "none" and host is not None and not _is_local(host):
+            raise ValueError(
+                f"would be sent in clear to {host}, which is not this machine (tls is none): set tls to starttls "
+                "(usually port 587) or tls (port 465), i.e. HUB_SMTP_TLS=starttls or HUB_SMTP_TLS=tls"
+            )
+        return value
 
     @field_validator("ca_file")
     @classmethod
@@ -252,8 +286,8 @@ class EmailSmtpDestination(Destination):
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
         if settings.tls == "tls":
-            return smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout_seconds, context=self._tls)
-        smtp = smtplib.SMTP(settings.host, settings.port, timeout=settings.timeout_seconds)
+            return _PatientSmtpSsl(settings.host, settings.port, timeout=settings.timeout_seconds, context=self._tls)
+        smtp = _PatientSmtp(settings.host, settings.port, timeout=settings.timeout_seconds)
         if settings.tls == "starttls":
             try:
                 smtp.starttls(context=self._tls)
@@ -261,6 +295,33 @@ class EmailSmtpDestination(Destination):
                 smtp.close()
                 raise
         return smtp
+
+
+class _PatientSmtp(smtplib.SMTP):
+    """`smtplib.SMTP` that waits `DATA_REPLY_SECONDS` (or the command timeout, if longer) from DATA on, for the
+    reply to the end of the message, and the command timeout for every other reply.
+
+    The socket's timeout is raised at DATA because smtplib sends the message and reads that reply in one call.
+    """
+
+    def data(self, msg: Any) -> tuple[int, bytes]:
+        assert self.sock is not None, "DATA is only sent on a connection"
+        self.sock.settimeout(max(self.timeout, DATA_REPLY_SECONDS))
+        return super().data(msg)
+
+
+class _PatientSmtpSsl(_PatientSmtp, smtplib.SMTP_SSL):
+    """`_PatientSmtp` over implicit TLS."""
+
+
+def _is_local(host: str) -> bool:
+    """Whether `host` is this machine: localhost, or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() in LOCAL_HOST_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _quit(smtp: smtplib.SMTP) -> None:
@@ -369,9 +430,8 @@ def _as_tls_error(error: ssl.SSLError) -> DeliveryError:
 
 
 def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
-    """SMTP's reply code decides: auth codes park the delivery, 4xx retries, 5xx is final unless it refuses the hub
-    itself (`REFUSES_THE_HUB`: parked); a recipient refused as a dead address (`DEAD_ADDRESS`) leaves the profile
-    too."""
+    """SMTP's reply code decides (`_outcome`); a recipient refused as a dead address (`DEAD_ADDRESS`) leaves the
+    profile too."""
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
         code, text = next(iter(exc.recipients.values()))
     elif isinstance(exc, smtplib.SMTPResponseException):
@@ -380,15 +440,7 @@ def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
         outcome = AuthDeliveryError if isinstance(exc, smtplib.SMTPNotSupportedError) else RetryableDeliveryError
         return outcome(DeliveryFailure(f"smtp.{type(exc).__name__}", f"SMTP: {exc}"))
     reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-    if code in AUTH_CODES or isinstance(exc, smtplib.SMTPAuthenticationError):
-        outcome = AuthDeliveryError
-    elif 400 <= code < 500:
-        outcome = RetryableDeliveryError
-    elif isinstance(exc, REFUSES_THE_HUB) and code != MESSAGE_TOO_BIG:
-        outcome = AuthDeliveryError
-    else:
-        outcome = PermanentDeliveryError
-    return outcome(
+    return _outcome(exc, code, reply)(
         DeliveryFailure(
             error_class=f"smtp.{code}",
             message=mask_text(f"SMTP {code}: {reply}"),
@@ -397,6 +449,21 @@ def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
             recipient_gone=_hard_bounce(exc, code, reply),
         )
     )
+
+
+def _outcome(exc: smtplib.SMTPException, code: int, reply: str) -> type[DeliveryError]:
+    """4xx (and a garbled reply) retries, whatever the command: a 454 or 421 to AUTH is the relay's trouble for now
+    (RFC 4954 6), not our credentials. A 5xx refusing our credentials, the hub itself (`REFUSES_THE_HUB`) or to
+    relay for it (`RELAY_DENIED`) parks the delivery until the setup is fixed; any other 5xx is final."""
+    if code == GARBLED or 400 <= code < 500:
+        return RetryableDeliveryError
+    if code in AUTH_CODES or isinstance(exc, smtplib.SMTPAuthenticationError):
+        return AuthDeliveryError
+    if isinstance(exc, REFUSES_THE_HUB) and code != MESSAGE_TOO_BIG:
+        return AuthDeliveryError
+    if isinstance(exc, smtplib.SMTPRecipientsRefused) and RELAY_DENIED.search(reply):
+        return AuthDeliveryError
+    return PermanentDeliveryError
 
 
 def _hard_bounce(exc: smtplib.SMTPException, code: int, reply: str) -> str | None:
