@@ -34,7 +34,7 @@ from hub.model import Decision, Touchpoint, WaitEnded
 from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
 from hub.rule_events import awaited
 from hub.rule_history import History, ReadAhead
-from hub.rulebook import RuleBook
+from hub.rulebook import InForce, RuleBook
 from hub.rules import RuleSpec
 from hub.selectors import event_names
 from hub.shortened_waits import ShortenedWaits
@@ -104,12 +104,14 @@ class TimerEngine:
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
         self.shortened_waits = ShortenedWaits(store, rulebook, RULE_ROLLOUT)
+        self._in_force_seen = rulebook.in_force()
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         simulated = now
         now = now or utcnow()
         self.shortened_waits.follow(now)
+        self._warn_of_rules_gone()
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
@@ -145,6 +147,26 @@ class TimerEngine:
         """When the next timer comes due, as the last `run_once` read it, or this worker looks again at shortened
         waits, if sooner: until then its worker may nap."""
         return min(filter(None, (self._next_due, self.shortened_waits.next_look())), default=None)
+
+    def _warn_of_rules_gone(self) -> None:
+        """At the first run after a reload took rules out of force (removed, renamed, or `enabled: false`), warn
+        of the timers each leaves waiting, by rule id: each lapses when it comes due (`RULE_ROLLOUT`), and a
+        renamed rule's timers keep the old id, so ops who renamed `cart_abandonment` learn then, not when carts
+        go unnudged. Each run otherwise costs one comparison; a reload that took rules out walks the pending
+        timers once (`timers.pending_of_rules`)."""
+        in_force = self.rulebook.in_force()
+        if in_force is self._in_force_seen:
+            return
+        gone = self._in_force_seen.by_id.keys() - in_force.by_id.keys()
+        self._in_force_seen = in_force
+        if not gone:
+            return
+        with self.store.read() as connection:
+            waiting = timers.pending_of_rules(connection, gone)
+        for rule_id, count in sorted(waiting.items()):
+            log.warning("timers of a rule no longer in force will lapse when due: to keep them, put the rule back "
+                        "under this id (a renamed rule does not take them over)", rule=rule_id,
+                        reason=in_force.not_in_force(rule_id), timers=count, lapse_after=str(RULE_ROLLOUT))
 
     def _fire_alone(self, connection: Connection, timer: DueTimer, now: datetime) -> _Outcome:
         """Fire one timer in its own savepoint. A timer that fails keeps its claim and is retried when its lease
@@ -221,12 +243,12 @@ class TimerEngine:
         lengthened: list[tuple[str, datetime]] = []
         profiles: set[str] = set()
         held: Counter[tuple[str, str]] = Counter()
-        rules = self._rules_of(due)
-        for timer in sorted(due, key=lambda timer: _firing_order(timer, rules[timer.rule_id])):
-            rule, anchor = rules[timer.rule_id], anchors.get(timer.touchpoint_id)
+        in_force = self._in_force_for(due)
+        for timer in sorted(due, key=lambda timer: _firing_order(timer, in_force.by_id.get(timer.rule_id))):
+            rule, anchor = in_force.by_id.get(timer.rule_id), anchors.get(timer.touchpoint_id)
             profile = views.get(timer.profile_id)
             gone = _gone(anchor, profile)
-            ruled_out = None if gone else self._ruled_out(timer, rule, anchor, profile)
+            ruled_out = None if gone else _ruled_out(timer, rule, anchor, profile, in_force)
             if ruled_out is not None and (age := now - timer.created_at) < RULE_ROLLOUT:  # held, looked at again
                 lengthened.append((timer.timer_id, now + max(age, RULE_ROLLOUT_RECHECK)))
                 held[timer.rule_id, ruled_out] += 1
@@ -245,32 +267,14 @@ class TimerEngine:
                         rule=rule_id, reason=why, timers=count, lapse_after=str(RULE_ROLLOUT))
         return firings, later
 
-    def _ruled_out(self, timer: DueTimer, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any]) -> str | None:
-        """Why this worker's rules no longer fire `timer`, armed by `anchor`, if they do not.
-
-        Only an edit of the rule since it armed the timer is judged here: the
-        version that armed it judged `after` with the traits of the time, and
-        a trait changed since (a plan upgraded by a CRM sync) is for the rule's
-        fire-time conditions to weigh. Judged again with today's traits, the
-        unedited rule read as edited, the timer was held as for a rollout and
-        lapsed.
-        """
-        if rule is None:
-            return self.rulebook.not_in_force(timer.rule_id)
-        if timer.rule_version == rule.version:
-            return None
-        if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
-            return "the edited rule no longer waits after this event"
-        return None
-
-    def _rules_of(self, due: Sequence[DueTimer]) -> dict[str, RuleSpec | None]:
-        """The rule in force of each timer's rule id, the file looked at again first if one is missing: another
-        process's pipeline may have armed it under an edit this worker's next look would find."""
-        rule_ids = {timer.rule_id for timer in due}
-        rules = {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
-        if None in rules.values() and self.rulebook.reload_if_changed():
-            rules = {rule_id: self.rulebook.get(rule_id) for rule_id in rule_ids}
-        return rules
+    def _in_force_for(self, due: Sequence[DueTimer]) -> InForce:
+        """The rules in force for a set of timers, taken once for the set; the file looked at again first if a
+        timer's rule is missing: another process's pipeline may have armed it under an edit this worker's next
+        look would find."""
+        in_force = self.rulebook.in_force()
+        if any(timer.rule_id not in in_force.by_id for timer in due) and self.rulebook.reload_if_changed():
+            return self.rulebook.in_force()
+        return in_force
 
     def _history(self, connection: Connection, firings: list[_Firing]) -> History:
         """The store as history, with every timer's possible follow-ups read in one query up front and the
@@ -314,6 +318,27 @@ def _report(settled: Sequence[Settlement], due: Sequence[DueTimer]) -> None:
             )
     for (rule_id, outcome), count in outcomes.items():
         metrics.TIMERS_SETTLED.labels(rule=rule_id, outcome=outcome).inc(count)
+
+
+def _ruled_out(
+    timer: DueTimer, rule: RuleSpec | None, anchor: Touchpoint, profile: dict[str, Any], in_force: InForce
+) -> str | None:
+    """Why this worker's rules no longer fire `timer`, armed by `anchor`, if they do not.
+
+    Only an edit of the rule since it armed the timer is judged here: the
+    version that armed it judged `after` with the traits of the time, and
+    a trait changed since (a plan upgraded by a CRM sync) is for the rule's
+    fire-time conditions to weigh. Judged again with today's traits, the
+    unedited rule read as edited, the timer was held as for a rollout and
+    lapsed.
+    """
+    if rule is None:
+        return in_force.not_in_force(timer.rule_id)
+    if timer.rule_version == rule.version:
+        return None
+    if rule.absence is None or not triggers.starts_wait(rule, anchor, profile["traits"]):
+        return "the edited rule no longer waits after this event"
+    return None
 
 
 def _firing_order(timer: DueTimer, rule: RuleSpec | None) -> tuple[datetime, int]:

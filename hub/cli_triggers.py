@@ -177,8 +177,7 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
     if found["judged_again_after"]:
         evidence.add(plain(_judged_again(found["judged_again_after"], found["merged_by"], found["created_at"])))
     if found["timer"]:
-        timer = found["timer"]
-        evidence.add(plain(f"no follow-up between {timer['anchor_at']} and {timer['due_at']} (timer {timer['status']})"))
+        evidence.add(plain(_timer_line(found["timer"])))
     actions = tree.add("actions")
     for action in found["actions"]:
         delivery = f" (delivery {action['delivery_id']})" if action.get("delivery_id") else ""
@@ -190,6 +189,17 @@ def _explain_tree(found: dict[str, Any]) -> Tree:
         _add_delivery(deliveries, delivery)
     return tree
 
+
+
+def _timer_line(timer: dict[str, Any]) -> str:
+    """The wait behind an absence decision. A follow-up within it taken in after the timer fired withdrew what had
+    not gone: "no follow-up (timer fired)" above a withdrawn nudge read as a contradiction."""
+    waited = f"between {timer['anchor_at']} and {timer['due_at']}"
+    late = timer.get("late_follow_up")
+    if late is None:
+        return f"no follow-up {waited} (timer {timer['status']})"
+    return (f"no follow-up {waited} had come in when the timer fired; one came late and withdrew "
+            f"{', '.join(late['withdrew'])}: {late['reason']}")
 
 def _judged_again(late: dict[str, Any], merged_by: dict[str, Any] | None, decided: datetime) -> str:
     """A decision `triggers.rejudge` made: its touchpoint was judged without the late event first, and again

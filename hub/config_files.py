@@ -23,6 +23,7 @@ base 60). A file may begin with a byte-order mark, as Windows tools save it.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Sequence
 from datetime import date
 from pathlib import Path
@@ -243,3 +244,15 @@ def child_of(node: yaml.Node | None, part: Any) -> tuple[yaml.Node, yaml.Node] |
     if isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
         return node.value[part], node.value[part]
     return None
+
+
+def content_stamp(path: Path) -> tuple[int, bytes] | None:
+    """What a reload compares to see a saved edit: the file's mtime and a digest of its content; None when it
+    cannot be read (loading it then says why). (mtime, size) missed a save of equal length within the file
+    system's mtime granularity (a whole second on some); the mtime stays in, so a save of the same bytes is still
+    a save (after fixing a template a rule file refers to, saving the rule file again retries it). A config file
+    is a few kilobytes, read once per recheck."""
+    try:
+        return path.stat().st_mtime_ns, hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+    except OSError:
+        return None

@@ -2,7 +2,8 @@
 
 A decision records its rule id and version, the touchpoints that satisfied
 the rule and each action's fate; this joins in what happened next (each
-delivery with its attempts) and, for an absence rule, the timer that fired.
+delivery with its attempts) and, for an absence rule, the timer that fired,
+with what a follow-up taken in only after it fired withdrew.
 A decision made when a late event arrived (`triggers.rejudge`) names that
 event in its evidence; this joins in when it happened, so the API and
 `touchhub decisions explain` both say what was decided later, and why then.
@@ -17,6 +18,7 @@ from sqlalchemy import Connection, select
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.store import decisions, delivery_log, touchpoints
 from hub.store.schema import timers
+from hub.store.withdrawals import WITHDRAWN_FOLLOWED_UP
 
 
 def explain(
@@ -35,7 +37,7 @@ def explain(
         "touchpoints": touchpoints.summaries(connection, evidence.get("touchpoints", [decision["touchpoint_id"]])),
         "judged_again_after": _evidence_touchpoint(connection, evidence, "judged_again_after"),
         "merged_by": _evidence_touchpoint(connection, evidence, "merged_by"),
-        "timer": dict(timer) if timer else None,
+        "timer": {**timer, "late_follow_up": _late_follow_up(decision["actions"])} if timer else None,
         "deliveries": delivery_log.search(connection, limit=100, decision_id=decision_id, recipient=recipient, region=region),
     }
 
@@ -48,3 +50,15 @@ def _evidence_touchpoint(connection: Connection, evidence: dict[str, Any], key: 
     if named is None:
         return None
     return next(iter(touchpoints.summaries(connection, [named["touchpoint_id"]])), None)
+
+
+def _late_follow_up(actions: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What a follow-up that happened inside the timer's wait, but was taken in after it fired, withdrew (the
+    channels) and why, as `timer_arming.withdraw_followed_up` recorded it on the actions' fates; None if none
+    did. The timer did fire, with no follow-up in yet: without this, its line reads as if none ever came,
+    above an action the follow-up withdrew."""
+    withdrawn = [action for action in actions
+                 if action.get("fate") == "withdrawn" and str(action.get("reason", "")).startswith(WITHDRAWN_FOLLOWED_UP)]
+    if not withdrawn:
+        return None
+    return {"withdrew": [action["channel"] for action in withdrawn], "reason": withdrawn[0]["reason"]}

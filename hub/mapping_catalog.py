@@ -5,7 +5,7 @@ is refused: the last good version stays active and the log says why, so a
 typo in production degrades nothing. That holds for a failure of any kind
 (a file the hub may not read, YAML nested past Python's recursion limit),
 not only for the problems the loader names. Files are checked at most every
-`check_seconds` (each read and hashed: `_stamp`), which keeps the per-event
+`check_seconds` (each read and hashed: `config_files.content_stamp`), which keeps the per-event
 cost nil.
 
 A save goes through the same checks at reload as at start-up (the catalog's
@@ -16,7 +16,6 @@ on its own files.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 
 import structlog
 
-from hub.config_files import problems_of
+from hub.config_files import content_stamp, problems_of
 from hub.errors import ConfigError
 from hub.mapping import Mapping, load_mapping
 
@@ -39,7 +38,7 @@ MappingLoad = Callable[[Path], Mapping]
 @dataclass
 class _Loaded:
     mapping: Mapping
-    stamp: bytes | None  # `_stamp` of the file this version came from, or of the last refused save
+    stamp: tuple[int, bytes] | None  # `content_stamp` of the file this version came from, or of the last refused save
 
 
 class MappingCatalog(MappingABC[str, Mapping]):
@@ -59,7 +58,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
         for name in sorted(set(files.values())):
             path = folder / name
             try:
-                self._loaded[name] = _Loaded(self.load(path), _stamp(path))
+                self._loaded[name] = _Loaded(self.load(path), content_stamp(path))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if problems:
@@ -86,7 +85,7 @@ class MappingCatalog(MappingABC[str, Mapping]):
             self._next_check = time.monotonic() + self.check_seconds
             for name, loaded in self._loaded.items():
                 path = self.folder / name
-                stamp = _stamp(path)
+                stamp = content_stamp(path)
                 if stamp == loaded.stamp:
                     continue
                 loaded.stamp = stamp
@@ -102,12 +101,3 @@ class MappingCatalog(MappingABC[str, Mapping]):
                 loaded.mapping = mapping
         return refused
 
-
-def _stamp(path: Path) -> bytes | None:
-    """A digest of the file's content, None when it cannot be read (then loading it says why). Its (mtime, size)
-    missed a save of equal length within the file system's mtime granularity (a whole second on some); a mapping
-    is a few kilobytes, read once per `check_seconds`."""
-    try:
-        return hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
-    except OSError:
-        return None

@@ -34,6 +34,7 @@ from hub.model import Decision, Identifier, RawEvent, Resolution, Touchpoint
 from hub.normalize import normalize
 from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
+from hub.rule_events import RuleIndex
 from hub.rulebook import RuleBook
 from hub.store import Store, forget, inbox, quarantine, timer_arming, touchpoints, withdrawals
 from hub.store.traits import trait_time
@@ -202,7 +203,8 @@ class Pipeline:
             trait_time(touchpoint.occurred_at, touchpoint.received_at),
         )
         if touchpoints.insert(connection, touchpoint, resolution.profile_id, row.id):
-            rules = self.rulebook.for_event(touchpoint.event)
+            in_force = self.rulebook.in_force()  # one edit's rules for the whole event, a reload or not meanwhile
+            rules = in_force.index.for_event(touchpoint.event)
             traits = graph.traits(resolution.profile_id)
             changes = triggers.timer_changes(touchpoint, rules, traits)
             timer_arming.follow_event(
@@ -214,21 +216,22 @@ class Pipeline:
                 [rule_id for rule_id, _ in changes.cancel],
             )
             outcome.armed.extend(due_at for _, due_at in changes.arm)
-            rejudged = self.rulebook.rejudged_by(touchpoint.event, touchpoint.stage, touchpoint.moment)
+            rejudged = in_force.index.rejudged_by(touchpoint.event, touchpoint.stage, touchpoint.moment)
             history = triggers.past_of(touchpoint, resolution.profile_id, rules, rejudged, StoreHistory(connection))
             decided = chain(
                 ((touchpoint, decision) for decision in triggers.evaluate(touchpoint, resolution.profile_id, rules, history, traits)),
                 triggers.rejudge(  # events it arrived after, which it may qualify (a late order, its ticket)
                     touchpoint, resolution.profile_id, rejudged, history, partial(touchpoints.get_many, connection), traits,
                 ),
-                self._judged_again_after_merge(connection, touchpoint, resolution, traits),
+                self._judged_again_after_merge(connection, touchpoint, resolution, traits, in_force.index),
             )
             for at, decision in decided:  # each recorded before the next is judged (rejudge) or routed (daily cap)
                 routed = self.responder.route(connection, decision, at.as_document(), now)
                 outcome.recorded += self.responder.record(connection, [routed], now)
 
     def _judged_again_after_merge(
-        self, connection: Connection, touchpoint: Touchpoint, resolution: Resolution, traits: MappingType[str, Any]
+        self, connection: Connection, touchpoint: Touchpoint, resolution: Resolution, traits: MappingType[str, Any],
+        index: RuleIndex,
     ) -> Iterator[tuple[Touchpoint, Decision]]:
         """Decisions a merge makes hold: each of the merged profile's events a rule's `recent` looks for, taken as
         evidence come late for the events on the other side (`triggers.rejudge`).
@@ -245,17 +248,17 @@ class Pipeline:
         already made keep their ids, so none is made twice. Only merges pay
         for this.
         """
-        if not resolution.merged_profile_ids or (within := self.rulebook.longest_evidence_window()) is None:
+        if not resolution.merged_profile_ids or (within := index.longest_evidence_window()) is None:
             return
         stored = partial(touchpoints.get_many, connection)
         history = StoreHistory(connection)
         since = touchpoint.occurred_at - within
         found = stored([  # only the events some rule judges again by: the others would make nothing
             doc["touchpoint_id"] for doc in history.events(resolution.profile_id, since, END_OF_TIME, None)
-            if self.rulebook.rejudged_by(doc["event"], doc["stage"], doc["moment"])
+            if index.rejudged_by(doc["event"], doc["stage"], doc["moment"])
         ])
         for evidence in sorted(found.values(), key=lambda tp: tp.occurred_at):
-            rejudged = self.rulebook.rejudged_by(evidence.event, evidence.stage, evidence.moment)
+            rejudged = index.rejudged_by(evidence.event, evidence.stage, evidence.moment)
             for at, decision in triggers.rejudge(evidence, resolution.profile_id, rejudged, history, stored, traits, after=touchpoint):
                 decision.evidence["merged_by"] = {"touchpoint_id": touchpoint.touchpoint_id, "event": touchpoint.event}
                 yield at, decision

@@ -5,24 +5,48 @@ template that does not parse) is refused with every problem logged, and the
 last good rules stay in force, so a typo never switches triggers off. So is
 an edit the checks fail on in a way they did not expect: a bug of the hub's
 must not fail the events in hand either.
+
+The rules and what is derived from them (the index, the ids turned off) are
+one `InForce`, swapped by one assignment: a reader that takes it once per
+event (or set of timers) sees one edit's rules throughout, never the new
+rules with the old index, without a lock on the pipeline's path.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-from hub.config_files import load_model
+from hub.config_files import content_stamp, load_model
 from hub.errors import ConfigError
 from hub.rules import RuleFile, RuleSpec
-from hub.rule_events import Rejudged, RuleIndex
+from hub.rule_events import RuleIndex
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class InForce:
+    """One edit's rules in force, by priority, with what is derived from them once, not per event. Never changed
+    once built: a reload builds another."""
+
+    rules: list[RuleSpec]
+    by_id: Mapping[str, RuleSpec]
+    index: RuleIndex
+    disabled: frozenset[str]  # ids of the rules the file turns off (`enabled: false`)
+
+    @classmethod
+    def of(cls, rules: list[RuleSpec], disabled: frozenset[str]) -> InForce:
+        return cls(rules, {rule.id: rule for rule in rules}, RuleIndex(rules), disabled)
+
+    def not_in_force(self, rule_id: str) -> str:
+        """Why a rule id names no rule in force, in the words a timer or decision keeps."""
+        return "rule disabled (enabled: false)" if rule_id in self.disabled else "rule removed from triggers.yaml"
 
 
 class RuleBook:
@@ -32,41 +56,35 @@ class RuleBook:
         self._check = check
         self._recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
-        self._stamp = self._file_stamp()
-        self._take(*self._load())
+        self._stamp = content_stamp(self.path)
+        self._in_force = InForce.of(*self._load())
         self._checked_at = time.monotonic()
         self.last_error: list[str] = []
 
-    def current(self) -> list[RuleSpec]:
-        """The rules in force, by priority; looks at the file at most every `recheck_seconds`."""
+    def in_force(self) -> InForce:
+        """The rules in force, to take once per event or set of timers: two calls may straddle a reload, so a
+        reader that asks several questions asks them of one `InForce`. Looks at the file at most every
+        `recheck_seconds`."""
         if time.monotonic() - self._checked_at >= self._recheck_seconds:
             self.reload_if_changed()
-        return self._rules
+        return self._in_force
+
+    def current(self) -> list[RuleSpec]:
+        """The rules in force, by priority."""
+        return self.in_force().rules
 
     def for_event(self, event: str) -> tuple[RuleSpec, ...]:
         """The rules in force that an event of this name can make hold, arm or cancel, by priority."""
-        self.current()
-        return self._index.for_event(event)
-
-    def rejudged_by(self, event: str, stage: str | None, moment: str | None) -> tuple[Rejudged, ...]:
-        """The rules in force a late event of this name (stage, moment) may make hold at events stored before it."""
-        self.current()
-        return self._index.rejudged_by(event, stage, moment)
-
-    def longest_evidence_window(self) -> timedelta | None:
-        """How far back any rule's `recent` looks for evidence (`rejudged_by`), if any does."""
-        self.current()
-        return self._index.longest_evidence_window()
+        return self.in_force().index.for_event(event)
 
     def get(self, rule_id: str) -> RuleSpec | None:
-        self.current()
-        return self._by_id.get(rule_id)
+        return self.in_force().by_id.get(rule_id)
 
     def reload_if_changed(self) -> bool:
         """Reload if the file changed since the last look; True when new rules took effect."""
         with self._lock:
             self._checked_at = time.monotonic()
-            stamp = self._file_stamp()
+            stamp = content_stamp(self.path)
             if stamp == self._stamp:
                 return False
             self._stamp = stamp
@@ -77,7 +95,7 @@ class RuleBook:
                 log.error("trigger rules edit refused; the last good rules stay in force", problems=self.last_error,
                           exc_info=not isinstance(exc, ConfigError))
                 return False
-            self._take(rules, disabled)
+            self._in_force = InForce.of(rules, disabled)  # one assignment: readers see the old edit or this one
             self.last_error = []
             log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
             return True
@@ -88,12 +106,7 @@ class RuleBook:
         thread is still checking an edit it would answer with the old refusal (none) for the new file."""
         self.reload_if_changed()
         with self._lock:
-            return self._rules, self.last_error
-
-    def not_in_force(self, rule_id: str) -> str:
-        """Why a rule id names no rule in force, in the words a timer or decision keeps."""
-        self.current()
-        return "rule disabled (enabled: false)" if rule_id in self._disabled else "rule removed from triggers.yaml"
+            return self._in_force.rules, self.last_error
 
     def _refusal(self, exc: Exception) -> list[str]:
         """Why an edit was refused, as `/api/rules` shows it: the file's problems, or an error the checks did not
@@ -104,23 +117,9 @@ class RuleBook:
         return [f"{self.path}: the hub could not check this edit ({type(exc).__name__}: {exc}); the last good rules "
                 "stay in force: please report this, with the edit, as a bug of the hub"]
 
-    def _take(self, rules: list[RuleSpec], disabled: frozenset[str]) -> None:
-        """Put rules in force with what is derived from them once, not per event."""
-        self._rules, self._by_id, self._index = rules, {rule.id: rule for rule in rules}, RuleIndex(rules)
-        self._disabled = disabled
-
     def _load(self) -> tuple[list[RuleSpec], frozenset[str]]:
         """The rules in force, and the ids of those the file turns off."""
         every = load_model(self.path, RuleFile).rules
         rules = [rule for rule in every if rule.enabled]
         self._check(rules)
         return rules, frozenset(rule.id for rule in every if not rule.enabled)
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        """None when the file cannot be looked at (gone, a file where its folder should be, no permission): loading
-        it then says why as a ConfigError, instead of a traceback from here."""
-        try:
-            stat = self.path.stat()
-        except OSError:
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
