@@ -70,7 +70,8 @@ class AttemptOutcomes:
             error_class=failure.error_class, status=status,
         )
         return Outcome(
-            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent, recipient_gone=failure.recipient_gone
+            delivery, attempt, status, next_at, revokes_consent=failure.revokes_consent,
+            recipient_gone=failure.recipient_gone, unreachable=failure.unreachable,
         )
 
     def _attempt(

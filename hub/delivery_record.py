@@ -4,10 +4,10 @@ The record of a batch is one transaction with the next claim. It also takes
 the locks every writer of these rows takes, in one order (message ids, then
 profiles, then deliveries: `hub.provider_reports`), applies the Twilio
 reports that came before their sends were recorded (`hub.store.held_reports`)
-and feeds back a provider's refusal (consent) or a dead address. If the
-batch's record fails, each outcome is recorded in a savepoint of its own, so
-one row the database refuses costs only its own delivery, never the batch
-sent again after every lease.
+and feeds back a provider's refusal (consent; a person it cannot reach there:
+the fallback) or a dead address. If the batch's record fails, each outcome is
+recorded in a savepoint of its own, so one row the database refuses costs only
+its own delivery, never the batch sent again after every lease.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Outcome:
     next_attempt_at: datetime | None
     revokes_consent: bool = False
     recipient_gone: str | None = None  # why the address left the profile (`DeliveryFailure.recipient_gone`)
+    unreachable: bool = False  # refused for a reason of its person, their address kept (`DeliveryFailure.unreachable`)
 
 
 def unsent_summary(delivery: Delivery, recipient: Recipient) -> dict[str, str]:
@@ -171,13 +172,14 @@ class AttemptRecorder:
                 SqlIdentityGraph(connection).detach(address.type, [address.value], outcome.recipient_gone)
             if self._may_fall_back(outcome):
                 assert self.fall_back is not None and outcome.attempt is not None  # `_may_fall_back` said so
-                self.fall_back(connection, delivery, f"{outcome.attempt.error_class}: {outcome.attempt.error_message}", now)
+                why = f"{outcome.attempt.error_class}: {outcome.attempt.error_message}"
+                self.fall_back(connection, delivery, why, now, unreachable=outcome.unreachable)
 
     def _may_fall_back(self, outcome: Outcome) -> bool:
         """A failure for good of a delivery whose action has fallbacks left: if its addresses turned out dead
-        (FCM's dead tokens are gone already, a bounced email goes above) or the provider refused it as its person
-        opted out (consent is revoked above, before this), the next channel is planned, under the profiles'
-        lock as planning takes it."""
+        (FCM's dead tokens are gone already, a bounced email goes above), the provider refused it as its person
+        opted out (consent is revoked above, before this) or as one it cannot reach there (`unreachable`: a
+        landline), the next channel is planned, under the profiles' lock as planning takes it."""
         return (
             self.fall_back is not None and outcome.status == "failed" and FALLBACK in outcome.delivery.content
             and outcome.attempt is not None and outcome.attempt.error_class != RECORD_FAILED  # `_unrecorded`: no feedback

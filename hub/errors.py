@@ -137,6 +137,10 @@ class DeliveryFailure:
     # The provider says the address does not exist (an email hard bounce): it leaves the person's profile, as a
     # dead push token does, so routing stops choosing it and an address they give later is used.
     recipient_gone: str | None = None
+    # The provider refused the message for a reason of its person (Twilio 21614: a landline; 21211: no such number):
+    # this channel cannot reach them at this address, though it stays on the profile and they still consent, so
+    # their rule's next channel is planned, as it is when the provider reports a message it took undelivered.
+    unreachable: bool = False
 
 
 UNEXPECTED = "unexpected."  # the error class prefix of what no destination classified: a connector bug

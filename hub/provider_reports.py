@@ -80,7 +80,7 @@ def apply(
         if delivery["settled_now"] and FALLBACK in delivery["content"] and falls_back(report):
             assert fall_back is not None  # `falls_back` said so
             why = report.error or report.provider_status
-            planned += fall_back(connection, _as_delivery(delivery), why, now, undelivered=True)
+            planned += fall_back(connection, _as_delivery(delivery), why, now, unreachable=True)
     return planned
 
 

@@ -4,8 +4,9 @@ The pipeline (decisions of an event) and the timer engine (decisions of an
 absence running out) both end here, so caps, consent, quiet hours and the
 decision log behave the same whichever way a rule fired. So does a delivery
 that failed, or was withdrawn unsent, because it can no longer reach its
-person (every address it went to left the profile, or they revoked consent to
-its channel: `Responder.fall_back`): its action's fallback is planned here too.
+person (every address it went to left the profile, they revoked consent to its
+channel, or its provider said it cannot reach them there: `Responder.fall_back`):
+its action's fallback is planned here too.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ class Responder:
         return Recorded(planned, fired)
 
     def fall_back(
-        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, undelivered: bool = False
+        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, unreachable: bool = False
     ) -> int:
         """Plan the next channel of a delivery that failed, or was withdrawn before it was sent, once it can no
         longer reach its person (`_cannot_reach`), and record on its decision that it fell back and why; returns
@@ -164,15 +165,16 @@ class Responder:
         error. One whose fallbacks found no way, with nothing else of its decision left to go, leaves the
         decision `unreached` (`decisions.unreached_unless_going`), spending none of the rule's cap.
 
-        `undelivered`: its provider took the message, then reported it never reached the person for a reason of
-        theirs (`CallbackReceiver.cannot_reach`: a number that no longer exists, a landline), their address and
-        consent still in place.
+        `unreachable`: its provider said the channel cannot reach the person at that address, their address and
+        consent still in place: refusing the message at send (`DeliveryFailure.unreachable`: Twilio's 21614, a
+        landline), or reporting one it took undelivered (`CallbackReceiver.cannot_reach`: 30005, a number that
+        no longer exists).
         """
         route = self.router.routes.get(delivery.channel)
         profile = profile_view(connection, delivery.profile_id)  # a profile merged away since gives its survivor's
         if route is None or profile is None:
             return 0
-        cannot = _cannot_reach(delivery, route.target, profile) or (UNDELIVERED if undelivered else None)
+        cannot = _cannot_reach(delivery, route.target, profile) or (UNREACHABLE if unreachable else None)
         if cannot is None:
             return 0
         planned = self._plan_fallback(connection, delivery, f"{cannot} ({why})", profile, now)
@@ -205,8 +207,9 @@ class Responder:
         return outbox.plan(connection, plan.deliveries, now)
 
 
-# Why a delivery its provider reported undelivered can no longer reach its person, as its decision records it.
-UNDELIVERED = "reported undelivered by the provider"
+# Why a delivery its provider refused, or reported undelivered, for a reason of its person can no longer reach them,
+# as its decision records it (the provider's code follows).
+UNREACHABLE = "the provider cannot reach the person at this address"
 
 
 def _cannot_reach(delivery: Delivery, target: str, profile: dict[str, Any]) -> str | None:

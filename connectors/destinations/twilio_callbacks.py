@@ -39,13 +39,18 @@ MESSAGE_STATUSES: Mapping[str, str | None] = {
     "canceled": "failed",
 }
 UNSUBSCRIBED_ERROR = "21610"
-# The ErrorCodes of a message Twilio took and then failed that say SMS cannot reach the person at that number:
-# Twilio tries no more, so the rule's next channel may (https://www.twilio.com/docs/api/errors/30003 ... 30007).
-# 30003 is often a handset switched off or out of coverage: the text is lost all the same. The other codes of
-# `undelivered` / `failed` are Twilio's or the sender's (30001 queue overflow, 30008 unknown error, 30034 an
-# unregistered sender number): every text fails alike, and emailing instead would hide that.
-UNREACHABLE_ERRORS = frozenset(f"twilio.{code}" for code in (  # as `status_update` reports them
+# Twilio's error codes that say SMS cannot reach the person at that number, whether Twilio refuses the message at
+# send (the create call's 400) or takes it and reports it `undelivered` / `failed` later: Twilio tries no more, so
+# the rule's next channel may (https://www.twilio.com/docs/api/errors/21614, .../30003 ... 30007). One table for
+# both, keyed as the delivery log files either (`status_update`'s error, `twilio_sms`'s error class). 30003 is
+# often a handset switched off or out of coverage: the text is lost all the same. Left out, Twilio's or the
+# sender's: every text fails alike, and emailing instead would hide that (30001 queue overflow, 30008 unknown
+# error, 30034 an unregistered sender number, 21408 the account not enabled for the number's country, a Twilio 5xx).
+UNREACHABLE_ERRORS = frozenset(f"twilio.{code}" for code in (
     UNSUBSCRIBED_ERROR,
+    "21211",  # at send: the 'To' number is not a valid phone number
+    "21612",  # at send: the 'To' number cannot receive SMS (from this sender's kind of number)
+    "21614",  # at send: the 'To' number is not a mobile number: a landline
     "30003",  # unreachable handset: off, no signal, roaming off-network
     "30004",  # message blocked: the person blocked the sender, or their carrier blocks it
     "30005",  # unknown handset: the number does not exist (any more)

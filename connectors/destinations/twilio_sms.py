@@ -35,7 +35,7 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     20003: AuthDeliveryError,  # authentication failed
     20429: RetryableDeliveryError,  # too many requests
     21211: PermanentDeliveryError,  # invalid 'To' number
-    21408: PermanentDeliveryError,  # no permission to send to that region
+    21408: PermanentDeliveryError,  # no permission to send to that region: the account's Geo Permissions
     21602: PermanentDeliveryError,  # message body required
     21603: PermanentDeliveryError,  # 'From' required
     21604: PermanentDeliveryError,  # 'To' required
@@ -156,13 +156,15 @@ def _as_delivery_error(
     """
     text = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
     outcome = TWILIO_CODE_OUTCOMES.get(exc.code or 0) or outcome_for_status(exc.status)
+    error_class = f"twilio.{exc.code or exc.status}"
     return outcome(
         DeliveryFailure(
-            error_class=f"twilio.{exc.code or exc.status}",
+            error_class=error_class,
             message=f"Twilio {exc.status} error {exc.code}: {text}",
             provider_code=str(exc.code) if exc.code else None,
             response_summary={"status": exc.status, "code": exc.code},
             retry_after=parse_retry_after(retry_after, utcnow()),
             revokes_consent=str(exc.code) == twilio_callbacks.UNSUBSCRIBED_ERROR,
+            unreachable=error_class in twilio_callbacks.UNREACHABLE_ERRORS,  # a landline: the rule's next channel may
         )
     )

@@ -35,11 +35,11 @@ WITHDRAWN_FOLLOWED_UP = "not sent: its follow-up ("
 
 class FallBack(Protocol):
     """Plans a failed or withdrawn delivery's fallback (`Responder.fall_back`); returns how many deliveries that
-    planned. `undelivered`: its provider reported the message it took never reached the person
-    (`hub.provider_reports`)."""
+    planned. `unreachable`: its provider said it cannot reach the person there, refusing the message at send
+    (`hub.delivery_record`) or reporting one it took undelivered (`hub.provider_reports`)."""
 
     def __call__(
-        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, undelivered: bool = False
+        self, connection: Connection, delivery: Delivery, why: str, now: datetime, *, unreachable: bool = False
     ) -> int: ...
 
 
