@@ -27,6 +27,8 @@ DEFAULT_PHONE_REGION = "US"
 ZEROES_AND_DASHES = "0-"
 # The ITU's international prefix: most of the world writes +44 20 7946 0958 as 0044 20 7946 0958.
 ITU_INTERNATIONAL_PREFIX = "00"
+# How a phone identifier holds an extension (RFC 3966's parameter): +14155550100;ext=12.
+PHONE_EXTENSION = ";ext="
 
 KNOWN_TYPES = tuple(item.type for item in DEFAULT_IDENTITY.identifier_types)
 
@@ -60,7 +62,8 @@ def normalize_identifier(
             return None
     elif normalizer == "phone":
         value = _e164(value, default_region)
-        if value is None or value in config.junk:  # listed as normalized too: "+14155550000" however it is written
+        # listed as normalized too: "+14155550000" however it is written, and whatever extension follows it
+        if value is None or split_extension(value)[0] in config.junk:
             return None
     elif normalizer == "lowercase":
         value = value.lower()
@@ -97,7 +100,7 @@ def possible_phone(raw: str, default_region: str) -> Identifier | None:
 def _e164(
     value: str, default_region: str, dialable: Callable[[phonenumbers.PhoneNumber], bool] = phonenumbers.is_valid_number
 ) -> str | None:
-    """The number in E.164 if `dialable` takes it.
+    """The number in E.164, with its extension (`phone_value`), if `dialable` takes it.
 
     For ingest, only a valid number, one in a range its country assigns: a
     merely possible one (of the right length) lets form fillers through
@@ -114,7 +117,26 @@ def _e164(
     number = _dialable_number(value, default_region, dialable)
     if number is None and value.startswith(ITU_INTERNATIONAL_PREFIX):
         number = _dialable_number(f"+{value[len(ITU_INTERNATIONAL_PREFIX):]}", default_region, dialable)
-    return None if number is None else phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return None if number is None else phone_value(number)
+
+
+def phone_value(number: phonenumbers.PhoneNumber) -> str:
+    """The number as the phone identifier holds it: E.164, then its extension in RFC 3966's form.
+
+    E.164 alone drops the extension phonenumbers reads ("+1 415 555 0100
+    ext. 12"), so two people behind one switchboard, each with their own
+    extension, shared one identifier and were merged into one profile. A
+    number without one is plain E.164, as phones were always stored.
+    """
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    return f"{e164}{PHONE_EXTENSION}{number.extension}" if number.extension else e164
+
+
+def split_extension(phone: str) -> tuple[str, str]:
+    """A phone identifier's number (E.164: what a text or a call dials, a switchboard's when there is an
+    extension) and its extension ("" for none)."""
+    number, _, extension = phone.partition(PHONE_EXTENSION)
+    return number, extension
 
 
 def _dialable_number(

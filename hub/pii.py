@@ -15,7 +15,7 @@ from typing import Any
 
 import phonenumbers
 
-from hub.identifiers import normalize_identifier
+from hub.identifiers import PHONE_EXTENSION, normalize_identifier, phone_value
 from hub.model import Identifier
 
 # An address as ingest takes one (`hub.identifiers`): any RFC 5322 atext character before the @ (mary.o'brien@,
@@ -26,24 +26,41 @@ from hub.model import Identifier
 _LEADING = r"\w.!#$%&'+=?^`{|}~\-"  # what may start a local part: atext but "/" and "*"
 _ATEXT = rf"[{_LEADING}*/]"
 _EMAIL = re.compile(rf"(?<![{_LEADING}*])([{_LEADING}]){_ATEXT}*@([\w-]+(?:\.[\w-]+)*)")
+# An extension after a phone number, written as people and phonenumbers write one: "+14155550100;ext=12" (RFC
+# 3966, as the phone identifier holds it), "(415) 555-0100 ext. 12", "x12", "#12".
+_EXTENSION = r"(?:;ext=|\s*(?:ext\.?|extension|x|#)\s*)(\d{1,7})"
+_WRITTEN_EXTENSION = re.compile(rf"{_EXTENSION}\s*$", re.IGNORECASE)
 # A value that may be a phone written by hand: digits and what people put between them, nothing else. Checked
 # before any parsing, as every string of a touchpoint is looked at.
-_PHONE_LOOK = re.compile(r"\+?[\d ().\-]{7,24}")
-_E164 = re.compile(r"\+\d{7,15}")
+_PHONE_LOOK = re.compile(rf"\+?[\d ().\-]{{7,24}}(?:{_EXTENSION})?", re.IGNORECASE)
+_E164 = re.compile(rf"\+\d{{7,15}}(?:{re.escape(PHONE_EXTENSION)}\d+)?")
 _JSON_ESCAPE = re.compile(r"\\u([0-9a-fA-F]{4})")
 # Where a whole address starts and ends in text: not inside a longer local part (jimbo@ and jane+bo@ hold bo@),
-# nor before more of a domain (bo@example.com.au); a full stop that ends a sentence ends it.
+# nor before more of a domain (bo@example.com.au); a full stop that ends a sentence ends it. A phone is not the
+# number of an extension behind it (+14155550100;ext=12 is someone else's).
 _NOT_AFTER_ADDRESS = r"(?<![\w.%+-])"
-_NOT_BEFORE_ADDRESS = r"(?![\w-]|\.[\w-])"
+_NOT_BEFORE_ADDRESS = rf"(?![\w-]|\.[\w-]|{re.escape(PHONE_EXTENSION)})"
 # International numbers (+ and digits) and North American national ones, "(415)555-0123" too; a bare run of
 # digits in text is not masked, or every timestamp and id would be (`mask_traits` masks one that is a whole value).
-_PHONE = re.compile(r"\+\d[\d \-().]{6,}\d|\(?\b\d{3}\)?[ .-]\d{3}[ .-]\d{4}\b|\(\d{3}\)\s?\d{3}[ .-]\d{4}\b")
+_PHONE = re.compile(
+    rf"(?:\+\d[\d \-().]{{6,}}\d|\(?\b\d{{3}}\)?[ .-]\d{{3}}[ .-]\d{{4}}\b|\(\d{{3}}\)\s?\d{{3}}[ .-]\d{{4}}\b)(?:{_EXTENSION})?",
+    re.IGNORECASE,
+)
 # Identifier types whose values are credentials rather than addresses (routes.yaml `target`).
 TOKEN_TYPES = frozenset({"push_token"})
 
 
 def mask_phone(value: str) -> str:
-    """Keep the country prefix and the last 4 digits: '+14155550123' -> '+1******0123'."""
+    """Keep the country prefix and the last 4 digits: '+14155550123' -> '+1******0123'. An extension shows
+    none of its digits ('+14155550123;ext=12' -> '+1******0123;ext=**'): counted in with the number's, its
+    digits were shown as the number's last four."""
+    extension = _WRITTEN_EXTENSION.search(value)
+    if extension is None:
+        return _mask_number(value)
+    return f"{_mask_number(value[:extension.start()])}{PHONE_EXTENSION}{'*' * len(extension[1])}"
+
+
+def _mask_number(value: str) -> str:
     digits = re.sub(r"\D", "", value)
     if len(digits) <= 4:
         return "*" * len(digits)
@@ -168,7 +185,7 @@ def holding(erased: set[str]) -> Callable[[str], bool]:
         digits = re.sub(r"\D", "", text) if phones else ""
         candidates = {e164: region for e164, (region, national) in phones.items() if national in digits}
         return any(
-            phonenumbers.format_number(match.number, phonenumbers.PhoneNumberFormat.E164) in candidates
+            phone_value(match.number) in candidates
             for region in set(candidates.values())
             for match in phonenumbers.PhoneNumberMatcher(text, region, leniency=phonenumbers.Leniency.POSSIBLE)
         )
@@ -177,7 +194,8 @@ def holding(erased: set[str]) -> Callable[[str], bool]:
 
 
 def _erased_phones(erased: set[str]) -> dict[str, tuple[str, str]]:
-    """Each erased phone (E.164) with the region its national format is read in and its national number.
+    """Each erased phone (E.164, an extension after it as the identifier holds one) with the region its national
+    format is read in and its national number.
 
     The region is the phone's own country's, not the hub's default region:
     written without a country code, a number can only be this one when read in

@@ -9,12 +9,13 @@ with the delivery, so a retry or a replay sends exactly what was decided.
 Each action ends with one fate, as the decision log shows it:
 `planned`, `delayed_quiet_hours`, `capped`, `blocked_by_consent`,
 `fell_back` (to the channel named in `to`), or `skipped` (with the reason).
-A channel that cannot reach the person (no address, consent revoked, a
-template that rendered nothing to send, an email without a subject) falls
-back when the action says where; so does a delivery that failed, or was
-withdrawn at its claim, because every address it went to left the profile or
-consent to its channel was revoked since (`Router.fall_back`, from the
-delivery worker's record of the failure or its claim).
+A channel that cannot reach the person (no address, only a phone with an
+extension for a text, consent revoked, a template that rendered nothing to
+send, an email without a subject) falls back when the action says where;
+so does a delivery that failed, or was withdrawn at its claim, because every
+address it went to left the profile or consent to its channel was revoked
+since (`Router.fall_back`, from the delivery worker's record of the failure
+or its claim).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.errors import ConfigError
+from hub.identifiers import split_extension
 from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
@@ -41,6 +43,7 @@ from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
 PROFILE_TARGET = "profile_id"
+PHONE_TARGET = "phone"
 
 
 class ChannelRoute(BaseModel):
@@ -256,9 +259,7 @@ class Router:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
         if consent_revoked(profile["traits"], channel):
             raise _CannotReach("blocked_by_consent", f"{channel} consent revoked by the profile")
-        recipients = [decision.profile_id] if route.target == PROFILE_TARGET else profile["identifiers"].get(route.target, [])
-        if not recipients:
-            raise _CannotReach("skipped", f"profile has no {route.target}")
+        recipients = [decision.profile_id] if route.target == PROFILE_TARGET else _reachable(route.target, profile["identifiers"])
         if then and channel in self.unserved:
             raise _CannotReach("skipped", f"destination {route.destination!r} is not configured on this hub")
         max_age = self.policy.max_age
@@ -362,6 +363,29 @@ def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: S
             f"template rendered empty: {template} ({', '.join(missing)} blank or missing); give it a "
             f"{{% block {missing[0]} %}} that renders text in every case"
         ))
+
+
+def _reachable(target: str, identifiers: Mapping[str, list[str]]) -> list[str]:
+    """The profile's addresses of type `target` that its channel can reach; raise `_CannotReach` (skipped, so the
+    fallback is tried) when there are none.
+
+    A channel routed to a phone sends a message (an SMS), which reaches the
+    number dialled: for a phone with an extension, a switchboard, not the
+    person behind it. Sent to that number, one person's message went to
+    whoever answers for the company.
+    """
+    held = identifiers.get(target, [])
+    if not held:
+        raise _CannotReach("skipped", f"profile has no {target}")
+    if target != PHONE_TARGET:
+        return held
+    reachable = [phone for phone in held if not split_extension(phone)[1]]
+    if not reachable:
+        raise _CannotReach("skipped", (
+            f"profile has no {target} a text can reach: {'its' if len(held) == 1 else 'each'} {target} has an "
+            "extension (behind a switchboard); a text needs the person's own mobile number"
+        ))
+    return reachable
 
 
 def _current_address(addresses: Sequence[str], trait: Any) -> str:

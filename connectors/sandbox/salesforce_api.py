@@ -123,21 +123,23 @@ def create_app(fake: FakeSalesforce) -> Starlette:
 
         return by_external_id(call, delete)
 
-    def get_by_id(call: _Call) -> Response:
-        record_id = call.params["record_id"]
-        if not RECORD_ID.fullmatch(record_id):
-            return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
-        record = fake._find(call.sobject, "Id", record_id)
-        if record is None:
-            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
-        return JSONResponse(record)
-
-    def update_by_id(call: _Call) -> Response:
+    def found_id(call: _Call) -> str | Response:
+        """The call's record id, or Salesforce's answer when it is malformed or names no record of its type."""
         record_id = call.params["record_id"]
         if not RECORD_ID.fullmatch(record_id):
             return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
         if fake._find(call.sobject, "Id", record_id) is None:
             return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        return record_id
+
+    def get_by_id(call: _Call) -> Response:
+        if isinstance(record_id := found_id(call), Response):
+            return record_id
+        return JSONResponse(fake._find(call.sobject, "Id", record_id))
+
+    def update_by_id(call: _Call) -> Response:
+        if isinstance(record_id := found_id(call), Response):
+            return record_id
         if fake._converted(record_id):
             return converted_lead()
         if problem := problem_with(call.sobject, call.body, creating=False):
@@ -150,11 +152,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         return Response(status_code=204)
 
     def delete_by_id(call: _Call) -> Response:
-        record_id = call.params["record_id"]
-        if not RECORD_ID.fullmatch(record_id):
-            return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
-        if fake._find(call.sobject, "Id", record_id) is None:
-            return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
+        if isinstance(record_id := found_id(call), Response):
+            return record_id
         fake.delete_record(call.sobject, record_id)
         return Response(status_code=204)
 
