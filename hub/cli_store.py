@@ -29,7 +29,7 @@ from hub.store import Store
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from hub.routing import ChannelRoute
+    from hub.routes_file import ChannelRoute
     from hub.settings import HubSettings
     from hub.store.delivery_log import RecipientOf
 
@@ -68,7 +68,7 @@ def delivery_recipients(mappings_dir: Path) -> tuple[Mapping[str, ChannelRoute],
     """The routes in `mappings_dir`, and what each delivery's target is by them (as the running hub's
     `Router.recipient` says), so a push token is shown cut short, not whole; ConfigError when routes.yaml is
     unusable."""
-    from hub.routing import load_routes, recipient_of
+    from hub.routes_file import load_routes, recipient_of
 
     routes = load_routes(mappings_dir / "routes.yaml")
     return routes, partial(recipient_of, routes)

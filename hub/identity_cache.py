@@ -25,9 +25,8 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.identity_graph import (
-    FOLLOWING_MERGES, detached_event, identifier_digest, moved_event, refused_events, save_refusals,
-)
+from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, identifier_digest, moved_event
+from hub.store.refusals import refused_events, save_refusals
 from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
 from hub.store.sql import lock_profiles

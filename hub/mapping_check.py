@@ -24,7 +24,7 @@ from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile, check_destinati
 from hub.errors import ConfigError
 from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
-from hub.routing import load_routes
+from hub.routes_file import load_routes
 from hub.rules import load_rules
 from hub.mappings_folder import load_mappings_folder
 from hub.sources import DEFAULT_SOURCE_ID, SOURCES_FILE, build_source, environment, load_entries, shared_write_keys

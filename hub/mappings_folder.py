@@ -21,7 +21,8 @@ from hub.identity import PREVIOUS_ID
 from hub.identity_config import IDENTITY_FILE, IdentityConfig, identity_config_in
 from hub.mapping import Mapping as SourceMapping, load_mapping
 from hub.mapping_catalog import MappingCatalog
-from hub.routing import ChannelRoute, ContactPolicy, Router, destination_params, load_routes
+from hub.routes_file import ChannelRoute, load_routes
+from hub.routing import ContactPolicy, Router, destination_params
 from hub.rule_lines import RuleLines
 from hub.rulebook import RuleBook
 from hub.rules import RuleSpec

@@ -23,14 +23,11 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from jinja2 import TemplateError
-from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import Destination, load_registry
-from hub.config_files import load_model
 from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.errors import ConfigError
@@ -38,44 +35,12 @@ from hub.identifiers import split_extension
 from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
+from hub.routes_file import PROFILE_TARGET, ChannelRoute, recipient_of
 from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
 from hub.templates import TemplateRenderer
 
-PROFILE_TARGET = "profile_id"
 PHONE_TARGET = "phone"
-
-
-class ChannelRoute(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    destination: str = Field(description="Destination id that serves this channel.")
-    target: str = Field(
-        description="Identifier type the recipient is taken from (e.g. phone), or `profile_id` for the profile itself."
-    )
-    multicast: bool = Field(
-        False,
-        description="Hand the destination every value of the target type (e.g. all push tokens) as `recipients`, "
-        "not only the newest.",
-    )
-    reaches_person: bool = Field(
-        True, description="Messages a person (counts toward the daily cap, waits out quiet hours); false for CRM updates."
-    )
-
-
-class RoutesFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    channels: dict[str, ChannelRoute]
-
-
-def recipient_of(routes: dict[str, ChannelRoute], channel: str, target: str) -> Identifier | None:
-    """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
-    itself (a CRM update), or not routed."""
-    route = routes.get(channel)
-    return None if route is None or route.target == PROFILE_TARGET else Identifier(route.target, target)
-
-
-def load_routes(path: Path) -> dict[str, ChannelRoute]:
-    return load_model(path, RoutesFile).channels
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from hub.identity_config import IdentityConfig
 from hub.delivery_policy import DeliveryPolicyFile
 from hub.mapping import MappingSpec
-from hub.routing import RoutesFile
+from hub.routes_file import RoutesFile
 from hub.rules import RuleFile
 from hub.sources import SourcesFile
 

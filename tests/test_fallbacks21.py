@@ -11,7 +11,8 @@ import pytest
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.model import Action, Decision
-from hub.routing import ChannelRoute, Router
+from hub.routes_file import ChannelRoute
+from hub.routing import Router
 from hub.settings import PROJECT_MAPPINGS
 from hub.templates import TemplateRenderer
 from tests.conftest import RunningHub, cart_nudge_rules, make_settings, message, serve_hub

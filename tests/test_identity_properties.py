@@ -27,7 +27,8 @@ from hub.mapping import load_mapping
 from hub.model import Identifier, RawEvent, Resolution, Touchpoint, derived_id
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.respond import Responder
-from hub.routing import Router, load_routes
+from hub.routes_file import load_routes
+from hub.routing import Router
 from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import Store, inbox

@@ -12,7 +12,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from hub.mapping import load_mapping
-from hub.routing import load_routes
+from hub.routes_file import load_routes
 from hub.rules import load_rules
 from hub.schemas import SCHEMAS, render
 from hub.settings import PROJECT_MAPPINGS, HubSettings

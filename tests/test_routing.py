@@ -11,7 +11,8 @@ from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.model import Action, Decision
 from hub.quiet_hours import QuietHours
-from hub.routing import ChannelRoute, ContactPolicy, Router
+from hub.routes_file import ChannelRoute
+from hub.routing import ContactPolicy, Router
 from hub.templates import TemplateRenderer
 
 

@@ -17,7 +17,8 @@ from hub.decision_explain import explain
 from hub.errors import ConfigError
 from hub.model import Action, Decision, RawEvent
 from connectors.base import load_registry
-from hub.routing import ChannelRoute, Router
+from hub.routes_file import ChannelRoute
+from hub.routing import Router
 from hub.runtime import Hub
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, inbox

@@ -6,7 +6,8 @@ which Gmail and Yahoo require of bulk senders; internationalised addresses:
 RFC 5891 (IDNA A-labels) and RFC 6531 (SMTPUTF8).
 
 A connection per send keeps the adapter simple and thread-safe; the delivery
-engine's thread pool bounds how many are open at once.
+engine's thread pool bounds how many are open at once. What a relay's
+refusal means (retry, final, park) is `smtp_errors`.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from connectors.base import Destination
+from connectors.destinations import smtp_errors
 from connectors.destinations.email_addresses import one_address, sender_address
 from hub.clock import utcnow
 from hub.errors import (
@@ -36,7 +38,6 @@ from hub.errors import (
     DeliveryError,
     DeliveryFailure,
     PermanentDeliveryError,
-    RetryableDeliveryError,
 )
 from hub.model import Delivery, SendResult
 from hub.pii import mask_email, mask_text
@@ -44,41 +45,11 @@ from hub.unsubscribe import make_token
 
 log = structlog.get_logger(__name__)
 
-# Reply codes that mean our credentials or TLS setup are wrong, not the message.
-AUTH_CODES = frozenset({530, 534, 535, 538})
-# smtplib's code for a reply line that does not start with one (a proxy's page, a line cut short): the
-# conversation broke, nothing was said about the message, so it is retried.
-GARBLED = -1
-# A recipient refused because the relay will not relay for the hub (Postfix "Relay access denied", Sendmail
-# "Relaying denied", Exchange 5.7.54 "Unable to relay"): the hub is not authenticated or not allowed, the same
-# for every recipient, so it parks like a setup error. Read from the text: 5.7.1 alone is also one recipient's
-# own policy, and "relay recipient table" (Postfix) names a dead address.
-RELAY_DENIED = re.compile(
-    r"relay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited)|unable\s+to\s+relay|(?:not|n't)\s+relay\b",
-    re.IGNORECASE,
-)
 # RFC 5321 4.5.3.2.6: the reply to the end of DATA is waited for 10 minutes, while the relay filters the
 # message; a client giving up sooner has it sent again on retry, a copy each time if the relay queued it.
 DATA_REPLY_SECONDS = 600.0
 # Relays on this machine, the only ones `tls: none` may send credentials to.
 LOCAL_HOST_NAMES = frozenset({"localhost", "localhost."})
-# Refusals of the hub itself, not of one message: a 5xx greeting (RFC 5321 3.1, "no SMTP service here": our IP
-# is blocklisted), a 5xx to EHLO/HELO, a 5xx to MAIL FROM (our From address is not ours to send as). The same
-# for every email, so they park like setup errors; except `MESSAGE_TOO_BIG`, MAIL FROM's answer to its SIZE.
-REFUSES_THE_HUB: tuple[type[smtplib.SMTPResponseException], ...] = (
-    smtplib.SMTPConnectError, smtplib.SMTPHeloError, smtplib.SMTPSenderRefused,
-)
-MESSAGE_TOO_BIG = 552
-# Enhanced status codes (RFC 3463) of a refused recipient that say the address itself is dead: no such mailbox
-# (5.1.1), no such domain (5.1.2), a domain that takes no mail (5.1.10), a disabled mailbox (5.2.1). Mailing it
-# again only costs the sender's reputation, so such a hard bounce takes the address off the person's profile,
-# as FCM's dead tokens are (`profiles explain` shows why): an address they give later is used, and this one,
-# sent again in an event, is attached afresh.
-DEAD_ADDRESS = re.compile(r"(?<![\d.])5\.(?:1\.(?:1|2|10)|2\.1)(?![\d.])")
-# TLS failures that are the connection dropping (a relay restarting, a network blip), not our setup: retried.
-# A certificate that does not verify or a protocol the two ends do not share is a plain `ssl.SSLError` (or
-# `SSLCertVerificationError`): no retry fixes that.
-TLS_DROPS: tuple[type[ssl.SSLError], ...] = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 # RFC 5322 2.1.1: no line over 998 characters. The link adds its token (~200) and the field name to this.
 MAX_UNSUBSCRIBE_URL = 600
 
@@ -259,9 +230,9 @@ class EmailSmtpDestination(Destination):
 
     def classify(self, error: Exception) -> DeliveryError:
         if isinstance(error, smtplib.SMTPException):
-            return _as_delivery_error(error)
+            return smtp_errors.as_delivery_error(error)
         if isinstance(error, ssl.SSLError):  # before OSError, its base
-            return _as_tls_error(error)
+            return smtp_errors.as_tls_error(error)
         return super().classify(error)
 
     def _check_smtputf8(self, smtp: smtplib.SMTP, recipient: Address) -> None:
@@ -419,54 +390,3 @@ def _with_footer(html: str, link: str) -> str:
     footer = f'<p style="font-size:12px;color:#666"><a href="{escape(link)}">Unsubscribe</a></p>'
     closing = html.lower().rfind("</body>")
     return html[:closing] + footer + html[closing:] if closing >= 0 else html + footer
-
-
-def _as_tls_error(error: ssl.SSLError) -> DeliveryError:
-    """A connection dropped during TLS is retried; a certificate or protocol mismatch is our setup, not an outage."""
-    error_class = f"tls.{type(error).__name__}"
-    if isinstance(error, TLS_DROPS):
-        return RetryableDeliveryError(DeliveryFailure(error_class, f"the SMTP server dropped the connection in TLS: {error}"))
-    return AuthDeliveryError(DeliveryFailure(error_class, f"TLS with the SMTP server failed: {error}"))
-
-
-def _as_delivery_error(exc: smtplib.SMTPException) -> DeliveryError:
-    """SMTP's reply code decides (`_outcome`); a recipient refused as a dead address (`DEAD_ADDRESS`) leaves the
-    profile too."""
-    if isinstance(exc, smtplib.SMTPRecipientsRefused):
-        code, text = next(iter(exc.recipients.values()))
-    elif isinstance(exc, smtplib.SMTPResponseException):
-        code, text = exc.smtp_code, exc.smtp_error
-    else:  # disconnected mid-conversation, or the server lacks what we asked for (AUTH, STARTTLS)
-        outcome = AuthDeliveryError if isinstance(exc, smtplib.SMTPNotSupportedError) else RetryableDeliveryError
-        return outcome(DeliveryFailure(f"smtp.{type(exc).__name__}", f"SMTP: {exc}"))
-    reply = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-    return _outcome(exc, code, reply)(
-        DeliveryFailure(
-            error_class=f"smtp.{code}",
-            message=mask_text(f"SMTP {code}: {reply}"),
-            provider_code=str(code),
-            response_summary={"code": code},
-            recipient_gone=_hard_bounce(exc, code, reply),
-        )
-    )
-
-
-def _outcome(exc: smtplib.SMTPException, code: int, reply: str) -> type[DeliveryError]:
-    """4xx (and a garbled reply) retries, whatever the command: a 454 or 421 to AUTH is the relay's trouble for now
-    (RFC 4954 6), not our credentials. A 5xx refusing our credentials, the hub itself (`REFUSES_THE_HUB`) or to
-    relay for it (`RELAY_DENIED`) parks the delivery until the setup is fixed; any other 5xx is final."""
-    if code == GARBLED or 400 <= code < 500:
-        return RetryableDeliveryError
-    if code in AUTH_CODES or isinstance(exc, smtplib.SMTPAuthenticationError):
-        return AuthDeliveryError
-    if isinstance(exc, REFUSES_THE_HUB) and code != MESSAGE_TOO_BIG:
-        return AuthDeliveryError
-    if isinstance(exc, smtplib.SMTPRecipientsRefused) and RELAY_DENIED.search(reply):
-        return AuthDeliveryError
-    return PermanentDeliveryError
-
-
-def _hard_bounce(exc: smtplib.SMTPException, code: int, reply: str) -> str | None:
-    """Why the recipient's address leaves the profile, when the server refused it as one that does not exist."""
-    dead = DEAD_ADDRESS.search(reply) if isinstance(exc, smtplib.SMTPRecipientsRefused) and code >= 500 else None
-    return f"hard bounce: the mail server answered {code} {dead[0]} (the address does not exist)" if dead else None

@@ -6,17 +6,16 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 from sqlalchemy import (
     BindParameter, ColumnElement, Connection, and_, bindparam, delete, func, insert, null, or_, select, union_all, update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
 from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
+from hub.store.refusals import refused_events, save_refusals
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
     merges, profiles, timers, touchpoints,
@@ -339,57 +338,6 @@ def graph_epoch_value(connection: Connection) -> int:
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
     [(value,)] = _EPOCH.execute(connection, {})
     return value
-
-
-def refused_events(
-    profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime
-) -> list[dict[str, Any]]:
-    """The audit rows of links refused to `profile_id`, each keyed (`refusal_key`) so that a recurring one is
-    counted on its first row instead of adding a row per event."""
-    return [
-        {
-            "kind": "refused", "profile_id": profile_id, "other_profile_id": link.profile_id, "touchpoint_id": touchpoint_id,
-            "identifiers": [[link.identifier.type, link.identifier.value]], "rule": link.rule, "at": at, "last_at": at,
-            "times": 1, "refusal_key": refusal_key(profile_id, link),
-        }
-        for link in refused
-    ]
-
-
-def refusal_key(profile_id: str, link: RefusedLink) -> str:
-    """What makes a refusal the same one again: the two profiles, the identifier and the rule. A digest, as the
-    forgotten-identifier blocklist keeps, since forgetting a person scrubs the row's identifiers but not this."""
-    other = link.profile_id or ""
-    text = f"{profile_id}\x1f{other}\x1f{link.identifier.type}\x1f{link.identifier.value}\x1f{link.rule}"
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def save_refusals(connection: Connection, rows: Sequence[dict[str, Any]]) -> None:
-    """Insert refused-link rows (`refused_events`), counting each one already recorded on its row instead.
-
-    Rows of one key are folded first: one statement may not update a row twice (PostgreSQL's ON CONFLICT).
-    """
-    folded: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        kept = folded.get(row["refusal_key"])
-        if kept is None:
-            folded[row["refusal_key"]] = dict(row)
-        else:
-            kept.update(times=kept["times"] + row["times"], last_at=row["last_at"], identifiers=row["identifiers"])
-    if folded:
-        connection.execute(_count_refusals(connection.dialect.name), list(folded.values()))
-
-
-@lru_cache(maxsize=None)
-def _count_refusals(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT (refusal_key) DO UPDATE, spelled for the database: one more time, seen last now.
-    The identifiers are written again too, as a new row would hold them, since forgetting a person empties them."""
-    statement = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(identity_events)
-    return statement.on_conflict_do_update(
-        index_elements=[identity_events.c.refusal_key],
-        set_={"times": identity_events.c.times + statement.excluded.times, "last_at": statement.excluded.last_at,
-              "identifiers": statement.excluded.identifiers},
-    )
 
 
 def detached_event(
