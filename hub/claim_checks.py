@@ -1,4 +1,5 @@
-"""What a claimed delivery must still pass before it is sent: quiet hours, its send-by time and consent.
+"""What a claimed delivery must still pass before it is sent: quiet hours, its send-by time, consent, and for a
+push to several devices, that they are still its person's.
 
 Routing judged all three when it planned the message, but a retry, a replay,
 a delay or a send held back by an outage can come due much later: at 2 a.m.
@@ -8,10 +9,12 @@ The send-by time reads only what routing wrote into the message (`SEND_BY`).
 Consent and quiet hours read profiles for messages planned a while ago, and
 for those whose profile changed since, once for both; quiet hours fall back
 to the zone routing wrote (`QUIET_ZONE`) where the profile names none.
+A multicast retried, or planned a while ago, has its recipients read again.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -30,6 +33,7 @@ log = structlog.get_logger(__name__)
 
 # A delivery claimed this long after it was planned has its person's consent read again before it is sent; sooner,
 # only if their profile changed since (`profile_views.changed_since`), and the check routing made stands for the rest.
+# A multicast this old, or retried, has its recipients read again too (`_to_devices_still_theirs`).
 CONSENT_RECHECK_AFTER = timedelta(seconds=2)
 # A profile's change is stamped on its writer's clock under the profiles lock (`profiles.updated_at`), so after any
 # message the pipeline planned to the person before it; the leeway covers the clocks of two nodes disagreeing.
@@ -47,7 +51,7 @@ class ClaimChecks:
         """The claimed deliveries to send now; the others go back to the outbox (quiet hours) or fail unsent."""
         traits = _traits_to_recheck(connection, claimed, now)
         timely = self._still_timely(connection, self._outside_quiet_hours(connection, claimed, traits, now), now)
-        return self._still_consented(connection, timely, traits, now)
+        return self._to_devices_still_theirs(connection, self._still_consented(connection, timely, traits, now), now)
 
     def _outside_quiet_hours(
         self, connection: Connection, claimed: list[Delivery], traits: dict[str, dict[str, Any]], now: datetime
@@ -115,16 +119,57 @@ class ClaimChecks:
         self._fall_back(connection, [delivery for delivery in revoked if delivery.delivery_id in withdrawn], now)
         return [delivery for delivery in claimed if delivery.delivery_id not in withdrawn]
 
+    def _to_devices_still_theirs(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries, each multicast that lost recipients since it was planned going to the others
+        only; one that lost them all fails unsent and falls back.
+
+        Routing wrote a push's `recipients` (every device of the person) when
+        it planned it. A token FCM calls dead, one a newer device evicted or
+        one another person signed in on leaves the person, not the list: a
+        retry sent to it again, and when every device then answered
+        SENDER_ID_MISMATCH, the push was parked as a wrong service-account key.
+        Only retries and multicasts held a while are read again
+        (`withdrawals.lost_recipients`): a first attempt soon after planning
+        goes where routing found the person's devices, at no cost.
+        """
+        rechecked = [delivery for delivery in claimed if _may_have_lost_devices(delivery, now)]
+        lost = withdrawals.lost_recipients(connection, rechecked) if rechecked else {}
+        if not lost:
+            return claimed
+        going, unreachable = [], []
+        for delivery in claimed:
+            if delivery.delivery_id not in lost:
+                going.append(delivery)
+            elif narrowed := withdrawals.without_recipients(delivery.target, delivery.content, lost[delivery.delivery_id]):
+                withdrawals.readdress(connection, delivery.delivery_id, narrowed, now)
+                going.append(replace(delivery, **narrowed))
+            else:
+                unreachable.append(delivery)
+        withdrawn = set(withdrawals.withdraw(
+            connection, [delivery.delivery_id for delivery in unreachable], now, withdrawals.WITHDRAWN_DEVICES_GONE
+        ))
+        log.info("multicasts readdressed: devices left their person since", deliveries=len(lost), withdrawn=len(withdrawn))
+        self._fall_back(connection, [delivery for delivery in unreachable if delivery.delivery_id in withdrawn], now)
+        return going
+
     def _fall_back(self, connection: Connection, withdrawn: list[Delivery], now: datetime) -> None:
-        """Plan the fallbacks of deliveries withdrawn for consent (a push after a push opt-out: the email the
-        rule names), and leave a decision that reached nobody `unreached`, in the claim's transaction, so a
-        crash loses neither. Planning takes the profiles lock, after the claim locked its rows: only for a
-        claim that withdrew one, rare (`hub.consent.lock_before_deliveries` says why the order matters)."""
+        """Plan the fallbacks of deliveries withdrawn at their claim (a push after a push opt-out, or with none of
+        its devices left: the email the rule names), and leave a decision that reached nobody `unreached`, in the
+        claim's transaction, so a crash loses neither. Planning takes the profiles lock, after the claim locked its
+        rows: only for a claim that withdrew one, rare (`hub.consent.lock_before_deliveries` says why the order
+        matters)."""
         if self.fall_back is None or not withdrawn:
             return
         lock_profiles(connection)
         for delivery in withdrawn:
             self.fall_back(connection, delivery, "withdrawn unsent at its claim", now)
+
+
+def _may_have_lost_devices(delivery: Delivery, now: datetime) -> bool:
+    """Whether a claimed delivery is a multicast whose recipients may have left its person since routing listed
+    them: a retry or replay (an attempt's refusal detaches dead tokens), or one held past
+    `CONSENT_RECHECK_AFTER` (a delay, quiet hours, an outage)."""
+    return "recipients" in delivery.content and (delivery.attempts > 0 or delivery.created_at < now - CONSENT_RECHECK_AFTER)
 
 
 def _release_time(quiet_hours: QuietHours, delivery: Delivery, traits: dict[str, Any], now: datetime) -> datetime | None:

@@ -98,11 +98,6 @@ def test_after_a_merge_an_update_goes_to_the_contact_of_the_merged_profiles_conv
 # ---------------------------------------------------------------------------------------------- FCM
 
 
-# Until the claim narrows a retried multicast to the tokens its person still holds (a hub change described in
-# the audit-23 report: `hub/claim_checks.py`), these two fail as their docstrings say.
-NEEDS_CLAIM_NARROWING = pytest.mark.xfail(strict=True, reason="a retry takes its tokens from the planned recipients")
-
-
 @pytest.fixture
 def push_hub(tmp_path: Path, sandbox: SandboxProviders) -> Iterator[Hub]:
     """A hub with the cart rule's push (and CRM update), whose delivery steps the test drives."""
@@ -138,7 +133,6 @@ def attempt_push(hub: Hub, sandbox: SandboxProviders) -> list[str]:
     return sorted(r["json"]["message"]["token"] for r in sandbox.fcm.requests[before:] if r["path"].endswith("messages:send"))
 
 
-@NEEDS_CLAIM_NARROWING
 def test_a_push_retried_after_a_device_was_unregistered_goes_to_the_others_only(
     push_hub: Hub, sandbox: SandboxProviders
 ) -> None:
@@ -164,7 +158,6 @@ def bob_signs_in_on(hub: Hub, token: str) -> None:
            message(userId="u-bob", event="App Opened", context={"device": {"token": token}}))
 
 
-@NEEDS_CLAIM_NARROWING
 def test_a_stray_device_of_another_project_does_not_park_the_persons_push(
     push_hub: Hub, sandbox: SandboxProviders
 ) -> None:

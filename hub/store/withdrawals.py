@@ -15,6 +15,7 @@ from sqlalchemy import Connection, select, update
 from hub.model import FALLBACK, Delivery
 from hub.pii import TOKEN_TYPES
 from hub.store.outbox import DELIVERY_COLUMNS, UNSENT_STATUSES
+from hub.store.profile_views import live_profile_ids
 from hub.store.schema import deliveries, identifiers
 
 # What an unmerge (`hub.store.identity_repair`) leaves as the last error of the messages it withdraws: planned
@@ -31,6 +32,10 @@ WITHDRAWN_CONSENT_REVOKED = "not sent: consent was revoked after it was planned"
 # How the last error of a nudge a late follow-up withdrew begins (`timer_arming.withdraw_followed_up`; the event and
 # its time follow): the person did what it waited for, so it is never replayed.
 WITHDRAWN_FOLLOWED_UP = "not sent: its follow-up ("
+# The last error of a multicast (a push to every device of the person) withdrawn at its claim because none of the
+# devices it was to go to is the person's any more: FCM called them dead, newer ones took their place, or another
+# person signed in on them (`hub.claim_checks`).
+WITHDRAWN_DEVICES_GONE = "not sent: none of its devices is the person's any more"
 
 
 class FallBack(Protocol):
@@ -97,8 +102,14 @@ def drop_recipient(
             alone.append(delivery_id)
             continue
         shared += 1
-        connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
+        readdress(connection, delivery_id, narrowed, now)
     return len(withdraw(connection, alone, now, reason, fall_back)) + shared
+
+
+def readdress(connection: Connection, delivery_id: str, narrowed: dict[str, Any], now: datetime) -> None:
+    """Write a delivery's target and content as `without_recipients` narrowed them: its attempts, retries and
+    replays go to those recipients only, and the delivery log shows whom it went to."""
+    connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**narrowed, updated_at=now))
 
 
 def recipients_of(target: str, content: dict[str, Any]) -> list[str]:
@@ -112,6 +123,36 @@ def without_recipients(target: str, content: dict[str, Any], gone: Container[str
     if not kept:
         return None
     return {"target": kept[0] if target in gone else target, "content": {**content, "recipients": kept}}
+
+
+def lost_recipients(connection: Connection, multicasts: Sequence[Delivery]) -> dict[str, set[str]]:
+    """The recipients each of these deliveries' people no longer holds, by delivery id (those that lost none
+    left out), in two statements whatever their number: the people's live profiles, then which of the
+    recipients those hold.
+
+    Routing wrote a multicast's `recipients` when it planned it, but a device
+    may leave its person before a retry: FCM calls its token dead (the hub
+    detaches it from the profile during the attempt, and the delivery's list
+    keeps it), a newer device takes its place (`evict_oldest`), or another person
+    signs in on it. A person merged into another since holds what the survivor
+    holds; one with no profile left holds nothing.
+    """
+    live_of = live_profile_ids(connection, sorted({delivery.profile_id for delivery in multicasts}))
+    wanted = sorted({value for delivery in multicasts for value in recipients_of(delivery.target, delivery.content)})
+    held: dict[str, set[str]] = {}
+    for profile_id, value in connection.execute(
+        select(identifiers.c.profile_id, identifiers.c.value).where(
+            identifiers.c.profile_id.in_(sorted(set(live_of.values()))), identifiers.c.value.in_(wanted),
+        )
+    ):
+        held.setdefault(profile_id, set()).add(value)
+    lost = {
+        delivery.delivery_id: set(recipients_of(delivery.target, delivery.content)).difference(
+            held.get(live_of.get(delivery.profile_id, ""), ())
+        )
+        for delivery in multicasts
+    }
+    return {delivery_id: gone for delivery_id, gone in lost.items() if gone}
 
 
 def handed_on(connection: Connection, profile_id: str, recipients: list[str]) -> set[str]:
