@@ -10,7 +10,9 @@ bytes, as most bodies hold neither.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -29,6 +31,10 @@ _NUL_ESCAPE = b"\\u0000"  # how orjson writes NUL
 # the body): Segment-spec payloads nest about 5 deep and vendors' webhooks about 10. README's bad-input table says it.
 MAX_JSON_DEPTH = 64
 TOO_DEEP = f"is nested deeper than {MAX_JSON_DEPTH} levels of objects and arrays, the most the hub takes; flatten the payload"
+BEYOND_DOUBLE = (
+    "is a number beyond a double-precision float (about 1.8e308), which the hub cannot store; send a smaller number, "
+    "or the number as a string"
+)
 
 
 def may_nest_too_deep(body: bytes, document: Any) -> bool:
@@ -67,12 +73,27 @@ def depth_problem(index: int | None, item: dict[str, Any] | list[Any]) -> ItemPr
 
 
 def storage_problem(
-    index: int | None, item: dict[str, Any] | list[Any], *, check_text: bool, check_depth: bool
+    index: int | None, item: dict[str, Any] | list[Any], *, check_text: bool, check_depth: bool,
+    check_numbers: bool = False,
 ) -> ItemProblem | None:
-    """What keeps an item out of every store: nesting past the limit (`depth_problem`) or text no store holds
-    (`text_problem`), each looked for only where its body's gate (`may_nest_too_deep`,
-    `may_hold_unstorable_text`) says it may be."""
-    return (depth_problem(index, item) if check_depth else None) or (text_problem(index, item) if check_text else None)
+    """What keeps an item out of every store: nesting past the limit (`depth_problem`), text no store holds
+    (`text_problem`) or a number beyond a double (`number_problem`), each looked for only where its body's gate
+    (`may_nest_too_deep`, `may_hold_unstorable_text`, the flag of `connectors.webhooks.json_items_value`) says it
+    may be. `check_numbers` is False for a body read by `json_value`, which refuses such numbers whole."""
+    return (
+        (depth_problem(index, item) if check_depth else None)
+        or (text_problem(index, item) if check_text else None)
+        or (number_problem(index, item) if check_numbers else None)
+    )
+
+
+def number_problem(index: int | None, item: dict[str, Any] | list[Any]) -> ItemProblem | None:
+    """The problem naming the first number of `item` beyond a double-precision float (1e400, read as an infinity):
+    stored, it is written Infinity, which PostgreSQL's json column and every JSON reader refuse."""
+    for path, key, value in _entries(item):
+        if isinstance(value, float) and not math.isfinite(value):
+            return ItemProblem(index, _joined(path, key), BEYOND_DOUBLE)
+    return None
 
 
 def _orjson_depth() -> int | None:
@@ -169,7 +190,18 @@ def _serializes_cleanly(item: dict[str, Any] | list[Any]) -> bool:
 
 
 def _first_unstorable(value: dict[str, Any] | list[Any]) -> tuple[str, str] | None:
-    """(path, character) of the first string or key found holding a character no store can hold.
+    """(path, character) of the first string or key found holding a character no store can hold."""
+    for path, key, child in _entries(value):
+        if isinstance(key, str) and (character := _unstorable_character(key)):
+            return _joined(path, _storable(key)), character
+        if isinstance(child, str) and (character := _unstorable_character(child)):
+            return _joined(path, key), character
+    return None
+
+
+def _entries(value: dict[str, Any] | list[Any]) -> Iterator[tuple[str, str | int, Any]]:
+    """(path of its object or array, key, value) of every entry of `value`, at any depth; an entry is yielded
+    before what it holds is entered, so a caller that stops at a bad key goes no further.
 
     A loop over a stack, not recursion: the parsers take nesting deeper than Python's recursion limit.
     """
@@ -177,14 +209,9 @@ def _first_unstorable(value: dict[str, Any] | list[Any]) -> tuple[str, str] | No
     while stack:
         path, node = stack.pop()
         for key, child in node.items() if isinstance(node, dict) else enumerate(node):
-            if isinstance(key, str) and (character := _unstorable_character(key)):
-                return _joined(path, _storable(key)), character
-            if isinstance(child, str):
-                if character := _unstorable_character(child):
-                    return _joined(path, key), character
-            elif isinstance(child, (dict, list)):
+            yield path, key, child
+            if isinstance(child, (dict, list)):
                 stack.append((_joined(path, key), child))
-    return None
 
 
 def _unstorable_character(text: str) -> str | None:

@@ -128,16 +128,29 @@ def json_value(body: bytes) -> Any:
     return json_text.loads_bytes(body, _strict_document)
 
 
-def _strict_document(body: bytes) -> Any:
+def json_items_value(body: bytes) -> tuple[Any, bool]:
+    """The body as JSON (`json_value`) for a body of many items, each refused alone for what it holds, and whether
+    it holds a number beyond a double (1e400), read as an infinity for `storage_problem`'s `check_numbers` to
+    refuse the item holding it: refused whole, a 400 lost its neighbours, which SDKs do not resend. Only a body
+    `json_value` refuses is read again, taking such numbers: if it is refused still, the reason is another."""
+    try:
+        return json_value(body), False
+    except BadPayloadError:
+        return _strict_document(body, parse_float=float), True
+
+
+def _strict_document(body: bytes, parse_float: Callable[[str], float] = _finite_float) -> Any:
     """The body as JSON (UTF-8, -16 or -32, as json.loads detects), or `BadPayloadError` naming why not.
 
     Stricter than json.loads: NaN, Infinity and numbers beyond a double are
     refused, as RFC 8259 and PostgreSQL's json column refuse them. Integers
     longer than Python converts and nesting deeper than the parser recurses
     are refused too, as the bad input they are, not left to become a 500.
+    `parse_float` of `float` takes numbers beyond a double, as infinities,
+    for `json_items_value` to refuse with their items.
     """
     try:
-        return json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
+        return json.loads(body, parse_constant=_no_constant, parse_float=parse_float)
     except RecursionError:
         reason = "nested too deeply"
     except (json.JSONDecodeError, UnicodeDecodeError, _NotJson) as exc:

@@ -14,6 +14,7 @@ from functools import partial
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
+from connectors.destinations.email_smtp import is_local_host
 from connectors.sources.segment import MISSING_WRITE_KEY
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine
@@ -107,6 +108,13 @@ class Hub:
     def start(self) -> None:
         if development := self.settings.development_credentials():
             log.warning(f"using development secrets; set {', '.join(development)} before the hub is reachable")
+        if self._unsubscribe_links_unreachable():
+            log.warning(
+                "email goes out through a relay not on this machine, but its unsubscribe links are on "
+                f"{self.settings.public_url('/v1/unsubscribe')}: recipients cannot follow them to opt out, and mailbox "
+                "providers take only https for one-click unsubscribe (RFC 8058); set HUB_PUBLIC_BASE_URL to the hub's "
+                "public https address", smtp_host=self.settings.smtp_host,
+            )
         for channel, destination in sorted(self.router.unserved.items()):
             log.warning(
                 "a channel's destination is not configured: its messages fall back where a rule says, else wait "
@@ -119,6 +127,14 @@ class Hub:
                 worker.start()
         if self.settings.worker_roles:
             self.wakeups.start()
+
+    def _unsubscribe_links_unreachable(self) -> bool:
+        """Whether emails that leave this machine carry unsubscribe links no recipient can use: HUB_PUBLIC_BASE_URL
+        unset (http://127.0.0.1:8000 by default, the recipient's own machine) or not https. Email is always built
+        for a local relay, where the hub is a demo and its links are followed on this machine."""
+        if "email_smtp" not in self.destinations or is_local_host(self.settings.smtp_host):
+            return False
+        return not (self.settings.public_base_url or "").lower().startswith("https://")
 
     def stop(self, join_seconds: float = 10.0) -> None:
         """Stop the workers, giving each `join_seconds` to end its step, then close what they used.

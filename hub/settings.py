@@ -20,6 +20,7 @@ from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.secret_urls import shown_url
 from hub.signing_secrets import in_use
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
+from hub.unsubscribe import SHORTEST_LINK_DAYS
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
 WORKER_ROLES = ("pipeline", "timers", "delivery")
@@ -137,8 +138,9 @@ class HubSettings(BaseSettings):
         "(unsubscribe_link_days), as the law asks of an unsubscribe link; unset it after that.",
     )
     unsubscribe_link_days: int = Field(
-        90, ge=1, le=LONGEST.days,  # past about 2.9 million days every email's link date overflowed, failing its send
-        description=f"How long an unsubscribe link keeps working (at most {LONGEST.days} days).",
+        90, ge=SHORTEST_LINK_DAYS, le=LONGEST.days,  # past about 2.9 million days every email's link date overflowed
+        description=f"How long an unsubscribe link keeps working ({SHORTEST_LINK_DAYS} to {LONGEST.days} days: CAN-SPAM "
+        "wants it to work 30 days after the email is sent).",
     )
 
     outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset or empty: no such destination.")

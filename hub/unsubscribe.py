@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+# The shortest life a link may be given (HUB_UNSUBSCRIBE_LINK_DAYS): CAN-SPAM's 30 days after sending.
+SHORTEST_LINK_DAYS = 30
+
 
 class InvalidToken(Exception):
     """The token is malformed or its signature does not match."""

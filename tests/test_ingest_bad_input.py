@@ -190,7 +190,6 @@ def test_json_the_parser_reads_but_the_store_cannot_write_is_400_and_quarantined
         ("NaN", "NaN is not a JSON value"),
         ("Infinity", "Infinity is not a JSON value"),
         ("-Infinity", "-Infinity is not a JSON value"),
-        ("1e400", "the number 1e400 is too large for a double-precision float"),
     ],
 )
 def test_numbers_json_has_no_place_for_are_400(running_hub: RunningHub, number: str, reason: str) -> None:
@@ -204,7 +203,7 @@ def test_numbers_json_has_no_place_for_are_400(running_hub: RunningHub, number: 
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-@pytest.mark.parametrize("number", ["NaN", "1e400"])
+@pytest.mark.parametrize("number", ["NaN"])
 def test_non_finite_number_in_one_message_is_400_not_a_500_on_postgresql(running_hub: RunningHub, number: str) -> None:
     """PostgreSQL's json column refuses NaN and Infinity: the whole batch's insert failed, a bare 500."""
     good = json.dumps(message(**VALID))

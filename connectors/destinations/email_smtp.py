@@ -41,7 +41,7 @@ from hub.errors import (
 )
 from hub.model import Delivery, SendResult
 from hub.pii import mask_email, mask_text
-from hub.unsubscribe import make_token
+from hub.unsubscribe import SHORTEST_LINK_DAYS, make_token
 
 log = structlog.get_logger(__name__)
 
@@ -106,7 +106,7 @@ class EmailSmtpConfig(BaseModel):
     from_address: str = Field(description="Sender, e.g. 'Shop <news@shop.example>' or 'news@shop.example'.")
     unsubscribe_url: str = Field(description="The hub's public /v1/unsubscribe URL.")
     unsubscribe_secret: SecretStr
-    unsubscribe_link_days: int = Field(90, ge=1)
+    unsubscribe_link_days: int = Field(90, ge=SHORTEST_LINK_DAYS)
     timeout_seconds: float = Field(
         10.0, gt=0, description="Seconds the reply to each command is waited for; the reply to the end of the message "
         f"is waited for {DATA_REPLY_SECONDS:.0f} s (RFC 5321 4.5.3.2.6).",
@@ -118,7 +118,7 @@ class EmailSmtpConfig(BaseModel):
         """Checked at start: with `tls: none`, AUTH sends the username and password (often a provider API key)
         over plain TCP, which only a relay on this machine may see."""
         host, tls = info.data.get("host"), info.data.get("tls")
-        if value and tls == "none" and host is not None and not _is_local(host):
+        if value and tls == "none" and host is not None and not is_local_host(host):
             raise ValueError(
                 f"would be sent in clear to {host}, which is not this machine (tls is none): set tls to starttls "
                 "(usually port 587) or tls (port 465), i.e. HUB_SMTP_TLS=starttls or HUB_SMTP_TLS=tls"
@@ -285,7 +285,7 @@ class _PatientSmtpSsl(_PatientSmtp, smtplib.SMTP_SSL):
     """`_PatientSmtp` over implicit TLS."""
 
 
-def _is_local(host: str) -> bool:
+def is_local_host(host: str) -> bool:
     """Whether `host` is this machine: localhost, or a loopback address (127.0.0.0/8, ::1)."""
     if host.lower() in LOCAL_HOST_NAMES:
         return True

@@ -39,7 +39,7 @@ from connectors.webhooks import (
     MAX_MESSAGE_ID,
     PREVIOUS_SECRET_HELP,
     check_signature,
-    json_value,
+    json_items_value,
     lower_case_hex,
     payload_message_id,
     require_header,
@@ -123,7 +123,7 @@ class SegmentSource(Source):
             raise AuthenticationError("unknown write key: check the source's write key")
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document = _json_object(request.body)
+        document, check_numbers = _json_object(request.body)
         message_type = _message_type(request.path, document)
         check_text = may_hold_unstorable_text(request.body)
         check_depth = may_nest_too_deep(request.body, document)
@@ -138,7 +138,7 @@ class SegmentSource(Source):
         for index, item in enumerate(items):
             taken = take_message(
                 self.source_id, item, index if message_type is None else None, check_text=check_text,
-                check_depth=check_depth,
+                check_depth=check_depth, check_numbers=check_numbers,
             )
             if isinstance(taken, RejectedItem):
                 result.rejected.append(taken)
@@ -186,7 +186,8 @@ def _one_of(value: Any, names: frozenset[str]) -> bool:
 
 
 def take_message(
-    source_id: str, item: Any, index: int | None = None, *, check_text: bool = True, check_depth: bool = True
+    source_id: str, item: Any, index: int | None = None, *, check_text: bool = True, check_depth: bool = True,
+    check_numbers: bool = True,
 ) -> RawEvent | RejectedItem:
     """One message as the hub takes it in, under the id its inbox deduplicates on, or refused with every problem.
 
@@ -195,9 +196,11 @@ def take_message(
     `index` is the message's place in a batch, for the problems it names.
     `check_text` False skips looking for text no store can hold, for a body
     that `may_hold_unstorable_text` cleared; `check_depth` False skips
-    looking for nesting too deep, for one `may_nest_too_deep` cleared.
+    looking for nesting too deep, for one `may_nest_too_deep` cleared;
+    `check_numbers` False skips looking for a number beyond a double, for a
+    body `json_items_value` read without one.
     """
-    problems = _problems(index, item, check_text, check_depth)
+    problems = _problems(index, item, check_text, check_depth, check_numbers)
     if problems:
         return RejectedItem(item, problems)
     return RawEvent(source_id, _message_id(item), item)
@@ -266,14 +269,16 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
     return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
 
 
-def _json_object(body: bytes) -> dict[str, Any]:
-    document = json_value(body)  # its messages count their levels each (`storage_problem`), in a batch as alone
+def _json_object(body: bytes) -> tuple[dict[str, Any], bool]:
+    """The body's object, and whether it holds a number beyond a double (`json_items_value`): its messages are
+    refused one by one for it, as for their depth (`storage_problem`), in a batch as alone."""
+    document, beyond_double = json_items_value(body)
     if not isinstance(document, dict):
         raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
-    return document
+    return document, beyond_double
 
 
-def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool) -> list[ItemProblem]:
+def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool, check_numbers: bool) -> list[ItemProblem]:
     """Everything wrong with one message, so the sender can fix it in one go."""
     if not isinstance(item, dict):
         return [ItemProblem(index, "(message)", f"expected a JSON object, got {type(item).__name__}")]
@@ -297,7 +302,7 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool)
     message_id = item.get("messageId")
     if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID):
         problems.append(ItemProblem(index, "messageId", f"must be a string of 1 to {MAX_MESSAGE_ID} characters"))
-    stored = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
+    stored = storage_problem(index, item, check_text=check_text, check_depth=check_depth, check_numbers=check_numbers)
     return [*problems, stored] if stored else problems
 
 

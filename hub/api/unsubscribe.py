@@ -22,6 +22,15 @@ from hub.unsubscribe import ExpiredToken, InvalidToken, UnsubscribeRequest, read
 
 router = APIRouter(tags=["unsubscribe"])
 Token = Query(description="The signed token from the link in the email.")
+# The page's URL and its form carry the token, which opts a person out: no cache keeps the page (a shared
+# computer's browser, a proxy), and no Referer carries its URL anywhere.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    # No other page may frame it and trick a click on its button; the form posts to the page's own address.
+    "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+}
 
 
 def _page(title: str, text: str, status_code: int = 200, form_token: str | None = None) -> HTMLResponse:
@@ -32,7 +41,7 @@ def _page(title: str, text: str, status_code: int = 200, form_token: str | None 
     )
     body = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>" \
            f"<body><h1>{title}</h1><p>{text}</p>{form}</body></html>"
-    return HTMLResponse(body, status_code=status_code)
+    return HTMLResponse(body, status_code=status_code, headers=PAGE_HEADERS)
 
 
 def _verified(request: Request, token: str) -> UnsubscribeRequest | HTMLResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import codecs
 import json
 from collections.abc import Callable, Collection, Mapping
@@ -73,20 +74,36 @@ def recent(connection: Connection, limit: int = 100) -> list[dict[str, Any]]:
 
 
 def get(connection: Connection, quarantine_id: int) -> dict[str, Any] | None:
-    """One row as `recent` lists it, with its body whole; None if there is none with that id."""
+    """One row as `recent` lists it, with its body whole, and as sent in `raw_body_base64`: the text replaces
+    bytes its encoding has no character for (a Latin-1 "Café", its é the byte E9, in a body read as UTF-8), and
+    those bytes are what ops must show the client to fix. None if there is no row with that id."""
     if not 0 < quarantine_id <= MAX_ID:
         return None  # no row has it, and binding a larger one was a 500 on SQLite
     row = connection.execute(select(*_WHOLE).where(quarantine.c.id == quarantine_id)).mappings().first()
-    return None if row is None else _shown(row)
+    if row is None:
+        return None
+    return {**_shown(row), "raw_body_base64": base64.b64encode(row["raw_body"] or b"").decode("ascii")}
 
 
 def _shown(row: Mapping[str, Any]) -> dict[str, Any]:
-    """The row with its body as text, bytes that are no UTF-8 replaced; a cut that falls inside a character leaves
-    that character's first bytes out rather than show them as a replacement character."""
+    """The row with its body as text (`_decoded`); a cut that falls inside a character leaves that character's
+    first bytes out rather than show them as a replacement character."""
     body = row["raw_body"] or b""  # SQLite's substr of an empty body (one erased) is NULL
     cut = row["raw_body_bytes"] > len(body)
-    text = codecs.getincrementaldecoder("utf-8")("replace").decode(body, final=not cut)
-    return {**row, "raw_body": text, "raw_body_cut": cut}
+    return {**row, "raw_body": _decoded(body, final=not cut), "raw_body_cut": cut}
+
+
+def _decoded(body: bytes, *, final: bool = True) -> str:
+    """The body as text in the encoding it was sent in, bytes that encoding has no character for replaced, a BOM
+    left out; `final` False for the start of a body, whose last bytes may be part of a character.
+
+    The hub's JSON parser takes UTF-16 and UTF-32 bodies (RFC 8259's
+    detection, with or without a BOM), so a refused one is kept as sent; read
+    as UTF-8 it is a NUL after every character, and its "sam@example.com" is
+    no text that `forget` finds.
+    """
+    encoding = json.detect_encoding(body)  # utf-8-sig, utf-16 and utf-32 are the ones that drop the BOM
+    return codecs.getincrementaldecoder(encoding)("replace").decode(body, final=final)
 
 
 def count(connection: Connection) -> int:
@@ -154,14 +171,9 @@ def body_holding(erased: Collection[Identifier]) -> Callable[[bytes, str], bool]
 
 
 def _text_of(body: bytes) -> str:
-    """The body as text in the encoding it was sent in, and, if it has any, with its percent-escapes undone too.
-
-    The hub's JSON parser takes UTF-16 and UTF-32 bodies (RFC 8259's
-    detection, with or without a BOM), so a refused one is kept as sent; read
-    as UTF-8 its "sam@example.com" is no text at all. A form-encoded body
-    writes the @ as %40.
-    """
-    text = body.decode(json.detect_encoding(body), "replace")
+    """The body as text (`_decoded`), and, if it has any, with its percent-escapes undone too: a form-encoded body
+    writes the @ as %40."""
+    text = _decoded(body)
     return f"{text} {unquote_plus(text)}" if "%" in text else text
 
 

@@ -578,19 +578,34 @@ function reprocessForm(sources) {
   return section("Re-process after a mapping fix", form, result);
 }
 
-/** A quarantined body: the list has only its start (bodies may be large and many), a button fetches it whole. */
+/** A quarantined body: the list has only its start (bodies may be large and many), a button fetches it whole,
+ * another saves the bytes as sent (the text replaces those its encoding has no character for). */
 function rawBody(row) {
   const shown = el("div", {}, el("pre", { className: "json" }, row.raw_body));
-  const more = row.raw_body_cut
-    ? el("p", { className: "muted" }, "Only its start is shown. ",
-      button("Load the whole body", () => fill(shown, () => wholeBody(row.id))))
-    : null;
+  const saved = el("span", {});
+  const more = el("p", { className: "muted" }, row.raw_body_cut ? "Only its start is shown. " : "",
+    row.raw_body_cut ? button("Load the whole body", () => fill(shown, () => wholeBody(row.id))) : null,
+    button("Download the bytes as sent", () => fill(saved, () => downloadBody(row.id))), saved);
   return el("details", {}, el("summary", {}, `${row.content_type || "body"}, ${row.raw_body_bytes} bytes`), more, shown);
 }
 
+function quarantined(quarantineId) {
+  return api("GET", `/api/quarantine/${encodeURIComponent(quarantineId)}`);
+}
+
 async function wholeBody(quarantineId) {
-  const { raw_body: body } = await api("GET", `/api/quarantine/${encodeURIComponent(quarantineId)}`);
+  const { raw_body: body } = await quarantined(quarantineId);
   return el("pre", { className: "json" }, body);
+}
+
+/** The body's exact bytes (`raw_body_base64`) saved as a file, from memory: no URL of the hub carries them. */
+async function downloadBody(quarantineId) {
+  const { raw_body_base64: encoded } = await quarantined(quarantineId);
+  const bytes = Uint8Array.from(atob(encoded), (character) => character.charCodeAt(0));
+  const link = el("a", { href: URL.createObjectURL(new Blob([bytes])), download: `quarantine-${quarantineId}.bin` });
+  link.click();
+  window.setTimeout(() => URL.revokeObjectURL(link.href), 60_000);  // once the browser has read it
+  return `Saved quarantine-${quarantineId}.bin (${bytes.length} bytes).`;
 }
 
 // --- the frame: sign-in, tabs, routing --------------------------------------------------------------------
