@@ -16,7 +16,9 @@ from hub.cli_mappings import app as mappings_app
 from hub.cli_processes import listening_socket, metrics_served, run_server, wait_while_workers_live
 from hub.cli_profiles import app as profiles_app
 from hub.cli_prune import prune_command
-from hub.cli_support import config_problems_exit, console, err_console, fail, load_settings, plain, store_busy_exit, styled
+from hub.cli_support import (
+    ReadableArguments, config_problems_exit, console, err_console, fail, load_settings, plain, store_busy_exit, styled,
+)
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
 from hub.secret_urls import shown_url
@@ -28,6 +30,7 @@ app = typer.Typer(
     "(see .env.example).",
     no_args_is_help=True,
     rich_markup_mode="rich",
+    cls=ReadableArguments,  # an argument that is not UTF-8 is refused naming it, whichever command takes it
 )
 connectors_app = typer.Typer(help="Inspect installed source and destination connectors.", no_args_is_help=True)
 app.add_typer(connectors_app, name="connectors")

@@ -8,7 +8,7 @@ replayed deliveries at their next poll.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from enum import Enum
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,7 +24,7 @@ from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.profile_views import for_live_profile
 
 if TYPE_CHECKING:
-    from hub.routing import ChannelRoute
+    from hub.routes_file import ChannelRoute
 
 app = typer.Typer(
     help="The delivery log and the dead-letter queue: list deliveries, replay dead ones.", no_args_is_help=True
@@ -61,6 +61,8 @@ def list_deliveries(
 
     Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
     """
+    if profile is not None and not profile.strip():  # it was read as no filter, and listed everyone's deliveries
+        raise typer.BadParameter("needs a value: a profile id, e.g. from `touchhub profiles show TYPE:VALUE`", param_hint="--profile")
     with config_problems_exit("The delivery log cannot be read"):
         settings = load_settings()
         routes, recipient = delivery_recipients(settings.mappings_dir)
@@ -126,19 +128,13 @@ def replay(
 def _refuse_unknown(
     routes: Mapping[str, ChannelRoute], *, destination: str | None = None, channel: str | None = None
 ) -> None:
-    """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has: a typo
-    (`--destination twilo_sms`) matched nothing, which read as an empty delivery log, or during an incident as
-    an empty dead-letter queue ("0 dead deliveries queued again") while the real one stayed dead."""
+    """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has
+    (`delivery_log.unmatched_filters`), as GET /api/deliveries answers 400."""
     from connectors.base import load_registry
 
-    destinations = {*load_registry().destinations, *(route.destination for route in routes.values())}
-    _one_of("--destination", destination, destinations, "destination")
-    _one_of("--channel", channel, routes, "channel routes.yaml has")
-
-
-def _one_of(option: str, value: str | None, known: Collection[str], what: str) -> None:
-    if value is not None and value not in known:
-        raise typer.BadParameter(f"{value!r} is no {what}; use one of: {', '.join(sorted(known))}", param_hint=option)
+    refused = delivery_log.unmatched_filters(load_registry().destinations, routes, destination=destination, channel=channel)
+    if refused:
+        raise typer.BadParameter("; ".join(refused.values()), param_hint=[f"--{name}" for name in refused])
 
 
 def _replay_summary(outcomes: Counter[str | None]) -> None:

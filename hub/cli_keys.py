@@ -90,7 +90,7 @@ def revoke(
     with writing(_store(), "The API key cannot be revoked") as connection:
         key = api_keys.revoke(connection, key_id, utcnow())
     if key is None:
-        fail(styled("[red]No API key has the id {!r}; `touchhub keys list` shows them.[/]", key_id))
+        fail(styled("[red]No API key has the id {}; `touchhub keys list` shows them.[/]", api_keys.shown_id(key_id)))
     console.print(styled("Key {} ({!r}) revoked at {} UTC.", key.key_id, key.name, _when(key.revoked_at)))
 
 

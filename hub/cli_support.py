@@ -16,7 +16,7 @@ clipboard with OSC 52). Rich drops BEL and CR, but passes ESC on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from string import Formatter
@@ -30,6 +30,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from sqlalchemy.exc import OperationalError
+from typer.core import TyperGroup
 
 from hub.config_files import not_utf8
 from hub.errors import ConfigError, StoreBusyError
@@ -78,6 +79,61 @@ def visible(text: str) -> str:
     """`text` with each control character but tab and newline written as an escape (ESC as `\\x1b`), so that
     it is seen, not obeyed, by the terminal."""
     return _CONTROL.sub(lambda control: f"\\x{ord(control[0]):02x}", text)
+
+
+class ReadableArguments(TyperGroup):
+    """The `touchhub` group: it refuses a command line holding an argument that is not UTF-8 before any command
+    runs (`refuse_unreadable`), as every command reads its text arguments alike."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        refuse_unreadable(ctx, args)
+        return super().parse_args(ctx, args)
+
+
+def refuse_unreadable(ctx: typer.Context, args: Sequence[str]) -> None:
+    """Exit 2 naming the text argument or option of the command `args` run that is not UTF-8 (typed in a Latin-1
+    terminal, pasted from a file in another encoding). Python hands each such byte over as a lone surrogate
+    (\\udcff) that no driver can write: the command died on the store's UnicodeEncodeError with a traceback. A path
+    argument is left alone: a file name need not be UTF-8, and it opens as given."""
+    if all(map(_readable, args)):
+        return
+    command = _parsed_leniently(ctx, args)
+    for param in command.command.params if command is not None else ():
+        given = command.params.get(param.name or "")
+        unreadable = [value for value in (given if isinstance(given, (list, tuple)) else [given])
+                      if isinstance(value, str) and not _readable(value)]
+        if unreadable:
+            shown = unreadable[0].encode(errors="surrogateescape").decode(errors="backslashreplace")
+            raise typer.BadParameter(
+                f"'{shown}' is not valid UTF-8; check the terminal's encoding (LANG, LC_ALL) and type it again",
+                ctx=command, param=param,
+            )
+
+
+def _readable(text: str) -> bool:
+    """Whether `text` is whole UTF-8: only the lone surrogates standing for undecodable bytes do not encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parsed_leniently(ctx: typer.Context, args: Sequence[str]) -> typer.Context | None:
+    """The context of the command `args` name under `ctx`'s group, its parameters parsed without checking or
+    running anything; None when `args` name no command or do not parse. (Our groups take no options, so each
+    word up to the command is a group's or the command's name.)"""
+    context, rest = ctx, list(args)
+    try:
+        while isinstance(context.command, TyperGroup) and rest:
+            sub = context.command.get_command(context, rest[0])
+            if sub is None:
+                return None
+            name, rest = rest[0], rest[1:]
+            context = sub.make_context(name, [] if isinstance(sub, TyperGroup) else rest, parent=context, resilient_parsing=True)
+    except typer.TyperException:
+        return None
+    return None if isinstance(context.command, TyperGroup) else context
 
 
 def id_column(table: Table, header: str, ids: Iterable[str]) -> None:

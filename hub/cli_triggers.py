@@ -139,6 +139,8 @@ def decisions_explain(
     each action's fate, and every delivery with its attempts."""
     import json
 
+    import pydantic_core
+
     from hub.decision_explain import explain
 
     settings = load_settings()
@@ -157,8 +159,8 @@ def decisions_explain(
             'curl -H "Authorization: Bearer $HUB_ADMIN_TOKEN" {}',
             f"http://{settings.host}:{settings.port}/api/decisions?rule_id=RULE",
         ))
-    if as_json:
-        console.print_json(json.dumps(found, default=str))
+    if as_json:  # times in ISO 8601, as GET /api/decisions/{id} writes them (str() wrote "2026-12-07 16:36:08+00:00")
+        console.print_json(json.dumps(found, default=pydantic_core.to_jsonable_python))
         return
     console.print(_explain_tree(found))
 

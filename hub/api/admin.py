@@ -122,10 +122,14 @@ async def list_deliveries(
 ) -> Response:
     if status is not None and status not in outbox.STATUSES:
         raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
+    hub = _hub(request)
+    refused = delivery_log.unmatched_filters(hub.registry.destinations, hub.router.routes, destination=destination, channel=channel)
+    if refused:  # a typo answered 200 with no deliveries: read as an empty log, or an empty dead-letter queue
+        raise HTTPException(400, detail="; ".join(f"{name}: {why}" for name, why in refused.items()))
     search = partial(
         delivery_log.search, limit=limit, status=status, channel=channel, destination_id=destination,
-        since=_utc("since", since), until=_utc("until", until), recipient=_hub(request).router.recipient,
-        region=_hub(request).settings.default_phone_region,
+        since=_utc("since", since), until=_utc("until", until), recipient=hub.router.recipient,
+        region=hub.settings.default_phone_region,
     )
     return await _answer(request, _listed("deliveries", profile_id, search))
 

@@ -14,6 +14,7 @@ holds them all, and HUB_ADMIN_TOKEN (the bootstrap) acts with it.
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ SCOPES: dict[str, str] = {  # each with what it allows, as `touchhub keys create
     "mappings": "mapping preview",
     ADMIN: "all of them",
 }
+# A whole key: the id finds the row, the secret (token_urlsafe) runs to the first blank or quote after it.
+_KEY = re.compile(rf"{KEY_PREFIX}_(?P<key_id>[^_\s]+)_[^\s'\"]+")
+KEY_ID_LENGTH = 26  # a ULID's
 # last_used_at is written at most this often per key, so that a key polling GETs does not make a write of each.
 USE_RECORDED_EVERY = timedelta(minutes=1)
 
@@ -79,15 +83,22 @@ def verify(connection: Connection, presented: str) -> ApiKey | None:
 
 def _id_in(key: str) -> str | None:
     """The key id inside a whole key (`thk_<key id>_<secret>`), or None when `key` does not read as one."""
-    prefix, _, rest = key.partition("_")
-    key_id, _, secret = rest.partition("_")
-    return key_id if prefix == KEY_PREFIX and key_id and secret else None
+    whole = _KEY.fullmatch(key)
+    return whole["key_id"] if whole else None
 
 
 def named_id(text: str) -> str:
     """The key id `text` names: itself, or the id inside a whole key pasted instead, so that a leaked key can be
-    revoked as it was found, and its secret is never printed back."""
-    return _id_in(text) or text
+    revoked as it was found (a header value `Bearer thk_...`, a line of a proxy log or a curl command, blanks
+    around it) and its secret is never printed back."""
+    found = _KEY.search(text)
+    return found["key_id"] if found else text.strip()
+
+
+def shown_id(key_id: str) -> str:
+    """`key_id` quoted as a message may print it, or `<redacted>` when it is longer than a key id: no id, and it
+    may be a secret pasted alone or a key cut short."""
+    return repr(key_id) if len(key_id) <= KEY_ID_LENGTH else "<redacted>"
 
 
 def record_use(connection: Connection, key: ApiKey, now: datetime) -> None:
@@ -105,7 +116,9 @@ def listed(connection: Connection) -> list[ApiKey]:
 
 
 def revoke(connection: Connection, key_id: str, now: datetime) -> ApiKey | None:
-    """Revoke a key (a key revoked before keeps its first revoked_at); None when no key has that id."""
+    """Revoke a key (a key revoked before keeps its first revoked_at); None when no key has that id. The id is
+    read in either case, as a ULID is: ids are stored as `str(ULID())` writes them, upper-case."""
+    key_id = key_id.upper()
     connection.execute(
         update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)).values(revoked_at=now)
     )

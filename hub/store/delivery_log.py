@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, desc, func, select
 
@@ -14,6 +14,8 @@ from hub.model import Identifier
 from hub.pii import mask_recipient, mask_traits
 from hub.store.schema import attempts, deliveries
 
+if TYPE_CHECKING:
+    from hub.routes_file import ChannelRoute
 
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
 RecipientOf = Callable[[str, str], Identifier | None]
@@ -78,6 +80,25 @@ def search(
         item["replayed"] = {"at": replayed_at, "after_attempt": after_attempt} if replayed_at else None
         item["attempt_log"] = by_delivery[item["delivery_id"]]
     return found
+
+
+def unmatched_filters(
+    destinations: Collection[str], routes: Mapping[str, ChannelRoute], *, destination: str | None = None,
+    channel: str | None = None,
+) -> dict[str, str]:
+    """Why each of the `destination` and `channel` filters names nothing this hub has, by filter name, with the
+    ids there are; empty when both may match. A typo (`twilo_sms`) matched nothing, which read as an empty delivery
+    log, or during an incident as an empty dead-letter queue, while the real one stayed dead. `destinations` are
+    the installed destination connectors' slugs; routes.yaml may name others."""
+    known = {
+        "destination": (destination, {*destinations, *(route.destination for route in routes.values())}, "destination"),
+        "channel": (channel, set(routes), "channel routes.yaml has"),
+    }
+    return {
+        name: f"{value!r} is no {what}; use one of: {', '.join(sorted(ids))}"
+        for name, (value, ids, what) in known.items()
+        if value is not None and value not in ids
+    }
 
 
 def _mask_recipients(item: dict[str, Any], identifier: Identifier | None, region: str) -> None:

@@ -37,12 +37,12 @@ def for_live_profile(
     connection: Connection, profile_id: str | None, search: Callable[[Connection, str | None], list[T]]
 ) -> list[T]:
     """`search` filtered by the surviving profile of `profile_id` (an id merged away since finds what its survivor
-    has; one of no profile finds nothing), or unfiltered without one: how the admin API and the CLI read logs by
-    profile."""
-    live_id = live_profile_id(connection, profile_id) if profile_id else None
-    if profile_id and live_id is None:
-        return []
-    return search(connection, live_id)
+    has), or unfiltered without one: how the admin API and the CLI read logs by profile. An id of no profile is
+    searched as given: a forgotten person's profile row is gone, but the CRM erasure the forget planned and their
+    earlier deliveries keep the id, and ops follow the erasure up by the id they forgot."""
+    if not profile_id:
+        return search(connection, None)
+    return search(connection, live_profile_id(connection, profile_id) or profile_id)
 
 
 def live_profile_ids(connection: Connection, profile_ids: Sequence[str]) -> dict[str, str]:
