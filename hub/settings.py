@@ -251,6 +251,15 @@ class HubSettings(BaseSettings):
             raise ValueError("write it whole, with its scheme, e.g. https://hub.example.com")
         return value
 
+    @field_validator("metrics_port", "fcm_credentials_file", mode="before")
+    @classmethod
+    def _emptied_is_unset(cls, value: object) -> object:
+        """`HUB_METRICS_PORT=` or `HUB_FCM_CREDENTIALS_FILE=`, as a .env copied from .env.example or a chart's empty
+        default writes them, are unset, as every emptied setting is: read as written, the port stopped every
+        command loading settings (not an integer), and the key file was Path("."), the current folder, so the hub
+        refused to start instead of running without push."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
