@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import pydantic_core
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -22,12 +22,16 @@ from hub.decision_explain import explain
 from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
+from hub.store.keyset import Key, Keyset
 from hub.store.profile_views import find_profile_id, for_live_profile, profile_view
 from hub.templates import template_names
 
-T = TypeVar("T")
 router = APIRouter(prefix="/api", tags=["admin"])
 Limit = Query(100, ge=1, le=1000, description="At most this many rows (1-1000).")
+Cursor = Query(
+    None, description="The `next_cursor` of the page before, with the same filters, for the rows after it; none for the newest."
+)
+Page = Callable[[Connection, int, Key | None], list[dict[str, Any]]]  # (connection, limit, after) -> rows
 READ = [requires("read")]  # every GET
 
 
@@ -69,10 +73,36 @@ def json_response(answer: dict[str, Any]) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _listed(name: str, profile_id: str | None, search: Callable[..., list[T]]) -> Callable[[Connection], dict[str, list[T]]]:
-    """The answer listing under `name` what `search` finds, filtered by the surviving profile of `profile_id`,
-    which may be an id merged away since (`for_live_profile`)."""
-    return lambda connection: {name: for_live_profile(connection, profile_id, lambda c, live: search(c, profile_id=live))}
+def _paged(name: str, pages: Keyset, limit: int, cursor: str | None, find: Page) -> Callable[[Connection], dict[str, Any]]:
+    """The answer listing under `name` a page of what `find` finds in the order of `pages`, from past the key in
+    `cursor`, and the `next_cursor` of the page after it, null at the end: one row more than the page tells
+    whether there is one, so the last page does not send the client after an empty one."""
+    after = _after(pages, cursor)
+
+    def page(connection: Connection) -> dict[str, Any]:
+        rows = find(connection, limit + 1, after)
+        return {name: rows[:limit], "next_cursor": pages.cursor(rows[limit - 1]) if len(rows) > limit else None}
+
+    return page
+
+
+def _after(pages: Keyset, cursor: str | None) -> Key | None:
+    try:
+        return pages.after(cursor)
+    except ValueError as exc:
+        raise HTTPException(400, detail=f"cursor: {exc}") from None
+
+
+def _listed(
+    name: str, pages: Keyset, limit: int, cursor: str | None, profile_id: str | None, search: Callable[..., list[dict[str, Any]]]
+) -> Callable[[Connection], dict[str, Any]]:
+    """`_paged` of what `search` finds, filtered by the surviving profile of `profile_id`, which may be an id merged
+    away since (`for_live_profile`)."""
+
+    def find(connection: Connection, limit: int, after: Key | None) -> list[dict[str, Any]]:
+        return for_live_profile(connection, profile_id, lambda c, live: search(c, profile_id=live, limit=limit, after=after))
+
+    return _paged(name, pages, limit, cursor, find)
 
 
 @router.get("/touchpoints", summary="Touchpoints, newest first", dependencies=READ)
@@ -82,9 +112,10 @@ async def list_touchpoints(
     order: touchpoints.Order = Query(
         "received", description="Newest first by when the hub received each event, or by when it occurred (a timeline)."
     ),
+    cursor: str | None = Cursor,
 ) -> Response:
-    search = partial(touchpoints.search, limit=limit, source_id=source, event=event, order=order)
-    return await _answer(request, _listed("touchpoints", profile_id, search))
+    search = partial(touchpoints.search, source_id=source, event=event, order=order)
+    return await _answer(request, _listed("touchpoints", touchpoints.PAGES[order], limit, cursor, profile_id, search))
 
 
 @router.get("/profiles/lookup", summary="Find the profile an identifier belongs to", dependencies=READ)
@@ -119,6 +150,7 @@ async def list_deliveries(
     channel: str | None = None, destination: str | None = Query(None, description="Destination id, e.g. twilio_sms."),
     since: datetime | None = Query(None, description="Planned at or after this ISO 8601 time (UTC if no offset)."),
     until: datetime | None = Query(None, description="Planned before this ISO 8601 time (UTC if no offset)."),
+    cursor: str | None = Cursor,
 ) -> Response:
     if status is not None and status not in outbox.STATUSES:
         raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
@@ -127,11 +159,11 @@ async def list_deliveries(
     if refused:  # a typo answered 200 with no deliveries: read as an empty log, or an empty dead-letter queue
         raise HTTPException(400, detail="; ".join(f"{name}: {why}" for name, why in refused.items()))
     search = partial(
-        delivery_log.search, limit=limit, status=status, channel=channel, destination_id=destination,
+        delivery_log.search, status=status, channel=channel, destination_id=destination,
         since=_utc("since", since), until=_utc("until", until), recipient=hub.router.recipient,
         region=hub.settings.default_phone_region,
     )
-    return await _answer(request, _listed("deliveries", profile_id, search))
+    return await _answer(request, _listed("deliveries", delivery_log.PAGES, limit, cursor, profile_id, search))
 
 
 @router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again", dependencies=[requires("replay")])
@@ -168,10 +200,11 @@ def _utc(name: str, moment: datetime | None) -> datetime | None:
 
 @router.get("/decisions", summary="Decisions, newest first (capped ones included)", dependencies=READ)
 async def list_decisions(
-    request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None
+    request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None,
+    cursor: str | None = Cursor,
 ) -> Response:
-    search = partial(decisions.search, limit=limit, rule_id=rule_id)
-    return await _answer(request, _listed("decisions", profile_id, search))
+    search = partial(decisions.search, rule_id=rule_id)
+    return await _answer(request, _listed("decisions", decisions.PAGES, limit, cursor, profile_id, search))
 
 
 @router.get("/decisions/{decision_id}", summary="One decision explained: rule, evidence, action fates, deliveries", dependencies=READ)
@@ -203,11 +236,11 @@ async def list_rules(request: Request) -> dict[str, Any]:
 
 
 @router.get("/quarantine", summary="Refused bodies and items, newest first, each body cut short", dependencies=READ)
-async def list_quarantine(request: Request, limit: int = Limit) -> Response:
+async def list_quarantine(request: Request, limit: int = Limit, cursor: str | None = Cursor) -> Response:
     """Each `raw_body` is its first `quarantine.LISTED_BODY_BYTES` (`raw_body_cut`, `raw_body_bytes`): anyone with
     the public write key can fill the quarantine with bodies of HUB_MAX_BATCH_BYTES (4 MiB by default);
     GET /api/quarantine/{id} has one whole."""
-    return await _answer(request, lambda connection: {"quarantine": quarantine.recent(connection, limit)})
+    return await _answer(request, _paged("quarantine", quarantine.PAGES, limit, cursor, quarantine.recent))
 
 
 @router.get("/quarantine/{quarantine_id}", summary="One refused body or item, its body whole", dependencies=READ)

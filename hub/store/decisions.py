@@ -10,11 +10,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, exists, func, select, update
 
 from hub.model import Decision
+from hub.store.keyset import Key, Keyset
 from hub.store.schema import UTCDateTime, decisions, deliveries
 from hub.store.precompiled import InLists, Precompiled
 from hub.store.sql import NewRows
 
 FIRED = ("fired", "unreached")  # the rule held; only `fired` ones reached the person, and rule caps count those
+# A pipeline batch stamps its decisions with one `created_at`: the newest decided first among them.
+PAGES = Keyset("decisions", (decisions.c.created_at, decisions.c.decided_at, decisions.c.decision_id))  # ix_decisions_created
 
 # Precompiled: every capped rule asks this on every decision, and SQLAlchemy's work per execution
 # costs more than SQLite's.
@@ -114,9 +117,12 @@ def get(connection: Connection, decision_id: str) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
-def search(connection: Connection, *, limit: int, profile_id: str | None = None, rule_id: str | None = None) -> list[dict[str, Any]]:
-    """Newest first."""
-    query = select(decisions).order_by(decisions.c.created_at.desc(), decisions.c.decided_at.desc()).limit(limit)
+def search(
+    connection: Connection, *, limit: int, profile_id: str | None = None, rule_id: str | None = None,
+    after: Key | None = None,
+) -> list[dict[str, Any]]:
+    """Newest first (`PAGES`); `after` is the key of the last decision of the page before."""
+    query = PAGES.newest_first(select(decisions), after).limit(limit)
     if profile_id:
         query = query.where(decisions.c.profile_id == profile_id)
     if rule_id:

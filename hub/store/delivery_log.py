@@ -7,11 +7,12 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, desc, func, select
+from sqlalchemy import Connection, func, select
 
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.model import Identifier
 from hub.pii import mask_recipient, mask_traits
+from hub.store.keyset import Key, Keyset
 from hub.store.schema import attempts, deliveries
 
 if TYPE_CHECKING:
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 # What a delivery's channel and target name (`Router.recipient`): how the delivery log masks its recipients.
 RecipientOf = Callable[[str, str], Identifier | None]
+PAGES = Keyset("deliveries", (deliveries.c.created_at, deliveries.c.delivery_id))  # ix_deliveries_created
 
 
 def unrouted(channel: str, target: str) -> Identifier | None:
@@ -39,6 +41,7 @@ def search(
     decision_id: str | None = None,
     recipient: RecipientOf = unrouted,
     region: str = DEFAULT_PHONE_REGION,
+    after: Key | None = None,
 ) -> list[dict[str, Any]]:
     """The delivery log, newest first, each delivery with its attempts; recipients and the emails and phone
     numbers in what was sent (a CRM field, a greeting) are masked: ops people read and export it.
@@ -47,8 +50,9 @@ def search(
     each delivery's target is (`Router.recipient`), so a push token is masked as one; without it every target
     is masked as text, which leaves tokens whole. `region` (HUB_DEFAULT_PHONE_REGION) is where a phone written
     without its country code is read, as ingest reads it: a field holding just "4155550123" is masked as a phone.
+    `after` is the key (`PAGES`) of the last delivery of the page before.
     """
-    query = select(deliveries).order_by(desc(deliveries.c.created_at)).limit(limit)
+    query = PAGES.newest_first(select(deliveries), after).limit(limit)
     for column, wanted in (
         (deliveries.c.profile_id, profile_id),
         (deliveries.c.status, status),

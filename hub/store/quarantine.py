@@ -10,11 +10,12 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
-from sqlalchemy import ColumnElement, Connection, LargeBinary, desc, func, insert, select, update
+from sqlalchemy import ColumnElement, Connection, LargeBinary, func, insert, select, update
 
 from hub.errors import ItemProblem
 from hub.model import Identifier
 from hub.pii import ADDRESS_TYPES, address_values, holding
+from hub.store.keyset import Key, Keyset
 from hub.store.provider_text import fitted
 from hub.store.schema import quarantine
 
@@ -54,6 +55,7 @@ def add(
 # (`get` has it whole).
 LISTED_BODY_BYTES = 4096
 MAX_ID = 2**63 - 1  # the largest integer SQLite can bind
+PAGES = Keyset("quarantine", (quarantine.c.id,))
 
 
 def _columns(body: ColumnElement[bytes]) -> tuple[ColumnElement[Any], ...]:
@@ -66,10 +68,10 @@ _LISTED = _columns(func.substr(quarantine.c.raw_body, 1, LISTED_BODY_BYTES, type
 _WHOLE = _columns(quarantine.c.raw_body)
 
 
-def recent(connection: Connection, limit: int = 100) -> list[dict[str, Any]]:
+def recent(connection: Connection, limit: int = 100, after: Key | None = None) -> list[dict[str, Any]]:
     """Newest first, each body cut to `LISTED_BODY_BYTES`: `raw_body_bytes` is its whole size, and `raw_body_cut`
-    says whether it was cut."""
-    rows = connection.execute(select(*_LISTED).order_by(desc(quarantine.c.id)).limit(limit)).mappings()
+    says whether it was cut. `after` is the key (`PAGES`) of the last row of the page before."""
+    rows = connection.execute(PAGES.newest_first(select(*_LISTED), after).limit(limit)).mappings()
     return [_shown(row) for row in rows]
 
 

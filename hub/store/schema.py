@@ -243,6 +243,7 @@ decisions = Table(
     Column("actions", JSON, nullable=False),  # each action's fate: planned or skipped and why
     Column("status", String(20), nullable=False, server_default="fired"),  # fired | capped | unreached
     Index("ix_decisions_profile_rule_time", "profile_id", "rule_id", "decided_at"),
+    Index("ix_decisions_created", "created_at", "decided_at", "decision_id"),  # GET /api/decisions, page by page
 )
 
 timers = Table(
@@ -292,6 +293,7 @@ deliveries = Table(
     Column("first_due_at", UTCDateTime),  # the end of its delay or quiet-hours hold: the retry policy's age runs from here
     Column("sent_at", UTCDateTime),  # when a provider last took it: the daily cap counts it then, not when first due
     Index("ix_deliveries_due", "status", "next_attempt_at"),
+    Index("ix_deliveries_created", "created_at", "delivery_id"),  # GET /api/deliveries, page by page
 )
 
 attempts = Table(

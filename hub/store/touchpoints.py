@@ -8,10 +8,11 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, Literal
 
-from sqlalchemy import Connection, bindparam, desc, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from hub.model import Identifier, Touchpoint
 from hub.pii import mask_value
+from hub.store.keyset import Key, Keyset
 from hub.store.schema import UTCDateTime, touchpoints
 from hub.store.precompiled import InLists, Precompiled, numbered, padded, placeholders
 from hub.store.sql import precompiled_insert_skipping
@@ -158,11 +159,15 @@ def summaries(connection: Connection, touchpoint_ids: Sequence[str]) -> list[dic
 
 
 Order = Literal["received", "occurred"]
-# Newest first either way, the other time breaking ties. A profile's timeline is by when each event occurred:
-# offline and backfilled events arrive late, and by receipt yesterday's order would sit above today's page view.
-_ORDERS: dict[Order, tuple[Any, ...]] = {
-    "received": (desc(touchpoints.c.received_at), desc(touchpoints.c.occurred_at)),
-    "occurred": (desc(touchpoints.c.occurred_at), desc(touchpoints.c.received_at)),
+# Newest first either way, the other time breaking ties, then the id. A profile's timeline is by when each event
+# occurred: offline and backfilled events arrive late, and by receipt yesterday's order would sit above today's page view.
+PAGES: dict[Order, Keyset] = {
+    "received": Keyset(
+        "touchpoints by received", (touchpoints.c.received_at, touchpoints.c.occurred_at, touchpoints.c.touchpoint_id)
+    ),
+    "occurred": Keyset(
+        "touchpoints by occurred", (touchpoints.c.occurred_at, touchpoints.c.received_at, touchpoints.c.touchpoint_id)
+    ),
 }
 
 
@@ -174,9 +179,11 @@ def search(
     event: str | None = None,
     profile_id: str | None = None,
     order: Order = "received",
+    after: Key | None = None,
 ) -> list[dict[str, Any]]:
-    """Newest first, by the time the hub received them or (`order="occurred"`) the time they occurred."""
-    query = select(touchpoints).order_by(*_ORDERS[order]).limit(limit)
+    """Newest first, by the time the hub received them or (`order="occurred"`) the time they occurred; `after` is
+    the key (`PAGES[order]`) of the last touchpoint of the page before."""
+    query = PAGES[order].newest_first(select(touchpoints), after).limit(limit)
     if source_id:
         query = query.where(touchpoints.c.source_id == source_id)
     if event:
