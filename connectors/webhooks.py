@@ -178,7 +178,7 @@ def storable_message_id(sender_id: str) -> str:
 def json_events(
     source_id: str, document: Any, *, events: ParsedResult | None, message_id: ParsedResult | None,
     received_at: str, transform: Callable[[int, dict[str, Any]], dict[str, Any] | ItemProblem] | None = None,
-    check_text: bool = True, check_depth: bool = True,
+    check_text: bool = True, check_depth: bool = True, check_numbers: bool = False,
 ) -> ParseResult:
     """Events from a JSON document: the list `events` selects (or the document itself), one per object.
 
@@ -193,7 +193,9 @@ def json_events(
     each counted from the item; a body whose envelope nests too deep is a
     `BadPayloadError`); pass ``check_text=may_hold_unstorable_text(body)`` and
     ``check_depth=may_nest_too_deep(body, document)`` to skip those walks for
-    the bodies that cannot need them. An `events` expression that fails on the
+    the bodies that cannot need them, and the flag of `json_items_value` as
+    `check_numbers`, so that an item holding a number beyond a double is
+    refused alone. An `events` expression that fails on the
     body refuses it (`BadPayloadError`, quarantined); a `message_id` expression
     that fails on an item refuses that item.
     """
@@ -208,7 +210,7 @@ def json_events(
             problem = ItemProblem(index, "(event)", f"expected a JSON object, got {type(item).__name__}")
             result.rejected.append(RejectedItem(item, [problem]))
             continue
-        problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
+        problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth, check_numbers=check_numbers)
         outcome = problem or (transform(index, item) if transform is not None else item)
         if isinstance(outcome, ItemProblem):
             result.rejected.append(RejectedItem(item, [outcome]))

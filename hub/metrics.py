@@ -30,8 +30,9 @@ from hub.store.schema import timers as timers_table
 EVENTS_ACCEPTED = Counter("hub_events_accepted_total", "Events committed to the inbox.", ["source"])
 EVENTS_REJECTED = Counter(
     "hub_events_rejected_total",
-    "Requests and items refused at ingest, by reason (auth, forbidden, unknown_source, too_large, "
-    "unsupported_encoding, bad_payload, bad_request, bad_item).",
+    "Requests and items refused at ingest and provider callbacks, by reason (auth, forbidden, unknown_source, "
+    "too_large, unsupported_encoding, bad_payload, bad_request, bad_item, store_unavailable); source is the "
+    "configured source, or for a callback the configured destination, the request names, else unknown.",
     ["source", "reason"],
 )
 TOUCHPOINTS_PROCESSED = Counter("hub_touchpoints_processed_total", "Inbox rows turned into touchpoints.")

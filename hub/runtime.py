@@ -122,6 +122,12 @@ class Hub:
                 "are dead-lettered past HUB_DELIVERY_MAX_AGE_SECONDS",
                 channel=channel, destination=destination,
             )
+        if not self.settings.worker_roles:
+            log.warning(
+                "HUB_WORKERS is empty: this process runs no pipeline, timers or delivery worker and only takes events "
+                "in; they wait in the inbox until other processes run the workers (touchhub worker --only pipeline "
+                "--only timers --only delivery), or set HUB_WORKERS=pipeline,timers,delivery here"
+            )
         for role, worker in self._workers:
             if role in self.settings.worker_roles:
                 worker.start()

@@ -26,7 +26,7 @@ from connectors.webhooks import (
     check_signature,
     check_timestamp,
     json_events,
-    json_value,
+    json_items_value,
     lower_case_hex,
     require_header,
     secrets_in_use,
@@ -106,11 +106,12 @@ class GenericHmacSource(Source):
         """The configured events of the body, each passed through `transform` (for subclasses that enrich)."""
         config = self.config
         assert isinstance(config, GenericHmacConfig)
-        document = json_value(request.body)
+        document, check_numbers = json_items_value(request.body)  # a list's 1e400 refuses its event alone
         return json_events(
             self.source_id, document,
             events=jmespath.compile(config.events) if config.events else None,
             message_id=jmespath.compile(config.message_id) if config.message_id else None,
             received_at=datetime.now(timezone.utc).isoformat(), transform=transform,
             check_text=may_hold_unstorable_text(request.body), check_depth=may_nest_too_deep(request.body, document),
+            check_numbers=check_numbers,
         )

@@ -29,7 +29,7 @@ from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     check_signature,
     check_timestamp,
-    json_value,
+    json_items_value,
     require_header,
     secrets_in_use,
     sign,
@@ -77,7 +77,8 @@ class HubSpotSource(Source):
         check_signature(expected, [signature], SIGNATURE_HEADER)
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document = json_value(request.body)  # the array is level 1: its events count their own levels
+        # The array is level 1: its events count their own levels, and one holding 1e400 is refused alone.
+        document, check_numbers = json_items_value(request.body)
         if not isinstance(document, list):
             raise BadPayloadError(f"body: HubSpot sends a JSON array of events, got {type(document).__name__}")
         received_at = datetime.now(timezone.utc).isoformat()
@@ -85,7 +86,7 @@ class HubSpotSource(Source):
         check_depth = may_nest_too_deep(request.body, document)
         result = ParseResult()
         for index, item in enumerate(document):
-            problems = _problems(index, item, check_text, check_depth)
+            problems = _problems(index, item, check_text, check_depth, check_numbers)
             if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
@@ -96,10 +97,10 @@ class HubSpotSource(Source):
         return result
 
 
-def _problems(index: int, item: Any, check_text: bool, check_depth: bool) -> list[ItemProblem]:
+def _problems(index: int, item: Any, check_text: bool, check_depth: bool, check_numbers: bool) -> list[ItemProblem]:
     """What keeps one event out: an id field missing, or what no store can hold (`storage_problem`)."""
     missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
     if missing:
         return [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
-    problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth)
+    problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth, check_numbers=check_numbers)
     return [problem] if problem else []

@@ -7,7 +7,7 @@ one transaction. A verification failure changes nothing.
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from connectors.base import CallbackReceiver, CallbackRequest, CallbackResult
@@ -15,6 +15,7 @@ from hub import provider_reports
 from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
+from hub.errors import UnknownSourceError
 from hub.respond import Responder
 from hub.runtime import Hub
 from hub.store import consent_changes
@@ -27,8 +28,13 @@ router = APIRouter(tags=["callbacks"])
 async def callback(request: Request, destination_id: str, kind: str = "status") -> Response:
     hub: Hub = request.app.state.hub
     destination = hub.destinations.get(destination_id)
+    if destination is not None:
+        # Refusals (a forged signature, a bad body) count under this id (`hub.api.ingest.refused_source`), one the
+        # hub configured; an unknown id under `unknown`, so a scanner's guesses make no new label series.
+        request.state.source_id = destination_id
     if not isinstance(destination, CallbackReceiver):
-        raise HTTPException(404, detail=f"destination_id: no destination {destination_id!r} takes callbacks")
+        raise UnknownSourceError(f"destination_id: no destination {destination_id!r} takes callbacks; "
+                                 "check the callback URL given to the provider")
     body = await read_body(request, hub.settings.max_body_bytes)
     query = f"?{request.url.query}" if request.url.query else ""
     incoming = CallbackRequest(kind, hub.settings.public_url(request.url.path) + query, request.headers, body)
