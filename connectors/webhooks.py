@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 from jmespath.parser import ParsedResult
@@ -132,11 +133,17 @@ def json_items_value(body: bytes) -> tuple[Any, bool]:
     """The body as JSON (`json_value`) for a body of many items, each refused alone for what it holds, and whether
     it holds a number beyond a double (1e400), read as an infinity for `storage_problem`'s `check_numbers` to
     refuse the item holding it: refused whole, a 400 lost its neighbours, which SDKs do not resend. Only a body
-    `json_value` refuses is read again, taking such numbers: if it is refused still, the reason is another."""
-    try:
-        return json_value(body), False
-    except BadPayloadError:
-        return _strict_document(body, parse_float=float), True
+    `json_value` refuses is read again, taking such numbers and noting them: if it is refused still, the reason is
+    another. orjson refuses such a number itself, so its fast path never reads one."""
+    beyond = False
+
+    def noting_infinities(text: str) -> float:
+        nonlocal beyond
+        number = float(text)
+        beyond = beyond or math.isinf(number)
+        return number
+
+    return json_text.loads_bytes(body, partial(_strict_document, parse_float=noting_infinities)), beyond
 
 
 def _strict_document(body: bytes, parse_float: Callable[[str], float] = _finite_float) -> Any:
@@ -146,8 +153,8 @@ def _strict_document(body: bytes, parse_float: Callable[[str], float] = _finite_
     refused, as RFC 8259 and PostgreSQL's json column refuse them. Integers
     longer than Python converts and nesting deeper than the parser recurses
     are refused too, as the bad input they are, not left to become a 500.
-    `parse_float` of `float` takes numbers beyond a double, as infinities,
-    for `json_items_value` to refuse with their items.
+    A `parse_float` that takes numbers beyond a double, as infinities, lets
+    `json_items_value` refuse them with their items.
     """
     try:
         return json.loads(body, parse_constant=_no_constant, parse_float=parse_float)
@@ -251,11 +258,15 @@ def _sender_message_id(index: int, item: dict[str, Any], message_id: ParsedResul
 
 
 def _content_message_id(item: dict[str, Any], seen: Counter[str]) -> str:
-    """A hash of the item as received, and for its second and later copies in one request (`seen` counts them) that
-    copy's number: two identical "Page Viewed" items of one request are two events to their sender, which one id
-    made one. The first copy keeps the bare hash, so the id depends on nothing else in the request: a resend of the
-    request, or of the item alone, is still a duplicate."""
-    content_id = payload_message_id(item)
+    """A hash of the item as received, numbered as a copy (`numbered_copy`)."""
+    return numbered_copy(payload_message_id(item), seen)
+
+
+def numbered_copy(content_id: str, seen: Counter[str]) -> str:
+    """The id of an item its sender gave none, made from its content, for its second and later copies in one
+    request (`seen` counts them) with that copy's number: two identical "Page Viewed" items of one request are two
+    events to their sender, which one id made one. The first copy keeps the bare id, so the id depends on nothing
+    else in the request: a resend of the request, or of the item alone, is still a duplicate."""
     seen[content_id] += 1
     copy = seen[content_id]
     return content_id if copy == 1 else f"{content_id}#{copy}"

@@ -103,15 +103,16 @@ class TimerEngine:
         self.max_attempts = max_attempts
         self._deliveries_planned = deliveries_planned
         self._next_due: datetime | None = None
-        self.shortened_waits = ShortenedWaits(store, rulebook, RULE_ROLLOUT)
+        self.shortened_waits = ShortenedWaits(store, RULE_ROLLOUT)
         self._in_force_seen = rulebook.in_force()
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
         simulated = now
         now = now or utcnow()
-        self.shortened_waits.follow(now)
-        self._warn_of_rules_gone()
+        in_force = self.rulebook.in_force()  # one read for both: a reload between two would split them
+        self.shortened_waits.follow(now, in_force.rules)
+        self._warn_of_rules_gone(in_force)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
             self._next_due = timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
@@ -148,13 +149,12 @@ class TimerEngine:
         waits, if sooner: until then its worker may nap."""
         return min(filter(None, (self._next_due, self.shortened_waits.next_look())), default=None)
 
-    def _warn_of_rules_gone(self) -> None:
+    def _warn_of_rules_gone(self, in_force: InForce) -> None:
         """At the first run after a reload took rules out of force (removed, renamed, or `enabled: false`), warn
         of the timers each leaves waiting, by rule id: each lapses when it comes due (`RULE_ROLLOUT`), and a
         renamed rule's timers keep the old id, so ops who renamed `cart_abandonment` learn then, not when carts
         go unnudged. Each run otherwise costs one comparison; a reload that took rules out walks the pending
         timers once (`timers.pending_of_rules`)."""
-        in_force = self.rulebook.in_force()
         if in_force is self._in_force_seen:
             return
         gone = self._in_force_seen.by_id.keys() - in_force.by_id.keys()

@@ -112,11 +112,8 @@ class ClaimChecks:
         revoked = [d for d in claimed if d.profile_id in traits and consent_revoked(traits[d.profile_id], d.channel)]
         if not revoked:
             return claimed
-        withdrawn = set(withdrawals.withdraw(
-            connection, sorted(delivery.delivery_id for delivery in revoked), now, withdrawals.WITHDRAWN_CONSENT_REVOKED
-        ))
+        withdrawn = self._withdraw(connection, revoked, now, withdrawals.WITHDRAWN_CONSENT_REVOKED)
         log.info("deliveries withdrawn: consent revoked since they were planned", deliveries=len(withdrawn))
-        self._fall_back(connection, [delivery for delivery in revoked if delivery.delivery_id in withdrawn], now)
         return [delivery for delivery in claimed if delivery.delivery_id not in withdrawn]
 
     def _to_devices_still_theirs(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
@@ -145,12 +142,16 @@ class ClaimChecks:
                 going.append(replace(delivery, **narrowed))
             else:
                 unreachable.append(delivery)
-        withdrawn = set(withdrawals.withdraw(
-            connection, [delivery.delivery_id for delivery in unreachable], now, withdrawals.WITHDRAWN_DEVICES_GONE
-        ))
+        withdrawn = self._withdraw(connection, unreachable, now, withdrawals.WITHDRAWN_DEVICES_GONE)
         log.info("multicasts readdressed: devices left their person since", deliveries=len(lost), withdrawn=len(withdrawn))
-        self._fall_back(connection, [delivery for delivery in unreachable if delivery.delivery_id in withdrawn], now)
         return going
+
+    def _withdraw(self, connection: Connection, claimed: list[Delivery], now: datetime, reason: str) -> set[str]:
+        """Fail these claimed deliveries unsent with `reason` and plan the fallbacks of those withdrawn (one another
+        node settled meanwhile is not); the ids withdrawn."""
+        withdrawn = set(withdrawals.withdraw(connection, sorted(delivery.delivery_id for delivery in claimed), now, reason))
+        self._fall_back(connection, [delivery for delivery in claimed if delivery.delivery_id in withdrawn], now)
+        return withdrawn
 
     def _fall_back(self, connection: Connection, withdrawn: list[Delivery], now: datetime) -> None:
         """Plan the fallbacks of deliveries withdrawn at their claim (a push after a push opt-out, or with none of

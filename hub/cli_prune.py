@@ -39,7 +39,9 @@ def prune_command(
                        MofNCompleteColumn(), TimeElapsedColumn())
             with store_busy_exit(store, "The store cannot be pruned"), Progress(*columns, console=console) as progress:
                 task = progress.add_task("prune", total=sum(counts.values()), days=days)
-                for _, deleted in prune_batches(store, cutoff, PRUNE_BATCH_SIZE):
+                counts = dict.fromkeys(counts, 0)  # the table shows what went, the hub's own prune may take some first
+                for label, deleted in prune_batches(store, cutoff, PRUNE_BATCH_SIZE):
+                    counts[label] += deleted
                     progress.advance(task, deleted)
     finally:
         store.dispose()

@@ -35,6 +35,7 @@ from typer.core import TyperGroup
 from hub.config_files import not_utf8
 from hub.errors import ConfigError, StoreBusyError
 from hub.logs import configure_logging
+from hub.utf8 import has_utf8_form
 from hub.settings import HubSettings
 
 if TYPE_CHECKING:
@@ -95,28 +96,19 @@ def refuse_unreadable(ctx: typer.Context, args: Sequence[str]) -> None:
     terminal, pasted from a file in another encoding). Python hands each such byte over as a lone surrogate
     (\\udcff) that no driver can write: the command died on the store's UnicodeEncodeError with a traceback. A path
     argument is left alone: a file name need not be UTF-8, and it opens as given."""
-    if all(map(_readable, args)):
+    if all(map(has_utf8_form, args)):
         return
     command = _parsed_leniently(ctx, args)
     for param in command.command.params if command is not None else ():
         given = command.params.get(param.name or "")
         unreadable = [value for value in (given if isinstance(given, (list, tuple)) else [given])
-                      if isinstance(value, str) and not _readable(value)]
+                      if isinstance(value, str) and not has_utf8_form(value)]
         if unreadable:
             shown = unreadable[0].encode(errors="surrogateescape").decode(errors="backslashreplace")
             raise typer.BadParameter(
                 f"'{shown}' is not valid UTF-8; check the terminal's encoding (LANG, LC_ALL) and type it again",
                 ctx=command, param=param,
             )
-
-
-def _readable(text: str) -> bool:
-    """Whether `text` is whole UTF-8: only the lone surrogates standing for undecodable bytes do not encode."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _parsed_leniently(ctx: typer.Context, args: Sequence[str]) -> typer.Context | None:

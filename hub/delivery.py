@@ -232,10 +232,14 @@ class DeliveryEngine:
         lease is left on each at any run: as much margin as a stalled run
         needs.
         """
-        half_spent = now - self.lease / 2
-        renewing = [delivery_id for delivery_id in in_flight if self._leased_at.get(delivery_id, half_spent) <= half_spent]
+        renewing = self._half_spent(in_flight, now)
         outbox.extend_leases(connection, renewing, now + self.lease)
         self._leased_at.update((delivery_id, now) for delivery_id in renewing)
+
+    def _half_spent(self, in_flight: Sequence[str], now: datetime) -> list[str]:
+        """The sends `in_flight` whose lease was taken or renewed half a lease ago or more."""
+        half_spent = now - self.lease / 2
+        return [delivery_id for delivery_id in in_flight if self._leased_at.get(delivery_id, half_spent) <= half_spent]
 
     def _addressed_to_profile(self, delivery: Delivery) -> bool:
         """Whether a delivery's target is a profile id (a route to `profile_id`), not a person's address."""
@@ -267,8 +271,9 @@ class DeliveryEngine:
         relay has 10 minutes to answer the end of a message), and one whose lease ran out while the engine closed
         was claimed and sent again by another node."""
         while going := [delivery_id for delivery_id, send in self._sending.items() if not send.done()]:
-            with self.store.write() as connection:
-                self._renew_leases(connection, going, utcnow())
+            if self._half_spent(going, utcnow()):  # a write transaction only when a lease is due for renewal
+                with self.store.write() as connection:
+                    self._renew_leases(connection, going, utcnow())
             self._loop.run_until_complete(asyncio.wait(
                 [self._sending[delivery_id] for delivery_id in going], timeout=self.lease.total_seconds() / 4
             ))

@@ -129,7 +129,8 @@ class AttemptRecorder:
         lock_before_deliveries(connection, not take_reports or any(
             outcome.revokes_consent or outcome.recipient_gone or self._may_fall_back(outcome) for outcome in outcomes
         ) or any(
-            report.revokes_consent or self._receiver(destination_id).cannot_reach(report) for destination_id, report in early
+            provider_reports.changes_people(report, self._receiver(destination_id).cannot_reach, self.fall_back)
+            for destination_id, report in early
         ))
         return early
 

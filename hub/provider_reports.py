@@ -28,14 +28,19 @@ Recipient = Callable[[str, str], Identifier | None]  # `Router.recipient`: the i
 CannotReach = Callable[[ProviderStatus], bool]  # the destination's `CallbackReceiver.cannot_reach`
 
 
-def _never(report: ProviderStatus) -> bool:
-    """No report says the person cannot be reached: the destination keeps no table of such codes."""
-    return False
+def changes_people(report: ProviderStatus, cannot_reach: CannotReach | None, fall_back: FallBack | None) -> bool:
+    """Whether applying `report` may change its person, so the profiles lock comes first: it revokes consent, or
+    says they cannot be reached there and a fallback may be planned."""
+    return report.revokes_consent or _falls_back(report, cannot_reach, fall_back)
+
+
+def _falls_back(report: ProviderStatus, cannot_reach: CannotReach | None, fall_back: FallBack | None) -> bool:
+    return fall_back is not None and cannot_reach is not None and cannot_reach(report)
 
 
 def apply(
     connection: Connection, destination_id: str, reports: Sequence[ProviderStatus], now: datetime,
-    recipient: Recipient, *, consent_changes_too: bool = False, cannot_reach: CannotReach = _never,
+    recipient: Recipient, *, consent_changes_too: bool = False, cannot_reach: CannotReach | None = None,
     fall_back: FallBack | None = None,
 ) -> int:
     """Apply reports in order; one that matches no recorded send yet is held for it. Returns how many
@@ -60,10 +65,9 @@ def apply(
     transaction as well, so the profiles lock is taken here, in its place,
     as it is for a report that may plan a fallback.
     """
-    falls_back = cannot_reach if fall_back is not None else _never
     held_reports.lock_messages(connection, [(destination_id, report.provider_message_id) for report in reports])
     lock_before_deliveries(connection, consent_changes_too or any(
-        report.revokes_consent or falls_back(report) for report in reports
+        changes_people(report, cannot_reach, fall_back) for report in reports
     ))
     planned = 0
     for report in reports:
@@ -77,8 +81,8 @@ def apply(
             through = recipient(delivery["channel"], delivery["target"])
             if not _granted_after_it(connection, delivery, through):
                 set_consent(connection, delivery["profile_id"], delivery["channel"], False, now, "refused by provider", through)
-        if delivery["settled_now"] and FALLBACK in delivery["content"] and falls_back(report):
-            assert fall_back is not None  # `falls_back` said so
+        if delivery["settled_now"] and FALLBACK in delivery["content"] and _falls_back(report, cannot_reach, fall_back):
+            assert fall_back is not None  # `_falls_back` said so
             why = report.error or report.provider_status
             planned += fall_back(connection, _as_delivery(delivery), why, now, unreachable=True)
     return planned

@@ -71,7 +71,7 @@ class Hub:
         self.pipeline_wake = self.wakeups.events["pipeline"]
         self.delivery_wake = self.wakeups.events["delivery"]
         self.timer_wake = self.wakeups.events["timers"]
-        responder = Responder(self.router)
+        self.responder = responder = Responder(self.router)  # one for the workers and the provider callbacks
         self.timers = TimerEngine(
             self.store, self.rulebook, responder, batch_size=settings.timer_batch_size, lease=lease,
             max_attempts=settings.pipeline_max_attempts, deliveries_planned=partial(self.wakeups.announce, "delivery"),

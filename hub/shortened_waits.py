@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from hub.rulebook import RuleBook
 from hub.rules import RuleSpec
 from hub.store import Store, timer_waits, timers
 
@@ -24,15 +23,14 @@ LOOKS_AGAIN_AFTER = (timedelta(minutes=1), timedelta(minutes=5))
 
 
 class ShortenedWaits:
-    def __init__(self, store: Store, rulebook: RuleBook, rollout: timedelta) -> None:
+    def __init__(self, store: Store, rollout: timedelta) -> None:
         self.store = store
-        self.rulebook = rulebook
         self._looks_after = (*LOOKS_AGAIN_AFTER, rollout)
         self._rules_seen: object = None
         self._waits_seen: dict[str, timedelta] = {}
         self._looks_again: list[tuple[datetime, dict[str, timedelta]]] = []  # (when, shortened waits), soonest first
 
-    def follow(self, now: datetime) -> None:
+    def follow(self, now: datetime, rules: list[RuleSpec]) -> None:
         """After an edit that shortens a rule's wait, bring its pending timers' due times forward to it.
 
         A timer is judged by the rule in force when it is claimed, but it is
@@ -53,7 +51,6 @@ class ShortenedWaits:
         force. They are noted after the timers are moved: a crash in between
         moves them again, which changes nothing.
         """
-        rules = self.rulebook.current()
         if rules is not self._rules_seen:  # each run: unchanged rules cost one comparison
             self._rules_changed(rules, now)
         while self._looks_again and self._looks_again[0][0] <= now:

@@ -79,6 +79,16 @@ def test_a_delivery_log_filter_naming_no_destination_or_channel_is_a_400_listing
     assert running_hub.client.get("/api/deliveries", params={name: known}, headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/api/deliveries", "/api/decisions", "/api/touchpoints"])
+def test_a_blank_profile_id_filter_is_a_400_not_everyones_rows(running_hub: RunningHub, path: str) -> None:
+    """`?profile_id=` was read as no filter: everyone's rows, with status=dead the whole dead-letter queue, where
+    the CLI refuses `--profile ''`."""
+    for blank in ("", " "):
+        answer = running_hub.client.get(path, params={"profile_id": blank}, headers=AUTH)
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["detail"].startswith("profile_id: needs a value")
+
+
 # --- the delivery log of a forgotten person ----------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,6 +41,20 @@ def mappings_with(tmp_path: Path, actions: str) -> Path:
     (mappings / "triggers.yaml").write_text(cart_nudge_rules(actions))
     (mappings / "templates" / "cart_nudge.sms.j2").write_text("Your cart is saved, {{ profile.first_name }}.")
     return mappings
+
+
+def cart_left_with_sms_else_email(
+    tmp_path: Path, sandbox: SandboxProviders, user_id: str, traits: dict[str, Any]
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """A person with `traits` leaves a cart under one rule that texts, else emails: their deliveries by channel,
+    and the decision explained."""
+    settings = make_settings(tmp_path, mappings_dir=mappings_with(tmp_path, SMS_ELSE_EMAIL), **sandbox.settings_overrides())
+    with serve_hub(settings, sandbox) as hub:
+        hub.send(message("identify", userId=user_id, traits=traits), message(userId=user_id, event="Cart Viewed"))
+        hub.settle()
+        deliveries = {d["channel"]: d for d in hub.admin("/api/deliveries")["deliveries"]}
+        decision_id = next(iter(deliveries.values()))["decision_id"]
+        return deliveries, hub.admin(f"/api/decisions/{decision_id}")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
@@ -108,14 +123,9 @@ def test_an_sms_twilio_refuses_as_unsubscribed_falls_back_to_the_email_the_rule_
     no fallback, as his phone was still on the profile, where a STOP that reached the hub a second earlier
     would have had routing plan the email."""
     sandbox.twilio.unsubscribed.add("+14155550142")
-    settings = make_settings(tmp_path, mappings_dir=mappings_with(tmp_path, SMS_ELSE_EMAIL), **sandbox.settings_overrides())
-    with serve_hub(settings, sandbox) as hub:
-        hub.send(message("identify", userId="u-cal", traits={"email": "cal@example.com", "phone": "+14155550142",
-                                                               "first_name": "Cal"}),
-                 message(userId="u-cal", event="Cart Viewed"))
-        hub.settle()
-        deliveries = {d["channel"]: d for d in hub.admin("/api/deliveries")["deliveries"]}
-        explained = hub.admin(f"/api/decisions/{deliveries['sms']['decision_id']}")
+    deliveries, explained = cart_left_with_sms_else_email(
+        tmp_path, sandbox, "u-cal", {"email": "cal@example.com", "phone": "+14155550142", "first_name": "Cal"}
+    )
     assert deliveries["sms"]["status"] == "failed" and deliveries["email"]["status"] == "sent"
     sms, email = explained["actions"]
     assert (sms["fate"], sms["to"], email["fate"]) == ("fell_back", "email", "planned")

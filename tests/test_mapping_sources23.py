@@ -22,6 +22,7 @@ from hub.mapping_catalog import MappingCatalog
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.settings import PROJECT_MAPPINGS
+from tests.conftest import RunningHub
 from tests.test_mapping_edges import edit
 from tests.test_mappings import BASE, RECEIVED
 from tests.test_sources import build
@@ -98,3 +99,13 @@ def test_a_mapping_save_of_the_same_size_within_the_same_mtime_is_reloaded(tmp_p
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # saved within the same tick of the clock
     assert catalog.refresh() == []
     assert catalog["shop"].label("Anything").moment == "visit"
+
+
+def test_identical_segment_messages_without_a_message_id_in_one_batch_are_as_many_events(running_hub: RunningHub) -> None:
+    """A server library's batch of two identical track calls without messageId (no timestamp either: the same
+    second) got one id made from their content, and the inbox kept one of the two; a resend still deduplicates."""
+    viewed = {"type": "track", "userId": "u-1", "event": "Page Viewed", "properties": {"path": "/pricing"}}
+    first = running_hub.send(viewed, dict(viewed))
+    assert (first.status_code, first.json()["accepted"], first.json()["duplicates"]) == (200, 2, 0)
+    resent = running_hub.send(viewed, dict(viewed))
+    assert (resent.json()["accepted"], resent.json()["duplicates"]) == (0, 2)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.cli_profiles import app as profiles_app
-from tests.conftest import RunningHub, make_settings, message, serve_hub
+from tests.conftest import RunningHub, message
 from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
 from tests.test_cli_output20 import flat, run
-from tests.test_fallbacks22 import SMS_ELSE_EMAIL, mappings_with
+from tests.test_fallbacks22 import cart_left_with_sms_else_email
 from tests.test_forget21 import tables_holding
 from tests.test_forget_messages import forget, profile
 
@@ -61,14 +61,10 @@ def test_an_sms_for_a_person_whose_phone_has_an_extension_falls_back_to_email(
 ) -> None:
     """A text cannot reach an extension: Ana's nudge went to her company's switchboard number (or, once the
     extension was kept, to a To Twilio refuses) instead of the email her rule falls back to."""
-    settings = make_settings(tmp_path, mappings_dir=mappings_with(tmp_path, SMS_ELSE_EMAIL), **sandbox.settings_overrides())
-    with serve_hub(settings, sandbox) as hub:
-        hub.send(message("identify", userId="u-ana", traits={"email": "ana@acme.example", "first_name": "Ana",
-                                                               "phone": "+1 415 555 0100 ext. 12"}),
-                 message(userId="u-ana", event="Cart Viewed"))
-        hub.settle()
-        [delivery] = hub.admin("/api/deliveries")["deliveries"]
-        explained = hub.admin(f"/api/decisions/{delivery['decision_id']}")
+    deliveries, explained = cart_left_with_sms_else_email(
+        tmp_path, sandbox, "u-ana", {"email": "ana@acme.example", "first_name": "Ana", "phone": "+1 415 555 0100 ext. 12"}
+    )
+    [delivery] = deliveries.values()
     sms, email = explained["actions"]
     assert (sms["fate"], sms["because"], sms["to"], email["fate"]) == ("fell_back", "skipped", "email", "planned")
     assert "extension" in sms["reason"] and "mobile" in sms["reason"]

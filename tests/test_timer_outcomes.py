@@ -375,7 +375,7 @@ def test_a_shortened_wait_reaches_timers_a_node_without_the_edit_armed_or_sent_b
         assert a.timers.run_once(edited) == 0  # nothing armed yet to bring forward
         accept(b, AMY, cart)
     else:
-        a.timers.shortened_waits.follow(edited)  # the first half of A's run: the timer brought forward ...
+        a.timers.shortened_waits.follow(edited, a.rulebook.current())  # the first half of A's run: the timer brought forward ...
         assert b.timers.run_once(edited) == 1  # ... and B's worker claims it first: back to the old wait
         [timer] = timer_rows(a)
         assert timer["due_at"] - timer["anchor_at"] == timedelta(minutes=30)

@@ -206,8 +206,8 @@ class SalesforceDestination(Destination):
         except SalesforceError as exc:
             if error_code(exc) != CONVERTED_LEAD:
                 raise
-            lead = client.Lead.get_by_custom_id(key_field, update.external_id)
-            if not (contact_id := converted_contact(lead)):
+            lead = self._record_keyed(client.Lead, update.external_id)
+            if lead is None or not (contact_id := converted_contact(lead)):
                 raise
             return self._write_converted(client, update, lead, contact_id)
         created = answer.status_code == 201

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from connectors.webhooks import (
     check_signature,
     json_items_value,
     lower_case_hex,
+    numbered_copy,
     payload_message_id,
     require_header,
     secrets_in_use,
@@ -135,6 +137,7 @@ class SegmentSource(Source):
         sent_at = batch_sent_at(document) if message_type is None else None
         request_sent_at = sent_at or latest_if_ahead(items, received_at)
         result = ParseResult()
+        content_ids: Counter[str] = Counter()  # ids made from content: identical messages of a batch are numbered
         for index, item in enumerate(items):
             taken = take_message(
                 self.source_id, item, index if message_type is None else None, check_text=check_text,
@@ -149,7 +152,8 @@ class SegmentSource(Source):
                 result.rejected.append(RejectedItem(item, [corrected]))
                 continue
             payload = _with_client_ip({**corrected, "receivedAt": received_at.isoformat()}, request.client_ip)
-            result.events.append(RawEvent(self.source_id, taken.message_id, payload))
+            message_id = taken.message_id if _sender_id(item) else numbered_copy(taken.message_id, content_ids)
+            result.events.append(RawEvent(self.source_id, message_id, payload))
         if not result.events:
             raise BadPayloadError("no valid message in the request", result.problems)
         return result
@@ -313,6 +317,11 @@ def _present(value: Any) -> bool:
 def _message_id(item: dict[str, Any]) -> str:
     """The sender's messageId, or a hash of the canonical message so resends still deduplicate: without the
     fields of its sending (`TRANSPORT_FIELDS`), as an SDK's retry of the event carries a new `sentAt`."""
-    if isinstance(item.get("messageId"), str):
+    if _sender_id(item):
         return item["messageId"]
     return payload_message_id({key: value for key, value in item.items() if key not in TRANSPORT_FIELDS})
+
+
+def _sender_id(item: dict[str, Any]) -> bool:
+    """Whether the message carries its own messageId (else its id is made from its content)."""
+    return isinstance(item.get("messageId"), str)

@@ -97,7 +97,10 @@ def _listed(
     name: str, pages: Keyset, limit: int, cursor: str | None, profile_id: str | None, search: Callable[..., list[dict[str, Any]]]
 ) -> Callable[[Connection], dict[str, Any]]:
     """`_paged` of what `search` finds, filtered by the surviving profile of `profile_id`, which may be an id merged
-    away since (`for_live_profile`)."""
+    away since (`for_live_profile`). A blank `profile_id` read as no filter listed everyone's rows (with
+    `status=dead`, the whole dead-letter queue for one person's), so it is refused, as the CLI refuses it."""
+    if profile_id is not None and not profile_id.strip():
+        raise HTTPException(400, detail="profile_id: needs a value: a profile id, or leave the parameter out")
 
     def find(connection: Connection, limit: int, after: Key | None) -> list[dict[str, Any]]:
         return for_live_profile(connection, profile_id, lambda c, live: search(c, profile_id=live, limit=limit, after=after))

@@ -16,7 +16,6 @@ from hub.api.body import read_body
 from hub.clock import utcnow
 from hub.consent import set_consent_by_identifier
 from hub.errors import UnknownSourceError
-from hub.respond import Responder
 from hub.runtime import Hub
 from hub.store import consent_changes
 
@@ -51,7 +50,7 @@ def _apply(hub: Hub, destination: CallbackReceiver, destination_id: str, result:
     with hub.store.write() as connection:
         planned = provider_reports.apply(
             connection, destination_id, result.statuses, now, hub.router.recipient, consent_changes_too=bool(result.consent),
-            cannot_reach=destination.cannot_reach, fall_back=Responder(hub.router).fall_back,
+            cannot_reach=destination.cannot_reach, fall_back=hub.responder.fall_back,
         )
         for signal in result.consent:
             if signal.message_id and not consent_changes.first_said(connection, destination_id, signal.message_id, now):

@@ -21,6 +21,7 @@ from connectors.base import InboundRequest
 from connectors.sources.segment import basic_auth_user
 from connectors.webhooks import json_value
 from hub.errors import AuthenticationError, BadPayloadError
+from hub.utf8 import has_utf8_form
 
 WRITE_KEY_FIELD = "writeKey"
 REDACTED = "[redacted]"
@@ -122,10 +123,4 @@ def credentials(inbound: InboundRequest, body_keys: set[str]) -> InboundRequest:
 def _usable_key(key: Any) -> bool:
     """A key the source can check: non-empty text with a UTF-8 form (a lone surrogate has none). Any other
     is no key, so the request is the 401 a missing key gets, not a 500."""
-    if not isinstance(key, str) or not key:
-        return False
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+    return isinstance(key, str) and bool(key) and has_utf8_form(key)

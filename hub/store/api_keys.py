@@ -39,7 +39,7 @@ SCOPES: dict[str, str] = {  # each with what it allows, as `touchhub keys create
 }
 # A whole key: the id finds the row, the secret (token_urlsafe) runs to the first blank or quote after it.
 _KEY = re.compile(rf"{KEY_PREFIX}_(?P<key_id>[^_\s]+)_[^\s'\"]+")
-KEY_ID_LENGTH = 26  # a ULID's
+KEY_ID_LENGTH = api_keys.c.key_id.type.length  # a ULID's 26 characters
 # last_used_at is written at most this often per key, so that a key polling GETs does not make a write of each.
 USE_RECORDED_EVERY = timedelta(minutes=1)
 

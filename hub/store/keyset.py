@@ -20,8 +20,10 @@ from typing import Any
 
 from sqlalchemy import Column, Select, desc, tuple_
 
+from hub.store.sql import MAX_INTEGER
+from hub.utf8 import has_utf8_form
+
 Key = tuple[Any, ...]
-MAX_INT = 2**63 - 1  # the largest integer SQLite can bind
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _value(value: Any, column: Column[Any]) -> Any:
     kind = getattr(column.type, "impl_instance", column.type).python_type  # a TypeDecorator's is its impl's
     if kind is datetime and isinstance(value, str):
         return _utc(value)
-    if kind is int and type(value) is int and 0 <= value <= MAX_INT:
+    if kind is int and type(value) is int and 0 <= value <= MAX_INTEGER:
         return value
     if kind is str and isinstance(value, str) and _storable(value, getattr(column.type, "length", None)):
         return value
@@ -97,13 +99,6 @@ def _utc(text: str) -> datetime:
 
 def _storable(text: str, length: int | None) -> bool:
     """Whether a database can bind `text`: PostgreSQL refuses a NUL and a lone surrogate, as errors."""
-    return (length is None or len(text) <= length) and "\x00" not in text and _utf8(text)
+    return (length is None or len(text) <= length) and "\x00" not in text and has_utf8_form(text)
 
-
-def _utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 

@@ -18,6 +18,7 @@ from hub.pii import ADDRESS_TYPES, address_values, holding
 from hub.store.keyset import Key, Keyset
 from hub.store.provider_text import fitted
 from hub.store.schema import quarantine
+from hub.store.sql import MAX_INTEGER
 
 # The request's Content-Type is kept as far as its column goes: any client may send a longer one (a multipart
 # boundary, a list of parameters), which PostgreSQL refused, so the bad body was a 500 and not kept.
@@ -54,7 +55,6 @@ def add(
 # and anyone with the public write key can fill the quarantine with them; the console shows only the start of each
 # (`get` has it whole).
 LISTED_BODY_BYTES = 4096
-MAX_ID = 2**63 - 1  # the largest integer SQLite can bind
 PAGES = Keyset("quarantine", (quarantine.c.id,))
 
 
@@ -79,7 +79,7 @@ def get(connection: Connection, quarantine_id: int) -> dict[str, Any] | None:
     """One row as `recent` lists it, with its body whole, and as sent in `raw_body_base64`: the text replaces
     bytes its encoding has no character for (a Latin-1 "Café", its é the byte E9, in a body read as UTF-8), and
     those bytes are what ops must show the client to fix. None if there is no row with that id."""
-    if not 0 < quarantine_id <= MAX_ID:
+    if not 0 < quarantine_id <= MAX_INTEGER:
         return None  # no row has it, and binding a larger one was a 500 on SQLite
     row = connection.execute(select(*_WHOLE).where(quarantine.c.id == quarantine_id)).mappings().first()
     if row is None:

@@ -35,7 +35,7 @@ from datetime import datetime
 from sqlalchemy import Column, ColumnElement, Connection, Table, delete, func, select, tuple_
 
 from hub.store import Store
-from hub.store.quarantine import MAX_ID
+from hub.store.sql import MAX_INTEGER
 from hub.store.schema import attempts, consent_messages, held_reports, inbox, quarantine, timers
 
 SETTLED_INBOX = ("done", "failed")
@@ -73,7 +73,7 @@ def added_before(table: Table, time_column: Column) -> Callable[[datetime], Colu
 
     def old(cutoff: datetime) -> ColumnElement[bool]:
         first_newer = select(key).where(time_column >= cutoff).order_by(key).limit(1).scalar_subquery()
-        return (key < func.coalesce(first_newer, MAX_ID)) & (time_column < cutoff)
+        return (key < func.coalesce(first_newer, MAX_INTEGER)) & (time_column < cutoff)
 
     return old
 

@@ -17,8 +17,11 @@ from sqlalchemy.types import Float
 
 from hub.store.precompiled import Precompiled, padded
 
+MAX_INTEGER = 2**63 - 1  # the largest integer SQLite can bind (and PostgreSQL's bigint holds)
+
 # The key of the PostgreSQL advisory lock `lock_profiles` takes (any fixed bigint; this spells "tp-hub").
 PROFILES_LOCK_KEY = 0x74702D687562
+
 
 def insert_ignoring_conflicts(
     connection: Connection, table: Table, rows: Sequence[dict[str, Any]], conflict_columns: Sequence[str]

@@ -86,7 +86,7 @@ def _delete(connection: sa.Connection, ids: Sequence[int]) -> None:
 
 
 def _refusal_key(profile_id: str, other_profile_id: str | None, identifier: Sequence[str], rule: str) -> str:
-    """`hub.store.identity_graph.refusal_key` as of this revision (a migration imports nothing of the hub's)."""
+    """`hub.store.refusals.refusal_key` as of this revision (a migration imports nothing of the hub's)."""
     type_, value = identifier
     text = f"{profile_id}\x1f{other_profile_id or ''}\x1f{type_}\x1f{value}\x1f{rule}"
     return hashlib.sha256(text.encode()).hexdigest()
