@@ -113,7 +113,6 @@ def email_destination(registry: Registry, settings: HubSettings) -> dict[str, De
         "username": settings.smtp_username,
         "password": settings.smtp_password,
         "ca_file": settings.smtp_ca_file,
-        "timeout_seconds": settings.smtp_timeout_seconds,
         "from_address": settings.email_from,
         "unsubscribe_url": settings.public_url("/v1/unsubscribe"),
         "unsubscribe_secret": settings.unsubscribe_secret,

@@ -55,6 +55,6 @@ def _audit_line(item: dict[str, Any], ident: Any) -> Text:
     carried = ", ".join(ident(pair) for pair in item["identifiers"])
     other = f" (profile {item['other_profile_id']})" if item["other_profile_id"] else ""
     where = f"touchpoint {item['touchpoint_id']}" if item["touchpoint_id"] else item["at"].isoformat()
-    if item["times"] > 1:  # a refused link recurring on a shared device
+    if item.get("times", 1) > 1:  # a refused link recurring on a shared device (refusals alone count)
         where += f", {item['times']} times, last at {item['last_at'].isoformat()}"
     return styled("{}{}: [yellow]{}[/]  [dim]{}[/]", carried, other, item["rule"], where)

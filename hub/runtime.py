@@ -37,6 +37,8 @@ from hub.wakeups import Wakeups
 from hub.workers import Worker
 
 log = structlog.get_logger(__name__)
+# The role in HUB_WORKERS of a worker not named after one: the timers role also keeps the store's retention.
+ROLE_OF = {"retention": "timers"}
 DEFAULT_SOURCE_WHERE = "HUB_DEFAULT_WRITE_KEY"  # where the default source is configured, for the problems naming it
 
 
@@ -96,14 +98,13 @@ class Hub:
             quiet_hours=self.router.policy.quiet_hours, recipient=self.router.recipient, fall_back=responder.fall_back,
         )
         self.wakeups.wake_while_busy("delivery", self.delivery.wake)
-        # (role in HUB_WORKERS, worker): the timers role also keeps the store's retention.
         self._workers = [
-            ("pipeline", Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds)),
-            ("timers", timer_worker),
-            ("delivery", Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds)),
+            Worker("pipeline", self.pipeline.run_once, self.pipeline_wake, settings.worker_poll_seconds),
+            timer_worker,
+            Worker("delivery", self.delivery.run_once, self.delivery_wake, settings.worker_poll_seconds),
         ]
         if settings.retention_days:
-            self._workers.append(("timers", retention_worker(self.store, settings.retention_days)))
+            self._workers.append(retention_worker(self.store, settings.retention_days))
 
     def start(self) -> None:
         if development := self.settings.development_credentials():
@@ -128,8 +129,8 @@ class Hub:
                 "in; they wait in the inbox until other processes run the workers (touchhub worker --only pipeline "
                 "--only timers --only delivery), or set HUB_WORKERS=pipeline,timers,delivery here"
             )
-        for role, worker in self._workers:
-            if role in self.settings.worker_roles:
+        for worker in self._workers:
+            if ROLE_OF.get(worker.name, worker.name) in self.settings.worker_roles:
                 worker.start()
         if self.settings.worker_roles:
             self.wakeups.start()
@@ -152,7 +153,7 @@ class Hub:
         longer only delays an exit the process is making anyway; what the
         step claimed comes back to the queue when its lease runs out.
         """
-        running = [worker.name for _, worker in self._workers if not worker.stop(join_seconds)]
+        running = [worker.name for worker in self._workers if not worker.stop(join_seconds)]
         for name in running:
             log.warning(
                 "a worker is still in its step after the stop's wait; what it uses is left open, and the rows it "
@@ -167,7 +168,7 @@ class Hub:
     def dead_workers(self) -> list[tuple[str, str]]:
         """(name, reason) of each worker this hub started whose thread ended without `stop()`: its work piles up
         until the process is restarted. Reads no store, for the liveness probe."""
-        return [(worker.name, worker.death) for _, worker in self._workers if worker.death is not None]
+        return [(worker.name, worker.death) for worker in self._workers if worker.death is not None]
 
     def authenticate(self, request: InboundRequest) -> Source:
         """The SDK-ingest source whose write key the request carries; AuthenticationError if none."""

@@ -123,10 +123,6 @@ class HubSettings(BaseSettings):
     smtp_username: str | None = None
     smtp_password: SecretStr | None = None
     smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
-    smtp_timeout_seconds: float = Field(
-        10.0, gt=0, description="Seconds the relay has to answer each SMTP command; the end of a message gets 10 "
-        "minutes (RFC 5321 4.5.3.2.6).",
-    )
     email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
     unsubscribe_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET), min_length=1,

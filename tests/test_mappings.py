@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 import yaml
-from structlog.testing import capture_logs
 from typer.testing import CliRunner
 
 from connectors.sandbox.providers import SandboxProviders
@@ -19,11 +18,12 @@ from hub.cli import app
 from hub.config_files import with_line
 from hub.errors import ConfigError, EventDropped, MappingError
 from hub.mapping import MappingSpec, compile_mapping, load_mapping
+from hub import mapping_catalog
 from hub.mapping_catalog import MappingCatalog
 from hub.model import RawEvent
 from hub.normalize import normalize
 from hub.rules import ACTION_KINDS
-from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
+from tests.conftest import ADMIN_TOKEN, RunningHub, logs_of, make_settings, message, serve_hub
 from hub.settings import PROJECT_MAPPINGS
 from tests.source_contract import FIXTURES
 
@@ -275,7 +275,7 @@ def test_preview_api_reports_unmappable_events_and_bad_samples(running_hub: Runn
     assert preview_api(running_hub, "default", {"sample": {}}, token="wrong").status_code == 401
 
 
-def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: Path) -> None:
+def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     catalog = MappingCatalog(mappings_dir, {"default": "segment.yaml"}, check_seconds=60)
     path = mappings_dir / "segment.yaml"
     original = catalog["default"].version
@@ -288,7 +288,7 @@ def test_catalog_reloads_a_saved_mapping_and_refuses_a_broken_one(mappings_dir: 
     assert good != original
     path.write_text(path.read_text().replace("event: ", "event: '(' # ", 1))
     _touch_later(path)
-    with capture_logs() as logs:
+    with logs_of(monkeypatch, mapping_catalog) as logs:
         assert catalog.refresh() == ["segment.yaml"]
     assert catalog["default"].version == good  # the last good version stays active
     [refused] = logs

@@ -10,15 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from structlog.testing import capture_logs
 
 from hub.clock import utcnow
 from hub.model import Identifier
+from hub import runtime
 from hub.runtime import Hub
 from hub.settings import DEVELOPMENT_UNSUBSCRIBE_SECRET
 from hub.store import quarantine as quarantine_store
 from hub.unsubscribe import make_token
-from tests.conftest import WRITE_KEY, RunningHub, make_settings, message
+from tests.conftest import WRITE_KEY, RunningHub, logs_of, make_settings, message
 from tests.test_cli_setup20 import cli, refused
 from tests.test_ingest_bad_input import VALID, quarantine
 
@@ -77,11 +77,11 @@ RELAY = {"smtp_host": "smtp.sendgrid.net", "smtp_port": 587, "smtp_tls": "startt
          "smtp_password": "SG.not-a-real-key"}
 
 
-def _start_warnings(tmp_path: Path, **overrides: Any) -> list[str]:
+def _start_warnings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **overrides: Any) -> list[str]:
     """The warnings a hub with these settings logs as it starts."""
     hub = Hub(make_settings(tmp_path, workers="", **overrides))
     try:
-        with capture_logs() as logs:
+        with logs_of(monkeypatch, runtime) as logs:
             hub.start()
     finally:
         hub.stop()
@@ -90,20 +90,22 @@ def _start_warnings(tmp_path: Path, **overrides: Any) -> list[str]:
 
 @pytest.mark.parametrize("public_base_url", [None, "http://hub.example.com"])
 def test_a_hub_mailing_through_a_real_relay_without_a_public_https_url_says_its_unsubscribe_links_fail(
-    tmp_path: Path, public_base_url: str | None
+    tmp_path: Path, public_base_url: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Mailing through a relay on the internet with HUB_PUBLIC_BASE_URL unset, every email carried an unsubscribe
     link to http://127.0.0.1:8000, the recipient's own machine, and the hub started without a word; plain http is
     no one-click link to mailbox providers either (RFC 8058)."""
-    warnings = _start_warnings(tmp_path, public_base_url=public_base_url, **RELAY)
+    warnings = _start_warnings(tmp_path, monkeypatch, public_base_url=public_base_url, **RELAY)
     [warning] = [text for text in warnings if "HUB_PUBLIC_BASE_URL" in text]
     assert f"{public_base_url or 'http://127.0.0.1:8000'}/v1/unsubscribe" in warning
 
 
 @pytest.mark.parametrize("overrides", [{"public_base_url": "https://hub.example.com", **RELAY}, {}],
                          ids=["a public https url", "a relay on this machine"])
-def test_a_hub_whose_unsubscribe_links_work_says_nothing_of_them(tmp_path: Path, overrides: dict[str, Any]) -> None:
-    assert not [text for text in _start_warnings(tmp_path, **overrides) if "HUB_PUBLIC_BASE_URL" in text]
+def test_a_hub_whose_unsubscribe_links_work_says_nothing_of_them(
+    tmp_path: Path, overrides: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert not [text for text in _start_warnings(tmp_path, monkeypatch, **overrides) if "HUB_PUBLIC_BASE_URL" in text]
 
 
 def test_an_unsubscribe_link_that_works_for_less_than_30_days_is_refused_at_start(tmp_path: Path) -> None:

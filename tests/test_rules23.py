@@ -12,16 +12,17 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from structlog.testing import capture_logs
+import pytest
 from typer.testing import CliRunner
 
+from hub import absence
 from hub import rulebook as rulebook_module
 from hub.absence import RULE_ROLLOUT
 from hub.cli import app
 from hub.decision_explain import explain
 from hub.rulebook import RuleBook
 from hub.store import decisions
-from tests.conftest import message
+from tests.conftest import logs_of, message
 from tests.test_absence_timers import (
     AMY,
     ORDER_NUDGE,
@@ -37,14 +38,16 @@ from tests.test_late_followups22 import BOTH_DATABASES, T_CART, cart_nudged, lat
 BOB = message("identify", userId="bob", traits={"email": "bob@example.com"}, timestamp=ago(days=1))
 
 
-def test_a_rename_warns_at_the_reload_of_the_timers_the_old_id_leaves_waiting(tmp_path: Path) -> None:
+def test_a_rename_warns_at_the_reload_of_the_timers_the_old_id_leaves_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Ops renamed order_nudge to order_nudge_v2 on a hot reload: every cart waiting on the old id lapsed when
     due, and nothing said so until the first came due, long after the edit."""
     hub = nudge_hub(tmp_path, ORDER_NUDGE.replace("WAIT", "30m"))
     accept(hub, AMY, BOB, *(message(userId=name, event="Cart Viewed", timestamp=ago(minutes=3)) for name in ("amy", "bob")))
     renamed = ORDER_NUDGE.replace("WAIT", "30m").replace("id: order_nudge\n", "id: order_nudge_v2\n")
     reload_rules(hub, tmp_path / "mappings" / "triggers.yaml", renamed)
-    with capture_logs() as logs:
+    with logs_of(monkeypatch, absence) as logs:
         assert hub.timers.run_once() == 0  # nothing due yet: the warning comes at the reload, not at the lapse
         assert hub.timers.run_once() == 0  # once per reload
     [warning] = [entry for entry in logs if entry["log_level"] == "warning"]
