@@ -226,7 +226,7 @@ def json_events(
         if isinstance(identity, ItemProblem):
             result.rejected.append(RejectedItem(item, [identity]))
             continue
-        identity = identity or _content_message_id(item, content_ids)
+        identity = identity or numbered_copy(payload_message_id(item), content_ids)
         result.events.append(RawEvent(source_id, storable_message_id(identity), {"receivedAt": received_at, **outcome}))
     if not result.events:
         raise BadPayloadError("no event object in the request", result.problems)
@@ -255,11 +255,6 @@ def _sender_message_id(index: int, item: dict[str, Any], message_id: ParsedResul
         return ItemProblem(index, "message_id", f"{message_id.expression!r} failed on this event: {exc}; "
                                                 "change the source's `message_id` setting in sources.yaml to suit it")
     return str(found) if isinstance(found, (str, int)) and str(found) else None
-
-
-def _content_message_id(item: dict[str, Any], seen: Counter[str]) -> str:
-    """A hash of the item as received, numbered as a copy (`numbered_copy`)."""
-    return numbered_copy(payload_message_id(item), seen)
 
 
 def numbered_copy(content_id: str, seen: Counter[str]) -> str:

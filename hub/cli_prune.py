@@ -22,8 +22,8 @@ def prune_command(
 
     Example: [bold]touchhub prune --older-than-days 30 --dry-run[/].
     """
-    from hub.retention import PRUNE_BATCH_SIZE, retention_cutoff
-    from hub.store.retention import expired_counts, prune_batches
+    from hub.retention import prune, retention_cutoff
+    from hub.store.retention import expired_counts
 
     settings = load_settings()
     days = older_than_days or settings.retention_days
@@ -39,10 +39,8 @@ def prune_command(
                        MofNCompleteColumn(), TimeElapsedColumn())
             with store_busy_exit(store, "The store cannot be pruned"), Progress(*columns, console=console) as progress:
                 task = progress.add_task("prune", total=sum(counts.values()), days=days)
-                counts = dict.fromkeys(counts, 0)  # the table shows what went, the hub's own prune may take some first
-                for label, deleted in prune_batches(store, cutoff, PRUNE_BATCH_SIZE):
-                    counts[label] += deleted
-                    progress.advance(task, deleted)
+                # The table shows what went: the hub's own hourly prune may have taken some since the count.
+                counts = {**dict.fromkeys(counts, 0), **prune(store, cutoff, lambda deleted: progress.advance(task, deleted))}
     finally:
         store.dispose()
     table = Table(title=f"{'Would delete' if dry_run else 'Deleted'}: rows from before {cutoff:%Y-%m-%d %H:%M} UTC")

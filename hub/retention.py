@@ -9,6 +9,7 @@ all behind SQLite's one writer for the same rows. What expires and how is
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 import structlog
@@ -23,18 +24,20 @@ PRUNE_EVERY_SECONDS = 3600.0
 PRUNE_BATCH_SIZE = 500  # rows per transaction: SQLite's writer is held for one batch, ingest goes on between them
 
 
-def retention_cutoff(days: int, now: datetime | None = None) -> datetime:
+def retention_cutoff(days: int) -> datetime:
     """Rows older than this have expired."""
-    return (now or utcnow()) - timedelta(days=days)
+    return utcnow() - timedelta(days=days)
 
 
-def prune(store: Store, days: int) -> dict[str, int]:
-    """Delete what is older than `days`; rows deleted by kind (only kinds that lost any)."""
+def prune(store: Store, cutoff: datetime, on_batch: Callable[[int], None] = lambda deleted: None) -> dict[str, int]:
+    """Delete what is older than `cutoff`; rows deleted by kind (only kinds that lost any). `on_batch` is told how
+    many rows each batch deleted (`touchhub prune`'s progress bar)."""
     deleted: dict[str, int] = {}
-    for label, count in prune_batches(store, retention_cutoff(days), PRUNE_BATCH_SIZE):
+    for label, count in prune_batches(store, cutoff, PRUNE_BATCH_SIZE):
         deleted[label] = deleted.get(label, 0) + count
+        on_batch(count)
     if deleted:
-        log.info("deleted rows past the retention", retention_days=days, deleted=deleted)
+        log.info("deleted rows past the retention", before=cutoff.isoformat(), deleted=deleted)
     return deleted
 
 
@@ -42,7 +45,7 @@ def retention_worker(store: Store, days: int) -> Worker:
     """A worker that prunes at its start and then every `PRUNE_EVERY_SECONDS`; its step always reports idle."""
 
     def step() -> int:
-        prune(store, days)
+        prune(store, retention_cutoff(days))
         return 0
 
     return Worker("retention", step, threading.Event(), PRUNE_EVERY_SECONDS)

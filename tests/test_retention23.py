@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from hub.cli import app
 from hub.clock import utcnow
-from hub.retention import prune
+from hub.retention import prune, retention_cutoff
 from hub.runtime import Hub
 from hub.store import Store
 from hub.store.retention import prune_batches
@@ -120,13 +120,13 @@ PRUNED = {
 
 def test_prune_deletes_only_settled_rows_past_the_retention(store: Store) -> None:
     _fill(store)
-    deleted = prune(store, days=90)
+    deleted = prune(store, retention_cutoff(90))
     assert _left(store) == PRUNED
     assert deleted == {
         "raw events (inbox)": 2, "quarantined bodies": 1, "delivery attempts": 2, "settled timers": 2,
         "held provider reports": 1, "applied consent replies": 1,
     }
-    assert prune(store, days=90) == {}  # nothing left to go
+    assert prune(store, retention_cutoff(90)) == {}  # nothing left to go
 
 
 def test_prune_goes_in_batches_until_nothing_old_is_left(store: Store) -> None:

@@ -29,11 +29,16 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+# What every page the hub serves a browser sends (the console, the unsubscribe page): no sniffing a type, no
+# address passed on to a linked resource, no framing by another site.
+PAGE_HARDENING = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+}
+SECURITY_HEADERS = {
+    **PAGE_HARDENING,
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "Cache-Control": "no-cache",  # revalidate, so an upgraded hub's console is never mixed with a cached script
 }
 

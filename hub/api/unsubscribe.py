@@ -14,6 +14,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
+from hub.api.console import PAGE_HARDENING
 from hub.clock import utcnow
 from hub.consent import set_consent
 from hub.runtime import Hub
@@ -26,9 +27,7 @@ Token = Query(description="The signed token from the link in the email.")
 # computer's browser, a proxy), and no Referer carries its URL anywhere.
 PAGE_HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",  # frame-ancestors for browsers that predate it
+    **PAGE_HARDENING,
     # No other page may frame it and trick a click on its button; the form posts to the page's own address.
     "Content-Security-Policy": "default-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
 }
