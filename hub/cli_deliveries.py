@@ -7,12 +7,15 @@ replayed deliveries at their next poll.
 
 from __future__ import annotations
 
+import json
+import shlex
 from collections import Counter
 from collections.abc import Mapping
 from enum import Enum
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import pydantic_core
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -21,6 +24,7 @@ from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, fail, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
 from hub.store import Store, delivery_log, delivery_replay, outbox
+from hub.store.keyset import Key
 from hub.store.profile_views import for_live_profile
 
 if TYPE_CHECKING:
@@ -55,22 +59,64 @@ def list_deliveries(
     destination: str = typer.Option(None, help="Only this destination id, e.g. twilio_sms."),
     channel: str = typer.Option(None, help="Only this channel: sms, email, push, chat, webhook, crm."),
     profile: str = typer.Option(None, help="Only deliveries to this profile id (or, merged since, its survivor's)."),
-    limit: int = typer.Option(50, min=1, max=1000, help="Show at most this many, newest first."),
+    limit: int = typer.Option(50, min=1, max=1000, help="Show at most this many, newest first: a page."),
+    cursor: str = typer.Option(
+        None, help="Show the page after the one that printed this cursor (its last line, or its --json next_cursor)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help='Print the page as JSON: {"deliveries": [...], "next_cursor": ...}, as GET /api/deliveries answers.'
+    ),
 ) -> None:
-    """Show deliveries, newest first, with their attempts and last error (recipients masked).
+    """Show deliveries, newest first, with their attempts and last error (recipients masked), a page at a time.
 
-    Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue.
+    Example: [bold]touchhub deliveries list --status dead[/] shows the dead-letter queue; the line under the table
+    gives the command for the page after it.
     """
     if profile is not None and not profile.strip():  # it was read as no filter, and listed everyone's deliveries
         raise typer.BadParameter("needs a value: a profile id, e.g. from `touchhub profiles show TYPE:VALUE`", param_hint="--profile")
+    after = _after(cursor)
     with config_problems_exit("The delivery log cannot be read"):
         settings = load_settings()
         routes, recipient = delivery_recipients(settings.mappings_dir)
         _refuse_unknown(routes, destination=destination, channel=channel)
-    search = partial(delivery_log.search, limit=limit, status=status and status.value, channel=channel, destination_id=destination,
-                     recipient=recipient, region=settings.default_phone_region)
+    search = partial(delivery_log.search, limit=limit + 1, status=status and status.value, channel=channel, destination_id=destination,
+                     recipient=recipient, region=settings.default_phone_region, after=after)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
-        found = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
+        rows = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
+    found, next_cursor = delivery_log.PAGES.page(rows, limit)
+    if as_json:
+        console.print_json(json.dumps({"deliveries": found, "next_cursor": next_cursor}, default=pydantic_core.to_jsonable_python))
+        return
+    _delivery_table(found)
+    if next_cursor is not None:
+        options = {"--status": status and status.value, "--destination": destination, "--channel": channel,
+                   "--profile": profile, "--limit": limit}
+        console.print(styled("Older deliveries: {}", _next_page(options, next_cursor)), soft_wrap=True)
+
+
+def _after(cursor: str | None) -> Key | None:
+    """The key of `--cursor` (`delivery_log.PAGES`, as the admin API reads its `cursor`), or exit 2 saying what to
+    pass: an altered cursor must not page from a wrong place, nor reach the store as a wrong value."""
+    try:
+        return delivery_log.PAGES.after(cursor)
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"{exc}. Copy it whole from the line under a page's table, or from its --json next_cursor", param_hint="--cursor"
+        ) from None
+
+
+def _next_page(options: Mapping[str, object | None], cursor: str) -> str:
+    """The command that prints the page after this one: the same filters and limit (a cursor pages only the list it
+    came from), then --cursor; quoted for a shell, so a filter value with a space pastes back whole."""
+    words = ["touchhub", "deliveries", "list"]
+    for option, value in options.items():
+        if value is not None:
+            words += [option, str(value)]
+    return shlex.join([*words, "--cursor", cursor])
+
+
+def _delivery_table(found: list[dict[str, Any]]) -> None:
+    """One page of the log as a table; ids whole on a line (`id_column`), to be copied into `deliveries replay`."""
     table = Table(title=f"Deliveries ({len(found)} shown)")
     id_column(table, "delivery id", (item["delivery_id"] for item in found))
     for column in ("planned (UTC)", "channel", "destination", "to", "status", "attempts", "last error"):

@@ -93,13 +93,15 @@ const everything = () => [...frame.view.walk()];
 await import(new URL(`file://${script}`));
 await settled();
 for (const action of JSON.parse(actions)) {
-  if (action.click) {
+  if (action.submit) {
+    everything().find((node) => node.tagName === "FORM" && [...node.walk()].some((each) => each.textContent === action.submit)).onsubmit({ preventDefault() {} });
+  } else if (action.click) {
     const control = everything().find((node) => node.tagName === "BUTTON" && node.textContent === action.click);
     control.onclick({ target: control, preventDefault() {} });
   } else {
     const control = everything().find((node) => node.name === action.field);
     control.value = action.text;
-    control.listeners.input.forEach((listener) => listener({ target: control }));
+    (control.listeners.input || []).forEach((listener) => listener({ target: control }));
   }
   await settled();
 }

@@ -80,8 +80,8 @@ def _paged(name: str, pages: Keyset, limit: int, cursor: str | None, find: Page)
     after = _after(pages, cursor)
 
     def page(connection: Connection) -> dict[str, Any]:
-        rows = find(connection, limit + 1, after)
-        return {name: rows[:limit], "next_cursor": pages.cursor(rows[limit - 1]) if len(rows) > limit else None}
+        rows, next_cursor = pages.page(find(connection, limit + 1, after), limit)
+        return {name: rows, "next_cursor": next_cursor}
 
     return page
 

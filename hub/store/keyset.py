@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Column, Select, desc, tuple_
 
@@ -24,6 +24,7 @@ from hub.store.sql import MAX_INTEGER
 from hub.utf8 import has_utf8_form
 
 Key = tuple[Any, ...]
+Row = TypeVar("Row", bound=Mapping[str, Any])
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,12 @@ class Keyset:
         key = [row[column.key] for column in self.columns]
         text = json.dumps([self.name, [value.isoformat() if isinstance(value, datetime) else value for value in key]])
         return base64.urlsafe_b64encode(text.encode()).decode("ascii").rstrip("=")
+
+    def page(self, rows: Sequence[Row], limit: int) -> tuple[list[Row], str | None]:
+        """The first `limit` of `rows`, read one row past the page, and the cursor of the rows after them: None when
+        that row was not there, so the last page does not send the reader (the admin API's client, the CLI's user)
+        after an empty one."""
+        return list(rows[:limit]), self.cursor(rows[limit - 1]) if len(rows) > limit else None
 
     def after(self, cursor: str | None) -> Key | None:
         """The key a `cursor` of this list holds (None without one); ValueError saying what to do when it is

@@ -106,14 +106,67 @@ function table(columns, rows, empty = "Nothing yet.") {
   if (!rows || rows.length === 0) {
     return el("p", { className: "empty" }, empty);
   }
+  return tableFrame(columns.map(([heading]) => heading), el("tbody", {}, columnRows(columns)(rows)));
+}
+
+function tableFrame(headings, body) {
   return el("div", { className: "table-wrap" },
-    el("table", {},
-      el("thead", {}, el("tr", {}, columns.map(([heading]) => el("th", { scope: "col" }, heading)))),
-      el("tbody", {}, rows.map((row) => tableRow(columns, row)))));
+    el("table", {}, el("thead", {}, el("tr", {}, headings.map((heading) => el("th", { scope: "col" }, heading)))), body));
+}
+
+/** What builds the table rows of items, for `table` and `pagedTable`. */
+function columnRows(columns) {
+  return (items) => items.map((row) => tableRow(columns, row));
 }
 
 function tableRow(columns, row) {
   return el("tr", {}, columns.map(([, value]) => el("td", {}, cellOf(value(row)))));
+}
+
+/**
+ * A table of one of the admin API's paged lists (answers `{<key>: [...], next_cursor}`) and, while older rows are
+ * left, a "More" button under it. `page(cursor)` fetches a page with the filters the table was shown with (the
+ * first without a cursor); More appends the rows of the page after the last one shown, built by `rowsOf(items)`,
+ * and goes at the end of the list (a null `next_cursor`). A view whose filters change shows a new table, so it
+ * starts over from the newest rows.
+ */
+async function pagedTable(page, key, headings, rowsOf, empty) {
+  const first = await page(null);
+  if (first[key].length === 0) {
+    return el("p", { className: "empty" }, empty);
+  }
+  const body = el("tbody", {}, rowsOf(first[key]));
+  let shown = first[key].length;
+  let cursor = first.next_cursor;
+  const said = el("div", { className: "muted" }, shownCount(shown, cursor));
+  const foot = el("div", { className: "more" }, said);
+  const more = button("More", async () => {
+    more.disabled = true;  // one page at a time: a second click must not append the same page twice
+    await fill(said, async () => {
+      const answer = await page(cursor);
+      body.append(...rowsOf(answer[key]).flat());
+      shown += answer[key].length;
+      cursor = answer.next_cursor;
+      return shownCount(shown, cursor);
+    });
+    more.disabled = false;  // after a failure, to try again
+    if (!cursor) {
+      foot.replaceChildren(said);
+    }
+  });
+  if (cursor) {
+    foot.append(more);
+  }
+  return el("div", {}, tableFrame(headings, body), foot);
+}
+
+function shownCount(shown, cursor) {
+  return cursor ? `${shown} shown, newest first; More shows older ones.` : `All ${shown} shown.`;
+}
+
+/** `pagedTable` of a table whose columns are [heading, item => value]. */
+function pagedColumns(page, key, columns, empty) {
+  return pagedTable(page, key, columns.map(([heading]) => heading), columnRows(columns), empty);
 }
 
 function cellOf(value) {
@@ -391,24 +444,20 @@ async function deliveriesView(profileId) {
     for (const [name, control] of Object.entries(controls)) {
       deliveryFilters[name] = control.value.trim();
     }
-    return fill(list, async () => deliveryTable((await api("GET", "/api/deliveries", { query: deliveryFilters })).deliveries, status, load));
+    const query = { ...deliveryFilters };  // More pages with these, though the fields are edited meanwhile
+    return fill(list, () => deliveryTable((cursor) => api("GET", "/api/deliveries", { query: { ...query, cursor } }), status, load));
   };
   const form = el("form", { className: "filters", onsubmit: (event) => { event.preventDefault(); load(); } },
     field("Status", controls.status), field("Channel", controls.channel), field("Destination", controls.destination),
-    field("Profile", controls.profile_id), field("At most", controls.limit), el("button", { type: "submit" }, "Show"));
+    field("Profile", controls.profile_id), field("Per page", controls.limit), el("button", { type: "submit" }, "Show"));
   await load();
   return section("Deliveries and dead-letter queue", form, status, list);
 }
 
-function deliveryTable(deliveries, status, reload) {
-  if (deliveries.length === 0) {
-    return el("p", { className: "empty" }, "No delivery matches.");
-  }
+function deliveryTable(page, status, reload) {
   const headings = ["Planned", "Status", "Channel", "Destination", "To", "Attempts", "Last error", ""];
-  return el("div", { className: "table-wrap" },
-    el("table", {},
-      el("thead", {}, el("tr", {}, headings.map((heading) => el("th", { scope: "col" }, heading)))),
-      el("tbody", {}, deliveries.map((delivery) => deliveryRows(delivery, headings.length, status, reload)))));
+  const rowsOf = (deliveries) => deliveries.map((delivery) => deliveryRows(delivery, headings.length, status, reload));
+  return pagedTable(page, "deliveries", headings, rowsOf, "No delivery matches.");
 }
 
 /** A delivery's row, and below it its attempt log, shown on demand. */
@@ -480,8 +529,15 @@ async function profilesView(profileId) {
 
 /** A profile: traits and identifiers, its timeline of touchpoints and its identity graph. */
 async function profileDetails(profile) {
+  const timelineQuery = { profile_id: profile.profile_id, limit: 200, order: "occurred" };
   const [timeline, graph] = await Promise.all([
-    api("GET", "/api/touchpoints", { query: { profile_id: profile.profile_id, limit: 200, order: "occurred" } }),
+    pagedColumns((cursor) => api("GET", "/api/touchpoints", { query: { ...timelineQuery, cursor } }), "touchpoints", [
+      ["Occurred", (touchpoint) => when(touchpoint.occurred_at)], ["Event", (touchpoint) => touchpoint.event],
+      ["Stage", (touchpoint) => touchpoint.stage], ["Moment", (touchpoint) => touchpoint.moment],
+      ["Source", (touchpoint) => touchpoint.source_id], ["Identifiers", (touchpoint) => pairs(touchpoint.identifiers)],
+      ["Data", (touchpoint) => el("details", {}, el("summary", {}, "properties, traits, context"),
+        json({ properties: touchpoint.properties, traits: touchpoint.traits, context: touchpoint.context }))],
+    ], "No touchpoint."),
     api("GET", `/api/profiles/${encodeURIComponent(profile.profile_id)}/explain`),
   ]);
   return el("div", {},
@@ -496,13 +552,7 @@ async function profileDetails(profile) {
       el("h3", {}, "Identifiers"),
       table([["Type", ([kind]) => kind], ["Values, newest first", ([, values]) => values.join(", ")]],
         Object.entries(profile.identifiers || {}), "No identifiers.")),
-    section("Timeline (newest first, by when each event occurred)", table([
-      ["Occurred", (touchpoint) => when(touchpoint.occurred_at)], ["Event", (touchpoint) => touchpoint.event],
-      ["Stage", (touchpoint) => touchpoint.stage], ["Moment", (touchpoint) => touchpoint.moment],
-      ["Source", (touchpoint) => touchpoint.source_id], ["Identifiers", (touchpoint) => pairs(touchpoint.identifiers)],
-      ["Data", (touchpoint) => el("details", {}, el("summary", {}, "properties, traits, context"),
-        json({ properties: touchpoint.properties, traits: touchpoint.traits, context: touchpoint.context }))],
-    ], timeline.touchpoints, "No touchpoint.")),
+    section("Timeline (newest first, by when each event occurred)", timeline),
     identityGraph(graph));
 }
 
@@ -543,17 +593,18 @@ function identityGraph(graph) {
 }
 
 async function quarantineView() {
-  const [{ quarantine }, { sources }] = await Promise.all([
-    api("GET", "/api/quarantine", { query: { limit: 200 } }), api("GET", "/api/sources")]);
-  return el("div", {},
-    reprocessForm(sources),
-    section("Quarantine: refused bodies and items, newest first", table([
+  const [refused, { sources }] = await Promise.all([
+    pagedColumns((cursor) => api("GET", "/api/quarantine", { query: { limit: 200, cursor } }), "quarantine", [
       ["Received", (row) => when(row.received_at)], ["Source", (row) => row.source_id], ["Stage", (row) => row.stage],
       ["Reason", (row) => row.reason],
       ["Problems", (row) => (row.problems || []).map((problem) => show(problem)).join("; ")],
       ["Replayed", (row) => when(row.replayed_at)],
       ["Body", (row) => rawBody(row)],
-    ], quarantine, "Nothing is quarantined.")));
+    ], "Nothing is quarantined."),
+    api("GET", "/api/sources")]);
+  return el("div", {},
+    reprocessForm(sources),
+    section("Quarantine: refused bodies and items, newest first", refused));
 }
 
 /** After a mapping fix: a source's stored events mapped again, what was quarantined sent through the pipeline. */
