@@ -41,6 +41,7 @@ def profiles_explain(
     if graph is None:
         fail(styled("[red]No profile {!r}.[/]", profile_id))
     console.print(explain_tree(graph, show_pii=show_pii))
+    console.print(_consent_changes_table(graph["consent_changes"]))
 
 
 @app.command("show")
@@ -76,6 +77,67 @@ def profiles_show(
         console.print(table)
 
 
+@app.command("consent")
+def profiles_consent(
+    profile: str = typer.Argument(help="A profile id, or an identifier as TYPE:VALUE, e.g. email:jane@example.com."),
+    channel: str = typer.Option(..., help="The channel, as routes.yaml names it: email, sms, push ..."),
+    granted: bool = typer.Option(..., "--grant/--revoke", help="Give the channel back, or revoke it."),
+    reason: str = typer.Option(..., help="Why (the person asked support, a ticket number); recorded with your user."),
+) -> None:
+    """Grant or revoke a channel's consent for a person, as ops are asked to: the same change as the admin API's
+    PUT /api/profiles/{id}/consent/{channel}. A revocation holds against any later trait; a grant lets messages
+    go again (those already failed as blocked by consent are not resent) until the person opts out again.
+
+    Example: [bold]touchhub profiles consent email:jane@example.com --channel email --grant --reason "asked by phone"[/]
+    """
+    from hub.clock import utcnow
+    from hub.cli_store import existing_store
+    from hub.cli_support import writing
+    from hub.consent import ops_reason_problem, set_by_ops, unknown_channel
+    from hub.identity_config import identity_config_in
+    from hub.routes_file import load_routes
+
+    settings = load_settings()
+    with config_problems_exit("Consent cannot be changed"):
+        config = identity_config_in(settings.mappings_dir)
+        routes = load_routes(settings.mappings_dir / "routes.yaml")
+        identifier = _identifier_argument(profile, config, settings.default_phone_region)
+        store = existing_store(settings)
+    problem = unknown_channel(channel, routes)
+    if problem:
+        raise typer.BadParameter(problem, param_hint="--channel")
+    problem = ops_reason_problem(reason)
+    if problem:
+        raise typer.BadParameter(problem, param_hint="--reason")
+    with writing(store, "Consent cannot be changed") as connection:
+        profile_id = _profile_id_of(connection, profile, identifier)
+        who = f"CLI {_user()}"
+        state = set_by_ops(connection, profile_id, channel, granted, reason, who, utcnow()) if profile_id else None
+    store.dispose()
+    if not state:
+        fail(styled("[red]No profile {}[/] (or it was forgotten); see [bold]touchhub profiles show[/].", repr(profile)))
+    console.print(_consent_table(state))
+
+
+def _user() -> str:
+    """Who runs the command, as the OS knows them; a container may have no name for its user."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "(unknown user)"
+
+
+def _consent_table(state: dict[str, Any]) -> Table:
+    table = Table(title=f"Consent of profile {state['profile_id']}", show_header=False, title_justify="left")
+    table.add_row("channel", plain(state["channel"]))
+    table.add_row("consent", "granted" if state["granted"] else "revoked")
+    table.add_row("recorded", plain(state["reason"]))
+    table.add_row("at (UTC)", state["changed_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    return table
+
+
 def _identifier_argument(text: str, config: IdentityConfig, region: str) -> Identifier | None:
     """`text` as an identifier, normalized as the pipeline stores it, when it is written TYPE:VALUE; else None (a
     profile id, which never holds a colon). A type mappings/identity.yaml does not declare, or a value no
@@ -95,11 +157,20 @@ def _identifier_argument(text: str, config: IdentityConfig, region: str) -> Iden
 
 
 def _profile_of(connection: Connection, profile: str, identifier: Identifier | None) -> dict[str, Any] | None:
-    """The view of the profile named by id, or of the one holding `identifier`."""
-    from hub.store.profile_views import find_profile_id, profile_view
+    """The view of the profile named by id, or of the one holding `identifier`, with its consent changes."""
+    from hub.store.consent_changes import history
+    from hub.store.profile_views import profile_view
 
-    profile_id = find_profile_id(connection, identifier) if identifier is not None else profile
-    return profile_view(connection, profile_id) if profile_id else None
+    profile_id = _profile_id_of(connection, profile, identifier)
+    view = profile_view(connection, profile_id) if profile_id else None
+    return view and {**view, "consent_changes": history(connection, view["profile_id"])}
+
+
+def _profile_id_of(connection: Connection, profile: str, identifier: Identifier | None) -> str | None:
+    """`profile` itself, a profile id, or the profile holding `identifier` (the TYPE:VALUE it was written as)."""
+    from hub.store.profile_views import find_profile_id
+
+    return find_profile_id(connection, identifier) if identifier is not None else profile
 
 
 def _profile_tables(view: dict[str, Any], *, show_pii: bool, region: str) -> list[Table]:
@@ -127,4 +198,18 @@ def _profile_tables(view: dict[str, Any], *, show_pii: bool, region: str) -> lis
     for type_, values in sorted(view["identifiers"].items()):
         for value in values:
             identifiers.add_row(plain(type_), plain(value if show_pii else mask_recipient(value, Identifier(type_, value))))
-    return [summary, traits, identifiers]
+    return [summary, traits, identifiers, _consent_changes_table(view["consent_changes"])]
+
+
+def _consent_changes_table(changes: list[dict[str, Any]]) -> Table:
+    """Who changed a channel's consent and why (an unsubscribe link, an SMS STOP, ops), oldest first: what a
+    trait alone cannot say."""
+    table = Table(title=f"Consent changes ({len(changes)})", title_justify="left")
+    for column in ("at (UTC)", "channel", "consent", "why"):
+        table.add_column(column, overflow="fold")
+    for change in changes:
+        table.add_row(
+            change["at"].strftime("%Y-%m-%d %H:%M:%S"), plain(change["channel"]),
+            "granted" if change["granted"] else "revoked", plain(change["reason"]),
+        )
+    return table

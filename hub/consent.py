@@ -17,10 +17,19 @@ its own time, so an opt-out they make later anywhere still holds
 (`consent_changes.said`). Each such change is also
 recorded with the identifier it came through (`hub.store.consent_changes`),
 so an unmerge gives it to the profile that keeps that identifier.
+
+Ops change it the same way (`set_by_ops`: the admin API's PUT
+/api/profiles/{id}/consent/{channel}, `touchhub profiles consent`), and so
+does the person on the unsubscribe page ("Subscribe again"): email has no
+START, and an unsubscribe could not be taken back even when they asked, as
+Novu's preferences API, Braze and Customer.io let them. A grant lets routing
+and the delivery claim send on that channel again; deliveries already failed
+as blocked by consent stay as they are.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +38,7 @@ from sqlalchemy import Connection
 
 from hub.model import Identifier
 from hub.store import consent_changes
-from hub.store.consent_changes import Word, opt_out_trait
+from hub.store.consent_changes import REASON_LENGTH, Word, opt_out_trait
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id, live_profile_id
 from hub.store.sql import lock_profiles
@@ -37,6 +46,8 @@ from hub.store.sql import lock_profiles
 log = structlog.get_logger(__name__)
 
 
+# The characters ops may give as the reason for a change; the rest of the column (REASON_LENGTH) names who made it.
+OPS_REASON_LENGTH = 60
 # Trait values as CRMs and forms send them: a string "false" is not an opt-out (bool("false") is True).
 _YES = {True, 1, "true", "yes", "1", "y", "on"}
 _NO = {False, 0, "false", "no", "0", "n", "off"}
@@ -73,10 +84,10 @@ def lock_before_deliveries(connection: Connection, consent_changes: bool) -> Non
 def set_consent(
     connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
     through: Identifier | None,
-) -> bool:
+) -> str | None:
     """Grant or revoke `channel`, `at` the time the person said so (logged; a revocation is `PINNED`), for whoever
     holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
-    it was merged into); False if there is no such profile.
+    it was merged into); the profile changed, None if there is no such profile.
 
     The holder first: an unmerge since the message was sent may have given the address back to another
     profile, and the person who clicks the link, or whose number refuses, is the address's owner.
@@ -85,15 +96,60 @@ def set_consent(
     holder = find_profile_id(connection, through) if through else None
     live_id = holder or (live_profile_id(connection, profile_id) if profile_id else None)
     if live_id is None:
-        return False
+        return None
     SqlIdentityGraph(connection).change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
     consent_changes.record(connection, live_id, channel, granted, through if holder else None, reason, at)
     log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
-    return True
+    return live_id
 
 
 def set_consent_by_identifier(
     connection: Connection, identifier: Identifier, channel: str, granted: bool, at: datetime, reason: str
-) -> bool:
+) -> str | None:
     """The same, for the profile holding `identifier` (an SMS STOP knows only the phone number)."""
     return set_consent(connection, None, channel, granted, at, reason, identifier)
+
+
+def unknown_channel(channel: str, channels: Collection[str]) -> str | None:
+    """Why ops cannot set consent for `channel`, or None: a typo (`emial`) would record a consent nothing reads."""
+    if channel in channels:
+        return None
+    return f"{channel!r} has no route in routes.yaml; use one of {', '.join(sorted(channels))}"
+
+
+def set_by_ops(
+    connection: Connection, profile_id: str, channel: str, granted: bool, reason: str, who: str, at: datetime
+) -> dict[str, Any] | None:
+    """Grant or revoke `channel` because ops say so (the person asked support; a CRM record says so), as the
+    person's own word through a provider is applied: a revocation pinned, a grant stamped `at` so an opt-out
+    said later anywhere still holds. Recorded with `who` and `reason`, so `profiles show` says who changed it
+    and why. The channel's state after, or None if there is no such profile (or it was forgotten)."""
+    recorded = ops_reason(who, reason)
+    live_id = set_consent(connection, profile_id, channel, granted, at, recorded, None)
+    if live_id is None:
+        return None
+    traits = SqlIdentityGraph(connection).traits(live_id)
+    return {
+        "profile_id": live_id, "channel": channel, "granted": not consent_revoked(traits, channel),
+        "reason": recorded, "changed_at": at,
+    }
+
+
+def ops_reason_problem(reason: str) -> str | None:
+    """What is wrong with the reason ops give for a change, or None: the record must say why, and fit its column."""
+    if not reason.strip():
+        return "say why consent changes (e.g. 'asked support by phone, ticket 4521'); it is recorded"
+    if len(reason) > OPS_REASON_LENGTH:
+        return f"at most {OPS_REASON_LENGTH} characters ({len(reason)} given); shorten it"
+    if "\x00" in reason:
+        return "contains \\u0000 (NUL), which the store cannot hold; remove it"
+    return None
+
+
+def ops_reason(who: str, reason: str) -> str:
+    """The reason recorded for an ops change, `who` cut short to fit the column beside a reason of at most
+    OPS_REASON_LENGTH characters (an API key's name may take the whole column)."""
+    room = REASON_LENGTH - len(reason) - len("ops : ")
+    if len(who) > room:
+        who = who[: room - 1] + "…"
+    return f"ops {who}: {reason}"

@@ -1,4 +1,5 @@
-"""Admin API for identity repair: explain a profile, undo a bad merge, forget a person."""
+"""Admin API for identity repair: explain a profile, undo a bad merge, forget a person; and set a channel's
+consent as ops are asked to."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from hub.api.auth import documented_body, json_body, requires
+from hub.api.auth import BOOTSTRAP, Caller, documented_body, json_body, requires
 from hub.clock import utcnow
+from hub.consent import OPS_REASON_LENGTH, ops_reason_problem, set_by_ops, unknown_channel
 from hub.destination_settings import record_erasures
 from hub.errors import IdentityRepairError
 from hub.runtime import Hub
@@ -33,6 +35,21 @@ class UnmergeRequest(BaseModel):
         return value
 
 
+class ConsentRequest(BaseModel):
+    granted: bool = Field(description="true gives the channel back; false revokes it, as an unsubscribe does.")
+    reason: str = Field(
+        description=f"Why (at most {OPS_REASON_LENGTH} characters), recorded with the API key's name."
+    )
+
+    @field_validator("reason")
+    @classmethod
+    def _says_why(cls, value: str) -> str:
+        problem = ops_reason_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+
 def _hub(request: Request) -> Hub:
     return request.app.state.hub
 
@@ -48,6 +65,33 @@ async def explain_profile(request: Request, profile_id: str) -> dict[str, Any]:
     if graph is None:
         raise HTTPException(404, detail=f"no profile {profile_id!r}")
     return graph
+
+
+@router.put("/{profile_id}/consent/{channel}", summary="Grant or revoke a channel's consent, saying why",
+            openapi_extra=documented_body(ConsentRequest))
+async def set_profile_consent(
+    request: Request, profile_id: str, channel: str, caller: Caller = requires("profiles:write"),
+    body: ConsentRequest = json_body(ConsentRequest),
+) -> dict[str, Any]:
+    """A revocation holds against any later trait, as an unsubscribe does; a grant lets messages on the channel
+    go again (those already failed as blocked by consent are not resent), until the person opts out again. The
+    answer is the channel's state after."""
+    hub = _hub(request)
+    problem = unknown_channel(channel, hub.router.routes)
+    if problem:
+        raise HTTPException(400, detail=f"channel: {problem}")
+    who = caller.name if caller == BOOTSTRAP else f"API key {caller.name!r}"
+
+    def work() -> dict[str, Any] | None:
+        with hub.store.write() as connection:
+            return set_by_ops(connection, profile_id, channel, body.granted, body.reason, who, utcnow())
+
+    state = await run_in_threadpool(work)
+    if state is None:
+        raise HTTPException(
+            404, detail=f"no profile {profile_id!r} (or it was forgotten); find one with GET /api/profiles/lookup"
+        )
+    return state
 
 
 @router.post("/{profile_id}/unmerge", summary="Split off the identifiers a bad merge brought in",

@@ -4,6 +4,12 @@ Mail providers' link scanners fetch every URL in a message, so a GET must
 never change anything; the person confirms with a button, and mail clients
 that support one-click send the POST themselves (body
 ``List-Unsubscribe=One-Click``).
+
+The page that confirms it offers "Subscribe again": a form that posts the
+same token to /v1/resubscribe, which gives the channel back (email has no
+START to say so with). It is a path of its own, so no one-click POST to the
+link can ever subscribe anyone; the grant is stamped with its own time, so
+an opt-out the person makes later anywhere still holds.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from hub.runtime import Hub
 from hub.store import outbox
 from hub.unsubscribe import ExpiredToken, InvalidToken, UnsubscribeRequest, read_token
 
+UNSUBSCRIBE = "/v1/unsubscribe"
+RESUBSCRIBE = "/v1/resubscribe"
+
 router = APIRouter(tags=["unsubscribe"])
 Token = Query(description="The signed token from the link in the email.")
 # The page's URL and its form carry the token, which opts a person out: no cache keeps the page (a shared
@@ -33,12 +42,17 @@ PAGE_HEADERS = {
 }
 
 
-def _page(title: str, text: str, status_code: int = 200, form_token: str | None = None) -> HTMLResponse:
-    form = (
-        f'<form method="post" action="?token={escape(form_token)}"><button type="submit">Unsubscribe</button></form>'
-        if form_token
-        else ""
-    )
+def _page(
+    title: str, text: str, status_code: int = 200, form_token: str | None = None, form_to: str = UNSUBSCRIBE,
+) -> HTMLResponse:
+    """The page; with `form_token`, a button that posts it to `form_to` (a path beside the page's, as its CSP
+    allows no other origin): "Unsubscribe" there, or "Subscribe again" on the page that confirms an unsubscribe."""
+    form = ""
+    if form_token:
+        button = "Unsubscribe" if form_to == UNSUBSCRIBE else "Subscribe again"
+        # Relative, as the page's own address is: a hub served under a path prefix (HUB_PUBLIC_BASE_URL) keeps it.
+        action = f"{form_to.rsplit('/', 1)[-1]}?token={escape(form_token)}"
+        form = f'<form method="post" action="{action}"><button type="submit">{button}</button></form>'
     body = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>" \
            f"<body><h1>{title}</h1><p>{text}</p>{form}</body></html>"
     return HTMLResponse(body, status_code=status_code, headers=PAGE_HEADERS)
@@ -54,7 +68,7 @@ def _verified(request: Request, token: str) -> UnsubscribeRequest | HTMLResponse
         return _page("Invalid link", "This unsubscribe link is not valid.", 403)
 
 
-@router.get("/v1/unsubscribe", response_class=HTMLResponse, summary="Confirm unsubscribing (changes nothing)")
+@router.get(UNSUBSCRIBE, response_class=HTMLResponse, summary="Confirm unsubscribing (changes nothing)")
 async def confirm(request: Request, token: str = Token) -> HTMLResponse:
     verified = _verified(request, token)
     if isinstance(verified, HTMLResponse):
@@ -62,19 +76,40 @@ async def confirm(request: Request, token: str = Token) -> HTMLResponse:
     return _page("Unsubscribe", f"Stop receiving {escape(verified.channel)} messages from us?", form_token=token)
 
 
-@router.post("/v1/unsubscribe", response_class=HTMLResponse, summary="Unsubscribe (RFC 8058 one-click)")
+@router.post(UNSUBSCRIBE, response_class=HTMLResponse, summary="Unsubscribe (RFC 8058 one-click)")
 async def unsubscribe(request: Request, token: str = Token) -> HTMLResponse:
+    """The answer offers to subscribe again, with the same token: a click on the wrong button is undone at once."""
+    return await _said(
+        request, token, False, "unsubscribe link", "Unsubscribed",
+        "You will not receive {} messages from us any more.", RESUBSCRIBE,
+    )
+
+
+@router.post(RESUBSCRIBE, response_class=HTMLResponse, summary="Subscribe again, with an unsubscribe link's token")
+async def resubscribe(request: Request, token: str = Token) -> HTMLResponse:
+    return await _said(
+        request, token, True, "subscribed again on the unsubscribe page", "Subscribed again",
+        "You will receive {} messages from us again.", UNSUBSCRIBE,
+    )
+
+
+async def _said(
+    request: Request, token: str, granted: bool, reason: str, title: str, text: str, form_to: str
+) -> HTMLResponse:
+    """Apply what the person said with a genuine token: for the holder of the address the message went to (an
+    unmerge may have given it to another profile since), else for the token's profile. The page then offers
+    the opposite (`form_to`)."""
     verified = _verified(request, token)
     if isinstance(verified, HTMLResponse):
         return verified
     hub: Hub = request.app.state.hub
 
-    def revoke() -> bool:
+    def change() -> str | None:
         with hub.store.write() as connection:
             target = outbox.target_of(connection, verified.delivery_id) if verified.delivery_id else None
             through = hub.router.recipient(verified.channel, target) if target else None
-            return set_consent(connection, verified.profile_id, verified.channel, False, utcnow(), "unsubscribe link", through)
+            return set_consent(connection, verified.profile_id, verified.channel, granted, utcnow(), reason, through)
 
-    if not await run_in_threadpool(revoke):
+    if await run_in_threadpool(change) is None:
         return _page("Invalid link", "This unsubscribe link is not valid.", 404)
-    return _page("Unsubscribed", f"You will not receive {escape(verified.channel)} messages from us any more.")
+    return _page(title, text.format(escape(verified.channel)), form_token=token, form_to=form_to)

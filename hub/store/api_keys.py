@@ -32,7 +32,7 @@ ADMIN = "admin"
 SCOPES: dict[str, str] = {  # each with what it allows, as `touchhub keys create --help` shows it
     "read": "every GET",
     "replay": "replay deliveries (single or from the dead-letter queue) and a source's stored events",
-    "profiles:write": "unmerge",
+    "profiles:write": "unmerge; grant or revoke a profile's channel consent",
     "profiles:delete": "forget a person, for good",
     "mappings": "mapping preview",
     ADMIN: "all of them",

@@ -1,4 +1,4 @@
-"""What people told providers about consent, each change with the identifier it came through.
+"""What people told providers about consent, each change with the identifier it came through, and what ops set.
 
 The profile's `<channel>_opt_out` trait is what routing reads; these rows
 are why it holds. They exist for the one operation a trait cannot survive:
@@ -12,6 +12,11 @@ An opt-out said by an event (an identify's `sms_opt_out: true`) leaves no
 row here, so what a delivery claim asks, whose consent may have gone since a
 message was planned, is asked of the profiles themselves
 (`profile_views.changed_since`).
+
+A change ops make (`hub.consent.set_by_ops`) is kept here too, with no
+identifier (it stays with the survivor of an unmerge) and a reason naming
+who made it and why: `history` is what `touchhub profiles show` and the
+explain answer list.
 
 The provider's id of each message whose word was applied is kept too
 (`first_said`): an inbound message's signature carries no time, so a
@@ -36,6 +41,7 @@ from hub.store.schema import consent_changes, consent_messages
 
 PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
+REASON_LENGTH = consent_changes.c.reason.type.length  # what the column holds: a longer reason fails on PostgreSQL
 
 
 class Word(NamedTuple):
@@ -108,6 +114,18 @@ def said(traits: Traits, channel: str, word: Word) -> Traits:
     if isinstance(values.get("consent"), dict) and channel in values["consent"]:
         granted["consent"] = {channel: True}
     return newest_traits((values, times), stamped_traits(granted, word.at))
+
+
+def history(connection: Connection, profile_id: str) -> list[dict[str, Any]]:
+    """Every change kept for the profile, oldest first: the channel, granted or not, the reason (who and why), when."""
+    return [
+        dict(row)
+        for row in connection.execute(
+            select(consent_changes.c.channel, consent_changes.c.granted, consent_changes.c.reason, consent_changes.c.at)
+            .where(consent_changes.c.profile_id == profile_id)
+            .order_by(consent_changes.c.at, consent_changes.c.id)
+        ).mappings()
+    ]
 
 
 def split(

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, func, or_, select
 
 from hub.identity import ALIAS_KIND
+from hub.store import consent_changes
 from hub.store.profile_views import live_profile_id
 from hub.store.schema import identifiers, identity_events, merges, profiles, touchpoints
 
@@ -78,6 +79,7 @@ def explain(connection: Connection, profile_id: str) -> dict[str, Any] | None:
         "unmerges": _seen_from(ids, audit, "unmerge"),
         "detached": _seen_from(ids, audit, "detached"),
         "moved": [_audit_entry(row) for row in audit if row["kind"] == "moved"],
+        "consent_changes": consent_changes.history(connection, live_id),
     }
 
 
