@@ -63,7 +63,8 @@ class ClaimChecks:
         or a send held back by an outage can come due at 2 a.m. Routing marks
         the messages quiet hours apply to (`QUIET_ZONE`), with the zone it
         judged them in; a person who moved since has a new `timezone` trait,
-        among the `traits` read again (`_traits_to_recheck`).
+        among the `traits` read again (`_traits_to_recheck`). One never tried
+        is first due when they end: its maximum age counts from then.
         """
         if self.quiet_hours is None:
             return claimed
@@ -73,7 +74,7 @@ class ClaimChecks:
             if release is None:
                 kept.append(delivery)
             else:
-                outbox.defer(connection, delivery.delivery_id, release)
+                outbox.defer(connection, delivery.delivery_id, release, first_due=delivery.attempts == 0)
                 log.info("delivery held for quiet hours", delivery_id=delivery.delivery_id, until=release.isoformat())
         return kept
 

@@ -43,7 +43,8 @@ def prune_command(
                 counts = {**dict.fromkeys(counts, 0), **prune(store, cutoff, lambda deleted: progress.advance(task, deleted))}
     finally:
         store.dispose()
-    table = Table(title=f"{'Would delete' if dry_run else 'Deleted'}: rows from before {cutoff:%Y-%m-%d %H:%M} UTC")
+    before = cutoff.isoformat(" ", "minutes")[:16]  # not strftime, which writes the year 1 (a cutoff kept for ever) as 1
+    table = Table(title=f"{'Would delete' if dry_run else 'Deleted'}: rows from before {before} UTC")
     table.add_column("rows")
     table.add_column("count", justify="right")
     for label, count in counts.items():

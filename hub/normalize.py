@@ -13,10 +13,10 @@ from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 
 # Epoch numbers above this are milliseconds (as HubSpot sends): in seconds it would be the year 5138.
 EPOCH_MILLISECONDS_FROM = 100_000_000_000
-# How far before and after its receipt an event's time may lie. Outside it a time is a clock's mistake, not an
-# event: rules, timers and send-by times counted from the end of year 9999 overflow, and one dated a year ahead
-# would beat every correct trait change for a year. A century back leaves room for imported history.
-EVENT_TIME_SPAN = (timedelta(days=36_525), timedelta(days=366))
+# How far before its receipt an event's time may lie: further back it is a clock's mistake, not an event, and
+# rules looking back a century from it would leave datetime's range. A century leaves room for imported history.
+# There is no such span ahead: a time after receipt is taken as the time received (`_sent_time`).
+EVENT_TIME_SPAN = timedelta(days=36_525)
 # Where a touchpoint whose sender dated it after the hub received it keeps the sender's time (`_with_sender_time`).
 SENDER_TIME_KEY = "originalTimestamp"
 IDENTIFIER_VALUE_MAX = MAX_LENGTH["identifier value"]
@@ -95,7 +95,7 @@ def _fitting(name: str, value: str) -> str:
 
 def _sent_time(value: Any, received_at: datetime) -> datetime:
     """The time the sender gave the event: ISO-8601 text, or a Unix epoch number in seconds or milliseconds,
-    within `EVENT_TIME_SPAN` of when it was received; missing means 'when received'.
+    at most `EVENT_TIME_SPAN` before it was received; missing means 'when received'.
 
     The touchpoint's `occurred_at` is this time, but no later than `received_at`: an event cannot have
     happened after the hub received it, so a later time is the sender's clock running fast (a webhook
@@ -105,15 +105,15 @@ def _sent_time(value: Any, received_at: datetime) -> datetime:
     back. No tolerance for clocks a few seconds apart is safe: the checkout would then have to come more
     than that tolerance after the cart to count. Recent/count windows, caps and quiet hours are likewise
     judged by times that have happened. `received_at` is the inbox row's, so a reprocessed event gets the
-    same time again (its id does not depend on it: `derived_id`).
+    same time again (its id does not depend on it: `derived_id`). However far ahead a time lies (a device's
+    clock reset years ahead), it becomes the time received: refused, the event was lost after its 2xx.
     """
     if value is None:
         return received_at
     sent_time = _parsed_time(value)
-    if not received_at - EVENT_TIME_SPAN[0] <= sent_time <= received_at + EVENT_TIME_SPAN[1]:
+    if sent_time < received_at - EVENT_TIME_SPAN:
         raise MappingError(
-            f"occurred_at: {value!r} is over a century before or a year after the hub received it; "
-            "check the sender's clock"
+            f"occurred_at: {value!r} is over a century before the hub received it; check the sender's clock"
         )
     return sent_time
 

@@ -19,6 +19,11 @@ from datetime import datetime, time, timedelta, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 _WINDOW = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
+# What an IANA zone key looks like (`UTC`, `Etc/GMT+2`, `America/Argentina/Buenos_Aires`): at most four parts of
+# letters, digits, `_`, `+` and `-`. Anything else names no zone, and is not handed to zoneinfo, which turns each
+# `/` of a name into a package to import: a `timezone` trait of a few hundred of them overflowed its stack.
+_ZONE_KEY = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,3}")
+_ZONE_KEY_MAX = 64
 
 
 @dataclass(frozen=True)
@@ -123,7 +128,17 @@ def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) 
 
 
 def zone(name: str) -> ZoneInfo:
+    """`name`'s zone; ValueError for a name that is none. The name may come from anyone holding a source's write
+    key (a `timezone` trait, an event's `context.timezone`), so only what looks like an IANA key reaches zoneinfo,
+    and whatever it raises reading one (RecursionError, or OSError for a file of the tz database it cannot read)
+    means "not a known zone" too: raised, it failed every message to the person and every delivery claim."""
+    if len(name) > _ZONE_KEY_MAX or not _ZONE_KEY.fullmatch(name):
+        raise _unknown_zone(name)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{name!r} is not a known time zone; use an IANA name such as Europe/Paris") from None
+    except (ZoneInfoNotFoundError, ValueError, RecursionError, OSError):
+        raise _unknown_zone(name) from None
+
+
+def _unknown_zone(name: str) -> ValueError:
+    return ValueError(f"{name!r} is not a known time zone; use an IANA name such as Europe/Paris")

@@ -25,8 +25,14 @@ PRUNE_BATCH_SIZE = 500  # rows per transaction: SQLite's writer is held for one 
 
 
 def retention_cutoff(days: int) -> datetime:
-    """Rows older than this have expired."""
-    return utcnow() - timedelta(days=days)
+    """Rows older than this have expired. A retention reaching back past the year 1 (ops write 1000000 days for
+    "keep for ever") keeps everything: the cutoff is the earliest time there is, where `now - days` raised
+    OverflowError, out of `touchhub prune` and the hourly prune alike."""
+    now = utcnow()
+    try:
+        return now - timedelta(days=days)
+    except OverflowError:
+        return datetime.min.replace(tzinfo=now.tzinfo)
 
 
 def prune(store: Store, cutoff: datetime, on_batch: Callable[[int], None] = lambda deleted: None) -> dict[str, int]:

@@ -229,11 +229,11 @@ def test_send_time_too_far_from_the_event_refuses_that_message_not_the_batch(run
 
 
 @pytest.mark.hub_settings(pipeline_max_attempts=1)
-@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:00Z", "1900-01-01T00:00:00Z"])
+@pytest.mark.parametrize("timestamp", ["0001-01-01T00:00:00+01:00", "1900-01-01T00:00:00Z"])
 def test_event_time_outside_the_date_range_is_quarantined_at_the_mapping_stage(running_hub: RunningHub, timestamp: str) -> None:
-    """Year 1 at +01:00 is a valid ISO-8601 time but year 0 in UTC, and a cart at 9999-12-31T23:59Z arms a timer
-    past the end of time: OverflowErrors the pipeline retried as if they were ours, then quarantined at stage
-    "pipeline" without naming the field. Times over a century before or a year after receipt are a clock's."""
+    """Year 1 at +01:00 is a valid ISO-8601 time but year 0 in UTC: an OverflowError the pipeline retried as if
+    it were ours, then quarantined at stage "pipeline" without naming the field. Times over a century before receipt are a clock's (later ones are taken
+    at receipt: tests/test_time24.py)."""
     answer = running_hub.send(message(**VALID, timestamp=timestamp))
     assert answer.status_code == 200 and answer.json()["accepted"] == 1
     running_hub.settle()

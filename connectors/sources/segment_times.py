@@ -41,12 +41,18 @@ def latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
     back to the time received on its own (`normalize`) would meet the others
     at one instant, where a checkout sent with its cart no longer ends the
     cart's wait. Messages with a `sentAt` of their own keep it.
+
+    A request whose times lie further apart than `EVENT_TIME_SPAN` is not
+    one clock's error (a message dated in the year 9999 beside today's): moved
+    back as far, its earliest message would be refused as older than the hub
+    takes, after its 2xx. Then None: `normalize` takes each message dated
+    ahead at the time received.
     """
     unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
-    latest = max(filter(None, (time_of(_client_time(item)) for item in unstamped)), default=None)
-    if latest is None or not received_at < latest <= received_at + EVENT_TIME_SPAN[1]:
-        return None  # a time beyond the span is refused by `normalize`, naming the sender's clock, not moved here
-    return latest.isoformat()
+    times = [moment for moment in (time_of(_client_time(item)) for item in unstamped) if moment is not None]
+    if not times or max(times) <= received_at or max(times) - min(times) > EVENT_TIME_SPAN:
+        return None
+    return max(times).isoformat()
 
 
 def skew_corrected(

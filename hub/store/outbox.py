@@ -130,11 +130,16 @@ def extend_leases(connection: Connection, delivery_ids: Collection[str], until: 
     _EXTEND_LEASES.execute(connection, delivery_ids, until=until)
 
 
-def defer(connection: Connection, delivery_id: str, until: datetime) -> None:
-    """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent."""
-    connection.execute(
-        update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(next_attempt_at=until, claimed_until=None)
-    )
+def defer(connection: Connection, delivery_id: str, until: datetime, *, first_due: bool = False) -> None:
+    """Put a claimed delivery back untouched, due at `until` (circuit open, rate limit): no attempt is spent.
+
+    `first_due`: it was not yet due to go after all (quiet hours hold a first
+    send at its claim), so it is first due at `until`: its maximum age and the
+    daily cap count from then (`Delivery.retry_age`, `going_since`), not from
+    the due time it was claimed at, hours before it may go.
+    """
+    values = {"next_attempt_at": until, "claimed_until": None, **({"first_due_at": until} if first_due else {})}
+    connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**values))
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
