@@ -179,6 +179,9 @@ class Destination(Connector, ABC):
     message_parts: ClassVar[tuple[str, ...]] = ()
     # Parts a message cannot go without though the others render (an email's subject): one blank is skipped too.
     required_parts: ClassVar[tuple[str, ...]] = ()
+    # The longest each part may be, in characters: routing skips a longer one, so its fallback is tried, where the
+    # provider refused it for good (Twilio's 21617 past 1,600).
+    part_limits: ClassVar[Mapping[str, int]] = {}
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:
         self.destination_id = destination_id

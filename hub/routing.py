@@ -11,11 +11,11 @@ Each action ends with one fate, as the decision log shows it:
 `fell_back` (to the channel named in `to`), or `skipped` (with the reason).
 A channel that cannot reach the person (no address, only a phone with an
 extension for a text, consent revoked, a template that rendered nothing to
-send, an email without a subject) falls back when the action says where;
-so does a delivery that failed, or was withdrawn at its claim, because every
-address it went to left the profile or consent to its channel was revoked
-since (`Router.fall_back`, from the delivery worker's record of the failure
-or its claim).
+send or more than the provider takes, an email without a subject) falls
+back when the action says where; so does a delivery that failed, or was
+withdrawn at its claim, because every address it went to left the profile
+or consent to its channel was revoked since (`Router.fall_back`, from the
+delivery worker's record of the failure or its claim).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from hub.quiet_hours import QuietHours
 from hub.routes_file import PROFILE_TARGET, ChannelRoute, recipient_of
 from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
-from hub.templates import TemplateRenderer
+from hub.templates import TemplateRenderer, template_context
 
 PHONE_TARGET = "phone"
 
@@ -130,11 +130,12 @@ class Router:
         deliveries: list[PlannedDelivery] = []
         fates: list[dict[str, Any]] = []
         going = list(messages_going)
-        context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
+        context = template_context(profile["traits"], touchpoint, decision.variables)
         for place, action in enumerate(decision.actions):
             tries = [(action.channel, action.template), *action.fallback]
             delivery, tried = self._first_reaching(
-                decision, place, action, tries, profile, context, now, going, quiet=_waits_out_quiet_hours(decision, action)
+                decision, place, action, tries, profile, touchpoint, context, now, going,
+                quiet=_waits_out_quiet_hours(decision, action),
             )
             fates.extend(tried)
             if delivery is not None:
@@ -162,9 +163,11 @@ class Router:
         messages, as the fallback record says (`_fallback_record`): the action's `delay` is spent by now. The
         first fate says the failed delivery fell back."""
         delivery_id, why = failed
-        context = {"profile": profile["traits"], "touchpoint": touchpoint, "vars": decision.variables}
+        context = template_context(profile["traits"], touchpoint, decision.variables)
         tries = list(action.fallback)
-        delivery, tried = self._first_reaching(decision, place, action, tries, profile, context, now, messages_going, quiet=quiet)
+        delivery, tried = self._first_reaching(
+            decision, place, action, tries, profile, touchpoint, context, now, messages_going, quiet=quiet
+        )
         fell_back = {"channel": action.channel, "fate": "fell_back", "because": "failed", "reason": why,
                      "to": tries[0][0], "delivery_id": delivery_id}
         return RoutingPlan([] if delivery is None else [delivery], [fell_back, *tried])
@@ -176,6 +179,7 @@ class Router:
         action: Action,
         tries: Sequence[tuple[str, str]],
         profile: dict[str, Any],
+        touchpoint: dict[str, Any],
         context: dict[str, Any],
         now: datetime,
         going: Sequence[datetime],
@@ -183,13 +187,15 @@ class Router:
         quiet: bool,
     ) -> tuple[PlannedDelivery | None, list[dict[str, Any]]]:
         """The delivery of the first of `tries` (channel, template) that reaches the person, if one does, and
-        the fate of each tried; `quiet`: whether quiet hours hold the action's messages."""
+        the fate of each tried; `context`: the templates' (`template_context`), `quiet`: whether quiet hours
+        hold the action's messages."""
         fates: list[dict[str, Any]] = []
         for number, (channel, template) in enumerate(tries):
             then = tries[number + 1:]
             try:
                 delivery, fate = self._route(
-                    decision, place, action, channel, template, profile, context, now, going, then=then, quiet=quiet
+                    decision, place, action, channel, template, profile, touchpoint, context, now, going, then=then,
+                    quiet=quiet,
                 )
             except _CannotReach as cannot:
                 entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
@@ -209,6 +215,7 @@ class Router:
         channel: str,
         template: str,
         profile: dict[str, Any],
+        touchpoint: dict[str, Any],
         context: dict[str, Any],
         now: datetime,
         going: Sequence[datetime],
@@ -238,18 +245,19 @@ class Router:
         fields = self._fields(decision.rule_id, action.fields, context)
         if composer := self._composers.get(route.destination):
             _refuse_blank(rendered, composer.message_parts, composer.required_parts, template)
+            _refuse_too_long(rendered, composer.part_limits, composer.title, template)
         target = _current_address(recipients, profile["traits"].get(route.target))
         send_at = now + (action.delay or timedelta())
         fate: dict[str, Any] = {"fate": "planned"}
         quiet_hours = self.policy.quiet_hours
         held_in: dict[str, str] = {}
         if quiet_hours is not None and route.reaches_person and quiet:
-            local_zone = quiet_hours.zone_of(profile["traits"], context["touchpoint"])
+            local_zone = quiet_hours.zone_of(profile["traits"], touchpoint)
             held_in = {QUIET_ZONE: local_zone.key}  # the delivery engine holds its retries and replays there too
             release = quiet_hours.release_time(send_at, local_zone)
             if release is not None:
                 send_at = release
-                fate = {"fate": "delayed_quiet_hours", "reason": quiet_hours.why_held(profile["traits"], context["touchpoint"], local_zone)}
+                fate = {"fate": "delayed_quiet_hours", "reason": quiet_hours.why_held(profile["traits"], touchpoint, local_zone)}
         cap = self.policy.daily_cap
         if route.reaches_person and cap is not None and not has_room(going, send_at, cap):
             return None, {"fate": "capped", "reason": f"daily cap per profile reached ({cap} messages in 24 h)"}
@@ -328,6 +336,18 @@ def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: S
             f"template rendered empty: {template} ({', '.join(missing)} blank or missing); give it a "
             f"{{% block {missing[0]} %}} that renders text in every case"
         ))
+
+
+def _refuse_too_long(rendered: Mapping[str, str], limits: Mapping[str, int], provider: str, template: str) -> None:
+    """Raise `_CannotReach` (skipped: the fallback may reach the person) when a part is longer than the provider
+    takes (`limits`, in characters): sent, it was refused for good (Twilio's 21617), and no fallback was tried."""
+    for part, limit in limits.items():
+        length = len(rendered.get(part, ""))
+        if length > limit:
+            raise _CannotReach("skipped", (
+                f"template rendered too long: {template} ({part} is {length:,} characters; {provider} takes at most "
+                f"{limit:,}); shorten it, or cut a long value short with `| truncate(...)`"
+            ))
 
 
 def _reachable(target: str, identifiers: Mapping[str, list[str]]) -> list[str]:

@@ -5,9 +5,19 @@ values it is given but never reach Python internals. Undefined names fail
 loudly at planning time instead of sending "Hi ," to a customer.
 
 A trait sent as null (Segment identify calls often carry `company: null`)
-is no value either: it renders as nothing, and `default(...)` replaces it as
-it replaces a missing one. Jinja's own would print "None", writing "Hi
-None," to a customer and "None" into a CRM's Company.
+is no value either: it renders as nothing, through a filter or `~` too, and
+`default(...)` replaces it as it replaces a missing one. Jinja's own would
+print "None", writing "Hi None," to a customer and "None" into a CRM's
+Company. `template_context` hands each null to templates as `NULL`, an
+Undefined that prints nothing (`is none` still finds it, `tojson` writes it
+as null); `finalize` covers a None a template makes itself.
+
+A template's top level runs before its blocks render (`{% set %}`s, `{% from
+... import %}`s, the layouts it `{% extends %}`), so each block sees what it
+would see rendered in place, and a layout's blocks are parts of the message
+as the template's own are. Only a template without blocks is rendered as a
+whole, as its `body`: in one with blocks that would be the subject again,
+then every other part run together.
 
 A template that fails as it renders (a division by a zero count, text
 added to a number) is a template error of its message too, naming the file
@@ -38,7 +48,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -46,9 +56,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import (
-    BaseLoader, Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateRuntimeError,
-    TemplateSyntaxError, Undefined, meta,
+    BaseLoader, ChainableUndefined, Environment, FileSystemLoader, StrictUndefined, Template, TemplateError,
+    TemplateRuntimeError, TemplateSyntaxError, Undefined, meta,
 )
+from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import not_utf8
@@ -79,8 +90,53 @@ def template_places(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...
     return named
 
 
+class _Null(ChainableUndefined):
+    """A null value in what a template is given (see the module doc): false, prints nothing, through filters and
+    `~` too, and so does any attribute of it (a null `address` has no `city`); `| int` and `| float` give their
+    default, as for None. Only arithmetic or a comparison with it fails, saying what to do."""
+
+    __slots__ = ()
+
+    def __int__(self) -> int:
+        raise TypeError("null is not a number")  # what `| int` and `| float` take as "use the default"
+
+    __float__ = __int__
+
+
+NULL = _Null(hint="a value sent as null cannot be computed with; give it one: `| default(...)`")
+
+
+def template_context(traits: Mapping[str, Any], touchpoint: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:
+    """What templates are rendered with: ``profile`` (the traits), ``touchpoint`` and ``vars``, each null in them
+    `NULL`. Built once per decision routed, not per template: the values are walked once."""
+    return {"profile": _without_nulls(traits), "touchpoint": _without_nulls(touchpoint), "vars": _without_nulls(variables)}
+
+
+def _without_nulls(value: Any) -> Any:
+    """`value` with each None in it, at any depth of maps and lists, `NULL`."""
+    if value is None:
+        return NULL
+    if isinstance(value, Mapping):
+        return {key: _without_nulls(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
 def _nothing_for_none(value: Any) -> Any:
     return "" if value is None else value
+
+
+def _is_none(value: Any) -> bool:
+    """Jinja's `none` test, a value sent as null (`NULL`) counted as None still."""
+    return value is None or isinstance(value, _Null)
+
+
+def _json_null(value: Any) -> None:
+    """`tojson`'s answer for a value JSON has no form of: null for `NULL`, as it was sent."""
+    if isinstance(value, _Null):
+        return None
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
@@ -102,6 +158,8 @@ def _sandbox(loader: BaseLoader | None = None, *, autoescape: bool = False) -> S
         finalize=_nothing_for_none,
     )
     environment.filters["default"] = environment.filters["d"] = _default
+    environment.tests["none"] = _is_none
+    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": _json_null}
     return environment
 
 
@@ -207,6 +265,27 @@ def _compiled_uses(environment: Environment, source: str, name: str, filename: s
     return uses
 
 
+def _run(template: Template, context: dict[str, Any]) -> tuple[str, Context]:
+    """The template's output as a whole, and the context its top level ran in: its `{% set %}`s and imports done,
+    its blocks and those of the layouts it extends in ``blocks`` (the template's own first), to render in it."""
+    run = template.new_context(context)
+    try:
+        return "".join(template.root_render_func(run)), run
+    except Exception:
+        template.environment.handle_exception()  # raises, with the template's own lines in the traceback
+
+
+def _blocks(run: Context, names: Collection[str]) -> dict[str, str]:
+    """These blocks, each rendered in `run` (`_run`'s) as the template that defines it last has it."""
+    rendered: dict[str, str] = {}
+    for block in names:
+        try:
+            rendered[block] = "".join(run.blocks[block][0](run)).strip()
+        except Exception:  # a block a layout does not print runs only here: Jinja's lines, not ours
+            run.environment.handle_exception()
+    return rendered
+
+
 @contextmanager
 def _failures_as_template_errors(inline: str | None = None) -> Iterator[None]:
     """Any other error a template raises as it renders, as a TemplateRuntimeError saying where: the file and line
@@ -240,31 +319,22 @@ class TemplateRenderer:
         self._inline = lru_cache(maxsize=512)(self._environment.from_string)
 
     def render(self, name: str, context: dict[str, Any]) -> dict[str, str]:
-        """The whole template as ``body``, plus each ``{% block %}`` it defines under the block's name.
+        """Each ``{% block %}`` of the template, those of the layouts it extends too, under the block's name; a
+        template without blocks as a whole, as ``body``.
 
         One file per message keeps its parts together: an email template has
         ``subject``, ``text`` and ``html`` blocks, a push template ``title``
-        and ``body``; an SMS template is plain text.
+        and ``body``; an SMS template is plain text. `context` is
+        `template_context`'s.
         """
         template = self._template(name)
         with _failures_as_template_errors():
-            rendered = {"body": template.render(**context).strip()}
-            rendered.update(self._blocks(template, context, set(template.blocks) - {HTML_BLOCK}))
-            if HTML_BLOCK in template.blocks:
-                rendered.update(self._blocks(self._template(name, escaped=True), context, {HTML_BLOCK}))
-        return rendered
-
-    def _blocks(self, template: Template, context: dict[str, Any], names: Collection[str]) -> dict[str, str]:
-        """These `{% block %}`s of `template`, each rendered alone."""
-        if not names:
-            return {}
-        block_context = template.new_context(dict(context))
-        rendered: dict[str, str] = {}
-        for block in names:
-            try:
-                rendered[block] = "".join(template.blocks[block](block_context)).strip()
-            except Exception:  # a block a layout does not print runs only here: Jinja's lines, not ours
-                template.environment.handle_exception()
+            whole, run = _run(template, context)
+            if not run.blocks:
+                return {"body": whole.strip()}
+            rendered = _blocks(run, run.blocks.keys() - {HTML_BLOCK})
+            if HTML_BLOCK in run.blocks:
+                rendered.update(_blocks(_run(self._template(name, escaped=True), context)[1], {HTML_BLOCK}))
         return rendered
 
     def render_value(self, value: Any, context: dict[str, Any]) -> Any:

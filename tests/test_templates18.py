@@ -130,7 +130,7 @@ def test_the_check_names_the_line_of_a_syntax_error(tmp_path: Path) -> None:
 
 LOADED = {  # a template and the file it loads, as ops split a shared layout or footer out of their messages
     "extends": ('{% extends "base.j2" %}{% block text %}your order is on its way{% endblock %}',
-                "Hi {{ profile.first_name }}, {% block text %}{% endblock %}"),
+                "{% block body %}Hi {{ profile.first_name }}, {% block text %}{% endblock %}{% endblock %}"),
     "include": ('Hi {{ profile.first_name }}, {% include "base.j2" %}', "your order is on its way"),
 }
 LOADED_TYPO = "Hi {{ profile.first_name }, {% block text %}{% endblock %}"
@@ -171,7 +171,7 @@ def test_a_refused_edit_of_a_loaded_file_shows_for_the_templates_that_load_it_un
         assert renderer.refused_edits({"sms.j2"}) == [problem]
     assert [entry["problem"] for entry in template_logs] == [problem]
     assert renderer.refused_edits({"other.j2"}) == []  # no template a rule in force names loads it
-    save(base, "Hello {{ profile.first_name }}: {% block text %}{% endblock %}", seconds_later=4)
+    save(base, "{% block body %}Hello {{ profile.first_name }}: {% block text %}{% endblock %}{% endblock %}", seconds_later=4)
     assert renderer.render("sms.j2", {"profile": {"first_name": "Ana"}}) == {
         "body": "Hello Ana: your order is on its way", "text": "your order is on its way"
     }
@@ -218,8 +218,10 @@ def _parts(channel: str) -> tuple[str, ...]:
 
 
 def test_a_message_with_some_text_left_is_planned(tmp_path: Path) -> None:
-    """A subject-only email, a push with a title only: something to read, so they go."""
-    save(tmp_path / "email.j2", "{% block subject %}Your order{% endblock %}{% block text %}{% endblock %}")
+    """An email with a text part but a blank html one, a push with a title only: something to read, so they go.
+    (An email with nothing but its subject is skipped: tests/test_content24.py.)"""
+    save(tmp_path / "email.j2", "{% block subject %}Your order{% endblock %}{% block text %}Shipped{% endblock %}"
+                                "{% block html %}{% endblock %}")
     save(tmp_path / "push.j2", "{% block title %}Still there?{% endblock %}{% block body %}{% endblock %}")
     assert [fate["fate"] for fate in plan_one(tmp_path, Action("email", "email.j2"))[1]] == ["planned"]
     assert [fate["fate"] for fate in plan_one(tmp_path, Action("push", "push.j2"))[1]] == ["planned"]

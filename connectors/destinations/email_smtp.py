@@ -18,11 +18,11 @@ import smtplib
 import ssl
 from datetime import timedelta
 from email import policy
+from email.header import Header
 from email.headerregistry import Address, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.utils import formatdate
 from html import escape
-from html.parser import HTMLParser
 from typing import Any, Literal
 from urllib.parse import urlencode
 
@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from connectors.base import Destination
 from connectors.destinations import smtp_errors
 from connectors.destinations.email_addresses import one_address, sender_address
+from connectors.destinations.html_text import html_as_text
 from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
@@ -50,6 +51,10 @@ log = structlog.get_logger(__name__)
 DATA_REPLY_SECONDS = 600.0
 # Relays on this machine, the only ones `tls: none` may send credentials to.
 LOCAL_HOST_NAMES = frozenset({"localhost", "localhost."})
+# The C0 and C1 control characters but the tab, which is a blank; `_one_line` takes line breaks out before.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+# The last `</body>` of an HTML part, found in the part as it is (`_with_footer`).
+_LAST_BODY_END = re.compile(r".*(</body\s*>)", re.IGNORECASE | re.DOTALL)
 # RFC 5322 2.1.1: no line over 998 characters. The link adds its token (~200) and the field name to this.
 MAX_UNSUBSCRIBE_URL = 600
 
@@ -67,9 +72,33 @@ class _VerbatimHeader(UnstructuredHeader):
         return f"{self.name}: {self}{policy.linesep}"
 
 
+class _TextHeader(UnstructuredHeader):
+    """A header holding text to show as it is (the subject, made of traits): never decoded, encoded as it is written.
+
+    The email library reads ``=?utf-8?q?...?=`` in a value it is given as an RFC 2047 encoded-word and decodes
+    it, and Python before 3.11.10 writes the decoded text out as it is: a first name sent as
+    ``=?utf-8?q?Ann=0D=0AReply-To:_attacker@evil.example?=`` became a line break and a header of the sender's
+    choosing. Taken as literal text, the value holds no line break the library's own check of what is set has
+    not refused; text that is not ASCII, or that would read as an encoded-word, is written as encoded-words, so
+    the reader sees exactly the text that was set.
+    """
+
+    @classmethod
+    def parse(cls, value: str, kwds: dict[str, Any]) -> None:
+        kwds["decoded"] = value
+        kwds["parse_tree"] = None  # read only by `BaseHeader.fold`, which `fold` replaces
+
+    def fold(self, *, policy: Any) -> str:
+        text = str(self)
+        charset = "us-ascii" if text.isascii() and "=?" not in text else "utf-8"
+        value = Header(text, charset, policy.max_line_length, header_name=self.name).encode(linesep=policy.linesep)
+        return f"{self.name}: {value}{policy.linesep}"
+
+
 def _message_policy() -> policy.EmailPolicy:
     headers = HeaderRegistry()  # our own: mapping a type on the shared default registry would change every message
     headers.map_to_type("list-unsubscribe", _VerbatimHeader)
+    headers.map_to_type("subject", _TextHeader)
     return policy.default.clone(header_factory=headers)
 
 
@@ -156,8 +185,10 @@ class EmailSmtpDestination(Destination):
     title = "Email (SMTP)"
     docs_url = "https://datatracker.ietf.org/doc/html/rfc5321"
     channel = "email"
-    # `body` is the text of a template without blocks; one with an `html` block and no `text` has its text derived
-    message_parts = ("subject", "text", "html", "body")
+    # Something to read besides the subject: without it the subject went out again as the whole message. `body` is
+    # the text of a template without blocks (skipped all the same, for its missing subject, saying so); one with
+    # an `html` block and no `text` has its text derived.
+    message_parts = ("text", "html", "body")
     required_parts = ("subject",)  # without one it went out under the internal rule id, which the customer read
     Config = EmailSmtpConfig
 
@@ -201,7 +232,7 @@ class EmailSmtpDestination(Destination):
         message = EmailMessage(policy=MESSAGE_POLICY)
         message["From"] = self.sender
         message["To"] = recipient
-        message["Subject"] = _one_line(content.get("subject") or content.get("rule_id", ""))
+        message["Subject"] = _one_line(content.get("subject") or content.get("rule_id", ""))  # as text: `_TextHeader`
         message["Date"] = formatdate(usegmt=True)
         # The same Message-ID on every retry lets receiving systems drop a duplicate.
         message["Message-ID"] = f"<{delivery.delivery_id}@{self.sender.domain}>"
@@ -315,78 +346,38 @@ def _quit(smtp: smtplib.SMTP) -> None:
 
 
 def _one_line(text: str) -> str:
-    """`text` with its line breaks (and the blanks around them) as single spaces.
+    """`text` with its line breaks (and the blanks around them) as single spaces, and no other control character.
 
     A header value cannot hold a line break, and a subject rendered from a trait may ("Jane\\r\\n" from a
     form): the email library refuses it, and the message could never be sent, whereas the same words on one
     line are the subject that was meant. `splitlines` knows every break the library refuses (\\u2028 too).
+    Other control characters (an ESC, a DEL) are nothing a reader can see, but a terminal or a log may act on them.
     """
-    return " ".join(stripped for line in text.splitlines() if (stripped := line.strip()))
+    return " ".join(stripped for line in text.splitlines() if (stripped := _CONTROL.sub("", line).strip()))
 
 
 def _plain_text(content: dict[str, Any]) -> str:
-    """The text/plain part: the `text` block, else text derived from the `html` block, else the template's `body`.
+    """The text/plain part: the `text` block, else text derived from the `html` block (see `html_text`).
 
-    `body` is the whole template rendered, so in a template with blocks it is the subject line followed by the
-    HTML source: clients that show the plain part (and spam filters comparing the two) saw markup.
+    Never the whole template: in a template with blocks that was the subject line followed by the HTML source,
+    and clients that show the plain part (and spam filters comparing the two) saw markup. Only a delivery planned
+    before routing asked for a text or html part may hold nothing else: its `body` goes as it was planned.
     """
     if content.get("text"):
         return str(content["text"])
     if content.get("html"):
-        return _html_as_text(content["html"])
-    return str(content["body"])
-
-
-class _TextOfHtml(HTMLParser):
-    """The words of an HTML document as a reader sees them: no markup, scripts or styles; a link's target kept
-    beside its words (a plain-text reader cannot click them); a line break at each block."""
-
-    HIDDEN = frozenset({"head", "script", "style", "title"})
-    BLOCKS = frozenset({"br", "div", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "p", "table", "tr", "ul", "ol"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._hidden = 0
-        self._links: list[tuple[str, int]] = []  # each open link's target, and where its words start in `parts`
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in self.HIDDEN:
-            self._hidden += 1
-        elif tag in self.BLOCKS:
-            self.parts.append("\n")
-        elif tag == "a":
-            self._links.append((dict(attrs).get("href") or "", len(self.parts)))
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self.handle_starttag(tag, attrs)  # `<br/>` is one break, not an opening and a closing
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in self.HIDDEN:
-            self._hidden = max(self._hidden - 1, 0)
-        elif tag in self.BLOCKS:
-            self.parts.append("\n")
-        elif tag == "a" and self._links:
-            href, start = self._links.pop()
-            words = " ".join("".join(self.parts[start:]).split())
-            if href.startswith(("http:", "https:", "mailto:")) and href != words:
-                self.parts.append(f" ({href})")
-
-    def handle_data(self, data: str) -> None:
-        if not self._hidden:
-            self.parts.append(data)
-
-
-def _html_as_text(html: str) -> str:
-    """`html` as plain text (`_TextOfHtml`): whitespace collapsed within lines, one blank line between blocks."""
-    parser = _TextOfHtml()
-    parser.feed(html)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+        return html_as_text(content["html"])
+    return str(content.get("body", ""))
 
 
 def _with_footer(html: str, link: str) -> str:
+    """`html` with the unsubscribe link before its last `</body>`, or after it all when it has none.
+
+    Found in `html` itself: an index into `html.lower()` is off by one for each "İ" before it (lower-cased, it is
+    two characters), which cut the message in the wrong place and broke its `</body>`.
+    """
     footer = f'<p style="font-size:12px;color:#666"><a href="{escape(link)}">Unsubscribe</a></p>'
-    closing = html.lower().rfind("</body>")
-    return html[:closing] + footer + html[closing:] if closing >= 0 else html + footer
+    closing = _LAST_BODY_END.match(html)
+    if closing is None:
+        return html + footer
+    return html[:closing.start(1)] + footer + html[closing.start(1):]

@@ -36,6 +36,7 @@ from connectors.base import Destination
 from connectors.destinations import fcm_errors
 from connectors.destinations.fcm_errors import DEAD_TOKEN_REASONS, TokenFailure
 from connectors.destinations.requests_transport import VendorAdapter
+from connectors.destinations.webhook import no_json_form
 from hub.errors import DeliveryFailure, PermanentDeliveryError
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text, mask_token
@@ -254,9 +255,6 @@ def _data_problems(params: Mapping[str, Any]) -> list[str]:
         if RESERVED_DATA_KEY.match(key):
             problems.append(f"params.data.{key}: FCM reserves this key (from, message_type, notification, "
                             f"google*, gcm*): rename it")
-        try:
-            _data_value(value)
-        except (TypeError, ValueError):
-            problems.append(f"params.data.{key}: {type(value).__name__} {value!r} has no JSON form to send: "
-                            f"quote it, or use a finite number, true/false, null, a list or a map")
+        if why := no_json_form(value):
+            problems.append(f"params.data.{key}: {why}")
     return problems

@@ -43,7 +43,9 @@ What the action's ``params`` may carry (see `CrmParams`): ``sobject``,
 ``fields`` (field API name -> value), ``intent`` and ``task``. A template may
 also fill fields from the profile: every ``{% block field_<ApiName> %}`` it
 defines sets that field when it renders non-empty. The Task's description is
-the template's ``description`` block, or the whole rendered template.
+the template's ``description`` block, or, for a template without blocks,
+the whole rendered template (one with blocks and no ``description`` block
+leaves it empty).
 
 API: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/dome_upsert.htm
 Delete by external id: https://developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_upsert_delete.htm

@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from connectors.destinations.webhook import no_json_form
 
 # Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
 # acme--uat.sandbox.my.salesforce.com.
@@ -71,6 +73,16 @@ class CrmParams(BaseModel):
     fields: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
     intent: str | None = None
     task: TaskParams | None = None
+
+    @field_validator("fields")
+    @classmethod
+    def _sendable(cls, fields: dict[str, Any]) -> dict[str, Any]:
+        """Each value as JSON can write it: simple-salesforce would send YAML's `.nan` or `.inf` as ``NaN`` or
+        ``Infinity``, which Salesforce refuses on every update of the rule."""
+        problems = [f"{name}: {why}" for name, value in fields.items() if (why := no_json_form(value))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return fields
 
 
 class CrmErasure(BaseModel):

@@ -7,7 +7,7 @@ Errors: https://www.twilio.com/docs/api/errors
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from twilio.base.exceptions import TwilioRestException, TwilioServiceException
@@ -68,6 +68,9 @@ class TwilioSmsDestination(CallbackReceiver, Destination):
     docs_url = "https://www.twilio.com/docs/messaging/api/message-resource"
     channel = "sms"
     message_parts = ("body",)  # Twilio refuses an empty one (21602)
+    # Routing skips a longer one, so its fallback is tried: Twilio refuses it for good (21617), in characters
+    # (https://www.twilio.com/docs/api/errors/21617).
+    part_limits: ClassVar[Mapping[str, int]] = {"body": 1600}
     Config = TwilioSmsConfig
 
     def __init__(self, destination_id: str, config: BaseModel) -> None:

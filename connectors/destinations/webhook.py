@@ -80,8 +80,10 @@ SECRET_PREFIX = "whsec_"
 # message with for the delivery engine stays in the hub).
 CONTENT_KEYS = ("template", "rule_id", "params", *ENGINE_KEYS)
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
-# what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes).
-_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
+# what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes), never
+# NaN or Infinity (`no_json_form`, with JSON's rules alone: `_JSON_FORM`).
+_BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
+_JSON_FORM = json.JSONEncoder(allow_nan=False)
 # An event type as Standard Webhooks recommends it: full-stop delimited identifiers of [a-zA-Z0-9_].
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 # A URL inside an error's text, to the first blank: whatever quote or bracket follows it is taken as part of it,
@@ -142,6 +144,17 @@ def signing_key(secret: str) -> bytes:
     if not 24 <= len(key) <= 64:
         raise ValueError("the key must be 24 to 64 bytes (Standard Webhooks)")
     return key
+
+
+def no_json_form(value: Any) -> str | None:
+    """Why `value` of a rule's params cannot be sent as JSON, or None: YAML's `.nan` and `.inf` load as floats
+    the json module writes as ``NaN`` and ``Infinity``, which are not JSON (RFC 8259) and every parser refuses."""
+    try:
+        _JSON_FORM.encode(value)
+    except (TypeError, ValueError):
+        return (f"{type(value).__name__} {value!r} has no JSON form to send: quote it, or use a finite number, "
+                "true/false, null, a list or a map")
+    return None
 
 
 def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -235,16 +248,14 @@ class OutboundWebhookDestination(Destination):
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> list[str]:
         """`params.type`, when given, must be an event type (Standard Webhooks): receivers dispatch on it, and a
-        number, null or "chat offer!" is one none routes."""
-        if "type" not in params:
-            return []
-        event_type = params["type"]
-        if isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type):
-            return []
-        return [
-            f"params.type: {event_type!r} is not an event type; write names of letters, digits and _ joined by "
-            f"full stops (e.g. chat.coupon), or leave it out to send {cls.event_type!r}"
-        ]
+        number, null or "chat offer!" is one none routes. Every param must have a JSON form (`no_json_form`): the
+        body carries them all."""
+        problems = [f"params.{key}: {why}" for key, value in params.items() if (why := no_json_form(value))]
+        event_type = params.get("type", cls.event_type)
+        if not (isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type)):
+            problems.insert(0, f"params.type: {event_type!r} is not an event type; write names of letters, digits and _ "
+                            f"joined by full stops (e.g. chat.coupon), or leave it out to send {cls.event_type!r}")
+        return problems
 
     def _type_of(self, params: Mapping[str, Any]) -> str:
         """The payload's `type`; PermanentDeliveryError for one `check_params` refuses (a delivery planned before
