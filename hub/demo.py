@@ -94,6 +94,7 @@ def run_demo(settings: HubSettings, journey: Journey, console: Console) -> DemoR
                 "default_write_key": secrets.token_urlsafe(16),
                 "admin_token": secrets.token_urlsafe(16),
                 "unsubscribe_secret": secrets.token_urlsafe(16),
+                "forget_key": secrets.token_hex(32),
                 "retry_base_delay_seconds": 0.2,
                 "worker_poll_seconds": 0.1,
                 # The journey compresses days into seconds; quiet hours would hold its nudges until morning.

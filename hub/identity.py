@@ -37,7 +37,7 @@ from typing import Protocol
 from hub.errors import ForgottenIdentityError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, MovedIdentifier, RefusedLink, Resolution, Touchpoint
-from hub.store.identity_graph import identifier_digest
+from hub.store.forget_digest import ForgetKeys
 
 # Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
 PREVIOUS_ID = "previous_id"
@@ -53,6 +53,8 @@ EVICTED_RULE = "evicted: the oldest {type} made room for a new one (limit: at mo
 
 class IdentityGraph(Protocol):
     """The storage the resolver needs; `hub.store.identity_graph.SqlIdentityGraph` implements it."""
+
+    forget_keys: ForgetKeys  # how the blocklist of forgotten identifiers is digested (`hub.store.forget_digest`)
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]: ...
 
@@ -97,7 +99,7 @@ def resolve(
         known = {**known, **aliased}
         owners.update(aliased.values())
         unknown = [ident for ident in unknown if ident not in aliased]
-    refused = [RefusedLink(_by_digest(ident), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
+    refused = [RefusedLink(_by_digest(ident, graph.forget_keys), None, FORGOTTEN_RULE) for ident in idents if ident in blocked]
     rank = config.rank
     evicts = config.evicts_oldest
     # A new identifier that may evict comes last: first in, into an empty cluster, it anchored a new profile
@@ -253,10 +255,11 @@ def meanings_of(ident: Identifier) -> tuple[Identifier, ...]:
     return tuple(Identifier(type_, ident.value) for type_ in PREVIOUS_ID_MEANS)
 
 
-def _by_digest(ident: Identifier) -> Identifier:
-    """A forgotten identifier as a refusal names it: by the blocklist's digest, never by the value the person had
-    erased, which the audit trail would otherwise write back in plain text."""
-    return Identifier(ident.type, f"sha256:{identifier_digest(ident)}")
+def _by_digest(ident: Identifier, keys: ForgetKeys) -> Identifier:
+    """A forgotten identifier as a refusal names it: by the digest the blocklist keeps, never by the value the person
+    had erased, which the audit trail would otherwise write back in plain text, nor by its plain sha256 under
+    HUB_FORGET_KEY, which anyone reverses by hashing guesses."""
+    return Identifier(ident.type, f"{'hmac-sha256' if keys.keyed else 'sha256'}:{keys.stored(ident)}")
 
 
 def _rule_against(

@@ -25,7 +25,8 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, identifier_digest, moved_event
+from hub.store.forget_digest import forget_keys
+from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, moved_event
 from hub.store.refusals import refused_events, save_refusals
 from hub.store.traits import newest_traits
 from hub.store.schema import forgotten_identifiers, identifiers, identity_events, kept_apart, merges, profiles
@@ -53,6 +54,7 @@ class CachedIdentityGraph:
                 self.from_alias.add(ident)
         self.apart = {frozenset(pair) for pair in connection.execute(select(kept_apart.c.profile_a, kept_apart.c.profile_b))}
         self.blocked = set(connection.execute(select(forgotten_identifiers.c.digest)).scalars())
+        self.forget_keys = forget_keys(connection)
         self._new_profiles: dict[str, dict[str, Any]] = {}
         self._new_identifiers: dict[Identifier, dict[str, Any]] = {}
         self._merge_rows: list[dict[str, Any]] = []
@@ -76,7 +78,7 @@ class CachedIdentityGraph:
     def forgotten(self, idents: Sequence[Identifier]) -> set[Identifier]:
         if not self.blocked:
             return set()
-        return {ident for ident in idents if identifier_digest(ident) in self.blocked}
+        return {ident for ident in idents if not self.blocked.isdisjoint(self.forget_keys.candidates(ident))}
 
     def alias_previous_ids(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         owner = self.owner

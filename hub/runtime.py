@@ -30,7 +30,7 @@ from hub.routing import ContactPolicy
 from hub.settings import HubSettings
 from hub.sources import DEFAULT_SOURCE_ID, build_source, environment, load_entries, shared_write_keys
 from hub.stats import is_idle
-from hub.store import sql
+from hub.store import forget_digest, sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.opening import open_store
 from hub.wakeups import Wakeups
@@ -69,6 +69,8 @@ class Hub:
         self.store = open_store(
             settings.database_url, migrate=True, lease=lease, lock_timeout=settings.sqlite_lock_timeout_seconds
         )
+        if keyed := forget_digest.use_keys(self.store, settings.forget_keys()):
+            log.info("keyed the plain digests of forgotten identifiers with HUB_FORGET_KEY", rows=keyed)
         self.wakeups = Wakeups(self.store.url)
         self.pipeline_wake = self.wakeups.events["pipeline"]
         self.delivery_wake = self.wakeups.events["delivery"]
@@ -109,6 +111,13 @@ class Hub:
     def start(self) -> None:
         if development := self.settings.development_credentials():
             log.warning(f"using development secrets; set {', '.join(development)} before the hub is reachable")
+        if self.settings.forget_key_missing():
+            log.warning(
+                "HUB_FORGET_KEY is not set: forgetting a person (DELETE /api/profiles/{id}) keeps plain sha256 digests of "
+                "their identifiers, from which anyone reading the database or a backup gets their phone number and email "
+                "back by hashing guesses; set it to a long random secret (openssl rand -hex 32), kept outside the "
+                "database and the same on every node"
+            )
         if self._unsubscribe_links_unreachable():
             log.warning(
                 "email goes out through a relay not on this machine, but its unsubscribe links are on "

@@ -20,6 +20,7 @@ from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.secret_urls import shown_url
 from hub.signing_secrets import in_use
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
+from hub.store.forget_digest import ForgetKeys
 from hub.unsubscribe import SHORTEST_LINK_DAYS
 
 PROJECT_MAPPINGS = Path(__file__).resolve().parents[1] / "mappings"
@@ -27,6 +28,7 @@ WORKER_ROLES = ("pipeline", "timers", "delivery")
 DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 DEVELOPMENT_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"
+SHORTEST_FORGET_KEY = 32  # characters of HUB_FORGET_KEY: `openssl rand -hex 32` makes 64
 PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages carry a signature by each until you unset it."
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
@@ -138,6 +140,20 @@ class HubSettings(BaseSettings):
         description=f"How long an unsubscribe link keeps working ({SHORTEST_LINK_DAYS} to {LONGEST.days} days: CAN-SPAM "
         "wants it to work 30 days after the email is sent).",
     )
+    forget_key: SecretStr | None = Field(
+        None,
+        description="Keys the digests by which a forgotten person's identifiers are refused (DELETE /api/profiles/{id}): "
+        "HMAC-SHA256 under it, where unset they are plain sha256, from which anyone holding the database or a backup "
+        f"gets back a phone number or email by hashing guesses. At least {SHORTEST_FORGET_KEY} characters (`openssl rand "
+        "-hex 32`), kept outside the database, the same on every node; the plain rows are keyed when a hub with it "
+        "starts. Never change or lose it: the rows it keyed would match nothing and the people forgotten would come "
+        "back; to change it, move the old one to HUB_FORGET_PREVIOUS_KEYS first.",
+    )
+    forget_previous_keys: SecretStr | None = Field(
+        None,
+        description="Comma-separated keys HUB_FORGET_KEY held before: the rows each keyed still refuse their identifiers. "
+        "Keep every one for as long as the store keeps those rows, which is for good (they are never keyed again).",
+    )
 
     outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset or empty: no such destination.")
     outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
@@ -247,7 +263,15 @@ class HubSettings(BaseSettings):
             raise ValueError("write it whole, with its scheme, e.g. https://hub.example.com")
         return value
 
-    @field_validator("metrics_port", "fcm_credentials_file", mode="before")
+    @field_validator("forget_key")
+    @classmethod
+    def _long_forget_key(cls, value: SecretStr | None) -> SecretStr | None:
+        """A short key is guessed as the values are, and the digests it keys are as open as plain ones."""
+        if value is not None and len(value.get_secret_value()) < SHORTEST_FORGET_KEY:
+            raise ValueError(f"at least {SHORTEST_FORGET_KEY} characters, so nobody guesses it; make one with `openssl rand -hex 32`")
+        return value
+
+    @field_validator("metrics_port", "fcm_credentials_file", "forget_key", "forget_previous_keys", mode="before")
     @classmethod
     def _emptied_is_unset(cls, value: object) -> object:
         """`HUB_METRICS_PORT=` or `HUB_FCM_CREDENTIALS_FILE=`, as a .env copied from .env.example or a chart's empty
@@ -297,6 +321,24 @@ class HubSettings(BaseSettings):
     def unsubscribe_secrets(self) -> list[str]:
         """The secrets an unsubscribe link may be signed with: the current one, and the one before a change."""
         return in_use(self.unsubscribe_secret, self.unsubscribe_previous_secret)
+
+    def forget_keys(self) -> ForgetKeys:
+        """The keys of the forgotten-identifier blocklist: HUB_FORGET_KEY, then HUB_FORGET_PREVIOUS_KEYS."""
+        previous = self.forget_previous_keys.get_secret_value() if self.forget_previous_keys else ""
+        return ForgetKeys(
+            self.forget_key.get_secret_value().encode() if self.forget_key else None,
+            tuple(key.encode() for key in _names(previous)),
+        )
+
+    def forget_key_missing(self) -> bool:
+        """Whether a hub past development keeps forgotten people's identifiers as plain digests (HUB_FORGET_KEY unset).
+
+        Development is a hub whose admin API still opens with the published
+        HUB_ADMIN_TOKEN: the quick start, a laptop. Whoever changed it (or
+        emptied it for API keys) readies the hub for others, and then for real
+        people's erasure requests.
+        """
+        return self.forget_key is None and self.admin_token.get_secret_value() != DEVELOPMENT_ADMIN_TOKEN
 
     def development_credentials(self) -> list[str]:
         """The secrets still at their published development values: fine for a demo, open to anyone once the

@@ -7,7 +7,7 @@ to the person are withdrawn, and their identifiers are taken out of other
 people's touchpoints that carried them (a bad link an unmerge undid), and
 out of those people's delivery log; quarantined bodies holding their
 addresses, or naming them by an id, are wiped, with the inbox rows kept for replaying them. With
-blocking on, each identifier's digest joins a blocklist, so an old install
+blocking on, each identifier's digest (keyed: `hub.store.forget_digest`) joins a blocklist, so an old install
 sending the same email cannot bring the person back (`hub.identity`). The
 records the hub wrote for them in a CRM are erased there too, by deliveries
 planned here (`hub.store.erasures`).
@@ -28,7 +28,7 @@ from hub.pii import address_values, holding, without_values
 from hub.store import consent_changes, outbox, quarantine, withdrawals
 from hub.store.inbox import DROPPED
 from hub.store.erasures import plan_erasures
-from hub.store.identity_graph import identifier_digest
+from hub.store.forget_digest import forget_keys
 from hub.store.identity_repair import held_by, locked_live_profile
 from hub.store.profile_views import aliases_of, live_profile_ids
 from hub.store.schema import (
@@ -63,11 +63,7 @@ def forget(
     erased = held_by(connection, live_id)
     values = address_values(erased)
     if block_identifiers:
-        blocked = [*erased, *_previous_ids_as_user_ids(connection, live_id)]
-        insert_ignoring_conflicts(
-            connection, forgotten_identifiers,
-            [{"digest": identifier_digest(ident), "forgotten_at": now} for ident in blocked], ["digest"],
-        )
+        _block(connection, [*erased, *_previous_ids_as_user_ids(connection, live_id)], now)
     connection.execute(delete(identifiers).where(identifiers.c.profile_id == live_id))
     inbox_ids = list(connection.execute(select(touchpoints.c.inbox_id).where(touchpoints.c.profile_id == live_id)).scalars())
     wiped = connection.execute(
@@ -132,10 +128,20 @@ def forgotten_since(connection: Connection, carried: Sequence[Identifier], recei
 
     Asked only of an event that carries a forgotten identifier, never on the pipeline's common path.
     """
-    digests = [identifier_digest(meaning) for ident in carried for meaning in meanings_of(ident)]
+    keys = forget_keys(connection)
+    digests = [digest for ident in carried for meaning in meanings_of(ident) for digest in keys.candidates(meaning)]
     return connection.execute(
         select(exists().where(forgotten_identifiers.c.digest.in_(digests), forgotten_identifiers.c.forgotten_at >= received_at))
     ).scalar_one()
+
+
+def _block(connection: Connection, idents: Sequence[Identifier], now: datetime) -> None:
+    """Put the identifiers' digests on the blocklist, keyed when HUB_FORGET_KEY is set (`hub.store.forget_digest`)."""
+    keys = forget_keys(connection)
+    insert_ignoring_conflicts(
+        connection, forgotten_identifiers,
+        [{"digest": keys.stored(ident), "keyed": keys.keyed, "forgotten_at": now} for ident in idents], ["digest"],
+    )
 
 
 def _previous_ids_as_user_ids(connection: Connection, profile_id: str) -> list[Identifier]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Collection, Sequence
 from datetime import datetime
@@ -15,6 +14,8 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
+from hub.store.forget_digest import forget_keys
+from hub.store.forget_digest import identifier_digest as identifier_digest  # imported from here by its other users
 from hub.store.refusals import refused_events, save_refusals
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
@@ -121,12 +122,14 @@ class SqlIdentityGraph:
         self.connection = connection
         self._known_traits: dict[str, Traits] = {}
         self._blocked: dict[Identifier, bool] = {}  # the last lookup's answer to `forgotten`
+        self.forget_keys = forget_keys(connection)
 
     def profiles_of(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
         """The owner of each known identifier, in one statement that also answers `forgotten` for them."""
         if not idents:
             return {}
-        digests = [identifier_digest(ident) for ident in idents]
+        candidates = [self.forget_keys.candidates(ident) for ident in idents]
+        digests = [digest for forms in candidates for digest in forms]
         found: dict[Identifier, str] = {}
         blocked: set[str] = set()
         for first, value, profile_id in _OWNERS_OF.execute(self.connection, [i.type for i in idents], [i.value for i in idents], digests):
@@ -134,7 +137,7 @@ class SqlIdentityGraph:
                 blocked.add(first)
             else:
                 found[Identifier(first, value)] = profile_id
-        self._blocked = {ident: digest in blocked for ident, digest in zip(idents, digests)}
+        self._blocked = {ident: not blocked.isdisjoint(forms) for ident, forms in zip(idents, candidates)}
         return found
 
     def alias_previous_ids(self, idents: Sequence[Identifier]) -> dict[Identifier, str]:
@@ -168,7 +171,7 @@ class SqlIdentityGraph:
         """Which identifiers belong to an erased person; those of the last `profiles_of` are not asked again."""
         if all(ident in self._blocked for ident in idents):
             return {ident for ident in idents if self._blocked[ident]}
-        by_digest = {identifier_digest(ident): ident for ident in idents}
+        by_digest = {digest: ident for ident in idents for digest in self.forget_keys.candidates(ident)}
         return {by_digest[digest] for (digest,) in _FORGOTTEN_OF.execute(self.connection, by_digest)}
 
     def record_refusals(self, profile_id: str, touchpoint_id: str, refused: Sequence[RefusedLink], at: datetime) -> None:
@@ -326,11 +329,6 @@ class SqlIdentityGraph:
             {"b_profile_id": profile_id, "b_traits": traits[0], "b_trait_times": traits[1], "b_updated_at": utcnow()},
         )
         self._known_traits[profile_id] = traits
-
-
-def identifier_digest(ident: Identifier) -> str:
-    """What the forgotten-identifier blocklist keeps instead of the value."""
-    return hashlib.sha256(f"{ident.type}\x1f{ident.value}".encode()).hexdigest()
 
 
 def graph_epoch_value(connection: Connection) -> int:

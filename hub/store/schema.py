@@ -200,8 +200,10 @@ kept_apart = Table(
 forgotten_identifiers = Table(
     "forgotten_identifiers",
     metadata,
-    Column("digest", String(64), primary_key=True),  # sha256 of type and value; never the value itself
+    # sha256 of type and value, or its HMAC under HUB_FORGET_KEY (`hub.store.forget_digest`); never the value itself
+    Column("digest", String(64), primary_key=True),
     Column("forgotten_at", UTCDateTime, nullable=False),
+    Column("keyed", Boolean, nullable=False, server_default=false()),  # false: plain sha256, until a keyed hub starts
 )
 
 consent_changes = Table(

@@ -1,0 +1,136 @@
+"""The digests the forgotten-identifier blocklist keeps: keyed, so that the table gives nobody the values back.
+
+Forgetting a person puts a digest of each of their identifiers on a
+blocklist, so an old install sending the same email cannot bring them back
+(`hub.store.forget`). An unkeyed sha256 is no cover for a phone number (the
+~10^10 numbers of a country are all hashed in seconds) or an email (hash a
+list of addresses): the table still held the forgotten person's phone and
+email for whoever read the database or a backup, and GDPR counts such a hash
+as personal data. With HUB_FORGET_KEY set, a row keeps the HMAC-SHA256 of the
+unkeyed digest under that key instead, which nobody can test a guess against
+without the key, kept outside the database.
+
+The HMAC is taken of the unkeyed digest, not of the value, so a row written
+unkeyed (before the key was set, or by a node without it) is keyed in place,
+value unknown, when a hub with the key starts (`use_keys`). Until then it
+still refuses its identifier: a lookup asks for the unkeyed digest beside the
+keyed ones. Those few more values in the one indexed lookup of an identifier
+the identity cache does not know cost less, and are exact where remembering
+whether the store holds unkeyed rows is not: on a multi-node PostgreSQL,
+another node without the key, or an older hub mid-upgrade, may write one at
+any moment.
+
+The keys are held per store engine, so each `Store` of a process is read with
+its hub's settings, and one opened without them (`open_store` alone) stays
+unkeyed, as before HUB_FORGET_KEY.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from sqlalchemy import Connection, Engine, delete, select
+
+from hub.model import Identifier
+from hub.store.schema import forgotten_identifiers
+from hub.store.sql import insert_ignoring_conflicts
+
+if TYPE_CHECKING:
+    from hub.store import Store
+
+KEYING_BATCH = 1000  # unkeyed rows read, and deleted once keyed, per statement: none holds too many values
+
+
+def identifier_digest(ident: Identifier) -> str:
+    """The unkeyed sha256 of an identifier: what consent changes name it by (`hub.store.consent_changes`), and what
+    the blocklist kept before HUB_FORGET_KEY (and still keeps without it)."""
+    return hashlib.sha256(f"{ident.type}\x1f{ident.value}".encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ForgetKeys:
+    """The keys the blocklist is digested with: `current` keys new rows (None: they stay unkeyed), `previous` ones
+    (HUB_FORGET_PREVIOUS_KEYS) only still match the rows they keyed."""
+
+    current: bytes | None = None
+    previous: tuple[bytes, ...] = ()
+
+    @property
+    def keyed(self) -> bool:
+        return self.current is not None
+
+    def stored(self, ident: Identifier) -> str:
+        """The digest a new blocklist row keeps for `ident`."""
+        unkeyed = identifier_digest(ident)
+        return self.keyed_form(unkeyed) if self.keyed else unkeyed
+
+    def keyed_form(self, unkeyed: str) -> str:
+        """An unkeyed digest keyed by the current key: HMAC-SHA256 of its hex text."""
+        return _hmac(self._hmacs[0], unkeyed)
+
+    def candidates(self, ident: Identifier) -> tuple[str, ...]:
+        """Every digest a blocklist row of `ident` may hold: by each key, and unkeyed."""
+        unkeyed = identifier_digest(ident)
+        return (*(_hmac(prepared, unkeyed) for prepared in self._hmacs), unkeyed)
+
+    @cached_property
+    def _hmacs(self) -> tuple[hmac.HMAC, ...]:
+        """An HMAC per key, the current one first, each copied per digest: half the time of `hmac.digest`, which
+        hashes the key in again every time."""
+        keys = (self.current, *self.previous) if self.current is not None else self.previous
+        return tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
+
+
+def _hmac(prepared: hmac.HMAC, unkeyed: str) -> str:
+    digest = prepared.copy()
+    digest.update(unkeyed.encode())
+    return digest.hexdigest()
+
+
+UNKEYED = ForgetKeys()
+_IN_USE: WeakKeyDictionary[Engine, ForgetKeys] = WeakKeyDictionary()
+
+
+def forget_keys(connection: Connection) -> ForgetKeys:
+    """The keys this process reads and writes the connection's store's blocklist with (`use_keys`)."""
+    return _IN_USE.get(connection.engine, UNKEYED)
+
+
+def use_keys(store: Store, keys: ForgetKeys) -> int:
+    """Digest `store`'s blocklist with `keys` in this process, and key the rows still unkeyed; returns how many.
+
+    Called where a hub opens its store, before any of its workers or
+    requests touch the blocklist.
+    """
+    _IN_USE[store.engine] = keys
+    if not keys.keyed:
+        return 0
+    with store.write() as connection:
+        return _key_unkeyed_rows(connection, keys)
+
+
+def _key_unkeyed_rows(connection: Connection, keys: ForgetKeys) -> int:
+    """Replace each unkeyed row by its keyed form, keeping when its identifier was forgotten.
+
+    A batch is deleted by the digests it read, never by `NOT keyed`: on
+    PostgreSQL another node may commit an unkeyed row meanwhile, which would
+    go before it was keyed, refusing nothing ever after. The next batch
+    reads it instead. In digest order, so nodes starting at once take the
+    rows' locks in one order and never deadlock.
+    """
+    table = forgotten_identifiers
+    unkeyed = table.c.keyed.is_(False)
+    batch = select(table.c.digest, table.c.forgotten_at).where(unkeyed).order_by(table.c.digest).limit(KEYING_BATCH)
+    keyed = 0
+    while rows := connection.execute(batch).all():
+        insert_ignoring_conflicts(connection, table, [
+            {"digest": keys.keyed_form(digest), "forgotten_at": at, "keyed": True} for digest, at in rows
+        ], ["digest"])
+        connection.execute(delete(table).where(table.c.digest.in_([digest for digest, _ in rows]), unkeyed))
+        keyed += len(rows)
+    return keyed
