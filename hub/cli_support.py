@@ -16,11 +16,12 @@ clipboard with OSC 52). Rich drops BEL and CR, but passes ESC on.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from string import Formatter
 from time import monotonic
+from types import MappingProxyType
 from typing import TYPE_CHECKING, NoReturn
 
 import typer
@@ -135,23 +136,32 @@ def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
     table.add_column(header, no_wrap=True, min_width=max((len(each) for each in ids), default=len(header)))
 
 
-def load_settings(**overrides: object) -> HubSettings:
+def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overrides: object) -> HubSettings:
     """Settings from the environment and .env, with command-line overrides; a bad value exits with what to fix.
 
-    Logging is configured after the overrides, so a command may set its own level (`triggers test` does).
+    `options` names the command-line option each override came from (``{"workers": "--only"}``): a bad value given
+    there is named as the person typed it, not after an environment variable they never set. Logging is configured
+    after the overrides, so a command may set its own level (`triggers test` does).
     """
+    given = {key: value for key, value in overrides.items() if value is not None}
     with config_problems_exit():
         try:
-            settings = HubSettings().with_overrides(**{k: v for k, v in overrides.items() if v is not None})
+            settings = HubSettings().with_overrides(**given)
         except ValidationError as exc:
             raise ConfigError([
-                f"HUB_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']} (got {error['input']!r})"
+                f"{_named(error['loc'], given, options)}: {error['msg']} (got {error['input']!r})"
                 for error in exc.errors()
             ]) from None
         except UnicodeDecodeError as exc:  # python-dotenv reads the whole .env, so `exc` holds all of its bytes
             raise ConfigError(not_utf8(Path(str(HubSettings.model_config["env_file"])), exc)) from None
         configure_logging(settings.log_level, settings.log_json)
         return settings
+
+
+def _named(loc: tuple[int | str, ...], given: Mapping[str, object], options: Mapping[str, str]) -> str:
+    """The option a bad value was given by, when it was, else its environment variable (HUB_...)."""
+    field = "_".join(map(str, loc))
+    return options[field] if field in given and field in options else f"HUB_{field.upper()}"
 
 
 @contextmanager

@@ -6,6 +6,11 @@ is read from the store at each scrape by `exposition`, so it is the same
 whichever process or node is scraped. A `touchhub worker` serves them too
 when HUB_METRICS_PORT is set (`metrics_app`): its counters and circuit gauges
 are in its own memory, seen by no other process's /metrics.
+
+A store that cannot be read leaves its gauges out of the scrape, and
+`hub_store_up` says so, rather than failing the scrape: during a database
+outage the counters (events refused as store_unavailable) are what the alert
+on it reads.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterator
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from sqlalchemy import Connection, Table, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -84,16 +90,24 @@ def metrics_app(store: Store) -> Starlette:
 
 
 class _StoreGauges:
-    """Gauges of what the store holds, read in one read transaction per scrape."""
+    """Gauges of what the store holds, read in one read transaction per scrape, and whether it could be read."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        with self.store.read() as connection:
-            yield from _inbox_gauges(connection)
-            yield _outbox_gauge(connection)
-            yield from _timer_gauges(connection)
+        try:
+            with self.store.read() as connection:
+                gauges = [*_inbox_gauges(connection), _outbox_gauge(connection), *_timer_gauges(connection)]
+        except SQLAlchemyError:  # the database down or refusing connections: /readyz says why
+            gauges = []
+        yield GaugeMetricFamily(
+            "hub_store_up",
+            "1 when the store could be read at this scrape, 0 when it could not (a database outage; /readyz says why): "
+            "the store's gauges (hub_inbox_*, hub_outbox_unsent, hub_timers_*) are then left out.",
+            value=1 if gauges else 0,
+        )
+        yield from gauges
 
 
 def _inbox_gauges(connection: Connection) -> Iterator[Metric]:

@@ -81,19 +81,28 @@ class RuleBook:
         return self.in_force().by_id.get(rule_id)
 
     def reload_if_changed(self) -> bool:
-        """Reload if the file changed since the last look; True when new rules took effect."""
+        """Reload if the file changed since the last look, or its last edit was refused; True when new rules took
+        effect.
+
+        A refused edit is tried again at each look, not only once the file changes: what refused it may lie outside
+        the file (a template the rules name, saved after them, as a deploy writing triggers.yaml before templates/
+        does). Looks come every `recheck_seconds` at most (and when /api/rules is asked), and a refusal is logged
+        only when its problems differ from the last one's, or the file was saved again."""
         with self._lock:
             self._checked_at = time.monotonic()
             stamp = content_stamp(self.path)
-            if stamp == self._stamp:
+            saved = stamp != self._stamp
+            if not saved and not self.last_error:
                 return False
             self._stamp = stamp
             try:
                 rules, disabled = self._load()
             except Exception as exc:  # any: a bug in a check must not raise into the pipeline's event in hand
-                self.last_error = self._refusal(exc)
-                log.error("trigger rules edit refused; the last good rules stay in force", problems=self.last_error,
-                          exc_info=not isinstance(exc, ConfigError))
+                refusal = self._refusal(exc)
+                if saved or refusal != self.last_error:
+                    log.error("trigger rules edit refused; the last good rules stay in force", problems=refusal,
+                              exc_info=not isinstance(exc, ConfigError))
+                self.last_error = refusal
                 return False
             self._in_force = InForce.of(rules, disabled)  # one assignment: readers see the old edit or this one
             self.last_error = []

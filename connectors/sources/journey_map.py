@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from connectors.base import InboundRequest, ParseResult
 from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
-from hub.config_files import config_text, problems_of, too_deep
+from hub.config_files import config_text, content_stamp, problems_of, too_deep
 from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
@@ -177,7 +177,7 @@ class JourneyMapSource(GenericHmacSource):
         super().__init__(source_id, config, folder)
         assert isinstance(config, JourneyMapConfig)
         self._path = folder / config.map_file
-        self._stamp = _stamp(self._path)
+        self._stamp = content_stamp(self._path)
         self.journey_map = load_journey_map(self._path)
         self._labels = self.journey_map.labels()
 
@@ -191,13 +191,11 @@ class JourneyMapSource(GenericHmacSource):
         A broken export is refused with every problem logged, and the last good
         map stays in force, as for mapping files: whatever the load meets,
         since a failure here would fail the request that found the edit. The
-        refused file is tried again once it changes.
+        refused file is tried again once it changes; a missing or unreadable
+        one is such a change too (its stamp is None), logged once, not at every
+        request while an export is being replaced.
         """
-        try:
-            stamp = _stamp(self._path)
-        except OSError as exc:
-            log.error("journey map unreadable; the last good map stays in force", file=str(self._path), error=str(exc))
-            return
+        stamp = content_stamp(self._path)
         if stamp == self._stamp:
             return
         self._stamp = stamp
@@ -219,8 +217,3 @@ class JourneyMapSource(GenericHmacSource):
         if labels is None:
             return ItemProblem(index, config.touchpoint_field, f"{touchpoint_id!r} is not a touchpoint of journey map {config.map_file}")
         return {**event, "journey": labels}
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return status.st_mtime_ns, status.st_size

@@ -17,11 +17,12 @@ silent peer (`_postgresql_session`): what a stalled node holds comes back.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
@@ -67,6 +68,8 @@ SQLITE_LOCK_TIMEOUT_SECONDS = 30.0
 # dead after about a minute (idle 30 s, then 3 probes 10 s apart) instead of the kernel's two hours, so a node
 # waiting on a lock on it gets an error and its worker carries on. A URL's own setting of any of them wins.
 TCP_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+# The SQLite file each engine opened first, as (st_dev, st_ino): `opened_file`.
+_OPENED_FILES: WeakKeyDictionary[Engine, tuple[int, int]] = WeakKeyDictionary()
 
 
 def create_store_engine(
@@ -87,8 +90,41 @@ def create_store_engine(
                            connect_args={"check_same_thread": False, "timeout": lock_timeout,
                                          "cached_statements": CACHED_STATEMENTS})
     event.listen(engine, "connect", _configure_sqlite_connection)
+    event.listen(engine, "connect", _remembering_file(engine))
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
+
+
+def opened_file(engine: Engine) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the SQLite file `engine` opened first; None before its first connection, or for a name
+    that is no file's (a `file:` URI, memory).
+
+    A file deleted (or replaced) under a running hub is not noticed by SQLite: the pooled connections write on into
+    the unlinked file, and a connection opened later makes a new, empty one at the path. Readiness compares the path's
+    file with this one (`readiness`)."""
+    return _OPENED_FILES.get(engine)
+
+
+def _remembering_file(engine: Engine) -> Callable[[Any, Any], None]:
+    """A "connect" listener that records the file `engine`'s first connection opened; later ones keep it, since
+    a connection opened after the file was replaced opens the replacement."""
+
+    def remember(_dbapi_connection: Any, _record: Any) -> None:
+        if engine in _OPENED_FILES or not engine.url.database:
+            return
+        if opened := file_identity(Path(engine.url.database)):  # none for a `file:` URI or memory
+            _OPENED_FILES.setdefault(engine, opened)
+
+    return remember
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file at `path`, None when there is none, in one stat."""
+    try:
+        found = path.stat()
+    except (FileNotFoundError, NotADirectoryError):  # what `Path.exists` takes for "no file"
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _postgresql_session(parsed: URL, lease: timedelta | None) -> dict[str, Any]:

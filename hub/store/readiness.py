@@ -7,6 +7,12 @@ mount, another owner, an immutable file) or a disk about to be full. The
 probe is polled every few seconds, so it judges by one short read transaction
 and, on SQLite, a few stat calls: a trial write on each would queue behind
 the writers it is meant to vouch for.
+
+A SQLite file deleted or replaced under the hub (an `rm`, a volume swapped)
+takes no error at all: the pooled connections write on into the unlinked
+file, so every event acknowledged from then on is gone at the next start,
+which makes a new, empty store. The path must still name the file the store
+opened (`engine.opened_file`).
 """
 
 from __future__ import annotations
@@ -16,14 +22,18 @@ import os
 import shutil
 from pathlib import Path
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from hub.store import Store, is_at_head
-from hub.store.engine import WAL_AUTOCHECKPOINT_PAGES
+from hub.store.engine import WAL_AUTOCHECKPOINT_PAGES, file_identity, opened_file
 from hub.store.opening import why
 
 NOT_CURRENT = "schema not at this hub's migrations; run touchhub migrate"
+FILE_REPLACED = (
+    "database: the database file {path} was deleted or replaced since the hub opened it, and events taken now would "
+    "be lost; restart the hub"
+)
 MIB = 1024 * 1024
 # SQLite's default page size, which the hub keeps.
 SQLITE_PAGE_BYTES = 4096
@@ -43,7 +53,7 @@ def not_ready_because(store: Store) -> str | None:
     file is judged before it is read: one the hub cannot write may not open at all, and the driver's
     "unable to open database file" would not say why. A database that refuses connections is an answer for the
     load balancer, not a 500."""
-    if store.dialect == "sqlite" and (problem := _sqlite_file_problem(store.engine.url.database)):
+    if store.dialect == "sqlite" and (problem := _sqlite_file_problem(store.engine)):
         return problem
     try:
         with store.read() as connection:
@@ -69,13 +79,17 @@ def _read_only_postgresql(connection: Connection) -> str | None:
     return None
 
 
-def _sqlite_file_problem(database: str | None) -> str | None:
-    """What stops writes to the SQLite file `database`; None in memory, or for a `file:` URI (no file by that
-    name), where there is nothing on disk to judge."""
+def _sqlite_file_problem(engine: Engine) -> str | None:
+    """What stops writes to the SQLite file of `engine`, or the file at its path not being the one it opened;
+    None in memory, or for a `file:` URI (no file by that name), where there is nothing on disk to judge."""
+    database = engine.url.database
     if not database or database == ":memory:":
         return None
     path = Path(database).absolute()
-    if not path.exists():
+    found, opened = file_identity(path), opened_file(engine)
+    if opened and found != opened:
+        return FILE_REPLACED.format(path=path)
+    if found is None:
         return None
     return _unwritable(path) or short_of_room(path.parent, shutil.disk_usage(path.parent).free)
 
