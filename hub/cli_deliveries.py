@@ -23,11 +23,14 @@ from rich.table import Table
 from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, fail, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
+from hub.routes_file import addressee_of
 from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.keyset import Key
 from hub.store.profile_views import for_live_profile
 
 if TYPE_CHECKING:
+    from sqlalchemy import Connection
+
     from hub.routes_file import ChannelRoute
 
 app = typer.Typer(
@@ -43,6 +46,7 @@ REFUSED_REPLAY = {  # why `replay --all` left a dead delivery, by what `delivery
     delivery_replay.CONSENT_WITHDRAWN: "its person revoked consent to its channel (replayable once they consent again)",
     delivery_replay.FOLLOWED_UP: "its person did what the nudge waited for (a late follow-up)",
     delivery_replay.FELL_BACK: "its rule's fallback channel went in its place (it would message the person twice)",
+    delivery_replay.UNROUTED_CHANNEL: "its channel is no longer routed in routes.yaml (add the route back to replay it)",
 }
 
 
@@ -78,10 +82,10 @@ def list_deliveries(
     with config_problems_exit("The delivery log cannot be read"):
         settings = load_settings()
         routes, recipient = delivery_recipients(settings.mappings_dir)
-        _refuse_unknown(routes, destination=destination, channel=channel)
     search = partial(delivery_log.search, limit=limit + 1, status=status and status.value, channel=channel, destination_id=destination,
                      recipient=recipient, region=settings.default_phone_region, after=after)
     with _store().read() as connection:  # a profile id merged away since shows its survivor's, as the admin API does
+        _refuse_unknown(connection, routes, destination=destination, channel=channel)
         rows = for_live_profile(connection, profile, lambda c, live: search(c, profile_id=live))
     found, next_cursor = delivery_log.PAGES.page(rows, limit)
     if as_json:
@@ -144,8 +148,8 @@ def replay(
         fail("[red]Give one delivery id, or --all (optionally with --destination).[/]", code=2)
     with config_problems_exit("The dead-letter queue cannot be replayed"):
         mappings_dir = load_settings().mappings_dir
-        routes, recipient = delivery_recipients(mappings_dir)  # a replay goes only to addresses still held
-        _refuse_unknown(routes, destination=destination)
+        routes, _ = delivery_recipients(mappings_dir)
+    recipient = partial(addressee_of, routes)  # a replay goes only to addresses still held
     store = _store()
     if delivery_id is not None:
         with writing(store, "The delivery cannot be replayed") as connection:
@@ -158,6 +162,7 @@ def replay(
         console.print(styled("Delivery {} ({}) queued again.", delivery_id, previous))
         return
     with store.read() as connection:
+        _refuse_unknown(connection, routes, destination=destination)
         ids = delivery_replay.ids_with_status(connection, "dead", destination)
     columns = (TextColumn("Replaying dead deliveries"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     outcomes: Counter[str | None] = Counter()  # what `replay` returned: the status before, or why not
@@ -172,13 +177,16 @@ def replay(
 
 
 def _refuse_unknown(
-    routes: Mapping[str, ChannelRoute], *, destination: str | None = None, channel: str | None = None
+    connection: Connection, routes: Mapping[str, ChannelRoute], *, destination: str | None = None,
+    channel: str | None = None,
 ) -> None:
-    """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has
+    """Exit 2 naming the ids there are when `destination` or `channel` is none this hub has, nor its delivery log
     (`delivery_log.unmatched_filters`), as GET /api/deliveries answers 400."""
     from connectors.base import load_registry
 
-    refused = delivery_log.unmatched_filters(load_registry().destinations, routes, destination=destination, channel=channel)
+    refused = delivery_log.unmatched_filters(
+        connection, load_registry().destinations, routes, destination=destination, channel=channel
+    )
     if refused:
         raise typer.BadParameter("; ".join(refused.values()), param_hint=[f"--{name}" for name in refused])
 

@@ -169,7 +169,7 @@ def resolve(
     if refused:
         graph.record_refusals(survivor, touchpoint.touchpoint_id, refused, now)
     return Resolution(profile_id=survivor, created=created, merged_profile_ids=merged, refused=tuple(refused),
-                      erased=_as_carried(touchpoint.identifiers, blocked), moved=tuple(moving))
+                      erased=as_carried(touchpoint.identifiers, blocked), moved=tuple(moving))
 
 
 def _lookup(
@@ -236,7 +236,7 @@ def _stored_previous_ids(carried: Sequence[Identifier], new: Sequence[Identifier
     return [ident for ident in new if ident.type == ANONYMOUS_ID and ident.value in values] if values else []
 
 
-def _as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:
+def as_carried(carried: Sequence[Identifier], blocked: Collection[Identifier]) -> tuple[Identifier, ...]:
     """The carried identifiers of forgotten people as the touchpoint carries them, an alias's `previous_id` under
     that type, so that what stores the touchpoint can leave each out."""
     return tuple(ident for ident in carried if carried_one_of(ident, blocked)) if blocked else ()

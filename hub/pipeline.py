@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Mapping as MappingType
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
 from itertools import chain
@@ -26,11 +26,12 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import END_OF_TIME, utcnow
+from hub.erased import without_erased
 from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
 from hub.mapping import Mapping
-from hub.model import Decision, Identifier, RawEvent, Resolution, Touchpoint
+from hub.model import Decision, RawEvent, Resolution, Touchpoint
 from hub.normalize import normalize
 from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
@@ -114,7 +115,7 @@ class Pipeline:
             if outcome.dropped:
                 inbox.mark_dropped(connection, outcome.dropped)
         self._claim_size = self._next_claim_size(len(rows))
-        metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed)
+        metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed - len(outcome.dropped))  # a dropped row made no touchpoint
         outcome.recorded.count()
         if outcome.recorded.planned:
             self._deliveries_planned()
@@ -190,7 +191,7 @@ class Pipeline:
             if forget.forgotten_since(connection, resolution.erased, row.received_at):
                 # Taken in before the person was forgotten: theirs, not a new person's (rolls back what resolve wrote).
                 raise ForgottenIdentityError(f"inbox row {row.id}: received before its sender was forgotten")
-            touchpoint = _without_erased(touchpoint, resolution.erased)
+            touchpoint = without_erased(touchpoint, resolution.erased)
             forget.forget_inbox_payloads(connection, [row.id])
         if resolution.moved:  # a shared device's token went to whoever signed in on it: the first one's pushes to it stop
             for moved in resolution.moved:  # and fall back, as routing would for a person with no device left
@@ -278,18 +279,6 @@ class Pipeline:
         )
         inbox.mark_failed(connection, row.id, now, reason)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
-
-
-def _without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> Touchpoint:
-    """The touchpoint as stored when it carried a forgotten person's identifiers (their email, typed again on a
-    new device): without them, nor their values in its fields, so neither the touchpoint nor the profile's traits
-    write back what was erased. Its raw body is dropped as a forgotten person's own are."""
-    values = address_values(erased)
-    return replace(
-        touchpoint, identifiers=tuple(ident for ident in touchpoint.identifiers if ident not in erased),
-        properties=without_values(touchpoint.properties, values), traits=without_values(touchpoint.traits, values),
-        context=without_values(touchpoint.context, values),
-    )
 
 
 def _traits_of_this_person(traits: dict[str, Any], resolution: Resolution) -> dict[str, Any]:

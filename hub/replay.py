@@ -6,7 +6,8 @@ of them is left to replay), so a fixed or improved mapping can be applied to
 the past:
 - an event that already became a touchpoint gets its mapped fields rewritten
   in place (same deterministic id; its profile, identity links and past
-  decisions are left as they were, so no message is sent twice);
+  decisions are left as they were, so no message is sent twice), as the
+  pipeline would store it now: without a forgotten person's identifiers;
 - an event that never became one (quarantined as unmappable, or dropped by a
   rule that no longer matches) goes back into the pipeline whole, identity and
   triggers included, and its quarantine entry is marked replayed. It becomes
@@ -17,18 +18,25 @@ Running it twice changes nothing the second time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Connection
+
 from hub.clock import utcnow
+from hub.erased import without_erased
 from hub.errors import EventDropped, MappingError
+from hub.identity import as_carried, meanings_of
 from hub.identity_config import IdentityConfig
 from hub.mapping import Mapping as SourceMapping
-from hub.model import RawEvent
+from hub.model import Identifier, RawEvent, Touchpoint
 from hub.normalize import normalize
-from hub.store import Store, replays
+from hub.store import Store, forget, replays
+from hub.store.identity_graph import SqlIdentityGraph
+from hub.store.inbox import InboxRow
+from hub.store.sql import lock_profiles
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
@@ -55,35 +63,90 @@ def replay(
     store: Store, mappings: Mapping[str, SourceMapping], source_id: str, since: datetime, available_at: datetime,
     region: str, identity: IdentityConfig, on_batch: Callable[[int], None] = lambda _count: None,
 ) -> ReplayReport:
+    """Re-normalize the source's stored events since `since` a batch per transaction (`BATCH`).
+
+    Each batch takes the lock on profiles before it reads its raw events, as
+    forget does before it wipes a person (`lock_profiles`, first in both, as
+    in the pipeline): a batch that read a person's events as another node
+    forgot them rewrote their wiped touchpoints from what it had read, and
+    the erased email, traits and properties were back for good. Now forget
+    waits for the batch, or the batch reads what forget left.
+    """
     mapping = mappings[source_id]
     report = ReplayReport()
     after_id = 0
     while True:
         with store.write() as connection:
+            lock_profiles(connection)
             rows = replays.stored_events(connection, source_id, since, after_id, BATCH)
-            for row, status in rows:
-                try:
-                    touchpoint = normalize(RawEvent(row.source_id, row.message_id, row.payload), mapping, row.received_at, region, identity)
-                except EventDropped:
-                    report.dropped += 1
-                    continue
-                except MappingError as exc:
-                    report.unmappable += 1
-                    report.errors[str(exc)] = report.errors.get(str(exc), 0) + 1
-                    continue
-                outcome = replays.rewrite_touchpoint(connection, touchpoint) if status == "done" else None
-                if outcome is None:
-                    replays.requeue(connection, row.id, available_at)
-                    report.requeued += 1
-                    report.available_at = available_at
-                elif outcome == "updated":
-                    report.rewritten += 1
-                else:
-                    report.unchanged += 1
+            _store_again(connection, _normalized(rows, mapping, region, identity, report), available_at, report)
         if not rows:
             return report
         after_id = rows[-1][0].id
         on_batch(len(rows))
+
+
+def _normalized(
+    rows: Sequence[tuple[InboxRow, str]], mapping: SourceMapping, region: str, identity: IdentityConfig,
+    report: ReplayReport,
+) -> list[tuple[InboxRow, str, Touchpoint]]:
+    """Each row, with its inbox status, and the touchpoint the mapping makes of it now; those it drops or cannot
+    map are counted in `report`, and left out."""
+    normalized = []
+    for row, status in rows:
+        try:
+            raw = RawEvent(row.source_id, row.message_id, row.payload)
+            touchpoint = normalize(raw, mapping, row.received_at, region, identity)
+        except EventDropped:
+            report.dropped += 1
+            continue
+        except MappingError as exc:
+            report.unmappable += 1
+            report.errors[str(exc)] = report.errors.get(str(exc), 0) + 1
+            continue
+        normalized.append((row, status, touchpoint))
+    return normalized
+
+
+def _store_again(
+    connection: Connection, normalized: Sequence[tuple[InboxRow, str, Touchpoint]], available_at: datetime,
+    report: ReplayReport,
+) -> None:
+    """Rewrite the touchpoints already stored (`_rewritten`), and put the other events back in the pipeline."""
+    forgotten = _forgotten_among(connection, [touchpoint for _, status, touchpoint in normalized if status == "done"])
+    for row, status, touchpoint in normalized:
+        outcome = _rewritten(connection, row.id, touchpoint, forgotten) if status == "done" else None
+        if outcome is None:
+            replays.requeue(connection, row.id, available_at)
+            report.requeued += 1
+            report.available_at = available_at
+        elif outcome == "updated":
+            report.rewritten += 1
+        else:
+            report.unchanged += 1
+
+
+def _forgotten_among(connection: Connection, touchpoints: Sequence[Touchpoint]) -> set[Identifier]:
+    """The identifiers of forgotten people the touchpoints carry (an alias's `previous_id` as each type it may
+    be), in one lookup for the batch."""
+    carried = list(dict.fromkeys(
+        meaning for touchpoint in touchpoints for ident in touchpoint.identifiers for meaning in meanings_of(ident)
+    ))
+    return SqlIdentityGraph(connection).forgotten(carried)
+
+
+def _rewritten(
+    connection: Connection, inbox_id: int, touchpoint: Touchpoint, forgotten: set[Identifier]
+) -> str | None:
+    """`replays.rewrite_touchpoint` of the touchpoint as the pipeline stores the same event taken in now: without
+    the identifiers of forgotten people it carries, nor their values in its fields, its raw body dropped
+    (`hub.erased`). A new mapping that reads an address from a field (a referral's friend_email) wrote a
+    forgotten person's email into the touchpoints it rewrote."""
+    erased = as_carried(touchpoint.identifiers, forgotten)
+    outcome = replays.rewrite_touchpoint(connection, without_erased(touchpoint, erased) if erased else touchpoint)
+    if erased and outcome is not None:
+        forget.forget_inbox_payloads(connection, [inbox_id])
+    return outcome
 
 
 def replay_source(hub: Hub, source_id: str, since: datetime, on_batch: Callable[[int], None] = lambda _count: None) -> ReplayReport:

@@ -7,6 +7,8 @@ recipients without building a router.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from enum import Enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -38,11 +40,33 @@ class RoutesFile(BaseModel):
     channels: dict[str, ChannelRoute]
 
 
-def recipient_of(routes: dict[str, ChannelRoute], channel: str, target: str) -> Identifier | None:
-    """The identifier a delivery on `channel` went to (its `target`); None for channels routed to the profile
-    itself (a CRM update), or not routed."""
+class Unrouted(Enum):
+    """What `addressee_of` answers for a channel routes.yaml does not route (any more)."""
+
+    CHANNEL = "unrouted"
+
+
+UNROUTED = Unrouted.CHANNEL
+# What a delivery's channel and target name by the routes (`addressee_of`): a replay checks its address by it.
+AddresseeOf = Callable[[str, str], Identifier | Unrouted | None]
+
+
+def addressee_of(routes: Mapping[str, ChannelRoute], channel: str, target: str) -> Identifier | Unrouted | None:
+    """The identifier a delivery on `channel` went to (its `target`); None for a channel routed to the profile
+    itself (a CRM update), UNROUTED for a channel routes.yaml does not route: only the route says what kind of
+    identifier the target is, and a replay that took it for a profile's, with no address to lose, mailed an
+    address that had bounced."""
     route = routes.get(channel)
-    return None if route is None or route.target == PROFILE_TARGET else Identifier(route.target, target)
+    if route is None:
+        return UNROUTED
+    return None if route.target == PROFILE_TARGET else Identifier(route.target, target)
+
+
+def recipient_of(routes: Mapping[str, ChannelRoute], channel: str, target: str) -> Identifier | None:
+    """`addressee_of`, with a channel not routed answered as a profile's (None): for what only masks a target
+    (shown as text then) or names the address a consent change came through."""
+    addressee = addressee_of(routes, channel, target)
+    return None if isinstance(addressee, Unrouted) else addressee
 
 
 def load_routes(path: Path) -> dict[str, ChannelRoute]:

@@ -19,13 +19,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, text
 
 from connectors.base import InboundRequest
+from connectors.sandbox.providers import SandboxProviders
 from connectors.sources import journey_map
 from connectors.sources.journey_map import JourneyMapSource
 from hub import rulebook as rulebook_module
 from hub.rulebook import RuleBook
 from hub.settings import PROJECT_MAPPINGS
 from hub.templates import TemplateRenderer, template_names
-from tests.conftest import RunningHub, logs_of, message, migrated_sqlite
+from tests.conftest import RunningHub, logs_of, make_settings, message, migrated_sqlite, serve_hub
 
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
 RULE = "rules:\n  - id: {id}\n    when: {{event: E}}\n    respond: [{{channel: sms, template: {template}}}]\n"
@@ -217,3 +218,25 @@ def test_a_bad_option_value_is_named_as_the_option_typed(tmp_path: Path, argumen
     assert done.returncode == 2, done.stdout + done.stderr
     flat = " ".join(done.stderr.split())
     assert f"{option}:" in flat and "HUB_" not in flat, flat
+
+
+def _processed(running: RunningHub) -> float:
+    families = text_string_to_metric_families(running.client.get("/metrics").text)
+    return sum(sample.value for family in families for sample in family.samples
+               if sample.name == "hub_touchpoints_processed_total")
+
+
+def test_an_event_a_drop_rule_drops_is_not_counted_as_a_touchpoint_processed(
+    tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders
+) -> None:
+    """hub_touchpoints_processed_total counts inbox rows turned into touchpoints, but every row of a set was counted
+    before a mapping's `drop` rule dropped some: a mapping dropping heartbeats inflated the rate by all of them."""
+    mapping = mappings_dir / "segment.yaml"
+    mapping.write_text(mapping.read_text() + "\ndrop:\n  - when: \"event == 'Heartbeat'\"\n    reason: app heartbeats\n")
+    with serve_hub(make_settings(tmp_path, mappings_dir=mappings_dir, **sandbox.settings_overrides()), sandbox) as running:
+        before = _processed(running)
+        assert running.send(message(userId="u-beat", event="Heartbeat")).status_code == 200
+        assert running.send(message(userId="u-beat", event="Cart Viewed")).status_code == 200
+        running.settle()
+        assert [each["event"] for each in running.admin("/api/touchpoints")["touchpoints"]] == ["Cart Viewed"]
+        assert _processed(running) - before == 1

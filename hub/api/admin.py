@@ -20,6 +20,7 @@ from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
 from hub.replay import replay_source
+from hub.routes_file import addressee_of
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
 from hub.store.keyset import Key, Keyset
@@ -158,15 +159,22 @@ async def list_deliveries(
     if status is not None and status not in outbox.STATUSES:
         raise HTTPException(400, detail=f"status: {status!r} is not a delivery status; pick one of {', '.join(outbox.STATUSES)}")
     hub = _hub(request)
-    refused = delivery_log.unmatched_filters(hub.registry.destinations, hub.router.routes, destination=destination, channel=channel)
-    if refused:  # a typo answered 200 with no deliveries: read as an empty log, or an empty dead-letter queue
-        raise HTTPException(400, detail="; ".join(f"{name}: {why}" for name, why in refused.items()))
     search = partial(
         delivery_log.search, status=status, channel=channel, destination_id=destination,
         since=_utc("since", since), until=_utc("until", until), recipient=hub.router.recipient,
         region=hub.settings.default_phone_region,
     )
-    return await _answer(request, _listed("deliveries", delivery_log.PAGES, limit, cursor, profile_id, search))
+    listed = _listed("deliveries", delivery_log.PAGES, limit, cursor, profile_id, search)
+
+    def page(connection: Connection) -> dict[str, Any]:
+        refused = delivery_log.unmatched_filters(
+            connection, hub.registry.destinations, hub.router.routes, destination=destination, channel=channel
+        )
+        if refused:  # a typo answered 200 with no deliveries: read as an empty log, or an empty dead-letter queue
+            raise HTTPException(400, detail="; ".join(f"{name}: {why}" for name, why in refused.items()))
+        return listed(connection)
+
+    return await _answer(request, page)
 
 
 @router.post("/deliveries/{delivery_id}/replay", summary="Send a dead or failed delivery again", dependencies=[requires("replay")])
@@ -175,7 +183,7 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
 
     def replay() -> str | None:
         with hub.store.write() as connection:
-            return delivery_replay.replay(connection, delivery_id, utcnow(), hub.router.recipient)
+            return delivery_replay.replay(connection, delivery_id, utcnow(), partial(addressee_of, hub.router.routes))
 
     previous = await run_in_threadpool(replay)
     if previous is None:

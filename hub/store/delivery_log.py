@@ -7,7 +7,7 @@ from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, exists, func, select
 
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.model import Identifier
@@ -87,22 +87,38 @@ def search(
 
 
 def unmatched_filters(
-    destinations: Collection[str], routes: Mapping[str, ChannelRoute], *, destination: str | None = None,
-    channel: str | None = None,
+    connection: Connection, destinations: Collection[str], routes: Mapping[str, ChannelRoute], *,
+    destination: str | None = None, channel: str | None = None,
 ) -> dict[str, str]:
     """Why each of the `destination` and `channel` filters names nothing this hub has, by filter name, with the
     ids there are; empty when both may match. A typo (`twilo_sms`) matched nothing, which read as an empty delivery
     log, or during an incident as an empty dead-letter queue, while the real one stayed dead. `destinations` are
-    the installed destination connectors' slugs; routes.yaml may name others."""
+    the installed destination connectors' slugs; routes.yaml may name others.
+
+    A name neither knows is looked for in the log (`_logged`): the dead letters of a channel taken out of
+    routes.yaml are still there to be looked at and replayed or dropped, and filtering by it was refused."""
     known = {
         "destination": (destination, {*destinations, *(route.destination for route in routes.values())}, "destination"),
         "channel": (channel, set(routes), "channel routes.yaml has"),
     }
+    unknown = {name: value for name, (value, ids, _) in known.items() if value is not None and value not in ids}
+    logged = _logged(connection, unknown) if unknown else set()
     return {
-        name: f"{value!r} is no {what}; use one of: {', '.join(sorted(ids))}"
+        name: f"{value!r} is no {what}, nor in the delivery log; use one of: {', '.join(sorted(ids))}"
         for name, (value, ids, what) in known.items()
-        if value is not None and value not in ids
+        if name in unknown and name not in logged
     }
+
+
+_FILTERED = {"destination": deliveries.c.destination_id, "channel": deliveries.c.channel}
+
+
+def _logged(connection: Connection, values: Mapping[str, str]) -> set[str]:
+    """Which of the filters (by name: `_FILTERED`) some delivery in the log matches, in one statement: an EXISTS
+    per filter, each stopping at the first delivery found."""
+    names = list(values)
+    found = connection.execute(select(*(exists().where(_FILTERED[name] == values[name]) for name in names))).one()
+    return {name for name, matched in zip(names, found) if matched}
 
 
 def _mask_recipients(item: dict[str, Any], identifier: Identifier | None, region: str) -> None:

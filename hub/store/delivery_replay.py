@@ -5,12 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, select, update
+from sqlalchemy import Connection, Row, or_, select, update
 
 from hub.consent import consent_revoked
-from hub.model import FALLBACK, Identifier
+from hub.model import FALLBACK
+from hub.routes_file import AddresseeOf, Unrouted
 from hub.store import decisions, withdrawals
-from hub.store.delivery_log import RecipientOf
+from hub.store.outbox import _FAILED_BUT_MAY_HAVE_ARRIVED  # a failed delivery that may have reached its person
 from hub.store.outbox import FORGOTTEN_TARGET  # forget's mark on a delivery: `replay` answers FORGOTTEN for it
 from hub.store.profile_views import live_profile_id, live_traits
 from hub.store.schema import deliveries, identifiers
@@ -23,6 +24,7 @@ ADDRESS_GONE = "address_gone"  # to an address its person holds no more (a hard 
 CONSENT_WITHDRAWN = "consent_withdrawn"  # withdrawn as its person revoked consent to its channel, still revoked
 FELL_BACK = "fell_back"  # its action fell back to the next channel in its place
 FOLLOWED_UP = "followed_up"  # a nudge its person made needless inside the wait (`withdrawals.WITHDRAWN_FOLLOWED_UP`)
+UNROUTED_CHANNEL = "unrouted_channel"  # of a channel routes.yaml routes no more, to an address maybe still held
 
 
 # Why a refused replay is refused, after "delivery '<id>' ", by what `replay` returned.
@@ -41,6 +43,9 @@ _REFUSED_BECAUSE = {
                   "arrived after its timer fired); it is never sent again"),
     FELL_BACK: ("could not go and its rule's fallback channel was planned in its place (see its decision); sending it "
                 "as well would message the person twice, so it is never sent again"),
+    UNROUTED_CHANNEL: ("is on a channel routes.yaml no longer routes, and only its route says what its target is, "
+                       "so whether its person still holds that address cannot be checked; it is not sent: add the "
+                       "channel's route back to routes.yaml to replay it, or leave it dead"),
 }
 
 
@@ -52,7 +57,7 @@ def why_not_replayed(delivery_id: str, previous: str) -> str:
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
-def replay(connection: Connection, delivery_id: str, now: datetime, recipient: RecipientOf) -> str | None:
+def replay(connection: Connection, delivery_id: str, now: datetime, recipient: AddresseeOf) -> str | None:
     """Queue a dead or failed delivery again with a fresh retry budget.
 
     Returns the status the delivery had (the caller tells "replayed" from "not
@@ -64,6 +69,7 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
     revoked consent to its channel (while it stays revoked), FELL_BACK for one
     whose action fell back to its next channel (`Responder.fall_back`: the
     person got, or was planned, that message instead, and would hear twice),
+    UNROUTED_CHANNEL for one of a channel routes.yaml routes no more (`_unrouted`),
     or None when there is no such delivery. Attempt numbers keep counting, so
     the log shows the replayed attempts after the old ones.
 
@@ -73,8 +79,9 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
     what the first made of it, pending, and is refused as any pending one.
 
     A delivery goes only to the addresses its person (its profile's survivor)
-    still holds (`_not_theirs`; `recipient`, the routes' `Router.recipient`,
-    says what identifier its target is, or that it names a profile): a hard
+    still holds (`_not_theirs`; `recipient`, the routes' `addressee_of`,
+    says what identifier its target is, that it names a profile, or that its
+    channel has no route, which leaves that unknown: `_unrouted`): a hard
     bounce or an unregistered token took the address off the profile, or an
     unmerge or another person's sign-in on the device gave it to someone
     else, but the failed delivery kept it, and its replay mailed the dead
@@ -102,11 +109,14 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: R
         return refused
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
+    address = recipient(row.channel, row.target)
+    if isinstance(address, Unrouted):
+        return _unrouted(connection, row)
     readdressed: dict[str, Any] = {}
-    if gone := _not_theirs(connection, row, recipient(row.channel, row.target)):
+    if address is not None and (gone := _not_theirs(connection, row, address.type)):
         narrowed = withdrawals.without_recipients(row.target, row.content, gone)
         if narrowed is None:
-            return HANDED_ON if withdrawals.handed_on(connection, row.profile_id, sorted(gone)) else ADDRESS_GONE
+            return _lost(connection, row, gone)
         readdressed = narrowed
     connection.execute(
         update(deliveries)
@@ -142,41 +152,70 @@ def _failed_for_good(connection: Connection, delivery_id: str, row: Row[Any]) ->
 
 def _fell_back(connection: Connection, decision_id: str, delivery_id: str) -> bool:
     """Whether the decision records that the delivery fell back to its action's next channel, and that a
-    fallback was planned: one whose fallbacks all found no way (no address, no consent) left the person
+    fallback planned in its place may have reached the person: one whose fallbacks all found no way (no
+    address, no consent), or all failed having reached no one (an email that bounced), left the person
     nothing, and its replay is their one message."""
     decision = decisions.get(connection, decision_id)
-    return decision is not None and _fallback_planned(decision["actions"], delivery_id)
+    planned = _fallbacks_planned(decision["actions"], delivery_id) if decision is not None else []
+    return bool(planned) and _any_may_have_arrived(connection, planned)
 
 
-def _fallback_planned(fates: list[dict[str, Any]], delivery_id: str) -> bool:
-    """Whether, in a decision's `fates`, the delivery's `fell_back` is followed by a planned delivery before its
-    chain of fallbacks ends (`Router.fall_back` writes them in place of its own, each channel unable to carry
-    it a `fell_back` of its own until one is planned or none is left)."""
+def _fallbacks_planned(fates: list[dict[str, Any]], delivery_id: str) -> list[str]:
+    """The deliveries planned in a decision's `fates` after the delivery's `fell_back`, to its chain of
+    fallbacks' end (`Router.fall_back` writes them in place of its own, each channel unable to carry it a
+    `fell_back` of its own, and so does a fallback delivery that failed in turn, until one is planned or none
+    is left)."""
     at = next((n for n, fate in enumerate(fates) if fate.get("delivery_id") == delivery_id and fate["fate"] == "fell_back"), None)
     if at is None:
-        return False
+        return []
+    planned: list[str] = []
     for fate in fates[at + 1:]:
         if "delivery_id" in fate:
-            return True
+            planned.append(fate["delivery_id"])
         if fate["fate"] != "fell_back":
-            return False
-    return False
+            break
+    return planned
 
 
-def _not_theirs(connection: Connection, row: Row[Any], address: Identifier | None) -> set[str]:
-    """The delivery's recipients its person's live profile holds no more as identifiers of the target's type (an
-    email that is also the person's user_id left all the same); none for a delivery addressed to a profile (a
-    CRM update, a chat offer: `address` None), which has no address to lose."""
-    if address is None:
-        return set()
+def _any_may_have_arrived(connection: Connection, delivery_ids: list[str]) -> bool:
+    """Whether one of these deliveries went, or may still go or have gone: any but a failed one, and a failed
+    one whose last attempt may have arrived (as the daily cap counts them: `outbox.going_since`)."""
+    return connection.execute(
+        select(deliveries.c.delivery_id).where(
+            deliveries.c.delivery_id.in_(delivery_ids),
+            or_(deliveries.c.status != "failed", _FAILED_BUT_MAY_HAVE_ARRIVED),
+        ).limit(1)
+    ).first() is not None
+
+
+def _unrouted(connection: Connection, row: Row[Any]) -> str:
+    """Why a delivery of a channel routes.yaml routes no more is not replayed. Only the route said what kind of
+    identifier its target is, so it is judged by the stored target alone: recipients its person holds as no
+    identifier of any kind (it bounced, the app was uninstalled, the device is another person's) refuse it as
+    a routed one would be, for good; else (a profile's target, or an address still held, maybe as another kind:
+    an email that is also the user_id) it waits, UNROUTED_CHANNEL, for the route to come back and tell."""
+    if row.target != row.profile_id:
+        gone = _not_theirs(connection, row, None)
+        if withdrawals.without_recipients(row.target, row.content, gone) is None:
+            return _lost(connection, row, gone)
+    return UNROUTED_CHANNEL
+
+
+def _lost(connection: Connection, row: Row[Any], gone: set[str]) -> str:
+    """Why a delivery none of whose recipients is its person's any more is refused: HANDED_ON when a device is
+    another person's now, else ADDRESS_GONE."""
+    return HANDED_ON if withdrawals.handed_on(connection, row.profile_id, sorted(gone)) else ADDRESS_GONE
+
+
+def _not_theirs(connection: Connection, row: Row[Any], type_: str | None) -> set[str]:
+    """The delivery's recipients its person's live profile holds no more as identifiers of `type_` (an email that
+    is also the person's user_id left all the same), or of any type with `type_` None."""
     recipients = withdrawals.recipients_of(row.target, row.content)
     live_id = live_profile_id(connection, row.profile_id)
-    held = connection.execute(
-        select(identifiers.c.value).where(
-            identifiers.c.type == address.type, identifiers.c.value.in_(recipients), identifiers.c.profile_id == live_id,
-        )
-    ).scalars()
-    return set(recipients).difference(held)
+    query = select(identifiers.c.value).where(identifiers.c.value.in_(recipients), identifiers.c.profile_id == live_id)
+    if type_ is not None:
+        query = query.where(identifiers.c.type == type_)
+    return set(recipients).difference(connection.execute(query).scalars())
 
 
 def ids_with_status(connection: Connection, status: str, destination_id: str | None = None) -> list[str]:
