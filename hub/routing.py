@@ -38,7 +38,8 @@ from hub.quiet_hours import QuietHours
 from hub.routes_file import PROFILE_TARGET, ChannelRoute, recipient_of
 from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
-from hub.templates import TemplateRenderer, template_context
+from hub.template_values import template_context
+from hub.templates import TemplateRenderer
 
 PHONE_TARGET = "phone"
 
@@ -112,12 +113,7 @@ class Router:
             raise ConfigError(problems)
 
     def plan(
-        self,
-        decision: Decision,
-        profile: dict[str, Any],
-        touchpoint: dict[str, Any],
-        *,
-        now: datetime | None = None,
+        self, decision: Decision, profile: dict[str, Any], touchpoint: dict[str, Any], *, now: datetime | None = None,
         messages_going: Sequence[datetime] = (),
     ) -> RoutingPlan:
         """`profile` is the view from `hub.store.profile_views.profile_view`; `messages_going` is when the
@@ -225,7 +221,8 @@ class Router:
     ) -> tuple[PlannedDelivery | None, dict[str, Any]]:
         """`then`: the fallbacks after this channel. A channel with one after it falls back when its destination
         has no settings here; the last is planned all the same, its dead letter to be replayed once the
-        destination is configured. `quiet`: whether quiet hours hold the action's messages."""
+        destination is configured. `quiet`: whether quiet hours hold the action's messages. The action's `delay`
+        runs from the decision's time (its event's), not `now`: an event taken in late has waited part of it."""
         route = self.routes.get(channel)
         if route is None:
             raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
@@ -247,7 +244,7 @@ class Router:
             _refuse_blank(rendered, composer.message_parts, composer.required_parts, template)
             _refuse_too_long(rendered, composer.part_limits, composer.title, template)
         target = _current_address(recipients, profile["traits"].get(route.target))
-        send_at = now + (action.delay or timedelta())
+        send_at = max(now, decision.decided_at + action.delay) if action.delay else now
         fate: dict[str, Any] = {"fate": "planned"}
         quiet_hours = self.policy.quiet_hours
         held_in: dict[str, str] = {}

@@ -4,13 +4,8 @@ Ops write templates; a sandboxed environment means a template can read the
 values it is given but never reach Python internals. Undefined names fail
 loudly at planning time instead of sending "Hi ," to a customer.
 
-A trait sent as null (Segment identify calls often carry `company: null`)
-is no value either: it renders as nothing, through a filter or `~` too, and
-`default(...)` replaces it as it replaces a missing one. Jinja's own would
-print "None", writing "Hi None," to a customer and "None" into a CRM's
-Company. `template_context` hands each null to templates as `NULL`, an
-Undefined that prints nothing (`is none` still finds it, `tojson` writes it
-as null); `finalize` covers a None a template makes itself.
+A trait sent as null renders as nothing, never as "None"
+(hub/template_values.py).
 
 A template's top level runs before its blocks render (`{% set %}`s, `{% from
 ... import %}`s, the layouts it `{% extends %}`), so each block sees what it
@@ -48,7 +43,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -56,14 +51,15 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 from jinja2 import (
-    BaseLoader, ChainableUndefined, Environment, FileSystemLoader, StrictUndefined, Template, TemplateError,
-    TemplateRuntimeError, TemplateSyntaxError, Undefined, meta,
+    BaseLoader, Environment, FileSystemLoader, StrictUndefined, Template, TemplateError, TemplateRuntimeError,
+    TemplateSyntaxError, meta,
 )
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from hub.config_files import not_utf8
+from hub.config_files import content_stamp, not_utf8
 from hub.errors import ConfigError
+from hub.template_values import null_aware
 
 if TYPE_CHECKING:  # hub.rules checks its inline templates with this module
     from hub.rules import RuleSpec
@@ -90,62 +86,6 @@ def template_places(rules: Sequence[RuleSpec]) -> dict[str, tuple[str | int, ...
     return named
 
 
-class _Null(ChainableUndefined):
-    """A null value in what a template is given (see the module doc): false, prints nothing, through filters and
-    `~` too, and so does any attribute of it (a null `address` has no `city`); `| int` and `| float` give their
-    default, as for None. Only arithmetic or a comparison with it fails, saying what to do."""
-
-    __slots__ = ()
-
-    def __int__(self) -> int:
-        raise TypeError("null is not a number")  # what `| int` and `| float` take as "use the default"
-
-    __float__ = __int__
-
-
-NULL = _Null(hint="a value sent as null cannot be computed with; give it one: `| default(...)`")
-
-
-def template_context(traits: Mapping[str, Any], touchpoint: Mapping[str, Any], variables: Mapping[str, Any]) -> dict[str, Any]:
-    """What templates are rendered with: ``profile`` (the traits), ``touchpoint`` and ``vars``, each null in them
-    `NULL`. Built once per decision routed, not per template: the values are walked once."""
-    return {"profile": _without_nulls(traits), "touchpoint": _without_nulls(touchpoint), "vars": _without_nulls(variables)}
-
-
-def _without_nulls(value: Any) -> Any:
-    """`value` with each None in it, at any depth of maps and lists, `NULL`."""
-    if value is None:
-        return NULL
-    if isinstance(value, Mapping):
-        return {key: _without_nulls(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_without_nulls(item) for item in value]
-    return value
-
-
-def _nothing_for_none(value: Any) -> Any:
-    return "" if value is None else value
-
-
-def _is_none(value: Any) -> bool:
-    """Jinja's `none` test, a value sent as null (`NULL`) counted as None still."""
-    return value is None or isinstance(value, _Null)
-
-
-def _json_null(value: Any) -> None:
-    """`tojson`'s answer for a value JSON has no form of: null for `NULL`, as it was sent."""
-    if isinstance(value, _Null):
-        return None
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-def _default(value: Any, default_value: Any = "", boolean: bool = False) -> Any:
-    """Jinja's `default`, with a null value counted as missing."""
-    if value is None or isinstance(value, Undefined) or (boolean and not value):
-        return default_value
-    return value
-
-
 HTML_BLOCK = "html"  # the one part read as HTML (see the module doc)
 
 
@@ -153,14 +93,9 @@ def _sandbox(loader: BaseLoader | None = None, *, autoescape: bool = False) -> S
     """The Jinja environment templates are compiled and rendered in (see the module doc), so an inline value
     checked when the rules load compiles as it will when it renders: same filters, same syntax. The escaping
     one differs only in `autoescape`, for the `html` block."""
-    environment = SandboxedEnvironment(
+    return null_aware(SandboxedEnvironment(
         loader=loader, undefined=StrictUndefined, autoescape=autoescape, keep_trailing_newline=False,
-        finalize=_nothing_for_none,
-    )
-    environment.filters["default"] = environment.filters["d"] = _default
-    environment.tests["none"] = _is_none
-    environment.policies["json.dumps_kwargs"] = {"sort_keys": True, "default": _json_null}
-    return environment
+    ))
 
 
 _CHECKING = _sandbox()  # no loader: compiling an inline value reads no file (an `include` is looked up as it renders)
@@ -202,17 +137,17 @@ class _LastGoodLoader(FileSystemLoader):
         self.refused: dict[str, str] = {}  # name -> why its file on disk is not in force, while the last good one is
 
     def get_source(self, environment: Environment, template: str) -> _Source:
-        stamp = _stamp(self.folder / template)  # before reading: a save while Jinja reads is looked at again
+        unchanged = _Unchanged(self.folder / template)  # before reading: a save while Jinja reads is looked at again
         try:
-            source, filename, uptodate = self._read(environment, template)
+            source, filename, _ = self._read(environment, template)
             uses = _compiled_uses(environment, source, template, filename)
         except TemplateError as exc:
             if template not in self._good:
                 raise
-            return self._last_good(template, exc, stamp)
+            return self._last_good(template, exc, unchanged)
         self._good[template] = (source, uses)
         self.refused.pop(template, None)
-        return source, filename, uptodate
+        return source, filename, unchanged
 
     def uses(self, name: str) -> frozenset[str]:
         """The files the source of `name` in force extends, includes or imports by name (none known yet: none)."""
@@ -234,11 +169,10 @@ class _LastGoodLoader(FileSystemLoader):
         except UnicodeDecodeError as exc:
             raise NotUTF8TemplateError(not_utf8(self.folder / name, exc)) from None
 
-    def _last_good(self, name: str, exc: TemplateError, stamp: int | None) -> _Source:
+    def _last_good(self, name: str, exc: TemplateError, unchanged: _Unchanged) -> _Source:
         """The last good source of `name`, in force until its file is saved again (Jinja then asks anew)."""
         self._refuse(name, exc)
-        path = self.folder / name
-        return self._good[name][0], str(path), lambda: _stamp(path) == stamp
+        return self._good[name][0], str(unchanged.path), unchanged
 
     def _refuse(self, name: str, exc: TemplateError) -> None:
         """Log a refused edit once (not on each re-check of the same broken file), naming the file, line and reason."""
@@ -248,7 +182,44 @@ class _LastGoodLoader(FileSystemLoader):
             log.error("template edit refused; the last good template stays in force", problem=problem)
 
 
-def _stamp(path: Path) -> int | None:
+# Past this after a file's mtime, a save of it moves the mtime: the coarsest tick a file system keeps is FAT's 2 s,
+# with room for a file server's clock a few seconds behind ours.
+_TICK_NS = 10_000_000_000
+
+
+class _Unchanged:
+    """Jinja's `uptodate` for a template file: whether it is as read, by `content_stamp` (mtime and digest), as
+    mappings and triggers.yaml are judged. By mtime alone, Jinja's, a second save within one mtime tick (an
+    editor's and its formatter's, the whole file after a half-written one) was never loaded.
+
+    Jinja asks on each `get_template` and, for a file a template extends, includes or imports, on each render
+    of it: a `stat`, as Jinja's own costs. The file is read only while it was last looked at within a tick of
+    its mtime, since only then may a later save leave the mtime as it was.
+    """
+
+    __slots__ = ("path", "stamp", "settled")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp, self.settled = _looked_at(path)
+
+    def __call__(self) -> bool:
+        if self.settled:
+            return _mtime(self.path) == (self.stamp[0] if self.stamp else None)
+        stamp, settled = _looked_at(self.path)
+        self.settled = settled and stamp == self.stamp  # from here on a save moves the mtime
+        return stamp == self.stamp
+
+
+def _looked_at(path: Path) -> tuple[tuple[int, bytes] | None, bool]:
+    """The file's `content_stamp` (None while there is no file to read), and whether it was taken over a tick
+    after the file's mtime, so that any later save moves the mtime."""
+    looked = time.time_ns()  # before reading: a save during the read may share the tick of this
+    stamp = content_stamp(path)
+    return stamp, stamp is None or looked - stamp[0] > _TICK_NS
+
+
+def _mtime(path: Path) -> int | None:
     """The file's mtime; None while there is no file to read."""
     try:
         return path.stat().st_mtime_ns

@@ -20,7 +20,8 @@ from hub.errors import PermanentDeliveryError
 from hub.model import Action, Decision
 from hub.routes_file import ChannelRoute
 from hub.routing import Router, RoutingPlan
-from hub.templates import TemplateRenderer, template_context
+from hub.template_values import template_context
+from hub.templates import TemplateRenderer
 from tests.test_email_destination import CREDENTIALS, RECIPIENT, WireSmtp, delivery, destination, raw_header_fields, to
 from tests.test_webhook_destination import RawReceiver
 from tests.test_webhook_destination import delivery as webhook_delivery

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -226,7 +227,7 @@ def test_an_urgent_rules_delayed_action_still_waits_out_quiet_hours(tmp_path: Pa
     night's quiet hours, so it waits for the morning, and its retries do too."""
     routing = policy_router(tmp_path, quiet_hours=QuietHours.parse("21:00-08:00", "UTC"))
     noon = NIGHT.replace(hour=12, minute=0)
-    now_and_tonight = urgent(Action("sms", "sms.j2"), Action("sms", "sms.j2", delay=timedelta(hours=10)))
+    now_and_tonight = replace(urgent(Action("sms", "sms.j2"), Action("sms", "sms.j2", delay=timedelta(hours=10))), decided_at=noon)
     at_once, tonight = routing.plan(now_and_tonight, PROFILE, {}, now=noon).deliveries
     assert (at_once.not_before, "quiet_zone" in at_once.content) == (None, False)
     assert (tonight.not_before, tonight.content["quiet_zone"]) == (datetime(2026, 1, 2, 8, tzinfo=timezone.utc), "UTC")
