@@ -130,13 +130,14 @@ def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) 
 def zone(name: str) -> ZoneInfo:
     """`name`'s zone; ValueError for a name that is none. The name may come from anyone holding a source's write
     key (a `timezone` trait, an event's `context.timezone`), so only what looks like an IANA key reaches zoneinfo,
-    and whatever it raises reading one (RecursionError, or OSError for a file of the tz database it cannot read)
-    means "not a known zone" too: raised, it failed every message to the person and every delivery claim."""
+    which imports a package for each `/` of a name; and an OSError reading a key (a file of the tz database it
+    cannot read) means "not a known zone" too: raised, it failed every message to the person and every delivery
+    claim."""
     if len(name) > _ZONE_KEY_MAX or not _ZONE_KEY.fullmatch(name):
         raise _unknown_zone(name)
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, RecursionError, OSError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         raise _unknown_zone(name) from None
 
 

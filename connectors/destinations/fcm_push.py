@@ -35,8 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, FilePath, field_validator
 from connectors.base import Destination
 from connectors.destinations import fcm_errors
 from connectors.destinations.fcm_errors import DEAD_TOKEN_REASONS, TokenFailure
+from connectors.destinations.json_form import no_json_form
 from connectors.destinations.requests_transport import VendorAdapter
-from connectors.destinations.webhook import no_json_form
 from hub.errors import DeliveryFailure, PermanentDeliveryError
 from hub.model import Delivery, SendResult
 from hub.pii import mask_text, mask_token

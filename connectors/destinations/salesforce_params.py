@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
-from connectors.destinations.webhook import no_json_form
+from connectors.destinations.json_form import json_problems
 
 # Login and instance hosts alike: login.salesforce.com, acme.my.salesforce.com,
 # acme--uat.sandbox.my.salesforce.com.
@@ -79,7 +79,7 @@ class CrmParams(BaseModel):
     def _sendable(cls, fields: dict[str, Any]) -> dict[str, Any]:
         """Each value as JSON can write it: simple-salesforce would send YAML's `.nan` or `.inf` as ``NaN`` or
         ``Infinity``, which Salesforce refuses on every update of the rule."""
-        problems = [f"{name}: {why}" for name, value in fields.items() if (why := no_json_form(value))]
+        problems = json_problems(fields, "")
         if problems:
             raise ValueError("; ".join(problems))
         return fields

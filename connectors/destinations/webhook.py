@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from connectors.base import Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
+from connectors.destinations.json_form import json_problems
 from connectors.destinations.ssrf import (
     AddressRefused,
     PinnedTarget,
@@ -81,9 +82,8 @@ SECRET_PREFIX = "whsec_"
 CONTENT_KEYS = ("template", "rule_id", "params", *ENGINE_KEYS)
 # The body's encoder, built once: `json.dumps` with any non-default option builds one per call. Its output is
 # what `json.dumps(payload, separators=(",", ":"), sort_keys=True)` gives, byte for byte (the signed bytes), never
-# NaN or Infinity (`no_json_form`, with JSON's rules alone: `_JSON_FORM`).
+# NaN or Infinity (a ValueError, which `signed_request` names as `check_params` does).
 _BODY_ENCODER = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False)
-_JSON_FORM = json.JSONEncoder(allow_nan=False)
 # An event type as Standard Webhooks recommends it: full-stop delimited identifiers of [a-zA-Z0-9_].
 _EVENT_TYPE = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
 # A URL inside an error's text, to the first blank: whatever quote or bracket follows it is taken as part of it,
@@ -144,17 +144,6 @@ def signing_key(secret: str) -> bytes:
     if not 24 <= len(key) <= 64:
         raise ValueError("the key must be 24 to 64 bytes (Standard Webhooks)")
     return key
-
-
-def no_json_form(value: Any) -> str | None:
-    """Why `value` of a rule's params cannot be sent as JSON, or None: YAML's `.nan` and `.inf` load as floats
-    the json module writes as ``NaN`` and ``Infinity``, which are not JSON (RFC 8259) and every parser refuses."""
-    try:
-        _JSON_FORM.encode(value)
-    except (TypeError, ValueError):
-        return (f"{type(value).__name__} {value!r} has no JSON form to send: quote it, or use a finite number, "
-                "true/false, null, a list or a map")
-    return None
 
 
 def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
@@ -247,22 +236,27 @@ class OutboundWebhookDestination(Destination):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> list[str]:
+        """The type problem (`_type_problem`), then each param without a JSON form (`json_problems`): the body
+        carries them all. Asked when the rules load; a send asks the body's encoder instead (`signed_request`)."""
+        problems = json_problems(params, "params.")
+        type_problem = cls._type_problem(params)
+        return [type_problem, *problems] if type_problem else problems
+
+    @classmethod
+    def _type_problem(cls, params: Mapping[str, Any]) -> str | None:
         """`params.type`, when given, must be an event type (Standard Webhooks): receivers dispatch on it, and a
-        number, null or "chat offer!" is one none routes. Every param must have a JSON form (`no_json_form`): the
-        body carries them all."""
-        problems = [f"params.{key}: {why}" for key, value in params.items() if (why := no_json_form(value))]
+        number, null or "chat offer!" is one none routes."""
         event_type = params.get("type", cls.event_type)
-        if not (isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type)):
-            problems.insert(0, f"params.type: {event_type!r} is not an event type; write names of letters, digits and _ "
-                            f"joined by full stops (e.g. chat.coupon), or leave it out to send {cls.event_type!r}")
-        return problems
+        if isinstance(event_type, str) and _EVENT_TYPE.fullmatch(event_type):
+            return None
+        return (f"params.type: {event_type!r} is not an event type; write names of letters, digits and _ joined by "
+                f"full stops (e.g. chat.coupon), or leave it out to send {cls.event_type!r}")
 
     def _type_of(self, params: Mapping[str, Any]) -> str:
-        """The payload's `type`; PermanentDeliveryError for one `check_params` refuses (a delivery planned before
+        """The payload's `type`; PermanentDeliveryError for one `_type_problem` refuses (a delivery planned before
         its rule was checked, or its replay, sends the params stored with it)."""
-        problems = self.check_params(params)
-        if problems:
-            raise PermanentDeliveryError(DeliveryFailure("webhook.bad_params", "; ".join(problems)))
+        if problem := self._type_problem(params):
+            raise PermanentDeliveryError(DeliveryFailure("webhook.bad_params", problem))
         return params.get("type", self.event_type)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
@@ -280,8 +274,14 @@ class OutboundWebhookDestination(Destination):
 
     def signed_request(self, delivery: Delivery, target: PinnedTarget) -> SignedRequest:
         """The POST for `delivery` to `target`, signed now. It asks for an uncompressed answer: only an excerpt of
-        it is kept, and inflating one is work (and memory) the receiver decides."""
-        body = _BODY_ENCODER.encode(self.payload(delivery)).encode()
+        it is kept, and inflating one is work (and memory) the receiver decides. Params stored without a JSON form
+        (planned before their rule was checked) fail for good, named as `check_params` names them."""
+        payload = self.payload(delivery)
+        try:
+            body = _BODY_ENCODER.encode(payload).encode()
+        except ValueError as exc:
+            problems = json_problems(payload["data"]["params"], "params.")
+            raise PermanentDeliveryError(DeliveryFailure("webhook.bad_params", "; ".join(problems) or str(exc))) from None
         timestamp = int(utcnow().timestamp())
         headers = {
             **target.headers,

@@ -50,9 +50,10 @@ def latest_if_ahead(items: list[Any], received_at: datetime) -> str | None:
     """
     unstamped = [item for item in items if isinstance(item, dict) and "receivedAt" not in item and "sentAt" not in item]
     times = [moment for moment in (time_of(_client_time(item)) for item in unstamped) if moment is not None]
-    if not times or max(times) <= received_at or max(times) - min(times) > EVENT_TIME_SPAN:
+    latest = max(times, default=None)
+    if latest is None or latest <= received_at or latest - min(times) > EVENT_TIME_SPAN:
         return None
-    return max(times).isoformat()
+    return latest.isoformat()
 
 
 def skew_corrected(

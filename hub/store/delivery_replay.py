@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, or_, select, update
+from sqlalchemy import Connection, Row, select, update
 
 from hub.consent import consent_revoked
 from hub.model import FALLBACK
 from hub.routes_file import AddresseeOf, Unrouted
 from hub.store import decisions, withdrawals
-from hub.store.outbox import _FAILED_BUT_MAY_HAVE_ARRIVED  # a failed delivery that may have reached its person
+from hub.store.outbox import MAY_HAVE_REACHED
 from hub.store.outbox import FORGOTTEN_TARGET  # forget's mark on a delivery: `replay` answers FORGOTTEN for it
 from hub.store.profile_views import live_profile_id, live_traits
 from hub.store.schema import deliveries, identifiers
@@ -183,7 +183,7 @@ def _any_may_have_arrived(connection: Connection, delivery_ids: list[str]) -> bo
     return connection.execute(
         select(deliveries.c.delivery_id).where(
             deliveries.c.delivery_id.in_(delivery_ids),
-            or_(deliveries.c.status != "failed", _FAILED_BUT_MAY_HAVE_ARRIVED),
+            MAY_HAVE_REACHED,
         ).limit(1)
     ).first() is not None
 

@@ -138,7 +138,9 @@ def defer(connection: Connection, delivery_id: str, until: datetime, *, first_du
     daily cap count from then (`Delivery.retry_age`, `going_since`), not from
     the due time it was claimed at, hours before it may go.
     """
-    values = {"next_attempt_at": until, "claimed_until": None, **({"first_due_at": until} if first_due else {})}
+    values: dict[str, datetime | None] = {"next_attempt_at": until, "claimed_until": None}
+    if first_due:
+        values["first_due_at"] = until
     connection.execute(update(deliveries).where(deliveries.c.delivery_id == delivery_id).values(**values))
 
 @dataclass(frozen=True, slots=True)
@@ -313,11 +315,14 @@ _FAILED_BUT_MAY_HAVE_ARRIVED = and_(
         attempts.c.outcome.in_([literal(outcome) for outcome in _MAY_HAVE_ARRIVED]),  # literals: `Precompiled`
     ).exists(),
 )
+# A delivery that went, may still go, or may have reached its person: any but a failed one, and a failed one
+# whose last attempt may have arrived (what the daily cap counts; a replay after a fallback, `delivery_replay`).
+MAY_HAVE_REACHED = or_(deliveries.c.status != "failed", _FAILED_BUT_MAY_HAVE_ARRIVED)
 _GOING_SINCE = precompiled.InLists(  # the pipeline asks it for every decision it routes, the timer engine per set
     lambda profiles, channels: select(deliveries.c.profile_id, _GOES_AT).where(
         deliveries.c.profile_id.in_(profiles), deliveries.c.channel.in_(channels),
         _GOES_AT > bindparam("since", type_=UTCDateTime),
-        or_(deliveries.c.status != "failed", _FAILED_BUT_MAY_HAVE_ARRIVED),
+        MAY_HAVE_REACHED,
     )
 )
 
