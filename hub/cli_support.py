@@ -37,7 +37,7 @@ from hub.config_files import not_utf8
 from hub.errors import ConfigError, StoreBusyError
 from hub.logs import configure_logging
 from hub.utf8 import has_utf8_form
-from hub.settings import HubSettings
+from hub.settings import HubSettings, shown_input
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -149,7 +149,7 @@ def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overri
             settings = HubSettings().with_overrides(**given)
         except ValidationError as exc:
             raise ConfigError([
-                f"{_named(error['loc'], given, options)}: {error['msg']} (got {error['input']!r})"
+                f"{_named(error['loc'], given, options)}: {error['msg']} (got {shown_input(_field(error['loc']), error['input'])})"
                 for error in exc.errors()
             ]) from None
         except UnicodeDecodeError as exc:  # python-dotenv reads the whole .env, so `exc` holds all of its bytes
@@ -160,8 +160,13 @@ def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overri
 
 def _named(loc: tuple[int | str, ...], given: Mapping[str, object], options: Mapping[str, str]) -> str:
     """The option a bad value was given by, when it was, else its environment variable (HUB_...)."""
-    field = "_".join(map(str, loc))
+    field = _field(loc)
     return options[field] if field in given and field in options else f"HUB_{field.upper()}"
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """The setting a validation error's `loc` names."""
+    return "_".join(map(str, loc))
 
 
 @contextmanager

@@ -9,12 +9,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from connectors.destinations.ssrf import check_url
 from hub.durations import LONGEST
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.secret_urls import shown_url
@@ -35,28 +36,38 @@ PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages c
 MAX_DELIVERY_CONCURRENCY = 128
 # The most HUB_MAX_BATCH_BYTES may be: a batch is held in memory whole, decoded and (refused) quarantined.
 MAX_BATCH_BYTES = 64 * 1024 * 1024
+# The most a batch setting (HUB_*_BATCH_SIZE) may be: a claim's rows are held in memory and go to SQL in one
+# statement; unbounded, a typo past 2**63 failed every claim (OverflowError: SQLite takes no larger integer).
+MAX_BATCH_ROWS = 10_000
 # A URL others must follow (a webhook receiver, this hub as providers and recipients reach it): a scheme and a host.
 HTTP_URL_PATTERN = r"^https?://[^\s/]+"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 
-
-# Settings holding a URL that may carry credentials: a database password, a receiver's Basic auth or token.
-_URL_FIELDS = frozenset({"database_url", "outbound_webhook_url", "chat_webhook_url"})
+# The longest durations the settings take. Unbounded, "inf" or a typo such as 1e12 was taken, and then the
+# hub could not date what it added it to: OverflowError at start (a traceback, not "HUB_X: ...") or at every
+# pipeline, timer or delivery step, with /healthz still ok.
+LONGEST_SECONDS = LONGEST.total_seconds()  # a period the hub keeps, as delivery.yaml and rules take: a century
+LONGEST_WAIT_SECONDS = 3600.0  # a wait for one thing (a lock, a provider's answer) or between two reloads
+LONGEST_POLL_SECONDS = 60.0  # an idle worker looks for work it was not told of at least this often
+# A claimed row's lease; two of them are PostgreSQL's idle-in-transaction timeout, in milliseconds of an int32.
+LONGEST_LEASE_SECONDS = 24 * 3600.0
 
 
 class HubSettings(BaseSettings):
     """Settings for one hub process; see `.env.example` for the commented list."""
 
-    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
     database_url: str = Field("sqlite:///var/hub.db", description="SQLAlchemy URL of the store.")
     sqlite_lock_timeout_seconds: float = Field(
-        SQLITE_LOCK_TIMEOUT_SECONDS, gt=0,
+        SQLITE_LOCK_TIMEOUT_SECONDS, gt=0, le=LONGEST_WAIT_SECONDS,
         description="On SQLite, how long a write waits for another process's before it fails naming that process "
         "(the hub's writer lock, then SQLite's busy timeout).",
     )
     mappings_dir: Path = Field(PROJECT_MAPPINGS, description="Folder of mapping, trigger and route YAML.")
-    mappings_reload_seconds: float = Field(1.0, gt=0, description="How often changed mapping files are looked for.")
+    mappings_reload_seconds: float = Field(
+        1.0, gt=0, le=LONGEST_WAIT_SECONDS, description="How often changed mapping files are looked for."
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535, description="TCP port the HTTP server listens on.")
     metrics_port: int | None = Field(
@@ -74,7 +85,7 @@ class HubSettings(BaseSettings):
         description="Bearer token holding every admin scope; empty turns it off (API keys only, `touchhub keys`).",
     )
     max_body_bytes: int = Field(
-        512 * 1024, gt=0, description="Largest accepted request body, after gunzip (batches: HUB_MAX_BATCH_BYTES)."
+        512 * 1024, gt=0, le=MAX_BATCH_BYTES, description="Largest accepted request body, after gunzip (batches: HUB_MAX_BATCH_BYTES)."
     )
     max_batch_bytes: int = Field(
         4 * 1024 * 1024, gt=0, le=MAX_BATCH_BYTES,
@@ -166,11 +177,13 @@ class HubSettings(BaseSettings):
     )
 
     delivery_max_attempts: int = Field(8, ge=1)
-    delivery_max_age_seconds: float = Field(24 * 3600, gt=0)
-    retry_base_delay_seconds: float = Field(1.0, gt=0)
-    retry_max_delay_seconds: float = Field(300.0, gt=0)
-    send_timeout_seconds: float = Field(10.0, gt=0)
-    webhook_timeout_seconds: float = Field(15.0, gt=0, description="Seconds a webhook receiver has to answer (Svix: 15).")
+    delivery_max_age_seconds: float = Field(24 * 3600, gt=0, le=LONGEST_SECONDS)
+    retry_base_delay_seconds: float = Field(1.0, gt=0, le=LONGEST_SECONDS)
+    retry_max_delay_seconds: float = Field(300.0, gt=0, le=LONGEST_SECONDS)
+    send_timeout_seconds: float = Field(10.0, gt=0, le=LONGEST_WAIT_SECONDS)
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, le=LONGEST_WAIT_SECONDS, description="Seconds a webhook receiver has to answer (Svix: 15)."
+    )
     delivery_concurrency: int = Field(
         64, ge=1, le=MAX_DELIVERY_CONCURRENCY,
         description="Sends in flight at once per process: at least sends/s x the providers' answer time, with room for "
@@ -178,19 +191,25 @@ class HubSettings(BaseSettings):
                     "batches go on).",
     )
     delivery_batch_size: int = Field(
-        64, ge=1, description="Deliveries the delivery engine claims at once; keep batch / concurrency * send timeout under the lease."
+        64, ge=1, le=MAX_BATCH_ROWS,
+        description="Deliveries the delivery engine claims at once; keep batch / concurrency * send timeout under the lease.",
     )
     breaker_failure_threshold: int = Field(5, ge=1, description="Consecutive retryable failures that open a destination's circuit.")
-    breaker_reset_seconds: float = Field(30.0, gt=0, description="An open circuit lets one probe through after this.")
+    breaker_reset_seconds: float = Field(
+        30.0, gt=0, le=LONGEST_SECONDS, description="An open circuit lets one probe through after this."
+    )
 
-    worker_batch_size: int = Field(25, ge=1, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once.")
+    worker_batch_size: int = Field(
+        25, ge=1, le=MAX_BATCH_ROWS, description="Rows a worker claims (and, on SQLite, holds the write lock for) at once."
+    )
     pipeline_backlog_batch_size: int = Field(
-        200, ge=1,
+        200, ge=1, le=MAX_BATCH_ROWS,
         description="While the inbox has a backlog (each claim comes back full), the pipeline doubles its claims from "
                     "HUB_WORKER_BATCH_SIZE up to this: fewer commits, but SQLite's write lock held longer (~0.25 ms a row).",
     )
     timer_batch_size: int = Field(
-        100, ge=1, description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers)."
+        100, ge=1, le=MAX_BATCH_ROWS,
+        description="Due timers the timer worker claims and fires as one set (a set's reads are shared by its timers).",
     )
     timer_gather_seconds: float = Field(
         0.1, ge=0, le=0.5,
@@ -201,20 +220,25 @@ class HubSettings(BaseSettings):
         1_000_000, ge=0,
         description="Identifier owners a pipeline worker remembers between batches (~190 bytes each; 0: ask SQL every time).",
     )
-    worker_poll_seconds: float = Field(0.5, gt=0, description="Idle workers look for work this often.")
+    worker_poll_seconds: float = Field(
+        0.5, gt=0, le=LONGEST_POLL_SECONDS, description="Idle workers look for work this often."
+    )
     workers: str = Field(
         ",".join(WORKER_ROLES),
         description="Comma-separated workers this process runs (pipeline, timers, delivery); the others run elsewhere.",
     )
-    lease_seconds: float = Field(60.0, gt=0, description="A claimed row returns to the queue after this.")
+    lease_seconds: float = Field(
+        60.0, gt=0, le=LONGEST_LEASE_SECONDS, description="A claimed row returns to the queue after this."
+    )
     pipeline_max_attempts: int = Field(
         5, ge=1, description="Tries before an inbox row is quarantined, or a due absence timer whose firing keeps "
                              "raising is settled `failed`."
     )
 
     retention_days: int = Field(
-        90, ge=0, description="Raw events, quarantined bodies, delivery attempts and settled timers older than this "
-                              "are deleted (hourly, by the timers worker; `touchhub prune`); 0 keeps them for ever."
+        90, ge=0, le=LONGEST.days,
+        description="Raw events, quarantined bodies, delivery attempts and settled timers older than this are deleted "
+                    "(hourly, by the timers worker; `touchhub prune`); 0 keeps them for ever.",
     )
 
     quiet_hours: str = Field(
@@ -229,11 +253,14 @@ class HubSettings(BaseSettings):
         "(the end of its delay or quiet hours; a retried or replayed one when the provider took it).",
     )
     message_max_age_hours: float = Field(
-        12.0, gt=0,
+        12.0, gt=0, le=LONGEST_SECONDS / 3600,
         description="A message whose cause (the event, or the end of a timer's wait) is older than this is skipped, "
         "not sent: a backfill, a replay of old data or a worker long down must not message people about the past.",
     )
-    rules_reload_seconds: float = Field(1.0, gt=0, description="How often triggers.yaml and message templates are checked for edits.")
+    rules_reload_seconds: float = Field(
+        1.0, gt=0, le=LONGEST_WAIT_SECONDS,
+        description="How often triggers.yaml and message templates are checked for edits.",
+    )
 
     log_level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).")
     log_json: bool = False
@@ -254,13 +281,17 @@ class HubSettings(BaseSettings):
             raise ValueError(f"{value} is a file; point it at the folder of the mapping files, e.g. {value.parent}")
         return value
 
-    @field_validator("public_base_url")
+    @field_validator("public_base_url", "twilio_api_base_url", "salesforce_api_base_url", "fcm_api_base_url")
     @classmethod
     def _followable_base_url(cls, value: str | None) -> str | None:
-        """Unsubscribe links and provider callbacks are built on it: without a scheme no one could follow them.
-        Empty is the default (http://host:port), as unset."""
-        if value and not re.match(HTTP_URL_PATTERN, value):
-            raise ValueError("write it whole, with its scheme, e.g. https://hub.example.com")
+        """Unsubscribe links and provider callbacks are built on this hub's, and every send on a provider's: without
+        a scheme no one could follow them, and a provider's was taken until each SMS, push or CRM update failed at its
+        send. Empty is the default (http://host:port; the provider's own API), as unset."""
+        if not value:
+            return value
+        if not re.match(HTTP_URL_PATTERN, value):
+            raise ValueError(f"write it whole, with its scheme, e.g. https://{value.rpartition('://')[2]}")
+        check_url(value)
         return value
 
     @field_validator("forget_key")
@@ -302,7 +333,7 @@ class HubSettings(BaseSettings):
         """The settings as printed: secrets are `SecretStr`, and URLs, which may carry a password or a token,
         show neither (`shown_url`)."""
         for name, value in super().__repr_args__():
-            yield name, shown_url(value) if name in _URL_FIELDS and isinstance(value, str) else value
+            yield name, _without_credentials(name, value)
 
     @property
     def worker_roles(self) -> tuple[str, ...]:
@@ -351,6 +382,28 @@ class HubSettings(BaseSettings):
             "HUB_UNSUBSCRIBE_PREVIOUS_SECRET": (self.unsubscribe_previous_secret, DEVELOPMENT_UNSUBSCRIBE_SECRET),
         }
         return [name for name, (value, development) in secrets.items() if value is not None and value.get_secret_value() == development]
+
+
+def shown_input(field: str, value: object) -> str:
+    """A value given for the setting `field`, as a message refusing it may echo it: a secret's not at all, a URL's
+    without the credentials it may carry (`shown_url`). The value is refused, but it is often the real secret
+    mistyped or cut short, and the message goes to a terminal, a CI log or a pod's events."""
+    if field in _SECRET_FIELDS:
+        return repr(str(SecretStr(str(value))))  # as SecretStr prints it: stars, or '' when it was empty
+    return repr(_without_credentials(field, value))
+
+
+def _without_credentials(field: str, value: object) -> object:
+    """The value of the setting `field` with the password or token a URL may carry (a database's, a receiver's
+    Basic auth, a proxy's) hidden. Every setting ending in `_url` holds one: a list of them went stale as the
+    provider URLs were added, and printed those whole."""
+    return shown_url(value) if field.endswith("_url") and isinstance(value, str) else value
+
+
+# The settings typed SecretStr (alone or optional).
+_SECRET_FIELDS = frozenset(
+    name for name, field in HubSettings.model_fields.items() if SecretStr in (field.annotation, *get_args(field.annotation))
+)
 
 
 def _names(listed: str) -> tuple[str, ...]:
