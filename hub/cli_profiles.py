@@ -97,18 +97,17 @@ def profiles_consent(
     from hub.identity_config import identity_config_in
     from hub.routes_file import load_routes
 
-    settings = load_settings()
-    with config_problems_exit("Consent cannot be changed"):
-        config = identity_config_in(settings.mappings_dir)
-        routes = load_routes(settings.mappings_dir / "routes.yaml")
-        identifier = _identifier_argument(profile, config, settings.default_phone_region)
-        store = existing_store(settings)
-    problem = unknown_channel(channel, routes)
-    if problem:
-        raise typer.BadParameter(problem, param_hint="--channel")
     problem = ops_reason_problem(reason)
     if problem:
         raise typer.BadParameter(problem, param_hint="--reason")
+    settings = load_settings()
+    with config_problems_exit("Consent cannot be changed"):
+        config = identity_config_in(settings.mappings_dir)
+        problem = unknown_channel(channel, load_routes(settings.mappings_dir / "routes.yaml"))
+        if problem:
+            raise typer.BadParameter(problem, param_hint="--channel")
+        identifier = _identifier_argument(profile, config, settings.default_phone_region)
+        store = existing_store(settings)
     with writing(store, "Consent cannot be changed") as connection:
         profile_id = _profile_id_of(connection, profile, identifier)
         who = f"CLI {_user()}"

@@ -42,6 +42,7 @@ from hub.store.consent_changes import REASON_LENGTH, Word, opt_out_trait
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id, live_profile_id
 from hub.store.sql import lock_profiles
+from hub.utf8 import has_utf8_form
 
 log = structlog.get_logger(__name__)
 
@@ -83,11 +84,12 @@ def lock_before_deliveries(connection: Connection, consent_changes: bool) -> Non
 
 def set_consent(
     connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
-    through: Identifier | None,
+    through: Identifier | None, graph: SqlIdentityGraph | None = None,
 ) -> str | None:
     """Grant or revoke `channel`, `at` the time the person said so (logged; a revocation is `PINNED`), for whoever
     holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
-    it was merged into); the profile changed, None if there is no such profile.
+    it was merged into); the profile changed, None if there is no such profile. The traits are changed through
+    `graph` when given, which then holds them as written, for a caller to answer from without reading them again.
 
     The holder first: an unmerge since the message was sent may have given the address back to another
     profile, and the person who clicks the link, or whose number refuses, is the address's owner.
@@ -97,7 +99,8 @@ def set_consent(
     live_id = holder or (live_profile_id(connection, profile_id) if profile_id else None)
     if live_id is None:
         return None
-    SqlIdentityGraph(connection).change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
+    graph = graph or SqlIdentityGraph(connection)
+    graph.change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
     consent_changes.record(connection, live_id, channel, granted, through if holder else None, reason, at)
     log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return live_id
@@ -125,10 +128,11 @@ def set_by_ops(
     said later anywhere still holds. Recorded with `who` and `reason`, so `profiles show` says who changed it
     and why. The channel's state after, or None if there is no such profile (or it was forgotten)."""
     recorded = ops_reason(who, reason)
-    live_id = set_consent(connection, profile_id, channel, granted, at, recorded, None)
+    graph = SqlIdentityGraph(connection)
+    live_id = set_consent(connection, profile_id, channel, granted, at, recorded, None, graph)
     if live_id is None:
         return None
-    traits = SqlIdentityGraph(connection).traits(live_id)
+    traits = graph.traits(live_id)
     return {
         "profile_id": live_id, "channel": channel, "granted": not consent_revoked(traits, channel),
         "reason": recorded, "changed_at": at,
@@ -143,6 +147,8 @@ def ops_reason_problem(reason: str) -> str | None:
         return f"at most {OPS_REASON_LENGTH} characters ({len(reason)} given); shorten it"
     if "\x00" in reason:
         return "contains \\u0000 (NUL), which the store cannot hold; remove it"
+    if not has_utf8_form(reason):
+        return "contains a lone surrogate (such as \\ud800), which has no UTF-8 form the store can hold; remove it"
     return None
 
 

@@ -230,3 +230,29 @@ def test_touchhub_profiles_consent_changes_it_and_profiles_show_says_who_and_why
     assert no_reason.exit_code == 2 and "say why consent changes" in no_reason.output
     nobody = cli("consent", "email:nobody@example.com", "--channel", "email", "--grant", "--reason", "asked")
     assert nobody.exit_code == 1 and "No profile 'email:nobody@example.com'" in nobody.output
+
+
+def test_a_reason_with_a_lone_surrogate_is_refused_naming_what_to_fix(running_hub: RunningHub) -> None:
+    """A JSON escape such as \\ud800 decodes to text with no UTF-8 form: the write failed on it, a 500."""
+    nudge(running_hub)
+    ana_id = profile_of(running_hub)["profile_id"]
+    refused = running_hub.client.put(
+        f"/api/profiles/{ana_id}/consent/email", content=b'{"granted": false, "reason": "a\\ud800"}',
+        headers={**ADMIN, "Content-Type": "application/json"},
+    )
+    assert refused.status_code == 422, refused.text
+    [error] = refused.json()["detail"]
+    assert error["loc"] == ["body", "reason"] and "lone surrogate" in error["msg"] and "remove it" in error["msg"]
+    assert profile_of(running_hub)["traits"].get("email_opt_out") is None
+
+
+def test_an_api_key_named_hub_admin_token_is_recorded_as_an_api_key(running_hub: RunningHub) -> None:
+    """The caller was compared with the bootstrap token by value: an admin API key named HUB_ADMIN_TOKEN was
+    recorded as the bootstrap token itself, hiding which key made the change."""
+    nudge(running_hub)
+    ana_id = profile_of(running_hub)["profile_id"]
+    with running_hub.hub.store.write() as connection:
+        _, look_alike = api_keys.create(connection, "HUB_ADMIN_TOKEN", ["admin"], utcnow())
+    revoked = put_consent(running_hub, ana_id, "email", {"granted": False, "reason": "asked by phone"}, look_alike)
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["reason"] == "ops API key 'HUB_ADMIN_TOKEN': asked by phone"

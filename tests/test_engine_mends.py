@@ -25,7 +25,8 @@ from hub.runtime import Hub
 from hub.store import Store, delivery_replay, outbox, touchpoints
 from hub.store.held_reports import take
 from hub.store.identity_explain import explain
-from hub.store.identity_graph import SqlIdentityGraph, identifier_digest
+from hub.store.forget_digest import identifier_digest
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.outbox import AttemptRecord, AttemptResult
 from hub.store.delivery_log import unrouted
 from hub.store.profile_views import find_profile_id, live_profile_id

@@ -21,7 +21,7 @@ from hub.runtime import Hub
 from hub.settings import DEVELOPMENT_ADMIN_TOKEN
 from hub.store import inbox
 from hub.store.profile_views import find_profile_id
-from hub.store.schema import forgotten_identifiers
+from hub.store.schema import forgotten_identifiers, identity_events
 from tests.conftest import logs_of, make_settings, message
 from tests.test_absence_timers import BOTH_DATABASES, accept, hub_on
 from tests.test_forget21 import tables_holding
@@ -219,3 +219,59 @@ def test_a_hub_past_development_without_a_forget_key_warns_once_at_start(
         hub.start()
     hub.stop()
     assert len([entry for entry in logs if "HUB_FORGET_KEY" in entry["event"]]) == (1 if warned else 0)
+
+
+def new_devices_refusals(hub: Hub) -> list[tuple[list[list[str]], int]]:
+    """The refusals of Sam's forgotten email and phone recorded on the new device's profile: how each is named,
+    and how many times it was refused."""
+    with hub.store.read() as connection:
+        device = find_profile_id(connection, Identifier("anonymous_id", "new-device"))
+        return sorted((identifiers, times) for identifiers, times in connection.execute(
+            select(identity_events.c.identifiers, identity_events.c.times)
+            .where(identity_events.c.kind == "refused", identity_events.c.profile_id == device)
+        ))
+
+
+def keyed_refusals(times: int) -> list[tuple[list[list[str]], int]]:
+    return sorted(([[ident.type, f"hmac-sha256:{keyed(KEY, ident)}"]], times) for ident in SAMS[1:])
+
+
+@BOTH_DATABASES
+def test_refusals_recorded_before_the_key_are_renamed_by_the_keyed_digest_when_the_hub_starts(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Sam's old install sent his email and phone before HUB_FORGET_KEY was set: a hub with the key keyed the
+    blocklist, but the refusals still named them `sha256:<plain digest>` (shown by the profile's explain), and the
+    next refusal, named by the keyed digest, added a row beside each instead of counting on it."""
+    before = hub_on(tmp_path, database_url=database_url)
+    sam_signs_up_and_is_forgotten(before)
+    assert_sam_stays_forgotten(before)
+    before.store.dispose()
+    hub = hub_on(tmp_path, database_url=database_url, forget_key=KEY)
+    try:
+        assert {str(ident): tables_holding(hub, plain_sha256(ident)) for ident in SAMS} == {str(ident): [] for ident in SAMS}
+        assert new_devices_refusals(hub) == keyed_refusals(times=1)
+        assert_sam_stays_forgotten(hub)
+        assert new_devices_refusals(hub) == keyed_refusals(times=2)
+    finally:
+        hub.store.dispose()
+
+
+@BOTH_DATABASES
+def test_a_plain_refusal_and_a_keyed_one_of_the_same_identifier_are_folded_when_the_hub_restarts(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A node without the key and a keyed node each refused Sam's email and phone once, as `sha256:` and
+    `hmac-sha256:`: after the restart the plain refusal stayed beside the keyed one, one refusal as two rows."""
+    keyed_node = hub_on(tmp_path, database_url=database_url, forget_key=KEY)
+    plain_node = hub_on(tmp_path, database_url=database_url)
+    sam_signs_up_and_is_forgotten(plain_node)
+    assert_sam_stays_forgotten(plain_node)
+    assert_sam_stays_forgotten(keyed_node)
+    plain_node.store.dispose()
+    keyed_node.store.dispose()
+    hub = hub_on(tmp_path, database_url=database_url, forget_key=KEY)
+    try:
+        assert new_devices_refusals(hub) == keyed_refusals(times=2)
+    finally:
+        hub.store.dispose()

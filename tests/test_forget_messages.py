@@ -17,7 +17,7 @@ from hub.pii import holds_values
 from hub.runtime import Hub
 from hub.store import identity_repair, outbox, quarantine
 from hub.store.forget import forget as forget_person
-from hub.store.identity_graph import identifier_digest
+from hub.store.forget_digest import identifier_digest
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import attempts, deliveries, identity_events, merges, touchpoints
 from tests.conftest import WRITE_KEY, RunningHub, message, support_ticket

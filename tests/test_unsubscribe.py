@@ -17,7 +17,8 @@ from hub.consent import set_consent_by_identifier
 from hub.model import Identifier, RawEvent
 from hub.runtime import Hub
 from hub.store import delivery_log, inbox, outbox
-from hub.store.identity_graph import SqlIdentityGraph, identifier_digest
+from hub.store.forget_digest import identifier_digest
+from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import consent_changes, deliveries
 from hub.unsubscribe import ExpiredToken, InvalidToken, make_token, read_token

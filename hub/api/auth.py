@@ -150,8 +150,9 @@ def json_body(model: type[M]) -> Any:
         try:
             return model.model_validate(document)
         except ValidationError as exc:
+            # Without the values sent: one may not be writable back (a lone surrogate), or be a person's email.
             raise RequestValidationError(
-                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False)]
+                [{**error, "loc": ("body", *error["loc"])} for error in exc.errors(include_url=False, include_input=False)]
             ) from None
 
     return Depends(read)

@@ -80,7 +80,7 @@ async def set_profile_consent(
     problem = unknown_channel(channel, hub.router.routes)
     if problem:
         raise HTTPException(400, detail=f"channel: {problem}")
-    who = caller.name if caller == BOOTSTRAP else f"API key {caller.name!r}"
+    who = caller.name if caller is BOOTSTRAP else f"API key {caller.name!r}"
 
     def work() -> dict[str, Any] | None:
         with hub.store.write() as connection:

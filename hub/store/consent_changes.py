@@ -35,7 +35,7 @@ from sqlalchemy import Connection, delete, insert, select, update
 from hub.clock import END_OF_TIME, utcnow
 from hub.model import Identifier
 from hub.store import sql
-from hub.store.identity_graph import identifier_digest
+from hub.store.forget_digest import identifier_digest
 from hub.store.traits import Traits, newest_traits, stamped_traits
 from hub.store.schema import consent_changes, consent_messages
 

@@ -37,13 +37,16 @@ from weakref import WeakKeyDictionary
 from sqlalchemy import Connection, Engine, delete, select
 
 from hub.model import Identifier
+from hub.store.refusals import rename_refused_identifiers
 from hub.store.schema import forgotten_identifiers
-from hub.store.sql import insert_ignoring_conflicts
+from hub.store.sql import NewRows
 
 if TYPE_CHECKING:
     from hub.store import Store
 
 KEYING_BATCH = 1000  # unkeyed rows read, and deleted once keyed, per statement: none holds too many values
+PLAIN, KEYED = "sha256:", "hmac-sha256:"  # how a refusal in the audit trail names a forgotten identifier's digest
+_INSERT_KEYED = NewRows(forgotten_identifiers.c.digest)  # a row keyed by another node meanwhile is skipped
 
 
 def identifier_digest(ident: Identifier) -> str:
@@ -115,7 +118,8 @@ def use_keys(store: Store, keys: ForgetKeys) -> int:
 
 
 def _key_unkeyed_rows(connection: Connection, keys: ForgetKeys) -> int:
-    """Replace each unkeyed row by its keyed form, keeping when its identifier was forgotten.
+    """Replace each unkeyed row by its keyed form, keeping when its identifier was forgotten, and rename the
+    refusals that named one by its unkeyed digest.
 
     A batch is deleted by the digests it read, never by `NOT keyed`: on
     PostgreSQL another node may commit an unkeyed row meanwhile, which would
@@ -128,9 +132,23 @@ def _key_unkeyed_rows(connection: Connection, keys: ForgetKeys) -> int:
     batch = select(table.c.digest, table.c.forgotten_at).where(unkeyed).order_by(table.c.digest).limit(KEYING_BATCH)
     keyed = 0
     while rows := connection.execute(batch).all():
-        insert_ignoring_conflicts(connection, table, [
-            {"digest": keys.keyed_form(digest), "forgotten_at": at, "keyed": True} for digest, at in rows
-        ], ["digest"])
+        _INSERT_KEYED(connection, [{"digest": keys.keyed_form(digest), "forgotten_at": at, "keyed": True} for digest, at in rows])
         connection.execute(delete(table).where(table.c.digest.in_([digest for digest, _ in rows]), unkeyed))
         keyed += len(rows)
+    if keyed:
+        _key_plain_refusals(connection, keys)
     return keyed
+
+
+def _key_plain_refusals(connection: Connection, keys: ForgetKeys) -> None:
+    """Refusals recorded while the hub had no key named the forgotten identifier by its unkeyed digest (`PLAIN`):
+    the value the key hides, kept readable in the audit trail. Named by the keyed digest instead, as a keyed hub
+    names them, a later refusal of the identifier counts on the same row."""
+    from hub.identity import FORGOTTEN_RULE  # hub.identity imports this module
+
+    def keyed_name(ident: Identifier) -> Identifier | None:
+        if not ident.value.startswith(PLAIN):
+            return None
+        return Identifier(ident.type, KEYED + keys.keyed_form(ident.value.removeprefix(PLAIN)))
+
+    rename_refused_identifiers(connection, FORGOTTEN_RULE, keyed_name)

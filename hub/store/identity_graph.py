@@ -15,7 +15,6 @@ from ulid import ULID
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
 from hub.store.forget_digest import forget_keys
-from hub.store.forget_digest import identifier_digest as identifier_digest  # imported from here by its other users
 from hub.store.refusals import refused_events, save_refusals
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,

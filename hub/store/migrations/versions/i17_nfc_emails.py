@@ -113,7 +113,7 @@ def _rewrite_identifiers(connection: sa.Connection) -> dict[str, str]:
 
 
 def _rewrite_consent_digests(connection: sa.Connection, renamed: dict[str, str]) -> None:
-    """Consent said through an address names it by digest (`hub.store.identity_graph.identifier_digest`)."""
+    """Consent said through an address names it by digest (`hub.store.forget_digest.identifier_digest`)."""
     for old, new in renamed.items():
         connection.execute(
             consent_changes.update().where(consent_changes.c.identifier_digest == _digest(old)).values(identifier_digest=_digest(new))
