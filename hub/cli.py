@@ -13,7 +13,7 @@ from rich.table import Table
 from hub.cli_deliveries import app as deliveries_app
 from hub.cli_keys import app as keys_app
 from hub.cli_mappings import app as mappings_app
-from hub.cli_processes import COMMAND_LINE_OPTIONS, listening_socket, metrics_served, run_server, wait_while_workers_live
+from hub.cli_processes import listening_socket, metrics_served, run_server, wait_while_workers_live
 from hub.cli_profiles import app as profiles_app
 from hub.cli_prune import prune_command
 from hub.cli_support import (
@@ -67,7 +67,7 @@ def serve(
     from connectors.sandbox.providers import SandboxProviders
     from hub.api import create_app
 
-    settings = load_settings(host=host, port=port, options=COMMAND_LINE_OPTIONS)
+    settings = load_settings(host=host, port=port)
     with ExitStack() as stack:
         sock = stack.enter_context(listening_socket(settings.host, settings.port, "HUB_PORT (--port)"))
         if sandbox:
@@ -93,7 +93,7 @@ def worker(
     in several workers can run them in separate processes: for example
     [bold]HUB_WORKERS=pipeline touchhub serve[/] and [bold]touchhub worker --only timers --only delivery[/].
     """
-    hub = _build_hub(load_settings(workers=",".join(only) if only else None, options=COMMAND_LINE_OPTIONS))
+    hub = _build_hub(load_settings(workers=",".join(only) if only else None))
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())

@@ -23,7 +23,7 @@ from rich.table import Table
 from hub.cli_store import delivery_recipients, existing_store
 from hub.cli_support import config_problems_exit, console, fail, id_column, load_settings, plain, styled, writing
 from hub.clock import utcnow
-from hub.routes_file import addressee_of
+from hub.routes_file import addressee_of, load_routes
 from hub.store import Store, delivery_log, delivery_replay, outbox
 from hub.store.keyset import Key
 from hub.store.profile_views import for_live_profile
@@ -147,8 +147,7 @@ def replay(
     if (delivery_id is None) == (not all_dead) or (destination and not all_dead):
         fail("[red]Give one delivery id, or --all (optionally with --destination).[/]", code=2)
     with config_problems_exit("The dead-letter queue cannot be replayed"):
-        mappings_dir = load_settings().mappings_dir
-        routes, _ = delivery_recipients(mappings_dir)
+        routes = load_routes(load_settings().mappings_dir / "routes.yaml")
     recipient = partial(addressee_of, routes)  # a replay goes only to addresses still held
     store = _store()
     if delivery_id is not None:

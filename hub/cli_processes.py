@@ -17,9 +17,6 @@ from hub.errors import ConfigError
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
-# The settings `serve` and `worker` take from a command-line option, by that option: `load_settings(...,
-# options=COMMAND_LINE_OPTIONS)` names a bad value given there as typed (`--only piepline`), not after HUB_WORKERS.
-COMMAND_LINE_OPTIONS = {"host": "--host", "port": "--port", "workers": "--only"}
 
 
 def run_server(app: Any, sock: socket.socket, log_level: str) -> None:

@@ -21,11 +21,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from string import Formatter
 from time import monotonic
-from types import MappingProxyType
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, get_args
 
 import typer
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -37,7 +36,8 @@ from hub.config_files import not_utf8
 from hub.errors import ConfigError, StoreBusyError
 from hub.logs import configure_logging
 from hub.utf8 import has_utf8_form
-from hub.settings import HubSettings, shown_input
+from hub.secret_urls import setting_shown
+from hub.settings import HubSettings
 
 if TYPE_CHECKING:
     from sqlalchemy import Connection
@@ -136,12 +136,15 @@ def id_column(table: Table, header: str, ids: Iterable[str]) -> None:
     table.add_column(header, no_wrap=True, min_width=max((len(each) for each in ids), default=len(header)))
 
 
-def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overrides: object) -> HubSettings:
-    """Settings from the environment and .env, with command-line overrides; a bad value exits with what to fix.
+# The settings `serve` and `worker` take from a command-line option, by that option: `load_settings` names a bad
+# value given there as typed (`--only piepline`), not after an environment variable (HUB_WORKERS) never set.
+COMMAND_LINE_OPTIONS = {"host": "--host", "port": "--port", "workers": "--only"}
 
-    `options` names the command-line option each override came from (``{"workers": "--only"}``): a bad value given
-    there is named as the person typed it, not after an environment variable they never set. Logging is configured
-    after the overrides, so a command may set its own level (`triggers test` does).
+
+def load_settings(**overrides: object) -> HubSettings:
+    """Settings from the environment and .env, with command-line overrides; a bad value exits with what to fix,
+    named by its option (`COMMAND_LINE_OPTIONS`) when it was given by one. Logging is configured after the
+    overrides, so a command may set its own level (`triggers test` does).
     """
     given = {key: value for key, value in overrides.items() if value is not None}
     with config_problems_exit():
@@ -149,7 +152,7 @@ def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overri
             settings = HubSettings().with_overrides(**given)
         except ValidationError as exc:
             raise ConfigError([
-                f"{_named(error['loc'], given, options)}: {error['msg']} (got {shown_input(_field(error['loc']), error['input'])})"
+                f"{_named(error['loc'], given)}: {error['msg']} (got {_shown_input(_field(error['loc']), error['input'])})"
                 for error in exc.errors()
             ]) from None
         except UnicodeDecodeError as exc:  # python-dotenv reads the whole .env, so `exc` holds all of its bytes
@@ -158,10 +161,25 @@ def load_settings(*, options: Mapping[str, str] = MappingProxyType({}), **overri
         return settings
 
 
-def _named(loc: tuple[int | str, ...], given: Mapping[str, object], options: Mapping[str, str]) -> str:
+def _named(loc: tuple[int | str, ...], given: Mapping[str, object]) -> str:
     """The option a bad value was given by, when it was, else its environment variable (HUB_...)."""
     field = _field(loc)
-    return options[field] if field in given and field in options else f"HUB_{field.upper()}"
+    return COMMAND_LINE_OPTIONS[field] if field in given and field in COMMAND_LINE_OPTIONS else f"HUB_{field.upper()}"
+
+
+def _shown_input(field: str, value: object) -> str:
+    """A value given for the setting `field`, as a message refusing it may echo it: a secret's not at all, a URL's
+    without the credentials it may carry (`setting_shown`). The value is refused, but it is often the real secret
+    mistyped or cut short, and the message goes to a terminal, a CI log or a pod's events."""
+    if field in _SECRET_FIELDS:
+        return repr(str(SecretStr(str(value))))  # as SecretStr prints it: stars, or '' when it was empty
+    return repr(setting_shown(field, value))
+
+
+# The settings typed SecretStr (alone or optional).
+_SECRET_FIELDS = frozenset(
+    name for name, field in HubSettings.model_fields.items() if SecretStr in (field.annotation, *get_args(field.annotation))
+)
 
 
 def _field(loc: tuple[int | str, ...]) -> str:

@@ -24,6 +24,7 @@ base 60). A file may begin with a byte-order mark, as Windows tools save it.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Hashable, Sequence
 from datetime import date
 from pathlib import Path
@@ -254,5 +255,50 @@ def content_stamp(path: Path) -> tuple[int, bytes] | None:
     is a few kilobytes, read once per recheck."""
     try:
         return path.stat().st_mtime_ns, hashlib.blake2b(path.read_bytes(), digest_size=16).digest()
+    except OSError:
+        return None
+
+
+# Past this after a file's mtime, a save of it moves the mtime: the coarsest tick a file system keeps is FAT's 2 s,
+# with room for a file server's clock a few seconds behind ours.
+_TICK_NS = 10_000_000_000
+
+
+class Unchanged:
+    """Whether a file is as read, by `content_stamp` (mtime and digest), for what is looked at far more often
+    than it is saved: Jinja's `uptodate` for a template (on each `get_template` and each render of a file a
+    template extends), the journey map (on each inbound request). By mtime alone, Jinja's, a second save within
+    one mtime tick (an editor's and its formatter's, the whole file after a half-written one) was never loaded.
+
+    Each call costs a `stat`: the file is read only while it was last looked at within a tick of its mtime,
+    since only then may a later save leave the mtime as it was.
+    """
+
+    __slots__ = ("path", "stamp", "settled")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.stamp, self.settled = _looked_at(path)
+
+    def __call__(self) -> bool:
+        if self.settled:
+            return _mtime(self.path) == (self.stamp[0] if self.stamp else None)
+        stamp, settled = _looked_at(self.path)
+        self.settled = settled and stamp == self.stamp  # from here on a save moves the mtime
+        return stamp == self.stamp
+
+
+def _looked_at(path: Path) -> tuple[tuple[int, bytes] | None, bool]:
+    """The file's `content_stamp` (None while there is no file to read), and whether it was taken over a tick
+    after the file's mtime, so that any later save moves the mtime."""
+    looked = time.time_ns()  # before reading: a save during the read may share the tick of this
+    stamp = content_stamp(path)
+    return stamp, stamp is None or looked - stamp[0] > _TICK_NS
+
+
+def _mtime(path: Path) -> int | None:
+    """The file's mtime; None while there is no file to read."""
+    try:
+        return path.stat().st_mtime_ns
     except OSError:
         return None

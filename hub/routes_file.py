@@ -46,19 +46,18 @@ class Unrouted(Enum):
     CHANNEL = "unrouted"
 
 
-UNROUTED = Unrouted.CHANNEL
 # What a delivery's channel and target name by the routes (`addressee_of`): a replay checks its address by it.
 AddresseeOf = Callable[[str, str], Identifier | Unrouted | None]
 
 
 def addressee_of(routes: Mapping[str, ChannelRoute], channel: str, target: str) -> Identifier | Unrouted | None:
     """The identifier a delivery on `channel` went to (its `target`); None for a channel routed to the profile
-    itself (a CRM update), UNROUTED for a channel routes.yaml does not route: only the route says what kind of
+    itself (a CRM update), `Unrouted.CHANNEL` for a channel routes.yaml does not route: only the route says what kind of
     identifier the target is, and a replay that took it for a profile's, with no address to lose, mailed an
     address that had bounced."""
     route = routes.get(channel)
     if route is None:
-        return UNROUTED
+        return Unrouted.CHANNEL
     return None if route.target == PROFILE_TARGET else Identifier(route.target, target)
 
 

@@ -35,7 +35,7 @@ from hub.identifiers import split_extension
 from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
 from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
-from hub.routes_file import PROFILE_TARGET, ChannelRoute, recipient_of
+from hub.routes_file import PROFILE_TARGET, ChannelRoute, Unrouted, addressee_of, recipient_of
 from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
 from hub.template_values import template_context
@@ -96,6 +96,9 @@ class Router:
 
     def recipient(self, channel: str, target: str) -> Identifier | None:
         return recipient_of(self.routes, channel, target)
+
+    def addressee(self, channel: str, target: str) -> Identifier | Unrouted | None:
+        return addressee_of(self.routes, channel, target)
 
     def check_channels(self, rules: Sequence[RuleSpec], lines: RuleLines) -> None:
         """Refuse rules (at start-up and reload) that name a channel routes.yaml does not route, each at its line

@@ -57,7 +57,10 @@ class RuleBook:
         self._recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
         self._stamp = content_stamp(self.path)
-        self._in_force = InForce.of(*self._load())
+        loaded = self._load()
+        self._check(loaded[0])
+        self._in_force = InForce.of(*loaded)
+        self._unchecked: tuple[list[RuleSpec], frozenset[str]] | None = None  # the file's, while `check` refuses it
         self._checked_at = time.monotonic()
         self.last_error: list[str] = []
 
@@ -81,22 +84,25 @@ class RuleBook:
         return self.in_force().by_id.get(rule_id)
 
     def reload_if_changed(self) -> bool:
-        """Reload if the file changed since the last look, or its last edit was refused; True when new rules took
-        effect.
+        """Reload if the file changed since the last look, or `check` refused its last edit; True when new rules
+        took effect.
 
-        A refused edit is tried again at each look, not only once the file changes: what refused it may lie outside
-        the file (a template the rules name, saved after them, as a deploy writing triggers.yaml before templates/
-        does). Looks come every `recheck_seconds` at most (and when /api/rules is asked), and a refusal is logged
-        only when its problems differ from the last one's, or the file was saved again."""
+        An edit `check` refused is checked again at each look, not only once the file changes: what refused it lies
+        outside the file (a template the rules name, saved after them, as a deploy writing triggers.yaml before
+        templates/ does). One the file itself refuses (its YAML, its schema) waits for the next save: it is not
+        parsed again meanwhile. Looks come every `recheck_seconds` at most (and when /api/rules is asked), and a
+        refusal is logged only when its problems differ from the last one's, or the file was saved again."""
         with self._lock:
             self._checked_at = time.monotonic()
             stamp = content_stamp(self.path)
             saved = stamp != self._stamp
-            if not saved and not self.last_error:
+            if saved:
+                self._stamp, self._unchecked = stamp, None
+            elif self._unchecked is None:
                 return False
-            self._stamp = stamp
             try:
-                rules, disabled = self._load()
+                self._unchecked = self._unchecked or self._load()
+                self._check(self._unchecked[0])
             except Exception as exc:  # any: a bug in a check must not raise into the pipeline's event in hand
                 refusal = self._refusal(exc)
                 if saved or refusal != self.last_error:
@@ -104,6 +110,8 @@ class RuleBook:
                               exc_info=not isinstance(exc, ConfigError))
                 self.last_error = refusal
                 return False
+            rules, disabled = self._unchecked
+            self._unchecked = None
             self._in_force = InForce.of(rules, disabled)  # one assignment: readers see the old edit or this one
             self.last_error = []
             log.info("trigger rules reloaded", rules=[rule.version for rule in rules])
@@ -127,8 +135,6 @@ class RuleBook:
                 "stay in force: please report this, with the edit, as a bug of the hub"]
 
     def _load(self) -> tuple[list[RuleSpec], frozenset[str]]:
-        """The rules in force, and the ids of those the file turns off."""
+        """The rules the file turns on, and the ids of those it turns off, not yet checked (`check`)."""
         every = load_model(self.path, RuleFile).rules
-        rules = [rule for rule in every if rule.enabled]
-        self._check(rules)
-        return rules, frozenset(rule.id for rule in every if not rule.enabled)
+        return [rule for rule in every if rule.enabled], frozenset(rule.id for rule in every if not rule.enabled)

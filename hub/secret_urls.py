@@ -53,3 +53,10 @@ def _hidden_query(query: str) -> str:
         f"{name}={HIDDEN}" if has_value else HIDDEN
         for name, has_value, _ in (field.partition("=") for field in query.split("&") if field)
     )
+
+
+def setting_shown(field: str, value: object) -> object:
+    """The value of the setting `field` with the password or token a URL may carry (a database's, a receiver's
+    Basic auth, a proxy's) hidden. Every setting ending in `_url` holds one: a list of them went stale as the
+    provider URLs were added, and printed those whole."""
+    return shown_url(value) if field.endswith("_url") and isinstance(value, str) else value

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from connectors.destinations.ssrf import check_url
 from hub.durations import LONGEST
 from hub.identifiers import DEFAULT_PHONE_REGION
-from hub.secret_urls import shown_url
+from hub.secret_urls import setting_shown
 from hub.signing_secrets import in_use
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
 from hub.store.forget_digest import ForgetKeys
@@ -331,9 +331,9 @@ class HubSettings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         """The settings as printed: secrets are `SecretStr`, and URLs, which may carry a password or a token,
-        show neither (`shown_url`)."""
+        show neither (`setting_shown`)."""
         for name, value in super().__repr_args__():
-            yield name, _without_credentials(name, value)
+            yield name, setting_shown(name, value)
 
     @property
     def worker_roles(self) -> tuple[str, ...]:
@@ -382,28 +382,6 @@ class HubSettings(BaseSettings):
             "HUB_UNSUBSCRIBE_PREVIOUS_SECRET": (self.unsubscribe_previous_secret, DEVELOPMENT_UNSUBSCRIBE_SECRET),
         }
         return [name for name, (value, development) in secrets.items() if value is not None and value.get_secret_value() == development]
-
-
-def shown_input(field: str, value: object) -> str:
-    """A value given for the setting `field`, as a message refusing it may echo it: a secret's not at all, a URL's
-    without the credentials it may carry (`shown_url`). The value is refused, but it is often the real secret
-    mistyped or cut short, and the message goes to a terminal, a CI log or a pod's events."""
-    if field in _SECRET_FIELDS:
-        return repr(str(SecretStr(str(value))))  # as SecretStr prints it: stars, or '' when it was empty
-    return repr(_without_credentials(field, value))
-
-
-def _without_credentials(field: str, value: object) -> object:
-    """The value of the setting `field` with the password or token a URL may carry (a database's, a receiver's
-    Basic auth, a proxy's) hidden. Every setting ending in `_url` holds one: a list of them went stale as the
-    provider URLs were added, and printed those whole."""
-    return shown_url(value) if field.endswith("_url") and isinstance(value, str) else value
-
-
-# The settings typed SecretStr (alone or optional).
-_SECRET_FIELDS = frozenset(
-    name for name, field in HubSettings.model_fields.items() if SecretStr in (field.annotation, *get_args(field.annotation))
-)
 
 
 def _names(listed: str) -> tuple[str, ...]:

@@ -57,7 +57,7 @@ from jinja2 import (
 from jinja2.runtime import Context
 from jinja2.sandbox import SandboxedEnvironment
 
-from hub.config_files import content_stamp, not_utf8
+from hub.config_files import Unchanged, not_utf8
 from hub.errors import ConfigError
 from hub.template_values import null_aware
 
@@ -137,7 +137,7 @@ class _LastGoodLoader(FileSystemLoader):
         self.refused: dict[str, str] = {}  # name -> why its file on disk is not in force, while the last good one is
 
     def get_source(self, environment: Environment, template: str) -> _Source:
-        unchanged = _Unchanged(self.folder / template)  # before reading: a save while Jinja reads is looked at again
+        unchanged = Unchanged(self.folder / template)  # before reading: a save while Jinja reads is looked at again
         try:
             source, filename, _ = self._read(environment, template)
             uses = _compiled_uses(environment, source, template, filename)
@@ -169,7 +169,7 @@ class _LastGoodLoader(FileSystemLoader):
         except UnicodeDecodeError as exc:
             raise NotUTF8TemplateError(not_utf8(self.folder / name, exc)) from None
 
-    def _last_good(self, name: str, exc: TemplateError, unchanged: _Unchanged) -> _Source:
+    def _last_good(self, name: str, exc: TemplateError, unchanged: Unchanged) -> _Source:
         """The last good source of `name`, in force until its file is saved again (Jinja then asks anew)."""
         self._refuse(name, exc)
         return self._good[name][0], str(unchanged.path), unchanged
@@ -180,51 +180,6 @@ class _LastGoodLoader(FileSystemLoader):
         if self.refused.get(name) != problem:
             self.refused[name] = problem
             log.error("template edit refused; the last good template stays in force", problem=problem)
-
-
-# Past this after a file's mtime, a save of it moves the mtime: the coarsest tick a file system keeps is FAT's 2 s,
-# with room for a file server's clock a few seconds behind ours.
-_TICK_NS = 10_000_000_000
-
-
-class _Unchanged:
-    """Jinja's `uptodate` for a template file: whether it is as read, by `content_stamp` (mtime and digest), as
-    mappings and triggers.yaml are judged. By mtime alone, Jinja's, a second save within one mtime tick (an
-    editor's and its formatter's, the whole file after a half-written one) was never loaded.
-
-    Jinja asks on each `get_template` and, for a file a template extends, includes or imports, on each render
-    of it: a `stat`, as Jinja's own costs. The file is read only while it was last looked at within a tick of
-    its mtime, since only then may a later save leave the mtime as it was.
-    """
-
-    __slots__ = ("path", "stamp", "settled")
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.stamp, self.settled = _looked_at(path)
-
-    def __call__(self) -> bool:
-        if self.settled:
-            return _mtime(self.path) == (self.stamp[0] if self.stamp else None)
-        stamp, settled = _looked_at(self.path)
-        self.settled = settled and stamp == self.stamp  # from here on a save moves the mtime
-        return stamp == self.stamp
-
-
-def _looked_at(path: Path) -> tuple[tuple[int, bytes] | None, bool]:
-    """The file's `content_stamp` (None while there is no file to read), and whether it was taken over a tick
-    after the file's mtime, so that any later save moves the mtime."""
-    looked = time.time_ns()  # before reading: a save during the read may share the tick of this
-    stamp = content_stamp(path)
-    return stamp, stamp is None or looked - stamp[0] > _TICK_NS
-
-
-def _mtime(path: Path) -> int | None:
-    """The file's mtime; None while there is no file to read."""
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
 
 
 def _compiled_uses(environment: Environment, source: str, name: str, filename: str) -> frozenset[str]:

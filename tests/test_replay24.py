@@ -140,6 +140,41 @@ def test_the_dead_letters_of_a_channel_taken_out_of_routes_yaml_can_still_be_lis
     assert typo.json()["detail"].startswith("channel: 'emial' is no channel routes.yaml has, nor in the delivery log; use one of: ")
 
 
+def test_a_dead_crm_update_of_a_profile_merged_since_waits_for_its_route_once_crm_is_out_of_routes_yaml(
+    tmp_path: Path, sandbox: SandboxProviders
+) -> None:
+    """A CRM update planned for a visitor's profile went dead while Salesforce was down; the visitor then logged
+    in as Ana (the merge moved the delivery to her profile, its target kept the visitor's id), and ops took `crm`
+    out of routes.yaml. Its replay answered "to an address its person no longer has ... never sent again", as if
+    the visitor's profile id were a bounced address, where putting the route back would let it go."""
+    from tests.test_crm_and_push_delivery import cart_nudge_mappings
+
+    mappings = cart_nudge_mappings(tmp_path)
+    (mappings / "templates" / "cart_nudge.crm.j2").write_text(
+        "{% block field_LastName %}{{ profile.last_name | default('[not provided]') }}{% endblock %}"
+        "{% block field_Company %}[not provided]{% endblock %}"
+    )
+    settings = make_settings(tmp_path, mappings_dir=mappings, delivery_max_attempts=1, **sandbox.settings_overrides())
+    with serve_hub(settings, sandbox) as hub:
+        hub.send(message("identify", userId="u-ana", traits={"email": "ana@example.com", "last_name": "Silva"}))
+        hub.settle()
+        sandbox.salesforce.fail_next(503, "SERVER_UNAVAILABLE", times=10)
+        hub.send(message(anonymousId="anon-7", event="Cart Viewed"))
+        hub.settle()
+        hub.send(message("identify", anonymousId="anon-7", userId="u-ana"))
+        hub.settle()
+        [crm] = [d for d in hub.admin("/api/deliveries", status="dead")["deliveries"] if d["channel"] == "crm"]
+        assert crm["profile_id"] != crm["target"]  # moved to Ana's profile by the merge
+    routes = mappings / "routes.yaml"
+    routes.write_text(re.sub(r"  crm:\n(    .*\n)+", "", routes.read_text()))
+    (mappings / "triggers.yaml").write_text(cart_nudge_rules("      - channel: push\n        template: cart_nudge.push.j2\n"))
+    with serve_hub(settings, sandbox) as hub:
+        answer = replay(hub, crm["delivery_id"])
+    assert answer.status_code == 409, answer.text
+    assert "routes.yaml no longer routes" in answer.json()["detail"]
+    assert "add the channel's route back to routes.yaml to replay it" in answer.json()["detail"]
+
+
 # --- source replays and forgotten people ------------------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from connectors.base import InboundRequest, ParseResult
 from connectors.sources.generic_hmac import GenericHmacConfig, GenericHmacSource
-from hub.config_files import config_text, content_stamp, problems_of, too_deep
+from hub.config_files import Unchanged, config_text, problems_of, too_deep
 from hub.errors import ConfigError, ItemProblem
 from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
@@ -177,7 +177,7 @@ class JourneyMapSource(GenericHmacSource):
         super().__init__(source_id, config, folder)
         assert isinstance(config, JourneyMapConfig)
         self._path = folder / config.map_file
-        self._stamp = content_stamp(self._path)
+        self._unchanged = Unchanged(self._path)  # before reading: a save during the read is loaded at the next request
         self.journey_map = load_journey_map(self._path)
         self._labels = self.journey_map.labels()
 
@@ -193,12 +193,12 @@ class JourneyMapSource(GenericHmacSource):
         since a failure here would fail the request that found the edit. The
         refused file is tried again once it changes; a missing or unreadable
         one is such a change too (its stamp is None), logged once, not at every
-        request while an export is being replaced.
+        request while an export is being replaced. Asking costs one `stat` per
+        request (`Unchanged`), where reading and hashing the whole map did.
         """
-        stamp = content_stamp(self._path)
-        if stamp == self._stamp:
+        if self._unchanged():
             return
-        self._stamp = stamp
+        self._unchanged = Unchanged(self._path)
         try:
             journey_map = load_journey_map(self._path)
         except Exception as exc:  # whatever a reload meets must not reach the webhook request

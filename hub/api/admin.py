@@ -20,7 +20,6 @@ from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
 from hub.replay import replay_source
-from hub.routes_file import addressee_of
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
 from hub.store.keyset import Key, Keyset
@@ -183,7 +182,7 @@ async def replay_delivery(request: Request, delivery_id: str) -> dict[str, Any]:
 
     def replay() -> str | None:
         with hub.store.write() as connection:
-            return delivery_replay.replay(connection, delivery_id, utcnow(), partial(addressee_of, hub.router.routes))
+            return delivery_replay.replay(connection, delivery_id, utcnow(), hub.router.addressee)
 
     previous = await run_in_threadpool(replay)
     if previous is None:

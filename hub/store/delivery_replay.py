@@ -113,11 +113,11 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: A
     if isinstance(address, Unrouted):
         return _unrouted(connection, row)
     readdressed: dict[str, Any] = {}
-    if address is not None and (gone := _not_theirs(connection, row, address.type)):
-        narrowed = withdrawals.without_recipients(row.target, row.content, gone)
-        if narrowed is None:
-            return _lost(connection, row, gone)
-        readdressed = narrowed
+    if address is not None:
+        kept = _theirs_only(connection, row, address.type)
+        if isinstance(kept, str):
+            return kept
+        readdressed = kept
     connection.execute(
         update(deliveries)
         .where(deliveries.c.delivery_id == delivery_id)
@@ -192,18 +192,26 @@ def _unrouted(connection: Connection, row: Row[Any]) -> str:
     """Why a delivery of a channel routes.yaml routes no more is not replayed. Only the route said what kind of
     identifier its target is, so it is judged by the stored target alone: recipients its person holds as no
     identifier of any kind (it bounced, the app was uninstalled, the device is another person's) refuse it as
-    a routed one would be, for good; else (a profile's target, or an address still held, maybe as another kind:
-    an email that is also the user_id) it waits, UNROUTED_CHANNEL, for the route to come back and tell."""
-    if row.target != row.profile_id:
-        gone = _not_theirs(connection, row, None)
-        if withdrawals.without_recipients(row.target, row.content, gone) is None:
-            return _lost(connection, row, gone)
+    a routed one would be, for good; else (a profile's target, the profile a merge since folded into the
+    delivery's survivor as well, or an address still held, maybe as another kind: an email that is also the
+    user_id) it waits, UNROUTED_CHANNEL, for the route to come back and tell."""
+    if live_profile_id(connection, row.target) is None:
+        refused = _theirs_only(connection, row, None)
+        if isinstance(refused, str):
+            return refused
     return UNROUTED_CHANNEL
 
 
-def _lost(connection: Connection, row: Row[Any], gone: set[str]) -> str:
-    """Why a delivery none of whose recipients is its person's any more is refused: HANDED_ON when a device is
-    another person's now, else ADDRESS_GONE."""
+def _theirs_only(connection: Connection, row: Row[Any], type_: str | None) -> dict[str, Any] | str:
+    """The delivery's new target and content, narrowed to the recipients its person still holds (`_not_theirs`;
+    nothing to change when they hold them all), or why it is refused when they hold none: HANDED_ON when a
+    device is another person's now, else ADDRESS_GONE."""
+    gone = _not_theirs(connection, row, type_)
+    if not gone:
+        return {}
+    narrowed = withdrawals.without_recipients(row.target, row.content, gone)
+    if narrowed is not None:
+        return narrowed
     return HANDED_ON if withdrawals.handed_on(connection, row.profile_id, sorted(gone)) else ADDRESS_GONE
 
 

@@ -84,13 +84,15 @@ def create_store_engine(
                                connect_args=_postgresql_session(parsed, lease))
         event.listen(engine, "handle_error", hide_row_values_of)
         return engine
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    database = parsed.database if parsed.database != ":memory:" else None  # the file's name: none in memory
+    if database:
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, future=True, hide_parameters=True, json_serializer=json_text.dumps, json_deserializer=json_text.loads,
                            connect_args={"check_same_thread": False, "timeout": lock_timeout,
                                          "cached_statements": CACHED_STATEMENTS})
     event.listen(engine, "connect", _configure_sqlite_connection)
-    event.listen(engine, "connect", _remembering_file(engine))
+    if database:
+        event.listen(engine, "connect", _remembering_file(engine, Path(database)))
     event.listen(engine, "begin", _begin_sqlite_transaction)
     return engine
 
@@ -105,14 +107,14 @@ def opened_file(engine: Engine) -> tuple[int, int] | None:
     return _OPENED_FILES.get(engine)
 
 
-def _remembering_file(engine: Engine) -> Callable[[Any, Any], None]:
-    """A "connect" listener that records the file `engine`'s first connection opened; later ones keep it, since
-    a connection opened after the file was replaced opens the replacement."""
+def _remembering_file(engine: Engine, path: Path) -> Callable[[Any, Any], None]:
+    """A "connect" listener that records the file at `path` (the engine's database) its first connection opened;
+    later ones keep it, since a connection opened after the file was replaced opens the replacement."""
 
     def remember(_dbapi_connection: Any, _record: Any) -> None:
-        if engine in _OPENED_FILES or not engine.url.database:
+        if engine in _OPENED_FILES:
             return
-        if opened := file_identity(Path(engine.url.database)):  # none for a `file:` URI or memory
+        if opened := file_identity(path):  # none for a `file:` URI
             _OPENED_FILES.setdefault(engine, opened)
 
     return remember
