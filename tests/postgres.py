@@ -16,6 +16,8 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -99,6 +101,19 @@ class PostgresCluster:
             store.dispose()
         name = url.rsplit("/", 1)[1]
         self._autocommit(f"DROP DATABASE {name}", f"CREATE DATABASE {name} TEMPLATE {self._migrated}")
+
+    @contextmanager
+    def refusing_connections(self, url: str) -> Iterator[None]:
+        """The database at `url` down as its clients see it: new connections refused, open ones ended; back after."""
+        name = url.rsplit("/", 1)[1]
+        self._autocommit(
+            f"ALTER DATABASE {name} ALLOW_CONNECTIONS false",
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+        try:
+            yield
+        finally:
+            self._autocommit(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
 
     def _autocommit(self, *statements: str) -> None:
         engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,18 +72,25 @@ def test_a_checkout_after_a_cart_dated_by_a_fast_clock_ends_the_wait(hub: Hub) -
 
 
 @BOTH_DATABASES
-def test_a_batch_dated_ahead_keeps_its_order_and_its_checkout_ends_the_cart_wait(hub: Hub) -> None:
-    """A batch without `sentAt` from a clock 10 minutes fast: the cart, then its checkout 30 s later. Pulled back
-    one by one, both met at the time received, where a checkout does not end a wait begun at its own instant:
-    the buyer was nudged. The batch is moved back whole instead, its spacing kept."""
+def moved_back_whole(ahead: timedelta) -> tuple[datetime, list[Any]]:
+    """A cart and its checkout 30 s later from a clock `ahead`, parsed: the batch moved back whole (its spacing
+    kept, its latest at the time received, the sender's times kept); when it was sent, and its events."""
     now = utcnow()
-    cart = message(userId="amy", event="Cart Viewed", timestamp=(now + FAST).isoformat())
-    checkout = message(userId="amy", event="Order Completed", timestamp=(now + FAST + timedelta(seconds=30)).isoformat())
+    cart = message(userId="amy", event="Cart Viewed", timestamp=(now + ahead).isoformat())
+    checkout = message(userId="amy", event="Order Completed", timestamp=(now + ahead + timedelta(seconds=30)).isoformat())
     parsed = build(SegmentSource, write_key="wk").parse(sdk_batch(cart, checkout)).events
     cart_time, checkout_time = (datetime.fromisoformat(event.payload["timestamp"]) for event in parsed)
     assert checkout_time - cart_time == timedelta(seconds=30)
     assert checkout_time == datetime.fromisoformat(parsed[1].payload["receivedAt"])
     assert parsed[0].payload["originalTimestamp"] == cart["timestamp"]
+    return now, parsed
+
+
+def test_a_batch_dated_ahead_keeps_its_order_and_its_checkout_ends_the_cart_wait(hub: Hub) -> None:
+    """A batch without `sentAt` from a clock 10 minutes fast: the cart, then its checkout 30 s later. Pulled back
+    one by one, both met at the time received, where a checkout does not end a wait begun at its own instant:
+    the buyer was nudged. The batch is moved back whole instead, its spacing kept."""
+    now, parsed = moved_back_whole(FAST)
     received(hub, now, amy(now), *(event.payload for event in parsed))
     assert fired_rules(hub, now + timedelta(minutes=5)) == {}
     assert timer_statuses(hub) == ["cancelled"]

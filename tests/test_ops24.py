@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from connectors.base import InboundRequest
 from connectors.sandbox.providers import SandboxProviders
@@ -88,24 +87,13 @@ def test_metrics_still_answer_with_the_process_counters_while_the_database_refus
     the counter an alert on the outage reads. But /metrics read the store's gauges in the same answer, and a store
     refusing connections made the whole scrape a 500: Prometheus got none of the counters while the outage lasted."""
     assert _sample(running_hub.client.get("/metrics").text, "hub_store_up") == 1
-    name = database_url.rsplit("/", 1)[1]
-    admin = create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-            connection.execute(text(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            ))
+    with postgres.refusing_connections(database_url):
         assert running_hub.send(message(userId="u-1", event="x")).status_code == 503
         answer = running_hub.client.get("/metrics")
         assert answer.status_code == 200, answer.text[:300]
         assert 'reason="store_unavailable"' in answer.text
         assert _sample(answer.text, "hub_store_up") == 0
         assert _sample(answer.text, "hub_inbox_pending") is None  # left out, not a made-up 0
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        admin.dispose()
 
 
 # --- triggers.yaml refused for a template not saved yet ---

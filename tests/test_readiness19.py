@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from alembic import command
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import create_engine, text
 
 from hub.store import _alembic_config
 from tests.conftest import WRITE_KEY, RunningHub, message
@@ -39,14 +38,7 @@ def test_readyz_is_a_503_naming_the_database_when_it_refuses_connections(
     running_hub: RunningHub, postgres, database_url: str
 ) -> None:
     """Before: the probe's schema check raised and it was an unhandled 500 with a traceback, not a 503."""
-    name = database_url.rsplit("/", 1)[1]
-    admin = create_engine(postgres.url(), isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false"))
-            connection.execute(text(
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-            ))
+    with postgres.refusing_connections(database_url):
         answer = running_hub.client.get("/readyz")
         assert answer.status_code == 503, answer.text
         assert answer.json()["ready"] is False
@@ -54,10 +46,6 @@ def test_readyz_is_a_503_naming_the_database_when_it_refuses_connections(
         assert reason.startswith("database: ") and "not currently accepting connections" in reason
         password = running_hub.hub.store.engine.url.password
         assert not password or password not in answer.text
-    finally:
-        with admin.connect() as connection:
-            connection.execute(text(f"ALTER DATABASE {name} ALLOW_CONNECTIONS true"))
-        admin.dispose()
 
 
 @BOTH

@@ -26,6 +26,7 @@ from hub.replay import replay as replay_source_events
 from hub.settings import HubSettings
 from hub.store.schema import inbox, touchpoints
 from tests.conftest import ADMIN_TOKEN, RunningHub, cart_nudge_rules, make_settings, message, serve_hub, support_ticket, wait_for
+from tests.test_replay import edit
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 TOUCHHUB = str(Path(sys.executable).with_name("touchhub"))
@@ -236,13 +237,6 @@ def test_a_source_replay_running_while_a_person_is_forgotten_does_not_write_thei
     assert "erase.me@example.com" not in repr(rows), f"the forgotten person's data is back: {rows}"
 
 
-def _edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text
-    path.write_text(text.replace(old, new))
-    later = time.time() + 2  # visible to mtime checks on coarse file systems
-    os.utime(path, (later, later))
-    time.sleep(0.3)  # the running hub reloads every 0.05 s
 
 
 def test_a_source_replay_does_not_write_a_forgotten_persons_email_into_a_touchpoint_it_rewrites(
@@ -261,7 +255,7 @@ def test_a_source_replay_does_not_write_a_forgotten_persons_email_into_a_touchpo
         assert hub.client.delete(f"/api/profiles/{ana}", headers=AUTH).status_code == 200
         hub.send(message(userId="bo", event="Referral Sent", properties={"friend_email": "ana@example.com"}))
         hub.settle()
-        _edit(mappings_dir / "segment.yaml", "    - properties.email\n", "    - properties.email\n    - properties.friend_email\n")
+        edit(mappings_dir / "segment.yaml", "    - properties.email\n", "    - properties.email\n    - properties.friend_email\n")
         hub.send(message(userId="cy", event="Referral Sent", properties={"friend_email": "ana@example.com"}))
         hub.settle()
         answer = hub.client.post("/api/sources/default/replay", params={"since": "1h"}, headers=AUTH)

@@ -27,6 +27,7 @@ from tests.conftest import RunningHub, make_settings, message, serve_hub, wait_f
 from tests.test_absence_timers import copied_mappings, hub_on
 from tests.test_cap_timing22 import email_nudge_mappings
 from tests.test_quiet_zones22 import EIGHT_IN_PARIS, FOLLOW_UP_IN_10H, START, identify, take
+from tests.test_future_event_times import moved_back_whole
 from tests.test_sources import build, sdk_batch
 
 # A path-like `timezone` of a few hundred parts: no zone, so it must give way to the device's or the default, as
@@ -126,14 +127,7 @@ def test_an_event_dated_two_years_ahead_is_taken_as_happening_when_received_not_
 def test_a_batch_from_a_clock_two_years_fast_is_moved_back_whole_keeping_its_spacing() -> None:
     """A batch without `sentAt` from a clock two years fast: only one up to a year ahead was moved back as a whole;
     this one was left for `normalize` to refuse, each message after its 200."""
-    now = utcnow()
-    cart = message(userId="amy", event="Cart Viewed", timestamp=(now + TWO_YEARS).isoformat())
-    checkout = message(userId="amy", event="Order Completed", timestamp=(now + TWO_YEARS + timedelta(seconds=30)).isoformat())
-    parsed = build(SegmentSource, write_key="wk").parse(sdk_batch(cart, checkout)).events
-    cart_time, checkout_time = (datetime.fromisoformat(event.payload["timestamp"]) for event in parsed)
-    assert checkout_time - cart_time == timedelta(seconds=30)
-    assert checkout_time == datetime.fromisoformat(parsed[1].payload["receivedAt"])
-    assert parsed[0].payload["originalTimestamp"] == cart["timestamp"]
+    moved_back_whole(TWO_YEARS)
 
 
 def test_a_batch_whose_times_lie_over_a_century_apart_keeps_its_messages_dated_in_the_past() -> None:
