@@ -81,5 +81,5 @@ def test_a_bad_setting_names_the_variable_and_the_choices_without_a_traceback() 
     result = run("worker", "--only", "mailer")
     assert result.returncode == 2
     text = " ".join(result.stderr.split())
-    assert "HUB_WORKERS: Value error, unknown worker mailer: pick from pipeline, timers, delivery (got 'mailer')" in text
+    assert "--only: Value error, unknown worker mailer: pick from pipeline, timers, delivery (got 'mailer')" in text  # as typed
     assert "Traceback" not in result.stdout + result.stderr
