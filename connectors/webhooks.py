@@ -21,13 +21,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from functools import partial
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 
 from jmespath.parser import ParsedResult
 from pydantic import SecretStr
 
 from connectors.base import ParseResult, RejectedItem
-from connectors.storable_json import may_nest_too_deep, refuse_deep_envelope, storage_problem
+from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep, refuse_deep_envelope, storage_problem
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
 from hub.model import RawEvent
 from hub.paths import DATA_ERRORS
@@ -40,6 +40,15 @@ Encoding = Literal["hex", "base64"]
 # "nan", "inf", "1e9", "1_700_000_000" and non-ASCII digits); 15 digits reach far beyond any real clock.
 _UNIX_TIME = re.compile(r"[0-9]{1,15}")
 MAX_MESSAGE_ID = 200  # characters: the width of the inbox's message_id column
+# Standard Webhooks: a secret as senders show it, and the bytes a `v1` signature is taken over.
+STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"
+
+
+def signed_content(message_id: str, timestamp: int | str, body: bytes) -> bytes:
+    """What a Standard Webhooks signature covers: ``{webhook-id}.{webhook-timestamp}.{body}``."""
+    return f"{message_id}.{timestamp}.".encode() + body
+
+
 def sign(secret: bytes, algorithm: Algorithm, message: bytes, encoding: Encoding) -> str:
     digest = hmac.new(secret, message, getattr(hashlib, algorithm)).digest()
     return digest.hex() if encoding == "hex" else base64.b64encode(digest).decode("ascii")
@@ -116,7 +125,7 @@ def _finite_float(text: str) -> float:
 def json_document(body: bytes) -> Any:
     """The body as JSON (`json_value`), refused when it nests deeper than `MAX_JSON_DEPTH`: for a body that is one
     document (an admin request, a webhook of one event). A body of many messages or events is read with
-    `json_value` and each item counts its own levels (`depth_problem`), as it does alone."""
+    `json_items_value` and each item counts its own levels (`depth_problem`), as it does alone."""
     document = json_value(body)
     if may_nest_too_deep(body, document):
         refuse_deep_envelope(document, [])
@@ -127,6 +136,25 @@ def json_value(body: bytes) -> Any:
     """The body as JSON (`_strict_document`'s reading) whatever its depth, by orjson where it reads what the json
     module would: a hook per float made every request 1.2x slower to parse."""
     return json_text.loads_bytes(body, _strict_document)
+
+
+class StorageChecks(TypedDict):
+    """Which of `storage_problem`'s walks the items of one body need: each costs a walk of every item, and a body
+    that cannot fail one (no text a store refuses, no deep nesting, no number beyond a double) skips it."""
+
+    check_text: bool
+    check_depth: bool
+    check_numbers: bool
+
+
+def json_items(body: bytes) -> tuple[Any, StorageChecks]:
+    """A body of many items as JSON (`json_items_value`), and the checks its items need (`StorageChecks`), for
+    `json_events`, `storage_problem` or a source's own item loop."""
+    document, beyond_double = json_items_value(body)
+    checks = StorageChecks(
+        check_text=may_hold_unstorable_text(body), check_depth=may_nest_too_deep(body, document), check_numbers=beyond_double,
+    )
+    return document, checks
 
 
 def json_items_value(body: bytes) -> tuple[Any, bool]:

@@ -6,7 +6,6 @@ or revoked here counts at once on every hub process sharing that store.
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import Enum
 
 import typer
@@ -14,7 +13,7 @@ from rich.table import Table
 
 from hub.cli_store import existing_store
 from hub.cli_support import (
-    config_problems_exit, console, err_console, fail, id_column, load_settings, plain, styled, writing,
+    config_problems_exit, console, err_console, fail, id_column, load_settings, plain, styled, utc_text, writing,
 )
 from hub.clock import utcnow
 from hub.store import Store, api_keys
@@ -75,8 +74,8 @@ def list_keys() -> None:
         table.add_column(column, overflow="fold")
     for key in keys:
         table.add_row(
-            key.key_id, plain(key.name), ", ".join(key.scopes), _when(key.created_at), _when(key.last_used_at),
-            _when(key.revoked_at),
+            key.key_id, plain(key.name), ", ".join(key.scopes), utc_text(key.created_at), utc_text(key.last_used_at),
+            utc_text(key.revoked_at),
         )
     console.print(table)
 
@@ -91,8 +90,6 @@ def revoke(
         key = api_keys.revoke(connection, key_id, utcnow())
     if key is None:
         fail(styled("[red]No API key has the id {}; `touchhub keys list` shows them.[/]", api_keys.shown_id(key_id)))
-    console.print(styled("Key {} ({!r}) revoked at {} UTC.", key.key_id, key.name, _when(key.revoked_at)))
+    console.print(styled("Key {} ({!r}) revoked at {} UTC.", key.key_id, key.name, utc_text(key.revoked_at)))
 
 
-def _when(moment: datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else ""

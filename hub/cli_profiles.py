@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from hub.cli_support import config_problems_exit, console, fail, load_settings, plain, styled
+from hub.cli_support import config_problems_exit, console, fail, load_settings, plain, styled, utc_text
 from hub.model import Identifier
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ def _consent_table(state: dict[str, Any]) -> Table:
     table.add_row("channel", plain(state["channel"]))
     table.add_row("consent", "granted" if state["granted"] else "revoked")
     table.add_row("recorded", plain(state["reason"]))
-    table.add_row("at (UTC)", state["changed_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    table.add_row("at (UTC)", utc_text(state["changed_at"]))
     return table
 
 
@@ -181,8 +181,8 @@ def _profile_tables(view: dict[str, Any], *, show_pii: bool, region: str) -> lis
     from hub.pii import mask_recipient, mask_traits
 
     summary = Table(title=f"Profile {view['profile_id']}", show_header=False, title_justify="left")
-    summary.add_row("created (UTC)", view["created_at"].strftime("%Y-%m-%d %H:%M:%S"))
-    summary.add_row("updated (UTC)", view["updated_at"].strftime("%Y-%m-%d %H:%M:%S"))
+    summary.add_row("created (UTC)", utc_text(view["created_at"]))
+    summary.add_row("updated (UTC)", utc_text(view["updated_at"]))
     summary.add_row("merged ids", plain(", ".join(view["merged_profile_ids"]) or "none"))
     traits = Table(title=f"Traits ({len(view['traits'])})", title_justify="left")
     traits.add_column("trait", no_wrap=True)
@@ -208,7 +208,7 @@ def _consent_changes_table(changes: list[dict[str, Any]]) -> Table:
         table.add_column(column, overflow="fold")
     for change in changes:
         table.add_row(
-            change["at"].strftime("%Y-%m-%d %H:%M:%S"), plain(change["channel"]),
+            utc_text(change["at"]), plain(change["channel"]),
             "granted" if change["granted"] else "revoked", plain(change["reason"]),
         )
     return table

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from string import Formatter
 from time import monotonic
@@ -127,6 +128,11 @@ def _parsed_leniently(ctx: typer.Context, args: Sequence[str]) -> typer.Context 
     except typer.TyperException:
         return None
     return None if isinstance(context.command, TyperGroup) else context
+
+
+def utc_text(moment: datetime | None) -> str:
+    """A time as the CLI's tables show it (their headings say UTC); blank for none."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment is not None else ""
 
 
 def id_column(table: Table, header: str, ids: Iterable[str]) -> None:

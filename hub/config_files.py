@@ -278,7 +278,7 @@ class Unchanged:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.stamp, self.settled = _looked_at(path)
+        self.stamp, self.settled = _looked_at(path, first=True)
 
     def __call__(self) -> bool:
         if self.settled:
@@ -288,10 +288,14 @@ class Unchanged:
         return stamp == self.stamp
 
 
-def _looked_at(path: Path) -> tuple[tuple[int, bytes] | None, bool]:
-    """The file's `content_stamp` (None while there is no file to read), and whether it was taken over a tick
-    after the file's mtime, so that any later save moves the mtime."""
+def _looked_at(path: Path, first: bool = False) -> tuple[tuple[int, bytes] | None, bool]:
+    """The file's stamp (None while there is no file to read), and whether it was taken over a tick after the
+    file's mtime, so that any later save moves the mtime. At the `first` look at a file so settled its content
+    is not read (the digest left empty): looks then compare the mtime alone, and the loader reads it anyway."""
     looked = time.time_ns()  # before reading: a save during the read may share the tick of this
+    mtime = _mtime(path) if first else None
+    if mtime is not None and looked - mtime > _TICK_NS:
+        return (mtime, b""), True
     stamp = content_stamp(path)
     return stamp, stamp is None or looked - stamp[0] > _TICK_NS
 

@@ -271,9 +271,10 @@ class DeliveryEngine:
         relay has 10 minutes to answer the end of a message), and one whose lease ran out while the engine closed
         was claimed and sent again by another node."""
         while going := [delivery_id for delivery_id, send in self._sending.items() if not send.done()]:
-            if self._half_spent(going, utcnow()):  # a write transaction only when a lease is due for renewal
+            now = utcnow()
+            if self._half_spent(going, now):  # a write transaction only when a lease is due for renewal
                 with self.store.write() as connection:
-                    self._renew_leases(connection, going, utcnow())
+                    self._renew_leases(connection, going, now)
             self._loop.run_until_complete(asyncio.wait(
                 [self._sending[delivery_id] for delivery_id in going], timeout=self.lease.total_seconds() / 4
             ))

@@ -37,7 +37,7 @@ from typing import Protocol
 from hub.errors import ForgottenIdentityError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.model import Identifier, MovedIdentifier, RefusedLink, Resolution, Touchpoint
-from hub.store.forget_digest import KEYED, PLAIN, ForgetKeys
+from hub.store.forget_digest import ForgetKeys, identifier_digest
 
 # Mappings give Segment's alias `previousId` this type; resolution decides what it really is.
 PREVIOUS_ID = "previous_id"
@@ -259,7 +259,7 @@ def _by_digest(ident: Identifier, keys: ForgetKeys) -> Identifier:
     """A forgotten identifier as a refusal names it: by the digest the blocklist keeps, never by the value the person
     had erased, which the audit trail would otherwise write back in plain text, nor by its plain sha256 under
     HUB_FORGET_KEY, which anyone reverses by hashing guesses."""
-    return Identifier(ident.type, f"{KEYED if keys.keyed else PLAIN}{keys.stored(ident)}")
+    return Identifier(ident.type, keys.refusal_value(identifier_digest(ident)))
 
 
 def _rule_against(

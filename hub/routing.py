@@ -31,18 +31,14 @@ from connectors.base import Destination, load_registry
 from hub.consent import consent_revoked
 from hub.daily_cap import has_room
 from hub.errors import ConfigError
-from hub.identifiers import split_extension
 from hub.model import FALLBACK, QUIET_ZONE, SEND_BY, Action, Decision, Identifier, PlannedDelivery, ordered_id
-from hub.pii import holds_values
 from hub.quiet_hours import QuietHours
+from hub.reachability import CannotReach, current_address, reachable, refuse_blank, refuse_too_long
 from hub.routes_file import PROFILE_TARGET, ChannelRoute, Unrouted, addressee_of, recipient_of
 from hub.rule_lines import RuleLines
 from hub.rules import RuleSpec
 from hub.template_values import template_context
 from hub.templates import TemplateRenderer
-
-PHONE_TARGET = "phone"
-
 
 @dataclass(frozen=True)
 class ContactPolicy:
@@ -62,15 +58,6 @@ class RoutingPlan:
     def fates(self) -> list[dict[str, Any]]:
         """Each action's fate, as the decision log records it."""
         return self.action_fates
-
-
-class _CannotReach(Exception):
-    """This channel cannot reach the person; a fallback may."""
-
-    def __init__(self, fate: str, reason: str) -> None:
-        super().__init__(reason)
-        self.fate = fate
-        self.reason = reason
 
 
 class Router:
@@ -196,7 +183,7 @@ class Router:
                     decision, place, action, channel, template, profile, touchpoint, context, now, going, then=then,
                     quiet=quiet,
                 )
-            except _CannotReach as cannot:
+            except CannotReach as cannot:
                 entry = {"channel": channel, "fate": cannot.fate, "reason": cannot.reason}
                 if then:
                     entry.update(fate="fell_back", because=cannot.fate, to=then[0][0])
@@ -228,12 +215,12 @@ class Router:
         runs from the decision's time (its event's), not `now`: an event taken in late has waited part of it."""
         route = self.routes.get(channel)
         if route is None:
-            raise _CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
+            raise CannotReach("skipped", f"no route for channel {channel!r} in routes.yaml")
         if consent_revoked(profile["traits"], channel):
-            raise _CannotReach("blocked_by_consent", f"{channel} consent revoked by the profile")
-        recipients = [decision.profile_id] if route.target == PROFILE_TARGET else _reachable(route.target, profile["identifiers"])
+            raise CannotReach("blocked_by_consent", f"{channel} consent revoked by the profile")
+        recipients = [decision.profile_id] if route.target == PROFILE_TARGET else reachable(route.target, profile["identifiers"])
         if then and channel in self.unserved:
-            raise _CannotReach("skipped", f"destination {route.destination!r} is not configured on this hub")
+            raise CannotReach("skipped", f"destination {route.destination!r} is not configured on this hub")
         max_age = self.policy.max_age
         if route.reaches_person and max_age is not None and now - decision.decided_at > max_age:
             return None, {"fate": "skipped", "reason": f"too old to send: its cause was at {decision.decided_at:%Y-%m-%d %H:%M} UTC, "
@@ -241,12 +228,12 @@ class Router:
         try:
             rendered = self.templates.render(template, context)
         except TemplateError as exc:  # the fallback's template may render
-            raise _CannotReach("skipped", f"template {template}: {exc}") from exc
+            raise CannotReach("skipped", f"template {template}: {exc}") from exc
         fields = self._fields(decision.rule_id, action.fields, context)
         if composer := self._composers.get(route.destination):
-            _refuse_blank(rendered, composer.message_parts, composer.required_parts, template)
-            _refuse_too_long(rendered, composer.part_limits, composer.title, template)
-        target = _current_address(recipients, profile["traits"].get(route.target))
+            refuse_blank(rendered, composer.message_parts, composer.required_parts, template)
+            refuse_too_long(rendered, composer.part_limits, composer.title, template)
+        target = current_address(recipients, profile["traits"].get(route.target))
         send_at = max(now, decision.decided_at + action.delay) if action.delay else now
         fate: dict[str, Any] = {"fate": "planned"}
         quiet_hours = self.policy.quiet_hours
@@ -302,7 +289,7 @@ class Router:
                 result = self.templates.render_value(value, context)
             except TemplateError as exc:
                 why = f"rule {rule_id!r}: fields.{name}: {exc}; fix the field's value in triggers.yaml"
-                raise _CannotReach("skipped", why) from exc
+                raise CannotReach("skipped", why) from exc
             if not (isinstance(result, str) and not result.strip()):
                 rendered[name] = result
         return rendered
@@ -319,73 +306,6 @@ def _fallback_record(decision: Decision, place: int, then: Sequence[tuple[str, s
     (the person may have moved)."""
     return {"decision_id": decision.decision_id, "place": place, "then": [list(tried) for tried in then],
             "vars": decision.variables, "quiet": quiet}
-
-
-def _refuse_blank(rendered: Mapping[str, str], parts: Sequence[str], required: Sequence[str], template: str) -> None:
-    """Raise `_CannotReach` (skipped: the fallback may have a template that renders) when every part the
-    destination sends is blank, or a part it cannot go without (`required`) is; render strips each part
-    already."""
-    if parts and not any(rendered.get(part) for part in parts):
-        raise _CannotReach("skipped", (
-            f"template rendered empty: {template} ({', '.join(parts)} all blank); check its {{% if %}} conditions "
-            "and that the file is saved whole"
-        ))
-    missing = [part for part in required if not rendered.get(part)]
-    if missing:
-        raise _CannotReach("skipped", (
-            f"template rendered empty: {template} ({', '.join(missing)} blank or missing); give it a "
-            f"{{% block {missing[0]} %}} that renders text in every case"
-        ))
-
-
-def _refuse_too_long(rendered: Mapping[str, str], limits: Mapping[str, int], provider: str, template: str) -> None:
-    """Raise `_CannotReach` (skipped: the fallback may reach the person) when a part is longer than the provider
-    takes (`limits`, in characters): sent, it was refused for good (Twilio's 21617), and no fallback was tried."""
-    for part, limit in limits.items():
-        length = len(rendered.get(part, ""))
-        if length > limit:
-            raise _CannotReach("skipped", (
-                f"template rendered too long: {template} ({part} is {length:,} characters; {provider} takes at most "
-                f"{limit:,}); shorten it, or cut a long value short with `| truncate(...)`"
-            ))
-
-
-def _reachable(target: str, identifiers: Mapping[str, list[str]]) -> list[str]:
-    """The profile's addresses of type `target` that its channel can reach; raise `_CannotReach` (skipped, so the
-    fallback is tried) when there are none.
-
-    A channel routed to a phone sends a message (an SMS), which reaches the
-    number dialled: for a phone with an extension, a switchboard, not the
-    person behind it. Sent to that number, one person's message went to
-    whoever answers for the company.
-    """
-    held = identifiers.get(target, [])
-    if not held:
-        raise _CannotReach("skipped", f"profile has no {target}")
-    if target != PHONE_TARGET:
-        return held
-    reachable = [phone for phone in held if not split_extension(phone)[1]]
-    if not reachable:
-        raise _CannotReach("skipped", (
-            f"profile has no {target} a text can reach: {'its' if len(held) == 1 else 'each'} {target} has an "
-            "extension (behind a switchboard); a text needs the person's own mobile number"
-        ))
-    return reachable
-
-
-def _current_address(addresses: Sequence[str], trait: Any) -> str:
-    """The address the person gave last: of the profile's addresses of a type (newest first by the hub's clock),
-    the one its trait of the same name holds (`email`, `phone`), else the newest.
-
-    Traits are last-write-wins by event time; identifiers are ordered by when
-    the hub took them in, so an SDK's offline queue flushed late made the
-    address the person had left the newest. The trait is as the sender wrote
-    it ("(415) 555-0142"), so it is matched as `forget` finds a value
-    (`hub.pii.holds_values`); with one address there is nothing to choose.
-    """
-    if len(addresses) > 1 and isinstance(trait, str):
-        return next((address for address in addresses if holds_values(trait, {address.lower()})), addresses[0])
-    return addresses[0]
 
 
 def destination_params(action: Action, fields: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import structlog
 
-from hub.config_files import content_stamp, load_model
+from hub.config_files import Unchanged, load_model
 from hub.errors import ConfigError
 from hub.rules import RuleFile, RuleSpec
 from hub.rule_events import RuleIndex
@@ -56,7 +56,7 @@ class RuleBook:
         self._check = check
         self._recheck_seconds = recheck_seconds
         self._lock = threading.Lock()
-        self._stamp = content_stamp(self.path)
+        self._unchanged = Unchanged(self.path)  # before the read: a save during it is seen at the next look
         loaded = self._load()
         self._check(loaded[0])
         self._in_force = InForce.of(*loaded)
@@ -94,10 +94,9 @@ class RuleBook:
         refusal is logged only when its problems differ from the last one's, or the file was saved again."""
         with self._lock:
             self._checked_at = time.monotonic()
-            stamp = content_stamp(self.path)
-            saved = stamp != self._stamp
+            saved = not self._unchanged()
             if saved:
-                self._stamp, self._unchecked = stamp, None
+                self._unchanged, self._unchecked = Unchanged(self.path), None
             elif self._unchecked is None:
                 return False
             try:

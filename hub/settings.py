@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from connectors.destinations.ssrf import check_url
 from hub.durations import LONGEST
 from hub.identifiers import DEFAULT_PHONE_REGION
+from hub.provider_settings import ProviderSettings
 from hub.secret_urls import setting_shown
 from hub.signing_secrets import in_use
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
@@ -30,7 +31,6 @@ DEVELOPMENT_WRITE_KEY = "dev-write-key"
 DEVELOPMENT_ADMIN_TOKEN = "dev-admin-token"
 DEVELOPMENT_UNSUBSCRIBE_SECRET = "dev-unsubscribe-secret"
 SHORTEST_FORGET_KEY = 32  # characters of HUB_FORGET_KEY: `openssl rand -hex 32` makes 64
-PREVIOUS_WEBHOOK_SECRET_HELP = "During a rotation, the secret before: messages carry a signature by each until you unset it."
 # The most sends one delivery engine has in flight (HUB_DELIVERY_CONCURRENCY); destination clients keep
 # as many connections open, so a send never waits for, or closes, a connection another one could reuse.
 MAX_DELIVERY_CONCURRENCY = 128
@@ -53,8 +53,9 @@ LONGEST_POLL_SECONDS = 60.0  # an idle worker looks for work it was not told of 
 LONGEST_LEASE_SECONDS = 24 * 3600.0
 
 
-class HubSettings(BaseSettings):
-    """Settings for one hub process; see `.env.example` for the commented list."""
+class HubSettings(ProviderSettings):
+    """Settings for one hub process (with what its destinations are given: `ProviderSettings`); see `.env.example`
+    for the commented list."""
 
     model_config = SettingsConfigDict(env_prefix="HUB_", env_file=".env", extra="ignore", allow_inf_nan=False)
 
@@ -95,48 +96,6 @@ class HubSettings(BaseSettings):
         DEFAULT_PHONE_REGION, description="Region for phone numbers written without +country: an ISO 3166-1 code (US, GB, DE, ...)."
     )
 
-    twilio_account_sid: str = "AC00000000000000000000000000000000"
-    twilio_auth_token: SecretStr = SecretStr("sandbox-auth-token")
-    twilio_from_number: str = "+15005550006"
-    twilio_api_base_url: str | None = Field(
-        None, description="Send Twilio API calls here instead of https://api.twilio.com (sandbox, proxy)."
-    )
-
-    salesforce_consumer_key: str | None = Field(
-        None, description="Connected app consumer key; the salesforce (crm) destination is built only when set."
-    )
-    salesforce_consumer_secret: SecretStr = SecretStr("")
-    salesforce_username: str | None = Field(None, description="With a password: username-password OAuth flow.")
-    salesforce_password: SecretStr | None = None
-    salesforce_domain: str = Field("login", description="login, test, or the My Domain prefix such as acme.my.")
-    salesforce_api_version: str = "59.0"
-    salesforce_sobject: str = Field("Lead", description="Lead or Contact: what the profile is upserted as.")
-    salesforce_external_id_field: str = Field("Touchhub_Profile_Id__c", description="External-id field holding the profile id.")
-    salesforce_intent_field: str = Field("Touchhub_Intent__c", description="Custom field the decision's intent goes to.")
-    salesforce_task_external_id_field: str = Field("Touchhub_Delivery_Id__c", description="External-id field on Task.")
-    salesforce_api_base_url: str | None = Field(
-        None, description="Send Salesforce calls here instead of *.salesforce.com (sandbox, proxy)."
-    )
-    salesforce_erase_on_forget: bool = Field(
-        True, description="Forgetting a person (DELETE /api/profiles/{id}) deletes the Leads and Contacts the hub "
-        "upserted for them, with their Tasks; false keeps them, for an org whose sales team owns its records.",
-    )
-
-    fcm_credentials_file: Path | None = Field(
-        None, description="Service-account key JSON; the fcm_push (push) destination is built only when set."
-    )
-    fcm_project_id: str | None = Field(None, description="Firebase project id; defaults to the key's project_id.")
-    fcm_api_base_url: str | None = Field(
-        None, description="Send FCM calls here instead of https://fcm.googleapis.com (sandbox, proxy)."
-    )
-
-    smtp_host: str = Field("127.0.0.1", description="SMTP relay of the email destination.")
-    smtp_port: int = Field(25, ge=1, le=65535)
-    smtp_tls: str = Field("none", pattern="^(none|starttls|tls)$", description="none, starttls (587) or tls (465).")
-    smtp_username: str | None = None
-    smtp_password: SecretStr | None = None
-    smtp_ca_file: str | None = Field(None, description="PEM bundle to verify the relay with, instead of the system's.")
-    email_from: str = Field("Touchpoint Hub <hub@example.com>", description="From address of every email.")
     unsubscribe_secret: SecretStr = Field(
         SecretStr(DEVELOPMENT_UNSUBSCRIBE_SECRET), min_length=1,
         description="Signs unsubscribe links (an empty one would sign links the hub then refuses); to change it, move "
@@ -164,16 +123,6 @@ class HubSettings(BaseSettings):
         None,
         description="Comma-separated keys HUB_FORGET_KEY held before: the rows each keyed still refuse their identifiers. "
         "Keep every one for as long as the store keeps those rows, which is for good (they are never keyed again).",
-    )
-
-    outbound_webhook_url: str | None = Field(None, description="Receiver of the `webhook` channel; unset or empty: no such destination.")
-    outbound_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
-    outbound_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
-    chat_webhook_url: str | None = Field(None, description="Chat widget backend for the `chat` channel; unset or empty: none.")
-    chat_webhook_secret: SecretStr | None = Field(None, description="Its Standard Webhooks signing secret (whsec_...).")
-    chat_webhook_previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
-    webhook_allowed_networks: str = Field(
-        "", description="Comma-separated non-public networks webhooks may reach (SSRF guard), e.g. 127.0.0.1,10.0.0.0/8."
     )
 
     delivery_max_attempts: int = Field(8, ge=1)

@@ -40,10 +40,6 @@ client, while aiohttp sends several times more.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -54,29 +50,22 @@ from urllib.parse import urljoin
 
 import aiohttp
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
+from pydantic import BaseModel
 
 from connectors.base import Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
 from connectors.destinations.json_form import json_problems
-from connectors.destinations.ssrf import (
-    AddressRefused,
-    PinnedTarget,
-    SsrfGuard,
-    check_url,
-    needs_lookup,
-    parse_networks,
-)
+from connectors.destinations.webhook_config import WebhookConfig, signature, signing_key
+from connectors.destinations.ssrf import AddressRefused, PinnedTarget, SsrfGuard, needs_lookup
 from hub.clock import utcnow
 from hub.errors import DeliveryError, DeliveryFailure, GoneDeliveryError, PermanentDeliveryError, RetryableDeliveryError
 from hub.model import ENGINE_KEYS, Delivery, SendResult
 from hub.retry import outcome_for_status, parse_retry_after
 from hub.secret_urls import shown_url
-from hub.settings import HTTP_URL_PATTERN, MAX_DELIVERY_CONCURRENCY, PREVIOUS_WEBHOOK_SECRET_HELP
+from hub.settings import MAX_DELIVERY_CONCURRENCY
 from hub.signing_secrets import in_use
 
-SECRET_PREFIX = "whsec_"
 # The rest of a delivery's content is rendered message parts; these are the hub's own (what routing marks a
 # message with for the delivery engine stays in the hub).
 CONTENT_KEYS = ("template", "rule_id", "params", *ENGINE_KEYS)
@@ -94,61 +83,6 @@ GONE = 410
 # dead-lettered until replayed, the later deliveries with it, without a call), as Standard Webhooks asks a sender to
 # stop sending to it.
 STATUS_OUTCOMES: Mapping[int, type[DeliveryError]] = {GONE: GoneDeliveryError}
-
-
-class WebhookConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    url: str = Field(pattern=HTTP_URL_PATTERN, description="Receiver URL (http or https).")
-    secret: SecretStr = Field(description="Signing secret: 'whsec_' + base64 of 24-64 random bytes.")
-    previous_secret: SecretStr | None = Field(None, description=PREVIOUS_WEBHOOK_SECRET_HELP)
-    allowed_networks: list[str] = Field(
-        default_factory=list, description="Non-public networks the URL may resolve into (SSRF guard), e.g. 127.0.0.1."
-    )
-    # Svix's timeout, and the least Standard Webhooks recommends (15 to 30 s): a receiver is given as long as
-    # by the senders it is built for.
-    timeout_seconds: float = Field(15.0, gt=0, description="Seconds the receiver has to answer.")
-
-    @field_validator("url")
-    @classmethod
-    def _sendable_url(cls, url: str) -> str:
-        """A URL the guard and both clients can send to, so a typo is a ConfigError naming the setting."""
-        check_url(url)
-        return url
-
-    @field_validator("allowed_networks")
-    @classmethod
-    def _networks(cls, networks: list[str]) -> list[str]:
-        """Each entry an address or network as `SsrfGuard` reads it, so a typo is a ConfigError naming it."""
-        parse_networks(networks)
-        return networks
-
-    @field_validator("secret", "previous_secret")
-    @classmethod
-    def _standard_webhooks_secret(cls, secret: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        """The secret as Standard Webhooks writes it; an empty or blank previous one is none (a rotation ended by
-        emptying its variable, as `in_use` has it), an empty current one is refused."""
-        if info.field_name == "previous_secret" and (secret is None or not secret.get_secret_value().strip()):
-            return None
-        signing_key(secret.get_secret_value() if secret is not None else "")
-        return secret
-
-
-def signing_key(secret: str) -> bytes:
-    """The HMAC key inside a ``whsec_`` secret; ValueError when it is not one."""
-    if not secret.startswith(SECRET_PREFIX):
-        raise ValueError(f"must start with {SECRET_PREFIX!r} (Standard Webhooks secret format)")
-    try:
-        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
-    except binascii.Error:
-        raise ValueError("the part after 'whsec_' must be base64") from None
-    if not 24 <= len(key) <= 64:
-        raise ValueError("the key must be 24 to 64 bytes (Standard Webhooks)")
-    return key
-
-
-def sign(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:
-    digest = hmac.new(key, f"{message_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -289,7 +223,7 @@ class OutboundWebhookDestination(Destination):
             "content-type": "application/json",
             "webhook-id": delivery.delivery_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": " ".join(sign(key, delivery.delivery_id, timestamp, body) for key in self._keys),
+            "webhook-signature": " ".join(signature(key, delivery.delivery_id, timestamp, body) for key in self._keys),
         }
         return SignedRequest(target, body, headers)
 

@@ -18,7 +18,6 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
     Algorithm,
@@ -26,7 +25,7 @@ from connectors.webhooks import (
     check_signature,
     check_timestamp,
     json_events,
-    json_items_value,
+    json_items,
     lower_case_hex,
     require_header,
     secrets_in_use,
@@ -106,12 +105,10 @@ class GenericHmacSource(Source):
         """The configured events of the body, each passed through `transform` (for subclasses that enrich)."""
         config = self.config
         assert isinstance(config, GenericHmacConfig)
-        document, check_numbers = json_items_value(request.body)  # a list's 1e400 refuses its event alone
+        document, checks = json_items(request.body)  # a list's 1e400 refuses its event alone
         return json_events(
             self.source_id, document,
             events=jmespath.compile(config.events) if config.events else None,
             message_id=jmespath.compile(config.message_id) if config.message_id else None,
-            received_at=datetime.now(timezone.utc).isoformat(), transform=transform,
-            check_text=may_hold_unstorable_text(request.body), check_depth=may_nest_too_deep(request.body, document),
-            check_numbers=check_numbers,
+            received_at=datetime.now(timezone.utc).isoformat(), transform=transform, **checks,
         )

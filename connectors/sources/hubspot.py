@@ -24,12 +24,13 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import InboundRequest, ParseResult, RejectedItem, Source
-from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep, storage_problem
+from connectors.storable_json import storage_problem
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
+    StorageChecks,
     check_signature,
     check_timestamp,
-    json_items_value,
+    json_items,
     require_header,
     secrets_in_use,
     sign,
@@ -78,15 +79,13 @@ class HubSpotSource(Source):
 
     def parse(self, request: InboundRequest) -> ParseResult:
         # The array is level 1: its events count their own levels, and one holding 1e400 is refused alone.
-        document, check_numbers = json_items_value(request.body)
+        document, checks = json_items(request.body)
         if not isinstance(document, list):
             raise BadPayloadError(f"body: HubSpot sends a JSON array of events, got {type(document).__name__}")
         received_at = datetime.now(timezone.utc).isoformat()
-        check_text = may_hold_unstorable_text(request.body)
-        check_depth = may_nest_too_deep(request.body, document)
         result = ParseResult()
         for index, item in enumerate(document):
-            problems = _problems(index, item, check_text, check_depth, check_numbers)
+            problems = _problems(index, item, checks)
             if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
@@ -97,10 +96,10 @@ class HubSpotSource(Source):
         return result
 
 
-def _problems(index: int, item: Any, check_text: bool, check_depth: bool, check_numbers: bool) -> list[ItemProblem]:
+def _problems(index: int, item: Any, checks: StorageChecks) -> list[ItemProblem]:
     """What keeps one event out: an id field missing, or what no store can hold (`storage_problem`)."""
     missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
     if missing:
         return [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
-    problem = storage_problem(index, item, check_text=check_text, check_depth=check_depth, check_numbers=check_numbers)
+    problem = storage_problem(index, item, **checks)
     return [problem] if problem else []

@@ -18,8 +18,7 @@ import jmespath
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.base import InboundRequest, ParseResult, Source
-from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep
-from connectors.webhooks import json_events, json_items_value, require_header
+from connectors.webhooks import json_events, json_items, require_header
 from hub.errors import AuthenticationError
 from hub.signing_secrets import CurrentSecret
 
@@ -47,9 +46,8 @@ class RudderStackSource(Source):
             raise AuthenticationError(f"{config.header}: token does not match; check the destination's header value")
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document, check_numbers = json_items_value(request.body)  # a batch's 1e400 refuses its event alone
+        document, checks = json_items(request.body)  # a batch's 1e400 refuses its event alone
         return json_events(
             self.source_id, document, events=None, message_id=MESSAGE_ID,
-            received_at=datetime.now(timezone.utc).isoformat(), check_text=may_hold_unstorable_text(request.body),
-            check_depth=may_nest_too_deep(request.body, document), check_numbers=check_numbers,
+            received_at=datetime.now(timezone.utc).isoformat(), **checks,
         )

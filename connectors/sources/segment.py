@@ -35,12 +35,13 @@ from connectors.base import (
     secret_digest,
 )
 from connectors.sources.segment_times import batch_sent_at, is_timestamp, latest_if_ahead, skew_corrected
-from connectors.storable_json import may_hold_unstorable_text, may_nest_too_deep, refuse_deep_envelope, storage_problem
+from connectors.storable_json import refuse_deep_envelope, storage_problem
 from connectors.webhooks import (
     MAX_MESSAGE_ID,
     PREVIOUS_SECRET_HELP,
+    StorageChecks,
     check_signature,
-    json_items_value,
+    json_items,
     lower_case_hex,
     numbered_copy,
     payload_message_id,
@@ -125,12 +126,10 @@ class SegmentSource(Source):
             raise AuthenticationError("unknown write key: check the source's write key")
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document, check_numbers = _json_object(request.body)
+        document, checks = _json_object(request.body)
         message_type = _message_type(request.path, document)
-        check_text = may_hold_unstorable_text(request.body)
-        check_depth = may_nest_too_deep(request.body, document)
         if message_type is None:
-            items = _batch_messages(document, check_depth)
+            items = _batch_messages(document, checks["check_depth"])
         else:
             items = [{**document, "type": document.get("type") or message_type or None}]
         received_at = datetime.now(timezone.utc)
@@ -139,10 +138,7 @@ class SegmentSource(Source):
         result = ParseResult()
         content_ids: Counter[str] = Counter()  # ids made from content: identical messages of a batch are numbered
         for index, item in enumerate(items):
-            taken = take_message(
-                self.source_id, item, index if message_type is None else None, check_text=check_text,
-                check_depth=check_depth, check_numbers=check_numbers,
-            )
+            taken = take_message(self.source_id, item, index if message_type is None else None, **checks)
             if isinstance(taken, RejectedItem):
                 result.rejected.append(taken)
                 continue
@@ -273,13 +269,13 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
     return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
 
 
-def _json_object(body: bytes) -> tuple[dict[str, Any], bool]:
-    """The body's object, and whether it holds a number beyond a double (`json_items_value`): its messages are
-    refused one by one for it, as for their depth (`storage_problem`), in a batch as alone."""
-    document, beyond_double = json_items_value(body)
+def _json_object(body: bytes) -> tuple[dict[str, Any], StorageChecks]:
+    """The body's object, and the checks its messages need (`json_items`): a number beyond a double, or nesting
+    too deep, refuses the message holding it (`storage_problem`), in a batch as alone."""
+    document, checks = json_items(body)
     if not isinstance(document, dict):
         raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
-    return document, beyond_double
+    return document, checks
 
 
 def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool, check_numbers: bool) -> list[ItemProblem]:

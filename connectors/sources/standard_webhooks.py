@@ -20,20 +20,19 @@ from connectors.base import InboundRequest, ParseResult, Source
 from connectors.storable_json import may_hold_unstorable_text, text_problem
 from connectors.webhooks import (
     PREVIOUS_SECRET_HELP,
+    STANDARD_WEBHOOKS_SECRET_PREFIX,
     check_signature,
     check_timestamp,
     json_document,
     payload_message_id,
     require_header,
     sign,
+    signed_content,
     storable_message_id,
 )
 from hub.errors import BadPayloadError
 from hub.model import RawEvent
 from hub.signing_secrets import CurrentSecret, in_use
-
-SECRET_PREFIX = "whsec_"
-
 
 class StandardWebhooksConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -53,7 +52,7 @@ class StandardWebhooksConfig(BaseModel):
 
 
 def _key(secret: str) -> bytes:
-    text = secret.removeprefix(SECRET_PREFIX)
+    text = secret.removeprefix(STANDARD_WEBHOOKS_SECRET_PREFIX)
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
@@ -71,7 +70,7 @@ class StandardWebhooksSource(Source):
         timestamp = require_header(request.headers, "webhook-timestamp")
         signatures = require_header(request.headers, "webhook-signature")
         check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
-        content = f"{message_id}.{timestamp}.".encode() + request.body
+        content = signed_content(message_id, timestamp, request.body)
         expected = [sign(_key(secret), "sha256", content, "base64") for secret in in_use(config.secret, config.previous_secret)]
         presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
         check_signature(expected, presented, "webhook-signature")

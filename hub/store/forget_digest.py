@@ -76,6 +76,11 @@ class ForgetKeys:
         """An unkeyed digest keyed by the current key: HMAC-SHA256 of its hex text."""
         return _hmac(self._hmacs[0], unkeyed)
 
+    def refusal_value(self, unkeyed: str) -> str:
+        """How a refusal in the audit trail names a forgotten identifier of this unkeyed digest: by the digest the
+        blocklist keeps, prefixed with its form (`KEYED`, `PLAIN`)."""
+        return KEYED + self.keyed_form(unkeyed) if self.keyed else PLAIN + unkeyed
+
     def candidates(self, ident: Identifier) -> tuple[str, ...]:
         """Every digest a blocklist row of `ident` may hold: by each key, and unkeyed."""
         unkeyed = identifier_digest(ident)
@@ -149,6 +154,6 @@ def _key_plain_refusals(connection: Connection, keys: ForgetKeys) -> None:
     def keyed_name(ident: Identifier) -> Identifier | None:
         if not ident.value.startswith(PLAIN):
             return None
-        return Identifier(ident.type, KEYED + keys.keyed_form(ident.value.removeprefix(PLAIN)))
+        return Identifier(ident.type, keys.refusal_value(ident.value.removeprefix(PLAIN)))
 
     rename_refused_identifiers(connection, FORGOTTEN_RULE, keyed_name)
