@@ -10,6 +10,10 @@ deliveries, one update settling them (each that did not fire with why).
 If any timer of the set fails, the set is rolled back to its savepoint and
 each timer fires on its own, so one bad timer never holds back its
 neighbours; one that fails alone `max_attempts` times is settled `failed`.
+A timer whose row cannot be read at all (a time written by hand that the
+driver cannot parse) failed the claim, or the look for the next due time,
+before any of that: the claim is then made again timer by timer, and such a
+timer is settled `failed` at once, its reason the error (`hub.internal`).
 A crash before the commit leaves the timers pending, to be fired after the
 lease by this or another process; a commit makes them settled, so each
 fires once. Once committed, each settled timer is counted
@@ -40,7 +44,7 @@ from hub.selectors import event_names
 from hub.shortened_waits import ShortenedWaits
 from hub.store import Store, inbox, sql, timers, touchpoints
 from hub.store.profile_views import profile_views
-from hub.store.savepoints import as_set_or_one_by_one
+from hub.store.savepoints import ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, set_aside_reason
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -54,6 +58,8 @@ CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pip
 # rule with many waiting. After that this worker's rules are taken as the cluster's.
 RULE_ROLLOUT = timedelta(minutes=15)
 RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
+# What a timer set aside as unreadable (settled `failed`) says to do.
+UNREADABLE_TIMER = "the hub could not read this timer's row; it will not fire: mend the row and set it pending to fire it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +111,7 @@ class TimerEngine:
         self._next_due: datetime | None = None
         self.shortened_waits = ShortenedWaits(store, RULE_ROLLOUT)
         self._in_force_seen = rulebook.in_force()
+        self._claims = ClaimsAfterFailure("timer")  # a timer the hub cannot read is set aside, not the set stopped
 
     def run_once(self, now: datetime | None = None) -> int:
         """Fire one batch of due timers; returns how many were handled. `now` is for simulations."""
@@ -114,14 +121,20 @@ class TimerEngine:
         self.shortened_waits.follow(now, in_force.rules)
         self._warn_of_rules_gone(in_force)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
-            self._next_due = timers.next_due(connection, now)
+            readable, self._next_due = _next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
             waiting = inbox.oldest_waiting(connection) if due_now else None
+        if not readable:
+            return self._set_aside_next(now)
         if not due_now:
             return 0
         if waiting is not None and waiting <= self._next_due:  # nor while the pipeline catches up (`claim_due`)
             self._next_due = now + CATCH_UP_RECHECK
             return 0
+        return self._claims.run(lambda: self._fire_due(simulated))
+
+    def _fire_due(self, simulated: datetime | None) -> int:
+        """Claim a set of due timers and fire it; returns how many were claimed, or set aside as unreadable."""
         with self.store.write() as connection:
             # A fired timer counts and plans a profile's deliveries. The lock comes before the claim's row locks,
             # in the pipeline's order (it takes this lock, then settles timers): the other order deadlocks on
@@ -131,18 +144,65 @@ class TimerEngine:
             # the lease and what is due count from when this worker holds it, not from its read before.
             now = simulated or utcnow()
             seen_until = inbox.oldest_waiting(connection) or timers.ALL_SEEN
-            due = timers.claim_due(connection, self.batch_size, now, self.lease, seen_until)
+            due, read, set_aside = self._claim(connection, now, seen_until)
             if not due:  # held back while the pipeline catches up (`timers.claim_due`): look again shortly
                 self._next_due = now + CATCH_UP_RECHECK
             outcome = sum(as_set_or_one_by_one(
                 connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",
-            ), _Outcome())
+            ), set_aside)
         outcome.recorded.count()
-        _report(outcome.settled, due)
+        _report(outcome.settled, [*due, *read])
         if outcome.recorded.planned:
             self._deliveries_planned()
-        return len(due)
+        return len(due) + len(set_aside.settled)
+
+    def _claim(
+        self, connection: Connection, now: datetime, seen_until: datetime
+    ) -> tuple[list[DueTimer], list[timers.TimerKey], _Outcome]:
+        """The due timers (`timers.claim_due`); after a claim that raised, claimed one by one (`_one_by_one`), with
+        the keys read and the settlements of those set aside."""
+        def one_by_one() -> tuple[list[DueTimer], list[timers.TimerKey], _Outcome]:
+            keys = timers.due_keys(connection, self.batch_size, now, seen_until)
+            due, set_aside = self._one_by_one(
+                connection, keys, lambda timer_id: timers.claim_one(connection, timer_id, now, self.lease, seen_until), now
+            )
+            return due, keys, set_aside
+
+        return self._claims.claim(
+            lambda: (timers.claim_due(connection, self.batch_size, now, self.lease, seen_until), [], _Outcome()),
+            one_by_one,
+        )
+
+    def _set_aside_next(self, now: datetime) -> int:
+        """Set aside the timer `timers.next_due` could not read, if it cannot be read alone either (the error may
+        have been the database's); returns how many were. Left pending, it failed every look, and no timer fired."""
+        with self.store.write() as connection:
+            keys = timers.first_pending_key(connection, now)
+            _, set_aside = self._one_by_one(connection, keys, lambda timer_id: timers.read_one(connection, timer_id), now)
+        _report(set_aside.settled, keys)
+        return len(set_aside.settled)
+
+    def _one_by_one(
+        self, connection: Connection, keys: Sequence[timers.TimerKey], take: Callable[[str], DueTimer | None],
+        now: datetime,
+    ) -> tuple[list[DueTimer], _Outcome]:
+        """`take` each timer (claim or read it) in a savepoint of its own; one that raises is settled `failed`, its
+        reason naming the error, as a timer whose firing keeps failing is.
+
+        A row the hub cannot read (a due time SQLite holds as written and no
+        calendar has, written by hand or by an older version) failed every
+        claim, or every look for the next due time, and no timer fired again.
+        """
+        set_aside: list[Settlement] = []
+
+        def settle_failed(key: timers.TimerKey, error: Exception) -> None:
+            log.error("a timer the hub cannot read is set aside", timer_id=key.timer_id, exc_info=error)
+            set_aside.append(Settlement.ended(key.timer_id, WaitEnded("failed", set_aside_reason(error, UNREADABLE_TIMER))))
+
+        taken = each_or_set_aside(connection, keys, lambda key: [timer] if (timer := take(key.timer_id)) else [], settle_failed)
+        timers.settle(connection, set_aside, now)
+        return taken, _Outcome(settled=tuple(set_aside))
 
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it, or this worker looks again at shortened
@@ -294,6 +354,15 @@ class TimerEngine:
         )
 
 
+def _next_due(connection: Connection, now: datetime) -> tuple[bool, datetime | None]:
+    """Whether the next timer's due time could be read, and it (`timers.next_due`)."""
+    try:
+        return True, timers.next_due(connection, now)
+    except Exception:
+        log.warning("the next timer's due time could not be read; it is read alone, to set it aside", exc_info=True)
+        return False, None
+
+
 def _gone(anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | None:
     """Why a due timer can no longer be decided whatever the rules say, if it cannot."""
     if anchor is None:
@@ -303,7 +372,7 @@ def _gone(anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | No
     return None
 
 
-def _report(settled: Sequence[Settlement], due: Sequence[DueTimer]) -> None:
+def _report(settled: Sequence[Settlement], due: Sequence[DueTimer | timers.TimerKey]) -> None:
     """Once committed, each settled timer counted by rule and outcome, and each that did not fire logged with why:
     ops asking why someone never got a nudge find the timer, its rule and profile, and the reason."""
     claimed = {timer.timer_id: timer for timer in due}

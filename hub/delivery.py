@@ -43,7 +43,12 @@ passes it over); only the retry policy dead-letters. A claim takes any due
 delivery; one to a destination not configured in this process (in a rolling
 deploy, not yet) is put back the same way for `UNCONFIGURED_PAUSE_SECONDS`,
 for a process with its settings to take, until its destination's max age
-dead-letters it (`config.unknown_destination`).
+dead-letters it (`config.unknown_destination`). A claim that raises (a row
+the hub cannot read or check, written by hand or by an older version) is
+rolled back with its transaction, and the next claim takes the due rows one
+by one, each in a savepoint: one that raises again is dead-lettered
+(`hub.internal`, with the error), replayable once its row is mended, and the
+others go (`hub.store.savepoints.ClaimsAfterFailure`).
 """
 
 from __future__ import annotations
@@ -66,9 +71,9 @@ from hub.store.withdrawals import FallBack
 from hub.model import Delivery, Identifier
 from hub.quiet_hours import QuietHours
 from hub.store import Store, merged_targets, outbox
+from hub.store.savepoints import ClaimsAfterFailure, each_or_set_aside, set_aside_reason
 
 log = structlog.get_logger(__name__)
-
 
 
 class DeliveryEngine:
@@ -112,6 +117,7 @@ class DeliveryEngine:
         self._leased_at: dict[str, datetime] = {}  # when the lease of each send in flight was taken or last renewed
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
+        self._claims = ClaimsAfterFailure("delivery")  # a delivery the hub cannot send sets aside, not stops, the rest
 
     def run_once(self) -> int:
         """Start a batch of due deliveries' sends, wait for every send in flight `SEND_WAIT_SECONDS` at most
@@ -151,8 +157,12 @@ class DeliveryEngine:
         transaction that claims: a look first, which the database refused
         (locked, a lost connection), raised before the loop had run those
         sends to their end or recorded them, run after run while it refused,
-        and each was sent again once its lease ran out.
+        and each was sent again once its lease ran out. A batch claim that
+        fails is made again at once, one delivery at a time (`_claims`).
         """
+        return self._claims.run(self._claim_alone)
+
+    def _claim_alone(self) -> list[Delivery]:
         with self.store.write() as connection:
             return self._claim(connection, [])
 
@@ -214,13 +224,30 @@ class DeliveryEngine:
         room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
             return []
-        claimed = outbox.claim_due(connection, room, now, self.lease, self._attempts.at_their_limit(), frozenset(in_flight))
-        going = merged_targets.follow_merges(
-            connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
-            self._keeps_records,
+        skip, held = self._attempts.at_their_limit(), frozenset(in_flight)
+        going = self._claims.claim(
+            lambda: self._checked(connection, outbox.claim_due(connection, room, now, self.lease, skip, held), now),
+            lambda: each_or_set_aside(
+                connection, outbox.due_ids(connection, room, now, skip, held),
+                lambda delivery_id: self._claim_one(connection, delivery_id, now),
+                lambda delivery_id, error: _set_aside(connection, delivery_id, now, error),
+            ),
         )
         self._leased_at.update((delivery.delivery_id, now) for delivery in going)
         return going
+
+    def _claim_one(self, connection: Connection, delivery_id: str, now: datetime) -> list[Delivery]:
+        """The delivery, claimed and past its checks, or nothing (not due any more, or held back by a check)."""
+        claimed = outbox.claim_one(connection, delivery_id, now, self.lease)
+        return self._checked(connection, [claimed] if claimed else [], now)
+
+    def _checked(self, connection: Connection, claimed: list[Delivery], now: datetime) -> list[Delivery]:
+        """The claimed deliveries that pass their claim checks (`ClaimChecks.may_go`), each addressed to the
+        profile it now belongs to (`merged_targets.follow_merges`)."""
+        return merged_targets.follow_merges(
+            connection, self._checks.may_go(connection, claimed, now), now, self._addressed_to_profile,
+            self._keeps_records,
+        )
 
     def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> None:
         """Renew, in one statement, the leases of the sends `in_flight` taken or renewed half a lease ago or more.
@@ -287,3 +314,12 @@ class DeliveryEngine:
     async def _close_async(self) -> None:
         await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))
         await self._loop.shutdown_default_executor()
+
+
+def _set_aside(connection: Connection, delivery_id: str, now: datetime, error: Exception) -> None:
+    """Dead-letter a delivery whose claim raised, its savepoint rolled back, with the error as its reason."""
+    reason = set_aside_reason(error, "the hub could not read or check this delivery's row at its claim; mend the row, "
+                                     "then replay it")
+    log.error("a delivery the hub cannot send was set aside as dead", delivery_id=delivery_id, reason=reason,
+              exc_info=error)
+    outbox.set_aside(connection, delivery_id, now, reason)

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, case, func, insert, literal, null, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, case, func, insert, literal, null, or_, select, update
 
 from hub.model import Delivery, PlannedDelivery, ProviderStatus
 from hub.pii import mask_text
@@ -81,19 +81,30 @@ DELIVERY_COLUMNS = (
 )
 
 
-@lru_cache(maxsize=16)
-def _claim_due(skipping: int) -> sql.Claim:
-    """Each delivery worker batch's claim (and each of its looks that find nothing), passing over the deliveries
-    of `skipping` destinations, one bind parameter each; the statuses as literals, as `Precompiled` cannot run
-    an expanding IN."""
+_CLAIMED_COLUMNS = (*DELIVERY_COLUMNS, deliveries.c.retry_from_attempt, deliveries.c.retry_from, deliveries.c.first_due_at)
+
+
+def _waiting(skipping: int) -> ColumnElement[bool]:
+    """Deliveries waiting for a send, but those of `skipping` destinations, one bind parameter each; the statuses
+    as literals, as `Precompiled` cannot run an expanding IN."""
     due = deliveries.c.status.in_([literal(status) for status in DUE_STATUSES])
     if skipping:
         due = and_(due, deliveries.c.destination_id.not_in(precompiled.placeholders(skipping, "skip_")))
-    return sql.due_claim(
-        deliveries.c.delivery_id,
-        (*DELIVERY_COLUMNS, deliveries.c.retry_from_attempt, deliveries.c.retry_from, deliveries.c.first_due_at),
-        due, deliveries.c.next_attempt_at,
-    )
+    return due
+
+
+@lru_cache(maxsize=16)
+def _claim_due(skipping: int) -> sql.Claim:
+    """Each delivery worker batch's claim (and each of its looks that find nothing), passing over the deliveries
+    of `skipping` destinations."""
+    return sql.due_claim(deliveries.c.delivery_id, _CLAIMED_COLUMNS, _waiting(skipping), deliveries.c.next_attempt_at)
+
+
+# A claim of one delivery by its id, if it is still due and no live worker holds it (`claim_one`).
+_CLAIM_ONE = sql.due_claim(
+    deliveries.c.delivery_id, _CLAIMED_COLUMNS, and_(_waiting(0), deliveries.c.delivery_id == bindparam("p_id")),
+    deliveries.c.next_attempt_at,
+)
 
 
 def claim_due(
@@ -114,6 +125,40 @@ def claim_due(
     claim = _claim_due(len(skipped))
     rows = claim(connection, limit, p_now=now, p_until=now + lease, **precompiled.numbered(skipped, "skip_"))
     return [Delivery(*row) for row in rows if row[0] not in held]
+
+
+def due_ids(
+    connection: Connection, limit: int, now: datetime, skip_destinations: Collection[str] = (),
+    held: Container[str] = frozenset(),
+) -> list[str]:
+    """The ids of the deliveries `claim_due` would take, read and not leased: only the key is read, so a row
+    whose other columns cannot be read (a payload or a time written by hand) is among them, for the caller to
+    claim one by one (`claim_one`) and set aside (`set_aside`). Not a hot path: only after a claim failed."""
+    skipped = sorted(skip_destinations)
+    waiting = _waiting(len(skipped))
+    ready = and_(waiting, deliveries.c.next_attempt_at <= now,
+                 or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now))
+    ids = connection.execute(
+        select(deliveries.c.delivery_id).where(ready).order_by(deliveries.c.next_attempt_at).limit(limit),
+        precompiled.numbered(skipped, "skip_"),
+    ).scalars()
+    return [delivery_id for delivery_id in ids if delivery_id not in held]
+
+
+def claim_one(connection: Connection, delivery_id: str, now: datetime, lease: timedelta) -> Delivery | None:
+    """`claim_due` of one delivery, by its id; None if it is no longer due, or another worker holds it."""
+    rows = _CLAIM_ONE(connection, 1, p_now=now, p_until=now + lease, p_id=delivery_id)
+    return Delivery(*rows[0]) if rows else None
+
+
+def set_aside(connection: Connection, delivery_id: str, now: datetime, reason: str) -> None:
+    """Dead-letter a claimed delivery the hub cannot send as it is stored, `reason` as its last error: left due,
+    it failed every claim that took it, and held back every delivery due after it. Replayable once its row is
+    mended."""
+    connection.execute(
+        update(deliveries).where(deliveries.c.delivery_id == delivery_id)
+        .values(status="dead", last_error=reason, claimed_until=None, updated_at=now)
+    )
 
 
 _EXTEND_LEASES = precompiled.InLists(  # every record of a delivery worker with sends in flight

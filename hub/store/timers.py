@@ -149,11 +149,14 @@ def wait_until(connection: Connection, later: Sequence[tuple[str, datetime]]) ->
 
 
 _SEEN_UNTIL = bindparam("p_seen_until", type_=UTCDateTime)
-_CLAIM_DUE = sql.due_claim(  # each pass of the timer worker that finds work
-    timers.c.timer_id,
-    (timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts,
-     timers.c.created_at, timers.c.rule_version),
-    and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL), timers.c.due_at,
+_DUE_TIMER_COLUMNS = (  # a `DueTimer` after its id
+    timers.c.rule_id, timers.c.profile_id, timers.c.touchpoint_id, timers.c.anchor_at, timers.c.due_at, timers.c.attempts,
+    timers.c.created_at, timers.c.rule_version,
+)
+_WAITING = and_(timers.c.status == "pending", timers.c.created_at < _SEEN_UNTIL)
+_CLAIM_DUE = sql.due_claim(timers.c.timer_id, _DUE_TIMER_COLUMNS, _WAITING, timers.c.due_at)  # each pass that finds work
+_CLAIM_ONE = sql.due_claim(  # after a claim that failed (`claim_one`)
+    timers.c.timer_id, _DUE_TIMER_COLUMNS, and_(_WAITING, timers.c.timer_id == bindparam("p_id")), timers.c.due_at,
 )
 ALL_SEEN = END_OF_TIME  # `seen_until` when no event waits in the inbox
 
@@ -173,9 +176,60 @@ def claim_due(
     second (`due_at < seen_until`) made SQLite range over that one instead,
     and walk every pending timer due later whenever fewer than `limit` were due.
     """
-    due_by = min(now, seen_until - timedelta(microseconds=1))
-    rows = _CLAIM_DUE(connection, limit, p_now=due_by, p_until=now + lease, p_seen_until=seen_until)
+    rows = _CLAIM_DUE(connection, limit, **_claim_values(now, lease, seen_until))
     return [DueTimer(*row) for row in rows]
+
+
+def _claim_values(now: datetime, lease: timedelta, seen_until: datetime) -> dict[str, datetime]:
+    """The bind values of a claim (`claim_due`, `claim_one`): due by `now` and before `seen_until`, leased `lease`."""
+    return {"p_now": min(now, seen_until - timedelta(microseconds=1)), "p_until": now + lease, "p_seen_until": seen_until}
+
+
+@dataclass(frozen=True, slots=True)
+class TimerKey:
+    """A timer by what names it in the log, read without its times: what the timer worker goes through one by one
+    when a claim failed on a row it could not read (`due_keys`, `first_pending_key`)."""
+
+    timer_id: str
+    rule_id: str
+    profile_id: str
+
+
+_KEY_COLUMNS = (timers.c.timer_id, timers.c.rule_id, timers.c.profile_id)
+
+
+def due_keys(connection: Connection, limit: int, now: datetime, seen_until: datetime = ALL_SEEN) -> list[TimerKey]:
+    """The timers `claim_due` would take, read and not leased. Not a hot path: only after a claim failed."""
+    due_by = min(now, seen_until - timedelta(microseconds=1))
+    ready = and_(
+        timers.c.status == "pending", timers.c.created_at < seen_until, timers.c.due_at <= due_by,
+        or_(timers.c.claimed_until.is_(None), timers.c.claimed_until < due_by),
+    )
+    rows = connection.execute(select(*_KEY_COLUMNS).where(ready).order_by(timers.c.due_at).limit(limit))
+    return [TimerKey(*row) for row in rows]
+
+
+def first_pending_key(connection: Connection, now: datetime) -> list[TimerKey]:
+    """The timer `next_due` reads (none, or one), read without its times: after `next_due` failed to read it."""
+    unclaimed = or_(timers.c.claimed_until.is_(None), timers.c.claimed_until < now)
+    rows = connection.execute(
+        select(*_KEY_COLUMNS).where(timers.c.status == "pending", unclaimed).order_by(timers.c.due_at).limit(1)
+    )
+    return [TimerKey(*row) for row in rows]
+
+
+def claim_one(
+    connection: Connection, timer_id: str, now: datetime, lease: timedelta, seen_until: datetime = ALL_SEEN
+) -> DueTimer | None:
+    """`claim_due` of one timer, by its id; None if it is no longer due, or another worker holds it."""
+    rows = _CLAIM_ONE(connection, 1, p_id=timer_id, **_claim_values(now, lease, seen_until))
+    return DueTimer(*rows[0]) if rows else None
+
+
+def read_one(connection: Connection, timer_id: str) -> DueTimer | None:
+    """A timer as `claim_due` reads it, not leased: whether its row can be read."""
+    row = connection.execute(select(timers.c.timer_id, *_DUE_TIMER_COLUMNS).where(timers.c.timer_id == timer_id)).first()
+    return None if row is None else DueTimer(*row)
 
 
 @dataclass(frozen=True, slots=True)
