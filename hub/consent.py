@@ -22,7 +22,9 @@ Ops change it the same way (`set_by_ops`: the admin API's PUT
 /api/profiles/{id}/consent/{channel}, `touchhub profiles consent`), and so
 does the person on the unsubscribe page ("Subscribe again"): email has no
 START, and an unsubscribe could not be taken back even when they asked, as
-Novu's preferences API, Braze and Customer.io let them. A grant lets routing
+Novu's preferences API, Braze and Customer.io let them; it undoes only the
+unsubscribe its own link made, while that is the person's latest word on the
+channel (`subscribe_again`). A grant lets routing
 and the delivery claim send on that channel again; deliveries already failed
 as blocked by consent stay as they are.
 """
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import Connection
@@ -84,26 +86,65 @@ def lock_before_deliveries(connection: Connection, consent_changes: bool) -> Non
 
 def set_consent(
     connection: Connection, profile_id: str | None, channel: str, granted: bool, at: datetime, reason: str,
-    through: Identifier | None, graph: SqlIdentityGraph | None = None,
+    through: Identifier | None, graph: SqlIdentityGraph | None = None, link: str | None = None,
 ) -> str | None:
     """Grant or revoke `channel`, `at` the time the person said so (logged; a revocation is `PINNED`), for whoever
     holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
     it was merged into); the profile changed, None if there is no such profile. The traits are changed through
     `graph` when given, which then holds them as written, for a caller to answer from without reading them again.
-
-    The holder first: an unmerge since the message was sent may have given the address back to another
-    profile, and the person who clicks the link, or whose number refuses, is the address's owner.
+    `link` is the delivery id of the message whose unsubscribe link said it, kept with the change.
     """
-    lock_profiles(connection)
-    holder = find_profile_id(connection, through) if through else None
-    live_id = holder or (live_profile_id(connection, profile_id) if profile_id else None)
+    live_id, holds_through = consent_holder(connection, profile_id, through)
     if live_id is None:
         return None
     graph = graph or SqlIdentityGraph(connection)
     graph.change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
-    consent_changes.record(connection, live_id, channel, granted, through if holder else None, reason, at)
+    consent_changes.record(connection, live_id, channel, granted, through if holds_through else None, reason, at, link)
     log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return live_id
+
+
+def consent_holder(connection: Connection, profile_id: str | None, through: Identifier | None) -> tuple[str | None, bool]:
+    """Whose consent a word changes, under the profiles lock, and whether they hold `through`: the holder of
+    `through` first (an unmerge since the message was sent may have given the address back to another profile,
+    and the person who clicks the link, or whose number refuses, is the address's owner), else `profile_id`'s
+    survivor; None when neither is a profile."""
+    lock_profiles(connection)
+    holder = find_profile_id(connection, through) if through else None
+    return holder or (live_profile_id(connection, profile_id) if profile_id else None), holder is not None
+
+
+class LinkWord(NamedTuple):
+    """What a word said through an unsubscribe link did: the profile the link speaks for (None: no such profile
+    is left), and whether the word was applied ("Subscribe again" is not, once the link's unsubscribe is no
+    longer the person's latest word on the channel)."""
+
+    profile_id: str | None
+    applied: bool
+
+
+def subscribe_again(
+    connection: Connection, profile_id: str, channel: str, link: str | None, at: datetime, reason: str,
+    through: Identifier | None,
+) -> LinkWord:
+    """Undo the unsubscribe the link of message `link` made, and only while it is the person's latest word on
+    `channel`: any past email's link gave consent back, even after a newer link's unsubscribe, an ops revocation
+    or an opt-out an event said since, so whoever held an old forwarded email could subscribe them again."""
+    live_id, _ = consent_holder(connection, profile_id, through)
+    if live_id is None:
+        return LinkWord(None, False)
+    if link is None or not _link_word_stands(connection, live_id, channel, link):
+        return LinkWord(live_id, False)
+    return LinkWord(set_consent(connection, live_id, channel, True, at, reason, through, link=link), True)
+
+
+def _link_word_stands(connection: Connection, profile_id: str, channel: str, link: str) -> bool:
+    """Whether the unsubscribe of `link` is the latest change kept for the channel and no event has revoked the
+    channel since (which the unsubscribe's pin hides in the traits)."""
+    since = consent_changes.link_revocation_at(connection, profile_id, channel, link)
+    return since is not None and not any(
+        consent_revoked(traits, channel) for traits in consent_changes.event_traits_since(connection, profile_id, since)
+    )
 
 
 def set_consent_by_identifier(

@@ -14,7 +14,7 @@ import base64
 import binascii
 from datetime import datetime, timezone
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from connectors.base import InboundRequest, ParseResult, Source
 from connectors.storable_json import may_hold_unstorable_text, text_problem
@@ -28,6 +28,7 @@ from connectors.webhooks import (
     require_header,
     sign,
     signed_content,
+    standard_webhooks_key,
     storable_message_id,
 )
 from hub.errors import BadPayloadError
@@ -42,18 +43,30 @@ class StandardWebhooksConfig(BaseModel):
 
     @field_validator("secret", "previous_secret")
     @classmethod
-    def _base64(cls, value: SecretStr | None) -> SecretStr | None:
+    def _holds_a_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        """A previous secret that holds no key is none, as an emptied one is (`in_use`): a rotation ended by
+        clearing the key in a secret manager leaves `whsec_`, which decoded to b"", a key anyone signs with. A
+        current secret holding none is refused (`standard_webhooks_key`)."""
+        if value is None:
+            return None
         try:
-            if value is not None:
-                _key(value.get_secret_value())
+            key = _key(value.get_secret_value())
         except binascii.Error:
             raise ValueError("must be base64, optionally prefixed with whsec_") from None
+        if info.field_name == "previous_secret" and not key:
+            return None
+        standard_webhooks_key(key)
         return value
 
 
 def _key(secret: str) -> bytes:
     text = secret.removeprefix(STANDARD_WEBHOOKS_SECRET_PREFIX)
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+
+
+def _keys_in_use(config: StandardWebhooksConfig) -> list[bytes]:
+    """The keys a signature may be made with, never an empty one, whatever built the config."""
+    return [key for secret in in_use(config.secret, config.previous_secret) if (key := _key(secret))]
 
 
 class StandardWebhooksSource(Source):
@@ -71,7 +84,7 @@ class StandardWebhooksSource(Source):
         signatures = require_header(request.headers, "webhook-signature")
         check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
         content = signed_content(message_id, timestamp, request.body)
-        expected = [sign(_key(secret), "sha256", content, "base64") for secret in in_use(config.secret, config.previous_secret)]
+        expected = [sign(key, "sha256", content, "base64") for key in _keys_in_use(config)]
         presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
         check_signature(expected, presented, "webhook-signature")
 

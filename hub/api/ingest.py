@@ -2,7 +2,8 @@
 
 Both paths end the same way: the source parses the verified request, valid
 events are committed to the inbox and refused items to quarantine before the
-2xx, and a body that cannot be used at all is quarantined whole.
+2xx, and a body that cannot be used at all is quarantined whole (one that
+cannot even be decoded, only why: a write key in it could not be taken out).
 
 The write key of the SDK endpoints comes as HTTP Basic auth or as a
 `writeKey` field of the body (`hub.api.write_keys`), never kept. A source
@@ -53,7 +54,7 @@ TOO_DEEP_TO_KEEP = "body: a message is nested too deeply to keep even in quarant
 # (rudder-sdk-python raises KeyError without them, takes that for a network error and resends a refused batch).
 ERROR_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 413: "too_large",
                415: "unsupported_media_type", 503: "unavailable"}
-# Refusals of a body as it is decoded (a cut-off gzip stream, an unknown Content-Encoding): kept as it came.
+# Refusals of a body as it is decoded (a cut-off gzip stream, an unknown Content-Encoding): why is quarantined.
 UNDECODABLE = (BadPayloadError, UnsupportedMediaTypeError)
 router = APIRouter(tags=["ingest"])
 log = structlog.get_logger(__name__)
@@ -62,8 +63,8 @@ log = structlog.get_logger(__name__)
 async def _inbound(
     request: Request, hub: Hub, limit: int, sender: Callable[[InboundRequest], Source]
 ) -> InboundRequest:
-    """The request with its body decoded; a body refused as it is decoded is first quarantined as it came, if
-    `sender` (the route's authentication of the request as sent) names its source."""
+    """The request with its body decoded; why a body is refused as it is decoded is first quarantined
+    (`_keep_undecodable`), if `sender` (the route's authentication of the request as sent) names its source."""
     raw = await read_raw(request, limit)
     try:
         body = decoded(raw, request.headers.get("content-encoding"), limit)
@@ -77,17 +78,18 @@ async def _inbound(
 async def _keep_undecodable(
     request: Request, hub: Hub, sent: InboundRequest, sender: Callable[[InboundRequest], Source], exc: IngestError
 ) -> None:
-    """Quarantine an undecodable body, still encoded, for ops to see what the client sent (DESIGN: the raw body of
-    bad input is kept). Only a sender the request authenticates as it came (Basic auth, a signature over the
-    bytes sent): a write key inside the unreadable body is unknown, and nobody else may fill the quarantine."""
+    """Quarantine why a body could not be decoded, for ops to see what the client did, but not the body: a
+    `writeKey` in it cannot be found to take out (README: never stored), and kept as sent, any `read` key had it
+    from /api/quarantine (a cut gzip stream inflates up to its cut). Only for a sender the request authenticates
+    as it came (Basic auth, a signature over the bytes sent): nobody else may fill the quarantine."""
     try:
         source = _refusals_count_for(request, sender(sent))
     except IngestError:
         return
-    reason = f"{exc.message}; the body could not be decoded and is kept as sent " \
-             f"(Content-Encoding: {sent.headers.get('content-encoding')})"
+    reason = f"{exc.message}; the body could not be decoded, so a write key in it could not be taken out: " \
+             f"it was not kept ({len(sent.body)} bytes, Content-Encoding: {sent.headers.get('content-encoding')})"
     try:
-        await _quarantine(hub, source.source_id, sent, reason, exc.problems)
+        await _quarantine(hub, source.source_id, replace(sent, body=b""), reason, exc.problems)
     except STORE_REFUSALS as store_exc:  # the refusal stands: a resend of the same body would be refused again
         log.error("ingest could not quarantine an undecodable body", source=source.source_id, reason=why(store_exc))
 

@@ -9,20 +9,26 @@ The page that confirms it offers "Subscribe again": a form that posts the
 same token to /v1/resubscribe, which gives the channel back (email has no
 START to say so with). It is a path of its own, so no one-click POST to the
 link can ever subscribe anyone; the grant is stamped with its own time, so
-an opt-out the person makes later anywhere still holds.
+an opt-out the person makes later anywhere still holds. It undoes only the
+unsubscribe its own link made, while that is the person's latest word on
+the channel (`hub.consent.subscribe_again`): an old email forwarded to
+anyone cannot subscribe them again after they said otherwise since.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from html import escape
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
 from hub.api.console import PAGE_HARDENING
 from hub.clock import utcnow
-from hub.consent import set_consent
+from hub.model import Identifier
+from hub.consent import LinkWord, set_consent, subscribe_again
 from hub.runtime import Hub
 from hub.store import outbox
 from hub.unsubscribe import ExpiredToken, InvalidToken, UnsubscribeRequest, read_token
@@ -79,24 +85,31 @@ async def confirm(request: Request, token: str = Token) -> HTMLResponse:
 @router.post(UNSUBSCRIBE, response_class=HTMLResponse, summary="Unsubscribe (RFC 8058 one-click)")
 async def unsubscribe(request: Request, token: str = Token) -> HTMLResponse:
     """The answer offers to subscribe again, with the same token: a click on the wrong button is undone at once."""
-    return await _said(
-        request, token, False, "unsubscribe link", "Unsubscribed",
-        "You will not receive {} messages from us any more.", RESUBSCRIBE,
-    )
+    def revoke(connection: Connection, link: UnsubscribeRequest, through: Identifier | None) -> LinkWord:
+        changed = set_consent(connection, link.profile_id, link.channel, False, utcnow(), "unsubscribe link", through,
+                              link=link.delivery_id)
+        return LinkWord(changed, changed is not None)
+
+    return await _said(request, token, revoke, "Unsubscribed", "You will not receive {} messages from us any more.",
+                       RESUBSCRIBE)
 
 
 @router.post(RESUBSCRIBE, response_class=HTMLResponse, summary="Subscribe again, with an unsubscribe link's token")
 async def resubscribe(request: Request, token: str = Token) -> HTMLResponse:
-    return await _said(
-        request, token, True, "subscribed again on the unsubscribe page", "Subscribed again",
-        "You will receive {} messages from us again.", UNSUBSCRIBE,
-    )
+    """Answered 409 when the link's unsubscribe is no longer the person's latest word (`subscribe_again`)."""
+    def grant(connection: Connection, link: UnsubscribeRequest, through: Identifier | None) -> LinkWord:
+        return subscribe_again(connection, link.profile_id, link.channel, link.delivery_id, utcnow(),
+                               "subscribed again on the unsubscribe page", through)
+
+    return await _said(request, token, grant, "Subscribed again", "You will receive {} messages from us again.",
+                       UNSUBSCRIBE)
 
 
 async def _said(
-    request: Request, token: str, granted: bool, reason: str, title: str, text: str, form_to: str
+    request: Request, token: str, apply: Callable[[Connection, UnsubscribeRequest, Identifier | None], LinkWord],
+    title: str, text: str, form_to: str,
 ) -> HTMLResponse:
-    """Apply what the person said with a genuine token: for the holder of the address the message went to (an
+    """`apply` what the person said with a genuine token: for the holder of the address the message went to (an
     unmerge may have given it to another profile since), else for the token's profile. The page then offers
     the opposite (`form_to`)."""
     verified = _verified(request, token)
@@ -104,12 +117,17 @@ async def _said(
         return verified
     hub: Hub = request.app.state.hub
 
-    def change() -> str | None:
+    def change() -> LinkWord:
         with hub.store.write() as connection:
             target = outbox.target_of(connection, verified.delivery_id) if verified.delivery_id else None
             through = hub.router.recipient(verified.channel, target) if target else None
-            return set_consent(connection, verified.profile_id, verified.channel, granted, utcnow(), reason, through)
+            return apply(connection, verified, through)
 
-    if await run_in_threadpool(change) is None:
+    word = await run_in_threadpool(change)
+    if word.profile_id is None:
         return _page("Invalid link", "This unsubscribe link is not valid.", 404)
+    if not word.applied:
+        return _page("This link can no longer subscribe you",
+                     f"It only undoes the unsubscribe it made, and your {escape(verified.channel)} choice has changed "
+                     "since. Use the link in our most recent email, or contact us.", 409)
     return _page(title, text.format(escape(verified.channel)), form_token=token, form_to=form_to)

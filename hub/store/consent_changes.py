@@ -18,6 +18,10 @@ identifier (it stays with the survivor of an unmerge) and a reason naming
 who made it and why: `history` is what `touchhub profiles show` and the
 explain answer list.
 
+A change said through an email's unsubscribe link keeps that message's
+delivery id (`link`), so "Subscribe again" undoes only the unsubscribe its
+own link made, while it is the latest change (`link_revocation_at`).
+
 The provider's id of each message whose word was applied is kept too
 (`first_said`): an inbound message's signature carries no time, so a
 repeat of it (Twilio retrying the webhook, a captured one posted again)
@@ -26,7 +30,7 @@ would otherwise say a START again after the person's later STOP.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -37,7 +41,7 @@ from hub.model import Identifier
 from hub.store import sql
 from hub.store.forget_digest import identifier_digest
 from hub.store.traits import Traits, newest_traits, stamped_traits
-from hub.store.schema import consent_changes, consent_messages
+from hub.store.schema import consent_changes, consent_messages, touchpoints
 
 PINNED = END_OF_TIME  # the stamp no event's trait time reaches
 PINNED_STAMP = PINNED.isoformat()
@@ -56,9 +60,12 @@ def opt_out_trait(channel: str) -> str:
 
 
 def record(
-    connection: Connection, profile_id: str, channel: str, granted: bool, through: Identifier | None, reason: str, at: datetime
+    connection: Connection, profile_id: str, channel: str, granted: bool, through: Identifier | None, reason: str,
+    at: datetime, link: str | None = None,
 ) -> None:
-    """Keep the change, stamped no earlier than now: its writer (`hub.consent.set_consent`) holds the profiles lock.
+    """Keep the change, stamped no earlier than now, with the message whose unsubscribe `link` made it (its
+    delivery id): "Subscribe again" undoes only that link's own unsubscribe (`link_revocation_at`). Its writer
+    (`hub.consent.set_consent`) holds the profiles lock.
 
     Callers stamp `at` when the person's word came in (a STOP's request), and
     it may then wait for that lock while another word is applied. Stamped
@@ -69,9 +76,30 @@ def record(
     connection.execute(
         insert(consent_changes).values(
             profile_id=profile_id, channel=channel, granted=granted,
-            identifier_digest=identifier_digest(through) if through else None, reason=reason, at=max(at, utcnow()),
+            identifier_digest=identifier_digest(through) if through else None, delivery_id=link, reason=reason,
+            at=max(at, utcnow()),
         )
     )
+
+
+def link_revocation_at(connection: Connection, profile_id: str, channel: str, link: str) -> datetime | None:
+    """When the unsubscribe link of the message `link` revoked `channel`, if that is the latest change kept for the
+    channel (no newer link's unsubscribe, no ops change, no grant since); None otherwise."""
+    latest = connection.execute(
+        select(consent_changes.c.granted, consent_changes.c.delivery_id, consent_changes.c.at)
+        .where(consent_changes.c.profile_id == profile_id, consent_changes.c.channel == channel)
+        .order_by(consent_changes.c.at.desc(), consent_changes.c.id.desc())
+        .limit(1)
+    ).first()
+    return latest.at if latest is not None and not latest.granted and latest.delivery_id == link else None
+
+
+def event_traits_since(connection: Connection, profile_id: str, since: datetime) -> Iterator[dict[str, Any]]:
+    """The traits each of the profile's events received after `since` carried: an opt-out an event says after an
+    unsubscribe leaves no change here, and the unsubscribe's pin hides it in the profile's traits."""
+    return connection.execute(
+        select(touchpoints.c.traits).where(touchpoints.c.profile_id == profile_id, touchpoints.c.received_at > since)
+    ).scalars()
 
 
 def first_said(connection: Connection, destination_id: str, message_id: str, at: datetime) -> bool:

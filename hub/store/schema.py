@@ -214,6 +214,7 @@ consent_changes = Table(
     Column("channel", String(40), nullable=False),
     Column("granted", Boolean, nullable=False),
     Column("identifier_digest", String(64)),  # sha256 of the identifier it came through; none for old links
+    Column("delivery_id", String(36)),  # the message whose unsubscribe link made it; none for any other word
     Column("reason", String(100), nullable=False),
     Column("at", UTCDateTime, nullable=False),
 )
