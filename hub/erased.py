@@ -5,6 +5,7 @@ the erased email back when it skipped this step."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 
 from hub.model import Identifier, Touchpoint
@@ -21,3 +22,14 @@ def without_erased(touchpoint: Touchpoint, erased: tuple[Identifier, ...]) -> To
         properties=without_values(touchpoint.properties, values), traits=without_values(touchpoint.traits, values),
         context=without_values(touchpoint.context, values),
     )
+
+
+def anchored_by_erased(carried: Sequence[Identifier], erased: Collection[Identifier], rank: Callable[[str], int]) -> bool:
+    """Whether the event's highest-priority identifier (`rank`: mappings/identity.yaml) is a forgotten person's:
+    resolution kept such an event with that identifier's profile, so one queued before the forget was the person's
+    own, to be dropped whole. Another's event only carrying their address (Ana's order, sent from a laptop whose
+    SDK still held Bo's email) was dropped too, an acknowledged event lost; it is kept without the address.
+
+    Ties go to the first carried, as resolution's stable sort does; an alias's `previous_id` ranks last.
+    """
+    return min(carried, key=lambda ident: rank(ident.type)) in erased

@@ -26,7 +26,7 @@ from sqlalchemy import Connection
 
 from hub import identity, metrics, triggers
 from hub.clock import END_OF_TIME, utcnow
-from hub.erased import without_erased
+from hub.erased import anchored_by_erased, without_erased
 from hub.errors import EventDropped, ForgottenIdentityError, ItemProblem, MappingError
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
 from hub.identity_epoch import DEFAULT_CACHE_SIZE, EpochCachedGraph, IdentityCache
@@ -188,8 +188,9 @@ class Pipeline:
         graph = EpochCachedGraph(connection, self._identities)
         resolution = identity.resolve(touchpoint, graph, now, self.config.identity)
         if resolution.erased:
-            if forget.forgotten_since(connection, resolution.erased, row.received_at):
-                # Taken in before the person was forgotten: theirs, not a new person's (rolls back what resolve wrote).
+            if (anchored_by_erased(touchpoint.identifiers, resolution.erased, self.config.identity.rank)
+                    and forget.forgotten_since(connection, resolution.erased, row.received_at)):
+                # Theirs, taken in before they were forgotten: not a new person's (rolls back what resolve wrote).
                 raise ForgottenIdentityError(f"inbox row {row.id}: received before its sender was forgotten")
             touchpoint = without_erased(touchpoint, resolution.erased)
             forget.forget_inbox_payloads(connection, [row.id])

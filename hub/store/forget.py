@@ -123,8 +123,9 @@ def forget(
 
 def forgotten_since(connection: Connection, carried: Sequence[Identifier], received_at: datetime) -> bool:
     """Whether one of these identifiers of forgotten people (as an event carries them: `Resolution.erased`) was
-    forgotten at or after `received_at`: the event was then the person's own, accepted before the forget and still
-    queued, and is dropped whole. One received later is someone new typing the address again, stored without it.
+    forgotten at or after `received_at`: an event of the person's own (`hub.erased.anchored_by_erased`) was then
+    accepted before the forget and still queued, and is dropped whole. One received later is someone new typing the
+    address again, stored without it.
 
     Asked only of an event that carries a forgotten identifier, never on the pipeline's common path.
     """
@@ -249,7 +250,7 @@ def _carried_elsewhere(
 ) -> list[Row[Any]]:
     """Touchpoints of other people that carried one of the erased identifiers (`gone`), with what
     `_scrub_carried_elsewhere` changes: those of the `linked` profiles (`_linked_profiles`) that did, and those
-    whose link to one was refused before it had an owner, among `refused_at` (`_refusals_naming`).
+    whose link to one was refused, whoever held it then, among `refused_at` (`_refusals_naming`).
 
     Only a profile the audit trail links to the person can hold such a
     touchpoint, and its touchpoints are read by their profile_id index, never
@@ -268,18 +269,23 @@ def _carried_elsewhere(
 
 
 def _refusals_naming(connection: Connection, erased: list[Identifier]) -> list[tuple[int, str]]:
-    """The refused links (id, touchpoint) naming one of the erased identifiers with no profile on the other side:
-    a limit refused another person's event the identifier before it had an owner (Ana's sixth email, later
-    Bo's), so no audit row names the person's profile. A refusal names one identifier
-    (`IdentityGraph.record_refusals`); it is matched by its JSON path, which SQLAlchemy writes as json_extract on
-    SQLite and #>> on PostgreSQL. Read once: every refusal is scanned."""
+    """The refused links (id, touchpoint) naming one of the erased identifiers, whichever profiles they name: a
+    limit refused another person's event the identifier before it had an owner (Ana's sixth email, later Bo's),
+    or while another held it (Xavier's event with Bo's email, refused against Ana while Bo was merged into her,
+    which an unmerge left naming Ana and Xavier), so no audit row names the person's profile.
+
+    A refusal names one identifier (`IdentityGraph.record_refusals`), so
+    emptying a matched row's identifiers takes only the forgotten person's
+    out of it; its two profile ids, the live people's, stay. It is matched by
+    its JSON path, which SQLAlchemy writes as json_extract on SQLite and #>>
+    on PostgreSQL. Read once: every refusal is scanned."""
     if not erased:
         return []
     carried = identity_events.c.identifiers
     named = [and_(carried[(0, 0)].as_string() == ident.type, carried[(0, 1)].as_string() == ident.value) for ident in erased]
     return [(row.id, row.touchpoint_id) for row in connection.execute(
         select(identity_events.c.id, identity_events.c.touchpoint_id).where(
-            identity_events.c.kind == "refused", identity_events.c.other_profile_id.is_(None), or_(*named)
+            identity_events.c.kind == "refused", or_(*named)
         )
     )]
 
