@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +12,7 @@ from rich.table import Table
 from hub.cli_deliveries import app as deliveries_app
 from hub.cli_keys import app as keys_app
 from hub.cli_mappings import app as mappings_app
-from hub.cli_processes import listening_socket, metrics_served, run_server, wait_while_workers_live
+from hub.cli_processes import listening_socket, metrics_served, run_server, stop_on_signals, wait_while_workers_live
 from hub.cli_profiles import app as profiles_app
 from hub.cli_prune import prune_command
 from hub.cli_support import (
@@ -95,8 +94,7 @@ def worker(
     """
     hub = _build_hub(load_settings(workers=",".join(only) if only else None))
     stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
+    stop_on_signals(stopping)  # a second signal exits at once, not after the workers' steps
     with metrics_served(hub):
         freeze_startup_objects()
         hub.start()

@@ -1,13 +1,19 @@
-"""Running a hub process from the command line: `serve`'s port and server, `worker`'s wait and metrics."""
+"""Running a hub process from the command line: `serve`'s port and server, `worker`'s wait and metrics, and what
+both do on SIGINT and SIGTERM: stop gracefully on the first, exit at once on a second."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NoReturn
 
+import structlog
 import typer
 import uvicorn
 
@@ -17,14 +23,70 @@ from hub.errors import ConfigError
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
+log = structlog.get_logger(__name__)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SignalHandler = Callable[[int, FrameType | None], None]
+
+
+def exit_at_once(signum: int) -> NoReturn:
+    """End the process now, skipping the stop under way: an operator's second Ctrl-C, or a supervisor's repeated
+    SIGTERM, will not wait out a worker's step. Nothing acknowledged is lost, so only the wait is skipped."""
+    try:
+        log.warning(
+            "second stop signal: exiting at once, without waiting for the workers' steps; nothing acknowledged is lost: "
+            "the events and deliveries they had claimed stay in the inbox and the outbox and are claimed again after "
+            "HUB_LEASE_SECONDS",
+            signal=signal.Signals(signum).name,
+        )
+        sys.stderr.flush()
+        sys.stdout.flush()
+    finally:  # logging from a handler may find stderr mid-write (a reentrant call): the exit must happen all the same
+        os._exit(128 + signum)  # what a shell reports for a process the signal ended
+
+
+def stop_handler(ask_stop: Callable[[int], None]) -> SignalHandler:
+    """A SIGINT / SIGTERM handler: the first signal calls `ask_stop` (a graceful stop), any later one exits at once,
+    as uvicorn, gunicorn and celery do on a second Ctrl-C."""
+    asked = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        if asked.is_set():
+            exit_at_once(signum)
+        asked.set()
+        ask_stop(signum)
+
+    return handle
+
+
+def stop_on_signals(stopping: threading.Event) -> None:
+    """`touchhub worker`'s handlers: the first SIGINT or SIGTERM sets `stopping`, a second exits at once."""
+    handle = stop_handler(lambda _signum: stopping.set())
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handle)
+
+
+class HubServer(uvicorn.Server):
+    """uvicorn's server, exiting at once on a second SIGINT or SIGTERM as `touchhub worker` does.
+
+    uvicorn's own second Ctrl-C (`force_exit`) only skips the wait for open
+    connections: the hub's stop, already running in the lifespan shutdown, is
+    waited out, and a second SIGTERM does nothing at all.
+    """
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._on_signal = stop_handler(lambda signum: super(HubServer, self).handle_exit(signum, None))
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._on_signal(sig, frame)
 
 
 def run_server(app: Any, sock: socket.socket, log_level: str) -> None:
     """uvicorn on a socket bound before the hub was built, ending as `uvicorn.run` does: Ctrl-C is the way to stop
-    it, and an app whose start-up failed exits 3."""
+    it (a second one exits at once), and an app whose start-up failed exits 3."""
     host, port = sock.getsockname()[:2]  # for uvicorn's "running on" line
     # log_config=None: uvicorn's lines go to the root handler configure_logging set up (JSON, masked).
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None))
+    server = HubServer(uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), log_config=None))
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it stopped on again once it has shut down

@@ -34,7 +34,7 @@ from hub.store import forget_digest, sql
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.opening import open_store
 from hub.wakeups import Wakeups
-from hub.workers import Worker
+from hub.workers import Worker, stop_workers
 
 log = structlog.get_logger(__name__)
 # The role in HUB_WORKERS of a worker not named after one: the timers role also keeps the store's retention.
@@ -153,7 +153,7 @@ class Hub:
         return not (self.settings.public_base_url or "").lower().startswith("https://")
 
     def stop(self, join_seconds: float = 10.0) -> None:
-        """Stop the workers, giving each `join_seconds` to end its step, then close what they used.
+        """Stop the workers, all within `join_seconds` (not that much each: `stop_workers`), then close what they used.
 
         What a worker still in its step uses is left open, with a warning: the
         delivery engine's loop would be closed under the send running on it
@@ -162,7 +162,7 @@ class Hub:
         longer only delays an exit the process is making anyway; what the
         step claimed comes back to the queue when its lease runs out.
         """
-        running = [worker.name for worker in self._workers if not worker.stop(join_seconds)]
+        running = [worker.name for worker in stop_workers(self._workers, join_seconds)]
         for name in running:
             log.warning(
                 "a worker is still in its step after the stop's wait; what it uses is left open, and the rows it "
