@@ -6,7 +6,8 @@ One delivery on the ``crm`` channel (target: the hub's profile id) becomes:
    profile id, with the mapped field values and the decision's intent, and
 2. when the action asks for it, a Task for the record's owner, upserted by an
    external-id field holding the delivery id. A queue may own a Lead but never
-   a Task: when a queue owns the record, the Task goes to the integration user.
+   a Task, and a deactivated user is given no new Task: when a queue or an
+   inactive user owns the record, the Task goes to the integration user.
 
 Both writes are keyed upserts, so a retry or a replay after a lost answer
 updates the same records instead of creating duplicates.
@@ -25,7 +26,9 @@ hub may have written for them: a delivery whose content is `ERASURE` (the
 key, and the record type when the update named one; nothing personal) deletes
 the record by its external id, of this destination's `sobject` type unless named.
 A record already gone (deleted by hand, or by an earlier try whose answer was
-lost) counts as erased. The Tasks the hub made hang off the record (``WhoId``)
+lost) counts as erased, and so does one waiting in the Recycle Bin, which
+Salesforce answers by id with ENTITY_IS_DELETED (the Contact of a converted
+Lead that a rep deleted). The Tasks the hub made hang off the record (``WhoId``)
 and Salesforce deletes a Lead's or Contact's activities with it, so they are
 not deleted one by one. Deleted records wait in the org's Recycle Bin for 15
 days before Salesforce purges them.
@@ -69,7 +72,9 @@ from simple_salesforce.exceptions import SalesforceError, SalesforceExpiredSessi
 from connectors.base import Destination
 from connectors.destinations import retry_after, salesforce_errors
 from connectors.destinations.requests_transport import VendorAdapter
-from connectors.destinations.salesforce_errors import CONVERTED_LEAD, DUPLICATE_VALUE, error_code, no_such_record
+from connectors.destinations.salesforce_errors import (
+    CONVERTED_LEAD, DUPLICATE_VALUE, INACTIVE_OWNER, error_code, no_such_record,
+)
 from connectors.destinations.salesforce_params import (
     SALESFORCE_ORIGIN, CrmErasure, CrmParams, CrmUpdate, SalesforceConfig, problems,
 )
@@ -261,23 +266,34 @@ class SalesforceDestination(Destination):
         """Upsert the update's Task on `record`, for its owner; returns what the attempt's summary keeps of it.
 
         Assignment rules often hand new Leads to a queue, which may own a Lead
-        but never a Task (Salesforce refuses the Task). Such a Task is sent
-        without an owner, so Salesforce gives it to the integration user, and
-        the summary says why, rather than failing the whole CRM update.
+        but never a Task, and a rep who left keeps owning their records once
+        deactivated, but Salesforce gives an inactive user no new Task
+        (INACTIVE_OWNER_OR_USER). Either way the Task is sent without an
+        owner, so Salesforce gives it to the integration user, and the summary
+        says why, rather than failing the whole CRM update after the record
+        was written. Salesforce's refusal is the only word that an owner is
+        inactive, so each Task for one costs a refused upsert more.
         """
         assert update.task is not None
         task = {**update.task, "WhoId": record["Id"]}
-        summary: dict[str, Any] = {}
         owner = record.get("OwnerId") or ""
-        if owner.startswith(USER_ID_PREFIX):
-            task["OwnerId"] = owner
-        else:
-            summary["task_owner"] = (f"integration user: the {update.sobject}'s owner {owner or '(none)'} is not a "
-                                     "user, and a queue cannot own a Task")
+        if not owner.startswith(USER_ID_PREFIX):
+            return {"task_owner": f"integration user: the {update.sobject}'s owner {owner or '(none)'} is not a user, "
+                                  "and a queue cannot own a Task", **self._upsert_task(client, update, task)}
+        try:
+            return self._upsert_task(client, update, {**task, "OwnerId": owner})
+        except SalesforceError as exc:
+            if error_code(exc) != INACTIVE_OWNER:
+                raise
+        return {"task_owner": f"integration user: the {update.sobject}'s owner {owner} is an inactive user, whom "
+                              "Salesforce gives no new Task", **self._upsert_task(client, update, task)}
+
+    def _upsert_task(self, client: Salesforce, update: CrmUpdate, task: dict[str, Any]) -> dict[str, Any]:
+        """Upsert `task`, keyed by the delivery, so a retry or replay updates the one Task; returns its id for the
+        attempt's summary."""
         task_field = self.settings.task_external_id_field
         answer = client.Task.upsert(f"{task_field}/{quote(update.task_key, safe='')}", task, raw_response=True)
-        summary["task_id"] = answer.json()["id"] if answer.content else None
-        return summary
+        return {"task_id": answer.json()["id"] if answer.content else None}
 
     def _erase(self, client: Salesforce, erasure: CrmErasure) -> SendResult:
         """Delete the record keyed by the erasure's external id, and first the Contact a converted Lead became;
@@ -346,8 +362,9 @@ def converted_contact(record: Mapping[str, Any]) -> str | None:
 
 
 def _deleted(record_type: SFType, key: str) -> bool:
-    """Delete the record `key` names (an id, or ``<external-id field>/<value>``); False if it was gone already.
-    A NOT_FOUND that blames the external-id field, not the record, is raised: a setup to fix."""
+    """Delete the record `key` names (an id, or ``<external-id field>/<value>``); False if it was gone already,
+    or in the Recycle Bin. A NOT_FOUND that blames the external-id field, not the record, is raised: a setup to
+    fix."""
     try:
         record_type.delete(key)
     except SalesforceResourceNotFound as exc:

@@ -62,6 +62,12 @@ RETRY_YOUR_REQUEST = "retry your request"
 # Salesforce answers 404 NOT_FOUND both for no such record and for an external-id field the integration user
 # cannot see; only the message tells them apart. The first means erased, the second a setup to fix.
 NO_SUCH_FIELD = "Provided external ID field does not exist"
+# A deleted record waits in the Recycle Bin for 15 days, and Salesforce answers a call naming its id with 404
+# ENTITY_IS_DELETED "entity is deleted" instead of NOT_FOUND: for an erasure, it is gone all the same.
+ENTITY_IS_DELETED = "ENTITY_IS_DELETED"
+# A user an admin deactivated (a rep who left) keeps owning their records, but Salesforce gives them nothing new:
+# a Task for them is refused with 400 "operation performed with inactive user [005...] as owner of task".
+INACTIVE_OWNER = "INACTIVE_OWNER_OR_USER"
 
 
 def classified(error: Exception, external_id_field: str) -> DeliveryError | None:
@@ -121,8 +127,12 @@ def _retry_after_of(error: SalesforceError) -> float | None:
 
 
 def no_such_record(exc: SalesforceError) -> bool:
-    """A NOT_FOUND that says the record does not exist, not that the external-id field is out of reach."""
-    return error_code(exc) == "NOT_FOUND" and NO_SUCH_FIELD not in str(exc.content[0].get("message"))
+    """A refusal that says the record does not exist or is in the Recycle Bin, not that the external-id field is
+    out of reach."""
+    code = error_code(exc)
+    if code == ENTITY_IS_DELETED:
+        return True
+    return code == "NOT_FOUND" and NO_SUCH_FIELD not in str(exc.content[0].get("message"))
 
 
 def error_code(exc: SalesforceError) -> str | None:

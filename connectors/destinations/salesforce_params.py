@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from connectors.destinations.json_form import json_problems
 
@@ -21,6 +24,9 @@ from connectors.destinations.json_form import json_problems
 # acme--uat.sandbox.my.salesforce.com.
 SALESFORCE_ORIGIN = re.compile(r"^https://(?:[A-Za-z0-9-]+\.)+salesforce\.com(?::\d+)?(?=[/?]|$)")
 API_NAME = r"^[A-Za-z][A-Za-z0-9_]*$"  # a Salesforce field's API name, as it appears in REST paths
+_API_NAME = re.compile(API_NAME)
+# Pydantic's mark on the location of a dict key's own error, left out where a problem is named.
+_KEY_MARK = "[key]"
 
 
 class SalesforceConfig(BaseModel):
@@ -65,12 +71,26 @@ class TaskParams(BaseModel):
     status: str = "Not Started"
 
 
+def _api_name(name: str) -> str:
+    """`name` if Salesforce could have a field so named. The label ops see in Salesforce ("First Name") is no
+    API name, and Salesforce refuses such a key on every update of the rule (INVALID_FIELD, or JSON_PARSER_ERROR
+    for an empty one), so it is refused when the rules load."""
+    if not _API_NAME.fullmatch(name):
+        raise PydanticCustomError("salesforce_api_name", "not a Salesforce field API name (a letter, then letters, "
+                                  "digits and underscores, such as FirstName or Touchhub_Score__c: the field's API "
+                                  "Name in Setup, not its label)")
+    return name
+
+
+FieldApiName = Annotated[str, AfterValidator(_api_name)]
+
+
 class CrmParams(BaseModel):
     """The ``params`` of a ``crm`` action in triggers.yaml."""
 
     model_config = ConfigDict(extra="forbid")
     sobject: Literal["Lead", "Contact"] | None = None
-    fields: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+    fields: dict[FieldApiName, str | int | float | bool | None] = Field(default_factory=dict)
     intent: str | None = None
     task: TaskParams | None = None
 
@@ -108,5 +128,7 @@ class CrmUpdate:
 
 
 def problems(where: str, exc: ValidationError) -> list[str]:
-    """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`)."""
-    return [f"{where}.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+    """Each problem as `<where>.<key>: <reason>` (`params.task.subject: ...`; a map key's own problem is named by
+    the key: `params.fields.First Name: ...`)."""
+    return [f"{where}.{'.'.join(str(part) for part in e['loc'] if part != _KEY_MARK)}: {e['msg']}"
+            for e in exc.errors()]

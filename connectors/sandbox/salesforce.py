@@ -28,9 +28,18 @@ https://help.salesforce.com/s/articleView?id=sf.remoteaccess_oauth_username_pass
   ``DELETE /sobjects/{type}/{id}``: 204 and no body; a value no record holds
   is 404 ``NOT_FOUND``. A Lead's or Contact's activities (Tasks whose
   ``WhoId`` is the record) go with it.
+* A deleted record waits in the Recycle Bin (15 days in Salesforce; here
+  until `reset`): by external id it is found no more (404 ``NOT_FOUND``),
+  but a read, update or delete by its id is 404 ``ENTITY_IS_DELETED``
+  "entity is deleted".
 * Record ids are 18 characters whose first three name the object type
   (``00Q`` Lead, ``003`` Contact, ``00T`` Task, ``005`` User, ``00G`` a
   queue). A queue may own a Lead (`assign_to_queue`), never a Task.
+* A user an admin deactivated (`deactivate_user`; a rep who left) keeps
+  owning their records, but no write may make them an owner: 400
+  ``INACTIVE_OWNER_OR_USER`` "operation performed with inactive user [id]
+  as owner of task". The integration user (`owner_id`) owns every new
+  record; `add_user` makes a rep, `assign_owner` gives them a record.
 * A converted Lead (`convert_lead`) reads ``IsConverted: true`` and names
   its Contact in ``ConvertedContactId``; every Lead reads ``IsConverted``
   (false until converted). The Lead's activities move to the Contact, and
@@ -119,12 +128,14 @@ class FakeSalesforce(RecordingFake):
             self.fields[custom.sobject].add(custom.name)
             if custom.external_id:
                 self.external_ids[custom.sobject].add(custom.name)
-        self.owner_id = new_record_id("User")
+        self.owner_id = new_record_id("User")  # the integration user
         self.queue_id = new_record_id("Group")
+        self._users: dict[str, bool] = {self.owner_id: True}  # id -> active
         self._login_faults: deque[Fault] = deque()
         self._races = 0
         self.sessions = IssuedTokens(lambda: "00D" + secrets.token_hex(8) + "!" + secrets.token_urlsafe(48))
         self._records: dict[str, dict[str, dict[str, Any]]] = {sobject: {} for sobject in STANDARD_FIELDS}
+        self._recycle_bin: dict[str, dict[str, Any]] = {}  # deleted records by id
 
     def records(self, sobject: str) -> list[dict[str, Any]]:
         """Records of one object type, oldest first, as a GET would return them."""
@@ -158,7 +169,23 @@ class FakeSalesforce(RecordingFake):
 
     def assign_to_queue(self, record_id: str) -> None:
         """Give a Lead to the org's queue, as a Lead assignment rule does."""
-        self._write("Lead", record_id, {"OwnerId": self.queue_id})
+        self.assign_owner("Lead", record_id, self.queue_id)
+
+    def assign_owner(self, sobject: str, record_id: str, owner_id: str) -> None:
+        """Give a record to a user or queue, as a rep or an assignment rule does in Salesforce's UI."""
+        self._write(sobject, record_id, {"OwnerId": owner_id})
+
+    def add_user(self) -> str:
+        """A new active user, such as a sales rep who may own records; returns their id."""
+        user_id = new_record_id("User")
+        with self._lock:
+            self._users[user_id] = True
+        return user_id
+
+    def deactivate_user(self, user_id: str) -> None:
+        """Deactivate a user as an admin does when a rep leaves: their records stay theirs."""
+        with self._lock:
+            self._users[user_id] = False
 
     def convert_lead(self, lead_id: str) -> str:
         """Convert a Lead as a sales rep does: a new Contact gets the Lead's standard fields a Contact has (the
@@ -189,6 +216,8 @@ class FakeSalesforce(RecordingFake):
             self._races = 0
             for records in self._records.values():
                 records.clear()
+            self._recycle_bin.clear()
+            self._users = {self.owner_id: True}
 
     def _next_login_fault(self) -> Fault | None:
         with self._lock:
@@ -207,9 +236,20 @@ class FakeSalesforce(RecordingFake):
 
     def _exists(self, record_id: str) -> bool:
         with self._lock:
-            return any(record_id[:15] in {i[:15] for i in records} for records in self._records.values()) or (
-                record_id[:15] in (self.owner_id[:15], self.queue_id[:15])
+            return any(record_id[:15] in {i[:15] for i in ids} for ids in (*self._records.values(), self._users)) or (
+                record_id[:15] == self.queue_id[:15]
             )
+
+    def _recycled(self, record_id: str) -> bool:
+        """Whether `record_id` was deleted and waits in the Recycle Bin, which Salesforce answers by id with
+        ENTITY_IS_DELETED rather than NOT_FOUND."""
+        with self._lock:
+            return record_id in self._recycle_bin
+
+    def _inactive_user(self, record_id: str) -> bool:
+        """Whether `record_id` names a deactivated user, whom Salesforce lets no write make an owner."""
+        with self._lock:
+            return self._users.get(record_id) is False
 
     def _write(self, sobject: str, record_id: str, values: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
@@ -225,13 +265,19 @@ class FakeSalesforce(RecordingFake):
         return record
 
     def delete_record(self, sobject: str, record_id: str) -> None:
-        """Delete a record and the activities that hang off it (Tasks whose ``WhoId`` it is), as Salesforce does,
-        whether through the API or a user in its UI."""
+        """Delete a record and the activities that hang off it (Tasks whose ``WhoId`` it is) to the Recycle Bin,
+        as Salesforce does, whether through the API or a user in its UI."""
         with self._lock:
-            self._records[sobject].pop(record_id, None)
+            self._recycle(sobject, record_id)
             tasks = self._records["Task"]
             for task_id in [task_id for task_id, task in tasks.items() if task.get("WhoId") == record_id]:
-                del tasks[task_id]
+                self._recycle("Task", task_id)
+
+    def _recycle(self, sobject: str, record_id: str) -> None:
+        """Move a record to the Recycle Bin; the caller holds the lock."""
+        record = self._records[sobject].pop(record_id, None)
+        if record is not None:
+            self._recycle_bin[record_id] = record
 
 
 def new_record_id(sobject: str) -> str:

@@ -43,6 +43,12 @@ def converted_lead() -> Response:
     return salesforce_errors(400, "CANNOT_UPDATE_CONVERTED_LEAD", "cannot reference converted lead")
 
 
+def inactive_owner(user_id: str, sobject: str) -> Response:
+    """Salesforce's refusal to make a deactivated user the owner of a record, new or not."""
+    message = f"operation performed with inactive user [{user_id}] as owner of {sobject.lower()}"
+    return salesforce_errors(400, "INACTIVE_OWNER_OR_USER", message)
+
+
 def reference_types(sobject: str, field: str) -> tuple[str, ...]:
     """The object types a reference field of `sobject` may point at: a queue may own a Lead, never a Task."""
     queue = ("Group",) if field == "OwnerId" and sobject in QUEUE_OWNED else ()
@@ -75,6 +81,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
                     )
                 if fake._converted(value):
                     return converted_lead()
+                if field == "OwnerId" and fake._inactive_user(value):
+                    return inactive_owner(value, sobject)
         missing = [name for name in REQUIRED_ON_CREATE[sobject] if creating and not data.get(name)]
         if missing:
             return salesforce_errors(
@@ -129,6 +137,8 @@ def create_app(fake: FakeSalesforce) -> Starlette:
         if not RECORD_ID.fullmatch(record_id):
             return salesforce_errors(400, "MALFORMED_ID", f"Invalid id: {record_id}")
         if fake._find(call.sobject, "Id", record_id) is None:
+            if fake._recycled(record_id):
+                return salesforce_errors(404, "ENTITY_IS_DELETED", "entity is deleted")
             return salesforce_errors(404, "NOT_FOUND", "The requested resource does not exist")
         return record_id
 
