@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import httpx
 import requests
 from pydantic import BaseModel, ValidationError
@@ -38,8 +39,12 @@ from hub.pii import mask_text
 from hub.settings import PROJECT_MAPPINGS
 
 ENTRY_POINT_GROUP = "touchpoint_hub.connectors"
-# Failures to reach a provider at all, from any client library we use: worth a retry.
-NETWORK_ERRORS: tuple[type[Exception], ...] = (requests.RequestException, httpx.TransportError, OSError)
+# Failures to reach a provider at all, from any client library we use: worth a retry. aiohttp's (the delivery
+# engine's async sends: webhooks, Twilio's `create_async`) are mostly no OSError: a pooled keep-alive connection the
+# far end closed is `ServerDisconnectedError`, an answer that is not HTTP `ClientResponseError`.
+NETWORK_ERRORS: tuple[type[Exception], ...] = (
+    requests.RequestException, httpx.TransportError, aiohttp.ClientError, OSError,
+)
 
 
 def secret_digest(secret: str) -> bytes:

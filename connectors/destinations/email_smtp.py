@@ -249,8 +249,7 @@ class EmailSmtpDestination(Destination):
         smtp = self._connect()
         try:
             if self.settings.username:
-                password = self.settings.password.get_secret_value() if self.settings.password else ""
-                smtp.login(self.settings.username, password)
+                self._log_in(smtp, self.settings.username)
             self._check_smtputf8(smtp, recipient)
             # The envelope named explicitly: one recipient, never what a header parser makes of `To`.
             # With one recipient a refusal raises, never returns.
@@ -261,7 +260,7 @@ class EmailSmtpDestination(Destination):
 
     def classify(self, error: Exception) -> DeliveryError:
         if isinstance(error, smtplib.SMTPException):
-            return smtp_errors.as_delivery_error(error)
+            return smtp_errors.as_delivery_error(error, self.sender.addr_spec)
         if isinstance(error, ssl.SSLError):  # before OSError, its base
             return smtp_errors.as_tls_error(error)
         return super().classify(error)
@@ -285,6 +284,27 @@ class EmailSmtpDestination(Destination):
         if not recipient.username.isascii():
             raise PermanentDeliveryError(DeliveryFailure("smtp.smtputf8_unsupported", f"the recipient {unsupported}"))
 
+    def _log_in(self, smtp: smtplib.SMTP, username: str) -> None:
+        """AUTH as `username`. smtplib speaks CRAM-MD5, PLAIN and LOGIN only; to a relay offering none of them
+        (NTLM or GSSAPI on Exchange, XOAUTH2 once basic auth is off) it raises a bare SMTPException, which would read
+        as a dropped connection and be retried, though no retry ever logs in: parked as the setup, naming what the
+        relay offers.
+
+        Raises:
+            AuthDeliveryError: `smtp.auth_mechanism`, no mechanism both ends speak.
+        """
+        password = self.settings.password.get_secret_value() if self.settings.password else ""
+        try:
+            smtp.login(username, password)
+        except smtplib.SMTPException as exc:
+            if type(exc) is not smtplib.SMTPException:  # a reply, a disconnection, no AUTH at all: `classify`'s
+                raise
+            offered = smtp.esmtp_features.get("auth", "").strip() or "nothing"
+            raise AuthDeliveryError(DeliveryFailure("smtp.auth_mechanism", (
+                f"SMTP AUTH: {exc} The relay offers {offered}; the hub logs in with CRAM-MD5, PLAIN or LOGIN: enable "
+                "one of them for the username (HUB_SMTP_USERNAME) on the relay, or send through a relay that has one"
+            ))) from exc
+
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
         if settings.tls == "tls":
@@ -292,7 +312,7 @@ class EmailSmtpDestination(Destination):
         smtp = _PatientSmtp(settings.host, settings.port, timeout=settings.timeout_seconds)
         if settings.tls == "starttls":
             try:
-                smtp.starttls(context=self._tls)
+                _start_tls(smtp, self._tls)
             except BaseException:
                 smtp.close()
                 raise
@@ -314,6 +334,16 @@ class _PatientSmtp(smtplib.SMTP):
 
 class _PatientSmtpSsl(_PatientSmtp, smtplib.SMTP_SSL):
     """`_PatientSmtp` over implicit TLS."""
+
+
+def _start_tls(smtp: smtplib.SMTP, context: ssl.SSLContext) -> None:
+    """STARTTLS, a refusal of it raised as `smtp_errors.StartTlsRefused`: smtplib raises a bare SMTPResponseException,
+    and a 5xx to STARTTLS refuses the hub's connection, not a message (`smtp_errors.REFUSES_THE_HUB`)."""
+    smtp.ehlo_or_helo_if_needed()  # outside: EHLO's refusal is its own (SMTPHeloError)
+    try:
+        smtp.starttls(context=context)
+    except smtplib.SMTPResponseException as exc:
+        raise smtp_errors.StartTlsRefused(exc.smtp_code, exc.smtp_error) from exc
 
 
 def is_local_host(host: str) -> bool:

@@ -30,14 +30,17 @@ from hub.pii import mask_phone
 from hub.retry import outcome_for_status, parse_retry_after
 
 # Twilio answers most refusals with HTTP 400 and a numeric code; the code, not
-# the status, says whether trying again can ever help.
+# the status, says whether trying again can ever help. A refusal of the hub's own
+# setup (credentials, HUB_TWILIO_FROM_NUMBER, the StatusCallback URL) is the same on
+# every message: auth, so each SMS is parked (dead-lettered) and replayed once it is fixed.
 TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     20003: AuthDeliveryError,  # authentication failed
     20429: RetryableDeliveryError,  # too many requests
     21211: PermanentDeliveryError,  # invalid 'To' number
+    21212: AuthDeliveryError,  # the 'From' is not a valid phone number, sender ID or short code
     21408: PermanentDeliveryError,  # no permission to send to that region: the account's Geo Permissions
     21602: PermanentDeliveryError,  # message body required
-    21603: PermanentDeliveryError,  # 'From' required
+    21603: AuthDeliveryError,  # no valid 'From' (the hub always sends one: it is not a sender of the account)
     21604: PermanentDeliveryError,  # 'To' required
     21606: PermanentDeliveryError,  # 'From' is not a valid, SMS-capable number of the account
     21609: AuthDeliveryError,  # invalid StatusCallback URL: the hub's own (HUB_PUBLIC_BASE_URL), on every message
@@ -45,6 +48,8 @@ TWILIO_CODE_OUTCOMES: Mapping[int, type[DeliveryError]] = {
     21611: RetryableDeliveryError,  # the 'From' number's queue of unsent messages is full: it drains
     21612: PermanentDeliveryError,  # 'To' unreachable from this 'From'
     21614: PermanentDeliveryError,  # 'To' is not a mobile number
+    21659: AuthDeliveryError,  # the 'From' is not a Twilio number (or still porting)
+    21660: AuthDeliveryError,  # the 'From' belongs to another account than the credentials'
 }
 # The library's refusals, whose answers' Retry-After `retry_after.kept` keeps for `classify`.
 REFUSALS = (TwilioRestException, TwilioServiceException)

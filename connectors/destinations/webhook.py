@@ -52,7 +52,7 @@ import aiohttp
 import httpx
 from pydantic import BaseModel
 
-from connectors.base import Destination
+from connectors.base import NETWORK_ERRORS, Destination
 from connectors.destinations.answer_excerpt import RESPONSE_BODY_SECONDS, read_start, read_start_async
 from connectors.destinations.aiohttp_pool import pooled_session
 from connectors.destinations.json_form import json_problems
@@ -106,7 +106,7 @@ def _transport_errors() -> Iterator[None]:
     except aiohttp.ClientResponseError as exc:  # str(exc) is "400, message=..., url=...": no status the receiver sent
         reason = _one_line(exc.message)
         raise _network_failure("network.ClientResponseError", f"the webhook's answer is not valid HTTP: {reason}") from exc
-    except (httpx.TransportError, aiohttp.ClientError) as exc:
+    except NETWORK_ERRORS as exc:
         raise _network_failure(f"network.{type(exc).__name__}", f"could not reach the webhook: {exc}") from exc
 
 
