@@ -8,6 +8,7 @@ from typing import Any
 from hub.errors import EventDropped, MappingError
 from hub.identifiers import normalize_identifier
 from hub.identity_config import DEFAULT_IDENTITY, IdentityConfig
+from hub.iso_times import iso_time
 from hub.mapping import MAX_LENGTH, OBJECT_FIELDS, STAGES, Mapping
 from hub.model import Identifier, RawEvent, Touchpoint, derived_id
 
@@ -136,7 +137,7 @@ def _parsed_time(value: Any) -> datetime:
         except (OverflowError, OSError, ValueError):  # which one depends on the platform and the value
             raise _out_of_range(value) from None
     try:
-        parsed = datetime.fromisoformat(str(value))
+        parsed = iso_time(str(value))
     except ValueError:
         raise MappingError(f"occurred_at: {value!r} is not an ISO-8601 timestamp or Unix epoch number") from None
     try:

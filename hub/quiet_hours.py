@@ -13,17 +13,17 @@ the profile each time.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta, timezone
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 _WINDOW = re.compile(r"^\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*$")
-# What an IANA zone key looks like (`UTC`, `Etc/GMT+2`, `America/Argentina/Buenos_Aires`): at most four parts of
-# letters, digits, `_`, `+` and `-`. Anything else names no zone, and is not handed to zoneinfo, which turns each
-# `/` of a name into a package to import: a `timezone` trait of a few hundred of them overflowed its stack.
-_ZONE_KEY = re.compile(r"[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,3}")
-_ZONE_KEY_MAX = 64
+# Names zoneinfo loads, and `available_timezones` may list, that are no place's zone: `localtime` is the host's own
+# (Debian's tz database has it as a file), so quiet hours followed the server, not the person; `Factory` is the
+# tz database's "zone not set", -00.
+_NOT_A_PLACE = frozenset({"localtime", "Factory"})
 
 
 @dataclass(frozen=True)
@@ -129,16 +129,24 @@ def _first_reached(wall_clock: datetime, local_zone: ZoneInfo, after: datetime) 
 
 def zone(name: str) -> ZoneInfo:
     """`name`'s zone; ValueError for a name that is none. The name may come from anyone holding a source's write
-    key (a `timezone` trait, an event's `context.timezone`), so only what looks like an IANA key reaches zoneinfo,
-    which imports a package for each `/` of a name; and an OSError reading a key (a file of the tz database it
-    cannot read) means "not a known zone" too: raised, it failed every message to the person and every delivery
-    claim."""
-    if len(name) > _ZONE_KEY_MAX or not _ZONE_KEY.fullmatch(name):
+    key (a `timezone` trait, an event's `context.timezone`), so only an IANA zone name (`_iana_zones`) reaches
+    zoneinfo, which imports a package for each `/` of a name and loads any file under the tz database as a zone
+    (`localtime`, `posixrules`, `right/UTC`, `posix/Europe/Paris`); and an OSError reading a key (a file of the tz
+    database it cannot read) means "not a known zone" too: raised, it failed every message to the person and every
+    delivery claim."""
+    if name not in _iana_zones():
         raise _unknown_zone(name)
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError):
         raise _unknown_zone(name) from None
+
+
+@functools.cache
+def _iana_zones() -> frozenset[str]:
+    """The zone names of this host's tz database (`available_timezones`, which walks it: read once), but those of
+    no place (`_NOT_A_PLACE`)."""
+    return frozenset(available_timezones()) - _NOT_A_PLACE
 
 
 def _unknown_zone(name: str) -> ValueError:

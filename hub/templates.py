@@ -59,6 +59,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from hub.config_files import Unchanged, not_utf8
 from hub.errors import ConfigError
+from hub.pii import mask_text
 from hub.template_values import null_aware
 
 if TYPE_CHECKING:  # hub.rules checks its inline templates with this module
@@ -229,14 +230,22 @@ def _blocks(run: Context, names: Collection[str]) -> dict[str, str]:
 @contextmanager
 def _failures_as_template_errors(inline: str | None = None) -> Iterator[None]:
     """Any other error a template raises as it renders, as a TemplateRuntimeError saying where: the file and line
-    (Jinja's traceback has the template's own frames), or the inline value."""
+    (Jinja's traceback has the template's own frames), or the inline value.
+
+    Its text is masked (`mask_text`), a Jinja error's too: a failure quotes the value it failed on (`could not
+    convert string to float: 'amy@example.com'`, a phone used as a key), and routing records it in the decision
+    log, shown by the API and `touchhub decisions explain`. Not chained to the error it masks, which quotes it
+    whole."""
     try:
         yield
-    except TemplateError:
-        raise
+    except TemplateError as exc:
+        masked = mask_text(str(exc))
+        if masked == str(exc):
+            raise
+        raise TemplateRuntimeError(masked) from None
     except Exception as exc:
         where = f"`{inline}`" if inline is not None else _template_line(exc)
-        raise TemplateRuntimeError(f"{where}: {type(exc).__name__}: {exc}") from exc
+        raise TemplateRuntimeError(mask_text(f"{where}: {type(exc).__name__}: {exc}")) from None
 
 
 def _template_line(exc: Exception) -> str:

@@ -110,6 +110,8 @@ def test_one_token_gets_the_notification_after_an_oauth_exchange(push: FcmPushDe
         "token": PHONE,
         "notification": {"title": "Still thinking it over?", "body": "Your cart is waiting: 10% off today."},
         "data": {"cart_id": "c-1", "discount": "10"},
+        "android": {"collapse_key": "cart", "notification": {"tag": "cart"}},
+        "apns": {"headers": {"apns-collapse-id": "cart"}},
     }
     assert result.provider_message_id == sent["name"]
     assert result.response_summary == {"sent": 1, "failed": 0, "message_ids": [sent["name"]], "errors": {},

@@ -9,6 +9,11 @@ other devices twice); only when no device accepted it does the delivery
 fail, as the most hopeful of its failures (retryable, then auth, then
 permanent).
 
+Each push carries a collapse key (`collapse_key`: the action's
+``params.collapse_key``, else its rule's id), so a retry, a replay or the
+rule's next nudge replaces the notification shown instead of stacking a
+second one beside it.
+
 Tokens FCM calls dead are handed to `forget_tokens` with the reason, which
 the hub wires to the identity graph; which refusals blame the token, and
 when a refusal of every token blames the hub's own setup instead, is
@@ -49,6 +54,8 @@ FCM_PAYLOAD_LIMIT = 4096
 # Data keys FCM refuses ("from", "message_type", or any word starting with "google" or "gcm"), and
 # "notification", which would clash with the notification payload on the device.
 RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
+# APNs refuses an `apns-collapse-id` longer than this, in bytes; FCM hands the header on as it is.
+COLLAPSE_KEY_BYTES = 64
 # Devices sent to at once for one delivery: more than anyone carries, few enough to share the connection pool.
 MAX_PARALLEL_SENDS = 16
 
@@ -133,9 +140,9 @@ class FcmPushDestination(Destination):
 
     @classmethod
     def check_params(cls, params: Mapping[str, Any]) -> list[str]:
-        """What `send` would refuse in ``params.data`` at every send (`fcm.bad_params`): not a map, a key FCM
-        reserves, a value with no JSON form."""
-        return _data_problems(params)
+        """What `send` would refuse in ``params`` at every send (`fcm.bad_params`): ``data`` not a map, a key FCM
+        reserves, a value with no JSON form; a ``collapse_key`` that is no text or longer than APNs takes."""
+        return _params_problems(params)
 
     def request_summary(self, delivery: Delivery) -> dict[str, Any]:
         tokens = _tokens(delivery)
@@ -155,7 +162,7 @@ class FcmPushDestination(Destination):
         token, in parallel).
         """
         tokens = _tokens(delivery)
-        problems = _data_problems(delivery.content.get("params") or {})
+        problems = _params_problems(delivery.content.get("params") or {})
         if problems:
             raise PermanentDeliveryError(DeliveryFailure("fcm.bad_params", "; ".join(problems)))
         messages = self._messages(tokens, delivery)
@@ -187,11 +194,12 @@ class FcmPushDestination(Destination):
                 f"the push is {size} bytes (title, body and params.data keys and values); FCM takes at most "
                 f"{FCM_PAYLOAD_LIMIT}: shorten the template or the data"
             )))
+        collapsing = _collapsing(collapse_key(delivery))
         # firebase-admin 7.7 deprecates `token` in favour of Firebase
         # installation ids (`fid`); push_token identifiers are registration
         # tokens, which FCM v1 still takes in `token`.
-        return [messaging.Message(token=token, notification=messaging.Notification(title=title, body=body), data=data)
-                for token in tokens]
+        return [messaging.Message(token=token, notification=messaging.Notification(title=title, body=body), data=data,
+                                  **collapsing) for token in tokens]
 
     def _send_one(self, token: str, message: messaging.Message) -> str | TokenFailure:
         """The message id, or why the device was not reached; never raises, so one device's failure cannot
@@ -217,6 +225,26 @@ def _tokens(delivery: Delivery) -> list[str]:
     return list(delivery.content.get("recipients") or [delivery.target])
 
 
+def collapse_key(delivery: Delivery) -> str | None:
+    """What the push replaces on the device: the action's ``params.collapse_key``, else its rule's id (at most
+    `COLLAPSE_KEY_BYTES`; a rule id is ASCII). Without one, a retried or replayed push, or the rule's next nudge
+    to the person, stacked beside the one shown as a second notification."""
+    given = (delivery.content.get("params") or {}).get("collapse_key")
+    return given or (delivery.content.get("rule_id") or "")[:COLLAPSE_KEY_BYTES] or None
+
+
+def _collapsing(key: str | None) -> dict[str, Any]:
+    """The platform options that make a push with `key` replace the last one with it, as `messaging.Message`
+    arguments: on Android the notification's ``tag`` replaces the one shown and ``collapse_key`` keeps only the
+    last while the device is offline; on iOS the ``apns-collapse-id`` header does both."""
+    if key is None:
+        return {}
+    return {
+        "android": messaging.AndroidConfig(collapse_key=key, notification=messaging.AndroidNotification(tag=key)),
+        "apns": messaging.APNSConfig(headers={"apns-collapse-id": key}),
+    }
+
+
 def payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) -> int:
     """A message's size as counted against FCM's 4096-byte limit: the UTF-8 bytes of the data keys and values
     plus the notification's title and body.
@@ -238,6 +266,25 @@ def _data_value(value: Any) -> str:
     if isinstance(value, str):
         return value
     return _DATA_ENCODER.encode(value)
+
+
+def _params_problems(params: Mapping[str, Any]) -> list[str]:
+    """What in ``params`` FCM or APNs can never take, each as ``params.<key>...: <reason>``."""
+    problems = _data_problems(params)
+    if (why := _collapse_key_problem(params.get("collapse_key"))) is not None:
+        problems.append(f"params.collapse_key: {why}")
+    return problems
+
+
+def _collapse_key_problem(key: Any) -> str | None:
+    if key is None:
+        return None
+    if not isinstance(key, str) or not key.strip():
+        return "must be text naming what a push replaces on the device (e.g. cart_nudge)"
+    size = len(key.encode("utf-8"))
+    if size > COLLAPSE_KEY_BYTES:
+        return f"is {size} bytes; APNs takes at most {COLLAPSE_KEY_BYTES} (apns-collapse-id): shorten it"
+    return None
 
 
 def _data_problems(params: Mapping[str, Any]) -> list[str]:

@@ -26,6 +26,11 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
   data key is ``INVALID_ARGUMENT`` with a violation on ``message.data``.
 * A device sent to faster than FCM allows is 429 ``QUOTA_EXCEEDED``
   "Device message rate exceeded." with ``Retry-After`` (`rate_limited`).
+* A message whose ``apns.headers`` hold an ``apns-collapse-id`` over 64
+  bytes is 400 ``INVALID_ARGUMENT``, as APNs refuses it; ``android.collapse_key``
+  and ``apns.headers`` that are not text are 400 as FCM's JSON parsing refuses
+  them. `FakeFcm.shown` plays what a device's screen keeps: a notification with
+  the ``android.notification.tag`` of one shown replaces it.
 * A message whose payload (data keys and values, notification title and
   body, in UTF-8) is over 4096 bytes is 400 ``INVALID_ARGUMENT`` "Android
   message is too big" with no field violation: nothing in it blames the
@@ -76,6 +81,7 @@ REGISTRATION_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
 # "from", "message_type", "notification", and any word starting with "google" or "gcm".
 RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
 PAYLOAD_LIMIT = 4096
+APNS_COLLAPSE_ID_BYTES = 64  # https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns
 
 
 class FakeFcm(RecordingFake):
@@ -127,6 +133,17 @@ class FakeFcm(RecordingFake):
         """Accepted messages, oldest first: ``{"name", "message"}`` as FCM would deliver them."""
         with self._lock:
             return copy.deepcopy(self._messages)
+
+    def shown(self, token: str) -> list[dict[str, Any]]:
+        """The notifications the device of `token` shows, oldest first: one whose ``android.notification.tag`` is
+        that of one shown replaces it in place, as Android's notification drawer does."""
+        shown: dict[Any, dict[str, Any]] = {}
+        for number, entry in enumerate(self.messages):
+            message = entry["message"]
+            if message.get("token") == token:
+                tag = ((message.get("android") or {}).get("notification") or {}).get("tag")
+                shown[tag if tag is not None else number] = message.get("notification") or {}
+        return list(shown.values())
 
     @property
     def token_grants(self) -> int:
@@ -184,6 +201,20 @@ def payload_bytes(message: dict[str, Any]) -> int:
     return sum(len(text.encode("utf-8")) for text in texts)
 
 
+def platform_problem(message: dict[str, Any]) -> str | None:
+    """Why FCM refuses the message's ``android.collapse_key`` or ``apns.headers`` (APNs' limit on
+    ``apns-collapse-id`` included), or None."""
+    android, apns = message.get("android") or {}, message.get("apns") or {}
+    if not isinstance(android.get("collapse_key", ""), str):
+        return "Invalid value at 'message.android.collapse_key' (TYPE_STRING)"
+    headers = apns.get("headers") or {}
+    if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
+        return "Invalid value at 'message.apns.headers' (map<string, string>)"
+    if len(headers.get("apns-collapse-id", "").encode("utf-8")) > APNS_COLLAPSE_ID_BYTES:
+        return "Invalid apns-collapse-id: longer than 64 bytes"
+    return None
+
+
 def create_app(fake: FakeFcm) -> Starlette:
     """The ASGI app serving `fake`: the OAuth token endpoint, ``messages:send`` and ``/_sandbox/`` controls."""
 
@@ -227,6 +258,8 @@ def create_app(fake: FakeFcm) -> Starlette:
             if RESERVED_DATA_KEY.match(key):
                 return fcm_error(400, f"Invalid data payload key: {key}", "INVALID_ARGUMENT",
                                  [{"field": "message.data", "description": f"Invalid data payload key: {key}"}])
+        if (refused := platform_problem(message)) is not None:
+            return fcm_error(400, refused, "INVALID_ARGUMENT")
         if payload_bytes(message) > PAYLOAD_LIMIT:
             return fcm_error(400, "Android message is too big", "INVALID_ARGUMENT")
         device = message.get("token")

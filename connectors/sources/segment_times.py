@@ -1,9 +1,10 @@
 """When a Segment message happened: its times read as Segment reads them, and corrected for the device's clock.
 
 The Segment source (and `touchhub triggers test`, through `time_of`) reads
-times here: ISO-8601, naive as UTC; a request's `sentAt` (the batch's, or its
-latest message's when it is dated ahead) moves each message's `timestamp` by
-the device clock's error, as Segment's API does.
+times here: ISO-8601 and RFC 3339 (`hub.iso_times`), naive as UTC; a
+request's `sentAt` (the batch's, or its latest message's when it is dated
+ahead) moves each message's `timestamp` by the device clock's error, as
+Segment's API does.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from hub.errors import BadPayloadError, ItemProblem
+from hub.iso_times import iso_time
 from hub.normalize import EVENT_TIME_SPAN
 
 
@@ -20,7 +22,7 @@ def time_of(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return _utc(datetime.fromisoformat(value))
+        return _utc(iso_time(value))
     except ValueError:
         return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import Connection, Row, select, update
@@ -10,18 +10,20 @@ from sqlalchemy import Connection, Row, select, update
 from hub.consent import consent_revoked
 from hub.model import FALLBACK
 from hub.routes_file import AddresseeOf, Unrouted
-from hub.store import decisions, withdrawals
+from hub.store import consent_changes, decisions, withdrawals
+from hub.store.consent_changes import PINNED_STAMP, opt_out_trait
 from hub.store.outbox import MAY_HAVE_REACHED
 from hub.store.outbox import FORGOTTEN_TARGET  # forget's mark on a delivery: `replay` answers FORGOTTEN for it
-from hub.store.profile_views import live_profile_id, live_traits
-from hub.store.schema import deliveries, identifiers
+from hub.store.profile_views import live_profile_id
+from hub.store.schema import deliveries, identifiers, profiles
+from hub.store.traits import part_time_key
 
 REPLAYABLE_STATUSES = ("dead", "failed")
 FORGOTTEN = "forgotten"
 MISADDRESSED = "misaddressed"  # withdrawn in an unmerge (`withdrawals.WITHDRAWN_IN_UNMERGE`)
 HANDED_ON = "handed_on"  # a push to devices that are all another person's now
 ADDRESS_GONE = "address_gone"  # to an address its person holds no more (a hard bounce, an unregistered token)
-CONSENT_WITHDRAWN = "consent_withdrawn"  # withdrawn as its person revoked consent to its channel, still revoked
+CONSENT_WITHDRAWN = "consent_withdrawn"  # its person revoked consent to its channel (`OptedOut`), and still has
 FELL_BACK = "fell_back"  # its action fell back to the next channel in its place
 FOLLOWED_UP = "followed_up"  # a nudge its person made needless inside the wait (`withdrawals.WITHDRAWN_FOLLOWED_UP`)
 UNROUTED_CHANNEL = "unrouted_channel"  # of a channel routes.yaml routes no more, to an address maybe still held
@@ -37,8 +39,8 @@ _REFUSED_BECAUSE = {
     ADDRESS_GONE: ("was to an address its person no longer has (the provider said it does not exist, or it is another "
                    "person's now); it would reach no one or the wrong person, so it is never sent again: once the "
                    "person gives a working address, a new message goes to it"),
-    CONSENT_WITHDRAWN: ("was withdrawn because its person revoked consent to its channel, and they still have; it is "
-                        "not sent while they do: once they consent again, it may be replayed"),
+    CONSENT_WITHDRAWN: ("is to a person who revoked consent to its channel ({said}), and they still have; it is not "
+                        "sent while they do: once they consent again, it may be replayed"),
     FOLLOWED_UP: ("was a nudge withdrawn because its person did what it waited for inside the wait (the follow-up "
                   "arrived after its timer fired); it is never sent again"),
     FELL_BACK: ("could not go and its rule's fallback channel was planned in its place (see its decision); sending it "
@@ -49,11 +51,25 @@ _REFUSED_BECAUSE = {
 }
 
 
+class OptedOut(str):
+    """CONSENT_WITHDRAWN as `replay` returns it, with the opt-out it found (`said`: which trait, and when), for
+    `why_not_replayed` to name. A str equal to CONSENT_WITHDRAWN, so callers compare and count it as the others
+    (`touchhub deliveries replay --all` counts them by reason)."""
+
+    said: str
+
+    def __new__(cls, said: str) -> OptedOut:
+        outcome = super().__new__(cls, CONSENT_WITHDRAWN)
+        outcome.said = said
+        return outcome
+
+
 def why_not_replayed(delivery_id: str, previous: str) -> str:
     """What the API and the CLI answer when `replay` returned `previous`, not a replayable status."""
     because = _REFUSED_BECAUSE.get(previous)
     if because is not None:
-        return f"delivery {delivery_id!r} {because}"
+        said = previous.said if isinstance(previous, OptedOut) else "see its profile"
+        return f"delivery {delivery_id!r} {because.format(said=said)}"
     return f"delivery {delivery_id!r} is {previous}; only {' or '.join(REPLAYABLE_STATUSES)} ones are replayed"
 
 
@@ -65,8 +81,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: A
     (it has no recipient left, and must reach no one), MISADDRESSED for one an
     unmerge withdrew, HANDED_ON for a push to devices that are all another
     person's now, ADDRESS_GONE for one to an address its person holds no more,
-    CONSENT_WITHDRAWN for one withdrawn at its claim because its person
-    revoked consent to its channel (while it stays revoked), FELL_BACK for one
+    CONSENT_WITHDRAWN (an `OptedOut`) for one whose person has revoked consent
+    to its channel, before it failed (withdrawn at its claim) or since it did
+    (a dead letter: replayed, its claim withdrew it after the operator was told
+    it went), while it stays revoked, FELL_BACK for one
     whose action fell back to its next channel (`Responder.fall_back`: the
     person got, or was planned, that message instead, and would hear twice),
     UNROUTED_CHANNEL for one of a channel routes.yaml routes no more (`_unrouted`),
@@ -105,10 +123,10 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: A
         return None
     if row.target == FORGOTTEN_TARGET:
         return FORGOTTEN
-    if row.status == "failed" and (refused := _failed_for_good(connection, delivery_id, row)):
-        return refused
     if row.status not in REPLAYABLE_STATUSES:
         return row.status
+    if refused := _never_again(connection, delivery_id, row):
+        return refused
     address = recipient(row.channel, row.target)
     if isinstance(address, Unrouted):
         return _unrouted(connection, row)
@@ -129,11 +147,11 @@ def replay(connection: Connection, delivery_id: str, now: datetime, recipient: A
     return row.status
 
 
-def _failed_for_good(connection: Connection, delivery_id: str, row: Row[Any]) -> str | None:
-    """Why a failed delivery must not go again (None: it may): withdrawn in an unmerge, from a device handed on,
-    by a late follow-up, or for consent still revoked; or its action fell back in its place. Only failed ones
-    can be any of these, and only those with a fallback record can have fallen back, so a replay of the
-    dead-letter queue reads nothing more."""
+def _never_again(connection: Connection, delivery_id: str, row: Row[Any]) -> str | None:
+    """Why a dead or failed delivery must not go again (None: it may): withdrawn in an unmerge, from a device
+    handed on, or by a late follow-up; its person's consent to its channel revoked (`_opted_out`); or its action
+    fell back in its place. Only failed ones can have been withdrawn (the hub's own `last_error`), and only
+    those with a fallback record can have fallen back."""
     last_error = row.last_error or ""
     if last_error in (withdrawals.WITHDRAWN_IN_UNMERGE, *withdrawals.WITHDRAWN_IN_UNMERGE_BEFORE):
         return MISADDRESSED
@@ -141,13 +159,42 @@ def _failed_for_good(connection: Connection, delivery_id: str, row: Row[Any]) ->
         return HANDED_ON
     if last_error.startswith(withdrawals.WITHDRAWN_FOLLOWED_UP):
         return FOLLOWED_UP
-    if row.last_error == withdrawals.WITHDRAWN_CONSENT_REVOKED and consent_revoked(
-        live_traits(connection, [row.profile_id]).get(row.profile_id, {}), row.channel
-    ):
-        return CONSENT_WITHDRAWN
+    if (opted_out := _opted_out(connection, row)) is not None:
+        return opted_out
     if FALLBACK in row.content and _fell_back(connection, row.content[FALLBACK]["decision_id"], delivery_id):
         return FELL_BACK
     return None
+
+
+def _opted_out(connection: Connection, row: Row[Any]) -> OptedOut | None:
+    """The trait by which the delivery's person (its live profile) revoked consent to its channel, and when, as
+    an `OptedOut`; None while they consent. The claim would withdraw it unsent, as blocked by consent, after the
+    replay answered "replayed"."""
+    live_id = live_profile_id(connection, row.profile_id)
+    found = connection.execute(
+        select(profiles.c.traits, profiles.c.trait_times).where(profiles.c.profile_id == live_id)
+    ).first()
+    if found is None:
+        return None
+    opt_out, consent = opt_out_trait(row.channel), f"consent.{row.channel}"
+    for shown, trait, stamp_key in ((opt_out, opt_out, opt_out), (consent, "consent", part_time_key("consent", row.channel))):
+        if consent_revoked({trait: found.traits.get(trait)}, row.channel):
+            stamp = found.trait_times.get(stamp_key) or found.trait_times.get(trait)
+            return OptedOut(f"{shown} {_said_when(connection, live_id, row.channel, stamp)}")
+    return None
+
+
+def _said_when(connection: Connection, profile_id: str, channel: str, stamp: str | None) -> str:
+    """When and how a revocation was said: by an event's trait, at its time; through a provider, the unsubscribe
+    page or ops (stamped `PINNED`), as the consent history records it."""
+    if stamp is None:
+        return "set"
+    if stamp != PINNED_STAMP:
+        return f"set by an event at {datetime.fromisoformat(stamp).astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
+    said = [change for change in consent_changes.history(connection, profile_id) if change["channel"] == channel]
+    if not said or said[-1]["granted"]:
+        return "set"
+    return f"set at {said[-1]['at']:%Y-%m-%d %H:%M:%S} UTC: {said[-1]['reason']}"
 
 
 def _fell_back(connection: Connection, decision_id: str, delivery_id: str) -> bool:
