@@ -10,12 +10,13 @@ masked by what the delivery's route says its recipient is (`mask_recipient`).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import phonenumbers
 
-from hub.identifiers import PHONE_EXTENSION, normalize_identifier, phone_value
+from hub.identifiers import PHONE_EXTENSION, folded, normalize_identifier, phone_value
 from hub.model import Identifier
 
 # An address as ingest takes one (`hub.identifiers`): any RFC 5322 atext character before the @ (mary.o'brien@,
@@ -76,7 +77,9 @@ def mask_email(address: str) -> str:
 
 
 def mask_text(text: str) -> str:
-    """Mask every email address and phone number found in free text."""
+    """Mask every email address and phone number found in free text (NFC first: an address typed decomposed,
+    `jose\u0301@x.io`, has a combining mark no pattern of a local part takes, and was shown whole)."""
+    text = text if text.isascii() else unicodedata.normalize("NFC", text)
     return _PHONE.sub(lambda m: mask_phone(m.group(0)), _EMAIL.sub(lambda m: mask_email(m.group(0)), text))
 
 
@@ -124,11 +127,11 @@ def mask_traits(traits: Any, identifiers: Iterable[Identifier], region: str) -> 
     `region`, or as one of the profile's phones written another way): a phone sent as bare digits
     ("4155550124") or in national form ("07700 900123") matches no pattern of `mask_text`, and a token has no
     look at all, so the profile's own phone identifier was masked while the trait it came from was shown whole."""
-    kinds = {ident.value.lower(): ident.type for ident in identifiers if ident.type in ADDRESS_TYPES}
+    kinds = {folded(ident.value): ident.type for ident in identifiers if ident.type in ADDRESS_TYPES}
     phones = _erased_phones(set(kinds))
 
     def mask(text: str) -> str:
-        kind = kinds.get(text.strip().lower())
+        kind = kinds.get(folded(text.strip()))
         if kind in TOKEN_TYPES:
             return mask_token(text)
         if kind == "phone" or _one_of_phones(text.strip(), phones) or _is_phone(text.strip(), region):
@@ -146,7 +149,8 @@ def _is_phone(text: str, region: str) -> bool:
 def address_values(identifiers: Iterable[Identifier]) -> set[str]:
     """What `without_values` and `holds_values` take out for these identifiers: the values of those that are
     addresses, lowercase. A phone among them (E.164) is also found written any other way ("(415) 555-0100")."""
-    return {ident.value.lower() for ident in identifiers if ident.type in ADDRESS_TYPES}
+    return {folded(ident.value) for ident in identifiers if ident.type in ADDRESS_TYPES}
+
 
 
 def without_values(value: Any, erased: set[str]) -> Any:
@@ -180,7 +184,7 @@ def holding(erased: set[str]) -> Callable[[str], bool]:
     def holds(text: str) -> bool:
         if "\\u" in text:
             text = _JSON_ESCAPE.sub(lambda escape: chr(int(escape[1], 16)), text)
-        if whole is not None and whole.search(text.lower()):
+        if whole is not None and whole.search(folded(text)):
             return True
         digits = re.sub(r"\D", "", text) if phones else ""
         candidates = {e164: region for e164, (region, national) in phones.items() if national in digits}
@@ -229,7 +233,7 @@ def _without(value: Any, erased: set[str], phones: dict[str, tuple[str, str]]) -
 def _is_erased(value: Any, erased: set[str], phones: dict[str, tuple[str, str]]) -> bool:
     if not isinstance(value, str):
         return False
-    text = value.strip().lower()
+    text = folded(value.strip())
     return text in erased or _one_of_phones(text, phones)
 
 
