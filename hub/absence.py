@@ -44,7 +44,9 @@ from hub.selectors import event_names
 from hub.shortened_waits import ShortenedWaits
 from hub.store import Store, inbox, sql, timers, touchpoints
 from hub.store.profile_views import profile_views
-from hub.store.savepoints import ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, set_aside_reason
+from hub.store.savepoints import (
+    ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, is_row_fault, set_aside_reason,
+)
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -358,7 +360,9 @@ def _next_due(connection: Connection, now: datetime) -> tuple[bool, datetime | N
     """Whether the next timer's due time could be read, and it (`timers.next_due`)."""
     try:
         return True, timers.next_due(connection, now)
-    except Exception:
+    except Exception as exc:
+        if not is_row_fault(exc):  # the database's own refusal: the worker's to back off from
+            raise
         log.warning("the next timer's due time could not be read; it is read alone, to set it aside", exc_info=True)
         return False, None
 

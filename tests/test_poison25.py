@@ -161,3 +161,23 @@ def test_a_timer_the_hub_cannot_read_is_settled_failed_and_the_others_fire(tmp_p
     finally:
         hub.delivery.close()
         hub.store.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_claim_check_failing_for_every_row_is_the_workers_failure_not_a_dead_letter_each(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taken one by one after a failed claim, every row a faulty check (a bug, a setting it cannot read) failed
+    on was dead-lettered as unreadable: the whole outbox, and the worker never heard of it (no error, no backoff).
+    A failure of every row tried is raised, for the worker to log and back off from; the rows stay due."""
+    plan_sms_behind_a_poisoned_one(hub, lambda connection: None)
+
+    def broken(connection: Connection, claimed: list, now: Any) -> list:
+        if claimed:
+            raise RuntimeError("a check that fails whatever the row")
+        return claimed
+
+    monkeypatch.setattr(hub.delivery._checks, "may_go", broken)
+    errors = drive(hub.delivery.run_once, until=lambda: False, seconds=1.0)
+    assert errors and all("whatever the row" in str(error) for error in errors)
+    assert {delivery_row(hub, delivery_id)[0] for delivery_id in (POISON, *(f"good-{n}" for n in range(3)))} == {"pending"}

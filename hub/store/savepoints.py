@@ -18,7 +18,9 @@ from typing import TypeVar
 
 import structlog
 from sqlalchemy import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
+
+from hub.pii import mask_text
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +60,17 @@ SET_ASIDE = "hub.internal"
 
 
 def set_aside_reason(error: Exception, remedy: str) -> str:
-    """Why a row was set aside, as its record keeps it: the error it raised, and what to do (`remedy`)."""
-    return f"{SET_ASIDE}: {type(error).__name__}: {error} ({remedy})"
+    """Why a row was set aside, as its record keeps it (and the API shows it): the error it raised, masked as a
+    provider's errors are, and what to do (`remedy`)."""
+    return f"{SET_ASIDE}: {type(error).__name__}: {mask_text(str(error))} ({remedy})"
+
+
+def is_row_fault(error: BaseException) -> bool:
+    """Whether `error` may be one row's, to set that row aside: not the database's own refusal (a lost
+    connection, a lock or statement timeout, a deadlock, a trigger or a permission refusing the statement: any
+    `DBAPIError`), which says nothing about the row and is the worker's to back off from. What a row written by
+    hand trips over is the hub's reading of it (a ValueError parsing a time, a payload of the wrong type)."""
+    return not isinstance(error, DBAPIError)
 
 
 def each_or_set_aside(
@@ -69,17 +80,23 @@ def each_or_set_aside(
     """What `take(key)` gives for each key, each in a savepoint of its own; a key whose `take` raises is rolled
     back to it and given to `set_aside` with the error, so it costs only its own row.
 
-    The database's own refusals (a lost connection, a lock or statement timeout, a deadlock: `OperationalError`)
-    are raised instead: they say nothing about the row, which would be dead for a passing fault."""
+    What is no row's fault is raised instead: the database's own refusals (`is_row_fault`), and a failure of
+    every key tried when there were several (a bug in a check, a setting it cannot read): each row would be
+    dead-lettered for a fault of the hub's, the whole queue with it, and the worker would never hear of it."""
     taken: list[Result] = []
+    failed: list[tuple[Key, Exception]] = []
     for key in keys:
         try:
             with connection.begin_nested():
                 taken += take(key)
-        except OperationalError:
-            raise
         except Exception as exc:
-            set_aside(key, exc)
+            if not is_row_fault(exc):
+                raise
+            failed.append((key, exc))
+    if len(failed) > 1 and len(failed) == len(keys):
+        raise failed[0][1]
+    for key, exc in failed:
+        set_aside(key, exc)
     return taken
 
 
@@ -110,7 +127,9 @@ class ClaimsAfterFailure:
             return claimed
         try:
             return as_batch()
-        except Exception:
+        except Exception as exc:
+            if not is_row_fault(exc):
+                raise
             log.warning("a claim failed; the next takes its rows one by one, to set aside any the hub cannot handle",
                         kind=self.kind, exc_info=True)
             self.failed = True
