@@ -111,7 +111,7 @@ def profiles_consent(
     with writing(store, "Consent cannot be changed") as connection:
         profile_id = _profile_id_of(connection, profile, identifier)
         who = f"CLI {_user()}"
-        state = set_by_ops(connection, profile_id, channel, granted, reason, who, utcnow()) if profile_id else None
+        state = set_by_ops(connection, profile_id, channel, granted, reason, who, utcnow(), identifier) if profile_id else None
     store.dispose()
     if not state:
         fail(styled("[red]No profile {}[/] (or it was forgotten); see [bold]touchhub profiles show[/].", repr(profile)))

@@ -19,7 +19,8 @@ recorded with the identifier it came through (`hub.store.consent_changes`),
 so an unmerge gives it to the profile that keeps that identifier.
 
 Ops change it the same way (`set_by_ops`: the admin API's PUT
-/api/profiles/{id}/consent/{channel}, `touchhub profiles consent`), and so
+/api/profiles/{id}/consent/{channel}, `touchhub profiles consent`), recorded
+with the identifier they named, if any, and the profile, and so
 does the person on the unsubscribe page ("Subscribe again"): email has no
 START, and an unsubscribe could not be taken back even when they asked, as
 Novu's preferences API, Braze and Customer.io let them; it undoes only the
@@ -92,14 +93,17 @@ def set_consent(
     holds `through` now (the address a message went to) or, when nobody does, for `profile_id` (or the profile
     it was merged into); the profile changed, None if there is no such profile. The traits are changed through
     `graph` when given, which then holds them as written, for a caller to answer from without reading them again.
-    `link` is the delivery id of the message whose unsubscribe link said it, kept with the change.
+    `link` is the delivery id of the message whose unsubscribe link said it, kept with the change, as is the
+    profile it was asked of (`profile_id`, else the holder of `through`).
     """
     live_id, holds_through = consent_holder(connection, profile_id, through)
     if live_id is None:
         return None
     graph = graph or SqlIdentityGraph(connection)
     graph.change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
-    consent_changes.record(connection, live_id, channel, granted, through if holds_through else None, reason, at, link)
+    consent_changes.record(
+        connection, live_id, channel, granted, through if holds_through else None, reason, at, profile_id or live_id, link
+    )
     log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
     return live_id
 
@@ -162,15 +166,18 @@ def unknown_channel(channel: str, channels: Collection[str]) -> str | None:
 
 
 def set_by_ops(
-    connection: Connection, profile_id: str, channel: str, granted: bool, reason: str, who: str, at: datetime
+    connection: Connection, profile_id: str, channel: str, granted: bool, reason: str, who: str, at: datetime,
+    through: Identifier | None = None,
 ) -> dict[str, Any] | None:
     """Grant or revoke `channel` because ops say so (the person asked support; a CRM record says so), as the
     person's own word through a provider is applied: a revocation pinned, a grant stamped `at` so an opt-out
     said later anywhere still holds. Recorded with `who` and `reason`, so `profiles show` says who changed it
-    and why. The channel's state after, or None if there is no such profile (or it was forgotten)."""
+    and why, and with the identifier ops named the person by (`through`), so an unmerge gives the change to
+    the side that holds it. The channel's state after, or None if there is no such profile (or it was
+    forgotten)."""
     recorded = ops_reason(who, reason)
     graph = SqlIdentityGraph(connection)
-    live_id = set_consent(connection, profile_id, channel, granted, at, recorded, None, graph)
+    live_id = set_consent(connection, profile_id, channel, granted, at, recorded, through, graph)
     if live_id is None:
         return None
     traits = graph.traits(live_id)

@@ -350,7 +350,7 @@ def test_an_unmerge_gives_consent_to_the_side_keeping_the_identifier_it_was_said
         set_consent(connection, ana, "email", False, T0, "unsubscribe link", Identifier("email", "bo@x.io"))
         forget(connection, ana, T0, block_identifiers=False)
     with store.read() as connection:
-        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": False, "email_opt_out": True}
+        assert profile_view(connection, bo)["traits"] == {"sms_opt_out": False, "email_opt_out": True, "consent": {"sms": True}}
         left = connection.execute(select(consent_changes.c.profile_id)).scalars().all()
     assert left == [bo, bo, bo]  # forgetting Ana took her record of what she said
 

@@ -13,10 +13,14 @@ row here, so what a delivery claim asks, whose consent may have gone since a
 message was planned, is asked of the profiles themselves
 (`profile_views.changed_since`).
 
-A change ops make (`hub.consent.set_by_ops`) is kept here too, with no
-identifier (it stays with the survivor of an unmerge) and a reason naming
-who made it and why: `history` is what `touchhub profiles show` and the
-explain answer list.
+A change ops make (`hub.consent.set_by_ops`) is kept here too, with the
+identifier they named it by (`touchhub profiles consent email:...`) or none
+(a profile id), and a reason naming who made it and why: `history` is what
+`touchhub profiles show` and the explain answer list. Every change keeps the
+profile it was made on (`origin_profile_id`), which a merge does not move:
+an unmerge gives a change with no identifier back to the side it was made
+on, or Bo's revocation, asked of support before a bad merge, stayed with Ana
+and Bo could be emailed again.
 
 A change said through an email's unsubscribe link keeps that message's
 delivery id (`link`), so "Subscribe again" undoes only the unsubscribe its
@@ -61,11 +65,12 @@ def opt_out_trait(channel: str) -> str:
 
 def record(
     connection: Connection, profile_id: str, channel: str, granted: bool, through: Identifier | None, reason: str,
-    at: datetime, link: str | None = None,
+    at: datetime, origin: str, link: str | None = None,
 ) -> None:
-    """Keep the change, stamped no earlier than now, with the message whose unsubscribe `link` made it (its
-    delivery id): "Subscribe again" undoes only that link's own unsubscribe (`link_revocation_at`). Its writer
-    (`hub.consent.set_consent`) holds the profiles lock.
+    """Keep the change, stamped no earlier than now, with the profile it was asked of (`origin`, as named: a
+    profile merged away since gets it back from an unmerge, `split`) and the message whose unsubscribe `link`
+    made it (its delivery id): "Subscribe again" undoes only that link's own unsubscribe (`link_revocation_at`).
+    Its writer (`hub.consent.set_consent`) holds the profiles lock.
 
     Callers stamp `at` when the person's word came in (a STOP's request), and
     it may then wait for that lock while another word is applied. Stamped
@@ -77,7 +82,7 @@ def record(
         insert(consent_changes).values(
             profile_id=profile_id, channel=channel, granted=granted,
             identifier_digest=identifier_digest(through) if through else None, delivery_id=link, reason=reason,
-            at=max(at, utcnow()),
+            at=max(at, utcnow()), origin_profile_id=origin,
         )
     )
 
@@ -133,15 +138,17 @@ def said(traits: Traits, channel: str, word: Word) -> Traits:
     person makes afterwards, in the app's settings or a CRM form, still
     wins. A stale cached opt-out resent after a START blocks again, which
     errs on the side of not messaging.
+
+    The grant sets both forms, `consent.<channel>` even when the profile has
+    no such part yet: a form without the grant's time has none to lose by,
+    so an older `consent: {email: false}` arriving late took the channel
+    back, where the same word as `email_opt_out: true` lost.
     """
     key = opt_out_trait(channel)
     if not word.granted:
         return newest_traits(traits, stamped_traits({key: True}, PINNED))
-    values, times = _unpinned(traits, [channel])
-    granted: dict[str, Any] = {key: False}
-    if isinstance(values.get("consent"), dict) and channel in values["consent"]:
-        granted["consent"] = {channel: True}
-    return newest_traits((values, times), stamped_traits(granted, word.at))
+    granted = {key: False, "consent": {channel: True}}
+    return newest_traits(_unpinned(traits, [channel]), stamped_traits(granted, word.at))
 
 
 def history(connection: Connection, profile_id: str) -> list[dict[str, Any]]:
@@ -157,26 +164,28 @@ def history(connection: Connection, profile_id: str) -> list[dict[str, Any]]:
 
 
 def split(
-    connection: Connection, survivor_id: str, restored_id: str, moved: Collection[Identifier]
+    connection: Connection, survivor_id: str, restored_id: str, moved: Collection[Identifier], split_off: Collection[str]
 ) -> tuple[dict[str, Word], dict[str, Word]]:
-    """Move the changes that came through `moved` identifiers to the restored profile; each side's latest word
-    per channel. Changes with no identifier (links issued before identifiers were kept) stay with the survivor."""
+    """Move to the restored profile the changes that came through `moved` identifiers, and those with no
+    identifier made on one of the `split_off` profiles (the restored one and those merged into it before); each
+    side's latest word per channel. The other changes with no identifier (ops' on the survivor, those kept
+    before their profile was) stay with the survivor."""
     digests = {identifier_digest(ident) for ident in moved}
     rows = connection.execute(
         select(
             consent_changes.c.id, consent_changes.c.channel, consent_changes.c.granted, consent_changes.c.at,
-            consent_changes.c.identifier_digest,
+            consent_changes.c.identifier_digest, consent_changes.c.origin_profile_id,
         )
         .where(consent_changes.c.profile_id == survivor_id)
         .order_by(consent_changes.c.at, consent_changes.c.id)
     ).all()
-    leaving = [row.id for row in rows if row.identifier_digest in digests]
+    leaving = {
+        row.id for row in rows
+        if (row.identifier_digest in digests if row.identifier_digest else row.origin_profile_id in split_off)
+    }
     if leaving:
-        connection.execute(update(consent_changes).where(consent_changes.c.id.in_(leaving)).values(profile_id=restored_id))
-    return (
-        _latest(row for row in rows if row.identifier_digest not in digests),
-        _latest(row for row in rows if row.identifier_digest in digests),
-    )
+        connection.execute(update(consent_changes).where(consent_changes.c.id.in_(sorted(leaving))).values(profile_id=restored_id))
+    return _latest(row for row in rows if row.id not in leaving), _latest(row for row in rows if row.id in leaving)
 
 
 def _latest(rows: Iterable[Any]) -> dict[str, Word]:

@@ -46,6 +46,10 @@ from hub.store.sql import insert_ignoring_conflicts
 from hub.store.traits import with_part_times
 
 FORGOTTEN_REASON = "not sent: profile forgotten"
+# What an audit row naming the person keeps once emptied: no identifiers and, for a refused link, no key. The key
+# is a plain digest of the identifier, and the two profile ids and the rule beside it let anyone hashing guesses of
+# a phone number find it, HUB_FORGET_KEY or not. A refusal recurring later gets a row of its own.
+EMPTIED_AUDIT_ROW = {"identifiers": [], "refusal_key": None}
 DROPPED_READ_BATCH = 1000  # inbox rows read at a time, so a long inbox is never held in memory whole
 
 
@@ -102,11 +106,11 @@ def forget(
     connection.execute(
         update(merges).where(or_(merges.c.survivor_id.in_(ids), merges.c.merged_id.in_(ids))).values(linking_identifiers=[])
     )
-    connection.execute(update(identity_events).where(identity_events.c.profile_id.in_(ids)).values(identifiers=[]))
-    connection.execute(update(identity_events).where(identity_events.c.other_profile_id.in_(ids)).values(identifiers=[]))
-    connection.execute(
-        update(identity_events).where(identity_events.c.id.in_([refusal for refusal, _ in refusals])).values(identifiers=[])
-    )
+    for emptied in (
+        identity_events.c.profile_id.in_(ids), identity_events.c.other_profile_id.in_(ids),
+        identity_events.c.id.in_([refusal for refusal, _ in refusals]),
+    ):
+        connection.execute(update(identity_events).where(emptied).values(EMPTIED_AUDIT_ROW))
     consent_changes.forget(connection, ids)
     connection.execute(delete(profiles).where(profiles.c.profile_id.in_(ids)))
     connection.execute(

@@ -81,7 +81,7 @@ def unmerge(connection: Connection, profile_id: str, merged_profile_id: str, now
     )
     held_by_survivor = set(held_by(connection, live_id))
     moved_touchpoints = _reattribute_touchpoints(connection, live_id, merged_profile_id, set(moved), held_by_survivor)
-    _rebuild_traits(connection, live_id, merged_profile_id, moved, held_by_survivor, now)
+    _rebuild_traits(connection, live_id, merged_profile_id, split, moved, held_by_survivor, now)
     reopened = _reopen_timers_ended_across(connection, (live_id, merged_profile_id))
     withdrawn = _withdraw_misaddressed(connection, {live_id: set(moved), merged_profile_id: held_by_survivor}, now)
     a, b = sorted((live_id, merged_profile_id))
@@ -169,11 +169,12 @@ def _reattribute_touchpoints(
 
 
 def _rebuild_traits(
-    connection: Connection, live_id: str, restored_id: str, moved: list[Identifier], held_by_survivor: set[Identifier],
-    now: datetime,
+    connection: Connection, live_id: str, restored_id: str, split_off: set[str], moved: list[Identifier],
+    held_by_survivor: set[Identifier], now: datetime,
 ) -> None:
     """Each side's traits from its own touchpoints, and each side's consent from what was said through its
-    identifiers; other traits no touchpoint set (written through the API) stay with the survivor.
+    identifiers or to its profiles (`split_off`: the restored one and those merged into it before); other traits
+    no touchpoint set (written through the API) stay with the survivor.
 
     A trait naming an identifier the other side now holds is left out, so an
     older value takes its place, or none: the touchpoint that made the bad
@@ -188,7 +189,7 @@ def _rebuild_traits(
     own = without_values(current.traits, moved_values)
     kept_keys = [k for k in own if k not in from_touchpoints or current.trait_times.get(k) == PINNED_STAMP]
     kept = ({k: own[k] for k in kept_keys}, with_part_times(current.trait_times, kept_keys))
-    said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved)
+    said_by_survivor, said_by_restored = consent_changes.split(connection, live_id, restored_id, moved, split_off)
     kept = consent_changes.pinned(kept, said_by_survivor, gone=said_by_restored.keys() - said_by_survivor.keys())
     survivor = consent_changes.pinned(newest_traits(kept, remaining), said_by_survivor)
     restored = consent_changes.pinned(restored, said_by_restored)

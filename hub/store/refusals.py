@@ -44,8 +44,9 @@ def refused_events(
 
 
 def refusal_key(profile_id: str, link: RefusedLink) -> str:
-    """What makes a refusal the same one again: the two profiles, the identifier and the rule. A digest, as the
-    forgotten-identifier blocklist keeps, since forgetting a person scrubs the row's identifiers but not this."""
+    """What makes a refusal the same one again: the two profiles, the identifier and the rule. A digest, not the
+    values; forgetting a person drops it with the row's identifiers (`hub.store.forget.EMPTIED_AUDIT_ROW`), as
+    the profile ids and the rule beside it would give the value back to anyone hashing guesses."""
     other = link.profile_id or ""
     text = f"{profile_id}\x1f{other}\x1f{link.identifier.type}\x1f{link.identifier.value}\x1f{link.rule}"
     return hashlib.sha256(text.encode()).hexdigest()

@@ -215,6 +215,7 @@ consent_changes = Table(
     Column("granted", Boolean, nullable=False),
     Column("identifier_digest", String(64)),  # sha256 of the identifier it came through; none for old links
     Column("delivery_id", String(36)),  # the message whose unsubscribe link made it; none for any other word
+    Column("origin_profile_id", String(26)),  # the profile it was asked of, as named; a merge does not move it
     Column("reason", String(100), nullable=False),
     Column("at", UTCDateTime, nullable=False),
 )
