@@ -26,10 +26,14 @@ and sent up to 15% fewer per second (bench/README.md).
 Every record also renews the leases of the sends still in flight once half
 spent, and a claim never takes a delivery the engine is still sending: a
 send that outlived its lease (an SMTP relay slow on each command) was
-claimed again, by this engine or another, and sent twice. A crash between a
-send and its record means the row's lease expires and it is sent again:
-delivery is at-least-once, and idempotency keys let providers that accept
-them collapse the duplicate. A batch whose record fails is recorded again
+claimed again, by this engine or another, and sent twice. A renewal, a
+record and a put-back move a row on only while it still has the lease this
+engine set: one that stalled past its lease (a paused VM) finds another
+node's, whose send is in flight, and leaves the row's status, lease and due
+time to it (its attempt is still logged and counted, numbered by the row).
+A crash between a send and its record means the row's lease expires and it
+is sent again: delivery is at-least-once, and idempotency keys let providers
+that accept them collapse the duplicate. A batch whose record fails is recorded again
 one outcome at a time (`hub.delivery_record`), and committed before the next
 claim, so one row the database refuses costs its own delivery only, not the
 whole batch sent again after every lease.
@@ -96,7 +100,11 @@ class DeliveryEngine:
         its addresses turned out dead or its consent was refused (`Responder.fall_back`), and a delivery's
         withdrawn at its claim because its person revoked consent (`ClaimChecks`)."""
         self.store = store
-        self._recorder = AttemptRecorder(store, destinations, recipient, fall_back)
+        # The lease (`claimed_until`) this engine set on each delivery it claimed and has not recorded, at its claim
+        # or last renewal, once committed: its renewal and its record move the row on only while the row still has
+        # it (`hub.store.outbox`). A stalled engine's late record released the lease of another that was sending.
+        self._leases: dict[str, datetime] = {}
+        self._recorder = AttemptRecorder(store, destinations, recipient, self._leases, fall_back)
         self._checks = ClaimChecks(quiet_hours, fall_back)
         self.recipient = recipient
         self.destinations = destinations
@@ -114,7 +122,6 @@ class DeliveryEngine:
         self._claimed: list[Delivery] | None = None
         # Sends started and not recorded, this batch's and carried over, by delivery id: their rows are this engine's.
         self._sending: dict[str, asyncio.Task[Outcome]] = {}
-        self._leased_at: dict[str, datetime] = {}  # when the lease of each send in flight was taken or last renewed
         self._woken = asyncio.Event()  # set (through `wake`) when deliveries are planned during a run's wait
         self._waiting = False  # a run is waiting for its sends: a wake cuts the wait short
         self._claims = ClaimsAfterFailure("delivery")  # a delivery the hub cannot send sets aside, not stops, the rest
@@ -145,7 +152,9 @@ class DeliveryEngine:
         self._loop.run_until_complete(self._wait_for_sends())
         finished = self._finished()
         in_flight = [delivery_id for delivery_id in self._sending if delivery_id not in finished]
-        self._claimed = self._recorder.write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
+        taken = self._recorder.write_back(list(finished.values()), lambda connection: self._claim(connection, in_flight))
+        self._claimed, leases = taken or (None, {})  # a record that failed rolled back its claim and renewals
+        self._leases.update(leases)
         for delivery_id in finished:  # only now: outcomes whose record failed are recorded by the next run
             self._done(delivery_id)
         return len(finished) + len(self._sending)
@@ -164,12 +173,14 @@ class DeliveryEngine:
 
     def _claim_alone(self) -> list[Delivery]:
         with self.store.write() as connection:
-            return self._claim(connection, [])
+            going, leases = self._claim(connection, [])
+        self._leases.update(leases)
+        return going
 
     def _done(self, delivery_id: str) -> None:
         """The send is no longer this engine's: recorded, or dropped."""
         del self._sending[delivery_id]
-        self._leased_at.pop(delivery_id, None)
+        self._leases.pop(delivery_id, None)
 
     def wake(self) -> None:
         """Deliveries were planned (from any thread): a run waiting for its sends stops waiting, records those
@@ -215,15 +226,16 @@ class DeliveryEngine:
                 self._done(delivery_id)
         return finished
 
-    def _claim(self, connection: Connection, in_flight: Sequence[str]) -> list[Delivery]:
+    def _claim(self, connection: Connection, in_flight: Sequence[str]) -> tuple[list[Delivery], dict[str, datetime]]:
         """Renew the leases of the sends `in_flight` that are half spent (`_renew_leases`), then claim a batch, or
         beside them as many as there is room for, none of them: a delivery claimed beyond the room would wait
-        for a slow send to give up its place."""
+        for a slow send to give up its place. Returns the batch, and the leases renewed and taken, for the
+        caller to keep once they are committed (rolled back, they are not the rows')."""
         now = utcnow()
-        self._renew_leases(connection, in_flight, now)
+        renewed = self._renew_leases(connection, in_flight, now)
         room = min(self.batch_size, self._concurrency - len(in_flight)) if in_flight else self.batch_size
         if room <= 0:
-            return []
+            return [], renewed
         skip, held = self._attempts.at_their_limit(), frozenset(in_flight)
         going = self._claims.claim(
             lambda: self._checked(connection, outbox.claim_due(connection, room, now, self.lease, skip, held), now),
@@ -233,8 +245,8 @@ class DeliveryEngine:
                 lambda delivery_id, error: _set_aside(connection, delivery_id, now, error),
             ),
         )
-        self._leased_at.update((delivery.delivery_id, now) for delivery in going)
-        return going
+        renewed.update((delivery.delivery_id, now + self.lease) for delivery in going)  # `claim_due`'s lease
+        return going, renewed
 
     def _claim_one(self, connection: Connection, delivery_id: str, now: datetime) -> list[Delivery]:
         """The delivery, claimed and past its checks, or nothing (not due any more, or held back by a check)."""
@@ -249,8 +261,10 @@ class DeliveryEngine:
             self._keeps_records,
         )
 
-    def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> None:
-        """Renew, in one statement, the leases of the sends `in_flight` taken or renewed half a lease ago or more.
+    def _renew_leases(self, connection: Connection, in_flight: Sequence[str], now: datetime) -> dict[str, datetime]:
+        """Renew the leases of the sends `in_flight` taken or renewed half a lease ago or more, where the row still
+        has this engine's lease; returns the leases set, to keep once committed (a row another worker took keeps
+        its own, which they do not match).
 
         A send that outlived its lease was claimed again and sent twice, so
         a run renews them; renewing every one on every run cost most batches
@@ -259,14 +273,14 @@ class DeliveryEngine:
         lease is left on each at any run: as much margin as a stalled run
         needs.
         """
-        renewing = self._half_spent(in_flight, now)
+        renewing = {delivery_id: self._leases.get(delivery_id) for delivery_id in self._half_spent(in_flight, now)}
         outbox.extend_leases(connection, renewing, now + self.lease)
-        self._leased_at.update((delivery_id, now) for delivery_id in renewing)
+        return dict.fromkeys(renewing, now + self.lease)
 
     def _half_spent(self, in_flight: Sequence[str], now: datetime) -> list[str]:
-        """The sends `in_flight` whose lease was taken or renewed half a lease ago or more."""
-        half_spent = now - self.lease / 2
-        return [delivery_id for delivery_id in in_flight if self._leased_at.get(delivery_id, half_spent) <= half_spent]
+        """The sends `in_flight` whose lease was taken or renewed half a lease ago or more (ends within half a lease)."""
+        half_left = now + self.lease / 2
+        return [delivery_id for delivery_id in in_flight if self._leases.get(delivery_id, now) <= half_left]
 
     def _addressed_to_profile(self, delivery: Delivery) -> bool:
         """Whether a delivery's target is a profile id (a route to `profile_id`), not a person's address."""
@@ -287,7 +301,8 @@ class DeliveryEngine:
         self._finish_sends()
         if self._sending or self._claimed:
             self._recorder.write_back(list(self._finished().values()), self._put_back)
-            self._sending, self._leased_at, self._claimed = {}, {}, None
+            self._sending, self._claimed = {}, None
+            self._leases.clear()  # the recorder's view of them too
         self._loop.run_until_complete(self._close_async())
         self._loop.close()
         for destination in self.destinations.values():
@@ -301,15 +316,17 @@ class DeliveryEngine:
             now = utcnow()
             if self._half_spent(going, now):  # a write transaction only when a lease is due for renewal
                 with self.store.write() as connection:
-                    self._renew_leases(connection, going, now)
+                    renewed = self._renew_leases(connection, going, now)
+                self._leases.update(renewed)
             self._loop.run_until_complete(asyncio.wait(
                 [self._sending[delivery_id] for delivery_id in going], timeout=self.lease.total_seconds() / 4
             ))
 
     def _put_back(self, connection: Connection) -> None:
-        """The batch claimed and not sent, due now again, as it was."""
+        """The batch claimed and not sent, due now again, as it was; those whose lease ran out while the engine
+        closed, and which another worker took, left to it."""
         for delivery in self._claimed or ():
-            outbox.defer(connection, delivery.delivery_id, utcnow())
+            outbox.defer(connection, delivery.delivery_id, utcnow(), lease=self._leases.get(delivery.delivery_id))
 
     async def _close_async(self) -> None:
         await asyncio.gather(*(destination.close_async() for destination in self.destinations.values()))

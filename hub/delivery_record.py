@@ -66,12 +66,17 @@ class AttemptRecorder:
     """Records a delivery engine's outcomes in the store."""
 
     def __init__(
-        self, store: Store, destinations: Mapping[str, Destination], recipient: Recipient, fall_back: FallBack | None = None
+        self, store: Store, destinations: Mapping[str, Destination], recipient: Recipient,
+        leases: Mapping[str, datetime], fall_back: FallBack | None = None,
     ) -> None:
-        """`fall_back` plans a failed delivery's fallback when its addresses turned out dead (None: never)."""
+        """`leases`: the lease the caller set on each delivery it claimed (`claimed_until`, by delivery id), read
+        at each record: a delivery whose row has another lease now is another worker's to move on
+        (`outbox.record_attempts`); one not in it is recorded whatever its lease. `fall_back` plans a failed
+        delivery's fallback when its addresses turned out dead (None: never)."""
         self.store = store
         self.destinations = destinations
         self.recipient = recipient
+        self.leases = leases
         self.fall_back = fall_back
 
     def write_back(self, outcomes: list[Outcome], then: Callable[[Connection], T]) -> T | None:
@@ -155,8 +160,10 @@ class AttemptRecorder:
         """Each outcome: its attempt logged and its new status, or its wait (held back); the `early` reports on
         the messages sent applied; consent a provider refused, and addresses it said do not exist."""
         now = utcnow()
+        leases = self.leases
         outbox.record_attempts(connection, [
-            outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at) for o in outcomes if o.attempt
+            outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at, leases.get(o.delivery.delivery_id))
+            for o in outcomes if o.attempt
         ])
         for destination_id, report in early:
             provider_reports.apply(connection, destination_id, [report], now, self.recipient,
@@ -165,7 +172,7 @@ class AttemptRecorder:
             delivery = outcome.delivery
             if outcome.attempt is None:
                 assert outcome.next_attempt_at is not None
-                outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at)
+                outbox.defer(connection, delivery.delivery_id, outcome.next_attempt_at, lease=leases.get(delivery.delivery_id))
             if outcome.revokes_consent:
                 through = self.recipient(delivery.channel, delivery.target)
                 set_consent(connection, delivery.profile_id, delivery.channel, False, now, "refused by provider", through)
