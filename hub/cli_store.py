@@ -24,7 +24,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from hub.errors import ConfigError
 from hub.secret_urls import shown_url
 from hub.store.opening import open_store, store_url, unusable_url, why
-from hub.store import Store
+from hub.store import Store, newer_revisions, newer_schema
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -49,10 +49,14 @@ def existing_store(settings: HubSettings) -> Store:
     try:
         with store.read() as connection:
             migrated = inspect(connection).has_table("decisions")
+            newer = newer_revisions(connection)
         current = migrated and store.is_current()
     except SQLAlchemyError as exc:
         store.dispose()
         raise ConfigError(_not_found(url, f"cannot open it ({why(exc)})")) from None
+    if newer:  # not older: `touchhub migrate` of this release fails on it
+        store.dispose()
+        raise newer_schema(url, newer)
     if not current:
         store.dispose()
         what = "an older hub's schema" if migrated else "no hub schema (no decisions table)"

@@ -25,7 +25,7 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.forget_digest import forget_keys
+from hub.store.forget_digest import forget_keys, refuse_keyed_rows
 from hub.store.identity_graph import FOLLOWING_MERGES, detached_event, moved_event
 from hub.store.refusals import refused_events, save_refusals
 from hub.store.traits import newest_traits
@@ -53,6 +53,7 @@ class CachedIdentityGraph:
             if from_alias:
                 self.from_alias.add(ident)
         self.apart = {frozenset(pair) for pair in connection.execute(select(kept_apart.c.profile_a, kept_apart.c.profile_b))}
+        refuse_keyed_rows(connection)  # without the key, a keyed row would refuse nobody
         self.blocked = set(connection.execute(select(forgotten_identifiers.c.digest)).scalars())
         self.forget_keys = forget_keys(connection)
         self._new_profiles: dict[str, dict[str, Any]] = {}

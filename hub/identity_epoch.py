@@ -37,7 +37,7 @@ from sqlalchemy import Connection, event
 
 from hub.identity_cache import survivor_of
 from hub.model import Identifier, MovedIdentifier
-from hub.store.identity_graph import SqlIdentityGraph, graph_epoch_value
+from hub.store.identity_graph import SqlIdentityGraph, readable_graph_epoch
 from hub.store.traits import Traits
 from hub.store.sql import lock_profiles
 
@@ -76,15 +76,17 @@ class IdentityCache:
         On leaving, the epoch is read again and kept as the cache's: under the
         lock, every bump since the first read is this transaction's own. Run
         inside `cleared_on_error`, which empties the cache if the body or the
-        commit fails.
+        commit fails. On a node without HUB_FORGET_KEY, either read is a
+        ConfigError once the blocklist holds keyed rows (`readable_graph_epoch`):
+        the batch rolls back, its events left in the inbox.
         """
         lock_profiles(connection)
-        if graph_epoch_value(connection) != self.epoch or len(self.traits) > self.limit:
+        if readable_graph_epoch(connection) != self.epoch or len(self.traits) > self.limit:
             self.clear()
         for rollback in ("rollback", "rollback_savepoint"):
             event.listen(connection, rollback, self.clear)
         yield
-        self.epoch = graph_epoch_value(connection)
+        self.epoch = readable_graph_epoch(connection)
 
     def owners(self, idents: Sequence[Identifier]) -> dict[Identifier, str] | None:
         """The live owner of each identifier, or None unless every one is cached."""

@@ -69,7 +69,12 @@ class Hub:
         self.store = open_store(
             settings.database_url, migrate=True, lease=lease, lock_timeout=settings.sqlite_lock_timeout_seconds
         )
-        if keyed := forget_digest.use_keys(self.store, settings.forget_keys()):
+        try:
+            keyed = forget_digest.use_keys(self.store, settings.forget_keys())
+        except ConfigError:  # a node without the key on a keyed blocklist: nothing else is open yet
+            self.store.dispose()
+            raise
+        if keyed:
             log.info("keyed the plain digests of forgotten identifiers with HUB_FORGET_KEY", rows=keyed)
         self.wakeups = Wakeups(self.store.url)
         self.pipeline_wake = self.wakeups.events["pipeline"]

@@ -20,6 +20,8 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select, text
 
+from hub.errors import ConfigError
+from hub.secret_urls import shown_url
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS, create_store_engine, read_transaction, write_transaction
 from hub.store.writer_lock import writer_lock
 
@@ -67,12 +69,15 @@ class Store:
         A store already at head, every start but the first after an upgrade,
         is left as it is without alembic: its upgrade reads the migrations'
         files anew each time, about 0.1 s for the start of every hub, worker
-        and CLI command that opens the store.
+        and CLI command that opens the store. A schema a newer hub migrated
+        (a rolling upgrade) is a ConfigError saying to run that release.
         """
         with self.write() as connection:
             _one_migrator_at_a_time(connection)
             if revision == "head" and is_at_head(connection):
                 return
+            if newer := newer_revisions(connection):  # alembic's "Can't locate revision" otherwise, a traceback
+                raise newer_schema(self.url, newer)
             command.upgrade(_alembic_config(connection), revision)
 
     def is_current(self) -> bool:
@@ -111,10 +116,35 @@ def is_at_head(connection: Connection) -> bool:
     return set(MigrationContext.configure(connection).get_current_heads()) == _heads()
 
 
+def newer_revisions(connection: Connection) -> list[str]:
+    """The revisions the schema `connection` sees is at that are none of this hub's migrations: a newer hub's,
+    which migrated the store in a rolling upgrade. This hub can neither use that schema nor migrate from it."""
+    return sorted(set(MigrationContext.configure(connection).get_current_heads()) - _revisions())
+
+
+def newer_schema(url: str, revisions: list[str]) -> ConfigError:
+    """What a node of an older release says on a store a newer one migrated (`newer_revisions`)."""
+    return ConfigError([
+        f"HUB_DATABASE_URL={shown_url(url)}: the schema is from a newer hub (revision {', '.join(revisions)})",
+        "run that release or newer; this one can neither read the schema nor migrate it back",
+    ])
+
+
 @cache
 def _heads() -> frozenset[str]:
     """This hub's newest migrations, read from their files once a process: they do not change under it."""
-    return frozenset(ScriptDirectory.from_config(_alembic_config(None)).get_heads())
+    return frozenset(_scripts().get_heads())
+
+
+@cache
+def _revisions() -> frozenset[str]:
+    """Every migration of this hub, read from their files once a process."""
+    return frozenset(script.revision for script in _scripts().walk_revisions())
+
+
+@cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory.from_config(_alembic_config(None))
 
 
 def _alembic_config(connection: Connection | None) -> Config:

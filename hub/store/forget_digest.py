@@ -23,6 +23,13 @@ any moment.
 The keys are held per store engine, so each `Store` of a process is read with
 its hub's settings, and one opened without them (`open_store` alone) stays
 unkeyed, as before HUB_FORGET_KEY.
+
+A node without the key reads a keyed row as nothing: it would take the
+person back in at their next identify. So an unkeyed hub refuses to start on
+a blocklist that holds keyed rows, and one already running when another node
+keys the blocklist (the first node of a rollout restarted with the key) fails
+its pipeline batches from then on, the events left in the inbox, until it is
+restarted with the key (`refuse_keyed_rows_once_moved`).
 """
 
 from __future__ import annotations
@@ -34,12 +41,13 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Connection, Engine, delete, exists, select
 
+from hub.errors import ConfigError
 from hub.model import Identifier
 from hub.store.refusals import rename_refused_identifiers
 from hub.store.schema import forgotten_identifiers
-from hub.store.sql import NewRows
+from hub.store.sql import NewRows, lock_profiles
 
 if TYPE_CHECKING:
     from hub.store import Store
@@ -47,6 +55,7 @@ if TYPE_CHECKING:
 KEYING_BATCH = 1000  # unkeyed rows read, and deleted once keyed, per statement: none holds too many values
 PLAIN, KEYED = "sha256:", "hmac-sha256:"  # how a refusal in the audit trail names a forgotten identifier's digest
 _INSERT_KEYED = NewRows(forgotten_identifiers.c.digest)  # a row keyed by another node meanwhile is skipped
+_HOLDS_KEYED = select(exists().where(forgotten_identifiers.c.keyed))
 
 
 def identifier_digest(ident: Identifier) -> str:
@@ -102,6 +111,8 @@ def _hmac(prepared: hmac.HMAC, unkeyed: str) -> str:
 
 UNKEYED = ForgetKeys()
 _IN_USE: WeakKeyDictionary[Engine, ForgetKeys] = WeakKeyDictionary()
+# Per store engine read without a key: the graph epoch at which its blocklist last held no keyed row.
+_NO_KEYED_ROWS_AT: WeakKeyDictionary[Engine, int] = WeakKeyDictionary()
 
 
 def forget_keys(connection: Connection) -> ForgetKeys:
@@ -113,13 +124,52 @@ def use_keys(store: Store, keys: ForgetKeys) -> int:
     """Digest `store`'s blocklist with `keys` in this process, and key the rows still unkeyed; returns how many.
 
     Called where a hub opens its store, before any of its workers or
-    requests touch the blocklist.
+    requests touch the blocklist. Without a key, ConfigError if the blocklist
+    holds keyed rows: the hub could not refuse their people.
     """
     _IN_USE[store.engine] = keys
     if not keys.keyed:
+        with store.read() as connection:
+            refuse_keyed_rows(connection)
         return 0
     with store.write() as connection:
+        lock_profiles(connection)  # a blocklist write: under the lock, as every identity write (`hub.identity_epoch`)
         return _key_unkeyed_rows(connection, keys)
+
+
+def refuse_keyed_rows(connection: Connection) -> None:
+    """ConfigError if this process reads the blocklist without HUB_FORGET_KEY and it holds keyed rows.
+
+    A lookup without the key asks only for the unkeyed digest, which a keyed
+    row never holds: the person it stands for would be taken back in. Which
+    key keyed a row cannot be told, so a node with only HUB_FORGET_PREVIOUS_KEYS
+    is refused too. A scan of the blocklist (`keyed` has no index), asked
+    only by nodes without the key.
+    """
+    if not forget_keys(connection).keyed and connection.execute(_HOLDS_KEYED).scalar():
+        raise ConfigError(
+            "HUB_FORGET_KEY: not set on this node, but the store's blocklist of forgotten people holds digests keyed "
+            "by a node that has it; without the key this node cannot recognise those people and would take them "
+            "back in; set HUB_FORGET_KEY to the other nodes' key (the same on every node) and restart this one"
+        )
+
+
+def refuse_keyed_rows_once_moved(connection: Connection, epoch: int) -> None:
+    """`refuse_keyed_rows`, asked again only when the identity graph's `epoch` moved since it last found none.
+
+    Every write to the blocklist moves the epoch (a trigger), so an unmoved
+    one vouches that it still holds no keyed row. Asked where the pipeline
+    reads the epoch, first and last in each batch (`readable_graph_epoch`): a
+    node still running without the key when another keys the blocklist fails
+    every batch from then on, rolled back with what it resolved, and its
+    events wait in the inbox for a node with the key. On a node with the key
+    this is a dictionary lookup, and without one a scan per batch that
+    changed the graph.
+    """
+    engine = connection.engine
+    if _NO_KEYED_ROWS_AT.get(engine) != epoch:
+        refuse_keyed_rows(connection)
+        _NO_KEYED_ROWS_AT[engine] = epoch
 
 
 def _key_unkeyed_rows(connection: Connection, keys: ForgetKeys) -> int:

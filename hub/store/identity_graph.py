@@ -14,7 +14,7 @@ from ulid import ULID
 
 from hub.clock import utcnow
 from hub.model import Identifier, MovedIdentifier, RefusedLink
-from hub.store.forget_digest import forget_keys
+from hub.store.forget_digest import forget_keys, refuse_keyed_rows_once_moved
 from hub.store.refusals import refused_events, save_refusals
 from hub.store.schema import (
     consent_changes, decisions, deliveries, forgotten_identifiers, graph_epoch, identifiers, identity_events, kept_apart,
@@ -334,6 +334,20 @@ def graph_epoch_value(connection: Connection) -> int:
     """The identity graph's epoch: triggers bump it on every write to identifiers, aliases, kept-apart pairs
     or the forgotten list, so an unchanged value means an unchanged graph (`hub.identity_epoch`)."""
     [(value,)] = _EPOCH.execute(connection, {})
+    return value
+
+
+def readable_graph_epoch(connection: Connection) -> int:
+    """`graph_epoch_value`, for a transaction that resolves identities: ConfigError on a node without
+    HUB_FORGET_KEY once the blocklist holds keyed rows it cannot read (`refuse_keyed_rows_once_moved`).
+
+    The pipeline reads the epoch first and last in every batch, so a batch
+    that would take a forgotten person back in (another node keyed the
+    blocklist before or during it) rolls back instead, its events left in
+    the inbox for a node with the key.
+    """
+    value = graph_epoch_value(connection)
+    refuse_keyed_rows_once_moved(connection, value)
     return value
 
 

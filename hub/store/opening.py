@@ -1,6 +1,6 @@
 """Opening HUB_DATABASE_URL for the hub and every command: a URL SQLAlchemy cannot parse, a driver not
-installed, a server that does not answer, a SQLite folder that cannot be made or written, or an in-memory SQLite
-database is a ConfigError naming the setting, never a traceback."""
+installed, a server that does not answer, a SQLite folder that cannot be made or written, an in-memory SQLite
+database, or a schema a newer hub migrated is a ConfigError naming the setting, never a traceback."""
 
 from __future__ import annotations
 
@@ -31,7 +31,8 @@ def open_store(
     """The store at HUB_DATABASE_URL `url` (brought up to date if `migrate`; `lease`, `lock_timeout` as `Store` takes
     them); ConfigError
     naming the setting, the URL without its password and the reason when it cannot be parsed, its driver is missing,
-    it cannot be reached, its SQLite folder cannot be made or written, or it is an in-memory SQLite database."""
+    it cannot be reached, its SQLite folder cannot be made or written, it is an in-memory SQLite database, or (to
+    migrate) a newer hub's schema."""
     try:
         _refuse_in_memory(url)
         store = Store(store_url(url), lease, lock_timeout)
@@ -41,17 +42,25 @@ def open_store(
         raise _unusable_folder(url, exc) from None
     if migrate:
         try:
-            store.migrate()
-        except OSError as exc:  # the writer lock's file beside the database, opened on the first write
+            _migrate(url, store)
+        except ConfigError:
             store.dispose()
-            raise _unusable_folder(url, exc) from None
-        except SQLAlchemyError as exc:
-            store.dispose()
-            raise ConfigError(
-                f"HUB_DATABASE_URL={shown_url(url)}: cannot open it ({why(exc)}); check that the database is up "
-                "and reachable from here, and the URL's host, port, user, password and database name"
-            ) from None
+            raise
     return store
+
+
+def _migrate(url: str, store: Store) -> None:
+    """`store.migrate()`, whose failures are ConfigErrors naming HUB_DATABASE_URL (a newer hub's schema already is
+    one: `Store.migrate`)."""
+    try:
+        store.migrate()
+    except OSError as exc:  # the writer lock's file beside the database, opened on the first write
+        raise _unusable_folder(url, exc) from None
+    except SQLAlchemyError as exc:
+        raise ConfigError(
+            f"HUB_DATABASE_URL={shown_url(url)}: cannot open it ({why(exc)}); check that the database is up "
+            "and reachable from here, and the URL's host, port, user, password and database name"
+        ) from None
 
 
 def unusable_url(url: str, exc: Exception) -> ConfigError:
