@@ -99,13 +99,22 @@ def set_consent(
     live_id, holds_through = consent_holder(connection, profile_id, through)
     if live_id is None:
         return None
-    graph = graph or SqlIdentityGraph(connection)
-    graph.change_traits(live_id, lambda traits: consent_changes.said(traits, channel, Word(granted, at)))
-    consent_changes.record(
-        connection, live_id, channel, granted, through if holds_through else None, reason, at, profile_id or live_id, link
-    )
-    log.info("consent changed", profile_id=live_id, channel=channel, granted=granted, reason=reason, at=at.isoformat())
+    _apply(connection, live_id, profile_id, channel, Word(granted, at), reason, through if holds_through else None,
+           graph, link)
     return live_id
+
+
+def _apply(
+    connection: Connection, live_id: str, asked_of: str | None, channel: str, word: Word, reason: str,
+    through: Identifier | None, graph: SqlIdentityGraph | None = None, link: str | None = None,
+) -> None:
+    """Change `live_id`'s traits by the word and keep the change (`consent_holder` found whose it is; `through`
+    only if they hold it), with the profile it was asked of (`asked_of`, else `live_id`)."""
+    graph = graph or SqlIdentityGraph(connection)
+    graph.change_traits(live_id, lambda traits: consent_changes.said(traits, channel, word))
+    consent_changes.record(connection, live_id, channel, word.granted, through, reason, word.at, asked_of or live_id, link)
+    log.info("consent changed", profile_id=live_id, channel=channel, granted=word.granted, reason=reason,
+             at=word.at.isoformat())
 
 
 def consent_holder(connection: Connection, profile_id: str | None, through: Identifier | None) -> tuple[str | None, bool]:
@@ -134,12 +143,14 @@ def subscribe_again(
     """Undo the unsubscribe the link of message `link` made, and only while it is the person's latest word on
     `channel`: any past email's link gave consent back, even after a newer link's unsubscribe, an ops revocation
     or an opt-out an event said since, so whoever held an old forwarded email could subscribe them again."""
-    live_id, _ = consent_holder(connection, profile_id, through)
+    live_id, holds_through = consent_holder(connection, profile_id, through)
     if live_id is None:
         return LinkWord(None, False)
     if link is None or not _link_word_stands(connection, live_id, channel, link):
         return LinkWord(live_id, False)
-    return LinkWord(set_consent(connection, live_id, channel, True, at, reason, through, link=link), True)
+    _apply(connection, live_id, profile_id, channel, Word(True, at), reason, through if holds_through else None,
+           link=link)
+    return LinkWord(live_id, True)
 
 
 def _link_word_stands(connection: Connection, profile_id: str, channel: str, link: str) -> bool:

@@ -38,7 +38,7 @@ from collections.abc import Collection, Iterable, Iterator
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, insert, select, update
+from sqlalchemy import Connection, Row, delete, insert, select, update
 
 from hub.clock import END_OF_TIME, utcnow
 from hub.model import Identifier
@@ -87,16 +87,21 @@ def record(
     )
 
 
-def link_revocation_at(connection: Connection, profile_id: str, channel: str, link: str) -> datetime | None:
-    """When the unsubscribe link of the message `link` revoked `channel`, if that is the latest change kept for the
-    channel (no newer link's unsubscribe, no ops change, no grant since); None otherwise."""
-    latest = connection.execute(
-        select(consent_changes.c.granted, consent_changes.c.delivery_id, consent_changes.c.at)
+def latest(connection: Connection, profile_id: str, channel: str) -> Row[Any] | None:
+    """The latest change kept for the profile's `channel` (granted, delivery_id, reason, at), or None."""
+    return connection.execute(
+        select(consent_changes.c.granted, consent_changes.c.delivery_id, consent_changes.c.reason, consent_changes.c.at)
         .where(consent_changes.c.profile_id == profile_id, consent_changes.c.channel == channel)
         .order_by(consent_changes.c.at.desc(), consent_changes.c.id.desc())
         .limit(1)
     ).first()
-    return latest.at if latest is not None and not latest.granted and latest.delivery_id == link else None
+
+
+def link_revocation_at(connection: Connection, profile_id: str, channel: str, link: str) -> datetime | None:
+    """When the unsubscribe link of the message `link` revoked `channel`, if that is the latest change kept for the
+    channel (no newer link's unsubscribe, no ops change, no grant since); None otherwise."""
+    word = latest(connection, profile_id, channel)
+    return word.at if word is not None and not word.granted and word.delivery_id == link else None
 
 
 def event_traits_since(connection: Connection, profile_id: str, since: datetime) -> Iterator[dict[str, Any]]:

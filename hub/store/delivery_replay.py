@@ -191,10 +191,10 @@ def _said_when(connection: Connection, profile_id: str, channel: str, stamp: str
         return "set"
     if stamp != PINNED_STAMP:
         return f"set by an event at {datetime.fromisoformat(stamp).astimezone(timezone.utc):%Y-%m-%d %H:%M:%S} UTC"
-    said = [change for change in consent_changes.history(connection, profile_id) if change["channel"] == channel]
-    if not said or said[-1]["granted"]:
+    word = consent_changes.latest(connection, profile_id, channel)
+    if word is None or word.granted:
         return "set"
-    return f"set at {said[-1]['at']:%Y-%m-%d %H:%M:%S} UTC: {said[-1]['reason']}"
+    return f"set at {word.at:%Y-%m-%d %H:%M:%S} UTC: {word.reason}"
 
 
 def _fell_back(connection: Connection, decision_id: str, delivery_id: str) -> bool:
