@@ -40,9 +40,12 @@ from hub.rulebook import RuleBook
 from hub.store import Store, forget, inbox, quarantine, timer_arming, touchpoints, withdrawals
 from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
-from hub.store.savepoints import as_set_or_one_by_one
+from hub.store.savepoints import ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, set_aside_reason
 
 log = structlog.get_logger(__name__)
+
+# What an inbox row set aside as unreadable (quarantined, failed) says to do.
+UNREADABLE_ROW = "the hub could not read this event's inbox row; mend the row, then replay its source (touchhub replay)"
 
 
 @dataclass(frozen=True)
@@ -98,30 +101,62 @@ class Pipeline:
         self._timers_armed = timers_armed
         self._identities = IdentityCache(config.identity_cache_size)  # identifier owners across batches, exact beside other writers
         self._claim_size = config.batch_size
+        self._claims = ClaimsAfterFailure("inbox row")  # a row the hub cannot read is set aside, not the queue stopped
 
     def run_once(self, now: datetime | None = None) -> int:
-        """Claim and process one batch; returns the number of inbox rows handled.
+        """Claim and process one batch; returns the number of inbox rows handled (set aside ones included).
 
-        `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own.
+        `now` is the wall clock unless a simulation (`touchhub triggers test`) runs its own. A claim that
+        raised is made again at once, one row at a time (`_claims`).
         """
-        with self._identities.cleared_on_error(), self.store.write() as connection, self._identities.locked(connection):
-            # The clock is read once the lock on profiles is held (SQLite's write lock; an advisory lock on
-            # PostgreSQL): an event ingest committed while this waited for it is then claimed, or is received
-            # before the timers this batch arms, which `timers.claim_due` holds back for it.
-            now = now or utcnow()
-            rows = inbox.claim(connection, self._claim_size, now, self.config.lease)
-            outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
-            inbox.mark_done(connection, outcome.done, now)
-            if outcome.dropped:
-                inbox.mark_dropped(connection, outcome.dropped)
-        self._claim_size = self._next_claim_size(len(rows))
+        handled, outcome = self._claims.run(lambda: self._claim_and_process(now))
+        self._claim_size = self._next_claim_size(handled)
         metrics.TOUCHPOINTS_PROCESSED.inc(outcome.processed - len(outcome.dropped))  # a dropped row made no touchpoint
         outcome.recorded.count()
         if outcome.recorded.planned:
             self._deliveries_planned()
         if outcome.armed:
             self._timers_armed(min(outcome.armed))
-        return len(rows)
+        return handled
+
+    def _claim_and_process(self, now: datetime | None) -> tuple[int, _Outcome]:
+        """One batch's transaction: how many rows it claimed or set aside, and what those it claimed left."""
+        with self._identities.cleared_on_error(), self.store.write() as connection, self._identities.locked(connection):
+            # The clock is read once the lock on profiles is held (SQLite's write lock; an advisory lock on
+            # PostgreSQL): an event ingest committed while this waited for it is then claimed, or is received
+            # before the timers this batch arms, which `timers.claim_due` holds back for it.
+            now = now or utcnow()
+            set_aside: list[int] = []
+            rows = self._claims.claim(
+                lambda: inbox.claim(connection, self._claim_size, now, self.config.lease),
+                lambda: self._claim_one_by_one(connection, now, set_aside),
+            )
+            outcome = self._process_rows(connection, rows, now) if rows else _Outcome()
+            inbox.mark_done(connection, outcome.done, now)
+            if outcome.dropped:
+                inbox.mark_dropped(connection, outcome.dropped)
+        return len(rows) + len(set_aside), outcome
+
+    def _claim_one_by_one(self, connection: Connection, now: datetime, set_aside: list[int]) -> list[InboxRow]:
+        """`inbox.claim` after one that raised: each due row claimed in a savepoint of its own, and one that raises
+        again quarantined and failed (its id added to `set_aside`).
+
+        A row the claim cannot read (a payload that is not JSON text, a
+        received time no calendar has: written by hand or by an older
+        version) failed every claim, each took it first again, and no event
+        behind it was processed.
+        """
+        def set_aside_one(inbox_id: int, error: Exception) -> None:
+            reason = set_aside_reason(error, UNREADABLE_ROW)
+            log.error("an inbox row the hub cannot read was quarantined", inbox_id=inbox_id, reason=reason, exc_info=error)
+            inbox.set_aside(connection, inbox_id, now, reason)
+            set_aside.append(inbox_id)
+
+        return each_or_set_aside(
+            connection, inbox.due_ids(connection, self._claim_size, now),
+            lambda inbox_id: [row] if (row := inbox.claim_one(connection, inbox_id, now, self.config.lease)) else [],
+            set_aside_one,
+        )
 
     def _next_claim_size(self, claimed: int) -> int:
         """Twice the last claim while claims come back full, up to `backlog_batch_size`; the configured size

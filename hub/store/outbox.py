@@ -138,9 +138,7 @@ def due_ids(
     whose other columns cannot be read (a payload or a time written by hand) is among them, for the caller to
     claim one by one (`claim_one`) and set aside (`set_aside`). Not a hot path: only after a claim failed."""
     skipped = sorted(skip_destinations)
-    waiting = _waiting(len(skipped))
-    ready = and_(waiting, deliveries.c.next_attempt_at <= now,
-                 or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until < now))
+    ready = sql.due_ready(_waiting(len(skipped)), deliveries.c.next_attempt_at, now)
     ids = connection.execute(
         select(deliveries.c.delivery_id).where(ready).order_by(deliveries.c.next_attempt_at).limit(limit),
         precompiled.numbered(skipped, "skip_"),

@@ -156,11 +156,17 @@ def due_claim(key: Column[Any], columns: Sequence[Column[Any]], waiting: ColumnE
     skipped, and a dead worker's rows come back once its lease runs out. Each
     row is `key` followed by `columns`.
     """
-    table = key.table
-    assert isinstance(table, Table)
-    now = bindparam("p_now", type_=due_at.type)
-    ready = and_(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
+    ready = due_ready(waiting, due_at, bindparam("p_now", type_=due_at.type))
     return Claim(key, (key, *columns), ready, (due_at,), {"claimed_until": bindparam("p_until", type_=due_at.type)})
+
+
+def due_ready(waiting: ColumnElement[bool], due_at: Column[Any], now: Any) -> ColumnElement[bool]:
+    """Rows `waiting`, due by `now` and held by no live worker (`claimed_until` unset or past): what a `due_claim`
+    picks, and what a worker reads, keys only, to claim them one by one after a claim that failed
+    (`outbox.due_ids`, `timers.due_keys`). `now` is a time or a bind parameter."""
+    table = due_at.table
+    assert isinstance(table, Table)
+    return and_(waiting, due_at <= now, or_(table.c.claimed_until.is_(None), table.c.claimed_until < now))
 
 
 def query_plan(connection: Connection, statement: str, parameters: Any) -> list[str]:

@@ -3,13 +3,17 @@ too late: what `hub.shortened_waits` brings forward."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
-from sqlalchemy import Connection, and_, or_, select
+import structlog
+from sqlalchemy import Connection, and_, or_, select, type_coerce
+from sqlalchemy.types import NullType
 
 from hub.store import sql
 from hub.store.schema import absence_waits, timers
+
+log = structlog.get_logger(__name__)
 
 SHORTER_BY_AT_LEAST = 0.002  # seconds: `sql.SecondsBetween` on SQLite may be 1 ms off; a timer this little late stays
 
@@ -27,10 +31,32 @@ def due_after_their_wait(connection: Connection, waits: Mapping[str, timedelta])
     longer = or_(*(
         and_(timers.c.rule_id == rule_id, span > wait.total_seconds() + SHORTER_BY_AT_LEAST) for rule_id, wait in waits.items()
     ))
-    rows = connection.execute(
-        select(timers.c.timer_id, timers.c.rule_id, timers.c.anchor_at).where(timers.c.status == "pending", longer)
+    rows = connection.execute(  # the anchors as the driver gives them, each read by `_anchor_at`
+        select(timers.c.timer_id, timers.c.rule_id, type_coerce(timers.c.anchor_at, NullType()))
+        .where(timers.c.status == "pending", longer)
     )
-    return [(timer_id, anchor_at + waits[rule_id]) for timer_id, rule_id, anchor_at in rows]
+    read = timers.c.anchor_at.type.result_processor(connection.dialect, None)
+    assert read is not None  # UTCDateTime always converts: to an aware UTC time
+    return [
+        (timer_id, anchor_at + waits[rule_id]) for timer_id, rule_id, stored in rows
+        if (anchor_at := _anchor_at(timer_id, stored, read)) is not None
+    ]
+
+
+def _anchor_at(timer_id: str, stored: object, read: Callable[[object], datetime]) -> datetime | None:
+    """A timer's anchor time as `read` converts it from the driver's value, or None if it cannot be read.
+
+    An anchor time the driver cannot parse (written by hand or by an older
+    version) raised for the whole read: after every edit that shortened a
+    wait, each timer step raised, and no timer fired. Such a timer is left as
+    it is due, for its claim to set it aside (`hub.absence`).
+    """
+    try:
+        return read(stored)
+    except (ValueError, TypeError):
+        log.warning("a pending timer's anchor time cannot be read; it is not brought forward", timer_id=timer_id,
+                    exc_info=True)
+        return None
 
 
 def noted_waits(connection: Connection) -> dict[str, timedelta]:

@@ -201,10 +201,7 @@ _KEY_COLUMNS = (timers.c.timer_id, timers.c.rule_id, timers.c.profile_id)
 def due_keys(connection: Connection, limit: int, now: datetime, seen_until: datetime = ALL_SEEN) -> list[TimerKey]:
     """The timers `claim_due` would take, read and not leased. Not a hot path: only after a claim failed."""
     due_by = min(now, seen_until - timedelta(microseconds=1))
-    ready = and_(
-        timers.c.status == "pending", timers.c.created_at < seen_until, timers.c.due_at <= due_by,
-        or_(timers.c.claimed_until.is_(None), timers.c.claimed_until < due_by),
-    )
+    ready = sql.due_ready(and_(timers.c.status == "pending", timers.c.created_at < seen_until), timers.c.due_at, due_by)
     rows = connection.execute(select(*_KEY_COLUMNS).where(ready).order_by(timers.c.due_at).limit(limit))
     return [TimerKey(*row) for row in rows]
 
