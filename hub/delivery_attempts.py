@@ -190,12 +190,15 @@ class DeliveryAttempts:
 
     def _heed(self, delivery: Delivery, error: DeliveryError) -> None:
         """What a destination's refusal of one delivery says of every delivery to it: it is gone, or wants quiet
-        for a while (a Retry-After with a retryable answer)."""
+        for a while (a Retry-After with a retryable answer, unless it concerns only this delivery's recipient:
+        FCM's rate for one device held back every push to everyone; the delivery's own retry still waits it)."""
         policy = self.policies.for_destination(delivery.destination_id)
+        failure = error.failure
         if isinstance(error, GoneDeliveryError):
-            policy.gone.mark(Gone(utcnow(), delivery.delivery_id, error.failure))
-        elif isinstance(error, RetryableDeliveryError) and error.failure.retry_after:
-            policy.provider_wait.ask(error.failure.retry_after)
+            policy.gone.mark(Gone(utcnow(), delivery.delivery_id, failure))
+        elif (isinstance(error, RetryableDeliveryError) and failure.retry_after
+              and failure.retry_after_scope == "destination"):
+            policy.provider_wait.ask(failure.retry_after)
 
 
 def parked_as_gone(delivery: Delivery, gone: Gone) -> GoneDeliveryError:

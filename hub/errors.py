@@ -29,9 +29,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
+# Whom a Retry-After concerns: every delivery to the destination (a provider's own rate limit), or only the
+# delivery it answered (a limit on its recipient, as FCM's per-device message rate).
+RetryAfterScope = Literal["destination", "delivery"]
 
 
 class ConfigError(Exception):
@@ -141,6 +144,9 @@ class DeliveryFailure:
     # this channel cannot reach them at this address, though it stays on the profile and they still consent, so
     # their rule's next channel is planned, as it is when the provider reports a message it took undelivered.
     unreachable: bool = False
+    # Whether `retry_after` holds back every delivery to the destination (`hub.throttle.ProviderWait`) or only this
+    # one: a wait for one recipient (a device FCM rate-limits) must not stop the messages to everyone else.
+    retry_after_scope: RetryAfterScope = "destination"
 
 
 UNEXPECTED = "unexpected."  # the error class prefix of what no destination classified: a connector bug

@@ -15,6 +15,12 @@ answers a message over its size limit, and a proxy a request it cannot
 read, with a bare ``INVALID_ARGUMENT`` too, and a person's good tokens must
 not go for that.
 
+FCM answers ``QUOTA_EXCEEDED`` (429, with Retry-After) for the project's
+message rate, one device's and one topic's alike; its ``google.rpc.QuotaFailure``
+detail, or else its message ("Device message rate exceeded."), says which
+(`_wait_scope`). Only the project's asks quiet of every push; a device's
+wait is its delivery's alone.
+
 Errors: https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode
 """
 
@@ -36,6 +42,7 @@ from hub.errors import (
     DeliveryFailure,
     PermanentDeliveryError,
     RetryableDeliveryError,
+    RetryAfterScope,
     unexpected_failure,
 )
 from hub.pii import mask_token
@@ -45,6 +52,9 @@ log = structlog.get_logger(__name__)
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 SENDER_ID_MISMATCH = "SENDER_ID_MISMATCH"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+QUOTA_FAILURE_TYPE = "type.googleapis.com/google.rpc.QuotaFailure"
+# FCM's word for a rate of one message target (a device's, a topic's), where the project's says neither.
+ONE_TARGET_RATE = re.compile(r"\b(device|topic)\b", re.IGNORECASE)
 # FCM's text for a malformed or expired registration token, its only word on the token in a bare INVALID_ARGUMENT.
 INVALID_TOKEN_TEXT = re.compile(r"registration token is not a valid", re.IGNORECASE)
 
@@ -92,6 +102,7 @@ class TokenFailure:
     retry_after: float | None
     dead_token: bool
     from_fcm: bool = True
+    retry_after_scope: RetryAfterScope = "destination"
 
 
 def failure(token: str, error: Exception) -> TokenFailure:
@@ -124,7 +135,23 @@ def _judge(token: str, error: exceptions.FirebaseError) -> TokenFailure:
     )
     dead = code in DEAD_TOKEN_CODES or (code == "INVALID_ARGUMENT" and _blames_token(body, details))
     retry_after = parse_retry_after(response.headers.get("Retry-After"), utcnow()) if response is not None else None
-    return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead)
+    return TokenFailure(token, outcome, code, f"FCM: {error}", retry_after, dead,
+                        retry_after_scope=_wait_scope(code, body, details))
+
+
+def _wait_scope(code: str, error: Mapping[str, Any], details: list[dict[str, Any]]) -> RetryAfterScope:
+    """Whom a refusal's Retry-After concerns: only this delivery when FCM's QUOTA_EXCEEDED names one device's or
+    one topic's rate, in its QuotaFailure violations (subject or description) or, without them, its message.
+
+    Anything else, the project's rate included, waits for the whole
+    destination; so does a QuotaFailure that names no device or topic.
+    """
+    if code != "QUOTA_EXCEEDED":
+        return "destination"
+    violations = [v for d in details if d.get("@type") == QUOTA_FAILURE_TYPE for v in _dicts(d.get("violations"))]
+    texts = [v.get(key) for v in violations for key in ("subject", "description")] or [error.get("message")]
+    one_target = any(isinstance(text, str) and ONE_TARGET_RATE.search(text) for text in texts)
+    return "delivery" if one_target else "destination"
 
 
 def _blames_token(error: Mapping[str, Any], details: list[dict[str, Any]]) -> bool:
@@ -161,12 +188,15 @@ def batch_error(failures: list[TokenFailure], dead: int) -> DeliveryError:
     outcome = next(kind for kind in HOPE_ORDER if any(f.outcome is kind for f in failures))
     chosen = [f for f in failures if f.outcome is outcome]
     waits = [f.retry_after for f in chosen if f.retry_after is not None]
+    # The whole destination waits when any of the waits asked for concerns more than its device.
+    scopes = {f.retry_after_scope for f in chosen if f.retry_after is not None}
     return outcome(DeliveryFailure(
         error_class=f"fcm.{chosen[0].code}",
         message=f"no device reached ({len(failures)} tried): {chosen[0].message}",
         provider_code=chosen[0].code if chosen[0].from_fcm else None,
         retry_after=max(waits) if waits else None,
         response_summary=summary(failures, dead),
+        retry_after_scope="delivery" if scopes == {"delivery"} else "destination",
     ))
 
 

@@ -12,7 +12,9 @@ permanent).
 Each push carries a collapse key (`collapse_key`: the action's
 ``params.collapse_key``, else its rule's id), so a retry, a replay or the
 rule's next nudge replaces the notification shown instead of stacking a
-second one beside it.
+second one beside it. It lives no longer than the hub would still send it
+(`_lifespan`): FCM keeps a push for a device that is off for four weeks
+unless told otherwise.
 
 Tokens FCM calls dead are handed to `forget_tokens` with the reason, which
 the hub wires to the identity graph; which refusals blame the token, and
@@ -25,10 +27,12 @@ API: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/se
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +46,9 @@ from connectors.destinations import fcm_errors
 from connectors.destinations.fcm_errors import DEAD_TOKEN_REASONS, TokenFailure
 from connectors.destinations.json_form import no_json_form
 from connectors.destinations.requests_transport import VendorAdapter
+from hub.clock import utcnow
 from hub.errors import DeliveryFailure, PermanentDeliveryError
-from hub.model import Delivery, SendResult
+from hub.model import SEND_BY, Delivery, SendResult
 from hub.pii import mask_text, mask_token
 
 log = structlog.get_logger(__name__)
@@ -56,6 +61,8 @@ FCM_PAYLOAD_LIMIT = 4096
 RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
 # APNs refuses an `apns-collapse-id` longer than this, in bytes; FCM hands the header on as it is.
 COLLAPSE_KEY_BYTES = 64
+# The longest FCM keeps a message for a device that is off (and its default): 28 days; it refuses a longer ttl.
+FCM_MAX_TTL_SECONDS = 2_419_200
 # Devices sent to at once for one delivery: more than anyone carries, few enough to share the connection pool.
 MAX_PARALLEL_SENDS = 16
 
@@ -194,12 +201,12 @@ class FcmPushDestination(Destination):
                 f"the push is {size} bytes (title, body and params.data keys and values); FCM takes at most "
                 f"{FCM_PAYLOAD_LIMIT}: shorten the template or the data"
             )))
-        collapsing = _collapsing(collapse_key(delivery))
+        platforms = _platform_options(collapse_key(delivery), _lifespan(delivery, utcnow()))
         # firebase-admin 7.7 deprecates `token` in favour of Firebase
         # installation ids (`fid`); push_token identifiers are registration
         # tokens, which FCM v1 still takes in `token`.
         return [messaging.Message(token=token, notification=messaging.Notification(title=title, body=body), data=data,
-                                  **collapsing) for token in tokens]
+                                  **platforms) for token in tokens]
 
     def _send_one(self, token: str, message: messaging.Message) -> str | TokenFailure:
         """The message id, or why the device was not reached; never raises, so one device's failure cannot
@@ -233,16 +240,46 @@ def collapse_key(delivery: Delivery) -> str | None:
     return given or (delivery.content.get("rule_id") or "")[:COLLAPSE_KEY_BYTES] or None
 
 
-def _collapsing(key: str | None) -> dict[str, Any]:
-    """The platform options that make a push with `key` replace the last one with it, as `messaging.Message`
-    arguments: on Android the notification's ``tag`` replaces the one shown and ``collapse_key`` keeps only the
-    last while the device is offline; on iOS the ``apns-collapse-id`` header does both."""
-    if key is None:
-        return {}
-    return {
-        "android": messaging.AndroidConfig(collapse_key=key, notification=messaging.AndroidNotification(tag=key)),
-        "apns": messaging.APNSConfig(headers={"apns-collapse-id": key}),
-    }
+def _lifespan(delivery: Delivery, now: datetime) -> tuple[int, datetime] | None:
+    """How long FCM may keep the push for a device that is off, in whole seconds from `now` (0 past it, at most
+    FCM's 28 days), and until when: until the send-by time routing gave it (`SEND_BY`), after which the hub itself
+    would no longer send it; None when routing gave it none."""
+    send_by = delivery.content.get(SEND_BY)
+    if send_by is None:
+        return None
+    until = datetime.fromisoformat(send_by)
+    return min(max(0, math.floor((until - now).total_seconds())), FCM_MAX_TTL_SECONDS), until
+
+
+def _platform_options(key: str | None, life: tuple[int, datetime] | None) -> dict[str, Any]:
+    """The platform options of a push, as `messaging.Message` arguments: one config per platform, so both
+    collapsing (`key`) and the lifespan (`life`) go into the same one, which neither may build alone.
+
+    Collapsing: on Android the notification's ``tag`` replaces the one shown
+    and ``collapse_key`` keeps only the last while the device is offline; on
+    iOS the ``apns-collapse-id`` header does both. Lifespan: Android's
+    ``ttl``, the web's ``TTL`` header (seconds), and APNs' ``apns-expiration``
+    (epoch seconds; 0, "try once, keep nothing", once the time has passed).
+    """
+    android: dict[str, Any] = {}
+    apns: dict[str, str] = {}
+    webpush: dict[str, str] = {}
+    if key is not None:
+        android.update(collapse_key=key, notification=messaging.AndroidNotification(tag=key))
+        apns["apns-collapse-id"] = key
+    if life is not None:
+        seconds, until = life
+        android["ttl"] = seconds  # firebase-admin sends it as FCM's duration text, "3600s"
+        apns["apns-expiration"] = str(math.floor(until.timestamp()) if seconds else 0)
+        webpush["TTL"] = str(seconds)
+    options: dict[str, Any] = {}
+    if android:
+        options["android"] = messaging.AndroidConfig(**android)
+    if apns:
+        options["apns"] = messaging.APNSConfig(headers=apns)
+    if webpush:
+        options["webpush"] = messaging.WebpushConfig(headers=webpush)
+    return options
 
 
 def payload_bytes(title: str | None, body: str | None, data: Mapping[str, str]) -> int:

@@ -31,6 +31,10 @@ https://developers.google.com/identity/protocols/oauth2/service-account#httprest
   and ``apns.headers`` that are not text are 400 as FCM's JSON parsing refuses
   them. `FakeFcm.shown` plays what a device's screen keeps: a notification with
   the ``android.notification.tag`` of one shown replaces it.
+* ``android.ttl`` is a protobuf Duration in JSON, whole or fractional seconds
+  and an ``s`` ("3600s", "0.5s"), from 0 to 2419200 s (28 days); anything else
+  is 400 ``INVALID_ARGUMENT`` (FCM's "invalid TTL"). ``webpush.headers`` are
+  text as ``apns.headers`` are. `FakeFcm.kept_for` reads a stored message's ttl.
 * A message whose payload (data keys and values, notification title and
   body, in UTF-8) is over 4096 bytes is 400 ``INVALID_ARGUMENT`` "Android
   message is too big" with no field violation: nothing in it blames the
@@ -82,6 +86,10 @@ REGISTRATION_TOKEN = re.compile(r"[A-Za-z0-9_:\-]{32,4096}")
 RESERVED_DATA_KEY = re.compile(r"^(from|message_type|notification|google.*|gcm.*)$")
 PAYLOAD_LIMIT = 4096
 APNS_COLLAPSE_ID_BYTES = 64  # https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns
+# A google.protobuf.Duration as JSON: seconds, up to nine decimals, then "s".
+DURATION = re.compile(r"(\d+)(\.\d{1,9})?s")
+# 28 days: https://firebase.google.com/docs/cloud-messaging/customize-messages/setting-message-lifespan
+MAX_TTL_SECONDS = 2_419_200
 
 
 class FakeFcm(RecordingFake):
@@ -145,6 +153,13 @@ class FakeFcm(RecordingFake):
                 shown[tag if tag is not None else number] = message.get("notification") or {}
         return list(shown.values())
 
+    @staticmethod
+    def kept_for(message: dict[str, Any]) -> float | None:
+        """How long FCM keeps `message` (as `messages` holds it) for an Android device that is off, in seconds;
+        None when it set no ``android.ttl``, which FCM takes as its longest, 28 days."""
+        ttl = (message.get("android") or {}).get("ttl")
+        return None if ttl is None else _seconds(ttl)
+
     @property
     def token_grants(self) -> int:
         return self.access_tokens.issued
@@ -202,17 +217,31 @@ def payload_bytes(message: dict[str, Any]) -> int:
 
 
 def platform_problem(message: dict[str, Any]) -> str | None:
-    """Why FCM refuses the message's ``android.collapse_key`` or ``apns.headers`` (APNs' limit on
-    ``apns-collapse-id`` included), or None."""
-    android, apns = message.get("android") or {}, message.get("apns") or {}
+    """Why FCM refuses the message's ``android.collapse_key`` or ``ttl``, ``apns.headers`` (APNs' limit on
+    ``apns-collapse-id`` included) or ``webpush.headers``, or None."""
+    android = message.get("android") or {}
     if not isinstance(android.get("collapse_key", ""), str):
         return "Invalid value at 'message.android.collapse_key' (TYPE_STRING)"
-    headers = apns.get("headers") or {}
-    if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
-        return "Invalid value at 'message.apns.headers' (map<string, string>)"
-    if len(headers.get("apns-collapse-id", "").encode("utf-8")) > APNS_COLLAPSE_ID_BYTES:
+    if "ttl" in android and not _is_ttl(android["ttl"]):
+        return f"Invalid value at 'message.android.ttl' ({android['ttl']!r}): a duration of 0s to {MAX_TTL_SECONDS}s"
+    for platform in ("apns", "webpush"):
+        headers = (message.get(platform) or {}).get("headers") or {}
+        if not isinstance(headers, dict) or not all(isinstance(value, str) for value in headers.values()):
+            return f"Invalid value at 'message.{platform}.headers' (map<string, string>)"
+    apns_headers = (message.get("apns") or {}).get("headers") or {}
+    if len(apns_headers.get("apns-collapse-id", "").encode("utf-8")) > APNS_COLLAPSE_ID_BYTES:
         return "Invalid apns-collapse-id: longer than 64 bytes"
     return None
+
+
+def _is_ttl(value: Any) -> bool:
+    """Whether `value` is a Duration FCM takes for ``android.ttl``: JSON text such as "3600s", at most 28 days."""
+    return isinstance(value, str) and DURATION.fullmatch(value) is not None and _seconds(value) <= MAX_TTL_SECONDS
+
+
+def _seconds(duration: str) -> float:
+    """The seconds of a Duration in JSON ("3600s", "0.5s")."""
+    return float(duration[:-1])
 
 
 def create_app(fake: FakeFcm) -> Starlette:
