@@ -69,12 +69,16 @@ def normalize_identifier(
     return Identifier(type_, value)
 
 
+def composed(text: str) -> str:
+    """`text` in NFC: one spelling of "josé", typed as é or as e + a combining accent (macOS input)."""
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
 def folded(text: str) -> str:
-    """`text` as an email address is compared: NFC, lower-cased. One spelling of "josé": typed as é or as e + a
-    combining accent, it is one address to a mailbox, and the identifier is stored so; a forgotten person's
-    address typed decomposed in a trait or a body (`hub.pii`) was left in place, to come back as the next
-    profile's trait."""
-    return (text if text.isascii() else unicodedata.normalize("NFC", text)).lower()
+    """`text` as an email address is compared: composed, lower-cased. One spelling of "josé" is one address to a
+    mailbox, and the identifier is stored so; a forgotten person's address typed decomposed in a trait or a body
+    (`hub.pii`) was left in place, to come back as the next profile's trait."""
+    return composed(text).lower()
 
 
 def is_email_address(value: str) -> bool:

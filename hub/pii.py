@@ -10,13 +10,12 @@ masked by what the delivery's route says its recipient is (`mask_recipient`).
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import phonenumbers
 
-from hub.identifiers import PHONE_EXTENSION, folded, normalize_identifier, phone_value
+from hub.identifiers import PHONE_EXTENSION, composed, folded, normalize_identifier, phone_value
 from hub.model import Identifier
 
 # An address as ingest takes one (`hub.identifiers`): any RFC 5322 atext character before the @ (mary.o'brien@,
@@ -79,7 +78,7 @@ def mask_email(address: str) -> str:
 def mask_text(text: str) -> str:
     """Mask every email address and phone number found in free text (NFC first: an address typed decomposed,
     `jose\u0301@x.io`, has a combining mark no pattern of a local part takes, and was shown whole)."""
-    text = text if text.isascii() else unicodedata.normalize("NFC", text)
+    text = composed(text)
     return _PHONE.sub(lambda m: mask_phone(m.group(0)), _EMAIL.sub(lambda m: mask_email(m.group(0)), text))
 
 
