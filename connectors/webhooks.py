@@ -42,25 +42,21 @@ _UNIX_TIME = re.compile(r"[0-9]{1,15}")
 MAX_MESSAGE_ID = 200  # characters: the width of the inbox's message_id column
 # Standard Webhooks: a secret as senders show it, and the bytes a `v1` signature is taken over.
 STANDARD_WEBHOOKS_SECRET_PREFIX = "whsec_"
-# The spec's HMAC key: 24 to 64 random bytes, as senders are to make them (Svix's server refuses any other).
-STANDARD_WEBHOOKS_KEY_BYTES = range(24, 65)
 
 
-def standard_webhooks_key(key: bytes, sizes: range | None = None) -> bytes:
+def standard_webhooks_key(key: bytes) -> bytes:
     """`key` (decoded from a ``whsec_`` secret) when an HMAC may be keyed with it; ValueError saying why not.
 
     Never empty: an HMAC keyed with b"" is one anybody can compute, and a
     template whose variable was unset (``whsec_${SVIX_KEY}``) leaves just the
-    prefix. `sizes` holds a key the hub signs with to the spec's lengths
-    (`STANDARD_WEBHOOKS_KEY_BYTES`); a source takes a sender's key of any other
-    length, as the spec's own verifier (the `standardwebhooks` library) does:
-    refused, a sender's shorter key would leave its source unable to start.
+    prefix. A source takes a sender's key of any other length, as the spec's
+    own verifier (the `standardwebhooks` library) does: refused, a sender's
+    shorter key would leave its source unable to start. The key the hub signs
+    with keeps to the spec's 24 to 64 bytes (`webhook_config.signing_key`).
     """
     if not key:
         raise ValueError(f"holds no key after {STANDARD_WEBHOOKS_SECRET_PREFIX!r}: set the whole secret the sender "
                          "shows (is a variable in it unset?)")
-    if sizes is not None and len(key) not in sizes:
-        raise ValueError(f"the key must be {sizes.start} to {sizes[-1]} bytes (Standard Webhooks); it is {len(key)}")
     return key
 
 

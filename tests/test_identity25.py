@@ -8,21 +8,14 @@ from pathlib import Path
 from hub.clock import utcnow
 from hub.model import Identifier
 from hub.pii import holds_values, mask_text, mask_traits, without_values
-from hub.runtime import Hub
 from hub.store import touchpoints
 from hub.store.forget import forget
-from hub.store.profile_views import find_profile_id, profile_view
+from hub.store.profile_views import profile_view
 from tests.conftest import message
 from tests.test_absence_timers import accept, hub_on
+from tests.test_forget_messages import profile
 
 NFC, NFD = "jos\u00e9@x.io", "jose\u0301@x.io"
-
-
-def owner(hub: Hub, type_: str, value: str) -> str:
-    with hub.store.read() as connection:
-        found = find_profile_id(connection, Identifier(type_, value))
-    assert found is not None, f"nobody holds {type_}:{value}"
-    return found
 
 
 def test_a_forgotten_email_typed_decomposed_does_not_come_back_as_the_next_profiles_trait(tmp_path: Path) -> None:
@@ -34,9 +27,9 @@ def test_a_forgotten_email_typed_decomposed_does_not_come_back_as_the_next_profi
     now = utcnow()
     accept(hub, message("identify", userId="u-jose", traits={"email": NFC}, timestamp=(now - timedelta(hours=1)).isoformat()))
     with hub.store.write() as connection:
-        forget(connection, owner(hub, "email", NFC), utcnow(), block_identifiers=True)
+        forget(connection, profile(hub, "email", NFC), utcnow(), block_identifiers=True)
     accept(hub, message("identify", userId="u-new", traits={"email": NFD, "first_name": "J"}, timestamp=now.isoformat()))
-    new = owner(hub, "user_id", "u-new")
+    new = profile(hub, "user_id", "u-new")
     with hub.store.read() as connection:
         traits = profile_view(connection, new)["traits"]
         [stored] = touchpoints.search(connection, limit=5, profile_id=new)

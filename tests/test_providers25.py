@@ -4,6 +4,7 @@ replayed once fixed, not failed for good; and an aiohttp connection Twilio close
 from __future__ import annotations
 
 import asyncio
+import base64
 import threading
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -156,3 +157,15 @@ def test_a_recipient_refused_as_unknown_is_still_a_hard_bounce(reply: str) -> No
     with SmtpServer(smtp) as relay:
         failure = send_expecting(destination(relay.port), PermanentDeliveryError).failure
     assert failure.recipient_gone is not None and "5.1.1" in failure.recipient_gone
+
+
+def test_a_relay_challenging_auth_for_ever_is_retried_not_named_as_offering_no_mechanism() -> None:
+    """A relay answering every AUTH PLAIN line with another 334 ends in smtplib's bare SMTPException ("Server AUTH
+    mechanism infinite loop"): it was parked as `smtp.auth_mechanism`, saying the relay offers PLAIN and the hub
+    needs PLAIN or LOGIN."""
+    user, password = CREDENTIALS
+    answer = base64.b64encode(f"\0{user}\0{password}".encode()).upper()
+    port = scripted_relay({b"AUTH": b"334 \r\n", answer: b"334 \r\n"}, auth=b"PLAIN")
+    failure = send_expecting(destination(port), RetryableDeliveryError).failure
+    assert failure.error_class == "smtp.SMTPException"
+    assert "infinite loop" in failure.message

@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn
 
 import httpx
 import pytest
+import uvicorn
 from sqlalchemy import create_engine
 
-from hub import runtime, workers
+from hub import cli_processes, runtime, workers
 from hub.api import create_app
+from hub.cli_processes import STOP_SIGNALS, HubServer, stop_on_signals
 from hub.runtime import Hub
 from hub.serving import BackgroundServer, bind_socket, socket_url
 from hub.workers import Worker, stop_workers
@@ -122,36 +125,107 @@ def stalled_provider() -> Iterator[socket.socket]:
         listening.close()
 
 
-@pytest.mark.parametrize(("command", "signum"), [
-    ("worker", signal.SIGTERM), ("serve", signal.SIGTERM), ("serve", signal.SIGINT),
-])
-def test_a_second_stop_signal_exits_at_once_saying_when_the_claimed_rows_come_back(
-    tmp_path: Path, command: str, signum: signal.Signals
+class Exited(Exception):
+    """Raised by the stand-in for `exit_at_once`, which never returns: the test's own process goes on."""
+
+
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The signals the hub's stop handlers exited at once for (`exit_at_once`, recorded, not run)."""
+    called: list[int] = []
+
+    def record(signum: int) -> NoReturn:
+        called.append(signum)
+        raise Exited(signum)
+
+    monkeypatch.setattr(cli_processes, "exit_at_once", record)
+    return called
+
+
+@pytest.fixture
+def own_stop_handlers() -> Iterator[None]:
+    """The test process's SIGINT and SIGTERM handlers, put back after a test installed the hub's."""
+    saved = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+    yield
+    for signum, handler in saved.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("own_stop_handlers")
+def test_a_second_stop_signal_to_a_worker_process_exits_at_once(exits: list[int]) -> None:
+    """Before, a second SIGTERM to `touchhub worker` while it stopped did nothing: it waited out the delivery
+    worker's send."""
+    stopping = threading.Event()
+    stop_on_signals(stopping)
+    signal.raise_signal(signal.SIGTERM)
+    assert stopping.is_set() and exits == []  # the first asks the graceful stop
+    with pytest.raises(Exited):
+        signal.raise_signal(signal.SIGTERM)
+    assert exits == [signal.SIGTERM]
+
+
+async def no_app(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]) -> None:
+    """An ASGI app for a server that is never run: only its signal handling is tested."""
+
+
+def test_a_second_ctrl_c_to_serve_exits_at_once_not_only_uvicorns_wait_for_connections(exits: list[int]) -> None:
+    """Before, uvicorn's own second Ctrl-C (`force_exit`) only skipped its wait for open connections: the hub's
+    stop, running in the lifespan shutdown, was waited out all the same."""
+    server = HubServer(uvicorn.Config(no_app))
+    server.handle_exit(signal.SIGINT, None)
+    assert server.should_exit and exits == []  # the first is uvicorn's graceful stop
+    with pytest.raises(Exited):
+        server.handle_exit(signal.SIGINT, None)
+    assert exits == [signal.SIGINT] and not server.force_exit
+
+
+class Output:
+    """A process's output, read on a thread as it comes: a test waits for one line and still gets all of it."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self.lines.extend, args=(process.stdout,), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> None:
+        """Return once a line holding `text` was written; fail after `timeout` seconds."""
+        wait_for(lambda: any(text in line for line in self.lines), timeout)
+
+    def text(self) -> str:
+        """All of it, once the process closed its output."""
+        self._reader.join(5)
+        return "".join(self.lines)
+
+
+def test_a_second_sigterm_to_serve_exits_the_process_at_once_saying_when_the_claimed_rows_come_back(
+    tmp_path: Path,
 ) -> None:
-    """Before, a second SIGTERM or Ctrl-C while the process stopped did nothing: it waited out the delivery
-    worker's send (10 s here; uvicorn's own second Ctrl-C does not cut the hub's stop short either)."""
+    """Before, a second SIGTERM while `touchhub serve` stopped did nothing: it waited out the delivery worker's
+    send (10 s here). The real process, for the exit status and the log line the handlers' tests stand in for."""
     scratch = tmp_path / "work"
     scratch.mkdir()
     with a_text_queued(tmp_path), stalled_provider() as twilio:
         process = subprocess.Popen(
-            [TOUCHHUB, command], cwd=scratch, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [TOUCHHUB, "serve"], cwd=scratch, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=hub_env(tmp_path, HUB_PORT=str(free_port()), HUB_TWILIO_API_BASE_URL=socket_url(twilio),
                         HUB_SEND_TIMEOUT_SECONDS="60", HUB_QUIET_HOURS="", HUB_WORKER_POLL_SECONDS="0.05"),
         )
+        output = Output(process)
         try:
             sending, _ = twilio.accept()  # the delivery worker is in its step, waiting for the provider
-            process.send_signal(signum)
-            time.sleep(1.0)  # the graceful stop is under way, waiting for that step
-            process.send_signal(signum)
-            output, _ = process.communicate(timeout=5)
+            process.send_signal(signal.SIGTERM)
+            output.wait_for("Waiting for application shutdown")  # the hub's graceful stop is under way
+            process.send_signal(signal.SIGTERM)
+            process.wait(5)
             sending.close()
         finally:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
-    assert process.returncode == 128 + signum
-    assert "second stop signal: exiting at once" in output
-    assert "HUB_LEASE_SECONDS" in output
+    assert process.returncode == 128 + signal.SIGTERM
+    assert "second stop signal: exiting at once" in output.text()
+    assert "HUB_LEASE_SECONDS" in output.text()
 
 
 # --- a database outage -----------------------------------------------------------------------------------------------

@@ -6,26 +6,26 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from connectors.destinations.fcm_push import FcmPushDestination
+from connectors.sandbox.providers import SandboxProviders
 from connectors.sandbox.fcm import FakeFcm, create_app
 from hub.clock import utcnow
 from hub.decision_explain import explain
-from hub.iso_times import iso_time
 from hub.model import RawEvent
 from hub.quiet_hours import QuietHours
 from hub.runtime import Hub
 from hub.serving import BackgroundServer
 from hub.settings import PROJECT_MAPPINGS
 from hub.store import decisions, inbox
-from tests.conftest import RunningHub, make_settings, message, support_ticket, vendor_fake_fixtures
+from tests.conftest import RunningHub, hub_with_source, make_settings, message, support_ticket, vendor_fake_fixtures
 from tests.test_dead_letter_replay import AUTH, touchhub, trigger_sms
 from tests.test_fcm_push import CONTENT, PHONE, TABLET, delivery, destination, key_file
 from tests.test_templates18 import save
+from tests.test_webhook_sources22 import SECRET, post_signed
 
 # --- 1. a template's failure quoting a trait ---------------------------------------------------------------------------
 
@@ -97,17 +97,25 @@ def test_segment_ingest_takes_rfc_3339_times_with_lower_case_letters_and_a_leap_
     assert running_hub.admin("/api/quarantine")["quarantine"] == []
 
 
-@pytest.mark.parametrize("written, read", [
-    ("2026-12-07t10:00:00z", datetime(2026, 12, 7, 10, tzinfo=timezone.utc)),
-    ("2016-12-31T23:59:60Z", datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc)),
-])
-def test_a_webhook_sources_rfc_3339_time_is_read_not_quarantined(written: str, read: datetime) -> None:
-    """The generic sources' events were acknowledged, then quarantined by the pipeline ("occurred_at ... is not an
-    ISO-8601 timestamp"): it read times with `fromisoformat`, which takes neither a lower-case `z` nor a second 60.
-    Ingest and the pipeline now read them alike (`hub.iso_times`)."""
-    assert iso_time(written).astimezone(timezone.utc) == read
-    with pytest.raises(ValueError, match="leap second only at 23:59 UTC"):
-        iso_time("2016-12-31T12:00:60Z")
+# A generic HMAC source taking one event a request, signed as `post_signed` signs.
+FORMS = "{id: forms, connector: generic_hmac, secrets: {secret: HUB_SRC_FORMS_SECRET}}"
+
+
+def test_a_webhook_sources_rfc_3339_time_is_read_not_quarantined(
+    tmp_path: Path, mappings_dir: Path, sandbox: SandboxProviders, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A generic source's events were acknowledged, then quarantined by the pipeline ("occurred_at ... is not an
+    ISO-8601 timestamp"): it read times with `fromisoformat`, which takes neither a lower-case `z` nor a second 60."""
+    with hub_with_source(tmp_path, mappings_dir, sandbox, monkeypatch, FORMS, {"HUB_SRC_FORMS_SECRET": SECRET}) as hub:
+        for event, written in [("Lower Case", "2026-12-07t10:00:00z"), ("Leap Second", "2016-12-31T23:59:60Z")]:
+            _, answer = post_signed(hub, "forms", {"event": event, "user_id": "u-1", "timestamp": written})
+            assert answer.status_code == 200, answer.text
+        hub.settle()
+        listed = hub.admin("/api/touchpoints", limit=10)["touchpoints"]
+        assert {touchpoint["event"]: touchpoint["occurred_at"] for touchpoint in listed} == {
+            "Lower Case": "2026-12-07T10:00:00Z", "Leap Second": "2016-12-31T23:59:59.999999Z",
+        }
+        assert hub.admin("/api/quarantine")["quarantine"] == []
 
 
 def test_a_second_60_that_is_no_leap_second_is_still_rejected(running_hub: RunningHub) -> None:

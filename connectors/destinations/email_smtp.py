@@ -55,6 +55,8 @@ LOCAL_HOST_NAMES = frozenset({"localhost", "localhost."})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # The last `</body>` of an HTML part, found in the part as it is (`_with_footer`).
 _LAST_BODY_END = re.compile(r".*(</body\s*>)", re.IGNORECASE | re.DOTALL)
+# The AUTH mechanisms smtplib's `login` speaks, spelt as it matches them in the relay's EHLO reply (RFC 4954).
+SMTPLIB_AUTH_MECHANISMS = frozenset({"CRAM-MD5", "PLAIN", "LOGIN"})
 # RFC 5322 2.1.1: no line over 998 characters. The link adds its token (~200) and the field name to this.
 MAX_UNSUBSCRIBE_URL = 600
 
@@ -287,23 +289,21 @@ class EmailSmtpDestination(Destination):
     def _log_in(self, smtp: smtplib.SMTP, username: str) -> None:
         """AUTH as `username`. smtplib speaks CRAM-MD5, PLAIN and LOGIN only; to a relay offering none of them
         (NTLM or GSSAPI on Exchange, XOAUTH2 once basic auth is off) it raises a bare SMTPException, which would read
-        as a dropped connection and be retried, though no retry ever logs in: parked as the setup, naming what the
-        relay offers.
+        as a dropped connection and be retried, though no retry ever logs in: so it is decided before logging in,
+        and parked as the setup, naming what the relay offers. What `login` raises is `classify`'s.
 
         Raises:
             AuthDeliveryError: `smtp.auth_mechanism`, no mechanism both ends speak.
         """
-        password = self.settings.password.get_secret_value() if self.settings.password else ""
-        try:
-            smtp.login(username, password)
-        except smtplib.SMTPException as exc:
-            if type(exc) is not smtplib.SMTPException:  # a reply, a disconnection, no AUTH at all: `classify`'s
-                raise
-            offered = smtp.esmtp_features.get("auth", "").strip() or "nothing"
+        smtp.ehlo_or_helo_if_needed()
+        offered = smtp.esmtp_features.get("auth")  # None when the relay offers no AUTH: `login` says so
+        if offered is not None and SMTPLIB_AUTH_MECHANISMS.isdisjoint(offered.split()):
             raise AuthDeliveryError(DeliveryFailure("smtp.auth_mechanism", (
-                f"SMTP AUTH: {exc} The relay offers {offered}; the hub logs in with CRAM-MD5, PLAIN or LOGIN: enable "
-                "one of them for the username (HUB_SMTP_USERNAME) on the relay, or send through a relay that has one"
-            ))) from exc
+                f"SMTP AUTH: no mechanism in common. The relay offers {offered.strip() or 'nothing'}; the hub logs in "
+                "with CRAM-MD5, PLAIN or LOGIN: enable one of them for the username (HUB_SMTP_USERNAME) on the relay, "
+                "or send through a relay that has one"
+            )))
+        smtp.login(username, self.settings.password.get_secret_value() if self.settings.password else "")
 
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings

@@ -23,7 +23,8 @@ from hub.errors import (
     PermanentDeliveryError,
     RetryableDeliveryError,
 )
-from hub.pii import mask_text
+from hub.identifiers import folded
+from hub.pii import holds_values, mask_text
 
 # Reply codes that mean our credentials or TLS setup are wrong, not the message.
 AUTH_CODES = frozenset({530, 534, 535, 538})
@@ -58,7 +59,7 @@ MESSAGE_TOO_BIG = 552
 # at RCPT by default (smtpd_delay_reject; reject_sender_login_mismatch: "553 5.7.1 <from>: Sender address
 # rejected: not owned by user ..."), and Amazon SES checks the sender's identity at the end of DATA ("554 Message
 # rejected: Email address is not verified. ... identities failed the check ...: <from>"). Read from the reply:
-# it says so, or names the configured From address (`_names`).
+# it says so, or names the configured From address whole (`hub.pii.holds_values`).
 AFTER_MAIL_FROM: tuple[type[smtplib.SMTPResponseException], ...] = (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError)
 SENDER_REJECTED = re.compile(r"sender\s+address\s+rejected", re.IGNORECASE)
 # Enhanced status codes (RFC 3463) of a refused recipient that say the address itself is dead: no such mailbox
@@ -118,14 +119,9 @@ def _outcome(exc: smtplib.SMTPException, code: int, reply: str, sender: str) -> 
         return AuthDeliveryError
     if isinstance(exc, smtplib.SMTPRecipientsRefused) and RELAY_DENIED.search(reply):
         return AuthDeliveryError
-    if isinstance(exc, AFTER_MAIL_FROM) and (SENDER_REJECTED.search(reply) or _names(reply, sender)):
+    if isinstance(exc, AFTER_MAIL_FROM) and (SENDER_REJECTED.search(reply) or holds_values(reply, {folded(sender)})):
         return AuthDeliveryError
     return PermanentDeliveryError
-
-
-def _names(reply: str, address: str) -> bool:
-    """Whether `reply` quotes `address` whole (bare, in angle brackets, ending a sentence), not inside a longer one."""
-    return re.search(rf"(?<![\w.+-]){re.escape(address)}(?![\w-]|\.\w)", reply, re.IGNORECASE) is not None
 
 
 def _hard_bounce(exc: smtplib.SMTPException, code: int, reply: str) -> str | None:

@@ -16,7 +16,7 @@ import binascii
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from connectors.destinations.ssrf import check_url, parse_networks
-from connectors.webhooks import STANDARD_WEBHOOKS_KEY_BYTES, sign, signed_content, standard_webhooks_key
+from connectors.webhooks import sign, signed_content, standard_webhooks_key
 from connectors.webhooks import STANDARD_WEBHOOKS_SECRET_PREFIX as SECRET_PREFIX
 from hub.provider_settings import PREVIOUS_WEBHOOK_SECRET_HELP
 from hub.settings import HTTP_URL_PATTERN
@@ -67,7 +67,9 @@ def signing_key(secret: str) -> bytes:
         key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
     except binascii.Error:
         raise ValueError("the part after 'whsec_' must be base64") from None
-    return standard_webhooks_key(key, STANDARD_WEBHOOKS_KEY_BYTES)
+    if not 24 <= len(standard_webhooks_key(key)) <= 64:
+        raise ValueError("the key must be 24 to 64 bytes (Standard Webhooks)")
+    return key
 
 
 def signature(key: bytes, message_id: str, timestamp: int, body: bytes) -> str:

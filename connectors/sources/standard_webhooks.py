@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import datetime, timezone
+from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
@@ -33,6 +34,7 @@ from connectors.webhooks import (
 )
 from hub.errors import BadPayloadError
 from hub.model import RawEvent
+from hub.settings import PROJECT_MAPPINGS
 from hub.signing_secrets import CurrentSecret, in_use
 
 class StandardWebhooksConfig(BaseModel):
@@ -64,17 +66,18 @@ def _key(secret: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
 
 
-def _keys_in_use(config: StandardWebhooksConfig) -> list[bytes]:
-    """The keys a signature may be made with, never an empty one, whatever built the config."""
-    return [key for secret in in_use(config.secret, config.previous_secret) if (key := _key(secret))]
-
-
 class StandardWebhooksSource(Source):
     slug = "standard_webhooks"
     title = "Standard Webhooks (webhook-id / webhook-timestamp / webhook-signature)"
     docs_url = "https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md"
     default_mapping = "standard_webhooks.yaml"
     Config = StandardWebhooksConfig
+
+    def __init__(self, source_id: str, config: BaseModel, folder: Path = PROJECT_MAPPINGS) -> None:
+        super().__init__(source_id, config, folder)
+        assert isinstance(config, StandardWebhooksConfig)
+        # Decoded once, not on every request; none is empty, as the config's validator saw to.
+        self._keys = [_key(secret) for secret in in_use(config.secret, config.previous_secret)]
 
     def verify(self, request: InboundRequest) -> None:
         config = self.config
@@ -84,7 +87,7 @@ class StandardWebhooksSource(Source):
         signatures = require_header(request.headers, "webhook-signature")
         check_timestamp(timestamp, "webhook-timestamp", datetime.now(timezone.utc), config.tolerance_seconds)
         content = signed_content(message_id, timestamp, request.body)
-        expected = [sign(key, "sha256", content, "base64") for key in _keys_in_use(config)]
+        expected = [sign(key, "sha256", content, "base64") for key in self._keys]
         presented = [entry.partition(",")[2] for entry in signatures.split() if entry.startswith("v1,")]
         check_signature(expected, presented, "webhook-signature")
 
