@@ -14,7 +14,7 @@ from functools import partial
 import structlog
 
 from connectors.base import Destination, InboundRequest, Registry, Source, load_registry
-from connectors.destinations.email_smtp import is_local_host
+from connectors.destinations.smtp_session import is_local_host
 from connectors.sources.segment import MISSING_WRITE_KEY
 from hub.absence import TimerEngine
 from hub.delivery import DeliveryEngine

@@ -12,7 +12,6 @@ refusal means (retry, final, park) is `smtp_errors`.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import smtplib
 import ssl
@@ -33,6 +32,9 @@ from connectors.base import Destination
 from connectors.destinations import smtp_errors
 from connectors.destinations.email_addresses import one_address, sender_address
 from connectors.destinations.html_text import html_as_text
+from connectors.destinations.smtp_session import (
+    DATA_REPLY_SECONDS, PatientSmtp, PatientSmtpSsl, is_local_host, quit_politely, start_tls, tls_context,
+)
 from hub.clock import utcnow
 from hub.errors import (
     AuthDeliveryError,
@@ -46,11 +48,6 @@ from hub.unsubscribe import SHORTEST_LINK_DAYS, make_token
 
 log = structlog.get_logger(__name__)
 
-# RFC 5321 4.5.3.2.6: the reply to the end of DATA is waited for 10 minutes, while the relay filters the
-# message; a client giving up sooner has it sent again on retry, a copy each time if the relay queued it.
-DATA_REPLY_SECONDS = 600.0
-# Relays on this machine, the only ones `tls: none` may send credentials to.
-LOCAL_HOST_NAMES = frozenset({"localhost", "localhost."})
 # The C0 and C1 control characters but the tab, which is a blank; `_one_line` takes line breaks out before.
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 # The last `</body>` of an HTML part, found in the part as it is (`_with_footer`).
@@ -105,22 +102,6 @@ def _message_policy() -> policy.EmailPolicy:
 
 
 MESSAGE_POLICY = _message_policy()
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """The context the relay's certificate is verified with: the system's CAs, or only those in `ca_file`.
-
-    Raises:
-        ValueError: `ca_file` cannot be read or holds no PEM certificate, said so that ops can fix it.
-    """
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except ssl.SSLError as exc:  # before OSError, its base: the file was read but is not what it should be
-        raise ValueError(f"{ca_file!r} holds no PEM certificate ({exc.reason}); point it at a PEM bundle of the "
-                         "CA certificates that signed the relay's certificate (-----BEGIN CERTIFICATE----- blocks)") from None
-    except OSError as exc:
-        raise ValueError(f"cannot read {ca_file!r} ({exc.strerror or exc}); point it at a PEM bundle of the CA "
-                         "certificates that signed the relay's certificate, or leave it unset to use the system's") from None
 
 
 class EmailSmtpConfig(BaseModel):
@@ -257,7 +238,7 @@ class EmailSmtpDestination(Destination):
             # With one recipient a refusal raises, never returns.
             smtp.send_message(message, from_addr=self.sender.addr_spec, to_addrs=[recipient.addr_spec])
         finally:
-            _quit(smtp)
+            quit_politely(smtp)
         return SendResult(status="sent", provider_message_id=message["Message-ID"], response_summary={"accepted": True})
 
     def classify(self, error: Exception) -> DeliveryError:
@@ -308,71 +289,15 @@ class EmailSmtpDestination(Destination):
     def _connect(self) -> smtplib.SMTP:
         settings = self.settings
         if settings.tls == "tls":
-            return _PatientSmtpSsl(settings.host, settings.port, timeout=settings.timeout_seconds, context=self._tls)
-        smtp = _PatientSmtp(settings.host, settings.port, timeout=settings.timeout_seconds)
+            return PatientSmtpSsl(settings.host, settings.port, timeout=settings.timeout_seconds, context=self._tls)
+        smtp = PatientSmtp(settings.host, settings.port, timeout=settings.timeout_seconds)
         if settings.tls == "starttls":
             try:
-                _start_tls(smtp, self._tls)
+                start_tls(smtp, self._tls)
             except BaseException:
                 smtp.close()
                 raise
         return smtp
-
-
-class _PatientSmtp(smtplib.SMTP):
-    """`smtplib.SMTP` that waits `DATA_REPLY_SECONDS` (or the command timeout, if longer) from DATA on, for the
-    reply to the end of the message, and the command timeout for every other reply.
-
-    The socket's timeout is raised at DATA because smtplib sends the message and reads that reply in one call.
-    """
-
-    def data(self, msg: Any) -> tuple[int, bytes]:
-        assert self.sock is not None, "DATA is only sent on a connection"
-        self.sock.settimeout(max(self.timeout, DATA_REPLY_SECONDS))
-        return super().data(msg)
-
-
-class _PatientSmtpSsl(_PatientSmtp, smtplib.SMTP_SSL):
-    """`_PatientSmtp` over implicit TLS."""
-
-
-def _start_tls(smtp: smtplib.SMTP, context: ssl.SSLContext) -> None:
-    """STARTTLS, a refusal of it raised as `smtp_errors.StartTlsRefused`: smtplib raises a bare SMTPResponseException,
-    and a 5xx to STARTTLS refuses the hub's connection, not a message (`smtp_errors.REFUSES_THE_HUB`)."""
-    smtp.ehlo_or_helo_if_needed()  # outside: EHLO's refusal is its own (SMTPHeloError)
-    try:
-        smtp.starttls(context=context)
-    except smtplib.SMTPResponseException as exc:
-        raise smtp_errors.StartTlsRefused(exc.smtp_code, exc.smtp_error) from exc
-
-
-def is_local_host(host: str) -> bool:
-    """Whether `host` is this machine: localhost, or a loopback address (127.0.0.0/8, ::1)."""
-    if host.lower() in LOCAL_HOST_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _quit(smtp: smtplib.SMTP) -> None:
-    """Say QUIT and close, whatever the answer.
-
-    Once DATA is answered 250 the relay owns the message (RFC 5321 4.1.1.4): an odd reply to QUIT, or none,
-    must not make an accepted message a failure, retried into a duplicate. After a failure it must not
-    replace the error that says what went wrong. smtplib's context manager raises on a QUIT not answered
-    221, so the connection is not used as one.
-    """
-    try:
-        code, reply = smtp.quit()
-    except (smtplib.SMTPException, OSError) as exc:
-        smtp.close()
-        log.debug("SMTP QUIT failed; the connection is closed anyway", error=f"{type(exc).__name__}: {exc}")
-        return
-    if code != 221:
-        answer = mask_text(reply.decode("utf-8", "replace"))
-        log.debug("SMTP QUIT answered oddly; the connection is closed anyway", code=code, reply=answer)
 
 
 def _one_line(text: str) -> str:
