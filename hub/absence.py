@@ -13,7 +13,8 @@ neighbours; one that fails alone `max_attempts` times is settled `failed`.
 A timer whose row cannot be read at all (a time written by hand that the
 driver cannot parse) failed the claim, or the look for the next due time,
 before any of that: the claim is then made again timer by timer, and such a
-timer is settled `failed` at once, its reason the error (`hub.internal`).
+timer is settled `failed` at once, its reason the error (`hub.internal`;
+`hub.unreadable_timers`).
 A crash before the commit leaves the timers pending, to be fired after the
 lease by this or another process; a commit makes them settled, so each
 fires once. Once committed, each settled timer is counted
@@ -32,7 +33,7 @@ from typing import Any
 import structlog
 from sqlalchemy import Connection
 
-from hub import metrics, triggers
+from hub import metrics, triggers, unreadable_timers
 from hub.clock import utcnow
 from hub.model import Decision, Touchpoint, WaitEnded
 from hub.respond import CapsReadAhead, Recorded, Responder, StoreHistory
@@ -44,9 +45,7 @@ from hub.selectors import event_names
 from hub.shortened_waits import ShortenedWaits
 from hub.store import Store, inbox, sql, timers, touchpoints
 from hub.store.profile_views import profile_views
-from hub.store.savepoints import (
-    ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, is_row_fault, set_aside_reason,
-)
+from hub.store.savepoints import ClaimsAfterFailure, as_set_or_one_by_one
 from hub.store.timers import DueTimer, Settlement
 
 log = structlog.get_logger(__name__)
@@ -60,8 +59,6 @@ CATCH_UP_RECHECK = timedelta(milliseconds=50)  # a timer held back until the pip
 # rule with many waiting. After that this worker's rules are taken as the cluster's.
 RULE_ROLLOUT = timedelta(minutes=15)
 RULE_ROLLOUT_RECHECK = timedelta(seconds=30)
-# What a timer set aside as unreadable (settled `failed`) says to do.
-UNREADABLE_TIMER = "the hub could not read this timer's row; it will not fire: mend the row and set it pending to fire it"
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +120,7 @@ class TimerEngine:
         self.shortened_waits.follow(now, in_force.rules)
         self._warn_of_rules_gone(in_force)
         with self.store.read() as connection:  # idle polls must not take the write lock from ingest
-            readable, self._next_due = _next_due(connection, now)
+            readable, self._next_due = unreadable_timers.next_due(connection, now)
             due_now = self._next_due is not None and self._next_due <= now
             waiting = inbox.oldest_waiting(connection) if due_now else None
         if not readable:
@@ -152,59 +149,30 @@ class TimerEngine:
             outcome = sum(as_set_or_one_by_one(
                 connection, due, lambda batch: self._fire_set(connection, batch, now),
                 lambda timer: self._fire_alone(connection, timer, now), kind="timer",
-            ), set_aside)
+            ), _Outcome(settled=set_aside))
         outcome.recorded.count()
         _report(outcome.settled, [*due, *read])
         if outcome.recorded.planned:
             self._deliveries_planned()
-        return len(due) + len(set_aside.settled)
+        return len(due) + len(set_aside)
 
     def _claim(
         self, connection: Connection, now: datetime, seen_until: datetime
-    ) -> tuple[list[DueTimer], list[timers.TimerKey], _Outcome]:
-        """The due timers (`timers.claim_due`); after a claim that raised, claimed one by one (`_one_by_one`), with
-        the keys read and the settlements of those set aside."""
-        def one_by_one() -> tuple[list[DueTimer], list[timers.TimerKey], _Outcome]:
-            keys = timers.due_keys(connection, self.batch_size, now, seen_until)
-            due, set_aside = self._one_by_one(
-                connection, keys, lambda timer_id: timers.claim_one(connection, timer_id, now, self.lease, seen_until), now
-            )
-            return due, keys, set_aside
-
+    ) -> tuple[list[DueTimer], list[timers.TimerKey], tuple[Settlement, ...]]:
+        """The due timers (`timers.claim_due`); after a claim that raised, claimed one by one
+        (`unreadable_timers.claim_one_by_one`), with the keys read and the settlements of those set aside."""
         return self._claims.claim(
-            lambda: (timers.claim_due(connection, self.batch_size, now, self.lease, seen_until), [], _Outcome()),
-            one_by_one,
+            lambda: (timers.claim_due(connection, self.batch_size, now, self.lease, seen_until), [], ()),
+            lambda: unreadable_timers.claim_one_by_one(connection, self.batch_size, now, self.lease, seen_until),
         )
 
     def _set_aside_next(self, now: datetime) -> int:
-        """Set aside the timer `timers.next_due` could not read, if it cannot be read alone either (the error may
-        have been the database's); returns how many were. Left pending, it failed every look, and no timer fired."""
+        """Set aside the timer `unreadable_timers.next_due` could not read (`unreadable_timers.set_aside_first`);
+        returns how many were. Left pending, it failed every look, and no timer fired."""
         with self.store.write() as connection:
-            keys = timers.first_pending_key(connection, now)
-            _, set_aside = self._one_by_one(connection, keys, lambda timer_id: timers.read_one(connection, timer_id), now)
-        _report(set_aside.settled, keys)
-        return len(set_aside.settled)
-
-    def _one_by_one(
-        self, connection: Connection, keys: Sequence[timers.TimerKey], take: Callable[[str], DueTimer | None],
-        now: datetime,
-    ) -> tuple[list[DueTimer], _Outcome]:
-        """`take` each timer (claim or read it) in a savepoint of its own; one that raises is settled `failed`, its
-        reason naming the error, as a timer whose firing keeps failing is.
-
-        A row the hub cannot read (a due time SQLite holds as written and no
-        calendar has, written by hand or by an older version) failed every
-        claim, or every look for the next due time, and no timer fired again.
-        """
-        set_aside: list[Settlement] = []
-
-        def settle_failed(key: timers.TimerKey, error: Exception) -> None:
-            log.error("a timer the hub cannot read is set aside", timer_id=key.timer_id, exc_info=error)
-            set_aside.append(Settlement.ended(key.timer_id, WaitEnded("failed", set_aside_reason(error, UNREADABLE_TIMER))))
-
-        taken = each_or_set_aside(connection, keys, lambda key: [timer] if (timer := take(key.timer_id)) else [], settle_failed)
-        timers.settle(connection, set_aside, now)
-        return taken, _Outcome(settled=tuple(set_aside))
+            keys, set_aside = unreadable_timers.set_aside_first(connection, now)
+        _report(set_aside, keys)
+        return len(set_aside)
 
     def next_due(self) -> datetime | None:
         """When the next timer comes due, as the last `run_once` read it, or this worker looks again at shortened
@@ -354,17 +322,6 @@ class TimerEngine:
         return ReadAhead(
             store, since, until, names, lambda: touchpoints.events_of(connection, profiles, since, until, names=names)
         )
-
-
-def _next_due(connection: Connection, now: datetime) -> tuple[bool, datetime | None]:
-    """Whether the next timer's due time could be read, and it (`timers.next_due`)."""
-    try:
-        return True, timers.next_due(connection, now)
-    except Exception as exc:
-        if not is_row_fault(exc):  # the database's own refusal: the worker's to back off from
-            raise
-        log.warning("the next timer's due time could not be read; it is read alone, to set it aside", exc_info=True)
-        return False, None
 
 
 def _gone(anchor: Touchpoint | None, profile: dict[str, Any] | None) -> str | None:

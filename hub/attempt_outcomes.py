@@ -23,7 +23,7 @@ from hub.delivery_record import Outcome, unsent_summary
 from hub.errors import AuthDeliveryError, DeliveryError, PermanentDeliveryError
 from hub.model import Delivery, Identifier, SendResult
 from hub.pii import mask_recipient, mask_text
-from hub.store.outbox import AttemptRecord
+from hub.store.sends_in_flight import AttemptRecord
 
 log = structlog.get_logger(__name__)
 

@@ -74,7 +74,7 @@ from hub.delivery_record import AttemptRecorder, Outcome
 from hub.store.withdrawals import FallBack
 from hub.model import Delivery, Identifier
 from hub.quiet_hours import QuietHours
-from hub.store import Store, merged_targets, outbox
+from hub.store import Store, merged_targets, outbox, sends_in_flight
 from hub.store.savepoints import ClaimsAfterFailure, each_or_set_aside, set_aside_reason
 
 log = structlog.get_logger(__name__)
@@ -274,7 +274,7 @@ class DeliveryEngine:
         needs.
         """
         renewing = {delivery_id: self._leases.get(delivery_id) for delivery_id in self._half_spent(in_flight, now)}
-        outbox.extend_leases(connection, renewing, now + self.lease)
+        sends_in_flight.extend_leases(connection, renewing, now + self.lease)
         return dict.fromkeys(renewing, now + self.lease)
 
     def _half_spent(self, in_flight: Sequence[str], now: datetime) -> list[str]:

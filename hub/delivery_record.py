@@ -26,9 +26,9 @@ from hub.clock import utcnow
 from hub.consent import lock_before_deliveries, set_consent
 from hub.model import FALLBACK, Delivery, Identifier, ProviderStatus
 from hub.pii import mask_recipient
-from hub.store import Store, held_reports, outbox
+from hub.store import Store, held_reports, outbox, sends_in_flight
 from hub.store.identity_graph import SqlIdentityGraph
-from hub.store.outbox import AttemptRecord
+from hub.store.sends_in_flight import AttemptRecord, AttemptResult
 from hub.store.withdrawals import FallBack
 
 log = structlog.get_logger(__name__)
@@ -71,7 +71,7 @@ class AttemptRecorder:
     ) -> None:
         """`leases`: the lease the caller set on each delivery it claimed (`claimed_until`, by delivery id), read
         at each record: a delivery whose row has another lease now is another worker's to move on
-        (`outbox.record_attempts`); one not in it is recorded whatever its lease. `fall_back` plans a failed
+        (`sends_in_flight.record_attempts`); one not in it is recorded whatever its lease. `fall_back` plans a failed
         delivery's fallback when its addresses turned out dead (None: never)."""
         self.store = store
         self.destinations = destinations
@@ -161,8 +161,8 @@ class AttemptRecorder:
         the messages sent applied; consent a provider refused, and addresses it said do not exist."""
         now = utcnow()
         leases = self.leases
-        outbox.record_attempts(connection, [
-            outbox.AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at, leases.get(o.delivery.delivery_id))
+        sends_in_flight.record_attempts(connection, [
+            AttemptResult(o.delivery, o.attempt, o.status, o.next_attempt_at, leases.get(o.delivery.delivery_id))
             for o in outcomes if o.attempt
         ])
         for destination_id, report in early:

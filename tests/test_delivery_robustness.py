@@ -28,6 +28,7 @@ from hub.store import Store, delivery_replay, outbox, withdrawals
 from hub.store.delivery_log import search as search_delivery_log
 from hub.store.delivery_log import unrouted
 from hub.store.schema import deliveries
+from hub.store.sends_in_flight import AttemptRecord, AttemptResult, record_attempts
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, support_ticket
 
 MAIL_ID = "0190f4e2-7a1b-8c3d-9e4f-5a6b7c8d9e0f"  # delivery ids are 36-character UUIDs
@@ -317,7 +318,7 @@ def test_a_replay_forgets_the_old_messages_provider_id_and_status(store: Store) 
     now = utcnow()
     with store.write() as connection:
         [claimed] = outbox.claim_due(connection, 1, now, timedelta(seconds=60))
-        outbox.record_attempts(connection, [outbox.AttemptResult(claimed, outbox.AttemptRecord(
+        record_attempts(connection, [AttemptResult(claimed, AttemptRecord(
             now, 1.0, "sent", "SM-old", None, None, {}, {}), "sent", None)])
         outbox.apply_provider_status(connection, FlawedPager.slug, ProviderStatus("SM-old", "undelivered", "failed"), now)
         assert delivery_replay.replay(connection, "replayed", now, unrouted) == "failed"

@@ -28,6 +28,7 @@ from hub.store.forget import forget
 from hub.store.identity_repair import unmerge
 from hub.store.schema import attempts, consent_changes, deliveries, forgotten_identifiers, identity_events, inbox, merges
 from hub.store.schema import touchpoints as touchpoints_table
+from hub.store.sends_in_flight import AttemptRecord, AttemptResult, record_attempts
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -235,9 +236,9 @@ def test_forget_wipes_the_delivery_log_but_keeps_its_counts(store: Store) -> Non
     planned = PlannedDelivery("d-1", "dec-1", ana, "sms", "twilio_sms", "+14155550101", {"body": "Hi Ana"})
     with store.write() as connection:
         outbox.plan(connection, [planned], T0)
-        outbox.record_attempts(connection, [outbox.AttemptResult(
+        record_attempts(connection, [AttemptResult(
             Delivery("d-1", "twilio_sms", "sms", "+14155550101", planned.content, 0, T0),
-            outbox.AttemptRecord(T0, 12.0, "sent", "SM1", None, None, {"To": "+1******0101"}, {"sid": "SM1"}),
+            AttemptRecord(T0, 12.0, "sent", "SM1", None, None, {"To": "+1******0101"}, {"sid": "SM1"}),
             "sent", None,
         )])
         assert forget(connection, ana, T0, block_identifiers=False)["deliveries"] == 1

@@ -26,6 +26,7 @@ from hub.consent import consent_revoked
 from hub.delivery_record import Outcome
 from hub.model import Identifier, PlannedDelivery, ProviderStatus, RawEvent
 from hub.store import Store, inbox, outbox, timer_waits
+from hub.store.sends_in_flight import AttemptRecord
 from hub.store.profile_views import find_profile_id, profile_view
 from hub.store.schema import deliveries as deliveries_table, held_reports
 from tests.conftest import RunningHub, message, support_ticket
@@ -204,7 +205,7 @@ def test_a_status_racing_the_record_of_its_send_waits_for_it(tmp_path: Path, dat
     with node.store.write() as connection:
         fill_outbox(connection, 1)
         [delivery] = outbox.claim_due(connection, 1, T0, LEASE)
-    attempt = outbox.AttemptRecord(T0, 1.0, "sent", "SM1", None, None, {}, {})
+    attempt = AttemptRecord(T0, 1.0, "sent", "SM1", None, None, {}, {})
     recording = threading.Event()
 
     def report_delivered() -> None:

@@ -27,6 +27,7 @@ from hub.store import delivery_replay, forget, outbox
 from hub.store.identity_graph import SqlIdentityGraph
 from hub.store.profile_views import find_profile_id
 from hub.store.schema import attempts, deliveries
+from hub.store.sends_in_flight import AttemptRecord, AttemptResult, record_attempts
 from tests.conftest import ADMIN_TOKEN, RunningHub, message, support_ticket
 from tests.test_absence_timers import accept, hub_on
 
@@ -138,7 +139,7 @@ def failed_push(hub: Hub, *tokens: str) -> None:
         content = {"recipients": list(tokens)} if len(tokens) > 1 else {}
         outbox.plan(connection, [PlannedDelivery("nudge", "d1", ana, "push", "fcm_push", tokens[0], content)], utcnow())
         [claimed] = outbox.claim_due(connection, 1, utcnow(), timedelta(seconds=30))
-        outbox.record_attempts(connection, [outbox.AttemptResult(claimed, outbox.AttemptRecord(
+        record_attempts(connection, [AttemptResult(claimed, AttemptRecord(
             utcnow(), 1.0, "permanent", None, "fcm.INVALID_ARGUMENT", "refused", {}, {}), "failed", None)])
 
 

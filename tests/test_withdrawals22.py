@@ -18,6 +18,7 @@ from hub.store import outbox
 from hub.store.identity_repair import unmerge
 from hub.store.profile_views import find_profile_id, profile_view
 from hub.store.schema import deliveries as deliveries_table
+from hub.store.sends_in_flight import AttemptRecord, AttemptResult, record_attempts
 from tests.conftest import message
 from tests.test_absence_timers import accept
 from tests.test_multinode18 import nodes
@@ -63,7 +64,7 @@ def test_an_unmerge_on_one_node_leaves_an_sms_another_node_recorded_as_sent_mean
         assert sms.target == PHONE and sms.profile_id == amy
         record = delivery_node.store.engine.connect()
         transaction = record.begin()
-        outbox.record_attempts(record, [outbox.AttemptResult(sms, outbox.AttemptRecord(
+        record_attempts(record, [AttemptResult(sms, AttemptRecord(
             utcnow(), 12.0, "sent", "SM" + "2" * 32, None, None, {"to": "+1***"}, {"status": "queued"}), "sent", None)])
 
         def operator_unmerges() -> None:
