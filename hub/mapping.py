@@ -12,7 +12,8 @@ keyed by a canonical field: ``event``, ``kind``, ``stage``, ``moment``,
 ``occurred_at`` or ``properties.<name>`` / ``traits.<name>`` /
 ``context.<name>``. Precedence: constant, then the expression's value passed
 through the value map, then the default, then (for stage and moment) the
-`events` table and `default` label.
+`events` table and `default` label. A key of an object field whose value the
+value map lists as null is left out of the touchpoint.
 
 Expressions run per event; one that jmespath interprets (a function call)
 can fail on one event's data (`join()` of a string): that is a MappingError
@@ -260,10 +261,23 @@ class Mapping:
             for path in table if path.startswith(name + ".")
         }
         for key in keys:
-            value = self.field(f"{name}.{key}", result.get(key))
+            path = f"{name}.{key}"
+            value = self.field(path, result.get(key))
             if value is not None:
                 result[key] = value
+            elif self._maps_to_null(path, result.get(key)):
+                result.pop(key, None)
         return result
+
+    def _maps_to_null(self, path: str, found: Any) -> bool:
+        """Whether the value map of `path` lists `found` as null (`{'N/A': null}`): a vendor's placeholder for no
+        value, which leaves the key out. Skipped as any null result is, it left the placeholder in the
+        touchpoint. Asked only of a null result, so a mapped or unlisted value costs nothing more."""
+        value_map = self.spec.value_maps.get(path)
+        if not value_map or path in self.spec.constants:
+            return False
+        key = _as_json(found)
+        return key in value_map and value_map[key] is None
 
     def drop_reason(self, payload: dict[str, Any]) -> str | None:
         """The reason of the first rule whose `when` is true as JMESPath judges it: a 0 or 0.0 found is true (only

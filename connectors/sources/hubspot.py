@@ -12,7 +12,11 @@ minutes must be refused. Behind a proxy the URL the hub sees
 differs from the one HubSpot signed: set `public_url`.
 
 An event's ``eventId`` is not guaranteed unique, so the message id joins
-portal, subscription, event, object and time, which together are.
+portal, subscription, event, object and time, which together are. An
+association change (``contact.associationChange`` and the like) has no
+``objectId``: it names the two objects as ``fromObjectId`` and
+``toObjectId``, so its id joins those, the ``associationType`` and whether
+it was ``associationRemoved`` instead.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from hub.signing_secrets import CurrentSecret
 SIGNATURE_HEADER = "X-HubSpot-Signature-v3"
 TIMESTAMP_HEADER = "X-HubSpot-Request-Timestamp"
 ID_FIELDS = ("portalId", "subscriptionId", "eventId", "objectId", "occurredAt")
+ASSOCIATION_ID_FIELDS = ("portalId", "subscriptionId", "eventId", "associationType", "fromObjectId", "toObjectId",
+                         "associationRemoved", "occurredAt")
 # The escapes HubSpot decodes before signing (: / ? @ ! $ ' ( ) * , ;), in either case of hex; no others.
 SIGNED_ESCAPES = re.compile(r"%(3A|2F|3F|40|21|24|27|28|29|2A|2C|3B)", re.IGNORECASE)
 
@@ -85,21 +91,32 @@ class HubSpotSource(Source):
         received_at = datetime.now(timezone.utc).isoformat()
         result = ParseResult()
         for index, item in enumerate(document):
-            problems = _problems(index, item, checks)
+            id_fields = _id_fields(item)
+            problems = _problems(index, item, id_fields, checks)
             if problems:
                 result.rejected.append(RejectedItem(item, problems))
                 continue
-            message_id = storable_message_id("-".join(str(item[name]) for name in ID_FIELDS))
+            message_id = storable_message_id("-".join(str(item[name]) for name in id_fields))
             result.events.append(RawEvent(self.source_id, message_id, {"receivedAt": received_at, **item}))
         if not result.events:
             raise BadPayloadError("no valid HubSpot event in the request", result.problems)
         return result
 
 
-def _problems(index: int, item: Any, checks: StorageChecks) -> list[ItemProblem]:
-    """What keeps one event out: an id field missing, or what no store can hold (`storage_problem`)."""
-    missing = [name for name in ID_FIELDS if not isinstance(item, dict) or item.get(name) is None]
+def _problems(index: int, item: Any, id_fields: tuple[str, ...], checks: StorageChecks) -> list[ItemProblem]:
+    """What keeps one event out: one of its `id_fields` missing, or what no store can hold (`storage_problem`)."""
+    missing = [name for name in id_fields if not isinstance(item, dict) or item.get(name) is None]
     if missing:
         return [ItemProblem(index, name, "is required in a HubSpot event") for name in missing]
     problem = storage_problem(index, item, **checks)
     return [problem] if problem else []
+
+
+def _id_fields(item: Any) -> tuple[str, ...]:
+    """The fields that together tell one event from every other. An association change names its two objects
+    and has no `objectId`: asking for one refused every such event, and a request of them alone with a 400. An
+    event naming neither is told that `objectId` is missing."""
+    if not isinstance(item, dict) or item.get("objectId") is not None:
+        return ID_FIELDS
+    association = item.get("fromObjectId") is not None and item.get("toObjectId") is not None
+    return ASSOCIATION_ID_FIELDS if association else ID_FIELDS

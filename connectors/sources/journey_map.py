@@ -25,7 +25,9 @@ is Windows-1252) is refused at the line of its first stray byte.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,8 @@ from hub.mapping import Stage
 from hub.settings import PROJECT_MAPPINGS
 
 log = structlog.get_logger(__name__)
+# The line endings `io` splits a text at when reading it with newline="", which the csv reader's `line_num` counts.
+LINE_BREAK = re.compile(r"\r\n|\r|\n")
 CSV_COLUMNS = ("touchpoint_id", "touchpoint", "channel", "stage_id", "stage", "stage_label", "moment_id", "moment", "moment_label")
 
 
@@ -119,8 +123,7 @@ def load_journey_map(path: Path) -> JourneyMap:
 
 
 def _from_csv(text: str, path: Path) -> dict[str, Any]:
-    reader = csv.DictReader(text.splitlines())
-    rows = [(reader.line_num, row) for row in reader]
+    rows = _numbered_rows(text)
     missing = [column for column in CSV_COLUMNS if rows and column not in rows[0][1]]
     if missing or not rows:
         raise ConfigError(f"{path}: CSV needs a header row with {', '.join(CSV_COLUMNS)}; missing {', '.join(missing) or 'rows'}")
@@ -135,6 +138,26 @@ def _from_csv(text: str, path: Path) -> dict[str, Any]:
         for _, row in rows
     ]
     return {"name": path.stem, "stages": stages, "moments": moments, "touchpoints": touchpoints}
+
+
+def _numbered_rows(text: str) -> list[tuple[int, dict[str, str]]]:
+    """Each row of the export with the line it begins on.
+
+    Read as the csv module asks (newline=""): fed `text.splitlines()`, a
+    quoted cell's line break (Excel's Alt+Enter) was lost ("Comparisontable"),
+    and a U+2028, vertical tab, form feed or other character `splitlines`
+    breaks at split the row holding it in two. A row may span lines, and the
+    reader's `line_num` is its last; problems name its first, where its
+    touchpoint id is.
+    """
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    return [(reader.line_num - _line_breaks(row), row) for row in reader]
+
+
+def _line_breaks(row: dict[Any, Any]) -> int:
+    """The line breaks inside the row's cells, extra cells (under None) included, as `io` splits lines."""
+    cells = [cell for value in row.values() for cell in (value if isinstance(value, list) else [value])]
+    return sum(len(LINE_BREAK.findall(cell)) for cell in cells if isinstance(cell, str))
 
 
 def _defined_once(

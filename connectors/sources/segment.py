@@ -7,9 +7,12 @@ single-message endpoints (/v1/track, ...) take one message whose type is
 implied by the path.
 
 Segment's Webhooks destination posts one message per request to
-``/v1/webhooks/{source_id}``; with a shared secret configured it signs the
-body in ``X-Signature`` (hex HMAC-SHA1). That signature covers no timestamp,
-so replays are stopped by the messageId deduplication of the inbox instead.
+``/v1/webhooks/{source_id}``; Webhooks (Actions) with batching on (its
+``Send`` action, 1000 events a request by default) posts a bare JSON array of
+messages there instead, which the hub takes as a batch. With a shared secret
+configured either signs the body in ``X-Signature`` (hex HMAC-SHA1). That
+signature covers no timestamp, so replays are stopped by the messageId
+deduplication of the inbox instead.
 A source configured with only a shared secret takes signed requests only, and
 does not answer the SDK endpoints. A message's times, and their correction
 for the device's clock, are `segment_times`'.
@@ -126,7 +129,7 @@ class SegmentSource(Source):
             raise AuthenticationError("unknown write key: check the source's write key")
 
     def parse(self, request: InboundRequest) -> ParseResult:
-        document, checks = _json_object(request.body)
+        document, checks = _json_object(request.body, request.path)
         message_type = _message_type(request.path, document)
         if message_type is None:
             items = _batch_messages(document, checks["check_depth"])
@@ -252,6 +255,11 @@ def basic_auth_user(header: str) -> str | None:
     return user or None
 
 
+def _on_webhook_path(path: str) -> bool:
+    """Whether the request came to /v1/webhooks/{source_id} rather than an SDK route."""
+    return path.rstrip("/").rpartition("/")[0].endswith("/v1/webhooks")
+
+
 def _message_type(path: str, document: dict[str, Any]) -> str | None:
     """None for a batch; otherwise the type the SDK route implies (/v1/track, analytics.js's /v1/t) or the message
     declares. Only a route right under /v1 names a type: under /v1/webhooks/ the last segment is a source's id,
@@ -269,10 +277,15 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
     return str(document.get("type") or "")  # "" so a missing type is reported, not taken for a batch
 
 
-def _json_object(body: bytes) -> tuple[dict[str, Any], StorageChecks]:
+def _json_object(body: bytes, path: str) -> tuple[dict[str, Any], StorageChecks]:
     """The body's object, and the checks its messages need (`json_items`): a number beyond a double, or nesting
-    too deep, refuses the message holding it (`storage_problem`), in a batch as alone."""
+    too deep, refuses the message holding it (`storage_problem`), in a batch as alone. A webhook's array is the
+    batch Webhooks (Actions) sends (`performBatch` posts its events as one array, signed as one event is), taken
+    as ``{"batch": [...]}`` so its messages are indexed and checked as a batch's; refused, every batch was a
+    400. The SDK routes take objects only, as Segment's HTTP API does."""
     document, checks = json_items(body)
+    if isinstance(document, list) and _on_webhook_path(path):
+        return {"batch": document}, checks
     if not isinstance(document, dict):
         raise BadPayloadError(f"body: expected a JSON object, got {type(document).__name__}")
     return document, checks
