@@ -53,6 +53,7 @@ from connectors.webhooks import (
     sign,
 )
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
+from hub.mapping import MAX_LENGTH
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 from hub.signing_secrets import CurrentSecret
@@ -306,8 +307,10 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool,
     required = REQUIRED_BY_TYPE.get(kind) if known else None  # an object or array `type` is no key of a dict
     if required and not _present(item.get(required)):
         problems.append(ItemProblem(index, required, f"is required for {kind} messages"))
-    for name in TIME_FIELDS:
-        if name in item and not is_timestamp(item[name]):
+    elif required == "event" and (name_problem := _event_name_problem(item["event"])):
+        problems.append(ItemProblem(index, "event", name_problem))
+    for name in TIME_FIELDS:  # null is absent, as for the objects below
+        if item.get(name) is not None and not is_timestamp(item[name]):
             problems.append(ItemProblem(index, name, f"{item[name]!r} is not an ISO-8601 timestamp"))
     for name in OBJECT_FIELDS:  # null is absent: SDKs in some languages send it for a map never set
         if item.get(name) is not None and not isinstance(item[name], dict):
@@ -317,6 +320,17 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool,
         problems.append(ItemProblem(index, "messageId", f"must be a string of 1 to {MAX_MESSAGE_ID} characters"))
     stored = storage_problem(index, item, check_text=check_text, check_depth=check_depth, check_numbers=check_numbers)
     return [*problems, stored] if stored else problems
+
+
+def _event_name_problem(event: Any) -> str | None:
+    """Why a track's `event` can be no touchpoint's event name, if it cannot: Segment's spec makes it text, and the
+    hub keeps `MAX_LENGTH["event"]` characters. Taken in, such a message got its 200 and was quarantined by the
+    pipeline: the sender was told it was kept."""
+    if not isinstance(event, str):
+        return f"must be text, the event's name (got {type(event).__name__})"
+    if len(event) > MAX_LENGTH["event"]:
+        return f"is {len(event)} characters long; the hub keeps at most {MAX_LENGTH['event']}"
+    return None
 
 
 def _present(value: Any) -> bool:

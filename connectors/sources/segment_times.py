@@ -100,9 +100,10 @@ def _utc(moment: datetime) -> datetime:
 
 def batch_sent_at(document: dict[str, Any]) -> Any:
     """The batch's `sentAt` (where analytics-python, analytics-java and RudderStack's SDKs put it), refused when it
-    is no time: ignored, its messages would go uncorrected for the device's clock with no word of why."""
+    is no time: ignored, its messages would go uncorrected for the device's clock with no word of why. Null is
+    absent, as SDKs that write every unset field send it."""
     sent_at = document.get("sentAt")
-    if "sentAt" in document and not is_timestamp(sent_at):
+    if sent_at is not None and not is_timestamp(sent_at):
         raise BadPayloadError(f"sentAt: the batch's {sent_at!r} is not an ISO-8601 timestamp; send the time the "
                               "batch was sent, or no sentAt")
     return sent_at
