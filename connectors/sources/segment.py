@@ -271,7 +271,7 @@ def _message_type(path: str, document: dict[str, Any]) -> str | None:
             return last
         if last in ANALYTICS_JS_PATHS:
             return ANALYTICS_JS_PATHS[last]
-        if last == "batch":
+        if last in ("batch", "import"):
             return None
     if "batch" in document:
         return None

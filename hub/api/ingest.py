@@ -10,9 +10,11 @@ The write key of the SDK endpoints comes as HTTP Basic auth or as a
 that takes write keys takes them both ways at its webhook URL too, as Segment
 takes them on every endpoint.
 
-analytics.js posts to short aliases (/v1/t, /v1/p, ..., /v1/b for a batch);
-the batch endpoints take bodies up to HUB_MAX_BATCH_BYTES (RudderStack's SDKs
-flush up to 4 MB), single messages and webhooks HUB_MAX_BODY_BYTES.
+analytics.js posts to short aliases (/v1/t, /v1/p, ..., /v1/b for a batch),
+analytics-ruby and analytics-java to /v1/import (a batch); every route also
+takes its path with one trailing slash (`_post`). The batch endpoints take
+bodies up to HUB_MAX_BATCH_BYTES (RudderStack's SDKs flush up to 4 MB),
+single messages and webhooks HUB_MAX_BODY_BYTES.
 
 A client-side SDK's message without `context.ip` gets the request's address
 there, as Segment's servers fill it (`connectors.sources.segment`).
@@ -20,8 +22,9 @@ there, as Segment's servers fill it (`connectors.sources.segment`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -187,21 +190,29 @@ async def _ingest_batch(request: Request) -> JSONResponse:
     return await _ingest(request, request.app.state.hub.settings.max_batch_bytes)
 
 
-@router.post("/v1/batch", summary="Accept a batch of Segment-spec messages")
-async def batch(request: Request) -> JSONResponse:
-    return await _ingest_batch(request)
+def _post(path: str, endpoint: Callable[..., Awaitable[JSONResponse]], **options: Any) -> None:
+    """Serve POST `path`, and `path` with one trailing slash beside it: Starlette answered that with a 307 to the
+    path without, which OkHttp (analytics-java, analytics-android) and Ruby's Net::HTTP do not follow for a POST;
+    they drop the batch (analytics-java's own default path is /v1/import/). Registered, not redirected nor
+    rewritten in a middleware: an ingest request pays nothing for it."""
+    name = options.pop("name", endpoint.__name__)
+    router.add_api_route(path, endpoint, methods=["POST"], name=name, **options)
+    router.add_api_route(f"{path}/", endpoint, methods=["POST"], name=f"{name}_slash", include_in_schema=False)
 
+
+_post("/v1/batch", _ingest_batch, name="batch", summary="Accept a batch of Segment-spec messages")
+# Segment's batch endpoint under its historical name: analytics-ruby posts to /v1/import, analytics-java and
+# classic analytics-android to /v1/import/.
+_post("/v1/import", _ingest_batch, name="ingest_import", include_in_schema=False)
 
 for _type in MESSAGE_TYPES:
-    router.add_api_route(f"/v1/{_type}", _ingest_message, methods=["POST"], summary=f"Accept one {_type} message",
-                         name=f"ingest_{_type}")
+    _post(f"/v1/{_type}", _ingest_message, summary=f"Accept one {_type} message", name=f"ingest_{_type}")
 
 for _alias, _type in ANALYTICS_JS_PATHS.items():
-    router.add_api_route(f"/v1/{_alias}", _ingest_batch if _type is None else _ingest_message, methods=["POST"],
-                         name=f"ingest_alias_{_alias}", include_in_schema=False)  # analytics.js's short paths
+    _post(f"/v1/{_alias}", _ingest_batch if _type is None else _ingest_message, name=f"ingest_alias_{_alias}",
+          include_in_schema=False)  # analytics.js's short paths
 
 
-@router.post("/v1/webhooks/{source_id}", summary="Accept a webhook for a configured source (mappings/sources.yaml)")
 async def webhook(request: Request, source_id: str) -> JSONResponse:
     """Authenticated by the source's own scheme, on the body as signed; a `writeKey` in it is never kept, and is
     the write key of a source that takes them (the SDK sources), as on /v1/batch."""
@@ -214,6 +225,9 @@ async def webhook(request: Request, source_id: str) -> JSONResponse:
     body_keys, kept = without_write_keys(inbound)
     _verified(source, credentials(inbound, body_keys) if source.sdk_ingest else inbound)
     return await _accept(hub, source, kept)
+
+
+_post("/v1/webhooks/{source_id}", webhook, summary="Accept a webhook for a configured source (mappings/sources.yaml)")
 
 
 def _verified(source: Source, request: InboundRequest) -> Source:
