@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -39,6 +39,7 @@ MappingLoad = Callable[[Path], Mapping]
 class _Loaded:
     mapping: Mapping
     stamp: tuple[int, bytes] | None  # `content_stamp` of the file this version came from, or of the last refused save
+    refused: list[str] = field(default_factory=list)  # why the file as saved is not in force; empty when it is
 
 
 class MappingCatalog(MappingABC[str, Mapping]):
@@ -93,11 +94,21 @@ class MappingCatalog(MappingABC[str, Mapping]):
                     mapping = self.load(path)
                 except Exception as exc:  # whatever a reload meets must not reach the pipeline's workers
                     refused.append(name)
+                    loaded.refused = problems_of(exc)
                     log.warning("mapping change refused; the last good version stays active",
-                                file=name, active_version=loaded.mapping.version, problems=problems_of(exc))
+                                file=name, active_version=loaded.mapping.version, problems=loaded.refused)
                     continue
                 if mapping.version != loaded.mapping.version:
                     log.info("mapping reloaded", file=name, version=mapping.version, previous=loaded.mapping.version)
-                loaded.mapping = mapping
+                loaded.mapping, loaded.refused = mapping, []
         return refused
+
+    def refused_now(self, source_id: str) -> list[str]:
+        """Why the source's mapping file as saved is not in force (empty when it is), after a look at the files now,
+        whatever `check_seconds` says. A source replay starts here: with the catalog as last looked at, a fix saved
+        just before was replayed with the old mapping; and `refresh` names a refused save only on the look that
+        met it, so an earlier look's refusal is kept on the file's entry."""
+        self.refresh()
+        with self._lock:
+            return list(self._loaded[self.files[source_id]].refused)
 

@@ -12,7 +12,12 @@ the past:
   rule that no longer matches) goes back into the pipeline whole, identity and
   triggers included, and its quarantine entry is marked replayed. It becomes
   available to workers at `available_at`: late enough that every running hub
-  has reloaded the mapping the replay used (HUB_MAPPINGS_RELOAD_SECONDS).
+  has reloaded the mapping the replay used (HUB_MAPPINGS_RELOAD_SECONDS);
+- an event whose stored payload is not JSON text (an inbox row the pipeline
+  set aside as unreadable) is counted as unmappable, naming why, until its
+  row is mended.
+The mapping is the file as saved (`replay_source` looks at it first); a save
+the hub refused stops the replay, naming the refusal.
 Running it twice changes nothing the second time.
 """
 
@@ -27,21 +32,24 @@ from sqlalchemy import Connection
 
 from hub.clock import utcnow
 from hub.erased import without_erased
-from hub.errors import EventDropped, MappingError
+from hub.errors import ConfigError, EventDropped, MappingError
 from hub.identity import as_carried, meanings_of
 from hub.identity_config import IdentityConfig
 from hub.mapping import Mapping as SourceMapping
 from hub.model import Identifier, RawEvent, Touchpoint
 from hub.normalize import normalize
-from hub.store import Store, forget, replays
+from hub.store import Store, forget, json_text, replays
 from hub.store.identity_graph import SqlIdentityGraph
-from hub.store.inbox import InboxRow
+from hub.store.replays import StoredEvent
 from hub.store.sql import lock_profiles
 
 if TYPE_CHECKING:
     from hub.runtime import Hub
 
 BATCH = 200
+# Why an event is left out when its stored payload cannot be read: the pipeline quarantined its row (stage pipeline).
+UNREADABLE_PAYLOAD = ("payload: the stored event is not JSON text (the pipeline set its inbox row aside, see the "
+                      "quarantine); mend the row, then replay again")
 
 
 @dataclass
@@ -82,21 +90,19 @@ def replay(
             _store_again(connection, _normalized(rows, mapping, region, identity, report), available_at, report)
         if not rows:
             return report
-        after_id = rows[-1][0].id
+        after_id = rows[-1].id
         on_batch(len(rows))
 
 
 def _normalized(
-    rows: Sequence[tuple[InboxRow, str]], mapping: SourceMapping, region: str, identity: IdentityConfig,
-    report: ReplayReport,
-) -> list[tuple[InboxRow, str, Touchpoint]]:
-    """Each row, with its inbox status, and the touchpoint the mapping makes of it now; those it drops or cannot
-    map are counted in `report`, and left out."""
+    rows: Sequence[StoredEvent], mapping: SourceMapping, region: str, identity: IdentityConfig, report: ReplayReport,
+) -> list[tuple[StoredEvent, Touchpoint]]:
+    """Each row and the touchpoint the mapping makes of it now; those it drops or cannot map (or whose payload
+    cannot be read) are counted in `report`, and left out."""
     normalized = []
-    for row, status in rows:
+    for row in rows:
         try:
-            raw = RawEvent(row.source_id, row.message_id, row.payload)
-            touchpoint = normalize(raw, mapping, row.received_at, region, identity)
+            touchpoint = normalize(_raw_event(row), mapping, row.received_at, region, identity)
         except EventDropped:
             report.dropped += 1
             continue
@@ -104,18 +110,28 @@ def _normalized(
             report.unmappable += 1
             report.errors[str(exc)] = report.errors.get(str(exc), 0) + 1
             continue
-        normalized.append((row, status, touchpoint))
+        normalized.append((row, touchpoint))
     return normalized
 
 
+def _raw_event(row: StoredEvent) -> RawEvent:
+    """The row's event, its payload parsed here rather than by the store's read: a payload that is not JSON text
+    (a row the pipeline set aside as unreadable) is a MappingError of this row, not a failure of the replay."""
+    try:
+        payload = json_text.loads(row.payload)
+    except ValueError:
+        raise MappingError(UNREADABLE_PAYLOAD) from None
+    return RawEvent(row.source_id, row.message_id, payload)
+
+
 def _store_again(
-    connection: Connection, normalized: Sequence[tuple[InboxRow, str, Touchpoint]], available_at: datetime,
+    connection: Connection, normalized: Sequence[tuple[StoredEvent, Touchpoint]], available_at: datetime,
     report: ReplayReport,
 ) -> None:
     """Rewrite the touchpoints already stored (`_rewritten`), and put the other events back in the pipeline."""
-    forgotten = _forgotten_among(connection, [touchpoint for _, status, touchpoint in normalized if status == "done"])
-    for row, status, touchpoint in normalized:
-        outcome = _rewritten(connection, row.id, touchpoint, forgotten) if status == "done" else None
+    forgotten = _forgotten_among(connection, [touchpoint for row, touchpoint in normalized if row.status == "done"])
+    for row, touchpoint in normalized:
+        outcome = _rewritten(connection, row.id, touchpoint, forgotten) if row.status == "done" else None
         if outcome is None:
             replays.requeue(connection, row.id, available_at)
             report.requeued += 1
@@ -150,8 +166,18 @@ def _rewritten(
 
 
 def replay_source(hub: Hub, source_id: str, since: datetime, on_batch: Callable[[int], None] = lambda _count: None) -> ReplayReport:
-    """`replay` with the hub's mapping. Re-processed events wait until every running hub has reloaded it
-    (within HUB_MAPPINGS_RELOAD_SECONDS)."""
+    """`replay` with the source's mapping file as saved, as the CLI reads it: the hub's catalog looks at the file
+    first (`refused_now`), as it otherwise does only every HUB_MAPPINGS_RELOAD_SECONDS, and a fix saved just
+    before a replay was replayed with the old mapping. Re-processed events wait until every running hub has
+    reloaded it (within HUB_MAPPINGS_RELOAD_SECONDS).
+
+    Raises:
+        ConfigError: the hub refused the file as saved (its problems): the last good version, still in force,
+            is not the mapping the replay was asked for.
+    """
     assert hub.mappings is not None and hub.identity is not None
+    refused = hub.mappings.refused_now(source_id)
+    if refused:
+        raise ConfigError(refused)
     available_at = utcnow() + timedelta(seconds=2 * hub.settings.mappings_reload_seconds)
     return replay(hub.store, hub.mappings, source_id, since, available_at, hub.settings.default_phone_region, hub.identity, on_batch)

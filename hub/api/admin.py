@@ -19,6 +19,7 @@ from hub.api.auth import requires
 from hub.clock import utcnow
 from hub.identifiers import KNOWN_TYPES, normalize_identifier
 from hub.decision_explain import explain
+from hub.errors import ConfigError
 from hub.replay import replay_source
 from hub.runtime import Hub
 from hub.store import decisions, delivery_log, delivery_replay, outbox, quarantine, touchpoints
@@ -271,7 +272,8 @@ async def replay_source_events(
     since: str = Query(description="Events received since this ISO-8601 time, or this long ago: 90m, 24h, 7d."),
 ) -> dict[str, Any]:
     """`touchhub replay` for the console and scripts: after a mapping fix, what it quarantined is processed by
-    the running pipeline once every hub has reloaded the mapping (`available_at`). Twice changes nothing."""
+    the running pipeline once every hub has reloaded the mapping (`available_at`). Twice changes nothing. The
+    mapping is the file as just saved; a save the hub refused is a 409 naming its problems, nothing replayed."""
     hub = _hub(request)
     if source_id not in hub.sources:
         raise HTTPException(404, detail=f"no source {source_id!r}; configured: {', '.join(sorted(hub.sources))}")
@@ -279,7 +281,14 @@ async def replay_source_events(
         start = durations.since(since, utcnow())
     except ValueError as exc:
         raise HTTPException(422, detail=f"since: {exc}") from None
-    report = await run_in_threadpool(replay_source, hub, source_id, start)
+    try:
+        report = await run_in_threadpool(replay_source, hub, source_id, start)
+    except ConfigError as exc:
+        raise HTTPException(409, detail=[
+            f"The mapping of source {source_id!r} as saved was refused, so the hub still maps with its last good "
+            "version and nothing was replayed; fix these problems (touchhub mappings check), then replay again:",
+            *exc.problems,
+        ]) from None
     return {
         "source": source_id, "since": start.isoformat(), "rewritten": report.rewritten, "unchanged": report.unchanged,
         "requeued": report.requeued, "dropped": report.dropped, "unmappable": report.unmappable,

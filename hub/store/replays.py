@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Text, cast, func, select, update
 
 from hub.model import Touchpoint
-from hub.store.inbox import InboxRow
 from hub.store.schema import inbox, quarantine, touchpoints
 
 ERASED_PAYLOAD = "{}"  # a forgotten person's raw event, as both engines store it (`hub.store.forget`)
@@ -15,16 +15,30 @@ ERASED_PAYLOAD = "{}"  # a forgotten person's raw event, as both engines store i
 MAPPED_COLUMNS = ("kind", "event", "stage", "moment", "occurred_at", "properties", "traits", "context", "mapping_version")
 
 
-def stored_events(connection: Connection, source_id: str, since: datetime, after_id: int, limit: int) -> list[tuple[InboxRow, str]]:
-    """Replayable inbox rows of a source received since `since` (`_replayable`), in id order, with their status."""
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An inbox row as a replay reads it: its payload as the stored text, which the replay parses (`hub.replay`).
+    Read through the JSON type, a row the pipeline set aside as unreadable (a payload that is not JSON text) raised
+    out of the batch's read, and no event of its source could be replayed until the row was mended."""
+
+    id: int
+    source_id: str
+    message_id: str
+    payload: str
+    received_at: datetime
+    status: str
+
+
+def stored_events(connection: Connection, source_id: str, since: datetime, after_id: int, limit: int) -> list[StoredEvent]:
+    """Replayable inbox rows of a source received since `since` (`_replayable`), in id order."""
     query = (
-        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, inbox.c.payload, inbox.c.received_at, inbox.c.attempts,
+        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, cast(inbox.c.payload, Text), inbox.c.received_at,
                inbox.c.status)
         .where(*_replayable(source_id, since), inbox.c.id > after_id)
         .order_by(inbox.c.id)
         .limit(limit)
     )
-    return [(InboxRow(*row[:6]), row[6]) for row in connection.execute(query).all()]
+    return [StoredEvent(*row) for row in connection.execute(query).all()]
 
 
 def count_stored(connection: Connection, source_id: str, since: datetime) -> int:

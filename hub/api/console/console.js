@@ -593,22 +593,29 @@ function identityGraph(graph) {
 }
 
 async function quarantineView() {
-  const [refused, { sources }] = await Promise.all([
-    pagedColumns((cursor) => api("GET", "/api/quarantine", { query: { limit: 200, cursor } }), "quarantine", [
-      ["Received", (row) => when(row.received_at)], ["Source", (row) => row.source_id], ["Stage", (row) => row.stage],
-      ["Reason", (row) => row.reason],
-      ["Problems", (row) => (row.problems || []).map((problem) => show(problem)).join("; ")],
-      ["Replayed", (row) => when(row.replayed_at)],
-      ["Body", (row) => rawBody(row)],
-    ], "Nothing is quarantined."),
-    api("GET", "/api/sources")]);
+  const list = el("div", {});
+  const load = () => fill(list, quarantineTable);
+  const [{ sources }] = await Promise.all([api("GET", "/api/sources"), load()]);
   return el("div", {},
-    reprocessForm(sources),
-    section("Quarantine: refused bodies and items, newest first", refused));
+    reprocessForm(sources, load),
+    section("Quarantine: refused bodies and items, newest first", list));
 }
 
-/** After a mapping fix: a source's stored events mapped again, what was quarantined sent through the pipeline. */
-function reprocessForm(sources) {
+function quarantineTable() {
+  return pagedColumns((cursor) => api("GET", "/api/quarantine", { query: { limit: 200, cursor } }), "quarantine", [
+    ["Received", (row) => when(row.received_at)], ["Source", (row) => row.source_id], ["Stage", (row) => row.stage],
+    ["Reason", (row) => row.reason],
+    ["Problems", (row) => (row.problems || []).map((problem) => show(problem)).join("; ")],
+    ["Replayed", (row) => when(row.replayed_at)],
+    ["Body", (row) => rawBody(row)],
+  ], "Nothing is quarantined.");
+}
+
+/**
+ * After a mapping fix: a source's stored events mapped again, what was quarantined sent through the pipeline.
+ * `reload` shows the quarantine again once a replay went, so its entries read when they were replayed.
+ */
+function reprocessForm(sources, reload) {
   const source = el("select", { name: "source" }, sources.map((each) => el("option", { value: each.id }, each.id)));
   const since = el("input", { name: "since", required: true, value: "24h", placeholder: "24h or 2026-11-20T00:00Z" });
   const result = el("div", {});
@@ -619,6 +626,7 @@ function reprocessForm(sources) {
     }
     fill(result, async () => {
       const report = await api("POST", `/api/sources/${encodeURIComponent(source.value)}/replay`, { query: { since: since.value } });
+      await reload();
       return notice("ok",
         `Re-processing (were quarantined or dropped): ${report.requeued}; rewritten: ${report.rewritten}; `
           + `already current: ${report.unchanged}; dropped by a rule: ${report.dropped}; still unmappable: ${report.unmappable}.`,
