@@ -21,6 +21,7 @@ from hub.cli_support import (
 from hub.cli_triggers import decisions_app, triggers_app
 from hub.heap import freeze_startup_objects
 from hub.secret_urls import shown_url
+from hub.serving import socket_url
 from hub.settings import PROJECT_MAPPINGS, HubSettings
 
 app = typer.Typer(
@@ -76,7 +77,7 @@ def serve(
         hub = _build_hub(settings)
         app = create_app(hub)
         freeze_startup_objects()
-        console.print(f"Touchpoint Hub on http://{settings.host}:{settings.port} (store: {shown_url(settings.database_url)})")
+        console.print(f"Touchpoint Hub on {socket_url(sock)} (store: {shown_url(settings.database_url)})")
         run_server(app, sock, settings.log_level)
 
 
@@ -92,13 +93,17 @@ def worker(
     in several workers can run them in separate processes: for example
     [bold]HUB_WORKERS=pipeline touchhub serve[/] and [bold]touchhub worker --only timers --only delivery[/].
     """
-    hub = _build_hub(load_settings(workers=",".join(only) if only else None))
+    settings = load_settings(workers=",".join(only) if only else None)
+    if not settings.worker_roles:  # it idled for ever, which its supervisor took for a healthy process
+        fail("No worker to run: HUB_WORKERS is empty; set it (e.g. HUB_WORKERS=pipeline,timers,delivery) or give "
+             "--only pipeline, --only timers or --only delivery.", code=2)
+    hub = _build_hub(settings)
     stopping = threading.Event()
     stop_on_signals(stopping)  # a second signal exits at once, not after the workers' steps
     with metrics_served(hub):
         freeze_startup_objects()
         hub.start()
-        console.print(f"Workers running ({', '.join(hub.settings.worker_roles) or 'none'}); Ctrl-C to stop.")
+        console.print(f"Workers running ({', '.join(hub.settings.worker_roles)}); Ctrl-C to stop.")
         try:
             wait_while_workers_live(hub, stopping)
         finally:
@@ -208,7 +213,8 @@ def replay_command(
         with hub.store.read() as connection:
             total = replays.count_stored(connection, source, start)
         busy = store_busy_exit(hub.store, "The stored events cannot be replayed")
-        with busy, Progress(console=console, transient=True) as progress:
+        refused = config_problems_exit("The stored events cannot be replayed")  # the mapping saved broken meanwhile
+        with refused, busy, Progress(console=console, transient=True) as progress:
             task = progress.add_task(f"Re-normalizing {source}", total=total)
             report = replay_source(hub, source, start, on_batch=lambda count: progress.advance(task, count))
         if report.available_at is not None:

@@ -67,7 +67,7 @@ def mappings_preview(
 
     headers = _preview_headers(header or [])
     settings = load_settings()
-    with config_problems_exit():
+    with config_problems_exit("The preview cannot run"):
         instance, mapping_file = offline_source(load_registry(), settings.mappings_dir, source)
         identity = identity_config_in(settings.mappings_dir)
     with config_problems_exit("The mapping is not valid"):  # a draft's problems are the draft's, not the hub's

@@ -16,7 +16,7 @@ def prune_command(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only count what would be deleted."),
 ) -> None:
-    """Delete raw events, quarantined bodies, delivery attempts and settled timers past the retention.
+    """Delete raw events, quarantined bodies, delivery attempts, settled timers, held provider reports and applied consent replies past the retention.
 
     Touchpoints, profiles, decisions, deliveries and consent are kept. A hub running the timers worker does this hourly; run it after lowering HUB_RETENTION_DAYS, or with [bold]--dry-run[/] to see what would go. `touchhub replay` cannot go back further than what is kept.
 

@@ -24,7 +24,7 @@ from hub.delivery_policy import POLICY_FILE, DeliveryPolicyFile, check_destinati
 from hub.errors import ConfigError
 from hub.identity_config import IDENTITY_FILE, load_identity_config
 from hub.mapping import load_mapping
-from hub.routes_file import load_routes
+from hub.routes_file import check_route_ends, load_routes
 from hub.rules import load_rules
 from hub.mappings_folder import load_mappings_folder
 from hub.sources import DEFAULT_SOURCE_ID, SOURCES_FILE, build_source, environment, load_entries, shared_write_keys
@@ -50,7 +50,8 @@ def check_folder(folder: Path, registry: Registry) -> tuple[list[Path], list[str
             problems.extend(with_line(problem, path) for problem in exc.problems)
     if not problems:  # else the start-up checks would report the same broken files again
         try:
-            load_mappings_folder(folder, registry, _mapping_files(folder, registry))
+            loaded = load_mappings_folder(folder, registry, _mapping_files(folder, registry))
+            check_route_ends(folder / "routes.yaml", loaded.router.routes, registry.destinations, loaded.identity.types)
         except ConfigError as exc:
             problems.extend(exc.problems)
     return sorted(checks), problems

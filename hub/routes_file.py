@@ -7,13 +7,14 @@ recipients without building a router.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from enum import Enum
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hub.config_files import load_model
+from hub.config_files import line_of, load_model, yaml_tree
+from hub.errors import ConfigError
 from hub.model import Identifier
 
 PROFILE_TARGET = "profile_id"
@@ -70,3 +71,35 @@ def recipient_of(routes: Mapping[str, ChannelRoute], channel: str, target: str) 
 
 def load_routes(path: Path) -> dict[str, ChannelRoute]:
     return load_model(path, RoutesFile).channels
+
+
+# Why a route's destination or target is refused, by its key.
+_UNKNOWN_END = {
+    "destination": "no installed destination connector has this id",
+    "target": f"not an identifier type identity.yaml declares, nor {PROFILE_TARGET}",
+}
+
+
+def check_route_ends(
+    path: Path, routes: Mapping[str, ChannelRoute], destinations: Collection[str], identifier_types: Collection[str]
+) -> None:
+    """Refuse a route to a destination no installed connector has (`twilo_sms`) or from an identifier type
+    identity.yaml does not declare (`phonee`), at `mappings check` and at start: taken, every message of the
+    channel waited in the outbox for a process that could send it, none could, and it was dead-lettered a day
+    later; or no profile was ever reachable on the channel.
+
+    `destinations`: the installed destination connectors' ids, configured or not (a node may lack credentials).
+    """
+    targets = {*identifier_types, PROFILE_TARGET}
+    wrong = [
+        *((channel, "destination", route.destination, destinations) for channel, route in routes.items()
+          if route.destination not in destinations),
+        *((channel, "target", route.target, targets) for channel, route in routes.items() if route.target not in targets),
+    ]
+    if wrong:
+        root = yaml_tree(path)
+        raise ConfigError([
+            f"{path}:{line_of(root, ('channels', channel, key))}: channels.{channel}.{key}: {value!r}: {_UNKNOWN_END[key]}; "
+            f"correct it to one of {', '.join(sorted(known))}"
+            for channel, key, value, known in wrong
+        ])

@@ -25,6 +25,7 @@ from hub.errors import AuthenticationError, ConfigError, collect
 from hub.pipeline import Pipeline, PipelineConfig
 from hub.quiet_hours import QuietHours
 from hub.respond import Responder
+from hub.routes_file import check_route_ends
 from hub.retention import retention_worker
 from hub.routing import ContactPolicy
 from hub.settings import HubSettings
@@ -60,6 +61,10 @@ class Hub:
             settings.mappings_dir, self.registry, self.mapping_files, policy=contact_policy, served=served,
             mappings_reload_seconds=settings.mappings_reload_seconds, rules_reload_seconds=settings.rules_reload_seconds,
         ))
+        if folder is not None:
+            collect(problems, lambda: check_route_ends(
+                settings.mappings_dir / "routes.yaml", folder.router.routes, self.registry.destinations, folder.identity.types,
+            ))
         if problems:
             raise ConfigError(problems)
         assert folder is not None

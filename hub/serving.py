@@ -26,9 +26,13 @@ def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return bound
 
 
-def socket_url(bound: socket.socket) -> str:
-    host, port = bound.getsockname()[:2]
+def http_url(host: str, port: int) -> str:
+    """The http URL of `host`:`port`; an IPv6 address is bracketed (RFC 3986), or its colons read as the port's."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def socket_url(bound: socket.socket) -> str:
+    return http_url(*bound.getsockname()[:2])
 
 
 class BackgroundServer:

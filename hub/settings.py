@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import phonenumbers
 from pydantic import Field, SecretStr, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import SettingsConfigDict
 
 from connectors.destinations.ssrf import check_url
@@ -20,6 +21,7 @@ from hub.durations import LONGEST
 from hub.identifiers import DEFAULT_PHONE_REGION
 from hub.provider_settings import ProviderSettings
 from hub.secret_urls import setting_shown
+from hub.serving import http_url
 from hub.signing_secrets import in_use
 from hub.store.engine import SQLITE_LOCK_TIMEOUT_SECONDS
 from hub.store.forget_digest import ForgetKeys
@@ -42,6 +44,19 @@ MAX_BATCH_ROWS = 10_000
 # A URL others must follow (a webhook receiver, this hub as providers and recipients reach it): a scheme and a host.
 HTTP_URL_PATTERN = r"^https?://[^\s/]+"
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+# The settings an emptied value (`HUB_X=`) leaves at their default. Not those where empty is documented to mean
+# something: HUB_ADMIN_TOKEN (off), HUB_WORKERS (none), HUB_QUIET_HOURS (none), HUB_WEBHOOK_ALLOWED_NETWORKS (none),
+# HUB_UNSUBSCRIBE_SECRET (refused), and the webhook URLs and base URLs, whose validators take empty as unset.
+EMPTIED_IS_UNSET = (
+    "database_url", "mappings_dir", "host", "metrics_port", "default_phone_region", "default_timezone",
+    "forget_key", "forget_previous_keys",
+    "twilio_account_sid", "twilio_from_number",
+    "salesforce_consumer_key", "salesforce_username", "salesforce_domain", "salesforce_api_version",
+    "salesforce_sobject", "salesforce_external_id_field", "salesforce_intent_field",
+    "salesforce_task_external_id_field",
+    "fcm_credentials_file", "fcm_project_id",
+    "smtp_host", "smtp_username", "smtp_ca_file", "email_from",
+)
 
 # The longest durations the settings take. Unbounded, "inf" or a typo such as 1e12 was taken, and then the
 # hub could not date what it added it to: OverflowError at start (a traceback, not "HUB_X: ...") or at every
@@ -186,8 +201,9 @@ class HubSettings(ProviderSettings):
 
     retention_days: int = Field(
         90, ge=0, le=LONGEST.days,
-        description="Raw events, quarantined bodies, delivery attempts and settled timers older than this are deleted "
-                    "(hourly, by the timers worker; `touchhub prune`); 0 keeps them for ever.",
+        description="Raw events, quarantined bodies, delivery attempts, settled timers, held provider reports and applied "
+                    "consent replies older than this are deleted (hourly, by the timers worker; `touchhub prune`); 0 keeps "
+                    "them for ever.",
     )
 
     quiet_hours: str = Field(
@@ -251,14 +267,16 @@ class HubSettings(ProviderSettings):
             raise ValueError(f"at least {SHORTEST_FORGET_KEY} characters, so nobody guesses it; make one with `openssl rand -hex 32`")
         return value
 
-    @field_validator("metrics_port", "fcm_credentials_file", "forget_key", "forget_previous_keys", mode="before")
+    @field_validator(*EMPTIED_IS_UNSET, mode="before")
     @classmethod
     def _emptied_is_unset(cls, value: object) -> object:
-        """`HUB_METRICS_PORT=` or `HUB_FCM_CREDENTIALS_FILE=`, as a .env copied from .env.example or a chart's empty
-        default writes them, are unset, as every emptied setting is: read as written, the port stopped every
-        command loading settings (not an integer), and the key file was Path("."), the current folder, so the hub
-        refused to start instead of running without push."""
-        return None if isinstance(value, str) and not value.strip() else value
+        """`HUB_HOST=` or `HUB_METRICS_PORT=`, as a .env copied from .env.example or a chart's empty default writes
+        them, are unset (their default), as every emptied setting is: read as written, the host "" bound every
+        interface with public links `http://:8000/...`, the port stopped every command loading settings (not an
+        integer), and a folder or key file was Path("."), the current folder."""
+        if isinstance(value, str) and not value.strip():
+            raise PydanticUseDefault()
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -295,7 +313,7 @@ class HubSettings(ProviderSettings):
 
     def public_url(self, path: str) -> str:
         """The absolute URL of `path` on this hub as seen from outside, for providers and recipients."""
-        base = self.public_base_url or f"http://{self.host}:{self.port}"
+        base = self.public_base_url or http_url(self.host, self.port)
         return base.rstrip("/") + path
 
     def unsubscribe_secrets(self) -> list[str]:

@@ -100,13 +100,20 @@ def _listed(
     """`_paged` of what `search` finds, filtered by the surviving profile of `profile_id`, which may be an id merged
     away since (`for_live_profile`). A blank `profile_id` read as no filter listed everyone's rows (with
     `status=dead`, the whole dead-letter queue for one person's), so it is refused, as the CLI refuses it."""
-    if profile_id is not None and not profile_id.strip():
-        raise HTTPException(400, detail="profile_id: needs a value: a profile id, or leave the parameter out")
+    _refuse_blank(profile_id=profile_id)
 
     def find(connection: Connection, limit: int, after: Key | None) -> list[dict[str, Any]]:
         return for_live_profile(connection, profile_id, lambda c, live: search(c, profile_id=live, limit=limit, after=after))
 
     return _paged(name, pages, limit, cursor, find)
+
+
+def _refuse_blank(**filters: str | None) -> None:
+    """400 naming a filter given blank: read as no filter, it listed every row (a script's `?rule_id=$RULE` with
+    RULE unset got every rule's decisions, with no word that its filter was dropped)."""
+    for name, value in filters.items():
+        if value is not None and not value.strip():
+            raise HTTPException(400, detail=f"{name}: needs a value, or leave the parameter out")
 
 
 @router.get("/touchpoints", summary="Touchpoints, newest first", dependencies=READ)
@@ -118,6 +125,7 @@ async def list_touchpoints(
     ),
     cursor: str | None = Cursor,
 ) -> Response:
+    _refuse_blank(source=source, event=event)
     search = partial(touchpoints.search, source_id=source, event=event, order=order)
     return await _answer(request, _listed("touchpoints", touchpoints.PAGES[order], limit, cursor, profile_id, search))
 
@@ -214,6 +222,7 @@ async def list_decisions(
     request: Request, limit: int = Limit, profile_id: str | None = None, rule_id: str | None = None,
     cursor: str | None = Cursor,
 ) -> Response:
+    _refuse_blank(rule_id=rule_id)
     search = partial(decisions.search, rule_id=rule_id)
     return await _answer(request, _listed("decisions", decisions.PAGES, limit, cursor, profile_id, search))
 

@@ -37,7 +37,8 @@ UNSUBSCRIBE = "/v1/unsubscribe"
 RESUBSCRIBE = "/v1/resubscribe"
 
 router = APIRouter(tags=["unsubscribe"])
-Token = Query(description="The signed token from the link in the email.")
+# Optional to FastAPI, so a link cut short (no `?token=`) gets the page (`_verified`), not a raw JSON 422.
+Token = Query("", description="The signed token from the link in the email.")
 # The page's URL and its form carry the token, which opts a person out: no cache keeps the page (a shared
 # computer's browser, a proxy), and no Referer carries its URL anywhere.
 PAGE_HEADERS = {
@@ -65,6 +66,10 @@ def _page(
 
 
 def _verified(request: Request, token: str) -> UnsubscribeRequest | HTMLResponse:
+    """The link's request, or the page saying why it has none: a person follows the link, so even a link cut
+    short before its token gets the page and its headers."""
+    if not token.strip():
+        return _page("Invalid link", "This unsubscribe link is incomplete; open the whole link from the email.", 400)
     hub: Hub = request.app.state.hub
     try:
         return read_token(hub.settings.unsubscribe_secrets(), token, utcnow())
