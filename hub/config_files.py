@@ -18,12 +18,16 @@ the first), an unquoted date (`campaign_start: 2026-11-01`) is ISO text,
 since a `datetime.date` reaches no JSON column, and an unquoted time of day
 (`store_opens: 10:30`) is text too: YAML 1.1 reads it as the base-60 number
 630, which no one writing it means (YAML 1.2, which editors lint with, dropped
-base 60). A file may begin with a byte-order mark, as Windows tools save it.
+base 60). Likewise only true and false are booleans (`country: NO` is Norway,
+`answer: yes` the text "yes"), and `1e3` is the number 1000, as in YAML 1.2
+and the JSON Schemas editors check the files against. A file may begin with a
+byte-order mark, as Windows tools save it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from collections.abc import Hashable, Sequence
 from datetime import date
@@ -43,7 +47,12 @@ class DuplicateKeyError(ConstructorError):
     """A mapping names the same key twice."""
 
 
-_BASE_60_CAPABLE = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
+_STR, _BOOL, _FLOAT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
+_BASE_60_CAPABLE = frozenset({"tag:yaml.org,2002:int", _FLOAT})
+_BOOLEANS = frozenset({"true", "false"})
+# The floats of YAML 1.2 (core schema) that PyYAML's 1.1 reads as text: those with an exponent but no dot (`1e3`)
+# or an unsigned one (`1.5e3`). Digits alone (a zip code `09123`) stay as PyYAML reads them.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -51,12 +60,13 @@ class ConfigLoader(yaml.SafeLoader):
     module doc)."""
 
     def resolve(self, kind: type[yaml.Node], value: str, implicit: tuple[bool, bool]) -> str:
-        """A plain scalar PyYAML takes for a number while it holds a colon is YAML 1.1 base 60 (`10:30`, `1:30.5`):
-        text, as YAML 1.2 reads it. An explicit `!!int` is not resolved, so it still means what it says."""
+        """A plain scalar as YAML 1.2 reads it, where PyYAML's 1.1 differs in ways no one writing it means:
+        base 60 (`10:30`, `1:30.5`) is text; `yes`/`no`/`on`/`off` are text (`value: [NO, SE, DK]` is three country
+        codes, not false and two codes), only true and false being booleans; `1e3` is a number, not text a
+        `gt` never compares. Quoted scalars and explicit tags (`!!int`) are not resolved here: they mean what
+        they say."""
         tag: str = super().resolve(kind, value, implicit)
-        if tag in _BASE_60_CAPABLE and ":" in value:
-            return "tag:yaml.org,2002:str"
-        return tag
+        return _as_yaml_1_2(tag, value) if kind is yaml.ScalarNode and implicit[0] else tag
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         self._refuse_duplicate_keys(node)
@@ -82,6 +92,17 @@ class ConfigLoader(yaml.SafeLoader):
 
 
 ConfigLoader.add_constructor("tag:yaml.org,2002:timestamp", ConfigLoader.construct_iso_text)
+
+
+def _as_yaml_1_2(tag: str, plain: str) -> str:
+    """The tag YAML 1.2 gives the plain scalar PyYAML's 1.1 resolver tagged `tag`."""
+    if tag in _BASE_60_CAPABLE and ":" in plain:
+        return _STR
+    if tag == _BOOL and plain.lower() not in _BOOLEANS:
+        return _STR
+    if tag == _STR and _EXPONENT_FLOAT.fullmatch(plain):
+        return _FLOAT
+    return tag
 
 
 def load_model(path: Path, model: type[ModelT]) -> ModelT:

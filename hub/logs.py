@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 import structlog
@@ -63,9 +64,21 @@ def _route_stdlib_logging(level: str, formatter: logging.Formatter) -> None:
         logging.basicConfig(level=level, handlers=[handler])
 
 
+def _to_stderr(*_names: Any) -> structlog.PrintLogger:
+    """A logger printing to sys.stderr as it is when the logger is made, as structlog's default does with stdout:
+    bound when logging is configured, it outlived a stream swapped in since (pytest's capture, closed after its
+    test)."""
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
     """structlog's lines are rendered by structlog itself (cheap on the hot paths); stdlib logging's through
-    a ProcessorFormatter with the same steps, so HUB_LOG_JSON and the masking hold for every line."""
+    a ProcessorFormatter with the same steps, so HUB_LOG_JSON and the masking hold for every line.
+
+    Both write to stderr, the one stream of a process's logs (stdlib's handler and uvicorn's own lines always
+    did; structlog's printed to stdout, so `serve`'s log came in two streams that interleave out of order), which
+    leaves stdout to what a command outputs: `triggers test --json | jq` read the hub's error lines as JSON.
+    """
     level = level.upper()
     starting = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
     finishing = _finishing_processors(json_output)
@@ -83,5 +96,6 @@ def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
     structlog.configure(
         processors=[*starting, *finishing],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
+        logger_factory=_to_stderr,
         cache_logger_on_first_use=True,
     )

@@ -50,13 +50,18 @@ class Strict(BaseModel):
 
 
 _ORDERING = ("gt", "gte", "lt", "lte")
+_EQUALITY = ("eq", "ne", "in")
+_DEFAULT_OP = "eq"
 
 
 def _operator_takes(ops: tuple[str, ...], value_schema: dict[str, Any], *, required: bool = True) -> dict[str, Any]:
-    """The schema's half of `Predicate._value_fits_operator`: the values `ops` take (and whether they need one)."""
+    """The schema's half of `Predicate._value_fits_operator`: the values `ops` take (and whether they need one).
+    An `op` left out is `eq`, so a clause for `eq` holds then too."""
+    when: dict[str, Any] = {"properties": {"op": {"enum": list(ops)}}}
+    if _DEFAULT_OP not in ops:
+        when["required"] = ["op"]
     then: dict[str, Any] = {"properties": {"value": value_schema}}
-    return {"if": {"properties": {"op": {"enum": list(ops)}}, "required": ["op"]},
-            "then": {**then, "required": ["value"]} if required else then}
+    return {"if": when, "then": {**then, "required": ["value"]} if required else then}
 
 
 class Predicate(Strict):
@@ -68,6 +73,7 @@ class Predicate(Strict):
 
     model_config = ConfigDict(json_schema_extra={
         "allOf": [
+            _operator_takes(("eq", "ne"), {}),
             _operator_takes(("in",), {"type": "array"}),
             _operator_takes(("matches",), {"type": "string"}),
             _operator_takes(_ORDERING, {"type": ["number", "string"]}),
@@ -76,10 +82,12 @@ class Predicate(Strict):
     })
 
     field: JmesPath = Field(description="JMESPath expression; the hub refuses the file if it does not compile.")
-    op: Operator = "eq"
+    op: Operator = _DEFAULT_OP
     value: Any = Field(
         None,
-        description="`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
+        description="Needed by every operator but `exists`: left out of an `eq`, `ne` or `in`, it is refused, not read as "
+        "null (write `value: null` for that; a field that must be missing is `op: exists, value: false`). "
+        "`in` needs a list; `gt`, `gte`, `lt` and `lte` a number or text (ISO-8601 times compare as text); "
         "`exists` takes true or false (left out: true; on a projection such as `properties.products[*].coupon`, true when "
         "some element has the field); `matches` a regular expression (Python `re` syntax, run by the "
         f"`regex` package: the hub refuses the file if it does not compile; a match that takes over {MATCH_SECONDS:g} s of "
@@ -98,11 +106,21 @@ class Predicate(Strict):
     def _value_fits_operator(self) -> "Predicate":
         """Refused here, when the file loads or reloads: found while evaluating, a value its operator cannot use
         failed each event the rule saw (`in`, `matches`), or silently never held (`gt` with no value), or held
-        the other way round (`exists: "false"`)."""
-        problem = _value_problem(self.op, self.value)
+        the other way round (`exists: "false"`), or held for exactly the events without the field (`eq` with its
+        value forgotten compared with null)."""
+        problem = _value_left_out(self) or _value_problem(self.op, self.value)
         if problem:
             raise ValueError(problem)
         return self
+
+
+def _value_left_out(predicate: Predicate) -> str | None:
+    """Why an `eq`, `ne` or `in` predicate without a `value` is refused; None when it has one (`value: null`
+    included: that one is meant)."""
+    if predicate.op not in _EQUALITY or "value" in predicate.model_fields_set:
+        return None
+    return (f"`{predicate.op}` on `{predicate.field}` needs a `value` to compare with; for a field that must be "
+            "missing write `op: exists, value: false`, for one that must be null `value: null`")
 
 
 def _value_problem(op: str, value: Any) -> str | None:

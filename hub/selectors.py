@@ -8,6 +8,7 @@ JMESPath's equality: a boolean is never a number. `matches` patterns run on the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,13 +61,29 @@ def predicates_hold(predicates: Sequence[Predicate], document: dict[str, Any]) -
 
 def distinct_value(path: str, document: dict[str, Any]) -> str | None:
     """The document's value of `path`, as a `count` with `distinct_by` tells values apart; None without one (a
-    missing field is not a value). A whole float is its integer, as JSON and `where`'s `eq` have them: a product
-    id sent as 7 by one SDK and 7.0 by another is one product (repr told them apart), while true stays apart
-    from 1."""
+    missing field, or a projection that picks nothing, is not a value, as for `exists`). A whole float is its
+    integer, as JSON and `where`'s `eq` have them: a product id sent as 7 by one SDK and 7.0 by another is one
+    product, at any depth, while true stays apart from 1; an object is the same whatever order its keys came in.
+    A scalar, the usual value, costs a repr."""
     value = _field(path).search(document)
     if value is None:
         return None
-    return repr(int(value) if isinstance(value, float) and value.is_integer() else value)
+    if isinstance(value, (list, dict)):
+        return json.dumps(_whole_floats_as_ints(value), sort_keys=True, separators=(",", ":")) if _present(path, value) else None
+    return repr(_whole_float_as_int(value))
+
+
+def _whole_float_as_int(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _whole_floats_as_ints(value: Any) -> Any:
+    """`value` with each whole float, however deep in lists and objects, as its integer."""
+    if isinstance(value, list):
+        return [_whole_floats_as_ints(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _whole_floats_as_ints(item) for key, item in value.items()}
+    return _whole_float_as_int(value)
 
 
 def describe(selector: Selector) -> dict[str, Any]:

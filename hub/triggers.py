@@ -72,7 +72,8 @@ def evaluate(
         judge = _Judge(touchpoint, document, profile_id, past, traits or {}, touchpoint.occurred_at if as_arrived else None)
         if not judge.holds(rule.when):
             continue
-        decision = _decide(rule, judge, touchpoint, profile_id, touchpoint.occurred_at)
+        # Where a count's span ends when this late touchpoint completed it, as in order; else at the touchpoint.
+        decision = _decide(rule, judge, touchpoint, profile_id, judge.looking_back_from)
         if decision is not None:
             decided.append(decision)
     return decided

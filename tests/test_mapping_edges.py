@@ -174,12 +174,13 @@ def test_a_mapping_file_name_too_long_for_the_version_it_stamps_is_refused(tmp_p
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_on_postgresql_an_overlong_event_is_quarantined_at_once_and_an_overlong_id_left_out(running_hub: RunningHub) -> None:
-    """Both were retried with backoff as if the database were down, then quarantined under `pipeline`."""
+    """Both were retried with backoff as if the database were down, then quarantined under `pipeline`. A Segment
+    track's overlong event is refused at ingest now (`item`), before it is acknowledged."""
     running_hub.send(message(userId="u-1", event="Viewed " + "x" * 250),
                      message(userId="u" * 400, anonymousId="visitor-1", event="Product Viewed"))
     quarantined = wait_for(lambda: running_hub.admin("/api/quarantine")["quarantine"])
     running_hub.settle()
-    assert [(q["stage"], q["reason"][:6]) for q in quarantined] == [("mapping", "event:")]
+    assert [(q["stage"], q["reason"][:6]) for q in quarantined] == [("item", "event:")]
     [stored] = running_hub.admin("/api/touchpoints")["touchpoints"]
     assert stored["identifiers"] == [["anonymous_id", "visitor-1"]]
 
@@ -303,8 +304,9 @@ def test_a_value_map_matches_a_json_value_as_json_writes_it(found: Any, key: str
 
 
 def test_a_value_map_key_yaml_reads_as_no_text_is_refused_asking_to_quote_it(tmp_path: Path) -> None:
+    """Files are read as YAML 1.2: `yes` is text there, `true` still a boolean."""
     path = tmp_path / "shop.yaml"
-    path.write_text(yaml.safe_dump(BASE) + "value_maps:\n  properties.subscribed:\n    yes: opted in\n")
+    path.write_text(yaml.safe_dump(BASE) + "value_maps:\n  properties.subscribed:\n    true: opted in\n")
     with pytest.raises(ConfigError, match=r"value_maps: Value error, properties.subscribed: key True is not text: quote it"):
         load_mapping(path)
 

@@ -51,7 +51,8 @@ ACCEPTED = [
     pytest.param(rule({"stage": "decision"}), id="stage only"),
     pytest.param(rule({"moment": "cart_activity"}), id="moment only"),
     pytest.param(rule({"event": None, "stage": "decision"}), id="null event beside a stage"),
-    pytest.param(where({"field": "properties.total"}), id="op defaults to eq"),
+    pytest.param(where({"field": "properties.total", "value": 100}), id="op defaults to eq"),
+    pytest.param(where({"field": "properties.plan", "value": None}), id="eq with an explicit null"),
     pytest.param(where({"field": "properties.x", "op": "in", "value": [1, 2]}), id="in with a list"),
     pytest.param(where({"field": "properties.p", "op": "matches", "value": "^/pricing"}), id="matches with a string"),
     pytest.param(where({"field": "properties.x", "op": "exists"}), id="exists without a value"),
@@ -82,6 +83,9 @@ REFUSED = [
     pytest.param(rule({"absence": {**ABSENCE["absence"], "without": {}}}), id="absence without selecting nothing"),
     pytest.param(where({"field": "properties.x", "op": "in", "value": 3}), id="in with a scalar"),
     pytest.param(where({"field": "properties.x", "op": "in"}), id="in without a value"),
+    pytest.param(where({"field": "properties.x", "op": "eq"}), id="eq without a value"),
+    pytest.param(where({"field": "properties.x", "op": "ne"}), id="ne without a value"),
+    pytest.param(where({"field": "properties.x"}), id="neither op nor value"),
     pytest.param(where({"field": "properties.x", "op": "matches", "value": 5}), id="matches with a number"),
     pytest.param(where({"field": "properties.x", "op": "matches"}), id="matches without a value"),
     pytest.param(where({"field": "properties.x", "op": "like", "value": 1}), id="unknown operator"),
@@ -114,9 +118,9 @@ REFUSED = [
 LOADER_ONLY = [
     pytest.param({"rules": [{"id": "r", "when": {"event": "E"}, "respond": RESPOND}] * 2},
                  "(top level)", "rule id 'r' is used twice", ("properties", "rules"), id="duplicate ids"),
-    pytest.param(where({"field": "properties.[x"}), "rules.0.when.where.0.field", "invalid JMESPath expression",
+    pytest.param(where({"field": "properties.[x", "value": 1}), "rules.0.when.where.0.field", "invalid JMESPath expression",
                  ("$defs", "Predicate", "properties", "field"), id="field that does not compile"),
-    pytest.param(rule({"event": "E"}, respond=[{**RESPOND[0], "only_if": [{"field": "context.[x"}]}]),
+    pytest.param(rule({"event": "E"}, respond=[{**RESPOND[0], "only_if": [{"field": "context.[x", "value": 1}]}]),
                  "rules.0.respond.0.only_if.0.field", "invalid JMESPath expression",
                  ("$defs", "Predicate", "properties", "field"), id="only_if field that does not compile"),
     pytest.param(count(distinct_by="a.[b"), "rules.0.when.count.distinct_by", "invalid JMESPath expression",
@@ -186,5 +190,5 @@ def test_loader_reasons_for_misplaced_absences_and_text_numbers_name_the_key(tmp
     assert loader_problems(count(at_least="2"), tmp_path) == [
         "rules.0.when.count.at_least: Value error, write a whole number such as 2, not '2'"]
     assert loader_problems(rule({"event": "E"}, enabled="yes"), tmp_path) == ["rules.0.enabled: Input should be a valid boolean"]
-    assert loader_problems(rule({"where": [{"field": "properties.x"}]}), tmp_path) == [
+    assert loader_problems(rule({"where": [{"field": "properties.x", "value": 1}]}), tmp_path) == [
         "rules.0.when.event: Value error, name an `event`, a `stage` or a `moment` to select touchpoints"]
