@@ -25,11 +25,14 @@ from tests.test_absence_timers import BOTH_DATABASES, copied_mappings, hub_on
 
 # --- the zone a trait that names none gives way to ------------------------------------------------------------------
 
-@pytest.mark.parametrize("junk", ["GMT+2", "+02:00", "Europe/Londn", 2])
+@pytest.mark.parametrize("junk", [
+    "GMT+2", "+02:00", "Europe/Londn", 2, "localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris",
+])
 def test_a_timezone_trait_that_is_no_zone_gives_way_to_the_zone_the_device_sent(junk: object) -> None:
     """A `timezone` trait that names no zone (`GMT+2` typed in a form, a typo) was taken as the person's zone all
     the same and, unknown, fell back to the hub's default (UTC) over the zone the event's device sent: a person
-    in Tokyo got a non-urgent message at 23:00 there."""
+    in Tokyo got a non-urgent message at 23:00 there. So were names zoneinfo loads that are no place's zone
+    (`localtime`, the server's own: quiet hours followed the server; twenty-fifth session)."""
     quiet = QuietHours.parse("22:00-08:00", "UTC")
     from_tokyo = {"context": {"timezone": "Asia/Tokyo"}}
     tokyo = quiet.zone_of({"timezone": junk}, from_tokyo)
@@ -43,6 +46,7 @@ def test_a_timezone_trait_that_is_no_zone_gives_way_to_the_zone_the_device_sent(
         f"quiet hours 22:00-08:00 in UTC (the profile's timezone {junk!r} is not a known zone; "
         "the device's context.timezone 'Mars/Olympus' is not a known zone; the default was used)"
     )
+    assert quiet.zone_at_claim({"timezone": junk}, "Asia/Tokyo").key == "Asia/Tokyo"
 
 
 # --- a held message, after its person's zone changed ------------------------------------------------------------------

@@ -4,7 +4,6 @@ of a message to a person who opted out since, and FCM pushes with no collapse ke
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,18 +12,11 @@ import pytest
 from connectors.destinations.fcm_push import FcmPushDestination
 from connectors.sandbox.providers import SandboxProviders
 from connectors.sandbox.fcm import FakeFcm, create_app
-from hub.clock import utcnow
-from hub.decision_explain import explain
-from hub.model import RawEvent
-from hub.quiet_hours import QuietHours
-from hub.runtime import Hub
 from hub.serving import BackgroundServer
-from hub.settings import PROJECT_MAPPINGS
-from hub.store import decisions, inbox
-from tests.conftest import RunningHub, hub_with_source, make_settings, message, support_ticket, vendor_fake_fixtures
+from tests.conftest import RunningHub, hub_with_source, message, vendor_fake_fixtures
 from tests.test_dead_letter_replay import AUTH, touchhub, trigger_sms
 from tests.test_fcm_push import CONTENT, PHONE, TABLET, delivery, destination, key_file
-from tests.test_templates18 import save
+from tests.test_templates18 import support_decision_explained
 from tests.test_webhook_sources22 import SECRET, post_signed
 
 # --- 1. a template's failure quoting a trait ---------------------------------------------------------------------------
@@ -41,38 +33,12 @@ def test_a_template_failing_on_a_trait_records_it_masked_in_the_decision_log(
     """A template that failed on a trait's value (a filter that reads it as a number, a phone used as a key) had
     Jinja's message quote the value, and the decision log (GET /api/decisions/{id}, `touchhub decisions explain`)
     kept the person's email or phone whole."""
-    mappings = tmp_path / "mappings"
-    shutil.copytree(PROJECT_MAPPINGS, mappings)
-    save(mappings / "templates" / "post_purchase_support.sms.j2", sms_template)
-    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), quiet_hours=""))
-    messages = support_ticket("amy", {"phone": "+14155550100", "email": "amy@example.com", "orders": 0})
-    with hub.store.write() as connection:
-        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
-    hub.pipeline.run_once()
-    with hub.store.read() as connection:
-        [decided] = decisions.search(connection, limit=10, rule_id="post_purchase_support")
-        explained = explain(connection, decided["decision_id"])
-    assert explained is not None
+    explained = support_decision_explained(tmp_path, sms_template)
     [sms] = [action for action in explained["actions"] if action["channel"] == "sms"]
     assert (sms["fate"], sms["reason"]) == ("skipped", f"template post_purchase_support.sms.j2: {reason}")
 
 
-# --- 2. names zoneinfo loads that are no place's zone ---------------------------------------------------------------
-
-@pytest.mark.parametrize("name", ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Paris"])
-def test_a_timezone_trait_naming_no_place_gives_way_to_the_zone_the_device_sent(name: str) -> None:
-    """zoneinfo loads any file of the tz database: a `timezone` trait of `localtime` was taken as the person's zone,
-    the server's own, so quiet hours followed the server (UTC here) and a person in Tokyo got a non-urgent message
-    at 23:00 there."""
-    quiet = QuietHours.parse("22:00-08:00", "UTC")
-    from_tokyo = {"context": {"timezone": "Asia/Tokyo"}}
-    tokyo = quiet.zone_of({"timezone": name}, from_tokyo)
-    assert tokyo.key == "Asia/Tokyo"
-    assert quiet.why_held({"timezone": name}, from_tokyo, tokyo) == (
-        f"quiet hours 22:00-08:00 in Asia/Tokyo (the profile's timezone {name!r} is not a known zone; "
-        "the device's context.timezone was used)"
-    )
-    assert quiet.zone_at_claim({"timezone": name}, "Asia/Tokyo").key == "Asia/Tokyo"
+# --- 2. names zoneinfo loads that are no place's zone: among tests/test_quiet_zones22.py's `junk` -----------------
 
 
 # --- 3. RFC 3339's lower-case letters and leap second at Segment ingest ------------------------------------------

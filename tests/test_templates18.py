@@ -281,6 +281,23 @@ def test_a_message_that_renders_empty_falls_back_to_the_next_channel(tmp_path: P
     ]
 
 
+def support_decision_explained(tmp_path: Path, sms_template: str) -> dict[str, Any]:
+    """The explained decision of the shipped support rule for Amy's ticket, its SMS template saved as given."""
+    mappings = tmp_path / "mappings"
+    shutil.copytree(PROJECT_MAPPINGS, mappings)
+    save(mappings / "templates" / "post_purchase_support.sms.j2", sms_template)
+    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), quiet_hours=""))
+    messages = support_ticket("amy", {"phone": "+14155550100", "email": "amy@example.com", "orders": 0})
+    with hub.store.write() as connection:
+        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
+    hub.pipeline.run_once()
+    with hub.store.read() as connection:
+        [decided] = decisions.search(connection, limit=10, rule_id="post_purchase_support")
+        explained = explain(connection, decided["decision_id"])
+    assert explained is not None
+    return explained
+
+
 @pytest.mark.parametrize(("sms_template", "reason"), [
     # the SMS was planned, failed at Twilio and counted against the daily cap
     ("", "template rendered empty: post_purchase_support.sms.j2 (body all blank)"),
@@ -293,18 +310,8 @@ def test_decisions_explain_says_which_template_failed_and_the_other_actions_go(
 ) -> None:
     """The shipped support rule with its SMS template caught empty, or failing as it renders: the email and CRM
     update still go, and the decision says why no SMS did."""
-    mappings = tmp_path / "mappings"
-    shutil.copytree(PROJECT_MAPPINGS, mappings)
-    save(mappings / "templates" / "post_purchase_support.sms.j2", sms_template)
-    hub = Hub(make_settings(tmp_path, mappings_dir=str(mappings), quiet_hours=""))
-    messages = support_ticket("amy", {"phone": "+14155550100", "email": "amy@example.com", "orders": 0})
-    with hub.store.write() as connection:
-        inbox.append(connection, [RawEvent("default", m["messageId"], m) for m in messages], utcnow())
-    hub.pipeline.run_once()
-    with hub.store.read() as connection:
-        [decided] = decisions.search(connection, limit=10, rule_id="post_purchase_support")
-        explained = explain(connection, decided["decision_id"])
-    assert explained is not None and explained["status"] == "fired"
+    explained = support_decision_explained(tmp_path, sms_template)
+    assert explained["status"] == "fired"
     assert [(action["channel"], action["fate"]) for action in explained["actions"]] == [
         ("sms", "skipped"), ("email", "planned"), ("crm", "planned")
     ]
