@@ -48,10 +48,14 @@ class DuplicateKeyError(ConstructorError):
 
 
 _STR, _BOOL, _FLOAT = "tag:yaml.org,2002:str", "tag:yaml.org,2002:bool", "tag:yaml.org,2002:float"
-_BASE_60_CAPABLE = frozenset({"tag:yaml.org,2002:int", _FLOAT})
+_INT = "tag:yaml.org,2002:int"
+_BASE_60_CAPABLE = frozenset({_INT, _FLOAT})
 _BOOLEANS = frozenset({"true", "false"})
+# YAML 1.2's integers (the core schema; `1_000` kept, as ops mean it): 1.1 also read `01234` as the octal 668 (a zip
+# code) and `0b11` as 3.
+_CORE_INT = re.compile(r"[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F]+")
 # The floats of YAML 1.2 (core schema) that PyYAML's 1.1 reads as text: those with an exponent but no dot (`1e3`)
-# or an unsigned one (`1.5e3`). Digits alone (a zip code `09123`) stay as PyYAML reads them.
+# or an unsigned one (`1.5e3`).
 _EXPONENT_FLOAT = re.compile(r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+")
 
 
@@ -99,6 +103,8 @@ def _as_yaml_1_2(tag: str, plain: str) -> str:
     if tag in _BASE_60_CAPABLE and ":" in plain:
         return _STR
     if tag == _BOOL and plain.lower() not in _BOOLEANS:
+        return _STR
+    if tag == _INT and not _CORE_INT.fullmatch(plain):
         return _STR
     if tag == _STR and _EXPONENT_FLOAT.fullmatch(plain):
         return _FLOAT

@@ -242,7 +242,7 @@ class DeliveryEngine:
             lambda: each_or_set_aside(
                 connection, outbox.due_ids(connection, room, now, skip, held),
                 lambda delivery_id: self._claim_one(connection, delivery_id, now),
-                lambda delivery_id, error: _set_aside(connection, delivery_id, now, error),
+                lambda delivery_id, error: _set_aside(connection, delivery_id, now, error), judged=True,
             ),
         )
         renewed.update((delivery.delivery_id, now + self.lease) for delivery in going)  # `claim_due`'s lease

@@ -50,6 +50,8 @@ BATCH = 200
 # Why an event is left out when its stored payload cannot be read: the pipeline quarantined its row (stage pipeline).
 UNREADABLE_PAYLOAD = ("payload: the stored event is not JSON text (the pipeline set its inbox row aside, see the "
                       "quarantine); mend the row, then replay again")
+UNREADABLE_RECEIVED_AT = ("received_at: the stored time cannot be read (the pipeline set its inbox row aside, see the "
+                          "quarantine); mend the row, then replay again")
 
 
 @dataclass
@@ -117,6 +119,8 @@ def _normalized(
 def _raw_event(row: StoredEvent) -> RawEvent:
     """The row's event, its payload parsed here rather than by the store's read: a payload that is not JSON text
     (a row the pipeline set aside as unreadable) is a MappingError of this row, not a failure of the replay."""
+    if row.received_at is None:
+        raise MappingError(UNREADABLE_RECEIVED_AT)
     try:
         payload = json_text.loads(row.payload)
     except ValueError:

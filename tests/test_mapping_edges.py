@@ -174,13 +174,12 @@ def test_a_mapping_file_name_too_long_for_the_version_it_stamps_is_refused(tmp_p
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_on_postgresql_an_overlong_event_is_quarantined_at_once_and_an_overlong_id_left_out(running_hub: RunningHub) -> None:
-    """Both were retried with backoff as if the database were down, then quarantined under `pipeline`. A Segment
-    track's overlong event is refused at ingest now (`item`), before it is acknowledged."""
+    """Both were retried with backoff as if the database were down, then quarantined under `pipeline`."""
     running_hub.send(message(userId="u-1", event="Viewed " + "x" * 250),
                      message(userId="u" * 400, anonymousId="visitor-1", event="Product Viewed"))
     quarantined = wait_for(lambda: running_hub.admin("/api/quarantine")["quarantine"])
     running_hub.settle()
-    assert [(q["stage"], q["reason"][:6]) for q in quarantined] == [("item", "event:")]
+    assert [(q["stage"], q["reason"][:6]) for q in quarantined] == [("mapping", "event:")]
     [stored] = running_hub.admin("/api/touchpoints")["touchpoints"]
     assert stored["identifiers"] == [["anonymous_id", "visitor-1"]]
 

@@ -89,6 +89,18 @@ def test_an_inbox_row_the_claim_cannot_read_is_quarantined_and_the_others_are_pr
         assert errors == []
 
 
+def test_two_unreadable_inbox_rows_with_nothing_else_due_are_both_set_aside(tmp_path: Path) -> None:
+    """A failure of every row tried was taken for a fault of the hub's and raised, so two bad rows and nothing
+    else due (or a first claim's window all written badly by an older version) stopped the pipeline for good."""
+    with opened(hub_on(tmp_path)) as hub:
+        first, second = identifies("zed", "yan")
+        take_in(hub, [first, second])
+        for sent in (first, second):
+            spoil_inbox_row(hub, sent["messageId"], "payload", INBOX_POISONS["payload"][0])
+        drive(hub.pipeline.run_once, until=lambda: "pending" not in {s for s, _ in inbox_fates(hub).values()}, seconds=5)
+        assert {status for status, _ in inbox_fates(hub).values()} == {"failed"}
+
+
 def inbox_id_of(hub: Hub, sent: dict) -> int:
     with hub.store.read() as connection:
         return connection.execute(select(inbox_table.c.id).where(inbox_table.c.message_id == sent["messageId"])).scalar_one()

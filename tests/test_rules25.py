@@ -197,3 +197,10 @@ def test_the_hubs_own_log_lines_go_to_stderr_as_the_libraries_do(tmp_path: Path)
                           timeout=60, check=True)
     assert done.stdout == ""
     assert [json.loads(line)["event"] for line in done.stderr.splitlines() if line.strip()] == ["hub line", "library line"]
+
+
+@pytest.mark.parametrize("written, read", [("01234", "01234"), ("0b11", "0b11"), ("1_000", 1000), ("42", 42), ("0x1F", 31)])
+def test_an_integer_yaml_1_1_reads_otherwise_is_read_as_yaml_1_2(written: str, read: object) -> None:
+    """YAML 1.1 read `zip: 01234` as the octal 668 and `0b11` as 3: a rule `value: 01234` never held for the zip
+    code written so. YAML 1.2's integers are decimal (no leading zero) or hexadecimal."""
+    assert yaml.load(f"value: {written}\n", Loader=ConfigLoader) == {"value": read}

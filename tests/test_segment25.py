@@ -7,22 +7,18 @@ from tests.conftest import WRITE_KEY, RunningHub, message
 GOOD = {"type": "track", "userId": "u-good", "event": "Product Viewed", "properties": {"sku": "p-1"}}
 
 
-def test_a_track_event_that_is_no_storable_name_is_refused_at_ingest_naming_event(running_hub: RunningHub) -> None:
-    """`"event": 42` and a 201-character name passed ingest's check (any non-blank text or integer), got a 200,
-    and were quarantined by the pipeline: the sender was told they were kept. They are refused at once, naming
-    `event`; the message beside them is kept."""
-    answer = running_hub.send(
-        message(**GOOD, messageId="m-ok"),
-        message(userId="u-good", event=42, messageId="m-number"),
-        message(userId="u-good", event="E" * 201, messageId="m-long"),
-    )
+def test_a_track_event_that_is_not_text_is_refused_at_ingest_naming_event(running_hub: RunningHub) -> None:
+    """`"event": 42` passed ingest's check (any non-blank text or integer), got a 200, and was quarantined by the
+    pipeline: the sender was told it was kept. It is refused at once, naming `event`; the message beside it is
+    kept. (A name longer than the hub keeps is the mapping's to judge: it trims it, and a value map may shorten
+    it.)"""
+    answer = running_hub.send(message(**GOOD, messageId="m-ok"), message(userId="u-good", event=42, messageId="m-number"))
     assert answer.status_code == 200 and answer.json()["accepted"] == 1
     assert [(problem["index"], problem["field"], problem["reason"]) for problem in answer.json()["rejected"]] == [
         (1, "event", "must be text, the event's name (got int)"),
-        (2, "event", "is 201 characters long; the hub keeps at most 200"),
     ]
     running_hub.settle()
-    assert [row["stage"] for row in running_hub.admin("/api/quarantine")["quarantine"]] == ["item", "item"]
+    assert [row["stage"] for row in running_hub.admin("/api/quarantine")["quarantine"]] == ["item"]
 
 
 def test_time_fields_sent_as_null_are_taken_as_absent_not_refused(running_hub: RunningHub) -> None:

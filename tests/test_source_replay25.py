@@ -13,7 +13,7 @@ import pytest
 
 from connectors.sandbox.providers import SandboxProviders
 from hub.clock import utcnow
-from hub.replay import UNREADABLE_PAYLOAD, replay_source
+from hub.replay import UNREADABLE_PAYLOAD, UNREADABLE_RECEIVED_AT, replay_source
 from hub.runtime import Hub
 from tests.conftest import ADMIN_TOKEN, RunningHub, make_settings, message, serve_hub
 from tests.test_absence_timers import hub_on
@@ -113,6 +113,19 @@ def test_a_source_replay_counts_an_inbox_row_the_pipeline_set_aside_as_unreadabl
         assert (report.unchanged, report.requeued, report.unmappable) == (2, 1, 0)
         drive(hub.pipeline.run_once, until=lambda: nothing_pending(hub), seconds=5)
         assert inbox_fates(hub)[poison["messageId"]] == ("done", None)
+
+
+def test_a_source_replay_counts_a_row_whose_received_time_cannot_be_read_as_unmappable(tmp_path: Path) -> None:
+    """The pipeline's other unreadable row, a received time no calendar has (here one sorting inside the replay's
+    window), raised ValueError out of the replay's read: the whole replay of the source failed (a 500, a
+    traceback). SQLite only, as above."""
+    with opened(hub_on(tmp_path)) as hub:
+        poison, *good = identifies("zed", "ann")
+        take_in(hub, [poison, *good])
+        spoil_inbox_row(hub, poison["messageId"], "received_at", "'2026-12-99 00:00:00.000000'")
+        drive(hub.pipeline.run_once, until=lambda: nothing_pending(hub), seconds=5)
+        report = replay_source(hub, "default", utcnow() - timedelta(hours=1))
+        assert (report.unchanged, report.unmappable, report.errors) == (1, 1, {UNREADABLE_RECEIVED_AT: 1})
 
 
 @pytest.fixture

@@ -53,7 +53,6 @@ from connectors.webhooks import (
     sign,
 )
 from hub.errors import AuthenticationError, BadPayloadError, ItemProblem
-from hub.mapping import MAX_LENGTH
 from hub.model import RawEvent
 from hub.settings import PROJECT_MAPPINGS
 from hub.signing_secrets import CurrentSecret
@@ -323,13 +322,11 @@ def _problems(index: int | None, item: Any, check_text: bool, check_depth: bool,
 
 
 def _event_name_problem(event: Any) -> str | None:
-    """Why a track's `event` can be no touchpoint's event name, if it cannot: Segment's spec makes it text, and the
-    hub keeps `MAX_LENGTH["event"]` characters. Taken in, such a message got its 200 and was quarantined by the
-    pipeline: the sender was told it was kept."""
+    """Why a track's `event` can be no event name, if it cannot: Segment's spec makes it text. Taken in, a number
+    got its 200 and was quarantined by the pipeline: the sender was told it was kept. How long a name the hub
+    keeps is the mapping's to judge (it trims the name, and a value map may shorten it: `normalize`)."""
     if not isinstance(event, str):
         return f"must be text, the event's name (got {type(event).__name__})"
-    if len(event) > MAX_LENGTH["event"]:
-        return f"is {len(event)} characters long; the hub keeps at most {MAX_LENGTH['event']}"
     return None
 
 

@@ -167,8 +167,15 @@ def defer(
         values["first_due_at"] = until
     held = deliveries.c.delivery_id == delivery_id
     if lease is not None:
-        held = and_(held, or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until == lease))
+        held = and_(held, holds_row(literal(lease, UTCDateTime)))
     connection.execute(update(deliveries).where(held).values(**values))
+
+
+def holds_row(lease: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Whether a worker that set `lease` at its claim may still write the row's state: the row has that very lease,
+    or none (a replay or a withdrawal left none). A worker that stalled past its lease (a paused VM) and wrote late
+    released the lease of the worker now sending the delivery, and a third copy went (`hub.store.sends_in_flight`)."""
+    return or_(deliveries.c.claimed_until.is_(None), deliveries.c.claimed_until == lease)
 
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import ColumnElement, Connection, Text, cast, func, select, update
 
 from hub.model import Touchpoint
+from hub.store import sql
 from hub.store.schema import inbox, quarantine, touchpoints
 
 ERASED_PAYLOAD = "{}"  # a forgotten person's raw event, as both engines store it (`hub.store.forget`)
@@ -25,20 +27,28 @@ class StoredEvent:
     source_id: str
     message_id: str
     payload: str
-    received_at: datetime
+    received_at: datetime | None  # None: the stored time cannot be read (a row the pipeline set aside for it)
     status: str
 
 
 def stored_events(connection: Connection, source_id: str, since: datetime, after_id: int, limit: int) -> list[StoredEvent]:
     """Replayable inbox rows of a source received since `since` (`_replayable`), in id order."""
     query = (
-        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, cast(inbox.c.payload, Text), inbox.c.received_at,
-               inbox.c.status)
+        select(inbox.c.id, inbox.c.source_id, inbox.c.message_id, cast(inbox.c.payload, Text),
+               sql.as_stored(inbox.c.received_at), inbox.c.status)
         .where(*_replayable(source_id, since), inbox.c.id > after_id)
         .order_by(inbox.c.id)
         .limit(limit)
     )
-    return [StoredEvent(*row) for row in connection.execute(query).all()]
+    read = sql.read_stored(connection, inbox.c.received_at)
+    return [StoredEvent(*row[:4], _time_or_none(read, row[4]), row[5]) for row in connection.execute(query).all()]
+
+
+def _time_or_none(read: Callable[[object], datetime], stored: object) -> datetime | None:
+    try:
+        return read(stored)
+    except (ValueError, TypeError):
+        return None
 
 
 def count_stored(connection: Connection, source_id: str, since: datetime) -> int:

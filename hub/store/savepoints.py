@@ -75,14 +75,17 @@ def is_row_fault(error: BaseException) -> bool:
 
 def each_or_set_aside(
     connection: Connection, keys: Sequence[Key], take: Callable[[Key], Sequence[Result]],
-    set_aside: Callable[[Key, Exception], None],
+    set_aside: Callable[[Key, Exception], None], judged: bool = False,
 ) -> list[Result]:
     """What `take(key)` gives for each key, each in a savepoint of its own; a key whose `take` raises is rolled
     back to it and given to `set_aside` with the error, so it costs only its own row.
 
-    What is no row's fault is raised instead: the database's own refusals (`is_row_fault`), and a failure of
-    every key tried when there were several (a bug in a check, a setting it cannot read): each row would be
-    dead-lettered for a fault of the hub's, the whole queue with it, and the worker would never hear of it."""
+    What is no row's fault is raised instead: the database's own refusals (`is_row_fault`), and, when `take`
+    also judges the row by the hub's checks (`judged`: a delivery's claim checks), a failure of every key tried
+    when there were several (a bug in a check, a setting it cannot read): each row would be dead-lettered for a
+    fault of the hub's, the whole queue with it, and the worker would never hear of it. A `take` that only
+    reads its row (an inbox row's or a timer's claim) fails for that row alone: two bad rows and nothing else
+    due held the whole queue back."""
     taken: list[Result] = []
     failed: list[tuple[Key, Exception]] = []
     for key in keys:
@@ -93,7 +96,7 @@ def each_or_set_aside(
             if not is_row_fault(exc):
                 raise
             failed.append((key, exc))
-    if len(failed) > 1 and len(failed) == len(keys):
+    if judged and len(failed) > 1 and len(failed) == len(keys):
         raise failed[0][1]
     for key, exc in failed:
         set_aside(key, exc)

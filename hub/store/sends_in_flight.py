@@ -17,7 +17,7 @@ from sqlalchemy import Connection, and_, bindparam, case, func, insert, literal,
 
 from hub.model import Delivery
 from hub.store import precompiled, provider_text
-from hub.store.outbox import DUE_STATUSES, FORGOTTEN_TARGET
+from hub.store.outbox import DUE_STATUSES, FORGOTTEN_TARGET, holds_row
 from hub.store.schema import UTCDateTime, attempts, deliveries
 
 
@@ -44,7 +44,7 @@ _STILL_LEASED = deliveries.c.claimed_until == func.coalesce(_LEASE, deliveries.c
 # The row's state is the record's to write: its lease is still the recording worker's, or nobody's (a replay or a
 # withdrawal left none). A worker that stalled past its lease (a paused VM) and records late finds another
 # worker's lease, whose send is in flight: releasing it made the row due, and a third copy went.
-_HOLDS_ROW = or_(deliveries.c.claimed_until.is_(None), _STILL_LEASED)
+_HOLDS_ROW = holds_row(func.coalesce(_LEASE, deliveries.c.claimed_until))
 _EXTEND_LEASE = precompiled.Precompiled(  # every record of a delivery worker with sends in flight half a lease on
     update(deliveries)
     .where(deliveries.c.delivery_id == bindparam("b_delivery_id"), _STILL_LEASED)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import lru_cache
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import Column, ColumnElement, Connection, Executable, Table, and_, bindparam, func, literal, or_, select, update
+from sqlalchemy import (
+    Column, ColumnElement, Connection, Executable, Table, and_, bindparam, func, literal, or_, select, type_coerce, update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+from sqlalchemy.types import NullType
 from sqlalchemy.sql.schema import ScalarElementColumnDefault
 from sqlalchemy.types import Float
 
@@ -215,3 +218,15 @@ def lock_profiles(connection: Connection) -> None:
     """
     if connection.dialect.name == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(PROFILES_LOCK_KEY)))
+
+
+def as_stored(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """`column` read as the driver gives it, for `read_stored` to convert row by row: a value written by hand or by
+    an older version that its type cannot read (a time no calendar has) raised out of the whole read otherwise."""
+    return type_coerce(column, NullType())
+
+
+def read_stored(connection: Connection, column: ColumnElement[Any]) -> Callable[[object], Any]:
+    """What converts `column`'s stored values as its type would, raising ValueError or TypeError for one it cannot
+    read (`as_stored`)."""
+    return column.type.result_processor(connection.dialect, None) or (lambda value: value)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy import Connection, and_, or_, select, type_coerce
-from sqlalchemy.types import NullType
+from sqlalchemy import Connection, and_, or_, select
 
 from hub.store import sql
 from hub.store.schema import absence_waits, timers
@@ -32,11 +31,10 @@ def due_after_their_wait(connection: Connection, waits: Mapping[str, timedelta])
         and_(timers.c.rule_id == rule_id, span > wait.total_seconds() + SHORTER_BY_AT_LEAST) for rule_id, wait in waits.items()
     ))
     rows = connection.execute(  # the anchors as the driver gives them, each read by `_anchor_at`
-        select(timers.c.timer_id, timers.c.rule_id, type_coerce(timers.c.anchor_at, NullType()))
+        select(timers.c.timer_id, timers.c.rule_id, sql.as_stored(timers.c.anchor_at))
         .where(timers.c.status == "pending", longer)
     )
-    read = timers.c.anchor_at.type.result_processor(connection.dialect, None)
-    assert read is not None  # UTCDateTime always converts: to an aware UTC time
+    read = sql.read_stored(connection, timers.c.anchor_at)
     return [
         (timer_id, anchor_at + waits[rule_id]) for timer_id, rule_id, stored in rows
         if (anchor_at := _anchor_at(timer_id, stored, read)) is not None
