@@ -37,7 +37,7 @@ from hub.pii import address_values, without_values
 from hub.respond import Recorded, Responder, StoreHistory
 from hub.rule_events import RuleIndex
 from hub.rulebook import RuleBook
-from hub.store import Store, forget, inbox, quarantine, timer_arming, touchpoints, withdrawals
+from hub.store import Store, forget, inbox, timer_arming, touchpoints, withdrawals
 from hub.store.traits import trait_time
 from hub.store.inbox import InboxRow
 from hub.store.savepoints import ClaimsAfterFailure, as_set_or_one_by_one, each_or_set_aside, set_aside_reason
@@ -302,18 +302,8 @@ class Pipeline:
 
     def _give_up(self, connection: Connection, row: InboxRow, now: datetime, stage: str, reason: str) -> None:
         field, _, detail = reason.partition(": ")
-        quarantine.add(
-            connection,
-            stage=stage,
-            source_id=row.source_id,
-            reason=reason,
-            problems=[ItemProblem(None, field if detail else "(event)", detail or reason)],
-            raw_body=_json_bytes(row.payload),
-            content_type="application/json",
-            received_at=now,
-            inbox_id=row.id,
-        )
-        inbox.mark_failed(connection, row.id, now, reason)
+        problems = [ItemProblem(None, field if detail else "(event)", detail or reason)]
+        inbox.give_up(connection, row.id, row.source_id, _json_bytes(row.payload), stage, reason, problems, now)
         log.warning("event quarantined", inbox_id=row.id, stage=stage, reason=reason)
 
 

@@ -100,9 +100,18 @@ def set_aside(connection: Connection, inbox_id: int, now: datetime, reason: str)
         select(inbox.c.source_id, cast(inbox.c.payload, Text)).where(inbox.c.id == inbox_id)
     ).one()
     unreadable = _unreadable_columns(connection, inbox_id) or ["(event)"]
+    give_up(connection, inbox_id, source_id, body.encode("utf-8"), "pipeline", reason,
+            [ItemProblem(None, column, reason) for column in unreadable], now)
+
+
+def give_up(
+    connection: Connection, inbox_id: int, source_id: str, raw_body: bytes, stage: str, reason: str,
+    problems: list[ItemProblem], now: datetime,
+) -> None:
+    """Fail the row for good, `reason` its error, its body quarantined at `stage` with `problems`, for ops to see
+    and replay once mended."""
     quarantine.add(
-        connection, stage="pipeline", source_id=source_id, reason=reason,
-        problems=[ItemProblem(None, column, reason) for column in unreadable], raw_body=body.encode("utf-8"),
+        connection, stage=stage, source_id=source_id, reason=reason, problems=problems, raw_body=raw_body,
         content_type="application/json", received_at=now, inbox_id=inbox_id,
     )
     mark_failed(connection, inbox_id, now, reason)
