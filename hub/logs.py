@@ -64,11 +64,20 @@ def _route_stdlib_logging(level: str, formatter: logging.Formatter) -> None:
         logging.basicConfig(level=level, handlers=[handler])
 
 
-def _to_stderr(*_names: Any) -> structlog.PrintLogger:
-    """A logger printing to sys.stderr as it is when the logger is made, as structlog's default does with stdout:
-    bound when logging is configured, it outlived a stream swapped in since (pytest's capture, closed after its
-    test)."""
-    return structlog.PrintLogger(sys.stderr)
+class _StderrLogger(structlog.PrintLogger):
+    """Prints each line to sys.stderr as it is then, as structlog's own logger does with sys.stdout: a stream bound
+    when a module's logger was first used (and cached) outlived a stream swapped in since (pytest's capture,
+    closed after its test), and every later line of that module failed with "I/O operation on closed file"."""
+
+    def __init__(self, *_names: Any) -> None:
+        super().__init__(sys.stderr)
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = msg
+    fatal = failure = err = error = critical = exception = msg
 
 
 def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
@@ -96,6 +105,6 @@ def configure_logging(level: str = "INFO", json_output: bool = False) -> None:
     structlog.configure(
         processors=[*starting, *finishing],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=_to_stderr,
+        logger_factory=_StderrLogger,
         cache_logger_on_first_use=True,
     )
