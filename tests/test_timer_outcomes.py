@@ -11,9 +11,8 @@ import pytest
 from alembic import command
 from prometheus_client import REGISTRY
 from sqlalchemy import insert, select
-from structlog.testing import capture_logs
 
-from hub import stats, triggers
+from hub import absence, stats, triggers
 from hub.absence import RULE_ROLLOUT, RULE_ROLLOUT_RECHECK
 from hub.clock import utcnow
 from hub.model import WaitEnded, derived_id
@@ -21,7 +20,7 @@ from hub.runtime import Hub
 from hub.store import Store, _alembic_config, decisions, timer_arming, timer_waits, timers
 from hub.store.schema import decisions as decisions_table
 from hub.store.schema import timers as timers_table
-from tests.conftest import message
+from tests.conftest import logs_of, message
 from tests.test_absence_timers import (
     AMY,
     BOTH_DATABASES,
@@ -78,7 +77,7 @@ def decision_statuses(hub: Hub, now: datetime) -> list[str]:
                  "no action's only_if holds", id="only_if"),
 ])
 def test_a_lapsed_timer_says_why_on_its_row_in_the_log_the_metrics_and_the_stats(
-    tmp_path: Path, edited: str, reason: str
+    tmp_path: Path, edited: str, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ops asked why amy never got her nudge: the rule turned off, or its conditions not met, looked the same."""
     hub = nudge_hub(tmp_path)
@@ -92,7 +91,7 @@ def test_a_lapsed_timer_says_why_on_its_row_in_the_log_the_metrics_and_the_stats
         [timer] = timer_rows(hub)
         assert (timer["status"], timer["due_at"]) == ("pending", at + RULE_ROLLOUT_RECHECK)  # armed just now: again soon
         at += RULE_ROLLOUT
-    with capture_logs() as logs:
+    with logs_of(monkeypatch, absence) as logs:
         assert hub.timers.run_once(at) == 1
     [timer] = timer_rows(hub)
     assert (timer["status"], timer["reason"]) == ("lapsed", reason)
@@ -127,7 +126,7 @@ def test_a_timer_whose_firing_keeps_raising_is_given_up_on_after_the_pipelines_a
 
     monkeypatch.setattr(triggers, "evaluate_expired", broken)
     before = settled("cart_abandonment", "failed")
-    with capture_logs() as logs:
+    with logs_of(monkeypatch, absence) as logs:
         for _ in range(3):
             assert not stats.is_idle(hub.store)
             assert hub.timers.run_once() == 1
@@ -332,7 +331,7 @@ def test_one_event_ends_only_the_waits_still_running_by_each_rules_own_wait(tmp_
 
 @pytest.mark.parametrize("cart_minutes_ago", [3, 120])  # 120: a phone flushing its cart late
 def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_once_it_has(
-    tmp_path: Path, cart_minutes_ago: int
+    tmp_path: Path, cart_minutes_ago: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Rules are files on each machine, and a rollout reaches them one by one: node B, still on the old file,
     claims the timer node A armed under the new rule. It must not lapse it for good, but fire it once it has the
@@ -342,7 +341,7 @@ def test_a_node_that_has_not_the_new_rule_yet_holds_its_timers_and_fires_them_on
     old = hub_on(tmp_path / "b", database_url=database_url, mappings_dir=copied_mappings(tmp_path / "b", "rules: []\n"))
     accept(new, AMY, message(userId="amy", event="Cart Viewed", timestamp=ago(minutes=cart_minutes_ago)))
     at = utcnow()
-    with capture_logs() as logs:
+    with logs_of(monkeypatch, absence) as logs:
         assert old.timers.run_once(at) == 1
     [timer] = timer_rows(old)
     assert timer["status"] == "pending" and timer["due_at"] > at  # held, not lapsed
